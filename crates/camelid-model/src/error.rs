@@ -1,0 +1,29 @@
+//! One error type for the model crate: every failure names the file or field at fault.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad model config: {0}")]
+    BadConfig(String),
+    #[error("bad weights: {0}")]
+    BadWeights(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Error::Io(format!("{}: {e}", path.display()))
+    }
+}

@@ -1,0 +1,81 @@
+//! Where the forward pass keeps keys and values. The model owns no KV memory: the caller
+//! passes a [`KvStore`], so a simple per-sequence cache (tests, CLI) and the engine's paged
+//! block pool plug into the same forward pass.
+
+use candle_core::{Result, Tensor};
+use std::collections::HashMap;
+
+pub trait KvStore {
+    /// Stores `k` and `v` (shape `(kv_heads, len, head_dim)`) of sequence `seq` at `layer`
+    /// for positions `start_pos..start_pos + len`, and returns keys and values for
+    /// positions `0..start_pos + len`, shaped `(kv_heads, start_pos + len, head_dim)`.
+    fn write_and_read(
+        &mut self,
+        layer: usize,
+        seq: u64,
+        start_pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)>;
+}
+
+/// One growing contiguous K/V tensor pair per (sequence, layer). Writing at a position
+/// before the end rewinds the sequence first, so re-feeding a prompt is always safe.
+#[derive(Default)]
+pub struct ContiguousKv {
+    seqs: HashMap<u64, Vec<Option<(Tensor, Tensor)>>>,
+}
+
+impl ContiguousKv {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn remove(&mut self, seq: u64) {
+        self.seqs.remove(&seq);
+    }
+
+    /// Number of cached positions of `seq` (layer 0).
+    pub fn len(&self, seq: u64) -> usize {
+        self.seqs
+            .get(&seq)
+            .and_then(|l| l.first().cloned().flatten())
+            .map(|(k, _)| k.dims()[1])
+            .unwrap_or(0)
+    }
+}
+
+impl KvStore for ContiguousKv {
+    fn write_and_read(
+        &mut self,
+        layer: usize,
+        seq: u64,
+        start_pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let layers = self.seqs.entry(seq).or_default();
+        if layers.len() <= layer {
+            layers.resize(layer + 1, None);
+        }
+        let (k_all, v_all) = match layers[layer].take() {
+            Some((pk, pv)) if start_pos > 0 => {
+                let have = pk.dims()[1];
+                if have < start_pos {
+                    candle_core::bail!("kv cache of sequence {seq} holds {have} positions, write starts at {start_pos}");
+                }
+                let pk = pk.narrow(1, 0, start_pos)?;
+                let pv = pv.narrow(1, 0, start_pos)?;
+                (Tensor::cat(&[&pk, k], 1)?, Tensor::cat(&[&pv, v], 1)?)
+            }
+            None if start_pos > 0 => {
+                candle_core::bail!(
+                    "kv cache of sequence {seq} is empty, write starts at {start_pos}"
+                )
+            }
+            _ => (k.contiguous()?, v.contiguous()?),
+        };
+        layers[layer] = Some((k_all.clone(), v_all.clone()));
+        Ok((k_all, v_all))
+    }
+}

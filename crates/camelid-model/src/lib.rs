@@ -1,0 +1,33 @@
+//! camelid-model: everything about LLaMA-family weights and math, nothing about HTTP.
+//!
+//! - loading: [`loader`] (one entry point), [`gguf`], [`hf_folder`] (safetensors, PyTorch
+//!   `.bin`), [`hub`], [`registry`] (known models and the default-model fetch)
+//! - text: [`tokenizer`], [`template`], [`stream`] (incremental detokenization, stop strings)
+//! - math: [`config`], [`linear`], [`rope`], [`model`] (varlen forward), [`kv`] (KV storage
+//!   interface), [`sampling`]
+//! - tools: [`generate`] (single-sequence generation for CLI and tests), [`convert`]
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod hf_folder;
+pub mod hub;
+pub mod kv;
+pub mod linear;
+pub mod loader;
+pub mod model;
+pub mod registry;
+pub mod rope;
+pub mod sampling;
+pub mod stream;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use loader::{load, LoadOptions, LoadedModel};
+pub use model::{ForwardBatch, Llama, LogitsWanted, SeqChunk};
+pub use sampling::{Sampler, SamplingParams};
+pub use template::{ChatTemplate, Message};

@@ -1,0 +1,173 @@
+//! Rotary position embeddings for tokens at arbitrary (per-token) positions.
+
+use crate::config::{ModelConfig, RopeScaling};
+use candle_core::{Device, Result, Tensor};
+
+/// Inverse frequencies for one head, after any context-extension scaling that does not
+/// depend on the sequence length.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    head_dim: usize,
+    theta: f32,
+    scaling: RopeScaling,
+    max_position_embeddings: usize,
+}
+
+fn base_inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
+    (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / theta.powf(i as f32 / head_dim as f32))
+        .collect()
+}
+
+impl Rope {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        let mut inv_freq = base_inv_freq(cfg.rope_theta, cfg.head_dim);
+        match cfg.rope_scaling {
+            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: orig,
+            } => {
+                let low_wavelen = orig as f32 / low_freq_factor;
+                let high_wavelen = orig as f32 / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2. * std::f32::consts::PI / *f;
+                    *f = if wavelen < high_wavelen {
+                        *f
+                    } else if wavelen > low_wavelen {
+                        *f / factor
+                    } else {
+                        let smooth = (orig as f32 / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1. - smooth) * *f / factor + smooth * *f
+                    };
+                }
+            }
+            RopeScaling::None | RopeScaling::Dynamic { .. } => {}
+        }
+        Self {
+            inv_freq,
+            head_dim: cfg.head_dim,
+            theta: cfg.rope_theta,
+            scaling: cfg.rope_scaling.clone(),
+            max_position_embeddings: cfg.max_position_embeddings,
+        }
+    }
+
+    /// Frequencies for a sequence whose total length is `seq_len` (only dynamic NTK scaling
+    /// depends on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`).
+    fn inv_freq_for(&self, seq_len: usize) -> std::borrow::Cow<'_, [f32]> {
+        match self.scaling {
+            RopeScaling::Dynamic { factor } if seq_len > self.max_position_embeddings => {
+                let d = self.head_dim as f32;
+                let ratio = factor * seq_len as f32 / self.max_position_embeddings as f32;
+                let base = self.theta * (ratio - (factor - 1.)).powf(d / (d - 2.));
+                std::borrow::Cow::Owned(base_inv_freq(base, self.head_dim))
+            }
+            _ => std::borrow::Cow::Borrowed(&self.inv_freq),
+        }
+    }
+
+    /// cos and sin tables of shape (tokens, head_dim / 2), one row per token.
+    /// `spans` gives, for each run of tokens, its first position, its length and the total
+    /// length of the sequence it belongs to.
+    pub fn cos_sin(
+        &self,
+        spans: &[(usize, usize, usize)],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.head_dim / 2;
+        let n: usize = spans.iter().map(|s| s.1).sum();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for &(start, len, seq_len) in spans {
+            let freqs = self.inv_freq_for(seq_len);
+            for p in start..start + len {
+                for &f in freqs.iter() {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (n, half), device)?,
+            Tensor::from_vec(sin, (n, half), device)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RopeStyle;
+
+    fn cfg(scaling: RopeScaling) -> ModelConfig {
+        ModelConfig {
+            hidden_size: 32,
+            intermediate_size: 64,
+            vocab_size: 10,
+            num_layers: 1,
+            num_heads: 4,
+            num_kv_heads: 4,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: scaling,
+            rope_style: RopeStyle::Half,
+            max_position_embeddings: 16,
+            tie_word_embeddings: false,
+        }
+    }
+
+    fn table(r: &Rope, start: usize, len: usize, total: usize) -> Vec<Vec<f32>> {
+        r.cos_sin(&[(start, len, total)], &Device::Cpu)
+            .unwrap()
+            .0
+            .to_vec2()
+            .unwrap()
+    }
+
+    #[test]
+    fn linear_scaling_divides_positions() {
+        let r = Rope::new(&cfg(RopeScaling::Linear { factor: 4.0 }));
+        let cos = table(&r, 0, 9, 9);
+        for (p, row) in cos.iter().enumerate() {
+            for (i, c) in row.iter().enumerate() {
+                let want = (p as f32 / 4.0 * 10_000f32.powf(-((2 * i) as f32) / 8.0)).cos();
+                assert!((c - want).abs() < 1e-5, "p {p} i {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn dynamic_scaling_changes_base_only_past_the_context() {
+        let r = Rope::new(&cfg(RopeScaling::Dynamic { factor: 2.0 }));
+        let plain = Rope::new(&cfg(RopeScaling::None));
+        assert_eq!(table(&r, 0, 16, 16), table(&plain, 0, 16, 16));
+        let long = table(&r, 0, 32, 32);
+        let base = 10_000f32 * (2.0f32 * 32.0 / 16.0 - 1.0).powf(8.0 / 6.0);
+        let want = (31f32 * base.powf(-2.0 / 8.0)).cos();
+        assert!((long[31][1] - want).abs() < 1e-4);
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies() {
+        let mut c = cfg(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        });
+        c.rope_theta = 500_000.0;
+        let r = Rope::new(&c);
+        c.rope_scaling = RopeScaling::None;
+        let plain = Rope::new(&c);
+        assert_eq!(r.inv_freq[0], plain.inv_freq[0]);
+        assert!((r.inv_freq[3] - plain.inv_freq[3] / 8.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,302 @@
+//! Turning logits into the next token: penalties, temperature, top-k / top-p / min-p, a
+//! per-request seeded RNG (so a seed gives the same tokens whatever else runs), and
+//! log-probabilities of the model's own distribution.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 1 disables.
+    pub top_p: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 0 disables.
+    pub min_p: f32,
+    /// 1 disables; >1 discourages tokens already in the prompt or output.
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: HashMap<u32, f32>,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: HashMap::new(),
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+}
+
+/// Log-probability of one token and its best alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// (token, logprob), best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Natural-log softmax of raw logits.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    logits.iter().map(|&l| l - lse).collect()
+}
+
+/// Indices of the `k` largest values, best first (ties: lower index first).
+pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(values.len());
+    if k == 0 {
+        return vec![];
+    }
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let cmp = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_by(cmp);
+    idx
+}
+
+/// Logprob of `token` and the `top_n` most likely tokens under the model's distribution.
+pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
+    let lp = log_softmax(logits);
+    let top = top_k_indices(&lp, top_n)
+        .into_iter()
+        .map(|i| (i as u32, lp[i]))
+        .collect();
+    TokenLogprob {
+        token,
+        logprob: lp[token as usize],
+        top,
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        Self { params, rng }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Applies bias and penalties in place. `prompt` and `output` are the sequence so far.
+    pub fn apply_penalties(&self, logits: &mut [f32], prompt: &[u32], output: &[u32]) {
+        let p = &self.params;
+        for (&t, &b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            let mut seen = vec![false; logits.len()];
+            for &t in prompt.iter().chain(output) {
+                if let Some(s) = seen.get_mut(t as usize) {
+                    if !*s {
+                        *s = true;
+                        let l = &mut logits[t as usize];
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
+                    }
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts: HashMap<u32, u32> = HashMap::new();
+            for &t in output {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, c) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+                }
+            }
+        }
+    }
+
+    /// Picks the next token from raw logits.
+    pub fn sample(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
+        let mut l = logits.to_vec();
+        self.apply_penalties(&mut l, prompt, output);
+        let p = &self.params;
+        if p.temperature <= 0.0 || p.top_k == 1 {
+            return top_k_indices(&l, 1)[0] as u32;
+        }
+        // Candidates sorted by logit, best first, cut by top_k.
+        let k = if p.top_k == 0 { l.len() } else { p.top_k };
+        let cand = top_k_indices(&l, k);
+        let max = l[cand[0]];
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|&i| (((l[i] - max) / p.temperature) as f64).exp())
+            .collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= total);
+        // min_p: drop tokens less likely than min_p × the most likely one.
+        let mut keep = probs.len();
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p as f64;
+            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+        }
+        // top_p: the smallest prefix whose mass reaches top_p.
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut n = 0;
+            for &x in probs.iter().take(keep) {
+                acc += x;
+                n += 1;
+                if acc >= p.top_p as f64 {
+                    break;
+                }
+            }
+            keep = n.max(1);
+        }
+        let mass: f64 = probs[..keep].iter().sum();
+        let mut r = self.rng.random::<f64>() * mass;
+        for (i, &x) in probs[..keep].iter().enumerate() {
+            r -= x;
+            if r <= 0.0 {
+                return cand[i] as u32;
+            }
+        }
+        cand[keep - 1] as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        (0..50)
+            .map(|i| ((i * 37 % 50) as f32) / 7.0 - 3.0)
+            .collect()
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        };
+        let run = || {
+            let mut s = Sampler::new(p.clone());
+            (0..20)
+                .map(|_| s.sample(&logits(), &[], &[]))
+                .collect::<Vec<_>>()
+        };
+        let a = run();
+        assert_eq!(a, run());
+        let mut other = Sampler::new(SamplingParams {
+            seed: Some(8),
+            ..p.clone()
+        });
+        let b: Vec<_> = (0..20).map(|_| other.sample(&logits(), &[], &[])).collect();
+        assert_ne!(a, b, "different seeds should give different draws");
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let l = logits();
+        let greedy = top_k_indices(&l, 1)[0] as u32;
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.5,
+            top_k: 1,
+            seed: Some(1),
+            ..Default::default()
+        });
+        for _ in 0..10 {
+            assert_eq!(s.sample(&l, &[], &[]), greedy);
+        }
+        let mut g = Sampler::new(SamplingParams::greedy());
+        assert_eq!(g.sample(&l, &[], &[]), greedy);
+    }
+
+    #[test]
+    fn top_p_and_min_p_restrict_support() {
+        let mut l = vec![-10.0f32; 10];
+        l[3] = 5.0;
+        l[4] = 4.9;
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&l, &[], &[]), 3);
+        }
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert!([3, 4].contains(&s.sample(&l, &[], &[])));
+        }
+    }
+
+    #[test]
+    fn penalties_and_bias() {
+        let s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            presence_penalty: 1.0,
+            frequency_penalty: 0.5,
+            logit_bias: [(0u32, 10.0f32)].into(),
+            ..Default::default()
+        });
+        let mut l = vec![1.0, 2.0, -2.0, 0.0];
+        s.apply_penalties(&mut l, &[1], &[2, 2]);
+        assert_eq!(l, vec![11.0, 1.0, -4.0 - 1.0 - 1.0, 0.0]);
+    }
+
+    #[test]
+    fn logprobs_are_normalised() {
+        let t = token_logprob(&logits(), 5, 5);
+        assert_eq!(t.top.len(), 5);
+        assert!(t.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let total: f64 = log_softmax(&logits())
+            .iter()
+            .map(|&x| (x as f64).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!(t.logprob <= 0.0);
+    }
+}

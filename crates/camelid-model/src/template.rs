@@ -1,0 +1,444 @@
+//! Chat templates: FastChat's built-in conversation formats (byte for byte) and HF jinja
+//! `chat_template`s rendered with minijinja.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// FastChat's separator styles that the built-ins use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SepStyle {
+    AddColonSingle,
+    AddColonTwo,
+    Llama2,
+    Llama3,
+    ChatMl,
+}
+
+/// A FastChat `Conversation` template.
+#[derive(Debug, Clone)]
+pub struct Builtin {
+    pub name: &'static str,
+    system_template: &'static str,
+    pub default_system: &'static str,
+    roles: (&'static str, &'static str),
+    /// Messages every conversation starts with (one_shot's example).
+    preset: &'static [(usize, &'static str)],
+    style: SepStyle,
+    sep: &'static str,
+    sep2: &'static str,
+    /// Text that ends the assistant's turn besides EOS.
+    pub stop_str: Option<&'static str>,
+}
+
+const ONE_SHOT_ANSWER: &str = "Of course! Here are some creative ideas for a 10-year-old's birthday party:
+1. Treasure Hunt: Organize a treasure hunt in your backyard or nearby park. Create clues and riddles for the kids to solve, leading them to hidden treasures and surprises.
+2. Science Party: Plan a science-themed party where kids can engage in fun and interactive experiments. You can set up different stations with activities like making slime, erupting volcanoes, or creating simple chemical reactions.
+3. Outdoor Movie Night: Set up a backyard movie night with a projector and a large screen or white sheet. Create a cozy seating area with blankets and pillows, and serve popcorn and snacks while the kids enjoy a favorite movie under the stars.
+4. DIY Crafts Party: Arrange a craft party where kids can unleash their creativity. Provide a variety of craft supplies like beads, paints, and fabrics, and let them create their own unique masterpieces to take home as party favors.
+5. Sports Olympics: Host a mini Olympics event with various sports and games. Set up different stations for activities like sack races, relay races, basketball shooting, and obstacle courses. Give out medals or certificates to the participants.
+6. Cooking Party: Have a cooking-themed party where the kids can prepare their own mini pizzas, cupcakes, or cookies. Provide toppings, frosting, and decorating supplies, and let them get hands-on in the kitchen.
+7. Superhero Training Camp: Create a superhero-themed party where the kids can engage in fun training activities. Set up an obstacle course, have them design their own superhero capes or masks, and organize superhero-themed games and challenges.
+8. Outdoor Adventure: Plan an outdoor adventure party at a local park or nature reserve. Arrange activities like hiking, nature scavenger hunts, or a picnic with games. Encourage exploration and appreciation for the outdoors.
+Remember to tailor the activities to the birthday child's interests and preferences. Have a great celebration!";
+
+const HUMAN_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions.";
+
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "vicuna_v1.1",
+        system_template: "{system_message}",
+        default_system: "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.",
+        roles: ("USER", "ASSISTANT"),
+        preset: &[],
+        style: SepStyle::AddColonTwo,
+        sep: " ",
+        sep2: "</s>",
+        stop_str: None,
+    },
+    Builtin {
+        name: "llama-2",
+        system_template: "[INST] <<SYS>>\n{system_message}\n<</SYS>>\n\n",
+        default_system: "",
+        roles: ("[INST]", "[/INST]"),
+        preset: &[],
+        style: SepStyle::Llama2,
+        sep: " ",
+        sep2: " </s><s>",
+        stop_str: None,
+    },
+    Builtin {
+        name: "llama-3",
+        system_template: "<|start_header_id|>system<|end_header_id|>\n\n{system_message}<|eot_id|>",
+        default_system: "",
+        roles: ("user", "assistant"),
+        preset: &[],
+        style: SepStyle::Llama3,
+        sep: "",
+        sep2: "",
+        stop_str: Some("<|eot_id|>"),
+    },
+    Builtin {
+        name: "alpaca",
+        system_template: "{system_message}",
+        default_system: "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        roles: ("### Instruction", "### Response"),
+        preset: &[],
+        style: SepStyle::AddColonTwo,
+        sep: "\n\n",
+        sep2: "</s>",
+        stop_str: None,
+    },
+    Builtin {
+        name: "zero_shot",
+        system_template: "{system_message}",
+        default_system: HUMAN_SYSTEM,
+        roles: ("Human", "Assistant"),
+        preset: &[],
+        style: SepStyle::AddColonSingle,
+        sep: "\n### ",
+        sep2: "",
+        stop_str: Some("###"),
+    },
+    Builtin {
+        name: "one_shot",
+        system_template: "{system_message}",
+        default_system: HUMAN_SYSTEM,
+        roles: ("Human", "Assistant"),
+        preset: &[(0, "Got any creative ideas for a 10 year old’s birthday?"), (1, ONE_SHOT_ANSWER)],
+        style: SepStyle::AddColonSingle,
+        sep: "\n### ",
+        sep2: "",
+        stop_str: Some("###"),
+    },
+    Builtin {
+        name: "chatml",
+        system_template: "<|im_start|>system\n{system_message}",
+        default_system: "You are a helpful assistant.",
+        roles: ("<|im_start|>user", "<|im_start|>assistant"),
+        preset: &[],
+        style: SepStyle::ChatMl,
+        sep: "<|im_end|>",
+        sep2: "",
+        stop_str: Some("<|im_end|>"),
+    },
+];
+
+impl Builtin {
+    pub fn by_name(name: &str) -> Option<&'static Builtin> {
+        BUILTINS.iter().find(|b| b.name == name)
+    }
+
+    /// Renders like FastChat's `Conversation.get_prompt()` after appending the messages
+    /// and an empty assistant turn.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let mut system = self.default_system.to_string();
+        let mut turns: Vec<(usize, Option<String>)> = self
+            .preset
+            .iter()
+            .map(|(r, m)| (*r, Some(m.to_string())))
+            .collect();
+        for m in messages {
+            match m.role.as_str() {
+                "system" => system = m.content.clone(),
+                "user" => turns.push((0, Some(m.content.clone()))),
+                "assistant" => turns.push((1, Some(m.content.clone()))),
+                other => return Err(Error::Template(format!("unknown role {other:?}"))),
+            }
+        }
+        if add_generation_prompt {
+            turns.push((1, None));
+        }
+        let role = |r: usize| if r == 0 { self.roles.0 } else { self.roles.1 };
+        let system_prompt = self.system_template.replace("{system_message}", &system);
+        let mut ret = String::new();
+        match self.style {
+            SepStyle::AddColonSingle => {
+                ret += &system_prompt;
+                ret += self.sep;
+                for (r, m) in &turns {
+                    match m {
+                        Some(m) => ret += &format!("{}: {}{}", role(*r), m, self.sep),
+                        None => ret += &format!("{}:", role(*r)),
+                    }
+                }
+            }
+            SepStyle::AddColonTwo => {
+                let seps = [self.sep, self.sep2];
+                ret += &system_prompt;
+                ret += seps[0];
+                for (i, (r, m)) in turns.iter().enumerate() {
+                    match m {
+                        Some(m) => ret += &format!("{}: {}{}", role(*r), m, seps[i % 2]),
+                        None => ret += &format!("{}:", role(*r)),
+                    }
+                }
+            }
+            SepStyle::Llama2 => {
+                let seps = [self.sep, self.sep2];
+                ret += if system.is_empty() {
+                    "[INST] "
+                } else {
+                    &system_prompt
+                };
+                for (i, (_, m)) in turns.iter().enumerate() {
+                    let tag = if i % 2 == 0 {
+                        self.roles.0
+                    } else {
+                        self.roles.1
+                    };
+                    match m {
+                        Some(m) if i == 0 => ret += &format!("{m} "),
+                        Some(m) => ret += &format!("{tag} {m}{}", seps[i % 2]),
+                        None => ret += tag,
+                    }
+                }
+            }
+            SepStyle::Llama3 => {
+                ret += "<|begin_of_text|>";
+                if !system.is_empty() {
+                    ret += &system_prompt;
+                }
+                for (r, m) in &turns {
+                    ret += &format!("<|start_header_id|>{}<|end_header_id|>\n\n", role(*r));
+                    if let Some(m) = m {
+                        ret += &format!("{}<|eot_id|>", m.trim());
+                    }
+                }
+            }
+            SepStyle::ChatMl => {
+                if !system_prompt.is_empty() {
+                    ret += &format!("{system_prompt}{}\n", self.sep);
+                }
+                for (r, m) in &turns {
+                    match m {
+                        Some(m) => ret += &format!("{}\n{}{}\n", role(*r), m, self.sep),
+                        None => ret += &format!("{}\n", role(*r)),
+                    }
+                }
+            }
+        }
+        Ok(ret)
+    }
+}
+
+/// The template a model renders its conversations with.
+#[derive(Debug, Clone)]
+pub enum ChatTemplate {
+    Builtin(&'static Builtin),
+    Jinja {
+        source: String,
+        bos_token: String,
+        eos_token: String,
+    },
+}
+
+fn raise_exception(msg: String) -> std::result::Result<String, minijinja::Error> {
+    Err(minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        msg,
+    ))
+}
+
+fn strftime_now(fmt: String) -> String {
+    chrono::Local::now().format(&fmt).to_string()
+}
+
+impl ChatTemplate {
+    pub fn name(&self) -> String {
+        match self {
+            ChatTemplate::Builtin(b) => b.name.to_string(),
+            ChatTemplate::Jinja { .. } => "jinja".to_string(),
+        }
+    }
+
+    /// Built-in by name, or the model's jinja template for `"jinja"`/`"model"`.
+    pub fn builtin(name: &str) -> Result<Self> {
+        Builtin::by_name(name)
+            .map(ChatTemplate::Builtin)
+            .ok_or_else(|| {
+                let names: Vec<_> = BUILTINS.iter().map(|b| b.name).collect();
+                Error::Template(format!(
+                    "unknown template {name:?} (built-ins: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// FastChat-style choice from a model name or path.
+    pub fn for_model_name(name: &str) -> &'static Builtin {
+        let n = name.to_lowercase();
+        let pick = if n.contains("vicuna") {
+            "vicuna_v1.1"
+        } else if n.contains("llama-3") || n.contains("llama3") {
+            "llama-3"
+        } else if n.contains("llama-2") || n.contains("llama2") {
+            "llama-2"
+        } else if n.contains("alpaca") {
+            "alpaca"
+        } else if n.contains("smollm") || n.contains("qwen") || n.contains("chatml") {
+            "chatml"
+        } else {
+            "one_shot"
+        };
+        Builtin::by_name(pick).expect("built-in exists")
+    }
+
+    /// Text that ends an assistant turn for this template, besides EOS tokens.
+    pub fn stop_strings(&self) -> Vec<String> {
+        match self {
+            ChatTemplate::Builtin(b) => b.stop_str.map(String::from).into_iter().collect(),
+            ChatTemplate::Jinja { .. } => vec![],
+        }
+    }
+
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        match self {
+            ChatTemplate::Builtin(b) => b.render(messages, add_generation_prompt),
+            ChatTemplate::Jinja {
+                source,
+                bos_token,
+                eos_token,
+            } => {
+                let mut env = minijinja::Environment::new();
+                minijinja_contrib::add_to_environment(&mut env);
+                env.set_unknown_method_callback(
+                    minijinja_contrib::pycompat::unknown_method_callback,
+                );
+                env.add_function("raise_exception", raise_exception);
+                env.add_function("strftime_now", strftime_now);
+                env.add_template("chat", source).map_err(|e| {
+                    Error::Template(format!("cannot parse the model's chat_template: {e}"))
+                })?;
+                let tmpl = env
+                    .get_template("chat")
+                    .map_err(|e| Error::Template(e.to_string()))?;
+                tmpl.render(minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => bos_token,
+                    eos_token => eos_token,
+                })
+                .map_err(|e| Error::Template(format!("rendering the model's chat_template: {e}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(system: Option<&str>) -> Vec<Message> {
+        let mut v = vec![];
+        if let Some(s) = system {
+            v.push(Message::new("system", s));
+        }
+        v.push(Message::new("user", "Hello!"));
+        v.push(Message::new("assistant", "Hi!"));
+        v.push(Message::new("user", "How are you?"));
+        v
+    }
+
+    fn render(name: &str, system: Option<&str>) -> String {
+        ChatTemplate::builtin(name)
+            .unwrap()
+            .render(&conv(system), true)
+            .unwrap()
+    }
+
+    #[test]
+    fn vicuna_matches_fastchat() {
+        assert_eq!(
+            render("vicuna_v1.1", None),
+            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: Hello! ASSISTANT: Hi!</s>USER: How are you? ASSISTANT:"
+        );
+        assert_eq!(
+            render("vicuna_v1.1", Some("SYS")),
+            "SYS USER: Hello! ASSISTANT: Hi!</s>USER: How are you? ASSISTANT:"
+        );
+    }
+
+    #[test]
+    fn llama2_matches_fastchat() {
+        assert_eq!(
+            render("llama-2", Some("You are nice.")),
+            "[INST] <<SYS>>\nYou are nice.\n<</SYS>>\n\nHello! [/INST] Hi! </s><s>[INST] How are you? [/INST]"
+        );
+        assert_eq!(
+            render("llama-2", None),
+            "[INST] Hello! [/INST] Hi! </s><s>[INST] How are you? [/INST]"
+        );
+    }
+
+    #[test]
+    fn llama3_matches_fastchat() {
+        assert_eq!(
+            render("llama-3", Some("S")),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHi!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHow are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+    }
+
+    #[test]
+    fn alpaca_zero_one_shot_chatml_match_fastchat() {
+        assert_eq!(
+            render("alpaca", Some("S")),
+            "S\n\n### Instruction: Hello!\n\n### Response: Hi!</s>### Instruction: How are you?\n\n### Response:"
+        );
+        assert_eq!(
+            render("zero_shot", Some("S")),
+            "S\n### Human: Hello!\n### Assistant: Hi!\n### Human: How are you?\n### Assistant:"
+        );
+        let one = render("one_shot", Some("S"));
+        assert!(one.starts_with("S\n### Human: Got any creative ideas for a 10 year old’s birthday?\n### Assistant: Of course! Here are"));
+        assert!(one.ends_with("Have a great celebration!\n### Human: Hello!\n### Assistant: Hi!\n### Human: How are you?\n### Assistant:"));
+        assert_eq!(
+            render("chatml", Some("S")),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\nHi!<|im_end|>\n<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn jinja_template_with_hf_helpers() {
+        let t = ChatTemplate::Jinja {
+            source: "{{ bos_token }}{% for m in messages %}{% if m.role not in ['user','assistant','system'] %}{{ raise_exception('bad role') }}{% endif %}<{{ m.role }}>{{ m.content.strip() }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}{{ messages|tojson }}".into(),
+            bos_token: "<s>".into(),
+            eos_token: "</s>".into(),
+        };
+        let out = t.render(&[Message::new("user", " hi ")], true).unwrap();
+        assert!(out.starts_with("<s><user>hi</s><assistant>[{"), "{out}");
+        let err = t.render(&[Message::new("tool", "x")], true).unwrap_err();
+        assert!(err.to_string().contains("bad role"), "{err}");
+    }
+
+    #[test]
+    fn selection_by_name() {
+        assert_eq!(
+            ChatTemplate::for_model_name("lmsys/vicuna-7b-v1.5").name,
+            "vicuna_v1.1"
+        );
+        assert_eq!(
+            ChatTemplate::for_model_name("meta-llama/Llama-2-7b-chat-hf").name,
+            "llama-2"
+        );
+        assert_eq!(
+            ChatTemplate::for_model_name("meta-llama/Meta-Llama-3-8B-Instruct").name,
+            "llama-3"
+        );
+        assert!(ChatTemplate::builtin("nope").is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! The default model (SmolLM2-135M-Instruct Q4_1) against independent references:
+//! candle-transformers' `quantized_llama` and `llama` on the same weights.
+
+mod common;
+use camelid_model::generate::{generate, GenerationParams};
+use camelid_model::sampling::log_softmax;
+use camelid_model::{Message, SamplingParams};
+use candle_core::{DType, Device, Tensor};
+use common::*;
+
+#[test]
+fn gguf_logits_match_candle_quantized_llama() {
+    let lm = load(&default_gguf());
+    let ids = chat_prompt(&lm);
+    assert!(ids.len() >= 30, "prompt has {} tokens", ids.len());
+    let ours = lm.model.logits_all(&ids).unwrap();
+    let ours_last: Vec<f32> = ours.get(ids.len() - 1).unwrap().to_vec1().unwrap();
+
+    let mut f = std::fs::File::open(default_gguf()).unwrap();
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        ct,
+        &mut f,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let theirs: Vec<f32> = reference
+        .forward(&x, 0)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+
+    let d = max_abs_diff(&ours_last, &theirs);
+    assert!(d <= 2e-3, "max |Δlogit| = {d}");
+    assert_eq!(top_k(&ours_last, 5), top_k(&theirs, 5));
+}
+
+#[test]
+fn safetensors_logits_match_candle_llama() {
+    let dir = converted_f32();
+    let lm = load(&dir);
+    let ids = chat_prompt(&lm);
+    let ours = lm.model.logits_all(&ids).unwrap();
+    let ours_last: Vec<f32> = ours.get(ids.len() - 1).unwrap().to_vec1().unwrap();
+
+    use candle_transformers::models::llama as ref_llama;
+    let cfg: ref_llama::LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = cfg.into_config(false);
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let model = ref_llama::Llama::load(vb, &cfg).unwrap();
+    let mut cache = ref_llama::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap();
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let theirs: Vec<f32> = model
+        .forward(&x, 0, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+
+    let d = max_abs_diff(&ours_last, &theirs);
+    assert!(d <= 2e-3, "max |Δlogit| = {d}");
+    assert_eq!(top_k(&ours_last, 5), top_k(&theirs, 5));
+}
+
+#[test]
+fn quantized_and_f32_agree_per_position() {
+    let q = load(&default_gguf());
+    let f = load(&converted_f32());
+    let ids = chat_prompt(&q);
+    assert_eq!(ids, chat_prompt(&f), "both paths tokenize the prompt alike");
+    let lq = q.model.logits_all(&ids).unwrap().to_vec2::<f32>().unwrap();
+    let lf = f.model.logits_all(&ids).unwrap().to_vec2::<f32>().unwrap();
+    let (mut agree, mut kl_sum) = (0usize, 0f64);
+    for (a, b) in lf.iter().zip(&lq) {
+        if top_k(a, 1) == top_k(b, 1) {
+            agree += 1;
+        }
+        let (pa, pb) = (log_softmax(a), log_softmax(b));
+        kl_sum += pa
+            .iter()
+            .zip(&pb)
+            .map(|(x, y)| (*x as f64).exp() * (*x as f64 - *y as f64))
+            .sum::<f64>();
+    }
+    let n = ids.len() as f64;
+    let (agreement, kl) = (agree as f64 / n, kl_sum / n);
+    eprintln!("top-1 agreement {agreement:.3}, mean KL {kl:.4}");
+    assert!(agreement >= 0.90, "top-1 agreement {agreement}");
+    assert!(kl < 0.02, "mean KL {kl}");
+}
+
+#[test]
+fn greedy_answers_paris() {
+    let lm = load(&converted_f32());
+    let text = lm
+        .template
+        .render(
+            &[Message::new("user", "What is the capital of France?")],
+            true,
+        )
+        .unwrap();
+    let ids = lm.tokenizer.encode(&text, true).unwrap();
+    let mut p = GenerationParams::new(40, SamplingParams::greedy());
+    p.stop_token_ids = lm.stop_token_ids.clone();
+    let g = generate(&lm, &ids, p, |_| {}).unwrap();
+    assert!(g.text.contains("Paris"), "answer: {:?}", g.text);
+}
+
+#[test]
+fn incremental_decode_equals_full_decode() {
+    let lm = load(&default_gguf());
+    let tok = &lm.tokenizer;
+    for s in [
+        "naïve café — 東京 🙂🙃 done",
+        "spaces   and\ttabs\n\nnew lines",
+        "<|im_start|>user\nhi<|im_end|>",
+    ] {
+        let ids = tok.encode(s, false).unwrap();
+        let mut d = camelid_model::stream::IncrementalDecoder::new(false);
+        let mut out = String::new();
+        for &id in &ids {
+            let piece = d.push(tok, id).unwrap();
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "half a character emitted for {s:?}"
+            );
+            out += &piece;
+        }
+        out += &d.flush(tok).unwrap();
+        assert_eq!(out, tok.decode(&ids, false).unwrap());
+        assert_eq!(out, s);
+    }
+}
+
+#[test]
+fn stop_string_spanning_tokens_is_cut() {
+    let lm = load(&default_gguf());
+    let text = lm
+        .template
+        .render(
+            &[Message::new(
+                "user",
+                "Count from 1 to 20, separated by commas.",
+            )],
+            true,
+        )
+        .unwrap();
+    let ids = lm.tokenizer.encode(&text, true).unwrap();
+    let mut p = GenerationParams::new(60, SamplingParams::greedy());
+    p.stop_token_ids = lm.stop_token_ids.clone();
+    let full = generate(&lm, &ids, p.clone(), |_| {}).unwrap();
+    // A stop string made of the text of two consecutive generated tokens.
+    let pieces: Vec<String> = full
+        .tokens
+        .iter()
+        .map(|&t| lm.tokenizer.decode(&[t], false).unwrap())
+        .collect();
+    let k = pieces
+        .iter()
+        .position(|s| !s.trim().is_empty())
+        .unwrap()
+        + 2;
+    let stop = format!("{}{}", pieces[k], pieces[k + 1]);
+    let idx = full.text.find(&stop).unwrap();
+    p.stop_strings = vec![stop.clone()];
+    let mut streamed = String::new();
+    let cut = generate(&lm, &ids, p, |s| streamed += s).unwrap();
+    assert_eq!(cut.finish_reason.as_str(), "stop");
+    assert_eq!(cut.text, full.text[..idx]);
+    assert_eq!(streamed, cut.text);
+    assert!(!streamed.contains(&stop));
+}

@@ -1,0 +1,395 @@
+//! Tiny LLaMA models: the committed SentencePiece/safetensors/PyTorch fixture, and random
+//! models of every shape variant generated here.
+
+mod common;
+use camelid_model::generate::{generate, GenerationParams};
+use camelid_model::hf_folder::{find_weight_files, HfWeights, WeightFiles};
+use camelid_model::kv::ContiguousKv;
+use camelid_model::{ForwardBatch, LoadOptions, LogitsWanted, SamplingParams};
+use candle_core::{DType, Device, Tensor};
+use common::max_abs_diff;
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("camelid-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn sentencepiece_model_encodes_like_sentencepiece() {
+    let tok =
+        camelid_model::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("expected_ids.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        tok.vocab_size(),
+        expected["vocab_size"].as_u64().unwrap() as usize
+    );
+    for case in expected["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, false).unwrap(), want, "text {text:?}");
+    }
+    // BOS is added once, never doubled.
+    let ids = tok.encode("<s>hello", true).unwrap();
+    assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1, "{ids:?}");
+}
+
+#[test]
+fn safetensors_and_pytorch_bin_hold_identical_tensors() {
+    let st = HfWeights::open(
+        &WeightFiles::Safetensors(vec![fixture().join("model.safetensors")]),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let pt = HfWeights::open(
+        &WeightFiles::PyTorch(vec![fixture().join("pytorch_model.bin")]),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(st.names(), pt.names());
+    assert!(st.names().len() > 10);
+    for n in st.names() {
+        let a: Vec<f32> = st
+            .load(&n)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = pt
+            .load(&n)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b, "{n}");
+    }
+    // A folder with both prefers safetensors; with only the .bin, it reads the .bin.
+    assert!(matches!(
+        find_weight_files(&fixture()).unwrap(),
+        WeightFiles::Safetensors(_)
+    ));
+    let only_bin = tmpdir("binonly");
+    for f in ["config.json", "tokenizer.model", "pytorch_model.bin"] {
+        std::fs::copy(fixture().join(f), only_bin.join(f)).unwrap();
+    }
+    assert!(matches!(
+        find_weight_files(&only_bin).unwrap(),
+        WeightFiles::PyTorch(_)
+    ));
+    let a = common::load(&fixture());
+    let b = common::load(&only_bin);
+    let ids = a.tokenizer.encode("hello world", true).unwrap();
+    let la: Vec<f32> = a
+        .model
+        .logits_all(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let lb: Vec<f32> = b
+        .model
+        .logits_all(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(la, lb);
+}
+
+#[derive(Clone, Copy)]
+struct Variant {
+    heads: usize,
+    kv_heads: usize,
+    tied: bool,
+    linear_scaling: Option<f32>,
+}
+
+/// Writes a random-weight model folder (tokenizer from the fixture).
+fn random_model(v: &Variant, tag: &str) -> PathBuf {
+    let dir = tmpdir(tag);
+    let (h, i, layers, vocab) = (32usize, 64usize, 2usize, 80usize);
+    let hd = h / v.heads;
+    let dev = Device::Cpu;
+    let r = |shape: (usize, usize)| Tensor::randn(0f32, 0.3, shape, &dev).unwrap();
+    let ones = |n: usize| {
+        (Tensor::ones(n, DType::F32, &dev).unwrap() + Tensor::randn(0f32, 0.05, n, &dev).unwrap())
+            .unwrap()
+    };
+    let mut t = std::collections::HashMap::new();
+    t.insert("model.embed_tokens.weight".to_string(), r((vocab, h)));
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        t.insert(format!("{p}.self_attn.q_proj.weight"), r((v.heads * hd, h)));
+        t.insert(
+            format!("{p}.self_attn.k_proj.weight"),
+            r((v.kv_heads * hd, h)),
+        );
+        t.insert(
+            format!("{p}.self_attn.v_proj.weight"),
+            r((v.kv_heads * hd, h)),
+        );
+        t.insert(format!("{p}.self_attn.o_proj.weight"), r((h, v.heads * hd)));
+        t.insert(format!("{p}.mlp.gate_proj.weight"), r((i, h)));
+        t.insert(format!("{p}.mlp.up_proj.weight"), r((i, h)));
+        t.insert(format!("{p}.mlp.down_proj.weight"), r((h, i)));
+        t.insert(format!("{p}.input_layernorm.weight"), ones(h));
+        t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h));
+    }
+    t.insert("model.norm.weight".into(), ones(h));
+    if !v.tied {
+        t.insert("lm_head.weight".into(), r((vocab, h)));
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    let mut cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": h, "intermediate_size": i,
+        "vocab_size": vocab, "num_hidden_layers": layers, "num_attention_heads": v.heads,
+        "num_key_value_heads": v.kv_heads, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 128, "tie_word_embeddings": v.tied, "bos_token_id": 1, "eos_token_id": 2
+    });
+    if let Some(f) = v.linear_scaling {
+        cfg["rope_scaling"] = serde_json::json!({"type": "linear", "factor": f});
+    }
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        fixture().join("tokenizer.model"),
+        dir.join("tokenizer.model"),
+    )
+    .unwrap();
+    dir
+}
+
+fn reference_last_logits(dir: &Path, ids: &[u32]) -> Vec<f32> {
+    use candle_transformers::models::llama as r;
+    // candle-transformers' llama knows only llama3 rope scaling: the reference runs unscaled.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("rope_scaling");
+    let cfg: r::LlamaConfig = serde_json::from_value(cfg).unwrap();
+    let cfg = cfg.into_config(false);
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let m = r::Llama::load(vb, &cfg).unwrap();
+    let mut cache = r::Cache::new(true, DType::F32, &cfg, &Device::Cpu).unwrap();
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&x, 0, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn random_models_of_every_variant_load_run_and_match_reference() {
+    let variants = [
+        Variant {
+            heads: 4,
+            kv_heads: 2,
+            tied: false,
+            linear_scaling: None,
+        },
+        Variant {
+            heads: 4,
+            kv_heads: 4,
+            tied: false,
+            linear_scaling: None,
+        },
+        Variant {
+            heads: 4,
+            kv_heads: 1,
+            tied: true,
+            linear_scaling: None,
+        },
+        Variant {
+            heads: 2,
+            kv_heads: 2,
+            tied: true,
+            linear_scaling: Some(4.0),
+        },
+    ];
+    for (n, v) in variants.iter().enumerate() {
+        let dir = random_model(v, &format!("rand{n}"));
+        let lm = common::load(&dir);
+        let ids = lm
+            .tokenizer
+            .encode("hello world, the lazy fox", true)
+            .unwrap();
+        let ours: Vec<f32> = lm
+            .model
+            .logits_all(&ids)
+            .unwrap()
+            .get(ids.len() - 1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        if v.linear_scaling.is_none() {
+            let d = max_abs_diff(&ours, &reference_last_logits(&dir, &ids));
+            assert!(d < 1e-4, "variant {n}: max |Δ| {d}");
+        } else {
+            // Linear scaling must change the result (positions are compressed); the scaled
+            // angles themselves are checked against the formula in rope.rs.
+            let unscaled = reference_last_logits(&dir, &ids);
+            assert!(
+                max_abs_diff(&ours, &unscaled) > 1e-4,
+                "rope scaling had no effect"
+            );
+        }
+        let mut p = GenerationParams::new(8, SamplingParams::greedy());
+        p.ignore_eos = true;
+        let g = generate(&lm, &ids, p, |_| {}).unwrap();
+        assert_eq!(g.tokens.len(), 8, "variant {n}");
+    }
+}
+
+#[test]
+fn varlen_batch_matches_sequences_alone() {
+    let dir = random_model(
+        &Variant {
+            heads: 4,
+            kv_heads: 2,
+            tied: false,
+            linear_scaling: None,
+        },
+        "varlen",
+    );
+    let lm = common::load(&dir);
+    let a = lm
+        .tokenizer
+        .encode("the quick brown fox jumps over the lazy dog", true)
+        .unwrap();
+    let b = lm.tokenizer.encode("one two three", true).unwrap();
+    // Alone: a prefilled in two chunks, b in one.
+    let mut kv = ContiguousKv::new();
+    let split = a.len() / 2;
+    lm.model
+        .forward(
+            &ForwardBatch::single(1, 0, &a[..split], LogitsWanted::None),
+            &mut kv,
+        )
+        .unwrap();
+    let a_alone = lm
+        .model
+        .forward(
+            &ForwardBatch::single(1, split, &a[split..], LogitsWanted::All),
+            &mut kv,
+        )
+        .unwrap();
+    let b_alone = lm
+        .model
+        .forward(&ForwardBatch::single(2, 0, &b, LogitsWanted::All), &mut kv)
+        .unwrap();
+    // Together in one batch, at different positions, plus a decode step of sequence 3.
+    let mut kv2 = ContiguousKv::new();
+    lm.model
+        .forward(
+            &ForwardBatch::single(1, 0, &a[..split], LogitsWanted::None),
+            &mut kv2,
+        )
+        .unwrap();
+    lm.model
+        .forward(
+            &ForwardBatch::single(3, 0, &b[..2], LogitsWanted::None),
+            &mut kv2,
+        )
+        .unwrap();
+    let mut batch = ForwardBatch::default();
+    batch.push(3, 2, &b[2..3], LogitsWanted::Last);
+    batch.push(1, split, &a[split..], LogitsWanted::All);
+    batch.push(2, 0, &b, LogitsWanted::All);
+    let together = lm.model.forward(&batch, &mut kv2).unwrap();
+    let rows = together.dim(0).unwrap();
+    assert_eq!(rows, 1 + (a.len() - split) + b.len());
+    let t_a = together.narrow(0, 1, a.len() - split).unwrap();
+    let t_b = together.narrow(0, 1 + a.len() - split, b.len()).unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(max_abs_diff(&flat(&t_a), &flat(&a_alone)) < 1e-4);
+    assert!(max_abs_diff(&flat(&t_b), &flat(&b_alone)) < 1e-4);
+    // Sequence 3's decode row equals b's logits at position 2.
+    let b_row2 = b_alone.get(2).unwrap();
+    assert!(max_abs_diff(&flat(&together.get(0).unwrap()), &flat(&b_row2)) < 1e-4);
+}
+
+#[test]
+fn bad_files_give_errors_not_panics() {
+    // Truncated GGUF.
+    let gguf = common::default_gguf();
+    let bytes = std::fs::read(&gguf).unwrap();
+    let d = tmpdir("bad");
+    for cut in [10usize, 5_000, bytes.len() / 2] {
+        let p = d.join(format!("trunc{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = camelid_model::load(Some(p.to_str().unwrap()), &LoadOptions::default())
+            .err()
+            .expect("must fail");
+        assert!(e.to_string().contains("trunc"), "error names the file: {e}");
+    }
+    // Not a GGUF at all.
+    let p = d.join("garbage.gguf");
+    std::fs::write(&p, b"this is not a model").unwrap();
+    assert!(camelid_model::load(Some(p.to_str().unwrap()), &LoadOptions::default()).is_err());
+    // Wrong tensor shape: the config says a different intermediate size.
+    let wrong = tmpdir("wrongshape");
+    for f in ["model.safetensors", "tokenizer.model"] {
+        std::fs::copy(fixture().join(f), wrong.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    cfg["intermediate_size"] = serde_json::json!(24);
+    std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
+    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("shape"),
+        "{e}"
+    );
+    // Missing config field.
+    cfg.as_object_mut().unwrap().remove("num_attention_heads");
+    cfg["intermediate_size"] = serde_json::json!(16);
+    std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
+    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("num_attention_heads"), "{e}");
+    // Missing tensor.
+    let mut t =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    t.remove("model.layers.1.mlp.up_proj.weight");
+    candle_core::safetensors::save(&t, wrong.join("model.safetensors")).unwrap();
+    std::fs::copy(fixture().join("config.json"), wrong.join("config.json")).unwrap();
+    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+}

@@ -1,0 +1,58 @@
+//! The default model's tokenizer: built from GGUF metadata, and as written to tokenizer.json.
+
+mod common;
+
+const STRINGS: &[&str] = &[
+    "Hello, world!",
+    "The capital of France is Paris.",
+    "  leading spaces",
+    "trailing spaces   ",
+    "tabs\tand\nnewlines\n\n",
+    "digits 1234567890 and 3.14159",
+    "unicode: naïve café, Ελληνικά, русский, 日本語, 한국어",
+    "emoji 🙂🚀👩‍💻",
+    "<|im_start|>user\nHi<|im_end|>\n",
+    "<|endoftext|>",
+    "code: fn main() { println!(\"hi\"); }",
+    "mixedCASE and ALLCAPS",
+    "punctuation!?;:'\"()[]{}",
+    "url https://example.com/a?b=c",
+    "email someone@example.org",
+    "  multiple   internal    spaces  ",
+    "a",
+    "",
+    "über straße",
+    "Let's think step by step.",
+    "I'm, you're, we'll, they'd",
+    "x=1+2*3/4-5",
+];
+
+#[test]
+fn gguf_tokenizer_round_trips_and_matches_converted_tokenizer_json() {
+    let gguf = common::load(&common::default_gguf());
+    let dir = common::converted_f32();
+    let from_file =
+        camelid_model::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    for s in STRINGS {
+        let a = gguf.tokenizer.encode(s, false).unwrap();
+        let b = from_file.encode(s, false).unwrap();
+        assert_eq!(a, b, "{s:?}");
+        assert_eq!(
+            gguf.tokenizer.decode(&a, false).unwrap(),
+            *s,
+            "round trip {s:?}"
+        );
+    }
+    // Special tokens written literally become one id.
+    let im_end = gguf.tokenizer.token_to_id("<|im_end|>").unwrap();
+    assert_eq!(
+        gguf.tokenizer.encode("<|im_end|>", false).unwrap(),
+        vec![im_end]
+    );
+    assert!(
+        gguf.stop_token_ids.contains(&im_end),
+        "ChatML end of turn stops generation"
+    );
+    // Digits split one by one (SmolLM's pre-tokenizer).
+    assert_eq!(gguf.tokenizer.encode("123", false).unwrap().len(), 3);
+}

@@ -1,0 +1,253 @@
+//! `camelid`: the command line. Each subcommand wires the library crates together.
+
+use anyhow::{Context, Result};
+use camelid_model::generate::{generate, GenerationParams};
+use camelid_model::loader::parse_dtype;
+use camelid_model::{LoadOptions, LoadedModel, Message, SamplingParams};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "camelid",
+    version,
+    about = "Inference server for LLaMA-family chat models (Vicuna, Llama 2/3, SmolLM2, TinyLlama)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt and print it as it streams.
+    Generate(GenerateArgs),
+    /// Chat interactively (multi-turn, with the model's chat template). Empty line or /exit quits.
+    Chat(ChatArgs),
+    /// Convert a GGUF file into an HF folder (safetensors, config.json, tokenizer.json).
+    Convert(ConvertArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Registry name, GGUF file, HF folder or hub id (owner/name). Default: SmolLM2-135M-Instruct.
+    #[arg(long, env = "CAMELID_MODEL")]
+    model: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Chat template: a built-in (vicuna_v1.1, llama-2, llama-3, alpaca, zero_shot, one_shot, chatml) or `model`.
+    #[arg(long)]
+    template: Option<String>,
+    /// Weight dtype for safetensors models: f32, bf16, f16 (default f32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The user message (rendered with the chat template) or, with --raw, the raw prompt.
+    #[arg(long)]
+    prompt: String,
+    /// System message (default: the template's).
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[arg(long)]
+    system: Option<String>,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Input GGUF file (default: the default model).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+fn parse_device(s: &str) -> Result<candle_core::Device> {
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let idx = s
+                .strip_prefix("cuda:")
+                .map(|i| i.parse::<usize>())
+                .transpose()?
+                .unwrap_or(0);
+            Ok(candle_core::Device::new_cuda(idx)?)
+        }
+        other => anyhow::bail!("unknown device {other:?} (cpu, cuda, cuda:N)"),
+    }
+}
+
+fn load(m: &ModelArgs) -> Result<LoadedModel> {
+    let opts = LoadOptions {
+        device: parse_device(&m.device)?,
+        dtype: m.dtype.as_deref().map(parse_dtype).transpose()?,
+        revision: m.revision.clone(),
+        template: m.template.clone(),
+    };
+    let t = std::time::Instant::now();
+    let lm = camelid_model::load(m.model.as_deref(), &opts)?;
+    tracing::info!(
+        "loaded {} ({}) in {:.1}s, template {}",
+        lm.name,
+        lm.path.display(),
+        t.elapsed().as_secs_f32(),
+        lm.template.name()
+    );
+    Ok(lm)
+}
+
+fn gen_params(lm: &LoadedModel, s: &SamplingArgs) -> GenerationParams {
+    let sampling = SamplingParams {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        ..Default::default()
+    };
+    let mut p = GenerationParams::new(s.max_tokens, sampling);
+    p.stop_token_ids = lm.stop_token_ids.clone();
+    p.stop_strings = lm.stop_strings.iter().chain(&s.stop).cloned().collect();
+    p
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let lm = load(&a.model)?;
+    let text = if a.raw {
+        a.prompt.clone()
+    } else {
+        let mut msgs = vec![];
+        if let Some(s) = &a.system {
+            msgs.push(Message::new("system", s));
+        }
+        msgs.push(Message::new("user", &a.prompt));
+        lm.template.render(&msgs, true)?
+    };
+    let ids = lm.tokenizer.encode(&text, true)?;
+    let t = std::time::Instant::now();
+    let mut out = std::io::stdout();
+    let g = generate(&lm, &ids, gen_params(&lm, &a.sampling), |s| {
+        let _ = out.write_all(s.as_bytes());
+        let _ = out.flush();
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    println!();
+    eprintln!(
+        "[{} prompt tokens, {} generated, finish {}, {:.1} tok/s]",
+        g.prompt_tokens,
+        g.tokens.len(),
+        g.finish_reason.as_str(),
+        g.tokens.len() as f64 / secs
+    );
+    Ok(())
+}
+
+fn run_chat(a: ChatArgs) -> Result<()> {
+    let lm = load(&a.model)?;
+    let mut msgs = vec![];
+    if let Some(s) = &a.system {
+        msgs.push(Message::new("system", s));
+    }
+    let stdin = std::io::stdin();
+    loop {
+        print!("> ");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.is_empty() || line == "/exit" {
+            break;
+        }
+        msgs.push(Message::new("user", line));
+        let ids = lm
+            .tokenizer
+            .encode(&lm.template.render(&msgs, true)?, true)?;
+        let mut out = std::io::stdout();
+        let g = generate(&lm, &ids, gen_params(&lm, &a.sampling), |s| {
+            let _ = out.write_all(s.as_bytes());
+            let _ = out.flush();
+        })?;
+        println!();
+        msgs.push(Message::new("assistant", g.text.trim()));
+    }
+    Ok(())
+}
+
+fn run_convert(a: ConvertArgs) -> Result<()> {
+    let src = match a.gguf {
+        Some(p) => p,
+        None => camelid_model::loader::resolve(None, None)?.1,
+    };
+    camelid_model::convert::gguf_to_hf(&src, &a.out, parse_dtype(&a.dtype)?)
+        .with_context(|| format!("converting {}", src.display()))?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Generate(a) => run_generate(a),
+        Command::Chat(a) => run_chat(a),
+        Command::Convert(a) => run_convert(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
