@@ -173,11 +173,7 @@ fn stop_string_spanning_tokens_is_cut() {
         .iter()
         .map(|&t| lm.tokenizer.decode(&[t], false).unwrap())
         .collect();
-    let k = pieces
-        .iter()
-        .position(|s| !s.trim().is_empty())
-        .unwrap()
-        + 2;
+    let k = pieces.iter().position(|s| !s.trim().is_empty()).unwrap() + 2;
     let stop = format!("{}{}", pieces[k], pieces[k + 1]);
     let idx = full.text.find(&stop).unwrap();
     p.stop_strings = vec![stop.clone()];

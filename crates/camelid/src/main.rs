@@ -27,6 +27,53 @@ enum Command {
     Chat(ChatArgs),
     /// Convert a GGUF file into an HF folder (safetensors, config.json, tokenizer.json).
     Convert(ConvertArgs),
+    /// Serve models over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// `[NAME=]PATH_OR_HUB_ID`, repeatable: several models in one process, each under its name
+    /// (default: the default model). The request's `model` field picks one.
+    #[arg(long = "model", env = "CAMELID_MODEL", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Extra names a model answers to, `NAME=ALIAS` (repeatable).
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
+    /// Chat template for every model (default: each model's own, or chosen by name).
+    #[arg(long)]
+    template: Option<String>,
+    #[arg(long, env = "CAMELID_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "CAMELID_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Accepted API keys (repeatable); none means no authentication.
+    #[arg(long = "api-key", env = "CAMELID_API_KEY", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// Context length served (default: the model's).
+    #[arg(long)]
+    max_model_len: Option<usize>,
+    /// Requests in flight before new ones get 429.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent: usize,
+    /// Sequences batched together in one step.
+    #[arg(long, default_value_t = 32)]
+    max_num_seqs: usize,
+    /// Tokens in one step (long prompts are prefilled in chunks of this size).
+    #[arg(long, default_value_t = 512)]
+    max_num_batched_tokens: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Seconds in-flight requests may run after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+    #[arg(long)]
+    dtype: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    revision: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -233,6 +280,114 @@ fn run_convert(a: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
+/// `NAME=SPEC` or `SPEC` (the name is then the registry name, file stem or hub id).
+fn split_model_arg(arg: &str) -> (Option<String>, String) {
+    match arg.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p.to_string()),
+        _ => (None, arg.to_string()),
+    }
+}
+
+fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
+    let specs: Vec<Option<String>> = if a.models.is_empty() {
+        vec![None]
+    } else {
+        a.models.iter().cloned().map(Some).collect()
+    };
+    let mut out = vec![];
+    for spec in specs {
+        let (name, path) = match &spec {
+            Some(s) => {
+                let (n, p) = split_model_arg(s);
+                (n, Some(p))
+            }
+            None => (None, None),
+        };
+        let margs = ModelArgs {
+            model: path,
+            revision: a.revision.clone(),
+            template: a.template.clone(),
+            dtype: a.dtype.clone(),
+            device: a.device.clone(),
+        };
+        let lm = load(&margs)?;
+        let name = name.unwrap_or_else(|| lm.name.clone());
+        let mut aliases: Vec<String> = a
+            .aliases
+            .iter()
+            .filter_map(|x| {
+                x.split_once('=')
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, al)| al.to_string())
+            })
+            .collect();
+        if spec.is_none() {
+            aliases.push("default".into());
+        }
+        let max_model_len = a
+            .max_model_len
+            .map(|m| m.min(lm.context_length))
+            .unwrap_or(lm.context_length);
+        let entry = camelid_server::ModelEntry {
+            aliases,
+            template: lm.template.clone(),
+            stop_token_ids: lm.stop_token_ids.clone(),
+            stop_strings: lm.stop_strings.clone(),
+            max_model_len,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            name,
+            engine: camelid_engine::EngineHandle::spawn(
+                lm,
+                camelid_engine::EngineConfig {
+                    max_waiting: a.max_concurrent.max(1),
+                    max_running: a.max_num_seqs.max(1),
+                    max_batch_tokens: a.max_num_batched_tokens.max(1),
+                },
+            ),
+        };
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+fn run_serve(a: ServeArgs) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        let state = std::sync::Arc::new(camelid_server::AppState::new(
+            camelid_server::ServerConfig {
+                api_keys: a.api_keys.clone(),
+                max_concurrent: a.max_concurrent,
+                body_limit: a.max_body_bytes,
+                shutdown_grace_secs: a.shutdown_grace,
+            },
+        ));
+        // Listen at once (health says 503 while loading), load in the background.
+        let loader_state = state.clone();
+        let loading = tokio::task::spawn_blocking(move || -> Result<()> {
+            let entries = load_entries(&a)?;
+            let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            loader_state.set_models(entries);
+            tracing::info!("ready on http://{local} serving {}", names.join(", "));
+            Ok(())
+        });
+        let server = camelid_server::serve(listener, state);
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => return r.map_err(Into::into),
+            r = loading => r??,
+        }
+        server.await.map_err(Into::into)
+    })
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -245,6 +400,7 @@ fn main() {
         Command::Generate(a) => run_generate(a),
         Command::Chat(a) => run_chat(a),
         Command::Convert(a) => run_convert(a),
+        Command::Serve(a) => run_serve(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

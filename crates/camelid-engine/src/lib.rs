@@ -1,0 +1,60 @@
+//! camelid-engine: owns a loaded model and runs it for many requests at once.
+//!
+//! `EngineHandle::submit(request)` returns a stream (channel) of [`Event`]s. One engine
+//! thread per model runs *continuous batching*: every step is one forward over all running
+//! sequences at their own positions (prefill chunks and decodes mixed); new requests join at
+//! the next step and finished or cancelled ones leave at once.
+
+mod metrics;
+mod scheduler;
+
+pub use metrics::EngineMetrics;
+pub use scheduler::{EngineConfig, EngineHandle};
+
+use camelid_model::generate::{FinishReason, GenerationParams};
+use camelid_model::sampling::TokenLogprob;
+
+/// What a client asks the engine for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: GenerationParams,
+    /// Log-probabilities of the prompt tokens (each given the tokens before it), with this
+    /// many alternatives.
+    pub prompt_logprobs: Option<usize>,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose keys/values were reused from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Log-probabilities of prompt tokens 1.. (token 0 has no context).
+    PromptLogprobs(Vec<TokenLogprob>),
+    /// One generated token and the text it makes visible (may be empty).
+    Token {
+        token: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// The request is done; no event follows.
+    Finished { reason: FinishReason, usage: Usage },
+    /// The request failed; no event follows.
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the engine queue is full")]
+    QueueFull,
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,28 @@
+//! Counters the engine keeps for `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    pub running: AtomicU64,
+    pub waiting: AtomicU64,
+    pub steps: AtomicU64,
+    /// Sum over steps of the sequences in the batch (divide by `steps` for the mean).
+    pub batched_sequences: AtomicU64,
+    pub batched_tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generation_tokens: AtomicU64,
+    pub cancelled: AtomicU64,
+}
+
+impl EngineMetrics {
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add(v: &AtomicU64, n: u64) {
+        v.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set(v: &AtomicU64, n: u64) {
+        v.store(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,220 @@
+//! `POST /v1/completions`: raw prompts (text or token ids), `echo`, and prompt log-probs —
+//! what lm-evaluation-harness uses to score loglikelihoods.
+
+use crate::error::ApiError;
+use crate::format::{completion_logprobs, finish_str, new_id, now_secs, usage_json};
+use crate::openai::{parse_body, CompletionRequest, Prompt};
+use crate::run::{collect, submit, ChoiceSpec};
+use crate::sse::{stream, ChunkFormat};
+use crate::state::AppState;
+use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use axum::response::{IntoResponse, Response};
+use camelid_engine::Usage;
+use camelid_model::generate::FinishReason;
+use camelid_model::sampling::TokenLogprob;
+use camelid_model::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse_body(body)?;
+    let model = state.model(Some(&req.model))?;
+    let tok = model.engine.tokenizer();
+    let prompts: Vec<Vec<u32>> = match &req.prompt {
+        Prompt::Text(s) => vec![tok
+            .encode(s, true)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?],
+        Prompt::Texts(v) => v
+            .iter()
+            .map(|s| tok.encode(s, true))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        Prompt::Tokens(t) => vec![t.clone()],
+        Prompt::TokenLists(l) => l.clone(),
+    };
+    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "`prompt` must not be empty",
+        ));
+    }
+    let vocab = model.engine.vocab_size();
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("token id {bad} is outside the vocabulary ({vocab})"),
+        ));
+    }
+    if let Some(l) = req.logprobs {
+        if l > MAX_TOP_LOGPROBS {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                format!("`logprobs` must be at most {MAX_TOP_LOGPROBS}, got {l}"),
+            ));
+        }
+    }
+    let f = &req.sampling;
+    if f.max_tokens == Some(0) && !req.echo {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            "`max_tokens` must be at least 1 (0 is allowed only with `echo`)",
+        ));
+    }
+    if req.echo && f.stream && f.max_tokens == Some(0) {
+        return Err(ApiError::invalid_param(
+            "stream",
+            "scoring a prompt (`max_tokens` 0) cannot be streamed",
+        ));
+    }
+    let base = generation_params(f, vocab, &model.stop_token_ids, &[])?;
+    let n = f.n.unwrap_or(1) as usize;
+    let mut specs = vec![];
+    for (pi, prompt) in prompts.iter().enumerate() {
+        let mut params = base.clone();
+        params.max_tokens = max_tokens(
+            f.max_tokens,
+            Some(16),
+            prompt.len(),
+            model.max_model_len,
+            "prompt",
+            req.echo,
+        )?;
+        params.logprobs = req.logprobs.map(|l| l as usize);
+        for i in 0..n {
+            let mut p = params.clone();
+            p.sampling.seed = p.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            let prompt_logprobs = if req.echo {
+                req.logprobs.map(|l| l as usize)
+            } else {
+                None
+            };
+            specs.push(ChoiceSpec {
+                index: pi * n + i,
+                prompt: prompt.clone(),
+                params: p,
+                prompt_logprobs,
+            });
+        }
+    }
+    let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
+    let sub = submit(&state, &model, specs)?;
+    let id = new_id("cmpl");
+    let created = now_secs();
+    if f.stream {
+        let include_usage = f.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let fmt = CompletionChunks {
+            id,
+            created,
+            model: req.model.clone(),
+            tok: Arc::new(tok.clone()),
+            logprobs: req.logprobs.is_some(),
+            echo: req.echo,
+            prompts: prompts.clone(),
+            n,
+        };
+        return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens).into_response());
+    }
+    let results = collect(sub, 0).await?;
+    let mut choices = vec![];
+    let mut completion_tokens = 0;
+    for r in &results {
+        completion_tokens += r.usage.completion_tokens;
+        let prompt = &prompts[r.index / n];
+        let (mut text, mut entries): (String, Vec<(u32, Option<&TokenLogprob>)>) =
+            (String::new(), vec![]);
+        if req.echo {
+            text += &tok.decode(prompt, false).unwrap_or_default();
+            if let Some(lps) = &r.prompt_logprobs {
+                entries.push((prompt[0], None));
+                entries.extend(
+                    prompt[1..]
+                        .iter()
+                        .zip(lps.iter())
+                        .map(|(&t, l)| (t, Some(l))),
+                );
+            }
+        }
+        text += &r.text;
+        entries.extend(
+            r.tokens
+                .iter()
+                .zip(r.logprobs.iter())
+                .map(|(&t, l)| (t, Some(l))),
+        );
+        let logprobs = if req.logprobs.is_some() {
+            completion_logprobs(tok, &entries, 0)
+        } else {
+            Value::Null
+        };
+        choices.push(json!({"index": r.index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(r.finish)}));
+    }
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens: 0,
+    };
+    Ok(axum::Json(json!({
+        "id": id, "object": "text_completion", "created": created, "model": req.model,
+        "choices": choices, "usage": usage_json(&usage), "system_fingerprint": null,
+    }))
+    .into_response())
+}
+
+struct CompletionChunks {
+    id: String,
+    created: u64,
+    model: String,
+    tok: Arc<Tokenizer>,
+    logprobs: bool,
+    echo: bool,
+    prompts: Vec<Vec<u32>>,
+    n: usize,
+}
+
+impl CompletionChunks {
+    fn chunk(&self, choices: Value) -> Value {
+        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices})
+    }
+}
+
+impl ChunkFormat for CompletionChunks {
+    fn opening(&self, choices: &[usize]) -> Vec<Value> {
+        if !self.echo {
+            return vec![];
+        }
+        choices
+            .iter()
+            .map(|&i| {
+                let text = self
+                    .tok
+                    .decode(&self.prompts[i / self.n], false)
+                    .unwrap_or_default();
+                self.chunk(
+                    json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}]),
+                )
+            })
+            .collect()
+    }
+    fn token(&self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Option<Value> {
+        if text.is_empty() && !self.logprobs {
+            return None;
+        }
+        let lp = match logprob {
+            Some(l) if self.logprobs => completion_logprobs(&self.tok, &[(l.token, Some(l))], 0),
+            _ => Value::Null,
+        };
+        Some(
+            self.chunk(
+                json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]),
+            ),
+        )
+    }
+    fn finish(&self, index: usize, reason: FinishReason) -> Value {
+        self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)}]))
+    }
+    fn usage(&self, usage: &Usage) -> Value {
+        let mut c = self.chunk(json!([]));
+        c["usage"] = usage_json(usage);
+        c
+    }
+}

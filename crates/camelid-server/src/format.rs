@@ -1,0 +1,110 @@
+//! OpenAI response JSON for both endpoints, whole and as stream chunks.
+
+use crate::run::ChoiceResult;
+use camelid_engine::Usage;
+use camelid_model::generate::FinishReason;
+use camelid_model::sampling::TokenLogprob;
+use camelid_model::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub fn new_id(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{prefix}-{:x}{:04x}",
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+pub fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens}
+    })
+}
+
+fn token_text(tok: &Tokenizer, id: u32) -> String {
+    tok.decode(&[id], false).unwrap_or_default()
+}
+
+/// Chat `logprobs.content` entries.
+pub fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let t = token_text(tok, id);
+        json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut e = entry(l.token, l.logprob);
+            e["top_logprobs"] = Value::Array(l.top.iter().map(|&(t, p)| entry(t, p)).collect());
+            e
+        })
+        .collect();
+    json!({"content": content})
+}
+
+/// Completions `logprobs` object; `first_null` marks a leading prompt token without context.
+pub fn completion_logprobs(
+    tok: &Tokenizer,
+    entries: &[(u32, Option<&TokenLogprob>)],
+    offset0: usize,
+) -> Value {
+    let mut tokens = vec![];
+    let mut token_logprobs = vec![];
+    let mut top = vec![];
+    let mut offsets = vec![];
+    let mut off = offset0;
+    for (id, lp) in entries {
+        let t = token_text(tok, *id);
+        offsets.push(off);
+        off += t.len();
+        tokens.push(Value::String(t));
+        match lp {
+            Some(l) => {
+                token_logprobs.push(json!(l.logprob));
+                let m: serde_json::Map<String, Value> = l
+                    .top
+                    .iter()
+                    .map(|&(t, p)| (token_text(tok, t), json!(p)))
+                    .collect();
+                top.push(Value::Object(m));
+            }
+            None => {
+                token_logprobs.push(Value::Null);
+                top.push(Value::Null);
+            }
+        }
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+pub fn finish_str(f: FinishReason) -> &'static str {
+    f.as_str()
+}
+
+pub fn sum_usage(results: &[ChoiceResult], prompt_tokens: usize) -> Usage {
+    Usage {
+        prompt_tokens,
+        completion_tokens: results.iter().map(|r| r.usage.completion_tokens).sum(),
+        cached_tokens: results
+            .iter()
+            .map(|r| r.usage.cached_tokens)
+            .max()
+            .unwrap_or(0),
+    }
+}

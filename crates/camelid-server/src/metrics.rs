@@ -1,0 +1,171 @@
+//! Server metrics in Prometheus text format: requests by status, latencies, and the
+//! engines' counters.
+
+use camelid_engine::EngineMetrics;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.counts.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            self.count, self.sum, self.count
+        );
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    ttft: Mutex<Histogram>,
+    itl: Mutex<Histogram>,
+    e2e: Mutex<Histogram>,
+}
+
+impl ServerMetrics {
+    pub fn request(&self, endpoint: &str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
+    }
+    pub fn time_to_first_token(&self, secs: f64) {
+        self.ttft.lock().unwrap().observe(secs);
+    }
+    pub fn inter_token_latency(&self, secs: f64) {
+        self.itl.lock().unwrap().observe(secs);
+    }
+    pub fn request_latency(&self, secs: f64) {
+        self.e2e.lock().unwrap().observe(secs);
+    }
+
+    pub fn render(&self, engines: &[(&str, &EngineMetrics)]) -> String {
+        let mut out = String::new();
+        out += "# HELP camelid_requests_total HTTP requests by endpoint and status.\n# TYPE camelid_requests_total counter\n";
+        for ((e, s), n) in self.requests.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "camelid_requests_total{{endpoint=\"{e}\",status=\"{s}\"}} {n}"
+            );
+        }
+        self.ttft.lock().unwrap().render(
+            "camelid_time_to_first_token_seconds",
+            "Time from request to first generated token.",
+            &mut out,
+        );
+        self.itl.lock().unwrap().render(
+            "camelid_inter_token_latency_seconds",
+            "Time between generated tokens of one stream.",
+            &mut out,
+        );
+        self.e2e.lock().unwrap().render(
+            "camelid_request_duration_seconds",
+            "Time from request to last token.",
+            &mut out,
+        );
+        let g = |out: &mut String,
+                 name: &str,
+                 kind: &str,
+                 help: &str,
+                 f: &dyn Fn(&EngineMetrics) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (m, e) in engines {
+                let _ = writeln!(out, "{name}{{model=\"{m}\"}} {}", f(e));
+            }
+        };
+        use camelid_engine::EngineMetrics as E;
+        g(
+            &mut out,
+            "camelid_running_requests",
+            "gauge",
+            "Sequences in the running batch.",
+            &|e| E::get(&e.running),
+        );
+        g(
+            &mut out,
+            "camelid_waiting_requests",
+            "gauge",
+            "Requests waiting for a batch slot.",
+            &|e| E::get(&e.waiting),
+        );
+        g(
+            &mut out,
+            "camelid_prompt_tokens_total",
+            "counter",
+            "Prompt tokens admitted.",
+            &|e| E::get(&e.prompt_tokens),
+        );
+        g(
+            &mut out,
+            "camelid_generation_tokens_total",
+            "counter",
+            "Tokens generated.",
+            &|e| E::get(&e.generation_tokens),
+        );
+        g(
+            &mut out,
+            "camelid_engine_steps_total",
+            "counter",
+            "Forward passes run.",
+            &|e| E::get(&e.steps),
+        );
+        g(
+            &mut out,
+            "camelid_batched_sequences_total",
+            "counter",
+            "Sum of batch sizes over steps.",
+            &|e| E::get(&e.batched_sequences),
+        );
+        g(
+            &mut out,
+            "camelid_batched_tokens_total",
+            "counter",
+            "Sum of tokens per step over steps.",
+            &|e| E::get(&e.batched_tokens),
+        );
+        g(
+            &mut out,
+            "camelid_cancelled_requests_total",
+            "counter",
+            "Requests cancelled by their client.",
+            &|e| E::get(&e.cancelled),
+        );
+        out
+    }
+}

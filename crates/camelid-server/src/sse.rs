@@ -1,0 +1,116 @@
+//! Server-sent events for streaming responses. The stream owns the submission, so a client
+//! that disconnects drops it and the engine cancels the generation at its next step.
+
+use crate::run::{Submission, Timing};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use camelid_engine::{Event, Usage};
+use camelid_model::generate::FinishReason;
+use camelid_model::sampling::TokenLogprob;
+use futures::stream::{Stream, StreamExt};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+/// Turns engine events into endpoint-specific chunk JSON.
+pub trait ChunkFormat: Send + 'static {
+    /// Chunks sent before any token (the chat role delta).
+    fn opening(&self, choices: &[usize]) -> Vec<Value>;
+    fn token(&self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Option<Value>;
+    fn prompt_logprobs(&self, _index: usize, _lps: &[TokenLogprob]) -> Option<Value> {
+        None
+    }
+    fn finish(&self, index: usize, reason: FinishReason) -> Value;
+    fn usage(&self, usage: &Usage) -> Value;
+}
+
+struct StreamState {
+    sub: Submission,
+    first_index: usize,
+    format: Box<dyn ChunkFormat>,
+    queue: VecDeque<SseEvent>,
+    include_usage: bool,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    timing: Timing,
+    done: bool,
+}
+
+fn data(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+pub fn stream(
+    sub: Submission,
+    first_index: usize,
+    format: Box<dyn ChunkFormat>,
+    include_usage: bool,
+    prompt_tokens: usize,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let choices: Vec<usize> = (first_index..first_index + sub.choices).collect();
+    let queue = format.opening(&choices).iter().map(data).collect();
+    let n = sub.choices;
+    let st = StreamState {
+        sub,
+        first_index,
+        format,
+        queue,
+        include_usage,
+        prompt_tokens,
+        completion_tokens: 0,
+        timing: Timing::new(n),
+        done: false,
+    };
+    let s = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.queue.pop_front() {
+                return Some((Ok(e), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.sub.streams.next().await {
+                None => {
+                    if st.include_usage {
+                        let u = Usage {
+                            prompt_tokens: st.prompt_tokens,
+                            completion_tokens: st.completion_tokens,
+                            cached_tokens: 0,
+                        };
+                        st.queue.push_back(data(&st.format.usage(&u)));
+                    }
+                    st.sub
+                        .state
+                        .metrics
+                        .request_latency(st.sub.started.elapsed().as_secs_f64());
+                    st.queue.push_back(SseEvent::default().data("[DONE]"));
+                    st.done = true;
+                }
+                Some((idx, ev)) => match ev {
+                    Event::PromptLogprobs(lps) => {
+                        if let Some(c) = st.format.prompt_logprobs(idx, &lps) {
+                            st.queue.push_back(data(&c));
+                        }
+                    }
+                    Event::Token { text, logprob, .. } => {
+                        st.timing
+                            .token(&st.sub.state, st.sub.started, idx - st.first_index);
+                        if let Some(c) = st.format.token(idx, &text, logprob.as_ref()) {
+                            st.queue.push_back(data(&c));
+                        }
+                    }
+                    Event::Finished { reason, usage } => {
+                        st.completion_tokens += usage.completion_tokens;
+                        st.queue.push_back(data(&st.format.finish(idx, reason)));
+                    }
+                    Event::Error(e) => {
+                        let err = crate::error::ApiError::internal(e);
+                        st.queue.push_back(data(&err.body()));
+                        st.queue.push_back(SseEvent::default().data("[DONE]"));
+                        st.done = true;
+                    }
+                },
+            }
+        }
+    });
+    Sse::new(s.boxed()).keep_alive(KeepAlive::default())
+}

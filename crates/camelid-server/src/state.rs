@@ -1,0 +1,108 @@
+//! What every handler shares: the loaded models (absent while loading), limits, metrics.
+
+use crate::error::ApiError;
+use crate::metrics::ServerMetrics;
+use camelid_engine::EngineHandle;
+use camelid_model::ChatTemplate;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One served model: its engine plus what the HTTP layer needs to build prompts.
+pub struct ModelEntry {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub engine: EngineHandle,
+    pub template: ChatTemplate,
+    pub stop_token_ids: Vec<u32>,
+    pub stop_strings: Vec<String>,
+    /// Context length served (≤ the model's).
+    pub max_model_len: usize,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Empty: no authentication.
+    pub api_keys: Vec<String>,
+    /// Requests in flight (queued or generating) before new ones get 429.
+    pub max_concurrent: usize,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+    /// How long in-flight streams may run after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: vec![],
+            max_concurrent: 256,
+            body_limit: 4 << 20,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+pub struct AppState {
+    models: RwLock<Option<Vec<Arc<ModelEntry>>>>,
+    pub config: ServerConfig,
+    pub metrics: ServerMetrics,
+    permits: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            models: RwLock::new(None),
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            config,
+            metrics: ServerMetrics::default(),
+        }
+    }
+
+    pub fn set_models(&self, models: Vec<ModelEntry>) {
+        *self.models.write().unwrap() = Some(models.into_iter().map(Arc::new).collect());
+    }
+
+    /// None while the models load.
+    pub fn models(&self) -> Option<Vec<Arc<ModelEntry>>> {
+        self.models.read().unwrap().clone()
+    }
+
+    pub fn loading_error() -> ApiError {
+        ApiError::overloaded(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "The models are still loading.",
+        )
+    }
+
+    /// The model a request names (by name or alias); with one model, `None` means it.
+    pub fn model(&self, name: Option<&str>) -> Result<Arc<ModelEntry>, ApiError> {
+        let models = self.models().ok_or_else(Self::loading_error)?;
+        match name {
+            None | Some("") if models.len() == 1 => Ok(models[0].clone()),
+            None | Some("") => Err(ApiError::invalid_param(
+                "model",
+                "`model` is required when several models are served",
+            )),
+            Some(n) => models
+                .iter()
+                .find(|m| m.name == n || m.aliases.iter().any(|a| a == n))
+                .cloned()
+                .ok_or_else(|| ApiError::model_not_found(n)),
+        }
+    }
+
+    /// A slot for one request; none left means 429.
+    pub fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::overloaded(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many requests in flight (limit {}); retry later.",
+                    self.config.max_concurrent
+                ),
+            )
+        })
+    }
+}

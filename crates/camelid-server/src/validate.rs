@@ -1,0 +1,167 @@
+//! Request fields → engine parameters, with OpenAI's limits and error wording.
+
+use crate::error::ApiError;
+use crate::openai::SamplingFields;
+use camelid_model::generate::GenerationParams;
+use camelid_model::SamplingParams;
+
+pub const MAX_N: u32 = 16;
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+pub const MAX_STOP_STRINGS: usize = 16;
+
+fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool) -> Result<(), ApiError> {
+    if let Some(x) = v {
+        let ok = x.is_finite() && (if lo_open { x > lo } else { x >= lo }) && x <= hi;
+        if !ok {
+            let open = if lo_open { "(" } else { "[" };
+            return Err(ApiError::invalid_param(
+                param,
+                format!("`{param}` must be in {open}{lo}, {hi}], got {x}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every sampling field and builds the engine's parameters. `max_tokens` is set by
+/// the caller once the prompt length is known.
+pub fn generation_params(
+    f: &SamplingFields,
+    vocab_size: usize,
+    stop_token_ids: &[u32],
+    template_stops: &[String],
+) -> Result<GenerationParams, ApiError> {
+    range("temperature", f.temperature, 0.0, 2.0, false)?;
+    range("top_p", f.top_p, 0.0, 1.0, true)?;
+    range("presence_penalty", f.presence_penalty, -2.0, 2.0, false)?;
+    range("frequency_penalty", f.frequency_penalty, -2.0, 2.0, false)?;
+    range("min_p", f.min_p, 0.0, 1.0, false)?;
+    range("repetition_penalty", f.repetition_penalty, 0.0, 100.0, true)?;
+    let n = f.n.unwrap_or(1);
+    if n < 1 || n > MAX_N {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("`n` must be between 1 and {MAX_N}, got {n}"),
+        ));
+    }
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid_param(
+                "top_k",
+                format!("`top_k` must be -1 (off) or positive, got {k}"),
+            ))
+        }
+    };
+    let mut logit_bias = std::collections::HashMap::new();
+    for (k, v) in f.logit_bias.clone().unwrap_or_default() {
+        let id: u32 = k.parse().map_err(|_| {
+            ApiError::invalid_param(
+                "logit_bias",
+                format!("logit_bias key {k:?} is not a token id"),
+            )
+        })?;
+        if id as usize >= vocab_size {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("token id {id} is outside the vocabulary ({vocab_size})"),
+            ));
+        }
+        if !(-100.0..=100.0).contains(&v) {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("logit_bias values must be in [-100, 100], got {v}"),
+            ));
+        }
+        logit_bias.insert(id, v);
+    }
+    let stops = f.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    if stops.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("at most {MAX_STOP_STRINGS} stop strings"),
+        ));
+    }
+    if let Some(bad) = f
+        .stop_token_ids
+        .iter()
+        .flatten()
+        .find(|&&t| t as usize >= vocab_size)
+    {
+        return Err(ApiError::invalid_param(
+            "stop_token_ids",
+            format!("token id {bad} is outside the vocabulary"),
+        ));
+    }
+    let sampling = SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_p: f.top_p.unwrap_or(1.0),
+        top_k,
+        min_p: f.min_p.unwrap_or(0.0),
+        repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: f.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        logit_bias,
+        seed: f.seed,
+    };
+    let mut p = GenerationParams::new(0, sampling);
+    p.stop_strings = template_stops.iter().cloned().chain(stops).collect();
+    p.stop_token_ids = stop_token_ids
+        .iter()
+        .copied()
+        .chain(f.stop_token_ids.clone().unwrap_or_default())
+        .collect();
+    p.ignore_eos = f.ignore_eos;
+    p.min_tokens = f.min_tokens.unwrap_or(0) as usize;
+    p.skip_special_tokens = f.skip_special_tokens.unwrap_or(true);
+    Ok(p)
+}
+
+/// OpenAI's wording when prompt + completion do not fit.
+pub fn context_error(context: usize, prompt: usize, max_tokens: usize, what: &str) -> ApiError {
+    ApiError::invalid_param(
+        "max_tokens",
+        format!(
+            "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt} in the {what}, {max_tokens} in the completion). Please reduce the length of the {what} or completion.",
+            prompt + max_tokens
+        ),
+    )
+}
+
+/// Resolves `max_tokens` against the prompt length and the context length.
+pub fn max_tokens(
+    requested: Option<u32>,
+    default: Option<usize>,
+    prompt: usize,
+    context: usize,
+    what: &str,
+    allow_zero: bool,
+) -> Result<usize, ApiError> {
+    if let Some(m) = requested {
+        if m == 0 && !allow_zero {
+            return Err(ApiError::invalid_param(
+                "max_tokens",
+                "`max_tokens` must be at least 1",
+            ));
+        }
+    }
+    if prompt >= context && requested != Some(0) {
+        return Err(context_error(
+            context,
+            prompt,
+            requested.unwrap_or(1) as usize,
+            what,
+        ));
+    }
+    let want = match requested {
+        Some(m) => m as usize,
+        None => default
+            .unwrap_or(context - prompt)
+            .min(context.saturating_sub(prompt)),
+    };
+    if prompt + want > context {
+        return Err(context_error(context, prompt, want, what));
+    }
+    Ok(want)
+}
