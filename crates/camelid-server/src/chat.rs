@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::format::{chat_logprobs, finish_str, new_id, now_secs, sum_usage, usage_json};
-use crate::openai::{parse_body, ChatRequest, Content};
+use crate::openai::{parse_with_sampling, ChatRequest, Content};
 use crate::run::{collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
@@ -66,7 +66,7 @@ pub fn to_messages(msgs: &[crate::openai::ChatMessage]) -> Result<Vec<Message>, 
 }
 
 pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse_body(body)?;
+    let (req, sampling): (ChatRequest, _) = parse_with_sampling(body)?;
     let model = state.model(Some(&req.model))?;
     let msgs = to_messages(&req.messages)?;
     let text = model
@@ -91,7 +91,7 @@ pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Respo
             ));
         }
     }
-    let f = &req.sampling;
+    let f = &sampling;
     let mut params = generation_params(
         f,
         model.engine.vocab_size(),

@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::format::{completion_logprobs, finish_str, new_id, now_secs, usage_json};
-use crate::openai::{parse_body, CompletionRequest, Prompt};
+use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
 use crate::run::{collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse_body(body)?;
+    let (req, sampling): (CompletionRequest, _) = parse_with_sampling(body)?;
     let model = state.model(Some(&req.model))?;
     let tok = model.engine.tokenizer();
     let prompts: Vec<Vec<u32>> = match &req.prompt {
@@ -53,7 +53,7 @@ pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, 
             ));
         }
     }
-    let f = &req.sampling;
+    let f = &sampling;
     if f.max_tokens == Some(0) && !req.echo {
         return Err(ApiError::invalid_param(
             "max_tokens",

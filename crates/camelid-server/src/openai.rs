@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::HashMap;
 
-/// Parses a JSON body: invalid UTF-8, malformed JSON and wrong types are 400s.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// The body as JSON: invalid UTF-8, an empty body and malformed JSON are 400s.
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::bad_request(format!("The body is not valid UTF-8: {e}")))?;
     if text.trim().is_empty() {
@@ -15,21 +15,41 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "The request body is empty; expected a JSON object.",
         ));
     }
-    let de = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))
+}
+
+/// A typed view of the JSON; a wrong type or missing field is a 400 naming the field.
+pub fn from_value<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let msg = if inner.is_syntax() || inner.is_eof() {
-            format!("The body is not valid JSON: {inner}")
+        let mut err = ApiError::bad_request(if path == "." {
+            format!("Invalid request: {inner}")
         } else {
             format!("Invalid value for `{path}`: {inner}")
-        };
-        let mut err = ApiError::bad_request(msg);
+        });
         if path != "." {
             err.param = Some(path);
         }
         err
     })
+}
+
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    from_value(&parse_json(body)?)
+}
+
+/// Chat and completion bodies: the endpoint's own fields, then the shared sampling fields
+/// read from the same JSON (kept apart so errors name the field).
+pub fn parse_with_sampling<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, SamplingFields), ApiError> {
+    let v = parse_json(body)?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("The body must be a JSON object."));
+    }
+    Ok((from_value(&v)?, from_value(&v)?))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,8 +131,6 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,8 +149,6 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     pub logprobs: Option<u32>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -38,7 +38,7 @@ pub fn generation_params(
     range("min_p", f.min_p, 0.0, 1.0, false)?;
     range("repetition_penalty", f.repetition_penalty, 0.0, 100.0, true)?;
     let n = f.n.unwrap_or(1);
-    if n < 1 || n > MAX_N {
+    if !(1..=MAX_N).contains(&n) {
         return Err(ApiError::invalid_param(
             "n",
             format!("`n` must be between 1 and {MAX_N}, got {n}"),

@@ -1,0 +1,667 @@
+//! The real server (router + engine + default model) on a free loopback port, exercised
+//! over HTTP: every endpoint, field and error of the OpenAI-compatible API.
+
+use camelid_server::{AppState, ModelEntry, ServerConfig};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::sync::{Arc, OnceLock};
+
+struct Server {
+    base: String,
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+fn entry(name: &str) -> ModelEntry {
+    let lm =
+        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
+    ModelEntry {
+        name: name.into(),
+        aliases: vec!["default".into()],
+        template: lm.template.clone(),
+        stop_token_ids: lm.stop_token_ids.clone(),
+        stop_strings: lm.stop_strings.clone(),
+        max_model_len: 512,
+        created: 0,
+        engine: camelid_engine::EngineHandle::spawn(lm, camelid_engine::EngineConfig::default()),
+    }
+}
+
+fn start(config: ServerConfig) -> Server {
+    let state = Arc::new(AppState::new(config));
+    state.set_models(vec![entry("smol")]);
+    let listener = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime().spawn(camelid_server::serve(listener, state));
+    Server {
+        base: format!("http://{addr}"),
+    }
+}
+
+fn server() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| {
+        start(ServerConfig {
+            body_limit: 64 * 1024,
+            ..Default::default()
+        })
+    })
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// POST raw bytes; returns (status, JSON body).
+fn post_raw(base: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+    runtime().block_on(async {
+        let r = client()
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    })
+}
+
+fn post(path: &str, body: Value) -> (u16, Value) {
+    post_raw(&server().base, path, body.to_string().into_bytes())
+}
+
+fn chat(extra: Value) -> (u16, Value) {
+    let mut body = json!({"model": "smol", "messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 8, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    post("/v1/chat/completions", body)
+}
+
+/// The `data:` payloads of an SSE response.
+fn stream_events(path: &str, body: Value) -> Vec<String> {
+    runtime().block_on(async {
+        let r = client()
+            .post(format!("{}{path}", server().base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let text = r.text().await.unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: ").map(String::from))
+            .collect()
+    })
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{body}");
+    }
+}
+
+#[test]
+fn models_health_metrics() {
+    let s = server();
+    let (st, body) = runtime().block_on(async {
+        let r = client()
+            .get(format!("{}/v1/models", s.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    assert_eq!(st, 200);
+    assert_eq!(body["object"], "list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"smol") && ids.contains(&"default"), "{ids:?}");
+    assert!(body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["object"] == "model" && m["owned_by"].is_string()));
+    let health = runtime().block_on(async {
+        client()
+            .get(format!("{}/health", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(health, 200);
+    chat(json!({}));
+    let metrics = runtime().block_on(async {
+        client()
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for name in [
+        "camelid_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
+        "camelid_time_to_first_token_seconds_bucket",
+        "camelid_inter_token_latency_seconds_count",
+        "camelid_running_requests{model=\"smol\"}",
+        "camelid_waiting_requests",
+        "camelid_prompt_tokens_total",
+        "camelid_generation_tokens_total",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+}
+
+#[test]
+fn chat_completion_shape_and_exact_usage() {
+    let (st, body) = chat(json!({"max_tokens": 6, "ignore_eos": true}));
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["model"], "smol");
+    let c = &body["choices"][0];
+    assert_eq!(c["index"], 0);
+    assert_eq!(c["message"]["role"], "assistant");
+    assert!(c["message"]["content"].is_string());
+    assert_eq!(c["finish_reason"], "length");
+    // Usage: prompt tokens equal what /tokenize counts for the same messages.
+    let (_, tk) = post(
+        "/tokenize",
+        json!({"model": "smol", "messages": [{"role": "user", "content": "Name three colors."}]}),
+    );
+    let u = &body["usage"];
+    assert_eq!(u["prompt_tokens"], tk["count"]);
+    assert_eq!(u["completion_tokens"], 6);
+    assert_eq!(u["total_tokens"], tk["count"].as_u64().unwrap() + 6);
+    // max_completion_tokens is honoured too, and content parts are accepted.
+    let (st, body) = post(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": [{"role": "system", "content": "Be brief."},
+               {"role": "user", "content": [{"type": "text", "text": "Name three "}, {"type": "text", "text": "colors."}]}],
+               "max_completion_tokens": 3, "ignore_eos": true, "user": "u1", "presence_penalty": 0.5,
+               "frequency_penalty": 0.5, "logit_bias": {"11": -100}, "top_k": 5, "min_p": 0.05,
+               "repetition_penalty": 1.1, "skip_special_tokens": true}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+}
+
+#[test]
+fn greedy_is_deterministic_and_seed_reproducible() {
+    let a = chat(json!({})).1["choices"][0]["message"]["content"].clone();
+    let b = chat(json!({})).1["choices"][0]["message"]["content"].clone();
+    assert_eq!(a, b);
+    let s1 = chat(json!({"temperature": 1.0, "seed": 42, "max_tokens": 12})).1;
+    let s2 = chat(json!({"temperature": 1.0, "seed": 42, "max_tokens": 12})).1;
+    assert_eq!(
+        s1["choices"][0]["message"]["content"],
+        s2["choices"][0]["message"]["content"]
+    );
+}
+
+#[test]
+fn stop_strings_cut_the_text() {
+    let full = chat(json!({"max_tokens": 16, "ignore_eos": true})).1["choices"][0]["message"]
+        ["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Stop at the second word of the greedy answer.
+    let word = full
+        .split_whitespace()
+        .nth(1)
+        .expect("two words")
+        .to_string();
+    let (st, body) = chat(json!({"max_tokens": 16, "stop": [word.clone(), "zzzz"]}));
+    assert_eq!(st, 200);
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert!(!text.contains(&word), "{text:?} contains {word:?}");
+    assert!(full.starts_with(text), "{full:?} / {text:?}");
+    let (st, _) = chat(json!({"stop": "single string"}));
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn logprobs_are_log_probabilities() {
+    let (st, body) = chat(json!({"logprobs": true, "top_logprobs": 5, "max_tokens": 4}));
+    assert_eq!(st, 200, "{body}");
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        content.len() as u64,
+        body["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0);
+        let tops = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(tops.len(), 5);
+        let mass: f64 = tops
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap().exp())
+            .sum();
+        assert!(mass <= 1.0 + 1e-4, "{mass}");
+        // Greedy: the chosen token is the most likely one.
+        assert!((tops[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-5);
+        assert!(e["token"].is_string() && e["bytes"].is_array());
+    }
+}
+
+#[test]
+fn streaming_chat_chunks() {
+    let events = stream_events(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "ignore_eos": true,
+               "stream": true, "stream_options": {"include_usage": true}, "temperature": 0}),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert!(c["id"].is_string() && c["created"].is_u64() && c["model"] == "smol");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && !a[0]["finish_reason"].is_null())
+        })
+        .collect();
+    assert_eq!(finish.len(), 1);
+    assert_eq!(finish[0]["choices"][0]["finish_reason"], "length");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    // The streamed text equals the non-streamed answer.
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let whole = post("/v1/chat/completions", json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "ignore_eos": true, "temperature": 0})).1;
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn n_choices_whole_and_streamed() {
+    let (st, body) = chat(json!({"n": 2, "temperature": 0.9, "seed": 1, "max_tokens": 4}));
+    assert_eq!(st, 200, "{body}");
+    let idx: Vec<u64> = body["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, vec![0, 1]);
+    let events = stream_events(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "n": 2, "stream": true, "ignore_eos": true}),
+    );
+    let mut finished = [0, 0];
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let ch = &c["choices"][0];
+        if !ch["finish_reason"].is_null() {
+            finished[ch["index"].as_u64().unwrap() as usize] += 1;
+        }
+    }
+    assert_eq!(finished, [1, 1]);
+}
+
+#[test]
+fn completions_text_tokens_echo_and_prompt_logprobs() {
+    let (st, body) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(body["choices"][0]["text"].is_string());
+    // Token-id prompts and several prompts at once.
+    let (_, tk) = post(
+        "/tokenize",
+        json!({"model": "smol", "prompt": "The capital of France is"}),
+    );
+    let ids = tk["tokens"].clone();
+    let (st, body) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": [ids.clone(), ids.clone()], "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2);
+    let (st, body2) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": ["a", "b", "c"], "max_tokens": 1}),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(body2["choices"].as_array().unwrap().len(), 3);
+    // Scoring: echo + logprobs + max_tokens 0 → one logprob per prompt token but the first.
+    let (st, body) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "The capital of France is Paris", "echo": true, "logprobs": 1, "max_tokens": 0}),
+    );
+    assert_eq!(st, 200, "{body}");
+    let lp = &body["choices"][0]["logprobs"];
+    let n = post(
+        "/tokenize",
+        json!({"model": "smol", "prompt": "The capital of France is Paris"}),
+    )
+    .1["count"]
+        .as_u64()
+        .unwrap() as usize;
+    let tl = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(tl.len(), n);
+    assert!(tl[0].is_null());
+    assert!(tl[1..].iter().all(|x| x.as_f64().unwrap() <= 0.0));
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n);
+    assert_eq!(lp["text_offset"].as_array().unwrap().len(), n);
+    assert_eq!(body["choices"][0]["text"], "The capital of France is Paris");
+    assert_eq!(body["usage"]["completion_tokens"], 0);
+    // " Paris" is likelier after the prefix than an unrelated word.
+    let other = post("/v1/completions", json!({"model": "smol", "prompt": "The capital of France is Banana", "echo": true, "logprobs": 0, "max_tokens": 0})).1;
+    let last = |b: &Value| {
+        b["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_f64()
+            .unwrap()
+    };
+    assert!(last(&body) > last(&other));
+    // Streaming completions.
+    let events = stream_events(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "Hello", "max_tokens": 3, "stream": true, "ignore_eos": true}),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+}
+
+#[test]
+fn tokenize_detokenize_round_trip() {
+    let (st, tk) = post(
+        "/tokenize",
+        json!({"model": "smol", "prompt": "Hello, camelid! 🙂"}),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        tk["count"].as_u64().unwrap() as usize,
+        tk["tokens"].as_array().unwrap().len()
+    );
+    assert_eq!(tk["max_model_len"], 512);
+    let (st, dt) = post(
+        "/detokenize",
+        json!({"model": "smol", "tokens": tk["tokens"]}),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(dt["prompt"], "Hello, camelid! 🙂");
+    let (st, body) = post(
+        "/detokenize",
+        json!({"model": "smol", "tokens": [99999999]}),
+    );
+    assert_error(st, &body, 400, Some("tokens"));
+}
+
+#[test]
+fn bad_input_gets_openai_errors() {
+    let s = &server().base;
+    let (st, b) = post_raw(s, "/v1/chat/completions", b"{not json".to_vec());
+    assert_error(st, &b, 400, None);
+    let (st, b) = post_raw(s, "/v1/chat/completions", vec![0xff, 0xfe, b'{', b'}']);
+    assert_error(st, &b, 400, None);
+    assert!(b["error"]["message"].as_str().unwrap().contains("UTF-8"));
+    let (st, b) = post_raw(s, "/v1/chat/completions", vec![]);
+    assert_error(st, &b, 400, None);
+    let (st, b) = chat(json!({"temperature": "hot"}));
+    assert_error(st, &b, 400, Some("temperature"));
+    let (st, b) = post(
+        "/v1/chat/completions",
+        json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_error(st, &b, 404, Some("model"));
+    assert_eq!(b["error"]["code"], "model_not_found");
+    let (st, b) = post("/v1/chat/completions", json!({"model": "smol"}));
+    assert_error(st, &b, 400, None);
+    assert!(b["error"]["message"].as_str().unwrap().contains("messages"));
+    let (st, b) = chat(json!({"messages": []}));
+    assert_error(st, &b, 400, Some("messages"));
+    let (st, b) = chat(json!({"messages": [{"role": "wizard", "content": "x"}]}));
+    assert_error(st, &b, 400, Some("messages[0].role"));
+    for (field, v) in [
+        ("temperature", json!(-0.1)),
+        ("temperature", json!(2.5)),
+        ("top_p", json!(0)),
+        ("top_p", json!(1.5)),
+        ("n", json!(0)),
+        ("n", json!(1000)),
+        ("max_tokens", json!(0)),
+        ("presence_penalty", json!(3)),
+    ] {
+        let (st, b) = chat(json!({field: v}));
+        assert_error(st, &b, 400, Some(field));
+    }
+    let (st, b) = chat(json!({"logprobs": true, "top_logprobs": 21}));
+    assert_error(st, &b, 400, Some("top_logprobs"));
+    let (st, b) = chat(json!({"max_tokens": 600}));
+    assert_error(st, &b, 400, Some("max_tokens"));
+    let msg = b["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("512") && msg.contains("600"), "{msg}");
+    let (st, b) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "x", "max_tokens": 0}),
+    );
+    assert_error(st, &b, 400, Some("max_tokens"));
+    let (st, b) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": [999999], "max_tokens": 1}),
+    );
+    assert_error(st, &b, 400, Some("prompt"));
+    let big = format!(
+        "{{\"model\":\"smol\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+        "a".repeat(100_000)
+    );
+    let (st, b) = post_raw(s, "/v1/chat/completions", big.into_bytes());
+    assert_error(st, &b, 413, None);
+    let (st, b) = post("/v1/nope", json!({}));
+    assert_error(st, &b, 404, None);
+}
+
+#[test]
+fn api_keys_are_required_when_configured() {
+    let s = start(ServerConfig {
+        api_keys: vec!["sk-right".into(), "sk-other".into()],
+        ..Default::default()
+    });
+    let body =
+        json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1});
+    let send = |key: Option<&str>| {
+        runtime().block_on(async {
+            let mut r = client()
+                .post(format!("{}/v1/chat/completions", s.base))
+                .json(&body);
+            if let Some(k) = key {
+                r = r.bearer_auth(k);
+            }
+            let r = r.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    let (st, b) = send(None);
+    assert_error(st, &b, 401, None);
+    let (st, b) = send(Some("sk-wrong"));
+    assert_error(st, &b, 401, None);
+    let (st, b) = send(Some("sk-righ"));
+    assert_error(st, &b, 401, None);
+    assert_eq!(send(Some("sk-right")).0, 200);
+    assert_eq!(send(Some("sk-other")).0, 200);
+    // Health stays open for load balancers.
+    let h = runtime().block_on(async {
+        client()
+            .get(format!("{}/health", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(h, 200);
+}
+
+#[test]
+fn overload_gets_429_with_retry_after() {
+    let s = start(ServerConfig {
+        max_concurrent: 1,
+        ..Default::default()
+    });
+    runtime().block_on(async {
+        let long = client()
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "ignore_eos": true, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let mut body = long.bytes_stream();
+        body.next().await; // the first chunk: the request holds its slot
+        let r = client()
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        let b: Value = r.json().await.unwrap();
+        assert!(b["error"]["message"].is_string());
+        drop(body);
+    });
+}
+
+fn metric(base: &str, name: &str) -> f64 {
+    let text = runtime().block_on(async {
+        client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn disconnect_cancels_generation() {
+    let s = start(ServerConfig::default());
+    runtime().block_on(async {
+        let r = client()
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 400, "ignore_eos": true, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let mut body = r.bytes_stream();
+        body.next().await;
+        body.next().await;
+        drop(body);
+    });
+    let t = std::time::Instant::now();
+    loop {
+        let running = metric(&s.base, "camelid_running_requests");
+        let cancelled = metric(&s.base, "camelid_cancelled_requests_total");
+        if running == 0.0 && cancelled >= 1.0 {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "generation was not cancelled (running {running}, cancelled {cancelled})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let generated = metric(&s.base, "camelid_generation_tokens_total");
+    assert!(generated < 400.0, "the whole generation ran: {generated}");
+}
+
+#[test]
+fn sixteen_concurrent_streams_complete() {
+    let base = server().base.clone();
+    runtime().block_on(async {
+        let mut tasks = vec![];
+        for i in 0..16 {
+            let base = base.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = client()
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&json!({"model": "smol", "messages": [{"role": "user", "content": format!("Say a number: {i}")}],
+                                  "max_tokens": 6, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.text().await.unwrap()
+            }));
+        }
+        for t in tasks {
+            let text = t.await.unwrap();
+            let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            assert_eq!(*data.last().unwrap(), "[DONE]");
+            let usage: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+            assert_eq!(usage["usage"]["completion_tokens"], 6);
+            for d in &data[..data.len() - 1] {
+                let _: Value = serde_json::from_str(d).expect("well-formed chunk");
+            }
+        }
+    });
+}
