@@ -5,7 +5,9 @@
 //! sequences at their own positions (prefill chunks and decodes mixed); new requests join at
 //! the next step and finished or cancelled ones leave at once.
 
+pub mod blocks;
 mod metrics;
+pub mod paged;
 mod scheduler;
 
 pub use metrics::EngineMetrics;

@@ -13,6 +13,13 @@ pub struct EngineMetrics {
     pub prompt_tokens: AtomicU64,
     pub generation_tokens: AtomicU64,
     pub cancelled: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub kv_blocks_used: AtomicU64,
+    pub kv_blocks_total: AtomicU64,
+    pub prefix_cache_hits: AtomicU64,
+    pub prefix_cache_lookups: AtomicU64,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_prompt_tokens: AtomicU64,
 }
 
 impl EngineMetrics {

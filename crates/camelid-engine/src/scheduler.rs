@@ -2,9 +2,9 @@
 //! decodes), runs the model, hands each sequence its logits.
 
 use crate::metrics::EngineMetrics as M;
+use crate::paged::PagedKv;
 use crate::{Event, Request, SubmitError, Usage};
 use camelid_model::generate::{FinishReason, SequenceDecoder};
-use camelid_model::kv::ContiguousKv;
 use camelid_model::sampling::token_logprob;
 use camelid_model::tokenizer::Tokenizer;
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
@@ -20,6 +20,14 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Tokens in one forward (prefill is chunked to fit).
     pub max_batch_tokens: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// KV memory for this model, in MiB (keys and values of every layer).
+    pub kv_cache_mb: usize,
+    /// Reuse cached KV blocks of identical prompt prefixes.
+    pub prefix_caching: bool,
+    /// Exact number of KV blocks (overrides `kv_cache_mb`; tests use tiny pools).
+    pub num_blocks: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -28,7 +36,28 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_running: 32,
             max_batch_tokens: 512,
+            block_size: 16,
+            kv_cache_mb: 512,
+            prefix_caching: true,
+            num_blocks: None,
         }
+    }
+}
+
+impl EngineConfig {
+    /// Blocks that fit in `kv_cache_mb` for this model.
+    pub fn num_blocks(&self, lm: &LoadedModel) -> usize {
+        if let Some(n) = self.num_blocks {
+            return n.max(1);
+        }
+        let c = lm.model.config();
+        let bytes_per_block = c.num_layers
+            * 2
+            * c.num_kv_heads
+            * c.head_dim
+            * self.block_size
+            * lm.model.dtype().size_in_bytes();
+        ((self.kv_cache_mb << 20) / bytes_per_block.max(1)).max(1)
     }
 }
 
@@ -45,6 +74,8 @@ pub struct EngineHandle {
     tokenizer: Arc<Tokenizer>,
     context_length: usize,
     vocab_size: usize,
+    /// Positions the whole KV pool holds: no single request may need more.
+    kv_capacity: usize,
 }
 
 impl EngineHandle {
@@ -52,16 +83,36 @@ impl EngineHandle {
     pub fn spawn(lm: LoadedModel, cfg: EngineConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.max_waiting.max(1));
         let metrics = Arc::new(M::default());
+        let num_blocks = cfg.num_blocks(&lm);
         let handle = Self {
             tx,
             metrics: metrics.clone(),
             tokenizer: Arc::new(lm.tokenizer.clone()),
             context_length: lm.context_length,
             vocab_size: lm.model.config().vocab_size,
+            kv_capacity: num_blocks * cfg.block_size,
         };
+        M::set(&metrics.kv_blocks_total, num_blocks as u64);
+        let c = lm.model.config().clone();
+        let kv = PagedKv::new(
+            c.num_layers,
+            c.num_kv_heads,
+            c.head_dim,
+            num_blocks,
+            cfg.block_size,
+            lm.model.dtype(),
+            lm.model.device(),
+        )
+        .expect("allocating the KV cache");
+        tracing::info!(
+            "{}: KV cache of {num_blocks} blocks x {} positions ({} MiB)",
+            lm.name,
+            cfg.block_size,
+            cfg.kv_cache_mb
+        );
         std::thread::Builder::new()
             .name(format!("engine-{}", lm.name))
-            .spawn(move || Engine::new(lm, cfg, rx, metrics).run())
+            .spawn(move || Engine::new(lm, cfg, rx, metrics, kv).run())
             .expect("spawn engine thread");
         handle
     }
@@ -86,6 +137,14 @@ impl EngineHandle {
             return Err(SubmitError::Invalid(format!(
                 "token id {bad} is outside the vocabulary ({})",
                 self.vocab_size
+            )));
+        }
+        if req.prompt.len() + req.params.max_tokens > self.kv_capacity {
+            return Err(SubmitError::Invalid(format!(
+                "prompt ({} tokens) + max_tokens ({}) needs more KV memory than the whole cache holds ({} positions)",
+                req.prompt.len(),
+                req.params.max_tokens,
+                self.kv_capacity
             )));
         }
         if req.prompt.len() + req.params.max_tokens > self.context_length {
@@ -119,9 +178,18 @@ struct Seq {
     prompt_len: usize,
     /// Tokens whose keys/values are in the KV store.
     cached: usize,
+    /// Prompt tokens found in the prefix cache at first admission.
+    cached_prompt: Option<usize>,
     prompt_logprobs: Option<usize>,
     prompt_lp: Vec<camelid_model::sampling::TokenLogprob>,
     max_tokens: usize,
+}
+
+/// Waiting for a batch slot: new requests, and preempted sequences to recompute.
+#[allow(clippy::large_enum_variant)] // a short queue; boxing buys nothing
+enum Waiting {
+    New(Submitted),
+    Preempted(Seq),
 }
 
 struct Engine {
@@ -129,9 +197,10 @@ struct Engine {
     cfg: EngineConfig,
     rx: mpsc::Receiver<Submitted>,
     metrics: Arc<M>,
-    waiting: VecDeque<Submitted>,
+    waiting: VecDeque<Waiting>,
+    /// In admission order: the last is the first to be preempted.
     running: Vec<Seq>,
-    kv: ContiguousKv,
+    kv: PagedKv,
     next_id: u64,
 }
 
@@ -141,6 +210,7 @@ impl Engine {
         cfg: EngineConfig,
         rx: mpsc::Receiver<Submitted>,
         metrics: Arc<M>,
+        kv: PagedKv,
     ) -> Self {
         Self {
             lm,
@@ -149,7 +219,7 @@ impl Engine {
             metrics,
             waiting: VecDeque::new(),
             running: vec![],
-            kv: ContiguousKv::new(),
+            kv,
             next_id: 0,
         }
     }
@@ -158,12 +228,12 @@ impl Engine {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match self.rx.blocking_recv() {
-                    Some(s) => self.waiting.push_back(s),
+                    Some(s) => self.waiting.push_back(Waiting::New(s)),
                     None => return, // every handle dropped
                 }
             }
             while let Ok(s) = self.rx.try_recv() {
-                self.waiting.push_back(s);
+                self.waiting.push_back(Waiting::New(s));
             }
             self.admit();
             self.drop_cancelled();
@@ -172,37 +242,57 @@ impl Engine {
             }
             M::set(&self.metrics.running, self.running.len() as u64);
             M::set(&self.metrics.waiting, self.waiting.len() as u64);
+            M::set(&self.metrics.kv_blocks_used, self.kv.pool.used() as u64);
+            M::set(&self.metrics.prefix_cache_hits, self.kv.pool.hits);
+            M::set(&self.metrics.prefix_cache_lookups, self.kv.pool.lookups);
         }
     }
 
     fn admit(&mut self) {
         while self.running.len() < self.cfg.max_running {
-            let Some(s) = self.waiting.pop_front() else {
+            let Some(w) = self.waiting.pop_front() else {
                 break;
             };
-            if s.events.is_closed() {
-                M::add(&self.metrics.cancelled, 1);
-                continue;
+            let mut seq = match w {
+                Waiting::Preempted(s) => s,
+                Waiting::New(s) => {
+                    if s.events.is_closed() {
+                        M::add(&self.metrics.cancelled, 1);
+                        continue;
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let prompt = s.req.prompt.clone();
+                    M::add(&self.metrics.prompt_tokens, prompt.len() as u64);
+                    Seq {
+                        id,
+                        events: s.events,
+                        decoder: SequenceDecoder::new(
+                            prompt.clone(),
+                            s.req.params.clone(),
+                            self.lm.context_length,
+                        ),
+                        prompt_len: prompt.len(),
+                        tokens: prompt,
+                        cached: 0,
+                        cached_prompt: None,
+                        prompt_logprobs: s.req.prompt_logprobs,
+                        prompt_lp: vec![],
+                        max_tokens: s.req.params.max_tokens,
+                    }
+                }
+            };
+            // Prompt scoring needs every position's logits, so it never skips a prefix.
+            seq.cached = if self.cfg.prefix_caching && seq.prompt_logprobs.is_none() {
+                self.kv.start(seq.id, &seq.tokens)
+            } else {
+                self.kv.start(seq.id, &[])
+            };
+            if seq.cached_prompt.is_none() {
+                seq.cached_prompt = Some(seq.cached.min(seq.prompt_len));
+                M::add(&self.metrics.cached_prompt_tokens, seq.cached as u64);
             }
-            let id = self.next_id;
-            self.next_id += 1;
-            let prompt = s.req.prompt.clone();
-            M::add(&self.metrics.prompt_tokens, prompt.len() as u64);
-            self.running.push(Seq {
-                id,
-                events: s.events,
-                decoder: SequenceDecoder::new(
-                    prompt.clone(),
-                    s.req.params.clone(),
-                    self.lm.context_length,
-                ),
-                prompt_len: prompt.len(),
-                tokens: prompt,
-                cached: 0,
-                prompt_logprobs: s.req.prompt_logprobs,
-                prompt_lp: vec![],
-                max_tokens: s.req.params.max_tokens,
-            });
+            self.running.push(seq);
         }
     }
 
@@ -212,23 +302,32 @@ impl Engine {
         self.running.retain(|s| {
             let keep = !s.events.is_closed();
             if !keep {
-                kv.remove(s.id);
+                kv.free(s.id);
                 M::add(&metrics.cancelled, 1);
             }
             keep
         });
+        self.waiting.retain(|w| match w {
+            Waiting::Preempted(s) if s.events.is_closed() => {
+                M::add(&metrics.cancelled, 1);
+                false
+            }
+            _ => true,
+        });
     }
 
-    /// One forward over every running sequence.
+    /// One forward over every running sequence that fits.
     fn step(&mut self) {
         let mut batch = ForwardBatch::default();
         let mut budget = self.cfg.max_batch_tokens.max(1);
         // (index into running, rows of logits it gets, chunk end)
         let mut members: Vec<(usize, usize, usize)> = vec![];
+        let mut preempted: Vec<usize> = vec![];
+        let mut failed: Vec<(usize, String)> = vec![];
         // Decodes first: they keep streams flowing; prefill takes what budget is left.
         let order: Vec<usize> = {
             let (mut dec, mut pre): (Vec<usize>, Vec<usize>) = (0..self.running.len())
-                .partition(|&i| self.running[i].cached >= self.running[i].prompt_len);
+                .partition(|&i| self.running[i].tokens.len() - self.running[i].cached == 1);
             dec.append(&mut pre);
             dec
         };
@@ -236,14 +335,46 @@ impl Engine {
             if budget == 0 {
                 break;
             }
-            let s = &self.running[i];
-            let todo = s.tokens.len() - s.cached;
+            if preempted.contains(&i) {
+                continue;
+            }
+            let (id, cached, todo) = {
+                let s = &self.running[i];
+                (s.id, s.cached, s.tokens.len() - s.cached)
+            };
             let len = todo.min(budget);
-            let end = s.cached + len;
-            let completes_prompt = end == s.tokens.len();
-            let want = if s.prompt_logprobs.is_some() && s.cached < s.prompt_len {
+            // Make room by preempting newer sequences not yet in this batch (the newest
+            // first); the oldest sequence can always proceed, so nothing deadlocks.
+            let mut fits = self.kv.reserve(id, cached + len);
+            while !fits {
+                let victim = (i + 1..self.running.len())
+                    .rev()
+                    .find(|&j| !preempted.contains(&j) && !members.iter().any(|m| m.0 == j));
+                let Some(j) = victim else { break };
+                self.kv.free(self.running[j].id);
+                preempted.push(j);
+                M::add(&self.metrics.preemptions, 1);
+                fits = self.kv.reserve(id, cached + len);
+            }
+            if !fits {
+                let alone = members.is_empty()
+                    && (0..self.running.len()).all(|j| j == i || preempted.contains(&j));
+                if alone {
+                    failed.push((i, "the KV cache cannot hold this sequence".into()));
+                } else {
+                    // Give its blocks to the older sequences and recompute it later.
+                    self.kv.free(id);
+                    preempted.push(i);
+                    M::add(&self.metrics.preemptions, 1);
+                }
+                continue;
+            }
+            let s = &self.running[i];
+            let end = cached + len;
+            let completes = end == s.tokens.len();
+            let want = if s.prompt_logprobs.is_some() && cached < s.prompt_len {
                 LogitsWanted::All
-            } else if completes_prompt {
+            } else if completes {
                 LogitsWanted::Last
             } else {
                 LogitsWanted::None
@@ -253,10 +384,36 @@ impl Engine {
                 LogitsWanted::Last => 1,
                 LogitsWanted::All => len,
             };
-            batch.push(s.id, s.cached, &s.tokens[s.cached..end], want);
+            batch.push(s.id, cached, &s.tokens[cached..end], want);
             members.push((i, rows, end));
             budget -= len;
         }
+        let mut done: Vec<u64> = failed
+            .iter()
+            .map(|(i, e)| {
+                let _ = self.running[*i].events.send(Event::Error(e.clone()));
+                self.running[*i].id
+            })
+            .collect();
+        if !members.is_empty() {
+            self.forward_and_sample(batch, members, &mut done);
+        }
+        // Preempted sequences wait at the front and recompute their KV later.
+        preempted.sort_unstable();
+        for j in preempted.into_iter().rev() {
+            let mut s = self.running.remove(j);
+            s.cached = 0;
+            self.waiting.push_front(Waiting::Preempted(s));
+        }
+        self.finish_ids(&done);
+    }
+
+    fn forward_and_sample(
+        &mut self,
+        batch: ForwardBatch,
+        members: Vec<(usize, usize, usize)>,
+        done: &mut Vec<u64>,
+    ) {
         M::add(&self.metrics.steps, 1);
         M::add(&self.metrics.batched_sequences, members.len() as u64);
         M::add(&self.metrics.batched_tokens, batch.tokens.len() as u64);
@@ -273,21 +430,17 @@ impl Engine {
                     let _ = self.running[*i]
                         .events
                         .send(Event::Error(format!("model forward failed: {e}")));
+                    done.push(self.running[*i].id);
                 }
-                let ids: Vec<u64> = members
-                    .iter()
-                    .map(|(i, _, _)| self.running[*i].id)
-                    .collect();
-                self.finish_ids(&ids);
                 return;
             }
         };
         let mut row = 0;
-        let mut done: Vec<u64> = vec![];
         for (i, rows, end) in members {
             let s = &mut self.running[i];
             let chunk_start = s.cached;
             s.cached = end;
+            self.kv.commit(s.id, &s.tokens, end);
             let my_rows = &logits[row..row + rows];
             row += rows;
             if rows == 0 {
@@ -312,14 +465,15 @@ impl Engine {
             if end < s.tokens.len() {
                 continue; // more prompt to prefill
             }
+            let usage = |s: &Seq| Usage {
+                prompt_tokens: s.prompt_len,
+                completion_tokens: s.tokens.len() - s.prompt_len,
+                cached_tokens: s.cached_prompt.unwrap_or(0),
+            };
             if s.max_tokens == 0 {
                 let _ = s.events.send(Event::Finished {
                     reason: FinishReason::Length,
-                    usage: Usage {
-                        prompt_tokens: s.prompt_len,
-                        completion_tokens: 0,
-                        cached_tokens: 0,
-                    },
+                    usage: usage(s),
                 });
                 done.push(s.id);
                 continue;
@@ -335,12 +489,10 @@ impl Engine {
                         logprob: out.logprob,
                     });
                     if let Some(reason) = out.finished {
-                        let usage = Usage {
-                            prompt_tokens: s.prompt_len,
-                            completion_tokens: s.tokens.len() - s.prompt_len,
-                            cached_tokens: 0,
-                        };
-                        let _ = s.events.send(Event::Finished { reason, usage });
+                        let _ = s.events.send(Event::Finished {
+                            reason,
+                            usage: usage(s),
+                        });
                         done.push(s.id);
                     }
                 }
@@ -350,12 +502,11 @@ impl Engine {
                 }
             }
         }
-        self.finish_ids(&done);
     }
 
     fn finish_ids(&mut self, ids: &[u64]) {
         for id in ids {
-            self.kv.remove(*id);
+            self.kv.free(*id);
         }
         self.running.retain(|s| !ids.contains(&s.id));
     }

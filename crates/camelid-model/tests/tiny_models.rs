@@ -393,3 +393,62 @@ fn bad_files_give_errors_not_panics() {
         .to_string();
     assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
 }
+
+#[test]
+fn sharded_safetensors_load_like_one_file() {
+    let all =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let dir = tmpdir("sharded");
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let shard: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    for f in ["config.json", "tokenizer.model"] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    let one = common::load(&fixture());
+    let sharded = common::load(&dir);
+    let ids = one.tokenizer.encode("hello vicuna", true).unwrap();
+    let l1: Vec<f32> = one
+        .model
+        .logits_all(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let l2: Vec<f32> = sharded
+        .model
+        .logits_all(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(l1, l2);
+    // A missing shard is an error naming it.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = camelid_model::load(Some(dir.to_str().unwrap()), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
+}

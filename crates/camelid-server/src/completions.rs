@@ -148,10 +148,15 @@ pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, 
         };
         choices.push(json!({"index": r.index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(r.finish)}));
     }
+    let cached_tokens = results
+        .iter()
+        .map(|r| r.usage.cached_tokens)
+        .max()
+        .unwrap_or(0);
     let usage = Usage {
         prompt_tokens,
         completion_tokens,
-        cached_tokens: 0,
+        cached_tokens,
     };
     Ok(axum::Json(json!({
         "id": id, "object": "text_completion", "created": created, "model": req.model,

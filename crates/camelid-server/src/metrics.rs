@@ -99,73 +99,100 @@ impl ServerMetrics {
             "Time from request to last token.",
             &mut out,
         );
-        let g = |out: &mut String,
-                 name: &str,
-                 kind: &str,
-                 help: &str,
-                 f: &dyn Fn(&EngineMetrics) -> u64| {
+        use camelid_engine::EngineMetrics as E;
+        type Get = fn(&E) -> u64;
+        let per_engine: [(&str, &str, &str, Get); 14] = [
+            (
+                "camelid_running_requests",
+                "gauge",
+                "Sequences in the running batch.",
+                |e| E::get(&e.running),
+            ),
+            (
+                "camelid_waiting_requests",
+                "gauge",
+                "Requests waiting for a batch slot.",
+                |e| E::get(&e.waiting),
+            ),
+            (
+                "camelid_prompt_tokens_total",
+                "counter",
+                "Prompt tokens admitted.",
+                |e| E::get(&e.prompt_tokens),
+            ),
+            (
+                "camelid_generation_tokens_total",
+                "counter",
+                "Tokens generated.",
+                |e| E::get(&e.generation_tokens),
+            ),
+            (
+                "camelid_engine_steps_total",
+                "counter",
+                "Forward passes run.",
+                |e| E::get(&e.steps),
+            ),
+            (
+                "camelid_batched_sequences_total",
+                "counter",
+                "Sum of batch sizes over steps.",
+                |e| E::get(&e.batched_sequences),
+            ),
+            (
+                "camelid_batched_tokens_total",
+                "counter",
+                "Sum of tokens per step over steps.",
+                |e| E::get(&e.batched_tokens),
+            ),
+            (
+                "camelid_cancelled_requests_total",
+                "counter",
+                "Requests cancelled by their client.",
+                |e| E::get(&e.cancelled),
+            ),
+            (
+                "camelid_preemptions_total",
+                "counter",
+                "Sequences preempted for lack of KV blocks.",
+                |e| E::get(&e.preemptions),
+            ),
+            (
+                "camelid_kv_blocks_used",
+                "gauge",
+                "KV blocks held by sequences.",
+                |e| E::get(&e.kv_blocks_used),
+            ),
+            (
+                "camelid_kv_blocks_total",
+                "gauge",
+                "KV blocks in the pool.",
+                |e| E::get(&e.kv_blocks_total),
+            ),
+            (
+                "camelid_prefix_cache_hits_total",
+                "counter",
+                "Admissions that reused cached prefix blocks.",
+                |e| E::get(&e.prefix_cache_hits),
+            ),
+            (
+                "camelid_prefix_cache_lookups_total",
+                "counter",
+                "Prefix cache lookups.",
+                |e| E::get(&e.prefix_cache_lookups),
+            ),
+            (
+                "camelid_cached_prompt_tokens_total",
+                "counter",
+                "Prompt tokens served from the prefix cache.",
+                |e| E::get(&e.cached_prompt_tokens),
+            ),
+        ];
+        for (name, kind, help, get) in per_engine {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (m, e) in engines {
-                let _ = writeln!(out, "{name}{{model=\"{m}\"}} {}", f(e));
+                let _ = writeln!(out, "{name}{{model=\"{m}\"}} {}", get(e));
             }
-        };
-        use camelid_engine::EngineMetrics as E;
-        g(
-            &mut out,
-            "camelid_running_requests",
-            "gauge",
-            "Sequences in the running batch.",
-            &|e| E::get(&e.running),
-        );
-        g(
-            &mut out,
-            "camelid_waiting_requests",
-            "gauge",
-            "Requests waiting for a batch slot.",
-            &|e| E::get(&e.waiting),
-        );
-        g(
-            &mut out,
-            "camelid_prompt_tokens_total",
-            "counter",
-            "Prompt tokens admitted.",
-            &|e| E::get(&e.prompt_tokens),
-        );
-        g(
-            &mut out,
-            "camelid_generation_tokens_total",
-            "counter",
-            "Tokens generated.",
-            &|e| E::get(&e.generation_tokens),
-        );
-        g(
-            &mut out,
-            "camelid_engine_steps_total",
-            "counter",
-            "Forward passes run.",
-            &|e| E::get(&e.steps),
-        );
-        g(
-            &mut out,
-            "camelid_batched_sequences_total",
-            "counter",
-            "Sum of batch sizes over steps.",
-            &|e| E::get(&e.batched_sequences),
-        );
-        g(
-            &mut out,
-            "camelid_batched_tokens_total",
-            "counter",
-            "Sum of tokens per step over steps.",
-            &|e| E::get(&e.batched_tokens),
-        );
-        g(
-            &mut out,
-            "camelid_cancelled_requests_total",
-            "counter",
-            "Requests cancelled by their client.",
-            &|e| E::get(&e.cancelled),
-        );
+        }
         out
     }
 }

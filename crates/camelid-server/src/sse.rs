@@ -31,6 +31,7 @@ struct StreamState {
     include_usage: bool,
     prompt_tokens: usize,
     completion_tokens: usize,
+    cached_tokens: usize,
     timing: Timing,
     done: bool,
 }
@@ -57,6 +58,7 @@ pub fn stream(
         include_usage,
         prompt_tokens,
         completion_tokens: 0,
+        cached_tokens: 0,
         timing: Timing::new(n),
         done: false,
     };
@@ -100,6 +102,7 @@ pub fn stream(
                     }
                     Event::Finished { reason, usage } => {
                         st.completion_tokens += usage.completion_tokens;
+                        st.cached_tokens = st.cached_tokens.max(usage.cached_tokens);
                         st.queue.push_back(data(&st.format.finish(idx, reason)));
                     }
                     Event::Error(e) => {

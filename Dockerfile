@@ -1,0 +1,28 @@
+# camelid with CUDA: build with the CUDA 13 devel image, run on the CUDA 13 runtime image.
+#   docker build -t camelid .
+#   docker run --gpus all -p 8000:8000 -v camelid-cache:/cache camelid serve --device cuda --model lmsys/vicuna-7b-v1.5
+# For a CPU-only image, build with --build-arg FEATURES= (and any base images).
+ARG CUDA_VERSION=13.0.0
+FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS build
+ARG FEATURES=cuda
+ARG CUDA_COMPUTE_CAP=90
+RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config python3 python3-pip \
+    && rm -rf /var/lib/apt/lists/*
+RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+ENV PATH=/root/.cargo/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
+WORKDIR /src
+COPY . .
+# A portable CPU baseline instead of .cargo/config.toml's target-cpu=native.
+ENV RUSTFLAGS="-C target-cpu=x86-64-v3"
+RUN cargo build --release -p camelid --features "${FEATURES}" && cp target/release/camelid /camelid
+
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /camelid /usr/local/bin/camelid
+# Model cache (hub downloads and the default model) lives in a volume.
+ENV CAMELID_CACHE=/cache HF_HOME=/cache/hf CAMELID_HOST=0.0.0.0 CAMELID_PORT=8000
+VOLUME /cache
+EXPOSE 8000
+ENTRYPOINT ["camelid"]
+CMD ["serve"]

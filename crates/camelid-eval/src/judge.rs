@@ -1,0 +1,434 @@
+//! `camelid mtbench judge`: FastChat's `gen_judgment.py` with any OpenAI endpoint as judge.
+
+use crate::client::{ChatClient, Msg};
+use crate::data::{
+    append_jsonl, now, read_existing, Answer, JudgePrompt, PairJudgment, Question, SingleJudgment,
+};
+use anyhow::{anyhow, Result};
+use futures::stream::{self, StreamExt};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Categories judged against a reference answer (FastChat's `NEED_REF_CATS`).
+pub const NEED_REF_CATS: &[&str] = &["math", "reasoning", "coding", "arena-hard-200"];
+
+/// Python `str.format` for the judge templates: `{name}` is replaced, `{{`/`}}` are braces.
+pub fn format_template(template: &str, vars: &BTreeMap<&str, &str>) -> Result<String> {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                let v = vars
+                    .get(name.as_str())
+                    .ok_or_else(|| anyhow!("template needs {{{name}}}, which this match lacks"))?;
+                out.push_str(v);
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// FastChat's single-answer score: `[[x]]`, else `[x]`, else -1.
+pub fn parse_score(judgment: &str) -> f64 {
+    static P1: OnceLock<regex::Regex> = OnceLock::new();
+    static P2: OnceLock<regex::Regex> = OnceLock::new();
+    let p1 = P1.get_or_init(|| regex::Regex::new(r"\[\[(\d+\.?\d*)\]\]").unwrap());
+    let p2 = P2.get_or_init(|| regex::Regex::new(r"\[(\d+\.?\d*)\]").unwrap());
+    p1.captures(judgment)
+        .or_else(|| p2.captures(judgment))
+        .and_then(|c| c[1].parse::<f64>().ok())
+        .unwrap_or(-1.0)
+}
+
+/// FastChat's pairwise verdict: "A", "B", "tie" or "error".
+pub fn parse_verdict(judgment: &str) -> &'static str {
+    if judgment.contains("[[A]]") {
+        "A"
+    } else if judgment.contains("[[B]]") {
+        "B"
+    } else if judgment.contains("[[C]]") {
+        "tie"
+    } else {
+        "error"
+    }
+}
+
+/// Game 1 shows (model_1, model_2) as (A, B); game 2 swaps them. Verdicts in model terms.
+pub fn game_winners(g1: &str, g2: &str) -> (String, String) {
+    let g1 = match g1 {
+        "A" => "model_1",
+        "B" => "model_2",
+        o => o,
+    };
+    let g2 = match g2 {
+        "A" => "model_2",
+        "B" => "model_1",
+        o => o,
+    };
+    (g1.to_string(), g2.to_string())
+}
+
+/// The final outcome of a swapped pair of games: inconsistent verdicts are a tie.
+pub fn combine(g1_winner: &str, g2_winner: &str) -> &'static str {
+    if g1_winner == "error" || g2_winner == "error" {
+        "error"
+    } else if g1_winner == "tie" || g1_winner != g2_winner {
+        "tie"
+    } else if g1_winner == "model_1" {
+        "model_1"
+    } else {
+        "model_2"
+    }
+}
+
+pub struct Judge {
+    pub client: ChatClient,
+    pub prompts: BTreeMap<String, JudgePrompt>,
+    pub references: BTreeMap<u64, Answer>,
+    pub max_tokens: usize,
+}
+
+impl Judge {
+    /// The prompt name for a question and turn, and whether it uses the reference.
+    pub fn prompt_for(
+        &self,
+        q: &Question,
+        turn: u8,
+        pairwise: bool,
+    ) -> Result<(&JudgePrompt, bool)> {
+        let with_ref = NEED_REF_CATS.contains(&q.category.as_str())
+            && self.references.contains_key(&q.question_id);
+        let base = match (pairwise, with_ref) {
+            (false, false) => "single-v1",
+            (false, true) => "single-math-v1",
+            (true, false) => "pair-v2",
+            (true, true) => "pair-math-v1",
+        };
+        let name = if turn == 2 {
+            format!("{base}-multi-turn")
+        } else {
+            base.to_string()
+        };
+        let p = self
+            .prompts
+            .get(&name)
+            .ok_or_else(|| anyhow!("judge prompt {name} is not in the judge prompts file"))?;
+        Ok((p, with_ref))
+    }
+
+    fn ref_vars<'a>(
+        &'a self,
+        q: &Question,
+        with_ref: bool,
+        vars: &mut BTreeMap<&'static str, &'a str>,
+    ) {
+        if with_ref {
+            if let Some(r) = self
+                .references
+                .get(&q.question_id)
+                .and_then(|r| r.choices.first())
+            {
+                if let Some(t) = r.turns.first() {
+                    vars.insert("ref_answer_1", t);
+                }
+                if let Some(t) = r.turns.get(1) {
+                    vars.insert("ref_answer_2", t);
+                }
+            }
+        }
+    }
+
+    /// FastChat's `run_judge_single` user prompt.
+    pub fn single_prompt(
+        &self,
+        q: &Question,
+        a: &Answer,
+        turn: u8,
+    ) -> Result<(String, String, String)> {
+        let (p, with_ref) = self.prompt_for(q, turn, false)?;
+        let turns = &a
+            .choices
+            .first()
+            .ok_or_else(|| anyhow!("answer has no choices"))?
+            .turns;
+        let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
+        if turn == 2 {
+            vars.insert("question_1", &q.turns[0]);
+            vars.insert(
+                "question_2",
+                q.turns
+                    .get(1)
+                    .ok_or_else(|| anyhow!("question has one turn"))?,
+            );
+            vars.insert("answer_1", &turns[0]);
+            vars.insert(
+                "answer_2",
+                turns.get(1).ok_or_else(|| anyhow!("answer has one turn"))?,
+            );
+        } else {
+            vars.insert("question", &q.turns[0]);
+            vars.insert("answer", &turns[0]);
+        }
+        self.ref_vars(q, with_ref, &mut vars);
+        Ok((
+            p.name.clone(),
+            p.system_prompt.clone(),
+            format_template(&p.prompt_template, &vars)?,
+        ))
+    }
+
+    /// FastChat's `run_judge_pair` user prompt, `a` shown as assistant A.
+    pub fn pair_prompt(
+        &self,
+        q: &Question,
+        a: &Answer,
+        b: &Answer,
+        turn: u8,
+    ) -> Result<(String, String, String)> {
+        let (p, with_ref) = self.prompt_for(q, turn, true)?;
+        let ta = &a
+            .choices
+            .first()
+            .ok_or_else(|| anyhow!("answer has no choices"))?
+            .turns;
+        let tb = &b
+            .choices
+            .first()
+            .ok_or_else(|| anyhow!("answer has no choices"))?
+            .turns;
+        let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
+        if turn == 2 {
+            vars.insert("question_1", &q.turns[0]);
+            vars.insert(
+                "question_2",
+                q.turns
+                    .get(1)
+                    .ok_or_else(|| anyhow!("question has one turn"))?,
+            );
+            vars.insert("answer_a_1", &ta[0]);
+            vars.insert("answer_b_1", &tb[0]);
+            vars.insert(
+                "answer_a_2",
+                ta.get(1).ok_or_else(|| anyhow!("answer has one turn"))?,
+            );
+            vars.insert(
+                "answer_b_2",
+                tb.get(1).ok_or_else(|| anyhow!("answer has one turn"))?,
+            );
+        } else {
+            vars.insert("question", &q.turns[0]);
+            vars.insert("answer_a", &ta[0]);
+            vars.insert("answer_b", &tb[0]);
+        }
+        self.ref_vars(q, with_ref, &mut vars);
+        Ok((
+            p.name.clone(),
+            p.system_prompt.clone(),
+            format_template(&p.prompt_template, &vars)?,
+        ))
+    }
+
+    async fn ask(&self, system: &str, user: &str) -> Result<String> {
+        let msgs = [Msg::new("system", system), Msg::new("user", user)];
+        self.client.chat(&msgs, 0.0, self.max_tokens).await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Single,
+    PairwiseBaseline,
+    PairwiseAll,
+}
+
+pub struct JudgeOptions {
+    pub mode: Mode,
+    pub baseline: Option<String>,
+    pub out: PathBuf,
+    pub parallel: usize,
+    /// Only these models (default: every model with answers).
+    pub models: Option<Vec<String>>,
+}
+
+/// Runs the matches not yet in the output file. Returns (judged, errors).
+pub async fn run(
+    judge: &Judge,
+    questions: &[Question],
+    answers: &BTreeMap<String, BTreeMap<u64, Answer>>,
+    opts: &JudgeOptions,
+) -> Result<(usize, usize)> {
+    let models: Vec<String> = match &opts.models {
+        Some(m) => m.clone(),
+        None => answers.keys().cloned().collect(),
+    };
+    let turns_of = |q: &Question| {
+        if q.turns.len() >= 2 {
+            vec![1u8, 2]
+        } else {
+            vec![1u8]
+        }
+    };
+    let judge_id = |name: String| (judge.client.model.clone(), name);
+    let (mut ok, mut errors) = (0usize, 0usize);
+    match opts.mode {
+        Mode::Single => {
+            let existing: Vec<SingleJudgment> = read_existing(&opts.out);
+            let done: HashSet<(u64, String, u8)> = existing
+                .iter()
+                .map(|j| (j.question_id, j.model.clone(), j.turn))
+                .collect();
+            let mut matches = vec![];
+            for q in questions {
+                for m in &models {
+                    let Some(a) = answers.get(m).and_then(|x| x.get(&q.question_id)) else {
+                        continue;
+                    };
+                    for t in turns_of(q) {
+                        if !done.contains(&(q.question_id, m.clone(), t)) {
+                            matches.push((q, m, a, t));
+                        }
+                    }
+                }
+            }
+            let pb = crate::progress(matches.len() as u64, "judge single");
+            let mut s = stream::iter(matches)
+                .map(|(q, m, a, t)| async move {
+                    let r = async {
+                        let (name, system, user) = judge.single_prompt(q, a, t)?;
+                        let judgment = judge.ask(&system, &user).await?;
+                        Ok::<_, anyhow::Error>((name, user, judgment))
+                    }
+                    .await;
+                    (q, m, t, r)
+                })
+                .buffer_unordered(opts.parallel.max(1));
+            while let Some((q, m, t, r)) = s.next().await {
+                pb.inc(1);
+                match r {
+                    Ok((name, user_prompt, judgment)) => {
+                        let score = parse_score(&judgment);
+                        append_jsonl(
+                            &opts.out,
+                            &SingleJudgment {
+                                question_id: q.question_id,
+                                model: m.clone(),
+                                judge: judge_id(name),
+                                user_prompt,
+                                judgment,
+                                score,
+                                turn: t,
+                                tstamp: now(),
+                            },
+                        )?;
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!("question {} model {m} turn {t}: {e}", q.question_id);
+                        errors += 1;
+                    }
+                }
+            }
+            pb.finish();
+        }
+        Mode::PairwiseBaseline | Mode::PairwiseAll => {
+            let pairs: Vec<(String, String)> = if opts.mode == Mode::PairwiseBaseline {
+                let base = opts
+                    .baseline
+                    .clone()
+                    .ok_or_else(|| anyhow!("--baseline is required for pairwise-baseline"))?;
+                models
+                    .iter()
+                    .filter(|m| **m != base)
+                    .map(|m| (m.clone(), base.clone()))
+                    .collect()
+            } else {
+                let mut v = vec![];
+                for i in 0..models.len() {
+                    for j in i + 1..models.len() {
+                        v.push((models[i].clone(), models[j].clone()));
+                    }
+                }
+                v
+            };
+            let existing: Vec<PairJudgment> = read_existing(&opts.out);
+            let done: HashSet<(u64, String, String, u8)> = existing
+                .iter()
+                .map(|j| (j.question_id, j.model_1.clone(), j.model_2.clone(), j.turn))
+                .collect();
+            let mut matches = vec![];
+            for q in questions {
+                for (m1, m2) in &pairs {
+                    let (Some(a1), Some(a2)) = (
+                        answers.get(m1).and_then(|x| x.get(&q.question_id)),
+                        answers.get(m2).and_then(|x| x.get(&q.question_id)),
+                    ) else {
+                        continue;
+                    };
+                    for t in turns_of(q) {
+                        if !done.contains(&(q.question_id, m1.clone(), m2.clone(), t)) {
+                            matches.push((q, m1, m2, a1, a2, t));
+                        }
+                    }
+                }
+            }
+            let pb = crate::progress(matches.len() as u64, "judge pairwise");
+            let mut s = stream::iter(matches)
+                .map(|(q, m1, m2, a1, a2, t)| async move {
+                    let r = async {
+                        let (name, system, p1) = judge.pair_prompt(q, a1, a2, t)?;
+                        let (_, _, p2) = judge.pair_prompt(q, a2, a1, t)?;
+                        let j1 = judge.ask(&system, &p1).await?;
+                        let j2 = judge.ask(&system, &p2).await?;
+                        Ok::<_, anyhow::Error>((name, p1, j1, p2, j2))
+                    }
+                    .await;
+                    (q, m1, m2, t, r)
+                })
+                .buffer_unordered(opts.parallel.max(1));
+            while let Some((q, m1, m2, t, r)) = s.next().await {
+                pb.inc(1);
+                match r {
+                    Ok((name, p1, j1, p2, j2)) => {
+                        let (g1, g2) = game_winners(parse_verdict(&j1), parse_verdict(&j2));
+                        append_jsonl(
+                            &opts.out,
+                            &PairJudgment {
+                                question_id: q.question_id,
+                                model_1: m1.clone(),
+                                model_2: m2.clone(),
+                                g1_winner: g1,
+                                g2_winner: g2,
+                                judge: judge_id(name),
+                                g1_user_prompt: p1,
+                                g1_judgment: j1,
+                                g2_user_prompt: p2,
+                                g2_judgment: j2,
+                                turn: t,
+                                tstamp: now(),
+                            },
+                        )?;
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!("question {} {m1} vs {m2} turn {t}: {e}", q.question_id);
+                        errors += 1;
+                    }
+                }
+            }
+            pb.finish();
+        }
+    }
+    Ok((ok, errors))
+}

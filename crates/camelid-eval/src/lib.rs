@@ -1,0 +1,27 @@
+//! camelid-eval: MT-bench as FastChat runs it, against any OpenAI-compatible endpoint.
+//!
+//! - [`data`] — questions, answers, judge prompts, references, judgments (FastChat's JSONL)
+//! - [`client`] — a small OpenAI chat client with retries
+//! - [`answer`] — `mtbench answer`: two-turn answers, per-category temperatures, resumable
+//! - [`judge`] — `mtbench judge`: prompt rendering, verdict parsing, position swap
+//! - [`show`] — `mtbench show`: score and win-rate tables
+
+pub mod answer;
+pub mod client;
+pub mod data;
+pub mod judge;
+pub mod show;
+
+/// A progress bar on stderr with an ETA.
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} ({elapsed}, ETA {eta})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

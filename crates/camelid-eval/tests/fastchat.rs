@@ -1,0 +1,242 @@
+//! MT-bench logic against FastChat's behaviour, on the real data in ../shared/data/mt_bench.
+
+use camelid_eval::client::ChatClient;
+use camelid_eval::data::*;
+use camelid_eval::judge::*;
+use camelid_eval::show::*;
+use std::path::{Path, PathBuf};
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
+}
+
+fn judge() -> Judge {
+    let refs = read_jsonl::<Answer>(&data().join("reference_answer/gpt-4.jsonl")).unwrap();
+    Judge {
+        client: ChatClient::new("http://127.0.0.1:9", "judge-model", None).unwrap(),
+        prompts: load_judge_prompts(&data().join("judge_prompts.jsonl")).unwrap(),
+        references: refs.into_iter().map(|a| (a.question_id, a)).collect(),
+        max_tokens: 16,
+    }
+}
+
+fn q(id: u64) -> Question {
+    load_questions(&data().join("question.jsonl"))
+        .unwrap()
+        .into_iter()
+        .find(|q| q.question_id == id)
+        .unwrap()
+}
+
+fn ans(model: &str, id: u64, t1: &str, t2: &str) -> Answer {
+    Answer {
+        question_id: id,
+        answer_id: "x".into(),
+        model_id: model.into(),
+        choices: vec![Choice {
+            index: 0,
+            turns: vec![t1.into(), t2.into()],
+        }],
+        tstamp: 0.0,
+        error: None,
+    }
+}
+
+#[test]
+fn data_files_load() {
+    let qs = load_questions(&data().join("question.jsonl")).unwrap();
+    assert_eq!(qs.len(), 80);
+    let one_each = select_questions(qs.clone(), None, Some(1));
+    assert_eq!(one_each.len(), 8);
+    assert_eq!(select_questions(qs, Some(3), None).len(), 3);
+    assert_eq!(
+        load_judge_prompts(&data().join("judge_prompts.jsonl"))
+            .unwrap()
+            .len(),
+        8
+    );
+}
+
+#[test]
+fn single_prompt_general_turn1_is_fastchats() {
+    let j = judge();
+    let q = q(81); // writing
+    let (name, system, user) = j
+        .single_prompt(&q, &ans("m", 81, "ANSWER ONE", "ANSWER TWO"), 1)
+        .unwrap();
+    assert_eq!(name, "single-v1");
+    assert_eq!(system, "You are a helpful assistant.");
+    let expected = format!(
+        "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question displayed below. Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin your evaluation by providing a short explanation. Be as objective as possible. After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: \"Rating: [[5]]\".\n\n[Question]\n{}\n\n[The Start of Assistant's Answer]\nANSWER ONE\n[The End of Assistant's Answer]",
+        q.turns[0]
+    );
+    assert_eq!(user, expected);
+}
+
+#[test]
+fn single_prompt_math_multi_turn_uses_references() {
+    let j = judge();
+    let q = q(111); // math, has a reference
+    let r = &j.references[&111].choices[0].turns;
+    let (name, _, user) = j.single_prompt(&q, &ans("m", 111, "A1", "A2"), 2).unwrap();
+    assert_eq!(name, "single-math-v1-multi-turn");
+    let expected = format!(
+        "<|The Start of Reference Answer|>\n\n### User:\n{q1}\n\n### Reference answer:\n{r1}\n\n### User:\n{q2}\n\n### Reference answer:\n{r2}\n\n<|The End of Reference Answer|>\n\n\n<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{q1}\n\n### Assistant A:\nA1\n\n### User:\n{q2}\n\n### Assistant A:\nA2\n\n<|The End of Assistant A's Conversation with User|>",
+        q1 = q.turns[0], q2 = q.turns[1], r1 = r[0], r2 = r[1]
+    );
+    assert_eq!(user, expected);
+}
+
+#[test]
+fn pair_prompts_general_and_math_reference() {
+    let j = judge();
+    let q1 = q(91); // roleplay
+    let (name, system, user) = j
+        .pair_prompt(
+            &q1,
+            &ans("a", 91, "AA", "AA2"),
+            &ans("b", 91, "BB", "BB2"),
+            1,
+        )
+        .unwrap();
+    assert_eq!(name, "pair-v2");
+    assert!(system.starts_with("Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants"));
+    assert_eq!(user, format!("[User Question]\n{}\n\n[The Start of Assistant A's Answer]\nAA\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\nBB\n[The End of Assistant B's Answer]", q1.turns[0]));
+    let q2 = q(101); // reasoning, reference
+    let (name, _, user) = j
+        .pair_prompt(
+            &q2,
+            &ans("a", 101, "AA", "AA2"),
+            &ans("b", 101, "BB", "BB2"),
+            1,
+        )
+        .unwrap();
+    assert_eq!(name, "pair-math-v1");
+    let r1 = &j.references[&101].choices[0].turns[0];
+    assert_eq!(user, format!("[User Question]\n{}\n\n[The Start of Reference Answer]\n{r1}\n[The End of Reference Answer]\n\n[The Start of Assistant A's Answer]\nAA\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\nBB\n[The End of Assistant B's Answer]", q2.turns[0]));
+    let (name, _, user) = j
+        .pair_prompt(
+            &q1,
+            &ans("a", 91, "AA", "AA2"),
+            &ans("b", 91, "BB", "BB2"),
+            2,
+        )
+        .unwrap();
+    assert_eq!(name, "pair-v2-multi-turn");
+    assert!(user.contains("### Assistant A:\nAA2\n\n<|The End of Assistant A's Conversation with User|>\n\n\n<|The Start of Assistant B's Conversation with User|>"));
+    // Braces in answers are data, not placeholders.
+    let (_, _, user) = j
+        .pair_prompt(
+            &q1,
+            &ans("a", 91, "{answer_b}", "x"),
+            &ans("b", 91, "fn f() {}", "y"),
+            1,
+        )
+        .unwrap();
+    assert!(user.contains("\n{answer_b}\n") && user.contains("fn f() {}"));
+}
+
+#[test]
+fn score_parsing_edge_cases() {
+    assert_eq!(parse_score("Rating: [[7]]"), 7.0);
+    assert_eq!(parse_score("Rating: [[8.5]] and later [[2]]"), 8.5);
+    assert_eq!(parse_score("no double brackets but [6]"), 6.0);
+    assert_eq!(parse_score("[[x]] then [[3]]"), 3.0);
+    assert_eq!(parse_score("Rating: 9/10"), -1.0);
+    assert_eq!(parse_score(""), -1.0);
+    assert_eq!(parse_score("[[10]]"), 10.0);
+    assert_eq!(parse_verdict("so [[B]]"), "B");
+    assert_eq!(parse_verdict("[[A]] vs [[B]]"), "A");
+    assert_eq!(parse_verdict("[[C]]"), "tie");
+    assert_eq!(parse_verdict("A is better"), "error");
+}
+
+#[test]
+fn swapped_games_combine_like_fastchat() {
+    assert_eq!(game_winners("A", "B"), ("model_1".into(), "model_1".into()));
+    assert_eq!(game_winners("B", "A"), ("model_2".into(), "model_2".into()));
+    assert_eq!(combine("model_1", "model_1"), "model_1");
+    assert_eq!(combine("model_1", "model_2"), "tie"); // inconsistent → tie
+    assert_eq!(combine("tie", "model_1"), "tie");
+    assert_eq!(combine("error", "model_1"), "error");
+    let pj = |g1: &str, g2: &str| PairJudgment {
+        question_id: 1,
+        model_1: "a".into(),
+        model_2: "b".into(),
+        g1_winner: g1.into(),
+        g2_winner: g2.into(),
+        judge: ("j".into(), "pair-v2".into()),
+        g1_user_prompt: String::new(),
+        g1_judgment: String::new(),
+        g2_user_prompt: String::new(),
+        g2_judgment: String::new(),
+        turn: 1,
+        tstamp: 0.0,
+    };
+    let rows = pair_table(&[
+        pj("model_1", "model_1"),
+        pj("model_1", "model_2"),
+        pj("model_2", "model_2"),
+        pj("error", "tie"),
+        pj("model_1", "model_1"),
+    ]);
+    let a = rows.iter().find(|r| r.model == "a").unwrap();
+    assert_eq!((a.win, a.loss, a.tie, a.errors), (2, 1, 1, 1));
+    assert!((a.win_rate_adjusted - 2.5 / 4.0).abs() < 1e-9);
+    let b = rows.iter().find(|r| r.model == "b").unwrap();
+    assert_eq!((b.win, b.loss, b.tie), (1, 2, 1));
+}
+
+#[test]
+fn single_table_means_skip_unparsed() {
+    let sj = |m: &str, qid: u64, t: u8, s: f64| SingleJudgment {
+        question_id: qid,
+        model: m.into(),
+        judge: ("j".into(), "single-v1".into()),
+        user_prompt: String::new(),
+        judgment: String::new(),
+        score: s,
+        turn: t,
+        tstamp: 0.0,
+    };
+    let qs = load_questions(&data().join("question.jsonl")).unwrap();
+    let rows = single_table(
+        &[
+            sj("m", 81, 1, 8.0),
+            sj("m", 81, 2, 6.0),
+            sj("m", 91, 1, -1.0),
+            sj("m", 91, 2, 4.0),
+        ],
+        &qs,
+    );
+    let r = &rows[0];
+    assert_eq!(r.turn1, Some(8.0));
+    assert_eq!(r.turn2, Some(5.0));
+    assert_eq!(r.overall, Some(6.0));
+    assert_eq!(r.unparsed, 1);
+    assert_eq!(r.by_category["writing"], 7.0);
+    assert_eq!(r.by_category["roleplay"], 4.0);
+    assert!(render_single(&rows, true).contains("| m "));
+}
+
+#[test]
+fn outputs_are_resumable_jsonl_in_fastchat_shape() {
+    let dir = std::env::temp_dir().join(format!("camelid-mt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = dir.join("answers.jsonl");
+    append_jsonl(&p, &ans("m", 81, "a", "b")).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"torn\":"))
+        .unwrap();
+    let back: Vec<Answer> = read_existing(&p);
+    assert_eq!(back.len(), 1);
+    let v: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&p).unwrap().lines().next().unwrap()).unwrap();
+    for k in ["question_id", "answer_id", "model_id", "choices", "tstamp"] {
+        assert!(v.get(k).is_some(), "{k}");
+    }
+    assert!(v["choices"][0]["turns"].is_array() && v["choices"][0]["index"] == 0);
+    assert!(v.get("error").is_none(), "no error field on good answers");
+}

@@ -1,0 +1,206 @@
+//! MT-bench end to end: `camelid serve` answers one question per category with the default
+//! model, then judges the answers with itself (single and pairwise-all), and `show` prints
+//! the tables. The tiny model is a poor judge: unparsable verdicts must be handled.
+
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
+}
+
+fn camelid(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+        .args(args)
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "camelid {args:?} failed:\n{so}\n{se}");
+    so.into_owned()
+}
+
+fn lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn answer_judge_show_with_camelid_as_contestant_and_judge() {
+    let s = common::serve(&["--model", "smol=smollm2-135m-instruct"]);
+    let dir = std::env::temp_dir().join(format!("camelid-mtbench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let q = data().join("question.jsonl");
+    let (q, prompts, refs) = (
+        q.to_str().unwrap(),
+        data().join("judge_prompts.jsonl"),
+        data().join("reference_answer/gpt-4.jsonl"),
+    );
+    let answers = dir.join("model_answer");
+    for (id, temp) in [("smol-a", None), ("smol-b", Some("1.0"))] {
+        let out = answers.join(format!("{id}.jsonl"));
+        let mut args = vec![
+            "mtbench",
+            "answer",
+            "--endpoint",
+            &s.base,
+            "--model",
+            "smol",
+            "--model-id",
+            id,
+            "--questions",
+            q,
+            "--out",
+            out.to_str().unwrap(),
+            "--per-category",
+            "1",
+            "--max-tokens",
+            "12",
+            "--parallel",
+            "4",
+        ];
+        if let Some(t) = temp {
+            args.extend(["--force-temperature", t]);
+        }
+        camelid(&args);
+        let a = lines(&out);
+        assert_eq!(a.len(), 8, "one answer per category");
+        for l in &a {
+            assert!(
+                l["question_id"].is_u64()
+                    && l["answer_id"].is_string()
+                    && l["model_id"] == id
+                    && l["tstamp"].is_f64()
+            );
+            assert_eq!(
+                l["choices"][0]["turns"].as_array().unwrap().len(),
+                2,
+                "both turns answered"
+            );
+        }
+        // Resumable: a second run adds nothing.
+        camelid(&args);
+        assert_eq!(lines(&out).len(), 8);
+    }
+    let single = dir.join("single.jsonl");
+    camelid(&[
+        "mtbench",
+        "judge",
+        "--judge-endpoint",
+        &s.base,
+        "--judge-model",
+        "smol",
+        "--answers",
+        answers.to_str().unwrap(),
+        "--mode",
+        "single",
+        "--models",
+        "smol-a",
+        "--questions",
+        q,
+        "--per-category",
+        "1",
+        "--judge-prompts",
+        prompts.to_str().unwrap(),
+        "--references",
+        refs.to_str().unwrap(),
+        "--out",
+        single.to_str().unwrap(),
+        "--judge-max-tokens",
+        "24",
+        "--parallel",
+        "4",
+    ]);
+    let sj = lines(&single);
+    assert_eq!(sj.len(), 16, "8 questions x 2 turns");
+    for j in &sj {
+        assert!(j["score"].is_number() && (j["turn"] == 1 || j["turn"] == 2));
+        assert_eq!(j["judge"][0], "smol");
+        assert!(j["judge"][1].as_str().unwrap().starts_with("single-"));
+        assert!(
+            j["user_prompt"].is_string() && j["judgment"].is_string() && j["model"] == "smol-a"
+        );
+    }
+    // Math/reasoning/coding questions were judged against the reference.
+    assert!(sj.iter().any(|j| j["judge"][1] == "single-math-v1"
+        && j["user_prompt"]
+            .as_str()
+            .unwrap()
+            .contains("[The Start of Reference Answer]")));
+    let table = camelid(&[
+        "mtbench",
+        "show",
+        "--judgments",
+        single.to_str().unwrap(),
+        "--questions",
+        q,
+    ]);
+    assert!(
+        table.contains("smol-a") && table.contains("turn 1") && table.contains("overall"),
+        "{table}"
+    );
+
+    let pair = dir.join("pair.jsonl");
+    camelid(&[
+        "mtbench",
+        "judge",
+        "--judge-endpoint",
+        &s.base,
+        "--judge-model",
+        "smol",
+        "--answers",
+        answers.to_str().unwrap(),
+        "--mode",
+        "pairwise-all",
+        "--questions",
+        q,
+        "--per-category",
+        "1",
+        "--judge-prompts",
+        prompts.to_str().unwrap(),
+        "--references",
+        refs.to_str().unwrap(),
+        "--out",
+        pair.to_str().unwrap(),
+        "--judge-max-tokens",
+        "24",
+        "--parallel",
+        "4",
+    ]);
+    let pj = lines(&pair);
+    assert_eq!(pj.len(), 16);
+    for j in &pj {
+        for k in ["g1_winner", "g2_winner"] {
+            assert!(
+                ["model_1", "model_2", "tie", "error"].contains(&j[k].as_str().unwrap()),
+                "{j}"
+            );
+        }
+    }
+    // Game 2 shows the answers swapped (identical only where both answers are identical).
+    assert!(
+        pj.iter()
+            .any(|j| j["g1_user_prompt"] != j["g2_user_prompt"]),
+        "game 2 never swapped the answers"
+    );
+    let table = camelid(&[
+        "mtbench",
+        "show",
+        "--judgments",
+        pair.to_str().unwrap(),
+        "--format",
+        "markdown",
+    ]);
+    assert!(
+        table.contains("| model")
+            && table.contains("adjusted win rate")
+            && table.contains("smol-a"),
+        "{table}"
+    );
+}
