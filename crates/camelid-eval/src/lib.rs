@@ -7,6 +7,7 @@
 //! - [`show`] — `mtbench show`: score and win-rate tables
 
 pub mod answer;
+pub mod bench;
 pub mod client;
 pub mod data;
 pub mod judge;

