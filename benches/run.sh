@@ -19,6 +19,12 @@ for port in 18080 18081; do
   for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
 done
 ./target/release/camelid bench --endpoint http://127.0.0.1:18080 --name camelid --prompt-tokens "$P" --output-tokens "$N" --json "$OUT/camelid-$STAMP.json"
+# MT-bench second turn: prefix cache on, then off (a fresh server).
+./target/release/camelid bench --endpoint http://127.0.0.1:18080 --name camelid-prefix-cache --second-turn 1500 --json "$OUT/turn2-cache-$STAMP.json"
+kill $CAM; wait $CAM 2>/dev/null || true
+./target/release/camelid serve --port 18082 --no-prefix-caching >/tmp/camelid-bench-nocache.log 2>&1 & CAM=$!
+for _ in $(seq 120); do curl -sf "http://127.0.0.1:18082/health" >/dev/null && break; sleep 1; done
+./target/release/camelid bench --endpoint http://127.0.0.1:18082 --name camelid-no-prefix-cache --second-turn 1500 --json "$OUT/turn2-nocache-$STAMP.json"
 kill $CAM; wait $CAM 2>/dev/null || true
 ./target/release/camelid bench --endpoint http://127.0.0.1:18081 --name llama.cpp --prompt-tokens "$P" --output-tokens "$N" --json "$OUT/llamacpp-$STAMP.json"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -172,6 +172,20 @@ pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
     Ok(out)
 }
 
+/// MT-bench's second turn: a long history, then the same history plus a new question.
+/// Returns the TTFT (seconds) of both; with a prefix cache the second skips the history.
+pub async fn second_turn(o: &BenchOptions, history_tokens: usize) -> Result<(f64, f64)> {
+    // A fresh connection per request: llama-server closes idle keep-alive connections, and a
+    // pooled one it closed fails the next request.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(1800)).pool_max_idle_per_host(0).build()?;
+    let o = BenchOptions { output_tokens: 4, ..o.clone() };
+    // A history unlike the throughput prompts, so nothing of it is cached yet.
+    let history = make_prompt(history_tokens).replace("the ", "one ");
+    let first = one(&http, &o, &history).await?;
+    let second = one(&http, &o, &format!("{history} and what happened next ?")).await?;
+    Ok((first.ttft, second.ttft))
+}
+
 pub fn render(name: &str, rows: &[LevelResult]) -> String {
     let mut s = format!(
         "{name}\n{:>7} {:>8} {:>11} {:>12} {:>12} {:>10} {:>10} {:>9} {:>9}\n",

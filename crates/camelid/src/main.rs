@@ -60,6 +60,9 @@ struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of the load levels: TTFT of a second turn over a history of this many tokens.
+    #[arg(long)]
+    second_turn: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -547,7 +550,17 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         requests_per_client: a.requests_per_client,
         api_key: a.api_key.clone(),
     };
-    let rows = tokio::runtime::Runtime::new()?.block_on(camelid_eval::bench::run(&o))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    if let Some(h) = a.second_turn {
+        let (t1, t2) = rt.block_on(camelid_eval::bench::second_turn(&o, h))?;
+        println!("{}: history {h} tokens: first turn TTFT {:.0} ms, second turn TTFT {:.0} ms ({:.1}x)", a.name, t1 * 1e3, t2 * 1e3, t1 / t2);
+        if let Some(p) = &a.json {
+            let doc = serde_json::json!({"name": a.name, "history_tokens": h, "ttft_first_s": t1, "ttft_second_s": t2});
+            std::fs::write(p, serde_json::to_string_pretty(&doc)?)?;
+        }
+        return Ok(());
+    }
+    let rows = rt.block_on(camelid_eval::bench::run(&o))?;
     print!("{}", camelid_eval::bench::render(&a.name, &rows));
     if let Some(p) = &a.json {
         let doc = serde_json::json!({"name": a.name, "endpoint": a.endpoint, "model": a.model,
