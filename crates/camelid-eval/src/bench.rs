@@ -177,8 +177,14 @@ pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
 pub async fn second_turn(o: &BenchOptions, history_tokens: usize) -> Result<(f64, f64)> {
     // A fresh connection per request: llama-server closes idle keep-alive connections, and a
     // pooled one it closed fails the next request.
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(1800)).pool_max_idle_per_host(0).build()?;
-    let o = BenchOptions { output_tokens: 4, ..o.clone() };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1800))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let o = BenchOptions {
+        output_tokens: 4,
+        ..o.clone()
+    };
     // A history unlike the throughput prompts, so nothing of it is cached yet.
     let history = make_prompt(history_tokens).replace("the ", "one ");
     let first = one(&http, &o, &history).await?;

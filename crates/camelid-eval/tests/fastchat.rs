@@ -240,3 +240,39 @@ fn outputs_are_resumable_jsonl_in_fastchat_shape() {
     assert!(v["choices"][0]["turns"].is_array() && v["choices"][0]["index"] == 0);
     assert!(v.get("error").is_none(), "no error field on good answers");
 }
+
+#[test]
+fn multi_turn_general_single_and_math_pair_prompts_are_fastchats() {
+    let j = judge();
+    let qw = q(81);
+    let (name, system, user) = j.single_prompt(&qw, &ans("m", 81, "A1", "A2"), 2).unwrap();
+    assert_eq!(name, "single-v1-multi-turn");
+    assert!(system.ends_with("\"Rating: [[5]]\".\n\n"), "{system:?}");
+    assert_eq!(
+        user,
+        format!(
+            "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{}\n\n### Assistant A:\nA1\n\n### User:\n{}\n\n### Assistant A:\nA2\n\n<|The End of Assistant A's Conversation with User|>",
+            qw.turns[0], qw.turns[1]
+        )
+    );
+    let q = q(121); // coding, reference
+    let r = &j.references[&121].choices[0].turns;
+    let (name, _, user) = j
+        .pair_prompt(
+            &q,
+            &ans("a", 121, "a1", "a2"),
+            &ans("b", 121, "b1", "b2"),
+            2,
+        )
+        .unwrap();
+    assert_eq!(name, "pair-math-v1-multi-turn");
+    let expected = format!(
+        "<|The Start of Reference Answer|>\n\n### User:\n{q1}\n\n### Reference answer:\n{r1}\n\n### User:\n{q2}\n\n### Reference answer:\n{r2}\n\n<|The End of Reference Answer|>\n\n\n<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{q1}\n\n### Assistant A:\na1\n\n### User:\n{q2}\n\n### Assistant A:\na2\n\n<|The End of Assistant A's Conversation with User|>\n\n\n<|The Start of Assistant B's Conversation with User|>\n\n### User:\n{q1}\n\n### Assistant B:\nb1\n\n### User:\n{q2}\n\n### Assistant B:\nb2\n\n<|The End of Assistant B's Conversation with User|>",
+        q1 = q.turns[0], q2 = q.turns[1], r1 = r[0], r2 = r[1]
+    );
+    assert_eq!(user, expected);
+    // single-math-v1, turn 1.
+    let (name, _, user) = j.single_prompt(&q, &ans("m", 121, "X", "Y"), 1).unwrap();
+    assert_eq!(name, "single-math-v1");
+    assert!(user.ends_with(&format!("[Question]\n{}\n\n[The Start of Reference Answer]\n{}\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\nX\n[The End of Assistant's Answer]", q.turns[0], r[0])));
+}

@@ -553,7 +553,13 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     if let Some(h) = a.second_turn {
         let (t1, t2) = rt.block_on(camelid_eval::bench::second_turn(&o, h))?;
-        println!("{}: history {h} tokens: first turn TTFT {:.0} ms, second turn TTFT {:.0} ms ({:.1}x)", a.name, t1 * 1e3, t2 * 1e3, t1 / t2);
+        println!(
+            "{}: history {h} tokens: first turn TTFT {:.0} ms, second turn TTFT {:.0} ms ({:.1}x)",
+            a.name,
+            t1 * 1e3,
+            t2 * 1e3,
+            t1 / t2
+        );
         if let Some(p) = &a.json {
             let doc = serde_json::json!({"name": a.name, "history_tokens": h, "ttft_first_s": t1, "ttft_second_s": t2});
             std::fs::write(p, serde_json::to_string_pretty(&doc)?)?;
