@@ -93,6 +93,19 @@ pub fn combine(g1_winner: &str, g2_winner: &str) -> &'static str {
     }
 }
 
+/// The turns of an answer's first choice (FastChat judges choice 0).
+fn first_choice(a: &Answer) -> Result<&[String]> {
+    a.choices
+        .first()
+        .map(|c| c.turns.as_slice())
+        .ok_or_else(|| anyhow!("answer has no choices"))
+}
+
+/// The second turn, which multi-turn judge prompts need.
+fn second<'a>(turns: &'a [String], what: &str) -> Result<&'a String> {
+    turns.get(1).ok_or_else(|| anyhow!("{what} has one turn"))
+}
+
 pub struct Judge {
     pub client: ChatClient,
     pub prompts: BTreeMap<String, JudgePrompt>,
@@ -158,25 +171,13 @@ impl Judge {
         turn: u8,
     ) -> Result<(String, String, String)> {
         let (p, with_ref) = self.prompt_for(q, turn, false)?;
-        let turns = &a
-            .choices
-            .first()
-            .ok_or_else(|| anyhow!("answer has no choices"))?
-            .turns;
+        let turns = first_choice(a)?;
         let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
         if turn == 2 {
             vars.insert("question_1", &q.turns[0]);
-            vars.insert(
-                "question_2",
-                q.turns
-                    .get(1)
-                    .ok_or_else(|| anyhow!("question has one turn"))?,
-            );
+            vars.insert("question_2", second(&q.turns, "question")?);
             vars.insert("answer_1", &turns[0]);
-            vars.insert(
-                "answer_2",
-                turns.get(1).ok_or_else(|| anyhow!("answer has one turn"))?,
-            );
+            vars.insert("answer_2", second(turns, "answer")?);
         } else {
             vars.insert("question", &q.turns[0]);
             vars.insert("answer", &turns[0]);
@@ -198,35 +199,16 @@ impl Judge {
         turn: u8,
     ) -> Result<(String, String, String)> {
         let (p, with_ref) = self.prompt_for(q, turn, true)?;
-        let ta = &a
-            .choices
-            .first()
-            .ok_or_else(|| anyhow!("answer has no choices"))?
-            .turns;
-        let tb = &b
-            .choices
-            .first()
-            .ok_or_else(|| anyhow!("answer has no choices"))?
-            .turns;
+        let ta = first_choice(a)?;
+        let tb = first_choice(b)?;
         let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
         if turn == 2 {
             vars.insert("question_1", &q.turns[0]);
-            vars.insert(
-                "question_2",
-                q.turns
-                    .get(1)
-                    .ok_or_else(|| anyhow!("question has one turn"))?,
-            );
+            vars.insert("question_2", second(&q.turns, "question")?);
             vars.insert("answer_a_1", &ta[0]);
             vars.insert("answer_b_1", &tb[0]);
-            vars.insert(
-                "answer_a_2",
-                ta.get(1).ok_or_else(|| anyhow!("answer has one turn"))?,
-            );
-            vars.insert(
-                "answer_b_2",
-                tb.get(1).ok_or_else(|| anyhow!("answer has one turn"))?,
-            );
+            vars.insert("answer_a_2", second(ta, "answer")?);
+            vars.insert("answer_b_2", second(tb, "answer")?);
         } else {
             vars.insert("question", &q.turns[0]);
             vars.insert("answer_a", &ta[0]);
