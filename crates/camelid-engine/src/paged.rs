@@ -1,8 +1,12 @@
-//! Paged KV memory: one `(kv_heads, num_blocks * block_size, head_dim)` tensor per layer for
-//! keys and one for values; each sequence owns a block table mapping its positions to slots.
-//! Implements the model's [`KvStore`]: writes go to the sequence's slots, reads gather them.
+//! Paged KV memory: `num_blocks * block_size` token slots per layer; each sequence owns a block
+//! table mapping its positions to slots. Two storages:
+//! - f32 on the CPU: a [`HostKvCache`] (slot-major `(slots, kv_heads, head_dim)`), read and
+//!   written in place by the model's CPU attention kernel through [`KvStore::host_paged`];
+//! - otherwise one `(kv_heads, slots, head_dim)` tensor per layer for keys and one for values,
+//!   written with `slice_set` and gathered per sequence by [`KvStore::write_and_read`].
 
 use crate::blocks::{chain_hash, BlockId, BlockPool};
+use camelid_model::cpu_attention::{HostKvCache, HostPaged};
 use camelid_model::kv::KvStore;
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
@@ -14,11 +18,15 @@ pub struct SeqBlocks {
     pub hashes: Vec<u64>,
 }
 
+enum Storage {
+    Host(HostKvCache),
+    Tensors { k: Vec<Tensor>, v: Vec<Tensor> },
+}
+
 pub struct PagedKv {
     pub pool: BlockPool,
     pub seqs: HashMap<u64, SeqBlocks>,
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    storage: Storage,
 }
 
 impl PagedKv {
@@ -31,19 +39,29 @@ impl PagedKv {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let shape = (kv_heads, num_blocks * block_size, head_dim);
-        let mut k = Vec::with_capacity(layers);
-        let mut v = Vec::with_capacity(layers);
-        for _ in 0..layers {
-            k.push(Tensor::zeros(shape, dtype, device)?);
-            v.push(Tensor::zeros(shape, dtype, device)?);
-        }
+        let slots = num_blocks * block_size;
+        let storage = if device.is_cpu() && dtype == DType::F32 {
+            Storage::Host(HostKvCache::new(layers, slots, kv_heads, head_dim))
+        } else {
+            let shape = (kv_heads, slots, head_dim);
+            let mut k = Vec::with_capacity(layers);
+            let mut v = Vec::with_capacity(layers);
+            for _ in 0..layers {
+                k.push(Tensor::zeros(shape, dtype, device)?);
+                v.push(Tensor::zeros(shape, dtype, device)?);
+            }
+            Storage::Tensors { k, v }
+        };
         Ok(Self {
             pool: BlockPool::new(num_blocks, block_size),
             seqs: HashMap::new(),
-            k,
-            v,
+            storage,
         })
+    }
+
+    /// Whether K/V live in a [`HostKvCache`] (the CPU attention kernel's path).
+    pub fn in_host_memory(&self) -> bool {
+        matches!(self.storage, Storage::Host(_))
     }
 
     pub fn block_size(&self) -> usize {
@@ -131,21 +149,81 @@ impl KvStore for PagedKv {
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let len = k.dims()[1];
-        for (pos, slot, n) in self.slots(seq, start_pos, start_pos + len)? {
-            let i = pos - start_pos;
-            self.k[layer].slice_set(&k.narrow(1, i, n)?.contiguous()?, 1, slot)?;
-            self.v[layer].slice_set(&v.narrow(1, i, n)?.contiguous()?, 1, slot)?;
-        }
         let total = start_pos + len;
-        let idx: Vec<u32> = self
-            .slots(seq, 0, total)?
-            .into_iter()
-            .flat_map(|(_, slot, n)| (slot as u32)..(slot + n) as u32)
-            .collect();
-        let idx = Tensor::new(idx.as_slice(), self.k[layer].device())?;
-        Ok((
-            self.k[layer].index_select(&idx, 1)?,
-            self.v[layer].index_select(&idx, 1)?,
-        ))
+        let write = self.slots(seq, start_pos, total)?;
+        let read = self.slots(seq, 0, total)?;
+        match &mut self.storage {
+            Storage::Tensors { k: ks, v: vs } => {
+                for (pos, slot, n) in write {
+                    let i = pos - start_pos;
+                    ks[layer].slice_set(&k.narrow(1, i, n)?.contiguous()?, 1, slot)?;
+                    vs[layer].slice_set(&v.narrow(1, i, n)?.contiguous()?, 1, slot)?;
+                }
+                let idx: Vec<u32> = read
+                    .into_iter()
+                    .flat_map(|(_, slot, n)| (slot as u32)..(slot + n) as u32)
+                    .collect();
+                let idx = Tensor::new(idx.as_slice(), ks[layer].device())?;
+                Ok((
+                    ks[layer].index_select(&idx, 1)?,
+                    vs[layer].index_select(&idx, 1)?,
+                ))
+            }
+            // The model uses `host_paged` for this storage; this path serves other callers.
+            Storage::Host(cache) => {
+                let (kh, hd) = (cache.kv_heads, cache.head_dim);
+                // (kv_heads, len, hd) -> (len, kv_heads, hd): the slot-major row layout.
+                let k_rows = k.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+                let v_rows = v.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+                let row = kh * hd;
+                for (pos, slot, n) in write {
+                    for j in 0..n {
+                        let i = pos - start_pos + j;
+                        let (kd, vd) = cache.slot_mut(layer, slot + j);
+                        kd.copy_from_slice(&k_rows[i * row..(i + 1) * row]);
+                        vd.copy_from_slice(&v_rows[i * row..(i + 1) * row]);
+                    }
+                }
+                let (mut k_all, mut v_all) = (
+                    Vec::with_capacity(total * row),
+                    Vec::with_capacity(total * row),
+                );
+                for (_, slot, n) in read {
+                    for j in 0..n {
+                        let (kd, vd) = cache.slot(layer, slot + j);
+                        k_all.extend_from_slice(kd);
+                        v_all.extend_from_slice(vd);
+                    }
+                }
+                let dev = k.device();
+                Ok((
+                    Tensor::from_vec(k_all, (total, kh, hd), dev)?
+                        .transpose(0, 1)?
+                        .contiguous()?,
+                    Tensor::from_vec(v_all, (total, kh, hd), dev)?
+                        .transpose(0, 1)?
+                        .contiguous()?,
+                ))
+            }
+        }
+    }
+
+    fn host_paged(&mut self, seqs: &[u64]) -> Result<Option<HostPaged<'_>>> {
+        let Storage::Host(cache) = &mut self.storage else {
+            return Ok(None);
+        };
+        let tables =
+            seqs.iter()
+                .map(|s| {
+                    self.seqs.get(s).map(|b| b.table.clone()).ok_or_else(|| {
+                        candle_core::Error::Msg(format!("sequence {s} has no blocks"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+        Ok(Some(HostPaged {
+            cache,
+            block_size: self.pool.block_size,
+            tables,
+        }))
     }
 }

@@ -16,6 +16,8 @@ pub struct GgufFile {
     pub content: Content,
     reader: BufReader<File>,
     device: Device,
+    /// Q4_0/Q4_1/Q8_0 matmuls on the CPU through [`crate::qgemm`] (default) or candle.
+    pub own_kernels: bool,
 }
 
 impl GgufFile {
@@ -30,6 +32,7 @@ impl GgufFile {
             content,
             reader,
             device: device.clone(),
+            own_kernels: true,
         })
     }
 
@@ -253,7 +256,12 @@ impl TensorSource for GgufFile {
     fn linear(&mut self, name: &str, _dtype: DType) -> Result<Linear> {
         let g =
             gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
-        Ok(Linear::from_qtensor(self.read_qtensor(&g)?)?)
+        let w = self.read_qtensor(&g)?;
+        Ok(if self.own_kernels {
+            Linear::from_qtensor(w)?
+        } else {
+            Linear::from_qtensor_candle(w)?
+        })
     }
     fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
         let g =

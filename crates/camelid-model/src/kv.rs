@@ -2,6 +2,7 @@
 //! passes a [`KvStore`], so a simple per-sequence cache (tests, CLI) and the engine's paged
 //! block pool plug into the same forward pass.
 
+use crate::cpu_attention::HostPaged;
 use candle_core::{Result, Tensor};
 use std::collections::HashMap;
 
@@ -17,6 +18,13 @@ pub trait KvStore {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)>;
+
+    /// The store's host-memory paged cache with the block tables of `seqs` (one per chunk of
+    /// the batch), when it has one: the CPU forward pass then runs
+    /// [`crate::cpu_attention::paged_attention`] in place instead of `write_and_read`.
+    fn host_paged(&mut self, _seqs: &[u64]) -> Result<Option<HostPaged<'_>>> {
+        Ok(None)
+    }
 }
 
 /// One growing contiguous K/V tensor pair per (sequence, layer). Writing at a position

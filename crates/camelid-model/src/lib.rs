@@ -3,12 +3,13 @@
 //! - loading: [`loader`] (one entry point), [`gguf`], [`hf_folder`] (safetensors, PyTorch
 //!   `.bin`), [`hub`], [`registry`] (known models and the default-model fetch)
 //! - text: [`tokenizer`], [`template`], [`stream`] (incremental detokenization, stop strings)
-//! - math: [`config`], [`linear`], [`rope`], [`model`] (varlen forward), [`kv`] (KV storage
+//! - math: [`config`], [`cpu_attention`] (paged attention over host memory), [`linear`] (over [`qgemm`], our own CPU quantized matmul), [`rope`], [`model`] (varlen forward), [`kv`] (KV storage
 //!   interface), [`sampling`]
 //! - tools: [`generate`] (single-sequence generation for CLI and tests), [`convert`]
 
 pub mod config;
 pub mod convert;
+pub mod cpu_attention;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -18,6 +19,7 @@ pub mod kv;
 pub mod linear;
 pub mod loader;
 pub mod model;
+pub mod qgemm;
 pub mod registry;
 pub mod rope;
 pub mod sampling;

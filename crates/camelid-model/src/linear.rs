@@ -1,13 +1,24 @@
 //! One linear-layer type for dense (safetensors, f32/bf16/f16) and quantized (GGUF) weights.
+//!
+//! On the CPU, Q4_0 / Q4_1 / Q8_0 weights run through camelid's own batched kernels
+//! ([`crate::qgemm`]); every other case goes through candle's `QMatMul` (dense matmul, k-quants,
+//! CUDA).
 
+use crate::qgemm::{self, QKind, QWeight};
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Candle(QMatMul),
+    Own(Arc<QWeight>),
+}
 
 /// `y = x · Wᵀ` with `W` of shape `(out_features, in_features)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: QMatMul,
+    inner: Inner,
     out_features: usize,
     in_features: usize,
 }
@@ -16,20 +27,58 @@ impl Linear {
     pub fn from_dense(w: Tensor) -> Result<Self> {
         let (out_features, in_features) = w.dims2()?;
         Ok(Self {
-            inner: QMatMul::Tensor(w),
+            inner: Inner::Candle(QMatMul::Tensor(w)),
             out_features,
             in_features,
         })
     }
 
-    /// Quantized weights stay quantized (candle's CPU/CUDA quantized matmul); F32/F16/BF16
-    /// GGUF tensors are dequantized by candle into a dense matmul.
+    /// Quantized weights stay quantized; F32/F16/BF16 GGUF tensors are dequantized by candle
+    /// into a dense matmul.
     pub fn from_qtensor(w: QTensor) -> Result<Self> {
         let (out_features, in_features) = w.shape().dims2()?;
+        let own = match (QKind::from_ggml(w.dtype()), w.device().is_cpu()) {
+            (Some(kind), true) => {
+                QWeight::new(kind, out_features, in_features, w.data()?.into_owned())
+            }
+            _ => None,
+        };
+        let inner = match own {
+            Some(q) => Inner::Own(Arc::new(q)),
+            None => Inner::Candle(QMatMul::from_arc(Arc::new(w))?),
+        };
         Ok(Self {
-            inner: QMatMul::from_arc(Arc::new(w))?,
+            inner,
             out_features,
             in_features,
+        })
+    }
+
+    /// Always candle's `QMatMul` (the reference for the own kernels).
+    pub fn from_qtensor_candle(w: QTensor) -> Result<Self> {
+        let (out_features, in_features) = w.shape().dims2()?;
+        Ok(Self {
+            inner: Inner::Candle(QMatMul::from_arc(Arc::new(w))?),
+            out_features,
+            in_features,
+        })
+    }
+
+    /// One linear layer computing `parts` side by side (their outputs concatenated on the last
+    /// axis), when all use our own kernel with the same format; `None` otherwise.
+    pub fn fuse(parts: &[&Linear]) -> Option<Linear> {
+        let ws: Option<Vec<&QWeight>> = parts
+            .iter()
+            .map(|p| match &p.inner {
+                Inner::Own(w) => Some(w.as_ref()),
+                Inner::Candle(_) => None,
+            })
+            .collect();
+        let w = QWeight::concat_rows(&ws?)?;
+        Some(Linear {
+            out_features: w.rows,
+            in_features: w.cols,
+            inner: Inner::Own(Arc::new(w)),
         })
     }
 
@@ -41,6 +90,100 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        match &self.inner {
+            Inner::Candle(m) => m.forward(x),
+            Inner::Own(w) => {
+                let x = if x.dtype() == DType::F32 {
+                    x.contiguous()?
+                } else {
+                    x.to_dtype(DType::F32)?.contiguous()?
+                };
+                let y = x.apply_op1_no_bwd(&OwnMatmul(w.clone()))?;
+                Ok(y)
+            }
+        }
+    }
+}
+
+struct OwnMatmul(Arc<QWeight>);
+
+impl CustomOp1 for OwnMatmul {
+    fn name(&self) -> &'static str {
+        "camelid-qgemm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = &self.0;
+        let dims = layout.shape().dims();
+        let k = *dims.last().unwrap_or(&0);
+        if k != w.cols {
+            candle_core::bail!("linear: input width {k}, weight expects {}", w.cols);
+        }
+        let (Some((start, end)), CpuStorage::F32(x)) = (layout.contiguous_offsets(), storage)
+        else {
+            candle_core::bail!("linear: own kernel needs contiguous f32 input");
+        };
+        let x = &x[start..end];
+        let m = x.len() / k;
+        let mut out = vec![0f32; m * w.rows];
+        qgemm::matmul(w, x, m, &mut out);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = w.rows;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+/// Several linear layers over the same input (Q/K/V, gate/up), fused into one matmul when the
+/// weights allow it: the input is quantized once and read once.
+#[derive(Debug, Clone)]
+pub enum Projections {
+    Fused { linear: Linear, widths: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    pub fn new(parts: Vec<Linear>) -> Self {
+        let refs: Vec<&Linear> = parts.iter().collect();
+        match Linear::fuse(&refs) {
+            Some(linear) => Projections::Fused {
+                linear,
+                widths: parts.iter().map(|p| p.out_features).collect(),
+            },
+            None => Projections::Separate(parts),
+        }
+    }
+
+    /// One output per part (views into one matrix when fused).
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Fused { linear, widths } => {
+                let y = linear.forward(x)?;
+                let last = y.rank() - 1;
+                let mut off = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = y.narrow(last, off, w);
+                        off += w;
+                        part
+                    })
+                    .collect()
+            }
+            Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+
+    /// All outputs side by side in one contiguous matrix.
+    pub fn forward_joined(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Projections::Fused { linear, .. } => linear.forward(x),
+            Projections::Separate(parts) => {
+                let ys = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&ys, ys[0].rank() - 1)
+            }
+        }
     }
 }

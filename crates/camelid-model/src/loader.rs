@@ -20,6 +20,9 @@ pub struct LoadOptions {
     pub revision: Option<String>,
     /// Built-in template name, or `model` for the model's jinja template.
     pub template: Option<String>,
+    /// Quantized CPU matmuls through candle's `QMatMul` instead of camelid's own kernels
+    /// ([`crate::qgemm`]): the reference the own kernels are tested against.
+    pub candle_qmatmul: bool,
 }
 
 impl Default for LoadOptions {
@@ -29,6 +32,7 @@ impl Default for LoadOptions {
             dtype: None,
             revision: None,
             template: None,
+            candle_qmatmul: false,
         }
     }
 }
@@ -164,6 +168,7 @@ pub fn load_gguf(
     template: Option<&str>,
 ) -> Result<LoadedModel> {
     let mut g = GgufFile::open(path, &opts.device)?;
+    g.own_kernels = !opts.candle_qmatmul;
     let cfg = g.model_config()?;
     let tok = tokenizer::from_gguf(&g)?;
     let jinja = g

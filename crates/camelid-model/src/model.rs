@@ -3,9 +3,10 @@
 //! attention runs per sequence against keys/values held by a caller-owned [`KvStore`].
 
 use crate::config::{ModelConfig, RopeStyle};
+use crate::cpu_attention::{self, HostPaged, QkvRows};
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
-use crate::linear::Linear;
+use crate::linear::{Linear, Projections};
 use crate::rope::Rope;
 use candle_core::{DType, Device, Tensor};
 
@@ -74,15 +75,17 @@ impl ForwardBatch {
     }
 }
 
+/// One layer's attention (the host-kernel or the tensor path), chosen once per forward.
+type AttentionFn<'a> = dyn FnMut(usize, &Layer, &Tensor) -> Result<Tensor> + 'a;
+
 pub(crate) struct Layer {
     pub attn_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    /// Q, K and V projections (fused when the weights allow it).
+    pub qkv: Projections,
     pub o: Linear,
     pub mlp_norm: Tensor,
-    pub gate: Linear,
-    pub up: Linear,
+    /// Gate and up projections.
+    pub gate_up: Projections,
     pub down: Linear,
 }
 
@@ -132,18 +135,38 @@ impl Llama {
             .iter()
             .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
             .collect();
-        let (cos, sin) = self.rope.cos_sin(&spans, &self.device)?;
-        let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
-        let masks = self.causal_masks(batch)?;
+        // f32 on the CPU with a paged host cache: attention runs in place over the cache.
+        let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
+        let host = if self.device.is_cpu() && self.dtype == DType::F32 {
+            kv.host_paged(&seqs)?
+        } else {
+            None
+        };
+        let mut attn: Box<AttentionFn> = match host {
+            Some(mut host) => {
+                let (cos, sin) = self.rope.cos_sin_rows(&spans);
+                Box::new(move |li, layer, h| {
+                    self.attention_host(li, layer, h, batch, &cos, &sin, &mut host)
+                })
+            }
+            None => {
+                let (cos, sin) = self.rope.cos_sin(&spans, &self.device)?;
+                let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
+                let masks = self.causal_masks(batch)?;
+                Box::new(move |li, layer, h| {
+                    self.attention(li, layer, h, batch, &cos, &sin, &masks, kv)
+                })
+            }
+        };
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_norm_eps)?;
-            let attn = self.attention(li, layer, &h, batch, &cos, &sin, &masks, kv)?;
-            x = (x + attn)?;
+            x = (x + attn(li, layer, &h)?)?;
             let h = rms_norm(&x, &layer.mlp_norm, self.cfg.rms_norm_eps)?;
-            let g = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let u = layer.up.forward(&h)?;
-            x = (x + layer.down.forward(&(g * u)?)?)?;
+            let gu = layer.gate_up.forward(&h)?;
+            let g = candle_nn::ops::silu(&gu[0])?;
+            x = (x + layer.down.forward(&(g * &gu[1])?)?)?;
         }
+        drop(attn);
         // Only the rows whose logits are wanted go through the final norm and lm_head.
         let mut rows: Vec<u32> = Vec::with_capacity(batch.logit_rows());
         let mut off = 0u32;
@@ -216,9 +239,10 @@ impl Llama {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = to_heads(layer.q.forward(h)?, nh)?;
-        let k = to_heads(layer.k.forward(h)?, nkv)?;
-        let v = to_heads(layer.v.forward(h)?, nkv)?;
+        let qkv = layer.qkv.forward(h)?;
+        let q = to_heads(qkv[0].clone(), nh)?;
+        let k = to_heads(qkv[1].clone(), nkv)?;
+        let v = to_heads(qkv[2].clone(), nkv)?;
         let (q, k) = match cfg.rope_style {
             RopeStyle::Half => (
                 candle_nn::rotary_emb::rope(&q, cos, sin)?,
@@ -266,6 +290,53 @@ impl Llama {
         } else {
             Tensor::cat(&outs, 0)?
         };
+        Ok(layer.o.forward(&o)?)
+    }
+
+    /// Attention through [`cpu_attention::paged_attention`]: Q/K/V straight from the (fused)
+    /// projection's rows, rotary embedding, cache write and attention in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_host(
+        &self,
+        li: usize,
+        layer: &Layer,
+        h: &Tensor,
+        batch: &ForwardBatch,
+        cos: &[f32],
+        sin: &[f32],
+        kv: &mut HostPaged,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let heads = cpu_attention::Heads {
+            q: cfg.num_heads,
+            kv: cfg.num_kv_heads,
+            dim: cfg.head_dim,
+            rope: cfg.rope_style,
+        };
+        let (qw, kw) = (heads.q * heads.dim, heads.kv * heads.dim);
+        kv.check(&batch.chunks).map_err(Error::Invalid)?;
+        let qkv = layer.qkv.forward_joined(h)?.contiguous()?;
+        let n_tok = batch.tokens.len();
+        let mut out = vec![0f32; n_tok * qw];
+        {
+            let (storage, layout) = qkv.storage_and_layout();
+            let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                return Err(Error::Invalid(
+                    "host attention needs f32 CPU tensors".into(),
+                ));
+            };
+            let data = &data[a..b];
+            let stride = qw + 2 * kw;
+            let rows = QkvRows {
+                q: (data, stride, 0),
+                k: (data, stride, qw),
+                v: (data, stride, qw + kw),
+            };
+            cpu_attention::paged_attention(li, &batch.chunks, &rows, cos, sin, heads, kv, &mut out);
+        }
+        let o = Tensor::from_vec(out, (n_tok, qw), &self.device)?;
         Ok(layer.o.forward(&o)?)
     }
 

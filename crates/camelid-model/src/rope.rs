@@ -80,6 +80,17 @@ impl Rope {
         spans: &[(usize, usize, usize)],
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        let n: usize = spans.iter().map(|s| s.1).sum();
+        let (cos, sin) = self.cos_sin_rows(spans);
+        let half = self.head_dim / 2;
+        Ok((
+            Tensor::from_vec(cos, (n, half), device)?,
+            Tensor::from_vec(sin, (n, half), device)?,
+        ))
+    }
+
+    /// [`Rope::cos_sin`] as plain row-major vectors.
+    pub fn cos_sin_rows(&self, spans: &[(usize, usize, usize)]) -> (Vec<f32>, Vec<f32>) {
         let half = self.head_dim / 2;
         let n: usize = spans.iter().map(|s| s.1).sum();
         let mut cos = Vec::with_capacity(n * half);
@@ -94,10 +105,7 @@ impl Rope {
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (n, half), device)?,
-            Tensor::from_vec(sin, (n, half), device)?,
-        ))
+        (cos, sin)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::linear::Linear;
+use crate::linear::{Linear, Projections};
 use crate::model::{Layer, Llama};
 use crate::rope::Rope;
 use candle_core::{DType, Device, Tensor};
@@ -67,27 +67,29 @@ pub fn build_llama(
         let p = format!("model.layers.{l}");
         layers.push(Layer {
             attn_norm: vector(src, &format!("{p}.input_layernorm.weight"), h, dtype)?,
-            q: linear(
-                src,
-                &format!("{p}.self_attn.q_proj.weight"),
-                q_out,
-                h,
-                dtype,
-            )?,
-            k: linear(
-                src,
-                &format!("{p}.self_attn.k_proj.weight"),
-                kv_out,
-                h,
-                dtype,
-            )?,
-            v: linear(
-                src,
-                &format!("{p}.self_attn.v_proj.weight"),
-                kv_out,
-                h,
-                dtype,
-            )?,
+            qkv: Projections::new(vec![
+                linear(
+                    src,
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    q_out,
+                    h,
+                    dtype,
+                )?,
+                linear(
+                    src,
+                    &format!("{p}.self_attn.k_proj.weight"),
+                    kv_out,
+                    h,
+                    dtype,
+                )?,
+                linear(
+                    src,
+                    &format!("{p}.self_attn.v_proj.weight"),
+                    kv_out,
+                    h,
+                    dtype,
+                )?,
+            ]),
             o: linear(
                 src,
                 &format!("{p}.self_attn.o_proj.weight"),
@@ -101,8 +103,10 @@ pub fn build_llama(
                 h,
                 dtype,
             )?,
-            gate: linear(src, &format!("{p}.mlp.gate_proj.weight"), i, h, dtype)?,
-            up: linear(src, &format!("{p}.mlp.up_proj.weight"), i, h, dtype)?,
+            gate_up: Projections::new(vec![
+                linear(src, &format!("{p}.mlp.gate_proj.weight"), i, h, dtype)?,
+                linear(src, &format!("{p}.mlp.up_proj.weight"), i, h, dtype)?,
+            ]),
             down: linear(src, &format!("{p}.mlp.down_proj.weight"), h, i, dtype)?,
         });
     }

@@ -10,7 +10,13 @@ use common::*;
 
 #[test]
 fn gguf_logits_match_candle_quantized_llama() {
-    let lm = load(&default_gguf());
+    // Same matmul kernels as the reference (candle's), so only the forward pass is compared;
+    // camelid's own kernels are compared below.
+    let opts = camelid_model::LoadOptions {
+        candle_qmatmul: true,
+        ..Default::default()
+    };
+    let lm = camelid_model::load(Some(default_gguf().to_str().unwrap()), &opts).unwrap();
     let ids = chat_prompt(&lm);
     assert!(ids.len() >= 30, "prompt has {} tokens", ids.len());
     let ours = lm.model.logits_all(&ids).unwrap();
@@ -88,8 +94,57 @@ fn quantized_and_f32_agree_per_position() {
     assert_eq!(ids, chat_prompt(&f), "both paths tokenize the prompt alike");
     let lq = q.model.logits_all(&ids).unwrap().to_vec2::<f32>().unwrap();
     let lf = f.model.logits_all(&ids).unwrap().to_vec2::<f32>().unwrap();
+    let (agreement, kl) = agreement_and_kl(&lf, &lq);
+    eprintln!("top-1 agreement {agreement:.3}, mean KL {kl:.4}");
+    assert!(agreement >= 0.90, "top-1 agreement {agreement}");
+    assert!(kl < 0.02, "mean KL {kl}");
+}
+
+/// camelid's own quantized kernels against candle's on the whole model. Both quantize the
+/// activations to 8 bits (ours keeps the block scales in f32 where GGML/candle round them to
+/// f16), so each is a different noisy approximation of the f32 model: measured here, the two
+/// are as far apart (top-1 0.94, KL 0.007) as each is from f32 (KL 0.0058 / 0.0057). The
+/// pair is held to the same bounds as quantized-vs-f32 above, and ours must be as close to
+/// the f32 model as candle's (within 10 %).
+#[test]
+fn own_kernels_match_candle_kernels() {
+    let own = load(&default_gguf());
+    let opts = camelid_model::LoadOptions {
+        candle_qmatmul: true,
+        ..Default::default()
+    };
+    let candle = camelid_model::load(Some(default_gguf().to_str().unwrap()), &opts).unwrap();
+    let f = load(&converted_f32());
+    let ids = chat_prompt(&own);
+    let lo = own
+        .model
+        .logits_all(&ids)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let lc = candle
+        .model
+        .logits_all(&ids)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let lf = f.model.logits_all(&ids).unwrap().to_vec2::<f32>().unwrap();
+    let (agree, kl) = agreement_and_kl(&lc, &lo);
+    let (_, kl_own) = agreement_and_kl(&lf, &lo);
+    let (_, kl_candle) = agreement_and_kl(&lf, &lc);
+    eprintln!("own vs candle: top-1 {agree:.3}, KL {kl:.5}; KL to f32: own {kl_own:.5}, candle {kl_candle:.5}");
+    assert!(agree >= 0.90, "top-1 agreement {agree}");
+    assert!(kl < 0.02, "mean KL {kl}");
+    assert!(
+        kl_own <= kl_candle * 1.1,
+        "own kernels drift further from f32: {kl_own} vs {kl_candle}"
+    );
+}
+
+/// Top-1 agreement and mean KL(p‖q) over positions.
+fn agreement_and_kl(p: &[Vec<f32>], q: &[Vec<f32>]) -> (f64, f64) {
     let (mut agree, mut kl_sum) = (0usize, 0f64);
-    for (a, b) in lf.iter().zip(&lq) {
+    for (a, b) in p.iter().zip(q) {
         if top_k(a, 1) == top_k(b, 1) {
             agree += 1;
         }
@@ -100,11 +155,8 @@ fn quantized_and_f32_agree_per_position() {
             .map(|(x, y)| (*x as f64).exp() * (*x as f64 - *y as f64))
             .sum::<f64>();
     }
-    let n = ids.len() as f64;
-    let (agreement, kl) = (agree as f64 / n, kl_sum / n);
-    eprintln!("top-1 agreement {agreement:.3}, mean KL {kl:.4}");
-    assert!(agreement >= 0.90, "top-1 agreement {agreement}");
-    assert!(kl < 0.02, "mean KL {kl}");
+    let n = p.len() as f64;
+    (agree as f64 / n, kl_sum / n)
 }
 
 #[test]

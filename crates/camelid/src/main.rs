@@ -325,6 +325,7 @@ fn load(m: &ModelArgs) -> Result<LoadedModel> {
         dtype: m.dtype.as_deref().map(parse_dtype).transpose()?,
         revision: m.revision.clone(),
         template: m.template.clone(),
+        ..Default::default()
     };
     let t = std::time::Instant::now();
     let lm = camelid_model::load(m.model.as_deref(), &opts)?;

@@ -1,0 +1,458 @@
+//! Attention on the CPU straight over a paged KV cache in host memory: rotary embedding, the
+//! K/V write into each sequence's slots, and causal attention for a whole varlen batch, in one
+//! call per layer. No per-sequence tensor ops, no gather of the cache: keys and values are read in
+//! place through the block tables.
+//!
+//! Cache layout (token-slot major): slot `s` of a layer holds `kv_heads · head_dim` keys at
+//! `k[s · kv_heads · head_dim ..]`, values likewise. Sequence position `p` lives in slot
+//! `table[p / block_size] · block_size + p % block_size`.
+//!
+//! The tensor path in [`crate::model`] (used with [`crate::kv::ContiguousKv`], on CUDA and for
+//! non-f32 CPU runs) is the independent reference this kernel is tested against.
+
+use crate::config::RopeStyle;
+use crate::model::SeqChunk;
+use rayon::prelude::*;
+
+/// Keys and values of every layer in host memory, f32.
+pub struct HostKvCache {
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub slots: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl HostKvCache {
+    pub fn new(layers: usize, slots: usize, kv_heads: usize, head_dim: usize) -> Self {
+        let n = slots * kv_heads * head_dim;
+        Self {
+            kv_heads,
+            head_dim,
+            slots,
+            k: (0..layers).map(|_| vec![0f32; n]).collect(),
+            v: (0..layers).map(|_| vec![0f32; n]).collect(),
+        }
+    }
+
+    fn row(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Keys and values of `slot` at `layer` (each `kv_heads · head_dim` values).
+    pub fn slot(&self, layer: usize, slot: usize) -> (&[f32], &[f32]) {
+        let r = self.row();
+        (
+            &self.k[layer][slot * r..(slot + 1) * r],
+            &self.v[layer][slot * r..(slot + 1) * r],
+        )
+    }
+
+    pub fn slot_mut(&mut self, layer: usize, slot: usize) -> (&mut [f32], &mut [f32]) {
+        let r = self.row();
+        (
+            &mut self.k[layer][slot * r..(slot + 1) * r],
+            &mut self.v[layer][slot * r..(slot + 1) * r],
+        )
+    }
+}
+
+/// What the forward pass needs of a paged store: its cache and, per chunk of the batch (in
+/// chunk order), the sequence's block table.
+pub struct HostPaged<'a> {
+    pub cache: &'a mut HostKvCache,
+    pub block_size: usize,
+    pub tables: Vec<Vec<u32>>,
+}
+
+impl HostPaged<'_> {
+    /// Every chunk's block table must cover the positions it writes.
+    pub fn check(&self, chunks: &[SeqChunk]) -> Result<(), String> {
+        if self.tables.len() != chunks.len() {
+            return Err(format!(
+                "{} block tables for {} chunks",
+                self.tables.len(),
+                chunks.len()
+            ));
+        }
+        for (c, t) in chunks.iter().zip(&self.tables) {
+            let end = c.start_pos + c.len;
+            if t.len() * self.block_size < end {
+                return Err(format!(
+                    "sequence {}: blocks cover {} positions, batch needs {end}",
+                    c.seq,
+                    t.len() * self.block_size
+                ));
+            }
+            if let Some(b) = t
+                .iter()
+                .find(|&&b| (b as usize + 1) * self.block_size > self.cache.slots)
+            {
+                return Err(format!(
+                    "sequence {}: block {b} is outside the cache",
+                    c.seq
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn slot(&self, chunk: usize, pos: usize) -> usize {
+        self.tables[chunk][pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+}
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+    pub rope: RopeStyle,
+}
+
+/// Projected rows: token `t`'s query heads are at `data[t·stride + q_off ..]`, its key heads at
+/// `k_off`, its value heads at `v_off` (one fused QKV matmul, or three separate buffers).
+pub struct QkvRows<'a> {
+    pub q: (&'a [f32], usize, usize),
+    pub k: (&'a [f32], usize, usize),
+    pub v: (&'a [f32], usize, usize),
+}
+
+fn row<'a>(m: &(&'a [f32], usize, usize), t: usize, width: usize) -> &'a [f32] {
+    let (data, stride, off) = *m;
+    &data[t * stride + off..t * stride + off + width]
+}
+
+/// Rotates one head in place: pairs (j, j + d/2) for `Half`, (2j, 2j + 1) for `Interleaved`.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = x.len() / 2;
+    for j in 0..half {
+        let (a, b) = match style {
+            RopeStyle::Half => (j, j + half),
+            RopeStyle::Interleaved => (2 * j, 2 * j + 1),
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * cos[j] - x1 * sin[j];
+        x[b] = x0 * sin[j] + x1 * cos[j];
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler keep the loop in vector registers.
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Through a method, so closures capture the Send wrapper and not the raw field.
+    fn at(self, i: usize) -> *mut f32 {
+        // Safety: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Queries per attention task: their scores for one KV head are computed against each key
+/// while it is in cache.
+const QUERY_BLOCK: usize = 16;
+
+/// One layer's attention for a varlen batch. `cos`/`sin` are `(tokens, dim / 2)` tables;
+/// `out` receives `(tokens, q_heads · dim)`. Keys and values of the batch's tokens are written
+/// into the cache first, so every chunk sees its own new tokens (causally).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    layer: usize,
+    chunks: &[SeqChunk],
+    qkv: &QkvRows,
+    cos: &[f32],
+    sin: &[f32],
+    h: Heads,
+    kv: &mut HostPaged,
+    out: &mut [f32],
+) {
+    let n_tok: usize = chunks.iter().map(|c| c.len).sum();
+    let half = h.dim / 2;
+    let (qw, kw) = (h.q * h.dim, h.kv * h.dim);
+    assert_eq!(out.len(), n_tok * qw);
+    assert_eq!(cos.len(), n_tok * half);
+    assert_eq!((kv.cache.kv_heads, kv.cache.head_dim), (h.kv, h.dim));
+
+    // Rotated queries, and rotated keys + values written to their slots.
+    let mut q = vec![0f32; n_tok * qw];
+    let mut t = 0;
+    for (ci, c) in chunks.iter().enumerate() {
+        for i in 0..c.len {
+            let (cs, sn) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
+            let qt = &mut q[t * qw..(t + 1) * qw];
+            qt.copy_from_slice(row(&qkv.q, t, qw));
+            for head in qt.chunks_exact_mut(h.dim) {
+                rope(head, cs, sn, h.rope);
+            }
+            let slot = kv.slot(ci, c.start_pos + i);
+            let (ks, vs) = kv.cache.slot_mut(layer, slot);
+            ks.copy_from_slice(row(&qkv.k, t, kw));
+            for head in ks.chunks_exact_mut(h.dim) {
+                rope(head, cs, sn, h.rope);
+            }
+            vs.copy_from_slice(row(&qkv.v, t, kw));
+            t += 1;
+        }
+    }
+
+    // Tasks: (chunk, kv head, block of queries); each writes its own output rows and heads.
+    let group = h.q / h.kv;
+    let mut tasks = vec![];
+    let mut first_tok = 0;
+    for (ci, c) in chunks.iter().enumerate() {
+        for g in 0..h.kv {
+            for qb in (0..c.len).step_by(QUERY_BLOCK) {
+                tasks.push((ci, first_tok, g, qb, (qb + QUERY_BLOCK).min(c.len)));
+            }
+        }
+        first_tok += c.len;
+    }
+    let scale = 1.0 / (h.dim as f32).sqrt();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let kv = &*kv;
+    let q = &q;
+    let run = |&(ci, first_tok, g, q0, q1): &(usize, usize, usize, usize, usize)| {
+        let c = &chunks[ci];
+        let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
+                                       // Query vectors of this task: (query i, head j of the group) -> row i * group + j.
+        let nq = (q1 - q0) * group;
+        let mut scores = vec![f32::NEG_INFINITY; nq * n_keys];
+        for p in 0..n_keys {
+            let (ks, _) = kv.cache.slot(layer, kv.slot(ci, p));
+            let key = &ks[g * h.dim..(g + 1) * h.dim];
+            // Queries before position p do not see it.
+            let i_from = p.saturating_sub(c.start_pos).max(q0);
+            for i in i_from..q1 {
+                let t = first_tok + i;
+                for j in 0..group {
+                    let head = g * group + j;
+                    let qv = &q[t * qw + head * h.dim..t * qw + (head + 1) * h.dim];
+                    scores[((i - q0) * group + j) * n_keys + p] = dot(qv, key) * scale;
+                }
+            }
+        }
+        // Softmax per query row (over its visible positions only).
+        for i in q0..q1 {
+            let visible = c.start_pos + i + 1;
+            for j in 0..group {
+                let r = &mut scores[((i - q0) * group + j) * n_keys..][..visible];
+                let max = r.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0f32;
+                for v in r.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let inv = 1.0 / sum;
+                r.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+        let mut acc = vec![0f32; nq * h.dim];
+        for p in 0..n_keys {
+            let (_, vs) = kv.cache.slot(layer, kv.slot(ci, p));
+            let value = &vs[g * h.dim..(g + 1) * h.dim];
+            let i_from = p.saturating_sub(c.start_pos).max(q0);
+            for i in i_from..q1 {
+                for j in 0..group {
+                    let r = (i - q0) * group + j;
+                    axpy(
+                        &mut acc[r * h.dim..(r + 1) * h.dim],
+                        scores[r * n_keys + p],
+                        value,
+                    );
+                }
+            }
+        }
+        for i in q0..q1 {
+            let t = first_tok + i;
+            for j in 0..group {
+                let head = g * group + j;
+                let r = (i - q0) * group + j;
+                // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.at(t * qw + head * h.dim), h.dim)
+                };
+                dst.copy_from_slice(&acc[r * h.dim..(r + 1) * h.dim]);
+            }
+        }
+    };
+    if tasks.len() == 1 {
+        run(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LogitsWanted;
+    use rand::{Rng, SeedableRng};
+
+    /// Plain attention over one sequence's full K/V history (already rotated), as the textbook
+    /// writes it.
+    fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], pos: usize, h: Heads) -> Vec<f32> {
+        let group = h.q / h.kv;
+        let mut out = vec![0f32; h.q * h.dim];
+        for head in 0..h.q {
+            let g = head / group;
+            let qv = &q[head * h.dim..(head + 1) * h.dim];
+            let s: Vec<f64> = (0..=pos)
+                .map(|p| {
+                    let k = &keys[p][g * h.dim..(g + 1) * h.dim];
+                    qv.iter().zip(k).map(|(a, b)| (a * b) as f64).sum::<f64>()
+                        / (h.dim as f64).sqrt()
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..h.dim {
+                out[head * h.dim + d] = (0..=pos)
+                    .map(|p| e[p] / z * values[p][g * h.dim + d] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ragged_batch_over_scattered_blocks_matches_naive_attention() {
+        for style in [RopeStyle::Half, RopeStyle::Interleaved] {
+            // Small heads, and SmolLM2's shape (9 query heads over 3 KV heads of 64).
+            for (q, kv, dim) in [(6, 2, 8), (9, 3, 64)] {
+                let rope = style;
+                check_ragged_batch(Heads { q, kv, dim, rope });
+            }
+        }
+    }
+
+    fn check_ragged_batch(h: Heads) {
+        let bs = 4;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // Two sequences: one decoding at position 9 (9 tokens cached before), one prefilling
+        // 37 tokens from position 3 (several query blocks); blocks deliberately out of order.
+        let tables = vec![
+            vec![5u32, 0, 7],
+            vec![2u32, 6, 1, 3, 4, 8, 9, 10, 11, 12, 13],
+        ];
+        let chunks = [
+            SeqChunk {
+                seq: 1,
+                start_pos: 9,
+                len: 1,
+                logits: LogitsWanted::Last,
+            },
+            SeqChunk {
+                seq: 2,
+                start_pos: 3,
+                len: 37,
+                logits: LogitsWanted::All,
+            },
+        ];
+        let kw = h.kv * h.dim;
+        let mut cache = HostKvCache::new(1, 14 * bs, h.kv, h.dim);
+        // History (positions before start_pos), stored directly, already "rotated".
+        type History = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+        let mut hist: Vec<History> = vec![];
+        for (ci, c) in chunks.iter().enumerate() {
+            let (mut ks, mut vs) = (vec![], vec![]);
+            for p in 0..c.start_pos {
+                let k: Vec<f32> = (0..kw).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let v: Vec<f32> = (0..kw).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let slot = tables[ci][p / bs] as usize * bs + p % bs;
+                let (kd, vd) = cache.slot_mut(0, slot);
+                kd.copy_from_slice(&k);
+                vd.copy_from_slice(&v);
+                ks.push(k);
+                vs.push(v);
+            }
+            hist.push((ks, vs));
+        }
+        let n_tok = 38;
+        let width = (h.q + 2 * h.kv) * h.dim;
+        let data: Vec<f32> = (0..n_tok * width)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let positions: Vec<usize> = std::iter::once(9).chain(3..40).collect();
+        let half = h.dim / 2;
+        let (mut cos, mut sin) = (vec![], vec![]);
+        for &p in &positions {
+            for j in 0..half {
+                let a = p as f32 * 10000f32.powf(-(2.0 * j as f32) / h.dim as f32);
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let qkv = QkvRows {
+            q: (&data, width, 0),
+            k: (&data, width, h.q * h.dim),
+            v: (&data, width, (h.q + h.kv) * h.dim),
+        };
+        let mut out = vec![0f32; n_tok * h.q * h.dim];
+        let mut paged = HostPaged {
+            cache: &mut cache,
+            block_size: bs,
+            tables: tables.clone(),
+        };
+        paged_attention(0, &chunks, &qkv, &cos, &sin, h, &mut paged, &mut out);
+
+        // Reference: rotate this batch's q and k by hand, append k/v to each history.
+        let mut t = 0;
+        for (ci, c) in chunks.iter().enumerate() {
+            for i in 0..c.len {
+                let cs = &cos[t * half..(t + 1) * half];
+                let sn = &sin[t * half..(t + 1) * half];
+                let mut qv = row(&qkv.q, t, h.q * h.dim).to_vec();
+                qv.chunks_exact_mut(h.dim)
+                    .for_each(|x| rope(x, cs, sn, h.rope));
+                let mut kv_ = row(&qkv.k, t, kw).to_vec();
+                kv_.chunks_exact_mut(h.dim)
+                    .for_each(|x| rope(x, cs, sn, h.rope));
+                hist[ci].0.push(kv_);
+                hist[ci].1.push(row(&qkv.v, t, kw).to_vec());
+                // Causal: this query sees history and the chunk's tokens up to itself only.
+                let want = naive(&qv, &hist[ci].0, &hist[ci].1, c.start_pos + i, h);
+                let got = &out[t * h.q * h.dim..(t + 1) * h.q * h.dim];
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "chunk {ci} token {i}: {a} vs {b}");
+                }
+                t += 1;
+            }
+        }
+        // The new keys landed in the right slots (rotated), e.g. sequence 2 position 26.
+        let slot = tables[1][26 / bs] as usize * bs + 26 % bs;
+        assert_eq!(cache.slot(0, slot).0, hist[1].0[26].as_slice());
+    }
+}
