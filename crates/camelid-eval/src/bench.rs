@@ -125,22 +125,38 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
     Ok(trace)
 }
 
+/// A prompt of about `n` tokens that starts differently for every `salt`, so no server's
+/// prefix cache can skip its prefill (every request pays for its prompt, as in a real load).
+pub fn unique_prompt(n: usize, salt: usize) -> String {
+    let head = format!("{salt}");
+    format!("{head} {}", make_prompt(n.saturating_sub(2)))
+}
+
 pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
+    // A fresh connection per request: some servers (llama-server) close kept-alive
+    // connections between requests, which a pooled client reports as a failed request.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(1800))
+        .pool_max_idle_per_host(0)
         .build()?;
-    let prompt = make_prompt(o.prompt_tokens);
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next_prompt = move || {
+        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unique_prompt(o.prompt_tokens, i)
+    };
     // Warm-up: one request, not measured.
-    one(&http, o, &prompt).await?;
+    one(&http, o, &next_prompt()).await?;
     let mut out = vec![];
     for &c in &o.concurrency {
         let t0 = Instant::now();
         let tasks: Vec<_> = (0..c)
             .map(|_| {
-                let (http, o, prompt) = (http.clone(), o.clone(), prompt.clone());
+                let prompts: Vec<String> =
+                    (0..o.requests_per_client).map(|_| next_prompt()).collect();
+                let (http, o) = (http.clone(), o.clone());
                 tokio::spawn(async move {
                     let mut traces = vec![];
-                    for _ in 0..o.requests_per_client {
+                    for prompt in prompts {
                         traces.push(one(&http, &o, &prompt).await?);
                     }
                     Ok::<_, anyhow::Error>(traces)

@@ -1,0 +1,82 @@
+// Fused element-wise layers of the LLaMA block for CUDA: residual add + RMSNorm, rotary
+// embedding in place, SiLU(gate) * up. One launch each instead of several candle ops.
+#include "common.cuh"
+
+constexpr int NORM_THREADS = 256;
+
+// residual += x (when x is given), then out = residual / rms(residual) * weight. One block per row.
+template <typename T>
+__device__ void add_rms_norm(const T* __restrict__ x, T* __restrict__ residual,
+                             const T* __restrict__ weight, T* __restrict__ out, int hidden,
+                             float eps) {
+  __shared__ float red[NORM_THREADS / 32];
+  const int64_t base = (int64_t)blockIdx.x * hidden;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += NORM_THREADS) {
+    float r = to_float(residual[base + i]);
+    if (x != nullptr) {
+      r += to_float(x[base + i]);
+      residual[base + i] = from_float<T>(r);
+    }
+    ss += r * r;
+  }
+  ss = block_sum<NORM_THREADS / 32>(ss, red);
+  const float inv = rsqrtf(ss / hidden + eps);
+  for (int i = threadIdx.x; i < hidden; i += NORM_THREADS)
+    out[base + i] = from_float<T>(to_float(residual[base + i]) * inv * to_float(weight[i]));
+}
+
+// x: tokens x heads x head_dim, rotated in place at positions[t]. interleaved != 0 pairs
+// (2j, 2j+1) (GGUF), else (j, j + head_dim/2) (HF). inv_freq: head_dim/2 frequencies.
+template <typename T>
+__device__ void rope_inplace(T* __restrict__ x, const int* __restrict__ positions,
+                             const float* __restrict__ inv_freq, int heads, int head_dim,
+                             int interleaved) {
+  const int t = blockIdx.x;
+  const int half = head_dim / 2;
+  const float pos = (float)positions[t];
+  for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
+    const int h = i / half, j = i % half;
+    float s, c;
+    sincosf(pos * inv_freq[j], &s, &c);
+    const int64_t base = ((int64_t)t * heads + h) * head_dim;
+    const int64_t a = base + (interleaved ? 2 * j : j);
+    const int64_t b = base + (interleaved ? 2 * j + 1 : j + half);
+    const float x0 = to_float(x[a]), x1 = to_float(x[b]);
+    x[a] = from_float<T>(x0 * c - x1 * s);
+    x[b] = from_float<T>(x0 * s + x1 * c);
+  }
+}
+
+// gate_up: rows x (2 * inter) (gate then up, as the fused projection writes them); out: rows x inter.
+template <typename T>
+__device__ void silu_mul(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows,
+                         int inter) {
+  const int64_t n = rows * inter;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / inter, j = i % inter;
+    const float g = to_float(gate_up[r * 2 * inter + j]);
+    const float u = to_float(gate_up[r * 2 * inter + inter + j]);
+    out[i] = from_float<T>(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+#define LAYERS(SUFFIX, T)                                                                      \
+  extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                    \
+      add_rms_norm_##SUFFIX(const T* x, T* residual, const T* weight, T* out, int hidden,      \
+                            float eps) {                                                       \
+    add_rms_norm<T>(x, residual, weight, out, hidden, eps);                                    \
+  }                                                                                            \
+  extern "C" __global__ void rope_inplace_##SUFFIX(T* x, const int* positions,                 \
+                                                   const float* inv_freq, int heads,           \
+                                                   int head_dim, int interleaved) {            \
+    rope_inplace<T>(x, positions, inv_freq, heads, head_dim, interleaved);                     \
+  }                                                                                            \
+  extern "C" __global__ void silu_mul_##SUFFIX(const T* gate_up, T* out, int64_t rows,         \
+                                               int inter) {                                    \
+    silu_mul<T>(gate_up, out, rows, inter);                                                    \
+  }
+LAYERS(f32, float)
+LAYERS(f16, __half)
+LAYERS(bf16, __nv_bfloat16)
