@@ -11,28 +11,26 @@
 // long contexts spread over many SMs. GQA reads the shared KV head directly (no repeated K/V).
 #include "common.cuh"
 
-// slot_mapping[t] < 0 skips the token (padding).
+// cache[slot_mapping[t]] = src[t] for every token t (one row of kv_heads * head_dim values);
+// slot_mapping[t] < 0 skips the token (padding). Called once for keys, once for values.
 template <typename T>
-__device__ void kv_write(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ k_cache,
-                         T* __restrict__ v_cache, const int64_t* __restrict__ slot_mapping,
-                         int row_width) {
+__device__ void cache_write(const T* __restrict__ src, T* __restrict__ cache,
+                            const int64_t* __restrict__ slot_mapping, int row_width) {
   const int t = blockIdx.x;
   const int64_t slot = slot_mapping[t];
   if (slot < 0) return;
-  for (int i = threadIdx.x; i < row_width; i += blockDim.x) {
-    k_cache[slot * row_width + i] = k[(int64_t)t * row_width + i];
-    v_cache[slot * row_width + i] = v[(int64_t)t * row_width + i];
-  }
+  for (int i = threadIdx.x; i < row_width; i += blockDim.x)
+    cache[slot * row_width + i] = src[(int64_t)t * row_width + i];
 }
 
-#define KV_WRITE(NAME, T)                                                                      \
-  extern "C" __global__ void NAME(const T* k, const T* v, T* k_cache, T* v_cache,            \
-                                  const int64_t* slot_mapping, int row_width) {               \
-    kv_write<T>(k, v, k_cache, v_cache, slot_mapping, row_width);                             \
+#define CACHE_WRITE(SUFFIX, T)                                                                 \
+  extern "C" __global__ void cache_write_##SUFFIX(const T* src, T* cache,                      \
+                                                  const int64_t* slot_mapping, int row_width) { \
+    cache_write<T>(src, cache, slot_mapping, row_width);                                       \
   }
-KV_WRITE(kv_write_f32, float)
-KV_WRITE(kv_write_f16, __half)
-KV_WRITE(kv_write_bf16, __nv_bfloat16)
+CACHE_WRITE(f32, float)
+CACHE_WRITE(f16, __half)
+CACHE_WRITE(bf16, __nv_bfloat16)
 
 constexpr int ATTN_THREADS = 128;
 constexpr int ATTN_WARPS = ATTN_THREADS / 32;

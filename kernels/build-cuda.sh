@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds camelid with `--features cuda` on a machine without a GPU or a CUDA install.
-#   bash kernels/build-cuda.sh          release binary -> $CACHE/cuda-target/release/camelid
+#   bash kernels/build-cuda.sh          stripped release binary -> $CACHE/cuda-target/camelid-cuda
+#                                       (plus the CUDA kernel test binaries, see benches/gpu/run.sh)
 #   bash kernels/build-cuda.sh check    `cargo check` of the cuda feature only (CI)
+#   bash kernels/build-cuda.sh stage    build, then fill .gpu/ (binary, kernel tests, the default
+#                                       model's tokenizer.json) to carry to the GPU machine
 # The toolchain (CUDA 13.0 from PyPI wheels, via ../shared/cuda/setup-cuda.sh) and the target
 # directory live in the cache, outside the clone, so a second run only rebuilds what changed.
 # The binary targets a portable CPU baseline (x86-64-v3), not this machine's `native`: it runs
@@ -13,6 +16,7 @@ MODE="${1:-build}"
 CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}"
 TOOLCHAIN="$CACHE/cuda-13.0"
 SETUP="${CAMELID_CUDA_SETUP:-$ROOT/../shared/cuda/setup-cuda.sh}"
+[ -f "$SETUP" ] || SETUP=/work/shared/cuda/setup-cuda.sh
 cd "$ROOT"
 if [ ! -f "$TOOLCHAIN/env.sh" ]; then
   [ -f "$SETUP" ] || { echo "build-cuda.sh: $SETUP not found (set CAMELID_CUDA_SETUP)" >&2; exit 1; }
@@ -27,7 +31,24 @@ case "$MODE" in
   check) cargo check --workspace --all-targets --features camelid/cuda,camelid-model/cuda ;;
   build)
     cargo build --release -p camelid --features cuda
-    echo "$CARGO_TARGET_DIR/release/camelid"
+    # Line tables make the binary ~150 MB; the device tool carries at most 64 MiB.
+    strip -o "$CARGO_TARGET_DIR/camelid-cuda" "$CARGO_TARGET_DIR/release/camelid"
+    # The kernel-vs-CPU tests, as a binary the GPU machine (no Rust there) can run.
+    test_bin=$(cargo test --release -p camelid-model --features cuda --test cuda_kernels --no-run \
+      --message-format=json | grep -o '"executable":"[^"]*cuda_kernels[^"]*"' | cut -d'"' -f4 | tail -1)
+    strip -o "$CARGO_TARGET_DIR/cuda-kernel-tests" "$test_bin"
+    echo "$CARGO_TARGET_DIR/camelid-cuda"
+    echo "$CARGO_TARGET_DIR/cuda-kernel-tests"
     ;;
-  *) echo "usage: build-cuda.sh [build|check]" >&2; exit 2 ;;
+  stage)
+    bash "$0" build
+    mkdir -p .gpu
+    cp "$CARGO_TARGET_DIR/camelid-cuda" "$CARGO_TARGET_DIR/cuda-kernel-tests" .gpu/
+    bash models/fetch-default.sh >/dev/null
+    # The CPU build (its own target dir and flags) converts the default model for its tokenizer.
+    (unset CARGO_TARGET_DIR RUSTFLAGS; cargo run --quiet --release -p camelid -- convert --out /tmp/camelid-stage-hf --dtype bf16)
+    cp /tmp/camelid-stage-hf/tokenizer.json .gpu/
+    du -sh .gpu
+    ;;
+  *) echo "usage: build-cuda.sh [build|check|stage]" >&2; exit 2 ;;
 esac

@@ -4,26 +4,28 @@
 
 constexpr int NORM_THREADS = 256;
 
-// residual += x (when x is given), then out = residual / rms(residual) * weight. One block per row.
+// sum = x + residual, out = sum / rms(sum) * weight: the residual add and the next norm of a
+// LLaMA block in one pass. out holds 2 x rows x hidden: the sums, then the normalised rows.
+// One block per row.
 template <typename T>
-__device__ void add_rms_norm(const T* __restrict__ x, T* __restrict__ residual,
-                             const T* __restrict__ weight, T* __restrict__ out, int hidden,
-                             float eps) {
+__device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ residual,
+                             const T* __restrict__ weight, T* __restrict__ out, int64_t rows,
+                             int hidden, float eps) {
   __shared__ float red[NORM_THREADS / 32];
   const int64_t base = (int64_t)blockIdx.x * hidden;
+  T* sum = out + base;
+  T* normed = out + rows * hidden + base;
   float ss = 0.f;
   for (int i = threadIdx.x; i < hidden; i += NORM_THREADS) {
-    float r = to_float(residual[base + i]);
-    if (x != nullptr) {
-      r += to_float(x[base + i]);
-      residual[base + i] = from_float<T>(r);
-    }
-    ss += r * r;
+    const T r = from_float<T>(to_float(x[base + i]) + to_float(residual[base + i]));
+    sum[i] = r;
+    const float rf = to_float(r);
+    ss += rf * rf;
   }
   ss = block_sum<NORM_THREADS / 32>(ss, red);
   const float inv = rsqrtf(ss / hidden + eps);
   for (int i = threadIdx.x; i < hidden; i += NORM_THREADS)
-    out[base + i] = from_float<T>(to_float(residual[base + i]) * inv * to_float(weight[i]));
+    normed[i] = from_float<T>(to_float(sum[i]) * inv * to_float(weight[i]));
 }
 
 // x: tokens x heads x head_dim, rotated in place at positions[t]. interleaved != 0 pairs
@@ -64,9 +66,9 @@ __device__ void silu_mul(const T* __restrict__ gate_up, T* __restrict__ out, int
 
 #define LAYERS(SUFFIX, T)                                                                      \
   extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                    \
-      add_rms_norm_##SUFFIX(const T* x, T* residual, const T* weight, T* out, int hidden,      \
-                            float eps) {                                                       \
-    add_rms_norm<T>(x, residual, weight, out, hidden, eps);                                    \
+      add_rms_norm_##SUFFIX(const T* x, const T* residual, const T* weight, T* out,            \
+                            int64_t rows, int hidden, float eps) {                             \
+    add_rms_norm<T>(x, residual, weight, out, rows, hidden, eps);                              \
   }                                                                                            \
   extern "C" __global__ void rope_inplace_##SUFFIX(T* x, const int* positions,                 \
                                                    const float* inv_freq, int heads,           \

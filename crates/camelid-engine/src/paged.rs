@@ -2,8 +2,9 @@
 //! table mapping its positions to slots. Two storages:
 //! - f32 on the CPU: a [`HostKvCache`] (slot-major `(slots, kv_heads, head_dim)`), read and
 //!   written in place by the model's CPU attention kernel through [`KvStore::host_paged`];
-//! - otherwise one `(kv_heads, slots, head_dim)` tensor per layer for keys and one for values,
-//!   written with `slice_set` and gathered per sequence by [`KvStore::write_and_read`].
+//! - otherwise (CUDA, bf16/f16) one `(slots, kv_heads, head_dim)` tensor per layer for keys and
+//!   one for values (the same slot-major layout), written with `slice_set` and gathered per
+//!   sequence by [`KvStore::write_and_read`].
 
 use crate::blocks::{chain_hash, BlockId, BlockPool};
 use camelid_model::cpu_attention::{HostKvCache, HostPaged};
@@ -43,7 +44,7 @@ impl PagedKv {
         let storage = if device.is_cpu() && dtype == DType::F32 {
             Storage::Host(HostKvCache::new(layers, slots, kv_heads, head_dim))
         } else {
-            let shape = (kv_heads, slots, head_dim);
+            let shape = (slots, kv_heads, head_dim);
             let mut k = Vec::with_capacity(layers);
             let mut v = Vec::with_capacity(layers);
             for _ in 0..layers {

@@ -34,6 +34,24 @@ enum Command {
     /// MT-bench: generate answers, judge them with an LLM, show the results.
     #[command(subcommand)]
     Mtbench(MtbenchCommand),
+    /// Write the logits of every position of a token sequence (raw little-endian f32,
+    /// positions × vocab): compares devices, dtypes and implementations on the same weights.
+    Score(ScoreArgs),
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Token ids, comma-separated (fed as one sequence, no template, no BOS added).
+    #[arg(long, conflicts_with = "text")]
+    ids: Option<String>,
+    /// Text to tokenize instead of --ids.
+    #[arg(long)]
+    text: Option<String>,
+    /// Output file.
+    #[arg(long)]
+    out: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -319,6 +337,25 @@ fn parse_device(s: &str) -> Result<candle_core::Device> {
         }
         other => anyhow::bail!("unknown device {other:?} (cpu, cuda, cuda:N)"),
     }
+}
+
+fn run_score(a: ScoreArgs) -> Result<()> {
+    let lm = load(&a.model)?;
+    let ids: Vec<u32> = match (&a.ids, &a.text) {
+        (Some(ids), _) => ids
+            .split(',')
+            .map(|s| s.trim().parse::<u32>())
+            .collect::<std::result::Result<_, _>>()?,
+        (None, Some(t)) => lm.tokenizer.encode(t, true)?,
+        (None, None) => anyhow::bail!("give --ids or --text"),
+    };
+    let logits = lm.model.logits_all(&ids)?;
+    let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&a.out, bytes)?;
+    let (rows, vocab) = logits.dims2()?;
+    println!("{rows} positions x {vocab} logits -> {}", a.out.display());
+    Ok(())
 }
 
 fn load(m: &ModelArgs) -> Result<LoadedModel> {
@@ -705,6 +742,7 @@ fn main() {
         Command::Serve(a) => run_serve(a),
         Command::Mtbench(c) => run_mtbench(c),
         Command::Bench(a) => run_bench(a),
+        Command::Score(a) => run_score(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -1,0 +1,120 @@
+"""Helpers for benches/gpu/run.sh on the GPU machine (torch + transformers, no network).
+
+  make OUT             random-weight LLaMA folders (bf16 safetensors + config.json) made on the GPU:
+                       smol (SmolLM2-135M shape, real tokenizer from .gpu/), llama-1b (Llama-3.2-1B
+                       shape), llama-7b (Llama-2-7B / Vicuna-7B shape)
+  logits DIR IDS OUT   transformers' own LlamaForCausalLM logits in f32 (the independent reference)
+  compare REF A [B..]  top-1 agreement and mean KL(ref || x) per file, as JSON lines
+  bandwidth            device-to-device copy bandwidth (GB/s) -> the decode roofline
+  eager DIR            transformers eager generate: batch 1 and 32, 128 prompt + 128 new tokens
+"""
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+SHAPES = {
+    "smol": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True),
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
+    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32, vocab_size=32000, rope_theta=10000.0, tie_word_embeddings=False),
+}
+
+
+def make(out):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    for name, shape in SHAPES.items():
+        d = os.path.join(out, name)
+        if os.path.exists(os.path.join(d, "config.json")):
+            continue
+        torch.manual_seed(0)
+        cfg = LlamaConfig(max_position_embeddings=4096, rms_norm_eps=1e-5, torch_dtype="bfloat16", **shape)
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        # Init std 0.02 everywhere keeps activations sane through every layer.
+        model.save_pretrained(d, safe_serialization=True)
+        del model
+        torch.cuda.empty_cache()
+        if name == "smol" and os.path.exists(".gpu/tokenizer.json"):
+            shutil.copy(".gpu/tokenizer.json", d)
+        print(f"made {d}", flush=True)
+
+
+def load_hf(d, dtype):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(d, torch_dtype=dtype).cuda().eval()
+
+
+def logits(d, ids, out):
+    model = load_hf(d, torch.float32)
+    x = torch.tensor([[int(i) for i in ids.split(",")]], device="cuda")
+    with torch.no_grad():
+        y = model(x).logits[0].float().cpu().numpy()
+    y.astype("<f4").tofile(out)
+    print(f"{y.shape[0]} x {y.shape[1]} -> {out}")
+
+
+def compare(ref, others):
+    import numpy as np
+
+    r = np.fromfile(ref, dtype="<f4")
+    vocab = int(os.environ["VOCAB"])
+    r = r.reshape(-1, vocab).astype(np.float64)
+    lr = r - np.logaddexp.reduce(r, axis=1, keepdims=True)
+    for f in others:
+        x = np.fromfile(f, dtype="<f4").reshape(-1, vocab).astype(np.float64)
+        lx = x - np.logaddexp.reduce(x, axis=1, keepdims=True)
+        agree = float((r.argmax(1) == x.argmax(1)).mean())
+        kl = float((np.exp(lr) * (lr - lx)).sum(1).mean())
+        print(json.dumps({"file": f, "reference": ref, "top1_agreement": agree, "mean_kl": kl,
+                          "pass": agree >= 0.95 and kl < 0.02}))
+
+
+def bandwidth():
+    n = 1 << 30  # 2 GiB of bf16 each way
+    a = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    reps = 20
+    for _ in range(reps):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    s = (time.perf_counter() - t) / reps
+    gbs = 2 * a.numel() * 2 / s / 1e9  # read + write
+    print(json.dumps({"copy_bandwidth_gb_s": gbs}))
+
+
+def eager(d):
+    model = load_hf(d, torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters())
+    for batch in (1, 32):
+        x = torch.randint(100, 1000, (batch, 128), device="cuda")
+        kw = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            model.generate(x, **dict(kw, max_new_tokens=8, min_new_tokens=8))  # warm-up
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            model.generate(x, **kw)
+            torch.cuda.synchronize()
+        s = time.perf_counter() - t
+        print(json.dumps({"peer": "transformers-eager", "model": os.path.basename(d), "params": params,
+                          "batch": batch, "new_tokens": 128, "seconds": s,
+                          "aggregate_tok_s": batch * 128 / s}), flush=True)
+    del model
+    torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"make": lambda: make(*args), "logits": lambda: logits(*args), "compare": lambda: compare(args[0], args[1:]),
+     "bandwidth": bandwidth, "eager": lambda: eager(*args)}[cmd]()

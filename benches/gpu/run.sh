@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# camelid on the lent GPU machine, in one device call (≤ 8 minutes); prints a table last and
+# writes JSON lines under $OUT. Prepare here first:  bash kernels/build-cuda.sh stage
+# (fills .gpu/ with the stripped CUDA binary, the kernel-test binary and the default model's
+# tokenizer.json) and carry `.gpu`. If /tmp/camelid-default.gguf exists on the machine (the
+# 98 MB default model does not fit one call's 64 MiB: send it in two halves over warm calls,
+# see benches/gpu/README.md), correctness also runs on the real weights.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/camelid-gpu}"; mkdir -p "$OUT"
+RES="$OUT/results.jsonl"; : > "$RES"
+PY=/opt/torch/.venv/bin/python3
+CU13=$($PY -c 'import nvidia, os; print(os.path.join(os.path.dirname(nvidia.__path__[0]), "nvidia/cu13/lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH="$CU13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+BIN=.gpu/camelid-cuda
+M=/tmp/camelid-models
+log() { echo "== $*" | tee -a "$OUT/log.txt"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+log "1. kernels against CPU references"
+timeout 180 .gpu/cuda-kernel-tests --test-threads 1 2>&1 | tee "$OUT/kernel-tests.txt" | tail -15
+grep -q "test result: ok" "$OUT/kernel-tests.txt" && ! grep -q SKIPPED "$OUT/kernel-tests.txt" \
+  && echo '{"check":"kernels","pass":true}' >> "$RES" || echo '{"check":"kernels","pass":false}' >> "$RES"
+
+log "2. random-weight models (transformers, on the GPU)"
+timeout 240 $PY benches/gpu/models.py make "$M" 2>&1 | tail -5
+for d in "$M"/*/; do [ -f "$d/tokenizer.json" ] || cp .gpu/tokenizer.json "$d"; done
+
+log "3. correctness: camelid CUDA bf16 / CPU f32 vs transformers f32, same weights"
+IDS=$(seq -s, 1 97 9000 | cut -d, -f1-90)
+export VOCAB=49152
+timeout 120 $PY benches/gpu/models.py logits "$M/smol" "$IDS" /tmp/ref.f32
+timeout 60 $BIN score --model "$M/smol" --device cuda --dtype bf16 --ids "$IDS" --out /tmp/cuda-bf16.f32
+timeout 120 $BIN score --model "$M/smol" --device cpu --dtype f32 --ids "$IDS" --out /tmp/cpu-f32.f32
+$PY benches/gpu/models.py compare /tmp/ref.f32 /tmp/cuda-bf16.f32 /tmp/cpu-f32.f32 | tee -a "$RES"
+if [ -f /tmp/camelid-default.gguf ]; then
+  timeout 60 $BIN score --model /tmp/camelid-default.gguf --device cpu --text "$(cat benches/gpu/prompt.txt)" --out /tmp/gguf-cpu.f32
+  timeout 60 $BIN score --model /tmp/camelid-default.gguf --device cuda --text "$(cat benches/gpu/prompt.txt)" --out /tmp/gguf-cuda.f32
+  $PY benches/gpu/models.py compare /tmp/gguf-cpu.f32 /tmp/gguf-cuda.f32 | tee -a "$RES"
+fi
+
+log "4. roofline: device-to-device bandwidth"
+timeout 60 $PY benches/gpu/models.py bandwidth | tee -a "$RES"
+
+log "5. speed: camelid serve + camelid bench (128 prompt + 256 output tokens)"
+for name in llama-1b llama-7b; do
+  $BIN serve --model "$M/$name" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"$OUT/serve-$name.log" 2>&1 &
+  SRV=$!
+  for _ in $(seq 120); do curl -sf http://127.0.0.1:18100/health >/dev/null && break; sleep 1; done
+  timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --name "camelid-$name" --prompt-tokens 128 \
+    --output-tokens 256 --concurrency 1,16,32,64 --requests-per-client 1 --json "$OUT/bench-$name.json" | tee -a "$OUT/log.txt"
+  kill $SRV; wait $SRV 2>/dev/null
+  log "5b. peer: transformers eager on $name"
+  timeout 120 $PY benches/gpu/models.py eager "$M/$name" | tee -a "$RES"
+done
+log "done"; cat "$RES"
