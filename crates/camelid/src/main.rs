@@ -216,9 +216,10 @@ struct ServeArgs {
     /// Sequences batched together in one step.
     #[arg(long, default_value_t = 32)]
     max_num_seqs: usize,
-    /// Tokens in one step (long prompts are prefilled in chunks of this size). Default: 64
-    /// on the CPU, where every prefill token in a step delays all running streams (about
-    /// 7 ms per token for SmolLM2-135M on 2 cores), 2048 on CUDA.
+    /// Tokens in one step (long prompts are prefilled in chunks of this size). Default: 512
+    /// on the CPU, 2048 on CUDA. Smaller values shorten the stalls a prefill causes in running
+    /// streams (about 7 ms per prefill token for SmolLM2-135M on 2 cores) at the cost of
+    /// time-to-first-token and throughput (measured in benches/README.md).
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
     /// KV cache memory per model, in MiB.
@@ -535,7 +536,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                     max_running: a.max_num_seqs.max(1),
                     max_batch_tokens: a
                         .max_num_batched_tokens
-                        .unwrap_or(if lm_on_cpu { 64 } else { 2048 })
+                        .unwrap_or(if lm_on_cpu { 512 } else { 2048 })
                         .max(1),
                     block_size: a.block_size.max(1),
                     kv_cache_mb: a.kv_cache_mb.max(1),
