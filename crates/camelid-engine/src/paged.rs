@@ -155,20 +155,22 @@ impl KvStore for PagedKv {
         let read = self.slots(seq, 0, total)?;
         match &mut self.storage {
             Storage::Tensors { k: ks, v: vs } => {
+                // (kv_heads, len, hd) -> (len, kv_heads, hd): rows of the slot-major cache.
+                let (k_rows, v_rows) = (k.transpose(0, 1)?, v.transpose(0, 1)?);
                 for (pos, slot, n) in write {
                     let i = pos - start_pos;
-                    ks[layer].slice_set(&k.narrow(1, i, n)?.contiguous()?, 1, slot)?;
-                    vs[layer].slice_set(&v.narrow(1, i, n)?.contiguous()?, 1, slot)?;
+                    ks[layer].slice_set(&k_rows.narrow(0, i, n)?.contiguous()?, 0, slot)?;
+                    vs[layer].slice_set(&v_rows.narrow(0, i, n)?.contiguous()?, 0, slot)?;
                 }
                 let idx: Vec<u32> = read
                     .into_iter()
                     .flat_map(|(_, slot, n)| (slot as u32)..(slot + n) as u32)
                     .collect();
                 let idx = Tensor::new(idx.as_slice(), ks[layer].device())?;
-                Ok((
-                    ks[layer].index_select(&idx, 1)?,
-                    vs[layer].index_select(&idx, 1)?,
-                ))
+                let gather = |c: &Tensor| -> Result<Tensor> {
+                    c.index_select(&idx, 0)?.transpose(0, 1)?.contiguous()
+                };
+                Ok((gather(&ks[layer])?, gather(&vs[layer])?))
             }
             // The model uses `host_paged` for this storage; this path serves other callers.
             Storage::Host(cache) => {

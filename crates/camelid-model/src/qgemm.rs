@@ -200,6 +200,17 @@ pub fn simd_available() -> bool {
 }
 
 type DotRows = fn(QKind, &[u8], &[ActRow], &mut [f32]);
+type DotPair = fn(QKind, &[u8], &[u8], &ActRow) -> (f32, f32);
+
+fn pair_kernel() -> Option<DotPair> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2::available() {
+            return Some(avx2::dot_pair);
+        }
+    }
+    None
+}
 
 fn kernel() -> DotRows {
     #[cfg(target_arch = "x86_64")]
@@ -232,10 +243,17 @@ const PARALLEL_MIN_BLOCKS: usize = 8192;
 
 /// `out (m, w.rows) = x (m, w.cols) · Wᵀ`.
 pub fn matmul(w: &QWeight, x: &[f32], m: usize, out: &mut [f32]) {
-    matmul_with(w, x, m, out, kernel())
+    matmul_with(w, x, m, out, kernel(), pair_kernel())
 }
 
-fn matmul_with(w: &QWeight, x: &[f32], m: usize, out: &mut [f32], dot: DotRows) {
+fn matmul_with(
+    w: &QWeight,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    dot: DotRows,
+    pair: Option<DotPair>,
+) {
     let n = w.rows;
     assert_eq!(out.len(), m * n);
     let acts = QActs::quantize(x, m, w.cols);
@@ -243,6 +261,25 @@ fn matmul_with(w: &QWeight, x: &[f32], m: usize, out: &mut [f32], dot: DotRows) 
     let ptr = OutPtr(out.as_mut_ptr());
     let work = |r0: usize, r1: usize| {
         let mut tmp = [0f32; 4];
+        if let (1, Some(pair)) = (m, pair) {
+            // One activation row (single-stream decode): two weight rows at a time keep two
+            // independent load streams and accumulator chains in flight.
+            let mut r = r0;
+            while r + 2 <= r1 {
+                let (a, b) = pair(w.kind, w.row(r), w.row(r + 1), &rows[0]);
+                // Safety: r + 1 < n and this task owns columns r0..r1.
+                unsafe {
+                    *ptr.at(r) = a;
+                    *ptr.at(r + 1) = b;
+                }
+                r += 2;
+            }
+            if r < r1 {
+                dot(w.kind, w.row(r), &rows[..1], &mut tmp[..1]);
+                unsafe { *ptr.at(r) = tmp[0] };
+            }
+            return;
+        }
         for tile in rows.chunks(ROW_TILE).enumerate() {
             let (t, tile_rows) = tile;
             for r in r0..r1 {
@@ -301,6 +338,47 @@ mod avx2 {
                 _ => unreachable!("groups of at most 4 rows"),
             }
         }
+    }
+
+    pub fn dot_pair(kind: QKind, w0: &[u8], w1: &[u8], a: &ActRow) -> (f32, f32) {
+        let nb = w0.len() / kind.block_bytes();
+        assert!(
+            w1.len() == w0.len() && a.qs.len() >= nb * BLOCK && a.d.len() >= nb && a.s.len() >= nb
+        );
+        // Safety: `available()` was true when this kernel was chosen; lengths checked above.
+        unsafe { dot_pair_avx2(kind, [w0.as_ptr(), w1.as_ptr()], nb, a) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_pair_avx2(kind: QKind, w: [*const u8; 2], nb: usize, a: &ActRow) -> (f32, f32) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut offs = [0f32; 2];
+        let bb = kind.block_bytes();
+        for b in 0..nb {
+            let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+            let (da, sa) = (*a.d.get_unchecked(b), *a.s.get_unchecked(b));
+            for j in 0..2 {
+                let blk = w[j].add(b * bb);
+                let (dw, mw) = f16x2(blk);
+                let p = match kind {
+                    QKind::Q8_0 => {
+                        let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q))
+                    }
+                    QKind::Q4_1 => _mm256_maddubs_epi16(nibbles(blk.add(4)), av),
+                    QKind::Q4_0 => _mm256_maddubs_epi16(nibbles(blk.add(2)), av),
+                };
+                let p = _mm256_madd_epi16(p, ones);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * da), acc[j]);
+                offs[j] += match kind {
+                    QKind::Q4_1 => mw * sa,
+                    QKind::Q4_0 => -8.0 * dw * sa,
+                    QKind::Q8_0 => 0.0,
+                };
+            }
+        }
+        (hsum(acc[0]) + offs[0], hsum(acc[1]) + offs[1])
     }
 
     #[inline(always)]
@@ -447,9 +525,13 @@ mod tests {
 
     #[test]
     fn every_format_matches_the_dequantized_matmul() {
-        // m = 7 exercises groups of 4 and a remainder of 3; n = 70 exercises uneven thread chunks.
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (m, n, k) = (7, 70, 256);
+        // m = 7 exercises groups of 4 and a remainder of 3, m = 1 the paired-rows decode path;
+        // n = 71 exercises uneven thread chunks and an odd row left after the pairs.
+        for (t, m) in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0]
+            .into_iter()
+            .flat_map(|t| [(t, 7), (t, 1)])
+        {
+            let (n, k) = (71, 256);
             let (w, deq) = weight(t, n, k);
             let x = random(m * k, 3);
             let mut out = vec![0f32; m * n];
@@ -468,15 +550,18 @@ mod tests {
             return;
         }
         for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            // Enough rows and blocks to take the parallel path and several row tiles.
-            let (m, n, k) = (133, 96, 576);
-            let (w, _) = weight(t, n, k);
-            let x = random(m * k, 11);
-            let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
-            matmul(&w, &x, m, &mut fast);
-            matmul_with(&w, &x, m, &mut slow, dot_rows_scalar);
-            let err = max_rel(&fast, &slow);
-            assert!(err < 1e-5, "{t:?}: SIMD vs scalar {err}");
+            // Enough rows and blocks to take the parallel path and several row tiles; and one
+            // row (the paired decode kernel) over an odd number of weight rows.
+            for (m, n) in [(133, 96), (1, 1537)] {
+                let k = 576;
+                let (w, _) = weight(t, n, k);
+                let x = random(m * k, 11);
+                let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
+                matmul(&w, &x, m, &mut fast);
+                matmul_with(&w, &x, m, &mut slow, dot_rows_scalar, None);
+                let err = max_rel(&fast, &slow);
+                assert!(err < 1e-5, "{t:?} m={m}: SIMD vs scalar {err}");
+            }
         }
     }
 
