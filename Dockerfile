@@ -14,7 +14,9 @@ WORKDIR /src
 COPY . .
 # A portable CPU baseline instead of .cargo/config.toml's target-cpu=native.
 ENV RUSTFLAGS="-C target-cpu=x86-64-v3"
-RUN cargo build --release -p camelid --features "${FEATURES}" && cp target/release/camelid /camelid
+# crates/camelid-model/build.rs compiles kernels/*.cu to PTX with the image's nvcc for
+# CUDA_COMPUTE_CAP (same flow as kernels/build-cuda.sh, which gets nvcc from PyPI wheels instead).
+RUN cargo build --release -p camelid --features "${FEATURES}" && strip -o /camelid target/release/camelid
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates \
