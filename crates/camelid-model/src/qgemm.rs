@@ -122,7 +122,8 @@ impl QActs {
             let id = if db > 0.0 { 1.0 / db } else { 0.0 };
             let mut sum = 0i32;
             for (q, v) in qb.iter_mut().zip(xb) {
-                *q = (v * id).round() as i8;
+                // Ties to even: one instruction, no libm call (ties are rare, either is fine).
+                *q = (v * id).round_ties_even() as i8;
                 sum += *q as i32;
             }
             d[b] = db;
