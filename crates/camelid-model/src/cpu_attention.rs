@@ -12,6 +12,7 @@
 
 use crate::config::RopeStyle;
 use crate::model::SeqChunk;
+use crate::qgemm::OutPtr;
 use rayon::prelude::*;
 
 /// Keys and values of every layer in host memory, f32.
@@ -161,19 +162,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
-    }
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the Send wrapper and not the raw field.
-    fn at(self, i: usize) -> *mut f32 {
-        // Safety: callers stay inside the buffer the pointer came from.
-        unsafe { self.0.add(i) }
     }
 }
 

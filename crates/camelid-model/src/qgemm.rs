@@ -223,15 +223,15 @@ fn kernel() -> DotRows {
     dot_rows_scalar
 }
 
-/// Raw output pointer shared by threads that write disjoint columns.
+/// Raw output pointer shared by threads that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// Through a method, so closures capture the Send wrapper and not the raw field.
-    fn at(self, i: usize) -> *mut f32 {
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
         // Safety: callers stay inside the buffer the pointer came from.
         unsafe { self.0.add(i) }
     }
@@ -423,9 +423,14 @@ mod avx2 {
         for b in 0..nb {
             let blk = w.add(b * bb);
             match kind {
-                QKind::Q4_1 => {
-                    let (dw, mw) = f16x2(blk);
-                    let q = nibbles(blk.add(4));
+                QKind::Q4_1 | QKind::Q4_0 => {
+                    let (dw, m) = f16x2(blk);
+                    // Q4_1 adds m per value; Q4_0 stores q + 8.
+                    let (q, mw) = if kind == QKind::Q4_1 {
+                        (nibbles(blk.add(4)), m)
+                    } else {
+                        (nibbles(blk.add(2)), -8.0 * dw)
+                    };
                     for i in 0..R {
                         let a = _mm256_loadu_si256(
                             acts[i].qs.as_ptr().add(b * BLOCK) as *const __m256i
@@ -434,19 +439,6 @@ mod avx2 {
                         let scale = _mm256_set1_ps(dw * *acts[i].d.get_unchecked(b));
                         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i]);
                         offs[i] += mw * *acts[i].s.get_unchecked(b);
-                    }
-                }
-                QKind::Q4_0 => {
-                    let (dw, _) = f16x2(blk);
-                    let q = nibbles(blk.add(2));
-                    for i in 0..R {
-                        let a = _mm256_loadu_si256(
-                            acts[i].qs.as_ptr().add(b * BLOCK) as *const __m256i
-                        );
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
-                        let scale = _mm256_set1_ps(dw * *acts[i].d.get_unchecked(b));
-                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i]);
-                        offs[i] -= 8.0 * dw * *acts[i].s.get_unchecked(b);
                     }
                 }
                 QKind::Q8_0 => {
