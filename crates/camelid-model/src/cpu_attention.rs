@@ -13,6 +13,7 @@
 use crate::config::RopeStyle;
 use crate::model::SeqChunk;
 use crate::qgemm::OutPtr;
+use crate::vecmath::{self, Scalar, VecOps};
 use rayon::prelude::*;
 
 /// Keys and values of every layer in host memory, f32.
@@ -139,32 +140,6 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
     }
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler keep the loop in vector registers.
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
 /// Queries per attention task: their scores for one KV head are computed against each key
 /// while it is in cache.
 const QUERY_BLOCK: usize = 16;
@@ -216,89 +191,148 @@ pub fn paged_attention(
     }
 
     // Tasks: (chunk, kv head, block of queries); each writes its own output rows and heads.
-    let group = h.q / h.kv;
     let mut tasks = vec![];
     let mut first_tok = 0;
     for (ci, c) in chunks.iter().enumerate() {
         for g in 0..h.kv {
             for qb in (0..c.len).step_by(QUERY_BLOCK) {
-                tasks.push((ci, first_tok, g, qb, (qb + QUERY_BLOCK).min(c.len)));
+                tasks.push(Task {
+                    chunk: ci,
+                    first_tok,
+                    g,
+                    q0: qb,
+                    q1: (qb + QUERY_BLOCK).min(c.len),
+                });
             }
         }
         first_tok += c.len;
     }
-    let scale = 1.0 / (h.dim as f32).sqrt();
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    let kv = &*kv;
-    let q = &q;
-    let run = |&(ci, first_tok, g, q0, q1): &(usize, usize, usize, usize, usize)| {
-        let c = &chunks[ci];
-        let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
-                                       // Query vectors of this task: (query i, head j of the group) -> row i * group + j.
-        let nq = (q1 - q0) * group;
-        let mut scores = vec![f32::NEG_INFINITY; nq * n_keys];
-        for p in 0..n_keys {
-            let (ks, _) = kv.cache.slot(layer, kv.slot(ci, p));
-            let key = &ks[g * h.dim..(g + 1) * h.dim];
-            // Queries before position p do not see it.
-            let i_from = p.saturating_sub(c.start_pos).max(q0);
-            for i in i_from..q1 {
-                let t = first_tok + i;
-                for j in 0..group {
-                    let head = g * group + j;
-                    let qv = &q[t * qw + head * h.dim..t * qw + (head + 1) * h.dim];
-                    scores[((i - q0) * group + j) * n_keys + p] = dot(qv, key) * scale;
-                }
-            }
-        }
-        // Softmax per query row (over its visible positions only).
-        for i in q0..q1 {
-            let visible = c.start_pos + i + 1;
-            for j in 0..group {
-                let r = &mut scores[((i - q0) * group + j) * n_keys..][..visible];
-                let max = r.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0f32;
-                for v in r.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                let inv = 1.0 / sum;
-                r.iter_mut().for_each(|v| *v *= inv);
-            }
-        }
-        let mut acc = vec![0f32; nq * h.dim];
-        for p in 0..n_keys {
-            let (_, vs) = kv.cache.slot(layer, kv.slot(ci, p));
-            let value = &vs[g * h.dim..(g + 1) * h.dim];
-            let i_from = p.saturating_sub(c.start_pos).max(q0);
-            for i in i_from..q1 {
-                for j in 0..group {
-                    let r = (i - q0) * group + j;
-                    axpy(
-                        &mut acc[r * h.dim..(r + 1) * h.dim],
-                        scores[r * n_keys + p],
-                        value,
-                    );
-                }
-            }
-        }
-        for i in q0..q1 {
-            let t = first_tok + i;
-            for j in 0..group {
-                let head = g * group + j;
-                let r = (i - q0) * group + j;
-                // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.at(t * qw + head * h.dim), h.dim)
-                };
-                dst.copy_from_slice(&acc[r * h.dim..(r + 1) * h.dim]);
-            }
-        }
+    let input = TaskInput {
+        layer,
+        chunks,
+        q: &q,
+        h,
+        kv: &*kv,
+        scale: 1.0 / (h.dim as f32).sqrt(),
     };
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let run = |t: &Task| run_task(&input, t, out_ptr);
     if tasks.len() == 1 {
         run(&tasks[0]);
     } else {
         tasks.par_iter().for_each(run);
+    }
+}
+
+/// What every attention task of one call reads.
+struct TaskInput<'a> {
+    layer: usize,
+    chunks: &'a [SeqChunk],
+    /// Rotated queries, `(tokens, q_heads · dim)`.
+    q: &'a [f32],
+    h: Heads,
+    kv: &'a HostPaged<'a>,
+    scale: f32,
+}
+
+/// Queries `q0..q1` of chunk `chunk` (whose first token is batch row `first_tok`) against KV
+/// head `g`.
+#[derive(Clone, Copy)]
+struct Task {
+    chunk: usize,
+    first_tok: usize,
+    g: usize,
+    q0: usize,
+    q1: usize,
+}
+
+fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
+    #[cfg(target_arch = "x86_64")]
+    if vecmath::avx2_available() {
+        // Safety: the CPU has AVX2 and FMA.
+        unsafe { run_task_avx2(input, task, out) };
+        return;
+    }
+    attend::<Scalar>(input, task, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_task_avx2(input: &TaskInput, task: &Task, out: OutPtr) {
+    attend::<vecmath::Avx2>(input, task, out)
+}
+
+/// One task: scores against every visible key (each key read once for all the task's query
+/// rows), softmax, weighted sum of values; writes the task's own rows and heads of `out`.
+#[inline(always)]
+fn attend<V: VecOps>(input: &TaskInput, task: &Task, out: OutPtr) {
+    let (h, kv, layer) = (input.h, input.kv, input.layer);
+    let Task {
+        chunk: ci,
+        first_tok,
+        g,
+        q0,
+        q1,
+    } = *task;
+    let c = &input.chunks[ci];
+    let (qw, group) = (h.q * h.dim, h.q / h.kv);
+    let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
+                                   // Query vectors of this task: (query i, head j of the group) -> row (i - q0) * group + j.
+    let nq = (q1 - q0) * group;
+    let mut scores = vec![f32::NEG_INFINITY; nq * n_keys];
+    for p in 0..n_keys {
+        let (ks, _) = kv.cache.slot(layer, kv.slot(ci, p));
+        let key = &ks[g * h.dim..(g + 1) * h.dim];
+        // Queries before position p do not see it.
+        let i_from = p.saturating_sub(c.start_pos).max(q0);
+        for i in i_from..q1 {
+            let t = first_tok + i;
+            for j in 0..group {
+                let head = g * group + j;
+                let qv = &input.q[t * qw + head * h.dim..t * qw + (head + 1) * h.dim];
+                scores[((i - q0) * group + j) * n_keys + p] = V::dot(qv, key) * input.scale;
+            }
+        }
+    }
+    // Softmax per query row over its visible positions; normalised at the end.
+    let mut inv_sum = vec![0f32; nq];
+    for i in q0..q1 {
+        let visible = c.start_pos + i + 1;
+        for j in 0..group {
+            let r = (i - q0) * group + j;
+            let row = &mut scores[r * n_keys..][..visible];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            inv_sum[r] = 1.0 / V::exp_shifted_sum(row, max);
+        }
+    }
+    let mut acc = vec![0f32; nq * h.dim];
+    for p in 0..n_keys {
+        let (_, vs) = kv.cache.slot(layer, kv.slot(ci, p));
+        let value = &vs[g * h.dim..(g + 1) * h.dim];
+        let i_from = p.saturating_sub(c.start_pos).max(q0);
+        for i in i_from..q1 {
+            for j in 0..group {
+                let r = (i - q0) * group + j;
+                V::axpy(
+                    &mut acc[r * h.dim..(r + 1) * h.dim],
+                    scores[r * n_keys + p],
+                    value,
+                );
+            }
+        }
+    }
+    for i in q0..q1 {
+        let t = first_tok + i;
+        for j in 0..group {
+            let head = g * group + j;
+            let r = (i - q0) * group + j;
+            let row = &mut acc[r * h.dim..(r + 1) * h.dim];
+            V::scale(row, inv_sum[r]);
+            // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.at(t * qw + head * h.dim), h.dim) };
+            dst.copy_from_slice(row);
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! - loading: [`loader`] (one entry point), [`gguf`], [`hf_folder`] (safetensors, PyTorch
 //!   `.bin`), [`hub`], [`registry`] (known models and the default-model fetch)
 //! - text: [`tokenizer`], [`template`], [`stream`] (incremental detokenization, stop strings)
-//! - math: [`config`], [`cpu_attention`] (paged attention over host memory), [`linear`] (over [`qgemm`], our own CPU quantized matmul), [`rope`], [`model`] (varlen forward), [`kv`] (KV storage
+//! - math: [`config`], [`cpu_attention`] (paged attention over host memory, on [`vecmath`]), [`linear`] (over [`qgemm`], our own CPU quantized matmul), [`rope`], [`model`] (varlen forward), [`kv`] (KV storage
 //!   interface), [`sampling`]
 //! - tools: [`generate`] (single-sequence generation for CLI and tests), [`convert`]
 
@@ -28,6 +28,7 @@ pub mod sampling;
 pub mod stream;
 pub mod template;
 pub mod tokenizer;
+pub mod vecmath;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -46,53 +46,163 @@ impl QKind {
     }
 }
 
-/// A `(rows, cols)` weight matrix as GGUF stores it: each row is `cols / 32` blocks.
+/// A `(rows, cols)` weight matrix: GGUF's row-major blocks, or (where the AVX2 kernel runs)
+/// interleaved by groups of eight rows, see [`Layout`].
 #[derive(Debug, Clone)]
 pub struct QWeight {
     pub kind: QKind,
     pub rows: usize,
     pub cols: usize,
-    data: Vec<u8>,
+    layout: Layout,
+}
+
+/// How a [`QWeight`]'s blocks are laid out in memory.
+///
+/// `Interleaved8` is GGML's "repack" idea: rows `8g..8g+8` are stored together, block by block,
+/// so that one 32-byte load holds four consecutive values of each of the eight rows. A
+/// broadcast of four activation bytes then multiplies all eight rows at once and the eight
+/// sums land in the eight lanes of one register, with the eight row scales in one vector: no
+/// horizontal sums, one scale multiply per block for eight rows. Per group and 32-value block:
+/// - Q4_0 / Q4_1: `d[8]` f16, `m[8]` f16 (Q4_0: `m = −8d`), then 4 × 32 bytes: bytes
+///   `4r..4r+4` of vector `g` are row `r`'s `qs[4g..4g+4]` (low nibbles: values `4g..4g+4`,
+///   high nibbles: values `16+4g..16+4g+4`) — 160 bytes, as many as eight GGUF blocks;
+/// - Q8_0: `d[8]` f16, then 8 × 32 bytes: row `r`'s values `4g..4g+4` at `4r` of vector `g`.
+#[derive(Debug, Clone)]
+enum Layout {
+    Rows(Vec<u8>),
+    Interleaved8(Vec<u8>),
+}
+
+/// Rows per interleaved group.
+const GROUP: usize = 8;
+
+impl QKind {
+    /// Bytes of one 32-value block of an interleaved group of eight rows.
+    fn group_block_bytes(self) -> usize {
+        match self {
+            QKind::Q4_0 | QKind::Q4_1 => 32 + 128,
+            QKind::Q8_0 => 16 + 256,
+        }
+    }
 }
 
 impl QWeight {
+    /// Weights in GGUF's layout (`data`: `rows` rows of `cols / 32` blocks). The matrix is
+    /// interleaved for the SIMD kernel when this CPU has it and the shape allows.
     pub fn new(kind: QKind, rows: usize, cols: usize, data: Vec<u8>) -> Option<Self> {
+        let w = Self::new_rows(kind, rows, cols, data)?;
+        Some(if simd_available() { w.interleaved() } else { w })
+    }
+
+    /// Weights kept in GGUF's row-major layout (the scalar reference reads this one).
+    pub fn new_rows(kind: QKind, rows: usize, cols: usize, data: Vec<u8>) -> Option<Self> {
         let ok =
             cols.is_multiple_of(BLOCK) && data.len() == rows * (cols / BLOCK) * kind.block_bytes();
         ok.then_some(Self {
             kind,
             rows,
             cols,
-            data,
+            layout: Layout::Rows(data),
         })
+    }
+
+    /// The same matrix in the interleaved layout, when `rows` is a multiple of eight (and, for
+    /// Q4_0, every `−8d` fits an f16); otherwise unchanged.
+    fn interleaved(self) -> Self {
+        let Layout::Rows(data) = &self.layout else {
+            return self;
+        };
+        if !self.rows.is_multiple_of(GROUP) {
+            return self;
+        }
+        let (kind, nb, bb) = (self.kind, self.cols / BLOCK, self.kind.block_bytes());
+        let gbb = kind.group_block_bytes();
+        let row_bytes = nb * bb;
+        let mut out = vec![0u8; self.rows / GROUP * nb * gbb];
+        for (gi, dst_group) in out.chunks_exact_mut(nb * gbb).enumerate() {
+            for (b, dst) in dst_group.chunks_exact_mut(gbb).enumerate() {
+                for r in 0..GROUP {
+                    let src = &data[(gi * GROUP + r) * row_bytes + b * bb..][..bb];
+                    dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
+                    let (qs, qs_at) = match kind {
+                        QKind::Q4_1 => {
+                            dst[16 + 2 * r..18 + 2 * r].copy_from_slice(&src[2..4]);
+                            (&src[4..20], 32)
+                        }
+                        QKind::Q4_0 => {
+                            let m = f16::from_f32(-8.0 * f16_at(src, 0));
+                            if !m.is_finite() {
+                                return self;
+                            }
+                            dst[16 + 2 * r..18 + 2 * r].copy_from_slice(&m.to_le_bytes());
+                            (&src[2..18], 32)
+                        }
+                        QKind::Q8_0 => (&src[2..34], 16),
+                    };
+                    for (g, four) in qs.chunks_exact(4).enumerate() {
+                        let at = qs_at + 32 * g + 4 * r;
+                        dst[at..at + 4].copy_from_slice(four);
+                    }
+                }
+            }
+        }
+        Self {
+            layout: Layout::Interleaved8(out),
+            ..self
+        }
     }
 
     fn row_bytes(&self) -> usize {
         self.cols / BLOCK * self.kind.block_bytes()
     }
 
+    /// Row `r` in GGUF's layout (row-major matrices only).
     fn row(&self, r: usize) -> &[u8] {
+        let Layout::Rows(data) = &self.layout else {
+            unreachable!("row access on an interleaved matrix")
+        };
         let n = self.row_bytes();
-        &self.data[r * n..(r + 1) * n]
+        &data[r * n..(r + 1) * n]
     }
 
-    /// Stacks weights with the same format and width (fused QKV, gate+up): one matmul, one
-    /// activation quantization, instead of several.
+    fn bytes(&self) -> &[u8] {
+        match &self.layout {
+            Layout::Rows(d) | Layout::Interleaved8(d) => d,
+        }
+    }
+
+    /// Stacks weights with the same format, width and layout (fused QKV, gate+up): one
+    /// matmul, one activation quantization, instead of several. Both layouts stack by plain
+    /// concatenation (interleaved groups never straddle two parts).
     pub fn concat_rows(parts: &[&QWeight]) -> Option<QWeight> {
         let first = parts.first()?;
+        let same_layout = |p: &&QWeight| {
+            matches!(
+                (&p.layout, &first.layout),
+                (Layout::Rows(_), Layout::Rows(_))
+                    | (Layout::Interleaved8(_), Layout::Interleaved8(_))
+            )
+        };
         if parts
             .iter()
-            .any(|p| p.kind != first.kind || p.cols != first.cols)
+            .any(|p| p.kind != first.kind || p.cols != first.cols || !same_layout(p))
         {
             return None;
         }
-        let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
-        QWeight::new(
-            first.kind,
-            parts.iter().map(|p| p.rows).sum(),
-            first.cols,
-            data,
-        )
+        let data: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| p.bytes().iter().copied())
+            .collect();
+        let layout = match first.layout {
+            Layout::Rows(_) => Layout::Rows(data),
+            Layout::Interleaved8(_) => Layout::Interleaved8(data),
+        };
+        Some(QWeight {
+            kind: first.kind,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            layout,
+        })
     }
 }
 
@@ -260,6 +370,25 @@ fn matmul_with(
     let acts = QActs::quantize(x, m, w.cols);
     let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
     let ptr = OutPtr(out.as_mut_ptr());
+    let blocks = m * n * (w.cols / BLOCK);
+    if let Layout::Interleaved8(data) = &w.layout {
+        let group_bytes = w.cols / BLOCK * w.kind.group_block_bytes();
+        let work = |g0: usize, g1: usize| {
+            for (t, tile_rows) in rows.chunks(ROW_TILE).enumerate() {
+                for gi in g0..g1 {
+                    let wg = &data[gi * group_bytes..(gi + 1) * group_bytes];
+                    for (q, quad) in tile_rows.chunks(4).enumerate() {
+                        let i0 = t * ROW_TILE + q * 4;
+                        // Safety: rows i0..i0 + quad.len() < m, columns 8gi..8gi + 8 ≤ n, and
+                        // each task owns groups g0..g1.
+                        unsafe { gemm8(w.kind, wg, quad, ptr.at(i0 * n + gi * GROUP), n) };
+                    }
+                }
+            }
+        };
+        run_split(n / GROUP, blocks, work);
+        return;
+    }
     let work = |r0: usize, r1: usize| {
         let mut tmp = [0f32; 4];
         if let (1, Some(pair)) = (m, pair) {
@@ -296,17 +425,52 @@ fn matmul_with(
             }
         }
     };
-    let blocks = m * n * (w.cols / BLOCK);
+    run_split(n, blocks, work);
+}
+
+/// Runs `work(i0, i1)` over `0..units` (weight rows or row groups): on the calling thread when
+/// the call is small, else in a few chunks per rayon thread so an uneven core (the machine is
+/// shared) does not stall the rest.
+fn run_split(units: usize, blocks: usize, work: impl Fn(usize, usize) + Sync) {
     let threads = rayon::current_num_threads();
     if blocks < PARALLEL_MIN_BLOCKS || threads == 1 {
-        work(0, n);
+        work(0, units);
         return;
     }
-    // A few tasks per thread so an uneven core (the machine is shared) does not stall the rest.
-    let chunk = n.div_ceil(threads * 4).max(16);
-    (0..n.div_ceil(chunk))
+    let chunk = units.div_ceil(threads * 4).max(2);
+    (0..units.div_ceil(chunk))
         .into_par_iter()
-        .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(n)));
+        .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(units)));
+}
+
+/// One interleaved group of eight weight rows times up to four activation rows: writes
+/// `out[i · ld + 0..8]` for activation row `i`.
+///
+/// # Safety
+/// `wg` is one whole group of `w.cols / 32` interleaved blocks of `kind`, the activation rows
+/// are that wide, and `out` is valid for those writes.
+unsafe fn gemm8(kind: QKind, wg: &[u8], acts: &[ActRow], out: *mut f32, ld: usize) {
+    let nb = wg.len() / kind.group_block_bytes();
+    debug_assert!(acts
+        .iter()
+        .all(|a| a.qs.len() >= nb * BLOCK && a.d.len() >= nb));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let w = wg.as_ptr();
+        match (kind, acts.len()) {
+            (QKind::Q8_0, 4) => avx2::gemm8_q8::<4>(w, nb, acts, out, ld),
+            (QKind::Q8_0, 3) => avx2::gemm8_q8::<3>(w, nb, acts, out, ld),
+            (QKind::Q8_0, 2) => avx2::gemm8_q8::<2>(w, nb, acts, out, ld),
+            (QKind::Q8_0, 1) => avx2::gemm8_q8::<1>(w, nb, acts, out, ld),
+            (_, 4) => avx2::gemm8_q4::<4>(w, nb, acts, out, ld),
+            (_, 3) => avx2::gemm8_q4::<3>(w, nb, acts, out, ld),
+            (_, 2) => avx2::gemm8_q4::<2>(w, nb, acts, out, ld),
+            (_, 1) => avx2::gemm8_q4::<1>(w, nb, acts, out, ld),
+            _ => unreachable!("groups of at most 4 rows"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("matrices are interleaved only where the AVX2 kernel runs")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -380,6 +544,88 @@ mod avx2 {
             }
         }
         (hsum(acc[0]) + offs[0], hsum(acc[1]) + offs[1])
+    }
+
+    /// See [`super::gemm8`]; Q4_0 and Q4_1 (`m = −8d` for Q4_0).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+    pub unsafe fn gemm8_q4<const R: usize>(
+        w: *const u8,
+        nb: usize,
+        acts: &[ActRow],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let blk = w.add(b * 160);
+            // Eight nibble×byte products summed in i16: at most 8 · 2 · 15 · 127 = 30 480.
+            let mut isum = [_mm256_setzero_si256(); R];
+            for g in 0..4 {
+                let p = _mm256_loadu_si256(blk.add(32 + 32 * g) as *const __m256i);
+                let lo = _mm256_and_si256(p, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), mask);
+                for i in 0..R {
+                    let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
+                    let alo = _mm256_set1_epi32(a.add(g).read_unaligned());
+                    let ahi = _mm256_set1_epi32(a.add(4 + g).read_unaligned());
+                    isum[i] = _mm256_add_epi16(isum[i], _mm256_maddubs_epi16(lo, alo));
+                    isum[i] = _mm256_add_epi16(isum[i], _mm256_maddubs_epi16(hi, ahi));
+                }
+            }
+            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let m8 = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+            for i in 0..R {
+                let a = acts.get_unchecked(i);
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum[i], ones));
+                let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+                acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(d8, da), acc[i]);
+                acc[i] = _mm256_fmadd_ps(m8, _mm256_set1_ps(*a.s.get_unchecked(b)), acc[i]);
+            }
+        }
+        for (i, v) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(i * ld), *v);
+        }
+    }
+
+    /// See [`super::gemm8`]; Q8_0.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+    pub unsafe fn gemm8_q8<const R: usize>(
+        w: *const u8,
+        nb: usize,
+        acts: &[ActRow],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let blk = w.add(b * 272);
+            let mut isum = [_mm256_setzero_si256(); R];
+            for g in 0..8 {
+                let q = _mm256_loadu_si256(blk.add(16 + 32 * g) as *const __m256i);
+                // maddubs wants unsigned × signed: |q| × (a with q's sign).
+                let q_abs = _mm256_sign_epi8(q, q);
+                for i in 0..R {
+                    let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
+                    let a4 = _mm256_sign_epi8(_mm256_set1_epi32(a.add(g).read_unaligned()), q);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, a4), ones);
+                    isum[i] = _mm256_add_epi32(isum[i], p);
+                }
+            }
+            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for i in 0..R {
+                let da = _mm256_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+                let p = _mm256_cvtepi32_ps(isum[i]);
+                acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(d8, da), acc[i]);
+            }
+        }
+        for (i, v) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(i * ld), *v);
+        }
     }
 
     #[inline(always)]
@@ -499,6 +745,13 @@ mod tests {
         (ours, deq)
     }
 
+    /// The GGUF bytes [`weight`] quantizes from the same seed.
+    fn rows_of(t: GgmlDType, rows: usize, cols: usize) -> Vec<u8> {
+        let w = Tensor::from_vec(random(rows * cols, 7), (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, t).unwrap();
+        q.data().unwrap().into_owned()
+    }
+
     fn dense(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
@@ -518,14 +771,19 @@ mod tests {
 
     #[test]
     fn every_format_matches_the_dequantized_matmul() {
-        // m = 7 exercises groups of 4 and a remainder of 3, m = 1 the paired-rows decode path;
-        // n = 71 exercises uneven thread chunks and an odd row left after the pairs.
-        for (t, m) in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0]
+        // m = 7 exercises groups of 4 and a remainder of 3, m = 1 the single-row paths;
+        // n = 71 stays row-major (uneven thread chunks, an odd row left after the pairs),
+        // n = 72 is interleaved where the CPU has AVX2.
+        for (t, m, n) in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0]
             .into_iter()
-            .flat_map(|t| [(t, 7), (t, 1)])
+            .flat_map(|t| [(t, 7, 71), (t, 1, 71), (t, 7, 72), (t, 1, 72)])
         {
-            let (n, k) = (71, 256);
+            let k = 256;
             let (w, deq) = weight(t, n, k);
+            assert_eq!(
+                matches!(w.layout, Layout::Interleaved8(_)),
+                n % 8 == 0 && simd_available()
+            );
             let x = random(m * k, 3);
             let mut out = vec![0f32; m * n];
             matmul(&w, &x, m, &mut out);
@@ -543,15 +801,17 @@ mod tests {
             return;
         }
         for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            // Enough rows and blocks to take the parallel path and several row tiles; and one
-            // row (the paired decode kernel) over an odd number of weight rows.
-            for (m, n) in [(133, 96), (1, 1537)] {
+            // Enough rows and blocks to take the parallel path and several row tiles (both
+            // layouts); one row over an odd number of weight rows (the paired decode kernel)
+            // and over an interleaved matrix.
+            for (m, n) in [(133, 96), (133, 97), (1, 1537), (1, 1536)] {
                 let k = 576;
                 let (w, _) = weight(t, n, k);
+                let reference = QWeight::new_rows(w.kind, n, k, rows_of(t, n, k)).unwrap();
                 let x = random(m * k, 11);
                 let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
                 matmul(&w, &x, m, &mut fast);
-                matmul_with(&w, &x, m, &mut slow, dot_rows_scalar, None);
+                matmul_with(&reference, &x, m, &mut slow, dot_rows_scalar, None);
                 let err = max_rel(&fast, &slow);
                 assert!(err < 1e-5, "{t:?} m={m}: SIMD vs scalar {err}");
             }
@@ -560,19 +820,32 @@ mod tests {
 
     #[test]
     fn concatenated_rows_give_the_stacked_outputs() {
-        let (a, _) = weight(GgmlDType::Q4_1, 8, 64);
-        let (b, _) = weight(GgmlDType::Q4_1, 5, 64);
-        let ab = QWeight::concat_rows(&[&a, &b]).unwrap();
-        let x = random(3 * 64, 5);
-        let (mut ya, mut yb, mut yab) = (vec![0f32; 24], vec![0f32; 15], vec![0f32; 39]);
-        matmul(&a, &x, 3, &mut ya);
-        matmul(&b, &x, 3, &mut yb);
-        matmul(&ab, &x, 3, &mut yab);
-        for i in 0..3 {
-            assert_eq!(&yab[i * 13..i * 13 + 8], &ya[i * 8..i * 8 + 8]);
-            assert_eq!(&yab[i * 13 + 8..i * 13 + 13], &yb[i * 5..i * 5 + 5]);
+        // 8 + 16 rows: interleaved parts where the CPU has AVX2; 3 + 5 rows: row-major parts.
+        for (ra, rb) in [(8, 16), (3, 5)] {
+            let (a, _) = weight(GgmlDType::Q4_1, ra, 64);
+            let (b, _) = weight(GgmlDType::Q4_1, rb, 64);
+            let ab = QWeight::concat_rows(&[&a, &b]).unwrap();
+            let x = random(3 * 64, 5);
+            let (mut ya, mut yb) = (vec![0f32; 3 * ra], vec![0f32; 3 * rb]);
+            let mut yab = vec![0f32; 3 * (ra + rb)];
+            matmul(&a, &x, 3, &mut ya);
+            matmul(&b, &x, 3, &mut yb);
+            matmul(&ab, &x, 3, &mut yab);
+            let n = ra + rb;
+            for i in 0..3 {
+                assert_eq!(&yab[i * n..i * n + ra], &ya[i * ra..(i + 1) * ra]);
+                assert_eq!(&yab[i * n + ra..(i + 1) * n], &yb[i * rb..(i + 1) * rb]);
+            }
         }
+        let (a, _) = weight(GgmlDType::Q4_1, 8, 64);
         let (c, _) = weight(GgmlDType::Q8_0, 8, 64);
         assert!(QWeight::concat_rows(&[&a, &c]).is_none(), "formats differ");
+        if simd_available() {
+            let rows = QWeight::new_rows(QKind::Q4_1, 8, 64, rows_of(GgmlDType::Q4_1, 8, 64));
+            assert!(
+                QWeight::concat_rows(&[&a, &rows.unwrap()]).is_none(),
+                "layouts differ"
+            );
+        }
     }
 }
