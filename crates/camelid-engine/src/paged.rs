@@ -1,13 +1,14 @@
 //! Paged KV memory: `num_blocks * block_size` token slots per layer; each sequence owns a block
 //! table mapping its positions to slots. Two storages:
-//! - f32 on the CPU: a [`HostKvCache`] (slot-major `(slots, kv_heads, head_dim)`), read and
-//!   written in place by the model's CPU attention kernel through [`KvStore::host_paged`];
+//! - f32 models on the CPU: a [`HostKvCache`] (`[block][kv_head][slot][head_dim]`, f16 or f32
+//!   elements), read and written in place by the model's CPU attention kernel through
+//!   [`KvStore::host_paged`];
 //! - otherwise (CUDA, bf16/f16) one `(slots, kv_heads, head_dim)` tensor per layer for keys and
 //!   one for values (the same slot-major layout), written with `slice_set` and gathered per
 //!   sequence by [`KvStore::write_and_read`].
 
 use crate::blocks::{chain_hash, BlockId, BlockPool};
-use camelid_model::cpu_attention::{HostKvCache, HostPaged};
+use camelid_model::cpu_attention::{HostKvCache, HostPaged, KvDtype};
 use camelid_model::kv::KvStore;
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
@@ -24,6 +25,12 @@ enum Storage {
     Tensors { k: Vec<Tensor>, v: Vec<Tensor> },
 }
 
+/// Whether a model of this dtype on this device keeps K/V in a [`HostKvCache`] (the CPU
+/// attention kernel computes in f32; other dtypes take the tensor path).
+pub fn uses_host_memory(dtype: DType, device: &Device) -> bool {
+    device.is_cpu() && dtype == DType::F32
+}
+
 pub struct PagedKv {
     pub pool: BlockPool,
     pub seqs: HashMap<u64, SeqBlocks>,
@@ -31,6 +38,9 @@ pub struct PagedKv {
 }
 
 impl PagedKv {
+    /// `dtype` is the model's; `host_dtype` the element type when K/V live in host memory
+    /// (see [`uses_host_memory`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         layers: usize,
         kv_heads: usize,
@@ -38,11 +48,14 @@ impl PagedKv {
         num_blocks: usize,
         block_size: usize,
         dtype: DType,
+        host_dtype: KvDtype,
         device: &Device,
     ) -> Result<Self> {
         let slots = num_blocks * block_size;
-        let storage = if device.is_cpu() && dtype == DType::F32 {
-            Storage::Host(HostKvCache::new(layers, slots, kv_heads, head_dim))
+        let storage = if uses_host_memory(dtype, device) {
+            Storage::Host(HostKvCache::new(
+                layers, num_blocks, block_size, kv_heads, head_dim, host_dtype,
+            ))
         } else {
             let shape = (slots, kv_heads, head_dim);
             let mut k = Vec::with_capacity(layers);
@@ -182,20 +195,17 @@ impl KvStore for PagedKv {
                 for (pos, slot, n) in write {
                     for j in 0..n {
                         let i = pos - start_pos + j;
-                        let (kd, vd) = cache.slot_mut(layer, slot + j);
-                        kd.copy_from_slice(&k_rows[i * row..(i + 1) * row]);
-                        vd.copy_from_slice(&v_rows[i * row..(i + 1) * row]);
+                        let at = i * row..(i + 1) * row;
+                        cache.write_slot(layer, slot + j, &k_rows[at.clone()], &v_rows[at]);
                     }
                 }
-                let (mut k_all, mut v_all) = (
-                    Vec::with_capacity(total * row),
-                    Vec::with_capacity(total * row),
-                );
+                let (mut k_all, mut v_all) = (vec![0f32; total * row], vec![0f32; total * row]);
+                let mut i = 0;
                 for (_, slot, n) in read {
                     for j in 0..n {
-                        let (kd, vd) = cache.slot(layer, slot + j);
-                        k_all.extend_from_slice(kd);
-                        v_all.extend_from_slice(vd);
+                        let at = i * row..(i + 1) * row;
+                        cache.read_slot(layer, slot + j, &mut k_all[at.clone()], &mut v_all[at]);
+                        i += 1;
                     }
                 }
                 let dev = k.device();

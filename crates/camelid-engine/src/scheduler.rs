@@ -2,8 +2,9 @@
 //! decodes), runs the model, hands each sequence its logits.
 
 use crate::metrics::EngineMetrics as M;
-use crate::paged::PagedKv;
+use crate::paged::{uses_host_memory, PagedKv};
 use crate::{Event, Request, SubmitError, Usage};
+use camelid_model::cpu_attention::KvDtype;
 use camelid_model::generate::{FinishReason, SequenceDecoder};
 use camelid_model::sampling::token_logprob;
 use camelid_model::tokenizer::Tokenizer;
@@ -20,6 +21,11 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Tokens in one forward (prefill is chunked to fit).
     pub max_batch_tokens: usize,
+    /// Prefill tokens in a step that also carries decodes: running streams wait for the whole
+    /// step, so a small cap keeps their inter-token latency down while new prompts prefill in
+    /// more, smaller chunks (Sarathi-style). Steps without decodes use all of
+    /// `max_batch_tokens`.
+    pub max_prefill_tokens_while_decoding: usize,
     /// Positions per KV block.
     pub block_size: usize,
     /// KV memory for this model, in MiB (keys and values of every layer).
@@ -28,6 +34,9 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Exact number of KV blocks (overrides `kv_cache_mb`; tests use tiny pools).
     pub num_blocks: Option<usize>,
+    /// Element type of a host-memory KV cache (f32 models on the CPU); other storages use the
+    /// model's dtype.
+    pub host_kv_dtype: KvDtype,
 }
 
 impl Default for EngineConfig {
@@ -36,10 +45,12 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_running: 32,
             max_batch_tokens: 512,
+            max_prefill_tokens_while_decoding: 512,
             block_size: 16,
             kv_cache_mb: 512,
             prefix_caching: true,
             num_blocks: None,
+            host_kv_dtype: KvDtype::F16,
         }
     }
 }
@@ -51,12 +62,13 @@ impl EngineConfig {
             return n.max(1);
         }
         let c = lm.model.config();
-        let bytes_per_block = c.num_layers
-            * 2
-            * c.num_kv_heads
-            * c.head_dim
-            * self.block_size
-            * lm.model.dtype().size_in_bytes();
+        let element = if uses_host_memory(lm.model.dtype(), lm.model.device()) {
+            self.host_kv_dtype.size_in_bytes()
+        } else {
+            lm.model.dtype().size_in_bytes()
+        };
+        let bytes_per_block =
+            c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.block_size * element;
         ((self.kv_cache_mb << 20) / bytes_per_block.max(1)).max(1)
     }
 }
@@ -101,6 +113,7 @@ impl EngineHandle {
             num_blocks,
             cfg.block_size,
             lm.model.dtype(),
+            cfg.host_kv_dtype,
             lm.model.device(),
         )
         .expect("allocating the KV cache");
@@ -325,14 +338,21 @@ impl Engine {
         let mut preempted: Vec<usize> = vec![];
         let mut failed: Vec<(usize, String)> = vec![];
         // Decodes first: they keep streams flowing; prefill takes what budget is left.
-        let order: Vec<usize> = {
+        let (order, decodes) = {
             let (mut dec, mut pre): (Vec<usize>, Vec<usize>) = (0..self.running.len())
                 .partition(|&i| self.running[i].tokens.len() - self.running[i].cached == 1);
+            let decodes = dec.len();
             dec.append(&mut pre);
-            dec
+            (dec, decodes)
         };
-        for i in order {
-            if budget == 0 {
+        let mut prefill_budget = if decodes > 0 {
+            self.cfg.max_prefill_tokens_while_decoding.max(1)
+        } else {
+            usize::MAX
+        };
+        for (n, i) in order.into_iter().enumerate() {
+            let is_prefill = n >= decodes;
+            if budget == 0 || (is_prefill && prefill_budget == 0) {
                 break;
             }
             if preempted.contains(&i) {
@@ -342,7 +362,11 @@ impl Engine {
                 let s = &self.running[i];
                 (s.id, s.cached, s.tokens.len() - s.cached)
             };
-            let len = todo.min(budget);
+            let len = if is_prefill {
+                todo.min(budget).min(prefill_budget)
+            } else {
+                todo.min(budget)
+            };
             // Make room by preempting newer sequences not yet in this batch (the newest
             // first); the oldest sequence can always proceed, so nothing deadlocks.
             let mut fits = self.kv.reserve(id, cached + len);
@@ -387,6 +411,9 @@ impl Engine {
             batch.push(s.id, cached, &s.tokens[cached..end], want);
             members.push((i, rows, end));
             budget -= len;
+            if is_prefill {
+                prefill_budget -= len;
+            }
         }
         let mut done: Vec<u64> = failed
             .iter()

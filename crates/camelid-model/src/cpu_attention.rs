@@ -3,8 +3,11 @@
 //! call per layer. No per-sequence tensor ops, no gather of the cache: keys and values are read in
 //! place through the block tables.
 //!
-//! Cache layout (token-slot major): slot `s` of a layer holds `kv_heads · head_dim` keys at
-//! `k[s · kv_heads · head_dim ..]`, values likewise. Sequence position `p` lives in slot
+//! Cache layout (per layer, keys and values alike): block-major, then KV head, then slot in
+//! the block — `[block][kv_head][slot % block_size][head_dim]` (vLLM's layout). One attention
+//! task (one sequence, one KV head) thus reads `block_size · head_dim` contiguous values per
+//! block, which the hardware prefetcher streams; a slot-major row layout made it read 1/kv_heads
+//! of every row and waited on memory. Sequence position `p` lives in slot
 //! `table[p / block_size] · block_size + p % block_size`.
 //!
 //! The tensor path in [`crate::model`] (used with [`crate::kv::ContiguousKv`], on CUDA and for
@@ -13,49 +16,149 @@
 use crate::config::RopeStyle;
 use crate::model::SeqChunk;
 use crate::qgemm::OutPtr;
-use crate::vecmath::{self, Scalar, VecOps};
+use crate::vecmath::{self, KvElem, Scalar, VecOps};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-/// Keys and values of every layer in host memory, f32.
+/// Element type of a [`HostKvCache`]. F16 halves the bytes batched decode streams (and
+/// doubles the positions a given `--kv-cache-mb` holds) at ~3 significant digits per key and
+/// value, as llama.cpp's default cache; F32 is exact (the reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+/// One layer's keys and values in one element type.
+enum Planes {
+    F32(Vec<Vec<f32>>, Vec<Vec<f32>>),
+    F16(Vec<Vec<f16>>, Vec<Vec<f16>>),
+}
+
+/// Keys and values of every layer in host memory.
 pub struct HostKvCache {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub slots: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    pub block_size: usize,
+    planes: Planes,
+}
+
+/// A [`KvElem`] a [`HostKvCache`] can hold: gives the typed planes of a layer.
+trait CacheElem: KvElem {
+    fn planes(cache: &HostKvCache, layer: usize) -> (&[Self], &[Self]);
+}
+
+impl CacheElem for f32 {
+    fn planes(cache: &HostKvCache, layer: usize) -> (&[f32], &[f32]) {
+        match &cache.planes {
+            Planes::F32(k, v) => (&k[layer], &v[layer]),
+            Planes::F16(..) => unreachable!("dispatched on the cache's dtype"),
+        }
+    }
+}
+
+impl CacheElem for f16 {
+    fn planes(cache: &HostKvCache, layer: usize) -> (&[f16], &[f16]) {
+        match &cache.planes {
+            Planes::F16(k, v) => (&k[layer], &v[layer]),
+            Planes::F32(..) => unreachable!("dispatched on the cache's dtype"),
+        }
+    }
 }
 
 impl HostKvCache {
-    pub fn new(layers: usize, slots: usize, kv_heads: usize, head_dim: usize) -> Self {
+    /// `blocks · block_size` slots.
+    pub fn new(
+        layers: usize,
+        blocks: usize,
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: KvDtype,
+    ) -> Self {
+        let slots = blocks * block_size;
         let n = slots * kv_heads * head_dim;
+        let planes = match dtype {
+            KvDtype::F32 => Planes::F32(
+                (0..layers).map(|_| vec![0f32; n]).collect(),
+                (0..layers).map(|_| vec![0f32; n]).collect(),
+            ),
+            KvDtype::F16 => Planes::F16(
+                (0..layers).map(|_| vec![f16::ZERO; n]).collect(),
+                (0..layers).map(|_| vec![f16::ZERO; n]).collect(),
+            ),
+        };
         Self {
             kv_heads,
             head_dim,
             slots,
-            k: (0..layers).map(|_| vec![0f32; n]).collect(),
-            v: (0..layers).map(|_| vec![0f32; n]).collect(),
+            block_size,
+            planes,
         }
     }
 
-    fn row(&self) -> usize {
-        self.kv_heads * self.head_dim
+    /// Where head `head` of slot `slot` starts in a layer's plane.
+    #[inline]
+    pub fn head_offset(&self, slot: usize, head: usize) -> usize {
+        let (block, at) = (slot / self.block_size, slot % self.block_size);
+        ((block * self.kv_heads + head) * self.block_size + at) * self.head_dim
     }
 
-    /// Keys and values of `slot` at `layer` (each `kv_heads · head_dim` values).
-    pub fn slot(&self, layer: usize, slot: usize) -> (&[f32], &[f32]) {
-        let r = self.row();
-        (
-            &self.k[layer][slot * r..(slot + 1) * r],
-            &self.v[layer][slot * r..(slot + 1) * r],
-        )
+    pub fn dtype(&self) -> KvDtype {
+        match self.planes {
+            Planes::F32(..) => KvDtype::F32,
+            Planes::F16(..) => KvDtype::F16,
+        }
     }
 
-    pub fn slot_mut(&mut self, layer: usize, slot: usize) -> (&mut [f32], &mut [f32]) {
-        let r = self.row();
-        (
-            &mut self.k[layer][slot * r..(slot + 1) * r],
-            &mut self.v[layer][slot * r..(slot + 1) * r],
-        )
+    /// Stores the keys and values of `slot` at `layer` (each `kv_heads · head_dim` values,
+    /// head after head).
+    pub fn write_slot(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
+        let hd = self.head_dim;
+        for h in 0..self.kv_heads {
+            let at = self.head_offset(slot, h);
+            let (src_k, src_v) = (&k[h * hd..(h + 1) * hd], &v[h * hd..(h + 1) * hd]);
+            match &mut self.planes {
+                Planes::F32(ks, vs) => {
+                    ks[layer][at..at + hd].copy_from_slice(src_k);
+                    vs[layer][at..at + hd].copy_from_slice(src_v);
+                }
+                Planes::F16(ks, vs) => {
+                    ks[layer][at..at + hd].convert_from_f32_slice(src_k);
+                    vs[layer][at..at + hd].convert_from_f32_slice(src_v);
+                }
+            }
+        }
+    }
+
+    /// Reads the keys and values of `slot` at `layer` back as f32.
+    pub fn read_slot(&self, layer: usize, slot: usize, k: &mut [f32], v: &mut [f32]) {
+        let hd = self.head_dim;
+        for h in 0..self.kv_heads {
+            let at = self.head_offset(slot, h);
+            let (dst_k, dst_v) = (&mut k[h * hd..(h + 1) * hd], &mut v[h * hd..(h + 1) * hd]);
+            match &self.planes {
+                Planes::F32(ks, vs) => {
+                    dst_k.copy_from_slice(&ks[layer][at..at + hd]);
+                    dst_v.copy_from_slice(&vs[layer][at..at + hd]);
+                }
+                Planes::F16(ks, vs) => {
+                    ks[layer][at..at + hd].convert_to_f32_slice(dst_k);
+                    vs[layer][at..at + hd].convert_to_f32_slice(dst_v);
+                }
+            }
+        }
     }
 }
 
@@ -70,6 +173,12 @@ pub struct HostPaged<'a> {
 impl HostPaged<'_> {
     /// Every chunk's block table must cover the positions it writes.
     pub fn check(&self, chunks: &[SeqChunk]) -> Result<(), String> {
+        if self.block_size != self.cache.block_size {
+            return Err(format!(
+                "block tables of {} positions per block over a cache laid out in blocks of {}",
+                self.block_size, self.cache.block_size
+            ));
+        }
         if self.tables.len() != chunks.len() {
             return Err(format!(
                 "{} block tables for {} chunks",
@@ -167,6 +276,7 @@ pub fn paged_attention(
 
     // Rotated queries, and rotated keys + values written to their slots.
     let mut q = vec![0f32; n_tok * qw];
+    let mut k_rot = vec![0f32; kw];
     let mut t = 0;
     for (ci, c) in chunks.iter().enumerate() {
         for i in 0..c.len {
@@ -179,13 +289,12 @@ pub fn paged_attention(
             for head in qt.chunks_exact_mut(h.dim) {
                 rope(head, cs, sn, h.rope);
             }
-            let slot = kv.slot(ci, c.start_pos + i);
-            let (ks, vs) = kv.cache.slot_mut(layer, slot);
-            ks.copy_from_slice(row(&qkv.k, t, kw));
-            for head in ks.chunks_exact_mut(h.dim) {
+            k_rot.copy_from_slice(row(&qkv.k, t, kw));
+            for head in k_rot.chunks_exact_mut(h.dim) {
                 rope(head, cs, sn, h.rope);
             }
-            vs.copy_from_slice(row(&qkv.v, t, kw));
+            let slot = kv.slot(ci, c.start_pos + i);
+            kv.cache.write_slot(layer, slot, &k_rot, row(&qkv.v, t, kw));
             t += 1;
         }
     }
@@ -249,23 +358,29 @@ struct Task {
 fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
     #[cfg(target_arch = "x86_64")]
     if vecmath::avx2_available() {
-        // Safety: the CPU has AVX2 and FMA.
+        // Safety: the CPU has AVX2, FMA and F16C.
         unsafe { run_task_avx2(input, task, out) };
         return;
     }
-    attend::<Scalar>(input, task, out)
+    match input.kv.cache.dtype() {
+        KvDtype::F32 => attend::<Scalar, f32>(input, task, out),
+        KvDtype::F16 => attend::<Scalar, f16>(input, task, out),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_task_avx2(input: &TaskInput, task: &Task, out: OutPtr) {
-    attend::<vecmath::Avx2>(input, task, out)
+    match input.kv.cache.dtype() {
+        KvDtype::F32 => attend::<vecmath::Avx2, f32>(input, task, out),
+        KvDtype::F16 => attend::<vecmath::Avx2, f16>(input, task, out),
+    }
 }
 
 /// One task: scores against every visible key (each key read once for all the task's query
 /// rows), softmax, weighted sum of values; writes the task's own rows and heads of `out`.
 #[inline(always)]
-fn attend<V: VecOps>(input: &TaskInput, task: &Task, out: OutPtr) {
+fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {
     let (h, kv, layer) = (input.h, input.kv, input.layer);
     let Task {
         chunk: ci,
@@ -276,13 +391,16 @@ fn attend<V: VecOps>(input: &TaskInput, task: &Task, out: OutPtr) {
     } = *task;
     let c = &input.chunks[ci];
     let (qw, group) = (h.q * h.dim, h.q / h.kv);
+    let (k_plane, v_plane) = E::planes(kv.cache, layer);
+    // Where position p's head g starts in a plane.
+    let head_at = |p: usize| kv.cache.head_offset(kv.slot(ci, p), g);
     let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
                                    // Query vectors of this task: (query i, head j of the group) -> row (i - q0) * group + j.
     let nq = (q1 - q0) * group;
     let mut scores = vec![f32::NEG_INFINITY; nq * n_keys];
+    let mut widened = vec![0f32; h.dim];
     for p in 0..n_keys {
-        let (ks, _) = kv.cache.slot(layer, kv.slot(ci, p));
-        let key = &ks[g * h.dim..(g + 1) * h.dim];
+        let key = E::widen::<V>(&k_plane[head_at(p)..][..h.dim], &mut widened);
         // Queries before position p do not see it.
         let i_from = p.saturating_sub(c.start_pos).max(q0);
         for i in i_from..q1 {
@@ -307,8 +425,7 @@ fn attend<V: VecOps>(input: &TaskInput, task: &Task, out: OutPtr) {
     }
     let mut acc = vec![0f32; nq * h.dim];
     for p in 0..n_keys {
-        let (_, vs) = kv.cache.slot(layer, kv.slot(ci, p));
-        let value = &vs[g * h.dim..(g + 1) * h.dim];
+        let value = E::widen::<V>(&v_plane[head_at(p)..][..h.dim], &mut widened);
         let i_from = p.saturating_sub(c.start_pos).max(q0);
         for i in i_from..q1 {
             for j in 0..group {
@@ -375,12 +492,24 @@ mod tests {
             // Small heads, and SmolLM2's shape (9 query heads over 3 KV heads of 64).
             for (q, kv, dim) in [(6, 2, 8), (9, 3, 64)] {
                 let rope = style;
-                check_ragged_batch(Heads { q, kv, dim, rope });
+                for dtype in [KvDtype::F32, KvDtype::F16] {
+                    check_ragged_batch(Heads { q, kv, dim, rope }, dtype);
+                }
             }
         }
     }
 
-    fn check_ragged_batch(h: Heads) {
+    /// What storing a value in the cache keeps of it.
+    fn stored(v: f32, dtype: KvDtype) -> f32 {
+        match dtype {
+            KvDtype::F32 => v,
+            KvDtype::F16 => f16::from_f32(v).to_f32(),
+        }
+    }
+
+    /// The kernel against [`naive`] attention over the same stored (for f16: rounded) keys
+    /// and values.
+    fn check_ragged_batch(h: Heads, dtype: KvDtype) {
         let bs = 4;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         // Two sequences: one decoding at position 9 (9 tokens cached before), one prefilling
@@ -404,7 +533,7 @@ mod tests {
             },
         ];
         let kw = h.kv * h.dim;
-        let mut cache = HostKvCache::new(1, 14 * bs, h.kv, h.dim);
+        let mut cache = HostKvCache::new(1, 14, bs, h.kv, h.dim, dtype);
         // History (positions before start_pos), stored directly, already "rotated".
         type History = (Vec<Vec<f32>>, Vec<Vec<f32>>);
         let mut hist: Vec<History> = vec![];
@@ -414,11 +543,9 @@ mod tests {
                 let k: Vec<f32> = (0..kw).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let v: Vec<f32> = (0..kw).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let slot = tables[ci][p / bs] as usize * bs + p % bs;
-                let (kd, vd) = cache.slot_mut(0, slot);
-                kd.copy_from_slice(&k);
-                vd.copy_from_slice(&v);
-                ks.push(k);
-                vs.push(v);
+                cache.write_slot(0, slot, &k, &v);
+                ks.push(k.iter().map(|&x| stored(x, dtype)).collect());
+                vs.push(v.iter().map(|&x| stored(x, dtype)).collect());
             }
             hist.push((ks, vs));
         }
@@ -462,19 +589,26 @@ mod tests {
                 let mut kv_ = row(&qkv.k, t, kw).to_vec();
                 kv_.chunks_exact_mut(h.dim)
                     .for_each(|x| rope(x, cs, sn, h.rope));
-                hist[ci].0.push(kv_);
-                hist[ci].1.push(row(&qkv.v, t, kw).to_vec());
+                hist[ci]
+                    .0
+                    .push(kv_.iter().map(|&x| stored(x, dtype)).collect());
+                let v_row = row(&qkv.v, t, kw).iter();
+                hist[ci].1.push(v_row.map(|&x| stored(x, dtype)).collect());
                 // Causal: this query sees history and the chunk's tokens up to itself only.
                 let want = naive(&qv, &hist[ci].0, &hist[ci].1, c.start_pos + i, h);
                 let got = &out[t * h.q * h.dim..(t + 1) * h.q * h.dim];
                 for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() < 1e-5, "chunk {ci} token {i}: {a} vs {b}");
+                    let ok = (a - b).abs() < 1e-5;
+                    assert!(ok, "{dtype:?} chunk {ci} token {i}: {a} vs {b}");
                 }
                 t += 1;
             }
         }
         // The new keys landed in the right slots (rotated), e.g. sequence 2 position 26.
         let slot = tables[1][26 / bs] as usize * bs + 26 % bs;
-        assert_eq!(cache.slot(0, slot).0, hist[1].0[26].as_slice());
+        let (mut k, mut v) = (vec![0f32; kw], vec![0f32; kw]);
+        cache.read_slot(0, slot, &mut k, &mut v);
+        assert_eq!(k, hist[1].0[26]);
+        assert_eq!(v, hist[1].1[26]);
     }
 }

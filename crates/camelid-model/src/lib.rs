@@ -3,7 +3,7 @@
 //! - loading: [`loader`] (one entry point), [`gguf`], [`hf_folder`] (safetensors, PyTorch
 //!   `.bin`), [`hub`], [`registry`] (known models and the default-model fetch)
 //! - text: [`tokenizer`], [`template`], [`stream`] (incremental detokenization, stop strings)
-//! - math: [`config`], [`cpu_attention`] (paged attention over host memory, on [`vecmath`]), [`linear`] (over [`qgemm`], our own CPU quantized matmul), [`rope`], [`model`] (varlen forward), [`kv`] (KV storage
+//! - math: [`config`], [`cpu_attention`] (paged attention over host memory, on [`vecmath`]), [`linear`] (over [`qgemm`], our own CPU quantized matmul), [`rope`], [`fused`] (SiLU·mul), [`model`] (varlen forward), [`kv`] (KV storage
 //!   interface), [`sampling`]
 //! - tools: [`generate`] (single-sequence generation for CLI and tests), [`convert`]
 
@@ -13,6 +13,7 @@ pub mod cpu_attention;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod hf_folder;

@@ -162,9 +162,8 @@ impl Llama {
             let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_norm_eps)?;
             x = (x + attn(li, layer, &h)?)?;
             let h = rms_norm(&x, &layer.mlp_norm, self.cfg.rms_norm_eps)?;
-            let gu = layer.gate_up.forward(&h)?;
-            let g = candle_nn::ops::silu(&gu[0])?;
-            x = (x + layer.down.forward(&(g * &gu[1])?)?)?;
+            let act = crate::fused::silu_mul_joined(&layer.gate_up.forward_joined(&h)?)?;
+            x = (x + layer.down.forward(&act)?)?;
         }
         drop(attn);
         // Only the rows whose logits are wanted go through the final norm and lm_head.

@@ -72,6 +72,17 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
     if k == 0 {
         return vec![];
     }
+    if k == 1 {
+        // Greedy decoding: one scan, no index vector (a vocabulary is ~50–150k entries).
+        let best = (1..values.len()).fold(0, |b, i| {
+            if values[i].total_cmp(&values[b]).is_gt() {
+                i
+            } else {
+                b
+            }
+        });
+        return vec![best];
+    }
     let mut idx: Vec<usize> = (0..values.len()).collect();
     let cmp = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
     if k < idx.len() {
@@ -231,6 +242,16 @@ mod tests {
         });
         let b: Vec<_> = (0..20).map(|_| other.sample(&logits(), &[], &[])).collect();
         assert_ne!(a, b, "different seeds should give different draws");
+    }
+
+    #[test]
+    fn greedy_scan_agrees_with_the_sorted_selection() {
+        // Ties (the max appears twice) go to the lower index in both.
+        let v = [0.5f32, 2.0, -1.0, 2.0, 1.5, f32::NEG_INFINITY];
+        assert_eq!(top_k_indices(&v, 1), vec![1]);
+        assert_eq!(top_k_indices(&v, 3), vec![1, 3, 4]);
+        let l = logits();
+        assert_eq!(top_k_indices(&l, 1)[0], top_k_indices(&l, 2)[0]);
     }
 
     #[test]

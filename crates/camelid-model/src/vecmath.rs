@@ -5,6 +5,11 @@
 //! compiled with AVX2 enabled inside a `#[target_feature]` wrapper, so the helpers inline into
 //! it instead of costing a call per 64-value head. Why own `exp`: libm's `expf` is a call per
 //! score and was 8 % of a batched decode step.
+//!
+//! Keys and values may be stored as f16 ([`KvElem`]): half the bytes to stream per step, which
+//! is what batched decode attention is bound by; they are widened to f32 as they are read.
+
+use half::f16;
 
 /// The primitives; every slice length is the caller's head size (a multiple of 8 for the
 /// AVX2 flavour to use its fast path; any length works).
@@ -16,6 +21,46 @@ pub trait VecOps {
     fn scale(y: &mut [f32], a: f32);
     /// `r[i] = exp(r[i] − max)`; returns the sum.
     fn exp_shifted_sum(r: &mut [f32], max: f32) -> f32;
+    /// `out[i] = silu(gate[i]) · up[i]`, `silu(x) = x / (1 + e^−x)` (the LLaMA MLP).
+    fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]);
+    fn widen_f16(x: &[f16], out: &mut [f32]);
+}
+
+/// An element type of a KV cache: f32 or f16, computed with in f32 (widened on read).
+pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// `x` as f32: itself, or converted into `buf` (a key or value used by several queries
+    /// is widened once).
+    fn widen<'a, V: VecOps>(x: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn widen<'a, V: VecOps>(x: &'a [Self], _buf: &'a mut [f32]) -> &'a [f32] {
+        x
+    }
+}
+
+impl KvElem for f16 {
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn widen<'a, V: VecOps>(x: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        let buf = &mut buf[..x.len()];
+        V::widen_f16(x, buf);
+        buf
+    }
 }
 
 pub struct Scalar;
@@ -61,6 +106,20 @@ impl VecOps for Scalar {
         }
         sum
     }
+
+    #[inline(always)]
+    fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+
+    #[inline(always)]
+    fn widen_f16(x: &[f16], out: &mut [f32]) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = v.to_f32();
+        }
+    }
 }
 
 /// Whether [`Avx2`] may be used on this CPU.
@@ -69,7 +128,11 @@ pub fn avx2_available() -> bool {
     {
         use std::sync::OnceLock;
         static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        *OK.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -77,8 +140,8 @@ pub fn avx2_available() -> bool {
     }
 }
 
-/// AVX2 + FMA. Only call its methods from code compiled with those features (inside a
-/// `#[target_feature(enable = "avx2,fma")]` function) after [`avx2_available`] said yes.
+/// AVX2 + FMA + F16C. Only call its methods from code compiled with those features (inside a
+/// `#[target_feature(enable = "avx2,fma,f16c")]` function) after [`avx2_available`] said yes.
 #[cfg(target_arch = "x86_64")]
 pub struct Avx2;
 
@@ -94,9 +157,10 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// `exp(x)` to ~2 ulp for x ≤ 0 (Cephes' `expf`: x = n·ln2 + r, a degree-5 polynomial for
-    /// e^r, 2^n through the exponent bits). Inputs below −87.3 give 0 (the flush matters not:
-    /// softmax weights that small vanish in the sum).
+    /// `exp(x)` to a few ulp (Cephes' `expf`: x = n·ln2 + r, a degree-5 polynomial for e^r,
+    /// 2^n through the exponent bits). Inputs are clamped to [−87.3, 88.3]: below, results
+    /// are ~1e-38 instead of smaller (softmax weights that small vanish in the sum; SiLU of
+    /// such x is −0 either way); above, ~2e38 instead of infinity.
     #[inline(always)]
     pub unsafe fn exp(x: __m256) -> __m256 {
         let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
@@ -223,6 +287,50 @@ impl VecOps for Avx2 {
             s
         }
     }
+
+    #[inline(always)]
+    fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = out.len().min(gate.len()).min(up.len());
+        let (gp, up_, op) = (gate.as_ptr(), up.as_ptr(), out.as_mut_ptr());
+        // Safety: as in `dot`.
+        unsafe {
+            let one = _mm256_set1_ps(1.0);
+            let mut i = 0;
+            while i + 8 <= n {
+                let g = _mm256_loadu_ps(gp.add(i));
+                let e = avx2::exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
+                let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(op.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up_.add(i))));
+                i += 8;
+            }
+            while i < n {
+                let g = *gp.add(i);
+                *op.add(i) = g / (1.0 + (-g).exp()) * *up_.add(i);
+                i += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn widen_f16(x: &[f16], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = out.len().min(x.len());
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        // Safety: as in `dot`.
+        unsafe {
+            let mut i = 0;
+            while i + 8 <= n {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+                _mm256_storeu_ps(op.add(i), v);
+                i += 8;
+            }
+            while i < n {
+                *op.add(i) = (*xp.add(i)).to_f32();
+                i += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +338,7 @@ mod tests {
     use super::*;
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn exp_avx2(r: &mut [f32]) -> f32 {
         Avx2::exp_shifted_sum(r, 0.0)
     }
@@ -242,21 +350,24 @@ mod tests {
             eprintln!("no AVX2 here; nothing to compare");
             return;
         }
-        // Softmax's range: 0 down to far below the flush point, and a little above 0.
-        let xs: Vec<f32> = (0..20_000).map(|i| 2.0 - i as f32 * 0.005).collect();
+        // Softmax's range (0 down to below the clamp) and SiLU's (e^−x up to the clamp).
+        let xs: Vec<f32> = (0..37_600).map(|i| 88.0 - i as f32 * 0.005).collect();
         let mut ours = xs.clone();
-        let sum = unsafe { exp_avx2(&mut ours) };
+        unsafe { exp_avx2(&mut ours) };
         let mut worst = 0f64;
         for (x, e) in xs.iter().zip(&ours) {
             let want = (*x as f64).exp();
             if want > 1e-37 {
                 worst = worst.max(((*e as f64) - want).abs() / want);
             } else {
-                assert!(*e >= 0.0 && (*e as f64) < 1e-37, "exp({x}) = {e}");
+                assert!(*e >= 0.0 && (*e as f64) < 2e-37, "exp({x}) = {e}");
             }
         }
         assert!(worst < 1e-6, "max relative error {worst}");
+        // The sum over softmax's range (x ≤ 0), accumulated in f32 lanes.
+        let mut xs: Vec<f32> = (0..20_000).map(|i| -(i as f32) * 0.005).collect();
         let want_sum: f64 = xs.iter().map(|x| (*x as f64).exp()).sum();
+        let sum = unsafe { exp_avx2(&mut xs) };
         assert!((sum as f64 - want_sum).abs() / want_sum < 1e-6);
     }
 
@@ -266,19 +377,31 @@ mod tests {
         if !avx2_available() {
             return;
         }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn run(a: &[f32], b: &[f32], y: &mut [f32]) -> f32 {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn run(a: &[f32], b: &[f32], h: &[f16], y: &mut [f32]) -> f32 {
+            let mut s = vec![0f32; a.len()];
+            Avx2::silu_mul(a, b, &mut s);
+            Avx2::axpy(y, 1.0, &s);
             Avx2::axpy(y, 0.75, a);
             Avx2::scale(y, -1.5);
+            let mut w = vec![0f32; h.len()];
+            Avx2::widen_f16(h, &mut w);
+            Avx2::axpy(y, -0.25, &w);
             Avx2::dot(a, b)
         }
         // 67: the vector body and a scalar tail.
         let a: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..67).map(|i| (i as f32 * 0.11).cos()).collect();
+        let h: Vec<f16> = a.iter().map(|v| f16::from_f32(v * 3.0)).collect();
         let (mut y1, mut y2) = (b.clone(), b.clone());
-        let d1 = unsafe { run(&a, &b, &mut y1) };
+        let d1 = unsafe { run(&a, &b, &h, &mut y1) };
+        let mut s = vec![0f32; a.len()];
+        Scalar::silu_mul(&a, &b, &mut s);
+        Scalar::axpy(&mut y2, 1.0, &s);
         Scalar::axpy(&mut y2, 0.75, &a);
         Scalar::scale(&mut y2, -1.5);
+        let w: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+        Scalar::axpy(&mut y2, -0.25, &w);
         let d2 = Scalar::dot(&a, &b);
         assert!((d1 - d2).abs() < 1e-5, "{d1} vs {d2}");
         for (p, q) in y1.iter().zip(&y2) {

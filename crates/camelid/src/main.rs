@@ -1,10 +1,11 @@
 //! `camelid`: the command line. Each subcommand wires the library crates together.
 
 use anyhow::{Context, Result};
+use camelid_model::cpu_attention::KvDtype;
 use camelid_model::generate::{generate, GenerationParams};
 use camelid_model::loader::parse_dtype;
 use camelid_model::{LoadOptions, LoadedModel, Message, SamplingParams};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -222,6 +223,11 @@ struct ServeArgs {
     /// time-to-first-token and throughput (measured in benches/README.md).
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
+    /// Prefill tokens in a step that also decodes running streams (they wait for the whole
+    /// step): smaller keeps their inter-token latency low, larger gives new requests their
+    /// first token sooner. Default: 32 on the CPU, the step budget on CUDA.
+    #[arg(long)]
+    max_prefill_tokens_while_decoding: Option<usize>,
     /// KV cache memory per model, in MiB.
     #[arg(long, default_value_t = 512)]
     kv_cache_mb: usize,
@@ -231,6 +237,11 @@ struct ServeArgs {
     /// Turn automatic prefix caching off.
     #[arg(long)]
     no_prefix_caching: bool,
+    /// Element type of the CPU KV cache (f32 models on the CPU): f16 halves the memory batched
+    /// decode streams and doubles the positions `--kv-cache-mb` holds (llama.cpp's default);
+    /// f32 is exact. CUDA and bf16/f16 models keep K/V in the model's dtype.
+    #[arg(long, value_enum, default_value_t = KvCacheDtype::F16)]
+    kv_cache_dtype: KvCacheDtype,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -243,6 +254,12 @@ struct ServeArgs {
     device: String,
     #[arg(long)]
     revision: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KvCacheDtype {
+    F16,
+    F32,
 }
 
 #[derive(Args, Clone)]
@@ -501,6 +518,10 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
         };
         let lm = load(&margs)?;
         let lm_on_cpu = lm.model.device().is_cpu();
+        let step_tokens = a
+            .max_num_batched_tokens
+            .unwrap_or(if lm_on_cpu { 512 } else { 2048 })
+            .max(1);
         let name = name.unwrap_or_else(|| lm.name.clone());
         let mut aliases: Vec<String> = a
             .aliases
@@ -534,14 +555,19 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                 camelid_engine::EngineConfig {
                     max_waiting: a.max_concurrent.max(1),
                     max_running: a.max_num_seqs.max(1),
-                    max_batch_tokens: a
-                        .max_num_batched_tokens
-                        .unwrap_or(if lm_on_cpu { 512 } else { 2048 })
+                    max_batch_tokens: step_tokens,
+                    max_prefill_tokens_while_decoding: a
+                        .max_prefill_tokens_while_decoding
+                        .unwrap_or(if lm_on_cpu { 32 } else { step_tokens })
                         .max(1),
                     block_size: a.block_size.max(1),
                     kv_cache_mb: a.kv_cache_mb.max(1),
                     prefix_caching: !a.no_prefix_caching,
                     num_blocks: None,
+                    host_kv_dtype: match a.kv_cache_dtype {
+                        KvCacheDtype::F16 => KvDtype::F16,
+                        KvCacheDtype::F32 => KvDtype::F32,
+                    },
                 },
             ),
         };
