@@ -31,12 +31,17 @@ IDS=$(seq -s, 1 97 9000 | cut -d, -f1-90)
 export VOCAB=49152
 timeout 120 $PY benches/gpu/models.py logits "$M/smol" "$IDS" /tmp/ref.f32
 timeout 60 $BIN score --model "$M/smol" --device cuda --dtype bf16 --ids "$IDS" --out /tmp/cuda-bf16.f32
+# --paged: the serving path (engine's paged cache, prompt in two chunks) = camelid's CUDA kernels;
+# CAMELID_CUDA_KERNELS=0 gives candle's ops over the same paged cache.
+timeout 60 $BIN score --model "$M/smol" --device cuda --dtype bf16 --ids "$IDS" --paged --out /tmp/cuda-bf16-kernels.f32
+CAMELID_CUDA_KERNELS=0 timeout 60 $BIN score --model "$M/smol" --device cuda --dtype bf16 --ids "$IDS" --paged --out /tmp/cuda-bf16-candle-paged.f32
 timeout 120 $BIN score --model "$M/smol" --device cpu --dtype f32 --ids "$IDS" --out /tmp/cpu-f32.f32
-$PY benches/gpu/models.py compare /tmp/ref.f32 /tmp/cuda-bf16.f32 /tmp/cpu-f32.f32 | tee -a "$RES"
+$PY benches/gpu/models.py compare /tmp/ref.f32 /tmp/cuda-bf16.f32 /tmp/cuda-bf16-kernels.f32 /tmp/cuda-bf16-candle-paged.f32 /tmp/cpu-f32.f32 | tee -a "$RES"
 if [ -f /tmp/camelid-default.gguf ]; then
   timeout 60 $BIN score --model /tmp/camelid-default.gguf --device cpu --text "$(cat benches/gpu/prompt.txt)" --out /tmp/gguf-cpu.f32
   timeout 60 $BIN score --model /tmp/camelid-default.gguf --device cuda --text "$(cat benches/gpu/prompt.txt)" --out /tmp/gguf-cuda.f32
-  $PY benches/gpu/models.py compare /tmp/gguf-cpu.f32 /tmp/gguf-cuda.f32 | tee -a "$RES"
+  timeout 60 $BIN score --model /tmp/camelid-default.gguf --device cuda --text "$(cat benches/gpu/prompt.txt)" --paged --out /tmp/gguf-cuda-kernels.f32
+  $PY benches/gpu/models.py compare /tmp/gguf-cpu.f32 /tmp/gguf-cuda.f32 /tmp/gguf-cuda-kernels.f32 | tee -a "$RES"
 fi
 
 log "4. roofline: device-to-device bandwidth"

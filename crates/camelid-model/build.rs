@@ -8,7 +8,10 @@ use std::process::Command;
 const KERNELS: &[&str] = &["attention", "layers"];
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+    // Read at run time: a target dir shared by clones at different paths (CI's cache) may run a
+    // build-script binary compiled for another checkout, whose `env!` path is stale.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = PathBuf::from(manifest).join("../../kernels");
     println!("cargo:rerun-if-changed={}", dir.display());
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

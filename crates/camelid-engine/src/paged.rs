@@ -9,7 +9,7 @@
 
 use crate::blocks::{chain_hash, BlockId, BlockPool};
 use camelid_model::cpu_attention::{HostKvCache, HostPaged, KvDtype};
-use camelid_model::kv::KvStore;
+use camelid_model::kv::{DevicePaged, KvStore};
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
 
@@ -131,6 +131,21 @@ impl PagedKv {
         }
     }
 
+    /// The block tables of `seqs`, in order.
+    fn tables(&self, seqs: &[u64]) -> Result<Vec<Vec<u32>>> {
+        Self::tables_of(&self.seqs, seqs)
+    }
+
+    fn tables_of(all: &HashMap<u64, SeqBlocks>, seqs: &[u64]) -> Result<Vec<Vec<u32>>> {
+        seqs.iter()
+            .map(|s| {
+                all.get(s)
+                    .map(|b| b.table.clone())
+                    .ok_or_else(|| candle_core::Error::Msg(format!("sequence {s} has no blocks")))
+            })
+            .collect()
+    }
+
     fn slots(&self, seq: u64, from: usize, to: usize) -> Result<Vec<(usize, usize, usize)>> {
         // (position, slot, run length) runs of consecutive slots.
         let bs = self.block_size();
@@ -221,18 +236,26 @@ impl KvStore for PagedKv {
         }
     }
 
+    fn device_paged(&mut self, seqs: &[u64]) -> Result<Option<DevicePaged>> {
+        let Storage::Tensors { k, v } = &self.storage else {
+            return Ok(None);
+        };
+        if !k.first().is_some_and(|t| t.device().is_cuda()) {
+            return Ok(None);
+        }
+        Ok(Some(DevicePaged {
+            k: k.clone(),
+            v: v.clone(),
+            block_size: self.pool.block_size,
+            tables: self.tables(seqs)?,
+        }))
+    }
+
     fn host_paged(&mut self, seqs: &[u64]) -> Result<Option<HostPaged<'_>>> {
         let Storage::Host(cache) = &mut self.storage else {
             return Ok(None);
         };
-        let tables =
-            seqs.iter()
-                .map(|s| {
-                    self.seqs.get(s).map(|b| b.table.clone()).ok_or_else(|| {
-                        candle_core::Error::Msg(format!("sequence {s} has no blocks"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+        let tables = Self::tables_of(&self.seqs, seqs)?;
         Ok(Some(HostPaged {
             cache,
             block_size: self.pool.block_size,

@@ -392,15 +392,21 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
     let c = &input.chunks[ci];
     let (qw, group) = (h.q * h.dim, h.q / h.kv);
     let (k_plane, v_plane) = E::planes(kv.cache, layer);
-    // Where position p's head g starts in a plane.
-    let head_at = |p: usize| kv.cache.head_offset(kv.slot(ci, p), g);
     let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
-                                   // Query vectors of this task: (query i, head j of the group) -> row (i - q0) * group + j.
+                                   // Where position p's head g starts in a plane, block by block (no division per key).
+    let bs = kv.block_size;
+    let mut head_at = Vec::with_capacity(n_keys);
+    for (bi, &block) in kv.tables[ci].iter().enumerate().take(n_keys.div_ceil(bs)) {
+        let base = kv.cache.head_offset(block as usize * bs, g);
+        let in_block = bs.min(n_keys - bi * bs);
+        head_at.extend((0..in_block).map(|j| base + j * h.dim));
+    }
+    // Query vectors of this task: (query i, head j of the group) -> row (i - q0) * group + j.
     let nq = (q1 - q0) * group;
     let mut scores = vec![f32::NEG_INFINITY; nq * n_keys];
     let mut widened = vec![0f32; h.dim];
     for p in 0..n_keys {
-        let key = E::widen::<V>(&k_plane[head_at(p)..][..h.dim], &mut widened);
+        let key = E::widen::<V>(&k_plane[head_at[p]..][..h.dim], &mut widened);
         // Queries before position p do not see it.
         let i_from = p.saturating_sub(c.start_pos).max(q0);
         for i in i_from..q1 {
@@ -425,7 +431,7 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
     }
     let mut acc = vec![0f32; nq * h.dim];
     for p in 0..n_keys {
-        let value = E::widen::<V>(&v_plane[head_at(p)..][..h.dim], &mut widened);
+        let value = E::widen::<V>(&v_plane[head_at[p]..][..h.dim], &mut widened);
         let i_from = p.saturating_sub(c.start_pos).max(q0);
         for i in i_from..q1 {
             for j in 0..group {

@@ -1,4 +1,4 @@
-//! Fused element-wise ops for the CPU forward pass (f32): one pass over memory and one output
+//! Fused element-wise ops for the CPU forward pass (f32; CUDA uses `cuda_ops`' kernel): one pass over memory and one output
 //! allocation where candle would run several ops, each allocating and (for views) copying.
 
 use crate::vecmath::{self, Scalar, VecOps};
@@ -10,6 +10,10 @@ use rayon::prelude::*;
 pub fn silu_mul_joined(gate_up: &Tensor) -> Result<Tensor> {
     if gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 {
         return gate_up.contiguous()?.apply_op1_no_bwd(&SiluMul);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda_forward::silu_mul(gate_up) {
+        return out;
     }
     let last = gate_up.rank() - 1;
     let inter = gate_up.dim(last)? / 2;

@@ -25,6 +25,22 @@ pub trait KvStore {
     fn host_paged(&mut self, _seqs: &[u64]) -> Result<Option<HostPaged<'_>>> {
         Ok(None)
     }
+
+    /// The paged cache as device tensors, for the CUDA kernels (`None`: use
+    /// `write_and_read`). `seqs` lists the batch's chunks in order.
+    fn device_paged(&mut self, _seqs: &[u64]) -> Result<Option<DevicePaged>> {
+        Ok(None)
+    }
+}
+
+/// A paged KV cache in device memory: per layer one slot-major `(slots, kv_heads, head_dim)`
+/// tensor for keys and one for values (clones share the storage the kernels write in place),
+/// and each chunk's block table, in batch order.
+pub struct DevicePaged {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub block_size: usize,
+    pub tables: Vec<Vec<u32>>,
 }
 
 /// One growing contiguous K/V tensor pair per (sequence, layer). Writing at a position

@@ -11,6 +11,8 @@ pub mod config;
 pub mod convert;
 pub mod cpu_attention;
 #[cfg(feature = "cuda")]
+pub mod cuda_forward;
+#[cfg(feature = "cuda")]
 pub mod cuda_ops;
 pub mod error;
 pub mod fused;

@@ -135,6 +135,11 @@ impl Llama {
             .iter()
             .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
             .collect();
+        // CUDA with a paged device cache: our kernels (rope, cache write, paged attention).
+        #[cfg(feature = "cuda")]
+        let device = crate::cuda_forward::DeviceBatch::new(self, batch, kv)?;
+        #[cfg(not(feature = "cuda"))]
+        let device: Option<std::convert::Infallible> = None;
         // f32 on the CPU with a paged host cache: attention runs in place over the cache.
         let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
         let host = if self.device.is_cpu() && self.dtype == DType::F32 {
@@ -142,14 +147,20 @@ impl Llama {
         } else {
             None
         };
-        let mut attn: Box<AttentionFn> = match host {
-            Some(mut host) => {
+        let mut attn: Box<AttentionFn> = match (host, device) {
+            (Some(mut host), _) => {
                 let (cos, sin) = self.rope.cos_sin_rows(&spans);
                 Box::new(move |li, layer, h| {
                     self.attention_host(li, layer, h, batch, &cos, &sin, &mut host)
                 })
             }
-            None => {
+            #[cfg(feature = "cuda")]
+            (None, Some(device)) => {
+                Box::new(move |li, layer, h| device.attention(self, li, layer, h))
+            }
+            #[cfg(not(feature = "cuda"))]
+            (None, Some(never)) => match never {},
+            (None, None) => {
                 let (cos, sin) = self.rope.cos_sin(&spans, &self.device)?;
                 let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
                 let masks = self.causal_masks(batch)?;

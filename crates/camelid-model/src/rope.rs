@@ -58,6 +58,15 @@ impl Rope {
         }
     }
 
+    /// The inverse frequencies when they do not depend on the sequence length (every scaling
+    /// but dynamic NTK): what a kernel computing sin/cos from positions needs.
+    pub fn fixed_inv_freq(&self) -> Option<&[f32]> {
+        match self.scaling {
+            RopeScaling::Dynamic { .. } => None,
+            _ => Some(&self.inv_freq),
+        }
+    }
+
     /// Frequencies for a sequence whose total length is `seq_len` (only dynamic NTK scaling
     /// depends on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`).
     fn inv_freq_for(&self, seq_len: usize) -> std::borrow::Cow<'_, [f32]> {

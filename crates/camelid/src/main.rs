@@ -53,6 +53,10 @@ struct ScoreArgs {
     /// Output file.
     #[arg(long)]
     out: std::path::PathBuf,
+    /// Run through the serving engine's paged KV cache (block size 16, the prompt in two
+    /// chunks) instead of a contiguous one: the CPU kernel or, on CUDA, camelid's kernels.
+    #[arg(long)]
+    paged: bool,
 }
 
 #[derive(Args)]
@@ -225,7 +229,7 @@ struct ServeArgs {
     max_num_batched_tokens: Option<usize>,
     /// Prefill tokens in a step that also decodes running streams (they wait for the whole
     /// step): smaller keeps their inter-token latency low, larger gives new requests their
-    /// first token sooner. Default: 32 on the CPU, the step budget on CUDA.
+    /// first token sooner. Default: 64 on the CPU, the step budget on CUDA.
     #[arg(long)]
     max_prefill_tokens_while_decoding: Option<usize>,
     /// KV cache memory per model, in MiB.
@@ -367,13 +371,49 @@ fn run_score(a: ScoreArgs) -> Result<()> {
         (None, Some(t)) => lm.tokenizer.encode(t, true)?,
         (None, None) => anyhow::bail!("give --ids or --text"),
     };
-    let logits = lm.model.logits_all(&ids)?;
+    let logits = if a.paged {
+        paged_logits(&lm, &ids)?
+    } else {
+        lm.model.logits_all(&ids)?
+    };
     let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
     let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&a.out, bytes)?;
     let (rows, vocab) = logits.dims2()?;
     println!("{rows} positions x {vocab} logits -> {}", a.out.display());
     Ok(())
+}
+
+/// Every position's logits through `PagedKv` (f32 host cache on the CPU), the prompt in two
+/// chunks so the second reads the first's blocks.
+fn paged_logits(lm: &LoadedModel, ids: &[u32]) -> Result<candle_core::Tensor> {
+    use camelid_model::{ForwardBatch, LogitsWanted};
+    anyhow::ensure!(!ids.is_empty(), "no tokens to score");
+    let c = lm.model.config();
+    let bs = 16;
+    let mut kv = camelid_engine::paged::PagedKv::new(
+        c.num_layers,
+        c.num_kv_heads,
+        c.head_dim,
+        ids.len().div_ceil(bs),
+        bs,
+        lm.model.dtype(),
+        KvDtype::F32,
+        lm.model.device(),
+    )?;
+    kv.start(0, &[]);
+    anyhow::ensure!(kv.reserve(0, ids.len()), "KV pool too small");
+    let half = ids.len().div_ceil(2);
+    let mut parts = vec![];
+    for (start, chunk) in [(0, &ids[..half]), (half, &ids[half..])] {
+        if chunk.is_empty() {
+            continue;
+        }
+        let mut batch = ForwardBatch::default();
+        batch.push(0, start, chunk, LogitsWanted::All);
+        parts.push(lm.model.forward(&batch, &mut kv)?);
+    }
+    Ok(candle_core::Tensor::cat(&parts, 0)?)
 }
 
 fn load(m: &ModelArgs) -> Result<LoadedModel> {
@@ -558,7 +598,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                     max_batch_tokens: step_tokens,
                     max_prefill_tokens_while_decoding: a
                         .max_prefill_tokens_while_decoding
-                        .unwrap_or(if lm_on_cpu { 32 } else { step_tokens })
+                        .unwrap_or(if lm_on_cpu { 64 } else { step_tokens })
                         .max(1),
                     block_size: a.block_size.max(1),
                     kv_cache_mb: a.kv_cache_mb.max(1),

@@ -126,3 +126,43 @@ fn cli_errors_are_one_line_and_non_zero() {
         assert!(help.contains(flag), "serve --help lacks {flag}");
     }
 }
+
+/// `camelid score --paged` (the engine's paged cache, the prompt in two chunks: the CPU
+/// attention kernel here, camelid's kernels on CUDA) gives the contiguous path's logits.
+#[test]
+fn score_paged_matches_contiguous() {
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny-llama"
+    );
+    let dir = std::env::temp_dir().join(format!("camelid-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids = "1,15,27,3,49,42,7,64,5,18,33,2,71,40,11,9,23,57,6,70,12,38,4,60";
+    let read = |name: &str, paged: bool| -> Vec<f32> {
+        let out = dir.join(name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_camelid"));
+        cmd.args([
+            "score", "--model", model, "--dtype", "f32", "--ids", ids, "--out",
+        ])
+        .arg(&out);
+        if paged {
+            cmd.arg("--paged");
+        }
+        let r = cmd.output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        std::fs::read(&out)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let (plain, paged) = (read("plain.f32", false), read("paged.f32", true));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(plain.len(), paged.len());
+    assert!(plain.len() >= 24 * 2, "one row per position");
+    let diff = plain
+        .iter()
+        .zip(&paged)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-4, "paged vs contiguous logits differ by {diff}");
+}

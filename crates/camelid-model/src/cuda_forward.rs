@@ -1,0 +1,139 @@
+//! The CUDA attention path: camelid's own kernels ([`crate::cuda_ops`]) over the engine's paged
+//! device cache — rotary embedding in place, the K/V write through a slot mapping, and paged
+//! attention reading K/V through the block tables (no per-sequence ops, no gathers).
+//!
+//! Chosen by [`crate::model::Llama::forward`] on CUDA when the KV store offers
+//! [`KvStore::device_paged`] and the rotary frequencies are fixed; `CAMELID_CUDA_KERNELS=0`
+//! turns it off (candle's ops and the gathering tensor path, the reference).
+
+use crate::cuda_ops::{self, AttentionRows};
+use crate::kv::{DevicePaged, KvStore};
+use crate::model::{ForwardBatch, Layer, Llama};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+
+/// Whether our CUDA kernels are used (default yes; `CAMELID_CUDA_KERNELS=0` says no).
+pub fn kernels_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CAMELID_CUDA_KERNELS").map_or(true, |v| v != "0"))
+}
+
+/// Per-forward metadata on the device, shared by every layer.
+pub(crate) struct DeviceBatch {
+    cache: DevicePaged,
+    rows: AttentionRows,
+    /// Slot of every token (i64).
+    slot_mapping: Tensor,
+    /// Position of every token (u32).
+    positions: Tensor,
+    inv_freq: Tensor,
+}
+
+impl DeviceBatch {
+    /// `None` when this model/store/device does not take the kernel path.
+    pub(crate) fn new(
+        model: &Llama,
+        batch: &ForwardBatch,
+        kv: &mut dyn KvStore,
+    ) -> Result<Option<Self>> {
+        let dev = model.device();
+        if !dev.is_cuda() || !kernels_enabled() {
+            return Ok(None);
+        }
+        let Some(inv_freq) = model.rope.fixed_inv_freq() else {
+            return Ok(None);
+        };
+        let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
+        let Some(cache) = kv.device_paged(&seqs)? else {
+            return Ok(None);
+        };
+        let bs = cache.block_size;
+        let (mut slots, mut positions, mut row_seq, mut row_ctx) = (vec![], vec![], vec![], vec![]);
+        let mut max_ctx = 0;
+        for (ci, (c, table)) in batch.chunks.iter().zip(&cache.tables).enumerate() {
+            let end = c.start_pos + c.len;
+            if table.len() * bs < end {
+                return Err(Error::Invalid(format!(
+                    "sequence {}: blocks cover {} positions, batch needs {end}",
+                    c.seq,
+                    table.len() * bs
+                )));
+            }
+            for p in c.start_pos..end {
+                slots.push(table[p / bs] as i64 * bs as i64 + (p % bs) as i64);
+                positions.push(p as u32);
+                row_seq.push(ci as u32);
+                row_ctx.push(p as u32 + 1);
+            }
+            max_ctx = max_ctx.max(end);
+        }
+        let max_blocks = cache.tables.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut tables = vec![0u32; cache.tables.len() * max_blocks];
+        for (row, t) in tables.chunks_mut(max_blocks).zip(&cache.tables) {
+            row[..t.len()].copy_from_slice(t);
+        }
+        let rows = AttentionRows {
+            row_seq: Tensor::new(row_seq.as_slice(), dev)?,
+            row_ctx: Tensor::new(row_ctx.as_slice(), dev)?,
+            block_tables: Tensor::from_vec(tables, (cache.tables.len(), max_blocks), dev)?,
+            max_ctx,
+            block_size: bs,
+        };
+        Ok(Some(Self {
+            rows,
+            slot_mapping: Tensor::new(slots.as_slice(), dev)?,
+            positions: Tensor::new(positions.as_slice(), dev)?,
+            inv_freq: Tensor::new(inv_freq, dev)?,
+            cache,
+        }))
+    }
+
+    /// One layer's attention block: QKV projection, rope, cache write, paged attention, output
+    /// projection.
+    pub(crate) fn attention(
+        &self,
+        model: &Llama,
+        li: usize,
+        layer: &Layer,
+        h: &Tensor,
+    ) -> Result<Tensor> {
+        let cfg = model.config();
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let (qw, kw) = (nh * hd, nkv * hd);
+        let n_tok = h.dims2()?.0;
+        let qkv = layer.qkv.forward_joined(h)?;
+        let q = qkv
+            .narrow(1, 0, qw)?
+            .contiguous()?
+            .reshape((n_tok, nh, hd))?;
+        let k = qkv
+            .narrow(1, qw, kw)?
+            .contiguous()?
+            .reshape((n_tok, nkv, hd))?;
+        let v = qkv.narrow(1, qw + kw, kw)?.contiguous()?;
+        let interleaved = cfg.rope_style == crate::config::RopeStyle::Interleaved;
+        cuda_ops::rope_inplace(&q, &self.positions, &self.inv_freq, interleaved)?;
+        cuda_ops::rope_inplace(&k, &self.positions, &self.inv_freq, interleaved)?;
+        let (kc, vc) = (&self.cache.k[li], &self.cache.v[li]);
+        if kc.dtype() != q.dtype() {
+            return Err(Error::Invalid(format!(
+                "KV cache is {:?}, activations {:?}",
+                kc.dtype(),
+                q.dtype()
+            )));
+        }
+        cuda_ops::cache_write(kc, &k.reshape((n_tok, kw))?, &self.slot_mapping)?;
+        cuda_ops::cache_write(vc, &v, &self.slot_mapping)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let o = cuda_ops::paged_attention(&q, kc, vc, &self.rows, scale)?;
+        Ok(layer.o.forward(&o.reshape((n_tok, qw))?)?)
+    }
+}
+
+/// `silu(gate) · up` with our kernel, when it applies.
+pub fn silu_mul(gate_up: &Tensor) -> Option<candle_core::Result<Tensor>> {
+    let ok = gate_up.device().is_cuda()
+        && kernels_enabled()
+        && matches!(gate_up.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    ok.then(|| cuda_ops::silu_mul(&gate_up.contiguous()?))
+}
