@@ -58,32 +58,42 @@ pub struct QWeight {
 
 /// How a [`QWeight`]'s blocks are laid out in memory.
 ///
-/// `Interleaved8` is GGML's "repack" idea: rows `8g..8g+8` are stored together, block by block,
-/// so that one 32-byte load holds four consecutive values of each of the eight rows. A
-/// broadcast of four activation bytes then multiplies all eight rows at once and the eight
-/// sums land in the eight lanes of one register, with the eight row scales in one vector: no
-/// horizontal sums, one scale multiply per block for eight rows. Per group and 32-value block:
-/// - Q4_0 / Q4_1: `d[8]` f16, `m[8]` f16 (Q4_0: `m = −8d`), then 4 × 32 bytes: bytes
+/// `Interleaved` is GGML's "repack" idea: rows `G·i..G·i+G` (G = 8 for AVX2, 16 for AVX-512's
+/// wider registers) are stored together, block by block, so that one 4G-byte load holds four
+/// consecutive values of each of the G rows. A broadcast of four activation bytes then
+/// multiplies all G rows at once and the G sums land in the lanes of one register, with the
+/// G row scales in one vector: no horizontal sums, one scale multiply per block for G rows.
+/// Per group and 32-value block:
+/// - Q4_0 / Q4_1: `d[G]` f16, `m[G]` f16 (Q4_0: `m = −8d`), then 4 × 4G bytes: bytes
 ///   `4r..4r+4` of vector `g` are row `r`'s `qs[4g..4g+4]` (low nibbles: values `4g..4g+4`,
-///   high nibbles: values `16+4g..16+4g+4`) — 160 bytes, as many as eight GGUF blocks;
-/// - Q8_0: `d[8]` f16, then 8 × 32 bytes: row `r`'s values `4g..4g+4` at `4r` of vector `g`.
+///   high nibbles: values `16+4g..16+4g+4`) — 20G bytes, as many as G GGUF blocks;
+/// - Q8_0 (G = 8 only): `d[8]` f16, then 8 × 32 bytes: row `r`'s values `4g..4g+4` at `4r` of
+///   vector `g`.
 #[derive(Debug, Clone)]
 enum Layout {
     Rows(Vec<u8>),
-    Interleaved8(Vec<u8>),
+    Interleaved { group: usize, data: Vec<u8> },
 }
 
-/// Rows per interleaved group.
-const GROUP: usize = 8;
-
 impl QKind {
-    /// Bytes of one 32-value block of an interleaved group of eight rows.
-    fn group_block_bytes(self) -> usize {
+    /// Bytes of one 32-value block of an interleaved group of `g` rows.
+    fn group_block_bytes(self, g: usize) -> usize {
         match self {
-            QKind::Q4_0 | QKind::Q4_1 => 32 + 128,
-            QKind::Q8_0 => 16 + 256,
+            QKind::Q4_0 | QKind::Q4_1 => 20 * g,
+            QKind::Q8_0 => 34 * g,
         }
     }
+}
+
+/// Rows per interleaved group on this CPU for this format (16 where AVX-512BW runs the Q4
+/// kernels, else 8).
+fn group_rows(kind: QKind) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if kind != QKind::Q8_0 && avx512::available() {
+        return 16;
+    }
+    let _ = kind;
+    8
 }
 
 impl QWeight {
@@ -106,48 +116,59 @@ impl QWeight {
         })
     }
 
-    /// The same matrix in the interleaved layout, when `rows` is a multiple of eight (and, for
-    /// Q4_0, every `−8d` fits an f16); otherwise unchanged.
+    /// The same matrix interleaved by groups of [`group_rows`] (or of 8, if that does not
+    /// divide `rows`), when `rows` is a multiple of eight (and, for Q4_0, every `−8d` fits an
+    /// f16); otherwise unchanged.
     fn interleaved(self) -> Self {
+        let mut g = group_rows(self.kind);
+        if !self.rows.is_multiple_of(g) {
+            g = 8;
+        }
+        self.interleaved_by(g)
+    }
+
+    fn interleaved_by(self, group: usize) -> Self {
         let Layout::Rows(data) = &self.layout else {
             return self;
         };
-        if !self.rows.is_multiple_of(GROUP) {
+        if !self.rows.is_multiple_of(group) {
             return self;
         }
         let (kind, nb, bb) = (self.kind, self.cols / BLOCK, self.kind.block_bytes());
-        let gbb = kind.group_block_bytes();
+        let gbb = kind.group_block_bytes(group);
         let row_bytes = nb * bb;
-        let mut out = vec![0u8; self.rows / GROUP * nb * gbb];
+        // Offsets inside one group block: scales d, offsets m (Q4), the quant vectors.
+        let (m_at, qs_at) = (2 * group, if kind == QKind::Q8_0 { 2 } else { 4 } * group);
+        let mut out = vec![0u8; self.rows / group * nb * gbb];
         for (gi, dst_group) in out.chunks_exact_mut(nb * gbb).enumerate() {
             for (b, dst) in dst_group.chunks_exact_mut(gbb).enumerate() {
-                for r in 0..GROUP {
-                    let src = &data[(gi * GROUP + r) * row_bytes + b * bb..][..bb];
+                for r in 0..group {
+                    let src = &data[(gi * group + r) * row_bytes + b * bb..][..bb];
                     dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
-                    let (qs, qs_at) = match kind {
+                    let qs = match kind {
                         QKind::Q4_1 => {
-                            dst[16 + 2 * r..18 + 2 * r].copy_from_slice(&src[2..4]);
-                            (&src[4..20], 32)
+                            dst[m_at + 2 * r..m_at + 2 * r + 2].copy_from_slice(&src[2..4]);
+                            &src[4..20]
                         }
                         QKind::Q4_0 => {
                             let m = f16::from_f32(-8.0 * f16_at(src, 0));
                             if !m.is_finite() {
                                 return self;
                             }
-                            dst[16 + 2 * r..18 + 2 * r].copy_from_slice(&m.to_le_bytes());
-                            (&src[2..18], 32)
+                            dst[m_at + 2 * r..m_at + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+                            &src[2..18]
                         }
-                        QKind::Q8_0 => (&src[2..34], 16),
+                        QKind::Q8_0 => &src[2..34],
                     };
                     for (g, four) in qs.chunks_exact(4).enumerate() {
-                        let at = qs_at + 32 * g + 4 * r;
+                        let at = qs_at + 4 * group * g + 4 * r;
                         dst[at..at + 4].copy_from_slice(four);
                     }
                 }
             }
         }
         Self {
-            layout: Layout::Interleaved8(out),
+            layout: Layout::Interleaved { group, data: out },
             ..self
         }
     }
@@ -167,21 +188,20 @@ impl QWeight {
 
     fn bytes(&self) -> &[u8] {
         match &self.layout {
-            Layout::Rows(d) | Layout::Interleaved8(d) => d,
+            Layout::Rows(d) | Layout::Interleaved { data: d, .. } => d,
         }
     }
 
     /// Stacks weights with the same format, width and layout (fused QKV, gate+up): one
     /// matmul, one activation quantization, instead of several. Both layouts stack by plain
-    /// concatenation (interleaved groups never straddle two parts).
+    /// concatenation (interleaved groups never straddle two parts). `None` when formats or
+    /// layouts differ (the caller then keeps separate matmuls).
     pub fn concat_rows(parts: &[&QWeight]) -> Option<QWeight> {
         let first = parts.first()?;
-        let same_layout = |p: &&QWeight| {
-            matches!(
-                (&p.layout, &first.layout),
-                (Layout::Rows(_), Layout::Rows(_))
-                    | (Layout::Interleaved8(_), Layout::Interleaved8(_))
-            )
+        let same_layout = |p: &&QWeight| match (&p.layout, &first.layout) {
+            (Layout::Rows(_), Layout::Rows(_)) => true,
+            (Layout::Interleaved { group: a, .. }, Layout::Interleaved { group: b, .. }) => a == b,
+            _ => false,
         };
         if parts
             .iter()
@@ -195,7 +215,7 @@ impl QWeight {
             .collect();
         let layout = match first.layout {
             Layout::Rows(_) => Layout::Rows(data),
-            Layout::Interleaved8(_) => Layout::Interleaved8(data),
+            Layout::Interleaved { group, .. } => Layout::Interleaved { group, data },
         };
         Some(QWeight {
             kind: first.kind,
@@ -371,8 +391,9 @@ fn matmul_with(
     let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
     let ptr = OutPtr(out.as_mut_ptr());
     let blocks = m * n * (w.cols / BLOCK);
-    if let Layout::Interleaved8(data) = &w.layout {
-        let group_bytes = w.cols / BLOCK * w.kind.group_block_bytes();
+    if let Layout::Interleaved { group, data } = &w.layout {
+        let group = *group;
+        let group_bytes = w.cols / BLOCK * w.kind.group_block_bytes(group);
         let work = |g0: usize, g1: usize| {
             for (t, tile_rows) in rows.chunks(ROW_TILE).enumerate() {
                 for gi in g0..g1 {
@@ -381,12 +402,13 @@ fn matmul_with(
                         let i0 = t * ROW_TILE + q * 4;
                         // Safety: rows i0..i0 + quad.len() < m, columns 8gi..8gi + 8 ≤ n, and
                         // each task owns groups g0..g1.
-                        unsafe { gemm8(w.kind, wg, quad, ptr.at(i0 * n + gi * GROUP), n) };
+                        let out = ptr.at(i0 * n + gi * group);
+                        unsafe { gemm_group(w.kind, group, wg, quad, out, n) };
                     }
                 }
             }
         };
-        run_split(n / GROUP, blocks, work);
+        run_split(n / group, blocks, work);
         return;
     }
     let work = |r0: usize, r1: usize| {
@@ -443,34 +465,110 @@ fn run_split(units: usize, blocks: usize, work: impl Fn(usize, usize) + Sync) {
         .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(units)));
 }
 
-/// One interleaved group of eight weight rows times up to four activation rows: writes
-/// `out[i · ld + 0..8]` for activation row `i`.
+/// One interleaved group of `group` weight rows times up to four activation rows: writes
+/// `out[i · ld + 0..group]` for activation row `i`.
 ///
 /// # Safety
 /// `wg` is one whole group of `w.cols / 32` interleaved blocks of `kind`, the activation rows
-/// are that wide, and `out` is valid for those writes.
-unsafe fn gemm8(kind: QKind, wg: &[u8], acts: &[ActRow], out: *mut f32, ld: usize) {
-    let nb = wg.len() / kind.group_block_bytes();
+/// are that wide, `out` is valid for those writes, and the group size is one this CPU's
+/// kernels were chosen for ([`group_rows`]).
+unsafe fn gemm_group(
+    kind: QKind,
+    group: usize,
+    wg: &[u8],
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let nb = wg.len() / kind.group_block_bytes(group);
     debug_assert!(acts
         .iter()
         .all(|a| a.qs.len() >= nb * BLOCK && a.d.len() >= nb));
     #[cfg(target_arch = "x86_64")]
     {
         let w = wg.as_ptr();
-        match (kind, acts.len()) {
-            (QKind::Q8_0, 4) => avx2::gemm8_q8::<4>(w, nb, acts, out, ld),
-            (QKind::Q8_0, 3) => avx2::gemm8_q8::<3>(w, nb, acts, out, ld),
-            (QKind::Q8_0, 2) => avx2::gemm8_q8::<2>(w, nb, acts, out, ld),
-            (QKind::Q8_0, 1) => avx2::gemm8_q8::<1>(w, nb, acts, out, ld),
-            (_, 4) => avx2::gemm8_q4::<4>(w, nb, acts, out, ld),
-            (_, 3) => avx2::gemm8_q4::<3>(w, nb, acts, out, ld),
-            (_, 2) => avx2::gemm8_q4::<2>(w, nb, acts, out, ld),
-            (_, 1) => avx2::gemm8_q4::<1>(w, nb, acts, out, ld),
-            _ => unreachable!("groups of at most 4 rows"),
+        match (group, kind, acts.len()) {
+            (16, QKind::Q8_0, _) => unreachable!("Q8_0 groups are 8 rows"),
+            (16, _, 4) => avx512::gemm16_q4::<4>(w, nb, acts, out, ld),
+            (16, _, 3) => avx512::gemm16_q4::<3>(w, nb, acts, out, ld),
+            (16, _, 2) => avx512::gemm16_q4::<2>(w, nb, acts, out, ld),
+            (16, _, 1) => avx512::gemm16_q4::<1>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 4) => avx2::gemm8_q8::<4>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 3) => avx2::gemm8_q8::<3>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 2) => avx2::gemm8_q8::<2>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 1) => avx2::gemm8_q8::<1>(w, nb, acts, out, ld),
+            (8, _, 4) => avx2::gemm8_q4::<4>(w, nb, acts, out, ld),
+            (8, _, 3) => avx2::gemm8_q4::<3>(w, nb, acts, out, ld),
+            (8, _, 2) => avx2::gemm8_q4::<2>(w, nb, acts, out, ld),
+            (8, _, 1) => avx2::gemm8_q4::<1>(w, nb, acts, out, ld),
+            _ => unreachable!("groups of 8 or 16 rows, at most 4 activation rows"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("matrices are interleaved only where the AVX2 kernel runs")
+}
+
+/// The 16-row Q4 kernel (AVX-512BW: twice the lanes of AVX2 per instruction).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{ActRow, BLOCK};
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    pub fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            // CAMELID_NO_AVX512=1 keeps the AVX2 kernels (to compare them on one machine).
+            std::env::var("CAMELID_NO_AVX512").map_or(true, |v| v != "1")
+                && super::avx2::available()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+        })
+    }
+
+    /// See [`super::gemm_group`]; Q4_0 and Q4_1, 16-row groups (320 bytes per block).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+    pub unsafe fn gemm16_q4<const R: usize>(
+        w: *const u8,
+        nb: usize,
+        acts: &[ActRow],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        let mask = _mm512_set1_epi8(0x0F);
+        let ones = _mm512_set1_epi16(1);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nb {
+            let blk = w.add(b * 320);
+            // Eight nibble×byte products summed in i16: at most 8 · 2 · 15 · 127 = 30 480.
+            let mut isum = [_mm512_setzero_si512(); R];
+            for g in 0..4 {
+                let p = _mm512_loadu_si512(blk.add(64 + 64 * g) as *const _);
+                let lo = _mm512_and_si512(p, mask);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), mask);
+                for i in 0..R {
+                    let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
+                    let alo = _mm512_set1_epi32(a.add(g).read_unaligned());
+                    let ahi = _mm512_set1_epi32(a.add(4 + g).read_unaligned());
+                    isum[i] = _mm512_add_epi16(isum[i], _mm512_maddubs_epi16(lo, alo));
+                    isum[i] = _mm512_add_epi16(isum[i], _mm512_maddubs_epi16(hi, ahi));
+                }
+            }
+            let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+            let m16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
+            for i in 0..R {
+                let a = acts.get_unchecked(i);
+                let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(isum[i], ones));
+                let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+                acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
+                acc[i] = _mm512_fmadd_ps(m16, _mm512_set1_ps(*a.s.get_unchecked(b)), acc[i]);
+            }
+        }
+        for (i, v) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(i * ld), *v);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -546,7 +644,7 @@ mod avx2 {
         (hsum(acc[0]) + offs[0], hsum(acc[1]) + offs[1])
     }
 
-    /// See [`super::gemm8`]; Q4_0 and Q4_1 (`m = −8d` for Q4_0).
+    /// See [`super::gemm_group`]; Q4_0 and Q4_1 (`m = −8d` for Q4_0), 8-row groups.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
     pub unsafe fn gemm8_q4<const R: usize>(
@@ -590,7 +688,7 @@ mod avx2 {
         }
     }
 
-    /// See [`super::gemm8`]; Q8_0.
+    /// See [`super::gemm_group`]; Q8_0, 8-row groups.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
     pub unsafe fn gemm8_q8<const R: usize>(
@@ -781,7 +879,7 @@ mod tests {
             let k = 256;
             let (w, deq) = weight(t, n, k);
             assert_eq!(
-                matches!(w.layout, Layout::Interleaved8(_)),
+                matches!(w.layout, Layout::Interleaved { .. }),
                 n % 8 == 0 && simd_available()
             );
             let x = random(m * k, 3);
@@ -820,8 +918,9 @@ mod tests {
 
     #[test]
     fn concatenated_rows_give_the_stacked_outputs() {
-        // 8 + 16 rows: interleaved parts where the CPU has AVX2; 3 + 5 rows: row-major parts.
-        for (ra, rb) in [(8, 16), (3, 5)] {
+        // 16 + 32 rows: interleaved parts (groups of 16 or 8, per CPU); 8 + 24: groups of 8;
+        // 3 + 5 rows: row-major parts.
+        for (ra, rb) in [(16, 32), (8, 24), (3, 5)] {
             let (a, _) = weight(GgmlDType::Q4_1, ra, 64);
             let (b, _) = weight(GgmlDType::Q4_1, rb, 64);
             let ab = QWeight::concat_rows(&[&a, &b]).unwrap();
