@@ -393,70 +393,49 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
     let (qw, group) = (h.q * h.dim, h.q / h.kv);
     let (k_plane, v_plane) = E::planes(kv.cache, layer);
     let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
-                                   // Where position p's head g starts in a plane, block by block (no division per key).
-    let bs = kv.block_size;
-    let mut head_at = Vec::with_capacity(n_keys);
-    for (bi, &block) in kv.tables[ci].iter().enumerate().take(n_keys.div_ceil(bs)) {
-        let base = kv.cache.head_offset(block as usize * bs, g);
-        let in_block = bs.min(n_keys - bi * bs);
-        head_at.extend((0..in_block).map(|j| base + j * h.dim));
-    }
-    // Query vectors of this task: (query i, head j of the group) -> row (i - q0) * group + j.
-    let nq = (q1 - q0) * group;
-    let mut scores = vec![f32::NEG_INFINITY; nq * n_keys];
-    let mut widened = vec![0f32; h.dim];
-    for p in 0..n_keys {
-        let key = E::widen::<V>(&k_plane[head_at[p]..][..h.dim], &mut widened);
-        // Queries before position p do not see it.
-        let i_from = p.saturating_sub(c.start_pos).max(q0);
-        for i in i_from..q1 {
+    let d = h.dim;
+    SCRATCH.with_borrow_mut(|scratch| {
+        // This task's keys and values (head g, positions 0..n_keys), widened to f32 once into
+        // contiguous rows: every query row then streams them with register-blocked kernels.
+        let [keys, values, scores] = scratch;
+        for buf in [&mut *keys, &mut *values] {
+            buf.resize(n_keys * d, 0.0);
+        }
+        let bs = kv.block_size;
+        for (bi, &block) in kv.tables[ci].iter().enumerate().take(n_keys.div_ceil(bs)) {
+            let at = kv.cache.head_offset(block as usize * bs, g);
+            let len = bs.min(n_keys - bi * bs) * d;
+            let dst = bi * bs * d..bi * bs * d + len;
+            E::widen_into::<V>(&k_plane[at..at + len], &mut keys[dst.clone()]);
+            E::widen_into::<V>(&v_plane[at..at + len], &mut values[dst]);
+        }
+        scores.resize(n_keys, 0.0);
+        for i in q0..q1 {
             let t = first_tok + i;
+            // Causal: query i sees positions 0..=start_pos + i.
+            let visible = c.start_pos + i + 1;
             for j in 0..group {
                 let head = g * group + j;
-                let qv = &input.q[t * qw + head * h.dim..t * qw + (head + 1) * h.dim];
-                scores[((i - q0) * group + j) * n_keys + p] = V::dot(qv, key) * input.scale;
+                let qv = &input.q[t * qw + head * d..t * qw + (head + 1) * d];
+                let row = &mut scores[..visible];
+                V::dots(qv, keys, input.scale, row);
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let inv = 1.0 / V::exp_shifted_sum(row, max);
+                // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(t * qw + head * d), d) };
+                V::weighted_sum(row, values, dst);
+                V::scale(dst, inv);
             }
         }
-    }
-    // Softmax per query row over its visible positions; normalised at the end.
-    let mut inv_sum = vec![0f32; nq];
-    for i in q0..q1 {
-        let visible = c.start_pos + i + 1;
-        for j in 0..group {
-            let r = (i - q0) * group + j;
-            let row = &mut scores[r * n_keys..][..visible];
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            inv_sum[r] = 1.0 / V::exp_shifted_sum(row, max);
-        }
-    }
-    let mut acc = vec![0f32; nq * h.dim];
-    for p in 0..n_keys {
-        let value = E::widen::<V>(&v_plane[head_at[p]..][..h.dim], &mut widened);
-        let i_from = p.saturating_sub(c.start_pos).max(q0);
-        for i in i_from..q1 {
-            for j in 0..group {
-                let r = (i - q0) * group + j;
-                V::axpy(
-                    &mut acc[r * h.dim..(r + 1) * h.dim],
-                    scores[r * n_keys + p],
-                    value,
-                );
-            }
-        }
-    }
-    for i in q0..q1 {
-        let t = first_tok + i;
-        for j in 0..group {
-            let head = g * group + j;
-            let r = (i - q0) * group + j;
-            let row = &mut acc[r * h.dim..(r + 1) * h.dim];
-            V::scale(row, inv_sum[r]);
-            // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(out.at(t * qw + head * h.dim), h.dim) };
-            dst.copy_from_slice(row);
-        }
-    }
+    });
+}
+
+thread_local! {
+    /// Per-thread buffers of the attention tasks (widened keys, values, one score row): reused,
+    /// so long prompts do not allocate (and page-fault) fresh megabytes per task.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const {
+        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()])
+    };
 }
 
 #[cfg(test)]

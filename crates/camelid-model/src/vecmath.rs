@@ -24,15 +24,29 @@ pub trait VecOps {
     /// `out[i] = silu(gate[i]) · up[i]`, `silu(x) = x / (1 + e^−x)` (the LLaMA MLP).
     fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]);
     fn widen_f16(x: &[f16], out: &mut [f32]);
+    /// `out[p] = scale · (q · keys[p·d .. p·d + d])` for `p < out.len()`, `d = q.len()`.
+    fn dots(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        for (p, o) in out.iter_mut().enumerate() {
+            *o = scale * Self::dot(q, &keys[p * d..(p + 1) * d]);
+        }
+    }
+    /// `out = Σ_p w[p] · values[p·d .. p·d + d]`, `d = out.len()`.
+    fn weighted_sum(w: &[f32], values: &[f32], out: &mut [f32]) {
+        let d = out.len();
+        out.fill(0.0);
+        for (p, &wp) in w.iter().enumerate() {
+            Self::axpy(out, wp, &values[p * d..(p + 1) * d]);
+        }
+    }
 }
 
 /// An element type of a KV cache: f32 or f16, computed with in f32 (widened on read).
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
-    /// `x` as f32: itself, or converted into `buf` (a key or value used by several queries
-    /// is widened once).
-    fn widen<'a, V: VecOps>(x: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+    /// Writes `x` as f32 into `out` (same length).
+    fn widen_into<V: VecOps>(x: &[Self], out: &mut [f32]);
 }
 
 impl KvElem for f32 {
@@ -43,8 +57,8 @@ impl KvElem for f32 {
         self
     }
     #[inline(always)]
-    fn widen<'a, V: VecOps>(x: &'a [Self], _buf: &'a mut [f32]) -> &'a [f32] {
-        x
+    fn widen_into<V: VecOps>(x: &[Self], out: &mut [f32]) {
+        out.copy_from_slice(x)
     }
 }
 
@@ -56,10 +70,8 @@ impl KvElem for f16 {
         f16::to_f32(self)
     }
     #[inline(always)]
-    fn widen<'a, V: VecOps>(x: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
-        let buf = &mut buf[..x.len()];
-        V::widen_f16(x, buf);
-        buf
+    fn widen_into<V: VecOps>(x: &[Self], out: &mut [f32]) {
+        V::widen_f16(x, out)
     }
 }
 
@@ -193,6 +205,28 @@ mod avx2 {
             23,
         ));
         _mm256_mul_ps(er, two_n)
+    }
+
+    /// `out[c..c + 8R] = Σ_p w[p] · v[p·d + c ..][..8R]`, in R registers.
+    #[inline(always)]
+    pub unsafe fn weighted_chunk<const R: usize>(
+        w: &[f32],
+        v: *const f32,
+        d: usize,
+        c: usize,
+        out: *mut f32,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (p, &wp) in w.iter().enumerate() {
+            let wv = _mm256_set1_ps(wp);
+            let row = v.add(p * d + c);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * r)), *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(c + 8 * r), *a);
+        }
     }
 }
 
@@ -331,6 +365,91 @@ impl VecOps for Avx2 {
             }
         }
     }
+
+    /// Eight keys per pass: the query chunk is loaded once for eight accumulators (eight
+    /// independent FMA chains), and one horizontal reduction gives eight scores.
+    #[inline(always)]
+    fn dots(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let d = q.len();
+        let n = out.len();
+        assert!(keys.len() >= n * d);
+        if d % 8 != 0 {
+            for (p, o) in out.iter_mut().enumerate() {
+                *o = scale * Self::dot(q, &keys[p * d..(p + 1) * d]);
+            }
+            return;
+        }
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        // Safety: AVX2+FMA enabled by the caller (type contract); reads stay below n·d.
+        unsafe {
+            let mut p = 0;
+            while p + 8 <= n {
+                let k = kp.add(p * d);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut i = 0;
+                while i < d {
+                    let qv = _mm256_loadu_ps(qp.add(i));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(j * d + i)), *a);
+                    }
+                    i += 8;
+                }
+                // Eight accumulators → eight sums: pairwise hadds leave, per 128-bit half,
+                // partial sums of keys 0–3 and 4–7; adding the halves finishes them.
+                let h0 = _mm256_hadd_ps(
+                    _mm256_hadd_ps(acc[0], acc[1]),
+                    _mm256_hadd_ps(acc[2], acc[3]),
+                );
+                let h1 = _mm256_hadd_ps(
+                    _mm256_hadd_ps(acc[4], acc[5]),
+                    _mm256_hadd_ps(acc[6], acc[7]),
+                );
+                let sums = _mm256_add_ps(
+                    _mm256_permute2f128_ps(h0, h1, 0x20),
+                    _mm256_permute2f128_ps(h0, h1, 0x31),
+                );
+                _mm256_storeu_ps(
+                    out.as_mut_ptr().add(p),
+                    _mm256_mul_ps(sums, _mm256_set1_ps(scale)),
+                );
+                p += 8;
+            }
+            while p < n {
+                out[p] = scale * Self::dot(q, &keys[p * d..(p + 1) * d]);
+                p += 1;
+            }
+        }
+    }
+
+    /// The output chunk (64 values where the head allows) stays in eight registers across all
+    /// the weights: eight independent FMA chains per weight.
+    #[inline(always)]
+    fn weighted_sum(w: &[f32], values: &[f32], out: &mut [f32]) {
+        let d = out.len();
+        assert!(values.len() >= w.len() * d);
+        if d % 8 != 0 {
+            out.fill(0.0);
+            for (p, &wp) in w.iter().enumerate() {
+                Self::axpy(out, wp, &values[p * d..(p + 1) * d]);
+            }
+            return;
+        }
+        let mut c = 0;
+        // Safety (all three): AVX2+FMA enabled by the caller; chunk c..c + 8R lies within d.
+        while c + 64 <= d {
+            unsafe { avx2::weighted_chunk::<8>(w, values.as_ptr(), d, c, out.as_mut_ptr()) };
+            c += 64;
+        }
+        while c + 32 <= d {
+            unsafe { avx2::weighted_chunk::<4>(w, values.as_ptr(), d, c, out.as_mut_ptr()) };
+            c += 32;
+        }
+        while c < d {
+            unsafe { avx2::weighted_chunk::<1>(w, values.as_ptr(), d, c, out.as_mut_ptr()) };
+            c += 8;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -369,6 +488,34 @@ mod tests {
         let want_sum: f64 = xs.iter().map(|x| (*x as f64).exp()).sum();
         let sum = unsafe { exp_avx2(&mut xs) };
         assert!((sum as f64 - want_sum).abs() / want_sum < 1e-6);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_dots_and_weighted_sums_agree_with_scalar() {
+        if !avx2_available() {
+            return;
+        }
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn run(q: &[f32], kv: &[f32], s: &mut [f32], o: &mut [f32]) {
+            Avx2::dots(q, kv, 0.125, s);
+            Avx2::weighted_sum(s, kv, o);
+        }
+        // Head sizes: 64 and 128 (LLaMA), 40 (a 32 + 8 chunk), 12 (the scalar fallback);
+        // 11 keys: a pass of eight and a remainder.
+        for d in [64usize, 128, 40, 12] {
+            let n = 11;
+            let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin()).collect();
+            let kv: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.13).cos()).collect();
+            let (mut s1, mut o1) = (vec![0f32; n], vec![0f32; d]);
+            let (mut s2, mut o2) = (vec![0f32; n], vec![0f32; d]);
+            unsafe { run(&q, &kv, &mut s1, &mut o1) };
+            Scalar::dots(&q, &kv, 0.125, &mut s2);
+            Scalar::weighted_sum(&s2, &kv, &mut o2);
+            for (a, b) in s1.iter().zip(&s2).chain(o1.iter().zip(&o2)) {
+                assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "d={d}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
