@@ -374,7 +374,7 @@ impl VecOps for Avx2 {
         let d = q.len();
         let n = out.len();
         assert!(keys.len() >= n * d);
-        if d % 8 != 0 {
+        if !d.is_multiple_of(8) {
             for (p, o) in out.iter_mut().enumerate() {
                 *o = scale * Self::dot(q, &keys[p * d..(p + 1) * d]);
             }
@@ -428,7 +428,7 @@ impl VecOps for Avx2 {
     fn weighted_sum(w: &[f32], values: &[f32], out: &mut [f32]) {
         let d = out.len();
         assert!(values.len() >= w.len() * d);
-        if d % 8 != 0 {
+        if !d.is_multiple_of(8) {
             out.fill(0.0);
             for (p, &wp) in w.iter().enumerate() {
                 Self::axpy(out, wp, &values[p * d..(p + 1) * d]);
