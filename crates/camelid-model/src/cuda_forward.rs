@@ -8,7 +8,7 @@
 
 use crate::cuda_ops::{self, AttentionRows};
 use crate::kv::{DevicePaged, KvStore};
-use crate::model::{ForwardBatch, Layer, Llama};
+use crate::model::{AttentionFn, ForwardBatch, Layer, Llama};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 
@@ -136,4 +136,32 @@ pub fn silu_mul(gate_up: &Tensor) -> Option<candle_core::Result<Tensor>> {
         && kernels_enabled()
         && matches!(gate_up.dtype(), DType::F32 | DType::F16 | DType::BF16);
     ok.then(|| cuda_ops::silu_mul(&gate_up.contiguous()?))
+}
+
+/// Whether the forward pass fuses each residual add with the next RMSNorm (our kernel).
+pub(crate) fn fused_norms(device: &candle_core::Device, dtype: DType) -> bool {
+    device.is_cuda() && kernels_enabled() && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// Every layer with the residual adds fused into the following norms:
+/// `h = norm(x)`, then per layer `(x, h) = add_norm(attn(h), x)` and
+/// `(x, h) = add_norm(mlp(h), x)` with the next norm's weight (the next layer's attention norm,
+/// after the last layer the final norm). Returns the final-normed rows, all of them.
+pub(crate) fn run_layers(model: &Llama, x: Tensor, attn: &mut AttentionFn) -> Result<Tensor> {
+    let eps = model.config().rms_norm_eps as f32;
+    let layers = &model.layers;
+    let Some(first) = layers.first() else {
+        return Ok(candle_nn::ops::rms_norm(&x, &model.norm, eps)?);
+    };
+    let mut h = candle_nn::ops::rms_norm(&x, &first.attn_norm, eps)?;
+    let mut x = x;
+    for (li, layer) in layers.iter().enumerate() {
+        let a = attn(li, layer, &h)?;
+        (x, h) = cuda_ops::add_rms_norm(&a, &x, &layer.mlp_norm, eps)?;
+        let act = crate::fused::silu_mul_joined(&layer.gate_up.forward_joined(&h)?)?;
+        let d = layer.down.forward(&act)?;
+        let next = layers.get(li + 1).map_or(&model.norm, |l| &l.attn_norm);
+        (x, h) = cuda_ops::add_rms_norm(&d, &x, next, eps)?;
+    }
+    Ok(h)
 }

@@ -76,7 +76,7 @@ impl ForwardBatch {
 }
 
 /// One layer's attention (the host-kernel or the tensor path), chosen once per forward.
-type AttentionFn<'a> = dyn FnMut(usize, &Layer, &Tensor) -> Result<Tensor> + 'a;
+pub(crate) type AttentionFn<'a> = dyn FnMut(usize, &Layer, &Tensor) -> Result<Tensor> + 'a;
 
 pub(crate) struct Layer {
     pub attn_norm: Tensor,
@@ -169,12 +169,31 @@ impl Llama {
                 })
             }
         };
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_norm_eps)?;
-            x = (x + attn(li, layer, &h)?)?;
-            let h = rms_norm(&x, &layer.mlp_norm, self.cfg.rms_norm_eps)?;
-            let act = crate::fused::silu_mul_joined(&layer.gate_up.forward_joined(&h)?)?;
-            x = (x + layer.down.forward(&act)?)?;
+        // On CUDA with our kernels: each residual add fused with the next RMSNorm; the final
+        // norm then covers every row (cheap there) and the wanted rows are picked after it.
+        #[cfg(feature = "cuda")]
+        let fused_norms = crate::cuda_forward::fused_norms(&self.device, self.dtype);
+        #[cfg(not(feature = "cuda"))]
+        let fused_norms = false;
+        #[allow(unused_mut)] // assigned only with the cuda feature
+        let mut normed: Option<Tensor> = None;
+        if fused_norms {
+            #[cfg(feature = "cuda")]
+            {
+                normed = Some(crate::cuda_forward::run_layers(
+                    self,
+                    x.clone(),
+                    &mut *attn,
+                )?);
+            }
+        } else {
+            for (li, layer) in self.layers.iter().enumerate() {
+                let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_norm_eps)?;
+                x = (x + attn(li, layer, &h)?)?;
+                let h = rms_norm(&x, &layer.mlp_norm, self.cfg.rms_norm_eps)?;
+                let act = crate::fused::silu_mul_joined(&layer.gate_up.forward_joined(&h)?)?;
+                x = (x + layer.down.forward(&act)?)?;
+            }
         }
         drop(attn);
         // Only the rows whose logits are wanted go through the final norm and lm_head.
@@ -196,8 +215,14 @@ impl Llama {
             )?);
         }
         let rows = Tensor::new(rows.as_slice(), &self.device)?;
-        let h = x.index_select(&rows, 0)?;
-        let h = rms_norm(&h, &self.norm, self.cfg.rms_norm_eps)?;
+        let h = match normed {
+            Some(all) => all.index_select(&rows, 0)?,
+            None => rms_norm(
+                &x.index_select(&rows, 0)?,
+                &self.norm,
+                self.cfg.rms_norm_eps,
+            )?,
+        };
         Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
     }
 
