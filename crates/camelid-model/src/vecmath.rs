@@ -43,19 +43,11 @@ pub trait VecOps {
 
 /// An element type of a KV cache: f32 or f16, computed with in f32 (widened on read).
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
     /// Writes `x` as f32 into `out` (same length).
     fn widen_into<V: VecOps>(x: &[Self], out: &mut [f32]);
 }
 
 impl KvElem for f32 {
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
     #[inline(always)]
     fn widen_into<V: VecOps>(x: &[Self], out: &mut [f32]) {
         out.copy_from_slice(x)
@@ -63,12 +55,6 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
     #[inline(always)]
     fn widen_into<V: VecOps>(x: &[Self], out: &mut [f32]) {
         V::widen_f16(x, out)
