@@ -8,6 +8,10 @@
 //! quantization turns the attention paths' last-bit differences into whole rounding steps
 //! that compound over 30 layers, so only a dense model isolates attention.
 
+// The model crate's test fixtures (the default model and its cached f32 conversion).
+#[path = "../../camelid-model/tests/common/mod.rs"]
+mod common;
+
 use camelid_engine::paged::PagedKv;
 use camelid_model::cpu_attention::KvDtype;
 use camelid_model::kv::ContiguousKv;
@@ -53,9 +57,7 @@ fn argmax(r: &[f32]) -> usize {
 /// `kv` is the host cache's element type (unused when `host` is false: tensor storage keeps
 /// the model's dtype).
 fn scattered_batches_match(dtype: DType, kv: KvDtype, tol: f32, host: bool) {
-    let gguf = camelid_model::loader::resolve(None, None).unwrap().1;
-    let dir = std::env::temp_dir().join(format!("camelid-paged-{dtype:?}-{}", std::process::id()));
-    camelid_model::convert::gguf_to_hf(&gguf, &dir, DType::F32).unwrap();
+    let dir = common::converted_f32();
     let opts = LoadOptions {
         dtype: Some(dtype),
         ..Default::default()
@@ -126,7 +128,6 @@ fn scattered_batches_match(dtype: DType, kv: KvDtype, tol: f32, host: bool) {
     run(&batch, &mut paged, &mut contiguous);
     // The intended storage really ran, over scattered tables (not one run of slots).
     assert_eq!(paged.in_host_memory(), host);
-    std::fs::remove_dir_all(&dir).ok();
     let t1 = &paged.seqs[&1].table;
     assert!(t1.windows(2).any(|w| w[1] != w[0] + 1), "table {t1:?}");
 }

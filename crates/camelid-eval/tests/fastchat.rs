@@ -221,8 +221,8 @@ fn single_table_means_skip_unparsed() {
 
 #[test]
 fn outputs_are_resumable_jsonl_in_fastchat_shape() {
-    let dir = std::env::temp_dir().join(format!("camelid-mt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path();
     let p = dir.join("answers.jsonl");
     append_jsonl(&p, &ans("m", 81, "a", "b")).unwrap();
     std::fs::OpenOptions::new()

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod convert;
 pub mod cpu_attention;
+mod cpu_forward;
 #[cfg(feature = "cuda")]
 pub mod cuda_forward;
 #[cfg(feature = "cuda")]

@@ -4,9 +4,9 @@
 //! ([`crate::qgemm`]); every other case goes through candle's `QMatMul` (dense matmul, k-quants,
 //! CUDA).
 
-use crate::qgemm::{self, QKind, QWeight};
+use crate::qgemm::{self, QActs, QKind, QWeight};
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -105,6 +105,40 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `out (m, out_features) = x (m, in_features) · Wᵀ` on the CPU into a caller's buffer;
+    /// `acts` holds the own kernel's quantized activations between calls (no allocation).
+    pub fn forward_cpu_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        acts: &mut QActs,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if x.len() != m * self.in_features || out.len() != m * self.out_features {
+            candle_core::bail!(
+                "linear: {} inputs / {} outputs for {m} rows of {} -> {}",
+                x.len(),
+                out.len(),
+                self.in_features,
+                self.out_features
+            );
+        }
+        match &self.inner {
+            Inner::Own(w) => {
+                acts.quantize_into(x, m, w.cols);
+                qgemm::matmul_quantized(w, acts, out);
+            }
+            Inner::Candle(q) => {
+                let t = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
+                let y = q.forward(&t)?.to_dtype(DType::F32)?.flatten_all()?;
+                out.copy_from_slice(&y.to_vec1::<f32>()?);
+            }
+        }
+        Ok(())
+    }
+}
+
 struct OwnMatmul(Arc<QWeight>);
 
 impl CustomOp1 for OwnMatmul {
@@ -170,6 +204,33 @@ impl Projections {
                     .collect()
             }
             Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+
+    /// [`Self::forward_joined`] on the CPU into a caller's buffer `(m, Σ widths)`.
+    pub fn forward_cpu_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        acts: &mut QActs,
+        out: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            Projections::Fused { linear, .. } => linear.forward_cpu_into(x, m, acts, out),
+            Projections::Separate(parts) => {
+                let total: usize = parts.iter().map(|p| p.out_features).sum();
+                let mut off = 0;
+                for p in parts {
+                    let w = p.out_features;
+                    let mut part = vec![0f32; m * w];
+                    p.forward_cpu_into(x, m, acts, &mut part)?;
+                    for (dst, src) in out.chunks_exact_mut(total).zip(part.chunks_exact(w)) {
+                        dst[off..off + w].copy_from_slice(src);
+                    }
+                    off += w;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -3,7 +3,6 @@
 //! attention runs per sequence against keys/values held by a caller-owned [`KvStore`].
 
 use crate::config::{ModelConfig, RopeStyle};
-use crate::cpu_attention::{self, HostPaged, QkvRows};
 use crate::error::{Error, Result};
 use crate::kv::KvStore;
 use crate::linear::{Linear, Projections};
@@ -99,6 +98,8 @@ pub struct Llama {
     pub(crate) norm: Tensor,
     pub(crate) lm_head: Linear,
     pub(crate) rope: Rope,
+    /// Buffers of the CPU serving path ([`crate::cpu_forward`]), kept between steps.
+    pub(crate) cpu_workspace: std::sync::Mutex<crate::cpu_forward::Workspace>,
 }
 
 impl Llama {
@@ -128,6 +129,14 @@ impl Llama {
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
+        // f32 on the CPU with a paged host cache: attention runs in place over the cache and
+        // the layers on reused buffers.
+        if self.device.is_cpu() && self.dtype == DType::F32 {
+            let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
+            if let Some(host) = kv.host_paged(&seqs)? {
+                return crate::cpu_forward::forward(self, batch, host);
+            }
+        }
         let ids = Tensor::new(batch.tokens.as_slice(), &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?;
         let spans: Vec<_> = batch
@@ -140,27 +149,12 @@ impl Llama {
         let device = crate::cuda_forward::DeviceBatch::new(self, batch, kv)?;
         #[cfg(not(feature = "cuda"))]
         let device: Option<std::convert::Infallible> = None;
-        // f32 on the CPU with a paged host cache: attention runs in place over the cache.
-        let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
-        let host = if self.device.is_cpu() && self.dtype == DType::F32 {
-            kv.host_paged(&seqs)?
-        } else {
-            None
-        };
-        let mut attn: Box<AttentionFn> = match (host, device) {
-            (Some(mut host), _) => {
-                let (cos, sin) = self.rope.cos_sin_rows(&spans);
-                Box::new(move |li, layer, h| {
-                    self.attention_host(li, layer, h, batch, &cos, &sin, &mut host)
-                })
-            }
+        let mut attn: Box<AttentionFn> = match device {
             #[cfg(feature = "cuda")]
-            (None, Some(device)) => {
-                Box::new(move |li, layer, h| device.attention(self, li, layer, h))
-            }
+            Some(device) => Box::new(move |li, layer, h| device.attention(self, li, layer, h)),
             #[cfg(not(feature = "cuda"))]
-            (None, Some(never)) => match never {},
-            (None, None) => {
+            Some(never) => match never {},
+            None => {
                 let (cos, sin) = self.rope.cos_sin(&spans, &self.device)?;
                 let (cos, sin) = (cos.to_dtype(self.dtype)?, sin.to_dtype(self.dtype)?);
                 let masks = self.causal_masks(batch)?;
@@ -325,53 +319,6 @@ impl Llama {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        Ok(layer.o.forward(&o)?)
-    }
-
-    /// Attention through [`cpu_attention::paged_attention`]: Q/K/V straight from the (fused)
-    /// projection's rows, rotary embedding, cache write and attention in one pass.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_host(
-        &self,
-        li: usize,
-        layer: &Layer,
-        h: &Tensor,
-        batch: &ForwardBatch,
-        cos: &[f32],
-        sin: &[f32],
-        kv: &mut HostPaged,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let heads = cpu_attention::Heads {
-            q: cfg.num_heads,
-            kv: cfg.num_kv_heads,
-            dim: cfg.head_dim,
-            rope: cfg.rope_style,
-        };
-        let (qw, kw) = (heads.q * heads.dim, heads.kv * heads.dim);
-        kv.check(&batch.chunks).map_err(Error::Invalid)?;
-        let qkv = layer.qkv.forward_joined(h)?.contiguous()?;
-        let n_tok = batch.tokens.len();
-        let mut out = vec![0f32; n_tok * qw];
-        {
-            let (storage, layout) = qkv.storage_and_layout();
-            let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
-                (&*storage, layout.contiguous_offsets())
-            else {
-                return Err(Error::Invalid(
-                    "host attention needs f32 CPU tensors".into(),
-                ));
-            };
-            let data = &data[a..b];
-            let stride = qw + 2 * kw;
-            let rows = QkvRows {
-                q: (data, stride, 0),
-                k: (data, stride, qw),
-                v: (data, stride, qw + kw),
-            };
-            cpu_attention::paged_attention(li, &batch.chunks, &rows, cos, sin, heads, kv, &mut out);
-        }
-        let o = Tensor::from_vec(out, (n_tok, qw), &self.device)?;
         Ok(layer.o.forward(&o)?)
     }
 

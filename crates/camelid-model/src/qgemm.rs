@@ -226,40 +226,62 @@ impl QWeight {
     }
 }
 
-/// Activations quantized per 32-value block: `x ≈ d·q`, `s = d·Σq`.
+/// Activations quantized per 32-value block: `x ≈ d·q`, `s = d·Σq`. Buffers are kept, so a
+/// caller that quantizes every step into the same `QActs` allocates nothing after the first.
+#[derive(Default)]
 pub struct QActs {
     cols: usize,
+    rows: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
 }
 
+/// Rows at or above which quantizing is split over threads.
+const QUANTIZE_PARALLEL_ROWS: usize = 16;
+
 impl QActs {
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        let mut a = Self::default();
+        a.quantize_into(x, rows, cols);
+        a
+    }
+
+    /// Quantizes `x (rows, cols)` into this buffer (rounding ties to even, as the scalar
+    /// reference and `cvtps2dq` do: the SIMD and scalar paths give identical bytes).
+    pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize) {
         assert_eq!(x.len(), rows * cols);
         assert_eq!(cols % BLOCK, 0);
         let nb = rows * cols / BLOCK;
-        let mut qs = vec![0i8; rows * cols];
-        let mut d = vec![0f32; nb];
-        let mut s = vec![0f32; nb];
-        for (b, (xb, qb)) in x
-            .chunks_exact(BLOCK)
-            .zip(qs.chunks_exact_mut(BLOCK))
-            .enumerate()
-        {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let db = amax / 127.0;
-            let id = if db > 0.0 { 1.0 / db } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in qb.iter_mut().zip(xb) {
-                // Ties to even: one instruction, no libm call (ties are rare, either is fine).
-                *q = (v * id).round_ties_even() as i8;
-                sum += *q as i32;
+        self.rows = rows;
+        self.cols = cols;
+        self.qs.resize(rows * cols, 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if crate::vecmath::avx2_available() {
+                // Safety: the CPU has AVX2 (and FMA, F16C).
+                unsafe { avx2::quantize_blocks(x, qs, d, s) };
+                return;
             }
-            d[b] = db;
-            s[b] = db * sum as f32;
+            quantize_blocks_scalar(x, qs, d, s);
+        };
+        if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
+            let nbr = cols / BLOCK;
+            let per = rows.div_ceil(rayon::current_num_threads());
+            x.par_chunks(per * cols)
+                .zip(self.qs.par_chunks_mut(per * cols))
+                .zip(self.d.par_chunks_mut(per * nbr))
+                .zip(self.s.par_chunks_mut(per * nbr))
+                .for_each(|(((x, qs), d), s)| quantize_rows(x, qs, d, s));
+        } else {
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
         }
-        Self { cols, qs, d, s }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     fn row(&self, i: usize) -> ActRow<'_> {
@@ -269,6 +291,25 @@ impl QActs {
             d: &self.d[i * nb..(i + 1) * nb],
             s: &self.s[i * nb..(i + 1) * nb],
         }
+    }
+}
+
+fn quantize_blocks_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    for (b, (xb, qb)) in x
+        .chunks_exact(BLOCK)
+        .zip(qs.chunks_exact_mut(BLOCK))
+        .enumerate()
+    {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let db = amax / 127.0;
+        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        d[b] = db;
+        s[b] = db * sum as f32;
     }
 }
 
@@ -374,20 +415,20 @@ const PARALLEL_MIN_BLOCKS: usize = 8192;
 
 /// `out (m, w.rows) = x (m, w.cols) · Wᵀ`.
 pub fn matmul(w: &QWeight, x: &[f32], m: usize, out: &mut [f32]) {
-    matmul_with(w, x, m, out, kernel(), pair_kernel())
+    let acts = QActs::quantize(x, m, w.cols);
+    matmul_with(w, &acts, out, kernel(), pair_kernel())
 }
 
-fn matmul_with(
-    w: &QWeight,
-    x: &[f32],
-    m: usize,
-    out: &mut [f32],
-    dot: DotRows,
-    pair: Option<DotPair>,
-) {
-    let n = w.rows;
+/// `out (acts.rows(), w.rows) = acts · Wᵀ` for activations already quantized (one
+/// quantization can feed several weights; the buffers can be reused across calls).
+pub fn matmul_quantized(w: &QWeight, acts: &QActs, out: &mut [f32]) {
+    assert_eq!(acts.cols, w.cols, "activation width vs weight columns");
+    matmul_with(w, acts, out, kernel(), pair_kernel())
+}
+
+fn matmul_with(w: &QWeight, acts: &QActs, out: &mut [f32], dot: DotRows, pair: Option<DotPair>) {
+    let (n, m) = (w.rows, acts.rows);
     assert_eq!(out.len(), m * n);
-    let acts = QActs::quantize(x, m, w.cols);
     let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
     let ptr = OutPtr(out.as_mut_ptr());
     let blocks = m * n * (w.cols / BLOCK);
@@ -584,6 +625,49 @@ mod avx2 {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
         })
+    }
+
+    /// [`super::quantize_blocks_scalar`] with AVX2: the same bytes and scales (the maximum and
+    /// the integer sum are exact, the scale is computed by the same scalar expression and
+    /// `cvtps2dq` rounds ties to even).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        assert!(qs.len() >= x.len() && d.len() * BLOCK >= x.len() && s.len() * BLOCK >= x.len());
+        let sign = _mm256_set1_ps(-0.0);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
+            let p = xb.as_ptr();
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+            let db = amax / 127.0;
+            let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
+            let q = v.map(|vi| _mm256_cvtps_epi32(_mm256_mul_ps(vi, id)));
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
+            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+            let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01));
+            // packs work per 128-bit lane; the permute restores element order.
+            let w01 = _mm256_packs_epi32(q[0], q[1]);
+            let w23 = _mm256_packs_epi32(q[2], q[3]);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+            _mm256_storeu_si256(qs.as_mut_ptr().add(b * BLOCK) as *mut __m256i, bytes);
+            *d.get_unchecked_mut(b) = db;
+            *s.get_unchecked_mut(b) = db * _mm_cvtsi128_si32(s1) as f32;
+        }
     }
 
     pub fn dot_rows(kind: QKind, wrow: &[u8], acts: &[ActRow], out: &mut [f32]) {
@@ -893,6 +977,34 @@ mod tests {
     }
 
     #[test]
+    fn simd_quantize_gives_the_scalar_bytes() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::vecmath::avx2_available() {
+            let mut x: Vec<f32> = random(40 * BLOCK, 9).iter().map(|v| v * 3.0).collect();
+            x[BLOCK..2 * BLOCK].fill(0.0); // a zero block: scale 0
+                                           // A block of exact ties (scale 1): rounding must go to even in both paths.
+            for (i, v) in x[2 * BLOCK..3 * BLOCK].iter_mut().enumerate() {
+                *v = i as f32 - 15.5;
+            }
+            x[2 * BLOCK] = -127.0;
+            let nb = x.len() / BLOCK;
+            let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
+            let (mut q2, mut d2, mut s2) = (vec![0i8; x.len()], vec![0f32; nb], vec![0f32; nb]);
+            quantize_blocks_scalar(&x, &mut q1, &mut d1, &mut s1);
+            // Safety: AVX2 is available.
+            unsafe { avx2::quantize_blocks(&x, &mut q2, &mut d2, &mut s2) };
+            assert_eq!(q1, q2);
+            assert_eq!(d1, d2);
+            assert_eq!(s1, s2);
+            assert_eq!(&q1[2 * BLOCK + 1..2 * BLOCK + 5], &[-14, -14, -12, -12]);
+            // The threaded split gives the same result as one pass.
+            let rows = 40 * BLOCK / 64;
+            let a = QActs::quantize(&x, rows, 64);
+            assert_eq!((a.qs, a.d, a.s), (q1, d1, s1));
+        }
+    }
+
+    #[test]
     fn simd_kernel_agrees_with_the_scalar_reference() {
         if !simd_available() {
             eprintln!("no SIMD kernel on this CPU; nothing to compare");
@@ -909,7 +1021,13 @@ mod tests {
                 let x = random(m * k, 11);
                 let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
                 matmul(&w, &x, m, &mut fast);
-                matmul_with(&reference, &x, m, &mut slow, dot_rows_scalar, None);
+                matmul_with(
+                    &reference,
+                    &QActs::quantize(&x, m, reference.cols),
+                    &mut slow,
+                    dot_rows_scalar,
+                    None,
+                );
                 let err = max_rel(&fast, &slow);
                 assert!(err < 1e-5, "{t:?} m={m}: SIMD vs scalar {err}");
             }

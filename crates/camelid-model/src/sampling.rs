@@ -170,47 +170,100 @@ impl Sampler {
         if p.temperature <= 0.0 || p.top_k == 1 {
             return top_k_indices(&l, 1)[0] as u32;
         }
-        // Candidates sorted by logit, best first, cut by top_k.
-        let k = if p.top_k == 0 { l.len() } else { p.top_k };
-        let cand = top_k_indices(&l, k);
-        let max = l[cand[0]];
-        let mut probs: Vec<f64> = cand
-            .iter()
-            .map(|&i| (((l[i] - max) / p.temperature) as f64).exp())
-            .collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= total);
-        // min_p: drop tokens less likely than min_p × the most likely one.
-        let mut keep = probs.len();
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p as f64;
-            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
-        }
-        // top_p: the smallest prefix whose mass reaches top_p.
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut n = 0;
-            for &x in probs.iter().take(keep) {
-                acc += x;
-                n += 1;
-                if acc >= p.top_p as f64 {
-                    break;
+        let t = p.temperature;
+        let k = if p.top_k == 0 {
+            l.len()
+        } else {
+            p.top_k.min(l.len())
+        };
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weight = |x: f32| (((x - max) / t) as f64).exp();
+        if k == l.len() && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // Nothing cuts the distribution: draw from it in index order, with no sort (a
+            // vocabulary is 32–150k entries; sorting it took milliseconds per token).
+            let total: f64 = l.iter().map(|&x| weight(x)).sum();
+            let mut r = self.rng.random::<f64>() * total;
+            let mut last = 0;
+            for (i, &x) in l.iter().enumerate() {
+                let w = weight(x);
+                if w > 0.0 {
+                    last = i;
+                    r -= w;
+                    if r <= 0.0 {
+                        return i as u32;
+                    }
                 }
             }
-            keep = n.max(1);
+            return last as u32;
         }
-        let mass: f64 = probs[..keep].iter().sum();
-        let mut r = self.rng.random::<f64>() * mass;
-        for (i, &x) in probs[..keep].iter().enumerate() {
+        let (cand, probs) = kept_candidates(&l, p);
+        let mut r = self.rng.random::<f64>();
+        for (&c, &x) in cand.iter().zip(&probs) {
             r -= x;
             if r <= 0.0 {
-                return cand[i] as u32;
+                return c as u32;
             }
         }
-        cand[keep - 1] as u32
+        *cand.last().expect("at least one candidate") as u32
     }
 }
 
+/// The tokens top_k, min_p and top_p keep, best first, with their renormalised
+/// probabilities (`t` > 0).
+fn kept_candidates(l: &[f32], p: &SamplingParams) -> (Vec<usize>, Vec<f64>) {
+    let t = p.temperature;
+    let k = if p.top_k == 0 {
+        l.len()
+    } else {
+        p.top_k.min(l.len())
+    };
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weight = |x: f32| (((x - max) / t) as f64).exp();
+    // The distribution over the top-k candidates (all tokens without top_k).
+    let total: f64 = if k == l.len() {
+        l.iter().map(|&x| weight(x)).sum()
+    } else {
+        top_k_indices(l, k).iter().map(|&i| weight(l[i])).sum()
+    };
+    // The best candidates in order, as many as the cuts can keep: start with a few
+    // hundred and widen until min_p's floor or top_p's mass is reached inside them, so a
+    // peaked distribution never sorts the whole vocabulary. The prefix is the same as a
+    // full sort's (ties go to the lower index in both).
+    let mut m = 256.min(k);
+    let (cand, probs) = loop {
+        let cand = top_k_indices(l, m);
+        let probs: Vec<f64> = cand.iter().map(|&i| weight(l[i]) / total).collect();
+        // Either cut closing inside the first m fixes the kept set.
+        let below_floor = p.min_p > 0.0 && probs[m - 1] < probs[0] * p.min_p as f64;
+        let mass_reached = p.top_p < 1.0 && probs.iter().sum::<f64>() >= p.top_p as f64;
+        if m == k || below_floor || mass_reached {
+            break (cand, probs);
+        }
+        m = (m * 4).min(k);
+    };
+    // min_p: drop tokens less likely than min_p × the most likely one.
+    let mut keep = probs.len();
+    if p.min_p > 0.0 {
+        let floor = probs[0] * p.min_p as f64;
+        keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+    }
+    // top_p: the smallest prefix whose mass reaches top_p.
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut n = 0;
+        for &x in probs.iter().take(keep) {
+            acc += x;
+            n += 1;
+            if acc >= p.top_p as f64 {
+                break;
+            }
+        }
+        keep = n.max(1);
+    }
+    let mass: f64 = probs[..keep].iter().sum();
+    let probs = probs[..keep].iter().map(|x| x / mass).collect();
+    (cand[..keep].to_vec(), probs)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +344,116 @@ mod tests {
         });
         for _ in 0..50 {
             assert!([3, 4].contains(&s.sample(&l, &[], &[])));
+        }
+    }
+
+    /// The kept tokens and their probabilities, by the textbook recipe: sort the whole
+    /// vocabulary, cut by top_k, min_p, top_p, renormalise.
+    fn reference_support(l: &[f32], p: &SamplingParams) -> Vec<(usize, f64)> {
+        let mut idx: Vec<usize> = (0..l.len()).collect();
+        idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+        if p.top_k > 0 {
+            idx.truncate(p.top_k);
+        }
+        let max = l[idx[0]] as f64;
+        let w: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((l[i] as f64 - max) / p.temperature as f64).exp())
+            .collect();
+        let total: f64 = w.iter().sum();
+        let mut kept: Vec<(usize, f64)> =
+            idx.iter().zip(&w).map(|(&i, &x)| (i, x / total)).collect();
+        if p.min_p > 0.0 {
+            let floor = kept[0].1 * p.min_p as f64;
+            kept.retain(|&(_, x)| x >= floor);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let n = kept
+                .iter()
+                .position(|&(_, x)| {
+                    acc += x;
+                    acc >= p.top_p as f64
+                })
+                .map_or(kept.len(), |i| i + 1);
+            kept.truncate(n);
+        }
+        let mass: f64 = kept.iter().map(|k| k.1).sum();
+        kept.iter().map(|&(i, x)| (i, x / mass)).collect()
+    }
+
+    /// The kept candidates equal the full sort's: same tokens in the same order, same
+    /// probabilities (a peaked and a flat vocabulary of 3 000, so the candidate prefix must
+    /// widen past its first 256 in some cases and stop early in others).
+    #[test]
+    fn cuts_keep_what_a_full_sort_keeps() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let peaked: Vec<f32> = (0..3000)
+            .map(|_| rng.random_range(-8.0f32..0.0))
+            .chain([4.0, 3.5, 3.0])
+            .collect();
+        let flat: Vec<f32> = (0..3000).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        let params = |temperature, top_k, top_p, min_p| SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            ..Default::default()
+        };
+        let cases = [
+            (params(0.7, 0, 0.9, 0.0), &peaked),
+            (params(1.0, 0, 0.95, 0.0), &flat),
+            (params(1.2, 0, 1.0, 0.05), &peaked),
+            (params(1.0, 0, 1.0, 0.5), &flat),
+            (params(1.0, 0, 1.0, 0.99), &flat),
+            (params(1.0, 40, 0.8, 0.0), &flat),
+            (params(0.9, 1000, 0.99, 0.1), &flat),
+            (params(0.5, 2000, 1.0, 0.0), &flat),
+        ];
+        for (n, (p, l)) in cases.into_iter().enumerate() {
+            let want = reference_support(l, &p);
+            let (cand, probs) = kept_candidates(l, &p);
+            assert_eq!(cand.len(), want.len(), "case {n}");
+            assert!(cand.len() > 1 || n == 4, "case {n}: a real choice");
+            for (j, (&c, &x)) in cand.iter().zip(&probs).enumerate() {
+                assert_eq!(c, want[j].0, "case {n}, rank {j}");
+                // The exponent is formed in f32 (as the sampler does), the reference's in f64.
+                assert!(
+                    (x - want[j].1).abs() < 1e-6,
+                    "case {n}, rank {j}: {x} vs {}",
+                    want[j].1
+                );
+            }
+        }
+    }
+
+    /// With nothing cut, draws (taken in index order, no sort) follow the softmax: every
+    /// token's frequency within 5σ of its probability.
+    #[test]
+    fn uncut_draws_follow_the_softmax() {
+        let l = logits();
+        let p = SamplingParams {
+            temperature: 0.8,
+            seed: Some(5),
+            ..Default::default()
+        };
+        let want = reference_support(&l, &p);
+        assert_eq!(want.len(), l.len());
+        let mut s = Sampler::new(p);
+        let draws = 50_000;
+        let mut counts = vec![0usize; l.len()];
+        for _ in 0..draws {
+            counts[s.sample(&l, &[], &[]) as usize] += 1;
+        }
+        for (i, x) in want {
+            let expected = draws as f64 * x;
+            let sd = (expected * (1.0 - x)).sqrt();
+            let dev = (counts[i] as f64 - expected).abs();
+            assert!(
+                dev <= 5.0 * sd + 1.0,
+                "token {i}: {} draws, expected {expected:.1}",
+                counts[i]
+            );
         }
     }
 

@@ -128,5 +128,6 @@ pub fn build_llama(
         norm,
         lm_head,
         rope,
+        cpu_workspace: Default::default(),
     })
 }

@@ -14,11 +14,12 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
 }
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("camelid-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder, removed when the returned guard drops (also when the test fails).
+fn tmpdir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("camelid-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -84,16 +85,17 @@ fn safetensors_and_pytorch_bin_hold_identical_tensors() {
         find_weight_files(&fixture()).unwrap(),
         WeightFiles::Safetensors(_)
     ));
-    let only_bin = tmpdir("binonly");
+    let only_bin_guard = tmpdir("binonly");
+    let only_bin = only_bin_guard.path();
     for f in ["config.json", "tokenizer.model", "pytorch_model.bin"] {
         std::fs::copy(fixture().join(f), only_bin.join(f)).unwrap();
     }
     assert!(matches!(
-        find_weight_files(&only_bin).unwrap(),
+        find_weight_files(only_bin).unwrap(),
         WeightFiles::PyTorch(_)
     ));
     let a = common::load(&fixture());
-    let b = common::load(&only_bin);
+    let b = common::load(only_bin);
     let ids = a.tokenizer.encode("hello world", true).unwrap();
     let la: Vec<f32> = a
         .model
@@ -123,8 +125,9 @@ struct Variant {
 }
 
 /// Writes a random-weight model folder (tokenizer from the fixture).
-fn random_model(v: &Variant, tag: &str) -> PathBuf {
-    let dir = tmpdir(tag);
+fn random_model(v: &Variant, tag: &str) -> tempfile::TempDir {
+    let guard = tmpdir(tag);
+    let dir = guard.path();
     let (h, i, layers, vocab) = (32usize, 64usize, 2usize, 80usize);
     let hd = h / v.heads;
     let dev = Device::Cpu;
@@ -173,7 +176,7 @@ fn random_model(v: &Variant, tag: &str) -> PathBuf {
         dir.join("tokenizer.model"),
     )
     .unwrap();
-    dir
+    guard
 }
 
 fn reference_last_logits(dir: &Path, ids: &[u32]) -> Vec<f32> {
@@ -235,8 +238,9 @@ fn random_models_of_every_variant_load_run_and_match_reference() {
         },
     ];
     for (n, v) in variants.iter().enumerate() {
-        let dir = random_model(v, &format!("rand{n}"));
-        let lm = common::load(&dir);
+        let guard = random_model(v, &format!("rand{n}"));
+        let dir = guard.path();
+        let lm = common::load(dir);
         let ids = lm
             .tokenizer
             .encode("hello world, the lazy fox", true)
@@ -250,12 +254,12 @@ fn random_models_of_every_variant_load_run_and_match_reference() {
             .to_vec1()
             .unwrap();
         if v.linear_scaling.is_none() {
-            let d = max_abs_diff(&ours, &reference_last_logits(&dir, &ids));
+            let d = max_abs_diff(&ours, &reference_last_logits(dir, &ids));
             assert!(d < 1e-4, "variant {n}: max |Δ| {d}");
         } else {
             // Linear scaling must change the result (positions are compressed); the scaled
             // angles themselves are checked against the formula in rope.rs.
-            let unscaled = reference_last_logits(&dir, &ids);
+            let unscaled = reference_last_logits(dir, &ids);
             assert!(
                 max_abs_diff(&ours, &unscaled) > 1e-4,
                 "rope scaling had no effect"
@@ -270,7 +274,7 @@ fn random_models_of_every_variant_load_run_and_match_reference() {
 
 #[test]
 fn varlen_batch_matches_sequences_alone() {
-    let dir = random_model(
+    let guard = random_model(
         &Variant {
             heads: 4,
             kv_heads: 2,
@@ -279,7 +283,8 @@ fn varlen_batch_matches_sequences_alone() {
         },
         "varlen",
     );
-    let lm = common::load(&dir);
+    let dir = guard.path();
+    let lm = common::load(dir);
     let a = lm
         .tokenizer
         .encode("the quick brown fox jumps over the lazy dog", true)
@@ -341,7 +346,8 @@ fn bad_files_give_errors_not_panics() {
     // Truncated GGUF.
     let gguf = common::default_gguf();
     let bytes = std::fs::read(&gguf).unwrap();
-    let d = tmpdir("bad");
+    let d_guard = tmpdir("bad");
+    let d = d_guard.path();
     for cut in [10usize, 5_000, bytes.len() / 2] {
         let p = d.join(format!("trunc{cut}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
@@ -355,7 +361,8 @@ fn bad_files_give_errors_not_panics() {
     std::fs::write(&p, b"this is not a model").unwrap();
     assert!(camelid_model::load(Some(p.to_str().unwrap()), &LoadOptions::default()).is_err());
     // Wrong tensor shape: the config says a different intermediate size.
-    let wrong = tmpdir("wrongshape");
+    let wrong_guard = tmpdir("wrongshape");
+    let wrong = wrong_guard.path();
     for f in ["model.safetensors", "tokenizer.model"] {
         std::fs::copy(fixture().join(f), wrong.join(f)).unwrap();
     }
@@ -398,7 +405,8 @@ fn bad_files_give_errors_not_panics() {
 fn sharded_safetensors_load_like_one_file() {
     let all =
         candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
-    let dir = tmpdir("sharded");
+    let dir_guard = tmpdir("sharded");
+    let dir = dir_guard.path();
     let mut names: Vec<&String> = all.keys().collect();
     names.sort();
     let (a, b) = names.split_at(names.len() / 2);
@@ -425,7 +433,7 @@ fn sharded_safetensors_load_like_one_file() {
         std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
     }
     let one = common::load(&fixture());
-    let sharded = common::load(&dir);
+    let sharded = common::load(dir);
     let ids = one.tokenizer.encode("hello vicuna", true).unwrap();
     let l1: Vec<f32> = one
         .model

@@ -34,8 +34,8 @@ fn lines(p: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn answer_judge_show_with_camelid_as_contestant_and_judge() {
     let s = common::serve(&["--model", "smol=smollm2-135m-instruct"]);
-    let dir = std::env::temp_dir().join(format!("camelid-mtbench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path();
     let q = data().join("question.jsonl");
     let (q, prompts, refs) = (
         q.to_str().unwrap(),

@@ -135,8 +135,8 @@ fn score_paged_matches_contiguous() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/tiny-llama"
     );
-    let dir = std::env::temp_dir().join(format!("camelid-score-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path();
     let ids = "1,15,27,3,49,42,7,64,5,18,33,2,71,40,11,9,23,57,6,70,12,38,4,60";
     let read = |name: &str, paged: bool| -> Vec<f32> {
         let out = dir.join(name);
@@ -157,7 +157,6 @@ fn score_paged_matches_contiguous() {
             .collect()
     };
     let (plain, paged) = (read("plain.f32", false), read("paged.f32", true));
-    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(plain.len(), paged.len());
     assert!(plain.len() >= 24 * 2, "one row per position");
     let diff = plain

@@ -1,10 +1,10 @@
 //! Shared fixtures: the default model (fetched once by `.ci/run` or on first use) and its
-//! f32 safetensors conversion (made once per test process).
+//! f32 safetensors conversion (made once, kept under `target/tmp`).
 
 #![allow(dead_code)]
 
 use camelid_model::LoadOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub fn default_gguf() -> PathBuf {
@@ -20,13 +20,35 @@ pub fn default_gguf() -> PathBuf {
 /// The default model converted to an f32 HF folder.
 pub fn converted_f32() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("camelid-test-f32-{}", std::process::id()));
-        camelid_model::convert::gguf_to_hf(&default_gguf(), &dir, candle_core::DType::F32)
-            .expect("convert");
-        dir
-    })
-    .clone()
+    P.get_or_init(|| cached_conversion(&default_gguf(), candle_core::DType::F32))
+        .clone()
+}
+
+/// `gguf` converted to an HF folder, made once and kept in cargo's temp dir for tests
+/// (`target/tmp`), shared by every test binary and run. (A ~530 MB f32 copy per test process
+/// in /tmp once filled the CI disk.) The key holds the file's size and a hash of the
+/// converter's source, so changing the converter makes a fresh copy. The folder appears by
+/// one rename, so a folder that exists is complete even when test binaries race.
+pub fn cached_conversion(gguf: &Path, dtype: candle_core::DType) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    include_str!("../../src/convert.rs").hash(&mut h);
+    std::fs::metadata(gguf).expect("gguf").len().hash(&mut h);
+    let stem = gguf.file_stem().unwrap().to_string_lossy();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = root.join(format!("{stem}-{dtype:?}-{:016x}", h.finish()));
+    if dir.exists() {
+        return dir;
+    }
+    let tmp = root.join(format!(".{stem}-{dtype:?}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    camelid_model::convert::gguf_to_hf(gguf, &tmp, dtype).expect("convert");
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another test binary won the race; its folder is the same.
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert!(dir.exists(), "could not place {}", dir.display());
+    }
+    dir
 }
 
 pub fn load(path: &std::path::Path) -> camelid_model::LoadedModel {
