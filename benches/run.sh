@@ -1,39 +1,73 @@
 #!/usr/bin/env bash
 # camelid vs llama.cpp on this machine, same model (SmolLM2-135M-Instruct Q4_1), same run.
-# Starts both servers on loopback, drives each with `camelid bench`, writes JSON under
-# benches/results/ and prints both tables and the camelid/llama.cpp ratios.
-#   bash benches/run.sh [PROMPT_TOKENS] [OUTPUT_TOKENS]
+# Each server runs alone (an idle server beside the measured one still takes CPU on 2 cores),
+# driven by `camelid bench`; ROUNDS alternations (camelid, llama.cpp, camelid, ...) so that a
+# burst of load from the shared host hits both, and the ratios are taken round by round and
+# summarised by their median. Then the MT-bench second turn with and without the prefix cache.
+# JSON goes under benches/results/.
+#   [ROUNDS=2] [LEVELS=1,4,8,16] bash benches/run.sh [PROMPT_TOKENS] [OUTPUT_TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P="${1:-128}"; N="${2:-128}"
+ROUNDS="${ROUNDS:-2}"; LEVELS="${LEVELS:-1,4,8,16}"
 MODEL="$(bash models/fetch-default.sh)"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 cargo build --release -p camelid >&2
 OUT=benches/results; mkdir -p "$OUT"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)  cores: $(nproc)"
-./target/release/camelid serve --port 18080 --max-num-seqs 16 >/tmp/camelid-bench.log 2>&1 & CAM=$!
-"$LLAMA_BIN/llama-server" -m "$MODEL" --port 18081 --parallel 16 -t "$(nproc)" -c 16384 >/tmp/llama-bench-server.log 2>&1 & LL=$!
-trap 'kill $CAM $LL 2>/dev/null || true' EXIT
-for port in 18080 18081; do
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
+BENCH=./target/release/camelid
+SERVER=""
+trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
+up() { # port: wait for /health
+  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
+  echo "server on port $1 did not come up" >&2; exit 1
+}
+down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)  cores: $(nproc)  rounds: $ROUNDS"
+for r in $(seq "$ROUNDS"); do
+  $BENCH serve --port 18080 --max-num-seqs 16 >/tmp/camelid-bench.log 2>&1 & SERVER=$!
+  up 18080
+  echo "round $r  load $(cut -d' ' -f1 /proc/loadavg)"
+  $BENCH bench --endpoint http://127.0.0.1:18080 --name camelid --prompt-tokens "$P" \
+    --output-tokens "$N" --concurrency "$LEVELS" --json "$OUT/camelid-$STAMP-r$r.json"
+  down
+  "$LLAMA_BIN/llama-server" -m "$MODEL" --port 18081 --parallel 16 -t "$(nproc)" -c 16384 \
+    >/tmp/llama-bench-server.log 2>&1 & SERVER=$!
+  up 18081
+  echo "round $r  load $(cut -d' ' -f1 /proc/loadavg)"
+  $BENCH bench --endpoint http://127.0.0.1:18081 --name llama.cpp --prompt-tokens "$P" \
+    --output-tokens "$N" --concurrency "$LEVELS" --json "$OUT/llamacpp-$STAMP-r$r.json"
+  down
 done
-./target/release/camelid bench --endpoint http://127.0.0.1:18080 --name camelid --prompt-tokens "$P" --output-tokens "$N" --json "$OUT/camelid-$STAMP.json"
 # MT-bench second turn: prefix cache on, then off (a fresh server).
-./target/release/camelid bench --endpoint http://127.0.0.1:18080 --name camelid-prefix-cache --second-turn 1500 --json "$OUT/turn2-cache-$STAMP.json"
-kill $CAM; wait $CAM 2>/dev/null || true
-./target/release/camelid serve --port 18082 --no-prefix-caching >/tmp/camelid-bench-nocache.log 2>&1 & CAM=$!
-for _ in $(seq 120); do curl -sf "http://127.0.0.1:18082/health" >/dev/null && break; sleep 1; done
-./target/release/camelid bench --endpoint http://127.0.0.1:18082 --name camelid-no-prefix-cache --second-turn 1500 --json "$OUT/turn2-nocache-$STAMP.json"
-kill $CAM; wait $CAM 2>/dev/null || true
-./target/release/camelid bench --endpoint http://127.0.0.1:18081 --name llama.cpp --prompt-tokens "$P" --output-tokens "$N" --json "$OUT/llamacpp-$STAMP.json"
+$BENCH serve --port 18080 >/tmp/camelid-bench.log 2>&1 & SERVER=$!
+up 18080
+$BENCH bench --endpoint http://127.0.0.1:18080 --name camelid-prefix-cache --second-turn 1500 \
+  --json "$OUT/turn2-cache-$STAMP.json"
+down
+$BENCH serve --port 18082 --no-prefix-caching >/tmp/camelid-bench-nocache.log 2>&1 & SERVER=$!
+up 18082
+$BENCH bench --endpoint http://127.0.0.1:18082 --name camelid-no-prefix-cache --second-turn 1500 \
+  --json "$OUT/turn2-nocache-$STAMP.json"
+down
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$OUT/camelid-$STAMP.json" "$OUT/llamacpp-$STAMP.json" <<'PY'
-import json, sys
-c, l = (json.load(open(p)) for p in sys.argv[1:3])
-print("\ncamelid / llama.cpp")
-print(f"{'clients':>7} {'aggregate':>10} {'prefill':>8} {'decode':>8} {'itl p99':>8}")
-for a, b in zip(c["levels"], l["levels"]):
-    r = lambda k: a[k] / b[k] if b[k] else float("nan")
-    print(f"{a['clients']:>7} {r('aggregate_tok_s'):>10.2f} {r('prefill_tok_s_p50'):>8.2f} {r('decode_tok_s_per_stream'):>8.2f} {r('itl_p99_ms'):>8.2f}")
+python3 - "$OUT" "$STAMP" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, stamp, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+load = lambda name, r: json.load(open(f"{out}/{name}-{stamp}-r{r}.json"))["levels"]
+keys = [("aggregate", "aggregate_tok_s"), ("prefill", "prefill_tok_s_p50"),
+        ("decode", "decode_tok_s_per_stream"), ("itl p99", "itl_p99_ms")]
+ratios = {}  # (clients, key) -> per-round ratios
+for r in range(1, rounds + 1):
+    for a, b in zip(load("camelid", r), load("llamacpp", r)):
+        for label, k in keys:
+            ratios.setdefault((a["clients"], label), []).append(a[k] / b[k] if b[k] else float("nan"))
+print(f"\ncamelid / llama.cpp: median over {rounds} round(s) [each round's ratio]")
+print(f"{'clients':>7} " + " ".join(f"{label:>22}" for label, _ in keys))
+for c in sorted({c for c, _ in ratios}):
+    cells = []
+    for label, _ in keys:
+        v = ratios[(c, label)]
+        cells.append(f"{statistics.median(v):5.2f} [{' '.join(f'{x:.2f}' for x in v)}]")
+    print(f"{c:>7} " + " ".join(f"{x:>22}" for x in cells))
 PY
