@@ -110,6 +110,8 @@ pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
+    /// Unnormalised probabilities of the last draw (a buffer kept between tokens).
+    weights: Vec<f32>,
 }
 
 impl Sampler {
@@ -118,7 +120,11 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        Self { params, rng }
+        Self {
+            params,
+            rng,
+            weights: Vec::new(),
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -170,25 +176,18 @@ impl Sampler {
         if p.temperature <= 0.0 || p.top_k == 1 {
             return top_k_indices(&l, 1)[0] as u32;
         }
-        let t = p.temperature;
-        let k = if p.top_k == 0 {
-            l.len()
-        } else {
-            p.top_k.min(l.len())
-        };
-        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let weight = |x: f32| (((x - max) / t) as f64).exp();
-        if k == l.len() && p.top_p >= 1.0 && p.min_p <= 0.0 {
+        let uncut = (p.top_k == 0 || p.top_k >= l.len()) && p.top_p >= 1.0 && p.min_p <= 0.0;
+        let w = &mut self.weights;
+        let total = softmax_weights(&l, p.temperature, w);
+        if uncut {
             // Nothing cuts the distribution: draw from it in index order, with no sort (a
             // vocabulary is 32–150k entries; sorting it took milliseconds per token).
-            let total: f64 = l.iter().map(|&x| weight(x)).sum();
             let mut r = self.rng.random::<f64>() * total;
             let mut last = 0;
-            for (i, &x) in l.iter().enumerate() {
-                let w = weight(x);
-                if w > 0.0 {
+            for (i, (&x, &wi)) in l.iter().zip(w.iter()).enumerate() {
+                if x > f32::NEG_INFINITY {
                     last = i;
-                    r -= w;
+                    r -= wi as f64;
                     if r <= 0.0 {
                         return i as u32;
                     }
@@ -196,7 +195,7 @@ impl Sampler {
             }
             return last as u32;
         }
-        let (cand, probs) = kept_candidates(&l, p);
+        let (cand, probs) = kept_candidates(&l, p, w, total);
         let mut r = self.rng.random::<f64>();
         for (&c, &x) in cand.iter().zip(&probs) {
             r -= x;
@@ -208,22 +207,29 @@ impl Sampler {
     }
 }
 
+/// `w[i] = exp((l[i] − max) / t)` for every logit (vectorised; −∞ logits give weights of
+/// ~1e-38, which the draws skip); returns their sum.
+fn softmax_weights(l: &[f32], t: f32, w: &mut Vec<f32>) -> f64 {
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = 1.0 / t;
+    w.clear();
+    w.extend(l.iter().map(|&x| (x - max) * inv_t));
+    crate::vecmath::exp_shifted_sum(w, 0.0) as f64
+}
+
 /// The tokens top_k, min_p and top_p keep, best first, with their renormalised
-/// probabilities (`t` > 0).
-fn kept_candidates(l: &[f32], p: &SamplingParams) -> (Vec<usize>, Vec<f64>) {
-    let t = p.temperature;
+/// probabilities; `w` and `total` are [`softmax_weights`]' output.
+fn kept_candidates(l: &[f32], p: &SamplingParams, w: &[f32], total: f64) -> (Vec<usize>, Vec<f64>) {
     let k = if p.top_k == 0 {
         l.len()
     } else {
         p.top_k.min(l.len())
     };
-    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weight = |x: f32| (((x - max) / t) as f64).exp();
     // The distribution over the top-k candidates (all tokens without top_k).
     let total: f64 = if k == l.len() {
-        l.iter().map(|&x| weight(x)).sum()
+        total
     } else {
-        top_k_indices(l, k).iter().map(|&i| weight(l[i])).sum()
+        top_k_indices(l, k).iter().map(|&i| w[i] as f64).sum()
     };
     // The best candidates in order, as many as the cuts can keep: start with a few
     // hundred and widen until min_p's floor or top_p's mass is reached inside them, so a
@@ -232,7 +238,7 @@ fn kept_candidates(l: &[f32], p: &SamplingParams) -> (Vec<usize>, Vec<f64>) {
     let mut m = 256.min(k);
     let (cand, probs) = loop {
         let cand = top_k_indices(l, m);
-        let probs: Vec<f64> = cand.iter().map(|&i| weight(l[i]) / total).collect();
+        let probs: Vec<f64> = cand.iter().map(|&i| w[i] as f64 / total).collect();
         // Either cut closing inside the first m fixes the kept set.
         let below_floor = p.min_p > 0.0 && probs[m - 1] < probs[0] * p.min_p as f64;
         let mass_reached = p.top_p < 1.0 && probs.iter().sum::<f64>() >= p.top_p as f64;
@@ -247,6 +253,13 @@ fn kept_candidates(l: &[f32], p: &SamplingParams) -> (Vec<usize>, Vec<f64>) {
         let floor = probs[0] * p.min_p as f64;
         keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
     }
+    // Tokens at −∞ (blocked stop tokens, a bias of −∞) are never drawn.
+    keep = keep.min(
+        cand.iter()
+            .take_while(|&&i| l[i] > f32::NEG_INFINITY)
+            .count()
+            .max(1),
+    );
     // top_p: the smallest prefix whose mass reaches top_p.
     if p.top_p < 1.0 {
         let mut acc = 0.0;
@@ -412,7 +425,9 @@ mod tests {
         ];
         for (n, (p, l)) in cases.into_iter().enumerate() {
             let want = reference_support(l, &p);
-            let (cand, probs) = kept_candidates(l, &p);
+            let mut w = vec![];
+            let total = softmax_weights(l, p.temperature, &mut w);
+            let (cand, probs) = kept_candidates(l, &p, &w, total);
             assert_eq!(cand.len(), want.len(), "case {n}");
             assert!(cand.len() > 1 || n == 4, "case {n}: a real choice");
             for (j, (&c, &x)) in cand.iter().zip(&probs).enumerate() {
@@ -431,7 +446,8 @@ mod tests {
     /// token's frequency within 5σ of its probability.
     #[test]
     fn uncut_draws_follow_the_softmax() {
-        let l = logits();
+        let mut l = logits();
+        l[7] = f32::NEG_INFINITY; // a blocked token
         let p = SamplingParams {
             temperature: 0.8,
             seed: Some(5),
@@ -444,6 +460,21 @@ mod tests {
         let mut counts = vec![0usize; l.len()];
         for _ in 0..draws {
             counts[s.sample(&l, &[], &[]) as usize] += 1;
+        }
+        assert_eq!(counts[7], 0, "a token at -inf was drawn");
+        let mut top3 = Sampler::new(SamplingParams {
+            top_k: 5,
+            seed: Some(6),
+            ..Default::default()
+        });
+        let mut few = vec![f32::NEG_INFINITY; 20];
+        few[3] = 1.0;
+        few[11] = 0.5;
+        for _ in 0..2000 {
+            assert!(
+                [3, 11].contains(&top3.sample(&few, &[], &[])),
+                "top_k kept a -inf token"
+            );
         }
         for (i, x) in want {
             let expected = draws as f64 * x;

@@ -120,6 +120,20 @@ impl VecOps for Scalar {
     }
 }
 
+/// [`VecOps::exp_shifted_sum`] with the best flavour this CPU runs.
+pub fn exp_shifted_sum(r: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn avx2(r: &mut [f32], max: f32) -> f32 {
+            Avx2::exp_shifted_sum(r, max)
+        }
+        // Safety: the CPU has the features.
+        return unsafe { avx2(r, max) };
+    }
+    Scalar::exp_shifted_sum(r, max)
+}
+
 /// Whether [`Avx2`] may be used on this CPU.
 pub fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
