@@ -435,16 +435,17 @@ fn matmul_with(w: &QWeight, acts: &QActs, out: &mut [f32], dot: DotRows, pair: O
     if let Layout::Interleaved { group, data } = &w.layout {
         let group = *group;
         let group_bytes = w.cols / BLOCK * w.kind.group_block_bytes(group);
+        let pass = rows_per_pass(group);
         let work = |g0: usize, g1: usize| {
             for (t, tile_rows) in rows.chunks(ROW_TILE).enumerate() {
                 for gi in g0..g1 {
                     let wg = &data[gi * group_bytes..(gi + 1) * group_bytes];
-                    for (q, quad) in tile_rows.chunks(4).enumerate() {
-                        let i0 = t * ROW_TILE + q * 4;
-                        // Safety: rows i0..i0 + quad.len() < m, columns 8gi..8gi + 8 ≤ n, and
+                    for (q, few) in tile_rows.chunks(pass).enumerate() {
+                        let i0 = t * ROW_TILE + q * pass;
+                        // Safety: rows i0..i0 + few.len() < m, columns of group gi < n, and
                         // each task owns groups g0..g1.
                         let out = ptr.at(i0 * n + gi * group);
-                        unsafe { gemm_group(w.kind, group, wg, quad, out, n) };
+                        unsafe { gemm_group(w.kind, group, wg, few, out, n) };
                     }
                 }
             }
@@ -506,7 +507,17 @@ fn run_split(units: usize, blocks: usize, work: impl Fn(usize, usize) + Sync) {
         .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(units)));
 }
 
-/// One interleaved group of `group` weight rows times up to four activation rows: writes
+/// Activation rows one pass of the interleaved kernel takes: the AVX-512 kernel (32 vector
+/// registers) keeps eight rows' sums in registers, the AVX2 ones (16 registers) four.
+fn rows_per_pass(group: usize) -> usize {
+    if group == 16 {
+        8
+    } else {
+        4
+    }
+}
+
+/// One interleaved group of `group` weight rows times up to [`rows_per_pass`] activation rows: writes
 /// `out[i · ld + 0..group]` for activation row `i`.
 ///
 /// # Safety
@@ -530,6 +541,10 @@ unsafe fn gemm_group(
         let w = wg.as_ptr();
         match (group, kind, acts.len()) {
             (16, QKind::Q8_0, _) => unreachable!("Q8_0 groups are 8 rows"),
+            (16, _, 8) => avx512::gemm16_q4::<8>(w, nb, acts, out, ld),
+            (16, _, 7) => avx512::gemm16_q4::<7>(w, nb, acts, out, ld),
+            (16, _, 6) => avx512::gemm16_q4::<6>(w, nb, acts, out, ld),
+            (16, _, 5) => avx512::gemm16_q4::<5>(w, nb, acts, out, ld),
             (16, _, 4) => avx512::gemm16_q4::<4>(w, nb, acts, out, ld),
             (16, _, 3) => avx512::gemm16_q4::<3>(w, nb, acts, out, ld),
             (16, _, 2) => avx512::gemm16_q4::<2>(w, nb, acts, out, ld),
@@ -542,7 +557,7 @@ unsafe fn gemm_group(
             (8, _, 3) => avx2::gemm8_q4::<3>(w, nb, acts, out, ld),
             (8, _, 2) => avx2::gemm8_q4::<2>(w, nb, acts, out, ld),
             (8, _, 1) => avx2::gemm8_q4::<1>(w, nb, acts, out, ld),
-            _ => unreachable!("groups of 8 or 16 rows, at most 4 activation rows"),
+            _ => unreachable!("groups of 8 (≤ 4 activation rows) or 16 (≤ 8) rows"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1014,7 +1029,12 @@ mod tests {
             // Enough rows and blocks to take the parallel path and several row tiles (both
             // layouts); one row over an odd number of weight rows (the paired decode kernel)
             // and over an interleaved matrix.
-            for (m, n) in [(133, 96), (133, 97), (1, 1537), (1, 1536)] {
+            // Every pass width (1–8 rows) too.
+            let few = (2..=9).map(|m| (m, 96));
+            for (m, n) in [(133, 96), (133, 97), (1, 1537), (1, 1536)]
+                .into_iter()
+                .chain(few)
+            {
                 let k = 576;
                 let (w, _) = weight(t, n, k);
                 let reference = QWeight::new_rows(w.kind, n, k, rows_of(t, n, k)).unwrap();
