@@ -40,6 +40,13 @@ pub fn cached_conversion(gguf: &Path, dtype: candle_core::DType) -> PathBuf {
     if dir.exists() {
         return dir;
     }
+    // Copies made by an earlier converter are stale: remove them (~530 MB each in f32).
+    let prefix = format!("{stem}-{dtype:?}-");
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) && e.path() != dir {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let tmp = root.join(format!(".{stem}-{dtype:?}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     camelid_model::convert::gguf_to_hf(gguf, &tmp, dtype).expect("convert");
