@@ -209,16 +209,6 @@ fn silu_mul_rows(gate_up: &[f32], inter: usize, out: &mut [f32]) {
         .zip(out.chunks_exact_mut(inter))
     {
         let (gate, up) = g.split_at(inter);
-        #[cfg(target_arch = "x86_64")]
-        if vecmath::avx2_available() {
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
-                vecmath::Avx2::silu_mul(gate, up, out)
-            }
-            // Safety: the CPU has the features.
-            unsafe { avx2(gate, up, o) };
-            continue;
-        }
-        Scalar::silu_mul(gate, up, o)
+        vecmath::silu_mul(gate, up, o);
     }
 }

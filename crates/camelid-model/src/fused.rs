@@ -1,7 +1,7 @@
 //! Fused element-wise ops for the CPU forward pass (f32; CUDA uses `cuda_ops`' kernel): one pass over memory and one output
 //! allocation where candle would run several ops, each allocating and (for views) copying.
 
-use crate::vecmath::{self, Scalar, VecOps};
+use crate::vecmath;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -44,7 +44,7 @@ impl CustomOp1 for SiluMul {
         let x = &x[start..end];
         let inter = width / 2;
         let mut out = vec![0f32; x.len() / 2];
-        let row = |(o, r): (&mut [f32], &[f32])| silu_mul_row(&r[..inter], &r[inter..], o);
+        let row = |(o, r): (&mut [f32], &[f32])| vecmath::silu_mul(&r[..inter], &r[inter..], o);
         if out.len() < PARALLEL_MIN {
             out.chunks_mut(inter).zip(x.chunks(width)).for_each(row);
         } else {
@@ -56,20 +56,6 @@ impl CustomOp1 for SiluMul {
         *out_dims.last_mut().unwrap() = inter;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
-}
-
-fn silu_mul_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if vecmath::avx2_available() {
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
-            vecmath::Avx2::silu_mul(gate, up, out)
-        }
-        // Safety: the CPU has the features.
-        unsafe { avx2(gate, up, out) };
-        return;
-    }
-    Scalar::silu_mul(gate, up, out)
 }
 
 #[cfg(test)]

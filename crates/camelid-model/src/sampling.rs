@@ -226,10 +226,12 @@ fn kept_candidates(l: &[f32], p: &SamplingParams, w: &[f32], total: f64) -> (Vec
         p.top_k.min(l.len())
     };
     // The distribution over the top-k candidates (all tokens without top_k).
-    let total: f64 = if k == l.len() {
-        total
-    } else {
-        top_k_indices(l, k).iter().map(|&i| w[i] as f64).sum()
+    // With top_k the k best, in order, are needed anyway (for their total); the prefixes
+    // below are then taken from them rather than selected again.
+    let top = (k < l.len()).then(|| top_k_indices(l, k));
+    let total: f64 = match &top {
+        Some(top) => top.iter().map(|&i| w[i] as f64).sum(),
+        None => total,
     };
     // The best candidates in order, as many as the cuts can keep: start with a few
     // hundred and widen until min_p's floor or top_p's mass is reached inside them, so a
@@ -237,7 +239,10 @@ fn kept_candidates(l: &[f32], p: &SamplingParams, w: &[f32], total: f64) -> (Vec
     // full sort's (ties go to the lower index in both).
     let mut m = 256.min(k);
     let (cand, probs) = loop {
-        let cand = top_k_indices(l, m);
+        let cand = match &top {
+            Some(top) => top[..m].to_vec(),
+            None => top_k_indices(l, m),
+        };
         let probs: Vec<f64> = cand.iter().map(|&i| w[i] as f64 / total).collect();
         // Either cut closing inside the first m fixes the kept set.
         let below_floor = p.min_p > 0.0 && probs[m - 1] < probs[0] * p.min_p as f64;

@@ -134,6 +134,20 @@ pub fn exp_shifted_sum(r: &mut [f32], max: f32) -> f32 {
     Scalar::exp_shifted_sum(r, max)
 }
 
+/// [`VecOps::silu_mul`] with the best flavour this CPU runs.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+            Avx2::silu_mul(gate, up, out)
+        }
+        // Safety: the CPU has the features.
+        return unsafe { avx2(gate, up, out) };
+    }
+    Scalar::silu_mul(gate, up, out)
+}
+
 /// Whether [`Avx2`] may be used on this CPU.
 pub fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
