@@ -9,6 +9,14 @@ use camelid_model::{ForwardBatch, LoadOptions, LogitsWanted};
 use std::time::Instant;
 
 fn main() {
+    // Inside a rayon pool, as the engine loop runs.
+    rayon::ThreadPoolBuilder::new()
+        .build()
+        .unwrap()
+        .install(bench)
+}
+
+fn bench() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let ctx = args.first().map_or(160, |a| a.parse().unwrap());
     let reps = args.get(1).map_or(15, |a| a.parse().unwrap());

@@ -9,6 +9,7 @@ pub mod blocks;
 mod metrics;
 pub mod paged;
 mod scheduler;
+pub mod step_cost;
 
 pub use metrics::EngineMetrics;
 pub use scheduler::{EngineConfig, EngineHandle};

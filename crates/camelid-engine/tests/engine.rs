@@ -124,6 +124,62 @@ fn preemption_under_a_tiny_pool_gives_the_same_outputs() {
     wait_idle(&tight.metrics);
 }
 
+/// Prompts that arrive while another stream decodes are prefilled in time-bounded chunks
+/// (with stretch 1 and blocks of 4: four tokens a step, once the step costs are learned);
+/// however small the chunks, every request completes with the output of an unbounded engine.
+#[test]
+fn time_bounded_prefill_chunks_change_no_output() {
+    let lm = tiny();
+    let long: Vec<Vec<u32>> = prompts(&lm, 3)
+        .into_iter()
+        .map(|p| p.iter().copied().cycle().take(44).collect())
+        .collect();
+    let short = prompts(&lm, 1).remove(0);
+    let run = |engine: &EngineHandle| {
+        // Warm-up: a prefill-only step and decode-only steps teach the engine their costs.
+        run_all(engine, std::slice::from_ref(&short), 8);
+        let first = engine
+            .submit(Request {
+                prompt: short.clone(),
+                params: params(40, SamplingParams::greedy()),
+                prompt_logprobs: None,
+            })
+            .unwrap();
+        let mut first = first;
+        let mut first_tokens = vec![];
+        // Submit the long prompts once the first stream is decoding.
+        while first_tokens.len() < 2 {
+            match first.blocking_recv() {
+                Some(Event::Token { token, .. }) => first_tokens.push(token),
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+        let later = run_all(engine, &long, 12);
+        let (rest, _) = drain(first).unwrap();
+        first_tokens.extend(rest);
+        wait_idle(&engine.metrics);
+        (first_tokens, later)
+    };
+    let bounded = EngineHandle::spawn(
+        tiny(),
+        EngineConfig {
+            block_size: 4,
+            num_blocks: Some(1024),
+            max_step_stretch: Some(1.0),
+            ..Default::default()
+        },
+    );
+    let unbounded = EngineHandle::spawn(
+        lm,
+        EngineConfig {
+            block_size: 4,
+            num_blocks: Some(1024),
+            ..Default::default()
+        },
+    );
+    assert_eq!(run(&bounded), run(&unbounded));
+}
+
 #[test]
 fn a_request_larger_than_the_pool_fails_at_once() {
     let engine = EngineHandle::spawn(

@@ -232,6 +232,12 @@ struct ServeArgs {
     /// first token sooner. Default: 64 on the CPU, the step budget on CUDA.
     #[arg(long)]
     max_prefill_tokens_while_decoding: Option<usize>,
+    /// Within that cap, a step that also decodes may take at most this multiple of what its
+    /// decodes alone take (learned from the steps run; at least one KV block of prompt per
+    /// step still goes in). Bounds the streams' stall by time whatever the model's size.
+    /// Default: 2 on the CPU, off on CUDA; 0 turns it off.
+    #[arg(long)]
+    max_step_stretch: Option<f64>,
     /// KV cache memory per model, in MiB.
     #[arg(long, default_value_t = 512)]
     kv_cache_mb: usize,
@@ -600,6 +606,11 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                         .max_prefill_tokens_while_decoding
                         .unwrap_or(if lm_on_cpu { 64 } else { step_tokens })
                         .max(1),
+                    max_step_stretch: match a.max_step_stretch {
+                        Some(s) if s > 0.0 => Some(s.max(1.0)),
+                        Some(_) => None,
+                        None => lm_on_cpu.then_some(2.0),
+                    },
                     block_size: a.block_size.max(1),
                     kv_cache_mb: a.kv_cache_mb.max(1),
                     prefix_caching: !a.no_prefix_caching,

@@ -1,0 +1,147 @@
+//! How long a step takes, learned from the steps already run, and how many prefill tokens a
+//! step that also decodes may carry.
+//!
+//! Every running stream waits for the whole step, so a prefill chunk in a step with decodes
+//! lengthens their inter-token gap by its own cost. A fixed token cap gets that wrong by
+//! model size and device (64 tokens of a 135M model on 2 cores take ~90 ms; of a 7B model,
+//! seconds). Instead the scheduler may bound the *time*: a step with `d` decodes may take at
+//! most `stretch ×` what `d` decodes alone take (Sarathi-Serve's budget, in time rather than
+//! tokens). Two running averages give the prediction: the duration of decode-only steps by
+//! their number of decodes, and the cost of one prefill token in mixed steps.
+
+/// Weight of the newest observation in the running averages: recent enough to follow the
+/// context growing and the machine's load, smooth enough to ride out one noisy step.
+const ALPHA: f64 = 0.2;
+
+#[derive(Debug, Default)]
+pub struct StepCost {
+    /// `decode_ms[d]`: average duration of a step of `d` decodes and no prefill.
+    decode_ms: Vec<Option<f64>>,
+    /// Average cost of one prefill token: from prefill-only steps, and from mixed steps less
+    /// their decodes' predicted share.
+    prefill_token_ms: Option<f64>,
+}
+
+fn blend(avg: &mut Option<f64>, v: f64) {
+    *avg = Some(match *avg {
+        Some(a) => a + ALPHA * (v - a),
+        None => v,
+    });
+}
+
+impl StepCost {
+    /// Records a step of `decodes` decode rows and `prefill` prefill tokens that took `ms`.
+    pub fn observe(&mut self, decodes: usize, prefill: usize, ms: f64) {
+        if !ms.is_finite() || ms < 0.0 {
+            return;
+        }
+        if prefill == 0 {
+            if decodes > 0 {
+                if self.decode_ms.len() <= decodes {
+                    self.decode_ms.resize(decodes + 1, None);
+                }
+                blend(&mut self.decode_ms[decodes], ms);
+            }
+            return;
+        }
+        let decode_share = if decodes == 0 {
+            Some(0.0)
+        } else {
+            self.decode_step_ms(decodes)
+        };
+        if let Some(share) = decode_share {
+            blend(
+                &mut self.prefill_token_ms,
+                (ms - share).max(0.0) / prefill as f64,
+            );
+        }
+    }
+
+    /// Predicted duration of a decode-only step of `decodes` rows. Fewer decodes never take
+    /// longer than more, so the prediction is the least average seen for this count or a
+    /// larger one (a rare count, seen only in a step slowed by something else, such as a new
+    /// request's tokenization on the same cores, must not stand for it); with none seen, the
+    /// nearest smaller count's (an underestimate: the prefill budget errs short).
+    pub fn decode_step_ms(&self, decodes: usize) -> Option<f64> {
+        let seen = |d: usize| self.decode_ms.get(d).copied().flatten();
+        (decodes..self.decode_ms.len())
+            .filter_map(seen)
+            .min_by(f64::total_cmp)
+            .or_else(|| (1..decodes).rev().find_map(seen))
+    }
+
+    /// Prefill tokens that keep a step of `decodes` decodes within `stretch ×` their own
+    /// duration; `None` until both averages exist.
+    pub fn prefill_tokens(&self, decodes: usize, stretch: f64) -> Option<usize> {
+        let base = self.decode_step_ms(decodes)?;
+        let per_token = self.prefill_token_ms?;
+        let spare = (stretch - 1.0).max(0.0) * base;
+        Some(if per_token > 0.0 {
+            (spare / per_token).floor().min(usize::MAX as f64) as usize
+        } else {
+            usize::MAX
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_predicted_before_both_kinds_of_step_ran() {
+        let mut c = StepCost::default();
+        assert_eq!(c.prefill_tokens(4, 2.0), None);
+        c.observe(4, 0, 20.0);
+        assert_eq!(c.prefill_tokens(4, 2.0), None);
+        c.observe(0, 100, 150.0);
+        // 20 ms of decodes, stretch 2: 20 ms to spare at 1.5 ms a token.
+        assert_eq!(c.prefill_tokens(4, 2.0), Some(13));
+        assert_eq!(c.prefill_tokens(4, 1.0), Some(0));
+    }
+
+    #[test]
+    fn mixed_steps_charge_prefill_only_what_the_decodes_did_not_take() {
+        let mut c = StepCost::default();
+        c.observe(8, 0, 24.0);
+        c.observe(8, 32, 24.0 + 32.0 * 2.0);
+        assert_eq!(c.prefill_token_ms, Some(2.0));
+        // Budget for stretch 3 at 8 decodes: 48 ms spare / 2 ms.
+        assert_eq!(c.prefill_tokens(8, 3.0), Some(24));
+        // A mixed step before its decode count was ever seen alone is not charged a guess.
+        let mut d = StepCost::default();
+        d.observe(8, 32, 90.0);
+        assert_eq!(d.prefill_token_ms, None);
+    }
+
+    #[test]
+    fn decode_predictions_grow_with_the_count_of_decodes() {
+        let mut c = StepCost::default();
+        c.observe(2, 0, 10.0);
+        c.observe(6, 0, 20.0);
+        assert_eq!(c.decode_step_ms(2), Some(10.0));
+        assert_eq!(c.decode_step_ms(1), Some(10.0)); // no slower than 2
+        assert_eq!(c.decode_step_ms(5), Some(20.0)); // no slower than 6
+        assert_eq!(c.decode_step_ms(9), Some(20.0)); // only smaller counts seen
+        assert_eq!(StepCost::default().decode_step_ms(3), None);
+        // A count seen once in a slow step does not stand above a larger count's average.
+        c.observe(5, 0, 60.0);
+        assert_eq!(c.decode_step_ms(5), Some(20.0));
+    }
+
+    #[test]
+    fn averages_follow_new_observations_smoothly() {
+        let mut c = StepCost::default();
+        c.observe(1, 0, 10.0);
+        c.observe(1, 0, 20.0);
+        assert!((c.decode_step_ms(1).unwrap() - 12.0).abs() < 1e-9);
+        for _ in 0..100 {
+            c.observe(1, 0, 20.0);
+        }
+        assert!((c.decode_step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+        // Nonsense durations are ignored.
+        c.observe(1, 0, f64::NAN);
+        c.observe(1, 0, -1.0);
+        assert!((c.decode_step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+    }
+}
