@@ -223,7 +223,7 @@ struct ServeArgs {
     max_num_seqs: usize,
     /// Tokens in one step (long prompts are prefilled in chunks of this size). Default: 512
     /// on the CPU, 2048 on CUDA. Smaller values shorten the stalls a prefill causes in running
-    /// streams (about 7 ms per prefill token for SmolLM2-135M on 2 cores) at the cost of
+    /// streams (about 1.5–2 ms per prefill token for SmolLM2-135M on 2 cores) at the cost of
     /// time-to-first-token and throughput (measured in benches/README.md).
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
