@@ -151,6 +151,12 @@ impl EngineHandle {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+    /// The tokenizer, shared: cloning a `Tokenizer` itself copies its vocabulary, merges and
+    /// JSON document (~40 ms and ~20 ms to drop for a 49k vocabulary), work a request must
+    /// not do on the cores the engine runs on.
+    pub fn shared_tokenizer(&self) -> Arc<Tokenizer> {
+        self.tokenizer.clone()
+    }
     pub fn context_length(&self) -> usize {
         self.context_length
     }

@@ -131,7 +131,7 @@ pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Respo
             id,
             created,
             model: req.model.clone(),
-            tok: Arc::new(tok.clone()),
+            tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs,
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt.len()).into_response());
