@@ -11,7 +11,7 @@ pub mod paged;
 mod scheduler;
 pub mod step_cost;
 
-pub use metrics::EngineMetrics;
+pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
 pub use scheduler::{EngineConfig, EngineHandle};
 
 use camelid_model::generate::{FinishReason, GenerationParams};

@@ -20,6 +20,43 @@ pub struct EngineMetrics {
     pub prefix_cache_lookups: AtomicU64,
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_prompt_tokens: AtomicU64,
+    /// Duration of the engine's steps (every running stream waits for a whole step).
+    pub step_seconds: StepHistogram,
+}
+
+/// Upper bounds (seconds) of [`StepHistogram`]'s buckets.
+pub const STEP_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// A Prometheus-style histogram the engine thread writes and `/metrics` reads, lock-free.
+#[derive(Debug, Default)]
+pub struct StepHistogram {
+    /// `counts[i]`: steps of at most `STEP_BUCKETS[i]` seconds (cumulative, as Prometheus
+    /// has it).
+    counts: [AtomicU64; STEP_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl StepHistogram {
+    pub(crate) fn observe(&self, secs: f64) {
+        for (c, &b) in self.counts.iter().zip(&STEP_BUCKETS) {
+            if secs <= b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6).round() as u64, Ordering::Relaxed);
+    }
+
+    /// `(cumulative bucket counts, count, sum in seconds)`.
+    pub fn snapshot(&self) -> ([u64; STEP_BUCKETS.len()], u64, f64) {
+        (
+            self.counts.each_ref().map(|c| c.load(Ordering::Relaxed)),
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 impl EngineMetrics {
@@ -31,5 +68,22 @@ impl EngineMetrics {
     }
     pub(crate) fn set(v: &AtomicU64, n: u64) {
         v.store(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_histogram_counts_cumulatively() {
+        let h = StepHistogram::default();
+        for secs in [0.004, 0.02, 0.02, 0.3, 20.0] {
+            h.observe(secs);
+        }
+        let (buckets, count, sum) = h.snapshot();
+        assert_eq!(buckets, [1, 1, 3, 3, 3, 3, 4, 4, 4, 4]);
+        assert_eq!(count, 5);
+        assert!((sum - 20.344).abs() < 1e-9);
     }
 }

@@ -455,7 +455,9 @@ impl Engine {
             let started = std::time::Instant::now();
             let prefill = batch.tokens.len() - batch_decodes;
             self.forward_and_sample(batch, members, &mut done);
-            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let secs = started.elapsed().as_secs_f64();
+            self.metrics.step_seconds.observe(secs);
+            let ms = secs * 1e3;
             self.cost.observe(batch_decodes, prefill, ms);
             // RUST_LOG=camelid_engine::step=debug traces every step (for scheduling studies).
             tracing::debug!(

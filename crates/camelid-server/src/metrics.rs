@@ -193,6 +193,21 @@ impl ServerMetrics {
                 let _ = writeln!(out, "{name}{{model=\"{m}\"}} {}", get(e));
             }
         }
+        let name = "camelid_engine_step_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Duration of engine steps (running streams wait for whole steps).\n# TYPE {name} histogram"
+        );
+        for (m, e) in engines {
+            let (buckets, count, sum) = e.step_seconds.snapshot();
+            for (b, n) in camelid_engine::STEP_BUCKETS.iter().zip(buckets) {
+                let _ = writeln!(out, "{name}_bucket{{model=\"{m}\",le=\"{b}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{model=\"{m}\",le=\"+Inf\"}} {count}\n{name}_sum{{model=\"{m}\"}} {sum}\n{name}_count{{model=\"{m}\"}} {count}"
+            );
+        }
         out
     }
 }

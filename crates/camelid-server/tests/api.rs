@@ -185,9 +185,20 @@ fn models_health_metrics() {
         "camelid_waiting_requests",
         "camelid_prompt_tokens_total",
         "camelid_generation_tokens_total",
+        "camelid_engine_step_seconds_bucket{model=\"smol\",le=\"+Inf\"}",
     ] {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
     }
+    // The chat above ran steps: the step histogram has counted them.
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("camelid_engine_step_seconds_count{model=\"smol\"}") >= 1.0);
+    assert!(value("camelid_engine_step_seconds_sum{model=\"smol\"}") > 0.0);
 }
 
 #[test]
