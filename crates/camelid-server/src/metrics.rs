@@ -33,19 +33,37 @@ impl Histogram {
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                self.counts.get(i).copied().unwrap_or(0)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-            self.count, self.sum, self.count
-        );
+        let counts: Vec<u64> = (0..BUCKETS.len())
+            .map(|i| self.counts.get(i).copied().unwrap_or(0))
+            .collect();
+        write_series(out, name, "", BUCKETS, &counts, self.count, self.sum);
     }
+}
+
+/// One histogram series: cumulative `counts` per bound in `bounds`, then `+Inf`, sum and
+/// count; `labels` (`key="value"` pairs, comma-separated, or empty) go on every line.
+fn write_series(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    count: u64,
+    sum: f64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    for (b, n) in bounds.iter().zip(counts) {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}\n{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+    );
 }
 
 #[derive(Debug, Default)]
@@ -199,14 +217,10 @@ impl ServerMetrics {
             "# HELP {name} Duration of engine steps (running streams wait for whole steps).\n# TYPE {name} histogram"
         );
         for (m, e) in engines {
-            let (buckets, count, sum) = e.step_seconds.snapshot();
-            for (b, n) in camelid_engine::STEP_BUCKETS.iter().zip(buckets) {
-                let _ = writeln!(out, "{name}_bucket{{model=\"{m}\",le=\"{b}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{model=\"{m}\",le=\"+Inf\"}} {count}\n{name}_sum{{model=\"{m}\"}} {sum}\n{name}_count{{model=\"{m}\"}} {count}"
-            );
+            let (counts, count, sum) = e.step_seconds.snapshot();
+            let labels = format!("model=\"{m}\"");
+            let bounds = &camelid_engine::STEP_BUCKETS;
+            write_series(&mut out, name, &labels, bounds, &counts, count, sum);
         }
         out
     }
