@@ -1,5 +1,6 @@
 //! Micro-benchmark of camelid's quantized CPU matmul (weights larger than the caches, as in a
-//! real model): `cargo run --release -p camelid-model --example qgemm_bench [threads]`.
+//! real model): `cargo run --release -p camelid-model --example qgemm_bench [threads] [format]`
+//! (format: q4_0, q4_1 — the default — or q8_0).
 use camelid_model::qgemm::{matmul, QKind, QWeight};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -10,23 +11,29 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().unwrap())
         .unwrap_or(0);
+    let (dtype, kind) = match std::env::args().nth(2).as_deref() {
+        None | Some("q4_1") => (GgmlDType::Q4_1, QKind::Q4_1),
+        Some("q4_0") => (GgmlDType::Q4_0, QKind::Q4_0),
+        Some("q8_0") => (GgmlDType::Q8_0, QKind::Q8_0),
+        Some(f) => panic!("format {f}: one of q4_0, q4_1, q8_0"),
+    };
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
             .unwrap();
     }
-    let (rows, cols, copies) = (1536, 576, 40); // ~35 MB of Q4_1
+    let (rows, cols, copies) = (1536, 576, 40); // 22 MB of Q4_1, 38 MB of Q8_0
     let mut ws = vec![];
     for c in 0..copies {
         let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
         let w = (w + c as f64 * 1e-3).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-        ws.push(QWeight::new(QKind::Q4_1, rows, cols, q.data().unwrap().into_owned()).unwrap());
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        ws.push(QWeight::new(kind, rows, cols, q.data().unwrap().into_owned()).unwrap());
     }
-    let bytes: usize = copies * rows * cols / 32 * 20;
+    let bytes: usize = copies * rows * cols / 32 * kind.block_bytes();
     println!(
-        "threads {}  weights {:.1} MB",
+        "{kind:?}  threads {}  weights {:.1} MB",
         rayon::current_num_threads(),
         bytes as f64 / 1e6
     );
