@@ -47,6 +47,13 @@ fn bench() {
     let c = lm.model.config().clone();
     let vocab = c.vocab_size as u32;
     let bs = 16;
+    // KV=q8_0 or KV=f32 picks the cache's element type (default f16, the server's).
+    let kv_dtype = match std::env::var("KV").as_deref() {
+        Err(_) | Ok("f16") => KvDtype::F16,
+        Ok("f32") => KvDtype::F32,
+        Ok("q8_0") => KvDtype::Q8_0,
+        Ok(other) => panic!("KV={other}: one of f16, f32, q8_0"),
+    };
     let mut kv = PagedKv::new(
         c.num_layers,
         c.num_kv_heads,
@@ -54,7 +61,7 @@ fn bench() {
         4096,
         bs,
         lm.model.dtype(),
-        KvDtype::F16,
+        kv_dtype,
         lm.model.device(),
     )
     .unwrap();
@@ -77,7 +84,7 @@ fn bench() {
     }
     let mut pos = vec![ctx; max_b as usize];
     let mut next_prefill = 1000u64;
-    println!("context {ctx}, {reps} steps each");
+    println!("context {ctx}, {reps} steps each, {kv_dtype:?} cache");
     println!("| decodes | prefill | step ms (median) | min | ms per row |");
     println!("|--:|--:|--:|--:|--:|");
     for (b, p) in shapes {

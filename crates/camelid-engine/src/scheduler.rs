@@ -70,13 +70,13 @@ impl EngineConfig {
         }
         let c = lm.model.config();
         let element = if uses_host_memory(lm.model.dtype(), lm.model.device()) {
-            self.host_kv_dtype.size_in_bytes()
+            self.host_kv_dtype.bytes_per_value()
         } else {
-            lm.model.dtype().size_in_bytes()
+            lm.model.dtype().size_in_bytes() as f64
         };
-        let bytes_per_block =
-            c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.block_size * element;
-        ((self.kv_cache_mb << 20) / bytes_per_block.max(1)).max(1)
+        let values_per_block = c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.block_size;
+        let bytes_per_block = (values_per_block as f64 * element).max(1.0);
+        (((self.kv_cache_mb << 20) as f64 / bytes_per_block) as usize).max(1)
     }
 }
 

@@ -23,26 +23,85 @@ use rayon::prelude::*;
 
 /// Element type of a [`HostKvCache`]. F16 halves the bytes batched decode streams (and
 /// doubles the positions a given `--kv-cache-mb` holds) at ~3 significant digits per key and
-/// value, as llama.cpp's default cache; F32 is exact (the reference).
+/// value, as llama.cpp's default cache; F32 is exact (the reference). Q8_0 halves them again:
+/// 8-bit values with one f32 scale per 32 (GGML's Q8_0 idea, llama.cpp's `-ctk/-ctv q8_0`),
+/// for long contexts, where decode attention is bound by reading the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvDtype {
     F32,
     F16,
+    Q8_0,
 }
 
 impl KvDtype {
-    pub fn size_in_bytes(self) -> usize {
+    /// Bytes one cached value takes, its share of a scale included.
+    pub fn bytes_per_value(self) -> f64 {
         match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
+            KvDtype::F32 => 4.0,
+            KvDtype::F16 => 2.0,
+            KvDtype::Q8_0 => 1.0 + 4.0 / 32.0,
         }
     }
+}
+
+/// Values per Q8_0 scale: 32, or a whole head where the head size is not a multiple of 32
+/// (a group must never straddle two heads: they are written at different times).
+pub fn q8_group(head_dim: usize) -> usize {
+    if head_dim.is_multiple_of(32) {
+        32
+    } else {
+        head_dim
+    }
+}
+
+/// One layer's keys (or values) as 8-bit integers, `x ≈ q · scale`, one scale per group of
+/// [`q8_group`] values.
+struct Q8Plane {
+    qs: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Q8Plane {
+    fn new(n: usize, group: usize) -> Self {
+        Self {
+            qs: vec![0; n],
+            scales: vec![0.0; n / group],
+        }
+    }
+
+    /// Quantizes `x` (whole groups) into values `at..at + x.len()`.
+    fn write(&mut self, at: usize, x: &[f32], group: usize) {
+        for (i, xg) in x.chunks_exact(group).enumerate() {
+            let (d, inv) = q8_scale(xg);
+            self.scales[at / group + i] = d;
+            for (q, &v) in self.qs[at + i * group..][..group].iter_mut().zip(xg) {
+                *q = (v * inv).round() as i8;
+            }
+        }
+    }
+
+    fn read(&self, at: usize, out: &mut [f32], group: usize) {
+        for (i, og) in out.chunks_exact_mut(group).enumerate() {
+            let d = self.scales[at / group + i];
+            for (o, &q) in og.iter_mut().zip(&self.qs[at + i * group..]) {
+                *o = q as f32 * d;
+            }
+        }
+    }
+}
+
+/// A group's scale `max|x| / 127` and the factor that maps it onto −127..=127.
+pub fn q8_scale(x: &[f32]) -> (f32, f32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
 
 /// One layer's keys and values in one element type.
 enum Planes {
     F32(Vec<Vec<f32>>, Vec<Vec<f32>>),
     F16(Vec<Vec<f16>>, Vec<Vec<f16>>),
+    Q8(Vec<Q8Plane>, Vec<Q8Plane>),
 }
 
 /// Keys and values of every layer in host memory.
@@ -54,25 +113,83 @@ pub struct HostKvCache {
     planes: Planes,
 }
 
-/// A [`KvElem`] a [`HostKvCache`] can hold: gives the typed planes of a layer.
-trait CacheElem: KvElem {
-    fn planes(cache: &HostKvCache, layer: usize) -> (&[Self], &[Self]);
+/// An element type a [`HostKvCache`] can hold (`i8`: the Q8_0 planes): reads a span of a
+/// layer's keys and values, widened to f32.
+trait CacheElem {
+    /// Keys and values `at..at + keys.len()` of `layer` into `keys` and `values`.
+    fn widen<V: VecOps>(
+        cache: &HostKvCache,
+        layer: usize,
+        at: usize,
+        keys: &mut [f32],
+        values: &mut [f32],
+    );
 }
 
 impl CacheElem for f32 {
-    fn planes(cache: &HostKvCache, layer: usize) -> (&[f32], &[f32]) {
-        match &cache.planes {
-            Planes::F32(k, v) => (&k[layer], &v[layer]),
-            Planes::F16(..) => unreachable!("dispatched on the cache's dtype"),
-        }
+    #[inline(always)]
+    fn widen<V: VecOps>(
+        cache: &HostKvCache,
+        layer: usize,
+        at: usize,
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) {
+        let Planes::F32(k, v) = &cache.planes else {
+            unreachable!("dispatched on the cache's dtype")
+        };
+        widen_float::<V, f32>(&k[layer], &v[layer], at, keys, values)
     }
 }
 
 impl CacheElem for f16 {
-    fn planes(cache: &HostKvCache, layer: usize) -> (&[f16], &[f16]) {
-        match &cache.planes {
-            Planes::F16(k, v) => (&k[layer], &v[layer]),
-            Planes::F32(..) => unreachable!("dispatched on the cache's dtype"),
+    #[inline(always)]
+    fn widen<V: VecOps>(
+        cache: &HostKvCache,
+        layer: usize,
+        at: usize,
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) {
+        let Planes::F16(k, v) = &cache.planes else {
+            unreachable!("dispatched on the cache's dtype")
+        };
+        widen_float::<V, f16>(&k[layer], &v[layer], at, keys, values)
+    }
+}
+
+#[inline(always)]
+fn widen_float<V: VecOps, E: KvElem>(
+    k: &[E],
+    v: &[E],
+    at: usize,
+    keys: &mut [f32],
+    values: &mut [f32],
+) {
+    let len = keys.len();
+    E::widen_into::<V>(&k[at..at + len], keys);
+    E::widen_into::<V>(&v[at..at + len], values);
+}
+
+/// The Q8_0 cache (marker type: its planes are `i8` values plus scales).
+struct Q8;
+
+impl CacheElem for Q8 {
+    #[inline(always)]
+    fn widen<V: VecOps>(
+        cache: &HostKvCache,
+        layer: usize,
+        at: usize,
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) {
+        let Planes::Q8(k, v) = &cache.planes else {
+            unreachable!("dispatched on the cache's dtype")
+        };
+        let (group, len) = (q8_group(cache.head_dim), keys.len());
+        for (plane, out) in [(&k[layer], keys), (&v[layer], values)] {
+            let scales = &plane.scales[at / group..(at + len) / group];
+            V::widen_q8(&plane.qs[at..at + len], scales, group, out);
         }
     }
 }
@@ -98,6 +215,13 @@ impl HostKvCache {
                 (0..layers).map(|_| vec![f16::ZERO; n]).collect(),
                 (0..layers).map(|_| vec![f16::ZERO; n]).collect(),
             ),
+            KvDtype::Q8_0 => {
+                let g = q8_group(head_dim);
+                Planes::Q8(
+                    (0..layers).map(|_| Q8Plane::new(n, g)).collect(),
+                    (0..layers).map(|_| Q8Plane::new(n, g)).collect(),
+                )
+            }
         };
         Self {
             kv_heads,
@@ -119,6 +243,7 @@ impl HostKvCache {
         match self.planes {
             Planes::F32(..) => KvDtype::F32,
             Planes::F16(..) => KvDtype::F16,
+            Planes::Q8(..) => KvDtype::Q8_0,
         }
     }
 
@@ -138,6 +263,11 @@ impl HostKvCache {
                     ks[layer][at..at + hd].convert_from_f32_slice(src_k);
                     vs[layer][at..at + hd].convert_from_f32_slice(src_v);
                 }
+                Planes::Q8(ks, vs) => {
+                    let g = q8_group(hd);
+                    ks[layer].write(at, src_k, g);
+                    vs[layer].write(at, src_v, g);
+                }
             }
         }
     }
@@ -156,6 +286,11 @@ impl HostKvCache {
                 Planes::F16(ks, vs) => {
                     ks[layer][at..at + hd].convert_to_f32_slice(dst_k);
                     vs[layer][at..at + hd].convert_to_f32_slice(dst_v);
+                }
+                Planes::Q8(ks, vs) => {
+                    let g = q8_group(hd);
+                    ks[layer].read(at, dst_k, g);
+                    vs[layer].read(at, dst_v, g);
                 }
             }
         }
@@ -365,6 +500,7 @@ fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
     match input.kv.cache.dtype() {
         KvDtype::F32 => attend::<Scalar, f32>(input, task, out),
         KvDtype::F16 => attend::<Scalar, f16>(input, task, out),
+        KvDtype::Q8_0 => attend::<Scalar, Q8>(input, task, out),
     }
 }
 
@@ -374,6 +510,7 @@ unsafe fn run_task_avx2(input: &TaskInput, task: &Task, out: OutPtr) {
     match input.kv.cache.dtype() {
         KvDtype::F32 => attend::<vecmath::Avx2, f32>(input, task, out),
         KvDtype::F16 => attend::<vecmath::Avx2, f16>(input, task, out),
+        KvDtype::Q8_0 => attend::<vecmath::Avx2, Q8>(input, task, out),
     }
 }
 
@@ -391,7 +528,6 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
     } = *task;
     let c = &input.chunks[ci];
     let (qw, group) = (h.q * h.dim, h.q / h.kv);
-    let (k_plane, v_plane) = E::planes(kv.cache, layer);
     let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
     let d = h.dim;
     SCRATCH.with_borrow_mut(|scratch| {
@@ -406,8 +542,13 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
             let at = kv.cache.head_offset(block as usize * bs, g);
             let len = bs.min(n_keys - bi * bs) * d;
             let dst = bi * bs * d..bi * bs * d + len;
-            E::widen_into::<V>(&k_plane[at..at + len], &mut keys[dst.clone()]);
-            E::widen_into::<V>(&v_plane[at..at + len], &mut values[dst]);
+            E::widen::<V>(
+                kv.cache,
+                layer,
+                at,
+                &mut keys[dst.clone()],
+                &mut values[dst],
+            );
         }
         scores.resize(n_keys, 0.0);
         for i in q0..q1 {
@@ -474,34 +615,46 @@ mod tests {
     #[test]
     fn ragged_batch_over_scattered_blocks_matches_naive_attention() {
         for style in [RopeStyle::Half, RopeStyle::Interleaved] {
-            // Small heads, and SmolLM2's shape (9 query heads over 3 KV heads of 64).
-            for (q, kv, dim) in [(6, 2, 8), (9, 3, 64)] {
+            // Small heads (12: not a multiple of the SIMD width), and SmolLM2's shape (9 query
+            // heads over 3 KV heads of 64).
+            for (q, kv, dim) in [(6, 2, 8), (4, 2, 12), (9, 3, 64)] {
                 let rope = style;
-                for dtype in [KvDtype::F32, KvDtype::F16] {
-                    check_ragged_batch(Heads { q, kv, dim, rope }, dtype);
+                for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+                    // Small blocks (many boundaries inside every sequence) and larger ones.
+                    for bs in [4, 24] {
+                        check_ragged_batch(Heads { q, kv, dim, rope }, dtype, bs);
+                    }
                 }
             }
         }
     }
 
-    /// What storing a value in the cache keeps of it.
-    fn stored(v: f32, dtype: KvDtype) -> f32 {
+    /// What storing a row of heads (each `dim` long) in the cache keeps of it.
+    fn stored(x: &[f32], dtype: KvDtype, dim: usize) -> Vec<f32> {
         match dtype {
-            KvDtype::F32 => v,
-            KvDtype::F16 => f16::from_f32(v).to_f32(),
+            KvDtype::F32 => x.to_vec(),
+            KvDtype::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+            KvDtype::Q8_0 => x
+                .chunks(q8_group(dim))
+                .flat_map(|g| {
+                    let (d, inv) = q8_scale(g);
+                    g.iter().map(move |&v| (v * inv).round() * d)
+                })
+                .collect(),
         }
     }
 
     /// The kernel against [`naive`] attention over the same stored (for f16: rounded) keys
     /// and values.
-    fn check_ragged_batch(h: Heads, dtype: KvDtype) {
-        let bs = 4;
+    fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        // Two sequences: one decoding at position 9 (9 tokens cached before), one prefilling
-        // 37 tokens from position 3 (several query blocks); blocks deliberately out of order.
+        // Three sequences: one decoding at position 9 (9 tokens cached before), one prefilling
+        // 37 tokens from position 3 (several query blocks), one decoding at position 150
+        // (many blocks); blocks deliberately out of order.
         let tables = vec![
             vec![5u32, 0, 7],
             vec![2u32, 6, 1, 3, 4, 8, 9, 10, 11, 12, 13],
+            (14u32..52).rev().collect(),
         ];
         let chunks = [
             SeqChunk {
@@ -516,9 +669,15 @@ mod tests {
                 len: 37,
                 logits: LogitsWanted::All,
             },
+            SeqChunk {
+                seq: 3,
+                start_pos: 150,
+                len: 1,
+                logits: LogitsWanted::Last,
+            },
         ];
         let kw = h.kv * h.dim;
-        let mut cache = HostKvCache::new(1, 14, bs, h.kv, h.dim, dtype);
+        let mut cache = HostKvCache::new(1, 52, bs, h.kv, h.dim, dtype);
         // History (positions before start_pos), stored directly, already "rotated".
         type History = (Vec<Vec<f32>>, Vec<Vec<f32>>);
         let mut hist: Vec<History> = vec![];
@@ -529,17 +688,17 @@ mod tests {
                 let v: Vec<f32> = (0..kw).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let slot = tables[ci][p / bs] as usize * bs + p % bs;
                 cache.write_slot(0, slot, &k, &v);
-                ks.push(k.iter().map(|&x| stored(x, dtype)).collect());
-                vs.push(v.iter().map(|&x| stored(x, dtype)).collect());
+                ks.push(stored(&k, dtype, h.dim));
+                vs.push(stored(&v, dtype, h.dim));
             }
             hist.push((ks, vs));
         }
-        let n_tok = 38;
+        let n_tok = 39;
         let width = (h.q + 2 * h.kv) * h.dim;
         let data: Vec<f32> = (0..n_tok * width)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
-        let positions: Vec<usize> = std::iter::once(9).chain(3..40).collect();
+        let positions: Vec<usize> = std::iter::once(9).chain(3..40).chain([150]).collect();
         let half = h.dim / 2;
         let (mut cos, mut sin) = (vec![], vec![]);
         for &p in &positions {
@@ -574,11 +733,8 @@ mod tests {
                 let mut kv_ = row(&qkv.k, t, kw).to_vec();
                 kv_.chunks_exact_mut(h.dim)
                     .for_each(|x| rope(x, cs, sn, h.rope));
-                hist[ci]
-                    .0
-                    .push(kv_.iter().map(|&x| stored(x, dtype)).collect());
-                let v_row = row(&qkv.v, t, kw).iter();
-                hist[ci].1.push(v_row.map(|&x| stored(x, dtype)).collect());
+                hist[ci].0.push(stored(&kv_, dtype, h.dim));
+                hist[ci].1.push(stored(row(&qkv.v, t, kw), dtype, h.dim));
                 // Causal: this query sees history and the chunk's tokens up to itself only.
                 let want = naive(&qv, &hist[ci].0, &hist[ci].1, c.start_pos + i, h);
                 let got = &out[t * h.q * h.dim..(t + 1) * h.q * h.dim];

@@ -6,8 +6,9 @@
 //! it instead of costing a call per 64-value head. Why own `exp`: libm's `expf` is a call per
 //! score and was 8 % of a batched decode step.
 //!
-//! Keys and values may be stored as f16 ([`KvElem`]): half the bytes to stream per step, which
-//! is what batched decode attention is bound by; they are widened to f32 as they are read.
+//! Keys and values may be stored as f16 ([`KvElem`]) or 8-bit with scales ([`VecOps::widen_q8`]):
+//! fewer bytes to stream per step, which is what batched decode attention is bound by; they are
+//! widened to f32 as they are read.
 
 use half::f16;
 
@@ -39,9 +40,17 @@ pub trait VecOps {
             Self::axpy(out, wp, &values[p * d..(p + 1) * d]);
         }
     }
+    /// `out[i] = q[i] · scales[i / group]` (a Q8_0 cache's values, widened).
+    fn widen_q8(q: &[i8], scales: &[f32], group: usize, out: &mut [f32]) {
+        for ((og, qg), &d) in out.chunks_mut(group).zip(q.chunks(group)).zip(scales) {
+            for (o, &v) in og.iter_mut().zip(qg) {
+                *o = v as f32 * d;
+            }
+        }
+    }
 }
 
-/// An element type of a KV cache: f32 or f16, computed with in f32 (widened on read).
+/// A float element type of a KV cache: f32 or f16, computed with in f32 (widened on read).
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
     /// Writes `x` as f32 into `out` (same length).
     fn widen_into<V: VecOps>(x: &[Self], out: &mut [f32]);
@@ -356,6 +365,33 @@ impl VecOps for Avx2 {
                 let g = *gp.add(i);
                 *op.add(i) = g / (1.0 + (-g).exp()) * *up_.add(i);
                 i += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn widen_q8(q: &[i8], scales: &[f32], group: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        if !group.is_multiple_of(8) {
+            for ((og, qg), &d) in out.chunks_mut(group).zip(q.chunks(group)).zip(scales) {
+                for (o, &v) in og.iter_mut().zip(qg) {
+                    *o = v as f32 * d;
+                }
+            }
+            return;
+        }
+        let groups = (out.len().min(q.len()) / group).min(scales.len());
+        let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
+        // Safety: AVX2 enabled by the caller (type contract); every access is below
+        // `groups · group`, within all three slices.
+        unsafe {
+            for (gi, &d) in scales[..groups].iter().enumerate() {
+                let d = _mm256_set1_ps(d);
+                for i in (gi * group..(gi + 1) * group).step_by(8) {
+                    let b = _mm_loadl_epi64(qp.add(i) as *const __m128i);
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                    _mm256_storeu_ps(op.add(i), _mm256_mul_ps(v, d));
+                }
             }
         }
     }

@@ -249,7 +249,8 @@ struct ServeArgs {
     no_prefix_caching: bool,
     /// Element type of the CPU KV cache (f32 models on the CPU): f16 halves the memory batched
     /// decode streams and doubles the positions `--kv-cache-mb` holds (llama.cpp's default);
-    /// f32 is exact. CUDA and bf16/f16 models keep K/V in the model's dtype.
+    /// q8_0 (8-bit, a scale per 32 values, as llama.cpp's `-ctk/-ctv q8_0`) halves them again,
+    /// for long contexts; f32 is exact. CUDA and bf16/f16 models keep K/V in the model's dtype.
     #[arg(long, value_enum, default_value_t = KvCacheDtype::F16)]
     kv_cache_dtype: KvCacheDtype,
     /// Largest request body, in bytes.
@@ -270,6 +271,8 @@ struct ServeArgs {
 enum KvCacheDtype {
     F16,
     F32,
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 #[derive(Args, Clone)]
@@ -618,6 +621,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                     host_kv_dtype: match a.kv_cache_dtype {
                         KvCacheDtype::F16 => KvDtype::F16,
                         KvCacheDtype::F32 => KvDtype::F32,
+                        KvCacheDtype::Q8_0 => KvDtype::Q8_0,
                     },
                 },
             ),
