@@ -492,6 +492,10 @@ struct Task {
 
 fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
     #[cfg(target_arch = "x86_64")]
+    if task.q1 - task.q0 == 1 && decode512::run(input, task, out) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if vecmath::avx2_available() {
         // Safety: the CPU has AVX2, FMA and F16C.
         unsafe { run_task_avx2(input, task, out) };
@@ -571,6 +575,148 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
     });
 }
 
+/// One query (a decode) against one KV head of an f16 cache with AVX-512, straight from the
+/// cache: no widened copy. [`attend`] widens a task's keys and values into f32 scratch and
+/// passes over it once per query head; for a decode that is most of its time (the scratch
+/// outgrows L1, and every head re-reads it from L2). Here each key, converted once, serves every
+/// head of the group (16-lane products, one horizontal sum per key and head), and each value
+/// row is converted once and added into the group's sums, held in registers.
+#[cfg(target_arch = "x86_64")]
+mod decode512 {
+    use super::{f16, KvDtype, OutPtr, Planes, Task, TaskInput, SCRATCH};
+    use crate::vecmath::{self, Avx2, VecOps};
+    use std::arch::x86_64::*;
+
+    /// Runs the task if this path covers it (AVX-512, f16 cache, head size 64 or 128, at most
+    /// 24 registers of sums); false leaves it to [`super::attend`].
+    pub fn run(input: &TaskInput, task: &Task, out: OutPtr) -> bool {
+        let h = input.h;
+        let group = h.q / h.kv;
+        if input.kv.cache.dtype() != KvDtype::F16 || !vecmath::avx512_available() {
+            return false;
+        }
+        // Heads are taken a few at a time so their sums fit in registers.
+        // Safety (all arms): AVX-512F/BW, AVX2, FMA and F16C are available (checked above).
+        unsafe {
+            match (h.dim, group) {
+                (64, g) if g % 3 == 0 => heads::<4, 3>(input, task, out),
+                (64, g) if g % 4 == 0 => heads::<4, 4>(input, task, out),
+                (64, g) if g % 2 == 0 => heads::<4, 2>(input, task, out),
+                (64, _) => heads::<4, 1>(input, task, out),
+                (128, g) if g % 2 == 0 => heads::<8, 2>(input, task, out),
+                (128, _) => heads::<8, 1>(input, task, out),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// `NV` vectors of 16 per head (head size 16·NV); `G` query heads at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // register arrays indexed by head and lane group
+    unsafe fn heads<const NV: usize, const G: usize>(input: &TaskInput, task: &Task, out: OutPtr) {
+        let (h, kv) = (input.h, input.kv);
+        let Planes::F16(kp, vp) = &kv.cache.planes else {
+            unreachable!("checked by run")
+        };
+        let (k_plane, v_plane) = (&kp[input.layer], &vp[input.layer]);
+        let c = &input.chunks[task.chunk];
+        let (d, qw, group) = (h.dim, h.q * h.dim, h.q / h.kv);
+        let t = task.first_tok + task.q0;
+        let visible = c.start_pos + task.q0 + 1;
+        let (bs, table) = (kv.block_size, &kv.tables[task.chunk]);
+        // Runs of positions (p0, n, plane offset of p0's row): one per block, rows contiguous
+        // inside it (positions are walked block by block: a division per position would cost
+        // more than its arithmetic).
+        let n_blocks = visible.div_ceil(bs);
+        let runs = || {
+            table[..n_blocks]
+                .iter()
+                .enumerate()
+                .map(move |(b, &block)| {
+                    let p0 = b * bs;
+                    (
+                        p0,
+                        bs.min(visible - p0),
+                        kv.cache.head_offset(block as usize * bs, task.g),
+                    )
+                })
+        };
+        // The blocks are scattered, so the hardware prefetcher restarts at each one: ask for
+        // block b + AHEAD's rows while block b is computed.
+        const AHEAD: usize = 2;
+        let prefetch = |plane: &[f16], b: usize| {
+            if let Some(&block) = table[..n_blocks].get(b + AHEAD) {
+                let at = kv.cache.head_offset(block as usize * bs, task.g);
+                let p = plane.as_ptr().add(at) as *const i8;
+                for off in (0..bs * d * 2).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
+                }
+            }
+        };
+        let load = |plane: &[f16], at: usize, i: usize| {
+            _mm512_cvtph_ps(_mm256_loadu_si256(
+                plane.as_ptr().add(at + 16 * i) as *const __m256i
+            ))
+        };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let scores = &mut scratch[2];
+            scores.resize(G * visible, 0.0);
+            for j0 in (0..group).step_by(G) {
+                let head0 = task.g * group + j0;
+                let q = |j: usize, i: usize| {
+                    _mm512_loadu_ps(input.q.as_ptr().add(t * qw + (head0 + j) * d + 16 * i))
+                };
+                // Scores: each key converted once for the G heads.
+                for (b, (p0, n, at0)) in runs().enumerate() {
+                    prefetch(k_plane, b);
+                    for r in 0..n {
+                        let at = at0 + r * d;
+                        let k: [__m512; NV] = std::array::from_fn(|i| load(k_plane, at, i));
+                        for j in 0..G {
+                            let mut acc = _mm512_mul_ps(k[0], q(j, 0));
+                            for i in 1..NV {
+                                acc = _mm512_fmadd_ps(k[i], q(j, i), acc);
+                            }
+                            *scores.get_unchecked_mut(j * visible + p0 + r) =
+                                _mm512_reduce_add_ps(acc) * input.scale;
+                        }
+                    }
+                }
+                let mut inv = [0f32; G];
+                for (j, inv) in inv.iter_mut().enumerate() {
+                    let row = &mut scores[j * visible..(j + 1) * visible];
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    *inv = 1.0 / Avx2::exp_shifted_sum(row, max);
+                }
+                // Weighted values: each row converted once, added into all G heads' sums.
+                let mut acc = [[_mm512_setzero_ps(); NV]; G];
+                for (b, (p0, n, at0)) in runs().enumerate() {
+                    prefetch(v_plane, b);
+                    for r in 0..n {
+                        let at = at0 + r * d;
+                        let v: [__m512; NV] = std::array::from_fn(|i| load(v_plane, at, i));
+                        for j in 0..G {
+                            let w = _mm512_set1_ps(*scores.get_unchecked(j * visible + p0 + r));
+                            for i in 0..NV {
+                                acc[j][i] = _mm512_fmadd_ps(w, v[i], acc[j][i]);
+                            }
+                        }
+                    }
+                }
+                for j in 0..G {
+                    // Safety: task (chunk, g, query) alone writes these heads of row t.
+                    let dst = out.at(t * qw + (head0 + j) * d);
+                    let s = _mm512_set1_ps(inv[j]);
+                    for i in 0..NV {
+                        _mm512_storeu_ps(dst.add(16 * i), _mm512_mul_ps(acc[j][i], s));
+                    }
+                }
+            }
+        });
+    }
+}
+
 thread_local! {
     /// Per-thread buffers of the attention tasks (widened keys, values, one score row): reused,
     /// so long prompts do not allocate (and page-fault) fresh megabytes per task.
@@ -615,9 +761,20 @@ mod tests {
     #[test]
     fn ragged_batch_over_scattered_blocks_matches_naive_attention() {
         for style in [RopeStyle::Half, RopeStyle::Interleaved] {
-            // Small heads (12: not a multiple of the SIMD width), and SmolLM2's shape (9 query
-            // heads over 3 KV heads of 64).
-            for (q, kv, dim) in [(6, 2, 8), (4, 2, 12), (9, 3, 64)] {
+            // Small heads (12: not a multiple of the SIMD width), SmolLM2's shape (9 query
+            // heads over 3 KV heads of 64), and every head-grouping of the AVX-512 decode path
+            // (heads of 64 taken 4, 2 or 1 at a time; heads of 128, 2 or 1).
+            let shapes = [
+                (6, 2, 8),
+                (4, 2, 12),
+                (9, 3, 64),
+                (8, 2, 64),
+                (6, 3, 64),
+                (4, 4, 64),
+                (4, 2, 128),
+                (3, 3, 128),
+            ];
+            for (q, kv, dim) in shapes {
                 let rope = style;
                 for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
                     // Small blocks (many boundaries inside every sequence) and larger ones.

@@ -593,17 +593,10 @@ unsafe fn prefetch_ahead(blk: *const u8, bytes: usize) {
 mod avx512 {
     use super::{prefetch_ahead, ActRow, BLOCK};
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
 
     pub fn available() -> bool {
-        static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| {
-            // CAMELID_NO_AVX512=1 keeps the AVX2 kernels (to compare them on one machine).
-            std::env::var("CAMELID_NO_AVX512").map_or(true, |v| v != "1")
-                && super::avx2::available()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-        })
+        // CAMELID_NO_AVX512=1 keeps the AVX2 kernels (to compare them on one machine).
+        super::avx2::available() && crate::vecmath::avx512_available()
     }
 
     /// See [`super::gemm_group`]; Q4_0 and Q4_1, 16-row groups (320 bytes per block).

@@ -175,6 +175,26 @@ pub fn avx2_available() -> bool {
     }
 }
 
+/// Whether AVX-512 F and BW may be used (besides [`avx2_available`]'s features);
+/// `CAMELID_NO_AVX512=1` says no, to compare the AVX2 paths on one machine.
+pub fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            std::env::var("CAMELID_NO_AVX512").map_or(true, |v| v != "1")
+                && avx2_available()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// AVX2 + FMA + F16C. Only call its methods from code compiled with those features (inside a
 /// `#[target_feature(enable = "avx2,fma,f16c")]` function) after [`avx2_available`] said yes.
 #[cfg(target_arch = "x86_64")]
