@@ -249,8 +249,9 @@ struct ServeArgs {
     no_prefix_caching: bool,
     /// Element type of the CPU KV cache (f32 models on the CPU): f16 halves the memory batched
     /// decode streams and doubles the positions `--kv-cache-mb` holds (llama.cpp's default);
-    /// q8_0 (8-bit, a scale per 32 values, as llama.cpp's `-ctk/-ctv q8_0`) halves them again,
-    /// for long contexts; f32 is exact. CUDA and bf16/f16 models keep K/V in the model's dtype.
+    /// q8_0 (8-bit, a scale per 32 values, as llama.cpp's `-ctk/-ctv q8_0`) holds 1.8× the
+    /// positions of f16 in the same memory, at a small cost in accuracy; f32 is exact. CUDA and
+    /// bf16/f16 models keep K/V in the model's dtype.
     #[arg(long, value_enum, default_value_t = KvCacheDtype::F16)]
     kv_cache_dtype: KvCacheDtype,
     /// Largest request body, in bytes.
