@@ -393,12 +393,7 @@ impl VecOps for Avx2 {
     fn widen_q8(q: &[i8], scales: &[f32], group: usize, out: &mut [f32]) {
         use std::arch::x86_64::*;
         if !group.is_multiple_of(8) {
-            for ((og, qg), &d) in out.chunks_mut(group).zip(q.chunks(group)).zip(scales) {
-                for (o, &v) in og.iter_mut().zip(qg) {
-                    *o = v as f32 * d;
-                }
-            }
-            return;
+            return Scalar::widen_q8(q, scales, group, out);
         }
         let groups = (out.len().min(q.len()) / group).min(scales.len());
         let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
