@@ -134,11 +134,23 @@ impl BlockPool {
     /// holds a reference to each returned block.
     pub fn lookup_prefix(&mut self, tokens: &[u32]) -> (Vec<BlockId>, Vec<u64>) {
         self.lookups += 1;
+        let (ids, hashes) = self.extend_prefix(tokens, &[]);
+        if !ids.is_empty() {
+            self.hits += 1;
+        }
+        (ids, hashes)
+    }
+
+    /// The cached blocks that continue a prefix already held (`held`: the chain hashes of
+    /// its leading full blocks) along `tokens`, under the same rules as
+    /// [`Self::lookup_prefix`]. A sequence that waited while another one computed the blocks
+    /// they share picks them up this way. The caller holds a reference to each returned block.
+    pub fn extend_prefix(&mut self, tokens: &[u32], held: &[u64]) -> (Vec<BlockId>, Vec<u64>) {
         let bs = self.block_size;
         let usable = tokens.len().saturating_sub(1) / bs;
         let (mut ids, mut hashes) = (vec![], vec![]);
-        let mut parent = None;
-        for i in 0..usable {
+        let mut parent = held.last().copied();
+        for i in held.len()..usable {
             let h = chain_hash(parent, &tokens[i * bs..(i + 1) * bs]);
             match self.cache.get(&h) {
                 Some(&b) => {
@@ -150,11 +162,19 @@ impl BlockPool {
                 None => break,
             }
         }
-        if !ids.is_empty() {
-            self.hits += 1;
-        }
         (ids, hashes)
     }
+}
+
+/// Chain hashes of the full blocks of `tokens` that a prefix lookup could reuse (all but a
+/// block holding the last token).
+pub fn prefix_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
+    let usable = tokens.len().saturating_sub(1) / block_size.max(1);
+    let mut out: Vec<u64> = Vec::with_capacity(usable);
+    for chunk in tokens.chunks(block_size.max(1)).take(usable) {
+        out.push(chain_hash(out.last().copied(), chunk));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -214,6 +234,31 @@ mod tests {
         let (none, _) = p.lookup_prefix(&[99, 11, 12, 13, 14]);
         assert!(none.is_empty());
         assert_eq!((p.hits, p.lookups), (2, 3));
+    }
+
+    #[test]
+    fn a_held_prefix_extends_with_blocks_cached_since() {
+        let mut p = BlockPool::new(8, 2);
+        let toks = [10, 11, 12, 13, 14, 15, 16];
+        let hashes = prefix_hashes(&toks, 2);
+        assert_eq!(hashes.len(), 3);
+        assert_eq!(hashes[1], chain_hash(Some(hashes[0]), &[12, 13]));
+        // A leader registers its first block; a follower finds it.
+        let first = p.allocate().unwrap();
+        p.register(first, hashes[0]);
+        let (ids, got) = p.lookup_prefix(&toks);
+        assert_eq!((ids, got.clone()), (vec![first], vec![hashes[0]]));
+        // Later the leader registers two more: the follower extends from what it holds, and
+        // never takes the block of the last token.
+        let (b1, b2) = (p.allocate().unwrap(), p.allocate().unwrap());
+        p.register(b1, hashes[1]);
+        p.register(b2, hashes[2]);
+        let (more, more_h) = p.extend_prefix(&toks, &got);
+        assert_eq!(more, vec![b1, b2]);
+        assert_eq!(more_h, hashes[1..].to_vec());
+        assert_eq!(p.refs(b1), 2);
+        let (none, _) = p.extend_prefix(&toks[..6], &hashes[..2]);
+        assert!(none.is_empty(), "block 2 holds the last of six tokens");
     }
 
     #[test]

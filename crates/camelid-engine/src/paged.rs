@@ -91,6 +91,27 @@ impl PagedKv {
         cached
     }
 
+    /// Extends a sequence that holds only cached full blocks (`computed` of its tokens, no
+    /// block of its own yet) with blocks of `tokens` cached since; returns how many tokens are
+    /// computed now. Anything else about the sequence leaves it as it is.
+    pub fn extend_prefix(&mut self, seq: u64, tokens: &[u32], computed: usize) -> usize {
+        let bs = self.block_size();
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return computed;
+        };
+        let n = s.table.len();
+        if n * bs != computed || s.hashes.len() != n {
+            return computed;
+        }
+        let (ids, hashes) = self.pool.extend_prefix(tokens, &s.hashes);
+        if n == 0 && !ids.is_empty() {
+            self.pool.hits += 1;
+        }
+        s.table.extend(ids);
+        s.hashes.extend(hashes);
+        s.table.len() * bs
+    }
+
     /// Makes room for `len` positions; false (and nothing allocated) if the pool is short.
     pub fn reserve(&mut self, seq: u64, len: usize) -> bool {
         let bs = self.block_size();

@@ -1,6 +1,7 @@
 //! The engine loop: admits requests, builds one varlen batch per step (prefill chunks and
 //! decodes), runs the model, hands each sequence its logits.
 
+use crate::blocks::prefix_hashes;
 use crate::metrics::EngineMetrics as M;
 use crate::paged::{uses_host_memory, PagedKv};
 use crate::step_cost::StepCost;
@@ -215,8 +216,13 @@ struct Seq {
     prompt_len: usize,
     /// Tokens whose keys/values are in the KV store.
     cached: usize,
-    /// Prompt tokens found in the prefix cache at first admission.
+    /// Prompt tokens found in the prefix cache at first admission (or picked up from a
+    /// sequence that computed them meanwhile).
     cached_prompt: Option<usize>,
+    /// Chain hashes of the full blocks a prefix lookup could reuse (empty when this sequence
+    /// does not use the prefix cache): sequences admitted together with a common prefix
+    /// compute it once (see [`Engine::waits_for_shared_block`]).
+    prefix_hashes: Vec<u64>,
     prompt_logprobs: Option<usize>,
     prompt_lp: Vec<camelid_model::sampling::TokenLogprob>,
     max_tokens: usize,
@@ -240,6 +246,10 @@ struct Engine {
     kv: PagedKv,
     next_id: u64,
     cost: StepCost,
+    /// Set when a step ran nothing because its prompts all waited for shared blocks (their
+    /// leaders could not run, e.g. the pool was short): the next step does not wait, so the
+    /// engine always progresses.
+    skip_shared_waits: bool,
 }
 
 impl Engine {
@@ -260,6 +270,7 @@ impl Engine {
             kv,
             next_id: 0,
             cost: StepCost::default(),
+            skip_shared_waits: false,
         }
     }
 
@@ -315,6 +326,7 @@ impl Engine {
                         tokens: prompt,
                         cached: 0,
                         cached_prompt: None,
+                        prefix_hashes: vec![],
                         prompt_logprobs: s.req.prompt_logprobs,
                         prompt_lp: vec![],
                         max_tokens: s.req.params.max_tokens,
@@ -322,10 +334,12 @@ impl Engine {
                 }
             };
             // Prompt scoring needs every position's logits, so it never skips a prefix.
-            seq.cached = if self.cfg.prefix_caching && seq.prompt_logprobs.is_none() {
-                self.kv.start(seq.id, &seq.tokens)
+            let reuse = self.cfg.prefix_caching && seq.prompt_logprobs.is_none();
+            seq.cached = self.kv.start(seq.id, if reuse { &seq.tokens } else { &[] });
+            seq.prefix_hashes = if reuse {
+                prefix_hashes(&seq.tokens, self.cfg.block_size)
             } else {
-                self.kv.start(seq.id, &[])
+                vec![]
             };
             if seq.cached_prompt.is_none() {
                 seq.cached_prompt = Some(seq.cached.min(seq.prompt_len));
@@ -377,6 +391,8 @@ impl Engine {
             usize::MAX
         };
         let mut batch_decodes = 0;
+        let mut waited = false;
+        let may_wait = !std::mem::take(&mut self.skip_shared_waits);
         for (n, i) in order.into_iter().enumerate() {
             let is_prefill = n >= decodes;
             if budget == 0 || (is_prefill && prefill_budget == 0) {
@@ -384,6 +400,13 @@ impl Engine {
             }
             if preempted.contains(&i) {
                 continue;
+            }
+            if is_prefill {
+                self.pick_up_shared_blocks(i);
+                if may_wait && self.waits_for_shared_block(i, &preempted) {
+                    waited = true;
+                    continue;
+                }
             }
             let (id, cached, todo) = {
                 let s = &self.running[i];
@@ -444,6 +467,7 @@ impl Engine {
                 batch_decodes += 1;
             }
         }
+        self.skip_shared_waits = waited && members.is_empty();
         let mut done: Vec<u64> = failed
             .iter()
             .map(|(i, e)| {
@@ -475,6 +499,52 @@ impl Engine {
             self.waiting.push_front(Waiting::Preempted(s));
         }
         self.finish_ids(&done);
+    }
+
+    /// Takes over the blocks of this sequence's prompt that another sequence has computed and
+    /// cached since it was admitted (while it waited, see [`Self::waits_for_shared_block`]).
+    fn pick_up_shared_blocks(&mut self, i: usize) {
+        let s = &mut self.running[i];
+        if s.prefix_hashes.is_empty() {
+            return;
+        }
+        let now = self.kv.extend_prefix(s.id, &s.tokens, s.cached);
+        if now > s.cached {
+            // Counted as this request's cached prompt while it has computed nothing itself.
+            if let Some(c) = s.cached_prompt.as_mut().filter(|c| **c == s.cached) {
+                let more = now.min(s.prompt_len) - *c;
+                *c += more;
+                M::add(&self.metrics.cached_prompt_tokens, more as u64);
+            }
+            s.cached = now;
+        }
+    }
+
+    /// Whether sequence `i` should leave its next prompt block to another running sequence
+    /// that is computing the same block (the same chain hash: the same tokens from position
+    /// 0): the n choices of one request, or requests with a common system prompt, admitted
+    /// together. The one furthest into the block computes it (ties: the earlier admitted),
+    /// the others wait a step and then pick it up from the prefix cache — a common prefix is
+    /// computed once, and each sequence computes only its own tail (at most a block and the
+    /// last token's; shared blocks are full, so they are never written again). The order
+    /// (further in, then earlier) is strict, so no two sequences wait for each other.
+    fn waits_for_shared_block(&self, i: usize, preempted: &[usize]) -> bool {
+        let bs = self.cfg.block_size.max(1);
+        let s = &self.running[i];
+        if !s.cached.is_multiple_of(bs) {
+            return false;
+        }
+        let k = s.cached / bs;
+        let Some(&h) = s.prefix_hashes.get(k) else {
+            return false;
+        };
+        let (start, end) = (k * bs, (k + 1) * bs);
+        self.running.iter().enumerate().any(|(j, o)| {
+            j != i
+                && !preempted.contains(&j)
+                && o.prefix_hashes.get(k) == Some(&h)
+                && ((o.cached > start && o.cached < end) || (o.cached == start && j < i))
+        })
     }
 
     /// Prefill tokens a step carrying `decodes` decodes may add: the token cap, and within it

@@ -346,3 +346,122 @@ fn cancellation_and_random_disconnects_leave_no_blocks() {
     wait_idle(&engine.metrics);
     assert!(EngineMetrics::get(&engine.metrics.cancelled) > 0);
 }
+
+/// Requests admitted in the same step with a common prompt prefix (the n choices of one
+/// request; a shared system prompt) compute its full blocks once: the others wait for them
+/// and compute only their own tails. Counted exactly through the tokens the forwards ran, and
+/// every output is the one a lone request without prefix caching gets.
+#[test]
+fn prompts_admitted_together_compute_a_common_prefix_once() {
+    let lm = smol();
+    let vocab = lm.model.config().vocab_size as u32;
+    let ids = |seed: u32, n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (seed * 7919 + i * 104_729) % (vocab - 10) + 5)
+            .collect()
+    };
+    // Four identical 70-token prompts (4 full blocks of 16 reusable), then two prompts that
+    // share their first 40 tokens (2 full blocks) and differ after.
+    let same = ids(1, 70);
+    let common = ids(2, 40);
+    let (mut a, mut b) = (common.clone(), common.clone());
+    a.extend(ids(3, 20));
+    b.extend(ids(4, 25));
+    let group: Vec<Vec<u32>> = vec![same.clone(), same.clone(), same.clone(), same, a, b];
+    let reference = EngineHandle::spawn(
+        smol(),
+        EngineConfig {
+            prefix_caching: false,
+            ..Default::default()
+        },
+    );
+    let want: Vec<Vec<u32>> = group
+        .iter()
+        .map(|p| run_all(&reference, std::slice::from_ref(p), 8).remove(0))
+        .collect();
+
+    let engine = EngineHandle::spawn(lm, EngineConfig::default());
+    let req = |p: &Vec<u32>, max_tokens| Request {
+        prompt: p.clone(),
+        params: params(max_tokens, SamplingParams::greedy()),
+        prompt_logprobs: None,
+    };
+    // A 300-token prompt keeps the engine busy while the group is submitted, so the group
+    // is admitted together, at the next step.
+    let busy = engine.submit(req(&ids(5, 300), 30)).unwrap();
+    let rxs: Vec<_> = group
+        .iter()
+        .map(|p| engine.submit(req(p, 8)).unwrap())
+        .collect();
+    let got: Vec<(Vec<u32>, usize)> = rxs.into_iter().map(|r| drain(r).unwrap()).collect();
+    assert_eq!(drain(busy).unwrap().0.len(), 30);
+    for (i, (toks, _)) in got.iter().enumerate() {
+        assert_eq!(toks, &want[i], "prompt {i}: sharing changed the output");
+    }
+    let cached: Vec<usize> = got.iter().map(|g| g.1).collect();
+    assert_eq!(
+        cached,
+        vec![0, 64, 64, 64, 0, 32],
+        "prompt tokens reused per request"
+    );
+    // Tokens through the forwards: each prompt's uncached part, and 7 decodes per request
+    // after the first token (29 for the busy one).
+    let computed: usize = 300 + 29 + (70 + 3 * 6) + 60 + (65 - 32) + 6 * 7;
+    assert_eq!(
+        EngineMetrics::get(&engine.metrics.batched_tokens) as usize,
+        computed
+    );
+    assert_eq!(
+        EngineMetrics::get(&engine.metrics.cached_prompt_tokens),
+        3 * 64 + 32
+    );
+    wait_idle(&engine.metrics);
+}
+
+/// Identical prompts over a pool too small for them all: sequences wait for each other's
+/// shared blocks while others are preempted and recomputed; every request still completes
+/// (within a deadline, not a hang) with the output of an unconstrained engine.
+#[test]
+fn shared_prefixes_under_a_tiny_pool_still_complete() {
+    let lm = tiny();
+    let base = prompts(&lm, 3);
+    // Each prompt three times: the copies are admitted together and share blocks.
+    let ps: Vec<Vec<u32>> = base
+        .iter()
+        .flat_map(|p| [p.clone(), p.clone(), p.clone()])
+        .collect();
+    let roomy = EngineHandle::spawn(
+        tiny(),
+        EngineConfig {
+            block_size: 4,
+            num_blocks: Some(1024),
+            prefix_caching: false,
+            ..Default::default()
+        },
+    );
+    let want = run_all(&roomy, &ps, 20);
+    let tight = EngineHandle::spawn(
+        lm,
+        EngineConfig {
+            block_size: 4,
+            num_blocks: Some(12),
+            ..Default::default()
+        },
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (engine, prompts_) = (tight.clone(), ps.clone());
+    std::thread::spawn(move || tx.send(run_all(&engine, &prompts_, 20)));
+    let got = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("requests did not complete");
+    assert_eq!(got, want);
+    assert!(
+        EngineMetrics::get(&tight.metrics.preemptions) > 0,
+        "the pool was never short"
+    );
+    assert!(
+        EngineMetrics::get(&tight.metrics.cached_prompt_tokens) > 0,
+        "nothing was shared"
+    );
+    wait_idle(&tight.metrics);
+}

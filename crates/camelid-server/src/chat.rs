@@ -134,7 +134,7 @@ pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Respo
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs,
         };
-        return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt.len()).into_response());
+        return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt.len(), n).into_response());
     }
     let results = collect(sub, 0).await?;
     let choices: Vec<Value> = results
@@ -154,7 +154,7 @@ pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Respo
         "created": created,
         "model": req.model,
         "choices": choices,
-        "usage": usage_json(&sum_usage(&results, prompt.len())),
+        "usage": usage_json(&sum_usage(&results, prompt.len(), n)),
         "system_fingerprint": null,
     }))
     .into_response())

@@ -112,7 +112,7 @@ pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, 
             prompts: prompts.clone(),
             n,
         };
-        return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens).into_response());
+        return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
     let results = collect(sub, 0).await?;
     let mut choices = vec![];
@@ -148,11 +148,11 @@ pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, 
         };
         choices.push(json!({"index": r.index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(r.finish)}));
     }
-    let cached_tokens = results
-        .iter()
-        .map(|r| r.usage.cached_tokens)
-        .max()
-        .unwrap_or(0);
+    let mut cached = crate::format::CachedPrompt::new(n);
+    for r in &results {
+        cached.record(r.index, r.usage.cached_tokens);
+    }
+    let cached_tokens = cached.total();
     let usage = Usage {
         prompt_tokens,
         completion_tokens,

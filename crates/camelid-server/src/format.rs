@@ -97,14 +97,40 @@ pub fn finish_str(f: FinishReason) -> &'static str {
     f.as_str()
 }
 
-pub fn sum_usage(results: &[ChoiceResult], prompt_tokens: usize) -> Usage {
+pub fn sum_usage(results: &[ChoiceResult], prompt_tokens: usize, n: usize) -> Usage {
+    let mut cached = CachedPrompt::new(n);
+    for r in results {
+        cached.record(r.index, r.usage.cached_tokens);
+    }
     Usage {
         prompt_tokens,
         completion_tokens: results.iter().map(|r| r.usage.completion_tokens).sum(),
-        cached_tokens: results
-            .iter()
-            .map(|r| r.usage.cached_tokens)
-            .max()
-            .unwrap_or(0),
+        cached_tokens: cached.total(),
+    }
+}
+
+/// `usage.prompt_tokens_details.cached_tokens`, counted as `prompt_tokens` is: once per
+/// prompt. The `n` choices of a prompt (choice indices `p·n .. p·n + n`) share its blocks —
+/// one computes them, the others reuse them — so a prompt counts what was cached before the
+/// request: the least any of its choices found.
+#[derive(Debug, Default)]
+pub struct CachedPrompt {
+    n: usize,
+    least: std::collections::BTreeMap<usize, usize>,
+}
+
+impl CachedPrompt {
+    pub fn new(n: usize) -> Self {
+        Self {
+            n: n.max(1),
+            least: Default::default(),
+        }
+    }
+    pub fn record(&mut self, choice: usize, cached: usize) {
+        let v = self.least.entry(choice / self.n).or_insert(cached);
+        *v = (*v).min(cached);
+    }
+    pub fn total(&self) -> usize {
+        self.least.values().sum()
     }
 }

@@ -1,6 +1,7 @@
 //! Server-sent events for streaming responses. The stream owns the submission, so a client
 //! that disconnects drops it and the engine cancels the generation at its next step.
 
+use crate::format::CachedPrompt;
 use crate::run::{Submission, Timing};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use camelid_engine::{Event, Usage};
@@ -31,7 +32,7 @@ struct StreamState {
     include_usage: bool,
     prompt_tokens: usize,
     completion_tokens: usize,
-    cached_tokens: usize,
+    cached: CachedPrompt,
     timing: Timing,
     done: bool,
 }
@@ -46,6 +47,7 @@ pub fn stream(
     format: Box<dyn ChunkFormat>,
     include_usage: bool,
     prompt_tokens: usize,
+    choices_per_prompt: usize,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let choices: Vec<usize> = (first_index..first_index + sub.choices).collect();
     let queue = format.opening(&choices).iter().map(data).collect();
@@ -58,7 +60,7 @@ pub fn stream(
         include_usage,
         prompt_tokens,
         completion_tokens: 0,
-        cached_tokens: 0,
+        cached: CachedPrompt::new(choices_per_prompt),
         timing: Timing::new(n),
         done: false,
     };
@@ -76,7 +78,7 @@ pub fn stream(
                         let u = Usage {
                             prompt_tokens: st.prompt_tokens,
                             completion_tokens: st.completion_tokens,
-                            cached_tokens: 0,
+                            cached_tokens: st.cached.total(),
                         };
                         st.queue.push_back(data(&st.format.usage(&u)));
                     }
@@ -102,7 +104,7 @@ pub fn stream(
                     }
                     Event::Finished { reason, usage } => {
                         st.completion_tokens += usage.completion_tokens;
-                        st.cached_tokens = st.cached_tokens.max(usage.cached_tokens);
+                        st.cached.record(idx, usage.cached_tokens);
                         st.queue.push_back(data(&st.format.finish(idx, reason)));
                     }
                     Event::Error(e) => {

@@ -676,3 +676,46 @@ fn sixteen_concurrent_streams_complete() {
         }
     });
 }
+
+/// `cached_tokens` counts each prompt once, as `prompt_tokens` does: the n choices of a new
+/// prompt compute it once between them (the engine shares their blocks), which is not a
+/// cache hit of the request; a repeat of the prompt then finds its full blocks cached, and the
+/// streamed usage says so too.
+#[test]
+fn cached_prompt_tokens_count_each_prompt_once() {
+    let prompt = "Seventeen quiet herons stood in the shallow estuary at dawn, counting the \
+                  silver fish that drifted past the old stone jetty while a ferry sounded \
+                  twice somewhere beyond the fog";
+    let body = |extra: Value| {
+        let mut b = json!({"model": "smol", "prompt": prompt, "max_tokens": 2,
+                           "temperature": 0, "ignore_eos": true});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let (st, first) = post("/v1/completions", body(json!({"n": 3})));
+    assert_eq!(st, 200, "{first}");
+    let len = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        len > 32,
+        "the prompt should span full blocks ({len} tokens)"
+    );
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let events = stream_events(
+        "/v1/completions",
+        body(json!({"n": 2, "stream": true, "stream_options": {"include_usage": true}})),
+    );
+    let usage = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .find(|c| !c["usage"].is_null())
+        .expect("a usage chunk")["usage"]
+        .clone();
+    assert_eq!(usage["prompt_tokens"], len);
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some((len - 1) / 16 * 16),
+        "{usage}"
+    );
+}
