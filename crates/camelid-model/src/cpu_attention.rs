@@ -496,6 +496,10 @@ fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
+    if prefill512::enabled() && prefill512::run(input, task, out) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if vecmath::avx2_available() {
         // Safety: the CPU has AVX2, FMA and F16C.
         unsafe { run_task_avx2(input, task, out) };
@@ -581,6 +585,9 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
 /// outgrows L1, and every head re-reads it from L2). Here each key, converted once, serves every
 /// head of the group (16-lane products, one horizontal sum per key and head), and each value
 /// row is converted once and added into the group's sums, held in registers.
+#[cfg(target_arch = "x86_64")]
+mod prefill512;
+
 #[cfg(target_arch = "x86_64")]
 mod decode512 {
     use super::{f16, q8_group, OutPtr, Planes, Q8Plane, Task, TaskInput, SCRATCH};
@@ -893,11 +900,15 @@ mod tests {
     fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         // Three sequences: one decoding at position 9 (9 tokens cached before), one prefilling
-        // 37 tokens from position 3 (several query blocks), one decoding at position 150
-        // (many blocks); blocks deliberately out of order.
+        // 37 tokens from position 70 (several query blocks, over more keys than one tile of
+        // the prefill kernel), one decoding at position 150 (many blocks); blocks
+        // deliberately out of order.
         let tables = vec![
             vec![5u32, 0, 7],
-            vec![2u32, 6, 1, 3, 4, 8, 9, 10, 11, 12, 13],
+            [2u32, 6, 1, 3, 4, 8, 9, 10, 11, 12, 13]
+                .into_iter()
+                .chain(52..68)
+                .collect(),
             (14u32..52).rev().collect(),
         ];
         let chunks = [
@@ -909,7 +920,7 @@ mod tests {
             },
             SeqChunk {
                 seq: 2,
-                start_pos: 3,
+                start_pos: 70,
                 len: 37,
                 logits: LogitsWanted::All,
             },
@@ -921,7 +932,7 @@ mod tests {
             },
         ];
         let kw = h.kv * h.dim;
-        let mut cache = HostKvCache::new(1, 52, bs, h.kv, h.dim, dtype);
+        let mut cache = HostKvCache::new(1, 68, bs, h.kv, h.dim, dtype);
         // History (positions before start_pos), stored directly, already "rotated".
         type History = (Vec<Vec<f32>>, Vec<Vec<f32>>);
         let mut hist: Vec<History> = vec![];
@@ -942,7 +953,7 @@ mod tests {
         let data: Vec<f32> = (0..n_tok * width)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
-        let positions: Vec<usize> = std::iter::once(9).chain(3..40).chain([150]).collect();
+        let positions: Vec<usize> = std::iter::once(9).chain(70..107).chain([150]).collect();
         let half = h.dim / 2;
         let (mut cos, mut sin) = (vec![], vec![]);
         for &p in &positions {
@@ -989,11 +1000,11 @@ mod tests {
                 t += 1;
             }
         }
-        // The new keys landed in the right slots (rotated), e.g. sequence 2 position 26.
-        let slot = tables[1][26 / bs] as usize * bs + 26 % bs;
+        // The new keys landed in the right slots (rotated), e.g. sequence 2 position 96.
+        let slot = tables[1][96 / bs] as usize * bs + 96 % bs;
         let (mut k, mut v) = (vec![0f32; kw], vec![0f32; kw]);
         cache.read_slot(0, slot, &mut k, &mut v);
-        assert_eq!(k, hist[1].0[26]);
-        assert_eq!(v, hist[1].1[26]);
+        assert_eq!(k, hist[1].0[96]);
+        assert_eq!(v, hist[1].1[96]);
     }
 }
