@@ -504,7 +504,7 @@ fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if prefill512::enabled() && prefill512::run(input, task, out) {
+    if prefill::run(input, task, out) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -594,7 +594,7 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
 /// head of the group (16-lane products, one horizontal sum per key and head), and each value
 /// row is converted once and added into the group's sums, held in registers.
 #[cfg(target_arch = "x86_64")]
-mod prefill512;
+pub mod prefill;
 
 #[cfg(target_arch = "x86_64")]
 mod decode512 {
@@ -876,15 +876,27 @@ mod tests {
                 (4, 2, 128),
                 (3, 3, 128),
             ];
-            for (q, kv, dim) in shapes {
-                let rope = style;
-                for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
-                    // Small blocks (many boundaries inside every sequence) and larger ones.
-                    for bs in [4, 24] {
-                        check_ragged_batch(Heads { q, kv, dim, rope }, dtype, bs);
+            // Prompt tasks in the widest vectors this CPU has, then in AVX2's 8 lanes.
+            #[cfg(target_arch = "x86_64")]
+            let paths = [prefill::PrefillPath::Widest, prefill::PrefillPath::Avx2];
+            #[cfg(not(target_arch = "x86_64"))]
+            let paths = [()];
+            for path in paths {
+                #[cfg(target_arch = "x86_64")]
+                prefill::set_path(path);
+                let _ = path;
+                for (q, kv, dim) in shapes {
+                    let rope = style;
+                    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+                        // Small blocks (many boundaries inside every sequence) and larger ones.
+                        for bs in [4, 24] {
+                            check_ragged_batch(Heads { q, kv, dim, rope }, dtype, bs);
+                        }
                     }
                 }
             }
+            #[cfg(target_arch = "x86_64")]
+            prefill::set_path(prefill::PrefillPath::Widest);
         }
     }
 

@@ -201,7 +201,7 @@ pub fn avx512_available() -> bool {
 pub struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     #[inline(always)]
