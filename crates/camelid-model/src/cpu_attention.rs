@@ -530,11 +530,41 @@ unsafe fn run_task_avx2(input: &TaskInput, task: &Task, out: OutPtr) {
     }
 }
 
+/// A task's keys and values (its KV head, positions `0..n_keys`) widened to f32 into
+/// contiguous rows of `keys` and `values`.
+#[inline(always)]
+fn widen_task_kv<V: VecOps, E: CacheElem>(
+    input: &TaskInput,
+    task: &Task,
+    n_keys: usize,
+    keys: &mut Vec<f32>,
+    values: &mut Vec<f32>,
+) {
+    let (kv, d) = (input.kv, input.h.dim);
+    for buf in [&mut *keys, &mut *values] {
+        buf.resize(n_keys * d, 0.0);
+    }
+    let bs = kv.block_size;
+    let table = &kv.tables[task.chunk];
+    for (bi, &block) in table.iter().enumerate().take(n_keys.div_ceil(bs)) {
+        let at = kv.cache.head_offset(block as usize * bs, task.g);
+        let len = bs.min(n_keys - bi * bs) * d;
+        let dst = bi * bs * d..bi * bs * d + len;
+        E::widen::<V>(
+            kv.cache,
+            input.layer,
+            at,
+            &mut keys[dst.clone()],
+            &mut values[dst],
+        );
+    }
+}
+
 /// One task: scores against every visible key (each key read once for all the task's query
 /// rows), softmax, weighted sum of values; writes the task's own rows and heads of `out`.
 #[inline(always)]
 fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {
-    let (h, kv, layer) = (input.h, input.kv, input.layer);
+    let h = input.h;
     let Task {
         chunk: ci,
         first_tok,
@@ -550,22 +580,7 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
         // This task's keys and values (head g, positions 0..n_keys), widened to f32 once into
         // contiguous rows: every query row then streams them with register-blocked kernels.
         let [keys, values, scores] = scratch;
-        for buf in [&mut *keys, &mut *values] {
-            buf.resize(n_keys * d, 0.0);
-        }
-        let bs = kv.block_size;
-        for (bi, &block) in kv.tables[ci].iter().enumerate().take(n_keys.div_ceil(bs)) {
-            let at = kv.cache.head_offset(block as usize * bs, g);
-            let len = bs.min(n_keys - bi * bs) * d;
-            let dst = bi * bs * d..bi * bs * d + len;
-            E::widen::<V>(
-                kv.cache,
-                layer,
-                at,
-                &mut keys[dst.clone()],
-                &mut values[dst],
-            );
-        }
+        widen_task_kv::<V, E>(input, task, n_keys, keys, values);
         scores.resize(n_keys, 0.0);
         for i in q0..q1 {
             let t = first_tok + i;

@@ -200,6 +200,58 @@ pub fn avx512_available() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub struct Avx2;
 
+/// Cephes' `expf` (see [`avx2::exp`]): the clamp, ln2 in two parts, the polynomial for e^r.
+#[cfg(target_arch = "x86_64")]
+mod exp_consts {
+    pub const LO: f32 = -87.3;
+    pub const HI: f32 = 88.3;
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ];
+}
+
+/// [`avx2::exp`] in 16 lanes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `e^x` as [`super::avx2::exp`] computes it, in 16 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (the caller enables it).
+    #[inline(always)]
+    pub unsafe fn exp(x: __m512) -> __m512 {
+        use super::exp_consts::*;
+        let x = _mm512_max_ps(x, _mm512_set1_ps(LO));
+        let x = _mm512_min_ps(x, _mm512_set1_ps(HI));
+        let n_i = _mm512_cvtps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        let n = _mm512_cvtepi32_ps(n_i);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(POLY[0]);
+        for c in &POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let er = _mm512_fmadd_ps(
+            _mm512_mul_ps(r, r),
+            p,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            n_i,
+            _mm512_set1_epi32(127),
+        )));
+        _mm512_mul_ps(er, two_n)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
@@ -218,24 +270,19 @@ pub(crate) mod avx2 {
     /// such x is −0 either way); above, ~2e38 instead of infinity.
     #[inline(always)]
     pub unsafe fn exp(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
-        let x = _mm256_min_ps(x, _mm256_set1_ps(88.3));
+        use super::exp_consts::*;
+        let x = _mm256_max_ps(x, _mm256_set1_ps(LO));
+        let x = _mm256_min_ps(x, _mm256_set1_ps(HI));
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
         );
         // r = x − n·ln2, ln2 split in two so n·ln2_hi is exact.
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(POLY[0]);
+        for c in &POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         // e^r ≈ 1 + r + r²·p(r)
         let er = _mm256_fmadd_ps(

@@ -15,7 +15,7 @@
 //! Masked (future) keys get exactly zero weight. Keys and values are first widened to f32 rows
 //! as in [`super::attend`], once for all the task's rows.
 
-use super::{CacheElem, OutPtr, Task, TaskInput, Q8};
+use super::{widen_task_kv, CacheElem, OutPtr, Task, TaskInput, Q8};
 use crate::vecmath::{self, Avx2};
 use half::f16;
 use std::arch::x86_64::*;
@@ -175,7 +175,7 @@ impl Lanes for V512 {
         let hidden = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(self.0, _mm512_set1_ps(f32::NEG_INFINITY));
         V512(_mm512_maskz_mov_ps(
             !hidden,
-            exp512(_mm512_sub_ps(self.0, max.0)),
+            vecmath::avx512::exp(_mm512_sub_ps(self.0, max.0)),
         ))
     }
 }
@@ -233,37 +233,6 @@ impl Lanes for V256 {
     }
 }
 
-/// `e^x` in 16 lanes: [`vecmath::avx2::exp`]'s range reduction and polynomial.
-#[inline(always)]
-unsafe fn exp512(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
-    let x = _mm512_min_ps(x, _mm512_set1_ps(88.3));
-    let n_i = _mm512_cvtps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
-    let n = _mm512_cvtepi32_ps(n_i);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    let er = _mm512_fmadd_ps(
-        _mm512_mul_ps(r, r),
-        p,
-        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-    );
-    let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-        n_i,
-        _mm512_set1_epi32(127),
-    )));
-    _mm512_mul_ps(er, two_n)
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn task512<E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {
     task_rows::<V512, E>(input, task, out)
@@ -294,7 +263,7 @@ struct Group<'a> {
 /// `q0 + i`, head `j` of the group) in groups of [`Lanes::GROUP`] vectors.
 #[inline(always)]
 unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {
-    let (h, kv, layer) = (input.h, input.kv, input.layer);
+    let h = input.h;
     let Task {
         chunk: ci,
         first_tok,
@@ -310,22 +279,7 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
     let rp = vectors * L::W;
     let n_keys = c.start_pos + q1;
     BUFS.with_borrow_mut(|[keys, values, qt, s, ot]| {
-        for buf in [&mut *keys, &mut *values] {
-            buf.resize(n_keys * d, 0.0);
-        }
-        let bs = kv.block_size;
-        for (bi, &block) in kv.tables[ci].iter().enumerate().take(n_keys.div_ceil(bs)) {
-            let at = kv.cache.head_offset(block as usize * bs, g);
-            let len = bs.min(n_keys - bi * bs) * d;
-            let dst = bi * bs * d..bi * bs * d + len;
-            E::widen::<Avx2>(
-                kv.cache,
-                layer,
-                at,
-                &mut keys[dst.clone()],
-                &mut values[dst],
-            );
-        }
+        widen_task_kv::<Avx2, E>(input, task, n_keys, keys, values);
         // Scaled queries, transposed; padding rows stay zero (their lanes are never written
         // out).
         qt.clear();
