@@ -28,10 +28,12 @@ pub struct EngineConfig {
     /// more, smaller chunks (Sarathi-style). Steps without decodes use all of
     /// `max_batch_tokens`.
     pub max_prefill_tokens_while_decoding: usize,
-    /// Bounds a step that also decodes by time as well: its prefill chunk may take at most
-    /// `stretch − 1` times what its decodes alone take (predicted from the steps already run,
-    /// see [`crate::step_cost`]), but never fewer than one block's worth of tokens, so that
-    /// prompts always progress. `None`: the token cap alone.
+    /// Bounds a step that also decodes by time as well: with its prefill chunk it may take at
+    /// most `stretch ×` a decode step of every running sequence (predicted from the steps
+    /// already run, see [`crate::step_cost`]); at least one prompt token goes in, so that
+    /// prompts always progress. 1 keeps every gap near the decode step of the current load
+    /// (first tokens wait longer), larger lets prompts through sooner. `None`: the token cap
+    /// alone.
     pub max_step_stretch: Option<f64>,
     /// Positions per KV block.
     pub block_size: usize,
@@ -548,16 +550,17 @@ impl Engine {
     }
 
     /// Prefill tokens a step carrying `decodes` decodes may add: the token cap, and within it
-    /// the time bound where one is set and the costs are known yet.
+    /// the time bound where one is set and the costs are known yet. At least one token, so
+    /// that prompts always progress; no more floor than that, or the bound would not hold
+    /// (a block of 16 prompt tokens costs as much as the 8-decode step it rides in, on 2 cores).
     fn prefill_budget(&self, decodes: usize) -> usize {
         let cap = self.cfg.max_prefill_tokens_while_decoding.max(1);
         let Some(stretch) = self.cfg.max_step_stretch else {
             return cap;
         };
-        let least = self.cfg.block_size.clamp(1, cap);
         self.cost
-            .prefill_tokens(decodes, stretch)
-            .map_or(cap, |n| n.clamp(least, cap))
+            .prefill_tokens(decodes, self.running.len(), stretch)
+            .map_or(cap, |n| n.clamp(1, cap))
     }
 
     fn forward_and_sample(

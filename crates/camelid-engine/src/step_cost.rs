@@ -57,11 +57,11 @@ impl StepCost {
         }
     }
 
-    /// Predicted duration of a decode-only step of `decodes` rows. Fewer decodes never take
-    /// longer than more, so the prediction is the least average seen for this count or a
+    /// Duration of a decode-only step of `decodes` rows, from the steps seen. Fewer decodes
+    /// never take longer than more, so it is the least average seen for this count or a
     /// larger one (a rare count, seen only in a step slowed by something else, such as a new
     /// request's tokenization on the same cores, must not stand for it); with none seen, the
-    /// nearest smaller count's (an underestimate: the prefill budget errs short).
+    /// nearest smaller count's (an underestimate: a prefill token is charged a little more).
     pub fn decode_step_ms(&self, decodes: usize) -> Option<f64> {
         let seen = |d: usize| self.decode_ms.get(d).copied().flatten();
         (decodes..self.decode_ms.len())
@@ -70,12 +70,35 @@ impl StepCost {
             .or_else(|| (1..decodes).rev().find_map(seen))
     }
 
-    /// Prefill tokens that keep a step of `decodes` decodes within `stretch ×` their own
-    /// duration; `None` until both averages exist.
-    pub fn prefill_tokens(&self, decodes: usize, stretch: f64) -> Option<usize> {
-        let base = self.decode_step_ms(decodes)?;
+    /// [`Self::decode_step_ms`] for budgeting, where a count larger than any seen is the
+    /// largest seen plus a prefill token's cost per extra row (a row of the matmuls either
+    /// way). Without it the budget would feed on itself: while prompts are in flight there are
+    /// few decode-only steps of many rows, and a batch predicted as cheap as the few rows
+    /// seen leaves the prompts so little time that many rows never decode together.
+    fn predicted_decode_ms(&self, decodes: usize) -> Option<f64> {
+        let largest = (1..self.decode_ms.len())
+            .rev()
+            .find(|&d| self.decode_ms[d].is_some());
+        match (largest, self.prefill_token_ms) {
+            (Some(m), Some(per_row)) if decodes > m => {
+                Some(self.decode_ms[m]? + (decodes - m) as f64 * per_row)
+            }
+            _ => self.decode_step_ms(decodes),
+        }
+    }
+
+    /// Prefill tokens a step of `decodes` decodes may carry while `running` sequences (those
+    /// decodes and the prompts in flight) share the batch: the step may take `stretch ×` a
+    /// decode step of all `running`, the gap the streams will see once those prompts decode
+    /// too. Measured against the decodes alone, one stream decoding beside seven new prompts
+    /// would hold all seven to a trickle to keep its own gap near a lone stream's; against the
+    /// whole batch, the prompts get the time their own decodes will take, and the decodes wait
+    /// no longer than they soon will anyway. `None` until both averages exist.
+    pub fn prefill_tokens(&self, decodes: usize, running: usize, stretch: f64) -> Option<usize> {
+        let own = self.predicted_decode_ms(decodes)?;
+        let whole = self.predicted_decode_ms(running.max(decodes))?.max(own);
         let per_token = self.prefill_token_ms?;
-        let spare = (stretch - 1.0).max(0.0) * base;
+        let spare = (stretch.max(1.0) * whole - own).max(0.0);
         Some(if per_token > 0.0 {
             (spare / per_token).floor().min(usize::MAX as f64) as usize
         } else {
@@ -91,13 +114,13 @@ mod tests {
     #[test]
     fn nothing_is_predicted_before_both_kinds_of_step_ran() {
         let mut c = StepCost::default();
-        assert_eq!(c.prefill_tokens(4, 2.0), None);
+        assert_eq!(c.prefill_tokens(4, 4, 2.0), None);
         c.observe(4, 0, 20.0);
-        assert_eq!(c.prefill_tokens(4, 2.0), None);
+        assert_eq!(c.prefill_tokens(4, 4, 2.0), None);
         c.observe(0, 100, 150.0);
         // 20 ms of decodes, stretch 2: 20 ms to spare at 1.5 ms a token.
-        assert_eq!(c.prefill_tokens(4, 2.0), Some(13));
-        assert_eq!(c.prefill_tokens(4, 1.0), Some(0));
+        assert_eq!(c.prefill_tokens(4, 4, 2.0), Some(13));
+        assert_eq!(c.prefill_tokens(4, 4, 1.0), Some(0));
     }
 
     #[test]
@@ -107,7 +130,7 @@ mod tests {
         c.observe(8, 32, 24.0 + 32.0 * 2.0);
         assert_eq!(c.prefill_token_ms, Some(2.0));
         // Budget for stretch 3 at 8 decodes: 48 ms spare / 2 ms.
-        assert_eq!(c.prefill_tokens(8, 3.0), Some(24));
+        assert_eq!(c.prefill_tokens(8, 8, 3.0), Some(24));
         // A mixed step before its decode count was ever seen alone is not charged a guess.
         let mut d = StepCost::default();
         d.observe(8, 32, 90.0);
@@ -143,5 +166,27 @@ mod tests {
         c.observe(1, 0, f64::NAN);
         c.observe(1, 0, -1.0);
         assert!((c.decode_step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn prompts_in_flight_get_the_time_their_decodes_will_take() {
+        let mut c = StepCost::default();
+        c.observe(1, 0, 8.0);
+        c.observe(8, 0, 24.0);
+        c.observe(0, 100, 125.0); // 1.25 ms a prompt token
+                                  // One stream decoding beside seven prompts: the step may take what 8 decodes take
+                                  // (stretch 1), i.e. 16 ms beyond its own 8 ms.
+        assert_eq!(c.prefill_tokens(1, 8, 1.0), Some(12));
+        // Stretch 2 of the whole batch: 48 ms, 40 of them for prompts.
+        assert_eq!(c.prefill_tokens(1, 8, 2.0), Some(32));
+        // With every running sequence decoding it is the stretch of their own step.
+        assert_eq!(c.prefill_tokens(8, 8, 1.0), Some(0));
+        assert_eq!(c.prefill_tokens(8, 8, 2.0), Some(19));
+        // A batch larger than any step seen yet: the largest seen plus a prompt token's cost
+        // per extra row (24 + 4 × 1.25 ms).
+        assert_eq!(c.prefill_tokens(1, 12, 1.0), Some(16));
+        assert_eq!(c.prefill_tokens(10, 12, 1.0), Some(2));
+        // A stretch below 1 would starve the prompts behind the decodes; it counts as 1.
+        assert_eq!(c.prefill_tokens(1, 8, 0.5), Some(12));
     }
 }

@@ -125,7 +125,8 @@ fn preemption_under_a_tiny_pool_gives_the_same_outputs() {
 }
 
 /// Prompts that arrive while another stream decodes are prefilled in time-bounded chunks
-/// (with stretch 1 and blocks of 4: four tokens a step, once the step costs are learned);
+/// (stretch 1: as many tokens a step as a second decode row would take, at least one, once
+/// the step costs are learned);
 /// however small the chunks, every request completes with the output of an unbounded engine.
 #[test]
 fn time_bounded_prefill_chunks_change_no_output() {

@@ -232,10 +232,11 @@ struct ServeArgs {
     /// first token sooner. Default: 64 on the CPU, the step budget on CUDA.
     #[arg(long)]
     max_prefill_tokens_while_decoding: Option<usize>,
-    /// Within that cap, a step that also decodes may take at most this multiple of what its
-    /// decodes alone take (learned from the steps run; at least one KV block of prompt per
-    /// step still goes in). Bounds the streams' stall by time whatever the model's size.
-    /// Default: 2 on the CPU, off on CUDA; 0 turns it off.
+    /// Within that cap, a step that also decodes may take at most this multiple of a decode
+    /// step of every running sequence (learned from the steps run; at least one prompt token
+    /// per step goes in). 1: streams never wait longer than the batch's decode step, prompts
+    /// wait for their first token; 2: first tokens ~4× sooner under load, gaps ~2× longer.
+    /// Default: 1 on the CPU, off on CUDA; 0 turns it off.
     #[arg(long)]
     max_step_stretch: Option<f64>,
     /// KV cache memory per model, in MiB.
@@ -613,7 +614,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                     max_step_stretch: match a.max_step_stretch {
                         Some(s) if s > 0.0 => Some(s.max(1.0)),
                         Some(_) => None,
-                        None => lm_on_cpu.then_some(2.0),
+                        None => lm_on_cpu.then_some(1.0),
                     },
                     block_size: a.block_size.max(1),
                     kv_cache_mb: a.kv_cache_mb.max(1),
