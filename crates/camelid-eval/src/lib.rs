@@ -5,12 +5,14 @@
 //! - [`answer`] — `mtbench answer`: two-turn answers, per-category temperatures, resumable
 //! - [`judge`] — `mtbench judge`: prompt rendering, verdict parsing, position swap
 //! - [`show`] — `mtbench show`: score and win-rate tables
+//! - [`ratings`] — `arena ratings`: Bradley–Terry and online Elo from battles, bootstrap CIs
 
 pub mod answer;
 pub mod bench;
 pub mod client;
 pub mod data;
 pub mod judge;
+pub mod ratings;
 pub mod show;
 
 /// A progress bar on stderr with an ETA.

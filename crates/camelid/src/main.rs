@@ -35,6 +35,9 @@ enum Command {
     /// MT-bench: generate answers, judge them with an LLM, show the results.
     #[command(subcommand)]
     Mtbench(MtbenchCommand),
+    /// Chatbot Arena ratings from pairwise battles.
+    #[command(subcommand)]
+    Arena(ArenaCommand),
     /// Write the logits of every position of a token sequence (raw little-endian f32,
     /// positions × vocab): compares devices, dtypes and implementations on the same weights.
     Score(ScoreArgs),
@@ -188,6 +191,31 @@ struct MtShowArgs {
     /// question.jsonl, for the per-category columns.
     #[arg(long)]
     questions: Option<PathBuf>,
+    /// text, markdown or json.
+    #[arg(long, default_value = "text")]
+    format: String,
+}
+
+#[derive(Subcommand)]
+enum ArenaCommand {
+    /// A leaderboard from battles: Bradley–Terry ratings (the Arena leaderboard's) with 95 %
+    /// bootstrap intervals, FastChat's online Elo, battle counts and score rates.
+    Ratings(ArenaRatingsArgs),
+}
+
+#[derive(Args)]
+struct ArenaRatingsArgs {
+    /// Battles: FastChat's `clean_battle` JSON (array or lines of `model_a`, `model_b`,
+    /// `winner`: model_a, model_b, tie, "tie (bothbad)"), or `mtbench judge` pairwise
+    /// judgments (one battle per swapped pair of games). Repeatable.
+    #[arg(long = "battles", required = true)]
+    battles: Vec<PathBuf>,
+    /// Bootstrap resamples for the intervals (0: none).
+    #[arg(long, default_value_t = 100)]
+    bootstrap: usize,
+    /// Seed of the resampling, for a reproducible table.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// text, markdown or json.
     #[arg(long, default_value = "text")]
     format: String,
@@ -810,6 +838,28 @@ fn run_mtbench(c: MtbenchCommand) -> Result<()> {
     Ok(())
 }
 
+fn run_arena_ratings(a: ArenaRatingsArgs) -> Result<()> {
+    use camelid_eval::ratings;
+    let mut battles = vec![];
+    for p in &a.battles {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        battles
+            .extend(ratings::read_battles(&text).with_context(|| format!("in {}", p.display()))?);
+    }
+    if battles.is_empty() {
+        anyhow::bail!("no battles in {:?}", a.battles);
+    }
+    let rows = ratings::leaderboard(&battles, a.bootstrap, a.seed);
+    match a.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
+        "markdown" => print!("{}", ratings::render_leaderboard(&rows, true)),
+        "text" => print!("{}", ratings::render_leaderboard(&rows, false)),
+        f => anyhow::bail!("unknown --format {f:?} (text, markdown, json)"),
+    }
+    Ok(())
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -825,6 +875,7 @@ fn main() {
         Command::Convert(a) => run_convert(a),
         Command::Serve(a) => run_serve(a),
         Command::Mtbench(c) => run_mtbench(c),
+        Command::Arena(ArenaCommand::Ratings(a)) => run_arena_ratings(a),
         Command::Bench(a) => run_bench(a),
         Command::Score(a) => run_score(a),
     };

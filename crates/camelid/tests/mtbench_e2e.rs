@@ -203,4 +203,78 @@ fn answer_judge_show_with_camelid_as_contestant_and_judge() {
             && table.contains("smol-a"),
         "{table}"
     );
+    // The same judgment records as arena battles: one per swapped pair of games, errors left
+    // out, inconsistent pairs tied; with two models the ratings order as their score rates.
+    // A 135M judge rarely writes a verdict, so the verdicts are set here, in every pattern.
+    let verdicts = [
+        ("model_1", "model_1"),
+        ("model_2", "model_2"),
+        ("model_1", "model_2"),
+        ("model_1", "model_1"),
+        ("tie", "model_1"),
+        ("error", "model_2"),
+    ];
+    let pj: Vec<serde_json::Value> = pj
+        .into_iter()
+        .zip(verdicts.iter().cycle())
+        .map(|(mut j, (g1, g2))| {
+            j["g1_winner"] = (*g1).into();
+            j["g2_winner"] = (*g2).into();
+            j
+        })
+        .collect();
+    let verdict_file = dir.join("pair-verdicts.jsonl");
+    std::fs::write(
+        &verdict_file,
+        pj.iter().map(|j| format!("{j}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let mut score: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for j in &pj {
+        let (g1, g2) = (
+            j["g1_winner"].as_str().unwrap(),
+            j["g2_winner"].as_str().unwrap(),
+        );
+        if g1 == "error" || g2 == "error" {
+            continue;
+        }
+        let s1 = if g1 == "tie" || g1 != g2 {
+            0.5
+        } else if g1 == "model_1" {
+            1.0
+        } else {
+            0.0
+        };
+        for (m, s) in [("model_1", s1), ("model_2", 1.0 - s1)] {
+            let e = score.entry(j[m].as_str().unwrap().to_string()).or_default();
+            e.0 += s;
+            e.1 += 1;
+        }
+    }
+    let board: Vec<serde_json::Value> = serde_json::from_str(&camelid(&[
+        "arena",
+        "ratings",
+        "--battles",
+        verdict_file.to_str().unwrap(),
+        "--bootstrap",
+        "20",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(board.len(), score.len(), "{board:?}");
+    for row in &board {
+        let (s, n) = score[row["model"].as_str().unwrap()];
+        assert_eq!(row["battles"].as_u64().unwrap() as usize, n, "{row}");
+        assert!((row["score_rate"].as_f64().unwrap() - s / n as f64).abs() < 1e-9);
+        let (lo, r, hi) = (
+            row["ci_low"].as_f64().unwrap(),
+            row["rating"].as_f64().unwrap(),
+            row["ci_high"].as_f64().unwrap(),
+        );
+        assert!(lo <= r + 1e-9 && r <= hi + 1e-9, "{row}");
+    }
+    let rate = |i: usize| board[i]["score_rate"].as_f64().unwrap();
+    let rating = |i: usize| board[i]["rating"].as_f64().unwrap();
+    assert!(rate(0) >= rate(1) && (rating(0) - rating(1) > 1e-6) == (rate(0) > rate(1)));
 }
