@@ -2,6 +2,7 @@
 //! hands them to the engine through `EngineHandle::submit`, and streams what comes back.
 //! It never touches tensors.
 
+pub mod arena;
 mod chat;
 mod completions;
 pub mod error;
@@ -15,7 +16,7 @@ mod validate;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -57,6 +58,27 @@ async fn completions_route(
 ) -> AppResult {
     let body = body_bytes(body)?;
     completions::completions(s, &body).await
+}
+
+async fn arena_battle_route(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> AppResult {
+    let body = body_bytes(body)?;
+    arena::battle(s, &body).await
+}
+
+async fn arena_vote_route(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> AppResult {
+    let body = body_bytes(body)?;
+    arena::vote(&s, &id, &body)
+}
+
+async fn arena_leaderboard_route(State(s): State<Arc<AppState>>) -> Response {
+    arena::leaderboard(s).await
 }
 
 async fn list_models(State(s): State<Arc<AppState>>) -> AppResult {
@@ -215,6 +237,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions_route))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/arena/battles", post(arena_battle_route))
+        .route("/arena/battles/{id}/vote", post(arena_vote_route))
+        .route("/arena/leaderboard", get(arena_leaderboard_route))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)

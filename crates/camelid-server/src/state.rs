@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How long in-flight streams may run after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Arena votes are appended here (FastChat battle lines) and read back at start.
+    pub arena_log: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +41,7 @@ impl Default for ServerConfig {
             max_concurrent: 256,
             body_limit: 4 << 20,
             shutdown_grace_secs: 30,
+            arena_log: None,
         }
     }
 }
@@ -47,6 +50,7 @@ pub struct AppState {
     models: RwLock<Option<Vec<Arc<ModelEntry>>>>,
     pub config: ServerConfig,
     pub metrics: ServerMetrics,
+    pub arena: crate::arena::Arena,
     permits: Arc<Semaphore>,
 }
 
@@ -55,6 +59,11 @@ impl AppState {
         Self {
             models: RwLock::new(None),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            // `camelid serve` reads the log before it gets here, so a bad one stops it there.
+            arena: crate::arena::Arena::new(config.arena_log.clone()).unwrap_or_else(|e| {
+                tracing::error!("arena log: {e}; starting without its votes");
+                crate::arena::Arena::default()
+            }),
             config,
             metrics: ServerMetrics::default(),
         }

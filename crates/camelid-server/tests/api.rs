@@ -37,8 +37,12 @@ fn entry(name: &str) -> ModelEntry {
 }
 
 fn start(config: ServerConfig) -> Server {
+    start_models(config, &["smol"])
+}
+
+fn start_models(config: ServerConfig, names: &[&str]) -> Server {
     let state = Arc::new(AppState::new(config));
-    state.set_models(vec![entry("smol")]);
+    state.set_models(names.iter().map(|n| entry(n)).collect());
     let listener = runtime()
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -718,4 +722,137 @@ fn cached_prompt_tokens_count_each_prompt_once() {
         Some((len - 1) / 16 * 16),
         "{usage}"
     );
+}
+
+fn get_json(base: &str, path: &str) -> (u16, Value) {
+    runtime().block_on(async {
+        let r = client().get(format!("{base}{path}")).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    })
+}
+
+/// Arena battles: two served models answer anonymously, a vote reveals them once, votes are
+/// logged in FastChat's battle format and rate the models on the leaderboard, and a server
+/// started on the same log carries them on.
+#[test]
+fn arena_battles_are_anonymous_and_votes_rate_the_models() {
+    let ask = json!({"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 4, "temperature": 0});
+    // One served model is no arena.
+    let (status, body) = post("/arena/battles", ask.clone());
+    assert_eq!(status, 400, "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("battles.jsonl");
+    let config = || ServerConfig {
+        arena_log: Some(log.clone()),
+        ..Default::default()
+    };
+    let s = start_models(config(), &["smol-a", "smol-b"]);
+    let post_to = |path: &str, body: Value| post_raw(&s.base, path, body.to_string().into_bytes());
+    let mut wins: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for round in 0..5 {
+        let (status, battle) = post_to("/arena/battles", ask.clone());
+        assert_eq!(status, 200, "{battle}");
+        let text = battle.to_string();
+        assert!(
+            !text.contains("smol-a") && !text.contains("smol-b"),
+            "names leak: {text}"
+        );
+        assert!(battle["a"]["content"].is_string() && battle["b"]["content"].is_string());
+        let id = battle["battle_id"].as_str().unwrap().to_string();
+        if round == 0 {
+            // A follow-up turn goes to the same battle.
+            let mut follow = ask.clone();
+            follow["battle_id"] = id.clone().into();
+            let (status, again) = post_to("/arena/battles", follow);
+            assert_eq!(
+                (status, again["battle_id"].as_str()),
+                (200, Some(id.as_str()))
+            );
+        }
+        let winner = if round % 2 == 0 { "model_a" } else { "tie" };
+        let (status, reveal) = post_to(
+            &format!("/arena/battles/{id}/vote"),
+            json!({"winner": winner}),
+        );
+        assert_eq!(status, 200, "{reveal}");
+        let (a, b) = (
+            reveal["model_a"].as_str().unwrap(),
+            reveal["model_b"].as_str().unwrap(),
+        );
+        assert!(
+            a != b && [a, b].iter().all(|m| ["smol-a", "smol-b"].contains(m)),
+            "{reveal}"
+        );
+        wins.entry(a.into()).or_default().0 += if winner == "model_a" { 2 } else { 1 };
+        wins.entry(a.into()).or_default().1 += 2;
+        wins.entry(b.into()).or_default().0 += if winner == "model_a" { 0 } else { 1 };
+        wins.entry(b.into()).or_default().1 += 2;
+        if round == 0 {
+            let (status, _) = post_to(
+                &format!("/arena/battles/{id}/vote"),
+                json!({"winner": "model_b"}),
+            );
+            assert_eq!(status, 409, "a second vote");
+            let mut follow = ask.clone();
+            follow["battle_id"] = id.clone().into();
+            assert_eq!(
+                post_to("/arena/battles", follow).0,
+                409,
+                "a turn after the vote"
+            );
+        }
+    }
+    // Bad requests.
+    let mut with_model = ask.clone();
+    with_model["model"] = "smol-a".into();
+    assert_eq!(post_to("/arena/battles", with_model).0, 400);
+    let mut streamed = ask.clone();
+    streamed["stream"] = true.into();
+    assert_eq!(post_to("/arena/battles", streamed).0, 400);
+    assert_eq!(
+        post_to("/arena/battles/battle-none/vote", json!({"winner": "tie"})).0,
+        404
+    );
+    let (_, fresh) = post_to("/arena/battles", ask.clone());
+    let fresh = fresh["battle_id"].as_str().unwrap();
+    let (status, err) = post_to(
+        &format!("/arena/battles/{fresh}/vote"),
+        json!({"winner": "draw"}),
+    );
+    assert_eq!(
+        (status, err["error"]["param"].as_str()),
+        (400, Some("winner")),
+        "{err}"
+    );
+    // The leaderboard: five votes, each model's score rate as voted (in halves), ratings in
+    // the same order.
+    let (status, board) = get_json(&s.base, "/arena/leaderboard");
+    assert_eq!(
+        (status, board["battles"].as_u64()),
+        (200, Some(5)),
+        "{board}"
+    );
+    let rows = board["leaderboard"].as_array().unwrap();
+    assert_eq!(rows.len(), wins.len());
+    for row in rows {
+        let (halves, of) = wins[row["model"].as_str().unwrap()];
+        assert!((row["score_rate"].as_f64().unwrap() - halves as f64 / of as f64).abs() < 1e-9);
+    }
+    let rate = |i: usize| rows[i]["score_rate"].as_f64().unwrap();
+    let rating = |i: usize| rows[i]["rating"].as_f64().unwrap();
+    assert!(rate(0) >= rate(1));
+    assert_eq!(rating(0) - rating(1) > 1e-6, rate(0) > rate(1), "{board}");
+    // The log has the votes in FastChat's format; a server started on it carries them on.
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines
+        .iter()
+        .all(|l| l["model_a"].is_string() && l["winner"].is_string()));
+    let restarted = start_models(config(), &["smol-a", "smol-b"]);
+    let (_, board2) = get_json(&restarted.base, "/arena/leaderboard");
+    assert_eq!(board2["leaderboard"], board["leaderboard"]);
 }

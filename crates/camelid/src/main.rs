@@ -289,6 +289,10 @@ struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
+    /// Append arena votes here (FastChat battle lines, `camelid arena ratings` reads them);
+    /// the leaderboard starts from the votes already in it.
+    #[arg(long)]
+    arena_log: Option<PathBuf>,
     #[arg(long)]
     dtype: Option<String>,
     #[arg(long, default_value = "cpu")]
@@ -662,6 +666,12 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
 }
 
 fn run_serve(a: ServeArgs) -> Result<()> {
+    if let Some(p) = a.arena_log.as_ref().filter(|p| p.exists()) {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        camelid_eval::ratings::read_battles(&text)
+            .with_context(|| format!("arena log {}", p.display()))?;
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);
@@ -675,6 +685,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
                 max_concurrent: a.max_concurrent,
                 body_limit: a.max_body_bytes,
                 shutdown_grace_secs: a.shutdown_grace,
+                arena_log: a.arena_log.clone(),
             },
         ));
         // Listen at once (health says 503 while loading), load in the background.
