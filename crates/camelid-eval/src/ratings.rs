@@ -556,6 +556,12 @@ mod tests {
     }
 
     #[test]
+    fn no_battles_make_an_empty_board() {
+        assert!(leaderboard(&[], 10, 0).is_empty());
+        assert!(bradley_terry(&[]).is_empty());
+    }
+
+    #[test]
     fn battles_read_from_fastchat_logs_and_pairwise_judgments() {
         let array = r#"[{"model_a": "x", "model_b": "y", "winner": "tie (bothbad)", "judge": "arena_user_1"},
                         {"model_a": "y", "model_b": "x", "winner": "model_b"}]"#;
