@@ -174,8 +174,9 @@ mod tests {
         c.observe(1, 0, 8.0);
         c.observe(8, 0, 24.0);
         c.observe(0, 100, 125.0); // 1.25 ms a prompt token
-                                  // One stream decoding beside seven prompts: the step may take what 8 decodes take
-                                  // (stretch 1), i.e. 16 ms beyond its own 8 ms.
+
+        // One stream decoding beside seven prompts: the step may take what 8 decodes take
+        // (stretch 1), i.e. 16 ms beyond its own 8 ms.
         assert_eq!(c.prefill_tokens(1, 8, 1.0), Some(12));
         // Stretch 2 of the whole batch: 48 ms, 40 of them for prompts.
         assert_eq!(c.prefill_tokens(1, 8, 2.0), Some(32));

@@ -30,8 +30,6 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How long in-flight streams may run after SIGTERM.
     pub shutdown_grace_secs: u64,
-    /// Arena votes are appended here (FastChat battle lines) and read back at start.
-    pub arena_log: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -41,7 +39,6 @@ impl Default for ServerConfig {
             max_concurrent: 256,
             body_limit: 4 << 20,
             shutdown_grace_secs: 30,
-            arena_log: None,
         }
     }
 }
@@ -59,14 +56,16 @@ impl AppState {
         Self {
             models: RwLock::new(None),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
-            // `camelid serve` reads the log before it gets here, so a bad one stops it there.
-            arena: crate::arena::Arena::new(config.arena_log.clone()).unwrap_or_else(|e| {
-                tracing::error!("arena log: {e}; starting without its votes");
-                crate::arena::Arena::default()
-            }),
+            arena: crate::arena::Arena::default(),
             config,
             metrics: ServerMetrics::default(),
         }
+    }
+
+    /// The arena to serve (by default one without a vote log).
+    pub fn with_arena(mut self, arena: crate::arena::Arena) -> Self {
+        self.arena = arena;
+        self
     }
 
     pub fn set_models(&self, models: Vec<ModelEntry>) {

@@ -37,11 +37,11 @@ fn entry(name: &str) -> ModelEntry {
 }
 
 fn start(config: ServerConfig) -> Server {
-    start_models(config, &["smol"])
+    start_models(AppState::new(config), &["smol"])
 }
 
-fn start_models(config: ServerConfig, names: &[&str]) -> Server {
-    let state = Arc::new(AppState::new(config));
+fn start_models(state: AppState, names: &[&str]) -> Server {
+    let state = Arc::new(state);
     state.set_models(names.iter().map(|n| entry(n)).collect());
     let listener = runtime()
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -742,11 +742,11 @@ fn arena_battles_are_anonymous_and_votes_rate_the_models() {
     assert_eq!(status, 400, "{body}");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("battles.jsonl");
-    let config = || ServerConfig {
-        arena_log: Some(log.clone()),
-        ..Default::default()
+    let state = || {
+        let arena = camelid_server::arena::Arena::new(Some(log.clone())).unwrap();
+        AppState::new(ServerConfig::default()).with_arena(arena)
     };
-    let s = start_models(config(), &["smol-a", "smol-b"]);
+    let s = start_models(state(), &["smol-a", "smol-b"]);
     let post_to = |path: &str, body: Value| post_raw(&s.base, path, body.to_string().into_bytes());
     let mut wins: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     for round in 0..5 {
@@ -852,7 +852,7 @@ fn arena_battles_are_anonymous_and_votes_rate_the_models() {
     assert!(lines
         .iter()
         .all(|l| l["model_a"].is_string() && l["winner"].is_string()));
-    let restarted = start_models(config(), &["smol-a", "smol-b"]);
+    let restarted = start_models(state(), &["smol-a", "smol-b"]);
     let (_, board2) = get_json(&restarted.base, "/arena/leaderboard");
     assert_eq!(board2["leaderboard"], board["leaderboard"]);
 }

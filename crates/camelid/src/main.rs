@@ -666,12 +666,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
 }
 
 fn run_serve(a: ServeArgs) -> Result<()> {
-    if let Some(p) = a.arena_log.as_ref().filter(|p| p.exists()) {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        camelid_eval::ratings::read_battles(&text)
-            .with_context(|| format!("arena log {}", p.display()))?;
-    }
+    let arena = camelid_server::arena::Arena::new(a.arena_log.clone()).context("arena log")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);
@@ -679,15 +674,15 @@ fn run_serve(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
-        let state = std::sync::Arc::new(camelid_server::AppState::new(
-            camelid_server::ServerConfig {
+        let state = std::sync::Arc::new(
+            camelid_server::AppState::new(camelid_server::ServerConfig {
                 api_keys: a.api_keys.clone(),
                 max_concurrent: a.max_concurrent,
                 body_limit: a.max_body_bytes,
                 shutdown_grace_secs: a.shutdown_grace,
-                arena_log: a.arena_log.clone(),
-            },
-        ));
+            })
+            .with_arena(arena),
+        );
         // Listen at once (health says 503 while loading), load in the background.
         let loader_state = state.clone();
         let loading = tokio::task::spawn_blocking(move || -> Result<()> {
