@@ -14,7 +14,7 @@ WORKDIR /src
 COPY . .
 # A portable CPU baseline instead of .cargo/config.toml's target-cpu=native.
 ENV RUSTFLAGS="-C target-cpu=x86-64-v3"
-# crates/camelid-model/build.rs compiles kernels/*.cu to PTX with the image's nvcc for
+# crates/camelid-kernels/build.rs compiles kernels/*.cu to PTX with the image's nvcc for
 # CUDA_COMPUTE_CAP (same flow as kernels/build-cuda.sh, which gets nvcc from PyPI wheels instead).
 RUN cargo build --release -p camelid --features "${FEATURES}" && strip -o /camelid target/release/camelid
 

@@ -29,7 +29,7 @@ source "$TOOLCHAIN/env.sh"
 export CARGO_TARGET_DIR="${CAMELID_CUDA_TARGET:-$CACHE/cuda-target}"
 export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64-v3}"
 case "$MODE" in
-  check) cargo check --workspace --all-targets --features camelid/cuda,camelid-model/cuda ;;
+  check) cargo check --workspace --all-targets --features camelid/cuda,camelid-model/cuda,camelid-kernels/cuda ;;
   build)
     cargo build --release -p camelid --features cuda
     # Line tables make the binary ~150 MB; the device tool carries at most 64 MiB.
@@ -39,7 +39,7 @@ case "$MODE" in
   stage)
     bash "$0" build
     # The kernel-vs-CPU tests, as a binary the GPU machine (no Rust there) can run.
-    test_bin=$(cargo test --release -p camelid-model --features cuda --test cuda_kernels --no-run \
+    test_bin=$(cargo test --release -p camelid-kernels --features cuda --test cuda_kernels --no-run \
       --message-format=json | grep -o '"executable":"[^"]*cuda_kernels[^"]*"' | cut -d'"' -f4 | tail -1)
     strip -o "$CARGO_TARGET_DIR/cuda-kernel-tests" "$test_bin"
     mkdir -p .gpu

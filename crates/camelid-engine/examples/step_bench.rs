@@ -4,7 +4,7 @@
 //! prefill chunk of P tokens. Medians of repeated steps, in ms:
 //! `cargo run --release -p camelid-engine --example step_bench [ctx] [reps] [decodes:prefill ...]`.
 use camelid_engine::paged::PagedKv;
-use camelid_model::cpu_attention::KvDtype;
+use camelid_model::KvDtype;
 use camelid_model::{ForwardBatch, LoadOptions, LogitsWanted};
 use std::time::Instant;
 

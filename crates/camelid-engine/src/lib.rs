@@ -14,8 +14,8 @@ pub mod step_cost;
 pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
 pub use scheduler::{EngineConfig, EngineHandle};
 
-use camelid_model::generate::{FinishReason, GenerationParams};
-use camelid_model::sampling::TokenLogprob;
+use camelid_model::decode::sampling::TokenLogprob;
+use camelid_model::decode::{FinishReason, GenerationParams};
 
 /// What a client asks the engine for.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@
 //!   sequence by [`KvStore::write_and_read`].
 
 use crate::blocks::{chain_hash, BlockId, BlockPool};
-use camelid_model::cpu_attention::{HostKvCache, HostPaged, KvDtype};
 use camelid_model::kv::{DevicePaged, KvStore};
+use camelid_model::kv::{HostKvCache, HostPaged, KvDtype};
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
 

@@ -6,10 +6,10 @@ use crate::metrics::EngineMetrics as M;
 use crate::paged::{uses_host_memory, PagedKv};
 use crate::step_cost::StepCost;
 use crate::{Event, Request, SubmitError, Usage};
-use camelid_model::cpu_attention::KvDtype;
-use camelid_model::generate::{FinishReason, SequenceDecoder};
-use camelid_model::sampling::token_logprob;
-use camelid_model::tokenizer::Tokenizer;
+use camelid_model::decode::sampling::token_logprob;
+use camelid_model::decode::{FinishReason, SequenceDecoder};
+use camelid_model::text::tokenizer::Tokenizer;
+use camelid_model::KvDtype;
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -226,7 +226,7 @@ struct Seq {
     /// compute it once (see [`Engine::waits_for_shared_block`]).
     prefix_hashes: Vec<u64>,
     prompt_logprobs: Option<usize>,
-    prompt_lp: Vec<camelid_model::sampling::TokenLogprob>,
+    prompt_lp: Vec<camelid_model::decode::sampling::TokenLogprob>,
     max_tokens: usize,
 }
 

@@ -2,7 +2,7 @@
 //! cancellation and seeded batch invariance.
 
 use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, Event, Request, SubmitError};
-use camelid_model::generate::GenerationParams;
+use camelid_model::decode::GenerationParams;
 use camelid_model::{LoadOptions, SamplingParams};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -13,8 +13,8 @@
 mod common;
 
 use camelid_engine::paged::PagedKv;
-use camelid_model::cpu_attention::KvDtype;
 use camelid_model::kv::ContiguousKv;
+use camelid_model::KvDtype;
 use camelid_model::{ForwardBatch, LoadOptions, LogitsWanted};
 use candle_core::{DType, Tensor};
 

@@ -3,14 +3,8 @@
 use crate::error::{Error, Result};
 use serde::Deserialize;
 
-/// How rotary embeddings pair the channels of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// HF layout: channel i pairs with i + d/2 (`rotate_half`).
-    Half,
-    /// GGUF/Meta layout: channel 2i pairs with 2i+1 (Q/K rows are permuted by the converter).
-    Interleaved,
-}
+/// How rotary embeddings pair the channels of a head (the kernels apply it; defined there).
+pub use camelid_kernels::attention::RopeStyle;
 
 /// Context-extension schemes for rotary embeddings.
 #[derive(Debug, Clone, PartialEq)]

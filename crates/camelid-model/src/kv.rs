@@ -2,7 +2,9 @@
 //! passes a [`KvStore`], so a simple per-sequence cache (tests, CLI) and the engine's paged
 //! block pool plug into the same forward pass.
 
-use crate::cpu_attention::HostPaged;
+/// The host cache types are part of this interface: a store that owns one lends it out as
+/// [`HostPaged`] (the engine builds its pool on [`HostKvCache`]).
+pub use camelid_kernels::attention::{HostKvCache, HostPaged, KvDtype};
 use candle_core::{Result, Tensor};
 use std::collections::HashMap;
 
@@ -21,7 +23,7 @@ pub trait KvStore {
 
     /// The store's host-memory paged cache with the block tables of `seqs` (one per chunk of
     /// the batch), when it has one: the CPU forward pass then runs
-    /// [`crate::cpu_attention::paged_attention`] in place instead of `write_and_read`.
+    /// [`camelid_kernels::attention::paged_attention`] in place instead of `write_and_read`.
     fn host_paged(&mut self, _seqs: &[u64]) -> Result<Option<HostPaged<'_>>> {
         Ok(None)
     }

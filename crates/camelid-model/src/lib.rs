@@ -1,42 +1,32 @@
 //! camelid-model: everything about LLaMA-family weights and math, nothing about HTTP.
 //!
-//! - loading: [`loader`] (one entry point), [`gguf`], [`hf_folder`] (safetensors, PyTorch
-//!   `.bin`), [`hub`], [`registry`] (known models and the default-model fetch)
-//! - text: [`tokenizer`], [`template`], [`stream`] (incremental detokenization, stop strings)
-//! - math: [`config`], [`cpu_attention`] (paged attention over host memory, on [`vecmath`]), [`linear`] (over [`qgemm`], our own CPU quantized matmul), [`rope`], [`fused`] (SiLU·mul), [`model`] (varlen forward), [`kv`] (KV storage
-//!   interface), [`sampling`]
-//! - tools: [`generate`] (single-sequence generation for CLI and tests), [`convert`]
+//! - [`load`]: one entry point ([`load::load`]) over GGUF, HF folders (safetensors, PyTorch
+//!   `.bin`), hub ids and the registry of known models; [`load::convert`] writes HF folders.
+//! - [`text`]: tokenizers, chat templates, incremental detokenization and stop strings.
+//! - [`models`]: the architectures, one file each (their weights, nothing about where they run).
+//! - [`runtime`]: the forward pass — CPU serving, CUDA serving or the tensor reference, picked
+//!   once per forward; [`batch`] is its input, [`kv`] where it keeps keys and values.
+//! - [`decode`]: sampling, the per-sequence decoder and single-sequence generation.
+//! - [`config`], [`linear`] (dense and quantized matmuls), [`rope`] (rotary tables).
+//!
+//! Compute kernels live in `camelid-kernels`, which knows no model.
 
+pub mod batch;
 pub mod config;
-pub mod convert;
-pub mod cpu_attention;
-mod cpu_forward;
-#[cfg(feature = "cuda")]
-pub mod cuda_forward;
-#[cfg(feature = "cuda")]
-pub mod cuda_ops;
+pub mod decode;
 pub mod error;
-pub mod fused;
-pub mod generate;
-pub mod gguf;
-pub mod hf_folder;
-pub mod hub;
 pub mod kv;
 pub mod linear;
-pub mod loader;
-pub mod model;
-pub mod qgemm;
-pub mod registry;
+pub mod load;
+pub mod models;
 pub mod rope;
-pub mod sampling;
-pub mod stream;
-pub mod template;
-pub mod tokenizer;
-pub mod vecmath;
-pub mod weights;
+pub mod runtime;
+pub mod text;
 
+pub use batch::{ForwardBatch, LogitsWanted, SeqChunk};
+pub use decode::sampling::{Sampler, SamplingParams};
 pub use error::{Error, Result};
-pub use loader::{load, LoadOptions, LoadedModel};
-pub use model::{ForwardBatch, Llama, LogitsWanted, SeqChunk};
-pub use sampling::{Sampler, SamplingParams};
-pub use template::{ChatTemplate, Message};
+pub use kv::KvDtype;
+pub use load::{load, LoadOptions, LoadedModel};
+pub use models::Llama;
+pub use text::template::{ChatTemplate, Message};

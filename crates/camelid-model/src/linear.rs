@@ -1,10 +1,10 @@
 //! One linear-layer type for dense (safetensors, f32/bf16/f16) and quantized (GGUF) weights.
 //!
 //! On the CPU, Q4_0 / Q4_1 / Q8_0 weights run through camelid's own batched kernels
-//! ([`crate::qgemm`]); every other case goes through candle's `QMatMul` (dense matmul, k-quants,
+//! ([`camelid_kernels::quant`]); every other case goes through candle's `QMatMul` (dense matmul, k-quants,
 //! CUDA).
 
-use crate::qgemm::{self, QActs, QKind, QWeight};
+use camelid_kernels::quant::{self, QActs, QKind, QWeight};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -127,7 +127,7 @@ impl Linear {
         match &self.inner {
             Inner::Own(w) => {
                 acts.quantize_into(x, m, w.cols);
-                qgemm::matmul_quantized(w, acts, out);
+                quant::matmul_quantized(w, acts, out);
             }
             Inner::Candle(q) => {
                 let t = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
@@ -160,7 +160,7 @@ impl CustomOp1 for OwnMatmul {
         let x = &x[start..end];
         let m = x.len() / k;
         let mut out = vec![0f32; m * w.rows];
-        qgemm::matmul(w, x, m, &mut out);
+        quant::matmul(w, x, m, &mut out);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = w.rows;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))

@@ -2,8 +2,8 @@
 //! candle-transformers' `quantized_llama` and `llama` on the same weights.
 
 mod common;
-use camelid_model::generate::{generate, GenerationParams};
-use camelid_model::sampling::log_softmax;
+use camelid_model::decode::sampling::log_softmax;
+use camelid_model::decode::{generate, GenerationParams};
 use camelid_model::{Message, SamplingParams};
 use candle_core::{DType, Device, Tensor};
 use common::*;
@@ -186,7 +186,7 @@ fn incremental_decode_equals_full_decode() {
         "<|im_start|>user\nhi<|im_end|>",
     ] {
         let ids = tok.encode(s, false).unwrap();
-        let mut d = camelid_model::stream::IncrementalDecoder::new(false);
+        let mut d = camelid_model::text::stream::IncrementalDecoder::new(false);
         let mut out = String::new();
         for &id in &ids {
             let piece = d.push(tok, id).unwrap();

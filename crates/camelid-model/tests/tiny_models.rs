@@ -2,9 +2,9 @@
 //! models of every shape variant generated here.
 
 mod common;
-use camelid_model::generate::{generate, GenerationParams};
-use camelid_model::hf_folder::{find_weight_files, HfWeights, WeightFiles};
+use camelid_model::decode::{generate, GenerationParams};
 use camelid_model::kv::ContiguousKv;
+use camelid_model::load::hf_folder::{find_weight_files, HfWeights, WeightFiles};
 use camelid_model::{ForwardBatch, LoadOptions, LogitsWanted, SamplingParams};
 use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
@@ -25,7 +25,8 @@ fn tmpdir(tag: &str) -> tempfile::TempDir {
 #[test]
 fn sentencepiece_model_encodes_like_sentencepiece() {
     let tok =
-        camelid_model::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model")).unwrap();
+        camelid_model::text::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model"))
+            .unwrap();
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture().join("expected_ids.json")).unwrap(),
     )

@@ -32,7 +32,7 @@ fn gguf_tokenizer_round_trips_and_matches_converted_tokenizer_json() {
     let gguf = common::load(&common::default_gguf());
     let dir = common::converted_f32();
     let from_file =
-        camelid_model::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        camelid_model::text::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     for s in STRINGS {
         let a = gguf.tokenizer.encode(s, false).unwrap();
         let b = from_file.encode(s, false).unwrap();

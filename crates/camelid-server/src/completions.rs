@@ -10,9 +10,9 @@ use crate::state::AppState;
 use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use axum::response::{IntoResponse, Response};
 use camelid_engine::Usage;
-use camelid_model::generate::FinishReason;
-use camelid_model::sampling::TokenLogprob;
-use camelid_model::tokenizer::Tokenizer;
+use camelid_model::decode::sampling::TokenLogprob;
+use camelid_model::decode::FinishReason;
+use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
 

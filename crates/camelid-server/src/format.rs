@@ -2,9 +2,9 @@
 
 use crate::run::ChoiceResult;
 use camelid_engine::Usage;
-use camelid_model::generate::FinishReason;
-use camelid_model::sampling::TokenLogprob;
-use camelid_model::tokenizer::Tokenizer;
+use camelid_model::decode::sampling::TokenLogprob;
+use camelid_model::decode::FinishReason;
+use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::openai::SamplingFields;
-use camelid_model::generate::GenerationParams;
+use camelid_model::decode::GenerationParams;
 use camelid_model::SamplingParams;
 
 pub const MAX_N: u32 = 16;

@@ -1,9 +1,9 @@
 //! `camelid`: the command line. Each subcommand wires the library crates together.
 
 use anyhow::{Context, Result};
-use camelid_model::cpu_attention::KvDtype;
-use camelid_model::generate::{generate, GenerationParams};
-use camelid_model::loader::parse_dtype;
+use camelid_model::decode::{generate, GenerationParams};
+use camelid_model::load::parse_dtype;
+use camelid_model::KvDtype;
 use camelid_model::{LoadOptions, LoadedModel, Message, SamplingParams};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{BufRead, Write};
@@ -561,9 +561,9 @@ fn run_chat(a: ChatArgs) -> Result<()> {
 fn run_convert(a: ConvertArgs) -> Result<()> {
     let src = match a.gguf {
         Some(p) => p,
-        None => camelid_model::loader::resolve(None, None)?.1,
+        None => camelid_model::load::resolve(None, None)?.1,
     };
-    camelid_model::convert::gguf_to_hf(&src, &a.out, parse_dtype(&a.dtype)?)
+    camelid_model::load::convert::gguf_to_hf(&src, &a.out, parse_dtype(&a.dtype)?)
         .with_context(|| format!("converting {}", src.display()))?;
     eprintln!("wrote {}", a.out.display());
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 pub fn default_gguf() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        camelid_model::loader::resolve(None, None)
+        camelid_model::load::resolve(None, None)
             .expect("default model (run models/fetch-default.sh)")
             .1
     })
@@ -32,7 +32,7 @@ pub fn converted_f32() -> PathBuf {
 pub fn cached_conversion(gguf: &Path, dtype: candle_core::DType) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    include_str!("../../src/convert.rs").hash(&mut h);
+    include_str!("../../src/load/convert.rs").hash(&mut h);
     std::fs::metadata(gguf).expect("gguf").len().hash(&mut h);
     let stem = gguf.file_stem().unwrap().to_string_lossy();
     let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -49,7 +49,7 @@ pub fn cached_conversion(gguf: &Path, dtype: candle_core::DType) -> PathBuf {
     }
     let tmp = root.join(format!(".{stem}-{dtype:?}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    camelid_model::convert::gguf_to_hf(gguf, &tmp, dtype).expect("convert");
+    camelid_model::load::convert::gguf_to_hf(gguf, &tmp, dtype).expect("convert");
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another test binary won the race; its folder is the same.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -80,5 +80,5 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
-    camelid_model::sampling::top_k_indices(v, k)
+    camelid_model::decode::sampling::top_k_indices(v, k)
 }

@@ -1,0 +1,62 @@
+//! Micro-benchmark of camelid's quantized CPU matmul (weights larger than the caches, as in a
+//! real model): `cargo run --release -p camelid-kernels --example qgemm_bench [threads] [format]`
+//! (format: q4_0, q4_1 — the default — or q8_0).
+use camelid_kernels::quant::{matmul, QKind, QWeight};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+
+fn main() {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(0);
+    let (dtype, kind) = match std::env::args().nth(2).as_deref() {
+        None | Some("q4_1") => (GgmlDType::Q4_1, QKind::Q4_1),
+        Some("q4_0") => (GgmlDType::Q4_0, QKind::Q4_0),
+        Some("q8_0") => (GgmlDType::Q8_0, QKind::Q8_0),
+        Some(f) => panic!("format {f}: one of q4_0, q4_1, q8_0"),
+    };
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .unwrap();
+    }
+    let (rows, cols, copies) = (1536, 576, 40); // 22 MB of Q4_1, 38 MB of Q8_0
+    let mut ws = vec![];
+    for c in 0..copies {
+        let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+        let w = (w + c as f64 * 1e-3).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        ws.push(QWeight::new(kind, rows, cols, q.data().unwrap().into_owned()).unwrap());
+    }
+    let bytes: usize = copies * rows * cols / 32 * kind.block_bytes();
+    println!(
+        "{kind:?}  threads {}  weights {:.1} MB",
+        rayon::current_num_threads(),
+        bytes as f64 / 1e6
+    );
+    for m in [1usize, 2, 4, 8, 16, 64, 256] {
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut out = vec![0f32; m * rows];
+        let iters = (256 / m).clamp(2, 16);
+        let t = Instant::now();
+        for _ in 0..iters {
+            for w in &ws {
+                matmul(w, &x, m, &mut out);
+            }
+        }
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        let blocks = (m * copies * rows * cols / 32) as f64;
+        println!(
+            "m {m:4}  {:7.2} ms/pass  weights {:6.2} GB/s  {:5.2} ns/block-product  {:6.1} GMAC/s",
+            s * 1e3,
+            bytes as f64 / s / 1e9,
+            s * 1e9 / blocks,
+            blocks * 32.0 / s / 1e9
+        );
+    }
+}

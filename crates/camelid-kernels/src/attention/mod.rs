@@ -1,0 +1,312 @@
+//! Attention on the CPU straight over a paged KV cache in host memory: rotary embedding, the
+//! K/V write into each sequence's slots, and causal attention for a whole varlen batch, in one
+//! call per layer. No per-sequence tensor ops, no gather of the cache: keys and values are read in
+//! place through the block tables.
+//!
+//! Cache layout (per layer, keys and values alike): block-major, then KV head, then slot in
+//! the block — `[block][kv_head][slot % block_size][head_dim]` (vLLM's layout). One attention
+//! task (one sequence, one KV head) thus reads `block_size · head_dim` contiguous values per
+//! block, which the hardware prefetcher streams; a slot-major row layout made it read 1/kv_heads
+//! of every row and waited on memory. Sequence position `p` lives in slot
+//! `table[p / block_size] · block_size + p % block_size`.
+//!
+//! camelid-model's tensor path (candle ops over a contiguous cache) is the independent
+//! reference this kernel is tested against; the unit tests here compare with naive attention.
+
+mod cache;
+
+use crate::vecmath::{self, Scalar, VecOps};
+use crate::OutPtr;
+pub use cache::{q8_group, q8_scale, HostKvCache, HostPaged, KvDtype};
+use cache::{CacheElem, Planes, Q8Plane, Q8};
+use half::f16;
+use rayon::prelude::*;
+
+/// How rotary embeddings pair the channels of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// HF layout: channel i pairs with i + d/2 (`rotate_half`).
+    Half,
+    /// GGUF/Meta layout: channel 2i pairs with 2i+1 (Q/K rows are permuted by the converter).
+    Interleaved,
+}
+
+/// A run of consecutive tokens of one sequence in a batch: what attention needs of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    /// The sequence (named in error messages).
+    pub seq: u64,
+    /// Position of the span's first token.
+    pub start_pos: usize,
+    pub len: usize,
+}
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+    pub rope: RopeStyle,
+}
+
+/// Projected rows: token `t`'s query heads are at `data[t·stride + q_off ..]`, its key heads at
+/// `k_off`, its value heads at `v_off` (one fused QKV matmul, or three separate buffers).
+pub struct QkvRows<'a> {
+    pub q: (&'a [f32], usize, usize),
+    pub k: (&'a [f32], usize, usize),
+    pub v: (&'a [f32], usize, usize),
+}
+
+fn row<'a>(m: &(&'a [f32], usize, usize), t: usize, width: usize) -> &'a [f32] {
+    let (data, stride, off) = *m;
+    &data[t * stride + off..t * stride + off + width]
+}
+
+/// Rotates one head in place: pairs (j, j + d/2) for `Half`, (2j, 2j + 1) for `Interleaved`.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = x.len() / 2;
+    for j in 0..half {
+        let (a, b) = match style {
+            RopeStyle::Half => (j, j + half),
+            RopeStyle::Interleaved => (2 * j, 2 * j + 1),
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * cos[j] - x1 * sin[j];
+        x[b] = x0 * sin[j] + x1 * cos[j];
+    }
+}
+
+/// Query rows (queries × the query heads of one KV head) per attention task: its keys and
+/// values are widened once for all of them, and the AVX-512 prompt path holds them in four
+/// vectors of 16 lanes.
+const TASK_ROWS: usize = 64;
+
+/// Queries per attention task: as many as fill [`TASK_ROWS`] with this many query heads per
+/// KV head (21 for SmolLM2's 3, 64 for Llama 2's 1, 8 for Llama 3 70B's 8).
+fn query_block(group: usize) -> usize {
+    (TASK_ROWS / group.max(1)).max(1)
+}
+
+/// One layer's attention for a varlen batch. `cos`/`sin` are `(tokens, dim / 2)` tables;
+/// `out` receives `(tokens, q_heads · dim)`. Keys and values of the batch's tokens are written
+/// into the cache first, so every chunk sees its own new tokens (causally).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    layer: usize,
+    chunks: &[SeqSpan],
+    qkv: &QkvRows,
+    cos: &[f32],
+    sin: &[f32],
+    h: Heads,
+    kv: &mut HostPaged,
+    out: &mut [f32],
+) {
+    let n_tok: usize = chunks.iter().map(|c| c.len).sum();
+    let half = h.dim / 2;
+    let (qw, kw) = (h.q * h.dim, h.kv * h.dim);
+    assert_eq!(out.len(), n_tok * qw);
+    assert_eq!(cos.len(), n_tok * half);
+    assert_eq!((kv.cache.kv_heads, kv.cache.head_dim), (h.kv, h.dim));
+
+    // Rotated queries, and rotated keys + values written to their slots.
+    let mut q = vec![0f32; n_tok * qw];
+    let mut k_rot = vec![0f32; kw];
+    let mut t = 0;
+    for (ci, c) in chunks.iter().enumerate() {
+        for i in 0..c.len {
+            let (cs, sn) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
+            let qt = &mut q[t * qw..(t + 1) * qw];
+            qt.copy_from_slice(row(&qkv.q, t, qw));
+            for head in qt.chunks_exact_mut(h.dim) {
+                rope(head, cs, sn, h.rope);
+            }
+            k_rot.copy_from_slice(row(&qkv.k, t, kw));
+            for head in k_rot.chunks_exact_mut(h.dim) {
+                rope(head, cs, sn, h.rope);
+            }
+            let slot = kv.slot(ci, c.start_pos + i);
+            kv.cache.write_slot(layer, slot, &k_rot, row(&qkv.v, t, kw));
+            t += 1;
+        }
+    }
+
+    // Tasks: (chunk, kv head, block of queries); each writes its own output rows and heads.
+    let qblock = query_block(h.q / h.kv);
+    let mut tasks = vec![];
+    let mut first_tok = 0;
+    for (ci, c) in chunks.iter().enumerate() {
+        for g in 0..h.kv {
+            for qb in (0..c.len).step_by(qblock) {
+                tasks.push(Task {
+                    chunk: ci,
+                    first_tok,
+                    g,
+                    q0: qb,
+                    q1: (qb + qblock).min(c.len),
+                });
+            }
+        }
+        first_tok += c.len;
+    }
+    let input = TaskInput {
+        layer,
+        chunks,
+        q: &q,
+        h,
+        kv: &*kv,
+        scale: 1.0 / (h.dim as f32).sqrt(),
+    };
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let run = |t: &Task| run_task(&input, t, out_ptr);
+    if tasks.len() == 1 {
+        run(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+/// What every attention task of one call reads.
+struct TaskInput<'a> {
+    layer: usize,
+    chunks: &'a [SeqSpan],
+    /// Rotated queries, `(tokens, q_heads · dim)`.
+    q: &'a [f32],
+    h: Heads,
+    kv: &'a HostPaged<'a>,
+    scale: f32,
+}
+
+/// Queries `q0..q1` of chunk `chunk` (whose first token is batch row `first_tok`) against KV
+/// head `g`.
+#[derive(Clone, Copy)]
+struct Task {
+    chunk: usize,
+    first_tok: usize,
+    g: usize,
+    q0: usize,
+    q1: usize,
+}
+
+fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
+    #[cfg(target_arch = "x86_64")]
+    if task.q1 - task.q0 == 1 && decode512::run(input, task, out) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if prefill::run(input, task, out) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_features::avx2() {
+        // Safety: the CPU has AVX2, FMA and F16C.
+        unsafe { run_task_avx2(input, task, out) };
+        return;
+    }
+    match input.kv.cache.dtype() {
+        KvDtype::F32 => attend::<Scalar, f32>(input, task, out),
+        KvDtype::F16 => attend::<Scalar, f16>(input, task, out),
+        KvDtype::Q8_0 => attend::<Scalar, Q8>(input, task, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_task_avx2(input: &TaskInput, task: &Task, out: OutPtr) {
+    match input.kv.cache.dtype() {
+        KvDtype::F32 => attend::<vecmath::Avx2, f32>(input, task, out),
+        KvDtype::F16 => attend::<vecmath::Avx2, f16>(input, task, out),
+        KvDtype::Q8_0 => attend::<vecmath::Avx2, Q8>(input, task, out),
+    }
+}
+
+/// A task's keys and values (its KV head, positions `0..n_keys`) widened to f32 into
+/// contiguous rows of `keys` and `values`.
+#[inline(always)]
+fn widen_task_kv<V: VecOps, E: CacheElem>(
+    input: &TaskInput,
+    task: &Task,
+    n_keys: usize,
+    keys: &mut Vec<f32>,
+    values: &mut Vec<f32>,
+) {
+    let (kv, d) = (input.kv, input.h.dim);
+    for buf in [&mut *keys, &mut *values] {
+        buf.resize(n_keys * d, 0.0);
+    }
+    let bs = kv.block_size;
+    let table = &kv.tables[task.chunk];
+    for (bi, &block) in table.iter().enumerate().take(n_keys.div_ceil(bs)) {
+        let at = kv.cache.head_offset(block as usize * bs, task.g);
+        let len = bs.min(n_keys - bi * bs) * d;
+        let dst = bi * bs * d..bi * bs * d + len;
+        E::widen::<V>(
+            kv.cache,
+            input.layer,
+            at,
+            &mut keys[dst.clone()],
+            &mut values[dst],
+        );
+    }
+}
+
+/// One task: scores against every visible key (each key read once for all the task's query
+/// rows), softmax, weighted sum of values; writes the task's own rows and heads of `out`.
+#[inline(always)]
+fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {
+    let h = input.h;
+    let Task {
+        chunk: ci,
+        first_tok,
+        g,
+        q0,
+        q1,
+    } = *task;
+    let c = &input.chunks[ci];
+    let (qw, group) = (h.q * h.dim, h.q / h.kv);
+    let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
+    let d = h.dim;
+    SCRATCH.with_borrow_mut(|scratch| {
+        // This task's keys and values (head g, positions 0..n_keys), widened to f32 once into
+        // contiguous rows: every query row then streams them with register-blocked kernels.
+        let [keys, values, scores] = scratch;
+        widen_task_kv::<V, E>(input, task, n_keys, keys, values);
+        scores.resize(n_keys, 0.0);
+        for i in q0..q1 {
+            let t = first_tok + i;
+            // Causal: query i sees positions 0..=start_pos + i.
+            let visible = c.start_pos + i + 1;
+            for j in 0..group {
+                let head = g * group + j;
+                let qv = &input.q[t * qw + head * d..t * qw + (head + 1) * d];
+                let row = &mut scores[..visible];
+                V::dots(qv, keys, input.scale, row);
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let inv = 1.0 / V::exp_shifted_sum(row, max);
+                // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(t * qw + head * d), d) };
+                V::weighted_sum(row, values, dst);
+                V::scale(dst, inv);
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod decode512;
+#[cfg(target_arch = "x86_64")]
+pub mod prefill;
+
+thread_local! {
+    /// Per-thread buffers of the attention tasks (widened keys, values, one score row): reused,
+    /// so long prompts do not allocate (and page-fault) fresh megabytes per task.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const {
+        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()])
+    };
+}
+
+#[cfg(test)]
+mod tests;

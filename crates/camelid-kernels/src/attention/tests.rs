@@ -1,0 +1,193 @@
+use super::*;
+use rand::{Rng, SeedableRng};
+
+/// Plain attention over one sequence's full K/V history (already rotated), as the textbook
+/// writes it.
+fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], pos: usize, h: Heads) -> Vec<f32> {
+    let group = h.q / h.kv;
+    let mut out = vec![0f32; h.q * h.dim];
+    for head in 0..h.q {
+        let g = head / group;
+        let qv = &q[head * h.dim..(head + 1) * h.dim];
+        let s: Vec<f64> = (0..=pos)
+            .map(|p| {
+                let k = &keys[p][g * h.dim..(g + 1) * h.dim];
+                qv.iter().zip(k).map(|(a, b)| (a * b) as f64).sum::<f64>() / (h.dim as f64).sqrt()
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..h.dim {
+            out[head * h.dim + d] = (0..=pos)
+                .map(|p| e[p] / z * values[p][g * h.dim + d] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn ragged_batch_over_scattered_blocks_matches_naive_attention() {
+    for style in [RopeStyle::Half, RopeStyle::Interleaved] {
+        // Small heads (12: not a multiple of the SIMD width), SmolLM2's shape (9 query
+        // heads over 3 KV heads of 64), and every head-grouping of the AVX-512 decode path
+        // (heads of 64 taken 4, 2 or 1 at a time; heads of 128, 2 or 1).
+        let shapes = [
+            (6, 2, 8),
+            (4, 2, 12),
+            (9, 3, 64),
+            (8, 2, 64),
+            (6, 3, 64),
+            (4, 4, 64),
+            (4, 2, 128),
+            (3, 3, 128),
+        ];
+        // Prompt tasks in the widest vectors this CPU has, then in AVX2's 8 lanes.
+        #[cfg(target_arch = "x86_64")]
+        let paths = [prefill::PrefillPath::Widest, prefill::PrefillPath::Avx2];
+        #[cfg(not(target_arch = "x86_64"))]
+        let paths = [()];
+        for path in paths {
+            #[cfg(target_arch = "x86_64")]
+            prefill::set_path(path);
+            let _ = path;
+            for (q, kv, dim) in shapes {
+                let rope = style;
+                for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+                    // Small blocks (many boundaries inside every sequence) and larger ones.
+                    for bs in [4, 24] {
+                        check_ragged_batch(Heads { q, kv, dim, rope }, dtype, bs);
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        prefill::set_path(prefill::PrefillPath::Widest);
+    }
+}
+
+/// What storing a row of heads (each `dim` long) in the cache keeps of it.
+fn stored(x: &[f32], dtype: KvDtype, dim: usize) -> Vec<f32> {
+    match dtype {
+        KvDtype::F32 => x.to_vec(),
+        KvDtype::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        KvDtype::Q8_0 => x
+            .chunks(q8_group(dim))
+            .flat_map(|g| {
+                let (d, inv) = q8_scale(g);
+                g.iter().map(move |&v| (v * inv).round() * d)
+            })
+            .collect(),
+    }
+}
+
+/// The kernel against [`naive`] attention over the same stored (for f16: rounded) keys
+/// and values.
+fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    // Three sequences: one decoding at position 9 (9 tokens cached before), one prefilling
+    // 37 tokens from position 70 (several query blocks, over more keys than one tile of
+    // the prefill kernel), one decoding at position 150 (many blocks); blocks
+    // deliberately out of order.
+    let tables = vec![
+        vec![5u32, 0, 7],
+        [2u32, 6, 1, 3, 4, 8, 9, 10, 11, 12, 13]
+            .into_iter()
+            .chain(52..68)
+            .collect(),
+        (14u32..52).rev().collect(),
+    ];
+    let chunks = [
+        SeqSpan {
+            seq: 1,
+            start_pos: 9,
+            len: 1,
+        },
+        SeqSpan {
+            seq: 2,
+            start_pos: 70,
+            len: 37,
+        },
+        SeqSpan {
+            seq: 3,
+            start_pos: 150,
+            len: 1,
+        },
+    ];
+    let kw = h.kv * h.dim;
+    let mut cache = HostKvCache::new(1, 68, bs, h.kv, h.dim, dtype);
+    // History (positions before start_pos), stored directly, already "rotated".
+    type History = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+    let mut hist: Vec<History> = vec![];
+    for (ci, c) in chunks.iter().enumerate() {
+        let (mut ks, mut vs) = (vec![], vec![]);
+        for p in 0..c.start_pos {
+            let k: Vec<f32> = (0..kw).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let v: Vec<f32> = (0..kw).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let slot = tables[ci][p / bs] as usize * bs + p % bs;
+            cache.write_slot(0, slot, &k, &v);
+            ks.push(stored(&k, dtype, h.dim));
+            vs.push(stored(&v, dtype, h.dim));
+        }
+        hist.push((ks, vs));
+    }
+    let n_tok = 39;
+    let width = (h.q + 2 * h.kv) * h.dim;
+    let data: Vec<f32> = (0..n_tok * width)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let positions: Vec<usize> = std::iter::once(9).chain(70..107).chain([150]).collect();
+    let half = h.dim / 2;
+    let (mut cos, mut sin) = (vec![], vec![]);
+    for &p in &positions {
+        for j in 0..half {
+            let a = p as f32 * 10000f32.powf(-(2.0 * j as f32) / h.dim as f32);
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let qkv = QkvRows {
+        q: (&data, width, 0),
+        k: (&data, width, h.q * h.dim),
+        v: (&data, width, (h.q + h.kv) * h.dim),
+    };
+    let mut out = vec![0f32; n_tok * h.q * h.dim];
+    let mut paged = HostPaged {
+        cache: &mut cache,
+        block_size: bs,
+        tables: tables.clone(),
+    };
+    paged_attention(0, &chunks, &qkv, &cos, &sin, h, &mut paged, &mut out);
+
+    // Reference: rotate this batch's q and k by hand, append k/v to each history.
+    let mut t = 0;
+    for (ci, c) in chunks.iter().enumerate() {
+        for i in 0..c.len {
+            let cs = &cos[t * half..(t + 1) * half];
+            let sn = &sin[t * half..(t + 1) * half];
+            let mut qv = row(&qkv.q, t, h.q * h.dim).to_vec();
+            qv.chunks_exact_mut(h.dim)
+                .for_each(|x| rope(x, cs, sn, h.rope));
+            let mut kv_ = row(&qkv.k, t, kw).to_vec();
+            kv_.chunks_exact_mut(h.dim)
+                .for_each(|x| rope(x, cs, sn, h.rope));
+            hist[ci].0.push(stored(&kv_, dtype, h.dim));
+            hist[ci].1.push(stored(row(&qkv.v, t, kw), dtype, h.dim));
+            // Causal: this query sees history and the chunk's tokens up to itself only.
+            let want = naive(&qv, &hist[ci].0, &hist[ci].1, c.start_pos + i, h);
+            let got = &out[t * h.q * h.dim..(t + 1) * h.q * h.dim];
+            for (a, b) in got.iter().zip(&want) {
+                let ok = (a - b).abs() < 1e-5;
+                assert!(ok, "{dtype:?} chunk {ci} token {i}: {a} vs {b}");
+            }
+            t += 1;
+        }
+    }
+    // The new keys landed in the right slots (rotated), e.g. sequence 2 position 96.
+    let slot = tables[1][96 / bs] as usize * bs + 96 % bs;
+    let (mut k, mut v) = (vec![0f32; kw], vec![0f32; kw]);
+    cache.read_slot(0, slot, &mut k, &mut v);
+    assert_eq!(k, hist[1].0[96]);
+    assert_eq!(v, hist[1].1[96]);
+}

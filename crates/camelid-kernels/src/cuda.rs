@@ -1,0 +1,535 @@
+//! camelid's own CUDA kernels (`kernels/*.cu`, compiled to PTX by build.rs) as candle ops:
+//! paged attention over block tables (split-K), the paged KV-cache write, residual add +
+//! RMSNorm, rotary embedding in place, SiLU·mul. f32, f16 and bf16.
+//!
+//! Cache layout: `(slots, kv_heads, head_dim)` per layer, the same as the CPU's
+//! [`crate::attention::HostKvCache`]. Metadata (block tables, context lengths, slot
+//! mappings, positions) travels as small device tensors held by the op.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaView, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
+use candle_core::{
+    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, InplaceOp1, InplaceOp2,
+    Layout, Result, Shape, Storage, Tensor,
+};
+
+/// Whether our CUDA kernels are used (default yes; `CAMELID_CUDA_KERNELS=0` says no).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CAMELID_CUDA_KERNELS").map_or(true, |v| v != "0"))
+}
+
+const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+const LAYERS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layers.ptx"));
+
+/// Context positions per attention split (`PARTITION` in attention.cu).
+pub const PARTITION: usize = 512;
+const MAX_HEAD_DIM: usize = 256;
+
+fn suffix(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        d => bail!("camelid CUDA kernels: unsupported dtype {d:?}"),
+    })
+}
+
+fn func(dev: &CudaDevice, module: &str, name: &str, dtype: DType) -> Result<CudaFunction> {
+    let ptx = if module == "attention" {
+        ATTENTION_PTX
+    } else {
+        LAYERS_PTX
+    };
+    Ok(dev
+        .get_or_load_custom_func(
+            &format!("{name}_{}", suffix(dtype)?),
+            &format!("camelid_{module}"),
+            ptx,
+        )?
+        .into_cuda_function())
+}
+
+fn contiguous(l: &Layout, what: &str) -> Result<(usize, usize)> {
+    l.contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))
+}
+
+/// A metadata tensor's device view (u32, i64 or f32), contiguous. `s`/`l` come from
+/// `tensor.storage_and_layout()`, whose guard the caller keeps alive across the launch.
+fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>> {
+    let Storage::Cuda(c) = s else {
+        bail!("metadata must live on the CUDA device")
+    };
+    let (a, b) = contiguous(l, "metadata")?;
+    Ok(c.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// Writes `src` rows `(tokens, kv_heads · head_dim)` into `cache` `(slots, kv_heads, head_dim)`
+/// at `slot_mapping` (i64 per token on the device; negative entries are skipped).
+pub fn cache_write(cache: &Tensor, src: &Tensor, slot_mapping: &Tensor) -> Result<()> {
+    cache.inplace_op2(
+        src,
+        &CacheWrite {
+            slots: slot_mapping.clone(),
+        },
+    )
+}
+
+struct CacheWrite {
+    slots: Tensor,
+}
+
+impl InplaceOp2 for CacheWrite {
+    fn name(&self) -> &'static str {
+        "camelid-cache-write"
+    }
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        bail!("cache_write is a CUDA op (the CPU writes its HostKvCache directly)")
+    }
+    fn cuda_fwd(
+        &self,
+        cache: &mut CudaStorage,
+        cl: &Layout,
+        src: &CudaStorage,
+        sl: &Layout,
+    ) -> Result<()> {
+        let (tokens, row) = sl.shape().dims2()?;
+        let (c0, _) = contiguous(cl, "cache")?;
+        let (s0, s1) = contiguous(sl, "cache_write src")?;
+        if c0 != 0 {
+            bail!("cache must start at offset 0");
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (g, l) = self.slots.storage_and_layout();
+        let slots = view::<i64>(&g, l)?;
+        let dev = src.device().clone();
+        let f = func(&dev, "attention", "cache_write", src.dtype())?;
+        let cfg = LaunchConfig {
+            grid_dim: (tokens as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        macro_rules! go {
+            ($v:ident) => {{
+                let (CudaStorageSlice::$v(c), CudaStorageSlice::$v(s)) =
+                    (&mut cache.slice, &src.slice)
+                else {
+                    bail!("cache_write: cache and src dtypes differ")
+                };
+                let s = s.slice(s0..s1);
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
+                b.arg(&s);
+                b.arg(c);
+                b.arg(&slots);
+                let row = row as i32;
+                b.arg(&row);
+                // Safety: shapes checked above; the kernel stays inside `tokens` rows and the
+                // slots the engine allocated.
+                unsafe { b.launch(cfg) }.w()?;
+            }};
+        }
+        match src.dtype() {
+            DType::F32 => go!(F32),
+            DType::F16 => go!(F16),
+            DType::BF16 => go!(BF16),
+            d => bail!("cache_write: unsupported dtype {d:?}"),
+        }
+        Ok(())
+    }
+}
+
+/// Query rows for [`paged_attention`]: each row is one token of one sequence.
+pub struct AttentionRows {
+    /// Per row: index into `block_tables`' rows (u32, device).
+    pub row_seq: Tensor,
+    /// Per row: positions visible to it, i.e. its position + 1 (u32, device).
+    pub row_ctx: Tensor,
+    /// `(seqs, max_blocks)` block ids (u32, device).
+    pub block_tables: Tensor,
+    /// Longest context of any row (sets the number of splits).
+    pub max_ctx: usize,
+    pub block_size: usize,
+}
+
+/// `q (rows, q_heads, head_dim)` against the paged `k_cache`/`v_cache`
+/// `(slots, kv_heads, head_dim)`; returns `(rows, q_heads, head_dim)`.
+pub fn paged_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    rows: &AttentionRows,
+    scale: f32,
+) -> Result<Tensor> {
+    q.apply_op3_no_bwd(
+        k_cache,
+        v_cache,
+        &PagedAttention {
+            row_seq: rows.row_seq.clone(),
+            row_ctx: rows.row_ctx.clone(),
+            block_tables: rows.block_tables.clone(),
+            splits: rows.max_ctx.div_ceil(PARTITION).max(1),
+            block_size: rows.block_size,
+            scale,
+        },
+    )
+}
+
+struct PagedAttention {
+    row_seq: Tensor,
+    row_ctx: Tensor,
+    block_tables: Tensor,
+    splits: usize,
+    block_size: usize,
+    scale: f32,
+}
+
+impl CustomOp3 for PagedAttention {
+    fn name(&self) -> &'static str {
+        "camelid-paged-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("paged_attention is a CUDA op (the CPU path is cpu_attention::paged_attention)")
+    }
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        ql: &Layout,
+        k: &CudaStorage,
+        kl: &Layout,
+        v: &CudaStorage,
+        vl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (rows, q_heads, head_dim) = ql.shape().dims3()?;
+        let (_, kv_heads, kd) = kl.shape().dims3()?;
+        if kd != head_dim
+            || vl.shape() != kl.shape()
+            || head_dim > MAX_HEAD_DIM
+            || q_heads % kv_heads != 0
+        {
+            bail!(
+                "paged_attention: q {:?}, k {:?}, v {:?}",
+                ql.shape(),
+                kl.shape(),
+                vl.shape()
+            );
+        }
+        let (q0, q1) = contiguous(ql, "q")?;
+        if contiguous(kl, "k_cache")?.0 != 0 || contiguous(vl, "v_cache")?.0 != 0 {
+            bail!("caches must start at offset 0");
+        }
+        let (_, max_blocks) = self.block_tables.dims2()?;
+        let (g1, l1) = self.row_seq.storage_and_layout();
+        let (g2, l2) = self.row_ctx.storage_and_layout();
+        let (g3, l3) = self.block_tables.storage_and_layout();
+        let (row_seq, row_ctx, tables) = (
+            view::<u32>(&g1, l1)?,
+            view::<u32>(&g2, l2)?,
+            view::<u32>(&g3, l3)?,
+        );
+        let dev = q.device().clone();
+        let splits = self.splits;
+        let parts = rows * q_heads * splits;
+        let part_out = dev.alloc_zeros::<f32>(parts * head_dim)?;
+        let part_max = dev.alloc_zeros::<f32>(parts)?;
+        let part_sum = dev.alloc_zeros::<f32>(parts)?;
+        let attn = func(&dev, "attention", "paged_attention", q.dtype())?;
+        let reduce = func(&dev, "attention", "paged_attention_reduce", q.dtype())?;
+        let grid = (q_heads as u32, rows as u32, splits as u32);
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let rcfg = LaunchConfig {
+            grid_dim: (q_heads as u32, rows as u32, 1),
+            block_dim: (head_dim.min(256) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ints = [
+            q_heads as i32,
+            kv_heads as i32,
+            head_dim as i32,
+            self.block_size as i32,
+            max_blocks as i32,
+            splits as i32,
+        ];
+        macro_rules! go {
+            ($v:ident, $t:ty) => {{
+                let (CudaStorageSlice::$v(qs), CudaStorageSlice::$v(ks), CudaStorageSlice::$v(vs)) =
+                    (&q.slice, &k.slice, &v.slice)
+                else {
+                    bail!("paged_attention: q and caches dtypes differ")
+                };
+                let qs = qs.slice(q0..q1);
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&attn);
+                b.arg(&qs);
+                b.arg(ks);
+                b.arg(vs);
+                b.arg(&row_seq);
+                b.arg(&row_ctx);
+                b.arg(&tables);
+                b.arg(&part_out);
+                b.arg(&part_max);
+                b.arg(&part_sum);
+                for i in &ints {
+                    b.arg(i);
+                }
+                b.arg(&self.scale);
+                // Safety: shapes checked above; block tables and contexts come from the engine.
+                unsafe { b.launch(cfg) }.w()?;
+                // Safety: written by the reduce kernel before any read.
+                let out = unsafe { dev.alloc::<$t>(rows * q_heads * head_dim)? };
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&reduce);
+                b.arg(&part_out);
+                b.arg(&part_max);
+                b.arg(&part_sum);
+                b.arg(&out);
+                let (qh, hd, sp) = (q_heads as i32, head_dim as i32, splits as i32);
+                b.arg(&qh);
+                b.arg(&hd);
+                b.arg(&sp);
+                unsafe { b.launch(rcfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let out = match q.dtype() {
+            DType::F32 => go!(F32, f32),
+            DType::F16 => go!(F16, half::f16),
+            DType::BF16 => go!(BF16, half::bf16),
+            d => bail!("paged_attention: unsupported dtype {d:?}"),
+        };
+        Ok((out, Shape::from((rows, q_heads, head_dim))))
+    }
+}
+
+/// `(x + residual, rms_norm(x + residual) · weight)` for `(rows, hidden)` inputs, in one kernel.
+pub fn add_rms_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let both = x.apply_op3_no_bwd(residual, weight, &AddRmsNorm { eps })?;
+    let rows = x.dim(0)?;
+    Ok((both.narrow(0, 0, rows)?, both.narrow(0, rows, rows)?))
+}
+
+struct AddRmsNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for AddRmsNorm {
+    fn name(&self) -> &'static str {
+        "camelid-add-rms-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("add_rms_norm is a CUDA op")
+    }
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        r: &CudaStorage,
+        rl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (rows, hidden) = xl.shape().dims2()?;
+        if rl.shape() != xl.shape() || wl.shape().dims() != [hidden] {
+            bail!(
+                "add_rms_norm: x {:?}, residual {:?}, weight {:?}",
+                xl.shape(),
+                rl.shape(),
+                wl.shape()
+            );
+        }
+        let ((x0, x1), (r0, r1), (w0, w1)) = (
+            contiguous(xl, "x")?,
+            contiguous(rl, "residual")?,
+            contiguous(wl, "weight")?,
+        );
+        let dev = x.device().clone();
+        let f = func(&dev, "layers", "add_rms_norm", x.dtype())?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        macro_rules! go {
+            ($v:ident, $t:ty) => {{
+                let (CudaStorageSlice::$v(xs), CudaStorageSlice::$v(rs), CudaStorageSlice::$v(ws)) =
+                    (&x.slice, &r.slice, &w.slice)
+                else {
+                    bail!("add_rms_norm: dtypes differ")
+                };
+                // Safety: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<$t>(2 * rows * hidden)? };
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
+                let (xs, rs, ws) = (xs.slice(x0..x1), rs.slice(r0..r1), ws.slice(w0..w1));
+                b.arg(&xs);
+                b.arg(&rs);
+                b.arg(&ws);
+                b.arg(&out);
+                let (n, h) = (rows as i64, hidden as i32);
+                b.arg(&n);
+                b.arg(&h);
+                b.arg(&self.eps);
+                unsafe { b.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let out = match x.dtype() {
+            DType::F32 => go!(F32, f32),
+            DType::F16 => go!(F16, half::f16),
+            DType::BF16 => go!(BF16, half::bf16),
+            d => bail!("add_rms_norm: unsupported dtype {d:?}"),
+        };
+        Ok((out, Shape::from((2 * rows, hidden))))
+    }
+}
+
+/// Rotates `x (tokens, heads, head_dim)` in place at `positions` (u32 per token, device);
+/// `inv_freq` holds `head_dim / 2` f32 frequencies (device).
+pub fn rope_inplace(
+    x: &Tensor,
+    positions: &Tensor,
+    inv_freq: &Tensor,
+    interleaved: bool,
+) -> Result<()> {
+    x.inplace_op1(&RopeInplace {
+        positions: positions.clone(),
+        inv_freq: inv_freq.clone(),
+        interleaved,
+    })
+}
+
+struct RopeInplace {
+    positions: Tensor,
+    inv_freq: Tensor,
+    interleaved: bool,
+}
+
+impl InplaceOp1 for RopeInplace {
+    fn name(&self) -> &'static str {
+        "camelid-rope"
+    }
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+        bail!("rope_inplace is a CUDA op")
+    }
+    fn cuda_fwd(&self, x: &mut CudaStorage, xl: &Layout) -> Result<()> {
+        let (tokens, heads, head_dim) = xl.shape().dims3()?;
+        let (x0, x1) = contiguous(xl, "x")?;
+        let (g1, l1) = self.positions.storage_and_layout();
+        let (g2, l2) = self.inv_freq.storage_and_layout();
+        let (pos, inv) = (view::<u32>(&g1, l1)?, view::<f32>(&g2, l2)?);
+        let dev = x.device().clone();
+        let f = func(&dev, "layers", "rope_inplace", x.dtype())?;
+        let cfg = LaunchConfig {
+            grid_dim: (tokens as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        macro_rules! go {
+            ($v:ident) => {{
+                let CudaStorageSlice::$v(xs) = &mut x.slice else {
+                    unreachable!()
+                };
+                let mut xs = xs.slice_mut(x0..x1);
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
+                b.arg(&mut xs);
+                b.arg(&pos);
+                b.arg(&inv);
+                let (h, d, i) = (heads as i32, head_dim as i32, self.interleaved as i32);
+                b.arg(&h);
+                b.arg(&d);
+                b.arg(&i);
+                unsafe { b.launch(cfg) }.w()?;
+            }};
+        }
+        match x.dtype() {
+            DType::F32 => go!(F32),
+            DType::F16 => go!(F16),
+            DType::BF16 => go!(BF16),
+            d => bail!("rope_inplace: unsupported dtype {d:?}"),
+        }
+        Ok(())
+    }
+}
+
+/// `silu(gate) · up` for `gate_up (rows, 2 · inter)` (gate first); returns `(rows, inter)`.
+pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
+    gate_up.apply_op1_no_bwd(&SiluMul)
+}
+
+struct SiluMul;
+
+impl CustomOp1 for SiluMul {
+    fn name(&self) -> &'static str {
+        "camelid-silu-mul"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("silu_mul is a CUDA op")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (rows, width) = l.shape().dims2()?;
+        let inter = width / 2;
+        let (a, b_) = contiguous(l, "gate_up")?;
+        let dev = s.device().clone();
+        let f = func(&dev, "layers", "silu_mul", s.dtype())?;
+        let n = (rows * inter) as u32;
+        let cfg = LaunchConfig::for_num_elems(n.max(1));
+        macro_rules! go {
+            ($v:ident, $t:ty) => {{
+                let CudaStorageSlice::$v(xs) = &s.slice else {
+                    unreachable!()
+                };
+                let xs = xs.slice(a..b_);
+                // Safety: every element is written by the kernel.
+                let out = unsafe { dev.alloc::<$t>(rows * inter)? };
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
+                b.arg(&xs);
+                b.arg(&out);
+                let (r, i) = (rows as i64, inter as i32);
+                b.arg(&r);
+                b.arg(&i);
+                unsafe { b.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let out = match s.dtype() {
+            DType::F32 => go!(F32, f32),
+            DType::F16 => go!(F16, half::f16),
+            DType::BF16 => go!(BF16, half::bf16),
+            d => bail!("silu_mul: unsupported dtype {d:?}"),
+        };
+        Ok((out, Shape::from((rows, inter))))
+    }
+}

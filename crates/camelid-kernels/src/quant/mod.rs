@@ -1,0 +1,331 @@
+//! camelid's own CPU matmul for the GGML block formats LLaMA GGUF files mostly use (Q4_0, Q4_1,
+//! Q8_0): `y = x · Wᵀ` with `W` kept in its GGUF blocks.
+//!
+//! Why not candle's `QMatMul`: in candle 0.11 it is a per-row GEMV (a batch of `m` rows reads
+//! every weight `m` times) and `Q4_1 · Q8_1` has no SIMD path at all. Here the activations are
+//! quantized once per call to 8-bit blocks (GGML's Q8_1 idea: scale `d`, `s = d·Σq`), and each
+//! weight row, once decoded into registers, is multiplied with up to four activation rows while it
+//! sits in L1. Output rows are split between rayon's threads.
+//!
+//! [`dot_rows_scalar`] is the plain reference; the AVX2 kernels must agree with it to float
+//! rounding (tests below), and both are checked against candle's dequantized f32 matmul.
+
+mod reference;
+mod weight;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::OutPtr;
+use rayon::prelude::*;
+use reference::{dot_rows_scalar, quantize_blocks_scalar};
+use weight::Layout;
+pub use weight::QWeight;
+
+/// Values per quantization block (all formats here).
+pub const BLOCK: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QKind {
+    /// `{d: f16, qs: [u8; 16]}`: value = d·(q − 8), q a nibble.
+    Q4_0,
+    /// `{d: f16, m: f16, qs: [u8; 16]}`: value = d·q + m.
+    Q4_1,
+    /// `{d: f16, qs: [i8; 32]}`: value = d·q.
+    Q8_0,
+}
+
+impl QKind {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QKind::Q4_0 => 18,
+            QKind::Q4_1 => 20,
+            QKind::Q8_0 => 34,
+        }
+    }
+
+    pub fn from_ggml(t: candle_core::quantized::GgmlDType) -> Option<Self> {
+        use candle_core::quantized::GgmlDType as G;
+        match t {
+            G::Q4_0 => Some(QKind::Q4_0),
+            G::Q4_1 => Some(QKind::Q4_1),
+            G::Q8_0 => Some(QKind::Q8_0),
+            _ => None,
+        }
+    }
+}
+
+/// Activations quantized per 32-value block: `x ≈ d·q`, `s = d·Σq`. Buffers are kept, so a
+/// caller that quantizes every step into the same `QActs` allocates nothing after the first.
+#[derive(Default)]
+pub struct QActs {
+    cols: usize,
+    rows: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Rows at or above which quantizing is split over threads.
+const QUANTIZE_PARALLEL_ROWS: usize = 16;
+
+impl QActs {
+    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        let mut a = Self::default();
+        a.quantize_into(x, rows, cols);
+        a
+    }
+
+    /// Quantizes `x (rows, cols)` into this buffer (rounding ties to even, as the scalar
+    /// reference and `cvtps2dq` do: the SIMD and scalar paths give identical bytes).
+    pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize) {
+        assert_eq!(x.len(), rows * cols);
+        assert_eq!(cols % BLOCK, 0);
+        let nb = rows * cols / BLOCK;
+        self.rows = rows;
+        self.cols = cols;
+        self.qs.resize(rows * cols, 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu_features::avx2() {
+                // Safety: the CPU has AVX2 (and FMA, F16C).
+                unsafe { x86::avx2::quantize_blocks(x, qs, d, s) };
+                return;
+            }
+            quantize_blocks_scalar(x, qs, d, s);
+        };
+        if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
+            let nbr = cols / BLOCK;
+            let per = rows.div_ceil(rayon::current_num_threads());
+            x.par_chunks(per * cols)
+                .zip(self.qs.par_chunks_mut(per * cols))
+                .zip(self.d.par_chunks_mut(per * nbr))
+                .zip(self.s.par_chunks_mut(per * nbr))
+                .for_each(|(((x, qs), d), s)| quantize_rows(x, qs, d, s));
+        } else {
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn row(&self, i: usize) -> ActRow<'_> {
+        let nb = self.cols / BLOCK;
+        ActRow {
+            qs: &self.qs[i * self.cols..(i + 1) * self.cols],
+            d: &self.d[i * nb..(i + 1) * nb],
+            s: &self.s[i * nb..(i + 1) * nb],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub(crate) qs: &'a [i8],
+    pub(crate) d: &'a [f32],
+    pub(crate) s: &'a [f32],
+}
+
+/// Whether [`matmul`] runs a SIMD kernel on this CPU.
+pub fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::cpu_features::avx2()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+type DotRows = fn(QKind, &[u8], &[ActRow], &mut [f32]);
+type DotPair = fn(QKind, &[u8], &[u8], &ActRow) -> (f32, f32);
+
+fn pair_kernel() -> Option<DotPair> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu_features::avx2() {
+            return Some(x86::avx2::dot_pair);
+        }
+    }
+    None
+}
+
+fn kernel() -> DotRows {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu_features::avx2() {
+            return x86::avx2::dot_rows;
+        }
+    }
+    dot_rows_scalar
+}
+
+/// Activation rows handled per pass over a weight row range (keeps them in L2).
+const ROW_TILE: usize = 64;
+/// Below this many block products a call runs on the calling thread (fork/join costs more).
+const PARALLEL_MIN_BLOCKS: usize = 8192;
+
+/// `out (m, w.rows) = x (m, w.cols) · Wᵀ`.
+pub fn matmul(w: &QWeight, x: &[f32], m: usize, out: &mut [f32]) {
+    let acts = QActs::quantize(x, m, w.cols);
+    matmul_with(w, &acts, out, kernel(), pair_kernel())
+}
+
+/// `out (acts.rows(), w.rows) = acts · Wᵀ` for activations already quantized (one
+/// quantization can feed several weights; the buffers can be reused across calls).
+pub fn matmul_quantized(w: &QWeight, acts: &QActs, out: &mut [f32]) {
+    assert_eq!(acts.cols, w.cols, "activation width vs weight columns");
+    matmul_with(w, acts, out, kernel(), pair_kernel())
+}
+
+fn matmul_with(w: &QWeight, acts: &QActs, out: &mut [f32], dot: DotRows, pair: Option<DotPair>) {
+    let (n, m) = (w.rows, acts.rows);
+    assert_eq!(out.len(), m * n);
+    let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
+    let ptr = OutPtr(out.as_mut_ptr());
+    let blocks = m * n * (w.cols / BLOCK);
+    if let Layout::Interleaved { group, data } = &w.layout {
+        let group = *group;
+        let group_bytes = w.cols / BLOCK * w.kind.group_block_bytes(group);
+        let pass = rows_per_pass(group);
+        let work = |g0: usize, g1: usize| {
+            for (t, tile_rows) in rows.chunks(ROW_TILE).enumerate() {
+                for gi in g0..g1 {
+                    let wg = &data[gi * group_bytes..(gi + 1) * group_bytes];
+                    for (q, few) in tile_rows.chunks(pass).enumerate() {
+                        let i0 = t * ROW_TILE + q * pass;
+                        // Safety: rows i0..i0 + few.len() < m, columns of group gi < n, and
+                        // each task owns groups g0..g1.
+                        let out = ptr.at(i0 * n + gi * group);
+                        unsafe { gemm_group(w.kind, group, wg, few, out, n) };
+                    }
+                }
+            }
+        };
+        run_split(n / group, blocks, work);
+        return;
+    }
+    let work = |r0: usize, r1: usize| {
+        let mut tmp = [0f32; 4];
+        if let (1, Some(pair)) = (m, pair) {
+            // One activation row (single-stream decode): two weight rows at a time keep two
+            // independent load streams and accumulator chains in flight.
+            let mut r = r0;
+            while r + 2 <= r1 {
+                let (a, b) = pair(w.kind, w.row(r), w.row(r + 1), &rows[0]);
+                // Safety: r + 1 < n and this task owns columns r0..r1.
+                unsafe {
+                    *ptr.at(r) = a;
+                    *ptr.at(r + 1) = b;
+                }
+                r += 2;
+            }
+            if r < r1 {
+                dot(w.kind, w.row(r), &rows[..1], &mut tmp[..1]);
+                unsafe { *ptr.at(r) = tmp[0] };
+            }
+            return;
+        }
+        for tile in rows.chunks(ROW_TILE).enumerate() {
+            let (t, tile_rows) = tile;
+            for r in r0..r1 {
+                let wrow = w.row(r);
+                for (g, group) in tile_rows.chunks(4).enumerate() {
+                    dot(w.kind, wrow, group, &mut tmp[..group.len()]);
+                    for (j, v) in tmp[..group.len()].iter().enumerate() {
+                        let i = t * ROW_TILE + g * 4 + j;
+                        // Safety: i < m, r < n, and each task owns columns r0..r1.
+                        unsafe { *ptr.at(i * n + r) = *v };
+                    }
+                }
+            }
+        }
+    };
+    run_split(n, blocks, work);
+}
+
+/// Runs `work(i0, i1)` over `0..units` (weight rows or row groups): on the calling thread when
+/// the call is small, else in a few chunks per rayon thread so an uneven core (the machine is
+/// shared) does not stall the rest.
+fn run_split(units: usize, blocks: usize, work: impl Fn(usize, usize) + Sync) {
+    let threads = rayon::current_num_threads();
+    if blocks < PARALLEL_MIN_BLOCKS || threads == 1 {
+        work(0, units);
+        return;
+    }
+    let chunk = units.div_ceil(threads * 4).max(2);
+    (0..units.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(units)));
+}
+
+/// Activation rows one pass of the interleaved kernel takes: the AVX-512 kernel (32 vector
+/// registers) keeps eight rows' sums in registers, the AVX2 ones (16 registers) four.
+pub(crate) fn rows_per_pass(group: usize) -> usize {
+    if group == 16 {
+        8
+    } else {
+        4
+    }
+}
+
+/// One interleaved group of `group` weight rows times up to [`rows_per_pass`] activation rows: writes
+/// `out[i · ld + 0..group]` for activation row `i`.
+///
+/// # Safety
+/// `wg` is one whole group of `w.cols / 32` interleaved blocks of `kind`, the activation rows
+/// are that wide, `out` is valid for those writes, and the group size is one this CPU's
+/// kernels were chosen for ([`group_rows`]).
+unsafe fn gemm_group(
+    kind: QKind,
+    group: usize,
+    wg: &[u8],
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let nb = wg.len() / kind.group_block_bytes(group);
+    debug_assert!(acts
+        .iter()
+        .all(|a| a.qs.len() >= nb * BLOCK && a.d.len() >= nb));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let w = wg.as_ptr();
+        match (group, kind, acts.len()) {
+            (16, QKind::Q8_0, 8) => x86::avx512::gemm_q8_0_16x8_q8::<8>(w, nb, acts, out, ld),
+            (16, QKind::Q8_0, 7) => x86::avx512::gemm_q8_0_16x8_q8::<7>(w, nb, acts, out, ld),
+            (16, QKind::Q8_0, 6) => x86::avx512::gemm_q8_0_16x8_q8::<6>(w, nb, acts, out, ld),
+            (16, QKind::Q8_0, 5) => x86::avx512::gemm_q8_0_16x8_q8::<5>(w, nb, acts, out, ld),
+            (16, QKind::Q8_0, 4) => x86::avx512::gemm_q8_0_16x8_q8::<4>(w, nb, acts, out, ld),
+            (16, QKind::Q8_0, 3) => x86::avx512::gemm_q8_0_16x8_q8::<3>(w, nb, acts, out, ld),
+            (16, QKind::Q8_0, 2) => x86::avx512::gemm_q8_0_16x8_q8::<2>(w, nb, acts, out, ld),
+            (16, QKind::Q8_0, 1) => x86::avx512::gemm_q8_0_16x8_q8::<1>(w, nb, acts, out, ld),
+            (16, _, 8) => x86::avx512::gemm_q4_16x8_q8::<8>(w, nb, acts, out, ld),
+            (16, _, 7) => x86::avx512::gemm_q4_16x8_q8::<7>(w, nb, acts, out, ld),
+            (16, _, 6) => x86::avx512::gemm_q4_16x8_q8::<6>(w, nb, acts, out, ld),
+            (16, _, 5) => x86::avx512::gemm_q4_16x8_q8::<5>(w, nb, acts, out, ld),
+            (16, _, 4) => x86::avx512::gemm_q4_16x8_q8::<4>(w, nb, acts, out, ld),
+            (16, _, 3) => x86::avx512::gemm_q4_16x8_q8::<3>(w, nb, acts, out, ld),
+            (16, _, 2) => x86::avx512::gemm_q4_16x8_q8::<2>(w, nb, acts, out, ld),
+            (16, _, 1) => x86::avx512::gemm_q4_16x8_q8::<1>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 4) => x86::avx2::gemm_q8_0_8x4_q8::<4>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 3) => x86::avx2::gemm_q8_0_8x4_q8::<3>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 2) => x86::avx2::gemm_q8_0_8x4_q8::<2>(w, nb, acts, out, ld),
+            (8, QKind::Q8_0, 1) => x86::avx2::gemm_q8_0_8x4_q8::<1>(w, nb, acts, out, ld),
+            (8, _, 4) => x86::avx2::gemm_q4_8x4_q8::<4>(w, nb, acts, out, ld),
+            (8, _, 3) => x86::avx2::gemm_q4_8x4_q8::<3>(w, nb, acts, out, ld),
+            (8, _, 2) => x86::avx2::gemm_q4_8x4_q8::<2>(w, nb, acts, out, ld),
+            (8, _, 1) => x86::avx2::gemm_q4_8x4_q8::<1>(w, nb, acts, out, ld),
+            _ => unreachable!("groups of 8 (≤ 4 activation rows) or 16 (≤ 8) rows"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("matrices are interleaved only where the AVX2 kernel runs")
+}
+
+#[cfg(test)]
+mod tests;

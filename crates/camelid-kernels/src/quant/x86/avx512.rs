@@ -1,0 +1,94 @@
+//! The 16-row kernels (AVX-512BW: twice the lanes of AVX2 per instruction).
+
+use super::prefetch_ahead;
+use crate::quant::{ActRow, BLOCK};
+use std::arch::x86_64::*;
+
+/// See [`crate::quant::gemm_group`]; Q4_0 and Q4_1, 16-row groups (320 bytes per block).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q4_16x8_q8<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let mask = _mm512_set1_epi8(0x0F);
+    let ones = _mm512_set1_epi16(1);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nb {
+        let blk = w.add(b * 320);
+        prefetch_ahead(blk, 320);
+        // Eight nibble×byte products summed in i16: at most 8 · 2 · 15 · 127 = 30 480.
+        let mut isum = [_mm512_setzero_si512(); R];
+        for g in 0..4 {
+            let p = _mm512_loadu_si512(blk.add(64 + 64 * g) as *const _);
+            let lo = _mm512_and_si512(p, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), mask);
+            for i in 0..R {
+                let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
+                let alo = _mm512_set1_epi32(a.add(g).read_unaligned());
+                let ahi = _mm512_set1_epi32(a.add(4 + g).read_unaligned());
+                isum[i] = _mm512_add_epi16(isum[i], _mm512_maddubs_epi16(lo, alo));
+                isum[i] = _mm512_add_epi16(isum[i], _mm512_maddubs_epi16(hi, ahi));
+            }
+        }
+        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        let m16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(isum[i], ones));
+            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
+            acc[i] = _mm512_fmadd_ps(m16, _mm512_set1_ps(*a.s.get_unchecked(b)), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// See [`crate::quant::gemm_group`]; Q8_0, 16-row groups (544 bytes per block).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q8_0_16x8_q8<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let ones = _mm512_set1_epi16(1);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nb {
+        let blk = w.add(b * 544);
+        prefetch_ahead(blk, 544);
+        let mut isum = [_mm512_setzero_si512(); R];
+        for g in 0..8 {
+            let q = _mm512_loadu_si512(blk.add(32 + 64 * g) as *const _);
+            // maddubs wants unsigned × signed: |q| × (a negated where q < 0); AVX-512
+            // has no vpsignb, so the negation is a subtraction under q's sign mask.
+            let q_abs = _mm512_abs_epi8(q);
+            let neg = _mm512_movepi8_mask(q);
+            for i in 0..R {
+                let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
+                let a4 = _mm512_set1_epi32(a.add(g).read_unaligned());
+                let a4 = _mm512_mask_sub_epi8(a4, neg, zero, a4);
+                // Two products per i16 lane: at most 2 · 127 · 127 = 32 258, then i32.
+                let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q_abs, a4), ones);
+                isum[i] = _mm512_add_epi32(isum[i], p);
+            }
+        }
+        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        for i in 0..R {
+            let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+            let p = _mm512_cvtepi32_ps(isum[i]);
+            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}

@@ -1,0 +1,166 @@
+//! What happens to one sequence after each forward pass: sample, log-probabilities,
+//! incremental text, stop conditions. [`SequenceDecoder`] is shared by the single-sequence
+//! [`super::generate`] loop (CLI, tests) and the serving engine.
+
+use super::sampling::{token_logprob, Sampler, SamplingParams, TokenLogprob};
+use crate::error::{Error, Result};
+use crate::text::stream::{IncrementalDecoder, StopCheck, StopMatcher};
+use crate::text::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop_strings: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub min_tokens: usize,
+    /// Number of alternatives per token when log-probabilities are wanted.
+    pub logprobs: Option<usize>,
+    pub skip_special_tokens: bool,
+}
+
+impl GenerationParams {
+    pub fn new(max_tokens: usize, sampling: SamplingParams) -> Self {
+        Self {
+            max_tokens,
+            sampling,
+            stop_strings: vec![],
+            stop_token_ids: vec![],
+            ignore_eos: false,
+            min_tokens: 0,
+            logprobs: None,
+            skip_special_tokens: true,
+        }
+    }
+}
+
+/// One step's outcome for a sequence.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    pub token: u32,
+    /// Text that may be shown now.
+    pub text: String,
+    pub logprob: Option<TokenLogprob>,
+    pub finished: Option<FinishReason>,
+}
+
+pub struct SequenceDecoder {
+    params: GenerationParams,
+    sampler: Sampler,
+    detok: IncrementalDecoder,
+    stops: StopMatcher,
+    prompt: Vec<u32>,
+    output: Vec<u32>,
+    context_length: usize,
+    done: bool,
+}
+
+impl SequenceDecoder {
+    pub fn new(prompt: Vec<u32>, params: GenerationParams, context_length: usize) -> Self {
+        Self {
+            sampler: Sampler::new(params.sampling.clone()),
+            detok: IncrementalDecoder::new(params.skip_special_tokens),
+            stops: StopMatcher::new(params.stop_strings.clone()),
+            params,
+            prompt,
+            output: vec![],
+            context_length,
+            done: false,
+        }
+    }
+
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+    pub fn output(&self) -> &[u32] {
+        &self.output
+    }
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Consumes the next-token logits of this sequence.
+    pub fn step(&mut self, tok: &Tokenizer, logits: &[f32]) -> Result<StepOutput> {
+        if self.done {
+            return Err(Error::Invalid("sequence already finished".into()));
+        }
+        let mut l = logits.to_vec();
+        // Before min_tokens, or with ignore_eos, stop tokens cannot be drawn.
+        let block_stops = self.params.ignore_eos || self.output.len() < self.params.min_tokens;
+        if block_stops {
+            for &s in &self.params.stop_token_ids {
+                if let Some(x) = l.get_mut(s as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let token = self.sampler.sample(&l, &self.prompt, &self.output);
+        let logprob = self
+            .params
+            .logprobs
+            .map(|n| token_logprob(logits, token, n));
+        self.output.push(token);
+        let is_stop_token = !block_stops && self.params.stop_token_ids.contains(&token);
+        let mut text = String::new();
+        let mut finished = None;
+        if is_stop_token {
+            text += &self.stops.flush_after(self.detok.flush(tok)?);
+            finished = Some(FinishReason::Stop);
+        } else {
+            let piece = self.detok.push(tok, token)?;
+            match self.stops.push(&piece) {
+                StopCheck::Continue(t) => text += &t,
+                StopCheck::Stopped(t) => {
+                    text += &t;
+                    finished = Some(FinishReason::Stop);
+                }
+            }
+        }
+        if finished.is_none()
+            && (self.output.len() >= self.params.max_tokens
+                || self.prompt.len() + self.output.len() >= self.context_length)
+        {
+            let tail = self.detok.flush(tok)?;
+            match self.stops.push(&tail) {
+                StopCheck::Continue(t) => text += &(t + &self.stops.flush()),
+                StopCheck::Stopped(t) => text += &t,
+            }
+            finished = Some(FinishReason::Length);
+        }
+        self.done = finished.is_some();
+        Ok(StepOutput {
+            token,
+            text,
+            logprob,
+            finished,
+        })
+    }
+}
+
+impl StopMatcher {
+    /// Held-back text plus `extra`, when a stop *token* ends generation.
+    fn flush_after(&mut self, extra: String) -> String {
+        match self.push(&extra) {
+            StopCheck::Continue(t) => t + &self.flush(),
+            StopCheck::Stopped(t) => t,
+        }
+    }
+}

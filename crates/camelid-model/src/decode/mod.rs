@@ -1,0 +1,10 @@
+//! After the forward pass: [`sampling`] (penalties, temperature, top-k/p, min-p, seeds,
+//! logprobs), [`decoder`] (what one sequence does with its logits each step) and
+//! [`generate`] (the single-sequence loop of the CLI and tests).
+
+pub mod decoder;
+pub mod generate;
+pub mod sampling;
+
+pub use decoder::{FinishReason, GenerationParams, SequenceDecoder, StepOutput};
+pub use generate::{generate, Generation};

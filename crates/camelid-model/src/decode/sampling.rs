@@ -1,0 +1,522 @@
+//! Turning logits into the next token: penalties, temperature, top-k / top-p / min-p, a
+//! per-request seeded RNG (so a seed gives the same tokens whatever else runs), and
+//! log-probabilities of the model's own distribution.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 1 disables.
+    pub top_p: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 0 disables.
+    pub min_p: f32,
+    /// 1 disables; >1 discourages tokens already in the prompt or output.
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: HashMap<u32, f32>,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: HashMap::new(),
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+}
+
+/// Log-probability of one token and its best alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// (token, logprob), best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Natural-log softmax of raw logits.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    logits.iter().map(|&l| l - lse).collect()
+}
+
+/// Indices of the `k` largest values, best first (ties: lower index first).
+pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(values.len());
+    if k == 0 {
+        return vec![];
+    }
+    if k == 1 {
+        // Greedy decoding: one scan, no index vector (a vocabulary is ~50–150k entries).
+        let best = (1..values.len()).fold(0, |b, i| {
+            if values[i].total_cmp(&values[b]).is_gt() {
+                i
+            } else {
+                b
+            }
+        });
+        return vec![best];
+    }
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let cmp = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_by(cmp);
+    idx
+}
+
+/// Logprob of `token` and the `top_n` most likely tokens under the model's distribution.
+pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
+    let lp = log_softmax(logits);
+    let top = top_k_indices(&lp, top_n)
+        .into_iter()
+        .map(|i| (i as u32, lp[i]))
+        .collect();
+    TokenLogprob {
+        token,
+        logprob: lp[token as usize],
+        top,
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Unnormalised probabilities of the last draw (a buffer kept between tokens).
+    weights: Vec<f32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            params,
+            rng,
+            weights: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Applies bias and penalties in place. `prompt` and `output` are the sequence so far.
+    pub fn apply_penalties(&self, logits: &mut [f32], prompt: &[u32], output: &[u32]) {
+        let p = &self.params;
+        for (&t, &b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            let mut seen = vec![false; logits.len()];
+            for &t in prompt.iter().chain(output) {
+                if let Some(s) = seen.get_mut(t as usize) {
+                    if !*s {
+                        *s = true;
+                        let l = &mut logits[t as usize];
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
+                    }
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts: HashMap<u32, u32> = HashMap::new();
+            for &t in output {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, c) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+                }
+            }
+        }
+    }
+
+    /// Picks the next token from raw logits.
+    pub fn sample(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
+        let mut l = logits.to_vec();
+        self.apply_penalties(&mut l, prompt, output);
+        let p = &self.params;
+        if p.temperature <= 0.0 || p.top_k == 1 {
+            return top_k_indices(&l, 1)[0] as u32;
+        }
+        let uncut = (p.top_k == 0 || p.top_k >= l.len()) && p.top_p >= 1.0 && p.min_p <= 0.0;
+        let w = &mut self.weights;
+        let total = softmax_weights(&l, p.temperature, w);
+        if uncut {
+            // Nothing cuts the distribution: draw from it in index order, with no sort (a
+            // vocabulary is 32–150k entries; sorting it took milliseconds per token).
+            let mut r = self.rng.random::<f64>() * total;
+            let mut last = 0;
+            for (i, (&x, &wi)) in l.iter().zip(w.iter()).enumerate() {
+                if x > f32::NEG_INFINITY {
+                    last = i;
+                    r -= wi as f64;
+                    if r <= 0.0 {
+                        return i as u32;
+                    }
+                }
+            }
+            return last as u32;
+        }
+        let (cand, probs) = kept_candidates(&l, p, w, total);
+        let mut r = self.rng.random::<f64>();
+        for (&c, &x) in cand.iter().zip(&probs) {
+            r -= x;
+            if r <= 0.0 {
+                return c as u32;
+            }
+        }
+        *cand.last().expect("at least one candidate") as u32
+    }
+}
+
+/// `w[i] = exp((l[i] − max) / t)` for every logit (vectorised; −∞ logits give weights of
+/// ~1e-38, which the draws skip); returns their sum.
+fn softmax_weights(l: &[f32], t: f32, w: &mut Vec<f32>) -> f64 {
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = 1.0 / t;
+    w.clear();
+    w.extend(l.iter().map(|&x| (x - max) * inv_t));
+    camelid_kernels::vecmath::exp_shifted_sum(w, 0.0) as f64
+}
+
+/// The tokens top_k, min_p and top_p keep, best first, with their renormalised
+/// probabilities; `w` and `total` are [`softmax_weights`]' output.
+fn kept_candidates(l: &[f32], p: &SamplingParams, w: &[f32], total: f64) -> (Vec<usize>, Vec<f64>) {
+    let k = if p.top_k == 0 {
+        l.len()
+    } else {
+        p.top_k.min(l.len())
+    };
+    // The distribution over the top-k candidates (all tokens without top_k).
+    // With top_k the k best, in order, are needed anyway (for their total); the prefixes
+    // below are then taken from them rather than selected again.
+    let top = (k < l.len()).then(|| top_k_indices(l, k));
+    let total: f64 = match &top {
+        Some(top) => top.iter().map(|&i| w[i] as f64).sum(),
+        None => total,
+    };
+    // The best candidates in order, as many as the cuts can keep: start with a few
+    // hundred and widen until min_p's floor or top_p's mass is reached inside them, so a
+    // peaked distribution never sorts the whole vocabulary. The prefix is the same as a
+    // full sort's (ties go to the lower index in both).
+    let mut m = 256.min(k);
+    let (cand, probs) = loop {
+        let cand = match &top {
+            Some(top) => top[..m].to_vec(),
+            None => top_k_indices(l, m),
+        };
+        let probs: Vec<f64> = cand.iter().map(|&i| w[i] as f64 / total).collect();
+        // Either cut closing inside the first m fixes the kept set.
+        let below_floor = p.min_p > 0.0 && probs[m - 1] < probs[0] * p.min_p as f64;
+        let mass_reached = p.top_p < 1.0 && probs.iter().sum::<f64>() >= p.top_p as f64;
+        if m == k || below_floor || mass_reached {
+            break (cand, probs);
+        }
+        m = (m * 4).min(k);
+    };
+    // min_p: drop tokens less likely than min_p × the most likely one.
+    let mut keep = probs.len();
+    if p.min_p > 0.0 {
+        let floor = probs[0] * p.min_p as f64;
+        keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+    }
+    // Tokens at −∞ (blocked stop tokens, a bias of −∞) are never drawn.
+    keep = keep.min(
+        cand.iter()
+            .take_while(|&&i| l[i] > f32::NEG_INFINITY)
+            .count()
+            .max(1),
+    );
+    // top_p: the smallest prefix whose mass reaches top_p.
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut n = 0;
+        for &x in probs.iter().take(keep) {
+            acc += x;
+            n += 1;
+            if acc >= p.top_p as f64 {
+                break;
+            }
+        }
+        keep = n.max(1);
+    }
+    let mass: f64 = probs[..keep].iter().sum();
+    let probs = probs[..keep].iter().map(|x| x / mass).collect();
+    (cand[..keep].to_vec(), probs)
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        (0..50)
+            .map(|i| ((i * 37 % 50) as f32) / 7.0 - 3.0)
+            .collect()
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        };
+        let run = || {
+            let mut s = Sampler::new(p.clone());
+            (0..20)
+                .map(|_| s.sample(&logits(), &[], &[]))
+                .collect::<Vec<_>>()
+        };
+        let a = run();
+        assert_eq!(a, run());
+        let mut other = Sampler::new(SamplingParams {
+            seed: Some(8),
+            ..p.clone()
+        });
+        let b: Vec<_> = (0..20).map(|_| other.sample(&logits(), &[], &[])).collect();
+        assert_ne!(a, b, "different seeds should give different draws");
+    }
+
+    #[test]
+    fn greedy_scan_agrees_with_the_sorted_selection() {
+        // Ties (the max appears twice) go to the lower index in both.
+        let v = [0.5f32, 2.0, -1.0, 2.0, 1.5, f32::NEG_INFINITY];
+        assert_eq!(top_k_indices(&v, 1), vec![1]);
+        assert_eq!(top_k_indices(&v, 3), vec![1, 3, 4]);
+        let l = logits();
+        assert_eq!(top_k_indices(&l, 1)[0], top_k_indices(&l, 2)[0]);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let l = logits();
+        let greedy = top_k_indices(&l, 1)[0] as u32;
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.5,
+            top_k: 1,
+            seed: Some(1),
+            ..Default::default()
+        });
+        for _ in 0..10 {
+            assert_eq!(s.sample(&l, &[], &[]), greedy);
+        }
+        let mut g = Sampler::new(SamplingParams::greedy());
+        assert_eq!(g.sample(&l, &[], &[]), greedy);
+    }
+
+    #[test]
+    fn top_p_and_min_p_restrict_support() {
+        let mut l = vec![-10.0f32; 10];
+        l[3] = 5.0;
+        l[4] = 4.9;
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&l, &[], &[]), 3);
+        }
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert!([3, 4].contains(&s.sample(&l, &[], &[])));
+        }
+    }
+
+    /// The kept tokens and their probabilities, by the textbook recipe: sort the whole
+    /// vocabulary, cut by top_k, min_p, top_p, renormalise.
+    fn reference_support(l: &[f32], p: &SamplingParams) -> Vec<(usize, f64)> {
+        let mut idx: Vec<usize> = (0..l.len()).collect();
+        idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+        if p.top_k > 0 {
+            idx.truncate(p.top_k);
+        }
+        let max = l[idx[0]] as f64;
+        let w: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((l[i] as f64 - max) / p.temperature as f64).exp())
+            .collect();
+        let total: f64 = w.iter().sum();
+        let mut kept: Vec<(usize, f64)> =
+            idx.iter().zip(&w).map(|(&i, &x)| (i, x / total)).collect();
+        if p.min_p > 0.0 {
+            let floor = kept[0].1 * p.min_p as f64;
+            kept.retain(|&(_, x)| x >= floor);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let n = kept
+                .iter()
+                .position(|&(_, x)| {
+                    acc += x;
+                    acc >= p.top_p as f64
+                })
+                .map_or(kept.len(), |i| i + 1);
+            kept.truncate(n);
+        }
+        let mass: f64 = kept.iter().map(|k| k.1).sum();
+        kept.iter().map(|&(i, x)| (i, x / mass)).collect()
+    }
+
+    /// The kept candidates equal the full sort's: same tokens in the same order, same
+    /// probabilities (a peaked and a flat vocabulary of 3 000, so the candidate prefix must
+    /// widen past its first 256 in some cases and stop early in others).
+    #[test]
+    fn cuts_keep_what_a_full_sort_keeps() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let peaked: Vec<f32> = (0..3000)
+            .map(|_| rng.random_range(-8.0f32..0.0))
+            .chain([4.0, 3.5, 3.0])
+            .collect();
+        let flat: Vec<f32> = (0..3000).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        let params = |temperature, top_k, top_p, min_p| SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            ..Default::default()
+        };
+        let cases = [
+            (params(0.7, 0, 0.9, 0.0), &peaked),
+            (params(1.0, 0, 0.95, 0.0), &flat),
+            (params(1.2, 0, 1.0, 0.05), &peaked),
+            (params(1.0, 0, 1.0, 0.5), &flat),
+            (params(1.0, 0, 1.0, 0.99), &flat),
+            (params(1.0, 40, 0.8, 0.0), &flat),
+            (params(0.9, 1000, 0.99, 0.1), &flat),
+            (params(0.5, 2000, 1.0, 0.0), &flat),
+        ];
+        for (n, (p, l)) in cases.into_iter().enumerate() {
+            let want = reference_support(l, &p);
+            let mut w = vec![];
+            let total = softmax_weights(l, p.temperature, &mut w);
+            let (cand, probs) = kept_candidates(l, &p, &w, total);
+            assert_eq!(cand.len(), want.len(), "case {n}");
+            assert!(cand.len() > 1 || n == 4, "case {n}: a real choice");
+            for (j, (&c, &x)) in cand.iter().zip(&probs).enumerate() {
+                assert_eq!(c, want[j].0, "case {n}, rank {j}");
+                // The exponent is formed in f32 (as the sampler does), the reference's in f64.
+                assert!(
+                    (x - want[j].1).abs() < 1e-6,
+                    "case {n}, rank {j}: {x} vs {}",
+                    want[j].1
+                );
+            }
+        }
+    }
+
+    /// With nothing cut, draws (taken in index order, no sort) follow the softmax: every
+    /// token's frequency within 5σ of its probability.
+    #[test]
+    fn uncut_draws_follow_the_softmax() {
+        let mut l = logits();
+        l[7] = f32::NEG_INFINITY; // a blocked token
+        let p = SamplingParams {
+            temperature: 0.8,
+            seed: Some(5),
+            ..Default::default()
+        };
+        let want = reference_support(&l, &p);
+        assert_eq!(want.len(), l.len());
+        let mut s = Sampler::new(p);
+        let draws = 50_000;
+        let mut counts = vec![0usize; l.len()];
+        for _ in 0..draws {
+            counts[s.sample(&l, &[], &[]) as usize] += 1;
+        }
+        assert_eq!(counts[7], 0, "a token at -inf was drawn");
+        let mut top3 = Sampler::new(SamplingParams {
+            top_k: 5,
+            seed: Some(6),
+            ..Default::default()
+        });
+        let mut few = vec![f32::NEG_INFINITY; 20];
+        few[3] = 1.0;
+        few[11] = 0.5;
+        for _ in 0..2000 {
+            assert!(
+                [3, 11].contains(&top3.sample(&few, &[], &[])),
+                "top_k kept a -inf token"
+            );
+        }
+        for (i, x) in want {
+            let expected = draws as f64 * x;
+            let sd = (expected * (1.0 - x)).sqrt();
+            let dev = (counts[i] as f64 - expected).abs();
+            assert!(
+                dev <= 5.0 * sd + 1.0,
+                "token {i}: {} draws, expected {expected:.1}",
+                counts[i]
+            );
+        }
+    }
+
+    #[test]
+    fn penalties_and_bias() {
+        let s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            presence_penalty: 1.0,
+            frequency_penalty: 0.5,
+            logit_bias: [(0u32, 10.0f32)].into(),
+            ..Default::default()
+        });
+        let mut l = vec![1.0, 2.0, -2.0, 0.0];
+        s.apply_penalties(&mut l, &[1], &[2, 2]);
+        assert_eq!(l, vec![11.0, 1.0, -4.0 - 1.0 - 1.0, 0.0]);
+    }
+
+    #[test]
+    fn logprobs_are_normalised() {
+        let t = token_logprob(&logits(), 5, 5);
+        assert_eq!(t.top.len(), 5);
+        assert!(t.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let total: f64 = log_softmax(&logits())
+            .iter()
+            .map(|&x| (x as f64).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!(t.logprob <= 0.0);
+    }
+}

@@ -1,0 +1,125 @@
+//! GGUF → HF folder (`model.safetensors`, `config.json`, `tokenizer.json`,
+//! `tokenizer_config.json`, `generation_config.json`), dequantized to f32/bf16/f16.
+
+use crate::error::{Error, Result};
+use crate::load::gguf::{gguf_name, GgufFile};
+use crate::load::gguf_tokenizer;
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// GGUF stores Q/K rows of each head interleaved for rotary pairs (2i, 2i+1); HF stores
+/// them as halves (i, i + d/2). This undoes llama.cpp's `permute`.
+pub fn unpermute_qk(w: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let hd = rows / n_heads;
+    Ok(w.reshape((n_heads, hd / 2, 2, cols))?
+        .transpose(1, 2)?
+        .reshape((rows, cols))?)
+}
+
+pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
+    let mut g = GgufFile::open(gguf, &Device::Cpu)?;
+    let cfg = g.model_config()?;
+    let tok = gguf_tokenizer::from_gguf(&g)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut names = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
+    if !cfg.tie_word_embeddings {
+        names.push("lm_head.weight".into());
+    }
+    for l in 0..cfg.num_layers {
+        for t in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+        ] {
+            names.push(format!("model.layers.{l}.{t}.weight"));
+        }
+    }
+    for name in names {
+        let g_name = gguf_name(&name).expect("known tensor name");
+        let t = g.read_qtensor(&g_name)?.dequantize(&Device::Cpu)?;
+        let t = if name.ends_with("q_proj.weight") {
+            unpermute_qk(&t, cfg.num_heads)?
+        } else if name.ends_with("k_proj.weight") {
+            unpermute_qk(&t, cfg.num_kv_heads)?
+        } else {
+            t
+        };
+        tensors.insert(name, t.to_dtype(dtype)?.contiguous()?);
+    }
+    let st = out.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &st).map_err(|e| Error::io(&st, e))?;
+    let dtype_name = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    let rope_scaling = match cfg.rope_scaling {
+        crate::config::RopeScaling::Linear { factor } => {
+            json!({"type": "linear", "factor": factor})
+        }
+        _ => serde_json::Value::Null,
+    };
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": rope_scaling,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.eos_ids.first(),
+        "torch_dtype": dtype_name,
+        "hidden_act": "silu",
+    });
+    let tok_text = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
+    let tok_config = json!({
+        "add_bos_token": tok.add_bos,
+        "add_eos_token": false,
+        "bos_token": tok_text(tok.bos_id),
+        "eos_token": tok_text(tok.eos_ids.first().copied()),
+        "unk_token": g.meta_u32("tokenizer.ggml.unknown_token_id").ok().and_then(|i| tok.id_to_token(i)),
+        "chat_template": g.meta_str("tokenizer.chat_template"),
+        "model_max_length": cfg.max_position_embeddings,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    let gen_config = json!({"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_ids});
+    let write = |name: &str, v: String| {
+        let p = out.join(name);
+        std::fs::write(&p, v).map_err(|e| Error::io(&p, e))
+    };
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&config).unwrap(),
+    )?;
+    write(
+        "tokenizer_config.json",
+        serde_json::to_string_pretty(&tok_config).unwrap(),
+    )?;
+    write(
+        "generation_config.json",
+        serde_json::to_string_pretty(&gen_config).unwrap(),
+    )?;
+    write("tokenizer.json", tok.to_json_string()?)?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! GGUF files: hyperparameters, tokenizer, chat template and (quantized) tensors.
+
+use crate::config::{ModelConfig, RopeScaling, RopeStyle};
+use crate::error::{Error, Result};
+use crate::linear::Linear;
+use crate::load::weights::TensorSource;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    reader: BufReader<File>,
+    device: Device,
+    /// Q4_0/Q4_1/Q8_0 matmuls on the CPU through [`camelid_kernels::quant`] (default) or candle.
+    pub own_kernels: bool,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path, device: &Device) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| {
+            Error::BadWeights(format!("{}: not a readable GGUF file: {e}", path.display()))
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            device: device.clone(),
+            own_kernels: true,
+        })
+    }
+
+    fn origin_field(&self, key: &str) -> String {
+        format!("{}: metadata field {key}", self.path.display())
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn meta_u32(&self, key: &str) -> Result<u32> {
+        let v = self
+            .meta(key)
+            .ok_or_else(|| Error::BadConfig(format!("{} is missing", self.origin_field(key))))?;
+        value_u64(v).map(|x| x as u32).ok_or_else(|| {
+            Error::BadConfig(format!("{} is not an integer", self.origin_field(key)))
+        })
+    }
+
+    pub fn meta_f32(&self, key: &str) -> Option<f32> {
+        self.meta(key).and_then(|v| match v {
+            Value::F32(x) => Some(*x),
+            Value::F64(x) => Some(*x as f32),
+            other => value_u64(other).map(|x| x as f32),
+        })
+    }
+
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        match self.meta(key) {
+            Some(Value::String(s)) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    pub fn meta_bool(&self, key: &str) -> Option<bool> {
+        match self.meta(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn meta_strings(&self, key: &str) -> Option<Vec<String>> {
+        match self.meta(key) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    if let Value::String(s) = v {
+                        Some(s.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
+    pub fn meta_f32s(&self, key: &str) -> Option<Vec<f32>> {
+        match self.meta(key) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    if let Value::F32(x) = v {
+                        Some(*x)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
+    pub fn meta_i32s(&self, key: &str) -> Option<Vec<i32>> {
+        match self.meta(key) {
+            Some(Value::Array(a)) => a.iter().map(|v| value_u64(v).map(|x| x as i32)).collect(),
+            _ => None,
+        }
+    }
+
+    /// Hyperparameters from `llama.*` metadata.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let arch = self.meta_str("general.architecture").unwrap_or("");
+        if arch != "llama" {
+            return Err(Error::Unsupported(format!(
+                "{}: general.architecture is {arch:?}; camelid serves the llama architecture",
+                self.path.display()
+            )));
+        }
+        let heads = self.meta_u32("llama.attention.head_count")? as usize;
+        let hidden = self.meta_u32("llama.embedding_length")? as usize;
+        let head_dim = match self.meta_u32("llama.attention.key_length") {
+            Ok(k) => k as usize,
+            Err(_) => hidden / heads.max(1),
+        };
+        let vocab = match self.meta_u32("llama.vocab_size") {
+            Ok(v) => v as usize,
+            Err(_) => self
+                .meta_strings("tokenizer.ggml.tokens")
+                .map(|t| t.len())
+                .unwrap_or(0),
+        };
+        let rope_scaling = match self.meta_str("llama.rope.scaling.type") {
+            Some("linear") => RopeScaling::Linear {
+                factor: self.meta_f32("llama.rope.scaling.factor").unwrap_or(1.0),
+            },
+            Some("none") | None => RopeScaling::None,
+            Some(other) => {
+                return Err(Error::Unsupported(format!(
+                    "{}: llama.rope.scaling.type {other:?}",
+                    self.path.display()
+                )))
+            }
+        };
+        let tie = !self.content.tensor_infos.contains_key("output.weight");
+        let cfg = ModelConfig {
+            hidden_size: hidden,
+            intermediate_size: self.meta_u32("llama.feed_forward_length")? as usize,
+            vocab_size: vocab,
+            num_layers: self.meta_u32("llama.block_count")? as usize,
+            num_heads: heads,
+            num_kv_heads: self
+                .meta_u32("llama.attention.head_count_kv")
+                .map(|x| x as usize)
+                .unwrap_or(heads),
+            head_dim,
+            rms_norm_eps: self
+                .meta_f32("llama.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-5) as f64,
+            rope_theta: self.meta_f32("llama.rope.freq_base").unwrap_or(10_000.0),
+            rope_scaling,
+            // GGUF converters permute Q/K rows so that rotary pairs are adjacent.
+            rope_style: RopeStyle::Interleaved,
+            max_position_embeddings: self.meta_u32("llama.context_length").unwrap_or(4096) as usize,
+            tie_word_embeddings: tie,
+        };
+        cfg.validate(&self.path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    pub fn read_qtensor(&mut self, gguf_name: &str) -> Result<QTensor> {
+        let info = self.content.tensor_infos.get(gguf_name).ok_or_else(|| {
+            Error::BadWeights(format!(
+                "{}: tensor {gguf_name} is missing",
+                self.path.display()
+            ))
+        })?;
+        info.read(
+            &mut self.reader,
+            self.content.tensor_data_offset,
+            &self.device,
+        )
+        .map_err(|e| Error::BadWeights(format!("{}: tensor {gguf_name}: {e}", self.path.display())))
+    }
+}
+
+fn value_u64(v: &Value) -> Option<u64> {
+    Some(match v {
+        Value::U8(x) => *x as u64,
+        Value::I8(x) => *x as u64,
+        Value::U16(x) => *x as u64,
+        Value::I16(x) => *x as u64,
+        Value::U32(x) => *x as u64,
+        Value::I32(x) => *x as u64,
+        Value::U64(x) => *x,
+        Value::I64(x) => *x as u64,
+        _ => return None,
+    })
+}
+
+/// HF tensor name → GGUF tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    let suffix = match tail {
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{idx}.{suffix}"))
+}
+
+impl TensorSource for GgufFile {
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+    }
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let g =
+            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        self.content
+            .tensor_infos
+            .get(&g)
+            .map(|i| i.shape.dims().to_vec())
+            .ok_or_else(|| {
+                Error::BadWeights(format!(
+                    "{}: tensor {g} ({name}) is missing",
+                    self.path.display()
+                ))
+            })
+    }
+    fn linear(&mut self, name: &str, _dtype: DType) -> Result<Linear> {
+        let g =
+            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let w = self.read_qtensor(&g)?;
+        Ok(if self.own_kernels {
+            Linear::from_qtensor(w)?
+        } else {
+            Linear::from_qtensor_candle(w)?
+        })
+    }
+    fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
+        let g =
+            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let q = self.read_qtensor(&g)?;
+        let device = q.device();
+        Ok(q.dequantize(&device)?.to_dtype(dtype)?)
+    }
+}

@@ -1,0 +1,66 @@
+//! The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata (`llama`: SentencePiece
+//! pieces; `gpt2`: byte-level BPE with `tokenizer.ggml.pre`), built as an HF tokenizer.
+
+use crate::error::{Error, Result};
+use crate::load::gguf::GgufFile;
+use crate::text::tokenizer::{self, PieceType, Tokenizer};
+
+/// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
+pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
+    let origin = g.path.display().to_string();
+    let model = g.meta_str("tokenizer.ggml.model").unwrap_or("");
+    let tokens = g.meta_strings("tokenizer.ggml.tokens").ok_or_else(|| {
+        Error::Tokenizer(format!(
+            "{origin}: metadata field tokenizer.ggml.tokens is missing"
+        ))
+    })?;
+    let types = g.meta_i32s("tokenizer.ggml.token_type").unwrap_or_default();
+    let doc = match model {
+        "gpt2" => {
+            let merges = g.meta_strings("tokenizer.ggml.merges").ok_or_else(|| {
+                Error::Tokenizer(format!(
+                    "{origin}: metadata field tokenizer.ggml.merges is missing"
+                ))
+            })?;
+            let pre = g.meta_str("tokenizer.ggml.pre").unwrap_or("default");
+            tokenizer::byte_level_bpe_json(&tokens, &types, &merges, pre)?
+        }
+        "llama" => {
+            let scores = g
+                .meta_f32s("tokenizer.ggml.scores")
+                .unwrap_or_else(|| vec![0.0; tokens.len()]);
+            let pieces: Vec<_> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    (
+                        t.clone(),
+                        scores.get(i).copied().unwrap_or(0.0),
+                        PieceType::from_i32(types.get(i).copied().unwrap_or(1)),
+                    )
+                })
+                .collect();
+            tokenizer::spm_bpe_json(
+                &pieces,
+                g.meta_bool("tokenizer.ggml.add_space_prefix")
+                    .unwrap_or(true),
+            )
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{origin}: tokenizer.ggml.model {other:?} (supported: gpt2, llama)"
+            )))
+        }
+    };
+    let mut tok = Tokenizer::from_json_value(doc, &origin)?;
+    tok.bos_id = g.meta_u32("tokenizer.ggml.bos_token_id").ok();
+    tok.eos_ids = g
+        .meta_u32("tokenizer.ggml.eos_token_id")
+        .ok()
+        .into_iter()
+        .collect();
+    tok.add_bos = g
+        .meta_bool("tokenizer.ggml.add_bos_token")
+        .unwrap_or(model == "llama");
+    Ok(tok)
+}

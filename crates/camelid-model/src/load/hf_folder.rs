@@ -1,0 +1,203 @@
+//! HF model folders: `config.json` plus safetensors (single or sharded) or PyTorch `.bin`
+//! checkpoints (single or sharded). Safetensors win when a folder has both.
+
+use crate::error::{Error, Result};
+use crate::linear::Linear;
+use crate::load::weights::TensorSource;
+use candle_core::pickle::PthTensors;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The weight files of a folder, in the format it will be read as.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightFiles {
+    Safetensors(Vec<PathBuf>),
+    PyTorch(Vec<PathBuf>),
+}
+
+/// Shard file names listed in an HF `*.index.json` (`weight_map` values), in order.
+pub fn shards_from_index(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::BadWeights(format!("{}: {e}", index.display())))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| {
+            Error::BadWeights(format!("{}: field weight_map is missing", index.display()))
+        })?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Finds the weights of a folder: safetensors first, then PyTorch checkpoints.
+pub fn find_weight_files(dir: &Path) -> Result<WeightFiles> {
+    let st_index = dir.join("model.safetensors.index.json");
+    if st_index.exists() {
+        let files = shards_from_index(&st_index)?;
+        return Ok(WeightFiles::Safetensors(
+            files.into_iter().map(|f| dir.join(f)).collect(),
+        ));
+    }
+    if dir.join("model.safetensors").exists() {
+        return Ok(WeightFiles::Safetensors(
+            vec![dir.join("model.safetensors")],
+        ));
+    }
+    let pt_index = dir.join("pytorch_model.bin.index.json");
+    if pt_index.exists() {
+        let files = shards_from_index(&pt_index)?;
+        return Ok(WeightFiles::PyTorch(
+            files.into_iter().map(|f| dir.join(f)).collect(),
+        ));
+    }
+    if dir.join("pytorch_model.bin").exists() {
+        return Ok(WeightFiles::PyTorch(vec![dir.join("pytorch_model.bin")]));
+    }
+    // Any other *.safetensors files (some repos name them differently).
+    let mut others: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    others.sort();
+    if !others.is_empty() {
+        return Ok(WeightFiles::Safetensors(others));
+    }
+    Err(Error::BadWeights(format!(
+        "{}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json",
+        dir.display()
+    )))
+}
+
+enum Backing {
+    Safetensors(MmapedSafetensors),
+    /// One reader per shard and which shard holds each tensor.
+    PyTorch(Vec<PthTensors>, HashMap<String, usize>),
+}
+
+pub struct HfWeights {
+    origin: String,
+    backing: Backing,
+    shapes: HashMap<String, Vec<usize>>,
+    device: Device,
+}
+
+impl HfWeights {
+    pub fn open(files: &WeightFiles, device: &Device) -> Result<Self> {
+        let mut shapes = HashMap::new();
+        let (origin, backing) = match files {
+            WeightFiles::Safetensors(paths) => {
+                for p in paths {
+                    if !p.exists() {
+                        return Err(Error::BadWeights(format!(
+                            "{}: shard is missing",
+                            p.display()
+                        )));
+                    }
+                }
+                // SAFETY: the files are memory-mapped read-only; camelid never writes to them
+                // while they are loaded.
+                let st = unsafe { MmapedSafetensors::multi(paths) }
+                    .map_err(|e| Error::BadWeights(format!("{}: {e}", paths[0].display())))?;
+                for (name, view) in st.tensors() {
+                    shapes.insert(name, view.shape().to_vec());
+                }
+                (
+                    paths[0]
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .display()
+                        .to_string(),
+                    Backing::Safetensors(st),
+                )
+            }
+            WeightFiles::PyTorch(paths) => {
+                let mut readers = Vec::new();
+                let mut route = HashMap::new();
+                for (i, p) in paths.iter().enumerate() {
+                    let r = PthTensors::new(p, None).map_err(|e| {
+                        Error::BadWeights(format!(
+                            "{}: not a readable PyTorch checkpoint: {e}",
+                            p.display()
+                        ))
+                    })?;
+                    for (name, info) in r.tensor_infos() {
+                        shapes.insert(name.clone(), info.layout.shape().dims().to_vec());
+                        route.insert(name.clone(), i);
+                    }
+                    readers.push(r);
+                }
+                (
+                    paths[0]
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .display()
+                        .to_string(),
+                    Backing::PyTorch(readers, route),
+                )
+            }
+        };
+        Ok(Self {
+            origin,
+            backing,
+            shapes,
+            device: device.clone(),
+        })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<_> = self.shapes.keys().cloned().collect();
+        n.sort();
+        n
+    }
+
+    /// The tensor as stored (its own dtype), on the device.
+    pub fn load(&self, name: &str) -> Result<Tensor> {
+        let t = match &self.backing {
+            Backing::Safetensors(st) => st.load(name, &self.device),
+            Backing::PyTorch(readers, route) => {
+                let i = *route.get(name).ok_or_else(|| self.missing(name))?;
+                readers[i]
+                    .get(name)
+                    .and_then(|t| {
+                        t.ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} vanished")))
+                    })
+                    .and_then(|t| t.to_device(&self.device))
+            }
+        };
+        t.map_err(|e| Error::BadWeights(format!("{}: tensor {name}: {e}", self.origin)))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::BadWeights(format!("{}: tensor {name} is missing", self.origin))
+    }
+}
+
+impl TensorSource for HfWeights {
+    fn origin(&self) -> String {
+        self.origin.clone()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.shapes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.missing(name))
+    }
+    fn linear(&mut self, name: &str, dtype: DType) -> Result<Linear> {
+        Ok(Linear::from_dense(self.load(name)?.to_dtype(dtype)?)?)
+    }
+    fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
+        Ok(self.load(name)?.to_dtype(dtype)?)
+    }
+}

@@ -1,0 +1,140 @@
+//! Hugging Face hub ids: which files a LLaMA repo needs, fetched through hf-hub (with a
+//! progress bar, `--revision`, `HF_TOKEN`, and the local cache when offline).
+
+use crate::error::{Error, Result};
+use crate::load::hf_folder::shards_from_index;
+use hf_hub::{Repo, RepoType};
+use std::path::{Path, PathBuf};
+
+/// `owner/name` with no path-like parts: what the hub accepts as a model id.
+pub fn is_hub_id(spec: &str) -> bool {
+    let mut parts = spec.split('/');
+    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    ok(owner) && ok(name)
+}
+
+/// Files to fetch after the weight index (if any) is known: the index names the shards.
+pub fn weight_files_from_listing(listing: &[String]) -> Vec<String> {
+    let has = |f: &str| listing.iter().any(|x| x == f);
+    if has("model.safetensors.index.json") {
+        vec!["model.safetensors.index.json".into()]
+    } else if has("model.safetensors") {
+        vec!["model.safetensors".into()]
+    } else if has("pytorch_model.bin.index.json") {
+        vec!["pytorch_model.bin.index.json".into()]
+    } else if has("pytorch_model.bin") {
+        vec!["pytorch_model.bin".into()]
+    } else {
+        vec![]
+    }
+}
+
+pub const SIDE_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Downloads (or finds in the cache) what a LLaMA repo needs and returns the snapshot folder.
+pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let repo = match revision {
+        Some(r) => Repo::with_revision(id.to_string(), RepoType::Model, r.to_string()),
+        None => Repo::new(id.to_string(), RepoType::Model),
+    };
+    let hub_err = |f: &str, e: &dyn std::fmt::Display| Error::Io(format!("hub {id}: {f}: {e}"));
+    if offline() {
+        let cache = hf_hub::Cache::from_env().repo(repo);
+        let cfg = cache.get("config.json").ok_or_else(|| {
+            Error::Io(format!(
+                "hub {id}: HF_HUB_OFFLINE is set and config.json is not in the cache"
+            ))
+        })?;
+        return Ok(cfg.parent().unwrap_or(Path::new(".")).to_path_buf());
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .with_token(
+            std::env::var("HF_TOKEN")
+                .ok()
+                .or_else(|| hf_hub::Cache::from_env().token()),
+        )
+        .build()
+        .map_err(|e| hub_err("client", &e))?;
+    let r = api.repo(repo);
+    let info = r.info().map_err(|e| hub_err("repo info", &e))?;
+    let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let mut dir = None;
+    for f in SIDE_FILES
+        .iter()
+        .filter(|f| listing.iter().any(|x| x == *f))
+    {
+        let p = r.get(f).map_err(|e| hub_err(f, &e))?;
+        dir.get_or_insert_with(|| p.parent().unwrap_or(Path::new(".")).to_path_buf());
+    }
+    let weights = weight_files_from_listing(&listing);
+    if weights.is_empty() {
+        return Err(Error::BadWeights(format!(
+            "hub {id}: no safetensors or pytorch_model.bin weights in the repo"
+        )));
+    }
+    for f in &weights {
+        let p = r.get(f).map_err(|e| hub_err(f, &e))?;
+        if f.ends_with(".index.json") {
+            for shard in shards_from_index(&p)? {
+                r.get(&shard).map_err(|e| hub_err(&shard, &e))?;
+            }
+        }
+    }
+    dir.ok_or_else(|| Error::BadConfig(format!("hub {id}: config.json is missing from the repo")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_id_detection() {
+        assert!(is_hub_id("lmsys/vicuna-7b-v1.5"));
+        assert!(is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct"));
+        assert!(!is_hub_id("./models/x"));
+        assert!(!is_hub_id("/abs/path"));
+        assert!(!is_hub_id("a/b/c"));
+        assert!(!is_hub_id("model.gguf"));
+        assert!(!is_hub_id("../x"));
+    }
+
+    #[test]
+    fn prefers_safetensors_index_then_bins() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            weight_files_from_listing(&l(&[
+                "pytorch_model.bin.index.json",
+                "model.safetensors.index.json"
+            ])),
+            vec!["model.safetensors.index.json"]
+        );
+        assert_eq!(
+            weight_files_from_listing(&l(&[
+                "pytorch_model-00001-of-00002.bin",
+                "pytorch_model.bin.index.json"
+            ])),
+            vec!["pytorch_model.bin.index.json"]
+        );
+        assert!(weight_files_from_listing(&l(&["README.md"])).is_empty());
+    }
+}

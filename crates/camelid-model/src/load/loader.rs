@@ -1,0 +1,313 @@
+//! One entry point from a model spec (registry name, GGUF file, HF folder, or hub id) to a
+//! ready model: weights, tokenizer, chat template, stop tokens.
+
+use crate::config::{ids_from_json, HfConfig};
+use crate::error::{Error, Result};
+use crate::load::gguf::GgufFile;
+use crate::load::gguf_tokenizer;
+use crate::load::hf_folder::{find_weight_files, HfWeights};
+use crate::load::weights::build_llama;
+use crate::models::Llama;
+use crate::text::template::ChatTemplate;
+use crate::text::tokenizer::{self, Tokenizer};
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Default: f32 on CPU, bf16 on CUDA (GGUF always computes in f32).
+    pub dtype: Option<DType>,
+    pub revision: Option<String>,
+    /// Built-in template name, or `model` for the model's jinja template.
+    pub template: Option<String>,
+    /// Quantized CPU matmuls through candle's `QMatMul` instead of camelid's own kernels
+    /// ([`camelid_kernels::quant`]): the reference the own kernels are tested against.
+    pub candle_qmatmul: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            revision: None,
+            template: None,
+            candle_qmatmul: false,
+        }
+    }
+}
+
+pub struct LoadedModel {
+    /// Display name (registry name, file stem or hub id).
+    pub name: String,
+    pub path: PathBuf,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    /// Tokens that end generation: EOS ids plus the template's end-of-turn tokens.
+    pub stop_token_ids: Vec<u32>,
+    /// Extra stop strings from the template (FastChat `stop_str`).
+    pub stop_strings: Vec<String>,
+    pub context_length: usize,
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        other => Err(Error::Invalid(format!(
+            "unknown dtype {other:?} (f32, bf16, f16)"
+        ))),
+    }
+}
+
+/// Resolves the spec to a local file or folder (fetching registry or hub models).
+pub fn resolve(
+    spec: Option<&str>,
+    revision: Option<&str>,
+) -> Result<(String, PathBuf, Option<String>)> {
+    let reg = crate::load::registry::registry();
+    let entry = match spec {
+        None => Some(reg.default_entry()),
+        Some(s) if !Path::new(s).exists() => reg.find(s),
+        _ => None,
+    };
+    if let Some(e) = entry {
+        let path = match e.source.as_str() {
+            "pypi" => crate::load::registry::fetch_pypi(e)?,
+            "hub" => crate::load::hub::fetch_repo(e.repo.as_deref().unwrap_or_default(), revision)?,
+            other => return Err(Error::BadConfig(format!("registry source {other:?}"))),
+        };
+        return Ok((e.name.clone(), path, Some(e.template.clone())));
+    }
+    let spec = spec.unwrap_or_default();
+    let p = Path::new(spec);
+    if p.exists() {
+        let name = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string());
+        return Ok((name, p.to_path_buf(), None));
+    }
+    if crate::load::hub::is_hub_id(spec) {
+        return Ok((
+            spec.to_string(),
+            crate::load::hub::fetch_repo(spec, revision)?,
+            None,
+        ));
+    }
+    Err(Error::Io(format!(
+        "{spec}: no such file or folder, not a registry name, not a hub id"
+    )))
+}
+
+pub fn load(spec: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
+    let (name, path, registry_template) = resolve(spec, opts.revision.as_deref())?;
+    let template_choice = opts.template.clone().or(registry_template);
+    let gguf_in_dir = if path.is_dir() && !path.join("config.json").exists() {
+        std::fs::read_dir(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+    } else {
+        None
+    };
+    let mut loaded = if let Some(g) = gguf_in_dir {
+        load_gguf(&name, &g, opts, template_choice.as_deref())?
+    } else if path.is_dir() {
+        load_hf_folder(&name, &path, opts, template_choice.as_deref())?
+    } else {
+        load_gguf(&name, &path, opts, template_choice.as_deref())?
+    };
+    loaded.path = path;
+    Ok(loaded)
+}
+
+fn pick_template(
+    choice: Option<&str>,
+    jinja: Option<ChatTemplate>,
+    name: &str,
+) -> Result<ChatTemplate> {
+    match choice {
+        Some("model") | Some("jinja") | None => match jinja {
+            Some(j) => Ok(j),
+            None if matches!(choice, Some("jinja")) => Err(Error::Template(format!(
+                "{name} has no chat_template of its own"
+            ))),
+            None => Ok(ChatTemplate::Builtin(ChatTemplate::for_model_name(name))),
+        },
+        Some(other) => ChatTemplate::builtin(other),
+    }
+}
+
+/// Stop ids: EOS plus special tokens the template ends turns with.
+fn stop_ids(tok: &Tokenizer, template: &ChatTemplate, mut ids: Vec<u32>) -> Vec<u32> {
+    for t in ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>"] {
+        let used = match template {
+            ChatTemplate::Builtin(b) => b.stop_str == Some(t) || t == "</s>",
+            ChatTemplate::Jinja {
+                source, eos_token, ..
+            } => source.contains(t) || eos_token == t,
+        };
+        if used {
+            if let Some(id) = tok.token_to_id(t) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+pub fn load_gguf(
+    name: &str,
+    path: &Path,
+    opts: &LoadOptions,
+    template: Option<&str>,
+) -> Result<LoadedModel> {
+    let mut g = GgufFile::open(path, &opts.device)?;
+    g.own_kernels = !opts.candle_qmatmul;
+    let cfg = g.model_config()?;
+    let tok = gguf_tokenizer::from_gguf(&g)?;
+    let jinja = g
+        .meta_str("tokenizer.chat_template")
+        .map(|s| ChatTemplate::Jinja {
+            source: s.to_string(),
+            bos_token: tok
+                .bos_id
+                .and_then(|i| tok.id_to_token(i))
+                .unwrap_or_default(),
+            eos_token: tok
+                .eos_ids
+                .first()
+                .and_then(|&i| tok.id_to_token(i))
+                .unwrap_or_default(),
+        });
+    let template = pick_template(template, jinja, name)?;
+    let context_length = cfg.max_position_embeddings;
+    // Quantized matmuls take f32 activations.
+    let model = build_llama(cfg, &mut g, DType::F32, &opts.device)?;
+    let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    Ok(LoadedModel {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        model,
+        stop_strings: template.stop_strings(),
+        template,
+        tokenizer: tok,
+        stop_token_ids,
+        context_length,
+    })
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::BadConfig(format!("{}: {e}", path.display())))
+}
+
+/// `"<s>"` or `{"content": "<s>", ...}` as tokenizer_config.json writes special tokens.
+fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+pub fn load_hf_folder(
+    name: &str,
+    dir: &Path,
+    opts: &LoadOptions,
+    template: Option<&str>,
+) -> Result<LoadedModel> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let origin = cfg_path.display().to_string();
+    let hf = HfConfig::parse(&text, &origin)?;
+    let cfg = hf.to_model_config(&origin)?;
+    let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+    let mut tok = if dir.join("tokenizer.json").exists() {
+        Tokenizer::from_file(&dir.join("tokenizer.json"))?
+    } else if dir.join("tokenizer.model").exists() {
+        tokenizer::from_sentencepiece(&dir.join("tokenizer.model"))?
+    } else {
+        return Err(Error::Tokenizer(format!(
+            "{}: neither tokenizer.json nor tokenizer.model",
+            dir.display()
+        )));
+    };
+    let bos_text = token_text(tok_cfg.get("bos_token"));
+    let eos_text = token_text(tok_cfg.get("eos_token"));
+    if let Some(b) = hf
+        .bos_token_id
+        .as_ref()
+        .map(ids_from_json)
+        .and_then(|v| v.first().copied())
+    {
+        tok.bos_id = Some(b);
+    } else if let Some(b) = bos_text.as_deref().and_then(|t| tok.token_to_id(t)) {
+        tok.bos_id = Some(b);
+    }
+    let mut eos = vec![];
+    if let Some(g) = read_json(&dir.join("generation_config.json"))? {
+        eos.extend(g.get("eos_token_id").map(ids_from_json).unwrap_or_default());
+    }
+    eos.extend(
+        hf.eos_token_id
+            .as_ref()
+            .map(ids_from_json)
+            .unwrap_or_default(),
+    );
+    eos.extend(eos_text.as_deref().and_then(|t| tok.token_to_id(t)));
+    eos.extend(tok.eos_ids.iter().copied());
+    eos.sort();
+    eos.dedup();
+    tok.eos_ids = eos;
+    tok.add_bos = tok_cfg
+        .get("add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(tok.add_bos);
+    let jinja_src = match tok_cfg.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        // A list of named templates: take "default".
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
+        _ => None,
+    };
+    let jinja = jinja_src.map(|source| ChatTemplate::Jinja {
+        source,
+        bos_token: bos_text.clone().unwrap_or_default(),
+        eos_token: eos_text.clone().unwrap_or_default(),
+    });
+    let template = pick_template(template, jinja, name)?;
+    let dtype = match opts.dtype {
+        Some(d) => d,
+        None if opts.device.is_cuda() => DType::BF16,
+        None => DType::F32,
+    };
+    let files = find_weight_files(dir)?;
+    let mut weights = HfWeights::open(&files, &opts.device)?;
+    let context_length = cfg.max_position_embeddings;
+    let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
+    let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    Ok(LoadedModel {
+        name: name.to_string(),
+        path: dir.to_path_buf(),
+        model,
+        stop_strings: template.stop_strings(),
+        template,
+        tokenizer: tok,
+        stop_token_ids,
+        context_length,
+    })
+}

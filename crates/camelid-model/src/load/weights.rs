@@ -1,0 +1,133 @@
+//! Builds a [`Llama`] from any source of named tensors. Sources speak HF tensor names
+//! (`model.layers.0.self_attn.q_proj.weight`); the GGUF source translates them.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::linear::{Linear, Projections};
+use crate::models::llama::{Layer, Llama};
+use crate::rope::Rope;
+use candle_core::{DType, Device, Tensor};
+
+/// A store of named weights in HF naming.
+pub trait TensorSource {
+    /// Where the tensors come from, for error messages.
+    fn origin(&self) -> String;
+    fn contains(&self, name: &str) -> bool;
+    /// Shape `(out, in)` as stored.
+    fn shape(&self, name: &str) -> Result<Vec<usize>>;
+    /// A weight matrix for a linear layer: quantized where the source is, else in `dtype`.
+    fn linear(&mut self, name: &str, dtype: DType) -> Result<Linear>;
+    /// A dense tensor in `dtype`.
+    fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor>;
+}
+
+fn check_shape(src: &dyn TensorSource, name: &str, want: &[usize]) -> Result<()> {
+    let have = src.shape(name)?;
+    if have != want {
+        return Err(Error::BadWeights(format!(
+            "{}: tensor {name} has shape {have:?}, the config implies {want:?}",
+            src.origin()
+        )));
+    }
+    Ok(())
+}
+
+fn linear(
+    src: &mut dyn TensorSource,
+    name: &str,
+    out: usize,
+    inp: usize,
+    dtype: DType,
+) -> Result<Linear> {
+    check_shape(src, name, &[out, inp])?;
+    src.linear(name, dtype)
+}
+
+fn vector(src: &mut dyn TensorSource, name: &str, n: usize, dtype: DType) -> Result<Tensor> {
+    check_shape(src, name, &[n])?;
+    src.dense(name, dtype)
+}
+
+/// Loads every layer, checking each tensor's shape against `cfg`.
+pub fn build_llama(
+    cfg: ModelConfig,
+    src: &mut dyn TensorSource,
+    dtype: DType,
+    device: &Device,
+) -> Result<Llama> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let q_out = cfg.num_heads * cfg.head_dim;
+    let kv_out = cfg.num_kv_heads * cfg.head_dim;
+    let embed_name = "model.embed_tokens.weight";
+    check_shape(src, embed_name, &[cfg.vocab_size, h])?;
+    // The embedding table is gathered by row, so it is kept dense.
+    let embed = src.dense(embed_name, dtype)?;
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        layers.push(Layer {
+            attn_norm: vector(src, &format!("{p}.input_layernorm.weight"), h, dtype)?,
+            qkv: Projections::new(vec![
+                linear(
+                    src,
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    q_out,
+                    h,
+                    dtype,
+                )?,
+                linear(
+                    src,
+                    &format!("{p}.self_attn.k_proj.weight"),
+                    kv_out,
+                    h,
+                    dtype,
+                )?,
+                linear(
+                    src,
+                    &format!("{p}.self_attn.v_proj.weight"),
+                    kv_out,
+                    h,
+                    dtype,
+                )?,
+            ]),
+            o: linear(
+                src,
+                &format!("{p}.self_attn.o_proj.weight"),
+                h,
+                q_out,
+                dtype,
+            )?,
+            mlp_norm: vector(
+                src,
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                dtype,
+            )?,
+            gate_up: Projections::new(vec![
+                linear(src, &format!("{p}.mlp.gate_proj.weight"), i, h, dtype)?,
+                linear(src, &format!("{p}.mlp.up_proj.weight"), i, h, dtype)?,
+            ]),
+            down: linear(src, &format!("{p}.mlp.down_proj.weight"), h, i, dtype)?,
+        });
+    }
+    let norm = vector(src, "model.norm.weight", h, dtype)?;
+    let lm_head = if !cfg.tie_word_embeddings && src.contains("lm_head.weight") {
+        linear(src, "lm_head.weight", cfg.vocab_size, h, dtype)?
+    } else {
+        // Tied (or no lm_head stored): the embedding matrix doubles as the output
+        // projection, quantized if the source stores it quantized.
+        src.linear(embed_name, dtype)?
+    };
+    let rope = Rope::new(&cfg);
+    Ok(Llama {
+        cfg,
+        dtype,
+        device: device.clone(),
+        embed,
+        layers,
+        norm,
+        lm_head,
+        rope,
+        host_norms: Default::default(),
+    })
+}

@@ -1,0 +1,204 @@
+//! The CPU forward pass of f32 models over a paged host KV cache (the serving path on the CPU),
+//! on plain buffers kept from step to step.
+//!
+//! RMSNorm, the residual adds, SiLU·mul and the quantized matmuls write into a [`Workspace`]
+//! instead of allocating a tensor per op: the tensor path allocated about ten buffers per layer,
+//! whose fresh pages the kernel zeroed again on every step, and candle's element-wise ops ran on
+//! a thread pool of their own next to rayon's, each spinning while the other worked. Each
+//! residual add is fused with the RMSNorm that follows it, and the matmuls' quantized
+//! activations are buffers of the workspace too. The tensor runtime ([`super::tensor`]) stays
+//! the reference the tests compare against.
+
+use crate::batch::ForwardBatch;
+use crate::error::{Error, Result};
+use crate::models::llama::Llama;
+use camelid_kernels::attention::{self, HostPaged, QkvRows};
+use camelid_kernels::quant::QActs;
+use camelid_kernels::vecmath::{self, Scalar, VecOps};
+use candle_core::{DType, Tensor};
+use std::cell::RefCell;
+
+/// Buffers of one forward, sized by the largest batch seen so far.
+#[derive(Default)]
+pub(crate) struct Workspace {
+    /// The residual stream, `(tokens, hidden)`.
+    x: Vec<f32>,
+    /// The normed residual, input of the next matmul.
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    /// Output of the attention's or the MLP's last projection.
+    proj: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    acts: QActs,
+}
+
+thread_local! {
+    /// The workspace of the forwards this thread runs. Per thread rather than per model: it
+    /// holds no model data (buffers only, resized on demand), and a model (models/) then
+    /// carries nothing of a runtime. The engine runs each model's steps on its one loop thread.
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// Sets `buf` to `len` elements without clearing them (every caller overwrites them all).
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// Runs `batch` through `model` with attention in place over `kv`; returns f32 logits
+/// `(batch.logit_rows(), vocab)`.
+pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: HostPaged) -> Result<Tensor> {
+    let norms = model.host_norms()?;
+    WORKSPACE.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        run(model, batch, kv, &norms.layers, &norms.last, &mut ws)
+    })
+}
+
+fn run(
+    model: &Llama,
+    batch: &ForwardBatch,
+    mut kv: HostPaged,
+    norms: &[(Vec<f32>, Vec<f32>)],
+    final_norm: &[f32],
+    ws: &mut Workspace,
+) -> Result<Tensor> {
+    let cfg = &model.cfg;
+    let (n, hidden) = (batch.tokens.len(), cfg.hidden_size);
+    let eps = cfg.rms_norm_eps as f32;
+    let heads = attention::Heads {
+        q: cfg.num_heads,
+        kv: cfg.num_kv_heads,
+        dim: cfg.head_dim,
+        rope: cfg.rope_style,
+    };
+    let (qw, kw) = (heads.q * heads.dim, heads.kv * heads.dim);
+    let spans: Vec<_> = batch.chunks.iter().map(|c| c.span()).collect();
+    kv.check(&spans).map_err(Error::Invalid)?;
+    let rope_spans: Vec<_> = spans
+        .iter()
+        .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
+        .collect();
+    let (cos, sin) = model.rope.cos_sin_rows(&rope_spans);
+
+    // Embeddings.
+    let ids = Tensor::new(batch.tokens.as_slice(), &model.device)?;
+    let emb = model.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+    let x = sized(&mut ws.x, n * hidden);
+    x.copy_from_slice(&emb.flatten_all()?.to_vec1::<f32>()?);
+
+    let inter = model.layers[0].down.in_features();
+    for (li, layer) in model.layers.iter().enumerate() {
+        let (attn_norm, mlp_norm) = &norms[li];
+        // Attention block (the previous layer's residual add happened in its last step).
+        if li == 0 {
+            rms_norm_rows(
+                &ws.x[..n * hidden],
+                attn_norm,
+                eps,
+                sized(&mut ws.h, n * hidden),
+            );
+        }
+        let width = qw + 2 * kw;
+        let qkv = sized(&mut ws.qkv, n * width);
+        layer
+            .qkv
+            .forward_cpu_into(&ws.h[..n * hidden], n, &mut ws.acts, qkv)?;
+        let rows = QkvRows {
+            q: (qkv, width, 0),
+            k: (qkv, width, qw),
+            v: (qkv, width, qw + kw),
+        };
+        let attn = sized(&mut ws.attn, n * qw);
+        attention::paged_attention(li, &spans, &rows, &cos, &sin, heads, &mut kv, attn);
+        let proj = sized(&mut ws.proj, n * hidden);
+        layer.o.forward_cpu_into(attn, n, &mut ws.acts, proj)?;
+        add_rms_norm_rows(&mut ws.x[..n * hidden], proj, mlp_norm, eps, &mut ws.h);
+        // MLP block.
+        let gate_up = sized(&mut ws.gate_up, n * 2 * inter);
+        layer
+            .gate_up
+            .forward_cpu_into(&ws.h[..n * hidden], n, &mut ws.acts, gate_up)?;
+        let act = sized(&mut ws.act, n * inter);
+        silu_mul_rows(gate_up, inter, act);
+        let proj = sized(&mut ws.proj, n * hidden);
+        layer.down.forward_cpu_into(act, n, &mut ws.acts, proj)?;
+        // The residual add, fused with the next layer's attention norm (or a plain add after
+        // the last layer: the final norm runs on the wanted rows only).
+        match norms.get(li + 1) {
+            Some((next_norm, _)) => {
+                add_rms_norm_rows(&mut ws.x[..n * hidden], proj, next_norm, eps, &mut ws.h)
+            }
+            None => ws.x[..n * hidden]
+                .iter_mut()
+                .zip(proj.iter())
+                .for_each(|(a, b)| *a += b),
+        }
+    }
+
+    // The wanted rows through the final norm and the LM head.
+    let rows = batch.logit_row_indices();
+    let vocab = cfg.vocab_size;
+    if rows.is_empty() {
+        return Ok(Tensor::zeros((0, vocab), DType::F32, &model.device)?);
+    }
+    let h = sized(&mut ws.h, rows.len() * hidden);
+    for (dst, &r) in h.chunks_exact_mut(hidden).zip(&rows) {
+        rms_norm_row(&ws.x[r * hidden..(r + 1) * hidden], final_norm, eps, dst);
+    }
+    let mut logits = vec![0f32; rows.len() * vocab];
+    model
+        .lm_head
+        .forward_cpu_into(h, rows.len(), &mut ws.acts, &mut logits)?;
+    Ok(Tensor::from_vec(
+        logits,
+        (rows.len(), vocab),
+        &model.device,
+    )?)
+}
+
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        rms_norm_row(xr, w, eps, or);
+    }
+}
+
+/// `x += y`, then `out = rms_norm(x)`, row by row (one pass over each row while it is hot).
+fn add_rms_norm_rows(x: &mut [f32], y: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let d = w.len();
+    let out = sized(out, x.len());
+    for ((xr, yr), or) in x
+        .chunks_exact_mut(d)
+        .zip(y.chunks_exact(d))
+        .zip(out.chunks_exact_mut(d))
+    {
+        xr.iter_mut().zip(yr).for_each(|(a, b)| *a += b);
+        rms_norm_row(xr, w, eps, or);
+    }
+}
+
+/// `out = x / sqrt(mean(x²) + eps) · w` (LLaMA's RMSNorm, as candle computes it).
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    // Eight partial sums (a plain `.sum()` is one sequential chain: not vectorized).
+    let ss = Scalar::dot(x, x);
+    let r = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
+/// `out[row] = silu(gate) · up` for rows of the gate/up projection's joined output.
+fn silu_mul_rows(gate_up: &[f32], inter: usize, out: &mut [f32]) {
+    for (g, o) in gate_up
+        .chunks_exact(2 * inter)
+        .zip(out.chunks_exact_mut(inter))
+    {
+        let (gate, up) = g.split_at(inter);
+        vecmath::silu_mul(gate, up, o);
+    }
+}

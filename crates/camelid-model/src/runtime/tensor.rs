@@ -1,0 +1,177 @@
+//! The tensor runtime: the forward pass as candle ops, attention per chunk over
+//! `KvStore::write_and_read`. Any device and dtype; the independent reference the CPU and CUDA
+//! serving runtimes are tested against.
+
+use super::ops;
+use crate::batch::ForwardBatch;
+use crate::config::RopeStyle;
+use crate::error::Result;
+use crate::kv::KvStore;
+use crate::models::llama::{Layer, Llama};
+use candle_core::{DType, Tensor};
+
+/// The layer loop of the tensor runtime; returns f32 logits `(batch.logit_rows(), vocab)`.
+pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore) -> Result<Tensor> {
+    let eps = model.cfg.rms_norm_eps;
+    let mut x = embed(model, batch)?;
+    let spans: Vec<_> = batch
+        .chunks
+        .iter()
+        .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
+        .collect();
+    let (cos, sin) = model.rope.cos_sin(&spans, &model.device)?;
+    let (cos, sin) = (cos.to_dtype(model.dtype)?, sin.to_dtype(model.dtype)?);
+    let masks = causal_masks(model, batch)?;
+    for (li, layer) in model.layers.iter().enumerate() {
+        let h = rms_norm(&x, &layer.attn_norm, eps)?;
+        let a = attention(model, li, layer, &h, batch, &cos, &sin, &masks, kv)?;
+        x = (x + a)?;
+        let h = rms_norm(&x, &layer.mlp_norm, eps)?;
+        let act = ops::silu_mul_joined(&layer.gate_up.forward_joined(&h)?)?;
+        x = (x + layer.down.forward(&act)?)?;
+    }
+    // Only the rows whose logits are wanted go through the final norm and lm_head.
+    let Some(rows) = wanted_rows(model, batch)? else {
+        return empty_logits(model);
+    };
+    let h = rms_norm(&x.index_select(&rows, 0)?, &model.norm, eps)?;
+    Ok(model.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+}
+
+/// The batch's token embeddings, `(tokens, hidden)` in the model's dtype.
+pub(crate) fn embed(model: &Llama, batch: &ForwardBatch) -> Result<Tensor> {
+    let ids = Tensor::new(batch.tokens.as_slice(), &model.device)?;
+    Ok(model.embed.index_select(&ids, 0)?.to_dtype(model.dtype)?)
+}
+
+/// The rows whose logits are wanted, as an index tensor (`None`: no row is).
+pub(crate) fn wanted_rows(model: &Llama, batch: &ForwardBatch) -> Result<Option<Tensor>> {
+    let rows: Vec<u32> = batch
+        .logit_row_indices()
+        .into_iter()
+        .map(|r| r as u32)
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::new(rows.as_slice(), &model.device)?))
+}
+
+/// Logits of a batch that wants none: `(0, vocab)`.
+pub(crate) fn empty_logits(model: &Llama) -> Result<Tensor> {
+    Ok(Tensor::zeros(
+        (0, model.cfg.vocab_size),
+        DType::F32,
+        &model.device,
+    )?)
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
+}
+
+/// Additive causal masks (0 / -inf) for each multi-token chunk, in f32.
+fn causal_masks(model: &Llama, batch: &ForwardBatch) -> Result<Vec<Option<Tensor>>> {
+    batch
+        .chunks
+        .iter()
+        .map(|c| {
+            if c.len == 1 {
+                return Ok(None);
+            }
+            let kv_len = c.start_pos + c.len;
+            let mask: Vec<f32> = (0..c.len)
+                .flat_map(|i| {
+                    (0..kv_len).map(move |j| {
+                        if j > c.start_pos + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.
+                        }
+                    })
+                })
+                .collect();
+            Ok(Some(Tensor::from_vec(
+                mask,
+                (c.len, kv_len),
+                &model.device,
+            )?))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    model: &Llama,
+    li: usize,
+    layer: &Layer,
+    h: &Tensor,
+    batch: &ForwardBatch,
+    cos: &Tensor,
+    sin: &Tensor,
+    masks: &[Option<Tensor>],
+    kv: &mut dyn KvStore,
+) -> Result<Tensor> {
+    let cfg = &model.cfg;
+    let (n_tok, _) = h.dims2()?;
+    let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let group = nh / nkv;
+    // (1, heads, tokens, head_dim): the layout candle's rope kernels take.
+    let to_heads = |t: Tensor, heads: usize| -> Result<Tensor> {
+        Ok(t.reshape((1, n_tok, heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let qkv = layer.qkv.forward(h)?;
+    let q = to_heads(qkv[0].clone(), nh)?;
+    let k = to_heads(qkv[1].clone(), nkv)?;
+    let v = to_heads(qkv[2].clone(), nkv)?;
+    let (q, k) = match cfg.rope_style {
+        RopeStyle::Half => (
+            candle_nn::rotary_emb::rope(&q, cos, sin)?,
+            candle_nn::rotary_emb::rope(&k, cos, sin)?,
+        ),
+        RopeStyle::Interleaved => (
+            candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+            candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+        ),
+    };
+    let (q, k, v) = (q.squeeze(0)?, k.squeeze(0)?, v.squeeze(0)?);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut outs = Vec::with_capacity(batch.chunks.len());
+    let mut off = 0;
+    for (c, mask) in batch.chunks.iter().zip(masks) {
+        let qc = q.narrow(1, off, c.len)?;
+        let kc = k.narrow(1, off, c.len)?;
+        let vc = v.narrow(1, off, c.len)?;
+        off += c.len;
+        let (k_all, v_all) = kv.write_and_read(li, c.seq, c.start_pos, &kc, &vc)?;
+        let kv_len = k_all.dims()[1];
+        // GQA without repeating K/V: the `group` query heads sharing one KV head are
+        // stacked along the row axis, (nkv, group*len, hd) · (nkv, hd, kv_len).
+        let qc = qc.to_dtype(DType::F32)?.reshape((nkv, group * c.len, hd))?;
+        let k_all = k_all.to_dtype(DType::F32)?;
+        let v_all = v_all.to_dtype(DType::F32)?.contiguous()?;
+        let scores = (qc.matmul(&k_all.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((nkv, group, c.len, kv_len))?
+                .broadcast_add(m)?
+                .reshape((nkv, group * c.len, kv_len))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = probs.matmul(&v_all)?; // (nkv, group*len, hd)
+        let o = o
+            .reshape((nh, c.len, hd))?
+            .transpose(0, 1)?
+            .reshape((c.len, nh * hd))?;
+        outs.push(o.to_dtype(model.dtype)?);
+    }
+    let o = if outs.len() == 1 {
+        outs.pop().unwrap()
+    } else {
+        Tensor::cat(&outs, 0)?
+    };
+    Ok(layer.o.forward(&o)?)
+}

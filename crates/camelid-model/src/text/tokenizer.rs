@@ -1,0 +1,398 @@
+//! Tokenizers from `tokenizer.json`, from vocabularies (SentencePiece BPE or GPT-2 byte-level
+//! BPE pieces, as GGUF metadata holds them: `crate::load::gguf_tokenizer`), or from a
+//! SentencePiece `tokenizer.model` alone. Vocabularies become an HF `tokenizer.json` document,
+//! so `camelid convert` writes exactly the tokenizer the server runs.
+
+use crate::error::{Error, Result};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A tokenizer plus the special-token facts generation needs.
+#[derive(Clone)]
+pub struct Tokenizer {
+    pub inner: tokenizers::Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_ids: Vec<u32>,
+    pub add_bos: bool,
+    /// The `tokenizer.json` document when camelid built it (GGUF, SentencePiece).
+    pub json: Option<Value>,
+}
+
+impl Tokenizer {
+    pub fn from_json_value(doc: Value, origin: &str) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = serde_json::from_value(doc.clone())
+            .map_err(|e| Error::Tokenizer(format!("{origin}: {e}")))?;
+        Ok(Self {
+            inner,
+            bos_id: None,
+            eos_ids: vec![],
+            add_bos: false,
+            json: Some(doc),
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            inner,
+            bos_id: None,
+            eos_ids: vec![],
+            add_bos: false,
+            json: None,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, t: &str) -> Option<u32> {
+        self.inner.token_to_id(t)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Encodes text in which special tokens written literally (`<|im_end|>`, `</s>`) become
+    /// their ids. BOS is prepended when the model wants it and the text lacks it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if add_bos && self.add_bos {
+            if let Some(b) = self.bos_id {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Whether `id` is a special (added, control) token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special)
+    }
+
+    /// The JSON document for `tokenizer.json`.
+    pub fn to_json_string(&self) -> Result<String> {
+        match &self.json {
+            Some(v) => serde_json::to_string_pretty(v).map_err(|e| Error::Tokenizer(e.to_string())),
+            None => self
+                .inner
+                .to_string(true)
+                .map_err(|e| Error::Tokenizer(e.to_string())),
+        }
+    }
+}
+
+/// SentencePiece piece types (sentencepiece_model.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceType {
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+impl PieceType {
+    pub fn from_i32(v: i32) -> Self {
+        match v {
+            2 => Self::Unknown,
+            3 => Self::Control,
+            4 => Self::UserDefined,
+            5 => Self::Unused,
+            6 => Self::Byte,
+            _ => Self::Normal,
+        }
+    }
+}
+
+fn added_token(id: usize, content: &str, special: bool) -> Value {
+    json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+           "rstrip": false, "normalized": false, "special": special})
+}
+
+/// A SentencePiece BPE vocabulary as an HF tokenizer (what transformers' `LlamaConverter`
+/// produces): byte fallback, `▁` for spaces, merges recovered from the vocabulary.
+pub fn spm_bpe_json(pieces: &[(String, f32, PieceType)], add_dummy_prefix: bool) -> Value {
+    let vocab: serde_json::Map<String, Value> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _, _))| (p.clone(), json!(i)))
+        .collect();
+    let index: HashMap<&str, usize> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _, _))| (p.as_str(), i))
+        .collect();
+    // Every split of a normal piece into two pieces of the vocabulary is a merge; merges are
+    // ranked by the merged piece's score (higher first), then by the parts' ids.
+    let mut merges: Vec<(f32, usize, usize, &str, &str)> = Vec::new();
+    for (p, score, ty) in pieces {
+        if *ty != PieceType::Normal && *ty != PieceType::UserDefined {
+            continue;
+        }
+        for (at, _) in p.char_indices().skip(1) {
+            let (l, r) = p.split_at(at);
+            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
+                merges.push((*score, li, ri, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<Value> = merges.iter().map(|m| json!([m.3, m.4])).collect();
+    let unk = pieces
+        .iter()
+        .find(|p| p.2 == PieceType::Unknown)
+        .map(|p| p.0.clone());
+    let added: Vec<Value> = pieces
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            matches!(
+                p.2,
+                PieceType::Control | PieceType::Unknown | PieceType::UserDefined
+            )
+        })
+        .map(|(i, p)| added_token(i, &p.0, p.2 != PieceType::UserDefined))
+        .collect();
+    let mut normalizers = vec![];
+    if add_dummy_prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if add_dummy_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges
+        }
+    })
+}
+
+/// GPT-2 style byte-level BPE; `pre` is GGUF's `tokenizer.ggml.pre` (pre-tokenizer family).
+pub fn byte_level_bpe_json(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &str,
+) -> Result<Value> {
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let merges: Vec<Value> = merges
+        .iter()
+        .map(|m| {
+            let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
+            json!([a, b])
+        })
+        .collect();
+    let added: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| added_token(i, t, types.get(i) == Some(&3)))
+        .collect();
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let pre_tokenizer = match pre {
+        // SmolLM / StarCoder: every digit alone, then GPT-2's split.
+        "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        // Llama 3's tiktoken-style split.
+        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]}),
+        "gpt2" | "default" | "" => byte_level(true),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "GGUF tokenizer.ggml.pre {other:?} (supported: smollm, starcoder, llama-bpe, gpt2, default)"
+            )))
+        }
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": pre == "llama-bpe" || pre == "llama3", "vocab": vocab, "merges": merges
+        }
+    }))
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A minimal protobuf reader for `sentencepiece_model.proto`: pieces (field 1), trainer
+/// spec's model type (2.3), normalizer spec's add_dummy_prefix (3.3).
+pub struct SpmModel {
+    pub pieces: Vec<(String, f32, PieceType)>,
+    /// 1 = unigram, 2 = BPE.
+    pub model_type: i32,
+    pub add_dummy_prefix: bool,
+}
+
+struct Pb<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Pb<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    /// Next (field, wire type, payload) where payload is the bytes of a length-delimited or
+    /// the raw value of a varint/fixed field.
+    fn next(&mut self) -> Option<(u64, u8, &'a [u8], u64)> {
+        if self.pos >= self.buf.len() {
+            return None;
+        }
+        let key = self.varint()?;
+        let (field, wt) = (key >> 3, (key & 7) as u8);
+        match wt {
+            0 => Some((field, 0, &[][..], self.varint()?)),
+            1 => {
+                let b = self.buf.get(self.pos..self.pos + 8)?;
+                self.pos += 8;
+                Some((field, 1, b, 0))
+            }
+            2 => {
+                let n = self.varint()? as usize;
+                let b = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+                self.pos += n;
+                Some((field, 2, b, 0))
+            }
+            5 => {
+                let b = self.buf.get(self.pos..self.pos + 4)?;
+                self.pos += 4;
+                Some((field, 5, b, 0))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl SpmModel {
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Self> {
+        let bad = || {
+            Error::Tokenizer(format!(
+                "{origin}: not a valid SentencePiece model protobuf"
+            ))
+        };
+        let mut m = SpmModel {
+            pieces: vec![],
+            model_type: 1,
+            add_dummy_prefix: true,
+        };
+        let mut pb = Pb { buf: bytes, pos: 0 };
+        while pb.pos < bytes.len() {
+            let (field, wt, payload, _) = pb.next().ok_or_else(bad)?;
+            match (field, wt) {
+                (1, 2) => {
+                    let mut p = Pb {
+                        buf: payload,
+                        pos: 0,
+                    };
+                    let (mut piece, mut score, mut ty) = (String::new(), 0f32, PieceType::Normal);
+                    while p.pos < payload.len() {
+                        let (f, w, b, v) = p.next().ok_or_else(bad)?;
+                        match (f, w) {
+                            (1, 2) => piece = String::from_utf8_lossy(b).into_owned(),
+                            (2, 5) => score = f32::from_le_bytes(b.try_into().map_err(|_| bad())?),
+                            (3, 0) => ty = PieceType::from_i32(v as i32),
+                            _ => {}
+                        }
+                    }
+                    m.pieces.push((piece, score, ty));
+                }
+                (2, 2) | (3, 2) => {
+                    let mut p = Pb {
+                        buf: payload,
+                        pos: 0,
+                    };
+                    while p.pos < payload.len() {
+                        let (f, w, _, v) = p.next().ok_or_else(bad)?;
+                        if field == 2 && f == 3 && w == 0 {
+                            m.model_type = v as i32;
+                        }
+                        if field == 3 && f == 3 && w == 0 {
+                            m.add_dummy_prefix = v != 0;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if m.pieces.is_empty() {
+            return Err(bad());
+        }
+        Ok(m)
+    }
+}
+
+/// A tokenizer from a SentencePiece `tokenizer.model` (BPE models, as LLaMA/Vicuna ship).
+pub fn from_sentencepiece(path: &Path) -> Result<Tokenizer> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let origin = path.display().to_string();
+    let m = SpmModel::parse(&bytes, &origin)?;
+    if m.model_type != 2 {
+        return Err(Error::Unsupported(format!(
+            "{origin}: SentencePiece model type {} (only BPE, type 2, is supported)",
+            m.model_type
+        )));
+    }
+    let mut tok = Tokenizer::from_json_value(spm_bpe_json(&m.pieces, m.add_dummy_prefix), &origin)?;
+    tok.bos_id = tok.token_to_id("<s>");
+    tok.eos_ids = tok.token_to_id("</s>").into_iter().collect();
+    tok.add_bos = true;
+    Ok(tok)
+}
