@@ -2,10 +2,8 @@
 # Builds camelid with `--features cuda` on a machine without a GPU or a CUDA install.
 #   bash kernels/build-cuda.sh          stripped release binary -> $CACHE/cuda-target/camelid-cuda (CI)
 #   bash kernels/build-cuda.sh check    `cargo check` of the cuda feature only (CI)
-#   bash kernels/build-cuda.sh stage    build, the kernel-test binary, then fill .gpu/ (binary, kernel
-#                                       tests, the default model's tokenizer.json) to carry to the GPU
-#                                       machine. The test build resolves candle's features differently,
-#                                       so its first run compiles candle-kernels once more (~15 min).
+#   bash kernels/build-cuda.sh stage    build, then fill .gpu/ (binary, kernel tests, the default
+#                                       model's tokenizer.json) to carry to the GPU machine.
 # The toolchain (CUDA 13.0 from PyPI wheels, via ../shared/cuda/setup-cuda.sh) and the target
 # directory live in the cache, outside the clone, so a second run only rebuilds what changed.
 # The binary targets a portable CPU baseline (x86-64-v3), not this machine's `native`: it runs
@@ -31,16 +29,20 @@ export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64-v3}"
 case "$MODE" in
   check) cargo check --workspace --all-targets --features camelid/cuda,camelid-model/cuda,camelid-kernels/cuda ;;
   build)
-    cargo build --release -p camelid --features cuda
+    # The binary and the kernel-test binary in one invocation (one feature resolution, so
+    # candle is compiled once for both); CI thereby compiles tests/cuda_kernels.rs too.
+    cargo build --release -p camelid -p camelid-kernels --features camelid/cuda,camelid-kernels/cuda \
+      --bin camelid --test cuda_kernels
     # Line tables make the binary ~150 MB; the device tool carries at most 64 MiB.
     strip -o "$CARGO_TARGET_DIR/camelid-cuda" "$CARGO_TARGET_DIR/release/camelid"
     echo "$CARGO_TARGET_DIR/camelid-cuda"
     ;;
   stage)
     bash "$0" build
-    # The kernel-vs-CPU tests, as a binary the GPU machine (no Rust there) can run.
-    test_bin=$(cargo test --release -p camelid-kernels --features cuda --test cuda_kernels --no-run \
-      --message-format=json | grep -o '"executable":"[^"]*cuda_kernels[^"]*"' | cut -d'"' -f4 | tail -1)
+    # The kernel-vs-CPU tests (built by `build`), as a binary the GPU machine (no Rust there) can run.
+    test_bin=$(cargo build --release -p camelid -p camelid-kernels --features camelid/cuda,camelid-kernels/cuda \
+      --bin camelid --test cuda_kernels --message-format=json \
+      | grep -o '"executable":"[^"]*cuda_kernels[^"]*"' | cut -d'"' -f4 | tail -1)
     strip -o "$CARGO_TARGET_DIR/cuda-kernel-tests" "$test_bin"
     mkdir -p .gpu
     cp "$CARGO_TARGET_DIR/camelid-cuda" "$CARGO_TARGET_DIR/cuda-kernel-tests" .gpu/

@@ -11,3 +11,6 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
 cargo test --workspace "$@"
+# The kernels' AVX2 flavours again on a machine with AVX-512 (where they would otherwise never
+# run): the same unit tests against the same scalar references, the AVX-512 paths turned off.
+CAMELID_NO_AVX512=1 cargo test -p camelid-kernels --lib "$@"

@@ -18,7 +18,7 @@ log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 log "1. kernels against CPU references"
-timeout 180 .gpu/cuda-kernel-tests --test-threads 1 2>&1 | tee "$OUT/kernel-tests.txt" | tail -15
+CAMELID_REQUIRE_GPU=1 timeout 180 .gpu/cuda-kernel-tests --test-threads 1 2>&1 | tee "$OUT/kernel-tests.txt" | tail -15
 grep -q "test result: ok" "$OUT/kernel-tests.txt" && ! grep -q SKIPPED "$OUT/kernel-tests.txt" \
   && echo '{"check":"kernels","pass":true}' >> "$RES" || echo '{"check":"kernels","pass":false}' >> "$RES"
 

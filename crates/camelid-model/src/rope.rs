@@ -187,4 +187,42 @@ mod tests {
         assert_eq!(r.inv_freq[0], plain.inv_freq[0]);
         assert!((r.inv_freq[3] - plain.inv_freq[3] / 8.0).abs() < 1e-9);
     }
+
+    /// Llama 3.1's own numbers (head 128, θ 500 000, factor 8, 1 / 4, 8192): every frequency
+    /// against HF's `_compute_llama3_parameters` written out in f64 here, including those in
+    /// the smooth band between the two wavelengths (which the test above never reaches).
+    #[test]
+    fn llama3_scaling_interpolates_between_the_two_wavelengths() {
+        let (factor, low, high, orig) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+        let mut c = cfg(RopeScaling::Llama3 {
+            factor: factor as f32,
+            low_freq_factor: low as f32,
+            high_freq_factor: high as f32,
+            original_max_position_embeddings: orig as usize,
+        });
+        c.rope_theta = 500_000.0;
+        c.head_dim = 128;
+        let r = Rope::new(&c);
+        let (mut kept, mut divided, mut smoothed) = (0, 0, 0);
+        for (i, &got) in r.inv_freq.iter().enumerate() {
+            let f = 1.0 / 500_000f64.powf((2 * i) as f64 / 128.0);
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let want = if wavelen < orig / high {
+                kept += 1;
+                f
+            } else if wavelen > orig / low {
+                divided += 1;
+                f / factor
+            } else {
+                smoothed += 1;
+                let s = (orig / wavelen - low) / (high - low);
+                (1.0 - s) * f / factor + s * f
+            };
+            assert!(
+                ((got as f64 - want) / want).abs() < 1e-5,
+                "frequency {i}: {got} vs {want}"
+            );
+        }
+        assert!(kept > 0 && divided > 0 && smoothed >= 3, "{kept} {divided} {smoothed}");
+    }
 }

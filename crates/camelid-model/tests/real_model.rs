@@ -236,3 +236,35 @@ fn stop_string_spanning_tokens_is_cut() {
     assert_eq!(streamed, cut.text);
     assert!(!streamed.contains(&stop));
 }
+
+/// The default model's own jinja template (its GGUF `tokenizer.chat_template`, run by
+/// minijinja) renders ChatML as written out by hand here: with a system message of the
+/// caller's, and with the template's own default one when the conversation has none.
+#[test]
+fn the_models_own_template_renders_chatml() {
+    let path = default_gguf();
+    let lm = load(&path);
+    let g = camelid_model::load::gguf::GgufFile::open(&path, &candle_core::Device::Cpu).unwrap();
+    let written = g.meta_str("tokenizer.chat_template").expect("GGUF template");
+    match &lm.template {
+        camelid_model::ChatTemplate::Jinja { source, .. } => assert_eq!(source, written),
+        other => panic!("expected the model's jinja template, got {}", other.name()),
+    }
+    let turns = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "Hi!"),
+        Message::new("assistant", "Hello."),
+        Message::new("user", "Name a colour."),
+    ];
+    assert_eq!(
+        lm.template.render(&turns, true).unwrap(),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n\
+         <|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    assert_eq!(
+        lm.template.render(&turns[1..2], false).unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
+    );
+}

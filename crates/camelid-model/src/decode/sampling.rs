@@ -347,22 +347,25 @@ mod tests {
         let mut l = vec![-10.0f32; 10];
         l[3] = 5.0;
         l[4] = 4.9;
-        let mut s = Sampler::new(SamplingParams {
-            top_p: 0.5,
+        // A quarter as likely as the best: min_p 0.5 drops it, no cut draws it ~15 % of the time.
+        l[5] = 5.0 - 4f32.ln();
+        let draws = |p: SamplingParams| -> Vec<u32> {
+            let mut s = Sampler::new(p);
+            (0..200).map(|_| s.sample(&l, &[], &[])).collect()
+        };
+        let seeded = |top_p, min_p| SamplingParams {
+            top_p,
+            min_p,
             seed: Some(3),
             ..Default::default()
-        });
-        for _ in 0..50 {
-            assert_eq!(s.sample(&l, &[], &[]), 3);
-        }
-        let mut s = Sampler::new(SamplingParams {
-            min_p: 0.5,
-            seed: Some(3),
-            ..Default::default()
-        });
-        for _ in 0..50 {
-            assert!([3, 4].contains(&s.sample(&l, &[], &[])));
-        }
+        };
+        assert!(draws(seeded(0.4, 0.0)).iter().all(|&t| t == 3));
+        let min_p = draws(seeded(1.0, 0.5));
+        assert!(min_p.iter().all(|&t| [3, 4].contains(&t)), "{min_p:?}");
+        assert!(min_p.contains(&3) && min_p.contains(&4), "both survivors are drawn");
+        // The control: without the cut, the same seed draws the third token too.
+        let uncut = draws(seeded(1.0, 0.0));
+        assert!(uncut.contains(&5), "{uncut:?}");
     }
 
     /// The kept tokens and their probabilities, by the textbook recipe: sort the whole
@@ -517,6 +520,16 @@ mod tests {
             .map(|&x| (x as f64).exp())
             .sum();
         assert!((total - 1.0).abs() < 1e-5);
-        assert!(t.logprob <= 0.0);
+        // Each value is the log-softmax, computed here in f64: logit − log Σ exp(logits).
+        let l = logits();
+        let lse = l.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        let want = |i: usize| l[i] as f64 - lse;
+        assert!((t.logprob as f64 - want(5)).abs() < 1e-5, "{} vs {}", t.logprob, want(5));
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        for (&(id, lp), &i) in t.top.iter().zip(&order) {
+            assert_eq!(id as usize, i);
+            assert!((lp as f64 - want(i)).abs() < 1e-5, "token {i}: {lp} vs {}", want(i));
+        }
     }
 }
