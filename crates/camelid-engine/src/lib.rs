@@ -6,13 +6,16 @@
 //! the next step and finished or cancelled ones leave at once.
 
 pub mod blocks;
+mod config;
 mod metrics;
 pub mod paged;
 mod scheduler;
+pub mod score;
 pub mod step_cost;
 
+pub use config::{EngineConfig, EngineOverrides};
 pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
-pub use scheduler::{EngineConfig, EngineHandle};
+pub use scheduler::EngineHandle;
 
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::{FinishReason, GenerationParams};

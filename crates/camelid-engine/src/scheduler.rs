@@ -3,85 +3,16 @@
 
 use crate::blocks::prefix_hashes;
 use crate::metrics::EngineMetrics as M;
-use crate::paged::{uses_host_memory, PagedKv};
+use crate::paged::PagedKv;
 use crate::step_cost::StepCost;
-use crate::{Event, Request, SubmitError, Usage};
+use crate::{EngineConfig, Event, Request, SubmitError, Usage};
 use camelid_model::decode::sampling::token_logprob;
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
-use camelid_model::KvDtype;
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Requests that may wait for a batch slot before `submit` says the queue is full.
-    pub max_waiting: usize,
-    /// Sequences in one batch.
-    pub max_running: usize,
-    /// Tokens in one forward (prefill is chunked to fit).
-    pub max_batch_tokens: usize,
-    /// Prefill tokens in a step that also carries decodes: running streams wait for the whole
-    /// step, so a small cap keeps their inter-token latency down while new prompts prefill in
-    /// more, smaller chunks (Sarathi-style). Steps without decodes use all of
-    /// `max_batch_tokens`.
-    pub max_prefill_tokens_while_decoding: usize,
-    /// Bounds a step that also decodes by time as well: with its prefill chunk it may take at
-    /// most `stretch ×` a decode step of every running sequence (predicted from the steps
-    /// already run, see [`crate::step_cost`]); at least one prompt token goes in, so that
-    /// prompts always progress. 1 keeps every gap near the decode step of the current load
-    /// (first tokens wait longer), larger lets prompts through sooner. `None`: the token cap
-    /// alone.
-    pub max_step_stretch: Option<f64>,
-    /// Positions per KV block.
-    pub block_size: usize,
-    /// KV memory for this model, in MiB (keys and values of every layer).
-    pub kv_cache_mb: usize,
-    /// Reuse cached KV blocks of identical prompt prefixes.
-    pub prefix_caching: bool,
-    /// Exact number of KV blocks (overrides `kv_cache_mb`; tests use tiny pools).
-    pub num_blocks: Option<usize>,
-    /// Element type of a host-memory KV cache (f32 models on the CPU); other storages use the
-    /// model's dtype.
-    pub host_kv_dtype: KvDtype,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            max_waiting: 256,
-            max_running: 32,
-            max_batch_tokens: 512,
-            max_prefill_tokens_while_decoding: 512,
-            max_step_stretch: None,
-            block_size: 16,
-            kv_cache_mb: 512,
-            prefix_caching: true,
-            num_blocks: None,
-            host_kv_dtype: KvDtype::F16,
-        }
-    }
-}
-
-impl EngineConfig {
-    /// Blocks that fit in `kv_cache_mb` for this model.
-    pub fn num_blocks(&self, lm: &LoadedModel) -> usize {
-        if let Some(n) = self.num_blocks {
-            return n.max(1);
-        }
-        let c = lm.model.config();
-        let element = if uses_host_memory(lm.model.dtype(), lm.model.device()) {
-            self.host_kv_dtype.bytes_per_value()
-        } else {
-            lm.model.dtype().size_in_bytes() as f64
-        };
-        let values_per_block = c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.block_size;
-        let bytes_per_block = (values_per_block as f64 * element).max(1.0);
-        (((self.kv_cache_mb << 20) as f64 / bytes_per_block) as usize).max(1)
-    }
-}
 
 struct Submitted {
     req: Request,

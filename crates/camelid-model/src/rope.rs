@@ -223,6 +223,9 @@ mod tests {
                 "frequency {i}: {got} vs {want}"
             );
         }
-        assert!(kept > 0 && divided > 0 && smoothed >= 3, "{kept} {divided} {smoothed}");
+        assert!(
+            kept > 0 && divided > 0 && smoothed >= 3,
+            "{kept} {divided} {smoothed}"
+        );
     }
 }

@@ -245,7 +245,9 @@ fn the_models_own_template_renders_chatml() {
     let path = default_gguf();
     let lm = load(&path);
     let g = camelid_model::load::gguf::GgufFile::open(&path, &candle_core::Device::Cpu).unwrap();
-    let written = g.meta_str("tokenizer.chat_template").expect("GGUF template");
+    let written = g
+        .meta_str("tokenizer.chat_template")
+        .expect("GGUF template");
     match &lm.template {
         camelid_model::ChatTemplate::Jinja { source, .. } => assert_eq!(source, written),
         other => panic!("expected the model's jinja template, got {}", other.name()),

@@ -362,7 +362,10 @@ mod tests {
         assert!(draws(seeded(0.4, 0.0)).iter().all(|&t| t == 3));
         let min_p = draws(seeded(1.0, 0.5));
         assert!(min_p.iter().all(|&t| [3, 4].contains(&t)), "{min_p:?}");
-        assert!(min_p.contains(&3) && min_p.contains(&4), "both survivors are drawn");
+        assert!(
+            min_p.contains(&3) && min_p.contains(&4),
+            "both survivors are drawn"
+        );
         // The control: without the cut, the same seed draws the third token too.
         let uncut = draws(seeded(1.0, 0.0));
         assert!(uncut.contains(&5), "{uncut:?}");
@@ -524,12 +527,21 @@ mod tests {
         let l = logits();
         let lse = l.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
         let want = |i: usize| l[i] as f64 - lse;
-        assert!((t.logprob as f64 - want(5)).abs() < 1e-5, "{} vs {}", t.logprob, want(5));
+        assert!(
+            (t.logprob as f64 - want(5)).abs() < 1e-5,
+            "{} vs {}",
+            t.logprob,
+            want(5)
+        );
         let mut order: Vec<usize> = (0..l.len()).collect();
         order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
         for (&(id, lp), &i) in t.top.iter().zip(&order) {
             assert_eq!(id as usize, i);
-            assert!((lp as f64 - want(i)).abs() < 1e-5, "token {i}: {lp} vs {}", want(i));
+            assert!(
+                (lp as f64 - want(i)).abs() < 1e-5,
+                "token {i}: {lp} vs {}",
+                want(i)
+            );
         }
     }
 }

@@ -1,0 +1,180 @@
+//! The engine's settings: [`EngineConfig`], and the defaults each device gets
+//! ([`EngineConfig::for_device`]) under the user's [`EngineOverrides`].
+
+use crate::paged::uses_host_memory;
+use camelid_model::KvDtype;
+use camelid_model::LoadedModel;
+use candle_core::Device;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Requests that may wait for a batch slot before `submit` says the queue is full.
+    pub max_waiting: usize,
+    /// Sequences in one batch.
+    pub max_running: usize,
+    /// Tokens in one forward (prefill is chunked to fit).
+    pub max_batch_tokens: usize,
+    /// Prefill tokens in a step that also carries decodes: running streams wait for the whole
+    /// step, so a small cap keeps their inter-token latency down while new prompts prefill in
+    /// more, smaller chunks (Sarathi-style). Steps without decodes use all of
+    /// `max_batch_tokens`.
+    pub max_prefill_tokens_while_decoding: usize,
+    /// Bounds a step that also decodes by time as well: with its prefill chunk it may take at
+    /// most `stretch ×` a decode step of every running sequence (predicted from the steps
+    /// already run, see [`crate::step_cost`]); at least one prompt token goes in, so that
+    /// prompts always progress. 1 keeps every gap near the decode step of the current load
+    /// (first tokens wait longer), larger lets prompts through sooner. `None`: the token cap
+    /// alone.
+    pub max_step_stretch: Option<f64>,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// KV memory for this model, in MiB (keys and values of every layer).
+    pub kv_cache_mb: usize,
+    /// Reuse cached KV blocks of identical prompt prefixes.
+    pub prefix_caching: bool,
+    /// Exact number of KV blocks (overrides `kv_cache_mb`; tests use tiny pools).
+    pub num_blocks: Option<usize>,
+    /// Element type of a host-memory KV cache (f32 models on the CPU); other storages use the
+    /// model's dtype.
+    pub host_kv_dtype: KvDtype,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_waiting: 256,
+            max_running: 32,
+            max_batch_tokens: 512,
+            max_prefill_tokens_while_decoding: 512,
+            max_step_stretch: None,
+            block_size: 16,
+            kv_cache_mb: 512,
+            prefix_caching: true,
+            num_blocks: None,
+            host_kv_dtype: KvDtype::F16,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Blocks that fit in `kv_cache_mb` for this model.
+    pub fn num_blocks(&self, lm: &LoadedModel) -> usize {
+        if let Some(n) = self.num_blocks {
+            return n.max(1);
+        }
+        let c = lm.model.config();
+        let element = if uses_host_memory(lm.model.dtype(), lm.model.device()) {
+            self.host_kv_dtype.bytes_per_value()
+        } else {
+            lm.model.dtype().size_in_bytes() as f64
+        };
+        let values_per_block = c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.block_size;
+        let bytes_per_block = (values_per_block as f64 * element).max(1.0);
+        (((self.kv_cache_mb << 20) as f64 / bytes_per_block) as usize).max(1)
+    }
+}
+
+/// The settings a user chose for [`EngineConfig::for_device`]; `None` keeps the device's
+/// default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineOverrides {
+    pub max_waiting: Option<usize>,
+    pub max_running: Option<usize>,
+    /// Default: 512 on the CPU, 2048 on CUDA.
+    pub max_batch_tokens: Option<usize>,
+    /// Default: 64 on the CPU, the step budget (`max_batch_tokens`) on CUDA.
+    pub max_prefill_tokens_while_decoding: Option<usize>,
+    /// Default: 1 on the CPU, off on CUDA; 0 (or less) turns it off, values below 1 count
+    /// as 1.
+    pub max_step_stretch: Option<f64>,
+    pub block_size: Option<usize>,
+    pub kv_cache_mb: Option<usize>,
+    pub prefix_caching: Option<bool>,
+    pub host_kv_dtype: Option<KvDtype>,
+}
+
+impl EngineConfig {
+    /// The serving defaults for a model on `device`, with the user's overrides applied (counts
+    /// below 1 count as 1). The CPU gets smaller steps (a prefill stalls running streams for
+    /// about 1.5–2 ms per token there), a small prefill cap while decoding and a step stretch
+    /// of 1; CUDA gets 2048-token steps, prefill uncapped within them and no stretch bound.
+    pub fn for_device(device: &Device, o: &EngineOverrides) -> Self {
+        let d = Self::default();
+        let cpu = device.is_cpu();
+        let max_batch_tokens = o
+            .max_batch_tokens
+            .unwrap_or(if cpu { 512 } else { 2048 })
+            .max(1);
+        Self {
+            max_waiting: o.max_waiting.unwrap_or(d.max_waiting).max(1),
+            max_running: o.max_running.unwrap_or(d.max_running).max(1),
+            max_batch_tokens,
+            max_prefill_tokens_while_decoding: o
+                .max_prefill_tokens_while_decoding
+                .unwrap_or(if cpu { 64 } else { max_batch_tokens })
+                .max(1),
+            max_step_stretch: match o.max_step_stretch {
+                Some(s) if s > 0.0 => Some(s.max(1.0)),
+                Some(_) => None,
+                None => cpu.then_some(1.0),
+            },
+            block_size: o.block_size.unwrap_or(d.block_size).max(1),
+            kv_cache_mb: o.kv_cache_mb.unwrap_or(d.kv_cache_mb).max(1),
+            prefix_caching: o.prefix_caching.unwrap_or(d.prefix_caching),
+            num_blocks: None,
+            host_kv_dtype: o.host_kv_dtype.unwrap_or(d.host_kv_dtype),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_defaults() {
+        let c = EngineConfig::for_device(&Device::Cpu, &EngineOverrides::default());
+        assert_eq!(c.max_batch_tokens, 512);
+        assert_eq!(c.max_prefill_tokens_while_decoding, 64);
+        assert_eq!(c.max_step_stretch, Some(1.0));
+        assert_eq!(
+            (c.max_waiting, c.max_running, c.block_size, c.kv_cache_mb),
+            (256, 32, 16, 512)
+        );
+        assert!(c.prefix_caching && c.num_blocks.is_none());
+        assert_eq!(c.host_kv_dtype, KvDtype::F16);
+    }
+
+    #[test]
+    fn overrides_apply_and_clamp() {
+        let o = EngineOverrides {
+            max_waiting: Some(0),
+            max_running: Some(0),
+            max_batch_tokens: Some(0),
+            max_prefill_tokens_while_decoding: Some(0),
+            max_step_stretch: Some(0.5),
+            block_size: Some(0),
+            kv_cache_mb: Some(0),
+            prefix_caching: Some(false),
+            host_kv_dtype: Some(KvDtype::Q8_0),
+        };
+        let c = EngineConfig::for_device(&Device::Cpu, &o);
+        assert_eq!(
+            (c.max_waiting, c.max_running, c.max_batch_tokens),
+            (1, 1, 1)
+        );
+        assert_eq!(c.max_prefill_tokens_while_decoding, 1);
+        assert_eq!(c.max_step_stretch, Some(1.0));
+        assert_eq!((c.block_size, c.kv_cache_mb), (1, 1));
+        assert!(!c.prefix_caching);
+        assert_eq!(c.host_kv_dtype, KvDtype::Q8_0);
+        let off = EngineOverrides {
+            max_step_stretch: Some(0.0),
+            max_batch_tokens: Some(100),
+            ..Default::default()
+        };
+        let c = EngineConfig::for_device(&Device::Cpu, &off);
+        assert_eq!(c.max_step_stretch, None);
+        assert_eq!(c.max_prefill_tokens_while_decoding, 64);
+    }
+}

@@ -1,0 +1,97 @@
+//! The model and sampling flags the local subcommands share, and loading a model from them.
+
+use anyhow::Result;
+use camelid_model::decode::GenerationParams;
+use camelid_model::load::parse_dtype;
+use camelid_model::{LoadOptions, LoadedModel, SamplingParams};
+use clap::Args;
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Registry name, GGUF file, HF folder or hub id (owner/name). Default: SmolLM2-135M-Instruct.
+    #[arg(long, env = "CAMELID_MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Chat template: a built-in (vicuna_v1.1, llama-2, llama-3, alpaca, zero_shot, one_shot, chatml) or `model`.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Weight dtype for safetensors models: f32, bf16, f16 (default f32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+pub fn parse_device(s: &str) -> Result<candle_core::Device> {
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let idx = s
+                .strip_prefix("cuda:")
+                .map(|i| i.parse::<usize>())
+                .transpose()?
+                .unwrap_or(0);
+            Ok(candle_core::Device::new_cuda(idx)?)
+        }
+        other => anyhow::bail!("unknown device {other:?} (cpu, cuda, cuda:N)"),
+    }
+}
+
+pub fn load(m: &ModelArgs) -> Result<LoadedModel> {
+    let opts = LoadOptions {
+        device: parse_device(&m.device)?,
+        dtype: m.dtype.as_deref().map(parse_dtype).transpose()?,
+        revision: m.revision.clone(),
+        template: m.template.clone(),
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let lm = camelid_model::load(m.model.as_deref(), &opts)?;
+    tracing::info!(
+        "loaded {} ({}) in {:.1}s, template {}",
+        lm.name,
+        lm.path.display(),
+        t.elapsed().as_secs_f32(),
+        lm.template.name()
+    );
+    Ok(lm)
+}
+
+pub fn gen_params(lm: &LoadedModel, s: &SamplingArgs) -> GenerationParams {
+    let sampling = SamplingParams {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        ..Default::default()
+    };
+    let mut p = GenerationParams::new(s.max_tokens, sampling);
+    p.stop_token_ids = lm.stop_token_ids.clone();
+    p.stop_strings = lm.stop_strings.iter().chain(&s.stop).cloned().collect();
+    p
+}
