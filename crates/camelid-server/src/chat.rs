@@ -1,23 +1,22 @@
-//! `POST /v1/chat/completions`.
+//! Chat completions as typed functions: a `ChatRequest` is checked, rendered with the
+//! model's template, tokenised and handed to the engine; `complete` waits for the answer
+//! and returns it as a `ChatResult`. The HTTP handler (`routes::chat`) and the arena
+//! (`routes::arena`) both go through here.
 
 use crate::error::ApiError;
-use crate::format::{chat_logprobs, finish_str, new_id, now_secs, sum_usage, usage_json};
-use crate::openai::{parse_with_sampling, ChatRequest, Content};
-use crate::run::{collect, submit, ChoiceSpec};
-use crate::sse::{stream, ChunkFormat};
-use crate::state::AppState;
+use crate::format::{chat_logprobs, new_id, now_secs, sum_usage};
+use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
+use crate::run::{self, collect, ChoiceSpec, Submission};
+use crate::state::{AppState, ModelEntry};
 use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
-use axum::response::{IntoResponse, Response};
 use camelid_engine::Usage;
-use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
-use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::Message;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// OpenAI messages → template messages. Content parts must be text.
-pub fn to_messages(msgs: &[crate::openai::ChatMessage]) -> Result<Vec<Message>, ApiError> {
+pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -65,16 +64,33 @@ pub fn to_messages(msgs: &[crate::openai::ChatMessage]) -> Result<Vec<Message>, 
         .collect()
 }
 
-pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> {
-    let (req, sampling): (ChatRequest, _) = parse_with_sampling(body)?;
+/// A chat request handed to the engine: its choices are being generated.
+pub struct Submitted {
+    /// The generation; dropping it cancels it.
+    pub sub: Submission,
+    pub model: Arc<ModelEntry>,
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: usize,
+    /// Choices asked for (`n`).
+    pub n: usize,
+}
+
+/// Checks `req` and its sampling fields, renders and tokenises the conversation and submits
+/// its `n` choices. Whether the answer is streamed is the caller's business.
+pub fn submit(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    sampling: &SamplingFields,
+) -> Result<Submitted, ApiError> {
     let model = state.model(Some(&req.model))?;
     let msgs = to_messages(&req.messages)?;
     let text = model
         .template
         .render(&msgs, true)
         .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-    let tok = model.engine.tokenizer();
-    let prompt = tok
+    let prompt = model
+        .engine
+        .tokenizer()
         .encode(&text, true)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(t) = req.top_logprobs {
@@ -91,7 +107,7 @@ pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Respo
             ));
         }
     }
-    let f = &sampling;
+    let f = sampling;
     let mut params = generation_params(
         f,
         model.engine.vocab_size(),
@@ -110,6 +126,7 @@ pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Respo
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
     let n = f.n.unwrap_or(1) as usize;
+    let prompt_tokens = prompt.len();
     let specs = (0..n)
         .map(|i| {
             let mut p = params.clone();
@@ -122,84 +139,72 @@ pub async fn chat_completions(state: Arc<AppState>, body: &[u8]) -> Result<Respo
             }
         })
         .collect();
-    let sub = submit(&state, &model, specs)?;
+    let sub = run::submit(state, &model, specs)?;
+    Ok(Submitted {
+        sub,
+        model,
+        prompt_tokens,
+        n,
+    })
+}
+
+/// One finished choice of a chat completion.
+#[derive(Debug, Clone)]
+pub struct ChatChoice {
+    pub index: usize,
+    /// The assistant message's text.
+    pub content: String,
+    /// OpenAI's chat `logprobs` object, when the request asked for log-probs (token texts
+    /// need the model's tokenizer, so it is rendered here).
+    pub logprobs: Option<Value>,
+    pub finish: FinishReason,
+}
+
+/// A whole chat completion.
+#[derive(Debug, Clone)]
+pub struct ChatResult {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model as the request named it.
+    pub model: String,
+    /// Ordered by index.
+    pub choices: Vec<ChatChoice>,
+    /// Summed over the choices; the prompt counted once.
+    pub usage: Usage,
+}
+
+/// Answers a chat request whole (the request's `stream` is not looked at).
+pub async fn complete(
+    state: Arc<AppState>,
+    req: ChatRequest,
+    sampling: SamplingFields,
+) -> Result<ChatResult, ApiError> {
+    let Submitted {
+        sub,
+        model,
+        prompt_tokens,
+        n,
+    } = submit(&state, &req, &sampling)?;
     let id = new_id("chatcmpl");
     let created = now_secs();
-    if f.stream {
-        let include_usage = f.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let fmt = ChatChunks {
-            id,
-            created,
-            model: req.model.clone(),
-            tok: model.engine.shared_tokenizer(),
-            logprobs: req.logprobs,
-        };
-        return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt.len(), n).into_response());
-    }
     let results = collect(sub, 0).await?;
-    let choices: Vec<Value> = results
+    let tok = model.engine.tokenizer();
+    let choices = results
         .iter()
-        .map(|r| {
-            json!({
-                "index": r.index,
-                "message": {"role": "assistant", "content": r.text},
-                "logprobs": if req.logprobs { chat_logprobs(tok, &r.logprobs) } else { Value::Null },
-                "finish_reason": finish_str(r.finish),
-            })
+        .map(|r| ChatChoice {
+            index: r.index,
+            content: r.text.clone(),
+            logprobs: req.logprobs.then(|| chat_logprobs(tok, &r.logprobs)),
+            finish: r.finish,
         })
         .collect();
-    Ok(axum::Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": req.model,
-        "choices": choices,
-        "usage": usage_json(&sum_usage(&results, prompt.len(), n)),
-        "system_fingerprint": null,
-    }))
-    .into_response())
-}
-
-struct ChatChunks {
-    id: String,
-    created: u64,
-    model: String,
-    tok: Arc<Tokenizer>,
-    logprobs: bool,
-}
-
-impl ChatChunks {
-    fn chunk(&self, choices: Value) -> Value {
-        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-               "system_fingerprint": null, "choices": choices})
-    }
-}
-
-impl ChunkFormat for ChatChunks {
-    fn opening(&self, choices: &[usize]) -> Vec<Value> {
-        choices
-            .iter()
-            .map(|&i| {
-                self.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]))
-            })
-            .collect()
-    }
-    fn token(&self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Option<Value> {
-        if text.is_empty() && !self.logprobs {
-            return None;
-        }
-        let lp = match (self.logprobs, logprob) {
-            (true, Some(l)) => chat_logprobs(&self.tok, std::slice::from_ref(l)),
-            _ => Value::Null,
-        };
-        Some(self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])))
-    }
-    fn finish(&self, index: usize, reason: FinishReason) -> Value {
-        self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_str(reason)}]))
-    }
-    fn usage(&self, usage: &Usage) -> Value {
-        let mut c = self.chunk(json!([]));
-        c["usage"] = usage_json(usage);
-        c
-    }
+    Ok(ChatResult {
+        id,
+        created,
+        model: req.model,
+        choices,
+        usage: sum_usage(&results, prompt_tokens, n),
+    })
 }

@@ -1,188 +1,37 @@
 //! camelid-server: the OpenAI-compatible HTTP API. It validates requests, renders prompts,
 //! hands them to the engine through `EngineHandle::submit`, and streams what comes back.
 //! It never touches tensors.
+//!
+//! This file assembles the router from `routes::*` (one file per route group), adds the
+//! middleware (API keys, request counting, body limit) and serves until shutdown. Modules
+//! import one way, each only modules to its right: `routes` → `chat` → `sse` → `validate`
+//! → `openai` → `format` → `run` → `state` → `arena` (the store) → `metrics` → `error`.
 
 pub mod arena;
 mod chat;
-mod completions;
 pub mod error;
 mod format;
 mod metrics;
 pub mod openai;
+mod routes;
 mod run;
 mod sse;
 pub mod state;
 mod validate;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
-use serde_json::json;
+use routes::{
+    arena as arena_routes, chat as chat_routes, completions, health, metrics as metrics_routes,
+    models, tokenize,
+};
 pub use state::{AppState, ModelEntry, ServerConfig};
 use std::sync::Arc;
-
-type AppResult = Result<Response, ApiError>;
-
-/// The body as bytes; too large is 413, anything else unreadable is 400.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "The request body is too large.",
-            )
-        } else {
-            ApiError::bad_request(format!("Cannot read the request body: {e}"))
-        }
-    })
-}
-
-async fn chat_route(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> AppResult {
-    let body = body_bytes(body)?;
-    chat::chat_completions(s, &body).await
-}
-
-async fn completions_route(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> AppResult {
-    let body = body_bytes(body)?;
-    completions::completions(s, &body).await
-}
-
-async fn arena_battle_route(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> AppResult {
-    let body = body_bytes(body)?;
-    arena::battle(s, &body).await
-}
-
-async fn arena_vote_route(
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> AppResult {
-    let body = body_bytes(body)?;
-    arena::vote(&s, &id, &body)
-}
-
-async fn arena_leaderboard_route(State(s): State<Arc<AppState>>) -> Response {
-    arena::leaderboard(s).await
-}
-
-async fn list_models(State(s): State<Arc<AppState>>) -> AppResult {
-    let models = s.models().ok_or_else(AppState::loading_error)?;
-    let mut data = vec![];
-    for m in &models {
-        for name in std::iter::once(&m.name).chain(&m.aliases) {
-            data.push(
-                json!({"id": name, "object": "model", "created": m.created, "owned_by": "camelid",
-                             "root": m.name, "max_model_len": m.max_model_len}),
-            );
-        }
-    }
-    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
-}
-
-async fn health(State(s): State<Arc<AppState>>) -> Response {
-    match s.models() {
-        Some(m) if !m.is_empty() => (StatusCode::OK, "ok").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response(),
-    }
-}
-
-async fn metrics_route(State(s): State<Arc<AppState>>) -> Response {
-    let models = s.models().unwrap_or_default();
-    let engines: Vec<(&str, &camelid_engine::EngineMetrics)> = models
-        .iter()
-        .map(|m| (m.name.as_str(), m.engine.metrics.as_ref()))
-        .collect();
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(&engines),
-    )
-        .into_response()
-}
-
-async fn tokenize(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> AppResult {
-    let body = body_bytes(body)?;
-    let req: openai::TokenizeRequest = openai::parse_body(&body)?;
-    let (model, ids) = match req {
-        openai::TokenizeRequest::Chat {
-            model,
-            messages,
-            add_generation_prompt,
-        } => {
-            let m = s.model(model.as_deref())?;
-            let msgs = chat::to_messages(&messages)?;
-            let text = m
-                .template
-                .render(&msgs, add_generation_prompt)
-                .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-            let ids = m
-                .engine
-                .tokenizer()
-                .encode(&text, true)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            (m, ids)
-        }
-        openai::TokenizeRequest::Text {
-            model,
-            prompt,
-            add_special_tokens,
-        } => {
-            let m = s.model(model.as_deref())?;
-            let ids = m
-                .engine
-                .tokenizer()
-                .encode(&prompt, add_special_tokens)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            (m, ids)
-        }
-    };
-    Ok(
-        axum::Json(
-            json!({"count": ids.len(), "max_model_len": model.max_model_len, "tokens": ids}),
-        )
-        .into_response(),
-    )
-}
-
-async fn detokenize(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> AppResult {
-    let body = body_bytes(body)?;
-    let req: openai::DetokenizeRequest = openai::parse_body(&body)?;
-    let m = s.model(req.model.as_deref())?;
-    let vocab = m.engine.vocab_size();
-    if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(ApiError::invalid_param(
-            "tokens",
-            format!("token id {bad} is outside the vocabulary ({vocab})"),
-        ));
-    }
-    let text = m
-        .engine
-        .tokenizer()
-        .decode(&req.tokens, false)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(axum::Json(json!({"prompt": text})).into_response())
-}
 
 /// Constant-time comparison, so response timing does not reveal how much of a key matched.
 fn keys_equal(a: &[u8], b: &[u8]) -> bool {
@@ -232,19 +81,19 @@ async fn not_found() -> ApiError {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
-        .route("/v1/models", get(list_models))
-        .route("/v1/chat/completions", post(chat_route))
-        .route("/v1/completions", post(completions_route))
-        .route("/tokenize", post(tokenize))
-        .route("/detokenize", post(detokenize))
-        .route("/arena/battles", post(arena_battle_route))
-        .route("/arena/battles/{id}/vote", post(arena_vote_route))
-        .route("/arena/leaderboard", get(arena_leaderboard_route))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/chat/completions", post(chat_routes::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/arena/battles", post(arena_routes::battle))
+        .route("/arena/battles/{id}/vote", post(arena_routes::vote))
+        .route("/arena/leaderboard", get(arena_routes::leaderboard))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_route))
+        .route("/health", get(health::health))
+        .route("/metrics", get(metrics_routes::metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(state.config.body_limit))

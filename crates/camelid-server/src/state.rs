@@ -1,5 +1,7 @@
-//! What every handler shares: the loaded models (absent while loading), limits, metrics.
+//! What every handler shares: the loaded models (absent while loading), limits, metrics
+//! and the arena's store.
 
+use crate::arena::Arena;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
 use camelid_engine::EngineHandle;
@@ -47,7 +49,7 @@ pub struct AppState {
     models: RwLock<Option<Vec<Arc<ModelEntry>>>>,
     pub config: ServerConfig,
     pub metrics: ServerMetrics,
-    pub arena: crate::arena::Arena,
+    pub arena: Arena,
     permits: Arc<Semaphore>,
 }
 
@@ -56,14 +58,14 @@ impl AppState {
         Self {
             models: RwLock::new(None),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
-            arena: crate::arena::Arena::default(),
+            arena: Arena::default(),
             config,
             metrics: ServerMetrics::default(),
         }
     }
 
     /// The arena to serve (by default one without a vote log).
-    pub fn with_arena(mut self, arena: crate::arena::Arena) -> Self {
+    pub fn with_arena(mut self, arena: Arena) -> Self {
         self.arena = arena;
         self
     }

@@ -1,14 +1,18 @@
 //! `POST /v1/completions`: raw prompts (text or token ids), `echo`, and prompt log-probs —
-//! what lm-evaluation-harness uses to score loglikelihoods.
+//! what lm-evaluation-harness uses to score loglikelihoods. Handler and stream chunks.
 
+use super::{body_bytes, AppResult};
 use crate::error::ApiError;
-use crate::format::{completion_logprobs, finish_str, new_id, now_secs, usage_json};
+use crate::format::{completion_logprobs, finish_str, new_id, now_secs, usage_json, CachedPrompt};
 use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
 use crate::run::{collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
 use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
-use axum::response::{IntoResponse, Response};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::IntoResponse;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
@@ -16,8 +20,12 @@ use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> {
-    let (req, sampling): (CompletionRequest, _) = parse_with_sampling(body)?;
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> AppResult {
+    let body = body_bytes(body)?;
+    let (req, sampling): (CompletionRequest, _) = parse_with_sampling(&body)?;
     let model = state.model(Some(&req.model))?;
     let tok = model.engine.tokenizer();
     let prompts: Vec<Vec<u32>> = match &req.prompt {
@@ -148,7 +156,7 @@ pub async fn completions(state: Arc<AppState>, body: &[u8]) -> Result<Response, 
         };
         choices.push(json!({"index": r.index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(r.finish)}));
     }
-    let mut cached = crate::format::CachedPrompt::new(n);
+    let mut cached = CachedPrompt::new(n);
     for r in &results {
         cached.record(r.index, r.usage.cached_tokens);
     }
