@@ -12,5 +12,12 @@ fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
 cargo test --workspace "$@"
 # The kernels' AVX2 flavours again on a machine with AVX-512 (where they would otherwise never
-# run): the same unit tests against the same scalar references, the AVX-512 paths turned off.
-CAMELID_NO_AVX512=1 cargo test -p camelid-kernels --lib "$@"
+# run): the kernel unit tests (each against its scalar reference) with the AVX-512 paths off.
+# The test binary the run above built, run directly: a second `cargo test` with other
+# arguments may resolve features differently and recompile candle.
+if [ "${1:-}" != "--no-run" ]; then
+  KERNEL_TESTS=$(cargo test --workspace --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*/camelid_kernels-[^"]*"' | cut -d'"' -f4 | head -1)
+  [ -n "$KERNEL_TESTS" ] || { echo "camelid-kernels unit-test binary not found" >&2; exit 1; }
+  CAMELID_NO_AVX512=1 "$KERNEL_TESTS"
+fi
