@@ -46,19 +46,26 @@ check(text == r.choices[0].message.content, f"stream text {text!r} == whole {r.c
 r2 = client.chat.completions.create(model=model, messages=msgs, max_tokens=6, n=2, temperature=1.0, seed=3)
 check(sorted(c.index for c in r2.choices) == [0, 1], "n=2")
 
+# The stop string is the second word of the same greedy text, so it must occur.
 full = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0,
                                       extra_body={"ignore_eos": True}).choices[0].message.content
 words = full.split()
-if len(words) >= 2:
-    r3 = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0, stop=[words[1]])
-    check(words[1] not in r3.choices[0].message.content and r3.choices[0].finish_reason == "stop", "stop")
+check(len(words) >= 2, f"12 greedy tokens make two words: {full!r}")
+r3 = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0, stop=[words[1]],
+                                    extra_body={"ignore_eos": True})
+cut = r3.choices[0].message.content
+check(r3.choices[0].finish_reason == "stop", f"stop: finish_reason {r3.choices[0].finish_reason!r}")
+check(words[1] not in cut and full.startswith(cut), f"stop: {cut!r} is {full!r} cut before {words[1]!r}")
 
 a = client.chat.completions.create(model=model, messages=msgs, max_tokens=10, temperature=1.0, seed=1234)
 b = client.chat.completions.create(model=model, messages=msgs, max_tokens=10, temperature=1.0, seed=1234)
 check(a.choices[0].message.content == b.choices[0].message.content, "same seed, same text")
 
-r4 = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, logprobs=True, top_logprobs=5)
-for t in r4.choices[0].logprobs.content:
+r4 = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, logprobs=True, top_logprobs=5,
+                                    extra_body={"ignore_eos": True})
+lps = r4.choices[0].logprobs.content
+check(len(lps) == r4.usage.completion_tokens == 4, f"a logprob per token: {len(lps)} for {r4.usage.completion_tokens}")
+for t in lps:
     check(t.logprob <= 0, "logprob <= 0")
     check(len(t.top_logprobs) == 5, "5 alternatives")
     check(sum(math.exp(x.logprob) for x in t.top_logprobs) <= 1 + 1e-4, "top mass <= 1")

@@ -20,6 +20,9 @@ pub struct EngineMetrics {
     pub prefix_cache_lookups: AtomicU64,
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_prompt_tokens: AtomicU64,
+    /// The largest prefill chunk (tokens) that rode in a step with decodes: what the
+    /// prefill caps and the time bound let through.
+    pub max_prefill_tokens_with_decodes: AtomicU64,
     /// Duration of the engine's steps (every running stream waits for a whole step).
     pub step_seconds: StepHistogram,
 }
@@ -68,6 +71,9 @@ impl EngineMetrics {
     }
     pub(crate) fn set(v: &AtomicU64, n: u64) {
         v.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn max(v: &AtomicU64, n: u64) {
+        v.fetch_max(n, Ordering::Relaxed);
     }
 }
 

@@ -411,6 +411,12 @@ impl Engine {
         if !members.is_empty() {
             let started = std::time::Instant::now();
             let prefill = batch.tokens.len() - batch_decodes;
+            if batch_decodes > 0 {
+                M::max(
+                    &self.metrics.max_prefill_tokens_with_decodes,
+                    prefill as u64,
+                );
+            }
             self.forward_and_sample(batch, members, &mut done);
             let secs = started.elapsed().as_secs_f64();
             self.metrics.step_seconds.observe(secs);

@@ -179,6 +179,19 @@ fn time_bounded_prefill_chunks_change_no_output() {
         },
     );
     assert_eq!(run(&bounded), run(&unbounded));
+    // The bound took effect: without it a long prompt goes whole into a step beside the
+    // first stream's decode; with it, no step with decodes carried half a long prompt.
+    let chunk = |e: &EngineHandle| EngineMetrics::get(&e.metrics.max_prefill_tokens_with_decodes);
+    assert!(
+        chunk(&unbounded) >= 44,
+        "the unbounded engine never prefilled a whole prompt beside a decode: {}",
+        chunk(&unbounded)
+    );
+    assert!(
+        (1..22).contains(&chunk(&bounded)),
+        "stretch 1 let {} prefill tokens into a step with decodes",
+        chunk(&bounded)
+    );
 }
 
 #[test]
@@ -274,6 +287,8 @@ fn seeded_sampling_is_batch_invariant() {
     )
     .unwrap()
     .0;
+    wait_idle(&engine.metrics);
+    let steps_before = EngineMetrics::get(&engine.metrics.steps);
     let mut rxs = vec![];
     for (i, p) in others.iter().enumerate() {
         let s = SamplingParams {
@@ -305,6 +320,42 @@ fn seeded_sampling_is_batch_invariant() {
     assert_eq!(
         outs[8], alone,
         "the same seed gave other tokens in a batch of 16"
+    );
+    // The probe did run in a batch. Every request takes exactly 12 steps (its prefill
+    // samples the first token, 11 decodes follow); had the probe shared s fewer of its
+    // steps, the others would have needed s steps of their own besides: it shared at least
+    // 24 - steps of its 12.
+    let steps = EngineMetrics::get(&engine.metrics.steps) - steps_before;
+    assert!(
+        steps <= 18,
+        "{steps} steps for 16 requests of 12 tokens: the probe shared fewer than 6 steps"
+    );
+    // And the tokens are samples: of the seed and the temperature.
+    let alone_with = |sampling: SamplingParams| {
+        drain(
+            engine
+                .submit(Request {
+                    prompt: probe.clone(),
+                    params: params(12, sampling),
+                    prompt_logprobs: None,
+                })
+                .unwrap(),
+        )
+        .unwrap()
+        .0
+    };
+    assert_ne!(
+        alone_with(SamplingParams {
+            seed: Some(4321),
+            ..sampling.clone()
+        }),
+        alone,
+        "another seed gave the same tokens"
+    );
+    assert_ne!(
+        alone_with(SamplingParams::greedy()),
+        alone,
+        "temperature 0.9 gave the greedy tokens"
     );
 }
 

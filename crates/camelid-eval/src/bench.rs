@@ -1,7 +1,8 @@
 //! `camelid bench`: load generation against any OpenAI-compatible server (camelid,
 //! llama.cpp's llama-server, vLLM). Streams completions with a fixed prompt length and exactly
 //! N output tokens (`ignore_eos`) from 1..C concurrent clients, and reports prefill and
-//! decode throughput, time to first token and inter-token latency.
+//! decode throughput, time to first token and inter-token latency. A request that comes back
+//! with fewer tokens than asked fails the run (a server that stops early would look faster).
 
 use anyhow::{anyhow, Result};
 use futures::StreamExt;
@@ -29,6 +30,9 @@ pub struct Trace {
     pub gaps: Vec<f64>,
     pub total: f64,
     pub chunks: usize,
+    /// Tokens the server generated: its streamed usage where it sends one, else the chunks
+    /// with text.
+    pub tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,7 +80,7 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
         o.endpoint.trim_end_matches('/').trim_end_matches("/v1")
     );
     let body = json!({"model": o.model, "prompt": prompt, "max_tokens": o.output_tokens, "temperature": 0,
-                      "ignore_eos": true, "stream": true});
+                      "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
     let mut req = http.post(url).json(&body);
     if let Some(k) = &o.api_key {
         req = req.bearer_auth(k);
@@ -94,6 +98,7 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
     let mut buf = String::new();
     let mut trace = Trace::default();
     let mut last: Option<Instant> = None;
+    let mut usage_tokens: Option<usize> = None;
     while let Some(chunk) = stream.next().await {
         buf.push_str(&String::from_utf8_lossy(&chunk?));
         while let Some(nl) = buf.find('\n') {
@@ -106,6 +111,9 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
                 continue;
             }
             let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                usage_tokens = Some(n as usize);
+            }
             let has_text = v["choices"][0]["text"]
                 .as_str()
                 .is_some_and(|t| !t.is_empty());
@@ -122,6 +130,20 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
         }
     }
     trace.total = t0.elapsed().as_secs_f64();
+    trace.tokens = usage_tokens.unwrap_or(trace.chunks);
+    if trace.tokens < o.output_tokens {
+        return Err(anyhow!(
+            "a request returned {} of the {} tokens asked for ({}): the server stopped early, \
+             its timings would not be comparable",
+            trace.tokens,
+            o.output_tokens,
+            if usage_tokens.is_some() {
+                "its usage"
+            } else {
+                "streamed chunks with text"
+            }
+        ));
+    }
     Ok(trace)
 }
 
@@ -170,7 +192,7 @@ pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
         let wall = t0.elapsed().as_secs_f64();
         let ttfts: Vec<f64> = traces.iter().map(|t| t.ttft).collect();
         let gaps: Vec<f64> = traces.iter().flat_map(|t| t.gaps.iter().copied()).collect();
-        let generated = (traces.len() * o.output_tokens) as f64;
+        let generated = traces.iter().map(|t| t.tokens).sum::<usize>() as f64;
         let itl50 = percentile(&gaps, 50.0);
         out.push(LevelResult {
             clients: c,
@@ -250,5 +272,107 @@ mod tests {
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert!(percentile(&[], 50.0).is_nan());
         assert_eq!(make_prompt(4), "the cat sat on");
+    }
+
+    /// A stand-in OpenAI server for `/v1/completions` streams: each request gets
+    /// `max_tokens - short` one-token text chunks, with a usage chunk (the tokens it sent)
+    /// when `usage` is set and the request asked for one. Returns its base URL.
+    async fn fake_server(short: usize, usage: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let body = loop {
+                        let n = sock.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "request cut short");
+                        req.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&req).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let len: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break serde_json::from_slice::<Value>(&req[end + 4..end + 4 + len])
+                                .unwrap();
+                        }
+                    };
+                    let asked = body["max_tokens"].as_u64().unwrap() as usize;
+                    let sent = asked - short;
+                    let mut out = String::from(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                    );
+                    for i in 0..sent {
+                        out += &format!(
+                            "data: {}\n\n",
+                            json!({"choices": [{"index": 0, "text": format!(" t{i}"), "finish_reason": null}]})
+                        );
+                    }
+                    let reason = if short > 0 { "stop" } else { "length" };
+                    out += &format!(
+                        "data: {}\n\n",
+                        json!({"choices": [{"index": 0, "text": "", "finish_reason": reason}]})
+                    );
+                    if usage && body["stream_options"]["include_usage"] == true {
+                        out += &format!(
+                            "data: {}\n\n",
+                            json!({"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": sent}})
+                        );
+                    }
+                    out += "data: [DONE]\n\n";
+                    sock.write_all(out.as_bytes()).await.unwrap();
+                    sock.shutdown().await.unwrap();
+                });
+            }
+        });
+        base
+    }
+
+    fn options(endpoint: String) -> BenchOptions {
+        BenchOptions {
+            endpoint,
+            model: "fake".into(),
+            prompt_tokens: 8,
+            output_tokens: 16,
+            concurrency: vec![1, 2],
+            requests_per_client: 2,
+            api_key: None,
+        }
+    }
+
+    /// A server that sends every token asked for is measured; one that stops early fails
+    /// the run, whether it reports its usage or only streams fewer chunks.
+    #[tokio::test]
+    async fn a_server_that_stops_early_fails_the_run() {
+        for usage in [true, false] {
+            let full = run(&options(fake_server(0, usage).await)).await.unwrap();
+            assert_eq!(full.len(), 2);
+            for level in &full {
+                assert_eq!(level.requests, level.clients * 2);
+                let generated = level.aggregate_tok_s * level.wall_s;
+                assert!(
+                    (generated - (level.requests * 16) as f64).abs() < 1e-6,
+                    "{level:?}"
+                );
+            }
+            let err = run(&options(fake_server(3, usage).await))
+                .await
+                .expect_err("a server sending 13 of 16 tokens must fail the run")
+                .to_string();
+            assert!(err.contains("13 of the 16 tokens"), "{err}");
+        }
     }
 }

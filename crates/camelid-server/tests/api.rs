@@ -241,15 +241,36 @@ fn chat_completion_shape_and_exact_usage() {
 
 #[test]
 fn greedy_is_deterministic_and_seed_reproducible() {
-    let a = chat(json!({})).1["choices"][0]["message"]["content"].clone();
-    let b = chat(json!({})).1["choices"][0]["message"]["content"].clone();
-    assert_eq!(a, b);
-    let s1 = chat(json!({"temperature": 1.0, "seed": 42, "max_tokens": 12})).1;
-    let s2 = chat(json!({"temperature": 1.0, "seed": 42, "max_tokens": 12})).1;
+    // The text of a successful answer (a failure never compares equal to anything).
+    let text = |extra: Value| -> String {
+        let (st, body) = chat(extra);
+        assert_eq!(st, 200, "{body}");
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no content: {body}"))
+            .to_string()
+    };
+    let ask = |seed: Option<u64>| {
+        let mut b = json!({"max_tokens": 12, "ignore_eos": true});
+        if let Some(seed) = seed {
+            b["temperature"] = json!(1.0);
+            b["seed"] = json!(seed);
+        }
+        b
+    };
+    let greedy = text(ask(None));
+    assert!(!greedy.is_empty());
+    assert_eq!(greedy, text(ask(None)), "greedy is deterministic");
+    let s42 = text(ask(Some(42)));
     assert_eq!(
-        s1["choices"][0]["message"]["content"],
-        s2["choices"][0]["message"]["content"]
+        s42,
+        text(ask(Some(42))),
+        "the same seed gives the same text"
     );
+    // Sampling does sample: a seeded sample is not the greedy answer, and another seed gives
+    // other text.
+    assert_ne!(s42, greedy, "temperature 1 gave the greedy text");
+    assert_ne!(s42, text(ask(Some(7))), "seeds 42 and 7 gave the same text");
 }
 
 #[test]
@@ -346,7 +367,8 @@ fn streaming_chat_chunks() {
 
 #[test]
 fn n_choices_whole_and_streamed() {
-    let (st, body) = chat(json!({"n": 2, "temperature": 0.9, "seed": 1, "max_tokens": 4}));
+    let (st, body) =
+        chat(json!({"n": 2, "temperature": 0.9, "seed": 1, "max_tokens": 8, "ignore_eos": true}));
     assert_eq!(st, 200, "{body}");
     let idx: Vec<u64> = body["choices"]
         .as_array()
@@ -355,6 +377,14 @@ fn n_choices_whole_and_streamed() {
         .map(|c| c["index"].as_u64().unwrap())
         .collect();
     assert_eq!(idx, vec![0, 1]);
+    // The choices are samples of their own, not one answer twice.
+    let texts: Vec<&str> = body["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_ne!(texts[0], texts[1], "n = 2 gave the same text twice");
     let events = stream_events(
         "/v1/chat/completions",
         json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "n": 2, "stream": true, "ignore_eos": true}),
@@ -431,12 +461,41 @@ fn completions_text_tokens_echo_and_prompt_logprobs() {
             .unwrap()
     };
     assert!(last(&body) > last(&other));
-    // Streaming completions.
-    let events = stream_events(
-        "/v1/completions",
-        json!({"model": "smol", "prompt": "Hello", "max_tokens": 3, "stream": true, "ignore_eos": true}),
-    );
+    // Streaming completions: the greedy text of the whole answer, token by token, then its
+    // finish reason and usage.
+    let ask = json!({"model": "smol", "prompt": "Hello", "max_tokens": 6, "ignore_eos": true, "temperature": 0});
+    let (st, whole) = post("/v1/completions", ask.clone());
+    assert_eq!(st, 200, "{whole}");
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    streamed["logprobs"] = json!(0); // a chunk per token, even one with no visible text
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = stream_events("/v1/completions", streamed);
     assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let tokens: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["text"].is_string() && c["choices"][0]["finish_reason"].is_null()
+        })
+        .collect();
+    let text: String = tokens
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(tokens.len(), 6, "one chunk per token: {chunks:?}");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("length")]);
+    assert_eq!(whole["choices"][0]["finish_reason"], "length");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 6);
 }
 
 #[test]
@@ -630,18 +689,36 @@ fn disconnect_cancels_generation() {
         let mut body = r.bytes_stream();
         body.next().await;
         body.next().await;
+        body.next().await;
+        let text = client()
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let used: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("camelid_kv_blocks_used"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(used > 0.0, "no KV blocks in use while generating:\n{text}");
         drop(body);
     });
+    // The generation held KV blocks (its prompt's at least) while it ran; /metrics shows them
+    // freed once it is cancelled.
     let t = std::time::Instant::now();
     loop {
         let running = metric(&s.base, "camelid_running_requests");
         let cancelled = metric(&s.base, "camelid_cancelled_requests_total");
-        if running == 0.0 && cancelled >= 1.0 {
+        let blocks = metric(&s.base, "camelid_kv_blocks_used");
+        if running == 0.0 && cancelled >= 1.0 && blocks == 0.0 {
             break;
         }
         assert!(
             t.elapsed().as_secs() < 20,
-            "generation was not cancelled (running {running}, cancelled {cancelled})"
+            "generation was not cancelled (running {running}, cancelled {cancelled}, KV blocks used {blocks})"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -855,4 +932,31 @@ fn arena_battles_are_anonymous_and_votes_rate_the_models() {
     let restarted = start_models(state(), &["smol-a", "smol-b"]);
     let (_, board2) = get_json(&restarted.base, "/arena/leaderboard");
     assert_eq!(board2["leaderboard"], board["leaderboard"]);
+}
+
+/// `/health` says 503 while the models load (the state holds none yet), and so do the API
+/// routes; once the models are set it says 200 and requests are served.
+#[test]
+fn health_is_503_while_the_models_load() {
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    let listener = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    runtime().spawn(camelid_server::serve(listener, state.clone()));
+    let health = || {
+        runtime().block_on(async {
+            let r = client().get(format!("{base}/health")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let ask =
+        json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1});
+    assert_eq!(health(), (503, "loading".to_string()));
+    let (st, b) = post_raw(&base, "/v1/chat/completions", ask.to_string().into_bytes());
+    assert_error(st, &b, 503, None);
+    state.set_models(vec![entry("smol")]);
+    assert_eq!(health().0, 200);
+    let (st, b) = post_raw(&base, "/v1/chat/completions", ask.to_string().into_bytes());
+    assert_eq!(st, 200, "{b}");
 }

@@ -78,15 +78,49 @@ fn answer_judge_show_with_camelid_as_contestant_and_judge() {
                     && l["model_id"] == id
                     && l["tstamp"].is_f64()
             );
-            assert_eq!(
-                l["choices"][0]["turns"].as_array().unwrap().len(),
-                2,
-                "both turns answered"
+            let turns = l["choices"][0]["turns"].as_array().unwrap();
+            assert_eq!(turns.len(), 2, "both turns answered");
+            assert!(
+                turns
+                    .iter()
+                    .all(|t| t.as_str().is_some_and(|t| !t.trim().is_empty())),
+                "an empty answer: {l}"
             );
         }
-        // Resumable: a second run adds nothing.
+        // Resumable: a second run leaves the file as it is, byte for byte.
+        let full = std::fs::read(&out).unwrap();
         camelid(&args);
-        assert_eq!(lines(&out).len(), 8);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            full,
+            "a second run changed the answers"
+        );
+        // With the last three answers gone, a run keeps the five left byte for byte and
+        // appends the three missing questions' answers.
+        let text = String::from_utf8(full.clone()).unwrap();
+        let kept: String = text.split_inclusive('\n').take(5).collect();
+        std::fs::write(&out, &kept).unwrap();
+        camelid(&args);
+        let resumed = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            resumed.starts_with(&kept),
+            "the resumed run rewrote the existing answers"
+        );
+        let ids = |t: &str| -> std::collections::BTreeSet<u64> {
+            t.lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["question_id"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(lines(&out).len(), 8, "{resumed}");
+        assert_eq!(ids(&resumed), ids(&text), "the same eight questions");
+        assert!(
+            ids(&resumed[kept.len()..]).is_disjoint(&ids(&kept)),
+            "answered a question twice"
+        );
     }
     let single = dir.join("single.jsonl");
     camelid(&[

@@ -33,8 +33,15 @@ fn openai_python_client_works_against_serve() {
     assert!(stdout.contains("passed, 0 failed"), "{stdout}");
 }
 
-fn http(base: &str, path: &str, body: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
+/// A streamed response read over a raw HTTP/1.1 connection: the SSE `data:` payloads, handed
+/// to `on_data` as they arrive (the body is chunked: de-chunked here).
+fn stream_data(
+    base: &str,
+    path: &str,
+    body: &str,
+    mut on_data: impl FnMut(&str),
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr)?;
     write!(
@@ -42,34 +49,156 @@ fn http(base: &str, path: &str, body: &str) -> std::io::Result<String> {
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let mut chunked = false;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(std::io::Error::other("connection closed in the headers"));
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.starts_with("http/1.1 ") {
+            assert!(l.starts_with("http/1.1 200"), "status line {l}");
+        }
+        chunked |= l == "transfer-encoding: chunked";
+        if l.is_empty() {
+            break;
+        }
+    }
+    assert!(chunked, "a stream is sent chunked");
+    let mut pending = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim(), 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
+        if size == 0 {
+            break;
+        }
+        let mut chunk = vec![0; size + 2];
+        r.read_exact(&mut chunk)?;
+        pending.extend_from_slice(&chunk[..size]);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let l: Vec<u8> = pending.drain(..=nl).collect();
+            let l = String::from_utf8_lossy(&l);
+            if let Some(d) = l.trim_end().strip_prefix("data: ") {
+                on_data(d);
+            }
+        }
+    }
+    Ok(())
 }
 
+/// SIGTERM while a long stream is in flight: the listener closes at once (a new connection
+/// is refused while the stream still runs), the stream runs to its full length, then the
+/// process exits cleanly.
 #[test]
 fn sigterm_lets_streams_finish_then_exits() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const N: usize = 256;
     let mut s = serve(&[]);
     let base = s.base.clone();
-    let stream = std::thread::spawn(move || {
-        http(
-            &base,
-            "/v1/chat/completions",
-            r#"{"model":"default","messages":[{"role":"user","content":"Hi"}],"max_tokens":24,"ignore_eos":true,"stream":true}"#,
-        )
-    });
-    std::thread::sleep(Duration::from_millis(700));
+    // logprobs: every token is a chunk of its own (even one with no visible text), so the
+    // chunks count the tokens.
+    let body = format!(
+        r#"{{"model":"default","messages":[{{"role":"user","content":"Hi"}}],"max_tokens":{N},"ignore_eos":true,"logprobs":true,"stream":true,"stream_options":{{"include_usage":true}}}}"#
+    );
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let signalled = Arc::new(AtomicBool::new(false));
+    let after_signal = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let (signalled, after_signal, done) =
+            (signalled.clone(), after_signal.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut events: Vec<String> = vec![];
+            let r = stream_data(&base, "/v1/chat/completions", &body, |d| {
+                if events.is_empty() {
+                    let _ = first_tx.send(());
+                }
+                if signalled.load(Ordering::SeqCst) {
+                    after_signal.fetch_add(1, Ordering::SeqCst);
+                }
+                if d == "[DONE]" {
+                    done.store(true, Ordering::SeqCst);
+                }
+                events.push(d.to_string());
+            });
+            r.map(|()| events)
+        })
+    };
+    first_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the stream's first chunk");
     let pid = s.child.id().to_string();
+    signalled.store(true, Ordering::SeqCst);
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let body = stream
+    // While the stream drains, the listener is gone: new connections are refused.
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let t = Instant::now();
+    loop {
+        match std::net::TcpStream::connect(&addr) {
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                break;
+            }
+            Ok(c) => drop(c),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still accepting connections 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the stream had ended before the refused connection: nothing was draining"
+    );
+    let events = stream
         .join()
         .unwrap()
         .expect("the in-flight stream completes");
-    assert!(body.contains("data: [DONE]"), "stream was cut: {body}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "stream was cut: {events:?}"
+    );
+    assert!(
+        after_signal.load(Ordering::SeqCst) > N / 2,
+        "most of the stream came after SIGTERM ({} chunks)",
+        after_signal.load(Ordering::SeqCst)
+    );
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let tokens = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"].is_string()
+                && c["choices"][0]["delta"]["role"].is_null()
+        })
+        .count();
+    assert_eq!(tokens, N, "token chunks");
+    let finish: Vec<&serde_json::Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&serde_json::json!("length")]);
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"],
+        N,
+        "{:?}",
+        chunks.last()
+    );
     let t = Instant::now();
     loop {
         if let Some(st) = s.child.try_wait().unwrap() {
@@ -82,10 +211,69 @@ fn sigterm_lets_streams_finish_then_exits() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A non-streamed POST over a raw connection: (status, JSON body).
+fn post_json(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(
-        http(&s.base, "/health", "").is_err(),
-        "still accepting after exit"
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
     );
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|_| body.into()),
+    )
+}
+
+/// `--alias NAME=ALIAS`: the model answers to its alias as to its name; an alias given for
+/// another name is not the model's, and an unknown name is a 404.
+#[test]
+fn alias_names_the_model() {
+    let s = serve(&[
+        "--model",
+        "smol=smollm2-135m-instruct",
+        "--alias",
+        "smol=chatty",
+        "--alias",
+        "other=elsewhere",
+    ]);
+    let ask = |model: &str| {
+        post_json(
+            &s.base,
+            "/v1/chat/completions",
+            &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Hi"}],
+                                "max_tokens": 4, "temperature": 0})
+            .to_string(),
+        )
+    };
+    let (st, by_name) = ask("smol");
+    assert_eq!(st, 200, "{by_name}");
+    let (st, by_alias) = ask("chatty");
+    assert_eq!(st, 200, "{by_alias}");
+    assert_eq!(
+        by_alias["choices"][0]["message"]["content"], by_name["choices"][0]["message"]["content"],
+        "the alias is the same model"
+    );
+    for unknown in ["elsewhere", "nope"] {
+        let (st, b) = ask(unknown);
+        assert_eq!(st, 404, "{unknown}: {b}");
+        assert_eq!(b["error"]["code"], "model_not_found", "{b}");
+    }
 }
 
 #[test]

@@ -1,0 +1,76 @@
+//! Hub ids and `--revision` without the network: `HF_HUB_OFFLINE=1` over a Hugging Face
+//! cache laid out as hf-hub (and the Python hub) write it, `models--org--name/refs/<rev>`
+//! naming a commit and `snapshots/<commit>/` holding its files. Its own test binary: it sets
+//! `HF_HOME` and `HF_HUB_OFFLINE` for the whole process.
+
+use camelid_model::hub::fetch_repo;
+use camelid_model::loader::resolve;
+use camelid_model::LoadOptions;
+use std::path::{Path, PathBuf};
+
+const MAIN: &str = "1111111111111111111111111111111111111111";
+const V2: &str = "2222222222222222222222222222222222222222";
+
+/// `HF_HOME/hub/models--acme--tiny-llama`: `main` is a commit with a config and no weights,
+/// the tag `v2` a commit with the whole tiny model.
+fn fake_cache(home: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    let repo = home.join("hub").join("models--acme--tiny-llama");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), MAIN).unwrap();
+    std::fs::write(repo.join("refs/v2"), V2).unwrap();
+    let main = repo.join("snapshots").join(MAIN);
+    std::fs::create_dir_all(&main).unwrap();
+    std::fs::copy(fixture.join("config.json"), main.join("config.json")).unwrap();
+    let v2 = repo.join("snapshots").join(V2);
+    std::fs::create_dir_all(&v2).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.model"] {
+        std::fs::copy(fixture.join(f), v2.join(f)).unwrap();
+    }
+    repo
+}
+
+#[test]
+fn revisions_resolve_through_the_offline_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = fake_cache(home.path());
+    std::env::set_var("HF_HOME", home.path());
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let id = "acme/tiny-llama";
+    // No revision: `main`'s commit; a tag: its own commit's snapshot.
+    assert_eq!(
+        fetch_repo(id, None).unwrap(),
+        repo.join("snapshots").join(MAIN)
+    );
+    assert_eq!(
+        fetch_repo(id, Some("main")).unwrap(),
+        repo.join("snapshots").join(MAIN)
+    );
+    assert_eq!(
+        fetch_repo(id, Some("v2")).unwrap(),
+        repo.join("snapshots").join(V2)
+    );
+    // A revision the cache does not have is an error that says why, not another snapshot.
+    let err = fetch_repo(id, Some("v3")).unwrap_err().to_string();
+    assert!(err.contains("HF_HUB_OFFLINE") && err.contains(id), "{err}");
+    let err = fetch_repo("acme/absent", None).unwrap_err().to_string();
+    assert!(err.contains("acme/absent"), "{err}");
+    // The loader resolves a hub id the same way and loads the revision asked for: `v2` has
+    // weights, `main` has none.
+    let (name, path, template) = resolve(Some(id), Some("v2")).unwrap();
+    assert_eq!(
+        (name.as_str(), path, template),
+        (id, repo.join("snapshots").join(V2), None)
+    );
+    let opts = |revision: Option<&str>| LoadOptions {
+        revision: revision.map(String::from),
+        ..LoadOptions::default()
+    };
+    let lm = camelid_model::load(Some(id), &opts(Some("v2"))).expect("loading revision v2");
+    assert_eq!(lm.path, repo.join("snapshots").join(V2));
+    assert_eq!(lm.name, id);
+    assert!(
+        camelid_model::load(Some(id), &opts(None)).is_err(),
+        "main has no weights: loading it must fail"
+    );
+}
