@@ -3,8 +3,8 @@
 //! naming a commit and `snapshots/<commit>/` holding its files. Its own test binary: it sets
 //! `HF_HOME` and `HF_HUB_OFFLINE` for the whole process.
 
-use camelid_model::hub::fetch_repo;
-use camelid_model::loader::resolve;
+use camelid_model::load::hub::fetch_repo;
+use camelid_model::load::resolve;
 use camelid_model::LoadOptions;
 use std::path::{Path, PathBuf};
 
