@@ -1,4 +1,6 @@
-//! The default model's tokenizer: built from GGUF metadata, and as written to tokenizer.json.
+//! The default model's tokenizer: against token ids from an independent implementation
+//! (llama.cpp's `llama-tokenize` on the same GGUF, committed by
+//! tests/fixtures/smollm2/make_ids.py), and as camelid writes it to tokenizer.json.
 
 mod common;
 
@@ -55,4 +57,27 @@ fn gguf_tokenizer_round_trips_and_matches_converted_tokenizer_json() {
     );
     // Digits split one by one (SmolLM's pre-tokenizer).
     assert_eq!(gguf.tokenizer.encode("123", false).unwrap().len(), 3);
+}
+
+/// Every committed case: camelid's tokenizer built from the GGUF metadata gives llama.cpp's ids
+/// (and decodes them back to the text).
+#[test]
+fn gguf_tokenizer_gives_llama_cpp_ids() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/smollm2/llama_cpp_ids.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("fixture JSON");
+    let cases = doc["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 20, "{} cases", cases.len());
+    let lm = common::load(&common::default_gguf());
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert!(!want.is_empty(), "{text:?}: no reference ids");
+        let got = lm.tokenizer.encode(text, false).unwrap();
+        assert_eq!(got, want, "{text:?}");
+        assert_eq!(lm.tokenizer.decode(&got, false).unwrap(), text);
+    }
 }
