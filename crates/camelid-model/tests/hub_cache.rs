@@ -19,6 +19,7 @@ fn fake_cache(home: &Path) -> PathBuf {
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), MAIN).unwrap();
     std::fs::write(repo.join("refs/v2"), V2).unwrap();
+    // No `refs/<commit>` for either commit: only tags and branches have refs.
     let main = repo.join("snapshots").join(MAIN);
     std::fs::create_dir_all(&main).unwrap();
     std::fs::copy(fixture.join("config.json"), main.join("config.json")).unwrap();
@@ -48,6 +49,11 @@ fn revisions_resolve_through_the_offline_cache() {
     );
     assert_eq!(
         fetch_repo(id, Some("v2")).unwrap(),
+        repo.join("snapshots").join(V2)
+    );
+    // A commit hash names its snapshot even without a `refs/` entry (the Python hub's cache).
+    assert_eq!(
+        fetch_repo(id, Some(V2)).unwrap(),
         repo.join("snapshots").join(V2)
     );
     // A revision the cache does not have is an error that says why, not another snapshot.

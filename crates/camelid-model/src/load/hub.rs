@@ -58,6 +58,20 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     };
     let hub_err = |f: &str, e: &dyn std::fmt::Display| Error::Io(format!("hub {id}: {f}: {e}"));
     if offline() {
+        // A commit hash names its snapshot directly (the Python hub writes no `refs/<commit>`,
+        // and hf-hub looks every revision up there).
+        if let Some(commit) =
+            revision.filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            let snapshot = hf_hub::Cache::from_env()
+                .path()
+                .join(format!("models--{}", id.replace('/', "--")))
+                .join("snapshots")
+                .join(commit);
+            if snapshot.join("config.json").is_file() {
+                return Ok(snapshot);
+            }
+        }
         let cache = hf_hub::Cache::from_env().repo(repo);
         let cfg = cache.get("config.json").ok_or_else(|| {
             Error::Io(format!(
