@@ -4,30 +4,24 @@
 
 mod common;
 
-const STRINGS: &[&str] = &[
-    "Hello, world!",
-    "The capital of France is Paris.",
-    "  leading spaces",
-    "trailing spaces   ",
-    "tabs\tand\nnewlines\n\n",
-    "digits 1234567890 and 3.14159",
-    "unicode: naïve café, Ελληνικά, русский, 日本語, 한국어",
-    "emoji 🙂🚀👩‍💻",
-    "<|im_start|>user\nHi<|im_end|>\n",
-    "<|endoftext|>",
-    "code: fn main() { println!(\"hi\"); }",
-    "mixedCASE and ALLCAPS",
-    "punctuation!?;:'\"()[]{}",
-    "url https://example.com/a?b=c",
-    "email someone@example.org",
-    "  multiple   internal    spaces  ",
-    "a",
-    "",
-    "über straße",
-    "Let's think step by step.",
-    "I'm, you're, we'll, they'd",
-    "x=1+2*3/4-5",
-];
+/// The committed llama.cpp cases: texts and their reference ids.
+fn cases() -> Vec<(String, Vec<u32>)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/smollm2/llama_cpp_ids.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("fixture JSON");
+    doc["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| {
+            let text = c["text"].as_str().unwrap().to_string();
+            (text, serde_json::from_value(c["ids"].clone()).unwrap())
+        })
+        .collect()
+}
 
 #[test]
 fn gguf_tokenizer_round_trips_and_matches_converted_tokenizer_json() {
@@ -35,13 +29,14 @@ fn gguf_tokenizer_round_trips_and_matches_converted_tokenizer_json() {
     let dir = common::converted_f32();
     let from_file =
         camelid_model::text::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    for s in STRINGS {
-        let a = gguf.tokenizer.encode(s, false).unwrap();
-        let b = from_file.encode(s, false).unwrap();
+    let texts = cases().into_iter().map(|(t, _)| t);
+    for s in texts.chain([String::new()]) {
+        let a = gguf.tokenizer.encode(&s, false).unwrap();
+        let b = from_file.encode(&s, false).unwrap();
         assert_eq!(a, b, "{s:?}");
         assert_eq!(
             gguf.tokenizer.decode(&a, false).unwrap(),
-            *s,
+            s,
             "round trip {s:?}"
         );
     }
@@ -63,20 +58,12 @@ fn gguf_tokenizer_round_trips_and_matches_converted_tokenizer_json() {
 /// (and decodes them back to the text).
 #[test]
 fn gguf_tokenizer_gives_llama_cpp_ids() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/smollm2/llama_cpp_ids.json"
-    );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("fixture JSON");
-    let cases = doc["cases"].as_array().expect("cases");
+    let cases = cases();
     assert!(cases.len() >= 20, "{} cases", cases.len());
     let lm = common::load(&common::default_gguf());
-    for case in cases {
-        let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+    for (text, want) in cases {
         assert!(!want.is_empty(), "{text:?}: no reference ids");
-        let got = lm.tokenizer.encode(text, false).unwrap();
+        let got = lm.tokenizer.encode(&text, false).unwrap();
         assert_eq!(got, want, "{text:?}");
         assert_eq!(lm.tokenizer.decode(&got, false).unwrap(), text);
     }
