@@ -4,7 +4,7 @@
 //! kernels/build-cuda.sh builds this as a binary for the GPU machine (benches/gpu/run.sh).
 #![cfg(feature = "cuda")]
 
-use camelid_kernels::cuda::{self, AttentionRows, PARTITION};
+use camelid_kernels::cuda::{self as cuda_ops, AttentionRows, PARTITION};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
