@@ -1,6 +1,6 @@
 //! The KV block pool's bookkeeping (no tensors here): fixed-size blocks with reference
 //! counts, a hash chain that names every full block by its whole prefix, and LRU eviction of
-//! cached blocks no sequence holds. The tensors live in [`crate::paged::PagedKv`].
+//! cached blocks no sequence holds. The tensors live in `PagedKv` (paged.rs).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -1,5 +1,5 @@
 //! The LLaMA architecture (Llama 1/2/3, Vicuna, SmolLM2, TinyLlama): its weights per layer
-//! and what the layer loops of [`crate::runtime`] read of them. The forward pass itself lives in
+//! and what the layer loops of the runtimes (runtime/) read of them. The forward pass itself lives in
 //! the runtime (one layer loop per runtime, not one per architecture).
 
 use crate::config::ModelConfig;

@@ -1,5 +1,5 @@
 //! Tokenizers from `tokenizer.json`, from vocabularies (SentencePiece BPE or GPT-2 byte-level
-//! BPE pieces, as GGUF metadata holds them: `crate::load::gguf_tokenizer`), or from a
+//! BPE pieces, as GGUF metadata holds them: load/gguf_tokenizer.rs), or from a
 //! SentencePiece `tokenizer.model` alone. Vocabularies become an HF `tokenizer.json` document,
 //! so `camelid convert` writes exactly the tokenizer the server runs.
 
