@@ -8,7 +8,8 @@ use candle_core::Device;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Requests that may wait for a batch slot before `submit` says the queue is full.
+    /// Sequences (each choice of a request is one) that may wait for a batch slot before
+    /// `submit` says the queue is full; preempted sequences come back on top of these.
     pub max_waiting: usize,
     /// Sequences in one batch.
     pub max_running: usize,
@@ -78,6 +79,7 @@ impl EngineConfig {
 /// default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EngineOverrides {
+    /// Sequences in the waiting queue (default 256).
     pub max_waiting: Option<usize>,
     pub max_running: Option<usize>,
     /// Default: 512 on the CPU, 2048 on CUDA.

@@ -11,6 +11,7 @@ use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -22,7 +23,10 @@ struct Submitted {
 /// Cheap to clone; the engine thread stops when every handle is dropped.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: mpsc::Sender<Submitted>,
+    tx: mpsc::UnboundedSender<Submitted>,
+    /// Sequences submitted and not yet admitted (or dropped): the bounded waiting queue.
+    queued: Arc<AtomicUsize>,
+    max_waiting: usize,
     pub metrics: Arc<M>,
     tokenizer: Arc<Tokenizer>,
     context_length: usize,
@@ -34,11 +38,15 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Starts the engine thread for `lm`.
     pub fn spawn(lm: LoadedModel, cfg: EngineConfig) -> Self {
-        let (tx, rx) = mpsc::channel(cfg.max_waiting.max(1));
+        // Unbounded as a channel: `queued` bounds what may be in it and in the waiting queue.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(M::default());
         let num_blocks = cfg.num_blocks(&lm);
         let handle = Self {
             tx,
+            queued: queued.clone(),
+            max_waiting: cfg.max_waiting.max(1),
             metrics: metrics.clone(),
             tokenizer: Arc::new(lm.tokenizer.clone()),
             context_length: lm.context_length,
@@ -77,7 +85,9 @@ impl EngineHandle {
             .expect("engine thread pool");
         std::thread::Builder::new()
             .name(format!("engine-{}", lm.name))
-            .spawn(move || pool.install(move || Engine::new(lm, cfg, rx, metrics, kv).run()))
+            .spawn(move || {
+                pool.install(move || Engine::new(lm, cfg, rx, queued, metrics, kv).run())
+            })
             .expect("spawn engine thread");
         handle
     }
@@ -101,6 +111,48 @@ impl EngineHandle {
     /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
     /// cancels the request at the next step.
     pub fn submit(&self, req: Request) -> Result<mpsc::UnboundedReceiver<Event>, SubmitError> {
+        let mut rxs = self.submit_all(vec![req])?;
+        Ok(rxs.pop().expect("one receiver per request"))
+    }
+
+    /// Queues several requests (the choices of one client request) all or none: each is
+    /// checked, then room for all of them is taken in the waiting queue, which counts
+    /// sequences. A full queue is `QueueFull` and nothing is queued.
+    pub fn submit_all(
+        &self,
+        reqs: Vec<Request>,
+    ) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, SubmitError> {
+        for req in &reqs {
+            self.check(req)?;
+        }
+        let k = reqs.len();
+        if k > self.max_waiting {
+            return Err(SubmitError::Invalid(format!(
+                "{k} sequences are more than the engine's waiting queue holds ({})",
+                self.max_waiting
+            )));
+        }
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + k <= self.max_waiting).then_some(q + k)
+            })
+            .map_err(|_| SubmitError::QueueFull)?;
+        let mut rxs = Vec::with_capacity(k);
+        for (i, req) in reqs.into_iter().enumerate() {
+            let (etx, erx) = mpsc::unbounded_channel();
+            if self.tx.send(Submitted { req, events: etx }).is_err() {
+                // Those not sent never reach the engine: give their room back.
+                self.queued.fetch_sub(k - i, Ordering::AcqRel);
+                return Err(SubmitError::Stopped);
+            }
+            rxs.push(erx);
+        }
+        self.metrics.waiting.fetch_add(k as u64, Ordering::Relaxed);
+        Ok(rxs)
+    }
+
+    /// Whether the engine can serve `req` at all.
+    fn check(&self, req: &Request) -> Result<(), SubmitError> {
         if req.prompt.is_empty() {
             return Err(SubmitError::Invalid("the prompt is empty".into()));
         }
@@ -126,17 +178,7 @@ impl EngineHandle {
                 self.context_length
             )));
         }
-        let (etx, erx) = mpsc::unbounded_channel();
-        match self.tx.try_send(Submitted { req, events: etx }) {
-            Ok(()) => {
-                self.metrics
-                    .waiting
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(erx)
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(SubmitError::QueueFull),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::Stopped),
-        }
+        Ok(())
     }
 }
 
@@ -171,7 +213,9 @@ enum Waiting {
 struct Engine {
     lm: LoadedModel,
     cfg: EngineConfig,
-    rx: mpsc::Receiver<Submitted>,
+    rx: mpsc::UnboundedReceiver<Submitted>,
+    /// Shared with the handles: `New` entries in `waiting` and in the channel.
+    queued: Arc<AtomicUsize>,
     metrics: Arc<M>,
     waiting: VecDeque<Waiting>,
     /// In admission order: the last is the first to be preempted.
@@ -189,7 +233,8 @@ impl Engine {
     fn new(
         lm: LoadedModel,
         cfg: EngineConfig,
-        rx: mpsc::Receiver<Submitted>,
+        rx: mpsc::UnboundedReceiver<Submitted>,
+        queued: Arc<AtomicUsize>,
         metrics: Arc<M>,
         kv: PagedKv,
     ) -> Self {
@@ -197,6 +242,7 @@ impl Engine {
             lm,
             cfg,
             rx,
+            queued,
             metrics,
             waiting: VecDeque::new(),
             running: vec![],
@@ -239,6 +285,7 @@ impl Engine {
             let mut seq = match w {
                 Waiting::Preempted(s) => s,
                 Waiting::New(s) => {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
                     if s.events.is_closed() {
                         M::add(&self.metrics.cancelled, 1);
                         continue;
@@ -293,8 +340,15 @@ impl Engine {
             }
             keep
         });
+        let queued = &self.queued;
         self.waiting.retain(|w| match w {
             Waiting::Preempted(s) if s.events.is_closed() => {
+                M::add(&metrics.cancelled, 1);
+                false
+            }
+            // A cancelled request gives its room in the queue back at once.
+            Waiting::New(s) if s.events.is_closed() => {
+                queued.fetch_sub(1, Ordering::AcqRel);
                 M::add(&metrics.cancelled, 1);
                 false
             }

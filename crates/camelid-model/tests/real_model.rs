@@ -228,7 +228,7 @@ fn stop_string_spanning_tokens_is_cut() {
     let k = pieces.iter().position(|s| !s.trim().is_empty()).unwrap() + 2;
     let stop = format!("{}{}", pieces[k], pieces[k + 1]);
     let idx = full.text.find(&stop).unwrap();
-    p.stop_strings = vec![stop.clone()];
+    p.stop_strings = vec![stop.clone()].into();
     let mut streamed = String::new();
     let cut = generate(&lm, &ids, p, |s| streamed += s).unwrap();
     assert_eq!(cut.finish_reason.as_str(), "stop");

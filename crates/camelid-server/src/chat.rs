@@ -6,14 +6,15 @@
 use crate::error::ApiError;
 use crate::format::{chat_logprobs, new_id, now_secs, sum_usage};
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
-use crate::run::{self, collect, ChoiceSpec, Submission};
+use crate::run::{self, blocking, collect, ChoiceSpec, Submission};
 use crate::state::{AppState, ModelEntry};
-use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use crate::validate::{generation_params, max_tokens, unimplemented_chat, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use camelid_model::Message;
 use serde_json::Value;
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// OpenAI messages → template messages. Content parts must be text.
 pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
@@ -75,24 +76,41 @@ pub struct Submitted {
     pub n: usize,
 }
 
-/// Checks `req` and its sampling fields, renders and tokenises the conversation and submits
-/// its `n` choices. Whether the answer is streamed is the caller's business.
-pub fn submit(
+/// Renders a conversation with the model's template and tokenizes it, off the async
+/// workers (a body of megabytes takes a while).
+pub async fn render_and_encode(
+    model: &Arc<ModelEntry>,
+    msgs: Vec<Message>,
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let model = model.clone();
+    blocking(move || {
+        let text = model
+            .template
+            .render(&msgs, add_generation_prompt)
+            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+        model
+            .engine
+            .tokenizer()
+            .encode(&text, true)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    })
+    .await
+}
+
+/// Checks `req` and its sampling fields (every size cap before anything is built from
+/// them), renders and tokenises the conversation and submits its `n` choices under
+/// `permit`. Whether the answer is streamed is the caller's business.
+pub async fn submit(
     state: &Arc<AppState>,
+    permit: OwnedSemaphorePermit,
     req: &ChatRequest,
     sampling: &SamplingFields,
 ) -> Result<Submitted, ApiError> {
+    let limits = &state.config.limits;
+    limits.check_messages(req.messages.len())?;
+    unimplemented_chat(req)?;
     let model = state.model(Some(&req.model))?;
-    let msgs = to_messages(&req.messages)?;
-    let text = model
-        .template
-        .render(&msgs, true)
-        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-    let prompt = model
-        .engine
-        .tokenizer()
-        .encode(&text, true)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(t) = req.top_logprobs {
         if t > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(
@@ -110,10 +128,15 @@ pub fn submit(
     let f = sampling;
     let mut params = generation_params(
         f,
+        limits,
         model.engine.vocab_size(),
         &model.stop_token_ids,
         &model.stop_strings,
     )?;
+    let n = f.n.unwrap_or(1) as usize;
+    limits.check_sequences(1, n)?;
+    let msgs = to_messages(&req.messages)?;
+    let prompt = render_and_encode(&model, msgs, true).await?;
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),
         None,
@@ -125,7 +148,6 @@ pub fn submit(
     if req.logprobs {
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
-    let n = f.n.unwrap_or(1) as usize;
     let prompt_tokens = prompt.len();
     let specs = (0..n)
         .map(|i| {
@@ -139,7 +161,7 @@ pub fn submit(
             }
         })
         .collect();
-    let sub = run::submit(state, &model, specs)?;
+    let sub = run::submit(state, permit, &model, specs)?;
     Ok(Submitted {
         sub,
         model,
@@ -175,9 +197,10 @@ pub struct ChatResult {
     pub usage: Usage,
 }
 
-/// Answers a chat request whole (the request's `stream` is not looked at).
+/// Answers a chat request whole under `permit` (the request's `stream` is not looked at).
 pub async fn complete(
     state: Arc<AppState>,
+    permit: OwnedSemaphorePermit,
     req: ChatRequest,
     sampling: SamplingFields,
 ) -> Result<ChatResult, ApiError> {
@@ -186,7 +209,7 @@ pub async fn complete(
         model,
         prompt_tokens,
         n,
-    } = submit(&state, &req, &sampling)?;
+    } = submit(&state, permit, &req, &sampling).await?;
     let id = new_id("chatcmpl");
     let created = now_secs();
     let results = collect(sub, 0).await?;

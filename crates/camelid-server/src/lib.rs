@@ -3,14 +3,17 @@
 //! It never touches tensors.
 //!
 //! This file assembles the router from `routes::*` (one file per route group), adds the
-//! middleware (API keys, request counting, body limit) and serves until shutdown. Modules
-//! import one way, each only modules to its right: `routes` → `chat` → `sse` → `validate`
-//! → `openai` → `format` → `run` → `state` → `arena` (the store) → `metrics` → `error`.
+//! middleware (API keys, request counting, body limit) and serves it through `listen` until
+//! shutdown. Modules import one way, each only modules to its right: `routes` → `chat` →
+//! `sse` → `validate` → `openai` → `format` → `run` → `state` → `limits` → `arena` (the
+//! store) → `metrics` → `error`; `listen` (the accept loop) imports none of them.
 
 pub mod arena;
 mod chat;
 pub mod error;
 mod format;
+pub mod limits;
+mod listen;
 mod metrics;
 pub mod openai;
 mod routes;
@@ -26,12 +29,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
+pub use limits::RequestLimits;
+pub use listen::ConnectionLimits;
 use routes::{
     arena as arena_routes, chat as chat_routes, completions, health, metrics as metrics_routes,
     models, tokenize,
 };
 pub use state::{AppState, ModelEntry, ServerConfig};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Constant-time comparison, so response timing does not reveal how much of a key matched.
 fn keys_equal(a: &[u8], b: &[u8]) -> bool {
@@ -79,6 +85,14 @@ async fn not_found() -> ApiError {
     )
 }
 
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("Method {method} is not allowed on this endpoint."),
+    )
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/models", get(models::list_models))
@@ -89,11 +103,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/arena/battles", post(arena_routes::battle))
         .route("/arena/battles/{id}/vote", post(arena_routes::vote))
         .route("/arena/leaderboard", get(arena_routes::leaderboard))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
         .route("/health", get(health::health))
         .route("/metrics", get(metrics_routes::metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
@@ -117,27 +133,24 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Serves until SIGTERM: stops accepting, lets in-flight responses finish for at most the
-/// grace period, then returns.
+/// Serves until SIGTERM or Ctrl-C (see [`serve_until`]).
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
-    let grace = state.config.shutdown_grace_secs;
-    let app = router(state);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!(
-            "shutting down: no new connections; finishing in-flight requests (at most {grace}s)"
-        );
-        let _ = tx.send(());
-    });
-    tokio::select! {
-        r = server => r,
-        _ = async {
-            let _ = rx.await;
-            tokio::time::sleep(std::time::Duration::from_secs(grace)).await;
-        } => {
-            tracing::warn!("grace period over; exiting with requests still in flight");
-            Ok(())
-        }
-    }
+    serve_until(listener, state, shutdown_signal()).await
+}
+
+/// Serves until `shutdown` resolves: stops accepting, lets in-flight responses finish for
+/// at most the grace period, then returns. Connections are capped and must send their
+/// headers in time (`ServerConfig::max_connections`, `header_timeout_secs`).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let c = &state.config;
+    let limits = ConnectionLimits {
+        max_connections: c.max_connections,
+        header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)),
+        shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),
+    };
+    listen::serve_connections(listener, router(state), limits, shutdown).await
 }

@@ -60,9 +60,9 @@ pub enum StopSpec {
 }
 
 impl StopSpec {
-    pub fn into_vec(self) -> Vec<String> {
+    pub fn as_slice(&self) -> &[String] {
         match self {
-            StopSpec::One(s) => vec![s],
+            StopSpec::One(s) => std::slice::from_ref(s),
             StopSpec::Many(v) => v,
         }
     }
@@ -121,6 +121,13 @@ pub struct SamplingFields {
     pub ignore_eos: bool,
     pub stop_token_ids: Option<Vec<u32>>,
     pub skip_special_tokens: Option<bool>,
+    /// Not implemented beyond `{"type": "text"}` (see `validate::unimplemented`).
+    pub response_format: Option<serde_json::Value>,
+    /// vLLM's guided decoding: not implemented.
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<serde_json::Value>,
+    pub guided_choice: Option<serde_json::Value>,
+    pub guided_grammar: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +138,11 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
+    /// Tool and function calling: not implemented, so only their "off" values pass.
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +161,10 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     pub logprobs: Option<u32>,
+    /// Insertion (text after the completion): not implemented.
+    pub suffix: Option<serde_json::Value>,
+    /// Generate this many and return the best `n`: not implemented beyond `best_of == n`.
+    pub best_of: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -29,31 +29,34 @@ pub struct Submission {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Hands every choice to the engine, all or none (a full waiting queue is 503), holding
+/// `permit` (the request's concurrency slot) until the submission is dropped.
 pub fn submit(
     state: &Arc<AppState>,
+    permit: OwnedSemaphorePermit,
     model: &ModelEntry,
     specs: Vec<ChoiceSpec>,
 ) -> Result<Submission, ApiError> {
-    let permit = state.permit()?;
-    let mut streams = SelectAll::new();
     let choices = specs.len();
-    for s in specs {
-        let rx = model
-            .engine
-            .submit(Request {
-                prompt: s.prompt,
-                params: s.params,
-                prompt_logprobs: s.prompt_logprobs,
-            })
-            .map_err(|e| match e {
-                SubmitError::QueueFull => ApiError::overloaded(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The engine queue is full; retry later.",
-                ),
-                SubmitError::Stopped => ApiError::internal("The engine has stopped."),
-                SubmitError::Invalid(m) => ApiError::bad_request(m),
-            })?;
-        let idx = s.index;
+    let indices: Vec<usize> = specs.iter().map(|s| s.index).collect();
+    let requests = specs
+        .into_iter()
+        .map(|s| Request {
+            prompt: s.prompt,
+            params: s.params,
+            prompt_logprobs: s.prompt_logprobs,
+        })
+        .collect();
+    let receivers = model.engine.submit_all(requests).map_err(|e| match e {
+        SubmitError::QueueFull => ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The engine queue is full; retry later.",
+        ),
+        SubmitError::Stopped => ApiError::internal("The engine has stopped."),
+        SubmitError::Invalid(m) => ApiError::bad_request(m),
+    })?;
+    let mut streams = SelectAll::new();
+    for (idx, rx) in indices.into_iter().zip(receivers) {
         streams.push(
             UnboundedReceiverStream::new(rx)
                 .map(move |e| (idx, e))
@@ -67,6 +70,16 @@ pub fn submit(
         state: state.clone(),
         _permit: permit,
     })
+}
+
+/// Runs `f` on tokio's blocking pool: rendering and tokenizing a body of megabytes must not
+/// stall the async workers that carry every stream.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))?
 }
 
 /// Per-choice latency bookkeeping for the metrics.

@@ -3,6 +3,7 @@
 
 use crate::arena::Arena;
 use crate::error::ApiError;
+use crate::limits::RequestLimits;
 use crate::metrics::ServerMetrics;
 use camelid_engine::EngineHandle;
 use camelid_model::ChatTemplate;
@@ -26,12 +27,19 @@ pub struct ModelEntry {
 pub struct ServerConfig {
     /// Empty: no authentication.
     pub api_keys: Vec<String>,
-    /// Requests in flight (queued or generating) before new ones get 429.
+    /// Requests in flight (being prompted, queued or generating) before new ones get 429.
     pub max_concurrent: usize,
     /// Largest request body in bytes.
     pub body_limit: usize,
     /// How long in-flight streams may run after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// What one request may ask for.
+    pub limits: RequestLimits,
+    /// Open connections; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also how long an idle keep-alive
+    /// connection stays open).
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +49,9 @@ impl Default for ServerConfig {
             max_concurrent: 256,
             body_limit: 4 << 20,
             shutdown_grace_secs: 30,
+            limits: RequestLimits::default(),
+            max_connections: 512,
+            header_timeout_secs: 30,
         }
     }
 }
@@ -103,7 +114,8 @@ impl AppState {
         }
     }
 
-    /// A slot for one request; none left means 429.
+    /// A slot for one request, taken once its body is read and held until its answer is
+    /// sent: parsing, rendering, tokenizing and generating all count. None left means 429.
     pub fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             ApiError::overloaded(

@@ -1,13 +1,101 @@
 //! Request fields → engine parameters, with OpenAI's limits and error wording.
 
 use crate::error::ApiError;
-use crate::openai::SamplingFields;
+use crate::limits::RequestLimits;
+use crate::openai::{ChatRequest, CompletionRequest, SamplingFields};
 use camelid_model::decode::GenerationParams;
 use camelid_model::SamplingParams;
+use serde_json::Value;
 
 pub const MAX_N: u32 = 16;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
-pub const MAX_STOP_STRINGS: usize = 16;
+
+fn not_implemented(param: &str, what: &str) -> ApiError {
+    ApiError::invalid_param(
+        param,
+        format!("`{param}` is not supported by this server: {what}"),
+    )
+}
+
+/// Whether a list-valued field is absent, null or empty.
+fn no_entries(v: &Option<Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// Whether a choice field is absent, null or one of `off`.
+fn off(v: &Option<Value>, off: &[&str]) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => off.contains(&s.as_str()),
+        Some(_) => false,
+    }
+}
+
+/// Fields that would change what is generated and are not implemented answer 400 naming
+/// the field, rather than an answer that silently ignores them; their "off" values pass
+/// (unknown fields are ignored, as OpenAI's clients expect).
+pub fn unimplemented_sampling(f: &SamplingFields) -> Result<(), ApiError> {
+    match &f.response_format {
+        None | Some(Value::Null) => {}
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("text") => {}
+        Some(_) => {
+            return Err(not_implemented(
+                "response_format",
+                "only {\"type\": \"text\"} (structured output is not implemented)",
+            ))
+        }
+    }
+    for (name, v) in [
+        ("guided_json", &f.guided_json),
+        ("guided_regex", &f.guided_regex),
+        ("guided_choice", &f.guided_choice),
+        ("guided_grammar", &f.guided_grammar),
+    ] {
+        if !matches!(v, None | Some(Value::Null)) {
+            return Err(not_implemented(name, "guided decoding is not implemented"));
+        }
+    }
+    Ok(())
+}
+
+/// Chat's tool and function calling (see [`unimplemented_sampling`]).
+pub fn unimplemented_chat(req: &ChatRequest) -> Result<(), ApiError> {
+    const NO_TOOLS: &str = "tool calling is not implemented";
+    if !no_entries(&req.tools) {
+        return Err(not_implemented("tools", NO_TOOLS));
+    }
+    // With no tools, "auto" cannot call one either.
+    if !off(&req.tool_choice, &["none", "auto"]) {
+        return Err(not_implemented("tool_choice", NO_TOOLS));
+    }
+    if !no_entries(&req.functions) {
+        return Err(not_implemented("functions", NO_TOOLS));
+    }
+    if !off(&req.function_call, &["none", "auto"]) {
+        return Err(not_implemented("function_call", NO_TOOLS));
+    }
+    Ok(())
+}
+
+/// The completions endpoint's own (see [`unimplemented_sampling`]).
+pub fn unimplemented_completion(req: &CompletionRequest, n: u32) -> Result<(), ApiError> {
+    match &req.suffix {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(_) => return Err(not_implemented("suffix", "insertion is not implemented")),
+    }
+    if req.best_of.is_some_and(|b| b != n) {
+        return Err(not_implemented(
+            "best_of",
+            "only `best_of` equal to `n` (every sequence generated is returned)",
+        ));
+    }
+    Ok(())
+}
 
 fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool) -> Result<(), ApiError> {
     if let Some(x) = v {
@@ -23,14 +111,22 @@ fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool) -> Result
     Ok(())
 }
 
-/// Checks every sampling field and builds the engine's parameters. `max_tokens` is set by
-/// the caller once the prompt length is known.
+/// Checks every sampling field (first the sizes `limits` caps, so nothing is copied from an
+/// oversized list) and builds the engine's parameters, once per request: its choices share
+/// the stop strings. `max_tokens` is set by the caller once the prompt length is known.
 pub fn generation_params(
     f: &SamplingFields,
+    limits: &RequestLimits,
     vocab_size: usize,
     stop_token_ids: &[u32],
     template_stops: &[String],
 ) -> Result<GenerationParams, ApiError> {
+    limits.check_stops(
+        f.stop.as_ref().map_or(&[], |s| s.as_slice()),
+        f.stop_token_ids.as_ref().map_or(0, Vec::len),
+        f.logit_bias.as_ref().map_or(0, |b| b.len()),
+    )?;
+    unimplemented_sampling(f)?;
     range("temperature", f.temperature, 0.0, 2.0, false)?;
     range("top_p", f.top_p, 0.0, 1.0, true)?;
     range("presence_penalty", f.presence_penalty, -2.0, 2.0, false)?;
@@ -55,7 +151,7 @@ pub fn generation_params(
         }
     };
     let mut logit_bias = std::collections::HashMap::new();
-    for (k, v) in f.logit_bias.clone().unwrap_or_default() {
+    for (k, &v) in f.logit_bias.iter().flatten() {
         let id: u32 = k.parse().map_err(|_| {
             ApiError::invalid_param(
                 "logit_bias",
@@ -75,13 +171,6 @@ pub fn generation_params(
             ));
         }
         logit_bias.insert(id, v);
-    }
-    let stops = f.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
-    if stops.len() > MAX_STOP_STRINGS {
-        return Err(ApiError::invalid_param(
-            "stop",
-            format!("at most {MAX_STOP_STRINGS} stop strings"),
-        ));
     }
     if let Some(bad) = f
         .stop_token_ids
@@ -106,11 +195,12 @@ pub fn generation_params(
         seed: f.seed,
     };
     let mut p = GenerationParams::new(0, sampling);
-    p.stop_strings = template_stops.iter().cloned().chain(stops).collect();
+    let stops = f.stop.as_ref().map_or(&[][..], |s| s.as_slice());
+    p.stop_strings = template_stops.iter().chain(stops).cloned().collect();
     p.stop_token_ids = stop_token_ids
         .iter()
+        .chain(f.stop_token_ids.iter().flatten())
         .copied()
-        .chain(f.stop_token_ids.clone().unwrap_or_default())
         .collect();
     p.ignore_eos = f.ignore_eos;
     p.min_tokens = f.min_tokens.unwrap_or(0) as usize;

@@ -6,6 +6,7 @@ use super::sampling::{token_logprob, Sampler, SamplingParams, TokenLogprob};
 use crate::error::{Error, Result};
 use crate::text::stream::{IncrementalDecoder, StopCheck, StopMatcher};
 use crate::text::tokenizer::Tokenizer;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -28,7 +29,8 @@ impl FinishReason {
 pub struct GenerationParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
-    pub stop_strings: Vec<String>,
+    /// Shared: the choices of one request hold one copy (stop strings may be long).
+    pub stop_strings: Arc<[String]>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
     pub min_tokens: usize,
@@ -42,7 +44,7 @@ impl GenerationParams {
         Self {
             max_tokens,
             sampling,
-            stop_strings: vec![],
+            stop_strings: Arc::new([]),
             stop_token_ids: vec![],
             ignore_eos: false,
             min_tokens: 0,
@@ -78,7 +80,7 @@ impl SequenceDecoder {
         Self {
             sampler: Sampler::new(params.sampling.clone()),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
-            stops: StopMatcher::new(params.stop_strings.clone()),
+            stops: StopMatcher::new(params.stop_strings.to_vec()),
             params,
             prompt,
             output: vec![],

@@ -14,16 +14,17 @@ use super::{body_bytes, AppResult};
 use crate::chat;
 use crate::error::ApiError;
 use crate::format::{finish_str, usage_json};
-use crate::openai::{from_value, ChatRequest, SamplingFields};
+use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use camelid_eval::ratings::{self, Outcome};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Bootstrap resamples behind the leaderboard's intervals.
 const BOOTSTRAP_ROUNDS: usize = 100;
@@ -48,12 +49,13 @@ fn contestants(state: &AppState, battle_id: Option<&str>) -> Result<(String, Str
 /// One contestant's answer: the chat completion's first choice.
 async fn answer(
     state: Arc<AppState>,
+    permit: OwnedSemaphorePermit,
     mut req: ChatRequest,
     sampling: SamplingFields,
     model: String,
 ) -> Result<Value, ApiError> {
     req.model = model;
-    let r = chat::complete(state, req, sampling).await?;
+    let r = chat::complete(state, permit, req, sampling).await?;
     let first = r.choices.first();
     Ok(json!({
         "content": first.map(|c| c.content.as_str()),
@@ -67,8 +69,10 @@ pub async fn battle(
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     let body = body_bytes(body)?;
-    let mut req: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
+    // A battle is two generations: a slot for each.
+    let permits = (state.permit()?, state.permit()?);
+    let mut req = parse_json(&body)?;
+    drop(body);
     let Some(obj) = req.as_object_mut() else {
         return Err(ApiError::bad_request("The body must be a JSON object."));
     };
@@ -97,11 +101,18 @@ pub async fn battle(
     let (a, b) = tokio::join!(
         answer(
             state.clone(),
+            permits.0,
             chat_req.clone(),
             sampling.clone(),
             model_a.clone()
         ),
-        answer(state.clone(), chat_req, sampling, model_b.clone())
+        answer(
+            state.clone(),
+            permits.1,
+            chat_req,
+            sampling,
+            model_b.clone()
+        )
     );
     let (a, b) = (a?, b?);
     let id = battle_id.unwrap_or_else(|| state.arena.open(model_a, model_b));
@@ -110,14 +121,16 @@ pub async fn battle(
 
 pub async fn vote(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     #[derive(serde::Deserialize)]
     struct Vote {
         winner: Outcome,
     }
+    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
     let body = body_bytes(body)?;
+    let _permit = state.permit()?;
     let v: Vote = serde_json::from_slice(&body).map_err(|_| {
         ApiError::invalid_param(
             "winner",
@@ -131,6 +144,11 @@ pub async fn vote(
 }
 
 pub async fn leaderboard(State(state): State<Arc<AppState>>) -> Response {
+    // A hundred fits of every vote: as much work as a request.
+    let _permit = match state.permit() {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let votes = state.arena.votes();
     // A hundred fits of the votes: off the async workers.
     let rows = tokio::task::spawn_blocking(move || {

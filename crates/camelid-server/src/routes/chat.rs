@@ -23,14 +23,16 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     let body = body_bytes(body)?;
+    let permit = state.permit()?;
     let (req, sampling): (ChatRequest, _) = parse_with_sampling(&body)?;
+    drop(body);
     if sampling.stream {
         let Submitted {
             sub,
             model,
             prompt_tokens,
             n,
-        } = chat::submit(&state, &req, &sampling)?;
+        } = chat::submit(&state, permit, &req, &sampling).await?;
         let include_usage = sampling
             .stream_options
             .as_ref()
@@ -44,7 +46,7 @@ pub async fn chat_completions(
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
-    let r = chat::complete(state, req, sampling).await?;
+    let r = chat::complete(state, permit, req, sampling).await?;
     let choices: Vec<Value> = r
         .choices
         .iter()

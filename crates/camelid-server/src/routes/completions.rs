@@ -5,10 +5,10 @@ use super::{body_bytes, AppResult};
 use crate::error::ApiError;
 use crate::format::{completion_logprobs, finish_str, new_id, now_secs, usage_json, CachedPrompt};
 use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
-use crate::run::{collect, submit, ChoiceSpec};
+use crate::run::{blocking, collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
-use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use crate::validate::{generation_params, max_tokens, unimplemented_completion, MAX_TOP_LOGPROBS};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -20,39 +20,33 @@ use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+    tok.encode(text, true)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     let body = body_bytes(body)?;
-    let (req, sampling): (CompletionRequest, _) = parse_with_sampling(&body)?;
+    let permit = state.permit()?;
+    let (mut req, sampling): (CompletionRequest, _) = parse_with_sampling(&body)?;
+    drop(body);
+    let f = &sampling;
+    let limits = &state.config.limits;
+    unimplemented_completion(&req, f.n.unwrap_or(1))?;
     let model = state.model(Some(&req.model))?;
-    let tok = model.engine.tokenizer();
-    let prompts: Vec<Vec<u32>> = match &req.prompt {
-        Prompt::Text(s) => vec![tok
-            .encode(s, true)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?],
-        Prompt::Texts(v) => v
-            .iter()
-            .map(|s| tok.encode(s, true))
-            .collect::<Result<_, _>>()
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        Prompt::Tokens(t) => vec![t.clone()],
-        Prompt::TokenLists(l) => l.clone(),
-    };
-    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            "`prompt` must not be empty",
-        ));
-    }
     let vocab = model.engine.vocab_size();
-    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            format!("token id {bad} is outside the vocabulary ({vocab})"),
-        ));
-    }
+    // Every size and value is checked before a prompt is tokenized or copied per choice.
+    let base = generation_params(f, limits, vocab, &model.stop_token_ids, &[])?;
+    let n = f.n.unwrap_or(1) as usize;
+    let prompt_count = match &req.prompt {
+        Prompt::Text(_) | Prompt::Tokens(_) => 1,
+        Prompt::Texts(v) => v.len(),
+        Prompt::TokenLists(l) => l.len(),
+    };
+    limits.check_sequences(prompt_count, n)?;
     if let Some(l) = req.logprobs {
         if l > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(
@@ -61,7 +55,6 @@ pub async fn completions(
             ));
         }
     }
-    let f = &sampling;
     if f.max_tokens == Some(0) && !req.echo {
         return Err(ApiError::invalid_param(
             "max_tokens",
@@ -74,8 +67,25 @@ pub async fn completions(
             "scoring a prompt (`max_tokens` 0) cannot be streamed",
         ));
     }
-    let base = generation_params(f, vocab, &model.stop_token_ids, &[])?;
-    let n = f.n.unwrap_or(1) as usize;
+    let tok = model.engine.shared_tokenizer();
+    let prompts: Vec<Vec<u32>> = match std::mem::replace(&mut req.prompt, Prompt::Tokens(vec![])) {
+        Prompt::Text(s) => vec![blocking(move || encode(&tok, &s)).await?],
+        Prompt::Texts(v) => blocking(move || v.iter().map(|s| encode(&tok, s)).collect()).await?,
+        Prompt::Tokens(t) => vec![t],
+        Prompt::TokenLists(l) => l,
+    };
+    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "`prompt` must not be empty",
+        ));
+    }
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("token id {bad} is outside the vocabulary ({vocab})"),
+        ));
+    }
     let mut specs = vec![];
     for (pi, prompt) in prompts.iter().enumerate() {
         let mut params = base.clone();
@@ -105,7 +115,8 @@ pub async fn completions(
         }
     }
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
-    let sub = submit(&state, &model, specs)?;
+    let sub = submit(&state, permit, &model, specs)?;
+    let tok = model.engine.tokenizer();
     let id = new_id("cmpl");
     let created = now_secs();
     if f.stream {
@@ -117,7 +128,7 @@ pub async fn completions(
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs.is_some(),
             echo: req.echo,
-            prompts: prompts.clone(),
+            prompts,
             n,
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());

@@ -2,9 +2,10 @@
 //! (token ids → text), vLLM's extensions.
 
 use super::{body_bytes, AppResult};
-use crate::chat::to_messages;
+use crate::chat::{render_and_encode, to_messages};
 use crate::error::ApiError;
 use crate::openai::{self, DetokenizeRequest, TokenizeRequest};
+use crate::run::blocking;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,24 +19,19 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     let body = body_bytes(body)?;
+    let _permit = s.permit()?;
     let req: TokenizeRequest = openai::parse_body(&body)?;
+    drop(body);
     let (model, ids) = match req {
         TokenizeRequest::Chat {
             model,
             messages,
             add_generation_prompt,
         } => {
+            s.config.limits.check_messages(messages.len())?;
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
-            let text = m
-                .template
-                .render(&msgs, add_generation_prompt)
-                .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-            let ids = m
-                .engine
-                .tokenizer()
-                .encode(&text, true)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let ids = render_and_encode(&m, msgs, add_generation_prompt).await?;
             (m, ids)
         }
         TokenizeRequest::Text {
@@ -44,11 +40,12 @@ pub async fn tokenize(
             add_special_tokens,
         } => {
             let m = s.model(model.as_deref())?;
-            let ids = m
-                .engine
-                .tokenizer()
-                .encode(&prompt, add_special_tokens)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let tok = m.engine.shared_tokenizer();
+            let ids = blocking(move || {
+                tok.encode(&prompt, add_special_tokens)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            })
+            .await?;
             (m, ids)
         }
     };
@@ -65,7 +62,9 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     let body = body_bytes(body)?;
+    let _permit = s.permit()?;
     let req: DetokenizeRequest = openai::parse_body(&body)?;
+    drop(body);
     let m = s.model(req.model.as_deref())?;
     let vocab = m.engine.vocab_size();
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -74,10 +73,11 @@ pub async fn detokenize(
             format!("token id {bad} is outside the vocabulary ({vocab})"),
         ));
     }
-    let text = m
-        .engine
-        .tokenizer()
-        .decode(&req.tokens, false)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let tok = m.engine.shared_tokenizer();
+    let text = blocking(move || {
+        tok.decode(&req.tokens, false)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    })
+    .await?;
     Ok(axum::Json(json!({"prompt": text})).into_response())
 }

@@ -4,6 +4,7 @@ use super::model_args::{load, ModelArgs};
 use anyhow::{Context, Result};
 use camelid_engine::{EngineConfig, EngineOverrides};
 use camelid_model::KvDtype;
+use camelid_server::{RequestLimits, ServerConfig};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
@@ -29,9 +30,15 @@ pub struct ServeArgs {
     /// Context length served (default: the model's).
     #[arg(long)]
     max_model_len: Option<usize>,
-    /// Requests in flight before new ones get 429.
+    /// Requests in flight (being prompted, queued or generating) before new ones get 429.
     #[arg(long, default_value_t = 256)]
     max_concurrent: usize,
+    /// Sequences (a request's choices count one each) waiting for a batch slot before new
+    /// requests get 503.
+    #[arg(long, default_value_t = 1024)]
+    max_waiting_seqs: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Sequences batched together in one step.
     #[arg(long, default_value_t = 32)]
     max_num_seqs: usize,
@@ -87,6 +94,53 @@ pub struct ServeArgs {
     revision: Option<String>,
 }
 
+/// What one request may ask for, and what one connection may hold (over a cap: 400 naming
+/// the field; connections beyond the cap wait to be accepted).
+#[derive(Args)]
+struct LimitArgs {
+    /// Prompts in one /v1/completions request.
+    #[arg(long, default_value_t = RequestLimits::default().max_prompts)]
+    max_prompts_per_request: usize,
+    /// Sequences one request may start (prompts × n).
+    #[arg(long, default_value_t = RequestLimits::default().max_sequences)]
+    max_seqs_per_request: usize,
+    /// Stop strings in one request.
+    #[arg(long, default_value_t = RequestLimits::default().max_stop_strings)]
+    max_stop_strings: usize,
+    /// Bytes of one stop string.
+    #[arg(long, default_value_t = RequestLimits::default().max_stop_string_bytes)]
+    max_stop_string_bytes: usize,
+    /// Entries of `stop_token_ids` in one request.
+    #[arg(long, default_value_t = RequestLimits::default().max_stop_token_ids)]
+    max_stop_token_ids: usize,
+    /// Entries of `logit_bias` in one request.
+    #[arg(long, default_value_t = RequestLimits::default().max_logit_bias)]
+    max_logit_bias: usize,
+    /// Messages in one chat request.
+    #[arg(long, default_value_t = RequestLimits::default().max_messages)]
+    max_messages: usize,
+    /// Open connections at once; more wait to be accepted.
+    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers (also the idle keep-alive time).
+    #[arg(long, default_value_t = ServerConfig::default().header_timeout_secs)]
+    header_timeout_secs: u64,
+}
+
+impl LimitArgs {
+    fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
+            max_prompts: self.max_prompts_per_request,
+            max_sequences: self.max_seqs_per_request,
+            max_stop_strings: self.max_stop_strings,
+            max_stop_string_bytes: self.max_stop_string_bytes,
+            max_stop_token_ids: self.max_stop_token_ids,
+            max_logit_bias: self.max_logit_bias,
+            max_messages: self.max_messages,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KvCacheDtype {
     F16,
@@ -99,7 +153,7 @@ impl ServeArgs {
     /// The engine settings given on the command line (the rest are the device's defaults).
     fn engine_overrides(&self) -> EngineOverrides {
         EngineOverrides {
-            max_waiting: Some(self.max_concurrent),
+            max_waiting: Some(self.max_waiting_seqs),
             max_running: Some(self.max_num_seqs),
             max_batch_tokens: self.max_num_batched_tokens,
             max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
@@ -193,11 +247,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         let state = std::sync::Arc::new(
-            camelid_server::AppState::new(camelid_server::ServerConfig {
+            camelid_server::AppState::new(ServerConfig {
                 api_keys: a.api_keys.clone(),
                 max_concurrent: a.max_concurrent,
                 body_limit: a.max_body_bytes,
                 shutdown_grace_secs: a.shutdown_grace,
+                limits: a.limits.request_limits(),
+                max_connections: a.limits.max_connections,
+                header_timeout_secs: a.limits.header_timeout_secs,
             })
             .with_arena(arena),
         );

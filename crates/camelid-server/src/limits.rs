@@ -1,0 +1,142 @@
+//! Caps on the work and memory one request may ask for, checked on the parsed body before
+//! anything is built per prompt or per choice (a 3 MB body could otherwise ask for hundreds
+//! of GB: its stop lists copied into every sequence). A request over a cap is a 400 naming
+//! the field and the limit. `camelid serve` sets them from its flags.
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Prompts in one `/v1/completions` request (`prompt` as a list).
+    pub max_prompts: usize,
+    /// Sequences one request starts: prompts × `n`.
+    pub max_sequences: usize,
+    /// Stop strings of one request (`stop`).
+    pub max_stop_strings: usize,
+    /// Bytes of one stop string.
+    pub max_stop_string_bytes: usize,
+    /// Entries of `stop_token_ids`.
+    pub max_stop_token_ids: usize,
+    /// Entries of `logit_bias`.
+    pub max_logit_bias: usize,
+    /// Messages of one chat request.
+    pub max_messages: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_prompts: 64,
+            max_sequences: 64,
+            max_stop_strings: 16,
+            max_stop_string_bytes: 256 << 10,
+            max_stop_token_ids: 1024,
+            max_logit_bias: 1024,
+            max_messages: 1024,
+        }
+    }
+}
+
+fn over(param: &str, what: &str, got: usize, limit: usize) -> ApiError {
+    ApiError::invalid_param(
+        param,
+        format!("`{param}`: {got} {what}; at most {limit} are allowed"),
+    )
+}
+
+impl RequestLimits {
+    /// The stop lists and `logit_bias` of a request (counts and lengths only; their values
+    /// are checked later, once).
+    pub fn check_stops(
+        &self,
+        stop: &[String],
+        stop_token_ids: usize,
+        logit_bias: usize,
+    ) -> Result<(), ApiError> {
+        if stop.len() > self.max_stop_strings {
+            return Err(over(
+                "stop",
+                "stop strings",
+                stop.len(),
+                self.max_stop_strings,
+            ));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > self.max_stop_string_bytes) {
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!(
+                    "`stop`: a stop string of {} bytes; at most {} bytes are allowed",
+                    long.len(),
+                    self.max_stop_string_bytes
+                ),
+            ));
+        }
+        if stop_token_ids > self.max_stop_token_ids {
+            return Err(over(
+                "stop_token_ids",
+                "token ids",
+                stop_token_ids,
+                self.max_stop_token_ids,
+            ));
+        }
+        if logit_bias > self.max_logit_bias {
+            return Err(over(
+                "logit_bias",
+                "entries",
+                logit_bias,
+                self.max_logit_bias,
+            ));
+        }
+        Ok(())
+    }
+
+    /// `prompts` prompts with `n` choices each.
+    pub fn check_sequences(&self, prompts: usize, n: usize) -> Result<(), ApiError> {
+        if prompts > self.max_prompts {
+            return Err(over("prompt", "prompts", prompts, self.max_prompts));
+        }
+        let seqs = prompts.saturating_mul(n);
+        if seqs > self.max_sequences {
+            return Err(ApiError::invalid_param(
+                "n",
+                format!(
+                    "{prompts} prompt(s) × n = {n} make {seqs} sequences; at most {} are allowed per request",
+                    self.max_sequences
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_messages(&self, messages: usize) -> Result<(), ApiError> {
+        if messages > self.max_messages {
+            return Err(over("messages", "messages", messages, self.max_messages));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_name_the_field() {
+        let l = RequestLimits::default();
+        let param = |r: Result<(), ApiError>| r.unwrap_err().param.unwrap();
+        assert!(l
+            .check_stops(&vec!["x".repeat(250_000); 16], 1024, 1024)
+            .is_ok());
+        assert_eq!(param(l.check_stops(&vec!["x".into(); 17], 0, 0)), "stop");
+        assert_eq!(
+            param(l.check_stops(&["x".repeat((256 << 10) + 1)], 0, 0)),
+            "stop"
+        );
+        assert_eq!(param(l.check_stops(&[], 1025, 0)), "stop_token_ids");
+        assert_eq!(param(l.check_stops(&[], 0, 1025)), "logit_bias");
+        assert!(l.check_sequences(4, 16).is_ok());
+        assert_eq!(param(l.check_sequences(65, 1)), "prompt");
+        assert_eq!(param(l.check_sequences(5, 16)), "n");
+        assert_eq!(param(l.check_messages(1025)), "messages");
+    }
+}

@@ -1,0 +1,110 @@
+//! The accept loop: HTTP/1.1 connections served by hyper, each given a deadline for its
+//! request headers (a client that sends half a header and stalls, or idles on a keep-alive
+//! connection, is closed), at most `max_connections` open at once (the rest wait in the
+//! listen backlog), and a graceful shutdown. `axum::serve` has neither limit; this is its
+//! loop with them.
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// How [`serve_connections`] treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// Time to receive a request's headers, from when the connection is ready for one.
+    pub header_timeout: Duration,
+    /// How long in-flight responses may run once shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves `app` until `shutdown` resolves; then stops accepting (the listener is closed),
+/// closes idle connections, lets in-flight responses finish for at most the grace period,
+/// and returns.
+pub async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let max = limits.max_connections.clamp(1, u32::MAX as usize);
+    let slots = Arc::new(Semaphore::new(max));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the connection semaphore stays open"),
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = closing.wait_for(|c| *c) => {}
+            }
+            // Finish the response in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let grace = limits.shutdown_grace;
+    tracing::info!(
+        "shutting down: no new connections; finishing in-flight requests (at most {}s)",
+        grace.as_secs()
+    );
+    let _ = closing_tx.send(true);
+    // Every connection holds a slot until it ends: all slots back means all done.
+    if tokio::time::timeout(grace, slots.acquire_many(max as u32))
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; exiting with requests still in flight");
+    }
+    Ok(())
+}
+
+/// A failed accept: a connection that went away before it was accepted is nothing; anything
+/// else (most likely out of file descriptors) is logged and the loop pauses, as hyper's and
+/// axum's servers do.
+async fn accept_error(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept error: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}

@@ -1,0 +1,1498 @@
+//! Hostile clients against the real server (router + engine + default model on a loopback
+//! port): bodies that ask for unbounded work, a full engine queue, an exhausted permit pool,
+//! slow and idle connections, fields that are not implemented, and a table of bad input over
+//! every route. Each test takes a lock: they measure this process's memory and time their
+//! connections, so they run one at a time.
+
+use camelid_engine::EngineConfig;
+use camelid_server::{AppState, ModelEntry, ServerConfig};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+struct Server {
+    base: String,
+    addr: std::net::SocketAddr,
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// One test at a time (see the module doc).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A small KV cache: these tests need few positions, and several servers share the process.
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        kv_cache_mb: 32,
+        ..Default::default()
+    }
+}
+
+fn entry(engine: EngineConfig) -> ModelEntry {
+    let lm =
+        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
+    ModelEntry {
+        name: "smol".into(),
+        aliases: vec!["default".into()],
+        template: lm.template.clone(),
+        stop_token_ids: lm.stop_token_ids.clone(),
+        stop_strings: lm.stop_strings.clone(),
+        max_model_len: 512,
+        created: 0,
+        engine: camelid_engine::EngineHandle::spawn(lm, engine),
+    }
+}
+
+/// A server; with `engine` None it serves no model (it stays "loading").
+fn start(config: ServerConfig, engine: Option<EngineConfig>) -> Server {
+    let state = Arc::new(AppState::new(config));
+    if let Some(e) = engine {
+        state.set_models(vec![entry(e)]);
+    }
+    let listener = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime().spawn(camelid_server::serve(listener, state));
+    Server {
+        base: format!("http://{addr}"),
+        addr,
+    }
+}
+
+/// The server most tests share: default limits (4 MiB bodies).
+fn server() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| start(ServerConfig::default(), Some(engine_config())))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Sends a request; returns (status, body as JSON, or as a JSON string when it is not JSON).
+fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    runtime().block_on(async {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = client().request(method, format!("{base}{path}"));
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        let r = r.body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    })
+}
+
+fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
+    send(
+        base,
+        "POST",
+        path,
+        Some("application/json"),
+        body.to_string().into_bytes(),
+    )
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "not an OpenAI error: {body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{body}");
+    }
+}
+
+fn chat_body(extra: Value) -> Value {
+    let mut body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn completion_body(extra: Value) -> Value {
+    let mut body = json!({"model": "smol", "prompt": "Hi", "max_tokens": 1, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// A `/proc/self/status` field in kB (this process: the server runs in it).
+fn proc_status_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// Sum of a metric's samples on `/metrics`.
+fn metric(base: &str, name: &str) -> f64 {
+    let (_, text) = send(base, "GET", "/metrics", None, vec![]);
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A streaming chat request that holds its permit (and a running sequence) until dropped;
+/// returned once its first chunk arrived.
+async fn hold_a_stream(base: &str) -> Box<dyn Send> {
+    let r = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat_body(
+            json!({"max_tokens": 480, "ignore_eos": true, "stream": true}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    body.next()
+        .await
+        .expect("the stream's first chunk")
+        .unwrap();
+    Box::new(body)
+}
+
+/// The issue's body: 2000 prompts × n 16 with 1.5 M stop token ids, ~3 MB. Before the caps
+/// the server copied the stop list into each of 32 000 sequences (~190 GB) before any
+/// limit applied; now it is a quick 400 naming the field, and memory barely moves.
+#[test]
+fn three_megabyte_completion_is_refused_before_any_copy() {
+    let _g = serial();
+    let s = server();
+    let mut body = String::from(r#"{"model":"smol","n":16,"prompt":["#);
+    body += &vec!["[1]"; 2000].join(",");
+    body += r#"],"stop_token_ids":["#;
+    body += &vec!["1"; 1_500_000].join(",");
+    body += "]}";
+    assert!(body.len() > 3_000_000 && body.len() < 4 << 20);
+    // The peak resident size from here on (writing 5 to clear_refs resets VmHWM).
+    let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = proc_status_kb("VmRSS");
+    let t = Instant::now();
+    let (st, b) = send(
+        &s.base,
+        "POST",
+        "/v1/completions",
+        Some("application/json"),
+        body.into_bytes(),
+    );
+    let took = t.elapsed();
+    assert_error(st, &b, 400, Some("stop_token_ids"));
+    let msg = b["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("1500000") && msg.contains("1024"), "{msg}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let peak = if hwm_reset {
+        proc_status_kb("VmHWM")
+    } else {
+        proc_status_kb("VmRSS")
+    };
+    let grew_mb = peak.saturating_sub(before) / 1024;
+    assert!(
+        grew_mb < 300,
+        "resident memory grew {grew_mb} MB for one refused request"
+    );
+}
+
+#[test]
+fn request_size_caps_name_the_field() {
+    let _g = serial();
+    let s = &server().base;
+    let ones = |k: usize| -> Vec<Value> { vec![json!([1]); k] };
+    // Prompts per request.
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"prompt": ones(65)})),
+    );
+    assert_error(st, &b, 400, Some("prompt"));
+    // Sequences per request: prompts × n.
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"prompt": ones(5), "n": 16})),
+    );
+    assert_error(st, &b, 400, Some("n"));
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("80"),
+        "{b}"
+    );
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"prompt": ones(4), "n": 16})),
+    );
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["choices"].as_array().unwrap().len(), 64);
+    // Stop strings: count and length.
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"stop": vec!["zq"; 17]})),
+    );
+    assert_error(st, &b, 400, Some("stop"));
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"stop": ["z".repeat((256 << 10) + 1)]})),
+    );
+    assert_error(st, &b, 400, Some("stop"));
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"stop": vec!["zq".repeat(500); 16]})),
+    );
+    assert_eq!(st, 200, "{b}");
+    // stop_token_ids and logit_bias entries.
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"stop_token_ids": vec![1; 1025]})),
+    );
+    assert_error(st, &b, 400, Some("stop_token_ids"));
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"stop_token_ids": vec![1; 1024]})),
+    );
+    assert_eq!(st, 200, "{b}");
+    let bias: serde_json::Map<String, Value> =
+        (0..1025).map(|i| (i.to_string(), json!(1))).collect();
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"logit_bias": bias})),
+    );
+    assert_error(st, &b, 400, Some("logit_bias"));
+    // Messages, on the chat route and /tokenize.
+    let many = vec![json!({"role": "user", "content": "x"}); 1025];
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"messages": many})),
+    );
+    assert_error(st, &b, 400, Some("messages"));
+    let (st, b) = post(s, "/tokenize", &json!({"model": "smol", "messages": many}));
+    assert_error(st, &b, 400, Some("messages"));
+}
+
+/// The waiting queue counts sequences and is bounded: once it is full a request is answered
+/// 503 at once (never queued without bound), and one larger than the queue is a 400.
+#[test]
+fn a_full_waiting_queue_answers_503() {
+    let _g = serial();
+    let s = start(
+        ServerConfig::default(),
+        Some(EngineConfig {
+            max_running: 1,
+            max_waiting: 2,
+            ..engine_config()
+        }),
+    );
+    let base = s.base.clone();
+    runtime().block_on(async {
+        let held = hold_a_stream(&base).await;
+        // Two sequences (one request, n 2) wait behind the running stream: the queue is full.
+        let waiting = tokio::spawn({
+            let base = base.clone();
+            async move {
+                let r = client()
+                    .post(format!("{base}/v1/completions"))
+                    .json(&completion_body(json!({"n": 2})))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        });
+        let t = Instant::now();
+        loop {
+            let b = base.clone();
+            let w = tokio::task::spawn_blocking(move || metric(&b, "camelid_waiting_requests"))
+                .await
+                .unwrap();
+            if w >= 2.0 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "nothing queued");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let t = Instant::now();
+        let r = client()
+            .post(format!("{base}/v1/completions"))
+            .json(&completion_body(json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["type"], "server_overloaded", "{b}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // More sequences than the queue holds can never be queued.
+        let r = client()
+            .post(format!("{base}/v1/completions"))
+            .json(&completion_body(json!({"n": 3})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        drop(held);
+        let (st, b) = waiting.await.unwrap();
+        assert_eq!(st, 200, "{b}");
+        assert_eq!(b["choices"].as_array().unwrap().len(), 2);
+    });
+    // The queue drained: requests are taken again.
+    let (st, b) = post(&s.base, "/v1/completions", &completion_body(json!({})));
+    assert_eq!(st, 200, "{b}");
+}
+
+/// Tokenizing, detokenizing and the arena take a concurrency permit as generation does: with
+/// every permit held they answer 429, and take requests again once it is free.
+#[test]
+fn tokenize_and_arena_take_a_permit() {
+    let _g = serial();
+    let s = start(
+        ServerConfig {
+            max_concurrent: 1,
+            ..Default::default()
+        },
+        Some(engine_config()),
+    );
+    let base = s.base.clone();
+    let tokenize = json!({"model": "smol", "prompt": "hello ".repeat(10_000)});
+    runtime().block_on(async {
+        let held = hold_a_stream(&base).await;
+        for (method, path, body) in [
+            ("POST", "/tokenize", tokenize.clone()),
+            (
+                "POST",
+                "/tokenize",
+                json!({"messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            ("POST", "/detokenize", json!({"tokens": [1, 2, 3]})),
+            ("POST", "/v1/chat/completions", chat_body(json!({}))),
+            ("POST", "/v1/completions", completion_body(json!({}))),
+            (
+                "POST",
+                "/arena/battles",
+                json!({"messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            ("POST", "/arena/battles/x/vote", json!({"winner": "tie"})),
+            ("GET", "/arena/leaderboard", Value::Null),
+        ] {
+            let b = base.clone();
+            let (st, body) = tokio::task::spawn_blocking(move || {
+                let bytes = if body.is_null() {
+                    vec![]
+                } else {
+                    body.to_string().into_bytes()
+                };
+                send(&b, method, path, Some("application/json"), bytes)
+            })
+            .await
+            .unwrap();
+            assert_eq!(st, 429, "{method} {path}: {body}");
+            assert_eq!(body["error"]["type"], "server_overloaded", "{body}");
+        }
+        drop(held);
+    });
+    // The held stream's permit comes back once the server sees the disconnect.
+    let t = Instant::now();
+    loop {
+        let (st, b) = post(&s.base, "/tokenize", &tokenize);
+        if st == 200 {
+            let count = b["count"].as_u64().unwrap();
+            assert!(count > 5_000, "{b}");
+            assert_eq!(b["tokens"].as_array().unwrap().len() as u64, count);
+            break;
+        }
+        assert_eq!(st, 429, "{b}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the permit never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads until the server closes the connection; the time it took.
+fn time_until_closed(mut c: std::net::TcpStream) -> Duration {
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return t.elapsed(),
+            Ok(_) => continue, // hyper may say 408 first
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return t.elapsed(),
+            Err(e) => panic!("the connection stayed open ({e}) after {:?}", t.elapsed()),
+        }
+    }
+}
+
+/// A client that sends half a header and stalls, or connects and sends nothing, is closed
+/// after the header timeout; it does not hold a connection forever.
+#[test]
+fn slow_headers_are_cut_off() {
+    let _g = serial();
+    let s = start(
+        ServerConfig {
+            header_timeout_secs: 1,
+            ..Default::default()
+        },
+        None,
+    );
+    let mut half = std::net::TcpStream::connect(s.addr).unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .unwrap();
+    let idle = std::net::TcpStream::connect(s.addr).unwrap();
+    let t = time_until_closed(half);
+    assert!(
+        t >= Duration::from_millis(500) && t < Duration::from_secs(6),
+        "{t:?}"
+    );
+    let t = time_until_closed(idle);
+    assert!(t < Duration::from_secs(6), "{t:?}");
+    // Whole requests are still served (no model here: 503 loading).
+    let (st, b) = send(&s.base, "GET", "/v1/models", None, vec![]);
+    assert_error(st, &b, 503, None);
+}
+
+/// At most `max_connections` connections are served at once: with two idle ones open, a
+/// third client waits until the header timeout closes one of them.
+#[test]
+fn connections_are_capped() {
+    let _g = serial();
+    let s = start(
+        ServerConfig {
+            max_connections: 2,
+            header_timeout_secs: 3,
+            ..Default::default()
+        },
+        None,
+    );
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(s.addr).unwrap())
+        .collect();
+    let t = Instant::now();
+    let (st, b) = send(&s.base, "GET", "/v1/models", None, vec![]);
+    let waited = t.elapsed();
+    assert_error(st, &b, 503, None);
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(15),
+        "the third connection was served after {waited:?}"
+    );
+    drop(idle);
+}
+
+/// Fields that would change the answer and are not implemented are refused, naming the field;
+/// their "off" values and unknown fields pass.
+#[test]
+fn unimplemented_fields_are_refused() {
+    let _g = serial();
+    let s = &server().base;
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    for (extra, param) in [
+        (json!({"tools": tool}), "tools"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "f"}}}),
+            "tool_choice",
+        ),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"function_call": {"name": "f"}}), "function_call"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            "response_format",
+        ),
+        (json!({"response_format": "json"}), "response_format"),
+        (json!({"guided_json": {"type": "object"}}), "guided_json"),
+        (json!({"guided_choice": ["a", "b"]}), "guided_choice"),
+    ] {
+        let (st, b) = post(s, "/v1/chat/completions", &chat_body(extra.clone()));
+        assert_error(st, &b, 400, Some(param));
+    }
+    for (extra, param) in [
+        (json!({"suffix": "end"}), "suffix"),
+        (json!({"best_of": 3}), "best_of"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"guided_regex": "a+"}), "guided_regex"),
+    ] {
+        let (st, b) = post(s, "/v1/completions", &completion_body(extra));
+        assert_error(st, &b, 400, Some(param));
+    }
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"tools": [], "tool_choice": "none", "functions": [],
+                          "response_format": {"type": "text"}, "parallel_tool_calls": false,
+                          "no_such_field": {"x": 1}})),
+    );
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"suffix": null, "best_of": 1, "no_such_field": 1})),
+    );
+    assert_eq!(st, 200, "{b}");
+}
+
+/// One bad request: what is sent and what must come back.
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    /// The field the error must name, when it names one.
+    param: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    method: &'static str,
+    path: &str,
+    body: Value,
+    status: u16,
+    param: Option<&'static str>,
+) -> Case {
+    let body = match body {
+        Value::Null => vec![],
+        b => b.to_string().into_bytes(),
+    };
+    Case {
+        name,
+        method,
+        path: path.into(),
+        content_type: Some("application/json"),
+        body,
+        status,
+        param,
+    }
+}
+
+fn raw(
+    name: &'static str,
+    method: &'static str,
+    path: &str,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.into(),
+        content_type,
+        body,
+        status,
+        param: None,
+    }
+}
+
+/// Bad input over every route; each case's status and OpenAI error JSON.
+fn corpus() -> Vec<Case> {
+    const CHAT: &str = "/v1/chat/completions";
+    const CMPL: &str = "/v1/completions";
+    let chat = |extra: Value| chat_body(extra);
+    let cmpl = |extra: Value| completion_body(extra);
+    let user = |content: Value| json!({"model": "smol", "messages": [{"role": "user", "content": content}]});
+    let mut deep = String::new();
+    for _ in 0..10_000 {
+        deep.push('[');
+    }
+    let deep_chat = format!(r#"{{"model":"smol","messages":{deep}"#);
+    let long_prompt = "hello ".repeat(2000);
+    vec![
+        // The chat route: bodies that are not a JSON object.
+        raw(
+            "chat: empty body",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            vec![],
+            400,
+        ),
+        raw(
+            "chat: not JSON",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            b"{not json".to_vec(),
+            400,
+        ),
+        raw(
+            "chat: invalid UTF-8",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            vec![b'{', 0xff, 0xfe, b'}'],
+            400,
+        ),
+        raw(
+            "chat: truncated JSON",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            br#"{"model":"smol","messages":[{"#.to_vec(),
+            400,
+        ),
+        raw(
+            "chat: deep nesting",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            deep_chat.into_bytes(),
+            400,
+        ),
+        raw(
+            "chat: number out of range",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            br#"{"model":"smol","messages":[{"role":"user","content":"x"}],"temperature":1e999}"#
+                .to_vec(),
+            400,
+        ),
+        raw(
+            "chat: NaN literal",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            br#"{"model":"smol","messages":[{"role":"user","content":"x"}],"temperature":NaN}"#
+                .to_vec(),
+            400,
+        ),
+        raw(
+            "chat: form content type",
+            "POST",
+            CHAT,
+            Some("application/x-www-form-urlencoded"),
+            b"model=smol&messages=hi".to_vec(),
+            400,
+        ),
+        raw(
+            "chat: text content type, no body",
+            "POST",
+            CHAT,
+            Some("text/plain"),
+            vec![],
+            400,
+        ),
+        case("chat: array body", "POST", CHAT, json!([1, 2]), 400, None),
+        case("chat: string body", "POST", CHAT, json!("hello"), 400, None),
+        case(
+            "chat: no messages",
+            "POST",
+            CHAT,
+            json!({"model": "smol"}),
+            400,
+            None,
+        ),
+        case(
+            "chat: messages a string",
+            "POST",
+            CHAT,
+            json!({"model": "smol", "messages": "hi"}),
+            400,
+            Some("messages"),
+        ),
+        case(
+            "chat: messages empty",
+            "POST",
+            CHAT,
+            chat(json!({"messages": []})),
+            400,
+            Some("messages"),
+        ),
+        case(
+            "chat: message without role",
+            "POST",
+            CHAT,
+            chat(json!({"messages": [{"content": "x"}]})),
+            400,
+            Some("messages[0]"),
+        ),
+        case(
+            "chat: unknown role",
+            "POST",
+            CHAT,
+            chat(json!({"messages": [{"role": "wizard", "content": "x"}]})),
+            400,
+            Some("messages[0].role"),
+        ),
+        case(
+            "chat: content a number",
+            "POST",
+            CHAT,
+            user(json!(5)),
+            400,
+            Some("messages[0].content"),
+        ),
+        case(
+            "chat: image content part",
+            "POST",
+            CHAT,
+            user(json!([{"type": "image_url", "image_url": {"url": "http://x"}}])),
+            400,
+            Some("messages[0].content[0]"),
+        ),
+        case(
+            "chat: model a number",
+            "POST",
+            CHAT,
+            chat(json!({"model": 7})),
+            400,
+            Some("model"),
+        ),
+        case(
+            "chat: unknown model",
+            "POST",
+            CHAT,
+            chat(json!({"model": "gpt-9"})),
+            404,
+            Some("model"),
+        ),
+        case(
+            "chat: temperature a string",
+            "POST",
+            CHAT,
+            chat(json!({"temperature": "hot"})),
+            400,
+            Some("temperature"),
+        ),
+        case(
+            "chat: temperature negative",
+            "POST",
+            CHAT,
+            chat(json!({"temperature": -1})),
+            400,
+            Some("temperature"),
+        ),
+        case(
+            "chat: temperature huge",
+            "POST",
+            CHAT,
+            chat(json!({"temperature": 1e30})),
+            400,
+            Some("temperature"),
+        ),
+        case(
+            "chat: top_p zero",
+            "POST",
+            CHAT,
+            chat(json!({"top_p": 0})),
+            400,
+            Some("top_p"),
+        ),
+        case(
+            "chat: top_k negative",
+            "POST",
+            CHAT,
+            chat(json!({"top_k": -5})),
+            400,
+            Some("top_k"),
+        ),
+        case(
+            "chat: min_p above one",
+            "POST",
+            CHAT,
+            chat(json!({"min_p": 2})),
+            400,
+            Some("min_p"),
+        ),
+        case(
+            "chat: repetition_penalty zero",
+            "POST",
+            CHAT,
+            chat(json!({"repetition_penalty": 0})),
+            400,
+            Some("repetition_penalty"),
+        ),
+        case(
+            "chat: presence_penalty huge",
+            "POST",
+            CHAT,
+            chat(json!({"presence_penalty": 3})),
+            400,
+            Some("presence_penalty"),
+        ),
+        case(
+            "chat: frequency_penalty negative",
+            "POST",
+            CHAT,
+            chat(json!({"frequency_penalty": -3})),
+            400,
+            Some("frequency_penalty"),
+        ),
+        case(
+            "chat: n zero",
+            "POST",
+            CHAT,
+            chat(json!({"n": 0})),
+            400,
+            Some("n"),
+        ),
+        case(
+            "chat: n negative",
+            "POST",
+            CHAT,
+            chat(json!({"n": -1})),
+            400,
+            Some("n"),
+        ),
+        case(
+            "chat: n fractional",
+            "POST",
+            CHAT,
+            chat(json!({"n": 1.5})),
+            400,
+            Some("n"),
+        ),
+        case(
+            "chat: n over u32",
+            "POST",
+            CHAT,
+            chat(json!({"n": 1u64 << 40})),
+            400,
+            Some("n"),
+        ),
+        case(
+            "chat: max_tokens negative",
+            "POST",
+            CHAT,
+            chat(json!({"max_tokens": -5})),
+            400,
+            Some("max_tokens"),
+        ),
+        case(
+            "chat: max_tokens zero",
+            "POST",
+            CHAT,
+            chat(json!({"max_tokens": 0})),
+            400,
+            Some("max_tokens"),
+        ),
+        case(
+            "chat: max_tokens over the context",
+            "POST",
+            CHAT,
+            chat(json!({"max_tokens": 100_000})),
+            400,
+            Some("max_tokens"),
+        ),
+        case(
+            "chat: prompt longer than the context",
+            "POST",
+            CHAT,
+            chat(json!({"messages": [{"role": "user", "content": long_prompt}]})),
+            400,
+            Some("max_tokens"),
+        ),
+        case(
+            "chat: seed negative",
+            "POST",
+            CHAT,
+            chat(json!({"seed": -1})),
+            400,
+            Some("seed"),
+        ),
+        case(
+            "chat: stream a string",
+            "POST",
+            CHAT,
+            chat(json!({"stream": "yes"})),
+            400,
+            Some("stream"),
+        ),
+        case(
+            "chat: stream_options a number",
+            "POST",
+            CHAT,
+            chat(json!({"stream_options": 5})),
+            400,
+            Some("stream_options"),
+        ),
+        case(
+            "chat: stop a number",
+            "POST",
+            CHAT,
+            chat(json!({"stop": 5})),
+            400,
+            Some("stop"),
+        ),
+        case(
+            "chat: stop_token_ids strings",
+            "POST",
+            CHAT,
+            chat(json!({"stop_token_ids": ["a"]})),
+            400,
+            Some("stop_token_ids[0]"),
+        ),
+        case(
+            "chat: stop token outside the vocabulary",
+            "POST",
+            CHAT,
+            chat(json!({"stop_token_ids": [4_000_000_000u32]})),
+            400,
+            Some("stop_token_ids"),
+        ),
+        case(
+            "chat: logit_bias key not a token",
+            "POST",
+            CHAT,
+            chat(json!({"logit_bias": {"abc": 1}})),
+            400,
+            Some("logit_bias"),
+        ),
+        case(
+            "chat: logit_bias value huge",
+            "POST",
+            CHAT,
+            chat(json!({"logit_bias": {"1": 1000}})),
+            400,
+            Some("logit_bias"),
+        ),
+        case(
+            "chat: logit_bias an array",
+            "POST",
+            CHAT,
+            chat(json!({"logit_bias": [1, 2]})),
+            400,
+            Some("logit_bias"),
+        ),
+        case(
+            "chat: top_logprobs over 20",
+            "POST",
+            CHAT,
+            chat(json!({"logprobs": true, "top_logprobs": 21})),
+            400,
+            Some("top_logprobs"),
+        ),
+        case(
+            "chat: tools",
+            "POST",
+            CHAT,
+            chat(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})),
+            400,
+            Some("tools"),
+        ),
+        case(
+            "chat: response_format json",
+            "POST",
+            CHAT,
+            chat(json!({"response_format": {"type": "json_object"}})),
+            400,
+            Some("response_format"),
+        ),
+        raw("chat: GET", "GET", CHAT, None, vec![], 405),
+        raw(
+            "chat: PUT",
+            "PUT",
+            CHAT,
+            Some("application/json"),
+            b"{}".to_vec(),
+            405,
+        ),
+        raw("chat: DELETE", "DELETE", CHAT, None, vec![], 405),
+        raw(
+            "chat: body over the limit",
+            "POST",
+            CHAT,
+            Some("application/json"),
+            vec![b' '; (4 << 20) + 1],
+            413,
+        ),
+        // Completions.
+        case(
+            "completions: no prompt",
+            "POST",
+            CMPL,
+            json!({"model": "smol"}),
+            400,
+            None,
+        ),
+        case(
+            "completions: prompt a number",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": 5})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: prompt empty list",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": []})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: prompt empty string",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": ""})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: empty token list",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": [[]]})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: negative token",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": [-1]})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: fractional token",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": [1.5]})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: token outside the vocabulary",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": [99_999_999]})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: mixed prompt list",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": ["a", 1]})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: 65 prompts",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": vec!["a"; 65]})),
+            400,
+            Some("prompt"),
+        ),
+        case(
+            "completions: 5 prompts × n 16",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": vec!["a"; 5], "n": 16})),
+            400,
+            Some("n"),
+        ),
+        case(
+            "completions: echo a string",
+            "POST",
+            CMPL,
+            cmpl(json!({"echo": "yes"})),
+            400,
+            Some("echo"),
+        ),
+        case(
+            "completions: logprobs over 20",
+            "POST",
+            CMPL,
+            cmpl(json!({"logprobs": 21})),
+            400,
+            Some("logprobs"),
+        ),
+        case(
+            "completions: max_tokens zero without echo",
+            "POST",
+            CMPL,
+            cmpl(json!({"max_tokens": 0})),
+            400,
+            Some("max_tokens"),
+        ),
+        case(
+            "completions: prompt longer than the context",
+            "POST",
+            CMPL,
+            cmpl(json!({"prompt": vec![1; 600]})),
+            400,
+            Some("max_tokens"),
+        ),
+        case(
+            "completions: unknown model",
+            "POST",
+            CMPL,
+            cmpl(json!({"model": "nope"})),
+            404,
+            Some("model"),
+        ),
+        case(
+            "completions: suffix",
+            "POST",
+            CMPL,
+            cmpl(json!({"suffix": "x"})),
+            400,
+            Some("suffix"),
+        ),
+        case(
+            "completions: best_of",
+            "POST",
+            CMPL,
+            cmpl(json!({"best_of": 4})),
+            400,
+            Some("best_of"),
+        ),
+        case(
+            "completions: 1025 stop token ids",
+            "POST",
+            CMPL,
+            cmpl(json!({"stop_token_ids": vec![1; 1025]})),
+            400,
+            Some("stop_token_ids"),
+        ),
+        case(
+            "completions: 17 stop strings",
+            "POST",
+            CMPL,
+            cmpl(json!({"stop": vec!["q"; 17]})),
+            400,
+            Some("stop"),
+        ),
+        raw("completions: GET", "GET", CMPL, None, vec![], 405),
+        raw(
+            "completions: not JSON",
+            "POST",
+            CMPL,
+            Some("application/json"),
+            b"prompt=hi".to_vec(),
+            400,
+        ),
+        // Models.
+        raw(
+            "models: POST",
+            "POST",
+            "/v1/models",
+            Some("application/json"),
+            b"{}".to_vec(),
+            405,
+        ),
+        raw("models: DELETE", "DELETE", "/v1/models", None, vec![], 405),
+        // Tokenize and detokenize.
+        raw(
+            "tokenize: empty body",
+            "POST",
+            "/tokenize",
+            Some("application/json"),
+            vec![],
+            400,
+        ),
+        raw(
+            "tokenize: invalid UTF-8",
+            "POST",
+            "/tokenize",
+            Some("application/json"),
+            vec![0xc3, 0x28],
+            400,
+        ),
+        case(
+            "tokenize: neither prompt nor messages",
+            "POST",
+            "/tokenize",
+            json!({"model": "smol"}),
+            400,
+            None,
+        ),
+        case(
+            "tokenize: prompt a number",
+            "POST",
+            "/tokenize",
+            json!({"prompt": 5}),
+            400,
+            None,
+        ),
+        case(
+            "tokenize: unknown model",
+            "POST",
+            "/tokenize",
+            json!({"model": "nope", "prompt": "x"}),
+            404,
+            Some("model"),
+        ),
+        case(
+            "tokenize: unknown role",
+            "POST",
+            "/tokenize",
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            400,
+            Some("messages[0].role"),
+        ),
+        case(
+            "tokenize: empty messages",
+            "POST",
+            "/tokenize",
+            json!({"messages": []}),
+            400,
+            Some("messages"),
+        ),
+        raw("tokenize: GET", "GET", "/tokenize", None, vec![], 405),
+        case(
+            "detokenize: token outside the vocabulary",
+            "POST",
+            "/detokenize",
+            json!({"tokens": [99_999_999]}),
+            400,
+            Some("tokens"),
+        ),
+        case(
+            "detokenize: negative token",
+            "POST",
+            "/detokenize",
+            json!({"tokens": [-1]}),
+            400,
+            Some("tokens[0]"),
+        ),
+        case(
+            "detokenize: tokens a string",
+            "POST",
+            "/detokenize",
+            json!({"tokens": "1 2 3"}),
+            400,
+            Some("tokens"),
+        ),
+        case(
+            "detokenize: no tokens",
+            "POST",
+            "/detokenize",
+            json!({}),
+            400,
+            None,
+        ),
+        case(
+            "detokenize: unknown model",
+            "POST",
+            "/detokenize",
+            json!({"model": "nope", "tokens": [1]}),
+            404,
+            Some("model"),
+        ),
+        raw("detokenize: GET", "GET", "/detokenize", None, vec![], 405),
+        // The arena (one model served: no battle can be drawn).
+        case(
+            "arena: model given",
+            "POST",
+            "/arena/battles",
+            chat(json!({})),
+            400,
+            Some("model"),
+        ),
+        case(
+            "arena: streamed",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "stream": true}),
+            400,
+            Some("stream"),
+        ),
+        case(
+            "arena: battle_id a number",
+            "POST",
+            "/arena/battles",
+            json!({"battle_id": 5, "messages": []}),
+            400,
+            Some("battle_id"),
+        ),
+        case(
+            "arena: one model served",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            400,
+            None,
+        ),
+        case(
+            "arena: unknown battle",
+            "POST",
+            "/arena/battles",
+            json!({"battle_id": "nope", "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            None,
+        ),
+        raw(
+            "arena: not JSON",
+            "POST",
+            "/arena/battles",
+            Some("application/json"),
+            b"[[[".to_vec(),
+            400,
+        ),
+        raw(
+            "arena: GET battles",
+            "GET",
+            "/arena/battles",
+            None,
+            vec![],
+            405,
+        ),
+        case(
+            "vote: unknown battle",
+            "POST",
+            "/arena/battles/nope/vote",
+            json!({"winner": "tie"}),
+            404,
+            None,
+        ),
+        case(
+            "vote: bad winner",
+            "POST",
+            "/arena/battles/nope/vote",
+            json!({"winner": "me"}),
+            400,
+            Some("winner"),
+        ),
+        case(
+            "vote: no body",
+            "POST",
+            "/arena/battles/nope/vote",
+            Value::Null,
+            400,
+            Some("winner"),
+        ),
+        raw(
+            "vote: id not UTF-8",
+            "POST",
+            "/arena/battles/%FF%FE/vote",
+            Some("application/json"),
+            br#"{"winner":"tie"}"#.to_vec(),
+            400,
+        ),
+        raw(
+            "vote: GET",
+            "GET",
+            "/arena/battles/x/vote",
+            None,
+            vec![],
+            405,
+        ),
+        raw(
+            "leaderboard: POST",
+            "POST",
+            "/arena/leaderboard",
+            Some("application/json"),
+            b"{}".to_vec(),
+            405,
+        ),
+        // Health, metrics and paths that do not exist.
+        raw("health: POST", "POST", "/health", None, vec![], 405),
+        raw("metrics: DELETE", "DELETE", "/metrics", None, vec![], 405),
+        raw("unknown: GET /", "GET", "/", None, vec![], 404),
+        raw(
+            "unknown: embeddings",
+            "POST",
+            "/v1/embeddings",
+            Some("application/json"),
+            b"{}".to_vec(),
+            404,
+        ),
+        raw("unknown: v2", "GET", "/v2/models", None, vec![], 404),
+        raw(
+            "unknown: long path",
+            "GET",
+            &format!("/{}", "a".repeat(8000)),
+            None,
+            vec![],
+            404,
+        ),
+        raw(
+            "unknown: encoded dots",
+            "GET",
+            "/v1/%2e%2e/%2e%2e/etc/passwd",
+            None,
+            vec![],
+            404,
+        ),
+    ]
+}
+
+#[test]
+fn bad_input_corpus_over_every_route() {
+    let _g = serial();
+    let s = &server().base;
+    let cases = corpus();
+    assert!(cases.len() >= 60, "{} cases", cases.len());
+    let before = proc_status_kb("VmRSS");
+    for c in &cases {
+        let (st, b) = send(s, c.method, &c.path, c.content_type, c.body.clone());
+        assert_eq!(st, c.status, "{}: {b}", c.name);
+        let e = &b["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty())
+                && e["type"].is_string()
+                && e.get("param").is_some()
+                && e.get("code").is_some(),
+            "{}: not an OpenAI error: {b}",
+            c.name
+        );
+        if let Some(p) = c.param {
+            assert_eq!(e["param"], p, "{}: {b}", c.name);
+        }
+    }
+    let grew_mb = proc_status_kb("VmRSS").saturating_sub(before) / 1024;
+    assert!(grew_mb < 100, "resident memory grew {grew_mb} MB");
+    // The server still answers.
+    let (st, b) = post(s, "/v1/chat/completions", &chat_body(json!({})));
+    assert_eq!(st, 200, "{b}");
+    assert!(b["choices"][0]["message"]["content"].is_string(), "{b}");
+}
