@@ -215,6 +215,70 @@ fn a_request_larger_than_the_pool_fails_at_once() {
     }
 }
 
+/// The waiting queue counts sequences: a request's choices are queued all or none, a full
+/// queue is `QueueFull` at once, and requests cancelled while waiting give their room back.
+#[test]
+fn the_waiting_queue_counts_sequences_and_is_bounded() {
+    let engine = EngineHandle::spawn(
+        smol(),
+        EngineConfig {
+            max_running: 1,
+            max_waiting: 3,
+            ..Default::default()
+        },
+    );
+    let req = |max_tokens| Request {
+        prompt: vec![1, 2, 3],
+        params: params(max_tokens, SamplingParams::greedy()),
+        prompt_logprobs: None,
+    };
+    let running = engine.submit(req(480)).unwrap();
+    let t = Instant::now();
+    while engine
+        .metrics
+        .running
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "never admitted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let two = engine.submit_all(vec![req(1), req(1)]).unwrap();
+    // Two more do not fit beside those two: neither is queued.
+    assert_eq!(
+        engine.submit_all(vec![req(1), req(1)]).map(|_| ()),
+        Err(SubmitError::QueueFull)
+    );
+    let third = engine.submit(req(1)).unwrap();
+    assert_eq!(
+        engine.submit(req(1)).map(|_| ()),
+        Err(SubmitError::QueueFull)
+    );
+    assert!(matches!(
+        engine.submit_all(vec![req(1), req(1), req(1), req(1)]),
+        Err(SubmitError::Invalid(_))
+    ));
+    // Cancelling the waiting pair frees their room within a step.
+    drop(two);
+    let t = Instant::now();
+    let more = loop {
+        match engine.submit_all(vec![req(1), req(1)]) {
+            Ok(rxs) => break rxs,
+            Err(SubmitError::QueueFull) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "room never came back"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    drop(running);
+    for rx in more.into_iter().chain([third]) {
+        assert_eq!(drain(rx).unwrap().0.len(), 1);
+    }
+}
+
 #[test]
 fn prefix_cache_reuses_blocks_and_changes_nothing() {
     let lm = smol();
