@@ -7,14 +7,13 @@ use crate::error::ApiError;
 use crate::format::{chat_logprobs, new_id, now_secs, sum_usage};
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::run::{self, blocking, collect, ChoiceSpec, Submission};
-use crate::state::{AppState, ModelEntry};
+use crate::state::{AppState, ModelEntry, Permit};
 use crate::validate::{generation_params, max_tokens, unimplemented_chat, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use camelid_model::Message;
 use serde_json::Value;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// OpenAI messages → template messages. Content parts must be text.
 pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
@@ -79,12 +78,13 @@ pub struct Submitted {
 /// Renders a conversation with the model's template and tokenizes it, off the async
 /// workers (a body of megabytes takes a while).
 pub async fn render_and_encode(
+    permit: &Permit,
     model: &Arc<ModelEntry>,
     msgs: Vec<Message>,
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ApiError> {
     let model = model.clone();
-    blocking(move || {
+    blocking(permit, move || {
         let text = model
             .template
             .render(&msgs, add_generation_prompt)
@@ -103,7 +103,7 @@ pub async fn render_and_encode(
 /// `permit`. Whether the answer is streamed is the caller's business.
 pub async fn submit(
     state: &Arc<AppState>,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
     req: &ChatRequest,
     sampling: &SamplingFields,
 ) -> Result<Submitted, ApiError> {
@@ -136,7 +136,7 @@ pub async fn submit(
     let n = f.n.unwrap_or(1) as usize;
     limits.check_sequences(1, n)?;
     let msgs = to_messages(&req.messages)?;
-    let prompt = render_and_encode(&model, msgs, true).await?;
+    let prompt = render_and_encode(&permit, &model, msgs, true).await?;
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),
         None,
@@ -200,7 +200,7 @@ pub struct ChatResult {
 /// Answers a chat request whole under `permit` (the request's `stream` is not looked at).
 pub async fn complete(
     state: Arc<AppState>,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
     req: ChatRequest,
     sampling: SamplingFields,
 ) -> Result<ChatResult, ApiError> {

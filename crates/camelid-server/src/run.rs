@@ -1,7 +1,7 @@
 //! Submitting prompts to an engine and gathering what comes back, whole or as a stream.
 
 use crate::error::ApiError;
-use crate::state::{AppState, ModelEntry};
+use crate::state::{AppState, ModelEntry, Permit};
 use axum::http::StatusCode;
 use camelid_engine::{Event, Request, SubmitError, Usage};
 use camelid_model::decode::sampling::TokenLogprob;
@@ -9,7 +9,6 @@ use camelid_model::decode::{FinishReason, GenerationParams};
 use futures::stream::{SelectAll, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 /// One choice to generate: its index in the response and its prompt.
@@ -26,14 +25,14 @@ pub struct Submission {
     pub choices: usize,
     pub started: Instant,
     pub state: Arc<AppState>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
 }
 
 /// Hands every choice to the engine, all or none (a full waiting queue is 503), holding
 /// `permit` (the request's concurrency slot) until the submission is dropped.
 pub fn submit(
     state: &Arc<AppState>,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
     model: &ModelEntry,
     specs: Vec<ChoiceSpec>,
 ) -> Result<Submission, ApiError> {
@@ -72,14 +71,20 @@ pub fn submit(
     })
 }
 
-/// Runs `f` on tokio's blocking pool: rendering and tokenizing a body of megabytes must not
-/// stall the async workers that carry every stream.
+/// Runs `f` on tokio's blocking pool (rendering and tokenizing a body of megabytes must not
+/// stall the async workers that carry every stream), holding the request's `permit` until
+/// it is done.
 pub async fn blocking<T: Send + 'static>(
+    permit: &Permit,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))?
+    let permit = permit.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))?
 }
 
 /// Per-choice latency bookkeeping for the metrics.

@@ -56,6 +56,12 @@ impl Default for ServerConfig {
     }
 }
 
+/// A request's concurrency slot. Clones share it: work a request hands to another thread
+/// holds a clone, so the slot stays taken until that work is done too, even when the client
+/// has gone and the handler was dropped.
+#[derive(Clone)]
+pub struct Permit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
 pub struct AppState {
     models: RwLock<Option<Vec<Arc<ModelEntry>>>>,
     pub config: ServerConfig,
@@ -116,15 +122,19 @@ impl AppState {
 
     /// A slot for one request, taken once its body is read and held until its answer is
     /// sent: parsing, rendering, tokenizing and generating all count. None left means 429.
-    pub fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::overloaded(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "Too many requests in flight (limit {}); retry later.",
-                    self.config.max_concurrent
-                ),
-            )
-        })
+    pub fn permit(&self) -> Result<Permit, ApiError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map(|p| Permit(Arc::new(p)))
+            .map_err(|_| {
+                ApiError::overloaded(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "Too many requests in flight (limit {}); retry later.",
+                        self.config.max_concurrent
+                    ),
+                )
+            })
     }
 }

@@ -15,7 +15,7 @@ use crate::chat;
 use crate::error::ApiError;
 use crate::format::{finish_str, usage_json};
 use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
-use crate::state::AppState;
+use crate::state::{AppState, Permit};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -24,7 +24,6 @@ use camelid_eval::ratings::{self, Outcome};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Bootstrap resamples behind the leaderboard's intervals.
 const BOOTSTRAP_ROUNDS: usize = 100;
@@ -49,7 +48,7 @@ fn contestants(state: &AppState, battle_id: Option<&str>) -> Result<(String, Str
 /// One contestant's answer: the chat completion's first choice.
 async fn answer(
     state: Arc<AppState>,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
     mut req: ChatRequest,
     sampling: SamplingFields,
     model: String,
@@ -144,14 +143,15 @@ pub async fn vote(
 }
 
 pub async fn leaderboard(State(state): State<Arc<AppState>>) -> Response {
-    // A hundred fits of every vote: as much work as a request.
-    let _permit = match state.permit() {
+    // A hundred fits of every vote: as much work as a request, so it holds a permit (until
+    // the fits are done, even if the client leaves), off the async workers.
+    let permit = match state.permit() {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let votes = state.arena.votes();
-    // A hundred fits of the votes: off the async workers.
     let rows = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         (
             votes.len(),
             ratings::leaderboard(&votes, BOOTSTRAP_ROUNDS, 0),

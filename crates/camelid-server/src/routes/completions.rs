@@ -69,8 +69,10 @@ pub async fn completions(
     }
     let tok = model.engine.shared_tokenizer();
     let prompts: Vec<Vec<u32>> = match std::mem::replace(&mut req.prompt, Prompt::Tokens(vec![])) {
-        Prompt::Text(s) => vec![blocking(move || encode(&tok, &s)).await?],
-        Prompt::Texts(v) => blocking(move || v.iter().map(|s| encode(&tok, s)).collect()).await?,
+        Prompt::Text(s) => vec![blocking(&permit, move || encode(&tok, &s)).await?],
+        Prompt::Texts(v) => {
+            blocking(&permit, move || v.iter().map(|s| encode(&tok, s)).collect()).await?
+        }
         Prompt::Tokens(t) => vec![t],
         Prompt::TokenLists(l) => l,
     };

@@ -19,7 +19,7 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     let body = body_bytes(body)?;
-    let _permit = s.permit()?;
+    let permit = s.permit()?;
     let req: TokenizeRequest = openai::parse_body(&body)?;
     drop(body);
     let (model, ids) = match req {
@@ -31,7 +31,7 @@ pub async fn tokenize(
             s.config.limits.check_messages(messages.len())?;
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
-            let ids = render_and_encode(&m, msgs, add_generation_prompt).await?;
+            let ids = render_and_encode(&permit, &m, msgs, add_generation_prompt).await?;
             (m, ids)
         }
         TokenizeRequest::Text {
@@ -41,7 +41,7 @@ pub async fn tokenize(
         } => {
             let m = s.model(model.as_deref())?;
             let tok = m.engine.shared_tokenizer();
-            let ids = blocking(move || {
+            let ids = blocking(&permit, move || {
                 tok.encode(&prompt, add_special_tokens)
                     .map_err(|e| ApiError::bad_request(e.to_string()))
             })
@@ -62,7 +62,7 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> AppResult {
     let body = body_bytes(body)?;
-    let _permit = s.permit()?;
+    let permit = s.permit()?;
     let req: DetokenizeRequest = openai::parse_body(&body)?;
     drop(body);
     let m = s.model(req.model.as_deref())?;
@@ -74,7 +74,7 @@ pub async fn detokenize(
         ));
     }
     let tok = m.engine.shared_tokenizer();
-    let text = blocking(move || {
+    let text = blocking(&permit, move || {
         tok.decode(&req.tokens, false)
             .map_err(|e| ApiError::bad_request(e.to_string()))
     })
