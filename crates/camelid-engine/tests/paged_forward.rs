@@ -139,3 +139,75 @@ fn scattered_batches_match(dtype: DType, kv: KvDtype, tol: f32, host: bool) {
     let t1 = &paged.seqs[&1].table;
     assert!(t1.windows(2).any(|w| w[1] != w[0] + 1), "table {t1:?}");
 }
+
+/// The first token's log-probabilities of a chat prompt on the default model as served
+/// (quantized weights, f32 activations, host cache of element type `kv`), computed in one
+/// prefill over a paged host cache.
+fn first_token_logprobs(lm: &camelid_model::LoadedModel, ids: &[u32], kv: KvDtype) -> Vec<f32> {
+    let c = lm.model.config();
+    let bs = 16;
+    let mut paged = PagedKv::new(
+        c.num_layers,
+        c.num_kv_heads,
+        c.head_dim,
+        ids.len().div_ceil(bs) + 1,
+        bs,
+        lm.model.dtype(),
+        kv,
+        lm.model.device(),
+    )
+    .unwrap();
+    assert!(paged.in_host_memory());
+    assert_eq!(paged.start(1, &ids[..0]), 0);
+    assert!(paged.reserve(1, ids.len()));
+    let mut batch = ForwardBatch::default();
+    batch.push(1, 0, ids, LogitsWanted::Last);
+    let logits = rows(&lm.model.forward(&batch, &mut paged).unwrap());
+    camelid_model::decode::sampling::log_softmax(&logits[0])
+}
+
+/// An f16 (or Q8_0) cache against the f32 cache on the default model as served: the
+/// log-probabilities of the f32 cache's top-5 first tokens of "What is the capital of
+/// France?" (the model's own template) within `tol` nats.
+fn first_token_top5_within(kv: KvDtype, tol: f32) {
+    let lm = camelid_model::load(
+        Some(common::default_gguf().to_str().unwrap()),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let text = lm
+        .template
+        .render(
+            &[camelid_model::Message::new(
+                "user",
+                "What is the capital of France?",
+            )],
+            true,
+        )
+        .unwrap();
+    let ids = lm.tokenizer.encode(&text, true).unwrap();
+    let exact = first_token_logprobs(&lm, &ids, KvDtype::F32);
+    let got = first_token_logprobs(&lm, &ids, kv);
+    let top = common::top_k(&exact, 5);
+    let worst = top
+        .iter()
+        .map(|&t| (got[t] - exact[t]).abs())
+        .fold(0f32, f32::max);
+    for &t in &top {
+        eprintln!(
+            "{kv:?}: token {t} {:?}: f32 {:.4}, {kv:?} {:.4}",
+            lm.tokenizer.decode(&[t as u32], false).unwrap(),
+            exact[t],
+            got[t]
+        );
+    }
+    assert!(
+        worst <= tol,
+        "{kv:?} cache moves a top-5 logprob by {worst} nats"
+    );
+}
+
+#[test]
+fn f16_cache_keeps_the_first_tokens_logprobs() {
+    first_token_top5_within(KvDtype::F16, 0.05);
+}
