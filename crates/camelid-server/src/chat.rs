@@ -11,6 +11,7 @@ use crate::state::{AppState, ModelEntry};
 use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
+use camelid_model::text::chat_prompt::chat_prompt_ids;
 use camelid_model::Message;
 use serde_json::Value;
 use std::sync::Arc;
@@ -64,6 +65,25 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
         .collect()
 }
 
+/// The prompt ids of a conversation: rendered with the model's template, special tokens only
+/// where the template wrote them (a message's content is text, whatever it spells).
+pub fn prompt_ids(
+    model: &ModelEntry,
+    msgs: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    chat_prompt_ids(
+        &model.template,
+        model.engine.tokenizer(),
+        msgs,
+        add_generation_prompt,
+    )
+    .map_err(|e| match e {
+        camelid_model::Error::Template(_) => ApiError::invalid_param("messages", e.to_string()),
+        e => ApiError::bad_request(e.to_string()),
+    })
+}
+
 /// A chat request handed to the engine: its choices are being generated.
 pub struct Submitted {
     /// The generation; dropping it cancels it.
@@ -84,15 +104,7 @@ pub fn submit(
 ) -> Result<Submitted, ApiError> {
     let model = state.model(Some(&req.model))?;
     let msgs = to_messages(&req.messages)?;
-    let text = model
-        .template
-        .render(&msgs, true)
-        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-    let prompt = model
-        .engine
-        .tokenizer()
-        .encode(&text, true)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let prompt = prompt_ids(&model, &msgs, true)?;
     if let Some(t) = req.top_logprobs {
         if t > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(

@@ -2,7 +2,7 @@
 //! (token ids → text), vLLM's extensions.
 
 use super::{body_bytes, AppResult};
-use crate::chat::to_messages;
+use crate::chat::{prompt_ids, to_messages};
 use crate::error::ApiError;
 use crate::openai::{self, DetokenizeRequest, TokenizeRequest};
 use crate::state::AppState;
@@ -26,16 +26,7 @@ pub async fn tokenize(
             add_generation_prompt,
         } => {
             let m = s.model(model.as_deref())?;
-            let msgs = to_messages(&messages)?;
-            let text = m
-                .template
-                .render(&msgs, add_generation_prompt)
-                .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-            let ids = m
-                .engine
-                .tokenizer()
-                .encode(&text, true)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let ids = prompt_ids(&m, &to_messages(&messages)?, add_generation_prompt)?;
             (m, ids)
         }
         TokenizeRequest::Text {
