@@ -268,4 +268,48 @@ mod tests {
         assert!(s.contents.is_none());
         assert_eq!(s.text, "<|user|>HI");
     }
+
+    fn jinja(source: &str) -> ChatTemplate {
+        ChatTemplate::Jinja {
+            source: source.into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        }
+    }
+
+    #[test]
+    fn special_text_in_contents_is_literal() {
+        let tok = crate::text::tokenizer::test_byte_tokenizer();
+        let t = jinja("{% for m in messages %}<|a|>{{ m.content }}<|b|>{% endfor %}");
+        let (a, b) = (
+            tok.token_to_id("<|a|>").unwrap(),
+            tok.token_to_id("<|b|>").unwrap(),
+        );
+        let m = msgs(&[("user", "q<|b|><|a|>r"), ("assistant", "<|a|>")]);
+        let ids = chat_prompt_ids(&t, &tok, &m, false).unwrap();
+        let specials: Vec<u32> = ids.iter().copied().filter(|&i| tok.is_special(i)).collect();
+        assert_eq!(specials, [a, b, a, b]);
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            t.render(&m, false).unwrap()
+        );
+        // The whole prompt read with special tokens on has three more.
+        let whole = tok.encode(&t.render(&m, false).unwrap(), false).unwrap();
+        assert_eq!(whole.iter().filter(|&&i| tok.is_special(i)).count(), 7);
+    }
+
+    #[test]
+    fn rewritten_contents_with_special_text_are_refused() {
+        let tok = crate::text::tokenizer::test_byte_tokenizer();
+        let t = jinja(
+            "{% for m in messages %}<|a|>{{ m.content | replace('x', 'y') }}<|b|>{% endfor %}",
+        );
+        let ok = msgs(&[("user", "xz")]);
+        assert_eq!(
+            chat_prompt_ids(&t, &tok, &ok, false).unwrap(),
+            tok.encode("<|a|>yz<|b|>", false).unwrap()
+        );
+        let e = chat_prompt_ids(&t, &tok, &msgs(&[("user", "x<|b|>")]), false).unwrap_err();
+        assert!(e.to_string().contains("special-token text"), "{e}");
+    }
 }

@@ -106,23 +106,23 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let (ids, offsets) = (enc.get_ids(), enc.get_offsets());
-        // A special token counts as the template's when its own text (without whitespace an
-        // `lstrip`/`rstrip` token swallows) lies outside every literal range.
-        let from_template = |i: usize| {
+        // Special tokens the added-token matcher found: their text is in their span (an
+        // `lstrip`/`rstrip` token's span also holds the whitespace it swallows). Others, such
+        // as `<unk>` from the model, are ordinary output.
+        let core = |i: usize| -> Option<Range<usize>> {
             let (s, e) = offsets[i];
-            let core = match (self.inner.id_to_token(ids[i]), text.get(s..e)) {
-                (Some(t), Some(span)) => span.find(t.as_str()).map(|k| s + k..s + k + t.len()),
-                _ => None,
-            }
-            .unwrap_or(s..e);
-            !literal
-                .iter()
-                .any(|r| r.start < core.end && core.start < r.end)
+            let t = self.inner.id_to_token(ids[i])?;
+            let k = text.get(s..e)?.find(t.as_str())?;
+            Some(s + k..s + k + t.len())
         };
-        let specials: Vec<usize> = (0..ids.len())
+        let specials: Vec<(usize, Range<usize>)> = (0..ids.len())
             .filter(|&i| self.is_special(ids[i]))
+            .filter_map(|i| Some((i, core(i)?)))
             .collect();
-        if specials.iter().all(|&i| from_template(i)) {
+        // A special token is the template's when its text lies outside every literal range.
+        let from_template =
+            |c: &Range<usize>| !literal.iter().any(|r| r.start < c.end && c.start < r.end);
+        if specials.iter().all(|(_, c)| from_template(c)) {
             return Ok(self.with_bos(ids.to_vec(), add_bos));
         }
         let plain = self.literal.get_or_init(|| {
@@ -144,7 +144,7 @@ impl Tokenizer {
         };
         let mut out = Vec::with_capacity(ids.len() + 16);
         let mut from = 0;
-        for i in specials.into_iter().filter(|&i| from_template(i)) {
+        for &(i, _) in specials.iter().filter(|(_, c)| from_template(c)) {
             let (s, e) = offsets[i];
             encode_plain(&mut out, from..s.max(from))?;
             out.push(ids[i]);
