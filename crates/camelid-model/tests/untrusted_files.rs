@@ -49,6 +49,7 @@ fn gguf(
 }
 
 const U32: u32 = 4;
+const ARRAY: u32 = 9;
 const F32_TENSOR: u32 = 0;
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -109,6 +110,23 @@ fn gguf_alignment_zero_is_an_error() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn gguf_metadata_that_takes_more_memory_than_the_file_is_an_error() {
+    // 3 MB of one-byte array elements: candle keeps a 32-byte value for each, ~100 MB.
+    let n: u64 = 3 << 20;
+    let mut array = 0u32.to_le_bytes().to_vec(); // element type u8
+    array.extend(n.to_le_bytes());
+    array.extend(vec![7u8; n as usize]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "array.gguf",
+        &gguf(&[("general.filler", ARRAY, array)], &[], &[]),
+    );
+    let e = open_err(&p);
+    assert!(e.contains("metadata holds 3145729 values"), "{e}");
 }
 
 #[test]

@@ -1,19 +1,24 @@
 //! What an untrusted GGUF file must satisfy before candle's reader (`gguf_file::Content`)
 //! and tensor reads see it, where candle would panic or allocate what the file does not
-//! hold: a `general.alignment` of 0 (candle divides by it), and tensors whose element count
-//! overflows or whose bytes lie past the end of the file. Used by load/gguf.rs.
+//! hold: a `general.alignment` of 0 (candle divides by it), metadata arrays whose values
+//! take far more memory than their bytes (a `Value` per one-byte element), and tensors whose
+//! element count overflows or whose bytes lie past the end of the file. Used by load/gguf.rs.
 
 use crate::error::{Error, Result};
-use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::gguf_file::{Content, Value};
 use std::io::{Read, Seek};
 use std::path::Path;
 
 const GGUF_MAGIC: u32 = 0x4655_4747;
 /// Nesting deeper than this is no real file (candle's own limit is 64).
 const MAX_DEPTH: usize = 64;
+/// Metadata may take this much more memory than the file's size (real files' metadata is a
+/// small part of them: a vocabulary of 128k tokens is 4 MiB of values).
+const METADATA_SLACK: u64 = 64 << 20;
 
-/// Walks the header's metadata (skipping values) and checks `general.alignment`: an
-/// integer that is a power of two, as llama.cpp requires. Leaves the reader where it was.
+/// Walks the header's metadata (skipping values) and checks `general.alignment` (an
+/// integer that is a power of two, as llama.cpp requires) and the memory candle's values
+/// will take. Leaves the reader where it was.
 pub fn check_header<R: Read + Seek>(r: &mut R, path: &Path) -> Result<()> {
     let start = r.stream_position().map_err(|e| Error::io(path, e))?;
     let size = r
@@ -25,12 +30,21 @@ pub fn check_header<R: Read + Seek>(r: &mut R, path: &Path) -> Result<()> {
         r,
         size,
         long: true,
+        values: 0,
     };
     let found = w.find_alignment().map_err(|m| {
         Error::BadWeights(format!("{}: not a readable GGUF file: {m}", path.display()))
     })?;
     w.r.seek(std::io::SeekFrom::Start(start))
         .map_err(|e| Error::io(path, e))?;
+    let memory = w.values.saturating_mul(std::mem::size_of::<Value>() as u64);
+    if memory > size.saturating_add(METADATA_SLACK) {
+        return Err(Error::BadWeights(format!(
+            "{}: metadata holds {} values, {memory} bytes in memory for a {size}-byte file",
+            path.display(),
+            w.values
+        )));
+    }
     if let Some(a) = found {
         if a <= 0 || (a as u64).count_ones() != 1 {
             return Err(Error::BadWeights(format!(
@@ -91,6 +105,8 @@ struct Walker<'a, R> {
     size: u64,
     /// Lengths and counts are u64 from version 2 on, u32 in version 1.
     long: bool,
+    /// Metadata values seen (each becomes a candle `Value`).
+    values: u64,
 }
 
 type Step<T> = std::result::Result<T, String>;
@@ -185,6 +201,7 @@ impl<R: Read + Seek> Walker<'_, R> {
         if depth > MAX_DEPTH {
             return Err("arrays nested too deep".into());
         }
+        self.values += 1;
         match ty {
             8 => {
                 let n = self.len()?;
@@ -194,7 +211,10 @@ impl<R: Read + Seek> Walker<'_, R> {
                 let elem = self.u32()?;
                 let n = self.len()?;
                 match fixed_size(elem) {
-                    Some(s) => self.skip(n.checked_mul(s).ok_or("array size overflows")?),
+                    Some(s) => {
+                        self.values = self.values.saturating_add(n);
+                        self.skip(n.checked_mul(s).ok_or("array size overflows")?)
+                    }
                     None => {
                         // Strings or arrays: each element takes at least a length's bytes,
                         // so a lying count runs into the end of the file.
