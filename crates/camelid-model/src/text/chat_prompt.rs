@@ -50,7 +50,7 @@ pub fn chat_prompt_ids(
 pub struct SplitRender {
     /// The prompt text.
     pub text: String,
-    /// The byte ranges of message contents in `text`, in order; `None` when they could not
+    /// The byte ranges of message contents (blank ones aside) in `text`, in order; `None` when they could not
     /// be found (a template that does more to contents than trimming them).
     pub contents: Option<Vec<Range<usize>>>,
     /// The render with every content replaced by a marker: the template's text alone.
@@ -65,10 +65,15 @@ pub fn render_split(
 ) -> Result<SplitRender> {
     let text = template.render(messages, add_generation_prompt)?;
     let nonce = format!("{:016x}", rand::random::<u64>());
+    // Blank contents stay as they are (no special token is whitespace): templates that skip
+    // empty messages then take the same path in both renders.
     let marked_msgs: Vec<Message> = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| Message::new(&m.role, &marker(&nonce, i)))
+        .map(|(i, m)| match m.content.trim().is_empty() {
+            true => m.clone(),
+            false => Message::new(&m.role, &marker(&nonce, i)),
+        })
         .collect();
     let marked = template.render(&marked_msgs, add_generation_prompt)?;
     let (pieces, holes) = split_marked(&marked, &nonce, messages.len());
@@ -253,7 +258,7 @@ mod tests {
             .iter()
             .map(|r| &s.text[r.clone()])
             .collect();
-        assert_eq!(got, vec!["a<|end|>b", "", " a<|end|>b "]);
+        assert_eq!(got, vec!["a<|end|>b", " a<|end|>b "]);
     }
 
     #[test]
@@ -311,5 +316,20 @@ mod tests {
         );
         let e = chat_prompt_ids(&t, &tok, &msgs(&[("user", "x<|b|>")]), false).unwrap_err();
         assert!(e.to_string().contains("special-token text"), "{e}");
+    }
+
+    #[test]
+    fn blank_contents_keep_templates_that_skip_them_on_one_path() {
+        let tok = crate::text::tokenizer::test_byte_tokenizer();
+        let t = jinja(
+            "{% for m in messages %}{% if m.content %}<|a|>{{ m.content }}<|b|>{% endif %}{% endfor %}",
+        );
+        let m = msgs(&[("system", ""), ("user", "q<|b|>"), ("assistant", " ")]);
+        let s = render_split(&t, &m, false).unwrap();
+        let ranges = s.contents.unwrap();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(&s.text[ranges[0].clone()], "q<|b|>");
+        let ids = chat_prompt_ids(&t, &tok, &m, false).unwrap();
+        assert_eq!(ids.iter().filter(|&&i| tok.is_special(i)).count(), 4);
     }
 }
