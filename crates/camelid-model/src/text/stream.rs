@@ -3,6 +3,9 @@
 
 use crate::error::Result;
 use crate::text::tokenizer::Tokenizer;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Tokens of one unfinished character (UTF-8 has at most 4 bytes, a token at least 1) fit
 /// well within this; more pending tokens than this are emitted as they decode (with U+FFFD
@@ -90,60 +93,80 @@ pub enum StopCheck {
     Stopped(String),
 }
 
-/// One stop string followed through the stream byte by byte (Knuth–Morris–Pratt): `matched`
-/// is the length of the longest end of the text so far that begins the stop string.
-struct StopPattern {
-    bytes: Box<[u8]>,
-    /// `fail[i]`: the longest proper prefix of `bytes[..=i]` that is also its suffix.
-    fail: Box<[u32]>,
-    matched: usize,
+/// Stop strings with their Knuth–Morris–Pratt tables: `fail[k][i]` is the longest proper
+/// prefix of `stops[k][..=i]` that is also its suffix. Four bytes per byte of stop string,
+/// built once and shared by every sequence stopping on the same strings (a request's `n`
+/// choices, identical requests): see [`StopSet::shared`].
+#[derive(Debug)]
+pub struct StopSet {
+    stops: Vec<String>,
+    fail: Vec<Box<[u32]>>,
 }
 
-impl StopPattern {
-    fn new(s: &str) -> Self {
-        let bytes: Box<[u8]> = s.as_bytes().into();
-        let mut fail = vec![0u32; bytes.len()];
-        let mut k = 0usize;
-        for i in 1..bytes.len() {
-            while k > 0 && bytes[i] != bytes[k] {
-                k = fail[k - 1] as usize;
-            }
-            if bytes[i] == bytes[k] {
-                k += 1;
-            }
-            fail[i] = k as u32;
-        }
-        Self {
-            bytes,
-            fail: fail.into(),
-            matched: 0,
-        }
+impl StopSet {
+    fn new(stops: Vec<String>) -> Self {
+        let fail = stops
+            .iter()
+            .map(|s| {
+                let b = s.as_bytes();
+                let mut fail = vec![0u32; b.len()];
+                let mut k = 0usize;
+                for i in 1..b.len() {
+                    while k > 0 && b[i] != b[k] {
+                        k = fail[k - 1] as usize;
+                    }
+                    if b[i] == b[k] {
+                        k += 1;
+                    }
+                    fail[i] = k as u32;
+                }
+                fail.into()
+            })
+            .collect();
+        Self { stops, fail }
     }
 
-    /// Advances over one byte; true when the whole stop string ends here. `work` counts
-    /// the steps (amortised at most two per byte).
-    fn step(&mut self, b: u8, work: &mut u64) -> bool {
-        while self.matched > 0 && self.bytes[self.matched] != b {
-            self.matched = self.fail[self.matched - 1] as usize;
-            *work += 1;
+    /// The set for these (non-empty) stop strings: one already in use, or a new one.
+    pub fn shared(mut stops: Vec<String>) -> Arc<StopSet> {
+        type Sets = Mutex<(RandomState, HashMap<u64, Vec<Weak<StopSet>>>)>;
+        static SETS: OnceLock<Sets> = OnceLock::new();
+        stops.retain(|s| !s.is_empty());
+        let sets = SETS.get_or_init(Default::default);
+        let key = sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .hash_one(&stops);
+        let in_use = |map: &HashMap<u64, Vec<Weak<StopSet>>>| {
+            map.get(&key)?
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|s| s.stops == stops)
+        };
+        if let Some(s) = in_use(&sets.lock().unwrap_or_else(|e| e.into_inner()).1) {
+            return s;
         }
-        *work += 1;
-        if self.bytes[self.matched] == b {
-            self.matched += 1;
-        }
-        if self.matched == self.bytes.len() {
-            self.matched = self.fail[self.matched - 1] as usize;
-            return true;
-        }
-        false
+        // Built outside the lock: a large set takes milliseconds.
+        let set = Arc::new(StopSet::new(stops));
+        let mut guard = sets.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &mut guard.1;
+        map.retain(|_, v| {
+            v.retain(|w| w.strong_count() > 0);
+            !v.is_empty()
+        });
+        map.entry(key).or_default().push(Arc::downgrade(&set));
+        set
     }
 }
 
 /// Finds stop strings in streamed text; holds back any tail that could be the start of one.
-/// The automata are built once; each push costs amortised O(new text × stop strings), not
-/// O(stop string length): long stop strings cannot make every token slow.
+/// Each stop string is followed byte by byte (Knuth–Morris–Pratt): a push costs amortised
+/// O(new text × stop strings), not O(stop string length), so long stop strings cannot make
+/// every token slow.
 pub struct StopMatcher {
-    stops: Vec<StopPattern>,
+    set: Arc<StopSet>,
+    /// Per stop string: the length of the longest end of the stream that begins it.
+    matched: Vec<usize>,
     /// `pending[start..]` is the held-back text (the longest end of the stream that begins
     /// some stop string); the part before `start` is emitted, dropped in amortised batches.
     pending: String,
@@ -154,12 +177,10 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
+        let set = StopSet::shared(stops);
         Self {
-            stops: stops
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| StopPattern::new(s))
-                .collect(),
+            matched: vec![0; set.stops.len()],
+            set,
             pending: String::new(),
             start: 0,
             work: 0,
@@ -171,11 +192,21 @@ impl StopMatcher {
         self.pending.push_str(text);
         // The earliest-starting stop string wholly in the held text plus `text`.
         let mut first: Option<usize> = None;
-        for (i, b) in text.bytes().enumerate() {
-            for s in &mut self.stops {
-                if s.step(b, &mut self.work) {
-                    let begin = base + i + 1 - s.bytes.len();
+        for (k, (stop, fail)) in self.set.stops.iter().zip(&self.set.fail).enumerate() {
+            let (stop, m) = (stop.as_bytes(), &mut self.matched[k]);
+            for (i, b) in text.bytes().enumerate() {
+                while *m > 0 && stop[*m] != b {
+                    *m = fail[*m - 1] as usize;
+                    self.work += 1;
+                }
+                self.work += 1;
+                if stop[*m] == b {
+                    *m += 1;
+                }
+                if *m == stop.len() {
+                    let begin = base + i + 1 - stop.len();
                     first = Some(first.map_or(begin, |f| f.min(begin)));
+                    *m = fail[*m - 1] as usize;
                 }
             }
         }
@@ -186,7 +217,7 @@ impl StopMatcher {
         }
         // Every automaton's match is an end of the stream no longer than what is held, and
         // it starts where a stop string starts: on a character boundary.
-        let hold = self.stops.iter().map(|s| s.matched).max().unwrap_or(0);
+        let hold = self.matched.iter().copied().max().unwrap_or(0);
         let cut = self.pending.len() - hold;
         let out = self.pending[self.start..cut].to_string();
         self.start = cut;
@@ -207,9 +238,7 @@ impl StopMatcher {
     fn clear(&mut self) {
         self.pending.clear();
         self.start = 0;
-        for s in &mut self.stops {
-            s.matched = 0;
-        }
+        self.matched.iter_mut().for_each(|m| *m = 0);
     }
 }
 
@@ -404,5 +433,20 @@ mod tests {
             assert!(*most <= 3 * MAX_PENDING, "a step decoded {most} tokens");
             assert!(work.iter().sum::<usize>() <= 3 * MAX_PENDING * ids.len());
         }
+    }
+
+    #[test]
+    fn sequences_on_the_same_stops_share_one_set() {
+        let stops = vec!["x".repeat(1000), "y".into(), String::new()];
+        let a = StopMatcher::new(stops.clone());
+        let b = StopMatcher::new(stops.clone());
+        assert!(Arc::ptr_eq(&a.set, &b.set));
+        assert_eq!(a.set.stops.len(), 2, "the empty stop string is dropped");
+        let other = StopMatcher::new(vec!["y".into()]);
+        assert!(!Arc::ptr_eq(&a.set, &other.set));
+        drop((a, b));
+        // Nothing holds the set any more: a new one is built.
+        let c = StopMatcher::new(stops);
+        assert_eq!(c.set.stops[0].len(), 1000);
     }
 }
