@@ -11,6 +11,7 @@ use crate::state::{AppState, ModelEntry, Permit};
 use crate::validate::{generation_params, max_tokens, unimplemented_chat, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
+use camelid_model::text::chat_prompt::chat_prompt_ids;
 use camelid_model::Message;
 use serde_json::Value;
 use std::sync::Arc;
@@ -64,6 +65,25 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
         .collect()
 }
 
+/// The prompt ids of a conversation: rendered with the model's template, special tokens only
+/// where the template wrote them (a message's content is text, whatever it spells).
+pub fn prompt_ids(
+    model: &ModelEntry,
+    msgs: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    chat_prompt_ids(
+        &model.template,
+        model.engine.tokenizer(),
+        msgs,
+        add_generation_prompt,
+    )
+    .map_err(|e| match e {
+        camelid_model::Error::Template(_) => ApiError::invalid_param("messages", e.to_string()),
+        e => ApiError::bad_request(e.to_string()),
+    })
+}
+
 /// A chat request handed to the engine: its choices are being generated.
 pub struct Submitted {
     /// The generation; dropping it cancels it.
@@ -75,7 +95,7 @@ pub struct Submitted {
     pub n: usize,
 }
 
-/// Renders a conversation with the model's template and tokenizes it, off the async
+/// `prompt_ids` off the async
 /// workers (a body of megabytes takes a while).
 pub async fn render_and_encode(
     permit: &Permit,
@@ -85,15 +105,7 @@ pub async fn render_and_encode(
 ) -> Result<Vec<u32>, ApiError> {
     let model = model.clone();
     blocking(permit, move || {
-        let text = model
-            .template
-            .render(&msgs, add_generation_prompt)
-            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-        model
-            .engine
-            .tokenizer()
-            .encode(&text, true)
-            .map_err(|e| ApiError::bad_request(e.to_string()))
+        prompt_ids(&model, &msgs, add_generation_prompt)
     })
     .await
 }

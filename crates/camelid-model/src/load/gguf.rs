@@ -3,6 +3,7 @@
 use crate::config::{ModelConfig, RopeScaling, RopeStyle};
 use crate::error::{Error, Result};
 use crate::linear::Linear;
+use crate::load::gguf_check;
 use crate::load::weights::TensorSource;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
@@ -23,10 +24,13 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut reader = BufReader::new(file);
+        gguf_check::check_header(&mut reader, path)?;
         let content = Content::read(&mut reader).map_err(|e| {
             Error::BadWeights(format!("{}: not a readable GGUF file: {e}", path.display()))
         })?;
+        gguf_check::check_tensors(&content, file_size, path)?;
         Ok(Self {
             path: path.to_path_buf(),
             content,

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::linear::Linear;
+use crate::load::pth_check::check_pth;
 use crate::load::weights::TensorSource;
 use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
@@ -34,6 +35,19 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<String>> {
         .collect();
     files.sort();
     files.dedup();
+    // Shards are files of the model's folder: an index must not reach elsewhere.
+    for f in &files {
+        let p = Path::new(f);
+        let plain = !f.is_empty()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(Error::BadWeights(format!(
+                "{}: shard name {f:?} is not a file name inside the model folder",
+                index.display()
+            )));
+        }
+    }
     Ok(files)
 }
 
@@ -123,6 +137,7 @@ impl HfWeights {
                 let mut readers = Vec::new();
                 let mut route = HashMap::new();
                 for (i, p) in paths.iter().enumerate() {
+                    check_pth(p)?;
                     let r = PthTensors::new(p, None).map_err(|e| {
                         Error::BadWeights(format!(
                             "{}: not a readable PyTorch checkpoint: {e}",

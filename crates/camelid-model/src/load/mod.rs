@@ -1,14 +1,17 @@
 //! From a model spec to a ready model. [`loader`] is the one entry point (a registry name, a
 //! GGUF file, an HF folder or a hub id → weights, tokenizer, template, stop tokens); the formats
-//! are [`gguf`] and [`hf_folder`] (safetensors, PyTorch `.bin`), [`weights`] builds the model
+//! are [`gguf`] and [`hf_folder`] (safetensors, PyTorch `.bin`), with [`gguf_check`] and
+//! [`pth_check`] refusing untrusted files before candle's readers see them; [`weights`] builds the model
 //! from either, [`hub`] and [`registry`] fetch files, [`convert`] writes GGUF as an HF folder.
 
 pub mod convert;
 pub mod gguf;
+pub mod gguf_check;
 pub mod gguf_tokenizer;
 pub mod hf_folder;
 pub mod hub;
 pub mod loader;
+pub mod pth_check;
 pub mod registry;
 pub mod weights;
 

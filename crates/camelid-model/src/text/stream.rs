@@ -3,64 +3,84 @@
 
 use crate::error::Result;
 use crate::text::tokenizer::Tokenizer;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// Tokens of one unfinished character (UTF-8 has at most 4 bytes, a token at least 1) fit
+/// well within this; more pending tokens than this are emitted as they decode (with U+FFFD
+/// for bytes that never formed a character), so no step decodes more than about twice this.
+const MAX_PENDING: usize = 16;
 
 /// Decodes a growing token list and yields only complete new text. A multi-byte character
 /// split across tokens is held back until it is whole (the decoder would show U+FFFD).
+/// Each step decodes a bounded window (the last emitted tokens for spacing, plus pending
+/// ones): skipped special tokens never enter it and a run of bytes that never completes a
+/// character is let out after [`MAX_PENDING`] tokens.
 pub struct IncrementalDecoder {
-    ids: Vec<u32>,
-    prefix_offset: usize,
-    read_offset: usize,
+    /// `window[..read]` was emitted (context for spacing), `window[read..]` is pending.
+    window: Vec<u32>,
+    read: usize,
+    /// The decoding of `window[..read]`.
+    prefix: String,
     skip_special: bool,
+    /// Tokens handed to the tokenizer's decoder so far (the unit tests bound it).
+    decoded: usize,
 }
 
 impl IncrementalDecoder {
     pub fn new(skip_special: bool) -> Self {
         Self {
-            ids: vec![],
-            prefix_offset: 0,
-            read_offset: 0,
+            window: vec![],
+            read: 0,
+            prefix: String::new(),
             skip_special,
+            decoded: 0,
         }
+    }
+
+    fn decode(&mut self, tok: &Tokenizer, ids: std::ops::Range<usize>) -> Result<String> {
+        self.decoded += ids.len();
+        tok.decode(&self.window[ids], self.skip_special)
     }
 
     /// Adds a token; returns the text it completes (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
-        self.ids.push(id);
-        // Decoding from a few tokens back keeps tokenizer-specific spacing right.
-        let prefix = tok.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        )?;
-        let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        if full.len() > prefix.len()
-            && !full.ends_with('\u{FFFD}')
-            && full.is_char_boundary(prefix.len())
-        {
-            let new = full[prefix.len()..].to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
-            Ok(new)
-        } else {
-            Ok(String::new())
+        // A skipped special token decodes to nothing and changes nothing around it.
+        if self.skip_special && tok.is_special(id) {
+            return Ok(String::new());
         }
+        self.window.push(id);
+        let full = self.decode(tok, 0..self.window.len())?;
+        let complete = full.len() > self.prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(self.prefix.len());
+        if !complete && self.window.len() - self.read < MAX_PENDING {
+            return Ok(String::new());
+        }
+        self.advance(tok, &full)
+    }
+
+    /// Emits `full` past the prefix and makes the pending tokens the new context.
+    fn advance(&mut self, tok: &Tokenizer, full: &str) -> Result<String> {
+        let mut at = self.prefix.len().min(full.len());
+        while !full.is_char_boundary(at) {
+            at += 1;
+        }
+        let new = full[at..].to_string();
+        self.window.drain(..self.read);
+        self.read = self.window.len();
+        self.prefix = self.decode(tok, 0..self.read)?;
+        Ok(new)
     }
 
     /// Whatever is still held back (an incomplete character at the very end).
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
-        let prefix = tok.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        )?;
-        let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        self.prefix_offset = self.ids.len();
-        self.read_offset = self.ids.len();
-        Ok(
-            if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) {
-                full[prefix.len()..].to_string()
-            } else {
-                String::new()
-            },
-        )
+        if self.read == self.window.len() {
+            return Ok(String::new());
+        }
+        let full = self.decode(tok, 0..self.window.len())?;
+        self.advance(tok, &full)
     }
 }
 
@@ -73,56 +93,160 @@ pub enum StopCheck {
     Stopped(String),
 }
 
-/// Finds stop strings in streamed text; holds back any tail that could be the start of one.
-pub struct StopMatcher {
+/// Stop strings with their Knuth–Morris–Pratt tables: `fail[k][i]` is the longest proper
+/// prefix of `stops[k][..=i]` that is also its suffix. Four bytes per byte of stop string,
+/// built once and shared by every sequence stopping on the same strings (a request's `n`
+/// choices, identical requests): see [`StopSet::shared`].
+#[derive(Debug)]
+pub struct StopSet {
     stops: Vec<String>,
+    fail: Vec<Box<[u32]>>,
+}
+
+impl StopSet {
+    fn new(stops: Vec<String>) -> Self {
+        let fail = stops
+            .iter()
+            .map(|s| {
+                let b = s.as_bytes();
+                let mut fail = vec![0u32; b.len()];
+                let mut k = 0usize;
+                for i in 1..b.len() {
+                    while k > 0 && b[i] != b[k] {
+                        k = fail[k - 1] as usize;
+                    }
+                    if b[i] == b[k] {
+                        k += 1;
+                    }
+                    fail[i] = k as u32;
+                }
+                fail.into()
+            })
+            .collect();
+        Self { stops, fail }
+    }
+
+    /// The set for these (non-empty) stop strings: one already in use, or a new one.
+    pub fn shared(mut stops: Vec<String>) -> Arc<StopSet> {
+        type Sets = Mutex<(RandomState, HashMap<u64, Vec<Weak<StopSet>>>)>;
+        static SETS: OnceLock<Sets> = OnceLock::new();
+        stops.retain(|s| !s.is_empty());
+        let sets = SETS.get_or_init(Default::default);
+        let key = sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .hash_one(&stops);
+        let in_use = |map: &HashMap<u64, Vec<Weak<StopSet>>>| {
+            map.get(&key)?
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|s| s.stops == stops)
+        };
+        if let Some(s) = in_use(&sets.lock().unwrap_or_else(|e| e.into_inner()).1) {
+            return s;
+        }
+        // Built outside the lock: a large set takes milliseconds.
+        let set = Arc::new(StopSet::new(stops));
+        let mut guard = sets.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &mut guard.1;
+        map.retain(|_, v| {
+            v.retain(|w| w.strong_count() > 0);
+            !v.is_empty()
+        });
+        map.entry(key).or_default().push(Arc::downgrade(&set));
+        set
+    }
+}
+
+/// Finds stop strings in streamed text; holds back any tail that could be the start of one.
+/// Each stop string is followed byte by byte (Knuth–Morris–Pratt): a push costs amortised
+/// O(new text × stop strings), not O(stop string length), so long stop strings cannot make
+/// every token slow.
+pub struct StopMatcher {
+    set: Arc<StopSet>,
+    /// Per stop string: the length of the longest end of the stream that begins it.
+    matched: Vec<usize>,
+    /// `pending[start..]` is the held-back text (the longest end of the stream that begins
+    /// some stop string); the part before `start` is emitted, dropped in amortised batches.
     pending: String,
+    start: usize,
+    /// Automaton steps so far (the unit tests bound it).
+    work: u64,
 }
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
+        let set = StopSet::shared(stops);
         Self {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            matched: vec![0; set.stops.len()],
+            set,
             pending: String::new(),
+            start: 0,
+            work: 0,
         }
     }
 
     pub fn push(&mut self, text: &str) -> StopCheck {
+        let base = self.pending.len();
         self.pending.push_str(text);
-        let first = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min();
-        if let Some(at) = first {
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            return StopCheck::Stopped(out);
-        }
-        // Longest suffix of pending that is a proper prefix of some stop string.
-        let mut hold = 0;
-        for s in &self.stops {
-            for (i, _) in s.char_indices().skip(1) {
-                if i > hold && self.pending.ends_with(&s[..i]) {
-                    hold = i;
+        // The earliest-starting stop string wholly in the held text plus `text`.
+        let mut first: Option<usize> = None;
+        for (k, (stop, fail)) in self.set.stops.iter().zip(&self.set.fail).enumerate() {
+            let (stop, m) = (stop.as_bytes(), &mut self.matched[k]);
+            for (i, b) in text.bytes().enumerate() {
+                while *m > 0 && stop[*m] != b {
+                    *m = fail[*m - 1] as usize;
+                    self.work += 1;
+                }
+                self.work += 1;
+                if stop[*m] == b {
+                    *m += 1;
+                }
+                if *m == stop.len() {
+                    let begin = base + i + 1 - stop.len();
+                    first = Some(first.map_or(begin, |f| f.min(begin)));
+                    *m = fail[*m - 1] as usize;
                 }
             }
         }
+        if let Some(at) = first {
+            let out = self.pending[self.start..at].to_string();
+            self.clear();
+            return StopCheck::Stopped(out);
+        }
+        // Every automaton's match is an end of the stream no longer than what is held, and
+        // it starts where a stop string starts: on a character boundary.
+        let hold = self.matched.iter().copied().max().unwrap_or(0);
         let cut = self.pending.len() - hold;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
+        let out = self.pending[self.start..cut].to_string();
+        self.start = cut;
+        if self.start > self.pending.len() / 2 {
+            self.pending.drain(..self.start);
+            self.start = 0;
+        }
         StopCheck::Continue(out)
     }
 
     /// Text held back when generation ends for another reason.
     pub fn flush(&mut self) -> String {
-        std::mem::take(&mut self.pending)
+        let out = self.pending[self.start..].to_string();
+        self.clear();
+        out
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.start = 0;
+        self.matched.iter_mut().for_each(|m| *m = 0);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::tokenizer::test_byte_tokenizer;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn stop_string_across_pushes_is_never_emitted() {
@@ -147,5 +271,182 @@ mod tests {
         assert_eq!(m.push("c"), StopCheck::Continue("ac".into()));
         assert_eq!(m.push("a"), StopCheck::Continue("".into()));
         assert_eq!(m.flush(), "a");
+    }
+
+    /// The matcher as it was (a search per stop string per push, every prefix tried): the
+    /// reference for what is emitted when.
+    struct NaiveStops {
+        stops: Vec<String>,
+        pending: String,
+    }
+
+    impl NaiveStops {
+        fn push(&mut self, text: &str) -> StopCheck {
+            self.pending.push_str(text);
+            let first = self
+                .stops
+                .iter()
+                .filter_map(|s| self.pending.find(s.as_str()))
+                .min();
+            if let Some(at) = first {
+                let out = self.pending[..at].to_string();
+                self.pending.clear();
+                return StopCheck::Stopped(out);
+            }
+            let mut hold = 0;
+            for s in &self.stops {
+                for (i, _) in s.char_indices().skip(1) {
+                    if i > hold && self.pending.ends_with(&s[..i]) {
+                        hold = i;
+                    }
+                }
+            }
+            let cut = self.pending.len() - hold;
+            let out = self.pending[..cut].to_string();
+            self.pending.drain(..cut);
+            StopCheck::Continue(out)
+        }
+    }
+
+    #[test]
+    fn stops_emit_what_the_naive_matcher_emits() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet = ["a", "b", "é", "ab", "日"];
+        let word = |rng: &mut rand::rngs::StdRng, max: usize| -> String {
+            let n = rng.random_range(1..=max);
+            (0..n)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect()
+        };
+        for case in 0..3000 {
+            let stops: Vec<String> = (0..rng.random_range(1..=4))
+                .map(|_| word(&mut rng, 4))
+                .collect();
+            let mut fast = StopMatcher::new(stops.clone());
+            let mut naive = NaiveStops {
+                stops: stops.clone(),
+                pending: String::new(),
+            };
+            for _ in 0..20 {
+                let piece = if rng.random_bool(0.2) {
+                    String::new()
+                } else {
+                    word(&mut rng, 3)
+                };
+                let (f, n) = (fast.push(&piece), naive.push(&piece));
+                assert_eq!(f, n, "case {case}: stops {stops:?}, piece {piece:?}");
+                if matches!(f, StopCheck::Stopped(_)) {
+                    break;
+                }
+            }
+            assert_eq!(fast.flush(), naive.pending, "case {case}");
+        }
+    }
+
+    /// 16 stop strings of 250 kB: pushing text costs a few automaton steps per byte and stop
+    /// string, not a pass over the stop strings (the old matcher: 16 × 250 000 per push).
+    #[test]
+    fn stop_work_per_token_does_not_grow_with_stop_length() {
+        let long = 250_000;
+        let mut stops: Vec<String> = (0..15)
+            .map(|i| format!("{}{}", "a".repeat(long - 2), i % 10))
+            .collect();
+        // One that the text below keeps almost matching: the held part grows to 250 kB.
+        stops.push(format!("{}b", "a".repeat(long - 1)));
+        let mut m = StopMatcher::new(stops);
+        let mut out = String::new();
+        let mut pushed = 0u64;
+        for i in 0..300_000 {
+            let piece = if i % 1000 == 999 { "" } else { "a" };
+            pushed += piece.len() as u64;
+            match m.push(piece) {
+                StopCheck::Continue(t) => out += &t,
+                StopCheck::Stopped(_) => panic!("no stop string occurs"),
+            }
+        }
+        out += &m.flush();
+        assert_eq!(out.len() as u64, pushed);
+        assert!(
+            m.work <= 2 * 16 * pushed + 16,
+            "{} automaton steps for {pushed} bytes",
+            m.work
+        );
+    }
+
+    fn decode_all(
+        tok: &crate::text::tokenizer::Tokenizer,
+        ids: &[u32],
+        skip: bool,
+    ) -> (String, Vec<usize>) {
+        let mut d = IncrementalDecoder::new(skip);
+        let (mut text, mut work) = (String::new(), vec![]);
+        for &id in ids {
+            let before = d.decoded;
+            text += &d.push(tok, id).unwrap();
+            work.push(d.decoded - before);
+        }
+        text += &d.flush(tok).unwrap();
+        (text, work)
+    }
+
+    #[test]
+    fn incremental_text_is_the_whole_decoding() {
+        let tok = test_byte_tokenizer();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let pieces = [
+            "hello", " wörld", " 日本", " 🙂", "\n", "<|a|>", "<|b|>", " a",
+        ];
+        for _ in 0..200 {
+            let text: String = (0..rng.random_range(1..12))
+                .map(|_| pieces[rng.random_range(0..pieces.len())])
+                .collect();
+            let ids = tok.encode(&text, false).unwrap();
+            for skip in [true, false] {
+                let want = tok.decode(&ids, skip).unwrap();
+                assert_eq!(decode_all(&tok, &ids, skip).0, want, "{text:?} skip {skip}");
+            }
+        }
+    }
+
+    /// After 1000 special tokens (skipped) or 1000 bytes that never form a character, a step
+    /// still decodes a bounded number of tokens (the old decoder re-decoded the whole run).
+    #[test]
+    fn detokenizer_work_per_step_is_bounded() {
+        let tok = test_byte_tokenizer();
+        let special = tok.token_to_id("<|a|>").unwrap();
+        let h = u32::from(b'h');
+        let runs: [(Vec<u32>, &str); 3] = [
+            (vec![special; 1000], ""),
+            // 0x80: a continuation byte with no lead byte, never a character.
+            (vec![0x80; 1000], "\u{FFFD}"),
+            // 0xE3: a lead byte each time, never completed.
+            (vec![0xE3; 1000], "\u{FFFD}"),
+        ];
+        for (run, each) in runs {
+            let mut ids = vec![h];
+            ids.extend(&run);
+            ids.push(h);
+            let (text, work) = decode_all(&tok, &ids, true);
+            assert_eq!(text, format!("h{}h", each.repeat(1000)));
+            assert_eq!(text, tok.decode(&ids, true).unwrap());
+            let most = work.iter().max().unwrap();
+            assert!(*most <= 3 * MAX_PENDING, "a step decoded {most} tokens");
+            assert!(work.iter().sum::<usize>() <= 3 * MAX_PENDING * ids.len());
+        }
+    }
+
+    #[test]
+    fn sequences_on_the_same_stops_share_one_set() {
+        let stops = vec!["x".repeat(1000), "y".into(), String::new()];
+        let a = StopMatcher::new(stops.clone());
+        let b = StopMatcher::new(stops.clone());
+        assert!(Arc::ptr_eq(&a.set, &b.set));
+        assert_eq!(a.set.stops.len(), 2, "the empty stop string is dropped");
+        let other = StopMatcher::new(vec!["y".into()]);
+        assert!(!Arc::ptr_eq(&a.set, &other.set));
+        drop((a, b));
+        // Nothing holds the set any more: a new one is built.
+        let c = StopMatcher::new(stops);
+        assert_eq!(c.set.stops[0].len(), 1000);
     }
 }

@@ -5,8 +5,10 @@
 
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// A tokenizer plus the special-token facts generation needs.
 #[derive(Clone)]
@@ -17,31 +19,41 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// The `tokenizer.json` document when camelid built it (GGUF, SentencePiece).
     pub json: Option<Value>,
+    /// Ids of the special (control) added tokens.
+    special_ids: HashSet<u32>,
+    /// `inner` reading special-token text as the characters it is; made on first use.
+    literal: OnceLock<tokenizers::Tokenizer>,
 }
 
 impl Tokenizer {
-    pub fn from_json_value(doc: Value, origin: &str) -> Result<Self> {
-        let inner: tokenizers::Tokenizer = serde_json::from_value(doc.clone())
-            .map_err(|e| Error::Tokenizer(format!("{origin}: {e}")))?;
-        Ok(Self {
+    fn wrap(inner: tokenizers::Tokenizer, json: Option<Value>) -> Self {
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        Self {
             inner,
             bos_id: None,
             eos_ids: vec![],
             add_bos: false,
-            json: Some(doc),
-        })
+            json,
+            special_ids,
+            literal: OnceLock::new(),
+        }
+    }
+
+    pub fn from_json_value(doc: Value, origin: &str) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = serde_json::from_value(doc.clone())
+            .map_err(|e| Error::Tokenizer(format!("{origin}: {e}")))?;
+        Ok(Self::wrap(inner, Some(doc)))
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        Ok(Self {
-            inner,
-            bos_id: None,
-            eos_ids: vec![],
-            add_bos: false,
-            json: None,
-        })
+        Ok(Self::wrap(inner, None))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -63,7 +75,10 @@ impl Tokenizer {
             .inner
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut ids = enc.get_ids().to_vec();
+        Ok(self.with_bos(enc.get_ids().to_vec(), add_bos))
+    }
+
+    fn with_bos(&self, mut ids: Vec<u32>, add_bos: bool) -> Vec<u32> {
         if add_bos && self.add_bos {
             if let Some(b) = self.bos_id {
                 if ids.first() != Some(&b) {
@@ -71,7 +86,72 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(ids)
+        ids
+    }
+
+    /// Like [`Tokenizer::encode`], but special-token text inside the `literal` byte ranges
+    /// (a chat's message contents) is tokenized as the characters it is: only text outside
+    /// them (the chat template's own) yields control tokens. When no special token touches a
+    /// literal range the ids are exactly `encode(text)`'s. Otherwise the special tokens wholly
+    /// outside the ranges are kept and the text between them is encoded with special tokens
+    /// off, which is how the tokenizer treats the text between special tokens anyway.
+    pub fn encode_with_literal(
+        &self,
+        text: &str,
+        literal: &[Range<usize>],
+        add_bos: bool,
+    ) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let (ids, offsets) = (enc.get_ids(), enc.get_offsets());
+        // Special tokens the added-token matcher found: their text is in their span (an
+        // `lstrip`/`rstrip` token's span also holds the whitespace it swallows). Others, such
+        // as `<unk>` from the model, are ordinary output.
+        let core = |i: usize| -> Option<Range<usize>> {
+            let (s, e) = offsets[i];
+            let t = self.inner.id_to_token(ids[i])?;
+            let k = text.get(s..e)?.find(t.as_str())?;
+            Some(s + k..s + k + t.len())
+        };
+        let specials: Vec<(usize, Range<usize>)> = (0..ids.len())
+            .filter(|&i| self.is_special(ids[i]))
+            .filter_map(|i| Some((i, core(i)?)))
+            .collect();
+        // A special token is the template's when its text lies outside every literal range.
+        let from_template =
+            |c: &Range<usize>| !literal.iter().any(|r| r.start < c.end && c.start < r.end);
+        if specials.iter().all(|(_, c)| from_template(c)) {
+            return Ok(self.with_bos(ids.to_vec(), add_bos));
+        }
+        let plain = self.literal.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let encode_plain = |out: &mut Vec<u32>, r: Range<usize>| -> Result<()> {
+            let piece = text.get(r.clone()).ok_or_else(|| {
+                Error::Tokenizer(format!("special token offsets {r:?} split a character"))
+            })?;
+            if !piece.is_empty() {
+                let e = plain
+                    .encode(piece, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                out.extend_from_slice(e.get_ids());
+            }
+            Ok(())
+        };
+        let mut out = Vec::with_capacity(ids.len() + 16);
+        let mut from = 0;
+        for &(i, _) in specials.iter().filter(|(_, c)| from_template(c)) {
+            let (s, e) = offsets[i];
+            encode_plain(&mut out, from..s.max(from))?;
+            out.push(ids[i]);
+            from = e;
+        }
+        encode_plain(&mut out, from..text.len())?;
+        Ok(self.with_bos(out, add_bos))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
@@ -82,10 +162,7 @@ impl Tokenizer {
 
     /// Whether `id` is a special (added, control) token.
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special)
+        self.special_ids.contains(&id)
     }
 
     /// The JSON document for `tokenizer.json`.
@@ -395,4 +472,35 @@ pub fn from_sentencepiece(path: &Path) -> Result<Tokenizer> {
     tok.eos_ids = tok.token_to_id("</s>").into_iter().collect();
     tok.add_bos = true;
     Ok(tok)
+}
+
+/// A byte-level BPE tokenizer for unit tests: the 256 byte tokens (id = byte value, spelled
+/// with GPT-2's byte-to-character map), merges `h e` (256) and `he l` (257), and the special
+/// tokens `<|a|>` (258) and `<|b|>` (259).
+#[cfg(test)]
+pub(crate) fn test_byte_tokenizer() -> Tokenizer {
+    let mut bytes: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars = bytes.clone();
+    let mut n = 0;
+    for b in 0..256 {
+        if !bytes.contains(&b) {
+            bytes.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut spelled = vec![String::new(); 256];
+    for (b, c) in bytes.iter().zip(&chars) {
+        spelled[*b as usize] = char::from_u32(*c).unwrap().to_string();
+    }
+    let mut tokens = spelled;
+    tokens.extend(["he", "hel", "<|a|>", "<|b|>"].map(String::from));
+    let mut types = vec![1; 258];
+    types.extend([3, 3]);
+    let merges = ["h e".to_string(), "he l".to_string()];
+    let doc = byte_level_bpe_json(&tokens, &types, &merges, "gpt2").unwrap();
+    Tokenizer::from_json_value(doc, "test").unwrap()
 }

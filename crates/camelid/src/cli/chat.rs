@@ -3,6 +3,7 @@
 use super::model_args::{gen_params, load, ModelArgs, SamplingArgs};
 use anyhow::Result;
 use camelid_model::decode::generate;
+use camelid_model::text::chat_prompt::chat_prompt_ids;
 use camelid_model::Message;
 use clap::Args;
 use std::io::{BufRead, Write};
@@ -36,9 +37,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             break;
         }
         msgs.push(Message::new("user", line));
-        let ids = lm
-            .tokenizer
-            .encode(&lm.template.render(&msgs, true)?, true)?;
+        let ids = chat_prompt_ids(&lm.template, &lm.tokenizer, &msgs, true)?;
         let mut out = std::io::stdout();
         let g = generate(&lm, &ids, gen_params(&lm, &a.sampling), |s| {
             let _ = out.write_all(s.as_bytes());

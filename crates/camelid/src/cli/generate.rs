@@ -3,6 +3,7 @@
 use super::model_args::{gen_params, load, ModelArgs, SamplingArgs};
 use anyhow::Result;
 use camelid_model::decode::generate;
+use camelid_model::text::chat_prompt::chat_prompt_ids;
 use camelid_model::Message;
 use clap::Args;
 use std::io::Write;
@@ -26,17 +27,16 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let lm = load(&a.model)?;
-    let text = if a.raw {
-        a.prompt.clone()
+    let ids = if a.raw {
+        lm.tokenizer.encode(&a.prompt, true)?
     } else {
         let mut msgs = vec![];
         if let Some(s) = &a.system {
             msgs.push(Message::new("system", s));
         }
         msgs.push(Message::new("user", &a.prompt));
-        lm.template.render(&msgs, true)?
+        chat_prompt_ids(&lm.template, &lm.tokenizer, &msgs, true)?
     };
-    let ids = lm.tokenizer.encode(&text, true)?;
     let t = std::time::Instant::now();
     let mut out = std::io::stdout();
     let g = generate(&lm, &ids, gen_params(&lm, &a.sampling), |s| {
