@@ -28,7 +28,7 @@ use axum::Router;
 use error::ApiError;
 use routes::{
     arena as arena_routes, chat as chat_routes, completions, health, metrics as metrics_routes,
-    models, tokenize,
+    models, pages, tokenize,
 };
 pub use state::{AppState, ModelEntry, ServerConfig};
 use std::sync::Arc;
@@ -92,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        .merge(pages::router())
         .route("/health", get(health::health))
         .route("/metrics", get(metrics_routes::metrics))
         .fallback(not_found)
