@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: fetches the default model, makes the Python venv
-# the OpenAI-client test uses, then runs every Rust test (which drives the Python one too).
+# the OpenAI-client and browser tests use, installs Chromium, then runs every Rust test (which
+# drives the Python ones too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
 VENV="${CAMELID_TEST_VENV:-$HOME/.cache/camelid/test-venv}"
-if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import openai, playwright" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt
+  "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/pages/requirements.txt
+fi
+# The pages' browser test drives Debian's headless Chromium (Playwright never downloads a
+# browser here). Without it that test fails, unless CAMELID_SKIP_BROWSER=1.
+if [ "${CAMELID_SKIP_BROWSER:-}" != 1 ] && ! [ -x "${CAMELID_CHROMIUM:-/usr/bin/chromium}" ]; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null \
+    || echo "could not install chromium: the browser test will fail" >&2
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
 cargo test --workspace "$@"

@@ -33,7 +33,7 @@ pub use limits::RequestLimits;
 pub use listen::ConnectionLimits;
 use routes::{
     arena as arena_routes, chat as chat_routes, completions, health, metrics as metrics_routes,
-    models, tokenize,
+    models, pages, tokenize,
 };
 pub use state::{AppState, ModelEntry, ServerConfig};
 use std::sync::Arc;
@@ -107,6 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        .merge(pages::router())
         .route("/health", get(health::health))
         .route("/metrics", get(metrics_routes::metrics))
         .method_not_allowed_fallback(method_not_allowed)

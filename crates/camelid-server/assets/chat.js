@@ -1,0 +1,238 @@
+// The chat page: a multi-turn conversation with one model over /v1/chat/completions,
+// answers streamed (stream: true, read by Camelid.sseData), with stop, regenerate and clear.
+"use strict";
+
+document.addEventListener("DOMContentLoaded", () => {
+  const $ = (id) => document.getElementById(id);
+  const modelSelect = $("model");
+  const temperature = $("temperature");
+  const maxTokens = $("max-tokens");
+  const list = $("messages");
+  const status = $("status");
+  const form = $("composer");
+  const prompt = $("prompt");
+  const sendButton = $("send");
+  const stopButton = $("stop");
+  const regenerateButton = $("regenerate");
+  const clearButton = $("clear");
+  const MODEL_STORE = "camelid.chatModel";
+
+  // The conversation as the API sees it; each entry also keeps its element on the page.
+  let messages = [];
+  let controller = null;
+
+  function setBusy(busy) {
+    sendButton.disabled = busy;
+    stopButton.disabled = !busy;
+    regenerateButton.disabled = busy || messages.length === 0;
+    list.setAttribute("aria-busy", String(busy));
+  }
+
+  function say(text) {
+    status.textContent = text;
+  }
+
+  function bubble(role) {
+    const el = document.createElement("article");
+    el.className = `message ${role}`;
+    const who = document.createElement("h3");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : modelSelect.value || "Assistant";
+    const body = document.createElement("div");
+    body.className = "body";
+    el.append(who, body);
+    list.append(el);
+    return el;
+  }
+
+  function addUser(text) {
+    const el = bubble("user");
+    el.querySelector(".body").textContent = text;
+    messages.push({ role: "user", content: text, el });
+  }
+
+  // An assistant answer's element: rendered Markdown, a note (finish reason, errors) and a
+  // copy button for the raw text.
+  function addAssistant() {
+    const el = bubble("assistant");
+    el.dataset.state = "streaming";
+    const note = document.createElement("p");
+    note.className = "note";
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.textContent = "Copy";
+    copy.setAttribute("aria-label", "Copy this answer");
+    copy.addEventListener("click", async () => {
+      try {
+        await Camelid.copyText(el.dataset.raw || "");
+        copy.textContent = "Copied";
+      } catch (e) {
+        copy.textContent = "Copy failed";
+        say(e.message);
+      }
+      setTimeout(() => (copy.textContent = "Copy"), 1500);
+    });
+    el.append(note, copy);
+    return el;
+  }
+
+  // Follows the conversation as it grows, unless the visitor scrolled up to read.
+  function nearEnd() {
+    const doc = document.documentElement;
+    return window.innerHeight + window.scrollY >= doc.scrollHeight - 120;
+  }
+
+  function scrollToEnd() {
+    window.scrollTo(0, document.documentElement.scrollHeight);
+  }
+
+  function params() {
+    return {
+      temperature: Camelid.numberField(temperature, 0.7),
+      max_tokens: Math.round(Camelid.numberField(maxTokens, 512)),
+    };
+  }
+
+  // Streams one answer to the conversation so far.
+  async function generate() {
+    const el = addAssistant();
+    const body = el.querySelector(".body");
+    const note = el.querySelector(".note");
+    let text = "";
+    let frame = 0;
+    const render = () => {
+      frame = 0;
+      const follow = nearEnd();
+      Camelid.renderMarkdown(body, text);
+      el.dataset.raw = text;
+      if (follow) scrollToEnd();
+    };
+    controller = new AbortController();
+    setBusy(true);
+    say("");
+    let finish = null;
+    try {
+      const resp = await Camelid.api("v1/chat/completions", {
+        method: "POST",
+        body: {
+          model: modelSelect.value,
+          messages: messages.map(({ role, content }) => ({ role, content })),
+          stream: true,
+          ...params(),
+        },
+        signal: controller.signal,
+      });
+      if (!resp.ok) throw new Error(await Camelid.errorMessage(resp));
+      for await (const chunk of Camelid.sseData(resp)) {
+        const choice = chunk.choices && chunk.choices[0];
+        if (!choice) continue;
+        if (choice.delta && choice.delta.content) {
+          text += choice.delta.content;
+          if (!frame) frame = requestAnimationFrame(render);
+        }
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }
+      if (finish === "length") note.textContent = "Cut at the max tokens setting.";
+      el.dataset.state = "done";
+    } catch (e) {
+      if (e.name === "AbortError") {
+        note.textContent = "Stopped.";
+        el.dataset.state = "stopped";
+      } else {
+        note.textContent = "Error: " + e.message;
+        el.dataset.state = "error";
+      }
+    } finally {
+      if (frame) cancelAnimationFrame(frame);
+      render();
+      controller = null;
+    }
+    // A stopped answer stays in the conversation (as far as it got); a failed one does not.
+    if (el.dataset.state === "error") {
+      el.classList.add("failed");
+      el.querySelector(".copy").remove();
+    } else {
+      messages.push({ role: "assistant", content: text, el });
+    }
+    setBusy(false);
+  }
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = prompt.value.trim();
+    if (!text || controller || !modelSelect.value) return;
+    // A failed answer is dropped from the page when the conversation moves on.
+    list.querySelectorAll(".failed").forEach((el) => el.remove());
+    addUser(text);
+    prompt.value = "";
+    scrollToEnd();
+    generate();
+  });
+  Camelid.enterSubmits(prompt, form);
+
+  stopButton.addEventListener("click", () => controller && controller.abort());
+
+  regenerateButton.addEventListener("click", () => {
+    if (controller || messages.length === 0) return;
+    const last = messages[messages.length - 1];
+    if (last.role === "assistant") {
+      messages.pop();
+      last.el.remove();
+    }
+    list.querySelectorAll(".failed").forEach((el) => el.remove());
+    generate();
+  });
+
+  clearButton.addEventListener("click", () => {
+    if (controller) controller.abort();
+    messages = [];
+    list.replaceChildren();
+    say("");
+    setBusy(false);
+    prompt.focus();
+  });
+
+  modelSelect.addEventListener("change", () => {
+    try {
+      localStorage.setItem(MODEL_STORE, modelSelect.value);
+    } catch {
+      // Storage off: the choice lasts as long as the page.
+    }
+  });
+
+  async function loadModels() {
+    try {
+      const list = await Camelid.apiJson("v1/models");
+      const ids = [...new Set(list.data.map((m) => m.id))];
+      modelSelect.replaceChildren(
+        ...ids.map((id) => {
+          const o = document.createElement("option");
+          o.value = o.textContent = id;
+          return o;
+        }),
+      );
+      let saved = null;
+      try {
+        saved = localStorage.getItem(MODEL_STORE);
+      } catch {
+        // Storage off: the first model.
+      }
+      if (saved && ids.includes(saved)) modelSelect.value = saved;
+      document.body.dataset.ready = "true";
+    } catch (e) {
+      say("Cannot list the models: " + e.message + " ");
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.textContent = "Try again";
+      retry.addEventListener("click", () => {
+        say("");
+        loadModels();
+      });
+      status.append(retry);
+    }
+  }
+
+  setBusy(false);
+  loadModels();
+});

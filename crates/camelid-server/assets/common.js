@@ -1,0 +1,243 @@
+// What every page shares: the visitor's API key, calls to the server's API, the SSE reader,
+// and Markdown rendering of model answers with everything a model writes escaped.
+"use strict";
+
+const Camelid = (() => {
+  const KEY_STORE = "camelid.apiKey";
+
+  function storedKey() {
+    try {
+      return localStorage.getItem(KEY_STORE) || "";
+    } catch {
+      return "";
+    }
+  }
+
+  function storeKey(key) {
+    try {
+      localStorage.setItem(KEY_STORE, key);
+    } catch {
+      // Storage off (private mode): the key lasts as long as the page.
+    }
+    memoryKey = key;
+  }
+
+  let memoryKey = storedKey();
+
+  // One key dialog at a time: every call that got a 401 waits for the same answer.
+  let asking = null;
+
+  function askForKey(wrong) {
+    if (asking) return asking;
+    asking = new Promise((resolve, reject) => {
+      const dialog = document.createElement("dialog");
+      dialog.className = "key-dialog";
+      const form = document.createElement("form");
+      const title = document.createElement("h2");
+      title.textContent = "API key";
+      const note = document.createElement("p");
+      note.textContent = wrong
+        ? "The server did not accept that key. Enter another one."
+        : "This server needs an API key. It is kept in this browser only.";
+      const input = document.createElement("input");
+      input.type = "password";
+      input.id = "api-key";
+      input.autocomplete = "off";
+      input.setAttribute("aria-label", "API key");
+      const buttons = document.createElement("div");
+      buttons.className = "buttons";
+      const save = document.createElement("button");
+      save.type = "submit";
+      save.className = "primary";
+      save.textContent = "Use this key";
+      const cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.textContent = "Cancel";
+      buttons.append(save, cancel);
+      form.append(title, note, input, buttons);
+      dialog.append(form);
+      document.body.append(dialog);
+      const close = (key) => {
+        dialog.close();
+        dialog.remove();
+        asking = null;
+        if (key) {
+          storeKey(key);
+          resolve();
+        } else {
+          reject(new Error("An API key is needed to use this server."));
+        }
+      };
+      form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        const key = input.value.trim();
+        if (key) close(key);
+      });
+      cancel.addEventListener("click", () => close(null));
+      dialog.addEventListener("cancel", (e) => {
+        e.preventDefault();
+        close(null);
+      });
+      dialog.showModal();
+      input.focus();
+    });
+    return asking;
+  }
+
+  // fetch() against the server's API (a path relative to the page, so the pages work under a
+  // path prefix too), with the visitor's key; a 401 asks for a key and tries again.
+  async function api(path, { method = "GET", body, signal } = {}) {
+    for (let attempt = 0; ; attempt++) {
+      const headers = {};
+      if (body !== undefined) headers["Content-Type"] = "application/json";
+      if (memoryKey) headers["Authorization"] = "Bearer " + memoryKey;
+      const resp = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal,
+      });
+      if (resp.status !== 401) return resp;
+      await askForKey(attempt > 0 || memoryKey !== "");
+    }
+  }
+
+  // The message of an OpenAI error body, or the status line.
+  async function errorMessage(resp) {
+    try {
+      const j = await resp.json();
+      if (j && j.error && j.error.message) return j.error.message;
+    } catch {
+      // Not JSON: the status says what went wrong.
+    }
+    return `HTTP ${resp.status} ${resp.statusText}`;
+  }
+
+  // A JSON API call: the parsed body, or an Error with the server's message.
+  async function apiJson(path, opts) {
+    const resp = await api(path, opts);
+    if (!resp.ok) throw new Error(await errorMessage(resp));
+    return resp.json();
+  }
+
+  // Server-sent events of a fetch() response (EventSource cannot POST): yields each `data:`
+  // payload parsed as JSON, until `[DONE]` or the end of the body. An `{"error": …}` event
+  // (the server's mid-stream error) is thrown.
+  async function* sseData(resp) {
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buf += value;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).replace(/\r$/, "");
+          buf = buf.slice(nl + 1);
+          if (!line.startsWith("data:")) continue;
+          const data = line.slice(5).trimStart();
+          if (data === "[DONE]") return;
+          const event = JSON.parse(data);
+          if (event && event.error) throw new Error(event.error.message || "server error");
+          yield event;
+        }
+      }
+    } finally {
+      reader.releaseLock();
+    }
+  }
+
+  function escapeHtml(s) {
+    return String(s)
+      .replace(/&/g, "&amp;")
+      .replace(/</g, "&lt;")
+      .replace(/>/g, "&gt;")
+      .replace(/"/g, "&quot;")
+      .replace(/'/g, "&#39;");
+  }
+
+  // Markdown: raw HTML in an answer is shown as text (escaped), images become links (no
+  // request leaves on the visitor's behalf), and DOMPurify cleans what marked made (links to
+  // `javascript:` and the like). The pages' Content-Security-Policy forbids inline script as
+  // a last line of defence.
+  let markdown = null;
+
+  function markdownParser() {
+    if (markdown) return markdown;
+    markdown = new marked.Marked({ gfm: true, breaks: true });
+    markdown.use({
+      renderer: {
+        html({ text }) {
+          return escapeHtml(text);
+        },
+        image({ href, text }) {
+          return `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>`;
+        },
+      },
+    });
+    DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer nofollow");
+      }
+    });
+    return markdown;
+  }
+
+  function renderMarkdown(element, text) {
+    const html = markdownParser().parse(text);
+    element.innerHTML = DOMPurify.sanitize(html, {
+      FORBID_TAGS: ["style", "img", "form", "input", "button", "textarea", "select"],
+      FORBID_ATTR: ["style"],
+    });
+  }
+
+  // Copies text; navigator.clipboard needs a secure context (https or localhost), so a page
+  // opened over plain http elsewhere falls back to a selected hidden textarea.
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text);
+      return;
+    }
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "offscreen";
+    document.body.append(area);
+    area.select();
+    const ok = document.execCommand("copy");
+    area.remove();
+    if (!ok) throw new Error("copy refused by the browser");
+  }
+
+  // A number field's value within [min, max], or the fallback when empty or not a number.
+  function numberField(input, fallback) {
+    const v = Number.parseFloat(input.value);
+    if (!Number.isFinite(v)) return fallback;
+    const min = input.min === "" ? -Infinity : Number(input.min);
+    const max = input.max === "" ? Infinity : Number(input.max);
+    return Math.min(max, Math.max(min, v));
+  }
+
+  // Enter sends the form, Shift+Enter makes a new line.
+  function enterSubmits(textarea, form) {
+    textarea.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+  }
+
+  return {
+    api,
+    apiJson,
+    errorMessage,
+    sseData,
+    renderMarkdown,
+    copyText,
+    numberField,
+    enterSubmits,
+  };
+})();

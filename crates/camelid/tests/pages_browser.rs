@@ -1,0 +1,72 @@
+//! The web pages in a real browser: `camelid serve` with two models and an API key, driven
+//! by `tests/pages/test_pages.py` (Python Playwright on Debian's headless Chromium). It chats,
+//! runs arena battles, votes, watches the leaderboard change, checks that markup in answers
+//! runs nothing, and leaves screenshots of each page in `<target>/screenshots`.
+//!
+//! Without Chromium the test FAILS (`tests/run.sh` installs it), unless
+//! `CAMELID_SKIP_BROWSER=1` says to skip it.
+
+mod common;
+use common::serve;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[test]
+fn pages_work_in_a_browser() {
+    let chromium = std::env::var("CAMELID_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        if std::env::var("CAMELID_SKIP_BROWSER").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no Chromium at {chromium} (CAMELID_SKIP_BROWSER=1)");
+            return;
+        }
+        panic!(
+            "no Chromium at {chromium}: install Debian's `chromium` (tests/run.sh does), point \
+             CAMELID_CHROMIUM at one, or set CAMELID_SKIP_BROWSER=1 to skip this test"
+        );
+    }
+    let python = std::env::var("CAMELID_TEST_PYTHON").expect(
+        "CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the \
+         venv with playwright)",
+    );
+    let key = "sk-pages-test";
+    let s = serve(&[
+        "--api-key",
+        key,
+        "--model",
+        "alpha=smollm2-135m-instruct",
+        "--model",
+        "beta=smollm2-135m-instruct",
+        "--kv-cache-mb",
+        "64",
+    ]);
+    let shots: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("screenshots");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/pages/test_pages.py"
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .args([&s.base, key, "alpha", "beta"])
+        .arg(&shots)
+        .arg(&chromium)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser test of the pages failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+    for page in ["chat", "arena", "leaderboard"] {
+        for width in ["desktop", "phone"] {
+            let png = shots.join(format!("{page}-{width}.png"));
+            let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+            assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", png.display());
+        }
+    }
+    println!("{}", stdout.trim_end());
+}

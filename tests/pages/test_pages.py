@@ -1,0 +1,407 @@
+"""The web pages of a running `camelid serve`, in headless Chromium (Python Playwright).
+
+Usage: python test_pages.py BASE_URL API_KEY MODEL_1 MODEL_2 SCREENSHOT_DIR [CHROMIUM]
+(run by crates/camelid/tests/pages_browser.rs against a server with that API key and those
+two models). Chats, runs arena battles, votes, watches the leaderboard change, checks that
+hostile markup in answers runs nothing, and saves a screenshot of each page, desktop and
+phone width, into SCREENSHOT_DIR. Exits non-zero on the first failed check.
+"""
+import json
+import os
+import sys
+import urllib.request
+
+from playwright.sync_api import sync_playwright
+
+base, key, model_1, model_2, shots = sys.argv[1:6]
+chromium = sys.argv[6] if len(sys.argv) > 6 else "/usr/bin/chromium"
+os.makedirs(shots, exist_ok=True)
+checks = 0
+TIMEOUT_MS = 120_000
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+def check(cond, what):
+    global checks
+    if not cond:
+        print("FAILED:", what, file=sys.stderr)
+        sys.exit(1)
+    checks += 1
+
+
+def api(path, body):
+    req = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)
+
+
+def get_json(path):
+    req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + key})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)
+
+
+class Watch:
+    """What a page did that it must not: dialogs opened, uncaught script errors."""
+
+    def __init__(self, page):
+        self.dialogs, self.errors = [], []
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def clean(self, where):
+        check(not self.dialogs, f"{where}: no dialog opened ({self.dialogs})")
+        check(not self.errors, f"{where}: no script errors ({self.errors})")
+
+
+def posted_bodies(page, path):
+    """The JSON bodies the page POSTs to `path`, in order."""
+    bodies = []
+    page.on(
+        "request",
+        lambda r: bodies.append(json.loads(r.post_data))
+        if r.method == "POST" and r.url.split("?")[0].endswith(path)
+        else None,
+    )
+    return bodies
+
+
+def no_horizontal_scroll(page, where):
+    w = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    check(w[0] <= w[1], f"{where}: fits the width without scrolling sideways ({w})")
+
+
+def wait_js(page, expr, what, timeout_ms=TIMEOUT_MS):
+    """Polls a JS expression until true (wait_for_function evaluates strings with eval, which
+    the pages' CSP rightly forbids)."""
+    for _ in range(timeout_ms // 100):
+        if page.evaluate(expr):
+            return
+        page.wait_for_timeout(100)
+    check(False, f"{what}: timed out waiting for {expr}")
+
+
+def set_settings(page, temperature, max_tokens):
+    if page.locator("details[open]").count() == 0:
+        page.click("details summary")
+    page.fill("#temperature", str(temperature))
+    page.fill("#max-tokens", str(max_tokens))
+
+
+def wait_answer(page, n):
+    """Waits until the chat has n finished assistant answers; returns the last one's text."""
+    wait_js(page,
+            f"document.querySelectorAll('.message.assistant:not([data-state=streaming])').length === {n}",
+            f"answer {n}")
+    last = page.locator(".message.assistant").nth(n - 1)
+    check(last.get_attribute("data-state") == "done", f"answer {n} done: {last.inner_text()}")
+    return last
+
+
+HOSTILE = (
+    'Hello **bold** <img src=x onerror="window.__pwned=1;alert(1)"> '
+    "<script>window.__pwned=2;alert(2)</script> [click me](javascript:window.__pwned=3) "
+    "![pic](javascript:window.__pwned=4)\n\n"
+    '<div onmouseover="window.__pwned=5">hover me</div>\n\n`<b>code</b>`'
+)
+
+
+def sse_body(text, piece=7):
+    """A /v1/chat/completions stream whose deltas split `text` (tags cut across chunks)."""
+    def chunk(delta, finish=None):
+        return "data: " + json.dumps(
+            {"object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+    out = chunk({"role": "assistant", "content": ""})
+    out += "".join(chunk({"content": text[i:i + piece]}) for i in range(0, len(text), piece))
+    return out + chunk({}, "stop") + "data: [DONE]\n\n"
+
+
+def check_escaped(page, body, where):
+    """The hostile answer in `body` (a locator) shows as text and ran nothing."""
+    text = body.inner_text()
+    for literal in ['<img src=x onerror="window.__pwned=1;alert(1)">',
+                    "<script>window.__pwned=2;alert(2)</script>",
+                    '<div onmouseover="window.__pwned=5">', "<b>code</b>"]:
+        check(literal in text, f"{where}: {literal!r} is shown as text: {text!r}")
+    check(body.locator("strong").inner_text() == "bold", f"{where}: Markdown still renders")
+    check(body.locator("img, script, div[onmouseover], b").count() == 0,
+          f"{where}: no element made from the answer's markup: {body.inner_html()}")
+    check(body.locator("[onerror], [onmouseover], [onclick]").count() == 0,
+          f"{where}: no event-handler attributes")
+    check(body.locator("a[href^='javascript']").count() == 0,
+          f"{where}: no javascript: links: {body.inner_html()}")
+    body.get_by_text("click me").click()
+    body.get_by_text("pic").click()
+    body.get_by_text("hover me").hover()
+    page.wait_for_timeout(300)
+    check(page.evaluate("window.__pwned") is None, f"{where}: no injected script ran")
+
+
+def chat_page(ctx):
+    page = ctx.new_page()
+    watch = Watch(page)
+    resp = page.goto(base + "/")
+    check(resp.status == 200, "/ loads without a key")
+    csp = resp.headers.get("content-security-policy", "")
+    check("script-src 'self'" in csp and "unsafe-inline" not in csp, f"strict CSP: {csp!r}")
+
+    # The server has keys: the page asks for one (a wrong one is asked again).
+    dialog = page.locator("dialog.key-dialog[open]")
+    dialog.wait_for(timeout=TIMEOUT_MS)
+    page.fill("#api-key", "sk-wrong")
+    page.keyboard.press("Enter")
+    wait_js(page,
+            "document.querySelector('dialog.key-dialog[open]')?.textContent.includes('did not accept')",
+            "a wrong key is asked again")
+    page.fill("#api-key", key)
+    page.click("dialog.key-dialog button.primary")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    options = page.locator("#model option").all_inner_texts()
+    check(model_1 in options and model_2 in options, f"models listed: {options}")
+    check(page.evaluate("localStorage.getItem('camelid.apiKey')") == key,
+          "the key is kept in the browser")
+
+    bodies = posted_bodies(page, "/v1/chat/completions")
+    page.select_option("#model", model_2)
+    set_settings(page, 0, 12)
+    page.fill("#prompt", "Name a fruit.")
+    page.keyboard.press("Enter")  # Enter sends
+    first = wait_answer(page, 1)
+    want = api("/v1/chat/completions", {
+        "model": model_2, "temperature": 0, "max_tokens": 12,
+        "messages": [{"role": "user", "content": "Name a fruit."}]})["choices"][0]["message"]["content"]
+    check(bodies[-1]["stream"] is True and bodies[-1]["model"] == model_2
+          and bodies[-1]["max_tokens"] == 12 and bodies[-1]["temperature"] == 0,
+          f"the page streams with its settings: {bodies[-1]}")
+    check(want.strip() != "", "the model answers something")
+    first.locator("button.copy").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    check(copied == want, f"the streamed answer, copied, is the API's: {copied!r} vs {want!r}")
+
+    # A second turn carries the first.
+    page.fill("#prompt", "And another one?")
+    page.click("#send")
+    wait_answer(page, 2)
+    sent = bodies[-1]["messages"]
+    check([m["role"] for m in sent] == ["user", "assistant", "user"]
+          and sent[1]["content"] == want, f"multi-turn request: {sent}")
+    second = page.locator(".message.assistant").nth(1).get_attribute("data-raw")
+
+    # Regenerate: the last answer again, for the same conversation (greedy: the same text).
+    page.click("#regenerate")
+    wait_answer(page, 2)
+    check(bodies[-1]["messages"] == sent, "regenerate resends the same conversation")
+    check(page.locator(".message.assistant").nth(1).get_attribute("data-raw") == second,
+          "greedy regeneration gives the same answer")
+    page.screenshot(path=f"{shots}/chat-desktop.png")
+
+    # Stop: a long, high-temperature answer stopped after its first words stays, marked.
+    set_settings(page, 2, 400)
+    page.fill("#prompt", "Tell me a long story about llamas.")
+    page.click("#send")
+    page.wait_for_selector(".message.assistant[data-state=streaming] .body:not(:empty)",
+                           timeout=TIMEOUT_MS)
+    check(page.is_disabled("#send") and page.is_enabled("#stop"), "stop while streaming")
+    page.click("#stop")
+    page.wait_for_selector(".message.assistant[data-state=stopped]", timeout=TIMEOUT_MS)
+    check("Stopped" in page.locator(".message.assistant").nth(2).inner_text(), "marked stopped")
+    check(page.is_enabled("#send") and page.is_disabled("#stop"), "ready again after stop")
+
+    page.click("#clear")
+    check(page.locator(".message").count() == 0, "clear empties the conversation")
+
+    # Escaping: an answer full of markup (served by a route in place of the server's stream).
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body(HOSTILE)))
+    page.fill("#prompt", "Say something nasty.")
+    page.click("#send")
+    wait_answer(page, 1)
+    check_escaped(page, page.locator(".message.assistant .body"), "chat")
+    page.screenshot(path=f"{shots}/chat-escaping.png")
+    page.unroute("**/v1/chat/completions")
+
+    # Defence in depth: markup put into the page by hand still runs no inline handler (CSP).
+    page.evaluate("""document.body.insertAdjacentHTML('beforeend',
+        '<img src="x" onerror="window.__csp=1">')""")
+    page.wait_for_timeout(500)
+    check(page.evaluate("window.__csp") is None, "CSP blocks inline event handlers")
+    watch.clean("chat")
+    page.close()
+
+
+WATCH_PHASES = """
+window.__phases = [];
+new MutationObserver(() => window.__phases.push([document.body.dataset.phase,
+    [...document.querySelectorAll('.votes button')].map((b) => b.disabled)]))
+  .observe(document.body, {attributes: true, attributeFilter: ['data-phase']});
+"""
+
+
+def arena_turn(page, prompt, send):
+    """One turn of a battle; checks the vote buttons were disabled until both answers were
+    complete (every phase change is recorded in the page, so a quick answer is not missed)."""
+    page.evaluate("window.__phases = []")
+    page.fill("#prompt", prompt)
+    send()
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    phases = page.evaluate("window.__phases")
+    check(phases[0] == ["waiting", [True] * 4] and phases[-1] == ["answered", [False] * 4],
+          f"vote buttons disabled until both answers are complete: {phases}")
+    for side in "ab":
+        answers = page.locator(f"#answers-{side} .message.assistant")
+        check(answers.last.get_attribute("data-state") == "done", f"side {side} complete")
+        check(answers.last.inner_text().strip() != "", f"side {side} answered")
+
+
+def arena_battle(page, bodies, prompt, follow_up=None):
+    """One battle up to the vote: leaves the page in phase `answered`."""
+    arena_turn(page, prompt, lambda: page.click("#send"))
+    first = bodies[-1]
+    check(first["messages"] == [{"role": "user", "content": prompt}]
+          and "model" not in first and "battle_id" not in first, f"battle request: {first}")
+    check(page.inner_text("#name-a") == "Model A" and page.inner_text("#name-b") == "Model B",
+          "names hidden before the vote")
+    if follow_up:
+        arena_turn(page, follow_up, lambda: page.keyboard.press("Enter"))
+        sent = bodies[-1]
+        check(sent.get("battle_id", "").startswith("battle-")
+              and [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+              and sent["messages"][-1]["content"] == follow_up,
+              f"the follow-up is a turn of the same battle: {sent}")
+        for side in "ab":
+            check(page.locator(f"#answers-{side} .message.assistant[data-state=done]").count() == 2,
+                  f"side {side}: two answers")
+        check(page.inner_text("#name-a") == "Model A", "names still hidden after the follow-up")
+
+
+def revealed(page):
+    a = page.inner_text("#name-a").removeprefix("Model A: ")
+    b = page.inner_text("#name-b").removeprefix("Model B: ")
+    return a, b
+
+
+def arena_and_leaderboard(ctx):
+    board = ctx.new_page()
+    board_watch = Watch(board)
+    board.goto(base + "/leaderboard")
+    board.wait_for_selector("body[data-votes]", timeout=TIMEOUT_MS)
+    before = int(board.get_attribute("body", "data-votes"))
+
+    page = ctx.new_page()
+    watch = Watch(page)
+    resp = page.goto(base + "/arena")
+    check(resp.status == 200, "/arena loads")
+    page.wait_for_selector("body[data-ready=true]")
+    page.evaluate(WATCH_PHASES)
+    bodies = posted_bodies(page, "/arena/battles")
+    set_settings(page, 0, 16)
+    check(all(page.locator(".votes button").nth(i).is_disabled() for i in range(4)),
+          "no vote before a battle")
+
+    arena_battle(page, bodies, "What is the capital of France?", follow_up="Why?")
+    # Vote with the keyboard: focus the button, press Enter.
+    page.focus("#vote-a")
+    page.keyboard.press("Enter")
+    wait_js(page, "document.getElementById('name-a').textContent.includes(':')", "names revealed")
+    a, b = revealed(page)
+    check({a, b} == {model_1, model_2}, f"the names are revealed after the vote: {a}, {b}")
+    check(all(page.locator(".votes button").nth(i).is_disabled() for i in range(4))
+          and page.is_disabled("#prompt"), "one vote per battle; no follow-up after it")
+    check(page.evaluate("document.activeElement.id") == "new-round", "focus moves to New round")
+    page.screenshot(path=f"{shots}/arena-desktop.png")
+
+    # The open leaderboard hears of the vote (sooner than its 15 s poll).
+    board.wait_for_selector(f"body[data-votes='{before + 1}']", timeout=10_000)
+    rows = board.locator("#rows tr")
+    check(rows.count() == 2, f"two models on the leaderboard: {rows.all_inner_texts()}")
+    api_board = get_json("/arena/leaderboard")
+    check(api_board["battles"] == before + 1, "the API counts the vote")
+    shown = [r.split("\t") for r in rows.all_inner_texts()]
+    for row, want in zip(shown, api_board["leaderboard"]):
+        check(row[1] == want["model"] and row[2] == f"{want['rating']:.0f}"
+              and row[4] == str(want["battles"]), f"row {row} shows {want}")
+    winner_row = next(r for r in shown if r[1] == a)
+    check(winner_row[0] == "1", f"the winner of the only vote ranks first: {shown}")
+
+    # New round, and a second battle voted the other way by mouse.
+    page.click("#new-round")
+    check(page.locator("#answers-a .message").count() == 0 and page.inner_text("#name-a") ==
+          "Model A", "new round clears the battle and hides the names")
+    arena_battle(page, bodies, "Name a colour.")
+    page.click("#vote-b")
+    wait_js(page, "document.getElementById('name-b').textContent.includes(':')", "names revealed")
+    board.wait_for_selector(f"body[data-votes='{before + 2}']", timeout=10_000)
+    board.screenshot(path=f"{shots}/leaderboard-desktop.png")
+
+    # Escaping in the arena: both answers are the hostile text (a route stands in for the API).
+    page.click("#new-round")
+    page.route("**/arena/battles", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps({
+            "battle_id": "battle-fake",
+            "a": {"content": HOSTILE, "finish_reason": "stop"},
+            "b": {"content": HOSTILE, "finish_reason": "stop"}})))
+    page.fill("#prompt", "Say something nasty.")
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    for side in "ab":
+        check_escaped(page, page.locator(f"#answers-{side} .message.assistant .body"),
+                      f"arena side {side}")
+    page.unroute("**/arena/battles")
+    watch.clean("arena")
+    board_watch.clean("leaderboard")
+    page.close()
+    board.close()
+
+
+def phone(browser):
+    """Each page at phone width: nothing wider than the screen; a screenshot each."""
+    ctx = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    ctx.add_init_script(f"localStorage.setItem('camelid.apiKey', {json.dumps(key)})")
+    page = ctx.new_page()
+    watch = Watch(page)
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    set_settings(page, 0, 24)
+    page.fill("#prompt", "What is a llama?")
+    page.click("#send")
+    wait_answer(page, 1)
+    no_horizontal_scroll(page, "chat on a phone")
+    page.screenshot(path=f"{shots}/chat-phone.png")
+
+    page.goto(base + "/arena")
+    page.wait_for_selector("body[data-ready=true]")
+    set_settings(page, 0, 16)
+    page.fill("#prompt", "Name a fruit.")
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    page.click("#vote-tie")
+    wait_js(page, "document.getElementById('name-a').textContent.includes(':')", "names revealed")
+    no_horizontal_scroll(page, "arena on a phone")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=f"{shots}/arena-phone.png")
+
+    page.goto(base + "/leaderboard")
+    page.wait_for_selector("body[data-votes]", timeout=TIMEOUT_MS)
+    no_horizontal_scroll(page, "leaderboard on a phone")
+    page.screenshot(path=f"{shots}/leaderboard-phone.png")
+    watch.clean("phone")
+    ctx.close()
+
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    ctx = browser.new_context(viewport=DESKTOP)
+    ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    chat_page(ctx)
+    arena_and_leaderboard(ctx)
+    ctx.close()
+    phone(browser)
+    browser.close()
+
+print(f"{checks} passed, 0 failed")
