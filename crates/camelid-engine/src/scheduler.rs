@@ -11,6 +11,7 @@ use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -29,6 +30,8 @@ pub struct EngineHandle {
     vocab_size: usize,
     /// Positions the whole KV pool holds: no single request may need more.
     kv_capacity: usize,
+    /// Set by [`Self::stop_admitting`]; the engine thread reads it every step.
+    stopping: Arc<AtomicBool>,
 }
 
 impl EngineHandle {
@@ -36,6 +39,7 @@ impl EngineHandle {
     pub fn spawn(lm: LoadedModel, cfg: EngineConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.max_waiting.max(1));
         let metrics = Arc::new(M::default());
+        let stopping = Arc::new(AtomicBool::new(false));
         let num_blocks = cfg.num_blocks(&lm);
         let handle = Self {
             tx,
@@ -44,6 +48,7 @@ impl EngineHandle {
             context_length: lm.context_length,
             vocab_size: lm.model.config().vocab_size,
             kv_capacity: num_blocks * cfg.block_size,
+            stopping: stopping.clone(),
         };
         M::set(&metrics.kv_blocks_total, num_blocks as u64);
         let c = lm.model.config().clone();
@@ -75,11 +80,38 @@ impl EngineHandle {
             })
             .build()
             .expect("engine thread pool");
+        let name = lm.name.clone();
         std::thread::Builder::new()
-            .name(format!("engine-{}", lm.name))
-            .spawn(move || pool.install(move || Engine::new(lm, cfg, rx, metrics, kv).run()))
+            .name(format!("engine-{name}"))
+            .spawn(move || {
+                // A panic unwinds the engine (dropping every request's sender, so each client
+                // sees its request end unfinished) and the receiver (so `is_running` is false).
+                let run = std::panic::AssertUnwindSafe(|| {
+                    pool.install(move || Engine::new(lm, cfg, rx, metrics, kv, stopping).run())
+                });
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!("the engine of {name} stopped: it panicked: {why}");
+                }
+            })
             .expect("spawn engine thread");
         handle
+    }
+
+    /// False once the engine thread has stopped (it panicked): nothing submitted will run.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// For shutdown: requests not yet started are refused ([`Event::Refused`]) at the next
+    /// step, and so is anything submitted from now on; running sequences (preempted ones
+    /// too: their clients have seen tokens) go on to their end.
+    pub fn stop_admitting(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -101,6 +133,9 @@ impl EngineHandle {
     /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
     /// cancels the request at the next step.
     pub fn submit(&self, req: Request) -> Result<mpsc::UnboundedReceiver<Event>, SubmitError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
         if req.prompt.is_empty() {
             return Err(SubmitError::Invalid("the prompt is empty".into()));
         }
@@ -129,9 +164,7 @@ impl EngineHandle {
         let (etx, erx) = mpsc::unbounded_channel();
         match self.tx.try_send(Submitted { req, events: etx }) {
             Ok(()) => {
-                self.metrics
-                    .waiting
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.waiting.fetch_add(1, Ordering::Relaxed);
                 Ok(erx)
             }
             Err(mpsc::error::TrySendError::Full(_)) => Err(SubmitError::QueueFull),
@@ -173,6 +206,7 @@ struct Engine {
     cfg: EngineConfig,
     rx: mpsc::Receiver<Submitted>,
     metrics: Arc<M>,
+    stopping: Arc<AtomicBool>,
     waiting: VecDeque<Waiting>,
     /// In admission order: the last is the first to be preempted.
     running: Vec<Seq>,
@@ -192,12 +226,14 @@ impl Engine {
         rx: mpsc::Receiver<Submitted>,
         metrics: Arc<M>,
         kv: PagedKv,
+        stopping: Arc<AtomicBool>,
     ) -> Self {
         Self {
             lm,
             cfg,
             rx,
             metrics,
+            stopping,
             waiting: VecDeque::new(),
             running: vec![],
             kv,
@@ -218,6 +254,9 @@ impl Engine {
             while let Ok(s) = self.rx.try_recv() {
                 self.waiting.push_back(Waiting::New(s));
             }
+            if self.stopping.load(Ordering::SeqCst) {
+                self.refuse_new();
+            }
             self.admit();
             self.drop_cancelled();
             if !self.running.is_empty() {
@@ -229,6 +268,20 @@ impl Engine {
             M::set(&self.metrics.prefix_cache_hits, self.kv.pool.hits);
             M::set(&self.metrics.prefix_cache_lookups, self.kv.pool.lookups);
         }
+    }
+
+    /// Shutting down: requests that have not started are refused; preempted sequences (their
+    /// clients have seen tokens) stay to be finished.
+    fn refuse_new(&mut self) {
+        self.waiting.retain(|w| match w {
+            Waiting::New(s) => {
+                let _ = s
+                    .events
+                    .send(Event::Refused("the server is shutting down".into()));
+                false
+            }
+            Waiting::Preempted(_) => true,
+        });
     }
 
     fn admit(&mut self) {
@@ -304,6 +357,10 @@ impl Engine {
 
     /// One forward over every running sequence that fits.
     fn step(&mut self) {
+        let step = M::get(&self.metrics.steps) + 1;
+        if self.cfg.panic_at_step == Some(step) {
+            panic!("fault injected by EngineConfig::panic_at_step at step {step}");
+        }
         let mut batch = ForwardBatch::default();
         let mut budget = self.cfg.max_batch_tokens.max(1);
         // (index into running, rows of logits it gets, chunk end)

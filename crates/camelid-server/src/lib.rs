@@ -19,7 +19,7 @@ mod sse;
 pub mod state;
 mod validate;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -52,10 +52,13 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Check every key (no early exit) so timing does not tell which key was close.
-    let ok = s.config.api_keys.iter().fold(false, |acc, k| {
-        acc | keys_equal(given.as_bytes(), k.as_bytes())
-    });
+    // Check every key (no early exit) so timing does not tell which key was close. No key
+    // is empty (`camelid serve` refuses them); should one be, a missing key still never
+    // matches it.
+    let ok = !given.is_empty()
+        && s.config.api_keys.iter().fold(false, |acc, k| {
+            acc | keys_equal(given.as_bytes(), k.as_bytes())
+        });
     if ok {
         next.run(req).await
     } else {
@@ -63,11 +66,16 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     }
 }
 
-/// Counts responses by endpoint and status.
+/// Counts responses by endpoint and status. The endpoint is the route's template, or
+/// `unmatched` for the 404 fallback: a client cannot add series or put its text in them.
 async fn count(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
     let r = next.run(req).await;
-    s.metrics.request(&path, r.status().as_u16());
+    s.metrics.request(&endpoint, r.status().as_u16());
     r
 }
 
@@ -79,8 +87,11 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// Every route but `/health` (and `/metrics` with `metrics_public`) needs an API key when
+/// keys are set, unknown paths too: without one, a client learns nothing, not even which
+/// routes exist.
 pub fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
+    let mut keyed = Router::new()
         .route("/v1/models", get(models::list_models))
         .route("/v1/chat/completions", post(chat_routes::chat_completions))
         .route("/v1/completions", post(completions::completions))
@@ -89,12 +100,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/arena/battles", post(arena_routes::battle))
         .route("/arena/battles/{id}/vote", post(arena_routes::vote))
         .route("/arena/leaderboard", get(arena_routes::leaderboard))
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
+        .fallback(not_found);
+    let mut open = Router::new().route("/health", get(health::health));
+    if state.config.metrics_public {
+        open = open.route("/metrics", get(metrics_routes::metrics));
+    } else {
+        keyed = keyed.route("/metrics", get(metrics_routes::metrics));
+    }
+    let keyed = keyed.layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .merge(v1)
-        .route("/health", get(health::health))
-        .route("/metrics", get(metrics_routes::metrics))
-        .fallback(not_found)
+        .merge(open)
+        .merge(keyed)
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state)
@@ -117,16 +133,17 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Serves until SIGTERM: stops accepting, lets in-flight responses finish for at most the
-/// grace period, then returns.
+/// Serves until SIGTERM: stops accepting, answers the requests not yet started 503, lets
+/// running ones finish for at most the grace period, then returns.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace_secs;
-    let app = router(state);
+    let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
+        state.stop_admitting();
         tracing::info!(
-            "shutting down: no new connections; finishing in-flight requests (at most {grace}s)"
+            "shutting down: no new connections, waiting requests refused; finishing running ones (at most {grace}s)"
         );
         let _ = tx.send(());
     });
