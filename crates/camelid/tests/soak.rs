@@ -111,7 +111,7 @@ fn check_complete(i: usize, events: &[String], choices: usize, echo: Option<&str
 
 #[test]
 fn soak_256_streams_with_hangups_on_a_small_kv_pool() {
-    let s = serve(&["--kv-cache-mb", "12", "--max-concurrent", "512"]);
+    let s = serve(&["--kv-cache-mb", "12"]);
     let base = s.base.clone();
     let pid = s.child.id();
     // Warm up (allocator arenas, worker threads), then take the baseline.
