@@ -57,7 +57,9 @@ fn empty_api_keys_are_refused_at_start() {
     let no_keys = dir.path().join("keys");
     std::fs::write(&no_keys, "# no keys yet\n\n").unwrap();
     let no_keys = no_keys.to_str().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    // (flags, environment, what the error says)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (&["--api-key", ""], &[], "empty"),
         (&[], &[("CAMELID_API_KEY", "sk-1,")], "empty"),
         (&["--api-key", " sk-1"], &[], "spaces"),

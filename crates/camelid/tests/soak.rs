@@ -140,7 +140,7 @@ fn soak_256_streams_with_hangups_on_a_small_kv_pool() {
         .map(|i| {
             let base = base.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1) * 0x1000_0001);
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0001));
                 let (path, body, choices, echo) = request(i, &mut rng);
                 let body = body.to_string();
                 let hang_up = rng.next(3) == 0;
