@@ -38,6 +38,11 @@ pub struct EngineConfig {
     /// Element type of a host-memory KV cache (f32 models on the CPU); other storages use the
     /// model's dtype.
     pub host_kv_dtype: KvDtype,
+    /// Fault injection for tests: the engine thread panics before running this step (the
+    /// first is 1), as a bug in a kernel or the model would make it; the server's
+    /// `tests/faults.rs` checks what clients then see. Never set in serving.
+    #[doc(hidden)]
+    pub panic_at_step: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             num_blocks: None,
             host_kv_dtype: KvDtype::F16,
+            panic_at_step: None,
         }
     }
 }
@@ -125,6 +131,7 @@ impl EngineConfig {
             prefix_caching: o.prefix_caching.unwrap_or(d.prefix_caching),
             num_blocks: None,
             host_kv_dtype: o.host_kv_dtype.unwrap_or(d.host_kv_dtype),
+            panic_at_step: None,
         }
     }
 }

@@ -53,6 +53,9 @@ pub enum Event {
     Finished { reason: FinishReason, usage: Usage },
     /// The request failed; no event follows.
     Error(String),
+    /// The request was never started and will not be: the engine is shutting down (see
+    /// `EngineHandle::stop_admitting`). No event follows.
+    Refused(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,6 +64,8 @@ pub enum SubmitError {
     QueueFull,
     #[error("the engine has stopped")]
     Stopped,
+    #[error("the engine is shutting down")]
+    ShuttingDown,
     #[error("{0}")]
     Invalid(String),
 }

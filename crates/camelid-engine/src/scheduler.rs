@@ -11,7 +11,7 @@ use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -33,6 +33,8 @@ pub struct EngineHandle {
     vocab_size: usize,
     /// Positions the whole KV pool holds: no single request may need more.
     kv_capacity: usize,
+    /// Set by [`Self::stop_admitting`]; the engine thread reads it every step.
+    stopping: Arc<AtomicBool>,
 }
 
 impl EngineHandle {
@@ -42,6 +44,7 @@ impl EngineHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(M::default());
+        let stopping = Arc::new(AtomicBool::new(false));
         let num_blocks = cfg.num_blocks(&lm);
         let handle = Self {
             tx,
@@ -52,6 +55,7 @@ impl EngineHandle {
             context_length: lm.context_length,
             vocab_size: lm.model.config().vocab_size,
             kv_capacity: num_blocks * cfg.block_size,
+            stopping: stopping.clone(),
         };
         M::set(&metrics.kv_blocks_total, num_blocks as u64);
         let c = lm.model.config().clone();
@@ -83,13 +87,40 @@ impl EngineHandle {
             })
             .build()
             .expect("engine thread pool");
+        let name = lm.name.clone();
         std::thread::Builder::new()
-            .name(format!("engine-{}", lm.name))
+            .name(format!("engine-{name}"))
             .spawn(move || {
-                pool.install(move || Engine::new(lm, cfg, rx, queued, metrics, kv).run())
+                // A panic unwinds the engine (dropping every request's sender, so each client
+                // sees its request end unfinished) and the receiver (so `is_running` is false).
+                let run = std::panic::AssertUnwindSafe(|| {
+                    pool.install(move || {
+                        Engine::new(lm, cfg, rx, queued, metrics, kv, stopping).run()
+                    })
+                });
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!("the engine of {name} stopped: it panicked: {why}");
+                }
             })
             .expect("spawn engine thread");
         handle
+    }
+
+    /// False once the engine thread has stopped (it panicked): nothing submitted will run.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// For shutdown: requests not yet started are refused ([`Event::Refused`]) at the next
+    /// step, and so is anything submitted from now on; running sequences (preempted ones
+    /// too: their clients have seen tokens) go on to their end.
+    pub fn stop_admitting(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -122,6 +153,9 @@ impl EngineHandle {
         &self,
         reqs: Vec<Request>,
     ) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, SubmitError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
         for req in &reqs {
             self.check(req)?;
         }
@@ -217,6 +251,7 @@ struct Engine {
     /// Shared with the handles: `New` entries in `waiting` and in the channel.
     queued: Arc<AtomicUsize>,
     metrics: Arc<M>,
+    stopping: Arc<AtomicBool>,
     waiting: VecDeque<Waiting>,
     /// In admission order: the last is the first to be preempted.
     running: Vec<Seq>,
@@ -237,6 +272,7 @@ impl Engine {
         queued: Arc<AtomicUsize>,
         metrics: Arc<M>,
         kv: PagedKv,
+        stopping: Arc<AtomicBool>,
     ) -> Self {
         Self {
             lm,
@@ -244,6 +280,7 @@ impl Engine {
             rx,
             queued,
             metrics,
+            stopping,
             waiting: VecDeque::new(),
             running: vec![],
             kv,
@@ -264,6 +301,9 @@ impl Engine {
             while let Ok(s) = self.rx.try_recv() {
                 self.waiting.push_back(Waiting::New(s));
             }
+            if self.stopping.load(Ordering::SeqCst) {
+                self.refuse_new();
+            }
             self.admit();
             self.drop_cancelled();
             if !self.running.is_empty() {
@@ -275,6 +315,22 @@ impl Engine {
             M::set(&self.metrics.prefix_cache_hits, self.kv.pool.hits);
             M::set(&self.metrics.prefix_cache_lookups, self.kv.pool.lookups);
         }
+    }
+
+    /// Shutting down: requests that have not started are refused; preempted sequences (their
+    /// clients have seen tokens) stay to be finished.
+    fn refuse_new(&mut self) {
+        let queued = &self.queued;
+        self.waiting.retain(|w| match w {
+            Waiting::New(s) => {
+                queued.fetch_sub(1, Ordering::AcqRel);
+                let _ = s
+                    .events
+                    .send(Event::Refused("the server is shutting down".into()));
+                false
+            }
+            Waiting::Preempted(_) => true,
+        });
     }
 
     fn admit(&mut self) {
@@ -358,6 +414,10 @@ impl Engine {
 
     /// One forward over every running sequence that fits.
     fn step(&mut self) {
+        let step = M::get(&self.metrics.steps) + 1;
+        if self.cfg.panic_at_step == Some(step) {
+            panic!("fault injected by EngineConfig::panic_at_step at step {step}");
+        }
         let mut batch = ForwardBatch::default();
         let mut budget = self.cfg.max_batch_tokens.max(1);
         // (index into running, rows of logits it gets, chunk end)

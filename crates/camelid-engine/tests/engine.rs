@@ -30,7 +30,7 @@ fn drain(mut rx: UnboundedReceiver<Event>) -> Result<(Vec<u32>, usize), String> 
         match e {
             Event::Token { token, .. } => toks.push(token),
             Event::Finished { usage, .. } => return Ok((toks, usage.cached_tokens)),
-            Event::Error(e) => return Err(e),
+            Event::Error(e) | Event::Refused(e) => return Err(e),
             Event::PromptLogprobs(_) => {}
         }
     }
@@ -580,4 +580,90 @@ fn shared_prefixes_under_a_tiny_pool_still_complete() {
         "nothing was shared"
     );
     wait_idle(&tight.metrics);
+}
+
+/// Shutting down: requests that have not started are refused at once, the running one goes
+/// on to its last token, and nothing new is taken.
+#[test]
+fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
+    let engine = EngineHandle::spawn(
+        tiny(),
+        EngineConfig {
+            max_running: 1,
+            ..Default::default()
+        },
+    );
+    let submit = |max_tokens| {
+        engine
+            .submit(Request {
+                prompt: vec![1, 5, 6],
+                params: params(max_tokens, SamplingParams::greedy()),
+                prompt_logprobs: None,
+            })
+            .unwrap()
+    };
+    let mut running = submit(60);
+    assert!(matches!(running.blocking_recv(), Some(Event::Token { .. })));
+    let waiting: Vec<_> = (0..3).map(|_| submit(4)).collect();
+    engine.stop_admitting();
+    for mut rx in waiting {
+        match rx.blocking_recv() {
+            Some(Event::Refused(m)) => assert!(m.contains("shutting down"), "{m}"),
+            other => panic!("a waiting request got {other:?}, not Refused"),
+        }
+        assert!(rx.blocking_recv().is_none(), "an event after Refused");
+    }
+    let (rest, _) = drain(running).expect("the running request finishes");
+    assert_eq!(rest.len(), 59, "the running request was cut short");
+    let late = engine.submit(Request {
+        prompt: vec![1, 5, 6],
+        params: params(4, SamplingParams::greedy()),
+        prompt_logprobs: None,
+    });
+    assert_eq!(late.err(), Some(SubmitError::ShuttingDown));
+    wait_idle(&engine.metrics);
+}
+
+/// An engine thread that panics (here by `panic_at_step`, standing in for a bug in a kernel)
+/// closes every request's channel without a last event, says it is not running, and refuses
+/// what is submitted after.
+#[test]
+fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
+    let engine = EngineHandle::spawn(
+        tiny(),
+        EngineConfig {
+            panic_at_step: Some(4),
+            ..Default::default()
+        },
+    );
+    assert!(engine.is_running());
+    let rxs: Vec<_> = (0..2)
+        .map(|_| {
+            engine
+                .submit(Request {
+                    prompt: vec![1, 5, 6],
+                    params: params(50, SamplingParams::greedy()),
+                    prompt_logprobs: None,
+                })
+                .unwrap()
+        })
+        .collect();
+    for rx in rxs {
+        assert_eq!(
+            drain(rx),
+            Err("stream ended without Finished".into()),
+            "a request of a dead engine"
+        );
+    }
+    let t = Instant::now();
+    while engine.is_running() {
+        assert!(t.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let late = engine.submit(Request {
+        prompt: vec![1, 5, 6],
+        params: params(4, SamplingParams::greedy()),
+        prompt_logprobs: None,
+    });
+    assert_eq!(late.err(), Some(SubmitError::Stopped));
 }

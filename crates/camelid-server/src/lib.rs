@@ -22,7 +22,7 @@ mod sse;
 pub mod state;
 mod validate;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -58,10 +58,13 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Check every key (no early exit) so timing does not tell which key was close.
-    let ok = s.config.api_keys.iter().fold(false, |acc, k| {
-        acc | keys_equal(given.as_bytes(), k.as_bytes())
-    });
+    // Check every key (no early exit) so timing does not tell which key was close. No key
+    // is empty (`camelid serve` refuses them); should one be, a missing key still never
+    // matches it.
+    let ok = !given.is_empty()
+        && s.config.api_keys.iter().fold(false, |acc, k| {
+            acc | keys_equal(given.as_bytes(), k.as_bytes())
+        });
     if ok {
         next.run(req).await
     } else {
@@ -69,11 +72,16 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     }
 }
 
-/// Counts responses by endpoint and status.
+/// Counts responses by endpoint and status. The endpoint is the route's template, or
+/// `unmatched` for the 404 fallback: a client cannot add series or put its text in them.
 async fn count(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
     let r = next.run(req).await;
-    s.metrics.request(&path, r.status().as_u16());
+    s.metrics.request(&endpoint, r.status().as_u16());
     r
 }
 
@@ -93,8 +101,11 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     )
 }
 
+/// Every route but `/health`, the pages (and `/metrics` with `metrics_public`) needs an API
+/// key when keys are set, unknown paths too: without one, a client learns nothing, not even
+/// which routes exist.
 pub fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
+    let mut keyed = Router::new()
         .route("/v1/models", get(models::list_models))
         .route("/v1/chat/completions", post(chat_routes::chat_completions))
         .route("/v1/completions", post(completions::completions))
@@ -103,15 +114,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/arena/battles", post(arena_routes::battle))
         .route("/arena/battles/{id}/vote", post(arena_routes::vote))
         .route("/arena/leaderboard", get(arena_routes::leaderboard))
+        .fallback(not_found);
+    let mut open = Router::new()
+        .merge(pages::router())
+        .route("/health", get(health::health));
+    if state.config.metrics_public {
+        open = open.route("/metrics", get(metrics_routes::metrics));
+    } else {
+        keyed = keyed.route("/metrics", get(metrics_routes::metrics));
+    }
+    let keyed = keyed
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .merge(v1)
-        .merge(pages::router())
-        .route("/health", get(health::health))
-        .route("/metrics", get(metrics_routes::metrics))
-        .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found)
+        .merge(open.method_not_allowed_fallback(method_not_allowed))
+        .merge(keyed)
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state)
@@ -134,9 +151,16 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Serves until SIGTERM or Ctrl-C (see [`serve_until`]).
+/// Serves until SIGTERM or Ctrl-C (see [`serve_until`]); on the signal, requests not yet
+/// started are answered 503.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
-    serve_until(listener, state, shutdown_signal()).await
+    let s = state.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        s.stop_admitting();
+        tracing::info!("shutting down: no new connections, waiting requests refused");
+    };
+    serve_until(listener, state, shutdown).await
 }
 
 /// Serves until `shutdown` resolves: stops accepting, lets in-flight responses finish for

@@ -2,6 +2,7 @@
 //! engines' counters.
 
 use camelid_engine::EngineMetrics;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -66,6 +67,24 @@ fn write_series(
     );
 }
 
+/// A label value as Prometheus' text format requires it: backslash, double quote and line
+/// feed escaped (anything else may appear as is).
+fn escape_label(v: &str) -> Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
@@ -75,6 +94,8 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
+    /// Counts one response. `endpoint` is a route template (`/arena/battles/{id}/vote`) or
+    /// `unmatched`, never a request's path: a bounded set of series, no client data in them.
     pub fn request(&self, endpoint: &str, status: u16) {
         *self
             .requests
@@ -97,6 +118,7 @@ impl ServerMetrics {
         let mut out = String::new();
         out += "# HELP camelid_requests_total HTTP requests by endpoint and status.\n# TYPE camelid_requests_total counter\n";
         for ((e, s), n) in self.requests.lock().unwrap().iter() {
+            let e = escape_label(e);
             let _ = writeln!(
                 out,
                 "camelid_requests_total{{endpoint=\"{e}\",status=\"{s}\"}} {n}"
@@ -208,6 +230,7 @@ impl ServerMetrics {
         for (name, kind, help, get) in per_engine {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (m, e) in engines {
+                let m = escape_label(m);
                 let _ = writeln!(out, "{name}{{model=\"{m}\"}} {}", get(e));
             }
         }
@@ -218,10 +241,21 @@ impl ServerMetrics {
         );
         for (m, e) in engines {
             let (counts, count, sum) = e.step_seconds.snapshot();
-            let labels = format!("model=\"{m}\"");
+            let labels = format!("model=\"{}\"", escape_label(m));
             let bounds = &camelid_engine::STEP_BUCKETS;
             write_series(&mut out, name, &labels, bounds, &counts, count, sum);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("/v1/models"), "/v1/models");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

