@@ -1451,7 +1451,8 @@ fn corpus() -> Vec<Case> {
         // Health, metrics and paths that do not exist.
         raw("health: POST", "POST", "/health", None, vec![], 405),
         raw("metrics: DELETE", "DELETE", "/metrics", None, vec![], 405),
-        raw("unknown: GET /", "GET", "/", None, vec![], 404),
+        raw("pages: POST /", "POST", "/", None, vec![], 405),
+        raw("unknown: GET /v2", "GET", "/v2", None, vec![], 404),
         raw(
             "unknown: embeddings",
             "POST",
