@@ -139,7 +139,7 @@ fn pages_and_assets_are_served_open_with_a_strict_csp() {
     );
     for missing in [
         "/assets/nope.js",
-        "/assets/../Cargo.toml",
+        "/assets/..%2FCargo.toml",
         "/assets/vendor/README.md",
     ] {
         let g = get(&base, missing);
