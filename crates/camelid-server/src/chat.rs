@@ -8,7 +8,7 @@ use crate::format::{chat_logprobs, new_id, now_secs, sum_usage};
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::run::{self, collect, ChoiceSpec, Submission};
 use crate::state::{AppState, ModelEntry};
-use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use crate::validate::{cache_salt, generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use camelid_model::Message;
@@ -125,6 +125,7 @@ pub fn submit(
     if req.logprobs {
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
+    let salt = cache_salt(req.cache_salt.as_deref())?;
     let n = f.n.unwrap_or(1) as usize;
     let prompt_tokens = prompt.len();
     let specs = (0..n)
@@ -136,6 +137,7 @@ pub fn submit(
                 prompt: prompt.clone(),
                 params: p,
                 prompt_logprobs: None,
+                cache_salt: salt.clone(),
             }
         })
         .collect();

@@ -131,6 +131,8 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
+    /// vLLM's prefix-cache partition (checked by `validate::cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +151,8 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     pub logprobs: Option<u32>,
+    /// vLLM's prefix-cache partition (checked by `validate::cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,8 @@ use camelid_model::SamplingParams;
 pub const MAX_N: u32 = 16;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 pub const MAX_STOP_STRINGS: usize = 16;
+/// Longest `cache_salt`, in bytes: room for any tenant id or key digest.
+pub const MAX_CACHE_SALT_BYTES: usize = 256;
 
 fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool) -> Result<(), ApiError> {
     if let Some(x) = v {
@@ -116,6 +118,26 @@ pub fn generation_params(
     p.min_tokens = f.min_tokens.unwrap_or(0) as usize;
     p.skip_special_tokens = f.skip_special_tokens.unwrap_or(true);
     Ok(p)
+}
+
+/// `cache_salt` (vLLM's): requests share cached prompt prefixes only under the same salt. A
+/// salt, when given, is a non-empty string of at most [`MAX_CACHE_SALT_BYTES`].
+pub fn cache_salt(salt: Option<&str>) -> Result<Option<String>, ApiError> {
+    match salt {
+        None => Ok(None),
+        Some("") => Err(ApiError::invalid_param(
+            "cache_salt",
+            "`cache_salt` must be a non-empty string when given",
+        )),
+        Some(s) if s.len() > MAX_CACHE_SALT_BYTES => Err(ApiError::invalid_param(
+            "cache_salt",
+            format!(
+                "`cache_salt` must be at most {MAX_CACHE_SALT_BYTES} bytes, got {}",
+                s.len()
+            ),
+        )),
+        Some(s) => Ok(Some(s.to_string())),
+    }
 }
 
 /// OpenAI's wording when prompt + completion do not fit.

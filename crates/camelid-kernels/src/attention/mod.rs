@@ -88,6 +88,20 @@ fn query_block(group: usize) -> usize {
     (TASK_ROWS / group.max(1)).max(1)
 }
 
+/// A chunk's `len` queries in blocks of at most `most`, as even as can be: with `most` ≥ 3
+/// no block of a longer chunk holds a lone query. A lone query takes the decode kernel,
+/// whose rounding differs from the prompt kernel's, and a prompt position's output must
+/// not depend on where its prompt was cut into chunks (prompt log-probabilities are compared
+/// bit for bit).
+fn query_blocks(len: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = len.div_ceil(most.max(1));
+    let (base, extra) = (len / n.max(1), len % n.max(1));
+    (0..n).map(move |b| {
+        let q0 = b * base + b.min(extra);
+        (q0, q0 + base + usize::from(b < extra))
+    })
+}
+
 /// One layer's attention for a varlen batch. `cos`/`sin` are `(tokens, dim / 2)` tables;
 /// `out` receives `(tokens, q_heads · dim)`. Keys and values of the batch's tokens are written
 /// into the cache first, so every chunk sees its own new tokens (causally).
@@ -140,13 +154,13 @@ pub fn paged_attention(
     let mut first_tok = 0;
     for (ci, c) in chunks.iter().enumerate() {
         for g in 0..h.kv {
-            for qb in (0..c.len).step_by(qblock) {
+            for (q0, q1) in query_blocks(c.len, qblock) {
                 tasks.push(Task {
                     chunk: ci,
                     first_tok,
                     g,
-                    q0: qb,
-                    q1: (qb + qblock).min(c.len),
+                    q0,
+                    q1,
                 });
             }
         }

@@ -191,3 +191,90 @@ fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize) {
     assert_eq!(k, hist[1].0[96]);
     assert_eq!(v, hist[1].1[96]);
 }
+
+/// Each prompt position's output is the same to the bit however the prompt is cut into
+/// chunks of two queries or more (whose query blocks then never hold a lone query, which
+/// would take the decode kernel and round differently): prompt log-probabilities must not
+/// depend on the load.
+#[test]
+fn prompt_rows_do_not_depend_on_the_chunking() {
+    let h = Heads {
+        q: 9,
+        kv: 3,
+        dim: 64,
+        rope: RopeStyle::Interleaved,
+    };
+    let (n, bs) = (64, 16);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let width = (h.q + 2 * h.kv) * h.dim;
+    let data: Vec<f32> = (0..n * width)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let half = h.dim / 2;
+    let (mut cos, mut sin) = (vec![], vec![]);
+    for p in 0..n {
+        for j in 0..half {
+            let a = p as f32 * 10000f32.powf(-(2.0 * j as f32) / h.dim as f32);
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let run = |pieces: &[usize], dtype: KvDtype| -> Vec<f32> {
+        let mut cache = HostKvCache::new(1, n / bs, bs, h.kv, h.dim, dtype);
+        let mut out = vec![0f32; n * h.q * h.dim];
+        let mut start = 0;
+        for &len in pieces {
+            let rows = &data[start * width..(start + len) * width];
+            let qkv = QkvRows {
+                q: (rows, width, 0),
+                k: (rows, width, h.q * h.dim),
+                v: (rows, width, (h.q + h.kv) * h.dim),
+            };
+            let mut paged = HostPaged {
+                cache: &mut cache,
+                block_size: bs,
+                tables: vec![(0..(n / bs) as u32).rev().collect()],
+            };
+            let chunk = [SeqSpan {
+                seq: 0,
+                start_pos: start,
+                len,
+            }];
+            let at = start * half..(start + len) * half;
+            let dst = &mut out[start * h.q * h.dim..(start + len) * h.q * h.dim];
+            paged_attention(
+                0,
+                &chunk,
+                &qkv,
+                &cos[at.clone()],
+                &sin[at],
+                h,
+                &mut paged,
+                dst,
+            );
+            start += len;
+        }
+        assert_eq!(start, n);
+        out
+    };
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+        let whole = run(&[n], dtype);
+        // 22 and 43 queries: blocks of 21 would leave one alone.
+        for pieces in [&[22, 42][..], &[43, 21], &[2, 20, 3, 22, 17], &[24; 2]] {
+            let mut pieces = pieces.to_vec();
+            let rest = n - pieces.iter().sum::<usize>();
+            if rest > 0 {
+                pieces.push(rest);
+            }
+            let got = run(&pieces, dtype);
+            let row = h.q * h.dim;
+            if let Some(p) =
+                (0..n).find(|&p| got[p * row..(p + 1) * row] != whole[p * row..(p + 1) * row])
+            {
+                panic!(
+                    "{dtype:?}, pieces {pieces:?}: position {p} differs from the whole prompt's"
+                );
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
 use crate::run::{collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
-use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use crate::validate::{cache_salt, generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -75,6 +75,7 @@ pub async fn completions(
         ));
     }
     let base = generation_params(f, vocab, &model.stop_token_ids, &[])?;
+    let salt = cache_salt(req.cache_salt.as_deref())?;
     let n = f.n.unwrap_or(1) as usize;
     let mut specs = vec![];
     for (pi, prompt) in prompts.iter().enumerate() {
@@ -101,6 +102,7 @@ pub async fn completions(
                 prompt: prompt.clone(),
                 params: p,
                 prompt_logprobs,
+                cache_salt: salt.clone(),
             });
         }
     }
