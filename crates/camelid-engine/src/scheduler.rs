@@ -13,24 +13,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// How many of a sequence's `todo` uncomputed tokens (two or more) a step prefills, given
-/// `room` tokens: as many as fit, except that no piece is a lone token with more to come,
-/// nor leaves one behind, even if that takes up to two tokens more than `room`. A lone
-/// query goes through the decode attention kernel, which rounds differently from the prompt
-/// kernel: a prompt position's logits must not depend on how the load cut its prompt.
-fn prefill_piece(todo: usize, room: usize) -> usize {
-    let len = todo.min(room);
-    if len >= 2 && todo - len != 1 {
-        len
-    } else if len >= 3 {
-        len - 1 // leaves two
-    } else if todo <= 3 {
-        todo
-    } else {
-        2
-    }
-}
-
 struct Submitted {
     req: Request,
     events: mpsc::UnboundedSender<Event>,
@@ -418,7 +400,7 @@ impl Engine {
                 (s.id, s.cached, s.tokens.len() - s.cached)
             };
             let len = if is_prefill {
-                prefill_piece(todo, budget.min(prefill_budget))
+                todo.min(budget).min(prefill_budget)
             } else {
                 todo.min(budget)
             };
@@ -463,11 +445,11 @@ impl Engine {
                 LogitsWanted::Last => 1,
                 LogitsWanted::All => len,
             };
-            batch.push(s.id, cached, &s.tokens[cached..end], want);
+            batch.push_with_prompt(s.id, cached, &s.tokens[cached..end], want, s.prompt_len);
             members.push((i, rows, end));
-            budget = budget.saturating_sub(len);
+            budget -= len;
             if is_prefill {
-                prefill_budget = prefill_budget.saturating_sub(len);
+                prefill_budget -= len;
             } else {
                 batch_decodes += 1;
             }
@@ -664,30 +646,5 @@ impl Engine {
             self.kv.free(*id);
         }
         self.running.retain(|s| !ids.contains(&s.id));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefill_piece;
-
-    #[test]
-    fn prefill_pieces_neither_are_nor_leave_a_lone_token() {
-        for todo in 2..40 {
-            for room in 1..45 {
-                let len = prefill_piece(todo, room);
-                assert!(len >= 2 && len <= todo, "todo {todo} room {room}: {len}");
-                assert_ne!(todo - len, 1, "todo {todo} room {room}: {len}");
-                assert!(len <= room.max(2) + 1, "todo {todo} room {room}: {len}");
-                if room >= todo {
-                    assert_eq!(len, todo);
-                } else if room >= 3 {
-                    assert!(
-                        len + 1 >= room && len <= room,
-                        "todo {todo} room {room}: {len}"
-                    );
-                }
-            }
-        }
     }
 }

@@ -43,7 +43,8 @@ pub fn paged_logits_all(
     let mut parts = vec![];
     for (i, chunk) in ids.chunks(chunk_len).enumerate() {
         let mut batch = ForwardBatch::default();
-        batch.push(0, i * chunk_len, chunk, LogitsWanted::All);
+        // Every position is prompt, a lone last one too.
+        batch.push_with_prompt(0, i * chunk_len, chunk, LogitsWanted::All, ids.len());
         parts.push(model.forward(&batch, &mut kv)?);
     }
     Ok(Tensor::cat(&parts, 0)?)

@@ -74,8 +74,8 @@ fn post_now(base: &str, path: &str, body: Value) -> (u16, Value) {
     runtime().block_on(post(base, path, body))
 }
 
-/// Eight different prompts of `len` token ids (English text, so the model is confident).
-fn prompts(server: &Server, len: usize) -> Vec<Vec<u32>> {
+/// Different prompts of these many token ids (English text, so the model is confident).
+fn prompts(server: &Server, lens: &[usize]) -> Vec<Vec<u32>> {
     let topics = [
         "the harbour at dawn",
         "a chess tournament",
@@ -86,14 +86,14 @@ fn prompts(server: &Server, len: usize) -> Vec<Vec<u32>> {
         "volcanoes in Iceland",
         "a letter to a friend",
     ];
-    topics
-        .iter()
-        .map(|t| {
+    lens.iter()
+        .zip(topics.iter().cycle())
+        .map(|(&len, t)| {
             let text = format!(
                 "Here is a long story about {t}. It goes on for a while, describing {t} in \
                  every detail that comes to mind, one sentence after another. "
             )
-            .repeat(16);
+            .repeat(24);
             let ids = server.engine.tokenizer().encode(&text, true).unwrap();
             assert!(ids.len() >= len, "{t}: {} tokens", ids.len());
             ids[..len].to_vec()
@@ -106,53 +106,59 @@ fn scoring(prompt: &[u32]) -> Value {
     json!({"model": "smol", "prompt": prompt, "echo": true, "logprobs": 5, "max_tokens": 0})
 }
 
-/// The regression: eight concurrent scoring requests of ~510 tokens on a 12 MiB KV cache
-/// (34 blocks of 16: one such prompt at a time) once gave one prompt 105 positions off by up
-/// to 0.2 nats, because a preempted sequence appended its prompt log-probabilities again
-/// when it was recomputed. Each must get exactly what it gets alone.
+/// The report: eight concurrent scoring requests of about 510 tokens on a 12 MiB KV cache
+/// (34 blocks of 16: one such prompt at a time) gave, in one try of three, one prompt 105
+/// positions off by up to 0.2 nats from the same request alone. Concurrent prompts are cut
+/// into pieces where the 512-token steps and the blocks left end; a piece whose last query
+/// block held one query took the decode kernel, whose rounding differs, and the positions
+/// after it drifted. (A preempted sequence also scored its prompt again on recompute: the
+/// engine test `prompt_logprobs_and_greedy_tokens_ignore_batching_chunking_and_preemption`
+/// drives that.) These lengths (470 to 531 tokens) leave two or three such pieces however
+/// the requests arrive over the first steps (a simulation of the scheduler said so; the old
+/// kernels' choice then changed 376 positions of one prompt here), while alone no prompt is
+/// cut there. Each must get exactly what it gets alone.
 #[test]
 fn concurrent_prompt_scoring_under_kv_pressure_matches_each_alone() {
     let server = start(12);
-    let metric = |m: fn(&EngineMetrics) -> &std::sync::atomic::AtomicU64| {
-        EngineMetrics::get(m(&server.engine.metrics))
-    };
-    assert_eq!(metric(|m| &m.kv_blocks_total), 34);
-    let prompts = prompts(&server, 510);
-    let logprobs_of = |(status, body): (u16, Value)| -> Value {
+    assert_eq!(
+        EngineMetrics::get(&server.engine.metrics.kv_blocks_total),
+        34
+    );
+    let lens = [476, 531, 486, 474, 523, 490, 470, 496];
+    let prompts = prompts(&server, &lens);
+    let logprobs_of = |(status, body): (u16, Value), len: usize| -> Value {
         assert_eq!(status, 200, "{body}");
         let lp = body["choices"][0]["logprobs"].clone();
-        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 510);
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), len);
         lp
     };
     let alone: Vec<Value> = prompts
         .iter()
-        .map(|p| logprobs_of(post_now(&server.base, "/v1/completions", scoring(p))))
+        .map(|p| {
+            logprobs_of(
+                post_now(&server.base, "/v1/completions", scoring(p)),
+                p.len(),
+            )
+        })
         .collect();
-    // Preemption depends on when each request reaches the engine: rounds until one has
-    // preempted (the first, nearly always), every round compared.
-    let mut rounds = 0;
-    while metric(|m| &m.preemptions) == 0 {
-        rounds += 1;
-        assert!(rounds <= 5, "five rounds and no sequence was preempted");
-        let together: Vec<(u16, Value)> = runtime().block_on(futures::future::join_all(
-            prompts
-                .iter()
-                .map(|p| post(&server.base, "/v1/completions", scoring(p))),
-        ));
-        for (i, (got, want)) in together
-            .into_iter()
-            .map(logprobs_of)
-            .zip(&alone)
-            .enumerate()
-        {
-            let (g, w) = (&got["token_logprobs"], &want["token_logprobs"]);
-            let differ = (0..510).filter(|&k| g[k] != w[k]).count();
-            assert_eq!(
-                differ, 0,
-                "round {rounds}, prompt {i}: {differ} positions differ"
-            );
-            assert_eq!(&got, want, "round {rounds}, prompt {i}");
-        }
+    let together: Vec<(u16, Value)> = runtime().block_on(futures::future::join_all(
+        prompts
+            .iter()
+            .map(|p| post(&server.base, "/v1/completions", scoring(p))),
+    ));
+    for (i, (got, want)) in together.into_iter().zip(&alone).enumerate() {
+        let got = logprobs_of(got, lens[i]);
+        let (g, w) = (&got["token_logprobs"], &want["token_logprobs"]);
+        let differ: Vec<usize> = (0..lens[i]).filter(|&k| g[k] != w[k]).collect();
+        assert!(
+            differ.is_empty(),
+            "prompt {i}: {} positions differ, from {:?}: {} vs {} alone",
+            differ.len(),
+            differ.first(),
+            g[differ[0]],
+            w[differ[0]]
+        );
+        assert_eq!(&got, want, "prompt {i}");
     }
 }
 
@@ -163,7 +169,7 @@ fn concurrent_prompt_scoring_under_kv_pressure_matches_each_alone() {
 fn cache_salt_partitions_cached_prompts() {
     let server = start(64);
     let base = server.base.as_str();
-    let prompt = prompts(&server, 100).remove(0);
+    let prompt = prompts(&server, &[100]).remove(0);
     let cached = |(status, body): (u16, Value)| -> u64 {
         assert_eq!(status, 200, "{body}");
         body["usage"]["prompt_tokens_details"]["cached_tokens"]

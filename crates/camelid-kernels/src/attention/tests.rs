@@ -99,21 +99,9 @@ fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize) {
         (14u32..52).rev().collect(),
     ];
     let chunks = [
-        SeqSpan {
-            seq: 1,
-            start_pos: 9,
-            len: 1,
-        },
-        SeqSpan {
-            seq: 2,
-            start_pos: 70,
-            len: 37,
-        },
-        SeqSpan {
-            seq: 3,
-            start_pos: 150,
-            len: 1,
-        },
+        SeqSpan::new(1, 9, 1),
+        SeqSpan::new(2, 70, 37),
+        SeqSpan::new(3, 150, 1),
     ];
     let kw = h.kv * h.dim;
     let mut cache = HostKvCache::new(1, 68, bs, h.kv, h.dim, dtype);
@@ -192,19 +180,20 @@ fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize) {
     assert_eq!(v, hist[1].1[96]);
 }
 
-/// Each prompt position's output is the same to the bit however the prompt is cut into
-/// chunks of two queries or more (whose query blocks then never hold a lone query, which
-/// would take the decode kernel and round differently): prompt log-probabilities must not
-/// depend on the load.
+/// Each position's output is the same to the bit however its sequence is cut into chunks:
+/// prompt positions (even a lone one) always take the prompt kernel, generated ones the
+/// decode kernel, also when a chunk recomputes them after a preemption. Prompt
+/// log-probabilities and greedy tokens must not depend on the load.
 #[test]
-fn prompt_rows_do_not_depend_on_the_chunking() {
+fn a_position_rounds_by_its_role_not_its_chunk() {
     let h = Heads {
         q: 9,
         kv: 3,
         dim: 64,
         rope: RopeStyle::Interleaved,
     };
-    let (n, bs) = (64, 16);
+    // 64 positions: a prompt of 40, then 24 generated tokens.
+    let (n, prompt, bs) = (64, 40, 16);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let width = (h.q + 2 * h.kv) * h.dim;
     let data: Vec<f32> = (0..n * width)
@@ -219,6 +208,7 @@ fn prompt_rows_do_not_depend_on_the_chunking() {
             sin.push(a.sin());
         }
     }
+    // The outputs of every position, computed in chunks of these lengths.
     let run = |pieces: &[usize], dtype: KvDtype| -> Vec<f32> {
         let mut cache = HostKvCache::new(1, n / bs, bs, h.kv, h.dim, dtype);
         let mut out = vec![0f32; n * h.q * h.dim];
@@ -239,6 +229,7 @@ fn prompt_rows_do_not_depend_on_the_chunking() {
                 seq: 0,
                 start_pos: start,
                 len,
+                generated_from: prompt,
             }];
             let at = start * half..(start + len) * half;
             let dst = &mut out[start * h.q * h.dim..(start + len) * h.q * h.dim];
@@ -257,24 +248,35 @@ fn prompt_rows_do_not_depend_on_the_chunking() {
         assert_eq!(start, n);
         out
     };
-    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
-        let whole = run(&[n], dtype);
-        // 22 and 43 queries: blocks of 21 would leave one alone.
-        for pieces in [&[22, 42][..], &[43, 21], &[2, 20, 3, 22, 17], &[24; 2]] {
-            let mut pieces = pieces.to_vec();
-            let rest = n - pieces.iter().sum::<usize>();
-            if rest > 0 {
-                pieces.push(rest);
-            }
-            let got = run(&pieces, dtype);
-            let row = h.q * h.dim;
-            if let Some(p) =
-                (0..n).find(|&p| got[p * row..(p + 1) * row] != whole[p * row..(p + 1) * row])
-            {
-                panic!(
-                    "{dtype:?}, pieces {pieces:?}: position {p} differs from the whole prompt's"
-                );
+    // The prompt whole, then one decode at a time.
+    let decoded: Vec<usize> = std::iter::once(prompt).chain([1; 24]).collect();
+    #[cfg(target_arch = "x86_64")]
+    let paths = [prefill::PrefillPath::Widest, prefill::PrefillPath::Avx2];
+    #[cfg(not(target_arch = "x86_64"))]
+    let paths = [()];
+    for path in paths {
+        #[cfg(target_arch = "x86_64")]
+        prefill::set_path(path);
+        let _ = path;
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+            let want = run(&decoded, dtype);
+            for pieces in [
+                &[64][..],           // recomputed whole after a preemption
+                &[22, 1, 17, 2, 22], // blocks of 21 queries would leave one alone
+                &[1, 1, 38, 1, 23],  // lone prompt positions
+                &[39, 25],           // a chunk of the prompt's end and the tokens
+                &[43, 21],
+            ] {
+                let got = run(pieces, dtype);
+                let row = h.q * h.dim;
+                let differs =
+                    |p: usize| got[p * row..(p + 1) * row] != want[p * row..(p + 1) * row];
+                if let Some(p) = (0..n).find(|&p| differs(p)) {
+                    panic!("{dtype:?}, pieces {pieces:?}: position {p} differs");
+                }
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    prefill::set_path(prefill::PrefillPath::Widest);
 }
