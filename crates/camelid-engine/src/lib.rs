@@ -28,6 +28,9 @@ pub struct Request {
     /// Log-probabilities of the prompt tokens (each given the tokens before it), with this
     /// many alternatives.
     pub prompt_logprobs: Option<usize>,
+    /// Prefix-cache partition (vLLM's `cache_salt`): cached blocks are shared only among
+    /// requests with the same salt (or none).
+    pub cache_salt: Option<String>,
 }
 
 /// Token counts of a finished request.

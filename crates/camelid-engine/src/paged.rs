@@ -7,17 +7,20 @@
 //!   one for values (the same slot-major layout), written with `slice_set` and gathered per
 //!   sequence by [`KvStore::write_and_read`].
 
-use crate::blocks::{chain_hash, BlockId, BlockPool};
+use crate::blocks::{BlockId, BlockPool, PrefixLink};
 use camelid_model::kv::{DevicePaged, KvStore};
 use camelid_model::kv::{HostKvCache, HostPaged, KvDtype};
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Default, Clone)]
 pub struct SeqBlocks {
     pub table: Vec<BlockId>,
-    /// Chain hashes of the leading full blocks already registered in the prefix cache.
-    pub hashes: Vec<u64>,
+    /// The prefix-cache links of the leading full blocks already registered.
+    pub links: Vec<PrefixLink>,
+    /// The request's cache salt: its blocks are found only under the same salt.
+    pub salt: Option<Arc<str>>,
 }
 
 enum Storage {
@@ -82,12 +85,12 @@ impl PagedKv {
         self.pool.block_size
     }
 
-    /// Starts a sequence from the longest cached prefix of `tokens`; returns how many
-    /// tokens are already computed.
-    pub fn start(&mut self, seq: u64, tokens: &[u32]) -> usize {
-        let (table, hashes) = self.pool.lookup_prefix(tokens);
+    /// Starts a sequence from the longest cached prefix of `tokens` under cache salt `salt`
+    /// (`tokens` empty: no reuse); returns how many tokens are already computed.
+    pub fn start(&mut self, seq: u64, tokens: &[u32], salt: Option<Arc<str>>) -> usize {
+        let (table, links) = self.pool.lookup_prefix(tokens, salt.as_ref());
         let cached = table.len() * self.block_size();
-        self.seqs.insert(seq, SeqBlocks { table, hashes });
+        self.seqs.insert(seq, SeqBlocks { table, links, salt });
         cached
     }
 
@@ -100,15 +103,15 @@ impl PagedKv {
             return computed;
         };
         let n = s.table.len();
-        if n * bs != computed || s.hashes.len() != n {
+        if n * bs != computed || s.links.len() != n {
             return computed;
         }
-        let (ids, hashes) = self.pool.extend_prefix(tokens, &s.hashes);
+        let (ids, links) = self.pool.extend_prefix(tokens, s.salt.as_ref(), &s.links);
         if n == 0 && !ids.is_empty() {
             self.pool.hits += 1;
         }
         s.table.extend(ids);
-        s.hashes.extend(hashes);
+        s.links.extend(links);
         s.table.len() * bs
     }
 
@@ -135,18 +138,24 @@ impl PagedKv {
             return;
         };
         let full = (computed / bs).min(s.table.len());
-        while s.hashes.len() < full {
-            let i = s.hashes.len();
-            let h = chain_hash(s.hashes.last().copied(), &tokens[i * bs..(i + 1) * bs]);
-            self.pool.register(s.table[i], h);
-            s.hashes.push(h);
+        while s.links.len() < full {
+            let i = s.links.len();
+            let link = self.pool.register(
+                s.table[i],
+                s.links.last(),
+                s.salt.as_ref(),
+                &tokens[i * bs..(i + 1) * bs],
+            );
+            s.links.push(link);
         }
     }
 
     /// Returns the sequence's blocks to the pool (cached ones stay reusable until evicted).
+    /// Last block first, so that a prefix's tail is evicted before its head (a lost head
+    /// strands every cached block after it).
     pub fn free(&mut self, seq: u64) {
         if let Some(s) = self.seqs.remove(&seq) {
-            for b in s.table {
+            for b in s.table.into_iter().rev() {
                 self.pool.release(b);
             }
         }

@@ -1,12 +1,11 @@
 //! The engine loop: admits requests, builds one varlen batch per step (prefill chunks and
 //! decodes), runs the model, hands each sequence its logits.
 
-use crate::blocks::prefix_hashes;
 use crate::metrics::EngineMetrics as M;
 use crate::paged::PagedKv;
 use crate::step_cost::StepCost;
 use crate::{EngineConfig, Event, Request, SubmitError, Usage};
-use camelid_model::decode::sampling::token_logprob;
+use camelid_model::decode::sampling::{token_logprob, TokenLogprob};
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
@@ -232,9 +231,55 @@ struct Seq {
     /// does not use the prefix cache): sequences admitted together with a common prefix
     /// compute it once (see [`Engine::waits_for_shared_block`]).
     prefix_hashes: Vec<u64>,
-    prompt_logprobs: Option<usize>,
-    prompt_lp: Vec<camelid_model::decode::sampling::TokenLogprob>,
+    cache_salt: Option<Arc<str>>,
+    prompt_scoring: PromptScoring,
     max_tokens: usize,
+}
+
+/// The prompt log-probabilities a request asked for: collected row by row, sent once. A
+/// preempted sequence keeps what it collected; its recompute scores only the rest.
+enum PromptScoring {
+    Off,
+    /// `got[p]` scores prompt token `p + 1` (from the logits of position `p`); `top`
+    /// alternatives each.
+    Collecting {
+        top: usize,
+        got: Vec<TokenLogprob>,
+    },
+    Sent,
+}
+
+impl Seq {
+    /// Whether positions `from..to` include one whose logits score a prompt token not yet
+    /// scored.
+    fn scores_prompt_in(&self, from: usize, to: usize) -> bool {
+        match &self.prompt_scoring {
+            PromptScoring::Collecting { got, .. } => {
+                from.max(got.len()) < to.min(self.prompt_len.saturating_sub(1))
+            }
+            PromptScoring::Off | PromptScoring::Sent => false,
+        }
+    }
+
+    /// Takes the logits of positions `from..` (one row each) and scores the prompt tokens
+    /// they predict that are not scored yet; once the prompt's end is computed (`end`), sends
+    /// the scores.
+    fn score_prompt(&mut self, from: usize, rows: &[Vec<f32>], end: usize) {
+        let PromptScoring::Collecting { top, got } = &mut self.prompt_scoring else {
+            return;
+        };
+        for (r, l) in rows.iter().enumerate() {
+            let p = from + r;
+            if p == got.len() && p + 1 < self.prompt_len {
+                got.push(token_logprob(l, self.tokens[p + 1], *top));
+            }
+        }
+        if end >= self.prompt_len {
+            debug_assert_eq!(got.len(), self.prompt_len - 1, "a prompt row was skipped");
+            let _ = self.events.send(Event::PromptLogprobs(std::mem::take(got)));
+            self.prompt_scoring = PromptScoring::Sent;
+        }
+    }
 }
 
 /// Waiting for a batch slot: new requests, and preempted sequences to recompute.
@@ -363,17 +408,26 @@ impl Engine {
                         cached: 0,
                         cached_prompt: None,
                         prefix_hashes: vec![],
-                        prompt_logprobs: s.req.prompt_logprobs,
-                        prompt_lp: vec![],
+                        cache_salt: s.req.cache_salt.as_deref().map(Arc::from),
+                        prompt_scoring: match s.req.prompt_logprobs {
+                            Some(top) => PromptScoring::Collecting { top, got: vec![] },
+                            None => PromptScoring::Off,
+                        },
                         max_tokens: s.req.params.max_tokens,
                     }
                 }
             };
             // Prompt scoring needs every position's logits, so it never skips a prefix.
-            let reuse = self.cfg.prefix_caching && seq.prompt_logprobs.is_none();
-            seq.cached = self.kv.start(seq.id, if reuse { &seq.tokens } else { &[] });
+            let reuse = self.cfg.prefix_caching
+                && matches!(seq.prompt_scoring, PromptScoring::Off | PromptScoring::Sent);
+            let salt = seq.cache_salt.clone();
+            seq.cached = self
+                .kv
+                .start(seq.id, if reuse { &seq.tokens } else { &[] }, salt);
             seq.prefix_hashes = if reuse {
-                prefix_hashes(&seq.tokens, self.cfg.block_size)
+                self.kv
+                    .pool
+                    .prefix_hashes(&seq.tokens, seq.cache_salt.as_deref())
             } else {
                 vec![]
             };
@@ -493,7 +547,7 @@ impl Engine {
             let s = &self.running[i];
             let end = cached + len;
             let completes = end == s.tokens.len();
-            let want = if s.prompt_logprobs.is_some() && cached < s.prompt_len {
+            let want = if s.scores_prompt_in(cached, end) {
                 LogitsWanted::All
             } else if completes {
                 LogitsWanted::Last
@@ -505,7 +559,7 @@ impl Engine {
                 LogitsWanted::Last => 1,
                 LogitsWanted::All => len,
             };
-            batch.push(s.id, cached, &s.tokens[cached..end], want);
+            batch.push_with_prompt(s.id, cached, &s.tokens[cached..end], want, s.prompt_len);
             members.push((i, rows, end));
             budget -= len;
             if is_prefill {
@@ -649,24 +703,15 @@ impl Engine {
             self.kv.commit(s.id, &s.tokens, end);
             let my_rows = &logits[row..row + rows];
             row += rows;
+            // With a row per position (all rows, or a one-token chunk), row r is position
+            // chunk_start + r.
+            if rows == end - chunk_start {
+                s.score_prompt(chunk_start, my_rows, end);
+            } else {
+                s.score_prompt(chunk_start, &[], end);
+            }
             if rows == 0 {
                 continue;
-            }
-            // Prompt scoring: row r (position chunk_start + r) predicts the next prompt token.
-            if let Some(n) = s.prompt_logprobs {
-                if chunk_start < s.prompt_len {
-                    for (r, l) in my_rows.iter().enumerate() {
-                        let next = chunk_start + r + 1;
-                        if next < s.prompt_len {
-                            s.prompt_lp.push(token_logprob(l, s.tokens[next], n));
-                        }
-                    }
-                    if end == s.prompt_len {
-                        let _ = s
-                            .events
-                            .send(Event::PromptLogprobs(std::mem::take(&mut s.prompt_lp)));
-                    }
-                }
             }
             if end < s.tokens.len() {
                 continue; // more prompt to prefill

@@ -35,7 +35,7 @@ pub fn paged_logits_all(
         KvDtype::F32,
         model.device(),
     )?;
-    kv.start(0, &[]);
+    kv.start(0, &[], None);
     if !kv.reserve(0, ids.len()) {
         return Err(fail("KV pool too small"));
     }
@@ -43,7 +43,8 @@ pub fn paged_logits_all(
     let mut parts = vec![];
     for (i, chunk) in ids.chunks(chunk_len).enumerate() {
         let mut batch = ForwardBatch::default();
-        batch.push(0, i * chunk_len, chunk, LogitsWanted::All);
+        // Every position is prompt, a lone last one too.
+        batch.push_with_prompt(0, i * chunk_len, chunk, LogitsWanted::All, ids.len());
         parts.push(model.forward(&batch, &mut kv)?);
     }
     Ok(Tensor::cat(&parts, 0)?)

@@ -2,6 +2,7 @@
 //! cancellation and seeded batch invariance.
 
 use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, Event, Request, SubmitError};
+use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::GenerationParams;
 use camelid_model::{LoadOptions, SamplingParams};
 use std::path::Path;
@@ -71,6 +72,7 @@ fn run_all(engine: &EngineHandle, ps: &[Vec<u32>], max_tokens: usize) -> Vec<Vec
                     prompt: p.clone(),
                     params: params(max_tokens, SamplingParams::greedy()),
                     prompt_logprobs: None,
+                    cache_salt: None,
                 })
                 .unwrap()
         })
@@ -144,6 +146,7 @@ fn time_bounded_prefill_chunks_change_no_output() {
                 prompt: short.clone(),
                 params: params(40, SamplingParams::greedy()),
                 prompt_logprobs: None,
+                cache_salt: None,
             })
             .unwrap();
         let mut first = first;
@@ -208,6 +211,7 @@ fn a_request_larger_than_the_pool_fails_at_once() {
         prompt: vec![1, 5, 6],
         params: params(30, SamplingParams::greedy()),
         prompt_logprobs: None,
+        cache_salt: None,
     });
     match r {
         Err(SubmitError::Invalid(m)) => assert!(m.contains("KV"), "{m}"),
@@ -231,6 +235,7 @@ fn the_waiting_queue_counts_sequences_and_is_bounded() {
         prompt: vec![1, 2, 3],
         params: params(max_tokens, SamplingParams::greedy()),
         prompt_logprobs: None,
+        cache_salt: None,
     };
     let running = engine.submit(req(480)).unwrap();
     let t = Instant::now();
@@ -305,6 +310,7 @@ fn prefix_cache_reuses_blocks_and_changes_nothing() {
                 prompt: p.clone(),
                 params: params(6, SamplingParams::greedy()),
                 prompt_logprobs: None,
+                cache_salt: None,
             })
             .unwrap(),
         )
@@ -346,6 +352,7 @@ fn seeded_sampling_is_batch_invariant() {
                 prompt: probe.clone(),
                 params: params(12, sampling.clone()),
                 prompt_logprobs: None,
+                cache_salt: None,
             })
             .unwrap(),
     )
@@ -365,6 +372,7 @@ fn seeded_sampling_is_batch_invariant() {
                     prompt: p.clone(),
                     params: params(12, s),
                     prompt_logprobs: None,
+                    cache_salt: None,
                 })
                 .unwrap(),
         );
@@ -375,6 +383,7 @@ fn seeded_sampling_is_batch_invariant() {
                         prompt: probe.clone(),
                         params: params(12, sampling.clone()),
                         prompt_logprobs: None,
+                        cache_salt: None,
                     })
                     .unwrap(),
             );
@@ -402,6 +411,7 @@ fn seeded_sampling_is_batch_invariant() {
                     prompt: probe.clone(),
                     params: params(12, sampling),
                     prompt_logprobs: None,
+                    cache_salt: None,
                 })
                 .unwrap(),
         )
@@ -445,6 +455,7 @@ fn cancellation_and_random_disconnects_leave_no_blocks() {
                 prompt: p.clone(),
                 params: params(40, SamplingParams::greedy()),
                 prompt_logprobs: None,
+                cache_salt: None,
             })
             .unwrap();
         match rng.random_range(0..3) {
@@ -501,6 +512,7 @@ fn prompts_admitted_together_compute_a_common_prefix_once() {
         prompt: p.clone(),
         params: params(max_tokens, SamplingParams::greedy()),
         prompt_logprobs: None,
+        cache_salt: None,
     };
     // A 300-token prompt keeps the engine busy while the group is submitted, so the group
     // is admitted together, at the next step.
@@ -599,6 +611,7 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
                 prompt: vec![1, 5, 6],
                 params: params(max_tokens, SamplingParams::greedy()),
                 prompt_logprobs: None,
+                cache_salt: None,
             })
             .unwrap()
     };
@@ -619,6 +632,7 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
         prompt: vec![1, 5, 6],
         params: params(4, SamplingParams::greedy()),
         prompt_logprobs: None,
+        cache_salt: None,
     });
     assert_eq!(late.err(), Some(SubmitError::ShuttingDown));
     wait_idle(&engine.metrics);
@@ -644,6 +658,7 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
                     prompt: vec![1, 5, 6],
                     params: params(50, SamplingParams::greedy()),
                     prompt_logprobs: None,
+                    cache_salt: None,
                 })
                 .unwrap()
         })
@@ -664,6 +679,269 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
         prompt: vec![1, 5, 6],
         params: params(4, SamplingParams::greedy()),
         prompt_logprobs: None,
+        cache_salt: None,
     });
     assert_eq!(late.err(), Some(SubmitError::Stopped));
+}
+
+/// What one request's events said: its prompt log-probabilities (and how many times they
+/// came), its greedy tokens and their log-probabilities.
+#[derive(Debug, PartialEq)]
+struct Scored {
+    prompt: Vec<TokenLogprob>,
+    prompt_events: usize,
+    tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+}
+
+fn drain_scored(mut rx: UnboundedReceiver<Event>) -> Scored {
+    let mut s = Scored {
+        prompt: vec![],
+        prompt_events: 0,
+        tokens: vec![],
+        logprobs: vec![],
+    };
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            Event::PromptLogprobs(lp) => {
+                s.prompt_events += 1;
+                s.prompt.extend(lp);
+            }
+            Event::Token { token, logprob, .. } => {
+                s.tokens.push(token);
+                s.logprobs.extend(logprob);
+            }
+            Event::Finished { .. } => return s,
+            Event::Error(e) | Event::Refused(e) => panic!("request failed: {e}"),
+        }
+    }
+    panic!("stream ended without Finished")
+}
+
+/// Prompt log-probabilities (what lm-evaluation-harness scores) and greedy tokens are
+/// exactly those of the request alone, bit for bit, whether it is batched with others,
+/// prefilled in small chunks or preempted and recomputed: every kernel computes a row the
+/// same way whatever else is in the batch, and a preempted sequence scores each prompt token
+/// once.
+#[test]
+fn prompt_logprobs_and_greedy_tokens_ignore_batching_chunking_and_preemption() {
+    let lm = smol();
+    let texts = [
+        "The committee met on Tuesday to discuss the budget for the new library. ",
+        "Rivers carry sediment from the mountains down to the sea over many years. ",
+        "She opened the old wooden box and found letters written by her grandmother. ",
+        "A prime number has exactly two divisors: one and the number itself, nothing else. ",
+    ];
+    // Four different 100-token prompts: 7 blocks of 16 each, 8 with their 20 new tokens.
+    let prompts: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| {
+            let ids = lm.tokenizer.encode(&t.repeat(12), true).unwrap();
+            assert!(ids.len() >= 100);
+            ids[..100].to_vec()
+        })
+        .collect();
+    let request = |p: &Vec<u32>| {
+        let mut params = params(20, SamplingParams::greedy());
+        params.logprobs = Some(2);
+        Request {
+            prompt: p.clone(),
+            params,
+            prompt_logprobs: Some(3),
+            cache_salt: None,
+        }
+    };
+    let all_at_once = |engine: &EngineHandle| -> Vec<Scored> {
+        let rxs: Vec<_> = prompts
+            .iter()
+            .map(|p| engine.submit(request(p)).unwrap())
+            .collect();
+        rxs.into_iter().map(drain_scored).collect()
+    };
+    let spawn = |lm, num_blocks, max_batch_tokens| {
+        EngineHandle::spawn(
+            lm,
+            EngineConfig {
+                num_blocks: Some(num_blocks),
+                max_batch_tokens,
+                ..Default::default()
+            },
+        )
+    };
+    let metric = |e: &EngineHandle, m: fn(&EngineMetrics) -> &std::sync::atomic::AtomicU64| {
+        EngineMetrics::get(m(&e.metrics))
+    };
+
+    // Alone: one request at a time, each prompt in one forward.
+    let roomy = spawn(lm, 1024, 512);
+    let alone: Vec<Scored> = prompts
+        .iter()
+        .map(|p| drain_scored(roomy.submit(request(p)).unwrap()))
+        .collect();
+    for s in &alone {
+        assert_eq!((s.prompt.len(), s.prompt_events), (99, 1));
+        assert_eq!((s.tokens.len(), s.logprobs.len()), (20, 20));
+    }
+    assert_ne!(alone[0].tokens, alone[1].tokens);
+
+    // Batched: the four together (their prompts share forwards: 20 steps each at most, 80
+    // had they run one after another).
+    wait_idle(&roomy.metrics);
+    let steps = metric(&roomy, |m| &m.steps);
+    let batched = all_at_once(&roomy);
+    let batched_steps = metric(&roomy, |m| &m.steps) - steps;
+    assert!(batched_steps <= 25, "{batched_steps} steps: not batched");
+
+    // Chunked: 24 tokens a step, so prompts prefill in pieces that end mid-block.
+    let chunky = spawn(smol(), 1024, 24);
+    let chunked = all_at_once(&chunky);
+    assert_eq!(metric(&chunky, |m| &m.preemptions), 0);
+
+    // Preempted: 12 blocks hold one sequence (8 blocks) but never two; prompts prefill in
+    // chunks of 24 tokens beside decodes, so sequences are preempted halfway through their
+    // prompts and while decoding, and recomputed.
+    let tight = spawn(smol(), 12, 24);
+    let preempted = all_at_once(&tight);
+    assert!(
+        metric(&tight, |m| &m.preemptions) > 0,
+        "the pool was never short"
+    );
+
+    for (name, got) in [
+        ("batched", &batched),
+        ("chunked", &chunked),
+        ("preempted", &preempted),
+    ] {
+        for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+            assert_eq!(
+                (g.prompt_events, g.prompt.len()),
+                (1, 99),
+                "{name} prompt {i}: prompt log-probabilities sent {} times, {} of them",
+                g.prompt_events,
+                g.prompt.len()
+            );
+            if let Some(p) = (0..99).find(|&p| g.prompt[p] != a.prompt[p]) {
+                panic!(
+                    "{name} prompt {i}: token {} scored {:?}, alone {:?}",
+                    p + 1,
+                    g.prompt[p],
+                    a.prompt[p]
+                );
+            }
+            assert_eq!(g, a, "{name} prompt {i}: generation differs");
+        }
+    }
+    for e in [&roomy, &chunky, &tight] {
+        wait_idle(&e.metrics);
+    }
+}
+
+/// A `cache_salt` partitions the prefix cache: the same prompt under another salt (or none)
+/// reuses nothing, under the same salt its full blocks; the output never changes.
+#[test]
+fn cache_salts_keep_prefixes_apart() {
+    let lm = tiny();
+    let mut prompt: Vec<u32> = prompts(&lm, 4).concat();
+    prompt.truncate(40); // the tiny model's context is 64
+    assert!(prompt.len() > 12, "{} tokens", prompt.len());
+    let full = (prompt.len() - 1) / 4 * 4;
+    let engine = EngineHandle::spawn(
+        lm,
+        EngineConfig {
+            block_size: 4,
+            num_blocks: Some(256),
+            ..Default::default()
+        },
+    );
+    let go = |salt: Option<&str>| {
+        drain(
+            engine
+                .submit(Request {
+                    prompt: prompt.clone(),
+                    params: params(6, SamplingParams::greedy()),
+                    prompt_logprobs: None,
+                    cache_salt: salt.map(String::from),
+                })
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (want, cached) = go(Some("alice"));
+    assert_eq!(cached, 0);
+    for (salt, cached_want) in [
+        (Some("bob"), 0),
+        (None, 0),
+        (Some("alice"), full),
+        (Some("bob"), full),
+        (None, full),
+        (Some("Alice"), 0),
+    ] {
+        let (toks, cached) = go(salt);
+        assert_eq!(cached, cached_want, "salt {salt:?}");
+        assert_eq!(toks, want, "salt {salt:?} changed the output");
+    }
+    wait_idle(&engine.metrics);
+}
+
+/// Sequences preempted while they decode recompute their generated tokens as a prompt and go
+/// on with the greedy tokens they would have had alone.
+#[test]
+fn decoding_sequences_preempted_and_recomputed_keep_their_greedy_tokens() {
+    let lm = smol();
+    let prompts: Vec<Vec<u32>> = [
+        "Write a long story about a lighthouse keeper and the storm that changed his life.",
+        "Explain, step by step and in detail, how a steam engine turns heat into motion.",
+    ]
+    .iter()
+    .map(|t| lm.tokenizer.encode(t, true).unwrap())
+    .collect();
+    let request = |p: &Vec<u32>| {
+        let mut params = params(60, SamplingParams::greedy());
+        params.logprobs = Some(2);
+        Request {
+            prompt: p.clone(),
+            params,
+            prompt_logprobs: Some(1),
+            cache_salt: None,
+        }
+    };
+    let roomy = EngineHandle::spawn(smol(), EngineConfig::default());
+    let alone: Vec<Scored> = prompts
+        .iter()
+        .map(|p| drain_scored(roomy.submit(request(p)).unwrap()))
+        .collect();
+    // Both prompts and their first tokens fit in 8 blocks of 16, their 60 tokens each not:
+    // the newer is preempted while it decodes (its prompt scored and sent already).
+    let need: usize = prompts.iter().map(|p| (p.len() + 60).div_ceil(16)).sum();
+    assert!(need > 8 && prompts.iter().all(|p| p.len() < 32), "{need}");
+    let tight = EngineHandle::spawn(
+        lm,
+        EngineConfig {
+            num_blocks: Some(8),
+            ..Default::default()
+        },
+    );
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| tight.submit(request(p)).unwrap())
+        .collect();
+    let got: Vec<Scored> = rxs.into_iter().map(drain_scored).collect();
+    assert!(EngineMetrics::get(&tight.metrics.preemptions) > 0);
+    for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+        assert_eq!(g.prompt_events, 1, "prompt {i}");
+        assert_eq!(g.prompt, a.prompt, "prompt {i}: prompt log-probabilities");
+        assert_eq!(g.tokens, a.tokens, "prompt {i}: greedy tokens");
+        let worst = g
+            .logprobs
+            .iter()
+            .zip(&a.logprobs)
+            .map(|(x, y)| (x.logprob - y.logprob).abs())
+            .fold(0f32, f32::max);
+        eprintln!("prompt {i}: generated log-probabilities differ by at most {worst}");
+        assert_eq!(
+            g.logprobs, a.logprobs,
+            "prompt {i}: generated log-probabilities"
+        );
+    }
+    wait_idle(&tight.metrics);
 }

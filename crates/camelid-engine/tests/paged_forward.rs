@@ -90,7 +90,7 @@ fn scattered_batches_match(dtype: DType, kv: KvDtype, tol: f32, host: bool) {
     .unwrap();
     let mut contiguous = ContiguousKv::new();
     for (s, toks) in [(1u64, &a), (2, &b), (3, &d)] {
-        assert_eq!(paged.start(s, &toks[..0]), 0);
+        assert_eq!(paged.start(s, &toks[..0], None), 0);
     }
     // Interleaved reservations scatter each sequence's blocks across the pool.
     let step = |paged: &mut PagedKv, upto: [usize; 3]| {
@@ -162,7 +162,7 @@ fn first_token_logprobs(lm: &camelid_model::LoadedModel, prompt: &str, kv: KvDty
     )
     .unwrap();
     assert!(paged.in_host_memory());
-    assert_eq!(paged.start(1, &ids[..0]), 0);
+    assert_eq!(paged.start(1, &ids[..0], None), 0);
     assert!(paged.reserve(1, ids.len()));
     let mut batch = ForwardBatch::default();
     batch.push(1, 0, &ids, LogitsWanted::Last);

@@ -45,13 +45,7 @@ fn main() {
             }
         }
     }
-    let chunks: Vec<SeqSpan> = (0..seqs)
-        .map(|s| SeqSpan {
-            seq: s as u64,
-            start_pos: ctx,
-            len: 1,
-        })
-        .collect();
+    let chunks: Vec<SeqSpan> = (0..seqs).map(|s| SeqSpan::new(s as u64, ctx, 1)).collect();
     let width = (h.q + 2 * h.kv) * h.dim;
     let data: Vec<f32> = (0..seqs * width).map(|_| next()).collect();
     let qkv = QkvRows {

@@ -23,6 +23,9 @@ pub struct SeqChunk {
     pub start_pos: usize,
     pub len: usize,
     pub logits: LogitsWanted,
+    /// The sequence's first generated position (its prompt's length): the attention kernels
+    /// treat prompt and generated positions each their own way, see [`SeqSpan`].
+    pub generated_from: usize,
 }
 
 /// Tokens of every chunk, concatenated in chunk order.
@@ -33,25 +36,43 @@ pub struct ForwardBatch {
 }
 
 impl ForwardBatch {
+    /// One chunk; a lone token is taken for a decode, a longer chunk for prompt (see
+    /// [`Self::push`]).
     pub fn single(seq: u64, start_pos: usize, tokens: &[u32], logits: LogitsWanted) -> Self {
-        Self {
-            tokens: tokens.to_vec(),
-            chunks: vec![SeqChunk {
-                seq,
-                start_pos,
-                len: tokens.len(),
-                logits,
-            }],
-        }
+        let mut b = Self::default();
+        b.push(seq, start_pos, tokens, logits);
+        b
     }
 
+    /// Adds a chunk: a lone token is taken for a decode, a longer chunk for prompt; where
+    /// that may be wrong (a one-token prompt piece, generated tokens recomputed), say which
+    /// positions are generated with [`Self::push_with_prompt`].
     pub fn push(&mut self, seq: u64, start_pos: usize, tokens: &[u32], logits: LogitsWanted) {
+        let prompt_len = if tokens.len() == 1 {
+            start_pos
+        } else {
+            usize::MAX
+        };
+        self.push_with_prompt(seq, start_pos, tokens, logits, prompt_len);
+    }
+
+    /// Adds a chunk of a sequence whose prompt is `prompt_len` tokens: positions from there
+    /// on are its generated tokens.
+    pub fn push_with_prompt(
+        &mut self,
+        seq: u64,
+        start_pos: usize,
+        tokens: &[u32],
+        logits: LogitsWanted,
+        prompt_len: usize,
+    ) {
         self.tokens.extend_from_slice(tokens);
         self.chunks.push(SeqChunk {
             seq,
             start_pos,
             len: tokens.len(),
             logits,
+            generated_from: prompt_len,
         });
     }
 
@@ -90,6 +111,7 @@ impl SeqChunk {
             seq: self.seq,
             start_pos: self.start_pos,
             len: self.len,
+            generated_from: self.generated_from,
         }
     }
 }

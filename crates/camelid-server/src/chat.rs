@@ -8,7 +8,9 @@ use crate::format::{chat_logprobs, new_id, now_secs, sum_usage};
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::run::{self, blocking, collect, ChoiceSpec, Submission};
 use crate::state::{AppState, ModelEntry, Permit};
-use crate::validate::{generation_params, max_tokens, unimplemented_chat, MAX_TOP_LOGPROBS};
+use crate::validate::{
+    cache_salt, generation_params, max_tokens, unimplemented_chat, MAX_TOP_LOGPROBS,
+};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use camelid_model::text::chat_prompt::chat_prompt_ids;
@@ -160,6 +162,7 @@ pub async fn submit(
     if req.logprobs {
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
+    let salt = cache_salt(req.cache_salt.as_deref())?;
     let prompt_tokens = prompt.len();
     let specs = (0..n)
         .map(|i| {
@@ -170,6 +173,7 @@ pub async fn submit(
                 prompt: prompt.clone(),
                 params: p,
                 prompt_logprobs: None,
+                cache_salt: salt.clone(),
             }
         })
         .collect();

@@ -143,6 +143,8 @@ pub struct ChatRequest {
     pub tool_choice: Option<serde_json::Value>,
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
+    /// vLLM's prefix-cache partition (checked by `validate::cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +167,8 @@ pub struct CompletionRequest {
     pub suffix: Option<serde_json::Value>,
     /// Generate this many and return the best `n`: not implemented beyond `best_of == n`.
     pub best_of: Option<u32>,
+    /// vLLM's prefix-cache partition (checked by `validate::cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

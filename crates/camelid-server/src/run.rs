@@ -17,6 +17,7 @@ pub struct ChoiceSpec {
     pub prompt: Vec<u32>,
     pub params: GenerationParams,
     pub prompt_logprobs: Option<usize>,
+    pub cache_salt: Option<String>,
 }
 
 /// Requests handed to the engine; dropping this cancels them.
@@ -44,6 +45,7 @@ pub fn submit(
             prompt: s.prompt,
             params: s.params,
             prompt_logprobs: s.prompt_logprobs,
+            cache_salt: s.cache_salt,
         })
         .collect();
     let receivers = model.engine.submit_all(requests).map_err(|e| match e {

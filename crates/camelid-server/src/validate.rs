@@ -96,6 +96,8 @@ pub fn unimplemented_completion(req: &CompletionRequest, n: u32) -> Result<(), A
     }
     Ok(())
 }
+/// Longest `cache_salt`, in bytes: room for any tenant id or key digest.
+pub const MAX_CACHE_SALT_BYTES: usize = 256;
 
 fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool) -> Result<(), ApiError> {
     if let Some(x) = v {
@@ -206,6 +208,26 @@ pub fn generation_params(
     p.min_tokens = f.min_tokens.unwrap_or(0) as usize;
     p.skip_special_tokens = f.skip_special_tokens.unwrap_or(true);
     Ok(p)
+}
+
+/// `cache_salt` (vLLM's): requests share cached prompt prefixes only under the same salt. A
+/// salt, when given, is a non-empty string of at most [`MAX_CACHE_SALT_BYTES`].
+pub fn cache_salt(salt: Option<&str>) -> Result<Option<String>, ApiError> {
+    match salt {
+        None => Ok(None),
+        Some("") => Err(ApiError::invalid_param(
+            "cache_salt",
+            "`cache_salt` must be a non-empty string when given",
+        )),
+        Some(s) if s.len() > MAX_CACHE_SALT_BYTES => Err(ApiError::invalid_param(
+            "cache_salt",
+            format!(
+                "`cache_salt` must be at most {MAX_CACHE_SALT_BYTES} bytes, got {}",
+                s.len()
+            ),
+        )),
+        Some(s) => Ok(Some(s.to_string())),
+    }
 }
 
 /// OpenAI's wording when prompt + completion do not fit.

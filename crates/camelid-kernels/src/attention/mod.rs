@@ -39,6 +39,26 @@ pub struct SeqSpan {
     /// Position of the span's first token.
     pub start_pos: usize,
     pub len: usize,
+    /// Positions from here on are generated tokens, earlier ones the prompt. Each generated
+    /// position attends as a query of its own through the decode kernel, the way it did when
+    /// it was decoded, even inside a longer chunk (a preempted sequence recomputing its
+    /// tokens); prompt positions go through the prompt kernel, however few there are. The
+    /// kernels round differently, and a position's output must depend on its role alone, not
+    /// on how the load cut the batch: prompt log-probabilities and greedy tokens are the
+    /// same bits alone, batched, chunked or preempted.
+    pub generated_from: usize,
+}
+
+impl SeqSpan {
+    /// A span whose lone token, if it has one, is a decode, and whose longer runs are prompt.
+    pub fn new(seq: u64, start_pos: usize, len: usize) -> Self {
+        Self {
+            seq,
+            start_pos,
+            len,
+            generated_from: if len == 1 { start_pos } else { usize::MAX },
+        }
+    }
 }
 
 /// Shapes of one attention call.
@@ -134,21 +154,26 @@ pub fn paged_attention(
         }
     }
 
-    // Tasks: (chunk, kv head, block of queries); each writes its own output rows and heads.
+    // Tasks: (chunk, kv head, block of prompt queries or one generated query); each writes
+    // its own output rows and heads.
     let qblock = query_block(h.q / h.kv);
     let mut tasks = vec![];
     let mut first_tok = 0;
     for (ci, c) in chunks.iter().enumerate() {
+        let prompt = c.generated_from.saturating_sub(c.start_pos).min(c.len);
         for g in 0..h.kv {
-            for qb in (0..c.len).step_by(qblock) {
-                tasks.push(Task {
-                    chunk: ci,
-                    first_tok,
-                    g,
-                    q0: qb,
-                    q1: (qb + qblock).min(c.len),
-                });
+            let task = |q0, q1, decode| Task {
+                chunk: ci,
+                first_tok,
+                g,
+                q0,
+                q1,
+                decode,
+            };
+            for qb in (0..prompt).step_by(qblock) {
+                tasks.push(task(qb, (qb + qblock).min(prompt), false));
             }
+            tasks.extend((prompt..c.len).map(|q| task(q, q + 1, true)));
         }
         first_tok += c.len;
     }
@@ -189,15 +214,19 @@ struct Task {
     g: usize,
     q0: usize,
     q1: usize,
+    /// One generated position (the decode kernel's), else prompt positions (the prompt
+    /// kernel's). Where a kernel does not cover the case, both roles take [`attend`], whose
+    /// rows do not depend on their task either.
+    decode: bool,
 }
 
 fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
     #[cfg(target_arch = "x86_64")]
-    if task.q1 - task.q0 == 1 && decode512::run(input, task, out) {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if prefill::run(input, task, out) {
+    if task.decode {
+        if decode512::run(input, task, out) {
+            return;
+        }
+    } else if prefill::run(input, task, out) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -264,6 +293,7 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
         g,
         q0,
         q1,
+        ..
     } = *task;
     let c = &input.chunks[ci];
     let (qw, group) = (h.q * h.dim, h.q / h.kv);

@@ -77,12 +77,13 @@ fn path() -> PrefillPath {
     }
 }
 
-/// Runs the task if this path covers it (AVX2 at least, two queries or more, a head size that
-/// is a multiple of 4, at most [`MAX_ROWS`] rows); false leaves it to [`super::attend`].
+/// Runs the task if this path covers it (AVX2 at least, a head size that is a multiple of 4,
+/// at most [`MAX_ROWS`] rows); false leaves it to [`super::attend`]. A lone prompt query
+/// comes here too, so that a prompt position's rounding never depends on its chunk.
 pub(super) fn run(input: &TaskInput, task: &Task, out: OutPtr) -> bool {
     let h = input.h;
     let rows = (task.q1 - task.q0) * (h.q / h.kv);
-    if task.q1 - task.q0 < 2 || !h.dim.is_multiple_of(4) || rows > MAX_ROWS {
+    if !h.dim.is_multiple_of(4) || rows > MAX_ROWS {
         return false;
     }
     let wide = match path() {
@@ -271,6 +272,7 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
         g,
         q0,
         q1,
+        ..
     } = *task;
     let c = &input.chunks[ci];
     let (d, qw, group) = (h.dim, h.q * h.dim, h.q / h.kv);

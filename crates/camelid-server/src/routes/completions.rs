@@ -8,7 +8,9 @@ use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
 use crate::run::{blocking, collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
-use crate::validate::{generation_params, max_tokens, unimplemented_completion, MAX_TOP_LOGPROBS};
+use crate::validate::{
+    cache_salt, generation_params, max_tokens, unimplemented_completion, MAX_TOP_LOGPROBS,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -88,6 +90,7 @@ pub async fn completions(
             format!("token id {bad} is outside the vocabulary ({vocab})"),
         ));
     }
+    let salt = cache_salt(req.cache_salt.as_deref())?;
     let mut specs = vec![];
     for (pi, prompt) in prompts.iter().enumerate() {
         let mut params = base.clone();
@@ -113,6 +116,7 @@ pub async fn completions(
                 prompt: prompt.clone(),
                 params: p,
                 prompt_logprobs,
+                cache_salt: salt.clone(),
             });
         }
     }
