@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: fetches the default model, makes the Python venv
-# the OpenAI-client test uses, then runs every Rust test (which drives the Python one too).
+# the OpenAI-client test uses, installs PostgreSQL for the arena store's tests, then runs every Rust test (which drives the Python one too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
@@ -10,6 +10,11 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
+# The arena store's PostgreSQL tests run a throwaway server (Debian's postgresql, installed
+# here when absent); CAMELID_SKIP_POSTGRES=1 skips them.
+if [ "${CAMELID_SKIP_POSTGRES:-}" != 1 ]; then
+  bash tests/pg.sh install
+fi
 cargo test --workspace "$@"
 # The kernels' AVX2 flavours again on a machine with AVX-512 (where they would otherwise never
 # run): the kernel unit tests (each against its scalar reference) with the AVX-512 paths off.

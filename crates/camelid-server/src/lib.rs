@@ -117,11 +117,27 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Aborts a background task when the server it belongs to returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves until SIGTERM: stops accepting, lets in-flight responses finish for at most the
 /// grace period, then returns.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace_secs;
-    let app = router(state);
+    // The arena's leaderboard refits and sweeps, for as long as this server runs.
+    let upkeep = tokio::spawn({
+        let state = state.clone();
+        async move { state.arena.upkeep().await }
+    });
+    let _stop_upkeep = AbortOnDrop(upkeep);
+    // The peer's address reaches handlers (the arena's per-address limits).
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;

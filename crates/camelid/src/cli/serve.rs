@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use camelid_engine::{EngineConfig, EngineOverrides};
 use camelid_model::KvDtype;
 use clap::{Args, ValueEnum};
-use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -75,10 +74,8 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
-    /// Append arena votes here (FastChat battle lines, `camelid arena ratings` reads them);
-    /// the leaderboard starts from the votes already in it.
-    #[arg(long)]
-    arena_log: Option<PathBuf>,
+    #[command(flatten)]
+    arena: super::arena::ArenaServeArgs,
     #[arg(long)]
     dtype: Option<String>,
     #[arg(long, default_value = "cpu")]
@@ -184,9 +181,9 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let arena = camelid_server::arena::Arena::new(a.arena_log.clone()).context("arena log")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let arena = a.arena.open().await?;
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -206,6 +203,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let loading = tokio::task::spawn_blocking(move || -> Result<()> {
             let entries = load_entries(&a)?;
             let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            loader_state
+                .arena
+                .check_weights(&names)
+                .map_err(anyhow::Error::msg)?;
             loader_state.set_models(entries);
             tracing::info!("ready on http://{local} serving {}", names.join(", "));
             Ok(())
