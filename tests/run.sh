@@ -18,6 +18,16 @@ if [ "${CAMELID_SKIP_BROWSER:-}" != 1 ] && ! [ -x "${CAMELID_CHROMIUM:-/usr/bin/
     || echo "could not install chromium: the browser test will fail" >&2
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
+# SkyPilot's task loader for the deploy files' test, in a venv of its own (its pins are not
+# the OpenAI client's); CAMELID_SKIP_SKYPILOT=1 skips that test.
+if [ "${CAMELID_SKIP_SKYPILOT:-}" != 1 ]; then
+  SKY_VENV="${CAMELID_SKY_VENV:-$HOME/.cache/camelid/sky-venv}"
+  if ! "$SKY_VENV/bin/python" -c "import sky" 2>/dev/null; then
+    python3 -m venv "$SKY_VENV"
+    "$SKY_VENV/bin/python" -m pip install -q -r tests/deploy/requirements.txt
+  fi
+  export CAMELID_SKY_PYTHON="$SKY_VENV/bin/python"
+fi
 # The arena store's PostgreSQL tests run a throwaway server (Debian's postgresql, installed
 # here when absent); CAMELID_SKIP_POSTGRES=1 skips them.
 if [ "${CAMELID_SKIP_POSTGRES:-}" != 1 ]; then
