@@ -232,7 +232,7 @@ pub fn load_hf_folder(
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let origin = cfg_path.display().to_string();
     let hf = HfConfig::parse(&text, &origin)?;
-    let cfg = hf.to_model_config(&origin)?;
+    let cfg = crate::models::config_from_hf(&hf, &origin)?;
     let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
     let mut tok = if dir.join("tokenizer.json").exists() {
         Tokenizer::from_file(&dir.join("tokenizer.json"))?

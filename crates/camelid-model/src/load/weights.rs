@@ -65,7 +65,27 @@ pub fn build_llama(
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
+        let qkv_bias = if cfg.features.qkv_bias {
+            let parts = [("q", q_out), ("k", kv_out), ("v", kv_out)]
+                .into_iter()
+                .map(|(n, w)| vector(src, &format!("{p}.self_attn.{n}_proj.bias"), w, dtype))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        } else {
+            None
+        };
+        let qk_norm = if cfg.features.qk_norm {
+            let hd = cfg.head_dim;
+            Some((
+                vector(src, &format!("{p}.self_attn.q_norm.weight"), hd, dtype)?,
+                vector(src, &format!("{p}.self_attn.k_norm.weight"), hd, dtype)?,
+            ))
+        } else {
+            None
+        };
         layers.push(Layer {
+            qkv_bias,
+            qk_norm,
             attn_norm: vector(src, &format!("{p}.input_layernorm.weight"), h, dtype)?,
             qkv: Projections::new(vec![
                 linear(
