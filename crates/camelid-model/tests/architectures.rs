@@ -516,3 +516,98 @@ fn mistral_sliding_window_matches_candle_transformers_and_the_paged_path() {
         "past the window"
     );
 }
+
+/// The folder's weights and config as a GGUF of architecture `gguf_arch`, written by llama.cpp's
+/// gguf-py (`tests/gguf/write_gguf.py`: its key and tensor names, its converter's Q/K
+/// permutation for `llama`), f32 like the folder.
+fn write_gguf(dir: &Path, gguf_arch: &str) -> PathBuf {
+    let python = std::env::var("CAMELID_TEST_PYTHON").expect(
+        "CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the \
+         venv with the gguf package)",
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let mut list = vec![];
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let file = raw.join(format!("{i}.f32"));
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(&file, bytes).unwrap();
+        list.push(serde_json::json!({"name": name, "shape": t.dims(), "file": file}));
+    }
+    let tok =
+        camelid_model::text::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model"))
+            .unwrap();
+    let tokens: Vec<String> = (0..VOCAB as u32)
+        .map(|i| tok.id_to_token(i).unwrap_or_else(|| format!("<extra{i}>")))
+        .collect();
+    // SentencePiece's types: 2 unknown, 3 control, 1 normal.
+    let types: Vec<i32> = (0..VOCAB).map(|i| [2, 3, 3].get(i).copied().unwrap_or(1)).collect();
+    let out = dir.join(format!("model-{gguf_arch}.gguf"));
+    let spec = serde_json::json!({"arch": gguf_arch, "out": out, "hparams": cfg,
+        "tokens": tokens, "token_types": types, "tensors": list});
+    let spec_path = dir.join("gguf-spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf/write_gguf.py");
+    let st = std::process::Command::new(python)
+        .arg(script)
+        .arg(&spec_path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "write_gguf.py failed (is the gguf package installed?)");
+    out
+}
+
+/// The same random weights as an HF folder and as a GGUF written by gguf-py: the same
+/// configuration (features, head size, rope scaling, tying) and the same logits within 1e-4
+/// (both f32); the GGUF's paged CPU path equals its tensor path.
+#[test]
+fn gguf_written_by_gguf_py_matches_the_hf_folder() {
+    let yarn = serde_json::json!({"rope_scaling": {"type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 16}});
+    let qwen3_dim = Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: Some(16),
+        tied: false,
+    };
+    let cases = [
+        ("qwen2", "qwen2", SHAPES[0], serde_json::json!({})),
+        ("qwen2", "qwen2", SHAPES[1], yarn),
+        ("qwen3", "qwen3", qwen3_dim, serde_json::json!({})),
+        ("qwen3", "qwen3", SHAPES[2], serde_json::json!({})),
+        (
+            "mistral",
+            "llama",
+            SHAPES[0],
+            serde_json::json!({"sliding_window": 6}),
+        ),
+    ];
+    for (n, (arch, gguf_arch, shape, extra)) in cases.into_iter().enumerate() {
+        let g = write_model(arch, shape, extra, 70 + n as u64);
+        let path = write_gguf(g.path(), gguf_arch);
+        let (hf, gg) = (load(g.path()), load(&path));
+        let (a, b) = (hf.model.config(), gg.model.config());
+        assert_eq!(b.architecture, gguf_arch);
+        assert_eq!(a.features, b.features, "{arch}");
+        assert_eq!(a.rope_scaling, b.rope_scaling, "{arch}");
+        assert_eq!(
+            (a.head_dim, a.num_heads, a.num_kv_heads, a.tie_word_embeddings),
+            (b.head_dim, b.num_heads, b.num_kv_heads, b.tie_word_embeddings),
+            "{arch}"
+        );
+        let ids = prompt(30, n as u64);
+        let want = rows(&hf.model.logits_all(&ids).unwrap());
+        let got = rows(&gg.model.logits_all(&ids).unwrap());
+        for (p, (x, y)) in got.iter().zip(&want).enumerate() {
+            let d = max_abs_diff(x, y);
+            assert!(d < 1e-4, "{arch} as GGUF {gguf_arch}: position {p}: {d}");
+            assert_eq!(common::top_k(x, 5), common::top_k(y, 5));
+        }
+        check_paged_against_tensor(&path, &ids, &prompt(17, 200 + n as u64));
+    }
+}
