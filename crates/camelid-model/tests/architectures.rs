@@ -293,7 +293,7 @@ impl KvStore for HostStore {
         candle_core::bail!("the host store is read in place")
     }
 
-    fn host_paged(&mut self, seqs: &[u64]) -> camelid_model::Result<Option<HostPaged<'_>>> {
+    fn host_paged(&mut self, seqs: &[u64]) -> candle_core::Result<Option<HostPaged<'_>>> {
         let tables = seqs.iter().map(|s| self.tables[s].clone()).collect();
         Ok(Some(HostPaged {
             cache: &mut self.cache,
