@@ -546,7 +546,9 @@ fn write_gguf(dir: &Path, gguf_arch: &str) -> PathBuf {
         .map(|i| tok.id_to_token(i).unwrap_or_else(|| format!("<extra{i}>")))
         .collect();
     // SentencePiece's types: 2 unknown, 3 control, 1 normal.
-    let types: Vec<i32> = (0..VOCAB).map(|i| [2, 3, 3].get(i).copied().unwrap_or(1)).collect();
+    let types: Vec<i32> = (0..VOCAB)
+        .map(|i| [2, 3, 3].get(i).copied().unwrap_or(1))
+        .collect();
     let out = dir.join(format!("model-{gguf_arch}.gguf"));
     let spec = serde_json::json!({"arch": gguf_arch, "out": out, "hparams": cfg,
         "tokens": tokens, "token_types": types, "tensors": list});
@@ -558,7 +560,10 @@ fn write_gguf(dir: &Path, gguf_arch: &str) -> PathBuf {
         .arg(&spec_path)
         .status()
         .unwrap();
-    assert!(st.success(), "write_gguf.py failed (is the gguf package installed?)");
+    assert!(
+        st.success(),
+        "write_gguf.py failed (is the gguf package installed?)"
+    );
     out
 }
 
@@ -596,8 +601,18 @@ fn gguf_written_by_gguf_py_matches_the_hf_folder() {
         assert_eq!(a.features, b.features, "{arch}");
         assert_eq!(a.rope_scaling, b.rope_scaling, "{arch}");
         assert_eq!(
-            (a.head_dim, a.num_heads, a.num_kv_heads, a.tie_word_embeddings),
-            (b.head_dim, b.num_heads, b.num_kv_heads, b.tie_word_embeddings),
+            (
+                a.head_dim,
+                a.num_heads,
+                a.num_kv_heads,
+                a.tie_word_embeddings
+            ),
+            (
+                b.head_dim,
+                b.num_heads,
+                b.num_kv_heads,
+                b.tie_word_embeddings
+            ),
             "{arch}"
         );
         let ids = prompt(30, n as u64);
