@@ -36,6 +36,16 @@ pub enum RopeScaling {
         /// Multiplies cos and sin (HF's `attention_scaling`).
         attention_factor: f32,
     },
+    /// LongRoPE (Phi-3 `longrope`, formerly `su`): each frequency divided by a factor of its
+    /// own, the long factors once a forward reaches past the original context (HF picks by
+    /// the forward's last position, so does camelid: per chunk), cos and sin scaled by
+    /// `attention_factor`.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f32,
+    },
 }
 
 /// What sets an architecture's layers apart from LLaMA's, as data the runtimes' layer loops
@@ -95,6 +105,21 @@ impl ModelConfig {
         if self.features.sliding_window == Some(0) {
             return bad("sliding_window must be > 0".into());
         }
+        if let RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        } = &self.rope_scaling
+        {
+            let half = self.head_dim / 2;
+            if short_factor.len() != half || long_factor.len() != half {
+                return bad(format!(
+                    "rope_scaling: {} short and {} long factors, head_dim / 2 is {half}",
+                    short_factor.len(),
+                    long_factor.len()
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -132,6 +157,10 @@ pub struct HfConfig {
     /// Qwen2/Qwen3: the window applies only when this is set.
     #[serde(default)]
     pub use_sliding_window: bool,
+    /// Phi-3: the context LongRoPE's short factors cover.
+    pub original_max_position_embeddings: Option<usize>,
+    /// Rotary embedding on this share of each head only (Phi-4-mini): not served.
+    pub partial_rotary_factor: Option<f64>,
 }
 
 fn default_eps() -> f64 {
@@ -168,6 +197,7 @@ impl HfConfig {
         let rope_scaling = parse_rope_scaling(
             self.rope_scaling.as_ref(),
             self.max_position_embeddings,
+            self.original_max_position_embeddings,
             origin,
         )?;
         Ok(ModelConfig {
@@ -193,10 +223,12 @@ impl HfConfig {
 }
 
 /// Parses HF's `rope_scaling` object (`type` or `rope_type` key).
-/// `max_position_embeddings` is YaRN's original context where `rope_scaling` names none.
+/// `max_position_embeddings` is YaRN's original context where `rope_scaling` names none;
+/// `original_max` the config's top-level `original_max_position_embeddings` (LongRoPE's).
 pub fn parse_rope_scaling(
     v: Option<&serde_json::Value>,
     max_position_embeddings: usize,
+    original_max: Option<usize>,
     origin: &str,
 ) -> Result<RopeScaling> {
     let Some(v) = v else {
@@ -260,9 +292,38 @@ pub fn parse_rope_scaling(
                 attention_factor,
             }
         }
+        "longrope" | "su" => {
+            let factors = |key: &str| -> Result<Vec<f32>> {
+                v.get(key)
+                    .and_then(|a| a.as_array())
+                    .and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                    .ok_or_else(|| {
+                        Error::BadConfig(format!("{origin}: rope_scaling.{key} is not a list"))
+                    })
+            };
+            // HF's `_compute_longrope_parameters`: the factor is the context's growth over
+            // the original, the attention factor sqrt(1 + ln(factor) / ln(original)).
+            let orig = original_max.unwrap_or(max_position_embeddings);
+            let factor = match original_max {
+                Some(o) => max_position_embeddings as f32 / o as f32,
+                None => f("factor").unwrap_or(1.0),
+            };
+            let attention_factor = match f("attention_factor") {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (orig as f32).ln()).sqrt(),
+            };
+            RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: orig,
+                attention_factor,
+            }
+        }
         other => {
             return Err(Error::Unsupported(format!(
-                "{origin}: rope_scaling type {other:?} (supported: linear, dynamic, llama3, yarn)"
+                "{origin}: rope_scaling type {other:?} (supported: linear, dynamic, llama3, \
+                 yarn, longrope)"
             )))
         }
     })

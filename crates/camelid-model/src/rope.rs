@@ -12,8 +12,10 @@ pub struct Rope {
     theta: f32,
     scaling: RopeScaling,
     max_position_embeddings: usize,
-    /// Multiplies every cos and sin (YaRN's attention factor; 1 otherwise).
+    /// Multiplies every cos and sin (YaRN's and LongRoPE's attention factor; 1 otherwise).
     attention_factor: f32,
+    /// LongRoPE: the long factors' frequencies and the length from which they apply.
+    long: Option<(Vec<f32>, usize)>,
 }
 
 fn base_inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
@@ -97,13 +99,40 @@ impl Rope {
                     beta_slow,
                 )
             }
+            RopeScaling::LongRope {
+                ref short_factor, ..
+            } => {
+                inv_freq = inv_freq
+                    .iter()
+                    .zip(short_factor)
+                    .map(|(f, s)| f / s)
+                    .collect()
+            }
             RopeScaling::None | RopeScaling::Dynamic { .. } => {}
         }
         let attention_factor = match cfg.rope_scaling {
             RopeScaling::Yarn {
                 attention_factor, ..
+            }
+            | RopeScaling::LongRope {
+                attention_factor, ..
             } => attention_factor,
             _ => 1.0,
+        };
+        let long = match &cfg.rope_scaling {
+            RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings,
+                ..
+            } => Some((
+                base_inv_freq(cfg.rope_theta, cfg.head_dim)
+                    .iter()
+                    .zip(long_factor)
+                    .map(|(f, l)| f / l)
+                    .collect(),
+                *original_max_position_embeddings,
+            )),
+            _ => None,
         };
         Self {
             inv_freq,
@@ -112,6 +141,7 @@ impl Rope {
             scaling: cfg.rope_scaling.clone(),
             max_position_embeddings: cfg.max_position_embeddings,
             attention_factor,
+            long,
         }
     }
 
@@ -120,14 +150,15 @@ impl Rope {
     /// length, and YaRN, which also scales them): what a kernel computing them needs.
     pub fn fixed_inv_freq(&self) -> Option<&[f32]> {
         match self.scaling {
-            RopeScaling::Dynamic { .. } => None,
+            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => None,
             _ if self.attention_factor != 1.0 => None,
             _ => Some(&self.inv_freq),
         }
     }
 
-    /// Frequencies for a sequence whose total length is `seq_len` (only dynamic NTK scaling
-    /// depends on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`).
+    /// Frequencies for a run of tokens ending at length `seq_len` (dynamic NTK scaling depends
+    /// on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`, and LongRoPE's choice of
+    /// factors, as in HF's `longrope_frequency_update`).
     fn inv_freq_for(&self, seq_len: usize) -> std::borrow::Cow<'_, [f32]> {
         match self.scaling {
             RopeScaling::Dynamic { factor } if seq_len > self.max_position_embeddings => {
@@ -136,6 +167,10 @@ impl Rope {
                 let base = self.theta * (ratio - (factor - 1.)).powf(d / (d - 2.));
                 std::borrow::Cow::Owned(base_inv_freq(base, self.head_dim))
             }
+            RopeScaling::LongRope { .. } => match &self.long {
+                Some((long, orig)) if seq_len > *orig => std::borrow::Cow::Borrowed(long),
+                _ => std::borrow::Cow::Borrowed(&self.inv_freq),
+            },
             _ => std::borrow::Cow::Borrowed(&self.inv_freq),
         }
     }
@@ -366,5 +401,55 @@ mod tests {
             r.fixed_inv_freq().is_none(),
             "a kernel from frequencies alone would miss the factor"
         );
+    }
+
+    /// Phi-3-mini-128k's LongRoPE shape (head 96, θ 10 000, 4 096 → 131 072 positions) with
+    /// factors of its kind, against HF's `_compute_longrope_parameters` and
+    /// `longrope_frequency_update` written out in f64: the short factors for forwards ending
+    /// within the original context, the long ones past it, the attention factor
+    /// sqrt(1 + ln(32) / ln(4096)) on both.
+    #[test]
+    fn longrope_matches_hf_formula() {
+        let (theta, dim, orig, max) = (10_000f64, 96usize, 4096usize, 131_072usize);
+        let short: Vec<f32> = (0..dim / 2).map(|i| 1.0 + 0.01 * i as f32).collect();
+        let long: Vec<f32> = (0..dim / 2).map(|i| 1.0 + 1.5 * i as f32).collect();
+        let j = serde_json::json!({"type": "longrope", "short_factor": short,
+            "long_factor": long});
+        let scaling = crate::config::parse_rope_scaling(Some(&j), max, Some(orig), "t").unwrap();
+        let mut c = cfg(scaling);
+        c.rope_theta = theta as f32;
+        c.head_dim = dim;
+        c.max_position_embeddings = max;
+        let r = Rope::new(&c);
+        let factor = max as f64 / orig as f64;
+        let attention = (1.0 + factor.ln() / (orig as f64).ln()).sqrt();
+        // (first position, tokens, length at the forward's end): within, at and past `orig`.
+        for (start, len, end, factors) in [
+            (0, 3, 3, &short),
+            (4000, 96, 4096, &short),
+            (4000, 97, 4097, &long),
+            (10, 1, 9000, &long),
+            (100_000, 2, 100_002, &long),
+        ] {
+            let (cos, sin) = r.cos_sin_rows(&[(start, len, end)]);
+            for t in 0..len {
+                let p = (start + t) as f64;
+                for (i, &f) in factors.iter().enumerate() {
+                    let inv = 1.0 / (f as f64 * theta.powf((2 * i) as f64 / dim as f64));
+                    let a = p * inv;
+                    let tol = 1e-5 + 4.0 * a * f32::EPSILON as f64;
+                    let at = t * dim / 2 + i;
+                    assert!(
+                        (cos[at] as f64 - a.cos() * attention).abs() < tol,
+                        "cos {p} {i}"
+                    );
+                    assert!(
+                        (sin[at] as f64 - a.sin() * attention).abs() < tol,
+                        "sin {p} {i}"
+                    );
+                }
+            }
+        }
+        assert!(r.fixed_inv_freq().is_none());
     }
 }

@@ -96,6 +96,24 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
         );
         t.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN));
         t.insert(format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN));
+        if arch == "phi3" {
+            // Phi-3 stores Q, K, V as one matrix and gate, up as another.
+            let mut take = |n: &str| t.remove(&format!("{p}.{n}.weight")).unwrap();
+            let qkv = [
+                take("self_attn.q_proj"),
+                take("self_attn.k_proj"),
+                take("self_attn.v_proj"),
+            ];
+            let gate_up = [take("mlp.gate_proj"), take("mlp.up_proj")];
+            t.insert(
+                format!("{p}.self_attn.qkv_proj.weight"),
+                Tensor::cat(&qkv, 0).unwrap(),
+            );
+            t.insert(
+                format!("{p}.mlp.gate_up_proj.weight"),
+                Tensor::cat(&gate_up, 0).unwrap(),
+            );
+        }
     }
     t.insert("model.norm.weight".into(), ones(HIDDEN));
     if !s.tied {
@@ -106,6 +124,7 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
         "mistral" => "MistralForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
         other => panic!("{other}"),
     };
     // Every field candle-transformers' configs require, as the HF configs of these models
@@ -149,7 +168,7 @@ fn prompt(n: usize, seed: u64) -> Vec<u32> {
 /// candle-transformers' model of the folder's architecture: the last position's logits of
 /// each prefix `ids[..n]`, `n` in `lens` (each a fresh forward over the whole prefix).
 fn reference_logits(arch: &str, dir: &Path, ids: &[u32], lens: &[usize]) -> Vec<Vec<f32>> {
-    use candle_transformers::models::{mistral, qwen2, qwen3};
+    use candle_transformers::models::{mistral, phi3, qwen2, qwen3};
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let vb = unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(
@@ -185,6 +204,15 @@ fn reference_logits(arch: &str, dir: &Path, ids: &[u32], lens: &[usize]) -> Vec<
             // transformers and llama.cpp (and camelid) see w: the same window is w - 1 there.
             cfg.sliding_window = cfg.sliding_window.map(|w| w - 1);
             let mut m = mistral::Model::new(&cfg, vb).unwrap();
+            Box::new(move |x| {
+                m.clear_kv_cache();
+                m.forward(x, 0).unwrap()
+            })
+        }
+        "phi3" => {
+            let cfg: phi3::Config = serde_json::from_str(&text).unwrap();
+            assert!(cfg.rope_scaling.is_none(), "candle's LongRoPE is not HF's");
+            let mut m = phi3::Model::new(&cfg, vb).unwrap();
             Box::new(move |x| {
                 m.clear_kv_cache();
                 m.forward(x, 0).unwrap()
@@ -591,6 +619,7 @@ fn gguf_written_by_gguf_py_matches_the_hf_folder() {
             SHAPES[0],
             serde_json::json!({"sliding_window": 6}),
         ),
+        ("phi3", "phi3", SHAPES[1], serde_json::json!({})),
     ];
     for (n, (arch, gguf_arch, shape, extra)) in cases.into_iter().enumerate() {
         let g = write_model(arch, shape, extra, 70 + n as u64);
@@ -625,4 +654,36 @@ fn gguf_written_by_gguf_py_matches_the_hf_folder() {
         }
         check_paged_against_tensor(&path, &ids, &prompt(17, 200 + n as u64));
     }
+}
+
+/// Phi-3's fused Q/K/V and gate/up matrices: the same logits as candle-transformers' phi3
+/// and the paged path equals the tensor path.
+#[test]
+fn phi3_matches_candle_transformers_and_the_paged_path() {
+    for (i, s) in SHAPES.iter().enumerate() {
+        let g = write_model("phi3", *s, serde_json::json!({}), 90 + i as u64);
+        let ids = prompt(40, 60 + i as u64);
+        check_against_candle("phi3", g.path(), &ids);
+        check_paged_against_tensor(g.path(), &ids, &prompt(23, 160 + i as u64));
+    }
+}
+
+/// LongRoPE (Phi-3's long-context models): past the original context (here 8 positions, so
+/// every forward of the test uses the long factors) the paged path equals the tensor path and
+/// the factors change the logits. The table itself is checked against HF's formula in
+/// rope.rs.
+#[test]
+fn phi3_longrope_runs_on_both_paths() {
+    let half = HIDDEN / SHAPES[0].heads / 2;
+    let long: Vec<f32> = (0..half).map(|i| 1.0 + i as f32).collect();
+    let longrope = serde_json::json!({"rope_scaling": {"type": "longrope",
+        "short_factor": vec![1.0; half], "long_factor": long},
+        "original_max_position_embeddings": 8, "max_position_embeddings": 256});
+    let g = write_model("phi3", SHAPES[0], longrope, 99);
+    let plain = write_model("phi3", SHAPES[0], serde_json::json!({}), 99);
+    let ids = prompt(40, 7);
+    check_paged_against_tensor(g.path(), &ids, &prompt(19, 8));
+    let scaled = rows(&load(g.path()).model.logits_all(&ids).unwrap());
+    let unscaled = rows(&load(plain.path()).model.logits_all(&ids).unwrap());
+    assert!(max_abs_diff(&scaled[39], &unscaled[39]) > 1e-3);
 }

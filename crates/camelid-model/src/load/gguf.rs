@@ -173,6 +173,11 @@ impl GgufFile {
             }
         };
         let has = |t: &str| self.content.tensor_infos.contains_key(t);
+        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
+            return Err(Error::Unsupported(format!(
+                "{origin}: LongRoPE factors (rope_factors_*.weight) in a GGUF file"
+            )));
+        }
         if has("blk.0.attn_output.bias") {
             return Err(Error::Unsupported(format!(
                 "{origin}: tensor blk.0.attn_output.bias (biases on the attention's output)"
@@ -267,6 +272,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.k_proj.bias" => "attn_k.bias",
         "self_attn.v_proj.bias" => "attn_v.bias",
         "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        // Phi-3's fused projections (llama.cpp's `ffn_up` holds gate and up there).
+        "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+        "mlp.gate_up_proj.weight" => "ffn_up.weight",
         "self_attn.k_norm.weight" => "attn_k_norm.weight",
         "self_attn.o_proj.weight" => "attn_output.weight",
         "mlp.gate_proj.weight" => "ffn_gate.weight",

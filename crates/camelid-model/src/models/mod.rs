@@ -5,6 +5,7 @@
 
 pub mod llama;
 pub mod mistral;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 
@@ -31,8 +32,13 @@ pub struct Architecture {
 }
 
 /// Every architecture camelid serves (a GGUF name is looked up in this order).
-pub const ARCHITECTURES: &[&Architecture] =
-    &[&llama::ARCH, &mistral::ARCH, &qwen2::ARCH, &qwen3::ARCH];
+pub const ARCHITECTURES: &[&Architecture] = &[
+    &llama::ARCH,
+    &mistral::ARCH,
+    &qwen2::ARCH,
+    &qwen3::ARCH,
+    &phi3::ARCH,
+];
 
 /// The architecture of an HF config (its `architectures`, else its `model_type`).
 pub fn for_hf(hf: &HfConfig, origin: &str) -> Result<&'static Architecture> {
@@ -172,9 +178,9 @@ mod tests {
                 ..
             }
         ));
-        j["rope_scaling"] = serde_json::json!({"type": "longrope", "factor": 4.0});
+        j["rope_scaling"] = serde_json::json!({"type": "mrope", "factor": 4.0});
         let e = parse(&j, "t").unwrap_err();
-        assert!(e.to_string().contains("longrope"), "{e}");
+        assert!(e.to_string().contains("mrope"), "{e}");
     }
 
     #[test]
@@ -236,6 +242,17 @@ mod tests {
         );
         j["sliding_window"] = serde_json::Value::Null;
         assert_eq!(parse(&j, "t").unwrap().features.sliding_window, None);
+        let mut j = base();
+        j["architectures"] = serde_json::json!(["Phi3ForCausalLM"]);
+        j["sliding_window"] = serde_json::json!(2047);
+        let c = parse(&j, "t").unwrap();
+        assert_eq!(
+            (c.architecture.as_str(), c.features.sliding_window),
+            ("phi3", Some(2047))
+        );
+        j["partial_rotary_factor"] = serde_json::json!(0.75);
+        let e = parse(&j, "t").unwrap_err().to_string();
+        assert!(e.contains("partial_rotary_factor"), "{e}");
         // model_type alone names it too.
         let mut j = base();
         j.as_object_mut().unwrap().remove("architectures");
