@@ -144,7 +144,16 @@ fn pick_template(
 
 /// Stop ids: EOS plus special tokens the template ends turns with.
 fn stop_ids(tok: &Tokenizer, template: &ChatTemplate, mut ids: Vec<u32>) -> Vec<u32> {
-    for t in ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>"] {
+    // Qwen's ChatML turns end with <|im_end|>, Phi-3's with <|end|> (its GGUF names only
+    // <|endoftext|> as EOS).
+    for t in [
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        "<|end|>",
+        "<|endoftext|>",
+        "</s>",
+    ] {
         let used = match template {
             ChatTemplate::Builtin(b) => b.stop_str == Some(t) || t == "</s>",
             ChatTemplate::Jinja {
