@@ -31,7 +31,9 @@ pub async fn tokenize(
             s.config.limits.check_messages(messages.len())?;
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
-            let ids = render_and_encode(&permit, &m, msgs, add_generation_prompt).await?;
+            let ids =
+                render_and_encode(&permit, &m, msgs, add_generation_prompt, Default::default())
+                    .await?;
             (m, ids)
         }
         TokenizeRequest::Text {
