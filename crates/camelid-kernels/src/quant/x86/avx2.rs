@@ -90,6 +90,7 @@ unsafe fn dot_pair_avx2(kind: QKind, w: [*const u8; 2], nb: usize, a: &ActRow) -
                 }
                 QKind::Q4_1 => _mm256_maddubs_epi16(nibbles(blk.add(4)), av),
                 QKind::Q4_0 => _mm256_maddubs_epi16(nibbles(blk.add(2)), av),
+                _ => unreachable!("K formats: kgemm"),
             };
             let p = _mm256_madd_epi16(p, ones);
             acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * da), acc[j]);
@@ -97,6 +98,7 @@ unsafe fn dot_pair_avx2(kind: QKind, w: [*const u8; 2], nb: usize, a: &ActRow) -
                 QKind::Q4_1 => mw * sa,
                 QKind::Q4_0 => -8.0 * dw * sa,
                 QKind::Q8_0 => 0.0,
+                _ => unreachable!("K formats: kgemm"),
             };
         }
     }
@@ -259,6 +261,7 @@ unsafe fn dot_n<const R: usize>(
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i]);
                 }
             }
+            _ => unreachable!("K formats: kgemm"),
         }
     }
     for i in 0..R {
