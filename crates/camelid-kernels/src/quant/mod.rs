@@ -189,6 +189,15 @@ impl QActs {
         self.d.resize(nb, 0.0);
         self.s.clear();
         self.bsums.resize(nb * 16, 0);
+        let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16]| {
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu_features::avx2() {
+                // Safety: the CPU has AVX2 (and FMA, F16C).
+                unsafe { x86::avx2::quantize_q8k(x, qs, d, bs) };
+                return;
+            }
+            quantize_q8k_scalar(x, qs, d, bs);
+        };
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
             let nbr = cols / QK_K;
             let per = rows.div_ceil(rayon::current_num_threads());
@@ -196,9 +205,9 @@ impl QActs {
                 .zip(self.qs.par_chunks_mut(per * cols))
                 .zip(self.d.par_chunks_mut(per * nbr))
                 .zip(self.bsums.par_chunks_mut(per * nbr * 16))
-                .for_each(|(((x, qs), d), bs)| quantize_q8k_scalar(x, qs, d, bs));
+                .for_each(|(((x, qs), d), bs)| quantize_rows(x, qs, d, bs));
         } else {
-            quantize_q8k_scalar(x, &mut self.qs, &mut self.d, &mut self.bsums);
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.bsums);
         }
     }
 

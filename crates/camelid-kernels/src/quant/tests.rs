@@ -321,6 +321,30 @@ fn extreme_k_rows(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
 }
 
 #[test]
+fn simd_q8k_quantize_gives_the_scalar_bytes() {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_features::avx2() {
+        let mut x: Vec<f32> = random(6 * QK_K, 9).iter().map(|v| v * 3.0).collect();
+        x[QK_K..2 * QK_K].fill(0.0); // a zero block: scale 0
+                                     // A block of exact ties (scale 1): rounding must go to even in both paths.
+        for (i, v) in x[2 * QK_K..3 * QK_K].iter_mut().enumerate() {
+            *v = (i % 64) as f32 - 31.5;
+        }
+        x[2 * QK_K] = -127.0;
+        let nb = x.len() / QK_K;
+        let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
+        let (mut q2, mut d2, mut s2) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
+        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1);
+        // Safety: AVX2 is available.
+        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2) };
+        assert_eq!(q1, q2);
+        assert_eq!(d1, d2);
+        assert_eq!(s1, s2);
+        assert_eq!(&q1[2 * QK_K + 1..2 * QK_K + 5], &[-30, -30, -28, -28]);
+    }
+}
+
+#[test]
 fn q8k_activations_hold_block_sums() {
     let (m, k) = (3, 512);
     let x = random(m * k, 4);
