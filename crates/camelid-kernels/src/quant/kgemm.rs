@@ -166,6 +166,20 @@ unsafe fn gemm_group(
                 }
             };
         }
+        // The 16-row Q6_K kernels take 4 rows at a time (four sums per row in registers).
+        macro_rules! by_fours {
+            ($m:ident::$f:ident) => {
+                for (c, four) in acts.chunks(4).enumerate() {
+                    let out = out.add(4 * c * ld);
+                    match four.len() {
+                        4 => $m::$f::<4>(w, nsb, four, out, ld),
+                        3 => $m::$f::<3>(w, nsb, four, out, ld),
+                        2 => $m::$f::<2>(w, nsb, four, out, ld),
+                        _ => $m::$f::<1>(w, nsb, four, out, ld),
+                    }
+                }
+            };
+        }
         match (flavour, kind) {
             (Flavour::Avx512Vnni, QKind::Q4K) => {
                 by_rows!(k512::gemm_q4_k_16x8_q8k_vnni; 1 2 3 4 5 6 7 8)
@@ -173,12 +187,10 @@ unsafe fn gemm_group(
             (Flavour::Avx512Vnni, QKind::Q5K) => {
                 by_rows!(k512::gemm_q5_k_16x8_q8k_vnni; 1 2 3 4 5 6 7 8)
             }
-            (Flavour::Avx512Vnni, QKind::Q6K) => {
-                by_rows!(k512::gemm_q6_k_16x8_q8k_vnni; 1 2 3 4 5 6 7 8)
-            }
+            (Flavour::Avx512Vnni, QKind::Q6K) => by_fours!(k512::gemm_q6_k_16x4_q8k_vnni),
             (Flavour::Avx512, QKind::Q4K) => by_rows!(k512::gemm_q4_k_16x8_q8k; 1 2 3 4 5 6 7 8),
             (Flavour::Avx512, QKind::Q5K) => by_rows!(k512::gemm_q5_k_16x8_q8k; 1 2 3 4 5 6 7 8),
-            (Flavour::Avx512, QKind::Q6K) => by_rows!(k512::gemm_q6_k_16x8_q8k; 1 2 3 4 5 6 7 8),
+            (Flavour::Avx512, QKind::Q6K) => by_fours!(k512::gemm_q6_k_16x4_q8k),
             (Flavour::AvxVnni, QKind::Q4K) => by_rows!(k256::gemm_q4_k_8x4_q8k_vnni; 1 2 3 4),
             (Flavour::AvxVnni, QKind::Q5K) => by_rows!(k256::gemm_q5_k_8x4_q8k_vnni; 1 2 3 4),
             (Flavour::AvxVnni, QKind::Q6K) => by_rows!(k256::gemm_q6_k_8x4_q8k_vnni; 1 2 3 4),

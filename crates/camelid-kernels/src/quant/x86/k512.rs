@@ -1,6 +1,7 @@
 //! The K formats' 16-row kernels (AVX-512BW), with `vpdpbusd` where AVX-512 VNNI is present.
 //! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..16]` for activation
-//! row `i` (at most 8 rows: with their sums and accumulators, 24 of the 32 registers).
+//! row `i` (Q4_K/Q5_K: at most 8 rows, Q6_K 4: with their sums and accumulators, 24 of the
+//! 32 registers).
 
 use super::prefetch_ahead;
 use crate::quant::{ActRow, QK_K};
@@ -150,6 +151,8 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
 }
 
 /// Q6_K: Σ_s sc_s·Σ q·a per row in i32 (q = 0..63), less `32·Σ_s sc_s·Σa_s`, times `d·da`.
+/// The three vectors of a four-value step hold all four 32-value sets of a half, so each is
+/// loaded and unpacked once, into four sub-block sums per row: at most 4 rows (24 registers).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q6_k<const R: usize, const VNNI: bool>(
@@ -161,69 +164,64 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
 ) {
     const SB: usize = 210 * G;
     let m4 = _mm512_set1_epi8(0x0F);
+    // (low & 0x0F) | high, in one ternary-logic op (0xEA: A·B + C).
+    let or_low = |low: __m512i, high: __m512i| _mm512_ternarylogic_epi64::<0xEA>(low, m4, high);
+    // Without VNNI, two steps per i16 sum: at most 4 · 63 · 127 = 32 004.
+    let fold = if VNNI { 4 } else { 2 };
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * SB);
         prefetch_ahead(blk, SB);
         let mut isum = [_mm512_setzero_si512(); R];
         for n in 0..2 {
-            for k in 0..4 {
-                for h in 0..2 {
-                    let s = 8 * n + 2 * k + h;
-                    let sc = prep::<VNNI>(i8x16(blk.add(2 * G + G * s)));
-                    // Without VNNI, two vectors per i16 sum: at most 4 · 63 · 127 = 32 004.
-                    let fold = if VNNI { 4 } else { 2 };
-                    let mut t = [_mm512_setzero_si512(); R];
-                    for g in 4 * h..4 * h + 4 {
-                        let v = blk.add(18 * G + (8 * n + g) * 12 * G);
-                        let ql = _mm512_loadu_si512(
-                            v.add(if k % 2 == 0 { 0 } else { 4 * G }) as *const _
-                        );
-                        let qh = _mm512_loadu_si512(v.add(8 * G) as *const _);
-                        let q = match k {
-                            0 => _mm512_or_si512(
-                                _mm512_and_si512(ql, m4),
-                                _mm512_slli_epi16::<4>(_mm512_and_si512(
-                                    qh,
-                                    _mm512_set1_epi8(0x03),
-                                )),
-                            ),
-                            1 => _mm512_or_si512(
-                                _mm512_and_si512(ql, m4),
-                                _mm512_slli_epi16::<2>(_mm512_and_si512(
-                                    qh,
-                                    _mm512_set1_epi8(0x0C),
-                                )),
-                            ),
-                            2 => _mm512_or_si512(
-                                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                                _mm512_and_si512(qh, _mm512_set1_epi8(0x30)),
-                            ),
-                            _ => _mm512_or_si512(
-                                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                                _mm512_srli_epi16::<2>(_mm512_and_si512(
-                                    qh,
-                                    _mm512_set1_epi8(0xC0u8 as i8),
-                                )),
-                            ),
-                        };
+            for h in 0..2 {
+                // t[k][i]: sub-block 8n + 2k + h of row i.
+                let mut t = [[_mm512_setzero_si512(); R]; 4];
+                for g in 4 * h..4 * h + 4 {
+                    let v = blk.add(18 * G + (8 * n + g) * 12 * G);
+                    let qa = _mm512_loadu_si512(v as *const _);
+                    let qb = _mm512_loadu_si512(v.add(4 * G) as *const _);
+                    let qh = _mm512_loadu_si512(v.add(8 * G) as *const _);
+                    let bits = |m: u8| _mm512_and_si512(qh, _mm512_set1_epi8(m as i8));
+                    let q = [
+                        or_low(qa, _mm512_slli_epi16::<4>(bits(0x03))),
+                        or_low(qb, _mm512_slli_epi16::<2>(bits(0x0C))),
+                        or_low(_mm512_srli_epi16::<4>(qa), bits(0x30)),
+                        or_low(
+                            _mm512_srli_epi16::<4>(qb),
+                            _mm512_srli_epi16::<2>(bits(0xC0)),
+                        ),
+                    ];
+                    for k in 0..4 {
                         for i in 0..R {
                             let at = b * QK_K + 128 * n + 32 * k + 4 * g;
-                            t[i] = dot4::<VNNI>(t[i], q, bcast4(acts.get_unchecked(i), at));
+                            t[k][i] =
+                                dot4::<VNNI>(t[k][i], q[k], bcast4(acts.get_unchecked(i), at));
                         }
-                        if (g + 1) % fold == 0 {
+                    }
+                    if (g + 1) % fold == 0 {
+                        for k in 0..4 {
+                            let s = 8 * n + 2 * k + h;
+                            let sc = prep::<VNNI>(i8x16(blk.add(2 * G + G * s)));
                             for i in 0..R {
-                                isum[i] = _mm512_add_epi32(isum[i], scaled::<VNNI>(t[i], sc));
-                                t[i] = _mm512_setzero_si512();
+                                let mut ti = t[k][i];
+                                if VNNI {
+                                    // The −32 of the whole sub-block, in its i32 sum.
+                                    let bs = *acts.get_unchecked(i).bsums.get_unchecked(b * 16 + s);
+                                    ti = _mm512_sub_epi32(ti, _mm512_set1_epi32(32 * bs as i32));
+                                }
+                                isum[i] = _mm512_add_epi32(isum[i], scaled::<VNNI>(ti, sc));
+                                t[k][i] = _mm512_setzero_si512();
                             }
                         }
                     }
                 }
             }
         }
-        // The −32: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of each lane).
+        // Without VNNI the −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of
+        // each lane).
         let mut off = [_mm512_setzero_si512(); R];
-        for p in 0..8 {
+        for p in 0..if VNNI { 0 } else { 8 } {
             let s0 = _mm512_and_si512(i8x16(blk.add(2 * G + G * 2 * p)), _mm512_set1_epi32(0xFFFF));
             let sc = _mm512_or_si512(
                 s0,
@@ -279,7 +277,7 @@ entry!(
     q45_k::<false, true>
 );
 entry!(
-    gemm_q6_k_16x8_q8k,
+    gemm_q6_k_16x4_q8k,
     "avx512f,avx512bw,avx2,fma,f16c",
     q6_k::<false>
 );
@@ -294,7 +292,7 @@ entry!(
     q45_k::<true, true>
 );
 entry!(
-    gemm_q6_k_16x8_q8k_vnni,
+    gemm_q6_k_16x4_q8k_vnni,
     "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
     q6_k::<true>
 );
