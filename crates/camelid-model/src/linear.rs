@@ -82,6 +82,11 @@ impl Linear {
         })
     }
 
+    /// Whether this layer runs on camelid's own quantized kernels (else candle's `QMatMul`).
+    pub fn own_kernel(&self) -> bool {
+        matches!(self.inner, Inner::Own(_))
+    }
+
     pub fn out_features(&self) -> usize {
         self.out_features
     }
@@ -184,6 +189,14 @@ impl Projections {
                 widths: parts.iter().map(|p| p.out_features).collect(),
             },
             None => Projections::Separate(parts),
+        }
+    }
+
+    /// The matmuls this runs: one when fused, else one per part.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Projections::Fused { linear, .. } => vec![linear],
+            Projections::Separate(parts) => parts.iter().collect(),
         }
     }
 

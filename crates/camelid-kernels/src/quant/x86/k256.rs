@@ -213,7 +213,13 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
                         }
                         if (g + 1) % fold == 0 {
                             for i in 0..R {
-                                isum[i] = _mm256_add_epi32(isum[i], scaled::<VNNI>(t[i], sc));
+                                let mut ti = t[i];
+                                if VNNI {
+                                    // The −32 of the whole sub-block, in its i32 sum.
+                                    let bs = *acts.get_unchecked(i).bsums.get_unchecked(b * 16 + s);
+                                    ti = _mm256_sub_epi32(ti, _mm256_set1_epi32(32 * bs as i32));
+                                }
+                                isum[i] = _mm256_add_epi32(isum[i], scaled::<VNNI>(ti, sc));
                                 t[i] = _mm256_setzero_si256();
                             }
                         }
@@ -221,9 +227,10 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
                 }
             }
         }
-        // The −32: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of each lane).
+        // Without VNNI the −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of
+        // each lane).
         let mut off = [_mm256_setzero_si256(); R];
-        for p in 0..8 {
+        for p in 0..if VNNI { 0 } else { 8 } {
             let s0 = _mm256_and_si256(i8x8(blk.add(2 * G + G * 2 * p)), _mm256_set1_epi32(0xFFFF));
             let sc = _mm256_or_si256(
                 s0,
