@@ -1,6 +1,6 @@
 //! Micro-benchmark of camelid's quantized CPU matmul (weights larger than the caches, as in a
 //! real model): `cargo run --release -p camelid-kernels --example qgemm_bench [threads] [format]`
-//! (format: q4_0, q4_1 — the default — or q8_0).
+//! (format: q4_0, q4_1 — the default — q8_0, q4_k, q5_k or q6_k).
 use camelid_kernels::quant::{matmul, QKind, QWeight};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -15,7 +15,10 @@ fn main() {
         None | Some("q4_1") => (GgmlDType::Q4_1, QKind::Q4_1),
         Some("q4_0") => (GgmlDType::Q4_0, QKind::Q4_0),
         Some("q8_0") => (GgmlDType::Q8_0, QKind::Q8_0),
-        Some(f) => panic!("format {f}: one of q4_0, q4_1, q8_0"),
+        Some("q4_k") => (GgmlDType::Q4K, QKind::Q4K),
+        Some("q5_k") => (GgmlDType::Q5K, QKind::Q5K),
+        Some("q6_k") => (GgmlDType::Q6K, QKind::Q6K),
+        Some(f) => panic!("format {f}: one of q4_0, q4_1, q8_0, q4_k, q5_k, q6_k"),
     };
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()
@@ -23,7 +26,8 @@ fn main() {
             .build_global()
             .unwrap();
     }
-    let (rows, cols, copies) = (1536, 576, 40); // 22 MB of Q4_1, 38 MB of Q8_0
+    // 22 MB of Q4_1, 38 MB of Q8_0; the K formats need a multiple of 256 columns.
+    let (rows, cols, copies) = (1536, if kind.is_k() { 768 } else { 576 }, 40);
     let mut ws = vec![];
     for c in 0..copies {
         let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
@@ -31,7 +35,7 @@ fn main() {
         let q = QTensor::quantize(&w, dtype).unwrap();
         ws.push(QWeight::new(kind, rows, cols, q.data().unwrap().into_owned()).unwrap());
     }
-    let bytes: usize = copies * rows * cols / 32 * kind.block_bytes();
+    let bytes: usize = copies * rows * cols / kind.block_values() * kind.block_bytes();
     println!(
         "{kind:?}  threads {}  weights {:.1} MB",
         rayon::current_num_threads(),

@@ -37,3 +37,37 @@ pub fn avx512() -> bool {
         false
     }
 }
+
+/// Whether AVX-512 VNNI (`vpdpbusd` on 512 bits) may be used (besides [`avx512`]'s features);
+/// `CAMELID_NO_VNNI=1` says no, to compare the plain flavours on one machine.
+pub fn avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| avx512() && !no_vnni() && is_x86_feature_detected!("avx512vnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether AVX-VNNI (`vpdpbusd` on 256 bits, VEX-encoded) may be used (besides [`avx2`]'s
+/// features); `CAMELID_NO_VNNI=1` says no.
+pub fn avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| avx2() && !no_vnni() && is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn no_vnni() -> bool {
+    std::env::var("CAMELID_NO_VNNI").is_ok_and(|v| v == "1")
+}

@@ -1,8 +1,8 @@
 //! One linear-layer type for dense (safetensors, f32/bf16/f16) and quantized (GGUF) weights.
 //!
-//! On the CPU, Q4_0 / Q4_1 / Q8_0 weights run through camelid's own batched kernels
-//! ([`camelid_kernels::quant`]); every other case goes through candle's `QMatMul` (dense matmul, k-quants,
-//! CUDA).
+//! On the CPU, Q4_0 / Q4_1 / Q8_0 and Q4_K / Q5_K / Q6_K weights run through camelid's own
+//! batched kernels ([`camelid_kernels::quant`]); every other case goes through candle's
+//! `QMatMul` (dense matmul, other formats, CUDA).
 
 use camelid_kernels::quant::{self, QActs, QKind, QWeight};
 use candle_core::quantized::{QMatMul, QTensor};
@@ -82,6 +82,11 @@ impl Linear {
         })
     }
 
+    /// Whether this layer runs on camelid's own quantized kernels (else candle's `QMatMul`).
+    pub fn own_kernel(&self) -> bool {
+        matches!(self.inner, Inner::Own(_))
+    }
+
     pub fn out_features(&self) -> usize {
         self.out_features
     }
@@ -126,7 +131,7 @@ impl Linear {
         }
         match &self.inner {
             Inner::Own(w) => {
-                acts.quantize_into(x, m, w.cols);
+                acts.quantize_for(w.kind, x, m, w.cols);
                 quant::matmul_quantized(w, acts, out);
             }
             Inner::Candle(q) => {
@@ -184,6 +189,14 @@ impl Projections {
                 widths: parts.iter().map(|p| p.out_features).collect(),
             },
             None => Projections::Separate(parts),
+        }
+    }
+
+    /// The matmuls this runs: one when fused, else one per part.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Projections::Fused { linear, .. } => vec![linear],
+            Projections::Separate(parts) => parts.iter().collect(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! camelid's own CPU matmul for the GGML block formats LLaMA GGUF files mostly use (Q4_0, Q4_1,
-//! Q8_0): `y = x · Wᵀ` with `W` kept in its GGUF blocks.
+//! Q8_0, and the K formats Q4_K, Q5_K, Q6_K in [`kgemm`]): `y = x · Wᵀ` with `W` kept in its
+//! GGUF blocks (repacked).
 //!
 //! Why not candle's `QMatMul`: in candle 0.11 it is a per-row GEMV (a batch of `m` rows reads
 //! every weight `m` times) and `Q4_1 · Q8_1` has no SIMD path at all. Here the activations are
@@ -10,6 +11,8 @@
 //! [`dot_rows_scalar`] is the plain reference; the AVX2 kernels must agree with it to float
 //! rounding (tests below), and both are checked against candle's dequantized f32 matmul.
 
+mod kgemm;
+mod krepack;
 mod reference;
 mod weight;
 #[cfg(target_arch = "x86_64")]
@@ -17,7 +20,8 @@ mod x86;
 
 use crate::OutPtr;
 use rayon::prelude::*;
-use reference::{dot_rows_scalar, quantize_blocks_scalar};
+pub(crate) use reference::QK_K;
+use reference::{dot_rows_scalar, quantize_blocks_scalar, quantize_q8k_scalar};
 use weight::Layout;
 pub use weight::QWeight;
 
@@ -32,6 +36,14 @@ pub enum QKind {
     Q4_1,
     /// `{d: f16, qs: [i8; 32]}`: value = d·q.
     Q8_0,
+    /// 256-value super-block `{d, dmin: f16, scales: [u8; 12], qs: [u8; 128]}`: eight
+    /// sub-blocks of 32 with 6-bit scale `sc` and min `m`; value = d·sc·q − dmin·m.
+    Q4K,
+    /// Q4_K plus `qh: [u8; 32]` (one fifth bit per value) before `qs`: q is 0..31.
+    Q5K,
+    /// 256-value super-block `{ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16}`:
+    /// sixteen sub-blocks of 16; value = d·sc·(q − 32), q 6 bits.
+    Q6K,
 }
 
 impl QKind {
@@ -40,7 +52,24 @@ impl QKind {
             QKind::Q4_0 => 18,
             QKind::Q4_1 => 20,
             QKind::Q8_0 => 34,
+            QKind::Q4K => 144,
+            QKind::Q5K => 176,
+            QKind::Q6K => 210,
         }
+    }
+
+    /// Values per block: 32, or a K format's 256-value super-block.
+    pub fn block_values(self) -> usize {
+        if self.is_k() {
+            QK_K
+        } else {
+            BLOCK
+        }
+    }
+
+    /// Whether this is a K format (Q8_K activations, 256-value super-blocks).
+    pub fn is_k(self) -> bool {
+        matches!(self, QKind::Q4K | QKind::Q5K | QKind::Q6K)
     }
 
     pub fn from_ggml(t: candle_core::quantized::GgmlDType) -> Option<Self> {
@@ -49,20 +78,46 @@ impl QKind {
             G::Q4_0 => Some(QKind::Q4_0),
             G::Q4_1 => Some(QKind::Q4_1),
             G::Q8_0 => Some(QKind::Q8_0),
+            G::Q4K => Some(QKind::Q4K),
+            G::Q5K => Some(QKind::Q5K),
+            G::Q6K => Some(QKind::Q6K),
             _ => None,
         }
     }
 }
 
-/// Activations quantized per 32-value block: `x ≈ d·q`, `s = d·Σq`. Buffers are kept, so a
-/// caller that quantizes every step into the same `QActs` allocates nothing after the first.
+/// How activations are quantized for a weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActFormat {
+    /// Per 32 values: `x ≈ d·q`, `s = d·Σq` (the 32-value formats).
+    #[default]
+    Q8,
+    /// Per 256 values: `x ≈ d·q` and the integer sum of each 16 (GGML's Q8_K; the K formats).
+    Q8K,
+}
+
+impl QKind {
+    /// The activation quantization this format's kernels take.
+    pub fn act_format(self) -> ActFormat {
+        if self.is_k() {
+            ActFormat::Q8K
+        } else {
+            ActFormat::Q8
+        }
+    }
+}
+
+/// Activations quantized per block (see [`ActFormat`]). Buffers are kept, so a caller that
+/// quantizes every step into the same `QActs` allocates nothing after the first.
 #[derive(Default)]
 pub struct QActs {
+    format: ActFormat,
     cols: usize,
     rows: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    bsums: Vec<i16>,
 }
 
 /// Rows at or above which quantizing is split over threads.
@@ -75,12 +130,26 @@ impl QActs {
         a
     }
 
+    /// Quantizes `x (rows, cols)` for weights of `kind` into this buffer.
+    pub fn quantize_for(&mut self, kind: QKind, x: &[f32], rows: usize, cols: usize) {
+        match kind.act_format() {
+            ActFormat::Q8 => self.quantize_into(x, rows, cols),
+            ActFormat::Q8K => self.quantize_q8k_into(x, rows, cols),
+        }
+    }
+
+    /// The activation format this buffer holds now.
+    pub fn format(&self) -> ActFormat {
+        self.format
+    }
+
     /// Quantizes `x (rows, cols)` into this buffer (rounding ties to even, as the scalar
     /// reference and `cvtps2dq` do: the SIMD and scalar paths give identical bytes).
     pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize) {
         assert_eq!(x.len(), rows * cols);
         assert_eq!(cols % BLOCK, 0);
         let nb = rows * cols / BLOCK;
+        self.format = ActFormat::Q8;
         self.rows = rows;
         self.cols = cols;
         self.qs.resize(rows * cols, 0);
@@ -108,16 +177,65 @@ impl QActs {
         }
     }
 
+    /// [`Self::quantize_into`] for the K formats: Q8_K blocks of 256 (`cols` a multiple).
+    pub fn quantize_q8k_into(&mut self, x: &[f32], rows: usize, cols: usize) {
+        assert_eq!(x.len(), rows * cols);
+        assert_eq!(cols % QK_K, 0);
+        let nb = rows * cols / QK_K;
+        self.format = ActFormat::Q8K;
+        self.rows = rows;
+        self.cols = cols;
+        self.qs.resize(rows * cols, 0);
+        self.d.resize(nb, 0.0);
+        self.s.clear();
+        self.bsums.resize(nb * 16, 0);
+        let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16]| {
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu_features::avx2() {
+                // Safety: the CPU has AVX2 (and FMA, F16C).
+                unsafe { x86::avx2::quantize_q8k(x, qs, d, bs) };
+                return;
+            }
+            quantize_q8k_scalar(x, qs, d, bs);
+        };
+        if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
+            let nbr = cols / QK_K;
+            let per = rows.div_ceil(rayon::current_num_threads());
+            x.par_chunks(per * cols)
+                .zip(self.qs.par_chunks_mut(per * cols))
+                .zip(self.d.par_chunks_mut(per * nbr))
+                .zip(self.bsums.par_chunks_mut(per * nbr * 16))
+                .for_each(|(((x, qs), d), bs)| quantize_rows(x, qs, d, bs));
+        } else {
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.bsums);
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
 
     fn row(&self, i: usize) -> ActRow<'_> {
-        let nb = self.cols / BLOCK;
-        ActRow {
-            qs: &self.qs[i * self.cols..(i + 1) * self.cols],
-            d: &self.d[i * nb..(i + 1) * nb],
-            s: &self.s[i * nb..(i + 1) * nb],
+        let qs = &self.qs[i * self.cols..(i + 1) * self.cols];
+        match self.format {
+            ActFormat::Q8 => {
+                let nb = self.cols / BLOCK;
+                ActRow {
+                    qs,
+                    d: &self.d[i * nb..(i + 1) * nb],
+                    s: &self.s[i * nb..(i + 1) * nb],
+                    bsums: &[],
+                }
+            }
+            ActFormat::Q8K => {
+                let nb = self.cols / QK_K;
+                ActRow {
+                    qs,
+                    d: &self.d[i * nb..(i + 1) * nb],
+                    s: &[],
+                    bsums: &self.bsums[i * nb * 16..(i + 1) * nb * 16],
+                }
+            }
         }
     }
 }
@@ -125,8 +243,12 @@ impl QActs {
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub(crate) qs: &'a [i8],
+    /// Q8: one scale per 32 values; Q8K: per 256.
     pub(crate) d: &'a [f32],
+    /// Q8 only: `d·Σq` per 32 values.
     pub(crate) s: &'a [f32],
+    /// Q8K only: `Σq` per 16 values.
+    pub(crate) bsums: &'a [i16],
 }
 
 /// Whether [`matmul`] runs a SIMD kernel on this CPU.
@@ -171,14 +293,23 @@ const PARALLEL_MIN_BLOCKS: usize = 8192;
 
 /// `out (m, w.rows) = x (m, w.cols) · Wᵀ`.
 pub fn matmul(w: &QWeight, x: &[f32], m: usize, out: &mut [f32]) {
-    let acts = QActs::quantize(x, m, w.cols);
-    matmul_with(w, &acts, out, kernel(), pair_kernel())
+    let mut acts = QActs::default();
+    acts.quantize_for(w.kind, x, m, w.cols);
+    matmul_quantized(w, &acts, out)
 }
 
 /// `out (acts.rows(), w.rows) = acts · Wᵀ` for activations already quantized (one
 /// quantization can feed several weights; the buffers can be reused across calls).
 pub fn matmul_quantized(w: &QWeight, acts: &QActs, out: &mut [f32]) {
     assert_eq!(acts.cols, w.cols, "activation width vs weight columns");
+    assert_eq!(
+        acts.format,
+        w.kind.act_format(),
+        "activations quantized for another format"
+    );
+    if w.kind.is_k() {
+        return kgemm::matmul_k(w, acts, out);
+    }
     matmul_with(w, acts, out, kernel(), pair_kernel())
 }
 

@@ -56,7 +56,125 @@ pub(crate) fn dot_rows_scalar(kind: QKind, wrow: &[u8], acts: &[ActRow], out: &m
                         .sum();
                     f16_at(blk, 0) * a.d[b] * isum as f32
                 }
+                _ => unreachable!("K formats: dot_rows_k_scalar"),
             };
+        }
+        *o = sum;
+    }
+}
+
+/// Values per K-quant super-block (GGML's `QK_K`), also the Q8_K activation block.
+pub(crate) const QK_K: usize = 256;
+
+/// Activations for the K formats (GGML's Q8_K idea): per 256 values one scale `d` (`x ≈ d·q`,
+/// rounding ties to even) and the integer sum of each 16 values (`bsums`), which carries the
+/// weights' per-sub-block offsets (Q4_K/Q5_K mins, Q6_K's −32) without touching the values.
+pub(crate) fn quantize_q8k_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+    for (b, (xb, qb)) in x
+        .chunks_exact(QK_K)
+        .zip(qs.chunks_exact_mut(QK_K))
+        .enumerate()
+    {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let db = amax / 127.0;
+        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+        d[b] = db;
+        for (j, sixteen) in qb.chunks_exact(16).enumerate() {
+            bsums[b * 16 + j] = sixteen.iter().map(|&q| q as i16).sum();
+        }
+    }
+}
+
+/// Sub-block `j` (0..8) scale and min of a Q4_K/Q5_K super-block's 12 packed 6-bit bytes
+/// (GGML's `get_scale_min_k4`).
+pub(crate) fn k4_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (scales[j] & 63, scales[j + 4] & 63)
+    } else {
+        (
+            (scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4),
+            (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q6_K's value `l + 32k` (0..128) of one 128-value half, from its `ql` (64 bytes) and `qh`
+/// (32 bytes): 0..63, the stored value is this minus 32.
+pub(crate) fn q6k_value(ql: &[u8], qh: &[u8], k: usize, l: usize) -> i32 {
+    let low = match k {
+        0 => ql[l] & 0xF,
+        1 => ql[l + 32] & 0xF,
+        2 => ql[l] >> 4,
+        _ => ql[l + 32] >> 4,
+    };
+    (low | (((qh[l] >> (2 * k)) & 3) << 4)) as i32
+}
+
+/// Reference dot products of one K-quant weight row (GGUF's super-blocks) with Q8_K rows,
+/// straight from the format's definition: no offsets folded into `bsums`.
+pub(crate) fn dot_rows_k_scalar(kind: QKind, wrow: &[u8], acts: &[ActRow], out: &mut [f32]) {
+    let bb = kind.block_bytes();
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        let mut sum = 0f32;
+        for (b, blk) in wrow.chunks_exact(bb).enumerate() {
+            let aq = &a.qs[b * QK_K..(b + 1) * QK_K];
+            let value_sum = |from: usize, q: &dyn Fn(usize) -> i32| -> i32 {
+                (0..32).map(|l| q(l) * aq[from + l] as i32).sum()
+            };
+            let act_sum =
+                |from: usize| -> i32 { aq[from..from + 32].iter().map(|&v| v as i32).sum() };
+            sum += a.d[b]
+                * match kind {
+                    QKind::Q4K | QKind::Q5K => {
+                        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                        let scales = &blk[4..16];
+                        let (qh, qs) = if kind == QKind::Q5K {
+                            (&blk[16..48], &blk[48..176])
+                        } else {
+                            (&[][..], &blk[16..144])
+                        };
+                        let (mut isum, mut msum) = (0i32, 0i32);
+                        for j in 0..8 {
+                            let (sc, m) = k4_scale_min(scales, j);
+                            let (c, high) = (j / 2, j % 2 == 1);
+                            let q = |l: usize| {
+                                let byte = qs[32 * c + l];
+                                let nib = if high { byte >> 4 } else { byte & 0xF } as i32;
+                                let top = if qh.is_empty() { 0 } else { (qh[l] >> j) & 1 };
+                                nib | (top as i32) << 4
+                            };
+                            isum += sc as i32 * value_sum(32 * j, &q);
+                            msum += m as i32 * act_sum(32 * j);
+                        }
+                        d * isum as f32 - dmin * msum as f32
+                    }
+                    QKind::Q6K => {
+                        let d = f16_at(blk, 208);
+                        let mut isum = 0i32;
+                        for n in 0..2 {
+                            let (ql, qh) =
+                                (&blk[64 * n..64 * n + 64], &blk[128 + 32 * n..160 + 32 * n]);
+                            for k in 0..4 {
+                                for h in 0..2 {
+                                    let sc = blk[192 + 8 * n + 2 * k + h] as i8 as i32;
+                                    let from = 128 * n + 32 * k + 16 * h;
+                                    let part: i32 = (0..16)
+                                        .map(|l| {
+                                            (q6k_value(ql, qh, k, 16 * h + l) - 32)
+                                                * aq[from + l] as i32
+                                        })
+                                        .sum();
+                                    isum += sc * part;
+                                }
+                            }
+                        }
+                        d * isum as f32
+                    }
+                    _ => unreachable!("not a K format: {kind:?}"),
+                };
         }
         *o = sum;
     }

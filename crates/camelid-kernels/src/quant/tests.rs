@@ -174,3 +174,220 @@ fn concatenated_rows_give_the_stacked_outputs() {
         );
     }
 }
+
+// ---- The K formats (Q4_K, Q5_K, Q6_K) × Q8_K activations. ----
+
+const K_TYPES: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+
+/// `w` laid out for `flavour`: row-major for the scalar reference, else interleaved by its group.
+fn laid_out(
+    kind: QKind,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+    flavour: kgemm::Flavour,
+) -> QWeight {
+    let w = QWeight::new_rows(kind, rows, cols, data).unwrap();
+    match flavour.group() {
+        0 => w,
+        g => w.interleaved_by(g),
+    }
+}
+
+fn q8k(x: &[f32], m: usize, k: usize) -> QActs {
+    let mut a = QActs::default();
+    a.quantize_q8k_into(x, m, k);
+    a
+}
+
+#[test]
+fn k_formats_match_the_dequantized_matmul_in_every_flavour() {
+    // n = 16: whole groups; 72: a padded last group of 16 (whole groups of 8); 37: a padded
+    // last group in both; m = 1 (decode), 7 and 9 (passes of 4 or 8 and their remainders).
+    for t in K_TYPES {
+        for (m, n) in [(1, 16), (7, 72), (9, 37), (1, 37)] {
+            let k = 512;
+            let (data, deq) = weight_rows(t, n, k);
+            let x = random(m * k, 3);
+            let want = dense(&x, &deq, m, n, k);
+            let acts = q8k(&x, m, k);
+            for flavour in kgemm::Flavour::available() {
+                let w = laid_out(QKind::from_ggml(t).unwrap(), n, k, data.clone(), flavour);
+                let mut out = vec![f32::NAN; m * n];
+                kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
+                // The only extra error is the activations' 8-bit quantization: per 256
+                // values, at most 1/254 of the largest (~0.4 %).
+                let err = max_rel(&out, &want);
+                assert!(
+                    err < 1e-2,
+                    "{t:?} {flavour:?} m={m} n={n}: max relative error {err}"
+                );
+            }
+        }
+    }
+}
+
+/// GGUF bytes and candle's dequantization of random weights in format `t`.
+fn weight_rows(t: GgmlDType, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
+    let dev = Device::Cpu;
+    let w = Tensor::from_vec(random(rows * cols, 7), (rows, cols), &dev).unwrap();
+    let q = QTensor::quantize(&w, t).unwrap();
+    let deq = q
+        .dequantize(&dev)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (q.data().unwrap().into_owned(), deq)
+}
+
+/// Every SIMD flavour against the scalar reference on the same Q8_K activations: random
+/// GGUF weights, and weights at the formats' extremes (all nibbles and high bits set, the
+/// largest scales, ±127 activations) where an i16 sum would overflow if it ran too long.
+#[test]
+fn k_kernels_agree_with_the_scalar_reference() {
+    let flavours = kgemm::Flavour::available();
+    if flavours.len() == 1 {
+        eprintln!("no SIMD K kernel on this CPU; nothing to compare");
+        return;
+    }
+    for t in K_TYPES {
+        let kind = QKind::from_ggml(t).unwrap();
+        // Every pass width (1–9 rows), several row tiles and the parallel path (133 rows),
+        // whole and padded groups.
+        let shapes = (1..=9)
+            .map(|m| (m, 48))
+            .chain([(133, 96), (133, 40), (1, 1037)]);
+        for (m, n) in shapes {
+            let k = 768;
+            for extreme in [false, true] {
+                let data = if extreme {
+                    extreme_k_rows(kind, n, k)
+                } else {
+                    rows_of(t, n, k)
+                };
+                let x: Vec<f32> = if extreme {
+                    (0..m * k)
+                        .map(|i| if (i / 7) % 3 == 0 { -1.0 } else { 1.0 })
+                        .collect()
+                } else {
+                    random(m * k, 11)
+                };
+                let acts = q8k(&x, m, k);
+                let mut want = vec![0f32; m * n];
+                let reference = laid_out(kind, n, k, data.clone(), kgemm::Flavour::Scalar);
+                kgemm::matmul_k_with(&reference, &acts, &mut want, kgemm::Flavour::Scalar);
+                for &flavour in &flavours[1..] {
+                    let w = laid_out(kind, n, k, data.clone(), flavour);
+                    let mut got = vec![f32::NAN; m * n];
+                    kgemm::matmul_k_with(&w, &acts, &mut got, flavour);
+                    let err = max_rel(&got, &want);
+                    assert!(
+                        err < 1e-5,
+                        "{t:?} {flavour:?} m={m} n={n} extreme={extreme}: SIMD vs scalar {err}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// K-format rows at the extremes: every quant bit set (Q4_K 15, Q5_K 31, Q6_K 63), the
+/// largest scales and mins (Q6_K's alternating 127 / −128), scale `d` small and finite.
+fn extreme_k_rows(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
+    let nsb = rows * cols / QK_K;
+    let d = half::f16::from_f32(1e-4).to_le_bytes();
+    let mut out = Vec::with_capacity(nsb * kind.block_bytes());
+    for b in 0..nsb {
+        let mut blk = vec![0xFFu8; kind.block_bytes()];
+        match kind {
+            QKind::Q4K | QKind::Q5K => {
+                // Scale bytes all 0xFF: every sub-block's scale and min is 63.
+                blk[0..2].copy_from_slice(&d);
+                blk[2..4].copy_from_slice(&d);
+            }
+            QKind::Q6K => {
+                for s in 0..16 {
+                    blk[192 + s] = if (s + b) % 2 == 0 { 127 } else { 0x80 };
+                }
+                blk[208..210].copy_from_slice(&d);
+            }
+            _ => unreachable!(),
+        }
+        out.extend_from_slice(&blk);
+    }
+    out
+}
+
+#[test]
+fn simd_q8k_quantize_gives_the_scalar_bytes() {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_features::avx2() {
+        let mut x: Vec<f32> = random(6 * QK_K, 9).iter().map(|v| v * 3.0).collect();
+        x[QK_K..2 * QK_K].fill(0.0); // a zero block: scale 0
+                                     // A block of exact ties (scale 1): rounding must go to even in both paths.
+        for (i, v) in x[2 * QK_K..3 * QK_K].iter_mut().enumerate() {
+            *v = (i % 64) as f32 - 31.5;
+        }
+        x[2 * QK_K] = -127.0;
+        let nb = x.len() / QK_K;
+        let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
+        let (mut q2, mut d2, mut s2) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
+        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1);
+        // Safety: AVX2 is available.
+        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2) };
+        assert_eq!(q1, q2);
+        assert_eq!(d1, d2);
+        assert_eq!(s1, s2);
+        assert_eq!(&q1[2 * QK_K + 1..2 * QK_K + 5], &[-30, -30, -28, -28]);
+    }
+}
+
+#[test]
+fn q8k_activations_hold_block_sums() {
+    let (m, k) = (3, 512);
+    let x = random(m * k, 4);
+    let a = q8k(&x, m, k);
+    for i in 0..m {
+        let r = a.row(i);
+        for (j, s) in r.bsums.iter().enumerate() {
+            let want: i32 = r.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+            assert_eq!(*s as i32, want);
+        }
+        for (b, xb) in x[i * k..(i + 1) * k].chunks(QK_K).enumerate() {
+            for (v, q) in xb.iter().zip(&r.qs[b * QK_K..]) {
+                assert!((v - r.d[b] * *q as f32).abs() <= r.d[b] * 0.5 + 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn k_weights_use_the_k_kernels_and_fuse_when_unpadded() {
+    let t = GgmlDType::Q4K;
+    let (a, _) = weight(t, 32, 256);
+    let (b, _) = weight(t, 48, 256);
+    assert_eq!(
+        matches!(a.layout, Layout::Interleaved { .. }),
+        simd_available(),
+        "K weights are interleaved wherever SIMD runs"
+    );
+    let ab = QWeight::concat_rows(&[&a, &b]).unwrap();
+    let x = random(5 * 256, 5);
+    let (mut ya, mut yb, mut yab) = (vec![0f32; 5 * 32], vec![0f32; 5 * 48], vec![0f32; 5 * 80]);
+    matmul(&a, &x, 5, &mut ya);
+    matmul(&b, &x, 5, &mut yb);
+    matmul(&ab, &x, 5, &mut yab);
+    for i in 0..5 {
+        assert_eq!(&yab[i * 80..i * 80 + 32], &ya[i * 32..(i + 1) * 32]);
+        assert_eq!(&yab[i * 80 + 32..(i + 1) * 80], &yb[i * 48..(i + 1) * 48]);
+    }
+    if simd_available() {
+        let (odd, _) = weight(t, 36, 256);
+        assert!(
+            QWeight::concat_rows(&[&odd, &a]).is_none(),
+            "a padded group cannot stack"
+        );
+    }
+}

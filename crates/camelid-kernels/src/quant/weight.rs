@@ -1,6 +1,7 @@
 //! A quantized weight matrix: GGUF's row-major blocks, or repacked into interleaved groups of
 //! rows for the SIMD kernels (GGML's "repack").
 
+use super::krepack;
 use super::reference::f16_at;
 use super::{simd_available, QKind, BLOCK};
 use half::f16;
@@ -28,6 +29,8 @@ pub struct QWeight {
 ///   high nibbles: values `16+4g..16+4g+4`) — 20G bytes, as many as G GGUF blocks;
 /// - Q8_0: `d[G]` f16, then 8 × 4G bytes: row `r`'s values `4g..4g+4` at `4r` of vector `g`
 ///   — 34G bytes.
+/// - The K formats: per 256-value super-block, see [`krepack`]; their last group may be
+///   padded with zero rows.
 #[derive(Debug, Clone)]
 pub(super) enum Layout {
     Rows(Vec<u8>),
@@ -40,6 +43,7 @@ impl QKind {
         match self {
             QKind::Q4_0 | QKind::Q4_1 => 20 * g,
             QKind::Q8_0 => 34 * g,
+            _ => unreachable!("K formats go by super-block: krepack"),
         }
     }
 }
@@ -63,8 +67,8 @@ impl QWeight {
 
     /// Weights kept in GGUF's row-major layout (the scalar reference reads this one).
     pub fn new_rows(kind: QKind, rows: usize, cols: usize, data: Vec<u8>) -> Option<Self> {
-        let ok =
-            cols.is_multiple_of(BLOCK) && data.len() == rows * (cols / BLOCK) * kind.block_bytes();
+        let bv = kind.block_values();
+        let ok = cols.is_multiple_of(bv) && data.len() == rows * (cols / bv) * kind.block_bytes();
         ok.then_some(Self {
             kind,
             rows,
@@ -75,10 +79,10 @@ impl QWeight {
 
     /// The same matrix interleaved by groups of [`group_rows`] (or of 8, if that does not
     /// divide `rows`), when `rows` is a multiple of eight (and, for Q4_0, every `−8d` fits an
-    /// f16); otherwise unchanged.
+    /// f16); otherwise unchanged. K formats are always interleaved (a padded last group).
     fn interleaved(self) -> Self {
         let mut g = group_rows();
-        if !self.rows.is_multiple_of(g) {
+        if !self.rows.is_multiple_of(g) && !self.kind.is_k() {
             g = 8;
         }
         self.interleaved_by(g)
@@ -88,6 +92,13 @@ impl QWeight {
         let Layout::Rows(data) = &self.layout else {
             return self;
         };
+        if self.kind.is_k() {
+            let data = krepack::repack(self.kind, self.rows, self.cols, data, group);
+            return Self {
+                layout: Layout::Interleaved { group, data },
+                ..self
+            };
+        }
         if !self.rows.is_multiple_of(group) {
             return self;
         }
@@ -116,6 +127,7 @@ impl QWeight {
                             &src[2..18]
                         }
                         QKind::Q8_0 => &src[2..34],
+                        _ => unreachable!("K formats are repacked by krepack"),
                     };
                     for (g, four) in qs.chunks_exact(4).enumerate() {
                         let at = qs_at + 4 * group * g + 4 * r;
@@ -131,7 +143,7 @@ impl QWeight {
     }
 
     fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.kind.block_bytes()
+        self.cols / self.kind.block_values() * self.kind.block_bytes()
     }
 
     /// Row `r` in GGUF's layout (row-major matrices only).
@@ -152,7 +164,8 @@ impl QWeight {
     /// Stacks weights with the same format, width and layout (fused QKV, gate+up): one
     /// matmul, one activation quantization, instead of several. Both layouts stack by plain
     /// concatenation (interleaved groups never straddle two parts). `None` when formats or
-    /// layouts differ (the caller then keeps separate matmuls).
+    /// layouts differ, or a K part's last group is padded (the caller then keeps separate
+    /// matmuls).
     pub fn concat_rows(parts: &[&QWeight]) -> Option<QWeight> {
         let first = parts.first()?;
         let same_layout = |p: &&QWeight| match (&p.layout, &first.layout) {
@@ -160,9 +173,13 @@ impl QWeight {
             (Layout::Interleaved { group: a, .. }, Layout::Interleaved { group: b, .. }) => a == b,
             _ => false,
         };
+        let padded = |p: &&QWeight| match p.layout {
+            Layout::Interleaved { group, .. } => !p.rows.is_multiple_of(group),
+            Layout::Rows(_) => false,
+        };
         if parts
             .iter()
-            .any(|p| p.kind != first.kind || p.cols != first.cols || !same_layout(p))
+            .any(|p| p.kind != first.kind || p.cols != first.cols || !same_layout(p) || padded(p))
         {
             return None;
         }

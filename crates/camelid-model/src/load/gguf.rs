@@ -17,7 +17,8 @@ pub struct GgufFile {
     pub content: Content,
     reader: BufReader<File>,
     device: Device,
-    /// Q4_0/Q4_1/Q8_0 matmuls on the CPU through [`camelid_kernels::quant`] (default) or candle.
+    /// Q4_0/Q4_1/Q8_0 and Q4_K/Q5_K/Q6_K matmuls on the CPU through
+    /// [`camelid_kernels::quant`] (default) or candle.
     pub own_kernels: bool,
 }
 

@@ -79,6 +79,18 @@ impl Llama {
         &self.device
     }
 
+    /// How many of the model's matmuls (fused projections count once) run on camelid's own
+    /// quantized kernels, and how many there are: which kernels a file's formats got.
+    pub fn own_kernel_matmuls(&self) -> (usize, usize) {
+        let mut all: Vec<&Linear> = vec![&self.lm_head];
+        for l in &self.layers {
+            all.extend(l.qkv.linears());
+            all.extend([&l.o, &l.down]);
+            all.extend(l.gate_up.linears());
+        }
+        (all.iter().filter(|l| l.own_kernel()).count(), all.len())
+    }
+
     /// The norm weights as host f32 slices (copied from the tensors once).
     pub(crate) fn host_norms(&self) -> Result<&HostNorms> {
         if let Some(n) = self.host_norms.get() {

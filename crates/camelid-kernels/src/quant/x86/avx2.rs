@@ -1,7 +1,7 @@
 //! The 8-row kernels and the row-major (odd-shape) kernels with AVX2, FMA and F16C.
 
 use super::prefetch_ahead;
-use crate::quant::{ActRow, QKind, BLOCK};
+use crate::quant::{ActRow, QKind, BLOCK, QK_K};
 use std::arch::x86_64::*;
 
 /// [`crate::quant::reference::quantize_blocks_scalar`] with AVX2: the same bytes and scales (the maximum and
@@ -44,6 +44,54 @@ pub unsafe fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
         _mm256_storeu_si256(qs.as_mut_ptr().add(b * BLOCK) as *mut __m256i, bytes);
         *d.get_unchecked_mut(b) = db;
         *s.get_unchecked_mut(b) = db * _mm_cvtsi128_si32(s1) as f32;
+    }
+}
+
+/// [`crate::quant::reference::quantize_q8k_scalar`] with AVX2: the same bytes, scales and
+/// sums (as for [`quantize_blocks`]: an exact maximum, the same scalar scale expression,
+/// `cvtps2dq` rounding ties to even, exact integer sums).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+    assert!(qs.len() >= x.len() && d.len() * QK_K >= x.len() && bsums.len() * 16 >= x.len());
+    let sign = _mm256_set1_ps(-0.0);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (b, xb) in x.chunks_exact(QK_K).enumerate() {
+        let p = xb.as_ptr();
+        let mut m = _mm256_setzero_ps();
+        for i in 0..QK_K / 8 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let db = amax / 127.0;
+        let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
+        for c in 0..QK_K / 32 {
+            // Not `array::from_fn`: it is not inlined into a `target_feature` function.
+            let at = |j: usize| _mm256_loadu_ps(p.add(32 * c + 8 * j));
+            let q = [
+                _mm256_cvtps_epi32(_mm256_mul_ps(at(0), id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(at(1), id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(at(2), id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(at(3), id)),
+            ];
+            // Sums of values 0..16 and 16..32 of this 32: lanes of q[0]+q[1], q[2]+q[3].
+            for (h, (a, b2)) in [(q[0], q[1]), (q[2], q[3])].into_iter().enumerate() {
+                let s8 = _mm256_add_epi32(a, b2);
+                let s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+                let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+                let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01));
+                *bsums.get_unchecked_mut(b * 16 + 2 * c + h) = _mm_cvtsi128_si32(s1) as i16;
+            }
+            let w01 = _mm256_packs_epi32(q[0], q[1]);
+            let w23 = _mm256_packs_epi32(q[2], q[3]);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+            _mm256_storeu_si256(
+                qs.as_mut_ptr().add(b * QK_K + 32 * c) as *mut __m256i,
+                bytes,
+            );
+        }
+        *d.get_unchecked_mut(b) = db;
     }
 }
 
@@ -90,6 +138,7 @@ unsafe fn dot_pair_avx2(kind: QKind, w: [*const u8; 2], nb: usize, a: &ActRow) -
                 }
                 QKind::Q4_1 => _mm256_maddubs_epi16(nibbles(blk.add(4)), av),
                 QKind::Q4_0 => _mm256_maddubs_epi16(nibbles(blk.add(2)), av),
+                _ => unreachable!("K formats: kgemm"),
             };
             let p = _mm256_madd_epi16(p, ones);
             acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * da), acc[j]);
@@ -97,6 +146,7 @@ unsafe fn dot_pair_avx2(kind: QKind, w: [*const u8; 2], nb: usize, a: &ActRow) -
                 QKind::Q4_1 => mw * sa,
                 QKind::Q4_0 => -8.0 * dw * sa,
                 QKind::Q8_0 => 0.0,
+                _ => unreachable!("K formats: kgemm"),
             };
         }
     }
@@ -259,6 +309,7 @@ unsafe fn dot_n<const R: usize>(
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i]);
                 }
             }
+            _ => unreachable!("K formats: kgemm"),
         }
     }
     for i in 0..R {

@@ -2,6 +2,8 @@
 
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod k256;
+pub(crate) mod k512;
 
 /// How far ahead of the block being multiplied the interleaved kernels prefetch weights.
 /// The hardware prefetcher alone left the kernels waiting on memory: with a software

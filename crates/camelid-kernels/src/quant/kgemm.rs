@@ -1,0 +1,205 @@
+//! `y = x · Wᵀ` for the K formats (Q4_K, Q5_K, Q6_K) × Q8_K activations: row-group tiling
+//! over rayon (as for the 32-value formats) and the kernel flavour, chosen by the weight's
+//! group size and the CPU: AVX2 or AVX-512, each with or without VNNI's `vpdpbusd`.
+
+use super::reference::dot_rows_k_scalar;
+use super::weight::Layout;
+use super::{
+    krepack, rows_per_pass, run_split, ActFormat, ActRow, QActs, QKind, QWeight, BLOCK, QK_K,
+    ROW_TILE,
+};
+use crate::OutPtr;
+
+/// Which kernels run a K-format matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavour {
+    /// The scalar reference, on row-major weights.
+    Scalar,
+    /// 8-row groups, `maddubs` (i16 sums).
+    Avx2,
+    /// 8-row groups, AVX-VNNI `vpdpbusd` (i32 sums).
+    AvxVnni,
+    /// 16-row groups, `maddubs`.
+    Avx512,
+    /// 16-row groups, AVX-512 VNNI `vpdpbusd`.
+    Avx512Vnni,
+}
+
+impl Flavour {
+    /// The rows per group this flavour's kernels take (0: row-major).
+    pub(crate) fn group(self) -> usize {
+        match self {
+            Flavour::Scalar => 0,
+            Flavour::Avx2 | Flavour::AvxVnni => 8,
+            Flavour::Avx512 | Flavour::Avx512Vnni => 16,
+        }
+    }
+
+    /// The flavours this CPU can run (the scalar one always).
+    pub(crate) fn available() -> Vec<Flavour> {
+        #[allow(unused_mut)]
+        let mut v = vec![Flavour::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::cpu_features as f;
+            let runs = [
+                (Flavour::Avx2, f::avx2()),
+                (Flavour::AvxVnni, f::avx_vnni()),
+                (Flavour::Avx512, f::avx512()),
+                (Flavour::Avx512Vnni, f::avx512_vnni()),
+            ];
+            v.extend(runs.iter().filter(|(_, ok)| *ok).map(|(fl, _)| *fl));
+        }
+        v
+    }
+
+    /// The fastest flavour this CPU has for a matrix laid out as `w`.
+    fn best_for(w: &QWeight) -> Flavour {
+        let group = match w.layout {
+            Layout::Rows(_) => 0,
+            Layout::Interleaved { group, .. } => group,
+        };
+        Flavour::available()
+            .into_iter()
+            .rev()
+            .find(|f| f.group() == group)
+            .expect("an interleaved K matrix only where its kernels run")
+    }
+}
+
+/// `out (acts.rows(), w.rows) = acts · Wᵀ` with the best kernels for `w`'s layout.
+pub(super) fn matmul_k(w: &QWeight, acts: &QActs, out: &mut [f32]) {
+    matmul_k_with(w, acts, out, Flavour::best_for(w))
+}
+
+pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour: Flavour) {
+    let (n, m) = (w.rows, acts.rows());
+    assert_eq!(
+        acts.format(),
+        ActFormat::Q8K,
+        "K weights take Q8_K activations"
+    );
+    assert_eq!(out.len(), m * n);
+    let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
+    let ptr = OutPtr(out.as_mut_ptr());
+    let nsb = w.cols / QK_K;
+    let blocks = m * n * (w.cols / BLOCK);
+    match &w.layout {
+        Layout::Rows(_) => {
+            assert_eq!(flavour, Flavour::Scalar, "row-major K weights: scalar only");
+            let work = |r0: usize, r1: usize| {
+                for r in r0..r1 {
+                    for (i, a) in rows.iter().enumerate() {
+                        let mut v = [0f32];
+                        dot_rows_k_scalar(w.kind, w.row(r), std::slice::from_ref(a), &mut v);
+                        // Safety: i < m, r < n, and each task owns columns r0..r1.
+                        unsafe { *ptr.at(i * n + r) = v[0] };
+                    }
+                }
+            };
+            run_split(n, blocks, work);
+        }
+        Layout::Interleaved { group, data } => {
+            let g = *group;
+            assert_eq!(flavour.group(), g, "{flavour:?} kernels on groups of {g}");
+            let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, g);
+            let pass = rows_per_pass(g);
+            let work = |g0: usize, g1: usize| {
+                // The padded last group's outputs, of which the real rows are copied out.
+                let mut tail = [0f32; 8 * 16];
+                for (t, tile_rows) in rows.chunks(ROW_TILE).enumerate() {
+                    for gi in g0..g1 {
+                        let wg = &data[gi * group_bytes..(gi + 1) * group_bytes];
+                        let real = g.min(n - gi * g);
+                        for (q, few) in tile_rows.chunks(pass).enumerate() {
+                            let i0 = t * ROW_TILE + q * pass;
+                            // Safety: `wg` is one whole group of `nsb` super-blocks, the
+                            // activation rows are `nsb · 256` wide, `flavour` runs on this CPU
+                            // (`available`), and the writes stay in rows i0.. < m and in
+                            // columns of group gi (owned by this task) or in `tail`.
+                            unsafe {
+                                if real == g {
+                                    let out = ptr.at(i0 * n + gi * g);
+                                    gemm_group(flavour, w.kind, wg, nsb, few, out, n);
+                                } else {
+                                    gemm_group(flavour, w.kind, wg, nsb, few, tail.as_mut_ptr(), g);
+                                    for (i, row) in tail.chunks(g).take(few.len()).enumerate() {
+                                        let out = ptr.at((i0 + i) * n + gi * g);
+                                        std::ptr::copy_nonoverlapping(row.as_ptr(), out, real);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            run_split(n.div_ceil(g), blocks, work);
+        }
+    }
+}
+
+/// One interleaved group times up to [`rows_per_pass`] activation rows: `out[i · ld + 0..g]`.
+///
+/// # Safety
+/// See the call in [`matmul_k_with`].
+unsafe fn gemm_group(
+    flavour: Flavour,
+    kind: QKind,
+    wg: &[u8],
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    debug_assert!(acts
+        .iter()
+        .all(|a| a.qs.len() >= nsb * QK_K && a.d.len() >= nsb && a.bsums.len() >= nsb * 16));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::x86::{k256, k512};
+        let w = wg.as_ptr();
+        macro_rules! by_rows {
+            ($m:ident::$f:ident; $($r:literal)*) => {
+                match acts.len() {
+                    $($r => $m::$f::<$r>(w, nsb, acts, out, ld),)*
+                    r => unreachable!("{r} activation rows in one pass"),
+                }
+            };
+        }
+        // The 16-row Q6_K kernels take 4 rows at a time (four sums per row in registers).
+        macro_rules! by_fours {
+            ($m:ident::$f:ident) => {
+                for (c, four) in acts.chunks(4).enumerate() {
+                    let out = out.add(4 * c * ld);
+                    match four.len() {
+                        4 => $m::$f::<4>(w, nsb, four, out, ld),
+                        3 => $m::$f::<3>(w, nsb, four, out, ld),
+                        2 => $m::$f::<2>(w, nsb, four, out, ld),
+                        _ => $m::$f::<1>(w, nsb, four, out, ld),
+                    }
+                }
+            };
+        }
+        match (flavour, kind) {
+            (Flavour::Avx512Vnni, QKind::Q4K) => {
+                by_rows!(k512::gemm_q4_k_16x8_q8k_vnni; 1 2 3 4 5 6 7 8)
+            }
+            (Flavour::Avx512Vnni, QKind::Q5K) => {
+                by_rows!(k512::gemm_q5_k_16x8_q8k_vnni; 1 2 3 4 5 6 7 8)
+            }
+            (Flavour::Avx512Vnni, QKind::Q6K) => by_fours!(k512::gemm_q6_k_16x4_q8k_vnni),
+            (Flavour::Avx512, QKind::Q4K) => by_rows!(k512::gemm_q4_k_16x8_q8k; 1 2 3 4 5 6 7 8),
+            (Flavour::Avx512, QKind::Q5K) => by_rows!(k512::gemm_q5_k_16x8_q8k; 1 2 3 4 5 6 7 8),
+            (Flavour::Avx512, QKind::Q6K) => by_fours!(k512::gemm_q6_k_16x4_q8k),
+            (Flavour::AvxVnni, QKind::Q4K) => by_rows!(k256::gemm_q4_k_8x4_q8k_vnni; 1 2 3 4),
+            (Flavour::AvxVnni, QKind::Q5K) => by_rows!(k256::gemm_q5_k_8x4_q8k_vnni; 1 2 3 4),
+            (Flavour::AvxVnni, QKind::Q6K) => by_rows!(k256::gemm_q6_k_8x4_q8k_vnni; 1 2 3 4),
+            (Flavour::Avx2, QKind::Q4K) => by_rows!(k256::gemm_q4_k_8x4_q8k; 1 2 3 4),
+            (Flavour::Avx2, QKind::Q5K) => by_rows!(k256::gemm_q5_k_8x4_q8k; 1 2 3 4),
+            (Flavour::Avx2, QKind::Q6K) => by_rows!(k256::gemm_q6_k_8x4_q8k; 1 2 3 4),
+            _ => unreachable!("{flavour:?} kernels for {kind:?}"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("matrices are interleaved only where the x86 kernels run")
+}

@@ -1,0 +1,295 @@
+//! The K formats' 8-row kernels (AVX2), with `vpdpbusd` where AVX-VNNI is present.
+//! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..8]` for activation
+//! row `i` (at most 4 rows: with their sums and accumulators, 12 of the 16 registers).
+
+use super::prefetch_ahead;
+use crate::quant::{ActRow, QK_K};
+use std::arch::x86_64::*;
+
+const G: usize = 8;
+
+/// Four activation bytes at `at`, in every 32-bit lane.
+#[inline(always)]
+unsafe fn bcast4(a: &ActRow, at: usize) -> __m256i {
+    _mm256_set1_epi32((a.qs.as_ptr().add(at) as *const i32).read_unaligned())
+}
+
+/// u8 × i8 products, four per 32-bit lane, added to `acc`: one i32 sum per lane with VNNI,
+/// else two i16 sums per lane (the caller bounds how many it adds up).
+#[inline(always)]
+unsafe fn dot4<const VNNI: bool>(acc: __m256i, q: __m256i, a: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_avx_epi32(acc, q, a)
+    } else {
+        _mm256_add_epi16(acc, _mm256_maddubs_epi16(q, a))
+    }
+}
+
+/// Per-row scales (i32 lanes) in the form [`scaled`] takes: as they are for VNNI, else in
+/// both i16 halves of the lane.
+#[inline(always)]
+unsafe fn prep<const VNNI: bool>(sc: __m256i) -> __m256i {
+    if VNNI {
+        sc
+    } else {
+        _mm256_or_si256(
+            _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
+            _mm256_slli_epi32::<16>(sc),
+        )
+    }
+}
+
+/// A [`dot4`] sum times its row's scale, as i32 lanes.
+#[inline(always)]
+unsafe fn scaled<const VNNI: bool>(t: __m256i, sc: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_mullo_epi32(t, sc)
+    } else {
+        _mm256_madd_epi16(t, sc)
+    }
+}
+
+/// 8 bytes at `p` as i32 lanes, zero- or sign-extended.
+#[inline(always)]
+unsafe fn u8x8(p: *const u8) -> __m256i {
+    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
+}
+#[inline(always)]
+unsafe fn i8x8(p: *const u8) -> __m256i {
+    _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))
+}
+#[inline(always)]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Two i16 values in one i32 (low, high), broadcast.
+#[inline(always)]
+unsafe fn pair(lo: i32, hi: i32) -> __m256i {
+    _mm256_set1_epi32((lo & 0xFFFF) | (hi << 16))
+}
+
+/// Q4_K (`FIFTH = false`) and Q5_K: Σ_j sc_j·Σ q·a per row in i32, then
+/// `d·da·that − dmin·da·Σ_j m_j·Σa_j`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
+    w: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let sb = if FIFTH { 180 * G } else { 148 * G };
+    let qs_at = if FIFTH { 52 * G } else { 20 * G };
+    let mask = _mm256_set1_epi8(0x0F);
+    let sixteen = _mm256_set1_epi8(16);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nsb {
+        let blk = w.add(b * sb);
+        prefetch_ahead(blk, sb);
+        let mut isum = [_mm256_setzero_si256(); R];
+        for j in 0..8 {
+            let c = j / 2;
+            let sc = prep::<VNNI>(u8x8(blk.add(4 * G + G * j)));
+            let bit = _mm256_set1_epi8(1 << j);
+            // Without VNNI, eight maddubs sums per i16: at most 8 · 2 · 31 · 127 = 62 992 for
+            // Q5_K, so Q5_K folds its i16 sums every four vectors (31 496).
+            let fold = if FIFTH && !VNNI { 4 } else { 8 };
+            let mut t = [_mm256_setzero_si256(); R];
+            for g in 0..8 {
+                let p = _mm256_loadu_si256(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
+                let mut q = if j % 2 == 1 {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(p), mask)
+                } else {
+                    _mm256_and_si256(p, mask)
+                };
+                if FIFTH {
+                    let qh = _mm256_loadu_si256(blk.add(20 * G + g * 4 * G) as *const _);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                    q = _mm256_or_si256(q, _mm256_and_si256(set, sixteen));
+                }
+                for i in 0..R {
+                    let a = bcast4(acts.get_unchecked(i), b * QK_K + 32 * j + 4 * g);
+                    t[i] = dot4::<VNNI>(t[i], q, a);
+                }
+                if (g + 1) % fold == 0 {
+                    for i in 0..R {
+                        isum[i] = _mm256_add_epi32(isum[i], scaled::<VNNI>(t[i], sc));
+                        t[i] = _mm256_setzero_si256();
+                    }
+                }
+            }
+        }
+        let d = f16x8(blk);
+        let dmin = f16x8(blk.add(2 * G));
+        // Mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (no array `map`:
+        // it is not inlined into a `target_feature` function).
+        let mut mins = [_mm256_setzero_si256(); 4];
+        for (c, m) in mins.iter_mut().enumerate() {
+            let m0 = u8x8(blk.add(12 * G + G * 2 * c));
+            let m1 = u8x8(blk.add(12 * G + G * (2 * c + 1)));
+            *m = _mm256_or_si256(m0, _mm256_slli_epi32::<16>(m1));
+        }
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let bs = a.bsums.as_ptr().add(b * 16);
+            let mut msum = _mm256_setzero_si256();
+            for (c, m) in mins.iter().enumerate() {
+                let s = |k: usize| *bs.add(2 * k) as i32 + *bs.add(2 * k + 1) as i32;
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*m, pair(s(2 * c), s(2 * c + 1))));
+            }
+            let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(d, da), acc[i]);
+            acc[i] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// Q6_K: Σ_s sc_s·Σ q·a per row in i32 (q = 0..63), less `32·Σ_s sc_s·Σa_s`, times `d·da`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q6_k<const R: usize, const VNNI: bool>(
+    w: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    const SB: usize = 210 * G;
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nsb {
+        let blk = w.add(b * SB);
+        prefetch_ahead(blk, SB);
+        let mut isum = [_mm256_setzero_si256(); R];
+        for n in 0..2 {
+            for k in 0..4 {
+                for h in 0..2 {
+                    let s = 8 * n + 2 * k + h;
+                    let sc = prep::<VNNI>(i8x8(blk.add(2 * G + G * s)));
+                    // Without VNNI, two vectors per i16 sum: at most 4 · 63 · 127 = 32 004.
+                    let fold = if VNNI { 4 } else { 2 };
+                    let mut t = [_mm256_setzero_si256(); R];
+                    for g in 4 * h..4 * h + 4 {
+                        let v = blk.add(18 * G + (8 * n + g) * 12 * G);
+                        let ql = _mm256_loadu_si256(
+                            v.add(if k % 2 == 0 { 0 } else { 4 * G }) as *const _
+                        );
+                        let qh = _mm256_loadu_si256(v.add(8 * G) as *const _);
+                        let q = match k {
+                            0 => _mm256_or_si256(
+                                _mm256_and_si256(ql, m4),
+                                _mm256_slli_epi16::<4>(_mm256_and_si256(
+                                    qh,
+                                    _mm256_set1_epi8(0x03),
+                                )),
+                            ),
+                            1 => _mm256_or_si256(
+                                _mm256_and_si256(ql, m4),
+                                _mm256_slli_epi16::<2>(_mm256_and_si256(
+                                    qh,
+                                    _mm256_set1_epi8(0x0C),
+                                )),
+                            ),
+                            2 => _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4),
+                                _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                            ),
+                            _ => _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4),
+                                _mm256_srli_epi16::<2>(_mm256_and_si256(
+                                    qh,
+                                    _mm256_set1_epi8(0xC0u8 as i8),
+                                )),
+                            ),
+                        };
+                        for i in 0..R {
+                            let at = b * QK_K + 128 * n + 32 * k + 4 * g;
+                            t[i] = dot4::<VNNI>(t[i], q, bcast4(acts.get_unchecked(i), at));
+                        }
+                        if (g + 1) % fold == 0 {
+                            for i in 0..R {
+                                let mut ti = t[i];
+                                if VNNI {
+                                    // The −32 of the whole sub-block, in its i32 sum.
+                                    let bs = *acts.get_unchecked(i).bsums.get_unchecked(b * 16 + s);
+                                    ti = _mm256_sub_epi32(ti, _mm256_set1_epi32(32 * bs as i32));
+                                }
+                                isum[i] = _mm256_add_epi32(isum[i], scaled::<VNNI>(ti, sc));
+                                t[i] = _mm256_setzero_si256();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Without VNNI the −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of
+        // each lane).
+        let mut off = [_mm256_setzero_si256(); R];
+        for p in 0..if VNNI { 0 } else { 8 } {
+            let s0 = _mm256_and_si256(i8x8(blk.add(2 * G + G * 2 * p)), _mm256_set1_epi32(0xFFFF));
+            let sc = _mm256_or_si256(
+                s0,
+                _mm256_slli_epi32::<16>(i8x8(blk.add(2 * G + G * (2 * p + 1)))),
+            );
+            for i in 0..R {
+                let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
+                off[i] = _mm256_add_epi32(
+                    off[i],
+                    _mm256_madd_epi16(sc, pair(*bs as i32, *bs.add(1) as i32)),
+                );
+            }
+        }
+        let d = f16x8(blk);
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let total = _mm256_sub_epi32(isum[i], _mm256_slli_epi32::<5>(off[i]));
+            let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// The kernels by format, as `target_feature` entry points: the bodies above are inlined into
+/// each, so the VNNI flavour alone may use `vpdpbusd`.
+macro_rules! entry {
+    ($name:ident, $feat:literal, $body:ident::<$($p:tt),*>) => {
+        /// See `quant::kgemm`: one group of 8 rows × `R` activation rows.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name<const R: usize>(
+            w: *const u8,
+            nsb: usize,
+            acts: &[ActRow],
+            out: *mut f32,
+            ld: usize,
+        ) {
+            $body::<R, $($p),*>(w, nsb, acts, out, ld)
+        }
+    };
+}
+
+entry!(gemm_q4_k_8x4_q8k, "avx2,fma,f16c", q45_k::<false, false>);
+entry!(gemm_q5_k_8x4_q8k, "avx2,fma,f16c", q45_k::<false, true>);
+entry!(gemm_q6_k_8x4_q8k, "avx2,fma,f16c", q6_k::<false>);
+entry!(
+    gemm_q4_k_8x4_q8k_vnni,
+    "avx2,avxvnni,fma,f16c",
+    q45_k::<true, false>
+);
+entry!(
+    gemm_q5_k_8x4_q8k_vnni,
+    "avx2,avxvnni,fma,f16c",
+    q45_k::<true, true>
+);
+entry!(
+    gemm_q6_k_8x4_q8k_vnni,
+    "avx2,avxvnni,fma,f16c",
+    q6_k::<true>
+);

@@ -1,0 +1,298 @@
+//! The K formats' 16-row kernels (AVX-512BW), with `vpdpbusd` where AVX-512 VNNI is present.
+//! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..16]` for activation
+//! row `i` (Q4_K/Q5_K: at most 8 rows, Q6_K 4: with their sums and accumulators, 24 of the
+//! 32 registers).
+
+use super::prefetch_ahead;
+use crate::quant::{ActRow, QK_K};
+use std::arch::x86_64::*;
+
+const G: usize = 16;
+
+/// Four activation bytes at `at`, in every 32-bit lane.
+#[inline(always)]
+unsafe fn bcast4(a: &ActRow, at: usize) -> __m512i {
+    _mm512_set1_epi32((a.qs.as_ptr().add(at) as *const i32).read_unaligned())
+}
+
+/// u8 × i8 products, four per 32-bit lane, added to `acc`: one i32 sum per lane with VNNI,
+/// else two i16 sums per lane (the caller bounds how many it adds up).
+#[inline(always)]
+unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512i {
+    if VNNI {
+        _mm512_dpbusd_epi32(acc, q, a)
+    } else {
+        _mm512_add_epi16(acc, _mm512_maddubs_epi16(q, a))
+    }
+}
+
+/// Per-row scales (i32 lanes) in the form [`scaled`] takes: as they are for VNNI, else in
+/// both i16 halves of the lane.
+#[inline(always)]
+unsafe fn prep<const VNNI: bool>(sc: __m512i) -> __m512i {
+    if VNNI {
+        sc
+    } else {
+        _mm512_or_si512(
+            _mm512_and_si512(sc, _mm512_set1_epi32(0xFFFF)),
+            _mm512_slli_epi32::<16>(sc),
+        )
+    }
+}
+
+/// A [`dot4`] sum times its row's scale, as i32 lanes.
+#[inline(always)]
+unsafe fn scaled<const VNNI: bool>(t: __m512i, sc: __m512i) -> __m512i {
+    if VNNI {
+        _mm512_mullo_epi32(t, sc)
+    } else {
+        _mm512_madd_epi16(t, sc)
+    }
+}
+
+/// 16 bytes at `p` as i32 lanes, zero- or sign-extended.
+#[inline(always)]
+unsafe fn u8x16(p: *const u8) -> __m512i {
+    _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
+}
+#[inline(always)]
+unsafe fn i8x16(p: *const u8) -> __m512i {
+    _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))
+}
+#[inline(always)]
+unsafe fn f16x16(p: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+}
+
+/// Two i16 values in one i32 (low, high), broadcast.
+#[inline(always)]
+unsafe fn pair(lo: i32, hi: i32) -> __m512i {
+    _mm512_set1_epi32((lo & 0xFFFF) | (hi << 16))
+}
+
+/// Q4_K (`FIFTH = false`) and Q5_K: Σ_j sc_j·Σ q·a per row in i32, then
+/// `d·da·that − dmin·da·Σ_j m_j·Σa_j`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
+    w: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let sb = if FIFTH { 180 * G } else { 148 * G };
+    let qs_at = if FIFTH { 52 * G } else { 20 * G };
+    let mask = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nsb {
+        let blk = w.add(b * sb);
+        prefetch_ahead(blk, sb);
+        let mut isum = [_mm512_setzero_si512(); R];
+        for j in 0..8 {
+            let c = j / 2;
+            let sc = prep::<VNNI>(u8x16(blk.add(4 * G + G * j)));
+            let bit = _mm512_set1_epi8(1 << j);
+            // Without VNNI, eight maddubs sums per i16: at most 8 · 2 · 31 · 127 = 62 992 for
+            // Q5_K, so Q5_K folds its i16 sums every four vectors (31 496).
+            let fold = if FIFTH && !VNNI { 4 } else { 8 };
+            let mut t = [_mm512_setzero_si512(); R];
+            for g in 0..8 {
+                let p = _mm512_loadu_si512(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
+                let mut q = if j % 2 == 1 {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(p), mask)
+                } else {
+                    _mm512_and_si512(p, mask)
+                };
+                if FIFTH {
+                    let qh = _mm512_loadu_si512(blk.add(20 * G + g * 4 * G) as *const _);
+                    let set = _mm512_test_epi8_mask(qh, bit);
+                    q = _mm512_mask_add_epi8(q, set, q, sixteen);
+                }
+                for i in 0..R {
+                    let a = bcast4(acts.get_unchecked(i), b * QK_K + 32 * j + 4 * g);
+                    t[i] = dot4::<VNNI>(t[i], q, a);
+                }
+                if (g + 1) % fold == 0 {
+                    for i in 0..R {
+                        isum[i] = _mm512_add_epi32(isum[i], scaled::<VNNI>(t[i], sc));
+                        t[i] = _mm512_setzero_si512();
+                    }
+                }
+            }
+        }
+        let d = f16x16(blk);
+        let dmin = f16x16(blk.add(2 * G));
+        // Mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (no array `map`:
+        // it is not inlined into a `target_feature` function).
+        let mut mins = [_mm512_setzero_si512(); 4];
+        for (c, m) in mins.iter_mut().enumerate() {
+            let m0 = u8x16(blk.add(12 * G + G * 2 * c));
+            let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
+            *m = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
+        }
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let bs = a.bsums.as_ptr().add(b * 16);
+            let mut msum = _mm512_setzero_si512();
+            for (c, m) in mins.iter().enumerate() {
+                let s = |k: usize| *bs.add(2 * k) as i32 + *bs.add(2 * k + 1) as i32;
+                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*m, pair(s(2 * c), s(2 * c + 1))));
+            }
+            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(d, da), acc[i]);
+            acc[i] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// Q6_K: Σ_s sc_s·Σ q·a per row in i32 (q = 0..63), less `32·Σ_s sc_s·Σa_s`, times `d·da`.
+/// The three vectors of a four-value step hold all four 32-value sets of a half, so each is
+/// loaded and unpacked once, into four sub-block sums per row: at most 4 rows (24 registers).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q6_k<const R: usize, const VNNI: bool>(
+    w: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    const SB: usize = 210 * G;
+    let m4 = _mm512_set1_epi8(0x0F);
+    // (low & 0x0F) | high, in one ternary-logic op (0xEA: A·B + C).
+    let or_low = |low: __m512i, high: __m512i| _mm512_ternarylogic_epi64::<0xEA>(low, m4, high);
+    // Without VNNI, two steps per i16 sum: at most 4 · 63 · 127 = 32 004.
+    let fold = if VNNI { 4 } else { 2 };
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nsb {
+        let blk = w.add(b * SB);
+        prefetch_ahead(blk, SB);
+        let mut isum = [_mm512_setzero_si512(); R];
+        for n in 0..2 {
+            for h in 0..2 {
+                // t[k][i]: sub-block 8n + 2k + h of row i.
+                let mut t = [[_mm512_setzero_si512(); R]; 4];
+                for g in 4 * h..4 * h + 4 {
+                    let v = blk.add(18 * G + (8 * n + g) * 12 * G);
+                    let qa = _mm512_loadu_si512(v as *const _);
+                    let qb = _mm512_loadu_si512(v.add(4 * G) as *const _);
+                    let qh = _mm512_loadu_si512(v.add(8 * G) as *const _);
+                    let bits = |m: u8| _mm512_and_si512(qh, _mm512_set1_epi8(m as i8));
+                    let q = [
+                        or_low(qa, _mm512_slli_epi16::<4>(bits(0x03))),
+                        or_low(qb, _mm512_slli_epi16::<2>(bits(0x0C))),
+                        or_low(_mm512_srli_epi16::<4>(qa), bits(0x30)),
+                        or_low(
+                            _mm512_srli_epi16::<4>(qb),
+                            _mm512_srli_epi16::<2>(bits(0xC0)),
+                        ),
+                    ];
+                    for k in 0..4 {
+                        for i in 0..R {
+                            let at = b * QK_K + 128 * n + 32 * k + 4 * g;
+                            t[k][i] =
+                                dot4::<VNNI>(t[k][i], q[k], bcast4(acts.get_unchecked(i), at));
+                        }
+                    }
+                    if (g + 1) % fold == 0 {
+                        for k in 0..4 {
+                            let s = 8 * n + 2 * k + h;
+                            let sc = prep::<VNNI>(i8x16(blk.add(2 * G + G * s)));
+                            for i in 0..R {
+                                let mut ti = t[k][i];
+                                if VNNI {
+                                    // The −32 of the whole sub-block, in its i32 sum.
+                                    let bs = *acts.get_unchecked(i).bsums.get_unchecked(b * 16 + s);
+                                    ti = _mm512_sub_epi32(ti, _mm512_set1_epi32(32 * bs as i32));
+                                }
+                                isum[i] = _mm512_add_epi32(isum[i], scaled::<VNNI>(ti, sc));
+                                t[k][i] = _mm512_setzero_si512();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Without VNNI the −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of
+        // each lane).
+        let mut off = [_mm512_setzero_si512(); R];
+        for p in 0..if VNNI { 0 } else { 8 } {
+            let s0 = _mm512_and_si512(i8x16(blk.add(2 * G + G * 2 * p)), _mm512_set1_epi32(0xFFFF));
+            let sc = _mm512_or_si512(
+                s0,
+                _mm512_slli_epi32::<16>(i8x16(blk.add(2 * G + G * (2 * p + 1)))),
+            );
+            for i in 0..R {
+                let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
+                off[i] = _mm512_add_epi32(
+                    off[i],
+                    _mm512_madd_epi16(sc, pair(*bs as i32, *bs.add(1) as i32)),
+                );
+            }
+        }
+        let d = f16x16(blk);
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let total = _mm512_sub_epi32(isum[i], _mm512_slli_epi32::<5>(off[i]));
+            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// The kernels by format, as `target_feature` entry points: the bodies above are inlined into
+/// each, so the VNNI flavour alone may use `vpdpbusd`.
+macro_rules! entry {
+    ($name:ident, $feat:literal, $body:ident::<$($p:tt),*>) => {
+        /// See `quant::kgemm`: one group of 16 rows × `R` activation rows.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name<const R: usize>(
+            w: *const u8,
+            nsb: usize,
+            acts: &[ActRow],
+            out: *mut f32,
+            ld: usize,
+        ) {
+            $body::<R, $($p),*>(w, nsb, acts, out, ld)
+        }
+    };
+}
+
+entry!(
+    gemm_q4_k_16x8_q8k,
+    "avx512f,avx512bw,avx2,fma,f16c",
+    q45_k::<false, false>
+);
+entry!(
+    gemm_q5_k_16x8_q8k,
+    "avx512f,avx512bw,avx2,fma,f16c",
+    q45_k::<false, true>
+);
+entry!(
+    gemm_q6_k_16x4_q8k,
+    "avx512f,avx512bw,avx2,fma,f16c",
+    q6_k::<false>
+);
+entry!(
+    gemm_q4_k_16x8_q8k_vnni,
+    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+    q45_k::<true, false>
+);
+entry!(
+    gemm_q5_k_16x8_q8k_vnni,
+    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+    q45_k::<true, true>
+);
+entry!(
+    gemm_q6_k_16x4_q8k_vnni,
+    "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+    q6_k::<true>
+);
