@@ -872,7 +872,7 @@ mod tests {
             record("x", "y", Outcome::ModelA, Some(true), Some(3.0)),
             record("x", "y", Outcome::ModelB, Some(false), Some(1.0)),
             record("y", "x", Outcome::Tie, Some(true), Some(2.0)),
-            record("y", "x", Outcome::ModelA, None, Some(2.0)),
+            record("y", "x", Outcome::ModelA, None, Some(2.5)),
         ];
         assert_eq!(
             select_battles(rs.clone(), false),
