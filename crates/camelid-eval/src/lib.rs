@@ -8,6 +8,7 @@
 //! - [`ratings`] — `arena ratings`: Bradley–Terry and online Elo from battles, bootstrap CIs
 //! - [`agreement`] — `mtbench agreement`: judge–judge and judge–human agreement (S1/S2)
 //! - [`bias`] — `mtbench bias`: position bias from swapped pairwise games
+//! - [`style`] — `arena ratings --style-control`: Bradley–Terry with style covariates
 
 pub mod agreement;
 pub mod answer;
@@ -18,6 +19,7 @@ pub mod data;
 pub mod judge;
 pub mod ratings;
 pub mod show;
+pub mod style;
 
 /// A progress bar on stderr with an ETA.
 pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {

@@ -16,12 +16,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-const SCALE: f64 = 400.0;
-const BASE: f64 = 10.0;
-const INIT: f64 = 1000.0;
+pub(crate) const SCALE: f64 = 400.0;
+pub(crate) const BASE: f64 = 10.0;
+pub(crate) const INIT: f64 = 1000.0;
 /// FastChat pins this model's rating when it is among the rated ones.
-const ANCHOR_MODEL: &str = "llama-13b";
-const ANCHOR_RATING: f64 = 800.0;
+pub(crate) const ANCHOR_MODEL: &str = "llama-13b";
+pub(crate) const ANCHOR_RATING: f64 = 800.0;
 
 /// How the Bradley–Terry ratings are fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,6 +34,18 @@ pub enum BtConvention {
     FastChat,
     /// The plain maximum-likelihood fit, centred on 1000.
     Mle,
+}
+
+impl BtConvention {
+    /// Each battle's weight in the log-likelihood, and the penalty on the natural-log
+    /// strengths (½·ridge·θ²): `Mle`'s is a vanishing one that keeps a model that never
+    /// lost or never won finite; `FastChat`'s is scikit-learn's ½‖w‖² with `w = θ / ln 10`.
+    pub(crate) fn weight_and_ridge(self) -> (f64, f64) {
+        match self {
+            BtConvention::Mle => (1.0, 1e-6),
+            BtConvention::FastChat => (2.0, 1.0 / (BASE.ln() * BASE.ln())),
+        }
+    }
 }
 
 /// One battle, in FastChat's `clean_battle` fields.
@@ -130,6 +142,8 @@ pub struct BattleRecord {
     /// `anony`: false when the voter saw the models' names (`None`: the record has no field).
     pub anony: Option<bool>,
     pub tstamp: Option<f64>,
+    /// The record as read (its conversations, FastChat's `conv_metadata`); null for judgments.
+    pub raw: serde_json::Value,
 }
 
 /// Reads battle records from a file: a JSON array or JSON lines of FastChat battles
@@ -152,17 +166,19 @@ pub fn read_battle_records(text: &str) -> Result<Vec<BattleRecord>> {
                         battle,
                         anony: None,
                         tstamp: Some(j.tstamp),
+                        raw: serde_json::Value::Null,
                     }),
             );
         } else {
             let anony = v.get("anony").and_then(|a| a.as_bool());
             let tstamp = v.get("tstamp").and_then(|t| t.as_f64());
-            let battle =
-                serde_json::from_value::<Battle>(v).with_context(|| format!("battle {}", i + 1))?;
+            let battle = serde_json::from_value::<Battle>(v.clone())
+                .with_context(|| format!("battle {}", i + 1))?;
             out.push(BattleRecord {
                 battle,
                 anony,
                 tstamp,
+                raw: v,
             });
         }
     }
@@ -173,7 +189,7 @@ pub fn read_battle_records(text: &str) -> Result<Vec<BattleRecord>> {
 /// left out unless `include_named` (records without the field are kept), sorted by `tstamp`
 /// when every record has one (a stable sort: equal stamps keep file order), else in file
 /// order.
-pub fn select_battles(mut records: Vec<BattleRecord>, include_named: bool) -> Vec<Battle> {
+pub fn select_records(mut records: Vec<BattleRecord>, include_named: bool) -> Vec<BattleRecord> {
     if !include_named {
         records.retain(|r| r.anony != Some(false));
     }
@@ -186,7 +202,15 @@ pub fn select_battles(mut records: Vec<BattleRecord>, include_named: bool) -> Ve
             records.len()
         );
     }
-    records.into_iter().map(|r| r.battle).collect()
+    records
+}
+
+/// The battles of [`select_records`].
+pub fn select_battles(records: Vec<BattleRecord>, include_named: bool) -> Vec<Battle> {
+    select_records(records, include_named)
+        .into_iter()
+        .map(|r| r.battle)
+        .collect()
 }
 
 /// The battles of a file FastChat's leaderboard rates ([`read_battle_records`], then
@@ -278,10 +302,7 @@ impl Models {
             fought[a] = true;
             fought[c] = true;
         }
-        let (weight, ridge) = match convention {
-            BtConvention::Mle => (1.0, 1e-6),
-            BtConvention::FastChat => (2.0, 1.0 / (BASE.ln() * BASE.ln())),
-        };
+        let (weight, ridge) = convention.weight_and_ridge();
         // Natural-log strengths: P(i beats j) = σ(θ_i − θ_j).
         let mut theta = vec![0.0f64; n];
         for _ in 0..100 {
@@ -311,23 +332,41 @@ impl Models {
                 break;
             }
         }
-        let rating = |t: f64| SCALE * t / BASE.ln();
-        let shift = match convention {
-            BtConvention::Mle => {
-                let present = fought.iter().filter(|&&f| f).count().max(1);
-                let mean =
-                    (0..n).filter(|&i| fought[i]).map(|i| theta[i]).sum::<f64>() / present as f64;
-                INIT - rating(mean)
-            }
-            BtConvention::FastChat => match self.index.get(ANCHOR_MODEL) {
-                Some(&k) if fought[k] => ANCHOR_RATING - rating(theta[k]),
-                _ => INIT,
-            },
-        };
-        (0..n)
-            .map(|i| fought[i].then(|| shift + rating(theta[i])))
-            .collect()
+        to_ratings(&self.names, &theta, &fought, convention)
     }
+}
+
+/// Natural-log strengths to ratings by the convention: centred on 1000 (`Mle`), or
+/// `1000 + 400·w` with `llama-13b` moved to 800 when it fought (`FastChat`).
+pub(crate) fn to_ratings(
+    names: &[String],
+    theta: &[f64],
+    fought: &[bool],
+    convention: BtConvention,
+) -> Vec<Option<f64>> {
+    let rating = |t: f64| SCALE * t / BASE.ln();
+    let shift = match convention {
+        BtConvention::Mle => {
+            let present = fought.iter().filter(|&&f| f).count().max(1);
+            let mean = theta
+                .iter()
+                .zip(fought)
+                .filter(|(_, &f)| f)
+                .map(|(t, _)| t)
+                .sum::<f64>()
+                / present as f64;
+            INIT - rating(mean)
+        }
+        BtConvention::FastChat => match names.iter().position(|m| m == ANCHOR_MODEL) {
+            Some(k) if fought[k] => ANCHOR_RATING - rating(theta[k]),
+            _ => INIT,
+        },
+    };
+    theta
+        .iter()
+        .zip(fought)
+        .map(|(&t, &f)| f.then(|| shift + rating(t)))
+        .collect()
 }
 
 /// numpy's legacy `RandomState` stream (MT19937 seeded as `np.random.seed(seed)`), for the
@@ -365,7 +404,7 @@ impl NumpyRandom {
 
 /// Solves `a x = b` for a symmetric positive definite `a` (Gaussian elimination with partial
 /// pivoting; the systems are one row per model).
-fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+pub(crate) fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let n = b.len();
     for c in 0..n {
         let p = (c..n)
@@ -434,31 +473,50 @@ pub fn leaderboard(battles: &[Battle], rounds: usize, seed: u32) -> Vec<Rating> 
 /// The leaderboard: Bradley–Terry ratings with bootstrap intervals (FastChat's resamples for
 /// the same seed), online Elo, battle counts; best first.
 pub fn leaderboard_with(battles: &[Battle], opts: &RatingOptions) -> Vec<Rating> {
-    let point = bradley_terry(battles, opts.convention);
-    let elo = online_elo(battles, 4.0);
     let models = Models::of(battles);
+    table(battles, opts, |picks| match picks {
+        None => models.fit(battles.iter(), opts.convention),
+        Some(p) => models.fit(p.iter().map(|&i| &battles[i]), opts.convention),
+    })
+}
+
+/// The models of `battles`, sorted: the order of the ratings a fit returns.
+pub(crate) fn model_names(battles: &[Battle]) -> Vec<String> {
+    Models::of(battles).names
+}
+
+/// A leaderboard from a fit: `fit(None)` rates all battles, `fit(Some(picks))` a resample
+/// (battle indices), each one rating per [`model_names`] (`None`: not rated).
+pub(crate) fn table(
+    battles: &[Battle],
+    opts: &RatingOptions,
+    fit: impl Fn(Option<&[usize]>) -> Vec<Option<f64>>,
+) -> Vec<Rating> {
+    let names = model_names(battles);
+    let point: BTreeMap<&str, f64> = names
+        .iter()
+        .map(String::as_str)
+        .zip(fit(None))
+        .filter_map(|(m, r)| r.map(|r| (m, r)))
+        .collect();
+    let elo = online_elo(battles, 4.0);
     // A model missing from a resample has no rating in it (as in FastChat's bootstrap).
-    let mut samples: Vec<Vec<f64>> = vec![vec![]; models.names.len()];
+    let mut samples: Vec<Vec<f64>> = vec![vec![]; names.len()];
     let mut rng = NumpyRandom::new(opts.seed);
     for _ in 0..opts.rounds {
         let picks: Vec<usize> = (0..battles.len())
             .map(|_| rng.below(battles.len()))
             .collect();
-        let fit = models.fit(picks.iter().map(|&i| &battles[i]), opts.convention);
-        for (s, r) in samples.iter_mut().zip(fit) {
+        for (s, r) in samples.iter_mut().zip(fit(Some(&picks))) {
             s.extend(r);
         }
     }
-    let mut samples: BTreeMap<&str, Vec<f64>> = models
-        .names
-        .iter()
-        .map(String::as_str)
-        .zip(samples)
-        .collect();
+    let mut samples: BTreeMap<&str, Vec<f64>> =
+        names.iter().map(String::as_str).zip(samples).collect();
     let mut rows: Vec<Rating> = point
         .iter()
-        .map(|(m, &r)| {
-            let mut s = samples.remove(m.as_str()).unwrap_or_default();
+        .map(|(&m, &r)| {
+            let mut s = samples.remove(m).unwrap_or_default();
             s.sort_by(f64::total_cmp);
             let (ci_low, ci_high) = if s.is_empty() {
                 (r, r)
@@ -466,16 +524,16 @@ pub fn leaderboard_with(battles: &[Battle], opts: &RatingOptions) -> Vec<Rating>
                 (quantile(&s, 0.025), quantile(&s, 0.975))
             };
             let (n, score) = battles.iter().fold((0usize, 0.0f64), |(n, sc), b| {
-                if &b.model_a == m {
+                if b.model_a == m {
                     (n + 1, sc + b.winner.score_a())
-                } else if &b.model_b == m {
+                } else if b.model_b == m {
                     (n + 1, sc + 1.0 - b.winner.score_a())
                 } else {
                     (n, sc)
                 }
             });
             Rating {
-                model: m.clone(),
+                model: m.to_string(),
                 rating: r,
                 ci_low,
                 ci_high,
@@ -861,6 +919,7 @@ mod tests {
             battle: battle(a, b, w),
             anony,
             tstamp: t,
+            raw: serde_json::Value::Null,
         }
     }
 
@@ -903,8 +962,16 @@ mod tests {
         // From a file: the fields are read.
         let text = r#"[{"model_a": "x", "model_b": "y", "winner": "model_a", "anony": false, "tstamp": 5.5},
                        {"model_a": "x", "model_b": "y", "winner": "tie"}]"#;
+        let read: Vec<BattleRecord> = read_battle_records(text)
+            .unwrap()
+            .into_iter()
+            .map(|r| BattleRecord {
+                raw: serde_json::Value::Null,
+                ..r
+            })
+            .collect();
         assert_eq!(
-            read_battle_records(text).unwrap(),
+            read,
             vec![
                 record("x", "y", Outcome::ModelA, Some(false), Some(5.5)),
                 record("x", "y", Outcome::Tie, None, None)

@@ -37,6 +37,11 @@ pub struct ArenaRatingsArgs {
     /// (the plain maximum-likelihood fit, centred on 1000).
     #[arg(long, value_enum, default_value_t = Convention::Fastchat)]
     bt: Convention,
+    /// Style control: the answers' length and Markdown (headers, list items, bold) as
+    /// covariates, from FastChat's `conv_metadata` or the battles' conversations; the style
+    /// coefficients go to standard error.
+    #[arg(long)]
+    style_control: bool,
     /// Bootstrap resamples for the intervals (0: none).
     #[arg(long, default_value_t = 100)]
     bootstrap: usize,
@@ -187,14 +192,14 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
         );
     }
     let all = records.len();
-    let battles = ratings::select_battles(records, a.include_named);
-    if battles.len() < all {
+    let records = ratings::select_records(records, a.include_named);
+    if records.len() < all {
         eprintln!(
             "{} of {all} battles named the models (\"anony\": false): left out (--include-named rates them)",
-            all - battles.len()
+            all - records.len()
         );
     }
-    if battles.is_empty() {
+    if records.is_empty() {
         anyhow::bail!("no battles to rate in {:?}", a.battles);
     }
     let opts = ratings::RatingOptions {
@@ -205,7 +210,16 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
         rounds: a.bootstrap,
         seed: a.seed,
     };
-    let rows = ratings::leaderboard_with(&battles, &opts);
+    let rows = if a.style_control {
+        let (rows, coefficients) = camelid_eval::style::style_controlled(&records, &opts)?;
+        for (e, c) in camelid_eval::style::ELEMENTS.iter().zip(coefficients) {
+            eprintln!("style coefficient {e}: {c:+.4} (log-odds per standard deviation)");
+        }
+        rows
+    } else {
+        let battles: Vec<_> = records.into_iter().map(|r| r.battle).collect();
+        ratings::leaderboard_with(&battles, &opts)
+    };
     match a.format.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
         "markdown" => print!("{}", ratings::render_leaderboard(&rows, true)),
