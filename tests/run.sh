@@ -6,10 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
 VENV="${CAMELID_TEST_VENV:-$HOME/.cache/camelid/test-venv}"
-if ! "$VENV/bin/python" -c "import openai, playwright, gguf" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import openai, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/pages/requirements.txt \
-    -r crates/camelid-model/tests/gguf/requirements.txt
+    -r crates/camelid-model/tests/gguf/requirements.txt -r tests/fastchat/requirements.txt
+  # FastChat's own analysis code, for the parity tests (crates/camelid/tests/fastchat_parity.rs);
+  # without its dependencies: the model-loading ones (torch, ...) are stubbed there.
+  "$VENV/bin/python" -m pip install -q --no-deps fschat==0.2.36
 fi
 # The pages' browser test drives Debian's headless Chromium (Playwright never downloads a
 # browser here). Without it that test fails, unless CAMELID_SKIP_BROWSER=1.

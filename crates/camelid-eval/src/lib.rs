@@ -6,14 +6,20 @@
 //! - [`judge`] — `mtbench judge`: prompt rendering, verdict parsing, position swap
 //! - [`show`] — `mtbench show`: score and win-rate tables
 //! - [`ratings`] — `arena ratings`: Bradley–Terry and online Elo from battles, bootstrap CIs
+//! - [`agreement`] — `mtbench agreement`: judge–judge and judge–human agreement (S1/S2)
+//! - [`bias`] — `mtbench bias`: position bias from swapped pairwise games
+//! - [`style`] — `arena ratings --style-control`: Bradley–Terry with style covariates
 
+pub mod agreement;
 pub mod answer;
 pub mod bench;
+pub mod bias;
 pub mod client;
 pub mod data;
 pub mod judge;
 pub mod ratings;
 pub mod show;
+pub mod style;
 
 /// A progress bar on stderr with an ETA.
 pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {

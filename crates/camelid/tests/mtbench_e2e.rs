@@ -314,3 +314,80 @@ fn answer_judge_show_with_camelid_as_contestant_and_judge() {
     let rating = |i: usize| board[i]["rating"].as_f64().unwrap();
     assert!(rate(0) >= rate(1) && (rating(0) - rating(1) > 1e-6) == (rate(0) > rate(1)));
 }
+
+/// `mtbench bias` and `mtbench agreement` from the command line, on hand-made judgments whose
+/// counts are known.
+#[test]
+fn bias_and_agreement_tables_from_the_command_line() {
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path();
+    let pair = |q: u64, turn: u8, g1: &str, g2: &str| {
+        serde_json::json!({"question_id": q, "model_1": "a", "model_2": "b", "g1_winner": g1,
+            "g2_winner": g2, "judge": ["j", "pair-v2"], "g1_user_prompt": "", "g1_judgment": "",
+            "g2_user_prompt": "", "g2_judgment": "", "turn": turn, "tstamp": 1.0})
+        .to_string()
+    };
+    let file = dir.join("pair.jsonl");
+    std::fs::write(
+        &file,
+        [
+            pair(81, 1, "model_1", "model_1"), // consistent: a
+            pair(81, 2, "model_1", "model_2"), // biased toward first
+            pair(91, 1, "model_2", "model_1"), // biased toward second
+            pair(91, 2, "tie", "model_1"),     // error
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let q = data().join("question.jsonl");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&camelid(&[
+        "mtbench",
+        "bias",
+        "--judgments",
+        &format!("default={}", file.display()),
+        "--questions",
+        q.to_str().unwrap(),
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let all = rows.iter().find(|r| r["by"] == "all").unwrap();
+    assert_eq!(all["judge"], "default");
+    let c = &all["counts"];
+    assert_eq!(
+        [
+            &c["judged"],
+            &c["consistent"],
+            &c["biased_first"],
+            &c["biased_second"],
+            &c["error"]
+        ],
+        [4, 1, 1, 1, 1]
+    );
+    let writing = rows.iter().find(|r| r["group"] == "writing").unwrap();
+    assert_eq!(writing["counts"]["judged"], 2);
+    // Agreement of the file with a human who voted `a` on every pair: of the four votes (one
+    // `a`, three ties from inconsistent games), one agrees; without ties 1 of 1.
+    let humans = dir.join("human.json");
+    let vote = |q: u64, t: u8| {
+        serde_json::json!({"question_id": q, "model_a": "a", "model_b": "b", "winner": "model_a",
+            "judge": "expert_0", "turn": t})
+    };
+    std::fs::write(
+        &humans,
+        serde_json::json!([vote(81, 1), vote(81, 2), vote(91, 1), vote(91, 2)]).to_string(),
+    )
+    .unwrap();
+    let table = camelid(&[
+        "mtbench",
+        "agreement",
+        "--votes",
+        humans.to_str().unwrap(),
+        "--votes",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        table.contains("| human | j-pair | all | 25.0 % (1 of 4) | 100.0 % (1 of 1) |"),
+        "{table}"
+    );
+}

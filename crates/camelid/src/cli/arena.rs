@@ -23,20 +23,40 @@ pub enum ArenaCommand {
 #[derive(Args)]
 pub struct ArenaRatingsArgs {
     /// Battles: FastChat's `clean_battle` JSON (array or lines of `model_a`, `model_b`,
-    /// `winner`: model_a, model_b, tie, "tie (bothbad)"; those with `"anony": false` are left
-    /// out, as FastChat's leaderboard leaves them), or `mtbench judge` pairwise judgments (one
-    /// battle per swapped pair of games). Repeatable.
+    /// `winner`: model_a, model_b, tie, "tie (bothbad)"; `anony`, `tstamp`), or `mtbench
+    /// judge` pairwise judgments (one battle per swapped pair of games). Repeatable. As
+    /// FastChat's `elo_analysis`: battles with `"anony": false` are left out, and all are
+    /// taken in `tstamp` order when every one has a stamp (else in file order).
     #[arg(long = "battles", required = true)]
     battles: Vec<PathBuf>,
+    /// Rate the battles whose voters saw the model names (`"anony": false`) too.
+    #[arg(long)]
+    include_named: bool,
+    /// Bradley–Terry convention: `fastchat` (FastChat's `compute_elo_mle_with_tie`:
+    /// scikit-learn's default L2 penalty, `llama-13b` anchored at 800 when rated) or `mle`
+    /// (the plain maximum-likelihood fit, centred on 1000).
+    #[arg(long, value_enum, default_value_t = Convention::Fastchat)]
+    bt: Convention,
+    /// Style control: the answers' length and Markdown (headers, list items, bold) as
+    /// covariates, from FastChat's `conv_metadata` or the battles' conversations; the style
+    /// coefficients go to standard error.
+    #[arg(long)]
+    style_control: bool,
     /// Bootstrap resamples for the intervals (0: none).
     #[arg(long, default_value_t = 100)]
     bootstrap: usize,
-    /// Seed of the resampling, for a reproducible table.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the resampling (numpy's: 42, FastChat's, gives its resamples).
+    #[arg(long, default_value_t = 42)]
+    seed: u32,
     /// text, markdown or json.
     #[arg(long, default_value = "text")]
     format: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Convention {
+    Fastchat,
+    Mle,
 }
 
 #[derive(Args)]
@@ -163,17 +183,43 @@ fn store_runtime() -> Result<tokio::runtime::Runtime> {
 
 fn ratings(a: ArenaRatingsArgs) -> Result<()> {
     use camelid_eval::ratings;
-    let mut battles = vec![];
+    let mut records = vec![];
     for p in &a.battles {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        battles
-            .extend(ratings::read_battles(&text).with_context(|| format!("in {}", p.display()))?);
+        records.extend(
+            ratings::read_battle_records(&text).with_context(|| format!("in {}", p.display()))?,
+        );
     }
-    if battles.is_empty() {
-        anyhow::bail!("no battles in {:?}", a.battles);
+    let all = records.len();
+    let records = ratings::select_records(records, a.include_named);
+    if records.len() < all {
+        eprintln!(
+            "{} of {all} battles named the models (\"anony\": false): left out (--include-named rates them)",
+            all - records.len()
+        );
     }
-    let rows = ratings::leaderboard(&battles, a.bootstrap, a.seed);
+    if records.is_empty() {
+        anyhow::bail!("no battles to rate in {:?}", a.battles);
+    }
+    let opts = ratings::RatingOptions {
+        convention: match a.bt {
+            Convention::Fastchat => ratings::BtConvention::FastChat,
+            Convention::Mle => ratings::BtConvention::Mle,
+        },
+        rounds: a.bootstrap,
+        seed: a.seed,
+    };
+    let rows = if a.style_control {
+        let (rows, coefficients) = camelid_eval::style::style_controlled(&records, &opts)?;
+        for (e, c) in camelid_eval::style::ELEMENTS.iter().zip(coefficients) {
+            eprintln!("style coefficient {e}: {c:+.4} (log-odds per standard deviation)");
+        }
+        rows
+    } else {
+        let battles: Vec<_> = records.into_iter().map(|r| r.battle).collect();
+        ratings::leaderboard_with(&battles, &opts)
+    };
     match a.format.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
         "markdown" => print!("{}", ratings::render_leaderboard(&rows, true)),

@@ -1,6 +1,6 @@
 //! `camelid mtbench`: answer, judge and show MT-bench.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -12,6 +12,55 @@ pub enum MtbenchCommand {
     Judge(MtJudgeArgs),
     /// Print score or win-rate tables from a judgment file.
     Show(MtShowArgs),
+    /// Agreement between judges (LLM judgment files, FastChat's human judgments): setups S1
+    /// (ties count) and S2 (ties left out), per turn and overall, with vote counts.
+    Agreement(MtAgreementArgs),
+    /// Position bias of pairwise judges: consistent, biased toward first / second, error,
+    /// per judge, category and turn.
+    Bias(MtBiasArgs),
+}
+
+#[derive(Args)]
+pub struct MtAgreementArgs {
+    /// Votes, `[NAME=]FILE` (repeatable): `mtbench judge` pairwise or single judgments
+    /// (single scores compared pairwise: the higher wins, equal is a tie), or FastChat's
+    /// human judgments (`question_id, model_a, model_b, winner, judge, turn`; `expert_*`
+    /// voters are `human`). NAME names the file's judge (default: `MODEL-pair`,
+    /// `MODEL-single` from the judgments).
+    #[arg(long = "votes", required = true, value_parser = labelled)]
+    votes: Vec<(Option<String>, PathBuf)>,
+    /// markdown or json.
+    #[arg(long, default_value = "markdown")]
+    format: String,
+}
+
+#[derive(Args)]
+pub struct MtBiasArgs {
+    /// Pairwise judgments, `[NAME=]FILE` (repeatable; NAME labels a run, e.g. one judged
+    /// with renamed-assistant `--judge-prompts`; default: the judge model).
+    #[arg(long = "judgments", required = true, value_parser = labelled)]
+    judgments: Vec<(Option<String>, PathBuf)>,
+    /// question.jsonl, for the per-category rows.
+    #[arg(long)]
+    questions: Option<PathBuf>,
+    /// markdown or json.
+    #[arg(long, default_value = "markdown")]
+    format: String,
+}
+
+/// `NAME=FILE` or `FILE` (a path with `=` in it needs the `NAME=` form).
+fn labelled(s: &str) -> Result<(Option<String>, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((Some(name.to_string()), PathBuf::from(path)))
+        }
+        Some(_) => Err(format!("{s:?}: expected NAME=FILE or FILE")),
+        None => Ok((None, PathBuf::from(s))),
+    }
+}
+
+fn read(p: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
 }
 
 #[derive(Args)]
@@ -178,6 +227,49 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 "judged {ok} matches, {errors} failed -> {}",
                 a.out.display()
             );
+        }
+        MtbenchCommand::Agreement(a) => {
+            use camelid_eval::agreement;
+            let mut votes = vec![];
+            for (label, p) in &a.votes {
+                votes.extend(
+                    agreement::read_votes(&read(p)?, label.as_deref())
+                        .with_context(|| format!("in {}", p.display()))?,
+                );
+            }
+            let rows = agreement::agreement(&votes);
+            if rows.is_empty() {
+                anyhow::bail!("no two votes on the same pair of answers to compare");
+            }
+            match a.format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
+                "markdown" => print!("{}", agreement::render_agreement(&rows)),
+                f => anyhow::bail!("unknown --format {f:?} (markdown, json)"),
+            }
+        }
+        MtbenchCommand::Bias(a) => {
+            use camelid_eval::bias;
+            let mut judged = vec![];
+            for (label, p) in &a.judgments {
+                let js: Vec<data::PairJudgment> = data::read_jsonl(p)?;
+                judged.push((label.clone().unwrap_or_default(), js));
+            }
+            let categories = match &a.questions {
+                Some(p) => data::load_questions(p)?
+                    .into_iter()
+                    .map(|q| (q.question_id, q.category))
+                    .collect(),
+                None => Default::default(),
+            };
+            let rows = bias::position_bias(&judged, &categories);
+            if rows.is_empty() {
+                anyhow::bail!("no pairwise judgments in {:?}", a.judgments);
+            }
+            match a.format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
+                "markdown" => print!("{}", bias::render_bias(&rows)),
+                f => anyhow::bail!("unknown --format {f:?} (markdown, json)"),
+            }
         }
         MtbenchCommand::Show(a) => {
             let qs = match &a.questions {
