@@ -445,12 +445,14 @@ fn rate_limits_answer_429() {
 #[test]
 fn an_expired_battle_answers_410() {
     let config = ArenaConfig {
-        battle_ttl: Duration::from_secs(1),
+        battle_ttl: Duration::from_secs(3),
         ..no_limits()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
     let (id, token, _) = s.battle(json!({}));
-    std::thread::sleep(Duration::from_millis(1500));
+    // Expired (410) from one time to live after the turn until the sweep removes it a time to
+    // live later (404): a window of 3 s, wide enough for a loaded machine.
+    std::thread::sleep(Duration::from_millis(3500));
     let (status, err) = s.vote(&id, Some(&token), "model_a");
     assert_refused(status, &err, 410, "battle_expired");
     let mut follow = ask();
@@ -459,7 +461,7 @@ fn an_expired_battle_answers_410() {
     let (status, err) = s.post("/arena/battles", follow);
     assert_refused(status, &err, 410, "battle_expired");
     // Swept once it has been expired for a time to live.
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(3000));
     runtime().block_on(s.state.arena.sweep()).unwrap();
     let (status, err) = s.vote(&id, Some(&token), "model_a");
     assert_refused(status, &err, 404, "battle_not_found");
