@@ -10,14 +10,13 @@
 //!   "tie (bothbad)"}`, once per battle; answers with the names.
 //! - `GET /arena/leaderboard` — ratings over every vote (and those of `--arena-log`).
 
-use super::{body_bytes, AppResult};
+use super::{AppResult, RequestBody};
 use crate::chat;
 use crate::error::ApiError;
 use crate::format::{finish_str, usage_json};
 use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
 use crate::state::{AppState, Permit};
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use camelid_eval::ratings::{self, Outcome};
@@ -65,9 +64,8 @@ async fn answer(
 
 pub async fn battle(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> AppResult {
-    let body = body_bytes(body)?;
     // A battle is two generations: a slot for each.
     let permits = (state.permit()?, state.permit()?);
     let mut req = parse_json(&body)?;
@@ -121,14 +119,13 @@ pub async fn battle(
 pub async fn vote(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> AppResult {
     #[derive(serde::Deserialize)]
     struct Vote {
         winner: Outcome,
     }
     let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
-    let body = body_bytes(body)?;
     let _permit = state.permit()?;
     let v: Vote = serde_json::from_slice(&body).map_err(|_| {
         ApiError::invalid_param(
