@@ -65,20 +65,8 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Sends a request; (status, body as JSON, or as a JSON string when it is not JSON).
-pub async fn request(
-    base: &str,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut r = client().request(method, format!("{base}{path}"));
-    if let Some(ct) = content_type {
-        r = r.header("content-type", ct);
-    }
-    let r = r.body(body).send().await.unwrap();
+/// (status, body as JSON, or as a JSON string when it is not JSON).
+async fn status_and_body(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     (
@@ -87,7 +75,7 @@ pub async fn request(
     )
 }
 
-/// [`request`], waited for.
+/// Sends a request and waits for the whole answer: (status, body as in `status_and_body`).
 pub fn send(
     base: &str,
     method: &str,
@@ -95,13 +83,20 @@ pub fn send(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    runtime().block_on(request(base, method, path, content_type, body))
+    runtime().block_on(async {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = client().request(method, format!("{base}{path}"));
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        status_and_body(r.body(body).send().await.unwrap()).await
+    })
 }
 
 /// POSTs `body` as JSON.
 pub async fn post_async(base: &str, path: &str, body: &Value) -> (u16, Value) {
-    let bytes = body.to_string().into_bytes();
-    request(base, "POST", path, Some("application/json"), bytes).await
+    let r = client().post(format!("{base}{path}")).json(body);
+    status_and_body(r.send().await.unwrap()).await
 }
 
 /// [`post_async`], waited for.
