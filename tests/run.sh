@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: fetches the default model, makes the Python venv
-# the OpenAI-client and browser tests use, installs Chromium, then runs every Rust test (which
-# drives the Python ones too).
+# the OpenAI-client and browser tests use, installs Chromium and PostgreSQL (the arena store's
+# tests), then runs every Rust test (which drives the Python ones too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
@@ -18,6 +18,11 @@ if [ "${CAMELID_SKIP_BROWSER:-}" != 1 ] && ! [ -x "${CAMELID_CHROMIUM:-/usr/bin/
     || echo "could not install chromium: the browser test will fail" >&2
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
+# The arena store's PostgreSQL tests run a throwaway server (Debian's postgresql, installed
+# here when absent); CAMELID_SKIP_POSTGRES=1 skips them.
+if [ "${CAMELID_SKIP_POSTGRES:-}" != 1 ]; then
+  bash tests/pg.sh install
+fi
 cargo test --workspace "$@"
 # The kernels' AVX2 flavours again on a machine with AVX-512 (where they would otherwise never
 # run): the kernel unit tests (each against its scalar reference) with the AVX-512 paths off.

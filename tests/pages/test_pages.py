@@ -7,6 +7,7 @@ hostile markup in answers runs nothing, and saves a screenshot of each page, des
 phone width, into SCREENSHOT_DIR. Exits non-zero on the first failed check.
 """
 import json
+import re
 import os
 import sys
 import urllib.request
@@ -240,19 +241,31 @@ window.__phases = [];
 new MutationObserver(() => window.__phases.push([document.body.dataset.phase,
     [...document.querySelectorAll('.votes button')].map((b) => b.disabled)]))
   .observe(document.body, {attributes: true, attributeFilter: ['data-phase']});
+// Text an answer shows while it is still streaming: proof that answers arrive in pieces.
+window.__partial = {a: [], b: []};
+new MutationObserver(() => {
+  for (const s of ['a', 'b']) {
+    const el = [...document.querySelectorAll(`#answers-${s} .message.assistant`)].pop();
+    const text = el && el.querySelector('.body').textContent;
+    if (el && el.dataset.state === 'streaming' && text) window.__partial[s].push(text);
+  }
+}).observe(document.body, {subtree: true, childList: true, characterData: true});
 """
 
 
 def arena_turn(page, prompt, send):
     """One turn of a battle; checks the vote buttons were disabled until both answers were
     complete (every phase change is recorded in the page, so a quick answer is not missed)."""
-    page.evaluate("window.__phases = []")
+    page.evaluate("window.__phases = []; window.__partial = {a: [], b: []}")
     page.fill("#prompt", prompt)
     send()
     page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
     phases = page.evaluate("window.__phases")
     check(phases[0] == ["waiting", [True] * 4] and phases[-1] == ["answered", [False] * 4],
           f"vote buttons disabled until both answers are complete: {phases}")
+    partial = page.evaluate("window.__partial")
+    for side in "ab":
+        check(len(partial[side]) > 0, f"side {side} streamed (text shown before its end)")
     for side in "ab":
         answers = page.locator(f"#answers-{side} .message.assistant")
         check(answers.last.get_attribute("data-state") == "done", f"side {side} complete")
@@ -263,7 +276,7 @@ def arena_battle(page, bodies, prompt, follow_up=None):
     """One battle up to the vote: leaves the page in phase `answered`."""
     arena_turn(page, prompt, lambda: page.click("#send"))
     first = bodies[-1]
-    check(first["messages"] == [{"role": "user", "content": prompt}]
+    check(first["messages"] == [{"role": "user", "content": prompt}] and first["stream"] is True
           and "model" not in first and "battle_id" not in first, f"battle request: {first}")
     check(page.inner_text("#name-a") == "Model A" and page.inner_text("#name-b") == "Model B",
           "names hidden before the vote")
@@ -271,9 +284,9 @@ def arena_battle(page, bodies, prompt, follow_up=None):
         arena_turn(page, follow_up, lambda: page.keyboard.press("Enter"))
         sent = bodies[-1]
         check(sent.get("battle_id", "").startswith("battle-")
-              and [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
-              and sent["messages"][-1]["content"] == follow_up,
-              f"the follow-up is a turn of the same battle: {sent}")
+              and re.fullmatch(r"[0-9a-f]{64}", sent.get("token", ""))
+              and sent["messages"] == [{"role": "user", "content": follow_up}],
+              f"the follow-up is a turn of the same battle, only the new prompt: {sent}")
         for side in "ab":
             check(page.locator(f"#answers-{side} .message.assistant[data-state=done]").count() == 2,
                   f"side {side}: two answers")
@@ -341,11 +354,13 @@ def arena_and_leaderboard(ctx):
 
     # Escaping in the arena: both answers are the hostile text (a route stands in for the API).
     page.click("#new-round")
+    fake = [{"battle_id": "battle-fake", "token": "0" * 64}]
+    for side in "ab":
+        fake += [{"side": side, "delta": HOSTILE}, {"side": side, "finish_reason": "stop"}]
+    fake.append({"done": True})
     page.route("**/arena/battles", lambda route: route.fulfill(
-        status=200, content_type="application/json", body=json.dumps({
-            "battle_id": "battle-fake",
-            "a": {"content": HOSTILE, "finish_reason": "stop"},
-            "b": {"content": HOSTILE, "finish_reason": "stop"}})))
+        status=200, content_type="text/event-stream",
+        body="".join(f"data: {json.dumps(e)}\n\n" for e in fake) + "data: [DONE]\n\n"))
     page.fill("#prompt", "Say something nasty.")
     page.click("#send")
     page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)

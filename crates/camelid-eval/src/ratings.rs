@@ -68,20 +68,55 @@ pub fn battles_from_pairwise(js: &[PairJudgment]) -> Vec<Battle> {
         .collect()
 }
 
+/// The JSON records of a battle file, and the number of a last line cut short.
+pub struct Records {
+    pub records: Vec<serde_json::Value>,
+    /// A last line that is not JSON and ends the file without a newline: a write cut short
+    /// (a process killed mid-line), left out rather than refusing the whole file.
+    pub torn_last_line: Option<usize>,
+}
+
+/// The records of a JSON array or of JSON lines.
+pub fn read_records(text: &str) -> Result<Records> {
+    if let Ok(serde_json::Value::Array(records)) = serde_json::from_str(text) {
+        return Ok(Records {
+            records,
+            torn_last_line: None,
+        });
+    }
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let mut records = vec![];
+    let mut torn_last_line = None;
+    for (k, &(i, l)) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(v) => records.push(v),
+            Err(_) if k + 1 == lines.len() && !text.ends_with('\n') => torn_last_line = Some(i + 1),
+            Err(e) => bail!("line {}: {e}", i + 1),
+        }
+    }
+    Ok(Records {
+        records,
+        torn_last_line,
+    })
+}
+
 /// Reads battles from a file: a JSON array or JSON lines of FastChat battles
-/// (`model_a`, `model_b`, `winner`), or `mtbench judge` pairwise judgments.
+/// (`model_a`, `model_b`, `winner`; those marked `"anony": false` are left out, as FastChat's
+/// leaderboard leaves them), or `mtbench judge` pairwise judgments.
 pub fn read_battles(text: &str) -> Result<Vec<Battle>> {
-    let values: Vec<serde_json::Value> = match serde_json::from_str(text) {
-        Ok(serde_json::Value::Array(v)) => v,
-        _ => text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))
-            })
-            .collect::<Result<_>>()?,
-    };
+    let read = read_records(text)?;
+    if let Some(line) = read.torn_last_line {
+        tracing::warn!("line {line}, the last, is cut short: skipped");
+    }
+    let values: Vec<serde_json::Value> = read
+        .records
+        .into_iter()
+        .filter(|v| v.get("anony").and_then(|a| a.as_bool()) != Some(false))
+        .collect();
     let mut battles = vec![];
     let mut judgments = vec![];
     for (i, v) in values.into_iter().enumerate() {
@@ -588,5 +623,23 @@ mod tests {
             ]
         );
         assert!(read_battles(r#"{"model_a": "x", "model_b": "y", "winner": "draw"}"#).is_err());
+    }
+
+    /// A log whose writer was killed mid-line still reads (without that line); battles whose
+    /// answers named a model (`"anony": false`) are not rated.
+    #[test]
+    fn a_torn_last_line_is_skipped_and_non_anonymous_battles_left_out() {
+        let good = r#"{"model_a": "x", "model_b": "y", "winner": "model_a", "anony": true}"#;
+        let named = r#"{"model_a": "x", "model_b": "y", "winner": "model_b", "anony": false}"#;
+        let torn = format!("{good}\n{named}\n{}", &good[..20]);
+        let read = read_records(&torn).unwrap();
+        assert_eq!((read.records.len(), read.torn_last_line), (2, Some(3)));
+        assert_eq!(
+            read_battles(&torn).unwrap(),
+            vec![battle("x", "y", Outcome::ModelA)]
+        );
+        // A bad line that is not the last, or one the writer finished, is an error.
+        assert!(read_records(&format!("{}\n{good}\n", &good[..20])).is_err());
+        assert!(read_records(&format!("{good}\n{}\n", &good[..20])).is_err());
     }
 }

@@ -8,34 +8,72 @@
 //   for a new battle, else what the previous turn resolved to (opaque to the page). `params`
 //   is {temperature, max_tokens}. onAnswer(side, {text, done, finish}) is called as side "a"
 //   or "b" grows: `text` is the whole answer so far, `done` true once that side is complete.
-//   Resolves (after both sides are done) to the battle for the next turn or the vote.
+//   Resolves (after both sides are done and the turn is stored) to the battle for the next
+//   turn or the vote.
 // vote(battle, winner): winner is "model_a" | "model_b" | "tie" | "tie (bothbad)"; resolves
 //   to {model_a, model_b}, the names.
 //
-// Today's server answers a turn whole: POST arena/battles {messages, battle_id?, ...params}
-// → {battle_id, a: {content, finish_reason}, b: {...}}. Streaming both sides (and a battle
-// token instead of the id) changes the bodies of these two functions only.
+// The server keeps each side's conversation: a follow-up sends only the new prompt, with the
+// battle's id and the visitor's token (the battle is the visitor's; the token is kept for
+// this browser tab's later battles too).
 const ArenaApi = {
-  async turn(battle, prompt, params, onAnswer) {
-    // The current API takes one conversation for both models, so a follow-up carries
-    // model A's earlier answers to both.
-    const messages = [...(battle ? battle.history : []), { role: "user", content: prompt }];
-    const body = { messages, ...params };
-    if (battle) body.battle_id = battle.id;
-    const r = await Camelid.apiJson("arena/battles", { method: "POST", body });
-    for (const side of ["a", "b"]) {
-      onAnswer(side, { text: r[side].content || "", done: true, finish: r[side].finish_reason });
+  TOKEN_STORE: "camelid.arenaToken",
+
+  token() {
+    try {
+      return sessionStorage.getItem(this.TOKEN_STORE) || null;
+    } catch {
+      return this.memoryToken || null;
     }
-    return {
-      id: r.battle_id,
-      history: [...messages, { role: "assistant", content: r.a.content || "" }],
-    };
+  },
+
+  keepToken(token) {
+    this.memoryToken = token;
+    try {
+      sessionStorage.setItem(this.TOKEN_STORE, token);
+    } catch {
+      // Storage off: the token lasts as long as the page.
+    }
+  },
+
+  async turn(battle, prompt, params, onAnswer) {
+    const body = { messages: [{ role: "user", content: prompt }], stream: true, ...params };
+    const token = battle ? battle.token : this.token();
+    if (token) body.token = token;
+    if (battle) body.battle_id = battle.id;
+    let resp = await Camelid.api("arena/battles", { method: "POST", body });
+    if (resp.status === 403 && !battle && token) {
+      // A token this server's store does not know (another deployment): start afresh.
+      delete body.token;
+      resp = await Camelid.api("arena/battles", { method: "POST", body });
+    }
+    if (!resp.ok) throw new Error(await Camelid.errorMessage(resp));
+    const text = { a: "", b: "" };
+    let next = null;
+    let stored = false;
+    for await (const ev of Camelid.sseData(resp)) {
+      if (ev.battle_id) {
+        next = { id: ev.battle_id, token: ev.token };
+        this.keepToken(ev.token);
+      } else if (ev.side === "a" || ev.side === "b") {
+        if (typeof ev.delta === "string") {
+          text[ev.side] += ev.delta;
+          onAnswer(ev.side, { text: text[ev.side], done: false });
+        } else if (ev.finish_reason) {
+          onAnswer(ev.side, { text: text[ev.side], done: true, finish: ev.finish_reason });
+        }
+      } else if (ev.done) {
+        stored = true;
+      }
+    }
+    if (!next || !stored) throw new Error("The answers ended early; start a new round.");
+    return next;
   },
 
   async vote(battle, winner) {
     return Camelid.apiJson(`arena/battles/${encodeURIComponent(battle.id)}/vote`, {
       method: "POST",
-      body: { winner },
+      body: { winner, token: battle.token },
     });
   },
 };

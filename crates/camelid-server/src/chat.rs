@@ -121,6 +121,19 @@ pub async fn submit(
     req: &ChatRequest,
     sampling: &SamplingFields,
 ) -> Result<Submitted, ApiError> {
+    let salt = cache_salt(req.cache_salt.as_deref())?;
+    submit_salted(state, permit, req, sampling, salt).await
+}
+
+/// [`submit`] with the prefix-cache partition given by the caller (an arena battle's; the
+/// request's own `cache_salt` is not read).
+pub async fn submit_salted(
+    state: &Arc<AppState>,
+    permit: Permit,
+    req: &ChatRequest,
+    sampling: &SamplingFields,
+    salt: Option<String>,
+) -> Result<Submitted, ApiError> {
     let limits = &state.config.limits;
     limits.check_messages(req.messages.len())?;
     unimplemented_chat(req)?;
@@ -162,7 +175,6 @@ pub async fn submit(
     if req.logprobs {
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
-    let salt = cache_salt(req.cache_salt.as_deref())?;
     let prompt_tokens = prompt.len();
     let specs = (0..n)
         .map(|i| {

@@ -9,6 +9,7 @@
 //! store) → `metrics` → `error`; `listen` (the accept loop) imports none of them.
 
 pub mod arena;
+mod battle;
 mod chat;
 pub mod error;
 mod format;
@@ -101,8 +102,8 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     )
 }
 
-/// Every route but `/health`, the pages (and `/metrics` with `metrics_public`) needs an API
-/// key when keys are set, unknown paths too: without one, a client learns nothing, not even
+/// Every route but `/health`, the pages, the arena's (unless private) and `/metrics` with
+/// `metrics_public` needs an API key when keys are set, unknown paths too: without one, a client learns nothing, not even
 /// which routes exist.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut keyed = Router::new()
@@ -111,13 +112,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
-        .route("/arena/battles", post(arena_routes::battle))
-        .route("/arena/battles/{id}/vote", post(arena_routes::vote))
-        .route("/arena/leaderboard", get(arena_routes::leaderboard))
         .fallback(not_found);
     let mut open = Router::new()
         .merge(pages::router())
         .route("/health", get(health::health));
+    // The arena's visitor routes: open to visitors (held by the per-visitor limits) unless
+    // `--arena-private`. They reach the models only through the arena's rules.
+    let arena = Router::new()
+        .route("/arena/battles", post(arena_routes::battle))
+        .route("/arena/battles/{id}/vote", post(arena_routes::vote))
+        .route("/arena/leaderboard", get(arena_routes::leaderboard));
+    if state.arena.config().private {
+        keyed = keyed.merge(arena);
+    } else {
+        open = open.merge(arena);
+    }
     if state.config.metrics_public {
         open = open.route("/metrics", get(metrics_routes::metrics));
     } else {
@@ -151,6 +160,15 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Aborts a background task when the server it belongs to returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves until SIGTERM or Ctrl-C (see [`serve_until`]); on the signal, requests not yet
 /// started are answered 503.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
@@ -179,5 +197,11 @@ pub async fn serve_until(
         header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)),
         shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),
     };
+    // The arena's leaderboard refits and sweeps, for as long as this server runs.
+    let upkeep = tokio::spawn({
+        let state = state.clone();
+        async move { state.arena.upkeep().await }
+    });
+    let _stop_upkeep = AbortOnDrop(upkeep);
     listen::serve_connections(listener, router(state), limits, shutdown).await
 }

@@ -4,7 +4,10 @@
 //! listen backlog), and a graceful shutdown. `axum::serve` has neither limit; this is its
 //! loop with them.
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
 
 /// How [`serve_connections`] treats its connections.
 #[derive(Debug, Clone, Copy)]
@@ -46,9 +50,9 @@ pub async fn serve_connections(
             s = slots.clone().acquire_owned() => s.expect("the connection semaphore stays open"),
             () = &mut shutdown => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_error(e).await;
                     continue;
@@ -57,7 +61,13 @@ pub async fn serve_connections(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        // The peer's address reaches handlers as axum's `ConnectInfo` (the arena's
+        // per-address limits).
+        let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -211,7 +211,9 @@ pub fn generation_params(
 }
 
 /// `cache_salt` (vLLM's): requests share cached prompt prefixes only under the same salt. A
-/// salt, when given, is a non-empty string of at most [`MAX_CACHE_SALT_BYTES`].
+/// salt, when given, is a non-empty string of at most [`MAX_CACHE_SALT_BYTES`]. A client's
+/// salt is put in its own namespace, so no client can name the partition of an arena battle
+/// ([`battle_cache_salt`]).
 pub fn cache_salt(salt: Option<&str>) -> Result<Option<String>, ApiError> {
     match salt {
         None => Ok(None),
@@ -226,8 +228,15 @@ pub fn cache_salt(salt: Option<&str>) -> Result<Option<String>, ApiError> {
                 s.len()
             ),
         )),
-        Some(s) => Ok(Some(s.to_string())),
+        Some(s) => Ok(Some(format!("client:{s}"))),
     }
+}
+
+/// The prefix-cache partition of an arena battle: its turns share cached prefixes with each
+/// other and with nothing else, so no request can learn from its cache hits which model
+/// answered a battle's prompt, nor a battle from another request's.
+pub fn battle_cache_salt(battle_id: &str) -> String {
+    format!("battle:{battle_id}")
 }
 
 /// OpenAI's wording when prompt + completion do not fit.

@@ -26,7 +26,7 @@ enum Command {
     /// Convert a GGUF file into an HF folder (safetensors, config.json, tokenizer.json).
     Convert(convert::ConvertArgs),
     /// Serve models over an OpenAI-compatible HTTP API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Load-test any OpenAI-compatible server: prefill/decode throughput, TTFT, inter-token latency.
     Bench(bench::BenchArgs),
     /// MT-bench: generate answers, judge them with an LLM, show the results.
@@ -53,7 +53,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Convert(a) => convert::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Mtbench(c) => mtbench::run(c),
         Command::Arena(c) => arena::run(c),
         Command::Bench(a) => bench::run(a),

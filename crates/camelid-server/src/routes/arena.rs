@@ -1,69 +1,127 @@
 //! Anonymous side-by-side battles, as Chatbot Arena runs them: two models drawn at random
-//! answer the same conversation under the labels A and B; the user votes; the vote reveals
+//! answer the same conversation under the labels A and B; the visitor votes; the vote reveals
 //! the names and becomes a battle on the leaderboard (Bradley–Terry ratings, see
-//! `camelid_eval::ratings`). The handlers; battles and votes are kept by `crate::arena`,
-//! and the answers come from `chat::complete`.
+//! `camelid_eval::ratings`). The handlers; battles and votes are kept by `crate::arena`
+//! (its store of record), and the answers come from `crate::battle`.
 //!
-//! - `POST /arena/battles` — a chat request without `model` (and not streamed). With
-//!   `battle_id`, a follow-up turn answered by the same two models.
+//! - `POST /arena/battles` — a chat request without `model`; answered with `{"battle_id",
+//!   "token", "a": {"content", "finish_reason"}, "b": {…}}`, or with `stream: true` as
+//!   server-sent events: `{"battle_id", "token"}`, then `{"side": "a"|"b", "delta"}` and
+//!   `{"side", "finish_reason"}` as both sides answer, `{"done": true}` once the turn is
+//!   stored, `[DONE]`. Nothing else (no usage, no per-model error text: see `crate::battle`). The `token` is the visitor's: send it with
+//!   every later request (a page keeps it; a new battle without one gets a new token). With
+//!   `battle_id` and `token`, a follow-up turn: `messages` are appended to both sides'
+//!   conversations, which the store holds, and the same two models answer.
 //! - `POST /arena/battles/{id}/vote` — `{"winner": "model_a" | "model_b" | "tie" |
-//!   "tie (bothbad)"}`, once per battle; answers with the names.
-//! - `GET /arena/leaderboard` — ratings over every vote (and those of `--arena-log`).
+//!   "tie (bothbad)", "token": …}`, once per battle; answers with the names once the vote
+//!   is committed.
+//! - `GET /arena/leaderboard` — ratings over the anonymous votes, as last refitted.
 
 use super::{AppResult, RequestBody};
-use crate::chat;
+use crate::arena::{self, OpenBattle, Request, Visitor};
+use crate::battle::{self, neutral, Answer};
 use crate::error::ApiError;
-use crate::format::{finish_str, usage_json};
 use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
-use crate::state::{AppState, Permit};
+use crate::state::AppState;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use camelid_eval::ratings::{self, Outcome};
-use rand::Rng;
-use serde_json::{json, Value};
+use camelid_eval::ratings::Outcome;
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
-/// Bootstrap resamples behind the leaderboard's intervals.
-const BOOTSTRAP_ROUNDS: usize = 100;
+/// The client's address for the per-address limits: the peer's, or the last
+/// `X-Forwarded-For` entry (the one the nearest proxy added) with `--arena-trust-forwarded-for`.
+pub struct ClientAddress(pub String);
 
-/// The two models of a new battle (drawn at random, distinct) or of an open one.
-fn contestants(state: &AppState, battle_id: Option<&str>) -> Result<(String, String), ApiError> {
-    if let Some(id) = battle_id {
-        return state.arena.contestants(id);
+impl FromRequestParts<Arc<AppState>> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        if state.arena.config().trust_forwarded_for {
+            let forwarded = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim)
+                .filter(|a| !a.is_empty());
+            if let Some(a) = forwarded {
+                return Ok(Self(a.to_string()));
+            }
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        Ok(Self(peer.unwrap_or_else(|| "unknown".into())))
     }
-    let models = state.models().ok_or_else(AppState::loading_error)?;
-    if models.len() < 2 {
-        return Err(ApiError::bad_request(
-            "The arena needs at least two served models (`--model` twice).",
-        ));
-    }
-    let mut rng = rand::rng();
-    let i = rng.random_range(0..models.len());
-    let j = (i + rng.random_range(1..models.len())) % models.len();
-    Ok((models[i].name.clone(), models[j].name.clone()))
 }
 
-/// One contestant's answer: the chat completion's first choice.
-async fn answer(
-    state: Arc<AppState>,
-    permit: Permit,
-    mut req: ChatRequest,
-    sampling: SamplingFields,
-    model: String,
-) -> Result<Value, ApiError> {
-    req.model = model;
-    let r = chat::complete(state, permit, req, sampling).await?;
-    let first = r.choices.first();
-    Ok(json!({
-        "content": first.map(|c| c.content.as_str()),
-        "finish_reason": first.map(|c| finish_str(c.finish)),
-        "usage": usage_json(&r.usage),
-    }))
+/// Removes an optional string field from the body.
+fn take_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid_param(field, "must be a string")),
+    }
+}
+
+/// The names of the served models.
+fn served(state: &AppState) -> Result<Vec<String>, ApiError> {
+    let models = state.models().ok_or_else(AppState::loading_error)?;
+    Ok(models.iter().map(|m| m.name.clone()).collect())
+}
+
+/// Fields a battle does not take: the arena sets them (`model`, `cache_salt`), or they would
+/// tell the models apart (token log-probs show the tokenizer; usage the lengths as each
+/// model counts them), or a battle has one answer per side (`n`).
+fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    let why = |field: &str| -> Option<&'static str> {
+        let v = obj.get(field)?;
+        match field {
+            "model" => Some("the arena draws the models; leave `model` out"),
+            "cache_salt" => Some("a battle has its own cache partition; leave `cache_salt` out"),
+            "n" if v.is_null() || v.as_u64() == Some(1) => None,
+            "n" => Some("a battle has one answer per side; leave `n` out"),
+            "logprobs" if v.is_null() || v.as_bool() == Some(false) => None,
+            "logprobs" | "top_logprobs" => {
+                Some("log-probabilities would tell the models apart; leave them out")
+            }
+            "stream_options" => Some("battles report no usage; leave `stream_options` out"),
+            _ => None,
+        }
+    };
+    for field in [
+        "model",
+        "cache_salt",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "stream_options",
+    ] {
+        if let Some(message) = why(field) {
+            return Err(ApiError::invalid_param(field, message));
+        }
+    }
+    Ok(())
 }
 
 pub async fn battle(
     State(state): State<Arc<AppState>>,
+    ClientAddress(address): ClientAddress,
     RequestBody(body): RequestBody,
 ) -> AppResult {
     // A battle is two generations: a slot for each.
@@ -73,90 +131,155 @@ pub async fn battle(
     let Some(obj) = req.as_object_mut() else {
         return Err(ApiError::bad_request("The body must be a JSON object."));
     };
-    if obj.contains_key("model") {
-        return Err(ApiError::invalid_param(
-            "model",
-            "the arena draws the models; leave `model` out",
-        ));
-    }
-    if obj.get("stream").and_then(Value::as_bool) == Some(true) {
-        return Err(ApiError::invalid_param(
-            "stream",
-            "arena answers come whole; leave `stream` out",
-        ));
-    }
-    let battle_id = match obj.remove("battle_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(ApiError::invalid_param("battle_id", "must be a string")),
+    refuse_fields(obj)?;
+    let stream = match obj.remove("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(ApiError::invalid_param("stream", "must be a boolean")),
     };
-    let (model_a, model_b) = contestants(&state, battle_id.as_deref())?;
-    // The chat request, read as the chat endpoint reads it (`model` is set per contestant).
-    obj.insert("model".into(), model_a.clone().into());
-    let chat_req: ChatRequest = from_value(&req)?;
+    let battle_id = take_string(obj, "battle_id")?;
+    let token = take_string(obj, "token")?;
+    // The request read as the chat endpoint reads it (`model` is set per contestant), before
+    // anything is counted or stored.
+    obj.insert("model".into(), "".into());
+    from_value::<ChatRequest>(&req)?;
     let sampling: SamplingFields = from_value(&req)?;
-    let (a, b) = tokio::join!(
-        answer(
-            state.clone(),
-            permits.0,
-            chat_req.clone(),
-            sampling.clone(),
-            model_a.clone()
-        ),
-        answer(
-            state.clone(),
-            permits.1,
-            chat_req,
-            sampling,
-            model_b.clone()
-        )
-    );
-    let (a, b) = (a?, b?);
-    let id = battle_id.unwrap_or_else(|| state.arena.open(model_a, model_b));
-    Ok(axum::Json(json!({"battle_id": id, "a": a, "b": b})).into_response())
+    let new_messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let visitor = match (&battle_id, token) {
+        (Some(id), token) => token
+            .as_deref()
+            .and_then(Visitor::from_token)
+            .ok_or_else(|| arena::not_yours(id))?,
+        (None, Some(t)) => Visitor::from_token(&t).ok_or_else(|| {
+            ApiError::invalid_param(
+                "token",
+                "must be the 64 hex digits a battle's start returned",
+            )
+        })?,
+        (None, None) => Visitor::new(),
+    };
+    let battle = match battle_id {
+        Some(id) => {
+            state.arena.admit(Request::Turn, &visitor, &address).await?;
+            state.arena.resume(&id, &visitor).await?
+        }
+        None => {
+            let (a, b) = state.arena.draw_pair(&served(&state)?)?;
+            state.arena.admit(Request::Turn, &visitor, &address).await?;
+            state.arena.start(&visitor, a, b).await?
+        }
+    };
+    // Each side: its own conversation so far, the new messages, its model.
+    let side = |conversation: &[Value], model: &str| {
+        let mut messages = conversation.to_vec();
+        messages.extend(new_messages.iter().cloned());
+        let mut r = req.clone();
+        r["messages"] = Value::from(messages.clone());
+        r["model"] = model.into();
+        from_value::<ChatRequest>(&r).map(|r| (r, messages))
+    };
+    let (req_a, conversation_a) = side(&battle.conversation_a, &battle.model_a)?;
+    let (req_b, conversation_b) = side(&battle.conversation_b, &battle.model_b)?;
+    let turn = battle::submit(&state, &battle.id, permits, (req_a, req_b), &sampling).await?;
+    let head = json!({"battle_id": battle.id, "token": visitor.token()});
+    let finish = TurnRecord {
+        state: state.clone(),
+        battle,
+        visitor,
+        conversations: (conversation_a, conversation_b),
+    };
+    if !stream {
+        let (a, b) = turn
+            .run(None)
+            .await
+            .map_err(|e| e.unwrap_or_else(|| neutral(ApiError::internal("no answer"))))?;
+        finish.record(&a, &b).await?;
+        let mut reply = head;
+        reply["a"] = a.json();
+        reply["b"] = b.json();
+        return Ok(axum::Json(reply).into_response());
+    }
+    // Streamed: the battle's id and token, then both sides' pieces as they come, then
+    // `{"done": true}` once the turn is stored (or an error), then `[DONE]`. The task owns
+    // the generations: a client that leaves closes the channel and cancels both.
+    let (tx, rx) = mpsc::channel::<Value>(64);
+    let _ = tx.try_send(head);
+    tokio::spawn(async move {
+        let last = match turn.run(Some(&tx)).await {
+            Ok((a, b)) => match finish.record(&a, &b).await {
+                Ok(()) => json!({"done": true}),
+                Err(e) => e.body(),
+            },
+            Err(Some(e)) => e.body(),
+            Err(None) => return,
+        };
+        let _ = tx.send(last).await;
+    });
+    let events = ReceiverStream::new(rx)
+        .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
+        .chain(futures::stream::once(async {
+            Ok(SseEvent::default().data("[DONE]"))
+        }));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// What storing an answered turn needs: the battle, its owner, both conversations so far.
+struct TurnRecord {
+    state: Arc<AppState>,
+    battle: OpenBattle,
+    visitor: Visitor,
+    conversations: (Vec<Value>, Vec<Value>),
+}
+
+impl TurnRecord {
+    /// Appends each side's answer to its own conversation and stores both.
+    async fn record(self, a: &Answer, b: &Answer) -> Result<(), ApiError> {
+        let (mut conversation_a, mut conversation_b) = self.conversations;
+        conversation_a.push(json!({"role": "assistant", "content": a.content}));
+        conversation_b.push(json!({"role": "assistant", "content": b.content}));
+        self.state
+            .arena
+            .record_turn(
+                &self.battle,
+                &self.visitor,
+                &conversation_a,
+                &conversation_b,
+            )
+            .await
+    }
 }
 
 pub async fn vote(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
+    ClientAddress(address): ClientAddress,
     RequestBody(body): RequestBody,
 ) -> AppResult {
-    #[derive(serde::Deserialize)]
-    struct Vote {
-        winner: Outcome,
-    }
     let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
     let _permit = state.permit()?;
-    let v: Vote = serde_json::from_slice(&body).map_err(|_| {
+    let v = parse_json(&body)?;
+    let winner: Outcome = serde_json::from_value(v["winner"].clone()).map_err(|_| {
         ApiError::invalid_param(
             "winner",
             "one of \"model_a\", \"model_b\", \"tie\", \"tie (bothbad)\"",
         )
     })?;
-    let battle = state.arena.vote(&id, v.winner)?;
-    let reply = json!({"battle_id": id, "model_a": battle.model_a, "model_b": battle.model_b,
-                       "winner": battle.winner});
+    let visitor = v["token"]
+        .as_str()
+        .and_then(Visitor::from_token)
+        .ok_or_else(|| arena::not_yours(&id))?;
+    state.arena.admit(Request::Vote, &visitor, &address).await?;
+    let cast = state
+        .arena
+        .vote(&id, &visitor, winner, &served(&state)?)
+        .await?;
+    let reply = json!({"battle_id": id, "model_a": cast.model_a, "model_b": cast.model_b,
+                       "winner": cast.winner, "anony": cast.anony});
     Ok(axum::Json(reply).into_response())
 }
 
 pub async fn leaderboard(State(state): State<Arc<AppState>>) -> Response {
-    // A hundred fits of every vote: as much work as a request, so it holds a permit (until
-    // the fits are done, even if the client leaves), off the async workers.
-    let permit = match state.permit() {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let votes = state.arena.votes();
-    let rows = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        (
-            votes.len(),
-            ratings::leaderboard(&votes, BOOTSTRAP_ROUNDS, 0),
-        )
-    })
-    .await;
-    match rows {
-        Ok((n, rows)) => axum::Json(json!({"battles": n, "leaderboard": rows})).into_response(),
-        Err(e) => ApiError::internal(format!("rating the battles: {e}")).into_response(),
-    }
+    axum::Json(state.arena.leaderboard().as_ref().clone()).into_response()
 }

@@ -91,10 +91,8 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
-    /// Append arena votes here (FastChat battle lines, `camelid arena ratings` reads them);
-    /// the leaderboard starts from the votes already in it.
-    #[arg(long)]
-    arena_log: Option<PathBuf>,
+    #[command(flatten)]
+    arena: super::arena::ArenaServeArgs,
     #[arg(long)]
     dtype: Option<String>,
     #[arg(long, default_value = "cpu")]
@@ -285,9 +283,14 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let api_keys = api_keys(&a)?;
-    let arena = camelid_server::arena::Arena::new(a.arena_log.clone()).context("arena log")?;
+    if a.arena.private() && api_keys.is_empty() {
+        anyhow::bail!(
+            "--arena-private puts the arena behind the API keys: give --api-key or --api-key-file"
+        );
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let served = rt.block_on(async move {
+        let arena = a.arena.open().await?;
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -312,6 +315,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let loading = tokio::task::spawn_blocking(move || -> Result<()> {
             let entries = load_entries(&a)?;
             let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            loader_state
+                .arena
+                .check_weights(&names)
+                .map_err(anyhow::Error::msg)?;
             loader_state.set_models(entries);
             tracing::info!("ready on http://{local} serving {}", names.join(", "));
             Ok(())

@@ -1,0 +1,670 @@
+//! The arena's rules over its store of record (SQLite or PostgreSQL, `store`): a battle
+//! belongs to the visitor whose token started it; it takes one vote; turns and votes are
+//! rate-limited per visitor and per address; an open battle expires after a time to live,
+//! never pushed out by other battles. A vote whose answers name a served model is kept but
+//! marked non-anonymous (`anony`, FastChat's field) and left out of the leaderboard, which is
+//! refitted when the votes change (`board`). Pairs are drawn by `pairs`. It knows nothing of
+//! HTTP routes; the handlers are in `routes::arena`.
+//!
+//! A battle's life, as the handlers drive it: `admit` (429) → `start` (new) or `resume`
+//! (follow-up; 403/404/409/410) → the two answers → `record_turn` → … → `admit` → `vote`.
+
+mod board;
+pub mod pairs;
+mod store;
+
+use crate::error::ApiError;
+use axum::http::StatusCode;
+use camelid_eval::ratings::Outcome;
+use rand::Rng;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{BattleRow, Store, VoteRow};
+
+/// The window of the rate limits.
+const RATE_WINDOW_SECS: f64 = 60.0;
+/// How often expired battles and old rate-limit entries are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Requests allowed per minute; 0 means no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    pub per_visitor: u32,
+    pub per_address: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArenaConfig {
+    /// An open battle expires this long after its start or last turn.
+    pub battle_ttl: Duration,
+    /// Turns (new battles and follow-ups).
+    pub turn_limits: RateLimits,
+    pub vote_limits: RateLimits,
+    /// Sampling weights by model name (`--arena-weight`); unnamed models weigh 1.
+    pub weights: BTreeMap<String, f64>,
+    /// Take the client's address from the last `X-Forwarded-For` entry (behind a proxy).
+    pub trust_forwarded_for: bool,
+    /// The arena's routes need an API key like the OpenAI API (`--arena-private`); by
+    /// default they are open to visitors, who are held by the per-visitor limits.
+    pub private: bool,
+}
+
+impl Default for ArenaConfig {
+    fn default() -> Self {
+        Self {
+            battle_ttl: Duration::from_secs(3600),
+            turn_limits: RateLimits {
+                per_visitor: 20,
+                per_address: 60,
+            },
+            vote_limits: RateLimits {
+                per_visitor: 20,
+                per_address: 60,
+            },
+            weights: BTreeMap::new(),
+            trust_forwarded_for: false,
+            private: false,
+        }
+    }
+}
+
+/// A visitor: the token its page holds (64 hex digits), known to the store only by its
+/// SHA-256.
+pub struct Visitor {
+    token: String,
+    key: String,
+}
+
+impl Visitor {
+    /// A new visitor with a fresh random token.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let bytes: [u8; 32] = rand::rng().random();
+        Self::with_token(hex(&bytes))
+    }
+
+    /// The visitor holding `token`; `None` unless it is 64 lowercase hex digits.
+    pub fn from_token(token: &str) -> Option<Self> {
+        let well_formed = token.len() == 64
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        well_formed.then(|| Self::with_token(token.to_string()))
+    }
+
+    fn with_token(token: String) -> Self {
+        let key = hex(&Sha256::digest(token.as_bytes()));
+        Self { token, key }
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a request asks of the rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// A new battle or a follow-up turn.
+    Turn,
+    Vote,
+}
+
+/// An open battle as its owner sees it: the models and both conversations so far
+/// (`{"role", "content"}` messages, as the chat API takes them).
+#[derive(Debug, Clone)]
+pub struct OpenBattle {
+    pub id: String,
+    pub model_a: String,
+    pub model_b: String,
+    pub conversation_a: Vec<Value>,
+    pub conversation_b: Vec<Value>,
+    /// Turns answered so far.
+    pub turns: i64,
+}
+
+/// A vote as stored.
+#[derive(Debug, Clone)]
+pub struct CastVote {
+    pub battle_id: String,
+    pub model_a: String,
+    pub model_b: String,
+    pub winner: Outcome,
+    /// False when an answer named a served model: kept, but not rated.
+    pub anony: bool,
+}
+
+pub struct Arena {
+    store: Store,
+    config: ArenaConfig,
+    board: board::Board,
+}
+
+impl Default for Arena {
+    /// An arena in this process's memory, with the default rules.
+    fn default() -> Self {
+        Self::in_memory(ArenaConfig::default())
+    }
+}
+
+fn now() -> f64 {
+    camelid_eval::data::now()
+}
+
+fn store_error(e: sqlx::Error) -> ApiError {
+    tracing::error!("arena store: {e}");
+    ApiError::internal(format!("The arena's store failed: {e}"))
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: String) -> ApiError {
+    ApiError {
+        code: Some(code),
+        ..ApiError::new(status, "invalid_request_error", message)
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    refusal(
+        StatusCode::NOT_FOUND,
+        "battle_not_found",
+        format!("No battle {id:?}."),
+    )
+}
+
+/// The request's token is not the one that started battle `id` (or there is none).
+pub fn not_yours(id: &str) -> ApiError {
+    ApiError {
+        param: Some("token".into()),
+        ..refusal(
+            StatusCode::FORBIDDEN,
+            "battle_not_yours",
+            format!("Battle {id:?} belongs to the visitor who started it: send the `token` its start returned."),
+        )
+    }
+}
+
+fn voted(id: &str) -> ApiError {
+    refusal(
+        StatusCode::CONFLICT,
+        "battle_voted",
+        format!("Battle {id:?} has been voted on; start a new one."),
+    )
+}
+
+fn expired(id: &str) -> ApiError {
+    refusal(
+        StatusCode::GONE,
+        "battle_expired",
+        format!("Battle {id:?} has expired; start a new one."),
+    )
+}
+
+fn busy(id: &str) -> ApiError {
+    refusal(
+        StatusCode::CONFLICT,
+        "battle_busy",
+        format!("Battle {id:?} changed while this request ran (another turn or vote); retry."),
+    )
+}
+
+/// Whether battle `b` may be continued or voted on by `visitor` now: its owner's, unvoted,
+/// unexpired. Ownership is checked first, so a stranger learns nothing else.
+fn check(id: &str, b: &BattleRow, visitor: &Visitor, now: f64) -> Result<(), ApiError> {
+    if b.visitor != visitor.key {
+        Err(not_yours(id))
+    } else if b.voted {
+        Err(voted(id))
+    } else if b.expires_at <= now {
+        Err(expired(id))
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_conversation(text: &str) -> Vec<Value> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// Whether an answer (an assistant message) of either conversation names one of `models`,
+/// case-insensitively, as FastChat's `clean_battle_data` looks for model names.
+fn answers_name_a_model(conversations: [&[Value]; 2], models: &[String]) -> bool {
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| m.to_lowercase())
+        .filter(|m| !m.is_empty())
+        .collect();
+    conversations
+        .iter()
+        .flat_map(|c| c.iter())
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["content"].as_str())
+        .any(|text| {
+            let text = text.to_lowercase();
+            names.iter().any(|n| text.contains(n.as_str()))
+        })
+}
+
+impl Arena {
+    /// The arena on `--arena-db` (`sqlite:PATH` or `postgres://…`); its tables are created
+    /// now.
+    pub async fn connect(url: &str, config: ArenaConfig) -> Result<Self, String> {
+        let store = Store::connect(url)
+            .await
+            .map_err(|e| format!("arena store {url}: {e}"))?;
+        Ok(Self {
+            store,
+            config,
+            board: Default::default(),
+        })
+    }
+
+    /// An arena kept in this process's memory: its votes end with it.
+    pub fn in_memory(config: ArenaConfig) -> Self {
+        Self {
+            store: Store::in_memory(),
+            config,
+            board: Default::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ArenaConfig {
+        &self.config
+    }
+
+    /// Every model named by a weight must be served.
+    pub fn check_weights(&self, served: &[String]) -> Result<(), String> {
+        match self.config.weights.keys().find(|m| !served.contains(m)) {
+            Some(m) => Err(format!(
+                "--arena-weight names {m:?}, which is not served (served: {})",
+                served.join(", ")
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Two distinct served models for a new battle, drawn by the configured weights.
+    pub fn draw_pair(&self, served: &[String]) -> Result<(String, String), ApiError> {
+        pairs::draw_pair(served, &self.config.weights, &mut rand::rng()).ok_or_else(|| {
+            ApiError::bad_request(
+                "The arena needs at least two served models with a weight above 0 (`--model` twice).",
+            )
+        })
+    }
+
+    /// Counts one request of `visitor` from `address`, or refuses it (429) when either has
+    /// made its limit of them in the last minute. The count is the store's, so it holds
+    /// across the servers sharing it.
+    pub async fn admit(
+        &self,
+        request: Request,
+        visitor: &Visitor,
+        address: &str,
+    ) -> Result<(), ApiError> {
+        let (limits, kind) = match request {
+            Request::Turn => (self.config.turn_limits, "turn"),
+            Request::Vote => (self.config.vote_limits, "vote"),
+        };
+        if limits.per_visitor == 0 && limits.per_address == 0 {
+            return Ok(());
+        }
+        let limit = |n: u32| if n == 0 { i64::MAX } else { n as i64 };
+        let now = now();
+        let admitted = self
+            .store
+            .admit(
+                kind,
+                &visitor.key,
+                address,
+                now,
+                now - RATE_WINDOW_SECS,
+                limit(limits.per_visitor),
+                limit(limits.per_address),
+            )
+            .await
+            .map_err(store_error)?;
+        if admitted {
+            return Ok(());
+        }
+        let what = match request {
+            Request::Turn => "battle turns",
+            Request::Vote => "votes",
+        };
+        Err(ApiError {
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(RATE_WINDOW_SECS as u64),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "Too many arena {what} from this visitor or address in the last minute \
+                     (limits {} and {}); retry later.",
+                    limits.per_visitor, limits.per_address
+                ),
+            )
+        })
+    }
+
+    /// Opens a battle of `visitor` between `model_a` and `model_b`, with no turn yet.
+    pub async fn start(
+        &self,
+        visitor: &Visitor,
+        model_a: String,
+        model_b: String,
+    ) -> Result<OpenBattle, ApiError> {
+        let id = format!("battle-{:032x}", rand::rng().random::<u128>());
+        let now = now();
+        self.store
+            .insert_battle(
+                &id,
+                &visitor.key,
+                &model_a,
+                &model_b,
+                now,
+                now + self.config.battle_ttl.as_secs_f64(),
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(OpenBattle {
+            id,
+            model_a,
+            model_b,
+            conversation_a: vec![],
+            conversation_b: vec![],
+            turns: 0,
+        })
+    }
+
+    /// Battle `id` for a follow-up turn by `visitor`: 404 unknown, 403 another visitor's,
+    /// 409 voted on, 410 expired.
+    pub async fn resume(&self, id: &str, visitor: &Visitor) -> Result<OpenBattle, ApiError> {
+        let Some(b) = self.store.battle(id).await.map_err(store_error)? else {
+            return Err(self.missing(id).await);
+        };
+        check(id, &b, visitor, now())?;
+        Ok(OpenBattle {
+            id: id.to_string(),
+            conversation_a: parse_conversation(&b.conversation_a),
+            conversation_b: parse_conversation(&b.conversation_b),
+            model_a: b.model_a,
+            model_b: b.model_b,
+            turns: b.turns,
+        })
+    }
+
+    /// 409 if battle `id` (no longer in the battles table) was voted on, else 404.
+    async fn missing(&self, id: &str) -> ApiError {
+        match self.store.voted(id).await {
+            Ok(true) => voted(id),
+            Ok(false) => not_found(id),
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// Stores `battle`'s conversations after the turn just answered (each ending with its
+    /// model's answer) and extends its life; 409 if another turn or a vote came first.
+    pub async fn record_turn(
+        &self,
+        battle: &OpenBattle,
+        visitor: &Visitor,
+        conversation_a: &[Value],
+        conversation_b: &[Value],
+    ) -> Result<(), ApiError> {
+        let now = now();
+        let recorded = self
+            .store
+            .record_turn(
+                &battle.id,
+                &visitor.key,
+                battle.turns,
+                &Value::from(conversation_a).to_string(),
+                &Value::from(conversation_b).to_string(),
+                now,
+                now + self.config.battle_ttl.as_secs_f64(),
+            )
+            .await
+            .map_err(store_error)?;
+        if recorded {
+            return Ok(());
+        }
+        Err(match self.store.battle(&battle.id).await {
+            Ok(Some(b)) => check(&battle.id, &b, visitor, now)
+                .err()
+                .unwrap_or_else(|| busy(&battle.id)),
+            Ok(None) => self.missing(&battle.id).await,
+            Err(e) => store_error(e),
+        })
+    }
+
+    /// Casts the one vote of battle `id`, committed to the store before this returns.
+    /// `served` are the model names an answer must not contain for the vote to count as
+    /// anonymous. 404/403/409/410 as `resume`; 409 before its first answer.
+    pub async fn vote(
+        &self,
+        id: &str,
+        visitor: &Visitor,
+        winner: Outcome,
+        served: &[String],
+    ) -> Result<CastVote, ApiError> {
+        let winner_str = serde_json::to_value(winner)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        // A follow-up may land between the read and the insert: then read again.
+        for _ in 0..3 {
+            let Some(b) = self.store.battle(id).await.map_err(store_error)? else {
+                return Err(self.missing(id).await);
+            };
+            let now = now();
+            check(id, &b, visitor, now)?;
+            if b.turns == 0 {
+                return Err(refusal(
+                    StatusCode::CONFLICT,
+                    "battle_unanswered",
+                    format!("Battle {id:?} has no answers to vote on yet."),
+                ));
+            }
+            let (a, c) = (
+                parse_conversation(&b.conversation_a),
+                parse_conversation(&b.conversation_b),
+            );
+            let anony = !answers_name_a_model([&a, &c], served);
+            let judge = format!("arena_user_{}", &visitor.key[..16]);
+            let cast = self
+                .store
+                .insert_vote(id, &visitor.key, b.turns, &winner_str, anony, &judge, now)
+                .await
+                .map_err(store_error)?;
+            if cast {
+                self.board.changed.notify_one();
+                return Ok(CastVote {
+                    battle_id: id.to_string(),
+                    model_a: b.model_a,
+                    model_b: b.model_b,
+                    winner,
+                    anony,
+                });
+            }
+        }
+        Err(busy(id))
+    }
+
+    /// The leaderboard as last fitted: `{"battles", "votes", "computed_at", "leaderboard"}`.
+    pub fn leaderboard(&self) -> Arc<Value> {
+        self.board.current()
+    }
+
+    /// Refits the leaderboard now if the votes changed since the last fit.
+    pub async fn refresh_leaderboard(&self) -> Result<(), String> {
+        self.board.refresh(&self.store).await
+    }
+
+    /// Deletes rate-limit entries older than the window and battles expired for longer than
+    /// their time to live (until then a late request gets 410, afterwards 404).
+    pub async fn sweep(&self) -> Result<u64, String> {
+        let now = now();
+        self.store
+            .sweep(
+                now - RATE_WINDOW_SECS,
+                now - self.config.battle_ttl.as_secs_f64(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The arena's background work, for as long as the server runs: refits the leaderboard
+    /// after a vote here (at most every two seconds) or one seen in the store (polled
+    /// every five), and sweeps expired battles every minute.
+    pub async fn upkeep(&self) {
+        let mut last_sweep: Option<tokio::time::Instant> = None;
+        loop {
+            let fitted = tokio::time::Instant::now();
+            if let Err(e) = self.refresh_leaderboard().await {
+                tracing::warn!("arena leaderboard: {e}");
+            }
+            if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_INTERVAL) {
+                match self.sweep().await {
+                    Ok(n) if n > 0 => tracing::info!("arena: {n} expired battles removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("arena sweep: {e}"),
+                }
+                last_sweep = Some(tokio::time::Instant::now());
+            }
+            tokio::select! {
+                _ = self.board.changed.notified() => {}
+                _ = tokio::time::sleep(board::POLL_INTERVAL) => {}
+            }
+            tokio::time::sleep_until(fitted + board::MIN_INTERVAL).await;
+        }
+    }
+
+    /// Every vote as a FastChat battle (`clean_battle_data`'s fields), oldest first.
+    pub async fn export(&self) -> Result<Vec<Value>, String> {
+        let votes = self.store.votes().await.map_err(|e| e.to_string())?;
+        Ok(votes
+            .into_iter()
+            .map(|v| {
+                let conversation_a = parse_conversation(&v.conversation_a);
+                let conversation_b = parse_conversation(&v.conversation_b);
+                json!({
+                    "question_id": v.battle_id,
+                    "model_a": v.model_a,
+                    "model_b": v.model_b,
+                    "winner": v.winner,
+                    "judge": v.judge,
+                    "conversation_a": conversation_a,
+                    "conversation_b": conversation_b,
+                    "turn": v.turn,
+                    "anony": v.anony,
+                    "tstamp": v.tstamp,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds FastChat battles (`model_a`, `model_b`, `winner`; `question_id`, `anony`,
+    /// `tstamp`, `judge`, `conversation_a/b`, `turn` when present) as votes. A record's
+    /// `question_id` is its battle id (one without gets a hash of its text), so importing a
+    /// file twice adds nothing the second time. Returns how many were added.
+    pub async fn import(&self, records: &[Value]) -> Result<u64, String> {
+        let votes = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| vote_from_fastchat(r).map_err(|e| format!("battle {}: {e}", i + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store
+            .import_votes(&votes)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A FastChat battle record as a vote row.
+fn vote_from_fastchat(r: &Value) -> Result<VoteRow, String> {
+    let text = |k: &str| -> Result<String, String> {
+        r[k].as_str()
+            .map(String::from)
+            .ok_or_else(|| format!("`{k}` must be a string"))
+    };
+    let winner: Outcome = serde_json::from_value(r["winner"].clone()).map_err(|_| {
+        "`winner` must be \"model_a\", \"model_b\", \"tie\" or \"tie (bothbad)\"".to_string()
+    })?;
+    let battle_id = match &r["question_id"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => format!(
+            "import-{}",
+            &hex(&Sha256::digest(r.to_string().as_bytes()))[..32]
+        ),
+    };
+    let conversation = |k: &str| match &r[k] {
+        Value::Null => Value::Array(vec![]),
+        v => v.clone(),
+    };
+    let conversation_a = conversation("conversation_a");
+    let turn = r["turn"]
+        .as_i64()
+        .unwrap_or(conversation_a.as_array().map_or(0, |c| c.len() as i64 / 2));
+    Ok(VoteRow {
+        battle_id,
+        model_a: text("model_a")?,
+        model_b: text("model_b")?,
+        winner: serde_json::to_value(winner)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        anony: r["anony"].as_bool().unwrap_or(true),
+        tstamp: r["tstamp"].as_f64().unwrap_or_else(now),
+        judge: r["judge"].as_str().unwrap_or("imported").to_string(),
+        conversation_a: conversation_a.to_string(),
+        conversation_b: conversation("conversation_b").to_string(),
+        turn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_named_in_an_answer_is_found_whatever_its_case() {
+        let conv = |answer: &str| {
+            vec![
+                json!({"role": "user", "content": "Who are you, smol-a?"}),
+                json!({"role": "assistant", "content": answer}),
+            ]
+        };
+        let served = ["smol-a".to_string(), "Llama-3".to_string()];
+        let plain = conv("I am a helpful assistant.");
+        assert!(
+            !answers_name_a_model([&plain, &plain], &served),
+            "a user's question is not an answer"
+        );
+        assert!(answers_name_a_model(
+            [&plain, &conv("I am LLAMA-3, made by Meta.")],
+            &served
+        ));
+        assert!(answers_name_a_model(
+            [&conv("SMOL-A here"), &plain],
+            &served
+        ));
+    }
+
+    #[test]
+    fn tokens_are_64_hex_digits_and_keys_their_hash() {
+        let v = Visitor::new();
+        assert_eq!(v.token().len(), 64);
+        let again = Visitor::from_token(v.token()).unwrap();
+        assert_eq!(again.key, v.key);
+        assert_ne!(v.key, v.token());
+        assert!(Visitor::from_token(&v.token()[1..]).is_none());
+        assert!(Visitor::from_token(&v.token().to_uppercase()).is_none());
+        assert!(Visitor::from_token("").is_none());
+    }
+}

@@ -1,0 +1,460 @@
+//! The arena's tables in SQLite or PostgreSQL, through one sqlx `Any` pool. The SQL is the
+//! subset both speak: `$n` parameters, BIGINT 0/1 for booleans (sqlx's `Any` reads no SQLite
+//! BOOLEAN), DOUBLE PRECISION unix seconds, JSON as TEXT. Every write is one statement, so
+//! each is atomic and committed when it returns (no transaction spans a request).
+//!
+//! - `arena_battles` — open battles: the drawn models, both conversations, the owner
+//!   (SHA-256 of the visitor's token), the turn count, when it expires.
+//! - `arena_votes` — the votes, one per battle (the primary key), each carrying its battle's
+//!   conversations: the battle row is swept after it expires, the vote stays.
+//! - `arena_requests` — recent turns and votes by visitor and address, for the rate limits.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS arena_battles (
+        id TEXT PRIMARY KEY,
+        visitor TEXT NOT NULL,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        conversation_a TEXT NOT NULL,
+        conversation_b TEXT NOT NULL,
+        turns BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS arena_battles_expiry ON arena_battles (expires_at)",
+    "CREATE TABLE IF NOT EXISTS arena_votes (
+        battle_id TEXT PRIMARY KEY,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        winner TEXT NOT NULL,
+        anony BIGINT NOT NULL,
+        tstamp DOUBLE PRECISION NOT NULL,
+        judge TEXT NOT NULL,
+        conversation_a TEXT NOT NULL,
+        conversation_b TEXT NOT NULL,
+        turn BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS arena_votes_order ON arena_votes (tstamp, battle_id)",
+    "CREATE TABLE IF NOT EXISTS arena_requests (
+        kind TEXT NOT NULL,
+        visitor TEXT NOT NULL,
+        address TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS arena_requests_visitor ON arena_requests (kind, visitor, at)",
+    "CREATE INDEX IF NOT EXISTS arena_requests_address ON arena_requests (kind, address, at)",
+    "CREATE INDEX IF NOT EXISTS arena_requests_at ON arena_requests (at)",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub(super) struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// Set once the tables exist (at connect, or at first use for the in-memory store).
+    schema: OnceCell<()>,
+}
+
+/// A battle's row.
+pub(super) struct BattleRow {
+    pub visitor: String,
+    pub model_a: String,
+    pub model_b: String,
+    pub conversation_a: String,
+    pub conversation_b: String,
+    pub turns: i64,
+    pub expires_at: f64,
+    /// A vote for it exists.
+    pub voted: bool,
+}
+
+/// A vote's row, as exported and imported.
+pub(super) struct VoteRow {
+    pub battle_id: String,
+    pub model_a: String,
+    pub model_b: String,
+    pub winner: String,
+    pub anony: bool,
+    pub tstamp: f64,
+    pub judge: String,
+    pub conversation_a: String,
+    pub conversation_b: String,
+    pub turn: i64,
+}
+
+/// What the leaderboard needs of a vote.
+pub(super) struct RatedVote {
+    pub model_a: String,
+    pub model_b: String,
+    pub winner: String,
+    pub anony: bool,
+}
+
+impl Store {
+    /// A pool on `url` (`sqlite:PATH`, created if missing, or `postgres://…`); the tables are
+    /// created now.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = parse_url(url)?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            // FULL: a committed vote survives a power cut, not just a killed process.
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA synchronous = FULL")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let store = Self {
+            pool: options.connect(&url).await?,
+            backend,
+            schema: OnceCell::new(),
+        };
+        store.ready().await?;
+        Ok(store)
+    }
+
+    /// A store in this process's memory (one SQLite connection, kept for good: the database
+    /// lives as long as it does). The tables are made at first use.
+    pub fn in_memory() -> Self {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy("sqlite::memory:")
+            .expect("a valid in-memory SQLite URL");
+        Self {
+            pool,
+            backend: Backend::Sqlite,
+            schema: OnceCell::new(),
+        }
+    }
+
+    /// Makes the tables once. On PostgreSQL a transaction-scoped advisory lock keeps
+    /// servers starting together from racing on `CREATE … IF NOT EXISTS` (which can fail on
+    /// a duplicate catalog entry there).
+    async fn ready(&self) -> Result<&Self, sqlx::Error> {
+        self.schema
+            .get_or_try_init(|| async {
+                if self.backend == Backend::Sqlite {
+                    // Persistent in the file: readers do not wait for writers. In-memory
+                    // databases answer "memory" and stay so.
+                    let mode: String = sqlx::query("PRAGMA journal_mode")
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get(0)?;
+                    if mode.eq_ignore_ascii_case("delete") {
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&self.pool)
+                            .await?;
+                    }
+                }
+                let mut tx = self.pool.begin().await?;
+                if self.backend == Backend::Postgres {
+                    sqlx::query("SELECT pg_advisory_xact_lock(7243551)")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for statement in SCHEMA {
+                    sqlx::query(*statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await
+            })
+            .await?;
+        Ok(self)
+    }
+
+    fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn insert_battle(
+        &self,
+        id: &str,
+        visitor: &str,
+        model_a: &str,
+        model_b: &str,
+        now: f64,
+        expires_at: f64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO arena_battles (id, visitor, model_a, model_b, conversation_a,
+                 conversation_b, turns, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, '[]', '[]', 0, $5, $6)",
+        )
+        .bind(id)
+        .bind(visitor)
+        .bind(model_a)
+        .bind(model_b)
+        .bind(now)
+        .bind(expires_at)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn battle(&self, id: &str) -> Result<Option<BattleRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT visitor, model_a, model_b, conversation_a, conversation_b, turns, expires_at,
+                 (SELECT COUNT(*) FROM arena_votes v WHERE v.battle_id = b.id) AS votes
+             FROM arena_battles b WHERE b.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.ready().await?.pool())
+        .await?;
+        row.map(|r| {
+            Ok(BattleRow {
+                visitor: r.try_get(0)?,
+                model_a: r.try_get(1)?,
+                model_b: r.try_get(2)?,
+                conversation_a: r.try_get(3)?,
+                conversation_b: r.try_get(4)?,
+                turns: r.try_get(5)?,
+                expires_at: r.try_get(6)?,
+                voted: r.try_get::<i64, _>(7)? > 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// Whether a vote exists for battle `id` (its battle row may be swept already).
+    pub async fn voted(&self, id: &str) -> Result<bool, sqlx::Error> {
+        Ok(
+            sqlx::query("SELECT 1 FROM arena_votes WHERE battle_id = $1")
+                .bind(id)
+                .fetch_optional(self.ready().await?.pool())
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Stores the conversations after turn `turns + 1` if the battle is still `visitor`'s,
+    /// open, unvoted and at turn `turns`; false otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_turn(
+        &self,
+        id: &str,
+        visitor: &str,
+        turns: i64,
+        conversation_a: &str,
+        conversation_b: &str,
+        now: f64,
+        expires_at: f64,
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE arena_battles
+             SET conversation_a = $1, conversation_b = $2, turns = turns + 1, expires_at = $3
+             WHERE id = $4 AND visitor = $5 AND turns = $6 AND expires_at > $7
+                 AND NOT EXISTS (SELECT 1 FROM arena_votes v WHERE v.battle_id = $4)",
+        )
+        .bind(conversation_a)
+        .bind(conversation_b)
+        .bind(expires_at)
+        .bind(id)
+        .bind(visitor)
+        .bind(turns)
+        .bind(now)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Casts the vote of battle `id` from its row, if it is `visitor`'s, unexpired and at
+    /// turn `turns` (> 0); false otherwise, or if it has a vote already.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_vote(
+        &self,
+        id: &str,
+        visitor: &str,
+        turns: i64,
+        winner: &str,
+        anony: bool,
+        judge: &str,
+        now: f64,
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "INSERT INTO arena_votes (battle_id, model_a, model_b, winner, anony, tstamp, judge,
+                 conversation_a, conversation_b, turn)
+             SELECT id, model_a, model_b, $1, $2, $3, $7, conversation_a, conversation_b, turns
+             FROM arena_battles
+             WHERE id = $4 AND visitor = $5 AND turns = $6 AND turns > 0 AND expires_at > $3
+             ON CONFLICT (battle_id) DO NOTHING",
+        )
+        .bind(winner)
+        .bind(anony as i64)
+        .bind(now)
+        .bind(id)
+        .bind(visitor)
+        .bind(turns)
+        .bind(judge)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Logs one request of `kind` unless `visitor` or `address` made `per_visitor` or
+    /// `per_address` of them since `since`; false when refused.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn admit(
+        &self,
+        kind: &str,
+        visitor: &str,
+        address: &str,
+        now: f64,
+        since: f64,
+        per_visitor: i64,
+        per_address: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "INSERT INTO arena_requests (kind, visitor, address, at)
+             SELECT $1, $2, $3, $4
+             WHERE (SELECT COUNT(*) FROM arena_requests
+                    WHERE kind = $1 AND visitor = $2 AND at > $5) < $6
+               AND (SELECT COUNT(*) FROM arena_requests
+                    WHERE kind = $1 AND address = $3 AND at > $5) < $7",
+        )
+        .bind(kind)
+        .bind(visitor)
+        .bind(address)
+        .bind(now)
+        .bind(since)
+        .bind(per_visitor)
+        .bind(per_address)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Forgets requests made before `requests_before` and battles that expired before
+    /// `battles_before`; returns the battles removed.
+    pub async fn sweep(
+        &self,
+        requests_before: f64,
+        battles_before: f64,
+    ) -> Result<u64, sqlx::Error> {
+        let pool = self.ready().await?.pool();
+        sqlx::query("DELETE FROM arena_requests WHERE at < $1")
+            .bind(requests_before)
+            .execute(pool)
+            .await?;
+        let r = sqlx::query("DELETE FROM arena_battles WHERE expires_at < $1")
+            .bind(battles_before)
+            .execute(pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn vote_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) FROM arena_votes")
+            .fetch_one(self.ready().await?.pool())
+            .await?
+            .try_get(0)
+    }
+
+    /// Every vote in the order the leaderboard fits them (the same on every server).
+    pub async fn rated_votes(&self) -> Result<Vec<RatedVote>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT model_a, model_b, winner, anony FROM arena_votes ORDER BY tstamp, battle_id",
+        )
+        .fetch_all(self.ready().await?.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RatedVote {
+                    model_a: r.try_get(0)?,
+                    model_b: r.try_get(1)?,
+                    winner: r.try_get(2)?,
+                    anony: r.try_get::<i64, _>(3)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn votes(&self) -> Result<Vec<VoteRow>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT battle_id, model_a, model_b, winner, anony, tstamp, judge, conversation_a,
+                 conversation_b, turn
+             FROM arena_votes ORDER BY tstamp, battle_id",
+        )
+        .fetch_all(self.ready().await?.pool())
+        .await?;
+        rows.iter().map(vote_row).collect()
+    }
+
+    /// Adds votes whose battle id is not in the store yet; returns how many were added.
+    pub async fn import_votes(&self, votes: &[VoteRow]) -> Result<u64, sqlx::Error> {
+        let mut tx = self.ready().await?.pool().begin().await?;
+        let mut added = 0;
+        for v in votes {
+            added += sqlx::query(
+                "INSERT INTO arena_votes (battle_id, model_a, model_b, winner, anony, tstamp,
+                     judge, conversation_a, conversation_b, turn)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (battle_id) DO NOTHING",
+            )
+            .bind(&v.battle_id)
+            .bind(&v.model_a)
+            .bind(&v.model_b)
+            .bind(&v.winner)
+            .bind(v.anony as i64)
+            .bind(v.tstamp)
+            .bind(&v.judge)
+            .bind(&v.conversation_a)
+            .bind(&v.conversation_b)
+            .bind(v.turn)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+}
+
+fn vote_row(r: &AnyRow) -> Result<VoteRow, sqlx::Error> {
+    Ok(VoteRow {
+        battle_id: r.try_get(0)?,
+        model_a: r.try_get(1)?,
+        model_b: r.try_get(2)?,
+        winner: r.try_get(3)?,
+        anony: r.try_get::<i64, _>(4)? != 0,
+        tstamp: r.try_get(5)?,
+        judge: r.try_get(6)?,
+        conversation_a: r.try_get(7)?,
+        conversation_b: r.try_get(8)?,
+        turn: r.try_get(9)?,
+    })
+}
+
+/// The backend of `--arena-db`, and the URL sqlx gets (a SQLite file is created if missing).
+fn parse_url(url: &str) -> Result<(Backend, String), sqlx::Error> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok((Backend::Postgres, url.to_string()))
+    } else if url.starts_with("sqlite:") {
+        let url = if url.contains("mode=") {
+            url.to_string()
+        } else if url.contains('?') {
+            format!("{url}&mode=rwc")
+        } else {
+            format!("{url}?mode=rwc")
+        };
+        Ok((Backend::Sqlite, url))
+    } else {
+        Err(sqlx::Error::Configuration(
+            format!("{url:?} is neither sqlite:PATH nor postgres://USER@HOST:PORT/DATABASE").into(),
+        ))
+    }
+}

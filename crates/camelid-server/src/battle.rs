@@ -1,0 +1,174 @@
+//! One turn of an arena battle: both sides submitted in the battle's own prefix-cache
+//! partition, run to the end together, whole or as one event stream, with nothing that tells
+//! the sides' models apart beyond the answers themselves — no usage, no cached-token counts,
+//! and one neutral message whichever side failed and however.
+
+use crate::chat::{self, Submitted};
+use crate::error::ApiError;
+use crate::format::finish_str;
+use crate::openai::{ChatRequest, SamplingFields};
+use crate::run::{shutting_down, Submission};
+use crate::state::{AppState, Permit};
+use crate::validate::battle_cache_salt;
+use axum::http::StatusCode;
+use camelid_engine::Event;
+use camelid_model::decode::FinishReason;
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The two sides of a battle, in the page's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+}
+
+/// One side's finished answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub content: String,
+    pub finish: FinishReason,
+}
+
+impl Answer {
+    /// The answer as a battle response shows it: text and finish reason, nothing else.
+    pub fn json(&self) -> Value {
+        json!({"content": self.content, "finish_reason": finish_str(self.finish)})
+    }
+}
+
+/// What a turn sends while it runs: a piece of one side's text, or one side's end.
+enum Piece {
+    Delta(Side, String),
+    Finished(Side, FinishReason),
+}
+
+impl Piece {
+    fn json(&self) -> Value {
+        match self {
+            Piece::Delta(side, text) => json!({"side": side.label(), "delta": text}),
+            Piece::Finished(side, f) => {
+                json!({"side": side.label(), "finish_reason": finish_str(*f)})
+            }
+        }
+    }
+}
+
+/// Any failure of a side, said the same way for both: which side failed, and why, would
+/// tell the models apart (one has the shorter context, another a different template).
+/// The cause goes to the log.
+pub fn neutral(err: ApiError) -> ApiError {
+    tracing::info!("arena turn failed: {}", err.message);
+    let (status, kind, message) = if err.status == StatusCode::SERVICE_UNAVAILABLE {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_overloaded",
+            "The arena is busy or restarting; try this turn again in a moment.",
+        )
+    } else if err.status.is_client_error() {
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "The models could not answer this turn (it may be too long); start a new round or shorten it.",
+        )
+    } else {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "The models could not answer this turn; start a new round.",
+        )
+    };
+    ApiError {
+        code: Some("arena_turn_failed"),
+        ..ApiError::new(status, kind, message)
+    }
+}
+
+/// Both sides of a turn, handed to their engines.
+pub struct Turn {
+    a: Submission,
+    b: Submission,
+}
+
+/// Submits `req_a` and `req_b` (each naming its side's model) in battle `battle_id`'s cache
+/// partition, each under its own permit. Errors are already neutral.
+pub async fn submit(
+    state: &Arc<AppState>,
+    battle_id: &str,
+    permits: (Permit, Permit),
+    (req_a, req_b): (ChatRequest, ChatRequest),
+    sampling: &SamplingFields,
+) -> Result<Turn, ApiError> {
+    let salt = Some(battle_cache_salt(battle_id));
+    let (a, b) = tokio::join!(
+        chat::submit_salted(state, permits.0, &req_a, sampling, salt.clone()),
+        chat::submit_salted(state, permits.1, &req_b, sampling, salt)
+    );
+    let (Submitted { sub: a, .. }, Submitted { sub: b, .. }) =
+        (a.map_err(neutral)?, b.map_err(neutral)?);
+    Ok(Turn { a, b })
+}
+
+impl Turn {
+    /// Runs both sides to their ends; each piece of text (`{"side", "delta"}`) or end
+    /// (`{"side", "finish_reason"}`) goes to `pieces` as it comes, when given. A closed
+    /// `pieces` (the client left) cancels both sides: `Err(None)`.
+    pub async fn run(
+        mut self,
+        pieces: Option<&mpsc::Sender<Value>>,
+    ) -> Result<(Answer, Answer), Option<ApiError>> {
+        let a = std::mem::take(&mut self.a.streams).map(|e| (Side::A, e));
+        let b = std::mem::take(&mut self.b.streams).map(|e| (Side::B, e));
+        let mut events = stream::select(a, b);
+        let mut text = [String::new(), String::new()];
+        let mut finish = [None, None];
+        while let Some((side, (_, ev))) = events.next().await {
+            let i = side as usize;
+            let piece = match ev {
+                Event::Token { text: t, .. } => {
+                    text[i].push_str(&t);
+                    Piece::Delta(side, t)
+                }
+                Event::Finished { reason, .. } => {
+                    finish[i] = Some(reason);
+                    Piece::Finished(side, reason)
+                }
+                Event::PromptLogprobs(_) => continue,
+                Event::Error(e) => return Err(Some(neutral(ApiError::internal(e)))),
+                Event::Refused(_) => return Err(Some(neutral(shutting_down()))),
+            };
+            if let Some(tx) = pieces {
+                if tx.send(piece.json()).await.is_err() {
+                    return Err(None);
+                }
+            }
+        }
+        let [ta, tb] = text;
+        match finish {
+            [Some(fa), Some(fb)] => Ok((
+                Answer {
+                    content: ta,
+                    finish: fa,
+                },
+                Answer {
+                    content: tb,
+                    finish: fb,
+                },
+            )),
+            _ => Err(Some(neutral(ApiError::internal(
+                "the engine dropped a battle side",
+            )))),
+        }
+    }
+}

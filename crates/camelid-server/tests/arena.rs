@@ -1,0 +1,876 @@
+//! The arena over HTTP on a real server (two served names for the default model): battles,
+//! votes, the store's rules (tokens, one vote, rate limits, expiry, no eviction), the
+//! leaderboard, FastChat export and import.
+
+use camelid_server::arena::{Arena, ArenaConfig, RateLimits, Visitor};
+use camelid_server::{AppState, ModelEntry, ServerConfig};
+use serde_json::{json, Value};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+fn entry(name: &str) -> ModelEntry {
+    entry_with_context(name, 512)
+}
+
+/// The default model served as `name` with a context of `max_model_len` tokens.
+fn entry_with_context(name: &str, max_model_len: usize) -> ModelEntry {
+    let lm =
+        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
+    ModelEntry {
+        name: name.into(),
+        aliases: vec![],
+        template: lm.template.clone(),
+        stop_token_ids: lm.stop_token_ids.clone(),
+        stop_strings: lm.stop_strings.clone(),
+        max_model_len,
+        created: 0,
+        // A small KV pool: this binary runs a dozen servers of two engines at once.
+        engine: camelid_engine::EngineHandle::spawn(
+            lm,
+            camelid_engine::EngineConfig {
+                kv_cache_mb: 32,
+                ..Default::default()
+            },
+        ),
+    }
+}
+
+struct Server {
+    base: String,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_with_headers(path, body).0
+    }
+
+    /// (status, body) and the `Retry-After` header.
+    fn post_with_headers(&self, path: &str, body: Value) -> ((u16, Value), Option<String>) {
+        runtime().block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{}{path}", self.base))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let text = r.text().await.unwrap();
+            (
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                ),
+                retry,
+            )
+        })
+    }
+
+    fn leaderboard(&self) -> Value {
+        runtime().block_on(async {
+            reqwest::get(format!("{}/arena/leaderboard", self.base))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+    }
+
+    /// The leaderboard once it counts `votes` votes (it is refitted within seconds).
+    fn leaderboard_with(&self, votes: u64) -> Value {
+        let t = Instant::now();
+        loop {
+            let b = self.leaderboard();
+            if b["votes"].as_u64() == Some(votes) {
+                return b;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "leaderboard still at {b} (want {votes} votes)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A new battle; (battle_id, token, the whole reply).
+    fn battle(&self, extra: Value) -> (String, String, Value) {
+        let mut body = ask();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, b) = self.post("/arena/battles", body);
+        assert_eq!(status, 200, "{b}");
+        (
+            b["battle_id"].as_str().unwrap().to_string(),
+            b["token"].as_str().unwrap().to_string(),
+            b,
+        )
+    }
+
+    fn vote(&self, id: &str, token: Option<&str>, winner: &str) -> (u16, Value) {
+        let mut body = json!({ "winner": winner });
+        if let Some(t) = token {
+            body["token"] = t.into();
+        }
+        self.post(&format!("/arena/battles/{id}/vote"), body)
+    }
+}
+
+fn ask() -> Value {
+    json!({"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 4, "temperature": 0})
+}
+
+fn serve(arena: Arena, names: &[&str]) -> Server {
+    serve_models(
+        ServerConfig::default(),
+        arena,
+        names.iter().map(|n| entry(n)).collect(),
+    )
+}
+
+fn serve_models(config: ServerConfig, arena: Arena, models: Vec<ModelEntry>) -> Server {
+    let state = Arc::new(AppState::new(config).with_arena(arena));
+    state.set_models(models);
+    let listener = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    runtime().spawn(camelid_server::serve(listener, state.clone()));
+    Server { base, state }
+}
+
+fn sqlite_arena(path: &std::path::Path, config: ArenaConfig) -> Arena {
+    runtime()
+        .block_on(Arena::connect(
+            &format!("sqlite:{}", path.display()),
+            config,
+        ))
+        .unwrap()
+}
+
+fn no_limits() -> ArenaConfig {
+    let none = RateLimits {
+        per_visitor: 0,
+        per_address: 0,
+    };
+    ArenaConfig {
+        turn_limits: none,
+        vote_limits: none,
+        ..Default::default()
+    }
+}
+
+fn assert_refused(status: u16, body: &Value, want: u16, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+/// Battles: two served models answer anonymously, a vote reveals them once, votes rate the
+/// models on the leaderboard, and a server started on the same store carries them on; the
+/// export is FastChat's battle JSON that `camelid_eval::ratings` reads to the same table.
+#[test]
+fn arena_battles_are_anonymous_and_votes_rate_the_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("arena.db");
+    // One served model is no arena.
+    let single = serve(Arena::default(), &["smol"]);
+    let (status, body) = single.post("/arena/battles", ask());
+    assert_eq!(status, 400, "{body}");
+
+    let s = serve(sqlite_arena(&db, no_limits()), &["smol-a", "smol-b"]);
+    let mut wins: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for round in 0..5 {
+        let (id, token, battle) = s.battle(json!({}));
+        let text = battle.to_string();
+        assert!(
+            !text.contains("smol-a") && !text.contains("smol-b"),
+            "names leak: {text}"
+        );
+        assert!(battle["a"]["content"].is_string() && battle["b"]["content"].is_string());
+        if round == 0 {
+            // A follow-up turn goes to the same battle.
+            let mut follow = ask();
+            follow["battle_id"] = id.clone().into();
+            follow["token"] = token.clone().into();
+            let (status, again) = s.post("/arena/battles", follow);
+            assert_eq!(
+                (status, again["battle_id"].as_str()),
+                (200, Some(id.as_str())),
+                "{again}"
+            );
+        }
+        let winner = if round % 2 == 0 { "model_a" } else { "tie" };
+        let (status, reveal) = s.vote(&id, Some(&token), winner);
+        assert_eq!(status, 200, "{reveal}");
+        assert_eq!(reveal["anony"], true, "{reveal}");
+        let (a, b) = (
+            reveal["model_a"].as_str().unwrap(),
+            reveal["model_b"].as_str().unwrap(),
+        );
+        assert!(
+            a != b && [a, b].iter().all(|m| ["smol-a", "smol-b"].contains(m)),
+            "{reveal}"
+        );
+        wins.entry(a.into()).or_default().0 += if winner == "model_a" { 2 } else { 1 };
+        wins.entry(a.into()).or_default().1 += 2;
+        wins.entry(b.into()).or_default().0 += if winner == "model_a" { 0 } else { 1 };
+        wins.entry(b.into()).or_default().1 += 2;
+    }
+    // Bad requests.
+    let mut with_model = ask();
+    with_model["model"] = "smol-a".into();
+    assert_eq!(s.post("/arena/battles", with_model).0, 400);
+    let mut bad_token = ask();
+    bad_token["token"] = "not-a-token".into();
+    let (status, err) = s.post("/arena/battles", bad_token);
+    assert_eq!(
+        (status, err["error"]["param"].as_str()),
+        (400, Some("token"))
+    );
+    let (status, err) = s.vote("battle-none", Some(Visitor::new().token()), "tie");
+    assert_refused(status, &err, 404, "battle_not_found");
+    let (fresh, token, _) = s.battle(json!({}));
+    let (status, err) = s.vote(&fresh, Some(&token), "draw");
+    assert_eq!(
+        (status, err["error"]["param"].as_str()),
+        (400, Some("winner")),
+        "{err}"
+    );
+    // The leaderboard: five votes, each model's score rate as voted (in halves), ratings in
+    // the same order.
+    let board = s.leaderboard_with(5);
+    assert_eq!(board["battles"], 5, "{board}");
+    let rows = board["leaderboard"].as_array().unwrap();
+    assert_eq!(rows.len(), wins.len());
+    for row in rows {
+        let (halves, of) = wins[row["model"].as_str().unwrap()];
+        assert!((row["score_rate"].as_f64().unwrap() - halves as f64 / of as f64).abs() < 1e-9);
+    }
+    let rate = |i: usize| rows[i]["score_rate"].as_f64().unwrap();
+    let rating = |i: usize| rows[i]["rating"].as_f64().unwrap();
+    assert!(rate(0) >= rate(1));
+    assert_eq!(rating(0) - rating(1) > 1e-6, rate(0) > rate(1), "{board}");
+    // The export: FastChat's fields, read back by the ratings to the same table.
+    let exported = runtime().block_on(s.state.arena.export()).unwrap();
+    assert_eq!(exported.len(), 5);
+    for b in &exported {
+        for field in [
+            "question_id",
+            "model_a",
+            "model_b",
+            "winner",
+            "judge",
+            "tstamp",
+        ] {
+            assert!(b[field].is_string() || b[field].is_number(), "{field}: {b}");
+        }
+        assert_eq!(b["anony"], true);
+        assert_eq!(b["conversation_a"][0]["content"], "Name a color.", "{b}");
+        assert_eq!(b["conversation_a"][1]["role"], "assistant", "{b}");
+    }
+    assert_eq!(exported[0]["turn"], 2, "the battle with a follow-up");
+    let battles =
+        camelid_eval::ratings::read_battles(&Value::from(exported.clone()).to_string()).unwrap();
+    let refit = serde_json::to_value(camelid_eval::ratings::leaderboard(&battles, 100, 0)).unwrap();
+    assert_eq!(refit, board["leaderboard"]);
+    // A server started on the same store carries the votes on.
+    let restarted = serve(sqlite_arena(&db, no_limits()), &["smol-a", "smol-b"]);
+    assert_eq!(
+        restarted.leaderboard_with(5)["leaderboard"],
+        board["leaderboard"]
+    );
+}
+
+/// A vote must carry the token its battle's start returned: none, a malformed one or another
+/// visitor's is 403, and the battle can still be voted on by its owner.
+#[test]
+fn a_vote_without_the_battles_token_is_refused() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (id, token, _) = s.battle(json!({}));
+    let (other_id, other_token, _) = s.battle(json!({}));
+    let stranger = Visitor::new();
+    for t in [
+        None,
+        Some("0123"),
+        Some(stranger.token()),
+        Some(other_token.as_str()),
+    ] {
+        let (status, err) = s.vote(&id, t, "model_a");
+        assert_refused(status, &err, 403, "battle_not_yours");
+        assert_eq!(err["error"]["param"], "token");
+    }
+    assert_eq!(s.vote(&id, Some(&token), "model_a").0, 200);
+    assert_eq!(s.vote(&other_id, Some(&other_token), "tie").0, 200);
+}
+
+/// One vote per battle: a second vote is 409, and of votes sent together exactly one counts.
+#[test]
+fn a_second_vote_is_refused() {
+    let s = Arc::new(serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]));
+    let (id, token, _) = s.battle(json!({}));
+    assert_eq!(s.vote(&id, Some(&token), "model_a").0, 200);
+    let (status, err) = s.vote(&id, Some(&token), "model_b");
+    assert_refused(status, &err, 409, "battle_voted");
+    // A turn after the vote is refused too.
+    let mut follow = ask();
+    follow["battle_id"] = id.clone().into();
+    follow["token"] = token.clone().into();
+    let (status, err) = s.post("/arena/battles", follow);
+    assert_refused(status, &err, 409, "battle_voted");
+
+    let (id, token, _) = s.battle(json!({}));
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, id, token) = (s.clone(), id.clone(), token.clone());
+            std::thread::spawn(move || {
+                s.vote(
+                    &id,
+                    Some(&token),
+                    if i % 2 == 0 { "model_a" } else { "tie" },
+                )
+                .0
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 409, 409, 409, 409, 409, 409, 409]);
+    assert_eq!(s.leaderboard_with(2)["battles"], 2);
+}
+
+/// A follow-up turn is its battle's owner's: without the token or with another's it is
+/// 403; the owner's goes on with both sides' own conversations, kept by the store.
+#[test]
+fn a_follow_up_by_another_visitor_is_refused() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (id, token, first) = s.battle(json!({}));
+    let follow = |token: Option<&str>| {
+        let mut body = json!({"battle_id": id, "max_tokens": 4, "temperature": 0,
+                              "messages": [{"role": "user", "content": "And another?"}]});
+        if let Some(t) = token {
+            body["token"] = t.into();
+        }
+        s.post("/arena/battles", body)
+    };
+    let stranger = Visitor::new();
+    for t in [None, Some("zz"), Some(stranger.token())] {
+        let (status, err) = follow(t);
+        assert_refused(status, &err, 403, "battle_not_yours");
+    }
+    let (status, second) = follow(Some(&token));
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["token"], token.as_str());
+    assert_eq!(s.vote(&id, Some(&token), "tie").0, 200);
+    let exported = runtime().block_on(s.state.arena.export()).unwrap();
+    let conv = &exported[0]["conversation_a"];
+    assert_eq!(exported[0]["turn"], 2);
+    let contents: Vec<&Value> = conv
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["content"])
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            &json!("Name a color."),
+            &first["a"]["content"],
+            &json!("And another?"),
+            &second["a"]["content"]
+        ],
+        "{conv}"
+    );
+}
+
+/// Turns and votes over the limits answer 429 with Retry-After: per visitor (the token),
+/// then per address (new tokens do not get around it).
+#[test]
+fn rate_limits_answer_429() {
+    let config = ArenaConfig {
+        turn_limits: RateLimits {
+            per_visitor: 2,
+            per_address: 3,
+        },
+        vote_limits: RateLimits {
+            per_visitor: 1,
+            per_address: 0,
+        },
+        ..Default::default()
+    };
+    let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    let (first, token, _) = s.battle(json!({}));
+    let (second, _, _) = s.battle(json!({ "token": token }));
+    let ((status, err), retry) = s.post_with_headers(
+        "/arena/battles",
+        json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "token": token}),
+    );
+    assert_refused(status, &err, 429, "rate_limit_exceeded");
+    assert_eq!(err["error"]["type"], "rate_limit_error");
+    assert_eq!(retry.as_deref(), Some("60"));
+    // A new visitor from the same address: the address's third turn passes, its fourth not.
+    s.battle(json!({}));
+    let (status, err) = s.post("/arena/battles", ask());
+    assert_refused(status, &err, 429, "rate_limit_exceeded");
+    // Votes: one a minute for this visitor.
+    assert_eq!(s.vote(&first, Some(&token), "model_a").0, 200);
+    let (status, err) = s.vote(&second, Some(&token), "model_a");
+    assert_refused(status, &err, 429, "rate_limit_exceeded");
+}
+
+/// A battle expires after its time to live: a vote or a turn then is 410; once swept, 404.
+#[test]
+fn an_expired_battle_answers_410() {
+    let config = ArenaConfig {
+        battle_ttl: Duration::from_secs(1),
+        ..no_limits()
+    };
+    let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    let (id, token, _) = s.battle(json!({}));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, err) = s.vote(&id, Some(&token), "model_a");
+    assert_refused(status, &err, 410, "battle_expired");
+    let mut follow = ask();
+    follow["battle_id"] = id.clone().into();
+    follow["token"] = token.clone().into();
+    let (status, err) = s.post("/arena/battles", follow);
+    assert_refused(status, &err, 410, "battle_expired");
+    // Swept once it has been expired for a time to live.
+    std::thread::sleep(Duration::from_millis(1000));
+    runtime().block_on(s.state.arena.sweep()).unwrap();
+    let (status, err) = s.vote(&id, Some(&token), "model_a");
+    assert_refused(status, &err, 404, "battle_not_found");
+}
+
+/// Battles are never pushed out by other battles: after more new battles than the old
+/// in-memory store kept (10,000), an open one is still there to vote on.
+#[test]
+fn a_flood_of_new_battles_does_not_evict_an_open_one() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (id, token, _) = s.battle(json!({}));
+    runtime().block_on(async {
+        for _ in 0..12_000 {
+            s.state
+                .arena
+                .start(&Visitor::new(), "smol-a".into(), "smol-b".into())
+                .await
+                .unwrap();
+        }
+    });
+    let (status, reveal) = s.vote(&id, Some(&token), "model_b");
+    assert_eq!(status, 200, "{reveal}");
+}
+
+/// A vote whose answers name a served model is kept (exported, `anony: false`) but left out
+/// of the leaderboard.
+#[test]
+fn a_vote_whose_answers_name_a_model_is_kept_but_not_rated() {
+    // What the model answers (both sides alike at temperature 0): one of its words becomes a
+    // served model's name.
+    let probe = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (_, _, b) = probe.battle(json!({}));
+    let answer = b["a"]["content"].as_str().unwrap().to_lowercase();
+    let word = answer
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| w.len() >= 3)
+        .unwrap_or_else(|| panic!("no word in {answer:?}"))
+        .to_string();
+    let s = serve(Arena::in_memory(no_limits()), &[&word, "smol-b"]);
+    let (id, token, _) = s.battle(json!({}));
+    let (status, reveal) = s.vote(&id, Some(&token), "model_a");
+    assert_eq!((status, &reveal["anony"]), (200, &json!(false)), "{reveal}");
+    let board = s.leaderboard_with(1);
+    assert_eq!(board["battles"], 0, "{board}");
+    assert_eq!(board["leaderboard"], json!([]), "{board}");
+    let exported = runtime().block_on(s.state.arena.export()).unwrap();
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0]["anony"], false);
+}
+
+/// The leaderboard is fitted when the votes change, not per request: with no new vote it
+/// stays the same fit (past the store's poll interval); a vote brings a new one.
+#[test]
+fn the_leaderboard_is_fitted_when_votes_change_not_per_request() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (id, token, _) = s.battle(json!({}));
+    assert_eq!(s.vote(&id, Some(&token), "model_a").0, 200);
+    let first = s.leaderboard_with(1);
+    assert!(first["computed_at"].is_number(), "{first}");
+    std::thread::sleep(Duration::from_secs(6));
+    let later = s.leaderboard();
+    assert_eq!(
+        later["computed_at"], first["computed_at"],
+        "refitted without a vote"
+    );
+    let (id, token, _) = s.battle(json!({}));
+    assert_eq!(s.vote(&id, Some(&token), "tie").0, 200);
+    let second = s.leaderboard_with(2);
+    assert!(second["computed_at"].as_f64() > first["computed_at"].as_f64());
+}
+
+/// `import` reads FastChat battles (a torn last line left out by the reader), keeps their
+/// fields, adds nothing the second time; `export` gives them back.
+#[test]
+fn fastchat_battles_import_once_and_export_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let arena = sqlite_arena(&dir.path().join("a.db"), ArenaConfig::default());
+    let text = [
+        r#"{"question_id": "q1", "model_a": "x", "model_b": "y", "winner": "model_a", "anony": true, "tstamp": 1.5, "judge": "arena_user_1", "conversation_a": [{"role": "user", "content": "hi"}], "conversation_b": [], "turn": 1}"#,
+        r#"{"model_a": "y", "model_b": "x", "winner": "tie (bothbad)", "anony": false, "tstamp": 2.5}"#,
+        r#"{"model_a": "x", "model_b": "#,
+    ]
+    .join("\n");
+    let read = camelid_eval::ratings::read_records(&text).unwrap();
+    assert_eq!(read.torn_last_line, Some(3));
+    runtime().block_on(async {
+        assert_eq!(arena.import(&read.records).await.unwrap(), 2);
+        assert_eq!(arena.import(&read.records).await.unwrap(), 0);
+        let out = arena.export().await.unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0]["question_id"], "q1");
+        assert_eq!(out[0]["conversation_a"][0]["content"], "hi");
+        assert_eq!(out[0]["judge"], "arena_user_1");
+        assert_eq!(
+            (&out[1]["winner"], &out[1]["anony"], &out[1]["tstamp"]),
+            (&json!("tie (bothbad)"), &json!(false), &json!(2.5))
+        );
+        // Exported battles imported elsewhere are the same battles.
+        let other = Arena::connect(
+            &format!("sqlite:{}", dir.path().join("b.db").display()),
+            ArenaConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(other.import(&out).await.unwrap(), 2);
+        assert_eq!(other.export().await.unwrap(), out);
+        assert!(arena
+            .import(&[json!({"model_a": "x", "model_b": "y", "winner": "draw"})])
+            .await
+            .unwrap_err()
+            .contains("winner"));
+    });
+}
+
+/// `(status, body)` of a request with optional bearer key.
+fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String) {
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let mut r = match method {
+            "GET" => c.get(format!("{base}{path}")),
+            _ => c.post(format!("{base}{path}")),
+        };
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+/// The `data:` payloads of a server-sent-events body, `[DONE]` included.
+fn sse_payloads(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim().to_string())
+        .collect()
+}
+
+/// With `stream: true` both sides arrive as events: the battle's id and token first, then
+/// each side's pieces and end, `{"done": true}` once the turn is stored, `[DONE]`. The pieces
+/// add up to what the same (greedy) battle answers whole, the turn can be voted on, and no
+/// event carries anything but those fields.
+#[test]
+fn a_battle_streams_both_sides() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let mut body = ask();
+    body["max_tokens"] = 12.into();
+    let (_, _, whole) = s.battle(body.as_object().unwrap().clone().into());
+    body["stream"] = true.into();
+    let (status, text) = call(&s.base, "POST", "/arena/battles", None, Some(body));
+    assert_eq!(status, 200, "{text}");
+    let payloads = sse_payloads(&text);
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{text}"
+    );
+    let events: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    let head = &events[0];
+    let (id, token) = (
+        head["battle_id"].as_str().unwrap(),
+        head["token"].as_str().unwrap(),
+    );
+    assert_eq!(events.last().unwrap(), &json!({"done": true}), "{text}");
+    let mut answers = [String::new(), String::new()];
+    let mut finishes = [None, None];
+    for ev in &events[1..events.len() - 1] {
+        let side = match ev["side"].as_str() {
+            Some("a") => 0,
+            Some("b") => 1,
+            _ => panic!("an event of neither side: {ev}"),
+        };
+        let keys: Vec<&str> = ev.as_object().unwrap().keys().map(String::as_str).collect();
+        if let Some(d) = ev["delta"].as_str() {
+            assert_eq!(keys.len(), 2, "{ev}");
+            assert!(
+                finishes[side].is_none(),
+                "a piece after its side's end: {text}"
+            );
+            answers[side] += d;
+        } else {
+            assert_eq!(keys.len(), 2, "{ev}");
+            finishes[side] = Some(ev["finish_reason"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(finishes.iter().all(Option::is_some), "{text}");
+    // Both names serve the same model greedily: every side answers as the whole battle did.
+    for (side, got) in ["a", "b"].iter().zip(&answers) {
+        assert_eq!(
+            Some(got.as_str()),
+            whole[side]["content"].as_str(),
+            "{text}"
+        );
+    }
+    assert!(!answers[0].is_empty(), "{text}");
+    let (status, reveal) = s.vote(id, Some(token), "tie");
+    assert_eq!(status, 200, "the streamed turn was stored: {reveal}");
+}
+
+/// A follow-up carries only the new messages: each side answers its own conversation (its
+/// own earlier answers, never the other side's), as the store keeps them.
+#[test]
+fn each_side_keeps_its_own_conversation() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let mut first = ask();
+    first["temperature"] = 1.5.into();
+    first["seed"] = 3.into();
+    first["max_tokens"] = 8.into();
+    let (id, token, _) = s.battle(first.as_object().unwrap().clone().into());
+    let follow = json!({"battle_id": id, "token": token, "max_tokens": 4, "temperature": 0,
+                        "messages": [{"role": "user", "content": "And another?"}]});
+    assert_eq!(s.post("/arena/battles", follow).0, 200);
+    let open = runtime()
+        .block_on(
+            s.state
+                .arena
+                .resume(&id, &Visitor::from_token(&token).unwrap()),
+        )
+        .unwrap();
+    for conv in [&open.conversation_a, &open.conversation_b] {
+        let roles: Vec<&str> = conv.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(
+            roles,
+            ["user", "assistant", "user", "assistant"],
+            "{conv:?}"
+        );
+        assert_eq!(conv[2]["content"], "And another?");
+    }
+}
+
+/// The cache fingerprint: a visitor sends a unique message to one model through the API, then
+/// starts a battle with it. The battle shows no usage or cached-token count, and its prompts
+/// run in the battle's own cache partition: no engine serves them from the API request's
+/// cached blocks (the old arena answered `usage.prompt_tokens_details.cached_tokens > 0` on
+/// the side of that model). A follow-up of the same battle may use the battle's own blocks.
+#[test]
+fn a_battle_cannot_be_fingerprinted_through_the_prefix_cache() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let unique = format!(
+        "{} Tell me about the number {}.",
+        "Consider this carefully. ".repeat(12),
+        std::process::id()
+    );
+    let direct = json!({"model": "smol-a", "max_tokens": 1,
+                        "messages": [{"role": "user", "content": unique}]});
+    let (status, d) = s.post("/v1/chat/completions", direct.clone());
+    assert_eq!(status, 200, "{d}");
+    // The same request again is served from the cache: the fingerprint would work.
+    let (_, again) = s.post("/v1/chat/completions", direct);
+    assert!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{again}"
+    );
+    let cached = |name: &str| -> u64 {
+        let models = s.state.models().unwrap();
+        let m = models.iter().find(|m| m.name == name).unwrap();
+        m.engine
+            .metrics
+            .cached_prompt_tokens
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = (cached("smol-a"), cached("smol-b"));
+    let battle = json!({"max_tokens": 2, "messages": [{"role": "user", "content": unique}]});
+    let (status, b) = s.post("/arena/battles", battle);
+    assert_eq!(status, 200, "{b}");
+    let text = b.to_string();
+    for leak in [
+        "usage",
+        "cached_tokens",
+        "prompt_tokens",
+        "completion_tokens",
+    ] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+    assert_eq!(
+        (cached("smol-a"), cached("smol-b")),
+        before,
+        "a battle prompt was served from another request's cached blocks"
+    );
+}
+
+/// Whichever side fails, and however, the visitor reads one neutral error: here one model has
+/// a short context and the prompt does not fit it (the old arena answered with that model's
+/// context length in the message — and which side it was).
+#[test]
+fn a_side_that_fails_is_not_named() {
+    let s = serve_models(
+        ServerConfig::default(),
+        Arena::in_memory(no_limits()),
+        vec![
+            entry_with_context("roomy", 512),
+            entry_with_context("cramped", 48),
+        ],
+    );
+    let long = "Please describe the weather in a few words. ".repeat(6);
+    let mut bodies = std::collections::BTreeSet::new();
+    for stream in [false, true] {
+        for _ in 0..3 {
+            let battle = json!({"max_tokens": 8, "stream": stream,
+                                "messages": [{"role": "user", "content": long}]});
+            let (status, body) = call(&s.base, "POST", "/arena/battles", None, Some(battle));
+            assert_eq!(status, 400, "{body}");
+            for leak in ["roomy", "cramped", "48", "context length", "tokens"] {
+                assert!(!body.contains(leak), "{leak} in {body}");
+            }
+            let err: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(err["error"]["code"], "arena_turn_failed", "{err}");
+            bodies.insert(body);
+        }
+    }
+    assert_eq!(bodies.len(), 1, "the errors differ: {bodies:?}");
+}
+
+/// Per-model series move with battle traffic; where an anonymous visitor can read `/metrics`
+/// and start battles, none is shown. With an API key on `/metrics` they are.
+#[test]
+fn metrics_readable_by_visitors_show_no_per_model_series() {
+    let open = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    open.battle(json!({}));
+    let (status, m) = call(&open.base, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    assert!(m.contains("camelid_requests_total"), "{m}");
+    assert!(
+        !m.contains("model=\""),
+        "per-model series in anonymous metrics: {m}"
+    );
+
+    let keyed = serve_models(
+        ServerConfig {
+            api_keys: vec!["sk-ops".into()],
+            ..Default::default()
+        },
+        Arena::in_memory(no_limits()),
+        vec![entry("smol-a"), entry("smol-b")],
+    );
+    assert_eq!(call(&keyed.base, "GET", "/metrics", None, None).0, 401);
+    let (status, m) = call(&keyed.base, "GET", "/metrics", Some("sk-ops"), None);
+    assert_eq!(status, 200);
+    assert!(m.contains("model=\"smol-a\""), "{m}");
+}
+
+/// With API keys set the arena stays open to visitors (the OpenAI API does not);
+/// `--arena-private` puts it behind the keys too.
+#[test]
+fn the_arena_is_open_to_visitors_unless_private() {
+    let key = "sk-arena";
+    let keyed = || ServerConfig {
+        api_keys: vec![key.into()],
+        ..Default::default()
+    };
+    let public = serve_models(
+        keyed(),
+        Arena::in_memory(no_limits()),
+        vec![entry("smol-a"), entry("smol-b")],
+    );
+    let (status, b) = call(&public.base, "POST", "/arena/battles", None, Some(ask()));
+    assert_eq!(status, 200, "{b}");
+    let b: Value = serde_json::from_str(&b).unwrap();
+    let vote = json!({"winner": "tie", "token": b["token"]});
+    let path = format!("/arena/battles/{}/vote", b["battle_id"].as_str().unwrap());
+    assert_eq!(call(&public.base, "POST", &path, None, Some(vote)).0, 200);
+    assert_eq!(
+        call(&public.base, "GET", "/arena/leaderboard", None, None).0,
+        200
+    );
+    assert_eq!(call(&public.base, "GET", "/v1/models", None, None).0, 401);
+
+    let private = serve_models(
+        keyed(),
+        Arena::in_memory(ArenaConfig {
+            private: true,
+            ..no_limits()
+        }),
+        vec![entry("smol-a"), entry("smol-b")],
+    );
+    for (method, path, body) in [
+        ("POST", "/arena/battles", Some(ask())),
+        (
+            "POST",
+            "/arena/battles/x/vote",
+            Some(json!({"winner": "tie"})),
+        ),
+        ("GET", "/arena/leaderboard", None),
+    ] {
+        let (status, b) = call(&private.base, method, path, None, body);
+        assert_eq!(status, 401, "{method} {path}: {b}");
+    }
+    assert_eq!(
+        call(
+            &private.base,
+            "POST",
+            "/arena/battles",
+            Some(key),
+            Some(ask())
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(&private.base, "GET", "/", None, None).0,
+        200,
+        "the pages stay open"
+    );
+}
