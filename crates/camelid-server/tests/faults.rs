@@ -143,7 +143,7 @@ fn metrics_labels_are_route_templates_and_escaped() {
         "POST",
         "/arena/battles/secret-battle-7f3a/vote",
         &[],
-        r#"{"winner":"model_a"}"#,
+        &format!(r#"{{"winner":"model_a","token":"{}"}}"#, "0".repeat(64)),
     );
     assert_eq!(st, 404, "an unknown battle");
     let (st, _) = get(&base, "/v1/models", None);
