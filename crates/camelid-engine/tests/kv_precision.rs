@@ -132,8 +132,15 @@ fn f16_cache_keeps_first_token_logprobs_on_the_dense_model() {
     );
 }
 
+/// Whether the quantized model with some cache is as accurate as with the f32 cache, both
+/// measured against the dense model (the same weights with exact activations): `with` the
+/// cache's (median, p90, max) shifts from dense, `f32` the f32 cache's.
+fn as_accurate_as_f32(with: (f32, f32, f32), f32: (f32, f32, f32)) -> bool {
+    with.0 <= 1.25 * f32.0 + 0.01 && with.1 <= 1.25 * f32.1 + 0.01
+}
+
 #[test]
-fn f16_cache_moves_the_quantized_model_less_than_its_quantization() {
+fn f16_cache_leaves_the_quantized_model_as_accurate_as_f32() {
     let _g = serial();
     let dense = {
         let dir = common::converted_f32();
@@ -148,22 +155,27 @@ fn f16_cache_moves_the_quantized_model_less_than_its_quantization() {
         [0.0; PROMPTS.len()]
     );
     let order = spread(summation_order_shifts(&lm, &reference));
-    let f16 = spread(shifts(
-        &reference,
-        &run(&lm, PrefillPath::Widest, KvDtype::F16),
-    ));
-    let q8 = spread(shifts(
-        &reference,
-        &run(&lm, PrefillPath::Widest, KvDtype::Q8_0),
-    ));
-    let quantization = spread(shifts(&dense, &reference));
+    let with_f16 = run(&lm, PrefillPath::Widest, KvDtype::F16);
+    let with_q8 = run(&lm, PrefillPath::Widest, KvDtype::Q8_0);
+    let (f16, q8) = (
+        spread(shifts(&reference, &with_f16)),
+        spread(shifts(&reference, &with_q8)),
+    );
+    let from_dense = |runs: &[Vec<f32>]| spread(shifts(&dense, runs));
+    let (f32_err, f16_err, q8_err) = (
+        from_dense(&reference),
+        from_dense(&with_f16),
+        from_dense(&with_q8),
+    );
     show(
         "Q4_1",
         &[
             ("f32, summation order", order),
             ("f16 cache", f16),
             ("q8_0 cache", q8),
-            ("quantized vs dense (f32)", quantization),
+            ("f32 cache from dense", f32_err),
+            ("f16 cache from dense", f16_err),
+            ("q8_0 cache from dense", q8_err),
         ],
     );
     assert!(
@@ -171,8 +183,8 @@ fn f16_cache_moves_the_quantized_model_less_than_its_quantization() {
         "the summation-order changes moved nothing: the comparison measures nothing"
     );
     assert!(
-        f16.0 < quantization.0 && f16.1 < quantization.1,
-        "the f16 cache moves the first token's top-5 logprobs by {f16:?} (median, p90, max), \
-         as much as the weights' quantization does ({quantization:?})"
+        as_accurate_as_f32(f16_err, f32_err),
+        "with the f16 cache the quantized model's first-token top-5 logprobs are {f16_err:?} \
+         (median, p90, max) from the dense model's, with the f32 cache {f32_err:?}"
     );
 }
