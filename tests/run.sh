@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: fetches the default model, makes the Python venv
-# the OpenAI-client and browser tests use, installs Chromium and PostgreSQL (the arena store's
-# tests), then runs every Rust test (which drives the Python ones too).
+# the OpenAI-client, browser and GGUF-writing tests use, installs Chromium and PostgreSQL (the
+# arena store's tests), then runs every Rust test (which drives the Python ones too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
 VENV="${CAMELID_TEST_VENV:-$HOME/.cache/camelid/test-venv}"
-if ! "$VENV/bin/python" -c "import openai, playwright" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import openai, playwright, gguf" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/pages/requirements.txt
+  "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/pages/requirements.txt \
+    -r crates/camelid-model/tests/gguf/requirements.txt
 fi
 # The pages' browser test drives Debian's headless Chromium (Playwright never downloads a
 # browser here). Without it that test fails, unless CAMELID_SKIP_BROWSER=1.
@@ -18,6 +19,16 @@ if [ "${CAMELID_SKIP_BROWSER:-}" != 1 ] && ! [ -x "${CAMELID_CHROMIUM:-/usr/bin/
     || echo "could not install chromium: the browser test will fail" >&2
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
+# SkyPilot's task loader for the deploy files' test, in a venv of its own (its pins are not
+# the OpenAI client's); CAMELID_SKIP_SKYPILOT=1 skips that test.
+if [ "${CAMELID_SKIP_SKYPILOT:-}" != 1 ]; then
+  SKY_VENV="${CAMELID_SKY_VENV:-$HOME/.cache/camelid/sky-venv}"
+  if ! "$SKY_VENV/bin/python" -c "import sky" 2>/dev/null; then
+    python3 -m venv "$SKY_VENV"
+    "$SKY_VENV/bin/python" -m pip install -q -r tests/deploy/requirements.txt
+  fi
+  export CAMELID_SKY_PYTHON="$SKY_VENV/bin/python"
+fi
 # The arena store's PostgreSQL tests run a throwaway server (Debian's postgresql, installed
 # here when absent); CAMELID_SKIP_POSTGRES=1 skips them.
 if [ "${CAMELID_SKIP_POSTGRES:-}" != 1 ]; then

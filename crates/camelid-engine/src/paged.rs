@@ -9,7 +9,7 @@
 
 use crate::blocks::{BlockId, BlockPool, PrefixLink};
 use camelid_model::kv::{DevicePaged, KvStore};
-use camelid_model::kv::{HostKvCache, HostPaged, KvDtype};
+use camelid_model::kv::{HostKvCache, HostPaged, KvDtype, FREED_BLOCK};
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -140,6 +140,9 @@ impl PagedKv {
         let full = (computed / bs).min(s.table.len());
         while s.links.len() < full {
             let i = s.links.len();
+            if s.table[i] == FREED_BLOCK {
+                break; // given back before it was registered: the chain ends here
+            }
             let link = self.pool.register(
                 s.table[i],
                 s.links.last(),
@@ -155,10 +158,34 @@ impl PagedKv {
     /// strands every cached block after it).
     pub fn free(&mut self, seq: u64) {
         if let Some(s) = self.seqs.remove(&seq) {
-            for b in s.table.into_iter().rev() {
+            for b in s.table.into_iter().rev().filter(|&b| b != FREED_BLOCK) {
                 self.pool.release(b);
             }
         }
+    }
+
+    /// Sliding-window attention: gives back the sequence's blocks wholly before position
+    /// `first`, the first key its next query attends (registered ones stay in the prefix
+    /// cache until evicted); their table entries become [`FREED_BLOCK`], which the attention
+    /// kernel never reads. Only the host cache, read in place through the tables, allows it
+    /// (the tensor storage gathers every position). Returns how many blocks it gave back.
+    pub fn release_before(&mut self, seq: u64, first: usize) -> usize {
+        if !self.in_host_memory() {
+            return 0;
+        }
+        let bs = self.block_size();
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return 0;
+        };
+        let mut n = 0;
+        for b in s.table.iter_mut().take(first / bs) {
+            if *b != FREED_BLOCK {
+                self.pool.release(*b);
+                *b = FREED_BLOCK;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The block tables of `seqs`, in order.
@@ -189,6 +216,11 @@ impl PagedKv {
             let b = *s.table.get(p / bs).ok_or_else(|| {
                 candle_core::Error::Msg(format!("sequence {seq}: position {p} has no block"))
             })?;
+            if b == FREED_BLOCK {
+                candle_core::bail!(
+                    "sequence {seq}: position {p}'s block was given back (outside the window)"
+                );
+            }
             let off = p % bs;
             let n = (bs - off).min(to - p);
             runs.push((p, b as usize * bs + off, n));

@@ -21,6 +21,7 @@ fn main() {
         kv: 3,
         dim: 64,
         rope: RopeStyle::Half,
+        window: None,
     };
     let bs = 16;
     let per_seq = (ctx + 1).div_ceil(bs);

@@ -25,6 +25,40 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: usize,
     },
+    /// YaRN (Qwen2.5's long context): frequencies blended between interpolated and
+    /// extrapolated by a ramp over the dimensions, cos and sin scaled by `attention_factor`.
+    /// Static, as HF and vLLM apply it: the same table below and above the original context.
+    Yarn {
+        factor: f32,
+        original_max_position_embeddings: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        /// Multiplies cos and sin (HF's `attention_scaling`).
+        attention_factor: f32,
+    },
+    /// LongRoPE (Phi-3 `longrope`, formerly `su`): each frequency divided by a factor of its
+    /// own, the long factors once a forward reaches past the original context (HF picks by
+    /// the forward's last position, so does camelid: per chunk), cos and sin scaled by
+    /// `attention_factor`.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f32,
+    },
+}
+
+/// What sets an architecture's layers apart from LLaMA's, as data the runtimes' layer loops
+/// read (one loop per runtime, never one per architecture). `Default` is plain LLaMA.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ArchFeatures {
+    /// Biases on the Q, K and V projections (Qwen2).
+    pub qkv_bias: bool,
+    /// RMSNorm over each head of Q and K, before rope (Qwen3); weights of `head_dim`.
+    pub qk_norm: bool,
+    /// A query at position `p` attends keys `p - w + 1 ..= p` only (Mistral v0.1: 4096), as
+    /// HF transformers and llama.cpp count the window; `None`: every earlier key.
+    pub sliding_window: Option<usize>,
 }
 
 /// Everything the forward pass needs to know about the architecture.
@@ -43,6 +77,9 @@ pub struct ModelConfig {
     pub rope_style: RopeStyle,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// The architecture's name as GGUF writes it (`llama`, `qwen2`, …), for messages.
+    pub architecture: String,
+    pub features: ArchFeatures,
 }
 
 impl ModelConfig {
@@ -64,6 +101,24 @@ impl ModelConfig {
                 "head_dim {} must be even for rotary embeddings",
                 self.head_dim
             ));
+        }
+        if self.features.sliding_window == Some(0) {
+            return bad("sliding_window must be > 0".into());
+        }
+        if let RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        } = &self.rope_scaling
+        {
+            let half = self.head_dim / 2;
+            if short_factor.len() != half || long_factor.len() != half {
+                return bad(format!(
+                    "rope_scaling: {} short and {} long factors, head_dim / 2 is {half}",
+                    short_factor.len(),
+                    long_factor.len()
+                ));
+            }
         }
         Ok(())
     }
@@ -95,6 +150,17 @@ pub struct HfConfig {
     pub bos_token_id: Option<serde_json::Value>,
     pub eos_token_id: Option<serde_json::Value>,
     pub torch_dtype: Option<String>,
+    /// Biases on the attention projections (LLaMA, Qwen3: O too when set; Qwen2 has Q/K/V
+    /// biases whatever it says).
+    pub attention_bias: Option<bool>,
+    pub sliding_window: Option<usize>,
+    /// Qwen2/Qwen3: the window applies only when this is set.
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// Phi-3: the context LongRoPE's short factors cover.
+    pub original_max_position_embeddings: Option<usize>,
+    /// Rotary embedding on this share of each head only (Phi-4-mini): not served.
+    pub partial_rotary_factor: Option<f64>,
 }
 
 fn default_eps() -> f64 {
@@ -125,20 +191,16 @@ impl HfConfig {
         serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{origin}: {e}")))
     }
 
-    pub fn to_model_config(&self, origin: &str) -> Result<ModelConfig> {
-        let known = self
-            .architectures
-            .iter()
-            .any(|a| a == "LlamaForCausalLM" || a == "MistralForCausalLM")
-            || matches!(self.model_type.as_deref(), Some("llama") | Some("mistral"));
-        if !known {
-            return Err(Error::Unsupported(format!(
-                "{origin}: architecture {:?} (model_type {:?}) is not LLaMA-family",
-                self.architectures, self.model_type
-            )));
-        }
-        let rope_scaling = parse_rope_scaling(self.rope_scaling.as_ref(), origin)?;
-        let cfg = ModelConfig {
+    /// The hyperparameters every architecture shares, as LLaMA reads them: no features yet
+    /// (the architecture's file in `models/` adds them), `architecture` left empty.
+    pub fn base_config(&self, origin: &str) -> Result<ModelConfig> {
+        let rope_scaling = parse_rope_scaling(
+            self.rope_scaling.as_ref(),
+            self.max_position_embeddings,
+            self.original_max_position_embeddings,
+            origin,
+        )?;
+        Ok(ModelConfig {
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
             vocab_size: self.vocab_size,
@@ -154,14 +216,21 @@ impl HfConfig {
             rope_style: RopeStyle::Half,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
-        };
-        cfg.validate(origin)?;
-        Ok(cfg)
+            architecture: String::new(),
+            features: ArchFeatures::default(),
+        })
     }
 }
 
 /// Parses HF's `rope_scaling` object (`type` or `rope_type` key).
-pub fn parse_rope_scaling(v: Option<&serde_json::Value>, origin: &str) -> Result<RopeScaling> {
+/// `max_position_embeddings` is YaRN's original context where `rope_scaling` names none;
+/// `original_max` the config's top-level `original_max_position_embeddings` (LongRoPE's).
+pub fn parse_rope_scaling(
+    v: Option<&serde_json::Value>,
+    max_position_embeddings: usize,
+    original_max: Option<usize>,
+    origin: &str,
+) -> Result<RopeScaling> {
     let Some(v) = v else {
         return Ok(RopeScaling::None);
     };
@@ -191,79 +260,71 @@ pub fn parse_rope_scaling(v: Option<&serde_json::Value>, origin: &str) -> Result
             high_freq_factor: need("high_freq_factor")?,
             original_max_position_embeddings: need("original_max_position_embeddings")? as usize,
         },
+        "yarn" => {
+            if v.get("truncate").and_then(|t| t.as_bool()) == Some(false) {
+                return Err(Error::Unsupported(format!(
+                    "{origin}: rope_scaling.truncate false (YaRN without rounded correction dims)"
+                )));
+            }
+            let factor = need("factor")?;
+            // HF's `_compute_yarn_parameters`: an explicit `attention_factor`, else from
+            // `mscale` / `mscale_all_dim`, else 0.1 · ln(factor) + 1.
+            let mscale = |scale: f32, m: f32| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let attention_factor = match (f("attention_factor"), f("mscale"), f("mscale_all_dim")) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    mscale(factor, m) / mscale(factor, all)
+                }
+                _ => mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: f("original_max_position_embeddings")
+                    .map_or(max_position_embeddings, |x| x as usize),
+                beta_fast: f("beta_fast").unwrap_or(32.0),
+                beta_slow: f("beta_slow").unwrap_or(1.0),
+                attention_factor,
+            }
+        }
+        "longrope" | "su" => {
+            let factors = |key: &str| -> Result<Vec<f32>> {
+                v.get(key)
+                    .and_then(|a| a.as_array())
+                    .and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                    .ok_or_else(|| {
+                        Error::BadConfig(format!("{origin}: rope_scaling.{key} is not a list"))
+                    })
+            };
+            // HF's `_compute_longrope_parameters`: the factor is the context's growth over
+            // the original, the attention factor sqrt(1 + ln(factor) / ln(original)).
+            let orig = original_max.unwrap_or(max_position_embeddings);
+            let factor = match original_max {
+                Some(o) => max_position_embeddings as f32 / o as f32,
+                None => f("factor").unwrap_or(1.0),
+            };
+            let attention_factor = match f("attention_factor") {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (orig as f32).ln()).sqrt(),
+            };
+            RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: orig,
+                attention_factor,
+            }
+        }
         other => {
             return Err(Error::Unsupported(format!(
-                "{origin}: rope_scaling type {other:?} (supported: linear, dynamic, llama3)"
+                "{origin}: rope_scaling type {other:?} (supported: linear, dynamic, llama3, \
+                 yarn, longrope)"
             )))
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base() -> serde_json::Value {
-        serde_json::json!({
-            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
-            "vocab_size": 100, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 256
-        })
-    }
-
-    #[test]
-    fn parses_gqa_and_defaults() {
-        let c = HfConfig::parse(&base().to_string(), "t")
-            .unwrap()
-            .to_model_config("t")
-            .unwrap();
-        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (4, 2, 16));
-        assert_eq!(c.rope_theta, 10_000.0);
-        assert_eq!(c.rope_scaling, RopeScaling::None);
-    }
-
-    #[test]
-    fn parses_rope_scaling_kinds() {
-        let mut j = base();
-        j["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 4.0});
-        let c = HfConfig::parse(&j.to_string(), "t")
-            .unwrap()
-            .to_model_config("t")
-            .unwrap();
-        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 4.0 });
-        j["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
-        let c = HfConfig::parse(&j.to_string(), "t")
-            .unwrap()
-            .to_model_config("t")
-            .unwrap();
-        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { .. }));
-        j["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
-        let e = HfConfig::parse(&j.to_string(), "t")
-            .unwrap()
-            .to_model_config("t")
-            .unwrap_err();
-        assert!(e.to_string().contains("yarn"), "{e}");
-    }
-
-    #[test]
-    fn missing_field_names_it() {
-        let mut j = base();
-        j.as_object_mut().unwrap().remove("hidden_size");
-        let e = HfConfig::parse(&j.to_string(), "cfg.json")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("hidden_size") && e.contains("cfg.json"), "{e}");
-    }
-
-    #[test]
-    fn refuses_other_architectures() {
-        let mut j = base();
-        j["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
-        let e = HfConfig::parse(&j.to_string(), "t")
-            .unwrap()
-            .to_model_config("t")
-            .unwrap_err();
-        assert!(e.to_string().contains("GPT2LMHeadModel"));
-    }
 }

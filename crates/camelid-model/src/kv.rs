@@ -4,7 +4,7 @@
 
 /// The host cache types are part of this interface: a store that owns one lends it out as
 /// [`HostPaged`] (the engine builds its pool on [`HostKvCache`]).
-pub use camelid_kernels::attention::{HostKvCache, HostPaged, KvDtype};
+pub use camelid_kernels::attention::{HostKvCache, HostPaged, KvDtype, FREED_BLOCK};
 use candle_core::{Result, Tensor};
 use std::collections::HashMap;
 

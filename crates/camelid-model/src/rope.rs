@@ -12,12 +12,47 @@ pub struct Rope {
     theta: f32,
     scaling: RopeScaling,
     max_position_embeddings: usize,
+    /// Multiplies every cos and sin (YaRN's and LongRoPE's attention factor; 1 otherwise).
+    attention_factor: f32,
+    /// LongRoPE: the long factors' frequencies and the length from which they apply.
+    long: Option<(Vec<f32>, usize)>,
 }
 
 fn base_inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
     (0..head_dim)
         .step_by(2)
         .map(|i| 1f32 / theta.powf(i as f32 / head_dim as f32))
+        .collect()
+}
+
+/// YaRN's frequencies (HF's `_compute_yarn_parameters`): dimensions that turn fewer than
+/// `beta_slow` times over the original context are interpolated (divided by `factor`), those
+/// that turn more than `beta_fast` times kept, a linear ramp between.
+fn yarn_inv_freq(
+    extrapolated: &[f32],
+    theta: f32,
+    head_dim: usize,
+    factor: f32,
+    orig: usize,
+    beta_fast: f32,
+    beta_slow: f32,
+) -> Vec<f32> {
+    let (d, base) = (head_dim as f64, theta as f64);
+    // The dimension that turns `rotations` times over the original context.
+    let correction_dim = |rotations: f64| {
+        d * (orig as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let low = correction_dim(beta_fast as f64).floor().max(0.0) as f32;
+    let high = correction_dim(beta_slow as f64).ceil().min(d - 1.0) as f32;
+    let high = if low == high { high + 0.001 } else { high };
+    extrapolated
+        .iter()
+        .enumerate()
+        .map(|(i, &f)| {
+            let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            f / factor * (1.0 - keep) + f * keep
+        })
         .collect()
 }
 
@@ -47,28 +82,83 @@ impl Rope {
                     };
                 }
             }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: orig,
+                beta_fast,
+                beta_slow,
+                ..
+            } => {
+                inv_freq = yarn_inv_freq(
+                    &inv_freq,
+                    cfg.rope_theta,
+                    cfg.head_dim,
+                    factor,
+                    orig,
+                    beta_fast,
+                    beta_slow,
+                )
+            }
+            RopeScaling::LongRope {
+                ref short_factor, ..
+            } => {
+                inv_freq = inv_freq
+                    .iter()
+                    .zip(short_factor)
+                    .map(|(f, s)| f / s)
+                    .collect()
+            }
             RopeScaling::None | RopeScaling::Dynamic { .. } => {}
         }
+        let attention_factor = match cfg.rope_scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            }
+            | RopeScaling::LongRope {
+                attention_factor, ..
+            } => attention_factor,
+            _ => 1.0,
+        };
+        let long = match &cfg.rope_scaling {
+            RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings,
+                ..
+            } => Some((
+                base_inv_freq(cfg.rope_theta, cfg.head_dim)
+                    .iter()
+                    .zip(long_factor)
+                    .map(|(f, l)| f / l)
+                    .collect(),
+                *original_max_position_embeddings,
+            )),
+            _ => None,
+        };
         Self {
             inv_freq,
             head_dim: cfg.head_dim,
             theta: cfg.rope_theta,
             scaling: cfg.rope_scaling.clone(),
             max_position_embeddings: cfg.max_position_embeddings,
+            attention_factor,
+            long,
         }
     }
 
-    /// The inverse frequencies when they do not depend on the sequence length (every scaling
-    /// but dynamic NTK): what a kernel computing sin/cos from positions needs.
+    /// The inverse frequencies when cos and sin are functions of position and frequency
+    /// alone (every scaling but dynamic NTK, whose frequencies depend on the sequence's
+    /// length, and YaRN, which also scales them): what a kernel computing them needs.
     pub fn fixed_inv_freq(&self) -> Option<&[f32]> {
         match self.scaling {
-            RopeScaling::Dynamic { .. } => None,
+            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => None,
+            _ if self.attention_factor != 1.0 => None,
             _ => Some(&self.inv_freq),
         }
     }
 
-    /// Frequencies for a sequence whose total length is `seq_len` (only dynamic NTK scaling
-    /// depends on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`).
+    /// Frequencies for a run of tokens ending at length `seq_len` (dynamic NTK scaling depends
+    /// on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`, and LongRoPE's choice of
+    /// factors, as in HF's `longrope_frequency_update`).
     fn inv_freq_for(&self, seq_len: usize) -> std::borrow::Cow<'_, [f32]> {
         match self.scaling {
             RopeScaling::Dynamic { factor } if seq_len > self.max_position_embeddings => {
@@ -77,6 +167,10 @@ impl Rope {
                 let base = self.theta * (ratio - (factor - 1.)).powf(d / (d - 2.));
                 std::borrow::Cow::Owned(base_inv_freq(base, self.head_dim))
             }
+            RopeScaling::LongRope { .. } => match &self.long {
+                Some((long, orig)) if seq_len > *orig => std::borrow::Cow::Borrowed(long),
+                _ => std::borrow::Cow::Borrowed(&self.inv_freq),
+            },
             _ => std::borrow::Cow::Borrowed(&self.inv_freq),
         }
     }
@@ -109,8 +203,8 @@ impl Rope {
             for p in start..start + len {
                 for &f in freqs.iter() {
                     let a = p as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
+                    cos.push(a.cos() * self.attention_factor);
+                    sin.push(a.sin() * self.attention_factor);
                 }
             }
         }
@@ -138,6 +232,8 @@ mod tests {
             rope_style: RopeStyle::Half,
             max_position_embeddings: 16,
             tie_word_embeddings: false,
+            architecture: "llama".into(),
+            features: Default::default(),
         }
     }
 
@@ -227,5 +323,133 @@ mod tests {
             kept > 0 && divided > 0 && smoothed >= 3,
             "{kept} {divided} {smoothed}"
         );
+    }
+
+    /// Qwen2.5's YaRN (head 128, θ 10⁶, factor 4 over 32 768 positions) against HF's
+    /// `_compute_yarn_parameters` written out here in f64: every frequency, the attention
+    /// factor, and the cos/sin table at positions below and above the original context (the
+    /// same static table at both, as HF and vLLM apply it).
+    #[test]
+    fn yarn_matches_hf_formula() {
+        let (theta, dim, factor, orig) = (1_000_000f64, 128usize, 4f64, 32_768usize);
+        let (beta_fast, beta_slow) = (32f64, 1f64);
+        let mut c = cfg(RopeScaling::Yarn {
+            factor: factor as f32,
+            original_max_position_embeddings: orig,
+            beta_fast: beta_fast as f32,
+            beta_slow: beta_slow as f32,
+            attention_factor: (0.1 * factor.ln() + 1.0) as f32,
+        });
+        c.rope_theta = theta as f32;
+        c.head_dim = dim;
+        c.max_position_embeddings = 4 * orig;
+        let r = Rope::new(&c);
+        // HF, line by line.
+        let d = dim as f64;
+        let find_correction_dim = |rot: f64| {
+            (d * (orig as f64 / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * theta.ln())
+        };
+        let low = find_correction_dim(beta_fast).floor().max(0.0);
+        let high = find_correction_dim(beta_slow).ceil().min(d - 1.0);
+        let want: Vec<f64> = (0..dim / 2)
+            .map(|i| {
+                let pos_freq = theta.powf((2 * i) as f64 / d);
+                let extrapolation = 1.0 / pos_freq;
+                let interpolation = 1.0 / (factor * pos_freq);
+                let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                let extrapolation_factor = 1.0 - ramp;
+                interpolation * (1.0 - extrapolation_factor) + extrapolation * extrapolation_factor
+            })
+            .collect();
+        let attention = 0.1 * factor.ln() + 1.0;
+        let (mut kept, mut divided, mut ramped) = (0, 0, 0);
+        for (i, (&got, &w)) in r.inv_freq.iter().zip(&want).enumerate() {
+            assert!(
+                ((got as f64 - w) / w).abs() < 1e-5,
+                "frequency {i}: {got} vs {w}"
+            );
+            let plain = 1.0 / theta.powf((2 * i) as f64 / d);
+            if (w - plain).abs() < 1e-12 * plain {
+                kept += 1;
+            } else if (w - plain / factor).abs() < 1e-9 * plain {
+                divided += 1;
+            } else {
+                ramped += 1;
+            }
+        }
+        assert!(
+            kept > 0 && divided > 0 && ramped >= 3,
+            "{kept} {divided} {ramped}"
+        );
+        for p in [0usize, 1, 777, 30_000, orig - 1, orig, 40_000, 100_000] {
+            let (cos, sin) = r.cos_sin_rows(&[(p, 1, p + 1)]);
+            for (i, &f) in want.iter().enumerate() {
+                let a = p as f64 * f;
+                // f32 angles: an error of a few ulps of the angle.
+                let tol = 1e-5 + 4.0 * a * f32::EPSILON as f64;
+                assert!(
+                    (cos[i] as f64 - a.cos() * attention).abs() < tol,
+                    "cos p {p} i {i}"
+                );
+                assert!(
+                    (sin[i] as f64 - a.sin() * attention).abs() < tol,
+                    "sin p {p} i {i}"
+                );
+            }
+        }
+        assert!(
+            r.fixed_inv_freq().is_none(),
+            "a kernel from frequencies alone would miss the factor"
+        );
+    }
+
+    /// Phi-3-mini-128k's LongRoPE shape (head 96, θ 10 000, 4 096 → 131 072 positions) with
+    /// factors of its kind, against HF's `_compute_longrope_parameters` and
+    /// `longrope_frequency_update` written out in f64: the short factors for forwards ending
+    /// within the original context, the long ones past it, the attention factor
+    /// sqrt(1 + ln(32) / ln(4096)) on both.
+    #[test]
+    fn longrope_matches_hf_formula() {
+        let (theta, dim, orig, max) = (10_000f64, 96usize, 4096usize, 131_072usize);
+        let short: Vec<f32> = (0..dim / 2).map(|i| 1.0 + 0.01 * i as f32).collect();
+        let long: Vec<f32> = (0..dim / 2).map(|i| 1.0 + 1.5 * i as f32).collect();
+        let j = serde_json::json!({"type": "longrope", "short_factor": short,
+            "long_factor": long});
+        let scaling = crate::config::parse_rope_scaling(Some(&j), max, Some(orig), "t").unwrap();
+        let mut c = cfg(scaling);
+        c.rope_theta = theta as f32;
+        c.head_dim = dim;
+        c.max_position_embeddings = max;
+        let r = Rope::new(&c);
+        let factor = max as f64 / orig as f64;
+        let attention = (1.0 + factor.ln() / (orig as f64).ln()).sqrt();
+        // (first position, tokens, length at the forward's end): within, at and past `orig`.
+        for (start, len, end, factors) in [
+            (0, 3, 3, &short),
+            (4000, 96, 4096, &short),
+            (4000, 97, 4097, &long),
+            (10, 1, 9000, &long),
+            (100_000, 2, 100_002, &long),
+        ] {
+            let (cos, sin) = r.cos_sin_rows(&[(start, len, end)]);
+            for t in 0..len {
+                let p = (start + t) as f64;
+                for (i, &f) in factors.iter().enumerate() {
+                    let inv = 1.0 / (f as f64 * theta.powf((2 * i) as f64 / dim as f64));
+                    let a = p * inv;
+                    let tol = 1e-5 + 4.0 * a * f32::EPSILON as f64;
+                    let at = t * dim / 2 + i;
+                    assert!(
+                        (cos[at] as f64 - a.cos() * attention).abs() < tol,
+                        "cos {p} {i}"
+                    );
+                    assert!(
+                        (sin[at] as f64 - a.sin() * attention).abs() < tol,
+                        "sin {p} {i}"
+                    );
+                }
+            }
+        }
+        assert!(r.fixed_inv_freq().is_none());
     }
 }

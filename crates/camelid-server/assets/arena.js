@@ -41,12 +41,7 @@ const ArenaApi = {
     const token = battle ? battle.token : this.token();
     if (token) body.token = token;
     if (battle) body.battle_id = battle.id;
-    let resp = await Camelid.api("arena/battles", { method: "POST", body });
-    if (resp.status === 403 && !battle && token) {
-      // A token this server's store does not know (another deployment): start afresh.
-      delete body.token;
-      resp = await Camelid.api("arena/battles", { method: "POST", body });
-    }
+    const resp = await Camelid.api("arena/battles", { method: "POST", body });
     if (!resp.ok) throw new Error(await Camelid.errorMessage(resp));
     const text = { a: "", b: "" };
     let next = null;

@@ -13,7 +13,8 @@ use crate::validate::{
 };
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
-use camelid_model::text::chat_prompt::chat_prompt_ids;
+use camelid_model::text::chat_prompt::chat_prompt_ids_with;
+use camelid_model::text::template::TemplateKwargs;
 use camelid_model::Message;
 use serde_json::Value;
 use std::sync::Arc;
@@ -73,12 +74,14 @@ pub fn prompt_ids(
     model: &ModelEntry,
     msgs: &[Message],
     add_generation_prompt: bool,
+    kwargs: &TemplateKwargs,
 ) -> Result<Vec<u32>, ApiError> {
-    chat_prompt_ids(
+    chat_prompt_ids_with(
         &model.template,
         model.engine.tokenizer(),
         msgs,
         add_generation_prompt,
+        kwargs,
     )
     .map_err(|e| match e {
         camelid_model::Error::Template(_) => ApiError::invalid_param("messages", e.to_string()),
@@ -104,10 +107,11 @@ pub async fn render_and_encode(
     model: &Arc<ModelEntry>,
     msgs: Vec<Message>,
     add_generation_prompt: bool,
+    kwargs: TemplateKwargs,
 ) -> Result<Vec<u32>, ApiError> {
     let model = model.clone();
     blocking(permit, move || {
-        prompt_ids(&model, &msgs, add_generation_prompt)
+        prompt_ids(&model, &msgs, add_generation_prompt, &kwargs)
     })
     .await
 }
@@ -163,7 +167,8 @@ pub async fn submit_salted(
     let n = f.n.unwrap_or(1) as usize;
     limits.check_sequences(1, n)?;
     let msgs = to_messages(&req.messages)?;
-    let prompt = render_and_encode(&permit, &model, msgs, true).await?;
+    let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+    let prompt = render_and_encode(&permit, &model, msgs, true, kwargs).await?;
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),
         None,

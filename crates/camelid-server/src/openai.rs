@@ -145,6 +145,9 @@ pub struct ChatRequest {
     pub function_call: Option<serde_json::Value>,
     /// vLLM's prefix-cache partition (checked by `validate::cache_salt`).
     pub cache_salt: Option<String>,
+    /// Extra variables for the model's jinja chat template (vLLM's name), e.g. Qwen3's
+    /// `{"enable_thinking": false}`.
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

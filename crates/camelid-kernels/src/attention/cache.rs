@@ -282,6 +282,10 @@ impl HostKvCache {
     }
 }
 
+/// A block-table entry whose block was given back: every key in it is outside the sliding
+/// window of every position the sequence still computes, so no kernel reads it.
+pub const FREED_BLOCK: u32 = u32::MAX;
+
 /// What the forward pass needs of a paged store: its cache and, per chunk of the batch (in
 /// chunk order), the sequence's block table.
 pub struct HostPaged<'a> {
@@ -291,8 +295,14 @@ pub struct HostPaged<'a> {
 }
 
 impl HostPaged<'_> {
-    /// Every chunk's block table must cover the positions it writes.
-    pub fn check(&self, chunks: &[SeqSpan]) -> Result<(), String> {
+    /// Every chunk's block table must cover the positions it writes; a [`FREED_BLOCK`] may
+    /// stand only for keys before the first that the chunk's first query attends
+    /// (`first_key`: the window's start of a position, see `Heads::first_key`).
+    pub fn check(
+        &self,
+        chunks: &[SeqSpan],
+        first_key: impl Fn(usize) -> usize,
+    ) -> Result<(), String> {
         if self.block_size != self.cache.block_size {
             return Err(format!(
                 "block tables of {} positions per block over a cache laid out in blocks of {}",
@@ -315,8 +325,18 @@ impl HostPaged<'_> {
                     t.len() * self.block_size
                 ));
             }
+            let first_live = first_key(c.start_pos) / self.block_size;
+            if let Some(i) = t[first_live..].iter().position(|&b| b == FREED_BLOCK) {
+                return Err(format!(
+                    "sequence {}: block {} of its table was freed, position {} attends it",
+                    c.seq,
+                    first_live + i,
+                    c.start_pos
+                ));
+            }
             if let Some(b) = t
                 .iter()
+                .filter(|&&b| b != FREED_BLOCK)
                 .find(|&&b| (b as usize + 1) * self.block_size > self.cache.slots)
             {
                 return Err(format!(

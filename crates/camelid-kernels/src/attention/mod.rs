@@ -17,7 +17,7 @@ mod cache;
 
 use crate::vecmath::{self, Scalar, VecOps};
 use crate::OutPtr;
-pub use cache::{q8_group, q8_scale, HostKvCache, HostPaged, KvDtype};
+pub use cache::{q8_group, q8_scale, HostKvCache, HostPaged, KvDtype, FREED_BLOCK};
 use cache::{CacheElem, Planes, Q8Plane, Q8};
 use half::f16;
 use rayon::prelude::*;
@@ -68,6 +68,18 @@ pub struct Heads {
     pub kv: usize,
     pub dim: usize,
     pub rope: RopeStyle,
+    /// Sliding window: the query at position `p` attends keys `p + 1 - w ..= p` only, and
+    /// never reads the blocks of a table before its task's first such key (the engine may
+    /// have freed them); `None`: every earlier key.
+    pub window: Option<usize>,
+}
+
+impl Heads {
+    /// The first key the query at position `pos` attends.
+    #[inline]
+    pub fn first_key(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
 }
 
 /// Projected rows: token `t`'s query heads are at `data[t·stride + q_off ..]`, its key heads at
@@ -221,8 +233,11 @@ struct Task {
 }
 
 fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
+    // A windowed model's tasks all take [`attend`] (the only kernel with the window), both
+    // roles alike: a position still rounds the same way whatever its chunk.
     #[cfg(target_arch = "x86_64")]
-    if task.decode {
+    if input.h.window.is_some() {
+    } else if task.decode {
         if decode512::run(input, task, out) {
             return;
         }
@@ -252,26 +267,36 @@ unsafe fn run_task_avx2(input: &TaskInput, task: &Task, out: OutPtr) {
     }
 }
 
-/// A task's keys and values (its KV head, positions `0..n_keys`) widened to f32 into
-/// contiguous rows of `keys` and `values`.
+/// A task's keys and values (its KV head, positions `from..n_keys`, `from` a multiple of
+/// the block size) widened to f32 into contiguous rows of `keys` and `values` (row 0:
+/// position `from`).
 #[inline(always)]
 fn widen_task_kv<V: VecOps, E: CacheElem>(
     input: &TaskInput,
     task: &Task,
+    from: usize,
     n_keys: usize,
     keys: &mut Vec<f32>,
     values: &mut Vec<f32>,
 ) {
     let (kv, d) = (input.kv, input.h.dim);
-    for buf in [&mut *keys, &mut *values] {
-        buf.resize(n_keys * d, 0.0);
-    }
     let bs = kv.block_size;
+    debug_assert!(from.is_multiple_of(bs) && from < n_keys);
+    for buf in [&mut *keys, &mut *values] {
+        buf.resize((n_keys - from) * d, 0.0);
+    }
     let table = &kv.tables[task.chunk];
-    for (bi, &block) in table.iter().enumerate().take(n_keys.div_ceil(bs)) {
+    let first_block = from / bs;
+    for (bi, &block) in table
+        .iter()
+        .enumerate()
+        .take(n_keys.div_ceil(bs))
+        .skip(first_block)
+    {
         let at = kv.cache.head_offset(block as usize * bs, task.g);
         let len = bs.min(n_keys - bi * bs) * d;
-        let dst = bi * bs * d..bi * bs * d + len;
+        let row0 = (bi - first_block) * bs * d;
+        let dst = row0..row0 + len;
         E::widen::<V>(
             kv.cache,
             input.layer,
@@ -297,18 +322,25 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
     } = *task;
     let c = &input.chunks[ci];
     let (qw, group) = (h.q * h.dim, h.q / h.kv);
-    let n_keys = c.start_pos + q1; // the last query sees positions 0..start_pos + q1
+    let n_keys = c.start_pos + q1; // the last query sees positions ..start_pos + q1
     let d = h.dim;
+    // The first block any of the task's queries attends (the window's start, else 0).
+    let bs = input.kv.block_size;
+    let from = h.first_key(c.start_pos + q0) / bs * bs;
     SCRATCH.with_borrow_mut(|scratch| {
-        // This task's keys and values (head g, positions 0..n_keys), widened to f32 once into
-        // contiguous rows: every query row then streams them with register-blocked kernels.
+        // This task's keys and values (head g, positions from..n_keys), widened to f32 once
+        // into contiguous rows: every query row then streams them with register-blocked
+        // kernels.
         let [keys, values, scores] = scratch;
-        widen_task_kv::<V, E>(input, task, n_keys, keys, values);
-        scores.resize(n_keys, 0.0);
+        widen_task_kv::<V, E>(input, task, from, n_keys, keys, values);
+        scores.resize(n_keys - from, 0.0);
         for i in q0..q1 {
             let t = first_tok + i;
-            // Causal: query i sees positions 0..=start_pos + i.
-            let visible = c.start_pos + i + 1;
+            // Causal: query i sees positions first..=start_pos + i (first: 0 or its window's).
+            let pos = c.start_pos + i;
+            let first = h.first_key(pos) - from;
+            let visible = pos + 1 - from - first;
+            let (keys, values) = (&keys[first * d..], &values[first * d..]);
             for j in 0..group {
                 let head = g * group + j;
                 let qv = &input.q[t * qw + head * d..t * qw + (head + 1) * d];

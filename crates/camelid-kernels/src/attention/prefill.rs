@@ -282,7 +282,7 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
     let rp = vectors * L::W;
     let n_keys = c.start_pos + q1;
     BUFS.with_borrow_mut(|[keys, values, qt, s, ot]| {
-        widen_task_kv::<Avx2, E>(input, task, n_keys, keys, values);
+        widen_task_kv::<Avx2, E>(input, task, 0, n_keys, keys, values);
         // Scaled queries, transposed; padding rows stay zero (their lanes are never written
         // out).
         qt.clear();

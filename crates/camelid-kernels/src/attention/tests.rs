@@ -1,15 +1,19 @@
 use super::*;
 use rand::{Rng, SeedableRng};
 
-/// Plain attention over one sequence's full K/V history (already rotated), as the textbook
-/// writes it.
+/// Plain attention over one sequence's K/V history (already rotated), as the textbook
+/// writes it: keys `pos + 1 - window ..= pos` with a sliding window, else all to `pos`.
 fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], pos: usize, h: Heads) -> Vec<f32> {
     let group = h.q / h.kv;
+    let first = match h.window {
+        Some(w) if pos + 1 > w => pos + 1 - w,
+        _ => 0,
+    };
     let mut out = vec![0f32; h.q * h.dim];
     for head in 0..h.q {
         let g = head / group;
         let qv = &q[head * h.dim..(head + 1) * h.dim];
-        let s: Vec<f64> = (0..=pos)
+        let s: Vec<f64> = (first..=pos)
             .map(|p| {
                 let k = &keys[p][g * h.dim..(g + 1) * h.dim];
                 qv.iter()
@@ -23,8 +27,8 @@ fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], pos: usize, h: Heads
         let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
         let z: f64 = e.iter().sum();
         for d in 0..h.dim {
-            out[head * h.dim + d] = (0..=pos)
-                .map(|p| e[p] / z * values[p][g * h.dim + d] as f64)
+            out[head * h.dim + d] = (first..=pos)
+                .map(|p| e[p - first] / z * values[p][g * h.dim + d] as f64)
                 .sum::<f64>() as f32;
         }
     }
@@ -77,7 +81,44 @@ fn ragged_batch_over_scattered_blocks_matches_naive_attention() {
                 for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
                     // Small blocks (many boundaries inside every sequence) and larger ones.
                     for bs in [4, 24] {
-                        check_ragged_batch(Heads { q, kv, dim, rope }, dtype, bs, &UNIT);
+                        check_ragged_batch(
+                            Heads {
+                                q,
+                                kv,
+                                dim,
+                                rope,
+                                window: None,
+                            },
+                            dtype,
+                            bs,
+                            &UNIT,
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Sliding windows (one key, shorter than a block, a block's worth, across several blocks,
+/// longer than every sequence) against naive windowed attention, every cache type and path;
+/// the blocks wholly before each chunk's first window are given back ([`FREED_BLOCK`]), so
+/// a kernel that read them would panic.
+#[test]
+fn sliding_window_matches_naive_windowed_attention() {
+    on_every_path(|| {
+        for window in [1, 3, 24, 37, 1000] {
+            for (q, kv, dim) in [(6, 2, 8), (9, 3, 64), (4, 4, 128)] {
+                for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+                    for bs in [4, 24] {
+                        let h = Heads {
+                            q,
+                            kv,
+                            dim,
+                            rope: RopeStyle::Half,
+                            window: Some(window),
+                        };
+                        check_ragged_batch(h, dtype, bs, &UNIT);
                     }
                 }
             }
@@ -105,7 +146,18 @@ fn large_scores_match_f64_attention_over_the_stored_cache() {
         for rope in [RopeStyle::Half, RopeStyle::Interleaved] {
             for (q, kv, dim) in shapes {
                 for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
-                    check_ragged_batch(Heads { q, kv, dim, rope }, dtype, 16, &LARGE);
+                    check_ragged_batch(
+                        Heads {
+                            q,
+                            kv,
+                            dim,
+                            rope,
+                            window: None,
+                        },
+                        dtype,
+                        16,
+                        &LARGE,
+                    );
                 }
             }
         }
@@ -244,11 +296,20 @@ fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize, data: &Data) {
         v: (&projected, width, (h.q + h.kv) * h.dim),
     };
     let mut out = vec![0f32; n_tok * h.q * h.dim];
+    // With a window, the blocks no query of a chunk attends are given back.
+    let mut live_tables = tables.clone();
+    for (t, c) in live_tables.iter_mut().zip(&chunks) {
+        let first_live = h.first_key(c.start_pos) / bs;
+        t[..first_live].fill(FREED_BLOCK);
+    }
     let mut paged = HostPaged {
         cache: &mut cache,
         block_size: bs,
-        tables: tables.clone(),
+        tables: live_tables,
     };
+    paged
+        .check(&chunks, |p| h.first_key(p))
+        .expect("tables cover the batch");
     paged_attention(0, &chunks, &qkv, &cos, &sin, h, &mut paged, &mut out);
 
     // Reference: rotate this batch's q and k by hand, append k/v to each history.
@@ -300,6 +361,7 @@ fn a_position_rounds_by_its_role_not_its_chunk() {
         kv: 3,
         dim: 64,
         rope: RopeStyle::Interleaved,
+        window: None,
     };
     // 64 positions: a prompt of 40, then 24 generated tokens.
     let (n, prompt, bs) = (64, 40, 16);

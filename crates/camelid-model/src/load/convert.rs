@@ -1,6 +1,7 @@
 //! GGUF → HF folder (`model.safetensors`, `config.json`, `tokenizer.json`,
 //! `tokenizer_config.json`, `generation_config.json`), dequantized to f32/bf16/f16.
 
+use crate::config::ArchFeatures;
 use crate::error::{Error, Result};
 use crate::load::gguf::{gguf_name, GgufFile};
 use crate::load::gguf_tokenizer;
@@ -22,6 +23,15 @@ pub fn unpermute_qk(w: &Tensor, n_heads: usize) -> Result<Tensor> {
 pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
     let mut g = GgufFile::open(gguf, &Device::Cpu)?;
     let cfg = g.model_config()?;
+    // The HF folder written here is a LLaMA one (config.json says so, Q/K rows unpermuted).
+    if cfg.architecture != "llama" || cfg.features != ArchFeatures::default() {
+        return Err(Error::Unsupported(format!(
+            "{}: convert writes LLaMA folders; this file is {} with {:?}",
+            gguf.display(),
+            cfg.architecture,
+            cfg.features
+        )));
+    }
     let tok = gguf_tokenizer::from_gguf(&g)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();

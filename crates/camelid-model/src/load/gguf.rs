@@ -1,6 +1,6 @@
 //! GGUF files: hyperparameters, tokenizer, chat template and (quantized) tensors.
 
-use crate::config::{ModelConfig, RopeScaling, RopeStyle};
+use crate::config::{ArchFeatures, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::load::gguf_check;
@@ -118,63 +118,106 @@ impl GgufFile {
         }
     }
 
-    /// Hyperparameters from `llama.*` metadata.
+    /// Hyperparameters from `<architecture>.*` metadata (llama.cpp's keys), the features
+    /// from the tensors the file has.
     pub fn model_config(&self) -> Result<ModelConfig> {
-        let arch = self.meta_str("general.architecture").unwrap_or("");
-        if arch != "llama" {
-            return Err(Error::Unsupported(format!(
-                "{}: general.architecture is {arch:?}; camelid serves the llama architecture",
-                self.path.display()
-            )));
-        }
-        let heads = self.meta_u32("llama.attention.head_count")? as usize;
-        let hidden = self.meta_u32("llama.embedding_length")? as usize;
-        let head_dim = match self.meta_u32("llama.attention.key_length") {
+        let origin = self.path.display().to_string();
+        let arch_name = self.meta_str("general.architecture").unwrap_or("");
+        let arch = crate::models::for_gguf(arch_name, &origin)?;
+        let key = |k: &str| format!("{}.{k}", arch.name);
+        let heads = self.meta_u32(&key("attention.head_count"))? as usize;
+        let hidden = self.meta_u32(&key("embedding_length"))? as usize;
+        let head_dim = match self.meta_u32(&key("attention.key_length")) {
             Ok(k) => k as usize,
             Err(_) => hidden / heads.max(1),
         };
-        let vocab = match self.meta_u32("llama.vocab_size") {
+        let vocab = match self.meta_u32(&key("vocab_size")) {
             Ok(v) => v as usize,
             Err(_) => self
                 .meta_strings("tokenizer.ggml.tokens")
                 .map(|t| t.len())
                 .unwrap_or(0),
         };
-        let rope_scaling = match self.meta_str("llama.rope.scaling.type") {
-            Some("linear") => RopeScaling::Linear {
-                factor: self.meta_f32("llama.rope.scaling.factor").unwrap_or(1.0),
-            },
+        let context = self.meta_u32(&key("context_length")).unwrap_or(4096) as usize;
+        let factor = self.meta_f32(&key("rope.scaling.factor")).unwrap_or(1.0);
+        let rope_scaling = match self.meta_str(&key("rope.scaling.type")) {
+            Some("linear") => RopeScaling::Linear { factor },
+            Some("yarn") => {
+                let orig = self
+                    .meta_u32(&key("rope.scaling.original_context_length"))
+                    .map_or(context, |x| x as usize);
+                let mscale = if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * factor.ln() + 1.0
+                };
+                RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: orig,
+                    beta_fast: self
+                        .meta_f32(&key("rope.scaling.yarn_beta_fast"))
+                        .unwrap_or(32.0),
+                    beta_slow: self
+                        .meta_f32(&key("rope.scaling.yarn_beta_slow"))
+                        .unwrap_or(1.0),
+                    attention_factor: mscale,
+                }
+            }
             Some("none") | None => RopeScaling::None,
             Some(other) => {
                 return Err(Error::Unsupported(format!(
-                    "{}: llama.rope.scaling.type {other:?}",
-                    self.path.display()
+                    "{}: {} {other:?}",
+                    origin,
+                    key("rope.scaling.type")
                 )))
             }
         };
-        let tie = !self.content.tensor_infos.contains_key("output.weight");
+        let has = |t: &str| self.content.tensor_infos.contains_key(t);
+        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
+            return Err(Error::Unsupported(format!(
+                "{origin}: LongRoPE factors (rope_factors_*.weight) in a GGUF file"
+            )));
+        }
+        if has("blk.0.attn_output.bias") {
+            return Err(Error::Unsupported(format!(
+                "{origin}: tensor blk.0.attn_output.bias (biases on the attention's output)"
+            )));
+        }
+        let sliding_window = if arch.gguf_window {
+            self.meta_u32(&key("attention.sliding_window"))
+                .ok()
+                .map(|w| w as usize)
+        } else {
+            None
+        };
+        let features = ArchFeatures {
+            qkv_bias: has("blk.0.attn_q.bias"),
+            qk_norm: has("blk.0.attn_q_norm.weight"),
+            sliding_window,
+        };
         let cfg = ModelConfig {
             hidden_size: hidden,
-            intermediate_size: self.meta_u32("llama.feed_forward_length")? as usize,
+            intermediate_size: self.meta_u32(&key("feed_forward_length"))? as usize,
             vocab_size: vocab,
-            num_layers: self.meta_u32("llama.block_count")? as usize,
+            num_layers: self.meta_u32(&key("block_count"))? as usize,
             num_heads: heads,
             num_kv_heads: self
-                .meta_u32("llama.attention.head_count_kv")
+                .meta_u32(&key("attention.head_count_kv"))
                 .map(|x| x as usize)
                 .unwrap_or(heads),
             head_dim,
             rms_norm_eps: self
-                .meta_f32("llama.attention.layer_norm_rms_epsilon")
+                .meta_f32(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f64,
-            rope_theta: self.meta_f32("llama.rope.freq_base").unwrap_or(10_000.0),
+            rope_theta: self.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             rope_scaling,
-            // GGUF converters permute Q/K rows so that rotary pairs are adjacent.
-            rope_style: RopeStyle::Interleaved,
-            max_position_embeddings: self.meta_u32("llama.context_length").unwrap_or(4096) as usize,
-            tie_word_embeddings: tie,
+            rope_style: arch.gguf_rope,
+            max_position_embeddings: context,
+            tie_word_embeddings: !has("output.weight"),
+            architecture: arch.name.to_string(),
+            features,
         };
-        cfg.validate(&self.path.display().to_string())?;
+        cfg.validate(&origin)?;
         Ok(cfg)
     }
 
@@ -225,6 +268,14 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.q_proj.weight" => "attn_q.weight",
         "self_attn.k_proj.weight" => "attn_k.weight",
         "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        // Phi-3's fused projections (llama.cpp's `ffn_up` holds gate and up there).
+        "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+        "mlp.gate_up_proj.weight" => "ffn_up.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
         "self_attn.o_proj.weight" => "attn_output.weight",
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",

@@ -144,7 +144,16 @@ fn pick_template(
 
 /// Stop ids: EOS plus special tokens the template ends turns with.
 fn stop_ids(tok: &Tokenizer, template: &ChatTemplate, mut ids: Vec<u32>) -> Vec<u32> {
-    for t in ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>"] {
+    // Qwen's ChatML turns end with <|im_end|>, Phi-3's with <|end|> (its GGUF names only
+    // <|endoftext|> as EOS).
+    for t in [
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        "<|end|>",
+        "<|endoftext|>",
+        "</s>",
+    ] {
         let used = match template {
             ChatTemplate::Builtin(b) => b.stop_str == Some(t) || t == "</s>",
             ChatTemplate::Jinja {
@@ -232,7 +241,7 @@ pub fn load_hf_folder(
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let origin = cfg_path.display().to_string();
     let hf = HfConfig::parse(&text, &origin)?;
-    let cfg = hf.to_model_config(&origin)?;
+    let cfg = crate::models::config_from_hf(&hf, &origin)?;
     let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
     let mut tok = if dir.join("tokenizer.json").exists() {
         Tokenizer::from_file(&dir.join("tokenizer.json"))?

@@ -65,31 +65,64 @@ pub fn build_llama(
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
+        let qkv_bias = if cfg.features.qkv_bias {
+            let parts = [("q", q_out), ("k", kv_out), ("v", kv_out)]
+                .into_iter()
+                .map(|(n, w)| vector(src, &format!("{p}.self_attn.{n}_proj.bias"), w, dtype))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        } else {
+            None
+        };
+        let qk_norm = if cfg.features.qk_norm {
+            let hd = cfg.head_dim;
+            Some((
+                vector(src, &format!("{p}.self_attn.q_norm.weight"), hd, dtype)?,
+                vector(src, &format!("{p}.self_attn.k_norm.weight"), hd, dtype)?,
+            ))
+        } else {
+            None
+        };
         layers.push(Layer {
+            qkv_bias,
+            qk_norm,
             attn_norm: vector(src, &format!("{p}.input_layernorm.weight"), h, dtype)?,
-            qkv: Projections::new(vec![
-                linear(
-                    src,
-                    &format!("{p}.self_attn.q_proj.weight"),
-                    q_out,
-                    h,
-                    dtype,
-                )?,
-                linear(
-                    src,
-                    &format!("{p}.self_attn.k_proj.weight"),
-                    kv_out,
-                    h,
-                    dtype,
-                )?,
-                linear(
-                    src,
-                    &format!("{p}.self_attn.v_proj.weight"),
-                    kv_out,
-                    h,
-                    dtype,
-                )?,
-            ]),
+            // Fused only where the separate matrices are absent: in GGUF, Phi-3's fused gate
+            // and up share LLaMA's up name (`ffn_up`).
+            qkv: if src.contains(&format!("{p}.self_attn.qkv_proj.weight"))
+                && !src.contains(&format!("{p}.self_attn.q_proj.weight"))
+            {
+                // One matrix for all three (Phi-3), rows Q then K then V.
+                let name = format!("{p}.self_attn.qkv_proj.weight");
+                Projections::Fused {
+                    linear: linear(src, &name, q_out + 2 * kv_out, h, dtype)?,
+                    widths: vec![q_out, kv_out, kv_out],
+                }
+            } else {
+                Projections::new(vec![
+                    linear(
+                        src,
+                        &format!("{p}.self_attn.q_proj.weight"),
+                        q_out,
+                        h,
+                        dtype,
+                    )?,
+                    linear(
+                        src,
+                        &format!("{p}.self_attn.k_proj.weight"),
+                        kv_out,
+                        h,
+                        dtype,
+                    )?,
+                    linear(
+                        src,
+                        &format!("{p}.self_attn.v_proj.weight"),
+                        kv_out,
+                        h,
+                        dtype,
+                    )?,
+                ])
+            },
             o: linear(
                 src,
                 &format!("{p}.self_attn.o_proj.weight"),
@@ -103,10 +136,21 @@ pub fn build_llama(
                 h,
                 dtype,
             )?,
-            gate_up: Projections::new(vec![
-                linear(src, &format!("{p}.mlp.gate_proj.weight"), i, h, dtype)?,
-                linear(src, &format!("{p}.mlp.up_proj.weight"), i, h, dtype)?,
-            ]),
+            gate_up: if src.contains(&format!("{p}.mlp.gate_up_proj.weight"))
+                && !src.contains(&format!("{p}.mlp.gate_proj.weight"))
+            {
+                // One matrix for both (Phi-3), gate rows first.
+                let name = format!("{p}.mlp.gate_up_proj.weight");
+                Projections::Fused {
+                    linear: linear(src, &name, 2 * i, h, dtype)?,
+                    widths: vec![i, i],
+                }
+            } else {
+                Projections::new(vec![
+                    linear(src, &format!("{p}.mlp.gate_proj.weight"), i, h, dtype)?,
+                    linear(src, &format!("{p}.mlp.up_proj.weight"), i, h, dtype)?,
+                ])
+            },
             down: linear(src, &format!("{p}.mlp.down_proj.weight"), h, i, dtype)?,
         });
     }

@@ -1,18 +1,38 @@
-//! The LLaMA architecture (Llama 1/2/3, Vicuna, SmolLM2, TinyLlama): its weights per layer
-//! and what the layer loops of the runtimes (runtime/) read of them. The forward pass itself lives in
-//! the runtime (one layer loop per runtime, not one per architecture).
+//! The LLaMA architecture (Llama 1/2/3, Vicuna, SmolLM2, TinyLlama), and [`Llama`], the
+//! weights of every architecture (the features of the others are optional parts of a
+//! [`Layer`]) and what the layer loops of the runtimes (runtime/) read of them. The forward
+//! pass itself lives in the runtime (one layer loop per runtime, not one per architecture).
 
-use crate::config::ModelConfig;
+use super::{refuse_output_bias, Architecture};
+use crate::config::{ArchFeatures, HfConfig, ModelConfig, RopeStyle};
 use crate::error::Result;
 use crate::linear::{Linear, Projections};
 use crate::rope::Rope;
 use candle_core::{DType, Device, Tensor};
 use std::sync::OnceLock;
 
+pub const ARCH: Architecture = Architecture {
+    name: "llama",
+    hf_architectures: &["LlamaForCausalLM"],
+    model_types: &["llama"],
+    gguf_rope: RopeStyle::Interleaved,
+    gguf_window: true,
+    hf_features,
+};
+
+fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
+    refuse_output_bias(hf, origin)?;
+    Ok(ArchFeatures::default())
+}
+
 pub(crate) struct Layer {
     pub attn_norm: Tensor,
     /// Q, K and V projections (fused when the weights allow it).
     pub qkv: Projections,
+    /// Q, K and V biases side by side, `(q_heads + 2 · kv_heads) · head_dim` (Qwen2).
+    pub qkv_bias: Option<Tensor>,
+    /// Per-head RMSNorm weights of Q and K, `head_dim` each (Qwen3).
+    pub qk_norm: Option<(Tensor, Tensor)>,
     pub o: Linear,
     pub mlp_norm: Tensor,
     /// Gate and up projections.
@@ -34,10 +54,18 @@ pub struct Llama {
     pub(crate) host_norms: OnceLock<HostNorms>,
 }
 
-/// RMSNorm weights as plain slices: (attention, MLP) per layer, then the final norm.
+/// Per-layer vectors as plain slices, then the final norm.
 pub(crate) struct HostNorms {
-    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+    pub layers: Vec<HostLayer>,
     pub last: Vec<f32>,
+}
+
+/// One layer's norm weights and biases as plain slices.
+pub(crate) struct HostLayer {
+    pub attn_norm: Vec<f32>,
+    pub mlp_norm: Vec<f32>,
+    pub qkv_bias: Option<Vec<f32>>,
+    pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Llama {
@@ -63,7 +91,17 @@ impl Llama {
             layers: self
                 .layers
                 .iter()
-                .map(|l| Ok((host(&l.attn_norm)?, host(&l.mlp_norm)?)))
+                .map(|l| {
+                    Ok(HostLayer {
+                        attn_norm: host(&l.attn_norm)?,
+                        mlp_norm: host(&l.mlp_norm)?,
+                        qkv_bias: l.qkv_bias.as_ref().map(host).transpose()?,
+                        qk_norm: match &l.qk_norm {
+                            Some((q, k)) => Some((host(q)?, host(k)?)),
+                            None => None,
+                        },
+                    })
+                })
                 .collect::<Result<_>>()?,
             last: host(&self.norm)?,
         };

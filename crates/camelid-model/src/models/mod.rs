@@ -1,7 +1,262 @@
-//! Model architectures, one file each. Today: [`llama`]. What differs between architectures
-//! (biases, norms, activation, attention window, soft-capping) is to be data the runtimes'
-//! layer loops read, never a layer loop per architecture.
+//! Model architectures, one file each: what each is called in HF configs and GGUF files, and
+//! what sets its layers apart from LLaMA's as data ([`ArchFeatures`]: biases, norms, attention
+//! window). The weights live in [`llama::Llama`] whatever the architecture; the runtimes'
+//! layer loops read the features, never a layer loop per architecture.
 
 pub mod llama;
+pub mod mistral;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 
 pub use llama::Llama;
+
+use crate::config::{ArchFeatures, HfConfig, ModelConfig, RopeStyle};
+use crate::error::{Error, Result};
+
+/// One architecture's names and the reading of its HF config.
+pub struct Architecture {
+    /// The name in `ModelConfig::architecture` and GGUF's `general.architecture`; also the
+    /// prefix of its GGUF metadata keys (`qwen2.attention.head_count`).
+    pub name: &'static str,
+    /// HF `architectures` entries and `model_type` values that name it.
+    pub hf_architectures: &'static [&'static str],
+    pub model_types: &'static [&'static str],
+    /// GGUF's rotary layout: llama.cpp's converter permutes LLaMA's Q/K rows so rotary pairs
+    /// are adjacent; Qwen's it leaves as HF has them (halves, llama.cpp's NEOX rope).
+    pub gguf_rope: RopeStyle,
+    /// Whether a GGUF of this architecture may carry `<name>.attention.sliding_window`.
+    pub gguf_window: bool,
+    /// The features an HF `config.json` of this architecture implies.
+    pub hf_features: fn(&HfConfig, &str) -> Result<ArchFeatures>,
+}
+
+/// Every architecture camelid serves (a GGUF name is looked up in this order).
+pub const ARCHITECTURES: &[&Architecture] = &[
+    &llama::ARCH,
+    &mistral::ARCH,
+    &qwen2::ARCH,
+    &qwen3::ARCH,
+    &phi3::ARCH,
+];
+
+/// The architecture of an HF config (its `architectures`, else its `model_type`).
+pub fn for_hf(hf: &HfConfig, origin: &str) -> Result<&'static Architecture> {
+    let by_class = ARCHITECTURES.iter().find(|a| {
+        hf.architectures
+            .iter()
+            .any(|c| a.hf_architectures.contains(&c.as_str()))
+    });
+    let by_type = || {
+        ARCHITECTURES.iter().find(|a| {
+            hf.model_type
+                .as_deref()
+                .is_some_and(|t| a.model_types.contains(&t))
+        })
+    };
+    by_class.or_else(by_type).copied().ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{origin}: architecture {:?} (model_type {:?}) is not one camelid serves ({})",
+            hf.architectures,
+            hf.model_type,
+            supported()
+        ))
+    })
+}
+
+/// The architecture GGUF's `general.architecture` names.
+pub fn for_gguf(name: &str, origin: &str) -> Result<&'static Architecture> {
+    ARCHITECTURES
+        .iter()
+        .find(|a| a.name == name)
+        .copied()
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{origin}: general.architecture is {name:?}; camelid serves {}",
+                supported()
+            ))
+        })
+}
+
+fn supported() -> String {
+    let mut names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).collect();
+    names.dedup();
+    names.join(", ")
+}
+
+/// `config.json` → [`ModelConfig`]: the shared hyperparameters plus the architecture's
+/// features.
+pub fn config_from_hf(hf: &HfConfig, origin: &str) -> Result<ModelConfig> {
+    let arch = for_hf(hf, origin)?;
+    let mut cfg = hf.base_config(origin)?;
+    cfg.architecture = arch.name.to_string();
+    cfg.features = (arch.hf_features)(hf, origin)?;
+    cfg.validate(origin)?;
+    Ok(cfg)
+}
+
+/// HF's Qwen2/Qwen3 window applies to some layers only (`max_window_layers`), and no
+/// released checkpoint turns it on: refused rather than half applied.
+fn refuse_qwen_window(hf: &HfConfig, origin: &str) -> Result<()> {
+    if hf.use_sliding_window {
+        return Err(Error::Unsupported(format!(
+            "{origin}: use_sliding_window (a window on the layers past max_window_layers)"
+        )));
+    }
+    Ok(())
+}
+
+/// LLaMA-style `attention_bias` puts a bias on the output projection too, which no runtime
+/// applies: refused.
+fn refuse_output_bias(hf: &HfConfig, origin: &str) -> Result<()> {
+    if hf.attention_bias == Some(true) {
+        return Err(Error::Unsupported(format!(
+            "{origin}: attention_bias (biases on the attention's output projection)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RopeScaling;
+
+    fn parse(j: &serde_json::Value, origin: &str) -> Result<ModelConfig> {
+        config_from_hf(&HfConfig::parse(&j.to_string(), origin)?, origin)
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "vocab_size": 100, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 256
+        })
+    }
+
+    #[test]
+    fn parses_gqa_and_defaults() {
+        let c = parse(&base(), "t").unwrap();
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (4, 2, 16));
+        assert_eq!(c.rope_theta, 10_000.0);
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+    }
+
+    #[test]
+    fn parses_rope_scaling_kinds() {
+        let mut j = base();
+        j["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 4.0});
+        let c = parse(&j, "t").unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 4.0 });
+        j["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = parse(&j, "t").unwrap();
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { .. }));
+        j["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0,
+            "original_max_position_embeddings": 32768});
+        let c = parse(&j, "t").unwrap();
+        let RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } = c.rope_scaling
+        else {
+            panic!("{:?}", c.rope_scaling)
+        };
+        assert_eq!((factor, original_max_position_embeddings), (4.0, 32768));
+        assert_eq!((beta_fast, beta_slow), (32.0, 1.0));
+        assert!((attention_factor - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        // Without its own original context, the model's is YaRN's.
+        j["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 2.0});
+        let c = parse(&j, "t").unwrap();
+        assert!(matches!(
+            c.rope_scaling,
+            RopeScaling::Yarn {
+                original_max_position_embeddings: 256,
+                ..
+            }
+        ));
+        j["rope_scaling"] = serde_json::json!({"type": "mrope", "factor": 4.0});
+        let e = parse(&j, "t").unwrap_err();
+        assert!(e.to_string().contains("mrope"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_names_it() {
+        let mut j = base();
+        j.as_object_mut().unwrap().remove("hidden_size");
+        let e = HfConfig::parse(&j.to_string(), "cfg.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_size") && e.contains("cfg.json"), "{e}");
+    }
+
+    #[test]
+    fn refuses_other_architectures() {
+        let mut j = base();
+        j["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+        let e = parse(&j, "t").unwrap_err();
+        assert!(e.to_string().contains("GPT2LMHeadModel"));
+    }
+
+    #[test]
+    fn each_architecture_brings_its_features() {
+        let mut j = base();
+        let c = parse(&j, "t").unwrap();
+        assert_eq!(
+            (c.architecture.as_str(), &c.features),
+            ("llama", &ArchFeatures::default())
+        );
+        j["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+        j["sliding_window"] = serde_json::json!(32768);
+        j["use_sliding_window"] = serde_json::json!(false);
+        let c = parse(&j, "t").unwrap();
+        assert_eq!(c.architecture, "qwen2");
+        assert!(c.features.qkv_bias && !c.features.qk_norm);
+        assert_eq!(
+            c.features.sliding_window, None,
+            "Qwen2's window is off unless used"
+        );
+        j["use_sliding_window"] = serde_json::json!(true);
+        let e = parse(&j, "t").unwrap_err().to_string();
+        assert!(e.contains("use_sliding_window"), "{e}");
+        j["use_sliding_window"] = serde_json::json!(false);
+        j["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
+        j["head_dim"] = serde_json::json!(32);
+        j["attention_bias"] = serde_json::json!(false);
+        let c = parse(&j, "t").unwrap();
+        assert_eq!((c.architecture.as_str(), c.head_dim), ("qwen3", 32));
+        assert!(c.features.qk_norm && !c.features.qkv_bias);
+        j["attention_bias"] = serde_json::json!(true);
+        let e = parse(&j, "t").unwrap_err().to_string();
+        assert!(e.contains("attention_bias"), "{e}");
+        let mut j = base();
+        j["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        j["sliding_window"] = serde_json::json!(4096);
+        let c = parse(&j, "t").unwrap();
+        assert_eq!(
+            (c.architecture.as_str(), c.features.sliding_window),
+            ("mistral", Some(4096))
+        );
+        j["sliding_window"] = serde_json::Value::Null;
+        assert_eq!(parse(&j, "t").unwrap().features.sliding_window, None);
+        let mut j = base();
+        j["architectures"] = serde_json::json!(["Phi3ForCausalLM"]);
+        j["sliding_window"] = serde_json::json!(2047);
+        let c = parse(&j, "t").unwrap();
+        assert_eq!(
+            (c.architecture.as_str(), c.features.sliding_window),
+            ("phi3", Some(2047))
+        );
+        j["partial_rotary_factor"] = serde_json::json!(0.75);
+        let e = parse(&j, "t").unwrap_err().to_string();
+        assert!(e.contains("partial_rotary_factor"), "{e}");
+        // model_type alone names it too.
+        let mut j = base();
+        j.as_object_mut().unwrap().remove("architectures");
+        j["model_type"] = serde_json::json!("qwen2");
+        assert_eq!(parse(&j, "t").unwrap().architecture, "qwen2");
+    }
+}

@@ -11,7 +11,7 @@
 
 use crate::batch::ForwardBatch;
 use crate::error::{Error, Result};
-use crate::models::llama::Llama;
+use crate::models::llama::{HostLayer, Llama};
 use camelid_kernels::attention::{self, HostPaged, QkvRows};
 use camelid_kernels::quant::QActs;
 use camelid_kernels::vecmath::{self, Scalar, VecOps};
@@ -63,7 +63,7 @@ fn run(
     model: &Llama,
     batch: &ForwardBatch,
     mut kv: HostPaged,
-    norms: &[(Vec<f32>, Vec<f32>)],
+    norms: &[HostLayer],
     final_norm: &[f32],
     ws: &mut Workspace,
 ) -> Result<Tensor> {
@@ -75,10 +75,12 @@ fn run(
         kv: cfg.num_kv_heads,
         dim: cfg.head_dim,
         rope: cfg.rope_style,
+        window: cfg.features.sliding_window,
     };
     let (qw, kw) = (heads.q * heads.dim, heads.kv * heads.dim);
     let spans: Vec<_> = batch.chunks.iter().map(|c| c.span()).collect();
-    kv.check(&spans).map_err(Error::Invalid)?;
+    kv.check(&spans, |p| heads.first_key(p))
+        .map_err(Error::Invalid)?;
     let rope_spans: Vec<_> = spans
         .iter()
         .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
@@ -93,12 +95,12 @@ fn run(
 
     let inter = model.layers[0].down.in_features();
     for (li, layer) in model.layers.iter().enumerate() {
-        let (attn_norm, mlp_norm) = &norms[li];
+        let host = &norms[li];
         // Attention block (the previous layer's residual add happened in its last step).
         if li == 0 {
             rms_norm_rows(
                 &ws.x[..n * hidden],
-                attn_norm,
+                &host.attn_norm,
                 eps,
                 sized(&mut ws.h, n * hidden),
             );
@@ -108,6 +110,21 @@ fn run(
         layer
             .qkv
             .forward_cpu_into(&ws.h[..n * hidden], n, &mut ws.acts, qkv)?;
+        if let Some(bias) = &host.qkv_bias {
+            for r in qkv.chunks_exact_mut(width) {
+                r.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+            }
+        }
+        // Each head of Q and K normed before rope (rope runs in the attention kernel).
+        if let Some((q_norm, k_norm)) = &host.qk_norm {
+            for r in qkv.chunks_exact_mut(width) {
+                let (q, k) = r[..qw + kw].split_at_mut(qw);
+                q.chunks_exact_mut(heads.dim)
+                    .for_each(|x| rms_norm_in_place(x, q_norm, eps));
+                k.chunks_exact_mut(heads.dim)
+                    .for_each(|x| rms_norm_in_place(x, k_norm, eps));
+            }
+        }
         let rows = QkvRows {
             q: (qkv, width, 0),
             k: (qkv, width, qw),
@@ -117,7 +134,13 @@ fn run(
         attention::paged_attention(li, &spans, &rows, &cos, &sin, heads, &mut kv, attn);
         let proj = sized(&mut ws.proj, n * hidden);
         layer.o.forward_cpu_into(attn, n, &mut ws.acts, proj)?;
-        add_rms_norm_rows(&mut ws.x[..n * hidden], proj, mlp_norm, eps, &mut ws.h);
+        add_rms_norm_rows(
+            &mut ws.x[..n * hidden],
+            proj,
+            &host.mlp_norm,
+            eps,
+            &mut ws.h,
+        );
         // MLP block.
         let gate_up = sized(&mut ws.gate_up, n * 2 * inter);
         layer
@@ -130,9 +153,13 @@ fn run(
         // The residual add, fused with the next layer's attention norm (or a plain add after
         // the last layer: the final norm runs on the wanted rows only).
         match norms.get(li + 1) {
-            Some((next_norm, _)) => {
-                add_rms_norm_rows(&mut ws.x[..n * hidden], proj, next_norm, eps, &mut ws.h)
-            }
+            Some(next) => add_rms_norm_rows(
+                &mut ws.x[..n * hidden],
+                proj,
+                &next.attn_norm,
+                eps,
+                &mut ws.h,
+            ),
             None => ws.x[..n * hidden]
                 .iter_mut()
                 .zip(proj.iter())
@@ -189,6 +216,15 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let r = 1.0 / (ss / x.len() as f32 + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * r * g;
+    }
+}
+
+/// [`rms_norm_row`] of `x` into itself (a head of Q or K).
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss = Scalar::dot(x, x);
+    let r = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = *v * r * g;
     }
 }
 

@@ -4,12 +4,13 @@
 //! and each residual add fused with the RMSNorm after it.
 //!
 //! Chosen by [`Llama::forward`] on CUDA when the KV store offers [`KvStore::device_paged`], the
-//! rotary frequencies are fixed and the dtype is a float one; `CAMELID_CUDA_KERNELS=0` turns it
+//! rotary frequencies are fixed, the architecture has no [`ArchFeatures`] beyond LLaMA's and
+//! the dtype is a float one; `CAMELID_CUDA_KERNELS=0` turns it
 //! off (the tensor runtime: candle's ops and the gathering cache, the reference).
 
 use super::tensor;
 use crate::batch::ForwardBatch;
-use crate::config::RopeStyle;
+use crate::config::{ArchFeatures, RopeStyle};
 use crate::error::{Error, Result};
 use crate::kv::{DevicePaged, KvStore};
 use crate::models::llama::{Layer, Llama};
@@ -56,6 +57,11 @@ impl DeviceBatch {
     fn new(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore) -> Result<Option<Self>> {
         let dev = model.device();
         if !dev.is_cuda() || !cuda_ops::enabled() {
+            return Ok(None);
+        }
+        // Q/K/V biases, per-head Q/K norms and sliding windows are not in these kernels yet:
+        // such models take the tensor runtime (candle's ops), which applies them all.
+        if model.cfg.features != ArchFeatures::default() {
             return Ok(None);
         }
         let Some(inv_freq) = model.rope.fixed_inv_freq() else {

@@ -70,20 +70,24 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
 }
 
-/// Additive causal masks (0 / -inf) for each multi-token chunk, in f32.
+/// Additive masks (0 / -inf) for each chunk, in f32: causal, and outside the sliding window
+/// where the model has one (`None`: the chunk's lone query sees every key).
 fn causal_masks(model: &Llama, batch: &ForwardBatch) -> Result<Vec<Option<Tensor>>> {
+    let window = model.cfg.features.sliding_window;
     batch
         .chunks
         .iter()
         .map(|c| {
-            if c.len == 1 {
+            let kv_len = c.start_pos + c.len;
+            if c.len == 1 && window.is_none_or(|w| kv_len <= w) {
                 return Ok(None);
             }
-            let kv_len = c.start_pos + c.len;
             let mask: Vec<f32> = (0..c.len)
                 .flat_map(|i| {
+                    let pos = c.start_pos + i;
+                    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
                     (0..kv_len).map(move |j| {
-                        if j > c.start_pos + i {
+                        if j > pos || j < first {
                             f32::NEG_INFINITY
                         } else {
                             0.
@@ -122,10 +126,23 @@ fn attention(
             .transpose(1, 2)?
             .contiguous()?)
     };
-    let qkv = layer.qkv.forward(h)?;
-    let q = to_heads(qkv[0].clone(), nh)?;
-    let k = to_heads(qkv[1].clone(), nkv)?;
-    let v = to_heads(qkv[2].clone(), nkv)?;
+    let qkv = layer.qkv.forward_joined(h)?;
+    let qkv = match &layer.qkv_bias {
+        Some(b) => qkv.broadcast_add(b)?,
+        None => qkv,
+    };
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let q = to_heads(qkv.narrow(1, 0, qw)?, nh)?;
+    let k = to_heads(qkv.narrow(1, qw, kw)?, nkv)?;
+    let v = to_heads(qkv.narrow(1, qw + kw, kw)?, nkv)?;
+    // Each head of Q and K normed over its own channels, before rope (Qwen3).
+    let (q, k) = match &layer.qk_norm {
+        Some((qn, kn)) => (
+            rms_norm(&q, qn, cfg.rms_norm_eps)?,
+            rms_norm(&k, kn, cfg.rms_norm_eps)?,
+        ),
+        None => (q, k),
+    };
     let (q, k) = match cfg.rope_style {
         RopeStyle::Half => (
             candle_nn::rotary_emb::rope(&q, cos, sin)?,

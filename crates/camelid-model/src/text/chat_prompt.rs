@@ -10,7 +10,7 @@
 //! the whole prompt.
 
 use crate::error::{Error, Result};
-use crate::text::template::{ChatTemplate, Message};
+use crate::text::template::{ChatTemplate, Message, TemplateKwargs};
 use crate::text::tokenizer::Tokenizer;
 use std::collections::HashSet;
 use std::ops::Range;
@@ -22,7 +22,24 @@ pub fn chat_prompt_ids(
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>> {
-    let split = render_split(template, messages, add_generation_prompt)?;
+    chat_prompt_ids_with(
+        template,
+        tok,
+        messages,
+        add_generation_prompt,
+        &TemplateKwargs::new(),
+    )
+}
+
+/// [`chat_prompt_ids`] with extra template variables (`chat_template_kwargs`).
+pub fn chat_prompt_ids_with(
+    template: &ChatTemplate,
+    tok: &Tokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    kwargs: &TemplateKwargs,
+) -> Result<Vec<u32>> {
+    let split = render_split_with(template, messages, add_generation_prompt, kwargs)?;
     match &split.contents {
         Some(ranges) => tok.encode_with_literal(&split.text, ranges, true),
         None => {
@@ -63,7 +80,22 @@ pub fn render_split(
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<SplitRender> {
-    let text = template.render(messages, add_generation_prompt)?;
+    render_split_with(
+        template,
+        messages,
+        add_generation_prompt,
+        &TemplateKwargs::new(),
+    )
+}
+
+/// [`render_split`] with extra template variables.
+pub fn render_split_with(
+    template: &ChatTemplate,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    kwargs: &TemplateKwargs,
+) -> Result<SplitRender> {
+    let text = template.render_with(messages, add_generation_prompt, kwargs)?;
     let nonce = format!("{:016x}", rand::random::<u64>());
     // Blank contents stay as they are (no special token is whitespace): templates that skip
     // empty messages then take the same path in both renders.
@@ -75,7 +107,7 @@ pub fn render_split(
             false => Message::new(&m.role, &marker(&nonce, i)),
         })
         .collect();
-    let marked = template.render(&marked_msgs, add_generation_prompt)?;
+    let marked = template.render_with(&marked_msgs, add_generation_prompt, kwargs)?;
     let (pieces, holes) = split_marked(&marked, &nonce, messages.len());
     let contents = match_holes(&text, &pieces, &holes, messages);
     Ok(SplitRender {

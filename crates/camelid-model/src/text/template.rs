@@ -237,6 +237,9 @@ impl Builtin {
 }
 
 /// The template a model renders its conversations with.
+/// Extra variables for a jinja chat template, by name.
+pub type TemplateKwargs = serde_json::Map<String, serde_json::Value>;
+
 #[derive(Debug, Clone)]
 pub enum ChatTemplate {
     Builtin(&'static Builtin),
@@ -307,6 +310,19 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &TemplateKwargs::new())
+    }
+
+    /// [`Self::render`] with extra variables for a jinja template (vLLM's
+    /// `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`); they cannot replace
+    /// `messages`, `add_generation_prompt` or the special tokens. Built-in templates have no
+    /// variables and ignore them.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
+    ) -> Result<String> {
         match self {
             ChatTemplate::Builtin(b) => b.render(messages, add_generation_prompt),
             ChatTemplate::Jinja {
@@ -327,11 +343,24 @@ impl ChatTemplate {
                 let tmpl = env
                     .get_template("chat")
                     .map_err(|e| Error::Template(e.to_string()))?;
+                // The fixed variables are the template's inputs, never a client's.
+                let fixed = [
+                    "messages",
+                    "add_generation_prompt",
+                    "bos_token",
+                    "eos_token",
+                ];
+                let extra: TemplateKwargs = kwargs
+                    .iter()
+                    .filter(|(k, _)| !fixed.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 tmpl.render(minijinja::context! {
                     messages => messages,
                     add_generation_prompt => add_generation_prompt,
                     bos_token => bos_token,
                     eos_token => eos_token,
+                    ..minijinja::Value::from_serialize(extra)
                 })
                 .map_err(|e| Error::Template(format!("rendering the model's chat_template: {e}")))
             }
@@ -440,5 +469,30 @@ mod tests {
             "llama-3"
         );
         assert!(ChatTemplate::builtin("nope").is_err());
+    }
+
+    /// Qwen3's switch, as its template reads it: `enable_thinking` false writes an empty
+    /// thinking block after the generation prompt; the fixed variables win over kwargs.
+    #[test]
+    fn kwargs_reach_a_jinja_template() {
+        let t = ChatTemplate::Jinja {
+            source: "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}".into(),
+            bos_token: String::new(),
+            eos_token: "<|im_end|>".into(),
+        };
+        let msgs = [Message::new("user", "hi")];
+        let plain = t.render(&msgs, true).unwrap();
+        assert!(!plain.contains("<think>"), "{plain}");
+        let mut kw = TemplateKwargs::new();
+        kw.insert("enable_thinking".into(), serde_json::json!(false));
+        kw.insert("add_generation_prompt".into(), serde_json::json!(false));
+        kw.insert("messages".into(), serde_json::json!([]));
+        let off = t.render_with(&msgs, true, &kw).unwrap();
+        assert_eq!(
+            off,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+        kw.insert("enable_thinking".into(), serde_json::json!(true));
+        assert_eq!(t.render_with(&msgs, true, &kw).unwrap(), plain);
     }
 }

@@ -1,0 +1,24 @@
+//! Mistral (`MistralForCausalLM`): LLaMA's layers; v0.1 attends a sliding window of 4096
+//! keys (`sliding_window`), later versions every key (`sliding_window: null`). Its GGUF
+//! files are `llama` ones (see [`super::llama`]).
+
+use super::{refuse_output_bias, Architecture};
+use crate::config::{ArchFeatures, HfConfig, RopeStyle};
+use crate::error::Result;
+
+pub const ARCH: Architecture = Architecture {
+    name: "mistral",
+    hf_architectures: &["MistralForCausalLM"],
+    model_types: &["mistral"],
+    gguf_rope: RopeStyle::Interleaved,
+    gguf_window: true,
+    hf_features,
+};
+
+fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
+    refuse_output_bias(hf, origin)?;
+    Ok(ArchFeatures {
+        sliding_window: hf.sliding_window,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,689 @@
+//! Architectures beyond LLaMA on tiny random-weight models written here: camelid's logits
+//! against candle-transformers' own implementation of each (`qwen2`, `qwen3`, `mistral`) in
+//! f32, and the CPU serving path (paged host cache, scattered and partly freed blocks)
+//! against the tensor path. GQA and MHA, tied and untied embeddings.
+
+mod common;
+use camelid_model::kv::{HostKvCache, HostPaged, KvDtype, KvStore, FREED_BLOCK};
+use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
+use candle_core::{DType, Device, Tensor};
+use common::max_abs_diff;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
+}
+
+const VOCAB: usize = 80;
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    heads: usize,
+    kv_heads: usize,
+    /// `None`: hidden / heads.
+    head_dim: Option<usize>,
+    tied: bool,
+}
+
+const HIDDEN: usize = 32;
+const INTER: usize = 64;
+const LAYERS: usize = 2;
+
+/// A random-weight HF folder of `arch` (`qwen2`, `qwen3`, `mistral`) with `extra` merged into
+/// its config.json; the tokenizer is the LLaMA fixture's (the tests feed ids).
+fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tempfile::TempDir {
+    let guard = tempfile::Builder::new()
+        .prefix(&format!("camelid-{arch}-"))
+        .tempdir()
+        .unwrap();
+    let dir = guard.path();
+    use rand::{Rng, SeedableRng};
+    // Seeded: the same seed writes the same weights (candle's CPU generator takes no seed).
+    let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed));
+    let hd = s.head_dim.unwrap_or(HIDDEN / s.heads);
+    // Uniform with standard deviation `std`.
+    let r = |shape: &[usize], std: f32| {
+        let n: usize = shape.iter().product();
+        let half_width = std * 3f32.sqrt();
+        let v: Vec<f32> = (0..n)
+            .map(|_| rng.borrow_mut().random_range(-half_width..half_width))
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let ones = |n: usize| (r(&[n], 0.1) + 1.0).unwrap();
+    let mut t = HashMap::new();
+    t.insert(
+        "model.embed_tokens.weight".to_string(),
+        r(&[VOCAB, HIDDEN], 0.5),
+    );
+    for l in 0..LAYERS {
+        let p = format!("model.layers.{l}");
+        let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
+        t.insert(
+            format!("{p}.self_attn.q_proj.weight"),
+            r(&[qw, HIDDEN], 0.3),
+        );
+        t.insert(
+            format!("{p}.self_attn.k_proj.weight"),
+            r(&[kw, HIDDEN], 0.3),
+        );
+        t.insert(
+            format!("{p}.self_attn.v_proj.weight"),
+            r(&[kw, HIDDEN], 0.3),
+        );
+        t.insert(
+            format!("{p}.self_attn.o_proj.weight"),
+            r(&[HIDDEN, qw], 0.3),
+        );
+        if arch == "qwen2" {
+            for (n, w) in [("q", qw), ("k", kw), ("v", kw)] {
+                t.insert(format!("{p}.self_attn.{n}_proj.bias"), r(&[w], 0.5));
+            }
+        }
+        if arch == "qwen3" {
+            t.insert(format!("{p}.self_attn.q_norm.weight"), ones(hd));
+            t.insert(format!("{p}.self_attn.k_norm.weight"), ones(hd));
+        }
+        t.insert(
+            format!("{p}.mlp.gate_proj.weight"),
+            r(&[INTER, HIDDEN], 0.3),
+        );
+        t.insert(format!("{p}.mlp.up_proj.weight"), r(&[INTER, HIDDEN], 0.3));
+        t.insert(
+            format!("{p}.mlp.down_proj.weight"),
+            r(&[HIDDEN, INTER], 0.3),
+        );
+        t.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN));
+        t.insert(format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN));
+        if arch == "phi3" {
+            // Phi-3 stores Q, K, V as one matrix and gate, up as another.
+            let mut take = |n: &str| t.remove(&format!("{p}.{n}.weight")).unwrap();
+            let qkv = [
+                take("self_attn.q_proj"),
+                take("self_attn.k_proj"),
+                take("self_attn.v_proj"),
+            ];
+            let gate_up = [take("mlp.gate_proj"), take("mlp.up_proj")];
+            t.insert(
+                format!("{p}.self_attn.qkv_proj.weight"),
+                Tensor::cat(&qkv, 0).unwrap(),
+            );
+            t.insert(
+                format!("{p}.mlp.gate_up_proj.weight"),
+                Tensor::cat(&gate_up, 0).unwrap(),
+            );
+        }
+    }
+    t.insert("model.norm.weight".into(), ones(HIDDEN));
+    if !s.tied {
+        t.insert("lm_head.weight".into(), r(&[VOCAB, HIDDEN], 0.3));
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    let class = match arch {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        "mistral" => "MistralForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
+        other => panic!("{other}"),
+    };
+    // Every field candle-transformers' configs require, as the HF configs of these models
+    // have them.
+    let mut cfg = serde_json::json!({
+        "architectures": [class], "model_type": arch, "hidden_size": HIDDEN,
+        "intermediate_size": INTER, "vocab_size": VOCAB, "num_hidden_layers": LAYERS,
+        "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": hd,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 256,
+        "tie_word_embeddings": s.tied, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "sliding_window": null, "use_sliding_window": false,
+        "max_window_layers": LAYERS, "attention_bias": false
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        fixture().join("tokenizer.model"),
+        dir.join("tokenizer.model"),
+    )
+    .unwrap();
+    guard
+}
+
+/// Deterministic pseudo-random ids in the vocabulary (BOS first).
+fn prompt(n: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    std::iter::once(1)
+        .chain((1..n).map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            3 + ((x >> 33) % (VOCAB as u64 - 3)) as u32
+        }))
+        .collect()
+}
+
+/// candle-transformers' model of the folder's architecture: the last position's logits of
+/// each prefix `ids[..n]`, `n` in `lens` (each a fresh forward over the whole prefix).
+fn reference_logits(arch: &str, dir: &Path, ids: &[u32], lens: &[usize]) -> Vec<Vec<f32>> {
+    use candle_transformers::models::{mistral, phi3, qwen2, qwen3};
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let mut forward: Box<dyn FnMut(&Tensor) -> Tensor> = match arch {
+        "qwen2" => {
+            let mut j: serde_json::Value = serde_json::from_str(&text).unwrap();
+            // candle's qwen2 always applies its window: wider than any prompt here.
+            j["sliding_window"] = serde_json::json!(4096);
+            let cfg: qwen2::Config = serde_json::from_value(j).unwrap();
+            let mut m = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+            Box::new(move |x| {
+                m.clear_kv_cache();
+                m.forward(x, 0).unwrap()
+            })
+        }
+        "qwen3" => {
+            let cfg: qwen3::Config = serde_json::from_str(&text).unwrap();
+            let mut m = qwen3::ModelForCausalLM::new(&cfg, vb).unwrap();
+            Box::new(move |x| {
+                m.clear_kv_cache();
+                m.forward(x, 0).unwrap()
+            })
+        }
+        "mistral" => {
+            let mut cfg: mistral::Config = serde_json::from_str(&text).unwrap();
+            // candle's mask (mistral-src's) lets position i see i - w ..= i, w + 1 keys; HF
+            // transformers and llama.cpp (and camelid) see w: the same window is w - 1 there.
+            cfg.sliding_window = cfg.sliding_window.map(|w| w - 1);
+            let mut m = mistral::Model::new(&cfg, vb).unwrap();
+            Box::new(move |x| {
+                m.clear_kv_cache();
+                m.forward(x, 0).unwrap()
+            })
+        }
+        "phi3" => {
+            let cfg: phi3::Config = serde_json::from_str(&text).unwrap();
+            assert!(cfg.rope_scaling.is_none(), "candle's LongRoPE is not HF's");
+            let mut m = phi3::Model::new(&cfg, vb).unwrap();
+            Box::new(move |x| {
+                m.clear_kv_cache();
+                m.forward(x, 0).unwrap()
+            })
+        }
+        other => panic!("{other}"),
+    };
+    lens.iter()
+        .map(|&n| {
+            let x = Tensor::new(&ids[..n], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            forward(&x).flatten_all().unwrap().to_vec1().unwrap()
+        })
+        .collect()
+}
+
+fn load(dir: &Path) -> LoadedModel {
+    common::load(dir)
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_vec2().unwrap()
+}
+
+/// camelid's tensor path (all positions in one forward) against candle-transformers at the
+/// last position of several prefixes: within 1e-4, the same top-5.
+fn check_against_candle(arch: &str, dir: &Path, ids: &[u32]) {
+    let lm = load(dir);
+    let ours = rows(&lm.model.logits_all(ids).unwrap());
+    let lens: Vec<usize> = (1..=ids.len()).step_by(7).chain([ids.len()]).collect();
+    let want = reference_logits(arch, dir, ids, &lens);
+    for (n, w) in lens.iter().zip(&want) {
+        let got = &ours[n - 1];
+        let d = max_abs_diff(got, w);
+        assert!(d < 1e-4, "{arch} {dir:?}: position {}: max |Δ| {d}", n - 1);
+        assert_eq!(
+            common::top_k(got, 5),
+            common::top_k(w, 5),
+            "{arch}: top-5 at {}",
+            n - 1
+        );
+    }
+}
+
+/// A paged host cache as the engine keeps one: `bs`-position blocks handed out in reverse
+/// (tables not runs of slots).
+struct HostStore {
+    cache: HostKvCache,
+    bs: usize,
+    tables: HashMap<u64, Vec<u32>>,
+    next_free: Vec<u32>,
+}
+
+impl HostStore {
+    fn new(lm: &LoadedModel, blocks: usize, bs: usize) -> Self {
+        let c = lm.model.config();
+        Self {
+            cache: HostKvCache::new(
+                c.num_layers,
+                blocks,
+                bs,
+                c.num_kv_heads,
+                c.head_dim,
+                KvDtype::F32,
+            ),
+            bs,
+            tables: HashMap::new(),
+            next_free: (0..blocks as u32).collect(),
+        }
+    }
+
+    /// Blocks for `seq` up to `len` positions.
+    fn reserve(&mut self, seq: u64, len: usize) {
+        let t = self.tables.entry(seq).or_default();
+        while t.len() * self.bs < len {
+            t.push(self.next_free.pop().expect("pool exhausted"));
+        }
+    }
+
+    /// Gives back `seq`'s blocks wholly before position `first` (outside its window).
+    fn free_before(&mut self, seq: u64, first: usize) -> usize {
+        let t = self.tables.get_mut(&seq).unwrap();
+        let mut freed = 0;
+        for b in t.iter_mut().take(first / self.bs) {
+            if *b != FREED_BLOCK {
+                self.next_free.insert(0, *b);
+                *b = FREED_BLOCK;
+                freed += 1;
+            }
+        }
+        freed
+    }
+}
+
+impl KvStore for HostStore {
+    fn write_and_read(
+        &mut self,
+        _: usize,
+        _: u64,
+        _: usize,
+        _: &Tensor,
+        _: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        candle_core::bail!("the host store is read in place")
+    }
+
+    fn host_paged(&mut self, seqs: &[u64]) -> candle_core::Result<Option<HostPaged<'_>>> {
+        let tables = seqs.iter().map(|s| self.tables[s].clone()).collect();
+        Ok(Some(HostPaged {
+            cache: &mut self.cache,
+            block_size: self.bs,
+            tables,
+        }))
+    }
+}
+
+/// The CPU serving path against the tensor path on the same ids: sequence 1 prefilled in two
+/// chunks next to sequence 2's prompt, then both decoded a token at a time, batched; with a
+/// window, the blocks wholly outside it are given back between steps. Every row within 1e-4.
+fn check_paged_against_tensor(dir: &Path, a: &[u32], b: &[u32]) {
+    let lm = load(dir);
+    let window = lm.model.config().features.sliding_window;
+    let want_a = rows(&lm.model.logits_all(a).unwrap());
+    let want_b = rows(&lm.model.logits_all(b).unwrap());
+    let bs = 4;
+    let mut store = HostStore::new(&lm, (a.len() + b.len()).div_ceil(bs) + 4, bs);
+    let (pa, pb) = (a.len() - 6, b.len() - 3);
+    let split = pa / 3;
+    let mut got_a: Vec<Vec<f32>> = vec![];
+    let mut got_b: Vec<Vec<f32>> = vec![];
+    // Step 1: a's first piece, all of b's prompt.
+    store.reserve(1, split);
+    store.reserve(2, pb);
+    let mut batch = ForwardBatch::default();
+    batch.push(1, 0, &a[..split], LogitsWanted::All);
+    batch.push(2, 0, &b[..pb], LogitsWanted::All);
+    let out = rows(&lm.model.forward(&batch, &mut store).unwrap());
+    got_a.extend_from_slice(&out[..split]);
+    got_b.extend_from_slice(&out[split..]);
+    // Step 2: the rest of a's prompt next to b's first decode.
+    store.reserve(1, pa);
+    store.reserve(2, pb + 1);
+    let mut batch = ForwardBatch::default();
+    batch.push(2, pb, &b[pb..pb + 1], LogitsWanted::Last);
+    batch.push(1, split, &a[split..pa], LogitsWanted::All);
+    let out = rows(&lm.model.forward(&batch, &mut store).unwrap());
+    got_b.push(out[0].clone());
+    got_a.extend_from_slice(&out[1..]);
+    // Decodes, both sequences in each step.
+    let (mut na, mut nb) = (pa, pb + 1);
+    let mut freed = 0;
+    while na < a.len() || nb < b.len() {
+        if let Some(w) = window {
+            // The next query of each attends from its position + 1 - w on.
+            freed += store.free_before(1, (na + 1).saturating_sub(w));
+            freed += store.free_before(2, (nb + 1).saturating_sub(w));
+        }
+        let mut batch = ForwardBatch::default();
+        if na < a.len() {
+            store.reserve(1, na + 1);
+            batch.push(1, na, &a[na..na + 1], LogitsWanted::Last);
+        }
+        if nb < b.len() {
+            store.reserve(2, nb + 1);
+            batch.push(2, nb, &b[nb..nb + 1], LogitsWanted::Last);
+        }
+        let out = rows(&lm.model.forward(&batch, &mut store).unwrap());
+        let mut it = out.into_iter();
+        if na < a.len() {
+            got_a.push(it.next().unwrap());
+            na += 1;
+        }
+        if nb < b.len() {
+            got_b.push(it.next().unwrap());
+            nb += 1;
+        }
+    }
+    if window.is_some_and(|w| w + 2 * bs < a.len()) {
+        assert!(freed > 0, "no block fell out of the window");
+    }
+    for (name, got, want) in [("a", &got_a, &want_a), ("b", &got_b, &want_b)] {
+        assert_eq!(got.len(), want.len());
+        for (p, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+            let d = max_abs_diff(g, w);
+            assert!(
+                d < 1e-4,
+                "{dir:?} sequence {name} position {p}: paged vs tensor {d}"
+            );
+        }
+    }
+}
+
+const SHAPES: [Shape; 4] = [
+    // GQA, untied.
+    Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: None,
+        tied: false,
+    },
+    // MHA, tied.
+    Shape {
+        heads: 4,
+        kv_heads: 4,
+        head_dim: None,
+        tied: true,
+    },
+    // One KV head, tied.
+    Shape {
+        heads: 4,
+        kv_heads: 1,
+        head_dim: None,
+        tied: true,
+    },
+    // MHA, untied.
+    Shape {
+        heads: 2,
+        kv_heads: 2,
+        head_dim: None,
+        tied: false,
+    },
+];
+
+#[test]
+fn qwen2_matches_candle_transformers_and_the_paged_path() {
+    for (i, s) in SHAPES.iter().enumerate() {
+        let g = write_model("qwen2", *s, serde_json::json!({}), 10 + i as u64);
+        let ids = prompt(40, i as u64);
+        check_against_candle("qwen2", g.path(), &ids);
+        check_paged_against_tensor(g.path(), &ids, &prompt(23, 100 + i as u64));
+    }
+}
+
+/// Without its biases, the model is another one: the biases really are applied (a loader that
+/// dropped them would still load a Qwen2 folder).
+#[test]
+fn qwen2_biases_change_the_logits() {
+    let g = write_model("qwen2", SHAPES[0], serde_json::json!({}), 7);
+    let ids = prompt(12, 3);
+    let with = rows(&load(g.path()).model.logits_all(&ids).unwrap());
+    let mut t =
+        candle_core::safetensors::load(g.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, v) in t.iter_mut() {
+        if name.ends_with(".bias") {
+            *v = v.zeros_like().unwrap();
+        }
+    }
+    candle_core::safetensors::save(&t, g.path().join("model.safetensors")).unwrap();
+    let without = rows(&load(g.path()).model.logits_all(&ids).unwrap());
+    let d = max_abs_diff(&with[11], &without[11]);
+    assert!(d > 1e-2, "biases moved the logits by only {d}");
+}
+
+/// YaRN on a Qwen2 model: the paged path equals the tensor path with the scaled table, and the
+/// scaling changes the logits (the table itself is checked against HF's formula in rope.rs).
+#[test]
+fn qwen2_yarn_runs_on_both_paths() {
+    let yarn = serde_json::json!({"rope_scaling": {"type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 16}, "rope_theta": 1000.0});
+    let g = write_model("qwen2", SHAPES[0], yarn, 21);
+    let ids = prompt(40, 5);
+    check_paged_against_tensor(g.path(), &ids, &prompt(19, 6));
+    let scaled = rows(&load(g.path()).model.logits_all(&ids).unwrap());
+    let plain = write_model(
+        "qwen2",
+        SHAPES[0],
+        serde_json::json!({"rope_theta": 1000.0}),
+        21,
+    );
+    let unscaled = rows(&load(plain.path()).model.logits_all(&ids).unwrap());
+    assert!(max_abs_diff(&scaled[39], &unscaled[39]) > 1e-3);
+}
+
+#[test]
+fn qwen3_matches_candle_transformers_and_the_paged_path() {
+    // Qwen3's head size is its own: also one that is not hidden / heads.
+    let mut shapes = SHAPES.to_vec();
+    shapes.push(Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: Some(16),
+        tied: false,
+    });
+    for (i, s) in shapes.iter().enumerate() {
+        let g = write_model("qwen3", *s, serde_json::json!({}), 30 + i as u64);
+        let ids = prompt(40, 20 + i as u64);
+        check_against_candle("qwen3", g.path(), &ids);
+        check_paged_against_tensor(g.path(), &ids, &prompt(23, 120 + i as u64));
+    }
+}
+
+/// Mistral v0.1's sliding window, on prompts several windows long: the same logits as
+/// candle-transformers' mistral, and the paged path (blocks outside the window given back as
+/// it goes) equals the tensor path. Without the window the logits differ: it is in effect.
+#[test]
+fn mistral_sliding_window_matches_candle_transformers_and_the_paged_path() {
+    let shapes = [SHAPES[0], SHAPES[3]];
+    for (i, s) in shapes.iter().enumerate() {
+        for window in [5usize, 12] {
+            let g = write_model(
+                "mistral",
+                *s,
+                serde_json::json!({"sliding_window": window}),
+                50 + i as u64,
+            );
+            let ids = prompt(40, 40 + i as u64);
+            check_against_candle("mistral", g.path(), &ids);
+            check_paged_against_tensor(g.path(), &ids, &prompt(31, 140 + i as u64));
+        }
+    }
+    let g = write_model(
+        "mistral",
+        SHAPES[0],
+        serde_json::json!({"sliding_window": 8}),
+        9,
+    );
+    let full = write_model("mistral", SHAPES[0], serde_json::json!({}), 9);
+    let ids = prompt(30, 1);
+    let windowed = rows(&load(g.path()).model.logits_all(&ids).unwrap());
+    let unwindowed = rows(&load(full.path()).model.logits_all(&ids).unwrap());
+    assert!(
+        max_abs_diff(&windowed[7], &unwindowed[7]) < 1e-6,
+        "inside the window"
+    );
+    assert!(
+        max_abs_diff(&windowed[29], &unwindowed[29]) > 1e-3,
+        "past the window"
+    );
+}
+
+/// The folder's weights and config as a GGUF of architecture `gguf_arch`, written by llama.cpp's
+/// gguf-py (`tests/gguf/write_gguf.py`: its key and tensor names, its converter's Q/K
+/// permutation for `llama`), f32 like the folder.
+fn write_gguf(dir: &Path, gguf_arch: &str) -> PathBuf {
+    let python = std::env::var("CAMELID_TEST_PYTHON").expect(
+        "CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the \
+         venv with the gguf package)",
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let mut list = vec![];
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let file = raw.join(format!("{i}.f32"));
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(&file, bytes).unwrap();
+        list.push(serde_json::json!({"name": name, "shape": t.dims(), "file": file}));
+    }
+    let tok =
+        camelid_model::text::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model"))
+            .unwrap();
+    let tokens: Vec<String> = (0..VOCAB as u32)
+        .map(|i| tok.id_to_token(i).unwrap_or_else(|| format!("<extra{i}>")))
+        .collect();
+    // SentencePiece's types: 2 unknown, 3 control, 1 normal.
+    let types: Vec<i32> = (0..VOCAB)
+        .map(|i| [2, 3, 3].get(i).copied().unwrap_or(1))
+        .collect();
+    let out = dir.join(format!("model-{gguf_arch}.gguf"));
+    let spec = serde_json::json!({"arch": gguf_arch, "out": out, "hparams": cfg,
+        "tokens": tokens, "token_types": types, "tensors": list});
+    let spec_path = dir.join("gguf-spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf/write_gguf.py");
+    let st = std::process::Command::new(python)
+        .arg(script)
+        .arg(&spec_path)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "write_gguf.py failed (is the gguf package installed?)"
+    );
+    out
+}
+
+/// The same random weights as an HF folder and as a GGUF written by gguf-py: the same
+/// configuration (features, head size, rope scaling, tying) and the same logits within 1e-4
+/// (both f32); the GGUF's paged CPU path equals its tensor path.
+#[test]
+fn gguf_written_by_gguf_py_matches_the_hf_folder() {
+    let yarn = serde_json::json!({"rope_scaling": {"type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 16}});
+    let qwen3_dim = Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: Some(16),
+        tied: false,
+    };
+    let cases = [
+        ("qwen2", "qwen2", SHAPES[0], serde_json::json!({})),
+        ("qwen2", "qwen2", SHAPES[1], yarn),
+        ("qwen3", "qwen3", qwen3_dim, serde_json::json!({})),
+        ("qwen3", "qwen3", SHAPES[2], serde_json::json!({})),
+        (
+            "mistral",
+            "llama",
+            SHAPES[0],
+            serde_json::json!({"sliding_window": 6}),
+        ),
+        ("phi3", "phi3", SHAPES[1], serde_json::json!({})),
+    ];
+    for (n, (arch, gguf_arch, shape, extra)) in cases.into_iter().enumerate() {
+        let g = write_model(arch, shape, extra, 70 + n as u64);
+        let path = write_gguf(g.path(), gguf_arch);
+        let (hf, gg) = (load(g.path()), load(&path));
+        let (a, b) = (hf.model.config(), gg.model.config());
+        assert_eq!(b.architecture, gguf_arch);
+        assert_eq!(a.features, b.features, "{arch}");
+        assert_eq!(a.rope_scaling, b.rope_scaling, "{arch}");
+        assert_eq!(
+            (
+                a.head_dim,
+                a.num_heads,
+                a.num_kv_heads,
+                a.tie_word_embeddings
+            ),
+            (
+                b.head_dim,
+                b.num_heads,
+                b.num_kv_heads,
+                b.tie_word_embeddings
+            ),
+            "{arch}"
+        );
+        let ids = prompt(30, n as u64);
+        let want = rows(&hf.model.logits_all(&ids).unwrap());
+        let got = rows(&gg.model.logits_all(&ids).unwrap());
+        for (p, (x, y)) in got.iter().zip(&want).enumerate() {
+            let d = max_abs_diff(x, y);
+            assert!(d < 1e-4, "{arch} as GGUF {gguf_arch}: position {p}: {d}");
+            assert_eq!(common::top_k(x, 5), common::top_k(y, 5));
+        }
+        check_paged_against_tensor(&path, &ids, &prompt(17, 200 + n as u64));
+    }
+}
+
+/// Phi-3's fused Q/K/V and gate/up matrices: the same logits as candle-transformers' phi3
+/// and the paged path equals the tensor path.
+#[test]
+fn phi3_matches_candle_transformers_and_the_paged_path() {
+    for (i, s) in SHAPES.iter().enumerate() {
+        let g = write_model("phi3", *s, serde_json::json!({}), 90 + i as u64);
+        let ids = prompt(40, 60 + i as u64);
+        check_against_candle("phi3", g.path(), &ids);
+        check_paged_against_tensor(g.path(), &ids, &prompt(23, 160 + i as u64));
+    }
+}
+
+/// LongRoPE (Phi-3's long-context models): past the original context (here 8 positions, so
+/// every forward of the test uses the long factors) the paged path equals the tensor path and
+/// the factors change the logits. The table itself is checked against HF's formula in
+/// rope.rs.
+#[test]
+fn phi3_longrope_runs_on_both_paths() {
+    let half = HIDDEN / SHAPES[0].heads / 2;
+    let long: Vec<f32> = (0..half).map(|i| 1.0 + i as f32).collect();
+    let longrope = serde_json::json!({"rope_scaling": {"type": "longrope",
+        "short_factor": vec![1.0; half], "long_factor": long},
+        "original_max_position_embeddings": 8, "max_position_embeddings": 256});
+    let g = write_model("phi3", SHAPES[0], longrope, 99);
+    let plain = write_model("phi3", SHAPES[0], serde_json::json!({}), 99);
+    let ids = prompt(40, 7);
+    check_paged_against_tensor(g.path(), &ids, &prompt(19, 8));
+    let scaled = rows(&load(g.path()).model.logits_all(&ids).unwrap());
+    let unscaled = rows(&load(plain.path()).model.logits_all(&ids).unwrap());
+    assert!(max_abs_diff(&scaled[39], &unscaled[39]) > 1e-3);
+}

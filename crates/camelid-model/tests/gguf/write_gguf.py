@@ -1,0 +1,69 @@
+"""Writes a GGUF file from an HF-named set of f32 tensors with llama.cpp's own gguf-py: its
+metadata keys (GGUFWriter.add_*), its tensor names (TensorNameMap, HF name -> GGUF name) and,
+for the llama architecture, convert_hf_to_gguf.py's Q/K row permutation. camelid's reader is
+tested against this, not against names it wrote itself.
+
+Usage: write_gguf.py spec.json   (spec: see crates/camelid-model/tests/architectures.rs)
+"""
+import json
+import sys
+
+import gguf
+import numpy as np
+
+
+def permute(w, n_head, n_head_kv):
+    # convert_hf_to_gguf.py's LlamaModel.permute: rotary pairs made adjacent.
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def main():
+    spec = json.load(open(sys.argv[1]))
+    arch_name = spec["arch"]
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch_name]
+    h = spec["hparams"]
+    w = gguf.GGUFWriter(spec["out"], arch_name)
+    w.add_context_length(h["max_position_embeddings"])
+    w.add_embedding_length(h["hidden_size"])
+    w.add_block_count(h["num_hidden_layers"])
+    w.add_feed_forward_length(h["intermediate_size"])
+    w.add_head_count(h["num_attention_heads"])
+    w.add_head_count_kv(h["num_key_value_heads"])
+    w.add_key_length(h["head_dim"])
+    w.add_value_length(h["head_dim"])
+    w.add_rope_freq_base(h["rope_theta"])
+    w.add_layer_norm_rms_eps(h["rms_norm_eps"])
+    rs = h.get("rope_scaling")
+    if rs and rs.get("type") == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rs["factor"])
+        w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+    if h.get("sliding_window"):
+        w.add_sliding_window(h["sliding_window"])
+    w.add_tokenizer_model("llama")
+    w.add_token_list(spec["tokens"])
+    w.add_token_scores([-float(i) for i in range(len(spec["tokens"]))])
+    w.add_token_types(spec["token_types"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    names = gguf.get_tensor_name_map(arch, h["num_hidden_layers"])
+    for t in spec["tensors"]:
+        data = np.fromfile(t["file"], dtype=np.float32).reshape(t["shape"])
+        name = names.get_name(t["name"], try_suffixes=(".weight", ".bias"))
+        if name is None:
+            sys.exit(f"gguf-py has no name for {t['name']} in {arch_name}")
+        if arch_name == "llama" and t["name"].endswith("q_proj.weight"):
+            data = permute(data, h["num_attention_heads"], h["num_attention_heads"])
+        if arch_name == "llama" and t["name"].endswith("k_proj.weight"):
+            data = permute(data, h["num_attention_heads"], h["num_key_value_heads"])
+        w.add_tensor(name, np.ascontiguousarray(data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+main()
