@@ -11,6 +11,9 @@
 // The model crate's test fixtures (the default model and its cached f32 conversion).
 #[path = "../../camelid-model/tests/common/mod.rs"]
 mod common;
+mod first_token;
+
+use first_token::{first_token_logprobs, top5_shift};
 
 use camelid_engine::paged::PagedKv;
 use camelid_model::kv::ContiguousKv;
@@ -140,36 +143,6 @@ fn scattered_batches_match(dtype: DType, kv: KvDtype, tol: f32, host: bool) {
     assert!(t1.windows(2).any(|w| w[1] != w[0] + 1), "table {t1:?}");
 }
 
-/// The first token's log-probabilities of `prompt` (one user message, the model's own template)
-/// after one prefill over a paged host cache of element type `kv`.
-fn first_token_logprobs(lm: &camelid_model::LoadedModel, prompt: &str, kv: KvDtype) -> Vec<f32> {
-    let text = lm
-        .template
-        .render(&[camelid_model::Message::new("user", prompt)], true)
-        .unwrap();
-    let ids = lm.tokenizer.encode(&text, true).unwrap();
-    let c = lm.model.config();
-    let bs = 16;
-    let mut paged = PagedKv::new(
-        c.num_layers,
-        c.num_kv_heads,
-        c.head_dim,
-        ids.len().div_ceil(bs),
-        bs,
-        lm.model.dtype(),
-        kv,
-        lm.model.device(),
-    )
-    .unwrap();
-    assert!(paged.in_host_memory());
-    assert_eq!(paged.start(1, &ids[..0], None), 0);
-    assert!(paged.reserve(1, ids.len()));
-    let mut batch = ForwardBatch::default();
-    batch.push(1, 0, &ids, LogitsWanted::Last);
-    let logits = rows(&lm.model.forward(&batch, &mut paged).unwrap());
-    camelid_model::decode::sampling::log_softmax(&logits[0])
-}
-
 /// What an f16 cache costs a served answer: the log-probabilities of the f32 cache's top-5
 /// first tokens of "What is the capital of France?" move by at most 0.01 nats (measured:
 /// 0.0025; 0.001–0.004 over eight chat prompts). A cache keeping 8 bits instead of f16's 11
@@ -190,10 +163,7 @@ fn f16_cache_keeps_the_first_tokens_logprobs() {
     let prompt = "What is the capital of France?";
     let exact = first_token_logprobs(&lm, prompt, KvDtype::F32);
     let got = first_token_logprobs(&lm, prompt, KvDtype::F16);
-    let moved = common::top_k(&exact, 5)
-        .into_iter()
-        .map(|t| (got[t] - exact[t]).abs())
-        .fold(0f32, f32::max);
+    let moved = top5_shift(&exact, &got);
     eprintln!("f16 cache: top-5 first-token logprobs move by {moved} nats");
     assert!(
         moved <= 0.01,

@@ -183,7 +183,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> s
 
 /// Serves until `shutdown` resolves: stops accepting, lets in-flight responses finish for
 /// at most the grace period, then returns. Connections are capped and must send their
-/// headers in time (`ServerConfig::max_connections`, `header_timeout_secs`).
+/// headers in time (`ServerConfig::max_connections`, `header_timeout_secs`); bodies must
+/// arrive in time too (`body_timeout_secs`, enforced where handlers read them:
+/// `routes::RequestBody`).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,

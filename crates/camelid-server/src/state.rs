@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// Seconds a client has to send a request's headers (also how long an idle keep-alive
     /// connection stays open).
     pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body, from the end of its headers;
+    /// later is 408 and the connection is closed.
+    pub body_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             limits: RequestLimits::default(),
             max_connections: 512,
             header_timeout_secs: 30,
+            body_timeout_secs: 30,
         }
     }
 }

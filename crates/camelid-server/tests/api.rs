@@ -1,39 +1,16 @@
 //! The real server (router + engine + default model) on a free loopback port, exercised
 //! over HTTP: every endpoint, field and error of the OpenAI-compatible API.
 
+mod common;
+use camelid_engine::EngineConfig;
 use camelid_server::{AppState, ModelEntry, ServerConfig};
+use common::{assert_error, client, model_entry, runtime, send, serve, Server};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
 
-struct Server {
-    base: String,
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
 fn entry(name: &str) -> ModelEntry {
-    let lm =
-        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
-    ModelEntry {
-        name: name.into(),
-        aliases: vec!["default".into()],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len: 512,
-        created: 0,
-        engine: camelid_engine::EngineHandle::spawn(lm, camelid_engine::EngineConfig::default()),
-    }
+    model_entry(name, &["default"], 512, |_| EngineConfig::default())
 }
 
 fn start(config: ServerConfig) -> Server {
@@ -43,14 +20,7 @@ fn start(config: ServerConfig) -> Server {
 fn start_models(state: AppState, names: &[&str]) -> Server {
     let state = Arc::new(state);
     state.set_models(names.iter().map(|n| entry(n)).collect());
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime().spawn(camelid_server::serve(listener, state));
-    Server {
-        base: format!("http://{addr}"),
-    }
+    serve(state)
 }
 
 fn server() -> &'static Server {
@@ -63,27 +33,9 @@ fn server() -> &'static Server {
     })
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
 /// POST raw bytes; returns (status, JSON body).
 fn post_raw(base: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-    runtime().block_on(async {
-        let r = client()
-            .post(format!("{base}{path}"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    })
+    send(base, "POST", path, Some("application/json"), body)
 }
 
 fn post(path: &str, body: Value) -> (u16, Value) {
@@ -117,23 +69,6 @@ fn stream_events(path: &str, body: Value) -> Vec<String> {
             .filter_map(|l| l.strip_prefix("data: ").map(String::from))
             .collect()
     })
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
-    assert_eq!(status, want_status, "{body}");
-    let e = &body["error"];
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert!(e["type"].is_string(), "{body}");
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "{body}"
-    );
-    if let Some(p) = param {
-        assert_eq!(e["param"], p, "{body}");
-    }
 }
 
 #[test]
@@ -860,11 +795,7 @@ fn cached_prompt_tokens_count_each_prompt_once() {
 #[test]
 fn health_is_503_while_the_models_load() {
     let state = Arc::new(AppState::new(ServerConfig::default()));
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    runtime().spawn(camelid_server::serve(listener, state.clone()));
+    let base = serve(state.clone()).base;
     let health = || {
         runtime().block_on(async {
             let r = client().get(format!("{base}/health")).send().await.unwrap();

@@ -3,71 +3,40 @@
 //! left in the prefix cache (`cache_salt`). The real server and default model on a free
 //! loopback port, as in api.rs.
 
+mod common;
 use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, EngineOverrides};
-use camelid_server::{AppState, ModelEntry, ServerConfig};
+use camelid_server::{AppState, ServerConfig};
+use common::{model_entry, post_async, runtime, serve};
 use serde_json::{json, Value};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 struct Server {
     base: String,
     engine: EngineHandle,
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
 /// The server `camelid serve --kv-cache-mb <kv_cache_mb>` runs (the CPU's engine defaults).
 fn start(kv_cache_mb: usize) -> Server {
-    let lm =
-        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
-    let cfg = EngineConfig::for_device(
-        lm.model.device(),
-        &EngineOverrides {
-            kv_cache_mb: Some(kv_cache_mb),
-            ..Default::default()
-        },
-    );
-    let entry = ModelEntry {
-        name: "smol".into(),
-        aliases: vec![],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len: 2048,
-        created: 0,
-        engine: EngineHandle::spawn(lm, cfg),
-    };
+    let entry = model_entry("smol", &[], 2048, |lm| {
+        EngineConfig::for_device(
+            lm.model.device(),
+            &EngineOverrides {
+                kv_cache_mb: Some(kv_cache_mb),
+                ..Default::default()
+            },
+        )
+    });
     let engine = entry.engine.clone();
     let state = Arc::new(AppState::new(ServerConfig::default()));
     state.set_models(vec![entry]);
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime().spawn(camelid_server::serve(listener, state));
     Server {
-        base: format!("http://{addr}"),
+        base: serve(state).base,
         engine,
     }
 }
 
 async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    post_async(base, path, &body).await
 }
 
 fn post_now(base: &str, path: &str, body: Value) -> (u16, Value) {

@@ -2,49 +2,20 @@
 //! HTTP: what `/metrics` lets a client write, which routes API keys cover, and what clients
 //! see when an engine thread dies.
 
+mod common;
 use camelid_engine::EngineConfig;
-use camelid_server::{AppState, ModelEntry, ServerConfig};
+use camelid_server::{AppState, ServerConfig};
+use common::{model_entry, serve};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
-
-fn entry(name: &str, engine: EngineConfig) -> ModelEntry {
-    let lm =
-        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
-    ModelEntry {
-        name: name.into(),
-        aliases: vec![],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len: 512,
-        created: 0,
-        engine: camelid_engine::EngineHandle::spawn(lm, engine),
-    }
-}
 
 /// Serves one model named `name` on a free port; returns the base URL.
 fn start(config: ServerConfig, name: &str, engine: EngineConfig) -> String {
     let state = Arc::new(AppState::new(config));
-    state.set_models(vec![entry(name, engine)]);
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime().spawn(camelid_server::serve(listener, state));
-    format!("http://{addr}")
+    state.set_models(vec![model_entry(name, &[], 512, |_| engine)]);
+    serve(state).base
 }
 
 /// One request over a raw connection, the request line as given (so that paths reach the

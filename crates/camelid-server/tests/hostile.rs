@@ -4,29 +4,15 @@
 //! every route. Each test takes a lock: they measure this process's memory and time their
 //! connections, so they run one at a time.
 
+mod common;
 use camelid_engine::EngineConfig;
-use camelid_server::{AppState, ModelEntry, ServerConfig};
+use camelid_server::{AppState, ServerConfig};
+use common::{assert_error, client, model_entry, post, runtime, send, serve, short, Server};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-
-struct Server {
-    base: String,
-    addr: std::net::SocketAddr,
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 /// One test at a time (see the module doc).
 fn serial() -> MutexGuard<'static, ()> {
@@ -42,107 +28,19 @@ fn engine_config() -> EngineConfig {
     }
 }
 
-fn entry(engine: EngineConfig) -> ModelEntry {
-    let lm =
-        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
-    ModelEntry {
-        name: "smol".into(),
-        aliases: vec!["default".into()],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len: 512,
-        created: 0,
-        engine: camelid_engine::EngineHandle::spawn(lm, engine),
-    }
-}
-
 /// A server; with `engine` None it serves no model (it stays "loading").
 fn start(config: ServerConfig, engine: Option<EngineConfig>) -> Server {
     let state = Arc::new(AppState::new(config));
     if let Some(e) = engine {
-        state.set_models(vec![entry(e)]);
+        state.set_models(vec![model_entry("smol", &["default"], 512, |_| e)]);
     }
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime().spawn(camelid_server::serve(listener, state));
-    Server {
-        base: format!("http://{addr}"),
-        addr,
-    }
+    serve(state)
 }
 
 /// The server most tests share: default limits (4 MiB bodies).
 fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
     S.get_or_init(|| start(ServerConfig::default(), Some(engine_config())))
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-/// Sends a request; returns (status, body as JSON, or as a JSON string when it is not JSON).
-fn send(
-    base: &str,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> (u16, Value) {
-    runtime().block_on(async {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = client().request(method, format!("{base}{path}"));
-        if let Some(ct) = content_type {
-            r = r.header("content-type", ct);
-        }
-        let r = r.body(body).send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    })
-}
-
-fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
-    send(
-        base,
-        "POST",
-        path,
-        Some("application/json"),
-        body.to_string().into_bytes(),
-    )
-}
-
-/// A body for a failure message: at most a few hundred characters.
-fn short(b: &Value) -> String {
-    let s = b.to_string();
-    match s.char_indices().nth(300) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s,
-    }
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
-    let shown = short(body);
-    assert_eq!(status, want_status, "{shown}");
-    let e = &body["error"];
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "not an OpenAI error: {shown}"
-    );
-    assert!(e["type"].is_string(), "{shown}");
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "{shown}"
-    );
-    if let Some(p) = param {
-        assert_eq!(e["param"], p, "{shown}");
-    }
 }
 
 fn chat_body(extra: Value) -> Value {
@@ -510,6 +408,86 @@ fn slow_headers_are_cut_off() {
     // Whole requests are still served (no model here: 503 loading).
     let (st, b) = send(&s.base, "GET", "/v1/models", None, vec![]);
     assert_error(st, &b, 503, None);
+}
+
+/// A client that sends its headers and then trickles its body, a byte every 400 ms (no
+/// per-chunk timeout would fire), gets 408 with an OpenAI error once the body timeout has
+/// passed since its headers, and its connection is closed; others are served meanwhile.
+#[test]
+fn slow_bodies_are_cut_off() {
+    let _g = serial();
+    let s = start(
+        ServerConfig {
+            body_timeout_secs: 2,
+            ..Default::default()
+        },
+        Some(engine_config()),
+    );
+    let body = chat_body(json!({})).to_string();
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let headers_sent = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let mut w = c.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for b in body.bytes() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || w.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+    // Another client is served while the trickle goes on.
+    let (st, b) = post(
+        &s.base,
+        "/tokenize",
+        &json!({"model": "smol", "prompt": "Hi"}),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    assert!(
+        headers_sent.elapsed() < Duration::from_millis(1500),
+        "the other request was not served during the trickle"
+    );
+    // The trickler's answer: 408, an OpenAI error, then the connection closes.
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !got.is_empty() => break,
+            Err(e) => panic!(
+                "the connection stayed open ({e}) after {:?}; got {:?}",
+                headers_sent.elapsed(),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    let waited = headers_sent.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let json_body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_error(408, &json_body, 408, None);
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "408 after {waited:?}"
+    );
+    // And the server still serves.
+    let (st, b) = post(&s.base, "/v1/chat/completions", &chat_body(json!({})));
+    assert_eq!(st, 200, "{}", short(&b));
 }
 
 /// At most `max_connections` connections are served at once: with two idle ones open, a

@@ -2,7 +2,9 @@
 //! key: the pages and every asset they name are served, open, with the right content types
 //! and a strict Content-Security-Policy; the API behind them still wants the key.
 
+mod common;
 use camelid_server::{AppState, ServerConfig};
+use common::{runtime, serve};
 use std::sync::Arc;
 
 struct Got {
@@ -13,11 +15,7 @@ struct Got {
 }
 
 fn get(base: &str, path: &str) -> Got {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let r = reqwest::get(format!("{base}{path}")).await.unwrap();
         let header = |name: &str| {
             r.headers()
@@ -37,25 +35,11 @@ fn get(base: &str, path: &str) -> Got {
 
 /// A server with an API key whose models are still loading (none set).
 fn start() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = Arc::new(AppState::new(ServerConfig {
+    serve(Arc::new(AppState::new(ServerConfig {
         api_keys: vec!["sk-pages".into()],
         ..Default::default()
-    }));
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                listener.set_nonblocking(true).unwrap();
-                let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                camelid_server::serve(l, state).await
-            })
-    });
-    base
+    })))
+    .base
 }
 
 /// The `assets/...` paths a page names in `src="..."` and `href="..."`.

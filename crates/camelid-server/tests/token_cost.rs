@@ -4,7 +4,10 @@
 //! victim's inter-token latency next to that neighbour is compared with its latency next to
 //! a harmless neighbour of the same shape, measured in the same test, rounds alternating.
 
-use camelid_server::{AppState, ModelEntry, ServerConfig};
+mod common;
+use camelid_engine::EngineConfig;
+use camelid_server::{AppState, ServerConfig};
+use common::{model_entry, runtime, serve};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -17,36 +20,15 @@ const NEIGHBOUR_N: usize = 4;
 const VICTIM_TOKENS: usize = 40;
 const ROUNDS: usize = 3;
 
-fn start() -> (tokio::runtime::Runtime, String) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let lm =
-        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
-    let entry = ModelEntry {
-        name: "smol".into(),
-        aliases: vec![],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len: 4096,
-        created: 0,
-        engine: camelid_engine::EngineHandle::spawn(lm, camelid_engine::EngineConfig::default()),
-    };
+fn start() -> String {
+    let entry = model_entry("smol", &[], 4096, |_| EngineConfig::default());
     // The neighbour's body is about 4 MB of stop strings; the limit is set here, not assumed.
     let state = Arc::new(AppState::new(ServerConfig {
         body_limit: 8 << 20,
         ..Default::default()
     }));
     state.set_models(vec![entry]);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(camelid_server::serve(listener, state));
-    (rt, base)
+    serve(state).base
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> reqwest::Response {
@@ -148,8 +130,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[test]
 fn hostile_stops_and_special_tokens_do_not_slow_other_streams() {
-    let (rt, base) = start();
-    rt.block_on(async {
+    let base = start();
+    runtime().block_on(async {
         let special = token_id(&base, "<|im_start|>").await;
         let plain = token_id(&base, " the").await;
         let neighbour = |hostile: bool| {

@@ -7,7 +7,7 @@
 //! `CAMELID_SKIP_BROWSER=1` says to skip it.
 
 mod common;
-use common::serve;
+use common::{run_test_script, serve};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -47,20 +47,14 @@ fn pages_work_in_a_browser() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/pages/test_pages.py"
     );
-    let out = Command::new(python)
-        .arg(script)
-        .args([&s.base, key, "alpha", "beta"])
-        .arg(&shots)
-        .arg(&chromium)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser test of the pages failed:\n{stdout}\n{stderr}"
+    let stdout = run_test_script(
+        Command::new(python)
+            .arg(script)
+            .args([&s.base, key, "alpha", "beta"])
+            .arg(&shots)
+            .arg(&chromium),
+        "browser test of the pages",
     );
-    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
     for page in ["chat", "arena", "leaderboard"] {
         for width in ["desktop", "phone"] {
             let png = shots.join(format!("{page}-{width}.png"));

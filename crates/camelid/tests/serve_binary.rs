@@ -2,7 +2,8 @@
 //! draining, and CLI errors.
 
 mod common;
-use common::serve;
+use common::http::{stream, token_chunks};
+use common::{exits_within, run_test_script, serve, sigterm};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,75 +21,10 @@ fn openai_python_client_works_against_serve() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/openai/test_client.py"
     );
-    let out = Command::new(python)
-        .args([script, &s.base, "smol"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai client test failed:\n{stdout}\n{stderr}"
+    run_test_script(
+        Command::new(python).args([script, &s.base, "smol"]),
+        "openai client test",
     );
-    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
-}
-
-/// A streamed response read over a raw HTTP/1.1 connection: the SSE `data:` payloads, handed
-/// to `on_data` as they arrive (the body is chunked: de-chunked here).
-fn stream_data(
-    base: &str,
-    path: &str,
-    body: &str,
-    mut on_data: impl FnMut(&str),
-) -> std::io::Result<()> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr)?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    let mut chunked = false;
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        if line.is_empty() {
-            return Err(std::io::Error::other("connection closed in the headers"));
-        }
-        let l = line.trim_end().to_ascii_lowercase();
-        if l.starts_with("http/1.1 ") {
-            assert!(l.starts_with("http/1.1 200"), "status line {l}");
-        }
-        chunked |= l == "transfer-encoding: chunked";
-        if l.is_empty() {
-            break;
-        }
-    }
-    assert!(chunked, "a stream is sent chunked");
-    let mut pending = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim(), 16)
-            .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
-        if size == 0 {
-            break;
-        }
-        let mut chunk = vec![0; size + 2];
-        r.read_exact(&mut chunk)?;
-        pending.extend_from_slice(&chunk[..size]);
-        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-            let l: Vec<u8> = pending.drain(..=nl).collect();
-            let l = String::from_utf8_lossy(&l);
-            if let Some(d) = l.trim_end().strip_prefix("data: ") {
-                on_data(d);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// SIGTERM while a long stream is in flight: the listener closes at once (a new connection
@@ -110,13 +46,13 @@ fn sigterm_lets_streams_finish_then_exits() {
     let signalled = Arc::new(AtomicBool::new(false));
     let after_signal = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let stream = {
+    let reader = {
         let (signalled, after_signal, done) =
             (signalled.clone(), after_signal.clone(), done.clone());
         std::thread::spawn(move || {
-            let mut events: Vec<String> = vec![];
-            let r = stream_data(&base, "/v1/chat/completions", &body, |d| {
-                if events.is_empty() {
+            let mut first = true;
+            stream(&base, "/v1/chat/completions", &body, |d| {
+                if std::mem::take(&mut first) {
                     let _ = first_tx.send(());
                 }
                 if signalled.load(Ordering::SeqCst) {
@@ -125,21 +61,15 @@ fn sigterm_lets_streams_finish_then_exits() {
                 if d == "[DONE]" {
                     done.store(true, Ordering::SeqCst);
                 }
-                events.push(d.to_string());
-            });
-            r.map(|()| events)
+                true
+            })
         })
     };
     first_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the stream's first chunk");
-    let pid = s.child.id().to_string();
     signalled.store(true, Ordering::SeqCst);
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&s.child);
     // While the stream drains, the listener is gone: new connections are refused.
     let addr = s.base.trim_start_matches("http://").to_string();
     let t = Instant::now();
@@ -161,10 +91,11 @@ fn sigterm_lets_streams_finish_then_exits() {
         !done.load(Ordering::SeqCst),
         "the stream had ended before the refused connection: nothing was draining"
     );
-    let events = stream
+    let (status, events) = reader
         .join()
         .unwrap()
         .expect("the in-flight stream completes");
+    assert_eq!(status, 200, "{events:?}");
     assert_eq!(
         events.last().map(String::as_str),
         Some("[DONE]"),
@@ -175,17 +106,7 @@ fn sigterm_lets_streams_finish_then_exits() {
         "most of the stream came after SIGTERM ({} chunks)",
         after_signal.load(Ordering::SeqCst)
     );
-    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let tokens = chunks
-        .iter()
-        .filter(|c| {
-            c["choices"][0]["delta"]["content"].is_string()
-                && c["choices"][0]["delta"]["role"].is_null()
-        })
-        .count();
+    let (chunks, tokens) = token_chunks(&events);
     assert_eq!(tokens, N, "token chunks");
     let finish: Vec<&serde_json::Value> = chunks
         .iter()
@@ -199,18 +120,8 @@ fn sigterm_lets_streams_finish_then_exits() {
         "{:?}",
         chunks.last()
     );
-    let t = Instant::now();
-    loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            assert!(st.success(), "exit status {st}");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let st = exits_within(&mut s.child, Duration::from_secs(30), "after SIGTERM");
+    assert!(st.success(), "exit status {st}");
 }
 
 /// A non-streamed POST over a raw connection: (status, JSON body).

@@ -2,35 +2,10 @@
 //! `--api-key-file`, and SIGTERM while requests wait or while the model is still being fetched.
 
 mod common;
-use common::http::{metric, metrics, post_json, request, stream};
-use common::serve;
+use common::http::{metric, metrics, post_json, request, stream, token_chunks};
+use common::{exits_within, serve, sigterm};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Waits for `child` to exit within `limit`; kills it (and fails) if it does not.
-fn exits_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
 
 /// `camelid serve` with `args` and `env`, stderr captured, not waited for.
 fn start(args: &[&str], env: &[(&str, &str)]) -> Child {
@@ -213,17 +188,7 @@ fn sigterm_refuses_waiting_requests_and_finishes_running_ones() {
             ended > refused_by,
             "a running stream ended before the waiting ones were refused"
         );
-        let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
-        let tokens = chunks
-            .iter()
-            .filter(|c| {
-                c["choices"][0]["delta"]["content"].is_string()
-                    && c["choices"][0]["delta"]["role"].is_null()
-            })
-            .count();
+        let (chunks, tokens) = token_chunks(&events);
         assert_eq!(tokens, N, "a running stream was cut");
         assert_eq!(
             chunks.last().unwrap()["choices"][0]["finish_reason"],

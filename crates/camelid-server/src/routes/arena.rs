@@ -17,14 +17,13 @@
 //!   is committed.
 //! - `GET /arena/leaderboard` — ratings over the anonymous votes, as last refitted.
 
-use super::{body_bytes, AppResult};
+use super::{AppResult, RequestBody};
 use crate::arena::{self, OpenBattle, Request, Visitor};
 use crate::battle::{self, neutral, Answer};
 use crate::error::ApiError;
 use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
 use crate::state::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -123,9 +122,8 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
 pub async fn battle(
     State(state): State<Arc<AppState>>,
     ClientAddress(address): ClientAddress,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> AppResult {
-    let body = body_bytes(body)?;
     // A battle is two generations: a slot for each.
     let permits = (state.permit()?, state.permit()?);
     let mut req = parse_json(&body)?;
@@ -257,10 +255,9 @@ pub async fn vote(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
     ClientAddress(address): ClientAddress,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> AppResult {
     let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
-    let body = body_bytes(body)?;
     let _permit = state.permit()?;
     let v = parse_json(&body)?;
     let winner: Outcome = serde_json::from_value(v["winner"].clone()).map_err(|_| {

@@ -1,14 +1,12 @@
 //! `POST /v1/chat/completions`: the HTTP handler — parses the body, then answers whole
 //! (through `chat::complete`) or as server-sent chunks.
 
-use super::{body_bytes, AppResult};
+use super::{AppResult, RequestBody};
 use crate::chat::{self, Submitted};
 use crate::format::{chat_logprobs, finish_str, new_id, now_secs, usage_json};
 use crate::openai::{parse_with_sampling, ChatRequest};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use camelid_engine::Usage;
@@ -20,9 +18,8 @@ use std::sync::Arc;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> AppResult {
-    let body = body_bytes(body)?;
     let permit = state.permit()?;
     let (req, sampling): (ChatRequest, _) = parse_with_sampling(&body)?;
     drop(body);

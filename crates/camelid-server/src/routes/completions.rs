@@ -1,7 +1,7 @@
 //! `POST /v1/completions`: raw prompts (text or token ids), `echo`, and prompt log-probs —
 //! what lm-evaluation-harness uses to score loglikelihoods. Handler and stream chunks.
 
-use super::{body_bytes, AppResult};
+use super::{AppResult, RequestBody};
 use crate::error::ApiError;
 use crate::format::{completion_logprobs, finish_str, new_id, now_secs, usage_json, CachedPrompt};
 use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
@@ -11,8 +11,6 @@ use crate::state::AppState;
 use crate::validate::{
     cache_salt, generation_params, max_tokens, unimplemented_completion, MAX_TOP_LOGPROBS,
 };
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use camelid_engine::Usage;
@@ -29,9 +27,8 @@ fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> AppResult {
-    let body = body_bytes(body)?;
     let permit = state.permit()?;
     let (mut req, sampling): (CompletionRequest, _) = parse_with_sampling(&body)?;
     drop(body);

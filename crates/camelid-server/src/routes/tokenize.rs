@@ -1,24 +1,18 @@
 //! `POST /tokenize` (a prompt or a chat conversation → token ids) and `POST /detokenize`
 //! (token ids → text), vLLM's extensions.
 
-use super::{body_bytes, AppResult};
+use super::{AppResult, RequestBody};
 use crate::chat::{render_and_encode, to_messages};
 use crate::error::ApiError;
 use crate::openai::{self, DetokenizeRequest, TokenizeRequest};
 use crate::run::blocking;
 use crate::state::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use serde_json::json;
 use std::sync::Arc;
 
-pub async fn tokenize(
-    State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> AppResult {
-    let body = body_bytes(body)?;
+pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): RequestBody) -> AppResult {
     let permit = s.permit()?;
     let req: TokenizeRequest = openai::parse_body(&body)?;
     drop(body);
@@ -61,9 +55,8 @@ pub async fn tokenize(
 
 pub async fn detokenize(
     State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> AppResult {
-    let body = body_bytes(body)?;
     let permit = s.permit()?;
     let req: DetokenizeRequest = openai::parse_body(&body)?;
     drop(body);

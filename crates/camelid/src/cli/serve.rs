@@ -132,6 +132,10 @@ struct LimitArgs {
     /// Seconds a client has to send a request's headers (also the idle keep-alive time).
     #[arg(long, default_value_t = ServerConfig::default().header_timeout_secs)]
     header_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body, from the end of its headers
+    /// (later: 408, connection closed).
+    #[arg(long, default_value_t = ServerConfig::default().body_timeout_secs)]
+    body_timeout_secs: u64,
 }
 
 impl LimitArgs {
@@ -302,6 +306,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 limits: a.limits.request_limits(),
                 max_connections: a.limits.max_connections,
                 header_timeout_secs: a.limits.header_timeout_secs,
+                body_timeout_secs: a.limits.body_timeout_secs,
             })
             .with_arena(arena),
         );

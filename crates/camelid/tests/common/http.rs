@@ -141,3 +141,20 @@ pub fn metrics(base: &str) -> String {
     assert_eq!(st, 200, "{text}");
     text
 }
+
+/// A finished stream's chunks (every payload but the final `[DONE]`, parsed) and how many of
+/// them carry a generated token (content, not the opening role chunk).
+pub fn token_chunks(events: &[String]) -> (Vec<serde_json::Value>, usize) {
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let tokens = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"].is_string()
+                && c["choices"][0]["delta"]["role"].is_null()
+        })
+        .count();
+    (chunks, tokens)
+}

@@ -1,11 +1,13 @@
-//! Starting the `camelid` binary as a server for tests.
+//! Starting the `camelid` binary as a server for tests, signalling it and waiting for it
+//! to exit, and running the Python test scripts against it.
+// Each test binary uses a part of this module.
 #![allow(dead_code)]
 
 pub mod http;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct Served {
     pub child: Child,
@@ -42,4 +44,41 @@ pub fn serve(extra: &[&str]) -> Served {
         .recv_timeout(Duration::from_secs(120))
         .expect("server became ready");
     Served { child, base }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Waits for `child` to exit within `limit`; kills it (and fails) if it does not.
+pub fn exits_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a test script that ends by printing "N passed, 0 failed"; fails the test with its
+/// output if it does not get there. Returns its stdout.
+pub fn run_test_script(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+    stdout
 }

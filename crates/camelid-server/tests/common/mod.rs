@@ -1,0 +1,134 @@
+//! The harness the server's test files share: one tokio runtime, the default model as a
+//! served entry, the server on a free loopback port, and requests over reqwest.
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
+
+use camelid_engine::{EngineConfig, EngineHandle};
+use camelid_model::LoadedModel;
+use camelid_server::{AppState, ModelEntry};
+use serde_json::Value;
+use std::sync::{Arc, OnceLock};
+
+pub struct Server {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+}
+
+/// The runtime the servers and the clients run on.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// The default model served as `name`; `engine` chooses the engine's configuration for it.
+pub fn model_entry(
+    name: &str,
+    aliases: &[&str],
+    max_model_len: usize,
+    engine: impl FnOnce(&LoadedModel) -> EngineConfig,
+) -> ModelEntry {
+    let lm =
+        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
+    let config = engine(&lm);
+    ModelEntry {
+        name: name.into(),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        template: lm.template.clone(),
+        stop_token_ids: lm.stop_token_ids.clone(),
+        stop_strings: lm.stop_strings.clone(),
+        max_model_len,
+        created: 0,
+        engine: EngineHandle::spawn(lm, config),
+    }
+}
+
+/// Serves `state` on a free loopback port, on [`runtime`].
+pub fn serve(state: Arc<AppState>) -> Server {
+    let listener = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime().spawn(camelid_server::serve(listener, state));
+    Server {
+        base: format!("http://{addr}"),
+        addr,
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// (status, body as JSON, or as a JSON string when it is not JSON).
+async fn status_and_body(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Sends a request and waits for the whole answer: (status, body as in `status_and_body`).
+pub fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    runtime().block_on(async {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = client().request(method, format!("{base}{path}"));
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        status_and_body(r.body(body).send().await.unwrap()).await
+    })
+}
+
+/// POSTs `body` as JSON.
+pub async fn post_async(base: &str, path: &str, body: &Value) -> (u16, Value) {
+    let r = client().post(format!("{base}{path}")).json(body);
+    status_and_body(r.send().await.unwrap()).await
+}
+
+/// [`post_async`], waited for.
+pub fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
+    runtime().block_on(post_async(base, path, body))
+}
+
+/// A body for a failure message: at most a few hundred characters.
+pub fn short(b: &Value) -> String {
+    let s = b.to_string();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// `status` is `want_status` and `body` an OpenAI error (`message`, `type`, `param`, `code`),
+/// naming `param` when given.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
+    let shown = short(body);
+    assert_eq!(status, want_status, "{shown}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "not an OpenAI error: {shown}"
+    );
+    assert!(e["type"].is_string(), "{shown}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{shown}"
+    );
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{shown}");
+    }
+}
