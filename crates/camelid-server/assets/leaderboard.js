@@ -1,5 +1,6 @@
 // The leaderboard page: GET arena/leaderboard as a table, fetched again when a vote is cast
-// in another page of this browser and every 15 s while the page is visible.
+// in another page of this browser (until the board counts it) and every 15 s while the page
+// is visible.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -56,9 +57,20 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   }
 
+  // The server rates a vote within about 2 s of it (it refits in the background, not per
+  // request): after one, ask again until the board counts it, for at most 6 s.
+  async function afterVote() {
+    const seen = Number(document.body.dataset.votes || 0);
+    for (let i = 0; i < 12; i++) {
+      await refresh();
+      if (Number(document.body.dataset.votes || 0) > seen) return;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+
   refreshButton.addEventListener("click", refresh);
   if ("BroadcastChannel" in window) {
-    new BroadcastChannel("camelid-arena").addEventListener("message", refresh);
+    new BroadcastChannel("camelid-arena").addEventListener("message", afterVote);
   }
   setInterval(() => {
     if (document.visibilityState === "visible") refresh();
