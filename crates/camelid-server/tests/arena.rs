@@ -5,45 +5,23 @@
 use camelid_server::arena::{Arena, ArenaConfig, RateLimits, Visitor};
 use camelid_server::{AppState, ModelEntry, ServerConfig};
 use serde_json::{json, Value};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
+mod common;
+use common::runtime;
 
 fn entry(name: &str) -> ModelEntry {
     entry_with_context(name, 512)
 }
 
-/// The default model served as `name` with a context of `max_model_len` tokens.
+/// The default model served as `name` with a context of `max_model_len` tokens, on a small KV
+/// pool: this binary runs a dozen servers of two engines at once.
 fn entry_with_context(name: &str, max_model_len: usize) -> ModelEntry {
-    let lm =
-        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
-    ModelEntry {
-        name: name.into(),
-        aliases: vec![],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len,
-        created: 0,
-        // A small KV pool: this binary runs a dozen servers of two engines at once.
-        engine: camelid_engine::EngineHandle::spawn(
-            lm,
-            camelid_engine::EngineConfig {
-                kv_cache_mb: 32,
-                ..Default::default()
-            },
-        ),
-    }
+    common::model_entry(name, &[], max_model_len, |_| camelid_engine::EngineConfig {
+        kv_cache_mb: 32,
+        ..Default::default()
+    })
 }
 
 struct Server {
@@ -147,11 +125,7 @@ fn serve(arena: Arena, names: &[&str]) -> Server {
 fn serve_models(config: ServerConfig, arena: Arena, models: Vec<ModelEntry>) -> Server {
     let state = Arc::new(AppState::new(config).with_arena(arena));
     state.set_models(models);
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    runtime().spawn(camelid_server::serve(listener, state.clone()));
+    let base = common::serve(state.clone()).base;
     Server { base, state }
 }
 
