@@ -685,17 +685,7 @@ mod tests {
         }
         let r = bradley_terry(&bs, BtConvention::Mle);
         for m in names {
-            let (mut actual, mut expected) = (0.0, 0.0);
-            for b in &bs {
-                let ea = 1.0 / (1.0 + BASE.powf((r[&b.model_b] - r[&b.model_a]) / SCALE));
-                if b.model_a == m {
-                    actual += b.winner.score_a();
-                    expected += ea;
-                } else if b.model_b == m {
-                    actual += 1.0 - b.winner.score_a();
-                    expected += 1.0 - ea;
-                }
-            }
+            let (actual, expected) = actual_and_expected(&bs, &r, m);
             // The ridge moves the optimum by ~1e-6 · θ per model.
             assert!(
                 (actual - expected).abs() < 1e-3,
@@ -865,6 +855,22 @@ mod tests {
 
     /// FastChat's fit is the optimum of 2·log-likelihood − ½‖w‖² (w = (R − 1000) / 400):
     /// checked by its stationarity, model by model; `llama-13b` moves the scale to 800.
+    /// Model `m`'s score over `bs` and the score ratings `r` expect of it.
+    fn actual_and_expected(bs: &[Battle], r: &BTreeMap<String, f64>, m: &str) -> (f64, f64) {
+        let (mut actual, mut expected) = (0.0, 0.0);
+        for b in bs {
+            let ea = 1.0 / (1.0 + BASE.powf((r[&b.model_b] - r[&b.model_a]) / SCALE));
+            if b.model_a == m {
+                actual += b.winner.score_a();
+                expected += ea;
+            } else if b.model_b == m {
+                actual += 1.0 - b.winner.score_a();
+                expected += 1.0 - ea;
+            }
+        }
+        (actual, expected)
+    }
+
     #[test]
     fn fastchat_convention_is_the_penalised_optimum_anchored_at_llama_13b() {
         let mut bs = repeat("a", "b", Outcome::ModelA, 7);
@@ -873,17 +879,7 @@ mod tests {
         bs.extend(repeat("a", "c", Outcome::ModelB, 2));
         let r = bradley_terry(&bs, BtConvention::FastChat);
         for m in ["a", "b", "c"] {
-            let (mut actual, mut expected) = (0.0, 0.0);
-            for b in &bs {
-                let ea = 1.0 / (1.0 + BASE.powf((r[&b.model_b] - r[&b.model_a]) / SCALE));
-                if b.model_a == m {
-                    actual += b.winner.score_a();
-                    expected += ea;
-                } else if b.model_b == m {
-                    actual += 1.0 - b.winner.score_a();
-                    expected += 1.0 - ea;
-                }
-            }
+            let (actual, expected) = actual_and_expected(&bs, &r, m);
             let w = (r[m] - INIT) / SCALE;
             let grad = 2.0 * BASE.ln() * (actual - expected) - w;
             assert!(grad.abs() < 1e-9, "{m}: {grad}");
