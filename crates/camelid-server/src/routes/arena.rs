@@ -15,7 +15,9 @@
 //! - `POST /arena/battles/{id}/vote` — `{"winner": "model_a" | "model_b" | "tie" |
 //!   "tie (bothbad)", "token": …}`, once per battle; answers with the names once the vote
 //!   is committed.
-//! - `GET /arena/leaderboard` — ratings over the anonymous votes, as last refitted.
+//! - `GET /arena/leaderboard` — ratings over the anonymous votes, as last refitted: the plain
+//!   Bradley–Terry fit (`leaderboard`) and the style-controlled one (`style_control`: its
+//!   `leaderboard`, the votes it rates, the length/headers/lists/bold `coefficients`).
 
 use super::{AppResult, RequestBody};
 use crate::arena::{self, OpenBattle, Request, Visitor};

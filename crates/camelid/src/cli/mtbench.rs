@@ -18,6 +18,23 @@ pub enum MtbenchCommand {
     /// Position bias of pairwise judges: consistent, biased toward first / second, error,
     /// per judge, category and turn.
     Bias(MtBiasArgs),
+    /// The paper's "rename" experiment: writes a judge prompts file whose pairwise prompts
+    /// call the assistants by other names (their verdicts `[[X]]`/`[[Y]]`), for `judge
+    /// --judge-prompts`; compare the runs with `bias`.
+    RenamePrompts(MtRenameArgs),
+}
+
+#[derive(Args)]
+pub struct MtRenameArgs {
+    /// FastChat's judge_prompts.jsonl.
+    #[arg(long)]
+    judge_prompts: PathBuf,
+    /// The new names of the first-shown and second-shown assistant, `FIRST,SECOND`.
+    #[arg(long, default_value = "X,Y")]
+    names: String,
+    /// Where to write the renamed prompts (JSON lines).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -270,6 +287,29 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 "markdown" => print!("{}", bias::render_bias(&rows)),
                 f => anyhow::bail!("unknown --format {f:?} (markdown, json)"),
             }
+        }
+        MtbenchCommand::RenamePrompts(a) => {
+            let (first, second) = a
+                .names
+                .split_once(',')
+                .map(|(f, s)| (f.trim(), s.trim()))
+                .filter(|(f, s)| !f.is_empty() && !s.is_empty())
+                .with_context(|| format!("--names {:?}: expected FIRST,SECOND", a.names))?;
+            let prompts = data::load_judge_prompts(&a.judge_prompts)?;
+            let mut text = String::new();
+            for p in prompts.values() {
+                let renamed = judge::rename_assistants(p, first, second);
+                renamed.check_labels()?;
+                text += &serde_json::to_string(&renamed)?;
+                text.push('\n');
+            }
+            std::fs::write(&a.out, text)
+                .with_context(|| format!("writing {}", a.out.display()))?;
+            eprintln!(
+                "{} prompts, pairwise assistants renamed {first} and {second} -> {}",
+                prompts.len(),
+                a.out.display()
+            );
         }
         MtbenchCommand::Show(a) => {
             let qs = match &a.questions {
