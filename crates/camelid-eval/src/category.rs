@@ -130,9 +130,14 @@ mod tests {
             "category_tag": {"math_v0.1": {"math": true}, "if_v0.1": {"if": false, "score": 4},
                              "criteria_v0.1": {"specificity": true, "domain_knowledge": false}},
         });
-        let want: BTreeSet<String> = ["coding", "hard", "math_v0.1.math", "criteria_v0.1.specificity"]
-            .map(String::from)
-            .into();
+        let want: BTreeSet<String> = [
+            "coding",
+            "hard",
+            "math_v0.1.math",
+            "criteria_v0.1.specificity",
+        ]
+        .map(String::from)
+        .into();
         assert_eq!(categories(&raw), want);
         assert_eq!(categories(&json!({"category": "writing"})).len(), 1);
         assert!(categories(&json!({"category": 3, "category_tag": true})).is_empty());
@@ -183,16 +188,25 @@ mod tests {
         };
         // 9 : 1 is 400 · log10(9) points.
         let nine = 400.0 * 9f64.log10();
-        assert!((gap(&rate("coding")) - nine).abs() < 1e-3, "{:?}", rate("coding"));
+        assert!(
+            (gap(&rate("coding")) - nine).abs() < 1e-3,
+            "{:?}",
+            rate("coding")
+        );
         assert!((gap(&rate("writing")) + nine).abs() < 1e-3);
         assert!(gap(&rate(FULL)).abs() < 1e-3);
         assert_eq!(rate("coding").iter().map(|r| r.battles).sum::<usize>(), 20);
         assert_eq!(rate("chat").len(), 2);
         assert!(rate("nothing").is_empty());
-        let tables: Vec<(String, Vec<Rating>)> =
-            all_categories(&rs).into_iter().map(|c| (c.clone(), rate(&c))).collect();
+        let tables: Vec<(String, Vec<Rating>)> = all_categories(&rs)
+            .into_iter()
+            .map(|c| (c.clone(), rate(&c)))
+            .collect();
         let md = render_by_category(&tables, true);
-        assert!(md.starts_with("| model | full | chat | coding | writing |\n"), "{md}");
+        assert!(
+            md.starts_with("| model | full | chat | coding | writing |\n"),
+            "{md}"
+        );
         // `third` fought only in chat: no rating elsewhere.
         let third = md.lines().find(|l| l.starts_with("| third")).unwrap();
         assert_eq!(third.matches(" - ").count(), 2, "{md}");

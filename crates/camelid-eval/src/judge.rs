@@ -82,9 +82,8 @@ pub fn rename_assistants(p: &JudgePrompt, first: &str, second: &str) -> JudgePro
         return p.clone();
     }
     static NAME: OnceLock<regex::Regex> = OnceLock::new();
-    let name = NAME.get_or_init(|| {
-        regex::Regex::new(r"\b([Aa]ssistant) ([AB])\b|\[\[([AB])\]\]").unwrap()
-    });
+    let name = NAME
+        .get_or_init(|| regex::Regex::new(r"\b([Aa]ssistant) ([AB])\b|\[\[([AB])\]\]").unwrap());
     let rename = |text: &str| {
         name.replace_all(text, |c: &regex::Captures| {
             let to = |l: &str| if l == "A" { first } else { second };

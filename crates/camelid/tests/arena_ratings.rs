@@ -43,7 +43,15 @@ fn ratings_per_category() {
     let file = file.to_str().unwrap();
     let rate = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec![
-            "arena", "ratings", "--battles", file, "--bt", "mle", "--bootstrap", "0", "--format",
+            "arena",
+            "ratings",
+            "--battles",
+            file,
+            "--bt",
+            "mle",
+            "--bootstrap",
+            "0",
+            "--format",
             "json",
         ];
         args.extend(extra);
@@ -81,8 +89,17 @@ fn ratings_per_category() {
     assert_eq!(by["coding"], coding);
     assert_eq!(by["creative_writing_v0.1.creative_writing"], writing);
     let (ok, table, err) = camelid(&[
-        "arena", "ratings", "--battles", file, "--bt", "mle", "--bootstrap", "0",
-        "--by-category", "--format", "markdown",
+        "arena",
+        "ratings",
+        "--battles",
+        file,
+        "--bt",
+        "mle",
+        "--bootstrap",
+        "0",
+        "--by-category",
+        "--format",
+        "markdown",
     ]);
     assert!(ok, "{err}");
     assert!(

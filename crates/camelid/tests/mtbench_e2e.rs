@@ -481,8 +481,14 @@ fn renamed_assistants_are_judged_by_their_new_names() {
     assert_eq!(prompts.len(), 8);
     for p in prompts.iter().filter(|p| p["type"] == "pairwise") {
         let all = format!("{} {}", p["system_prompt"], p["prompt_template"]);
-        assert!(all.contains("Assistant X") && all.contains("Assistant Y"), "{p}");
-        assert!(!all.contains("Assistant A") && !all.contains("[[A]]"), "{p}");
+        assert!(
+            all.contains("Assistant X") && all.contains("Assistant Y"),
+            "{p}"
+        );
+        assert!(
+            !all.contains("Assistant A") && !all.contains("[[A]]"),
+            "{p}"
+        );
         assert_eq!(p["verdict_labels"], serde_json::json!(["X", "Y", "C"]));
     }
     // Two models' answers to the first two questions (both turns): `good`'s say GOOD.
@@ -529,15 +535,24 @@ fn renamed_assistants_are_judged_by_their_new_names() {
     ]);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 8, "2 questions x 2 turns x 2 orders");
-    assert!(seen.iter().all(|p| p.contains("Assistant X") && !p.contains("Assistant A")));
+    assert!(seen
+        .iter()
+        .all(|p| p.contains("Assistant X") && !p.contains("Assistant A")));
     let js = lines(&out);
     assert_eq!(js.len(), 4);
     for j in &js {
-        assert_eq!((&j["model_1"], &j["model_2"]), (&"good".into(), &"meh".into()));
+        assert_eq!(
+            (&j["model_1"], &j["model_2"]),
+            (&"good".into(), &"meh".into())
+        );
         // Game 1 shows `good` as X, game 2 as Y: both verdicts name it.
         assert!(j["g1_judgment"].as_str().unwrap().ends_with("[[X]]"), "{j}");
         assert!(j["g2_judgment"].as_str().unwrap().ends_with("[[Y]]"), "{j}");
-        assert_eq!((&j["g1_winner"], &j["g2_winner"]), (&"model_1".into(), &"model_1".into()), "{j}");
+        assert_eq!(
+            (&j["g1_winner"], &j["g2_winner"]),
+            (&"model_1".into(), &"model_1".into()),
+            "{j}"
+        );
     }
     let rows: Vec<serde_json::Value> = serde_json::from_str(&camelid(&[
         "mtbench",
@@ -550,5 +565,9 @@ fn renamed_assistants_are_judged_by_their_new_names() {
     .unwrap();
     let all = rows.iter().find(|r| r["by"] == "all").unwrap();
     assert_eq!(all["judge"], "rename");
-    assert_eq!((&all["counts"]["judged"], &all["counts"]["consistent"]), (&4.into(), &4.into()), "{all}");
+    assert_eq!(
+        (&all["counts"]["judged"], &all["counts"]["consistent"]),
+        (&4.into(), &4.into()),
+        "{all}"
+    );
 }

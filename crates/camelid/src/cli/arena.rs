@@ -221,7 +221,12 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
     if a.by_category {
         let mut tables = vec![];
         for c in category::all_categories(&records) {
-            let rows = rate(&category::in_category(&records, &c), &opts, a.style_control, &c)?;
+            let rows = rate(
+                &category::in_category(&records, &c),
+                &opts,
+                a.style_control,
+                &c,
+            )?;
             tables.push((c, rows));
         }
         match a.format.as_str() {

@@ -303,8 +303,7 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 text += &serde_json::to_string(&renamed)?;
                 text.push('\n');
             }
-            std::fs::write(&a.out, text)
-                .with_context(|| format!("writing {}", a.out.display()))?;
+            std::fs::write(&a.out, text).with_context(|| format!("writing {}", a.out.display()))?;
             eprintln!(
                 "{} prompts, pairwise assistants renamed {first} and {second} -> {}",
                 prompts.len(),
