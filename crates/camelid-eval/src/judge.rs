@@ -106,11 +106,31 @@ fn second<'a>(turns: &'a [String], what: &str) -> Result<&'a String> {
     turns.get(1).ok_or_else(|| anyhow!("{what} has one turn"))
 }
 
+/// The grammar (Lark, as llguidance and vLLM read it) of a constrained verdict: a free-text
+/// explanation (no brackets, at most `explanation_tokens` tokens) ending in FastChat's
+/// `[[A]]`/`[[B]]`/`[[C]]` (pairwise) or `[[rating]]`, 1 to 10 (single).
+pub fn verdict_grammar(pairwise: bool, explanation_tokens: usize) -> String {
+    let verdict = if pairwise {
+        r#""A" | "B" | "C""#
+    } else {
+        r#"/10|[1-9]/"#
+    };
+    format!(
+        "start: EXPLANATION \"[[\" VERDICT \"]]\"\n\
+         EXPLANATION[max_tokens={}]: /[^\\[\\]]*/\n\
+         VERDICT: {verdict}\n",
+        explanation_tokens.max(1)
+    )
+}
+
 pub struct Judge {
     pub client: ChatClient,
     pub prompts: BTreeMap<String, JudgePrompt>,
     pub references: BTreeMap<u64, Answer>,
     pub max_tokens: usize,
+    /// Send [`verdict_grammar`] as `structured_outputs.grammar`, so every verdict parses
+    /// (for judges served by camelid or another server that takes vLLM's field).
+    pub constrain: bool,
 }
 
 impl Judge {
@@ -222,9 +242,18 @@ impl Judge {
         ))
     }
 
-    async fn ask(&self, system: &str, user: &str) -> Result<String> {
+    async fn ask(&self, system: &str, user: &str, pairwise: bool) -> Result<String> {
         let msgs = [Msg::new("system", system), Msg::new("user", user)];
-        self.client.chat(&msgs, 0.0, self.max_tokens).await
+        let extra = if self.constrain {
+            // Room for the verdict's own few tokens after the explanation.
+            let explanation = self.max_tokens.saturating_sub(16);
+            serde_json::json!({"structured_outputs": {"grammar": verdict_grammar(pairwise, explanation)}})
+        } else {
+            serde_json::Value::Null
+        };
+        self.client
+            .chat_with(&msgs, 0.0, self.max_tokens, &extra)
+            .await
     }
 }
 
@@ -289,7 +318,7 @@ pub async fn run(
                 .map(|(q, m, a, t)| async move {
                     let r = async {
                         let (name, system, user) = judge.single_prompt(q, a, t)?;
-                        let judgment = judge.ask(&system, &user).await?;
+                        let judgment = judge.ask(&system, &user, false).await?;
                         Ok::<_, anyhow::Error>((name, user, judgment))
                     }
                     .await;
@@ -371,8 +400,8 @@ pub async fn run(
                     let r = async {
                         let (name, system, p1) = judge.pair_prompt(q, a1, a2, t)?;
                         let (_, _, p2) = judge.pair_prompt(q, a2, a1, t)?;
-                        let j1 = judge.ask(&system, &p1).await?;
-                        let j2 = judge.ask(&system, &p2).await?;
+                        let j1 = judge.ask(&system, &p1, true).await?;
+                        let j2 = judge.ask(&system, &p2, true).await?;
                         Ok::<_, anyhow::Error>((name, p1, j1, p2, j2))
                     }
                     .await;
