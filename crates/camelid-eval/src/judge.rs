@@ -116,8 +116,8 @@ pub fn verdict_grammar(pairwise: bool, explanation_tokens: usize) -> String {
         r#"/10|[1-9]/"#
     };
     format!(
-        "start: EXPLANATION \"[[\" VERDICT \"]]\"\n\
-         EXPLANATION[max_tokens={}]: /[^\\[\\]]*/\n\
+        "start: explanation \"[[\" VERDICT \"]]\"\n\
+         explanation[max_tokens={}]: /[^\\[\\]]*/\n\
          VERDICT: {verdict}\n",
         explanation_tokens.max(1)
     )

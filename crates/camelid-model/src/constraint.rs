@@ -131,10 +131,12 @@ impl VocabEnv {
         let kind = match kind {
             Some(PieceSpelling::ByteFallback { .. }) => PieceSpelling::ByteFallback { space },
             Some(k) => k,
-            None => return Err(Error::Unsupported(format!(
+            None => {
+                return Err(Error::Unsupported(format!(
                 "structured output needs a byte-level or byte-fallback vocabulary; decoder {:?}",
                 inner.get_decoder()
-            ))),
+            )))
+            }
         };
         let n = tok.vocab_size();
         let mut words: Vec<Vec<u8>> = vec![Vec::new(); n];

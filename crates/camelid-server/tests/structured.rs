@@ -125,10 +125,13 @@ fn schema_format() -> Value {
 fn json_object_outputs_parse_as_objects() {
     let _g = serial();
     let s = server();
-    for seed in 0..3 {
+    // Any object: keys and strings are unbounded, so the model must close them itself
+    // (at temperature 1 this 135M model rambles inside a string past any budget).
+    for (seed, temperature) in [(0, 0.0), (1, 0.5), (2, 0.5)] {
         let body = chat(
             "Give me a JSON object about a cat.",
-            json!({"response_format": {"type": "json_object"}, "seed": seed}),
+            json!({"response_format": {"type": "json_object"}, "seed": seed,
+                   "temperature": temperature, "max_tokens": 300}),
         );
         for (text, finish) in chat_ok(&s.base, &body) {
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
@@ -182,7 +185,7 @@ fn structured_outputs_json_and_guided_json_validate() {
 fn regex_choice_and_grammar_outputs_match() {
     let _g = serial();
     let s = server();
-    let rx = r"[0-9]{3}-[a-z]{2,5}( [A-Z][a-z]+)?";
+    let rx = r"[0-9]{3}-[a-z]{2,5}( [A-Z][a-z]{1,8})?";
     let whole = Regex::new(&format!("^(?:{rx})$")).unwrap();
     for (extra, seed) in [
         (json!({"structured_outputs": {"regex": rx}}), 1),
