@@ -146,11 +146,41 @@ fn second<'a>(turns: &'a [String], what: &str) -> Result<&'a String> {
     turns.get(1).ok_or_else(|| anyhow!("{what} has one turn"))
 }
 
+/// The grammar (Lark, as llguidance and vLLM read it) of a constrained verdict: a free-text
+/// explanation (no brackets, at most `explanation_tokens` tokens) ending in FastChat's
+/// `[[A]]`/`[[B]]`/`[[C]]` (pairwise) or `[[rating]]`, 1 to 10 (single).
+pub fn verdict_grammar(pairwise: bool, explanation_tokens: usize) -> String {
+    verdict_grammar_labelled(pairwise.then_some(["A", "B", "C"]), explanation_tokens)
+}
+
+/// [`verdict_grammar`] with a pairwise prompt's own verdict labels (the rename experiment's
+/// `[[X]]`/`[[Y]]`); `None` is a single-answer rating.
+pub fn verdict_grammar_labelled(labels: Option<[&str; 3]>, explanation_tokens: usize) -> String {
+    let verdict = match labels {
+        // A JSON string literal is a Lark string literal (same escapes).
+        Some(labels) => labels
+            .iter()
+            .map(|l| serde_json::Value::from(*l).to_string())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        None => r#"/10|[1-9]/"#.to_string(),
+    };
+    format!(
+        "start: explanation \"[[\" VERDICT \"]]\"\n\
+         explanation[max_tokens={}]: /[^\\[\\]]*/\n\
+         VERDICT: {verdict}\n",
+        explanation_tokens.max(1)
+    )
+}
+
 pub struct Judge {
     pub client: ChatClient,
     pub prompts: BTreeMap<String, JudgePrompt>,
     pub references: BTreeMap<u64, Answer>,
     pub max_tokens: usize,
+    /// Send [`verdict_grammar`] as `structured_outputs.grammar`, so every verdict parses
+    /// (for judges served by camelid or another server that takes vLLM's field).
+    pub constrain: bool,
 }
 
 impl Judge {
@@ -262,9 +292,19 @@ impl Judge {
         ))
     }
 
-    async fn ask(&self, system: &str, user: &str) -> Result<String> {
+    /// `labels`: a pairwise prompt's verdict labels; `None` for a single-answer rating.
+    async fn ask(&self, system: &str, user: &str, labels: Option<[&str; 3]>) -> Result<String> {
         let msgs = [Msg::new("system", system), Msg::new("user", user)];
-        self.client.chat(&msgs, 0.0, self.max_tokens).await
+        let extra = if self.constrain {
+            // Room for the verdict's own few tokens after the explanation.
+            let explanation = self.max_tokens.saturating_sub(16);
+            serde_json::json!({"structured_outputs": {"grammar": verdict_grammar_labelled(labels, explanation)}})
+        } else {
+            serde_json::Value::Null
+        };
+        self.client
+            .chat_with(&msgs, 0.0, self.max_tokens, &extra)
+            .await
     }
 }
 
@@ -329,7 +369,7 @@ pub async fn run(
                 .map(|(q, m, a, t)| async move {
                     let r = async {
                         let (name, system, user) = judge.single_prompt(q, a, t)?;
-                        let judgment = judge.ask(&system, &user).await?;
+                        let judgment = judge.ask(&system, &user, None).await?;
                         Ok::<_, anyhow::Error>((name, user, judgment))
                     }
                     .await;
@@ -412,8 +452,8 @@ pub async fn run(
                         let (name, system, p1) = judge.pair_prompt(q, a1, a2, t)?;
                         let (_, _, p2) = judge.pair_prompt(q, a2, a1, t)?;
                         let labels = judge.prompt_for(q, t, true)?.0.labels();
-                        let j1 = judge.ask(&system, &p1).await?;
-                        let j2 = judge.ask(&system, &p2).await?;
+                        let j1 = judge.ask(&system, &p1, Some(labels)).await?;
+                        let j2 = judge.ask(&system, &p2, Some(labels)).await?;
                         let verdicts = game_winners(
                             parse_verdict_labelled(&j1, labels),
                             parse_verdict_labelled(&j2, labels),

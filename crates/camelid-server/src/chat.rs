@@ -8,6 +8,7 @@ use crate::format::{chat_logprobs, new_id, now_secs, sum_usage};
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::run::{self, blocking, collect, ChoiceSpec, Submission};
 use crate::state::{AppState, ModelEntry, Permit};
+use crate::structured;
 use crate::validate::{
     cache_salt, generation_params, max_tokens, unimplemented_chat, MAX_TOP_LOGPROBS,
 };
@@ -169,6 +170,7 @@ pub async fn submit_salted(
     let msgs = to_messages(&req.messages)?;
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     let prompt = render_and_encode(&permit, &model, msgs, true, kwargs).await?;
+    params.constraint = structured::compile(&permit, &model, f).await?;
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),
         None,

@@ -2,6 +2,7 @@
 //! ready model: weights, tokenizer, chat template, stop tokens.
 
 use crate::config::{ids_from_json, HfConfig};
+use crate::constraint::GrammarCompiler;
 use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;
 use crate::load::gguf_tokenizer;
@@ -12,6 +13,7 @@ use crate::text::template::ChatTemplate;
 use crate::text::tokenizer::{self, Tokenizer};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -50,6 +52,8 @@ pub struct LoadedModel {
     /// Extra stop strings from the template (FastChat `stop_str`).
     pub stop_strings: Vec<String>,
     pub context_length: usize,
+    /// Compiles structured-output grammars for this model's vocabulary.
+    pub grammar: Arc<GrammarCompiler>,
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType> {
@@ -200,6 +204,7 @@ pub fn load_gguf(
     // Quantized matmuls take f32 activations.
     let model = build_llama(cfg, &mut g, DType::F32, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
     Ok(LoadedModel {
         name: name.to_string(),
         path: path.to_path_buf(),
@@ -207,6 +212,7 @@ pub fn load_gguf(
         stop_strings: template.stop_strings(),
         template,
         tokenizer: tok,
+        grammar,
         stop_token_ids,
         context_length,
     })
@@ -309,6 +315,7 @@ pub fn load_hf_folder(
     let context_length = cfg.max_position_embeddings;
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
     Ok(LoadedModel {
         name: name.to_string(),
         path: dir.to_path_buf(),
@@ -316,6 +323,7 @@ pub fn load_hf_folder(
         stop_strings: template.stop_strings(),
         template,
         tokenizer: tok,
+        grammar,
         stop_token_ids,
         context_length,
     })

@@ -103,6 +103,12 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
                 Some("log-probabilities would tell the models apart; leave them out")
             }
             "stream_options" => Some("battles report no usage; leave `stream_options` out"),
+            _ if v.is_null() => None,
+            "response_format" if v.get("type").and_then(Value::as_str) == Some("text") => None,
+            "response_format" | "structured_outputs" | "guided_json" | "guided_regex"
+            | "guided_choice" | "guided_grammar" => {
+                Some("battles compare free answers; output constraints are not taken")
+            }
             _ => None,
         }
     };
@@ -113,6 +119,12 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "logprobs",
         "top_logprobs",
         "stream_options",
+        "response_format",
+        "structured_outputs",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
     ] {
         if let Some(message) = why(field) {
             return Err(ApiError::invalid_param(field, message));

@@ -153,6 +153,11 @@ pub struct MtJudgeArgs {
     /// Judge output budget (FastChat uses 2048).
     #[arg(long, default_value_t = 2048)]
     judge_max_tokens: usize,
+    /// Constrain verdicts to FastChat's format (an explanation ending in `[[A]]`/`[[B]]`/
+    /// `[[C]]` or `[[rating]]`) through `structured_outputs.grammar`: for camelid or another
+    /// server that takes vLLM's structured outputs.
+    #[arg(long)]
+    constrain: bool,
     #[arg(long)]
     first_n: Option<usize>,
     #[arg(long)]
@@ -230,6 +235,7 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 prompts: data::load_judge_prompts(&a.judge_prompts)?,
                 references,
                 max_tokens: a.judge_max_tokens,
+                constrain: a.constrain,
             };
             let answers = data::load_answers(&a.answers)?;
             let opts = judge::JudgeOptions {
