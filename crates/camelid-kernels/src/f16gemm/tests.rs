@@ -27,7 +27,14 @@ fn weight_bits(kind: HalfKind, n: usize, seed: u64) -> Vec<u16> {
 }
 
 /// `x · Wᵀ` in f64 and, per output, `Σ|x·w|` (the scale of its rounding error).
-fn reference(kind: HalfKind, bits: &[u16], x: &[f32], m: usize, n: usize, k: usize) -> Vec<(f64, f64)> {
+fn reference(
+    kind: HalfKind,
+    bits: &[u16],
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<(f64, f64)> {
     let w: Vec<f64> = bits.iter().map(|&b| kind.to_f32(b) as f64).collect();
     let mut out = Vec::with_capacity(m * n);
     for i in 0..m {
@@ -73,7 +80,12 @@ fn every_flavour_matches_the_f64_reference() {
                     let mut out = vec![f32::NAN; m * n];
                     matmul(&w, &x, m, &mut out);
                     let want = reference(kind, &bits, &x, m, n, k);
-                    check(&format!("{kind:?} {fl:?} m={m} n={n} k={k}"), &out, &want, k);
+                    check(
+                        &format!("{kind:?} {fl:?} m={m} n={n} k={k}"),
+                        &out,
+                        &want,
+                        k,
+                    );
                 }
             }
         }
@@ -158,7 +170,10 @@ fn concatenated_rows_compute_the_parts_side_by_side() {
     }
     let other = HalfWeight::new(HalfKind::Bf16, 2, k, &vec![0; 2 * k]).unwrap();
     let f = HalfWeight::new(kind, 2, k, &vec![0; 2 * k]).unwrap();
-    assert!(HalfWeight::concat_rows(&[&f, &other]).is_none(), "kinds differ");
+    assert!(
+        HalfWeight::concat_rows(&[&f, &other]).is_none(),
+        "kinds differ"
+    );
 }
 
 #[test]

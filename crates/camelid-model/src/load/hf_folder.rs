@@ -102,6 +102,9 @@ pub struct HfWeights {
     backing: Backing,
     shapes: HashMap<String, Vec<usize>>,
     device: Device,
+    /// Matrices stored in f16/bf16 stay 16-bit when f32 is asked for on the CPU (the own
+    /// 16-bit kernels run them; vectors still become f32).
+    pub keep_16bit: bool,
 }
 
 impl HfWeights {
@@ -165,6 +168,7 @@ impl HfWeights {
             backing,
             shapes,
             device: device.clone(),
+            keep_16bit: false,
         })
     }
 
@@ -191,6 +195,14 @@ impl HfWeights {
         t.map_err(|e| Error::BadWeights(format!("{}: tensor {name}: {e}", self.origin)))
     }
 
+    /// Whether `t`, asked for in `dtype`, stays in its own 16-bit type (see `keep_16bit`).
+    fn keeps_16bit(&self, t: &Tensor, dtype: DType) -> bool {
+        self.keep_16bit
+            && self.device.is_cpu()
+            && dtype == DType::F32
+            && matches!(t.dtype(), DType::F16 | DType::BF16)
+    }
+
     fn missing(&self, name: &str) -> Error {
         Error::BadWeights(format!("{}: tensor {name} is missing", self.origin))
     }
@@ -210,9 +222,18 @@ impl TensorSource for HfWeights {
             .ok_or_else(|| self.missing(name))
     }
     fn linear(&mut self, name: &str, dtype: DType) -> Result<Linear> {
-        Ok(Linear::from_dense(self.load(name)?.to_dtype(dtype)?)?)
+        let t = self.load(name)?;
+        if self.keeps_16bit(&t, dtype) {
+            return Ok(Linear::from_dense_16bit(t)?);
+        }
+        Ok(Linear::from_dense(t.to_dtype(dtype)?)?)
     }
     fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
-        Ok(self.load(name)?.to_dtype(dtype)?)
+        let t = self.load(name)?;
+        // The embedding table: gathered by row and widened per token by the runtimes.
+        if self.keeps_16bit(&t, dtype) && t.rank() == 2 {
+            return Ok(t);
+        }
+        Ok(t.to_dtype(dtype)?)
     }
 }

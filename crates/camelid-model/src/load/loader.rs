@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// Default: f32 on CPU, bf16 on CUDA (GGUF always computes in f32).
+    /// Default: on the CPU, f32 compute with f16/bf16 matrices kept 16-bit (an f32 file stays
+    /// f32); bf16 on CUDA. Given, every weight is converted to it (GGUF always computes in f32).
     pub dtype: Option<DType>,
     pub revision: Option<String>,
     /// Built-in template name, or `model` for the model's jinja template.
@@ -306,6 +307,8 @@ pub fn load_hf_folder(
     };
     let files = find_weight_files(dir)?;
     let mut weights = HfWeights::open(&files, &opts.device)?;
+    // Unasked, a 16-bit download stays 16-bit in memory on the CPU (half of f32's bytes).
+    weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
     let context_length = cfg.max_position_embeddings;
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());

@@ -17,7 +17,8 @@ pub struct ModelArgs {
     /// Chat template: a built-in (vicuna_v1.1, llama-2, llama-3, alpaca, zero_shot, one_shot, chatml) or `model`.
     #[arg(long)]
     pub template: Option<String>,
-    /// Weight dtype for safetensors models: f32, bf16, f16 (default f32 on CPU, bf16 on CUDA).
+    /// Weight dtype for safetensors models: f32, bf16, f16 (default on CPU: f32 compute with
+    /// f16/bf16 matrices kept 16-bit; bf16 on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
     /// cpu or cuda[:N].
