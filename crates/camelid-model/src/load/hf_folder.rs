@@ -6,6 +6,7 @@ use crate::linear::Linear;
 use crate::load::pth_check::check_pth;
 use crate::load::weights::TensorSource;
 use candle_core::pickle::PthTensors;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -105,6 +106,9 @@ pub struct HfWeights {
     /// Matrices stored in f16/bf16 stay 16-bit when f32 is asked for on the CPU (the own
     /// 16-bit kernels run them; vectors still become f32).
     pub keep_16bit: bool,
+    /// Matrices quantized to this format as they are read (quantize-at-load), where their
+    /// width is whole blocks of it; vectors and the embedding table are not.
+    pub quantize: Option<GgmlDType>,
 }
 
 impl HfWeights {
@@ -169,6 +173,7 @@ impl HfWeights {
             shapes,
             device: device.clone(),
             keep_16bit: false,
+            quantize: None,
         })
     }
 
@@ -223,6 +228,18 @@ impl TensorSource for HfWeights {
     }
     fn linear(&mut self, name: &str, dtype: DType) -> Result<Linear> {
         let t = self.load(name)?;
+        if let Some(q) = self.quantize {
+            let cols = t.dims().last().copied().unwrap_or(0);
+            if t.rank() == 2 && cols % q.block_size() == 0 {
+                // One tensor's f32 copy at a time: the whole model is never f32.
+                let wide = t.to_dtype(DType::F32)?;
+                drop(t);
+                let qt = QTensor::quantize(&wide, q).map_err(|e| {
+                    Error::BadWeights(format!("{}: tensor {name}: quantizing: {e}", self.origin))
+                })?;
+                return Ok(Linear::from_qtensor(qt)?);
+            }
+        }
         if self.keeps_16bit(&t, dtype) {
             return Ok(Linear::from_dense_16bit(t)?);
         }
