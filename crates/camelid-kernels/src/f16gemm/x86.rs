@@ -68,6 +68,7 @@ unsafe fn widen8<const BF: bool>(p: *const u16) -> __m256 {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // accumulators and weights indexed by the same group
 unsafe fn gemm512<const G: usize, const M: usize, const BF: bool>(
     w: *const u16,
     k: usize,
@@ -103,6 +104,7 @@ unsafe fn gemm512<const G: usize, const M: usize, const BF: bool>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // accumulators and weights indexed by the same group
 unsafe fn gemm256<const G: usize, const M: usize, const BF: bool>(
     w: *const u16,
     k: usize,
