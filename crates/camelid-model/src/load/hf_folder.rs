@@ -239,6 +239,11 @@ impl TensorSource for HfWeights {
                 })?;
                 return Ok(Linear::from_qtensor(qt)?);
             }
+            // As llama-quantize does with such tensors, keep it in a format that fits.
+            tracing::warn!(
+                "{}: tensor {name} ({cols} wide) is not whole {q:?} blocks: kept unquantized",
+                self.origin
+            );
         }
         if self.keeps_16bit(&t, dtype) {
             return Ok(Linear::from_dense_16bit(t)?);
