@@ -1,6 +1,6 @@
 //! Micro-benchmark of camelid's quantized CPU matmul (weights larger than the caches, as in a
 //! real model): `cargo run --release -p camelid-kernels --example qgemm_bench [threads] [format]`
-//! (format: q4_0, q4_1 — the default — q8_0, q4_k, q5_k or q6_k).
+//! (format: q4_0, q4_1 — the default — q5_0, q5_1, q8_0, q4_k, q5_k or q6_k).
 use camelid_kernels::quant::{matmul, QKind, QWeight};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -18,7 +18,9 @@ fn main() {
         Some("q4_k") => (GgmlDType::Q4K, QKind::Q4K),
         Some("q5_k") => (GgmlDType::Q5K, QKind::Q5K),
         Some("q6_k") => (GgmlDType::Q6K, QKind::Q6K),
-        Some(f) => panic!("format {f}: one of q4_0, q4_1, q8_0, q4_k, q5_k, q6_k"),
+        Some("q5_0") => (GgmlDType::Q5_0, QKind::Q5_0),
+        Some("q5_1") => (GgmlDType::Q5_1, QKind::Q5_1),
+        Some(f) => panic!("format {f}: one of q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k"),
     };
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()

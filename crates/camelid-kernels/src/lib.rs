@@ -2,6 +2,7 @@
 //! configuration, a request or a tensor of weights by name: callers pass shapes and buffers.
 //!
 //! - [`cpu_features`]: the one probe of the CPU's vector extensions.
+//! - [`f16gemm`]: the matmul for 16-bit (f16, bf16) weights × f32 activations.
 //! - [`quant`]: the quantized matmul (GGML block formats × 8-bit activations): formats, the
 //!   scalar reference, repacking, and the AVX2 / AVX-512 kernels.
 //! - [`vecmath`]: f32 vector primitives (dot, axpy, `exp`, SiLU·mul, f16/Q8 widening).
@@ -12,6 +13,7 @@ pub mod attention;
 pub mod cpu_features;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod f16gemm;
 pub mod quant;
 pub mod vecmath;
 

@@ -1,9 +1,11 @@
 //! One linear-layer type for dense (safetensors, f32/bf16/f16) and quantized (GGUF) weights.
 //!
 //! On the CPU, Q4_0 / Q4_1 / Q8_0 and Q4_K / Q5_K / Q6_K weights run through camelid's own
-//! batched kernels ([`camelid_kernels::quant`]); every other case goes through candle's
-//! `QMatMul` (dense matmul, other formats, CUDA).
+//! batched kernels ([`camelid_kernels::quant`]), f16 / bf16 weights through
+//! [`camelid_kernels::f16gemm`] (kept 16-bit); every other case goes through candle's
+//! `QMatMul` (f32 matmul, other formats, CUDA).
 
+use camelid_kernels::f16gemm::{self, HalfKind, HalfWeight};
 use camelid_kernels::quant::{self, QActs, QKind, QWeight};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
@@ -13,6 +15,7 @@ use std::sync::Arc;
 enum Inner {
     Candle(QMatMul),
     Own(Arc<QWeight>),
+    Half(Arc<HalfWeight>),
 }
 
 /// `y = x · Wᵀ` with `W` of shape `(out_features, in_features)`.
@@ -33,10 +36,65 @@ impl Linear {
         })
     }
 
-    /// Quantized weights stay quantized; F32/F16/BF16 GGUF tensors are dequantized by candle
-    /// into a dense matmul.
+    /// A 16-bit (f16 or bf16) CPU matrix kept 16-bit, on camelid's own kernels; any other
+    /// tensor as [`Self::from_dense`].
+    pub fn from_dense_16bit(w: Tensor) -> Result<Self> {
+        let kind = match w.dtype() {
+            DType::F16 => HalfKind::F16,
+            DType::BF16 => HalfKind::Bf16,
+            _ => return Self::from_dense(w),
+        };
+        if !w.device().is_cpu() {
+            return Self::from_dense(w);
+        }
+        let (out_features, in_features) = w.dims2()?;
+        // The raw bits, whichever 16-bit type: a u16 view of the same values.
+        let bits: Vec<u16> = match kind {
+            HalfKind::F16 => w
+                .flatten_all()?
+                .to_vec1::<half::f16>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect(),
+            HalfKind::Bf16 => w
+                .flatten_all()?
+                .to_vec1::<half::bf16>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect(),
+        };
+        Ok(Self::half(kind, out_features, in_features, &bits))
+    }
+
+    fn half(kind: HalfKind, out_features: usize, in_features: usize, bits: &[u16]) -> Self {
+        let w = HalfWeight::new(kind, out_features, in_features, bits)
+            .expect("the shape is the tensor's own, the best flavour runs here");
+        Self {
+            inner: Inner::Half(Arc::new(w)),
+            out_features,
+            in_features,
+        }
+    }
+
+    /// Quantized weights stay quantized; F16/BF16 GGUF tensors stay 16-bit on the CPU (own
+    /// kernels); F32 ones, and 16-bit ones elsewhere, are dequantized by candle into a dense
+    /// matmul.
     pub fn from_qtensor(w: QTensor) -> Result<Self> {
+        use candle_core::quantized::GgmlDType;
         let (out_features, in_features) = w.shape().dims2()?;
+        let half = match w.dtype() {
+            GgmlDType::F16 => Some(HalfKind::F16),
+            GgmlDType::BF16 => Some(HalfKind::Bf16),
+            _ => None,
+        };
+        if let (Some(kind), true) = (half, w.device().is_cpu()) {
+            let data = w.data()?;
+            let bits: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            return Ok(Self::half(kind, out_features, in_features, &bits));
+        }
         let own = match (QKind::from_ggml(w.dtype()), w.device().is_cpu()) {
             (Some(kind), true) => {
                 QWeight::new(kind, out_features, in_features, w.data()?.into_owned())
@@ -67,11 +125,26 @@ impl Linear {
     /// One linear layer computing `parts` side by side (their outputs concatenated on the last
     /// axis), when all use our own kernel with the same format; `None` otherwise.
     pub fn fuse(parts: &[&Linear]) -> Option<Linear> {
+        let halves: Option<Vec<&HalfWeight>> = parts
+            .iter()
+            .map(|p| match &p.inner {
+                Inner::Half(w) => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if let Some(hs) = halves {
+            let w = HalfWeight::concat_rows(&hs)?;
+            return Some(Linear {
+                out_features: w.rows,
+                in_features: w.cols,
+                inner: Inner::Half(Arc::new(w)),
+            });
+        }
         let ws: Option<Vec<&QWeight>> = parts
             .iter()
             .map(|p| match &p.inner {
                 Inner::Own(w) => Some(w.as_ref()),
-                Inner::Candle(_) => None,
+                _ => None,
             })
             .collect();
         let w = QWeight::concat_rows(&ws?)?;
@@ -82,9 +155,18 @@ impl Linear {
         })
     }
 
-    /// Whether this layer runs on camelid's own quantized kernels (else candle's `QMatMul`).
+    /// Whether this layer runs on camelid's own kernels, quantized or 16-bit (else candle's
+    /// `QMatMul`).
     pub fn own_kernel(&self) -> bool {
-        matches!(self.inner, Inner::Own(_))
+        !matches!(self.inner, Inner::Candle(_))
+    }
+
+    /// The 16-bit type of weights kept 16-bit on the own kernels, if these are.
+    pub fn half_kind(&self) -> Option<HalfKind> {
+        match &self.inner {
+            Inner::Half(w) => Some(w.kind),
+            _ => None,
+        }
     }
 
     pub fn out_features(&self) -> usize {
@@ -97,13 +179,13 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.inner {
             Inner::Candle(m) => m.forward(x),
-            Inner::Own(w) => {
+            Inner::Own(_) | Inner::Half(_) => {
                 let x = if x.dtype() == DType::F32 {
                     x.contiguous()?
                 } else {
                     x.to_dtype(DType::F32)?.contiguous()?
                 };
-                let y = x.apply_op1_no_bwd(&OwnMatmul(w.clone()))?;
+                let y = x.apply_op1_no_bwd(&OwnMatmul(self.inner.clone()))?;
                 Ok(y)
             }
         }
@@ -134,6 +216,7 @@ impl Linear {
                 acts.quantize_for(w.kind, x, m, w.cols);
                 quant::matmul_quantized(w, acts, out);
             }
+            Inner::Half(w) => f16gemm::matmul(w, x, m, out),
             Inner::Candle(q) => {
                 let t = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
                 let y = q.forward(&t)?.to_dtype(DType::F32)?.flatten_all()?;
@@ -144,19 +227,24 @@ impl Linear {
     }
 }
 
-struct OwnMatmul(Arc<QWeight>);
+/// The own kernels as a candle op (the tensor runtime's path); holds `Inner::Own` or `Half`.
+struct OwnMatmul(Inner);
 
 impl CustomOp1 for OwnMatmul {
     fn name(&self) -> &'static str {
-        "camelid-qgemm"
+        "camelid-own-gemm"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let w = &self.0;
+        let (rows, cols) = match &self.0 {
+            Inner::Own(w) => (w.rows, w.cols),
+            Inner::Half(w) => (w.rows, w.cols),
+            Inner::Candle(_) => candle_core::bail!("linear: candle weights in the own op"),
+        };
         let dims = layout.shape().dims();
         let k = *dims.last().unwrap_or(&0);
-        if k != w.cols {
-            candle_core::bail!("linear: input width {k}, weight expects {}", w.cols);
+        if k != cols {
+            candle_core::bail!("linear: input width {k}, weight expects {cols}");
         }
         let (Some((start, end)), CpuStorage::F32(x)) = (layout.contiguous_offsets(), storage)
         else {
@@ -164,10 +252,14 @@ impl CustomOp1 for OwnMatmul {
         };
         let x = &x[start..end];
         let m = x.len() / k;
-        let mut out = vec![0f32; m * w.rows];
-        quant::matmul(w, x, m, &mut out);
+        let mut out = vec![0f32; m * rows];
+        match &self.0 {
+            Inner::Own(w) => quant::matmul(w, x, m, &mut out),
+            Inner::Half(w) => f16gemm::matmul(w, x, m, &mut out),
+            Inner::Candle(_) => unreachable!("refused above"),
+        }
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap() = w.rows;
+        *out_dims.last_mut().unwrap() = rows;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 }

@@ -1,5 +1,5 @@
 //! camelid's own CPU matmul for the GGML block formats LLaMA GGUF files mostly use (Q4_0, Q4_1,
-//! Q8_0, and the K formats Q4_K, Q5_K, Q6_K in [`kgemm`]): `y = x · Wᵀ` with `W` kept in its
+//! Q5_0, Q5_1, Q8_0, and the K formats Q4_K, Q5_K, Q6_K in [`kgemm`]): `y = x · Wᵀ` with `W` kept in its
 //! GGUF blocks (repacked).
 //!
 //! Why not candle's `QMatMul`: in candle 0.11 it is a per-row GEMV (a batch of `m` rows reads
@@ -36,6 +36,10 @@ pub enum QKind {
     Q4_1,
     /// `{d: f16, qs: [i8; 32]}`: value = d·q.
     Q8_0,
+    /// `{d: f16, qh: u32, qs: [u8; 16]}`: value = d·(q − 16), q a nibble plus bit `j` of qh.
+    Q5_0,
+    /// `{d: f16, m: f16, qh: u32, qs: [u8; 16]}`: value = d·q + m, q 5 bits as in Q5_0.
+    Q5_1,
     /// 256-value super-block `{d, dmin: f16, scales: [u8; 12], qs: [u8; 128]}`: eight
     /// sub-blocks of 32 with 6-bit scale `sc` and min `m`; value = d·sc·q − dmin·m.
     Q4K,
@@ -52,6 +56,8 @@ impl QKind {
             QKind::Q4_0 => 18,
             QKind::Q4_1 => 20,
             QKind::Q8_0 => 34,
+            QKind::Q5_0 => 22,
+            QKind::Q5_1 => 24,
             QKind::Q4K => 144,
             QKind::Q5K => 176,
             QKind::Q6K => 210,
@@ -67,6 +73,11 @@ impl QKind {
         }
     }
 
+    /// Whether this is Q5_0 or Q5_1 (a fifth bit per value beside the nibbles).
+    pub fn is_5bit(self) -> bool {
+        matches!(self, QKind::Q5_0 | QKind::Q5_1)
+    }
+
     /// Whether this is a K format (Q8_K activations, 256-value super-blocks).
     pub fn is_k(self) -> bool {
         matches!(self, QKind::Q4K | QKind::Q5K | QKind::Q6K)
@@ -78,6 +89,8 @@ impl QKind {
             G::Q4_0 => Some(QKind::Q4_0),
             G::Q4_1 => Some(QKind::Q4_1),
             G::Q8_0 => Some(QKind::Q8_0),
+            G::Q5_0 => Some(QKind::Q5_0),
+            G::Q5_1 => Some(QKind::Q5_1),
             G::Q4K => Some(QKind::Q4K),
             G::Q5K => Some(QKind::Q5K),
             G::Q6K => Some(QKind::Q6K),
@@ -310,6 +323,10 @@ pub fn matmul_quantized(w: &QWeight, acts: &QActs, out: &mut [f32]) {
     if w.kind.is_k() {
         return kgemm::matmul_k(w, acts, out);
     }
+    if w.kind.is_5bit() && matches!(w.layout, Layout::Rows(_)) {
+        // Row-major 5-bit matrices (rows not a multiple of 8): no row-major SIMD kernel.
+        return matmul_with(w, acts, out, dot_rows_scalar, None);
+    }
     matmul_with(w, acts, out, kernel(), pair_kernel())
 }
 
@@ -427,6 +444,42 @@ unsafe fn gemm_group(
     {
         let w = wg.as_ptr();
         match (group, kind, acts.len()) {
+            (16, QKind::Q5_0 | QKind::Q5_1, 8) => {
+                x86::avx512::gemm_q5_16x8_q8::<8>(w, nb, acts, out, ld)
+            }
+            (16, QKind::Q5_0 | QKind::Q5_1, 7) => {
+                x86::avx512::gemm_q5_16x8_q8::<7>(w, nb, acts, out, ld)
+            }
+            (16, QKind::Q5_0 | QKind::Q5_1, 6) => {
+                x86::avx512::gemm_q5_16x8_q8::<6>(w, nb, acts, out, ld)
+            }
+            (16, QKind::Q5_0 | QKind::Q5_1, 5) => {
+                x86::avx512::gemm_q5_16x8_q8::<5>(w, nb, acts, out, ld)
+            }
+            (16, QKind::Q5_0 | QKind::Q5_1, 4) => {
+                x86::avx512::gemm_q5_16x8_q8::<4>(w, nb, acts, out, ld)
+            }
+            (16, QKind::Q5_0 | QKind::Q5_1, 3) => {
+                x86::avx512::gemm_q5_16x8_q8::<3>(w, nb, acts, out, ld)
+            }
+            (16, QKind::Q5_0 | QKind::Q5_1, 2) => {
+                x86::avx512::gemm_q5_16x8_q8::<2>(w, nb, acts, out, ld)
+            }
+            (16, QKind::Q5_0 | QKind::Q5_1, 1) => {
+                x86::avx512::gemm_q5_16x8_q8::<1>(w, nb, acts, out, ld)
+            }
+            (8, QKind::Q5_0 | QKind::Q5_1, 4) => {
+                x86::avx2::gemm_q5_8x4_q8::<4>(w, nb, acts, out, ld)
+            }
+            (8, QKind::Q5_0 | QKind::Q5_1, 3) => {
+                x86::avx2::gemm_q5_8x4_q8::<3>(w, nb, acts, out, ld)
+            }
+            (8, QKind::Q5_0 | QKind::Q5_1, 2) => {
+                x86::avx2::gemm_q5_8x4_q8::<2>(w, nb, acts, out, ld)
+            }
+            (8, QKind::Q5_0 | QKind::Q5_1, 1) => {
+                x86::avx2::gemm_q5_8x4_q8::<1>(w, nb, acts, out, ld)
+            }
             (16, QKind::Q8_0, 8) => x86::avx512::gemm_q8_0_16x8_q8::<8>(w, nb, acts, out, ld),
             (16, QKind::Q8_0, 7) => x86::avx512::gemm_q8_0_16x8_q8::<7>(w, nb, acts, out, ld),
             (16, QKind::Q8_0, 6) => x86::avx512::gemm_q8_0_16x8_q8::<6>(w, nb, acts, out, ld),

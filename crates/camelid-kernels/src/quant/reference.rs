@@ -42,7 +42,26 @@ pub(crate) fn dot_rows_scalar(kind: QKind, wrow: &[u8], acts: &[ActRow], out: &m
                     })
                     .sum()
             };
+            // 5-bit values: nibble j (low: value j, high: value j + 16) plus bit j of `qh`.
+            let five_dot = |qh: &[u8], qs: &[u8]| -> i32 {
+                let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+                (0..16)
+                    .map(|j| {
+                        let lo = (qs[j] & 0xF) as u32 | ((qh >> j) & 1) << 4;
+                        let hi = (qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+                        lo as i32 * aq[j] as i32 + hi as i32 * aq[j + 16] as i32
+                    })
+                    .sum()
+            };
             sum += match kind {
+                QKind::Q5_0 => {
+                    f16_at(blk, 0)
+                        * (a.d[b] * five_dot(&blk[2..6], &blk[6..22]) as f32 - 16.0 * a.s[b])
+                }
+                QKind::Q5_1 => {
+                    f16_at(blk, 0) * a.d[b] * five_dot(&blk[4..8], &blk[8..24]) as f32
+                        + f16_at(blk, 2) * a.s[b]
+                }
                 QKind::Q4_0 => {
                     f16_at(blk, 0) * (a.d[b] * nibble_dot(&blk[2..18]) as f32 - 8.0 * a.s[b])
                 }

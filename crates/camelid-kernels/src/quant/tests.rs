@@ -60,9 +60,15 @@ fn every_format_matches_the_dequantized_matmul() {
     // m = 7 exercises groups of 4 and a remainder of 3, m = 1 the single-row paths;
     // n = 71 stays row-major (uneven thread chunks, an odd row left after the pairs),
     // n = 72 is interleaved where the CPU has AVX2.
-    for (t, m, n) in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0]
-        .into_iter()
-        .flat_map(|t| [(t, 7, 71), (t, 1, 71), (t, 7, 72), (t, 1, 72)])
+    for (t, m, n) in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ]
+    .into_iter()
+    .flat_map(|t| [(t, 7, 71), (t, 1, 71), (t, 7, 72), (t, 1, 72)])
     {
         let k = 256;
         let (w, deq) = weight(t, n, k);
@@ -114,7 +120,13 @@ fn simd_kernel_agrees_with_the_scalar_reference() {
         eprintln!("no SIMD kernel on this CPU; nothing to compare");
         return;
     }
-    for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+    for t in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ] {
         // Enough rows and blocks to take the parallel path and several row tiles (both
         // layouts); one row over an odd number of weight rows (the paired decode kernel)
         // and over an interleaved matrix.
@@ -172,6 +184,62 @@ fn concatenated_rows_give_the_stacked_outputs() {
             QWeight::concat_rows(&[&a, &rows.unwrap()]).is_none(),
             "layouts differ"
         );
+    }
+}
+
+/// The 5-bit formats in each layout this CPU runs (row-major, 8-row AVX2 groups, 16-row
+/// AVX-512 groups) against the scalar reference, every pass width, and at their extremes
+/// (every value 31 times activations of ±127: the i16 sums at their largest).
+#[test]
+fn five_bit_kernels_agree_with_the_scalar_reference_in_every_layout() {
+    let mut groups = vec![0];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu_features::avx2() {
+            groups.push(8);
+        }
+        if crate::cpu_features::avx512() {
+            groups.push(16);
+        }
+    }
+    let (n, k) = (48, 320);
+    for t in [GgmlDType::Q5_0, GgmlDType::Q5_1] {
+        let kind = QKind::from_ggml(t).unwrap();
+        // Extreme rows: d = 1, m = 0, every fifth bit and nibble set (q = 31).
+        let mut block = half::f16::from_f32(1.0).to_le_bytes().to_vec();
+        if kind == QKind::Q5_1 {
+            block.extend([0, 0]);
+        }
+        block.extend([0xFF; 20]);
+        let extreme: Vec<u8> = block.repeat(n * k / BLOCK);
+        for (data, x_scale) in [(rows_of(t, n, k), 1.0f32), (extreme, 0.0)] {
+            let reference = QWeight::new_rows(kind, n, k, data.clone()).unwrap();
+            for &g in &groups {
+                let w = QWeight::new_rows(kind, n, k, data.clone()).unwrap();
+                let w = if g == 0 { w } else { w.interleaved_by(g) };
+                assert_eq!(
+                    matches!(w.layout, Layout::Interleaved { .. }),
+                    g != 0,
+                    "{t:?} group {g}"
+                );
+                for m in 1..=9 {
+                    // x_scale 0: every activation ±1 (quantized to ±127), one sign per row.
+                    let x: Vec<f32> = if x_scale == 0.0 {
+                        (0..m * k)
+                            .map(|i| if (i / k) % 2 == 0 { 1.0 } else { -1.0 })
+                            .collect()
+                    } else {
+                        random(m * k, 30 + m as u64)
+                    };
+                    let acts = QActs::quantize(&x, m, k);
+                    let (mut fast, mut slow) = (vec![0f32; m * n], vec![0f32; m * n]);
+                    matmul_quantized(&w, &acts, &mut fast);
+                    matmul_with(&reference, &acts, &mut slow, dot_rows_scalar, None);
+                    let err = max_rel(&fast, &slow);
+                    assert!(err < 1e-5, "{t:?} group {g} m={m}: vs scalar {err}");
+                }
+            }
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub struct QWeight {
 /// - Q4_0 / Q4_1: `d[G]` f16, `m[G]` f16 (Q4_0: `m = −8d`), then 4 × 4G bytes: bytes
 ///   `4r..4r+4` of vector `g` are row `r`'s `qs[4g..4g+4]` (low nibbles: values `4g..4g+4`,
 ///   high nibbles: values `16+4g..16+4g+4`) — 20G bytes, as many as G GGUF blocks;
+/// - Q5_0 / Q5_1: `d[G]`, `m[G]` f16 (Q5_0: `m = −16d`), `hb[G]` (4 bytes a row: byte `g` holds
+///   the fifth bits of vector `g`'s values, low nibbles' in bits 0–3, high nibbles' in 4–7),
+///   then the nibbles as for Q4 — 24G bytes;
 /// - Q8_0: `d[G]` f16, then 8 × 4G bytes: row `r`'s values `4g..4g+4` at `4r` of vector `g`
 ///   — 34G bytes.
 /// - The K formats: per 256-value super-block, see [`krepack`]; their last group may be
@@ -43,6 +46,7 @@ impl QKind {
         match self {
             QKind::Q4_0 | QKind::Q4_1 => 20 * g,
             QKind::Q8_0 => 34 * g,
+            QKind::Q5_0 | QKind::Q5_1 => 24 * g,
             _ => unreachable!("K formats go by super-block: krepack"),
         }
     }
@@ -106,7 +110,12 @@ impl QWeight {
         let gbb = kind.group_block_bytes(group);
         let row_bytes = nb * bb;
         // Offsets inside one group block: scales d, offsets m (Q4), the quant vectors.
-        let (m_at, qs_at) = (2 * group, if kind == QKind::Q8_0 { 2 } else { 4 } * group);
+        let qs_at = match kind {
+            QKind::Q8_0 => 2,
+            QKind::Q5_0 | QKind::Q5_1 => 8,
+            _ => 4,
+        } * group;
+        let (m_at, hb_at) = (2 * group, 4 * group);
         let mut out = vec![0u8; self.rows / group * nb * gbb];
         for (gi, dst_group) in out.chunks_exact_mut(nb * gbb).enumerate() {
             for (b, dst) in dst_group.chunks_exact_mut(gbb).enumerate() {
@@ -127,6 +136,27 @@ impl QWeight {
                             &src[2..18]
                         }
                         QKind::Q8_0 => &src[2..34],
+                        QKind::Q5_0 | QKind::Q5_1 => {
+                            let (qh, qs) = if kind == QKind::Q5_0 {
+                                let m = f16::from_f32(-16.0 * f16_at(src, 0));
+                                if !m.is_finite() {
+                                    return self;
+                                }
+                                dst[m_at + 2 * r..m_at + 2 * r + 2]
+                                    .copy_from_slice(&m.to_le_bytes());
+                                (&src[2..6], &src[6..22])
+                            } else {
+                                dst[m_at + 2 * r..m_at + 2 * r + 2].copy_from_slice(&src[2..4]);
+                                (&src[4..8], &src[8..24])
+                            };
+                            let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+                            for g in 0..4 {
+                                let lo = (qh >> (4 * g)) & 0xF;
+                                let hi = (qh >> (16 + 4 * g)) & 0xF;
+                                dst[hb_at + 4 * r + g] = (lo | hi << 4) as u8;
+                            }
+                            qs
+                        }
                         _ => unreachable!("K formats are repacked by krepack"),
                     };
                     for (g, four) in qs.chunks_exact(4).enumerate() {

@@ -6,6 +6,7 @@ use crate::linear::Linear;
 use crate::load::pth_check::check_pth;
 use crate::load::weights::TensorSource;
 use candle_core::pickle::PthTensors;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -102,6 +103,12 @@ pub struct HfWeights {
     backing: Backing,
     shapes: HashMap<String, Vec<usize>>,
     device: Device,
+    /// Matrices stored in f16/bf16 stay 16-bit when f32 is asked for on the CPU (the own
+    /// 16-bit kernels run them; vectors still become f32).
+    pub keep_16bit: bool,
+    /// Matrices quantized to this format as they are read (quantize-at-load), where their
+    /// width is whole blocks of it; vectors and the embedding table are not.
+    pub quantize: Option<GgmlDType>,
 }
 
 impl HfWeights {
@@ -165,6 +172,8 @@ impl HfWeights {
             backing,
             shapes,
             device: device.clone(),
+            keep_16bit: false,
+            quantize: None,
         })
     }
 
@@ -191,6 +200,14 @@ impl HfWeights {
         t.map_err(|e| Error::BadWeights(format!("{}: tensor {name}: {e}", self.origin)))
     }
 
+    /// Whether `t`, asked for in `dtype`, stays in its own 16-bit type (see `keep_16bit`).
+    fn keeps_16bit(&self, t: &Tensor, dtype: DType) -> bool {
+        self.keep_16bit
+            && self.device.is_cpu()
+            && dtype == DType::F32
+            && matches!(t.dtype(), DType::F16 | DType::BF16)
+    }
+
     fn missing(&self, name: &str) -> Error {
         Error::BadWeights(format!("{}: tensor {name} is missing", self.origin))
     }
@@ -210,9 +227,35 @@ impl TensorSource for HfWeights {
             .ok_or_else(|| self.missing(name))
     }
     fn linear(&mut self, name: &str, dtype: DType) -> Result<Linear> {
-        Ok(Linear::from_dense(self.load(name)?.to_dtype(dtype)?)?)
+        let t = self.load(name)?;
+        if let Some(q) = self.quantize {
+            let cols = t.dims().last().copied().unwrap_or(0);
+            if t.rank() == 2 && cols % q.block_size() == 0 {
+                // One tensor's f32 copy at a time: the whole model is never f32.
+                let wide = t.to_dtype(DType::F32)?;
+                drop(t);
+                let qt = QTensor::quantize(&wide, q).map_err(|e| {
+                    Error::BadWeights(format!("{}: tensor {name}: quantizing: {e}", self.origin))
+                })?;
+                return Ok(Linear::from_qtensor(qt)?);
+            }
+            // As llama-quantize does with such tensors, keep it in a format that fits.
+            tracing::warn!(
+                "{}: tensor {name} ({cols} wide) is not whole {q:?} blocks: kept unquantized",
+                self.origin
+            );
+        }
+        if self.keeps_16bit(&t, dtype) {
+            return Ok(Linear::from_dense_16bit(t)?);
+        }
+        Ok(Linear::from_dense(t.to_dtype(dtype)?)?)
     }
     fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
-        Ok(self.load(name)?.to_dtype(dtype)?)
+        let t = self.load(name)?;
+        // The embedding table: gathered by row and widened per token by the runtimes.
+        if self.keeps_16bit(&t, dtype) && t.rank() == 2 {
+            return Ok(t);
+        }
+        Ok(t.to_dtype(dtype)?)
     }
 }

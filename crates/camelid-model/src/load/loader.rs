@@ -11,6 +11,7 @@ use crate::load::weights::build_llama;
 use crate::models::Llama;
 use crate::text::template::ChatTemplate;
 use crate::text::tokenizer::{self, Tokenizer};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +19,12 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// Default: f32 on CPU, bf16 on CUDA (GGUF always computes in f32).
+    /// Default: on the CPU, f32 compute with f16/bf16 matrices kept 16-bit (an f32 file stays
+    /// f32); bf16 on CUDA. Given, every weight is converted to it (GGUF always computes in f32).
     pub dtype: Option<DType>,
+    /// Quantize an HF model's matrices to this GGML format while loading, one tensor at a
+    /// time (CPU, f32 compute; GGUF files keep their own formats).
+    pub quantize: Option<GgmlDType>,
     pub revision: Option<String>,
     /// Built-in template name, or `model` for the model's jinja template.
     pub template: Option<String>,
@@ -33,6 +38,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: None,
+            quantize: None,
             revision: None,
             template: None,
             candle_qmatmul: false,
@@ -63,6 +69,23 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "f16" | "float16" | "half" => Ok(DType::F16),
         other => Err(Error::Invalid(format!(
             "unknown dtype {other:?} (f32, bf16, f16)"
+        ))),
+    }
+}
+
+/// A `--quantize` format: the GGML formats camelid's CPU kernels run.
+pub fn parse_quantize(s: &str) -> Result<GgmlDType> {
+    match s.to_ascii_lowercase().as_str() {
+        "q4_0" => Ok(GgmlDType::Q4_0),
+        "q4_1" => Ok(GgmlDType::Q4_1),
+        "q5_0" => Ok(GgmlDType::Q5_0),
+        "q5_1" => Ok(GgmlDType::Q5_1),
+        "q8_0" => Ok(GgmlDType::Q8_0),
+        "q4_k" => Ok(GgmlDType::Q4K),
+        "q5_k" => Ok(GgmlDType::Q5K),
+        "q6_k" => Ok(GgmlDType::Q6K),
+        other => Err(Error::Invalid(format!(
+            "unknown quantization {other:?} (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k)"
         ))),
     }
 }
@@ -181,6 +204,12 @@ pub fn load_gguf(
     opts: &LoadOptions,
     template: Option<&str>,
 ) -> Result<LoadedModel> {
+    if let Some(q) = opts.quantize {
+        return Err(Error::Invalid(format!(
+            "{}: --quantize {q:?} applies to HF safetensors/.bin models; a GGUF keeps its formats",
+            path.display()
+        )));
+    }
     let mut g = GgufFile::open(path, &opts.device)?;
     g.own_kernels = !opts.candle_qmatmul;
     let cfg = g.model_config()?;
@@ -305,6 +334,15 @@ pub fn load_hf_folder(
         eos_token: eos_text.clone().unwrap_or_default(),
     });
     let template = pick_template(template, jinja, name)?;
+    if let Some(q) = opts.quantize {
+        if !opts.device.is_cpu() || opts.dtype.is_some_and(|d| d != DType::F32) {
+            return Err(Error::Invalid(format!(
+                "--quantize {q:?} runs on the CPU with f32 compute (not {:?} on {:?})",
+                opts.dtype.unwrap_or(DType::F32),
+                opts.device
+            )));
+        }
+    }
     let dtype = match opts.dtype {
         Some(d) => d,
         None if opts.device.is_cuda() => DType::BF16,
@@ -312,6 +350,9 @@ pub fn load_hf_folder(
     };
     let files = find_weight_files(dir)?;
     let mut weights = HfWeights::open(&files, &opts.device)?;
+    // Unasked, a 16-bit download stays 16-bit in memory on the CPU (half of f32's bytes).
+    weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
+    weights.quantize = opts.quantize;
     let context_length = cfg.max_position_embeddings;
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());

@@ -15,4 +15,6 @@ pub mod pth_check;
 pub mod registry;
 pub mod weights;
 
-pub use loader::{load, load_gguf, load_hf_folder, parse_dtype, resolve, LoadOptions, LoadedModel};
+pub use loader::{
+    load, load_gguf, load_hf_folder, parse_dtype, parse_quantize, resolve, LoadOptions, LoadedModel,
+};

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use camelid_model::decode::GenerationParams;
-use camelid_model::load::parse_dtype;
+use camelid_model::load::{parse_dtype, parse_quantize};
 use camelid_model::{LoadOptions, LoadedModel, SamplingParams};
 use clap::Args;
 
@@ -17,9 +17,14 @@ pub struct ModelArgs {
     /// Chat template: a built-in (vicuna_v1.1, llama-2, llama-3, alpaca, zero_shot, one_shot, chatml) or `model`.
     #[arg(long)]
     pub template: Option<String>,
-    /// Weight dtype for safetensors models: f32, bf16, f16 (default f32 on CPU, bf16 on CUDA).
+    /// Weight dtype for safetensors models: f32, bf16, f16 (default on CPU: f32 compute with
+    /// f16/bf16 matrices kept 16-bit; bf16 on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Quantize an HF model's matrices while loading, tensor by tensor (CPU): q4_0, q4_1,
+    /// q5_0, q5_1, q8_0, q4_k, q5_k, q6_k.
+    #[arg(long)]
+    pub quantize: Option<String>,
     /// cpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -65,6 +70,7 @@ pub fn load(m: &ModelArgs) -> Result<LoadedModel> {
     let opts = LoadOptions {
         device: parse_device(&m.device)?,
         dtype: m.dtype.as_deref().map(parse_dtype).transpose()?,
+        quantize: m.quantize.as_deref().map(parse_quantize).transpose()?,
         revision: m.revision.clone(),
         template: m.template.clone(),
         ..Default::default()

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     arena: super::arena::ArenaServeArgs,
     #[arg(long)]
     dtype: Option<String>,
+    /// Quantize an HF model's matrices while loading (CPU): q4_0, q4_1, q5_0, q5_1, q8_0,
+    /// q4_k, q5_k, q6_k.
+    #[arg(long)]
+    quantize: Option<String>,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long)]
@@ -242,6 +246,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             revision: a.revision.clone(),
             template: a.template.clone(),
             dtype: a.dtype.clone(),
+            quantize: a.quantize.clone(),
             device: a.device.clone(),
         };
         let lm = load(&margs)?;

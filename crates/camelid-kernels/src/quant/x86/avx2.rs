@@ -198,6 +198,75 @@ pub unsafe fn gemm_q4_8x4_q8<const R: usize>(
     }
 }
 
+/// See [`crate::quant::gemm_group`]; Q5_0 and Q5_1, 8-row groups (192 bytes per block:
+/// `d`, `m`, the fifth bits `hb`, the nibbles as for Q4).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q5_8x4_q8<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let fifth = _mm256_set1_epi8(0x10);
+    // Byte t of a row's lane: value 4g + t (bit t of hb byte g) or 16 + 4g + t (bit 4 + t).
+    let bit_lo = _mm256_set1_epi32(0x0804_0201);
+    let bit_hi = _mm256_set1_epi32(0x8040_2010_u32 as i32);
+    // Each row's 4-byte lane starts at byte 4·(r mod 4) of its 128-bit lane.
+    let lane_base = _mm256_setr_epi32(
+        0,
+        0x0404_0404,
+        0x0808_0808,
+        0x0C0C_0C0C,
+        0,
+        0x0404_0404,
+        0x0808_0808,
+        0x0C0C_0C0C,
+    );
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let blk = w.add(b * 192);
+        prefetch_ahead(blk, 192);
+        let hb = _mm256_loadu_si256(blk.add(32) as *const __m256i);
+        let mut isum = [_mm256_setzero_si256(); R];
+        for g in 0..4 {
+            let p = _mm256_loadu_si256(blk.add(64 + 32 * g) as *const __m256i);
+            // hb byte g of each row, in all four bytes of the row's lane.
+            let h = _mm256_shuffle_epi8(hb, _mm256_add_epi8(lane_base, _mm256_set1_epi8(g as i8)));
+            let set = |bits: __m256i| {
+                let on = _mm256_cmpeq_epi8(_mm256_and_si256(h, bits), bits);
+                _mm256_and_si256(on, fifth)
+            };
+            let lo = _mm256_or_si256(_mm256_and_si256(p, mask), set(bit_lo));
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), mask), set(bit_hi));
+            for i in 0..R {
+                let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
+                let alo = _mm256_set1_epi32(a.add(g).read_unaligned());
+                let ahi = _mm256_set1_epi32(a.add(4 + g).read_unaligned());
+                // Four 5-bit×byte products in i16: at most 4 · 31 · 127 = 15 748; then i32.
+                let s =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, alo), _mm256_maddubs_epi16(hi, ahi));
+                isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(s, ones));
+            }
+        }
+        let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+        let m8 = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let p = _mm256_cvtepi32_ps(isum[i]);
+            let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(d8, da), acc[i]);
+            acc[i] = _mm256_fmadd_ps(m8, _mm256_set1_ps(*a.s.get_unchecked(b)), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
 /// See [`crate::quant::gemm_group`]; Q8_0, 8-row groups.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row

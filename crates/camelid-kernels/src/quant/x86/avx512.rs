@@ -92,3 +92,62 @@ pub unsafe fn gemm_q8_0_16x8_q8<const R: usize>(
         _mm512_storeu_ps(out.add(i * ld), *v);
     }
 }
+
+/// See [`crate::quant::gemm_group`]; Q5_0 and Q5_1, 16-row groups (384 bytes per block:
+/// `d`, `m`, the fifth bits `hb`, the nibbles as for Q4).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q5_16x8_q8<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let mask = _mm512_set1_epi8(0x0F);
+    let ones = _mm512_set1_epi16(1);
+    let fifth = _mm512_set1_epi8(0x10);
+    // Byte t of a row's lane: value 4g + t (low nibble, bit t of hb byte g) or 16 + 4g + t
+    // (high nibble, bit 4 + t).
+    let bit_lo = _mm512_set1_epi32(0x0804_0201);
+    let bit_hi = _mm512_set1_epi32(0x8040_2010_u32 as i32);
+    // Each row's 4-byte lane starts at byte 4·(r mod 4) of its 128-bit lane.
+    let lane_base = _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nb {
+        let blk = w.add(b * 384);
+        prefetch_ahead(blk, 384);
+        let hb = _mm512_loadu_si512(blk.add(64) as *const _);
+        let mut isum = [_mm512_setzero_si512(); R];
+        for g in 0..4 {
+            let p = _mm512_loadu_si512(blk.add(128 + 64 * g) as *const _);
+            // hb byte g of each row, in all four bytes of the row's lane.
+            let h = _mm512_shuffle_epi8(hb, _mm512_add_epi8(lane_base, _mm512_set1_epi8(g as i8)));
+            let lo = _mm512_and_si512(p, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), mask);
+            let lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, bit_lo), lo, fifth);
+            let hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, bit_hi), hi, fifth);
+            for i in 0..R {
+                let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
+                let alo = _mm512_set1_epi32(a.add(g).read_unaligned());
+                let ahi = _mm512_set1_epi32(a.add(4 + g).read_unaligned());
+                // Four 5-bit×byte products in i16: at most 4 · 31 · 127 = 15 748; then i32.
+                let s =
+                    _mm512_add_epi16(_mm512_maddubs_epi16(lo, alo), _mm512_maddubs_epi16(hi, ahi));
+                isum[i] = _mm512_add_epi32(isum[i], _mm512_madd_epi16(s, ones));
+            }
+        }
+        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        let m16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let p = _mm512_cvtepi32_ps(isum[i]);
+            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
+            acc[i] = _mm512_fmadd_ps(m16, _mm512_set1_ps(*a.s.get_unchecked(b)), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}

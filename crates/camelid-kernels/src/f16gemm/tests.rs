@@ -1,0 +1,183 @@
+use super::*;
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Random 16-bit weights of `kind`: mostly ±1, some large, some subnormal (f16) or tiny.
+fn weight_bits(kind: HalfKind, n: usize, seed: u64) -> Vec<u16> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let v: f32 = rng.random_range(-1.0f32..1.0);
+            let v = match i % 13 {
+                0 => v * 300.0,
+                1 => v * 1e-6, // f16 subnormal
+                _ => v,
+            };
+            match kind {
+                HalfKind::F16 => f16::from_f32(v).to_bits(),
+                HalfKind::Bf16 => bf16::from_f32(v).to_bits(),
+            }
+        })
+        .collect()
+}
+
+/// `x · Wᵀ` in f64 and, per output, `Σ|x·w|` (the scale of its rounding error).
+fn reference(
+    kind: HalfKind,
+    bits: &[u16],
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<(f64, f64)> {
+    let w: Vec<f64> = bits.iter().map(|&b| kind.to_f32(b) as f64).collect();
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for r in 0..n {
+            let (mut s, mut a) = (0f64, 0f64);
+            for j in 0..k {
+                let p = x[i * k + j] as f64 * w[r * k + j];
+                s += p;
+                a += p.abs();
+            }
+            out.push((s, a));
+        }
+    }
+    out
+}
+
+/// A sum of `k` f32 products in any order is within `k · u · Σ|x·w|` of the exact sum
+/// (u = 2⁻²⁴; Higham's γₖ bound, every product exact in FMA or rounded once).
+fn check(name: &str, got: &[f32], want: &[(f64, f64)], k: usize) {
+    let u = (2f64).powi(-24);
+    for (idx, (&g, &(s, a))) in got.iter().zip(want).enumerate() {
+        let bound = (k as f64 + 1.0) * u * a + 1e-30;
+        assert!(
+            (g as f64 - s).abs() <= bound,
+            "{name}: output {idx}: {g} vs {s} (bound {bound})"
+        );
+    }
+}
+
+#[test]
+fn every_flavour_matches_the_f64_reference() {
+    let flavours = Flavour::available();
+    eprintln!("f16gemm flavours here: {flavours:?}");
+    for kind in [HalfKind::F16, HalfKind::Bf16] {
+        // Odd row counts (one unit, a partial group, several units), odd widths.
+        for (n, k) in [(37, 96), (133, 257), (16, 31), (1, 8)] {
+            let bits = weight_bits(kind, n * k, 5);
+            for &fl in &flavours {
+                let w = HalfWeight::with_flavour(kind, n, k, &bits, fl).unwrap();
+                assert_eq!(w.to_row_major(), bits, "{fl:?}: layout round trip");
+                for m in 1..=9 {
+                    let x = random(m * k, m as u64);
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul(&w, &x, m, &mut out);
+                    let want = reference(kind, &bits, &x, m, n, k);
+                    check(
+                        &format!("{kind:?} {fl:?} m={m} n={n} k={k}"),
+                        &out,
+                        &want,
+                        k,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tiles_and_threads_cover_every_output() {
+    // k = 4096: an activation tile of 16 rows, so m = 21 takes two tiles; 3 · 2¹⁸ multiply-adds
+    // and more split over threads.
+    let (m, n, k) = (21, 70, 4096);
+    for kind in [HalfKind::F16, HalfKind::Bf16] {
+        let bits = weight_bits(kind, n * k, 9);
+        let x = random(m * k, 4);
+        let want = reference(kind, &bits, &x, m, n, k);
+        for fl in Flavour::available() {
+            let w = HalfWeight::with_flavour(kind, n, k, &bits, fl).unwrap();
+            let mut out = vec![f32::NAN; m * n];
+            matmul(&w, &x, m, &mut out);
+            check(&format!("{kind:?} {fl:?}"), &out, &want, k);
+        }
+    }
+}
+
+#[test]
+fn matches_candle_on_the_widened_weights() {
+    let dev = Device::Cpu;
+    let (n, k) = (45, 160);
+    for kind in [HalfKind::F16, HalfKind::Bf16] {
+        let bits = weight_bits(kind, n * k, 11);
+        let wf: Vec<f32> = bits.iter().map(|&b| kind.to_f32(b)).collect();
+        let wt = Tensor::from_vec(wf, (n, k), &dev).unwrap();
+        for m in 1..=9 {
+            let x = random(m * k, 20 + m as u64);
+            let xt = Tensor::from_slice(&x, (m, k), &dev).unwrap();
+            let want: Vec<f32> = xt
+                .matmul(&wt.t().unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = reference(kind, &bits, &x, m, n, k);
+            for fl in Flavour::available() {
+                let w = HalfWeight::with_flavour(kind, n, k, &bits, fl).unwrap();
+                let mut out = vec![f32::NAN; m * n];
+                matmul(&w, &x, m, &mut out);
+                // Both are within k·u·Σ|x·w| of the exact sum, so within twice that of each other.
+                let u = (2f64).powi(-24);
+                for (idx, ((&a, &b), &(_, s))) in out.iter().zip(&want).zip(&scale).enumerate() {
+                    let bound = 2.0 * (k as f64 + 1.0) * u * s + 1e-30;
+                    assert!(
+                        ((a - b) as f64).abs() <= bound,
+                        "{kind:?} {fl:?} m={m}: output {idx}: {a} vs candle {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn concatenated_rows_compute_the_parts_side_by_side() {
+    let k = 64;
+    let kind = HalfKind::F16;
+    let (a, b) = (weight_bits(kind, 20 * k, 1), weight_bits(kind, 9 * k, 2));
+    for fl in Flavour::available() {
+        let wa = HalfWeight::with_flavour(kind, 20, k, &a, fl).unwrap();
+        let wb = HalfWeight::with_flavour(kind, 9, k, &b, fl).unwrap();
+        let both = HalfWeight::concat_rows(&[&wa, &wb]).unwrap();
+        assert_eq!((both.rows, both.cols), (29, k));
+        let x = random(3 * k, 8);
+        let mut joined = vec![0f32; 3 * 29];
+        matmul(&both, &x, 3, &mut joined);
+        let (mut oa, mut ob) = (vec![0f32; 3 * 20], vec![0f32; 3 * 9]);
+        matmul(&wa, &x, 3, &mut oa);
+        matmul(&wb, &x, 3, &mut ob);
+        for i in 0..3 {
+            assert_eq!(joined[i * 29..i * 29 + 20], oa[i * 20..(i + 1) * 20]);
+            assert_eq!(joined[i * 29 + 20..(i + 1) * 29], ob[i * 9..(i + 1) * 9]);
+        }
+    }
+    let other = HalfWeight::new(HalfKind::Bf16, 2, k, &vec![0; 2 * k]).unwrap();
+    let f = HalfWeight::new(kind, 2, k, &vec![0; 2 * k]).unwrap();
+    assert!(
+        HalfWeight::concat_rows(&[&f, &other]).is_none(),
+        "kinds differ"
+    );
+}
+
+#[test]
+fn a_shape_that_does_not_match_the_values_is_refused() {
+    assert!(HalfWeight::new(HalfKind::F16, 3, 4, &[0; 11]).is_none());
+    assert!(HalfWeight::new(HalfKind::F16, usize::MAX, 2, &[]).is_none());
+}
