@@ -334,9 +334,9 @@ impl StepMask {
         for l in &mut logits[n..] {
             *l = f32::NEG_INFINITY;
         }
-        for &s in stop_tokens {
-            if let Some(l) = logits.get_mut(s as usize) {
-                if !self.can_end {
+        if !self.can_end {
+            for &s in stop_tokens {
+                if let Some(l) = logits.get_mut(s as usize) {
                     *l = f32::NEG_INFINITY;
                 }
             }

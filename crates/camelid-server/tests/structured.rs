@@ -126,12 +126,16 @@ fn json_object_outputs_parse_as_objects() {
     let _g = serial();
     let s = server();
     // Any object: keys and strings are unbounded, so the model must close them itself
-    // (at temperature 1 this 135M model rambles inside a string past any budget).
-    for (seed, temperature) in [(0, 0.0), (1, 0.5), (2, 0.5)] {
+    // (at temperature 1 this 135M model rambles inside a string past any budget): greedy.
+    for ask_for in [
+        "a cat's name and age",
+        "a city's name and country",
+        "a book's title and year",
+    ] {
         let body = chat(
-            "Give me a JSON object about a cat.",
-            json!({"response_format": {"type": "json_object"}, "seed": seed,
-                   "temperature": temperature, "max_tokens": 300}),
+            &format!("A JSON object with {ask_for}."),
+            json!({"response_format": {"type": "json_object"}, "temperature": 0.0,
+                   "max_tokens": 300}),
         );
         for (text, finish) in chat_ok(&s.base, &body) {
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
