@@ -1,6 +1,6 @@
 //! GGUF files: hyperparameters, tokenizer, chat template and (quantized) tensors.
 
-use crate::config::{ArchFeatures, ModelConfig, RopeScaling};
+use crate::config::{Activation, ArchFeatures, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::load::gguf_check;
@@ -191,16 +191,45 @@ impl GgufFile {
         } else {
             None
         };
-        let features = ArchFeatures {
+        let num_layers = self.meta_u32(&key("block_count"))? as usize;
+        let mut features = ArchFeatures {
             qkv_bias: has("blk.0.attn_q.bias"),
             qk_norm: has("blk.0.attn_q_norm.weight"),
             sliding_window,
+            post_norms: has("blk.0.post_attention_norm.weight"),
+            ..Default::default()
         };
+        if arch.name.starts_with("gemma") {
+            // What llama.cpp's gemma2/gemma3 graphs do (the file stores norms as `1 + w`
+            // already, the soft-capping values; the layer pattern and the local rope base
+            // are llama.cpp's fixed ones).
+            let meta_f = |k: &str| self.meta_f32(&key(k));
+            features.activation = Activation::GeluTanh;
+            features.embed_scale = Some((hidden as f64).sqrt() as f32);
+            features.attn_scale = Some(crate::models::gemma2::gguf_attn_scale(
+                arch.name, num_layers, hidden, heads, head_dim,
+            ));
+            features.attn_softcap = meta_f("attn_logit_softcapping");
+            features.final_softcap = meta_f("final_logit_softcapping");
+            if sliding_window.is_some() {
+                features.global_every = Some(if arch.name == "gemma2" {
+                    2
+                } else {
+                    crate::models::gemma3::DEFAULT_PATTERN
+                });
+            }
+            if arch.name == "gemma3" {
+                features.local_rope_theta = Some(
+                    meta_f("rope.freq_base_swa")
+                        .unwrap_or(crate::models::gemma3::DEFAULT_LOCAL_THETA),
+                );
+            }
+        }
         let cfg = ModelConfig {
             hidden_size: hidden,
             intermediate_size: self.meta_u32(&key("feed_forward_length"))? as usize,
             vocab_size: vocab,
-            num_layers: self.meta_u32(&key("block_count"))? as usize,
+            num_layers,
             num_heads: heads,
             num_kv_heads: self
                 .meta_u32(&key("attention.head_count_kv"))
@@ -217,6 +246,7 @@ impl GgufFile {
             tie_word_embeddings: !has("output.weight"),
             architecture: arch.name.to_string(),
             features,
+            norm_weight_offset: 0.0,
         };
         cfg.validate(&origin)?;
         Ok(cfg)
@@ -252,8 +282,10 @@ fn value_u64(v: &Value) -> Option<u64> {
     })
 }
 
-/// HF tensor name → GGUF tensor name.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// HF tensor name → GGUF tensor name. `post_norms`: Gemma's layout, where HF's
+/// `post_attention_layernorm` is a norm on the attention's output (`post_attention_norm`) and
+/// the MLP's input norm is `pre_feedforward_layernorm` (`ffn_norm`).
+pub fn gguf_name(hf: &str, post_norms: bool) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -266,6 +298,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (idx, tail) = rest.split_once('.')?;
     let suffix = match tail {
+        "post_attention_layernorm.weight" if post_norms => "post_attention_norm.weight",
+        "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+        "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
         "self_attn.q_proj.weight" => "attn_q.weight",
         "self_attn.k_proj.weight" => "attn_k.weight",
         "self_attn.v_proj.weight" => "attn_v.weight",
@@ -288,16 +323,29 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{idx}.{suffix}"))
 }
 
+impl GgufFile {
+    /// [`gguf_name`] in this file's layout.
+    fn name_of(&self, hf: &str) -> Option<String> {
+        let post_norms = self
+            .content
+            .tensor_infos
+            .contains_key("blk.0.post_attention_norm.weight");
+        gguf_name(hf, post_norms)
+    }
+}
+
 impl TensorSource for GgufFile {
     fn origin(&self) -> String {
         self.path.display().to_string()
     }
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+        self.name_of(name)
+            .is_some_and(|g| self.content.tensor_infos.contains_key(&g))
     }
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        let g =
-            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
         self.content
             .tensor_infos
             .get(&g)
@@ -310,8 +358,9 @@ impl TensorSource for GgufFile {
             })
     }
     fn linear(&mut self, name: &str, _dtype: DType) -> Result<Linear> {
-        let g =
-            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
         let w = self.read_qtensor(&g)?;
         Ok(if self.own_kernels {
             Linear::from_qtensor(w)?
@@ -320,8 +369,9 @@ impl TensorSource for GgufFile {
         })
     }
     fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
-        let g =
-            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
         let q = self.read_qtensor(&g)?;
         let device = q.device();
         Ok(q.dequantize(&device)?.to_dtype(dtype)?)

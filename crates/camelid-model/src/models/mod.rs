@@ -3,6 +3,8 @@
 //! window). The weights live in [`llama::Llama`] whatever the architecture; the runtimes'
 //! layer loops read the features, never a layer loop per architecture.
 
+pub mod gemma2;
+pub mod gemma3;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -29,6 +31,11 @@ pub struct Architecture {
     pub gguf_window: bool,
     /// The features an HF `config.json` of this architecture implies.
     pub hf_features: fn(&HfConfig, &str) -> Result<ArchFeatures>,
+    /// Whether embeddings are tied where `config.json` does not say (HF's config classes'
+    /// default: Gemma's `True`).
+    pub tied_by_default: bool,
+    /// [`ModelConfig::norm_weight_offset`] for its HF checkpoints (Gemma: 1).
+    pub hf_norm_offset: f32,
 }
 
 /// Every architecture camelid serves (a GGUF name is looked up in this order).
@@ -38,6 +45,8 @@ pub const ARCHITECTURES: &[&Architecture] = &[
     &qwen2::ARCH,
     &qwen3::ARCH,
     &phi3::ARCH,
+    &gemma2::ARCH,
+    &gemma3::ARCH,
 ];
 
 /// The architecture of an HF config (its `architectures`, else its `model_type`).
@@ -91,6 +100,8 @@ pub fn config_from_hf(hf: &HfConfig, origin: &str) -> Result<ModelConfig> {
     let mut cfg = hf.base_config(origin)?;
     cfg.architecture = arch.name.to_string();
     cfg.features = (arch.hf_features)(hf, origin)?;
+    cfg.tie_word_embeddings = hf.tie_word_embeddings.unwrap_or(arch.tied_by_default);
+    cfg.norm_weight_offset = arch.hf_norm_offset;
     cfg.validate(origin)?;
     Ok(cfg)
 }
