@@ -105,8 +105,20 @@ pub fn build_llama(
         // norm is `pre_feedforward_layernorm`.
         let (post_norms, mlp_norm_name) = if cfg.features.post_norms {
             let post = (
-                norm(src, &format!("{p}.post_attention_layernorm.weight"), h, off, dtype)?,
-                norm(src, &format!("{p}.post_feedforward_layernorm.weight"), h, off, dtype)?,
+                norm(
+                    src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                    off,
+                    dtype,
+                )?,
+                norm(
+                    src,
+                    &format!("{p}.post_feedforward_layernorm.weight"),
+                    h,
+                    off,
+                    dtype,
+                )?,
             );
             (Some(post), format!("{p}.pre_feedforward_layernorm.weight"))
         } else {

@@ -86,14 +86,6 @@ impl Llama {
         &self.device
     }
 
-    /// Layer `layer`'s rope: the local one on a Gemma 3 local layer, else the model's.
-    pub(crate) fn rope_of(&self, layer: usize) -> &Rope {
-        match &self.rope_local {
-            Some(local) if self.cfg.features.is_local(layer) => local,
-            _ => &self.rope,
-        }
-    }
-
     /// How many of the model's matmuls (fused projections count once) run on camelid's own
     /// quantized kernels, and how many there are: which kernels a file's formats got.
     pub fn own_kernel_matmuls(&self) -> (usize, usize) {

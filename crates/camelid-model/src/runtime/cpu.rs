@@ -82,7 +82,10 @@ fn run(
         scale: f.attn_scale,
         softcap: f.attn_softcap,
     };
-    let (qw, kw) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+    let (qw, kw) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
     let spans: Vec<_> = batch.chunks.iter().map(|c| c.span()).collect();
     // The blocks every layer may still read: from the window every layer shares, if any.
     let shared = attention::Heads {
