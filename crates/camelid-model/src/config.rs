@@ -390,10 +390,17 @@ pub fn parse_rope_scaling(
                 Some(o) => max_position_embeddings as f32 / o as f32,
                 None => f("factor").unwrap_or(1.0),
             };
+            // In f64, as HF's Python computes it (then f32, as it multiplies cos and sin).
             let attention_factor = match f("attention_factor") {
                 Some(a) => a,
                 None if factor <= 1.0 => 1.0,
-                None => (1.0 + factor.ln() / (orig as f32).ln()).sqrt(),
+                None => {
+                    let factor = match original_max {
+                        Some(o) => max_position_embeddings as f64 / o as f64,
+                        None => factor as f64,
+                    };
+                    (1.0 + factor.ln() / (orig as f64).ln()).sqrt() as f32
+                }
             };
             RopeScaling::LongRope {
                 short_factor: factors("short_factor")?,

@@ -743,6 +743,9 @@ fn gguf_written_by_gguf_py_matches_the_hf_folder() {
             serde_json::json!({"sliding_window": 6}),
         ),
         ("phi3", "phi3", SHAPES[1], serde_json::json!({})),
+        // LongRoPE's factors as the converter writes them (tensors), past the original
+        // context of 4 from the first forward on (the factors are chosen per forward).
+        ("phi3", "phi3", SHAPES[0], phi3_longrope(4)),
         // llama.cpp's fixed choices where a Gemma GGUF says nothing: the head size as
         // `query_pre_attn_scalar`, a global layer every 2nd (Gemma 2) or 6th (Gemma 3), a
         // local rope base of 10000.
@@ -813,14 +816,20 @@ fn phi3_matches_candle_transformers_and_the_paged_path() {
 /// every forward of the test uses the long factors) the paged path equals the tensor path and
 /// the factors change the logits. The table itself is checked against HF's formula in
 /// rope.rs.
-#[test]
-fn phi3_longrope_runs_on_both_paths() {
+/// A Phi-3 LongRoPE config for [`SHAPES`]`[0]`: an original context of `orig`, short and long
+/// factors growing with the frequency index.
+fn phi3_longrope(orig: usize) -> serde_json::Value {
     let half = HIDDEN / SHAPES[0].heads / 2;
     let long: Vec<f32> = (0..half).map(|i| 1.0 + i as f32).collect();
-    let longrope = serde_json::json!({"rope_scaling": {"type": "longrope",
-        "short_factor": vec![1.0; half], "long_factor": long},
-        "original_max_position_embeddings": 8, "max_position_embeddings": 256});
-    let g = write_model("phi3", SHAPES[0], longrope, 99);
+    let short: Vec<f32> = (0..half).map(|i| 1.0 + 0.1 * i as f32).collect();
+    serde_json::json!({"rope_scaling": {"type": "longrope",
+        "short_factor": short, "long_factor": long},
+        "original_max_position_embeddings": orig, "max_position_embeddings": 256})
+}
+
+#[test]
+fn phi3_longrope_runs_on_both_paths() {
+    let g = write_model("phi3", SHAPES[0], phi3_longrope(8), 99);
     let plain = write_model("phi3", SHAPES[0], serde_json::json!({}), 99);
     let ids = prompt(40, 7);
     check_paged_against_tensor(g.path(), &ids, &prompt(19, 8));

@@ -121,7 +121,7 @@ impl GgufFile {
 
     /// Hyperparameters from `<architecture>.*` metadata (llama.cpp's keys), the features
     /// from the tensors the file has.
-    pub fn model_config(&self) -> Result<ModelConfig> {
+    pub fn model_config(&mut self) -> Result<ModelConfig> {
         let origin = self.path.display().to_string();
         let arch_name = self.meta_str("general.architecture").unwrap_or("");
         let arch = crate::models::for_gguf(arch_name, &origin)?;
@@ -173,12 +173,8 @@ impl GgufFile {
                 )))
             }
         };
+        let rope_scaling = self.longrope_factors(rope_scaling, context, &origin)?;
         let has = |t: &str| self.content.tensor_infos.contains_key(t);
-        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
-            return Err(Error::Unsupported(format!(
-                "{origin}: LongRoPE factors (rope_factors_*.weight) in a GGUF file"
-            )));
-        }
         if has("blk.0.attn_output.bias") {
             return Err(Error::Unsupported(format!(
                 "{origin}: tensor blk.0.attn_output.bias (biases on the attention's output)"
@@ -250,6 +246,57 @@ impl GgufFile {
         };
         cfg.validate(&origin)?;
         Ok(cfg)
+    }
+
+    /// LongRoPE (Phi-3's long-context models): llama.cpp's converter stores the factors as
+    /// the tensors `rope_factors_long` / `rope_factors_short`, the original context as
+    /// `rope.scaling.original_context_length` and HF's attention factor as
+    /// `rope.scaling.attn_factor`. Without those tensors, `scaling` as it is.
+    fn longrope_factors(
+        &mut self,
+        scaling: RopeScaling,
+        context: usize,
+        origin: &str,
+    ) -> Result<RopeScaling> {
+        let infos = &self.content.tensor_infos;
+        let (long, short) = ("rope_factors_long.weight", "rope_factors_short.weight");
+        match (infos.contains_key(long), infos.contains_key(short)) {
+            (false, false) => return Ok(scaling),
+            (true, true) if scaling == RopeScaling::None => {}
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "{origin}: LongRoPE needs both rope_factors_long and rope_factors_short, \
+                     and no other rope scaling"
+                )))
+            }
+        }
+        let arch = self
+            .meta_str("general.architecture")
+            .unwrap_or("")
+            .to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let orig = self
+            .meta_u32(&key("rope.scaling.original_context_length"))
+            .map_or(context, |x| x as usize);
+        // convert_hf_to_gguf.py's Phi3MiniModel: sqrt(1 + ln(scale) / ln(original)).
+        let scale = context as f64 / orig as f64;
+        let attention_factor =
+            self.meta_f32(&key("rope.scaling.attn_factor"))
+                .unwrap_or(if scale <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + scale.ln() / (orig as f64).ln()).sqrt() as f32
+                });
+        let mut factors = |name: &str| -> Result<Vec<f32>> {
+            let t = self.read_qtensor(name)?.dequantize(&Device::Cpu)?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok(RopeScaling::LongRope {
+            long_factor: factors(long)?,
+            short_factor: factors(short)?,
+            original_max_position_embeddings: orig,
+            attention_factor,
+        })
     }
 
     pub fn read_qtensor(&mut self, gguf_name: &str) -> Result<QTensor> {

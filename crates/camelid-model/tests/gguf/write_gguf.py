@@ -45,6 +45,19 @@ def main():
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(rs["factor"])
         w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+    if rs and rs.get("type") in ("longrope", "su"):
+        # convert_hf_to_gguf.py's Phi3MiniModel: the factors as tensors, the original
+        # context and the attention factor as metadata.
+        import math
+        orig = h["original_max_position_embeddings"]
+        scale = h["max_position_embeddings"] / orig
+        attn = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(orig))
+        w.add_rope_scaling_attn_factors(attn)
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight",
+                     np.array(rs["long_factor"], dtype=np.float32))
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight",
+                     np.array(rs["short_factor"], dtype=np.float32))
     if h.get("sliding_window"):
         w.add_sliding_window(h["sliding_window"])
     # convert_hf_to_gguf.py's Gemma2Model writes both soft-cappings (Gemma 3's are null).
