@@ -269,7 +269,20 @@ pub fn ids_from_json(v: &serde_json::Value) -> Vec<u32> {
 
 impl HfConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{origin}: {e}")))
+        serde_json::from_str(text).map_err(|e| {
+            // A multimodal model (Gemma3ForConditionalGeneration) nests its language model's
+            // config, and its weights under other names: said as such.
+            let nested = serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v.get("text_config").is_some());
+            if nested {
+                Error::Unsupported(format!(
+                    "{origin}: a multimodal model (its config nests `text_config`); camelid \
+                     serves text-only checkpoints (e.g. Gemma3ForCausalLM)"
+                ))
+            } else {
+                Error::BadConfig(format!("{origin}: {e}"))
+            }
+        })
     }
 
     /// The hyperparameters every architecture shares, as LLaMA reads them: no features yet

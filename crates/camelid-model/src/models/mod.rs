@@ -317,5 +317,12 @@ mod tests {
         assert_eq!(f.local_rope_theta, Some(10000.0));
         let locals: Vec<usize> = (0..12).filter(|&l| f.is_local(l)).collect();
         assert_eq!(locals, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        // The multimodal checkpoint's config is refused by name, not as a missing field.
+        let mm = serde_json::json!({"architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3", "text_config": j});
+        let e = HfConfig::parse(&mm.to_string(), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("multimodal") && e.contains("text_config"), "{e}");
     }
 }
