@@ -708,8 +708,9 @@ impl Engine {
             let chunk_start = s.cached;
             s.cached = end;
             self.kv.commit(s.id, &s.tokens, end);
-            // Blocks no later query of the sequence attends go back to the pool.
-            if let Some(w) = self.lm.model.config().features.sliding_window {
+            // Blocks no later query of the sequence attends go back to the pool (only where
+            // every layer keeps to the window: a global layer reads every key).
+            if let Some(w) = self.lm.model.config().features.kv_window() {
                 self.kv.release_before(s.id, (end + 1).saturating_sub(w));
             }
             let my_rows = &logits[row..row + rows];

@@ -22,6 +22,8 @@ fn main() {
         dim: 64,
         rope: RopeStyle::Half,
         window: None,
+        scale: None,
+        softcap: None,
     };
     let bs = 16;
     let per_seq = (ctx + 1).div_ceil(bs);

@@ -59,6 +59,61 @@ pub struct ArchFeatures {
     /// A query at position `p` attends keys `p - w + 1 ..= p` only (Mistral v0.1: 4096), as
     /// HF transformers and llama.cpp count the window; `None`: every earlier key.
     pub sliding_window: Option<usize>,
+    /// With a window, every `n`-th layer (`(layer + 1) % n == 0`) is global and attends every
+    /// key (Gemma 2: 2, Gemma 3: 6); `None`: the window is every layer's.
+    pub global_every: Option<usize>,
+    /// The rope base of the windowed (local) layers, unscaled (Gemma 3's
+    /// `rope_local_base_freq`); `None`: the model's one rope.
+    pub local_rope_theta: Option<f32>,
+    /// RMSNorms on the attention's and the MLP's outputs before each residual add (Gemma 2/3:
+    /// `post_attention_layernorm`, `post_feedforward_layernorm`; the MLP's input norm is then
+    /// `pre_feedforward_layernorm`).
+    pub post_norms: bool,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// Embeddings multiplied by this (Gemma: `sqrt(hidden_size)`).
+    pub embed_scale: Option<f32>,
+    /// `q · k` multiplied by this rather than `1 / sqrt(head_dim)` (Gemma:
+    /// `query_pre_attn_scalar^-1/2`).
+    pub attn_scale: Option<f32>,
+    /// Attention scores soft-capped to `cap · tanh(s / cap)` before the softmax (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Logits soft-capped the same way (Gemma 2).
+    pub final_softcap: Option<f32>,
+}
+
+impl ArchFeatures {
+    /// The window of layer `layer` (`None` on a global layer or without a window).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match self.global_every {
+            Some(n) if (layer + 1).is_multiple_of(n) => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// Whether layer `layer` is a local one, with the window (and its own rope base).
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.layer_window(layer).is_some()
+    }
+
+    /// The window every layer keeps to, which bounds the keys a sequence still needs (`None`
+    /// when some layer attends every key: no block may be given back).
+    pub fn kv_window(&self) -> Option<usize> {
+        match self.global_every {
+            Some(_) => None,
+            None => self.sliding_window,
+        }
+    }
+}
+
+/// The MLP's gate activation: `act(gate) · up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// LLaMA's SwiGLU.
+    #[default]
+    Silu,
+    /// GELU, tanh approximation (Gemma's GeGLU, `gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 /// Everything the forward pass needs to know about the architecture.
@@ -80,6 +135,9 @@ pub struct ModelConfig {
     /// The architecture's name as GGUF writes it (`llama`, `qwen2`, …), for messages.
     pub architecture: String,
     pub features: ArchFeatures,
+    /// Added to every RMSNorm weight at load: Gemma's HF checkpoints store `w` of a
+    /// `(1 + w)` scale; llama.cpp's converter adds the 1 before writing a GGUF (0 there).
+    pub norm_weight_offset: f32,
 }
 
 impl ModelConfig {
@@ -104,6 +162,16 @@ impl ModelConfig {
         }
         if self.features.sliding_window == Some(0) {
             return bad("sliding_window must be > 0".into());
+        }
+        if self.features.global_every == Some(0) {
+            return bad("sliding_window_pattern must be > 0".into());
+        }
+        let positive = |x: Option<f32>| x.is_none_or(|v| v.is_finite() && v > 0.0);
+        if !positive(self.features.attn_softcap) || !positive(self.features.final_softcap) {
+            return bad("soft-capping values must be finite and > 0".into());
+        }
+        if !positive(self.features.attn_scale) {
+            return bad("query_pre_attn_scalar must be > 0".into());
         }
         if let RopeScaling::LongRope {
             short_factor,
@@ -145,8 +213,8 @@ pub struct HfConfig {
     pub rope_scaling: Option<serde_json::Value>,
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
+    /// `None`: the architecture's default (tied for Gemma, untied otherwise).
+    pub tie_word_embeddings: Option<bool>,
     pub bos_token_id: Option<serde_json::Value>,
     pub eos_token_id: Option<serde_json::Value>,
     pub torch_dtype: Option<String>,
@@ -161,6 +229,19 @@ pub struct HfConfig {
     pub original_max_position_embeddings: Option<usize>,
     /// Rotary embedding on this share of each head only (Phi-4-mini): not served.
     pub partial_rotary_factor: Option<f64>,
+    /// Gemma: the MLP's activation (`hidden_activation`, older configs `hidden_act`).
+    pub hidden_activation: Option<String>,
+    pub hidden_act: Option<String>,
+    /// Gemma: scores scaled by `query_pre_attn_scalar^-1/2`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2: soft-capping of attention scores and of the logits.
+    pub attn_logit_softcapping: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 3: the local layers' rope base, and every how many layers one is global
+    /// (newer configs list `layer_types` instead).
+    pub rope_local_base_freq: Option<f32>,
+    pub sliding_window_pattern: Option<usize>,
+    pub layer_types: Option<Vec<String>>,
 }
 
 fn default_eps() -> f64 {
@@ -188,7 +269,20 @@ pub fn ids_from_json(v: &serde_json::Value) -> Vec<u32> {
 
 impl HfConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{origin}: {e}")))
+        serde_json::from_str(text).map_err(|e| {
+            // A multimodal model (Gemma3ForConditionalGeneration) nests its language model's
+            // config, and its weights under other names: said as such.
+            let nested = serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v.get("text_config").is_some());
+            if nested {
+                Error::Unsupported(format!(
+                    "{origin}: a multimodal model (its config nests `text_config`); camelid \
+                     serves text-only checkpoints (e.g. Gemma3ForCausalLM)"
+                ))
+            } else {
+                Error::BadConfig(format!("{origin}: {e}"))
+            }
+        })
     }
 
     /// The hyperparameters every architecture shares, as LLaMA reads them: no features yet
@@ -215,9 +309,10 @@ impl HfConfig {
             rope_scaling,
             rope_style: RopeStyle::Half,
             max_position_embeddings: self.max_position_embeddings,
-            tie_word_embeddings: self.tie_word_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             architecture: String::new(),
             features: ArchFeatures::default(),
+            norm_weight_offset: 0.0,
         })
     }
 }
@@ -308,10 +403,17 @@ pub fn parse_rope_scaling(
                 Some(o) => max_position_embeddings as f32 / o as f32,
                 None => f("factor").unwrap_or(1.0),
             };
+            // In f64, as HF's Python computes it (then f32, as it multiplies cos and sin).
             let attention_factor = match f("attention_factor") {
                 Some(a) => a,
                 None if factor <= 1.0 => 1.0,
-                None => (1.0 + factor.ln() / (orig as f32).ln()).sqrt(),
+                None => {
+                    let factor = match original_max {
+                        Some(o) => max_position_embeddings as f64 / o as f64,
+                        None => factor as f64,
+                    };
+                    (1.0 + factor.ln() / (orig as f64).ln()).sqrt() as f32
+                }
             };
             RopeScaling::LongRope {
                 short_factor: factors("short_factor")?,

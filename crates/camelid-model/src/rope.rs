@@ -234,6 +234,7 @@ mod tests {
             tie_word_embeddings: false,
             architecture: "llama".into(),
             features: Default::default(),
+            norm_weight_offset: 0.0,
         }
     }
 

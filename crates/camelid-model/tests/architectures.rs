@@ -42,6 +42,11 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
     // Seeded: the same seed writes the same weights (candle's CPU generator takes no seed).
     let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed));
     let hd = s.head_dim.unwrap_or(HIDDEN / s.heads);
+    let layers = extra
+        .get("num_hidden_layers")
+        .and_then(|n| n.as_u64())
+        .map_or(LAYERS, |n| n as usize);
+    let gemma = arch.starts_with("gemma");
     // Uniform with standard deviation `std`.
     let r = |shape: &[usize], std: f32| {
         let n: usize = shape.iter().product();
@@ -51,13 +56,20 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     };
-    let ones = |n: usize| (r(&[n], 0.1) + 1.0).unwrap();
+    // Gemma stores a norm's `w` of a `(1 + w)` scale.
+    let ones = |n: usize| {
+        if gemma {
+            r(&[n], 0.1)
+        } else {
+            (r(&[n], 0.1) + 1.0).unwrap()
+        }
+    };
     let mut t = HashMap::new();
     t.insert(
         "model.embed_tokens.weight".to_string(),
         r(&[VOCAB, HIDDEN], 0.5),
     );
-    for l in 0..LAYERS {
+    for l in 0..layers {
         let p = format!("model.layers.{l}");
         let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
         t.insert(
@@ -81,7 +93,17 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
                 t.insert(format!("{p}.self_attn.{n}_proj.bias"), r(&[w], 0.5));
             }
         }
-        if arch == "qwen3" {
+        if gemma {
+            t.insert(
+                format!("{p}.pre_feedforward_layernorm.weight"),
+                ones(HIDDEN),
+            );
+            t.insert(
+                format!("{p}.post_feedforward_layernorm.weight"),
+                ones(HIDDEN),
+            );
+        }
+        if arch == "qwen3" || arch == "gemma3" {
             t.insert(format!("{p}.self_attn.q_norm.weight"), ones(hd));
             t.insert(format!("{p}.self_attn.k_norm.weight"), ones(hd));
         }
@@ -125,6 +147,8 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
         "qwen3" => "Qwen3ForCausalLM",
         "mistral" => "MistralForCausalLM",
         "phi3" => "Phi3ForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
+        "gemma3" => "Gemma3ForCausalLM",
         other => panic!("{other}"),
     };
     // Every field candle-transformers' configs require, as the HF configs of these models
@@ -138,6 +162,18 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
         "hidden_act": "silu", "sliding_window": null, "use_sliding_window": false,
         "max_window_layers": LAYERS, "attention_bias": false
     });
+    if gemma {
+        // Gemma's fields (candle-transformers' configs require each); the tests' values
+        // bend the tiny models' scores and logits (the real ones are 50 and 30).
+        let g = serde_json::json!({"model_type": if arch == "gemma3" { "gemma3_text" } else { arch },
+            "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": hd, "attn_logit_softcapping": null,
+            "final_logit_softcapping": null, "sliding_window": 4096, "sliding_window_pattern": 2,
+            "rope_local_base_freq": 100.0});
+        for (k, v) in g.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+    }
     for (k, v) in extra.as_object().unwrap() {
         cfg[k] = v.clone();
     }
@@ -170,6 +206,9 @@ fn prompt(n: usize, seed: u64) -> Vec<u32> {
 fn reference_logits(arch: &str, dir: &Path, ids: &[u32], lens: &[usize]) -> Vec<Vec<f32>> {
     use candle_transformers::models::{mistral, phi3, qwen2, qwen3};
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    if arch.starts_with("gemma") {
+        return gemma_reference_logits(arch, dir, &text, ids, lens);
+    }
     let vb = unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(
             &[dir.join("model.safetensors")],
@@ -219,6 +258,88 @@ fn reference_logits(arch: &str, dir: &Path, ids: &[u32], lens: &[usize]) -> Vec<
             })
         }
         other => panic!("{other}"),
+    };
+    lens.iter()
+        .map(|&n| {
+            let x = Tensor::new(&ids[..n], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            forward(&x).flatten_all().unwrap().to_vec1().unwrap()
+        })
+        .collect()
+}
+
+/// [`reference_logits`] for Gemma. candle-transformers' gemma2 and gemma3 scale scores by
+/// `1 / sqrt(head_dim)` whatever `query_pre_attn_scalar` says: the same model for them has
+/// its queries scaled by `sqrt(head_dim / query_pre_attn_scalar)` (Gemma 2: the Q projection;
+/// Gemma 3: the `1 + w` of its Q norm, as Q is normed before rope). Their gemma2's prompt
+/// mask lets a query see `w + 1` keys (as mistral's): camelid's `w` is their `w - 1`; and it
+/// windows every layer, so a Gemma 2 model of several layers is compared without one.
+fn gemma_reference_logits(
+    arch: &str,
+    dir: &Path,
+    text: &str,
+    ids: &[u32],
+    lens: &[usize],
+) -> Vec<Vec<f32>> {
+    use candle_transformers::models::{gemma2, gemma3};
+    let mut j: serde_json::Value = serde_json::from_str(text).unwrap();
+    let hd = j["head_dim"].as_f64().unwrap();
+    let scalar = j["query_pre_attn_scalar"].as_f64().unwrap();
+    let q_scale = (hd / scalar).sqrt();
+    let mut t =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, w) in t.iter_mut() {
+        if arch == "gemma2" && name.ends_with("q_proj.weight") {
+            *w = (&*w * q_scale).unwrap();
+        }
+        if arch == "gemma3" && name.ends_with("q_norm.weight") {
+            *w = (((&*w + 1.0).unwrap() * q_scale).unwrap() - 1.0).unwrap();
+        }
+    }
+    assert!(
+        j["tie_word_embeddings"] != serde_json::json!(false),
+        "candle's Gemma ties its embeddings"
+    );
+    let vb = candle_nn::VarBuilder::from_tensors(t, DType::F32, &Device::Cpu);
+    j["query_pre_attn_scalar"] = serde_json::json!(hd as usize);
+    let window = j["sliding_window"].as_u64().unwrap();
+    let mut forward: Box<dyn FnMut(&Tensor) -> Tensor> = if arch == "gemma2" {
+        // One layer: Gemma 2's layer 0, a local one, is candle's whole model.
+        j["sliding_window"] = if j["num_hidden_layers"] == 1 {
+            serde_json::json!(window - 1)
+        } else {
+            assert!(
+                window as usize >= ids.len(),
+                "candle's gemma2 windows every layer"
+            );
+            serde_json::Value::Null
+        };
+        let cfg: gemma2::Config = serde_json::from_value(j).unwrap();
+        let mut m = gemma2::Model::new(false, &cfg, vb).unwrap();
+        Box::new(move |x| {
+            m.clear_kv_cache();
+            m.forward(x, 0).unwrap()
+        })
+    } else {
+        // candle's gemma3 fails a prompt of several tokens (its full-attention cache takes
+        // only contiguous values): fed a token at a time, a query sees the cache alone, the
+        // local layers' rotating cache of `w` keys, as HF counts them.
+        let cfg: gemma3::Config = serde_json::from_value(j).unwrap();
+        let mut m = gemma3::Model::new(false, &cfg, vb).unwrap();
+        let last = *lens.iter().max().unwrap();
+        let all: Vec<Vec<f32>> = (0..last)
+            .map(|p| {
+                let x = Tensor::new(&ids[p..p + 1], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let l = m.forward(&x, p).unwrap();
+                l.flatten_all().unwrap().to_vec1().unwrap()
+            })
+            .collect();
+        return lens.iter().map(|&n| all[n - 1].clone()).collect();
     };
     lens.iter()
         .map(|&n| {
@@ -336,7 +457,9 @@ impl KvStore for HostStore {
 /// window, the blocks wholly outside it are given back between steps. Every row within 1e-4.
 fn check_paged_against_tensor(dir: &Path, a: &[u32], b: &[u32]) {
     let lm = load(dir);
-    let window = lm.model.config().features.sliding_window;
+    // Blocks are given back only where every layer keeps to the window (not past Gemma's
+    // global layers, which read every key: a freed block there would be read).
+    let window = lm.model.config().features.kv_window();
     let want_a = rows(&lm.model.logits_all(a).unwrap());
     let want_b = rows(&lm.model.logits_all(b).unwrap());
     let bs = 4;
@@ -620,6 +743,27 @@ fn gguf_written_by_gguf_py_matches_the_hf_folder() {
             serde_json::json!({"sliding_window": 6}),
         ),
         ("phi3", "phi3", SHAPES[1], serde_json::json!({})),
+        // LongRoPE's factors as the converter writes them (tensors), past the original
+        // context of 4 from the first forward on (the factors are chosen per forward).
+        ("phi3", "phi3", SHAPES[0], phi3_longrope(4)),
+        // llama.cpp's fixed choices where a Gemma GGUF says nothing: the head size as
+        // `query_pre_attn_scalar`, a global layer every 2nd (Gemma 2) or 6th (Gemma 3), a
+        // local rope base of 10000.
+        (
+            "gemma2",
+            "gemma2",
+            GEMMA_SHAPES[0],
+            serde_json::json!({"attn_logit_softcapping": 4.0, "final_logit_softcapping": 3.0,
+                "sliding_window": 6}),
+        ),
+        (
+            "gemma3",
+            "gemma3",
+            GEMMA_SHAPES[3],
+            serde_json::json!({"sliding_window": 5, "num_hidden_layers": 6,
+                "sliding_window_pattern": 6, "rope_local_base_freq": 10000.0,
+                "rope_theta": 1000000.0}),
+        ),
     ];
     for (n, (arch, gguf_arch, shape, extra)) in cases.into_iter().enumerate() {
         let g = write_model(arch, shape, extra, 70 + n as u64);
@@ -672,18 +816,168 @@ fn phi3_matches_candle_transformers_and_the_paged_path() {
 /// every forward of the test uses the long factors) the paged path equals the tensor path and
 /// the factors change the logits. The table itself is checked against HF's formula in
 /// rope.rs.
-#[test]
-fn phi3_longrope_runs_on_both_paths() {
+/// A Phi-3 LongRoPE config for [`SHAPES`]`[0]`: an original context of `orig`, short and long
+/// factors growing with the frequency index.
+fn phi3_longrope(orig: usize) -> serde_json::Value {
     let half = HIDDEN / SHAPES[0].heads / 2;
     let long: Vec<f32> = (0..half).map(|i| 1.0 + i as f32).collect();
-    let longrope = serde_json::json!({"rope_scaling": {"type": "longrope",
-        "short_factor": vec![1.0; half], "long_factor": long},
-        "original_max_position_embeddings": 8, "max_position_embeddings": 256});
-    let g = write_model("phi3", SHAPES[0], longrope, 99);
+    let short: Vec<f32> = (0..half).map(|i| 1.0 + 0.1 * i as f32).collect();
+    serde_json::json!({"rope_scaling": {"type": "longrope",
+        "short_factor": short, "long_factor": long},
+        "original_max_position_embeddings": orig, "max_position_embeddings": 256})
+}
+
+#[test]
+fn phi3_longrope_runs_on_both_paths() {
+    let g = write_model("phi3", SHAPES[0], phi3_longrope(8), 99);
     let plain = write_model("phi3", SHAPES[0], serde_json::json!({}), 99);
     let ids = prompt(40, 7);
     check_paged_against_tensor(g.path(), &ids, &prompt(19, 8));
     let scaled = rows(&load(g.path()).model.logits_all(&ids).unwrap());
     let unscaled = rows(&load(plain.path()).model.logits_all(&ids).unwrap());
     assert!(max_abs_diff(&scaled[39], &unscaled[39]) > 1e-3);
+}
+
+/// Tied Gemma shapes (candle's Gemma ties its embeddings): GQA, MHA, one KV head, and a head
+/// size that is not hidden / heads.
+const GEMMA_SHAPES: [Shape; 4] = [
+    Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: None,
+        tied: true,
+    },
+    Shape {
+        heads: 4,
+        kv_heads: 4,
+        head_dim: None,
+        tied: true,
+    },
+    Shape {
+        heads: 4,
+        kv_heads: 1,
+        head_dim: None,
+        tied: true,
+    },
+    Shape {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: Some(16),
+        tied: true,
+    },
+];
+
+/// Gemma 2's soft-capping (values that bend these tiny models' scores and logits) and a
+/// `query_pre_attn_scalar` other than the head size.
+fn gemma2_extra(window: usize) -> serde_json::Value {
+    serde_json::json!({"query_pre_attn_scalar": 24, "attn_logit_softcapping": 4.0,
+        "final_logit_softcapping": 3.0, "sliding_window": window})
+}
+
+/// Gemma 2 (norms `1 + w`, GeGLU, scaled embeddings, post norms, both soft-cappings, its own
+/// query scale) against candle-transformers' gemma2 over 40 tokens, and the paged path
+/// against the tensor path with a 6-key window on every other layer; a one-layer model (layer
+/// 0 is local) over prompts several windows long against candle's windowed gemma2.
+#[test]
+fn gemma2_matches_candle_transformers_and_the_paged_path() {
+    for (i, s) in GEMMA_SHAPES.iter().enumerate() {
+        let g = write_model("gemma2", *s, gemma2_extra(64), 300 + i as u64);
+        let ids = prompt(40, 300 + i as u64);
+        check_against_candle("gemma2", g.path(), &ids);
+        check_paged_against_tensor(g.path(), &ids, &prompt(23, 310 + i as u64));
+        let untied = Shape { tied: false, ..*s };
+        let g = write_model("gemma2", untied, gemma2_extra(6), 320 + i as u64);
+        let lm = load(g.path());
+        let f = &lm.model.config().features;
+        assert_eq!(
+            (0..4).map(|l| f.layer_window(l)).collect::<Vec<_>>(),
+            [Some(6), None, Some(6), None],
+            "Gemma 2: even layers local"
+        );
+        assert_eq!(f.kv_window(), None, "a global layer needs every key");
+        check_paged_against_tensor(g.path(), &ids, &prompt(31, 330 + i as u64));
+        for window in [5, 12] {
+            let mut extra = gemma2_extra(window);
+            extra["num_hidden_layers"] = serde_json::json!(1);
+            let g = write_model("gemma2", *s, extra, 340 + i as u64);
+            check_against_candle("gemma2", g.path(), &ids);
+            check_paged_against_tensor(g.path(), &ids, &prompt(31, 350 + i as u64));
+        }
+    }
+}
+
+/// Gemma 3 (Gemma 2's layers with Q/K norms, no soft-capping by default, local layers with
+/// a rope base of their own) against candle-transformers' gemma3 over 40 tokens with windows
+/// of 5 and 12 keys, a global layer every 2nd or 3rd; with soft-capping too; the paged path
+/// against the tensor path.
+#[test]
+fn gemma3_matches_candle_transformers_and_the_paged_path() {
+    for (i, s) in GEMMA_SHAPES.iter().enumerate() {
+        for (window, layers, pattern) in [(5usize, 2usize, 2usize), (12, 3, 3)] {
+            let mut extra = serde_json::json!({"query_pre_attn_scalar": 24,
+                "sliding_window": window, "num_hidden_layers": layers,
+                "sliding_window_pattern": pattern, "rope_local_base_freq": 100.0});
+            if i == 1 {
+                extra["attn_logit_softcapping"] = serde_json::json!(4.0);
+                extra["final_logit_softcapping"] = serde_json::json!(3.0);
+            }
+            let g = write_model("gemma3", *s, extra, 400 + 10 * i as u64 + layers as u64);
+            let ids = prompt(40, 400 + i as u64);
+            check_against_candle("gemma3", g.path(), &ids);
+            check_paged_against_tensor(g.path(), &ids, &prompt(31, 410 + i as u64));
+        }
+    }
+    // Untied (HF's Gemma ties, a config may say otherwise): both paths agree.
+    let untied = Shape {
+        tied: false,
+        ..GEMMA_SHAPES[0]
+    };
+    let g = write_model(
+        "gemma3",
+        untied,
+        serde_json::json!({"sliding_window": 6}),
+        430,
+    );
+    check_paged_against_tensor(g.path(), &prompt(40, 5), &prompt(23, 6));
+}
+
+/// Gemma 3's `layer_types` (newer configs) give the same layers as `sliding_window_pattern`,
+/// and the global layers' rope scaling leaves the local layers' rope alone: a linear factor
+/// changes the logits, and both paths agree with it.
+#[test]
+fn gemma3_layer_types_and_global_rope_scaling() {
+    let layer_types = serde_json::json!({"sliding_window": 5, "num_hidden_layers": 3,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"]});
+    let pattern = serde_json::json!({"sliding_window": 5, "num_hidden_layers": 3,
+        "sliding_window_pattern": 3});
+    let a = write_model("gemma3", GEMMA_SHAPES[0], layer_types, 440);
+    let b = write_model("gemma3", GEMMA_SHAPES[0], pattern, 440);
+    let ids = prompt(30, 9);
+    let (la, lb) = (load(a.path()), load(b.path()));
+    assert_eq!(la.model.config().features, lb.model.config().features);
+    let (x, y) = (
+        rows(&la.model.logits_all(&ids).unwrap()),
+        rows(&lb.model.logits_all(&ids).unwrap()),
+    );
+    assert!(max_abs_diff(&x[29], &y[29]) < 1e-6);
+    let scaled = serde_json::json!({"sliding_window": 5, "num_hidden_layers": 3,
+        "sliding_window_pattern": 3, "rope_scaling": {"rope_type": "linear", "factor": 4.0}});
+    let c = write_model("gemma3", GEMMA_SHAPES[0], scaled, 440);
+    check_paged_against_tensor(c.path(), &ids, &prompt(19, 10));
+    let z = rows(&load(c.path()).model.logits_all(&ids).unwrap());
+    assert!(
+        max_abs_diff(&z[29], &y[29]) > 1e-3,
+        "the scaling is applied"
+    );
+    let bad = serde_json::json!({"sliding_window": 5, "num_hidden_layers": 3,
+        "layer_types": ["full_attention", "sliding_attention", "sliding_attention"]});
+    let d = write_model("gemma3", GEMMA_SHAPES[0], bad, 440);
+    let e = camelid_model::load(
+        Some(d.path().to_str().unwrap()),
+        &camelid_model::LoadOptions::default(),
+    )
+    .err()
+    .expect("an irregular layer_types is refused")
+    .to_string();
+    assert!(e.contains("layer_types"), "{e}");
 }

@@ -183,6 +183,8 @@ pub enum TokenizeRequest {
         messages: Vec<ChatMessage>,
         #[serde(default = "yes")]
         add_generation_prompt: bool,
+        /// Extra variables for the model's jinja template (vLLM's name), as in a chat.
+        chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     },
     Text {
         model: Option<String>,

@@ -812,3 +812,62 @@ fn health_is_503_while_the_models_load() {
     let (st, b) = post_raw(&base, "/v1/chat/completions", ask.to_string().into_bytes());
     assert_eq!(st, 200, "{b}");
 }
+
+/// `chat_template_kwargs` reach the model's jinja template, through `/tokenize` (chat form)
+/// and `/v1/chat/completions` alike: a template that writes a thinking block unless
+/// `enable_thinking` is false (as Qwen3's does) gives the same prompt ids on both routes, the
+/// ids of the text it renders for each value.
+#[test]
+fn chat_template_kwargs_reach_the_jinja_template() {
+    let mut e = entry("thinker");
+    e.template = camelid_model::text::template::ChatTemplate::Jinja {
+        source: "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}\
+            {% if add_generation_prompt %}<|assistant|>\
+            {% if enable_thinking is defined and enable_thinking is false %}\
+            <think>\n\n</think>\n\n{% endif %}{% endif %}"
+            .into(),
+        bos_token: String::new(),
+        eos_token: String::new(),
+    };
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![e]);
+    let base = serve(state).base;
+    let messages = json!([{"role": "user", "content": "Is 7 prime?"}]);
+    let tokenize = |kwargs: Value| {
+        let mut b = json!({"model": "thinker", "messages": messages});
+        if !kwargs.is_null() {
+            b["chat_template_kwargs"] = kwargs;
+        }
+        let (st, body) = post_raw(&base, "/tokenize", b.to_string().into_bytes());
+        assert_eq!(st, 200, "{body}");
+        body["tokens"].clone()
+    };
+    let text = |prompt: &str| {
+        let b = json!({"model": "thinker", "prompt": prompt, "add_special_tokens": false});
+        post_raw(&base, "/tokenize", b.to_string().into_bytes()).1["tokens"].clone()
+    };
+    let thinking = tokenize(Value::Null);
+    let not_thinking = tokenize(json!({"enable_thinking": false}));
+    assert_eq!(thinking, tokenize(json!({"enable_thinking": true})));
+    assert_eq!(thinking, text("<|user|>Is 7 prime?\n<|assistant|>"));
+    assert_eq!(
+        not_thinking,
+        text("<|user|>Is 7 prime?\n<|assistant|><think>\n\n</think>\n\n")
+    );
+    // The chat route renders with them too: its prompt is as long as /tokenize says.
+    let usage = |kwargs: Value| {
+        let b = json!({"model": "thinker", "messages": messages, "max_tokens": 1,
+            "chat_template_kwargs": kwargs});
+        let (st, body) = post_raw(&base, "/v1/chat/completions", b.to_string().into_bytes());
+        assert_eq!(st, 200, "{body}");
+        body["usage"]["prompt_tokens"].clone()
+    };
+    assert_eq!(
+        usage(json!({"enable_thinking": false})),
+        json!(not_thinking.as_array().unwrap().len())
+    );
+    assert_eq!(
+        usage(json!({"enable_thinking": true})),
+        json!(thinking.as_array().unwrap().len())
+    );
+}

@@ -72,6 +72,10 @@ pub struct Heads {
     /// never reads the blocks of a table before its task's first such key (the engine may
     /// have freed them); `None`: every earlier key.
     pub window: Option<usize>,
+    /// Multiplies `q · k` (`None`: `1 / sqrt(dim)`; Gemma's `query_pre_attn_scalar^-1/2`).
+    pub scale: Option<f32>,
+    /// Soft-capping of the scaled scores, `cap · tanh(s / cap)`, before the softmax (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 impl Heads {
@@ -195,7 +199,7 @@ pub fn paged_attention(
         q: &q,
         h,
         kv: &*kv,
-        scale: 1.0 / (h.dim as f32).sqrt(),
+        scale: h.scale.unwrap_or(1.0 / (h.dim as f32).sqrt()),
     };
     let out_ptr = OutPtr(out.as_mut_ptr());
     let run = |t: &Task| run_task(&input, t, out_ptr);
@@ -233,10 +237,11 @@ struct Task {
 }
 
 fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
-    // A windowed model's tasks all take [`attend`] (the only kernel with the window), both
-    // roles alike: a position still rounds the same way whatever its chunk.
+    // A windowed or soft-capped model's tasks all take [`attend`] (the only kernel with the
+    // window and the cap), both roles alike: a position still rounds the same way whatever its
+    // chunk.
     #[cfg(target_arch = "x86_64")]
-    if input.h.window.is_some() {
+    if input.h.window.is_some() || input.h.softcap.is_some() {
     } else if task.decode {
         if decode512::run(input, task, out) {
             return;
@@ -346,6 +351,9 @@ fn attend<V: VecOps, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) 
                 let qv = &input.q[t * qw + head * d..t * qw + (head + 1) * d];
                 let row = &mut scores[..visible];
                 V::dots(qv, keys, input.scale, row);
+                if let Some(cap) = h.softcap {
+                    row.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
+                }
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                 let inv = 1.0 / V::exp_shifted_sum(row, max);
                 // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.

@@ -2,7 +2,8 @@ use super::*;
 use rand::{Rng, SeedableRng};
 
 /// Plain attention over one sequence's K/V history (already rotated), as the textbook
-/// writes it: keys `pos + 1 - window ..= pos` with a sliding window, else all to `pos`.
+/// writes it: keys `pos + 1 - window ..= pos` with a sliding window, else all to `pos`;
+/// scores scaled by `h.scale` (else `1 / sqrt(dim)`) and soft-capped as Gemma 2 does.
 fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], pos: usize, h: Heads) -> Vec<f32> {
     let group = h.q / h.kv;
     let first = match h.window {
@@ -20,7 +21,11 @@ fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], pos: usize, h: Heads
                     .zip(k)
                     .map(|(&a, &b)| a as f64 * b as f64)
                     .sum::<f64>()
-                    / (h.dim as f64).sqrt()
+                    * h.scale.map_or(1.0 / (h.dim as f64).sqrt(), |s| s as f64)
+            })
+            .map(|s| match h.softcap {
+                Some(cap) => cap as f64 * (s / cap as f64).tanh(),
+                None => s,
             })
             .collect();
         let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -88,6 +93,8 @@ fn ragged_batch_over_scattered_blocks_matches_naive_attention() {
                                 dim,
                                 rope,
                                 window: None,
+                                scale: None,
+                                softcap: None,
                             },
                             dtype,
                             bs,
@@ -117,9 +124,40 @@ fn sliding_window_matches_naive_windowed_attention() {
                             dim,
                             rope: RopeStyle::Half,
                             window: Some(window),
+                            scale: None,
+                            softcap: None,
                         };
                         check_ragged_batch(h, dtype, bs, &UNIT);
                     }
+                }
+            }
+        }
+    });
+}
+
+/// Gemma's attention: a scale of its own (`query_pre_attn_scalar^-1/2`) and Gemma 2's
+/// soft-capping (a cap of 1.5 bends every score here), with and without a window, against the
+/// naive reference, every cache type and path.
+#[test]
+fn scale_and_softcap_match_naive_attention() {
+    on_every_path(|| {
+        for (window, scale, softcap) in [
+            (None, Some(0.3), None),
+            (None, None, Some(1.5)),
+            (Some(5), Some(0.2), Some(1.5)),
+        ] {
+            for (q, kv, dim) in [(6, 2, 8), (4, 4, 64)] {
+                for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+                    let h = Heads {
+                        q,
+                        kv,
+                        dim,
+                        rope: RopeStyle::Half,
+                        window,
+                        scale,
+                        softcap,
+                    };
+                    check_ragged_batch(h, dtype, 4, &UNIT);
                 }
             }
         }
@@ -153,6 +191,8 @@ fn large_scores_match_f64_attention_over_the_stored_cache() {
                             dim,
                             rope,
                             window: None,
+                            scale: None,
+                            softcap: None,
                         },
                         dtype,
                         16,
@@ -362,6 +402,8 @@ fn a_position_rounds_by_its_role_not_its_chunk() {
         dim: 64,
         rope: RopeStyle::Interleaved,
         window: None,
+        scale: None,
+        softcap: None,
     };
     // 64 positions: a prompt of 40, then 24 generated tokens.
     let (n, prompt, bs) = (64, 40, 16);

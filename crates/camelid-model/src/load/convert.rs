@@ -58,7 +58,7 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         }
     }
     for name in names {
-        let g_name = gguf_name(&name).expect("known tensor name");
+        let g_name = gguf_name(&name, false).expect("known tensor name");
         let t = g.read_qtensor(&g_name)?.dequantize(&Device::Cpu)?;
         let t = if name.ends_with("q_proj.weight") {
             unpermute_qk(&t, cfg.num_heads)?

@@ -1,6 +1,6 @@
 //! GGUF files: hyperparameters, tokenizer, chat template and (quantized) tensors.
 
-use crate::config::{ArchFeatures, ModelConfig, RopeScaling};
+use crate::config::{Activation, ArchFeatures, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::load::gguf_check;
@@ -121,7 +121,7 @@ impl GgufFile {
 
     /// Hyperparameters from `<architecture>.*` metadata (llama.cpp's keys), the features
     /// from the tensors the file has.
-    pub fn model_config(&self) -> Result<ModelConfig> {
+    pub fn model_config(&mut self) -> Result<ModelConfig> {
         let origin = self.path.display().to_string();
         let arch_name = self.meta_str("general.architecture").unwrap_or("");
         let arch = crate::models::for_gguf(arch_name, &origin)?;
@@ -173,12 +173,8 @@ impl GgufFile {
                 )))
             }
         };
+        let rope_scaling = self.longrope_factors(rope_scaling, context, &origin)?;
         let has = |t: &str| self.content.tensor_infos.contains_key(t);
-        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
-            return Err(Error::Unsupported(format!(
-                "{origin}: LongRoPE factors (rope_factors_*.weight) in a GGUF file"
-            )));
-        }
         if has("blk.0.attn_output.bias") {
             return Err(Error::Unsupported(format!(
                 "{origin}: tensor blk.0.attn_output.bias (biases on the attention's output)"
@@ -191,16 +187,45 @@ impl GgufFile {
         } else {
             None
         };
-        let features = ArchFeatures {
+        let num_layers = self.meta_u32(&key("block_count"))? as usize;
+        let mut features = ArchFeatures {
             qkv_bias: has("blk.0.attn_q.bias"),
             qk_norm: has("blk.0.attn_q_norm.weight"),
             sliding_window,
+            post_norms: has("blk.0.post_attention_norm.weight"),
+            ..Default::default()
         };
+        if arch.name.starts_with("gemma") {
+            // What llama.cpp's gemma2/gemma3 graphs do (the file stores norms as `1 + w`
+            // already, the soft-capping values; the layer pattern and the local rope base
+            // are llama.cpp's fixed ones).
+            let meta_f = |k: &str| self.meta_f32(&key(k));
+            features.activation = Activation::GeluTanh;
+            features.embed_scale = Some((hidden as f64).sqrt() as f32);
+            features.attn_scale = Some(crate::models::gemma2::gguf_attn_scale(
+                arch.name, num_layers, hidden, heads, head_dim,
+            ));
+            features.attn_softcap = meta_f("attn_logit_softcapping");
+            features.final_softcap = meta_f("final_logit_softcapping");
+            if sliding_window.is_some() {
+                features.global_every = Some(if arch.name == "gemma2" {
+                    2
+                } else {
+                    crate::models::gemma3::DEFAULT_PATTERN
+                });
+            }
+            if arch.name == "gemma3" {
+                features.local_rope_theta = Some(
+                    meta_f("rope.freq_base_swa")
+                        .unwrap_or(crate::models::gemma3::DEFAULT_LOCAL_THETA),
+                );
+            }
+        }
         let cfg = ModelConfig {
             hidden_size: hidden,
             intermediate_size: self.meta_u32(&key("feed_forward_length"))? as usize,
             vocab_size: vocab,
-            num_layers: self.meta_u32(&key("block_count"))? as usize,
+            num_layers,
             num_heads: heads,
             num_kv_heads: self
                 .meta_u32(&key("attention.head_count_kv"))
@@ -217,9 +242,61 @@ impl GgufFile {
             tie_word_embeddings: !has("output.weight"),
             architecture: arch.name.to_string(),
             features,
+            norm_weight_offset: 0.0,
         };
         cfg.validate(&origin)?;
         Ok(cfg)
+    }
+
+    /// LongRoPE (Phi-3's long-context models): llama.cpp's converter stores the factors as
+    /// the tensors `rope_factors_long` / `rope_factors_short`, the original context as
+    /// `rope.scaling.original_context_length` and HF's attention factor as
+    /// `rope.scaling.attn_factor`. Without those tensors, `scaling` as it is.
+    fn longrope_factors(
+        &mut self,
+        scaling: RopeScaling,
+        context: usize,
+        origin: &str,
+    ) -> Result<RopeScaling> {
+        let infos = &self.content.tensor_infos;
+        let (long, short) = ("rope_factors_long.weight", "rope_factors_short.weight");
+        match (infos.contains_key(long), infos.contains_key(short)) {
+            (false, false) => return Ok(scaling),
+            (true, true) if scaling == RopeScaling::None => {}
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "{origin}: LongRoPE needs both rope_factors_long and rope_factors_short, \
+                     and no other rope scaling"
+                )))
+            }
+        }
+        let arch = self
+            .meta_str("general.architecture")
+            .unwrap_or("")
+            .to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let orig = self
+            .meta_u32(&key("rope.scaling.original_context_length"))
+            .map_or(context, |x| x as usize);
+        // convert_hf_to_gguf.py's Phi3MiniModel: sqrt(1 + ln(scale) / ln(original)).
+        let scale = context as f64 / orig as f64;
+        let attention_factor =
+            self.meta_f32(&key("rope.scaling.attn_factor"))
+                .unwrap_or(if scale <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + scale.ln() / (orig as f64).ln()).sqrt() as f32
+                });
+        let mut factors = |name: &str| -> Result<Vec<f32>> {
+            let t = self.read_qtensor(name)?.dequantize(&Device::Cpu)?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok(RopeScaling::LongRope {
+            long_factor: factors(long)?,
+            short_factor: factors(short)?,
+            original_max_position_embeddings: orig,
+            attention_factor,
+        })
     }
 
     pub fn read_qtensor(&mut self, gguf_name: &str) -> Result<QTensor> {
@@ -252,8 +329,10 @@ fn value_u64(v: &Value) -> Option<u64> {
     })
 }
 
-/// HF tensor name → GGUF tensor name.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// HF tensor name → GGUF tensor name. `post_norms`: Gemma's layout, where HF's
+/// `post_attention_layernorm` is a norm on the attention's output (`post_attention_norm`) and
+/// the MLP's input norm is `pre_feedforward_layernorm` (`ffn_norm`).
+pub fn gguf_name(hf: &str, post_norms: bool) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -266,6 +345,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (idx, tail) = rest.split_once('.')?;
     let suffix = match tail {
+        "post_attention_layernorm.weight" if post_norms => "post_attention_norm.weight",
+        "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+        "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
         "self_attn.q_proj.weight" => "attn_q.weight",
         "self_attn.k_proj.weight" => "attn_k.weight",
         "self_attn.v_proj.weight" => "attn_v.weight",
@@ -288,16 +370,29 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{idx}.{suffix}"))
 }
 
+impl GgufFile {
+    /// [`gguf_name`] in this file's layout.
+    fn name_of(&self, hf: &str) -> Option<String> {
+        let post_norms = self
+            .content
+            .tensor_infos
+            .contains_key("blk.0.post_attention_norm.weight");
+        gguf_name(hf, post_norms)
+    }
+}
+
 impl TensorSource for GgufFile {
     fn origin(&self) -> String {
         self.path.display().to_string()
     }
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+        self.name_of(name)
+            .is_some_and(|g| self.content.tensor_infos.contains_key(&g))
     }
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        let g =
-            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
         self.content
             .tensor_infos
             .get(&g)
@@ -310,8 +405,9 @@ impl TensorSource for GgufFile {
             })
     }
     fn linear(&mut self, name: &str, _dtype: DType) -> Result<Linear> {
-        let g =
-            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
         let w = self.read_qtensor(&g)?;
         Ok(if self.own_kernels {
             Linear::from_qtensor(w)?
@@ -320,8 +416,9 @@ impl TensorSource for GgufFile {
         })
     }
     fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
-        let g =
-            gguf_name(name).ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
         let q = self.read_qtensor(&g)?;
         let device = q.device();
         Ok(q.dequantize(&device)?.to_dtype(dtype)?)

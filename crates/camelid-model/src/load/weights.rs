@@ -48,6 +48,23 @@ fn vector(src: &mut dyn TensorSource, name: &str, n: usize, dtype: DType) -> Res
     src.dense(name, dtype)
 }
 
+/// An RMSNorm weight plus `offset` (Gemma's HF `1 + w`), added in f32 as HF computes it.
+fn norm(
+    src: &mut dyn TensorSource,
+    name: &str,
+    n: usize,
+    offset: f32,
+    dtype: DType,
+) -> Result<Tensor> {
+    let w = vector(src, name, n, DType::F32)?;
+    let w = if offset != 0.0 {
+        (w + offset as f64)?
+    } else {
+        w
+    };
+    Ok(w.to_dtype(dtype)?)
+}
+
 /// Loads every layer, checking each tensor's shape against `cfg`.
 pub fn build_llama(
     cfg: ModelConfig,
@@ -58,6 +75,7 @@ pub fn build_llama(
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let q_out = cfg.num_heads * cfg.head_dim;
     let kv_out = cfg.num_kv_heads * cfg.head_dim;
+    let off = cfg.norm_weight_offset;
     let embed_name = "model.embed_tokens.weight";
     check_shape(src, embed_name, &[cfg.vocab_size, h])?;
     // The embedding table is gathered by row, so it is kept dense.
@@ -77,16 +95,40 @@ pub fn build_llama(
         let qk_norm = if cfg.features.qk_norm {
             let hd = cfg.head_dim;
             Some((
-                vector(src, &format!("{p}.self_attn.q_norm.weight"), hd, dtype)?,
-                vector(src, &format!("{p}.self_attn.k_norm.weight"), hd, dtype)?,
+                norm(src, &format!("{p}.self_attn.q_norm.weight"), hd, off, dtype)?,
+                norm(src, &format!("{p}.self_attn.k_norm.weight"), hd, off, dtype)?,
             ))
         } else {
             None
         };
+        // Gemma: `post_attention_layernorm` norms the attention's output, the MLP's input
+        // norm is `pre_feedforward_layernorm`.
+        let (post_norms, mlp_norm_name) = if cfg.features.post_norms {
+            let post = (
+                norm(
+                    src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                    off,
+                    dtype,
+                )?,
+                norm(
+                    src,
+                    &format!("{p}.post_feedforward_layernorm.weight"),
+                    h,
+                    off,
+                    dtype,
+                )?,
+            );
+            (Some(post), format!("{p}.pre_feedforward_layernorm.weight"))
+        } else {
+            (None, format!("{p}.post_attention_layernorm.weight"))
+        };
         layers.push(Layer {
             qkv_bias,
             qk_norm,
-            attn_norm: vector(src, &format!("{p}.input_layernorm.weight"), h, dtype)?,
+            post_norms,
+            attn_norm: norm(src, &format!("{p}.input_layernorm.weight"), h, off, dtype)?,
             // Fused only where the separate matrices are absent: in GGUF, Phi-3's fused gate
             // and up share LLaMA's up name (`ffn_up`).
             qkv: if src.contains(&format!("{p}.self_attn.qkv_proj.weight"))
@@ -130,12 +172,7 @@ pub fn build_llama(
                 q_out,
                 dtype,
             )?,
-            mlp_norm: vector(
-                src,
-                &format!("{p}.post_attention_layernorm.weight"),
-                h,
-                dtype,
-            )?,
+            mlp_norm: norm(src, &mlp_norm_name, h, off, dtype)?,
             gate_up: if src.contains(&format!("{p}.mlp.gate_up_proj.weight"))
                 && !src.contains(&format!("{p}.mlp.gate_proj.weight"))
             {
@@ -154,7 +191,7 @@ pub fn build_llama(
             down: linear(src, &format!("{p}.mlp.down_proj.weight"), h, i, dtype)?,
         });
     }
-    let norm = vector(src, "model.norm.weight", h, dtype)?;
+    let final_norm = norm(src, "model.norm.weight", h, off, dtype)?;
     let lm_head = if !cfg.tie_word_embeddings && src.contains("lm_head.weight") {
         linear(src, "lm_head.weight", cfg.vocab_size, h, dtype)?
     } else {
@@ -163,15 +200,23 @@ pub fn build_llama(
         src.linear(embed_name, dtype)?
     };
     let rope = Rope::new(&cfg);
+    // Gemma 3's local layers: their own base, no scaling.
+    let rope_local = cfg.features.local_rope_theta.map(|theta| {
+        let mut local = cfg.clone();
+        local.rope_theta = theta;
+        local.rope_scaling = crate::config::RopeScaling::None;
+        Rope::new(&local)
+    });
     Ok(Llama {
         cfg,
         dtype,
         device: device.clone(),
         embed,
         layers,
-        norm,
+        norm: final_norm,
         lm_head,
         rope,
+        rope_local,
         host_norms: Default::default(),
     })
 }

@@ -18,6 +18,8 @@ pub const ARCH: Architecture = Architecture {
     gguf_rope: RopeStyle::Interleaved,
     gguf_window: true,
     hf_features,
+    tied_by_default: false,
+    hf_norm_offset: 0.0,
 };
 
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
@@ -34,6 +36,8 @@ pub(crate) struct Layer {
     /// Per-head RMSNorm weights of Q and K, `head_dim` each (Qwen3).
     pub qk_norm: Option<(Tensor, Tensor)>,
     pub o: Linear,
+    /// Norms of the attention's and the MLP's outputs (Gemma).
+    pub post_norms: Option<(Tensor, Tensor)>,
     pub mlp_norm: Tensor,
     /// Gate and up projections.
     pub gate_up: Projections,
@@ -50,6 +54,8 @@ pub struct Llama {
     pub(crate) norm: Tensor,
     pub(crate) lm_head: Linear,
     pub(crate) rope: Rope,
+    /// The local (windowed) layers' rope where it is not `rope` (Gemma 3).
+    pub(crate) rope_local: Option<Rope>,
     /// The norm weights as host f32 slices, made on first use by the CPU serving path.
     pub(crate) host_norms: OnceLock<HostNorms>,
 }
@@ -66,6 +72,7 @@ pub(crate) struct HostLayer {
     pub mlp_norm: Vec<f32>,
     pub qkv_bias: Option<Vec<f32>>,
     pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    pub post_norms: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Llama {
@@ -110,6 +117,10 @@ impl Llama {
                         qkv_bias: l.qkv_bias.as_ref().map(host).transpose()?,
                         qk_norm: match &l.qk_norm {
                             Some((q, k)) => Some((host(q)?, host(k)?)),
+                            None => None,
+                        },
+                        post_norms: match &l.post_norms {
+                            Some((a, m)) => Some((host(a)?, host(m)?)),
                             None => None,
                         },
                     })

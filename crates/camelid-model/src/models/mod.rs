@@ -3,6 +3,8 @@
 //! window). The weights live in [`llama::Llama`] whatever the architecture; the runtimes'
 //! layer loops read the features, never a layer loop per architecture.
 
+pub mod gemma2;
+pub mod gemma3;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -29,6 +31,11 @@ pub struct Architecture {
     pub gguf_window: bool,
     /// The features an HF `config.json` of this architecture implies.
     pub hf_features: fn(&HfConfig, &str) -> Result<ArchFeatures>,
+    /// Whether embeddings are tied where `config.json` does not say (HF's config classes'
+    /// default: Gemma's `True`).
+    pub tied_by_default: bool,
+    /// [`ModelConfig::norm_weight_offset`] for its HF checkpoints (Gemma: 1).
+    pub hf_norm_offset: f32,
 }
 
 /// Every architecture camelid serves (a GGUF name is looked up in this order).
@@ -38,6 +45,8 @@ pub const ARCHITECTURES: &[&Architecture] = &[
     &qwen2::ARCH,
     &qwen3::ARCH,
     &phi3::ARCH,
+    &gemma2::ARCH,
+    &gemma3::ARCH,
 ];
 
 /// The architecture of an HF config (its `architectures`, else its `model_type`).
@@ -91,6 +100,8 @@ pub fn config_from_hf(hf: &HfConfig, origin: &str) -> Result<ModelConfig> {
     let mut cfg = hf.base_config(origin)?;
     cfg.architecture = arch.name.to_string();
     cfg.features = (arch.hf_features)(hf, origin)?;
+    cfg.tie_word_embeddings = hf.tie_word_embeddings.unwrap_or(arch.tied_by_default);
+    cfg.norm_weight_offset = arch.hf_norm_offset;
     cfg.validate(origin)?;
     Ok(cfg)
 }
@@ -258,5 +269,60 @@ mod tests {
         j.as_object_mut().unwrap().remove("architectures");
         j["model_type"] = serde_json::json!("qwen2");
         assert_eq!(parse(&j, "t").unwrap().architecture, "qwen2");
+    }
+
+    #[test]
+    fn gemma_configs_bring_their_features() {
+        let mut j = base();
+        j["architectures"] = serde_json::json!(["Gemma2ForCausalLM"]);
+        j["hidden_act"] = serde_json::json!("gelu_pytorch_tanh");
+        j["query_pre_attn_scalar"] = serde_json::json!(144);
+        j["sliding_window"] = serde_json::json!(4096);
+        j["attn_logit_softcapping"] = serde_json::json!(50.0);
+        j["final_logit_softcapping"] = serde_json::json!(30.0);
+        let c = parse(&j, "t").unwrap();
+        let f = &c.features;
+        assert_eq!(c.architecture, "gemma2");
+        assert!(c.tie_word_embeddings, "Gemma ties unless told otherwise");
+        assert_eq!(c.norm_weight_offset, 1.0);
+        assert!(f.post_norms && !f.qk_norm);
+        assert_eq!(f.activation, crate::config::Activation::GeluTanh);
+        assert_eq!(f.embed_scale, Some(8.0));
+        assert_eq!(f.attn_scale, Some(1.0 / 12.0));
+        assert_eq!((f.attn_softcap, f.final_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(
+            (0..4).map(|l| f.layer_window(l)).collect::<Vec<_>>(),
+            [Some(4096), None, Some(4096), None]
+        );
+        assert_eq!(f.kv_window(), None);
+        j["tie_word_embeddings"] = serde_json::json!(false);
+        assert!(!parse(&j, "t").unwrap().tie_word_embeddings);
+        j["hidden_activation"] = serde_json::json!("relu");
+        let e = parse(&j, "t").unwrap_err().to_string();
+        assert!(e.contains("relu"), "{e}");
+        // Gemma 3 by its model_type: Q/K norms, five local layers to a global one, a local
+        // rope base, no soft-capping.
+        let mut j = base();
+        j.as_object_mut().unwrap().remove("architectures");
+        j["model_type"] = serde_json::json!("gemma3_text");
+        j["num_hidden_layers"] = serde_json::json!(12);
+        j["sliding_window"] = serde_json::json!(512);
+        j["rope_local_base_freq"] = serde_json::json!(10000.0);
+        j["rope_theta"] = serde_json::json!(1000000.0);
+        let c = parse(&j, "t").unwrap();
+        let f = &c.features;
+        assert_eq!(c.architecture, "gemma3");
+        assert!(f.qk_norm && f.post_norms);
+        assert_eq!((f.attn_softcap, f.final_softcap), (None, None));
+        assert_eq!(f.local_rope_theta, Some(10000.0));
+        let locals: Vec<usize> = (0..12).filter(|&l| f.is_local(l)).collect();
+        assert_eq!(locals, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        // The multimodal checkpoint's config is refused by name, not as a missing field.
+        let mm = serde_json::json!({"architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3", "text_config": j});
+        let e = HfConfig::parse(&mm.to_string(), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("multimodal") && e.contains("text_config"), "{e}");
     }
 }

@@ -13,6 +13,8 @@ pub const ARCH: Architecture = Architecture {
     gguf_rope: RopeStyle::Half,
     gguf_window: false,
     hf_features,
+    tied_by_default: false,
+    hf_norm_offset: 0.0,
 };
 
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {

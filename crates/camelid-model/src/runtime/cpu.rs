@@ -10,6 +10,7 @@
 //! the reference the tests compare against.
 
 use crate::batch::ForwardBatch;
+use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::models::llama::{HostLayer, Llama};
 use camelid_kernels::attention::{self, HostPaged, QkvRows};
@@ -70,32 +71,56 @@ fn run(
     let cfg = &model.cfg;
     let (n, hidden) = (batch.tokens.len(), cfg.hidden_size);
     let eps = cfg.rms_norm_eps as f32;
-    let heads = attention::Heads {
+    let f = &cfg.features;
+    // Layer `li`'s heads: its window (Gemma's global layers have none), scale and cap.
+    let heads_of = |li: usize| attention::Heads {
         q: cfg.num_heads,
         kv: cfg.num_kv_heads,
         dim: cfg.head_dim,
         rope: cfg.rope_style,
-        window: cfg.features.sliding_window,
+        window: f.layer_window(li),
+        scale: f.attn_scale,
+        softcap: f.attn_softcap,
     };
-    let (qw, kw) = (heads.q * heads.dim, heads.kv * heads.dim);
+    let (qw, kw) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
     let spans: Vec<_> = batch.chunks.iter().map(|c| c.span()).collect();
-    kv.check(&spans, |p| heads.first_key(p))
+    // The blocks every layer may still read: from the window every layer shares, if any.
+    let shared = attention::Heads {
+        window: f.kv_window(),
+        ..heads_of(0)
+    };
+    kv.check(&spans, |p| shared.first_key(p))
         .map_err(Error::Invalid)?;
     let rope_spans: Vec<_> = spans
         .iter()
         .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
         .collect();
     let (cos, sin) = model.rope.cos_sin_rows(&rope_spans);
+    let local_rope = model
+        .rope_local
+        .as_ref()
+        .map(|r| r.cos_sin_rows(&rope_spans));
 
     // Embeddings.
     let ids = Tensor::new(batch.tokens.as_slice(), &model.device)?;
     let emb = model.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
     let x = sized(&mut ws.x, n * hidden);
     x.copy_from_slice(&emb.flatten_all()?.to_vec1::<f32>()?);
+    if let Some(s) = f.embed_scale {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
 
     let inter = model.layers[0].down.in_features();
     for (li, layer) in model.layers.iter().enumerate() {
         let host = &norms[li];
+        let heads = heads_of(li);
+        let (cos, sin) = match &local_rope {
+            Some((c, s)) if f.is_local(li) => (c, s),
+            _ => (&cos, &sin),
+        };
         // Attention block (the previous layer's residual add happened in its last step).
         if li == 0 {
             rms_norm_rows(
@@ -131,9 +156,13 @@ fn run(
             v: (qkv, width, qw + kw),
         };
         let attn = sized(&mut ws.attn, n * qw);
-        attention::paged_attention(li, &spans, &rows, &cos, &sin, heads, &mut kv, attn);
+        attention::paged_attention(li, &spans, &rows, cos, sin, heads, &mut kv, attn);
         let proj = sized(&mut ws.proj, n * hidden);
         layer.o.forward_cpu_into(attn, n, &mut ws.acts, proj)?;
+        if let Some((post_attn, _)) = &host.post_norms {
+            proj.chunks_exact_mut(hidden)
+                .for_each(|r| rms_norm_in_place(r, post_attn, eps));
+        }
         add_rms_norm_rows(
             &mut ws.x[..n * hidden],
             proj,
@@ -147,9 +176,16 @@ fn run(
             .gate_up
             .forward_cpu_into(&ws.h[..n * hidden], n, &mut ws.acts, gate_up)?;
         let act = sized(&mut ws.act, n * inter);
-        silu_mul_rows(gate_up, inter, act);
+        match f.activation {
+            Activation::Silu => silu_mul_rows(gate_up, inter, act),
+            Activation::GeluTanh => gelu_tanh_mul_rows(gate_up, inter, act),
+        }
         let proj = sized(&mut ws.proj, n * hidden);
         layer.down.forward_cpu_into(act, n, &mut ws.acts, proj)?;
+        if let Some((_, post_mlp)) = &host.post_norms {
+            proj.chunks_exact_mut(hidden)
+                .for_each(|r| rms_norm_in_place(r, post_mlp, eps));
+        }
         // The residual add, fused with the next layer's attention norm (or a plain add after
         // the last layer: the final norm runs on the wanted rows only).
         match norms.get(li + 1) {
@@ -181,6 +217,9 @@ fn run(
     model
         .lm_head
         .forward_cpu_into(h, rows.len(), &mut ws.acts, &mut logits)?;
+    if let Some(cap) = f.final_softcap {
+        logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
     Ok(Tensor::from_vec(
         logits,
         (rows.len(), vocab),
@@ -225,6 +264,22 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let r = 1.0 / (ss / x.len() as f32 + eps).sqrt();
     for (v, &g) in x.iter_mut().zip(w) {
         *v = *v * r * g;
+    }
+}
+
+/// `out[row] = gelu(gate) · up` (GELU's tanh approximation, Gemma's GeGLU) for rows of the
+/// gate/up projection's joined output.
+fn gelu_tanh_mul_rows(gate_up: &[f32], inter: usize, out: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, o) in gate_up
+        .chunks_exact(2 * inter)
+        .zip(out.chunks_exact_mut(inter))
+    {
+        let (gate, up) = g.split_at(inter);
+        for ((o, &x), &u) in o.iter_mut().zip(gate).zip(up) {
+            let gelu = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh());
+            *o = gelu * u;
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::ops;
 use crate::batch::ForwardBatch;
-use crate::config::RopeStyle;
+use crate::config::{Activation, RopeStyle};
 use crate::error::Result;
 use crate::kv::KvStore;
 use crate::models::llama::{Layer, Llama};
@@ -12,36 +12,85 @@ use candle_core::{DType, Tensor};
 
 /// The layer loop of the tensor runtime; returns f32 logits `(batch.logit_rows(), vocab)`.
 pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore) -> Result<Tensor> {
-    let eps = model.cfg.rms_norm_eps;
+    let (eps, f) = (model.cfg.rms_norm_eps, &model.cfg.features);
     let mut x = embed(model, batch)?;
     let spans: Vec<_> = batch
         .chunks
         .iter()
         .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
         .collect();
-    let (cos, sin) = model.rope.cos_sin(&spans, &model.device)?;
-    let (cos, sin) = (cos.to_dtype(model.dtype)?, sin.to_dtype(model.dtype)?);
-    let masks = causal_masks(model, batch)?;
+    let tables = |rope: &crate::rope::Rope| -> Result<(Tensor, Tensor)> {
+        let (cos, sin) = rope.cos_sin(&spans, &model.device)?;
+        Ok((cos.to_dtype(model.dtype)?, sin.to_dtype(model.dtype)?))
+    };
+    let global_rope = tables(&model.rope)?;
+    let local_rope = model.rope_local.as_ref().map(tables).transpose()?;
+    // Masks for the windowed layers and, where some layer attends every key, for those.
+    let local_masks = causal_masks(model, batch, f.sliding_window)?;
+    let global_masks = match f.global_every {
+        Some(_) => causal_masks(model, batch, None)?,
+        None => vec![],
+    };
     for (li, layer) in model.layers.iter().enumerate() {
+        let local = f.is_local(li);
+        let masks = if local || f.global_every.is_none() {
+            &local_masks
+        } else {
+            &global_masks
+        };
+        let (cos, sin) = match &local_rope {
+            Some(r) if local => r,
+            _ => &global_rope,
+        };
         let h = rms_norm(&x, &layer.attn_norm, eps)?;
-        let a = attention(model, li, layer, &h, batch, &cos, &sin, &masks, kv)?;
+        let a = attention(model, li, layer, &h, batch, cos, sin, masks, kv)?;
+        let a = match &layer.post_norms {
+            Some((post_attn, _)) => rms_norm(&a, post_attn, eps)?,
+            None => a,
+        };
         x = (x + a)?;
         let h = rms_norm(&x, &layer.mlp_norm, eps)?;
-        let act = ops::silu_mul_joined(&layer.gate_up.forward_joined(&h)?)?;
-        x = (x + layer.down.forward(&act)?)?;
+        let joined = layer.gate_up.forward_joined(&h)?;
+        let act = match f.activation {
+            Activation::Silu => ops::silu_mul_joined(&joined)?,
+            Activation::GeluTanh => {
+                let inter = joined.dim(1)? / 2;
+                (joined.narrow(1, 0, inter)?.gelu()? * joined.narrow(1, inter, inter)?)?
+            }
+        };
+        let m = layer.down.forward(&act)?;
+        let m = match &layer.post_norms {
+            Some((_, post_mlp)) => rms_norm(&m, post_mlp, eps)?,
+            None => m,
+        };
+        x = (x + m)?;
     }
     // Only the rows whose logits are wanted go through the final norm and lm_head.
     let Some(rows) = wanted_rows(model, batch)? else {
         return empty_logits(model);
     };
     let h = rms_norm(&x.index_select(&rows, 0)?, &model.norm, eps)?;
-    Ok(model.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    let logits = model.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+    Ok(match f.final_softcap {
+        Some(cap) => soft_cap(&logits, cap)?,
+        None => logits,
+    })
+}
+
+/// `cap · tanh(x / cap)` (Gemma 2's soft-capping).
+fn soft_cap(x: &Tensor, cap: f32) -> Result<Tensor> {
+    let cap = cap as f64;
+    Ok(((x / cap)?.tanh()? * cap)?)
 }
 
 /// The batch's token embeddings, `(tokens, hidden)` in the model's dtype.
 pub(crate) fn embed(model: &Llama, batch: &ForwardBatch) -> Result<Tensor> {
     let ids = Tensor::new(batch.tokens.as_slice(), &model.device)?;
-    Ok(model.embed.index_select(&ids, 0)?.to_dtype(model.dtype)?)
+    let x = model.embed.index_select(&ids, 0)?.to_dtype(model.dtype)?;
+    Ok(match model.cfg.features.embed_scale {
+        Some(s) => (x * s as f64)?,
+        None => x,
+    })
 }
 
 /// The rows whose logits are wanted, as an index tensor (`None`: no row is).
@@ -70,10 +119,13 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
 }
 
-/// Additive masks (0 / -inf) for each chunk, in f32: causal, and outside the sliding window
-/// where the model has one (`None`: the chunk's lone query sees every key).
-fn causal_masks(model: &Llama, batch: &ForwardBatch) -> Result<Vec<Option<Tensor>>> {
-    let window = model.cfg.features.sliding_window;
+/// Additive masks (0 / -inf) for each chunk, in f32: causal, and outside `window` where
+/// there is one (`None`: the chunk's lone query sees every key).
+fn causal_masks(
+    model: &Llama,
+    batch: &ForwardBatch,
+    window: Option<usize>,
+) -> Result<Vec<Option<Tensor>>> {
     batch
         .chunks
         .iter()
@@ -154,7 +206,10 @@ fn attention(
         ),
     };
     let (q, k, v) = (q.squeeze(0)?, k.squeeze(0)?, v.squeeze(0)?);
-    let scale = 1.0 / (hd as f64).sqrt();
+    let scale = cfg
+        .features
+        .attn_scale
+        .map_or(1.0 / (hd as f64).sqrt(), |s| s as f64);
     let mut outs = Vec::with_capacity(batch.chunks.len());
     let mut off = 0;
     for (c, mask) in batch.chunks.iter().zip(masks) {
@@ -170,6 +225,10 @@ fn attention(
         let k_all = k_all.to_dtype(DType::F32)?;
         let v_all = v_all.to_dtype(DType::F32)?.contiguous()?;
         let scores = (qc.matmul(&k_all.t()?)? * scale)?;
+        let scores = match cfg.features.attn_softcap {
+            Some(cap) => soft_cap(&scores, cap)?,
+            None => scores,
+        };
         let scores = match mask {
             Some(m) => scores
                 .reshape((nkv, group, c.len, kv_len))?

@@ -27,6 +27,9 @@ enum SepStyle {
     Llama2,
     Llama3,
     ChatMl,
+    /// FastChat's `GEMMA` (after 0.2.36: FastChat main, `conversation.py`): `<bos>`, then
+    /// `<start_of_turn>{role}\n{message}{sep}` per turn; no system prompt.
+    Gemma,
 }
 
 /// A FastChat `Conversation` template.
@@ -136,6 +139,39 @@ pub const BUILTINS: &[Builtin] = &[
         sep2: "",
         stop_str: Some("<|im_end|>"),
     },
+    Builtin {
+        name: "qwen-7b-chat",
+        system_template: "<|im_start|>system\n{system_message}",
+        default_system: "You are a helpful assistant.",
+        roles: ("<|im_start|>user", "<|im_start|>assistant"),
+        preset: &[],
+        style: SepStyle::ChatMl,
+        sep: "<|im_end|>",
+        sep2: "",
+        stop_str: Some("<|endoftext|>"),
+    },
+    Builtin {
+        name: "mistral",
+        system_template: "[INST] {system_message}\n",
+        default_system: "",
+        roles: ("[INST]", "[/INST]"),
+        preset: &[],
+        style: SepStyle::Llama2,
+        sep: " ",
+        sep2: "</s>",
+        stop_str: None,
+    },
+    Builtin {
+        name: "gemma",
+        system_template: "{system_message}",
+        default_system: "",
+        roles: ("user", "model"),
+        preset: &[],
+        style: SepStyle::Gemma,
+        sep: "<end_of_turn>\n",
+        sep2: "",
+        stop_str: Some("<end_of_turn>"),
+    },
 ];
 
 impl Builtin {
@@ -220,6 +256,15 @@ impl Builtin {
                     }
                 }
             }
+            SepStyle::Gemma => {
+                ret += "<bos>";
+                for (r, m) in &turns {
+                    ret += &format!("<start_of_turn>{}\n", role(*r));
+                    if let Some(m) = m {
+                        ret += &format!("{m}{}", self.sep);
+                    }
+                }
+            }
             SepStyle::ChatMl => {
                 if !system_prompt.is_empty() {
                     ret += &format!("{system_prompt}{}\n", self.sep);
@@ -293,6 +338,10 @@ impl ChatTemplate {
             "llama-2"
         } else if n.contains("alpaca") {
             "alpaca"
+        } else if n.contains("mistral") || n.contains("mixtral") {
+            "mistral"
+        } else if n.contains("gemma") {
+            "gemma"
         } else if n.contains("smollm") || n.contains("qwen") || n.contains("chatml") {
             "chatml"
         } else {

@@ -1,6 +1,7 @@
 """Writes a GGUF file from an HF-named set of f32 tensors with llama.cpp's own gguf-py: its
 metadata keys (GGUFWriter.add_*), its tensor names (TensorNameMap, HF name -> GGUF name) and,
-for the llama architecture, convert_hf_to_gguf.py's Q/K row permutation. camelid's reader is
+for the llama architecture, convert_hf_to_gguf.py's Q/K row permutation, for Gemma its norms
+shifted by one and its soft-capping keys. camelid's reader is
 tested against this, not against names it wrote itself.
 
 Usage: write_gguf.py spec.json   (spec: see crates/camelid-model/tests/architectures.rs)
@@ -37,12 +38,33 @@ def main():
     w.add_rope_freq_base(h["rope_theta"])
     w.add_layer_norm_rms_eps(h["rms_norm_eps"])
     rs = h.get("rope_scaling")
+    if rs and rs.get("rope_type", rs.get("type")) == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rs["factor"])
     if rs and rs.get("type") == "yarn":
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(rs["factor"])
         w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+    if rs and rs.get("type") in ("longrope", "su"):
+        # convert_hf_to_gguf.py's Phi3MiniModel: the factors as tensors, the original
+        # context and the attention factor as metadata.
+        import math
+        orig = h["original_max_position_embeddings"]
+        scale = h["max_position_embeddings"] / orig
+        attn = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(orig))
+        w.add_rope_scaling_attn_factors(attn)
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight",
+                     np.array(rs["long_factor"], dtype=np.float32))
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight",
+                     np.array(rs["short_factor"], dtype=np.float32))
     if h.get("sliding_window"):
         w.add_sliding_window(h["sliding_window"])
+    # convert_hf_to_gguf.py's Gemma2Model writes both soft-cappings (Gemma 3's are null).
+    if h.get("attn_logit_softcapping") is not None:
+        w.add_attn_logit_softcapping(h["attn_logit_softcapping"])
+    if h.get("final_logit_softcapping") is not None:
+        w.add_final_logit_softcapping(h["final_logit_softcapping"])
     w.add_tokenizer_model("llama")
     w.add_token_list(spec["tokens"])
     w.add_token_scores([-float(i) for i in range(len(spec["tokens"]))])
@@ -59,6 +81,9 @@ def main():
             data = permute(data, h["num_attention_heads"], h["num_attention_heads"])
         if arch_name == "llama" and t["name"].endswith("k_proj.weight"):
             data = permute(data, h["num_attention_heads"], h["num_key_value_heads"])
+        # convert_hf_to_gguf.py's Gemma2Model/Gemma3Model: HF's `1 + w` norms stored as such.
+        if arch_name in ("gemma2", "gemma3") and t["name"].endswith("norm.weight"):
+            data = data + 1.0
         w.add_tensor(name, np.ascontiguousarray(data))
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -21,13 +21,13 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
             model,
             messages,
             add_generation_prompt,
+            chat_template_kwargs,
         } => {
             s.config.limits.check_messages(messages.len())?;
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
-            let ids =
-                render_and_encode(&permit, &m, msgs, add_generation_prompt, Default::default())
-                    .await?;
+            let kwargs = chat_template_kwargs.unwrap_or_default();
+            let ids = render_and_encode(&permit, &m, msgs, add_generation_prompt, kwargs).await?;
             (m, ids)
         }
         TokenizeRequest::Text {
