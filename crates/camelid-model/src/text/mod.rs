@@ -5,4 +5,5 @@
 pub mod chat_prompt;
 pub mod stream;
 pub mod template;
+pub mod tool_calls;
 pub mod tokenizer;

@@ -3,11 +3,21 @@
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
+/// One chat message as a template sees it (HF's `apply_chat_template` dicts): fields a
+/// message does not have are left out, so `message.tool_calls is defined` reads as in HF.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant message's calls, OpenAI's shape (`{"id", "type", "function": {"name",
+    /// "arguments"}}`) with `arguments` an object, as HF templates expect it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Json>>,
+    /// A `tool` message's answer to this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -15,6 +25,8 @@ impl Message {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -257,6 +269,68 @@ fn raise_exception(msg: String) -> std::result::Result<String, minijinja::Error>
     ))
 }
 
+/// HF's `tojson` (Python's `json.dumps(ensure_ascii=False)`): `", "` and `": "` between
+/// items, or `indent` spaces per level; key order as given; nothing HTML-escaped
+/// (minijinja's own escapes `<`, `>`, `&` and `'`, so prompts would differ from HF's).
+fn tojson(
+    value: &minijinja::Value,
+    indent: Option<usize>,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let indent = kwargs.get::<Option<usize>>("indent")?.or(indent);
+    // Python's other arguments change nothing a template relies on; they are accepted.
+    for k in ["ensure_ascii", "sort_keys", "separators"] {
+        let _: Option<minijinja::Value> = kwargs.get(k)?;
+    }
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, fmt))
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonCompact,
+        )),
+    };
+    written.map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?;
+    let s = String::from_utf8(out).expect("serde_json writes UTF-8");
+    Ok(minijinja::Value::from_safe_string(s))
+}
+
+/// `json.dumps`' default separators.
+struct PythonCompact;
+
+impl serde_json::ser::Formatter for PythonCompact {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
 fn strftime_now(fmt: String) -> String {
     chrono::Local::now().format(&fmt).to_string()
 }
@@ -310,21 +384,32 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.render_with(messages, add_generation_prompt, &TemplateKwargs::new())
+        self.render_with(messages, None, add_generation_prompt, &TemplateKwargs::new())
     }
 
     /// [`Self::render`] with extra variables for a jinja template (vLLM's
     /// `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`); they cannot replace
-    /// `messages`, `add_generation_prompt` or the special tokens. Built-in templates have no
-    /// variables and ignore them.
+    /// `messages`, `tools`, `add_generation_prompt` or the special tokens. Built-in templates
+    /// have no variables and ignore them. `tools` (OpenAI's function definitions) reach a
+    /// jinja template as HF's `apply_chat_template(tools=…)` passes them; a built-in template
+    /// cannot render them.
     pub fn render_with(
         &self,
         messages: &[Message],
+        tools: Option<&[Json]>,
         add_generation_prompt: bool,
         kwargs: &TemplateKwargs,
     ) -> Result<String> {
         match self {
-            ChatTemplate::Builtin(b) => b.render(messages, add_generation_prompt),
+            ChatTemplate::Builtin(b) => {
+                if tools.is_some_and(|t| !t.is_empty()) {
+                    return Err(Error::Template(format!(
+                        "the built-in template {:?} cannot render tools",
+                        b.name
+                    )));
+                }
+                b.render(messages, add_generation_prompt)
+            }
             ChatTemplate::Jinja {
                 source,
                 bos_token,
@@ -337,6 +422,7 @@ impl ChatTemplate {
                 );
                 env.add_function("raise_exception", raise_exception);
                 env.add_function("strftime_now", strftime_now);
+                env.add_filter("tojson", tojson);
                 env.add_template("chat", source).map_err(|e| {
                     Error::Template(format!("cannot parse the model's chat_template: {e}"))
                 })?;
@@ -346,6 +432,7 @@ impl ChatTemplate {
                 // The fixed variables are the template's inputs, never a client's.
                 let fixed = [
                     "messages",
+                    "tools",
                     "add_generation_prompt",
                     "bos_token",
                     "eos_token",
@@ -355,8 +442,10 @@ impl ChatTemplate {
                     .filter(|(k, _)| !fixed.contains(&k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
+                let tools = tools.filter(|t| !t.is_empty());
                 tmpl.render(minijinja::context! {
                     messages => messages,
+                    tools => tools,
                     add_generation_prompt => add_generation_prompt,
                     bos_token => bos_token,
                     eos_token => eos_token,
