@@ -62,21 +62,32 @@ pub fn unimplemented_sampling(f: &SamplingFields) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Chat's tool and function calling (see [`unimplemented_sampling`]).
-pub fn unimplemented_chat(req: &ChatRequest) -> Result<(), ApiError> {
-    const NO_TOOLS: &str = "tool calling is not implemented";
-    if !no_entries(&req.tools) {
-        return Err(not_implemented("tools", NO_TOOLS));
+/// Arena battles answer in text: tools, a tool choice and tool messages are refused (a
+/// battle's conversation is text both models read the same way).
+pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
+    const TEXT_ONLY: &str = "arena battles answer in text; tool calling is not offered";
+    for (name, v) in [("tools", &req.tools), ("functions", &req.functions)] {
+        if !no_entries(v) {
+            return Err(ApiError::invalid_param(name, format!("`{name}`: {TEXT_ONLY}")));
+        }
     }
-    // With no tools, "auto" cannot call one either.
-    if !off(&req.tool_choice, &["none", "auto"]) {
-        return Err(not_implemented("tool_choice", NO_TOOLS));
+    for (name, v) in [
+        ("tool_choice", &req.tool_choice),
+        ("function_call", &req.function_call),
+    ] {
+        if !off(v, &["none"]) {
+            return Err(ApiError::invalid_param(name, format!("`{name}`: {TEXT_ONLY}")));
+        }
     }
-    if !no_entries(&req.functions) {
-        return Err(not_implemented("functions", NO_TOOLS));
-    }
-    if !off(&req.function_call, &["none", "auto"]) {
-        return Err(not_implemented("function_call", NO_TOOLS));
+    if let Some(i) = req
+        .messages
+        .iter()
+        .position(|m| m.role == "tool" || m.tool_calls.as_ref().is_some_and(|c| !c.is_null()))
+    {
+        return Err(ApiError::invalid_param(
+            &format!("messages[{i}]"),
+            format!("tool messages and tool calls: {TEXT_ONLY}"),
+        ));
     }
     Ok(())
 }

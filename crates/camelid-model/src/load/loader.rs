@@ -52,6 +52,35 @@ pub struct LoadedModel {
     pub context_length: usize,
 }
 
+impl LoadedModel {
+    /// The model with the jinja chat template `source` instead of its own (`serve
+    /// --chat-template`, as vLLM's and llama.cpp's flag): the special tokens it renders are
+    /// the model's, its end-of-turn tokens stop generation.
+    pub fn with_chat_template(mut self, source: String) -> Self {
+        let token = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
+        let (bos_token, eos_token) = match &self.template {
+            ChatTemplate::Jinja {
+                bos_token,
+                eos_token,
+                ..
+            } => (bos_token.clone(), eos_token.clone()),
+            ChatTemplate::Builtin(_) => (
+                token(self.tokenizer.bos_id).unwrap_or_default(),
+                token(self.tokenizer.eos_ids.first().copied()).unwrap_or_default(),
+            ),
+        };
+        let template = ChatTemplate::Jinja {
+            source,
+            bos_token,
+            eos_token,
+        };
+        self.stop_token_ids = stop_ids(&self.tokenizer, &template, self.tokenizer.eos_ids.clone());
+        self.stop_strings = template.stop_strings();
+        self.template = template;
+        self
+    }
+}
+
 pub fn parse_dtype(s: &str) -> Result<DType> {
     match s {
         "f32" | "float32" => Ok(DType::F32),

@@ -576,12 +576,12 @@ mod tests {
         kw.insert("enable_thinking".into(), serde_json::json!(false));
         kw.insert("add_generation_prompt".into(), serde_json::json!(false));
         kw.insert("messages".into(), serde_json::json!([]));
-        let off = t.render_with(&msgs, true, &kw).unwrap();
+        let off = t.render_with(&msgs, None, true, &kw).unwrap();
         assert_eq!(
             off,
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
         );
         kw.insert("enable_thinking".into(), serde_json::json!(true));
-        assert_eq!(t.render_with(&msgs, true, &kw).unwrap(), plain);
+        assert_eq!(t.render_with(&msgs, None, true, &kw).unwrap(), plain);
     }
 }

@@ -101,6 +101,14 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
                 Some("log-probabilities would tell the models apart; leave them out")
             }
             "stream_options" => Some("battles report no usage; leave `stream_options` out"),
+            "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call"
+                if v.is_null() =>
+            {
+                None
+            }
+            "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call" => {
+                Some("arena battles answer in text; tool calling is not offered")
+            }
             _ => None,
         }
     };
@@ -111,6 +119,11 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "logprobs",
         "top_logprobs",
         "stream_options",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
     ] {
         if let Some(message) = why(field) {
             return Err(ApiError::invalid_param(field, message));

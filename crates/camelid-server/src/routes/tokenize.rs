@@ -26,7 +26,7 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
             let ids =
-                render_and_encode(&permit, &m, msgs, add_generation_prompt, Default::default())
+                render_and_encode(&permit, &m, msgs, None, add_generation_prompt, Default::default())
                     .await?;
             (m, ids)
         }
