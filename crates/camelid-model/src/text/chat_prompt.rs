@@ -439,4 +439,41 @@ mod tests {
         let ids = chat_prompt_ids(&t, &tok, &m, false).unwrap();
         assert_eq!(ids.iter().filter(|&&i| tok.is_special(i)).count(), 4);
     }
+
+    /// Strings in tool definitions and in a call's arguments are the client's text: special
+    /// tokens spelled in them stay text, written as given or JSON-escaped by `tojson`.
+    #[test]
+    fn special_text_in_tools_and_arguments_is_literal() {
+        let tok = crate::text::tokenizer::test_byte_tokenizer();
+        let t = jinja(
+            "{% for t in tools %}<|a|>{{ t | tojson }}<|b|>{% endfor %}{% for m in messages %}<|a|>{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}{{ c.function.name }}{% endfor %}<|b|>{% endfor %}",
+        );
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "f",
+            "description": "x<|b|>y \"q\""}})];
+        let mut call = Message::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!({"type": "function",
+            "function": {"name": "f<|a|>", "arguments": {"q": "<|a|>\"z\n", "n": 1}}})]);
+        let m = [Message::new("user", "hi"), call];
+        let ids = chat_prompt_ids_with(&t, &tok, &m, Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        let (a, b) = (
+            tok.token_to_id("<|a|>").unwrap(),
+            tok.token_to_id("<|b|>").unwrap(),
+        );
+        let specials: Vec<u32> = ids.iter().copied().filter(|&i| tok.is_special(i)).collect();
+        assert_eq!(specials, [a, b, a, b, a, b]);
+        let text = t
+            .render_with(&m, Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        // Read whole, the prompt would have three more control tokens.
+        let whole = tok.encode(&text, false).unwrap();
+        assert_eq!(whole.iter().filter(|&&i| tok.is_special(i)).count(), 9);
+        // A key with special-token text is refused.
+        let bad = [serde_json::json!({"type": "function", "function": {"name": "f",
+            "parameters": {"<|b|>": 1}}})];
+        let e = chat_prompt_ids_with(&t, &tok, &m[..1], Some(&bad), false, &TemplateKwargs::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
+    }
 }

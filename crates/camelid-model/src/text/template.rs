@@ -560,6 +560,71 @@ mod tests {
         assert!(ChatTemplate::builtin("nope").is_err());
     }
 
+    /// Qwen2.5's template (the tests' fixture) with tools, an assistant's call and a tool's
+    /// answer renders as HF's `apply_chat_template` does: tools as Python's `json.dumps`
+    /// writes them (key order kept, `<` and non-ASCII as they are), the call's arguments
+    /// likewise, the answer in `<tool_response>`.
+    #[test]
+    fn qwen_template_renders_tools_calls_and_results_as_hf() {
+        let t = ChatTemplate::Jinja {
+            source: include_str!("../../../../tests/fixtures/chat-templates/qwen2.5-tools.jinja")
+                .into(),
+            bos_token: String::new(),
+            eos_token: "<|im_end|>".into(),
+        };
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather",
+            "description": "Weather <now> in a café", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}}, "required": ["city"]}}})];
+        let mut call = Message::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!({"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}})]);
+        let mut answer = Message::new("tool", "18 C");
+        answer.tool_call_id = Some("call_1".into());
+        let msgs = [Message::new("user", "Weather in Paris?"), call, answer];
+        let out = t
+            .render_with(&msgs, Some(&tools), true, &TemplateKwargs::new())
+            .unwrap();
+        let want = concat!(
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n",
+            "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n",
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n",
+            r#"{"type": "function", "function": {"name": "get_weather", "description": "Weather <now> in a café", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}"#,
+            "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n",
+            "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n",
+            "<|im_start|>user\nWeather in Paris?<|im_end|>\n",
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}\n</tool_call><|im_end|>\n",
+            "<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>\n",
+            "<|im_start|>assistant\n",
+        );
+        assert_eq!(out, want);
+        // Without tools: the plain system prompt, no tool text.
+        let plain = t.render(&msgs[..1], true).unwrap();
+        assert!(!plain.contains("<tools>"), "{plain}");
+        // Built-in templates cannot render tools.
+        let chatml = ChatTemplate::builtin("chatml").unwrap();
+        assert!(chatml
+            .render_with(&msgs[..1], Some(&tools), true, &TemplateKwargs::new())
+            .is_err());
+    }
+
+    /// `tojson(indent=n)` is Python's `json.dumps(indent=n)`.
+    #[test]
+    fn tojson_with_indent_is_pythons() {
+        let t = ChatTemplate::Jinja {
+            source: "{{ tools[0] | tojson(indent=2) }}|{{ tools[0] | tojson }}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let tools = [serde_json::json!({"b": [1, 2.5], "a": {}, "s": "x'&"})];
+        let out = t
+            .render_with(&[], Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        assert_eq!(
+            out,
+            "{\n  \"b\": [\n    1,\n    2.5\n  ],\n  \"a\": {},\n  \"s\": \"x'&\"\n}|{\"b\": [1, 2.5], \"a\": {}, \"s\": \"x'&\"}"
+        );
+    }
+
     /// Qwen3's switch, as its template reads it: `enable_thinking` false writes an empty
     /// thinking block after the generation prompt; the fixed variables win over kwargs.
     #[test]
