@@ -315,7 +315,9 @@ pub fn split_output(plan: &ToolPlan, output: &str) -> (Option<String>, Vec<Value
         .map(|d| {
             let mut c = d[0].clone();
             c["function"]["arguments"] = d[1]["function"]["arguments"].clone();
-            c.as_object_mut().map(|o| o.remove("index"));
+            if let Some(o) = c.as_object_mut() {
+                o.remove("index");
+            }
             c
         })
         .collect();

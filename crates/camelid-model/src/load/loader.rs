@@ -178,6 +178,8 @@ fn stop_ids(tok: &Tokenizer, template: &ChatTemplate, mut ids: Vec<u32>) -> Vec<
     for t in [
         "<|im_end|>",
         "<|eot_id|>",
+        // Llama 3.1's end of a tool-call message.
+        "<|eom_id|>",
         "<|end_of_text|>",
         "<|end|>",
         "<|endoftext|>",

@@ -230,7 +230,7 @@ fn split_marked<'a>(marked: &'a str, nonce: &str, n: usize) -> (Vec<&'a str>, Ve
 fn variants(c: &str) -> Vec<String> {
     let json = serde_json::to_string(c).expect("a string serializes");
     let json = json[1..json.len() - 1].to_string();
-    let mut v = vec![c, c.trim(), c.trim_start(), c.trim_end(), &json];
+    let mut v = vec![c, c.trim(), c.trim_start(), c.trim_end(), json.as_str()];
     let mut seen = HashSet::new();
     v.retain(|s| seen.insert(*s));
     v.into_iter().map(String::from).collect()
