@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::openai::ChatRequest;
 use camelid_model::text::tool_calls::{
-    renders_tools, ParsedCall, ToolCallParser, ToolEvent, ToolFormat,
+    renders_tools, ToolCallParser, ToolEvent, ToolFormat,
 };
 use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
 use camelid_model::text::tokenizer::Tokenizer;
@@ -295,11 +295,6 @@ pub fn template_tool_calls(i: usize, calls: &Value) -> Result<Vec<Value>, ApiErr
 /// A new call id, OpenAI's shape.
 pub fn call_id() -> String {
     format!("call_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
-}
-
-/// `message.tool_calls[i]`.
-pub fn call_json(c: &ParsedCall) -> Value {
-    json!({"id": call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
 }
 
 /// A whole output → its text (`None` when blank and there are calls) and its calls.
