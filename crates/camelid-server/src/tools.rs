@@ -4,11 +4,9 @@
 
 use crate::error::ApiError;
 use crate::openai::ChatRequest;
-use camelid_model::text::tool_calls::{
-    renders_tools, ToolCallParser, ToolEvent, ToolFormat,
-};
-use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
 use camelid_model::text::tokenizer::Tokenizer;
+use camelid_model::text::tool_calls::{renders_tools, ToolCallParser, ToolEvent, ToolFormat};
+use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
 use camelid_model::ChatTemplate;
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
@@ -71,7 +69,10 @@ fn refuse_legacy(req: &ChatRequest) -> Result<(), ApiError> {
         return Err(bad("functions", format!("`functions`: {USE_TOOLS}")));
     }
     if !off(&req.function_call, &["none", "auto"]) {
-        return Err(bad("function_call", format!("`function_call`: {USE_TOOLS}")));
+        return Err(bad(
+            "function_call",
+            format!("`function_call`: {USE_TOOLS}"),
+        ));
     }
     Ok(())
 }
@@ -84,7 +85,10 @@ fn check_tool(i: usize, t: &Value) -> Result<String, ApiError> {
         .as_object()
         .ok_or_else(|| bad(&at(""), "a tool must be an object"))?;
     if o.get("type").and_then(Value::as_str) != Some("function") {
-        return Err(bad(&at(".type"), "only tools of type \"function\" are supported"));
+        return Err(bad(
+            &at(".type"),
+            "only tools of type \"function\" are supported",
+        ));
     }
     let f = o
         .get("function")
@@ -392,12 +396,18 @@ mod tests {
         assert_eq!(d[0]["function"]["name"], "a");
         assert_eq!(d[0]["function"]["arguments"], "");
         assert!(d[0]["id"].as_str().unwrap().starts_with("call_"));
-        assert_eq!(d[1], json!({"index": 0, "function": {"arguments": "{\"x\":1}"}}));
+        assert_eq!(
+            d[1],
+            json!({"index": 0, "function": {"arguments": "{\"x\":1}"}})
+        );
         assert_eq!(d[2]["index"], 1);
         let (text, calls) = split_output(&plan(true), out);
         assert_eq!(text, None);
         assert_eq!(calls.len(), 2);
-        assert_eq!(calls[1]["function"], json!({"name": "b", "arguments": "{}"}));
+        assert_eq!(
+            calls[1]["function"],
+            json!({"name": "b", "arguments": "{}"})
+        );
         assert!(calls[0].get("index").is_none());
         // Without parallel calls, the first is the answer.
         let (_, calls) = split_output(&plan(false), out);

@@ -68,7 +68,10 @@ pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
     const TEXT_ONLY: &str = "arena battles answer in text; tool calling is not offered";
     for (name, v) in [("tools", &req.tools), ("functions", &req.functions)] {
         if !no_entries(v) {
-            return Err(ApiError::invalid_param(name, format!("`{name}`: {TEXT_ONLY}")));
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}`: {TEXT_ONLY}"),
+            ));
         }
     }
     for (name, v) in [
@@ -76,7 +79,10 @@ pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
         ("function_call", &req.function_call),
     ] {
         if !off(v, &["none"]) {
-            return Err(ApiError::invalid_param(name, format!("`{name}`: {TEXT_ONLY}")));
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}`: {TEXT_ONLY}"),
+            ));
         }
     }
     if let Some(i) = req

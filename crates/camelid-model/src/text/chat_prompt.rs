@@ -48,9 +48,8 @@ pub fn chat_prompt_ids_with(
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
 ) -> Result<Vec<u32>> {
-    let has_special = |s: &str| -> Result<bool> {
-        Ok(tok.encode(s, false)?.iter().any(|&t| tok.is_special(t)))
-    };
+    let has_special =
+        |s: &str| -> Result<bool> { Ok(tok.encode(s, false)?.iter().any(|&t| tok.is_special(t))) };
     let split = render_split_marking(
         template,
         messages,
@@ -448,8 +447,10 @@ mod tests {
         let t = jinja(
             "{% for t in tools %}<|a|>{{ t | tojson }}<|b|>{% endfor %}{% for m in messages %}<|a|>{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}{{ c.function.name }}{% endfor %}<|b|>{% endfor %}",
         );
-        let tools = [serde_json::json!({"type": "function", "function": {"name": "f",
-            "description": "x<|b|>y \"q\""}})];
+        let tools = [
+            serde_json::json!({"type": "function", "function": {"name": "f",
+            "description": "x<|b|>y \"q\""}}),
+        ];
         let mut call = Message::new("assistant", "");
         call.tool_calls = Some(vec![serde_json::json!({"type": "function",
             "function": {"name": "f<|a|>", "arguments": {"q": "<|a|>\"z\n", "n": 1}}})]);
@@ -470,8 +471,10 @@ mod tests {
         let whole = tok.encode(&text, false).unwrap();
         assert_eq!(whole.iter().filter(|&&i| tok.is_special(i)).count(), 9);
         // A key with special-token text is refused.
-        let bad = [serde_json::json!({"type": "function", "function": {"name": "f",
-            "parameters": {"<|b|>": 1}}})];
+        let bad = [
+            serde_json::json!({"type": "function", "function": {"name": "f",
+            "parameters": {"<|b|>": 1}}}),
+        ];
         let e = chat_prompt_ids_with(&t, &tok, &m[..1], Some(&bad), false, &TemplateKwargs::new())
             .unwrap_err();
         assert!(e.to_string().contains("key"), "{e}");

@@ -295,7 +295,9 @@ fn tojson(
             PythonCompact,
         )),
     };
-    written.map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?;
+    written.map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
     let s = String::from_utf8(out).expect("serde_json writes UTF-8");
     Ok(minijinja::Value::from_safe_string(s))
 }
@@ -384,7 +386,12 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.render_with(messages, None, add_generation_prompt, &TemplateKwargs::new())
+        self.render_with(
+            messages,
+            None,
+            add_generation_prompt,
+            &TemplateKwargs::new(),
+        )
     }
 
     /// [`Self::render`] with extra variables for a jinja template (vLLM's
@@ -572,9 +579,11 @@ mod tests {
             bos_token: String::new(),
             eos_token: "<|im_end|>".into(),
         };
-        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather",
+        let tools = [
+            serde_json::json!({"type": "function", "function": {"name": "get_weather",
             "description": "Weather <now> in a café", "parameters": {"type": "object",
-            "properties": {"city": {"type": "string"}}, "required": ["city"]}}})];
+            "properties": {"city": {"type": "string"}}, "required": ["city"]}}}),
+        ];
         let mut call = Message::new("assistant", "");
         call.tool_calls = Some(vec![serde_json::json!({"id": "call_1", "type": "function",
             "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}})]);

@@ -329,7 +329,10 @@ pub fn collect(events: Vec<ToolEvent>) -> (Option<String>, Vec<ParsedCall>) {
             ToolEvent::Call(c) => calls.push(c),
         }
     }
-    ((!text.trim().is_empty() || calls.is_empty()).then_some(text), calls)
+    (
+        (!text.trim().is_empty() || calls.is_empty()).then_some(text),
+        calls,
+    )
 }
 
 #[cfg(test)]
@@ -347,7 +350,9 @@ mod tests {
     /// chunking gives what the whole gives; returns that.
     fn parse_every_way(format: ToolFormat, out: &str) -> (Option<String>, Vec<ParsedCall>) {
         let whole = parse_output(format, out);
-        let cuts: Vec<usize> = (0..=out.len()).filter(|&i| out.is_char_boundary(i)).collect();
+        let cuts: Vec<usize> = (0..=out.len())
+            .filter(|&i| out.is_char_boundary(i))
+            .collect();
         for step in [1, 2, 3, 5, 7, 11] {
             let mut p = ToolCallParser::new(format);
             let mut events = vec![];
@@ -455,7 +460,10 @@ mod tests {
         let out = "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"q\": \"x\"}}, {\"name\": \"b\", \"arguments\": \"{\\\"n\\\": 1}\"}]";
         let (text, calls) = parse_every_way(ToolFormat::Mistral, out);
         assert_eq!(text, None);
-        assert_eq!(calls, vec![call("a", r#"{"q":"x"}"#), call("b", r#"{"n": 1}"#)]);
+        assert_eq!(
+            calls,
+            vec![call("a", r#"{"q":"x"}"#), call("b", r#"{"n": 1}"#)]
+        );
         let out = "Checking. [TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}]";
         let (text, calls) = parse_every_way(ToolFormat::Mistral, out);
         assert_eq!(text.as_deref(), Some("Checking."));
@@ -500,7 +508,9 @@ mod tests {
 
     #[test]
     fn tools_rendered_or_not() {
-        let tools = vec![serde_json::json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}})];
+        let tools = vec![
+            serde_json::json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}),
+        ];
         let with = ChatTemplate::Jinja {
             source: "{% if tools %}{% for t in tools %}{{ t | tojson }}{% endfor %}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}".into(),
             bos_token: String::new(),

@@ -46,7 +46,12 @@ pub fn call_grammar(
     let lit = |s: &str| serde_json::to_string(s).expect("a string serializes");
     match format {
         ToolFormat::Hermes => {
-            let block = format!("{} {} {}", lit(&format!("{HERMES_OPEN}\n")), "call", lit(&format!("\n{HERMES_CLOSE}")));
+            let block = format!(
+                "{} {} {}",
+                lit(&format!("{HERMES_OPEN}\n")),
+                "call",
+                lit(&format!("\n{HERMES_CLOSE}"))
+            );
             if parallel {
                 g += &format!("start: block ({} block)*\n", lit("\n"));
             } else {
@@ -102,7 +107,10 @@ mod tests {
         ];
         let g = call_grammar(ToolFormat::Hermes, &tools, true, None);
         assert!(g.starts_with("start: block (\"\\n\" block)*\n"), "{g}");
-        assert!(g.contains("block: \"<tool_call>\\n\" call \"\\n</tool_call>\"\n"), "{g}");
+        assert!(
+            g.contains("block: \"<tool_call>\\n\" call \"\\n</tool_call>\"\n"),
+            "{g}"
+        );
         assert!(g.contains("call: fn_0 | fn_1\n"), "{g}");
         let line = g.lines().find(|l| l.starts_with("fn_0: %json ")).unwrap();
         let schema: Json = serde_json::from_str(&line["fn_0: %json ".len()..]).unwrap();
@@ -122,6 +130,9 @@ mod tests {
         assert!(g.starts_with("start: call\n"), "{g}");
         assert!(g.contains("\"parameters\""), "{g}");
         let g = call_grammar(ToolFormat::Mistral, &tools, true, Some(5));
-        assert!(g.starts_with("start: <[5]> \"[\" call (\", \" call)* \"]\"\n"), "{g}");
+        assert!(
+            g.starts_with("start: <[5]> \"[\" call (\", \" call)* \"]\"\n"),
+            "{g}"
+        );
     }
 }

@@ -230,9 +230,8 @@ impl ChunkFormat for CompletionChunks {
             Some(l) if self.logprobs => completion_logprobs(&self.tok, &[(l.token, Some(l))], 0),
             _ => Value::Null,
         };
-        vec![self.chunk(
-            json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]),
-        )]
+        vec![self
+            .chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]))]
     }
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
         vec![self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)}]))]

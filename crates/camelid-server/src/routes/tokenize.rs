@@ -25,9 +25,15 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
             s.config.limits.check_messages(messages.len())?;
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
-            let ids =
-                render_and_encode(&permit, &m, msgs, None, add_generation_prompt, Default::default())
-                    .await?;
+            let ids = render_and_encode(
+                &permit,
+                &m,
+                msgs,
+                None,
+                add_generation_prompt,
+                Default::default(),
+            )
+            .await?;
             (m, ids)
         }
         TokenizeRequest::Text {
