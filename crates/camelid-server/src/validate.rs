@@ -303,3 +303,44 @@ pub fn max_tokens(
     }
     Ok(want)
 }
+
+#[cfg(test)]
+mod no_tools_tests {
+    use super::*;
+
+    fn req(v: Value) -> ChatRequest {
+        crate::openai::from_value(&v).unwrap()
+    }
+
+    /// A battle's request with tools, a tool choice, a call or a tool's answer is refused,
+    /// naming what carries it; `tool_choice: "none"` and `tools: []` pass.
+    #[test]
+    fn battles_refuse_every_form_of_tools() {
+        let user = serde_json::json!({"role": "user", "content": "hi"});
+        let param = |v: Value| no_tools(&req(v)).unwrap_err().param.unwrap();
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [user],
+                "tools": [{"type": "function", "function": {"name": "f"}}]})),
+            "tools"
+        );
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [user], "tool_choice": "auto"})),
+            "tool_choice"
+        );
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [user,
+                {"role": "tool", "tool_call_id": "c", "content": "x"}]})),
+            "messages[1]"
+        );
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [
+                {"role": "assistant", "content": null, "tool_calls": []}, user]})),
+            "messages[0]"
+        );
+        assert!(
+            no_tools(&req(serde_json::json!({"model": "", "messages": [user],
+            "tools": [], "tool_choice": "none"})))
+            .is_ok()
+        );
+    }
+}
