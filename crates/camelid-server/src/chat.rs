@@ -200,6 +200,14 @@ pub async fn submit_salted(
         if p.needs_special_tokens(model.engine.tokenizer()) {
             params.skip_special_tokens = false;
         }
+        // `required` and a named function are promises only a grammar keeps.
+        if p.grammar(model.engine.tokenizer()).is_some() {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "`tool_choice` \"required\" or a named function needs grammar-constrained \
+                 decoding, which this build does not have; use \"auto\"",
+            ));
+        }
     }
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),

@@ -204,8 +204,6 @@ impl ToolPlan {
 
     /// The Lark grammar that enforces `required` or a named function; `None` for `auto` and
     /// `none`. A named function is called once.
-    // Used once the grammar compiler (llguidance) is on this branch.
-    #[allow(dead_code)]
     pub fn grammar(&self, tok: &Tokenizer) -> Option<String> {
         let named = match &self.choice {
             ToolChoice::Required => None,
