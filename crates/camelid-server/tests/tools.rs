@@ -329,3 +329,80 @@ fn auto_splits_the_output_into_text_and_calls_alike_whole_and_streamed() {
     assert_eq!(streamed, got);
     eprintln!("auto: {raw_text:?} → {} call(s)", calls.len());
 }
+
+/// The arguments of a `get_weather` call, checked against `weather_tool`'s schema by hand.
+fn check_weather_arguments(args: &str) {
+    let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let o = v.as_object().unwrap_or_else(|| panic!("{args}"));
+    assert!(o.keys().all(|k| k == "city" || k == "unit"), "{args}");
+    assert!(o["city"].is_string(), "{args}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&o["unit"].as_str().unwrap()),
+        "{args}"
+    );
+}
+
+/// `required` and a named function: whatever the seed, every choice is one call whose
+/// arguments follow the schema, whole and streamed alike; a `parameters` schema the grammar
+/// compiler rejects is a 400 naming it.
+#[test]
+fn required_and_named_calls_follow_their_schemas() {
+    let s = &server().base;
+    let time = json!({"type": "function", "function": {"name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+                       "required": ["zone"], "additionalProperties": false}}});
+    for seed in 0..3 {
+        let body = chat(
+            "tools",
+            json!({"tools": [weather_tool(), time], "tool_choice": "required", "seed": seed,
+                   "temperature": 1.0, "n": 2, "max_tokens": 96, "parallel_tool_calls": false}),
+        );
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{}", short(&b));
+        for c in b["choices"].as_array().unwrap() {
+            let got = whole(c);
+            assert_eq!(got.finish.as_deref(), Some("tool_calls"), "{c}");
+            assert_eq!(got.calls.len(), 1, "{c}");
+            match got.calls[0].1.as_str() {
+                "get_weather" => check_weather_arguments(&got.calls[0].2),
+                "get_time" => {
+                    let v: Value = serde_json::from_str(&got.calls[0].2).unwrap();
+                    assert!(["UTC", "CET"].contains(&v["zone"].as_str().unwrap()), "{v}");
+                }
+                other => panic!("called {other}"),
+            }
+        }
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let chunks = stream(&sb);
+        for i in 0..2 {
+            assert_eq!(
+                without_ids(assemble(&chunks, i)),
+                without_ids(whole(&b["choices"][i as usize])),
+                "seed {seed} choice {i}"
+            );
+        }
+    }
+    let body = chat(
+        "tools",
+        json!({"tools": [weather_tool(), time], "seed": 5, "temperature": 1.0, "max_tokens": 96,
+               "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    );
+    let (st, b) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    let got = whole(&b["choices"][0]);
+    assert_eq!(got.calls.len(), 1, "{}", short(&b));
+    assert_eq!(got.calls[0].1, "get_weather");
+    check_weather_arguments(&got.calls[0].2);
+    let broken = json!({"type": "function", "function": {"name": "f",
+        "parameters": {"type": "object", "properties": {"a": {"$ref": "#/definitions/nowhere"}}}}});
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat(
+            "tools",
+            json!({"tools": [weather_tool(), broken], "tool_choice": "required"}),
+        ),
+    );
+    assert_error(st, &b, 400, Some("tools[1].function.parameters"));
+}
