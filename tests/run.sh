@@ -22,6 +22,13 @@ if [ "${CAMELID_SKIP_BROWSER:-}" != 1 ] && ! [ -x "${CAMELID_CHROMIUM:-/usr/bin/
     || echo "could not install chromium: the browser test will fail" >&2
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
+# openai 0.28 for FastChat's own gen_api_answer.py (crates/camelid/tests/fastchat_gen_api.rs),
+# in a folder of its own: the venv keeps openai 1.x.
+OPENAI_V0="${CAMELID_FASTCHAT_OPENAI_V0:-$HOME/.cache/camelid/fastchat-openai-v0}"
+if ! PYTHONPATH="$OPENAI_V0" "$VENV/bin/python" -c "import openai, shortuuid; assert openai.version.VERSION.startswith('0.')" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q --target "$OPENAI_V0" -r tests/fastchat/requirements-gen-api.txt
+fi
+export CAMELID_FASTCHAT_OPENAI_V0="$OPENAI_V0"
 # SkyPilot's task loader for the deploy files' test, in a venv of its own (its pins are not
 # the OpenAI client's); CAMELID_SKIP_SKYPILOT=1 skips that test.
 if [ "${CAMELID_SKIP_SKYPILOT:-}" != 1 ]; then

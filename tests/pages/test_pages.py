@@ -352,6 +352,33 @@ def arena_and_leaderboard(ctx):
     board.wait_for_selector(f"body[data-votes='{before + 2}']", timeout=10_000)
     board.screenshot(path=f"{shots}/leaderboard-desktop.png")
 
+    # The style-control toggle: the table shows the style-controlled fit the API returns
+    # (every vote here has both answers), with its coefficients; and back.
+    api_board = get_json("/arena/leaderboard")
+    styled = api_board["style_control"]
+    check(styled["battles"] == before + 2, f"style control rates both votes: {styled}")
+
+    def shows(rows_wanted, what):
+        shown = [r.split("\t") for r in board.locator("#rows tr").all_inner_texts()]
+        check(len(shown) == len(rows_wanted), f"{what}: {len(rows_wanted)} rows: {shown}")
+        for row, want in zip(shown, rows_wanted):
+            check(row[1] == want["model"] and row[2] == f"{want['rating']:.0f}"
+                  and row[3] == f"{want['ci_low']:.0f} – {want['ci_high']:.0f}"
+                  and row[4] == str(want["battles"]), f"{what}: row {row} shows {want}")
+
+    check(board.get_attribute("body", "data-view") == "plain" and board.is_hidden("#style-note"),
+          "the plain fit by default")
+    board.click("#style-control")
+    wait_js(board, "document.body.dataset.view === 'style'", "the style-controlled view")
+    shows(styled["leaderboard"], "style control")
+    note = board.inner_text("#style-note")
+    check(f"{before + 2} votes with both answers rated" in note and "length" in note
+          and "bold" in note, f"the style note: {note}")
+    board.click("#style-control")
+    wait_js(board, "document.body.dataset.view === 'plain'", "the plain view again")
+    shows(api_board["leaderboard"], "plain again")
+    check(board.is_hidden("#style-note"), "no style note in the plain view")
+
     # Escaping in the arena: both answers are the hostile text (a route stands in for the API).
     page.click("#new-round")
     fake = [{"battle_id": "battle-fake", "token": "0" * 64}]

@@ -8,7 +8,7 @@ use crate::{EngineConfig, Event, Request, SubmitError, Usage};
 use camelid_model::decode::sampling::{token_logprob, TokenLogprob};
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
-use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
+use camelid_model::{ForwardBatch, GrammarCompiler, LoadedModel, LogitsWanted};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ pub struct EngineHandle {
     max_waiting: usize,
     pub metrics: Arc<M>,
     tokenizer: Arc<Tokenizer>,
+    grammar: Arc<GrammarCompiler>,
     context_length: usize,
     vocab_size: usize,
     /// Positions the whole KV pool holds: no single request may need more.
@@ -51,6 +52,7 @@ impl EngineHandle {
             max_waiting: cfg.max_waiting.max(1),
             metrics: metrics.clone(),
             tokenizer: Arc::new(lm.tokenizer.clone()),
+            grammar: lm.grammar.clone(),
             context_length: lm.context_length,
             vocab_size: lm.model.config().vocab_size,
             kv_capacity: num_blocks * cfg.block_size,
@@ -130,6 +132,11 @@ impl EngineHandle {
     /// not do on the cores the engine runs on.
     pub fn shared_tokenizer(&self) -> Arc<Tokenizer> {
         self.tokenizer.clone()
+    }
+    /// Compiles structured-output grammars for this model (off the engine's thread: the
+    /// caller's).
+    pub fn grammar(&self) -> &Arc<GrammarCompiler> {
+        &self.grammar
     }
     pub fn context_length(&self) -> usize {
         self.context_length

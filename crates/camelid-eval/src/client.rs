@@ -46,8 +46,17 @@ impl ChatClient {
         })
     }
 
-    async fn once(&self, messages: &[Msg], temperature: f32, max_tokens: usize) -> Result<String> {
-        let body = json!({"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens, "n": 1});
+    async fn once(
+        &self,
+        messages: &[Msg],
+        temperature: f32,
+        max_tokens: usize,
+        extra: &Value,
+    ) -> Result<String> {
+        let mut body = json!({"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens, "n": 1});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
         let mut req = self.http.post(&self.url).json(&body);
         if let Some(k) = &self.api_key {
             req = req.bearer_auth(k);
@@ -77,10 +86,23 @@ impl ChatClient {
         temperature: f32,
         max_tokens: usize,
     ) -> Result<String> {
+        self.chat_with(messages, temperature, max_tokens, &Value::Null)
+            .await
+    }
+
+    /// [`Self::chat`] with `extra`'s fields added to the request body (e.g. vLLM's
+    /// `structured_outputs`).
+    pub async fn chat_with(
+        &self,
+        messages: &[Msg],
+        temperature: f32,
+        max_tokens: usize,
+        extra: &Value,
+    ) -> Result<String> {
         let mut delay = self.backoff;
         let mut last = None;
         for attempt in 0..=self.retries {
-            match self.once(messages, temperature, max_tokens).await {
+            match self.once(messages, temperature, max_tokens, extra).await {
                 Ok(t) => return Ok(t),
                 Err(e) => {
                     tracing::warn!("{} attempt {}: {e}", self.url, attempt + 1);

@@ -47,6 +47,41 @@ pub struct JudgePrompt {
     #[serde(default)]
     pub category: String,
     pub output_format: String,
+    /// A pairwise prompt's names for the first-shown assistant, the second and a tie, as its
+    /// verdicts write them (`[[A]]`, `[[B]]`, `[[C]]` when absent, FastChat's). A renamed
+    /// prompt (the paper's "rename" experiment) carries its own: see `judge::rename_assistants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_labels: Option<[String; 3]>,
+}
+
+impl JudgePrompt {
+    /// The verdict labels: first-shown, second-shown, tie.
+    pub fn labels(&self) -> [&str; 3] {
+        match &self.verdict_labels {
+            Some([a, b, c]) => [a, b, c],
+            None => ["A", "B", "C"],
+        }
+    }
+
+    /// Three non-empty labels, none inside another (`A` in `AB` would make verdicts
+    /// ambiguous).
+    pub fn check_labels(&self) -> Result<()> {
+        let [a, b, c] = self.labels();
+        let clash = |x: &str, y: &str| x.contains(y) || y.contains(x);
+        if [a, b, c].iter().any(|l| l.trim().is_empty())
+            || clash(a, b)
+            || clash(a, c)
+            || clash(b, c)
+        {
+            anyhow::bail!(
+                "judge prompt {}: verdict_labels must be three non-empty labels, none inside \
+                 another (got {:?})",
+                self.name,
+                [a, b, c]
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `(judge model, prompt name)`, serialised as FastChat's two-element list.
@@ -124,10 +159,12 @@ pub fn load_questions(path: &Path) -> Result<Vec<Question>> {
 }
 
 pub fn load_judge_prompts(path: &Path) -> Result<BTreeMap<String, JudgePrompt>> {
-    Ok(read_jsonl::<JudgePrompt>(path)?
-        .into_iter()
-        .map(|p| (p.name.clone(), p))
-        .collect())
+    let prompts = read_jsonl::<JudgePrompt>(path)?;
+    for p in &prompts {
+        p.check_labels()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(prompts.into_iter().map(|p| (p.name.clone(), p)).collect())
 }
 
 /// Answers by model id, then question id. `paths` are files or folders of `*.jsonl`.

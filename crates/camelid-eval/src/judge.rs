@@ -54,14 +54,54 @@ pub fn parse_score(judgment: &str) -> f64 {
 
 /// FastChat's pairwise verdict: "A", "B", "tie" or "error".
 pub fn parse_verdict(judgment: &str) -> &'static str {
-    if judgment.contains("[[A]]") {
+    parse_verdict_labelled(judgment, ["A", "B", "C"])
+}
+
+/// The pairwise verdict of a prompt whose assistants are called `labels` (first-shown,
+/// second-shown, tie): "A" for the first-shown, "B" for the second, "tie" or "error",
+/// checked in FastChat's order (`[[first]]`, then `[[second]]`, then `[[tie]]`).
+pub fn parse_verdict_labelled(judgment: &str, labels: [&str; 3]) -> &'static str {
+    let says = |l: &str| judgment.contains(&format!("[[{l}]]"));
+    if says(labels[0]) {
         "A"
-    } else if judgment.contains("[[B]]") {
+    } else if says(labels[1]) {
         "B"
-    } else if judgment.contains("[[C]]") {
+    } else if says(labels[2]) {
         "tie"
     } else {
         "error"
+    }
+}
+
+/// The paper's "rename" experiment: a pairwise prompt with its assistants renamed from A and
+/// B to `first` and `second` (`Assistant A` → `Assistant X`, `[[A]]` → `[[X]]`, in the system
+/// prompt, the template and the output format), its verdict labels set to match. Prompts of
+/// other types are returned as they are.
+pub fn rename_assistants(p: &JudgePrompt, first: &str, second: &str) -> JudgePrompt {
+    if p.kind != "pairwise" {
+        return p.clone();
+    }
+    static NAME: OnceLock<regex::Regex> = OnceLock::new();
+    let name = NAME
+        .get_or_init(|| regex::Regex::new(r"\b([Aa]ssistant) ([AB])\b|\[\[([AB])\]\]").unwrap());
+    let rename = |text: &str| {
+        name.replace_all(text, |c: &regex::Captures| {
+            let to = |l: &str| if l == "A" { first } else { second };
+            match (c.get(1), c.get(2), c.get(3)) {
+                (Some(word), Some(l), _) => format!("{} {}", word.as_str(), to(l.as_str())),
+                (_, _, Some(l)) => format!("[[{}]]", to(l.as_str())),
+                _ => c[0].to_string(),
+            }
+        })
+        .into_owned()
+    };
+    let tie = p.labels()[2].to_string();
+    JudgePrompt {
+        system_prompt: rename(&p.system_prompt),
+        prompt_template: rename(&p.prompt_template),
+        output_format: rename(&p.output_format),
+        verdict_labels: Some([first.to_string(), second.to_string(), tie]),
+        ..p.clone()
     }
 }
 
@@ -106,11 +146,41 @@ fn second<'a>(turns: &'a [String], what: &str) -> Result<&'a String> {
     turns.get(1).ok_or_else(|| anyhow!("{what} has one turn"))
 }
 
+/// The grammar (Lark, as llguidance and vLLM read it) of a constrained verdict: a free-text
+/// explanation (no brackets, at most `explanation_tokens` tokens) ending in FastChat's
+/// `[[A]]`/`[[B]]`/`[[C]]` (pairwise) or `[[rating]]`, 1 to 10 (single).
+pub fn verdict_grammar(pairwise: bool, explanation_tokens: usize) -> String {
+    verdict_grammar_labelled(pairwise.then_some(["A", "B", "C"]), explanation_tokens)
+}
+
+/// [`verdict_grammar`] with a pairwise prompt's own verdict labels (the rename experiment's
+/// `[[X]]`/`[[Y]]`); `None` is a single-answer rating.
+pub fn verdict_grammar_labelled(labels: Option<[&str; 3]>, explanation_tokens: usize) -> String {
+    let verdict = match labels {
+        // A JSON string literal is a Lark string literal (same escapes).
+        Some(labels) => labels
+            .iter()
+            .map(|l| serde_json::Value::from(*l).to_string())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        None => r#"/10|[1-9]/"#.to_string(),
+    };
+    format!(
+        "start: explanation \"[[\" VERDICT \"]]\"\n\
+         explanation[max_tokens={}]: /[^\\[\\]]*/\n\
+         VERDICT: {verdict}\n",
+        explanation_tokens.max(1)
+    )
+}
+
 pub struct Judge {
     pub client: ChatClient,
     pub prompts: BTreeMap<String, JudgePrompt>,
     pub references: BTreeMap<u64, Answer>,
     pub max_tokens: usize,
+    /// Send [`verdict_grammar`] as `structured_outputs.grammar`, so every verdict parses
+    /// (for judges served by camelid or another server that takes vLLM's field).
+    pub constrain: bool,
 }
 
 impl Judge {
@@ -222,9 +292,19 @@ impl Judge {
         ))
     }
 
-    async fn ask(&self, system: &str, user: &str) -> Result<String> {
+    /// `labels`: a pairwise prompt's verdict labels; `None` for a single-answer rating.
+    async fn ask(&self, system: &str, user: &str, labels: Option<[&str; 3]>) -> Result<String> {
         let msgs = [Msg::new("system", system), Msg::new("user", user)];
-        self.client.chat(&msgs, 0.0, self.max_tokens).await
+        let extra = if self.constrain {
+            // Room for the verdict's own few tokens after the explanation.
+            let explanation = self.max_tokens.saturating_sub(16);
+            serde_json::json!({"structured_outputs": {"grammar": verdict_grammar_labelled(labels, explanation)}})
+        } else {
+            serde_json::Value::Null
+        };
+        self.client
+            .chat_with(&msgs, 0.0, self.max_tokens, &extra)
+            .await
     }
 }
 
@@ -289,7 +369,7 @@ pub async fn run(
                 .map(|(q, m, a, t)| async move {
                     let r = async {
                         let (name, system, user) = judge.single_prompt(q, a, t)?;
-                        let judgment = judge.ask(&system, &user).await?;
+                        let judgment = judge.ask(&system, &user, None).await?;
                         Ok::<_, anyhow::Error>((name, user, judgment))
                     }
                     .await;
@@ -371,9 +451,14 @@ pub async fn run(
                     let r = async {
                         let (name, system, p1) = judge.pair_prompt(q, a1, a2, t)?;
                         let (_, _, p2) = judge.pair_prompt(q, a2, a1, t)?;
-                        let j1 = judge.ask(&system, &p1).await?;
-                        let j2 = judge.ask(&system, &p2).await?;
-                        Ok::<_, anyhow::Error>((name, p1, j1, p2, j2))
+                        let labels = judge.prompt_for(q, t, true)?.0.labels();
+                        let j1 = judge.ask(&system, &p1, Some(labels)).await?;
+                        let j2 = judge.ask(&system, &p2, Some(labels)).await?;
+                        let verdicts = game_winners(
+                            parse_verdict_labelled(&j1, labels),
+                            parse_verdict_labelled(&j2, labels),
+                        );
+                        Ok::<_, anyhow::Error>((name, p1, j1, p2, j2, verdicts))
                     }
                     .await;
                     (q, m1, m2, t, r)
@@ -382,8 +467,7 @@ pub async fn run(
             while let Some((q, m1, m2, t, r)) = s.next().await {
                 pb.inc(1);
                 match r {
-                    Ok((name, p1, j1, p2, j2)) => {
-                        let (g1, g2) = game_winners(parse_verdict(&j1), parse_verdict(&j2));
+                    Ok((name, p1, j1, p2, j2, (g1, g2))) => {
                         append_jsonl(
                             &opts.out,
                             &PairJudgment {
@@ -413,4 +497,71 @@ pub async fn run(
         }
     }
     Ok((ok, errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair_prompt() -> JudgePrompt {
+        JudgePrompt {
+            name: "pair-v2".into(),
+            kind: "pairwise".into(),
+            system_prompt: "Do not favor certain names of the assistants. Output \"[[A]]\" if \
+                            assistant A is better, \"[[B]]\" if assistant B is better, and \
+                            \"[[C]]\" for a tie."
+                .into(),
+            prompt_template: "[The Start of Assistant A's Answer]\n{answer_a}\n\
+                              [The End of Assistant A's Answer]\n\n### Assistant B:\n{answer_b}"
+                .into(),
+            description: String::new(),
+            category: "general".into(),
+            output_format: "[[A]]".into(),
+            verdict_labels: None,
+        }
+    }
+
+    #[test]
+    fn renamed_assistants_are_renamed_everywhere_and_their_verdicts_parsed() {
+        let p = rename_assistants(&pair_prompt(), "X", "Y");
+        assert_eq!(
+            p.system_prompt,
+            "Do not favor certain names of the assistants. Output \"[[X]]\" if assistant X is \
+             better, \"[[Y]]\" if assistant Y is better, and \"[[C]]\" for a tie."
+        );
+        assert_eq!(
+            p.prompt_template,
+            "[The Start of Assistant X's Answer]\n{answer_a}\n[The End of Assistant X's \
+             Answer]\n\n### Assistant Y:\n{answer_b}"
+        );
+        assert_eq!(p.output_format, "[[X]]");
+        assert_eq!(p.labels(), ["X", "Y", "C"]);
+        // The template's fields are untouched: the answers still fill it.
+        let vars = BTreeMap::from([("answer_a", "first"), ("answer_b", "second")]);
+        assert!(format_template(&p.prompt_template, &vars)
+            .unwrap()
+            .contains("Assistant X's Answer]\nfirst"));
+        let labels = p.labels();
+        assert_eq!(parse_verdict_labelled("so [[Y]]", labels), "B");
+        assert_eq!(parse_verdict_labelled("[[X]] over [[Y]]", labels), "A");
+        assert_eq!(parse_verdict_labelled("[[C]]", labels), "tie");
+        // The old names are no verdict under the new ones.
+        assert_eq!(parse_verdict_labelled("[[A]]", labels), "error");
+        assert_eq!(parse_verdict("[[X]]"), "error");
+        // Single-answer prompts have no assistants to rename.
+        let single = JudgePrompt {
+            kind: "single".into(),
+            prompt_template: "### Assistant A:\n{answer}".into(),
+            ..pair_prompt()
+        };
+        assert_eq!(
+            rename_assistants(&single, "X", "Y").prompt_template,
+            single.prompt_template
+        );
+        // Labels one inside another would make verdicts ambiguous.
+        assert!(rename_assistants(&pair_prompt(), "X", "XY")
+            .check_labels()
+            .is_err());
+        assert!(p.check_labels().is_ok());
+    }
 }

@@ -9,11 +9,13 @@
 //! - [`agreement`] — `mtbench agreement`: judge–judge and judge–human agreement (S1/S2)
 //! - [`bias`] — `mtbench bias`: position bias from swapped pairwise games
 //! - [`style`] — `arena ratings --style-control`: Bradley–Terry with style covariates
+//! - [`category`] — `arena ratings --category`/`--by-category`: ratings per battle category
 
 pub mod agreement;
 pub mod answer;
 pub mod bench;
 pub mod bias;
+pub mod category;
 pub mod client;
 pub mod data;
 pub mod judge;

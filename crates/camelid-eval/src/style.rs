@@ -69,6 +69,12 @@ fn side(raw: &Value, s: char) -> Option<[f64; 4]> {
     any.then_some(sum)
 }
 
+/// Whether a battle record carries both sides' style (FastChat's `conv_metadata`, or an
+/// assistant message in each conversation): the records [`style_controlled`] can rate.
+pub fn has_answers(raw: &Value) -> bool {
+    side(raw, 'a').is_some() && side(raw, 'b').is_some()
+}
+
 /// The standardised style covariates of each battle (a's style against b's).
 pub fn features(records: &[BattleRecord]) -> Result<Vec<[f64; 4]>> {
     let mut raw = Vec::with_capacity(records.len());

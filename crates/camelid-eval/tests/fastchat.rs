@@ -17,6 +17,7 @@ fn judge() -> Judge {
         prompts: load_judge_prompts(&data().join("judge_prompts.jsonl")).unwrap(),
         references: refs.into_iter().map(|a| (a.question_id, a)).collect(),
         max_tokens: 16,
+        constrain: false,
     }
 }
 

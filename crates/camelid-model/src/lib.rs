@@ -6,13 +6,16 @@
 //! - [`models`]: the architectures, one file each (their weights, nothing about where they run).
 //! - [`runtime`]: the forward pass — CPU serving, CUDA serving or the tensor reference, picked
 //!   once per forward; [`batch`] is its input, [`kv`] where it keeps keys and values.
-//! - [`decode`]: sampling, the per-sequence decoder and single-sequence generation.
+//! - [`decode`]: sampling, the per-sequence decoder and single-sequence generation;
+//!   [`constraint`]: structured output (grammars compiled for a vocabulary, per-sequence
+//!   matchers whose masks the decoder applies).
 //! - [`config`], [`linear`] (dense and quantized matmuls), [`rope`] (rotary tables).
 //!
 //! Compute kernels live in `camelid-kernels`, which knows no model.
 
 pub mod batch;
 pub mod config;
+pub mod constraint;
 pub mod decode;
 pub mod error;
 pub mod kv;
@@ -24,6 +27,7 @@ pub mod runtime;
 pub mod text;
 
 pub use batch::{ForwardBatch, LogitsWanted, SeqChunk};
+pub use constraint::{Constraint, GrammarCompiler, TopLevelGrammar};
 pub use decode::sampling::{Sampler, SamplingParams};
 pub use error::{Error, Result};
 pub use kv::KvDtype;

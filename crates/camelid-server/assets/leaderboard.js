@@ -1,12 +1,15 @@
 // The leaderboard page: GET arena/leaderboard as a table, fetched again when a vote is cast
 // in another page of this browser (until the board counts it) and every 15 s while the page
-// is visible.
+// is visible. The style-control toggle shows the style-controlled fit the same reply carries.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
   const rows = document.getElementById("rows");
   const summary = document.getElementById("summary");
   const refreshButton = document.getElementById("refresh");
+  const styleToggle = document.getElementById("style-control");
+  const styleNote = document.getElementById("style-note");
+  let last = null;
   const POLL_MS = 15000;
 
   // One plus the models whose whole interval lies above this model's (FastChat's rank).
@@ -21,8 +24,18 @@ document.addEventListener("DOMContentLoaded", () => {
     return td;
   }
 
+  // The style coefficients as a sentence: log-odds per standard deviation of each element.
+  function coefficients(c) {
+    if (!c) return "No answers to weigh yet.";
+    const parts = Object.entries(c).map(([k, v]) => `${k} ${v >= 0 ? "+" : ""}${v.toFixed(2)}`);
+    return "Style coefficients (log-odds per standard deviation): " + parts.join(", ") + ".";
+  }
+
   function show(r) {
-    const board = r.leaderboard;
+    last = r;
+    const styled = styleToggle.checked;
+    const view = styled ? r.style_control : r;
+    const board = view.leaderboard;
     rows.replaceChildren(
       ...board.map((m) => {
         const tr = document.createElement("tr");
@@ -42,6 +55,12 @@ document.addEventListener("DOMContentLoaded", () => {
         ? "No votes yet: vote in the Arena."
         : `${r.battles} vote${r.battles === 1 ? "" : "s"} · updated ${when}`;
     document.body.dataset.votes = String(r.battles);
+    document.body.dataset.view = styled ? "style" : "plain";
+    styleNote.hidden = !styled;
+    styleNote.textContent = styled
+      ? `${view.battles} vote${view.battles === 1 ? "" : "s"} with both answers rated. ` +
+        coefficients(view.coefficients)
+      : "";
   }
 
   let loading = false;
@@ -69,6 +88,9 @@ document.addEventListener("DOMContentLoaded", () => {
   }
 
   refreshButton.addEventListener("click", refresh);
+  styleToggle.addEventListener("change", () => {
+    if (last) show(last);
+  });
   if ("BroadcastChannel" in window) {
     new BroadcastChannel("camelid-arena").addEventListener("message", afterVote);
   }

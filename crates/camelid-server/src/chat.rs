@@ -8,6 +8,7 @@ use crate::format::{chat_logprobs, new_id, now_secs, sum_usage};
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::run::{self, blocking, collect, ChoiceSpec, Submission};
 use crate::state::{AppState, ModelEntry, Permit};
+use crate::structured;
 use crate::tools::{self, ToolPlan};
 use crate::validate::{cache_salt, generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
@@ -196,17 +197,21 @@ pub async fn submit_salted(
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     let shown = plan.as_ref().map(|p| p.tools.clone());
     let prompt = render_and_encode(&permit, &model, msgs, shown, true, kwargs).await?;
+    params.constraint = structured::compile(&permit, &model, f).await?;
     if let Some(p) = &plan {
         if p.needs_special_tokens(model.engine.tokenizer()) {
             params.skip_special_tokens = false;
         }
-        // `required` and a named function are promises only a grammar keeps.
-        if p.grammar(model.engine.tokenizer()).is_some() {
-            return Err(ApiError::invalid_param(
-                "tool_choice",
-                "`tool_choice` \"required\" or a named function needs grammar-constrained \
-                 decoding, which this build does not have; use \"auto\"",
-            ));
+        // `required` and a named function: a grammar keeps the promise.
+        if let Some(c) = tools::compile(&permit, &model, p).await? {
+            if params.constraint.is_some() {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "`tool_choice` \"required\" or a named function cannot be combined with \
+                     another output constraint (`response_format`, structured outputs)",
+                ));
+            }
+            params.constraint = Some(c);
         }
     }
     params.max_tokens = max_tokens(

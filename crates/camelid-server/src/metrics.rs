@@ -69,7 +69,7 @@ fn write_series(
 
 /// A label value as Prometheus' text format requires it: backslash, double quote and line
 /// feed escaped (anything else may appear as is).
-fn escape_label(v: &str) -> Cow<'_, str> {
+pub(crate) fn escape_label(v: &str) -> Cow<'_, str> {
     if !v.contains(['\\', '"', '\n']) {
         return Cow::Borrowed(v);
     }

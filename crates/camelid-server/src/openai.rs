@@ -127,9 +127,10 @@ pub struct SamplingFields {
     pub ignore_eos: bool,
     pub stop_token_ids: Option<Vec<u32>>,
     pub skip_special_tokens: Option<bool>,
-    /// Not implemented beyond `{"type": "text"}` (see `validate::unimplemented`).
+    /// Structured output (read by `structured::requested`): OpenAI's `response_format`,
+    /// vLLM's `structured_outputs` and its older `guided_*` names.
     pub response_format: Option<serde_json::Value>,
-    /// vLLM's guided decoding: not implemented.
+    pub structured_outputs: Option<serde_json::Value>,
     pub guided_json: Option<serde_json::Value>,
     pub guided_regex: Option<serde_json::Value>,
     pub guided_choice: Option<serde_json::Value>,

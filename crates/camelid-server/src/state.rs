@@ -24,6 +24,13 @@ pub struct ModelEntry {
     pub created: u64,
 }
 
+impl ModelEntry {
+    /// Compiles structured-output grammars for this model's vocabulary.
+    pub fn grammar(&self) -> &Arc<camelid_model::GrammarCompiler> {
+        self.engine.grammar()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Empty: no authentication. Keys must not be empty (`camelid serve` checks).

@@ -4,12 +4,15 @@
 
 use crate::error::ApiError;
 use crate::openai::ChatRequest;
+use crate::run::blocking;
+use crate::state::{ModelEntry, Permit};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::text::tool_calls::{renders_tools, ToolCallParser, ToolEvent, ToolFormat};
 use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
-use camelid_model::ChatTemplate;
+use camelid_model::{ChatTemplate, Constraint, TopLevelGrammar};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// `tool_choice`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +252,50 @@ impl ToolPlan {
             sent: 0,
         }
     }
+}
+
+/// Checks every function's `parameters` schema with the model's grammar compiler (a schema it
+/// rejects is a 400 naming that function's `parameters`) and compiles the grammar `required`
+/// or a named function asks for, off the async workers under the request's permit.
+pub async fn compile(
+    permit: &Permit,
+    model: &Arc<ModelEntry>,
+    plan: &ToolPlan,
+) -> Result<Option<Constraint>, ApiError> {
+    let grammar = plan.grammar(model.engine.tokenizer());
+    let compiler = model.grammar().clone();
+    let tools = plan.tools.clone();
+    blocking(permit, move || {
+        for (i, t) in tools.iter().enumerate() {
+            if let Some(p) = t.pointer("/function/parameters").filter(|p| p.is_object()) {
+                compiler
+                    .compile(TopLevelGrammar::from_json_schema(p.clone()))
+                    .map_err(|why| {
+                        bad(
+                            &format!("tools[{i}].function.parameters"),
+                            format!(
+                                "Invalid JSON schema in `tools[{i}].function.parameters`: {why}"
+                            ),
+                        )
+                    })?;
+            }
+        }
+        grammar
+            .map(|g| {
+                compiler
+                    .compile(TopLevelGrammar::from_lark(g))
+                    .map_err(|why| {
+                        bad(
+                            "tool_choice",
+                            format!(
+                                "The tool-call grammar for `tool_choice` does not compile: {why}"
+                            ),
+                        )
+                    })
+            })
+            .transpose()
+    })
+    .await
 }
 
 /// An assistant message's `tool_calls` as templates read them: OpenAI's objects with

@@ -1,4 +1,5 @@
-//! Request fields → engine parameters, with OpenAI's limits and error wording.
+//! Request fields → engine parameters, with OpenAI's limits and error wording (output
+//! constraints are `structured`'s).
 
 use crate::error::ApiError;
 use crate::limits::RequestLimits;
@@ -33,33 +34,6 @@ fn off(v: &Option<Value>, off: &[&str]) -> bool {
         Some(Value::String(s)) => off.contains(&s.as_str()),
         Some(_) => false,
     }
-}
-
-/// Fields that would change what is generated and are not implemented answer 400 naming
-/// the field, rather than an answer that silently ignores them; their "off" values pass
-/// (unknown fields are ignored, as OpenAI's clients expect).
-pub fn unimplemented_sampling(f: &SamplingFields) -> Result<(), ApiError> {
-    match &f.response_format {
-        None | Some(Value::Null) => {}
-        Some(v) if v.get("type").and_then(Value::as_str) == Some("text") => {}
-        Some(_) => {
-            return Err(not_implemented(
-                "response_format",
-                "only {\"type\": \"text\"} (structured output is not implemented)",
-            ))
-        }
-    }
-    for (name, v) in [
-        ("guided_json", &f.guided_json),
-        ("guided_regex", &f.guided_regex),
-        ("guided_choice", &f.guided_choice),
-        ("guided_grammar", &f.guided_grammar),
-    ] {
-        if !matches!(v, None | Some(Value::Null)) {
-            return Err(not_implemented(name, "guided decoding is not implemented"));
-        }
-    }
-    Ok(())
 }
 
 /// Arena battles answer in text: tools, a tool choice and tool messages are refused (a
@@ -98,7 +72,8 @@ pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The completions endpoint's own (see [`unimplemented_sampling`]).
+/// The completions endpoint's fields that are not implemented: 400 naming the field, never
+/// silently ignored; their "off" values pass.
 pub fn unimplemented_completion(req: &CompletionRequest, n: u32) -> Result<(), ApiError> {
     match &req.suffix {
         None | Some(Value::Null) => {}
@@ -145,7 +120,6 @@ pub fn generation_params(
         f.stop_token_ids.as_ref().map_or(0, Vec::len),
         f.logit_bias.as_ref().map_or(0, |b| b.len()),
     )?;
-    unimplemented_sampling(f)?;
     range("temperature", f.temperature, 0.0, 2.0, false)?;
     range("top_p", f.top_p, 0.0, 1.0, true)?;
     range("presence_penalty", f.presence_penalty, -2.0, 2.0, false)?;

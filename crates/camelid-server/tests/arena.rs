@@ -271,6 +271,10 @@ fn arena_battles_are_anonymous_and_votes_rate_the_models() {
     )
     .unwrap();
     assert_eq!(refit, board["leaderboard"]);
+    // The style-controlled fit of the same votes, from the stored conversations.
+    let (_, styled, _) = expected_fits(&exported);
+    assert_eq!(board["style_control"]["battles"], 5, "{board}");
+    assert_eq!(board["style_control"]["leaderboard"], styled);
     // A server started on the same store carries the votes on.
     let restarted = serve(sqlite_arena(&db, no_limits()), &["smol-a", "smol-b"]);
     assert_eq!(
@@ -505,6 +509,113 @@ fn the_leaderboard_is_fitted_when_votes_change_not_per_request() {
     assert_eq!(s.vote(&id, Some(&token), "tie").0, 200);
     let second = s.leaderboard_with(2);
     assert!(second["computed_at"].as_f64() > first["computed_at"].as_f64());
+}
+
+/// What the board should hold for the exported votes: the plain fit of every anonymous vote
+/// and the style-controlled fit of those with both answers, as `camelid_eval` computes them
+/// (through JSON text, as the board comes).
+fn expected_fits(exported: &[Value]) -> (Value, Value, [f64; 4]) {
+    use camelid_eval::{ratings, style};
+    let records = ratings::select_records(
+        ratings::read_battle_records(&Value::from(exported.to_vec()).to_string()).unwrap(),
+        false,
+    );
+    let opts = ratings::RatingOptions {
+        convention: ratings::BtConvention::FastChat,
+        rounds: 100,
+        seed: 0,
+    };
+    let battles: Vec<_> = records.iter().map(|r| r.battle.clone()).collect();
+    let answered: Vec<_> = records
+        .into_iter()
+        .filter(|r| style::has_answers(&r.raw))
+        .collect();
+    let (styled, coefficients) = style::style_controlled(&answered, &opts).unwrap();
+    (
+        through_text(&ratings::leaderboard_with(&battles, &opts)),
+        through_text(&styled),
+        coefficients,
+    )
+}
+
+/// A value through JSON text (serde_json's default float parsing may be one ulp off the
+/// printed value, the same way for the board's reply).
+fn through_text<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::from_str(&serde_json::to_string(v).unwrap()).unwrap()
+}
+
+/// Style control on `/arena/leaderboard`: voters here pick the longer answer, and `wordy`
+/// always writes the longer one. The reply carries the plain fit, which credits `wordy`, and
+/// the style-controlled one, which credits length instead, computed from the stored
+/// conversations; votes without answers count in the plain fit only.
+#[test]
+fn the_leaderboard_carries_the_style_controlled_fit() {
+    let conversation = |words: usize| {
+        json!([{"role": "user", "content": "q"},
+               {"role": "assistant", "content": "word ".repeat(words)}])
+    };
+    let mut records = vec![];
+    let mut battle = |a: &str, b: &str, winner: &str, lens: Option<(usize, usize)>| {
+        let n = records.len();
+        let mut r = json!({"question_id": format!("q{n}"), "model_a": a, "model_b": b,
+            "winner": winner, "anony": true, "tstamp": n as f64});
+        if let Some((la, lb)) = lens {
+            r["conversation_a"] = conversation(la);
+            r["conversation_b"] = conversation(lb);
+        }
+        records.push(r);
+    };
+    for k in 0..120 {
+        let (la, lb) = if k % 2 == 0 { (300, 50) } else { (50, 300) };
+        let w = if la > lb { "model_a" } else { "model_b" };
+        battle(["x", "y"][k % 2], "z", w, Some((la, lb)));
+        let (lw, lo, w) = if k % 10 == 0 {
+            (100, 100, "model_b")
+        } else {
+            (400, 60, "model_a")
+        };
+        battle("wordy", ["x", "y", "z"][k % 3], w, Some((lw, lo)));
+    }
+    // Imported battles without conversations.
+    battle("x", "wordy", "model_a", None);
+    battle("y", "wordy", "tie", None);
+    let arena = Arena::in_memory(ArenaConfig::default());
+    assert_eq!(
+        runtime().block_on(arena.import(&records)).unwrap(),
+        records.len() as u64
+    );
+    let s = serve_models(ServerConfig::default(), arena, vec![]);
+    let board = s.leaderboard_with(records.len() as u64);
+    let sc = &board["style_control"];
+    assert_eq!(board["battles"], records.len(), "{board}");
+    assert_eq!(sc["battles"], records.len() - 2, "{sc}");
+    let (plain, styled, coefficients) = expected_fits(&records);
+    assert_eq!(board["leaderboard"], plain);
+    assert_eq!(sc["leaderboard"], styled);
+    for (k, e) in camelid_eval::style::ELEMENTS.iter().enumerate() {
+        let c = sc["coefficients"][e].as_f64().unwrap();
+        assert!(
+            (c - coefficients[k]).abs() < 1e-12,
+            "{e}: {c} vs {coefficients:?}"
+        );
+    }
+    assert!(coefficients[0] > 1.0, "length pays: {coefficients:?}");
+    let rating = |rows: &Value, m: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == m)
+            .unwrap()["rating"]
+            .as_f64()
+            .unwrap()
+    };
+    let lead = |rows: &Value| rating(rows, "wordy") - rating(rows, "x");
+    assert_eq!(board["leaderboard"][0]["model"], "wordy", "{board}");
+    let (plain_lead, styled_lead) = (lead(&board["leaderboard"]), lead(&sc["leaderboard"]));
+    assert!(
+        styled_lead < plain_lead / 2.0,
+        "style control takes back the lead bought with length: {plain_lead} vs {styled_lead}"
+    );
 }
 
 /// `import` reads FastChat battles (a torn last line left out by the reader), keeps their

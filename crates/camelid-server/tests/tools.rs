@@ -17,7 +17,7 @@ fn entry(name: &str, template: Option<&str>) -> ModelEntry {
     let mut lm =
         camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
     if let Some(t) = template {
-        lm = lm.with_chat_template(t.to_string());
+        lm = lm.with_chat_template(t.to_string()).unwrap();
     }
     ModelEntry {
         name: name.into(),

@@ -391,3 +391,183 @@ fn bias_and_agreement_tables_from_the_command_line() {
         "{table}"
     );
 }
+
+/// A judge that always prefers the answer with `GOOD` in it, whatever the assistants are
+/// called: it answers `[[L]]` with L the name (`Assistant L`) under which that answer was
+/// shown. An OpenAI chat endpoint on a loopback port (std only: one thread per connection).
+/// Returns its base URL and the user prompts it was sent.
+fn preferring_judge() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return; // the client closed the connection
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let user = req["messages"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .rfind(|m| m["role"] == "user")
+                        .unwrap()["content"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    let before = &user[..user.find("GOOD").expect("a GOOD answer shown")];
+                    let name = &before[before.rfind("Assistant ").unwrap() + "Assistant ".len()..];
+                    let label: String = name.chars().take_while(|c| c.is_alphanumeric()).collect();
+                    log.lock().unwrap().push(user);
+                    let reply = serde_json::json!({"choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": format!("The better one. [[{label}]]")}}]})
+                    .to_string();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        reply.len()
+                    );
+                    if conn.write_all((head + &reply).as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (base, seen)
+}
+
+/// The paper's "rename" experiment: `mtbench rename-prompts` calls the pairwise prompts'
+/// assistants X and Y, `mtbench judge` with that file parses the judge's `[[X]]`/`[[Y]]`
+/// verdicts (a judge that always picks the better answer is consistent under both orders),
+/// and `mtbench bias` counts them.
+#[test]
+fn renamed_assistants_are_judged_by_their_new_names() {
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path();
+    let renamed = dir.join("renamed_prompts.jsonl");
+    camelid(&[
+        "mtbench",
+        "rename-prompts",
+        "--judge-prompts",
+        data().join("judge_prompts.jsonl").to_str().unwrap(),
+        "--names",
+        "X,Y",
+        "--out",
+        renamed.to_str().unwrap(),
+    ]);
+    let prompts = lines(&renamed);
+    assert_eq!(prompts.len(), 8);
+    for p in prompts.iter().filter(|p| p["type"] == "pairwise") {
+        let all = format!("{} {}", p["system_prompt"], p["prompt_template"]);
+        assert!(
+            all.contains("Assistant X") && all.contains("Assistant Y"),
+            "{p}"
+        );
+        assert!(
+            !all.contains("Assistant A") && !all.contains("[[A]]"),
+            "{p}"
+        );
+        assert_eq!(p["verdict_labels"], serde_json::json!(["X", "Y", "C"]));
+    }
+    // Two models' answers to the first two questions (both turns): `good`'s say GOOD.
+    let questions: Vec<serde_json::Value> = lines(&data().join("question.jsonl"))
+        .into_iter()
+        .take(2)
+        .collect();
+    let answers = dir.join("model_answer");
+    std::fs::create_dir_all(&answers).unwrap();
+    for (model, text) in [("good", "GOOD answer"), ("meh", "an answer")] {
+        let rows: String = questions
+            .iter()
+            .map(|q| {
+                serde_json::json!({"question_id": q["question_id"], "answer_id": "x",
+                    "model_id": model, "tstamp": 1.0,
+                    "choices": [{"index": 0, "turns": [text, text]}]})
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        std::fs::write(answers.join(format!("{model}.jsonl")), rows).unwrap();
+    }
+    let (judge, seen) = preferring_judge();
+    let out = dir.join("pair-renamed.jsonl");
+    camelid(&[
+        "mtbench",
+        "judge",
+        "--judge-endpoint",
+        &judge,
+        "--judge-model",
+        "judge",
+        "--answers",
+        answers.to_str().unwrap(),
+        "--mode",
+        "pairwise-all",
+        "--questions",
+        data().join("question.jsonl").to_str().unwrap(),
+        "--first-n",
+        "2",
+        "--judge-prompts",
+        renamed.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 8, "2 questions x 2 turns x 2 orders");
+    assert!(seen
+        .iter()
+        .all(|p| p.contains("Assistant X") && !p.contains("Assistant A")));
+    let js = lines(&out);
+    assert_eq!(js.len(), 4);
+    for j in &js {
+        assert_eq!(
+            (&j["model_1"], &j["model_2"]),
+            (&"good".into(), &"meh".into())
+        );
+        // Game 1 shows `good` as X, game 2 as Y: both verdicts name it.
+        assert!(j["g1_judgment"].as_str().unwrap().ends_with("[[X]]"), "{j}");
+        assert!(j["g2_judgment"].as_str().unwrap().ends_with("[[Y]]"), "{j}");
+        assert_eq!(
+            (&j["g1_winner"], &j["g2_winner"]),
+            (&"model_1".into(), &"model_1".into()),
+            "{j}"
+        );
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&camelid(&[
+        "mtbench",
+        "bias",
+        "--judgments",
+        &format!("rename={}", out.display()),
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let all = rows.iter().find(|r| r["by"] == "all").unwrap();
+    assert_eq!(all["judge"], "rename");
+    assert_eq!(
+        (&all["counts"]["judged"], &all["counts"]["consistent"]),
+        (&4.into(), &4.into()),
+        "{all}"
+    );
+}

@@ -56,6 +56,28 @@ fn openai_python_client_calls_tools() {
     );
 }
 
+/// Structured output through the openai client: `beta.chat.completions.parse` with a
+/// pydantic model, strict schemas validated by `jsonschema`, regex, choice, a broken schema.
+#[test]
+fn openai_python_client_gets_structured_output() {
+    let python = std::env::var("CAMELID_TEST_PYTHON")
+        .expect("CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the venv with openai)");
+    let s = serve(&[
+        "--api-key",
+        "sk-test",
+        "--model",
+        "smol=smollm2-135m-instruct",
+    ]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/openai/test_structured.py"
+    );
+    run_test_script(
+        Command::new(python).args([script, &s.base, "smol"]),
+        "openai structured output test",
+    );
+}
+
 /// SIGTERM while a long stream is in flight: the listener closes at once (a new connection
 /// is refused while the stream still runs), the stream runs to its full length, then the
 /// process exits cleanly.

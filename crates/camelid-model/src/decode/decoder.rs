@@ -3,6 +3,7 @@
 //! [`super::generate`] loop (CLI, tests) and the serving engine.
 
 use super::sampling::{token_logprob, Sampler, SamplingParams, TokenLogprob};
+use crate::constraint::{Constraint, SequenceConstraint};
 use crate::error::{Error, Result};
 use crate::text::stream::{IncrementalDecoder, StopCheck, StopMatcher};
 use crate::text::tokenizer::Tokenizer;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// EOS, a stop token or a stop string.
+    /// EOS, a stop token, a stop string, or the grammar finished.
     Stop,
     /// `max_tokens` or the context length.
     Length,
@@ -37,6 +38,9 @@ pub struct GenerationParams {
     /// Number of alternatives per token when log-probabilities are wanted.
     pub logprobs: Option<usize>,
     pub skip_special_tokens: bool,
+    /// Structured output: only tokens the grammar allows are drawn; stop tokens only where
+    /// it can end; a finished grammar ends the sequence.
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerationParams {
@@ -50,6 +54,7 @@ impl GenerationParams {
             min_tokens: 0,
             logprobs: None,
             skip_special_tokens: true,
+            constraint: None,
         }
     }
 }
@@ -73,11 +78,18 @@ pub struct SequenceDecoder {
     output: Vec<u32>,
     context_length: usize,
     done: bool,
+    /// The sequence's matcher when it is constrained (an error if it could not start).
+    grammar: Option<std::result::Result<SequenceConstraint, String>>,
 }
 
 impl SequenceDecoder {
     pub fn new(prompt: Vec<u32>, params: GenerationParams, context_length: usize) -> Self {
+        let grammar = params
+            .constraint
+            .as_ref()
+            .map(|c| SequenceConstraint::start(c, &[]).map_err(|e| e.to_string()));
         Self {
+            grammar,
             sampler: Sampler::new(params.sampling.clone()),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
             stops: StopMatcher::new(params.stop_strings.to_vec()),
@@ -114,13 +126,36 @@ impl SequenceDecoder {
                 }
             }
         }
+        let mut grammar = match &mut self.grammar {
+            None => None,
+            Some(Ok(g)) => Some(g),
+            Some(Err(e)) => return Err(Error::Invalid(e.clone())),
+        };
+        if let Some(g) = grammar.as_mut() {
+            let mask = g.mask()?;
+            // A grammar that can only end here ends, even before min_tokens or with
+            // ignore_eos: the structure is the guarantee.
+            let only_stops = mask.can_end
+                && !(0..l.len() as u32)
+                    .any(|t| mask.is_allowed(t) && !self.params.stop_token_ids.contains(&t));
+            if only_stops && block_stops {
+                l.copy_from_slice(logits);
+            }
+            mask.apply(&mut l, &self.params.stop_token_ids);
+        }
         let token = self.sampler.sample(&l, &self.prompt, &self.output);
         let logprob = self
             .params
             .logprobs
             .map(|n| token_logprob(logits, token, n));
         self.output.push(token);
-        let is_stop_token = !block_stops && self.params.stop_token_ids.contains(&token);
+        let is_stop_token =
+            self.params.stop_token_ids.contains(&token) && (!block_stops || grammar.is_some());
+        // The matcher consumes every token but a stop token (which ends the sequence).
+        let grammar_done = match grammar {
+            Some(g) if !is_stop_token => g.commit(token)?,
+            _ => false,
+        };
         let mut text = String::new();
         let mut finished = None;
         if is_stop_token {
@@ -134,6 +169,10 @@ impl SequenceDecoder {
                     text += &t;
                     finished = Some(FinishReason::Stop);
                 }
+            }
+            if grammar_done && finished.is_none() {
+                text += &self.stops.flush_after(self.detok.flush(tok)?);
+                finished = Some(FinishReason::Stop);
             }
         }
         if finished.is_none()

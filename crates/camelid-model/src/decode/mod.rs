@@ -6,5 +6,8 @@ pub mod decoder;
 pub mod generate;
 pub mod sampling;
 
+/// Grammars live in [`crate::constraint`] (the loader builds a model's compiler, and
+/// [`generate`] reads loaded models); re-exported so `decode::constraint::…` names them too.
+pub use crate::constraint;
 pub use decoder::{FinishReason, GenerationParams, SequenceDecoder, StepOutput};
 pub use generate::{generate, Generation};

@@ -2,6 +2,7 @@
 //! ready model: weights, tokenizer, chat template, stop tokens.
 
 use crate::config::{ids_from_json, HfConfig};
+use crate::constraint::GrammarCompiler;
 use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;
 use crate::load::gguf_tokenizer;
@@ -12,6 +13,7 @@ use crate::text::template::ChatTemplate;
 use crate::text::tokenizer::{self, Tokenizer};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -50,13 +52,15 @@ pub struct LoadedModel {
     /// Extra stop strings from the template (FastChat `stop_str`).
     pub stop_strings: Vec<String>,
     pub context_length: usize,
+    /// Compiles structured-output grammars for this model's vocabulary.
+    pub grammar: Arc<GrammarCompiler>,
 }
 
 impl LoadedModel {
     /// The model with the jinja chat template `source` instead of its own (`serve
     /// --chat-template`, as vLLM's and llama.cpp's flag): the special tokens it renders are
     /// the model's, its end-of-turn tokens stop generation.
-    pub fn with_chat_template(mut self, source: String) -> Self {
+    pub fn with_chat_template(mut self, source: String) -> Result<Self> {
         let token = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
         let (bos_token, eos_token) = match &self.template {
             ChatTemplate::Jinja {
@@ -77,7 +81,9 @@ impl LoadedModel {
         self.stop_token_ids = stop_ids(&self.tokenizer, &template, self.tokenizer.eos_ids.clone());
         self.stop_strings = template.stop_strings();
         self.template = template;
-        self
+        // Grammars end where the stop tokens may come.
+        self.grammar = Arc::new(GrammarCompiler::new(&self.tokenizer, &self.stop_token_ids)?);
+        Ok(self)
     }
 }
 
@@ -231,6 +237,7 @@ pub fn load_gguf(
     // Quantized matmuls take f32 activations.
     let model = build_llama(cfg, &mut g, DType::F32, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
     Ok(LoadedModel {
         name: name.to_string(),
         path: path.to_path_buf(),
@@ -238,6 +245,7 @@ pub fn load_gguf(
         stop_strings: template.stop_strings(),
         template,
         tokenizer: tok,
+        grammar,
         stop_token_ids,
         context_length,
     })
@@ -340,6 +348,7 @@ pub fn load_hf_folder(
     let context_length = cfg.max_position_embeddings;
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
     Ok(LoadedModel {
         name: name.to_string(),
         path: dir.to_path_buf(),
@@ -347,6 +356,7 @@ pub fn load_hf_folder(
         stop_strings: template.stop_strings(),
         template,
         tokenizer: tok,
+        grammar,
         stop_token_ids,
         context_length,
     })

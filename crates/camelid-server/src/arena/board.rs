@@ -1,9 +1,12 @@
-//! The leaderboard as last computed. It is refitted when the store's votes change (a vote
-//! here, or one on another server sharing the store), at most every `MIN_INTERVAL`; a
-//! request only reads it.
+//! The leaderboard as last computed: the plain Bradley–Terry fit and the style-controlled
+//! one (answer length and Markdown as covariates, from the stored conversations). It is
+//! refitted when the store's votes change (a vote here, or one on another server sharing the
+//! store), at most every `MIN_INTERVAL`; a request only reads it.
 
+use super::parse_conversation;
 use super::store::{RatedVote, Store};
-use camelid_eval::ratings::{self, Battle, Outcome};
+use camelid_eval::ratings::{self, Battle, BattleRecord, Outcome, RatingOptions};
+use camelid_eval::style;
 use serde_json::{json, Value};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -26,22 +29,49 @@ pub(super) struct Board {
 
 impl Default for Board {
     fn default() -> Self {
+        let empty = Fits {
+            plain: vec![],
+            styled: vec![],
+            styled_battles: 0,
+            coefficients: None,
+        };
         Self {
-            current: RwLock::new(Arc::new(render(&[], 0, 0, None))),
+            current: RwLock::new(Arc::new(render(&empty, 0, 0, None))),
             fitted_votes: RwLock::new(-1),
             changed: Notify::new(),
         }
     }
 }
 
+/// Both fits of the rated votes.
+struct Fits {
+    plain: Vec<ratings::Rating>,
+    styled: Vec<ratings::Rating>,
+    /// The votes the style-controlled fit rates: those with an answer on both sides.
+    styled_battles: usize,
+    coefficients: Option<[f64; 4]>,
+}
+
 /// `battles`: the votes rated; `votes`: all of them (those naming a model too).
-fn render(
-    rows: &[ratings::Rating],
-    battles: usize,
-    votes: usize,
-    computed_at: Option<f64>,
-) -> Value {
-    json!({"battles": battles, "votes": votes, "computed_at": computed_at, "leaderboard": rows})
+fn render(fits: &Fits, battles: usize, votes: usize, computed_at: Option<f64>) -> Value {
+    let coefficients = fits.coefficients.map(|c| {
+        style::ELEMENTS
+            .iter()
+            .zip(c)
+            .map(|(e, c)| (e.to_string(), json!(c)))
+            .collect::<serde_json::Map<_, _>>()
+    });
+    json!({
+        "battles": battles,
+        "votes": votes,
+        "computed_at": computed_at,
+        "leaderboard": fits.plain,
+        "style_control": {
+            "battles": fits.styled_battles,
+            "leaderboard": fits.styled,
+            "coefficients": coefficients,
+        },
+    })
 }
 
 impl Board {
@@ -57,32 +87,65 @@ impl Board {
         }
         let votes = store.rated_votes().await.map_err(|e| e.to_string())?;
         let total = votes.len();
-        let battles = anonymous_battles(votes);
-        let rated = battles.len();
-        // A hundred fits of the votes: off the async workers.
-        let rows = tokio::task::spawn_blocking(move || {
-            ratings::leaderboard(&battles, BOOTSTRAP_ROUNDS, 0)
+        // Two hundred fits of the votes: off the async workers.
+        let (fits, rated) = tokio::task::spawn_blocking(move || {
+            let records = anonymous_battles(votes);
+            let rated = records.len();
+            fit(records).map(|f| (f, rated))
         })
         .await
-        .map_err(|e| format!("rating the battles: {e}"))?;
+        .map_err(|e| format!("rating the battles: {e}"))??;
         *self.current.write().unwrap() =
-            Arc::new(render(&rows, rated, total, Some(camelid_eval::data::now())));
+            Arc::new(render(&fits, rated, total, Some(camelid_eval::data::now())));
         *self.fitted_votes.write().unwrap() = total as i64;
         Ok(())
     }
 }
 
-/// The votes the default leaderboard rates: those whose answers named no model.
-fn anonymous_battles(votes: Vec<RatedVote>) -> Vec<Battle> {
+/// The plain fit over every rated vote; the style-controlled one over those with answers on
+/// both sides (an imported battle may carry no conversation).
+fn fit(records: Vec<BattleRecord>) -> Result<Fits, String> {
+    let opts = RatingOptions {
+        convention: Default::default(),
+        rounds: BOOTSTRAP_ROUNDS,
+        seed: 0,
+    };
+    let battles: Vec<Battle> = records.iter().map(|r| r.battle.clone()).collect();
+    let plain = ratings::leaderboard_with(&battles, &opts);
+    let answered: Vec<BattleRecord> = records
+        .into_iter()
+        .filter(|r| style::has_answers(&r.raw))
+        .collect();
+    let (styled, coefficients) =
+        style::style_controlled(&answered, &opts).map_err(|e| e.to_string())?;
+    Ok(Fits {
+        plain,
+        styled,
+        styled_battles: answered.len(),
+        coefficients: (!answered.is_empty()).then_some(coefficients),
+    })
+}
+
+/// The votes the default leaderboard rates: those whose answers named no model, with their
+/// conversations (for the answers' style).
+fn anonymous_battles(votes: Vec<RatedVote>) -> Vec<BattleRecord> {
     votes
         .into_iter()
         .filter(|v| v.anony)
         .filter_map(|v| {
             let winner: Outcome = serde_json::from_value(Value::String(v.winner)).ok()?;
-            Some(Battle {
-                model_a: v.model_a,
-                model_b: v.model_b,
-                winner,
+            Some(BattleRecord {
+                battle: Battle {
+                    model_a: v.model_a,
+                    model_b: v.model_b,
+                    winner,
+                },
+                anony: Some(true),
+                tstamp: None,
+                raw: json!({
+                    "conversation_a": parse_conversation(&v.conversation_a),
+                    "conversation_b": parse_conversation(&v.conversation_b),
+                }),
             })
         })
         .collect()

@@ -495,7 +495,8 @@ impl Arena {
         Err(busy(id))
     }
 
-    /// The leaderboard as last fitted: `{"battles", "votes", "computed_at", "leaderboard"}`.
+    /// The leaderboard as last fitted: `{"battles", "votes", "computed_at", "leaderboard",
+    /// "style_control": {"battles", "leaderboard", "coefficients"}}`.
     pub fn leaderboard(&self) -> Arc<Value> {
         self.board.current()
     }

@@ -88,12 +88,14 @@ pub(super) struct VoteRow {
     pub turn: i64,
 }
 
-/// What the leaderboard needs of a vote.
+/// What the leaderboard needs of a vote (the conversations: for the style-controlled fit).
 pub(super) struct RatedVote {
     pub model_a: String,
     pub model_b: String,
     pub winner: String,
     pub anony: bool,
+    pub conversation_a: String,
+    pub conversation_b: String,
 }
 
 impl Store {
@@ -367,7 +369,8 @@ impl Store {
     /// Every vote in the order the leaderboard fits them (the same on every server).
     pub async fn rated_votes(&self) -> Result<Vec<RatedVote>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT model_a, model_b, winner, anony FROM arena_votes ORDER BY tstamp, battle_id",
+            "SELECT model_a, model_b, winner, anony, conversation_a, conversation_b
+             FROM arena_votes ORDER BY tstamp, battle_id",
         )
         .fetch_all(self.ready().await?.pool())
         .await?;
@@ -378,6 +381,8 @@ impl Store {
                     model_b: r.try_get(1)?,
                     winner: r.try_get(2)?,
                     anony: r.try_get::<i64, _>(3)? != 0,
+                    conversation_a: r.try_get(4)?,
+                    conversation_b: r.try_get(5)?,
                 })
             })
             .collect()

@@ -15,7 +15,9 @@
 //! - `POST /arena/battles/{id}/vote` — `{"winner": "model_a" | "model_b" | "tie" |
 //!   "tie (bothbad)", "token": …}`, once per battle; answers with the names once the vote
 //!   is committed.
-//! - `GET /arena/leaderboard` — ratings over the anonymous votes, as last refitted.
+//! - `GET /arena/leaderboard` — ratings over the anonymous votes, as last refitted: the plain
+//!   Bradley–Terry fit (`leaderboard`) and the style-controlled one (`style_control`: its
+//!   `leaderboard`, the votes it rates, the length/headers/lists/bold `coefficients`).
 
 use super::{AppResult, RequestBody};
 use crate::arena::{self, OpenBattle, Request, Visitor};
@@ -101,10 +103,11 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
                 Some("log-probabilities would tell the models apart; leave them out")
             }
             "stream_options" => Some("battles report no usage; leave `stream_options` out"),
-            "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call"
-                if v.is_null() =>
-            {
-                None
+            _ if v.is_null() => None,
+            "response_format" if v.get("type").and_then(Value::as_str) == Some("text") => None,
+            "response_format" | "structured_outputs" | "guided_json" | "guided_regex"
+            | "guided_choice" | "guided_grammar" => {
+                Some("battles compare free answers; output constraints are not taken")
             }
             "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call" => {
                 Some("arena battles answer in text; tool calling is not offered")
@@ -124,6 +127,12 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "parallel_tool_calls",
         "functions",
         "function_call",
+        "response_format",
+        "structured_outputs",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
     ] {
         if let Some(message) = why(field) {
             return Err(ApiError::invalid_param(field, message));

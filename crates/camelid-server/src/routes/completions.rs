@@ -8,6 +8,7 @@ use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
 use crate::run::{blocking, collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
+use crate::structured;
 use crate::validate::{
     cache_salt, generation_params, max_tokens, unimplemented_completion, MAX_TOP_LOGPROBS,
 };
@@ -38,7 +39,7 @@ pub async fn completions(
     let model = state.model(Some(&req.model))?;
     let vocab = model.engine.vocab_size();
     // Every size and value is checked before a prompt is tokenized or copied per choice.
-    let base = generation_params(f, limits, vocab, &model.stop_token_ids, &[])?;
+    let mut base = generation_params(f, limits, vocab, &model.stop_token_ids, &[])?;
     let n = f.n.unwrap_or(1) as usize;
     let prompt_count = match &req.prompt {
         Prompt::Text(_) | Prompt::Tokens(_) => 1,
@@ -88,6 +89,7 @@ pub async fn completions(
         ));
     }
     let salt = cache_salt(req.cache_salt.as_deref())?;
+    base.constraint = structured::compile(&permit, &model, f).await?;
     let mut specs = vec![];
     for (pi, prompt) in prompts.iter().enumerate() {
         let mut params = base.clone();

@@ -22,6 +22,9 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             .collect()
     };
     let mut text = s.metrics.render(&engines);
+    if !withheld {
+        grammar_series(&mut text, &models);
+    }
     if withheld {
         text.push_str(
             "# Per-model series withheld: the arena is open and /metrics needs no API key \
@@ -29,4 +32,30 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         );
     }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Structured output's per-token mask work, per model (computed on the matchers' threads,
+/// overlapping forward passes): masks computed and the seconds they took.
+fn grammar_series(out: &mut String, models: &[Arc<crate::state::ModelEntry>]) {
+    use std::fmt::Write;
+    for (name, help, value) in [
+        (
+            "camelid_grammar_masks_total",
+            "Token masks computed for constrained sequences.",
+            (|s: &camelid_model::constraint::MaskStats| s.masks() as f64)
+                as fn(&camelid_model::constraint::MaskStats) -> f64,
+        ),
+        (
+            "camelid_grammar_mask_seconds_total",
+            "Seconds spent computing token masks.",
+            |s| s.seconds(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for m in models {
+            let label = crate::metrics::escape_label(&m.name);
+            let v = value(m.grammar().mask_stats());
+            let _ = writeln!(out, "{name}{{model=\"{label}\"}} {v}");
+        }
+    }
 }

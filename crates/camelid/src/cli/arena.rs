@@ -42,6 +42,14 @@ pub struct ArenaRatingsArgs {
     /// coefficients go to standard error.
     #[arg(long)]
     style_control: bool,
+    /// Only the battles of this category: a battle's `category` (a name or a list of names)
+    /// or a true flag of FastChat's `category_tag`, named by its path (`math_v0.1.math`).
+    #[arg(long)]
+    category: Option<String>,
+    /// One table of every model's rating (and battles) in each category the battles carry,
+    /// beside `full` (all of them).
+    #[arg(long, conflicts_with = "category")]
+    by_category: bool,
     /// Bootstrap resamples for the intervals (0: none).
     #[arg(long, default_value_t = 100)]
     bootstrap: usize,
@@ -182,7 +190,7 @@ fn store_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn ratings(a: ArenaRatingsArgs) -> Result<()> {
-    use camelid_eval::ratings;
+    use camelid_eval::{category, ratings};
     let mut records = vec![];
     for p in &a.battles {
         let text =
@@ -210,16 +218,45 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
         rounds: a.bootstrap,
         seed: a.seed,
     };
-    let rows = if a.style_control {
-        let (rows, coefficients) = camelid_eval::style::style_controlled(&records, &opts)?;
-        for (e, c) in camelid_eval::style::ELEMENTS.iter().zip(coefficients) {
-            eprintln!("style coefficient {e}: {c:+.4} (log-odds per standard deviation)");
+    if a.by_category {
+        let mut tables = vec![];
+        for c in category::all_categories(&records) {
+            let rows = rate(
+                &category::in_category(&records, &c),
+                &opts,
+                a.style_control,
+                &c,
+            )?;
+            tables.push((c, rows));
         }
-        rows
-    } else {
-        let battles: Vec<_> = records.into_iter().map(|r| r.battle).collect();
-        ratings::leaderboard_with(&battles, &opts)
+        match a.format.as_str() {
+            "json" => {
+                let by: serde_json::Map<String, serde_json::Value> = tables
+                    .iter()
+                    .map(|(c, rows)| Ok((c.clone(), serde_json::to_value(rows)?)))
+                    .collect::<Result<_>>()?;
+                println!("{}", serde_json::to_string_pretty(&by)?)
+            }
+            "markdown" => print!("{}", category::render_by_category(&tables, true)),
+            "text" => print!("{}", category::render_by_category(&tables, false)),
+            f => anyhow::bail!("unknown --format {f:?} (text, markdown, json)"),
+        }
+        return Ok(());
+    }
+    let (records, label) = match &a.category {
+        Some(c) => {
+            let picked = category::in_category(&records, c);
+            if picked.is_empty() {
+                anyhow::bail!(
+                    "no battle is in category {c:?}; the battles carry: {}",
+                    category::all_categories(&records)[1..].join(", ")
+                );
+            }
+            (picked, c.as_str())
+        }
+        None => (records, category::FULL),
     };
+    let rows = rate(&records, &opts, a.style_control, label)?;
     match a.format.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
         "markdown" => print!("{}", ratings::render_leaderboard(&rows, true)),
@@ -227,6 +264,26 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
         f => anyhow::bail!("unknown --format {f:?} (text, markdown, json)"),
     }
     Ok(())
+}
+
+/// The leaderboard of `records`, style-controlled or plain (the style coefficients of
+/// category `label` to standard error).
+fn rate(
+    records: &[camelid_eval::ratings::BattleRecord],
+    opts: &camelid_eval::ratings::RatingOptions,
+    style_control: bool,
+    label: &str,
+) -> Result<Vec<camelid_eval::ratings::Rating>> {
+    if style_control {
+        let (rows, coefficients) = camelid_eval::style::style_controlled(records, opts)?;
+        for (e, c) in camelid_eval::style::ELEMENTS.iter().zip(coefficients) {
+            eprintln!("{label}: style coefficient {e}: {c:+.4} (log-odds per standard deviation)");
+        }
+        Ok(rows)
+    } else {
+        let battles: Vec<_> = records.iter().map(|r| r.battle.clone()).collect();
+        Ok(camelid_eval::ratings::leaderboard_with(&battles, opts))
+    }
 }
 
 async fn export(a: ArenaExportArgs) -> Result<()> {

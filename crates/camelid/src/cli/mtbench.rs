@@ -18,6 +18,23 @@ pub enum MtbenchCommand {
     /// Position bias of pairwise judges: consistent, biased toward first / second, error,
     /// per judge, category and turn.
     Bias(MtBiasArgs),
+    /// The paper's "rename" experiment: writes a judge prompts file whose pairwise prompts
+    /// call the assistants by other names (their verdicts `[[X]]`/`[[Y]]`), for `judge
+    /// --judge-prompts`; compare the runs with `bias`.
+    RenamePrompts(MtRenameArgs),
+}
+
+#[derive(Args)]
+pub struct MtRenameArgs {
+    /// FastChat's judge_prompts.jsonl.
+    #[arg(long)]
+    judge_prompts: PathBuf,
+    /// The new names of the first-shown and second-shown assistant, `FIRST,SECOND`.
+    #[arg(long, default_value = "X,Y")]
+    names: String,
+    /// Where to write the renamed prompts (JSON lines).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -136,6 +153,11 @@ pub struct MtJudgeArgs {
     /// Judge output budget (FastChat uses 2048).
     #[arg(long, default_value_t = 2048)]
     judge_max_tokens: usize,
+    /// Constrain verdicts to FastChat's format (an explanation ending in `[[A]]`/`[[B]]`/
+    /// `[[C]]` or `[[rating]]`) through `structured_outputs.grammar`: for camelid or another
+    /// server that takes vLLM's structured outputs.
+    #[arg(long)]
+    constrain: bool,
     #[arg(long)]
     first_n: Option<usize>,
     #[arg(long)]
@@ -213,6 +235,7 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 prompts: data::load_judge_prompts(&a.judge_prompts)?,
                 references,
                 max_tokens: a.judge_max_tokens,
+                constrain: a.constrain,
             };
             let answers = data::load_answers(&a.answers)?;
             let opts = judge::JudgeOptions {
@@ -270,6 +293,28 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 "markdown" => print!("{}", bias::render_bias(&rows)),
                 f => anyhow::bail!("unknown --format {f:?} (markdown, json)"),
             }
+        }
+        MtbenchCommand::RenamePrompts(a) => {
+            let (first, second) = a
+                .names
+                .split_once(',')
+                .map(|(f, s)| (f.trim(), s.trim()))
+                .filter(|(f, s)| !f.is_empty() && !s.is_empty())
+                .with_context(|| format!("--names {:?}: expected FIRST,SECOND", a.names))?;
+            let prompts = data::load_judge_prompts(&a.judge_prompts)?;
+            let mut text = String::new();
+            for p in prompts.values() {
+                let renamed = judge::rename_assistants(p, first, second);
+                renamed.check_labels()?;
+                text += &serde_json::to_string(&renamed)?;
+                text.push('\n');
+            }
+            std::fs::write(&a.out, text).with_context(|| format!("writing {}", a.out.display()))?;
+            eprintln!(
+                "{} prompts, pairwise assistants renamed {first} and {second} -> {}",
+                prompts.len(),
+                a.out.display()
+            );
         }
         MtbenchCommand::Show(a) => {
             let qs = match &a.questions {

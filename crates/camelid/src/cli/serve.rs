@@ -253,7 +253,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
         if let Some(path) = &a.chat_template {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("reading --chat-template {}", path.display()))?;
-            lm = lm.with_chat_template(source);
+            lm = lm.with_chat_template(source)?;
             // A template that cannot render a plain chat fails here, not at every request.
             let probe = [camelid_model::Message::new("user", "hi")];
             lm.template

@@ -1,0 +1,451 @@
+//! Structured output: a grammar (JSON schema, regex, Lark) compiled by `llguidance` into a
+//! [`Constraint`]; each constrained sequence runs its own matcher, which gives the tokens
+//! allowed next (a mask over the vocabulary) and consumes the token drawn. The matcher runs
+//! on a thread of its own: right after a token is consumed it computes the next mask while
+//! the engine runs the next forward pass ([`SequenceConstraint`]). The decoder
+//! (`decode::decoder`) applies the masks; the loader builds each model's [`GrammarCompiler`].
+
+use crate::error::{Error, Result};
+use crate::text::tokenizer::Tokenizer;
+pub use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory, TokenParser};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokenizers::{DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper};
+
+/// The vocabulary as byte strings for llguidance's token trie, and tokenization of bytes.
+///
+/// Written here rather than taken from `toktrie_hf_tokenizers` because that crate pins
+/// `tokenizers` 0.21 and the workspace uses 0.22 (a second copy of the tokenizer library
+/// would be built and the two `Tokenizer` types would not mix). It does what that crate
+/// does: token pieces are turned back into bytes by the vocabulary's kind (GPT-2 byte-level
+/// BPE: the byte-to-character table; SentencePiece with byte fallback: `<0xNN>` pieces and
+/// `▁` for a space), special tokens get toktrie's marker byte in front, and bytes are
+/// tokenized by our tokenizer with the "prepend a space" normalizers removed (a grammar's
+/// text is a continuation, not the start of a text).
+pub struct VocabEnv {
+    trie: TokTrie,
+    /// The model's tokenizer without SentencePiece's dummy-prefix space.
+    encoder: tokenizers::Tokenizer,
+}
+
+/// How a vocabulary's pieces spell bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PieceSpelling {
+    /// GPT-2: every byte is one printable character.
+    ByteLevel,
+    /// SentencePiece: UTF-8 text with `space` for ' ', and `<0xNN>` pieces for raw bytes.
+    ByteFallback { space: char },
+}
+
+fn spelling(d: &DecoderWrapper, found: &mut Option<PieceSpelling>, space: &mut char) {
+    match d {
+        DecoderWrapper::ByteLevel(_) => *found = Some(PieceSpelling::ByteLevel),
+        DecoderWrapper::ByteFallback(_) => {
+            *found = Some(PieceSpelling::ByteFallback { space: '▁' })
+        }
+        DecoderWrapper::Metaspace(_) => *space = '▁',
+        DecoderWrapper::Replace(r) if r.content == " " => {
+            // The pattern is private; its JSON form names it.
+            if let Ok(v) = serde_json::to_value(r) {
+                if let Some(s) = v["pattern"]["String"].as_str() {
+                    let mut c = s.chars();
+                    if let (Some(ch), None) = (c.next(), c.next()) {
+                        *space = ch;
+                    }
+                }
+            }
+        }
+        DecoderWrapper::Sequence(seq) => {
+            for d in seq.get_decoders() {
+                spelling(d, found, space);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// GPT-2's byte ↔ character table: printable Latin-1 maps to itself, the rest to U+0100….
+fn byte_level_chars() -> std::collections::HashMap<char, u8> {
+    let self_mapped =
+        |c: char| matches!(c, '!'..='~' | '\u{00A1}'..='\u{00AC}' | '\u{00AE}'..='\u{00FF}');
+    let mut map = std::collections::HashMap::new();
+    let mut next = 0x100u32;
+    for b in 0..=255u8 {
+        let c = b as char;
+        if self_mapped(c) {
+            map.insert(c, b);
+        } else {
+            map.insert(char::from_u32(next).expect("in range"), b);
+            next += 1;
+        }
+    }
+    map
+}
+
+fn without_prepend(n: NormalizerWrapper) -> Option<NormalizerWrapper> {
+    match n {
+        NormalizerWrapper::Prepend(_) => None,
+        NormalizerWrapper::Sequence(s) => {
+            let kept: Vec<_> = s
+                .as_ref()
+                .iter()
+                .filter_map(|n| without_prepend(n.clone()))
+                .collect();
+            (!kept.is_empty())
+                .then(|| NormalizerWrapper::Sequence(tokenizers::normalizers::Sequence::new(kept)))
+        }
+        n => Some(n),
+    }
+}
+
+fn metaspace_never_prepends(p: PreTokenizerWrapper) -> PreTokenizerWrapper {
+    use tokenizers::pre_tokenizers::{metaspace::PrependScheme, sequence::Sequence};
+    match p {
+        PreTokenizerWrapper::Metaspace(mut m) => {
+            m.prepend_scheme = PrependScheme::Never;
+            PreTokenizerWrapper::Metaspace(m)
+        }
+        PreTokenizerWrapper::Sequence(s) => PreTokenizerWrapper::Sequence(Sequence::new(
+            s.as_ref()
+                .iter()
+                .map(|p| metaspace_never_prepends(p.clone()))
+                .collect(),
+        )),
+        p => p,
+    }
+}
+
+impl VocabEnv {
+    /// `eos` are the tokens that end a sequence (the grammar allows them where it can end).
+    pub fn new(tok: &Tokenizer, eos: &[u32]) -> Result<Self> {
+        let inner = &tok.inner;
+        let mut kind = None;
+        let mut space = ' ';
+        if let Some(d) = inner.get_decoder() {
+            spelling(d, &mut kind, &mut space);
+        }
+        let kind = match kind {
+            Some(PieceSpelling::ByteFallback { .. }) => PieceSpelling::ByteFallback { space },
+            Some(k) => k,
+            None => {
+                return Err(Error::Unsupported(format!(
+                "structured output needs a byte-level or byte-fallback vocabulary; decoder {:?}",
+                inner.get_decoder()
+            )))
+            }
+        };
+        let n = tok.vocab_size();
+        let mut words: Vec<Vec<u8>> = vec![Vec::new(); n];
+        let added = inner.get_added_tokens_decoder();
+        let chars = byte_level_chars();
+        for (id, word) in words.iter_mut().enumerate() {
+            let id = id as u32;
+            if let Some(a) = added.get(&id) {
+                // Control tokens (and `<…>` added tokens, as llguidance's own adapter does)
+                // are special: a grammar names them, text never spells them.
+                if a.special || (a.content.starts_with('<') && a.content.ends_with('>')) {
+                    *word = [&[TokTrie::SPECIAL_TOKEN_MARKER], a.content.as_bytes()].concat();
+                } else {
+                    *word = a.content.as_bytes().to_vec();
+                }
+                continue;
+            }
+            let Some(piece) = inner.id_to_token(id) else {
+                continue;
+            };
+            *word = match kind {
+                PieceSpelling::ByteLevel => {
+                    match piece.chars().map(|c| chars.get(&c).copied()).collect() {
+                        Some(b) => b,
+                        None => continue, // not a byte-level piece: never allowed
+                    }
+                }
+                PieceSpelling::ByteFallback { space } => match byte_piece(&piece) {
+                    Some(b) => vec![b],
+                    None => piece.replace(space, " ").into_bytes(),
+                },
+            };
+        }
+        let eos0 = eos.first().copied().or(tok.eos_ids.first().copied());
+        let mut info = TokRxInfo::new(n as u32, eos0.unwrap_or(0));
+        info.tok_bos = tok.bos_id;
+        let mut trie = TokTrie::from(&info, &words);
+        let eos: Vec<u32> = eos.iter().copied().filter(|&t| (t as usize) < n).collect();
+        if !eos.is_empty() {
+            trie = trie.with_eos_tokens(&eos);
+        }
+        let mut encoder = inner.clone();
+        if let Some(norm) = encoder.get_normalizer().cloned() {
+            encoder.with_normalizer(without_prepend(norm));
+        }
+        if let Some(pre) = encoder.get_pre_tokenizer().cloned() {
+            encoder.with_pre_tokenizer(Some(metaspace_never_prepends(pre)));
+        }
+        Ok(Self { trie, encoder })
+    }
+}
+
+/// `<0xNN>` → the byte NN.
+fn byte_piece(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok())?
+}
+
+impl TokenizerEnv for VocabEnv {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        self.trie.tokenize_with_greedy_fallback(s, |s| {
+            self.encoder
+                .encode(s, false)
+                .map(|e| e.get_ids().to_vec())
+                // Text the tokenizer cannot take: the trie's greedy split of its bytes.
+                .unwrap_or_else(|_| self.trie.greedy_tokenize(s.as_bytes()))
+        })
+    }
+}
+
+/// Masks computed and the time they took, over every sequence of a model.
+#[derive(Debug, Default)]
+pub struct MaskStats {
+    masks: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl MaskStats {
+    fn record(&self, started: Instant) {
+        self.masks.fetch_add(1, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+    /// Masks computed so far.
+    pub fn masks(&self) -> u64 {
+        self.masks.load(Ordering::Relaxed)
+    }
+    /// Seconds spent computing them (on the matchers' threads, mostly during forward passes).
+    pub fn seconds(&self) -> f64 {
+        self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+}
+
+/// Compiles grammars for one model's vocabulary: one per loaded model. The vocabulary's
+/// trie and llguidance's factory are built on the first compile (tens of milliseconds
+/// for a 50k vocabulary), so loading a model that never sees a grammar costs nothing.
+pub struct GrammarCompiler {
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+    factory: OnceLock<std::result::Result<ParserFactory, String>>,
+    stats: Arc<MaskStats>,
+}
+
+impl GrammarCompiler {
+    /// `eos`: the tokens that end a sequence (EOS and end-of-turn), allowed only where the
+    /// grammar can end.
+    pub fn new(tokenizer: &Tokenizer, eos: &[u32]) -> Result<Self> {
+        Ok(Self {
+            tokenizer: tokenizer.clone(),
+            eos: eos.to_vec(),
+            factory: OnceLock::new(),
+            stats: Arc::new(MaskStats::default()),
+        })
+    }
+
+    fn factory(&self) -> std::result::Result<&ParserFactory, String> {
+        self.factory
+            .get_or_init(|| {
+                let env: TokEnv =
+                    Arc::new(VocabEnv::new(&self.tokenizer, &self.eos).map_err(|e| e.to_string())?);
+                let mut factory = ParserFactory::new_simple(&env)
+                    .map_err(|e| format!("grammar compiler: {e}"))?;
+                factory.quiet();
+                Ok(factory)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The token environment (vocabulary bytes, tokenization) grammars are compiled for.
+    pub fn tok_env(&self) -> std::result::Result<&TokEnv, String> {
+        Ok(self.factory()?.tok_env())
+    }
+
+    /// Per-token mask time over every sequence of this model.
+    pub fn mask_stats(&self) -> &MaskStats {
+        &self.stats
+    }
+
+    /// Compiles `grammar`; `Err(reason)` for a bad schema, regex or grammar, or one that no
+    /// token can start.
+    pub fn compile(&self, grammar: TopLevelGrammar) -> std::result::Result<Constraint, String> {
+        let parser = self
+            .factory()?
+            .create_parser(grammar)
+            .map_err(|e| e.to_string())?;
+        let mut probe = Matcher::new(Ok(parser.clone()));
+        let mask = probe.compute_mask().map_err(|e| e.to_string())?;
+        if mask.is_zero() && !probe.is_accepting().unwrap_or(false) {
+            return Err("no text matches the grammar".into());
+        }
+        Ok(Constraint {
+            parser: Arc::new(parser),
+            stats: self.stats.clone(),
+        })
+    }
+}
+
+/// A compiled grammar; each sequence starts its own matcher from it.
+#[derive(Clone)]
+pub struct Constraint {
+    parser: Arc<TokenParser>,
+    stats: Arc<MaskStats>,
+}
+
+impl std::fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constraint")
+            .field("grammar", &self.parser.dbg_grammar.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The tokens allowed at one step.
+pub struct StepMask {
+    allowed: SimpleVob,
+    /// The grammar may end here (stop tokens allowed).
+    pub can_end: bool,
+}
+
+impl StepMask {
+    /// Sets every logit the grammar forbids to −∞: tokens outside the mask, tokens past the
+    /// tokenizer's vocabulary, and `stop_tokens` where the grammar cannot end.
+    pub fn apply(&self, logits: &mut [f32], stop_tokens: &[u32]) {
+        let n = self.allowed.len().min(logits.len());
+        for (i, l) in logits[..n].iter_mut().enumerate() {
+            if !self.allowed.is_allowed(i as TokenId) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        for l in &mut logits[n..] {
+            *l = f32::NEG_INFINITY;
+        }
+        for &s in stop_tokens {
+            if let Some(l) = logits.get_mut(s as usize) {
+                if !self.can_end {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
+    /// Whether the grammar allows `token` (never one past the tokenizer's vocabulary).
+    pub fn is_allowed(&self, token: u32) -> bool {
+        (token as usize) < self.allowed.len() && self.allowed.is_allowed(token)
+    }
+}
+
+type MaskReply = std::result::Result<StepMask, String>;
+
+/// One sequence's matcher on its own thread. The thread computes a mask, hands it over,
+/// waits for the token drawn, consumes it, says whether the grammar is finished, and starts
+/// on the next mask at once, so that mask is computed during the next forward pass. The
+/// thread ends when this is dropped or the grammar is finished.
+pub struct SequenceConstraint {
+    tokens: mpsc::Sender<u32>,
+    masks: mpsc::Receiver<MaskReply>,
+    consumed: mpsc::Receiver<std::result::Result<bool, String>>,
+}
+
+impl SequenceConstraint {
+    /// A fresh matcher after `generated` (the sequence's output so far: a decoder rebuilt
+    /// mid-sequence replays it, so the grammar state matches the tokens).
+    pub fn start(c: &Constraint, generated: &[u32]) -> Result<Self> {
+        let mut m = Matcher::new(Ok((*c.parser).clone()));
+        m.consume_tokens(generated)
+            .map_err(|e| Error::Invalid(format!("output does not match the grammar: {e}")))?;
+        let (tok_tx, tok_rx) = mpsc::channel::<u32>();
+        let (mask_tx, mask_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let stats = c.stats.clone();
+        std::thread::Builder::new()
+            .name("camelid-grammar".into())
+            .spawn(move || loop {
+                let started = Instant::now();
+                let mask = m.compute_mask().map_err(|e| e.to_string());
+                stats.record(started);
+                let reply = mask.map(|allowed| StepMask {
+                    allowed,
+                    can_end: m.is_accepting().unwrap_or(false),
+                });
+                if mask_tx.send(reply).is_err() {
+                    return;
+                }
+                let Ok(t) = tok_rx.recv() else { return };
+                let r = m
+                    .consume_token(t)
+                    .map(|()| m.is_stopped())
+                    .map_err(|e| e.to_string());
+                let end = !matches!(r, Ok(false));
+                if done_tx.send(r).is_err() || end {
+                    return;
+                }
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start a grammar thread: {e}")))?;
+        Ok(Self {
+            tokens: tok_tx,
+            masks: mask_rx,
+            consumed: done_rx,
+        })
+    }
+
+    /// The tokens allowed now (waits for the matcher's thread if it is still computing).
+    pub fn mask(&mut self) -> Result<StepMask> {
+        match self.masks.recv() {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => Err(Error::Invalid(format!("grammar: {e}"))),
+            Err(_) => Err(Error::Invalid("the grammar's matcher stopped".into())),
+        }
+    }
+
+    /// Consumes the token drawn; true when the grammar is finished (nothing may follow).
+    pub fn commit(&mut self, token: u32) -> Result<bool> {
+        let gone = || Error::Invalid("the grammar's matcher stopped".into());
+        self.tokens.send(token).map_err(|_| gone())?;
+        match self.consumed.recv() {
+            Ok(Ok(finished)) => Ok(finished),
+            Ok(Err(e)) => Err(Error::Invalid(format!("grammar: {e}"))),
+            Err(_) => Err(gone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_pieces_parse() {
+        assert_eq!(byte_piece("<0x0A>"), Some(10));
+        assert_eq!(byte_piece("<0xff>"), Some(255));
+        assert_eq!(byte_piece("<0x1>"), None);
+        assert_eq!(byte_piece("<s>"), None);
+    }
+
+    #[test]
+    fn byte_level_table_is_a_bijection() {
+        let m = byte_level_chars();
+        assert_eq!(m.len(), 256);
+        let mut bytes: Vec<u8> = m.values().copied().collect();
+        bytes.sort_unstable();
+        bytes.dedup();
+        assert_eq!(bytes.len(), 256);
+        assert_eq!(m[&'Ġ'], b' ');
+        assert_eq!(m[&'Ċ'], b'\n');
+        assert_eq!(m[&'a'], b'a');
+    }
+}

@@ -1,0 +1,247 @@
+//! Structured output in the model crate: the hand-written vocabulary adapter on the default
+//! model's byte-level BPE and on the SentencePiece fixture (byte fallback), grammar masks,
+//! and constrained generation on the default model.
+
+mod common;
+use camelid_model::constraint::{SequenceConstraint, VocabEnv};
+use camelid_model::decode::{generate, FinishReason, GenerationParams};
+use camelid_model::text::tokenizer::{from_sentencepiece, Tokenizer};
+use camelid_model::{SamplingParams, TopLevelGrammar};
+use llguidance::toktrie::{TokTrie, TokenizerEnv};
+use std::path::Path;
+use std::sync::OnceLock;
+
+fn smol() -> &'static camelid_model::LoadedModel {
+    static M: OnceLock<camelid_model::LoadedModel> = OnceLock::new();
+    M.get_or_init(|| common::load(&common::default_gguf()))
+}
+
+fn spm() -> Tokenizer {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    from_sentencepiece(&p.join("tokenizer.model")).expect("fixture tokenizer")
+}
+
+const TEXTS: &[&str] = &[
+    "Hello, world!",
+    "  two spaces, a tab\tand\na newline",
+    "{\"name\": \"Zoë\", \"age\": 42}",
+    "ünïcödé — 東京 🦙 emoji",
+    "x = [1, 2, 3]; // code",
+];
+
+/// The bytes the trie holds for `ids`, concatenated.
+fn spelled(trie: &TokTrie, ids: &[u32]) -> Vec<u8> {
+    ids.iter().flat_map(|&t| trie.token(t).to_vec()).collect()
+}
+
+#[test]
+fn byte_level_vocabulary_spells_what_the_tokenizer_encodes() {
+    let lm = smol();
+    let env = VocabEnv::new(&lm.tokenizer, &lm.stop_token_ids).unwrap();
+    let trie = env.tok_trie();
+    assert_eq!(trie.vocab_size(), lm.tokenizer.vocab_size());
+    for text in TEXTS {
+        let ids = lm.tokenizer.encode(text, false).unwrap();
+        assert_eq!(spelled(trie, &ids), text.as_bytes(), "{text:?}");
+        assert_eq!(env.tokenize_bytes(text.as_bytes()), ids, "{text:?}");
+    }
+    // Control tokens carry the special marker and are not text.
+    for &s in &lm.stop_token_ids {
+        let b = trie.token(s);
+        assert_eq!(b[0], TokTrie::SPECIAL_TOKEN_MARKER, "{s}");
+        assert!(trie.is_special_token(s));
+        assert_eq!(&b[1..], lm.tokenizer.id_to_token(s).unwrap().as_bytes());
+    }
+    assert_eq!(trie.eos_tokens(), lm.stop_token_ids.as_slice());
+}
+
+#[test]
+fn sentencepiece_vocabulary_spells_spaces_and_fallback_bytes() {
+    let tok = spm();
+    let env = VocabEnv::new(&tok, &tok.eos_ids).unwrap();
+    let trie = env.tok_trie();
+    let mut fallback = 0;
+    for text in TEXTS {
+        // The tokenizer prepends SentencePiece's dummy-prefix space to a text.
+        let ids = tok.encode(text, false).unwrap();
+        let want = format!(" {text}");
+        assert_eq!(spelled(trie, &ids), want.as_bytes(), "{text:?}");
+        fallback += ids
+            .iter()
+            .filter(|&&t| tok.id_to_token(t).unwrap().starts_with("<0x"))
+            .count();
+        // Bytes tokenized for a grammar are a continuation: no space is prepended.
+        let cont = env.tokenize_bytes(text.as_bytes());
+        assert_eq!(spelled(trie, &cont), text.as_bytes(), "{text:?}");
+    }
+    assert!(fallback > 0, "the texts should reach byte-fallback pieces");
+    for id in 0..tok.vocab_size() as u32 {
+        let piece = tok.id_to_token(id).unwrap();
+        if tok.is_special(id) {
+            assert_eq!(trie.token(id)[0], TokTrie::SPECIAL_TOKEN_MARKER, "{piece}");
+        } else if let Some(h) = piece.strip_prefix("<0x") {
+            let b = u8::from_str_radix(h.trim_end_matches('>'), 16).unwrap();
+            assert_eq!(trie.token(id), [b], "{piece}");
+        } else {
+            assert!(!trie.token(id).contains(&0xff), "{piece}");
+        }
+    }
+}
+
+/// The first mask of a regex allows exactly the tokens that spell a prefix of a match; the
+/// stop tokens only once the grammar can end; the grammar ends after the last character.
+#[test]
+fn masks_allow_exactly_the_tokens_a_match_can_start_with() {
+    let lm = smol();
+    let c = lm
+        .grammar
+        .compile(TopLevelGrammar::from_regex("(cat|catalog|dog)s?"))
+        .unwrap();
+    let env = VocabEnv::new(&lm.tokenizer, &lm.stop_token_ids).unwrap();
+    let trie = env.tok_trie();
+    let mut seq = SequenceConstraint::start(&c, &[]).unwrap();
+    let mask = seq.mask().unwrap();
+    assert!(!mask.can_end);
+    let matches = ["cat", "cats", "catalog", "catalogs", "dog", "dogs"];
+    let mut allowed = 0;
+    for id in 0..trie.vocab_size() as u32 {
+        let b = trie.token(id);
+        let fits = !b.is_empty()
+            && b[0] != TokTrie::SPECIAL_TOKEN_MARKER
+            && matches.iter().any(|m| m.as_bytes().starts_with(b));
+        assert_eq!(
+            mask.is_allowed(id),
+            fits,
+            "token {id} {:?}",
+            String::from_utf8_lossy(b)
+        );
+        allowed += fits as usize;
+    }
+    assert!(allowed >= 6, "{allowed}");
+    let mut logits = vec![0.0f32; trie.vocab_size() + 64];
+    mask.apply(&mut logits, &lm.stop_token_ids);
+    for &s in &lm.stop_token_ids {
+        assert_eq!(logits[s as usize], f32::NEG_INFINITY);
+    }
+    assert!(logits[trie.vocab_size()..]
+        .iter()
+        .all(|l| *l == f32::NEG_INFINITY));
+    // "dog" then "s": after "dog" the grammar may end (stop tokens allowed), after "dogs" it
+    // is finished.
+    let ids = lm.tokenizer.encode("dog", false).unwrap();
+    for &t in &ids {
+        assert!(!seq.commit(t).unwrap());
+        let _ = seq.mask().unwrap();
+    }
+    // (The mask after "dog" was taken in the loop; take a fresh matcher to look at it.)
+    let mut again = SequenceConstraint::start(&c, &ids).unwrap();
+    let m = again.mask().unwrap();
+    assert!(m.can_end);
+    let s = lm.tokenizer.token_to_id("s").unwrap();
+    assert!(m.is_allowed(s));
+    assert!(
+        again.commit(s).unwrap(),
+        "after \"dogs\" nothing may follow"
+    );
+}
+
+#[test]
+fn bad_grammars_are_refused_with_a_reason() {
+    let g = &smol().grammar;
+    for bad in [
+        TopLevelGrammar::from_regex("[0-9"),
+        TopLevelGrammar::from_lark("start: missing_rule".into()),
+        TopLevelGrammar::from_json_schema(serde_json::json!({"type": "no-such-type"})),
+    ] {
+        let e = g.compile(bad).unwrap_err();
+        assert!(!e.is_empty());
+    }
+}
+
+fn chat_prompt(text: &str) -> Vec<u32> {
+    let lm = smol();
+    let msgs = [camelid_model::Message::new("user", text)];
+    let t = lm.template.render(&msgs, true).unwrap();
+    lm.tokenizer.encode(&t, true).unwrap()
+}
+
+fn params(seed: u64, grammar: Option<TopLevelGrammar>) -> GenerationParams {
+    let lm = smol();
+    let mut p = GenerationParams::new(
+        80,
+        SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..Default::default()
+        },
+    );
+    p.stop_token_ids = lm.stop_token_ids.clone();
+    p.constraint = grammar.map(|g| lm.grammar.compile(g).unwrap());
+    p
+}
+
+/// Without the grammar the model does not write this shape; with it, every sample does,
+/// ends by itself (finish "stop"), and logprobs stay the model's.
+#[test]
+fn constrained_generation_on_the_default_model_matches_the_regex() {
+    let lm = smol();
+    let rx = "[0-9]{3}-[a-z]{3}";
+    let is_match = |s: &str| {
+        let b = s.as_bytes();
+        b.len() == 7
+            && b[..3].iter().all(u8::is_ascii_digit)
+            && b[3] == b'-'
+            && b[4..].iter().all(u8::is_ascii_lowercase)
+    };
+    let prompt = chat_prompt("Write a product code.");
+    let free = generate(lm, &prompt, params(1, None), |_| {}).unwrap();
+    assert!(
+        !is_match(&free.text),
+        "unconstrained output matched: {:?}",
+        free.text
+    );
+    for seed in 0..4 {
+        let mut p = params(seed, Some(TopLevelGrammar::from_regex(rx)));
+        p.logprobs = Some(1);
+        let g = generate(lm, &prompt, p.clone(), |_| {}).unwrap();
+        assert!(is_match(&g.text), "seed {seed}: {:?}", g.text);
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        // Same seed, same output.
+        assert_eq!(generate(lm, &prompt, p, |_| {}).unwrap().text, g.text);
+        // Log-probabilities are of the model's distribution: ≤ 0 and not renormalised over
+        // the few allowed tokens (some token's probability under the model is below 1).
+        assert!(g.logprobs.iter().all(|l| l.logprob <= 0.0));
+        assert!(g.logprobs.iter().any(|l| l.logprob < -1e-3));
+    }
+}
+
+#[test]
+fn constrained_generation_writes_schema_json() {
+    let lm = smol();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20},
+                       "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": false,
+        "x-guidance": {"whitespace_flexible": false}
+    });
+    let prompt = chat_prompt("Tell me about a city.");
+    for seed in 0..3 {
+        let g = generate(
+            lm,
+            &prompt,
+            params(
+                seed,
+                Some(TopLevelGrammar::from_json_schema(schema.clone())),
+            ),
+            |_| {},
+        )
+        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&g.text).unwrap_or_else(|e| panic!("{e}: {:?}", g.text));
+        assert!(v["city"].is_string() && v["population"].is_i64(), "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 2);
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+    }
+}

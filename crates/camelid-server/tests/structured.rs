@@ -1,0 +1,399 @@
+//! Structured output over HTTP on the default model: `response_format` (json_object,
+//! json_schema), vLLM's `structured_outputs` and `guided_*` (json, regex, choice, grammar) on
+//! both endpoints; n > 1, streaming, seeds, preemption on a small KV pool; 400s naming the
+//! field for constraints that do not compile. The model is sampled at temperature 1 (a
+//! 135M model left alone rarely writes valid JSON), so only the grammar makes these pass.
+
+mod common;
+use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, EngineOverrides};
+use camelid_server::{AppState, ServerConfig};
+use common::{assert_error, model_entry, post, runtime, serve, short};
+use regex::Regex;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex, OnceLock};
+
+struct Server {
+    base: String,
+    engine: EngineHandle,
+}
+
+fn start(kv_cache_mb: usize) -> Server {
+    let entry = model_entry("smol", &[], 2048, |lm| {
+        EngineConfig::for_device(
+            lm.model.device(),
+            &EngineOverrides {
+                kv_cache_mb: Some(kv_cache_mb),
+                ..Default::default()
+            },
+        )
+    });
+    let engine = entry.engine.clone();
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![entry]);
+    Server {
+        base: serve(state).base,
+        engine,
+    }
+}
+
+fn server() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| start(64))
+}
+
+/// One test at a time on the shared server (timings of the 2-core machine).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut b = json!({"model": "smol", "messages": [{"role": "user", "content": content}],
+        "max_tokens": 160, "temperature": 1.0, "seed": 1});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+fn chat_ok(base: &str, body: &Value) -> Vec<(String, String)> {
+    let (st, b) = post(base, "/v1/chat/completions", body);
+    assert_eq!(st, 200, "{}", short(&b));
+    b["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["message"]["content"].as_str().unwrap().to_string(),
+                c["finish_reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The schema the tests ask for, and a check of it written out (no schema validator in
+/// the Rust dependencies; the Python client test validates with `jsonschema`).
+fn person_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 24},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "colour": {"enum": ["red", "green", "blue"]},
+            "pets": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}
+        },
+        "required": ["name", "age", "colour", "pets"],
+        "additionalProperties": false
+    })
+}
+
+fn assert_person(text: &str) {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {text}"));
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["age", "colour", "name", "pets"], "{text}");
+    assert!(
+        o["name"].as_str().is_some_and(|s| s.chars().count() <= 24),
+        "{text}"
+    );
+    assert!(o["age"].as_u64().is_some_and(|a| a <= 150), "{text}");
+    assert!(
+        ["red", "green", "blue"].contains(&o["colour"].as_str().unwrap_or("")),
+        "{text}"
+    );
+    let pets = o["pets"].as_array().unwrap_or_else(|| panic!("{text}"));
+    assert!(pets.len() <= 3, "{text}");
+    assert!(
+        pets.iter()
+            .all(|p| p.as_str().is_some_and(|s| s.chars().count() <= 12)),
+        "{text}"
+    );
+}
+
+const ASK: &str = "Describe a person: name, age, favourite colour, pets.";
+
+fn schema_format() -> Value {
+    json!({"response_format": {"type": "json_schema",
+        "json_schema": {"name": "person", "schema": person_schema(), "strict": true}}})
+}
+
+#[test]
+fn json_object_outputs_parse_as_objects() {
+    let _g = serial();
+    let s = server();
+    // Any object: keys and strings are unbounded, so the model must close them itself
+    // (at temperature 1 this 135M model rambles inside a string past any budget).
+    for (seed, temperature) in [(0, 0.0), (1, 0.5), (2, 0.5)] {
+        let body = chat(
+            "Give me a JSON object about a cat.",
+            json!({"response_format": {"type": "json_object"}, "seed": seed,
+                   "temperature": temperature, "max_tokens": 300}),
+        );
+        for (text, finish) in chat_ok(&s.base, &body) {
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+            assert!(v.is_object(), "{text}");
+            assert_eq!(finish, "stop", "{text}");
+        }
+    }
+}
+
+/// n = 4 in one request (four matchers in one batch), twice with the same seed: every
+/// output validates, and the second request repeats the first.
+#[test]
+fn json_schema_outputs_validate_with_n_4_and_seeds_repeat() {
+    let _g = serial();
+    let s = server();
+    let mut extra = schema_format();
+    extra["n"] = json!(4);
+    extra["seed"] = json!(11);
+    let body = chat(ASK, extra);
+    let first = chat_ok(&s.base, &body);
+    assert_eq!(first.len(), 4);
+    for (text, finish) in &first {
+        assert_person(text);
+        assert_eq!(finish, "stop");
+    }
+    let distinct: std::collections::HashSet<&String> = first.iter().map(|c| &c.0).collect();
+    assert!(
+        distinct.len() > 1,
+        "four samples at temperature 1 all equal: {first:?}"
+    );
+    assert_eq!(chat_ok(&s.base, &body), first, "same seed, same outputs");
+}
+
+/// vLLM's `structured_outputs.json` (a schema given as a string too) and `guided_json`.
+#[test]
+fn structured_outputs_json_and_guided_json_validate() {
+    let _g = serial();
+    let s = server();
+    for extra in [
+        json!({"structured_outputs": {"json": person_schema()}}),
+        json!({"structured_outputs": {"json": person_schema().to_string()}, "seed": 2}),
+        json!({"guided_json": person_schema(), "seed": 3}),
+    ] {
+        for (text, _) in chat_ok(&s.base, &chat(ASK, extra)) {
+            assert_person(&text);
+        }
+    }
+}
+
+#[test]
+fn regex_choice_and_grammar_outputs_match() {
+    let _g = serial();
+    let s = server();
+    let rx = r"[0-9]{3}-[a-z]{2,5}( [A-Z][a-z]{1,8})?";
+    let whole = Regex::new(&format!("^(?:{rx})$")).unwrap();
+    for (extra, seed) in [
+        (json!({"structured_outputs": {"regex": rx}}), 1),
+        (json!({"guided_regex": rx}), 2),
+    ] {
+        let mut extra = extra;
+        extra["seed"] = json!(seed);
+        extra["n"] = json!(2);
+        for (text, finish) in chat_ok(&s.base, &chat("Write a product code.", extra)) {
+            assert!(whole.is_match(&text), "{text:?} does not match {rx}");
+            assert_eq!(finish, "stop");
+        }
+    }
+    let choices = ["sunny", "rainy", "snowy with a chance of fog"];
+    for extra in [
+        json!({"structured_outputs": {"choice": choices}}),
+        json!({"guided_choice": choices, "seed": 5}),
+    ] {
+        for (text, finish) in chat_ok(&s.base, &chat("What is the weather?", extra)) {
+            assert!(choices.contains(&text.as_str()), "{text:?}");
+            assert_eq!(finish, "stop");
+        }
+    }
+    // FastChat's judge verdict: free text, then the rating in double brackets.
+    let lark = r#"start: /[^\[\]]{0,200}/ "[[" /10|[1-9]/ "]]""#;
+    let verdict = Regex::new(r"^[^\[\]]{0,200}\[\[(10|[1-9])\]\]$").unwrap();
+    for extra in [
+        json!({"structured_outputs": {"grammar": lark}, "max_tokens": 120}),
+        json!({"guided_grammar": lark, "seed": 9, "max_tokens": 120}),
+    ] {
+        for (text, finish) in chat_ok(&s.base, &chat("Rate the sky from 1 to 10.", extra)) {
+            assert!(verdict.is_match(&text), "{text:?}");
+            assert_eq!(finish, "stop");
+        }
+    }
+}
+
+#[test]
+fn completions_take_constraints_too() {
+    let _g = serial();
+    let s = server();
+    let rx = Regex::new(r"^(yes|no)$").unwrap();
+    let body = json!({"model": "smol", "prompt": "Is water wet? Answer:", "max_tokens": 8,
+        "temperature": 1.0, "seed": 4, "n": 3, "guided_choice": ["yes", "no"]});
+    let (st, b) = post(&s.base, "/v1/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    for c in b["choices"].as_array().unwrap() {
+        let t = c["text"].as_str().unwrap();
+        assert!(rx.is_match(t), "{t:?}");
+        assert_eq!(c["finish_reason"], "stop");
+    }
+    let body = json!({"model": "smol", "prompt": "A JSON person:", "max_tokens": 160,
+        "temperature": 1.0, "seed": 4, "response_format": {"type": "json_schema",
+        "json_schema": {"name": "p", "schema": person_schema()}}});
+    let (st, b) = post(&s.base, "/v1/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    assert_person(b["choices"][0]["text"].as_str().unwrap());
+}
+
+/// Streamed, the deltas add up to the same validated text as the whole answer (same seed).
+#[test]
+fn streamed_constrained_output_equals_the_whole_one() {
+    let _g = serial();
+    let s = server();
+    let mut extra = schema_format();
+    extra["seed"] = json!(21);
+    let body = chat(ASK, extra);
+    let whole = chat_ok(&s.base, &body);
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let text = runtime().block_on(async {
+        let r = common::client()
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&sbody)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    });
+    let mut streamed = String::new();
+    let mut finish = None;
+    for l in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if l == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(l).unwrap();
+        if let Some(c) = v["choices"].get(0) {
+            streamed += c["delta"]["content"].as_str().unwrap_or("");
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    assert_person(&streamed);
+    assert_eq!(streamed, whole[0].0);
+    assert_eq!(finish.as_deref(), Some("stop"));
+}
+
+/// A KV pool of 6 MiB (~270 positions) for four choices of ~200 positions each: sequences
+/// are preempted and recomputed mid-output, and every output still validates (the
+/// decoder, and with it the matcher, stays with its sequence).
+#[test]
+fn preemption_keeps_constrained_outputs_valid() {
+    let _g = serial();
+    let s = start(6);
+    let mut extra = schema_format();
+    extra["n"] = json!(4);
+    extra["seed"] = json!(5);
+    extra["max_tokens"] = json!(150);
+    let before = EngineMetrics::get(&s.engine.metrics.preemptions);
+    let out = chat_ok(&s.base, &chat(ASK, extra));
+    let preempted = EngineMetrics::get(&s.engine.metrics.preemptions) - before;
+    assert!(preempted > 0, "no preemption: the test tests nothing");
+    for (text, finish) in &out {
+        assert_person(text);
+        assert_eq!(finish, "stop");
+    }
+}
+
+#[test]
+fn constraints_that_do_not_compile_are_400s_naming_the_field() {
+    let _g = serial();
+    let s = server();
+    for (extra, param) in [
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
+            "response_format.json_schema.name",
+        ),
+        (
+            json!({"response_format": {"type": "yaml"}}),
+            "response_format.type",
+        ),
+        (
+            json!({"structured_outputs": {"regex": "[0-9"}}),
+            "structured_outputs.regex",
+        ),
+        (
+            json!({"structured_outputs": {"grammar": "start: undefined_rule"}}),
+            "structured_outputs.grammar",
+        ),
+        (
+            json!({"structured_outputs": {"json": "{not json"}}),
+            "structured_outputs.json",
+        ),
+        (json!({"structured_outputs": {}}), "structured_outputs"),
+        (
+            json!({"structured_outputs": {"regex": "a", "choice": ["a"]}}),
+            "structured_outputs",
+        ),
+        (json!({"guided_choice": ["a", 3]}), "guided_choice"),
+        (json!({"guided_regex": "(unclosed"}), "guided_regex"),
+        (
+            json!({"guided_regex": "a", "response_format": {"type": "json_object"}}),
+            "guided_regex",
+        ),
+    ] {
+        let (st, b) = post(&s.base, "/v1/chat/completions", &chat("Hi", extra.clone()));
+        assert_error(st, &b, 400, Some(param));
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(param.split('.').next().unwrap()),
+            "the message names the field: {}",
+            short(&b)
+        );
+    }
+    let body = json!({"model": "smol", "prompt": "x", "guided_grammar": "start: ("});
+    let (st, b) = post(&s.base, "/v1/completions", &body);
+    assert_error(st, &b, 400, Some("guided_grammar"));
+}
+
+/// `mtbench judge --constrain`'s grammars: with them every verdict parses, even when the
+/// explanation runs into the token budget (then the grammar closes it with the verdict).
+#[test]
+fn judge_verdict_grammars_always_parse() {
+    use camelid_eval::judge::{
+        parse_score, parse_verdict, parse_verdict_labelled, verdict_grammar,
+        verdict_grammar_labelled,
+    };
+    let _g = serial();
+    let s = server();
+    for seed in 0..3 {
+        let pair = json!({"structured_outputs": {"grammar": verdict_grammar(true, 40)},
+            "max_tokens": 56, "seed": seed});
+        for (text, finish) in chat_ok(&s.base, &chat("Which answer is better, A or B?", pair)) {
+            assert_ne!(parse_verdict(&text), "error", "{text:?}");
+            assert_eq!(finish, "stop", "{text:?}");
+        }
+        // The rename experiment's labels (quotes and brackets-free text, escaped for Lark).
+        let labels = ["Assistant \"X\"", "Assistant Y", "tie"];
+        let renamed = json!({"structured_outputs": {"grammar": verdict_grammar_labelled(Some(labels), 40)},
+            "max_tokens": 56, "seed": seed});
+        for (text, finish) in chat_ok(&s.base, &chat("Which is better, X or Y?", renamed)) {
+            assert_ne!(parse_verdict_labelled(&text, labels), "error", "{text:?}");
+            assert_eq!(finish, "stop", "{text:?}");
+        }
+        let single = json!({"structured_outputs": {"grammar": verdict_grammar(false, 40)},
+            "max_tokens": 56, "seed": seed});
+        for (text, _) in chat_ok(&s.base, &chat("Rate this answer from 1 to 10.", single)) {
+            let score = parse_score(&text);
+            assert!((1.0..=10.0).contains(&score), "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `camelid arena ratings` per category from the command line, on hand-made battles whose
+//! ratings are known (fschat 0.2.36's `elo_analysis` has no categories to compare with).
+
+use std::process::Command;
+
+fn camelid(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `coder` wins 9 of 10 coding battles against `poet` (tagged by `category`) and loses 9 of
+/// 10 writing ones (tagged by FastChat's `category_tag`): in each category the gap is
+/// 400·log10(9) points one way or the other; over all battles they are even. Named battles
+/// are left out per category too.
+#[test]
+fn ratings_per_category() {
+    let mut battles = vec![];
+    for k in 0..10 {
+        let (coding, writing) = if k == 0 {
+            ("model_b", "model_a")
+        } else {
+            ("model_a", "model_b")
+        };
+        battles.push(serde_json::json!({"model_a": "coder", "model_b": "poet",
+            "winner": coding, "anony": true, "category": ["coding"]}));
+        battles.push(serde_json::json!({"model_a": "coder", "model_b": "poet",
+            "winner": writing, "anony": true,
+            "category_tag": {"creative_writing_v0.1": {"creative_writing": true}}}));
+    }
+    // A named battle, left out as FastChat leaves it out.
+    battles.push(serde_json::json!({"model_a": "poet", "model_b": "coder",
+        "winner": "model_a", "anony": false, "category": "coding"}));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("battles.json");
+    std::fs::write(&file, serde_json::Value::from(battles).to_string()).unwrap();
+    let file = file.to_str().unwrap();
+    let rate = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "arena",
+            "ratings",
+            "--battles",
+            file,
+            "--bt",
+            "mle",
+            "--bootstrap",
+            "0",
+            "--format",
+            "json",
+        ];
+        args.extend(extra);
+        let (ok, out, err) = camelid(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let gap = |rows: &serde_json::Value| {
+        let r = |m: &str| {
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["model"] == m)
+                .unwrap()["rating"]
+                .as_f64()
+                .unwrap()
+        };
+        r("coder") - r("poet")
+    };
+    let nine = 400.0 * 9f64.log10();
+    let coding = rate(&["--category", "coding"]);
+    assert!((gap(&coding) - nine).abs() < 1e-3, "{coding}");
+    assert_eq!(coding[0]["battles"], 10, "the named battle is left out");
+    let writing = rate(&["--category", "creative_writing_v0.1.creative_writing"]);
+    assert!((gap(&writing) + nine).abs() < 1e-3, "{writing}");
+    assert!(gap(&rate(&[])).abs() < 1e-3);
+    // All categories at once: the same tables.
+    let by = rate(&["--by-category"]);
+    let mut keys: Vec<&String> = by.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["coding", "creative_writing_v0.1.creative_writing", "full"]
+    );
+    assert_eq!(by["coding"], coding);
+    assert_eq!(by["creative_writing_v0.1.creative_writing"], writing);
+    let (ok, table, err) = camelid(&[
+        "arena",
+        "ratings",
+        "--battles",
+        file,
+        "--bt",
+        "mle",
+        "--bootstrap",
+        "0",
+        "--by-category",
+        "--format",
+        "markdown",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        table.starts_with("| model | full | coding | creative_writing_v0.1.creative_writing |"),
+        "{table}"
+    );
+    // An unknown category is an error that names the ones there are.
+    let (ok, _, err) = camelid(&["arena", "ratings", "--battles", file, "--category", "math"]);
+    assert!(!ok && err.contains("coding"), "{err}");
+}
