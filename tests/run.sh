@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
 VENV="${CAMELID_TEST_VENV:-$HOME/.cache/camelid/test-venv}"
-if ! "$VENV/bin/python" -c "import openai, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import openai, jsonschema, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/pages/requirements.txt \
     -r crates/camelid-model/tests/gguf/requirements.txt -r tests/fastchat/requirements.txt

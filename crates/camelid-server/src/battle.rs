@@ -9,7 +9,7 @@ use crate::format::finish_str;
 use crate::openai::{ChatRequest, SamplingFields};
 use crate::run::{shutting_down, Submission};
 use crate::state::{AppState, Permit};
-use crate::validate::battle_cache_salt;
+use crate::validate::{battle_cache_salt, no_tools};
 use axum::http::StatusCode;
 use camelid_engine::Event;
 use camelid_model::decode::FinishReason;
@@ -110,6 +110,9 @@ pub async fn submit(
     (req_a, req_b): (ChatRequest, ChatRequest),
     sampling: &SamplingFields,
 ) -> Result<Turn, ApiError> {
+    for r in [&req_a, &req_b] {
+        no_tools(r)?;
+    }
     let salt = Some(battle_cache_salt(battle_id));
     let (a, b) = tokio::join!(
         chat::submit_salted(state, permits.0, &req_a, sampling, salt.clone()),

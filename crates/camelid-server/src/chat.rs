@@ -9,9 +9,8 @@ use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::run::{self, blocking, collect, ChoiceSpec, Submission};
 use crate::state::{AppState, ModelEntry, Permit};
 use crate::structured;
-use crate::validate::{
-    cache_salt, generation_params, max_tokens, unimplemented_chat, MAX_TOP_LOGPROBS,
-};
+use crate::tools::{self, ToolPlan};
+use crate::validate::{cache_salt, generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use camelid_model::text::chat_prompt::chat_prompt_ids_with;
@@ -20,7 +19,8 @@ use camelid_model::Message;
 use serde_json::Value;
 use std::sync::Arc;
 
-/// OpenAI messages → template messages. Content parts must be text.
+/// OpenAI messages → template messages. Content parts must be text; an assistant's
+/// `tool_calls` and a `tool` message's `tool_call_id` go to the template too.
 pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::invalid_param(
@@ -35,10 +35,11 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
                     return Err(ApiError::invalid_param(
                         &format!("messages[{i}].role"),
-                        format!("Unknown role {other:?}; expected system, user or assistant"),
+                        format!("Unknown role {other:?}; expected system, user, assistant or tool"),
                     ))
                 }
             };
@@ -64,7 +65,21 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                     s
                 }
             };
-            Ok(Message::new(role, &content))
+            let mut msg = Message::new(role, &content);
+            match &m.tool_calls {
+                None | Some(Value::Null) => {}
+                Some(_) if role != "assistant" => {
+                    return Err(ApiError::invalid_param(
+                        &format!("messages[{i}].tool_calls"),
+                        "only assistant messages have `tool_calls`",
+                    ))
+                }
+                Some(calls) => msg.tool_calls = Some(tools::template_tool_calls(i, calls)?),
+            }
+            if role == "tool" {
+                msg.tool_call_id = m.tool_call_id.clone();
+            }
+            Ok(msg)
         })
         .collect()
 }
@@ -74,6 +89,7 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
 pub fn prompt_ids(
     model: &ModelEntry,
     msgs: &[Message],
+    tools: Option<&[Value]>,
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
 ) -> Result<Vec<u32>, ApiError> {
@@ -81,6 +97,7 @@ pub fn prompt_ids(
         &model.template,
         model.engine.tokenizer(),
         msgs,
+        tools,
         add_generation_prompt,
         kwargs,
     )
@@ -99,6 +116,8 @@ pub struct Submitted {
     pub prompt_tokens: usize,
     /// Choices asked for (`n`).
     pub n: usize,
+    /// The request's tools, when its output is read for calls.
+    pub tools: Option<ToolPlan>,
 }
 
 /// `prompt_ids` off the async
@@ -107,12 +126,19 @@ pub async fn render_and_encode(
     permit: &Permit,
     model: &Arc<ModelEntry>,
     msgs: Vec<Message>,
+    tools: Option<Vec<Value>>,
     add_generation_prompt: bool,
     kwargs: TemplateKwargs,
 ) -> Result<Vec<u32>, ApiError> {
     let model = model.clone();
     blocking(permit, move || {
-        prompt_ids(&model, &msgs, add_generation_prompt, &kwargs)
+        prompt_ids(
+            &model,
+            &msgs,
+            tools.as_deref(),
+            add_generation_prompt,
+            &kwargs,
+        )
     })
     .await
 }
@@ -141,8 +167,8 @@ pub async fn submit_salted(
 ) -> Result<Submitted, ApiError> {
     let limits = &state.config.limits;
     limits.check_messages(req.messages.len())?;
-    unimplemented_chat(req)?;
     let model = state.model(Some(&req.model))?;
+    let plan = ToolPlan::from_request(req, &model.template)?;
     if let Some(t) = req.top_logprobs {
         if t > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(
@@ -169,8 +195,25 @@ pub async fn submit_salted(
     limits.check_sequences(1, n)?;
     let msgs = to_messages(&req.messages)?;
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
-    let prompt = render_and_encode(&permit, &model, msgs, true, kwargs).await?;
+    let shown = plan.as_ref().map(|p| p.tools.clone());
+    let prompt = render_and_encode(&permit, &model, msgs, shown, true, kwargs).await?;
     params.constraint = structured::compile(&permit, &model, f).await?;
+    if let Some(p) = &plan {
+        if p.needs_special_tokens(model.engine.tokenizer()) {
+            params.skip_special_tokens = false;
+        }
+        // `required` and a named function: a grammar keeps the promise.
+        if let Some(c) = tools::compile(&permit, &model, p).await? {
+            if params.constraint.is_some() {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "`tool_choice` \"required\" or a named function cannot be combined with \
+                     another output constraint (`response_format`, structured outputs)",
+                ));
+            }
+            params.constraint = Some(c);
+        }
+    }
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),
         None,
@@ -202,6 +245,7 @@ pub async fn submit_salted(
         model,
         prompt_tokens,
         n,
+        tools: plan.filter(ToolPlan::parses),
     })
 }
 
@@ -209,8 +253,10 @@ pub async fn submit_salted(
 #[derive(Debug, Clone)]
 pub struct ChatChoice {
     pub index: usize,
-    /// The assistant message's text.
-    pub content: String,
+    /// The assistant message's text (`None` when it is only tool calls).
+    pub content: Option<String>,
+    /// OpenAI's `message.tool_calls` entries.
+    pub tool_calls: Vec<Value>,
     /// OpenAI's chat `logprobs` object, when the request asked for log-probs (token texts
     /// need the model's tokenizer, so it is rendered here).
     pub logprobs: Option<Value>,
@@ -244,6 +290,7 @@ pub async fn complete(
         model,
         prompt_tokens,
         n,
+        tools,
     } = submit(&state, permit, &req, &sampling).await?;
     let id = new_id("chatcmpl");
     let created = now_secs();
@@ -251,11 +298,18 @@ pub async fn complete(
     let tok = model.engine.tokenizer();
     let choices = results
         .iter()
-        .map(|r| ChatChoice {
-            index: r.index,
-            content: r.text.clone(),
-            logprobs: req.logprobs.then(|| chat_logprobs(tok, &r.logprobs)),
-            finish: r.finish,
+        .map(|r| {
+            let (content, tool_calls) = match &tools {
+                Some(plan) => tools::split_output(plan, &r.text),
+                None => (Some(r.text.clone()), vec![]),
+            };
+            ChatChoice {
+                index: r.index,
+                content,
+                tool_calls,
+                logprobs: req.logprobs.then(|| chat_logprobs(tok, &r.logprobs)),
+                finish: r.finish,
+            }
         })
         .collect();
     Ok(ChatResult {

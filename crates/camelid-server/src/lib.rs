@@ -5,8 +5,9 @@
 //! This file assembles the router from `routes::*` (one file per route group), adds the
 //! middleware (API keys, request counting, body limit) and serves it through `listen` until
 //! shutdown. Modules import one way, each only modules to its right: `routes` → `chat` →
-//! `sse` → `validate` → `structured` → `openai` → `format` → `run` → `state` → `limits` → `arena` (the
-//! store) → `metrics` → `error`; `listen` (the accept loop) imports none of them.
+//! `tools` → `sse` → `validate` → `structured` → `openai` → `format` → `run` → `state` →
+//! `limits` → `arena` (the store) → `metrics` → `error`; `listen` (the accept loop) imports
+//! none of them.
 
 pub mod arena;
 mod battle;
@@ -22,6 +23,7 @@ mod run;
 mod sse;
 pub mod state;
 mod structured;
+mod tools;
 mod validate;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};

@@ -89,6 +89,12 @@ pub struct ChatMessage {
     pub content: Option<Content>,
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant message's tool calls (checked by `tools::template_messages`).
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -139,9 +145,11 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
-    /// Tool and function calling: not implemented, so only their "off" values pass.
+    /// Tool calling (checked by `tools::ToolPlan::from_request`).
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// The legacy function calling: refused (400), `tools` replaces it.
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
     /// vLLM's prefix-cache partition (checked by `validate::cache_salt`).

@@ -17,11 +17,14 @@ use std::convert::Infallible;
 pub trait ChunkFormat: Send + 'static {
     /// Chunks sent before any token (the chat role delta).
     fn opening(&self, choices: &[usize]) -> Vec<Value>;
-    fn token(&self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Option<Value>;
+    /// The chunks a token's text makes (none while text is held back, several when held
+    /// text resolves into tool calls).
+    fn token(&mut self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Vec<Value>;
     fn prompt_logprobs(&self, _index: usize, _lps: &[TokenLogprob]) -> Option<Value> {
         None
     }
-    fn finish(&self, index: usize, reason: FinishReason) -> Value;
+    /// The chunks that end a choice: what was held back, then its finish reason.
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value>;
     fn usage(&self, usage: &Usage) -> Value;
 }
 
@@ -109,14 +112,16 @@ pub fn stream(
                     Event::Token { text, logprob, .. } => {
                         st.timing
                             .token(&st.sub.state, st.sub.started, idx - st.first_index);
-                        if let Some(c) = st.format.token(idx, &text, logprob.as_ref()) {
+                        for c in st.format.token(idx, &text, logprob.as_ref()) {
                             st.queue.push_back(data(&c));
                         }
                     }
                     Event::Finished { reason, usage } => {
                         st.completion_tokens += usage.completion_tokens;
                         st.cached.record(idx, usage.cached_tokens);
-                        st.queue.push_back(data(&st.format.finish(idx, reason)));
+                        for c in st.format.finish(idx, reason) {
+                            st.queue.push_back(data(&c));
+                        }
                     }
                     Event::Error(e) => st.end_with(ApiError::internal(e)),
                     Event::Refused(_) => st.end_with(shutting_down()),

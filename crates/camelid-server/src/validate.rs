@@ -36,28 +36,44 @@ fn off(v: &Option<Value>, off: &[&str]) -> bool {
     }
 }
 
-/// Chat's tool and function calling: not implemented, so it answers 400 naming the field
-/// rather than an answer that silently ignores it; the "off" values pass (unknown fields are
-/// ignored, as OpenAI's clients expect).
-pub fn unimplemented_chat(req: &ChatRequest) -> Result<(), ApiError> {
-    const NO_TOOLS: &str = "tool calling is not implemented";
-    if !no_entries(&req.tools) {
-        return Err(not_implemented("tools", NO_TOOLS));
+/// Arena battles answer in text: tools, a tool choice and tool messages are refused (a
+/// battle's conversation is text both models read the same way).
+pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
+    const TEXT_ONLY: &str = "arena battles answer in text; tool calling is not offered";
+    for (name, v) in [("tools", &req.tools), ("functions", &req.functions)] {
+        if !no_entries(v) {
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}`: {TEXT_ONLY}"),
+            ));
+        }
     }
-    // With no tools, "auto" cannot call one either.
-    if !off(&req.tool_choice, &["none", "auto"]) {
-        return Err(not_implemented("tool_choice", NO_TOOLS));
+    for (name, v) in [
+        ("tool_choice", &req.tool_choice),
+        ("function_call", &req.function_call),
+    ] {
+        if !off(v, &["none"]) {
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}`: {TEXT_ONLY}"),
+            ));
+        }
     }
-    if !no_entries(&req.functions) {
-        return Err(not_implemented("functions", NO_TOOLS));
-    }
-    if !off(&req.function_call, &["none", "auto"]) {
-        return Err(not_implemented("function_call", NO_TOOLS));
+    if let Some(i) = req
+        .messages
+        .iter()
+        .position(|m| m.role == "tool" || m.tool_calls.as_ref().is_some_and(|c| !c.is_null()))
+    {
+        return Err(ApiError::invalid_param(
+            &format!("messages[{i}]"),
+            format!("tool messages and tool calls: {TEXT_ONLY}"),
+        ));
     }
     Ok(())
 }
 
-/// The completions endpoint's own (see [`unimplemented_chat`]).
+/// The completions endpoint's fields that are not implemented: 400 naming the field, never
+/// silently ignored; their "off" values pass.
 pub fn unimplemented_completion(req: &CompletionRequest, n: u32) -> Result<(), ApiError> {
     match &req.suffix {
         None | Some(Value::Null) => {}
@@ -260,4 +276,45 @@ pub fn max_tokens(
         return Err(context_error(context, prompt, want, what));
     }
     Ok(want)
+}
+
+#[cfg(test)]
+mod no_tools_tests {
+    use super::*;
+
+    fn req(v: Value) -> ChatRequest {
+        crate::openai::from_value(&v).unwrap()
+    }
+
+    /// A battle's request with tools, a tool choice, a call or a tool's answer is refused,
+    /// naming what carries it; `tool_choice: "none"` and `tools: []` pass.
+    #[test]
+    fn battles_refuse_every_form_of_tools() {
+        let user = serde_json::json!({"role": "user", "content": "hi"});
+        let param = |v: Value| no_tools(&req(v)).unwrap_err().param.unwrap();
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [user],
+                "tools": [{"type": "function", "function": {"name": "f"}}]})),
+            "tools"
+        );
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [user], "tool_choice": "auto"})),
+            "tool_choice"
+        );
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [user,
+                {"role": "tool", "tool_call_id": "c", "content": "x"}]})),
+            "messages[1]"
+        );
+        assert_eq!(
+            param(serde_json::json!({"model": "", "messages": [
+                {"role": "assistant", "content": null, "tool_calls": []}, user]})),
+            "messages[0]"
+        );
+        assert!(
+            no_tools(&req(serde_json::json!({"model": "", "messages": [user],
+            "tools": [], "tool_choice": "none"})))
+            .is_ok()
+        );
+    }
 }

@@ -1365,6 +1365,23 @@ fn corpus() -> Vec<Case> {
             Some("stream_options"),
         ),
         case(
+            "arena: tools offered",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            400,
+            Some("tools"),
+        ),
+        case(
+            "arena: a tool choice",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}),
+            400,
+            Some("tool_choice"),
+        ),
+        case(
             "arena: battle_id a number",
             "POST",
             "/arena/battles",

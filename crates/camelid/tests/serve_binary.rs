@@ -27,6 +27,35 @@ fn openai_python_client_works_against_serve() {
     );
 }
 
+/// Tool calls through the openai client: the default model served with Qwen2.5's tools
+/// template; `required` and named calls valid against their schemas over several seeds,
+/// streamed calls assembled by the client (`tests/openai/test_tools.py`).
+#[test]
+fn openai_python_client_calls_tools() {
+    let python = std::env::var("CAMELID_TEST_PYTHON")
+        .expect("CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the venv with openai)");
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/chat-templates/qwen2.5-tools.jinja"
+    );
+    let s = serve(&[
+        "--api-key",
+        "sk-test",
+        "--model",
+        "smol=smollm2-135m-instruct",
+        "--chat-template",
+        template,
+    ]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/openai/test_tools.py"
+    );
+    run_test_script(
+        Command::new(python).args([script, &s.base, "smol"]),
+        "openai client tools test",
+    );
+}
+
 /// Structured output through the openai client: `beta.chat.completions.parse` with a
 /// pydantic model, strict schemas validated by `jsonschema`, regex, choice, a broken schema.
 #[test]

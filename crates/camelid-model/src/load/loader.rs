@@ -62,6 +62,37 @@ pub struct LoadedModel {
     pub grammar: Arc<GrammarCompiler>,
 }
 
+impl LoadedModel {
+    /// The model with the jinja chat template `source` instead of its own (`serve
+    /// --chat-template`, as vLLM's and llama.cpp's flag): the special tokens it renders are
+    /// the model's, its end-of-turn tokens stop generation.
+    pub fn with_chat_template(mut self, source: String) -> Result<Self> {
+        let token = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
+        let (bos_token, eos_token) = match &self.template {
+            ChatTemplate::Jinja {
+                bos_token,
+                eos_token,
+                ..
+            } => (bos_token.clone(), eos_token.clone()),
+            ChatTemplate::Builtin(_) => (
+                token(self.tokenizer.bos_id).unwrap_or_default(),
+                token(self.tokenizer.eos_ids.first().copied()).unwrap_or_default(),
+            ),
+        };
+        let template = ChatTemplate::Jinja {
+            source,
+            bos_token,
+            eos_token,
+        };
+        self.stop_token_ids = stop_ids(&self.tokenizer, &template, self.tokenizer.eos_ids.clone());
+        self.stop_strings = template.stop_strings();
+        self.template = template;
+        // Grammars end where the stop tokens may come.
+        self.grammar = Arc::new(GrammarCompiler::new(&self.tokenizer, &self.stop_token_ids)?);
+        Ok(self)
+    }
+}
+
 pub fn parse_dtype(s: &str) -> Result<DType> {
     match s {
         "f32" | "float32" => Ok(DType::F32),
@@ -176,6 +207,8 @@ fn stop_ids(tok: &Tokenizer, template: &ChatTemplate, mut ids: Vec<u32>) -> Vec<
     for t in [
         "<|im_end|>",
         "<|eot_id|>",
+        // Llama 3.1's end of a tool-call message.
+        "<|eom_id|>",
         "<|end_of_text|>",
         "<|end|>",
         "<|endoftext|>",

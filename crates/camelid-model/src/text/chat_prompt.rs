@@ -8,10 +8,16 @@
 //! trimmed, the changes templates make). Those ranges are tokenized with special tokens off
 //! ([`Tokenizer::encode_with_literal`]); ordinary content gets exactly the ids of tokenizing
 //! the whole prompt.
+//!
+//! Tool definitions and a message's tool calls are the client's text too: each of their
+//! strings that would tokenize to a control token gets a marker of its own (others are left
+//! as they are, for templates that look at values such as `type` or an id's length), found
+//! as written or JSON-escaped (`tojson`).
 
 use crate::error::{Error, Result};
 use crate::text::template::{ChatTemplate, Message, TemplateKwargs};
 use crate::text::tokenizer::Tokenizer;
+use serde_json::Value as Json;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -26,20 +32,32 @@ pub fn chat_prompt_ids(
         template,
         tok,
         messages,
+        None,
         add_generation_prompt,
         &TemplateKwargs::new(),
     )
 }
 
-/// [`chat_prompt_ids`] with extra template variables (`chat_template_kwargs`).
+/// [`chat_prompt_ids`] with tool definitions and extra template variables
+/// (`chat_template_kwargs`).
 pub fn chat_prompt_ids_with(
     template: &ChatTemplate,
     tok: &Tokenizer,
     messages: &[Message],
+    tools: Option<&[Json]>,
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
 ) -> Result<Vec<u32>> {
-    let split = render_split_with(template, messages, add_generation_prompt, kwargs)?;
+    let has_special =
+        |s: &str| -> Result<bool> { Ok(tok.encode(s, false)?.iter().any(|&t| tok.is_special(t))) };
+    let split = render_split_marking(
+        template,
+        messages,
+        tools,
+        add_generation_prompt,
+        kwargs,
+        &has_special,
+    )?;
     match &split.contents {
         Some(ranges) => tok.encode_with_literal(&split.text, ranges, true),
         None => {
@@ -80,41 +98,97 @@ pub fn render_split(
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<SplitRender> {
-    render_split_with(
+    render_split_marking(
         template,
         messages,
+        None,
         add_generation_prompt,
         &TemplateKwargs::new(),
+        &|_| Ok(false),
     )
 }
 
-/// [`render_split`] with extra template variables.
-pub fn render_split_with(
+/// [`render_split`] with tools and extra template variables; `mark(s)` says whether a
+/// string inside `tools` or a message's `tool_calls` is to be located too (its ranges follow
+/// the contents'). A key that `mark`s is refused: keys are the structure templates read.
+pub fn render_split_marking(
     template: &ChatTemplate,
     messages: &[Message],
+    tools: Option<&[Json]>,
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
+    mark: &dyn Fn(&str) -> Result<bool>,
 ) -> Result<SplitRender> {
-    let text = template.render_with(messages, add_generation_prompt, kwargs)?;
+    let text = template.render_with(messages, tools, add_generation_prompt, kwargs)?;
     let nonce = format!("{:016x}", rand::random::<u64>());
+    // Slots: every content (its index is its message's), then the marked tool strings.
+    let mut slots: Vec<String> = messages.iter().map(|m| m.content.clone()).collect();
+    let mut extra = vec![];
     // Blank contents stay as they are (no special token is whitespace): templates that skip
     // empty messages then take the same path in both renders.
-    let marked_msgs: Vec<Message> = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| match m.content.trim().is_empty() {
-            true => m.clone(),
-            false => Message::new(&m.role, &marker(&nonce, i)),
-        })
-        .collect();
-    let marked = template.render_with(&marked_msgs, add_generation_prompt, kwargs)?;
-    let (pieces, holes) = split_marked(&marked, &nonce, messages.len());
-    let contents = match_holes(&text, &pieces, &holes, messages);
+    let mut marked_msgs = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let mut x = m.clone();
+        if !m.content.trim().is_empty() {
+            x.content = marker(&nonce, i);
+        }
+        for call in x.tool_calls.iter_mut().flatten() {
+            mark_strings(call, &nonce, messages.len(), &mut extra, mark)?;
+        }
+        marked_msgs.push(x);
+    }
+    let mut marked_tools = tools.map(<[Json]>::to_vec);
+    for t in marked_tools.iter_mut().flatten() {
+        mark_strings(t, &nonce, messages.len(), &mut extra, mark)?;
+    }
+    slots.extend(extra);
+    let marked = template.render_with(
+        &marked_msgs,
+        marked_tools.as_deref(),
+        add_generation_prompt,
+        kwargs,
+    )?;
+    let (pieces, holes) = split_marked(&marked, &nonce, slots.len());
+    let contents = match_holes(&text, &pieces, &holes, &slots);
     Ok(SplitRender {
         text,
         contents,
         marked,
     })
+}
+
+/// Replaces each string in `v` that `mark`s by a marker for slot `first + extra.len()`,
+/// keeping the string in `extra`.
+fn mark_strings(
+    v: &mut Json,
+    nonce: &str,
+    first: usize,
+    extra: &mut Vec<String>,
+    mark: &dyn Fn(&str) -> Result<bool>,
+) -> Result<()> {
+    match v {
+        Json::String(s) if mark(s)? => {
+            let m = marker(nonce, first + extra.len());
+            extra.push(std::mem::replace(s, m));
+        }
+        Json::Array(a) => {
+            for x in a {
+                mark_strings(x, nonce, first, extra, mark)?;
+            }
+        }
+        Json::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if mark(k)? {
+                    return Err(Error::Template(format!(
+                        "a key in the tools or tool calls contains special-token text: {k:?}"
+                    )));
+                }
+                mark_strings(x, nonce, first, extra, mark)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 const OPEN: char = '\u{E000}';
@@ -150,12 +224,15 @@ fn split_marked<'a>(marked: &'a str, nonce: &str, n: usize) -> (Vec<&'a str>, Ve
     (pieces, holes)
 }
 
-/// The ways templates commonly write a content: as given or trimmed.
-fn variants(c: &str) -> Vec<&str> {
-    let mut v = vec![c, c.trim(), c.trim_start(), c.trim_end()];
+/// The ways templates commonly write a content: as given, trimmed, or inside JSON (`tojson`
+/// of a tool's or a call's strings).
+fn variants(c: &str) -> Vec<String> {
+    let json = serde_json::to_string(c).expect("a string serializes");
+    let json = json[1..json.len() - 1].to_string();
+    let mut v = vec![c, c.trim(), c.trim_start(), c.trim_end(), json.as_str()];
     let mut seen = HashSet::new();
     v.retain(|s| seen.insert(*s));
-    v
+    v.into_iter().map(String::from).collect()
 }
 
 /// Finds `text` = pieces[0] X0 pieces[1] X1 … pieces[n], each Xk a variant of hole k's
@@ -165,15 +242,12 @@ fn match_holes(
     text: &str,
     pieces: &[&str],
     holes: &[usize],
-    messages: &[Message],
+    slots: &[String],
 ) -> Option<Vec<Range<usize>>> {
     if !text.starts_with(pieces[0]) {
         return None;
     }
-    let variants: Vec<Vec<&str>> = holes
-        .iter()
-        .map(|&m| variants(&messages[m].content))
-        .collect();
+    let variants: Vec<Vec<String>> = holes.iter().map(|&m| variants(&slots[m])).collect();
     let mut failed: HashSet<(usize, usize)> = HashSet::new();
     // frames[k] = (position after pieces[k], next variant of hole k to try).
     let mut frames = vec![(pieces[0].len(), 0usize)];
@@ -187,7 +261,7 @@ fn match_holes(
             }
         } else if next < variants[k].len() && !failed.contains(&(k, pos)) {
             frames[k].1 += 1;
-            let x = variants[k][next];
+            let x = variants[k][next].as_str();
             let end = pos + x.len();
             let after = pieces[k + 1];
             if text.get(pos..end) == Some(x)
@@ -365,5 +439,46 @@ mod tests {
         assert_eq!(&s.text[ranges[0].clone()], "q<|b|>");
         let ids = chat_prompt_ids(&t, &tok, &m, false).unwrap();
         assert_eq!(ids.iter().filter(|&&i| tok.is_special(i)).count(), 4);
+    }
+
+    /// Strings in tool definitions and in a call's arguments are the client's text: special
+    /// tokens spelled in them stay text, written as given or JSON-escaped by `tojson`.
+    #[test]
+    fn special_text_in_tools_and_arguments_is_literal() {
+        let tok = crate::text::tokenizer::test_byte_tokenizer();
+        let t = jinja(
+            "{% for t in tools %}<|a|>{{ t | tojson }}<|b|>{% endfor %}{% for m in messages %}<|a|>{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}{{ c.function.name }}{% endfor %}<|b|>{% endfor %}",
+        );
+        let tools = [
+            serde_json::json!({"type": "function", "function": {"name": "f",
+            "description": "x<|b|>y \"q\""}}),
+        ];
+        let mut call = Message::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!({"type": "function",
+            "function": {"name": "f<|a|>", "arguments": {"q": "<|a|>\"z\n", "n": 1}}})]);
+        let m = [Message::new("user", "hi"), call];
+        let ids = chat_prompt_ids_with(&t, &tok, &m, Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        let (a, b) = (
+            tok.token_to_id("<|a|>").unwrap(),
+            tok.token_to_id("<|b|>").unwrap(),
+        );
+        let specials: Vec<u32> = ids.iter().copied().filter(|&i| tok.is_special(i)).collect();
+        assert_eq!(specials, [a, b, a, b, a, b]);
+        let text = t
+            .render_with(&m, Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        // Read whole, the prompt would have three more control tokens.
+        let whole = tok.encode(&text, false).unwrap();
+        assert_eq!(whole.iter().filter(|&&i| tok.is_special(i)).count(), 9);
+        // A key with special-token text is refused.
+        let bad = [
+            serde_json::json!({"type": "function", "function": {"name": "f",
+            "parameters": {"<|b|>": 1}}}),
+        ];
+        let e = chat_prompt_ids_with(&t, &tok, &m[..1], Some(&bad), false, &TemplateKwargs::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
     }
 }

@@ -1,8 +1,11 @@
 //! Text in and out: tokenizers ([`tokenizer`]), chat templates ([`template`]), a chat's
-//! prompt ids with control tokens only where the template wrote them ([`chat_prompt`]), and
-//! the incremental detokenizer with stop strings ([`stream`]).
+//! prompt ids with control tokens only where the template wrote them ([`chat_prompt`]), the
+//! incremental detokenizer with stop strings ([`stream`]), tool calls read from output
+//! ([`tool_calls`]) and the grammar that makes a model write one ([`tool_grammar`]).
 
 pub mod chat_prompt;
 pub mod stream;
 pub mod template;
 pub mod tokenizer;
+pub mod tool_calls;
+pub mod tool_grammar;

@@ -3,11 +3,21 @@
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
+/// One chat message as a template sees it (HF's `apply_chat_template` dicts): fields a
+/// message does not have are left out, so `message.tool_calls is defined` reads as in HF.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant message's calls, OpenAI's shape (`{"id", "type", "function": {"name",
+    /// "arguments"}}`) with `arguments` an object, as HF templates expect it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Json>>,
+    /// A `tool` message's answer to this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -15,6 +25,8 @@ impl Message {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -302,6 +314,70 @@ fn raise_exception(msg: String) -> std::result::Result<String, minijinja::Error>
     ))
 }
 
+/// HF's `tojson` (Python's `json.dumps(ensure_ascii=False)`): `", "` and `": "` between
+/// items, or `indent` spaces per level; key order as given; nothing HTML-escaped
+/// (minijinja's own escapes `<`, `>`, `&` and `'`, so prompts would differ from HF's).
+fn tojson(
+    value: &minijinja::Value,
+    indent: Option<usize>,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let indent = kwargs.get::<Option<usize>>("indent")?.or(indent);
+    // Python's other arguments change nothing a template relies on; they are accepted.
+    for k in ["ensure_ascii", "sort_keys", "separators"] {
+        let _: Option<minijinja::Value> = kwargs.get(k)?;
+    }
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, fmt))
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonCompact,
+        )),
+    };
+    written.map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
+    let s = String::from_utf8(out).expect("serde_json writes UTF-8");
+    Ok(minijinja::Value::from_safe_string(s))
+}
+
+/// `json.dumps`' default separators.
+struct PythonCompact;
+
+impl serde_json::ser::Formatter for PythonCompact {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
 fn strftime_now(fmt: String) -> String {
     chrono::Local::now().format(&fmt).to_string()
 }
@@ -359,21 +435,37 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.render_with(messages, add_generation_prompt, &TemplateKwargs::new())
+        self.render_with(
+            messages,
+            None,
+            add_generation_prompt,
+            &TemplateKwargs::new(),
+        )
     }
 
     /// [`Self::render`] with extra variables for a jinja template (vLLM's
     /// `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`); they cannot replace
-    /// `messages`, `add_generation_prompt` or the special tokens. Built-in templates have no
-    /// variables and ignore them.
+    /// `messages`, `tools`, `add_generation_prompt` or the special tokens. Built-in templates
+    /// have no variables and ignore them. `tools` (OpenAI's function definitions) reach a
+    /// jinja template as HF's `apply_chat_template(tools=…)` passes them; a built-in template
+    /// cannot render them.
     pub fn render_with(
         &self,
         messages: &[Message],
+        tools: Option<&[Json]>,
         add_generation_prompt: bool,
         kwargs: &TemplateKwargs,
     ) -> Result<String> {
         match self {
-            ChatTemplate::Builtin(b) => b.render(messages, add_generation_prompt),
+            ChatTemplate::Builtin(b) => {
+                if tools.is_some_and(|t| !t.is_empty()) {
+                    return Err(Error::Template(format!(
+                        "the built-in template {:?} cannot render tools",
+                        b.name
+                    )));
+                }
+                b.render(messages, add_generation_prompt)
+            }
             ChatTemplate::Jinja {
                 source,
                 bos_token,
@@ -386,6 +478,7 @@ impl ChatTemplate {
                 );
                 env.add_function("raise_exception", raise_exception);
                 env.add_function("strftime_now", strftime_now);
+                env.add_filter("tojson", tojson);
                 env.add_template("chat", source).map_err(|e| {
                     Error::Template(format!("cannot parse the model's chat_template: {e}"))
                 })?;
@@ -395,6 +488,7 @@ impl ChatTemplate {
                 // The fixed variables are the template's inputs, never a client's.
                 let fixed = [
                     "messages",
+                    "tools",
                     "add_generation_prompt",
                     "bos_token",
                     "eos_token",
@@ -404,8 +498,10 @@ impl ChatTemplate {
                     .filter(|(k, _)| !fixed.contains(&k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
+                let tools = tools.filter(|t| !t.is_empty());
                 tmpl.render(minijinja::context! {
                     messages => messages,
+                    tools => tools,
                     add_generation_prompt => add_generation_prompt,
                     bos_token => bos_token,
                     eos_token => eos_token,
@@ -520,6 +616,73 @@ mod tests {
         assert!(ChatTemplate::builtin("nope").is_err());
     }
 
+    /// Qwen2.5's template (the tests' fixture) with tools, an assistant's call and a tool's
+    /// answer renders as HF's `apply_chat_template` does: tools as Python's `json.dumps`
+    /// writes them (key order kept, `<` and non-ASCII as they are), the call's arguments
+    /// likewise, the answer in `<tool_response>`.
+    #[test]
+    fn qwen_template_renders_tools_calls_and_results_as_hf() {
+        let t = ChatTemplate::Jinja {
+            source: include_str!("../../../../tests/fixtures/chat-templates/qwen2.5-tools.jinja")
+                .into(),
+            bos_token: String::new(),
+            eos_token: "<|im_end|>".into(),
+        };
+        let tools = [
+            serde_json::json!({"type": "function", "function": {"name": "get_weather",
+            "description": "Weather <now> in a café", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}}, "required": ["city"]}}}),
+        ];
+        let mut call = Message::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!({"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}})]);
+        let mut answer = Message::new("tool", "18 C");
+        answer.tool_call_id = Some("call_1".into());
+        let msgs = [Message::new("user", "Weather in Paris?"), call, answer];
+        let out = t
+            .render_with(&msgs, Some(&tools), true, &TemplateKwargs::new())
+            .unwrap();
+        let want = concat!(
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n",
+            "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n",
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n",
+            r#"{"type": "function", "function": {"name": "get_weather", "description": "Weather <now> in a café", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}"#,
+            "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n",
+            "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n",
+            "<|im_start|>user\nWeather in Paris?<|im_end|>\n",
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}\n</tool_call><|im_end|>\n",
+            "<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>\n",
+            "<|im_start|>assistant\n",
+        );
+        assert_eq!(out, want);
+        // Without tools: the plain system prompt, no tool text.
+        let plain = t.render(&msgs[..1], true).unwrap();
+        assert!(!plain.contains("<tools>"), "{plain}");
+        // Built-in templates cannot render tools.
+        let chatml = ChatTemplate::builtin("chatml").unwrap();
+        assert!(chatml
+            .render_with(&msgs[..1], Some(&tools), true, &TemplateKwargs::new())
+            .is_err());
+    }
+
+    /// `tojson(indent=n)` is Python's `json.dumps(indent=n)`.
+    #[test]
+    fn tojson_with_indent_is_pythons() {
+        let t = ChatTemplate::Jinja {
+            source: "{{ tools[0] | tojson(indent=2) }}|{{ tools[0] | tojson }}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let tools = [serde_json::json!({"b": [1, 2.5], "a": {}, "s": "x'&"})];
+        let out = t
+            .render_with(&[], Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        assert_eq!(
+            out,
+            "{\n  \"b\": [\n    1,\n    2.5\n  ],\n  \"a\": {},\n  \"s\": \"x'&\"\n}|{\"b\": [1, 2.5], \"a\": {}, \"s\": \"x'&\"}"
+        );
+    }
+
     /// Qwen3's switch, as its template reads it: `enable_thinking` false writes an empty
     /// thinking block after the generation prompt; the fixed variables win over kwargs.
     #[test]
@@ -536,12 +699,12 @@ mod tests {
         kw.insert("enable_thinking".into(), serde_json::json!(false));
         kw.insert("add_generation_prompt".into(), serde_json::json!(false));
         kw.insert("messages".into(), serde_json::json!([]));
-        let off = t.render_with(&msgs, true, &kw).unwrap();
+        let off = t.render_with(&msgs, None, true, &kw).unwrap();
         assert_eq!(
             off,
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
         );
         kw.insert("enable_thinking".into(), serde_json::json!(true));
-        assert_eq!(t.render_with(&msgs, true, &kw).unwrap(), plain);
+        assert_eq!(t.render_with(&msgs, None, true, &kw).unwrap(), plain);
     }
 }

@@ -109,6 +109,9 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
             | "guided_choice" | "guided_grammar" => {
                 Some("battles compare free answers; output constraints are not taken")
             }
+            "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call" => {
+                Some("arena battles answer in text; tool calling is not offered")
+            }
             _ => None,
         }
     };
@@ -119,6 +122,11 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "logprobs",
         "top_logprobs",
         "stream_options",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
         "response_format",
         "structured_outputs",
         "guided_json",

@@ -7,6 +7,7 @@ use crate::format::{chat_logprobs, finish_str, new_id, now_secs, usage_json};
 use crate::openai::{parse_with_sampling, ChatRequest};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
+use crate::tools::CallStream;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use camelid_engine::Usage;
@@ -29,6 +30,7 @@ pub async fn chat_completions(
             model,
             prompt_tokens,
             n,
+            tools,
         } = chat::submit(&state, permit, &req, &sampling).await?;
         let include_usage = sampling
             .stream_options
@@ -40,6 +42,7 @@ pub async fn chat_completions(
             model: req.model,
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs,
+            calls: tools.map(|plan| (0..n).map(|_| plan.stream()).collect()),
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
@@ -48,11 +51,15 @@ pub async fn chat_completions(
         .choices
         .iter()
         .map(|c| {
+            let mut message = json!({"role": "assistant", "content": c.content});
+            if !c.tool_calls.is_empty() {
+                message["tool_calls"] = c.tool_calls.clone().into();
+            }
             json!({
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.content},
+                "message": message,
                 "logprobs": c.logprobs,
-                "finish_reason": finish_str(c.finish),
+                "finish_reason": finish_reason(c.finish, c.tool_calls.len()),
             })
         })
         .collect();
@@ -68,18 +75,42 @@ pub async fn chat_completions(
     .into_response())
 }
 
+/// `"tool_calls"` when a choice that stopped by itself made calls (one cut off by the
+/// length limit says so).
+fn finish_reason(reason: FinishReason, calls: usize) -> &'static str {
+    if calls > 0 && reason == FinishReason::Stop {
+        "tool_calls"
+    } else {
+        finish_str(reason)
+    }
+}
+
 struct ChatChunks {
     id: String,
     created: u64,
     model: String,
     tok: Arc<Tokenizer>,
     logprobs: bool,
+    /// Per choice, its output read for tool calls (when the request has tools).
+    calls: Option<Vec<CallStream>>,
 }
 
 impl ChatChunks {
     fn chunk(&self, choices: Value) -> Value {
         json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                "system_fingerprint": null, "choices": choices})
+    }
+
+    /// A content chunk (with the token's log-probabilities) and one chunk per call delta.
+    fn pieces(&self, index: usize, text: &str, lp: Value, deltas: Vec<Value>) -> Vec<Value> {
+        let mut out = vec![];
+        if !text.is_empty() || !lp.is_null() {
+            out.push(self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])));
+        }
+        for d in deltas {
+            out.push(self.chunk(json!([{"index": index, "delta": {"tool_calls": [d]}, "logprobs": null, "finish_reason": null}])));
+        }
+        out
     }
 }
 
@@ -92,18 +123,28 @@ impl ChunkFormat for ChatChunks {
             })
             .collect()
     }
-    fn token(&self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Option<Value> {
-        if text.is_empty() && !self.logprobs {
-            return None;
-        }
+    fn token(&mut self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Vec<Value> {
         let lp = match (self.logprobs, logprob) {
             (true, Some(l)) => chat_logprobs(&self.tok, std::slice::from_ref(l)),
             _ => Value::Null,
         };
-        Some(self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])))
+        let (text, deltas) = match self.calls.as_mut().and_then(|c| c.get_mut(index)) {
+            Some(stream) => stream.push(text),
+            None => (text.to_string(), vec![]),
+        };
+        self.pieces(index, &text, lp, deltas)
     }
-    fn finish(&self, index: usize, reason: FinishReason) -> Value {
-        self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_str(reason)}]))
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+        let (mut out, calls) = match self.calls.as_mut().and_then(|c| c.get_mut(index)) {
+            Some(stream) => {
+                let (text, deltas) = stream.finish();
+                let calls = stream.calls();
+                (self.pieces(index, &text, Value::Null, deltas), calls)
+            }
+            None => (vec![], 0),
+        };
+        out.push(self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(reason, calls)}])));
+        out
     }
     fn usage(&self, usage: &Usage) -> Value {
         let mut c = self.chunk(json!([]));

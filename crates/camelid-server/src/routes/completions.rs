@@ -224,22 +224,19 @@ impl ChunkFormat for CompletionChunks {
             })
             .collect()
     }
-    fn token(&self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Option<Value> {
+    fn token(&mut self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Vec<Value> {
         if text.is_empty() && !self.logprobs {
-            return None;
+            return vec![];
         }
         let lp = match logprob {
             Some(l) if self.logprobs => completion_logprobs(&self.tok, &[(l.token, Some(l))], 0),
             _ => Value::Null,
         };
-        Some(
-            self.chunk(
-                json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]),
-            ),
-        )
+        vec![self
+            .chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]))]
     }
-    fn finish(&self, index: usize, reason: FinishReason) -> Value {
-        self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)}]))
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+        vec![self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)}]))]
     }
     fn usage(&self, usage: &Usage) -> Value {
         let mut c = self.chunk(json!([]));

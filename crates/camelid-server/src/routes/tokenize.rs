@@ -27,7 +27,8 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
             let kwargs = chat_template_kwargs.unwrap_or_default();
-            let ids = render_and_encode(&permit, &m, msgs, add_generation_prompt, kwargs).await?;
+            let ids =
+                render_and_encode(&permit, &m, msgs, None, add_generation_prompt, kwargs).await?;
             (m, ids)
         }
         TokenizeRequest::Text {

@@ -20,6 +20,11 @@ pub struct ServeArgs {
     /// Chat template for every model (default: each model's own, or chosen by name).
     #[arg(long)]
     template: Option<String>,
+    /// A jinja chat template file for every model, instead of its own (as vLLM's and
+    /// llama.cpp's `--chat-template`): e.g. one that renders `tools` for a model whose own
+    /// template does not.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
     #[arg(long, env = "CAMELID_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "CAMELID_PORT", default_value_t = 8000)]
@@ -249,7 +254,17 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             quantize: a.quantize.clone(),
             device: a.device.clone(),
         };
-        let lm = load(&margs)?;
+        let mut lm = load(&margs)?;
+        if let Some(path) = &a.chat_template {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --chat-template {}", path.display()))?;
+            lm = lm.with_chat_template(source)?;
+            // A template that cannot render a plain chat fails here, not at every request.
+            let probe = [camelid_model::Message::new("user", "hi")];
+            lm.template
+                .render(&probe, true)
+                .with_context(|| format!("--chat-template {}", path.display()))?;
+        }
         let engine_config = EngineConfig::for_device(lm.model.device(), &a.engine_overrides());
         let name = name.unwrap_or_else(|| lm.name.clone());
         let mut aliases: Vec<String> = a

@@ -1,0 +1,472 @@
+//! OpenAI tool calling on the chat route: `tools`, `tool_choice` and `parallel_tool_calls`
+//! checked into a [`ToolPlan`]; a conversation's assistant `tool_calls` as the template reads
+//! them; calls found in the output as `message.tool_calls` and as stream deltas.
+
+use crate::error::ApiError;
+use crate::openai::ChatRequest;
+use crate::run::blocking;
+use crate::state::{ModelEntry, Permit};
+use camelid_model::text::tokenizer::Tokenizer;
+use camelid_model::text::tool_calls::{renders_tools, ToolCallParser, ToolEvent, ToolFormat};
+use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
+use camelid_model::{ChatTemplate, Constraint, TopLevelGrammar};
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// No call: the tools are still shown to the model (as OpenAI does), the output is text.
+    None,
+    /// The model chooses between text and calls; calls are parsed from the output.
+    Auto,
+    /// At least one call, enforced by a grammar.
+    Required,
+    /// A call of this function, enforced by a grammar.
+    Named(String),
+}
+
+/// What a request's tools ask for, checked against the model's template.
+#[derive(Debug, Clone)]
+pub struct ToolPlan {
+    /// The function definitions as given, for the template.
+    pub tools: Vec<Value>,
+    pub choice: ToolChoice,
+    pub parallel: bool,
+    /// How the template writes calls (so how they are parsed and constrained).
+    pub format: ToolFormat,
+}
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid_param(param, message)
+}
+
+/// OpenAI's rule for function names.
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether a field is absent, null or one of `off`.
+fn off(v: &Option<Value>, off: &[&str]) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => off.contains(&s.as_str()),
+        Some(_) => false,
+    }
+}
+
+/// The legacy `functions` / `function_call`: refused with a pointer to `tools` (mapping them
+/// would answer in `tool_calls`, which their clients do not read).
+fn refuse_legacy(req: &ChatRequest) -> Result<(), ApiError> {
+    let empty = |v: &Option<Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(_) => false,
+    };
+    const USE_TOOLS: &str =
+        "the legacy function calling is not supported; send `tools` and `tool_choice` instead";
+    if !empty(&req.functions) {
+        return Err(bad("functions", format!("`functions`: {USE_TOOLS}")));
+    }
+    if !off(&req.function_call, &["none", "auto"]) {
+        return Err(bad(
+            "function_call",
+            format!("`function_call`: {USE_TOOLS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// One entry of `tools`: `{"type": "function", "function": {"name", "description"?,
+/// "parameters"?, "strict"?}}`.
+fn check_tool(i: usize, t: &Value) -> Result<String, ApiError> {
+    let at = |f: &str| format!("tools[{i}]{f}");
+    let o = t
+        .as_object()
+        .ok_or_else(|| bad(&at(""), "a tool must be an object"))?;
+    if o.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(bad(
+            &at(".type"),
+            "only tools of type \"function\" are supported",
+        ));
+    }
+    let f = o
+        .get("function")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad(&at(".function"), "`function` must be an object"))?;
+    let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+    if !valid_name(name) {
+        return Err(bad(
+            &at(".function.name"),
+            "a function name must be 1 to 64 letters, digits, underscores or dashes",
+        ));
+    }
+    if let Some(d) = f.get("description") {
+        if !d.is_string() && !d.is_null() {
+            return Err(bad(&at(".function.description"), "must be a string"));
+        }
+    }
+    match f.get("parameters") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => {
+            return Err(bad(
+                &at(".function.parameters"),
+                "`parameters` must be a JSON schema object",
+            ))
+        }
+    }
+    Ok(name.to_string())
+}
+
+impl ToolPlan {
+    /// The request's tools, checked; `None` when it has none (then `tool_choice` may only be
+    /// `none` or `auto`). Tools the model's template does not render are a 400: the model
+    /// could not know them.
+    pub fn from_request(
+        req: &ChatRequest,
+        template: &ChatTemplate,
+    ) -> Result<Option<ToolPlan>, ApiError> {
+        refuse_legacy(req)?;
+        let tools: Vec<Value> = match &req.tools {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => return Err(bad("tools", "`tools` must be an array of tools")),
+        };
+        let mut names = vec![];
+        for (i, t) in tools.iter().enumerate() {
+            let n = check_tool(i, t)?;
+            if names.contains(&n) {
+                return Err(bad(
+                    &format!("tools[{i}].function.name"),
+                    format!("two tools are named {n:?}"),
+                ));
+            }
+            names.push(n);
+        }
+        let choice = match &req.tool_choice {
+            None | Some(Value::Null) if tools.is_empty() => ToolChoice::None,
+            None | Some(Value::Null) => ToolChoice::Auto,
+            Some(Value::String(s)) => match s.as_str() {
+                "none" => ToolChoice::None,
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
+                other => {
+                    return Err(bad(
+                        "tool_choice",
+                        format!("`tool_choice` must be \"none\", \"auto\", \"required\" or a function, got {other:?}"),
+                    ))
+                }
+            },
+            Some(v) => {
+                let name = (v.get("type").and_then(Value::as_str) == Some("function"))
+                    .then(|| v.pointer("/function/name").and_then(Value::as_str))
+                    .flatten()
+                    .ok_or_else(|| {
+                        bad(
+                            "tool_choice",
+                            "a named `tool_choice` is {\"type\": \"function\", \"function\": {\"name\": …}}",
+                        )
+                    })?;
+                if !names.iter().any(|n| n == name) {
+                    return Err(bad(
+                        "tool_choice",
+                        format!("`tool_choice` names the function {name:?}, which is not in `tools`"),
+                    ));
+                }
+                ToolChoice::Named(name.to_string())
+            }
+        };
+        if tools.is_empty() {
+            return match choice {
+                ToolChoice::None | ToolChoice::Auto => Ok(None),
+                _ => Err(bad("tool_choice", "`tool_choice` requires `tools`")),
+            };
+        }
+        if !renders_tools(template, &tools) {
+            return Err(bad(
+                "tools",
+                "this model's chat template does not render tools, so the model cannot be \
+                 offered them (serve it with a tools-capable template: `--chat-template FILE`)",
+            ));
+        }
+        Ok(Some(ToolPlan {
+            tools,
+            choice,
+            parallel: req.parallel_tool_calls.unwrap_or(true),
+            format: ToolFormat::for_template(template),
+        }))
+    }
+
+    /// Whether the output is read for calls.
+    pub fn parses(&self) -> bool {
+        self.choice != ToolChoice::None
+    }
+
+    /// The Lark grammar that enforces `required` or a named function; `None` for `auto` and
+    /// `none`. A named function is called once.
+    pub fn grammar(&self, tok: &Tokenizer) -> Option<String> {
+        let named = match &self.choice {
+            ToolChoice::Required => None,
+            ToolChoice::Named(n) => Some(n.as_str()),
+            _ => return None,
+        };
+        let callable: Vec<CallableTool> = self
+            .tools
+            .iter()
+            .filter_map(|t| {
+                let f = t.get("function")?;
+                let name = f.get("name")?.as_str()?;
+                Some(CallableTool {
+                    name,
+                    parameters: f.get("parameters").filter(|p| p.is_object()),
+                })
+            })
+            .filter(|t| named.is_none_or(|n| n == t.name))
+            .collect();
+        let trigger = tok.token_to_id(self.format.trigger());
+        Some(call_grammar(
+            self.format,
+            &callable,
+            self.parallel && named.is_none(),
+            trigger,
+        ))
+    }
+
+    /// Whether the call trigger is a control token of `tok` (Mistral's `[TOOL_CALLS]`, Llama's
+    /// `<|python_tag|>`): the output must then keep special tokens for the parser to see it.
+    pub fn needs_special_tokens(&self, tok: &Tokenizer) -> bool {
+        self.parses()
+            && tok
+                .token_to_id(self.format.trigger())
+                .is_some_and(|id| tok.is_special(id))
+    }
+
+    /// The parser for one choice's output.
+    pub fn stream(&self) -> CallStream {
+        CallStream {
+            parser: ToolCallParser::new(self.format),
+            parallel: self.parallel,
+            sent: 0,
+        }
+    }
+}
+
+/// Checks every function's `parameters` schema with the model's grammar compiler (a schema it
+/// rejects is a 400 naming that function's `parameters`) and compiles the grammar `required`
+/// or a named function asks for, off the async workers under the request's permit.
+pub async fn compile(
+    permit: &Permit,
+    model: &Arc<ModelEntry>,
+    plan: &ToolPlan,
+) -> Result<Option<Constraint>, ApiError> {
+    let grammar = plan.grammar(model.engine.tokenizer());
+    let compiler = model.grammar().clone();
+    let tools = plan.tools.clone();
+    blocking(permit, move || {
+        for (i, t) in tools.iter().enumerate() {
+            if let Some(p) = t.pointer("/function/parameters").filter(|p| p.is_object()) {
+                compiler
+                    .compile(TopLevelGrammar::from_json_schema(p.clone()))
+                    .map_err(|why| {
+                        bad(
+                            &format!("tools[{i}].function.parameters"),
+                            format!(
+                                "Invalid JSON schema in `tools[{i}].function.parameters`: {why}"
+                            ),
+                        )
+                    })?;
+            }
+        }
+        grammar
+            .map(|g| {
+                compiler
+                    .compile(TopLevelGrammar::from_lark(g))
+                    .map_err(|why| {
+                        bad(
+                            "tool_choice",
+                            format!(
+                                "The tool-call grammar for `tool_choice` does not compile: {why}"
+                            ),
+                        )
+                    })
+            })
+            .transpose()
+    })
+    .await
+}
+
+/// An assistant message's `tool_calls` as templates read them: OpenAI's objects with
+/// `arguments` parsed from its JSON text into an object (HF's convention, vLLM does the same).
+pub fn template_tool_calls(i: usize, calls: &Value) -> Result<Vec<Value>, ApiError> {
+    let at = |j: usize, f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
+    let calls = calls
+        .as_array()
+        .ok_or_else(|| bad(&format!("messages[{i}].tool_calls"), "must be an array"))?;
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let f = c
+                .get("function")
+                .and_then(Value::as_object)
+                .ok_or_else(|| bad(&at(j, ".function"), "must be an object"))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(&at(j, ".function.name"), "must be a string"))?;
+            let arguments = match f.get("arguments") {
+                Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
+                    bad(
+                        &at(j, ".function.arguments"),
+                        format!("the arguments are not JSON: {e}"),
+                    )
+                })?,
+                Some(v @ Value::Object(_)) => v.clone(),
+                None | Some(Value::Null) => json!({}),
+                Some(_) => {
+                    return Err(bad(
+                        &at(j, ".function.arguments"),
+                        "must be a JSON text (a string)",
+                    ))
+                }
+            };
+            let id = c.get("id").and_then(Value::as_str).unwrap_or_default();
+            Ok(json!({
+                "id": id,
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }))
+        })
+        .collect()
+}
+
+/// A new call id, OpenAI's shape.
+pub fn call_id() -> String {
+    format!("call_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
+}
+
+/// A whole output → its text (`None` when blank and there are calls) and its calls.
+pub fn split_output(plan: &ToolPlan, output: &str) -> (Option<String>, Vec<Value>) {
+    let mut s = plan.stream();
+    let (mut text, mut calls) = s.push(output);
+    let (t, c) = s.finish();
+    text += &t;
+    calls.extend(c);
+    // Whole calls, not deltas: each is sent as its two deltas, merged back.
+    let calls: Vec<Value> = calls
+        .chunks(2)
+        .map(|d| {
+            let mut c = d[0].clone();
+            c["function"]["arguments"] = d[1]["function"]["arguments"].clone();
+            if let Some(o) = c.as_object_mut() {
+                o.remove("index");
+            }
+            c
+        })
+        .collect();
+    let text = (calls.is_empty() || !text.trim().is_empty()).then_some(text);
+    (text, calls)
+}
+
+/// One choice's output read as it streams.
+#[derive(Debug)]
+pub struct CallStream {
+    parser: ToolCallParser,
+    parallel: bool,
+    sent: usize,
+}
+
+impl CallStream {
+    /// Calls released so far.
+    pub fn calls(&self) -> usize {
+        self.sent
+    }
+
+    /// The next piece of output → the text now known to be text, and `delta.tool_calls`
+    /// entries: per call, its `index`, `id`, `type` and `function.name` first, then its
+    /// `function.arguments`.
+    pub fn push(&mut self, text: &str) -> (String, Vec<Value>) {
+        let events = self.parser.push(text);
+        self.deltas(events)
+    }
+
+    /// The output has ended: what was held back.
+    pub fn finish(&mut self) -> (String, Vec<Value>) {
+        let events = self.parser.finish();
+        self.deltas(events)
+    }
+
+    fn deltas(&mut self, events: Vec<ToolEvent>) -> (String, Vec<Value>) {
+        let mut text = String::new();
+        let mut deltas = vec![];
+        for e in events {
+            match e {
+                ToolEvent::Text(t) => text += &t,
+                // Without parallel calls only the first is the answer.
+                ToolEvent::Call(_) if !self.parallel && self.sent > 0 => {}
+                ToolEvent::Call(c) => {
+                    let index = self.sent;
+                    self.sent += 1;
+                    deltas.push(json!({"index": index, "id": call_id(), "type": "function",
+                                       "function": {"name": c.name, "arguments": ""}}));
+                    deltas.push(json!({"index": index, "function": {"arguments": c.arguments}}));
+                }
+            }
+        }
+        (text, deltas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(parallel: bool) -> ToolPlan {
+        ToolPlan {
+            tools: vec![],
+            choice: ToolChoice::Auto,
+            parallel,
+            format: ToolFormat::Hermes,
+        }
+    }
+
+    #[test]
+    fn deltas_name_first_then_arguments_and_whole_calls_merge_them() {
+        let out = "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {}}\n</tool_call>";
+        let mut s = plan(true).stream();
+        let (text, d) = s.push(out);
+        assert_eq!(text, "");
+        assert_eq!(d.len(), 4);
+        assert_eq!(d[0]["function"]["name"], "a");
+        assert_eq!(d[0]["function"]["arguments"], "");
+        assert!(d[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(
+            d[1],
+            json!({"index": 0, "function": {"arguments": "{\"x\":1}"}})
+        );
+        assert_eq!(d[2]["index"], 1);
+        let (text, calls) = split_output(&plan(true), out);
+        assert_eq!(text, None);
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            calls[1]["function"],
+            json!({"name": "b", "arguments": "{}"})
+        );
+        assert!(calls[0].get("index").is_none());
+        // Without parallel calls, the first is the answer.
+        let (_, calls) = split_output(&plan(false), out);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["function"]["name"], "a");
+    }
+
+    #[test]
+    fn valid_names() {
+        assert!(valid_name("get_weather-2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("has space"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

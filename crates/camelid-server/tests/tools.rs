@@ -1,0 +1,408 @@
+//! Tool calling over HTTP: the default model served twice, as `tools` with Qwen2.5's chat
+//! template (`tests/fixtures/chat-templates/qwen2.5-tools.jinja`, Hermes `<tool_call>`
+//! blocks) and as `plain` with its own template, which has no tools.
+
+mod common;
+
+use camelid_engine::{EngineConfig, EngineHandle};
+use camelid_model::text::tool_calls::{parse_output, ToolFormat};
+use camelid_server::{AppState, ModelEntry, ServerConfig};
+use common::{assert_error, client, post, runtime, serve, short, Server};
+use serde_json::{json, Value};
+use std::sync::{Arc, OnceLock};
+
+const QWEN_TOOLS: &str = include_str!("../../../tests/fixtures/chat-templates/qwen2.5-tools.jinja");
+
+fn entry(name: &str, template: Option<&str>) -> ModelEntry {
+    let mut lm =
+        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
+    if let Some(t) = template {
+        lm = lm.with_chat_template(t.to_string()).unwrap();
+    }
+    ModelEntry {
+        name: name.into(),
+        aliases: vec![],
+        template: lm.template.clone(),
+        stop_token_ids: lm.stop_token_ids.clone(),
+        stop_strings: lm.stop_strings.clone(),
+        max_model_len: 2048,
+        created: 0,
+        engine: EngineHandle::spawn(lm, EngineConfig::default()),
+    }
+}
+
+fn server() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| {
+        let state = AppState::new(ServerConfig::default());
+        state.set_models(vec![entry("tools", Some(QWEN_TOOLS)), entry("plain", None)]);
+        serve(Arc::new(state))
+    })
+}
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {"name": "get_weather",
+        "description": "The weather in a city today",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": false}}})
+}
+
+fn chat(model: &str, extra: Value) -> Value {
+    let mut body = json!({"model": model, "max_tokens": 48,
+        "messages": [{"role": "system", "content": "Answer weather questions with the get_weather tool."},
+                     {"role": "user", "content": "What is the weather in Paris?"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// The SSE `data:` payloads of a streamed request, `[DONE]` last.
+fn stream(body: &Value) -> Vec<Value> {
+    runtime().block_on(async {
+        let r = client()
+            .post(format!("{}/v1/chat/completions", server().base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+        data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    })
+}
+
+/// One streamed choice put together as a client does: content, calls by `index` (id, type
+/// and name from their first delta, arguments concatenated), finish reason.
+#[derive(Debug, Default, PartialEq)]
+struct Assembled {
+    content: String,
+    calls: Vec<(String, String, String)>,
+    finish: Option<String>,
+}
+
+fn assemble(chunks: &[Value], choice: u64) -> Assembled {
+    let mut a = Assembled::default();
+    for c in chunks {
+        for ch in c["choices"].as_array().unwrap() {
+            if ch["index"] != choice {
+                continue;
+            }
+            let d = &ch["delta"];
+            a.content += d["content"].as_str().unwrap_or_default();
+            for tc in d["tool_calls"].as_array().into_iter().flatten() {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if i == a.calls.len() {
+                    assert!(tc["id"].as_str().unwrap().starts_with("call_"), "{tc}");
+                    assert_eq!(tc["type"], "function", "{tc}");
+                    a.calls.push((
+                        tc["id"].as_str().unwrap().into(),
+                        String::new(),
+                        String::new(),
+                    ));
+                }
+                let call = &mut a.calls[i];
+                if let Some(n) = tc["function"]["name"].as_str() {
+                    assert!(call.1.is_empty(), "the name comes once: {tc}");
+                    call.1 = n.into();
+                }
+                call.2 += tc["function"]["arguments"].as_str().unwrap_or_default();
+            }
+            if let Some(f) = ch["finish_reason"].as_str() {
+                a.finish = Some(f.into());
+            }
+        }
+    }
+    a
+}
+
+/// A whole response's choice in the same shape (ids aside).
+fn whole(choice: &Value) -> Assembled {
+    let m = &choice["message"];
+    Assembled {
+        content: m["content"].as_str().unwrap_or_default().into(),
+        calls: m["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                assert!(c["id"].as_str().unwrap().starts_with("call_"), "{c}");
+                assert_eq!(c["type"], "function");
+                (
+                    String::new(),
+                    c["function"]["name"].as_str().unwrap().into(),
+                    c["function"]["arguments"].as_str().unwrap().into(),
+                )
+            })
+            .collect(),
+        finish: choice["finish_reason"].as_str().map(String::from),
+    }
+}
+
+fn without_ids(mut a: Assembled) -> Assembled {
+    a.calls.iter_mut().for_each(|c| c.0.clear());
+    a
+}
+
+#[test]
+fn tools_need_a_template_that_renders_them() {
+    let s = &server().base;
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat("plain", json!({"tools": [weather_tool()]})),
+    );
+    assert_error(st, &b, 400, Some("tools"));
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("template"),
+        "{}",
+        short(&b)
+    );
+    // With tool_choice "none" the tools would still be shown: the same answer.
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat(
+            "plain",
+            json!({"tools": [weather_tool()], "tool_choice": "none"}),
+        ),
+    );
+    assert_error(st, &b, 400, Some("tools"));
+}
+
+#[test]
+fn bad_tool_requests_are_400s_naming_the_field() {
+    let s = &server().base;
+    let named = |n: &str| json!({"type": "function", "function": {"name": n}});
+    let cases = [
+        (
+            json!({"tools": [weather_tool()], "tool_choice": named("get_time")}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"tool_choice": named("get_weather")}), "tool_choice"),
+        (json!({"tools": {"type": "function"}}), "tools"),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "has space"}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [weather_tool(), {"type": "function", "function": {"name": "f", "parameters": "city"}}]}),
+            "tools[1].function.parameters",
+        ),
+        (
+            json!({"tools": [weather_tool(), weather_tool()]}),
+            "tools[1].function.name",
+        ),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"function_call": {"name": "f"}}), "function_call"),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{not json"}}]}]}),
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi", "tool_calls": []}]}),
+            "messages[0].tool_calls",
+        ),
+    ];
+    for (extra, param) in cases {
+        let (st, b) = post(s, "/v1/chat/completions", &chat("tools", extra.clone()));
+        assert_error(st, &b, 400, Some(param));
+    }
+}
+
+/// A conversation with an assistant's call (content null) and the tool's answer reaches the
+/// model as Qwen2.5's template writes it: the prompt has exactly the tokens of that text.
+/// (That special-token text in a tool's answer or a call's arguments stays text is
+/// `camelid-model`'s `chat_prompt` tests.)
+#[test]
+fn calls_and_tool_results_render_through_the_template() {
+    let s = &server().base;
+    let tool = json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+    let body = json!({"model": "tools", "max_tokens": 1, "tools": [tool],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_7", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_7", "content": "18 C"}]});
+    let (st, b) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    let want = concat!(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n",
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n",
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n",
+        r#"{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}"#,
+        "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n",
+        "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n",
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n",
+        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n",
+        "<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>\n",
+        "<|im_start|>assistant\n",
+    );
+    let (st, t) = post(
+        s,
+        "/tokenize",
+        &json!({"model": "tools", "prompt": want, "add_special_tokens": true}),
+    );
+    assert_eq!(st, 200, "{}", short(&t));
+    assert_eq!(b["usage"]["prompt_tokens"], t["count"], "{}", short(&b));
+}
+
+/// `auto`: the same greedy output read three ways — raw (`tool_choice: "none"`), whole and
+/// streamed — gives the text and calls the Hermes parser finds in the raw text, and
+/// `finish_reason` says `tool_calls` exactly when there are calls.
+#[test]
+fn auto_splits_the_output_into_text_and_calls_alike_whole_and_streamed() {
+    let s = &server().base;
+    // A few-shot history, so the small model has calls to imitate.
+    let shot = |city: &str, id: &str| {
+        [
+            json!({"role": "user", "content": format!("What is the weather in {city}?")}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+             "function": {"name": "get_weather", "arguments": format!("{{\"city\": \"{city}\", \"unit\": \"celsius\"}}")}}]}),
+        ]
+    };
+    let mut messages = vec![
+        json!({"role": "system", "content": "Answer weather questions with the get_weather tool."}),
+    ];
+    messages.extend(shot("Oslo", "call_1"));
+    messages.extend(shot("Rome", "call_2"));
+    messages.extend(shot("Lima", "call_3"));
+    messages.push(json!({"role": "user", "content": "What is the weather in Paris?"}));
+    let body = |choice: &str, stream: bool| {
+        json!({"model": "tools", "max_tokens": 48, "temperature": 0, "messages": messages,
+               "tools": [weather_tool()], "tool_choice": choice, "stream": stream})
+    };
+    let (st, raw) = post(s, "/v1/chat/completions", &body("none", false));
+    assert_eq!(st, 200, "{}", short(&raw));
+    let raw_text = raw["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(raw["choices"][0]["message"].get("tool_calls").is_none());
+    let (text, calls) = parse_output(ToolFormat::Hermes, raw_text);
+    // Greedy, the history's pattern is followed: the call path is what is tested.
+    assert_eq!(calls.len(), 1, "{raw_text:?}");
+    assert_eq!(calls[0].name, "get_weather");
+    let (st, auto) = post(s, "/v1/chat/completions", &body("auto", false));
+    assert_eq!(st, 200, "{}", short(&auto));
+    let got = without_ids(whole(&auto["choices"][0]));
+    assert_eq!(
+        got.content,
+        text.clone().unwrap_or_default(),
+        "{raw_text:?}"
+    );
+    assert_eq!(
+        got.calls,
+        calls
+            .iter()
+            .map(|c| (String::new(), c.name.clone(), c.arguments.clone()))
+            .collect::<Vec<_>>()
+    );
+    let raw_finish = raw["choices"][0]["finish_reason"].as_str().unwrap();
+    let want_finish = if !calls.is_empty() && raw_finish == "stop" {
+        "tool_calls"
+    } else {
+        raw_finish
+    };
+    assert_eq!(got.finish.as_deref(), Some(want_finish));
+    assert_eq!(got.finish.as_deref(), Some("tool_calls"));
+    assert_eq!(
+        auto["choices"][0]["message"]["content"].is_null(),
+        text.is_none()
+    );
+    let streamed = without_ids(assemble(&stream(&body("auto", true)), 0));
+    assert_eq!(streamed, got);
+    eprintln!("auto: {raw_text:?} → {} call(s)", calls.len());
+}
+
+/// The arguments of a `get_weather` call, checked against `weather_tool`'s schema by hand.
+fn check_weather_arguments(args: &str) {
+    let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let o = v.as_object().unwrap_or_else(|| panic!("{args}"));
+    assert!(o.keys().all(|k| k == "city" || k == "unit"), "{args}");
+    assert!(o["city"].is_string(), "{args}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&o["unit"].as_str().unwrap()),
+        "{args}"
+    );
+}
+
+/// `required` and a named function: whatever the seed, every choice is one call whose
+/// arguments follow the schema, whole and streamed alike; a `parameters` schema the grammar
+/// compiler rejects is a 400 naming it.
+#[test]
+fn required_and_named_calls_follow_their_schemas() {
+    let s = &server().base;
+    let time = json!({"type": "function", "function": {"name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+                       "required": ["zone"], "additionalProperties": false}}});
+    for seed in 0..3 {
+        let body = chat(
+            "tools",
+            json!({"tools": [weather_tool(), time], "tool_choice": "required", "seed": seed,
+                   "temperature": 1.0, "n": 2, "max_tokens": 96, "parallel_tool_calls": false}),
+        );
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{}", short(&b));
+        for c in b["choices"].as_array().unwrap() {
+            let got = whole(c);
+            assert_eq!(got.finish.as_deref(), Some("tool_calls"), "{c}");
+            assert_eq!(got.calls.len(), 1, "{c}");
+            match got.calls[0].1.as_str() {
+                "get_weather" => check_weather_arguments(&got.calls[0].2),
+                "get_time" => {
+                    let v: Value = serde_json::from_str(&got.calls[0].2).unwrap();
+                    assert!(["UTC", "CET"].contains(&v["zone"].as_str().unwrap()), "{v}");
+                }
+                other => panic!("called {other}"),
+            }
+        }
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let chunks = stream(&sb);
+        for i in 0..2 {
+            assert_eq!(
+                without_ids(assemble(&chunks, i)),
+                without_ids(whole(&b["choices"][i as usize])),
+                "seed {seed} choice {i}"
+            );
+        }
+    }
+    let body = chat(
+        "tools",
+        json!({"tools": [weather_tool(), time], "seed": 5, "temperature": 1.0, "max_tokens": 96,
+               "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    );
+    let (st, b) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    let got = whole(&b["choices"][0]);
+    assert_eq!(got.calls.len(), 1, "{}", short(&b));
+    assert_eq!(got.calls[0].1, "get_weather");
+    check_weather_arguments(&got.calls[0].2);
+    let broken = json!({"type": "function", "function": {"name": "f",
+        "parameters": {"type": "object", "properties": {"a": {"$ref": "#/definitions/nowhere"}}}}});
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat(
+            "tools",
+            json!({"tools": [weather_tool(), broken], "tool_choice": "required"}),
+        ),
+    );
+    assert_error(st, &b, 400, Some("tools[1].function.parameters"));
+}
