@@ -89,7 +89,11 @@ fn structured_outputs(v: &Value) -> Result<Requested, ApiError> {
     };
     let given: Vec<&str> = ["json", "regex", "choice", "grammar", "json_object"]
         .into_iter()
-        .filter(|k| !null(o.get(*k)) && !(*k == "json_object" && o[*k] == Value::Bool(false)))
+        .filter(|k| {
+            // `"json_object": false` asks for nothing, like an absent key.
+            let off = *k == "json_object" && o.get(*k) == Some(&Value::Bool(false));
+            !null(o.get(*k)) && !off
+        })
         .collect();
     let key = match given.as_slice() {
         [k] => *k,
