@@ -4,36 +4,9 @@
 //! loopback port, as in api.rs.
 
 mod common;
-use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, EngineOverrides};
-use camelid_server::{AppState, ServerConfig};
-use common::{model_entry, post_async, runtime, serve};
+use camelid_engine::EngineMetrics;
+use common::{post_async, runtime, serve_default_model, EngineServer};
 use serde_json::{json, Value};
-use std::sync::Arc;
-
-struct Server {
-    base: String,
-    engine: EngineHandle,
-}
-
-/// The server `camelid serve --kv-cache-mb <kv_cache_mb>` runs (the CPU's engine defaults).
-fn start(kv_cache_mb: usize) -> Server {
-    let entry = model_entry("smol", &[], 2048, |lm| {
-        EngineConfig::for_device(
-            lm.model.device(),
-            &EngineOverrides {
-                kv_cache_mb: Some(kv_cache_mb),
-                ..Default::default()
-            },
-        )
-    });
-    let engine = entry.engine.clone();
-    let state = Arc::new(AppState::new(ServerConfig::default()));
-    state.set_models(vec![entry]);
-    Server {
-        base: serve(state).base,
-        engine,
-    }
-}
 
 async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
     post_async(base, path, &body).await
@@ -44,7 +17,7 @@ fn post_now(base: &str, path: &str, body: Value) -> (u16, Value) {
 }
 
 /// Different prompts of these many token ids (English text, so the model is confident).
-fn prompts(server: &Server, lens: &[usize]) -> Vec<Vec<u32>> {
+fn prompts(server: &EngineServer, lens: &[usize]) -> Vec<Vec<u32>> {
     let topics = [
         "the harbour at dawn",
         "a chess tournament",
@@ -88,7 +61,7 @@ fn scoring(prompt: &[u32]) -> Value {
 /// cut there. Each must get exactly what it gets alone.
 #[test]
 fn concurrent_prompt_scoring_under_kv_pressure_matches_each_alone() {
-    let server = start(12);
+    let server = serve_default_model(12);
     assert_eq!(
         EngineMetrics::get(&server.engine.metrics.kv_blocks_total),
         34
@@ -136,7 +109,7 @@ fn concurrent_prompt_scoring_under_kv_pressure_matches_each_alone() {
 /// string of bounded length.
 #[test]
 fn cache_salt_partitions_cached_prompts() {
-    let server = start(64);
+    let server = serve_default_model(64);
     let base = server.base.as_str();
     let prompt = prompts(&server, &[100]).remove(0);
     let cached = |(status, body): (u16, Value)| -> u64 {

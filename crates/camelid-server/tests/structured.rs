@@ -5,40 +5,15 @@
 //! 135M model left alone rarely writes valid JSON), so only the grammar makes these pass.
 
 mod common;
-use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, EngineOverrides};
-use camelid_server::{AppState, ServerConfig};
-use common::{assert_error, model_entry, post, runtime, serve, short};
+use camelid_engine::EngineMetrics;
+use common::{assert_error, post, runtime, serve_default_model, short, EngineServer};
 use regex::Regex;
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
-struct Server {
-    base: String,
-    engine: EngineHandle,
-}
-
-fn start(kv_cache_mb: usize) -> Server {
-    let entry = model_entry("smol", &[], 2048, |lm| {
-        EngineConfig::for_device(
-            lm.model.device(),
-            &EngineOverrides {
-                kv_cache_mb: Some(kv_cache_mb),
-                ..Default::default()
-            },
-        )
-    });
-    let engine = entry.engine.clone();
-    let state = Arc::new(AppState::new(ServerConfig::default()));
-    state.set_models(vec![entry]);
-    Server {
-        base: serve(state).base,
-        engine,
-    }
-}
-
-fn server() -> &'static Server {
-    static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(|| start(64))
+fn server() -> &'static EngineServer {
+    static S: OnceLock<EngineServer> = OnceLock::new();
+    S.get_or_init(|| serve_default_model(64))
 }
 
 /// One test at a time on the shared server (timings of the 2-core machine).
@@ -295,7 +270,7 @@ fn streamed_constrained_output_equals_the_whole_one() {
 #[test]
 fn preemption_keeps_constrained_outputs_valid() {
     let _g = serial();
-    let s = start(6);
+    let s = serve_default_model(6);
     let mut extra = schema_format();
     extra["n"] = json!(4);
     extra["seed"] = json!(5);

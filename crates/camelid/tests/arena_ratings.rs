@@ -1,19 +1,8 @@
 //! `camelid arena ratings` per category from the command line, on hand-made battles whose
 //! ratings are known (fschat 0.2.36's `elo_analysis` has no categories to compare with).
 
-use std::process::Command;
-
-fn camelid(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::cli::run;
 
 /// `coder` wins 9 of 10 coding battles against `poet` (tagged by `category`) and loses 9 of
 /// 10 writing ones (tagged by FastChat's `category_tag`): in each category the gap is
@@ -55,7 +44,7 @@ fn ratings_per_category() {
             "json",
         ];
         args.extend(extra);
-        let (ok, out, err) = camelid(&args);
+        let (ok, out, err) = run(&args);
         assert!(ok, "{err}");
         serde_json::from_str(&out).unwrap()
     };
@@ -88,7 +77,7 @@ fn ratings_per_category() {
     );
     assert_eq!(by["coding"], coding);
     assert_eq!(by["creative_writing_v0.1.creative_writing"], writing);
-    let (ok, table, err) = camelid(&[
+    let (ok, table, err) = run(&[
         "arena",
         "ratings",
         "--battles",
@@ -107,6 +96,6 @@ fn ratings_per_category() {
         "{table}"
     );
     // An unknown category is an error that names the ones there are.
-    let (ok, _, err) = camelid(&["arena", "ratings", "--battles", file, "--category", "math"]);
+    let (ok, _, err) = run(&["arena", "ratings", "--battles", file, "--category", "math"]);
     assert!(!ok && err.contains("coding"), "{err}");
 }

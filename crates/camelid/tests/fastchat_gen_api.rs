@@ -8,34 +8,10 @@
 //! `CAMELID_SKIP_FASTCHAT=1` says to skip it.
 
 mod common;
-use std::path::{Path, PathBuf};
+use common::cli::{camelid, jsonl, mt_bench_data};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
-}
-
-fn camelid(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args(args)
-        .output()
-        .unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "camelid {args:?} failed:\n{so}\n{se}");
-    so.into_owned()
-}
-
-fn lines(p: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn fastchats_gen_api_answer_against_camelid_then_judged_by_camelid() {
@@ -63,7 +39,7 @@ fn fastchats_gen_api_answer_against_camelid_then_judged_by_camelid() {
     let guard = tempfile::tempdir().unwrap();
     let dir = guard.path();
     std::fs::create_dir_all(dir.join("data/mt_bench")).unwrap();
-    let questions = data().join("question.jsonl");
+    let questions = mt_bench_data().join("question.jsonl");
     std::os::unix::fs::symlink(&questions, dir.join("data/mt_bench/question.jsonl")).unwrap();
     let answers = dir.join("model_answer");
     let answer_file = answers.join("smol.jsonl");
@@ -102,8 +78,8 @@ fn fastchats_gen_api_answer_against_camelid_then_judged_by_camelid() {
     let status = common::exits_within(&mut child, Duration::from_secs(240), "gen_api_answer");
     let output = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "gen_api_answer failed:\n{output}");
-    let written = lines(&answer_file);
-    let first_two: Vec<u64> = lines(&questions)
+    let written = jsonl(&answer_file);
+    let first_two: Vec<u64> = jsonl(&questions)
         .iter()
         .take(2)
         .map(|q| q["question_id"].as_u64().unwrap())
@@ -144,7 +120,10 @@ fn fastchats_gen_api_answer_against_camelid_then_judged_by_camelid() {
         "--first-n",
         "2",
         "--judge-prompts",
-        data().join("judge_prompts.jsonl").to_str().unwrap(),
+        mt_bench_data()
+            .join("judge_prompts.jsonl")
+            .to_str()
+            .unwrap(),
         "--out",
         judgments.to_str().unwrap(),
         "--judge-max-tokens",
@@ -152,7 +131,7 @@ fn fastchats_gen_api_answer_against_camelid_then_judged_by_camelid() {
         "--parallel",
         "2",
     ]);
-    let js = lines(&judgments);
+    let js = jsonl(&judgments);
     assert_eq!(js.len(), 4, "2 questions x 2 turns");
     for j in &js {
         assert_eq!(j["model"], "smol");

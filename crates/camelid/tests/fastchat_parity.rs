@@ -6,7 +6,9 @@
 //! Needs `CAMELID_TEST_PYTHON` with FastChat, pandas and scikit-learn (`tests/run.sh` makes
 //! it); without them the tests fail, unless `CAMELID_SKIP_FASTCHAT=1` says to skip them.
 
+mod common;
 use camelid_eval::ratings::NumpyRandom;
+use common::cli::camelid;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -50,19 +52,6 @@ fn fastchat(python: &str, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn camelid(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args(args)
-        .output()
-        .unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "camelid {args:?} failed:\n{so}\n{se}");
-    so.into_owned()
 }
 
 fn s(p: &Path) -> &str {

@@ -3,44 +3,18 @@
 //! the tables. The tiny model is a poor judge: unparsable verdicts must be handled.
 
 mod common;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
-}
-
-fn camelid(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args(args)
-        .output()
-        .unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "camelid {args:?} failed:\n{so}\n{se}");
-    so.into_owned()
-}
-
-fn lines(p: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use common::cli::{camelid, jsonl, mt_bench_data};
 
 #[test]
 fn answer_judge_show_with_camelid_as_contestant_and_judge() {
     let s = common::serve(&["--model", "smol=smollm2-135m-instruct"]);
     let guard = tempfile::tempdir().unwrap();
     let dir = guard.path();
-    let q = data().join("question.jsonl");
+    let q = mt_bench_data().join("question.jsonl");
     let (q, prompts, refs) = (
         q.to_str().unwrap(),
-        data().join("judge_prompts.jsonl"),
-        data().join("reference_answer/gpt-4.jsonl"),
+        mt_bench_data().join("judge_prompts.jsonl"),
+        mt_bench_data().join("reference_answer/gpt-4.jsonl"),
     );
     let answers = dir.join("model_answer");
     for (id, temp) in [("smol-a", None), ("smol-b", Some("1.0"))] {
@@ -69,7 +43,7 @@ fn answer_judge_show_with_camelid_as_contestant_and_judge() {
             args.extend(["--force-temperature", t]);
         }
         camelid(&args);
-        let a = lines(&out);
+        let a = jsonl(&out);
         assert_eq!(a.len(), 8, "one answer per category");
         for l in &a {
             assert!(
@@ -117,7 +91,7 @@ fn answer_judge_show_with_camelid_as_contestant_and_judge() {
                 })
                 .collect()
         };
-        assert_eq!(lines(&out).len(), 8, "{resumed}");
+        assert_eq!(jsonl(&out).len(), 8, "{resumed}");
         assert_eq!(ids(&resumed), ids(&text), "the same eight questions");
         assert!(
             ids(&resumed[kept.len()..]).is_disjoint(&ids(&kept)),
@@ -153,7 +127,7 @@ fn answer_judge_show_with_camelid_as_contestant_and_judge() {
         "--parallel",
         "4",
     ]);
-    let sj = lines(&single);
+    let sj = jsonl(&single);
     assert_eq!(sj.len(), 16, "8 questions x 2 turns");
     for j in &sj {
         assert!(j["score"].is_number() && (j["turn"] == 1 || j["turn"] == 2));
@@ -209,7 +183,7 @@ fn answer_judge_show_with_camelid_as_contestant_and_judge() {
         "--parallel",
         "4",
     ]);
-    let pj = lines(&pair);
+    let pj = jsonl(&pair);
     assert_eq!(pj.len(), 16);
     for j in &pj {
         for k in ["g1_winner", "g2_winner"] {
@@ -339,7 +313,7 @@ fn bias_and_agreement_tables_from_the_command_line() {
         .join("\n"),
     )
     .unwrap();
-    let q = data().join("question.jsonl");
+    let q = mt_bench_data().join("question.jsonl");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&camelid(&[
         "mtbench",
         "bias",
@@ -471,13 +445,16 @@ fn renamed_assistants_are_judged_by_their_new_names() {
         "mtbench",
         "rename-prompts",
         "--judge-prompts",
-        data().join("judge_prompts.jsonl").to_str().unwrap(),
+        mt_bench_data()
+            .join("judge_prompts.jsonl")
+            .to_str()
+            .unwrap(),
         "--names",
         "X,Y",
         "--out",
         renamed.to_str().unwrap(),
     ]);
-    let prompts = lines(&renamed);
+    let prompts = jsonl(&renamed);
     assert_eq!(prompts.len(), 8);
     for p in prompts.iter().filter(|p| p["type"] == "pairwise") {
         let all = format!("{} {}", p["system_prompt"], p["prompt_template"]);
@@ -492,7 +469,7 @@ fn renamed_assistants_are_judged_by_their_new_names() {
         assert_eq!(p["verdict_labels"], serde_json::json!(["X", "Y", "C"]));
     }
     // Two models' answers to the first two questions (both turns): `good`'s say GOOD.
-    let questions: Vec<serde_json::Value> = lines(&data().join("question.jsonl"))
+    let questions: Vec<serde_json::Value> = jsonl(&mt_bench_data().join("question.jsonl"))
         .into_iter()
         .take(2)
         .collect();
@@ -525,7 +502,7 @@ fn renamed_assistants_are_judged_by_their_new_names() {
         "--mode",
         "pairwise-all",
         "--questions",
-        data().join("question.jsonl").to_str().unwrap(),
+        mt_bench_data().join("question.jsonl").to_str().unwrap(),
         "--first-n",
         "2",
         "--judge-prompts",
@@ -538,7 +515,7 @@ fn renamed_assistants_are_judged_by_their_new_names() {
     assert!(seen
         .iter()
         .all(|p| p.contains("Assistant X") && !p.contains("Assistant A")));
-    let js = lines(&out);
+    let js = jsonl(&out);
     assert_eq!(js.len(), 4);
     for j in &js {
         assert_eq!(

@@ -3,9 +3,9 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
-use camelid_engine::{EngineConfig, EngineHandle};
+use camelid_engine::{EngineConfig, EngineHandle, EngineOverrides};
 use camelid_model::LoadedModel;
-use camelid_server::{AppState, ModelEntry};
+use camelid_server::{AppState, ModelEntry, ServerConfig};
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
@@ -58,6 +58,32 @@ pub fn serve(state: Arc<AppState>) -> Server {
     Server {
         base: format!("http://{addr}"),
         addr,
+    }
+}
+
+/// The default model served alone as `smol` with its engine at hand (for its metrics).
+pub struct EngineServer {
+    pub base: String,
+    pub engine: EngineHandle,
+}
+
+/// The server `camelid serve --kv-cache-mb <kv_cache_mb>` runs (the CPU's engine defaults).
+pub fn serve_default_model(kv_cache_mb: usize) -> EngineServer {
+    let entry = model_entry("smol", &[], 2048, |lm| {
+        EngineConfig::for_device(
+            lm.model.device(),
+            &EngineOverrides {
+                kv_cache_mb: Some(kv_cache_mb),
+                ..Default::default()
+            },
+        )
+    });
+    let engine = entry.engine.clone();
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![entry]);
+    EngineServer {
+        base: serve(state).base,
+        engine,
     }
 }
 

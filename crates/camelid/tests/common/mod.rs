@@ -3,6 +3,7 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod http;
 
 use std::io::{BufRead, BufReader};
