@@ -1,41 +1,75 @@
 #!/usr/bin/env bash
-# camelid vs llama.cpp b11434 on one GGUF (default: the 1B-class random Q4_K_M written by
-# make-1b-model.sh), single stream and 8 clients, ROUNDS alternating rounds in one run; each
-# server runs alone. BIN: the camelid binary to measure (default target/release/camelid).
-#   [ROUNDS=2] [BIN=...] bash benches/kquant-1b.sh [MODEL.gguf] [PROMPT_TOKENS] [OUTPUT_TOKENS]
+# camelid vs llama.cpp b11434 on 1B-class GGUFs (default: the random Llama-3.2-1B-shaped
+# Q4_K_M that make-1b-model.sh writes; give several files to measure them in one run), each
+# server alone, ROUNDS alternating rounds. Per round and server: decode at 1 and 8 clients
+# (P prompt tokens, N outputs) and prefill of a 512-token prompt (one client); per round a
+# two-thread memory-bandwidth probe (benches/bandwidth.c), the single-stream roofline being
+# bandwidth / model bytes. Prints per-round numbers, then medians of the per-round ratios.
+# BIN: the camelid binary to measure (default target/release/camelid).
+#   [ROUNDS=2] [P=64] [N=32] [BIN=...] bash benches/kquant-1b.sh [MODEL.gguf ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL="${1:-$(bash benches/make-1b-model.sh Q4_K_M)}"; P="${2:-64}"; N="${3:-32}"
-ROUNDS="${ROUNDS:-2}"; BIN="${BIN:-./target/release/camelid}"
+MODELS=("$@"); [ ${#MODELS[@]} -gt 0 ] || MODELS=("$(bash benches/make-1b-model.sh Q4_K_M)")
+P="${P:-64}"; N="${N:-32}"; ROUNDS="${ROUNDS:-2}"; BIN="${BIN:-./target/release/camelid}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 OUT=benches/results; mkdir -p "$OUT"; STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+BW="$(mktemp -d)/bandwidth"; gcc -O3 -march=native -fopenmp benches/bandwidth.c -o "$BW"
 SERVER=""
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
-up() { for _ in $(seq 300); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
+up() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
   echo "server on port $1 did not come up" >&2; exit 1; }
 down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
+measure() { # name port tag: decode at 1 and 8 clients, then prefill of 512 tokens alone
+  "$BIN" bench --endpoint "http://127.0.0.1:$2" --model kq --name "$1" --prompt-tokens "$P" \
+    --output-tokens "$N" --concurrency 1,8 --json "$OUT/kq-$3-decode.json" >/dev/null
+  "$BIN" bench --endpoint "http://127.0.0.1:$2" --model kq --name "$1" --prompt-tokens 512 \
+    --output-tokens 4 --concurrency 1 --requests-per-client 3 --json "$OUT/kq-$3-prefill.json" >/dev/null
+}
 lscpu | grep -E "Model name|L2 cache|L3 cache|^CPU\(s\)"
-echo "model $(basename "$MODEL") $(du -h "$MODEL" | cut -f1)  load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "vector extensions: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512_vnni|avx_vnni|f16c|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "P=$P N=$N rounds=$ROUNDS  load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
-  "$BIN" serve --model "kq=$MODEL" --port 18090 --max-num-seqs 8 >/tmp/kq-camelid.log 2>&1 & SERVER=$!
-  up 18090; echo "round $r camelid  load $(cut -d' ' -f1 /proc/loadavg)"
-  "$BIN" bench --endpoint http://127.0.0.1:18090 --model kq --name camelid --prompt-tokens "$P" \
-    --output-tokens "$N" --concurrency 1,8 --json "$OUT/kq-camelid-$STAMP-r$r.json" >/dev/null
-  down
-  "$LLAMA_BIN/llama-server" -m "$MODEL" --port 18091 --parallel 8 -t "$(nproc)" -c 8192 \
-    >/tmp/kq-llama.log 2>&1 & SERVER=$!
-  up 18091; echo "round $r llama.cpp  load $(cut -d' ' -f1 /proc/loadavg)"
-  "$BIN" bench --endpoint http://127.0.0.1:18091 --model kq --name llama.cpp --prompt-tokens "$P" \
-    --output-tokens "$N" --concurrency 1,8 --json "$OUT/kq-llamacpp-$STAMP-r$r.json" >/dev/null
-  down
+  for m in "${MODELS[@]}"; do
+    f="$(basename "$m" .gguf)"
+    echo "round $r $f: $("$BW" 2 | tee "$OUT/kq-$STAMP-$f-r$r-bw.txt")  load $(cut -d' ' -f1 /proc/loadavg)"
+    "$BIN" serve --model "kq=$m" --port 18090 --max-num-seqs 8 >/tmp/kq-camelid.log 2>&1 & SERVER=$!
+    up 18090; measure camelid 18090 "$STAMP-$f-r$r-camelid"; down
+    "$LLAMA_BIN/llama-server" -m "$m" --port 18091 --parallel 8 -t "$(nproc)" -c 8192 \
+      >/tmp/kq-llama.log 2>&1 & SERVER=$!
+    up 18091; measure llama.cpp 18091 "$STAMP-$f-r$r-llamacpp"; down
+  done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$OUT" "$STAMP" "$ROUNDS" <<'PY'
-import json, sys
-out, stamp, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-for r in range(1, rounds + 1):
-    for name in ["camelid", "llamacpp"]:
-        for l in json.load(open(f"{out}/kq-{name}-{stamp}-r{r}.json"))["levels"]:
-            print(f"round {r} {name:9} clients {l['clients']}: aggregate {l['aggregate_tok_s']:.1f} tok/s, "
-                  f"decode/stream {l['decode_tok_s_per_stream']:.1f}, prefill p50 {l['prefill_tok_s_p50']:.0f} tok/s")
+python3 - "$OUT" "$STAMP" "$ROUNDS" "${MODELS[@]}" <<'PY'
+import json, os, statistics, sys
+out, stamp, rounds, models = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+def level(tag, kind, clients):
+    for l in json.load(open(f"{out}/kq-{tag}-{kind}.json"))["levels"]:
+        if l["clients"] == clients:
+            return l
+med = lambda xs: statistics.median(xs)
+print("| file | MiB | camelid 1 client | llama.cpp 1 | ratio | roofline % | camelid 8 clients | "
+      "llama.cpp 8 | ratio | prefill 512 camelid | llama.cpp | ratio |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+for m in models:
+    f = os.path.basename(m)[:-5]
+    size = os.path.getsize(m)
+    rows = {k: [] for k in "d1c d1l a8c a8l pc pl roof".split()}
+    for r in range(1, rounds + 1):
+        c, l = f"{stamp}-{f}-r{r}-camelid", f"{stamp}-{f}-r{r}-llamacpp"
+        bw = float(open(f"{out}/kq-{stamp}-{f}-r{r}-bw.txt").read().split()[0])
+        rows["d1c"].append(level(c, "decode", 1)["decode_tok_s_per_stream"])
+        rows["d1l"].append(level(l, "decode", 1)["decode_tok_s_per_stream"])
+        rows["a8c"].append(level(c, "decode", 8)["aggregate_tok_s"])
+        rows["a8l"].append(level(l, "decode", 8)["aggregate_tok_s"])
+        rows["pc"].append(level(c, "prefill", 1)["prefill_tok_s_p50"])
+        rows["pl"].append(level(l, "prefill", 1)["prefill_tok_s_p50"])
+        rows["roof"].append(100 * rows["d1c"][-1] * size / (bw * 1e9))
+        print(f"round {r} {f}: bandwidth {bw} GB/s; camelid {rows['d1c'][-1]:.1f} / {rows['a8c'][-1]:.1f} / "
+              f"{rows['pc'][-1]:.0f}; llama.cpp {rows['d1l'][-1]:.1f} / {rows['a8l'][-1]:.1f} / {rows['pl'][-1]:.0f}",
+              file=sys.stderr)
+    ratio = lambda a, b: med([x / y for x, y in zip(rows[a], rows[b])])
+    print(f"| {f} | {size / 2**20:.0f} | {med(rows['d1c']):.1f} | {med(rows['d1l']):.1f} | {ratio('d1c', 'd1l'):.2f}× "
+          f"| {med(rows['roof']):.0f} % | {med(rows['a8c']):.1f} | {med(rows['a8l']):.1f} | {ratio('a8c', 'a8l'):.2f}× "
+          f"| {med(rows['pc']):.0f} | {med(rows['pl']):.0f} | {ratio('pc', 'pl'):.2f}× |")
 PY

@@ -5,23 +5,28 @@
 # `llama-quantize` (b11434, built beside llama-server) to each TYPE given (default Q4_K_M).
 # Random weights decode like a real model of that size: the speed depends on the shape and the
 # formats, not on the values. Prints the paths, one per line.
-#   bash benches/make-1b-model.sh [Q4_K_M Q5_K_M Q4_0 ...]
+# ARCH=qwen2 writes Qwen2.5-1.5B's shape instead (hidden 1536, 28 layers, 12 heads, 2 KV
+# heads, FFN 8960, Q/K/V biases, tied embeddings, rope base 1e6) as a `qwen2` GGUF.
+#   [ARCH=llama|qwen2] bash benches/make-1b-model.sh [Q4_K_M Q5_K_M Q4_0 ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TYPES=("$@"); [ ${#TYPES[@]} -gt 0 ] || TYPES=(Q4_K_M)
 DIR="${CAMELID_CACHE:-$HOME/.cache/camelid}/models"; mkdir -p "$DIR"
-BASE="$DIR/random-llama-1b.F16.gguf"
+ARCH="${ARCH:-llama}"
+case "$ARCH" in llama) STEM=random-llama-1b ;; qwen2) STEM=random-qwen2-1.5b ;;
+  *) echo "ARCH must be llama or qwen2" >&2; exit 2 ;; esac
+BASE="$DIR/$STEM.F16.gguf"
 PY="${CAMELID_TEST_PYTHON:-$HOME/.cache/camelid/test-venv/bin/python}"
 SRC="$(bash models/fetch-default.sh)"
 if [ ! -f "$BASE" ]; then
-  "$PY" - "$SRC" "$BASE.tmp" <<'PY'
+  "$PY" - "$SRC" "$BASE.tmp" "$ARCH" "$STEM" <<'PY'
 import sys
 import numpy as np
 import gguf
 
-src, out = sys.argv[1], sys.argv[2]
+src, out, arch, stem = sys.argv[1:5]
 reader = gguf.GGUFReader(src)
-w = gguf.GGUFWriter(out, "llama")
+w = gguf.GGUFWriter(out, arch)
 vocab = None
 for name, field in reader.fields.items():
     if not name.startswith("tokenizer."):
@@ -32,8 +37,9 @@ for name, field in reader.fields.items():
     vtype = field.types[0]
     sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
     w.add_key_value(name, value, vtype, sub_type=sub)
-hidden, layers, heads, kv_heads, ffn = 2048, 16, 32, 8, 8192
-w.add_name("random-llama-1b")
+qwen = arch == "qwen2"
+hidden, layers, heads, kv_heads, ffn = (1536, 28, 12, 2, 8960) if qwen else (2048, 16, 32, 8, 8192)
+w.add_name(stem)
 w.add_context_length(4096)
 w.add_embedding_length(hidden)
 w.add_block_count(layers)
@@ -41,8 +47,8 @@ w.add_feed_forward_length(ffn)
 w.add_head_count(heads)
 w.add_head_count_kv(kv_heads)
 w.add_rope_dimension_count(hidden // heads)
-w.add_rope_freq_base(500000.0)
-w.add_layer_norm_rms_eps(1e-5)
+w.add_rope_freq_base(1000000.0 if qwen else 500000.0)
+w.add_layer_norm_rms_eps(1e-6 if qwen else 1e-5)
 w.add_vocab_size(vocab)
 w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
 rng = np.random.default_rng(0)
@@ -52,7 +58,8 @@ def rand(rows, cols, std):
 
 kv = kv_heads * hidden // heads
 w.add_tensor("token_embd.weight", rand(vocab, hidden, 0.02))
-w.add_tensor("output.weight", rand(vocab, hidden, 0.02))
+if not qwen:  # Qwen2.5-1.5B ties its output to the embeddings
+    w.add_tensor("output.weight", rand(vocab, hidden, 0.02))
 w.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
 for l in range(layers):
     p = f"blk.{l}."
@@ -63,6 +70,9 @@ for l in range(layers):
                              ("ffn_gate", ffn, hidden), ("ffn_up", ffn, hidden),
                              ("ffn_down", hidden, ffn)]:
         w.add_tensor(p + name + ".weight", rand(rows, cols, 0.02))
+    if qwen:
+        for name, rows in [("attn_q", hidden), ("attn_k", kv), ("attn_v", kv)]:
+            w.add_tensor(p + name + ".bias", rng.standard_normal(rows, dtype=np.float32) * 0.02)
 w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()
@@ -77,7 +87,7 @@ if [ ! -x "$QUANTIZE" ]; then
   cmake --build "$CACHE/build" -j "$(nproc)" --target llama-quantize >&2
 fi
 for t in "${TYPES[@]}"; do
-  out="$DIR/random-llama-1b.$t.gguf"
+  out="$DIR/$STEM.$t.gguf"
   [ -f "$out" ] || "$QUANTIZE" "$BASE" "$out" "$t" >&2
   echo "$out"
 done

@@ -5,12 +5,13 @@
 # burst of load from the shared host hits both, and the ratios are taken round by round and
 # summarised by their median. Then the MT-bench second turn with and without the prefix cache.
 # JSON goes under benches/results/.
-#   [ROUNDS=2] [LEVELS=1,4,8,16] [S2=0] bash benches/run.sh [PROMPT_TOKENS] [OUTPUT_TOKENS]
+# MODEL: another GGUF to measure on (default: the default model).
+#   [ROUNDS=2] [LEVELS=1,4,8,16] [S2=0] [MODEL=F.gguf] bash benches/run.sh [PROMPT_TOKENS] [OUTPUT_TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P="${1:-128}"; N="${2:-128}"
 ROUNDS="${ROUNDS:-2}"; LEVELS="${LEVELS:-1,4,8,16}"
-MODEL="$(bash models/fetch-default.sh)"
+MODEL="${MODEL:-$(bash models/fetch-default.sh)}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 cargo build --release -p camelid >&2
 OUT=benches/results; mkdir -p "$OUT"
@@ -32,7 +33,7 @@ for r in $(seq "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do
     name="${v%%:*}"; flags="${v#*:}"
     # shellcheck disable=SC2086 # flags is a word list
-    $BENCH serve --port 18080 --max-num-seqs 16 $flags >/tmp/camelid-bench.log 2>&1 & SERVER=$!
+    $BENCH serve --model "$MODEL" --port 18080 --max-num-seqs 16 $flags >/tmp/camelid-bench.log 2>&1 & SERVER=$!
     up 18080
     echo "round $r $name  load $(cut -d' ' -f1 /proc/loadavg)"
     $BENCH bench --endpoint http://127.0.0.1:18080 --name "$name" --prompt-tokens "$P" \
@@ -48,12 +49,12 @@ for r in $(seq "$ROUNDS"); do
   down
 done
 # MT-bench second turn: prefix cache on, then off (a fresh server).
-$BENCH serve --port 18080 >/tmp/camelid-bench.log 2>&1 & SERVER=$!
+$BENCH serve --model "$MODEL" --port 18080 >/tmp/camelid-bench.log 2>&1 & SERVER=$!
 up 18080
 $BENCH bench --endpoint http://127.0.0.1:18080 --name camelid-prefix-cache --second-turn 1500 \
   --json "$OUT/turn2-cache-$STAMP.json"
 down
-$BENCH serve --port 18082 --no-prefix-caching >/tmp/camelid-bench-nocache.log 2>&1 & SERVER=$!
+$BENCH serve --model "$MODEL" --port 18082 --no-prefix-caching >/tmp/camelid-bench-nocache.log 2>&1 & SERVER=$!
 up 18082
 $BENCH bench --endpoint http://127.0.0.1:18082 --name camelid-no-prefix-cache --second-turn 1500 \
   --json "$OUT/turn2-nocache-$STAMP.json"
