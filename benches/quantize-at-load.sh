@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 19's quantize-at-load targets on the 1B-class random model: an HF safetensors folder
+# (f16, written by `camelid convert` from make-1b-model.sh's F16 GGUF) loaded with
+# `--quantize FMT` against llama-quantize's GGUF of the same format.
+# 1. Peak memory while loading (`/usr/bin/time -v` of a one-token `camelid generate`): the
+#    target is below the final model size plus one tensor's f32 copy (the embeddings, the
+#    largest tensor).
+# 2. Speed: `camelid serve` on the folder with --quantize vs on the GGUF, each alone, ROUNDS
+#    alternations, 1 and 8 clients (P prompt / N output tokens).
+#   [ROUNDS=2] [FMT=q4_0] [P=64] [N=32] bash benches/quantize-at-load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FMT="${FMT:-q4_0}"; ROUNDS="${ROUNDS:-2}"; P="${P:-64}"; N="${N:-32}"
+BIN="${BIN:-./target/release/camelid}"
+GGUF_TYPE="$(echo "$FMT" | tr a-z A-Z)"; [ "$FMT" = q4_k ] && GGUF_TYPE=Q4_K_S
+GGUF="$(bash benches/make-1b-model.sh "$GGUF_TYPE")"
+F16="${GGUF%.*.gguf}.F16.gguf"
+HF="${F16%.F16.gguf}-hf-f16"
+[ -f "$HF/config.json" ] || "$BIN" convert --gguf "$F16" --out "$HF" --dtype f16 >&2
+OUT=benches/results; mkdir -p "$OUT"; STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+lscpu | grep -E "Model name|L3 cache"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+peak() { /usr/bin/time -v "$BIN" generate "$@" --prompt hi --max-tokens 1 2>&1 >/dev/null \
+  | awk '/Maximum resident set size/ {printf "%.0f", $6 / 1024}'; }
+python3 - "$HF" <<'PY' >"$OUT/qal-$STAMP-sizes.txt"
+import json, sys
+c = json.load(open(sys.argv[1] + "/config.json"))
+print(c["vocab_size"] * c["hidden_size"] * 4 / 2**20)
+PY
+EMB=$(cat "$OUT/qal-$STAMP-sizes.txt")
+echo "peak RSS (MiB): --quantize $FMT $(peak --model "$HF" --quantize "$FMT"); the $GGUF_TYPE GGUF $(peak --model "$GGUF"); the f16 folder kept 16-bit $(peak --model "$HF")"
+echo "target: below $(du -m "$GGUF" | cut -f1) MiB ($GGUF_TYPE file) + ${EMB%.*} MiB (embeddings as f32)"
+SERVER=""
+trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
+up() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
+  echo "server on port $1 did not come up" >&2; exit 1; }
+down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
+for r in $(seq "$ROUNDS"); do
+  for v in gguf at-load; do
+    if [ $v = gguf ]; then args=(--model "kq=$GGUF"); else args=(--model "kq=$HF" --quantize "$FMT"); fi
+    "$BIN" serve "${args[@]}" --port 18092 --max-num-seqs 8 >/tmp/qal-$v.log 2>&1 & SERVER=$!
+    up 18092
+    "$BIN" bench --endpoint http://127.0.0.1:18092 --model kq --name "$v" --prompt-tokens "$P" \
+      --output-tokens "$N" --concurrency 1,8 --json "$OUT/qal-$STAMP-$v-r$r.json" >/dev/null
+    down
+  done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$OUT" "$STAMP" "$ROUNDS" <<'PY'
+import json, sys
+out, stamp, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for r in range(1, rounds + 1):
+    for v in ["gguf", "at-load"]:
+        ls = json.load(open(f"{out}/qal-{stamp}-{v}-r{r}.json"))["levels"]
+        print(f"round {r} {v:8} " + "; ".join(
+            f"{l['clients']} client(s): decode {l['decode_tok_s_per_stream']:.1f}/stream, aggregate {l['aggregate_tok_s']:.1f} tok/s"
+            for l in ls))
+PY
