@@ -771,3 +771,28 @@ fn gemma3_layer_types_and_global_rope_scaling() {
     .to_string();
     assert!(e.contains("layer_types"), "{e}");
 }
+
+/// A Gemma 2 GGUF without the soft-capping keys caps as llama.cpp and HF's `Gemma2Config`
+/// do by default (scores 50, logits 30); its keys, where present, win.
+#[test]
+fn gemma2_gguf_without_softcap_keys_takes_the_defaults() {
+    let bare = write_model(
+        "gemma2",
+        GEMMA_SHAPES[0],
+        serde_json::json!({"sliding_window": 6}),
+        450,
+    );
+    let f = load(&write_gguf(bare.path(), "gemma2"))
+        .model
+        .config()
+        .features
+        .clone();
+    assert_eq!((f.attn_softcap, f.final_softcap), (Some(50.0), Some(30.0)));
+    let keyed = write_model("gemma2", GEMMA_SHAPES[0], gemma2_extra(6), 451);
+    let f = load(&write_gguf(keyed.path(), "gemma2"))
+        .model
+        .config()
+        .features
+        .clone();
+    assert_eq!((f.attn_softcap, f.final_softcap), (Some(4.0), Some(3.0)));
+}
