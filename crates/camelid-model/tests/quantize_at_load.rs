@@ -136,8 +136,11 @@ fn quantized_at_load_matches_llama_quantize() {
             "{name}: logits identical to the unquantized model"
         );
         let Some(src) = &gguf_f32 else {
+            // Skipped llama.cpp (CAMELID_SKIP_LLAMA_CPP=1): only a coarse bound. 0.5 was
+            // below Q4_0's own error here (ours 1.07, llama-quantize's 1.05 on this model):
+            // this path failed whenever it ran; 1.5 is 1.4× the worst format's measured error.
             assert!(
-                e_ours < 0.5,
+                e_ours < 1.5,
                 "{name}: max |Δlogit| {e_ours} vs the f32 model"
             );
             continue;
