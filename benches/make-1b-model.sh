@@ -80,12 +80,7 @@ w.close()
 PY
   mv "$BASE.tmp" "$BASE"
 fi
-CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
-QUANTIZE="$CACHE/build/bin/llama-quantize"
-if [ ! -x "$QUANTIZE" ]; then
-  bash benches/build-llama-cpp.sh >/dev/null
-  cmake --build "$CACHE/build" -j "$(nproc)" --target llama-quantize >&2
-fi
+QUANTIZE="$(bash benches/build-llama-cpp.sh llama-quantize)/llama-quantize"
 for t in "${TYPES[@]}"; do
   out="$DIR/$STEM.$t.gguf"
   [ -f "$out" ] || "$QUANTIZE" "$BASE" "$out" "$t" >&2

@@ -44,6 +44,14 @@ fi
 if [ "${CAMELID_SKIP_POSTGRES:-}" != 1 ]; then
   bash tests/pg.sh install
 fi
+# llama.cpp b11434's llama-server and llama-quantize for the tests that compare against it
+# (crates/camelid-model/tests/llama_cpp_parity.rs, quantize_at_load.rs), built from source once
+# into ~/.cache/camelid/llama.cpp (CI keeps it; see benches/build-llama-cpp.sh). Without them
+# those tests fail, unless CAMELID_SKIP_LLAMA_CPP=1.
+if [ "${CAMELID_SKIP_LLAMA_CPP:-}" != 1 ]; then
+  LLAMA_CPP_BIN="$(bash benches/build-llama-cpp.sh llama-server llama-quantize)"
+  export CAMELID_LLAMA_CPP_BIN="$LLAMA_CPP_BIN"
+fi
 cargo test --workspace "$@"
 # The kernels' AVX2 flavours again on a machine with AVX-512 (where they would otherwise never
 # run): the kernel unit tests (each against its scalar reference) with the AVX-512 paths off.

@@ -8,182 +8,16 @@ use camelid_model::kv::{HostKvCache, HostPaged, KvDtype, KvStore, FREED_BLOCK};
 use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
 use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
+use common::random_model::{self, Shape, Vocab, TINY};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
-}
+const VOCAB: usize = TINY.vocab;
+const HIDDEN: usize = TINY.hidden;
 
-const VOCAB: usize = 80;
-
-#[derive(Clone, Copy, Debug)]
-struct Shape {
-    heads: usize,
-    kv_heads: usize,
-    /// `None`: hidden / heads.
-    head_dim: Option<usize>,
-    tied: bool,
-}
-
-const HIDDEN: usize = 32;
-const INTER: usize = 64;
-const LAYERS: usize = 2;
-
-/// A random-weight HF folder of `arch` (`qwen2`, `qwen3`, `mistral`) with `extra` merged into
-/// its config.json; the tokenizer is the LLaMA fixture's (the tests feed ids).
+/// A random-weight HF folder of `arch` ([`random_model::write_hf`]) in the [`TINY`] sizes.
 fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tempfile::TempDir {
-    let guard = tempfile::Builder::new()
-        .prefix(&format!("camelid-{arch}-"))
-        .tempdir()
-        .unwrap();
-    let dir = guard.path();
-    use rand::{Rng, SeedableRng};
-    // Seeded: the same seed writes the same weights (candle's CPU generator takes no seed).
-    let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed));
-    let hd = s.head_dim.unwrap_or(HIDDEN / s.heads);
-    let layers = extra
-        .get("num_hidden_layers")
-        .and_then(|n| n.as_u64())
-        .map_or(LAYERS, |n| n as usize);
-    let gemma = arch.starts_with("gemma");
-    // Uniform with standard deviation `std`.
-    let r = |shape: &[usize], std: f32| {
-        let n: usize = shape.iter().product();
-        let half_width = std * 3f32.sqrt();
-        let v: Vec<f32> = (0..n)
-            .map(|_| rng.borrow_mut().random_range(-half_width..half_width))
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    };
-    // Gemma stores a norm's `w` of a `(1 + w)` scale.
-    let ones = |n: usize| {
-        if gemma {
-            r(&[n], 0.1)
-        } else {
-            (r(&[n], 0.1) + 1.0).unwrap()
-        }
-    };
-    let mut t = HashMap::new();
-    t.insert(
-        "model.embed_tokens.weight".to_string(),
-        r(&[VOCAB, HIDDEN], 0.5),
-    );
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
-        t.insert(
-            format!("{p}.self_attn.q_proj.weight"),
-            r(&[qw, HIDDEN], 0.3),
-        );
-        t.insert(
-            format!("{p}.self_attn.k_proj.weight"),
-            r(&[kw, HIDDEN], 0.3),
-        );
-        t.insert(
-            format!("{p}.self_attn.v_proj.weight"),
-            r(&[kw, HIDDEN], 0.3),
-        );
-        t.insert(
-            format!("{p}.self_attn.o_proj.weight"),
-            r(&[HIDDEN, qw], 0.3),
-        );
-        if arch == "qwen2" {
-            for (n, w) in [("q", qw), ("k", kw), ("v", kw)] {
-                t.insert(format!("{p}.self_attn.{n}_proj.bias"), r(&[w], 0.5));
-            }
-        }
-        if gemma {
-            t.insert(
-                format!("{p}.pre_feedforward_layernorm.weight"),
-                ones(HIDDEN),
-            );
-            t.insert(
-                format!("{p}.post_feedforward_layernorm.weight"),
-                ones(HIDDEN),
-            );
-        }
-        if arch == "qwen3" || arch == "gemma3" {
-            t.insert(format!("{p}.self_attn.q_norm.weight"), ones(hd));
-            t.insert(format!("{p}.self_attn.k_norm.weight"), ones(hd));
-        }
-        t.insert(
-            format!("{p}.mlp.gate_proj.weight"),
-            r(&[INTER, HIDDEN], 0.3),
-        );
-        t.insert(format!("{p}.mlp.up_proj.weight"), r(&[INTER, HIDDEN], 0.3));
-        t.insert(
-            format!("{p}.mlp.down_proj.weight"),
-            r(&[HIDDEN, INTER], 0.3),
-        );
-        t.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN));
-        t.insert(format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN));
-        if arch == "phi3" {
-            // Phi-3 stores Q, K, V as one matrix and gate, up as another.
-            let mut take = |n: &str| t.remove(&format!("{p}.{n}.weight")).unwrap();
-            let qkv = [
-                take("self_attn.q_proj"),
-                take("self_attn.k_proj"),
-                take("self_attn.v_proj"),
-            ];
-            let gate_up = [take("mlp.gate_proj"), take("mlp.up_proj")];
-            t.insert(
-                format!("{p}.self_attn.qkv_proj.weight"),
-                Tensor::cat(&qkv, 0).unwrap(),
-            );
-            t.insert(
-                format!("{p}.mlp.gate_up_proj.weight"),
-                Tensor::cat(&gate_up, 0).unwrap(),
-            );
-        }
-    }
-    t.insert("model.norm.weight".into(), ones(HIDDEN));
-    if !s.tied {
-        t.insert("lm_head.weight".into(), r(&[VOCAB, HIDDEN], 0.3));
-    }
-    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
-    let class = match arch {
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        "mistral" => "MistralForCausalLM",
-        "phi3" => "Phi3ForCausalLM",
-        "gemma2" => "Gemma2ForCausalLM",
-        "gemma3" => "Gemma3ForCausalLM",
-        other => panic!("{other}"),
-    };
-    // Every field candle-transformers' configs require, as the HF configs of these models
-    // have them.
-    let mut cfg = serde_json::json!({
-        "architectures": [class], "model_type": arch, "hidden_size": HIDDEN,
-        "intermediate_size": INTER, "vocab_size": VOCAB, "num_hidden_layers": LAYERS,
-        "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": hd,
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 256,
-        "tie_word_embeddings": s.tied, "bos_token_id": 1, "eos_token_id": 2,
-        "hidden_act": "silu", "sliding_window": null, "use_sliding_window": false,
-        "max_window_layers": LAYERS, "attention_bias": false
-    });
-    if gemma {
-        // Gemma's fields (candle-transformers' configs require each); the tests' values
-        // bend the tiny models' scores and logits (the real ones are 50 and 30).
-        let g = serde_json::json!({"model_type": if arch == "gemma3" { "gemma3_text" } else { arch },
-            "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
-            "query_pre_attn_scalar": hd, "attn_logit_softcapping": null,
-            "final_logit_softcapping": null, "sliding_window": 4096, "sliding_window_pattern": 2,
-            "rope_local_base_freq": 100.0});
-        for (k, v) in g.as_object().unwrap() {
-            cfg[k] = v.clone();
-        }
-    }
-    for (k, v) in extra.as_object().unwrap() {
-        cfg[k] = v.clone();
-    }
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    std::fs::copy(
-        fixture().join("tokenizer.model"),
-        dir.join("tokenizer.model"),
-    )
-    .unwrap();
-    guard
+    random_model::write_hf(arch, s, &TINY, extra, seed)
 }
 
 /// Deterministic pseudo-random ids in the vocabulary (BOS first).
@@ -668,54 +502,10 @@ fn mistral_sliding_window_matches_candle_transformers_and_the_paged_path() {
     );
 }
 
-/// The folder's weights and config as a GGUF of architecture `gguf_arch`, written by llama.cpp's
-/// gguf-py (`tests/gguf/write_gguf.py`: its key and tensor names, its converter's Q/K
-/// permutation for `llama`), f32 like the folder.
+/// The folder's weights and config as a GGUF written by gguf-py, f32 like the folder, the
+/// fixture's vocabulary ([`random_model::write_gguf`]).
 fn write_gguf(dir: &Path, gguf_arch: &str) -> PathBuf {
-    let python = std::env::var("CAMELID_TEST_PYTHON").expect(
-        "CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the \
-         venv with the gguf package)",
-    );
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let tensors =
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let raw = dir.join("raw");
-    std::fs::create_dir_all(&raw).unwrap();
-    let mut list = vec![];
-    for (i, (name, t)) in tensors.iter().enumerate() {
-        let file = raw.join(format!("{i}.f32"));
-        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        std::fs::write(&file, bytes).unwrap();
-        list.push(serde_json::json!({"name": name, "shape": t.dims(), "file": file}));
-    }
-    let tok =
-        camelid_model::text::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model"))
-            .unwrap();
-    let tokens: Vec<String> = (0..VOCAB as u32)
-        .map(|i| tok.id_to_token(i).unwrap_or_else(|| format!("<extra{i}>")))
-        .collect();
-    // SentencePiece's types: 2 unknown, 3 control, 1 normal.
-    let types: Vec<i32> = (0..VOCAB)
-        .map(|i| [2, 3, 3].get(i).copied().unwrap_or(1))
-        .collect();
-    let out = dir.join(format!("model-{gguf_arch}.gguf"));
-    let spec = serde_json::json!({"arch": gguf_arch, "out": out, "hparams": cfg,
-        "tokens": tokens, "token_types": types, "tensors": list});
-    let spec_path = dir.join("gguf-spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf/write_gguf.py");
-    let st = std::process::Command::new(python)
-        .arg(script)
-        .arg(&spec_path)
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "write_gguf.py failed (is the gguf package installed?)"
-    );
-    out
+    random_model::write_gguf(dir, gguf_arch, &Vocab::Fixture)
 }
 
 /// The same random weights as an HF folder and as a GGUF written by gguf-py: the same
@@ -980,4 +770,29 @@ fn gemma3_layer_types_and_global_rope_scaling() {
     .expect("an irregular layer_types is refused")
     .to_string();
     assert!(e.contains("layer_types"), "{e}");
+}
+
+/// A Gemma 2 GGUF without the soft-capping keys caps as llama.cpp and HF's `Gemma2Config`
+/// do by default (scores 50, logits 30); its keys, where present, win.
+#[test]
+fn gemma2_gguf_without_softcap_keys_takes_the_defaults() {
+    let bare = write_model(
+        "gemma2",
+        GEMMA_SHAPES[0],
+        serde_json::json!({"sliding_window": 6}),
+        450,
+    );
+    let f = load(&write_gguf(bare.path(), "gemma2"))
+        .model
+        .config()
+        .features
+        .clone();
+    assert_eq!((f.attn_softcap, f.final_softcap), (Some(50.0), Some(30.0)));
+    let keyed = write_model("gemma2", GEMMA_SHAPES[0], gemma2_extra(6), 451);
+    let f = load(&write_gguf(keyed.path(), "gemma2"))
+        .model
+        .config()
+        .features
+        .clone();
+    assert_eq!((f.attn_softcap, f.final_softcap), (Some(4.0), Some(3.0)));
 }

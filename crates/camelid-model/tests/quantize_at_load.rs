@@ -9,6 +9,7 @@ mod common;
 use camelid_model::{LoadOptions, LoadedModel};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
+use common::random_model::Vocab;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -82,65 +83,6 @@ fn write_model(dir: &Path) -> serde_json::Value {
     cfg
 }
 
-/// The HF folder's tensors as an f32 GGUF written by gguf-py (`tests/gguf/write_gguf.py`).
-fn write_gguf(dir: &Path, cfg: &serde_json::Value, python: &str) -> PathBuf {
-    let tensors =
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let raw = dir.join("raw");
-    std::fs::create_dir_all(&raw).unwrap();
-    let mut list = vec![];
-    for (i, (name, t)) in tensors.iter().enumerate() {
-        let file = raw.join(format!("{i}.f32"));
-        let v: Vec<f32> = t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        std::fs::write(&file, bytes).unwrap();
-        list.push(serde_json::json!({"name": name, "shape": t.dims(), "file": file}));
-    }
-    let tok =
-        camelid_model::text::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model"))
-            .unwrap();
-    let tokens: Vec<String> = (0..VOCAB as u32)
-        .map(|i| tok.id_to_token(i).unwrap_or_else(|| format!("<extra{i}>")))
-        .collect();
-    let types: Vec<i32> = (0..VOCAB)
-        .map(|i| [2, 3, 3].get(i).copied().unwrap_or(1))
-        .collect();
-    let out = dir.join("model-f32.gguf");
-    let spec = serde_json::json!({"arch": "llama", "out": out, "hparams": cfg,
-        "tokens": tokens, "token_types": types, "tensors": list});
-    let spec_path = dir.join("gguf-spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf/write_gguf.py");
-    let st = std::process::Command::new(python)
-        .arg(script)
-        .arg(&spec_path)
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "write_gguf.py failed (is the gguf package installed?)"
-    );
-    out
-}
-
-/// llama.cpp's `llama-quantize`: `CAMELID_LLAMA_QUANTIZE`, or the one
-/// `benches/build-llama-cpp.sh` builds.
-fn llama_quantize() -> Option<PathBuf> {
-    let p = std::env::var_os("CAMELID_LLAMA_QUANTIZE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/camelid/llama.cpp/build/bin/llama-quantize"))
-        })?;
-    p.exists().then_some(p)
-}
-
 fn logits(lm: &LoadedModel, ids: &[u32]) -> Vec<Vec<f32>> {
     lm.model.logits_all(ids).unwrap().to_vec2().unwrap()
 }
@@ -155,7 +97,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 #[test]
 fn quantized_at_load_matches_llama_quantize() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_model(dir.path());
+    write_model(dir.path());
     let hf = dir.path().to_str().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     let ids: Vec<u32> = std::iter::once(1)
@@ -163,16 +105,11 @@ fn quantized_at_load_matches_llama_quantize() {
         .collect();
     let exact = camelid_model::load(Some(hf), &LoadOptions::default()).unwrap();
     let want = logits(&exact, &ids);
-    let gguf_f32 = match (std::env::var("CAMELID_TEST_PYTHON"), llama_quantize()) {
-        (Ok(py), Some(_)) => Some(write_gguf(dir.path(), &cfg, &py)),
-        _ => {
-            eprintln!(
-                "SKIPPED the llama.cpp half: needs CAMELID_TEST_PYTHON (gguf-py) and llama-quantize \
-                 (benches/build-llama-cpp.sh or CAMELID_LLAMA_QUANTIZE)"
-            );
-            None
-        }
-    };
+    // The llama.cpp half: fails without llama-quantize unless CAMELID_SKIP_LLAMA_CPP=1.
+    let quantize = common::llama_cpp::binary("llama-quantize");
+    let gguf_f32 = quantize
+        .as_ref()
+        .map(|_| common::random_model::write_gguf(dir.path(), "llama", &Vocab::Fixture));
     for (q, name) in [
         (GgmlDType::Q4_0, "Q4_0"),
         (GgmlDType::Q5_1, "Q5_1"),
@@ -199,14 +136,17 @@ fn quantized_at_load_matches_llama_quantize() {
             "{name}: logits identical to the unquantized model"
         );
         let Some(src) = &gguf_f32 else {
+            // Skipped llama.cpp (CAMELID_SKIP_LLAMA_CPP=1): only a coarse bound. 0.5 was
+            // below Q4_0's own error here (ours 1.07, llama-quantize's 1.05 on this model):
+            // this path failed whenever it ran; 1.5 is 1.4× the worst format's measured error.
             assert!(
-                e_ours < 0.5,
+                e_ours < 1.5,
                 "{name}: max |Δlogit| {e_ours} vs the f32 model"
             );
             continue;
         };
         let out = dir.path().join(format!("model-{name}.gguf"));
-        let st = std::process::Command::new(llama_quantize().unwrap())
+        let st = std::process::Command::new(quantize.as_ref().unwrap())
             .args(["--pure", "--token-embedding-type", "f32"])
             .arg(src)
             .arg(&out)

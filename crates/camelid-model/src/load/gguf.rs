@@ -205,8 +205,12 @@ impl GgufFile {
             features.attn_scale = Some(crate::models::gemma2::gguf_attn_scale(
                 arch.name, num_layers, hidden, heads, head_dim,
             ));
-            features.attn_softcap = meta_f("attn_logit_softcapping");
-            features.final_softcap = meta_f("final_logit_softcapping");
+            // Without the keys llama.cpp's gemma2 caps at HF's `Gemma2Config` defaults.
+            let gemma2 = arch.name == "gemma2";
+            features.attn_softcap =
+                meta_f("attn_logit_softcapping").or(gemma2.then_some(GEMMA2_ATTN_SOFTCAP));
+            features.final_softcap =
+                meta_f("final_logit_softcapping").or(gemma2.then_some(GEMMA2_FINAL_SOFTCAP));
             if sliding_window.is_some() {
                 features.global_every = Some(if arch.name == "gemma2" {
                     2
@@ -314,6 +318,11 @@ impl GgufFile {
         .map_err(|e| Error::BadWeights(format!("{}: tensor {gguf_name}: {e}", self.path.display())))
     }
 }
+
+/// Gemma 2's soft-capping of attention scores and of logits where a GGUF has no key
+/// (`Gemma2Config`'s defaults, llama.cpp's too).
+pub const GEMMA2_ATTN_SOFTCAP: f32 = 50.0;
+pub const GEMMA2_FINAL_SOFTCAP: f32 = 30.0;
 
 fn value_u64(v: &Value) -> Option<u64> {
     Some(match v {

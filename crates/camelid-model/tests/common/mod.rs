@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod llama_cpp;
+pub mod random_model;
+
 use camelid_model::LoadOptions;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

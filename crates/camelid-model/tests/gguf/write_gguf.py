@@ -4,7 +4,9 @@ for the llama architecture, convert_hf_to_gguf.py's Q/K row permutation, for Gem
 shifted by one and its soft-capping keys. camelid's reader is
 tested against this, not against names it wrote itself.
 
-Usage: write_gguf.py spec.json   (spec: see crates/camelid-model/tests/architectures.rs)
+Usage: write_gguf.py spec.json   (spec: see crates/camelid-model/tests/common/random_model.rs;
+its vocabulary either listed, `tokens` and `token_types`, or copied from the GGUF
+`tokenizer_from`)
 """
 import json
 import sys
@@ -19,6 +21,17 @@ def permute(w, n_head, n_head_kv):
         n_head = n_head_kv
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
+
+
+def copy_tokenizer(w, src):
+    # Every tokenizer.* field of another GGUF, as benches/make-1b-model.sh copies them.
+    reader = gguf.GGUFReader(src)
+    for name, field in reader.fields.items():
+        if not name.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, field.contents(), vtype, sub_type=sub)
 
 
 def main():
@@ -60,17 +73,23 @@ def main():
                      np.array(rs["short_factor"], dtype=np.float32))
     if h.get("sliding_window"):
         w.add_sliding_window(h["sliding_window"])
+    # convert_hf_to_gguf.py (TextModel): Gemma 3's local rope base as `rope.freq_base_swa`.
+    if arch_name == "gemma3" and h.get("rope_local_base_freq") is not None:
+        w.add_rope_freq_base_swa(h["rope_local_base_freq"])
     # convert_hf_to_gguf.py's Gemma2Model writes both soft-cappings (Gemma 3's are null).
     if h.get("attn_logit_softcapping") is not None:
         w.add_attn_logit_softcapping(h["attn_logit_softcapping"])
     if h.get("final_logit_softcapping") is not None:
         w.add_final_logit_softcapping(h["final_logit_softcapping"])
-    w.add_tokenizer_model("llama")
-    w.add_token_list(spec["tokens"])
-    w.add_token_scores([-float(i) for i in range(len(spec["tokens"]))])
-    w.add_token_types(spec["token_types"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    if spec.get("tokenizer_from"):
+        copy_tokenizer(w, spec["tokenizer_from"])
+    else:
+        w.add_tokenizer_model("llama")
+        w.add_token_list(spec["tokens"])
+        w.add_token_scores([-float(i) for i in range(len(spec["tokens"]))])
+        w.add_token_types(spec["token_types"])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
     names = gguf.get_tensor_name_map(arch, h["num_hidden_layers"])
     for t in spec["tensors"]:
         data = np.fromfile(t["file"], dtype=np.float32).reshape(t["shape"])
