@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod random_models;
+
 use camelid_model::LoadOptions;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
