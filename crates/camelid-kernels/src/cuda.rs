@@ -459,8 +459,7 @@ pub fn rope_inplace(
 ) -> Result<()> {
     let (tokens, _, head_dim) = x.dims3()?;
     let (_, half) = freqs.inv_freq.dims2()?;
-    if half * 2 != head_dim || positions.dims1()? != tokens || freqs.freq_row.dims1()? != tokens
-    {
+    if half * 2 != head_dim || positions.dims1()? != tokens || freqs.freq_row.dims1()? != tokens {
         bail!(
             "rope_inplace: x {:?}, positions {:?}, inv_freq {:?}, freq_row {:?}",
             x.shape(),
@@ -572,7 +571,11 @@ impl CustomOp1 for ActMul {
         let inter = width / 2;
         let (a, b_) = contiguous(l, "gate_up")?;
         let dev = s.device().clone();
-        let kernel = if self.gelu { "gelu_tanh_mul" } else { "silu_mul" };
+        let kernel = if self.gelu {
+            "gelu_tanh_mul"
+        } else {
+            "silu_mul"
+        };
         let f = func(&dev, "layers", kernel, s.dtype())?;
         let n = (rows * inter) as u32;
         let cfg = LaunchConfig::for_num_elems(n.max(1));

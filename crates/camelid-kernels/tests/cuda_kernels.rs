@@ -373,7 +373,10 @@ fn gelu_tanh_mul_matches_the_cpu() {
     let Some(dev) = cuda() else { return };
     let (rows, inter) = (5, 9216);
     // Gates over ±4: the tanh's curve, not only its linear middle.
-    let gu: Vec<f32> = random(rows * 2 * inter, 12).iter().map(|v| 4.0 * v).collect();
+    let gu: Vec<f32> = random(rows * 2 * inter, 12)
+        .iter()
+        .map(|v| 4.0 * v)
+        .collect();
     for dt in DTYPES {
         let t = Tensor::from_vec(gu.clone(), (rows, 2 * inter), &dev)
             .unwrap()
@@ -449,14 +452,7 @@ impl AttentionCase {
 
     /// The case's inputs rounded to `dt` (what both kernels then see).
     fn rounded(&self, dt: DType) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let r = |x: &[f32]| {
-            to_vec(
-                &Tensor::new(x, &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(dt)
-                    .unwrap(),
-            )
-        };
+        let r = |x: &[f32]| to_vec(&Tensor::new(x, &Device::Cpu).unwrap().to_dtype(dt).unwrap());
         (r(&self.q), r(&self.k), r(&self.v))
     }
 
@@ -555,7 +551,10 @@ impl AttentionCase {
             .zip(unchanged.chunks(row))
             .map(|(a, b)| rel_err(a, b))
             .fold(0f32, f32::max);
-        assert!(moved > 0.1, "{p:?} vs {plain:?} moves the output only {moved}");
+        assert!(
+            moved > 0.1,
+            "{p:?} vs {plain:?} moves the output only {moved}"
+        );
         for dt in DTYPES {
             let want = self.cpu(&self.rounded(dt), p);
             let got = self.cuda(dev, dt, p);

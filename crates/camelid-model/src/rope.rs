@@ -437,7 +437,11 @@ mod tests {
                 );
             }
         }
-        assert_eq!(r.attention_factor(), attention as f32, "the kernels' factor");
+        assert_eq!(
+            r.attention_factor(),
+            attention as f32,
+            "the kernels' factor"
+        );
     }
 
     /// Phi-3-mini-128k's LongRoPE shape (head 96, θ 10 000, 4 096 → 131 072 positions) with
@@ -487,6 +491,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(r.attention_factor(), attention as f32, "the kernels' factor");
+        assert_eq!(
+            r.attention_factor(),
+            attention as f32,
+            "the kernels' factor"
+        );
     }
 }

@@ -92,8 +92,7 @@ impl DeviceBatch {
     /// `None` when this model/store/device does not take the kernel path.
     fn new(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore) -> Result<Option<Self>> {
         let dev = model.device();
-        if !dev.is_cuda() || !cuda_ops::enabled() || model.cfg.head_dim > cuda_ops::MAX_HEAD_DIM
-        {
+        if !dev.is_cuda() || !cuda_ops::enabled() || model.cfg.head_dim > cuda_ops::MAX_HEAD_DIM {
             return Ok(None);
         }
         let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
