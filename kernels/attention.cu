@@ -9,6 +9,11 @@
 // token, context = its position + 1). Each (row, head, split) thread block scores a partition of
 // the context; `paged_attention_reduce` merges the partitions (split-K, flash-decoding style), so
 // long contexts spread over many SMs. GQA reads the shared KV head directly (no repeated K/V).
+// The CPU kernel's semantics (crates/camelid-kernels/src/attention): scores `scale * q.k`,
+// soft-capped to `softcap * tanh(s / softcap)` when softcap > 0 (Gemma 2), and with a sliding
+// window (window > 0) a row sees only its last `window` positions, ctx - window .. ctx - 1 (the
+// CPU's `first_key`): the splits partition those positions, so keys before the window are
+// never read (nor their block-table entries).
 #include "common.cuh"
 
 // cache[slot_mapping[t]] = src[t] for every token t (one row of kv_heads * head_dim values);
@@ -44,6 +49,7 @@ constexpr int MAX_HEAD_DIM = 256;
 // block_tables: seqs x max_blocks
 // part_out:     rows x q_heads x splits x head_dim  (f32, unnormalised)
 // part_max/sum: rows x q_heads x splits
+// window:       0, or the positions a row sees (its own included); softcap: 0 or the cap
 template <typename T>
 __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k_cache,
                                 const T* __restrict__ v_cache, const int* __restrict__ row_seq,
@@ -51,11 +57,13 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
                                 const int* __restrict__ block_tables, float* __restrict__ part_out,
                                 float* __restrict__ part_max, float* __restrict__ part_sum,
                                 int q_heads, int kv_heads, int head_dim, int block_size,
-                                int max_blocks, int splits, float scale) {
+                                int max_blocks, int splits, float scale, int window,
+                                float softcap) {
   const int head = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int kv_head = head / (q_heads / kv_heads);
   const int ctx = row_ctx[row];
-  const int p0 = split * PARTITION;
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int p0 = first + split * PARTITION;
   const int p1 = min(ctx, p0 + PARTITION);
   const int64_t part = ((int64_t)row * q_heads + head) * splits + split;
   if (p0 >= p1) {
@@ -85,7 +93,7 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
     float s = 0.f;
     for (int d = lane; d < head_dim; d += 32) s += q_s[d] * to_float(key[d]);
     s = warp_sum(s);
-    if (lane == 0) scores[p - p0] = s;
+    if (lane == 0) scores[p - p0] = softcap > 0.f ? softcap * tanhf(s / softcap) : s;
   }
   __syncthreads();
 
@@ -137,10 +145,11 @@ __device__ void paged_attention_reduce(const float* __restrict__ part_out,
   extern "C" __global__ void __launch_bounds__(ATTN_THREADS) paged_attention_##SUFFIX(         \
       const T* q, const T* k_cache, const T* v_cache, const int* row_seq, const int* row_ctx,  \
       const int* block_tables, float* part_out, float* part_max, float* part_sum, int q_heads, \
-      int kv_heads, int head_dim, int block_size, int max_blocks, int splits, float scale) {   \
+      int kv_heads, int head_dim, int block_size, int max_blocks, int splits, float scale,     \
+      int window, float softcap) {                                                             \
     paged_attention<T>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, part_out,          \
                        part_max, part_sum, q_heads, kv_heads, head_dim, block_size,            \
-                       max_blocks, splits, scale);                                             \
+                       max_blocks, splits, scale, window, softcap);                            \
   }                                                                                            \
   extern "C" __global__ void paged_attention_reduce_##SUFFIX(                                  \
       const float* part_out, const float* part_max, const float* part_sum, T* out,             \

@@ -2,8 +2,9 @@
 # Builds camelid with `--features cuda` on a machine without a GPU or a CUDA install.
 #   bash kernels/build-cuda.sh          stripped release binary -> $CACHE/cuda-target/camelid-cuda (CI)
 #   bash kernels/build-cuda.sh check    `cargo check` of the cuda feature only (CI)
-#   bash kernels/build-cuda.sh stage    build, then fill .gpu/ (binary, kernel tests, the default
-#                                       model's tokenizer.json) to carry to the GPU machine.
+#   bash kernels/build-cuda.sh stage    build, then fill .gpu/ (binary, kernel tests, the CUDA
+#                                       runtime's model tests, the default model's tokenizer.json)
+#                                       to carry to the GPU machine.
 # The toolchain (CUDA 13.0 from PyPI wheels, via ../shared/cuda/setup-cuda.sh) and the target
 # directory live in the cache, outside the clone, so a second run only rebuilds what changed.
 # The binary targets a portable CPU baseline (x86-64-v3), not this machine's `native`: it runs
@@ -26,26 +27,31 @@ fi
 source "$TOOLCHAIN/env.sh"
 export CARGO_TARGET_DIR="${CAMELID_CUDA_TARGET:-$CACHE/cuda-target}"
 export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64-v3}"
+# The packages and features of the release build: the binary, the kernels' device tests
+# (camelid-kernels/tests/cuda_kernels.rs), the CUDA runtime's (camelid-model/tests/cuda_runtime.rs).
+TESTS=(-p camelid -p camelid-kernels -p camelid-model
+  --features camelid/cuda,camelid-kernels/cuda,camelid-model/cuda)
 case "$MODE" in
   check) cargo check --workspace --all-targets --features camelid/cuda,camelid-model/cuda,camelid-kernels/cuda ;;
   build)
-    # The binary and the kernel-test binary in one invocation (one feature resolution, so
-    # candle is compiled once for both); CI thereby compiles tests/cuda_kernels.rs too.
-    cargo build --release -p camelid -p camelid-kernels --features camelid/cuda,camelid-kernels/cuda \
-      --bin camelid --test cuda_kernels
+    # The binary and the device-test binaries in one invocation (one feature resolution, so
+    # candle is compiled once for all); CI thereby compiles the device tests too.
+    cargo build --release "${TESTS[@]}" --bin camelid --test cuda_kernels --test cuda_runtime
     # Line tables make the binary ~150 MB; the device tool carries at most 64 MiB.
     strip -o "$CARGO_TARGET_DIR/camelid-cuda" "$CARGO_TARGET_DIR/release/camelid"
     echo "$CARGO_TARGET_DIR/camelid-cuda"
     ;;
   stage)
     bash "$0" build
-    # The kernel-vs-CPU tests (built by `build`), as a binary the GPU machine (no Rust there) can run.
-    test_bin=$(cargo build --release -p camelid -p camelid-kernels --features camelid/cuda,camelid-kernels/cuda \
-      --bin camelid --test cuda_kernels --message-format=json \
-      | grep -o '"executable":"[^"]*cuda_kernels[^"]*"' | cut -d'"' -f4 | tail -1)
-    strip -o "$CARGO_TARGET_DIR/cuda-kernel-tests" "$test_bin"
+    # The device tests (built by `build`), as binaries the GPU machine (no Rust there) can run.
+    json=$(cargo build --release "${TESTS[@]}" --bin camelid --test cuda_kernels --test cuda_runtime \
+      --message-format=json)
+    exe() { grep -o "\"executable\":\"[^\"]*$1[^\"]*\"" <<<"$json" | cut -d'"' -f4 | tail -1; }
+    strip -o "$CARGO_TARGET_DIR/cuda-kernel-tests" "$(exe cuda_kernels)"
+    strip -o "$CARGO_TARGET_DIR/cuda-runtime-tests" "$(exe cuda_runtime)"
     mkdir -p .gpu
-    cp "$CARGO_TARGET_DIR/camelid-cuda" "$CARGO_TARGET_DIR/cuda-kernel-tests" .gpu/
+    cp "$CARGO_TARGET_DIR/camelid-cuda" "$CARGO_TARGET_DIR/cuda-kernel-tests" \
+      "$CARGO_TARGET_DIR/cuda-runtime-tests" .gpu/
     bash models/fetch-default.sh >/dev/null
     # The CPU build (its own target dir and flags) converts the default model for its tokenizer.
     (unset CARGO_TARGET_DIR RUSTFLAGS; cargo run --quiet --release -p camelid -- convert --out /tmp/camelid-stage-hf --dtype bf16)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # camelid on the lent GPU machine, in one device call (≤ 8 minutes); prints a table last and
 # writes JSON lines under $OUT. Prepare here first:  bash kernels/build-cuda.sh stage
-# (fills .gpu/ with the stripped CUDA binary, the kernel-test binary and the default model's
-# tokenizer.json) and carry `.gpu`. If /tmp/camelid-default.gguf exists on the machine (the
+# (fills .gpu/ with the stripped CUDA binary, the kernel-test and runtime-test binaries and the
+# default model's tokenizer.json) and carry `.gpu`. If /tmp/camelid-default.gguf exists on the machine (the
 # 98 MB default model does not fit one call's 64 MiB: send it in two halves over warm calls,
 # see benches/gpu/README.md), correctness also runs on the real weights.
 set -uo pipefail
@@ -21,6 +21,12 @@ log "1. kernels against CPU references"
 CAMELID_REQUIRE_GPU=1 timeout 180 .gpu/cuda-kernel-tests --test-threads 1 2>&1 | tee "$OUT/kernel-tests.txt" | tail -15
 grep -q "test result: ok" "$OUT/kernel-tests.txt" && ! grep -q SKIPPED "$OUT/kernel-tests.txt" \
   && echo '{"check":"kernels","pass":true}' >> "$RES" || echo '{"check":"kernels","pass":false}' >> "$RES"
+
+log "1b. every architecture: the CUDA kernel runtime against the tensor runtime"
+# Run from the repository's root: the tests read the tokenizer fixture under tests/fixtures.
+CAMELID_REQUIRE_GPU=1 timeout 240 .gpu/cuda-runtime-tests --test-threads 1 2>&1 | tee "$OUT/runtime-tests.txt" | tail -25
+grep -q "test result: ok" "$OUT/runtime-tests.txt" && ! grep -q SKIPPED "$OUT/runtime-tests.txt" \
+  && echo '{"check":"cuda-runtime","pass":true}' >> "$RES" || echo '{"check":"cuda-runtime","pass":false}' >> "$RES"
 
 log "2. random-weight models (transformers, on the GPU)"
 timeout 240 $PY benches/gpu/models.py make "$M" 2>&1 | tail -5

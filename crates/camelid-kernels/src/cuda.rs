@@ -1,6 +1,8 @@
 //! camelid's own CUDA kernels (`kernels/*.cu`, compiled to PTX by build.rs) as candle ops:
-//! paged attention over block tables (split-K), the paged KV-cache write, residual add +
-//! RMSNorm, rotary embedding in place, SiLU·mul. f32, f16 and bf16.
+//! paged attention over block tables (split-K; a scale, a sliding window and soft-capping as
+//! the CPU kernel takes them), the paged KV-cache write, residual add + RMSNorm, rotary
+//! embedding in place (per-chunk frequencies, an attention factor), SiLU·mul and GELU·mul.
+//! f32, f16 and bf16.
 //!
 //! Cache layout: `(slots, kv_heads, head_dim)` per layer, the same as the CPU's
 //! [`crate::attention::HostKvCache`]. Metadata (block tables, context lengths, slot
@@ -27,7 +29,8 @@ const LAYERS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layers.ptx"));
 
 /// Context positions per attention split (`PARTITION` in attention.cu).
 pub const PARTITION: usize = 512;
-const MAX_HEAD_DIM: usize = 256;
+/// The largest head [`paged_attention`] takes (`MAX_HEAD_DIM` in attention.cu).
+pub const MAX_HEAD_DIM: usize = 256;
 
 fn suffix(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
@@ -158,6 +161,17 @@ pub struct AttentionRows {
     pub block_size: usize,
 }
 
+/// How one layer's queries score keys, as the CPU kernel's `attention::Heads` says it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    /// Multiplies `q · k`.
+    pub scale: f32,
+    /// The query at position `p` sees keys `p + 1 - w ..= p` only (`None`: every earlier key).
+    pub window: Option<usize>,
+    /// Scores soft-capped to `cap · tanh(s / cap)` before the softmax.
+    pub softcap: Option<f32>,
+}
+
 /// `q (rows, q_heads, head_dim)` against the paged `k_cache`/`v_cache`
 /// `(slots, kv_heads, head_dim)`; returns `(rows, q_heads, head_dim)`.
 pub fn paged_attention(
@@ -165,8 +179,13 @@ pub fn paged_attention(
     k_cache: &Tensor,
     v_cache: &Tensor,
     rows: &AttentionRows,
-    scale: f32,
+    params: AttentionParams,
 ) -> Result<Tensor> {
+    if params.window == Some(0) || params.softcap.is_some_and(|c| c.is_nan() || c <= 0.0) {
+        bail!("paged_attention: {params:?} (a window and a cap must be > 0)");
+    }
+    // A row sees at most `window` positions: the splits cover that many.
+    let span = params.window.map_or(rows.max_ctx, |w| w.min(rows.max_ctx));
     q.apply_op3_no_bwd(
         k_cache,
         v_cache,
@@ -174,9 +193,12 @@ pub fn paged_attention(
             row_seq: rows.row_seq.clone(),
             row_ctx: rows.row_ctx.clone(),
             block_tables: rows.block_tables.clone(),
-            splits: rows.max_ctx.div_ceil(PARTITION).max(1),
+            splits: span.div_ceil(PARTITION).max(1),
             block_size: rows.block_size,
-            scale,
+            scale: params.scale,
+            // 0: none, in the kernel's terms (a window past i32 covers every context).
+            window: params.window.map_or(0, |w| w.min(i32::MAX as usize) as i32),
+            softcap: params.softcap.unwrap_or(0.0),
         },
     )
 }
@@ -188,6 +210,8 @@ struct PagedAttention {
     splits: usize,
     block_size: usize,
     scale: f32,
+    window: i32,
+    softcap: f32,
 }
 
 impl CustomOp3 for PagedAttention {
@@ -291,6 +315,8 @@ impl CustomOp3 for PagedAttention {
                     b.arg(i);
                 }
                 b.arg(&self.scale);
+                b.arg(&self.window);
+                b.arg(&self.softcap);
                 // Safety: shapes checked above; block tables and contexts come from the engine.
                 unsafe { b.launch(cfg) }.w()?;
                 // Safety: written by the reduce kernel before any read.
@@ -414,24 +440,48 @@ impl CustomOp3 for AddRmsNorm {
     }
 }
 
-/// Rotates `x (tokens, heads, head_dim)` in place at `positions` (u32 per token, device);
-/// `inv_freq` holds `head_dim / 2` f32 frequencies (device).
+/// Rotary frequencies for [`rope_inplace`]: `inv_freq (rows, head_dim / 2)` f32 and, per
+/// token, the row it takes (`freq_row`, u32), all on the device; cos and sin are multiplied
+/// by `mscale` (YaRN's and LongRoPE's attention factor; 1 otherwise).
+pub struct RopeFreqs<'a> {
+    pub inv_freq: &'a Tensor,
+    pub freq_row: &'a Tensor,
+    pub mscale: f32,
+}
+
+/// Rotates `x (tokens, heads, head_dim)` in place at `positions` (u32 per token, device),
+/// token `t` with frequencies `freqs.inv_freq[freqs.freq_row[t]]`.
 pub fn rope_inplace(
     x: &Tensor,
     positions: &Tensor,
-    inv_freq: &Tensor,
+    freqs: &RopeFreqs,
     interleaved: bool,
 ) -> Result<()> {
+    let (tokens, _, head_dim) = x.dims3()?;
+    let (_, half) = freqs.inv_freq.dims2()?;
+    if half * 2 != head_dim || positions.dims1()? != tokens || freqs.freq_row.dims1()? != tokens {
+        bail!(
+            "rope_inplace: x {:?}, positions {:?}, inv_freq {:?}, freq_row {:?}",
+            x.shape(),
+            positions.shape(),
+            freqs.inv_freq.shape(),
+            freqs.freq_row.shape()
+        );
+    }
     x.inplace_op1(&RopeInplace {
         positions: positions.clone(),
-        inv_freq: inv_freq.clone(),
+        freq_row: freqs.freq_row.clone(),
+        inv_freq: freqs.inv_freq.clone(),
+        mscale: freqs.mscale,
         interleaved,
     })
 }
 
 struct RopeInplace {
     positions: Tensor,
+    freq_row: Tensor,
     inv_freq: Tensor,
+    mscale: f32,
     interleaved: bool,
 }
 
@@ -447,7 +497,12 @@ impl InplaceOp1 for RopeInplace {
         let (x0, x1) = contiguous(xl, "x")?;
         let (g1, l1) = self.positions.storage_and_layout();
         let (g2, l2) = self.inv_freq.storage_and_layout();
-        let (pos, inv) = (view::<u32>(&g1, l1)?, view::<f32>(&g2, l2)?);
+        let (g3, l3) = self.freq_row.storage_and_layout();
+        let (pos, inv, rows) = (
+            view::<u32>(&g1, l1)?,
+            view::<f32>(&g2, l2)?,
+            view::<u32>(&g3, l3)?,
+        );
         let dev = x.device().clone();
         let f = func(&dev, "layers", "rope_inplace", x.dtype())?;
         let cfg = LaunchConfig {
@@ -465,11 +520,13 @@ impl InplaceOp1 for RopeInplace {
                 let mut b = stream.launch_builder(&f);
                 b.arg(&mut xs);
                 b.arg(&pos);
+                b.arg(&rows);
                 b.arg(&inv);
                 let (h, d, i) = (heads as i32, head_dim as i32, self.interleaved as i32);
                 b.arg(&h);
                 b.arg(&d);
                 b.arg(&i);
+                b.arg(&self.mscale);
                 unsafe { b.launch(cfg) }.w()?;
             }};
         }
@@ -485,24 +542,41 @@ impl InplaceOp1 for RopeInplace {
 
 /// `silu(gate) · up` for `gate_up (rows, 2 · inter)` (gate first); returns `(rows, inter)`.
 pub fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
-    gate_up.apply_op1_no_bwd(&SiluMul)
+    gate_up.apply_op1_no_bwd(&ActMul { gelu: false })
 }
 
-struct SiluMul;
+/// `gelu(gate) · up` (GELU's tanh approximation: Gemma's GeGLU), as [`silu_mul`].
+pub fn gelu_tanh_mul(gate_up: &Tensor) -> Result<Tensor> {
+    gate_up.apply_op1_no_bwd(&ActMul { gelu: true })
+}
 
-impl CustomOp1 for SiluMul {
+/// `act(gate) · up`: GELU (tanh) or SiLU.
+struct ActMul {
+    gelu: bool,
+}
+
+impl CustomOp1 for ActMul {
     fn name(&self) -> &'static str {
-        "camelid-silu-mul"
+        if self.gelu {
+            "camelid-gelu-tanh-mul"
+        } else {
+            "camelid-silu-mul"
+        }
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("silu_mul is a CUDA op")
+        bail!("{} is a CUDA op", self.name())
     }
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let (rows, width) = l.shape().dims2()?;
         let inter = width / 2;
         let (a, b_) = contiguous(l, "gate_up")?;
         let dev = s.device().clone();
-        let f = func(&dev, "layers", "silu_mul", s.dtype())?;
+        let kernel = if self.gelu {
+            "gelu_tanh_mul"
+        } else {
+            "silu_mul"
+        };
+        let f = func(&dev, "layers", kernel, s.dtype())?;
         let n = (rows * inter) as u32;
         let cfg = LaunchConfig::for_num_elems(n.max(1));
         macro_rules! go {
@@ -528,7 +602,7 @@ impl CustomOp1 for SiluMul {
             DType::F32 => go!(F32, f32),
             DType::F16 => go!(F16, half::f16),
             DType::BF16 => go!(BF16, half::bf16),
-            d => bail!("silu_mul: unsupported dtype {d:?}"),
+            d => bail!("{kernel}: unsupported dtype {d:?}"),
         };
         Ok((out, Shape::from((rows, inter))))
     }

@@ -1,10 +1,15 @@
 //! camelid's CUDA kernels against plain CPU references on random inputs (never zeros):
-//! ragged batches, block tables out of order, contexts crossing the split-K partition.
+//! ragged batches, block tables out of order, contexts crossing the split-K partition; the
+//! paged attention's window, scale and soft-capping against the CPU attention kernel
+//! (`camelid_kernels::attention`) on the same data.
 //! Built with `--features cuda`; on a machine without a GPU each test says so and returns.
 //! kernels/build-cuda.sh builds this as a binary for the GPU machine (benches/gpu/run.sh).
 #![cfg(feature = "cuda")]
 
-use camelid_kernels::cuda::{self as cuda_ops, AttentionRows, PARTITION};
+use camelid_kernels::attention::{
+    self as cpu_attention, Heads, HostKvCache, HostPaged, KvDtype, QkvRows, RopeStyle, SeqSpan,
+};
+use camelid_kernels::cuda::{self as cuda_ops, AttentionParams, AttentionRows, PARTITION};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
@@ -197,7 +202,12 @@ fn paged_attention_matches_naive_attention_on_ragged_batches() {
             max_ctx: 1100,
             block_size: bs,
         };
-        let got = to_vec(&cuda_ops::paged_attention(&qt, &kt, &vt, &meta, scale).unwrap());
+        let params = AttentionParams {
+            scale,
+            window: None,
+            softcap: None,
+        };
+        let got = to_vec(&cuda_ops::paged_attention(&qt, &kt, &vt, &meta, params).unwrap());
         // The reference sees the same dt-rounded inputs.
         let (qr, kr, vr) = (to_vec(&qt), to_vec(&kt), to_vec(&vt));
         for (i, &(s, ctx)) in rows.iter().enumerate() {
@@ -273,50 +283,63 @@ fn add_rms_norm_matches_the_cpu() {
     }
 }
 
+/// Two frequency rows (two rope bases, as two chunks of a batch may have: dynamic NTK,
+/// LongRoPE), tokens taking either, and an attention factor on cos and sin (YaRN, LongRoPE).
 #[test]
 fn rope_inplace_matches_the_cpu_in_both_styles() {
     let Some(dev) = cuda() else { return };
     let (tokens, heads, hd) = (6, 4, 64);
     let positions: Vec<u32> = vec![0, 1, 2, 700, 4095, 8191];
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|j| 10000f32.powf(-(2.0 * j as f32) / hd as f32))
+    let freq_row: Vec<u32> = vec![0, 1, 1, 0, 1, 0];
+    let inv_freq: Vec<f32> = [10_000f32, 1_000_000.0]
+        .iter()
+        .flat_map(|theta| (0..hd / 2).map(move |j| theta.powf(-(2.0 * j as f32) / hd as f32)))
         .collect();
     let x = random(tokens * heads * hd, 10);
-    for interleaved in [false, true] {
-        for dt in DTYPES {
-            let xt = Tensor::from_vec(x.clone(), (tokens, heads, hd), &dev)
-                .unwrap()
-                .to_dtype(dt)
-                .unwrap();
-            let xr = to_vec(&xt);
-            cuda_ops::rope_inplace(
-                &xt,
-                &Tensor::new(positions.as_slice(), &dev).unwrap(),
-                &Tensor::new(inv_freq.as_slice(), &dev).unwrap(),
-                interleaved,
-            )
-            .unwrap();
-            let mut want = xr.clone();
-            for t in 0..tokens {
-                for h in 0..heads {
-                    for j in 0..hd / 2 {
-                        let base = (t * heads + h) * hd;
-                        let (a, b) = if interleaved {
-                            (base + 2 * j, base + 2 * j + 1)
-                        } else {
-                            (base + j, base + j + hd / 2)
-                        };
-                        let ang = positions[t] as f64 * inv_freq[j] as f64;
-                        let (s, c) = ang.sin_cos();
-                        want[a] = (xr[a] as f64 * c - xr[b] as f64 * s) as f32;
-                        want[b] = (xr[a] as f64 * s + xr[b] as f64 * c) as f32;
+    let inv_t = Tensor::from_vec(inv_freq.clone(), (2, hd / 2), &dev).unwrap();
+    let rows_t = Tensor::new(freq_row.as_slice(), &dev).unwrap();
+    let pos_t = Tensor::new(positions.as_slice(), &dev).unwrap();
+    for mscale in [1.0f32, 1.25] {
+        for interleaved in [false, true] {
+            for dt in DTYPES {
+                let xt = Tensor::from_vec(x.clone(), (tokens, heads, hd), &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap();
+                let xr = to_vec(&xt);
+                let freqs = cuda_ops::RopeFreqs {
+                    inv_freq: &inv_t,
+                    freq_row: &rows_t,
+                    mscale,
+                };
+                cuda_ops::rope_inplace(&xt, &pos_t, &freqs, interleaved).unwrap();
+                let mut want = xr.clone();
+                for t in 0..tokens {
+                    let f = &inv_freq[freq_row[t] as usize * hd / 2..][..hd / 2];
+                    for h in 0..heads {
+                        for j in 0..hd / 2 {
+                            let base = (t * heads + h) * hd;
+                            let (a, b) = if interleaved {
+                                (base + 2 * j, base + 2 * j + 1)
+                            } else {
+                                (base + j, base + j + hd / 2)
+                            };
+                            let ang = positions[t] as f64 * f[j] as f64;
+                            let (s, c) = ang.sin_cos();
+                            let (c, s) = (c * mscale as f64, s * mscale as f64);
+                            want[a] = (xr[a] as f64 * c - xr[b] as f64 * s) as f32;
+                            want[b] = (xr[a] as f64 * s + xr[b] as f64 * c) as f32;
+                        }
                     }
                 }
+                // f32 angles at position 8191 carry ~1e-3 rad of rounding: a looser f32 bound.
+                let tol = tolerance(dt).max(2e-3);
+                let err = rel_err(&to_vec(&xt), &want);
+                assert!(
+                    err < tol,
+                    "{dt:?} interleaved={interleaved} mscale={mscale}: {err}"
+                );
             }
-            // f32 angles at position 8191 carry ~1e-3 rad of rounding: a looser f32 bound.
-            let tol = tolerance(dt).max(2e-3);
-            let err = rel_err(&to_vec(&xt), &want);
-            assert!(err < tol, "{dt:?} interleaved={interleaved}: {err}");
         }
     }
 }
@@ -343,4 +366,282 @@ fn silu_mul_matches_the_cpu() {
             .collect();
         assert!(rel_err(&got, &want) < tolerance(dt), "{dt:?}");
     }
+}
+
+#[test]
+fn gelu_tanh_mul_matches_the_cpu() {
+    let Some(dev) = cuda() else { return };
+    let (rows, inter) = (5, 9216);
+    // Gates over ±4: the tanh's curve, not only its linear middle.
+    let gu: Vec<f32> = random(rows * 2 * inter, 12)
+        .iter()
+        .map(|v| 4.0 * v)
+        .collect();
+    for dt in DTYPES {
+        let t = Tensor::from_vec(gu.clone(), (rows, 2 * inter), &dev)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let r = to_vec(&t);
+        let got = to_vec(&cuda_ops::gelu_tanh_mul(&t).unwrap());
+        let want: Vec<f32> = (0..rows * inter)
+            .map(|i| {
+                let (row, j) = (i / inter, i % inter);
+                let g = r[row * 2 * inter + j] as f64;
+                let u = r[row * 2 * inter + inter + j] as f64;
+                let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g.powi(3));
+                (0.5 * g * (1.0 + inner.tanh()) * u) as f32
+            })
+            .collect();
+        assert!(rel_err(&got, &want) < tolerance(dt), "{dt:?}");
+    }
+}
+
+/// Sequences of 1, 37 and 1 100 tokens (a lone token, a partial last block, three split-K
+/// partitions) in shuffled blocks, every token a query row that sees its own position and the
+/// earlier ones: random queries, keys and values, and a cache whose other slots hold noise.
+struct AttentionCase {
+    heads: (usize, usize, usize),
+    block_size: usize,
+    blocks: usize,
+    lens: Vec<usize>,
+    /// Per sequence.
+    tables: Vec<Vec<u32>>,
+    /// `(tokens, q_heads · head_dim)` and `(tokens, kv_heads · head_dim)`, sequence after
+    /// sequence.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl AttentionCase {
+    fn new((qh, kvh, hd): (usize, usize, usize), seed: u64) -> Self {
+        let (bs, lens) = (16, vec![1usize, 37, 1100]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let blocks = lens.iter().map(|l| l.div_ceil(bs)).sum::<usize>() + 3;
+        let mut ids: Vec<u32> = (0..blocks as u32).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.random_range(0..=i));
+        }
+        let mut free = ids.into_iter();
+        let tables = lens
+            .iter()
+            .map(|l| free.by_ref().take(l.div_ceil(bs)).collect())
+            .collect();
+        let n: usize = lens.iter().sum();
+        Self {
+            heads: (qh, kvh, hd),
+            block_size: bs,
+            blocks,
+            tables,
+            q: random(n * qh * hd, seed + 1),
+            k: random(n * kvh * hd, seed + 2),
+            v: random(n * kvh * hd, seed + 3),
+            lens,
+        }
+    }
+
+    /// Each token's (sequence, position), in row order.
+    fn tokens(&self) -> Vec<(usize, usize)> {
+        self.lens
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &l)| (0..l).map(move |p| (s, p)))
+            .collect()
+    }
+
+    /// The case's inputs rounded to `dt` (what both kernels then see).
+    fn rounded(&self, dt: DType) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let r = |x: &[f32]| to_vec(&Tensor::new(x, &Device::Cpu).unwrap().to_dtype(dt).unwrap());
+        (r(&self.q), r(&self.k), r(&self.v))
+    }
+
+    /// The CPU attention kernel over a host cache with the same block tables, each sequence a
+    /// prompt from position 0 (cos 1, sin 0: no rotation): `(tokens, q_heads · head_dim)`.
+    fn cpu(&self, (q, k, v): &(Vec<f32>, Vec<f32>, Vec<f32>), p: AttentionParams) -> Vec<f32> {
+        let (qh, kvh, hd) = self.heads;
+        let bs = self.block_size;
+        let mut cache = HostKvCache::new(1, self.blocks, bs, kvh, hd, KvDtype::F32);
+        let mut paged = HostPaged {
+            cache: &mut cache,
+            block_size: bs,
+            tables: self.tables.clone(),
+        };
+        let spans: Vec<SeqSpan> = self
+            .lens
+            .iter()
+            .enumerate()
+            .map(|(s, &l)| SeqSpan::new(s as u64, 0, l))
+            .collect();
+        let n: usize = self.lens.iter().sum();
+        let (cos, sin) = (vec![1f32; n * hd / 2], vec![0f32; n * hd / 2]);
+        let rows = QkvRows {
+            q: (q.as_slice(), qh * hd, 0),
+            k: (k.as_slice(), kvh * hd, 0),
+            v: (v.as_slice(), kvh * hd, 0),
+        };
+        let heads = Heads {
+            q: qh,
+            kv: kvh,
+            dim: hd,
+            rope: RopeStyle::Half,
+            window: p.window,
+            scale: Some(p.scale),
+            softcap: p.softcap,
+        };
+        let mut out = vec![0f32; n * qh * hd];
+        cpu_attention::paged_attention(0, &spans, &rows, &cos, &sin, heads, &mut paged, &mut out);
+        out
+    }
+
+    /// The CUDA kernel in `dt` over a slot-major device cache holding the same keys and
+    /// values in the same blocks (noise in every other slot).
+    fn cuda(&self, dev: &Device, dt: DType, p: AttentionParams) -> Vec<f32> {
+        let (qh, kvh, hd) = self.heads;
+        let (bs, kw) = (self.block_size, kvh * hd);
+        let slots = self.blocks * bs;
+        let (mut kc, mut vc) = (random(slots * kw, 20), random(slots * kw, 21));
+        let tokens = self.tokens();
+        for (t, &(s, pos)) in tokens.iter().enumerate() {
+            let slot = self.tables[s][pos / bs] as usize * bs + pos % bs;
+            kc[slot * kw..][..kw].copy_from_slice(&self.k[t * kw..][..kw]);
+            vc[slot * kw..][..kw].copy_from_slice(&self.v[t * kw..][..kw]);
+        }
+        let t = |data: Vec<f32>, shape: (usize, usize, usize)| {
+            Tensor::from_vec(data, shape, dev)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap()
+        };
+        let max_blocks = self.tables.iter().map(Vec::len).max().unwrap();
+        let mut flat = vec![0u32; self.tables.len() * max_blocks];
+        for (row, table) in flat.chunks_mut(max_blocks).zip(&self.tables) {
+            row[..table.len()].copy_from_slice(table);
+        }
+        let seq: Vec<u32> = tokens.iter().map(|&(s, _)| s as u32).collect();
+        let ctx: Vec<u32> = tokens.iter().map(|&(_, p)| p as u32 + 1).collect();
+        let meta = AttentionRows {
+            row_seq: Tensor::new(seq.as_slice(), dev).unwrap(),
+            row_ctx: Tensor::new(ctx.as_slice(), dev).unwrap(),
+            block_tables: Tensor::from_vec(flat, (self.tables.len(), max_blocks), dev).unwrap(),
+            max_ctx: *self.lens.iter().max().unwrap(),
+            block_size: bs,
+        };
+        let out = cuda_ops::paged_attention(
+            &t(self.q.clone(), (tokens.len(), qh, hd)),
+            &t(kc, (slots, kvh, hd)),
+            &t(vc, (slots, kvh, hd)),
+            &meta,
+            p,
+        )
+        .unwrap();
+        to_vec(&out)
+    }
+
+    /// The CUDA kernel against the CPU kernel under `p`, every row within the dtype's bound;
+    /// the CPU kernel's rows under `p` must differ from those under `plain` (else the case
+    /// would not test what `p` adds).
+    fn check(&self, dev: &Device, p: AttentionParams, plain: AttentionParams) {
+        let (qh, _, hd) = self.heads;
+        let row = qh * hd;
+        let want_f32 = self.cpu(&self.rounded(DType::F32), p);
+        let unchanged = self.cpu(&self.rounded(DType::F32), plain);
+        let moved = want_f32
+            .chunks(row)
+            .zip(unchanged.chunks(row))
+            .map(|(a, b)| rel_err(a, b))
+            .fold(0f32, f32::max);
+        assert!(
+            moved > 0.1,
+            "{p:?} vs {plain:?} moves the output only {moved}"
+        );
+        for dt in DTYPES {
+            let want = self.cpu(&self.rounded(dt), p);
+            let got = self.cuda(dev, dt, p);
+            for (t, ((s, pos), (g, w))) in self
+                .tokens()
+                .into_iter()
+                .zip(got.chunks(row).zip(want.chunks(row)))
+                .enumerate()
+            {
+                let err = rel_err(g, w);
+                assert!(
+                    err < tolerance(dt),
+                    "{dt:?} {p:?}: row {t} (sequence {s}, position {pos}): error {err}"
+                );
+            }
+        }
+    }
+}
+
+/// Windows of one position, one block, an unaligned width and one wider than a split-K
+/// partition (its rows' splits start at the window, mid-block), as the CPU kernel counts them.
+#[test]
+fn paged_attention_window_matches_the_cpu_kernel() {
+    let Some(dev) = cuda() else { return };
+    let case = AttentionCase::new((8, 2, 128), 30);
+    let plain = AttentionParams {
+        scale: 1.0 / 128f32.sqrt(),
+        window: None,
+        softcap: None,
+    };
+    for w in [1, 16, 100, PARTITION + 88] {
+        let p = AttentionParams {
+            window: Some(w),
+            ..plain
+        };
+        case.check(&dev, p, plain);
+    }
+}
+
+/// A score scale other than `1 / sqrt(head_dim)` (Gemma's `query_pre_attn_scalar`).
+#[test]
+fn paged_attention_scale_matches_the_cpu_kernel() {
+    let Some(dev) = cuda() else { return };
+    let case = AttentionCase::new((8, 2, 64), 40);
+    let plain = AttentionParams {
+        scale: 1.0 / 64f32.sqrt(),
+        window: None,
+        softcap: None,
+    };
+    case.check(
+        &dev,
+        AttentionParams {
+            scale: 0.4,
+            ..plain
+        },
+        plain,
+    );
+}
+
+/// Soft-capped scores (Gemma 2: head size 256, the kernel's largest), alone and with a
+/// window (Gemma 2's local layers).
+#[test]
+fn paged_attention_softcap_matches_the_cpu_kernel() {
+    let Some(dev) = cuda() else { return };
+    let case = AttentionCase::new((4, 2, 256), 50);
+    // Scores of standard deviation ~2 (256 products of variance 1/9, times 0.4): a cap of
+    // 1.5 bends most of them.
+    let plain = AttentionParams {
+        scale: 0.4,
+        window: None,
+        softcap: None,
+    };
+    let capped = AttentionParams {
+        softcap: Some(1.5),
+        ..plain
+    };
+    case.check(&dev, capped, plain);
+    let windowed = AttentionParams {
+        window: Some(100),
+        ..capped
+    };
+    case.check(
+        &dev,
+        windowed,
+        AttentionParams {
+            window: Some(100),
+            ..plain
+        },
+    );
 }

@@ -145,21 +145,17 @@ impl Rope {
         }
     }
 
-    /// The inverse frequencies when cos and sin are functions of position and frequency
-    /// alone (every scaling but dynamic NTK, whose frequencies depend on the sequence's
-    /// length, and YaRN, which also scales them): what a kernel computing them needs.
-    pub fn fixed_inv_freq(&self) -> Option<&[f32]> {
-        match self.scaling {
-            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. } => None,
-            _ if self.attention_factor != 1.0 => None,
-            _ => Some(&self.inv_freq),
-        }
+    /// What multiplies every cos and sin (YaRN's and LongRoPE's attention factor, else 1).
+    /// A kernel computing the tables takes [`Rope::inv_freq_for`] and this: the tables are
+    /// `cos(p · f) · factor`, `sin(p · f) · factor`, the angle an f32 product.
+    pub fn attention_factor(&self) -> f32 {
+        self.attention_factor
     }
 
     /// Frequencies for a run of tokens ending at length `seq_len` (dynamic NTK scaling depends
     /// on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`, and LongRoPE's choice of
     /// factors, as in HF's `longrope_frequency_update`).
-    fn inv_freq_for(&self, seq_len: usize) -> std::borrow::Cow<'_, [f32]> {
+    pub fn inv_freq_for(&self, seq_len: usize) -> std::borrow::Cow<'_, [f32]> {
         match self.scaling {
             RopeScaling::Dynamic { factor } if seq_len > self.max_position_embeddings => {
                 let d = self.head_dim as f32;
@@ -244,6 +240,49 @@ mod tests {
             .0
             .to_vec2()
             .unwrap()
+    }
+
+    /// What the CUDA rope kernel computes from [`Rope::inv_freq_for`] and
+    /// [`Rope::attention_factor`] (a chunk's frequencies by its end, the f32 angle `p · f`,
+    /// cos and sin times the factor) is these tables, bit for bit, for every scaling whose
+    /// frequencies depend on the length or whose factor is not 1.
+    #[test]
+    fn tables_are_the_chunk_frequencies_times_the_attention_factor() {
+        let factors = |k: f32| (0..4).map(|i| 1.0 + k * i as f32).collect::<Vec<_>>();
+        for scaling in [
+            RopeScaling::Dynamic { factor: 2.0 },
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 8,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 1.2,
+            },
+            RopeScaling::LongRope {
+                short_factor: factors(0.1),
+                long_factor: factors(1.0),
+                original_max_position_embeddings: 8,
+                attention_factor: 1.1,
+            },
+        ] {
+            let r = Rope::new(&cfg(scaling.clone()));
+            // Chunks ending within and past both the original and the maximum context.
+            let spans = [(0, 5, 5), (5, 7, 12), (20, 1, 21), (3, 2, 40)];
+            let (cos, sin) = r.cos_sin_rows(&spans);
+            let mut at = 0;
+            for &(start, len, end) in &spans {
+                let freqs = r.inv_freq_for(end);
+                for p in start..start + len {
+                    for &f in freqs.iter() {
+                        let a = p as f32 * f;
+                        assert_eq!(cos[at], a.cos() * r.attention_factor(), "{scaling:?}");
+                        assert_eq!(sin[at], a.sin() * r.attention_factor(), "{scaling:?}");
+                        at += 1;
+                    }
+                }
+            }
+            assert_eq!(at, cos.len());
+        }
     }
 
     #[test]
@@ -398,9 +437,10 @@ mod tests {
                 );
             }
         }
-        assert!(
-            r.fixed_inv_freq().is_none(),
-            "a kernel from frequencies alone would miss the factor"
+        assert_eq!(
+            r.attention_factor(),
+            attention as f32,
+            "the kernels' factor"
         );
     }
 
@@ -451,6 +491,10 @@ mod tests {
                 }
             }
         }
-        assert!(r.fixed_inv_freq().is_none());
+        assert_eq!(
+            r.attention_factor(),
+            attention as f32,
+            "the kernels' factor"
+        );
     }
 }

@@ -22,17 +22,7 @@ fn write_model(arch: &str, s: Shape, extra: serde_json::Value, seed: u64) -> tem
 
 /// Deterministic pseudo-random ids in the vocabulary (BOS first).
 fn prompt(n: usize, seed: u64) -> Vec<u32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    std::iter::once(1)
-        .chain((1..n).map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            3 + ((x >> 33) % (VOCAB as u64 - 3)) as u32
-        }))
-        .collect()
+    random_model::prompt_in(VOCAB, n, seed)
 }
 
 /// candle-transformers' model of the folder's architecture: the last position's logits of

@@ -2,7 +2,8 @@
 //! - [`cpu`]: f32 on the CPU over a paged host cache (the CPU serving path): the layer loop on
 //!   plain buffers, attention in place by `camelid_kernels::attention`;
 //! - [`cuda`]: on CUDA over a paged device cache: camelid's kernels for rope, the cache write,
-//!   paged attention, SiLU·mul and add+RMSNorm, in its own layer loop;
+//!   paged attention (windows, scale, soft-capping), SiLU·mul or GELU·mul and add+RMSNorm,
+//!   in its own layer loop;
 //! - [`tensor`]: candle ops over `KvStore::write_and_read` (contiguous caches, other dtypes,
 //!   `CAMELID_CUDA_KERNELS=0`): the reference the other two are tested against.
 //!

@@ -78,7 +78,7 @@ pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore)
 }
 
 /// `cap · tanh(x / cap)` (Gemma 2's soft-capping).
-fn soft_cap(x: &Tensor, cap: f32) -> Result<Tensor> {
+pub(crate) fn soft_cap(x: &Tensor, cap: f32) -> Result<Tensor> {
     let cap = cap as f64;
     Ok(((x / cap)?.tanh()? * cap)?)
 }

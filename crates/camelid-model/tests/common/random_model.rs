@@ -41,8 +41,29 @@ pub const TINY: Sizes = Sizes {
     lm_head_std: 0.3,
 };
 
+/// The LLaMA fixture's folder: in this checkout, or under the working directory (a test
+/// binary carried to another machine, the GPU's, runs from the repository's root there).
 pub fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama")
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    if here.exists() {
+        return here;
+    }
+    PathBuf::from("tests/fixtures/tiny-llama")
+}
+
+/// Deterministic pseudo-random ids in a vocabulary of `vocab` (BOS first).
+pub fn prompt_in(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    std::iter::once(1)
+        .chain((1..n).map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            3 + ((x >> 33) % (vocab as u64 - 3)) as u32
+        }))
+        .collect()
 }
 
 /// A random-weight HF folder of `arch` (`llama`, `qwen2`, `qwen3`, `mistral`, `phi3`,
