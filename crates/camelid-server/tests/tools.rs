@@ -361,7 +361,8 @@ fn streamed_arguments_come_in_pieces_that_make_the_whole_arguments() {
                         assert_eq!(d["function"]["arguments"], "", "{d}");
                         continue;
                     }
-                    let keys: Vec<&String> = d.as_object().unwrap().keys().collect();
+                    let mut keys: Vec<&String> = d.as_object().unwrap().keys().collect();
+                    keys.sort();
                     assert_eq!(keys, ["function", "index"], "{d}");
                     let f = d["function"].as_object().unwrap();
                     assert_eq!(f.keys().collect::<Vec<_>>(), ["arguments"], "{d}");
