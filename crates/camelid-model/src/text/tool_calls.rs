@@ -273,16 +273,17 @@ impl CallReader {
             }
         }
         let base = self.base();
+        let next = at + c.len_utf8();
         if let Args::Object { start, end: None } = self.args {
             if d1 == base && at > start {
                 self.args = Args::Object {
                     start,
-                    end: Some(at + 1),
+                    end: Some(next),
                 };
-                self.safe = at + 1;
+                self.safe = next;
                 self.closers.clear();
             } else if let Some(closers) = self.scan.closers(base) {
-                self.safe = at + 1;
+                self.safe = next;
                 self.closers = closers;
             }
         }
@@ -1073,7 +1074,7 @@ mod tests {
                 call("now", "{}")
             ]
         );
-        let args = r#"{"city": "Paris", "days": 3}"#;
+        let args = r#"{"city": "Zoë — 東京 🦙", "days": 3}"#;
         let pieces = argument_pieces(
             ToolFormat::MistralArgs,
             &format!("[TOOL_CALLS]f[ARGS]{args}"),
