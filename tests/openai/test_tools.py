@@ -94,8 +94,9 @@ for seed in range(3):
     got = valid_call(c.message.tool_calls[0], SCHEMAS, f"stream seed {seed}")
     check(c.message.tool_calls[0].function.name == whole.function.name
           and got == json.loads(whole.function.arguments), f"stream seed {seed}: same call as whole")
-    # By hand too: name in the first delta of the call, then argument pieces.
-    name, args, first = None, "", None
+    # By hand too: name in the first delta of the call, then argument pieces as the model
+    # writes them (more than one), which make the whole answer's arguments byte for byte.
+    name, pieces, first = None, [], None
     for chunk in client.chat.completions.create(stream=True, **kwargs):
         for d in chunk.choices[0].delta.tool_calls or []:
             check(d.index == 0, "one call, index 0")
@@ -103,9 +104,13 @@ for seed in range(3):
                 first = d
                 check(d.id.startswith("call_") and d.function.name, f"first delta names the call: {d}")
                 name = d.function.name
-            args += d.function.arguments or ""
-    check(name == whole.function.name and json.loads(args) == json.loads(whole.function.arguments),
-          f"stream seed {seed}: assembled {name} {args}")
+            elif d.function.arguments:
+                check(d.id is None and d.function.name is None, f"later deltas carry arguments only: {d}")
+                pieces.append(d.function.arguments)
+    args = "".join(pieces)
+    check(len(pieces) > 1, f"stream seed {seed}: arguments in {len(pieces)} piece(s)")
+    check(name == whole.function.name and args == whole.function.arguments,
+          f"stream seed {seed}: assembled {name} {args!r} vs {whole.function.arguments!r}")
 
 # n = 2: each choice its own valid call.
 r = client.chat.completions.create(model=model, messages=msgs, tools=tools, tool_choice="required",

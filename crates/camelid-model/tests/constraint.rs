@@ -251,3 +251,93 @@ fn constrained_generation_writes_schema_json() {
         assert_eq!(g.finish_reason, FinishReason::Stop);
     }
 }
+
+/// Whether `grammar` takes `text` (as the default model's tokenizer spells it) whole and may
+/// end there.
+fn grammar_takes(grammar: &camelid_model::Constraint, text: &str) -> bool {
+    let lm = smol();
+    let ids = lm.tokenizer.encode(text, false).unwrap();
+    let mut seq = SequenceConstraint::start(grammar, &[]).unwrap();
+    let mut finished = false;
+    for &t in &ids {
+        if finished || !seq.mask().unwrap().is_allowed(t) {
+            return false;
+        }
+        finished = seq.commit(t).unwrap();
+    }
+    finished || seq.mask().unwrap().can_end
+}
+
+/// Mistral's `[TOOL_CALLS]name[ARGS]{…}` grammar (what `tool_choice: "required"` compiles for
+/// such a template; the default model has no such control tokens, so they are text): a
+/// well-formed call, or several, is taken, and parses back into those calls; a call of an
+/// unknown function, arguments against the schema, the older array format are refused; and
+/// sampling under it writes calls the parser reads.
+#[test]
+fn mistral_args_call_grammar_takes_calls_and_refuses_malformed_ones() {
+    use camelid_model::text::tool_calls::{parse_output, ToolFormat};
+    use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
+    let lm = smol();
+    let weather = serde_json::json!({"type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12},
+                       "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": false});
+    let tools = [
+        CallableTool {
+            name: "get_weather",
+            parameters: Some(&weather),
+        },
+        CallableTool {
+            name: "now",
+            parameters: None,
+        },
+    ];
+    let lark = call_grammar(ToolFormat::MistralArgs, &tools, true, &|_| None);
+    let c = lm
+        .grammar
+        .compile(TopLevelGrammar::from_lark(lark.clone()))
+        .unwrap_or_else(|e| panic!("{e}\n{lark}"));
+    for good in [
+        r#"[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "celsius"}"#,
+        r#"[TOOL_CALLS]now[ARGS]{}[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo", "unit": "fahrenheit"}"#,
+    ] {
+        assert!(grammar_takes(&c, good), "{good}");
+        let (text, calls) = parse_output(ToolFormat::MistralArgs, good);
+        assert_eq!(text, None);
+        assert_eq!(calls.len(), good.matches("[TOOL_CALLS]").count(), "{good}");
+    }
+    for bad in [
+        r#"[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}"#,
+        r#"[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "kelvin"}"#,
+        r#"[TOOL_CALLS]get_time[ARGS]{}"#,
+        r#"[TOOL_CALLS]get_weather{"city": "Paris", "unit": "celsius"}"#,
+        r#"[TOOL_CALLS][{"name": "now", "arguments": {}}]"#,
+        r#"Sure. [TOOL_CALLS]now[ARGS]{}"#,
+    ] {
+        assert!(!grammar_takes(&c, bad), "{bad}");
+    }
+    // One call (a free-form `now` could fill any length with parallel calls).
+    let one = call_grammar(ToolFormat::MistralArgs, &tools[..1], false, &|_| None);
+    let one = lm.grammar.compile(TopLevelGrammar::from_lark(one)).unwrap();
+    let prompt = chat_prompt("What is the weather in Paris?");
+    for seed in 0..3 {
+        let mut p = params(seed, None);
+        p.max_tokens = 160;
+        p.constraint = Some(one.clone());
+        let g = generate(lm, &prompt, p, |_| {}).unwrap();
+        assert_eq!(g.finish_reason, FinishReason::Stop, "{:?}", g.text);
+        let (text, calls) = parse_output(ToolFormat::MistralArgs, &g.text);
+        assert_eq!(text, None, "seed {seed}: {:?}", g.text);
+        assert!(!calls.is_empty(), "seed {seed}: {:?}", g.text);
+        for call in calls {
+            let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+            assert!(args.is_object(), "{args}");
+            if call.name == "get_weather" {
+                assert!(
+                    args["city"].is_string() && args["unit"].is_string(),
+                    "{args}"
+                );
+            }
+        }
+    }
+}

@@ -226,12 +226,11 @@ impl ToolPlan {
             })
             .filter(|t| named.is_none_or(|n| n == t.name))
             .collect();
-        let trigger = tok.token_to_id(self.format.trigger());
         Some(call_grammar(
             self.format,
             &callable,
             self.parallel && named.is_none(),
-            trigger,
+            &|text| tok.token_to_id(text),
         ))
     }
 
@@ -250,6 +249,7 @@ impl ToolPlan {
             parser: ToolCallParser::new(self.format),
             parallel: self.parallel,
             sent: 0,
+            dropping: false,
         }
     }
 }
@@ -351,22 +351,27 @@ pub fn call_id() -> String {
 /// A whole output → its text (`None` when blank and there are calls) and its calls.
 pub fn split_output(plan: &ToolPlan, output: &str) -> (Option<String>, Vec<Value>) {
     let mut s = plan.stream();
-    let (mut text, mut calls) = s.push(output);
-    let (t, c) = s.finish();
+    let (mut text, mut deltas) = s.push(output);
+    let (t, d) = s.finish();
     text += &t;
-    calls.extend(c);
-    // Whole calls, not deltas: each is sent as its two deltas, merged back.
-    let calls: Vec<Value> = calls
-        .chunks(2)
-        .map(|d| {
-            let mut c = d[0].clone();
-            c["function"]["arguments"] = d[1]["function"]["arguments"].clone();
-            if let Some(o) = c.as_object_mut() {
+    deltas.extend(d);
+    // Whole calls, not deltas: each call's first delta, its arguments pieces appended.
+    let mut calls: Vec<Value> = vec![];
+    for mut d in deltas {
+        if d.get("id").is_some() {
+            if let Some(o) = d.as_object_mut() {
                 o.remove("index");
             }
-            c
-        })
-        .collect();
+            calls.push(d);
+        } else if let Some(c) = calls.last_mut() {
+            let whole = format!(
+                "{}{}",
+                c["function"]["arguments"].as_str().unwrap_or_default(),
+                d["function"]["arguments"].as_str().unwrap_or_default()
+            );
+            c["function"]["arguments"] = whole.into();
+        }
+    }
     let text = (calls.is_empty() || !text.trim().is_empty()).then_some(text);
     (text, calls)
 }
@@ -377,6 +382,8 @@ pub struct CallStream {
     parser: ToolCallParser,
     parallel: bool,
     sent: usize,
+    /// Without parallel calls, a call after the first is not sent.
+    dropping: bool,
 }
 
 impl CallStream {
@@ -386,8 +393,8 @@ impl CallStream {
     }
 
     /// The next piece of output → the text now known to be text, and `delta.tool_calls`
-    /// entries: per call, its `index`, `id`, `type` and `function.name` first, then its
-    /// `function.arguments`.
+    /// entries: per call, first its `index`, `id`, `type` and `function.name` (arguments
+    /// `""`), then `index` and a piece of `function.arguments` as the model writes them.
     pub fn push(&mut self, text: &str) -> (String, Vec<Value>) {
         let events = self.parser.push(text);
         self.deltas(events)
@@ -406,13 +413,19 @@ impl CallStream {
             match e {
                 ToolEvent::Text(t) => text += &t,
                 // Without parallel calls only the first is the answer.
-                ToolEvent::Call(_) if !self.parallel && self.sent > 0 => {}
-                ToolEvent::Call(c) => {
-                    let index = self.sent;
+                ToolEvent::CallStart { .. } if !self.parallel && self.sent > 0 => {
+                    self.dropping = true
+                }
+                ToolEvent::CallStart { name } => {
                     self.sent += 1;
-                    deltas.push(json!({"index": index, "id": call_id(), "type": "function",
-                                       "function": {"name": c.name, "arguments": ""}}));
-                    deltas.push(json!({"index": index, "function": {"arguments": c.arguments}}));
+                    deltas.push(
+                        json!({"index": self.sent - 1, "id": call_id(), "type": "function",
+                                       "function": {"name": name, "arguments": ""}}),
+                    );
+                }
+                ToolEvent::Arguments(_) if self.dropping => {}
+                ToolEvent::Arguments(a) => {
+                    deltas.push(json!({"index": self.sent - 1, "function": {"arguments": a}}));
                 }
             }
         }
@@ -445,9 +458,25 @@ mod tests {
         assert!(d[0]["id"].as_str().unwrap().starts_with("call_"));
         assert_eq!(
             d[1],
-            json!({"index": 0, "function": {"arguments": "{\"x\":1}"}})
+            json!({"index": 0, "function": {"arguments": "{\"x\": 1}"}})
         );
         assert_eq!(d[2]["index"], 1);
+        // Fed a character at a time, the arguments come in pieces, by index.
+        let mut s = plan(true).stream();
+        let mut d = vec![];
+        for c in out.chars() {
+            d.extend(s.push(&c.to_string()).1);
+        }
+        d.extend(s.finish().1);
+        let pieces: Vec<&Value> = d.iter().filter(|d| d.get("id").is_none()).collect();
+        assert!(pieces.len() > 3, "{d:?}");
+        assert!(pieces.iter().all(|p| p.as_object().unwrap().len() == 2));
+        let first: String = pieces
+            .iter()
+            .filter(|p| p["index"] == 0)
+            .map(|p| p["function"]["arguments"].as_str().unwrap())
+            .collect();
+        assert_eq!(first, "{\"x\": 1}");
         let (text, calls) = split_output(&plan(true), out);
         assert_eq!(text, None);
         assert_eq!(calls.len(), 2);

@@ -330,6 +330,53 @@ fn auto_splits_the_output_into_text_and_calls_alike_whole_and_streamed() {
     eprintln!("auto: {raw_text:?} → {} call(s)", calls.len());
 }
 
+/// Streamed, a call's arguments come in pieces as the model writes them (as OpenAI and
+/// vLLM send them): the call's first delta has its `id`, `type` and name, the later ones only
+/// `index` and a piece of `arguments`; the pieces make the whole answer's arguments for the
+/// same seed, byte for byte.
+#[test]
+fn streamed_arguments_come_in_pieces_that_make_the_whole_arguments() {
+    let s = &server().base;
+    for seed in 0..2 {
+        let body = chat(
+            "tools",
+            json!({"tools": [weather_tool()], "tool_choice": "required", "seed": seed,
+                   "temperature": 1.0, "max_tokens": 96, "parallel_tool_calls": false}),
+        );
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{}", short(&b));
+        let want = b["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let (mut headers, mut pieces) = (0, vec![]);
+        for c in stream(&sb) {
+            for ch in c["choices"].as_array().unwrap() {
+                for d in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    assert_eq!(d["index"], 0, "{d}");
+                    if d.get("id").is_some() {
+                        headers += 1;
+                        assert_eq!(d["function"]["arguments"], "", "{d}");
+                        continue;
+                    }
+                    let mut keys: Vec<&String> = d.as_object().unwrap().keys().collect();
+                    keys.sort();
+                    assert_eq!(keys, ["function", "index"], "{d}");
+                    let f = d["function"].as_object().unwrap();
+                    assert_eq!(f.keys().collect::<Vec<_>>(), ["arguments"], "{d}");
+                    pieces.push(f["arguments"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        assert_eq!(headers, 1);
+        assert!(pieces.len() > 3, "seed {seed}: {pieces:?}");
+        assert_eq!(pieces.concat(), want, "seed {seed}");
+        check_weather_arguments(&want);
+    }
+}
+
 /// The arguments of a `get_weather` call, checked against `weather_tool`'s schema by hand.
 fn check_weather_arguments(args: &str) {
     let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -4,6 +4,7 @@
 //! ([`tool_calls`]) and the grammar that makes a model write one ([`tool_grammar`]).
 
 pub mod chat_prompt;
+pub mod json_scan;
 pub mod stream;
 pub mod template;
 pub mod tokenizer;
