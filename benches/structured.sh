@@ -4,7 +4,7 @@
 # unconstrained, mask time from /metrics), stops the server. `[ROUNDS=2] bash benches/structured.sh`
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CARGO_INCREMENTAL=0 cargo build --release --workspace --bin camelid >&2
+cargo build --release -p camelid >&2
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 target/release/camelid serve --port "$PORT" >/tmp/camelid-structured-bench.log 2>&1 &
 PID=$!

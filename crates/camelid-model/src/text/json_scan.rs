@@ -208,7 +208,7 @@ impl JsonScan {
                     None => return Err(Invalid),
                 },
                 Lex::Lit { word, at } => {
-                    if word[at..].chars().next() != Some(c) {
+                    if !word[at..].starts_with(c) {
                         return Err(Invalid);
                     }
                     if at + 1 == word.len() {

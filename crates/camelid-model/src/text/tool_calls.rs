@@ -768,7 +768,7 @@ mod tests {
     }
 
     /// `out` cut at its character boundaries into pieces of `sizes` characters, in turn.
-    fn cut<'a>(out: &'a str, sizes: impl Iterator<Item = usize>) -> Vec<&'a str> {
+    fn cut(out: &str, sizes: impl Iterator<Item = usize>) -> Vec<&str> {
         let cuts: Vec<usize> = (0..=out.len())
             .filter(|&i| out.is_char_boundary(i))
             .collect();
