@@ -3,73 +3,39 @@
 //! bounded by the window during a generation several windows long, and the greedy tokens
 //! are the tensor path's (a contiguous cache, every key kept, the window as a mask).
 
+// The model crate's test fixtures (the seeded random-weight writer).
+#[path = "../../camelid-model/tests/common/mod.rs"]
+mod common;
+
 use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, Event, Request};
 use camelid_model::decode::{generate, GenerationParams};
-use camelid_model::{LoadOptions, SamplingParams};
-use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
-use std::path::Path;
+use camelid_model::{KvDtype, LoadOptions, SamplingParams};
+use common::random_model::{write_hf, Shape, TINY};
+use serde_json::json;
 
 const WINDOW: usize = 16;
 
-/// A random-weight `MistralForCausalLM` folder with a window of [`WINDOW`] (the tokenizer is the
-/// LLaMA fixture's); `gemma`: a `Gemma2ForCausalLM` one, whose odd layers are global.
+/// A seeded random-weight `MistralForCausalLM` folder with a window of [`WINDOW`]; `gemma`: a
+/// `Gemma2ForCausalLM` one, whose odd layers are global (soft-capped as the real ones are).
 fn model_folder(gemma: bool) -> tempfile::TempDir {
-    let guard = tempfile::Builder::new()
-        .prefix("camelid-window-")
-        .tempdir()
-        .unwrap();
-    let dir = guard.path();
-    let (h, i, layers, vocab, heads, kv_heads) = (32usize, 64usize, 2usize, 80usize, 4, 2);
-    let hd = h / heads;
-    let dev = Device::Cpu;
-    let r = |shape: (usize, usize)| Tensor::randn(0f32, 0.4, shape, &dev).unwrap();
-    let ones = |n: usize| Tensor::ones(n, DType::F32, &dev).unwrap();
-    let mut t = HashMap::new();
-    t.insert("model.embed_tokens.weight".to_string(), r((vocab, h)));
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        t.insert(format!("{p}.self_attn.q_proj.weight"), r((heads * hd, h)));
-        t.insert(
-            format!("{p}.self_attn.k_proj.weight"),
-            r((kv_heads * hd, h)),
-        );
-        t.insert(
-            format!("{p}.self_attn.v_proj.weight"),
-            r((kv_heads * hd, h)),
-        );
-        t.insert(format!("{p}.self_attn.o_proj.weight"), r((h, heads * hd)));
-        t.insert(format!("{p}.mlp.gate_proj.weight"), r((i, h)));
-        t.insert(format!("{p}.mlp.up_proj.weight"), r((i, h)));
-        t.insert(format!("{p}.mlp.down_proj.weight"), r((h, i)));
-        t.insert(format!("{p}.input_layernorm.weight"), ones(h));
-        t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h));
-        if gemma {
-            t.insert(format!("{p}.pre_feedforward_layernorm.weight"), ones(h));
-            t.insert(format!("{p}.post_feedforward_layernorm.weight"), ones(h));
-        }
-    }
-    t.insert("model.norm.weight".into(), ones(h));
-    t.insert("lm_head.weight".into(), r((vocab, h)));
-    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
-    let class = if gemma {
-        "Gemma2ForCausalLM"
-    } else {
-        "MistralForCausalLM"
+    let shape = Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: None,
+        tied: false,
     };
-    let cfg = format!(
-        r#"{{"architectures": ["{class}"], "hidden_size": {h}, "head_dim": {hd},
-        "intermediate_size": {i}, "vocab_size": {vocab}, "num_hidden_layers": {layers},
-        "num_attention_heads": {heads}, "num_key_value_heads": {kv_heads},
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 512,
-        "sliding_window": {WINDOW}, "bos_token_id": 1, "eos_token_id": 2,
-        "tie_word_embeddings": false, "query_pre_attn_scalar": {hd},
-        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}}"#
-    );
-    std::fs::write(dir.join("config.json"), cfg).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
-    std::fs::copy(fixture.join("tokenizer.model"), dir.join("tokenizer.model")).unwrap();
-    guard
+    let mut extra = json!({"sliding_window": WINDOW, "max_position_embeddings": 512});
+    if gemma {
+        extra["attn_logit_softcapping"] = json!(50.0);
+        extra["final_logit_softcapping"] = json!(30.0);
+    }
+    write_hf(
+        if gemma { "gemma2" } else { "mistral" },
+        shape,
+        &TINY,
+        extra,
+        7,
+    )
 }
 
 fn params(max_tokens: usize) -> GenerationParams {
@@ -98,15 +64,27 @@ fn generate_in_engine(gemma: bool) -> (Vec<u32>, Vec<u32>, usize, usize) {
         .unwrap();
     let n_new = 3 * WINDOW;
     // The reference: one sequence over a contiguous cache (every key kept, window masked).
-    let want = generate(&lm, &prompt, params(n_new), |_| {})
-        .unwrap()
-        .tokens;
+    let mut with_logprobs = params(n_new);
+    with_logprobs.logprobs = Some(2);
+    let reference = generate(&lm, &prompt, with_logprobs, |_| {}).unwrap();
+    // Summation order moves logprobs by ~1e-6 here: a near-tie could flip a token on some
+    // CPU (an AVX2 one sums otherwise than an AVX-512 one) without anything being wrong.
+    for (i, l) in reference.logprobs.iter().enumerate() {
+        let margin = l.top[0].1 - l.top[1].1;
+        assert!(
+            margin > 1e-3,
+            "step {i}: a near-tie ({margin}); pick another seed"
+        );
+    }
+    let want = reference.tokens;
     let bs = 4;
     let engine = EngineHandle::spawn(
         load(),
         EngineConfig {
             block_size: bs,
             num_blocks: Some(256),
+            // The tensor path's cache is f32: the two paths differ only in summation order.
+            host_kv_dtype: KvDtype::F32,
             ..Default::default()
         },
     );

@@ -264,17 +264,19 @@ fn streamed_constrained_output_equals_the_whole_one() {
     assert_eq!(finish.as_deref(), Some("stop"));
 }
 
-/// A KV pool of 6 MiB (~270 positions) for four choices of ~200 positions each: sequences
-/// are preempted and recomputed mid-output, and every output still validates (the
-/// decoder, and with it the matcher, stays with its sequence).
+/// A KV pool of 4 MiB: 11 blocks of 16 positions (SmolLM2-135M's f16 KV takes 23 kB a
+/// position). One choice (a 43-token prompt + 120 max_tokens; a person takes at most ~90)
+/// fits alone; four (~6 blocks each, the prompt's 2 full blocks shared) do not, so sequences
+/// are preempted and recomputed mid-output, and every output still validates (the decoder,
+/// and with it the matcher, stays with its sequence).
 #[test]
 fn preemption_keeps_constrained_outputs_valid() {
     let _g = serial();
-    let s = serve_default_model(6);
+    let s = serve_default_model(4);
     let mut extra = schema_format();
     extra["n"] = json!(4);
     extra["seed"] = json!(5);
-    extra["max_tokens"] = json!(150);
+    extra["max_tokens"] = json!(120);
     let before = EngineMetrics::get(&s.engine.metrics.preemptions);
     let out = chat_ok(&s.base, &chat(ASK, extra));
     let preempted = EngineMetrics::get(&s.engine.metrics.preemptions) - before;
