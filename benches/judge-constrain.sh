@@ -5,10 +5,11 @@
 # per-category temperatures, and greedy) give the pairwise games; single grading (with the
 # reference answers for math, reasoning and coding) and pairwise-all with position swap.
 # Needs ../shared/data/mt_bench. Writes under benches/results/judge-constrain-STAMP/.
-#   [Q=8] [PARALLEL=8] bash benches/judge-constrain.sh
+#   [Q=8] [PARALLEL=4] [MODES="single pairwise-all"] bash benches/judge-constrain.sh
+# PARALLEL above 4 fills the default KV pool with the long judge prompts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-Q="${Q:-8}"; PAR="${PARALLEL:-8}"
+Q="${Q:-8}"; PAR="${PARALLEL:-4}"; MODES="${MODES:-single pairwise-all}"
 DATA="$(cd .. && pwd)/shared/data/mt_bench"
 OUT="benches/results/judge-constrain-$(date -u +%Y%m%dT%H%M%SZ)"; mkdir -p "$OUT/answers"
 cargo build --release -p camelid >&2
@@ -27,7 +28,7 @@ echo "questions: first $Q; load $(cut -d' ' -f1-3 /proc/loadavg)"
   --parallel "$PAR" >&2
 for c in free constrained; do
   flag=(); [ "$c" = constrained ] && flag=(--constrain)
-  for mode in single pairwise-all; do
+  for mode in $MODES; do
     "$BIN" mtbench judge --judge-endpoint "$E" --judge-model default --answers "$OUT/answers" \
       --mode "$mode" --questions "$DATA/question.jsonl" --judge-prompts "$DATA/judge_prompts.jsonl" \
       --references "$DATA/reference_answer/gpt-4.jsonl" --first-n "$Q" --parallel "$PAR" \
@@ -40,12 +41,16 @@ import json, sys
 out = sys.argv[1]
 print("| judge output | single: unparsable / judgments | pairwise: unparsable games / games |")
 print("|---|--:|--:|")
+import os
+def lines(path):
+    return [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+def share(bad, n):
+    return f"{bad} / {n} ({100 * bad / n:.0f} %)" if n else "not run"
 for c in ["free", "constrained"]:
-    single = [json.loads(l) for l in open(f"{out}/single-{c}.jsonl")]
-    pair = [json.loads(l) for l in open(f"{out}/pairwise-all-{c}.jsonl")]
+    single = lines(f"{out}/single-{c}.jsonl")
+    pair = lines(f"{out}/pairwise-all-{c}.jsonl")
     s_bad = sum(1 for j in single if j["score"] == -1)
     games = [w for j in pair for w in (j["g1_winner"], j["g2_winner"])]
     p_bad = sum(1 for w in games if w == "error")
-    print(f"| {c} | {s_bad} / {len(single)} ({100 * s_bad / len(single):.0f} %) "
-          f"| {p_bad} / {len(games)} ({100 * p_bad / len(games):.0f} %) |")
+    print(f"| {c} | {share(s_bad, len(single))} | {share(p_bad, len(games))} |")
 PY

@@ -786,3 +786,83 @@ fn gemma2_gguf_without_softcap_keys_takes_the_defaults() {
         .clone();
     assert_eq!((f.attn_softcap, f.final_softcap), (Some(4.0), Some(3.0)));
 }
+
+/// Gemma 3 4B/12B/27B are published as `Gemma3ForConditionalGeneration`: the config nests the
+/// language model's as `text_config` (only what differs from `Gemma3TextConfig`'s defaults),
+/// the weights sit under `language_model.model.` beside a vision tower, the template in
+/// `chat_template.json`. The same weights rewritten that way serve the same logits and template
+/// as the text-only folder; a stored name camelid does not map is not read.
+#[test]
+fn gemma3_multimodal_checkpoint_serves_its_language_model() {
+    let heads = GEMMA_SHAPES[0];
+    let extra = serde_json::json!({"sliding_window": 5, "num_hidden_layers": 3,
+        "sliding_window_pattern": 3, "rope_local_base_freq": 10000.0, "rope_theta": 1e6,
+        "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-6, "max_position_embeddings": 131072,
+        "vocab_size": VOCAB});
+    let text = write_model("gemma3", heads, extra, 450);
+    let template = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}";
+    let mm = tempfile::tempdir().unwrap();
+    for prefix in ["language_model.model.", "model.language_model."] {
+        let st =
+            candle_core::safetensors::load(text.path().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let mut renamed: HashMap<String, Tensor> = st
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{}", k.strip_prefix("model.").unwrap()), v))
+            .collect();
+        renamed.insert(
+            "vision_tower.vision_model.embeddings.patch_embedding.weight".into(),
+            Tensor::zeros((4, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&renamed, mm.path().join("model.safetensors")).unwrap();
+        let own: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(text.path().join("config.json")).unwrap(),
+        )
+        .unwrap();
+        // The text_config lists only what differs from Gemma3TextConfig's defaults.
+        let mut text_config = serde_json::json!({"model_type": "gemma3_text"});
+        for k in [
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "vocab_size",
+            "sliding_window",
+            "sliding_window_pattern",
+        ] {
+            text_config[k] = own[k].clone();
+        }
+        let cfg = serde_json::json!({"architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3", "bos_token_id": 1, "eos_token_id": [2],
+            "text_config": text_config, "vision_config": {"hidden_size": 4}});
+        std::fs::write(mm.path().join("config.json"), cfg.to_string()).unwrap();
+        std::fs::copy(
+            text.path().join("tokenizer.model"),
+            mm.path().join("tokenizer.model"),
+        )
+        .unwrap();
+        std::fs::write(
+            mm.path().join("chat_template.json"),
+            serde_json::json!({ "chat_template": template }).to_string(),
+        )
+        .unwrap();
+        let (a, b) = (load(text.path()), load(mm.path()));
+        assert_eq!(a.model.config().features, b.model.config().features);
+        let ids = prompt(20, 11);
+        let (x, y) = (
+            rows(&a.model.logits_all(&ids).unwrap()),
+            rows(&b.model.logits_all(&ids).unwrap()),
+        );
+        assert_eq!(x, y, "{prefix}");
+        let chat = b
+            .template
+            .render(&[camelid_model::Message::new("user", "hi")], true)
+            .unwrap();
+        assert!(
+            chat.contains("<start_of_turn>user\nhi<end_of_turn>"),
+            "{chat}"
+        );
+    }
+}

@@ -102,6 +102,8 @@ pub struct HfWeights {
     origin: String,
     backing: Backing,
     shapes: HashMap<String, Vec<usize>>,
+    /// The stored name of a tensor read under another (see [`HfWeights::read_under`]).
+    stored_names: HashMap<String, String>,
     device: Device,
     /// Matrices stored in f16/bf16 stay 16-bit when f32 is asked for on the CPU (the own
     /// 16-bit kernels run them; vectors still become f32).
@@ -171,10 +173,31 @@ impl HfWeights {
             origin,
             backing,
             shapes,
+            stored_names: HashMap::new(),
             device: device.clone(),
             keep_16bit: false,
             quantize: None,
         })
+    }
+
+    /// Tensors stored under `from…` are read as `to…` too (`(from, to)` pairs): a multimodal
+    /// checkpoint's language model (`language_model.model.` → `model.`).
+    pub fn read_under(&mut self, prefixes: &[(&str, &str)]) {
+        let renamed: Vec<(String, String)> = self
+            .shapes
+            .keys()
+            .filter_map(|name| {
+                prefixes.iter().find_map(|(from, to)| {
+                    name.strip_prefix(from)
+                        .map(|rest| (format!("{to}{rest}"), name.clone()))
+                })
+            })
+            .collect();
+        for (canonical, stored) in renamed {
+            let shape = self.shapes[&stored].clone();
+            self.shapes.insert(canonical.clone(), shape);
+            self.stored_names.insert(canonical, stored);
+        }
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -185,6 +208,7 @@ impl HfWeights {
 
     /// The tensor as stored (its own dtype), on the device.
     pub fn load(&self, name: &str) -> Result<Tensor> {
+        let name = self.stored_names.get(name).map_or(name, String::as_str);
         let t = match &self.backing {
             Backing::Safetensors(st) => st.load(name, &self.device),
             Backing::PyTorch(readers, route) => {

@@ -44,6 +44,9 @@ pub const SIDE_FILES: &[&str] = &[
     "tokenizer.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    // Multimodal checkpoints and newer transformers keep the chat template apart.
+    "chat_template.json",
+    "chat_template.jinja",
 ];
 
 fn offline() -> bool {

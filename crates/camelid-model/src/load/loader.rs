@@ -1,7 +1,7 @@
 //! One entry point from a model spec (registry name, GGUF file, HF folder, or hub id) to a
 //! ready model: weights, tokenizer, chat template, stop tokens.
 
-use crate::config::{ids_from_json, HfConfig};
+use crate::config::ids_from_json;
 use crate::constraint::GrammarCompiler;
 use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;
@@ -308,7 +308,7 @@ pub fn load_hf_folder(
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let origin = cfg_path.display().to_string();
-    let hf = HfConfig::parse(&text, &origin)?;
+    let (hf, prefixes) = crate::models::parse_hf_config(&text, &origin)?;
     let cfg = crate::models::config_from_hf(&hf, &origin)?;
     let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
     let mut tok = if dir.join("tokenizer.json").exists() {
@@ -352,7 +352,17 @@ pub fn load_hf_folder(
         .get("add_bos_token")
         .and_then(|v| v.as_bool())
         .unwrap_or(tok.add_bos);
-    let jinja_src = match tok_cfg.get("chat_template") {
+    // The template: in tokenizer_config.json, else (multimodal checkpoints, newer
+    // transformers) beside it in chat_template.json or chat_template.jinja.
+    let own_file = dir.join("chat_template.jinja");
+    let template_cfg = match tok_cfg.get("chat_template") {
+        Some(_) => Some(tok_cfg.clone()),
+        None if own_file.exists() => Some(serde_json::json!({"chat_template":
+            std::fs::read_to_string(&own_file).map_err(|e| Error::io(&own_file, e))?})),
+        None => read_json(&dir.join("chat_template.json"))?,
+    }
+    .unwrap_or_default();
+    let jinja_src = match template_cfg.get("chat_template") {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         // A list of named templates: take "default".
         Some(serde_json::Value::Array(a)) => a
@@ -383,6 +393,9 @@ pub fn load_hf_folder(
     };
     let files = find_weight_files(dir)?;
     let mut weights = HfWeights::open(&files, &opts.device)?;
+    if let Some(p) = prefixes {
+        weights.read_under(p);
+    }
     // Unasked, a 16-bit download stays 16-bit in memory on the CPU (half of f32's bytes).
     weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
     weights.quantize = opts.quantize;

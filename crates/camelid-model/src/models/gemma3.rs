@@ -6,7 +6,7 @@
 //! `rope_scaling`.
 
 use super::gemma2::gemma_features;
-use super::Architecture;
+use super::{Architecture, NestedLanguageModel};
 use crate::config::{ArchFeatures, HfConfig, RopeStyle};
 use crate::error::{Error, Result};
 
@@ -20,6 +20,36 @@ pub const ARCH: Architecture = Architecture {
     tied_by_default: true,
     hf_norm_offset: 1.0,
 };
+
+/// Gemma 3 4B, 12B and 27B are published as `Gemma3ForConditionalGeneration` (a vision tower
+/// beside the language model): the language model is served alone, its config taken from
+/// `text_config` over the defaults of transformers' `Gemma3TextConfig` (the published
+/// `text_config`s list only what differs from them), its weights from under
+/// `language_model.model.` (or `model.language_model.`, as newer transformers save them).
+pub const MULTIMODAL: NestedLanguageModel = NestedLanguageModel {
+    hf_architecture: "Gemma3ForConditionalGeneration",
+    text_architecture: "Gemma3ForCausalLM",
+    text_defaults,
+    prefixes: &[
+        ("language_model.model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+        ("model.language_model.", "model."),
+    ],
+};
+
+/// transformers' `Gemma3TextConfig` defaults (v4.50), the ones camelid reads.
+fn text_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "gemma3_text", "vocab_size": 262_208, "hidden_size": 2304,
+        "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6, "bos_token_id": 2,
+        "eos_token_id": 1, "tie_word_embeddings": true, "rope_theta": 1_000_000.0,
+        "attention_bias": false, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+        "final_logit_softcapping": null, "attn_logit_softcapping": null, "rope_scaling": null,
+        "rope_local_base_freq": 10_000.0, "sliding_window_pattern": 6
+    })
+}
 
 /// Gemma 3's layer pattern and local rope base where a GGUF does not say (llama.cpp's).
 pub const DEFAULT_PATTERN: usize = 6;

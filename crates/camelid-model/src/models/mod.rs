@@ -49,6 +49,57 @@ pub const ARCHITECTURES: &[&Architecture] = &[
     &gemma3::ARCH,
 ];
 
+/// A multimodal HF checkpoint whose language model camelid serves alone: its config nests the
+/// language model's as `text_config`, its weights carry a prefix.
+pub struct NestedLanguageModel {
+    /// The checkpoint's `architectures` entry.
+    pub hf_architecture: &'static str,
+    /// The language model's own class, given to the unnested config.
+    pub text_architecture: &'static str,
+    /// What `text_config` leaves out (the config class's defaults).
+    pub text_defaults: fn() -> serde_json::Value,
+    /// Stored weight-name prefixes and the language model's own (`model.`, `lm_head.`).
+    pub prefixes: &'static [(&'static str, &'static str)],
+}
+
+/// Multimodal checkpoints whose language model is served.
+pub const NESTED: &[&NestedLanguageModel] = &[&gemma3::MULTIMODAL];
+
+/// `config.json` as text → the language model's [`HfConfig`], and for a multimodal checkpoint
+/// of [`NESTED`] the weight-name prefixes to read its language model under.
+pub fn parse_hf_config(
+    text: &str,
+    origin: &str,
+) -> Result<(HfConfig, Option<&'static [(&'static str, &'static str)]>)> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{origin}: {e}")))?;
+    let nested = NESTED.iter().find(|n| {
+        v.get("architectures")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(n.hf_architecture)))
+    });
+    let (Some(n), Some(text_config)) = (nested, v.get("text_config")) else {
+        return Ok((HfConfig::parse(text, origin)?, None));
+    };
+    let mut merged = (n.text_defaults)();
+    for (k, x) in text_config.as_object().into_iter().flatten() {
+        merged[k] = x.clone();
+    }
+    // Token ids and the dtype are said at the top level of the published configs.
+    for k in ["bos_token_id", "eos_token_id", "torch_dtype"] {
+        if let Some(x) = v.get(k) {
+            if text_config.get(k).is_none() {
+                merged[k] = x.clone();
+            }
+        }
+    }
+    merged["architectures"] = serde_json::json!([n.text_architecture]);
+    Ok((
+        HfConfig::parse(&merged.to_string(), origin)?,
+        Some(n.prefixes),
+    ))
+}
+
 /// The architecture of an HF config (its `architectures`, else its `model_type`).
 pub fn for_hf(hf: &HfConfig, origin: &str) -> Result<&'static Architecture> {
     let by_class = ARCHITECTURES.iter().find(|a| {
@@ -317,10 +368,39 @@ mod tests {
         assert_eq!(f.local_rope_theta, Some(10000.0));
         let locals: Vec<usize> = (0..12).filter(|&l| f.is_local(l)).collect();
         assert_eq!(locals, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]);
-        // The multimodal checkpoint's config is refused by name, not as a missing field.
+        // The multimodal checkpoint: its language model, from `text_config` over
+        // Gemma3TextConfig's defaults (as google/gemma-3-4b-it's config.json lists it).
         let mm = serde_json::json!({"architectures": ["Gemma3ForConditionalGeneration"],
-            "model_type": "gemma3", "text_config": j});
-        let e = HfConfig::parse(&mm.to_string(), "t")
+            "model_type": "gemma3", "eos_token_id": [1, 106], "torch_dtype": "bfloat16",
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                "model_type": "gemma3_text", "num_hidden_layers": 34,
+                "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+            "vision_config": {"hidden_size": 1152}});
+        let (hf, prefixes) = parse_hf_config(&mm.to_string(), "t").unwrap();
+        assert!(prefixes
+            .unwrap()
+            .contains(&("language_model.model.", "model.")));
+        assert_eq!(hf.eos_token_id, Some(serde_json::json!([1, 106])));
+        let c = config_from_hf(&hf, "t").unwrap();
+        assert_eq!(c.architecture, "gemma3");
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim
+            ),
+            (2560, 34, 8, 4, 256)
+        );
+        assert_eq!((c.vocab_size, c.tie_word_embeddings), (262_208, true));
+        assert_eq!(c.features.sliding_window, Some(1024));
+        assert_eq!(c.features.local_rope_theta, Some(10000.0));
+        assert!(matches!(c.rope_scaling, RopeScaling::Linear { factor } if factor == 8.0));
+        // Another model's nested config is still refused by name.
+        let other = serde_json::json!({"architectures": ["LlavaForConditionalGeneration"],
+            "text_config": j});
+        let e = parse_hf_config(&other.to_string(), "t")
             .unwrap_err()
             .to_string();
         assert!(e.contains("multimodal") && e.contains("text_config"), "{e}");
