@@ -59,18 +59,18 @@ pub struct NestedLanguageModel {
     /// What `text_config` leaves out (the config class's defaults).
     pub text_defaults: fn() -> serde_json::Value,
     /// Stored weight-name prefixes and the language model's own (`model.`, `lm_head.`).
-    pub prefixes: &'static [(&'static str, &'static str)],
+    pub prefixes: Renames,
 }
+
+/// `(stored prefix, the name's own prefix)` pairs.
+pub type Renames = &'static [(&'static str, &'static str)];
 
 /// Multimodal checkpoints whose language model is served.
 pub const NESTED: &[&NestedLanguageModel] = &[&gemma3::MULTIMODAL];
 
 /// `config.json` as text → the language model's [`HfConfig`], and for a multimodal checkpoint
 /// of [`NESTED`] the weight-name prefixes to read its language model under.
-pub fn parse_hf_config(
-    text: &str,
-    origin: &str,
-) -> Result<(HfConfig, Option<&'static [(&'static str, &'static str)]>)> {
+pub fn parse_hf_config(text: &str, origin: &str) -> Result<(HfConfig, Option<Renames>)> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{origin}: {e}")))?;
     let nested = NESTED.iter().find(|n| {
