@@ -237,13 +237,12 @@ struct Task {
 }
 
 fn run_task(input: &TaskInput, task: &Task, out: OutPtr) {
-    // A windowed or soft-capped model's tasks all take [`attend`] (the only kernel with the
-    // window and the cap), both roles alike: a position still rounds the same way whatever its
-    // chunk.
+    // The decode kernel has no window or cap: such a model's generated positions take
+    // [`attend`] (its prompt positions the prompt kernel, which has both).
     #[cfg(target_arch = "x86_64")]
-    if input.h.window.is_some() || input.h.softcap.is_some() {
-    } else if task.decode {
-        if decode512::run(input, task, out) {
+    if task.decode {
+        let plain = input.h.window.is_none() && input.h.softcap.is_none();
+        if plain && decode512::run(input, task, out) {
             return;
         }
     } else if prefill::run(input, task, out) {

@@ -12,7 +12,8 @@
 //! - outputs are `ot[d][row] = Σ_key v[key][d] · s[key][row]`, four dimensions at a time, over
 //!   tiles of keys small enough that their scores and values stay in L1.
 //!
-//! Masked (future) keys get exactly zero weight. Keys and values are first widened to f32 rows
+//! Sliding windows (each row's first key) and Gemma 2's soft-capping of the scores are taken
+//! here too. Masked (future, or before the window) keys get exactly zero weight. Keys and values are first widened to f32 rows
 //! as in [`super::attend`], once for all the task's rows.
 
 use super::{widen_task_kv, CacheElem, Task, TaskInput, Q8};
@@ -124,6 +125,11 @@ trait Lanes: Copy {
     unsafe fn add(self, b: Self) -> Self;
     /// −∞ in the lanes whose row sees no further than `last[lane]` when `key` is later.
     unsafe fn hide_after(self, key: usize, last: *const i32) -> Self;
+    /// −∞ in the lanes whose row's window starts at `first[lane]` when `key` is earlier.
+    unsafe fn hide_before(self, key: usize, first: *const i32) -> Self;
+    /// `cap · tanh(self / cap)` (Gemma 2's soft-capping), as `1 − 2 / (e^2x + 1)` with the
+    /// sign put back: within a few f32 roundings of `tanh` times `cap`.
+    unsafe fn softcap(self, cap: f32) -> Self;
     /// `e^(self − max)`, exactly 0 where `self` is −∞.
     unsafe fn exp_from(self, max: Self) -> Self;
 }
@@ -171,6 +177,29 @@ impl Lanes for V512 {
             hidden,
             _mm512_set1_ps(f32::NEG_INFINITY),
         ))
+    }
+    #[inline(always)]
+    unsafe fn hide_before(self, key: usize, first: *const i32) -> Self {
+        let first = _mm512_loadu_si512(first as *const _);
+        let hidden = _mm512_cmpgt_epi32_mask(first, _mm512_set1_epi32(key as i32));
+        V512(_mm512_mask_mov_ps(
+            self.0,
+            hidden,
+            _mm512_set1_ps(f32::NEG_INFINITY),
+        ))
+    }
+    #[inline(always)]
+    unsafe fn softcap(self, cap: f32) -> Self {
+        let sign = _mm512_set1_ps(-0.0);
+        let x = _mm512_mul_ps(self.0, _mm512_set1_ps(1.0 / cap));
+        let ax = _mm512_andnot_ps(sign, x);
+        let e = vecmath::avx512::exp(_mm512_add_ps(ax, ax));
+        let t = _mm512_sub_ps(
+            _mm512_set1_ps(1.0),
+            _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, _mm512_set1_ps(1.0))),
+        );
+        let t = _mm512_or_ps(t, _mm512_and_ps(sign, x));
+        V512(_mm512_mul_ps(t, _mm512_set1_ps(cap)))
     }
     #[inline(always)]
     unsafe fn exp_from(self, max: Self) -> Self {
@@ -228,6 +257,29 @@ impl Lanes for V256 {
         ))
     }
     #[inline(always)]
+    unsafe fn hide_before(self, key: usize, first: *const i32) -> Self {
+        let first = _mm256_loadu_si256(first as *const __m256i);
+        let hidden = _mm256_cmpgt_epi32(first, _mm256_set1_epi32(key as i32));
+        V256(_mm256_blendv_ps(
+            self.0,
+            _mm256_set1_ps(f32::NEG_INFINITY),
+            _mm256_castsi256_ps(hidden),
+        ))
+    }
+    #[inline(always)]
+    unsafe fn softcap(self, cap: f32) -> Self {
+        let sign = _mm256_set1_ps(-0.0);
+        let x = _mm256_mul_ps(self.0, _mm256_set1_ps(1.0 / cap));
+        let ax = _mm256_andnot_ps(sign, x);
+        let e = vecmath::avx2::exp(_mm256_add_ps(ax, ax));
+        let t = _mm256_sub_ps(
+            _mm256_set1_ps(1.0),
+            _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, _mm256_set1_ps(1.0))),
+        );
+        let t = _mm256_or_ps(t, _mm256_and_ps(sign, x));
+        V256(_mm256_mul_ps(t, _mm256_set1_ps(cap)))
+    }
+    #[inline(always)]
     unsafe fn exp_from(self, max: Self) -> Self {
         let hidden = _mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, _mm256_set1_ps(f32::NEG_INFINITY));
         let e = vecmath::avx2::exp(_mm256_sub_ps(self.0, max.0));
@@ -254,15 +306,21 @@ struct Group<'a> {
     s: &'a mut [f32],
     ot: &'a mut [f32],
     last: &'a [i32; MAX_ROWS],
+    /// The first key each row sees (its window's start).
+    first: &'a [i32; MAX_ROWS],
     d: usize,
     rp: usize,
     n_keys: usize,
-    /// Keys from here on are hidden from some rows.
+    /// Keys from here on are hidden from some rows (causal).
     first_masked: usize,
+    /// Keys before this are hidden from some rows (their windows'; 0 without a window).
+    windowed_until: usize,
+    softcap: Option<f32>,
 }
 
-/// One task: its keys and values widened once, then its rows (row `i · group + j`: query
-/// `q0 + i`, head `j` of the group) in groups of [`Lanes::GROUP`] vectors.
+/// One task: its keys and values widened once (from the block of the earliest window's first
+/// key), then its rows (row `i · group + j`: query `q0 + i`, head `j` of the group) in groups
+/// of [`Lanes::GROUP`] vectors. Keys are numbered from that block on.
 #[inline(always)]
 unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {
     let h = input.h;
@@ -280,9 +338,11 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
     let rows = nq * group;
     let vectors = rows.div_ceil(L::W);
     let rp = vectors * L::W;
-    let n_keys = c.start_pos + q1;
+    let bs = input.kv.block_size;
+    let from = h.first_key(c.start_pos + q0) / bs * bs;
+    let n_keys = c.start_pos + q1 - from;
     BUFS.with_borrow_mut(|[keys, values, qt, s, ot]| {
-        widen_task_kv::<Avx2, E>(input, task, 0, n_keys, keys, values);
+        widen_task_kv::<Avx2, E>(input, task, from, from + n_keys, keys, values);
         // Scaled queries, transposed; padding rows stay zero (their lanes are never written
         // out).
         qt.clear();
@@ -297,10 +357,12 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
                 }
             }
         }
-        // The last key each row sees (causal); padding rows see every key.
-        let mut last = [n_keys as i32 - 1; MAX_ROWS];
-        for (r, l) in last.iter_mut().enumerate().take(rows) {
-            *l = (c.start_pos + q0 + r / group) as i32;
+        // The first and last key each row sees (window, causal); padding rows see every key.
+        let (mut first, mut last) = ([0i32; MAX_ROWS], [n_keys as i32 - 1; MAX_ROWS]);
+        for r in 0..rows {
+            let pos = c.start_pos + q0 + r / group;
+            first[r] = (h.first_key(pos) - from) as i32;
+            last[r] = (pos - from) as i32;
         }
         s.resize(n_keys * rp, 0.0);
         ot.clear();
@@ -313,10 +375,13 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
             s,
             ot,
             last: &last,
+            first: &first,
             d,
             rp,
             n_keys,
-            first_masked: c.start_pos + q0 + 1,
+            first_masked: c.start_pos + q0 + 1 - from,
+            windowed_until: first[rows - 1] as usize,
+            softcap: h.softcap,
         };
         let mut v0 = 0;
         while v0 < vectors {
@@ -354,11 +419,20 @@ unsafe fn group_rows<L: Lanes, const RZ: usize>(gr: &mut Group, v0: usize, sum: 
     let (d, rp, n_keys) = (gr.d, gr.rp, gr.n_keys);
     let lane0 = v0 * L::W;
     let (kp, qp, sp) = (gr.keys.as_ptr(), gr.qt.as_ptr(), gr.s.as_mut_ptr());
-    let lastp = gr.last.as_ptr().add(lane0);
-    let first_masked = gr.first_masked;
+    let (lastp, firstp) = (gr.last.as_ptr().add(lane0), gr.first.as_ptr().add(lane0));
+    let (first_masked, windowed_until, softcap) = (gr.first_masked, gr.windowed_until, gr.softcap);
     let store = |k: usize, z: usize, v: L| {
+        let v = match softcap {
+            Some(cap) => v.softcap(cap),
+            None => v,
+        };
         let v = if k >= first_masked {
             v.hide_after(k, lastp.add(z * L::W))
+        } else {
+            v
+        };
+        let v = if k < windowed_until {
+            v.hide_before(k, firstp.add(z * L::W))
         } else {
             v
         };

@@ -392,11 +392,11 @@ fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize, data: &Data) {
 
 /// Each position's output is the same to the bit however its sequence is cut into chunks:
 /// prompt positions (even a lone one) always take the prompt kernel, generated ones the
-/// decode kernel, also when a chunk recomputes them after a preemption. Prompt
-/// log-probabilities and greedy tokens must not depend on the load.
+/// decode kernel, also when a chunk recomputes them after a preemption; with a window and
+/// soft-capping too. Prompt log-probabilities and greedy tokens must not depend on the load.
 #[test]
 fn a_position_rounds_by_its_role_not_its_chunk() {
-    let h = Heads {
+    let plain = Heads {
         q: 9,
         kv: 3,
         dim: 64,
@@ -405,87 +405,96 @@ fn a_position_rounds_by_its_role_not_its_chunk() {
         scale: None,
         softcap: None,
     };
-    // 64 positions: a prompt of 40, then 24 generated tokens.
-    let (n, prompt, bs) = (64, 40, 16);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let width = (h.q + 2 * h.kv) * h.dim;
-    let data: Vec<f32> = (0..n * width)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let half = h.dim / 2;
-    let (mut cos, mut sin) = (vec![], vec![]);
-    for p in 0..n {
-        for j in 0..half {
-            let a = p as f32 * 10000f32.powf(-(2.0 * j as f32) / h.dim as f32);
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
-    // The outputs of every position, computed in chunks of these lengths.
-    let run = |pieces: &[usize], dtype: KvDtype| -> Vec<f32> {
-        let mut cache = HostKvCache::new(1, n / bs, bs, h.kv, h.dim, dtype);
-        let mut out = vec![0f32; n * h.q * h.dim];
-        let mut start = 0;
-        for &len in pieces {
-            let rows = &data[start * width..(start + len) * width];
-            let qkv = QkvRows {
-                q: (rows, width, 0),
-                k: (rows, width, h.q * h.dim),
-                v: (rows, width, (h.q + h.kv) * h.dim),
-            };
-            let mut paged = HostPaged {
-                cache: &mut cache,
-                block_size: bs,
-                tables: vec![(0..(n / bs) as u32).rev().collect()],
-            };
-            let chunk = [SeqSpan {
-                seq: 0,
-                start_pos: start,
-                len,
-                generated_from: prompt,
-            }];
-            let at = start * half..(start + len) * half;
-            let dst = &mut out[start * h.q * h.dim..(start + len) * h.q * h.dim];
-            paged_attention(
-                0,
-                &chunk,
-                &qkv,
-                &cos[at.clone()],
-                &sin[at],
-                h,
-                &mut paged,
-                dst,
-            );
-            start += len;
-        }
-        assert_eq!(start, n);
-        out
+    // Gemma's: a window shorter than the prompt, a scale and a cap of their own.
+    let gemma = Heads {
+        window: Some(20),
+        scale: Some(0.1),
+        softcap: Some(3.0),
+        ..plain
     };
-    // The prompt whole, then one decode at a time.
-    let decoded: Vec<usize> = std::iter::once(prompt).chain([1; 24]).collect();
-    #[cfg(target_arch = "x86_64")]
-    let paths = [prefill::PrefillPath::Widest, prefill::PrefillPath::Avx2];
-    #[cfg(not(target_arch = "x86_64"))]
-    let paths = [()];
-    for path in paths {
+    for h in [plain, gemma] {
+        // 64 positions: a prompt of 40, then 24 generated tokens.
+        let (n, prompt, bs) = (64, 40, 16);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let width = (h.q + 2 * h.kv) * h.dim;
+        let data: Vec<f32> = (0..n * width)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let half = h.dim / 2;
+        let (mut cos, mut sin) = (vec![], vec![]);
+        for p in 0..n {
+            for j in 0..half {
+                let a = p as f32 * 10000f32.powf(-(2.0 * j as f32) / h.dim as f32);
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        // The outputs of every position, computed in chunks of these lengths.
+        let run = |pieces: &[usize], dtype: KvDtype| -> Vec<f32> {
+            let mut cache = HostKvCache::new(1, n / bs, bs, h.kv, h.dim, dtype);
+            let mut out = vec![0f32; n * h.q * h.dim];
+            let mut start = 0;
+            for &len in pieces {
+                let rows = &data[start * width..(start + len) * width];
+                let qkv = QkvRows {
+                    q: (rows, width, 0),
+                    k: (rows, width, h.q * h.dim),
+                    v: (rows, width, (h.q + h.kv) * h.dim),
+                };
+                let mut paged = HostPaged {
+                    cache: &mut cache,
+                    block_size: bs,
+                    tables: vec![(0..(n / bs) as u32).rev().collect()],
+                };
+                let chunk = [SeqSpan {
+                    seq: 0,
+                    start_pos: start,
+                    len,
+                    generated_from: prompt,
+                }];
+                let at = start * half..(start + len) * half;
+                let dst = &mut out[start * h.q * h.dim..(start + len) * h.q * h.dim];
+                paged_attention(
+                    0,
+                    &chunk,
+                    &qkv,
+                    &cos[at.clone()],
+                    &sin[at],
+                    h,
+                    &mut paged,
+                    dst,
+                );
+                start += len;
+            }
+            assert_eq!(start, n);
+            out
+        };
+        // The prompt whole, then one decode at a time.
+        let decoded: Vec<usize> = std::iter::once(prompt).chain([1; 24]).collect();
         #[cfg(target_arch = "x86_64")]
-        prefill::set_path(path);
-        let _ = path;
-        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
-            let want = run(&decoded, dtype);
-            for pieces in [
-                &[64][..],           // recomputed whole after a preemption
-                &[22, 1, 17, 2, 22], // blocks of 21 queries would leave one alone
-                &[1, 1, 38, 1, 23],  // lone prompt positions
-                &[39, 25],           // a chunk of the prompt's end and the tokens
-                &[43, 21],
-            ] {
-                let got = run(pieces, dtype);
-                let row = h.q * h.dim;
-                let differs =
-                    |p: usize| got[p * row..(p + 1) * row] != want[p * row..(p + 1) * row];
-                if let Some(p) = (0..n).find(|&p| differs(p)) {
-                    panic!("{dtype:?}, pieces {pieces:?}: position {p} differs");
+        let paths = [prefill::PrefillPath::Widest, prefill::PrefillPath::Avx2];
+        #[cfg(not(target_arch = "x86_64"))]
+        let paths = [()];
+        for path in paths {
+            #[cfg(target_arch = "x86_64")]
+            prefill::set_path(path);
+            let _ = path;
+            for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+                let want = run(&decoded, dtype);
+                for pieces in [
+                    &[64][..],           // recomputed whole after a preemption
+                    &[22, 1, 17, 2, 22], // blocks of 21 queries would leave one alone
+                    &[1, 1, 38, 1, 23],  // lone prompt positions
+                    &[39, 25],           // a chunk of the prompt's end and the tokens
+                    &[43, 21],
+                ] {
+                    let got = run(pieces, dtype);
+                    let row = h.q * h.dim;
+                    let differs =
+                        |p: usize| got[p * row..(p + 1) * row] != want[p * row..(p + 1) * row];
+                    if let Some(p) = (0..n).find(|&p| differs(p)) {
+                        panic!("{h:?} {dtype:?}, pieces {pieces:?}: position {p} differs");
+                    }
                 }
             }
         }
