@@ -1,7 +1,8 @@
 //! Micro-benchmark of the 16-bit weight matmul on a 1B-class FFN matrix (8192 × 2048, 32 MiB
 //! in f16: past the L2, as in a real model) against candle's f32 matmul on the same weights
 //! widened (what the CPU ran before): `cargo run --release -p camelid-kernels --example
-//! f16gemm_bench [threads] [f16|bf16]`.
+//! f16gemm_bench [threads] [f16|bf16] [ours]` (`ours`: candle's matmul not run, e.g. for
+//! `perf stat` on a shared machine).
 use camelid_kernels::f16gemm::{matmul, HalfKind, HalfWeight};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
@@ -58,6 +59,10 @@ fn main() {
             matmul(&w, &x, m, &mut out);
         }
         let ours = t.elapsed().as_secs_f64() / reps as f64;
+        if std::env::args().nth(3).as_deref() == Some("ours") {
+            println!("m={m:3}: f16gemm {:7.3} ms", ours * 1e3);
+            continue;
+        }
         let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
         let _ = xt.matmul(&wt).unwrap();
         let t = Instant::now();

@@ -212,7 +212,10 @@ pub fn matmul(w: &HalfWeight, x: &[f32], m: usize, out: &mut [f32]) {
     {
         let unit_rows = g * UNIT_GROUPS;
         let units = n.div_ceil(unit_rows);
-        let pass = if g == 16 { 8 } else { 4 };
+        // AVX2: 6 rows × 2 groups, twelve sums in flight (FMA's latency of 4–5 cycles at two
+        // a cycle wants ten independent chains; 4 rows × 2 held the CPU at ~60 % of its FMA
+        // rate), two weight vectors and a broadcast: 15 of the 16 registers.
+        let pass = if g == 16 { 8 } else { 6 };
         let tile = (ACT_TILE_BYTES / (4 * k.max(1))).max(pass) / pass * pass;
         let work = |u0: usize, u1: usize| {
             // One kernel call's sums: `pass` rows × 4 groups × 16 lanes at most.

@@ -94,8 +94,8 @@ fn every_flavour_matches_the_f64_reference() {
 
 #[test]
 fn tiles_and_threads_cover_every_output() {
-    // k = 4096: an activation tile of 16 rows, so m = 21 takes two tiles; 3 · 2¹⁸ multiply-adds
-    // and more split over threads.
+    // k = 4096: an activation tile of 16 (AVX-512) or 12 (AVX2) rows, so m = 21 takes two
+    // tiles; 3 · 2¹⁸ multiply-adds and more split over threads.
     let (m, n, k) = (21, 70, 4096);
     for kind in [HalfKind::F16, HalfKind::Bf16] {
         let bits = weight_bits(kind, n * k, 9);

@@ -13,7 +13,7 @@ const PREFETCH_BYTES: usize = 1024;
 ///
 /// # Safety
 /// `flavour` runs on this CPU; `w` points at `groups` whole interleaved groups of `k` columns
-/// for it; `x` at `rows` rows of `k` f32; `rows` ≤ 8 (AVX-512) or 4 (AVX2) and `groups` 2 or 4
+/// for it; `x` at `rows` rows of `k` f32; `rows` ≤ 8 (AVX-512) or 6 (AVX2) and `groups` 2 or 4
 /// (4 only for ≤ 2 rows).
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm(
@@ -39,8 +39,8 @@ pub(super) unsafe fn gemm(
     match (flavour, kind) {
         (Flavour::Avx512, HalfKind::F16) => go!(gemm512, false, 1, 2, 3, 4, 5, 6, 7, 8),
         (Flavour::Avx512, HalfKind::Bf16) => go!(gemm512, true, 1, 2, 3, 4, 5, 6, 7, 8),
-        (Flavour::Avx2, HalfKind::F16) => go!(gemm256, false, 1, 2, 3, 4),
-        (Flavour::Avx2, HalfKind::Bf16) => go!(gemm256, true, 1, 2, 3, 4),
+        (Flavour::Avx2, HalfKind::F16) => go!(gemm256, false, 1, 2, 3, 4, 5, 6),
+        (Flavour::Avx2, HalfKind::Bf16) => go!(gemm256, true, 1, 2, 3, 4, 5, 6),
         (Flavour::Scalar, _) => unreachable!("the scalar flavour is row-major"),
     }
 }
