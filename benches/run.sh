@@ -33,7 +33,7 @@ for r in $(seq "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do
     name="${v%%:*}"; flags="${v#*:}"
     # shellcheck disable=SC2086 # flags is a word list
-    $BENCH serve --model "$MODEL" --port 18080 --max-num-seqs 16 $flags >/tmp/camelid-bench.log 2>&1 & SERVER=$!
+    $BENCH serve --model "default=$MODEL" --port 18080 --max-num-seqs 16 $flags >/tmp/camelid-bench.log 2>&1 & SERVER=$!
     up 18080
     echo "round $r $name  load $(cut -d' ' -f1 /proc/loadavg)"
     $BENCH bench --endpoint http://127.0.0.1:18080 --name "$name" --prompt-tokens "$P" \
@@ -49,12 +49,12 @@ for r in $(seq "$ROUNDS"); do
   down
 done
 # MT-bench second turn: prefix cache on, then off (a fresh server).
-$BENCH serve --model "$MODEL" --port 18080 >/tmp/camelid-bench.log 2>&1 & SERVER=$!
+$BENCH serve --model "default=$MODEL" --port 18080 >/tmp/camelid-bench.log 2>&1 & SERVER=$!
 up 18080
 $BENCH bench --endpoint http://127.0.0.1:18080 --name camelid-prefix-cache --second-turn 1500 \
   --json "$OUT/turn2-cache-$STAMP.json"
 down
-$BENCH serve --model "$MODEL" --port 18082 --no-prefix-caching >/tmp/camelid-bench-nocache.log 2>&1 & SERVER=$!
+$BENCH serve --model "default=$MODEL" --port 18082 --no-prefix-caching >/tmp/camelid-bench-nocache.log 2>&1 & SERVER=$!
 up 18082
 $BENCH bench --endpoint http://127.0.0.1:18082 --name camelid-no-prefix-cache --second-turn 1500 \
   --json "$OUT/turn2-nocache-$STAMP.json"

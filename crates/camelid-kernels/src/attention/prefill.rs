@@ -13,8 +13,8 @@
 //!   tiles of keys small enough that their scores and values stay in L1.
 //!
 //! Sliding windows (each row's first key) and Gemma 2's soft-capping of the scores are taken
-//! here too. Masked (future, or before the window) keys get exactly zero weight. Keys and values are first widened to f32 rows
-//! as in [`super::attend`], once for all the task's rows.
+//! here too. Masked (future, or before the window) keys get exactly zero weight. Keys and
+//! values are first widened to f32 rows as in [`super::attend`], once for all the task's rows.
 
 use super::{widen_task_kv, CacheElem, Task, TaskInput, Q8};
 use crate::vecmath::{self, Avx2};

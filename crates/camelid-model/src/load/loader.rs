@@ -355,15 +355,16 @@ pub fn load_hf_folder(
     // The template: in tokenizer_config.json, else (multimodal checkpoints, newer
     // transformers) beside it in chat_template.json or chat_template.jinja.
     let own_file = dir.join("chat_template.jinja");
-    let template_cfg = match tok_cfg.get("chat_template") {
-        Some(_) => Some(tok_cfg.clone()),
-        None if own_file.exists() => Some(serde_json::json!({"chat_template":
-            std::fs::read_to_string(&own_file).map_err(|e| Error::io(&own_file, e))?})),
-        None => read_json(&dir.join("chat_template.json"))?,
-    }
-    .unwrap_or_default();
-    let jinja_src = match template_cfg.get("chat_template") {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
+    let template_value = match tok_cfg.get("chat_template") {
+        Some(t) => Some(t.clone()),
+        None if own_file.exists() => Some(serde_json::Value::String(
+            std::fs::read_to_string(&own_file).map_err(|e| Error::io(&own_file, e))?,
+        )),
+        None => read_json(&dir.join("chat_template.json"))?
+            .and_then(|v| v.get("chat_template").cloned()),
+    };
+    let jinja_src = match template_value {
+        Some(serde_json::Value::String(s)) => Some(s),
         // A list of named templates: take "default".
         Some(serde_json::Value::Array(a)) => a
             .iter()
