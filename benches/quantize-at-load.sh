@@ -2,9 +2,9 @@
 # Issue 19's quantize-at-load targets on the 1B-class random model: an HF safetensors folder
 # (f16, written by `camelid convert` from make-1b-model.sh's F16 GGUF) loaded with
 # `--quantize FMT` against llama-quantize's GGUF of the same format.
-# 1. Peak memory while loading (`/usr/bin/time -v` of a one-token `camelid generate`): the
-#    target is below the final model size plus one tensor's f32 copy (the embeddings, the
-#    largest tensor).
+# 1. Peak memory while loading: `camelid serve` with a 16 MiB KV pool, read from /proc once it
+#    answers /health: VmHWM (the peak) against VmRSS (what the loaded model keeps). The target:
+#    the peak below the final size plus one tensor's f32 copy (the embeddings, the largest).
 # 2. Speed: `camelid serve` on the folder with --quantize vs on the GGUF, each alone, ROUNDS
 #    alternations, 1 and 8 clients (P prompt / N output tokens).
 #   [ROUNDS=2] [FMT=q4_0] [P=64] [N=32] bash benches/quantize-at-load.sh
@@ -20,16 +20,20 @@ HF="${F16%.F16.gguf}-hf-f16"
 OUT=benches/results; mkdir -p "$OUT"; STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 lscpu | grep -E "Model name|L3 cache"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-peak() { /usr/bin/time -v "$BIN" generate "$@" --prompt hi --max-tokens 1 2>&1 >/dev/null \
-  | awk '/Maximum resident set size/ {printf "%.0f", $6 / 1024}'; }
+mem() { "$BIN" serve "$@" --port 18094 --kv-cache-mb 16 >/tmp/qal-mem.log 2>&1 & local pid=$!
+  for _ in $(seq 600); do curl -sf http://127.0.0.1:18094/health >/dev/null && break; sleep 1; done
+  awk '/VmHWM|VmRSS|RssAnon|RssFile/ {printf "%s %.0f  ", $1, $2 / 1024}' /proc/$pid/status
+  kill $pid; wait $pid 2>/dev/null || true; }
 python3 - "$HF" <<'PY' >"$OUT/qal-$STAMP-sizes.txt"
 import json, sys
 c = json.load(open(sys.argv[1] + "/config.json"))
 print(c["vocab_size"] * c["hidden_size"] * 4 / 2**20)
 PY
 EMB=$(cat "$OUT/qal-$STAMP-sizes.txt")
-echo "peak RSS (MiB): --quantize $FMT $(peak --model "$HF" --quantize "$FMT"); the $GGUF_TYPE GGUF $(peak --model "$GGUF"); the f16 folder kept 16-bit $(peak --model "$HF")"
-echo "target: below $(du -m "$GGUF" | cut -f1) MiB ($GGUF_TYPE file) + ${EMB%.*} MiB (embeddings as f32)"
+echo "MiB, --quantize $FMT: $(mem --model "kq=$HF" --quantize "$FMT")"
+echo "MiB, the $GGUF_TYPE GGUF:  $(mem --model "kq=$GGUF")"
+echo "MiB, the f16 folder kept 16-bit: $(mem --model "kq=$HF")"
+echo "target: VmHWM below VmRSS + ${EMB%.*} MiB (the embeddings as f32)"
 SERVER=""
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
 up() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done

@@ -112,6 +112,34 @@ impl Linear {
         })
     }
 
+    /// A `rows × cols` matrix from its bytes in GGML's `dtype` layout (a quantized format): the
+    /// own kernels take the bytes themselves, other formats or devices go through candle.
+    pub fn from_ggml_bytes(
+        dtype: candle_core::quantized::GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: Vec<u8>,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        if let (Some(kind), true) = (QKind::from_ggml(dtype), device.is_cpu()) {
+            let q = QWeight::new(kind, rows, cols, bytes).ok_or_else(|| {
+                candle_core::Error::Msg(format!("{dtype:?} bytes do not make {rows} × {cols}"))
+            })?;
+            return Ok(Self {
+                inner: Inner::Own(Arc::new(q)),
+                out_features: rows,
+                in_features: cols,
+            });
+        }
+        let w = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            dtype,
+            &bytes,
+            vec![rows, cols],
+            device,
+        )?;
+        Self::from_qtensor(w)
+    }
+
     /// Always candle's `QMatMul` (the reference for the own kernels).
     pub fn from_qtensor_candle(w: QTensor) -> Result<Self> {
         let (out_features, in_features) = w.shape().dims2()?;

@@ -210,7 +210,12 @@ impl HfWeights {
     pub fn load(&self, name: &str) -> Result<Tensor> {
         let name = self.stored_names.get(name).map_or(name, String::as_str);
         let t = match &self.backing {
-            Backing::Safetensors(st) => st.load(name, &self.device),
+            Backing::Safetensors(st) => st.load(name, &self.device).inspect(|_| {
+                // The tensor is copied out: its pages of the mapping are no longer needed.
+                if let Ok(view) = st.get(name) {
+                    release_mapped_pages(view.data());
+                }
+            }),
             Backing::PyTorch(readers, route) => {
                 let i = *route.get(name).ok_or_else(|| self.missing(name))?;
                 readers[i]
@@ -237,6 +242,41 @@ impl HfWeights {
     }
 }
 
+/// The bytes of `t` (a matrix) quantized to `q`, a few rows at a time: blocks run along rows, so
+/// they are those of quantizing it whole, without its f32 copy (the embedding table's, when tied to the
+/// output, would be the largest allocation of the load).
+fn quantize_by_rows(t: &Tensor, q: GgmlDType) -> candle_core::Result<Vec<u8>> {
+    let (rows, cols) = t.dims2()?;
+    let step = ((8 << 20) / (4 * cols.max(1))).max(1);
+    let mut bytes = Vec::with_capacity(rows * cols / q.block_size() * q.type_size());
+    for start in (0..rows).step_by(step) {
+        let part = t.narrow(0, start, step.min(rows - start))?;
+        let part = QTensor::quantize(&part.to_dtype(DType::F32)?, q)?;
+        bytes.extend_from_slice(&part.data()?);
+    }
+    Ok(bytes)
+}
+
+/// Drops the pages of `bytes`, a part of a read-only file mapping, from this process's resident
+/// set (the kernel reads them from the file or page cache again if they are touched). Without it every page
+/// read while loading stays counted until the whole mapping goes: a 16-bit 7B folder would hold
+/// its 13 GiB of file pages beside the converted or quantized model.
+fn release_mapped_pages(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let start = bytes.as_ptr() as usize / page * page;
+    let end = (bytes.as_ptr() as usize + bytes.len()).div_ceil(page) * page;
+    // SAFETY: the range lies in a read-only file mapping that camelid never writes: dropping its
+    // pages loses nothing (pages shared with a neighbouring tensor are read again on their next
+    // touch), and `bytes` keeps reading what the file holds.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+    }
+}
+
 impl TensorSource for HfWeights {
     fn origin(&self) -> String {
         self.origin.clone()
@@ -255,13 +295,12 @@ impl TensorSource for HfWeights {
         if let Some(q) = self.quantize {
             let cols = t.dims().last().copied().unwrap_or(0);
             if t.rank() == 2 && cols % q.block_size() == 0 {
-                // One tensor's f32 copy at a time: the whole model is never f32.
-                let wide = t.to_dtype(DType::F32)?;
-                drop(t);
-                let qt = QTensor::quantize(&wide, q).map_err(|e| {
+                let (rows, cols) = t.dims2()?;
+                let bytes = quantize_by_rows(&t, q).map_err(|e| {
                     Error::BadWeights(format!("{}: tensor {name}: quantizing: {e}", self.origin))
                 })?;
-                return Ok(Linear::from_qtensor(qt)?);
+                drop(t);
+                return Ok(Linear::from_ggml_bytes(q, rows, cols, bytes, &self.device)?);
             }
             // As llama-quantize does with such tensors, keep it in a format that fits.
             tracing::warn!(
@@ -281,5 +320,66 @@ impl TensorSource for HfWeights {
             return Ok(t);
         }
         Ok(t.to_dtype(dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resident kB of the mapping of this process that holds `addr` (`/proc/self/smaps`).
+    fn resident_kb_of_mapping(addr: usize) -> usize {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    inside = a <= addr && addr < b;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(kb) = line.strip_prefix("Rss:") {
+                    return kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn quantizing_by_rows_gives_the_bytes_of_quantizing_whole() {
+        // 1100 rows of 2048: the 8 MiB steps (1024 rows) end inside the matrix.
+        let t = Tensor::randn(0f32, 1.0, (1100, 2048), &Device::Cpu).unwrap();
+        let t = t.to_dtype(DType::F16).unwrap();
+        for q in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let whole = QTensor::quantize(&t.to_dtype(DType::F32).unwrap(), q).unwrap();
+            let rows = quantize_by_rows(&t, q).unwrap();
+            assert!(whole.data().unwrap() == rows.as_slice(), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn loading_a_tensor_gives_its_mapped_pages_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        // 16 MiB of f16: a tensor far larger than the pages it may share with the header.
+        let w = Tensor::ones((4096, 2048), DType::F16, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), w)]), &path).unwrap();
+        let weights = HfWeights::open(&WeightFiles::Safetensors(vec![path]), &Device::Cpu).unwrap();
+        let t = weights.load("w").unwrap();
+        let total = t.to_dtype(DType::F32).unwrap().sum_all().unwrap();
+        assert_eq!(total.to_scalar::<f32>().unwrap(), 4096.0 * 2048.0);
+        let Backing::Safetensors(st) = &weights.backing else {
+            unreachable!()
+        };
+        let addr = st.get("w").unwrap().data().as_ptr() as usize;
+        let kb = resident_kb_of_mapping(addr);
+        assert!(
+            kb < 1024,
+            "{kb} kB of the 16 MiB tensor's mapping are still resident"
+        );
     }
 }
