@@ -5,8 +5,9 @@
 # (P prompt tokens, N outputs) and prefill of a 512-token prompt (one client); per round a
 # two-thread memory-bandwidth probe (benches/bandwidth.c), the single-stream roofline being
 # bandwidth / model bytes. Prints per-round numbers, then medians of the per-round ratios.
-# BIN: the camelid binary to measure (default target/release/camelid).
-#   [ROUNDS=2] [P=64] [N=32] [BIN=...] bash benches/kquant-1b.sh [MODEL.gguf ...]
+# BIN: the camelid binary to measure (default target/release/camelid); CAMELID_ARGS: more
+# `camelid serve` flags (e.g. `--max-step-stretch 0`, llama.cpp's unbounded prefill steps).
+#   [ROUNDS=2] [P=64] [N=32] [BIN=...] [CAMELID_ARGS=...] bash benches/kquant-1b.sh [MODEL.gguf ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS=("$@"); [ ${#MODELS[@]} -gt 0 ] || MODELS=("$(bash benches/make-1b-model.sh Q4_K_M)")
@@ -27,12 +28,12 @@ measure() { # name port tag: decode at 1 and 8 clients, then prefill of 512 toke
 }
 lscpu | grep -E "Model name|L2 cache|L3 cache|^CPU\(s\)"
 echo "vector extensions: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512_vnni|avx_vnni|f16c|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-echo "P=$P N=$N rounds=$ROUNDS  load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "P=$P N=$N rounds=$ROUNDS camelid flags: ${CAMELID_ARGS:-none}  load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
   for m in "${MODELS[@]}"; do
     f="$(basename "$m" .gguf)"
     echo "round $r $f: $("$BW" 2 | tee "$OUT/kq-$STAMP-$f-r$r-bw.txt")  load $(cut -d' ' -f1 /proc/loadavg)"
-    "$BIN" serve --model "kq=$m" --port 18090 --max-num-seqs 8 >/tmp/kq-camelid.log 2>&1 & SERVER=$!
+    "$BIN" serve --model "kq=$m" --port 18090 --max-num-seqs 8 ${CAMELID_ARGS:-} >/tmp/kq-camelid.log 2>&1 & SERVER=$!
     up 18090; measure camelid 18090 "$STAMP-$f-r$r-camelid"; down
     "$LLAMA_BIN/llama-server" -m "$m" --port 18091 --parallel 8 -t "$(nproc)" -c 8192 \
       >/tmp/kq-llama.log 2>&1 & SERVER=$!
