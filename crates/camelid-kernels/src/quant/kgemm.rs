@@ -151,9 +151,10 @@ unsafe fn gemm_group(
     out: *mut f32,
     ld: usize,
 ) {
-    debug_assert!(acts
-        .iter()
-        .all(|a| a.qs.len() >= nsb * QK_K && a.d.len() >= nsb && a.bsums.len() >= nsb * 16));
+    debug_assert!(acts.iter().all(|a| a.qs.len() >= nsb * QK_K
+        && a.d.len() >= nsb
+        && a.bsums.len() >= nsb * 16
+        && a.pairs.len() >= nsb * 4));
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::{k256, k512};

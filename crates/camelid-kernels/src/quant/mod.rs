@@ -131,6 +131,10 @@ pub struct QActs {
     d: Vec<f32>,
     s: Vec<f32>,
     bsums: Vec<i16>,
+    /// Q8K: per super-block the four pairs (Σq of values 64c..64c+32, of 64c+32..64c+64) as
+    /// i16 halves of an i32, the form the AVX2 K kernels multiply the paired mins by
+    /// (summed here once per row rather than in every kernel pass).
+    pairs: Vec<i32>,
 }
 
 /// Rows at or above which quantizing is split over threads.
@@ -222,6 +226,12 @@ impl QActs {
         } else {
             quantize_rows(x, &mut self.qs, &mut self.d, &mut self.bsums);
         }
+        self.pairs.clear();
+        self.pairs.extend(self.bsums.chunks_exact(4).map(|b| {
+            let lo = (b[0] as i32 + b[1] as i32) & 0xFFFF;
+            let hi = b[2] as i32 + b[3] as i32;
+            lo | (hi << 16)
+        }));
     }
 
     pub fn rows(&self) -> usize {
@@ -238,6 +248,7 @@ impl QActs {
                     d: &self.d[i * nb..(i + 1) * nb],
                     s: &self.s[i * nb..(i + 1) * nb],
                     bsums: &[],
+                    pairs: &[],
                 }
             }
             ActFormat::Q8K => {
@@ -247,6 +258,7 @@ impl QActs {
                     d: &self.d[i * nb..(i + 1) * nb],
                     s: &[],
                     bsums: &self.bsums[i * nb * 16..(i + 1) * nb * 16],
+                    pairs: &self.pairs[i * nb * 4..(i + 1) * nb * 4],
                 }
             }
         }
@@ -262,6 +274,8 @@ pub(crate) struct ActRow<'a> {
     pub(crate) s: &'a [f32],
     /// Q8K only: `Σq` per 16 values.
     pub(crate) bsums: &'a [i16],
+    /// Q8K only: [`QActs::pairs`], four per 256 values.
+    pub(crate) pairs: &'a [i32],
 }
 
 /// Whether [`matmul`] runs a SIMD kernel on this CPU.

@@ -63,12 +63,6 @@ unsafe fn f16x8(p: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
-/// Two i16 values in one i32 (low, high), broadcast.
-#[inline(always)]
-unsafe fn pair(lo: i32, hi: i32) -> __m256i {
-    _mm256_set1_epi32((lo & 0xFFFF) | (hi << 16))
-}
-
 /// Q4_K (`FIFTH = false`) and Q5_K: Σ_j sc_j·Σ q·a per row in i32, then
 /// `d·da·that − dmin·da·Σ_j m_j·Σa_j`.
 #[inline(always)]
@@ -133,11 +127,11 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
         }
         for i in 0..R {
             let a = acts.get_unchecked(i);
-            let bs = a.bsums.as_ptr().add(b * 16);
+            let ps = a.pairs.as_ptr().add(b * 4);
             let mut msum = _mm256_setzero_si256();
             for (c, m) in mins.iter().enumerate() {
-                let s = |k: usize| *bs.add(2 * k) as i32 + *bs.add(2 * k + 1) as i32;
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*m, pair(s(2 * c), s(2 * c + 1))));
+                let s = _mm256_set1_epi32(*ps.add(c));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*m, s));
             }
             let da = _mm256_set1_ps(*a.d.get_unchecked(b));
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(d, da), acc[i]);
@@ -237,11 +231,10 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
                 _mm256_slli_epi32::<16>(i8x8(blk.add(2 * G + G * (2 * p + 1)))),
             );
             for i in 0..R {
+                // Σa of sub-blocks 2p and 2p + 1: two adjacent i16, read as one i32 lane.
                 let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
-                off[i] = _mm256_add_epi32(
-                    off[i],
-                    _mm256_madd_epi16(sc, pair(*bs as i32, *bs.add(1) as i32)),
-                );
+                let two = _mm256_set1_epi32((bs as *const i32).read_unaligned());
+                off[i] = _mm256_add_epi32(off[i], _mm256_madd_epi16(sc, two));
             }
         }
         let d = f16x8(blk);
