@@ -71,7 +71,9 @@ pub struct ServeArgs {
     /// step of every running sequence (learned from the steps run; at least one prompt token
     /// per step goes in). 1: streams never wait longer than the batch's decode step, prompts
     /// wait for their first token; 2: first tokens ~4× sooner under load, gaps ~2× longer.
-    /// Default: 1 on the CPU, off on CUDA; 0 turns it off.
+    /// Default: 1 on the CPU, off on CUDA; 0 turns it off (llama.cpp's policy: better for a
+    /// large model on the CPU, where 1 lets a prompt beside busy streams advance only a token
+    /// or two per step).
     #[arg(long)]
     max_step_stretch: Option<f64>,
     /// KV cache memory per model, in MiB.
