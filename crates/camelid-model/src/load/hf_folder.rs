@@ -243,8 +243,8 @@ impl HfWeights {
 }
 
 /// The bytes of `t` (a matrix) quantized to `q`, a few rows at a time: blocks run along rows, so
-/// they are those of quantizing it whole, without its f32 copy (the embedding table's, when tied to the
-/// output, would be the largest allocation of the load).
+/// they are those of quantizing it whole, without its f32 copy (the embedding table's, when tied
+/// to the output, would be the largest allocation of the load).
 fn quantize_by_rows(t: &Tensor, q: GgmlDType) -> candle_core::Result<Vec<u8>> {
     let (rows, cols) = t.dims2()?;
     let step = ((8 << 20) / (4 * cols.max(1))).max(1);
@@ -258,9 +258,9 @@ fn quantize_by_rows(t: &Tensor, q: GgmlDType) -> candle_core::Result<Vec<u8>> {
 }
 
 /// Drops the pages of `bytes`, a part of a read-only file mapping, from this process's resident
-/// set (the kernel reads them from the file or page cache again if they are touched). Without it every page
-/// read while loading stays counted until the whole mapping goes: a 16-bit 7B folder would hold
-/// its 13 GiB of file pages beside the converted or quantized model.
+/// set (the kernel reads them from the file or page cache again if they are touched). Without
+/// it every page read while loading stays counted until the whole mapping goes: a 16-bit 7B
+/// folder would hold its 13 GiB of file pages beside the converted or quantized model.
 fn release_mapped_pages(bytes: &[u8]) {
     if bytes.is_empty() {
         return;
