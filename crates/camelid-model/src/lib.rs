@@ -9,7 +9,8 @@
 //! - [`decode`]: sampling, the per-sequence decoder and single-sequence generation;
 //!   [`constraint`]: structured output (grammars compiled for a vocabulary, per-sequence
 //!   matchers whose masks the decoder applies).
-//! - [`config`], [`linear`] (dense and quantized matmuls), [`rope`] (rotary tables).
+//! - [`config`], [`linear`] (dense and quantized matmuls), [`embedding`] (the token table, dense
+//!   or quantized), [`rope`] (rotary tables).
 //!
 //! Compute kernels live in `camelid-kernels`, which knows no model.
 
@@ -17,6 +18,7 @@ pub mod batch;
 pub mod config;
 pub mod constraint;
 pub mod decode;
+pub mod embedding;
 pub mod error;
 pub mod kv;
 pub mod linear;

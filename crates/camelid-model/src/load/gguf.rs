@@ -1,12 +1,13 @@
 //! GGUF files: hyperparameters, tokenizer, chat template and (quantized) tensors.
 
 use crate::config::{Activation, ArchFeatures, ModelConfig, RopeScaling};
+use crate::embedding::Embeddings;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::load::gguf_check;
 use crate::load::weights::TensorSource;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::fs::File;
 use std::io::BufReader;
@@ -431,5 +432,23 @@ impl TensorSource for GgufFile {
         let q = self.read_qtensor(&g)?;
         let device = q.device();
         Ok(q.dequantize(&device)?.to_dtype(dtype)?)
+    }
+    fn embeddings(&mut self, name: &str, dtype: DType) -> Result<Embeddings> {
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        let q = self.read_qtensor(&g)?;
+        let kept = !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if kept && q.device().is_cpu() && dtype == DType::F32 {
+            let (rows, cols) = q.shape().dims2()?;
+            return Ok(Embeddings::Quantized {
+                dtype: q.dtype(),
+                rows,
+                cols,
+                bytes: q.data()?.into_owned(),
+            });
+        }
+        let device = q.device();
+        Ok(Embeddings::Dense(q.dequantize(&device)?.to_dtype(dtype)?))
     }
 }

@@ -2,6 +2,7 @@
 //! (`model.layers.0.self_attn.q_proj.weight`); the GGUF source translates them.
 
 use crate::config::ModelConfig;
+use crate::embedding::Embeddings;
 use crate::error::{Error, Result};
 use crate::linear::{Linear, Projections};
 use crate::models::llama::{Layer, Llama};
@@ -19,6 +20,10 @@ pub trait TensorSource {
     fn linear(&mut self, name: &str, dtype: DType) -> Result<Linear>;
     /// A dense tensor in `dtype`.
     fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor>;
+    /// The token embedding table: dense in `dtype` unless the source keeps it quantized.
+    fn embeddings(&mut self, name: &str, dtype: DType) -> Result<Embeddings> {
+        Ok(Embeddings::Dense(self.dense(name, dtype)?))
+    }
 }
 
 fn check_shape(src: &dyn TensorSource, name: &str, want: &[usize]) -> Result<()> {
@@ -78,8 +83,7 @@ pub fn build_llama(
     let off = cfg.norm_weight_offset;
     let embed_name = "model.embed_tokens.weight";
     check_shape(src, embed_name, &[cfg.vocab_size, h])?;
-    // The embedding table is gathered by row, so it is kept dense.
-    let embed = src.dense(embed_name, dtype)?;
+    let embed = src.embeddings(embed_name, dtype)?;
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");

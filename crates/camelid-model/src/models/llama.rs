@@ -5,6 +5,7 @@
 
 use super::{refuse_output_bias, Architecture};
 use crate::config::{ArchFeatures, HfConfig, ModelConfig, RopeStyle};
+use crate::embedding::Embeddings;
 use crate::error::Result;
 use crate::linear::{Linear, Projections};
 use crate::rope::Rope;
@@ -49,7 +50,7 @@ pub struct Llama {
     /// dtype of activations and of the KV cache.
     pub(crate) dtype: DType,
     pub(crate) device: Device,
-    pub(crate) embed: Tensor,
+    pub(crate) embed: Embeddings,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: Tensor,
     pub(crate) lm_head: Linear,

@@ -105,8 +105,10 @@ fn run(
         .map(|r| r.cos_sin_rows(&rope_spans));
 
     // Embeddings.
-    let ids = Tensor::new(batch.tokens.as_slice(), &model.device)?;
-    let emb = model.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+    let emb = model
+        .embed
+        .rows(&batch.tokens, &model.device)?
+        .to_dtype(DType::F32)?;
     let x = sized(&mut ws.x, n * hidden);
     x.copy_from_slice(&emb.flatten_all()?.to_vec1::<f32>()?);
     if let Some(s) = f.embed_scale {

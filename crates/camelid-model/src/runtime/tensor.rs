@@ -85,8 +85,10 @@ pub(crate) fn soft_cap(x: &Tensor, cap: f32) -> Result<Tensor> {
 
 /// The batch's token embeddings, `(tokens, hidden)` in the model's dtype.
 pub(crate) fn embed(model: &Llama, batch: &ForwardBatch) -> Result<Tensor> {
-    let ids = Tensor::new(batch.tokens.as_slice(), &model.device)?;
-    let x = model.embed.index_select(&ids, 0)?.to_dtype(model.dtype)?;
+    let x = model
+        .embed
+        .rows(&batch.tokens, &model.device)?
+        .to_dtype(model.dtype)?;
     Ok(match model.cfg.features.embed_scale {
         Some(s) => (x * s as f64)?,
         None => x,
