@@ -30,38 +30,22 @@ impl Embeddings {
                 cols,
                 bytes,
             } => {
+                // The wanted rows' blocks side by side, dequantized in one call.
                 let row_bytes = cols / dtype.block_size() * dtype.type_size();
-                let mut out = Vec::with_capacity(ids.len() * cols);
+                let mut picked = Vec::with_capacity(ids.len() * row_bytes);
                 for &id in ids {
                     let id = id as usize;
                     if id >= *rows {
                         candle_core::bail!("token id {id} is outside the {rows}-row embeddings");
                     }
-                    let row = &bytes[id * row_bytes..(id + 1) * row_bytes];
-                    let q = qtensor_from_ggml(*dtype, row, vec![1, *cols], &Device::Cpu)?;
-                    out.extend(
-                        q.dequantize(&Device::Cpu)?
-                            .flatten_all()?
-                            .to_vec1::<f32>()?,
-                    );
+                    picked.extend_from_slice(&bytes[id * row_bytes..(id + 1) * row_bytes]);
                 }
-                Tensor::from_vec(out, (ids.len(), *cols), device)
-            }
-        }
-    }
-
-    /// Whether the table is kept in a quantized format.
-    pub fn is_quantized(&self) -> bool {
-        matches!(self, Embeddings::Quantized { .. })
-    }
-
-    /// The table as a dense tensor in `dtype` (tests and tools; the quantized one dequantized).
-    pub fn to_dense(&self, dtype: DType) -> Result<Tensor> {
-        match self {
-            Embeddings::Dense(t) => t.to_dtype(dtype),
-            Embeddings::Quantized { rows, .. } => {
-                let ids: Vec<u32> = (0..*rows as u32).collect();
-                self.rows(&ids, &Device::Cpu)?.to_dtype(dtype)
+                if ids.is_empty() {
+                    return Tensor::zeros((0, *cols), DType::F32, device);
+                }
+                let dims = vec![ids.len(), *cols];
+                let q = qtensor_from_ggml(*dtype, &picked, dims, &Device::Cpu)?;
+                q.dequantize(&Device::Cpu)?.to_device(device)
             }
         }
     }

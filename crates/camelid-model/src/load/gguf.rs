@@ -304,6 +304,14 @@ impl GgufFile {
         })
     }
 
+    /// The tensor of a canonical (HF) name, as stored.
+    fn read_named(&mut self, name: &str) -> Result<QTensor> {
+        let g = self
+            .name_of(name)
+            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
+        self.read_qtensor(&g)
+    }
+
     pub fn read_qtensor(&mut self, gguf_name: &str) -> Result<QTensor> {
         let info = self.content.tensor_infos.get(gguf_name).ok_or_else(|| {
             Error::BadWeights(format!(
@@ -415,10 +423,7 @@ impl TensorSource for GgufFile {
             })
     }
     fn linear(&mut self, name: &str, _dtype: DType) -> Result<Linear> {
-        let g = self
-            .name_of(name)
-            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
-        let w = self.read_qtensor(&g)?;
+        let w = self.read_named(name)?;
         Ok(if self.own_kernels {
             Linear::from_qtensor(w)?
         } else {
@@ -426,18 +431,12 @@ impl TensorSource for GgufFile {
         })
     }
     fn dense(&mut self, name: &str, dtype: DType) -> Result<Tensor> {
-        let g = self
-            .name_of(name)
-            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
-        let q = self.read_qtensor(&g)?;
+        let q = self.read_named(name)?;
         let device = q.device();
         Ok(q.dequantize(&device)?.to_dtype(dtype)?)
     }
     fn embeddings(&mut self, name: &str, dtype: DType) -> Result<Embeddings> {
-        let g = self
-            .name_of(name)
-            .ok_or_else(|| Error::BadWeights(format!("no GGUF name for {name}")))?;
-        let q = self.read_qtensor(&g)?;
+        let q = self.read_named(name)?;
         let kept = !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         if kept && q.device().is_cpu() && dtype == DType::F32 {
             let (rows, cols) = q.shape().dims2()?;
