@@ -1,5 +1,6 @@
 #![allow(clippy::needless_range_loop)] // sequence ids double as indices
-//! Times one engine step (a forward over the paged host KV cache) on the default model, for
+//! Times one engine step (a forward over the paged host KV cache) on the default model (or
+//! `MODEL=<path>`), for
 //! the batch shapes continuous batching produces: B decodes at context ~C, alone or next to a
 //! prefill chunk of P tokens. Medians of repeated steps, in ms:
 //! `cargo run --release -p camelid-engine --example step_bench [ctx] [reps] [decodes:prefill ...]`.
@@ -43,7 +44,9 @@ fn bench() {
             (0, 128),
         ];
     }
-    let lm = camelid_model::load(None, &LoadOptions::default()).expect("default model");
+    // MODEL=<path or hub id> times another model (default: the default model).
+    let spec = std::env::var("MODEL").ok();
+    let lm = camelid_model::load(spec.as_deref(), &LoadOptions::default()).expect("model");
     let c = lm.model.config().clone();
     let vocab = c.vocab_size as u32;
     let bs = 16;

@@ -29,7 +29,11 @@ fn main() {
             .unwrap();
     }
     // 22 MB of Q4_1, 38 MB of Q8_0; the K formats need a multiple of 256 columns.
-    let (rows, cols, copies) = (1536, if kind.is_k() { 768 } else { 576 }, 40);
+    // COLS=<n> sets the inner dimension (e.g. 2048 or 8192, a 1B model's), copies shrinking to
+    // keep ~the same bytes.
+    let cols: usize =
+        std::env::var("COLS").map_or(if kind.is_k() { 768 } else { 576 }, |c| c.parse().unwrap());
+    let (rows, copies) = (1536, (40 * 768 / cols).max(2));
     let mut ws = vec![];
     for c in 0..copies {
         let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
@@ -43,7 +47,11 @@ fn main() {
         rayon::current_num_threads(),
         bytes as f64 / 1e6
     );
-    for m in [1usize, 2, 4, 8, 16, 64, 256] {
+    // MS=8,64 picks the activation row counts (default: 1 2 4 8 16 64 256).
+    let ms: Vec<usize> = std::env::var("MS").map_or(vec![1, 2, 4, 8, 16, 64, 256], |v| {
+        v.split(',').map(|m| m.parse().unwrap()).collect()
+    });
+    for m in ms {
         let x: Vec<f32> = (0..m * cols)
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
             .collect();
