@@ -10,6 +10,18 @@ use super::{
 };
 use crate::OutPtr;
 
+/// Rows a row tile needs before its passes over a Q4_K/Q5_K group on AVX2 (without VNNI) run
+/// on the group unpacked to a byte a value (`k256::unpack_q45`), which costs about two passes
+/// of nibble (and fifth-bit) selection. Measured (`qgemm_bench`, alternating in one process):
+/// Q5_K gains from 16 rows (1.1×; 1.3× at 32 and more), Q4_K only from a whole 64-row tile
+/// (1.0–1.25×; 0.85× at 16). Decode steps keep the packed kernels.
+fn unpack_min_rows(kind: QKind) -> usize {
+    match kind {
+        QKind::Q5K => 16,
+        _ => ROW_TILE,
+    }
+}
+
 /// Which kernels run a K-format matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flavour {
@@ -104,13 +116,22 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             assert_eq!(flavour.group(), g, "{flavour:?} kernels on groups of {g}");
             let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, g);
             let pass = rows_per_pass(g);
+            let unpacks = flavour == Flavour::Avx2 && matches!(w.kind, QKind::Q4K | QKind::Q5K);
             let work = |g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.
                 let mut tail = [0f32; 8 * 16];
+                // This task's unpacked group (allocated at the first tile that unpacks).
+                let mut unpacked: Vec<u8> = Vec::new();
                 for (t, tile_rows) in rows.chunks(ROW_TILE).enumerate() {
+                    let unpack = unpacks && tile_rows.len() >= unpack_min_rows(w.kind);
                     for gi in g0..g1 {
                         let wg = &data[gi * group_bytes..(gi + 1) * group_bytes];
                         let real = g.min(n - gi * g);
+                        let u = if unpack {
+                            Some(unpack_group(w.kind, wg, nsb, &mut unpacked))
+                        } else {
+                            None
+                        };
                         for (q, few) in tile_rows.chunks(pass).enumerate() {
                             let i0 = t * ROW_TILE + q * pass;
                             // Safety: `wg` is one whole group of `nsb` super-blocks, the
@@ -120,9 +141,10 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                             unsafe {
                                 if real == g {
                                     let out = ptr.at(i0 * n + gi * g);
-                                    gemm_group(flavour, w.kind, wg, nsb, few, out, n);
+                                    gemm_group(flavour, w.kind, wg, u, nsb, few, out, n);
                                 } else {
-                                    gemm_group(flavour, w.kind, wg, nsb, few, tail.as_mut_ptr(), g);
+                                    let out = tail.as_mut_ptr();
+                                    gemm_group(flavour, w.kind, wg, u, nsb, few, out, g);
                                     for (i, row) in tail.chunks(g).take(few.len()).enumerate() {
                                         let out = ptr.at((i0 + i) * n + gi * g);
                                         std::ptr::copy_nonoverlapping(row.as_ptr(), out, real);
@@ -138,14 +160,43 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
     }
 }
 
+/// One 8-row AVX2 Q4_K/Q5_K group `wg` unpacked into `buf` (grown to fit); its start.
+fn unpack_group(kind: QKind, wg: &[u8], nsb: usize, buf: &mut Vec<u8>) -> *const u8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::x86::k256;
+        buf.resize(nsb * k256::Q45_UNPACKED_SB, 0);
+        assert!(wg.len() >= nsb * krepack::group_superblock_bytes(kind, 8));
+        // Safety: `wg` holds `nsb` whole 8-row super-blocks of `kind` (asserted), `buf` the
+        // unpacked size, and the caller runs the AVX2 flavour (so this CPU has AVX2).
+        unsafe {
+            match kind {
+                QKind::Q4K => k256::unpack_q45::<false>(wg.as_ptr(), nsb, buf.as_mut_ptr()),
+                QKind::Q5K => k256::unpack_q45::<true>(wg.as_ptr(), nsb, buf.as_mut_ptr()),
+                _ => unreachable!("only Q4_K and Q5_K unpack"),
+            }
+        }
+        buf.as_ptr()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (wg, nsb, buf);
+        unreachable!("{kind:?}: groups unpack only where the x86 kernels run")
+    }
+}
+
 /// One interleaved group times up to [`rows_per_pass`] activation rows: `out[i · ld + 0..g]`.
+/// With `unpacked` (an AVX2 Q4_K/Q5_K group from [`unpack_group`]) the kernels read its values
+/// there.
 ///
 /// # Safety
 /// See the call in [`matmul_k_with`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_group(
     flavour: Flavour,
     kind: QKind,
     wg: &[u8],
+    unpacked: Option<*const u8>,
     nsb: usize,
     acts: &[ActRow],
     out: *mut f32,
@@ -180,6 +231,25 @@ unsafe fn gemm_group(
                     }
                 }
             };
+        }
+        if let Some(u) = unpacked {
+            macro_rules! unpacked_rows {
+                ($f:ident) => {
+                    match acts.len() {
+                        1 => k256::$f::<1>(w, u, nsb, acts, out, ld),
+                        2 => k256::$f::<2>(w, u, nsb, acts, out, ld),
+                        3 => k256::$f::<3>(w, u, nsb, acts, out, ld),
+                        4 => k256::$f::<4>(w, u, nsb, acts, out, ld),
+                        r => unreachable!("{r} activation rows in one pass"),
+                    }
+                };
+            }
+            match kind {
+                QKind::Q4K => unpacked_rows!(gemm_q4_k_8x4_unpacked),
+                QKind::Q5K => unpacked_rows!(gemm_q5_k_8x4_unpacked),
+                _ => unreachable!("only Q4_K and Q5_K unpack"),
+            }
+            return;
         }
         match (flavour, kind) {
             (Flavour::Avx512Vnni, QKind::Q4K) => {

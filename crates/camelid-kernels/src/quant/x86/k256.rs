@@ -115,32 +115,156 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
                 }
             }
         }
-        let d = f16x8(blk);
-        let dmin = f16x8(blk.add(2 * G));
-        // Mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (no array `map`:
-        // it is not inlined into a `target_feature` function).
-        let mut mins = [_mm256_setzero_si256(); 4];
-        for (c, m) in mins.iter_mut().enumerate() {
-            let m0 = u8x8(blk.add(12 * G + G * 2 * c));
-            let m1 = u8x8(blk.add(12 * G + G * (2 * c + 1)));
-            *m = _mm256_or_si256(m0, _mm256_slli_epi32::<16>(m1));
-        }
-        for i in 0..R {
-            let a = acts.get_unchecked(i);
-            let ps = a.pairs.as_ptr().add(b * 4);
-            let mut msum = _mm256_setzero_si256();
-            for (c, m) in mins.iter().enumerate() {
-                let s = _mm256_set1_epi32(*ps.add(c));
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*m, s));
-            }
-            let da = _mm256_set1_ps(*a.d.get_unchecked(b));
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(d, da), acc[i]);
-            acc[i] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), acc[i]);
-        }
+        q45_epilogue(blk, b, acts, &isum, &mut acc);
     }
     for (i, v) in acc.iter().enumerate() {
         _mm256_storeu_ps(out.add(i * ld), *v);
     }
+}
+
+/// Q4_K/Q5_K's per-super-block end for `R` rows: `acc += d·da·isum − dmin·da·Σ_j m_j·Σa_j`.
+#[inline(always)]
+unsafe fn q45_epilogue<const R: usize>(
+    blk: *const u8,
+    b: usize,
+    acts: &[ActRow],
+    isum: &[__m256i; R],
+    acc: &mut [__m256; R],
+) {
+    let d = f16x8(blk);
+    let dmin = f16x8(blk.add(2 * G));
+    // Mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (no array `map`:
+    // it is not inlined into a `target_feature` function).
+    let mut mins = [_mm256_setzero_si256(); 4];
+    for (c, m) in mins.iter_mut().enumerate() {
+        let m0 = u8x8(blk.add(12 * G + G * 2 * c));
+        let m1 = u8x8(blk.add(12 * G + G * (2 * c + 1)));
+        *m = _mm256_or_si256(m0, _mm256_slli_epi32::<16>(m1));
+    }
+    for (i, (acc_i, isum_i)) in acc.iter_mut().zip(isum).enumerate() {
+        let a = acts.get_unchecked(i);
+        let ps = a.pairs.as_ptr().add(b * 4);
+        let mut msum = _mm256_setzero_si256();
+        for (c, m) in mins.iter().enumerate() {
+            let s = _mm256_set1_epi32(*ps.add(c));
+            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*m, s));
+        }
+        let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+        *acc_i = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*isum_i), _mm256_mul_ps(d, da), *acc_i);
+        *acc_i = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), *acc_i);
+    }
+}
+
+/// Bytes of one Q4_K/Q5_K super-block of a group unpacked by [`unpack_q45`]: the eight
+/// sub-blocks' scales in the form [`scaled`] takes (8 × 32), then their values a byte each,
+/// sub-block by sub-block (8 × 8 vectors of 32: four values of each of the 8 rows).
+pub const Q45_UNPACKED_SB: usize = 8 * 32 + 64 * 32;
+
+/// Unpacks `nsb` super-blocks of one 8-row Q4_K (`FIFTH = false`) or Q5_K group into `dst`
+/// (`nsb ·` [`Q45_UNPACKED_SB`] bytes): done once per group and row tile, so the many passes
+/// of a prompt over that group no longer select nibbles, fifth bits and scales themselves.
+#[target_feature(enable = "avx2")]
+pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut u8) {
+    let sb = if FIFTH { 180 * G } else { 148 * G };
+    let qs_at = if FIFTH { 52 * G } else { 20 * G };
+    let mask = _mm256_set1_epi8(0x0F);
+    let sixteen = _mm256_set1_epi8(16);
+    for b in 0..nsb {
+        let blk = w.add(b * sb);
+        let d = dst.add(b * Q45_UNPACKED_SB);
+        for j in 0..8 {
+            let sc = prep::<false>(u8x8(blk.add(4 * G + G * j)));
+            _mm256_storeu_si256(d.add(32 * j) as *mut __m256i, sc);
+        }
+        let vals = d.add(8 * 32);
+        for c in 0..4 {
+            let bit_lo = _mm256_set1_epi8(1 << (2 * c));
+            let bit_hi = _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8);
+            for g in 0..8 {
+                let p = _mm256_loadu_si256(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
+                let mut lo = _mm256_and_si256(p, mask);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), mask);
+                if FIFTH {
+                    let qh = _mm256_loadu_si256(blk.add(20 * G + g * 4 * G) as *const _);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit_lo), bit_lo);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(set, sixteen));
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit_hi), bit_hi);
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(set, sixteen));
+                }
+                _mm256_storeu_si256(vals.add((16 * c + g) * 32) as *mut __m256i, lo);
+                _mm256_storeu_si256(vals.add((16 * c + 8 + g) * 32) as *mut __m256i, hi);
+            }
+        }
+    }
+}
+
+/// [`q45_k`] over a group unpacked by [`unpack_q45`] (`u`), its headers still read from the
+/// packed group `w`: per vector only the `maddubs` and sums of each row. AVX2 without VNNI.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q45_k_unpacked<const R: usize, const FIFTH: bool>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let sb = if FIFTH { 180 * G } else { 148 * G };
+    // i16 sums folded every 8 vectors (Q4_K) or 4 (Q5_K): see `q45_k`.
+    let fold = if FIFTH { 4 } else { 8 };
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nsb {
+        let ub = u.add(b * Q45_UNPACKED_SB);
+        let mut isum = [_mm256_setzero_si256(); R];
+        for j in 0..8 {
+            let sc = _mm256_loadu_si256(ub.add(32 * j) as *const __m256i);
+            let mut t = [_mm256_setzero_si256(); R];
+            for g in 0..8 {
+                let q = _mm256_loadu_si256(ub.add(8 * 32 + (8 * j + g) * 32) as *const __m256i);
+                let at = b * QK_K + 32 * j + 4 * g;
+                for i in 0..R {
+                    t[i] = dot4::<false>(t[i], q, bcast4(acts.get_unchecked(i), at));
+                }
+                if (g + 1) % fold == 0 {
+                    for i in 0..R {
+                        isum[i] = _mm256_add_epi32(isum[i], scaled::<false>(t[i], sc));
+                        t[i] = _mm256_setzero_si256();
+                    }
+                }
+            }
+        }
+        q45_epilogue(w.add(b * sb), b, acts, &isum, &mut acc);
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// See `quant::kgemm`: one unpacked Q4_K group of 8 rows × `R` activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_k_8x4_unpacked<const R: usize>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q45_k_unpacked::<R, false>(w, u, nsb, acts, out, ld)
+}
+
+/// As [`gemm_q4_k_8x4_unpacked`] for Q5_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q5_k_8x4_unpacked<const R: usize>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q45_k_unpacked::<R, true>(w, u, nsb, acts, out, ld)
 }
 
 /// Q6_K: Σ_s sc_s·Σ q·a per row in i32 (q = 0..63), less `32·Σ_s sc_s·Σa_s`, times `d·da`.
