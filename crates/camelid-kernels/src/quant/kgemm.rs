@@ -234,19 +234,19 @@ unsafe fn gemm_group(
         }
         if let Some(u) = unpacked {
             macro_rules! unpacked_rows {
-                ($f:ident) => {
+                ($fifth:literal) => {
                     match acts.len() {
-                        1 => k256::$f::<1>(w, u, nsb, acts, out, ld),
-                        2 => k256::$f::<2>(w, u, nsb, acts, out, ld),
-                        3 => k256::$f::<3>(w, u, nsb, acts, out, ld),
-                        4 => k256::$f::<4>(w, u, nsb, acts, out, ld),
+                        1 => k256::gemm_q45_k_8x4_unpacked::<1, $fifth>(w, u, nsb, acts, out, ld),
+                        2 => k256::gemm_q45_k_8x4_unpacked::<2, $fifth>(w, u, nsb, acts, out, ld),
+                        3 => k256::gemm_q45_k_8x4_unpacked::<3, $fifth>(w, u, nsb, acts, out, ld),
+                        4 => k256::gemm_q45_k_8x4_unpacked::<4, $fifth>(w, u, nsb, acts, out, ld),
                         r => unreachable!("{r} activation rows in one pass"),
                     }
                 };
             }
             match kind {
-                QKind::Q4K => unpacked_rows!(gemm_q4_k_8x4_unpacked),
-                QKind::Q5K => unpacked_rows!(gemm_q5_k_8x4_unpacked),
+                QKind::Q4K => unpacked_rows!(false),
+                QKind::Q5K => unpacked_rows!(true),
                 _ => unreachable!("only Q4_K and Q5_K unpack"),
             }
             return;

@@ -241,9 +241,10 @@ unsafe fn q45_k_unpacked<const R: usize, const FIFTH: bool>(
     }
 }
 
-/// See `quant::kgemm`: one unpacked Q4_K group of 8 rows × `R` activation rows.
+/// See `quant::kgemm`: one unpacked Q4_K (`FIFTH = false`) or Q5_K group of 8 rows × `R`
+/// activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q4_k_8x4_unpacked<const R: usize>(
+pub unsafe fn gemm_q45_k_8x4_unpacked<const R: usize, const FIFTH: bool>(
     w: *const u8,
     u: *const u8,
     nsb: usize,
@@ -251,20 +252,7 @@ pub unsafe fn gemm_q4_k_8x4_unpacked<const R: usize>(
     out: *mut f32,
     ld: usize,
 ) {
-    q45_k_unpacked::<R, false>(w, u, nsb, acts, out, ld)
-}
-
-/// As [`gemm_q4_k_8x4_unpacked`] for Q5_K.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q5_k_8x4_unpacked<const R: usize>(
-    w: *const u8,
-    u: *const u8,
-    nsb: usize,
-    acts: &[ActRow],
-    out: *mut f32,
-    ld: usize,
-) {
-    q45_k_unpacked::<R, true>(w, u, nsb, acts, out, ld)
+    q45_k_unpacked::<R, FIFTH>(w, u, nsb, acts, out, ld)
 }
 
 /// Q6_K: Σ_s sc_s·Σ q·a per row in i32 (q = 0..63), less `32·Σ_s sc_s·Σa_s`, times `d·da`.
