@@ -63,6 +63,13 @@ unsafe fn f16x8(p: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
+/// Q5_K's value: the nibbles `q` with 16 added where `qh` has the sub-block's `bit` set.
+#[inline(always)]
+unsafe fn with_fifth_bit(q: __m256i, qh: __m256i, bit: __m256i) -> __m256i {
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+    _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(16)))
+}
+
 /// Q4_K (`FIFTH = false`) and Q5_K: Σ_j sc_j·Σ q·a per row in i32, then
 /// `d·da·that − dmin·da·Σ_j m_j·Σa_j`.
 #[inline(always)]
@@ -77,7 +84,6 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     let sb = if FIFTH { 180 * G } else { 148 * G };
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let mask = _mm256_set1_epi8(0x0F);
-    let sixteen = _mm256_set1_epi8(16);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * sb);
@@ -100,8 +106,7 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
                 };
                 if FIFTH {
                     let qh = _mm256_loadu_si256(blk.add(20 * G + g * 4 * G) as *const _);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-                    q = _mm256_or_si256(q, _mm256_and_si256(set, sixteen));
+                    q = with_fifth_bit(q, qh, bit);
                 }
                 for i in 0..R {
                     let a = bcast4(acts.get_unchecked(i), b * QK_K + 32 * j + 4 * g);
@@ -168,7 +173,6 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
     let sb = if FIFTH { 180 * G } else { 148 * G };
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let mask = _mm256_set1_epi8(0x0F);
-    let sixteen = _mm256_set1_epi8(16);
     for b in 0..nsb {
         let blk = w.add(b * sb);
         let d = dst.add(b * Q45_UNPACKED_SB);
@@ -186,10 +190,8 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
                 let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), mask);
                 if FIFTH {
                     let qh = _mm256_loadu_si256(blk.add(20 * G + g * 4 * G) as *const _);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit_lo), bit_lo);
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(set, sixteen));
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit_hi), bit_hi);
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(set, sixteen));
+                    lo = with_fifth_bit(lo, qh, bit_lo);
+                    hi = with_fifth_bit(hi, qh, bit_hi);
                 }
                 _mm256_storeu_si256(vals.add((16 * c + g) * 32) as *mut __m256i, lo);
                 _mm256_storeu_si256(vals.add((16 * c + 8 + g) * 32) as *mut __m256i, hi);
