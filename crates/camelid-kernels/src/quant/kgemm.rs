@@ -10,14 +10,15 @@ use super::{
 };
 use crate::OutPtr;
 
-/// Rows a row tile needs before its passes over a Q4_K/Q5_K group on AVX2 (without VNNI) run
-/// on the group unpacked to a byte a value (`k256::unpack_q45`), which costs about two passes
-/// of nibble (and fifth-bit) selection. Measured (`qgemm_bench`, alternating in one process):
-/// Q5_K gains from 16 rows (1.1×; 1.3× at 32 and more), Q4_K only from a whole 64-row tile
-/// (1.0–1.25×; 0.85× at 16). Decode steps keep the packed kernels.
+/// Rows a row tile needs before its passes over a group on AVX2 (without VNNI) run on the
+/// group unpacked to a byte a value (`k256::unpack_q45`, `k256::unpack_q6`), which costs about
+/// two passes of bit selection. Measured (`qgemm_bench`, alternating in one process): Q5_K
+/// gains from 16 rows (1.1×; 1.3× at 32 and more), Q6_K from 16 (1.0–1.4×; 1.3–1.8× at 32 and
+/// more; mixed at 8), Q4_K only from a whole 64-row tile (1.0–1.25×; 0.85× at 16). Decode
+/// steps keep the packed kernels.
 fn unpack_min_rows(kind: QKind) -> usize {
     match kind {
-        QKind::Q5K => 16,
+        QKind::Q5K | QKind::Q6K => 16,
         _ => ROW_TILE,
     }
 }
@@ -116,7 +117,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             assert_eq!(flavour.group(), g, "{flavour:?} kernels on groups of {g}");
             let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, g);
             let pass = rows_per_pass(g);
-            let unpacks = flavour == Flavour::Avx2 && matches!(w.kind, QKind::Q4K | QKind::Q5K);
+            let unpacks = flavour == Flavour::Avx2;
             let work = |g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.
                 let mut tail = [0f32; 8 * 16];
@@ -160,12 +161,16 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
     }
 }
 
-/// One 8-row AVX2 Q4_K/Q5_K group `wg` unpacked into `buf` (grown to fit); its start.
+/// One 8-row AVX2 K-format group `wg` unpacked into `buf` (grown to fit); its start.
 fn unpack_group(kind: QKind, wg: &[u8], nsb: usize, buf: &mut Vec<u8>) -> *const u8 {
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::k256;
-        buf.resize(nsb * k256::Q45_UNPACKED_SB, 0);
+        let sb = match kind {
+            QKind::Q6K => k256::Q6_UNPACKED_SB,
+            _ => k256::Q45_UNPACKED_SB,
+        };
+        buf.resize(nsb * sb, 0);
         assert!(wg.len() >= nsb * krepack::group_superblock_bytes(kind, 8));
         // Safety: `wg` holds `nsb` whole 8-row super-blocks of `kind` (asserted), `buf` the
         // unpacked size, and the caller runs the AVX2 flavour (so this CPU has AVX2).
@@ -173,7 +178,8 @@ fn unpack_group(kind: QKind, wg: &[u8], nsb: usize, buf: &mut Vec<u8>) -> *const
             match kind {
                 QKind::Q4K => k256::unpack_q45::<false>(wg.as_ptr(), nsb, buf.as_mut_ptr()),
                 QKind::Q5K => k256::unpack_q45::<true>(wg.as_ptr(), nsb, buf.as_mut_ptr()),
-                _ => unreachable!("only Q4_K and Q5_K unpack"),
+                QKind::Q6K => k256::unpack_q6(wg.as_ptr(), nsb, buf.as_mut_ptr()),
+                _ => unreachable!("{kind:?} is not a K format"),
             }
         }
         buf.as_ptr()
@@ -234,20 +240,21 @@ unsafe fn gemm_group(
         }
         if let Some(u) = unpacked {
             macro_rules! unpacked_rows {
-                ($fifth:literal) => {
+                ($f:ident $(, $p:tt)*) => {
                     match acts.len() {
-                        1 => k256::gemm_q45_k_8x4_unpacked::<1, $fifth>(w, u, nsb, acts, out, ld),
-                        2 => k256::gemm_q45_k_8x4_unpacked::<2, $fifth>(w, u, nsb, acts, out, ld),
-                        3 => k256::gemm_q45_k_8x4_unpacked::<3, $fifth>(w, u, nsb, acts, out, ld),
-                        4 => k256::gemm_q45_k_8x4_unpacked::<4, $fifth>(w, u, nsb, acts, out, ld),
+                        1 => k256::$f::<1 $(, $p)*>(w, u, nsb, acts, out, ld),
+                        2 => k256::$f::<2 $(, $p)*>(w, u, nsb, acts, out, ld),
+                        3 => k256::$f::<3 $(, $p)*>(w, u, nsb, acts, out, ld),
+                        4 => k256::$f::<4 $(, $p)*>(w, u, nsb, acts, out, ld),
                         r => unreachable!("{r} activation rows in one pass"),
                     }
                 };
             }
             match kind {
-                QKind::Q4K => unpacked_rows!(false),
-                QKind::Q5K => unpacked_rows!(true),
-                _ => unreachable!("only Q4_K and Q5_K unpack"),
+                QKind::Q4K => unpacked_rows!(gemm_q45_k_8x4_unpacked, false),
+                QKind::Q5K => unpacked_rows!(gemm_q45_k_8x4_unpacked, true),
+                QKind::Q6K => unpacked_rows!(gemm_q6_k_8x4_unpacked),
+                _ => unreachable!("{kind:?} is not a K format"),
             }
             return;
         }

@@ -323,8 +323,8 @@ fn k_kernels_agree_with_the_scalar_reference() {
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
         // Every pass width (1–9 rows), several row tiles and the parallel path (133 rows),
-        // whole and padded groups; tiles long enough for the AVX2 Q4_K/Q5_K kernels to run on
-        // unpacked groups (Q5_K from 16 rows, Q4_K 64), one of them with a padded group.
+        // whole and padded groups; tiles long enough for the AVX2 kernels to run on
+        // unpacked groups (Q5_K and Q6_K from 16 rows, Q4_K 64), one of them with a padded group.
         let shapes =
             (1..=9)
                 .map(|m| (m, 48))

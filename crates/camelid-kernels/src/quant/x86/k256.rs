@@ -367,6 +367,140 @@ unsafe fn q6_sub<const R: usize, const VNNI: bool, const K: usize>(
     }
 }
 
+/// Bytes of one Q6_K super-block of a group unpacked by [`unpack_q6`]: the 16 sub-blocks'
+/// scales in the form [`scaled`] takes (16 × 32), the scales of sub-blocks `2p, 2p + 1` in the
+/// i16 halves of each lane for the −32 offset (8 × 32), then the values 0..63 a byte each in
+/// activation order (64 vectors of 32: four values of each of the 8 rows).
+pub const Q6_UNPACKED_SB: usize = 16 * 32 + 8 * 32 + 64 * 32;
+
+/// Unpacks `nsb` super-blocks of one 8-row Q6_K group into `dst` (`nsb ·` [`Q6_UNPACKED_SB`]
+/// bytes): once per group and row tile, so a prompt's passes no longer join the low and high
+/// bits or widen the scales themselves.
+#[target_feature(enable = "avx2")]
+pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
+    const SB: usize = 210 * G;
+    let m4 = _mm256_set1_epi8(0x0F);
+    for b in 0..nsb {
+        let blk = w.add(b * SB);
+        let d = dst.add(b * Q6_UNPACKED_SB);
+        for s in 0..16 {
+            let sc = prep::<false>(i8x8(blk.add(2 * G + G * s)));
+            _mm256_storeu_si256(d.add(32 * s) as *mut __m256i, sc);
+        }
+        for p in 0..8 {
+            let s0 = _mm256_and_si256(i8x8(blk.add(2 * G + G * 2 * p)), _mm256_set1_epi32(0xFFFF));
+            let s1 = _mm256_slli_epi32::<16>(i8x8(blk.add(2 * G + G * (2 * p + 1))));
+            _mm256_storeu_si256(d.add(512 + 32 * p) as *mut __m256i, _mm256_or_si256(s0, s1));
+        }
+        let vals = d.add(768);
+        for n in 0..2 {
+            for g in 0..8 {
+                let v = blk.add(18 * G + (8 * n + g) * 12 * G);
+                let ql0 = _mm256_loadu_si256(v as *const _);
+                let ql1 = _mm256_loadu_si256(v.add(4 * G) as *const _);
+                let qh = _mm256_loadu_si256(v.add(8 * G) as *const _);
+                // Bits K of the vector: the value at activation 128n + 32K + 4g.
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_srli_epi16::<2>(_mm256_and_si256(
+                            qh,
+                            _mm256_set1_epi8(0xC0u8 as i8),
+                        )),
+                    ),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    let at = vals.add((32 * n + 8 * k + g) * 32);
+                    _mm256_storeu_si256(at as *mut __m256i, *qk);
+                }
+            }
+        }
+    }
+}
+
+/// [`q6_k`] over a group unpacked by [`unpack_q6`] (`u`), its `d` still read from the packed
+/// group `w`: per vector only the `maddubs` and sums of each row. AVX2 without VNNI.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q6_k_unpacked<const R: usize>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    const SB: usize = 210 * G;
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nsb {
+        let ub = u.add(b * Q6_UNPACKED_SB);
+        let vals = ub.add(768);
+        let mut isum = [_mm256_setzero_si256(); R];
+        for s in 0..16 {
+            let sc = _mm256_loadu_si256(ub.add(32 * s) as *const __m256i);
+            // Two vectors per i16 sum: at most 4 · 63 · 128 = 32 256.
+            for half in 0..2 {
+                let mut t = [_mm256_setzero_si256(); R];
+                for v in 4 * s + 2 * half..4 * s + 2 * half + 2 {
+                    let q = _mm256_loadu_si256(vals.add(32 * v) as *const __m256i);
+                    let at = b * QK_K + 4 * v;
+                    for i in 0..R {
+                        t[i] = dot4::<false>(t[i], q, bcast4(acts.get_unchecked(i), at));
+                    }
+                }
+                for i in 0..R {
+                    isum[i] = _mm256_add_epi32(isum[i], scaled::<false>(t[i], sc));
+                }
+            }
+        }
+        let mut off = [_mm256_setzero_si256(); R];
+        for p in 0..8 {
+            let sc = _mm256_loadu_si256(ub.add(512 + 32 * p) as *const __m256i);
+            for i in 0..R {
+                // Σa of sub-blocks 2p and 2p + 1: two adjacent i16, read as one i32 lane.
+                let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
+                let two = _mm256_set1_epi32((bs as *const i32).read_unaligned());
+                off[i] = _mm256_add_epi32(off[i], _mm256_madd_epi16(sc, two));
+            }
+        }
+        let d = f16x8(w.add(b * SB));
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let total = _mm256_sub_epi32(isum[i], _mm256_slli_epi32::<5>(off[i]));
+            let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// See `quant::kgemm`: one unpacked Q6_K group of 8 rows × `R` activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q6_k_8x4_unpacked<const R: usize>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q6_k_unpacked::<R>(w, u, nsb, acts, out, ld)
+}
+
 /// The kernels by format, as `target_feature` entry points: the bodies above are inlined into
 /// each, so the VNNI flavour alone may use `vpdpbusd`.
 macro_rules! entry {
