@@ -58,16 +58,35 @@ impl StepCost {
     }
 
     /// Duration of a decode-only step of `decodes` rows, from the steps seen. Fewer decodes
-    /// never take longer than more, so it is the least average seen for this count or a
-    /// larger one (a rare count, seen only in a step slowed by something else, such as a new
-    /// request's tokenization on the same cores, must not stand for it); with none seen, the
-    /// nearest smaller count's (an underestimate: a prefill token is charged a little more).
+    /// never take longer than more, so a count seen stands for the least average seen for it
+    /// or a larger count (a rare count, seen only in a step slowed by something else, such as
+    /// a new request's tokenization on the same cores, must not stand for it). A count not
+    /// seen lies on the line between the nearest counts seen below and above it; with none
+    /// below, the one above; with none above, the one below (an underestimate: a prefill token
+    /// is charged a little more). Counts that only ever run beside prompt tokens are never
+    /// seen alone: charging them a larger count's whole step left such a step no time for
+    /// prompts (three streams beside five new prompts on a 1B model: a token a step).
     pub fn decode_step_ms(&self, decodes: usize) -> Option<f64> {
         let seen = |d: usize| self.decode_ms.get(d).copied().flatten();
-        (decodes..self.decode_ms.len())
-            .filter_map(seen)
-            .min_by(f64::total_cmp)
-            .or_else(|| (1..decodes).rev().find_map(seen))
+        let at_least = |d: usize| {
+            (d..self.decode_ms.len())
+                .filter_map(seen)
+                .min_by(f64::total_cmp)
+        };
+        if seen(decodes).is_some() {
+            return at_least(decodes);
+        }
+        let below = (1..decodes).rev().find(|&d| seen(d).is_some());
+        let above = (decodes + 1..self.decode_ms.len()).find(|&d| seen(d).is_some());
+        match (below, above) {
+            (Some(l), Some(u)) => {
+                let (a, b) = (at_least(l)?, at_least(u)?);
+                Some(a + (b - a) * (decodes - l) as f64 / (u - l) as f64)
+            }
+            (None, Some(u)) => at_least(u),
+            (Some(l), None) => at_least(l),
+            (None, None) => None,
+        }
     }
 
     /// [`Self::decode_step_ms`] for budgeting, where a count larger than any seen is the
@@ -144,12 +163,28 @@ mod tests {
         c.observe(6, 0, 20.0);
         assert_eq!(c.decode_step_ms(2), Some(10.0));
         assert_eq!(c.decode_step_ms(1), Some(10.0)); // no slower than 2
-        assert_eq!(c.decode_step_ms(5), Some(20.0)); // no slower than 6
+        assert_eq!(c.decode_step_ms(4), Some(15.0)); // between 2 and 6
+        assert_eq!(c.decode_step_ms(5), Some(17.5));
         assert_eq!(c.decode_step_ms(9), Some(20.0)); // only smaller counts seen
         assert_eq!(StepCost::default().decode_step_ms(3), None);
         // A count seen once in a slow step does not stand above a larger count's average.
         c.observe(5, 0, 60.0);
         assert_eq!(c.decode_step_ms(5), Some(20.0));
+        // Between 2 and 5, at 5 what stands for it (6's 20 ms): 10 + 10 · 2/3.
+        assert!((c.decode_step_ms(4).unwrap() - (10.0 + 20.0 / 3.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn streams_beside_new_prompts_leave_them_time_by_an_interpolated_own_step() {
+        // Seen alone: one stream (75 ms) and eight (135 ms); a prompt token costs 11 ms.
+        // Three streams beside five new prompts never decode alone, so their own step is
+        // interpolated (~92 ms), not taken as eight's 135 (which left the prompts nothing).
+        let mut c = StepCost::default();
+        c.observe(1, 0, 75.0);
+        c.observe(8, 0, 135.0);
+        c.observe(0, 100, 1100.0);
+        assert_eq!(c.prefill_tokens(3, 8, 1.0), Some(3));
+        assert_eq!(c.prefill_tokens(1, 8, 1.0), Some(5));
     }
 
     #[test]
