@@ -283,32 +283,58 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
                 q6_sub::<R, VNNI, 3>(blk, b, n, h, acts, &mut isum);
             }
         }
-        // Without VNNI the −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of
-        // each lane).
+        // Without VNNI the −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs.
         let mut off = [_mm256_setzero_si256(); R];
         for p in 0..if VNNI { 0 } else { 8 } {
-            let s0 = _mm256_and_si256(i8x8(blk.add(2 * G + G * 2 * p)), _mm256_set1_epi32(0xFFFF));
-            let sc = _mm256_or_si256(
-                s0,
-                _mm256_slli_epi32::<16>(i8x8(blk.add(2 * G + G * (2 * p + 1)))),
-            );
-            for i in 0..R {
-                // Σa of sub-blocks 2p and 2p + 1: two adjacent i16, read as one i32 lane.
-                let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
-                let two = _mm256_set1_epi32((bs as *const i32).read_unaligned());
-                off[i] = _mm256_add_epi32(off[i], _mm256_madd_epi16(sc, two));
-            }
+            q6_offset(q6_scale_pair(blk, p), b, p, acts, &mut off);
         }
-        let d = f16x8(blk);
-        for i in 0..R {
-            let a = acts.get_unchecked(i);
-            let total = _mm256_sub_epi32(isum[i], _mm256_slli_epi32::<5>(off[i]));
-            let da = _mm256_set1_ps(*a.d.get_unchecked(b));
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), acc[i]);
-        }
+        q6_epilogue(f16x8(blk), b, acts, &isum, &off, &mut acc);
     }
     for (i, v) in acc.iter().enumerate() {
         _mm256_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// The scales of Q6_K sub-blocks `2p` and `2p + 1` in the i16 halves of each lane.
+#[inline(always)]
+unsafe fn q6_scale_pair(blk: *const u8, p: usize) -> __m256i {
+    let s0 = _mm256_and_si256(i8x8(blk.add(2 * G + G * 2 * p)), _mm256_set1_epi32(0xFFFF));
+    let s1 = _mm256_slli_epi32::<16>(i8x8(blk.add(2 * G + G * (2 * p + 1))));
+    _mm256_or_si256(s0, s1)
+}
+
+/// Adds sub-blocks `2p` and `2p + 1`'s share of the −32 offset, `Σ_s sc_s·Σa_s` with `pair`
+/// from [`q6_scale_pair`], to each row's `off`.
+#[inline(always)]
+unsafe fn q6_offset<const R: usize>(
+    pair: __m256i,
+    b: usize,
+    p: usize,
+    acts: &[ActRow],
+    off: &mut [__m256i; R],
+) {
+    for (i, o) in off.iter_mut().enumerate() {
+        // Σa of sub-blocks 2p and 2p + 1: two adjacent i16, read as one i32 lane.
+        let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
+        let two = _mm256_set1_epi32((bs as *const i32).read_unaligned());
+        *o = _mm256_add_epi32(*o, _mm256_madd_epi16(pair, two));
+    }
+}
+
+/// Q6_K's per-super-block end for `R` rows: `acc += d·da·(isum − 32·off)`.
+#[inline(always)]
+unsafe fn q6_epilogue<const R: usize>(
+    d: __m256,
+    b: usize,
+    acts: &[ActRow],
+    isum: &[__m256i; R],
+    off: &[__m256i; R],
+    acc: &mut [__m256; R],
+) {
+    for (i, acc_i) in acc.iter_mut().enumerate() {
+        let total = _mm256_sub_epi32(isum[i], _mm256_slli_epi32::<5>(off[i]));
+        let da = _mm256_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+        *acc_i = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), *acc_i);
     }
 }
 
@@ -388,9 +414,7 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
             _mm256_storeu_si256(d.add(32 * s) as *mut __m256i, sc);
         }
         for p in 0..8 {
-            let s0 = _mm256_and_si256(i8x8(blk.add(2 * G + G * 2 * p)), _mm256_set1_epi32(0xFFFF));
-            let s1 = _mm256_slli_epi32::<16>(i8x8(blk.add(2 * G + G * (2 * p + 1))));
-            _mm256_storeu_si256(d.add(512 + 32 * p) as *mut __m256i, _mm256_or_si256(s0, s1));
+            _mm256_storeu_si256(d.add(512 + 32 * p) as *mut __m256i, q6_scale_pair(blk, p));
         }
         let vals = d.add(768);
         for n in 0..2 {
@@ -467,21 +491,10 @@ unsafe fn q6_k_unpacked<const R: usize>(
         }
         let mut off = [_mm256_setzero_si256(); R];
         for p in 0..8 {
-            let sc = _mm256_loadu_si256(ub.add(512 + 32 * p) as *const __m256i);
-            for i in 0..R {
-                // Σa of sub-blocks 2p and 2p + 1: two adjacent i16, read as one i32 lane.
-                let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
-                let two = _mm256_set1_epi32((bs as *const i32).read_unaligned());
-                off[i] = _mm256_add_epi32(off[i], _mm256_madd_epi16(sc, two));
-            }
+            let pair = _mm256_loadu_si256(ub.add(512 + 32 * p) as *const __m256i);
+            q6_offset(pair, b, p, acts, &mut off);
         }
-        let d = f16x8(w.add(b * SB));
-        for i in 0..R {
-            let a = acts.get_unchecked(i);
-            let total = _mm256_sub_epi32(isum[i], _mm256_slli_epi32::<5>(off[i]));
-            let da = _mm256_set1_ps(*a.d.get_unchecked(b));
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, da), acc[i]);
-        }
+        q6_epilogue(f16x8(w.add(b * SB)), b, acts, &isum, &off, &mut acc);
     }
     for (i, v) in acc.iter().enumerate() {
         _mm256_storeu_ps(out.add(i * ld), *v);
