@@ -338,6 +338,26 @@ unsafe fn q6_epilogue<const R: usize>(
     }
 }
 
+/// Q6_K's values 0..63 of bits `K` of a vector: the low nibble (K = 0, 1) or high nibble
+/// (K = 2, 3) of `ql` (the vector's first 32 bytes of low bits for K = 0, 2, its second for
+/// K = 1, 3) joined with bit pair `K` of `qh`.
+#[inline(always)]
+unsafe fn q6_join<const K: usize>(ql: __m256i, qh: __m256i) -> __m256i {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let low = if K < 2 {
+        _mm256_and_si256(ql, m4)
+    } else {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4)
+    };
+    let high = match K {
+        0 => _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
+        1 => _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
+        2 => _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+        _ => _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
+    };
+    _mm256_or_si256(low, high)
+}
+
 /// One Q6_K sub-block `s = 8n + 2K + h` (16 values: vectors `g = 4h..4h + 4` of half `n`,
 /// bits `K` of each) times `R` activation rows, added to `isum` as `sc_s · Σ q·a` (less the
 /// −32 offset's share with VNNI). `K` is a constant so that each of the four bit selections
@@ -352,7 +372,6 @@ unsafe fn q6_sub<const R: usize, const VNNI: bool, const K: usize>(
     acts: &[ActRow],
     isum: &mut [__m256i; R],
 ) {
-    let m4 = _mm256_set1_epi8(0x0F);
     let s = 8 * n + 2 * K + h;
     let sc = prep::<VNNI>(i8x8(blk.add(2 * G + G * s)));
     // Without VNNI, two vectors per i16 sum: at most 4 · 63 · 127 = 32 004.
@@ -362,18 +381,7 @@ unsafe fn q6_sub<const R: usize, const VNNI: bool, const K: usize>(
         let v = blk.add(18 * G + (8 * n + g) * 12 * G);
         let ql = _mm256_loadu_si256(v.add(if K.is_multiple_of(2) { 0 } else { 4 * G }) as *const _);
         let qh = _mm256_loadu_si256(v.add(8 * G) as *const _);
-        let low = if K < 2 {
-            _mm256_and_si256(ql, m4)
-        } else {
-            _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4)
-        };
-        let high = match K {
-            0 => _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
-            1 => _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
-            2 => _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-            _ => _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8))),
-        };
-        let q = _mm256_or_si256(low, high);
+        let q = q6_join::<K>(ql, qh);
         let at = b * QK_K + 128 * n + 32 * K + 4 * g;
         for i in 0..R {
             t[i] = dot4::<VNNI>(t[i], q, bcast4(acts.get_unchecked(i), at));
@@ -405,7 +413,6 @@ pub const Q6_UNPACKED_SB: usize = 16 * 32 + 8 * 32 + 64 * 32;
 #[target_feature(enable = "avx2")]
 pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
     const SB: usize = 210 * G;
-    let m4 = _mm256_set1_epi8(0x0F);
     for b in 0..nsb {
         let blk = w.add(b * SB);
         let d = dst.add(b * Q6_UNPACKED_SB);
@@ -425,25 +432,10 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
                 let qh = _mm256_loadu_si256(v.add(8 * G) as *const _);
                 // Bits K of the vector: the value at activation 128n + 32K + 4g.
                 let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03))),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C))),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_srli_epi16::<2>(_mm256_and_si256(
-                            qh,
-                            _mm256_set1_epi8(0xC0u8 as i8),
-                        )),
-                    ),
+                    q6_join::<0>(ql0, qh),
+                    q6_join::<1>(ql1, qh),
+                    q6_join::<2>(ql0, qh),
+                    q6_join::<3>(ql1, qh),
                 ];
                 for (k, qk) in q.iter().enumerate() {
                     let at = vals.add((32 * n + 8 * k + g) * 32);
