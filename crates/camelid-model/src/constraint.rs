@@ -288,7 +288,7 @@ impl GrammarCompiler {
             .create_parser(grammar)
             .map_err(|e| e.to_string())?;
         let mut probe = Matcher::new(Ok(parser.clone()));
-        let mask = probe.compute_mask().map_err(|e| e.to_string())?;
+        let mask = probe.compute_mask_or_eos().map_err(|e| e.to_string())?;
         if mask.is_zero() && !probe.is_accepting().unwrap_or(false) {
             return Err("no text matches the grammar".into());
         }
@@ -376,11 +376,14 @@ impl SequenceConstraint {
             .name("camelid-grammar".into())
             .spawn(move || loop {
                 let started = Instant::now();
-                let mask = m.compute_mask().map_err(|e| e.to_string());
+                // A grammar with nothing left to match (one that matches only the empty
+                // string is so at the start) allows the end tokens alone; `compute_mask`
+                // would fail on it.
+                let mask = m.compute_mask_or_eos().map_err(|e| e.to_string());
                 stats.record(started);
                 let reply = mask.map(|allowed| StepMask {
                     allowed,
-                    can_end: m.is_accepting().unwrap_or(false),
+                    can_end: m.is_stopped() || m.is_accepting().unwrap_or(false),
                 });
                 if mask_tx.send(reply).is_err() {
                     return;

@@ -47,6 +47,25 @@ fn chat_ok(base: &str, body: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The events of a streamed answer (status 200), up to `[DONE]`.
+fn stream_events(base: &str, path: &str, body: &Value) -> Vec<Value> {
+    let text = runtime().block_on(async {
+        let r = common::client()
+            .post(format!("{base}{path}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    });
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .take_while(|l| *l != "[DONE]")
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// The schema the tests ask for, and a check of it written out (no schema validator in
 /// the Rust dependencies; the Python client test validates with `jsonschema`).
 fn person_schema() -> Value {
@@ -202,6 +221,44 @@ fn regex_choice_and_grammar_outputs_match() {
     }
 }
 
+/// A grammar that matches only the empty string (`guided_regex: ""`) answers an empty text
+/// that stops at once, on both endpoints, whole and streamed (it was a 500 carrying the
+/// matcher's internal state: the matcher has nothing left to match from the start).
+#[test]
+fn a_grammar_of_only_the_empty_string_answers_nothing_and_stops() {
+    let _g = serial();
+    let s = server();
+    for extra in [
+        json!({"guided_regex": ""}),
+        json!({"structured_outputs": {"regex": ""}, "n": 2}),
+    ] {
+        for (text, finish) in chat_ok(&s.base, &chat("Say something.", extra)) {
+            assert_eq!((text.as_str(), finish.as_str()), ("", "stop"));
+        }
+    }
+    let body = json!({"model": "smol", "prompt": "Say something:", "max_tokens": 8,
+        "guided_regex": ""});
+    let (st, b) = post(&s.base, "/v1/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    assert_eq!(b["choices"][0]["text"], "");
+    assert_eq!(b["choices"][0]["finish_reason"], "stop");
+    assert_eq!(b["usage"]["completion_tokens"], 1, "the end token alone");
+    let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 8, "guided_regex": "", "stream": true});
+    let events = stream_events(&s.base, "/v1/chat/completions", &body);
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "");
+    let finish: Vec<&Value> = events
+        .iter()
+        .map(|e| &e["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("stop")]);
+}
+
 #[test]
 fn completions_take_constraints_too() {
     let _g = serial();
@@ -235,23 +292,9 @@ fn streamed_constrained_output_equals_the_whole_one() {
     let whole = chat_ok(&s.base, &body);
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
-    let text = runtime().block_on(async {
-        let r = common::client()
-            .post(format!("{}/v1/chat/completions", s.base))
-            .json(&sbody)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        r.text().await.unwrap()
-    });
     let mut streamed = String::new();
     let mut finish = None;
-    for l in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
-        if l == "[DONE]" {
-            break;
-        }
-        let v: Value = serde_json::from_str(l).unwrap();
+    for v in stream_events(&s.base, "/v1/chat/completions", &sbody) {
         if let Some(c) = v["choices"].get(0) {
             streamed += c["delta"]["content"].as_str().unwrap_or("");
             if let Some(f) = c["finish_reason"].as_str() {
