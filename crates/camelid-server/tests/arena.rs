@@ -384,6 +384,39 @@ fn a_follow_up_by_another_visitor_is_refused() {
     );
 }
 
+/// A turn's output is capped (`--arena-max-tokens`): asking for more is a 400 naming the
+/// field, asking for nothing gets the cap (not the rest of the context, for both models).
+#[test]
+fn turns_generate_at_most_the_arena_cap() {
+    let config = ArenaConfig {
+        max_tokens: 3,
+        ..no_limits()
+    };
+    let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let mut body = ask();
+        body.as_object_mut().unwrap().remove("max_tokens");
+        body[field] = 4.into();
+        let (status, err) = s.post("/arena/battles", body);
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["param"], field, "{err}");
+    }
+    let story = "Tell me a long story about a llama who climbs a mountain.";
+    let (status, b) = s.post(
+        "/arena/battles",
+        json!({"messages": [{"role": "user", "content": story}], "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{b}");
+    for side in ["a", "b"] {
+        assert_eq!(b[side]["finish_reason"], "length", "{b}");
+        let text = b[side]["content"].as_str().unwrap();
+        let (status, t) = s.post("/tokenize", json!({"model": "smol-a", "prompt": text}));
+        assert_eq!(status, 200, "{t}");
+        let n = t["count"].as_u64().unwrap();
+        assert!((1..=3).contains(&n), "{side}: {text:?} is {n} tokens");
+    }
+}
+
 /// Turns and votes over the limits answer 429 with Retry-After: per visitor (the token),
 /// then per address (new tokens do not get around it).
 #[test]

@@ -50,6 +50,10 @@ pub struct ArenaConfig {
     /// The arena's routes need an API key like the OpenAI API (`--arena-private`); by
     /// default they are open to visitors, who are held by the per-visitor limits.
     pub private: bool,
+    /// Tokens one side of a turn may generate (`--arena-max-tokens`): a turn that names
+    /// none gets this many, one that asks for more is refused. Without it a visitor's turn
+    /// could run both models to the end of their context.
+    pub max_tokens: u64,
 }
 
 impl Default for ArenaConfig {
@@ -67,6 +71,7 @@ impl Default for ArenaConfig {
             weights: BTreeMap::new(),
             trust_forwarded_for: false,
             private: false,
+            max_tokens: 1024,
         }
     }
 }

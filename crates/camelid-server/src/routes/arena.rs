@@ -87,6 +87,31 @@ fn served(state: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(models.iter().map(|m| m.name.clone()).collect())
 }
 
+/// A turn's output length within the arena's cap: `max_tokens` (or OpenAI's newer
+/// `max_completion_tokens`) above it is refused naming the field; a turn that names neither
+/// gets the cap (FastChat's arena caps its slider the same way).
+fn cap_max_tokens(obj: &mut Map<String, Value>, cap: u64) -> Result<(), ApiError> {
+    let mut named = false;
+    for field in ["max_tokens", "max_completion_tokens"] {
+        match obj.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                named = true;
+                if v.as_f64().is_some_and(|n| n > cap as f64) {
+                    return Err(ApiError::invalid_param(
+                        field,
+                        format!("`{field}` may be at most {cap} in the arena, got {v}"),
+                    ));
+                }
+            }
+        }
+    }
+    if !named {
+        obj.insert("max_tokens".into(), cap.into());
+    }
+    Ok(())
+}
+
 /// Fields a battle does not take: the arena sets them (`model`, `cache_salt`), or they would
 /// tell the models apart (token log-probs show the tokenizer; usage the lengths as each
 /// model counts them), or a battle has one answer per side (`n`).
@@ -154,6 +179,7 @@ pub async fn battle(
         return Err(ApiError::bad_request("The body must be a JSON object."));
     };
     refuse_fields(obj)?;
+    cap_max_tokens(obj, state.arena.config().max_tokens)?;
     let stream = match obj.remove("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,

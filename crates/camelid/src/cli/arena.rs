@@ -110,6 +110,10 @@ pub struct ArenaServeArgs {
     /// Arena votes one client address may cast a minute (0: no limit).
     #[arg(long, default_value_t = 60)]
     arena_address_votes_per_minute: u32,
+    /// Tokens one side of an arena turn may generate: a turn that names no `max_tokens` gets
+    /// this many, one that asks for more is refused (400).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    arena_max_tokens: u64,
     /// A model's sampling weight in arena pairs, `NAME=W` (repeatable): as FastChat, the first
     /// model is drawn by weight, its rival by weight among the others. Unnamed models weigh
     /// 1 (every pair alike); 0 leaves a model out.
@@ -148,6 +152,7 @@ impl ArenaServeArgs {
             weights: self.arena_weights.iter().cloned().collect(),
             trust_forwarded_for: self.arena_trust_forwarded_for,
             private: self.arena_private,
+            max_tokens: self.arena_max_tokens,
         }
     }
 
