@@ -25,6 +25,12 @@ def check(cond, what):
 
 ids = [m.id for m in client.models.list().data]
 check(model in ids, f"models.list has {model}: {ids}")
+check(client.models.retrieve(model).id == model, "models.retrieve")
+try:
+    client.models.retrieve("no-such-model")
+    check(False, "models.retrieve of an unknown model raises")
+except openai.NotFoundError as e:
+    check(e.body.get("code") == "model_not_found" if isinstance(e.body, dict) else False, f"404 body: {e.body}")
 
 msgs = [{"role": "user", "content": "Name a fruit."}]
 r = client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0)

@@ -111,6 +111,7 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
 pub fn router(state: Arc<AppState>) -> Router {
     let mut keyed = Router::new()
         .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{*model}", get(models::retrieve_model))
         .route("/v1/chat/completions", post(chat_routes::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/tokenize", post(tokenize::tokenize))

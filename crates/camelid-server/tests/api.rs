@@ -96,6 +96,30 @@ fn models_health_metrics() {
         .unwrap()
         .iter()
         .all(|m| m["object"] == "model" && m["owned_by"].is_string()));
+    // OpenAI's retrieve: each listed id (a name or an alias) as the list has it; others 404.
+    let get = |path: &str| {
+        runtime().block_on(async {
+            let r = client()
+                .get(format!("{}{path}", s.base))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    for listed in body["data"].as_array().unwrap() {
+        let id = listed["id"].as_str().unwrap();
+        assert_eq!(get(&format!("/v1/models/{id}")), (200, listed.clone()));
+    }
+    for unknown in ["/v1/models/gpt-4", "/v1/models/smol/extra", "/v1/models/"] {
+        let (st, err) = get(unknown);
+        assert_eq!(st, 404, "{unknown}: {err}");
+        assert!(err["error"]["message"].is_string(), "{unknown}: {err}");
+    }
+    assert_eq!(
+        get("/v1/models/gpt-4").1["error"]["code"],
+        "model_not_found"
+    );
     let health = runtime().block_on(async {
         client()
             .get(format!("{}/health", s.base))

@@ -1,22 +1,37 @@
-//! `GET /v1/models`: every served model, under its name and each alias.
+//! `GET /v1/models`: every served model, under its name and each alias; `GET
+//! /v1/models/{model}`: one of them, slashes in its name and all (OpenAI's retrieve; 404
+//! `model_not_found` otherwise).
 
 use super::AppResult;
-use crate::state::AppState;
-use axum::extract::State;
+use crate::state::{AppState, ModelEntry};
+use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
+
+/// The model object OpenAI's clients read, for `m` under `name` (its own or an alias).
+fn model_object(m: &ModelEntry, name: &str) -> Value {
+    json!({"id": name, "object": "model", "created": m.created, "owned_by": "camelid",
+           "root": m.name, "max_model_len": m.max_model_len})
+}
 
 pub async fn list_models(State(s): State<Arc<AppState>>) -> AppResult {
     let models = s.models().ok_or_else(AppState::loading_error)?;
     let mut data = vec![];
     for m in &models {
         for name in std::iter::once(&m.name).chain(&m.aliases) {
-            data.push(
-                json!({"id": name, "object": "model", "created": m.created, "owned_by": "camelid",
-                             "root": m.name, "max_model_len": m.max_model_len}),
-            );
+            data.push(model_object(m, name));
         }
     }
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+pub async fn retrieve_model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> AppResult {
+    // An empty id is no model here, even with one model served (where `model` may be left out
+    // of a generation request).
+    if id.is_empty() {
+        return Err(crate::error::ApiError::model_not_found(&id));
+    }
+    let m = s.model(Some(&id))?;
+    Ok(axum::Json(model_object(&m, &id)).into_response())
 }
