@@ -74,14 +74,17 @@ fn stream_events(path: &str, body: Value) -> Vec<String> {
 #[test]
 fn models_health_metrics() {
     let s = server();
-    let (st, body) = runtime().block_on(async {
-        let r = client()
-            .get(format!("{}/v1/models", s.base))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
-    });
+    let get = |path: &str| {
+        runtime().block_on(async {
+            let r = client()
+                .get(format!("{}{path}", s.base))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let (st, body) = get("/v1/models");
     assert_eq!(st, 200);
     assert_eq!(body["object"], "list");
     let ids: Vec<&str> = body["data"]
@@ -97,16 +100,6 @@ fn models_health_metrics() {
         .iter()
         .all(|m| m["object"] == "model" && m["owned_by"].is_string()));
     // OpenAI's retrieve: each listed id (a name or an alias) as the list has it; others 404.
-    let get = |path: &str| {
-        runtime().block_on(async {
-            let r = client()
-                .get(format!("{}{path}", s.base))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        })
-    };
     for listed in body["data"].as_array().unwrap() {
         let id = listed["id"].as_str().unwrap();
         assert_eq!(get(&format!("/v1/models/{id}")), (200, listed.clone()));
