@@ -52,23 +52,7 @@ fn chat(extra: Value) -> (u16, Value) {
 
 /// The `data:` payloads of an SSE response.
 fn stream_events(path: &str, body: Value) -> Vec<String> {
-    runtime().block_on(async {
-        let r = client()
-            .post(format!("{}{path}", server().base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert!(r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream"));
-        let text = r.text().await.unwrap();
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data: ").map(String::from))
-            .collect()
-    })
+    common::sse_data(&server().base, path, &body)
 }
 
 #[test]

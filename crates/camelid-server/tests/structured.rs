@@ -6,7 +6,7 @@
 
 mod common;
 use camelid_engine::EngineMetrics;
-use common::{assert_error, post, runtime, serve_default_model, short, EngineServer};
+use common::{assert_error, post, serve_default_model, short, EngineServer};
 use regex::Regex;
 use serde_json::{json, Value};
 use std::sync::{Mutex, OnceLock};
@@ -49,18 +49,8 @@ fn chat_ok(base: &str, body: &Value) -> Vec<(String, String)> {
 
 /// The events of a streamed answer (status 200), up to `[DONE]`.
 fn stream_events(base: &str, path: &str, body: &Value) -> Vec<Value> {
-    let text = runtime().block_on(async {
-        let r = common::client()
-            .post(format!("{base}{path}"))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        r.text().await.unwrap()
-    });
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
+    common::sse_data(base, path, body)
+        .iter()
         .take_while(|l| *l != "[DONE]")
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -91,6 +91,28 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The `data:` payloads of a streamed answer (asserted 200 and `text/event-stream`), `[DONE]`
+/// included.
+pub fn sse_data(base: &str, path: &str, body: &Value) -> Vec<String> {
+    runtime().block_on(async {
+        let r = client()
+            .post(format!("{base}{path}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let text = r.text().await.unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: ").map(String::from))
+            .collect()
+    })
+}
+
 /// (status, body as JSON, or as a JSON string when it is not JSON).
 async fn status_and_body(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
