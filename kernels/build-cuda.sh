@@ -3,8 +3,8 @@
 #   bash kernels/build-cuda.sh          stripped release binary -> $CACHE/cuda-target/camelid-cuda (CI)
 #   bash kernels/build-cuda.sh check    `cargo check` of the cuda feature only (CI)
 #   bash kernels/build-cuda.sh stage    build, then fill .gpu/ (binary, kernel tests, the CUDA
-#                                       runtime's model tests, the default model's tokenizer.json)
-#                                       to carry to the GPU machine.
+#                                       runtime's model tests, the default model's tokenizer.json,
+#                                       each xz-compressed) to carry to the GPU machine.
 # The toolchain (CUDA 13.0 from PyPI wheels, via ../shared/cuda/setup-cuda.sh) and the target
 # directory live in the cache, outside the clone, so a second run only rebuilds what changed.
 # The binary targets a portable CPU baseline (x86-64-v3), not this machine's `native`: it runs
@@ -56,7 +56,16 @@ case "$MODE" in
     # The CPU build (its own target dir and flags) converts the default model for its tokenizer.
     (unset CARGO_TARGET_DIR RUSTFLAGS; cargo run --quiet --release -p camelid -- convert --out /tmp/camelid-stage-hf --dtype bf16)
     cp /tmp/camelid-stage-hf/tokenizer.json .gpu/
+    # One device call carries at most 64 MiB with the working tree; the four files are ~90 MB
+    # as they are and ~31 MB compressed. benches/gpu/run.sh unpacks them there.
+    rm -f .gpu/*.xz
+    xz -T2 -6 .gpu/camelid-cuda .gpu/cuda-kernel-tests .gpu/cuda-runtime-tests .gpu/tokenizer.json
     du -sh .gpu
+    kib=$(du -sk .gpu | cut -f1)
+    if [ "$kib" -gt $((56 * 1024)) ]; then
+      echo "build-cuda.sh: .gpu is ${kib} KiB: with the working tree over what one device call carries (64 MiB)" >&2
+      exit 1
+    fi
     ;;
   *) echo "usage: build-cuda.sh [build|check|stage]" >&2; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 # camelid on the lent GPU machine, in one device call (≤ 8 minutes); prints a table last and
 # writes JSON lines under $OUT. Prepare here first:  bash kernels/build-cuda.sh stage
 # (fills .gpu/ with the stripped CUDA binary, the kernel-test and runtime-test binaries and the
-# default model's tokenizer.json) and carry `.gpu`. If /tmp/camelid-default.gguf exists on the machine (the
+# default model's tokenizer.json, xz-compressed: ~31 MB) and carry `.gpu`. If /tmp/camelid-default.gguf exists on the machine (the
 # 98 MB default model does not fit one call's 64 MiB: send it in two halves over warm calls,
 # see benches/gpu/README.md), correctness also runs on the real weights.
 set -uo pipefail
@@ -13,6 +13,14 @@ PY=/opt/torch/.venv/bin/python3
 CU13=$($PY -c 'import nvidia, os; print(os.path.join(os.path.dirname(nvidia.__path__[0]), "nvidia/cu13/lib"))' 2>/dev/null)
 export LD_LIBRARY_PATH="$CU13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 BIN=.gpu/camelid-cuda
+# build-cuda.sh stage carries the binaries xz-compressed (64 MiB a call); unpack them with
+# Python's lzma (xz itself may be missing there).
+for z in .gpu/*.xz; do
+  [ -e "$z" ] || continue
+  "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "${z%.xz}" \
+    && rm -f "$z"
+done
+chmod +x .gpu/camelid-cuda .gpu/cuda-kernel-tests .gpu/cuda-runtime-tests 2>/dev/null
 M=/tmp/camelid-models
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
