@@ -164,8 +164,9 @@ fn now() -> f64 {
 }
 
 fn store_error(e: sqlx::Error) -> ApiError {
+    // The database's own message (its host, tables, constraints) stays in the log.
     tracing::error!("arena store: {e}");
-    ApiError::internal(format!("The arena's store failed: {e}"))
+    ApiError::internal("The arena's store failed; retry later.".to_string())
 }
 
 fn refusal(status: StatusCode, code: &'static str, message: String) -> ApiError {
@@ -211,6 +212,14 @@ fn expired(id: &str) -> ApiError {
     )
 }
 
+fn answering(id: &str) -> ApiError {
+    refusal(
+        StatusCode::CONFLICT,
+        "battle_answering",
+        format!("Battle {id:?} is answering a turn; vote once both answers are in."),
+    )
+}
+
 fn busy(id: &str) -> ApiError {
     refusal(
         StatusCode::CONFLICT,
@@ -238,12 +247,14 @@ fn parse_conversation(text: &str) -> Vec<Value> {
 }
 
 /// Whether an answer (an assistant message) of either conversation names one of `models`,
-/// case-insensitively, as FastChat's `clean_battle_data` looks for model names.
+/// case-insensitively, as FastChat's `clean_battle_data` looks for model names: as a whole
+/// word (`phi` is not in "philosophy", `smol-a` not in "smol-ab"), and only names of three
+/// letters or digits or more (an alias like `a` or `b` is in most answers and tells nothing).
 fn answers_name_a_model(conversations: [&[Value]; 2], models: &[String]) -> bool {
     let names: Vec<String> = models
         .iter()
+        .filter(|m| m.chars().filter(|c| c.is_alphanumeric()).count() >= 3)
         .map(|m| m.to_lowercase())
-        .filter(|m| !m.is_empty())
         .collect();
     conversations
         .iter()
@@ -252,8 +263,17 @@ fn answers_name_a_model(conversations: [&[Value]; 2], models: &[String]) -> bool
         .filter_map(|m| m["content"].as_str())
         .any(|text| {
             let text = text.to_lowercase();
-            names.iter().any(|n| text.contains(n.as_str()))
+            names.iter().any(|n| names_as_a_word(&text, n))
         })
+}
+
+/// Whether `name` occurs in `text` with no letter or digit just before or after it.
+fn names_as_a_word(text: &str, name: &str) -> bool {
+    let word_char = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    text.match_indices(name).any(|(at, _)| {
+        !word_char(text[..at].chars().next_back())
+            && !word_char(text[at + name.len()..].chars().next())
+    })
 }
 
 impl Arena {
@@ -412,6 +432,24 @@ impl Arena {
         }
     }
 
+    /// Marks a follow-up turn of `battle` as being answered (until its time to live at the
+    /// latest): until [`Self::end_answer`], votes on it get 409 `battle_answering`, so none
+    /// lands on the turn before while the visitor reads the new one.
+    pub async fn begin_answer(&self, battle: &OpenBattle) -> Result<(), ApiError> {
+        let until = now() + self.config.battle_ttl.as_secs_f64();
+        self.store
+            .begin_answer(&battle.id, until)
+            .await
+            .map_err(store_error)
+    }
+
+    /// Battle `id`'s turn is over (stored, failed or left by its visitor).
+    pub async fn end_answer(&self, id: &str) {
+        if let Err(e) = self.store.end_answer(id).await {
+            tracing::error!("arena store: {e}");
+        }
+    }
+
     /// Stores `battle`'s conversations after the turn just answered (each ending with its
     /// model's answer) and extends its life; 409 if another turn or a vote came first.
     pub async fn record_turn(
@@ -474,6 +512,9 @@ impl Arena {
                     "battle_unanswered",
                     format!("Battle {id:?} has no answers to vote on yet."),
                 ));
+            }
+            if self.store.answering(id, now).await.map_err(store_error)? {
+                return Err(answering(id));
             }
             let (a, c) = (
                 parse_conversation(&b.conversation_a),
@@ -660,6 +701,18 @@ mod tests {
             [&conv("SMOL-A here"), &plain],
             &served
         ));
+        // Whole words only, and no names too short to tell anything.
+        assert!(!answers_name_a_model(
+            [&conv("smol-ab and xsmol-a"), &conv("Llama-30")],
+            &served
+        ));
+        assert!(answers_name_a_model([&conv("(smol-a)"), &plain], &served));
+        let phi = ["phi".to_string(), "a".to_string(), "b2".to_string()];
+        assert!(!answers_name_a_model(
+            [&conv("On philosophy, a b2 answer."), &plain],
+            &phi
+        ));
+        assert!(answers_name_a_model([&conv("I am Phi."), &plain], &phi));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - `arena_votes` — the votes, one per battle (the primary key), each carrying its battle's
 //!   conversations: the battle row is swept after it expires, the vote stays.
 //! - `arena_requests` — recent turns and votes by visitor and address, for the rate limits.
+//! - `arena_answering` — battles whose follow-up turn is being answered now (until when at
+//!   the latest): no vote lands on a turn the visitor is still reading, on any server.
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -46,6 +48,9 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS arena_requests_visitor ON arena_requests (kind, visitor, at)",
     "CREATE INDEX IF NOT EXISTS arena_requests_address ON arena_requests (kind, address, at)",
     "CREATE INDEX IF NOT EXISTS arena_requests_at ON arena_requests (at)",
+    "CREATE TABLE IF NOT EXISTS arena_answering (
+        battle_id TEXT PRIMARY KEY,
+        ends_by DOUBLE PRECISION NOT NULL)",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,8 +279,42 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Casts the vote of battle `id` from its row, if it is `visitor`'s, unexpired and at
-    /// turn `turns` (> 0); false otherwise, or if it has a vote already.
+    /// Marks battle `id`'s follow-up turn as being answered, until `until` at the latest.
+    pub async fn begin_answer(&self, id: &str, until: f64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO arena_answering (battle_id, ends_by) VALUES ($1, $2)
+             ON CONFLICT (battle_id) DO UPDATE SET ends_by = excluded.ends_by",
+        )
+        .bind(id)
+        .bind(until)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Battle `id`'s turn is answered (stored, failed or left).
+    pub async fn end_answer(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM arena_answering WHERE battle_id = $1")
+            .bind(id)
+            .execute(self.ready().await?.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a turn of battle `id` is being answered at `now`.
+    pub async fn answering(&self, id: &str, now: f64) -> Result<bool, sqlx::Error> {
+        Ok(
+            sqlx::query("SELECT 1 FROM arena_answering WHERE battle_id = $1 AND ends_by > $2")
+                .bind(id)
+                .bind(now)
+                .fetch_optional(self.ready().await?.pool())
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Casts the vote of battle `id` from its row, if it is `visitor`'s, unexpired, at turn
+    /// `turns` (> 0) and not answering a turn; false otherwise, or if it has a vote already.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_vote(
         &self,
@@ -293,6 +332,8 @@ impl Store {
              SELECT id, model_a, model_b, $1, $2, $3, $7, conversation_a, conversation_b, turns
              FROM arena_battles
              WHERE id = $4 AND visitor = $5 AND turns = $6 AND turns > 0 AND expires_at > $3
+                 AND NOT EXISTS (SELECT 1 FROM arena_answering n
+                                 WHERE n.battle_id = $4 AND n.ends_by > $3)
              ON CONFLICT (battle_id) DO NOTHING",
         )
         .bind(winner)
@@ -349,6 +390,10 @@ impl Store {
     ) -> Result<u64, sqlx::Error> {
         let pool = self.ready().await?.pool();
         sqlx::query("DELETE FROM arena_requests WHERE at < $1")
+            .bind(requests_before)
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM arena_answering WHERE ends_by < $1")
             .bind(requests_before)
             .execute(pool)
             .await?;

@@ -113,8 +113,10 @@ fn cap_max_tokens(obj: &mut Map<String, Value>, cap: u64) -> Result<(), ApiError
 }
 
 /// Fields a battle does not take: the arena sets them (`model`, `cache_salt`), or they would
-/// tell the models apart (token log-probs show the tokenizer; usage the lengths as each
-/// model counts them), or a battle has one answer per side (`n`).
+/// tell the models apart (token log-probs, token ids and special tokens show the tokenizer;
+/// usage the lengths as each model counts them; template variables act on one family's
+/// template only; a seed lets the API replay each side's sampled answer), or a battle has one
+/// answer per side (`n`).
 fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
     let why = |field: &str| -> Option<&'static str> {
         let v = obj.get(field)?;
@@ -129,6 +131,15 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
             }
             "stream_options" => Some("battles report no usage; leave `stream_options` out"),
             _ if v.is_null() => None,
+            "seed" => Some("a seed would let each side's answer be replayed; leave `seed` out"),
+            "logit_bias" | "stop_token_ids" => {
+                Some("token ids would tell the models' tokenizers apart; leave them out")
+            }
+            "skip_special_tokens" if v.as_bool() == Some(true) => None,
+            "skip_special_tokens" => Some("special tokens would tell the models apart"),
+            "chat_template_kwargs" => {
+                Some("each model renders its own template as it is; leave the variables out")
+            }
             "response_format" if v.get("type").and_then(Value::as_str) == Some("text") => None,
             "response_format" | "structured_outputs" | "guided_json" | "guided_regex"
             | "guided_choice" | "guided_grammar" => {
@@ -147,6 +158,11 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "logprobs",
         "top_logprobs",
         "stream_options",
+        "seed",
+        "logit_bias",
+        "stop_token_ids",
+        "skip_special_tokens",
+        "chat_template_kwargs",
         "tools",
         "tool_choice",
         "parallel_tool_calls",
@@ -228,6 +244,16 @@ pub async fn battle(
     };
     let (req_a, conversation_a) = side(&battle.conversation_a, &battle.model_a)?;
     let (req_b, conversation_b) = side(&battle.conversation_b, &battle.model_b)?;
+    // A battle with answers takes votes: not while its next turn is answered.
+    let answering = if battle.turns > 0 {
+        state.arena.begin_answer(&battle).await?;
+        Some(Answering {
+            state: state.clone(),
+            id: battle.id.clone(),
+        })
+    } else {
+        None
+    };
     let turn = battle::submit(&state, &battle.id, permits, (req_a, req_b), &sampling).await?;
     let head = json!({"battle_id": battle.id, "token": visitor.token()});
     let finish = TurnRecord {
@@ -235,6 +261,7 @@ pub async fn battle(
         battle,
         visitor,
         conversations: (conversation_a, conversation_b),
+        answering,
     };
     if !stream {
         let (a, b) = turn
@@ -279,6 +306,34 @@ struct TurnRecord {
     battle: OpenBattle,
     visitor: Visitor,
     conversations: (Vec<Value>, Vec<Value>),
+    /// Ended once the turn is stored, or dropped with the turn when it fails or is left.
+    answering: Option<Answering>,
+}
+
+/// A follow-up turn being answered ([`arena::Arena::begin_answer`]); ends when dropped.
+struct Answering {
+    state: Arc<AppState>,
+    id: String,
+}
+
+impl Answering {
+    /// Ends it now, before the visitor hears that the turn is stored.
+    async fn end(mut self) {
+        let id = std::mem::take(&mut self.id);
+        self.state.arena.end_answer(&id).await;
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.id.is_empty() {
+            return;
+        }
+        let (state, id) = (self.state.clone(), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { state.arena.end_answer(&id).await });
+        }
+    }
 }
 
 impl TurnRecord {
@@ -287,7 +342,8 @@ impl TurnRecord {
         let (mut conversation_a, mut conversation_b) = self.conversations;
         conversation_a.push(json!({"role": "assistant", "content": a.content}));
         conversation_b.push(json!({"role": "assistant", "content": b.content}));
-        self.state
+        let recorded = self
+            .state
             .arena
             .record_turn(
                 &self.battle,
@@ -295,7 +351,11 @@ impl TurnRecord {
                 &conversation_a,
                 &conversation_b,
             )
-            .await
+            .await;
+        if let Some(answering) = self.answering {
+            answering.end().await;
+        }
+        recorded
     }
 }
 
