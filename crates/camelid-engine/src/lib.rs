@@ -56,6 +56,9 @@ pub enum Event {
     Finished { reason: FinishReason, usage: Usage },
     /// The request failed; no event follows.
     Error(String),
+    /// The request's own grammar could not go on (`camelid_model::Error::Grammar`): the
+    /// client's fault, answered 400 like a bad request; no event follows.
+    GrammarFailed(String),
     /// The request was never started and will not be: the engine is shutting down (see
     /// `EngineHandle::stop_admitting`). No event follows.
     Refused(String),

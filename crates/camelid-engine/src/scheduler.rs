@@ -759,6 +759,10 @@ impl Engine {
                         done.push(s.id);
                     }
                 }
+                Err(camelid_model::Error::Grammar(m)) => {
+                    let _ = s.events.send(Event::GrammarFailed(m));
+                    done.push(s.id);
+                }
                 Err(e) => {
                     let _ = s.events.send(Event::Error(e.to_string()));
                     done.push(s.id);

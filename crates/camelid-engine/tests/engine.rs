@@ -31,7 +31,7 @@ fn drain(mut rx: UnboundedReceiver<Event>) -> Result<(Vec<u32>, usize), String> 
         match e {
             Event::Token { token, .. } => toks.push(token),
             Event::Finished { usage, .. } => return Ok((toks, usage.cached_tokens)),
-            Event::Error(e) | Event::Refused(e) => return Err(e),
+            Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => return Err(e),
             Event::PromptLogprobs(_) => {}
         }
     }
@@ -712,7 +712,9 @@ fn drain_scored(mut rx: UnboundedReceiver<Event>) -> Scored {
                 s.logprobs.extend(logprob);
             }
             Event::Finished { .. } => return s,
-            Event::Error(e) | Event::Refused(e) => panic!("request failed: {e}"),
+            Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => {
+                panic!("request failed: {e}")
+            }
         }
     }
     panic!("stream ended without Finished")

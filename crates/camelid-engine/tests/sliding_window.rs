@@ -104,7 +104,7 @@ fn generate_in_engine(gemma: bool) -> (Vec<u32>, Vec<u32>, usize, usize) {
                 most_blocks = most_blocks.max(EngineMetrics::get(&engine.metrics.kv_blocks_used));
             }
             Event::Finished { .. } => break,
-            Event::Error(e) | Event::Refused(e) => panic!("{e}"),
+            Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => panic!("{e}"),
             Event::PromptLogprobs(_) => {}
         }
     }

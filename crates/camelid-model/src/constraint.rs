@@ -286,9 +286,11 @@ impl GrammarCompiler {
         let parser = self
             .factory()?
             .create_parser(grammar)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| without_state(&e.to_string()))?;
         let mut probe = Matcher::new(Ok(parser.clone()));
-        let mask = probe.compute_mask_or_eos().map_err(|e| e.to_string())?;
+        let mask = probe
+            .compute_mask_or_eos()
+            .map_err(|e| without_state(&e.to_string()))?;
         if mask.is_zero() && !probe.is_accepting().unwrap_or(false) {
             return Err("no text matches the grammar".into());
         }
@@ -351,6 +353,17 @@ impl StepMask {
 
 type MaskReply = std::result::Result<StepMask, String>;
 
+/// llguidance's error text without the parser state it appends (`<state>…</state>`): the
+/// reason is for the client, the matcher's internals are not.
+fn without_state(message: &str) -> String {
+    message
+        .split("<state>")
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
 /// One sequence's matcher on its own thread. The thread computes a mask, hands it over,
 /// waits for the token drawn, consumes it, says whether the grammar is finished, and starts
 /// on the next mask at once, so that mask is computed during the next forward pass. The
@@ -410,7 +423,7 @@ impl SequenceConstraint {
     pub fn mask(&mut self) -> Result<StepMask> {
         match self.masks.recv() {
             Ok(Ok(m)) => Ok(m),
-            Ok(Err(e)) => Err(Error::Invalid(format!("grammar: {e}"))),
+            Ok(Err(e)) => Err(Error::Grammar(without_state(&e))),
             Err(_) => Err(Error::Invalid("the grammar's matcher stopped".into())),
         }
     }
@@ -421,7 +434,7 @@ impl SequenceConstraint {
         self.tokens.send(token).map_err(|_| gone())?;
         match self.consumed.recv() {
             Ok(Ok(finished)) => Ok(finished),
-            Ok(Err(e)) => Err(Error::Invalid(format!("grammar: {e}"))),
+            Ok(Err(e)) => Err(Error::Grammar(without_state(&e))),
             Err(_) => Err(gone()),
         }
     }

@@ -16,6 +16,10 @@ pub enum Error {
     Io(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The request's own grammar could not go on (a limit of the matcher reached, or no
+    /// token it allows): the client's to fix, not the server's.
+    #[error("grammar: {0}")]
+    Grammar(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -148,7 +148,9 @@ impl Turn {
                     Piece::Finished(side, reason)
                 }
                 Event::PromptLogprobs(_) => continue,
-                Event::Error(e) => return Err(Some(neutral(ApiError::internal(e)))),
+                Event::Error(e) | Event::GrammarFailed(e) => {
+                    return Err(Some(neutral(ApiError::internal(e))))
+                }
                 Event::Refused(_) => return Err(Some(neutral(shutting_down()))),
             };
             if let Some(tx) = pieces {

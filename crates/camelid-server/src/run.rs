@@ -98,7 +98,15 @@ pub fn shutting_down() -> ApiError {
     )
 }
 
-/// A request's events up to its last (`Finished`, `Error` or `Refused`). A channel that
+/// What a request whose own grammar could not go on gets: 400, as the bad request it is
+/// (a matcher limit reached by a recursive schema or a huge choice list, say).
+pub fn grammar_failed(reason: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "The output constraint could not be followed: {reason}"
+    ))
+}
+
+/// A request's events up to its last (`Finished`, `Error`, `GrammarFailed` or `Refused`). A channel that
 /// closes before that one (the engine thread died) ends in an `Error`, so no caller can
 /// mistake a dead engine for a finished answer.
 fn until_last_event(
@@ -110,7 +118,10 @@ fn until_last_event(
             Some(e) => {
                 let last = matches!(
                     e,
-                    Event::Finished { .. } | Event::Error(_) | Event::Refused(_)
+                    Event::Finished { .. }
+                        | Event::Error(_)
+                        | Event::GrammarFailed(_)
+                        | Event::Refused(_)
                 );
                 Some((e, (!last).then_some(rx)))
             }
@@ -199,6 +210,7 @@ pub async fn collect(
                 results[slot] = Some(p.clone());
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
+            Event::GrammarFailed(e) => return Err(grammar_failed(&e)),
             Event::Refused(_) => return Err(shutting_down()),
         }
     }

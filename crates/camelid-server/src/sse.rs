@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::format::CachedPrompt;
-use crate::run::{shutting_down, Submission, Timing};
+use crate::run::{grammar_failed, shutting_down, Submission, Timing};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use camelid_engine::{Event, Usage};
 use camelid_model::decode::sampling::TokenLogprob;
@@ -124,6 +124,7 @@ pub fn stream(
                         }
                     }
                     Event::Error(e) => st.end_with(ApiError::internal(e)),
+                    Event::GrammarFailed(e) => st.end_with(grammar_failed(&e)),
                     Event::Refused(_) => st.end_with(shutting_down()),
                 },
             }

@@ -195,6 +195,7 @@ pub fn generation_params(
         .chain(f.stop_token_ids.iter().flatten())
         .copied()
         .collect();
+    p.eos_token_ids = stop_token_ids.to_vec();
     p.ignore_eos = f.ignore_eos;
     p.min_tokens = f.min_tokens.unwrap_or(0) as usize;
     p.skip_special_tokens = f.skip_special_tokens.unwrap_or(true);

@@ -872,3 +872,32 @@ fn chat_template_kwargs_reach_the_jinja_template() {
         json!(thinking.as_array().unwrap().len())
     );
 }
+
+/// `ignore_eos` takes away the model's own end tokens only: a client's `stop_token_ids` still
+/// end the answer, as in vLLM (they used to be blocked too, and the answer ran to
+/// `max_tokens`).
+#[test]
+fn ignore_eos_keeps_the_clients_stop_token_ids() {
+    let ask = json!({"model": "smol", "prompt": "The capital of France is", "max_tokens": 1,
+                     "temperature": 0});
+    let (st, first) = post("/v1/completions", ask.clone());
+    assert_eq!(st, 200, "{first}");
+    let text = first["choices"][0]["text"].as_str().unwrap();
+    let (st, t) = post(
+        "/tokenize",
+        json!({"model": "smol", "prompt": text, "add_special_tokens": false}),
+    );
+    assert_eq!(
+        (st, t["tokens"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{t}"
+    );
+    let mut stopped = ask;
+    stopped["max_tokens"] = 8.into();
+    stopped["ignore_eos"] = true.into();
+    stopped["stop_token_ids"] = json!([t["tokens"][0]]);
+    let (st, r) = post("/v1/completions", stopped);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+    assert_eq!(r["usage"]["completion_tokens"], 1, "{r}");
+}

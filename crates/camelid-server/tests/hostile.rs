@@ -1215,6 +1215,22 @@ fn corpus() -> Vec<Case> {
             405,
         ),
         raw("models: DELETE", "DELETE", "/v1/models", None, vec![], 405),
+        raw(
+            "models: an id not UTF-8",
+            "GET",
+            "/v1/models/%FF%FE",
+            None,
+            vec![],
+            404,
+        ),
+        raw(
+            "pages: an asset not UTF-8",
+            "GET",
+            "/assets/%FF",
+            None,
+            vec![],
+            404,
+        ),
         // Tokenize and detokenize.
         raw(
             "tokenize: empty body",

@@ -249,6 +249,59 @@ fn a_grammar_of_only_the_empty_string_answers_nothing_and_stops() {
     assert_eq!(finish, [&json!("stop")]);
 }
 
+/// A grammar that cannot go on is the request's fault, never a 500 with the matcher's
+/// internals: where every token it allows is a stop token (a `stop_token_ids` entry, or the
+/// end of turn it asks for itself) the answer ends there; a matcher limit reached mid-answer
+/// (a schema that recurses without end) is a 400, streamed or not; and no message carries
+/// llguidance's parser state. All four were 500s.
+#[test]
+fn grammars_that_cannot_go_on_end_or_answer_400() {
+    let _g = serial();
+    let s = server();
+    let (st, t) = post(
+        &s.base,
+        "/tokenize",
+        &json!({"model": "smol", "prompt": "!", "add_special_tokens": false}),
+    );
+    assert_eq!(st, 200, "{}", short(&t));
+    let bang = t["tokens"][0].as_u64().unwrap();
+    let body = json!({"model": "smol", "prompt": "Say", "max_tokens": 4,
+        "guided_choice": ["!"], "stop_token_ids": [bang]});
+    let (st, b) = post(&s.base, "/v1/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    assert_eq!(b["choices"][0]["finish_reason"], "stop", "{}", short(&b));
+    // Token 2 is SmolLM2's <|im_end|>, one of the turn's own stop tokens.
+    for (text, finish) in chat_ok(
+        &s.base,
+        &chat("Hi", json!({"guided_grammar": "start: <[2]>"})),
+    ) {
+        assert_eq!((text.as_str(), finish.as_str()), ("", "stop"));
+    }
+    let endless = json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+        "schema": {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}}}});
+    let (st, b) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &chat("Hi", endless.clone()),
+    );
+    assert_error(st, &b, 400, None);
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("<state>"), "{message}");
+    let mut streamed = chat("Hi", endless);
+    streamed["stream"] = true.into();
+    let events = stream_events(&s.base, "/v1/chat/completions", &streamed);
+    let last = events.last().unwrap();
+    assert_eq!(last["error"]["type"], "invalid_request_error", "{last}");
+    assert!(!last.to_string().contains("<state>"), "{last}");
+    let (st, b) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &chat("Hi", json!({"guided_regex": "(.{0,1000}){0,1000}"})),
+    );
+    assert_error(st, &b, 400, Some("guided_regex"));
+    assert!(!b.to_string().contains("<state>"), "{}", short(&b));
+}
+
 #[test]
 fn completions_take_constraints_too() {
     let _g = serial();

@@ -32,7 +32,11 @@ pub struct GenerationParams {
     pub sampling: SamplingParams,
     /// Shared: the choices of one request hold one copy (stop strings may be long).
     pub stop_strings: Arc<[String]>,
+    /// Every token that ends the sequence: the model's own end tokens and the client's.
     pub stop_token_ids: Vec<u32>,
+    /// The model's own end tokens among them: what `ignore_eos` takes away (never drawn, as
+    /// llama.cpp's `ignore_eos`); the client's `stop_token_ids` still stop, as in vLLM.
+    pub eos_token_ids: Vec<u32>,
     pub ignore_eos: bool,
     pub min_tokens: usize,
     /// Number of alternatives per token when log-probabilities are wanted.
@@ -50,6 +54,7 @@ impl GenerationParams {
             sampling,
             stop_strings: Arc::new([]),
             stop_token_ids: vec![],
+            eos_token_ids: vec![],
             ignore_eos: false,
             min_tokens: 0,
             logprobs: None,
@@ -117,19 +122,25 @@ impl SequenceDecoder {
             return Err(Error::Invalid("sequence already finished".into()));
         }
         let mut l = logits.to_vec();
-        // Before min_tokens, or with ignore_eos, stop tokens cannot be drawn.
-        let block_stops = self.params.ignore_eos || self.output.len() < self.params.min_tokens;
-        if block_stops {
-            for &s in &self.params.stop_token_ids {
-                if let Some(x) = l.get_mut(s as usize) {
-                    *x = f32::NEG_INFINITY;
-                }
+        // Before min_tokens no stop token can be drawn; with ignore_eos the model's own end
+        // tokens never can.
+        let blocked: &[u32] = if self.output.len() < self.params.min_tokens {
+            &self.params.stop_token_ids
+        } else if self.params.ignore_eos {
+            &self.params.eos_token_ids
+        } else {
+            &[]
+        };
+        let block_stops = !blocked.is_empty();
+        for &s in blocked {
+            if let Some(x) = l.get_mut(s as usize) {
+                *x = f32::NEG_INFINITY;
             }
         }
         let mut grammar = match &mut self.grammar {
             None => None,
             Some(Ok(g)) => Some(g),
-            Some(Err(e)) => return Err(Error::Invalid(e.clone())),
+            Some(Err(e)) => return Err(Error::Grammar(e.clone())),
         };
         if let Some(g) = grammar.as_mut() {
             let mask = g.mask()?;
@@ -142,6 +153,13 @@ impl SequenceDecoder {
                 l.copy_from_slice(logits);
             }
             mask.apply(&mut l, &self.params.stop_token_ids);
+            // A grammar that cannot end yet still ends where every token it allows is a stop
+            // token (a `stop_token_ids` entry, or the end of turn the grammar itself asks
+            // for): drawing from nothing would give a token the grammar refuses.
+            if l.iter().all(|x| *x == f32::NEG_INFINITY) {
+                l.copy_from_slice(logits);
+                mask.apply(&mut l, &[]);
+            }
         }
         let token = self.sampler.sample(&l, &self.prompt, &self.output);
         let logprob = self
@@ -149,8 +167,8 @@ impl SequenceDecoder {
             .logprobs
             .map(|n| token_logprob(logits, token, n));
         self.output.push(token);
-        let is_stop_token =
-            self.params.stop_token_ids.contains(&token) && (!block_stops || grammar.is_some());
+        let is_stop_token = self.params.stop_token_ids.contains(&token)
+            && (!blocked.contains(&token) || grammar.is_some());
         // The matcher consumes every token but a stop token (which ends the sequence).
         let grammar_done = match grammar {
             Some(g) if !is_stop_token => g.commit(token)?,

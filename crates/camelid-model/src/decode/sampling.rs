@@ -211,9 +211,10 @@ impl Sampler {
 /// ~1e-38, which the draws skip); returns their sum.
 fn softmax_weights(l: &[f32], t: f32, w: &mut Vec<f32>) -> f64 {
     let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let inv_t = 1.0 / t;
+    // Divided, not multiplied by 1/t: below t ≈ 3e-39 that is infinite, the best logit's
+    // 0 · ∞ a NaN, and the draw garbage; divided, the best stays 0 and the rest fall to −∞.
     w.clear();
-    w.extend(l.iter().map(|&x| (x - max) * inv_t));
+    w.extend(l.iter().map(|&x| (x - max) / t));
     camelid_kernels::vecmath::exp_shifted_sum(w, 0.0) as f64
 }
 
@@ -323,6 +324,22 @@ mod tests {
         assert_eq!(top_k_indices(&v, 3), vec![1, 3, 4]);
         let l = logits();
         assert_eq!(top_k_indices(&l, 1)[0], top_k_indices(&l, 2)[0]);
+    }
+
+    #[test]
+    fn a_vanishing_temperature_is_greedy() {
+        let l = logits();
+        let greedy = top_k_indices(&l, 1)[0] as u32;
+        for t in [1e-30f32, 1e-39, f32::MIN_POSITIVE, 1e-45] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t,
+                seed: Some(3),
+                ..Default::default()
+            });
+            for _ in 0..10 {
+                assert_eq!(s.sample(&l, &[], &[]), greedy, "temperature {t:e}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::AppResult;
 use crate::state::{AppState, ModelEntry};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use serde_json::{json, Value};
@@ -26,7 +27,14 @@ pub async fn list_models(State(s): State<Arc<AppState>>) -> AppResult {
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
-pub async fn retrieve_model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> AppResult {
+pub async fn retrieve_model(
+    State(s): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> AppResult {
+    // An id that is not UTF-8 names no model (axum's own rejection is plain text).
+    let Ok(Path(id)) = id else {
+        return Err(crate::error::ApiError::model_not_found("(not UTF-8)"));
+    };
     // An empty id is no model here, even with one model served (where `model` may be left out
     // of a generation request).
     if id.is_empty() {

@@ -5,6 +5,7 @@
 //! server only, so markup in a model's answer cannot run script even if escaping failed.
 
 use crate::error::ApiError;
+use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -71,7 +72,9 @@ fn file(content_type: &'static str, bytes: &'static [u8]) -> Response {
     r
 }
 
-async fn asset(Path(path): Path<String>) -> Response {
+async fn asset(path: Result<Path<String>, PathRejection>) -> Response {
+    // A path that is not UTF-8 is no asset (axum's own rejection is plain text).
+    let path = path.map_or_else(|_| "(not UTF-8)".to_string(), |Path(p)| p);
     match ASSETS.iter().find(|(name, _, _)| *name == path) {
         Some(&(_, content_type, bytes)) => file(content_type, bytes),
         None => ApiError::new(
