@@ -187,7 +187,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> s
 
 /// Serves until `shutdown` resolves: stops accepting, lets in-flight responses finish for
 /// at most the grace period, then returns. Connections are capped and must send their
-/// headers in time (`ServerConfig::max_connections`, `header_timeout_secs`); bodies must
+/// headers in time and read what they are sent (`ServerConfig::max_connections`,
+/// `header_timeout_secs`, `write_timeout_secs`); bodies must
 /// arrive in time too (`body_timeout_secs`, enforced where handlers read them:
 /// `routes::RequestBody`).
 pub async fn serve_until(
@@ -199,6 +200,7 @@ pub async fn serve_until(
     let limits = ConnectionLimits {
         max_connections: c.max_connections,
         header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)),
+        write_timeout: Duration::from_secs(c.write_timeout_secs.max(1)),
         shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),
     };
     // The arena's leaderboard refits and sweeps, for as long as this server runs.

@@ -1,8 +1,9 @@
 //! The accept loop: HTTP/1.1 connections served by hyper, each given a deadline for its
 //! request headers (a client that sends half a header and stalls, or idles on a keep-alive
-//! connection, is closed), at most `max_connections` open at once (the rest wait in the
-//! listen backlog), and a graceful shutdown. `axum::serve` has neither limit; this is its
-//! loop with them.
+//! connection, is closed) and for every write (a client that stops reading a stream is
+//! closed, which cancels its generation and frees its concurrency slot), at most
+//! `max_connections` open at once (the rest wait in the listen backlog), and a graceful
+//! shutdown. `axum::serve` has none of these limits; this is its loop with them.
 
 use axum::extract::ConnectInfo;
 use axum::http::Request;
@@ -25,6 +26,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Time to receive a request's headers, from when the connection is ready for one.
     pub header_timeout: Duration,
+    /// Time a write may wait on a client that does not read (its socket buffers full).
+    pub write_timeout: Duration,
     /// How long in-flight responses may run once shutdown begins.
     pub shutdown_grace: Duration,
 }
@@ -67,7 +70,12 @@ pub async fn serve_connections(
             req.extensions_mut().insert(ConnectInfo(peer));
             req
         });
-        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
+        // A response stalled on its client longer than the write timeout fails the connection:
+        // hyper drops the response body, and with it the stream's generation and permit.
+        let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
+        io.set_write_timeout(Some(limits.write_timeout));
+        let io = TokioIo::new(Box::pin(io));
+        let conn = http.serve_connection(io, TowerToHyperService::new(app));
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// Seconds a client has to send a request's whole body, from the end of its headers;
     /// later is 408 and the connection is closed.
     pub body_timeout_secs: u64,
+    /// Seconds a response may wait on a client that does not read it (its socket full)
+    /// before the connection is closed: a stream nobody reads holds a concurrency slot.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             max_connections: 512,
             header_timeout_secs: 30,
             body_timeout_secs: 30,
+            write_timeout_secs: 60,
         }
     }
 }

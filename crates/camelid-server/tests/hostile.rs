@@ -490,6 +490,79 @@ fn slow_bodies_are_cut_off() {
     assert_eq!(st, 200, "{}", short(&b));
 }
 
+/// A client that stops reading its stream is closed once a write has waited on it for the
+/// write timeout: its generation is cancelled and its concurrency slot freed. (A stalled
+/// reader held its slot for good: with `max_concurrent` of them every other client got 429.)
+#[test]
+fn a_client_that_stops_reading_loses_its_connection_not_the_others_their_slots() {
+    let _g = serial();
+    let s = start(
+        ServerConfig {
+            max_concurrent: 1,
+            write_timeout_secs: 2,
+            ..Default::default()
+        },
+        Some(engine_config()),
+    );
+    // Much text (16 choices, 20 alternatives a token) to a socket with a tiny receive
+    // buffer that is never read.
+    let body = json!({"model": "smol", "messages": [{"role": "user", "content": "A story."}],
+        "max_tokens": 200, "n": 16, "logprobs": true, "top_logprobs": 20, "stream": true,
+        "ignore_eos": true})
+    .to_string();
+    let stalled = runtime().block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = socket.connect(s.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(body.as_bytes()).await.unwrap();
+        c
+    });
+    let probe = || {
+        post(
+            &s.base,
+            "/v1/chat/completions",
+            &chat_body(json!({"max_tokens": 1})),
+        )
+    };
+    // It holds the only slot...
+    let t = Instant::now();
+    loop {
+        let (st, b) = probe();
+        if st == 429 {
+            break;
+        }
+        assert_eq!(st, 200, "{}", short(&b));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the stream never took the slot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...until its writes have waited on it for the timeout.
+    let t = Instant::now();
+    loop {
+        let (st, b) = probe();
+        if st == 200 {
+            break;
+        }
+        assert_error(st, &b, 429, None);
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the unread stream still holds the slot after {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(stalled);
+}
+
 /// At most `max_connections` connections are served at once: with two idle ones open, a
 /// third client waits until the header timeout closes one of them.
 #[test]

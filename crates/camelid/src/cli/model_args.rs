@@ -14,7 +14,8 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,
-    /// Chat template: a built-in (vicuna_v1.1, llama-2, llama-3, alpaca, zero_shot, one_shot, chatml) or `model`.
+    /// Chat template: a built-in (vicuna_v1.1, llama-2, llama-3, alpaca, zero_shot, one_shot,
+    /// chatml, qwen-7b-chat, mistral, gemma) or `model`.
     #[arg(long)]
     pub template: Option<String>,
     /// Weight dtype for safetensors models: f32, bf16, f16 (default on CPU: f32 compute with

@@ -30,8 +30,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CAMELID_PORT", default_value_t = 8000)]
     port: u16,
     /// Accepted API keys (repeatable); none (and no --api-key-file) means no authentication.
-    /// Every route but /health needs one (and /metrics, unless --metrics-public). An empty
-    /// key is an error.
+    /// The API (/v1/*, /tokenize, /detokenize) needs one, and /metrics unless
+    /// --metrics-public; /health, the pages and (unless --arena-private) the arena's routes
+    /// stay open. An empty key is an error.
     #[arg(long = "api-key", env = "CAMELID_API_KEY", value_delimiter = ',')]
     api_keys: Vec<String>,
     /// A file of accepted API keys, one per line (blank lines and `#` comments skipped), so
@@ -147,6 +148,11 @@ struct LimitArgs {
     /// (later: 408, connection closed).
     #[arg(long, default_value_t = ServerConfig::default().body_timeout_secs)]
     body_timeout_secs: u64,
+    /// Seconds a response may wait on a client that does not read it (its socket full)
+    /// before the connection is closed and its generation cancelled: a stream nobody reads
+    /// would hold a concurrency slot for good.
+    #[arg(long, default_value_t = ServerConfig::default().write_timeout_secs)]
+    write_timeout_secs: u64,
 }
 
 impl LimitArgs {
@@ -328,6 +334,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 limits: a.limits.request_limits(),
                 max_connections: a.limits.max_connections,
                 header_timeout_secs: a.limits.header_timeout_secs,
+                write_timeout_secs: a.limits.write_timeout_secs,
                 body_timeout_secs: a.limits.body_timeout_secs,
             })
             .with_arena(arena),
