@@ -120,7 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut open = Router::new()
         .merge(pages::router())
         .route("/health", get(health::health));
-    // The arena's visitor routes: open to visitors (held by the per-visitor limits) unless
+    // The arena's visitor routes: open to visitors (held by the rate limits) unless
     // `--arena-private`. They reach the models only through the arena's rules.
     let arena = Router::new()
         .route("/arena/battles", post(arena_routes::battle))

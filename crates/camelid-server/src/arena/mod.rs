@@ -48,7 +48,8 @@ pub struct ArenaConfig {
     /// Take the client's address from the last `X-Forwarded-For` entry (behind a proxy).
     pub trust_forwarded_for: bool,
     /// The arena's routes need an API key like the OpenAI API (`--arena-private`); by
-    /// default they are open to visitors, who are held by the per-visitor limits.
+    /// default they are open to visitors, held by the rate limits (per address: a client
+    /// may start battles under fresh visitor tokens).
     pub private: bool,
     /// Tokens one side of a turn may generate (`--arena-max-tokens`): a turn that names
     /// none gets this many, one that asks for more is refused. Without it a visitor's turn
