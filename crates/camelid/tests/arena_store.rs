@@ -192,6 +192,37 @@ fn round_robin(backends: Vec<String>) -> RoundRobin {
     RoundRobin { base, log }
 }
 
+/// The rate limits hold under a burst on PostgreSQL: 40 votes at once from one visitor (on
+/// no battle: a request is counted before its battle is looked up) admit exactly the limit.
+#[test]
+fn rate_limits_hold_under_a_burst_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let s = arena_server(
+        &pg.url,
+        &[
+            "--arena-visitor-votes-per-minute",
+            "5",
+            "--arena-address-votes-per-minute",
+            "0",
+        ],
+    );
+    let body = json!({"winner": "tie", "token": "ab".repeat(32)}).to_string();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let votes: Vec<_> = (0..40)
+            .map(|_| {
+                scope.spawn(|| {
+                    request(&s.base, "POST", "/arena/battles/battle-none/vote", &body)
+                        .unwrap()
+                        .0
+                })
+            })
+            .collect();
+        votes.into_iter().map(|v| v.join().unwrap()).collect()
+    });
+    let count = |status| statuses.iter().filter(|&&s| s == status).count();
+    assert_eq!((count(404), count(429)), (5, 35), "{statuses:?}");
+}
+
 /// Two servers on one PostgreSQL behind a round-robin proxy: a battle started on one is
 /// continued and voted on the other, and both leaderboards agree.
 #[test]

@@ -1,7 +1,8 @@
 //! The arena's tables in SQLite or PostgreSQL, through one sqlx `Any` pool. The SQL is the
 //! subset both speak: `$n` parameters, BIGINT 0/1 for booleans (sqlx's `Any` reads no SQLite
 //! BOOLEAN), DOUBLE PRECISION unix seconds, JSON as TEXT. Every write is one statement, so
-//! each is atomic and committed when it returns (no transaction spans a request).
+//! each is atomic and committed when it returns (no transaction spans a request); on
+//! PostgreSQL the rate-limit check takes advisory locks first (see `admit`).
 //!
 //! - `arena_battles` — open battles: the drawn models, both conversations, the owner
 //!   (SHA-256 of the visitor's token), the turn count, when it expires.
@@ -361,6 +362,21 @@ impl Store {
         per_visitor: i64,
         per_address: i64,
     ) -> Result<bool, sqlx::Error> {
+        let pool = self.ready().await?.pool();
+        // PostgreSQL runs concurrent statements on snapshots (READ COMMITTED): a burst of
+        // requests would each count the rows before any of them is inserted, and all pass
+        // (40 votes at once against a limit of 5 let 11 in). Each takes the locks of its
+        // address and its visitor first (always in that order: no deadlock), held to its
+        // commit. SQLite runs one write at a time already.
+        let mut tx = pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            for key in [format!("a:{kind}:{address}"), format!("v:{kind}:{visitor}")] {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::TEXT")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         let r = sqlx::query(
             "INSERT INTO arena_requests (kind, visitor, address, at)
              SELECT $1, $2, $3, $4
@@ -376,8 +392,9 @@ impl Store {
         .bind(since)
         .bind(per_visitor)
         .bind(per_address)
-        .execute(self.ready().await?.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
