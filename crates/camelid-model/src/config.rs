@@ -267,9 +267,63 @@ pub fn ids_from_json(v: &serde_json::Value) -> Vec<u32> {
     }
 }
 
+/// transformers 5 writes `rope_parameters` (`{"rope_theta", "rope_type", …the scaling's
+/// fields}`, or one such object per layer type for models with local and global layers)
+/// instead of `rope_theta` and `rope_scaling`, and `dtype` instead of `torch_dtype`: they
+/// are read as the older keys (which win where both are present). Read as before, such a
+/// config ran on the default rope base (10 000 where a SmolLM2 has 100 000).
+fn older_keys(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    let absent =
+        |obj: &serde_json::Map<String, Value>, k: &str| obj.get(k).is_none_or(Value::is_null);
+    if let Some(d) = obj.get("dtype").cloned() {
+        if absent(obj, "torch_dtype") {
+            obj.insert("torch_dtype".into(), d);
+        }
+    }
+    let Some(Value::Object(rp)) = obj.get("rope_parameters").cloned() else {
+        return;
+    };
+    let by_layer = rp.contains_key("full_attention") || rp.contains_key("sliding_attention");
+    let (global, local) = if by_layer {
+        (
+            rp.get("full_attention").cloned(),
+            rp.get("sliding_attention").cloned(),
+        )
+    } else {
+        (Some(Value::Object(rp)), None)
+    };
+    if let Some(Value::Object(mut g)) = global {
+        if let Some(theta) = g.remove("rope_theta") {
+            if absent(obj, "rope_theta") {
+                obj.insert("rope_theta".into(), theta);
+            }
+        }
+        let kind = g
+            .get("rope_type")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if kind != "default" && absent(obj, "rope_scaling") {
+            obj.insert("rope_scaling".into(), Value::Object(g));
+        }
+    }
+    if let Some(theta) = local.as_ref().and_then(|l| l.get("rope_theta")) {
+        if absent(obj, "rope_local_base_freq") {
+            obj.insert("rope_local_base_freq".into(), theta.clone());
+        }
+    }
+}
+
 impl HfConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| {
+        let parsed = serde_json::from_str::<serde_json::Value>(text).and_then(|mut v| {
+            older_keys(&mut v);
+            serde_json::from_value(v)
+        });
+        parsed.map_err(|e| {
             // A multimodal model (Gemma3ForConditionalGeneration) nests its language model's
             // config, and its weights under other names: said as such.
             let nested = serde_json::from_str::<serde_json::Value>(text)
@@ -429,4 +483,62 @@ pub fn parse_rope_scaling(
             )))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v5(extra: serde_json::Value) -> HfConfig {
+        let mut c = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 576,
+            "intermediate_size": 1536, "vocab_size": 49152, "num_hidden_layers": 2,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "dtype": "bfloat16",
+            "max_position_embeddings": 8192});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        HfConfig::parse(&c.to_string(), "config.json").unwrap()
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_read_as_rope_theta_and_rope_scaling() {
+        // As transformers 5.17 saves a SmolLM2-shaped LlamaConfig.
+        let c = v5(serde_json::json!({"rope_parameters":
+            {"rope_theta": 100000.0, "rope_type": "default"}}));
+        assert_eq!(c.rope_theta, 100000.0);
+        assert!(c.rope_scaling.is_none());
+        assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+        assert!(matches!(
+            c.base_config("t").unwrap().rope_scaling,
+            RopeScaling::None
+        ));
+        // Llama 3.1's scaling inside them.
+        let c = v5(
+            serde_json::json!({"rope_parameters": {"rope_theta": 500000.0,
+            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}),
+        );
+        assert_eq!(c.rope_theta, 500000.0);
+        match c.base_config("t").unwrap().rope_scaling {
+            RopeScaling::Llama3 { factor, .. } => assert_eq!(factor, 32.0),
+            other => panic!("{other:?}"),
+        }
+        // One per layer type (Gemma 3): the global rope, and the local layers' base.
+        let c = v5(serde_json::json!({"rope_parameters": {
+            "full_attention": {"rope_theta": 1000000.0, "rope_type": "linear", "factor": 8.0},
+            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}}));
+        assert_eq!(
+            (c.rope_theta, c.rope_local_base_freq),
+            (1000000.0, Some(10000.0))
+        );
+        assert!(matches!(
+            c.base_config("t").unwrap().rope_scaling,
+            RopeScaling::Linear { factor } if factor == 8.0
+        ));
+        // The older keys win where both are written; without either, the default base.
+        let c = v5(serde_json::json!({"rope_theta": 10000.0,
+            "rope_parameters": {"rope_theta": 20000.0, "rope_type": "default"}}));
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(v5(serde_json::json!({})).rope_theta, 10000.0);
+    }
 }
