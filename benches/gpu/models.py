@@ -1,12 +1,14 @@
 """Helpers for benches/gpu/run.sh on the GPU machine (torch + transformers, no network).
 
-  make OUT             random-weight LLaMA folders (bf16 safetensors + config.json) made on the GPU:
+  make OUT [NAME..]    random-weight LLaMA folders (bf16 safetensors + config.json) made on the GPU:
                        smol (SmolLM2-135M shape, real tokenizer from .gpu/), llama-1b (Llama-3.2-1B
-                       shape), llama-7b (Llama-2-7B / Vicuna-7B shape)
+                       shape), llama-7b (Llama-2-7B / Vicuna-7B shape); all three unless named
   logits DIR IDS OUT   transformers' own LlamaForCausalLM logits in f32 (the independent reference)
   compare REF A [B..]  top-1 agreement and mean KL(ref || x) per file, as JSON lines
   bandwidth            device-to-device copy bandwidth (GB/s) -> the decode roofline
   eager DIR            transformers eager generate: batch 1 and 32, 128 prompt + 128 new tokens
+
+CAMELID_TORCH_DEVICE=cpu runs make and logits on the CPU (benches/gpu/cpu-dryrun.sh).
 """
 import json
 import os
@@ -15,6 +17,8 @@ import sys
 import time
 
 import torch
+
+DEVICE = os.environ.get("CAMELID_TORCH_DEVICE", "cuda")
 
 SHAPES = {
     "smol": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -26,21 +30,25 @@ SHAPES = {
 }
 
 
-def make(out):
+def make(out, *names):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     for name, shape in SHAPES.items():
+        if names and name not in names:
+            continue
         d = os.path.join(out, name)
         if os.path.exists(os.path.join(d, "config.json")):
             continue
         torch.manual_seed(0)
-        cfg = LlamaConfig(max_position_embeddings=4096, rms_norm_eps=1e-5, torch_dtype="bfloat16", **shape)
-        with torch.device("cuda"):
+        cfg = LlamaConfig(max_position_embeddings=4096, rms_norm_eps=1e-5, dtype="bfloat16", **shape)
+        with torch.device(DEVICE):
             model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-        # Init std 0.02 everywhere keeps activations sane through every layer.
-        model.save_pretrained(d, safe_serialization=True)
+        # Init std 0.02 everywhere keeps activations sane through every layer. (transformers 5
+        # writes its rope as `rope_parameters`: camelid reads it, see config.rs.)
+        model.save_pretrained(d)
         del model
-        torch.cuda.empty_cache()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
         if name == "smol" and os.path.exists(".gpu/tokenizer.json"):
             shutil.copy(".gpu/tokenizer.json", d)
         print(f"made {d}", flush=True)
@@ -49,12 +57,12 @@ def make(out):
 def load_hf(d, dtype):
     from transformers import LlamaForCausalLM
 
-    return LlamaForCausalLM.from_pretrained(d, torch_dtype=dtype).cuda().eval()
+    return LlamaForCausalLM.from_pretrained(d, dtype=dtype).to(DEVICE).eval()
 
 
 def logits(d, ids, out):
     model = load_hf(d, torch.float32)
-    x = torch.tensor([[int(i) for i in ids.split(",")]], device="cuda")
+    x = torch.tensor([[int(i) for i in ids.split(",")]], device=DEVICE)
     with torch.no_grad():
         y = model(x).logits[0].float().cpu().numpy()
     y.astype("<f4").tofile(out)
