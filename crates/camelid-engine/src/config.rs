@@ -109,13 +109,16 @@ impl EngineConfig {
     pub fn for_device(device: &Device, o: &EngineOverrides) -> Self {
         let d = Self::default();
         let cpu = device.is_cpu();
+        let max_running = o.max_running.unwrap_or(d.max_running).max(1);
+        // A step holds every running decode and still a prompt token (vLLM refuses a budget
+        // below its sequence count; here it is raised): waiting prompts always progress.
         let max_batch_tokens = o
             .max_batch_tokens
             .unwrap_or(if cpu { 512 } else { 2048 })
-            .max(1);
+            .max(max_running + 1);
         Self {
             max_waiting: o.max_waiting.unwrap_or(d.max_waiting).max(1),
-            max_running: o.max_running.unwrap_or(d.max_running).max(1),
+            max_running,
             max_batch_tokens,
             max_prefill_tokens_while_decoding: o
                 .max_prefill_tokens_while_decoding
@@ -170,7 +173,7 @@ mod tests {
         let c = EngineConfig::for_device(&Device::Cpu, &o);
         assert_eq!(
             (c.max_waiting, c.max_running, c.max_batch_tokens),
-            (1, 1, 1)
+            (1, 1, 2)
         );
         assert_eq!(c.max_prefill_tokens_while_decoding, 1);
         assert_eq!(c.max_step_stretch, Some(1.0));
@@ -185,5 +188,13 @@ mod tests {
         let c = EngineConfig::for_device(&Device::Cpu, &off);
         assert_eq!(c.max_step_stretch, None);
         assert_eq!(c.max_prefill_tokens_while_decoding, 64);
+        // A step budget that the running decodes would fill is raised past them.
+        let tight = EngineOverrides {
+            max_running: Some(32),
+            max_batch_tokens: Some(16),
+            ..Default::default()
+        };
+        let c = EngineConfig::for_device(&Device::Cpu, &tight);
+        assert_eq!((c.max_running, c.max_batch_tokens), (32, 33));
     }
 }

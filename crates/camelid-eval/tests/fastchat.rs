@@ -6,8 +6,20 @@ use camelid_eval::judge::*;
 use camelid_eval::show::*;
 use std::path::{Path, PathBuf};
 
+/// `../shared/data/mt_bench` beside the repository, or `CAMELID_MT_BENCH_DATA`.
 fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
+    let d = std::env::var_os("CAMELID_MT_BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
+        });
+    assert!(
+        d.join("question.jsonl").is_file(),
+        "no MT-bench data at {} (FastChat's llm_judge/data/mt_bench: question.jsonl, \
+         judge_prompts.jsonl, reference_answer/gpt-4.jsonl); set CAMELID_MT_BENCH_DATA",
+        d.display()
+    );
+    d
 }
 
 fn judge() -> Judge {

@@ -60,7 +60,8 @@ pub struct ServeArgs {
     /// Tokens in one step (long prompts are prefilled in chunks of this size). Default: 512
     /// on the CPU, 2048 on CUDA. Smaller values shorten the stalls a prefill causes in running
     /// streams (about 1.5–2 ms per prefill token for SmolLM2-135M on 2 cores) at the cost of
-    /// time-to-first-token and throughput (measured in benches/README.md).
+    /// time-to-first-token and throughput (measured in benches/README.md). At least
+    /// --max-num-seqs + 1 (raised to it): a step holds every decode and a prompt token.
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
     /// Prefill tokens in a step that also decodes running streams (they wait for the whole

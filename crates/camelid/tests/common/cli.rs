@@ -4,9 +4,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The MT-bench questions, judge prompts and reference answers (`../shared/data/mt_bench`,
-/// kept outside the repository).
+/// kept outside the repository, or `CAMELID_MT_BENCH_DATA`).
 pub fn mt_bench_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
+    let d = std::env::var_os("CAMELID_MT_BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mt_bench")
+        });
+    assert!(
+        d.join("question.jsonl").is_file(),
+        "no MT-bench data at {} (FastChat's llm_judge/data/mt_bench: question.jsonl, \
+         judge_prompts.jsonl, reference_answer/gpt-4.jsonl); set CAMELID_MT_BENCH_DATA",
+        d.display()
+    );
+    d
 }
 
 /// Runs `camelid ARGS`: (exited with success, stdout, stderr).
