@@ -6,6 +6,7 @@
 //! (`decode::decoder`) applies the masks; the loader builds each model's [`GrammarCompiler`].
 
 use crate::error::{Error, Result};
+use crate::text::token_bytes::TokenBytes;
 use crate::text::tokenizer::Tokenizer;
 pub use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-use tokenizers::{DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper};
+use tokenizers::{NormalizerWrapper, PreTokenizerWrapper};
 
 /// The vocabulary as byte strings for llguidance's token trie, and tokenization of bytes.
 ///
@@ -30,60 +31,6 @@ pub struct VocabEnv {
     trie: TokTrie,
     /// The model's tokenizer without SentencePiece's dummy-prefix space.
     encoder: tokenizers::Tokenizer,
-}
-
-/// How a vocabulary's pieces spell bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PieceSpelling {
-    /// GPT-2: every byte is one printable character.
-    ByteLevel,
-    /// SentencePiece: UTF-8 text with `space` for ' ', and `<0xNN>` pieces for raw bytes.
-    ByteFallback { space: char },
-}
-
-fn spelling(d: &DecoderWrapper, found: &mut Option<PieceSpelling>, space: &mut char) {
-    match d {
-        DecoderWrapper::ByteLevel(_) => *found = Some(PieceSpelling::ByteLevel),
-        DecoderWrapper::ByteFallback(_) => {
-            *found = Some(PieceSpelling::ByteFallback { space: '▁' })
-        }
-        DecoderWrapper::Metaspace(_) => *space = '▁',
-        DecoderWrapper::Replace(r) if r.content == " " => {
-            // The pattern is private; its JSON form names it.
-            if let Ok(v) = serde_json::to_value(r) {
-                if let Some(s) = v["pattern"]["String"].as_str() {
-                    let mut c = s.chars();
-                    if let (Some(ch), None) = (c.next(), c.next()) {
-                        *space = ch;
-                    }
-                }
-            }
-        }
-        DecoderWrapper::Sequence(seq) => {
-            for d in seq.get_decoders() {
-                spelling(d, found, space);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// GPT-2's byte ↔ character table: printable Latin-1 maps to itself, the rest to U+0100….
-fn byte_level_chars() -> std::collections::HashMap<char, u8> {
-    let self_mapped =
-        |c: char| matches!(c, '!'..='~' | '\u{00A1}'..='\u{00AC}' | '\u{00AE}'..='\u{00FF}');
-    let mut map = std::collections::HashMap::new();
-    let mut next = 0x100u32;
-    for b in 0..=255u8 {
-        let c = b as char;
-        if self_mapped(c) {
-            map.insert(c, b);
-        } else {
-            map.insert(char::from_u32(next).expect("in range"), b);
-            next += 1;
-        }
-    }
-    map
 }
 
 fn without_prepend(n: NormalizerWrapper) -> Option<NormalizerWrapper> {
@@ -123,25 +70,15 @@ impl VocabEnv {
     /// `eos` are the tokens that end a sequence (the grammar allows them where it can end).
     pub fn new(tok: &Tokenizer, eos: &[u32]) -> Result<Self> {
         let inner = &tok.inner;
-        let mut kind = None;
-        let mut space = ' ';
-        if let Some(d) = inner.get_decoder() {
-            spelling(d, &mut kind, &mut space);
-        }
-        let kind = match kind {
-            Some(PieceSpelling::ByteFallback { .. }) => PieceSpelling::ByteFallback { space },
-            Some(k) => k,
-            None => {
-                return Err(Error::Unsupported(format!(
+        let spell = TokenBytes::new(tok).ok_or_else(|| {
+            Error::Unsupported(format!(
                 "structured output needs a byte-level or byte-fallback vocabulary; decoder {:?}",
                 inner.get_decoder()
-            )))
-            }
-        };
+            ))
+        })?;
         let n = tok.vocab_size();
         let mut words: Vec<Vec<u8>> = vec![Vec::new(); n];
         let added = inner.get_added_tokens_decoder();
-        let chars = byte_level_chars();
         for (id, word) in words.iter_mut().enumerate() {
             let id = id as u32;
             if let Some(a) = added.get(&id) {
@@ -154,21 +91,9 @@ impl VocabEnv {
                 }
                 continue;
             }
-            let Some(piece) = inner.id_to_token(id) else {
-                continue;
-            };
-            *word = match kind {
-                PieceSpelling::ByteLevel => {
-                    match piece.chars().map(|c| chars.get(&c).copied()).collect() {
-                        Some(b) => b,
-                        None => continue, // not a byte-level piece: never allowed
-                    }
-                }
-                PieceSpelling::ByteFallback { space } => match byte_piece(&piece) {
-                    Some(b) => vec![b],
-                    None => piece.replace(space, " ").into_bytes(),
-                },
-            };
+            if let Some(b) = spell.piece(inner, id) {
+                *word = b; // a piece of no known spelling stays empty: never allowed
+            }
         }
         let eos0 = eos.first().copied().or(tok.eos_ids.first().copied());
         let mut info = TokRxInfo::new(n as u32, eos0.unwrap_or(0));
@@ -187,12 +112,6 @@ impl VocabEnv {
         }
         Ok(Self { trie, encoder })
     }
-}
-
-/// `<0xNN>` → the byte NN.
-fn byte_piece(piece: &str) -> Option<u8> {
-    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
-    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok())?
 }
 
 impl TokenizerEnv for VocabEnv {
@@ -437,31 +356,5 @@ impl SequenceConstraint {
             Ok(Err(e)) => Err(Error::Grammar(without_state(&e))),
             Err(_) => Err(gone()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_pieces_parse() {
-        assert_eq!(byte_piece("<0x0A>"), Some(10));
-        assert_eq!(byte_piece("<0xff>"), Some(255));
-        assert_eq!(byte_piece("<0x1>"), None);
-        assert_eq!(byte_piece("<s>"), None);
-    }
-
-    #[test]
-    fn byte_level_table_is_a_bijection() {
-        let m = byte_level_chars();
-        assert_eq!(m.len(), 256);
-        let mut bytes: Vec<u8> = m.values().copied().collect();
-        bytes.sort_unstable();
-        bytes.dedup();
-        assert_eq!(bytes.len(), 256);
-        assert_eq!(m[&'Ġ'], b' ');
-        assert_eq!(m[&'Ċ'], b'\n');
-        assert_eq!(m[&'a'], b'a');
     }
 }

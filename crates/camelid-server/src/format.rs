@@ -4,6 +4,7 @@ use crate::run::ChoiceResult;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
+use camelid_model::text::token_bytes::TokenBytes;
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,11 +42,18 @@ fn token_text(tok: &Tokenizer, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_default()
 }
 
-/// Chat `logprobs.content` entries.
+/// Chat `logprobs.content` entries. `bytes` are the token's own bytes (a piece of a
+/// multi-byte character is that piece, so a client can join them into the text); its
+/// decoded text where the vocabulary's spelling is unknown.
 pub fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
+    let spell = TokenBytes::new(tok);
     let entry = |id: u32, lp: f32| {
         let t = token_text(tok, id);
-        json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
+        let bytes = spell
+            .as_ref()
+            .and_then(|s| s.token(tok, id))
+            .unwrap_or_else(|| t.as_bytes().to_vec());
+        json!({"token": t, "logprob": lp, "bytes": bytes})
     };
     let content: Vec<Value> = lps
         .iter()

@@ -901,3 +901,26 @@ fn ignore_eos_keeps_the_clients_stop_token_ids() {
     assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
     assert_eq!(r["usage"]["completion_tokens"], 1, "{r}");
 }
+
+/// Chat logprobs' `bytes` are each token's own bytes: the tokens of a character that takes
+/// several (an emoji) join into its UTF-8, as OpenAI's clients rebuild text (each carried
+/// U+FFFD's three bytes, the decoded text of a partial character).
+#[test]
+fn logprob_bytes_join_into_the_text() {
+    let (st, b) = chat(json!({"max_tokens": 8, "temperature": 0, "logprobs": true,
+                              "top_logprobs": 2, "guided_choice": ["🦙 ok"]}));
+    assert_eq!(st, 200, "{b}");
+    let content = b["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content, "🦙 ok");
+    let entries = b["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let bytes: Vec<u8> = entries
+        .iter()
+        .flat_map(|e| e["bytes"].as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
+    assert!(
+        entries.len() > 2,
+        "the emoji is several tokens: {entries:?}"
+    );
+    assert_eq!(String::from_utf8(bytes).unwrap(), content, "{entries:?}");
+}
