@@ -135,14 +135,19 @@ fn sigterm_refuses_waiting_requests_and_finishes_running_ones() {
             (r, Instant::now())
         })
     };
+    // A stream's first event (its role) comes before the engine admits it: until a step has
+    // run, the long ones may still count as waiting (once seen as 4 waiting, 0 running).
     let t = Instant::now();
     loop {
         let m = metrics(&base);
-        if metric(&m, "camelid_waiting_requests") == 4.0 {
-            assert_eq!(metric(&m, "camelid_running_requests"), 2.0);
+        let waiting = metric(&m, "camelid_waiting_requests");
+        if waiting == 4.0 && metric(&m, "camelid_running_requests") == 2.0 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "4 waiting:\n{m}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "4 waiting beside 2 running:\n{m}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let signalled = Instant::now();
