@@ -109,7 +109,14 @@ impl TokenBytes {
 
     /// What token `id` stands for as bytes: an added token's content, else its piece's bytes.
     pub fn token(&self, tok: &Tokenizer, id: u32) -> Option<Vec<u8>> {
-        match tok.inner.get_added_tokens_decoder().get(&id) {
+        // Borrowed from the added vocabulary: `Tokenizer::get_added_tokens_decoder` clones
+        // the whole map, per logprob entry here.
+        match tok
+            .inner
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .get(&id)
+        {
             Some(a) => Some(a.content.as_bytes().to_vec()),
             None => self.piece(&tok.inner, id),
         }
