@@ -531,7 +531,16 @@ fn a_client_that_stops_reading_loses_its_connection_not_the_others_their_slots()
             &chat_body(json!({"max_tokens": 1})),
         )
     };
-    // It holds the only slot...
+    // It holds the only slot (once it runs: a probe sent before the server read it would
+    // take the slot itself and the stream would get the 429)...
+    let t = Instant::now();
+    while metric(&s.base, "camelid_running_requests") < 1.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the stream never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = Instant::now();
     loop {
         let (st, b) = probe();
