@@ -12,6 +12,9 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// A rendered prompt longer than any the context holds (refused while rendering).
+    #[error("{0}")]
+    TooLong(String),
     #[error("{0}")]
     Io(String),
     #[error("invalid request: {0}")]

@@ -7,6 +7,7 @@ use camelid_model::decode::{generate, GenerationParams};
 use camelid_model::{Message, SamplingParams};
 use candle_core::{DType, Device, Tensor};
 use common::*;
+use std::sync::Arc;
 
 #[test]
 fn gguf_logits_match_candle_quantized_llama() {
@@ -228,7 +229,7 @@ fn stop_string_spanning_tokens_is_cut() {
     let k = pieces.iter().position(|s| !s.trim().is_empty()).unwrap() + 2;
     let stop = format!("{}{}", pieces[k], pieces[k + 1]);
     let idx = full.text.find(&stop).unwrap();
-    p.stop_strings = vec![stop.clone()].into();
+    p.stop_strings = Arc::new([stop.clone()].into_iter().collect());
     let mut streamed = String::new();
     let cut = generate(&lm, &ids, p, |s| streamed += s).unwrap();
     assert_eq!(cut.finish_reason.as_str(), "stop");

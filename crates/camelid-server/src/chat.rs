@@ -100,11 +100,20 @@ pub fn prompt_ids(
         tools,
         add_generation_prompt,
         kwargs,
+        model.max_model_len,
     )
     .map_err(|e| match e {
-        camelid_model::Error::Template(_) => ApiError::invalid_param("messages", e.to_string()),
+        camelid_model::Error::Template(_) | camelid_model::Error::TooLong(_) => {
+            ApiError::invalid_param("messages", e.to_string())
+        }
         e => ApiError::bad_request(e.to_string()),
     })
+}
+
+/// The most bytes a conversation may render to: more could not be `max_model_len` tokens.
+fn render_budget(model: &ModelEntry) -> usize {
+    let per_token = model.engine.tokenizer().max_text_bytes_per_token();
+    model.max_model_len.saturating_mul(per_token)
 }
 
 /// A chat request handed to the engine: its choices are being generated.
@@ -168,7 +177,12 @@ pub async fn submit_salted(
     let limits = &state.config.limits;
     limits.check_messages(req.messages.len())?;
     let model = state.model(Some(&req.model))?;
-    let plan = ToolPlan::from_request(req, &model.template)?;
+    let plan = ToolPlan::from_request(
+        req,
+        &model.template,
+        limits.max_tools,
+        render_budget(&model),
+    )?;
     if let Some(t) = req.top_logprobs {
         if t > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(

@@ -21,6 +21,13 @@ pub struct RequestLimits {
     pub max_logit_bias: usize,
     /// Messages of one chat request.
     pub max_messages: usize,
+    /// Function definitions of one chat request (`tools`; OpenAI allows 128).
+    pub max_tools: usize,
+    /// Log-probability entries one `/v1/completions` response may carry for its prompts
+    /// (`echo` with `logprobs` k: prompt tokens × n × (k + 1)). A scoring request is cheap to
+    /// ask for and its JSON is built whole: 64 prompts of 8 k tokens at k = 20 would be
+    /// ~11 M entries, gigabytes of `serde_json` values.
+    pub max_prompt_logprob_entries: usize,
 }
 
 impl Default for RequestLimits {
@@ -33,6 +40,9 @@ impl Default for RequestLimits {
             max_stop_token_ids: 1024,
             max_logit_bias: 1024,
             max_messages: 1024,
+            max_tools: 128,
+            // ~50 MB of JSON; lm-evaluation-harness's batches (logprobs 0–1) stay far below.
+            max_prompt_logprob_entries: 1 << 21,
         }
     }
 }
@@ -108,6 +118,31 @@ impl RequestLimits {
         Ok(())
     }
 
+    /// `echo` scoring: `prompt_tokens` tokens over all prompts, each echoed in `n` choices
+    /// with `top` alternatives a position.
+    pub fn check_prompt_logprobs(
+        &self,
+        prompt_tokens: usize,
+        n: usize,
+        top: usize,
+    ) -> Result<(), ApiError> {
+        let entries = prompt_tokens
+            .saturating_mul(n)
+            .saturating_mul(top.saturating_add(1));
+        if entries > self.max_prompt_logprob_entries {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                format!(
+                    "`echo` with `logprobs` {top} over {prompt_tokens} prompt tokens × n = {n} \
+                     makes {entries} log-probability entries; at most {} are allowed per \
+                     request (send fewer or shorter prompts per request, or a smaller `logprobs`)",
+                    self.max_prompt_logprob_entries
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn check_messages(&self, messages: usize) -> Result<(), ApiError> {
         if messages > self.max_messages {
             return Err(over("messages", "messages", messages, self.max_messages));
@@ -138,5 +173,13 @@ mod tests {
         assert_eq!(param(l.check_sequences(65, 1)), "prompt");
         assert_eq!(param(l.check_sequences(5, 16)), "n");
         assert_eq!(param(l.check_messages(1025)), "messages");
+        assert!(l.check_prompt_logprobs(64 * 2048, 1, 1).is_ok());
+        assert!(l.check_prompt_logprobs(1 << 20, 1, 1).is_ok());
+        assert_eq!(param(l.check_prompt_logprobs(64 * 8191, 1, 20)), "logprobs");
+        assert_eq!(param(l.check_prompt_logprobs(1 << 20, 2, 1)), "logprobs");
+        assert_eq!(
+            param(l.check_prompt_logprobs(usize::MAX, usize::MAX, usize::MAX)),
+            "logprobs"
+        );
     }
 }

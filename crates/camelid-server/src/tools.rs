@@ -12,6 +12,7 @@ use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
 use camelid_model::{ChatTemplate, Constraint, TopLevelGrammar};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// `tool_choice`.
@@ -125,17 +126,31 @@ impl ToolPlan {
     /// The request's tools, checked; `None` when it has none (then `tool_choice` may only be
     /// `none` or `auto`). Tools the model's template does not render are a 400: the model
     /// could not know them.
+    ///
+    /// At most `max_tools` tools (OpenAI's limit is 128); the probe renders stop at
+    /// `max_bytes`.
     pub fn from_request(
         req: &ChatRequest,
         template: &ChatTemplate,
+        max_tools: usize,
+        max_bytes: usize,
     ) -> Result<Option<ToolPlan>, ApiError> {
         refuse_legacy(req)?;
         let tools: Vec<Value> = match &req.tools {
             None | Some(Value::Null) => vec![],
+            Some(Value::Array(a)) if a.len() > max_tools => {
+                return Err(bad(
+                    "tools",
+                    format!(
+                        "`tools`: {} tools; at most {max_tools} are allowed",
+                        a.len()
+                    ),
+                ))
+            }
             Some(Value::Array(a)) => a.clone(),
             Some(_) => return Err(bad("tools", "`tools` must be an array of tools")),
         };
-        let mut names = vec![];
+        let mut names = HashSet::new();
         for (i, t) in tools.iter().enumerate() {
             let n = check_tool(i, t)?;
             if names.contains(&n) {
@@ -144,7 +159,7 @@ impl ToolPlan {
                     format!("two tools are named {n:?}"),
                 ));
             }
-            names.push(n);
+            names.insert(n);
         }
         let choice = match &req.tool_choice {
             None | Some(Value::Null) if tools.is_empty() => ToolChoice::None,
@@ -170,7 +185,7 @@ impl ToolPlan {
                             "a named `tool_choice` is {\"type\": \"function\", \"function\": {\"name\": …}}",
                         )
                     })?;
-                if !names.iter().any(|n| n == name) {
+                if !names.contains(name) {
                     return Err(bad(
                         "tool_choice",
                         format!("`tool_choice` names the function {name:?}, which is not in `tools`"),
@@ -185,7 +200,9 @@ impl ToolPlan {
                 _ => Err(bad("tool_choice", "`tool_choice` requires `tools`")),
             };
         }
-        if !renders_tools(template, &tools) {
+        let rendered = renders_tools(template, &tools, max_bytes)
+            .map_err(|e| ApiError::invalid_param("tools", e.to_string()))?;
+        if !rendered {
             return Err(bad(
                 "tools",
                 "this model's chat template does not render tools, so the model cannot be \

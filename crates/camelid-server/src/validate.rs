@@ -7,6 +7,7 @@ use crate::openai::{ChatRequest, CompletionRequest, SamplingFields};
 use camelid_model::decode::GenerationParams;
 use camelid_model::SamplingParams;
 use serde_json::Value;
+use std::sync::Arc;
 
 pub const MAX_N: u32 = 16;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
@@ -189,7 +190,7 @@ pub fn generation_params(
     };
     let mut p = GenerationParams::new(0, sampling);
     let stops = f.stop.as_ref().map_or(&[][..], |s| s.as_slice());
-    p.stop_strings = template_stops.iter().chain(stops).cloned().collect();
+    p.stop_strings = Arc::new(template_stops.iter().chain(stops).collect());
     p.stop_token_ids = stop_token_ids
         .iter()
         .chain(f.stop_token_ids.iter().flatten())

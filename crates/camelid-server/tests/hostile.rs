@@ -141,6 +141,73 @@ fn three_megabyte_completion_is_refused_before_any_copy() {
     );
 }
 
+/// A template that shows tools as Llama 3.1's does: `custom_tools` from the template
+/// variables, each tool `tojson(indent=4)`.
+const INDENTED_TOOLS_TEMPLATE: &str = "{%- if custom_tools is defined %}{%- set tools = custom_tools %}{%- endif %}\
+{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+{%- if tools is not none %}{%- for t in tools %}{{ t | tojson(indent=4) }}\n\n{% endfor %}{%- endif %}\
+<|im_start|>assistant\n";
+
+/// Nested values under `tojson(indent=4)` gain four spaces a level on every line: 400 000
+/// zeros 100 levels down are an 800 kB body and a 160 MB prompt. The render stops once it
+/// passes what the context could hold (a 400 naming `messages`, or `tools` for the probe
+/// that checks the template shows them), before a gigabyte is rendered and tokenized.
+#[test]
+fn prompts_that_render_far_beyond_their_body_are_refused_while_rendering() {
+    let _g = serial();
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    let mut entry = model_entry("indent", &[], 512, |_| engine_config());
+    entry.template = camelid_model::ChatTemplate::Jinja {
+        source: INDENTED_TOOLS_TEMPLATE.into(),
+        bos_token: String::new(),
+        eos_token: "<|im_end|>".into(),
+    };
+    state.set_models(vec![entry]);
+    let s = serve(state).base;
+    let mut deep = json!(vec![0; 400_000]);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let tool = json!({"type": "function", "function": {"name": "f",
+        "parameters": {"type": "object", "properties": {"x": {"enum": deep.clone()}}}}});
+    let bodies = [
+        (
+            json!({"chat_template_kwargs": {"custom_tools": [deep]}}),
+            "messages",
+        ),
+        (json!({"tools": [tool]}), "tools"),
+    ];
+    for (extra, param) in bodies {
+        let mut body = chat_body(extra);
+        body["model"] = json!("indent");
+        let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        let before = proc_status_kb("VmRSS");
+        let t = Instant::now();
+        let (st, b) = post(&s, "/v1/chat/completions", &body);
+        let took = t.elapsed();
+        assert_error(st, &b, 400, Some(param));
+        let msg = b["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("passes"), "{msg}");
+        let peak = proc_status_kb(if hwm_reset { "VmHWM" } else { "VmRSS" });
+        let grew_mb = peak.saturating_sub(before) / 1024;
+        eprintln!("{param}: refused in {took:?}; peak resident memory grew {grew_mb} MB");
+        assert!(took < Duration::from_secs(20), "took {took:?}");
+        assert!(grew_mb < 150, "resident memory grew {grew_mb} MB");
+    }
+    // The same template with a plain tool renders it.
+    let mut body = chat_body(json!({"tools": [{"type": "function", "function": {"name": "f"}}]}));
+    body["model"] = json!("indent");
+    let (st, b) = post(
+        &s,
+        "/tokenize",
+        &json!({"model": "indent", "messages": body["messages"],
+                                                "chat_template_kwargs": {"custom_tools": [{"a": [1, [2]]}]}}),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    let (st, b) = post(&s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+}
+
 #[test]
 fn request_size_caps_name_the_field() {
     let _g = serial();
@@ -211,6 +278,41 @@ fn request_size_caps_name_the_field() {
         &chat_body(json!({"logit_bias": bias})),
     );
     assert_error(st, &b, 400, Some("logit_bias"));
+    // Prompt log-probs a scoring request returns: 64 prompts of 8000 tokens at logprobs 20
+    // would be a response of ~11 M entries (gigabytes of JSON values); refused up front.
+    let t = Instant::now();
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"prompt": vec![vec![1; 8000]; 64], "echo": true,
+                                "logprobs": 20, "max_tokens": 0})),
+    );
+    assert_error(st, &b, 400, Some("logprobs"));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let (st, b) = post(
+        s,
+        "/v1/completions",
+        &completion_body(json!({"prompt": vec![vec![1; 40]; 2], "echo": true,
+                                "logprobs": 1, "max_tokens": 0})),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    // Function definitions (OpenAI's limit).
+    let tools: Vec<Value> = (0..129)
+        .map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}}))
+        .collect();
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"tools": tools})),
+    );
+    assert_error(st, &b, 400, Some("tools"));
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 128"),
+        "{b}"
+    );
     // Messages, on the chat route and /tokenize.
     let many = vec![json!({"role": "user", "content": "x"}); 1025];
     let (st, b) = post(

@@ -5,7 +5,7 @@
 use super::sampling::{token_logprob, Sampler, SamplingParams, TokenLogprob};
 use crate::constraint::{Constraint, SequenceConstraint};
 use crate::error::{Error, Result};
-use crate::text::stream::{IncrementalDecoder, StopCheck, StopMatcher};
+use crate::text::stream::{IncrementalDecoder, StopCheck, StopMatcher, StopSet};
 use crate::text::tokenizer::Tokenizer;
 use std::sync::Arc;
 
@@ -30,8 +30,9 @@ impl FinishReason {
 pub struct GenerationParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
-    /// Shared: the choices of one request hold one copy (stop strings may be long).
-    pub stop_strings: Arc<[String]>,
+    /// Built once per request and shared by its choices (stop strings may be megabytes):
+    /// starting a sequence on the engine thread copies nothing.
+    pub stop_strings: Arc<StopSet>,
     /// Every token that ends the sequence: the model's own end tokens and the client's.
     pub stop_token_ids: Vec<u32>,
     /// The model's own end tokens among them: what `ignore_eos` takes away (never drawn, as
@@ -52,7 +53,7 @@ impl GenerationParams {
         Self {
             max_tokens,
             sampling,
-            stop_strings: Arc::new([]),
+            stop_strings: Arc::default(),
             stop_token_ids: vec![],
             eos_token_ids: vec![],
             ignore_eos: false,
@@ -97,7 +98,7 @@ impl SequenceDecoder {
             grammar,
             sampler: Sampler::new(params.sampling.clone()),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
-            stops: StopMatcher::new(params.stop_strings.to_vec()),
+            stops: StopMatcher::new(params.stop_strings.clone()),
             params,
             prompt,
             output: vec![],

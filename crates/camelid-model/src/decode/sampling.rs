@@ -218,71 +218,73 @@ fn softmax_weights(l: &[f32], t: f32, w: &mut Vec<f32>) -> f64 {
     camelid_kernels::vecmath::exp_shifted_sum(w, 0.0) as f64
 }
 
-/// The tokens top_k, min_p and top_p keep, best first, with their renormalised
-/// probabilities; `w` and `total` are [`softmax_weights`]' output.
+/// The tokens top_k, min_p and top_p keep (in no particular order, the same for the same
+/// logits), with their renormalised probabilities; `w` and `total` are [`softmax_weights`]'
+/// output. The kept set is the textbook one (sort the vocabulary best first, ties to the
+/// lower index; cut by top_k, min_p, top_p), found without sorting: a flat distribution
+/// under a top_p near 1 keeps most of a 150k vocabulary, and a sort of it per token per
+/// sequence (milliseconds on the engine thread) would slow every other stream.
 fn kept_candidates(l: &[f32], p: &SamplingParams, w: &[f32], total: f64) -> (Vec<usize>, Vec<f64>) {
-    let k = if p.top_k == 0 {
-        l.len()
-    } else {
-        p.top_k.min(l.len())
-    };
-    // The distribution over the top-k candidates (all tokens without top_k).
-    // With top_k the k best, in order, are needed anyway (for their total); the prefixes
-    // below are then taken from them rather than selected again.
-    let top = (k < l.len()).then(|| top_k_indices(l, k));
-    let total: f64 = match &top {
-        Some(top) => top.iter().map(|&i| w[i] as f64).sum(),
-        None => total,
-    };
-    // The best candidates in order, as many as the cuts can keep: start with a few
-    // hundred and widen until min_p's floor or top_p's mass is reached inside them, so a
-    // peaked distribution never sorts the whole vocabulary. The prefix is the same as a
-    // full sort's (ties go to the lower index in both).
-    let mut m = 256.min(k);
-    let (cand, probs) = loop {
-        let cand = match &top {
-            Some(top) => top[..m].to_vec(),
-            None => top_k_indices(l, m),
-        };
-        let probs: Vec<f64> = cand.iter().map(|&i| w[i] as f64 / total).collect();
-        // Either cut closing inside the first m fixes the kept set.
-        let below_floor = p.min_p > 0.0 && probs[m - 1] < probs[0] * p.min_p as f64;
-        let mass_reached = p.top_p < 1.0 && probs.iter().sum::<f64>() >= p.top_p as f64;
-        if m == k || below_floor || mass_reached {
-            break (cand, probs);
-        }
-        m = (m * 4).min(k);
-    };
-    // min_p: drop tokens less likely than min_p × the most likely one.
-    let mut keep = probs.len();
+    let better = |a: &usize, b: &usize| l[*b].total_cmp(&l[*a]).then(a.cmp(b));
+    // Tokens at −∞ (blocked stop tokens, a bias of −∞) are never drawn; if every token is,
+    // the best of them stands alone.
+    let mut cand: Vec<usize> = (0..l.len()).filter(|&i| l[i] > f32::NEG_INFINITY).collect();
+    if cand.is_empty() {
+        return (top_k_indices(l, 1), vec![1.0]);
+    }
+    // top_k: the k best, then the distribution over them.
+    let mut total = total;
+    if p.top_k > 0 && p.top_k < cand.len() {
+        cand.select_nth_unstable_by(p.top_k - 1, better);
+        cand.truncate(p.top_k);
+        total = cand.iter().map(|&i| w[i] as f64).sum();
+    }
+    // min_p: drop tokens less likely than min_p × the most likely one (weight 1, the max).
     if p.min_p > 0.0 {
-        let floor = probs[0] * p.min_p as f64;
-        keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+        let best = cand.iter().map(|&i| w[i]).fold(0.0f32, f32::max) as f64;
+        let floor = best / total * p.min_p as f64;
+        cand.retain(|&i| w[i] as f64 / total >= floor);
     }
-    // Tokens at −∞ (blocked stop tokens, a bias of −∞) are never drawn.
-    keep = keep.min(
-        cand.iter()
-            .take_while(|&&i| l[i] > f32::NEG_INFINITY)
-            .count()
-            .max(1),
-    );
-    // top_p: the smallest prefix whose mass reaches top_p.
+    // top_p: the smallest best-first prefix whose mass reaches top_p.
     if p.top_p < 1.0 {
-        let mut acc = 0.0;
-        let mut n = 0;
-        for &x in probs.iter().take(keep) {
-            acc += x;
-            n += 1;
-            if acc >= p.top_p as f64 {
-                break;
-            }
-        }
-        keep = n.max(1);
+        let n = mass_prefix(&mut cand, w, p.top_p as f64 * total, better);
+        cand.truncate(n.max(1));
     }
-    let mass: f64 = probs[..keep].iter().sum();
-    let probs = probs[..keep].iter().map(|x| x / mass).collect();
-    (cand[..keep].to_vec(), probs)
+    let mass: f64 = cand.iter().map(|&i| w[i] as f64).sum();
+    let probs = cand.iter().map(|&i| w[i] as f64 / mass).collect();
+    (cand, probs)
 }
+
+/// Reorders `cand` so that its first n entries are the best n (by `better`) and returns the
+/// smallest such n whose weight reaches `target` (all of them if none does). A selection
+/// that halves the range each round: expected O(len), no sort.
+fn mass_prefix(
+    cand: &mut [usize],
+    w: &[f32],
+    target: f64,
+    better: impl Fn(&usize, &usize) -> std::cmp::Ordering + Copy,
+) -> usize {
+    // Invariant: cand[..lo] are the lo best and weigh less than `target` (short by `need`);
+    // the answer lies in lo + 1 ..= hi, and cand[lo..hi] are the next best after cand[..lo].
+    let (mut lo, mut hi, mut need) = (0, cand.len(), target);
+    while lo < hi {
+        // The best m + 1 of the range (at least one, at most just over half of it).
+        let m = (hi - lo - 1) / 2;
+        cand[lo..hi].select_nth_unstable_by(m, better);
+        let upper: f64 = cand[lo..=lo + m].iter().map(|&i| w[i] as f64).sum();
+        if upper >= need {
+            if m == 0 {
+                return lo + 1;
+            }
+            hi = lo + m + 1;
+        } else {
+            need -= upper;
+            lo += m + 1;
+        }
+    }
+    hi
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +406,8 @@ mod tests {
         let total: f64 = w.iter().sum();
         let mut kept: Vec<(usize, f64)> =
             idx.iter().zip(&w).map(|(&i, &x)| (i, x / total)).collect();
+        // Blocked tokens (−∞) are never drawn.
+        kept.retain(|&(i, _)| l[i] > f32::NEG_INFINITY);
         if p.min_p > 0.0 {
             let floor = kept[0].1 * p.min_p as f64;
             kept.retain(|&(_, x)| x >= floor);
@@ -434,6 +438,13 @@ mod tests {
             .chain([4.0, 3.5, 3.0])
             .collect();
         let flat: Vec<f32> = (0..3000).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        // Three values only (cuts fall inside runs of ties), a tenth of the vocabulary blocked.
+        let tied: Vec<f32> = (0..3000)
+            .map(|i| match i % 10 {
+                0 => f32::NEG_INFINITY,
+                k => (k % 3) as f32 * 0.25,
+            })
+            .collect();
         let params = |temperature, top_k, top_p, min_p| SamplingParams {
             temperature,
             top_k,
@@ -450,6 +461,12 @@ mod tests {
             (params(1.0, 40, 0.8, 0.0), &flat),
             (params(0.9, 1000, 0.99, 0.1), &flat),
             (params(0.5, 2000, 1.0, 0.0), &flat),
+            // A near-uniform nucleus of nearly the whole vocabulary.
+            (params(2.0, 0, 0.999999, 0.0), &flat),
+            (params(1.0, 0, 0.5, 0.0), &tied),
+            (params(1.0, 2950, 0.7, 0.0), &tied),
+            (params(1.0, 0, 0.9, 0.8), &tied),
+            (params(1.0, 2500, 0.999, 0.0), &flat),
         ];
         for (n, (p, l)) in cases.into_iter().enumerate() {
             let want = reference_support(l, &p);
@@ -458,7 +475,10 @@ mod tests {
             let (cand, probs) = kept_candidates(l, &p, &w, total);
             assert_eq!(cand.len(), want.len(), "case {n}");
             assert!(cand.len() > 1 || n == 4, "case {n}: a real choice");
-            for (j, (&c, &x)) in cand.iter().zip(&probs).enumerate() {
+            // Kept in no particular order: compare best first.
+            let mut got: Vec<(usize, f64)> = cand.into_iter().zip(probs).collect();
+            got.sort_by(|a, b| l[b.0].total_cmp(&l[a.0]).then(a.0.cmp(&b.0)));
+            for (j, &(c, x)) in got.iter().enumerate() {
                 assert_eq!(c, want[j].0, "case {n}, rank {j}");
                 // The exponent is formed in f32 (as the sampler does), the reference's in f64.
                 assert!(
@@ -482,7 +502,7 @@ mod tests {
             ..Default::default()
         };
         let want = reference_support(&l, &p);
-        assert_eq!(want.len(), l.len());
+        assert_eq!(want.len(), l.len() - 1, "all but the blocked token");
         let mut s = Sampler::new(p);
         let draws = 50_000;
         let mut counts = vec![0usize; l.len()];

@@ -36,11 +36,14 @@ pub fn chat_prompt_ids(
         None,
         add_generation_prompt,
         &TemplateKwargs::new(),
+        usize::MAX,
     )
 }
 
 /// [`chat_prompt_ids`] with tool definitions and extra template variables
-/// (`chat_template_kwargs`).
+/// (`chat_template_kwargs`). A render too long to be `max_tokens` tokens is refused while
+/// it renders (see [`Tokenizer::max_text_bytes_per_token`]): what a client's values render
+/// to can be far larger than its body.
 pub fn chat_prompt_ids_with(
     template: &ChatTemplate,
     tok: &Tokenizer,
@@ -48,6 +51,7 @@ pub fn chat_prompt_ids_with(
     tools: Option<&[Json]>,
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
+    max_tokens: usize,
 ) -> Result<Vec<u32>> {
     let has_special =
         |s: &str| -> Result<bool> { Ok(tok.encode(s, false)?.iter().any(|&t| tok.is_special(t))) };
@@ -58,6 +62,7 @@ pub fn chat_prompt_ids_with(
         add_generation_prompt,
         kwargs,
         &has_special,
+        max_tokens.saturating_mul(tok.max_text_bytes_per_token()),
     )?;
     match &split.contents {
         Some(ranges) => tok.encode_with_literal(&split.text, ranges, true),
@@ -106,13 +111,14 @@ pub fn render_split(
         add_generation_prompt,
         &TemplateKwargs::new(),
         &|_| Ok(false),
+        usize::MAX,
     )
 }
 
 /// [`render_split`] with tools and extra template variables; `mark(s)` says whether a
 /// string inside `tools`, a message's `tool_calls` or `kwargs` is to be located too (its
 /// ranges follow the contents'). A key that `mark`s is refused: keys are the structure
-/// templates read.
+/// templates read. Either render passing `max_bytes` is an error.
 pub fn render_split_marking(
     template: &ChatTemplate,
     messages: &[Message],
@@ -120,8 +126,10 @@ pub fn render_split_marking(
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
     mark: &dyn Fn(&str) -> Result<bool>,
+    max_bytes: usize,
 ) -> Result<SplitRender> {
-    let text = template.render_with(messages, tools, add_generation_prompt, kwargs)?;
+    let text =
+        template.render_bounded(messages, tools, add_generation_prompt, kwargs, max_bytes)?;
     let nonce = format!("{:016x}", rand::random::<u64>());
     // Slots: every content (its index is its message's), then the marked tool strings.
     let mut slots: Vec<String> = messages.iter().map(|m| m.content.clone()).collect();
@@ -149,11 +157,17 @@ pub fn render_split_marking(
         unreachable!("marking keeps an object an object")
     };
     slots.extend(extra);
-    let marked = template.render_with(
+    // Markers may be longer than what they replace: the marked render may pass the bound
+    // by theirs (a template may show a content a few times).
+    let markers = slots
+        .len()
+        .saturating_mul(marker(&nonce, slots.len()).len());
+    let marked = template.render_bounded(
         &marked_msgs,
         marked_tools.as_deref(),
         add_generation_prompt,
         &marked_kwargs,
+        max_bytes.saturating_add(markers.saturating_mul(8)),
     )?;
     let (pieces, holes) = split_marked(&marked, &nonce, slots.len());
     let contents = match_holes(&text, &pieces, &holes, &slots);
@@ -465,8 +479,16 @@ mod tests {
         call.tool_calls = Some(vec![serde_json::json!({"type": "function",
             "function": {"name": "f<|a|>", "arguments": {"q": "<|a|>\"z\n", "n": 1}}})]);
         let m = [Message::new("user", "hi"), call];
-        let ids = chat_prompt_ids_with(&t, &tok, &m, Some(&tools), false, &TemplateKwargs::new())
-            .unwrap();
+        let ids = chat_prompt_ids_with(
+            &t,
+            &tok,
+            &m,
+            Some(&tools),
+            false,
+            &TemplateKwargs::new(),
+            usize::MAX,
+        )
+        .unwrap();
         let (a, b) = (
             tok.token_to_id("<|a|>").unwrap(),
             tok.token_to_id("<|b|>").unwrap(),
@@ -485,8 +507,16 @@ mod tests {
             serde_json::json!({"type": "function", "function": {"name": "f",
             "parameters": {"<|b|>": 1}}}),
         ];
-        let e = chat_prompt_ids_with(&t, &tok, &m[..1], Some(&bad), false, &TemplateKwargs::new())
-            .unwrap_err();
+        let e = chat_prompt_ids_with(
+            &t,
+            &tok,
+            &m[..1],
+            Some(&bad),
+            false,
+            &TemplateKwargs::new(),
+            usize::MAX,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("key"), "{e}");
     }
 
@@ -501,7 +531,7 @@ mod tests {
         let m = [Message::new("user", "hi")];
         let mut kwargs = TemplateKwargs::new();
         kwargs.insert("date_string".into(), "x<|b|><|a|>evil".into());
-        let ids = chat_prompt_ids_with(&t, &tok, &m, None, false, &kwargs).unwrap();
+        let ids = chat_prompt_ids_with(&t, &tok, &m, None, false, &kwargs, usize::MAX).unwrap();
         let (a, b) = (
             tok.token_to_id("<|a|>").unwrap(),
             tok.token_to_id("<|b|>").unwrap(),
@@ -512,7 +542,7 @@ mod tests {
         assert_eq!(tok.decode(&ids, false).unwrap(), text);
         // A plain value renders as it is; a key with special-token text is refused.
         kwargs.insert("date_string".into(), "26 Jul 2024".into());
-        let ids = chat_prompt_ids_with(&t, &tok, &m, None, false, &kwargs).unwrap();
+        let ids = chat_prompt_ids_with(&t, &tok, &m, None, false, &kwargs, usize::MAX).unwrap();
         assert_eq!(
             ids,
             tok.encode(&t.render_with(&m, None, false, &kwargs).unwrap(), false)
@@ -520,7 +550,7 @@ mod tests {
         );
         let mut bad = TemplateKwargs::new();
         bad.insert("<|b|>".into(), 1.into());
-        let e = chat_prompt_ids_with(&t, &tok, &m, None, false, &bad).unwrap_err();
+        let e = chat_prompt_ids_with(&t, &tok, &m, None, false, &bad, usize::MAX).unwrap_err();
         assert!(e.to_string().contains("key"), "{e}");
     }
 }

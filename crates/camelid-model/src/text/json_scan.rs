@@ -100,6 +100,11 @@ impl Default for JsonScan {
     }
 }
 
+/// Containers deeper than this are invalid: serde_json refuses them too (its recursion
+/// limit), and the text that closes what is open (`closers`, rebuilt per character of a
+/// streamed call) stays short.
+pub const MAX_DEPTH: usize = 127;
+
 fn blank(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
@@ -127,6 +132,9 @@ impl JsonScan {
                     self.lex
                 }
                 Lex::Done => return Err(Invalid),
+                Lex::Value { .. } if matches!(c, '{' | '[') && self.stack.len() >= MAX_DEPTH => {
+                    return Err(Invalid)
+                }
                 Lex::Value { or_close } => match c {
                     '{' => {
                         self.stack.push('{');
@@ -273,6 +281,15 @@ mod tests {
             j.feed(c)?;
         }
         Ok(j)
+    }
+
+    #[test]
+    fn nesting_stops_where_serde_json_stops() {
+        let deep = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(scan(&deep(MAX_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep(MAX_DEPTH)).is_ok());
+        assert!(scan(&deep(MAX_DEPTH + 1)).is_err());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep(MAX_DEPTH + 1)).is_err());
     }
 
     #[test]

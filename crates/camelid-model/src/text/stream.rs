@@ -3,9 +3,7 @@
 
 use crate::error::Result;
 use crate::text::tokenizer::Tokenizer;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::Arc;
 
 /// Tokens of one unfinished character (UTF-8 has at most 4 bytes, a token at least 1) fit
 /// well within this; more pending tokens than this are emitted as they decode (with U+FFFD
@@ -94,17 +92,19 @@ pub enum StopCheck {
 }
 
 /// Stop strings with their Knuth–Morris–Pratt tables: `fail[k][i]` is the longest proper
-/// prefix of `stops[k][..=i]` that is also its suffix. Four bytes per byte of stop string,
-/// built once and shared by every sequence stopping on the same strings (a request's `n`
-/// choices, identical requests): see [`StopSet::shared`].
-#[derive(Debug)]
+/// prefix of `stops[k][..=i]` that is also its suffix. Four bytes per byte of stop string:
+/// built once per request, where its parameters are made (not on the engine thread), and
+/// shared through `Arc` by every sequence of the request.
+#[derive(Debug, Default)]
 pub struct StopSet {
     stops: Vec<String>,
     fail: Vec<Box<[u32]>>,
 }
 
 impl StopSet {
-    fn new(stops: Vec<String>) -> Self {
+    /// The set of these stop strings; empty ones (which would stop at once) are dropped.
+    pub fn new(mut stops: Vec<String>) -> Self {
+        stops.retain(|s| !s.is_empty());
         let fail = stops
             .iter()
             .map(|s| {
@@ -126,36 +126,14 @@ impl StopSet {
         Self { stops, fail }
     }
 
-    /// The set for these (non-empty) stop strings: one already in use, or a new one.
-    pub fn shared(mut stops: Vec<String>) -> Arc<StopSet> {
-        type Sets = Mutex<(RandomState, HashMap<u64, Vec<Weak<StopSet>>>)>;
-        static SETS: OnceLock<Sets> = OnceLock::new();
-        stops.retain(|s| !s.is_empty());
-        let sets = SETS.get_or_init(Default::default);
-        let key = sets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .hash_one(&stops);
-        let in_use = |map: &HashMap<u64, Vec<Weak<StopSet>>>| {
-            map.get(&key)?
-                .iter()
-                .filter_map(Weak::upgrade)
-                .find(|s| s.stops == stops)
-        };
-        if let Some(s) = in_use(&sets.lock().unwrap_or_else(|e| e.into_inner()).1) {
-            return s;
-        }
-        // Built outside the lock: a large set takes milliseconds.
-        let set = Arc::new(StopSet::new(stops));
-        let mut guard = sets.lock().unwrap_or_else(|e| e.into_inner());
-        let map = &mut guard.1;
-        map.retain(|_, v| {
-            v.retain(|w| w.strong_count() > 0);
-            !v.is_empty()
-        });
-        map.entry(key).or_default().push(Arc::downgrade(&set));
-        set
+    pub fn strings(&self) -> &[String] {
+        &self.stops
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for StopSet {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        Self::new(iter.into_iter().map(Into::into).collect())
     }
 }
 
@@ -176,8 +154,7 @@ pub struct StopMatcher {
 }
 
 impl StopMatcher {
-    pub fn new(stops: Vec<String>) -> Self {
-        let set = StopSet::shared(stops);
+    pub fn new(set: Arc<StopSet>) -> Self {
         Self {
             matched: vec![0; set.stops.len()],
             set,
@@ -248,9 +225,13 @@ mod tests {
     use crate::text::tokenizer::test_byte_tokenizer;
     use rand::{Rng, SeedableRng};
 
+    fn matcher<S: Into<String>>(stops: impl IntoIterator<Item = S>) -> StopMatcher {
+        StopMatcher::new(Arc::new(stops.into_iter().collect()))
+    }
+
     #[test]
     fn stop_string_across_pushes_is_never_emitted() {
-        let mut m = StopMatcher::new(vec!["###".into(), "END".into()]);
+        let mut m = matcher(["###", "END"]);
         let mut out = String::new();
         for piece in ["Hello #", "# wor", "ld #", "#", "# tail"] {
             match m.push(piece) {
@@ -266,7 +247,7 @@ mod tests {
 
     #[test]
     fn held_prefix_is_released_when_not_a_stop() {
-        let mut m = StopMatcher::new(vec!["ab".into()]);
+        let mut m = matcher(["ab"]);
         assert_eq!(m.push("xa"), StopCheck::Continue("x".into()));
         assert_eq!(m.push("c"), StopCheck::Continue("ac".into()));
         assert_eq!(m.push("a"), StopCheck::Continue("".into()));
@@ -322,7 +303,7 @@ mod tests {
             let stops: Vec<String> = (0..rng.random_range(1..=4))
                 .map(|_| word(&mut rng, 4))
                 .collect();
-            let mut fast = StopMatcher::new(stops.clone());
+            let mut fast = matcher(stops.clone());
             let mut naive = NaiveStops {
                 stops: stops.clone(),
                 pending: String::new(),
@@ -353,7 +334,7 @@ mod tests {
             .collect();
         // One that the text below keeps almost matching: the held part grows to 250 kB.
         stops.push(format!("{}b", "a".repeat(long - 1)));
-        let mut m = StopMatcher::new(stops);
+        let mut m = matcher(stops);
         let mut out = String::new();
         let mut pushed = 0u64;
         for i in 0..300_000 {
@@ -436,17 +417,9 @@ mod tests {
     }
 
     #[test]
-    fn sequences_on_the_same_stops_share_one_set() {
-        let stops = vec!["x".repeat(1000), "y".into(), String::new()];
-        let a = StopMatcher::new(stops.clone());
-        let b = StopMatcher::new(stops.clone());
-        assert!(Arc::ptr_eq(&a.set, &b.set));
-        assert_eq!(a.set.stops.len(), 2, "the empty stop string is dropped");
-        let other = StopMatcher::new(vec!["y".into()]);
-        assert!(!Arc::ptr_eq(&a.set, &other.set));
-        drop((a, b));
-        // Nothing holds the set any more: a new one is built.
-        let c = StopMatcher::new(stops);
-        assert_eq!(c.set.stops[0].len(), 1000);
+    fn empty_stop_strings_are_dropped() {
+        let set = StopSet::new(vec!["x".repeat(1000), "y".into(), String::new()]);
+        assert_eq!(set.strings().len(), 2);
+        assert_eq!(set.strings()[0].len(), 1000);
     }
 }

@@ -4,6 +4,8 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// One chat message as a template sees it (HF's `apply_chat_template` dicts): fields a
 /// message does not have are left out, so `message.tool_calls is defined` reads as in HF.
@@ -314,13 +316,58 @@ fn raise_exception(msg: String) -> std::result::Result<String, minijinja::Error>
     ))
 }
 
+/// Memory that refuses to grow past `limit` bytes: a render's output (and each `tojson`'s)
+/// is bounded while it is written, not after. A client's deeply nested tool schema under a
+/// template's `tojson(indent=4)` gains four spaces per level on every line: a 4 MB body
+/// would otherwise render to about a gigabyte before anything could refuse it.
+struct CappedBuf {
+    buf: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl CappedBuf {
+    fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+            over: false,
+        }
+    }
+}
+
+impl std::io::Write for CappedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(b.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("over the render's byte limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn too_long(limit: usize) -> String {
+    format!(
+        "the rendered prompt passes {limit} bytes, more than any prompt that fits the \
+         model's context"
+    )
+}
+
 /// HF's `tojson` (Python's `json.dumps(ensure_ascii=False)`): `", "` and `": "` between
 /// items, or `indent` spaces per level; key order as given; nothing HTML-escaped
 /// (minijinja's own escapes `<`, `>`, `&` and `'`, so prompts would differ from HF's).
+/// At most `limit` bytes (`over` is set when that stops it).
 fn tojson(
     value: &minijinja::Value,
     indent: Option<usize>,
     kwargs: minijinja::value::Kwargs,
+    limit: usize,
+    over: &AtomicBool,
 ) -> std::result::Result<minijinja::Value, minijinja::Error> {
     let indent = kwargs.get::<Option<usize>>("indent")?.or(indent);
     // Python's other arguments change nothing a template relies on; they are accepted.
@@ -328,7 +375,7 @@ fn tojson(
         let _: Option<minijinja::Value> = kwargs.get(k)?;
     }
     kwargs.assert_all_used()?;
-    let mut out = Vec::new();
+    let mut out = CappedBuf::new(limit);
     let written = match indent {
         Some(n) => {
             let pad = vec![b' '; n];
@@ -341,9 +388,15 @@ fn tojson(
         )),
     };
     written.map_err(|e| {
-        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+        let msg = if out.over {
+            over.store(true, Ordering::Relaxed);
+            too_long(limit)
+        } else {
+            e.to_string()
+        };
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg)
     })?;
-    let s = String::from_utf8(out).expect("serde_json writes UTF-8");
+    let s = String::from_utf8(out.buf).expect("serde_json writes UTF-8");
     Ok(minijinja::Value::from_safe_string(s))
 }
 
@@ -456,6 +509,19 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         kwargs: &TemplateKwargs,
     ) -> Result<String> {
+        self.render_bounded(messages, tools, add_generation_prompt, kwargs, usize::MAX)
+    }
+
+    /// [`Self::render_with`] that stops, with an error, once the text passes `max_bytes`
+    /// (what a client's input renders to is bounded while it renders).
+    pub fn render_bounded(
+        &self,
+        messages: &[Message],
+        tools: Option<&[Json]>,
+        add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
+        max_bytes: usize,
+    ) -> Result<String> {
         match self {
             ChatTemplate::Builtin(b) => {
                 if tools.is_some_and(|t| !t.is_empty()) {
@@ -464,7 +530,12 @@ impl ChatTemplate {
                         b.name
                     )));
                 }
-                b.render(messages, add_generation_prompt)
+                // Built-in formats only join the messages: nothing grows while rendering.
+                let text = b.render(messages, add_generation_prompt)?;
+                if text.len() > max_bytes {
+                    return Err(Error::TooLong(too_long(max_bytes)));
+                }
+                Ok(text)
             }
             ChatTemplate::Jinja {
                 source,
@@ -478,7 +549,11 @@ impl ChatTemplate {
                 );
                 env.add_function("raise_exception", raise_exception);
                 env.add_function("strftime_now", strftime_now);
-                env.add_filter("tojson", tojson);
+                let json_over = Arc::new(AtomicBool::new(false));
+                let flag = json_over.clone();
+                env.add_filter("tojson", move |v: &minijinja::Value, indent, kwargs| {
+                    tojson(v, indent, kwargs, max_bytes, &flag)
+                });
                 env.add_template("chat", source).map_err(|e| {
                     Error::Template(format!("cannot parse the model's chat_template: {e}"))
                 })?;
@@ -499,15 +574,25 @@ impl ChatTemplate {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 let tools = tools.filter(|t| !t.is_empty());
-                tmpl.render(minijinja::context! {
+                let mut out = CappedBuf::new(max_bytes);
+                let ctx = minijinja::context! {
                     messages => messages,
                     tools => tools,
                     add_generation_prompt => add_generation_prompt,
                     bos_token => bos_token,
                     eos_token => eos_token,
                     ..minijinja::Value::from_serialize(extra)
-                })
-                .map_err(|e| Error::Template(format!("rendering the model's chat_template: {e}")))
+                };
+                let rendered = tmpl.render_captured_to(ctx, &mut out).map(drop);
+                match rendered {
+                    Ok(()) => Ok(String::from_utf8(out.buf).expect("minijinja writes UTF-8")),
+                    Err(_) if out.over || json_over.load(Ordering::Relaxed) => {
+                        Err(Error::TooLong(too_long(max_bytes)))
+                    }
+                    Err(e) => Err(Error::Template(format!(
+                        "rendering the model's chat_template: {e}"
+                    ))),
+                }
             }
         }
     }
@@ -681,6 +766,40 @@ mod tests {
             out,
             "{\n  \"b\": [\n    1,\n    2.5\n  ],\n  \"a\": {},\n  \"s\": \"x'&\"\n}|{\"b\": [1, 2.5], \"a\": {}, \"s\": \"x'&\"}"
         );
+    }
+
+    /// A render stops once its text passes the bound, in the template's own output or
+    /// inside one `tojson` value; at the bound exactly it is the unbounded render.
+    #[test]
+    fn renders_stop_at_their_byte_bound() {
+        let t = ChatTemplate::Jinja {
+            source: "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}{{ tools[0] | tojson(indent=4) }}{% endif %}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let kw = TemplateKwargs::new();
+        let msgs = [Message::new("user", &"hello ".repeat(100))];
+        let mut deep = serde_json::json!([0, 0, 0]);
+        for _ in 0..40 {
+            deep = serde_json::json!([deep]);
+        }
+        let tools = [deep];
+        let full = t.render_with(&msgs, Some(&tools), false, &kw).unwrap();
+        assert!(full.len() > 5000, "{}", full.len());
+        let bounded = |tools, max| t.render_bounded(&msgs, tools, false, &kw, max);
+        assert_eq!(bounded(Some(&tools[..]), full.len()).unwrap(), full);
+        let too_long =
+            |r: Result<String>| matches!(r, Err(Error::TooLong(m)) if m.contains("passes"));
+        assert!(too_long(bounded(Some(&tools[..]), full.len() - 1)));
+        // The tool's JSON alone passes 1 000 bytes; the messages do not.
+        assert!(too_long(bounded(Some(&tools[..]), 1000)));
+        assert!(bounded(None, 1000).is_ok());
+        assert!(too_long(bounded(None, 599)));
+        let chatml = ChatTemplate::builtin("chatml").unwrap();
+        let whole = chatml.render(&msgs, false).unwrap();
+        let b = |max| chatml.render_bounded(&msgs, None, false, &kw, max);
+        assert_eq!(b(whole.len()).unwrap(), whole);
+        assert!(too_long(b(whole.len() - 1)));
     }
 
     /// Qwen3's switch, as its template reads it: `enable_thinking` false writes an empty

@@ -23,6 +23,8 @@ pub struct Tokenizer {
     special_ids: HashSet<u32>,
     /// `inner` reading special-token text as the characters it is; made on first use.
     literal: OnceLock<tokenizers::Tokenizer>,
+    /// The longest vocabulary entry, in bytes; measured on first use.
+    longest_token: OnceLock<usize>,
 }
 
 impl Tokenizer {
@@ -41,6 +43,7 @@ impl Tokenizer {
             json,
             special_ids,
             literal: OnceLock::new(),
+            longest_token: OnceLock::new(),
         }
     }
 
@@ -58,6 +61,22 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// At least the bytes of text one token can stand for: a text longer than this times
+    /// `n` cannot be `n` tokens or fewer (how a rendered prompt is refused before it is
+    /// tokenized). The longest vocabulary entry as spelled (byte-level and SentencePiece
+    /// spellings are never shorter than the text they cover), times 3 under a normalizer,
+    /// which may shrink its input (NFKC maps a 3-byte fullwidth letter to 1 byte).
+    pub fn max_text_bytes_per_token(&self) -> usize {
+        let longest = *self.longest_token.get_or_init(|| {
+            let vocab = self.inner.get_vocab(true);
+            vocab.keys().map(String::len).max().unwrap_or(1).max(4)
+        });
+        match self.inner.get_normalizer() {
+            Some(_) => 3 * longest,
+            None => longest,
+        }
     }
 
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
@@ -119,9 +138,23 @@ impl Tokenizer {
             .filter(|&i| self.is_special(ids[i]))
             .filter_map(|i| Some((i, core(i)?)))
             .collect();
-        // A special token is the template's when its text lies outside every literal range.
-        let from_template =
-            |c: &Range<usize>| !literal.iter().any(|r| r.start < c.end && c.start < r.end);
+        // A special token is the template's when its text lies outside every literal range:
+        // no range starting before it ends reaches past its start. Ranges sorted by start,
+        // with the furthest end so far, answer that by a binary search (a body may hold
+        // hundreds of thousands of both).
+        let mut sorted = literal.to_vec();
+        sorted.sort_unstable_by_key(|r| r.start);
+        let furthest: Vec<usize> = sorted
+            .iter()
+            .scan(0, |m, r| {
+                *m = r.end.max(*m);
+                Some(*m)
+            })
+            .collect();
+        let from_template = |c: &Range<usize>| {
+            let k = sorted.partition_point(|r| r.start < c.end);
+            k == 0 || furthest[k - 1] <= c.start
+        };
         if specials.iter().all(|(_, c)| from_template(c)) {
             return Ok(self.with_bos(ids.to_vec(), add_bos));
         }

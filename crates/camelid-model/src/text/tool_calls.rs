@@ -12,6 +12,7 @@
 //! the rest of the call's region is dropped (Hermes: to `</tool_call>`; Mistral's `[ARGS]`
 //! format: to the next `[TOOL_CALLS]`; Llama 3 and Mistral's array: the rest of the output).
 
+use crate::error::Error;
 use crate::text::json_scan::{Esc, JsonScan, Lex};
 use crate::text::template::{ChatTemplate, Message};
 use serde_json::Value as Json;
@@ -82,23 +83,30 @@ impl ToolFormat {
 
 /// Whether `template` renders `tools` into the prompt: a conversation rendered with them
 /// names every function (by name) that it does not name without them. A template that
-/// ignores `tools` (SmolLM2's, the built-ins) cannot offer them to the model.
-pub fn renders_tools(template: &ChatTemplate, tools: &[Json]) -> bool {
+/// ignores `tools` (SmolLM2's, the built-ins) cannot offer them to the model. A render
+/// passing `max_bytes` is an error ([`Error::TooLong`]), not a no.
+pub fn renders_tools(
+    template: &ChatTemplate,
+    tools: &[Json],
+    max_bytes: usize,
+) -> crate::error::Result<bool> {
     let probe = [Message::new("user", "?")];
     let kwargs = Default::default();
-    let (Ok(with), Ok(without)) = (
-        template.render_with(&probe, Some(tools), true, &kwargs),
-        template.render_with(&probe, None, true, &kwargs),
-    ) else {
-        return false;
+    let render = |tools| match template.render_bounded(&probe, tools, true, &kwargs, max_bytes) {
+        Ok(text) => Ok(Some(text)),
+        Err(e @ Error::TooLong(_)) => Err(e),
+        Err(_) => Ok(None),
     };
-    tools.iter().all(|t| {
+    let (Some(with), Some(without)) = (render(Some(tools))?, render(None)?) else {
+        return Ok(false);
+    };
+    Ok(tools.iter().all(|t| {
         let name = t
             .pointer("/function/name")
             .and_then(Json::as_str)
             .unwrap_or_default();
         with.matches(name).count() > without.matches(name).count()
-    })
+    }))
 }
 
 /// One call as the model wrote it.
@@ -1152,7 +1160,7 @@ mod tests {
             serde_json::json!({"type": "function", "function": {"name": "get_weather",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}),
         ];
-        assert!(renders_tools(&t, &tools));
+        assert!(renders_tools(&t, &tools, usize::MAX).unwrap());
         let mut call_msg = Message::new("assistant", "");
         call_msg.tool_calls = Some(vec![
             serde_json::json!({"id": "call_1", "type": "function",
@@ -1197,10 +1205,10 @@ mod tests {
             serde_json::json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}),
         ];
         let with = jinja("{% if tools %}{% for t in tools %}{{ t | tojson }}{% endfor %}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}");
-        assert!(renders_tools(&with, &tools));
+        assert!(renders_tools(&with, &tools, usize::MAX).unwrap());
         let without = jinja("{% for m in messages %}{{ m.content }}{% endfor %}");
-        assert!(!renders_tools(&without, &tools));
+        assert!(!renders_tools(&without, &tools, usize::MAX).unwrap());
         let builtin = ChatTemplate::builtin("chatml").unwrap();
-        assert!(!renders_tools(&builtin, &tools));
+        assert!(!renders_tools(&builtin, &tools, usize::MAX).unwrap());
     }
 }

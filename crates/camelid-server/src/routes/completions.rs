@@ -88,6 +88,10 @@ pub async fn completions(
             format!("token id {bad} is outside the vocabulary ({vocab})"),
         ));
     }
+    if let (true, Some(top)) = (req.echo, req.logprobs) {
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        limits.check_prompt_logprobs(prompt_tokens, n, top as usize)?;
+    }
     let salt = cache_salt(req.cache_salt.as_deref())?;
     base.constraint = structured::compile(&permit, &model, f).await?;
     let mut specs = vec![];

@@ -5,6 +5,7 @@ use camelid_model::decode::GenerationParams;
 use camelid_model::load::{parse_dtype, parse_quantize};
 use camelid_model::{LoadOptions, LoadedModel, SamplingParams};
 use clap::Args;
+use std::sync::Arc;
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -99,6 +100,6 @@ pub fn gen_params(lm: &LoadedModel, s: &SamplingArgs) -> GenerationParams {
     };
     let mut p = GenerationParams::new(s.max_tokens, sampling);
     p.stop_token_ids = lm.stop_token_ids.clone();
-    p.stop_strings = lm.stop_strings.iter().chain(&s.stop).cloned().collect();
+    p.stop_strings = Arc::new(lm.stop_strings.iter().chain(&s.stop).collect());
     p
 }

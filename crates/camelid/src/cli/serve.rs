@@ -139,6 +139,13 @@ struct LimitArgs {
     /// Messages in one chat request.
     #[arg(long, default_value_t = RequestLimits::default().max_messages)]
     max_messages: usize,
+    /// Function definitions (`tools`) in one chat request.
+    #[arg(long, default_value_t = RequestLimits::default().max_tools)]
+    max_tools: usize,
+    /// Log-probability entries a scoring request (`echo` with `logprobs` k) may return for
+    /// its prompts: prompt tokens × n × (k + 1).
+    #[arg(long, default_value_t = RequestLimits::default().max_prompt_logprob_entries)]
+    max_prompt_logprob_entries: usize,
     /// Open connections at once; more wait to be accepted.
     #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     max_connections: usize,
@@ -166,6 +173,8 @@ impl LimitArgs {
             max_stop_token_ids: self.max_stop_token_ids,
             max_logit_bias: self.max_logit_bias,
             max_messages: self.max_messages,
+            max_tools: self.max_tools,
+            max_prompt_logprob_entries: self.max_prompt_logprob_entries,
         }
     }
 }
