@@ -75,6 +75,21 @@ pub fn has_answers(raw: &Value) -> bool {
     side(raw, 'a').is_some() && side(raw, 'b').is_some()
 }
 
+/// A battle's style as FastChat's `conv_metadata` (what [`features`] reads), or `None`
+/// when a side has no answer: a few numbers to keep for a battle instead of its
+/// conversations.
+pub fn summary(raw: &Value) -> Option<Value> {
+    let (a, b) = (side(raw, 'a')?, side(raw, 'b')?);
+    let mut meta = serde_json::Map::new();
+    for (s, v) in [('a', a), ('b', b)] {
+        meta.insert(format!("sum_assistant_{s}_tokens"), v[0].into());
+        meta.insert(format!("header_count_{s}"), v[1].into());
+        meta.insert(format!("list_count_{s}"), v[2].into());
+        meta.insert(format!("bold_count_{s}"), v[3].into());
+    }
+    Some(serde_json::json!({ "conv_metadata": meta }))
+}
+
 /// The standardised style covariates of each battle (a's style against b's).
 pub fn features(records: &[BattleRecord]) -> Result<Vec<[f64; 4]>> {
     let mut raw = Vec::with_capacity(records.len());
@@ -267,5 +282,33 @@ mod tests {
         let mut bare = rs.clone();
         bare[3].raw = json!({});
         assert!(style_controlled(&bare, &opts).is_err());
+        // A battle's summary stands for its conversations: the same fit, bit for bit.
+        let mut summed = rs.clone();
+        for r in summed.iter_mut() {
+            r.raw = summary(&r.raw).unwrap();
+        }
+        assert_eq!(style_controlled(&summed, &opts).unwrap(), (styled, coef));
+        assert_eq!(
+            summary(&json!({"conversation_a": [{"role": "assistant", "content": "x"}]})),
+            None
+        );
+    }
+
+    /// The summary counts every assistant message of each side, Markdown included.
+    #[test]
+    fn a_summary_keeps_each_sides_counts() {
+        let raw = json!({
+            "conversation_a": [{"role": "user", "content": "# q"}, {"role": "assistant", "content": "# T\n- a\n**b**"},
+                               {"role": "user", "content": "more"}, {"role": "assistant", "content": "- c"}],
+            "conversation_b": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "plain words here"}],
+        });
+        let meta = summary(&raw).unwrap();
+        let m = &meta["conv_metadata"];
+        assert_eq!(m["header_count_a"], 1.0);
+        assert_eq!(m["list_count_a"], 2.0);
+        assert_eq!(m["bold_count_a"], 1.0);
+        assert_eq!(m["sum_assistant_b_tokens"], 3.0);
+        assert_eq!(side(&meta, 'a'), side(&raw, 'a'));
+        assert_eq!(side(&meta, 'b'), side(&raw, 'b'));
     }
 }

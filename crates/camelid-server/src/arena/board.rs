@@ -8,7 +8,8 @@ use super::store::{RatedVote, Store};
 use camelid_eval::ratings::{self, Battle, BattleRecord, Outcome, RatingOptions};
 use camelid_eval::style;
 use serde_json::{json, Value};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -25,6 +26,10 @@ pub(super) struct Board {
     fitted_votes: RwLock<i64>,
     /// Told of each vote cast here.
     pub changed: Notify,
+    /// Each anonymous vote's style ([`style::summary`]; `None`: a side without answers), by
+    /// battle id. Votes never change, so a vote's conversations are read and parsed once,
+    /// not at every refit (they may be megabytes each, and refits follow every vote).
+    styles: Mutex<HashMap<String, Option<Value>>>,
 }
 
 impl Default for Board {
@@ -39,6 +44,7 @@ impl Default for Board {
             current: RwLock::new(Arc::new(render(&empty, 0, 0, None))),
             fitted_votes: RwLock::new(-1),
             changed: Notify::new(),
+            styles: Mutex::default(),
         }
     }
 }
@@ -87,9 +93,38 @@ impl Board {
         }
         let votes = store.rated_votes().await.map_err(|e| e.to_string())?;
         let total = votes.len();
+        let missing: Vec<&str> = {
+            let styles = self.styles.lock().unwrap();
+            votes
+                .iter()
+                .filter(|v| v.anony && !styles.contains_key(&v.battle_id))
+                .map(|v| v.battle_id.as_str())
+                .collect()
+        };
+        if !missing.is_empty() {
+            let conversations = store
+                .vote_conversations(&missing)
+                .await
+                .map_err(|e| e.to_string())?;
+            let summaries = tokio::task::spawn_blocking(move || {
+                conversations
+                    .into_iter()
+                    .map(|(id, a, b)| {
+                        let raw = json!({
+                            "conversation_a": parse_conversation(&a),
+                            "conversation_b": parse_conversation(&b),
+                        });
+                        (id, style::summary(&raw))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| format!("reading the votes' conversations: {e}"))?;
+            self.styles.lock().unwrap().extend(summaries);
+        }
+        let records = anonymous_battles(votes, &self.styles.lock().unwrap());
         // Two hundred fits of the votes: off the async workers.
         let (fits, rated) = tokio::task::spawn_blocking(move || {
-            let records = anonymous_battles(votes);
             let rated = records.len();
             fit(records).map(|f| (f, rated))
         })
@@ -127,13 +162,17 @@ fn fit(records: Vec<BattleRecord>) -> Result<Fits, String> {
 }
 
 /// The votes the default leaderboard rates: those whose answers named no model, with their
-/// conversations (for the answers' style).
-fn anonymous_battles(votes: Vec<RatedVote>) -> Vec<BattleRecord> {
+/// style (for the style-controlled fit; `{}` where a side has no answer).
+fn anonymous_battles(
+    votes: Vec<RatedVote>,
+    styles: &HashMap<String, Option<Value>>,
+) -> Vec<BattleRecord> {
     votes
         .into_iter()
         .filter(|v| v.anony)
         .filter_map(|v| {
             let winner: Outcome = serde_json::from_value(Value::String(v.winner)).ok()?;
+            let raw = styles.get(&v.battle_id).cloned().flatten();
             Some(BattleRecord {
                 battle: Battle {
                     model_a: v.model_a,
@@ -142,10 +181,7 @@ fn anonymous_battles(votes: Vec<RatedVote>) -> Vec<BattleRecord> {
                 },
                 anony: Some(true),
                 tstamp: None,
-                raw: json!({
-                    "conversation_a": parse_conversation(&v.conversation_a),
-                    "conversation_b": parse_conversation(&v.conversation_b),
-                }),
+                raw: raw.unwrap_or_else(|| json!({})),
             })
         })
         .collect()

@@ -94,14 +94,14 @@ pub(super) struct VoteRow {
     pub turn: i64,
 }
 
-/// What the leaderboard needs of a vote (the conversations: for the style-controlled fit).
+/// What the leaderboard needs of every vote; the conversations (for the style-controlled
+/// fit) are read once per vote, see [`Store::vote_conversations`].
 pub(super) struct RatedVote {
+    pub battle_id: String,
     pub model_a: String,
     pub model_b: String,
     pub winner: String,
     pub anony: bool,
-    pub conversation_a: String,
-    pub conversation_b: String,
 }
 
 impl Store {
@@ -428,10 +428,11 @@ impl Store {
             .try_get(0)
     }
 
-    /// Every vote in the order the leaderboard fits them (the same on every server).
+    /// Every vote in the order the leaderboard fits them (the same on every server),
+    /// without its conversations.
     pub async fn rated_votes(&self) -> Result<Vec<RatedVote>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT model_a, model_b, winner, anony, conversation_a, conversation_b
+            "SELECT battle_id, model_a, model_b, winner, anony
              FROM arena_votes ORDER BY tstamp, battle_id",
         )
         .fetch_all(self.ready().await?.pool())
@@ -439,15 +440,42 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(RatedVote {
-                    model_a: r.try_get(0)?,
-                    model_b: r.try_get(1)?,
-                    winner: r.try_get(2)?,
-                    anony: r.try_get::<i64, _>(3)? != 0,
-                    conversation_a: r.try_get(4)?,
-                    conversation_b: r.try_get(5)?,
+                    battle_id: r.try_get(0)?,
+                    model_a: r.try_get(1)?,
+                    model_b: r.try_get(2)?,
+                    winner: r.try_get(3)?,
+                    anony: r.try_get::<i64, _>(4)? != 0,
                 })
             })
             .collect()
+    }
+
+    /// The conversations (a's, b's) of these votes, by battle id; ids with no vote are left
+    /// out.
+    pub async fn vote_conversations(
+        &self,
+        ids: &[&str],
+    ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        let pool = self.ready().await?.pool();
+        let mut out = Vec::with_capacity(ids.len());
+        // Bounded lists of parameters (SQLite allows 32 766 a statement).
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT battle_id, conversation_a, conversation_b FROM arena_votes
+                 WHERE battle_id IN ({})",
+                marks.join(", ")
+            );
+            // Only `$n` placeholders are formatted in; every id is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(pool).await? {
+                out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn votes(&self) -> Result<Vec<VoteRow>, sqlx::Error> {
