@@ -66,6 +66,9 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     logits.iter().map(|&l| l - lse).collect()
 }
 
+/// Up to this many, the best values are kept in one pass instead of selected.
+const SMALL_K: usize = 64;
+
 /// Indices of the `k` largest values, best first (ties: lower index first).
 pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
     let k = k.min(values.len());
@@ -83,6 +86,21 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
         });
         return vec![best];
     }
+    if k <= SMALL_K && k < values.len() {
+        // One pass holding the best k so far, best first: most values lose to the k-th at
+        // once (logprobs ask for at most 20 of a 50–150k vocabulary, at every position).
+        let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+        for (i, v) in values.iter().enumerate() {
+            if best.len() == k && !v.total_cmp(&values[best[k - 1]]).is_gt() {
+                continue;
+            }
+            // After every entry at least as large: an earlier index wins a tie.
+            let at = best.partition_point(|&j| values[j].total_cmp(v).is_ge());
+            best.insert(at, i);
+            best.truncate(k);
+        }
+        return best;
+    }
     let mut idx: Vec<usize> = (0..values.len()).collect();
     let cmp = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
     if k < idx.len() {
@@ -94,15 +112,20 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// Logprob of `token` and the `top_n` most likely tokens under the model's distribution.
+/// The same numbers as [`log_softmax`]'s, without a vocabulary-sized vector: this runs on
+/// the engine thread for every scored position and every token of a `logprobs` request.
 pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
-    let lp = log_softmax(logits);
-    let top = top_k_indices(&lp, top_n)
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    // The order of the logits is the order of their log-probabilities.
+    let top = top_k_indices(logits, top_n)
         .into_iter()
-        .map(|i| (i as u32, lp[i]))
+        .map(|i| (i as u32, logits[i] - lse))
         .collect();
     TokenLogprob {
         token,
-        logprob: lp[token as usize],
+        logprob: logits[token as usize] - lse,
         top,
     }
 }
@@ -326,6 +349,34 @@ mod tests {
         assert_eq!(top_k_indices(&v, 3), vec![1, 3, 4]);
         let l = logits();
         assert_eq!(top_k_indices(&l, 1)[0], top_k_indices(&l, 2)[0]);
+    }
+
+    /// The one-pass selection of a few equals the full sort's prefix, ties and −∞ included.
+    #[test]
+    fn small_selections_are_the_sorted_prefix() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in [1usize, 5, 70, 3000] {
+            let v: Vec<f32> = (0..n)
+                .map(|_| match rng.random_range(0..10) {
+                    0 => f32::NEG_INFINITY,
+                    k => (k % 4) as f32 + rng.random_range(0..3) as f32 * 0.5,
+                })
+                .collect();
+            let mut sorted: Vec<usize> = (0..n).collect();
+            sorted.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+            for k in [1, 2, 5, 20, 64, 65, n] {
+                assert_eq!(top_k_indices(&v, k), sorted[..k.min(n)], "n {n}, k {k}");
+            }
+        }
+        let logits = logits();
+        let lp = log_softmax(&logits);
+        let t = token_logprob(&logits, 9, 20);
+        assert_eq!(t.logprob, lp[9]);
+        let want: Vec<(u32, f32)> = top_k_indices(&lp, 20)
+            .into_iter()
+            .map(|i| (i as u32, lp[i]))
+            .collect();
+        assert_eq!(t.top, want);
     }
 
     #[test]
