@@ -197,3 +197,23 @@ fn special_token_text_in_a_message_is_text() {
         );
     }
 }
+
+/// The bound a chat render is held to: no token of the vocabulary stands for more text than
+/// `max_text_bytes_per_token`, and the llama.cpp cases' texts are within their token counts
+/// times it.
+#[test]
+fn no_token_stands_for_more_text_than_the_render_bound() {
+    let tok = common::load(&common::default_gguf()).tokenizer;
+    let bound = tok.max_text_bytes_per_token();
+    let longest = (0..tok.vocab_size() as u32)
+        .map(|id| tok.decode(&[id], false).unwrap().len())
+        .max()
+        .unwrap();
+    assert!(
+        longest <= bound,
+        "a token decodes to {longest} bytes; the bound is {bound}"
+    );
+    for (text, ids) in cases() {
+        assert!(text.len() <= ids.len().max(1) * bound, "{text:?}");
+    }
+}

@@ -66,15 +66,15 @@ impl Tokenizer {
     /// At least the bytes of text one token can stand for: a text longer than this times
     /// `n` cannot be `n` tokens or fewer (how a rendered prompt is refused before it is
     /// tokenized). The longest vocabulary entry as spelled (byte-level and SentencePiece
-    /// spellings are never shorter than the text they cover), times 3 under a normalizer,
-    /// which may shrink its input (NFKC maps a 3-byte fullwidth letter to 1 byte).
+    /// spellings are never shorter than the text they cover), times 4 under a normalizer,
+    /// which may shrink its input (NFKC maps a 4-byte mathematical letter to 1 byte).
     pub fn max_text_bytes_per_token(&self) -> usize {
         let longest = *self.longest_token.get_or_init(|| {
             let vocab = self.inner.get_vocab(true);
             vocab.keys().map(String::len).max().unwrap_or(1).max(4)
         });
         match self.inner.get_normalizer() {
-            Some(_) => 3 * longest,
+            Some(_) => 4 * longest,
             None => longest,
         }
     }
