@@ -92,6 +92,7 @@ pub fn prompt_ids(
     tools: Option<&[Value]>,
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
+    max_bytes: usize,
 ) -> Result<Vec<u32>, ApiError> {
     chat_prompt_ids_with(
         &model.template,
@@ -100,7 +101,7 @@ pub fn prompt_ids(
         tools,
         add_generation_prompt,
         kwargs,
-        model.max_model_len,
+        max_bytes,
     )
     .map_err(|e| match e {
         camelid_model::Error::Template(_) | camelid_model::Error::TooLong(_) => {
@@ -110,10 +111,16 @@ pub fn prompt_ids(
     })
 }
 
-/// The most bytes a conversation may render to: more could not be `max_model_len` tokens.
-fn render_budget(model: &ModelEntry) -> usize {
+/// The most bytes a conversation may render to: more could not be `max_model_len` tokens
+/// (see `Tokenizer::max_text_bytes_per_token`), and never less than the largest body: a
+/// tokenizer that fuses unknown text or drops whitespace may make a long text few tokens,
+/// and a render no larger than a body costs what the body could anyway.
+pub fn render_budget(model: &ModelEntry, body_limit: usize) -> usize {
     let per_token = model.engine.tokenizer().max_text_bytes_per_token();
-    model.max_model_len.saturating_mul(per_token)
+    model
+        .max_model_len
+        .saturating_mul(per_token)
+        .max(body_limit)
 }
 
 /// A chat request handed to the engine: its choices are being generated.
@@ -138,6 +145,7 @@ pub async fn render_and_encode(
     tools: Option<Vec<Value>>,
     add_generation_prompt: bool,
     kwargs: TemplateKwargs,
+    max_bytes: usize,
 ) -> Result<Vec<u32>, ApiError> {
     let model = model.clone();
     blocking(permit, move || {
@@ -147,6 +155,7 @@ pub async fn render_and_encode(
             tools.as_deref(),
             add_generation_prompt,
             &kwargs,
+            max_bytes,
         )
     })
     .await
@@ -177,12 +186,8 @@ pub async fn submit_salted(
     let limits = &state.config.limits;
     limits.check_messages(req.messages.len())?;
     let model = state.model(Some(&req.model))?;
-    let plan = ToolPlan::from_request(
-        req,
-        &model.template,
-        limits.max_tools,
-        render_budget(&model),
-    )?;
+    let budget = render_budget(&model, state.config.body_limit);
+    let plan = ToolPlan::from_request(req, &model.template, limits.max_tools, budget)?;
     if let Some(t) = req.top_logprobs {
         if t > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(
@@ -210,7 +215,7 @@ pub async fn submit_salted(
     let msgs = to_messages(&req.messages)?;
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     let shown = plan.as_ref().map(|p| p.tools.clone());
-    let prompt = render_and_encode(&permit, &model, msgs, shown, true, kwargs).await?;
+    let prompt = render_and_encode(&permit, &model, msgs, shown, true, kwargs, budget).await?;
     params.constraint = structured::compile(&permit, &model, f).await?;
     if let Some(p) = &plan {
         if p.needs_special_tokens(model.engine.tokenizer()) {

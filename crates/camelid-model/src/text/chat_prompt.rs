@@ -41,9 +41,9 @@ pub fn chat_prompt_ids(
 }
 
 /// [`chat_prompt_ids`] with tool definitions and extra template variables
-/// (`chat_template_kwargs`). A render too long to be `max_tokens` tokens is refused while
-/// it renders (see [`Tokenizer::max_text_bytes_per_token`]): what a client's values render
-/// to can be far larger than its body.
+/// (`chat_template_kwargs`). A render past `max_bytes` is refused while it renders: what a
+/// client's values render to can be far larger than its body (for a bound no prompt that
+/// fits the context passes, see [`Tokenizer::max_text_bytes_per_token`]).
 pub fn chat_prompt_ids_with(
     template: &ChatTemplate,
     tok: &Tokenizer,
@@ -51,7 +51,7 @@ pub fn chat_prompt_ids_with(
     tools: Option<&[Json]>,
     add_generation_prompt: bool,
     kwargs: &TemplateKwargs,
-    max_tokens: usize,
+    max_bytes: usize,
 ) -> Result<Vec<u32>> {
     let has_special =
         |s: &str| -> Result<bool> { Ok(tok.encode(s, false)?.iter().any(|&t| tok.is_special(t))) };
@@ -62,7 +62,7 @@ pub fn chat_prompt_ids_with(
         add_generation_prompt,
         kwargs,
         &has_special,
-        max_tokens.saturating_mul(tok.max_text_bytes_per_token()),
+        max_bytes,
     )?;
     match &split.contents {
         Some(ranges) => tok.encode_with_literal(&split.text, ranges, true),
@@ -157,8 +157,8 @@ pub fn render_split_marking(
         unreachable!("marking keeps an object an object")
     };
     slots.extend(extra);
-    // Markers may be longer than what they replace: the marked render may pass the bound
-    // by theirs (a template may show a content a few times).
+    // Markers may be longer than what they replace (and a template may show a content many
+    // times): the prompt's render is bounded already, this one gets room to spare.
     let markers = slots
         .len()
         .saturating_mul(marker(&nonce, slots.len()).len());
@@ -167,7 +167,9 @@ pub fn render_split_marking(
         marked_tools.as_deref(),
         add_generation_prompt,
         &marked_kwargs,
-        max_bytes.saturating_add(markers.saturating_mul(8)),
+        max_bytes
+            .saturating_mul(2)
+            .saturating_add(markers.saturating_mul(8)),
     )?;
     let (pieces, holes) = split_marked(&marked, &nonce, slots.len());
     let contents = match_holes(&text, &pieces, &holes, &slots);

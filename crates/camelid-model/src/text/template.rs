@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One chat message as a template sees it (HF's `apply_chat_template` dicts): fields a
@@ -361,12 +361,15 @@ fn too_long(limit: usize) -> String {
 /// HF's `tojson` (Python's `json.dumps(ensure_ascii=False)`): `", "` and `": "` between
 /// items, or `indent` spaces per level; key order as given; nothing HTML-escaped
 /// (minijinja's own escapes `<`, `>`, `&` and `'`, so prompts would differ from HF's).
-/// At most `limit` bytes (`over` is set when that stops it).
+/// At most `limit` bytes a value, and twice that over one render (`spent` so far): output
+/// captured by the template (a macro, `{% set %}…{% endset %}`) is held before it reaches
+/// the render's own cap. `over` is set when a cap stops it.
 fn tojson(
     value: &minijinja::Value,
     indent: Option<usize>,
     kwargs: minijinja::value::Kwargs,
     limit: usize,
+    spent: &AtomicUsize,
     over: &AtomicBool,
 ) -> std::result::Result<minijinja::Value, minijinja::Error> {
     let indent = kwargs.get::<Option<usize>>("indent")?.or(indent);
@@ -375,7 +378,10 @@ fn tojson(
         let _: Option<minijinja::Value> = kwargs.get(k)?;
     }
     kwargs.assert_all_used()?;
-    let mut out = CappedBuf::new(limit);
+    let room = limit
+        .saturating_mul(2)
+        .saturating_sub(spent.load(Ordering::Relaxed));
+    let mut out = CappedBuf::new(limit.min(room));
     let written = match indent {
         Some(n) => {
             let pad = vec![b' '; n];
@@ -396,6 +402,7 @@ fn tojson(
         };
         minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg)
     })?;
+    spent.fetch_add(out.buf.len(), Ordering::Relaxed);
     let s = String::from_utf8(out.buf).expect("serde_json writes UTF-8");
     Ok(minijinja::Value::from_safe_string(s))
 }
@@ -550,9 +557,9 @@ impl ChatTemplate {
                 env.add_function("raise_exception", raise_exception);
                 env.add_function("strftime_now", strftime_now);
                 let json_over = Arc::new(AtomicBool::new(false));
-                let flag = json_over.clone();
+                let (flag, spent) = (json_over.clone(), Arc::new(AtomicUsize::new(0)));
                 env.add_filter("tojson", move |v: &minijinja::Value, indent, kwargs| {
-                    tojson(v, indent, kwargs, max_bytes, &flag)
+                    tojson(v, indent, kwargs, max_bytes, &spent, &flag)
                 });
                 env.add_template("chat", source).map_err(|e| {
                     Error::Template(format!("cannot parse the model's chat_template: {e}"))
@@ -791,6 +798,16 @@ mod tests {
         let too_long =
             |r: Result<String>| matches!(r, Err(Error::TooLong(m)) if m.contains("passes"));
         assert!(too_long(bounded(Some(&tools[..]), full.len() - 1)));
+        // Captured output (a `set` block) holds at most twice the bound of tojson.
+        let captured = ChatTemplate::Jinja {
+            source: "{% set x %}{% for i in range(50) %}{{ tools[0] | tojson }}{% endfor %}{% endset %}{{ x | length }}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let small = [serde_json::json!([1, 2, 3])];
+        let r = |max| captured.render_bounded(&[], Some(&small[..]), false, &kw, max);
+        assert_eq!(r(1000).unwrap(), "450");
+        assert!(too_long(r(200)), "50 × 9 bytes of tojson against 2 × 200");
         // The tool's JSON alone passes 1 000 bytes; the messages do not.
         assert!(too_long(bounded(Some(&tools[..]), 1000)));
         assert!(bounded(None, 1000).is_ok());

@@ -2,7 +2,7 @@
 //! (token ids → text), vLLM's extensions.
 
 use super::{AppResult, RequestBody};
-use crate::chat::{render_and_encode, to_messages};
+use crate::chat::{render_and_encode, render_budget, to_messages};
 use crate::error::ApiError;
 use crate::openai::{self, DetokenizeRequest, TokenizeRequest};
 use crate::run::blocking;
@@ -27,8 +27,16 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
             let kwargs = chat_template_kwargs.unwrap_or_default();
-            let ids =
-                render_and_encode(&permit, &m, msgs, None, add_generation_prompt, kwargs).await?;
+            let ids = render_and_encode(
+                &permit,
+                &m,
+                msgs,
+                None,
+                add_generation_prompt,
+                kwargs,
+                render_budget(&m, s.config.body_limit),
+            )
+            .await?;
             (m, ids)
         }
         TokenizeRequest::Text {
