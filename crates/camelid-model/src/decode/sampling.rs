@@ -58,11 +58,16 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
-/// Natural-log softmax of raw logits.
-pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+/// `ln Σ exp(l)`, shifted by the max (each exponent in f64).
+fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
+    max + sum.ln() as f32
+}
+
+/// Natural-log softmax of raw logits.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let lse = log_sum_exp(logits);
     logits.iter().map(|&l| l - lse).collect()
 }
 
@@ -115,9 +120,7 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
 /// The same numbers as [`log_softmax`]'s, without a vocabulary-sized vector: this runs on
 /// the engine thread for every scored position and every token of a `logprobs` request.
 pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
+    let lse = log_sum_exp(logits);
     // The order of the logits is the order of their log-probabilities.
     let top = top_k_indices(logits, top_n)
         .into_iter()
