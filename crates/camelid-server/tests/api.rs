@@ -457,6 +457,12 @@ fn tokenize_detokenize_round_trip() {
         json!({"model": "smol", "tokens": [99999999]}),
     );
     assert_error(st, &body, 400, Some("tokens"));
+    // At most a context's worth of ids.
+    let ids = |n: usize| json!({"model": "smol", "tokens": vec![tk["tokens"][0].clone(); n]});
+    let (st, _) = post("/detokenize", ids(512));
+    assert_eq!(st, 200);
+    let (st, body) = post("/detokenize", ids(513));
+    assert_error(st, &body, 400, Some("tokens"));
 }
 
 /// A message's content is text: a user writing ChatML's control tokens gets no control

@@ -70,6 +70,18 @@ pub async fn detokenize(
     let req: DetokenizeRequest = openai::parse_body(&body)?;
     drop(body);
     let m = s.model(req.model.as_deref())?;
+    // At most a context's worth of ids (vLLM checks the same): what they decode to is then
+    // bounded by the model's context, not ~20× the body on a vocabulary of long tokens.
+    if req.tokens.len() > m.max_model_len {
+        return Err(ApiError::invalid_param(
+            "tokens",
+            format!(
+                "{} token ids: more than the model's context ({})",
+                req.tokens.len(),
+                m.max_model_len
+            ),
+        ));
+    }
     let vocab = m.engine.vocab_size();
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid_param(
