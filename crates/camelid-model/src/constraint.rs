@@ -105,7 +105,9 @@ impl VocabEnv {
         }
         let mut encoder = inner.clone();
         if let Some(norm) = encoder.get_normalizer().cloned() {
-            encoder.with_normalizer(without_prepend(norm));
+            encoder
+                .with_normalizer(without_prepend(norm))
+                .map_err(|e| Error::Invalid(format!("grammar tokenizer: {e}")))?;
         }
         if let Some(pre) = encoder.get_pre_tokenizer().cloned() {
             encoder.with_pre_tokenizer(Some(metaspace_never_prepends(pre)));

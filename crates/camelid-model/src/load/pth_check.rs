@@ -24,13 +24,18 @@ pub fn check_pth(path: &Path) -> Result<()> {
     let file_size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| bad(format!("not a PyTorch zip checkpoint: {e}")))?;
-    let names: Vec<String> = zip.file_names().map(String::from).collect();
+    let mut names = Vec::with_capacity(zip.len());
     let mut sizes = HashMap::new();
     for i in 0..zip.len() {
         let f = zip
             .by_index(i)
             .map_err(|e| bad(format!("zip entry {i}: {e}")))?;
-        sizes.insert(f.name().to_string(), f.size());
+        let name = f
+            .name()
+            .map_err(|e| bad(format!("zip entry {i}: {e}")))?
+            .into_owned();
+        sizes.insert(name.clone(), f.size());
+        names.push(name);
     }
     for name in names.iter().filter(|n| n.ends_with("data.pkl")) {
         let size = sizes[name];
