@@ -2,7 +2,7 @@
 # Builds camelid with `--features cuda` on a machine without a GPU or a CUDA install.
 #   bash kernels/build-cuda.sh          stripped release binary -> $CACHE/cuda-target/camelid-cuda
 #   bash kernels/build-cuda.sh check    `cargo check --all-targets` of the cuda feature (CI; the
-#                                       nvcc builds still run: ~14 min cold on 2 cores, ~1 warm)
+#                                       nvcc builds still run: ~15 min cold on 2 cores, ~1 warm)
 #   bash kernels/build-cuda.sh stage    build, then fill .gpu/ (binary, kernel tests, the CUDA
 #                                       runtime's model tests, the default model's tokenizer.json,
 #                                       each xz-compressed) to carry to the GPU machine.

@@ -1,7 +1,7 @@
 //! One linear-layer type for dense (safetensors, f32/bf16/f16) and quantized (GGUF) weights.
 //!
-//! On the CPU, Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 and Q4_K / Q5_K / Q6_K weights run through camelid's own
-//! batched kernels ([`camelid_kernels::quant`]), f16 / bf16 weights through
+//! On the CPU, Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 and Q4_K / Q5_K / Q6_K weights run through
+//! camelid's own batched kernels ([`camelid_kernels::quant`]), f16 / bf16 weights through
 //! [`camelid_kernels::f16gemm`] (kept 16-bit); every other case goes through candle's
 //! `QMatMul` (f32 matmul, other formats, CUDA).
 
