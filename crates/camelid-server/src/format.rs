@@ -38,21 +38,49 @@ pub fn usage_json(u: &Usage) -> Value {
     })
 }
 
-fn token_text(tok: &Tokenizer, id: u32) -> String {
-    tok.decode(&[id], false).unwrap_or_default()
+/// How logprob entries spell a token: its own bytes (from the vocabulary's pieces), and as
+/// `token` text those bytes read as UTF-8. Decoding one token alone would drop a
+/// SentencePiece token's leading space (`▁the` → "the") and turn a byte piece into U+FFFD,
+/// so the texts would not join into the answer; a piece of a multi-byte character is still
+/// U+FFFD as text, and whole in `bytes`. A vocabulary of neither known spelling falls back
+/// to the decoded token.
+struct Spelling<'a> {
+    tok: &'a Tokenizer,
+    pieces: Option<TokenBytes>,
+}
+
+impl<'a> Spelling<'a> {
+    fn new(tok: &'a Tokenizer) -> Self {
+        Self {
+            tok,
+            pieces: TokenBytes::new(tok),
+        }
+    }
+
+    fn bytes(&self, id: u32) -> Vec<u8> {
+        match self.pieces.as_ref().and_then(|s| s.token(self.tok, id)) {
+            Some(b) => b,
+            None => self
+                .tok
+                .decode(&[id], false)
+                .unwrap_or_default()
+                .into_bytes(),
+        }
+    }
+
+    /// (text, bytes)
+    fn token(&self, id: u32) -> (String, Vec<u8>) {
+        let bytes = self.bytes(id);
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
 }
 
 /// Chat `logprobs.content` entries. `bytes` are the token's own bytes (a piece of a
-/// multi-byte character is that piece, so a client can join them into the text); its
-/// decoded text where the vocabulary's spelling is unknown.
+/// multi-byte character is that piece, so a client can join them into the text).
 pub fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
-    let spell = TokenBytes::new(tok);
+    let spell = Spelling::new(tok);
     let entry = |id: u32, lp: f32| {
-        let t = token_text(tok, id);
-        let bytes = spell
-            .as_ref()
-            .and_then(|s| s.token(tok, id))
-            .unwrap_or_else(|| t.as_bytes().to_vec());
+        let (t, bytes) = spell.token(id);
         json!({"token": t, "logprob": lp, "bytes": bytes})
     };
     let content: Vec<Value> = lps
@@ -66,30 +94,34 @@ pub fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
     json!({"content": content})
 }
 
-/// Completions `logprobs` object; `first_null` marks a leading prompt token without context.
+/// Completions `logprobs` object; `None` marks a leading prompt token without context.
+/// `text_offset` counts bytes of the choice's text from `offset0` (where these entries
+/// start in it). Each position's `top_logprobs` holds the chosen token too, as OpenAI's
+/// and vLLM's do (up to `logprobs + 1` entries). Also returns the offset after the last entry.
 pub fn completion_logprobs(
     tok: &Tokenizer,
     entries: &[(u32, Option<&TokenLogprob>)],
     offset0: usize,
-) -> Value {
+) -> (Value, usize) {
+    let spell = Spelling::new(tok);
     let mut tokens = vec![];
     let mut token_logprobs = vec![];
     let mut top = vec![];
     let mut offsets = vec![];
     let mut off = offset0;
     for (id, lp) in entries {
-        let t = token_text(tok, *id);
+        let t = spell.token(*id).0;
         offsets.push(off);
         off += t.len();
-        tokens.push(Value::String(t));
         match lp {
             Some(l) => {
                 token_logprobs.push(json!(l.logprob));
-                let m: serde_json::Map<String, Value> = l
+                let mut m: serde_json::Map<String, Value> = l
                     .top
                     .iter()
-                    .map(|&(t, p)| (token_text(tok, t), json!(p)))
+                    .map(|&(t, p)| (spell.token(t).0, json!(p)))
                     .collect();
+                m.entry(t.clone()).or_insert(json!(l.logprob));
                 top.push(Value::Object(m));
             }
             None => {
@@ -97,8 +129,10 @@ pub fn completion_logprobs(
                 top.push(Value::Null);
             }
         }
+        tokens.push(Value::String(t));
     }
-    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+    let v = json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets});
+    (v, off)
 }
 
 pub fn finish_str(f: FinishReason) -> &'static str {

@@ -99,7 +99,7 @@ pub struct ChatMessage {
 
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub include_usage: bool,
 }
 
@@ -111,10 +111,11 @@ pub struct SamplingFields {
     pub top_p: Option<f32>,
     pub n: Option<u32>,
     pub stop: Option<StopSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    pub seed: Option<u64>,
+    /// Any 64-bit integer, as OpenAI and vLLM take it (llama.cpp's clients send −1).
+    pub seed: Option<i64>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<HashMap<String, f32>>,
@@ -123,7 +124,7 @@ pub struct SamplingFields {
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub min_tokens: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub ignore_eos: bool,
     pub stop_token_ids: Option<Vec<u32>>,
     pub skip_special_tokens: Option<bool>,
@@ -142,7 +143,7 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
     pub max_completion_tokens: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
     /// Tool calling (checked by `tools::ToolPlan::from_request`).
@@ -172,7 +173,7 @@ pub enum Prompt {
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub echo: bool,
     pub logprobs: Option<u32>,
     /// Insertion (text after the completion): not implemented.
@@ -204,6 +205,12 @@ pub enum TokenizeRequest {
 
 fn yes() -> bool {
     true
+}
+
+/// An optional flag sent as `null` is off, as when it is left out: OpenAI takes `null` for
+/// every optional field, and typed SDKs (and `logprobs=None` in Python) write it out.
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 #[derive(Debug, Clone, Deserialize)]

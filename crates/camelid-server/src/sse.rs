@@ -20,7 +20,7 @@ pub trait ChunkFormat: Send + 'static {
     /// The chunks a token's text makes (none while text is held back, several when held
     /// text resolves into tool calls).
     fn token(&mut self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Vec<Value>;
-    fn prompt_logprobs(&self, _index: usize, _lps: &[TokenLogprob]) -> Option<Value> {
+    fn prompt_logprobs(&mut self, _index: usize, _lps: &[TokenLogprob]) -> Option<Value> {
         None
     }
     /// The chunks that end a choice: what was held back, then its finish reason.
@@ -55,6 +55,17 @@ fn data(v: &Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
+/// A chunk as sent: with `include_usage`, every chunk but the last carries `"usage": null`
+/// (OpenAI's reference; typed clients read the key from each chunk).
+fn chunk_event(mut v: Value, include_usage: bool) -> SseEvent {
+    if include_usage {
+        if let Some(o) = v.as_object_mut() {
+            o.entry("usage").or_insert(Value::Null);
+        }
+    }
+    data(&v)
+}
+
 pub fn stream(
     sub: Submission,
     first_index: usize,
@@ -64,7 +75,11 @@ pub fn stream(
     choices_per_prompt: usize,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let choices: Vec<usize> = (first_index..first_index + sub.choices).collect();
-    let queue = format.opening(&choices).iter().map(data).collect();
+    let queue = format
+        .opening(&choices)
+        .into_iter()
+        .map(|c| chunk_event(c, include_usage))
+        .collect();
     let n = sub.choices;
     let st = StreamState {
         sub,
@@ -106,21 +121,21 @@ pub fn stream(
                 Some((idx, ev)) => match ev {
                     Event::PromptLogprobs(lps) => {
                         if let Some(c) = st.format.prompt_logprobs(idx, &lps) {
-                            st.queue.push_back(data(&c));
+                            st.queue.push_back(chunk_event(c, st.include_usage));
                         }
                     }
                     Event::Token { text, logprob, .. } => {
                         st.timing
                             .token(&st.sub.state, st.sub.started, idx - st.first_index);
                         for c in st.format.token(idx, &text, logprob.as_ref()) {
-                            st.queue.push_back(data(&c));
+                            st.queue.push_back(chunk_event(c, st.include_usage));
                         }
                     }
                     Event::Finished { reason, usage } => {
                         st.completion_tokens += usage.completion_tokens;
                         st.cached.record(idx, usage.cached_tokens);
                         for c in st.format.finish(idx, reason) {
-                            st.queue.push_back(data(&c));
+                            st.queue.push_back(chunk_event(c, st.include_usage));
                         }
                     }
                     Event::Error(e) => st.end_with(ApiError::internal(e)),

@@ -122,7 +122,8 @@ pub fn generation_params(
         f.logit_bias.as_ref().map_or(0, |b| b.len()),
     )?;
     range("temperature", f.temperature, 0.0, 2.0, false)?;
-    range("top_p", f.top_p, 0.0, 1.0, true)?;
+    // 0 keeps the best token alone (OpenAI and llama.cpp take it as greedy).
+    range("top_p", f.top_p, 0.0, 1.0, false)?;
     range("presence_penalty", f.presence_penalty, -2.0, 2.0, false)?;
     range("frequency_penalty", f.frequency_penalty, -2.0, 2.0, false)?;
     range("min_p", f.min_p, 0.0, 1.0, false)?;
@@ -186,7 +187,8 @@ pub fn generation_params(
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
         logit_bias,
-        seed: f.seed,
+        // A negative seed is as good as any: its bits seed the generator.
+        seed: f.seed.map(|s| s as u64),
     };
     let mut p = GenerationParams::new(0, sampling);
     let stops = f.stop.as_ref().map_or(&[][..], |s| s.as_slice());

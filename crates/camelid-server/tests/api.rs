@@ -207,6 +207,40 @@ fn greedy_is_deterministic_and_seed_reproducible() {
     // other text.
     assert_ne!(s42, greedy, "temperature 1 gave the greedy text");
     assert_ne!(s42, text(ask(Some(7))), "seeds 42 and 7 gave the same text");
+    // Any 64-bit seed, as OpenAI takes it (llama.cpp's clients send −1): reproducible too.
+    let neg = |seed: i64| {
+        text(json!({"max_tokens": 12, "ignore_eos": true, "temperature": 1.0, "seed": seed}))
+    };
+    assert_eq!(neg(-1), neg(-1), "seed -1 gives the same text twice");
+    // top_p 0 keeps the best token alone: the greedy text at temperature 1.
+    let p0 =
+        json!({"max_tokens": 12, "ignore_eos": true, "temperature": 1.0, "top_p": 0, "seed": 42});
+    assert_eq!(text(p0), greedy, "top_p 0 is greedy");
+}
+
+#[test]
+fn null_means_left_out() {
+    // OpenAI takes `null` for every optional field; typed SDKs write the nulls out.
+    let (st, body) = chat(json!({
+        "stream": null, "logprobs": null, "ignore_eos": null, "top_logprobs": null,
+        "stream_options": null, "seed": null, "stop": null, "n": null,
+    }));
+    assert_eq!(st, 200, "{body}");
+    assert!(body["choices"][0]["logprobs"].is_null(), "{body}");
+    let (st, body) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "Hi", "max_tokens": 2, "echo": null, "logprobs": null, "stream": null}),
+    );
+    assert_eq!(st, 200, "{body}");
+    let events = stream_events(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+               "stream": true, "stream_options": {"include_usage": null}}),
+    );
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\":{")),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -274,6 +308,10 @@ fn streaming_chat_chunks() {
     for c in &chunks {
         assert_eq!(c["object"], "chat.completion.chunk");
         assert!(c["id"].is_string() && c["created"].is_u64() && c["model"] == "smol");
+    }
+    // With include_usage every chunk but the last says `"usage": null` (OpenAI's reference).
+    for c in &chunks[..chunks.len() - 1] {
+        assert!(c.get("usage").is_some_and(Value::is_null), "{c}");
     }
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let finish: Vec<&Value> = chunks
@@ -434,6 +472,129 @@ fn completions_text_tokens_echo_and_prompt_logprobs() {
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 6);
 }
 
+/// The `logprobs` of a completion choice's chunks, joined: (tokens, token_logprobs,
+/// top_logprobs, text_offset).
+fn joined_logprobs(chunks: &[Value]) -> [Vec<Value>; 4] {
+    let mut out: [Vec<Value>; 4] = Default::default();
+    for c in chunks {
+        let lp = &c["choices"][0]["logprobs"];
+        for (i, k) in ["tokens", "token_logprobs", "top_logprobs", "text_offset"]
+            .iter()
+            .enumerate()
+        {
+            out[i].extend(lp[k].as_array().into_iter().flatten().cloned());
+        }
+    }
+    out
+}
+
+#[test]
+fn completion_echo_streams_like_the_whole_answer() {
+    // echo + logprobs, whole and streamed: the same text, the same prompt and token
+    // log-probabilities, offsets that run through the whole text.
+    let ask = json!({"model": "smol", "prompt": "The capital of France is", "echo": true,
+                     "logprobs": 2, "max_tokens": 4, "ignore_eos": true, "temperature": 0});
+    let (st, whole) = post("/v1/completions", ask.clone());
+    assert_eq!(st, 200, "{whole}");
+    let w = &whole["choices"][0];
+    let text = w["text"].as_str().unwrap();
+    assert!(text.starts_with("The capital of France is"), "{text:?}");
+    let lp = &w["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let offsets = lp["text_offset"].as_array().unwrap();
+    let joined: String = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(joined, text, "the tokens join into the text");
+    let mut at = 0;
+    for (t, o) in tokens.iter().zip(offsets) {
+        assert_eq!(o.as_u64().unwrap() as usize, at, "{lp}");
+        at += t.as_str().unwrap().len();
+    }
+    // Each scored position's top map holds its own token (OpenAI's `logprobs + 1`).
+    let tops = lp["top_logprobs"].as_array().unwrap();
+    for (t, top) in tokens.iter().zip(tops).skip(1) {
+        let m = top.as_object().unwrap();
+        assert!(
+            m.contains_key(t.as_str().unwrap()) && m.len() <= 3,
+            "{t} {top}"
+        );
+    }
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let events = stream_events("/v1/completions", streamed);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed_text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed_text, text);
+    let [st_tokens, st_lps, st_tops, st_offsets] = joined_logprobs(&chunks);
+    assert_eq!(&st_tokens, tokens);
+    assert_eq!(&st_lps, lp["token_logprobs"].as_array().unwrap());
+    assert_eq!(&st_tops, tops);
+    assert_eq!(&st_offsets, offsets);
+    // logprobs 0: the chosen token alone at each position.
+    let (_, zero) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "Hello", "logprobs": 0, "max_tokens": 3, "ignore_eos": true}),
+    );
+    let lp0 = &zero["choices"][0]["logprobs"];
+    for (t, top) in lp0["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(lp0["top_logprobs"].as_array().unwrap())
+    {
+        assert_eq!(
+            top.as_object().unwrap().keys().collect::<Vec<_>>(),
+            [t.as_str().unwrap()],
+            "{lp0}"
+        );
+    }
+}
+
+#[test]
+fn sentencepiece_echo_and_token_text() {
+    // A vocabulary that adds BOS and spells spaces as `▁`: echo gives the prompt as sent
+    // (not "<s>" before it), and each token's text keeps its space, so they join.
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![common::tiny_llama_entry("tiny")]);
+    let s = serve(state);
+    let prompt = "hello world";
+    let (st, body) = post_raw(
+        &s.base,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": prompt, "echo": true, "logprobs": 1,
+               "max_tokens": 3, "ignore_eos": true, "temperature": 0})
+        .to_string()
+        .into_bytes(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let c = &body["choices"][0];
+    let text = c["text"].as_str().unwrap();
+    assert!(text.starts_with(prompt), "{text:?}");
+    let tokens = c["logprobs"]["tokens"].as_array().unwrap();
+    let ids = post_raw(
+        &s.base,
+        "/tokenize",
+        json!({"model": "tiny", "prompt": prompt})
+            .to_string()
+            .into_bytes(),
+    )
+    .1;
+    let n = ids["count"].as_u64().unwrap() as usize;
+    assert_eq!(tokens[0], "<s>", "{tokens:?}");
+    let prompt_text: String = tokens[1..n].iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(
+        prompt_text,
+        format!(" {prompt}"),
+        "SentencePiece's dummy prefix space included"
+    );
+}
+
 #[test]
 fn tokenize_detokenize_round_trip() {
     let (st, tk) = post(
@@ -547,7 +708,7 @@ fn bad_input_gets_openai_errors() {
     for (field, v) in [
         ("temperature", json!(-0.1)),
         ("temperature", json!(2.5)),
-        ("top_p", json!(0)),
+        ("top_p", json!(-0.1)),
         ("top_p", json!(1.5)),
         ("n", json!(0)),
         ("n", json!(1000)),

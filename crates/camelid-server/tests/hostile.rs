@@ -994,10 +994,10 @@ fn corpus() -> Vec<Case> {
             Some("temperature"),
         ),
         case(
-            "chat: top_p zero",
+            "chat: top_p negative",
             "POST",
             CHAT,
-            chat(json!({"top_p": 0})),
+            chat(json!({"top_p": -0.01})),
             400,
             Some("top_p"),
         ),

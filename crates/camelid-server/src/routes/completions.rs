@@ -68,7 +68,15 @@ pub async fn completions(
         ));
     }
     let tok = model.engine.shared_tokenizer();
-    let prompts: Vec<Vec<u32>> = match std::mem::replace(&mut req.prompt, Prompt::Tokens(vec![])) {
+    let prompt = std::mem::replace(&mut req.prompt, Prompt::Tokens(vec![]));
+    // `echo` gives a text prompt back as it was sent (decoding its tokens would add the BOS
+    // token's text and could change the spelling), a token prompt as its decoded tokens.
+    let mut echo_texts: Vec<Option<String>> = match (&prompt, req.echo) {
+        (Prompt::Text(s), true) => vec![Some(s.clone())],
+        (Prompt::Texts(v), true) => v.iter().cloned().map(Some).collect(),
+        _ => vec![],
+    };
+    let prompts: Vec<Vec<u32>> = match prompt {
         Prompt::Text(s) => vec![blocking(&permit, move || encode(&tok, &s)).await?],
         Prompt::Texts(v) => {
             blocking(&permit, move || v.iter().map(|s| encode(&tok, s)).collect()).await?
@@ -126,6 +134,15 @@ pub async fn completions(
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
     let sub = submit(&state, permit, &model, specs)?;
     let tok = model.engine.tokenizer();
+    if req.echo {
+        echo_texts.resize(prompts.len(), None);
+        for (t, p) in echo_texts.iter_mut().zip(&prompts) {
+            if t.is_none() {
+                *t = Some(tok.decode(p, false).unwrap_or_default());
+            }
+        }
+    }
+    let echo_texts: Vec<String> = echo_texts.into_iter().flatten().collect();
     let id = new_id("cmpl");
     let created = now_secs();
     if f.stream {
@@ -136,9 +153,10 @@ pub async fn completions(
             model: req.model.clone(),
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs.is_some(),
-            echo: req.echo,
+            echo_texts,
             prompts,
             n,
+            offsets: Default::default(),
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
@@ -151,7 +169,7 @@ pub async fn completions(
         let (mut text, mut entries): (String, Vec<(u32, Option<&TokenLogprob>)>) =
             (String::new(), vec![]);
         if req.echo {
-            text += &tok.decode(prompt, false).unwrap_or_default();
+            text += &echo_texts[r.index / n];
             if let Some(lps) = &r.prompt_logprobs {
                 entries.push((prompt[0], None));
                 entries.extend(
@@ -170,7 +188,7 @@ pub async fn completions(
                 .map(|(&t, l)| (t, Some(l))),
         );
         let logprobs = if req.logprobs.is_some() {
-            completion_logprobs(tok, &entries, 0)
+            completion_logprobs(tok, &entries, 0).0
         } else {
             Value::Null
         };
@@ -199,48 +217,82 @@ struct CompletionChunks {
     model: String,
     tok: Arc<Tokenizer>,
     logprobs: bool,
-    echo: bool,
+    /// Per prompt, its `echo` text (empty without `echo`).
+    echo_texts: Vec<String>,
     prompts: Vec<Vec<u32>>,
     n: usize,
+    /// Per choice whose echo is sent (or not wanted): where its next token's `text_offset`
+    /// starts.
+    offsets: std::collections::HashMap<usize, usize>,
 }
 
 impl CompletionChunks {
     fn chunk(&self, choices: Value) -> Value {
         json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices})
     }
+
+    /// The echo chunk of choice `index` (with its prompt log-probabilities when they came),
+    /// once: before its first token, whether or not prompt log-probabilities arrive.
+    fn echo(&mut self, index: usize, lps: Option<&[TokenLogprob]>) -> Option<Value> {
+        if self.offsets.contains_key(&index) {
+            return None;
+        }
+        let Some(text) = self.echo_texts.get(index / self.n) else {
+            self.offsets.insert(index, 0);
+            return None;
+        };
+        let (logprobs, end) = match lps {
+            Some(lps) if self.logprobs => {
+                let prompt = &self.prompts[index / self.n];
+                let entries: Vec<(u32, Option<&TokenLogprob>)> = std::iter::once((prompt[0], None))
+                    .chain(prompt[1..].iter().zip(lps).map(|(&t, l)| (t, Some(l))))
+                    .collect();
+                completion_logprobs(&self.tok, &entries, 0)
+            }
+            _ => (Value::Null, text.len()),
+        };
+        let c = self.chunk(
+            json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}]),
+        );
+        self.offsets.insert(index, end);
+        Some(c)
+    }
 }
 
 impl ChunkFormat for CompletionChunks {
-    fn opening(&self, choices: &[usize]) -> Vec<Value> {
-        if !self.echo {
-            return vec![];
-        }
-        choices
-            .iter()
-            .map(|&i| {
-                let text = self
-                    .tok
-                    .decode(&self.prompts[i / self.n], false)
-                    .unwrap_or_default();
-                self.chunk(
-                    json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}]),
-                )
-            })
-            .collect()
+    fn opening(&self, _choices: &[usize]) -> Vec<Value> {
+        // The echo waits for the prompt log-probabilities (`prompt_logprobs`) or the first
+        // token, whichever comes first.
+        vec![]
+    }
+    fn prompt_logprobs(&mut self, index: usize, lps: &[TokenLogprob]) -> Option<Value> {
+        self.echo(index, Some(lps))
     }
     fn token(&mut self, index: usize, text: &str, logprob: Option<&TokenLogprob>) -> Vec<Value> {
+        let mut out: Vec<Value> = self.echo(index, None).into_iter().collect();
         if text.is_empty() && !self.logprobs {
-            return vec![];
+            return out;
         }
         let lp = match logprob {
-            Some(l) if self.logprobs => completion_logprobs(&self.tok, &[(l.token, Some(l))], 0),
+            Some(l) if self.logprobs => {
+                let off = self.offsets.get(&index).copied().unwrap_or(0);
+                let (v, end) = completion_logprobs(&self.tok, &[(l.token, Some(l))], off);
+                self.offsets.insert(index, end);
+                v
+            }
             _ => Value::Null,
         };
-        vec![self
-            .chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]))]
+        out.push(
+            self.chunk(
+                json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]),
+            ),
+        );
+        out
     }
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
-        vec![self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)}]))]
+        let mut out: Vec<Value> = self.echo(index, None).into_iter().collect();
+        out.push(self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)}])));
+        out
     }
     fn usage(&self, usage: &Usage) -> Value {
         let mut c = self.chunk(json!([]));

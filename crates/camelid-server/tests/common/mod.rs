@@ -33,8 +33,26 @@ pub fn model_entry(
     max_model_len: usize,
     engine: impl FnOnce(&LoadedModel) -> EngineConfig,
 ) -> ModelEntry {
-    let lm =
-        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
+    model_entry_at(None, name, aliases, max_model_len, engine)
+}
+
+/// The tiny random Llama of `tests/fixtures/tiny-llama` (a SentencePiece vocabulary of 80
+/// pieces that adds a BOS token) served as `name`.
+pub fn tiny_llama_entry(name: &str) -> ModelEntry {
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    model_entry_at(p.to_str(), name, &[], 64, |_| EngineConfig::default())
+}
+
+/// The model at `path` (the default model for `None`) served as `name`.
+pub fn model_entry_at(
+    path: Option<&str>,
+    name: &str,
+    aliases: &[&str],
+    max_model_len: usize,
+    engine: impl FnOnce(&LoadedModel) -> EngineConfig,
+) -> ModelEntry {
+    let lm = camelid_model::load(path, &camelid_model::LoadOptions::default()).expect("model");
     let config = engine(&lm);
     ModelEntry {
         name: name.into(),
