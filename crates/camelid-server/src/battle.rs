@@ -65,6 +65,46 @@ impl Piece {
     }
 }
 
+/// Cuts a side's streamed text into pieces that depend on the text alone: a piece ends
+/// where a word starts after whitespace, or after `MAX_PIECE_CHARS` characters without one.
+/// Sent token by token, the pieces would count each side's tokens and show where its
+/// tokenizer splits words (and send empty pieces for partial characters): enough to tell
+/// model families apart before the vote.
+#[derive(Debug, Default)]
+struct WordPieces {
+    held: String,
+    /// Characters in `held`.
+    chars: usize,
+    /// Whether `held` ends in whitespace.
+    after_space: bool,
+}
+
+const MAX_PIECE_CHARS: usize = 16;
+
+impl WordPieces {
+    /// The pieces `text` completes.
+    fn push(&mut self, text: &str) -> Vec<String> {
+        let mut out = vec![];
+        for c in text.chars() {
+            let word_starts = self.after_space && !c.is_whitespace();
+            if (word_starts || self.chars == MAX_PIECE_CHARS) && !self.held.is_empty() {
+                out.push(std::mem::take(&mut self.held));
+                self.chars = 0;
+            }
+            self.held.push(c);
+            self.chars += 1;
+            self.after_space = c.is_whitespace();
+        }
+        out
+    }
+
+    /// What is left at the end.
+    fn finish(&mut self) -> Option<String> {
+        self.chars = 0;
+        Some(std::mem::take(&mut self.held)).filter(|h| !h.is_empty())
+    }
+}
+
 /// Any failure of a side, said the same way for both: which side failed, and why, would
 /// tell the models apart (one has the shorter context, another a different template).
 /// The cause goes to the log.
@@ -135,17 +175,22 @@ impl Turn {
         let b = std::mem::take(&mut self.b.streams).map(|e| (Side::B, e));
         let mut events = stream::select(a, b);
         let mut text = [String::new(), String::new()];
+        let mut words = [WordPieces::default(), WordPieces::default()];
         let mut finish = [None, None];
         while let Some((side, (_, ev))) = events.next().await {
             let i = side as usize;
-            let piece = match ev {
+            let sent: Vec<Piece> = match ev {
                 Event::Token { text: t, .. } => {
                     text[i].push_str(&t);
-                    Piece::Delta(side, t)
+                    let pieces = words[i].push(&t);
+                    pieces.into_iter().map(|p| Piece::Delta(side, p)).collect()
                 }
                 Event::Finished { reason, .. } => {
                     finish[i] = Some(reason);
-                    Piece::Finished(side, reason)
+                    let rest = words[i].finish().map(|p| Piece::Delta(side, p));
+                    rest.into_iter()
+                        .chain([Piece::Finished(side, reason)])
+                        .collect()
                 }
                 Event::PromptLogprobs(_) => continue,
                 Event::Error(e) | Event::GrammarFailed(e) => {
@@ -154,8 +199,10 @@ impl Turn {
                 Event::Refused(_) => return Err(Some(neutral(shutting_down()))),
             };
             if let Some(tx) = pieces {
-                if tx.send(piece.json()).await.is_err() {
-                    return Err(None);
+                for piece in sent {
+                    if tx.send(piece.json()).await.is_err() {
+                        return Err(None);
+                    }
                 }
             }
         }
@@ -175,5 +222,39 @@ impl Turn {
                 "the engine dropped a battle side",
             )))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(tokens: &[&str]) -> Vec<String> {
+        let mut w = WordPieces::default();
+        let mut out: Vec<String> = tokens.iter().flat_map(|t| w.push(t)).collect();
+        out.extend(w.finish());
+        out
+    }
+
+    #[test]
+    fn pieces_depend_on_the_text_not_its_tokens() {
+        let text =
+            "Hello,  world!\nA verylongwordwithoutanyspaceatall ends. 東京は日本の首都です。";
+        let one = pieces(&[text]);
+        assert_eq!(one.concat(), text);
+        assert!(one
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().count() <= MAX_PIECE_CHARS));
+        assert_eq!(one[0], "Hello,  ");
+        // Any other cut into tokens (by characters, by twos, a partial character as an
+        // empty token) gives the same pieces.
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let by_char: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(pieces(&by_char), one);
+        let pairs: Vec<String> = chars.chunks(2).map(|c| c.concat()).collect();
+        let mut by_pair: Vec<&str> = pairs.iter().map(String::as_str).collect();
+        by_pair.insert(3, "");
+        assert_eq!(pieces(&by_pair), one);
+        assert_eq!(pieces(&[]), Vec::<String>::new());
     }
 }

@@ -87,15 +87,21 @@ pub struct AppState {
     pub metrics: ServerMetrics,
     pub arena: Arena,
     permits: Arc<Semaphore>,
+    /// Slots of their own for arena votes (see [`Self::vote_permit`]).
+    vote_permits: Arc<Semaphore>,
     /// Set at SIGTERM (see [`Self::stop_admitting`]).
     shutting_down: AtomicBool,
 }
+
+/// Arena votes handled at once.
+const VOTE_SLOTS: usize = 64;
 
 impl AppState {
     pub fn new(config: ServerConfig) -> Self {
         Self {
             models: RwLock::new(None),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            vote_permits: Arc::new(Semaphore::new(VOTE_SLOTS)),
             arena: Arena::default(),
             config,
             metrics: ServerMetrics::default(),
@@ -152,6 +158,22 @@ impl AppState {
                 .cloned()
                 .ok_or_else(|| ApiError::model_not_found(n)),
         }
+    }
+
+    /// A slot for one arena vote: a few store queries, bounded apart from generation, so a
+    /// server whose slots are all generating still takes the votes on the answers it gave
+    /// (a vote refused for load is a vote lost to a visitor who does not retry).
+    pub fn vote_permit(&self) -> Result<Permit, ApiError> {
+        self.vote_permits
+            .clone()
+            .try_acquire_owned()
+            .map(|p| Permit(Arc::new(p)))
+            .map_err(|_| {
+                ApiError::overloaded(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    format!("Too many votes in flight (limit {VOTE_SLOTS}); retry later."),
+                )
+            })
     }
 
     /// A slot for one request, taken once its body is read and held until its answer is

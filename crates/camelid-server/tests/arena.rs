@@ -757,6 +757,7 @@ fn a_battle_streams_both_sides() {
     );
     assert_eq!(events.last().unwrap(), &json!({"done": true}), "{text}");
     let mut answers = [String::new(), String::new()];
+    let mut deltas: [Vec<String>; 2] = Default::default();
     let mut finishes = [None, None];
     for ev in &events[1..events.len() - 1] {
         let side = match ev["side"].as_str() {
@@ -772,6 +773,7 @@ fn a_battle_streams_both_sides() {
                 "a piece after its side's end: {text}"
             );
             answers[side] += d;
+            deltas[side].push(d.to_string());
         } else {
             assert_eq!(keys.len(), 2, "{ev}");
             finishes[side] = Some(ev["finish_reason"].as_str().unwrap().to_string());
@@ -787,8 +789,59 @@ fn a_battle_streams_both_sides() {
         );
     }
     assert!(!answers[0].is_empty(), "{text}");
+    // Pieces follow the text, not the tokens (which would count each side's tokens and show
+    // its tokenizer's splits): a piece ends where a word starts, or at 16 characters.
+    for d in &deltas {
+        for w in d.windows(2) {
+            let ends_word =
+                w[0].ends_with(char::is_whitespace) && !w[1].starts_with(char::is_whitespace);
+            assert!(
+                !w[0].is_empty() && (ends_word || w[0].chars().count() == 16),
+                "pieces cut inside a word: {d:?}"
+            );
+        }
+    }
     let (status, reveal) = s.vote(id, Some(token), "tie");
     assert_eq!(status, 200, "the streamed turn was stored: {reveal}");
+}
+
+/// Votes have slots of their own: with every generation slot taken (two unread streams on a
+/// server of two), a vote on an answered battle is still taken, not refused for load.
+#[test]
+fn a_vote_is_taken_while_generation_fills_every_slot() {
+    let s = serve_models(
+        ServerConfig {
+            max_concurrent: 2,
+            ..Default::default()
+        },
+        Arena::in_memory(no_limits()),
+        vec![entry("smol-a"), entry("smol-b")],
+    );
+    let (id, token, _) = s.battle(json!({}));
+    let long = json!({"model": "smol-a", "messages": [{"role": "user", "content": "Count."}],
+                      "max_tokens": 400, "ignore_eos": true, "stream": true});
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            runtime().block_on(async {
+                let r = common::client()
+                    .post(format!("{}/v1/chat/completions", s.base))
+                    .json(&long)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r
+            })
+        })
+        .collect();
+    let mut short = long.clone();
+    short["stream"] = false.into();
+    short["max_tokens"] = 1.into();
+    let (status, body) = s.post("/v1/chat/completions", short);
+    assert_eq!(status, 429, "both slots are generating: {body}");
+    let (status, reveal) = s.vote(&id, Some(&token), "tie");
+    assert_eq!(status, 200, "{reveal}");
+    drop(held);
 }
 
 /// A vote while a follow-up turn is being answered is refused (409 `battle_answering`): it
@@ -800,8 +853,9 @@ fn no_vote_lands_while_a_follow_up_is_answered() {
     let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
     let base = s.base.clone();
     let follow = |id: &str, token: &str| {
+        // A long answer (battles take no `ignore_eos`): the greedy story runs past 128 tokens.
         json!({"battle_id": id, "token": token, "stream": true, "max_tokens": 128,
-               "ignore_eos": true, "messages": [{"role": "user", "content": "Tell me more."}]})
+               "messages": [{"role": "user", "content": "Write a long story about a dragon."}]})
     };
     // Reads a streamed follow-up until its first piece; the response, what was read.
     async fn until_first_piece(

@@ -1573,6 +1573,22 @@ fn corpus() -> Vec<Case> {
             Some("seed"),
         ),
         case(
+            "arena: ignore_eos (past its end a model's template shows)",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "ignore_eos": true}),
+            400,
+            Some("ignore_eos"),
+        ),
+        case(
+            "arena: min_tokens",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "min_tokens": 50}),
+            400,
+            Some("min_tokens"),
+        ),
+        case(
             "arena: token ids biased (they name the tokenizer)",
             "POST",
             "/arena/battles",

@@ -1,8 +1,8 @@
 //! The arena's rules over its store of record (SQLite or PostgreSQL, `store`): a battle
 //! belongs to the visitor whose token started it; it takes one vote; turns and votes are
 //! rate-limited per visitor and per address; an open battle expires after a time to live,
-//! never pushed out by other battles. A vote whose answers name a served model is kept but
-//! marked non-anonymous (`anony`, FastChat's field) and left out of the leaderboard, which is
+//! never pushed out by other battles. A vote whose conversation names a served model, a model
+//! family or a maker is kept but marked non-anonymous (`anony`, FastChat's field) and left out of the leaderboard, which is
 //! refitted when the votes change (`board`). Pairs are drawn by `pairs`. It knows nothing of
 //! HTTP routes; the handlers are in `routes::arena`.
 //!
@@ -247,20 +247,67 @@ fn parse_conversation(text: &str) -> Vec<Value> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-/// Whether an answer (an assistant message) of either conversation names one of `models`,
-/// case-insensitively, as FastChat's `clean_battle_data` looks for model names: as a whole
-/// word (`phi` is not in "philosophy", `smol-a` not in "smol-ab"), and only names of three
-/// letters or digits or more (an alias like `a` or `b` is in most answers and tells nothing).
-fn answers_name_a_model(conversations: [&[Value]; 2], models: &[String]) -> bool {
+/// Words that say which model or maker is speaking: FastChat's `clean_battle_data`
+/// list (less its error banners and "palm", which is mostly a hand here) and the families
+/// and makers camelid serves.
+const IDENTITY_WORDS: &[&str] = &[
+    "vicuna",
+    "lmsys",
+    "koala",
+    "uc berkeley",
+    "open assistant",
+    "laion",
+    "chatglm",
+    "chatgpt",
+    "gpt-4",
+    "openai",
+    "anthropic",
+    "claude",
+    "bard",
+    "lamda",
+    "google",
+    "llama",
+    "qianwan",
+    "alibaba",
+    "mistral",
+    "zhipu",
+    "keg lab",
+    "01.ai",
+    "ai2",
+    "tülu",
+    "tulu",
+    // camelid's families and their makers.
+    "tinyllama",
+    "qwen",
+    "tongyi",
+    "mixtral",
+    "gemma",
+    "deepmind",
+    "phi",
+    "microsoft",
+    "smollm",
+    "smollm2",
+    "hugging face",
+    "huggingface",
+    "meta ai",
+];
+
+/// Whether a message of either conversation (the visitor's too, as FastChat's
+/// `clean_battle_data` reads them: "are you Llama?" answered "yes" tells as much) names one
+/// of `models` or says who made it (`IDENTITY_WORDS`), case-insensitively and as a whole
+/// word (`phi` is not in "philosophy", `smol-a` not in "smol-ab"); only names of three
+/// letters or digits or more count (an alias like `a` or `b` is in most texts and tells
+/// nothing).
+fn conversations_name_a_model(conversations: [&[Value]; 2], models: &[String]) -> bool {
     let names: Vec<String> = models
         .iter()
         .filter(|m| m.chars().filter(|c| c.is_alphanumeric()).count() >= 3)
         .map(|m| m.to_lowercase())
+        .chain(IDENTITY_WORDS.iter().map(|w| w.to_string()))
         .collect();
     conversations
         .iter()
         .flat_map(|c| c.iter())
-        .filter(|m| m["role"] == "assistant")
         .filter_map(|m| m["content"].as_str())
         .any(|text| {
             let text = text.to_lowercase();
@@ -521,7 +568,7 @@ impl Arena {
                 parse_conversation(&b.conversation_a),
                 parse_conversation(&b.conversation_b),
             );
-            let anony = !answers_name_a_model([&a, &c], served);
+            let anony = !conversations_name_a_model([&a, &c], served);
             let judge = format!("arena_user_{}", &visitor.key[..16]);
             let cast = self
                 .store
@@ -681,39 +728,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_model_named_in_an_answer_is_found_whatever_its_case() {
-        let conv = |answer: &str| {
+    fn a_model_named_in_a_conversation_is_found_whatever_its_case() {
+        let conv = |question: &str, answer: &str| {
             vec![
-                json!({"role": "user", "content": "Who are you, smol-a?"}),
+                json!({"role": "user", "content": question}),
                 json!({"role": "assistant", "content": answer}),
             ]
         };
-        let served = ["smol-a".to_string(), "Llama-3".to_string()];
-        let plain = conv("I am a helpful assistant.");
-        assert!(
-            !answers_name_a_model([&plain, &plain], &served),
-            "a user's question is not an answer"
-        );
-        assert!(answers_name_a_model(
-            [&plain, &conv("I am LLAMA-3, made by Meta.")],
+        let served = ["smol-a".to_string(), "Orca-3".to_string()];
+        let plain = conv("Who are you?", "I am a helpful assistant.");
+        assert!(!conversations_name_a_model([&plain, &plain], &served));
+        assert!(conversations_name_a_model(
+            [&plain, &conv("Hi", "I am ORCA-3.")],
             &served
         ));
-        assert!(answers_name_a_model(
-            [&conv("SMOL-A here"), &plain],
+        assert!(conversations_name_a_model(
+            [&conv("Hi", "SMOL-A here"), &plain],
+            &served
+        ));
+        // The visitor's question counts too: "are you smol-a?" answered "yes" tells it.
+        assert!(conversations_name_a_model(
+            [&conv("Are you smol-a?", "Yes."), &plain],
+            &served
+        ));
+        // A maker or family that is not a served name.
+        assert!(conversations_name_a_model(
+            [&conv("Hi", "I was made by Alibaba Cloud."), &plain],
+            &served
+        ));
+        assert!(conversations_name_a_model(
+            [&plain, &conv("Hi", "I'm SmolLM, from Hugging Face.")],
             &served
         ));
         // Whole words only, and no names too short to tell anything.
-        assert!(!answers_name_a_model(
-            [&conv("smol-ab and xsmol-a"), &conv("Llama-30")],
+        assert!(!conversations_name_a_model(
+            [&conv("Hi", "smol-ab and xsmol-a"), &conv("Hi", "Orca-30s")],
             &served
         ));
-        assert!(answers_name_a_model([&conv("(smol-a)"), &plain], &served));
+        assert!(conversations_name_a_model(
+            [&conv("Hi", "(smol-a)"), &plain],
+            &served
+        ));
         let phi = ["phi".to_string(), "a".to_string(), "b2".to_string()];
-        assert!(!answers_name_a_model(
-            [&conv("On philosophy, a b2 answer."), &plain],
+        assert!(!conversations_name_a_model(
+            [&conv("Hi", "On philosophy, a b2 answer."), &plain],
             &phi
         ));
-        assert!(answers_name_a_model([&conv("I am Phi."), &plain], &phi));
+        assert!(conversations_name_a_model(
+            [&conv("Hi", "I am Phi."), &plain],
+            &phi
+        ));
     }
 
     #[test]

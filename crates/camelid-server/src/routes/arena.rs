@@ -34,7 +34,7 @@ use camelid_eval::ratings::Outcome;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,14 +61,33 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
                 .map(str::trim)
                 .filter(|a| !a.is_empty());
             if let Some(a) = forwarded {
-                return Ok(Self(a.to_string()));
+                return Ok(Self(match a.parse::<IpAddr>() {
+                    Ok(ip) => address_key(ip),
+                    Err(_) => a.to_string(),
+                }));
             }
         }
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+            .map(|c| address_key(c.0.ip()));
         Ok(Self(peer.unwrap_or_else(|| "unknown".into())))
+    }
+}
+
+/// The key the per-address limits count under: an IPv4 address (an IPv4-mapped IPv6 one
+/// too) as it is, an IPv6 address by its /64 network — one subscriber's allocation, which
+/// holds 2^64 addresses to rotate through.
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(net))
+            }
+        },
     }
 }
 
@@ -132,6 +151,12 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
             "stream_options" => Some("battles report no usage; leave `stream_options` out"),
             _ if v.is_null() => None,
             "seed" => Some("a seed would let each side's answer be replayed; leave `seed` out"),
+            "ignore_eos" if v.as_bool() == Some(false) => None,
+            "min_tokens" if v.as_u64() == Some(0) => None,
+            "ignore_eos" | "min_tokens" => Some(
+                "each model ends its answer where it would (past its end its template shows); \
+                 leave the length floor out",
+            ),
             "logit_bias" | "stop_token_ids" => {
                 Some("token ids would tell the models' tokenizers apart; leave them out")
             }
@@ -159,6 +184,8 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "top_logprobs",
         "stream_options",
         "seed",
+        "ignore_eos",
+        "min_tokens",
         "logit_bias",
         "stop_token_ids",
         "skip_special_tokens",
@@ -319,8 +346,10 @@ struct Answering {
 impl Answering {
     /// Ends it now, before the visitor hears that the turn is stored.
     async fn end(mut self) {
-        let id = std::mem::take(&mut self.id);
-        self.state.arena.end_answer(&id).await;
+        let (state, id) = (self.state.clone(), std::mem::take(&mut self.id));
+        // In a task of its own: if this request's future is dropped while it waits (its
+        // client left), the mark still goes (the id is no longer there for `drop`).
+        let _ = tokio::spawn(async move { state.arena.end_answer(&id).await }).await;
     }
 }
 
@@ -366,7 +395,7 @@ pub async fn vote(
     RequestBody(body): RequestBody,
 ) -> AppResult {
     let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
-    let _permit = state.permit()?;
+    let _permit = state.vote_permit()?;
     let v = parse_json(&body)?;
     let winner: Outcome = serde_json::from_value(v["winner"].clone()).map_err(|_| {
         ApiError::invalid_param(
@@ -390,4 +419,19 @@ pub async fn vote(
 
 pub async fn leaderboard(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.arena.leaderboard().as_ref().clone()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_visitor_counts_by_its_64_network() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:1:2:3"), key("2001:db8:1:2::9"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
 }
