@@ -236,6 +236,15 @@ pub async fn battle(
     from_value::<ChatRequest>(&req)?;
     let sampling: SamplingFields = from_value(&req)?;
     let new_messages = req["messages"].as_array().cloned().unwrap_or_default();
+    // The visitor's words only: an assistant message would be stored (and exported, and
+    // counted by style control) as a model's answer it never gave, and a system message
+    // would act on one family's template only.
+    if let Some(i) = new_messages.iter().position(|m| m["role"] != "user") {
+        return Err(ApiError::invalid_param(
+            &format!("messages[{i}].role"),
+            "a battle turn takes the visitor's messages (`user`) only; each side's answers are its model's own",
+        ));
+    }
     let visitor = match (&battle_id, token) {
         (Some(id), token) => token
             .as_deref()
