@@ -155,6 +155,14 @@ def chat_page(ctx):
     # The server has keys: the page asks for one (a wrong one is asked again).
     dialog = page.locator("dialog.key-dialog[open]")
     dialog.wait_for(timeout=TIMEOUT_MS)
+    # A key no HTTP header can carry (a curly quote pasted with it) is refused at once: kept,
+    # it made every later fetch() throw before the server could ask again.
+    page.fill("#api-key", "\u201csk-quoted\u201d")
+    page.keyboard.press("Enter")
+    wait_js(page,
+            "document.querySelector('dialog.key-dialog[open]')?.textContent.includes('other characters')",
+            "a key with a curly quote is refused")
+    check(page.evaluate("localStorage.getItem('camelid.apiKey')") is None, "and not kept")
     page.fill("#api-key", "sk-wrong")
     page.keyboard.press("Enter")
     wait_js(page,
@@ -232,6 +240,43 @@ def chat_page(ctx):
         '<img src="x" onerror="window.__csp=1">')""")
     page.wait_for_timeout(500)
     check(page.evaluate("window.__csp") is None, "CSP blocks inline event handlers")
+
+    # A stream cut off without a finish reason is a failed answer, not one to keep: the next
+    # message goes without it and without the question it left unanswered.
+    page.click("#clear")
+    full = sse_body("A partial answer")
+    cut = full[:full.rindex("data: ", 0, full.index("data: [DONE]"))]  # no finish, no [DONE]
+    check("finish_reason\": \"stop" not in cut and cut.count("data: ") > 2, f"cut: {cut!r}")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=cut))
+    page.fill("#prompt", "Q1")
+    page.click("#send")
+    page.wait_for_selector(".message.assistant[data-state=error]", timeout=TIMEOUT_MS)
+    check("closed" in page.locator(".message.assistant").inner_text(),
+          "a cut-off stream says so")
+    page.unroute("**/v1/chat/completions")
+    set_settings(page, 0, 4)
+    page.fill("#prompt", "Name a fruit.")
+    page.click("#send")
+    wait_answer(page, 1)
+    check(bodies[-1]["messages"] == [{"role": "user", "content": "Name a fruit."}],
+          f"no failed answer nor its question in the next turn: {bodies[-1]['messages']}")
+    check(page.locator(".message.user").count() == 1, "the unanswered question left the page")
+
+    # Clear while an answer streams: the stopped answer joins no conversation.
+    set_settings(page, 2, 400)
+    page.fill("#prompt", "Tell me a long story about llamas.")
+    page.click("#send")
+    page.wait_for_selector(".message.assistant[data-state=streaming] .body:not(:empty)",
+                           timeout=TIMEOUT_MS)
+    page.click("#clear")
+    page.wait_for_timeout(500)
+    set_settings(page, 0, 4)
+    page.fill("#prompt", "Hi")
+    page.click("#send")
+    wait_answer(page, 1)
+    check(bodies[-1]["messages"] == [{"role": "user", "content": "Hi"}],
+          f"nothing from before the clear: {bodies[-1]['messages']}")
     watch.clean("chat")
     page.close()
 

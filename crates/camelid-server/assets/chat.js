@@ -108,6 +108,8 @@ document.addEventListener("DOMContentLoaded", () => {
       el.dataset.raw = text;
       if (follow) scrollToEnd();
     };
+    // Clear starts another conversation: this answer, stopped by it, joins neither.
+    const conversation = messages;
     controller = new AbortController();
     setBusy(true);
     say("");
@@ -133,6 +135,9 @@ document.addEventListener("DOMContentLoaded", () => {
         }
         if (choice.finish_reason) finish = choice.finish_reason;
       }
+      // A stream that ends without a finish reason was cut off (a proxy or the network
+      // closed it): not an answer to keep.
+      if (!finish) throw new Error("The connection closed before the answer was finished.");
       if (finish === "length") note.textContent = "Cut at the max tokens setting.";
       el.dataset.state = "done";
     } catch (e) {
@@ -148,8 +153,10 @@ document.addEventListener("DOMContentLoaded", () => {
       render();
       controller = null;
     }
-    // A stopped answer stays in the conversation (as far as it got); a failed one does not.
-    if (el.dataset.state === "error") {
+    if (messages !== conversation) return;
+    // A stopped answer stays in the conversation (as far as it got); a failed one, or one
+    // stopped before its first word, does not (it leaves when the conversation moves on).
+    if (el.dataset.state === "error" || text === "") {
       el.classList.add("failed");
       el.querySelector(".copy").remove();
     } else {
@@ -158,12 +165,23 @@ document.addEventListener("DOMContentLoaded", () => {
     setBusy(false);
   }
 
+  // Drops what a failed answer left: its element, and the question it did not answer (the
+  // next message replaces it; two user turns in a row break alternating templates).
+  function dropFailed() {
+    list.querySelectorAll(".failed").forEach((el) => el.remove());
+    const last = messages[messages.length - 1];
+    if (last && last.role === "user") {
+      messages.pop();
+      if (last.el) last.el.remove();
+    }
+  }
+
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const text = prompt.value.trim();
     if (!text || controller || !modelSelect.value) return;
     // A failed answer is dropped from the page when the conversation moves on.
-    list.querySelectorAll(".failed").forEach((el) => el.remove());
+    dropFailed();
     addUser(text);
     prompt.value = "";
     scrollToEnd();

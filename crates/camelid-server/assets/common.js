@@ -5,9 +5,15 @@
 const Camelid = (() => {
   const KEY_STORE = "camelid.apiKey";
 
+  // What an HTTP header can carry: a key with anything else (a smart quote, a zero-width
+  // space pasted with it) would make every fetch() throw before a request leaves, so the
+  // server could never answer 401 and the page could never ask again.
+  const validKey = (key) => /^[\x21-\x7e]+$/.test(key);
+
   function storedKey() {
     try {
-      return localStorage.getItem(KEY_STORE) || "";
+      const key = localStorage.getItem(KEY_STORE) || "";
+      return validKey(key) ? key : "";
     } catch {
       return "";
     }
@@ -71,7 +77,14 @@ const Camelid = (() => {
       form.addEventListener("submit", (e) => {
         e.preventDefault();
         const key = input.value.trim();
-        if (key) close(key);
+        if (key && !validKey(key)) {
+          note.textContent =
+            "A key is letters, digits and punctuation; this one has other characters " +
+            "(a curly quote or a hidden space copied with it?).";
+          input.select();
+        } else if (key) {
+          close(key);
+        }
       });
       cancel.addEventListener("click", () => close(null));
       dialog.addEventListener("cancel", (e) => {

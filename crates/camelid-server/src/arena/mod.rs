@@ -533,7 +533,8 @@ impl Arena {
         })
     }
 
-    /// Casts the one vote of battle `id`, committed to the store before this returns.
+    /// Casts the one vote of battle `id`, committed to the store before this returns; the
+    /// same vote from its visitor again gets the same answer (a retry after a lost reply).
     /// `served` are the model names an answer must not contain for the vote to count as
     /// anonymous. 404/403/409/410 as `resume`; 409 before its first answer.
     pub async fn vote(
@@ -553,6 +554,21 @@ impl Arena {
                 return Err(self.missing(id).await);
             };
             let now = now();
+            if b.voted && b.visitor == visitor.key {
+                // Its visitor sending the same vote again (the reply to the first was lost):
+                // answered as the first was, so the page shows the names it was owed.
+                if let Some(v) = self.store.vote(id).await.map_err(store_error)? {
+                    if v.winner == winner_str {
+                        return Ok(CastVote {
+                            battle_id: id.to_string(),
+                            model_a: v.model_a,
+                            model_b: v.model_b,
+                            winner,
+                            anony: v.anony,
+                        });
+                    }
+                }
+            }
             check(id, &b, visitor, now)?;
             if b.turns == 0 {
                 return Err(refusal(

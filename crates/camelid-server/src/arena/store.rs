@@ -238,6 +238,19 @@ impl Store {
         .transpose()
     }
 
+    /// Battle `id`'s vote, if it has one.
+    pub async fn vote(&self, id: &str) -> Result<Option<VoteRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT battle_id, model_a, model_b, winner, anony, tstamp, judge, conversation_a,
+                 conversation_b, turn
+             FROM arena_votes WHERE battle_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.ready().await?.pool())
+        .await?;
+        row.as_ref().map(vote_row).transpose()
+    }
+
     /// Whether a vote exists for battle `id` (its battle row may be swept already).
     pub async fn voted(&self, id: &str) -> Result<bool, sqlx::Error> {
         Ok(
