@@ -170,6 +170,7 @@ pub fn load_judge_prompts(path: &Path) -> Result<BTreeMap<String, JudgePrompt>> 
 /// Answers by model id, then question id. `paths` are files or folders of `*.jsonl`.
 pub fn load_answers(paths: &[impl AsRef<Path>]) -> Result<BTreeMap<String, BTreeMap<u64, Answer>>> {
     let mut out: BTreeMap<String, BTreeMap<u64, Answer>> = BTreeMap::new();
+    let mut from: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
     for p in paths {
         let p = p.as_ref();
         let files: Vec<std::path::PathBuf> = if p.is_dir() {
@@ -184,6 +185,21 @@ pub fn load_answers(paths: &[impl AsRef<Path>]) -> Result<BTreeMap<String, BTree
         };
         for f in files {
             for a in read_jsonl::<Answer>(&f)? {
+                // Two files of one model id would merge question by question, the later
+                // answer replacing the earlier (FastChat names a model by its file instead).
+                match from.get(&a.model_id) {
+                    Some(g) if *g != f => anyhow::bail!(
+                        "{} and {} both hold answers of model {:?}: give each run its own \
+                         `mtbench answer --model-id`",
+                        g.display(),
+                        f.display(),
+                        a.model_id
+                    ),
+                    Some(_) => {}
+                    None => {
+                        from.insert(a.model_id.clone(), f.clone());
+                    }
+                }
                 if a.error.is_none() {
                     out.entry(a.model_id.clone())
                         .or_default()

@@ -324,6 +324,66 @@ pub struct JudgeOptions {
     pub models: Option<Vec<String>>,
 }
 
+/// FastChat's `check_data`, before any judge call: every question of a reference category
+/// has its reference answer (judged without one, 30 of the 80 questions would get another
+/// prompt), and every model named has an answer to every question (a model judged on fewer
+/// questions than another would not be compared like for like).
+fn check_inputs(
+    judge: &Judge,
+    questions: &[Question],
+    answers: &BTreeMap<String, BTreeMap<u64, Answer>>,
+    models: &[String],
+    opts: &JudgeOptions,
+) -> Result<()> {
+    let first_few = |ids: &[u64]| {
+        let shown: Vec<String> = ids.iter().take(5).map(u64::to_string).collect();
+        let more = if ids.len() > 5 { ", …" } else { "" };
+        format!("{}{more}", shown.join(", "))
+    };
+    let no_ref: Vec<u64> = questions
+        .iter()
+        .filter(|q| NEED_REF_CATS.contains(&q.category.as_str()))
+        .filter(|q| !judge.references.contains_key(&q.question_id))
+        .map(|q| q.question_id)
+        .collect();
+    if !no_ref.is_empty() {
+        anyhow::bail!(
+            "{} questions of the math, reasoning and coding categories have no reference answer \
+             (questions {}); they are judged against one, as FastChat does: pass --references \
+             (FastChat's llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl)",
+            no_ref.len(),
+            first_few(&no_ref)
+        );
+    }
+    let baseline = match opts.mode {
+        Mode::PairwiseBaseline => opts.baseline.as_ref(),
+        _ => None,
+    };
+    for m in models.iter().chain(baseline) {
+        let Some(of_model) = answers.get(m) else {
+            anyhow::bail!(
+                "no answers of model {m:?} (answers are there for: {})",
+                answers.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        let missing: Vec<u64> = questions
+            .iter()
+            .map(|q| q.question_id)
+            .filter(|id| !of_model.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "model {m:?} has no answer to {} of the {} questions (questions {}): run \
+                 `mtbench answer` again (it retries the failed ones) or select fewer questions",
+                missing.len(),
+                questions.len(),
+                first_few(&missing)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs the matches not yet in the output file. Returns (judged, errors).
 pub async fn run(
     judge: &Judge,
@@ -335,6 +395,7 @@ pub async fn run(
         Some(m) => m.clone(),
         None => answers.keys().cloned().collect(),
     };
+    check_inputs(judge, questions, answers, &models, opts)?;
     let turns_of = |q: &Question| {
         if q.turns.len() >= 2 {
             vec![1u8, 2]
@@ -346,9 +407,12 @@ pub async fn run(
     let (mut ok, mut errors) = (0usize, 0usize);
     match opts.mode {
         Mode::Single => {
+            // Done: judged by this judge model (another judge's verdicts in the same file
+            // are not this one's).
             let existing: Vec<SingleJudgment> = read_existing(&opts.out);
             let done: HashSet<(u64, String, u8)> = existing
                 .iter()
+                .filter(|j| j.judge.0 == judge.client.model)
                 .map(|j| (j.question_id, j.model.clone(), j.turn))
                 .collect();
             let mut matches = vec![];
@@ -424,10 +488,21 @@ pub async fn run(
                 }
                 v
             };
+            // Done: this pair by this judge model, in either order (both orders are played
+            // in every match: baseline runs store (model, baseline), all-pairs runs the
+            // sorted pair).
+            let unordered = |a: &String, b: &String| {
+                if a <= b {
+                    (a.clone(), b.clone())
+                } else {
+                    (b.clone(), a.clone())
+                }
+            };
             let existing: Vec<PairJudgment> = read_existing(&opts.out);
-            let done: HashSet<(u64, String, String, u8)> = existing
+            let done: HashSet<(u64, (String, String), u8)> = existing
                 .iter()
-                .map(|j| (j.question_id, j.model_1.clone(), j.model_2.clone(), j.turn))
+                .filter(|j| j.judge.0 == judge.client.model)
+                .map(|j| (j.question_id, unordered(&j.model_1, &j.model_2), j.turn))
                 .collect();
             let mut matches = vec![];
             for q in questions {
@@ -439,7 +514,7 @@ pub async fn run(
                         continue;
                     };
                     for t in turns_of(q) {
-                        if !done.contains(&(q.question_id, m1.clone(), m2.clone(), t)) {
+                        if !done.contains(&(q.question_id, unordered(m1, m2), t)) {
                             matches.push((q, m1, m2, a1, a2, t));
                         }
                     }

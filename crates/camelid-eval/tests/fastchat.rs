@@ -289,3 +289,138 @@ fn multi_turn_general_single_and_math_pair_prompts_are_fastchats() {
     assert_eq!(name, "single-math-v1");
     assert!(user.ends_with(&format!("[Question]\n{}\n\n[The Start of Reference Answer]\n{}\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\nX\n[The End of Assistant's Answer]", q.turns[0], r[0])));
 }
+
+/// Runs `judge::run` (its judge unreachable: a match it tries is an error, not a verdict).
+fn run_judge(
+    j: &Judge,
+    qs: &[Question],
+    answers: &std::collections::BTreeMap<String, std::collections::BTreeMap<u64, Answer>>,
+    mode: Mode,
+    out: &Path,
+) -> anyhow::Result<(usize, usize)> {
+    let opts = JudgeOptions {
+        mode,
+        baseline: Some("base".into()),
+        out: out.to_path_buf(),
+        parallel: 2,
+        models: None,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(j, qs, answers, &opts))
+}
+
+fn answers_of(
+    models: &[&str],
+    ids: &[u64],
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<u64, Answer>> {
+    models
+        .iter()
+        .map(|m| {
+            let per_q = ids.iter().map(|&id| (id, ans(m, id, "x", "y"))).collect();
+            (m.to_string(), per_q)
+        })
+        .collect()
+}
+
+#[test]
+fn judging_refuses_what_fastchat_check_data_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("j.jsonl");
+    // 111 is a math question, 81 a writing one.
+    let qs = vec![q(81), q(111)];
+    // No reference for the math question: refused before any call, not judged with the
+    // general prompt.
+    let mut j = judge();
+    j.references.remove(&111);
+    let err = run_judge(
+        &j,
+        &qs,
+        &answers_of(&["m1"], &[81, 111]),
+        Mode::Single,
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("reference") && err.contains("111"), "{err}");
+    let j = judge();
+    // A model without an answer to every question.
+    let mut partial = answers_of(&["m1", "m2"], &[81, 111]);
+    partial.get_mut("m2").unwrap().remove(&81);
+    let err = run_judge(&j, &qs, &partial, Mode::PairwiseAll, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"m2\"") && err.contains("81"), "{err}");
+    // A baseline with no answers at all.
+    let err = run_judge(
+        &j,
+        &qs,
+        &answers_of(&["m1"], &[81, 111]),
+        Mode::PairwiseBaseline,
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("\"base\""), "{err}");
+    assert!(!out.exists(), "nothing judged");
+}
+
+#[test]
+fn resuming_counts_only_this_judges_verdicts_in_either_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pair.jsonl");
+    let qs = vec![q(81)];
+    let answers = answers_of(&["m1", "m2"], &[81]);
+    let judged = |by: &str, m1: &str, m2: &str, turn: u8| PairJudgment {
+        question_id: 81,
+        model_1: m1.into(),
+        model_2: m2.into(),
+        g1_winner: "tie".into(),
+        g2_winner: "tie".into(),
+        judge: (by.into(), "pair-v2".into()),
+        g1_user_prompt: String::new(),
+        g1_judgment: String::new(),
+        g2_user_prompt: String::new(),
+        g2_judgment: String::new(),
+        turn,
+        tstamp: 0.0,
+    };
+    // Both turns judged by another judge: this judge still has both to do (two failed
+    // calls to the unreachable judge).
+    for t in [1, 2] {
+        append_jsonl(&out, &judged("another-judge", "m1", "m2", t)).unwrap();
+    }
+    let j = judge();
+    assert_eq!(
+        run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out).unwrap(),
+        (0, 2)
+    );
+    // Judged by this judge with the pair the other way round (a baseline run's order):
+    // nothing left to do.
+    for t in [1, 2] {
+        append_jsonl(&out, &judged("judge-model", "m2", "m1", t)).unwrap();
+    }
+    assert_eq!(
+        run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out).unwrap(),
+        (0, 0)
+    );
+}
+
+#[test]
+fn one_model_id_in_two_answer_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, text) in [("run1.jsonl", "a"), ("run2.jsonl", "b")] {
+        append_jsonl(&dir.path().join(file), &ans("vicuna", 81, text, text)).unwrap();
+    }
+    let err = load_answers(&[dir.path()]).unwrap_err().to_string();
+    assert!(
+        err.contains("run1.jsonl") && err.contains("run2.jsonl") && err.contains("vicuna"),
+        "{err}"
+    );
+    // One file with the model's answers (a retried question appended twice) loads.
+    append_jsonl(&dir.path().join("run1.jsonl"), &ans("vicuna", 82, "c", "c")).unwrap();
+    std::fs::remove_file(dir.path().join("run2.jsonl")).unwrap();
+    assert_eq!(load_answers(&[dir.path()]).unwrap()["vicuna"].len(), 2);
+}
