@@ -7,7 +7,7 @@ use futures::stream::{self, StreamExt};
 use std::path::PathBuf;
 
 /// FastChat's temperature by category (`common.py: temperature_config`).
-pub fn category_temperature(category: &str) -> f32 {
+pub fn category_temperature(category: &str) -> f64 {
     match category {
         "writing" | "roleplay" => 0.7,
         "extraction" | "math" | "coding" | "reasoning" => 0.0,
@@ -18,7 +18,7 @@ pub fn category_temperature(category: &str) -> f32 {
 }
 
 /// `--force-temperature` wins, then the question's `required_temperature`, then the category.
-pub fn temperature_for(q: &Question, force: Option<f32>) -> f32 {
+pub fn temperature_for(q: &Question, force: Option<f64>) -> f64 {
     force
         .or(q.required_temperature)
         .unwrap_or_else(|| category_temperature(&q.category))
@@ -29,7 +29,7 @@ pub struct AnswerOptions {
     pub max_tokens: usize,
     pub num_choices: usize,
     pub parallel: usize,
-    pub force_temperature: Option<f32>,
+    pub force_temperature: Option<f64>,
     /// The id written to `model_id` (default: the endpoint model name).
     pub model_id: String,
     pub system: Option<String>,
@@ -118,7 +118,7 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn q(cat: &str, req: Option<f32>) -> Question {
+    fn q(cat: &str, req: Option<f64>) -> Question {
         Question {
             question_id: 1,
             category: cat.into(),
@@ -145,5 +145,8 @@ mod tests {
         }
         assert_eq!(temperature_for(&q("math", Some(0.5)), None), 0.5);
         assert_eq!(temperature_for(&q("math", Some(0.5)), Some(0.9)), 0.9);
+        // On the wire as FastChat sends them: 0.7, not an f32's 0.699999988079071.
+        let sent = serde_json::json!({"temperature": temperature_for(&q("writing", None), None)});
+        assert_eq!(sent.to_string(), r#"{"temperature":0.7}"#);
     }
 }

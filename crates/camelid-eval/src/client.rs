@@ -49,7 +49,7 @@ impl ChatClient {
     async fn once(
         &self,
         messages: &[Msg],
-        temperature: f32,
+        temperature: f64,
         max_tokens: usize,
         extra: &Value,
     ) -> Result<String> {
@@ -83,7 +83,7 @@ impl ChatClient {
     pub async fn chat(
         &self,
         messages: &[Msg],
-        temperature: f32,
+        temperature: f64,
         max_tokens: usize,
     ) -> Result<String> {
         self.chat_with(messages, temperature, max_tokens, &Value::Null)
@@ -95,7 +95,7 @@ impl ChatClient {
     pub async fn chat_with(
         &self,
         messages: &[Msg],
-        temperature: f32,
+        temperature: f64,
         max_tokens: usize,
         extra: &Value,
     ) -> Result<String> {

@@ -13,7 +13,7 @@ pub struct Question {
     pub category: String,
     pub turns: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub required_temperature: Option<f32>,
+    pub required_temperature: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

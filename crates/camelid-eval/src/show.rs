@@ -82,10 +82,35 @@ pub struct PairRow {
     pub errors: usize,
 }
 
-/// Wins, losses and ties per model; inconsistent swapped verdicts are ties.
-pub fn pair_table(js: &[PairJudgment]) -> Vec<PairRow> {
+/// The judgments of one judge model: `wanted`, or the only one there is (a file that
+/// several judges wrote to would count a match once per judge).
+pub fn one_judge<T>(
+    js: Vec<T>,
+    judge_of: impl Fn(&T) -> &str,
+    wanted: Option<&str>,
+) -> anyhow::Result<Vec<T>> {
+    if let Some(w) = wanted {
+        return Ok(js.into_iter().filter(|j| judge_of(j) == w).collect());
+    }
+    let judges: std::collections::BTreeSet<&str> = js.iter().map(&judge_of).collect();
+    if judges.len() > 1 {
+        let names: Vec<&str> = judges.into_iter().collect();
+        anyhow::bail!(
+            "judgments of several judge models ({}): pick one with --judge-model",
+            names.join(", ")
+        );
+    }
+    Ok(js)
+}
+
+/// Wins, losses and ties per model; inconsistent swapped verdicts are ties. With a
+/// `baseline` (FastChat's `--baseline-model`), only games against it count and it has no
+/// row of its own.
+pub fn pair_table(js: &[PairJudgment], baseline: Option<&str>) -> Vec<PairRow> {
     let mut t: BTreeMap<&str, [usize; 4]> = BTreeMap::new(); // win, loss, tie, error
-    for j in js {
+    let against_baseline =
+        |j: &PairJudgment| baseline.is_none_or(|b| j.model_1 == b || j.model_2 == b);
+    for j in js.iter().filter(|j| against_baseline(j)) {
         let outcome = combine(&j.g1_winner, &j.g2_winner);
         let (a, b) = (j.model_1.as_str(), j.model_2.as_str());
         let idx = |o: &str, me: &str| match o {
@@ -100,6 +125,7 @@ pub fn pair_table(js: &[PairJudgment]) -> Vec<PairRow> {
     }
     let mut rows: Vec<PairRow> = t
         .into_iter()
+        .filter(|(m, _)| Some(*m) != baseline)
         .map(|(m, [w, l, ti, e])| {
             let n = (w + l + ti).max(1) as f64;
             PairRow {

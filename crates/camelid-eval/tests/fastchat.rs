@@ -186,18 +186,41 @@ fn swapped_games_combine_like_fastchat() {
         turn: 1,
         tstamp: 0.0,
     };
-    let rows = pair_table(&[
+    let mut games = vec![
         pj("model_1", "model_1"),
         pj("model_1", "model_2"),
         pj("model_2", "model_2"),
         pj("error", "tie"),
         pj("model_1", "model_1"),
-    ]);
+    ];
+    let rows = pair_table(&games, None);
     let a = rows.iter().find(|r| r.model == "a").unwrap();
     assert_eq!((a.win, a.loss, a.tie, a.errors), (2, 1, 1, 1));
     assert!((a.win_rate_adjusted - 2.5 / 4.0).abs() < 1e-9);
     let b = rows.iter().find(|r| r.model == "b").unwrap();
     assert_eq!((b.win, b.loss, b.tie), (1, 2, 1));
+    // Against a baseline (FastChat's --baseline-model): only its games count, and it has
+    // no row. A game of a against c (c won) is left out.
+    let mut other = pj("model_2", "model_2");
+    other.model_2 = "c".into();
+    games.push(other);
+    let all = pair_table(&games, None);
+    assert_eq!(all.iter().find(|r| r.model == "a").unwrap().loss, 2);
+    let vs_b = pair_table(&games, Some("b"));
+    assert_eq!(vs_b.len(), 1, "{vs_b:?}");
+    assert_eq!(
+        (vs_b[0].model.as_str(), vs_b[0].win, vs_b[0].loss),
+        ("a", 2, 1)
+    );
+    // A file two judges wrote to is shown for one of them, named.
+    let mut by_k = pj("model_1", "model_1");
+    by_k.judge.0 = "k".into();
+    games.push(by_k);
+    let judge_of = |j: &PairJudgment| j.judge.0.clone();
+    let err = one_judge(games.clone(), |j| j.judge.0.as_str(), None).unwrap_err();
+    assert!(err.to_string().contains("--judge-model"), "{err}");
+    let only_k = one_judge(games.clone(), |j| j.judge.0.as_str(), Some("k")).unwrap();
+    assert_eq!(only_k.iter().map(judge_of).collect::<Vec<_>>(), ["k"]);
 }
 
 #[test]

@@ -113,7 +113,7 @@ pub struct MtAnswerArgs {
     per_category: Option<usize>,
     /// One temperature for every question (default: FastChat's per-category table).
     #[arg(long)]
-    force_temperature: Option<f32>,
+    force_temperature: Option<f64>,
     /// A system message sent before the questions (default: none; the server's template
     /// applies the model's own default).
     #[arg(long)]
@@ -178,6 +178,13 @@ pub struct MtShowArgs {
     /// text, markdown or json.
     #[arg(long, default_value = "text")]
     format: String,
+    /// The judge model whose judgments to show (needed when several judged into the file).
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// Pairwise: only the games against this model, which gets no row (FastChat's
+    /// `--baseline-model`).
+    #[arg(long)]
+    baseline: Option<String>,
 }
 
 pub fn run(c: MtbenchCommand) -> Result<()> {
@@ -333,14 +340,27 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
             };
             let md = a.format == "markdown";
             if pairwise {
-                let rows = show::pair_table(&data::read_jsonl(&a.judgments)?);
+                let js: Vec<data::PairJudgment> = show::one_judge(
+                    data::read_jsonl(&a.judgments)?,
+                    |j: &data::PairJudgment| j.judge.0.as_str(),
+                    a.judge_model.as_deref(),
+                )?;
+                let rows = show::pair_table(&js, a.baseline.as_deref());
                 if a.format == "json" {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
                     print!("{}", show::render_pair(&rows, md));
                 }
             } else {
-                let rows = show::single_table(&data::read_jsonl(&a.judgments)?, &qs);
+                if a.baseline.is_some() {
+                    anyhow::bail!("--baseline is for pairwise judgments");
+                }
+                let js: Vec<data::SingleJudgment> = show::one_judge(
+                    data::read_jsonl(&a.judgments)?,
+                    |j: &data::SingleJudgment| j.judge.0.as_str(),
+                    a.judge_model.as_deref(),
+                )?;
+                let rows = show::single_table(&js, &qs);
                 if a.format == "json" {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
