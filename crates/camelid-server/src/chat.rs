@@ -233,8 +233,15 @@ pub async fn submit_salted(
             params.constraint = Some(c);
         }
     }
+    // OpenAI's newer name wins when both are sent.
+    let limit_field = if req.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),
+        limit_field,
         None,
         prompt.len(),
         model.max_model_len,

@@ -234,20 +234,33 @@ pub fn battle_cache_salt(battle_id: &str) -> String {
     format!("battle:{battle_id}")
 }
 
-/// OpenAI's wording when prompt + completion do not fit.
-pub fn context_error(context: usize, prompt: usize, max_tokens: usize, what: &str) -> ApiError {
-    ApiError::invalid_param(
-        "max_tokens",
-        format!(
-            "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt} in the {what}, {max_tokens} in the completion). Please reduce the length of the {what} or completion.",
-            prompt + max_tokens
-        ),
-    )
+/// OpenAI's wording and code when prompt + completion do not fit; `param` is the field to
+/// change (the output limit, or the prompt when it alone fills the context).
+pub fn context_error(
+    context: usize,
+    prompt: usize,
+    max_tokens: usize,
+    what: &str,
+    param: &str,
+) -> ApiError {
+    ApiError {
+        code: Some("context_length_exceeded"),
+        ..ApiError::invalid_param(
+            param,
+            format!(
+                "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt} in the {what}, {max_tokens} in the completion). Please reduce the length of the {what} or completion.",
+                prompt + max_tokens
+            ),
+        )
+    }
 }
 
-/// Resolves `max_tokens` against the prompt length and the context length.
+/// Resolves the output limit (`requested`, sent as `field`: `max_tokens` or
+/// `max_completion_tokens`) against the prompt length and the context length.
+#[allow(clippy::too_many_arguments)]
 pub fn max_tokens(
     requested: Option<u32>,
+    field: &str,
     default: Option<usize>,
     prompt: usize,
     context: usize,
@@ -257,8 +270,8 @@ pub fn max_tokens(
     if let Some(m) = requested {
         if m == 0 && !allow_zero {
             return Err(ApiError::invalid_param(
-                "max_tokens",
-                "`max_tokens` must be at least 1",
+                field,
+                format!("`{field}` must be at least 1"),
             ));
         }
     }
@@ -267,6 +280,7 @@ pub fn max_tokens(
             context,
             prompt,
             requested.unwrap_or(1) as usize,
+            what,
             what,
         ));
     }
@@ -277,7 +291,7 @@ pub fn max_tokens(
             .min(context.saturating_sub(prompt)),
     };
     if prompt + want > context {
-        return Err(context_error(context, prompt, want, what));
+        return Err(context_error(context, prompt, want, what, field));
     }
     Ok(want)
 }

@@ -724,6 +724,16 @@ fn bad_input_gets_openai_errors() {
     assert_error(st, &b, 400, Some("max_tokens"));
     let msg = b["error"]["message"].as_str().unwrap();
     assert!(msg.contains("512") && msg.contains("600"), "{msg}");
+    assert_eq!(b["error"]["code"], "context_length_exceeded");
+    // The field the client sent is the one named (OpenAI's newer name wins over the old).
+    let (st, b) = chat(json!({"max_completion_tokens": 600}));
+    assert_error(st, &b, 400, Some("max_completion_tokens"));
+    let (st, b) = chat(json!({"max_completion_tokens": 0}));
+    assert_error(st, &b, 400, Some("max_completion_tokens"));
+    // A prompt that fills the context alone: the prompt is what to shorten (OpenAI's param).
+    let (st, b) = chat(json!({"messages": [{"role": "user", "content": "word ".repeat(600)}]}));
+    assert_error(st, &b, 400, Some("messages"));
+    assert_eq!(b["error"]["code"], "context_length_exceeded");
     let (st, b) = post(
         "/v1/completions",
         json!({"model": "smol", "prompt": "x", "max_tokens": 0}),

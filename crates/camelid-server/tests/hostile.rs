@@ -1103,7 +1103,7 @@ fn corpus() -> Vec<Case> {
             CHAT,
             chat(json!({"messages": [{"role": "user", "content": long_prompt}]})),
             400,
-            Some("max_tokens"),
+            Some("messages"),
         ),
         case(
             "chat: seed not an integer",
@@ -1338,7 +1338,7 @@ fn corpus() -> Vec<Case> {
             CMPL,
             cmpl(json!({"prompt": vec![1; 600]})),
             400,
-            Some("max_tokens"),
+            Some("prompt"),
         ),
         case(
             "completions: unknown model",

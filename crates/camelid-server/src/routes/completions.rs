@@ -107,6 +107,7 @@ pub async fn completions(
         let mut params = base.clone();
         params.max_tokens = max_tokens(
             f.max_tokens,
+            "max_tokens",
             Some(16),
             prompt.len(),
             model.max_model_len,
