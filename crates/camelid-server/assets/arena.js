@@ -149,10 +149,24 @@ document.addEventListener("DOMContentLoaded", () => {
     prompt.value = "";
     say("");
     setPhase("waiting");
+    // A side's text is drawn at most once a frame (Markdown and sanitising the whole
+    // answer per piece would be quadratic over a long answer), and at once when it ends.
+    const latest = { a: "", b: "" };
+    const frames = { a: 0, b: 0 };
+    const draw = (side) => {
+      frames[side] = 0;
+      Camelid.renderMarkdown(answers[side].querySelector(".body"), latest[side]);
+    };
     try {
       battle = await ArenaApi.turn(battle, text, params(), (side, answer) => {
         const el = answers[side];
-        Camelid.renderMarkdown(el.querySelector(".body"), answer.text);
+        latest[side] = answer.text;
+        if (answer.done) {
+          if (frames[side]) cancelAnimationFrame(frames[side]);
+          draw(side);
+        } else if (!frames[side]) {
+          frames[side] = requestAnimationFrame(() => draw(side));
+        }
         if (answer.done) {
           el.dataset.state = "done";
           el.querySelector(".note").textContent =
@@ -161,8 +175,11 @@ document.addEventListener("DOMContentLoaded", () => {
       });
       setPhase("answered");
       say("Both answers are in: vote, or ask a follow-up.");
+      // The prompt was disabled while waiting (focus fell to the page): give it back.
+      prompt.focus();
     } catch (err) {
       for (const side of ["a", "b"]) {
+        if (frames[side]) cancelAnimationFrame(frames[side]);
         const el = answers[side];
         el.dataset.state = "error";
         el.querySelector(".note").textContent = "Error: " + err.message;
@@ -170,7 +187,12 @@ document.addEventListener("DOMContentLoaded", () => {
         el.previousElementSibling.classList.add("failed");
       }
       setPhase(before);
-      say("Error: " + err.message);
+      // A failed follow-up is not stored: a vote counts the turns above it.
+      say(
+        "Error: " +
+          err.message +
+          (before === "answered" ? " A vote now counts the answers before this turn." : ""),
+      );
     }
   });
   Camelid.enterSubmits(prompt, form);

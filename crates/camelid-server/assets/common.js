@@ -71,7 +71,9 @@ const Camelid = (() => {
           storeKey(key);
           resolve();
         } else {
-          reject(new Error("An API key is needed to use this server."));
+          const declined = new Error("An API key is needed to use this server.");
+          declined.name = "KeyDeclined";
+          reject(declined);
         }
       };
       form.addEventListener("submit", (e) => {

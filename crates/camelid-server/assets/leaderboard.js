@@ -64,17 +64,25 @@ document.addEventListener("DOMContentLoaded", () => {
   }
 
   let loading = false;
+  // The visitor closed the key dialog: the automatic refreshes stop asking (a dialog every
+  // poll would take the page from them); the Refresh button asks again.
+  let declined = false;
   async function refresh() {
     if (loading) return;
     loading = true;
     try {
       show(await Camelid.apiJson("arena/leaderboard"));
+      declined = false;
     } catch (e) {
+      if (e.name === "KeyDeclined") declined = true;
       summary.textContent = "Cannot load the leaderboard: " + e.message;
     } finally {
       loading = false;
     }
   }
+  const autoRefresh = () => {
+    if (document.visibilityState === "visible" && !declined) refresh();
+  };
 
   // The server rates a vote within about 2 s of it (it refits in the background, not per
   // request): after one, ask again until the board counts it, for at most 6 s.
@@ -94,11 +102,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if ("BroadcastChannel" in window) {
     new BroadcastChannel("camelid-arena").addEventListener("message", afterVote);
   }
-  setInterval(() => {
-    if (document.visibilityState === "visible") refresh();
-  }, POLL_MS);
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible") refresh();
-  });
+  setInterval(autoRefresh, POLL_MS);
+  document.addEventListener("visibilitychange", autoRefresh);
   refresh();
 });
