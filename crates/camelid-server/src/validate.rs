@@ -121,6 +121,13 @@ pub fn generation_params(
         f.stop_token_ids.as_ref().map_or(0, Vec::len),
         f.logit_bias.as_ref().map_or(0, |b| b.len()),
     )?;
+    if f.stream_options.is_some() && !f.stream {
+        // OpenAI's and vLLM's 400: the options say what to stream.
+        return Err(ApiError::invalid_param(
+            "stream_options",
+            "`stream_options` is only allowed when `stream` is true",
+        ));
+    }
     range("temperature", f.temperature, 0.0, 2.0, false)?;
     // 0 keeps the best token alone (OpenAI and llama.cpp take it as greedy).
     range("top_p", f.top_p, 0.0, 1.0, false)?;

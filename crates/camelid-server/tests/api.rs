@@ -725,6 +725,8 @@ fn bad_input_gets_openai_errors() {
     let msg = b["error"]["message"].as_str().unwrap();
     assert!(msg.contains("512") && msg.contains("600"), "{msg}");
     assert_eq!(b["error"]["code"], "context_length_exceeded");
+    let (st, b) = chat(json!({"stream_options": {"include_usage": true}}));
+    assert_error(st, &b, 400, Some("stream_options"));
     // The field the client sent is the one named (OpenAI's newer name wins over the old).
     let (st, b) = chat(json!({"max_completion_tokens": 600}));
     assert_error(st, &b, 400, Some("max_completion_tokens"));
