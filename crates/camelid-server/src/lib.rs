@@ -139,12 +139,45 @@ pub fn router(state: Arc<AppState>) -> Router {
     let keyed = keyed
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
+    let mut app = Router::new()
         .merge(open.method_not_allowed_fallback(method_not_allowed))
         .merge(keyed)
         .layer(middleware::from_fn_with_state(state.clone(), count))
-        .layer(DefaultBodyLimit::max(state.config.body_limit))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(state.config.body_limit));
+    if let Some(cors) = cors(&state.config.allowed_origins) {
+        // Outermost: a preflight is answered before the key check (browsers send none).
+        app = app.layer(cors);
+    }
+    app.with_state(state)
+}
+
+/// Browser pages of `origins` may call the API (CORS): their preflights are answered and
+/// the responses carry `Access-Control-Allow-Origin`. Without origins there is no CORS
+/// layer: a page of another site cannot read an answer, so a public arena's visitors'
+/// browsers cannot be made to play it from elsewhere (each one a fresh address to the
+/// per-address limits). No credentials: the key travels in `Authorization`.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

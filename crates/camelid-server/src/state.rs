@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Seconds a response may wait on a client that does not read it (its socket full)
     /// before the connection is closed: a stream nobody reads holds a concurrency slot.
     pub write_timeout_secs: u64,
+    /// Web origins whose pages may call the API from a browser (CORS; vLLM's
+    /// `--allowed-origins`): empty, only the server's own pages; `*`, any.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             body_timeout_secs: 30,
             write_timeout_secs: 60,
+            allowed_origins: vec![],
         }
     }
 }

@@ -1103,3 +1103,63 @@ fn logprob_bytes_join_into_the_text() {
     );
     assert_eq!(String::from_utf8(bytes).unwrap(), content, "{entries:?}");
 }
+
+#[test]
+fn browsers_of_allowed_origins_only_may_call_the_api() {
+    let allowed = "http://ui.example:3000";
+    let s = start(ServerConfig {
+        api_keys: vec!["sk-cors".into()],
+        allowed_origins: vec![allowed.into()],
+        ..Default::default()
+    });
+    let preflight = |base: &str, origin: &str| {
+        runtime().block_on(async {
+            let r = client()
+                .request(
+                    reqwest::Method::OPTIONS,
+                    format!("{base}/v1/chat/completions"),
+                )
+                .header("Origin", origin)
+                .header("Access-Control-Request-Method", "POST")
+                .header(
+                    "Access-Control-Request-Headers",
+                    "authorization,content-type",
+                )
+                .send()
+                .await
+                .unwrap();
+            let h = |k: &str| {
+                r.headers()
+                    .get(k)
+                    .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+            };
+            (
+                r.status().as_u16(),
+                h("access-control-allow-origin"),
+                h("access-control-allow-headers"),
+            )
+        })
+    };
+    // The allowed origin's preflight is answered before the key check, with the key's header.
+    let (st, origin, headers) = preflight(&s.base, allowed);
+    assert_eq!((st, origin.as_deref()), (200, Some(allowed)));
+    assert!(headers.is_some_and(|h| h.contains("authorization")));
+    // Another origin gets no permission; a server without origins gives none at all.
+    assert_eq!(preflight(&s.base, "http://evil.example").1, None);
+    assert_eq!(preflight(&server().base, allowed).1, None);
+    // The answer itself carries the header for the allowed origin.
+    let r = runtime().block_on(async {
+        client()
+            .get(format!("{}/v1/models", s.base))
+            .header("Origin", allowed)
+            .bearer_auth("sk-cors")
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers().get("access-control-allow-origin").unwrap(),
+        allowed
+    );
+}

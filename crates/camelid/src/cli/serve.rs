@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// Serve /metrics without an API key (for a scraper on a trusted network).
     #[arg(long)]
     metrics_public: bool,
+    /// Web origins whose pages may call the API from a browser (CORS, vLLM's flag; comma
+    /// separated or repeated, e.g. http://localhost:3000), `*` for any. Default: none, only
+    /// camelid's own pages. Not `*` for a public arena: any site could then make its
+    /// visitors' browsers play the arena.
+    #[arg(long, env = "CAMELID_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
     /// Context length served (default: the model's).
     #[arg(long)]
     max_model_len: Option<usize>,
@@ -346,6 +352,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 header_timeout_secs: a.limits.header_timeout_secs,
                 write_timeout_secs: a.limits.write_timeout_secs,
                 body_timeout_secs: a.limits.body_timeout_secs,
+                allowed_origins: a.allowed_origins.clone(),
             })
             .with_arena(arena),
         );
