@@ -13,7 +13,7 @@ use crate::tools::{self, ToolPlan};
 use crate::validate::{cache_salt, generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
-use camelid_model::text::chat_prompt::chat_prompt_ids_with;
+use camelid_model::text::chat_prompt::{chat_prompt_ids_ending, PromptEnd};
 use camelid_model::text::template::TemplateKwargs;
 use camelid_model::Message;
 use serde_json::Value;
@@ -90,16 +90,16 @@ pub fn prompt_ids(
     model: &ModelEntry,
     msgs: &[Message],
     tools: Option<&[Value]>,
-    add_generation_prompt: bool,
+    end: PromptEnd,
     kwargs: &TemplateKwargs,
     max_bytes: usize,
 ) -> Result<Vec<u32>, ApiError> {
-    chat_prompt_ids_with(
+    chat_prompt_ids_ending(
         &model.template,
         model.engine.tokenizer(),
         msgs,
         tools,
-        add_generation_prompt,
+        end,
         kwargs,
         max_bytes,
     )
@@ -143,22 +143,33 @@ pub async fn render_and_encode(
     model: &Arc<ModelEntry>,
     msgs: Vec<Message>,
     tools: Option<Vec<Value>>,
-    add_generation_prompt: bool,
+    end: PromptEnd,
     kwargs: TemplateKwargs,
     max_bytes: usize,
 ) -> Result<Vec<u32>, ApiError> {
     let model = model.clone();
     blocking(permit, move || {
-        prompt_ids(
-            &model,
-            &msgs,
-            tools.as_deref(),
-            add_generation_prompt,
-            &kwargs,
-            max_bytes,
-        )
+        prompt_ids(&model, &msgs, tools.as_deref(), end, &kwargs, max_bytes)
     })
     .await
+}
+
+/// How a chat's prompt ends: the generation prompt (the default), nothing more
+/// (`add_generation_prompt: false`), or inside the final assistant message
+/// (`continue_final_message`, vLLM's names; asking for both is a 400, as in vLLM).
+pub fn prompt_end(
+    add_generation_prompt: Option<bool>,
+    continue_final_message: bool,
+) -> Result<PromptEnd, ApiError> {
+    match (add_generation_prompt, continue_final_message) {
+        (Some(true), true) => Err(ApiError::invalid_param(
+            "continue_final_message",
+            "`continue_final_message` and `add_generation_prompt` cannot both be true",
+        )),
+        (_, true) => Ok(PromptEnd::ContinueFinal),
+        (Some(false), false) => Ok(PromptEnd::AsRendered),
+        (_, false) => Ok(PromptEnd::GenerationPrompt),
+    }
 }
 
 /// Checks `req` and its sampling fields (every size cap before anything is built from
@@ -215,7 +226,8 @@ pub async fn submit_salted(
     let msgs = to_messages(&req.messages)?;
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     let shown = plan.as_ref().map(|p| p.tools.clone());
-    let prompt = render_and_encode(&permit, &model, msgs, shown, true, kwargs, budget).await?;
+    let end = prompt_end(req.add_generation_prompt, req.continue_final_message)?;
+    let prompt = render_and_encode(&permit, &model, msgs, shown, end, kwargs, budget).await?;
     params.constraint = structured::compile(&permit, &model, f).await?;
     if let Some(p) = &plan {
         if p.needs_special_tokens(model.engine.tokenizer()) {

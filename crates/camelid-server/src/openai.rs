@@ -158,6 +158,11 @@ pub struct ChatRequest {
     /// Extra variables for the model's jinja chat template (vLLM's name), e.g. Qwen3's
     /// `{"enable_thinking": false}`.
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// vLLM's: end the prompt with the template's generation prompt (default true), or go
+    /// on with the final assistant message (`chat::prompt_end`).
+    pub add_generation_prompt: Option<bool>,
+    #[serde(default, deserialize_with = "null_is_false")]
+    pub continue_final_message: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,8 +195,9 @@ pub enum TokenizeRequest {
     Chat {
         model: Option<String>,
         messages: Vec<ChatMessage>,
-        #[serde(default = "yes")]
-        add_generation_prompt: bool,
+        add_generation_prompt: Option<bool>,
+        #[serde(default, deserialize_with = "null_is_false")]
+        continue_final_message: bool,
         /// Extra variables for the model's jinja template (vLLM's name), as in a chat.
         chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     },

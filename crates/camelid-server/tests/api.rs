@@ -1163,3 +1163,58 @@ fn browsers_of_allowed_origins_only_may_call_the_api() {
         allowed
     );
 }
+
+#[test]
+fn continue_final_message_goes_on_with_the_answer() {
+    let conversation = json!([{"role": "user", "content": "What is the capital of France?"},
+                              {"role": "assistant", "content": "The capital of France is"}]);
+    let tokenize = |extra: Value| {
+        let mut b = json!({"model": "smol", "messages": conversation});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (st, body) = post("/tokenize", b);
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_value::<Vec<u32>>(body["tokens"].clone()).unwrap()
+    };
+    // The prompt ends inside the final message: the whole render without a generation
+    // prompt, cut right after the content (before the template's end of turn).
+    let cont = tokenize(json!({"continue_final_message": true}));
+    let whole = tokenize(json!({"add_generation_prompt": false}));
+    assert!(
+        whole.len() > cont.len() && whole.starts_with(&cont),
+        "{cont:?} / {whole:?}"
+    );
+    let text = post("/detokenize", json!({"model": "smol", "tokens": cont})).1;
+    assert!(
+        text["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("The capital of France is"),
+        "{text}"
+    );
+    // A chat that continues answers what a completion of that prompt answers (greedy).
+    let (st, answered) = post(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": conversation, "continue_final_message": true,
+               "add_generation_prompt": false, "max_tokens": 6, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(st, 200, "{answered}");
+    let (_, cmpl) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": cont, "max_tokens": 6, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(
+        answered["choices"][0]["message"]["content"], cmpl["choices"][0]["text"],
+        "{answered} / {cmpl}"
+    );
+    assert_eq!(answered["usage"]["prompt_tokens"], cont.len());
+    // Both ends at once, or nothing to continue: 400s.
+    let (st, b) = chat(
+        json!({"messages": conversation, "continue_final_message": true,
+                              "add_generation_prompt": true}),
+    );
+    assert_error(st, &b, 400, Some("continue_final_message"));
+    let (st, b) = chat(json!({"continue_final_message": true}));
+    assert_error(st, &b, 400, Some("messages"));
+}

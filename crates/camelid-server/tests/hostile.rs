@@ -1600,6 +1600,22 @@ fn corpus() -> Vec<Case> {
             Some("messages[0].role"),
         ),
         case(
+            "arena: a prompt ending elsewhere than a new assistant turn",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": false}),
+            400,
+            Some("add_generation_prompt"),
+        ),
+        case(
+            "chat: continue_final_message and add_generation_prompt both",
+            "POST",
+            CHAT,
+            chat(json!({"continue_final_message": true, "add_generation_prompt": true})),
+            400,
+            Some("continue_final_message"),
+        ),
+        case(
             "arena: min_tokens",
             "POST",
             "/arena/battles",

@@ -53,17 +53,51 @@ pub fn chat_prompt_ids_with(
     kwargs: &TemplateKwargs,
     max_bytes: usize,
 ) -> Result<Vec<u32>> {
+    let end = if add_generation_prompt {
+        PromptEnd::GenerationPrompt
+    } else {
+        PromptEnd::AsRendered
+    };
+    chat_prompt_ids_ending(template, tok, messages, tools, end, kwargs, max_bytes)
+}
+
+/// How a chat prompt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptEnd {
+    /// The template's generation prompt (the next assistant turn's opening).
+    GenerationPrompt,
+    /// As the template renders the messages.
+    AsRendered,
+    /// Inside the final (assistant) message, right after its content: the model goes on
+    /// with it (vLLM's `continue_final_message`, an answer's prefill).
+    ContinueFinal,
+}
+
+/// [`chat_prompt_ids_with`] ending as `end` says.
+pub fn chat_prompt_ids_ending(
+    template: &ChatTemplate,
+    tok: &Tokenizer,
+    messages: &[Message],
+    tools: Option<&[Json]>,
+    end: PromptEnd,
+    kwargs: &TemplateKwargs,
+    max_bytes: usize,
+) -> Result<Vec<u32>> {
     let has_special =
         |s: &str| -> Result<bool> { Ok(tok.encode(s, false)?.iter().any(|&t| tok.is_special(t))) };
     let split = render_split_marking(
         template,
         messages,
         tools,
-        add_generation_prompt,
+        end == PromptEnd::GenerationPrompt,
         kwargs,
         &has_special,
         max_bytes,
     )?;
+    if end == PromptEnd::ContinueFinal {
+        let (text, ranges) = cut_after_final(&split, messages)?;
+        return tok.encode_with_literal(text, &ranges, true);
+    }
     match &split.contents {
         Some(ranges) => tok.encode_with_literal(&split.text, ranges, true),
         None => {
@@ -84,6 +118,42 @@ pub fn chat_prompt_ids_with(
             Ok(ids)
         }
     }
+}
+
+/// The render cut right after the final message's content (its last place in the text, as
+/// vLLM cuts), with the content ranges before the cut.
+fn cut_after_final<'a>(
+    split: &'a SplitRender,
+    messages: &[Message],
+) -> Result<(&'a str, Vec<Range<usize>>)> {
+    let last = messages
+        .last()
+        .filter(|m| m.role == "assistant" && !m.content.trim().is_empty())
+        .ok_or_else(|| {
+            Error::Template(
+                "continuing the final message needs one: the last message must be the \
+                 assistant's, with content"
+                    .into(),
+            )
+        })?;
+    let ranges = split.contents.as_ref().ok_or_else(|| {
+        Error::Template(
+            "this chat template changes contents in a way that hides where the final message \
+             ends, so it cannot be continued"
+                .into(),
+        )
+    })?;
+    let forms = variants(&last.content);
+    let cut = ranges
+        .iter()
+        .rev()
+        .find(|r| forms.iter().any(|f| split.text[(*r).clone()] == *f))
+        .map(|r| r.end)
+        .ok_or_else(|| {
+            Error::Template("the template does not write the final message's content".into())
+        })?;
+    let kept = ranges.iter().filter(|r| r.end <= cut).cloned().collect();
+    Ok((&split.text[..cut], kept))
 }
 
 /// A rendered chat and where its message contents lie in it.
@@ -433,6 +503,66 @@ mod tests {
         // The whole prompt read with special tokens on has three more.
         let whole = tok.encode(&t.render(&m, false).unwrap(), false).unwrap();
         assert_eq!(whole.iter().filter(|&&i| tok.is_special(i)).count(), 7);
+    }
+
+    #[test]
+    fn continuing_the_final_message_ends_the_prompt_inside_it() {
+        let tok = crate::text::tokenizer::test_byte_tokenizer();
+        let t = jinja(
+            "{% for m in messages %}<|a|>{{ m.role }}:{{ m.content }}<|b|>{% endfor %}\
+             {% if add_generation_prompt %}<|a|>assistant:{% endif %}",
+        );
+        // The final content is also the user's: the cut is at its last place.
+        let m = msgs(&[("user", "Paris is"), ("assistant", "Paris is")]);
+        let ids = chat_prompt_ids_ending(
+            &t,
+            &tok,
+            &m,
+            None,
+            PromptEnd::ContinueFinal,
+            &TemplateKwargs::new(),
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            "<|a|>user:Paris is<|b|><|a|>assistant:Paris is"
+        );
+        assert_eq!(
+            ids,
+            tok.encode("<|a|>user:Paris is<|b|><|a|>assistant:Paris is", false)
+                .unwrap()
+        );
+        // Special text in the continued content stays text.
+        let m = msgs(&[("user", "q"), ("assistant", "x<|b|>")]);
+        let ids = chat_prompt_ids_ending(
+            &t,
+            &tok,
+            &m,
+            None,
+            PromptEnd::ContinueFinal,
+            &TemplateKwargs::new(),
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(ids.iter().filter(|&&i| tok.is_special(i)).count(), 3);
+        // Only an assistant message with content can be continued.
+        for m in [
+            msgs(&[("user", "q")]),
+            msgs(&[("user", "q"), ("assistant", " ")]),
+        ] {
+            let e = chat_prompt_ids_ending(
+                &t,
+                &tok,
+                &m,
+                None,
+                PromptEnd::ContinueFinal,
+                &TemplateKwargs::new(),
+                usize::MAX,
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("assistant"), "{e}");
+        }
     }
 
     #[test]

@@ -151,6 +151,11 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
             "stream_options" => Some("battles report no usage; leave `stream_options` out"),
             _ if v.is_null() => None,
             "seed" => Some("a seed would let each side's answer be replayed; leave `seed` out"),
+            "add_generation_prompt" if v.as_bool() == Some(true) => None,
+            "continue_final_message" if v.as_bool() == Some(false) => None,
+            "add_generation_prompt" | "continue_final_message" => {
+                Some("a battle turn is answered as a new assistant turn; leave the prompt's end to the arena")
+            }
             "ignore_eos" if v.as_bool() == Some(false) => None,
             "min_tokens" if v.as_u64() == Some(0) => None,
             "ignore_eos" | "min_tokens" => Some(
@@ -186,6 +191,8 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "seed",
         "ignore_eos",
         "min_tokens",
+        "add_generation_prompt",
+        "continue_final_message",
         "logit_bias",
         "stop_token_ids",
         "skip_special_tokens",

@@ -2,7 +2,7 @@
 //! (token ids → text), vLLM's extensions.
 
 use super::{AppResult, RequestBody};
-use crate::chat::{render_and_encode, render_budget, to_messages};
+use crate::chat::{prompt_end, render_and_encode, render_budget, to_messages};
 use crate::error::ApiError;
 use crate::openai::{self, DetokenizeRequest, TokenizeRequest};
 use crate::run::blocking;
@@ -21,8 +21,10 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
             model,
             messages,
             add_generation_prompt,
+            continue_final_message,
             chat_template_kwargs,
         } => {
+            let end = prompt_end(add_generation_prompt, continue_final_message)?;
             s.config.limits.check_messages(messages.len())?;
             let m = s.model(model.as_deref())?;
             let msgs = to_messages(&messages)?;
@@ -32,7 +34,7 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
                 &m,
                 msgs,
                 None,
-                add_generation_prompt,
+                end,
                 kwargs,
                 render_budget(&m, s.config.body_limit),
             )
