@@ -168,33 +168,30 @@ impl AppState {
     /// server whose slots are all generating still takes the votes on the answers it gave
     /// (a vote refused for load is a vote lost to a visitor who does not retry).
     pub fn vote_permit(&self) -> Result<Permit, ApiError> {
-        self.vote_permits
-            .clone()
-            .try_acquire_owned()
-            .map(|p| Permit(Arc::new(p)))
-            .map_err(|_| {
-                ApiError::overloaded(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
-                    format!("Too many votes in flight (limit {VOTE_SLOTS}); retry later."),
-                )
-            })
+        slot(
+            &self.vote_permits,
+            format!("Too many votes in flight (limit {VOTE_SLOTS}); retry later."),
+        )
     }
 
     /// A slot for one request, taken once its body is read and held until its answer is
     /// sent: parsing, rendering, tokenizing and generating all count. None left means 429.
     pub fn permit(&self) -> Result<Permit, ApiError> {
-        self.permits
-            .clone()
-            .try_acquire_owned()
-            .map(|p| Permit(Arc::new(p)))
-            .map_err(|_| {
-                ApiError::overloaded(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "Too many requests in flight (limit {}); retry later.",
-                        self.config.max_concurrent
-                    ),
-                )
-            })
+        slot(
+            &self.permits,
+            format!(
+                "Too many requests in flight (limit {}); retry later.",
+                self.config.max_concurrent
+            ),
+        )
     }
+}
+
+/// A slot of `slots`, or 429 saying `full`.
+fn slot(slots: &Arc<Semaphore>, full: String) -> Result<Permit, ApiError> {
+    slots
+        .clone()
+        .try_acquire_owned()
+        .map(|p| Permit(Arc::new(p)))
+        .map_err(|_| ApiError::overloaded(axum::http::StatusCode::TOO_MANY_REQUESTS, full))
 }

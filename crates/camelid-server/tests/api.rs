@@ -55,6 +55,20 @@ fn stream_events(path: &str, body: Value) -> Vec<String> {
     common::sse_data(&server().base, path, &body)
 }
 
+/// The JSON chunks of a stream that ends with `[DONE]`.
+fn stream_chunks(path: &str, body: Value) -> Vec<Value> {
+    let events = stream_events(path, body);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
 #[test]
 fn models_health_metrics() {
     let s = server();
@@ -444,12 +458,7 @@ fn completions_text_tokens_echo_and_prompt_logprobs() {
     streamed["stream"] = json!(true);
     streamed["logprobs"] = json!(0); // a chunk per token, even one with no visible text
     streamed["stream_options"] = json!({"include_usage": true});
-    let events = stream_events("/v1/completions", streamed);
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = stream_chunks("/v1/completions", streamed);
     let tokens: Vec<&Value> = chunks
         .iter()
         .filter(|c| {
@@ -520,12 +529,7 @@ fn completion_echo_streams_like_the_whole_answer() {
     }
     let mut streamed = ask.clone();
     streamed["stream"] = json!(true);
-    let events = stream_events("/v1/completions", streamed);
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = stream_chunks("/v1/completions", streamed);
     let streamed_text: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["text"].as_str())

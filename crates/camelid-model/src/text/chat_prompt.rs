@@ -512,55 +512,31 @@ mod tests {
             "{% for m in messages %}<|a|>{{ m.role }}:{{ m.content }}<|b|>{% endfor %}\
              {% if add_generation_prompt %}<|a|>assistant:{% endif %}",
         );
+        let continued = |m: &[Message]| {
+            chat_prompt_ids_ending(
+                &t,
+                &tok,
+                m,
+                None,
+                PromptEnd::ContinueFinal,
+                &TemplateKwargs::new(),
+                usize::MAX,
+            )
+        };
         // The final content is also the user's: the cut is at its last place.
-        let m = msgs(&[("user", "Paris is"), ("assistant", "Paris is")]);
-        let ids = chat_prompt_ids_ending(
-            &t,
-            &tok,
-            &m,
-            None,
-            PromptEnd::ContinueFinal,
-            &TemplateKwargs::new(),
-            usize::MAX,
-        )
-        .unwrap();
-        assert_eq!(
-            tok.decode(&ids, false).unwrap(),
-            "<|a|>user:Paris is<|b|><|a|>assistant:Paris is"
-        );
-        assert_eq!(
-            ids,
-            tok.encode("<|a|>user:Paris is<|b|><|a|>assistant:Paris is", false)
-                .unwrap()
-        );
+        let ids = continued(&msgs(&[("user", "Paris is"), ("assistant", "Paris is")])).unwrap();
+        let want = "<|a|>user:Paris is<|b|><|a|>assistant:Paris is";
+        assert_eq!(tok.decode(&ids, false).unwrap(), want);
+        assert_eq!(ids, tok.encode(want, false).unwrap());
         // Special text in the continued content stays text.
-        let m = msgs(&[("user", "q"), ("assistant", "x<|b|>")]);
-        let ids = chat_prompt_ids_ending(
-            &t,
-            &tok,
-            &m,
-            None,
-            PromptEnd::ContinueFinal,
-            &TemplateKwargs::new(),
-            usize::MAX,
-        )
-        .unwrap();
+        let ids = continued(&msgs(&[("user", "q"), ("assistant", "x<|b|>")])).unwrap();
         assert_eq!(ids.iter().filter(|&&i| tok.is_special(i)).count(), 3);
         // Only an assistant message with content can be continued.
         for m in [
             msgs(&[("user", "q")]),
             msgs(&[("user", "q"), ("assistant", " ")]),
         ] {
-            let e = chat_prompt_ids_ending(
-                &t,
-                &tok,
-                &m,
-                None,
-                PromptEnd::ContinueFinal,
-                &TemplateKwargs::new(),
-                usize::MAX,
-            )
-            .unwrap_err();
+            let e = continued(&m).unwrap_err();
             assert!(e.to_string().contains("assistant"), "{e}");
         }
     }
