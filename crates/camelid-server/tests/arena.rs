@@ -945,6 +945,81 @@ fn no_vote_lands_while_a_follow_up_is_answered() {
     assert_eq!(turn(&left), 1, "{exported:?}");
 }
 
+/// The "being answered" mark is a lease: a server that dies mid-turn (its mark never
+/// renewed nor removed) blocks votes for one lease, not for the battle's life; a live turn
+/// renews it, so a vote stays refused past the lease while the answer still streams.
+#[test]
+fn the_answering_mark_is_a_renewed_lease() {
+    let lease = Duration::from_millis(900);
+    let s = serve(
+        Arena::in_memory(ArenaConfig {
+            answer_lease: lease,
+            ..no_limits()
+        }),
+        &["smol-a", "smol-b"],
+    );
+    // A mark left by a dead server.
+    let (id, token, _) = s.battle(json!({"max_tokens": 2}));
+    let visitor = Visitor::from_token(&token).unwrap();
+    runtime().block_on(async {
+        let open = s.state.arena.resume(&id, &visitor).await.unwrap();
+        s.state.arena.begin_answer(&open).await.unwrap();
+    });
+    let (status, body) = s.vote(&id, Some(&token), "tie");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("battle_answering")),
+        "{body}"
+    );
+    std::thread::sleep(lease + Duration::from_millis(300));
+    let (status, body) = s.vote(&id, Some(&token), "tie");
+    assert_eq!(
+        status, 200,
+        "the dead server's mark outlived its lease: {body}"
+    );
+    // A live follow-up, past three leases: still answering, then stored and voted on.
+    let (id, token, _) = s.battle(json!({"max_tokens": 2}));
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let mut r = c
+            .post(format!("{}/arena/battles", s.base))
+            .json(&json!({"battle_id": id, "token": token, "stream": true, "max_tokens": 400,
+                          "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut seen = String::new();
+        while !seen.contains("\"delta\"") {
+            seen += &String::from_utf8_lossy(&r.chunk().await.unwrap().expect("a piece"));
+        }
+        tokio::time::sleep(lease * 3).await;
+        let vote = |winner: &'static str| {
+            let (c, base, id, token) = (c.clone(), s.base.clone(), id.clone(), token.clone());
+            async move {
+                let r = c
+                    .post(format!("{base}/arena/battles/{id}/vote"))
+                    .json(&json!({"winner": winner, "token": token}))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, body) = vote("tie").await;
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            seen += &String::from_utf8_lossy(&chunk);
+        }
+        assert!(seen.contains("{\"done\":true}"), "{seen}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (409, Some("battle_answering")),
+            "a vote while the turn still streamed, three leases in: {body}"
+        );
+        assert_eq!(vote("tie").await.0, 200);
+    });
+}
+
 /// A follow-up carries only the new messages: each side answers its own conversation (its
 /// own earlier answers, never the other side's), as the store keeps them.
 #[test]

@@ -55,6 +55,10 @@ pub struct ArenaConfig {
     /// none gets this many, one that asks for more is refused. Without it a visitor's turn
     /// could run both models to the end of their context.
     pub max_tokens: u64,
+    /// How long a follow-up's "being answered" mark lasts unless its server renews it
+    /// (every third of this while the turn runs): a server that dies mid-turn leaves a mark
+    /// that blocks votes on the battle this long at most, not for the battle's life.
+    pub answer_lease: Duration,
 }
 
 impl Default for ArenaConfig {
@@ -73,6 +77,7 @@ impl Default for ArenaConfig {
             trust_forwarded_for: false,
             private: false,
             max_tokens: 1024,
+            answer_lease: Duration::from_secs(60),
         }
     }
 }
@@ -480,15 +485,24 @@ impl Arena {
         }
     }
 
-    /// Marks a follow-up turn of `battle` as being answered (until its time to live at the
-    /// latest): until [`Self::end_answer`], votes on it get 409 `battle_answering`, so none
-    /// lands on the turn before while the visitor reads the new one.
+    /// Marks a follow-up turn of `battle` as being answered for `answer_lease`, renewed by
+    /// [`Self::renew_answer`] while it runs: until [`Self::end_answer`], votes on it get 409
+    /// `battle_answering`, so none lands on the turn before while the visitor reads the new
+    /// one.
     pub async fn begin_answer(&self, battle: &OpenBattle) -> Result<(), ApiError> {
-        let until = now() + self.config.battle_ttl.as_secs_f64();
+        let until = now() + self.config.answer_lease.as_secs_f64();
         self.store
             .begin_answer(&battle.id, until)
             .await
             .map_err(store_error)
+    }
+
+    /// Battle `id`'s turn is still being answered: its mark lasts another lease.
+    pub async fn renew_answer(&self, id: &str) {
+        let until = now() + self.config.answer_lease.as_secs_f64();
+        if let Err(e) = self.store.begin_answer(id, until).await {
+            tracing::error!("arena store: {e}");
+        }
     }
 
     /// Battle `id`'s turn is over (stored, failed or left by its visitor).

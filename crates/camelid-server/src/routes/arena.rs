@@ -290,10 +290,7 @@ pub async fn battle(
     // A battle with answers takes votes: not while its next turn is answered.
     let answering = if battle.turns > 0 {
         state.arena.begin_answer(&battle).await?;
-        Some(Answering {
-            state: state.clone(),
-            id: battle.id.clone(),
-        })
+        Some(Answering::new(state.clone(), battle.id.clone()))
     } else {
         None
     };
@@ -353,30 +350,64 @@ struct TurnRecord {
     answering: Option<Answering>,
 }
 
-/// A follow-up turn being answered ([`arena::Arena::begin_answer`]); ends when dropped.
+/// A follow-up turn being answered ([`arena::Arena::begin_answer`]): its mark is renewed
+/// while this lives and removed when it ends or is dropped.
 struct Answering {
     state: Arc<AppState>,
     id: String,
+    renewing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Answering {
+    fn new(state: Arc<AppState>, id: String) -> Self {
+        let (s, i) = (state.clone(), id.clone());
+        let every = state.arena.config().answer_lease / 3;
+        let renewing = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                s.arena.renew_answer(&i).await;
+            }
+        });
+        Self {
+            state,
+            id,
+            renewing: Some(renewing),
+        }
+    }
+
     /// Ends it now, before the visitor hears that the turn is stored.
     async fn end(mut self) {
-        let (state, id) = (self.state.clone(), std::mem::take(&mut self.id));
+        let finish = self.finish();
         // In a task of its own: if this request's future is dropped while it waits (its
-        // client left), the mark still goes (the id is no longer there for `drop`).
-        let _ = tokio::spawn(async move { state.arena.end_answer(&id).await }).await;
+        // client left), the mark still goes (`drop` finds nothing left to do).
+        let _ = tokio::spawn(finish).await;
+    }
+
+    /// Stops the renewals (waiting out one in flight, which would put the mark back) and
+    /// then removes the mark.
+    fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (state, id) = (self.state.clone(), std::mem::take(&mut self.id));
+        let renewing = self.renewing.take();
+        async move {
+            if let Some(r) = renewing {
+                r.abort();
+                let _ = r.await;
+            }
+            if !id.is_empty() {
+                state.arena.end_answer(&id).await;
+            }
+        }
     }
 }
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        if self.id.is_empty() {
+        if self.id.is_empty() && self.renewing.is_none() {
             return;
         }
-        let (state, id) = (self.state.clone(), std::mem::take(&mut self.id));
+        let finish = self.finish();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { state.arena.end_answer(&id).await });
+            rt.spawn(finish);
         }
     }
 }

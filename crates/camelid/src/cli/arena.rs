@@ -153,6 +153,7 @@ impl ArenaServeArgs {
             trust_forwarded_for: self.arena_trust_forwarded_for,
             private: self.arena_private,
             max_tokens: self.arena_max_tokens,
+            ..Default::default()
         }
     }
 
