@@ -391,7 +391,23 @@ def arena_and_leaderboard(ctx):
     page.click("#new-round")
     check(page.locator("#answers-a .message").count() == 0 and page.inner_text("#name-a") ==
           "Model A", "new round clears the battle and hides the names")
+    # Stop: a long first turn stopped while it streams leaves no battle, and the page can
+    # start one again.
+    check(page.is_disabled("#stop"), "nothing to stop before a turn")
+    set_settings(page, 2, 400)
+    page.fill("#prompt", "Tell me a long story about llamas.")
+    page.click("#send")
+    page.wait_for_selector("#answers-a .message.assistant[data-state=streaming] .body:not(:empty)",
+                           timeout=TIMEOUT_MS)
+    page.click("#stop")
+    page.wait_for_selector("body[data-phase=idle]", timeout=TIMEOUT_MS)
+    check(page.locator(".message.assistant[data-state=stopped]").count() == 2
+          and "Stopped" in page.inner_text("#status"), "both sides marked stopped")
+    check(page.is_disabled("#stop") and page.is_enabled("#send"), "ready again after stop")
+    set_settings(page, 0, 16)
     arena_battle(page, bodies, "Name a colour.")
+    check(page.locator(".message.assistant[data-state=stopped]").count() == 0,
+          "the stopped turn left the page")
     page.click("#vote-b")
     wait_js(page, "document.getElementById('name-b').textContent.includes(':')", "names revealed")
     board.wait_for_selector(f"body[data-votes='{before + 2}']", timeout=10_000)

@@ -36,12 +36,13 @@ const ArenaApi = {
     }
   },
 
-  async turn(battle, prompt, params, onAnswer) {
+  // `signal` stops the turn: the server cancels both sides and keeps nothing of it.
+  async turn(battle, prompt, params, onAnswer, signal) {
     const body = { messages: [{ role: "user", content: prompt }], stream: true, ...params };
     const token = battle ? battle.token : this.token();
     if (token) body.token = token;
     if (battle) body.battle_id = battle.id;
-    const resp = await Camelid.api("arena/battles", { method: "POST", body });
+    const resp = await Camelid.api("arena/battles", { method: "POST", body, signal });
     if (!resp.ok) throw new Error(await Camelid.errorMessage(resp));
     const text = { a: "", b: "" };
     let next = null;
@@ -79,6 +80,9 @@ document.addEventListener("DOMContentLoaded", () => {
   const prompt = $("prompt");
   const sendButton = $("send");
   const newRoundButton = $("new-round");
+  const stopButton = $("stop");
+  // The turn being answered, to stop it.
+  let controller = null;
   const status = $("status");
   const temperature = $("temperature");
   const maxTokens = $("max-tokens");
@@ -105,6 +109,7 @@ document.addEventListener("DOMContentLoaded", () => {
     sendButton.disabled = p === "waiting" || p === "voted";
     prompt.disabled = p === "waiting" || p === "voted";
     newRoundButton.disabled = p === "waiting" || battle === null;
+    stopButton.disabled = p !== "waiting";
     document.body.dataset.phase = p;
     for (const c of Object.values(columns)) c.setAttribute("aria-busy", String(p === "waiting"));
   }
@@ -157,6 +162,7 @@ document.addEventListener("DOMContentLoaded", () => {
       frames[side] = 0;
       Camelid.renderMarkdown(answers[side].querySelector(".body"), latest[side]);
     };
+    controller = new AbortController();
     try {
       battle = await ArenaApi.turn(battle, text, params(), (side, answer) => {
         const el = answers[side];
@@ -172,30 +178,35 @@ document.addEventListener("DOMContentLoaded", () => {
           el.querySelector(".note").textContent =
             answer.finish === "length" ? "Cut at the max tokens setting." : "";
         }
-      });
+      }, controller.signal);
       setPhase("answered");
       say("Both answers are in: vote, or ask a follow-up.");
       // The prompt was disabled while waiting (focus fell to the page): give it back.
       prompt.focus();
     } catch (err) {
+      const stopped = err.name === "AbortError";
+      const why = stopped ? "Stopped." : "Error: " + err.message;
       for (const side of ["a", "b"]) {
         if (frames[side]) cancelAnimationFrame(frames[side]);
         const el = answers[side];
-        el.dataset.state = "error";
-        el.querySelector(".note").textContent = "Error: " + err.message;
+        el.dataset.state = stopped ? "stopped" : "error";
+        el.querySelector(".note").textContent = why;
         el.classList.add("failed");
         el.previousElementSibling.classList.add("failed");
       }
       setPhase(before);
-      // A failed follow-up is not stored: a vote counts the turns above it.
+      // A failed or stopped turn is not stored: a vote counts the turns above it.
       say(
-        "Error: " +
-          err.message +
-          (before === "answered" ? " A vote now counts the answers before this turn." : ""),
+        why +
+          (before === "answered" ? " A vote now counts the answers before this turn." : "") +
+          (stopped && before === "idle" ? " Ask again to start a battle." : ""),
       );
+    } finally {
+      controller = null;
     }
   });
   Camelid.enterSubmits(prompt, form);
+  stopButton.addEventListener("click", () => controller && controller.abort());
 
   for (const [winner, button] of Object.entries(voteButtons)) {
     button.addEventListener("click", async () => {
