@@ -77,7 +77,7 @@ impl EngineConfig {
         };
         let values_per_block = c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.block_size;
         let bytes_per_block = (values_per_block as f64 * element).max(1.0);
-        (((self.kv_cache_mb << 20) as f64 / bytes_per_block) as usize).max(1)
+        ((self.kv_cache_mb as f64 * (1u64 << 20) as f64 / bytes_per_block) as usize).max(1)
     }
 }
 

@@ -88,7 +88,12 @@ impl PagedKv {
     /// Starts a sequence from the longest cached prefix of `tokens` under cache salt `salt`
     /// (`tokens` empty: no reuse); returns how many tokens are already computed.
     pub fn start(&mut self, seq: u64, tokens: &[u32], salt: Option<Arc<str>>) -> usize {
-        let (table, links) = self.pool.lookup_prefix(tokens, salt.as_ref());
+        // No tokens, no lookup (nor one counted in the hit rate).
+        let (table, links) = if tokens.is_empty() {
+            (vec![], vec![])
+        } else {
+            self.pool.lookup_prefix(tokens, salt.as_ref())
+        };
         let cached = table.len() * self.block_size();
         self.seqs.insert(seq, SeqBlocks { table, links, salt });
         cached

@@ -234,6 +234,9 @@ struct Seq {
     /// Prompt tokens found in the prefix cache at first admission (or picked up from a
     /// sequence that computed them meanwhile).
     cached_prompt: Option<usize>,
+    /// Preempted once: what it picks up from the cache now, it had computed itself before,
+    /// so `cached_prompt` no longer grows.
+    preempted: bool,
     /// Chain hashes of the full blocks a prefix lookup could reuse (empty when this sequence
     /// does not use the prefix cache): sequences admitted together with a common prefix
     /// compute it once (see [`Engine::waits_for_shared_block`]).
@@ -414,6 +417,7 @@ impl Engine {
                         tokens: prompt,
                         cached: 0,
                         cached_prompt: None,
+                        preempted: false,
                         prefix_hashes: vec![],
                         cache_salt: s.req.cache_salt.as_deref().map(Arc::from),
                         prompt_scoring: match s.req.prompt_logprobs {
@@ -526,7 +530,9 @@ impl Engine {
                 todo.min(budget)
             };
             // Make room by preempting newer sequences not yet in this batch (the newest
-            // first); the oldest sequence can always proceed, so nothing deadlocks.
+            // first). Decodes already in the batch are not victims: a prefill that still does
+            // not fit preempts itself and comes back behind them (vLLM v1 un-schedules them
+            // instead); they finish, so the wait is bounded and nothing deadlocks.
             let mut fits = self.kv.reserve(id, cached + len);
             while !fits {
                 let victim = (i + 1..self.running.len())
@@ -610,6 +616,7 @@ impl Engine {
         for j in preempted.into_iter().rev() {
             let mut s = self.running.remove(j);
             s.cached = 0;
+            s.preempted = true;
             self.waiting.push_front(Waiting::Preempted(s));
         }
         self.finish_ids(&done);
@@ -625,7 +632,12 @@ impl Engine {
         let now = self.kv.extend_prefix(s.id, &s.tokens, s.cached);
         if now > s.cached {
             // Counted as this request's cached prompt while it has computed nothing itself.
-            if let Some(c) = s.cached_prompt.as_mut().filter(|c| **c == s.cached) {
+            let first_run = !s.preempted;
+            if let Some(c) = s
+                .cached_prompt
+                .as_mut()
+                .filter(|c| first_run && **c == s.cached)
+            {
                 let more = now.min(s.prompt_len) - *c;
                 *c += more;
                 M::add(&self.metrics.cached_prompt_tokens, more as u64);
