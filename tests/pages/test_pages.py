@@ -462,6 +462,41 @@ def arena_and_leaderboard(ctx):
     board.close()
 
 
+def leaderboard_declined_key(browser):
+    """A private arena's leaderboard asks for a key; a visitor who closes the dialog is not
+    asked again by the page's own refreshes (a dialog every poll would take the page from
+    them), only when they press Refresh. A route stands in for a server with keys."""
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    watch = Watch(page)
+    asked = []
+    unauthorized = json.dumps({"error": {"message": "Missing or invalid API key.",
+                                         "type": "invalid_request_error", "param": None,
+                                         "code": "invalid_api_key"}})
+    page.route("**/arena/leaderboard", lambda route: (asked.append(1), route.fulfill(
+        status=401, content_type="application/json", body=unauthorized)))
+    page.goto(base + "/leaderboard")
+    dialog = page.locator("dialog.key-dialog[open]")
+    dialog.wait_for(timeout=TIMEOUT_MS)
+    page.click("dialog.key-dialog button:not(.primary)")  # Cancel
+    wait_js(page, "!document.querySelector('dialog.key-dialog[open]')", "the dialog closes")
+    wait_js(page, "document.getElementById('summary').textContent.includes('API key')",
+            "the page says a key is needed")
+    requests = len(asked)
+    # What the 15 s poll and a return to the tab run: no request, no dialog.
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    page.wait_for_timeout(500)
+    check(dialog.count() == 0 and len(asked) == requests,
+          f"a declined key is not asked again by the refreshes ({len(asked) - requests} requests)")
+    page.click("#refresh")
+    dialog.wait_for(timeout=TIMEOUT_MS)
+    check(len(asked) == requests + 1, "Refresh asks again")
+    page.keyboard.press("Escape")
+    wait_js(page, "!document.querySelector('dialog.key-dialog[open]')", "Escape closes it")
+    watch.clean("leaderboard without a key")
+    ctx.close()
+
+
 def phone(browser):
     """Each page at phone width: nothing wider than the screen; a screenshot each."""
     ctx = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
@@ -504,6 +539,7 @@ with sync_playwright() as p:
     chat_page(ctx)
     arena_and_leaderboard(ctx)
     ctx.close()
+    leaderboard_declined_key(browser)
     phone(browser)
     browser.close()
 
