@@ -47,10 +47,18 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                 None => String::new(),
                 Some(Content::Text(s)) => s.clone(),
                 Some(Content::Parts(parts)) => {
-                    let mut s = String::new();
+                    // Text parts joined by newlines, as vLLM renders them for templates
+                    // that take a string.
+                    let mut texts = Vec::with_capacity(parts.len());
                     for (j, p) in parts.iter().enumerate() {
                         match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => s += t,
+                            ("text", Some(t)) => texts.push(t.as_str()),
+                            ("text", None) => {
+                                return Err(ApiError::invalid_param(
+                                    &format!("messages[{i}].content[{j}].text"),
+                                    "A content part of type \"text\" needs a \"text\" string",
+                                ))
+                            }
                             _ => {
                                 return Err(ApiError::invalid_param(
                                     &format!("messages[{i}].content[{j}]"),
@@ -62,7 +70,7 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                             }
                         }
                     }
-                    s
+                    texts.join("\n")
                 }
             };
             let mut msg = Message::new(role, &content);

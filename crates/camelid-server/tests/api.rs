@@ -187,6 +187,27 @@ fn chat_completion_shape_and_exact_usage() {
     );
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["usage"]["completion_tokens"], 3);
+    // Text parts are joined by newlines (vLLM's rendering); a text part needs its text.
+    let tokens = |content: Value| {
+        let (st, tk) = post(
+            "/tokenize",
+            json!({"model": "smol", "messages": [{"role": "user", "content": content}]}),
+        );
+        assert_eq!(st, 200, "{tk}");
+        tk["tokens"].clone()
+    };
+    assert_eq!(
+        tokens(
+            json!([{"type": "text", "text": "Name three"}, {"type": "text", "text": "colors."}])
+        ),
+        tokens(json!("Name three\ncolors."))
+    );
+    let (st, err) = post(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+    );
+    assert_eq!(st, 400, "{err}");
+    assert_eq!(err["error"]["param"], "messages[0].content[0].text");
 }
 
 #[test]

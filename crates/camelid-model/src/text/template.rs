@@ -438,8 +438,17 @@ impl serde_json::ser::Formatter for PythonCompact {
     }
 }
 
-fn strftime_now(fmt: String) -> String {
-    chrono::Local::now().format(&fmt).to_string()
+fn strftime_now(fmt: String) -> std::result::Result<String, minijinja::Error> {
+    use std::fmt::Write;
+    // `to_string()` panics on a specifier chrono does not know; writing reports it.
+    let mut out = String::new();
+    write!(out, "{}", chrono::Local::now().format(&fmt)).map_err(|_| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("strftime_now: cannot format {fmt:?}"),
+        )
+    })?;
+    Ok(out)
 }
 
 impl ChatTemplate {
@@ -550,6 +559,11 @@ impl ChatTemplate {
                 eos_token,
             } => {
                 let mut env = minijinja::Environment::new();
+                // HF's `apply_chat_template` (and vLLM through it) compiles templates with
+                // these two on: templates written over several lines without `-` markers
+                // (TinyLlama's, Zephyr's) count on them to drop the newlines between tags.
+                env.set_trim_blocks(true);
+                env.set_lstrip_blocks(true);
                 minijinja_contrib::add_to_environment(&mut env);
                 env.set_unknown_method_callback(
                     minijinja_contrib::pycompat::unknown_method_callback,
@@ -689,6 +703,61 @@ mod tests {
         assert!(out.starts_with("<s><user>hi</s><assistant>[{"), "{out}");
         let err = t.render(&[Message::new("tool", "x")], true).unwrap_err();
         assert!(err.to_string().contains("bad role"), "{err}");
+    }
+
+    /// TinyLlama's template (several lines, no `-` markers) renders as HF's
+    /// `apply_chat_template` renders it (jinja2 with `trim_blocks` and `lstrip_blocks`):
+    /// no blank lines between turns, the generation prompt ends in one newline.
+    #[test]
+    fn multi_line_templates_render_with_hfs_block_trimming() {
+        let t = ChatTemplate::Jinja {
+            source: include_str!("../../../../tests/fixtures/chat-templates/tinyllama-chat.jinja")
+                .into(),
+            bos_token: "<s>".into(),
+            eos_token: "</s>".into(),
+        };
+        let msgs = [
+            Message::new("system", "S"),
+            Message::new("user", "hi"),
+            Message::new("assistant", "yo"),
+            Message::new("user", "again"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<|system|>\nS</s>\n<|user|>\nhi</s>\n<|assistant|>\nyo</s>\n<|user|>\nagain</s>\n<|assistant|>\n"
+        );
+        // Indented tags lose their indentation (`lstrip_blocks`), as in jinja2.
+        let t = ChatTemplate::Jinja {
+            source: "  {% for m in messages %}\n    {%- if m.role == 'user' %}[{{ m.content }}]{% endif %}\n  {% endfor %}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let msgs = [Message::new("user", "a"), Message::new("user", "b")];
+        assert_eq!(t.render(&msgs, false).unwrap(), "[a][b]");
+    }
+
+    /// `{% break %}` and `{% continue %}` parse (HF loads jinja2's `loopcontrols`; newer
+    /// Qwen templates use `break`), and a format `strftime_now` cannot write is an error,
+    /// not a panic.
+    #[test]
+    fn loop_controls_and_bad_time_formats() {
+        let t = ChatTemplate::Jinja {
+            source: "{% for m in messages %}{% if loop.index == 2 %}{% continue %}{% endif %}{{ m.content }}{% if loop.index == 3 %}{% break %}{% endif %}{% endfor %}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let msgs: Vec<Message> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|c| Message::new("user", c))
+            .collect();
+        assert_eq!(t.render(&msgs, false).unwrap(), "ac");
+        let t = ChatTemplate::Jinja {
+            source: "{{ strftime_now('%Q') }}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let err = t.render(&msgs, false).unwrap_err();
+        assert!(err.to_string().contains("strftime_now"), "{err}");
     }
 
     #[test]
