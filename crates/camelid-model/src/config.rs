@@ -36,6 +36,12 @@ pub enum RopeScaling {
         /// Multiplies cos and sin (HF's `attention_scaling`).
         attention_factor: f32,
     },
+    /// Each frequency divided by a factor of its own at every position: llama.cpp's
+    /// `rope_freqs` tensor, which is how its converter stores Llama 3.1's `llama3` scaling
+    /// (the GGUF has no scaling keys for it).
+    Frequencies {
+        factors: Vec<f32>,
+    },
     /// LongRoPE (Phi-3 `longrope`, formerly `su`): each frequency divided by a factor of its
     /// own, the long factors once a forward reaches past the original context (HF picks by
     /// the forward's last position, so does camelid: per chunk), cos and sin scaled by
@@ -186,6 +192,18 @@ impl ModelConfig {
                     short_factor.len(),
                     long_factor.len()
                 ));
+            }
+        }
+        if let RopeScaling::Frequencies { factors } = &self.rope_scaling {
+            let half = self.head_dim / 2;
+            if factors.len() != half {
+                return bad(format!(
+                    "rope_freqs: {} factors, head_dim / 2 is {half}",
+                    factors.len()
+                ));
+            }
+            if !factors.iter().all(|f| f.is_finite() && *f > 0.0) {
+                return bad("rope_freqs: every factor must be finite and > 0".into());
             }
         }
         Ok(())

@@ -99,6 +99,9 @@ impl Rope {
                     beta_slow,
                 )
             }
+            RopeScaling::Frequencies { ref factors } => {
+                inv_freq = inv_freq.iter().zip(factors).map(|(f, s)| f / s).collect()
+            }
             RopeScaling::LongRope {
                 ref short_factor, ..
             } => {

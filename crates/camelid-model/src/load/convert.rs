@@ -76,11 +76,33 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         DType::F16 => "float16",
         _ => "float32",
     };
-    let rope_scaling = match cfg.rope_scaling {
-        crate::config::RopeScaling::Linear { factor } => {
-            json!({"type": "linear", "factor": factor})
+    // A scaling HF's llama config cannot say is refused: dropped, the HF model would run
+    // unscaled (llama.cpp stores Llama 3.1's `llama3` scaling only as per-frequency factors).
+    use crate::config::RopeScaling;
+    let rope_scaling = match &cfg.rope_scaling {
+        RopeScaling::None => serde_json::Value::Null,
+        RopeScaling::Linear { factor } => json!({"type": "linear", "factor": factor}),
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } => json!({"rope_type": "yarn", "factor": factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "beta_fast": beta_fast, "beta_slow": beta_slow,
+            "attention_factor": attention_factor}),
+        other => {
+            let what = match other {
+                RopeScaling::Frequencies { .. } => "per-frequency factors (rope_freqs)",
+                RopeScaling::LongRope { .. } => "LongRoPE",
+                _ => "this rope scaling",
+            };
+            return Err(Error::Unsupported(format!(
+                "{}: {what} cannot be written as an HF llama config",
+                gguf.display()
+            )));
         }
-        _ => serde_json::Value::Null,
     };
     let config = json!({
         "architectures": ["LlamaForCausalLM"],

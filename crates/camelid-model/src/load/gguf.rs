@@ -175,6 +175,7 @@ impl GgufFile {
             }
         };
         let rope_scaling = self.longrope_factors(rope_scaling, context, &origin)?;
+        let rope_scaling = self.frequency_factors(rope_scaling, &origin)?;
         let has = |t: &str| self.content.tensor_infos.contains_key(t);
         if has("blk.0.attn_output.bias") {
             return Err(Error::Unsupported(format!(
@@ -301,6 +302,25 @@ impl GgufFile {
             short_factor: factors(short)?,
             original_max_position_embeddings: orig,
             attention_factor,
+        })
+    }
+
+    /// llama.cpp's `rope_freqs` tensor (per-frequency divisors, `get_rope_factors`): its
+    /// converter writes Llama 3.1/3.2/3.3's `llama3` scaling this way and no scaling keys,
+    /// so without it those files would run unscaled.
+    fn frequency_factors(&mut self, scaling: RopeScaling, origin: &str) -> Result<RopeScaling> {
+        let name = "rope_freqs.weight";
+        if !self.content.tensor_infos.contains_key(name) {
+            return Ok(scaling);
+        }
+        if scaling != RopeScaling::None {
+            return Err(Error::Unsupported(format!(
+                "{origin}: tensor rope_freqs beside another rope scaling"
+            )));
+        }
+        let t = self.read_qtensor(name)?.dequantize(&Device::Cpu)?;
+        Ok(RopeScaling::Frequencies {
+            factors: t.flatten_all()?.to_vec1::<f32>()?,
         })
     }
 

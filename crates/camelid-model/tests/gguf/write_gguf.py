@@ -71,6 +71,29 @@ def main():
                      np.array(rs["long_factor"], dtype=np.float32))
         w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight",
                      np.array(rs["short_factor"], dtype=np.float32))
+    if rs and rs.get("rope_type", rs.get("type")) == "llama3":
+        # convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors: no scaling keys, the
+        # per-frequency divisors as the `rope_freqs` tensor.
+        import math
+        base = h.get("rope_theta", 10000.0)
+        dim = h.get("head_dim") or h["hidden_size"] // h["num_attention_heads"]
+        freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+        factor = rs.get("factor", 8.0)
+        low, high = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        old_len = rs.get("original_max_position_embeddings", 8192)
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        factors = []
+        for freq in freqs:
+            wavelen = 2 * math.pi / freq
+            if wavelen < high_wavelen:
+                factors.append(1)
+            elif wavelen > low_wavelen:
+                factors.append(factor)
+            else:
+                smooth = (old_len / wavelen - low) / (high - low)
+                factors.append(1 / ((1 - smooth) / factor + smooth))
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                     np.array(factors, dtype=np.float32))
     if h.get("sliding_window"):
         w.add_sliding_window(h["sliding_window"])
     # convert_hf_to_gguf.py (TextModel): Gemma 3's local rope base as `rope.freq_base_swa`.
