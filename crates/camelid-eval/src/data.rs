@@ -115,17 +115,41 @@ pub struct PairJudgment {
     pub tstamp: f64,
 }
 
+/// JSON lines of `T`. A last line cut short (no final newline, not JSON: a run killed while
+/// appending) is skipped with a warning, as [`read_existing`] and `ratings::read_records`
+/// skip it; any other bad line is an error.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
+    let lines: Vec<(usize, &str)> = text
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: bad JSON line", path.display(), i + 1))
-        })
-        .collect()
+        .collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (k, &(i, l)) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(v) => out.push(v),
+            // Only a line that is not JSON at all is torn: a whole line of the wrong shape
+            // is still an error.
+            Err(_)
+                if k + 1 == lines.len()
+                    && !text.ends_with('\n')
+                    && serde_json::from_str::<serde_json::Value>(l).is_err() =>
+            {
+                tracing::warn!(
+                    "{}:{}: the last line is cut short: skipped",
+                    path.display(),
+                    i + 1
+                );
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{}:{}: bad JSON line", path.display(), i + 1))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Lines already in an output file, for resuming (a missing file is empty; a torn last
@@ -147,11 +171,55 @@ pub fn append_jsonl<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)?;
-    writeln!(f, "{}", serde_json::to_string(v)?)?;
+    let before = end_last_line(&mut f, path)?;
+    write_line(&mut f, before, v)?;
     f.flush()?;
     Ok(())
+}
+
+/// `before`, the JSON of `v` and its newline in one write: a kill falls before the line or
+/// after it (two writes, a kill between them, left a line without its newline that the next
+/// line was glued onto).
+fn write_line<T: Serialize>(w: &mut impl Write, before: String, v: &T) -> Result<()> {
+    let mut line = before;
+    line.push_str(&serde_json::to_string(v)?);
+    line.push('\n');
+    w.write_all(line.as_bytes())?;
+    Ok(())
+}
+
+/// What must go before the next line of a file whose last line has no newline: a newline
+/// when that line is JSON (a file written by hand), nothing when it is not, that line
+/// being cut off here (a run killed while appending: the next line glued onto it would make
+/// both unreadable, and resuming redoes what it held, as [`read_existing`] skips it).
+fn end_last_line(f: &mut std::fs::File, path: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    if f.metadata()?.len() == 0 {
+        return Ok(String::new());
+    }
+    let mut last = [0u8];
+    f.seek(SeekFrom::End(-1))?;
+    f.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(String::new());
+    }
+    let mut text = vec![];
+    f.seek(SeekFrom::Start(0))?;
+    f.read_to_end(&mut text)?;
+    let start = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if serde_json::from_slice::<serde_json::Value>(&text[start..]).is_ok() {
+        return Ok("\n".into());
+    }
+    tracing::warn!(
+        "{}: its last line is cut short ({} bytes): dropped before appending",
+        path.display(),
+        text.len() - start
+    );
+    f.set_len(start as u64)?;
+    Ok(String::new())
 }
 
 pub fn load_questions(path: &Path) -> Result<Vec<Question>> {
@@ -238,4 +306,86 @@ pub fn now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A writer killed after its first write call.
+    struct KilledAfterOneWrite(Vec<u8>, bool);
+
+    impl Write for KilledAfterOneWrite {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if std::mem::replace(&mut self.1, true) {
+                return Err(std::io::Error::other("killed"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_and_its_newline_are_one_write() {
+        let mut w = KilledAfterOneWrite(vec![], false);
+        write_line(&mut w, String::new(), &json!({"a": 1})).unwrap();
+        assert_eq!(w.0, b"{\"a\":1}\n");
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.jsonl");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn a_line_is_not_glued_onto_a_last_line_without_newline() {
+        // A whole JSON line without its newline (written by hand) is kept.
+        let (_d, p) = file("{\"n\":1}\n{\"n\":2}");
+        append_jsonl(&p, &json!({"n": 3})).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
+        );
+        assert_eq!(read_jsonl::<Value>(&p).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_then_dropped_by_the_next_append() {
+        let (_d, p) = file("{\"n\":1}\n{\"n\":2}\n{\"n\":");
+        // Read: the whole lines, the torn one skipped (as resuming skips it).
+        assert_eq!(
+            read_jsonl::<Value>(&p).unwrap(),
+            [json!({"n": 1}), json!({"n": 2})]
+        );
+        assert_eq!(read_existing::<Value>(&p).len(), 2);
+        // Appended to: the torn line goes, so it is not left inside the file.
+        append_jsonl(&p, &json!({"n": 3})).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
+        );
+        // A file that is all one torn line is emptied first.
+        let (_d, q) = file("{\"n\"");
+        append_jsonl(&q, &json!({"n": 4})).unwrap();
+        assert_eq!(std::fs::read_to_string(&q).unwrap(), "{\"n\":4}\n");
+    }
+
+    #[test]
+    fn only_a_torn_last_line_is_forgiven() {
+        // A bad line before the last, or a bad last line with its newline, is an error.
+        for text in ["{\"n\":1}\n{\"n\":\n{\"n\":2}\n", "{\"n\":1}\n{\"n\":\n"] {
+            let (_d, p) = file(text);
+            let err = read_jsonl::<Value>(&p).unwrap_err().to_string();
+            assert!(err.contains(":2: bad JSON line"), "{err}");
+        }
+        // A whole JSON line of the wrong shape is not torn, newline or not.
+        let (_d, p) = file("{\"question_id\": 1}");
+        assert!(read_jsonl::<Question>(&p).is_err());
+    }
 }

@@ -141,6 +141,12 @@ fn first_choice(a: &Answer) -> Result<&[String]> {
         .ok_or_else(|| anyhow!("answer has no choices"))
 }
 
+/// The first turn: a question or answer with no turns is an error for its match, not a
+/// panic of the whole run.
+fn first<'a>(turns: &'a [String], what: &str) -> Result<&'a String> {
+    turns.first().ok_or_else(|| anyhow!("{what} has no turns"))
+}
+
 /// The second turn, which multi-turn judge prompts need.
 fn second<'a>(turns: &'a [String], what: &str) -> Result<&'a String> {
     turns.get(1).ok_or_else(|| anyhow!("{what} has one turn"))
@@ -244,13 +250,13 @@ impl Judge {
         let turns = first_choice(a)?;
         let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
         if turn == 2 {
-            vars.insert("question_1", &q.turns[0]);
+            vars.insert("question_1", first(&q.turns, "question")?);
             vars.insert("question_2", second(&q.turns, "question")?);
-            vars.insert("answer_1", &turns[0]);
+            vars.insert("answer_1", first(turns, "answer")?);
             vars.insert("answer_2", second(turns, "answer")?);
         } else {
-            vars.insert("question", &q.turns[0]);
-            vars.insert("answer", &turns[0]);
+            vars.insert("question", first(&q.turns, "question")?);
+            vars.insert("answer", first(turns, "answer")?);
         }
         self.ref_vars(q, with_ref, &mut vars);
         Ok((
@@ -273,16 +279,16 @@ impl Judge {
         let tb = first_choice(b)?;
         let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
         if turn == 2 {
-            vars.insert("question_1", &q.turns[0]);
+            vars.insert("question_1", first(&q.turns, "question")?);
             vars.insert("question_2", second(&q.turns, "question")?);
-            vars.insert("answer_a_1", &ta[0]);
-            vars.insert("answer_b_1", &tb[0]);
+            vars.insert("answer_a_1", first(ta, "answer")?);
+            vars.insert("answer_b_1", first(tb, "answer")?);
             vars.insert("answer_a_2", second(ta, "answer")?);
             vars.insert("answer_b_2", second(tb, "answer")?);
         } else {
-            vars.insert("question", &q.turns[0]);
-            vars.insert("answer_a", &ta[0]);
-            vars.insert("answer_b", &tb[0]);
+            vars.insert("question", first(&q.turns, "question")?);
+            vars.insert("answer_a", first(ta, "answer")?);
+            vars.insert("answer_b", first(tb, "answer")?);
         }
         self.ref_vars(q, with_ref, &mut vars);
         Ok((

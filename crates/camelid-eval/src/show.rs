@@ -89,15 +89,25 @@ pub fn one_judge<T>(
     judge_of: impl Fn(&T) -> &str,
     wanted: Option<&str>,
 ) -> anyhow::Result<Vec<T>> {
+    let judges: std::collections::BTreeSet<&str> = js.iter().map(&judge_of).collect();
+    let names = || judges.iter().copied().collect::<Vec<_>>().join(", ");
     if let Some(w) = wanted {
+        // A judge not in the file (a typo, another file) is an error, not an empty table.
+        if !judges.contains(w) {
+            if judges.is_empty() {
+                anyhow::bail!("no judgments of judge model {w:?}: there are no judgments");
+            }
+            anyhow::bail!(
+                "no judgments of judge model {w:?}; the judgments are of: {}",
+                names()
+            );
+        }
         return Ok(js.into_iter().filter(|j| judge_of(j) == w).collect());
     }
-    let judges: std::collections::BTreeSet<&str> = js.iter().map(&judge_of).collect();
     if judges.len() > 1 {
-        let names: Vec<&str> = judges.into_iter().collect();
         anyhow::bail!(
             "judgments of several judge models ({}): pick one with --judge-model",
-            names.join(", ")
+            names()
         );
     }
     Ok(js)

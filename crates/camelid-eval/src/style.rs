@@ -14,9 +14,11 @@ use std::sync::OnceLock;
 /// The style elements, in the order of their coefficients.
 pub const ELEMENTS: [&str; 4] = ["length", "headers", "lists", "bold"];
 
-/// One answer's style: FastChat's `count_markdown_elements` (headers `#`…`######`, ordered
-/// and unordered list items, `**bold**` and `__bold__`), with the length in words
-/// (whitespace-separated; FastChat counts tiktoken tokens).
+/// An answer's style: FastChat's `count_markdown_elements` (headers `#`…`######`, ordered
+/// and unordered list items, `**bold**` and `__bold__`) on the text with its code blocks
+/// removed, as `add_markdown_info.py` counts (a `# comment` or `__init__` in code is no
+/// Markdown), and the length in words of the whole text, code included (whitespace-separated;
+/// FastChat counts tiktoken tokens of the whole answer).
 pub fn count(text: &str) -> [f64; 4] {
     static RES: OnceLock<[regex::Regex; 5]> = OnceLock::new();
     let [header, ordered, unordered, bold_star, bold_under] = RES.get_or_init(|| {
@@ -29,13 +31,33 @@ pub fn count(text: &str) -> [f64; 4] {
         ]
         .map(|r| regex::Regex::new(r).unwrap())
     });
-    let n = |r: &regex::Regex| r.find_iter(text).count() as f64;
+    let markdown = without_code(text);
+    let n = |r: &regex::Regex| r.find_iter(&markdown).count() as f64;
     [
         text.split_whitespace().count() as f64,
         n(header),
         n(ordered) + n(unordered),
         n(bold_star) + n(bold_under),
     ]
+}
+
+/// FastChat's `remove_pattern(answer, re.compile("```([^`]*)```"))`, quirks kept: the
+/// pattern's group is what `findall` returns, so each block's inside (language tag and code)
+/// is removed but its fences stay, and `str.replace` removes every occurrence of that inside
+/// anywhere in the text. A block with a backtick inside is not matched, so not removed.
+fn without_code(text: &str) -> String {
+    static CODE: OnceLock<regex::Regex> = OnceLock::new();
+    let code = CODE.get_or_init(|| regex::Regex::new(r"```([^`]*)```").unwrap());
+    let blocks: Vec<&str> = code
+        .captures_iter(text)
+        .map(|c| c.get(1).unwrap().as_str())
+        .collect();
+    let mut out = text.to_string();
+    // An empty inside: Python's `replace("", "")` changes nothing.
+    for b in blocks.into_iter().filter(|b| !b.is_empty()) {
+        out = out.replace(b, "");
+    }
+    out
 }
 
 /// One side's style from a battle record: FastChat's `conv_metadata` when present
@@ -55,18 +77,14 @@ fn side(raw: &Value, s: char) -> Option<[f64; 4]> {
         ]);
     }
     let turns = raw.get(format!("conversation_{s}"))?.as_array()?;
-    let mut sum = [0.0; 4];
-    let mut any = false;
-    for m in turns.iter().filter(|m| m["role"] == "assistant") {
-        for (t, c) in sum
-            .iter_mut()
-            .zip(count(m["content"].as_str().unwrap_or("")))
-        {
-            *t += c;
-        }
-        any = true;
-    }
-    any.then_some(sum)
+    // FastChat's `get_element_counts` joins the side's assistant messages with newlines and
+    // counts once: a code block's fences may lie in two messages.
+    let answers: Vec<&str> = turns
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| m["content"].as_str().unwrap_or(""))
+        .collect();
+    (!answers.is_empty()).then(|| count(&answers.join("\n")))
 }
 
 /// Whether a battle record carries both sides' style (FastChat's `conv_metadata`, or an
@@ -219,6 +237,33 @@ mod tests {
         let [words, headers, lists, bold] = count(text);
         assert_eq!((headers, lists, bold), (2.0, 4.0, 2.0));
         assert_eq!(words, text.split_whitespace().count() as f64);
+    }
+
+    /// Code is not Markdown: FastChat removes code blocks before counting, not before the
+    /// length. (Counts checked against FastChat's `add_markdown_info.py` functions.)
+    #[test]
+    fn markdown_inside_code_blocks_is_not_counted() {
+        let code = "```python\n# comment\n- x\nclass A:\n    def __init__(self): pass\n```";
+        let text = format!("Some **bold** words.\n{code}\n- a real item\n");
+        let [words, headers, lists, bold] = count(&text);
+        assert_eq!((headers, lists, bold), (0.0, 1.0, 1.0));
+        // The length is the whole answer's, code included.
+        assert_eq!(words, text.split_whitespace().count() as f64);
+        assert_eq!(count(code)[1..], [0.0; 3]);
+        // FastChat's pattern takes no block with a backtick inside: that one is counted.
+        assert_eq!(count("```\n# kept: `x`\n```\n")[1], 1.0);
+    }
+
+    /// A side's assistant messages are joined before the code is removed, as FastChat joins
+    /// them: a block opened in one message and closed in the next is code.
+    #[test]
+    fn a_code_block_across_two_messages_is_code() {
+        let raw = json!({
+            "conversation_a": [{"role": "assistant", "content": "```\n# a\n"},
+                               {"role": "user", "content": "go on"},
+                               {"role": "assistant", "content": "- b\n```"}],
+        });
+        assert_eq!(side(&raw, 'a'), Some([6.0, 0.0, 0.0, 0.0]));
     }
 
     fn rec(a: &str, b: &str, w: Outcome, len_a: usize, len_b: usize) -> BattleRecord {

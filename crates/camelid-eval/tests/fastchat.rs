@@ -221,6 +221,13 @@ fn swapped_games_combine_like_fastchat() {
     assert!(err.to_string().contains("--judge-model"), "{err}");
     let only_k = one_judge(games.clone(), |j| j.judge.0.as_str(), Some("k")).unwrap();
     assert_eq!(only_k.iter().map(judge_of).collect::<Vec<_>>(), ["k"]);
+    // A judge not in the file is an error naming the judges that are, not an empty table.
+    let err = one_judge(games.clone(), |j| j.judge.0.as_str(), Some("gpt-4"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"gpt-4\"") && err.contains("j, k"), "{err}");
+    let none: Vec<PairJudgment> = vec![];
+    assert!(one_judge(none, |j| j.judge.0.as_str(), Some("k")).is_err());
 }
 
 #[test]
@@ -387,6 +394,54 @@ fn judging_refuses_what_fastchat_check_data_refuses() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("\"base\""), "{err}");
+    assert!(!out.exists(), "nothing judged");
+}
+
+/// A question or answer without turns fails its own matches (no judge call), not the run.
+#[test]
+fn no_turns_is_an_error_for_the_match_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("j.jsonl");
+    let j = judge();
+    let empty = |m: &str| Answer {
+        choices: vec![Choice {
+            index: 0,
+            turns: vec![],
+        }],
+        ..ans(m, 81, "", "")
+    };
+    // An answer without turns, judged alone (both turns) and against another's (both turns).
+    let mut answers = answers_of(&["m1"], &[81]);
+    answers.insert("m2".into(), [(81, empty("m2"))].into());
+    let qs = vec![q(81)];
+    let err = j.single_prompt(&qs[0], &answers["m2"][&81], 1).unwrap_err();
+    assert!(err.to_string().contains("answer has no turns"), "{err}");
+    let only_m2: std::collections::BTreeMap<_, _> =
+        [("m2".to_string(), answers["m2"].clone())].into();
+    assert_eq!(
+        run_judge(&j, &qs, &only_m2, Mode::Single, &out).unwrap(),
+        (0, 2)
+    );
+    assert_eq!(
+        run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out).unwrap(),
+        (0, 2)
+    );
+    for a in [&answers["m1"][&81], &answers["m2"][&81]] {
+        assert!(j.pair_prompt(&qs[0], a, &empty("m2"), 2).is_err());
+    }
+    // A question without turns: its one match is an error.
+    let bare = Question {
+        turns: vec![],
+        ..q(81)
+    };
+    let err = j.single_prompt(&bare, &answers["m1"][&81], 1).unwrap_err();
+    assert!(err.to_string().contains("question has no turns"), "{err}");
+    let only_m1: std::collections::BTreeMap<_, _> =
+        [("m1".to_string(), answers["m1"].clone())].into();
+    assert_eq!(
+        run_judge(&j, &[bare], &only_m1, Mode::Single, &out).unwrap(),
+        (0, 1)
+    );
     assert!(!out.exists(), "nothing judged");
 }
 
