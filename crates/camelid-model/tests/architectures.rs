@@ -807,6 +807,42 @@ fn gemma2_gguf_without_softcap_keys_takes_the_defaults() {
     assert_eq!((f.attn_softcap, f.final_softcap), (Some(4.0), Some(3.0)));
 }
 
+/// GGUF keys read as llama.cpp reads them: Gemma 2 without `sliding_window` has its 4096
+/// window on every other layer; a window of 0 is none (what the converter writes for Phi-4);
+/// the end-of-turn and end-of-message ids end generation (Gemma's GGUF names only `<eos>` as
+/// EOS: its turns end with `<end_of_turn>`, the eot id).
+#[test]
+fn gguf_window_and_end_of_turn_keys_read_as_llama_cpp() {
+    let bare = write_model("gemma2", GEMMA_SHAPES[0], serde_json::json!({}), 452);
+    let f = load(&write_gguf(bare.path(), "gemma2"))
+        .model
+        .config()
+        .features
+        .clone();
+    assert_eq!((f.sliding_window, f.global_every), (Some(4096), Some(2)));
+    let phi = write_model("phi3", SHAPES[0], serde_json::json!({}), 453);
+    let zero = load(&random_model::write_gguf_with(
+        phi.path(),
+        "phi3",
+        &Vocab::Fixture,
+        serde_json::json!({"phi3.attention.sliding_window": 0}),
+    ));
+    assert_eq!(zero.model.config().features.sliding_window, None);
+    let eot = write_model("llama", SHAPES[0], serde_json::json!({}), 454);
+    let lm = load(&random_model::write_gguf_with(
+        eot.path(),
+        "llama",
+        &Vocab::Fixture,
+        serde_json::json!({"tokenizer.ggml.eot_token_id": 7, "tokenizer.ggml.eom_token_id": 9}),
+    ));
+    assert_eq!(lm.tokenizer.eos_ids, vec![2, 7, 9]);
+    assert!(
+        [2, 7, 9].iter().all(|i| lm.stop_token_ids.contains(i)),
+        "{:?}",
+        lm.stop_token_ids
+    );
+}
+
 /// Gemma 3 4B/12B/27B are published as `Gemma3ForConditionalGeneration`: the config nests the
 /// language model's as `text_config` (only what differs from `Gemma3TextConfig`'s defaults),
 /// the weights sit under `language_model.model.` beside a vision tower, the template in

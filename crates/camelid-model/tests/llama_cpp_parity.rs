@@ -419,3 +419,50 @@ fn mistral_window_matches_llama_cpp_within_the_window() {
         "{label}: the window moved camelid's logits by only {moved}"
     );
 }
+
+/// The byte-level pre-tokenizers a GGUF may name (`tokenizer.ggml.pre`) split text as
+/// llama.cpp's do: the default model's vocabulary under each name, the same ids from
+/// camelid's tokenizer and from llama.cpp's `/tokenize`, for text with digit runs,
+/// contractions, whitespace runs and other scripts. (`qwen2`, every Qwen GGUF's, was refused.)
+#[test]
+fn gguf_pre_tokenizers_split_text_as_llama_cpp() {
+    let Some(server) = llama_cpp::binary("llama-server") else {
+        return;
+    };
+    let vocab = vocab_size(&vocab_source());
+    let texts = [
+        "Pi is 3.14159265 and 1234567 apples.",
+        "I'LL say you'd've DON'T — it's 2024!!",
+        "line one\n\n\n   indented\ttab  \n end  ",
+        "Grüße, 世界 👋🦙 ١٢٣ x²",
+    ];
+    for pre in ["qwen2", "llama-bpe", "smollm"] {
+        let dir = random_model::write_hf(
+            "llama",
+            GQA_UNTIED,
+            &sizes(vocab, 2.0),
+            serde_json::json!({}),
+            5,
+        );
+        let gguf = random_model::write_gguf_with(
+            dir.path(),
+            "llama",
+            &Vocab::CopyFrom(vocab_source()),
+            serde_json::json!({"tokenizer.ggml.pre": pre}),
+        );
+        let ours = common::load(&gguf);
+        let log = gguf.with_extension("server.log");
+        let s = LlamaServer::start(&server, &gguf, &log, &["-c", "256", "--no-warmup"]);
+        for text in texts {
+            let theirs: Vec<u32> = s.post("/tokenize", &serde_json::json!({"content": text}))
+                ["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            let mine = ours.tokenizer.encode(text, false).unwrap();
+            assert_eq!(mine, theirs, "pre {pre:?}: {text:?}");
+        }
+    }
+}

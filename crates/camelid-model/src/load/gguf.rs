@@ -182,10 +182,14 @@ impl GgufFile {
                 "{origin}: tensor blk.0.attn_output.bias (biases on the attention's output)"
             )));
         }
+        // As llama.cpp reads the key: 0 is no window (the converter writes 0 for Phi-4 on
+        // purpose), and a Gemma 2 file without it has Gemma 2's 4096.
         let sliding_window = if arch.gguf_window {
-            self.meta_u32(&key("attention.sliding_window"))
-                .ok()
-                .map(|w| w as usize)
+            match self.meta_u32(&key("attention.sliding_window")) {
+                Ok(0) => None,
+                Ok(w) => Some(w as usize),
+                Err(_) => (arch.name == "gemma2").then_some(4096),
+            }
         } else {
             None
         };

@@ -23,7 +23,10 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
                 ))
             })?;
             let pre = g.meta_str("tokenizer.ggml.pre").unwrap_or("default");
-            tokenizer::byte_level_bpe_json(&tokens, &types, &merges, pre)?
+            tokenizer::byte_level_bpe_json(&tokens, &types, &merges, pre).map_err(|e| match e {
+                Error::Unsupported(m) => Error::Unsupported(format!("{origin}: {m}")),
+                e => e,
+            })?
         }
         "llama" => {
             let scores = g
@@ -59,6 +62,15 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
         .ok()
         .into_iter()
         .collect();
+    // llama.cpp ends generation at the end-of-turn and end-of-message tokens too (its
+    // "EOG" set); the converter writes them for Llama 3, Gemma, Qwen and others.
+    for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        if let Ok(id) = g.meta_u32(key) {
+            if (id as usize) < tokens.len() && !tok.eos_ids.contains(&id) {
+                tok.eos_ids.push(id);
+            }
+        }
+    }
     tok.add_bos = g
         .meta_bool("tokenizer.ggml.add_bos_token")
         .unwrap_or(model == "llama");

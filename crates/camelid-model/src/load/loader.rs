@@ -211,6 +211,8 @@ fn stop_ids(tok: &Tokenizer, template: &ChatTemplate, mut ids: Vec<u32>) -> Vec<
         "<|eom_id|>",
         "<|end_of_text|>",
         "<|end|>",
+        // Gemma's turns (its GGUF names only <eos> as EOS).
+        "<end_of_turn>",
         "<|endoftext|>",
         "</s>",
     ] {

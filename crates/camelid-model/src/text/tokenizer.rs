@@ -347,10 +347,17 @@ pub fn byte_level_bpe_json(
         "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
             byte_level(false)]}),
+        // Qwen2, Qwen2.5, Qwen3 (and the R1 distills on Qwen): Llama 3's split with every
+        // digit alone (llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2, the regex of their
+        // tokenizer.json).
+        "qwen2" | "deepseek-r1-qwen" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]}),
         "gpt2" | "default" | "" => byte_level(true),
         other => {
             return Err(Error::Unsupported(format!(
-                "GGUF tokenizer.ggml.pre {other:?} (supported: smollm, starcoder, llama-bpe, gpt2, default)"
+                "GGUF tokenizer.ggml.pre {other:?} (supported: smollm, starcoder, refact, \
+                 llama-bpe, llama3, qwen2, deepseek-r1-qwen, gpt2, default)"
             )))
         }
     };
@@ -370,6 +377,8 @@ pub fn byte_level_bpe_json(
         }
     }))
 }
+
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 

@@ -234,6 +234,17 @@ pub fn test_python() -> String {
 /// llama.cpp's gguf-py (`tests/gguf/write_gguf.py`: its key and tensor names, its converter's
 /// Q/K permutation for `llama`, Gemma's `1 + w` norms), f32 whatever the folder's type.
 pub fn write_gguf(dir: &Path, gguf_arch: &str, vocab: &Vocab) -> PathBuf {
+    write_gguf_with(dir, gguf_arch, vocab, serde_json::json!({}))
+}
+
+/// As [`write_gguf`], with the metadata `keys` (GGUF key → string, integer or bool, e.g.
+/// `tokenizer.ggml.pre`) added, in place of the copied vocabulary's where it has them.
+pub fn write_gguf_with(
+    dir: &Path,
+    gguf_arch: &str,
+    vocab: &Vocab,
+    keys: serde_json::Value,
+) -> PathBuf {
     let python = test_python();
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -257,7 +268,7 @@ pub fn write_gguf(dir: &Path, gguf_arch: &str, vocab: &Vocab) -> PathBuf {
     }
     let out = dir.join(format!("model-{gguf_arch}.gguf"));
     let mut spec = serde_json::json!({"arch": gguf_arch, "out": out, "hparams": cfg,
-        "tensors": list});
+        "tensors": list, "keys": keys});
     match vocab {
         Vocab::Fixture => {
             let n = cfg["vocab_size"].as_u64().unwrap() as u32;

@@ -23,11 +23,12 @@ def permute(w, n_head, n_head_kv):
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def copy_tokenizer(w, src):
-    # Every tokenizer.* field of another GGUF, as benches/make-1b-model.sh copies them.
+def copy_tokenizer(w, src, replaced):
+    # Every tokenizer.* field of another GGUF, as benches/make-1b-model.sh copies them, but
+    # those the spec replaces.
     reader = gguf.GGUFReader(src)
     for name, field in reader.fields.items():
-        if not name.startswith("tokenizer."):
+        if not name.startswith("tokenizer.") or name in replaced:
             continue
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
@@ -104,8 +105,17 @@ def main():
         w.add_attn_logit_softcapping(h["attn_logit_softcapping"])
     if h.get("final_logit_softcapping") is not None:
         w.add_final_logit_softcapping(h["final_logit_softcapping"])
+    # Metadata keys the test sets (written first, so they replace copied ones).
+    replaced = spec.get("keys") or {}
+    for key, value in replaced.items():
+        if isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        else:
+            w.add_string(key, value)
     if spec.get("tokenizer_from"):
-        copy_tokenizer(w, spec["tokenizer_from"])
+        copy_tokenizer(w, spec["tokenizer_from"], replaced)
     else:
         w.add_tokenizer_model("llama")
         w.add_token_list(spec["tokens"])
