@@ -2,6 +2,8 @@
 #   docker build -t camelid .
 #   docker run --gpus all -p 8000:8000 -v camelid-cache:/cache camelid serve --device cuda --model lmsys/vicuna-7b-v1.5
 # For a CPU-only image, build with --build-arg FEATURES= (and any base images).
+# It runs as the unprivileged user `camelid` (uid 10001), which owns /cache: a named volume
+# starts as the image's /cache; a host folder mounted there must be writable by uid 10001.
 ARG CUDA_VERSION=13.0.0
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS build
 ARG FEATURES=cuda
@@ -19,12 +21,20 @@ ENV RUSTFLAGS="-C target-cpu=x86-64-v3"
 RUN cargo build --release -p camelid --features "${FEATURES}" && strip -o /camelid target/release/camelid
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates \
+# tini as PID 1 (`docker run --init` is the same): the kernel drops signals a PID 1 has no
+# handler for, and camelid installs its SIGTERM handler (drain, then exit) only once serving,
+# after connecting the arena's store: before that `docker stop` would wait out its timeout.
+# tini also reaps orphaned processes (pip's, which fetches the default model).
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip ca-certificates tini \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /camelid /usr/local/bin/camelid
+# Not root: the server parses what the network sends it.
+RUN useradd --system --uid 10001 --create-home --home-dir /home/camelid camelid \
+    && mkdir -p /cache && chown camelid:camelid /cache
 # Model cache (hub downloads and the default model) lives in a volume.
 ENV CAMELID_CACHE=/cache HF_HOME=/cache/hf CAMELID_HOST=0.0.0.0 CAMELID_PORT=8000
 VOLUME /cache
+USER camelid
 EXPOSE 8000
-ENTRYPOINT ["camelid"]
+ENTRYPOINT ["/usr/bin/tini", "--", "camelid"]
 CMD ["serve"]

@@ -335,7 +335,7 @@ impl Arena {
     pub async fn connect(url: &str, config: ArenaConfig) -> Result<Self, String> {
         let store = Store::connect(url)
             .await
-            .map_err(|e| format!("arena store {url}: {e}"))?;
+            .map_err(|e| format!("arena store {}: {e}", store::redact_url(url)))?;
         Ok(Self {
             store,
             config,
@@ -808,6 +808,21 @@ mod tests {
             [&conv("Hi", "I am Phi."), &plain],
             &phi
         ));
+    }
+
+    /// The store's URL carries the database password: a failed connection names the store
+    /// without it. Port 1 on the loopback: nothing listens there.
+    #[tokio::test]
+    async fn a_store_that_cannot_be_reached_is_named_without_its_password() {
+        let url = "postgres://camelid:s3cret-pw@127.0.0.1:1/arena";
+        let Err(e) = Arena::connect(url, ArenaConfig::default()).await else {
+            panic!("connected to {url}");
+        };
+        assert!(!e.contains("s3cret-pw"), "{e}");
+        assert!(
+            e.starts_with("arena store postgres://camelid:***@127.0.0.1:1/arena: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -562,7 +562,101 @@ fn parse_url(url: &str) -> Result<(Backend, String), sqlx::Error> {
         Ok((Backend::Sqlite, url))
     } else {
         Err(sqlx::Error::Configuration(
-            format!("{url:?} is neither sqlite:PATH nor postgres://USER@HOST:PORT/DATABASE").into(),
+            format!(
+                "{:?} is neither sqlite:PATH nor postgres://USER@HOST:PORT/DATABASE",
+                redact_url(url)
+            )
+            .into(),
         ))
+    }
+}
+
+/// `url` fit for a message or a log: its password (`USER:PASSWORD@`, or a `password=` query
+/// parameter, which sqlx's PostgreSQL driver also reads) replaced by `***`. The store's URL
+/// usually carries the database password, and errors end up in logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let (head, rest) = url.split_at(scheme_end);
+    // The user part ends at the last `@`: a password typed without percent-encoding may hold
+    // `/`, `?`, `#` or `@` itself, and hiding too much beats showing some of it.
+    let (userinfo, tail) = match rest.rfind('@') {
+        Some(at) => {
+            let user = match rest[..at].split_once(':') {
+                Some((user, _password)) => format!("{user}:***@"),
+                None => format!("{}@", &rest[..at]),
+            };
+            (user, &rest[at + 1..])
+        }
+        None => (String::new(), rest),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, format!("#{f}")),
+                None => (query, String::new()),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}{fragment}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{head}{userinfo}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_from_store_urls() {
+        for (url, shown) in [
+            (
+                "postgres://camelid:s3cret@db.example.com:5432/arena",
+                "postgres://camelid:***@db.example.com:5432/arena",
+            ),
+            (
+                "postgresql://camelid:p%40ss:w@rd@db:5432/arena?sslmode=require",
+                "postgresql://camelid:***@db:5432/arena?sslmode=require",
+            ),
+            (
+                "postgres://camelid@db/arena?sslmode=require&password=s3cret#x",
+                "postgres://camelid@db/arena?sslmode=require&password=***#x",
+            ),
+            ("postgres://camelid:s3cret@db", "postgres://camelid:***@db"),
+            // A password not percent-encoded: hidden whole, whatever it holds.
+            (
+                "postgres://camelid:s/3?c#r@et@db:5432/arena",
+                "postgres://camelid:***@db:5432/arena",
+            ),
+            // Nothing to hide: as given.
+            (
+                "postgres://camelid@db:5432/arena",
+                "postgres://camelid@db:5432/arena",
+            ),
+            ("sqlite:arena.db", "sqlite:arena.db"),
+            (
+                "sqlite:/var/lib/camelid/arena.db?mode=rwc",
+                "sqlite:/var/lib/camelid/arena.db?mode=rwc",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    /// A URL that is not a store's still has its password hidden in the error.
+    #[test]
+    fn an_unknown_scheme_is_refused_without_the_password() {
+        let e = super::parse_url("mysql://camelid:s3cret@db/arena").unwrap_err();
+        let msg = e.to_string();
+        assert!(!msg.contains("s3cret"), "{msg}");
+        assert!(msg.contains("mysql://camelid:***@db/arena"), "{msg}");
     }
 }

@@ -70,7 +70,8 @@ enum Convention {
 #[derive(Args)]
 pub struct ArenaExportArgs {
     /// The store: `sqlite:PATH` or `postgres://USER@HOST:PORT/DATABASE`.
-    #[arg(long, env = "CAMELID_ARENA_DB")]
+    // The URL may hold a password: --help names the variable, not its value.
+    #[arg(long, env = "CAMELID_ARENA_DB", hide_env_values = true)]
     arena_db: String,
     /// Where to write (default: standard output).
     #[arg(long)]
@@ -80,7 +81,8 @@ pub struct ArenaExportArgs {
 #[derive(Args)]
 pub struct ArenaImportArgs {
     /// The store: `sqlite:PATH` or `postgres://USER@HOST:PORT/DATABASE`.
-    #[arg(long, env = "CAMELID_ARENA_DB")]
+    // The URL may hold a password: --help names the variable, not its value.
+    #[arg(long, env = "CAMELID_ARENA_DB", hide_env_values = true)]
     arena_db: String,
     /// FastChat battle files (an old `--arena-log` too). Repeatable.
     #[arg(long = "battles", required = true)]
@@ -93,7 +95,8 @@ pub struct ArenaServeArgs {
     /// The arena's store of record: `sqlite:PATH` (created if missing) or
     /// `postgres://USER@HOST:PORT/DATABASE` (several servers behind a load balancer share
     /// it). Default: kept in memory, lost at exit.
-    #[arg(long, env = "CAMELID_ARENA_DB")]
+    // The URL may hold a password: --help names the variable, not its value.
+    #[arg(long, env = "CAMELID_ARENA_DB", hide_env_values = true)]
     arena_db: Option<String>,
     /// Seconds an arena battle stays open after its start or last turn.
     #[arg(long, default_value_t = 3600)]
@@ -101,14 +104,25 @@ pub struct ArenaServeArgs {
     /// Arena turns (new battles and follow-ups) one visitor may start a minute (0: no limit).
     #[arg(long, default_value_t = 20)]
     arena_visitor_turns_per_minute: u32,
-    /// Arena turns one client address may start a minute (0: no limit).
-    #[arg(long, default_value_t = 60)]
+    /// Arena turns one client address may start a minute (0: no limit). Behind a load
+    /// balancer that adds no `X-Forwarded-For` (SkyServe's) every visitor has its address:
+    /// this is then one cap for the whole service.
+    #[arg(
+        long,
+        env = "CAMELID_ARENA_ADDRESS_TURNS_PER_MINUTE",
+        default_value_t = 60
+    )]
     arena_address_turns_per_minute: u32,
     /// Arena votes one visitor may cast a minute (0: no limit).
     #[arg(long, default_value_t = 20)]
     arena_visitor_votes_per_minute: u32,
-    /// Arena votes one client address may cast a minute (0: no limit).
-    #[arg(long, default_value_t = 60)]
+    /// Arena votes one client address may cast a minute (0: no limit; see
+    /// --arena-address-turns-per-minute).
+    #[arg(
+        long,
+        env = "CAMELID_ARENA_ADDRESS_VOTES_PER_MINUTE",
+        default_value_t = 60
+    )]
     arena_address_votes_per_minute: u32,
     /// Tokens one side of an arena turn may generate: a turn that names no `max_tokens` gets
     /// this many, one that asks for more is refused (400).
@@ -120,8 +134,15 @@ pub struct ArenaServeArgs {
     #[arg(long = "arena-weight", value_parser = pairs::parse_weight)]
     arena_weights: Vec<(String, f64)>,
     /// Take the client's address (for the per-address limits) from the last
-    /// `X-Forwarded-For` entry: set it behind a proxy that adds one.
-    #[arg(long)]
+    /// `X-Forwarded-For` entry: set it only behind a proxy that adds one and that clients
+    /// cannot bypass (otherwise they write the header, and any address, themselves).
+    // Boolish (true/false, 1/0, yes/no, on/off): a deployment file sets it as a variable, and
+    // a misspelt value is refused rather than read as true.
+    #[arg(
+        long,
+        env = "CAMELID_ARENA_TRUST_FORWARDED_FOR",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     arena_trust_forwarded_for: bool,
     /// Put the arena's routes (battles, votes, leaderboard) behind the API keys like the
     /// OpenAI API; the pages then ask the visitor for a key. Default: open to visitors.
@@ -333,4 +354,76 @@ async fn import(a: ArenaImportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        arena: ArenaServeArgs,
+    }
+
+    /// The arena's proxy and per-address settings from the environment, as a deployment file
+    /// (deploy/skypilot) gives them.
+    #[test]
+    fn forwarded_for_and_address_limits_come_from_the_environment() {
+        let _env = super::super::ENV_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let vars = [
+            "CAMELID_ARENA_TRUST_FORWARDED_FOR",
+            "CAMELID_ARENA_ADDRESS_TURNS_PER_MINUTE",
+            "CAMELID_ARENA_ADDRESS_VOTES_PER_MINUTE",
+        ];
+        let parse = |env: &[(&str, &str)]| {
+            for (k, v) in env {
+                std::env::set_var(k, v);
+            }
+            let r = Serve::try_parse_from(["serve"]).map(|s| s.arena.config());
+            for k in vars {
+                std::env::remove_var(k);
+            }
+            r
+        };
+        let c = parse(&[]).unwrap();
+        assert!(!c.trust_forwarded_for);
+        assert_eq!(
+            (c.turn_limits.per_address, c.vote_limits.per_address),
+            (60, 60)
+        );
+        let c = parse(&[
+            ("CAMELID_ARENA_TRUST_FORWARDED_FOR", "true"),
+            ("CAMELID_ARENA_ADDRESS_TURNS_PER_MINUTE", "480"),
+            ("CAMELID_ARENA_ADDRESS_VOTES_PER_MINUTE", "240"),
+        ])
+        .unwrap();
+        assert!(c.trust_forwarded_for);
+        assert_eq!(
+            (c.turn_limits.per_address, c.vote_limits.per_address),
+            (480, 240)
+        );
+        for yes in ["1", "yes", "on"] {
+            assert!(
+                parse(&[("CAMELID_ARENA_TRUST_FORWARDED_FOR", yes)])
+                    .unwrap()
+                    .trust_forwarded_for
+            );
+        }
+        for no in ["false", "0", "no", "off"] {
+            assert!(
+                !parse(&[("CAMELID_ARENA_TRUST_FORWARDED_FOR", no)])
+                    .unwrap()
+                    .trust_forwarded_for
+            );
+        }
+        // The flag itself, as before.
+        let flag = Serve::try_parse_from(["serve", "--arena-trust-forwarded-for"]).unwrap();
+        assert!(flag.arena.config().trust_forwarded_for);
+        // A misspelt value is an error, not a quiet "true".
+        assert!(parse(&[("CAMELID_ARENA_TRUST_FORWARDED_FOR", "ture")]).is_err());
+    }
 }

@@ -23,7 +23,8 @@ pub struct BenchArgs {
     concurrency: Vec<usize>,
     #[arg(long, default_value_t = 2)]
     requests_per_client: usize,
-    #[arg(long, env = "OPENAI_API_KEY")]
+    // A secret: --help names the variable, not its value.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Write the results as JSON here.
     #[arg(long)]

@@ -91,7 +91,8 @@ pub struct MtAnswerArgs {
     /// model_id written to the answers (default: --model).
     #[arg(long)]
     model_id: Option<String>,
-    #[arg(long, env = "OPENAI_API_KEY")]
+    // A secret: --help names the variable, not its value.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// question.jsonl
     #[arg(long)]
@@ -126,7 +127,8 @@ pub struct MtJudgeArgs {
     judge_endpoint: String,
     #[arg(long)]
     judge_model: String,
-    #[arg(long, env = "OPENAI_API_KEY")]
+    // A secret: --help names the variable, not its value.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Answer files or folders of them (repeatable).
     #[arg(long, required = true, num_args = 1..)]

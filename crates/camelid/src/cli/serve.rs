@@ -33,7 +33,13 @@ pub struct ServeArgs {
     /// The API (/v1/*, /tokenize, /detokenize) needs one, and /metrics unless
     /// --metrics-public; /health, the pages and (unless --arena-private) the arena's routes
     /// stay open. An empty key is an error.
-    #[arg(long = "api-key", env = "CAMELID_API_KEY", value_delimiter = ',')]
+    // Secrets: --help names the variable, not its value.
+    #[arg(
+        long = "api-key",
+        env = "CAMELID_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     api_keys: Vec<String>,
     /// A file of accepted API keys, one per line (blank lines and `#` comments skipped), so
     /// keys stay out of the process list and the environment.
@@ -382,4 +388,64 @@ pub fn run(a: ServeArgs) -> Result<()> {
     // write to a temporary file and rename it when complete).
     rt.shutdown_background();
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap prints `[env: NAME=VALUE]` in --help: the secrets' values must not appear there
+    /// (a help screen ends up in terminals, logs and bug reports).
+    #[test]
+    fn help_does_not_show_secret_environment_values() {
+        let _env = super::super::ENV_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let secrets = [
+            ("CAMELID_API_KEY", "sk-help-test-api-key"),
+            (
+                "CAMELID_ARENA_DB",
+                "postgres://camelid:help-test-pw@db:5432/arena",
+            ),
+            ("OPENAI_API_KEY", "sk-help-test-openai-key"),
+        ];
+        for (k, v) in secrets {
+            std::env::set_var(k, v);
+        }
+        // Built after the variables are set: clap reads them as it builds the arguments.
+        let mut cli = crate::Cli::command();
+        cli.build();
+        let mut helps = vec![];
+        for path in [
+            &["serve"][..],
+            &["bench"],
+            &["arena", "export"],
+            &["arena", "import"],
+            &["mtbench", "answer"],
+            &["mtbench", "judge"],
+        ] {
+            let mut cmd = &mut cli;
+            for name in path {
+                cmd = cmd
+                    .find_subcommand_mut(name)
+                    .unwrap_or_else(|| panic!("no subcommand {path:?}"));
+            }
+            helps.push((path, cmd.render_long_help().to_string()));
+        }
+        for (k, _) in secrets {
+            std::env::remove_var(k);
+        }
+        for (path, help) in &helps {
+            for (k, v) in secrets {
+                assert!(
+                    !help.contains(v),
+                    "`{path:?} --help` shows {k}'s value:\n{help}"
+                );
+            }
+        }
+        // The variables themselves are still named.
+        let serve = &helps[0].1;
+        assert!(serve.contains("[env: CAMELID_API_KEY]"), "{serve}");
+        assert!(serve.contains("[env: CAMELID_ARENA_DB]"), "{serve}");
+    }
 }
