@@ -922,3 +922,47 @@ fn gemma3_multimodal_checkpoint_serves_its_language_model() {
         );
     }
 }
+
+/// Files that would load wrongly or not at all are refused with the reason: a layer count
+/// beyond the weights (a count is never trusted for an allocation: it panicked with a
+/// capacity overflow), a folder of several GGUFs, a split GGUF's shards, partial rotary.
+#[test]
+fn model_files_camelid_cannot_serve_are_refused_by_name() {
+    let err = |r: camelid_model::Result<LoadedModel>| match r {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    let opts = camelid_model::LoadOptions::default();
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 460);
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let gguf = write_gguf(dir.path(), "llama");
+    let with = |keys: serde_json::Value| {
+        random_model::write_gguf_with(dir.path(), "llama", &Vocab::Fixture, keys)
+    };
+    let shard = with(serde_json::json!({"split.count": 3}));
+    let partial = with(serde_json::json!({"llama.rope.dimension_count": 4}));
+    cfg["num_hidden_layers"] = serde_json::json!(1_000_000_000_000_000u64);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = err(camelid_model::load(dir.path().to_str(), &opts));
+    assert!(e.contains("model.layers.2"), "{e}");
+
+    let folder = tempfile::tempdir().unwrap();
+    for name in ["m.Q4_0.gguf", "m.Q8_0.gguf"] {
+        std::fs::copy(&gguf, folder.path().join(name)).unwrap();
+    }
+    let e = err(camelid_model::load(folder.path().to_str(), &opts));
+    assert!(
+        e.contains("several GGUF files (m.Q4_0.gguf, m.Q8_0.gguf)"),
+        "{e}"
+    );
+    let split = tempfile::tempdir().unwrap();
+    std::fs::copy(&gguf, split.path().join("m-00001-of-00002.gguf")).unwrap();
+    let e = err(camelid_model::load(split.path().to_str(), &opts));
+    assert!(e.contains("split GGUF"), "{e}");
+    let e = err(camelid_model::load(shard.to_str(), &opts));
+    assert!(e.contains("split in 3"), "{e}");
+    let e = err(camelid_model::load(partial.to_str(), &opts));
+    assert!(e.contains("partial rotary"), "{e}");
+}

@@ -133,6 +133,17 @@ impl GgufFile {
             Ok(k) => k as usize,
             Err(_) => hidden / heads.max(1),
         };
+        // Partial rotary (Phi-4-mini, StableLM): refused by name as the HF path does, not run
+        // with every dimension rotated.
+        if let Ok(rot) = self.meta_u32(&key("rope.dimension_count")) {
+            if rot as usize != head_dim {
+                return Err(Error::Unsupported(format!(
+                    "{origin}: partial rotary embeddings ({} rope.dimension_count {rot} of head \
+                     size {head_dim})",
+                    arch.name
+                )));
+            }
+        }
         let vocab = match self.meta_u32(&key("vocab_size")) {
             Ok(v) => v as usize,
             Err(_) => self

@@ -165,10 +165,7 @@ pub fn load(spec: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
     let (name, path, registry_template) = resolve(spec, opts.revision.as_deref())?;
     let template_choice = opts.template.clone().or(registry_template);
     let gguf_in_dir = if path.is_dir() && !path.join("config.json").exists() {
-        std::fs::read_dir(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        one_gguf_in(&path)?
     } else {
         None
     };
@@ -181,6 +178,55 @@ pub fn load(spec: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
     };
     loaded.path = path;
     Ok(loaded)
+}
+
+/// The folder's GGUF file, if it has one. Several are refused by name (a folder of Q4 and Q8
+/// files would load either); so are a split model's shards (`-00001-of-00003.gguf`), which
+/// camelid does not join: `llama-gguf-split --merge` makes one file of them.
+fn one_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    found.sort();
+    let names = || {
+        found
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if found.iter().any(|p| is_split_shard(p)) {
+        return Err(Error::Unsupported(format!(
+            "{}: a split GGUF ({}); join its shards into one file first \
+             (llama.cpp's `llama-gguf-split --merge FIRST-SHARD OUT.gguf`)",
+            dir.display(),
+            names()
+        )));
+    }
+    if found.len() > 1 {
+        return Err(Error::Invalid(format!(
+            "{}: several GGUF files ({}); name the one to serve",
+            dir.display(),
+            names()
+        )));
+    }
+    Ok(found.pop())
+}
+
+/// A shard of a split GGUF, by llama.cpp's naming: `NAME-00001-of-00003.gguf`.
+fn is_split_shard(p: &Path) -> bool {
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    let b = stem.as_bytes();
+    let Some(t) = b.len().checked_sub(15).map(|i| &b[i..]) else {
+        return false;
+    };
+    let digits = |d: &[u8]| d.iter().all(u8::is_ascii_digit);
+    t[0] == b'-' && digits(&t[1..6]) && &t[6..10] == b"-of-" && digits(&t[10..])
 }
 
 fn pick_template(
@@ -246,6 +292,13 @@ pub fn load_gguf(
         )));
     }
     let mut g = GgufFile::open(path, &opts.device)?;
+    if let Ok(n @ 2..) = g.meta_u32("split.count") {
+        return Err(Error::Unsupported(format!(
+            "{}: shard of a GGUF split in {n}; join the shards into one file first \
+             (llama.cpp's `llama-gguf-split --merge FIRST-SHARD OUT.gguf`)",
+            path.display()
+        )));
+    }
     g.own_kernels = !opts.candle_qmatmul;
     let cfg = g.model_config()?;
     let tok = gguf_tokenizer::from_gguf(&g)?;

@@ -84,7 +84,9 @@ pub fn build_llama(
     let embed_name = "model.embed_tokens.weight";
     check_shape(src, embed_name, &[cfg.vocab_size, h])?;
     let embed = src.embeddings(embed_name, dtype)?;
-    let mut layers = Vec::with_capacity(cfg.num_layers);
+    // Not reserved from the count: a file's count is untrusted (u32::MAX layers would abort
+    // the process); the first missing layer's tensor ends the load with an error.
+    let mut layers = Vec::new();
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
         let qkv_bias = if cfg.features.qkv_bias {

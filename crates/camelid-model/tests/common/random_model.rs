@@ -266,7 +266,17 @@ pub fn write_gguf_with(
         std::fs::write(&file, bytes).unwrap();
         list.push(serde_json::json!({"name": name, "shape": t.dims(), "file": file}));
     }
-    let out = dir.join(format!("model-{gguf_arch}.gguf"));
+    // A file per set of keys: one folder may be written with several.
+    let tag = match keys.as_object() {
+        Some(m) if !m.is_empty() => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            keys.to_string().hash(&mut h);
+            format!("-{:016x}", h.finish())
+        }
+        _ => String::new(),
+    };
+    let out = dir.join(format!("model-{gguf_arch}{tag}.gguf"));
     let mut spec = serde_json::json!({"arch": gguf_arch, "out": out, "hparams": cfg,
         "tensors": list, "keys": keys});
     match vocab {
