@@ -966,3 +966,33 @@ fn model_files_camelid_cannot_serve_are_refused_by_name() {
     let e = err(camelid_model::load(partial.to_str(), &opts));
     assert!(e.contains("partial rotary"), "{e}");
 }
+
+/// A `tokenizer.json` whose post-processor adds the BOS (Llama 3's `TemplateProcessing`) and
+/// a tokenizer_config.json without `add_bos_token`: prompts get the BOS, as HF's
+/// `tokenizer(text)` gives them; without that post-processor they do not.
+#[test]
+fn a_post_processor_that_adds_bos_is_followed() {
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 470);
+    let spm =
+        camelid_model::text::tokenizer::from_sentencepiece(&dir.path().join("tokenizer.model"))
+            .unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&spm.to_json_string().unwrap()).unwrap();
+    std::fs::remove_file(dir.path().join("tokenizer.model")).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    let first = |doc: &serde_json::Value| {
+        std::fs::write(dir.path().join("tokenizer.json"), doc.to_string()).unwrap();
+        load(dir.path()).tokenizer.encode("hi", true).unwrap()[0]
+    };
+    doc["post_processor"] = serde_json::Value::Null;
+    assert_ne!(first(&doc), 1, "no BOS without the post-processor");
+    doc["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}});
+    assert_eq!(first(&doc), 1);
+}

@@ -79,4 +79,38 @@ fn revisions_resolve_through_the_offline_cache() {
         camelid_model::load(Some(id), &opts(None)).is_err(),
         "main has no weights: loading it must fail"
     );
+
+    // Online, with the hub out of reach (nothing listens on the endpoint's port): the cached
+    // snapshot is served, as Python's huggingface_hub falls back; a model not in the cache
+    // is an error that says the hub is out of reach.
+    std::env::remove_var("HF_HUB_OFFLINE");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    std::env::set_var("HF_ENDPOINT", format!("http://127.0.0.1:{port}"));
+    assert_eq!(
+        fetch_repo(id, Some("v2")).unwrap(),
+        repo.join("snapshots").join(V2)
+    );
+    let err = fetch_repo("acme/absent", None).unwrap_err().to_string();
+    assert!(err.contains("out of reach"), "{err}");
+    // A hub that refuses (a gated repository without a token) says what to do.
+    let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::env::set_var(
+        "HF_ENDPOINT",
+        format!("http://{}", hub.local_addr().unwrap()),
+    );
+    std::thread::spawn(move || {
+        for conn in hub.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let err = fetch_repo("acme/gated", None).unwrap_err().to_string();
+    assert!(err.contains("HF_TOKEN") && err.contains("license"), "{err}");
 }

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::load::hf_folder::shards_from_index;
+use hf_hub::api::sync::ApiError;
 use hf_hub::{Repo, RepoType};
 use std::path::{Path, PathBuf};
 
@@ -61,27 +62,7 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     };
     let hub_err = |f: &str, e: &dyn std::fmt::Display| Error::Io(format!("hub {id}: {f}: {e}"));
     if offline() {
-        // A commit hash names its snapshot directly (the Python hub writes no `refs/<commit>`,
-        // and hf-hub looks every revision up there).
-        if let Some(commit) =
-            revision.filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            let snapshot = hf_hub::Cache::from_env()
-                .path()
-                .join(format!("models--{}", id.replace('/', "--")))
-                .join("snapshots")
-                .join(commit);
-            if snapshot.join("config.json").is_file() {
-                return Ok(snapshot);
-            }
-        }
-        let cache = hf_hub::Cache::from_env().repo(repo);
-        let cfg = cache.get("config.json").ok_or_else(|| {
-            Error::Io(format!(
-                "hub {id}: HF_HUB_OFFLINE is set and config.json is not in the cache"
-            ))
-        })?;
-        return Ok(cfg.parent().unwrap_or(Path::new(".")).to_path_buf());
+        return from_cache(id, repo, revision, "HF_HUB_OFFLINE is set");
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
@@ -92,8 +73,28 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         )
         .build()
         .map_err(|e| hub_err("client", &e))?;
-    let r = api.repo(repo);
-    let info = r.info().map_err(|e| hub_err("repo info", &e))?;
+    let r = api.repo(repo.clone());
+    let info = match r.info() {
+        Ok(info) => info,
+        // The hub out of reach: a model already in the cache is served from it, as Python's
+        // huggingface_hub falls back (a restart during an outage keeps working).
+        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Transport(_)) => {
+            let why = format!("the hub is out of reach ({e})");
+            let dir = from_cache(id, repo, revision, &why)?;
+            tracing::warn!(
+                "hub {id}: {why}; serving the cached snapshot {}",
+                dir.display()
+            );
+            return Ok(dir);
+        }
+        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(401 | 403, _)) => {
+            return Err(Error::Io(format!(
+                "hub {id}: the hub refused access ({e}): a gated or private repository needs \
+                 its license accepted on huggingface.co and a token with access in HF_TOKEN"
+            )))
+        }
+        Err(e) => return Err(hub_err("repo info", &e)),
+    };
     let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let mut dir = None;
     for f in SIDE_FILES
@@ -118,6 +119,32 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         }
     }
     dir.ok_or_else(|| Error::BadConfig(format!("hub {id}: config.json is missing from the repo")))
+}
+
+/// The cached snapshot of `id` (HF_HOME's hub cache, as the Python hub writes it), when the
+/// hub is not to be asked or cannot be: `why` says which, in the error.
+fn from_cache(id: &str, repo: Repo, revision: Option<&str>, why: &str) -> Result<PathBuf> {
+    // A commit hash names its snapshot directly (the Python hub writes no `refs/<commit>`,
+    // and hf-hub looks every revision up there).
+    if let Some(commit) =
+        revision.filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        let snapshot = hf_hub::Cache::from_env()
+            .path()
+            .join(format!("models--{}", id.replace('/', "--")))
+            .join("snapshots")
+            .join(commit);
+        if snapshot.join("config.json").is_file() {
+            return Ok(snapshot);
+        }
+    }
+    let cache = hf_hub::Cache::from_env().repo(repo);
+    let cfg = cache.get("config.json").ok_or_else(|| {
+        Error::Io(format!(
+            "hub {id}: {why}, and config.json is not in the cache"
+        ))
+    })?;
+    Ok(cfg.parent().unwrap_or(Path::new(".")).to_path_buf())
 }
 
 #[cfg(test)]

@@ -403,10 +403,12 @@ pub fn load_hf_folder(
     eos.sort();
     eos.dedup();
     tok.eos_ids = eos;
-    tok.add_bos = tok_cfg
-        .get("add_bos_token")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(tok.add_bos);
+    // Without `add_bos_token` (Llama 3's tokenizer_config.json has none), HF adds the BOS
+    // when the post-processor does: so does camelid, as gguf-py's converter decides it.
+    tok.add_bos = match tok_cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
+        Some(add) => add,
+        None => tok.add_bos || tok.post_processor_adds_bos(),
+    };
     // The template: in tokenizer_config.json, else (multimodal checkpoints, newer
     // transformers) beside it in chat_template.json or chat_template.jinja.
     let own_file = dir.join("chat_template.jinja");

@@ -198,6 +198,18 @@ impl Tokenizer {
         self.special_ids.contains(&id)
     }
 
+    /// Whether `tokenizer.json`'s post-processor puts the BOS token first (HF's
+    /// `TemplateProcessing`, how Llama 3 adds `<|begin_of_text|>`): camelid encodes without
+    /// the post-processor and adds the BOS itself, so it must know.
+    pub fn post_processor_adds_bos(&self) -> bool {
+        let Some(bos) = self.bos_id else {
+            return false;
+        };
+        self.inner
+            .encode("", true)
+            .is_ok_and(|e| e.get_ids().first() == Some(&bos))
+    }
+
     /// The JSON document for `tokenizer.json`.
     pub fn to_json_string(&self) -> Result<String> {
         match &self.json {
