@@ -168,7 +168,13 @@ fn round_robin(backends: Vec<String>) -> RoundRobin {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(vec![]));
-    let seen = log.clone();
+    forward(listener, backends, log.clone());
+    RoundRobin { base, log }
+}
+
+/// Hands each connection `listener` accepts to the next of `backends` (`[http://]HOST:PORT`)
+/// in a thread of its own, noting the backend's index in `seen`.
+fn forward(listener: TcpListener, backends: Vec<String>, seen: Arc<Mutex<Vec<usize>>>) {
     std::thread::spawn(move || {
         for (i, client) in listener.incoming().enumerate() {
             let Ok(client) = client else { continue };
@@ -189,7 +195,32 @@ fn round_robin(backends: Vec<String>) -> RoundRobin {
             });
         }
     });
-    RoundRobin { base, log }
+}
+
+/// A server started while its PostgreSQL cannot be reached yet waits for it
+/// (`--arena-db-wait`) and then serves the arena, instead of exiting: the database's address
+/// answers only 12 s after the server starts (a forwarder to the real server opens then),
+/// past the pool's own 10 s of connection attempts.
+#[test]
+fn a_server_started_before_its_database_waits_for_it() {
+    let Some(pg) = Postgres::start() else { return };
+    let at = pg.url.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
+    let end = at + pg.url[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    let real = format!("127.0.0.1:{}", &pg.url[at..end]);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("{}{port}{}", &pg.url[..at], &pg.url[end..]);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(12));
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        forward(listener, vec![real], Default::default());
+    });
+    let started = Instant::now();
+    let s = arena_server(&url, &["--arena-db-wait", "60"]);
+    assert!(started.elapsed() >= Duration::from_secs(12));
+    let (status, body) = post(&s.base, "/arena/battles", ask());
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The rate limits hold under a burst on PostgreSQL: 40 votes at once from one visitor (on

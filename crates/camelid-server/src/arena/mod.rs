@@ -333,14 +333,44 @@ impl Arena {
     /// The arena on `--arena-db` (`sqlite:PATH` or `postgres://…`); its tables are created
     /// now.
     pub async fn connect(url: &str, config: ArenaConfig) -> Result<Self, String> {
-        let store = Store::connect(url)
-            .await
-            .map_err(|e| format!("arena store {}: {e}", store::redact_url(url)))?;
-        Ok(Self {
-            store,
-            config,
-            board: Default::default(),
-        })
+        Self::connect_waiting(url, config, std::time::Duration::ZERO).await
+    }
+
+    /// [`Self::connect`], waiting up to `wait` for a database that is not reachable yet
+    /// (refused, timed out, still starting up), retrying with a growing pause: a replica
+    /// started while its database restarts serves once the database is back, where exiting
+    /// would leave SkyServe a replica that failed before it was ever ready (unrecoverable:
+    /// it stops scaling that version). Other errors (a wrong URL, a refused password) end it
+    /// at once.
+    pub async fn connect_waiting(
+        url: &str,
+        config: ArenaConfig,
+        wait: std::time::Duration,
+    ) -> Result<Self, String> {
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(500);
+        loop {
+            match Store::connect(url).await {
+                Ok(store) => {
+                    return Ok(Self {
+                        store,
+                        config,
+                        board: Default::default(),
+                    })
+                }
+                Err(e) if store::unreachable(&e) && start.elapsed() + pause < wait => {
+                    tracing::warn!(
+                        "arena store {}: {e}; trying again in {:.1} s (--arena-db-wait {} s)",
+                        store::redact_url(url),
+                        pause.as_secs_f64(),
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(15));
+                }
+                Err(e) => return Err(format!("arena store {}: {e}", store::redact_url(url))),
+            }
+        }
     }
 
     /// An arena kept in this process's memory: its votes end with it.

@@ -104,6 +104,17 @@ pub(super) struct RatedVote {
     pub anony: bool,
 }
 
+/// A connection error that may pass: nothing listening yet, a timeout, a server still
+/// starting up or shutting down (PostgreSQL's class 57P0x), rather than a wrong URL or
+/// password.
+pub fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("57P0")),
+        _ => false,
+    }
+}
+
 impl Store {
     /// A pool on `url` (`sqlite:PATH`, created if missing, or `postgres://…`); the tables are
     /// created now.

@@ -98,6 +98,10 @@ pub struct ArenaServeArgs {
     // The URL may hold a password: --help names the variable, not its value.
     #[arg(long, env = "CAMELID_ARENA_DB", hide_env_values = true)]
     arena_db: Option<String>,
+    /// Seconds to wait at start for an `--arena-db` that cannot be reached yet (refused,
+    /// timed out, starting up), trying again meanwhile; 0 gives up at the first failure.
+    #[arg(long, env = "CAMELID_ARENA_DB_WAIT", default_value_t = 300)]
+    arena_db_wait: u64,
     /// Seconds an arena battle stays open after its start or last turn.
     #[arg(long, default_value_t = 3600)]
     arena_battle_ttl: u64,
@@ -189,9 +193,13 @@ impl ArenaServeArgs {
             );
         }
         match &self.arena_db {
-            Some(url) => Ok(Arena::connect(url, self.config())
-                .await
-                .map_err(anyhow::Error::msg)?),
+            Some(url) => Ok(Arena::connect_waiting(
+                url,
+                self.config(),
+                std::time::Duration::from_secs(self.arena_db_wait),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?),
             None => {
                 tracing::warn!(
                     "arena votes are kept in memory and lost at exit; --arena-db sqlite:PATH keeps them"
