@@ -448,6 +448,10 @@ pub struct Rating {
     pub score_rate: f64,
 }
 
+/// The bootstrap's seed by default, FastChat's `elo_analysis` one: the server's leaderboard and
+/// `camelid arena ratings` on its export give the same intervals.
+pub const FASTCHAT_SEED: u32 = 42;
+
 /// How a leaderboard is computed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RatingOptions {

@@ -426,6 +426,20 @@ fn votes_survive_kill_9(db: &str) {
         .map(|r| r["battles"].as_u64().unwrap())
         .sum();
     assert_eq!(counted, 2 * exported.len() as u64, "{rows}");
+    // The same ratings and bootstrap intervals as the server's leaderboard (same fit, same
+    // resamples).
+    for want in board["leaderboard"].as_array().unwrap() {
+        let got = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == want["model"])
+            .unwrap_or_else(|| panic!("{} not rated: {rows}", want["model"]));
+        for k in ["rating", "ci_low", "ci_high"] {
+            let (a, b) = (got[k].as_f64().unwrap(), want[k].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-6, "{k}: ratings {a}, leaderboard {b}");
+        }
+    }
 }
 
 #[test]

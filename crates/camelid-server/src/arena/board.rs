@@ -143,7 +143,7 @@ fn fit(records: Vec<BattleRecord>) -> Result<Fits, String> {
     let opts = RatingOptions {
         convention: Default::default(),
         rounds: BOOTSTRAP_ROUNDS,
-        seed: 0,
+        seed: ratings::FASTCHAT_SEED,
     };
     let battles: Vec<Battle> = records.iter().map(|r| r.battle.clone()).collect();
     let plain = ratings::leaderboard_with(&battles, &opts);

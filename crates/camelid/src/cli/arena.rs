@@ -54,7 +54,7 @@ pub struct ArenaRatingsArgs {
     #[arg(long, default_value_t = 100)]
     bootstrap: usize,
     /// Seed of the resampling (numpy's: 42, FastChat's, gives its resamples).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = camelid_eval::ratings::FASTCHAT_SEED)]
     seed: u32,
     /// text, markdown or json.
     #[arg(long, default_value = "text")]
