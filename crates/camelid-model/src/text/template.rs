@@ -358,8 +358,9 @@ fn too_long(limit: usize) -> String {
     )
 }
 
-/// HF's `tojson` (Python's `json.dumps(ensure_ascii=False)`): `", "` and `": "` between
-/// items, or `indent` spaces per level; key order as given; nothing HTML-escaped
+/// HF's `tojson`: Python's `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+/// sort_keys=False)` with those keywords; `", "` and `": "` between items, or `indent` spaces
+/// per level and `","`; key order as given unless `sort_keys`; nothing HTML-escaped
 /// (minijinja's own escapes `<`, `>`, `&` and `'`, so prompts would differ from HF's).
 /// At most `limit` bytes a value, and twice that over one render (`spent` so far): output
 /// captured by the template (a macro, `{% set %}…{% endset %}`) is held before it reaches
@@ -372,26 +373,45 @@ fn tojson(
     spent: &AtomicUsize,
     over: &AtomicBool,
 ) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let bad =
+        |msg: &str| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg.to_string());
     let indent = kwargs.get::<Option<usize>>("indent")?.or(indent);
-    // Python's other arguments change nothing a template relies on; they are accepted.
-    for k in ["ensure_ascii", "sort_keys", "separators"] {
-        let _: Option<minijinja::Value> = kwargs.get(k)?;
-    }
+    let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    let separators = kwargs.get::<Option<Vec<String>>>("separators")?;
     kwargs.assert_all_used()?;
+    // Python's defaults: `", "` between items, `","` once lines are indented.
+    let (item, key) = match separators.as_deref() {
+        None => (if indent.is_some() { "," } else { ", " }, ": "),
+        Some([item, key]) => (item.as_str(), key.as_str()),
+        Some(_) => {
+            return Err(bad(
+                "tojson: separators must be (item_separator, key_separator)",
+            ))
+        }
+    };
+    let mut fmt = PythonJson {
+        item: item.as_bytes().to_vec(),
+        key: key.as_bytes().to_vec(),
+        indent: indent.map(|n| vec![b' '; n]),
+        ensure_ascii,
+        level: 0,
+        has_value: false,
+    };
     let room = limit
         .saturating_mul(2)
         .saturating_sub(spent.load(Ordering::Relaxed));
     let mut out = CappedBuf::new(limit.min(room));
-    let written = match indent {
-        Some(n) => {
-            let pad = vec![b' '; n];
-            let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
-            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, fmt))
-        }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut out,
-            PythonCompact,
-        )),
+    let written = if sort_keys {
+        let mut v = serde_json::to_value(value).map_err(|e| bad(&e.to_string()))?;
+        sort_keys_deep(&mut v);
+        v.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out, &mut fmt,
+        ))
+    } else {
+        value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out, &mut fmt,
+        ))
     };
     written.map_err(|e| {
         let msg = if out.over {
@@ -407,34 +427,117 @@ fn tojson(
     Ok(minijinja::Value::from_safe_string(s))
 }
 
-/// `json.dumps`' default separators.
-struct PythonCompact;
+/// Python's `sort_keys`: every object's keys in code-point order (UTF-8 byte order is the same).
+fn sort_keys_deep(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.sort_keys();
+            m.values_mut().for_each(sort_keys_deep);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(sort_keys_deep),
+        _ => {}
+    }
+}
 
-impl serde_json::ser::Formatter for PythonCompact {
+/// `json.dumps`' layout: its separators, its indentation (a newline and the indent before
+/// each item, none inside an empty container), `ensure_ascii`'s `\uXXXX` escapes (UTF-16,
+/// lower-case hex, as Python writes them).
+struct PythonJson {
+    item: Vec<u8>,
+    key: Vec<u8>,
+    indent: Option<Vec<u8>>,
+    ensure_ascii: bool,
+    level: usize,
+    has_value: bool,
+}
+
+impl PythonJson {
+    fn open<W: ?Sized + std::io::Write>(&mut self, w: &mut W, c: &[u8]) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(c)
+    }
+    fn close<W: ?Sized + std::io::Write>(&mut self, w: &mut W, c: &[u8]) -> std::io::Result<()> {
+        self.level -= 1;
+        if let (Some(pad), true) = (&self.indent, self.has_value) {
+            w.write_all(b"\n")?;
+            for _ in 0..self.level {
+                w.write_all(pad)?;
+            }
+        }
+        w.write_all(c)
+    }
+    fn item<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if !first {
+            w.write_all(&self.item)?;
+        }
+        if let Some(pad) = &self.indent {
+            w.write_all(b"\n")?;
+            for _ in 0..self.level {
+                w.write_all(pad)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for &mut PythonJson {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.open(w, b"[")
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"]")
+    }
     fn begin_array_value<W: ?Sized + std::io::Write>(
         &mut self,
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+        self.item(w, first)
+    }
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.open(w, b"{")
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"}")
     }
     fn begin_object_key<W: ?Sized + std::io::Write>(
         &mut self,
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
-        }
+        self.item(w, first)
     }
     fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b": ")
+        w.write_all(&self.key)
+    }
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if !self.ensure_ascii || fragment.is_ascii() {
+            return w.write_all(fragment.as_bytes());
+        }
+        let mut units = [0u16; 2];
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                w.write_all(&[c as u8])?;
+            } else {
+                for u in c.encode_utf16(&mut units) {
+                    write!(w, "\\u{:04x}", u)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -842,6 +945,31 @@ mod tests {
             out,
             "{\n  \"b\": [\n    1,\n    2.5\n  ],\n  \"a\": {},\n  \"s\": \"x'&\"\n}|{\"b\": [1, 2.5], \"a\": {}, \"s\": \"x'&\"}"
         );
+    }
+
+    /// `tojson`'s other keywords are `json.dumps`' (expected texts written by Python 3).
+    #[test]
+    fn tojson_keywords_are_pythons() {
+        let t = ChatTemplate::Jinja {
+            source: concat!(
+                "{{ tools[0] | tojson(sort_keys=true) }}|",
+                "{{ tools[0] | tojson(ensure_ascii=true, separators=(',', ':')) }}|",
+                "{{ tools[0] | tojson(indent=1, separators=(', ', ': '), sort_keys=true, ensure_ascii=true) }}"
+            )
+            .into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let tools = [serde_json::json!({"b": [1, 2.5], "a": {"z": "é😀", "y": []}, "s": "x\u{1}"})];
+        let out = t
+            .render_with(&[], Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        let want = [
+            r#"{"a": {"y": [], "z": "é😀"}, "b": [1, 2.5], "s": "x\u0001"}"#,
+            r#"{"b":[1,2.5],"a":{"z":"\u00e9\ud83d\ude00","y":[]},"s":"x\u0001"}"#,
+            "{\n \"a\": {\n  \"y\": [], \n  \"z\": \"\\u00e9\\ud83d\\ude00\"\n }, \n \"b\": [\n  1, \n  2.5\n ], \n \"s\": \"x\\u0001\"\n}",
+        ];
+        assert_eq!(out, want.join("|"));
     }
 
     /// A render stops once its text passes the bound, in the template's own output or
