@@ -7,6 +7,7 @@
   compare REF A [B..]  top-1 agreement and mean KL(ref || x) per file, as JSON lines
   bandwidth            device-to-device copy bandwidth (GB/s) -> the decode roofline
   eager DIR            transformers eager generate: batch 1 and 32, 128 prompt + 128 new tokens
+  health URL [PID]     waits up to 120 s for URL to answer 200 (exit 1 if not, or once PID is gone)
 
 CAMELID_TORCH_DEVICE=cpu runs make and logits on the CPU (benches/gpu/cpu-dryrun.sh).
 """
@@ -37,7 +38,9 @@ def make(out, *names):
         if names and name not in names:
             continue
         d = os.path.join(out, name)
-        if os.path.exists(os.path.join(d, "config.json")):
+        # Done only once the weights are complete: save_pretrained writes config.json first,
+        # so a save cut off by its timeout must be made again, not skipped.
+        if os.path.exists(os.path.join(d, "done")):
             continue
         torch.manual_seed(0)
         cfg = LlamaConfig(max_position_embeddings=4096, rms_norm_eps=1e-5, dtype="bfloat16", **shape)
@@ -51,6 +54,7 @@ def make(out, *names):
             torch.cuda.empty_cache()
         if name == "smol" and os.path.exists(".gpu/tokenizer.json"):
             shutil.copy(".gpu/tokenizer.json", d)
+        open(os.path.join(d, "done"), "w").close()
         print(f"made {d}", flush=True)
 
 
@@ -124,5 +128,19 @@ def eager(d):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "health":
+        # The device image may have no curl; a server that died is not waited for.
+        import urllib.request
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(args[0], timeout=2) as r:
+                    if r.status == 200:
+                        sys.exit(0)
+            except Exception:
+                pass
+            if len(args) > 1 and not os.path.exists(f"/proc/{args[1]}"):
+                sys.exit(1)
+            time.sleep(0.5)
+        sys.exit(1)
     {"make": lambda: make(*args), "logits": lambda: logits(*args), "compare": lambda: compare(args[0], args[1:]),
      "bandwidth": bandwidth, "eager": lambda: eager(*args)}[cmd]()

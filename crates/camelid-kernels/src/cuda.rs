@@ -106,6 +106,14 @@ impl InplaceOp2 for CacheWrite {
         if c0 != 0 {
             bail!("cache must start at offset 0");
         }
+        // A slot of the cache holds one source row; one slot per token.
+        let slot_width: usize = cl.shape().dims().iter().skip(1).product();
+        if slot_width != row || self.slots.elem_count() != tokens {
+            bail!(
+                "cache_write: rows of {row} into slots of {slot_width}, {tokens} tokens for {} slots",
+                self.slots.elem_count()
+            );
+        }
         if tokens == 0 {
             return Ok(());
         }
@@ -250,6 +258,21 @@ impl CustomOp3 for PagedAttention {
                 ql.shape(),
                 kl.shape(),
                 vl.shape()
+            );
+        }
+        // The grid's y (rows) and z (splits) dimensions stop at 65 535; each row needs its
+        // sequence and context length.
+        if rows > 65_535 || self.splits > 65_535 {
+            bail!(
+                "paged_attention: {rows} rows or {} splits, over the grid's 65 535",
+                self.splits
+            );
+        }
+        if self.row_seq.elem_count() != rows || self.row_ctx.elem_count() != rows {
+            bail!(
+                "paged_attention: {rows} query rows, {} row sequences, {} row contexts",
+                self.row_seq.elem_count(),
+                self.row_ctx.elem_count()
             );
         }
         let (q0, q1) = contiguous(ql, "q")?;

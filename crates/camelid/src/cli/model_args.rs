@@ -62,7 +62,11 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
                 .map(|i| i.parse::<usize>())
                 .transpose()?
                 .unwrap_or(0);
-            Ok(candle_core::Device::new_cuda(idx)?)
+            // One stream for every thread: `new_cuda` gives each host thread its own
+            // (per-thread default stream), and the weights and the KV cache are made on the
+            // loader's thread while the engine's thread runs the forwards, with nothing
+            // ordering the two.
+            Ok(candle_core::Device::new_cuda_with_stream(idx)?)
         }
         other => anyhow::bail!("unknown device {other:?} (cpu, cuda, cuda:N)"),
     }
