@@ -1,10 +1,11 @@
 //! `camelid mtbench answer`: FastChat's `gen_api_answer.py` against any endpoint.
 
-use crate::client::{ChatClient, Msg};
+use crate::client::{ChatClient, ChatError, Msg, API_ERROR_OUTPUT};
 use crate::data::{append_jsonl, now, read_existing, Answer, Choice, Question};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use futures::stream::{self, StreamExt};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// FastChat's temperature by category (`common.py: temperature_config`).
 pub fn category_temperature(category: &str) -> f64 {
@@ -44,34 +45,77 @@ fn answer_id() -> String {
         .collect()
 }
 
-/// Asks every turn in order, each with the earlier turns' questions and answers.
+/// Asks every turn in order, each with the earlier turns' questions and answers. A turn
+/// the endpoint rejects (a context-length 400 on turn 2, no content) gets FastChat's
+/// [`API_ERROR_OUTPUT`] and the next turn is asked after it, as FastChat's
+/// `chat_completion_openai` does; the answer is complete, and judged. Returns the choices
+/// and how many turns are [`API_ERROR_OUTPUT`].
 pub async fn answer_question(
     client: &ChatClient,
     q: &Question,
     opts: &AnswerOptions,
-) -> Result<Vec<Choice>> {
+) -> Result<(Vec<Choice>, usize), ChatError> {
     let temperature = temperature_for(q, opts.force_temperature);
     let mut choices = vec![];
+    let mut rejected = 0;
     for index in 0..opts.num_choices {
         let mut msgs: Vec<Msg> = opts.system.iter().map(|s| Msg::new("system", s)).collect();
         let mut turns = vec![];
-        for t in &q.turns {
-            msgs.push(Msg::new("user", t));
-            let out = client.chat(&msgs, temperature, opts.max_tokens).await?;
+        for (t, text) in q.turns.iter().enumerate() {
+            msgs.push(Msg::new("user", text));
+            let out = match client.chat(&msgs, temperature, opts.max_tokens).await {
+                Ok(out) => out,
+                Err(ChatError::Rejected(e)) => {
+                    tracing::warn!(
+                        "question {} turn {}: {e}: recorded as {API_ERROR_OUTPUT}",
+                        q.question_id,
+                        t + 1
+                    );
+                    rejected += 1;
+                    API_ERROR_OUTPUT.to_string()
+                }
+                Err(e) => return Err(e),
+            };
             msgs.push(Msg::new("assistant", &out));
             turns.push(out);
         }
         choices.push(Choice { index, turns });
     }
-    Ok(choices)
+    Ok((choices, rejected))
 }
 
-/// Answers the questions not yet in `opts.out`; returns (answered, failed).
+/// What an [`run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AnswerSummary {
+    /// Questions answered (turns recorded as [`API_ERROR_OUTPUT`] included).
+    pub answered: usize,
+    /// Questions that failed after the retries: recorded as error lines, asked again by the
+    /// next run.
+    pub failed: usize,
+    /// Turns the endpoint rejected, recorded as [`API_ERROR_OUTPUT`].
+    pub rejected_turns: usize,
+}
+
+/// Answers the questions not yet in `opts.out`, then sorts the file (see
+/// [`reorg_answer_file`]). A wrong key, model or endpoint stops the run with an error.
 pub async fn run(
     client: &ChatClient,
     questions: &[Question],
     opts: &AnswerOptions,
-) -> Result<(usize, usize)> {
+) -> Result<AnswerSummary> {
+    let r = answer_missing(client, questions, opts).await;
+    // Sorted even after a stop: what was written stays, in order.
+    let sorted = reorg_answer_file(&opts.out);
+    let summary = r?;
+    sorted?;
+    Ok(summary)
+}
+
+async fn answer_missing(
+    client: &ChatClient,
+    questions: &[Question],
+    opts: &AnswerOptions,
+) -> Result<AnswerSummary> {
     let existing: Vec<Answer> = read_existing(&opts.out);
     // Answered questions are skipped; failed ones (error lines) are tried again.
     let done: std::collections::HashSet<u64> = existing
@@ -87,15 +131,21 @@ pub async fn run(
     let mut results = stream::iter(todo)
         .map(|q| async move { (q, answer_question(client, q, opts).await) })
         .buffer_unordered(opts.parallel.max(1));
-    let (mut ok, mut failed) = (0, 0);
+    let mut summary = AnswerSummary::default();
     while let Some((q, r)) = results.next().await {
         let (choices, error) = match r {
-            Ok(c) => {
-                ok += 1;
+            Ok((c, rejected)) => {
+                summary.answered += 1;
+                summary.rejected_turns += rejected;
                 (c, None)
             }
+            // Every other question would fail the same way: stop rather than retry each.
+            Err(ChatError::Fatal(e)) => {
+                pb.abandon();
+                anyhow::bail!("question {}: {e}", q.question_id)
+            }
             Err(e) => {
-                failed += 1;
+                summary.failed += 1;
                 (vec![], Some(e.to_string()))
             }
         };
@@ -111,7 +161,54 @@ pub async fn run(
         pb.inc(1);
     }
     pb.finish();
-    Ok((ok, failed))
+    Ok(summary)
+}
+
+/// FastChat's `reorg_answer_file`: one line per question (and model id), sorted by question
+/// id: the last successful answer, else the last error line (a question still to answer).
+/// Lines are kept as written. A missing file is left missing; a file with a bad line (other
+/// than a torn last one) is left alone, with a warning; a file already in order is not
+/// written.
+pub fn reorg_answer_file(path: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut keep: BTreeMap<(u64, String), (bool, &str)> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str::<Answer>(l) {
+            Ok(a) => {
+                let ok = a.error.is_none();
+                let slot = keep.entry((a.question_id, a.model_id)).or_insert((ok, l));
+                // A later answer replaces an earlier one, but no error replaces an answer.
+                if ok || !slot.0 {
+                    *slot = (ok, l);
+                }
+            }
+            // Torn by a killed run: resuming redoes it.
+            Err(_)
+                if i + 1 == lines.len()
+                    && !text.ends_with('\n')
+                    && serde_json::from_str::<serde_json::Value>(l).is_err() => {}
+            Err(e) => {
+                tracing::warn!(
+                    "{}: line {}: {e}: the file is left unsorted",
+                    path.display(),
+                    i + 1
+                );
+                return Ok(());
+            }
+        }
+    }
+    let sorted: String = keep.values().map(|(_, l)| format!("{l}\n")).collect();
+    if sorted != text {
+        // Written beside it, then renamed over it: a kill leaves one file or the other.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.sorting"));
+        std::fs::write(&tmp, sorted).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `camelid mtbench judge`: FastChat's `gen_judgment.py` with any OpenAI endpoint as judge.
 
-use crate::client::{ChatClient, Msg};
+use crate::client::{ChatClient, ChatError, Msg, API_ERROR_OUTPUT};
 use crate::data::{
     append_jsonl, now, read_existing, Answer, JudgePrompt, PairJudgment, Question, SingleJudgment,
 };
@@ -308,9 +308,19 @@ impl Judge {
         } else {
             serde_json::Value::Null
         };
-        self.client
+        match self
+            .client
             .chat_with(&msgs, 0.0, self.max_tokens, &extra)
             .await
+        {
+            // FastChat records a judgment the API will not give as its `API_ERROR_OUTPUT`
+            // (score -1, verdict "error", left out of the tables), so the match is done.
+            Err(ChatError::Rejected(e)) => {
+                tracing::warn!("{e}: judgment recorded as {API_ERROR_OUTPUT}");
+                Ok(API_ERROR_OUTPUT.to_string())
+            }
+            r => Ok(r?),
+        }
     }
 }
 
@@ -390,7 +400,9 @@ fn check_inputs(
     Ok(())
 }
 
-/// Runs the matches not yet in the output file. Returns (judged, errors).
+/// Runs the matches not yet in the output file. Returns (judged, errors); an error when every
+/// match failed, or at once when one failed for a reason all would (a wrong key, model or
+/// endpoint).
 pub async fn run(
     judge: &Judge,
     questions: &[Question],
@@ -465,6 +477,13 @@ pub async fn run(
                             },
                         )?;
                         ok += 1;
+                    }
+                    // A wrong key, model or endpoint: every other match would fail too.
+                    Err(e) if ChatError::is_fatal(&e) => {
+                        pb.abandon();
+                        return Err(
+                            e.context(format!("question {} model {m} turn {t}", q.question_id))
+                        );
                     }
                     Err(e) => {
                         tracing::warn!("question {} model {m} turn {t}: {e}", q.question_id);
@@ -568,6 +587,12 @@ pub async fn run(
                         )?;
                         ok += 1;
                     }
+                    Err(e) if ChatError::is_fatal(&e) => {
+                        pb.abandon();
+                        return Err(
+                            e.context(format!("question {} {m1} vs {m2} turn {t}", q.question_id))
+                        );
+                    }
                     Err(e) => {
                         tracing::warn!("question {} {m1} vs {m2} turn {t}: {e}", q.question_id);
                         errors += 1;
@@ -576,6 +601,13 @@ pub async fn run(
             }
             pb.finish();
         }
+    }
+    // Nothing judged and something failed: the run failed, whatever it was.
+    if ok == 0 && errors > 0 {
+        anyhow::bail!(
+            "every one of the {errors} matches failed (the warnings above say why); they are \
+             tried again on the next run"
+        );
     }
     Ok((ok, errors))
 }

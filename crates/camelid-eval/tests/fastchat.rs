@@ -24,8 +24,11 @@ fn data() -> PathBuf {
 
 fn judge() -> Judge {
     let refs = read_jsonl::<Answer>(&data().join("reference_answer/gpt-4.jsonl")).unwrap();
+    let mut client = ChatClient::new("http://127.0.0.1:9", "judge-model", None).unwrap();
+    // Nothing listens there: fail at once, not after a few minutes of retries.
+    client.retries = 0;
     Judge {
-        client: ChatClient::new("http://127.0.0.1:9", "judge-model", None).unwrap(),
+        client,
         prompts: load_judge_prompts(&data().join("judge_prompts.jsonl")).unwrap(),
         references: refs.into_iter().map(|a| (a.question_id, a)).collect(),
         max_tokens: 16,
@@ -397,6 +400,15 @@ fn judging_refuses_what_fastchat_check_data_refuses() {
     assert!(!out.exists(), "nothing judged");
 }
 
+/// A run whose `n` matches all failed is an error.
+fn assert_all_failed(r: anyhow::Result<(usize, usize)>, n: usize) {
+    let err = r.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("every one of the {n} matches failed")),
+        "{err}"
+    );
+}
+
 /// A question or answer without turns fails its own matches (no judge call), not the run.
 #[test]
 fn no_turns_is_an_error_for_the_match_not_a_panic() {
@@ -418,14 +430,9 @@ fn no_turns_is_an_error_for_the_match_not_a_panic() {
     assert!(err.to_string().contains("answer has no turns"), "{err}");
     let only_m2: std::collections::BTreeMap<_, _> =
         [("m2".to_string(), answers["m2"].clone())].into();
-    assert_eq!(
-        run_judge(&j, &qs, &only_m2, Mode::Single, &out).unwrap(),
-        (0, 2)
-    );
-    assert_eq!(
-        run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out).unwrap(),
-        (0, 2)
-    );
+    // Every match failed: the run fails (after trying them all).
+    assert_all_failed(run_judge(&j, &qs, &only_m2, Mode::Single, &out), 2);
+    assert_all_failed(run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out), 2);
     for a in [&answers["m1"][&81], &answers["m2"][&81]] {
         assert!(j.pair_prompt(&qs[0], a, &empty("m2"), 2).is_err());
     }
@@ -438,10 +445,7 @@ fn no_turns_is_an_error_for_the_match_not_a_panic() {
     assert!(err.to_string().contains("question has no turns"), "{err}");
     let only_m1: std::collections::BTreeMap<_, _> =
         [("m1".to_string(), answers["m1"].clone())].into();
-    assert_eq!(
-        run_judge(&j, &[bare], &only_m1, Mode::Single, &out).unwrap(),
-        (0, 1)
-    );
+    assert_all_failed(run_judge(&j, &[bare], &only_m1, Mode::Single, &out), 1);
     assert!(!out.exists(), "nothing judged");
 }
 
@@ -471,10 +475,7 @@ fn resuming_counts_only_this_judges_verdicts_in_either_order() {
         append_jsonl(&out, &judged("another-judge", "m1", "m2", t)).unwrap();
     }
     let j = judge();
-    assert_eq!(
-        run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out).unwrap(),
-        (0, 2)
-    );
+    assert_all_failed(run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out), 2);
     // Judged by this judge with the pair the other way round (a baseline run's order):
     // nothing left to do.
     for t in [1, 2] {

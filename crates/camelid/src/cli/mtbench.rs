@@ -80,9 +80,48 @@ fn read(p: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
 }
 
+/// How requests are sent and retried (`mtbench answer` and `judge`).
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Retries of a request that failed for a passing reason (HTTP 408, 409, 429, 5xx, a
+    /// connection error; a timeout is retried once), waiting as the server's Retry-After
+    /// says, else 1 s, 2 s, 4 s, … (jittered), at most 60 s. A rejected request (400, 413,
+    /// 422) is not retried; a wrong key, model or URL (401, 403, 404) stops the run.
+    #[arg(long, default_value_t = 7)]
+    retries: usize,
+    /// Seconds one request may take.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// The request field of the output budget: max_tokens, or max_completion_tokens (which
+    /// OpenAI's reasoning models, o1/o3/o4-mini/gpt-5, want).
+    #[arg(long, default_value = "max_tokens")]
+    max_tokens_field: camelid_eval::client::MaxTokensField,
+    /// Send no temperature (reasoning models reject any but their default).
+    #[arg(long)]
+    no_temperature: bool,
+}
+
+impl ClientArgs {
+    fn client(
+        &self,
+        endpoint: &str,
+        model: &str,
+        api_key: Option<String>,
+    ) -> Result<camelid_eval::client::ChatClient> {
+        let mut c = camelid_eval::client::ChatClient::new(endpoint, model, api_key)?;
+        c.retries = self.retries;
+        c.timeout = std::time::Duration::from_secs(self.timeout);
+        c.max_tokens_field = self.max_tokens_field;
+        c.send_temperature = !self.no_temperature;
+        Ok(c)
+    }
+}
+
 #[derive(Args)]
 pub struct MtAnswerArgs {
-    /// Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8000).
+    /// Base URL of an OpenAI-compatible server: a bare host gets /v1/chat/completions
+    /// (http://127.0.0.1:8000), a URL with a path /chat/completions after it
+    /// (http://127.0.0.1:8000/v1, https://generativelanguage.googleapis.com/v1beta/openai/).
     #[arg(long)]
     endpoint: String,
     /// Model name sent to the endpoint.
@@ -119,10 +158,13 @@ pub struct MtAnswerArgs {
     /// applies the model's own default).
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
 pub struct MtJudgeArgs {
+    /// Base URL of the judge's OpenAI-compatible server (as `answer --endpoint`).
     #[arg(long)]
     judge_endpoint: String,
     #[arg(long)]
@@ -164,6 +206,8 @@ pub struct MtJudgeArgs {
     first_n: Option<usize>,
     #[arg(long)]
     per_category: Option<usize>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -190,7 +234,7 @@ pub struct MtShowArgs {
 }
 
 pub fn run(c: MtbenchCommand) -> Result<()> {
-    use camelid_eval::{answer, client::ChatClient, data, judge, show};
+    use camelid_eval::{answer, data, judge, show};
     let rt = tokio::runtime::Runtime::new()?;
     match c {
         MtbenchCommand::Answer(a) => {
@@ -199,7 +243,7 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 a.first_n,
                 a.per_category,
             );
-            let client = ChatClient::new(&a.endpoint, &a.model, a.api_key.clone())?;
+            let client = a.client.client(&a.endpoint, &a.model, a.api_key.clone())?;
             let opts = answer::AnswerOptions {
                 out: a.out.clone(),
                 max_tokens: a.max_tokens,
@@ -209,12 +253,21 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 model_id: a.model_id.clone().unwrap_or_else(|| a.model.clone()),
                 system: a.system.clone(),
             };
-            let (ok, failed) = rt.block_on(answer::run(&client, &qs, &opts))?;
+            let done = rt.block_on(answer::run(&client, &qs, &opts))?;
             eprintln!(
-                "answered {ok}, failed {failed} (failed ones are retried on the next run) -> {}",
+                "answered {}, failed {} (failed ones are retried on the next run) -> {}",
+                done.answered,
+                done.failed,
                 a.out.display()
             );
-            if failed > 0 && ok == 0 {
+            if done.rejected_turns > 0 {
+                eprintln!(
+                    "{} turns the endpoint rejected are recorded as {} (as FastChat does)",
+                    done.rejected_turns,
+                    camelid_eval::client::API_ERROR_OUTPUT
+                );
+            }
+            if done.failed > 0 && done.answered == 0 {
                 anyhow::bail!("every question failed");
             }
         }
@@ -240,7 +293,9 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                 None => Default::default(),
             };
             let j = judge::Judge {
-                client: ChatClient::new(&a.judge_endpoint, &a.judge_model, a.api_key.clone())?,
+                client: a
+                    .client
+                    .client(&a.judge_endpoint, &a.judge_model, a.api_key.clone())?,
                 prompts: data::load_judge_prompts(&a.judge_prompts)?,
                 references,
                 max_tokens: a.judge_max_tokens,
@@ -372,4 +427,92 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use camelid_eval::client::MaxTokensField;
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: MtbenchCommand,
+    }
+
+    /// `answer` and `judge` build their client from the same flags.
+    #[test]
+    fn client_flags_reach_the_client() {
+        let client = |args: &[&str]| {
+            let base = match args[0] {
+                "answer" => vec![
+                    "answer",
+                    "--endpoint",
+                    "http://h:1/v1beta/openai/",
+                    "--model",
+                ],
+                _ => vec![
+                    "judge",
+                    "--judge-endpoint",
+                    "http://h:1/v1beta/openai/",
+                    "--answers",
+                    "a",
+                    "--judge-prompts",
+                    "p",
+                    "--judge-model",
+                ],
+            };
+            let argv = ["camelid"]
+                .into_iter()
+                .chain(base)
+                .chain(["m", "--questions", "q", "--out", "o"])
+                .chain(args[1..].iter().copied());
+            match Cli::try_parse_from(argv)
+                .map_err(|e| e.to_string())?
+                .command
+            {
+                MtbenchCommand::Answer(a) => a.client.client(&a.endpoint, &a.model, None),
+                MtbenchCommand::Judge(j) => {
+                    j.client.client(&j.judge_endpoint, &j.judge_model, None)
+                }
+                _ => unreachable!(),
+            }
+            .map_err(|e| e.to_string())
+        };
+        for command in ["answer", "judge"] {
+            let c = client(&[command]).unwrap();
+            assert_eq!(c.url(), "http://h:1/v1beta/openai/chat/completions");
+            assert_eq!(
+                (c.retries, c.timeout, c.max_tokens_field, c.send_temperature),
+                (7, Duration::from_secs(600), MaxTokensField::MaxTokens, true)
+            );
+            let c = client(&[
+                command,
+                "--retries",
+                "2",
+                "--timeout",
+                "30",
+                "--max-tokens-field",
+                "max_completion_tokens",
+                "--no-temperature",
+            ])
+            .unwrap();
+            assert_eq!(
+                (c.retries, c.timeout, c.max_tokens_field, c.send_temperature),
+                (
+                    2,
+                    Duration::from_secs(30),
+                    MaxTokensField::MaxCompletionTokens,
+                    false
+                )
+            );
+            let err = client(&[command, "--max-tokens-field", "max_new_tokens"])
+                .err()
+                .unwrap();
+            assert!(err.contains("max_completion_tokens"), "{err}");
+            assert!(client(&[command, "--timeout", "0"]).is_err());
+        }
+    }
 }
