@@ -196,6 +196,14 @@ impl GrammarCompiler {
         Ok(self.factory()?.tok_env())
     }
 
+    /// The id of the token spelled `text` when the grammars' vocabulary holds it as special
+    /// (control tokens, and added tokens spelled `<…>` such as Qwen's `<tool_call>`): a grammar
+    /// must name it by id (`<[id]>`), as a text literal never matches it. `None` for text and
+    /// when the vocabulary cannot be built.
+    pub fn special_token(&self, text: &str) -> Option<u32> {
+        self.tok_env().ok()?.tok_trie().get_special_token(text)
+    }
+
     /// Per-token mask time over every sequence of this model.
     pub fn mask_stats(&self) -> &MaskStats {
         &self.stats
@@ -358,5 +366,90 @@ impl SequenceConstraint {
             Ok(Err(e)) => Err(Error::Grammar(without_state(&e))),
             Err(_) => Err(gone()),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::text::tokenizer::byte_level_bpe_json;
+    use crate::text::tool_calls::{parse_output, ToolFormat, HERMES_CLOSE, HERMES_OPEN};
+    use crate::text::tool_grammar::{call_grammar, CallableTool};
+
+    /// A byte-level BPE tokenizer of the 256 bytes (ids 0-255, no merges) and `added` tokens
+    /// after them, each `(text, special)`, as a model's `tokenizer.json` lists them.
+    pub(crate) fn tiny_tokenizer(added: &[(&str, bool)]) -> Tokenizer {
+        // GPT-2's byte → character table: printable bytes are themselves, the rest 256, 257…
+        let printable = |b: u32| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+        let mut next = 255;
+        let mut tokens: Vec<String> = (0..256u32)
+            .map(|b| {
+                let c = if printable(b) {
+                    b
+                } else {
+                    next += 1;
+                    next
+                };
+                char::from_u32(c).unwrap().to_string()
+            })
+            .collect();
+        let mut types = vec![1; 256];
+        for (t, special) in added {
+            tokens.push(t.to_string());
+            types.push(if *special { 3 } else { 4 }); // GGUF: control, user-defined
+        }
+        let doc = byte_level_bpe_json(&tokens, &types, &[], "gpt2").unwrap();
+        Tokenizer::from_json_value(doc, "test").unwrap()
+    }
+
+    /// Qwen2.5/3's `<tool_call>` is an added token not flagged special, which the grammars'
+    /// vocabulary holds as special for its `<…>` spelling: under a `required` grammar the model
+    /// may write that trained token (and not the tag spelled out in characters), and the
+    /// output parses back into the call.
+    #[test]
+    fn a_hermes_call_grammar_allows_the_added_tool_call_token() {
+        let tok = tiny_tokenizer(&[
+            (HERMES_OPEN, false),
+            (HERMES_CLOSE, false),
+            ("<|endoftext|>", true),
+        ]);
+        let open = tok.token_to_id(HERMES_OPEN).unwrap();
+        let close = tok.token_to_id(HERMES_CLOSE).unwrap();
+        let eos = tok.token_to_id("<|endoftext|>").unwrap();
+        assert!(!tok.is_special(open));
+        let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();
+        assert_eq!(compiler.special_token(HERMES_OPEN), Some(open));
+        assert_eq!(compiler.special_token("<"), None);
+        let tools = [CallableTool {
+            name: "now",
+            parameters: None,
+        }];
+        let lark = call_grammar(ToolFormat::Hermes, &tools, false, &|t| {
+            compiler.special_token(t)
+        });
+        let c = compiler.compile(TopLevelGrammar::from_lark(lark)).unwrap();
+        let mut seq = SequenceConstraint::start(&c, &[]).unwrap();
+        let first = seq.mask().unwrap();
+        assert!(first.is_allowed(open));
+        assert!(!first.is_allowed(tok.token_to_id("<").unwrap()));
+        // A whole call in the trained tokens is taken and ends the grammar.
+        let body = tok
+            .encode("\n{\"name\": \"now\", \"arguments\": {}}\n", false)
+            .unwrap();
+        let ids: Vec<u32> = [vec![open], body, vec![close]].concat();
+        // (One mask per step: a fresh matcher for the walk.)
+        let mut seq = SequenceConstraint::start(&c, &[]).unwrap();
+        let mut finished = false;
+        for &t in &ids {
+            assert!(!finished && seq.mask().unwrap().is_allowed(t), "{t}");
+            // (With the tag named as text, llguidance allowed its token, from tokenizing the
+            // forced text, and then refused it here: the call could not be written at all.)
+            finished = seq.commit(t).unwrap_or_else(|e| panic!("token {t}: {e}"));
+        }
+        assert!(finished || seq.mask().unwrap().can_end);
+        let (text, calls) = parse_output(ToolFormat::Hermes, &tok.decode(&ids, true).unwrap());
+        assert_eq!(text, None);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].name, "now");
     }
 }

@@ -145,16 +145,18 @@ pub struct Submitted {
 }
 
 /// `prompt_ids` off the async
-/// workers (a body of megabytes takes a while).
+/// workers (a body of megabytes takes a while). Call ids are first fitted to what the
+/// template's model takes ([`tools::fit_call_ids`]).
 pub async fn render_and_encode(
     permit: &Permit,
     model: &Arc<ModelEntry>,
-    msgs: Vec<Message>,
+    mut msgs: Vec<Message>,
     tools: Option<Vec<Value>>,
     end: PromptEnd,
     kwargs: TemplateKwargs,
     max_bytes: usize,
 ) -> Result<Vec<u32>, ApiError> {
+    tools::fit_call_ids(&model.template, &mut msgs);
     let model = model.clone();
     blocking(permit, move || {
         prompt_ids(&model, &msgs, tools.as_deref(), end, &kwargs, max_bytes)
@@ -241,7 +243,8 @@ pub async fn submit_salted(
         if p.needs_special_tokens(model.engine.tokenizer()) {
             params.skip_special_tokens = false;
         }
-        // `required` and a named function: a grammar keeps the promise.
+        // `required` and a named function: a grammar keeps the promise (`auto` and `none`
+        // compile nothing).
         if let Some(c) = tools::compile(&permit, &model, p).await? {
             if params.constraint.is_some() {
                 return Err(ApiError::invalid_param(

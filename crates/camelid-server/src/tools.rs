@@ -8,8 +8,8 @@ use crate::run::blocking;
 use crate::state::{ModelEntry, Permit};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::text::tool_calls::{renders_tools, ToolCallParser, ToolEvent, ToolFormat};
-use camelid_model::text::tool_grammar::{call_grammar, CallableTool};
-use camelid_model::{ChatTemplate, Constraint, TopLevelGrammar};
+use camelid_model::text::tool_grammar::{arguments_schema, call_grammar, CallableTool};
+use camelid_model::{ChatTemplate, Constraint, GrammarCompiler, Message, TopLevelGrammar};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -222,32 +222,51 @@ impl ToolPlan {
         self.choice != ToolChoice::None
     }
 
-    /// The Lark grammar that enforces `required` or a named function; `None` for `auto` and
-    /// `none`. A named function is called once.
-    pub fn grammar(&self, tok: &Tokenizer) -> Option<String> {
-        let named = match &self.choice {
-            ToolChoice::Required => None,
+    /// The function named by `tool_choice`, if one is.
+    fn named(&self) -> Option<&str> {
+        match &self.choice {
             ToolChoice::Named(n) => Some(n.as_str()),
-            _ => return None,
-        };
-        let callable: Vec<CallableTool> = self
-            .tools
-            .iter()
-            .filter_map(|t| {
-                let f = t.get("function")?;
-                let name = f.get("name")?.as_str()?;
-                Some(CallableTool {
-                    name,
-                    parameters: f.get("parameters").filter(|p| p.is_object()),
+            _ => None,
+        }
+    }
+
+    /// Whether calls are forced (`required`, a named function): only then is there a grammar.
+    fn forced(&self) -> bool {
+        matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_))
+    }
+
+    /// The functions a grammar lets the model call, with their index in `tools`; `None` for
+    /// `auto` and `none`, which have no grammar.
+    fn callable(&self) -> Option<Vec<(usize, CallableTool<'_>)>> {
+        if !self.forced() {
+            return None;
+        }
+        let named = self.named();
+        Some(
+            self.tools
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| {
+                    let f = t.get("function")?;
+                    let name = f.get("name")?.as_str()?;
+                    let parameters = f.get("parameters").filter(|p| p.is_object());
+                    Some((i, CallableTool { name, parameters }))
                 })
-            })
-            .filter(|t| named.is_none_or(|n| n == t.name))
-            .collect();
+                .filter(|(_, t)| named.is_none_or(|n| n == t.name))
+                .collect(),
+        )
+    }
+
+    /// The Lark grammar that enforces `required` or a named function; `None` for `auto` and
+    /// `none`. A named function is called once. `special_token`: the id of a token the
+    /// grammar's vocabulary holds as special ([`GrammarCompiler::special_token`]).
+    pub fn grammar(&self, special_token: &dyn Fn(&str) -> Option<u32>) -> Option<String> {
+        let callable: Vec<CallableTool> = self.callable()?.into_iter().map(|(_, t)| t).collect();
         Some(call_grammar(
             self.format,
             &callable,
-            self.parallel && named.is_none(),
-            &|text| tok.token_to_id(text),
+            self.parallel && self.named().is_none(),
+            special_token,
         ))
     }
 
@@ -264,6 +283,7 @@ impl ToolPlan {
     pub fn stream(&self) -> CallStream {
         CallStream {
             parser: ToolCallParser::new(self.format),
+            format: self.format,
             parallel: self.parallel,
             sent: 0,
             dropping: false,
@@ -271,48 +291,45 @@ impl ToolPlan {
     }
 }
 
-/// Checks every function's `parameters` schema with the model's grammar compiler (a schema it
-/// rejects is a 400 naming that function's `parameters`) and compiles the grammar `required`
-/// or a named function asks for, off the async workers under the request's permit.
+/// Compiles the grammar `required` or a named function asks for, off the async workers
+/// under the request's permit; `auto` and `none` compile nothing (OpenAI takes any JSON
+/// schema for a non-strict function, and vLLM too builds a grammar only for these two). A
+/// grammar that does not compile is a 400 naming the `parameters` of the function at fault.
 pub async fn compile(
     permit: &Permit,
     model: &Arc<ModelEntry>,
     plan: &ToolPlan,
 ) -> Result<Option<Constraint>, ApiError> {
-    let grammar = plan.grammar(model.engine.tokenizer());
+    if !plan.forced() {
+        return Ok(None);
+    }
     let compiler = model.grammar().clone();
-    let tools = plan.tools.clone();
+    let plan = plan.clone();
     blocking(permit, move || {
-        for (i, t) in tools.iter().enumerate() {
-            if let Some(p) = t.pointer("/function/parameters").filter(|p| p.is_object()) {
-                compiler
-                    .compile(TopLevelGrammar::from_json_schema(p.clone()))
-                    .map_err(|why| {
-                        bad(
-                            &format!("tools[{i}].function.parameters"),
-                            format!(
-                                "Invalid JSON schema in `tools[{i}].function.parameters`: {why}"
-                            ),
-                        )
-                    })?;
-            }
+        let Some(g) = plan.grammar(&|t| compiler.special_token(t)) else {
+            return Ok(None);
+        };
+        match compiler.compile(TopLevelGrammar::from_lark(g)) {
+            Ok(c) => Ok(Some(c)),
+            Err(why) => Err(grammar_refused(&plan, &compiler, why)),
         }
-        grammar
-            .map(|g| {
-                compiler
-                    .compile(TopLevelGrammar::from_lark(g))
-                    .map_err(|why| {
-                        bad(
-                            "tool_choice",
-                            format!(
-                                "The tool-call grammar for `tool_choice` does not compile: {why}"
-                            ),
-                        )
-                    })
-            })
-            .transpose()
     })
     .await
+}
+
+/// Why a tool grammar did not compile: the first callable function whose arguments schema
+/// alone the compiler refuses (its reason in the client's own terms), else the grammar's.
+fn grammar_refused(plan: &ToolPlan, compiler: &GrammarCompiler, why: String) -> ApiError {
+    for (i, t) in plan.callable().unwrap_or_default() {
+        if let Err(e) = compiler.compile(TopLevelGrammar::from_json_schema(arguments_schema(t))) {
+            let at = format!("tools[{i}].function.parameters");
+            return bad(&at, format!("Invalid JSON schema in `{at}`: {e}"));
+        }
+    }
+    bad(
+        "tool_choice",
+        format!("The tool-call grammar for `tool_choice` does not compile: {why}"),
+    )
 }
 
 /// An assistant message's `tool_calls` as templates read them: OpenAI's objects with
@@ -360,9 +377,48 @@ pub fn template_tool_calls(i: usize, calls: &Value) -> Result<Vec<Value>, ApiErr
         .collect()
 }
 
-/// A new call id, OpenAI's shape.
-pub fn call_id() -> String {
-    format!("call_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
+/// Whether a format is Mistral's: its models take call ids of 9 letters and digits
+/// (mistral-common's rule; the templates of Mistral-7B-Instruct-v0.3 and Mistral-Nemo raise
+/// "Tool call IDs should be alphanumeric strings with length 9!" for any other length).
+fn mistral_ids(format: ToolFormat) -> bool {
+    matches!(format, ToolFormat::Mistral | ToolFormat::MistralArgs)
+}
+
+/// A new call id: OpenAI's shape, or 9 letters and digits for Mistral's formats (as vLLM's
+/// Mistral tool parser makes them), so the call can be sent back in the conversation.
+pub fn call_id(format: ToolFormat) -> String {
+    let mut rng = rand::rng();
+    if mistral_ids(format) {
+        Alphanumeric.sample_string(&mut rng, 9)
+    } else {
+        format!("call_{}", Alphanumeric.sample_string(&mut rng, 24))
+    }
+}
+
+/// For a template in Mistral's formats, the conversation's call ids (assistants'
+/// `tool_calls[].id`, tools' `tool_call_id`) longer than 9 characters cut to their last 9, as
+/// vLLM's `truncate_tool_call_ids` does: ids from elsewhere (OpenAI's `call_…`) then render
+/// instead of failing the template's length check, and a call and its result still pair up.
+/// Done for every such template, not only those that check: the ids only pair calls with
+/// results, and these models saw 9-character ids in training.
+pub fn fit_call_ids(template: &ChatTemplate, msgs: &mut [Message]) {
+    if !mistral_ids(ToolFormat::for_template(template)) {
+        return;
+    }
+    let last9 = |id: &str| -> Option<String> {
+        let n = id.chars().count();
+        (n > 9).then(|| id.chars().skip(n - 9).collect())
+    };
+    for m in msgs {
+        for c in m.tool_calls.iter_mut().flatten() {
+            if let Some(id) = c.get("id").and_then(Value::as_str).and_then(last9) {
+                c["id"] = id.into();
+            }
+        }
+        if let Some(id) = m.tool_call_id.as_deref().and_then(last9) {
+            m.tool_call_id = Some(id);
+        }
+    }
 }
 
 /// A whole output → its text (`None` when blank and there are calls) and its calls.
@@ -397,6 +453,8 @@ pub fn split_output(plan: &ToolPlan, output: &str) -> (Option<String>, Vec<Value
 #[derive(Debug)]
 pub struct CallStream {
     parser: ToolCallParser,
+    /// The template's format (call ids are made for it).
+    format: ToolFormat,
     parallel: bool,
     sent: usize,
     /// Without parallel calls, a call after the first is not sent.
@@ -436,7 +494,7 @@ impl CallStream {
                 ToolEvent::CallStart { name } => {
                     self.sent += 1;
                     deltas.push(
-                        json!({"index": self.sent - 1, "id": call_id(), "type": "function",
+                        json!({"index": self.sent - 1, "id": call_id(self.format), "type": "function",
                                        "function": {"name": name, "arguments": ""}}),
                     );
                 }

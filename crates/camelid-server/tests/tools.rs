@@ -1,6 +1,8 @@
-//! Tool calling over HTTP: the default model served twice, as `tools` with Qwen2.5's chat
-//! template (`tests/fixtures/chat-templates/qwen2.5-tools.jinja`, Hermes `<tool_call>`
-//! blocks) and as `plain` with its own template, which has no tools.
+//! Tool calling over HTTP: the default model served three times, as `tools` with Qwen2.5's
+//! chat template (`tests/fixtures/chat-templates/qwen2.5-tools.jinja`, Hermes `<tool_call>`
+//! blocks), as `mistral` with a template in Mistral-7B-Instruct-v0.3's format
+//! (`mistral-v0.3-tools.jinja`, which takes only 9-character call ids) and as `plain` with its
+//! own template, which has no tools.
 
 mod common;
 
@@ -12,6 +14,8 @@ use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
 
 const QWEN_TOOLS: &str = include_str!("../../../tests/fixtures/chat-templates/qwen2.5-tools.jinja");
+const MISTRAL_V03: &str =
+    include_str!("../../../tests/fixtures/chat-templates/mistral-v0.3-tools.jinja");
 
 fn entry(name: &str, template: Option<&str>) -> ModelEntry {
     let mut lm =
@@ -35,7 +39,11 @@ fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
     S.get_or_init(|| {
         let state = AppState::new(ServerConfig::default());
-        state.set_models(vec![entry("tools", Some(QWEN_TOOLS)), entry("plain", None)]);
+        state.set_models(vec![
+            entry("tools", Some(QWEN_TOOLS)),
+            entry("mistral", Some(MISTRAL_V03)),
+            entry("plain", None),
+        ]);
         serve(Arc::new(state))
     })
 }
@@ -452,4 +460,171 @@ fn required_and_named_calls_follow_their_schemas() {
         ),
     );
     assert_error(st, &b, 400, Some("tools[1].function.parameters"));
+}
+
+fn time_tool() -> Value {
+    json!({"type": "function", "function": {"name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+                       "required": ["zone"], "additionalProperties": false}}})
+}
+
+/// The `(name, arguments)` of each choice's single call under `required` (or a named
+/// function), checked to end the choice as a call.
+fn forced_calls(b: &Value) -> Vec<(String, Value)> {
+    b["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let got = whole(c);
+            assert_eq!(got.finish.as_deref(), Some("tool_calls"), "{c}");
+            assert_eq!(got.calls.len(), 1, "{c}");
+            let (_, name, args) = got.calls.into_iter().next().unwrap();
+            (name, serde_json::from_str(&args).unwrap())
+        })
+        .collect()
+}
+
+/// `parameters` as `openai.pydantic_function_tool` writes them: an enum (or a nested model)
+/// is a `$defs` entry the properties `$ref`. Under `required` the refs resolve (they are
+/// rewritten to where the parameters sit in the call's schema), the enum is enforced, and two
+/// tools that each define `Unit` differently keep their own.
+#[test]
+fn refs_to_defs_in_parameters_are_enforced_under_required() {
+    let s = &server().base;
+    let weather = json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object",
+            "$defs": {"Unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "title": "Unit"}},
+            "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"$ref": "#/$defs/Unit"}},
+            "required": ["city", "unit"], "additionalProperties": false}}});
+    let time = json!({"type": "function", "function": {"name": "get_time",
+        "parameters": {"type": "object",
+            "$defs": {"Unit": {"type": "string", "enum": ["UTC", "CET"]}},
+            "properties": {"zone": {"$ref": "#/$defs/Unit"}},
+            "required": ["zone"], "additionalProperties": false}}});
+    for seed in 0..3 {
+        let body = chat(
+            "tools",
+            json!({"tools": [weather, time], "tool_choice": "required", "seed": seed,
+                   "temperature": 1.0, "n": 2, "max_tokens": 96, "parallel_tool_calls": false}),
+        );
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{}", short(&b));
+        for (name, args) in forced_calls(&b) {
+            match name.as_str() {
+                "get_weather" => check_weather_arguments(&args.to_string()),
+                "get_time" => assert!(["UTC", "CET"].contains(&args["zone"].as_str().unwrap())),
+                other => panic!("called {other}"),
+            }
+        }
+    }
+    let named = chat(
+        "tools",
+        json!({"tools": [weather], "seed": 1, "temperature": 1.0, "max_tokens": 96,
+               "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    );
+    let (st, b) = post(s, "/v1/chat/completions", &named);
+    assert_eq!(st, 200, "{}", short(&b));
+    let calls = forced_calls(&b);
+    check_weather_arguments(&calls[0].1.to_string());
+}
+
+/// OpenAI takes any JSON schema for a (non-strict) function. Keywords llguidance cannot
+/// enforce (`uniqueItems`, `not`, `if`/`then`, `contains`, unknown `format`s) are no 400:
+/// under `auto` and `none` nothing is compiled, under `required` they are left unenforced
+/// and the rest of the schema still holds.
+#[test]
+fn schemas_with_unenforceable_keywords_are_taken() {
+    let s = &server().base;
+    let tool = json!({"type": "function", "function": {"name": "set_tags",
+        "parameters": {"type": "object", "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]},
+                     "uniqueItems": true, "maxItems": 2, "contains": {"const": "a"}},
+            "password": {"type": "string", "format": "password", "maxLength": 8},
+            "id": {"type": "string", "format": "int64", "maxLength": 4},
+            "n": {"type": "integer", "not": {"const": 3}, "if": {"minimum": 5}, "then": {"maximum": 9}}},
+            "required": ["tags"], "additionalProperties": false}}});
+    for choice in [json!("auto"), json!("none"), json!("required")] {
+        let body = chat(
+            "tools",
+            json!({"tools": [tool], "tool_choice": choice, "seed": 3, "temperature": 1.0,
+                   "max_tokens": 96, "parallel_tool_calls": false}),
+        );
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{choice}: {}", short(&b));
+        if choice == "required" {
+            for (name, args) in forced_calls(&b) {
+                assert_eq!(name, "set_tags");
+                let o = args.as_object().unwrap();
+                assert!(o["tags"].as_array().unwrap().len() <= 2, "{args}");
+                assert!(o
+                    .keys()
+                    .all(|k| ["tags", "password", "id", "n"].contains(&k.as_str())));
+            }
+        }
+    }
+}
+
+/// Mistral v0.3's template takes only 9-character call ids. A call the server made under that
+/// template has such an id, so it goes back into the conversation as it came; an OpenAI-style
+/// id from elsewhere is cut to its last 9 characters (vLLM's `truncate_tool_call_ids`), in the
+/// call and in the tool's answer alike.
+#[test]
+fn mistral_call_ids_round_trip_through_a_template_that_checks_them() {
+    let s = &server().base;
+    let body = chat(
+        "mistral",
+        json!({"tools": [time_tool()], "tool_choice": "required", "seed": 4, "temperature": 1.0,
+               "max_tokens": 64, "parallel_tool_calls": false}),
+    );
+    let (st, b) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    let call = &b["choices"][0]["message"]["tool_calls"][0];
+    let id = call["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", short(&b)));
+    assert!(
+        id.len() == 9 && id.bytes().all(|c| c.is_ascii_alphanumeric()),
+        "{id:?}"
+    );
+    // Streamed, the same shape.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let streamed = stream(&sb);
+    let sid = streamed
+        .iter()
+        .flat_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find_map(|d| d["id"].as_str().map(String::from))
+        .expect("a streamed call");
+    assert!(
+        sid.len() == 9 && sid.bytes().all(|c| c.is_ascii_alphanumeric()),
+        "{sid:?}"
+    );
+    let follow_up = |id: &str| {
+        let mut call = call.clone();
+        call["id"] = json!(id);
+        json!({"model": "mistral", "max_tokens": 1, "tools": [time_tool()],
+            "messages": [
+                {"role": "user", "content": "What time is it in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": id, "content": "12:00"}]})
+    };
+    let (st, b) = post(s, "/v1/chat/completions", &follow_up(id));
+    assert_eq!(st, 200, "{}", short(&b));
+    let long = "call_0123456789abcdefghijXYZ123456";
+    let (st, b) = post(s, "/v1/chat/completions", &follow_up(long));
+    assert_eq!(st, 200, "{}", short(&b));
+    // The same prompt as with its last 9 characters written by the client.
+    let (st, cut) = post(
+        s,
+        "/v1/chat/completions",
+        &follow_up(&long[long.len() - 9..]),
+    );
+    assert_eq!(st, 200, "{}", short(&cut));
+    assert_eq!(b["usage"]["prompt_tokens"], cut["usage"]["prompt_tokens"]);
 }

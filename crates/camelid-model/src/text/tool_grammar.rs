@@ -17,63 +17,135 @@ pub struct CallableTool<'a> {
     pub parameters: Option<&'a Json>,
 }
 
-/// The JSON layout the grammar writes: the separators the templates' `tojson` (Python's
-/// `json.dumps`) writes, and no free whitespace (a small model could otherwise spend its
-/// tokens on blanks).
+/// The options of each `%json` schema: the separators the templates' `tojson` (Python's
+/// `json.dumps`) writes, no free whitespace (a small model could otherwise spend its tokens
+/// on blanks), and llguidance's lenient mode: OpenAI takes any JSON schema for a
+/// (non-strict) function, so keywords the compiler cannot enforce (`uniqueItems`, `not`,
+/// `if`, unknown `format`s, …) are left unenforced rather than refused.
 fn layout() -> Json {
-    json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+    json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
+           "lenient": true})
+}
+
+/// Where a call's arguments are in [`call_schema`]'s document.
+fn arguments_pointer(format: ToolFormat) -> String {
+    format!("/properties/{}", format.arguments_key())
 }
 
 /// The schema of one call's JSON: `{"name": <const>, <args key>: <parameters>}`.
 pub fn call_schema(format: ToolFormat, tool: CallableTool) -> Json {
     let key = format.arguments_key();
+    let mut args = object_schema(tool);
+    // llguidance resolves a `$ref` against the root of the whole `%json` document, and the
+    // parameters are no longer that root: their `#/$defs/…` (what pydantic writes for enums
+    // and nested models) would miss. Rewritten to where they now are, every tool keeps its
+    // own definitions, so two tools' same-named `$defs` cannot collide.
+    rebase_refs(&mut args, &arguments_pointer(format));
     json!({
         "type": "object",
-        "properties": {"name": {"const": tool.name}, key: arguments_schema(tool)},
+        "properties": {"name": {"const": tool.name}, key: args},
         "required": ["name", key],
         "additionalProperties": false,
         "x-guidance": layout(),
     })
 }
 
-/// A function's arguments schema (any object when it has none).
-fn arguments_schema(tool: CallableTool) -> Json {
-    tool.parameters
-        .cloned()
-        .unwrap_or_else(|| json!({"type": "object"}))
+/// A function's arguments schema as a `%json` document of its own (Mistral's `[ARGS]`
+/// format embeds it so; a server checks a tool's `parameters` with it).
+pub fn arguments_schema(tool: CallableTool) -> Json {
+    let mut schema = object_schema(tool);
+    if let Some(o) = schema.as_object_mut() {
+        o.insert("x-guidance".into(), layout());
+    }
+    schema
 }
 
-/// The grammar for one call of any of `tools` (several when `parallel`). `control_token`
-/// gives the id of a control token's text in the model's vocabulary (Mistral's
-/// `[TOOL_CALLS]`, `[ARGS]`), which the grammar names by id; `None`: written as text.
+/// The arguments' schema, always of an object: a call's arguments are an object (the parser
+/// drops a call whose arguments are not), but `{}` or a schema without `type` matches any
+/// JSON value. Such a schema gets `"type": "object"` (vLLM turns `{}` into an empty object
+/// schema the same way); no schema: any object.
+fn object_schema(tool: CallableTool) -> Json {
+    let mut schema = tool
+        .parameters
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
+    if let Some(o) = schema.as_object_mut() {
+        o.entry("type").or_insert_with(|| json!("object"));
+    }
+    schema
+}
+
+/// Rewrites the document-local `$ref`s of `schema` (`#`, `#/…`) as if `schema` sat at the
+/// JSON pointer `at` of a larger document. Values that are data, not schemas (`const`,
+/// `enum`, `default`, `examples`), are left alone, and the keys of name → schema maps
+/// (`properties`, `$defs`, …) are names, not keywords.
+fn rebase_refs(schema: &mut Json, at: &str) {
+    match schema {
+        Json::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                match k.as_str() {
+                    "$ref" => {
+                        // Only `#` and `#/…` (an anchor or another document is left as
+                        // written, and refused as it would be anyway).
+                        let new = match v.as_str().and_then(|r| r.strip_prefix('#')) {
+                            Some("" | "/") => format!("#{at}"),
+                            Some(r) if r.starts_with('/') => format!("#{at}{r}"),
+                            _ => continue,
+                        };
+                        *v = new.into();
+                    }
+                    "const" | "enum" | "default" | "examples" => {}
+                    "properties" | "patternProperties" | "$defs" | "definitions"
+                    | "dependentSchemas" | "dependencies" => {
+                        if let Some(m) = v.as_object_mut() {
+                            m.values_mut().for_each(|s| rebase_refs(s, at));
+                        }
+                    }
+                    _ => rebase_refs(v, at),
+                }
+            }
+        }
+        Json::Array(a) => a.iter_mut().for_each(|s| rebase_refs(s, at)),
+        _ => {}
+    }
+}
+
+/// The grammar for one call of any of `tools` (several when `parallel`). `special_token`
+/// gives the id of a token the grammar's vocabulary holds as special (Mistral's
+/// `[TOOL_CALLS]` and `[ARGS]`; Qwen's `<tool_call>`, an added token llguidance treats as
+/// special for its `<…>` spelling), which the grammar must name by id: a text literal never
+/// matches a special token, so the model could not write its trained token. `None`: the
+/// text is written as text.
 pub fn call_grammar(
     format: ToolFormat,
     tools: &[CallableTool],
     parallel: bool,
-    control_token: &dyn Fn(&str) -> Option<u32>,
+    special_token: &dyn Fn(&str) -> Option<u32>,
 ) -> String {
     let mut g = String::new();
     let alternatives: Vec<String> = (0..tools.len()).map(|i| format!("fn_{i}")).collect();
     let one = alternatives.join(" | ");
     let lit = |s: &str| serde_json::to_string(s).expect("a string serializes");
-    let control = |s: &str| match control_token(s) {
+    let control = |s: &str| match special_token(s) {
         Some(id) => format!("<[{id}]>"),
         None => lit(s),
     };
     match format {
         ToolFormat::Hermes => {
-            let block = format!(
-                "{} {} {}",
-                lit(&format!("{HERMES_OPEN}\n")),
-                "call",
-                lit(&format!("\n{HERMES_CLOSE}"))
-            );
+            let open = match special_token(HERMES_OPEN) {
+                Some(id) => format!("<[{id}]> {}", lit("\n")),
+                None => lit(&format!("{HERMES_OPEN}\n")),
+            };
+            let close = match special_token(HERMES_CLOSE) {
+                Some(id) => format!("{} <[{id}]>", lit("\n")),
+                None => lit(&format!("\n{HERMES_CLOSE}")),
+            };
             if parallel {
                 g += &format!("start: block ({} block)*\n", lit("\n"));
             } else {
                 g += "start: block\n";
             }
-            g += &format!("block: {block}\n");
+            g += &format!("block: {open} call {close}\n");
             g += &format!("call: {one}\n");
         }
         ToolFormat::Llama3Json => {
@@ -104,10 +176,7 @@ pub fn call_grammar(
             g += &format!("call: {one}\n");
             let args = control(MISTRAL_ARGS);
             for (i, t) in tools.iter().enumerate() {
-                let mut schema = arguments_schema(*t);
-                if let Some(o) = schema.as_object_mut() {
-                    o.insert("x-guidance".into(), layout());
-                }
+                let schema = arguments_schema(*t);
                 g += &format!("fn_{i}: {} {args} %json {schema}\n", lit(t.name));
             }
             return g;
@@ -151,6 +220,96 @@ mod tests {
         assert!(single.starts_with("start: block\n"), "{single}");
     }
 
+    /// Tags the vocabulary holds as special tokens are named by id: a literal would not
+    /// match the token, so the model could not write its trained `<tool_call>`.
+    #[test]
+    fn hermes_tags_that_are_special_tokens_are_named_by_id() {
+        let tools = [CallableTool {
+            name: "now",
+            parameters: None,
+        }];
+        let ids = |s: &str| match s {
+            HERMES_OPEN => Some(7),
+            HERMES_CLOSE => Some(8),
+            _ => None,
+        };
+        let g = call_grammar(ToolFormat::Hermes, &tools, true, &ids);
+        assert!(
+            g.contains("block: <[7]> \"\\n\" call \"\\n\" <[8]>\n"),
+            "{g}"
+        );
+    }
+
+    /// The `%json` document of the call's schema alone.
+    fn fn_schema(g: &str, i: usize) -> Json {
+        let prefix = format!("fn_{i}: %json ");
+        let line = g.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        serde_json::from_str(&line[prefix.len()..]).unwrap()
+    }
+
+    /// `$ref`s inside `parameters` point where the parameters now are in the call's
+    /// document (llguidance resolves them against its root); values that are data stay.
+    #[test]
+    fn refs_in_parameters_are_rebased_into_the_call_schema() {
+        let p = json!({"type": "object",
+            "$defs": {"Unit": {"enum": ["celsius", "fahrenheit"]},
+                      "Pair": {"type": "array", "items": {"$ref": "#/$defs/Unit"}}},
+            "properties": {"unit": {"$ref": "#/$defs/Unit"}, "pair": {"$ref": "#/$defs/Pair"},
+                           "self": {"$ref": "#"}, "$ref": {"const": {"$ref": "#/x"}},
+                           "old": {"$ref": "#/definitions/Old"}, "far": {"$ref": "other.json#/a"}},
+            "definitions": {"Old": {"type": "string"}}});
+        let tools = [CallableTool {
+            name: "f",
+            parameters: Some(&p),
+        }];
+        for (format, key) in [
+            (ToolFormat::Hermes, "arguments"),
+            (ToolFormat::Llama3Json, "parameters"),
+        ] {
+            let s = fn_schema(&call_grammar(format, &tools, false, &|_| None), 0);
+            let a = &s["properties"][key];
+            let at = format!("#/properties/{key}");
+            let props = &a["properties"];
+            assert_eq!(props["unit"]["$ref"], format!("{at}/$defs/Unit"));
+            assert_eq!(props["pair"]["$ref"], format!("{at}/$defs/Pair"));
+            assert_eq!(
+                a["$defs"]["Pair"]["items"]["$ref"],
+                format!("{at}/$defs/Unit")
+            );
+            assert_eq!(props["self"]["$ref"], at);
+            assert_eq!(props["old"]["$ref"], format!("{at}/definitions/Old"));
+            // A property named `$ref`, a `const` value and another document's ref as given.
+            assert_eq!(props["$ref"], json!({"const": {"$ref": "#/x"}}));
+            assert_eq!(props["far"]["$ref"], "other.json#/a");
+        }
+        // Mistral's `[ARGS]` format embeds the parameters as the document: refs as written.
+        let g = call_grammar(ToolFormat::MistralArgs, &tools, false, &|_| None);
+        assert!(g.contains(r##"{"$ref":"#/$defs/Unit"}"##), "{g}");
+    }
+
+    /// Arguments are an object, whatever the `parameters` say: `{}` (and a schema without
+    /// `type`) would let a forced call's arguments be any JSON value.
+    #[test]
+    fn arguments_are_always_an_object() {
+        let empty = json!({});
+        let untyped = json!({"properties": {"a": {"type": "integer"}}});
+        let typed = json!({"type": ["object", "null"]});
+        for (p, want) in [
+            (Some(&empty), json!("object")),
+            (Some(&untyped), json!("object")),
+            (None, json!("object")),
+            (Some(&typed), json!(["object", "null"])),
+        ] {
+            let t = CallableTool {
+                name: "f",
+                parameters: p,
+            };
+            let s = fn_schema(&call_grammar(ToolFormat::Hermes, &[t], false, &|_| None), 0);
+            assert_eq!(s["properties"]["arguments"]["type"], want, "{p:?}");
+            assert_eq!(arguments_schema(t)["type"], want, "{p:?}");
+        }
+    }
+
     #[test]
     fn llama_and_mistral_grammars() {
         let tools = [CallableTool {
@@ -192,5 +351,92 @@ mod tests {
         let g = call_grammar(ToolFormat::MistralArgs, &tools, false, &|_| None);
         assert!(g.starts_with("start: \"[TOOL_CALLS]\" call\n"), "{g}");
         assert!(g.contains("fn_0: \"get_weather\" \"[ARGS]\" %json "), "{g}");
+    }
+
+    /// Whether `tools`' Hermes grammar (compiled for a byte vocabulary) takes `text`, or why it
+    /// does not compile.
+    fn hermes_takes(tools: &[CallableTool], text: &str) -> Result<bool, String> {
+        use crate::constraint::{tests::tiny_tokenizer, GrammarCompiler, SequenceConstraint};
+        let tok = tiny_tokenizer(&[("<|endoftext|>", true)]);
+        let eos = tok.token_to_id("<|endoftext|>").unwrap();
+        let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();
+        let lark = call_grammar(ToolFormat::Hermes, tools, false, &|_| None);
+        let c = compiler.compile(crate::TopLevelGrammar::from_lark(lark))?;
+        let mut seq = SequenceConstraint::start(&c, &[]).unwrap();
+        let mut finished = false;
+        for t in tok.encode(text, false).unwrap() {
+            if finished || !seq.mask().unwrap().is_allowed(t) {
+                return Ok(false);
+            }
+            finished = seq.commit(t).unwrap();
+        }
+        Ok(finished || seq.mask().unwrap().can_end)
+    }
+
+    fn call(name: &str, args: &str) -> String {
+        format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {args}}}\n</tool_call>")
+    }
+
+    /// pydantic's shape (an enum as a `$defs` entry and a `$ref`) compiles and is enforced,
+    /// and two tools may each define the same name differently.
+    #[test]
+    fn refs_to_defs_compile_and_constrain() {
+        let weather = json!({"type": "object", "$defs": {"Unit": {"enum": ["celsius", "fahrenheit"]}},
+            "properties": {"unit": {"$ref": "#/$defs/Unit"}}, "required": ["unit"],
+            "additionalProperties": false});
+        let time = json!({"type": "object", "$defs": {"Unit": {"enum": ["UTC", "CET"]}},
+            "properties": {"unit": {"$ref": "#/$defs/Unit"}}, "required": ["unit"],
+            "additionalProperties": false});
+        let tools = [
+            CallableTool {
+                name: "weather",
+                parameters: Some(&weather),
+            },
+            CallableTool {
+                name: "time",
+                parameters: Some(&time),
+            },
+        ];
+        for (text, ok) in [
+            (call("weather", r#"{"unit": "celsius"}"#), true),
+            (call("time", r#"{"unit": "CET"}"#), true),
+            (call("weather", r#"{"unit": "CET"}"#), false),
+            (call("time", r#"{"unit": "kelvin"}"#), false),
+        ] {
+            assert_eq!(hermes_takes(&tools, &text), Ok(ok), "{text}");
+        }
+    }
+
+    /// Keywords llguidance cannot enforce are ignored, not refused (OpenAI takes them).
+    #[test]
+    fn unenforceable_keywords_are_ignored() {
+        let p = json!({"type": "object", "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true},
+            "secret": {"type": "string", "format": "password"},
+            "n": {"type": "integer", "not": {"const": 3}}}});
+        let t = [CallableTool {
+            name: "f",
+            parameters: Some(&p),
+        }];
+        let args = r#"{"tags": ["a"], "secret": "x", "n": 2}"#;
+        assert_eq!(hermes_takes(&t, &call("f", args)), Ok(true));
+    }
+
+    /// `"parameters": {}`: a forced call's arguments are an object, not any JSON value.
+    #[test]
+    fn empty_parameters_take_objects_only() {
+        let empty = json!({});
+        let t = [CallableTool {
+            name: "f",
+            parameters: Some(&empty),
+        }];
+        assert_eq!(hermes_takes(&t, &call("f", r#"{"a": 1}"#)), Ok(true));
+        for not_object in ["1", "\"x\"", "[]", "null"] {
+            assert_eq!(
+                hermes_takes(&t, &call("f", not_object)),
+                Ok(false),
+                "{not_object}"
+            );
+        }
     }
 }
