@@ -163,7 +163,14 @@ pub fn call_grammar(
             } else {
                 "call".to_string()
             };
-            g += &format!("start: {trigger} {} {calls} {}\n", lit("["), lit("]"));
+            // v0.3's template writes `[TOOL_CALLS] [` (its model was trained on the space);
+            // the parser takes either.
+            g += &format!(
+                "start: {trigger} {}? {} {calls} {}\n",
+                lit(" "),
+                lit("["),
+                lit("]")
+            );
             g += &format!("call: {one}\n");
         }
         ToolFormat::MistralArgs => {
@@ -323,7 +330,7 @@ mod tests {
             (s == MISTRAL_TRIGGER).then_some(5)
         });
         assert!(
-            g.starts_with("start: <[5]> \"[\" call (\", \" call)* \"]\"\n"),
+            g.starts_with("start: <[5]> \" \"? \"[\" call (\", \" call)* \"]\"\n"),
             "{g}"
         );
     }
