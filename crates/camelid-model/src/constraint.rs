@@ -375,6 +375,7 @@ pub(crate) mod tests {
     use crate::text::tokenizer::byte_level_bpe_json;
     use crate::text::tool_calls::{parse_output, ToolFormat, HERMES_CLOSE, HERMES_OPEN};
     use crate::text::tool_grammar::{call_grammar, CallableTool};
+    use serde_json::json;
 
     /// A byte-level BPE tokenizer of the 256 bytes (ids 0-255, no merges) and `added` tokens
     /// after them, each `(text, special)`, as a model's `tokenizer.json` lists them.
@@ -451,5 +452,93 @@ pub(crate) mod tests {
         assert_eq!(text, None);
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].name, "now");
+    }
+
+    // The tool-call grammars of text::tool_grammar, compiled and run here (the text module
+    // does not depend on this one).
+    /// Whether `tools`' Hermes grammar (compiled for a byte vocabulary) takes `text`, or why it
+    /// does not compile.
+    fn hermes_takes(tools: &[CallableTool], text: &str) -> std::result::Result<bool, String> {
+        let tok = tiny_tokenizer(&[("<|endoftext|>", true)]);
+        let eos = tok.token_to_id("<|endoftext|>").unwrap();
+        let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();
+        let lark = call_grammar(ToolFormat::Hermes, tools, false, &|_| None);
+        let c = compiler.compile(crate::TopLevelGrammar::from_lark(lark))?;
+        let mut seq = SequenceConstraint::start(&c, &[]).unwrap();
+        let mut finished = false;
+        for t in tok.encode(text, false).unwrap() {
+            if finished || !seq.mask().unwrap().is_allowed(t) {
+                return Ok(false);
+            }
+            finished = seq.commit(t).unwrap();
+        }
+        Ok(finished || seq.mask().unwrap().can_end)
+    }
+
+    fn call(name: &str, args: &str) -> String {
+        format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {args}}}\n</tool_call>")
+    }
+
+    /// pydantic's shape (an enum as a `$defs` entry and a `$ref`) compiles and is enforced,
+    /// and two tools may each define the same name differently.
+    #[test]
+    fn refs_to_defs_compile_and_constrain() {
+        let weather = json!({"type": "object", "$defs": {"Unit": {"enum": ["celsius", "fahrenheit"]}},
+            "properties": {"unit": {"$ref": "#/$defs/Unit"}}, "required": ["unit"],
+            "additionalProperties": false});
+        let time = json!({"type": "object", "$defs": {"Unit": {"enum": ["UTC", "CET"]}},
+            "properties": {"unit": {"$ref": "#/$defs/Unit"}}, "required": ["unit"],
+            "additionalProperties": false});
+        let tools = [
+            CallableTool {
+                name: "weather",
+                parameters: Some(&weather),
+            },
+            CallableTool {
+                name: "time",
+                parameters: Some(&time),
+            },
+        ];
+        for (text, ok) in [
+            (call("weather", r#"{"unit": "celsius"}"#), true),
+            (call("time", r#"{"unit": "CET"}"#), true),
+            (call("weather", r#"{"unit": "CET"}"#), false),
+            (call("time", r#"{"unit": "kelvin"}"#), false),
+        ] {
+            assert_eq!(hermes_takes(&tools, &text), Ok(ok), "{text}");
+        }
+    }
+
+    /// Keywords llguidance cannot enforce are ignored, not refused (OpenAI takes them).
+    #[test]
+    fn unenforceable_keywords_are_ignored() {
+        let p = json!({"type": "object", "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true},
+            "secret": {"type": "string", "format": "password"},
+            "n": {"type": "integer", "not": {"const": 3}}}});
+        let t = [CallableTool {
+            name: "f",
+            parameters: Some(&p),
+        }];
+        let args = r#"{"tags": ["a"], "secret": "x", "n": 2}"#;
+        assert_eq!(hermes_takes(&t, &call("f", args)), Ok(true));
+    }
+
+    /// `"parameters": {}`: a forced call's arguments are an object, not any JSON value.
+    #[test]
+    fn empty_parameters_take_objects_only() {
+        let empty = json!({});
+        let t = [CallableTool {
+            name: "f",
+            parameters: Some(&empty),
+        }];
+        assert_eq!(hermes_takes(&t, &call("f", r#"{"a": 1}"#)), Ok(true));
+        for not_object in ["1", "\"x\"", "[]", "null"] {
+            assert_eq!(
+                hermes_takes(&t, &call("f", not_object)),
+                Ok(false),
+                "{not_object}"
+            );
+        }
     }
 }
