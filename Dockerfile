@@ -4,6 +4,8 @@
 # For a CPU-only image, build with --build-arg FEATURES= (and any base images).
 # It runs as the unprivileged user `camelid` (uid 10001), which owns /cache: a named volume
 # starts as the image's /cache; a host folder mounted there must be writable by uid 10001.
+# A volume made by an earlier (root) image: once, `docker run --rm -u 0 --entrypoint chown
+#   -v camelid-cache:/cache camelid -R 10001:10001 /cache`.
 ARG CUDA_VERSION=13.0.0
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS build
 ARG FEATURES=cuda

@@ -170,6 +170,11 @@ async fn answer_missing(
 /// than a torn last one) is left alone, with a warning; a file already in order is not
 /// written.
 pub fn reorg_answer_file(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    // No line another run appends meanwhile is lost to the rename.
+    let _writers = crate::data::lock_writers(path)?;
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
@@ -204,8 +209,12 @@ pub fn reorg_answer_file(path: &Path) -> Result<()> {
     if sorted != text {
         // Written beside it, then renamed over it: a kill leaves one file or the other.
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = path.with_file_name(format!(".{name}.sorting"));
-        std::fs::write(&tmp, sorted).with_context(|| format!("writing {}", tmp.display()))?;
+        let tmp = path.with_file_name(format!(".{name}.sorting.{}", std::process::id()));
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, sorted.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     }
     Ok(())
@@ -214,6 +223,33 @@ pub fn reorg_answer_file(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rewrite while another run appends loses none of its lines (they share the lock).
+    #[test]
+    fn appends_during_rewrites_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let answer = |id: u64| Answer {
+            question_id: id,
+            answer_id: format!("a{id}"),
+            model_id: "m".into(),
+            choices: vec![],
+            tstamp: 0.0,
+            error: None,
+        };
+        let p = path.clone();
+        let writer = std::thread::spawn(move || {
+            for id in (0..300).rev() {
+                append_jsonl(&p, &answer(id)).unwrap();
+            }
+        });
+        while !writer.is_finished() {
+            reorg_answer_file(&path).unwrap();
+        }
+        writer.join().unwrap();
+        let got: Vec<Answer> = crate::data::read_jsonl(&path).unwrap();
+        assert_eq!(got.len(), 300, "lines lost");
+    }
 
     fn q(cat: &str, req: Option<f64>) -> Question {
         Question {

@@ -98,10 +98,14 @@ pub struct ChatClient {
     pub max_tokens_field: MaxTokensField,
     /// Send `temperature` (reasoning models reject any but their default: leave it out).
     pub send_temperature: bool,
-    /// Some request of this client (or a clone) has succeeded: until one has, a rejected
-    /// request is more likely the request's shape (an unsupported parameter) than its
+    /// Some request of this client (or a clone) has succeeded: until one has, rejected
+    /// requests are more likely the request's shape (an unsupported parameter) than their
     /// content, and it would reject them all.
     succeeded: Arc<AtomicBool>,
+    /// Requests rejected before any succeeded: the [`EARLY_REJECTIONS`]th stops the run.
+    /// Not the first alone: a first question that is legitimately refused (too long for the
+    /// context, a content filter) would stop every rerun at the same place.
+    early_rejections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -167,6 +171,9 @@ pub fn error_message(body: &str) -> String {
 
 /// A server's wait before the next attempt: `retry-after-ms` (milliseconds), else
 /// `retry-after` in seconds (an HTTP date is left to the backoff).
+/// Rejections before any success that stop a run (see `ChatClient::early_rejections`).
+pub const EARLY_REJECTIONS: usize = 3;
+
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let number = |name: &str| {
         headers
@@ -178,8 +185,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
             .ok()
             .filter(|x| x.is_finite() && *x > 0.0)
     };
+    // Bounded before the conversion: a huge value would panic in `from_secs_f64`.
     number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .map(|ms| Duration::from_secs_f64(ms.min(1e9) / 1000.0))
         .or_else(|| number("retry-after").map(|s| Duration::from_secs_f64(s.min(1e6))))
 }
 
@@ -273,6 +281,7 @@ impl ChatClient {
             max_tokens_field: MaxTokensField::MaxTokens,
             send_temperature: true,
             succeeded: Arc::new(AtomicBool::new(false)),
+            early_rejections: Default::default(),
         })
     }
 
@@ -386,11 +395,15 @@ impl ChatClient {
                     return Err(ChatError::Fatal(format!("{}: {m}", self.url)))
                 }
                 Err(Failure::Rejected { msg, http }) => {
-                    if http && !self.succeeded.load(Ordering::Relaxed) {
+                    if http
+                        && !self.succeeded.load(Ordering::Relaxed)
+                        && self.early_rejections.fetch_add(1, Ordering::Relaxed) + 1
+                            >= EARLY_REJECTIONS
+                    {
                         return Err(ChatError::Fatal(format!(
-                            "{}: {msg} (the first request was rejected: if it is the \
-                             request's shape, e.g. a reasoning model, see --max-tokens-field \
-                             and --no-temperature)",
+                            "{}: {msg} (the first {EARLY_REJECTIONS} requests were rejected: \
+                             if it is the request's shape, e.g. a reasoning model, see \
+                             --max-tokens-field and --no-temperature)",
                             self.url
                         )));
                     }

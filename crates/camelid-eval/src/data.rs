@@ -164,11 +164,31 @@ pub fn read_existing<T: DeserializeOwned>(path: &Path) -> Vec<T> {
         .unwrap_or_default()
 }
 
-/// Appends one JSON line and flushes, so an interrupted run keeps what it finished.
-pub fn append_jsonl<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+/// An exclusive lock on `path`'s writers, held until dropped: every append and rewrite of an
+/// output file takes it, so two runs on one file (two judges writing one judgment file)
+/// neither cut each other's line nor lose one appended during a rewrite. The lock is on a
+/// file beside it (`.NAME.lock`): a rewrite renames a new file over `path`, and a lock on
+/// the old one would not hold against writers that opened the new one.
+pub fn lock_writers(path: &Path) -> Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let lock_path = path.with_file_name(format!(".{name}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    f.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    Ok(f)
+}
+
+/// Appends one JSON line and flushes, so an interrupted run keeps what it finished.
+pub fn append_jsonl<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let _writers = lock_writers(path)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .read(true)

@@ -232,14 +232,22 @@ async fn a_wrong_key_model_or_url_is_fatal_at_once() {
         }
         assert_eq!(count(&seen), 1, "{status}");
     }
-    // A first request rejected: most likely every request is (an unsupported parameter).
+    // The first requests all rejected: most likely every request is (an unsupported
+    // parameter). The first ones are recorded as rejected; the third stops the run.
     let (base, seen) = fake(|_, _| {
         error(
             400,
             "Unsupported parameter: 'max_tokens' is not supported with this model.",
         )
     });
-    match client(&base).chat(&hi(), 0.0, 8).await {
+    let c = client(&base);
+    for _ in 1..camelid_eval::client::EARLY_REJECTIONS {
+        assert!(matches!(
+            c.chat(&hi(), 0.0, 8).await,
+            Err(ChatError::Rejected(_))
+        ));
+    }
+    match c.chat(&hi(), 0.0, 8).await {
         Err(ChatError::Fatal(m)) => {
             assert!(
                 m.contains("Unsupported") && m.contains("--max-tokens-field"),
@@ -248,7 +256,32 @@ async fn a_wrong_key_model_or_url_is_fatal_at_once() {
         }
         r => panic!("{r:?}"),
     }
-    assert_eq!(count(&seen), 1);
+    assert_eq!(count(&seen), camelid_eval::client::EARLY_REJECTIONS);
+    // A first question refused for its content (too long for a small judge) is recorded,
+    // and the run goes on: a rerun would stop at the same place forever.
+    let (base, _) = fake(|n, _| match n {
+        0 => error(400, "This model's maximum context length is 4096 tokens"),
+        _ => ok("fine"),
+    });
+    let c = client(&base);
+    assert!(matches!(
+        c.chat(&hi(), 0.0, 8).await,
+        Err(ChatError::Rejected(_))
+    ));
+    assert_eq!(c.chat(&hi(), 0.0, 8).await.unwrap(), "fine");
+    // A server's huge retry-after-ms is bounded, not a panic.
+    let (base, seen) = fake(|n, _| match n {
+        0 => Reply::Http(
+            429,
+            vec![("retry-after-ms", "1e300".to_string())],
+            "{}".into(),
+        ),
+        _ => ok("after"),
+    });
+    let mut c = client(&base);
+    c.max_delay = std::time::Duration::from_millis(10);
+    assert_eq!(c.chat(&hi(), 0.0, 8).await.unwrap(), "after");
+    assert_eq!(count(&seen), 2);
 }
 
 #[tokio::test]

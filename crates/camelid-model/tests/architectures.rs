@@ -985,7 +985,23 @@ fn a_post_processor_that_adds_bos_is_followed() {
     .unwrap();
     let first = |doc: &serde_json::Value| {
         std::fs::write(dir.path().join("tokenizer.json"), doc.to_string()).unwrap();
-        load(dir.path()).tokenizer.encode("hi", true).unwrap()[0]
+        let lm = load(dir.path());
+        // A chat prompt through a template that writes no BOS gets none, as HF's
+        // apply_chat_template (it tokenizes without special tokens).
+        let lm = lm
+            .with_chat_template(
+                "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}".into(),
+            )
+            .unwrap();
+        let chat = camelid_model::text::chat_prompt::chat_prompt_ids(
+            &lm.template,
+            &lm.tokenizer,
+            &[camelid_model::text::template::Message::new("user", "hi")],
+            true,
+        )
+        .unwrap();
+        assert_ne!(chat[0], 1, "a chat prompt gets only its template's BOS");
+        lm.tokenizer.encode("hi", true).unwrap()[0]
     };
     doc["post_processor"] = serde_json::Value::Null;
     assert_ne!(first(&doc), 1, "no BOS without the post-processor");

@@ -94,7 +94,28 @@ fn revisions_resolve_through_the_offline_cache() {
     );
     let err = fetch_repo("acme/absent", None).unwrap_err().to_string();
     assert!(err.contains("out of reach"), "{err}");
-    // A hub that refuses (a gated repository without a token) says what to do.
+    // A hub that fails (a 503 in an outage) is out of reach too; a refusal (a gated
+    // repository without a token) says what to do.
+    let failing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::env::set_var(
+        "HF_ENDPOINT",
+        format!("http://{}", failing.local_addr().unwrap()),
+    );
+    std::thread::spawn(move || {
+        for conn in failing.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    assert_eq!(
+        fetch_repo(id, Some("v2")).unwrap(),
+        repo.join("snapshots").join(V2)
+    );
     let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std::env::set_var(
         "HF_ENDPOINT",

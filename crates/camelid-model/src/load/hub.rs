@@ -78,7 +78,7 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         Ok(info) => info,
         // The hub out of reach: a model already in the cache is served from it, as Python's
         // huggingface_hub falls back (a restart during an outage keeps working).
-        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Transport(_)) => {
+        Err(ApiError::RequestError(e)) if hub_unreachable(&e) => {
             let why = format!("the hub is out of reach ({e})");
             let dir = from_cache(id, repo, revision, &why)?;
             tracing::warn!(
@@ -119,6 +119,17 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         }
     }
     dir.ok_or_else(|| Error::BadConfig(format!("hub {id}: config.json is missing from the repo")))
+}
+
+/// The hub down or out of reach, as huggingface_hub falls back to its cache: no connection
+/// (DNS, refused, reset) or an overloaded or failing hub (429, 5xx). Not a wrong URL or a
+/// proxy that refuses: those are the user's to fix, not to be hidden by a stale snapshot.
+fn hub_unreachable(e: &ureq::Error) -> bool {
+    use ureq::ErrorKind::{ConnectionFailed, Dns, Io};
+    match e {
+        ureq::Error::Transport(t) => matches!(t.kind(), Dns | ConnectionFailed | Io),
+        ureq::Error::Status(code, _) => *code == 429 || *code >= 500,
+    }
 }
 
 /// The cached snapshot of `id` (HF_HOME's hub cache, as the Python hub writes it), when the

@@ -407,7 +407,11 @@ pub fn load_hf_folder(
     // when the post-processor does: so does camelid, as gguf-py's converter decides it.
     tok.add_bos = match tok_cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
         Some(add) => add,
-        None => tok.add_bos || tok.post_processor_adds_bos(),
+        None if tok.add_bos => true,
+        None => {
+            tok.bos_from_post_processor = tok.post_processor_adds_bos();
+            tok.bos_from_post_processor
+        }
     };
     // The template: in tokenizer_config.json, else (multimodal checkpoints, newer
     // transformers) beside it in chat_template.json or chat_template.jinja.

@@ -94,17 +94,20 @@ pub fn chat_prompt_ids_ending(
         &has_special,
         max_bytes,
     )?;
+    // A BOS the tokenizer adds to any text, but not one only its post-processor adds (HF
+    // tokenizes a rendered template without special tokens; see `bos_from_post_processor`).
+    let bos = !tok.bos_from_post_processor;
     if end == PromptEnd::ContinueFinal {
         let (text, ranges) = cut_after_final(&split, messages)?;
-        return tok.encode_with_literal(text, &ranges, true);
+        return tok.encode_with_literal(text, &ranges, bos);
     }
     match &split.contents {
-        Some(ranges) => tok.encode_with_literal(&split.text, ranges, true),
+        Some(ranges) => tok.encode_with_literal(&split.text, ranges, bos),
         None => {
             // The template changed some content in a way the match does not know: accept
             // the prompt only if its control tokens are the template's own.
-            let ids = tok.encode(&split.text, true)?;
-            let own = tok.encode(&split.marked, true)?;
+            let ids = tok.encode(&split.text, bos)?;
+            let own = tok.encode(&split.marked, bos)?;
             let specials = |v: &[u32]| -> Vec<u32> {
                 v.iter().copied().filter(|&t| tok.is_special(t)).collect()
             };

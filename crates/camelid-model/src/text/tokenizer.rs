@@ -17,6 +17,10 @@ pub struct Tokenizer {
     pub bos_id: Option<u32>,
     pub eos_ids: Vec<u32>,
     pub add_bos: bool,
+    /// `add_bos` comes from `tokenizer.json`'s post-processor alone: HF adds that BOS to
+    /// text it tokenizes, not to a rendered chat template (`apply_chat_template` tokenizes
+    /// without special tokens), so chat prompts get only the template's own.
+    pub bos_from_post_processor: bool,
     /// The `tokenizer.json` document when camelid built it (GGUF, SentencePiece).
     pub json: Option<Value>,
     /// Ids of the special (control) added tokens.
@@ -40,6 +44,7 @@ impl Tokenizer {
             bos_id: None,
             eos_ids: vec![],
             add_bos: false,
+            bos_from_post_processor: false,
             json,
             special_ids,
             literal: OnceLock::new(),

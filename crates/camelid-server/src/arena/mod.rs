@@ -340,8 +340,9 @@ impl Arena {
     /// (refused, timed out, still starting up), retrying with a growing pause: a replica
     /// started while its database restarts serves once the database is back, where exiting
     /// would leave SkyServe a replica that failed before it was ever ready (unrecoverable:
-    /// it stops scaling that version). Other errors (a wrong URL, a refused password) end it
-    /// at once.
+    /// it stops scaling that version). A host that does not resolve is waited for too (a new
+    /// database's DNS name may lag); other errors (a malformed URL, a refused password) end
+    /// it at once.
     pub async fn connect_waiting(
         url: &str,
         config: ArenaConfig,
