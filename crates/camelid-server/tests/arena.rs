@@ -267,7 +267,12 @@ fn arena_battles_are_anonymous_and_votes_rate_the_models() {
     // Through JSON text as the board came (serde_json's default float parsing may be one ulp
     // off the printed value, the same way for both).
     let refit: Value = serde_json::from_str(
-        &serde_json::to_string(&camelid_eval::ratings::leaderboard(&battles, 100, 0)).unwrap(),
+        &serde_json::to_string(&camelid_eval::ratings::leaderboard(
+            &battles,
+            100,
+            camelid_eval::ratings::FASTCHAT_SEED,
+        ))
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(refit, board["leaderboard"]);
@@ -564,7 +569,7 @@ fn expected_fits(exported: &[Value]) -> (Value, Value, [f64; 4]) {
     let opts = ratings::RatingOptions {
         convention: ratings::BtConvention::FastChat,
         rounds: 100,
-        seed: 0,
+        seed: ratings::FASTCHAT_SEED,
     };
     let battles: Vec<_> = records.iter().map(|r| r.battle.clone()).collect();
     let answered: Vec<_> = records
