@@ -96,42 +96,30 @@ fn revisions_resolve_through_the_offline_cache() {
     assert!(err.contains("out of reach"), "{err}");
     // A hub that fails (a 503 in an outage) is out of reach too; a refusal (a gated
     // repository without a token) says what to do.
-    let failing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std::env::set_var(
-        "HF_ENDPOINT",
-        format!("http://{}", failing.local_addr().unwrap()),
-    );
-    std::thread::spawn(move || {
-        for conn in failing.incoming().flatten() {
-            use std::io::{Read, Write};
-            let mut conn = conn;
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-        }
-    });
+    std::env::set_var("HF_ENDPOINT", hub_answering("503 Service Unavailable"));
     assert_eq!(
         fetch_repo(id, Some("v2")).unwrap(),
         repo.join("snapshots").join(V2)
     );
-    let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std::env::set_var(
-        "HF_ENDPOINT",
-        format!("http://{}", hub.local_addr().unwrap()),
-    );
-    std::thread::spawn(move || {
-        for conn in hub.incoming().flatten() {
-            use std::io::{Read, Write};
-            let mut conn = conn;
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(
-                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-        }
-    });
+    std::env::set_var("HF_ENDPOINT", hub_answering("401 Unauthorized"));
     let err = fetch_repo("acme/gated", None).unwrap_err().to_string();
     assert!(err.contains("HF_TOKEN") && err.contains("license"), "{err}");
+}
+
+/// A hub on a loopback port that answers every request with `status` (e.g. "503 Service
+/// Unavailable") and no body; its URL.
+fn hub_answering(status: &'static str) -> String {
+    let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hub.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in hub.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let reply =
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    url
 }
