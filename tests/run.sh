@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
 VENV="${CAMELID_TEST_VENV:-$HOME/.cache/camelid/test-venv}"
-if ! "$VENV/bin/python" -c "import openai, jsonschema, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import openai, ollama, jsonschema, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/pages/requirements.txt \
+  "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/ollama/requirements.txt \
+    -r tests/pages/requirements.txt \
     -r crates/camelid-model/tests/gguf/requirements.txt -r tests/fastchat/requirements.txt
   # FastChat's own analysis code, for the parity tests (crates/camelid/tests/fastchat_parity.rs);
   # without its dependencies: the model-loading ones (torch, ...) are stubbed there.

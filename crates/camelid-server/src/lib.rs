@@ -4,7 +4,7 @@
 //!
 //! This file assembles the router from `routes::*` (one file per route group), adds the
 //! middleware (API keys, request counting, body limit) and serves it through `listen` until
-//! shutdown. Modules import one way, each only modules to its right: `routes` → `chat` →
+//! shutdown. Modules import one way, each only modules to its right: `routes` → `ollama` → `chat` →
 //! `tools` → `sse` → `validate` → `structured` → `openai` → `format` → `run` → `state` →
 //! `limits` → `arena` (the store) → `metrics` → `error`; `listen` (the accept loop) imports
 //! none of them.
@@ -17,6 +17,7 @@ mod format;
 pub mod limits;
 mod listen;
 mod metrics;
+mod ollama;
 pub mod openai;
 mod routes;
 mod run;
@@ -37,7 +38,7 @@ pub use limits::RequestLimits;
 pub use listen::ConnectionLimits;
 use routes::{
     arena as arena_routes, chat as chat_routes, completions, health, metrics as metrics_routes,
-    models, pages, tokenize,
+    models, ollama as ollama_routes, pages, tokenize,
 };
 pub use state::{AppState, ModelEntry, ServerConfig};
 use std::sync::Arc;
@@ -116,7 +117,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
-        .fallback(not_found);
+        // Ollama's native API, for its clients (Open WebUI, its Python and JS libraries).
+        .route("/api/chat", post(ollama_routes::chat))
+        .route("/api/generate", post(ollama_routes::generate))
+        .route("/api/tags", get(ollama_routes::tags))
+        .route("/api/ps", get(ollama_routes::ps))
+        .route("/api/show", post(ollama_routes::show))
+        .route("/api/version", get(ollama_routes::version));
+    for path in [
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/copy",
+        "/api/delete",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/blobs/{digest}",
+    ] {
+        keyed = keyed.route(path, axum::routing::any(ollama_routes::not_served));
+    }
+    keyed = keyed.fallback(not_found);
     let mut open = Router::new()
         .merge(pages::router())
         .route("/health", get(health::health));

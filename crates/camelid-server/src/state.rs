@@ -22,6 +22,91 @@ pub struct ModelEntry {
     /// Context length served (≤ the model's).
     pub max_model_len: usize,
     pub created: u64,
+    /// What the model is, for listings (Ollama's `/api/tags` and `/api/show`).
+    pub details: ModelDetails,
+}
+
+/// A served model's description: its architecture, size and file format.
+#[derive(Debug, Clone, Default)]
+pub struct ModelDetails {
+    /// As GGUF names it (`llama`, `qwen2`, …).
+    pub architecture: String,
+    /// `gguf`, `safetensors` or `pytorch`.
+    pub format: String,
+    /// Weights, counted from the configuration's shapes.
+    pub parameters: u64,
+    /// Bytes of weight files on disk.
+    pub size_bytes: u64,
+    pub context_length: usize,
+    pub embedding_length: usize,
+    pub block_count: usize,
+}
+
+impl ModelDetails {
+    /// The details of a loaded model, its files read at `lm.path`.
+    pub fn of(lm: &camelid_model::LoadedModel) -> Self {
+        let c = lm.model.config();
+        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let h = c.hidden_size;
+        let per_layer = h * (q + 2 * kv) + q * h + 3 * h * c.intermediate_size + 2 * h;
+        let embeddings = c.vocab_size * h * if c.tie_word_embeddings { 1 } else { 2 };
+        let files = weight_files(&lm.path);
+        let format = files
+            .iter()
+            .filter_map(|f| f.extension().and_then(|e| e.to_str()))
+            .find_map(|e| match e {
+                "gguf" => Some("gguf"),
+                "safetensors" => Some("safetensors"),
+                "bin" | "pth" | "pt" => Some("pytorch"),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Self {
+            architecture: c.architecture.clone(),
+            format: format.into(),
+            parameters: (embeddings + c.num_layers * per_layer + h) as u64,
+            size_bytes: files
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum(),
+            context_length: lm.context_length,
+            embedding_length: h,
+            block_count: c.num_layers,
+        }
+    }
+
+    /// Ollama's way of writing a parameter count: `134.52M`, `6.74B`.
+    pub fn parameter_size(&self) -> String {
+        let p = self.parameters as f64;
+        match p {
+            p if p >= 1e9 => format!("{:.2}B", p / 1e9),
+            p if p >= 1e6 => format!("{:.2}M", p / 1e6),
+            p => format!("{p}"),
+        }
+    }
+}
+
+/// The weight files of a model: the file itself, or a folder's `.gguf`, `.safetensors`
+/// and PyTorch files.
+fn weight_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    if path.is_file() {
+        return vec![path.to_path_buf()];
+    }
+    let Ok(dir) = std::fs::read_dir(path) else {
+        return vec![];
+    };
+    let mut files: Vec<_> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("gguf" | "safetensors" | "bin" | "pth" | "pt")
+            )
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 impl ModelEntry {

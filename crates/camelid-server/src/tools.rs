@@ -428,7 +428,14 @@ pub fn split_output(plan: &ToolPlan, output: &str) -> (Option<String>, Vec<Value
     let (t, d) = s.finish();
     text += &t;
     deltas.extend(d);
-    // Whole calls, not deltas: each call's first delta, its arguments pieces appended.
+    let calls = whole_calls(deltas);
+    let text = (calls.is_empty() || !text.trim().is_empty()).then_some(text);
+    (text, calls)
+}
+
+/// Whole calls from [`CallStream`] deltas: each call's first delta (without its `index`),
+/// its arguments pieces appended.
+pub fn whole_calls(deltas: Vec<Value>) -> Vec<Value> {
     let mut calls: Vec<Value> = vec![];
     for mut d in deltas {
         if d.get("id").is_some() {
@@ -445,8 +452,16 @@ pub fn split_output(plan: &ToolPlan, output: &str) -> (Option<String>, Vec<Value
             c["function"]["arguments"] = whole.into();
         }
     }
-    let text = (calls.is_empty() || !text.trim().is_empty()).then_some(text);
-    (text, calls)
+    calls
+}
+
+/// Whether `template` offers tools to the model (it renders a probe tool into the prompt).
+pub fn template_takes_tools(template: &ChatTemplate) -> bool {
+    let probe = [
+        json!({"type": "function", "function": {"name": "camelid_probe_tool",
+        "description": "probe", "parameters": {"type": "object", "properties": {}}}}),
+    ];
+    renders_tools(template, &probe, 1 << 20).unwrap_or(false)
 }
 
 /// One choice's output read as it streams.

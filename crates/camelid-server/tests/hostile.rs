@@ -1835,3 +1835,332 @@ fn bad_input_corpus_over_every_route() {
     assert_eq!(st, 200, "{}", short(&b));
     assert!(b["choices"][0]["message"]["content"].is_string(), "{b}");
 }
+
+/// Ollama's routes under bad input: each a clear status with Ollama's `{"error": "…"}` (what
+/// its clients read), nothing generated; the server still answers afterwards.
+#[test]
+fn ollama_routes_answer_bad_input_with_ollamas_errors() {
+    let _g = serial();
+    let s = &server().base;
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    let chat = |extra: Value| {
+        let mut b = json!({"model": "smol", "messages": msgs, "stream": false,
+                           "options": {"num_predict": 2}});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let generate = |extra: Value| {
+        let mut b = json!({"model": "smol", "prompt": "Hi", "stream": false});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let many = |n: usize| vec![json!({"role": "user", "content": "x"}); n];
+    let cases: Vec<(&str, &str, &str, Value, u16)> = vec![
+        (
+            "chat: messages not a list",
+            "POST",
+            "/api/chat",
+            chat(json!({"messages": "hi"})),
+            400,
+        ),
+        (
+            "chat: a message without role",
+            "POST",
+            "/api/chat",
+            chat(json!({"messages": [{"content": "x"}]})),
+            400,
+        ),
+        (
+            "chat: unknown role",
+            "POST",
+            "/api/chat",
+            chat(json!({"messages": [{"role": "god", "content": "x"}]})),
+            400,
+        ),
+        (
+            "chat: too many messages",
+            "POST",
+            "/api/chat",
+            chat(json!({"messages": many(1025)})),
+            400,
+        ),
+        (
+            "chat: temperature a string",
+            "POST",
+            "/api/chat",
+            chat(json!({"options": {"temperature": "hot"}})),
+            400,
+        ),
+        (
+            "chat: temperature out of range",
+            "POST",
+            "/api/chat",
+            chat(json!({"options": {"temperature": 50}})),
+            400,
+        ),
+        (
+            "chat: num_predict -5",
+            "POST",
+            "/api/chat",
+            chat(json!({"options": {"num_predict": -5}})),
+            400,
+        ),
+        (
+            "chat: num_predict past the context",
+            "POST",
+            "/api/chat",
+            chat(json!({"options": {"num_predict": 4096}})),
+            400,
+        ),
+        (
+            "chat: 17 stop strings",
+            "POST",
+            "/api/chat",
+            chat(json!({"options": {"stop": vec!["x"; 17]}})),
+            400,
+        ),
+        (
+            "chat: format a number",
+            "POST",
+            "/api/chat",
+            chat(json!({"format": 3})),
+            400,
+        ),
+        (
+            "chat: format a broken schema",
+            "POST",
+            "/api/chat",
+            chat(json!({"format": {"type": "nonsense"}})),
+            400,
+        ),
+        (
+            "chat: think a number",
+            "POST",
+            "/api/chat",
+            chat(json!({"think": 5})),
+            400,
+        ),
+        (
+            "chat: images",
+            "POST",
+            "/api/chat",
+            chat(json!({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]})),
+            400,
+        ),
+        (
+            "chat: tools on a template without tools",
+            "POST",
+            "/api/chat",
+            chat(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})),
+            400,
+        ),
+        (
+            "chat: tools not a list",
+            "POST",
+            "/api/chat",
+            chat(json!({"tools": "f"})),
+            400,
+        ),
+        (
+            "chat: a call without a function",
+            "POST",
+            "/api/chat",
+            chat(
+                json!({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"x": 1}]}]}),
+            ),
+            400,
+        ),
+        (
+            "chat: top_logprobs 50",
+            "POST",
+            "/api/chat",
+            chat(json!({"logprobs": true, "top_logprobs": 50})),
+            400,
+        ),
+        (
+            "chat: streamed with a bad option (before any line)",
+            "POST",
+            "/api/chat",
+            chat(json!({"stream": true, "options": {"top_p": 7}})),
+            400,
+        ),
+        (
+            "chat: unknown model",
+            "POST",
+            "/api/chat",
+            chat(json!({"model": "nope"})),
+            404,
+        ),
+        (
+            "chat: model missing",
+            "POST",
+            "/api/chat",
+            json!({"messages": msgs}),
+            400,
+        ),
+        (
+            "generate: suffix",
+            "POST",
+            "/api/generate",
+            generate(json!({"suffix": "}"})),
+            400,
+        ),
+        (
+            "generate: a Go template",
+            "POST",
+            "/api/generate",
+            generate(json!({"template": "{{ .Prompt }}"})),
+            400,
+        ),
+        (
+            "generate: context",
+            "POST",
+            "/api/generate",
+            generate(json!({"context": [1, 2, 3]})),
+            400,
+        ),
+        (
+            "generate: raw with a system prompt",
+            "POST",
+            "/api/generate",
+            generate(json!({"raw": true, "system": "x"})),
+            400,
+        ),
+        (
+            "generate: prompt a number",
+            "POST",
+            "/api/generate",
+            generate(json!({"prompt": 5})),
+            400,
+        ),
+        (
+            "generate: raw past the context",
+            "POST",
+            "/api/generate",
+            generate(json!({"raw": true, "prompt": "hello ".repeat(2000)})),
+            400,
+        ),
+        (
+            "generate: unknown model",
+            "POST",
+            "/api/generate",
+            generate(json!({"model": "nope:latest"})),
+            404,
+        ),
+        ("show: no model", "POST", "/api/show", json!({}), 400),
+        (
+            "show: unknown model",
+            "POST",
+            "/api/show",
+            json!({"model": "nope"}),
+            404,
+        ),
+        ("pull", "POST", "/api/pull", json!({"model": "llama3"}), 501),
+        (
+            "delete",
+            "DELETE",
+            "/api/delete",
+            json!({"model": "smol"}),
+            501,
+        ),
+        (
+            "embed",
+            "POST",
+            "/api/embed",
+            json!({"model": "smol", "input": "x"}),
+            501,
+        ),
+        ("blobs", "HEAD", "/api/blobs/sha256:00", Value::Null, 501),
+    ];
+    let mut failures = vec![];
+    for (name, method, path, body, status) in &cases {
+        let bytes = if body.is_null() {
+            vec![]
+        } else {
+            body.to_string().into_bytes()
+        };
+        let (st, b) = send(s, method, path, Some("application/json"), bytes);
+        let ollama_error = b["error"].as_str().is_some_and(|m| !m.is_empty());
+        // A HEAD answer has no body to carry the error.
+        if st != *status || (!ollama_error && *method != "HEAD") {
+            failures.push(format!("{name}: want {status}, got {st}: {}", short(&b)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // Bad JSON is a 400 too (Ollama's shape, as every error of these routes).
+    let (st, b) = send(
+        s,
+        "POST",
+        "/api/chat",
+        Some("application/json"),
+        b"{\"model\":".to_vec(),
+    );
+    assert_eq!(st, 400, "{}", short(&b));
+    assert!(b["error"].is_string(), "{b}");
+    let (st, b) = post(s, "/api/chat", &chat(json!({})));
+    assert_eq!(st, 200, "{}", short(&b));
+    assert_eq!(b["done"], true, "{b}");
+}
+
+/// An Ollama stream whose client hangs up gives its concurrency slot back (its generation is
+/// cancelled), and Ollama's routes take a slot like every generating route.
+#[test]
+fn ollama_streams_hold_a_slot_until_their_client_leaves() {
+    let _g = serial();
+    let s = start(
+        ServerConfig {
+            max_concurrent: 1,
+            ..Default::default()
+        },
+        Some(engine_config()),
+    );
+    let base = s.base.clone();
+    let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}],
+                      "options": {"num_predict": 480, "temperature": 0}});
+    runtime().block_on(async {
+        let r = client().post(format!("{base}/api/chat")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+        let mut lines = r.bytes_stream();
+        let first = lines.next().await.expect("a first line").unwrap();
+        let v: Value = serde_json::from_slice(first.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(v["done"], false, "{v}");
+        for path in ["/api/chat", "/api/generate"] {
+            let b = base.clone();
+            let req = json!({"model": "smol", "prompt": "Hi", "messages": [{"role": "user", "content": "Hi"}]});
+            let (st, e) = tokio::task::spawn_blocking(move || post(&b, path, &req)).await.unwrap();
+            assert_eq!(st, 429, "{path}: {}", short(&e));
+            assert!(e["error"].is_string(), "{e}");
+        }
+        drop(lines);
+    });
+    let t = Instant::now();
+    loop {
+        let (st, b) = post(
+            &s.base,
+            "/api/generate",
+            &json!({"model": "smol", "prompt": "Hi",
+            "stream": false, "options": {"num_predict": 2}}),
+        );
+        if st == 200 {
+            assert_eq!(b["done"], true, "{b}");
+            break;
+        }
+        assert_eq!(st, 429, "{}", short(&b));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

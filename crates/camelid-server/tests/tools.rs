@@ -31,6 +31,7 @@ fn entry(name: &str, template: Option<&str>) -> ModelEntry {
         stop_strings: lm.stop_strings.clone(),
         max_model_len: 2048,
         created: 0,
+        details: camelid_server::state::ModelDetails::of(&lm),
         engine: EngineHandle::spawn(lm, EngineConfig::default()),
     }
 }

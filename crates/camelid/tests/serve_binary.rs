@@ -56,6 +56,35 @@ fn openai_python_client_calls_tools() {
     );
 }
 
+/// Ollama's native API through the official `ollama` Python client: listings, chat and
+/// generate whole and streamed, options, `format`, log-probs, tool calls and errors
+/// (`tests/ollama/test_client.py`), on a template whose calls a JSON schema can force.
+#[test]
+fn ollama_python_client_works_against_serve() {
+    let python = std::env::var("CAMELID_TEST_PYTHON")
+        .expect("CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the venv with ollama)");
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/chat-templates/llama3-json-tools.jinja"
+    );
+    let s = serve(&[
+        "--api-key",
+        "sk-test",
+        "--model",
+        "smol=smollm2-135m-instruct",
+        "--chat-template",
+        template,
+    ]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/ollama/test_client.py"
+    );
+    run_test_script(
+        Command::new(python).args([script, &s.base, "smol", "sk-test"]),
+        "ollama client test",
+    );
+}
+
 /// Structured output through the openai client: `beta.chat.completions.parse` with a
 /// pydantic model, strict schemas validated by `jsonschema`, regex, choice, a broken schema.
 #[test]

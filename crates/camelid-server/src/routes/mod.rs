@@ -8,6 +8,7 @@ pub mod completions;
 pub mod health;
 pub mod metrics;
 pub mod models;
+pub mod ollama;
 pub mod pages;
 pub mod tokenize;
 

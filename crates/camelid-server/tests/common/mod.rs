@@ -62,6 +62,7 @@ pub fn model_entry_at(
         stop_strings: lm.stop_strings.clone(),
         max_model_len,
         created: 0,
+        details: camelid_server::state::ModelDetails::of(&lm),
         engine: EngineHandle::spawn(lm, config),
     }
 }

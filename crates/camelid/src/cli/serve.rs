@@ -324,6 +324,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                 .unwrap_or_default()
                 .as_secs(),
             name,
+            details: camelid_server::state::ModelDetails::of(&lm),
             engine: camelid_engine::EngineHandle::spawn(lm, engine_config),
         };
         out.push(entry);

@@ -1,0 +1,518 @@
+//! Ollama's native API as a translation onto the OpenAI path. An `/api/chat` or
+//! `/api/generate` body becomes a `ChatRequest` and its `SamplingFields`, so it passes the
+//! same checks and caps as `/v1/chat/completions`; this module also writes the objects
+//! Ollama's clients read back (its Python and JS libraries, Open WebUI, LangChain's
+//! `ChatOllama`). The handlers and the NDJSON stream are `routes::ollama`'s.
+//!
+//! Ollama's sampling defaults apply where `options` leaves a field out (temperature 0.8,
+//! top-k 40, top-p 0.9), as its clients expect; `repeat_penalty` maps to vLLM's
+//! `repetition_penalty` (over the whole sequence, not Ollama's last 64 tokens) and has no
+//! default. Options that size the runtime (`num_ctx`, `num_gpu`, `num_thread`, …) are
+//! ignored: camelid's are set when it starts, as are its models (no `pull`, `create`, …).
+
+use crate::error::ApiError;
+use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields, StopSpec};
+use crate::state::{AppState, ModelEntry};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// The Ollama API version whose fields are served (`GET /api/version`): clients gate
+/// features on it.
+pub const API_VERSION: &str = "0.12.0";
+
+/// Ollama's defaults for the sampling options a request leaves out.
+const DEFAULT_TEMPERATURE: f32 = 0.8;
+const DEFAULT_TOP_K: i64 = 40;
+const DEFAULT_TOP_P: f32 = 0.9;
+
+/// An error as Ollama writes it: `{"error": "…"}` with the HTTP status (its clients read
+/// the string).
+#[derive(Debug)]
+pub struct OllamaError(pub ApiError);
+
+impl From<ApiError> for OllamaError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0.status, axum::Json(error_body(&self.0))).into_response();
+        if let Some(s) = self.0.retry_after {
+            r.headers_mut().insert("retry-after", HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// `{"error": message}`: a response's body, or the last line of a stream that failed.
+pub fn error_body(e: &ApiError) -> Value {
+    json!({"error": e.message})
+}
+
+/// The `options` a generation reads; the others are accepted and ignored.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Options {
+    pub num_predict: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Vec<String>>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+}
+
+/// A chat message as Ollama's clients send it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Option<String>,
+    pub images: Option<Vec<Value>>,
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the function whose result it is.
+    pub tool_name: Option<String>,
+}
+
+/// `{"function": {"name", "arguments": {…}}}`, with an `id` from newer clients.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCall {
+    pub id: Option<String>,
+    pub function: CallFunction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CallFunction {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: Value,
+}
+
+/// `POST /api/chat`.
+#[derive(Debug, Deserialize)]
+pub struct ChatBody {
+    pub model: String,
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    pub tools: Option<Value>,
+    pub format: Option<Value>,
+    pub options: Option<Options>,
+    pub stream: Option<bool>,
+    pub think: Option<Value>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+}
+
+/// `POST /api/generate`.
+#[derive(Debug, Deserialize)]
+pub struct GenerateBody {
+    pub model: String,
+    pub prompt: Option<String>,
+    pub suffix: Option<String>,
+    pub system: Option<String>,
+    pub template: Option<String>,
+    pub context: Option<Vec<u32>>,
+    pub raw: Option<bool>,
+    pub images: Option<Vec<Value>>,
+    pub format: Option<Value>,
+    pub options: Option<Options>,
+    pub stream: Option<bool>,
+    pub think: Option<Value>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+}
+
+impl GenerateBody {
+    /// Fields camelid cannot honour: a 400 naming them, never a silently different answer.
+    pub fn check_supported(&self) -> Result<(), ApiError> {
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid_param(
+                "suffix",
+                "`suffix` (fill-in-the-middle) is not supported",
+            ));
+        }
+        if self.template.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid_param(
+                "template",
+                "`template` (a Go template) is not supported; the model's own chat template \
+                 is used, or `raw: true` sends the prompt as it is",
+            ));
+        }
+        if self.context.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(ApiError::invalid_param(
+                "context",
+                "`context` is not supported (camelid does not return one); send the \
+                 conversation to /api/chat",
+            ));
+        }
+        no_images(self.images.as_deref(), "images")?;
+        if self.raw == Some(true) && self.system.is_some() {
+            return Err(ApiError::invalid_param(
+                "system",
+                "`system` needs the chat template, which `raw: true` leaves out",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The prompt as a chat (`system` then the prompt as the user's message).
+    pub fn chat_request(&self, model: &str) -> Result<(ChatRequest, SamplingFields), ApiError> {
+        let mut messages = vec![];
+        if let Some(s) = &self.system {
+            messages.push(text_message("system", s));
+        }
+        messages.push(text_message("user", self.prompt.as_deref().unwrap_or("")));
+        let req = ChatRequest {
+            messages,
+            ..chat_defaults(
+                model,
+                self.logprobs,
+                self.top_logprobs,
+                template_kwargs(self.think.as_ref())?,
+            )
+        };
+        Ok((req, sampling(self.options.as_ref(), self.format.as_ref())?))
+    }
+}
+
+fn text_message(role: &str, text: &str) -> ChatMessage {
+    ChatMessage {
+        role: role.into(),
+        content: Some(Content::Text(text.into())),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+    }
+}
+
+fn no_images(images: Option<&[Value]>, field: &str) -> Result<(), ApiError> {
+    if images.is_some_and(|i| !i.is_empty()) {
+        return Err(ApiError::invalid_param(
+            field,
+            "images are not supported: camelid serves text models",
+        ));
+    }
+    Ok(())
+}
+
+fn chat_defaults(
+    model: &str,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    kwargs: Option<Map<String, Value>>,
+) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![],
+        max_completion_tokens: None,
+        logprobs: logprobs.unwrap_or(false),
+        top_logprobs,
+        tools: None,
+        tool_choice: None,
+        parallel_tool_calls: None,
+        functions: None,
+        function_call: None,
+        cache_salt: None,
+        chat_template_kwargs: kwargs,
+        add_generation_prompt: None,
+        continue_final_message: false,
+    }
+}
+
+impl ChatBody {
+    /// The OpenAI request this chat is. A conversation that ends with an assistant message
+    /// (without calls) is continued from inside it, as Ollama does.
+    pub fn chat_request(&self, model: &str) -> Result<(ChatRequest, SamplingFields), ApiError> {
+        let continue_final = self
+            .messages
+            .last()
+            .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_none());
+        let req = ChatRequest {
+            messages: chat_messages(&self.messages)?,
+            tools: self.tools.clone(),
+            continue_final_message: continue_final,
+            ..chat_defaults(
+                model,
+                self.logprobs,
+                self.top_logprobs,
+                template_kwargs(self.think.as_ref())?,
+            )
+        };
+        Ok((req, sampling(self.options.as_ref(), self.format.as_ref())?))
+    }
+}
+
+/// Ollama's messages → OpenAI's. Calls get ids when the client sent none (9 letters and
+/// digits, what Mistral's templates require), and each `tool` message takes the id of the
+/// call it answers: the pending call of its `tool_name`, else the first pending call.
+pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
+    let mut pending: Vec<(String, String)> = vec![];
+    let mut made = 0usize;
+    msgs.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            no_images(m.images.as_deref(), &format!("messages[{i}].images"))?;
+            let tool_calls = match &m.tool_calls {
+                Some(calls) if !calls.is_empty() => {
+                    pending.clear();
+                    let calls: Vec<Value> = calls
+                        .iter()
+                        .map(|c| {
+                            let id = c.id.clone().unwrap_or_else(|| {
+                                made += 1;
+                                format!("call{made:05}")
+                            });
+                            pending.push((id.clone(), c.function.name.clone()));
+                            json!({"id": id, "type": "function",
+                                   "function": {"name": c.function.name, "arguments": c.function.arguments}})
+                        })
+                        .collect();
+                    Some(Value::Array(calls))
+                }
+                _ => None,
+            };
+            let tool_call_id = if m.role == "tool" && !pending.is_empty() {
+                let at = m
+                    .tool_name
+                    .as_ref()
+                    .and_then(|n| pending.iter().position(|(_, name)| name == n))
+                    .unwrap_or(0);
+                Some(pending.remove(at).0)
+            } else {
+                None
+            };
+            Ok(ChatMessage {
+                role: m.role.clone(),
+                content: Some(Content::Text(m.content.clone().unwrap_or_default())),
+                name: None,
+                tool_calls,
+                tool_call_id,
+            })
+        })
+        .collect()
+}
+
+/// `think` → the template's variables: `enable_thinking` (Qwen3's), and for a level
+/// (`"low"`, `"medium"`, `"high"`) `reasoning_effort` too.
+fn template_kwargs(think: Option<&Value>) -> Result<Option<Map<String, Value>>, ApiError> {
+    let mut m = Map::new();
+    match think {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Bool(b)) => {
+            m.insert("enable_thinking".into(), (*b).into());
+        }
+        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => {
+            m.insert("enable_thinking".into(), true.into());
+            m.insert("reasoning_effort".into(), s.clone().into());
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "think",
+                "`think` is true, false, \"low\", \"medium\" or \"high\"",
+            ))
+        }
+    }
+    Ok(Some(m))
+}
+
+/// `options` and `format` → the OpenAI sampling fields, with Ollama's defaults.
+pub fn sampling(
+    options: Option<&Options>,
+    format: Option<&Value>,
+) -> Result<SamplingFields, ApiError> {
+    let o = options.cloned().unwrap_or_default();
+    let max_tokens = match o.num_predict {
+        // -1: until the context is full; -2: fill the context. Both are the default here.
+        None | Some(-1) | Some(-2) => None,
+        Some(n) if n > 0 => Some(n.min(u32::MAX as i64) as u32),
+        Some(n) => {
+            return Err(ApiError::invalid_param(
+                "options.num_predict",
+                format!("`options.num_predict` must be positive, -1 or -2, got {n}"),
+            ))
+        }
+    };
+    Ok(SamplingFields {
+        max_tokens,
+        temperature: Some(o.temperature.unwrap_or(DEFAULT_TEMPERATURE)),
+        top_p: Some(o.top_p.unwrap_or(DEFAULT_TOP_P)),
+        // 0 or less: off, as in llama.cpp.
+        top_k: Some(o.top_k.unwrap_or(DEFAULT_TOP_K).max(0)),
+        min_p: o.min_p,
+        // Ollama's -1 (its default) is a random seed.
+        seed: o.seed.filter(|&s| s >= 0),
+        stop: o.stop.map(StopSpec::Many),
+        repetition_penalty: o.repeat_penalty,
+        presence_penalty: o.presence_penalty,
+        frequency_penalty: o.frequency_penalty,
+        response_format: response_format(format)?,
+        ..Default::default()
+    })
+}
+
+/// `format`: `"json"` (any JSON object) or a JSON schema.
+fn response_format(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(json!({"type": "json_object"}))),
+        Some(schema @ Value::Object(_)) => Ok(Some(json!({"type": "json_schema",
+            "json_schema": {"name": "format", "schema": schema}}))),
+        Some(_) => Err(ApiError::invalid_param(
+            "format",
+            "`format` is \"json\" or a JSON schema object",
+        )),
+    }
+}
+
+/// The served model a name means: its own name or an alias, with or without Ollama's
+/// `:latest` tag.
+pub fn resolve(state: &AppState, name: &str) -> Result<Arc<ModelEntry>, ApiError> {
+    match state.model(Some(name)) {
+        Err(e) if e.code == Some("model_not_found") => match name.strip_suffix(":latest") {
+            Some(bare) => state.model(Some(bare)).map_err(|_| e),
+            None => Err(e),
+        },
+        r => r,
+    }
+}
+
+/// A time as Ollama writes it (RFC 3339, nanoseconds, UTC).
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+pub fn now() -> String {
+    timestamp(chrono::Utc::now())
+}
+
+fn since_epoch(secs: u64) -> String {
+    timestamp(chrono::DateTime::from_timestamp(secs as i64, 0).unwrap_or_default())
+}
+
+/// `details` of a model listing.
+fn details(m: &ModelEntry) -> Value {
+    let d = &m.details;
+    json!({"parent_model": "", "format": d.format, "family": d.architecture,
+           "families": [d.architecture], "parameter_size": d.parameter_size(),
+           "quantization_level": ""})
+}
+
+/// A stable digest for a served name (Ollama's is its manifest's; clients use it as a key).
+fn digest(m: &ModelEntry, name: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{name}\0{}\0{}", m.name, m.created));
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every served model under each of its names: `/api/tags`' entries (and `/api/ps`' with
+/// `running`).
+pub fn listing(models: &[Arc<ModelEntry>], running: bool) -> Value {
+    let mut out = vec![];
+    for m in models {
+        for name in std::iter::once(&m.name).chain(&m.aliases) {
+            let mut e = json!({"name": name, "model": name, "size": m.details.size_bytes,
+                "digest": digest(m, name), "details": details(m)});
+            if running {
+                // Loaded until the server stops.
+                e["expires_at"] = "2318-01-01T00:00:00Z".into();
+                e["size_vram"] = 0.into();
+                e["context_length"] = m.max_model_len.into();
+            } else {
+                e["modified_at"] = since_epoch(m.created).into();
+            }
+            out.push(e);
+        }
+    }
+    json!({"models": out})
+}
+
+/// `/api/show`: what the model is and what it can do.
+pub fn show(m: &ModelEntry, takes_tools: bool) -> Value {
+    let d = &m.details;
+    let a = &d.architecture;
+    let mut capabilities = vec!["completion"];
+    if takes_tools {
+        capabilities.push("tools");
+    }
+    let template = match &m.template {
+        camelid_model::ChatTemplate::Jinja { source, .. } => source.clone(),
+        t => t.name(),
+    };
+    json!({
+        "modelfile": "",
+        "parameters": "",
+        "template": template,
+        "details": details(m),
+        "model_info": {
+            "general.architecture": a,
+            "general.parameter_count": d.parameters,
+            format!("{a}.context_length"): m.max_model_len,
+            format!("{a}.embedding_length"): d.embedding_length,
+            format!("{a}.block_count"): d.block_count,
+        },
+        "capabilities": capabilities,
+        "modified_at": since_epoch(m.created),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(v: Value) -> Message {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn tool_results_take_the_ids_of_the_calls_they_answer() {
+        let msgs = [
+            msg(json!({"role": "user", "content": "weather?"})),
+            msg(json!({"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": "a", "arguments": {"x": 1}}},
+                {"function": {"name": "b", "arguments": {}}}]})),
+            msg(json!({"role": "tool", "content": "B", "tool_name": "b"})),
+            msg(json!({"role": "tool", "content": "A"})),
+        ];
+        let out = chat_messages(&msgs).unwrap();
+        let calls = out[1].tool_calls.as_ref().unwrap();
+        let id = |k: usize| calls[k]["id"].as_str().unwrap().to_string();
+        assert_eq!(id(0).len(), 9);
+        assert!(id(0).chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(id(0), id(1));
+        assert_eq!(calls[0]["function"]["arguments"], json!({"x": 1}));
+        assert_eq!(out[2].tool_call_id.as_deref(), Some(id(1).as_str()));
+        assert_eq!(out[3].tool_call_id.as_deref(), Some(id(0).as_str()));
+    }
+
+    #[test]
+    fn options_map_to_openai_fields_with_ollamas_defaults() {
+        let f = sampling(None, None).unwrap();
+        assert_eq!(
+            (f.temperature, f.top_p, f.top_k, f.max_tokens),
+            (Some(0.8), Some(0.9), Some(40), None)
+        );
+        let o: Options = serde_json::from_value(json!({"num_predict": 7, "temperature": 0,
+            "top_k": 0, "seed": -1, "stop": ["x"], "repeat_penalty": 1.2, "num_ctx": 4096}))
+        .unwrap();
+        let f = sampling(Some(&o), Some(&json!("json"))).unwrap();
+        assert_eq!(f.max_tokens, Some(7));
+        assert_eq!(f.temperature, Some(0.0));
+        assert_eq!(f.top_k, Some(0));
+        assert_eq!(f.seed, None);
+        assert_eq!(f.repetition_penalty, Some(1.2));
+        assert_eq!(f.response_format, Some(json!({"type": "json_object"})));
+        let bad: Options = serde_json::from_value(json!({"num_predict": 0})).unwrap();
+        assert_eq!(
+            sampling(Some(&bad), None).unwrap_err().param.as_deref(),
+            Some("options.num_predict")
+        );
+        assert!(sampling(None, Some(&json!(3))).is_err());
+    }
+}

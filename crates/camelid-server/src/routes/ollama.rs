@@ -1,0 +1,484 @@
+//! Ollama's native routes: `POST /api/chat` and `/api/generate` (NDJSON lines by default,
+//! one object with `stream: false`), `GET /api/tags`, `/api/ps`, `/api/version`, `POST
+//! /api/show`; the model-management routes answer 501. Requests go through `ollama`'s
+//! translation to the chat path; this file runs them and writes Ollama's replies.
+
+use super::RequestBody;
+use crate::chat::{self, Submitted};
+use crate::error::ApiError;
+use crate::format::{chat_logprobs, finish_str};
+use crate::ollama::{self, error_body, ChatBody, GenerateBody, OllamaError};
+use crate::openai::{parse_body, SamplingFields};
+use crate::run::{self, blocking, grammar_failed, shutting_down, ChoiceSpec, Submission, Timing};
+use crate::state::{AppState, ModelEntry, Permit};
+use crate::structured;
+use crate::tools::{self, CallStream};
+use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use camelid_engine::{Event, Usage};
+use camelid_model::decode::sampling::TokenLogprob;
+use camelid_model::decode::FinishReason;
+use camelid_model::text::tokenizer::Tokenizer;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+type OllamaResult = Result<Response, OllamaError>;
+
+/// Which reply: a chat's `message` or a generation's `response`.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Generate,
+}
+
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    RequestBody(body): RequestBody,
+) -> OllamaResult {
+    let permit = state.permit()?;
+    let body: ChatBody = parse_body(&body)?;
+    let model = ollama::resolve(&state, &body.model)?;
+    if body.messages.is_empty() {
+        // Ollama's way of loading a model: the answer says it is loaded.
+        return Ok(axum::Json(loaded(Kind::Chat, &body.model)).into_response());
+    }
+    let (req, sampling) = body.chat_request(&model.name)?;
+    let Submitted {
+        sub,
+        model,
+        prompt_tokens,
+        tools,
+        ..
+    } = chat::submit(&state, permit, &req, &sampling).await?;
+    let reply = Reply::new(
+        Kind::Chat,
+        body.model,
+        model.engine.shared_tokenizer(),
+        req.logprobs,
+        tools.map(|t| t.stream()),
+        prompt_tokens,
+    );
+    answer(sub, reply, body.stream.unwrap_or(true)).await
+}
+
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    RequestBody(body): RequestBody,
+) -> OllamaResult {
+    let permit = state.permit()?;
+    let body: GenerateBody = parse_body(&body)?;
+    let model = ollama::resolve(&state, &body.model)?;
+    body.check_supported()?;
+    if body.prompt.as_deref().unwrap_or("").is_empty() {
+        return Ok(axum::Json(loaded(Kind::Generate, &body.model)).into_response());
+    }
+    let logprobs = body.logprobs.unwrap_or(false);
+    let (sub, tok, prompt_tokens) = if body.raw == Some(true) {
+        let sampling = ollama::sampling(body.options.as_ref(), body.format.as_ref())?;
+        let prompt = body.prompt.clone().unwrap_or_default();
+        let top = logprobs.then_some(body.top_logprobs.unwrap_or(0));
+        let (sub, n) = submit_raw(&state, permit, &model, prompt, &sampling, top).await?;
+        (sub, model.engine.shared_tokenizer(), n)
+    } else {
+        let (req, sampling) = body.chat_request(&model.name)?;
+        let s = chat::submit(&state, permit, &req, &sampling).await?;
+        (s.sub, s.model.engine.shared_tokenizer(), s.prompt_tokens)
+    };
+    let reply = Reply::new(
+        Kind::Generate,
+        body.model,
+        tok,
+        logprobs,
+        None,
+        prompt_tokens,
+    );
+    answer(sub, reply, body.stream.unwrap_or(true)).await
+}
+
+/// A raw generation: the prompt tokenized as it is (with the BOS the tokenizer adds), no
+/// chat template and no template stop strings, as `/v1/completions` does.
+async fn submit_raw(
+    state: &Arc<AppState>,
+    permit: Permit,
+    model: &Arc<ModelEntry>,
+    prompt: String,
+    f: &SamplingFields,
+    logprobs: Option<u32>,
+) -> Result<(Submission, usize), ApiError> {
+    if logprobs.is_some_and(|t| t > MAX_TOP_LOGPROBS) {
+        return Err(ApiError::invalid_param(
+            "top_logprobs",
+            format!("`top_logprobs` must be at most {MAX_TOP_LOGPROBS}"),
+        ));
+    }
+    let limits = &state.config.limits;
+    let vocab = model.engine.vocab_size();
+    let mut params = generation_params(f, limits, vocab, &model.stop_token_ids, &[])?;
+    let tok = model.engine.shared_tokenizer();
+    let ids = blocking(&permit, move || {
+        tok.encode(&prompt, true)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    })
+    .await?;
+    params.constraint = structured::compile(&permit, model, f).await?;
+    params.max_tokens = max_tokens(
+        f.max_tokens,
+        "options.num_predict",
+        None,
+        ids.len(),
+        model.max_model_len,
+        "prompt",
+        false,
+    )?;
+    params.logprobs = logprobs.map(|t| t as usize);
+    let n = ids.len();
+    let spec = ChoiceSpec {
+        index: 0,
+        prompt: ids,
+        params,
+        prompt_logprobs: None,
+        cache_salt: None,
+    };
+    Ok((run::submit(state, permit, model, vec![spec])?, n))
+}
+
+/// What `/api/chat` without messages and `/api/generate` without a prompt answer.
+fn loaded(kind: Kind, model: &str) -> Value {
+    let mut v = json!({"model": model, "created_at": ollama::now(), "done": true,
+                       "done_reason": "load"});
+    match kind {
+        Kind::Chat => v["message"] = json!({"role": "assistant", "content": ""}),
+        Kind::Generate => v["response"] = "".into(),
+    }
+    v
+}
+
+/// One request's reply, built from its engine events: the objects Ollama streams.
+struct Reply {
+    kind: Kind,
+    /// The model as the request named it.
+    model: String,
+    tok: Arc<Tokenizer>,
+    logprobs: bool,
+    /// The output read for tool calls (a chat with tools).
+    calls: Option<CallStream>,
+    call_deltas: Vec<Value>,
+    started: Instant,
+    first_token: Option<Instant>,
+    prompt_tokens: usize,
+}
+
+impl Reply {
+    fn new(
+        kind: Kind,
+        model: String,
+        tok: Arc<Tokenizer>,
+        logprobs: bool,
+        calls: Option<CallStream>,
+        prompt_tokens: usize,
+    ) -> Self {
+        Self {
+            kind,
+            model,
+            tok,
+            logprobs,
+            calls,
+            call_deltas: vec![],
+            started: Instant::now(),
+            first_token: None,
+            prompt_tokens,
+        }
+    }
+
+    fn object(&self, text: &str, logprobs: Option<Value>, tool_calls: Vec<Value>) -> Value {
+        let mut v = json!({"model": self.model, "created_at": ollama::now(), "done": false});
+        match self.kind {
+            Kind::Chat => {
+                v["message"] = json!({"role": "assistant", "content": text});
+                if !tool_calls.is_empty() {
+                    v["message"]["tool_calls"] = tool_calls.into();
+                }
+            }
+            Kind::Generate => v["response"] = text.into(),
+        }
+        if let Some(l) = logprobs {
+            v["logprobs"] = l;
+        }
+        v
+    }
+
+    /// A token's object (none while text is held back for a possible call).
+    fn token(&mut self, text: &str, logprob: Option<&TokenLogprob>) -> Option<Value> {
+        self.first_token.get_or_insert_with(Instant::now);
+        let lps = match (self.logprobs, logprob) {
+            (true, Some(l)) => {
+                Some(chat_logprobs(&self.tok, std::slice::from_ref(l))["content"].take())
+            }
+            _ => None,
+        };
+        let text = match &mut self.calls {
+            Some(s) => {
+                let (t, d) = s.push(text);
+                self.call_deltas.extend(d);
+                t
+            }
+            None => text.to_string(),
+        };
+        (!text.is_empty() || lps.is_some()).then(|| self.object(&text, lps, vec![]))
+    }
+
+    /// The last objects: held-back text and the calls, then the one with `done: true` and
+    /// the counts and durations (nanoseconds).
+    fn finish(&mut self, reason: FinishReason, usage: &Usage) -> Vec<Value> {
+        let mut out = vec![];
+        if let Some(s) = &mut self.calls {
+            let (text, d) = s.finish();
+            self.call_deltas.extend(d);
+            let calls = ollama_calls(tools::whole_calls(std::mem::take(&mut self.call_deltas)));
+            if !text.is_empty() || !calls.is_empty() {
+                out.push(self.object(&text, None, calls));
+            }
+        }
+        let end = Instant::now();
+        let first = self.first_token.unwrap_or(end);
+        let mut done = self.object("", None, vec![]);
+        let ns = |d: std::time::Duration| d.as_nanos() as u64;
+        for (k, v) in [
+            ("done", json!(true)),
+            ("done_reason", finish_str(reason).into()),
+            ("total_duration", ns(end - self.started).into()),
+            ("load_duration", 0.into()),
+            ("prompt_eval_count", self.prompt_tokens.into()),
+            ("prompt_eval_duration", ns(first - self.started).into()),
+            ("eval_count", usage.completion_tokens.into()),
+            ("eval_duration", ns(end - first).into()),
+        ] {
+            done[k] = v;
+        }
+        out.push(done);
+        out
+    }
+}
+
+/// OpenAI's calls → Ollama's: `arguments` an object, not its JSON text. A call whose
+/// arguments are not a JSON object is left out: Ollama's clients cannot read it. (A call
+/// cut off by the length limit has its arguments closed by the parser.)
+fn ollama_calls(calls: Vec<Value>) -> Vec<Value> {
+    calls
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let args = c["function"]["arguments"].as_str().unwrap_or_default();
+            let args: Value = serde_json::from_str(args).ok().filter(Value::is_object)?;
+            Some(
+                json!({"id": c["id"], "function": {"index": i, "name": c["function"]["name"],
+                                                     "arguments": args}}),
+            )
+        })
+        .collect()
+}
+
+/// The next objects of a reply from its engine events; `None` once the request is done.
+async fn next_objects(
+    sub: &mut Submission,
+    reply: &mut Reply,
+    timing: &mut Timing,
+) -> Option<Result<Vec<Value>, ApiError>> {
+    loop {
+        let Some((_, ev)) = sub.streams.next().await else {
+            sub.state
+                .metrics
+                .request_latency(sub.started.elapsed().as_secs_f64());
+            return None;
+        };
+        return Some(match ev {
+            Event::PromptLogprobs(_) => continue,
+            Event::Token { text, logprob, .. } => {
+                timing.token(&sub.state, sub.started, 0);
+                Ok(reply.token(&text, logprob.as_ref()).into_iter().collect())
+            }
+            Event::Finished { reason, usage } => Ok(reply.finish(reason, &usage)),
+            Event::Error(e) => Err(ApiError::internal(e)),
+            Event::GrammarFailed(e) => Err(grammar_failed(&e)),
+            Event::Refused(_) => Err(shutting_down()),
+        });
+    }
+}
+
+/// The reply as NDJSON lines, or gathered into one object.
+async fn answer(mut sub: Submission, mut reply: Reply, stream: bool) -> OllamaResult {
+    let mut timing = Timing::new(1);
+    if stream {
+        return Ok(lines(sub, reply, timing));
+    }
+    let mut whole: Option<Value> = None;
+    let (mut text, mut calls, mut logprobs) = (String::new(), vec![], vec![]);
+    while let Some(objects) = next_objects(&mut sub, &mut reply, &mut timing).await {
+        for o in objects? {
+            let part = match reply.kind {
+                Kind::Chat => &o["message"]["content"],
+                Kind::Generate => &o["response"],
+            };
+            text += part.as_str().unwrap_or_default();
+            calls.extend(
+                o["message"]["tool_calls"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            logprobs.extend(o["logprobs"].as_array().cloned().unwrap_or_default());
+            if o["done"] == true {
+                whole = Some(o);
+            }
+        }
+    }
+    let mut whole = whole.ok_or_else(|| ApiError::internal("the engine dropped the request"))?;
+    match reply.kind {
+        Kind::Chat => {
+            whole["message"]["content"] = text.into();
+            if !calls.is_empty() {
+                whole["message"]["tool_calls"] = calls.into();
+            }
+        }
+        Kind::Generate => whole["response"] = text.into(),
+    }
+    if reply.logprobs {
+        whole["logprobs"] = logprobs.into();
+    }
+    Ok(axum::Json(whole).into_response())
+}
+
+/// Streams the reply, one JSON object a line. A failure after the first line is a last
+/// `{"error": …}` line (Ollama's clients raise it); the stream owns the submission, so a
+/// client that hangs up cancels the generation.
+fn lines(sub: Submission, reply: Reply, timing: Timing) -> Response {
+    let st = (sub, reply, timing, VecDeque::<Value>::new(), false);
+    let s = futures::stream::unfold(
+        st,
+        |(mut sub, mut reply, mut timing, mut queue, mut done)| async move {
+            loop {
+                if let Some(v) = queue.pop_front() {
+                    let mut line = v.to_string();
+                    line.push('\n');
+                    return Some((
+                        Ok::<_, Infallible>(Bytes::from(line)),
+                        (sub, reply, timing, queue, done),
+                    ));
+                }
+                if done {
+                    return None;
+                }
+                match next_objects(&mut sub, &mut reply, &mut timing).await {
+                    None => done = true,
+                    Some(Ok(objects)) => queue.extend(objects),
+                    Some(Err(e)) => {
+                        queue.push_back(error_body(&e));
+                        done = true;
+                    }
+                }
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(s),
+    )
+        .into_response()
+}
+
+pub async fn tags(State(state): State<Arc<AppState>>) -> OllamaResult {
+    let models = state.models().ok_or_else(AppState::loading_error)?;
+    Ok(axum::Json(ollama::listing(&models, false)).into_response())
+}
+
+pub async fn ps(State(state): State<Arc<AppState>>) -> OllamaResult {
+    let models = state.models().ok_or_else(AppState::loading_error)?;
+    Ok(axum::Json(ollama::listing(&models, true)).into_response())
+}
+
+pub async fn version() -> Response {
+    axum::Json(json!({"version": ollama::API_VERSION})).into_response()
+}
+
+/// `POST /api/show` with `{"model": …}` (older clients: `"name"`).
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    RequestBody(body): RequestBody,
+) -> OllamaResult {
+    let v = crate::openai::parse_json(&body)?;
+    let name = v
+        .get("model")
+        .or_else(|| v.get("name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid_param("model", "`model` is required"))?;
+    let model = ollama::resolve(&state, name)?;
+    let takes_tools = tools::template_takes_tools(&model.template);
+    Ok(axum::Json(ollama::show(&model, takes_tools)).into_response())
+}
+
+/// `pull`, `push`, `create`, `copy`, `delete`, `blobs`, embeddings: not served.
+pub async fn not_served() -> OllamaError {
+    OllamaError(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "invalid_request_error",
+        "camelid does not manage models or compute embeddings through the Ollama API: its \
+         models are chosen when it starts (`camelid serve --model …`)",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::{from_value, ChatRequest};
+    use camelid_model::ChatTemplate;
+
+    /// A Hermes call streamed a character at a time comes out as Ollama's call, arguments
+    /// an object; a call cut off by the length limit is left out.
+    #[test]
+    fn streamed_calls_become_ollamas_with_object_arguments() {
+        let template = ChatTemplate::Jinja {
+            source: include_str!("../../../../tests/fixtures/chat-templates/qwen2.5-tools.jinja")
+                .into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let req: ChatRequest = from_value(&json!({"model": "m", "messages": [],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}))
+        .unwrap();
+        let plan = tools::ToolPlan::from_request(&req, &template, 8, 1 << 20)
+            .unwrap()
+            .unwrap();
+        let out = "Sure.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Ro";
+        let mut s = plan.stream();
+        let (mut text, mut deltas) = (String::new(), vec![]);
+        for c in out.chars() {
+            let (t, d) = s.push(&c.to_string());
+            text += &t;
+            deltas.extend(d);
+        }
+        let (t, d) = s.finish();
+        text += &t;
+        deltas.extend(d);
+        assert_eq!(text, "Sure.");
+        let calls = ollama_calls(tools::whole_calls(deltas));
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(
+            calls[0]["function"],
+            json!({"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}})
+        );
+        assert!(calls[0]["id"].is_string());
+        // The cut-off call's arguments are closed by the parser, as on the OpenAI path.
+        assert_eq!(calls[1]["function"]["arguments"], json!({"city": "Ro"}));
+        // Arguments that are not an object cannot be Ollama's: left out.
+        let odd = vec![json!({"id": "c", "function": {"name": "f", "arguments": "[1]"}})];
+        assert!(ollama_calls(odd).is_empty());
+    }
+}

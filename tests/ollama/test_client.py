@@ -1,0 +1,135 @@
+"""The official `ollama` Python client against a running camelid server (Ollama's native API).
+
+Usage: python test_client.py BASE_URL MODEL API_KEY   (run by crates/camelid/tests/serve_binary.rs)
+The server serves MODEL with tests/fixtures/chat-templates/llama3-json-tools.jinja, whose calls
+are bare JSON: a `format` schema then forces a call, so the calls' path is seen whatever the
+model would have written. Exits non-zero on the first failed check.
+"""
+import json
+import sys
+
+import ollama
+
+base, model, key = sys.argv[1], sys.argv[2], sys.argv[3]
+client = ollama.Client(host=base, headers={"Authorization": f"Bearer {key}"})
+checks = 0
+
+
+def check(cond, what):
+    global checks
+    if not cond:
+        print("FAILED:", what, file=sys.stderr)
+        sys.exit(1)
+    checks += 1
+
+
+def error_of(call):
+    try:
+        call()
+    except ollama.ResponseError as e:
+        return e
+    check(False, "the call raises ResponseError")
+
+
+# Listings.
+listed = client.list().models
+check(model in [m.model for m in listed], f"list has {model}: {listed}")
+entry = next(m for m in listed if m.model == model)
+check(entry.details.family == "llama" and entry.details.format == "gguf", f"details: {entry.details}")
+check(entry.size > 50_000_000, f"size is the file's: {entry.size}")
+info = client.show(model)
+check("completion" in info.capabilities and "tools" in info.capabilities, f"capabilities: {info.capabilities}")
+check(info.modelinfo["llama.context_length"] > 0, f"model_info: {info.modelinfo}")
+check(info.details.parameter_size.endswith("M"), f"parameter size: {info.details.parameter_size}")
+check(model in [m.model for m in client.ps().models], "ps")
+
+# Chat: whole and streamed give the same greedy text; counts and durations.
+opts = {"temperature": 0, "num_predict": 8}
+msgs = [{"role": "user", "content": "Name a fruit."}]
+r = client.chat(model=model, messages=msgs, options=opts)
+check(r.done and r.done_reason in ("stop", "length"), f"done: {r}")
+check(r.message.role == "assistant" and r.message.content, f"message: {r.message}")
+check(0 < r.eval_count <= 8 and r.prompt_eval_count > 5, f"counts: {r.eval_count}, {r.prompt_eval_count}")
+check(r.total_duration >= r.prompt_eval_duration + r.eval_duration > 0, "durations")
+parts = list(client.chat(model=model, messages=msgs, options=opts, stream=True))
+check(parts[-1].done and not any(p.done for p in parts[:-1]), "only the last streamed object is done")
+check(len(parts) > 2, f"streamed in pieces: {len(parts)}")
+streamed = "".join(p.message.content or "" for p in parts)
+check(streamed == r.message.content, f"stream {streamed!r} == whole {r.message.content!r}")
+check(parts[-1].eval_count == r.eval_count, "the last streamed object counts the tokens")
+tagged = client.chat(model=model + ":latest", messages=msgs, options=opts)
+check(tagged.message.content == r.message.content, "`:latest` names the same model")
+check(client.chat(model=model, messages=[]).done_reason == "load", "no messages: the load answer")
+
+# Generate: the prompt through the chat template is the same chat; raw skips the template.
+g = client.generate(model=model, prompt="Name a fruit.", options=opts)
+check(g.response == r.message.content, f"generate {g.response!r} == chat {r.message.content!r}")
+gs = "".join(p.response for p in client.generate(model=model, prompt="Name a fruit.", options=opts, stream=True))
+check(gs == g.response, "generate streamed == whole")
+raw = client.generate(model=model, prompt="Name a fruit.", raw=True, options=opts)
+check(raw.response and raw.prompt_eval_count < g.prompt_eval_count, "raw: no template around the prompt")
+check(client.generate(model=model).done_reason == "load", "no prompt: the load answer")
+
+# Sampling options reach the sampler: a seed repeats, stop ends the text.
+hot = {"temperature": 1.0, "seed": 7, "num_predict": 12}
+a = client.chat(model=model, messages=msgs, options=hot).message.content
+check(a == client.chat(model=model, messages=msgs, options=hot).message.content, "same seed, same text")
+long = client.chat(model=model, messages=msgs, options={"temperature": 0, "num_predict": 16}).message.content
+words = long.split()
+check(len(words) >= 3, f"16 greedy tokens make words: {long!r}")
+cut = client.chat(model=model, messages=msgs, options={"temperature": 0, "num_predict": 16, "stop": [words[2]]})
+check(words[2] not in cut.message.content and cut.done_reason == "stop", f"stop: {cut.message.content!r}")
+
+# JSON output: a schema.
+schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+          "required": ["answer"], "additionalProperties": False}
+j = client.chat(model=model, messages=[{"role": "user", "content": "Is the sky blue? Answer in JSON."}],
+                format=schema, options={"temperature": 0, "num_predict": 40})
+check(json.loads(j.message.content)["answer"] in ("yes", "no"), f"format: {j.message.content!r}")
+
+# Log-probabilities, one per output token.
+lp = client.chat(model=model, messages=msgs, options=opts, logprobs=True, top_logprobs=2)
+check(len(lp.logprobs) == lp.eval_count, f"{len(lp.logprobs)} logprobs for {lp.eval_count} tokens")
+check(all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in lp.logprobs), "top_logprobs")
+
+# Tools: a call forced by a schema in the template's format comes back as a call.
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+call_schema = {"type": "object", "properties": {
+    "name": {"type": "string", "enum": ["get_weather"]},
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris"]}},
+                   "required": ["city"], "additionalProperties": False}},
+    "required": ["name", "parameters"], "additionalProperties": False}
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+t = client.chat(model=model, messages=ask, tools=tools, format=call_schema,
+                options={"temperature": 0, "num_predict": 60})
+calls = t.message.tool_calls or []
+check(len(calls) == 1 and calls[0].function.name == "get_weather", f"tool call: {t.message}")
+check(calls[0].function.arguments == {"city": "Paris"}, f"arguments: {calls[0].function.arguments}")
+check(not t.message.content, f"no text beside the call: {t.message.content!r}")
+streamed_calls = [c for p in client.chat(model=model, messages=ask, tools=tools, format=call_schema,
+                                         options={"temperature": 0, "num_predict": 60}, stream=True)
+                  for c in (p.message.tool_calls or [])]
+check([c.function.arguments for c in streamed_calls] == [{"city": "Paris"}], f"streamed calls: {streamed_calls}")
+# The call and its result sent back render (ids paired by camelid).
+history = ask + [{"role": "assistant", "content": "", "tool_calls": [
+    {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"}]
+check(client.chat(model=model, messages=history, tools=tools, options=opts).done, "history with a call")
+
+# Errors: Ollama's `{"error": "…"}` with the status.
+e = error_of(lambda: client.chat(model="no-such-model", messages=msgs))
+check(e.status_code == 404 and "no-such-model" in e.error, f"unknown model: {e}")
+e = error_of(lambda: client.chat(model=model, messages=[{"role": "user", "content": "x", "images": ["aGVsbG8="]}]))
+check(e.status_code == 400 and "images" in e.error, f"images: {e}")
+e = error_of(lambda: client.chat(model=model, messages=msgs, options={"temperature": 9}))
+check(e.status_code == 400 and "temperature" in e.error, f"bad option: {e}")
+e = error_of(lambda: client.chat(model=model, messages=msgs, options={"num_predict": 100000}))
+check(e.status_code == 400, f"past the context: {e}")
+e = error_of(lambda: client.pull("llama3"))
+check(e.status_code == 501, f"pull: {e}")
+e = error_of(lambda: ollama.Client(host=base, headers={"Authorization": "Bearer wrong"}).list())
+check(e.status_code == 401, f"wrong key: {e}")
+
+print(f"ollama client: {checks} passed, 0 failed")
