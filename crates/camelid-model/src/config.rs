@@ -146,6 +146,10 @@ pub struct ModelConfig {
     pub norm_weight_offset: f32,
 }
 
+/// The largest size of one dimension or heads × head_dim a configuration may give (2^24;
+/// released models stay below 2^18), so that no product of sizes the kernels compute wraps.
+pub const MAX_SIZE: usize = 1 << 24;
+
 impl ModelConfig {
     pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |m: String| Err(Error::BadConfig(format!("{origin}: {m}")));
@@ -153,6 +157,30 @@ impl ModelConfig {
             return bad(
                 "num_attention_heads, num_key_value_heads and num_hidden_layers must be > 0".into(),
             );
+        }
+        // Every size the kernels index by is positive and its products fit: a file's
+        // `num_attention_heads` of 2^57 + 1 times a head_dim of 128 wraps to 128 and would
+        // pass every shape check (overlapping outputs, reads past the query buffer).
+        let sizes = [
+            ("hidden_size", Some(self.hidden_size)),
+            ("intermediate_size", Some(self.intermediate_size)),
+            ("vocab_size", Some(self.vocab_size)),
+            ("head_dim", Some(self.head_dim)),
+            (
+                "num_attention_heads × head_dim",
+                self.num_heads.checked_mul(self.head_dim),
+            ),
+            (
+                "num_key_value_heads × head_dim",
+                self.num_kv_heads.checked_mul(self.head_dim),
+            ),
+        ];
+        for (name, size) in sizes {
+            match size {
+                Some(0) => return bad(format!("{name} must be > 0")),
+                Some(s) if s <= MAX_SIZE => {}
+                _ => return bad(format!("{name} is larger than {MAX_SIZE}")),
+            }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
@@ -558,5 +586,29 @@ mod tests {
             "rope_parameters": {"rope_theta": 20000.0, "rope_type": "default"}}));
         assert_eq!(c.rope_theta, 10000.0);
         assert_eq!(v5(serde_json::json!({})).rope_theta, 10000.0);
+    }
+
+    /// Sizes whose products wrap, or that are zero, are refused by name.
+    #[test]
+    fn sizes_that_wrap_or_vanish_are_refused() {
+        let err = |extra| {
+            v5(extra)
+                .base_config("t")
+                .and_then(|c| c.validate("t"))
+                .unwrap_err()
+                .to_string()
+        };
+        let wrap = err(
+            serde_json::json!({"num_attention_heads": (1usize << 57) + 1,
+            "num_key_value_heads": 1, "head_dim": 128, "hidden_size": 128}),
+        );
+        assert!(wrap.contains("num_attention_heads × head_dim"), "{wrap}");
+        assert!(err(serde_json::json!({"hidden_size": 0})).contains("hidden_size"));
+        assert!(err(serde_json::json!({"intermediate_size": 0})).contains("intermediate_size"));
+        assert!(v5(serde_json::json!({}))
+            .base_config("t")
+            .unwrap()
+            .validate("t")
+            .is_ok());
     }
 }

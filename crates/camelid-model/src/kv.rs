@@ -45,6 +45,28 @@ pub struct DevicePaged {
     pub tables: Vec<Vec<u32>>,
 }
 
+impl DevicePaged {
+    /// The tables against the batch and the cache's slots, as the host cache's are: the CUDA
+    /// kernels index device memory by these block ids unchecked.
+    pub fn check(
+        &self,
+        chunks: &[camelid_kernels::attention::SeqSpan],
+        first_key: impl Fn(usize) -> usize,
+    ) -> std::result::Result<(), String> {
+        let slots = self
+            .k
+            .first()
+            .map_or(0, |t| t.dims().first().copied().unwrap_or(0));
+        camelid_kernels::attention::check_block_tables(
+            &self.tables,
+            self.block_size,
+            slots,
+            chunks,
+            first_key,
+        )
+    }
+}
+
 /// One growing contiguous K/V tensor pair per (sequence, layer). Writing at a position
 /// before the end rewinds the sequence first, so re-feeding a prompt is always safe.
 #[derive(Default)]
@@ -103,5 +125,36 @@ impl KvStore for ContiguousKv {
         };
         layers[layer] = Some((k_all.clone(), v_all.clone()));
         Ok((k_all, v_all))
+    }
+}
+
+#[cfg(test)]
+mod device_paged_tests {
+    use super::*;
+    use camelid_kernels::attention::SeqSpan;
+
+    /// Tables naming a freed block where keys are attended, or a block past the cache, are
+    /// refused before any kernel indexes by them.
+    #[test]
+    fn tables_outside_the_cache_or_freed_are_refused() {
+        let dev = candle_core::Device::Cpu;
+        let k = Tensor::zeros((8, 1, 4), candle_core::DType::F32, &dev).unwrap();
+        let paged = |table: Vec<u32>| DevicePaged {
+            k: vec![k.clone()],
+            v: vec![k.clone()],
+            block_size: 4,
+            tables: vec![table],
+        };
+        let chunks = [SeqSpan::new(1, 4, 1)];
+        let all = |_| 0;
+        assert!(paged(vec![0, 1]).check(&chunks, all).is_ok());
+        let e = paged(vec![FREED_BLOCK, 1]).check(&chunks, all).unwrap_err();
+        assert!(e.contains("freed"), "{e}");
+        // With a window of 1 the freed block holds no attended key.
+        assert!(paged(vec![FREED_BLOCK, 1]).check(&chunks, |p| p).is_ok());
+        let e = paged(vec![0, 2]).check(&chunks, all).unwrap_err();
+        assert!(e.contains("outside the cache"), "{e}");
+        let e = paged(vec![0]).check(&chunks, all).unwrap_err();
+        assert!(e.contains("cover"), "{e}");
     }
 }

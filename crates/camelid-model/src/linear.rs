@@ -162,9 +162,10 @@ impl Linear {
             .collect();
         if let Some(hs) = halves {
             let w = HalfWeight::concat_rows(&hs)?;
+            let (out_features, in_features) = w.shape();
             return Some(Linear {
-                out_features: w.rows,
-                in_features: w.cols,
+                out_features,
+                in_features,
                 inner: Inner::Half(Arc::new(w)),
             });
         }
@@ -266,7 +267,7 @@ impl CustomOp1 for OwnMatmul {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, cols) = match &self.0 {
             Inner::Own(w) => (w.rows, w.cols),
-            Inner::Half(w) => (w.rows, w.cols),
+            Inner::Half(w) => w.shape(),
             Inner::Candle(_) => candle_core::bail!("linear: candle weights in the own op"),
         };
         let dims = layout.shape().dims();

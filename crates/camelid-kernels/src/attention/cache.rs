@@ -309,46 +309,67 @@ impl HostPaged<'_> {
                 self.block_size, self.cache.block_size
             ));
         }
-        if self.tables.len() != chunks.len() {
-            return Err(format!(
-                "{} block tables for {} chunks",
-                self.tables.len(),
-                chunks.len()
-            ));
-        }
-        for (c, t) in chunks.iter().zip(&self.tables) {
-            let end = c.start_pos + c.len;
-            if t.len() * self.block_size < end {
-                return Err(format!(
-                    "sequence {}: blocks cover {} positions, batch needs {end}",
-                    c.seq,
-                    t.len() * self.block_size
-                ));
-            }
-            let first_live = first_key(c.start_pos) / self.block_size;
-            if let Some(i) = t[first_live..].iter().position(|&b| b == FREED_BLOCK) {
-                return Err(format!(
-                    "sequence {}: block {} of its table was freed, position {} attends it",
-                    c.seq,
-                    first_live + i,
-                    c.start_pos
-                ));
-            }
-            if let Some(b) = t
-                .iter()
-                .filter(|&&b| b != FREED_BLOCK)
-                .find(|&&b| (b as usize + 1) * self.block_size > self.cache.slots)
-            {
-                return Err(format!(
-                    "sequence {}: block {b} is outside the cache",
-                    c.seq
-                ));
-            }
-        }
-        Ok(())
+        check_block_tables(
+            &self.tables,
+            self.block_size,
+            self.cache.slots,
+            chunks,
+            first_key,
+        )
     }
 
     pub(super) fn slot(&self, chunk: usize, pos: usize) -> usize {
         self.tables[chunk][pos / self.block_size] as usize * self.block_size + pos % self.block_size
     }
+}
+
+/// Block tables against the batch they serve (one per chunk, in order) and a cache of
+/// `slots` positions: each covers the positions its chunk writes, names only blocks inside
+/// the cache, and has a [`FREED_BLOCK`] only for keys before the first that the chunk's
+/// first query attends (`first_key`: the window's start of a position, see
+/// `Heads::first_key`). The attention kernels index the cache by these ids unchecked.
+pub fn check_block_tables(
+    tables: &[Vec<u32>],
+    block_size: usize,
+    slots: usize,
+    chunks: &[SeqSpan],
+    first_key: impl Fn(usize) -> usize,
+) -> Result<(), String> {
+    if tables.len() != chunks.len() {
+        return Err(format!(
+            "{} block tables for {} chunks",
+            tables.len(),
+            chunks.len()
+        ));
+    }
+    for (c, t) in chunks.iter().zip(tables) {
+        let end = c.start_pos + c.len;
+        if t.len() * block_size < end {
+            return Err(format!(
+                "sequence {}: blocks cover {} positions, batch needs {end}",
+                c.seq,
+                t.len() * block_size
+            ));
+        }
+        let first_live = first_key(c.start_pos) / block_size;
+        if let Some(i) = t[first_live..].iter().position(|&b| b == FREED_BLOCK) {
+            return Err(format!(
+                "sequence {}: block {} of its table was freed, position {} attends it",
+                c.seq,
+                first_live + i,
+                c.start_pos
+            ));
+        }
+        if let Some(b) = t
+            .iter()
+            .filter(|&&b| b != FREED_BLOCK)
+            .find(|&&b| (b as usize + 1) * block_size > slots)
+        {
+            return Err(format!(
+                "sequence {}: block {b} is outside the cache",
+                c.seq
+            ));
+        }
+    }
+    Ok(())
 }

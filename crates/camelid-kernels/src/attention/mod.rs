@@ -17,7 +17,9 @@ mod cache;
 
 use crate::vecmath::{self, Scalar, VecOps};
 use crate::OutPtr;
-pub use cache::{q8_group, q8_scale, HostKvCache, HostPaged, KvDtype, FREED_BLOCK};
+pub use cache::{
+    check_block_tables, q8_group, q8_scale, HostKvCache, HostPaged, KvDtype, FREED_BLOCK,
+};
 use cache::{CacheElem, Planes, Q8Plane, Q8};
 use half::f16;
 use rayon::prelude::*;
@@ -140,7 +142,21 @@ pub fn paged_attention(
 ) {
     let n_tok: usize = chunks.iter().map(|c| c.len).sum();
     let half = h.dim / 2;
-    let (qw, kw) = (h.q * h.dim, h.kv * h.dim);
+    // The kernels below read and write through raw pointers sized by these: a product that
+    // wrapped, a group that does not divide, or a table naming a freed or absent block
+    // would take them outside their buffers.
+    let width = |heads: usize| heads.checked_mul(h.dim).expect("attention width overflows");
+    let (qw, kw) = (width(h.q), width(h.kv));
+    assert!(
+        h.kv > 0 && h.dim > 0 && h.q.is_multiple_of(h.kv),
+        "attention heads: {} query heads over {} KV heads of {}",
+        h.q,
+        h.kv,
+        h.dim
+    );
+    if let Err(e) = kv.check(chunks, |p| h.first_key(p)) {
+        panic!("paged_attention: {e}");
+    }
     assert_eq!(out.len(), n_tok * qw);
     assert_eq!(cos.len(), n_tok * half);
     assert_eq!((kv.cache.kv_heads, kv.cache.head_dim), (h.kv, h.dim));

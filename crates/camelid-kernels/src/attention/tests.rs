@@ -502,3 +502,49 @@ fn a_position_rounds_by_its_role_not_its_chunk() {
     #[cfg(target_arch = "x86_64")]
     prefill::set_path(prefill::PrefillPath::Widest);
 }
+
+/// Tables the kernels would read outside the cache through (a freed block where keys are
+/// attended, a block past the cache) stop the safe entry point, whoever calls it.
+#[test]
+fn paged_attention_refuses_tables_it_cannot_read_safely() {
+    let h = Heads {
+        q: 2,
+        kv: 1,
+        dim: 8,
+        rope: RopeStyle::Half,
+        window: None,
+        scale: None,
+        softcap: None,
+    };
+    let run = |table: Vec<u32>| {
+        std::panic::catch_unwind(|| {
+            let mut cache = HostKvCache::new(1, 4, 4, h.kv, h.dim, KvDtype::F32);
+            let chunks = [SeqSpan::new(1, 4, 1)];
+            let rows = vec![0.5f32; (h.q + 2 * h.kv) * h.dim];
+            let width = rows.len();
+            let qkv = QkvRows {
+                q: (&rows, width, 0),
+                k: (&rows, width, h.q * h.dim),
+                v: (&rows, width, (h.q + h.kv) * h.dim),
+            };
+            let (cos, sin) = (vec![1f32; h.dim / 2], vec![0f32; h.dim / 2]);
+            let mut paged = HostPaged {
+                cache: &mut cache,
+                block_size: 4,
+                tables: vec![table],
+            };
+            let mut out = vec![0f32; h.q * h.dim];
+            paged_attention(0, &chunks, &qkv, &cos, &sin, h, &mut paged, &mut out);
+        })
+        .map_err(|e| e.downcast_ref::<String>().cloned().unwrap_or_default())
+    };
+    assert!(run(vec![0, 1]).is_ok());
+    // Refused up front, by the check (not by whichever kernel happens to bounds-check).
+    let freed = run(vec![FREED_BLOCK, 1]).unwrap_err();
+    assert!(
+        freed.contains("paged_attention: ") && freed.contains("freed"),
+        "{freed}"
+    );
+    let absent = run(vec![0, 9]).unwrap_err();
+    assert!(absent.contains("paged_attention: "), "{absent}");
+}

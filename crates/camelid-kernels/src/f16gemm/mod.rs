@@ -89,8 +89,9 @@ const UNIT_GROUPS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct HalfWeight {
     pub kind: HalfKind,
-    pub rows: usize,
-    pub cols: usize,
+    /// Private with `data`: the kernels read `data` by raw pointers sized by them.
+    rows: usize,
+    cols: usize,
     flavour: Flavour,
     /// Row-major (scalar), or groups of `flavour.group()` rows interleaved by column, padded
     /// with zero rows to whole units.
@@ -98,6 +99,11 @@ pub struct HalfWeight {
 }
 
 impl HalfWeight {
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
     /// Row-major 16-bit values (`rows · cols` of them), laid out for this CPU's fastest kernels.
     pub fn new(kind: HalfKind, rows: usize, cols: usize, bits: &[u16]) -> Option<Self> {
         Self::with_flavour(kind, rows, cols, bits, Flavour::best())

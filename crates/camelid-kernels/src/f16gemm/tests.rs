@@ -156,7 +156,7 @@ fn concatenated_rows_compute_the_parts_side_by_side() {
         let wa = HalfWeight::with_flavour(kind, 20, k, &a, fl).unwrap();
         let wb = HalfWeight::with_flavour(kind, 9, k, &b, fl).unwrap();
         let both = HalfWeight::concat_rows(&[&wa, &wb]).unwrap();
-        assert_eq!((both.rows, both.cols), (29, k));
+        assert_eq!(both.shape(), (29, k));
         let x = random(3 * k, 8);
         let mut joined = vec![0f32; 3 * 29];
         matmul(&both, &x, 3, &mut joined);

@@ -159,8 +159,10 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
+// Crate-only: its safe `VecOps` methods run AVX2/FMA/F16C instructions, so every caller
+// must have checked the CPU first (the crate's kernels do).
 #[cfg(target_arch = "x86_64")]
-pub use x86::Avx2;
+pub(crate) use x86::Avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{avx2, avx512};
 

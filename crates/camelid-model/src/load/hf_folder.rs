@@ -36,6 +36,12 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<String>> {
         .collect();
     files.sort();
     files.dedup();
+    if files.is_empty() {
+        return Err(Error::BadWeights(format!(
+            "{}: weight_map names no shard",
+            index.display()
+        )));
+    }
     // Shards are files of the model's folder: an index must not reach elsewhere.
     for f in &files {
         let p = Path::new(f);

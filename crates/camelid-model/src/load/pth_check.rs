@@ -198,7 +198,8 @@ impl Shadow {
                 let d = self.pop()?;
                 self.push(d + 1)
             }
-            b't' => {
+            // TUPLE and DICT: a container of everything above the MARK.
+            b't' | b'd' => {
                 let d = self.pop_to_mark()?;
                 self.push(d + 1)
             }

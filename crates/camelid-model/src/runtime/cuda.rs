@@ -100,6 +100,12 @@ impl DeviceBatch {
             return Ok(None);
         };
         let bs = cache.block_size;
+        // Every block id the kernels will index by, checked here: they do not.
+        let spans: Vec<_> = batch.chunks.iter().map(|c| c.span()).collect();
+        let window = model.cfg.features.kv_window();
+        cache
+            .check(&spans, |p| window.map_or(0, |w| (p + 1).saturating_sub(w)))
+            .map_err(Error::Invalid)?;
         let (mut slots, mut positions, mut row_seq, mut row_ctx) = (vec![], vec![], vec![], vec![]);
         let mut max_ctx = 0;
         for (ci, (c, table)) in batch.chunks.iter().zip(&cache.tables).enumerate() {
