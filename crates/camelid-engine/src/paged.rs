@@ -1,11 +1,12 @@
 //! Paged KV memory: `num_blocks * block_size` token slots per layer; each sequence owns a block
 //! table mapping its positions to slots. Two storages:
-//! - f32 models on the CPU: a [`HostKvCache`] (`[block][kv_head][slot][head_dim]`, f16 or f32
-//!   elements), read and written in place by the model's CPU attention kernel through
-//!   [`KvStore::host_paged`];
-//! - otherwise (CUDA, bf16/f16) one `(slots, kv_heads, head_dim)` tensor per layer for keys and
-//!   one for values (the same slot-major layout), written with `slice_set` and gathered per
-//!   sequence by [`KvStore::write_and_read`].
+//! - f32 models on the CPU: a [`HostKvCache`] (block-major, `[block][kv_head][slot][head_dim]`;
+//!   f16, f32 or Q8_0 values), read and written in place by the model's CPU attention kernel
+//!   through [`KvStore::host_paged`];
+//! - otherwise (CUDA, bf16/f16) one slot-major `(slots, kv_heads, head_dim)` tensor per layer
+//!   for keys and one for values: the CUDA runtime writes and reads them in place through
+//!   [`KvStore::device_paged`]; the tensor runtime's [`KvStore::write_and_read`] writes with
+//!   `slice_set` and gathers per sequence.
 
 use crate::blocks::{BlockId, BlockPool, PrefixLink};
 use camelid_model::kv::{DevicePaged, KvStore};

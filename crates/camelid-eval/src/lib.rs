@@ -5,6 +5,7 @@
 //! - [`answer`] — `mtbench answer`: two-turn answers, per-category temperatures, resumable
 //! - [`judge`] — `mtbench judge`: prompt rendering, verdict parsing, position swap
 //! - [`show`] — `mtbench show`: score and win-rate tables
+//! - [`bench`] — `camelid bench`: load generation against any OpenAI-compatible server
 //! - [`ratings`] — `arena ratings`: Bradley–Terry and online Elo from battles, bootstrap CIs
 //! - [`agreement`] — `mtbench agreement`: judge–judge and judge–human agreement (S1/S2)
 //! - [`bias`] — `mtbench bias`: position bias from swapped pairwise games

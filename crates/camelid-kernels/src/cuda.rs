@@ -4,8 +4,9 @@
 //! embedding in place (per-chunk frequencies, an attention factor), SiLU·mul and GELU·mul.
 //! f32, f16 and bf16.
 //!
-//! Cache layout: `(slots, kv_heads, head_dim)` per layer, the same as the CPU's
-//! [`crate::attention::HostKvCache`]. Metadata (block tables, context lengths, slot
+//! Cache layout: `(slots, kv_heads, head_dim)` per layer, slot-major like the engine's
+//! tensor storage (the CPU's [`crate::attention::HostKvCache`] is block-major,
+//! `[block][kv_head][slot][head_dim]`). Metadata (block tables, context lengths, slot
 //! mappings, positions) travels as small device tensors held by the op.
 
 use candle_core::backend::BackendStorage;

@@ -1,7 +1,10 @@
 //! Architectures beyond LLaMA on tiny random-weight models written here: camelid's logits
-//! against candle-transformers' own implementation of each (`qwen2`, `qwen3`, `mistral`) in
-//! f32, and the CPU serving path (paged host cache, scattered and partly freed blocks)
-//! against the tensor path. GQA and MHA, tied and untied embeddings.
+//! against candle-transformers' own implementation of each (`qwen2`, `qwen3`, `mistral`,
+//! `phi3`, `gemma2`, `gemma3`) in f32, and the CPU serving path (paged host cache, scattered
+//! and partly freed blocks) against the tensor path. GQA and MHA, tied and untied embeddings.
+//! Also: a GGUF written by gguf-py against the HF folder it came from, GGUF keys read as
+//! llama.cpp reads them, a multimodal Gemma 3 checkpoint serving its language model, files
+//! camelid cannot serve refused by name, and a tokenizer post-processor's BOS.
 
 mod common;
 use camelid_model::config::RopeScaling;

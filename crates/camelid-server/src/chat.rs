@@ -14,6 +14,7 @@ use crate::validate::{cache_salt, generation_params, max_tokens, MAX_TOP_LOGPROB
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use camelid_model::text::chat_prompt::{chat_prompt_ids_ending, PromptEnd};
+use camelid_model::text::reasoning::{prompt_opens_block, split_reasoning};
 use camelid_model::text::template::TemplateKwargs;
 use camelid_model::Message;
 use serde_json::Value;
@@ -142,6 +143,29 @@ pub struct Submitted {
     pub n: usize,
     /// The request's tools, when its output is read for calls.
     pub tools: Option<ToolPlan>,
+    /// When a leading `<think>` block is split from the answer: whether the prompt already
+    /// opened it.
+    pub reasoning: Option<bool>,
+}
+
+/// Whether a request's output is split into thinking and answer, and if so whether the
+/// prompt left a `<think>` block open (the end of its rendered text tells).
+fn reasoning_split(
+    state: &AppState,
+    req: &ChatRequest,
+    model: &ModelEntry,
+    prompt: &[u32],
+) -> Option<bool> {
+    if !req.split_reasoning.unwrap_or(state.config.reasoning_parser) {
+        return None;
+    }
+    let tail = &prompt[prompt.len().saturating_sub(16)..];
+    let text = model
+        .engine
+        .tokenizer()
+        .decode(tail, false)
+        .unwrap_or_default();
+    Some(prompt_opens_block(&text))
 }
 
 /// `prompt_ids` off the async
@@ -275,6 +299,7 @@ pub async fn submit_salted(
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
     let prompt_tokens = prompt.len();
+    let reasoning = reasoning_split(state, req, &model, &prompt);
     let specs = (0..n)
         .map(|i| {
             let mut p = params.clone();
@@ -295,6 +320,7 @@ pub async fn submit_salted(
         prompt_tokens,
         n,
         tools: plan.filter(ToolPlan::parses),
+        reasoning,
     })
 }
 
@@ -304,6 +330,8 @@ pub struct ChatChoice {
     pub index: usize,
     /// The assistant message's text (`None` when it is only tool calls).
     pub content: Option<String>,
+    /// The thinking split from it (when the request's output is split).
+    pub reasoning: Option<String>,
     /// OpenAI's `message.tool_calls` entries.
     pub tool_calls: Vec<Value>,
     /// OpenAI's chat `logprobs` object, when the request asked for log-probs (token texts
@@ -340,6 +368,7 @@ pub async fn complete(
         prompt_tokens,
         n,
         tools,
+        reasoning,
     } = submit(&state, permit, &req, &sampling).await?;
     let id = new_id("chatcmpl");
     let created = now_secs();
@@ -348,13 +377,21 @@ pub async fn complete(
     let choices = results
         .iter()
         .map(|r| {
+            let (thought, answer) = match reasoning {
+                Some(inside) => {
+                    let s = split_reasoning(&r.text, inside);
+                    (Some(s.reasoning), s.content)
+                }
+                None => (None, r.text.clone()),
+            };
             let (content, tool_calls) = match &tools {
-                Some(plan) => tools::split_output(plan, &r.text),
-                None => (Some(r.text.clone()), vec![]),
+                Some(plan) => tools::split_output(plan, &answer),
+                None => (Some(answer), vec![]),
             };
             ChatChoice {
                 index: r.index,
                 content,
+                reasoning: thought,
                 tool_calls,
                 logprobs: req.logprobs.then(|| chat_logprobs(tok, &r.logprobs)),
                 finish: r.finish,

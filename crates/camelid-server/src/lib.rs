@@ -4,10 +4,10 @@
 //!
 //! This file assembles the router from `routes::*` (one file per route group), adds the
 //! middleware (API keys, request counting, body limit) and serves it through `listen` until
-//! shutdown. Modules import one way, each only modules to its right: `routes` → `ollama` → `chat` →
-//! `tools` → `sse` → `validate` → `structured` → `openai` → `format` → `run` → `state` →
-//! `limits` → `arena` (the store) → `metrics` → `error`; `listen` (the accept loop) imports
-//! none of them.
+//! shutdown. Modules import one way, each only modules to its right: `routes` → `ollama` →
+//! `battle` → `chat` → `tools` → `sse` → `validate` → `structured` → `openai` → `format` →
+//! `run` → `state` → `limits` → `arena` (the store) → `metrics` → `error`; `listen` (the
+//! accept loop) imports none of them.
 
 pub mod arena;
 mod battle;

@@ -170,12 +170,7 @@ impl GenerateBody {
         messages.push(text_message("user", self.prompt.as_deref().unwrap_or("")));
         let req = ChatRequest {
             messages,
-            ..chat_defaults(
-                model,
-                self.logprobs,
-                self.top_logprobs,
-                template_kwargs(self.think.as_ref())?,
-            )
+            ..chat_defaults(model, self.logprobs, self.top_logprobs, self.think.as_ref())?
         };
         Ok((req, sampling(self.options.as_ref(), self.format.as_ref())?))
     }
@@ -205,9 +200,10 @@ fn chat_defaults(
     model: &str,
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
-    kwargs: Option<Map<String, Value>>,
-) -> ChatRequest {
-    ChatRequest {
+    think: Option<&Value>,
+) -> Result<ChatRequest, ApiError> {
+    let kwargs = template_kwargs(think)?;
+    Ok(ChatRequest {
         model: model.into(),
         messages: vec![],
         max_completion_tokens: None,
@@ -219,10 +215,18 @@ fn chat_defaults(
         functions: None,
         function_call: None,
         cache_salt: None,
+        // Asked about thinking, the client reads it apart (`message.thinking`); not asked,
+        // the server's `--reasoning-parser` decides.
+        split_reasoning: kwargs.is_some().then_some(true),
         chat_template_kwargs: kwargs,
         add_generation_prompt: None,
         continue_final_message: false,
-    }
+    })
+}
+
+/// Whether the client wants the thinking back: not when it turned thinking off.
+pub fn shows_thinking(think: Option<&Value>) -> bool {
+    think != Some(&Value::Bool(false))
 }
 
 impl ChatBody {
@@ -237,12 +241,7 @@ impl ChatBody {
             messages: chat_messages(&self.messages)?,
             tools: self.tools.clone(),
             continue_final_message: continue_final,
-            ..chat_defaults(
-                model,
-                self.logprobs,
-                self.top_logprobs,
-                template_kwargs(self.think.as_ref())?,
-            )
+            ..chat_defaults(model, self.logprobs, self.top_logprobs, self.think.as_ref())?
         };
         Ok((req, sampling(self.options.as_ref(), self.format.as_ref())?))
     }

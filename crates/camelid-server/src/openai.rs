@@ -163,6 +163,10 @@ pub struct ChatRequest {
     pub add_generation_prompt: Option<bool>,
     #[serde(default, deserialize_with = "null_is_false")]
     pub continue_final_message: bool,
+    /// Whether a leading `<think>` block is split from the answer (`None`: the server's
+    /// `--reasoning-parser`). Not a client field: Ollama's `think` sets it.
+    #[serde(skip)]
+    pub split_reasoning: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -144,6 +144,9 @@ pub struct ServerConfig {
     /// Web origins whose pages may call the API from a browser (CORS; vLLM's
     /// `--allowed-origins`): empty, only the server's own pages; `*`, any.
     pub allowed_origins: Vec<String>,
+    /// Split a reasoning model's leading `<think>…</think>` from its answer into
+    /// `reasoning_content` (vLLM's `--reasoning-parser deepseek_r1`/`qwen3`).
+    pub reasoning_parser: bool,
 }
 
 impl Default for ServerConfig {
@@ -160,6 +163,7 @@ impl Default for ServerConfig {
             body_timeout_secs: 30,
             write_timeout_secs: 60,
             allowed_origins: vec![],
+            reasoning_parser: false,
         }
     }
 }

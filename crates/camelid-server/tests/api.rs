@@ -1243,3 +1243,196 @@ fn continue_final_message_goes_on_with_the_answer() {
     let (st, b) = chat(json!({"continue_final_message": true}));
     assert_error(st, &b, 400, Some("messages"));
 }
+
+/// A server with `--reasoning-parser` (`parser`) or without: `smol` with its own template,
+/// `r1` with one whose generation prompt opens a `<think>` block (as DeepSeek-R1's does).
+fn reasoning_server(parser: bool) -> &'static Server {
+    static ON: OnceLock<Server> = OnceLock::new();
+    static OFF: OnceLock<Server> = OnceLock::new();
+    (if parser { &ON } else { &OFF }).get_or_init(|| {
+        let state = AppState::new(ServerConfig {
+            reasoning_parser: parser,
+            ..Default::default()
+        });
+        let mut lm = camelid_model::load(None, &camelid_model::LoadOptions::default()).unwrap();
+        lm = lm
+            .with_chat_template(
+                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                 {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+                    .into(),
+            )
+            .unwrap();
+        let small = EngineConfig {
+            kv_cache_mb: 32,
+            ..Default::default()
+        };
+        let r1 = ModelEntry {
+            name: "r1".into(),
+            aliases: vec![],
+            template: lm.template.clone(),
+            stop_token_ids: lm.stop_token_ids.clone(),
+            stop_strings: lm.stop_strings.clone(),
+            max_model_len: 512,
+            created: 0,
+            details: camelid_server::state::ModelDetails::of(&lm),
+            engine: camelid_engine::EngineHandle::spawn(lm, small.clone()),
+        };
+        let smol = model_entry("smol", &[], 512, |_| small);
+        let state = Arc::new(state);
+        state.set_models(vec![smol, r1]);
+        serve(state)
+    })
+}
+
+/// The thinking of a reasoning model comes apart from its answer, whole and streamed (the
+/// same text both ways); the output is forced by a regex into the shape such a model writes.
+#[test]
+fn reasoning_is_split_from_the_answer() {
+    let base = &reasoning_server(true).base;
+    let body = |model: &str, regex: &str, stream: bool| {
+        json!({"model": model, "messages": [{"role": "user", "content": "Is water wet?"}],
+               "max_tokens": 40, "temperature": 0, "stream": stream, "logprobs": true,
+               "structured_outputs": {"regex": regex}})
+    };
+    for (model, regex) in [
+        // The model opens the block (Qwen3).
+        (
+            "smol",
+            "<think>\n[a-z]{2,6}( [a-z]{2,6}){1,3}\n</think>\n\n[A-Z][a-z]{1,6}\\.",
+        ),
+        // The prompt opened it (DeepSeek-R1): the output starts inside.
+        (
+            "r1",
+            "[a-z]{2,6}( [a-z]{2,6}){1,3}\n</think>\n\n[A-Z][a-z]{1,6}\\.",
+        ),
+    ] {
+        let (st, r) = post_raw(
+            base,
+            "/v1/chat/completions",
+            body(model, regex, false).to_string().into_bytes(),
+        );
+        assert_eq!(st, 200, "{r}");
+        let m = &r["choices"][0]["message"];
+        let thought = m["reasoning_content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{model}: {m}"));
+        let content = m["content"].as_str().unwrap();
+        assert!(
+            !thought.is_empty() && !thought.contains("think>"),
+            "{model}: {thought:?}"
+        );
+        assert!(
+            content.ends_with('.') && !content.contains("think") && !content.starts_with('\n'),
+            "{model}: {content:?}"
+        );
+        // Every output token keeps its log-probability.
+        let tokens = r["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(m.get("logprobs"), None);
+        assert_eq!(
+            r["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .unwrap()
+                .len(),
+            tokens
+        );
+        // Streamed: the same parts, as `delta.reasoning_content` and `delta.content`.
+        let events = common::sse_data(base, "/v1/chat/completions", &body(model, regex, true));
+        let (mut s_thought, mut s_content, mut lps) = (String::new(), String::new(), 0);
+        for e in events.iter().filter(|e| *e != "[DONE]") {
+            let c: Value = serde_json::from_str(e).unwrap();
+            let d = &c["choices"][0]["delta"];
+            s_thought += d["reasoning_content"].as_str().unwrap_or_default();
+            s_content += d["content"].as_str().unwrap_or_default();
+            lps += c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .map_or(0, Vec::len);
+        }
+        assert_eq!(
+            (s_thought.as_str(), s_content.as_str()),
+            (thought, content),
+            "{model}"
+        );
+        assert_eq!(lps, tokens, "{model}: each token's log-probabilities once");
+    }
+    // Without the parser (the default server), the text is as the model wrote it.
+    let (st, r) = chat(json!({"max_tokens": 40,
+        "structured_outputs": {"regex": "<think>\n[a-z]{2,6}\n</think>\n\nYes\\."}}));
+    assert_eq!(st, 200, "{r}");
+    assert!(
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("<think>"),
+        "{r}"
+    );
+    assert_eq!(r["choices"][0]["message"].get("reasoning_content"), None);
+}
+
+/// Ollama's `think`, on a server without the parser: `true` gives the thinking back apart
+/// (`message.thinking`, `/api/generate`'s `thinking`), `false` drops it, and without it the
+/// text is as the model wrote it. On `r1` the prompt opens the block, so a free output starts
+/// inside it.
+#[test]
+fn ollama_think_returns_the_thinking_apart() {
+    let base = &reasoning_server(false).base;
+    let ask = |think: Value, stream: bool| {
+        let mut b = json!({"model": "r1", "messages": [{"role": "user", "content": "Is water wet?"}],
+               "stream": stream, "options": {"temperature": 0, "num_predict": 12}});
+        if !think.is_null() {
+            b["think"] = think;
+        }
+        b
+    };
+    let whole = |body: Value| {
+        let (st, r) = post_raw(base, "/api/chat", body.to_string().into_bytes());
+        assert_eq!(st, 200, "{r}");
+        r["message"].clone()
+    };
+    let raw = whole(ask(Value::Null, false));
+    assert_eq!(raw.get("thinking"), None, "{raw}");
+    let text = raw["content"].as_str().unwrap().to_string();
+    let m = whole(ask(json!(true), false));
+    let thinking = m["thinking"].as_str().unwrap_or_default().to_string();
+    let content = m["content"].as_str().unwrap().to_string();
+    // The same greedy output, now in two parts (leading whitespace of each dropped).
+    assert!(!thinking.is_empty(), "{m}");
+    let joined = match text.find("</think>") {
+        Some(i) => format!("{}{}", text[..i].trim_start(), text[i + 8..].trim_start()),
+        None => text.trim_start().to_string(),
+    };
+    assert_eq!(format!("{thinking}{content}"), joined, "{m} vs {text:?}");
+    // Streamed, the same parts.
+    let lines = runtime().block_on(async {
+        client()
+            .post(format!("{base}/api/chat"))
+            .json(&ask(json!(true), true))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let (mut t, mut c) = (String::new(), String::new());
+    for line in lines.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        t += v["message"]["thinking"].as_str().unwrap_or_default();
+        c += v["message"]["content"].as_str().unwrap_or_default();
+    }
+    assert_eq!((t, c), (thinking.clone(), content.clone()));
+    // `think: false`: the thinking is left out.
+    let off = whole(ask(json!(false), false));
+    assert_eq!(off.get("thinking"), None, "{off}");
+    assert_eq!(off["content"].as_str(), Some(content.as_str()), "{off}");
+    // `/api/generate` writes it at the top level.
+    let (_, g) = post_raw(
+        base,
+        "/api/generate",
+        json!({"model": "r1", "prompt": "Is water wet?",
+        "think": true, "stream": false, "options": {"temperature": 0, "num_predict": 12}})
+        .to_string()
+        .into_bytes(),
+    );
+    assert_eq!(g["thinking"].as_str(), Some(thinking.as_str()), "{g}");
+    assert_eq!(g["response"].as_str(), Some(content.as_str()), "{g}");
+}

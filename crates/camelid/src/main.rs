@@ -10,7 +10,7 @@ use cli::{arena, bench, chat, convert, generate, mtbench, score, serve};
 #[command(
     name = "camelid",
     version,
-    about = "Inference server for LLaMA-family chat models (Vicuna, Llama 2/3, SmolLM2, TinyLlama)"
+    about = "Inference server for LLaMA-family chat models (Vicuna, Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen, Phi-3, Gemma)"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,8 +1,9 @@
 //! What an untrusted GGUF file must satisfy before candle's reader (`gguf_file::Content`)
 //! and tensor reads see it, where candle would panic or allocate what the file does not
-//! hold: a `general.alignment` of 0 (candle divides by it), metadata arrays whose values
-//! take far more memory than their bytes (a `Value` per one-byte element), and tensors whose
-//! element count overflows or whose bytes lie past the end of the file. Used by load/gguf.rs.
+//! hold: a `general.alignment` that is not a power of two (llama.cpp requires one; candle
+//! divides by it, so 0 would panic), metadata arrays whose values take far more memory than
+//! their bytes (a `Value` per one-byte element), and tensors whose element count overflows
+//! or whose bytes lie past the end of the file. Used by load/gguf.rs.
 
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};

@@ -1,5 +1,7 @@
 //! Hugging Face hub ids: which files a LLaMA repo needs, fetched through hf-hub (with a
-//! progress bar, `--revision`, `HF_TOKEN`, and the local cache when offline).
+//! progress bar, `--revision`, `HF_TOKEN`), and the local cache under `HF_HUB_OFFLINE` or
+//! when the hub is out of reach (no connection, 429, 5xx), as Python's huggingface_hub
+//! falls back.
 
 use crate::error::{Error, Result};
 use crate::load::hf_folder::shards_from_index;

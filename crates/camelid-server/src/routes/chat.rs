@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
+use camelid_model::text::reasoning::{ReasoningSplitter, Split};
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub async fn chat_completions(
             prompt_tokens,
             n,
             tools,
+            reasoning,
         } = chat::submit(&state, permit, &req, &sampling).await?;
         let include_usage = sampling
             .stream_options
@@ -43,6 +45,8 @@ pub async fn chat_completions(
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs,
             calls: tools.map(|plan| (0..n).map(|_| plan.stream()).collect()),
+            thinking: reasoning
+                .map(|inside| (0..n).map(|_| ReasoningSplitter::new(inside)).collect()),
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
@@ -52,6 +56,10 @@ pub async fn chat_completions(
         .iter()
         .map(|c| {
             let mut message = json!({"role": "assistant", "content": c.content});
+            if let Some(r) = c.reasoning.as_ref().filter(|r| !r.is_empty()) {
+                // vLLM's and llama.cpp's field (DeepSeek's API).
+                message["reasoning_content"] = r.as_str().into();
+            }
             if !c.tool_calls.is_empty() {
                 message["tool_calls"] = c.tool_calls.clone().into();
             }
@@ -93,6 +101,8 @@ struct ChatChunks {
     logprobs: bool,
     /// Per choice, its output read for tool calls (when the request has tools).
     calls: Option<Vec<CallStream>>,
+    /// Per choice, its thinking split from its answer (when the output is split).
+    thinking: Option<Vec<ReasoningSplitter>>,
 }
 
 impl ChatChunks {
@@ -101,10 +111,27 @@ impl ChatChunks {
                "system_fingerprint": null, "choices": choices})
     }
 
-    /// A content chunk (with the token's log-probabilities) and one chunk per call delta.
-    fn pieces(&self, index: usize, text: &str, lp: Value, deltas: Vec<Value>) -> Vec<Value> {
+    /// The thinking's chunk, a content chunk (with the token's log-probabilities) and one
+    /// chunk per call delta.
+    fn pieces(
+        &self,
+        index: usize,
+        thought: &str,
+        text: &str,
+        lp: Value,
+        deltas: Vec<Value>,
+    ) -> Vec<Value> {
         let mut out = vec![];
-        if !text.is_empty() || !lp.is_null() {
+        // A token's log-probabilities go once: on its text's chunk, or its thinking's.
+        if !thought.is_empty() {
+            let lp = if text.is_empty() {
+                lp.clone()
+            } else {
+                Value::Null
+            };
+            out.push(self.chunk(json!([{"index": index, "delta": {"reasoning_content": thought}, "logprobs": lp, "finish_reason": null}])));
+        }
+        if !text.is_empty() || (!lp.is_null() && thought.is_empty()) {
             out.push(self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])));
         }
         for d in deltas {
@@ -128,20 +155,40 @@ impl ChunkFormat for ChatChunks {
             (true, Some(l)) => chat_logprobs(&self.tok, std::slice::from_ref(l)),
             _ => Value::Null,
         };
-        let (text, deltas) = match self.calls.as_mut().and_then(|c| c.get_mut(index)) {
-            Some(stream) => stream.push(text),
-            None => (text.to_string(), vec![]),
+        let split = match self.thinking.as_mut().and_then(|t| t.get_mut(index)) {
+            Some(s) => s.push(text),
+            None => Split {
+                reasoning: String::new(),
+                content: text.to_string(),
+            },
         };
-        self.pieces(index, &text, lp, deltas)
+        let (text, deltas) = match self.calls.as_mut().and_then(|c| c.get_mut(index)) {
+            Some(stream) => stream.push(&split.content),
+            None => (split.content, vec![]),
+        };
+        self.pieces(index, &split.reasoning, &text, lp, deltas)
     }
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+        let held = match self.thinking.as_mut().and_then(|t| t.get_mut(index)) {
+            Some(s) => s.finish(),
+            None => Split::default(),
+        };
         let (mut out, calls) = match self.calls.as_mut().and_then(|c| c.get_mut(index)) {
             Some(stream) => {
-                let (text, deltas) = stream.finish();
+                let (mut text, mut deltas) = stream.push(&held.content);
+                let (t, d) = stream.finish();
+                text += &t;
+                deltas.extend(d);
                 let calls = stream.calls();
-                (self.pieces(index, &text, Value::Null, deltas), calls)
+                (
+                    self.pieces(index, &held.reasoning, &text, Value::Null, deltas),
+                    calls,
+                )
             }
-            None => (vec![], 0),
+            None => (
+                self.pieces(index, &held.reasoning, &held.content, Value::Null, vec![]),
+                0,
+            ),
         };
         out.push(self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(reason, calls)}])));
         out

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use camelid_engine::{Event, Usage};
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
+use camelid_model::text::reasoning::{ReasoningSplitter, Split};
 use camelid_model::text::tokenizer::Tokenizer;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -55,9 +56,10 @@ pub async fn chat(
         model,
         prompt_tokens,
         tools,
+        reasoning,
         ..
     } = chat::submit(&state, permit, &req, &sampling).await?;
-    let reply = Reply::new(
+    let mut reply = Reply::new(
         Kind::Chat,
         body.model,
         model.engine.shared_tokenizer(),
@@ -65,6 +67,7 @@ pub async fn chat(
         tools.map(|t| t.stream()),
         prompt_tokens,
     );
+    reply.think(reasoning, ollama::shows_thinking(body.think.as_ref()));
     answer(sub, reply, body.stream.unwrap_or(true)).await
 }
 
@@ -80,18 +83,23 @@ pub async fn generate(
         return Ok(axum::Json(loaded(Kind::Generate, &body.model)).into_response());
     }
     let logprobs = body.logprobs.unwrap_or(false);
-    let (sub, tok, prompt_tokens) = if body.raw == Some(true) {
+    let (sub, tok, prompt_tokens, reasoning) = if body.raw == Some(true) {
         let sampling = ollama::sampling(body.options.as_ref(), body.format.as_ref())?;
         let prompt = body.prompt.clone().unwrap_or_default();
         let top = logprobs.then_some(body.top_logprobs.unwrap_or(0));
         let (sub, n) = submit_raw(&state, permit, &model, prompt, &sampling, top).await?;
-        (sub, model.engine.shared_tokenizer(), n)
+        (sub, model.engine.shared_tokenizer(), n, None)
     } else {
         let (req, sampling) = body.chat_request(&model.name)?;
         let s = chat::submit(&state, permit, &req, &sampling).await?;
-        (s.sub, s.model.engine.shared_tokenizer(), s.prompt_tokens)
+        (
+            s.sub,
+            s.model.engine.shared_tokenizer(),
+            s.prompt_tokens,
+            s.reasoning,
+        )
     };
-    let reply = Reply::new(
+    let mut reply = Reply::new(
         Kind::Generate,
         body.model,
         tok,
@@ -99,6 +107,7 @@ pub async fn generate(
         None,
         prompt_tokens,
     );
+    reply.think(reasoning, ollama::shows_thinking(body.think.as_ref()));
     answer(sub, reply, body.stream.unwrap_or(true)).await
 }
 
@@ -170,6 +179,10 @@ struct Reply {
     /// The output read for tool calls (a chat with tools).
     calls: Option<CallStream>,
     call_deltas: Vec<Value>,
+    /// The thinking split from the answer (when the output is split), and whether it is
+    /// sent (`think: false` drops it).
+    thinking: Option<ReasoningSplitter>,
+    show_thinking: bool,
     started: Instant,
     first_token: Option<Instant>,
     prompt_tokens: usize,
@@ -191,22 +204,49 @@ impl Reply {
             logprobs,
             calls,
             call_deltas: vec![],
+            thinking: None,
+            show_thinking: false,
             started: Instant::now(),
             first_token: None,
             prompt_tokens,
         }
     }
 
+    /// Splits the output's thinking from its answer (`reasoning`: as `Submitted::reasoning`).
+    fn think(&mut self, reasoning: Option<bool>, show: bool) {
+        self.thinking = reasoning.map(ReasoningSplitter::new);
+        self.show_thinking = show;
+    }
+
     fn object(&self, text: &str, logprobs: Option<Value>, tool_calls: Vec<Value>) -> Value {
+        self.object_thinking("", text, logprobs, tool_calls)
+    }
+
+    fn object_thinking(
+        &self,
+        thought: &str,
+        text: &str,
+        logprobs: Option<Value>,
+        tool_calls: Vec<Value>,
+    ) -> Value {
         let mut v = json!({"model": self.model, "created_at": ollama::now(), "done": false});
+        let thought = (self.show_thinking && !thought.is_empty()).then_some(thought);
         match self.kind {
             Kind::Chat => {
                 v["message"] = json!({"role": "assistant", "content": text});
+                if let Some(t) = thought {
+                    v["message"]["thinking"] = t.into();
+                }
                 if !tool_calls.is_empty() {
                     v["message"]["tool_calls"] = tool_calls.into();
                 }
             }
-            Kind::Generate => v["response"] = text.into(),
+            Kind::Generate => {
+                v["response"] = text.into();
+                if let Some(t) = thought {
+                    v["thinking"] = t.into();
+                }
+            }
         }
         if let Some(l) = logprobs {
             v["logprobs"] = l;
@@ -223,28 +263,59 @@ impl Reply {
             }
             _ => None,
         };
-        let text = match &mut self.calls {
+        let split = match &mut self.thinking {
+            Some(s) => s.push(text),
+            None => Split {
+                reasoning: String::new(),
+                content: text.to_string(),
+            },
+        };
+        let text = self.answer_text(&split.content);
+        let thought = if self.show_thinking {
+            split.reasoning
+        } else {
+            String::new()
+        };
+        (!text.is_empty() || !thought.is_empty() || lps.is_some())
+            .then(|| self.object_thinking(&thought, &text, lps, vec![]))
+    }
+
+    /// The answer's text past the call parser (which holds back what may start a call).
+    fn answer_text(&mut self, text: &str) -> String {
+        match &mut self.calls {
             Some(s) => {
                 let (t, d) = s.push(text);
                 self.call_deltas.extend(d);
                 t
             }
             None => text.to_string(),
-        };
-        (!text.is_empty() || lps.is_some()).then(|| self.object(&text, lps, vec![]))
+        }
     }
 
     /// The last objects: held-back text and the calls, then the one with `done: true` and
     /// the counts and durations (nanoseconds).
     fn finish(&mut self, reason: FinishReason, usage: &Usage) -> Vec<Value> {
         let mut out = vec![];
+        let held = self
+            .thinking
+            .as_mut()
+            .map(|s| s.finish())
+            .unwrap_or_default();
+        let mut text = self.answer_text(&held.content);
+        let thought = if self.show_thinking {
+            held.reasoning
+        } else {
+            String::new()
+        };
+        let mut calls = vec![];
         if let Some(s) = &mut self.calls {
-            let (text, d) = s.finish();
+            let (t, d) = s.finish();
+            text += &t;
             self.call_deltas.extend(d);
-            let calls = ollama_calls(tools::whole_calls(std::mem::take(&mut self.call_deltas)));
-            if !text.is_empty() || !calls.is_empty() {
-                out.push(self.object(&text, None, calls));
-            }
+            calls = ollama_calls(tools::whole_calls(std::mem::take(&mut self.call_deltas)));
+        }
+        if !text.is_empty() || !thought.is_empty() || !calls.is_empty() {
+            out.push(self.object_thinking(&thought, &text, None, calls));
         }
         let end = Instant::now();
         let first = self.first_token.unwrap_or(end);
@@ -320,13 +391,15 @@ async fn answer(mut sub: Submission, mut reply: Reply, stream: bool) -> OllamaRe
     }
     let mut whole: Option<Value> = None;
     let (mut text, mut calls, mut logprobs) = (String::new(), vec![], vec![]);
+    let mut thought = String::new();
     while let Some(objects) = next_objects(&mut sub, &mut reply, &mut timing).await {
         for o in objects? {
-            let part = match reply.kind {
-                Kind::Chat => &o["message"]["content"],
-                Kind::Generate => &o["response"],
+            let (part, thinking) = match reply.kind {
+                Kind::Chat => (&o["message"]["content"], &o["message"]["thinking"]),
+                Kind::Generate => (&o["response"], &o["thinking"]),
             };
             text += part.as_str().unwrap_or_default();
+            thought += thinking.as_str().unwrap_or_default();
             calls.extend(
                 o["message"]["tool_calls"]
                     .as_array()
@@ -343,11 +416,19 @@ async fn answer(mut sub: Submission, mut reply: Reply, stream: bool) -> OllamaRe
     match reply.kind {
         Kind::Chat => {
             whole["message"]["content"] = text.into();
+            if !thought.is_empty() {
+                whole["message"]["thinking"] = thought.into();
+            }
             if !calls.is_empty() {
                 whole["message"]["tool_calls"] = calls.into();
             }
         }
-        Kind::Generate => whole["response"] = text.into(),
+        Kind::Generate => {
+            whole["response"] = text.into();
+            if !thought.is_empty() {
+                whole["thinking"] = thought.into();
+            }
+        }
     }
     if reply.logprobs {
         whole["logprobs"] = logprobs.into();

@@ -1,4 +1,5 @@
-//! `camelid mtbench`: answer, judge and show MT-bench.
+//! `camelid mtbench`: answer, judge and show MT-bench; judge agreement and position bias, and
+//! the rename experiment's prompts (`rename-prompts`).
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};

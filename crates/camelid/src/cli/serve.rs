@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// visitors' browsers play the arena.
     #[arg(long, env = "CAMELID_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Split a reasoning model's leading `<think>…</think>` (Qwen3, QwQ, DeepSeek-R1 and its
+    /// distills) from its answer into `reasoning_content`, as vLLM's flag: `deepseek_r1` or
+    /// `qwen3` (the same `<think>` format), `none` (the default: the text as written).
+    #[arg(long, env = "CAMELID_REASONING_PARSER", default_value = "none",
+          value_parser = ["none", "deepseek_r1", "qwen3"])]
+    reasoning_parser: String,
     /// Context length served (default: the model's).
     #[arg(long)]
     max_model_len: Option<usize>,
@@ -360,6 +366,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 write_timeout_secs: a.limits.write_timeout_secs,
                 body_timeout_secs: a.limits.body_timeout_secs,
                 allowed_origins: a.allowed_origins.clone(),
+                reasoning_parser: a.reasoning_parser != "none",
             })
             .with_arena(arena),
         );
