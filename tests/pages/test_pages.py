@@ -123,6 +123,18 @@ def sse_body(text, piece=7):
     return out + chunk({}, "stop") + "data: [DONE]\n\n"
 
 
+def sse_thinking(thought, text, piece=5):
+    """A stream whose thinking comes first as `delta.reasoning_content`, then the answer."""
+    def chunk(delta, finish=None):
+        return "data: " + json.dumps(
+            {"object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+    out = chunk({"role": "assistant", "content": ""})
+    out += "".join(chunk({"reasoning_content": thought[i:i + piece]}) for i in range(0, len(thought), piece))
+    out += "".join(chunk({"content": text[i:i + piece]}) for i in range(0, len(text), piece))
+    return out + chunk({}, "stop") + "data: [DONE]\n\n"
+
+
 def check_escaped(page, body, where):
     """The hostile answer in `body` (a locator) shows as text and ran nothing."""
     text = body.inner_text()
@@ -233,6 +245,36 @@ def chat_page(ctx):
     wait_answer(page, 1)
     check_escaped(page, page.locator(".message.assistant .body"), "chat")
     page.screenshot(path=f"{shots}/chat-escaping.png")
+    page.unroute("**/v1/chat/completions")
+
+    # A reasoning model's thinking (`reasoning_content`) is folded above the answer, as text,
+    # and stays out of the conversation sent back.
+    page.click("#clear")
+    thought = "Let me think <b>hard</b> about it.\nTwo lines."
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"},
+        body=sse_thinking(thought, "It is **4**.")))
+    page.fill("#prompt", "2 + 2?")
+    page.click("#send")
+    answer = wait_answer(page, 1)
+    details = answer.locator("details.thinking")
+    check(details.count() == 1 and details.locator("summary").inner_text() == "Thought",
+          f"the thinking is folded: {answer.inner_html()}")
+    check(details.get_attribute("open") is None, "folded by default")
+    details.locator("summary").click()
+    check(details.locator(".thought").inner_text() == thought, "the thinking, as text")
+    check(details.locator("b").count() == 0, "markup in the thinking is not rendered")
+    check(answer.locator(".body strong").inner_text() == "4"
+          and "think" not in answer.locator(".body").inner_text(), "the answer apart")
+    page.unroute("**/v1/chat/completions")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body("Sure.")))
+    page.fill("#prompt", "Thanks")
+    page.click("#send")
+    wait_answer(page, 2)
+    check(bodies[-1]["messages"][1] == {"role": "assistant", "content": "It is **4**."},
+          f"only the answer goes back: {bodies[-1]['messages']}")
+    page.screenshot(path=f"{shots}/chat-thinking.png")
     page.unroute("**/v1/chat/completions")
 
     # Defence in depth: markup put into the page by hand still runs no inline handler (CSP).

@@ -94,17 +94,34 @@ document.addEventListener("DOMContentLoaded", () => {
     };
   }
 
+  // A reasoning model's thinking (`reasoning_content`, with `serve --reasoning-parser`):
+  // folded above its answer, shown as plain text.
+  function addThinking(el) {
+    const details = document.createElement("details");
+    details.className = "thinking";
+    const summary = document.createElement("summary");
+    summary.textContent = "Thinking…";
+    const thought = document.createElement("div");
+    thought.className = "thought";
+    details.append(summary, thought);
+    el.insertBefore(details, el.querySelector(".body"));
+    return details;
+  }
+
   // Streams one answer to the conversation so far.
   async function generate() {
     const el = addAssistant();
     const body = el.querySelector(".body");
     const note = el.querySelector(".note");
     let text = "";
+    let thought = "";
+    let thinking = null;
     let frame = 0;
     const render = () => {
       frame = 0;
       const follow = nearEnd();
       Camelid.renderMarkdown(body, text);
+      if (thinking) thinking.querySelector(".thought").textContent = thought;
       el.dataset.raw = text;
       if (follow) scrollToEnd();
     };
@@ -129,6 +146,11 @@ document.addEventListener("DOMContentLoaded", () => {
       for await (const chunk of Camelid.sseData(resp)) {
         const choice = chunk.choices && chunk.choices[0];
         if (!choice) continue;
+        if (choice.delta && choice.delta.reasoning_content) {
+          thought += choice.delta.reasoning_content;
+          if (!thinking) thinking = addThinking(el);
+          if (!frame) frame = requestAnimationFrame(render);
+        }
         if (choice.delta && choice.delta.content) {
           text += choice.delta.content;
           if (!frame) frame = requestAnimationFrame(render);
@@ -151,6 +173,7 @@ document.addEventListener("DOMContentLoaded", () => {
     } finally {
       if (frame) cancelAnimationFrame(frame);
       render();
+      if (thinking) thinking.querySelector("summary").textContent = "Thought";
       controller = null;
     }
     if (messages !== conversation) return;
