@@ -7,24 +7,38 @@ use common::{exits_within, run_test_script, serve, sigterm};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[test]
-fn openai_python_client_works_against_serve() {
-    let python = std::env::var("CAMELID_TEST_PYTHON")
-        .expect("CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the venv with openai)");
-    let s = serve(&[
+/// Serves the default model as `smol` with key `sk-test` (and `--chat-template` from
+/// tests/fixtures/chat-templates/ when `template` is given), then runs the client script
+/// `tests/{script}` with the base URL, `smol` and `extra` arguments.
+fn client_script_against_serve(script: &str, template: Option<&str>, extra: &[&str]) {
+    let python = std::env::var("CAMELID_TEST_PYTHON").expect(
+        "CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the \
+         venv with the openai and ollama clients)",
+    );
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests");
+    let template = template.map(|t| format!("{root}/fixtures/chat-templates/{t}"));
+    let mut args = vec![
         "--api-key",
         "sk-test",
         "--model",
         "smol=smollm2-135m-instruct",
-    ]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/openai/test_client.py"
-    );
+    ];
+    if let Some(t) = &template {
+        args.extend(["--chat-template", t.as_str()]);
+    }
+    let s = serve(&args);
+    let path = format!("{root}/{script}");
     run_test_script(
-        Command::new(python).args([script, &s.base, "smol"]),
-        "openai client test",
+        Command::new(python)
+            .args([path.as_str(), &s.base, "smol"])
+            .args(extra),
+        script,
     );
+}
+
+#[test]
+fn openai_python_client_works_against_serve() {
+    client_script_against_serve("openai/test_client.py", None, &[]);
 }
 
 /// Tool calls through the openai client: the default model served with Qwen2.5's tools
@@ -32,28 +46,7 @@ fn openai_python_client_works_against_serve() {
 /// streamed calls assembled by the client (`tests/openai/test_tools.py`).
 #[test]
 fn openai_python_client_calls_tools() {
-    let python = std::env::var("CAMELID_TEST_PYTHON")
-        .expect("CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the venv with openai)");
-    let template = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/chat-templates/qwen2.5-tools.jinja"
-    );
-    let s = serve(&[
-        "--api-key",
-        "sk-test",
-        "--model",
-        "smol=smollm2-135m-instruct",
-        "--chat-template",
-        template,
-    ]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/openai/test_tools.py"
-    );
-    run_test_script(
-        Command::new(python).args([script, &s.base, "smol"]),
-        "openai client tools test",
-    );
+    client_script_against_serve("openai/test_tools.py", Some("qwen2.5-tools.jinja"), &[]);
 }
 
 /// Ollama's native API through the official `ollama` Python client: listings, chat and
@@ -61,27 +54,10 @@ fn openai_python_client_calls_tools() {
 /// (`tests/ollama/test_client.py`), on a template whose calls a JSON schema can force.
 #[test]
 fn ollama_python_client_works_against_serve() {
-    let python = std::env::var("CAMELID_TEST_PYTHON")
-        .expect("CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the venv with ollama)");
-    let template = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/chat-templates/llama3-json-tools.jinja"
-    );
-    let s = serve(&[
-        "--api-key",
-        "sk-test",
-        "--model",
-        "smol=smollm2-135m-instruct",
-        "--chat-template",
-        template,
-    ]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/ollama/test_client.py"
-    );
-    run_test_script(
-        Command::new(python).args([script, &s.base, "smol", "sk-test"]),
-        "ollama client test",
+    client_script_against_serve(
+        "ollama/test_client.py",
+        Some("llama3-json-tools.jinja"),
+        &["sk-test"],
     );
 }
 
@@ -89,22 +65,7 @@ fn ollama_python_client_works_against_serve() {
 /// pydantic model, strict schemas validated by `jsonschema`, regex, choice, a broken schema.
 #[test]
 fn openai_python_client_gets_structured_output() {
-    let python = std::env::var("CAMELID_TEST_PYTHON")
-        .expect("CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the venv with openai)");
-    let s = serve(&[
-        "--api-key",
-        "sk-test",
-        "--model",
-        "smol=smollm2-135m-instruct",
-    ]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/openai/test_structured.py"
-    );
-    run_test_script(
-        Command::new(python).args([script, &s.base, "smol"]),
-        "openai structured output test",
-    );
+    client_script_against_serve("openai/test_structured.py", None, &[]);
 }
 
 /// SIGTERM while a long stream is in flight: the listener closes at once (a new connection
