@@ -125,11 +125,9 @@ e = error_of(lambda: client.chat(model=model, messages=[{"role": "user", "conten
 check(e.status_code == 400 and "images" in e.error, f"images: {e}")
 e = error_of(lambda: client.chat(model=model, messages=msgs, options={"temperature": 9}))
 check(e.status_code == 400 and "temperature" in e.error, f"bad option: {e}")
-e = error_of(lambda: client.chat(model=model, messages=msgs, options={"num_predict": 100000}))
-check(e.status_code == 400, f"past the context: {e}")
 e = error_of(lambda: client.pull("llama3"))
 check(e.status_code == 501, f"pull: {e}")
 e = error_of(lambda: ollama.Client(host=base, headers={"Authorization": "Bearer wrong"}).list())
-check(e.status_code == 401, f"wrong key: {e}")
+check(e.status_code == 401 and isinstance(e.error, str), f"wrong key, Ollama's error shape: {e!r}")
 
 print(f"ollama client: {checks} passed, 0 failed")

@@ -195,7 +195,6 @@ mod op {
     pub const NEWFALSE: u8 = 0x89;
     pub const REDUCE: u8 = b'R';
     pub const SETITEMS: u8 = b'u';
-    pub const DICT: u8 = b'd';
     pub const BINPUT: u8 = b'q';
     pub const BINGET: u8 = b'h';
     pub const STOP: u8 = b'.';
@@ -424,25 +423,6 @@ fn pytorch_nesting_deep_enough_to_overflow_the_stack_is_an_error() {
     }
     p.op(op::STOP);
     let e = pth_err(dir.path(), "deep.bin", &p.0);
-    assert!(e.contains("nested more than"), "{e}");
-}
-
-#[test]
-fn pytorch_dicts_nested_deep_enough_to_overflow_the_stack_are_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    // DICT builds from the items above the last MARK: a million MARKs, then dicts each keyed
-    // by the one before, a million deep.
-    let mut p = Pickle::default();
-    p.op(op::PROTO).op(2);
-    for _ in 0..1_000_000 {
-        p.op(op::MARK);
-    }
-    p.op(op::BININT1).op(1).op(op::BININT1).op(1).op(op::DICT);
-    for _ in 1..1_000_000 {
-        p.op(op::BININT1).op(1).op(op::DICT);
-    }
-    p.op(op::STOP);
-    let e = pth_err(dir.path(), "deep-dict.bin", &p.0);
     assert!(e.contains("nested more than"), "{e}");
 }
 

@@ -289,7 +289,7 @@ pub async fn submit_salted(
     params.max_tokens = max_tokens(
         req.max_completion_tokens.or(f.max_tokens),
         limit_field,
-        None,
+        req.max_tokens_cap.map(|c| c as usize),
         prompt.len(),
         model.max_model_len,
         "messages",
@@ -299,7 +299,11 @@ pub async fn submit_salted(
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
     let prompt_tokens = prompt.len();
-    let reasoning = reasoning_split(state, req, &model, &prompt);
+    // A constrained output is the grammar's from its first token: it starts outside any
+    // block the prompt opened (its own `<think>…</think>`, if the grammar writes one, splits).
+    let constrained = params.constraint.is_some();
+    let reasoning =
+        reasoning_split(state, req, &model, &prompt).map(|inside| inside && !constrained);
     let specs = (0..n)
         .map(|i| {
             let mut p = params.clone();

@@ -163,12 +163,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(open.method_not_allowed_fallback(method_not_allowed))
         .merge(keyed)
         .layer(middleware::from_fn_with_state(state.clone(), count))
-        .layer(DefaultBodyLimit::max(state.config.body_limit));
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn(ollama_error_shape));
     if let Some(cors) = cors(&state.config.allowed_origins) {
         // Outermost: a preflight is answered before the key check (browsers send none).
         app = app.layer(cors);
     }
     app.with_state(state)
+}
+
+/// Ollama's clients read `{"error": "…"}`: the errors of `/api/*` made before its handlers
+/// run (API key, body limits, unknown paths and methods) are rewritten to that shape.
+async fn ollama_error_shape(req: Request, next: Next) -> Response {
+    let ollama = req.uri().path().starts_with("/api/");
+    let r = next.run(req).await;
+    if !ollama || r.status().is_success() {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    // Error bodies are small JSON; anything else passes unread.
+    let bytes = match axum::body::to_bytes(body, 64 << 10).await {
+        Ok(b) => b,
+        Err(_) => return Response::from_parts(parts, axum::body::Body::empty()),
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(String::from));
+    match message {
+        Some(m) => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            let body = serde_json::json!({ "error": m }).to_string();
+            Response::from_parts(parts, axum::body::Body::from(body))
+        }
+        None => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
 }
 
 /// Browser pages of `origins` may call the API (CORS): their preflights are answered and

@@ -78,6 +78,8 @@ pub struct Message {
     pub tool_calls: Option<Vec<ToolCall>>,
     /// A `tool` message: the function whose result it is.
     pub tool_name: Option<String>,
+    /// A `tool` message: the call it answers (LangChain's `ChatOllama` sends it).
+    pub tool_call_id: Option<String>,
 }
 
 /// `{"function": {"name", "arguments": {…}}}`, with an `id` from newer clients.
@@ -170,7 +172,12 @@ impl GenerateBody {
         messages.push(text_message("user", self.prompt.as_deref().unwrap_or("")));
         let req = ChatRequest {
             messages,
-            ..chat_defaults(model, self.logprobs, self.top_logprobs, self.think.as_ref())?
+            ..chat_defaults(
+                model,
+                self.options.as_ref(),
+                (self.logprobs, self.top_logprobs),
+                self.think.as_ref(),
+            )?
         };
         Ok((req, sampling(self.options.as_ref(), self.format.as_ref())?))
     }
@@ -196,10 +203,11 @@ fn no_images(images: Option<&[Value]>, field: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The chat request an Ollama body makes, but its messages and tools.
 fn chat_defaults(
     model: &str,
-    logprobs: Option<bool>,
-    top_logprobs: Option<u32>,
+    options: Option<&Options>,
+    (logprobs, top_logprobs): (Option<bool>, Option<u32>),
     think: Option<&Value>,
 ) -> Result<ChatRequest, ApiError> {
     let kwargs = template_kwargs(think)?;
@@ -209,6 +217,7 @@ fn chat_defaults(
         max_completion_tokens: None,
         logprobs: logprobs.unwrap_or(false),
         top_logprobs,
+        max_tokens_cap: output_cap(options)?,
         tools: None,
         tool_choice: None,
         parallel_tool_calls: None,
@@ -241,7 +250,12 @@ impl ChatBody {
             messages: chat_messages(&self.messages)?,
             tools: self.tools.clone(),
             continue_final_message: continue_final,
-            ..chat_defaults(model, self.logprobs, self.top_logprobs, self.think.as_ref())?
+            ..chat_defaults(
+                model,
+                self.options.as_ref(),
+                (self.logprobs, self.top_logprobs),
+                self.think.as_ref(),
+            )?
         };
         Ok((req, sampling(self.options.as_ref(), self.format.as_ref())?))
     }
@@ -249,7 +263,8 @@ impl ChatBody {
 
 /// Ollama's messages → OpenAI's. Calls get ids when the client sent none (9 letters and
 /// digits, what Mistral's templates require), and each `tool` message takes the id of the
-/// call it answers: the pending call of its `tool_name`, else the first pending call.
+/// call it answers: its own `tool_call_id`, else the pending call of its `tool_name`, else
+/// the first pending call.
 pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
     let mut pending: Vec<(String, String)> = vec![];
     let mut made = 0usize;
@@ -276,7 +291,12 @@ pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 }
                 _ => None,
             };
-            let tool_call_id = if m.role == "tool" && !pending.is_empty() {
+            let tool_call_id = if m.role != "tool" {
+                None
+            } else if let Some(id) = &m.tool_call_id {
+                pending.retain(|(p, _)| p != id);
+                Some(id.clone())
+            } else if !pending.is_empty() {
                 let at = m
                     .tool_name
                     .as_ref()
@@ -326,19 +346,7 @@ pub fn sampling(
     format: Option<&Value>,
 ) -> Result<SamplingFields, ApiError> {
     let o = options.cloned().unwrap_or_default();
-    let max_tokens = match o.num_predict {
-        // -1: until the context is full; -2: fill the context. Both are the default here.
-        None | Some(-1) | Some(-2) => None,
-        Some(n) if n > 0 => Some(n.min(u32::MAX as i64) as u32),
-        Some(n) => {
-            return Err(ApiError::invalid_param(
-                "options.num_predict",
-                format!("`options.num_predict` must be positive, -1 or -2, got {n}"),
-            ))
-        }
-    };
     Ok(SamplingFields {
-        max_tokens,
         temperature: Some(o.temperature.unwrap_or(DEFAULT_TEMPERATURE)),
         top_p: Some(o.top_p.unwrap_or(DEFAULT_TOP_P)),
         // 0 or less: off, as in llama.cpp.
@@ -353,6 +361,20 @@ pub fn sampling(
         response_format: response_format(format)?,
         ..Default::default()
     })
+}
+
+/// `options.num_predict` as an output cap: generation stops there or at the end of the
+/// context, whichever comes first, as in Ollama (`None`: the context).
+pub fn output_cap(options: Option<&Options>) -> Result<Option<u32>, ApiError> {
+    match options.and_then(|o| o.num_predict) {
+        // -1: until the context is full; -2: fill the context. Both are the default here.
+        None | Some(-1) | Some(-2) => Ok(None),
+        Some(n) if n > 0 => Ok(Some(n.min(u32::MAX as i64) as u32)),
+        Some(n) => Err(ApiError::invalid_param(
+            "options.num_predict",
+            format!("`options.num_predict` must be positive, -1 or -2, got {n}"),
+        )),
+    }
 }
 
 /// `format`: `"json"` (any JSON object) or a JSON schema.
@@ -444,6 +466,10 @@ pub fn show(m: &ModelEntry, takes_tools: bool) -> Value {
         camelid_model::ChatTemplate::Jinja { source, .. } => source.clone(),
         t => t.name(),
     };
+    // A template that writes or switches thinking (Qwen3's `enable_thinking`, R1's `<think>`).
+    if template.contains("<think>") || template.contains("enable_thinking") {
+        capabilities.push("thinking");
+    }
     json!({
         "modelfile": "",
         "parameters": "",
@@ -488,6 +514,18 @@ mod tests {
         assert_eq!(calls[0]["function"]["arguments"], json!({"x": 1}));
         assert_eq!(out[2].tool_call_id.as_deref(), Some(id(1).as_str()));
         assert_eq!(out[3].tool_call_id.as_deref(), Some(id(0).as_str()));
+        // A result naming its call (LangChain's `tool_call_id`) answers that call, whatever
+        // the order.
+        let msgs = [
+            msg(json!({"role": "assistant", "content": "", "tool_calls": [
+                {"id": "u1", "function": {"name": "a", "arguments": {}}},
+                {"id": "u2", "function": {"name": "a", "arguments": {}}}]})),
+            msg(json!({"role": "tool", "content": "2", "tool_call_id": "u2"})),
+            msg(json!({"role": "tool", "content": "1"})),
+        ];
+        let out = chat_messages(&msgs).unwrap();
+        assert_eq!(out[1].tool_call_id.as_deref(), Some("u2"));
+        assert_eq!(out[2].tool_call_id.as_deref(), Some("u1"));
     }
 
     #[test]
@@ -501,7 +539,8 @@ mod tests {
             "top_k": 0, "seed": -1, "stop": ["x"], "repeat_penalty": 1.2, "num_ctx": 4096}))
         .unwrap();
         let f = sampling(Some(&o), Some(&json!("json"))).unwrap();
-        assert_eq!(f.max_tokens, Some(7));
+        assert_eq!(output_cap(Some(&o)).unwrap(), Some(7));
+        assert_eq!(f.max_tokens, None);
         assert_eq!(f.temperature, Some(0.0));
         assert_eq!(f.top_k, Some(0));
         assert_eq!(f.seed, None);
@@ -509,7 +548,7 @@ mod tests {
         assert_eq!(f.response_format, Some(json!({"type": "json_object"})));
         let bad: Options = serde_json::from_value(json!({"num_predict": 0})).unwrap();
         assert_eq!(
-            sampling(Some(&bad), None).unwrap_err().param.as_deref(),
+            output_cap(Some(&bad)).unwrap_err().param.as_deref(),
             Some("options.num_predict")
         );
         assert!(sampling(None, Some(&json!(3))).is_err());

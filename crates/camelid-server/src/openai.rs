@@ -167,6 +167,10 @@ pub struct ChatRequest {
     /// `--reasoning-parser`). Not a client field: Ollama's `think` sets it.
     #[serde(skip)]
     pub split_reasoning: Option<bool>,
+    /// An output limit that stops at the context instead of refusing a prompt it does not
+    /// fit beside (Ollama's `num_predict`). Not a client field.
+    #[serde(skip)]
+    pub max_tokens_cap: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1910,13 +1910,6 @@ fn ollama_routes_answer_bad_input_with_ollamas_errors() {
             400,
         ),
         (
-            "chat: num_predict past the context",
-            "POST",
-            "/api/chat",
-            chat(json!({"options": {"num_predict": 4096}})),
-            400,
-        ),
-        (
             "chat: 17 stop strings",
             "POST",
             "/api/chat",
@@ -2107,6 +2100,36 @@ fn ollama_routes_answer_bad_input_with_ollamas_errors() {
     );
     assert_eq!(st, 400, "{}", short(&b));
     assert!(b["error"].is_string(), "{b}");
+    // Errors made before the handlers run, in Ollama's shape too: a body past the limit,
+    // an unknown route, a wrong method.
+    let big = format!(
+        "{{\"model\": \"smol\", \"prompt\": \"{}\"}}",
+        "x".repeat(5 << 20)
+    );
+    for (method, path, body, status) in [
+        ("POST", "/api/generate", big.into_bytes(), 413),
+        ("GET", "/api/nothing", vec![], 404),
+        ("GET", "/api/chat", vec![], 405),
+    ] {
+        let (st, b) = send(s, method, path, Some("application/json"), body);
+        assert_eq!(st, status, "{method} {path}: {}", short(&b));
+        assert!(b["error"].is_string(), "{method} {path}: {b}");
+    }
+    // The OpenAI routes keep OpenAI's.
+    let (st, b) = send(s, "GET", "/v1/nothing", None, vec![]);
+    assert_eq!(st, 404);
+    assert!(b["error"]["message"].is_string(), "{b}");
+    // `num_predict` past the context is a cap, as in Ollama: the answer stops at the end of
+    // the context (512 here) instead of being refused.
+    let (st, b) = post(
+        s,
+        "/api/chat",
+        &chat(json!({"options": {"num_predict": 100_000,
+        "temperature": 0}})),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    let used = b["prompt_eval_count"].as_u64().unwrap() + b["eval_count"].as_u64().unwrap();
+    assert!(used <= 512, "{}", short(&b));
     let (st, b) = post(s, "/api/chat", &chat(json!({})));
     assert_eq!(st, 200, "{}", short(&b));
     assert_eq!(b["done"], true, "{b}");

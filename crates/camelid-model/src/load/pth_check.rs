@@ -198,8 +198,7 @@ impl Shadow {
                 let d = self.pop()?;
                 self.push(d + 1)
             }
-            // TUPLE and DICT: a container of everything above the MARK.
-            b't' | b'd' => {
+            b't' => {
                 let d = self.pop_to_mark()?;
                 self.push(d + 1)
             }
@@ -235,7 +234,8 @@ impl Shadow {
                 self.memo.insert(memo_id.ok_or("no memo id")?, d);
                 Ok(())
             }
-            // Everything else candle reads pushes one flat object.
+            // Everything else candle reads pushes one flat object (DICT `d` too: candle
+            // 0.11 reads it as EMPTY_DICT and leaves the MARK).
             _ => self.push(1),
         }
     }

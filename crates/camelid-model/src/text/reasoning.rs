@@ -125,17 +125,11 @@ fn partial_suffix(s: &str, tag: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Whether a rendered prompt (its end is enough) leaves a `<think>` block open, so the
-/// output starts inside it.
+/// Whether a rendered prompt (its end is enough) opens a `<think>` block for the output:
+/// it ends with the tag, as the generation prompts of DeepSeek-R1 and QwQ do. A `<think>`
+/// earlier in the prompt (a user asking about the tag) opens nothing.
 pub fn prompt_opens_block(prompt_tail: &str) -> bool {
-    match (
-        prompt_tail.rfind(THINK_OPEN),
-        prompt_tail.rfind(THINK_CLOSE),
-    ) {
-        (Some(o), Some(c)) => o > c,
-        (Some(_), None) => true,
-        _ => false,
-    }
+    prompt_tail.trim_end().ends_with(THINK_OPEN)
 }
 
 /// A whole output's parts (`inside`: as for [`ReasoningSplitter::new`]).
@@ -222,6 +216,10 @@ mod tests {
         // Qwen3 with enable_thinking false writes an empty closed block into the prompt.
         assert!(!prompt_opens_block(
             "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        ));
+        // A user's message about the tag opens nothing.
+        assert!(!prompt_opens_block(
+            "What does <think> do?<|im_end|>\n<|im_start|>assistant\n"
         ));
     }
 }

@@ -41,10 +41,11 @@ enum Kind {
 
 pub async fn chat(
     State(state): State<Arc<AppState>>,
-    RequestBody(body): RequestBody,
+    RequestBody(raw): RequestBody,
 ) -> OllamaResult {
     let permit = state.permit()?;
-    let body: ChatBody = parse_body(&body)?;
+    let body: ChatBody = parse_body(&raw)?;
+    drop(raw);
     let model = ollama::resolve(&state, &body.model)?;
     if body.messages.is_empty() {
         // Ollama's way of loading a model: the answer says it is loaded.
@@ -73,10 +74,11 @@ pub async fn chat(
 
 pub async fn generate(
     State(state): State<Arc<AppState>>,
-    RequestBody(body): RequestBody,
+    RequestBody(raw): RequestBody,
 ) -> OllamaResult {
     let permit = state.permit()?;
-    let body: GenerateBody = parse_body(&body)?;
+    let body: GenerateBody = parse_body(&raw)?;
+    drop(raw);
     let model = ollama::resolve(&state, &body.model)?;
     body.check_supported()?;
     if body.prompt.as_deref().unwrap_or("").is_empty() {
@@ -87,7 +89,8 @@ pub async fn generate(
         let sampling = ollama::sampling(body.options.as_ref(), body.format.as_ref())?;
         let prompt = body.prompt.clone().unwrap_or_default();
         let top = logprobs.then_some(body.top_logprobs.unwrap_or(0));
-        let (sub, n) = submit_raw(&state, permit, &model, prompt, &sampling, top).await?;
+        let cap = ollama::output_cap(body.options.as_ref())?;
+        let (sub, n) = submit_raw(&state, permit, &model, prompt, &sampling, (cap, top)).await?;
         (sub, model.engine.shared_tokenizer(), n, None)
     } else {
         let (req, sampling) = body.chat_request(&model.name)?;
@@ -119,7 +122,7 @@ async fn submit_raw(
     model: &Arc<ModelEntry>,
     prompt: String,
     f: &SamplingFields,
-    logprobs: Option<u32>,
+    (cap, logprobs): (Option<u32>, Option<u32>),
 ) -> Result<(Submission, usize), ApiError> {
     if logprobs.is_some_and(|t| t > MAX_TOP_LOGPROBS) {
         return Err(ApiError::invalid_param(
@@ -138,9 +141,9 @@ async fn submit_raw(
     .await?;
     params.constraint = structured::compile(&permit, model, f).await?;
     params.max_tokens = max_tokens(
-        f.max_tokens,
-        "options.num_predict",
         None,
+        "options.num_predict",
+        cap.map(|c| c as usize),
         ids.len(),
         model.max_model_len,
         "prompt",
@@ -493,6 +496,8 @@ pub async fn show(
     State(state): State<Arc<AppState>>,
     RequestBody(body): RequestBody,
 ) -> OllamaResult {
+    // Rendering the template to see whether it takes tools is work: it holds a slot.
+    let permit = state.permit()?;
     let v = crate::openai::parse_json(&body)?;
     let name = v
         .get("model")
@@ -500,7 +505,8 @@ pub async fn show(
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid_param("model", "`model` is required"))?;
     let model = ollama::resolve(&state, name)?;
-    let takes_tools = tools::template_takes_tools(&model.template);
+    let template = model.template.clone();
+    let takes_tools = blocking(&permit, move || Ok(tools::template_takes_tools(&template))).await?;
     Ok(axum::Json(ollama::show(&model, takes_tools)).into_response())
 }
 
