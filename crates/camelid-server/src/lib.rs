@@ -5,7 +5,7 @@
 //! This file assembles the router from `routes::*` (one file per route group), adds the
 //! middleware (API keys, request counting, body limit) and serves it through `listen` until
 //! shutdown. Modules import one way, each only modules to its right: `routes` → `ollama` →
-//! `battle` → `chat` → `tools` → `sse` → `validate` → `structured` → `openai` → `format` →
+//! `responses` → `battle` → `chat` → `tools` → `sse` → `validate` → `structured` → `openai` → `format` →
 //! `run` → `state` → `limits` → `arena` (the store) → `metrics` → `error`; `listen` (the
 //! accept loop) imports none of them.
 
@@ -19,6 +19,7 @@ mod listen;
 mod metrics;
 mod ollama;
 pub mod openai;
+mod responses;
 mod routes;
 mod run;
 mod sse;
@@ -38,7 +39,7 @@ pub use limits::RequestLimits;
 pub use listen::ConnectionLimits;
 use routes::{
     arena as arena_routes, chat as chat_routes, completions, health, metrics as metrics_routes,
-    models, ollama as ollama_routes, pages, tokenize,
+    models, ollama as ollama_routes, pages, responses as responses_routes, tokenize,
 };
 pub use state::{AppState, ModelEntry, ServerConfig};
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{*model}", get(models::retrieve_model))
         .route("/v1/chat/completions", post(chat_routes::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses_routes::responses))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         // Ollama's native API, for its clients (Open WebUI, its Python and JS libraries).

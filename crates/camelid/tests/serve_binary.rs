@@ -61,6 +61,14 @@ fn ollama_python_client_works_against_serve() {
     );
 }
 
+/// OpenAI's Responses API through the openai client (`client.responses`): plain, streamed
+/// through the SDK's helper, `text.format`, forced function calls and their outputs, errors
+/// (`tests/openai/test_responses.py`).
+#[test]
+fn openai_python_client_uses_responses() {
+    client_script_against_serve("openai/test_responses.py", Some("qwen2.5-tools.jinja"), &[]);
+}
+
 /// Structured output through the openai client: `beta.chat.completions.parse` with a
 /// pydantic model, strict schemas validated by `jsonschema`, regex, choice, a broken schema.
 #[test]

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod models;
 pub mod ollama;
 pub mod pages;
+pub mod responses;
 pub mod tokenize;
 
 use crate::error::ApiError;

@@ -1,0 +1,647 @@
+//! OpenAI's Responses API (`POST /v1/responses`, what `client.responses.create` sends) on the
+//! chat path: `input` items and `instructions` become a `ChatRequest` (so they pass the same
+//! checks and caps as `/v1/chat/completions`), and the answer comes back as a `response`
+//! object whose `output` holds a `reasoning` item (with `--reasoning-parser`), a `message`
+//! and `function_call` items; streamed as the typed events the SDK's `responses.stream()`
+//! accumulates. Stateless: nothing is stored, so `previous_response_id` is refused.
+
+use crate::error::ApiError;
+use crate::format::new_id;
+use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
+use camelid_engine::Usage;
+use camelid_model::decode::FinishReason;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// `POST /v1/responses`: the fields read; the others (`store`, `include`, `truncation`,
+/// `service_tier`, …) are accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct ResponsesBody {
+    pub model: String,
+    pub input: Option<Value>,
+    pub instructions: Option<String>,
+    pub max_output_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stream: Option<bool>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub text: Option<Value>,
+    pub previous_response_id: Option<String>,
+    pub conversation: Option<Value>,
+    pub background: Option<bool>,
+    pub metadata: Option<Value>,
+    pub user: Option<String>,
+}
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid_param(param, message)
+}
+
+impl ResponsesBody {
+    /// The chat request this is, with its sampling fields.
+    pub fn chat_request(&self) -> Result<(ChatRequest, SamplingFields), ApiError> {
+        if self.previous_response_id.is_some() || self.conversation.is_some() {
+            let param = if self.conversation.is_some() {
+                "conversation"
+            } else {
+                "previous_response_id"
+            };
+            return Err(bad(
+                param,
+                "camelid stores no responses or conversations: send the whole conversation in \
+                 `input`",
+            ));
+        }
+        if self.background == Some(true) {
+            return Err(bad("background", "background responses are not supported"));
+        }
+        let mut messages = vec![];
+        if let Some(i) = &self.instructions {
+            messages.push(message("system", i.clone()));
+        }
+        let input = self
+            .input
+            .as_ref()
+            .ok_or_else(|| bad("input", "`input` is required"))?;
+        messages.extend(input_messages(input)?);
+        let tools = match &self.tools {
+            None => None,
+            Some(t) => Some(Value::Array(
+                t.iter()
+                    .enumerate()
+                    .map(|(i, t)| chat_tool(i, t))
+                    .collect::<Result<_, _>>()?,
+            )),
+        };
+        let tool_choice = match &self.tool_choice {
+            Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
+                let name = o.get("name").cloned().unwrap_or(Value::Null);
+                Some(json!({"type": "function", "function": {"name": name}}))
+            }
+            Some(c @ Value::String(_)) | Some(c @ Value::Null) => Some(c.clone()),
+            Some(_) => {
+                return Err(bad(
+                    "tool_choice",
+                    "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"name\": …}",
+                ))
+            }
+            None => None,
+        };
+        let req = ChatRequest {
+            model: self.model.clone(),
+            messages,
+            max_completion_tokens: self.max_output_tokens,
+            logprobs: false,
+            top_logprobs: None,
+            tools,
+            tool_choice,
+            parallel_tool_calls: self.parallel_tool_calls,
+            functions: None,
+            function_call: None,
+            cache_salt: None,
+            chat_template_kwargs: None,
+            add_generation_prompt: None,
+            continue_final_message: false,
+            split_reasoning: None,
+            max_tokens_cap: None,
+        };
+        let sampling = SamplingFields {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            user: self.user.clone(),
+            response_format: text_format(self.text.as_ref())?,
+            ..Default::default()
+        };
+        Ok((req, sampling))
+    }
+}
+
+fn message(role: &str, text: String) -> ChatMessage {
+    ChatMessage {
+        role: role.into(),
+        content: Some(Content::Text(text)),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+    }
+}
+
+/// `input` → chat messages: a string is the user's message; a list holds messages (text
+/// content or `input_text`/`output_text` parts), `function_call` items (consecutive ones make
+/// one assistant message) and `function_call_output` items (tool messages). `reasoning` items
+/// (a previous answer's) are left out, as chat templates leave out old thinking.
+fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
+    let items = match input {
+        Value::String(s) => return Ok(vec![message("user", s.clone())]),
+        Value::Array(items) => items,
+        _ => return Err(bad("input", "`input` is a string or a list of items")),
+    };
+    let mut out: Vec<ChatMessage> = vec![];
+    for (i, item) in items.iter().enumerate() {
+        let at = |f: &str| format!("input[{i}]{f}");
+        let kind = item.get("type").and_then(Value::as_str);
+        let text_of = |key: &str| {
+            item.get(key)
+                .and_then(Value::as_str)
+                .map(String::from)
+                .ok_or_else(|| bad(&at(&format!(".{key}")), format!("`{key}` must be a string")))
+        };
+        match kind {
+            Some("function_call") => {
+                let call = json!({"id": text_of("call_id")?, "type": "function",
+                    "function": {"name": text_of("name")?, "arguments": text_of("arguments")?}});
+                let last_calls = out
+                    .last_mut()
+                    .filter(|m| m.role == "assistant")
+                    .and_then(|m| m.tool_calls.as_mut());
+                match last_calls {
+                    Some(Value::Array(calls)) => calls.push(call),
+                    _ => out.push(ChatMessage {
+                        tool_calls: Some(Value::Array(vec![call])),
+                        content: None,
+                        ..message("assistant", String::new())
+                    }),
+                }
+            }
+            Some("function_call_output") => {
+                let output = match item.get("output") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => parts_text(parts, &at(".output"))?,
+                    _ => return Err(bad(&at(".output"), "`output` must be a string")),
+                };
+                out.push(ChatMessage {
+                    tool_call_id: Some(text_of("call_id")?),
+                    ..message("tool", output)
+                });
+            }
+            Some("reasoning") => {}
+            None | Some("message") => {
+                let role = item
+                    .get("role")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&at(".role"), "a message needs a `role`"))?;
+                let text = match item.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => parts_text(parts, &at(".content"))?,
+                    _ => {
+                        return Err(bad(
+                            &at(".content"),
+                            "`content` must be a string or a list of parts",
+                        ))
+                    }
+                };
+                out.push(message(role, text));
+            }
+            Some(other) => {
+                return Err(bad(
+                    &at(".type"),
+                    format!("input items of type {other:?} are not supported"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Text parts (`input_text`, `output_text`, `text`), joined by newlines; anything else
+/// (images, files, audio) is refused: camelid serves text models.
+fn parts_text(parts: &[Value], at: &str) -> Result<String, ApiError> {
+    let mut texts = vec![];
+    for (j, p) in parts.iter().enumerate() {
+        match (
+            p.get("type").and_then(Value::as_str),
+            p.get("text").and_then(Value::as_str),
+        ) {
+            (Some("input_text" | "output_text" | "text"), Some(t)) => texts.push(t),
+            (kind, _) => {
+                return Err(bad(
+                    &format!("{at}[{j}]"),
+                    format!("content parts of type {kind:?} are not supported; only text"),
+                ))
+            }
+        }
+    }
+    Ok(texts.join("\n"))
+}
+
+/// A Responses function tool (`{"type": "function", "name", "parameters", …}`) as a chat
+/// tool; the hosted tools (web search, file search, …) are refused.
+fn chat_tool(i: usize, t: &Value) -> Result<Value, ApiError> {
+    match t.get("type").and_then(Value::as_str) {
+        Some("function") => {
+            let mut f = serde_json::Map::new();
+            for k in ["name", "description", "parameters", "strict"] {
+                if let Some(v) = t.get(k).filter(|v| !v.is_null()) {
+                    f.insert(k.into(), v.clone());
+                }
+            }
+            Ok(json!({"type": "function", "function": f}))
+        }
+        other => Err(bad(
+            &format!("tools[{i}].type"),
+            format!("tools of type {other:?} are not supported; only \"function\""),
+        )),
+    }
+}
+
+/// `text.format` → `response_format`.
+fn text_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(format) = text.and_then(|t| t.get("format")).filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => {
+            let mut schema = serde_json::Map::new();
+            for k in ["name", "schema", "strict", "description"] {
+                if let Some(v) = format.get(k).filter(|v| !v.is_null()) {
+                    schema.insert(k.into(), v.clone());
+                }
+            }
+            Ok(Some(json!({"type": "json_schema", "json_schema": schema})))
+        }
+        _ => Err(bad(
+            "text.format",
+            "`text.format.type` is \"text\", \"json_object\" or \"json_schema\"",
+        )),
+    }
+}
+
+/// The item being streamed.
+enum Open {
+    Reasoning { id: String, text: String },
+    Message { id: String, text: String },
+    Call { item: Value },
+}
+
+/// A response as it is made: the typed stream events for each piece of output, and the
+/// final `response` object (the whole answer is the same object, its events unsent).
+pub struct ResponseWriter {
+    response: Value,
+    seq: u64,
+    items: Vec<Value>,
+    open: Option<Open>,
+}
+
+impl ResponseWriter {
+    pub fn new(body: &ResponsesBody, model: &str) -> Self {
+        let response = json!({
+            "id": new_id("resp"),
+            "object": "response",
+            "created_at": crate::format::now_secs(),
+            "status": "in_progress",
+            "model": model,
+            "output": [],
+            "error": null,
+            "incomplete_details": null,
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "temperature": body.temperature.unwrap_or(1.0),
+            "top_p": body.top_p.unwrap_or(1.0),
+            "tools": body.tools.clone().unwrap_or_default(),
+            "tool_choice": body.tool_choice.clone().unwrap_or(json!("auto")),
+            "parallel_tool_calls": body.parallel_tool_calls.unwrap_or(true),
+            "text": body.text.clone().unwrap_or(json!({"format": {"type": "text"}})),
+            "metadata": body.metadata.clone().unwrap_or(json!({})),
+            "previous_response_id": null,
+            "reasoning": null,
+            "store": false,
+            "truncation": "disabled",
+            "user": body.user,
+            "usage": null,
+        });
+        Self {
+            response,
+            seq: 0,
+            items: vec![],
+            open: None,
+        }
+    }
+
+    fn event(&mut self, kind: &str, mut body: Value) -> Value {
+        body["type"] = kind.into();
+        body["sequence_number"] = self.seq.into();
+        self.seq += 1;
+        body
+    }
+
+    /// `response.created` and `response.in_progress`.
+    pub fn start(&mut self) -> Vec<Value> {
+        let r = self.response.clone();
+        vec![
+            self.event("response.created", json!({"response": r})),
+            self.event(
+                "response.in_progress",
+                json!({"response": self.response.clone()}),
+            ),
+        ]
+    }
+
+    fn index(&self) -> usize {
+        self.items.len()
+    }
+
+    /// A piece of the thinking.
+    pub fn thought(&mut self, piece: &str) -> Vec<Value> {
+        let mut out = vec![];
+        if piece.is_empty() {
+            return out;
+        }
+        if !matches!(self.open, Some(Open::Reasoning { .. })) {
+            out.extend(self.close());
+            let id = new_id("rs");
+            let item = json!({"type": "reasoning", "id": id, "summary": [], "content": [],
+                              "status": "in_progress"});
+            let index = self.index();
+            out.push(self.event(
+                "response.output_item.added",
+                json!({"output_index": index, "item": item}),
+            ));
+            self.open = Some(Open::Reasoning {
+                id,
+                text: String::new(),
+            });
+        }
+        let index = self.index();
+        let Some(Open::Reasoning { id, text }) = &mut self.open else {
+            unreachable!()
+        };
+        text.push_str(piece);
+        let body =
+            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": piece});
+        out.push(self.event("response.reasoning_text.delta", body));
+        out
+    }
+
+    /// A piece of the answer's text.
+    pub fn text(&mut self, piece: &str) -> Vec<Value> {
+        let mut out = vec![];
+        if piece.is_empty() {
+            return out;
+        }
+        out.extend(self.open_message());
+        let index = self.index();
+        let Some(Open::Message { id, text }) = &mut self.open else {
+            unreachable!()
+        };
+        text.push_str(piece);
+        let body = json!({"item_id": id, "output_index": index, "content_index": 0,
+                          "delta": piece, "logprobs": []});
+        out.push(self.event("response.output_text.delta", body));
+        out
+    }
+
+    fn open_message(&mut self) -> Vec<Value> {
+        let mut out = vec![];
+        if matches!(self.open, Some(Open::Message { .. })) {
+            return out;
+        }
+        out.extend(self.close());
+        let id = new_id("msg");
+        let index = self.index();
+        let item = json!({"type": "message", "id": id, "status": "in_progress",
+                          "role": "assistant", "content": []});
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        let part = json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
+        out.push(self.event(
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+        ));
+        self.open = Some(Open::Message {
+            id,
+            text: String::new(),
+        });
+        out
+    }
+
+    /// A chat stream's `tool_calls` delta: a call's start (it has an `id`) or a piece of its
+    /// arguments.
+    pub fn call_delta(&mut self, d: &Value) -> Vec<Value> {
+        let mut out = vec![];
+        if let Some(call_id) = d.get("id") {
+            out.extend(self.close());
+            let item = json!({"type": "function_call", "id": new_id("fc"), "call_id": call_id,
+                "name": d["function"]["name"], "arguments": "", "status": "in_progress"});
+            let index = self.index();
+            out.push(self.event(
+                "response.output_item.added",
+                json!({"output_index": index, "item": item.clone()}),
+            ));
+            self.open = Some(Open::Call { item });
+            return out;
+        }
+        let piece = d["function"]["arguments"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let index = self.index();
+        let Some(Open::Call { item }) = &mut self.open else {
+            return out; // a piece of a call that was not sent (parallel calls off)
+        };
+        let whole = format!("{}{piece}", item["arguments"].as_str().unwrap_or_default());
+        item["arguments"] = whole.into();
+        let id = item["id"].clone();
+        out.push(self.event(
+            "response.function_call_arguments.delta",
+            json!({"item_id": id, "output_index": index, "delta": piece}),
+        ));
+        out
+    }
+
+    /// Ends the item being streamed: its `…done` events, and it joins the output.
+    fn close(&mut self) -> Vec<Value> {
+        let index = self.index();
+        let mut out = vec![];
+        let item = match self.open.take() {
+            None => return out,
+            Some(Open::Reasoning { id, text }) => {
+                out.push(self.event(
+                    "response.reasoning_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
+                ));
+                json!({"type": "reasoning", "id": id, "summary": [], "status": "completed",
+                       "content": [{"type": "reasoning_text", "text": text}]})
+            }
+            Some(Open::Message { id, text }) => {
+                let part =
+                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                out.push(self.event(
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "text": text, "logprobs": []}),
+                ));
+                out.push(self.event(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+                ));
+                json!({"type": "message", "id": id, "status": "completed", "role": "assistant",
+                       "content": [part]})
+            }
+            Some(Open::Call { mut item }) => {
+                out.push(self.event(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item["id"], "output_index": index,
+                           "arguments": item["arguments"]}),
+                ));
+                item["status"] = "completed".into();
+                item
+            }
+        };
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ));
+        self.items.push(item);
+        out
+    }
+
+    /// The answer is done: the last item closed (an empty message if there was nothing), and
+    /// `response.completed` (or `response.incomplete` when cut by `max_output_tokens`).
+    pub fn finish(&mut self, reason: FinishReason, usage: &Usage) -> Vec<Value> {
+        let mut out = vec![];
+        if self.items.is_empty() && self.open.is_none() {
+            out.extend(self.open_message());
+        }
+        out.extend(self.close());
+        let r = &mut self.response;
+        r["output"] = Value::Array(self.items.clone());
+        r["usage"] = json!({
+            "input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        });
+        let kind = match reason {
+            FinishReason::Stop => {
+                r["status"] = "completed".into();
+                "response.completed"
+            }
+            FinishReason::Length => {
+                r["status"] = "incomplete".into();
+                r["incomplete_details"] = json!({"reason": "max_output_tokens"});
+                "response.incomplete"
+            }
+        };
+        let r = self.response.clone();
+        out.push(self.event(kind, json!({"response": r})));
+        out
+    }
+
+    /// The `error` event a stream that fails ends with.
+    pub fn error(&mut self, e: &ApiError) -> Value {
+        let body = json!({"code": e.code, "message": e.message, "param": e.param});
+        self.event("error", body)
+    }
+
+    /// The final response object.
+    pub fn response(&self) -> &Value {
+        &self.response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> ResponsesBody {
+        crate::openai::from_value(&v).unwrap()
+    }
+
+    #[test]
+    fn input_items_become_a_chat() {
+        let b = body(json!({"model": "m", "instructions": "Be brief.", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "w", "arguments": "{\"a\":1}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sun"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sun."}]}],
+            "tools": [{"type": "function", "name": "w", "parameters": {"type": "object"}}],
+            "tool_choice": {"type": "function", "name": "w"},
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}}));
+        let (req, f) = b.chat_request().unwrap();
+        let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool", "assistant"]);
+        assert_eq!(
+            req.messages[2]
+                .tool_calls
+                .as_ref()
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(req.messages[3].tool_call_id.as_deref(), Some("c1"));
+        assert_eq!(req.tools.unwrap()[0]["function"]["name"], "w");
+        assert_eq!(req.tool_choice.unwrap()["function"]["name"], "w");
+        assert_eq!(f.response_format.unwrap()["json_schema"]["name"], "x");
+        // Refused by name.
+        let err = |v: Value| body(v).chat_request().unwrap_err().param.unwrap();
+        assert_eq!(
+            err(json!({"model": "m", "input": "hi", "previous_response_id": "r"})),
+            "previous_response_id"
+        );
+        assert_eq!(
+            err(json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]})),
+            "tools[0].type"
+        );
+        assert_eq!(
+            err(
+                json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]})
+            ),
+            "input[0].content[0]"
+        );
+        assert_eq!(err(json!({"model": "m", "input": 5})), "input");
+    }
+
+    /// Items open and close in output order; the final response holds them whole.
+    #[test]
+    fn events_build_the_items_in_order() {
+        let b = body(json!({"model": "m", "input": "hi"}));
+        let mut w = ResponseWriter::new(&b, "m");
+        let mut ev = w.start();
+        ev.extend(w.thought("hmm"));
+        ev.extend(w.text("Hel"));
+        ev.extend(w.text("lo"));
+        ev.extend(
+            w.call_delta(&json!({"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": ""}})),
+        );
+        ev.extend(w.call_delta(&json!({"index": 0, "function": {"arguments": "{\"a\""}})));
+        ev.extend(w.call_delta(&json!({"index": 0, "function": {"arguments": ": 1}"}})));
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 5,
+            cached_tokens: 0,
+        };
+        ev.extend(w.finish(FinishReason::Stop, &usage));
+        let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds.first(), Some(&"response.created"));
+        assert_eq!(kinds.last(), Some(&"response.completed"));
+        let seqs: Vec<u64> = ev
+            .iter()
+            .map(|e| e["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+        let out = &w.response()["output"];
+        assert_eq!(out[0]["type"], "reasoning");
+        assert_eq!(out[0]["content"][0]["text"], "hmm");
+        assert_eq!(out[1]["content"][0]["text"], "Hello");
+        assert_eq!(out[2]["arguments"], "{\"a\": 1}");
+        assert_eq!(out[2]["call_id"], "call_1");
+        assert_eq!(w.response()["usage"]["total_tokens"], 8);
+        // Nothing written: still one (empty) message.
+        let mut w = ResponseWriter::new(&b, "m");
+        w.finish(FinishReason::Length, &usage);
+        assert_eq!(w.response()["output"][0]["content"][0]["text"], "");
+        assert_eq!(w.response()["status"], "incomplete");
+    }
+}

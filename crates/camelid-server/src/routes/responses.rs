@@ -1,0 +1,159 @@
+//! `POST /v1/responses`: runs the translated request (`responses`) on the chat path and
+//! writes the `response` object whole, or as its typed server-sent events.
+
+use super::{AppResult, RequestBody};
+use crate::chat::{self, Submitted};
+use crate::error::ApiError;
+use crate::openai::parse_body;
+use crate::responses::{ResponseWriter, ResponsesBody};
+use crate::run::{grammar_failed, shutting_down, Submission, Timing};
+use crate::state::AppState;
+use crate::tools::CallStream;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use camelid_engine::Event;
+use camelid_model::text::reasoning::ReasoningSplitter;
+use futures::StreamExt;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+pub async fn responses(
+    State(state): State<Arc<AppState>>,
+    RequestBody(raw): RequestBody,
+) -> AppResult {
+    let permit = state.permit()?;
+    let body: ResponsesBody = parse_body(&raw)?;
+    drop(raw);
+    let (req, sampling) = body.chat_request()?;
+    let Submitted {
+        sub,
+        tools,
+        reasoning,
+        ..
+    } = chat::submit(&state, permit, &req, &sampling)
+        .await
+        .map_err(own_names)?;
+    let mut answer = Answer {
+        writer: ResponseWriter::new(&body, &body.model),
+        thinking: reasoning.map(ReasoningSplitter::new),
+        calls: tools.map(|t| t.stream()),
+        timing: Timing::new(1),
+        sub,
+    };
+    let start = answer.writer.start();
+    if body.stream != Some(true) {
+        while let Some(events) = answer.next_events().await {
+            events?;
+        }
+        return Ok(axum::Json(answer.writer.response().clone()).into_response());
+    }
+    let st = (answer, VecDeque::from(start), false);
+    let s = futures::stream::unfold(st, |(mut answer, mut queue, mut done)| async move {
+        loop {
+            if let Some(v) = queue.pop_front() {
+                let kind = v["type"].as_str().unwrap_or("message").to_string();
+                let e = SseEvent::default().event(kind).data(v.to_string());
+                return Some((Ok::<_, Infallible>(e), (answer, queue, done)));
+            }
+            if done {
+                return None;
+            }
+            match answer.next_events().await {
+                None => done = true,
+                Some(Ok(events)) => queue.extend(events),
+                Some(Err(e)) => {
+                    queue.push_back(answer.writer.error(&e));
+                    done = true;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(s.boxed())
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Errors of the chat path in this API's names: its output limit is `max_output_tokens`.
+fn own_names(mut e: ApiError) -> ApiError {
+    if e.param.as_deref() == Some("max_completion_tokens") {
+        e.param = Some("max_output_tokens".into());
+        e.message = e
+            .message
+            .replace("max_completion_tokens", "max_output_tokens");
+    }
+    e
+}
+
+/// One response in the making: the engine's events through the thinking split and the
+/// call parser into the writer.
+struct Answer {
+    writer: ResponseWriter,
+    thinking: Option<ReasoningSplitter>,
+    calls: Option<CallStream>,
+    timing: Timing,
+    /// Owned here: dropping the answer (a client gone) cancels the generation.
+    sub: Submission,
+}
+
+impl Answer {
+    /// The events the next engine event makes; `None` once the request is done.
+    async fn next_events(&mut self) -> Option<Result<Vec<Value>, ApiError>> {
+        loop {
+            let Some((_, ev)) = self.sub.streams.next().await else {
+                self.sub
+                    .state
+                    .metrics
+                    .request_latency(self.sub.started.elapsed().as_secs_f64());
+                return None;
+            };
+            return Some(match ev {
+                Event::PromptLogprobs(_) => continue,
+                Event::Token { text, .. } => {
+                    self.timing.token(&self.sub.state, self.sub.started, 0);
+                    Ok(self.piece(&text, false))
+                }
+                Event::Finished { reason, usage } => {
+                    let mut out = self.piece("", true);
+                    out.extend(self.writer.finish(reason, &usage));
+                    Ok(out)
+                }
+                Event::Error(e) => Err(ApiError::internal(e)),
+                Event::GrammarFailed(e) => Err(grammar_failed(&e)),
+                Event::Refused(_) => Err(shutting_down()),
+            });
+        }
+    }
+
+    /// A piece of output (or, at the end, what the split and the parser held back).
+    fn piece(&mut self, text: &str, end: bool) -> Vec<Value> {
+        let mut out = vec![];
+        let (thought, answer) = match &mut self.thinking {
+            Some(s) => {
+                let p = if end { s.finish() } else { s.push(text) };
+                (p.reasoning, p.content)
+            }
+            None => (String::new(), text.to_string()),
+        };
+        out.extend(self.writer.thought(&thought));
+        let (answer, deltas) = match &mut self.calls {
+            Some(c) => {
+                let (mut t, mut d) = c.push(&answer);
+                if end {
+                    let (t2, d2) = c.finish();
+                    t += &t2;
+                    d.extend(d2);
+                }
+                (t, d)
+            }
+            None => (answer, vec![]),
+        };
+        out.extend(self.writer.text(&answer));
+        for d in &deltas {
+            out.extend(self.writer.call_delta(d));
+        }
+        out
+    }
+}
