@@ -35,6 +35,11 @@ pub struct ResponsesBody {
     pub user: Option<String>,
 }
 
+/// An id as OpenAI writes them: `resp_…`, `msg_…`, `fc_…`.
+fn item_id(prefix: &str) -> String {
+    new_id(prefix).replacen('-', "_", 1)
+}
+
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid_param(param, message)
 }
@@ -57,15 +62,25 @@ impl ResponsesBody {
         if self.background == Some(true) {
             return Err(bad("background", "background responses are not supported"));
         }
-        let mut messages = vec![];
-        if let Some(i) = &self.instructions {
-            messages.push(message("system", i.clone()));
-        }
         let input = self
             .input
             .as_ref()
             .ok_or_else(|| bad("input", "`input` is required"))?;
-        messages.extend(input_messages(input)?);
+        let mut messages = input_messages(input)?;
+        // `instructions` and the input's own leading system message make one (templates
+        // take a single system message, first); empty instructions are none.
+        if let Some(i) = self.instructions.as_deref().filter(|i| !i.is_empty()) {
+            match messages.first_mut() {
+                Some(m) if m.role == "system" || m.role == "developer" => {
+                    let own = match &m.content {
+                        Some(Content::Text(t)) => t.clone(),
+                        _ => String::new(),
+                    };
+                    m.content = Some(Content::Text(format!("{i}\n\n{own}")));
+                }
+                _ => messages.insert(0, message("system", i.to_string())),
+            }
+        }
         let tools = match &self.tools {
             None => None,
             Some(t) => Some(Value::Array(
@@ -152,13 +167,14 @@ fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
             Some("function_call") => {
                 let call = json!({"id": text_of("call_id")?, "type": "function",
                     "function": {"name": text_of("name")?, "arguments": text_of("arguments")?}});
-                let last_calls = out
-                    .last_mut()
-                    .filter(|m| m.role == "assistant")
-                    .and_then(|m| m.tool_calls.as_mut());
-                match last_calls {
-                    Some(Value::Array(calls)) => calls.push(call),
-                    _ => out.push(ChatMessage {
+                // The calls of one turn join its assistant message (its text, if any, came
+                // first), as the turn was written.
+                match out.last_mut().filter(|m| m.role == "assistant") {
+                    Some(m) => match &mut m.tool_calls {
+                        Some(Value::Array(calls)) => calls.push(call),
+                        _ => m.tool_calls = Some(Value::Array(vec![call])),
+                    },
+                    None => out.push(ChatMessage {
                         tool_calls: Some(Value::Array(vec![call])),
                         content: None,
                         ..message("assistant", String::new())
@@ -182,6 +198,12 @@ fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                     .get("role")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad(&at(".role"), "a message needs a `role`"))?;
+                if !matches!(role, "user" | "assistant" | "system" | "developer") {
+                    return Err(bad(
+                        &at(".role"),
+                        format!("role {role:?}: a message is the user's, the assistant's, system or developer (a tool's result is a `function_call_output` item)"),
+                    ));
+                }
                 let text = match item.get("content") {
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Array(parts)) => parts_text(parts, &at(".content"))?,
@@ -210,11 +232,13 @@ fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
 fn parts_text(parts: &[Value], at: &str) -> Result<String, ApiError> {
     let mut texts = vec![];
     for (j, p) in parts.iter().enumerate() {
-        match (
-            p.get("type").and_then(Value::as_str),
-            p.get("text").and_then(Value::as_str),
-        ) {
-            (Some("input_text" | "output_text" | "text"), Some(t)) => texts.push(t),
+        let kind = p.get("type").and_then(Value::as_str);
+        let text = match kind {
+            Some("refusal") => p.get("refusal"),
+            _ => p.get("text"),
+        };
+        match (kind, text.and_then(Value::as_str)) {
+            (Some("input_text" | "output_text" | "text" | "refusal"), Some(t)) => texts.push(t),
             (kind, _) => {
                 return Err(bad(
                     &format!("{at}[{j}]"),
@@ -274,7 +298,7 @@ fn text_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
 enum Open {
     Reasoning { id: String, text: String },
     Message { id: String, text: String },
-    Call { item: Value },
+    Call { item: Value, arguments: String },
 }
 
 /// A response as it is made: the typed stream events for each piece of output, and the
@@ -289,7 +313,7 @@ pub struct ResponseWriter {
 impl ResponseWriter {
     pub fn new(body: &ResponsesBody, model: &str) -> Self {
         let response = json!({
-            "id": new_id("resp"),
+            "id": item_id("resp"),
             "object": "response",
             "created_at": crate::format::now_secs(),
             "status": "in_progress",
@@ -352,7 +376,7 @@ impl ResponseWriter {
         }
         if !matches!(self.open, Some(Open::Reasoning { .. })) {
             out.extend(self.close());
-            let id = new_id("rs");
+            let id = item_id("rs");
             let item = json!({"type": "reasoning", "id": id, "summary": [], "content": [],
                               "status": "in_progress"});
             let index = self.index();
@@ -400,7 +424,7 @@ impl ResponseWriter {
             return out;
         }
         out.extend(self.close());
-        let id = new_id("msg");
+        let id = item_id("msg");
         let index = self.index();
         let item = json!({"type": "message", "id": id, "status": "in_progress",
                           "role": "assistant", "content": []});
@@ -426,26 +450,25 @@ impl ResponseWriter {
         let mut out = vec![];
         if let Some(call_id) = d.get("id") {
             out.extend(self.close());
-            let item = json!({"type": "function_call", "id": new_id("fc"), "call_id": call_id,
+            let item = json!({"type": "function_call", "id": item_id("fc"), "call_id": call_id,
                 "name": d["function"]["name"], "arguments": "", "status": "in_progress"});
             let index = self.index();
             out.push(self.event(
                 "response.output_item.added",
                 json!({"output_index": index, "item": item.clone()}),
             ));
-            self.open = Some(Open::Call { item });
+            self.open = Some(Open::Call {
+                item,
+                arguments: String::new(),
+            });
             return out;
         }
-        let piece = d["function"]["arguments"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let piece = d["function"]["arguments"].as_str().unwrap_or_default();
         let index = self.index();
-        let Some(Open::Call { item }) = &mut self.open else {
+        let Some(Open::Call { item, arguments }) = &mut self.open else {
             return out; // a piece of a call that was not sent (parallel calls off)
         };
-        let whole = format!("{}{piece}", item["arguments"].as_str().unwrap_or_default());
-        item["arguments"] = whole.into();
+        arguments.push_str(piece);
         let id = item["id"].clone();
         out.push(self.event(
             "response.function_call_arguments.delta",
@@ -483,12 +506,16 @@ impl ResponseWriter {
                 json!({"type": "message", "id": id, "status": "completed", "role": "assistant",
                        "content": [part]})
             }
-            Some(Open::Call { mut item }) => {
+            Some(Open::Call {
+                mut item,
+                arguments,
+            }) => {
                 out.push(self.event(
                     "response.function_call_arguments.done",
                     json!({"item_id": item["id"], "output_index": index,
-                           "arguments": item["arguments"]}),
+                           "arguments": arguments}),
                 ));
+                item["arguments"] = arguments.into();
                 item["status"] = "completed".into();
                 item
             }
@@ -509,6 +536,12 @@ impl ResponseWriter {
             out.extend(self.open_message());
         }
         out.extend(self.close());
+        if reason == FinishReason::Length {
+            // The item the limit cut.
+            if let Some(last) = self.items.last_mut() {
+                last["status"] = "incomplete".into();
+            }
+        }
         let r = &mut self.response;
         r["output"] = Value::Array(self.items.clone());
         r["usage"] = json!({
@@ -534,10 +567,24 @@ impl ResponseWriter {
         out
     }
 
-    /// The `error` event a stream that fails ends with.
-    pub fn error(&mut self, e: &ApiError) -> Value {
-        let body = json!({"code": e.code, "message": e.message, "param": e.param});
-        self.event("error", body)
+    /// How a stream that fails ends: the open item closed, an `error` event, and
+    /// `response.failed` with the output so far.
+    pub fn fail(&mut self, e: &ApiError) -> Vec<Value> {
+        let mut out = self.close();
+        let code = e.code.unwrap_or(if e.status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request"
+        });
+        let body = json!({"code": code, "message": e.message, "param": e.param});
+        out.push(self.event("error", body));
+        let r = &mut self.response;
+        r["status"] = "failed".into();
+        r["output"] = Value::Array(self.items.clone());
+        r["error"] = json!({"code": code, "message": e.message});
+        let r = self.response.clone();
+        out.push(self.event("response.failed", json!({"response": r})));
+        out
     }
 
     /// The final response object.
@@ -600,6 +647,26 @@ mod tests {
             "input[0].content[0]"
         );
         assert_eq!(err(json!({"model": "m", "input": 5})), "input");
+        assert_eq!(
+            err(json!({"model": "m", "input": [{"role": "tool", "content": "x"}]})),
+            "input[0].role"
+        );
+        // A turn replayed from an output (text, then its call) is one assistant message;
+        // instructions and the input's own system message are one.
+        let b = body(json!({"model": "m", "instructions": "Be brief.", "input": [
+            {"role": "developer", "content": "Use tools."},
+            {"role": "user", "content": "Weather?"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sun"}]}));
+        let (req, _) = b.chat_request().unwrap();
+        let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["developer", "user", "assistant", "tool"]);
+        assert!(
+            matches!(&req.messages[0].content, Some(Content::Text(t)) if t == "Be brief.\n\nUse tools.")
+        );
+        assert!(matches!(&req.messages[2].content, Some(Content::Text(t)) if t == "Checking."));
+        assert_eq!(req.messages[2].tool_calls.as_ref().unwrap()[0]["id"], "c1");
     }
 
     /// Items open and close in output order; the final response holds them whole.
@@ -638,10 +705,25 @@ mod tests {
         assert_eq!(out[2]["arguments"], "{\"a\": 1}");
         assert_eq!(out[2]["call_id"], "call_1");
         assert_eq!(w.response()["usage"]["total_tokens"], 8);
-        // Nothing written: still one (empty) message.
+        assert!(w.response()["id"].as_str().unwrap().starts_with("resp_"));
+        assert!(out[2]["id"].as_str().unwrap().starts_with("fc_"));
+        // Nothing written: still one (empty) message, which the limit cut.
         let mut w = ResponseWriter::new(&b, "m");
         w.finish(FinishReason::Length, &usage);
         assert_eq!(w.response()["output"][0]["content"][0]["text"], "");
+        assert_eq!(w.response()["output"][0]["status"], "incomplete");
         assert_eq!(w.response()["status"], "incomplete");
+        // A failure mid-stream: the open item closed, `error`, then `response.failed` with
+        // the output so far.
+        let mut w = ResponseWriter::new(&b, "m");
+        w.start();
+        w.text("Par");
+        let ev = w.fail(&ApiError::internal("engine stopped"));
+        let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds[kinds.len() - 2..], ["error", "response.failed"]);
+        assert_eq!(ev[kinds.len() - 2]["code"], "server_error");
+        let r = &ev.last().unwrap()["response"];
+        assert_eq!(r["status"], "failed");
+        assert_eq!(r["output"][0]["content"][0]["text"], "Par");
     }
 }

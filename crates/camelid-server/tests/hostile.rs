@@ -1835,6 +1835,15 @@ fn corpus() -> Vec<Case> {
             Some("max_output_tokens"),
         ),
         case(
+            "responses: a tool's bad name, in this API's path",
+            "POST",
+            "/v1/responses",
+            json!({"model": "smol", "input": "hi",
+                   "tools": [{"type": "function", "name": "bad name"}]}),
+            400,
+            Some("tools[0].name"),
+        ),
+        case(
             "responses: unknown model",
             "POST",
             "/v1/responses",

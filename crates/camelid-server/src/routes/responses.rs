@@ -65,7 +65,7 @@ pub async fn responses(
                 None => done = true,
                 Some(Ok(events)) => queue.extend(events),
                 Some(Err(e)) => {
-                    queue.push_back(answer.writer.error(&e));
+                    queue.extend(answer.writer.fail(&e));
                     done = true;
                 }
             }
@@ -76,13 +76,34 @@ pub async fn responses(
         .into_response())
 }
 
-/// Errors of the chat path in this API's names: its output limit is `max_output_tokens`.
+/// Errors of the chat path in this API's names, where they map one to one: the output
+/// limit, the structured-output format, a tool's fields, the conversation as a whole.
 fn own_names(mut e: ApiError) -> ApiError {
-    if e.param.as_deref() == Some("max_completion_tokens") {
-        e.param = Some("max_output_tokens".into());
+    let Some(p) = e.param.clone() else {
+        return e;
+    };
+    let renamed = if p == "max_completion_tokens" {
+        Some("max_output_tokens".to_string())
+    } else if let Some(rest) = p.strip_prefix("response_format.json_schema") {
+        Some(format!("text.format{rest}"))
+    } else if p == "response_format" {
+        Some("text.format".to_string())
+    } else if let Some((tool, rest)) = p
+        .strip_prefix("tools[")
+        .and_then(|r| r.split_once("].function"))
+    {
+        Some(format!("tools[{tool}]{rest}"))
+    } else if p == "messages" {
+        Some("input".to_string())
+    } else {
+        None
+    };
+    if let Some(new) = renamed {
+        e.message = e.message.replace(&format!("`{p}`"), &format!("`{new}`"));
         e.message = e
             .message
             .replace("max_completion_tokens", "max_output_tokens");
+        e.param = Some(new);
     }
     e
 }
