@@ -133,6 +133,46 @@ fn until_last_event(
     })
 }
 
+/// What a one-choice handler (Ollama's routes, the Responses API) does with an engine event.
+pub enum Step {
+    Token {
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
+}
+
+/// The next event of a one-choice submission that its handler acts on (prompt log-probs
+/// skipped), with the token and latency metrics recorded; a failure is the `ApiError` its
+/// client gets. `None` once the request is done.
+pub async fn next_step(
+    sub: &mut Submission,
+    timing: &mut Timing,
+) -> Option<Result<Step, ApiError>> {
+    loop {
+        let Some((_, ev)) = sub.streams.next().await else {
+            sub.state
+                .metrics
+                .request_latency(sub.started.elapsed().as_secs_f64());
+            return None;
+        };
+        return Some(match ev {
+            Event::PromptLogprobs(_) => continue,
+            Event::Token { text, logprob, .. } => {
+                timing.token(&sub.state, sub.started, 0);
+                Ok(Step::Token { text, logprob })
+            }
+            Event::Finished { reason, usage } => Ok(Step::Finished { reason, usage }),
+            Event::Error(e) => Err(ApiError::internal(e)),
+            Event::GrammarFailed(e) => Err(grammar_failed(&e)),
+            Event::Refused(_) => Err(shutting_down()),
+        });
+    }
+}
+
 /// Per-choice latency bookkeeping for the metrics.
 pub struct Timing {
     last: Vec<Option<Instant>>,

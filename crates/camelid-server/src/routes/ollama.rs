@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::format::{chat_logprobs, finish_str};
 use crate::ollama::{self, error_body, ChatBody, GenerateBody, OllamaError};
 use crate::openai::{parse_body, SamplingFields};
-use crate::run::{self, blocking, grammar_failed, shutting_down, ChoiceSpec, Submission, Timing};
+use crate::run::{self, blocking, next_step, ChoiceSpec, Step, Submission, Timing};
 use crate::state::{AppState, ModelEntry, Permit};
 use crate::structured;
 use crate::tools::{self, CallStream};
@@ -18,12 +18,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use camelid_engine::{Event, Usage};
+use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
 use camelid_model::text::reasoning::{ReasoningSplitter, Split};
 use camelid_model::text::tokenizer::Tokenizer;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -365,25 +364,10 @@ async fn next_objects(
     reply: &mut Reply,
     timing: &mut Timing,
 ) -> Option<Result<Vec<Value>, ApiError>> {
-    loop {
-        let Some((_, ev)) = sub.streams.next().await else {
-            sub.state
-                .metrics
-                .request_latency(sub.started.elapsed().as_secs_f64());
-            return None;
-        };
-        return Some(match ev {
-            Event::PromptLogprobs(_) => continue,
-            Event::Token { text, logprob, .. } => {
-                timing.token(&sub.state, sub.started, 0);
-                Ok(reply.token(&text, logprob.as_ref()).into_iter().collect())
-            }
-            Event::Finished { reason, usage } => Ok(reply.finish(reason, &usage)),
-            Event::Error(e) => Err(ApiError::internal(e)),
-            Event::GrammarFailed(e) => Err(grammar_failed(&e)),
-            Event::Refused(_) => Err(shutting_down()),
-        });
-    }
+    Some(next_step(sub, timing).await?.map(|step| match step {
+        Step::Token { text, logprob } => reply.token(&text, logprob.as_ref()).into_iter().collect(),
+        Step::Finished { reason, usage } => reply.finish(reason, &usage),
+    }))
 }
 
 /// The reply as NDJSON lines, or gathered into one object.

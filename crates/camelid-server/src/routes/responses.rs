@@ -6,13 +6,12 @@ use crate::chat::{self, Submitted};
 use crate::error::ApiError;
 use crate::openai::parse_body;
 use crate::responses::{ResponseWriter, ResponsesBody};
-use crate::run::{grammar_failed, shutting_down, Submission, Timing};
+use crate::run::{next_step, Step, Submission, Timing};
 use crate::state::AppState;
 use crate::tools::CallStream;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use camelid_engine::Event;
 use camelid_model::text::reasoning::ReasoningSplitter;
 use futures::StreamExt;
 use serde_json::Value;
@@ -122,30 +121,18 @@ struct Answer {
 impl Answer {
     /// The events the next engine event makes; `None` once the request is done.
     async fn next_events(&mut self) -> Option<Result<Vec<Value>, ApiError>> {
-        loop {
-            let Some((_, ev)) = self.sub.streams.next().await else {
-                self.sub
-                    .state
-                    .metrics
-                    .request_latency(self.sub.started.elapsed().as_secs_f64());
-                return None;
-            };
-            return Some(match ev {
-                Event::PromptLogprobs(_) => continue,
-                Event::Token { text, .. } => {
-                    self.timing.token(&self.sub.state, self.sub.started, 0);
-                    Ok(self.piece(&text, false))
-                }
-                Event::Finished { reason, usage } => {
-                    let mut out = self.piece("", true);
-                    out.extend(self.writer.finish(reason, &usage));
-                    Ok(out)
-                }
-                Event::Error(e) => Err(ApiError::internal(e)),
-                Event::GrammarFailed(e) => Err(grammar_failed(&e)),
-                Event::Refused(_) => Err(shutting_down()),
-            });
-        }
+        Some(
+            next_step(&mut self.sub, &mut self.timing)
+                .await?
+                .map(|step| match step {
+                    Step::Token { text, .. } => self.piece(&text, false),
+                    Step::Finished { reason, usage } => {
+                        let mut out = self.piece("", true);
+                        out.extend(self.writer.finish(reason, &usage));
+                        out
+                    }
+                }),
+        )
     }
 
     /// A piece of output (or, at the end, what the split and the parser held back).
