@@ -81,29 +81,56 @@ impl ResponsesBody {
                 _ => messages.insert(0, message("system", i.to_string())),
             }
         }
-        let tools = match &self.tools {
+        let mut tools: Option<Vec<Value>> = match &self.tools {
             None => None,
-            Some(t) => Some(Value::Array(
+            Some(t) => Some(
                 t.iter()
                     .enumerate()
                     .map(|(i, t)| chat_tool(i, t))
                     .collect::<Result<_, _>>()?,
-            )),
+            ),
         };
         let tool_choice = match &self.tool_choice {
             Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
                 let name = o.get("name").cloned().unwrap_or(Value::Null);
                 Some(json!({"type": "function", "function": {"name": name}}))
             }
+            // A subset of the tools, in a mode: the others are not offered.
+            Some(Value::Object(o))
+                if o.get("type").and_then(Value::as_str) == Some("allowed_tools") =>
+            {
+                let names: Vec<&str> = o
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|t| t.get("name")?.as_str()).collect())
+                    .unwrap_or_default();
+                if let Some(t) = &mut tools {
+                    t.retain(|t| {
+                        t.pointer("/function/name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| names.contains(&n))
+                    });
+                }
+                match o.get("mode").and_then(Value::as_str) {
+                    Some(m @ ("auto" | "required")) => Some(json!(m)),
+                    _ => {
+                        return Err(bad(
+                            "tool_choice.mode",
+                            "`allowed_tools` takes a `mode` of \"auto\" or \"required\"",
+                        ))
+                    }
+                }
+            }
             Some(c @ Value::String(_)) | Some(c @ Value::Null) => Some(c.clone()),
             Some(_) => {
                 return Err(bad(
                     "tool_choice",
-                    "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"name\": …}",
+                    "`tool_choice` is \"none\", \"auto\", \"required\", {\"type\": \"function\", \"name\": …} or {\"type\": \"allowed_tools\", …}",
                 ))
             }
             None => None,
         };
+        let tools = tools.map(Value::Array);
         let req = ChatRequest {
             model: self.model.clone(),
             messages,
@@ -530,7 +557,13 @@ impl ResponseWriter {
 
     /// The answer is done: the last item closed (an empty message if there was nothing), and
     /// `response.completed` (or `response.incomplete` when cut by `max_output_tokens`).
-    pub fn finish(&mut self, reason: FinishReason, usage: &Usage) -> Vec<Value> {
+    /// `reasoning_tokens`: the output tokens that were thinking.
+    pub fn finish(
+        &mut self,
+        reason: FinishReason,
+        usage: &Usage,
+        reasoning_tokens: usize,
+    ) -> Vec<Value> {
         let mut out = vec![];
         if self.items.is_empty() && self.open.is_none() {
             out.extend(self.open_message());
@@ -548,7 +581,7 @@ impl ResponseWriter {
             "input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.cached_tokens},
             "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         });
         let kind = match reason {
@@ -647,6 +680,17 @@ mod tests {
             "input[0].content[0]"
         );
         assert_eq!(err(json!({"model": "m", "input": 5})), "input");
+        // `allowed_tools`: the subset offered, in its mode.
+        let (req, _) = body(json!({"model": "m", "input": "hi", "tools": [
+                {"type": "function", "name": "a"}, {"type": "function", "name": "b"}],
+            "tool_choice": {"type": "allowed_tools", "mode": "required",
+                            "tools": [{"type": "function", "name": "b"}]}}))
+        .chat_request()
+        .unwrap();
+        let offered = req.tools.unwrap();
+        assert_eq!(offered.as_array().unwrap().len(), 1);
+        assert_eq!(offered[0]["function"]["name"], "b");
+        assert_eq!(req.tool_choice, Some(json!("required")));
         assert_eq!(
             err(json!({"model": "m", "input": [{"role": "tool", "content": "x"}]})),
             "input[0].role"
@@ -689,7 +733,7 @@ mod tests {
             completion_tokens: 5,
             cached_tokens: 0,
         };
-        ev.extend(w.finish(FinishReason::Stop, &usage));
+        ev.extend(w.finish(FinishReason::Stop, &usage, 1));
         let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(kinds.first(), Some(&"response.created"));
         assert_eq!(kinds.last(), Some(&"response.completed"));
@@ -705,11 +749,15 @@ mod tests {
         assert_eq!(out[2]["arguments"], "{\"a\": 1}");
         assert_eq!(out[2]["call_id"], "call_1");
         assert_eq!(w.response()["usage"]["total_tokens"], 8);
+        assert_eq!(
+            w.response()["usage"]["output_tokens_details"]["reasoning_tokens"],
+            1
+        );
         assert!(w.response()["id"].as_str().unwrap().starts_with("resp_"));
         assert!(out[2]["id"].as_str().unwrap().starts_with("fc_"));
         // Nothing written: still one (empty) message, which the limit cut.
         let mut w = ResponseWriter::new(&b, "m");
-        w.finish(FinishReason::Length, &usage);
+        w.finish(FinishReason::Length, &usage, 0);
         assert_eq!(w.response()["output"][0]["content"][0]["text"], "");
         assert_eq!(w.response()["output"][0]["status"], "incomplete");
         assert_eq!(w.response()["status"], "incomplete");

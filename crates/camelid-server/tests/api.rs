@@ -1371,6 +1371,32 @@ fn reasoning_is_split_from_the_answer() {
     let m = &r["choices"][0]["message"];
     assert_eq!(m.get("reasoning_content"), None, "{m}");
     assert!(m["content"].as_str().unwrap().starts_with('{'), "{m}");
+    // The Responses API: the thinking is a `reasoning` item, its tokens counted.
+    let (st, r) = post_raw(
+        base,
+        "/v1/responses",
+        json!({"model": "r1", "input": "Is water wet?", "max_output_tokens": 12, "temperature": 0})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["output"][0]["type"], "reasoning", "{r}");
+    let thought = r["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(!thought.is_empty() && !thought.contains("think>"), "{r}");
+    let usage = &r["usage"];
+    let reasoning = usage["output_tokens_details"]["reasoning_tokens"]
+        .as_u64()
+        .unwrap();
+    let output = usage["output_tokens"].as_u64().unwrap();
+    let answered = r["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["type"] == "message" && o["content"][0]["text"] != "");
+    assert!(reasoning >= 1 && reasoning <= output, "{usage}");
+    if !answered {
+        assert_eq!(reasoning, output, "all thinking: {r}");
+    }
     // Without the parser (the default server), the text is as the model wrote it.
     let (st, r) = chat(json!({"max_tokens": 40,
         "structured_outputs": {"regex": "<think>\n[a-z]{2,6}\n</think>\n\nYes\\."}}));

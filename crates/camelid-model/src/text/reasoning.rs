@@ -48,6 +48,11 @@ impl ReasoningSplitter {
         }
     }
 
+    /// Whether the output is inside the thinking block now.
+    pub fn in_reasoning(&self) -> bool {
+        self.state == State::Reasoning
+    }
+
     pub fn push(&mut self, text: &str) -> Split {
         self.held.push_str(text);
         let mut out = Split::default();

@@ -40,6 +40,7 @@ pub async fn responses(
         thinking: reasoning.map(ReasoningSplitter::new),
         calls: tools.map(|t| t.stream()),
         timing: Timing::new(1),
+        reasoning_tokens: 0,
         sub,
     };
     let start = answer.writer.start();
@@ -114,6 +115,8 @@ struct Answer {
     thinking: Option<ReasoningSplitter>,
     calls: Option<CallStream>,
     timing: Timing,
+    /// Output tokens that were thinking (`usage.output_tokens_details.reasoning_tokens`).
+    reasoning_tokens: usize,
     /// Owned here: dropping the answer (a client gone) cancels the generation.
     sub: Submission,
 }
@@ -128,7 +131,7 @@ impl Answer {
                     Step::Token { text, .. } => self.piece(&text, false),
                     Step::Finished { reason, usage } => {
                         let mut out = self.piece("", true);
-                        out.extend(self.writer.finish(reason, &usage));
+                        out.extend(self.writer.finish(reason, &usage, self.reasoning_tokens));
                         out
                     }
                 }),
@@ -140,7 +143,12 @@ impl Answer {
         let mut out = vec![];
         let (thought, answer) = match &mut self.thinking {
             Some(s) => {
+                // A token inside the block, or the one that opens or closes it, is thinking.
+                let before = s.in_reasoning();
                 let p = if end { s.finish() } else { s.push(text) };
+                if !end && (before || s.in_reasoning()) {
+                    self.reasoning_tokens += 1;
+                }
                 (p.reasoning, p.content)
             }
             None => (String::new(), text.to_string()),
