@@ -6,21 +6,16 @@ are bare JSON: a `format` schema then forces a call, so the calls' path is seen 
 model would have written. Exits non-zero on the first failed check.
 """
 import json
+import os
 import sys
 
 import ollama
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from clientcheck import check, done  # noqa: E402
+
 base, model, key = sys.argv[1], sys.argv[2], sys.argv[3]
 client = ollama.Client(host=base, headers={"Authorization": f"Bearer {key}"})
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        print("FAILED:", what, file=sys.stderr)
-        sys.exit(1)
-    checks += 1
 
 
 def error_of(call):
@@ -130,4 +125,4 @@ check(e.status_code == 501, f"pull: {e}")
 e = error_of(lambda: ollama.Client(host=base, headers={"Authorization": "Bearer wrong"}).list())
 check(e.status_code == 401 and isinstance(e.error, str), f"wrong key, Ollama's error shape: {e!r}")
 
-print(f"ollama client: {checks} passed, 0 failed")
+done("ollama client")

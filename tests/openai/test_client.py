@@ -5,22 +5,17 @@ Exits non-zero on the first failed check.
 """
 import json
 import math
+import os
 import sys
 import urllib.request
 
 import openai
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from clientcheck import check, done  # noqa: E402
+
 base, model = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base + "/v1", api_key="sk-test")
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        print("FAILED:", what, file=sys.stderr)
-        sys.exit(1)
-    checks += 1
 
 
 ids = [m.id for m in client.models.list().data]
@@ -91,4 +86,4 @@ try:
 except openai.NotFoundError as e:
     check(e.status_code == 404, "404")
 
-print(f"{checks} passed, 0 failed")
+done("openai client")

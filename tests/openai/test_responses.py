@@ -5,21 +5,16 @@ The server serves MODEL with tests/fixtures/chat-templates/qwen2.5-tools.jinja (
 tools), so `tool_choice: "required"` forces a call. Exits non-zero on the first failed check.
 """
 import json
+import os
 import sys
 
 import openai
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from clientcheck import check, done  # noqa: E402
+
 base, model = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base + "/v1", api_key="sk-test")
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        print("FAILED:", what, file=sys.stderr)
-        sys.exit(1)
-    checks += 1
 
 
 # A plain answer: the same text as the chat endpoint gives, with its usage.
@@ -110,4 +105,4 @@ for kwargs, param in [({"previous_response_id": "resp_x"}, "previous_response_id
     except openai.BadRequestError as e:
         check(e.body.get("param") == param, f"{param}: {e.body}")
 
-print(f"responses: {checks} passed, 0 failed")
+done("responses")

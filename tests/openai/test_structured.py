@@ -9,6 +9,7 @@ Exits non-zero on the first failed check.
 """
 import json
 import re
+import os
 import sys
 from typing import List, Literal
 
@@ -16,17 +17,11 @@ import jsonschema
 import openai
 from pydantic import BaseModel, Field
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from clientcheck import check, done  # noqa: E402
+
 base, model = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base + "/v1", api_key="sk-test")
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        print("FAILED:", what, file=sys.stderr)
-        sys.exit(1)
-    checks += 1
 
 
 class Pet(BaseModel):
@@ -105,4 +100,4 @@ except openai.BadRequestError as e:
     check(e.status_code == 400, "400")
     check(e.body.get("param") == "response_format.json_schema.schema", f"param: {e.body}")
 
-print(f"{checks} passed, 0 failed")
+done("structured output")

@@ -5,22 +5,17 @@ Usage: python test_tools.py BASE_URL MODEL   (run by crates/camelid/tests/serve_
 Exits non-zero on the first failed check.
 """
 import json
+import os
 import sys
 
 import jsonschema
 import openai
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from clientcheck import check, done  # noqa: E402
+
 base, model = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base + "/v1", api_key="sk-test")
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        print("FAILED:", what, file=sys.stderr)
-        sys.exit(1)
-    checks += 1
 
 
 SCHEMAS = {
@@ -136,4 +131,4 @@ try:
 except openai.BadRequestError as e:
     check(e.body and e.body.get("param") == "tool_choice", f"400 names tool_choice: {e.body}")
 
-print(f"{checks} passed, 0 failed")
+done("openai tools")
