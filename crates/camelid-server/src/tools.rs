@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::openai::ChatRequest;
 use crate::run::blocking;
 use crate::state::{ModelEntry, Permit};
+use camelid_model::text::reasoning::{ReasoningSplitter, Split};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::text::tool_calls::{renders_tools, ToolCallParser, ToolEvent, ToolFormat};
 use camelid_model::text::tool_grammar::{arguments_schema, call_grammar, CallableTool};
@@ -462,6 +463,85 @@ pub fn template_takes_tools(template: &ChatTemplate) -> bool {
         "description": "probe", "parameters": {"type": "object", "properties": {}}}}),
     ];
     renders_tools(template, &probe, 1 << 20).unwrap_or(false)
+}
+
+/// What a piece of one choice's output is: thinking, answer text, and tool-call deltas (as
+/// [`CallStream::push`] gives them), in that order.
+#[derive(Debug, Default)]
+pub struct OutputPiece {
+    pub thought: String,
+    pub text: String,
+    pub deltas: Vec<Value>,
+}
+
+/// One choice's output read as it streams, as every streaming route reads it: a leading
+/// thinking block split off (when the output is split), then the answer read for tool
+/// calls (when the request has tools).
+#[derive(Debug)]
+pub struct OutputReader {
+    thinking: Option<ReasoningSplitter>,
+    calls: Option<CallStream>,
+}
+
+impl OutputReader {
+    /// `reasoning`: as `chat::Submitted::reasoning` (whether the prompt opened the block).
+    pub fn new(reasoning: Option<bool>, calls: Option<CallStream>) -> Self {
+        Self {
+            thinking: reasoning.map(ReasoningSplitter::new),
+            calls,
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> OutputPiece {
+        let split = match &mut self.thinking {
+            Some(s) => s.push(text),
+            None => Split {
+                reasoning: String::new(),
+                content: text.to_string(),
+            },
+        };
+        self.answer(split, false)
+    }
+
+    /// The output has ended: what the split and the parser held back.
+    pub fn finish(&mut self) -> OutputPiece {
+        let split = self
+            .thinking
+            .as_mut()
+            .map(|s| s.finish())
+            .unwrap_or_default();
+        self.answer(split, true)
+    }
+
+    fn answer(&mut self, split: Split, end: bool) -> OutputPiece {
+        let (text, deltas) = match &mut self.calls {
+            Some(c) => {
+                let (mut t, mut d) = c.push(&split.content);
+                if end {
+                    let (t2, d2) = c.finish();
+                    t += &t2;
+                    d.extend(d2);
+                }
+                (t, d)
+            }
+            None => (split.content, vec![]),
+        };
+        OutputPiece {
+            thought: split.reasoning,
+            text,
+            deltas,
+        }
+    }
+
+    /// Whether the output is inside its thinking block now.
+    pub fn in_reasoning(&self) -> bool {
+        self.thinking.as_ref().is_some_and(|s| s.in_reasoning())
+    }
+
+    /// Calls released so far.
+    pub fn calls(&self) -> usize {
+        self.calls.as_ref().map_or(0, CallStream::calls)
+    }
 }
 
 /// One choice's output read as it streams.

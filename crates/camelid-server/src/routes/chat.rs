@@ -7,13 +7,12 @@ use crate::format::{chat_logprobs, finish_str, new_id, now_secs, usage_json};
 use crate::openai::{parse_with_sampling, ChatRequest};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
-use crate::tools::CallStream;
+use crate::tools::OutputReader;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
-use camelid_model::text::reasoning::{ReasoningSplitter, Split};
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -44,9 +43,9 @@ pub async fn chat_completions(
             model: req.model,
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs,
-            calls: tools.map(|plan| (0..n).map(|_| plan.stream()).collect()),
-            thinking: reasoning
-                .map(|inside| (0..n).map(|_| ReasoningSplitter::new(inside)).collect()),
+            readers: (0..n)
+                .map(|_| OutputReader::new(reasoning, tools.as_ref().map(|t| t.stream())))
+                .collect(),
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
@@ -99,13 +98,15 @@ struct ChatChunks {
     model: String,
     tok: Arc<Tokenizer>,
     logprobs: bool,
-    /// Per choice, its output read for tool calls (when the request has tools).
-    calls: Option<Vec<CallStream>>,
-    /// Per choice, its thinking split from its answer (when the output is split).
-    thinking: Option<Vec<ReasoningSplitter>>,
+    /// Per choice, its output read for thinking and tool calls.
+    readers: Vec<OutputReader>,
 }
 
 impl ChatChunks {
+    fn reader(&mut self, index: usize) -> Option<&mut OutputReader> {
+        self.readers.get_mut(index)
+    }
+
     fn chunk(&self, choices: Value) -> Value {
         json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                "system_fingerprint": null, "choices": choices})
@@ -155,41 +156,13 @@ impl ChunkFormat for ChatChunks {
             (true, Some(l)) => chat_logprobs(&self.tok, std::slice::from_ref(l)),
             _ => Value::Null,
         };
-        let split = match self.thinking.as_mut().and_then(|t| t.get_mut(index)) {
-            Some(s) => s.push(text),
-            None => Split {
-                reasoning: String::new(),
-                content: text.to_string(),
-            },
-        };
-        let (text, deltas) = match self.calls.as_mut().and_then(|c| c.get_mut(index)) {
-            Some(stream) => stream.push(&split.content),
-            None => (split.content, vec![]),
-        };
-        self.pieces(index, &split.reasoning, &text, lp, deltas)
+        let p = self.reader(index).map(|r| r.push(text)).unwrap_or_default();
+        self.pieces(index, &p.thought, &p.text, lp, p.deltas)
     }
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
-        let held = match self.thinking.as_mut().and_then(|t| t.get_mut(index)) {
-            Some(s) => s.finish(),
-            None => Split::default(),
-        };
-        let (mut out, calls) = match self.calls.as_mut().and_then(|c| c.get_mut(index)) {
-            Some(stream) => {
-                let (mut text, mut deltas) = stream.push(&held.content);
-                let (t, d) = stream.finish();
-                text += &t;
-                deltas.extend(d);
-                let calls = stream.calls();
-                (
-                    self.pieces(index, &held.reasoning, &text, Value::Null, deltas),
-                    calls,
-                )
-            }
-            None => (
-                self.pieces(index, &held.reasoning, &held.content, Value::Null, vec![]),
-                0,
-            ),
-        };
+        let p = self.reader(index).map(|r| r.finish()).unwrap_or_default();
+        let calls = self.reader(index).map_or(0, |r| r.calls());
+        let mut out = self.pieces(index, &p.thought, &p.text, Value::Null, p.deltas);
         out.push(self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(reason, calls)}])));
         out
     }

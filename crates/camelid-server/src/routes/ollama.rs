@@ -12,7 +12,7 @@ use crate::openai::{parse_body, SamplingFields};
 use crate::run::{self, blocking, next_step, ChoiceSpec, Step, Submission, Timing};
 use crate::state::{AppState, ModelEntry, Permit};
 use crate::structured;
-use crate::tools::{self, CallStream};
+use crate::tools::{self, OutputReader};
 use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::FinishReason;
-use camelid_model::text::reasoning::{ReasoningSplitter, Split};
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -59,15 +58,15 @@ pub async fn chat(
         reasoning,
         ..
     } = chat::submit(&state, permit, &req, &sampling).await?;
-    let mut reply = Reply::new(
+    let reply = Reply::new(
         Kind::Chat,
         body.model,
         model.engine.shared_tokenizer(),
         req.logprobs,
-        tools.map(|t| t.stream()),
+        OutputReader::new(reasoning, tools.map(|t| t.stream())),
+        ollama::shows_thinking(body.think.as_ref()),
         prompt_tokens,
     );
-    reply.think(reasoning, ollama::shows_thinking(body.think.as_ref()));
     answer(sub, reply, body.stream.unwrap_or(true)).await
 }
 
@@ -101,15 +100,15 @@ pub async fn generate(
             s.reasoning,
         )
     };
-    let mut reply = Reply::new(
+    let reply = Reply::new(
         Kind::Generate,
         body.model,
         tok,
         logprobs,
-        None,
+        OutputReader::new(reasoning, None),
+        ollama::shows_thinking(body.think.as_ref()),
         prompt_tokens,
     );
-    reply.think(reasoning, ollama::shows_thinking(body.think.as_ref()));
     answer(sub, reply, body.stream.unwrap_or(true)).await
 }
 
@@ -178,12 +177,10 @@ struct Reply {
     model: String,
     tok: Arc<Tokenizer>,
     logprobs: bool,
-    /// The output read for tool calls (a chat with tools).
-    calls: Option<CallStream>,
+    /// The output read for thinking and tool calls, and the calls' deltas so far.
+    reader: OutputReader,
     call_deltas: Vec<Value>,
-    /// The thinking split from the answer (when the output is split), and whether it is
-    /// sent (`think: false` drops it).
-    thinking: Option<ReasoningSplitter>,
+    /// Whether the thinking is sent (`think: false` drops it).
     show_thinking: bool,
     started: Instant,
     first_token: Option<Instant>,
@@ -196,7 +193,8 @@ impl Reply {
         model: String,
         tok: Arc<Tokenizer>,
         logprobs: bool,
-        calls: Option<CallStream>,
+        reader: OutputReader,
+        show_thinking: bool,
         prompt_tokens: usize,
     ) -> Self {
         Self {
@@ -204,20 +202,13 @@ impl Reply {
             model,
             tok,
             logprobs,
-            calls,
+            reader,
             call_deltas: vec![],
-            thinking: None,
-            show_thinking: false,
+            show_thinking,
             started: Instant::now(),
             first_token: None,
             prompt_tokens,
         }
-    }
-
-    /// Splits the output's thinking from its answer (`reasoning`: as `Submitted::reasoning`).
-    fn think(&mut self, reasoning: Option<bool>, show: bool) {
-        self.thinking = reasoning.map(ReasoningSplitter::new);
-        self.show_thinking = show;
     }
 
     fn object(&self, text: &str, logprobs: Option<Value>, tool_calls: Vec<Value>) -> Value {
@@ -265,57 +256,32 @@ impl Reply {
             }
             _ => None,
         };
-        let split = match &mut self.thinking {
-            Some(s) => s.push(text),
-            None => Split {
-                reasoning: String::new(),
-                content: text.to_string(),
-            },
-        };
-        let text = self.answer_text(&split.content);
+        let p = self.reader.push(text);
+        self.call_deltas.extend(p.deltas);
         let thought = if self.show_thinking {
-            split.reasoning
+            p.thought
         } else {
             String::new()
         };
-        (!text.is_empty() || !thought.is_empty() || lps.is_some())
-            .then(|| self.object_thinking(&thought, &text, lps, vec![]))
-    }
-
-    /// The answer's text past the call parser (which holds back what may start a call).
-    fn answer_text(&mut self, text: &str) -> String {
-        match &mut self.calls {
-            Some(s) => {
-                let (t, d) = s.push(text);
-                self.call_deltas.extend(d);
-                t
-            }
-            None => text.to_string(),
-        }
+        (!p.text.is_empty() || !thought.is_empty() || lps.is_some())
+            .then(|| self.object_thinking(&thought, &p.text, lps, vec![]))
     }
 
     /// The last objects: held-back text and the calls, then the one with `done: true` and
     /// the counts and durations (nanoseconds).
     fn finish(&mut self, reason: FinishReason, usage: &Usage) -> Vec<Value> {
         let mut out = vec![];
-        let held = self
-            .thinking
-            .as_mut()
-            .map(|s| s.finish())
-            .unwrap_or_default();
-        let mut text = self.answer_text(&held.content);
-        let thought = if self.show_thinking {
-            held.reasoning
-        } else {
-            String::new()
-        };
-        let mut calls = vec![];
-        if let Some(s) = &mut self.calls {
-            let (t, d) = s.finish();
-            text += &t;
-            self.call_deltas.extend(d);
-            calls = ollama_calls(tools::whole_calls(std::mem::take(&mut self.call_deltas)));
-        }
+        let p = self.reader.finish();
+        self.call_deltas.extend(p.deltas);
+        let (text, thought) = (
+            p.text,
+            if self.show_thinking {
+                p.thought
+            } else {
+                String::new()
+            },
+        );
+        let calls = ollama_calls(tools::whole_calls(std::mem::take(&mut self.call_deltas)));
         if !text.is_empty() || !thought.is_empty() || !calls.is_empty() {
             out.push(self.object_thinking(&thought, &text, None, calls));
         }

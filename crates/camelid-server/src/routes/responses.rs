@@ -8,11 +8,10 @@ use crate::openai::parse_body;
 use crate::responses::{ResponseWriter, ResponsesBody};
 use crate::run::{next_step, Step, Submission, Timing};
 use crate::state::AppState;
-use crate::tools::CallStream;
+use crate::tools::OutputReader;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use camelid_model::text::reasoning::ReasoningSplitter;
 use futures::StreamExt;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -37,8 +36,7 @@ pub async fn responses(
         .map_err(own_names)?;
     let mut answer = Answer {
         writer: ResponseWriter::new(&body, &body.model),
-        thinking: reasoning.map(ReasoningSplitter::new),
-        calls: tools.map(|t| t.stream()),
+        reader: OutputReader::new(reasoning, tools.map(|t| t.stream())),
         timing: Timing::new(1),
         reasoning_tokens: 0,
         sub,
@@ -112,8 +110,7 @@ fn own_names(mut e: ApiError) -> ApiError {
 /// call parser into the writer.
 struct Answer {
     writer: ResponseWriter,
-    thinking: Option<ReasoningSplitter>,
-    calls: Option<CallStream>,
+    reader: OutputReader,
     timing: Timing,
     /// Output tokens that were thinking (`usage.output_tokens_details.reasoning_tokens`).
     reasoning_tokens: usize,
@@ -140,34 +137,20 @@ impl Answer {
 
     /// A piece of output (or, at the end, what the split and the parser held back).
     fn piece(&mut self, text: &str, end: bool) -> Vec<Value> {
-        let mut out = vec![];
-        let (thought, answer) = match &mut self.thinking {
-            Some(s) => {
-                // A token inside the block, or the one that opens or closes it, is thinking.
-                let before = s.in_reasoning();
-                let p = if end { s.finish() } else { s.push(text) };
-                if !end && (before || s.in_reasoning()) {
-                    self.reasoning_tokens += 1;
-                }
-                (p.reasoning, p.content)
+        let p = if end {
+            self.reader.finish()
+        } else {
+            // A token inside the block, or the one that opens or closes it, is thinking.
+            let before = self.reader.in_reasoning();
+            let p = self.reader.push(text);
+            if before || self.reader.in_reasoning() {
+                self.reasoning_tokens += 1;
             }
-            None => (String::new(), text.to_string()),
+            p
         };
-        out.extend(self.writer.thought(&thought));
-        let (answer, deltas) = match &mut self.calls {
-            Some(c) => {
-                let (mut t, mut d) = c.push(&answer);
-                if end {
-                    let (t2, d2) = c.finish();
-                    t += &t2;
-                    d.extend(d2);
-                }
-                (t, d)
-            }
-            None => (answer, vec![]),
-        };
-        out.extend(self.writer.text(&answer));
-        for d in &deltas {
+        let mut out = self.writer.thought(&p.thought);
+        out.extend(self.writer.text(&p.text));
+        for d in &p.deltas {
             out.extend(self.writer.call_delta(d));
         }
         out
