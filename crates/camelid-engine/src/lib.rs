@@ -31,6 +31,20 @@ pub struct Request {
     /// Prefix-cache partition (vLLM's `cache_salt`): cached blocks are shared only among
     /// requests with the same salt (or none).
     pub cache_salt: Option<String>,
+    /// An embedding of the prompt instead of a generation (`params.max_tokens` 0, no prompt
+    /// log-probs): its final hidden states pooled, sent as [`Event::Embedding`], then
+    /// `Finished`.
+    pub embed: Option<Pooling>,
+}
+
+/// How an embedding request's final hidden states (after the last norm) make one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The last prompt token's (what decoder embedding models such as Qwen3-Embedding or
+    /// e5-mistral are trained for, and vLLM's default for a causal LM).
+    Last,
+    /// The mean over every prompt token (the BOS token too, as llama.cpp pools).
+    Mean,
 }
 
 /// Token counts of a finished request.
@@ -46,6 +60,8 @@ pub struct Usage {
 pub enum Event {
     /// Log-probabilities of prompt tokens 1.. (token 0 has no context).
     PromptLogprobs(Vec<TokenLogprob>),
+    /// The pooled hidden state of an embedding request (not normalized); `Finished` follows.
+    Embedding(Vec<f32>),
     /// One generated token and the text it makes visible (may be empty).
     Token {
         token: u32,

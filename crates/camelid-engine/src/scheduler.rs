@@ -4,7 +4,7 @@
 use crate::metrics::EngineMetrics as M;
 use crate::paged::PagedKv;
 use crate::step_cost::StepCost;
-use crate::{EngineConfig, Event, Request, SubmitError, Usage};
+use crate::{EngineConfig, Event, Pooling, Request, SubmitError, Usage};
 use camelid_model::decode::sampling::{token_logprob, TokenLogprob};
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
@@ -202,6 +202,11 @@ impl EngineHandle {
                 self.vocab_size
             )));
         }
+        if req.embed.is_some() && (req.params.max_tokens > 0 || req.prompt_logprobs.is_some()) {
+            return Err(SubmitError::Invalid(
+                "an embedding request generates nothing and scores no prompt".into(),
+            ));
+        }
         if req.prompt.len() + req.params.max_tokens > self.kv_capacity {
             return Err(SubmitError::Invalid(format!(
                 "prompt ({} tokens) + max_tokens ({}) needs more KV memory than the whole cache holds ({} positions)",
@@ -243,7 +248,32 @@ struct Seq {
     prefix_hashes: Vec<u64>,
     cache_salt: Option<Arc<str>>,
     prompt_scoring: PromptScoring,
+    pooling: Pooled,
     max_tokens: usize,
+}
+
+/// An embedding request's pooled hidden state, gathered as its prompt's chunks run.
+enum Pooled {
+    /// Not an embedding request.
+    Off,
+    /// The last prompt position's row, taken when the prompt ends.
+    Last,
+    /// The sum of the rows of positions `0..rows`; a preempted sequence keeps it and adds
+    /// only positions past `rows` when it recomputes.
+    Mean { sum: Vec<f64>, rows: usize },
+}
+
+impl Pooled {
+    fn new(p: Option<Pooling>) -> Self {
+        match p {
+            None => Pooled::Off,
+            Some(Pooling::Last) => Pooled::Last,
+            Some(Pooling::Mean) => Pooled::Mean {
+                sum: vec![],
+                rows: 0,
+            },
+        }
+    }
 }
 
 /// The prompt log-probabilities a request asked for: collected row by row, sent once. A
@@ -288,6 +318,37 @@ impl Seq {
             debug_assert_eq!(got.len(), self.prompt_len - 1, "a prompt row was skipped");
             let _ = self.events.send(Event::PromptLogprobs(std::mem::take(got)));
             self.prompt_scoring = PromptScoring::Sent;
+        }
+    }
+}
+
+impl Seq {
+    /// Takes the hidden-state rows of a chunk of an embedding request that ran positions
+    /// `from..end` (a row each for mean pooling, the last one's at the prompt's end for the
+    /// last token's); the pooled vector once the prompt is done.
+    fn pool(&mut self, from: usize, rows: &[Vec<f32>], end: usize) -> Option<Vec<f32>> {
+        match &mut self.pooling {
+            Pooled::Off => None,
+            Pooled::Last => (end == self.prompt_len)
+                .then(|| rows.last().cloned())
+                .flatten(),
+            Pooled::Mean { sum, rows: summed } => {
+                debug_assert_eq!(rows.len(), end - from, "mean pooling wants every row");
+                for (r, h) in rows.iter().enumerate() {
+                    if from + r != *summed {
+                        continue; // summed before a preemption
+                    }
+                    if sum.is_empty() {
+                        sum.resize(h.len(), 0.0);
+                    }
+                    sum.iter_mut().zip(h).for_each(|(a, &b)| *a += b as f64);
+                    *summed += 1;
+                }
+                (end == self.prompt_len).then(|| {
+                    let n = *summed as f64;
+                    sum.iter().map(|&a| (a / n) as f32).collect()
+                })
+            }
         }
     }
 }
@@ -424,13 +485,16 @@ impl Engine {
                             Some(top) => PromptScoring::Collecting { top, got: vec![] },
                             None => PromptScoring::Off,
                         },
+                        pooling: Pooled::new(s.req.embed),
                         max_tokens: s.req.params.max_tokens,
                     }
                 }
             };
-            // Prompt scoring needs every position's logits, so it never skips a prefix.
+            // Prompt scoring needs every position's logits and mean pooling every position's
+            // hidden state, so neither skips a prefix.
             let reuse = self.cfg.prefix_caching
-                && matches!(seq.prompt_scoring, PromptScoring::Off | PromptScoring::Sent);
+                && matches!(seq.prompt_scoring, PromptScoring::Off | PromptScoring::Sent)
+                && !matches!(seq.pooling, Pooled::Mean { .. });
             let salt = seq.cache_salt.clone();
             seq.cached = self
                 .kv
@@ -560,19 +624,21 @@ impl Engine {
             let s = &self.running[i];
             let end = cached + len;
             let completes = end == s.tokens.len();
-            let want = if s.scores_prompt_in(cached, end) {
-                LogitsWanted::All
-            } else if completes {
-                LogitsWanted::Last
+            let want =
+                if s.scores_prompt_in(cached, end) || matches!(s.pooling, Pooled::Mean { .. }) {
+                    LogitsWanted::All
+                } else if completes {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                };
+            let tokens = &s.tokens[cached..end];
+            if matches!(s.pooling, Pooled::Off) {
+                batch.push_with_prompt(s.id, cached, tokens, want, s.prompt_len);
             } else {
-                LogitsWanted::None
-            };
-            let rows = match want {
-                LogitsWanted::None => 0,
-                LogitsWanted::Last => 1,
-                LogitsWanted::All => len,
-            };
-            batch.push_with_prompt(s.id, cached, &s.tokens[cached..end], want, s.prompt_len);
+                batch.push_hidden(s.id, cached, tokens, want, s.prompt_len);
+            }
+            let rows = batch.chunks.last().expect("just pushed").rows();
             members.push((i, rows, end));
             budget -= len;
             if is_prefill {
@@ -696,12 +762,18 @@ impl Engine {
         M::add(&self.metrics.steps, 1);
         M::add(&self.metrics.batched_sequences, members.len() as u64);
         M::add(&self.metrics.batched_tokens, batch.tokens.len() as u64);
-        let logits = match self
+        let out = self
             .lm
             .model
-            .forward(&batch, &mut self.kv)
-            .and_then(|l| Ok(l.to_vec2::<f32>()?))
-        {
+            .forward_output(&batch, &mut self.kv)
+            .and_then(|o| {
+                let hidden = match o.hidden {
+                    Some(h) => h.to_vec2::<f32>()?,
+                    None => vec![],
+                };
+                Ok((o.logits.to_vec2::<f32>()?, hidden))
+            });
+        let (logits, hidden) = match out {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward failed: {e}");
@@ -714,7 +786,7 @@ impl Engine {
                 return;
             }
         };
-        let mut row = 0;
+        let (mut row, mut hidden_row) = (0, 0);
         for (i, rows, end) in members {
             let s = &mut self.running[i];
             let chunk_start = s.cached;
@@ -724,6 +796,23 @@ impl Engine {
             // every layer keeps to the window: a global layer reads every key).
             if let Some(w) = self.lm.model.config().features.kv_window() {
                 self.kv.release_before(s.id, (end + 1).saturating_sub(w));
+            }
+            if !matches!(s.pooling, Pooled::Off) {
+                let my_rows = &hidden[hidden_row..hidden_row + rows];
+                hidden_row += rows;
+                if let Some(v) = s.pool(chunk_start, my_rows, end) {
+                    let _ = s.events.send(Event::Embedding(v));
+                    let _ = s.events.send(Event::Finished {
+                        reason: FinishReason::Stop,
+                        usage: Usage {
+                            prompt_tokens: s.prompt_len,
+                            completion_tokens: 0,
+                            cached_tokens: s.cached_prompt.unwrap_or(0),
+                        },
+                    });
+                    done.push(s.id);
+                }
+                continue;
             }
             let my_rows = &logits[row..row + rows];
             row += rows;

@@ -33,6 +33,7 @@ fn drain(mut rx: UnboundedReceiver<Event>) -> Result<(Vec<u32>, usize), String> 
             Event::Finished { usage, .. } => return Ok((toks, usage.cached_tokens)),
             Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => return Err(e),
             Event::PromptLogprobs(_) => {}
+            Event::Embedding(_) => return Err("an embedding from a generation".into()),
         }
     }
     Err("stream ended without Finished".into())
@@ -73,6 +74,7 @@ fn run_all(engine: &EngineHandle, ps: &[Vec<u32>], max_tokens: usize) -> Vec<Vec
                     params: params(max_tokens, SamplingParams::greedy()),
                     prompt_logprobs: None,
                     cache_salt: None,
+                    embed: None,
                 })
                 .unwrap()
         })
@@ -147,6 +149,7 @@ fn time_bounded_prefill_chunks_change_no_output() {
                 params: params(40, SamplingParams::greedy()),
                 prompt_logprobs: None,
                 cache_salt: None,
+                embed: None,
             })
             .unwrap();
         let mut first = first;
@@ -212,6 +215,7 @@ fn a_request_larger_than_the_pool_fails_at_once() {
         params: params(30, SamplingParams::greedy()),
         prompt_logprobs: None,
         cache_salt: None,
+        embed: None,
     });
     match r {
         Err(SubmitError::Invalid(m)) => assert!(m.contains("KV"), "{m}"),
@@ -236,6 +240,7 @@ fn the_waiting_queue_counts_sequences_and_is_bounded() {
         params: params(max_tokens, SamplingParams::greedy()),
         prompt_logprobs: None,
         cache_salt: None,
+        embed: None,
     };
     let running = engine.submit(req(480)).unwrap();
     let t = Instant::now();
@@ -311,6 +316,7 @@ fn prefix_cache_reuses_blocks_and_changes_nothing() {
                 params: params(6, SamplingParams::greedy()),
                 prompt_logprobs: None,
                 cache_salt: None,
+                embed: None,
             })
             .unwrap(),
         )
@@ -353,6 +359,7 @@ fn seeded_sampling_is_batch_invariant() {
                 params: params(12, sampling.clone()),
                 prompt_logprobs: None,
                 cache_salt: None,
+                embed: None,
             })
             .unwrap(),
     )
@@ -373,6 +380,7 @@ fn seeded_sampling_is_batch_invariant() {
                     params: params(12, s),
                     prompt_logprobs: None,
                     cache_salt: None,
+                    embed: None,
                 })
                 .unwrap(),
         );
@@ -384,6 +392,7 @@ fn seeded_sampling_is_batch_invariant() {
                         params: params(12, sampling.clone()),
                         prompt_logprobs: None,
                         cache_salt: None,
+                        embed: None,
                     })
                     .unwrap(),
             );
@@ -412,6 +421,7 @@ fn seeded_sampling_is_batch_invariant() {
                     params: params(12, sampling),
                     prompt_logprobs: None,
                     cache_salt: None,
+                    embed: None,
                 })
                 .unwrap(),
         )
@@ -456,6 +466,7 @@ fn cancellation_and_random_disconnects_leave_no_blocks() {
                 params: params(40, SamplingParams::greedy()),
                 prompt_logprobs: None,
                 cache_salt: None,
+                embed: None,
             })
             .unwrap();
         match rng.random_range(0..3) {
@@ -513,6 +524,7 @@ fn prompts_admitted_together_compute_a_common_prefix_once() {
         params: params(max_tokens, SamplingParams::greedy()),
         prompt_logprobs: None,
         cache_salt: None,
+        embed: None,
     };
     // A 300-token prompt keeps the engine busy while the group is submitted, so the group
     // is admitted together, at the next step.
@@ -612,6 +624,7 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
                 params: params(max_tokens, SamplingParams::greedy()),
                 prompt_logprobs: None,
                 cache_salt: None,
+                embed: None,
             })
             .unwrap()
     };
@@ -633,6 +646,7 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
         params: params(4, SamplingParams::greedy()),
         prompt_logprobs: None,
         cache_salt: None,
+        embed: None,
     });
     assert_eq!(late.err(), Some(SubmitError::ShuttingDown));
     wait_idle(&engine.metrics);
@@ -659,6 +673,7 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
                     params: params(50, SamplingParams::greedy()),
                     prompt_logprobs: None,
                     cache_salt: None,
+                    embed: None,
                 })
                 .unwrap()
         })
@@ -680,6 +695,7 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
         params: params(4, SamplingParams::greedy()),
         prompt_logprobs: None,
         cache_salt: None,
+        embed: None,
     });
     assert_eq!(late.err(), Some(SubmitError::Stopped));
 }
@@ -715,6 +731,7 @@ fn drain_scored(mut rx: UnboundedReceiver<Event>) -> Scored {
             Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => {
                 panic!("request failed: {e}")
             }
+            Event::Embedding(_) => panic!("an embedding from a generation"),
         }
     }
     panic!("stream ended without Finished")
@@ -751,6 +768,7 @@ fn prompt_logprobs_and_greedy_tokens_ignore_batching_chunking_and_preemption() {
             params,
             prompt_logprobs: Some(3),
             cache_salt: None,
+            embed: None,
         }
     };
     let all_at_once = |engine: &EngineHandle| -> Vec<Scored> {
@@ -863,6 +881,7 @@ fn cache_salts_keep_prefixes_apart() {
                     params: params(6, SamplingParams::greedy()),
                     prompt_logprobs: None,
                     cache_salt: salt.map(String::from),
+                    embed: None,
                 })
                 .unwrap(),
         )
@@ -905,6 +924,7 @@ fn decoding_sequences_preempted_and_recomputed_keep_their_greedy_tokens() {
             params,
             prompt_logprobs: Some(1),
             cache_salt: None,
+            embed: None,
         }
     };
     let roomy = EngineHandle::spawn(smol(), EngineConfig::default());
@@ -946,4 +966,170 @@ fn decoding_sequences_preempted_and_recomputed_keep_their_greedy_tokens() {
         );
     }
     wait_idle(&tight.metrics);
+}
+
+/// What an embedding request's events said: the vector (and how many came) and its usage.
+fn drain_embedding(mut rx: UnboundedReceiver<Event>) -> (Vec<f32>, usize, camelid_engine::Usage) {
+    let (mut v, mut vectors) = (vec![], 0);
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            Event::Embedding(e) => {
+                vectors += 1;
+                v = e;
+            }
+            Event::Finished { usage, .. } => return (v, vectors, usage),
+            Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => {
+                panic!("request failed: {e}")
+            }
+            Event::Token { .. } | Event::PromptLogprobs(_) => {
+                panic!("an embedding request generated or scored")
+            }
+        }
+    }
+    panic!("stream ended without Finished")
+}
+
+/// Embedding requests pool the model's own final hidden states: those of one forward over
+/// the prompt alone (the same CPU kernels, an f32 cache), the last row or the mean of every
+/// row, bit for bit — whether they are batched with generations, prefilled in chunks,
+/// preempted and recomputed, or (last-token pooling) served from the prefix cache. Mean
+/// pooling reuses no cached prefix (it needs every position's row).
+#[test]
+fn embeddings_pool_the_models_hidden_states_whatever_the_batching() {
+    use camelid_engine::paged::PagedKv;
+    use camelid_engine::Pooling;
+    use camelid_model::{ForwardBatch, KvDtype, LogitsWanted};
+    let lm = smol();
+    let texts = [
+        "The committee met on Tuesday to discuss the budget for the new library. ",
+        "Rivers carry sediment from the mountains down to the sea over many years. ",
+        "She opened the old wooden box and found letters written by her grandmother. ",
+    ];
+    let prompts: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| lm.tokenizer.encode(&t.repeat(5), true).unwrap()[..70].to_vec())
+        .collect();
+    // The reference: each prompt alone in one forward, every row's hidden state.
+    let c = lm.model.config().clone();
+    let reference: Vec<(Vec<f32>, Vec<f32>)> = prompts
+        .iter()
+        .map(|p| {
+            let mut kv = PagedKv::new(
+                c.num_layers,
+                c.num_kv_heads,
+                c.head_dim,
+                p.len().div_ceil(16),
+                16,
+                lm.model.dtype(),
+                KvDtype::F32,
+                lm.model.device(),
+            )
+            .unwrap();
+            kv.start(0, &[], None);
+            assert!(kv.reserve(0, p.len()));
+            let mut b = ForwardBatch::default();
+            b.push_hidden(0, 0, p, LogitsWanted::All, p.len());
+            let out = lm.model.forward_output(&b, &mut kv).unwrap();
+            assert_eq!(out.logits.dims(), [0, c.vocab_size]);
+            let rows: Vec<Vec<f32>> = out.hidden.unwrap().to_vec2().unwrap();
+            assert_eq!((rows.len(), rows[0].len()), (p.len(), c.hidden_size));
+            let mean = (0..c.hidden_size)
+                .map(|j| (rows.iter().map(|r| r[j] as f64).sum::<f64>() / rows.len() as f64) as f32)
+                .collect();
+            (rows.last().unwrap().clone(), mean)
+        })
+        .collect();
+    assert_ne!(reference[0].0, reference[1].0);
+    assert_ne!(reference[0].0, reference[0].1);
+    let embed = |p: &Vec<u32>, pooling| Request {
+        prompt: p.clone(),
+        params: params(0, SamplingParams::greedy()),
+        prompt_logprobs: None,
+        cache_salt: None,
+        embed: Some(pooling),
+    };
+    let spawn = |num_blocks, max_batch_tokens| {
+        EngineHandle::spawn(
+            smol(),
+            EngineConfig {
+                num_blocks: Some(num_blocks),
+                max_batch_tokens,
+                host_kv_dtype: KvDtype::F32,
+                ..Default::default()
+            },
+        )
+    };
+    // Every prompt, both poolings, beside two generations that keep decoding meanwhile.
+    let check = |engine: &EngineHandle, name: &str| {
+        let gens: Vec<_> = prompts[..2]
+            .iter()
+            .map(|p| {
+                engine
+                    .submit(Request {
+                        prompt: p.clone(),
+                        params: params(40, SamplingParams::greedy()),
+                        prompt_logprobs: None,
+                        cache_salt: None,
+                        embed: None,
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let rxs: Vec<_> = prompts
+            .iter()
+            .flat_map(|p| {
+                [Pooling::Last, Pooling::Mean].map(|k| engine.submit(embed(p, k)).unwrap())
+            })
+            .collect();
+        let mut cached = vec![];
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let (v, vectors, usage) = drain_embedding(rx);
+            let (want_last, want_mean) = &reference[i / 2];
+            let (kind, want) = if i % 2 == 0 {
+                ("last", want_last)
+            } else {
+                ("mean", want_mean)
+            };
+            assert_eq!(vectors, 1, "{name}: prompt {} {kind}", i / 2);
+            assert_eq!(
+                (usage.prompt_tokens, usage.completion_tokens),
+                (70, 0),
+                "{name}: prompt {} {kind}",
+                i / 2
+            );
+            assert!(&v == want, "{name}: prompt {} {kind}-pooled differs", i / 2);
+            cached.push(usage.cached_tokens);
+        }
+        for rx in gens {
+            assert_eq!(drain(rx).unwrap().0.len(), 40, "{name}: a generation");
+        }
+        cached
+    };
+    let roomy = spawn(1024, 512);
+    check(&roomy, "batched");
+    // Again on the same engine: last-token pooling reuses the cached prefix, mean does not.
+    let cached = check(&roomy, "cached");
+    for (i, c) in cached.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(*c, 64, "last-pooled prompt {} reused {c} tokens", i / 2);
+        } else {
+            assert_eq!(*c, 0, "mean-pooled prompt {} reused {c} tokens", i / 2);
+        }
+    }
+    let chunky = spawn(1024, 24);
+    check(&chunky, "chunked");
+    // 12 blocks hold two 70-token sequences (5 blocks each) but not all eight.
+    let tight = spawn(12, 24);
+    check(&tight, "preempted");
+    assert!(
+        EngineMetrics::get(&tight.metrics.preemptions) > 0,
+        "the pool was never short"
+    );
+    // Asking an embedding request for tokens or prompt scores is refused.
+    let mut bad = embed(&prompts[0], Pooling::Last);
+    bad.params.max_tokens = 1;
+    assert!(matches!(roomy.submit(bad), Err(SubmitError::Invalid(_))));
+    for e in [&roomy, &chunky, &tight] {
+        wait_idle(&e.metrics);
+    }
 }

@@ -1,8 +1,8 @@
 //! The forward pass over the engine's paged KV (f32 on the CPU: the model's in-place paged
 //! attention kernel) against the model's tensor path over a contiguous per-sequence cache,
-//! on the real default model's weights: same logits within 1e-4, with block tables
-//! deliberately scattered and interleaved between sequences, chunked prefill and mixed decode
-//! batches.
+//! on the real default model's weights: same logits (and hidden states, for embeddings)
+//! within 1e-4, with block tables deliberately scattered and interleaved between sequences,
+//! chunked prefill and mixed decode batches.
 //!
 //! The weights are the GGUF dequantized to f32: with quantized weights the 8-bit activation
 //! quantization turns the attention paths' last-bit differences into whole rounding steps
@@ -79,6 +79,8 @@ fn scattered_batches_match(dtype: DType, kv: KvDtype, tol: f32, host: bool) {
     let a = tok("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined several existing technologies into a system that could print books quickly and cheaply.");
     let b = tok("List three prime numbers and explain why each one is prime.");
     let d = tok("Hi");
+    // Embedded, not generated: its chunks want hidden states.
+    let e = tok("Embeddings pool the final hidden states of a prompt into one vector.");
     let bs = 4; // small blocks: many block boundaries inside every sequence
     let mut paged = PagedKv::new(
         c.num_layers,
@@ -92,42 +94,65 @@ fn scattered_batches_match(dtype: DType, kv: KvDtype, tol: f32, host: bool) {
     )
     .unwrap();
     let mut contiguous = ContiguousKv::new();
-    for (s, toks) in [(1u64, &a), (2, &b), (3, &d)] {
+    for (s, toks) in [(1u64, &a), (2, &b), (3, &d), (4, &e)] {
         assert_eq!(paged.start(s, &toks[..0], None), 0);
     }
     // Interleaved reservations scatter each sequence's blocks across the pool.
-    let step = |paged: &mut PagedKv, upto: [usize; 3]| {
+    let step = |paged: &mut PagedKv, upto: [usize; 4]| {
         for (i, n) in upto.iter().enumerate() {
             assert!(paged.reserve(i as u64 + 1, *n));
         }
     };
 
     let run = |batch: &ForwardBatch, paged: &mut PagedKv, contiguous: &mut ContiguousKv| {
-        let p = rows(&lm.model.forward(batch, paged).unwrap());
-        let t = rows(&lm.model.forward(batch, contiguous).unwrap());
+        let po = lm.model.forward_output(batch, paged).unwrap();
+        let to = lm.model.forward_output(batch, contiguous).unwrap();
+        let (p, t) = (rows(&po.logits), rows(&to.logits));
+        assert_eq!(p.len(), batch.logit_rows());
         let diff = max_diff(&p, &t);
         eprintln!("{dtype:?} / {kv:?} cache: max logit difference {diff}");
         assert!(diff <= tol, "paged vs contiguous logits differ by {diff}");
         for (x, y) in p.iter().zip(&t) {
             assert_eq!(argmax(x), argmax(y), "greedy token differs");
         }
+        let hidden = |o: &camelid_model::ForwardOutput| o.hidden.as_ref().map(rows);
+        let (ph, th) = (hidden(&po), hidden(&to));
+        assert_eq!(ph.as_ref().map_or(0, Vec::len), batch.hidden_rows());
+        assert_eq!(
+            ph.as_ref().map(|r| r[0].len()),
+            th.as_ref().map(|r| r[0].len())
+        );
+        if let (Some(ph), Some(th)) = (ph, th) {
+            assert_eq!(ph[0].len(), c.hidden_size);
+            let diff = max_diff(&ph, &th);
+            eprintln!("{dtype:?} / {kv:?} cache: max hidden-state difference {diff}");
+            assert!(
+                diff <= tol,
+                "paged vs contiguous hidden states differ by {diff}"
+            );
+        }
     };
 
     // Step 1: a's first half and all of b, prefill (b wants every position's logits).
     let half = a.len() / 2;
-    step(&mut paged, [5, 5, 1]);
-    step(&mut paged, [half, b.len(), d.len()]);
+    // e's first part wants every position's hidden state (mean pooling).
+    let e_half = e.len() / 2;
+    step(&mut paged, [5, 5, 1, 3]);
+    step(&mut paged, [half, b.len(), d.len(), e_half]);
     let mut batch = ForwardBatch::default();
     batch.push(1, 0, &a[..half], LogitsWanted::None);
+    batch.push_hidden(4, 0, &e[..e_half], LogitsWanted::All, e.len());
     batch.push(2, 0, &b, LogitsWanted::All);
     batch.push(3, 0, &d, LogitsWanted::Last);
     run(&batch, &mut paged, &mut contiguous);
 
     // Step 2: the rest of a (a chunk starting mid-block) next to decodes of b and d.
-    step(&mut paged, [a.len() + 1, b.len() + 1, d.len() + 1]);
+    // The rest of e wants its last position's hidden state (last-token pooling).
+    step(&mut paged, [a.len() + 1, b.len() + 1, d.len() + 1, e.len()]);
     let mut batch = ForwardBatch::default();
     batch.push(2, b.len(), &[a[3]], LogitsWanted::Last);
     batch.push(1, half, &a[half..], LogitsWanted::All);
+    batch.push_hidden(4, e_half, &e[e_half..], LogitsWanted::Last, e.len());
     batch.push(3, d.len(), &[b[1]], LogitsWanted::Last);
     run(&batch, &mut paged, &mut contiguous);
 

@@ -94,6 +94,7 @@ fn generate_in_engine(gemma: bool) -> (Vec<u32>, Vec<u32>, usize, usize) {
             params: params(n_new),
             prompt_logprobs: None,
             cache_salt: None,
+            embed: None,
         })
         .unwrap();
     let (mut got, mut most_blocks) = (vec![], 0);
@@ -105,7 +106,7 @@ fn generate_in_engine(gemma: bool) -> (Vec<u32>, Vec<u32>, usize, usize) {
             }
             Event::Finished { .. } => break,
             Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => panic!("{e}"),
-            Event::PromptLogprobs(_) => {}
+            Event::PromptLogprobs(_) | Event::Embedding(_) => {}
         }
     }
     let unbounded = (prompt.len() + n_new).div_ceil(bs);

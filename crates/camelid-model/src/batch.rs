@@ -1,9 +1,10 @@
 //! A varlen batch: tokens of several sequences, each at its own positions, flattened into one
-//! list, and which logits each chunk wants back. What the engine builds and every runtime reads.
+//! list, and which rows each chunk wants back (logits, or final hidden states for embeddings).
+//! What the engine builds and every runtime reads.
 
 use camelid_kernels::attention::SeqSpan;
 
-/// Which logits a chunk wants back.
+/// Which rows a chunk wants back (as logits, or as hidden states: [`SeqChunk::hidden`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsWanted {
     /// None (a prefill chunk that does not end the prompt).
@@ -26,6 +27,18 @@ pub struct SeqChunk {
     /// The sequence's first generated position (its prompt's length): the attention kernels
     /// treat prompt and generated positions each their own way, see [`SeqSpan`].
     pub generated_from: usize,
+    /// The wanted rows come back as final hidden states (after the last norm, before the LM
+    /// head: what embeddings pool) instead of logits.
+    pub hidden: bool,
+}
+
+/// What a forward returns: the logit rows, then the hidden-state rows, each in chunk order.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// f32 `(batch.logit_rows(), vocab)`.
+    pub logits: candle_core::Tensor,
+    /// f32 `(batch.hidden_rows(), hidden_size)`; `None` when no chunk wants hidden states.
+    pub hidden: Option<candle_core::Tensor>,
 }
 
 /// Tokens of every chunk, concatenated in chunk order.
@@ -73,18 +86,43 @@ impl ForwardBatch {
             len: tokens.len(),
             logits,
             generated_from: prompt_len,
+            hidden: false,
         });
+    }
+
+    /// [`Self::push_with_prompt`] for a chunk whose wanted rows come back as hidden states.
+    pub fn push_hidden(
+        &mut self,
+        seq: u64,
+        start_pos: usize,
+        tokens: &[u32],
+        rows: LogitsWanted,
+        prompt_len: usize,
+    ) {
+        self.push_with_prompt(seq, start_pos, tokens, rows, prompt_len);
+        self.chunks.last_mut().expect("just pushed").hidden = true;
     }
 
     /// Batch rows whose logits are wanted, in chunk order.
     pub fn logit_row_indices(&self) -> Vec<usize> {
-        let mut rows = Vec::with_capacity(self.logit_rows());
+        self.row_indices(false)
+    }
+
+    /// Batch rows whose hidden states are wanted, in chunk order.
+    pub fn hidden_row_indices(&self) -> Vec<usize> {
+        self.row_indices(true)
+    }
+
+    fn row_indices(&self, hidden: bool) -> Vec<usize> {
+        let mut rows = vec![];
         let mut off = 0;
         for c in &self.chunks {
-            match c.logits {
-                LogitsWanted::None => {}
-                LogitsWanted::Last => rows.push(off + c.len - 1),
-                LogitsWanted::All => rows.extend(off..off + c.len),
+            if c.hidden == hidden {
+                match c.logits {
+                    LogitsWanted::None => {}
+                    LogitsWanted::Last => rows.push(off + c.len - 1),
+                    LogitsWanted::All => rows.extend(off..off + c.len),
+                }
             }
             off += c.len;
         }
@@ -93,18 +131,33 @@ impl ForwardBatch {
 
     /// Number of logit rows `Llama::forward` returns for this batch.
     pub fn logit_rows(&self) -> usize {
+        self.rows(false)
+    }
+
+    /// Number of hidden-state rows `Llama::forward_output` returns for this batch.
+    pub fn hidden_rows(&self) -> usize {
+        self.rows(true)
+    }
+
+    fn rows(&self, hidden: bool) -> usize {
         self.chunks
             .iter()
-            .map(|c| match c.logits {
-                LogitsWanted::None => 0,
-                LogitsWanted::Last => 1,
-                LogitsWanted::All => c.len,
-            })
+            .filter(|c| c.hidden == hidden)
+            .map(|c| c.rows())
             .sum()
     }
 }
 
 impl SeqChunk {
+    /// Rows this chunk gets back.
+    pub fn rows(&self) -> usize {
+        match self.logits {
+            LogitsWanted::None => 0,
+            LogitsWanted::Last => 1,
+            LogitsWanted::All => self.len,
+        }
+    }
+
     /// What the attention kernels need of the chunk.
     pub fn span(&self) -> SeqSpan {
         SeqSpan {

@@ -192,7 +192,7 @@ impl Turn {
                         .chain([Piece::Finished(side, reason)])
                         .collect()
                 }
-                Event::PromptLogprobs(_) => continue,
+                Event::PromptLogprobs(_) | Event::Embedding(_) => continue,
                 Event::Error(e) | Event::GrammarFailed(e) => {
                     return Err(Some(neutral(ApiError::internal(e))))
                 }

@@ -37,17 +37,31 @@ pub fn submit(
     model: &ModelEntry,
     specs: Vec<ChoiceSpec>,
 ) -> Result<Submission, ApiError> {
-    let choices = specs.len();
-    let indices: Vec<usize> = specs.iter().map(|s| s.index).collect();
     let requests = specs
         .into_iter()
-        .map(|s| Request {
-            prompt: s.prompt,
-            params: s.params,
-            prompt_logprobs: s.prompt_logprobs,
-            cache_salt: s.cache_salt,
+        .map(|s| {
+            let req = Request {
+                prompt: s.prompt,
+                params: s.params,
+                prompt_logprobs: s.prompt_logprobs,
+                cache_salt: s.cache_salt,
+                embed: None,
+            };
+            (s.index, req)
         })
         .collect();
+    submit_requests(state, permit, model, requests)
+}
+
+/// [`submit`] for engine requests made by the caller, each with its index in the response.
+pub fn submit_requests(
+    state: &Arc<AppState>,
+    permit: Permit,
+    model: &ModelEntry,
+    requests: Vec<(usize, Request)>,
+) -> Result<Submission, ApiError> {
+    let choices = requests.len();
+    let (indices, requests): (Vec<usize>, Vec<Request>) = requests.into_iter().unzip();
     let receivers = model.engine.submit_all(requests).map_err(|e| match e {
         SubmitError::QueueFull => ApiError::overloaded(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -160,7 +174,7 @@ pub async fn next_step(
             return None;
         };
         return Some(match ev {
-            Event::PromptLogprobs(_) => continue,
+            Event::PromptLogprobs(_) | Event::Embedding(_) => continue,
             Event::Token { text, logprob, .. } => {
                 timing.token(&sub.state, sub.started, 0);
                 Ok(Step::Token { text, logprob })
@@ -207,6 +221,8 @@ pub struct ChoiceResult {
     pub tokens: Vec<u32>,
     pub logprobs: Vec<TokenLogprob>,
     pub prompt_logprobs: Option<Vec<TokenLogprob>>,
+    /// The pooled hidden state of an embedding request.
+    pub embedding: Option<Vec<f32>>,
     pub finish: FinishReason,
     pub usage: Usage,
 }
@@ -224,6 +240,7 @@ pub async fn collect(
             tokens: vec![],
             logprobs: vec![],
             prompt_logprobs: None,
+            embedding: None,
             finish: FinishReason::Stop,
             usage: Usage::default(),
         })
@@ -234,6 +251,7 @@ pub async fn collect(
         let p = &mut partial[slot];
         match ev {
             Event::PromptLogprobs(lp) => p.prompt_logprobs = Some(lp),
+            Event::Embedding(v) => p.embedding = Some(v),
             Event::Token {
                 token,
                 text,

@@ -119,6 +119,7 @@ pub fn stream(
                     st.done = true;
                 }
                 Some((idx, ev)) => match ev {
+                    Event::Embedding(_) => {} // only embedding requests, never streamed
                     Event::PromptLogprobs(lps) => {
                         if let Some(c) = st.format.prompt_logprobs(idx, &lps) {
                             st.queue.push_back(chunk_event(c, st.include_usage));

@@ -9,7 +9,7 @@
 //! activations are buffers of the workspace too. The tensor runtime ([`super::tensor`]) stays
 //! the reference the tests compare against.
 
-use crate::batch::ForwardBatch;
+use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::models::llama::{HostLayer, Llama};
@@ -50,9 +50,8 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// Runs `batch` through `model` with attention in place over `kv`; returns f32 logits
-/// `(batch.logit_rows(), vocab)`.
-pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: HostPaged) -> Result<Tensor> {
+/// Runs `batch` through `model` with attention in place over `kv`.
+pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: HostPaged) -> Result<ForwardOutput> {
     let norms = model.host_norms()?;
     WORKSPACE.with(|ws| {
         let mut ws = ws.borrow_mut();
@@ -67,7 +66,7 @@ fn run(
     norms: &[HostLayer],
     final_norm: &[f32],
     ws: &mut Workspace,
-) -> Result<Tensor> {
+) -> Result<ForwardOutput> {
     let cfg = &model.cfg;
     let (n, hidden) = (batch.tokens.len(), cfg.hidden_size);
     let eps = cfg.rms_norm_eps as f32;
@@ -205,28 +204,44 @@ fn run(
         }
     }
 
-    // The wanted rows through the final norm and the LM head.
+    // The wanted rows through the final norm; the logit rows then through the LM head.
+    let normed = |rows: &[usize], out: &mut [f32]| {
+        for (dst, &r) in out.chunks_exact_mut(hidden).zip(rows) {
+            rms_norm_row(&ws.x[r * hidden..(r + 1) * hidden], final_norm, eps, dst);
+        }
+    };
+    let hidden_rows = batch.hidden_row_indices();
+    let hidden_out = if hidden_rows.is_empty() {
+        None
+    } else {
+        let mut out = vec![0f32; hidden_rows.len() * hidden];
+        normed(&hidden_rows, &mut out);
+        Some(Tensor::from_vec(
+            out,
+            (hidden_rows.len(), hidden),
+            &model.device,
+        )?)
+    };
     let rows = batch.logit_row_indices();
     let vocab = cfg.vocab_size;
-    if rows.is_empty() {
-        return Ok(Tensor::zeros((0, vocab), DType::F32, &model.device)?);
-    }
-    let h = sized(&mut ws.h, rows.len() * hidden);
-    for (dst, &r) in h.chunks_exact_mut(hidden).zip(&rows) {
-        rms_norm_row(&ws.x[r * hidden..(r + 1) * hidden], final_norm, eps, dst);
-    }
     let mut logits = vec![0f32; rows.len() * vocab];
-    model
-        .lm_head
-        .forward_cpu_into(h, rows.len(), &mut ws.acts, &mut logits)?;
-    if let Some(cap) = f.final_softcap {
-        logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    if !rows.is_empty() {
+        let mut h = std::mem::take(&mut ws.h);
+        let hs = sized(&mut h, rows.len() * hidden);
+        normed(&rows, hs);
+        let done = model
+            .lm_head
+            .forward_cpu_into(hs, rows.len(), &mut ws.acts, &mut logits);
+        ws.h = h;
+        done?;
+        if let Some(cap) = f.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
     }
-    Ok(Tensor::from_vec(
-        logits,
-        (rows.len(), vocab),
-        &model.device,
-    )?)
+    Ok(ForwardOutput {
+        logits: Tensor::from_vec(logits, (rows.len(), vocab), &model.device)?,
+        hidden: hidden_out,
+    })
 }
 
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -16,7 +16,7 @@
 //! turns it off (the tensor runtime: candle's ops and the gathering cache, the reference).
 
 use super::tensor;
-use crate::batch::ForwardBatch;
+use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::{Activation, RopeStyle};
 use crate::error::{Error, Result};
 use crate::kv::{DevicePaged, KvStore};
@@ -31,7 +31,7 @@ pub(crate) fn forward(
     model: &Llama,
     batch: &ForwardBatch,
     kv: &mut dyn KvStore,
-) -> Result<Option<Tensor>> {
+) -> Result<Option<ForwardOutput>> {
     if !matches!(model.dtype, DType::F32 | DType::F16 | DType::BF16) {
         return Ok(None);
     }
@@ -42,15 +42,7 @@ pub(crate) fn forward(
     let normed = run_layers(model, x, |li, layer, h| {
         device.attention(model, li, layer, h)
     })?;
-    let Some(rows) = tensor::wanted_rows(model, batch)? else {
-        return tensor::empty_logits(model).map(Some);
-    };
-    let h = normed.index_select(&rows, 0)?;
-    let logits = model.lm_head.forward(&h)?.to_dtype(DType::F32)?;
-    Ok(Some(match model.cfg.features.final_softcap {
-        Some(cap) => tensor::soft_cap(&logits, cap)?,
-        None => logits,
-    }))
+    tensor::outputs(model, batch, &normed, true).map(Some)
 }
 
 /// Per-forward metadata on the device, shared by every layer.

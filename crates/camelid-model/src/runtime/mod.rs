@@ -15,7 +15,7 @@ pub mod cuda;
 pub mod ops;
 pub mod tensor;
 
-use crate::batch::{ForwardBatch, LogitsWanted};
+use crate::batch::{ForwardBatch, ForwardOutput, LogitsWanted};
 use crate::error::{Error, Result};
 use crate::kv::{ContiguousKv, KvStore};
 use crate::models::Llama;
@@ -25,6 +25,16 @@ impl Llama {
     /// Runs the batch and returns f32 logits of shape `(batch.logit_rows(), vocab)`, rows in
     /// chunk order. Keys and values of every token are written to `kv`.
     pub fn forward(&self, batch: &ForwardBatch, kv: &mut dyn KvStore) -> Result<Tensor> {
+        Ok(self.forward_output(batch, kv)?.logits)
+    }
+
+    /// [`Self::forward`], with the hidden-state rows of the chunks that want them
+    /// ([`crate::SeqChunk::hidden`]).
+    pub fn forward_output(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut dyn KvStore,
+    ) -> Result<ForwardOutput> {
         check_batch(self, batch)?;
         // f32 on the CPU with a paged host cache: the CPU serving runtime.
         if self.device.is_cpu() && self.dtype == DType::F32 {
@@ -35,8 +45,8 @@ impl Llama {
         }
         // CUDA with a paged device cache and our kernels: the CUDA serving runtime.
         #[cfg(feature = "cuda")]
-        if let Some(logits) = cuda::forward(self, batch, kv)? {
-            return Ok(logits);
+        if let Some(out) = cuda::forward(self, batch, kv)? {
+            return Ok(out);
         }
         tensor::forward(self, batch, kv)
     }

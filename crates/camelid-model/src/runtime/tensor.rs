@@ -3,15 +3,19 @@
 //! serving runtimes are tested against.
 
 use super::ops;
-use crate::batch::ForwardBatch;
+use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::{Activation, RopeStyle};
 use crate::error::Result;
 use crate::kv::KvStore;
 use crate::models::llama::{Layer, Llama};
 use candle_core::{DType, Tensor};
 
-/// The layer loop of the tensor runtime; returns f32 logits `(batch.logit_rows(), vocab)`.
-pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore) -> Result<Tensor> {
+/// The layer loop of the tensor runtime.
+pub(crate) fn forward(
+    model: &Llama,
+    batch: &ForwardBatch,
+    kv: &mut dyn KvStore,
+) -> Result<ForwardOutput> {
     let (eps, f) = (model.cfg.rms_norm_eps, &model.cfg.features);
     let mut x = embed(model, batch)?;
     let spans: Vec<_> = batch
@@ -65,16 +69,43 @@ pub(crate) fn forward(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore)
         };
         x = (x + m)?;
     }
-    // Only the rows whose logits are wanted go through the final norm and lm_head.
-    let Some(rows) = wanted_rows(model, batch)? else {
-        return empty_logits(model);
+    outputs(model, batch, &x, false)
+}
+
+/// The wanted rows of `x` (every token's residual stream; with `normed`, already through the
+/// final norm): only they go through the final norm, then the LM head for the logit rows.
+pub(crate) fn outputs(
+    model: &Llama,
+    batch: &ForwardBatch,
+    x: &Tensor,
+    normed: bool,
+) -> Result<ForwardOutput> {
+    let select = |rows: Vec<usize>| -> Result<Option<Tensor>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
+        let h = x.index_select(&Tensor::new(rows.as_slice(), &model.device)?, 0)?;
+        Ok(Some(if normed {
+            h
+        } else {
+            rms_norm(&h, &model.norm, model.cfg.rms_norm_eps)?
+        }))
     };
-    let h = rms_norm(&x.index_select(&rows, 0)?, &model.norm, eps)?;
-    let logits = model.lm_head.forward(&h)?.to_dtype(DType::F32)?;
-    Ok(match f.final_softcap {
-        Some(cap) => soft_cap(&logits, cap)?,
-        None => logits,
-    })
+    let logits = match select(batch.logit_row_indices())? {
+        None => Tensor::zeros((0, model.cfg.vocab_size), DType::F32, &model.device)?,
+        Some(h) => {
+            let logits = model.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+            match model.cfg.features.final_softcap {
+                Some(cap) => soft_cap(&logits, cap)?,
+                None => logits,
+            }
+        }
+    };
+    let hidden = select(batch.hidden_row_indices())?
+        .map(|h| h.to_dtype(DType::F32))
+        .transpose()?;
+    Ok(ForwardOutput { logits, hidden })
 }
 
 /// `cap · tanh(x / cap)` (Gemma 2's soft-capping).
@@ -93,28 +124,6 @@ pub(crate) fn embed(model: &Llama, batch: &ForwardBatch) -> Result<Tensor> {
         Some(s) => (x * s as f64)?,
         None => x,
     })
-}
-
-/// The rows whose logits are wanted, as an index tensor (`None`: no row is).
-pub(crate) fn wanted_rows(model: &Llama, batch: &ForwardBatch) -> Result<Option<Tensor>> {
-    let rows: Vec<u32> = batch
-        .logit_row_indices()
-        .into_iter()
-        .map(|r| r as u32)
-        .collect();
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Tensor::new(rows.as_slice(), &model.device)?))
-}
-
-/// Logits of a batch that wants none: `(0, vocab)`.
-pub(crate) fn empty_logits(model: &Llama) -> Result<Tensor> {
-    Ok(Tensor::zeros(
-        (0, model.cfg.vocab_size),
-        DType::F32,
-        &model.device,
-    )?)
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
