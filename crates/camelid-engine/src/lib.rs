@@ -13,6 +13,7 @@ mod scheduler;
 pub mod score;
 pub mod step_cost;
 
+pub use camelid_model::Pooling;
 pub use config::{EngineConfig, EngineOverrides};
 pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
 pub use scheduler::EngineHandle;
@@ -35,16 +36,6 @@ pub struct Request {
     /// log-probs): its final hidden states pooled, sent as [`Event::Embedding`], then
     /// `Finished`.
     pub embed: Option<Pooling>,
-}
-
-/// How an embedding request's final hidden states (after the last norm) make one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The last prompt token's (what decoder embedding models such as Qwen3-Embedding or
-    /// e5-mistral are trained for, and vLLM's default for a causal LM).
-    Last,
-    /// The mean over every prompt token (the BOS token too, as llama.cpp pools).
-    Mean,
 }
 
 /// Token counts of a finished request.

@@ -32,6 +32,56 @@ pub struct SeqChunk {
     pub hidden: bool,
 }
 
+/// How an embedding request's final hidden states (after the last norm) make one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The last prompt token's (what decoder embedding models such as Qwen3-Embedding or
+    /// e5-mistral are trained for, and vLLM's default for a causal LM).
+    Last,
+    /// The mean over every prompt token (the BOS token too, as llama.cpp pools).
+    Mean,
+}
+
+impl Pooling {
+    /// GGUF's `<arch>.pooling_type` (llama.cpp's enum: 1 mean, 3 last); others are not
+    /// poolings of a decoder's states (0 none, 2 cls, 4 rank).
+    pub fn from_gguf(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Pooling::Mean),
+            3 => Some(Pooling::Last),
+            _ => None,
+        }
+    }
+
+    /// sentence-transformers' `1_Pooling/config.json` (`pooling_mode_lasttoken`,
+    /// `pooling_mode_mean_tokens`).
+    pub fn from_sentence_transformers(cfg: &serde_json::Value) -> Option<Self> {
+        let on = |k: &str| cfg.get(k).and_then(|v| v.as_bool()) == Some(true);
+        if on("pooling_mode_lasttoken") {
+            Some(Pooling::Last)
+        } else if on("pooling_mode_mean_tokens") {
+            Some(Pooling::Mean)
+        } else {
+            None
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "last" => Some(Pooling::Last),
+            "mean" => Some(Pooling::Mean),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Pooling::Last => "last",
+            Pooling::Mean => "mean",
+        }
+    }
+}
+
 /// What a forward returns: the logit rows, then the hidden-state rows, each in chunk order.
 #[derive(Debug, Clone)]
 pub struct ForwardOutput {

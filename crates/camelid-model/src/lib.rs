@@ -28,7 +28,7 @@ pub mod rope;
 pub mod runtime;
 pub mod text;
 
-pub use batch::{ForwardBatch, ForwardOutput, LogitsWanted, SeqChunk};
+pub use batch::{ForwardBatch, ForwardOutput, LogitsWanted, Pooling, SeqChunk};
 pub use constraint::{Constraint, GrammarCompiler, TopLevelGrammar};
 pub use decode::sampling::{Sampler, SamplingParams};
 pub use error::{Error, Result};

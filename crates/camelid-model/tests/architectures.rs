@@ -1015,3 +1015,69 @@ fn a_post_processor_that_adds_bos_is_followed() {
         "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}});
     assert_eq!(first(&doc), 1);
 }
+
+/// What an embedding model's files say, read as llama.cpp and sentence-transformers read it:
+/// GGUF's `pooling_type` (1 mean, 3 last) and `add_eos_token` (the EOS ends an embedding
+/// input, not a prompt to generate from), and an HF folder's `1_Pooling/config.json`.
+#[test]
+fn embedding_models_name_their_pooling_and_appended_token() {
+    use camelid_model::Pooling;
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 470);
+    let with = |keys: serde_json::Value| {
+        load(&random_model::write_gguf_with(
+            dir.path(),
+            "llama",
+            &Vocab::Fixture,
+            keys,
+        ))
+    };
+    let plain = load(&write_gguf(dir.path(), "llama"));
+    assert_eq!(plain.pooling, None);
+    assert_eq!(plain.tokenizer.eos_appended, None);
+    let mean =
+        with(serde_json::json!({"llama.pooling_type": 1, "tokenizer.ggml.add_eos_token": true}));
+    assert_eq!(mean.pooling, Some(Pooling::Mean));
+    let eos = mean.tokenizer.eos_ids[0];
+    assert_eq!(mean.tokenizer.eos_appended, Some(eos));
+    let text = mean.tokenizer.encode("hello world", true).unwrap();
+    let embedded = mean.tokenizer.encode_for_embedding("hello world").unwrap();
+    assert_ne!(text.last(), Some(&eos));
+    assert_eq!(embedded, [text, vec![eos]].concat());
+    let last = with(serde_json::json!({"llama.pooling_type": 3}));
+    assert_eq!(last.pooling, Some(Pooling::Last));
+    // CLS (2) is no pooling of a decoder's states: left to the server's default.
+    assert_eq!(
+        with(serde_json::json!({"llama.pooling_type": 2})).pooling,
+        None
+    );
+    // sentence-transformers' folder layout.
+    assert_eq!(load(dir.path()).pooling, None);
+    std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension": 64, "pooling_mode_cls_token": false,
+            "pooling_mode_mean_tokens": false, "pooling_mode_lasttoken": true}"#,
+    )
+    .unwrap();
+    assert_eq!(load(dir.path()).pooling, Some(Pooling::Last));
+    // An HF tokenizer.json whose post-processor appends the EOS (Qwen3-Embedding's way).
+    assert_eq!(load(dir.path()).tokenizer.eos_appended, None);
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&plain.tokenizer.to_json_string().unwrap()).unwrap();
+    let eos_text = plain.tokenizer.id_to_token(eos).unwrap();
+    let seq = serde_json::json!({"Sequence": {"id": "A", "type_id": 0}});
+    let end = serde_json::json!({"SpecialToken": {"id": eos_text, "type_id": 0}});
+    doc["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
+        "single": [seq, end], "pair": [seq, end],
+        "special_tokens": {eos_text.clone(): {"id": eos_text, "ids": [eos], "tokens": [eos_text]}}});
+    std::fs::write(dir.path().join("tokenizer.json"), doc.to_string()).unwrap();
+    let hf = load(dir.path());
+    assert_eq!(hf.tokenizer.eos_appended, Some(eos));
+    assert_eq!(
+        hf.tokenizer
+            .encode_for_embedding("hello world")
+            .unwrap()
+            .last(),
+        Some(&eos)
+    );
+}

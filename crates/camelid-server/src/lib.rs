@@ -5,13 +5,14 @@
 //! This file assembles the router from `routes::*` (one file per route group), adds the
 //! middleware (API keys, request counting, body limit) and serves it through `listen` until
 //! shutdown. Modules import one way, each only modules to its right: `routes` → `ollama` →
-//! `responses` → `battle` → `chat` → `tools` → `sse` → `validate` → `structured` → `openai` → `format` →
+//! `embeddings` → `responses` → `battle` → `chat` → `tools` → `sse` → `validate` → `structured` → `openai` → `format` →
 //! `run` → `state` → `limits` → `arena` (the store) → `metrics` → `error`; `listen` (the
 //! accept loop) imports none of them.
 
 pub mod arena;
 mod battle;
 mod chat;
+mod embeddings;
 pub mod error;
 mod format;
 pub mod limits;
@@ -38,8 +39,9 @@ use error::ApiError;
 pub use limits::RequestLimits;
 pub use listen::ConnectionLimits;
 use routes::{
-    arena as arena_routes, chat as chat_routes, completions, health, metrics as metrics_routes,
-    models, ollama as ollama_routes, pages, responses as responses_routes, tokenize,
+    arena as arena_routes, chat as chat_routes, completions, embeddings as embedding_routes,
+    health, metrics as metrics_routes, models, ollama as ollama_routes, pages,
+    responses as responses_routes, tokenize,
 };
 pub use state::{AppState, ModelEntry, ServerConfig};
 use std::sync::Arc;
@@ -117,6 +119,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_routes::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses_routes::responses))
+        .route("/v1/embeddings", post(embedding_routes::embeddings))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         // Ollama's native API, for its clients (Open WebUI, its Python and JS libraries).
@@ -125,6 +128,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/tags", get(ollama_routes::tags))
         .route("/api/ps", get(ollama_routes::ps))
         .route("/api/show", post(ollama_routes::show))
+        .route("/api/embed", post(ollama_routes::embed))
+        .route("/api/embeddings", post(ollama_routes::embeddings_legacy))
         .route("/api/version", get(ollama_routes::version));
     for path in [
         "/api/pull",
@@ -132,8 +137,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         "/api/create",
         "/api/copy",
         "/api/delete",
-        "/api/embed",
-        "/api/embeddings",
         "/api/blobs/{digest}",
     ] {
         keyed = keyed.route(path, axum::routing::any(ollama_routes::not_served));

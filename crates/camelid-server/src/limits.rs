@@ -11,6 +11,9 @@ pub struct RequestLimits {
     pub max_prompts: usize,
     /// Sequences one request starts: prompts × `n`.
     pub max_sequences: usize,
+    /// Inputs of one embeddings request (OpenAI allows 2048); they run `max_sequences` at a
+    /// time.
+    pub max_embedding_inputs: usize,
     /// Stop strings of one request (`stop`).
     pub max_stop_strings: usize,
     /// Bytes of one stop string.
@@ -35,6 +38,7 @@ impl Default for RequestLimits {
         Self {
             max_prompts: 64,
             max_sequences: 64,
+            max_embedding_inputs: 2048,
             max_stop_strings: 16,
             max_stop_string_bytes: 256 << 10,
             max_stop_token_ids: 1024,

@@ -130,6 +130,26 @@ pub struct GenerateBody {
     pub top_logprobs: Option<u32>,
 }
 
+/// `POST /api/embed`.
+#[derive(Debug, Deserialize)]
+pub struct EmbedBody {
+    pub model: String,
+    /// A string or strings; none (or an empty list) only loads the model, as in Ollama.
+    pub input: Option<crate::openai::Prompt>,
+    /// Cut inputs longer than the context (Ollama's default) instead of refusing them.
+    pub truncate: Option<bool>,
+    pub dimensions: Option<u64>,
+}
+
+/// `POST /api/embeddings`, Ollama's first embedding route: one prompt, the vector as the
+/// model makes it (not normalized).
+#[derive(Debug, Deserialize)]
+pub struct LegacyEmbedBody {
+    pub model: String,
+    #[serde(default)]
+    pub prompt: String,
+}
+
 impl GenerateBody {
     /// Fields camelid cannot honour: a 400 naming them, never a silently different answer.
     pub fn check_supported(&self) -> Result<(), ApiError> {
@@ -461,6 +481,10 @@ pub fn show(m: &ModelEntry, takes_tools: bool) -> Value {
     let mut capabilities = vec!["completion"];
     if takes_tools {
         capabilities.push("tools");
+    }
+    // Every model embeds; one whose files name a pooling is made for it.
+    if d.pooling.is_some() {
+        capabilities.push("embedding");
     }
     let template = match &m.template {
         camelid_model::ChatTemplate::Jinja { source, .. } => source.clone(),

@@ -40,6 +40,8 @@ pub struct ModelDetails {
     pub context_length: usize,
     pub embedding_length: usize,
     pub block_count: usize,
+    /// The embedding pooling the model's files name, if any.
+    pub pooling: Option<camelid_model::Pooling>,
 }
 
 impl ModelDetails {
@@ -73,6 +75,7 @@ impl ModelDetails {
             context_length: lm.context_length,
             embedding_length: h,
             block_count: c.num_layers,
+            pooling: lm.pooling,
         }
     }
 
@@ -147,6 +150,9 @@ pub struct ServerConfig {
     /// Split a reasoning model's leading `<think>…</think>` from its answer into
     /// `reasoning_content` (vLLM's `--reasoning-parser deepseek_r1`/`qwen3`).
     pub reasoning_parser: bool,
+    /// How embeddings pool every model's hidden states (`--pooling`); `None`: what each
+    /// model's files name, else the last token's.
+    pub pooling: Option<camelid_model::Pooling>,
 }
 
 impl Default for ServerConfig {
@@ -164,6 +170,7 @@ impl Default for ServerConfig {
             write_timeout_secs: 60,
             allowed_origins: vec![],
             reasoning_parser: false,
+            pooling: None,
         }
     }
 }

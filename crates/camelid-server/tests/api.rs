@@ -1479,3 +1479,74 @@ fn ollama_think_returns_the_thinking_apart() {
     assert_eq!(g["thinking"].as_str(), Some(thinking.as_str()), "{g}");
     assert_eq!(g["response"].as_str(), Some(content.as_str()), "{g}");
 }
+
+/// `--pooling mean` (`ServerConfig::pooling`) reaches the engine: `/v1/embeddings` with
+/// `normalize: false` returns exactly the engine's mean-pooled vector for the same tokens, not
+/// its last-token one (the default), and with `normalize` that vector at unit length.
+#[test]
+fn embeddings_follow_the_servers_pooling() {
+    use camelid_engine::{Event, Pooling, Request};
+    let state = Arc::new(AppState::new(ServerConfig {
+        pooling: Some(Pooling::Mean),
+        ..Default::default()
+    }));
+    state.set_models(vec![entry("smol")]);
+    let s = serve(state.clone());
+    let text = "Embeddings pool the final hidden states.";
+    let (st, b) = send(
+        &s.base,
+        "POST",
+        "/v1/embeddings",
+        Some("application/json"),
+        json!({"model": "smol", "input": text, "normalize": false, "encoding_format": "float"})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(st, 200, "{b}");
+    let got: Vec<f32> = serde_json::from_value(b["data"][0]["embedding"].clone()).unwrap();
+    let model = state.model(Some("smol")).unwrap();
+    let ids = model.engine.tokenizer().encode_for_embedding(text).unwrap();
+    assert_eq!(b["usage"]["prompt_tokens"], ids.len());
+    let direct = |pooling| -> Vec<f32> {
+        let params = camelid_model::decode::GenerationParams::new(
+            0,
+            camelid_model::SamplingParams::greedy(),
+        );
+        let mut rx = model
+            .engine
+            .submit(Request {
+                prompt: ids.clone(),
+                params,
+                prompt_logprobs: None,
+                cache_salt: None,
+                embed: Some(pooling),
+            })
+            .unwrap();
+        while let Some(e) = rx.blocking_recv() {
+            if let Event::Embedding(v) = e {
+                return v;
+            }
+        }
+        panic!("no embedding")
+    };
+    assert_eq!(
+        got,
+        direct(Pooling::Mean),
+        "the server's vector is the mean"
+    );
+    assert_ne!(got, direct(Pooling::Last));
+    let (_, b) = send(
+        &s.base,
+        "POST",
+        "/v1/embeddings",
+        Some("application/json"),
+        json!({"model": "smol", "input": text, "encoding_format": "float"})
+            .to_string()
+            .into_bytes(),
+    );
+    let unit: Vec<f32> = serde_json::from_value(b["data"][0]["embedding"].clone()).unwrap();
+    let norm = got.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    for (u, g) in unit.iter().zip(&got) {
+        assert!((*u as f64 - *g as f64 / norm).abs() < 1e-6);
+    }
+}

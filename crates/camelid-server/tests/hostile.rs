@@ -810,6 +810,7 @@ fn raw(
 fn corpus() -> Vec<Case> {
     const CHAT: &str = "/v1/chat/completions";
     const CMPL: &str = "/v1/completions";
+    const EMB: &str = "/v1/embeddings";
     let chat = |extra: Value| chat_body(extra);
     let cmpl = |extra: Value| completion_body(extra);
     let user = |content: Value| json!({"model": "smol", "messages": [{"role": "user", "content": content}]});
@@ -1856,13 +1857,86 @@ fn corpus() -> Vec<Case> {
         raw("metrics: DELETE", "DELETE", "/metrics", None, vec![], 405),
         raw("pages: POST /", "POST", "/", None, vec![], 405),
         raw("unknown: GET /v2", "GET", "/v2", None, vec![], 404),
-        raw(
-            "unknown: embeddings",
+        // Embeddings.
+        case(
+            "embeddings: no input",
             "POST",
-            "/v1/embeddings",
-            Some("application/json"),
-            b"{}".to_vec(),
+            EMB,
+            json!({"model": "smol"}),
+            400,
+            None,
+        ),
+        case(
+            "embeddings: input a number",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": 5}),
+            400,
+            Some("input"),
+        ),
+        case(
+            "embeddings: empty text",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": ["ok", ""]}),
+            400,
+            Some("input"),
+        ),
+        case(
+            "embeddings: no inputs",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": []}),
+            400,
+            Some("input"),
+        ),
+        case(
+            "embeddings: more inputs than allowed",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": vec!["x"; 2049]}),
+            400,
+            Some("input"),
+        ),
+        case(
+            "embeddings: a token outside the vocabulary",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": [[1, 4_000_000_000u32]]}),
+            400,
+            Some("input"),
+        ),
+        case(
+            "embeddings: longer than the context",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": [vec![1; 100_000]]}),
+            400,
+            Some("input"),
+        ),
+        case(
+            "embeddings: unknown encoding",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": "x", "encoding_format": "int8"}),
+            400,
+            Some("encoding_format"),
+        ),
+        case(
+            "embeddings: dimensions the model does not make",
+            "POST",
+            EMB,
+            json!({"model": "smol", "input": "x", "dimensions": 8}),
+            400,
+            Some("dimensions"),
+        ),
+        case(
+            "embeddings: unknown model",
+            "POST",
+            EMB,
+            json!({"model": "nope", "input": "x"}),
             404,
+            Some("model"),
         ),
         raw("unknown: v2", "GET", "/v2/models", None, vec![], 404),
         raw(
@@ -2151,11 +2225,39 @@ fn ollama_routes_answer_bad_input_with_ollamas_errors() {
             501,
         ),
         (
-            "embed",
+            "embed: input a number",
             "POST",
             "/api/embed",
-            json!({"model": "smol", "input": "x"}),
-            501,
+            json!({"model": "smol", "input": 5}),
+            400,
+        ),
+        (
+            "embed: unknown model",
+            "POST",
+            "/api/embed",
+            json!({"model": "nope", "input": "x"}),
+            404,
+        ),
+        (
+            "embed: dimensions the model does not make",
+            "POST",
+            "/api/embed",
+            json!({"model": "smol", "input": "x", "dimensions": 8}),
+            400,
+        ),
+        (
+            "embed: over the context with truncate false",
+            "POST",
+            "/api/embed",
+            json!({"model": "smol", "input": "word ".repeat(5000), "truncate": false}),
+            400,
+        ),
+        (
+            "embeddings: prompt a list",
+            "POST",
+            "/api/embeddings",
+            json!({"model": "smol", "prompt": ["x"]}),
+            400,
         ),
         ("blobs", "HEAD", "/api/blobs/sha256:00", Value::Null, 501),
     ];

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 /// tests/fixtures/chat-templates/ when `template` is given), then runs the client script
 /// `tests/{script}` with the base URL, `smol` and `extra` arguments.
 fn client_script_against_serve(script: &str, template: Option<&str>, extra: &[&str]) {
+    client_script_against(script, template, &[], extra)
+}
+
+/// [`client_script_against_serve`] with more `serve` flags.
+fn client_script_against(script: &str, template: Option<&str>, flags: &[&str], extra: &[&str]) {
     let python = std::env::var("CAMELID_TEST_PYTHON").expect(
         "CAMELID_TEST_PYTHON is not set: run the suite with `bash tests/run.sh` (it makes the \
          venv with the openai and ollama clients)",
@@ -26,6 +31,7 @@ fn client_script_against_serve(script: &str, template: Option<&str>, extra: &[&s
     if let Some(t) = &template {
         args.extend(["--chat-template", t.as_str()]);
     }
+    args.extend(flags);
     let s = serve(&args);
     let path = format!("{root}/{script}");
     run_test_script(
@@ -67,6 +73,24 @@ fn ollama_python_client_works_against_serve() {
 #[test]
 fn openai_python_client_uses_responses() {
     client_script_against_serve("openai/test_responses.py", Some("qwen2.5-tools.jinja"), &[]);
+}
+
+/// Embeddings through the openai and ollama clients (`tests/openai/test_embeddings.py`): unit
+/// vectors of the model's width, base64 and float alike, batching-invariant, token ids as
+/// their text, errors; and, independently, the last token's raw vector through the file's LM
+/// head (numpy, the `gguf` package) gives the next-token distribution the server samples.
+#[test]
+fn embeddings_through_the_openai_and_ollama_clients() {
+    let (_, gguf, _) = camelid_model::load::resolve(None, None).expect("the default model");
+    let gguf = gguf.to_str().expect("a UTF-8 path");
+    // A short context: the script's over-long input is cheap to truncate and embed.
+    let flags = ["--max-model-len", "1024"];
+    client_script_against(
+        "openai/test_embeddings.py",
+        None,
+        &flags,
+        &["sk-test", gguf],
+    );
 }
 
 /// Structured output through the openai client: `beta.chat.completions.parse` with a

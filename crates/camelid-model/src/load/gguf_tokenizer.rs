@@ -71,6 +71,9 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
             }
         }
     }
+    if g.meta_bool("tokenizer.ggml.add_eos_token") == Some(true) {
+        tok.eos_appended = tok.eos_ids.first().copied();
+    }
     tok.add_bos = g
         .meta_bool("tokenizer.ggml.add_bos_token")
         .unwrap_or(model == "llama");

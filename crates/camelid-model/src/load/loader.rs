@@ -60,6 +60,9 @@ pub struct LoadedModel {
     pub context_length: usize,
     /// Compiles structured-output grammars for this model's vocabulary.
     pub grammar: Arc<GrammarCompiler>,
+    /// The pooling an embedding model's files name (GGUF's `pooling_type`,
+    /// sentence-transformers' `1_Pooling/config.json`); `None` when they name none.
+    pub pooling: Option<crate::batch::Pooling>,
 }
 
 impl LoadedModel {
@@ -318,6 +321,10 @@ pub fn load_gguf(
         });
     let template = pick_template(template, jinja, name)?;
     let context_length = cfg.max_position_embeddings;
+    let pooling = g
+        .meta_u32(&format!("{}.pooling_type", cfg.architecture))
+        .ok()
+        .and_then(crate::batch::Pooling::from_gguf);
     // Quantized matmuls take f32 activations.
     let model = build_llama(cfg, &mut g, DType::F32, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
@@ -332,6 +339,7 @@ pub fn load_gguf(
         grammar,
         stop_token_ids,
         context_length,
+        pooling,
     })
 }
 
@@ -405,6 +413,7 @@ pub fn load_hf_folder(
     tok.eos_ids = eos;
     // Without `add_bos_token` (Llama 3's tokenizer_config.json has none), HF adds the BOS
     // when the post-processor does: so does camelid, as gguf-py's converter decides it.
+    tok.eos_appended = tok.post_processor_appends();
     tok.add_bos = match tok_cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
         Some(add) => add,
         None if tok.add_bos => true,
@@ -462,6 +471,8 @@ pub fn load_hf_folder(
     weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
     weights.quantize = opts.quantize;
     let context_length = cfg.max_position_embeddings;
+    let pooling = read_json(&dir.join("1_Pooling/config.json"))?
+        .and_then(|c| crate::batch::Pooling::from_sentence_transformers(&c));
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
     let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
@@ -475,5 +486,6 @@ pub fn load_hf_folder(
         grammar,
         stop_token_ids,
         context_length,
+        pooling,
     })
 }

@@ -21,6 +21,11 @@ pub struct Tokenizer {
     /// text it tokenizes, not to a rendered chat template (`apply_chat_template` tokenizes
     /// without special tokens), so chat prompts get only the template's own.
     pub bos_from_post_processor: bool,
+    /// The special token the model's tokenizer appends to text (GGUF's `add_eos_token`, an
+    /// HF post-processor's trailing token: Qwen3-Embedding's `<|endoftext|>`). Embedding
+    /// inputs get it ([`Self::encode_for_embedding`]), as llama.cpp and sentence-transformers
+    /// tokenize them; prompts to generate from do not.
+    pub eos_appended: Option<u32>,
     /// The `tokenizer.json` document when camelid built it (GGUF, SentencePiece).
     pub json: Option<Value>,
     /// Ids of the special (control) added tokens.
@@ -45,6 +50,7 @@ impl Tokenizer {
             eos_ids: vec![],
             add_bos: false,
             bos_from_post_processor: false,
+            eos_appended: None,
             json,
             special_ids,
             literal: OnceLock::new(),
@@ -100,6 +106,18 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(self.with_bos(enc.get_ids().to_vec(), add_bos))
+    }
+
+    /// [`Self::encode`] with the BOS and the token the tokenizer appends
+    /// ([`Self::eos_appended`]): an embedding model's input.
+    pub fn encode_for_embedding(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text, true)?;
+        if let Some(e) = self.eos_appended {
+            if ids.last() != Some(&e) {
+                ids.push(e);
+            }
+        }
+        Ok(ids)
     }
 
     fn with_bos(&self, mut ids: Vec<u32>, add_bos: bool) -> Vec<u32> {
@@ -213,6 +231,14 @@ impl Tokenizer {
         self.inner
             .encode("", true)
             .is_ok_and(|e| e.get_ids().first() == Some(&bos))
+    }
+
+    /// The special token `tokenizer.json`'s post-processor appends to text, if any.
+    pub fn post_processor_appends(&self) -> Option<u32> {
+        let with = self.inner.encode("a", true).ok()?;
+        let without = self.inner.encode("a", false).ok()?;
+        let last = *with.get_ids().last()?;
+        (with.get_ids().len() > without.get_ids().len() && self.is_special(last)).then_some(last)
     }
 
     /// The JSON document for `tokenizer.json`.

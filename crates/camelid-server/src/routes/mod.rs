@@ -5,6 +5,7 @@
 pub mod arena;
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod health;
 pub mod metrics;
 pub mod models;

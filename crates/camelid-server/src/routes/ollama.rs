@@ -1,13 +1,17 @@
 //! Ollama's native routes: `POST /api/chat` and `/api/generate` (NDJSON lines by default,
-//! one object with `stream: false`), `GET /api/tags`, `/api/ps`, `/api/version`, `POST
-//! /api/show`; the model-management routes answer 501. Requests go through `ollama`'s
+//! one object with `stream: false`), `POST /api/embed` and `/api/embeddings`, `GET /api/tags`,
+//! `/api/ps`, `/api/version`, `POST /api/show`; the model-management routes answer 501. Requests go through `ollama`'s
 //! translation to the chat path; this file runs them and writes Ollama's replies.
 
 use super::RequestBody;
 use crate::chat::{self, Submitted};
+use crate::embeddings::{self, Overlong};
 use crate::error::ApiError;
 use crate::format::{chat_logprobs, finish_str};
-use crate::ollama::{self, error_body, ChatBody, GenerateBody, OllamaError};
+use crate::ollama::{
+    self, error_body, ChatBody, EmbedBody, GenerateBody, LegacyEmbedBody, OllamaError,
+};
+use crate::openai::Prompt;
 use crate::openai::{parse_body, SamplingFields};
 use crate::run::{self, blocking, next_step, ChoiceSpec, Step, Submission, Timing};
 use crate::state::{AppState, ModelEntry, Permit};
@@ -461,12 +465,90 @@ pub async fn show(
 }
 
 /// `pull`, `push`, `create`, `copy`, `delete`, `blobs`, embeddings: not served.
+/// `POST /api/embed`: unit-length vectors of the final hidden states, pooled as the model is
+/// served (`--pooling`).
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    RequestBody(raw): RequestBody,
+) -> OllamaResult {
+    let started = Instant::now();
+    let permit = state.permit()?;
+    let body: EmbedBody = parse_body(&raw)?;
+    drop(raw);
+    let model = ollama::resolve(&state, &body.model)?;
+    let width = model.details.embedding_length as u64;
+    if let Some(d) = body.dimensions.filter(|&d| d != width) {
+        return Err(ApiError::invalid_param(
+            "dimensions",
+            format!("dimensions {d}: this model makes vectors of {width} dimensions and is not trained to be cut shorter"),
+        )
+        .into());
+    }
+    let input = match body.input {
+        None => None,
+        Some(Prompt::Text(s)) if s.is_empty() => None,
+        Some(Prompt::Texts(v)) if v.is_empty() => None,
+        Some(Prompt::TokenLists(l)) if l.is_empty() => None,
+        Some(p) => Some(p),
+    };
+    let Some(input) = input else {
+        // Ollama's way of loading a model: no vectors.
+        return Ok(axum::Json(json!({"model": body.model, "embeddings": []})).into_response());
+    };
+    let overlong = match body.truncate {
+        Some(false) => Overlong::Refuse,
+        _ => Overlong::Truncate,
+    };
+    let out = embeddings::embed(&state, permit, &model, input, "input", overlong, true).await?;
+    /// Serialized with the vectors' own f32 values, as `/v1/embeddings` does.
+    #[derive(serde::Serialize)]
+    struct Reply {
+        model: String,
+        embeddings: Vec<Vec<f32>>,
+        total_duration: u64,
+        load_duration: u64,
+        prompt_eval_count: usize,
+    }
+    Ok(axum::Json(Reply {
+        model: body.model,
+        embeddings: out.vectors,
+        total_duration: started.elapsed().as_nanos() as u64,
+        load_duration: 0,
+        prompt_eval_count: out.prompt_tokens,
+    })
+    .into_response())
+}
+
+/// `POST /api/embeddings`: one prompt's vector as the model makes it.
+pub async fn embeddings_legacy(
+    State(state): State<Arc<AppState>>,
+    RequestBody(raw): RequestBody,
+) -> OllamaResult {
+    let permit = state.permit()?;
+    let body: LegacyEmbedBody = parse_body(&raw)?;
+    drop(raw);
+    let model = ollama::resolve(&state, &body.model)?;
+    if body.prompt.is_empty() {
+        return Ok(axum::Json(json!({"embedding": []})).into_response());
+    }
+    let input = Prompt::Text(body.prompt);
+    let overlong = Overlong::Truncate;
+    let mut out =
+        embeddings::embed(&state, permit, &model, input, "prompt", overlong, false).await?;
+    #[derive(serde::Serialize)]
+    struct Reply {
+        embedding: Vec<f32>,
+    }
+    let embedding = out.vectors.pop().unwrap_or_default();
+    Ok(axum::Json(Reply { embedding }).into_response())
+}
+
 pub async fn not_served() -> OllamaError {
     OllamaError(ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "invalid_request_error",
-        "camelid does not manage models or compute embeddings through the Ollama API: its \
-         models are chosen when it starts (`camelid serve --model …`)",
+        "camelid does not manage models through the Ollama API: its models are chosen when \
+         it starts (`camelid serve --model …`)",
     ))
 }
 

@@ -60,6 +60,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CAMELID_REASONING_PARSER", default_value = "none",
           value_parser = ["none", "deepseek_r1", "qwen3"])]
     reasoning_parser: String,
+    /// How embeddings pool a prompt's final hidden states: `last` (the last token's) or
+    /// `mean` (llama.cpp's flag). Default: what the model's files name (GGUF
+    /// `pooling_type`, sentence-transformers' `1_Pooling`), else `last`.
+    #[arg(long, env = "CAMELID_POOLING", value_parser = ["last", "mean"])]
+    pooling: Option<String>,
     /// Context length served (default: the model's).
     #[arg(long)]
     max_model_len: Option<usize>,
@@ -142,6 +147,9 @@ struct LimitArgs {
     /// Sequences one request may start (prompts × n).
     #[arg(long, default_value_t = RequestLimits::default().max_sequences)]
     max_seqs_per_request: usize,
+    /// Inputs in one embeddings request (they run --max-seqs-per-request at a time).
+    #[arg(long, default_value_t = RequestLimits::default().max_embedding_inputs)]
+    max_embedding_inputs: usize,
     /// Stop strings in one request.
     #[arg(long, default_value_t = RequestLimits::default().max_stop_strings)]
     max_stop_strings: usize,
@@ -186,6 +194,7 @@ impl LimitArgs {
         RequestLimits {
             max_prompts: self.max_prompts_per_request,
             max_sequences: self.max_seqs_per_request,
+            max_embedding_inputs: self.max_embedding_inputs,
             max_stop_strings: self.max_stop_strings,
             max_stop_string_bytes: self.max_stop_string_bytes,
             max_stop_token_ids: self.max_stop_token_ids,
@@ -367,6 +376,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 body_timeout_secs: a.limits.body_timeout_secs,
                 allowed_origins: a.allowed_origins.clone(),
                 reasoning_parser: a.reasoning_parser != "none",
+                pooling: a.pooling.as_deref().and_then(camelid_model::Pooling::parse),
             })
             .with_arena(arena),
         );
