@@ -1,7 +1,9 @@
 //! One turn of an arena battle: both sides submitted in the battle's own prefix-cache
 //! partition, run to the end together, whole or as one event stream, with nothing that tells
 //! the sides' models apart beyond the answers themselves — no usage, no cached-token counts,
-//! and one neutral message whichever side failed and however.
+//! and one neutral message whichever side failed and however. With `--reasoning-parser`, a
+//! reasoning model's thinking is left out: the answers are compared, not the thoughts (and
+//! a thinking format would name the model family).
 
 use crate::chat::{self, Submitted};
 use crate::error::ApiError;
@@ -13,6 +15,7 @@ use crate::validate::{battle_cache_salt, no_tools};
 use axum::http::StatusCode;
 use camelid_engine::Event;
 use camelid_model::decode::FinishReason;
+use camelid_model::text::reasoning::ReasoningSplitter;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -139,6 +142,8 @@ pub fn neutral(err: ApiError) -> ApiError {
 pub struct Turn {
     a: Submission,
     b: Submission,
+    /// Each side's thinking split, when its output is split (`chat::Submitted::reasoning`).
+    thinking: [Option<ReasoningSplitter>; 2],
 }
 
 /// Submits `req_a` and `req_b` (each naming its side's model) in battle `battle_id`'s cache
@@ -158,9 +163,10 @@ pub async fn submit(
         chat::submit_salted(state, permits.0, &req_a, sampling, salt.clone()),
         chat::submit_salted(state, permits.1, &req_b, sampling, salt)
     );
-    let (Submitted { sub: a, .. }, Submitted { sub: b, .. }) =
-        (a.map_err(neutral)?, b.map_err(neutral)?);
-    Ok(Turn { a, b })
+    let (a, b) = (a.map_err(neutral)?, b.map_err(neutral)?);
+    let thinking = [a.reasoning, b.reasoning].map(|r| r.map(ReasoningSplitter::new));
+    let (Submitted { sub: a, .. }, Submitted { sub: b, .. }) = (a, b);
+    Ok(Turn { a, b, thinking })
 }
 
 impl Turn {
@@ -181,14 +187,23 @@ impl Turn {
             let i = side as usize;
             let sent: Vec<Piece> = match ev {
                 Event::Token { text: t, .. } => {
+                    let t = match &mut self.thinking[i] {
+                        Some(split) => split.push(&t).content,
+                        None => t,
+                    };
                     text[i].push_str(&t);
                     let pieces = words[i].push(&t);
                     pieces.into_iter().map(|p| Piece::Delta(side, p)).collect()
                 }
                 Event::Finished { reason, .. } => {
                     finish[i] = Some(reason);
-                    let rest = words[i].finish().map(|p| Piece::Delta(side, p));
+                    let held = self.thinking[i].as_mut().map(|s| s.finish().content);
+                    let held = held.unwrap_or_default();
+                    text[i].push_str(&held);
+                    let mut rest = words[i].push(&held);
+                    rest.extend(words[i].finish());
                     rest.into_iter()
+                        .map(|p| Piece::Delta(side, p))
                         .chain([Piece::Finished(side, reason)])
                         .collect()
                 }

@@ -1215,3 +1215,89 @@ fn the_arena_is_open_to_visitors_unless_private() {
         "the pages stay open"
     );
 }
+
+/// A reasoning model served as DeepSeek-R1 is: its template's generation prompt opens a
+/// `<think>` block, which a short answer never closes.
+fn thinking_entry(name: &str) -> ModelEntry {
+    let lm = camelid_model::load(None, &camelid_model::LoadOptions::default())
+        .unwrap()
+        .with_chat_template(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+             {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+                .into(),
+        )
+        .unwrap();
+    ModelEntry {
+        name: name.into(),
+        aliases: vec![],
+        template: lm.template.clone(),
+        stop_token_ids: lm.stop_token_ids.clone(),
+        stop_strings: lm.stop_strings.clone(),
+        max_model_len: 512,
+        created: 0,
+        details: camelid_server::state::ModelDetails::of(&lm),
+        engine: camelid_engine::EngineHandle::spawn(
+            lm,
+            camelid_engine::EngineConfig {
+                kv_cache_mb: 32,
+                ..Default::default()
+            },
+        ),
+    }
+}
+
+/// With `--reasoning-parser` a battle shows the answers, not a reasoning model's thinking
+/// (which would also name its family): a side still thinking when `max_tokens` cut it answers
+/// nothing, whole and streamed, while the other model's text is untouched. Without the
+/// parser the thinking is the answer, as the model wrote it.
+#[test]
+fn battles_leave_a_reasoning_models_thinking_out() {
+    for parser in [true, false] {
+        let s = serve_models(
+            ServerConfig {
+                reasoning_parser: parser,
+                ..Default::default()
+            },
+            Arena::in_memory(no_limits()),
+            vec![thinking_entry("r1"), entry("smol")],
+        );
+        let mut body = ask();
+        body["max_tokens"] = 12.into();
+        let (id, token, whole) = s.battle(body.as_object().unwrap().clone().into());
+        body["stream"] = true.into();
+        let (status, text) = call(&s.base, "POST", "/arena/battles", None, Some(body));
+        assert_eq!(status, 200, "{text}");
+        let mut streamed = [String::new(), String::new()];
+        for p in sse_payloads(&text) {
+            let Ok(ev) = serde_json::from_str::<Value>(&p) else {
+                continue;
+            };
+            match (ev["side"].as_str(), ev["delta"].as_str()) {
+                (Some("a"), Some(d)) => streamed[0] += d,
+                (Some("b"), Some(d)) => streamed[1] += d,
+                _ => {}
+            }
+        }
+        let (status, reveal) = s.vote(&id, Some(&token), "tie");
+        assert_eq!(status, 200, "{reveal}");
+        // The streamed battle drew its own sides: the same two answers, in either order.
+        let mut contents = [&whole["a"]["content"], &whole["b"]["content"]]
+            .map(|c| c.as_str().unwrap().to_string());
+        contents.sort();
+        streamed.sort();
+        assert_eq!(streamed, contents, "parser {parser}: streamed vs whole");
+        for side in ["a", "b"] {
+            let model = reveal[format!("model_{side}")].as_str().unwrap();
+            let content = whole[side]["content"].as_str().unwrap();
+            if parser && model == "r1" {
+                assert_eq!(content, "", "parser on: {model}'s thinking shown: {whole}");
+            } else {
+                assert!(
+                    !content.is_empty(),
+                    "parser {parser}: {model} said nothing: {whole}"
+                );
+                assert!(!content.contains("<think>"), "{whole}");
+            }
+        }
+    }
+}
