@@ -68,7 +68,8 @@ check(float(alone[0] @ alone[1]) < 0.999, "different texts, different vectors")
 check(many.usage.prompt_tokens == sum(client.embeddings.create(model=model, input=t).usage.prompt_tokens
                                       for t in texts), f"usage sums the inputs: {many.usage}")
 
-# Token ids embed as the text they tokenize to.
+# Token ids embed as the text they tokenize to (this model's tokenizer appends no token to an
+# embedding input, so `/tokenize`'s ids are the same).
 tokens = post("/tokenize", {"model": model, "prompt": prompt})["tokens"]
 by_ids = client.embeddings.create(model=model, input=[tokens], encoding_format="float")
 check(np.array_equal(np.array(by_ids.data[0].embedding, dtype=np.float32), v), "token ids == text")

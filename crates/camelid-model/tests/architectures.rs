@@ -1073,6 +1073,19 @@ fn embedding_models_name_their_pooling_and_appended_token() {
     std::fs::write(dir.path().join("tokenizer.json"), doc.to_string()).unwrap();
     let hf = load(dir.path());
     assert_eq!(hf.tokenizer.eos_appended, Some(eos));
+    // `tokenizer_config.json`'s `add_eos_token` decides over the post-processor, as in
+    // transformers.
+    let cfg = |v: serde_json::Value| {
+        std::fs::write(dir.path().join("tokenizer_config.json"), v.to_string()).unwrap();
+        load(dir.path()).tokenizer.eos_appended
+    };
+    assert_eq!(cfg(serde_json::json!({"add_eos_token": false})), None);
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    assert_eq!(cfg(serde_json::json!({})), None);
+    assert_eq!(
+        cfg(serde_json::json!({"add_eos_token": true, "eos_token": eos_text})),
+        Some(eos)
+    );
     assert_eq!(
         hf.tokenizer
             .encode_for_embedding("hello world")

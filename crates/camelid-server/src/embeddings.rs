@@ -1,16 +1,22 @@
 //! Embeddings: inputs checked and tokenized, one engine request each (the engine pools the
-//! final hidden states, see `camelid_engine::Pooling`), the vectors normalized and encoded.
-//! Shared by OpenAI's `/v1/embeddings` and Ollama's `/api/embed` and `/api/embeddings`.
+//! final hidden states, see `camelid_engine::Pooling`) in waves, the vectors normalized and
+//! streamed into the response as they come (a request's memory is one wave's, whatever its
+//! size). Shared by OpenAI's `/v1/embeddings` and Ollama's `/api/embed` and `/api/embeddings`.
 
 use crate::error::ApiError;
 use crate::openai::Prompt;
-use crate::run::{blocking, collect, submit_requests};
+use crate::run::{blocking, shutting_down, submit_requests, submit_requests_patiently, Submission};
 use crate::state::{AppState, ModelEntry, Permit};
-use camelid_engine::{Pooling, Request};
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use camelid_engine::{Event, Pooling, Request};
 use camelid_model::decode::GenerationParams;
 use camelid_model::SamplingParams;
+use futures::stream::{BoxStream, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `POST /v1/embeddings`: OpenAI's fields and vLLM's `normalize`.
 #[derive(Debug, Deserialize)]
@@ -35,15 +41,21 @@ pub struct EmbeddingRequest {
 pub enum Overlong {
     /// Refused, naming the input (OpenAI's and vLLM's way).
     Refuse,
-    /// Cut to the context length, keeping its start (Ollama's `truncate`, its default).
+    /// Cut to the context length, keeping its start and the appended token (Ollama's
+    /// `truncate`, its default).
     Truncate,
 }
 
-/// What the server computed: one vector per input, in input order, and the tokens read.
-pub struct Embedded {
-    pub vectors: Vec<Vec<f32>>,
+/// An embeddings request checked and tokenized, ready to run.
+pub struct Prepared {
+    inputs: Vec<Vec<u32>>,
+    /// Tokens of every input.
     pub prompt_tokens: usize,
+    pooling: Pooling,
 }
+
+/// The vectors of a request, in input order, as its waves finish.
+pub type Vectors = BoxStream<'static, Result<Vec<f32>, ApiError>>;
 
 /// The pooling `model` is served with: the server's `--pooling`, else what its files name,
 /// else the last token's.
@@ -55,23 +67,31 @@ pub fn pooling(state: &AppState, model: &ModelEntry) -> Pooling {
         .unwrap_or(Pooling::Last)
 }
 
-/// Tokenizes `input` (text as the model's tokenizer prepares an embedding input: its BOS and
-/// appended token), checks every input, and runs them all. `param` names the input field in
-/// errors (`input`, Ollama's legacy `prompt`).
-pub async fn embed(
-    state: &Arc<AppState>,
-    permit: Permit,
+/// Checks every input and tokenizes text as the model's tokenizer prepares an embedding
+/// input (its BOS and appended token). `param` names the input field in errors (`input`,
+/// Ollama's legacy `prompt`).
+pub async fn prepare(
+    state: &AppState,
+    permit: &Permit,
     model: &ModelEntry,
     input: Prompt,
     param: &'static str,
     overlong: Overlong,
-    normalize: bool,
-) -> Result<Embedded, ApiError> {
+) -> Result<Prepared, ApiError> {
     let count = match &input {
         Prompt::Text(_) | Prompt::Tokens(_) => 1,
         Prompt::Texts(v) => v.len(),
         Prompt::TokenLists(l) => l.len(),
     };
+    let name = |i: usize| {
+        if count == 1 {
+            param.to_string()
+        } else {
+            format!("{param}[{i}]")
+        }
+    };
+    let empty =
+        |i: usize| ApiError::invalid_param(param, format!("`{}` must not be empty", name(i)));
     if count == 0 {
         return Err(ApiError::invalid_param(
             param,
@@ -85,6 +105,15 @@ pub async fn embed(
             format!("`{param}`: {count} inputs; at most {limit} are allowed per request"),
         ));
     }
+    // Empty text is refused before it is tokenized: the BOS alone would make it a vector.
+    let texts = match &input {
+        Prompt::Text(s) => std::slice::from_ref(s),
+        Prompt::Texts(v) => v.as_slice(),
+        _ => &[],
+    };
+    if let Some(i) = texts.iter().position(String::is_empty) {
+        return Err(empty(i));
+    }
     let tok = model.engine.shared_tokenizer();
     let encode = move |texts: Vec<String>| -> Result<Vec<Vec<u32>>, ApiError> {
         texts
@@ -96,39 +125,41 @@ pub async fn embed(
             .collect()
     };
     let mut inputs = match input {
-        Prompt::Text(s) => blocking(&permit, move || encode(vec![s])).await?,
-        Prompt::Texts(v) => blocking(&permit, move || encode(v)).await?,
+        Prompt::Text(s) => blocking(permit, move || encode(vec![s])).await?,
+        Prompt::Texts(v) => blocking(permit, move || encode(v)).await?,
         Prompt::Tokens(t) => vec![t],
         Prompt::TokenLists(l) => l,
     };
     let vocab = model.engine.vocab_size();
     let context = model.max_model_len;
+    let appended = model.engine.tokenizer().eos_appended;
     for (i, ids) in inputs.iter_mut().enumerate() {
-        let name = if count == 1 {
-            param.to_string()
-        } else {
-            format!("{param}[{i}]")
-        };
         if ids.is_empty() {
-            return Err(ApiError::invalid_param(
-                param,
-                format!("`{name}` must not be empty"),
-            ));
+            return Err(empty(i));
         }
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(ApiError::invalid_param(
                 param,
-                format!("`{name}`: token id {bad} is outside the vocabulary ({vocab})"),
+                format!(
+                    "`{}`: token id {bad} is outside the vocabulary ({vocab})",
+                    name(i)
+                ),
             ));
         }
         if ids.len() > context {
             match overlong {
-                Overlong::Truncate => ids.truncate(context),
+                Overlong::Truncate => {
+                    // The appended token stays last: last-token pooling reads its state.
+                    let end = appended.filter(|e| ids.last() == Some(e));
+                    ids.truncate(context - usize::from(end.is_some()));
+                    ids.extend(end);
+                }
                 Overlong::Refuse => {
                     return Err(ApiError::invalid_param(
                         param,
                         format!(
-                            "`{name}` is {} tokens; this model's context is {context} tokens",
+                            "`{}` is {} tokens; this model's context is {context} tokens",
+                            name(i),
                             ids.len()
                         ),
                     ))
@@ -136,44 +167,131 @@ pub async fn embed(
             }
         }
     }
-    let prompt_tokens = inputs.iter().map(Vec::len).sum();
-    let pooling = pooling(state, model);
-    // In waves of at most a request's sequence cap: the engine's waiting queue is bounded
-    // for every client, and OpenAI's clients batch up to 2048 inputs.
+    Ok(Prepared {
+        prompt_tokens: inputs.iter().map(Vec::len).sum(),
+        inputs,
+        pooling: pooling(state, model),
+    })
+}
+
+/// Runs the inputs through the engine in waves of at most a request's sequence cap (the
+/// engine's waiting queue is bounded for every client, and OpenAI's clients batch up to 2048
+/// inputs); a wave that finds the queue full waits for room. Only one wave's vectors are
+/// held at a time. Dropping the stream cancels what runs; `permit` is held until then.
+pub fn run(
+    state: Arc<AppState>,
+    permit: Permit,
+    model: Arc<ModelEntry>,
+    prepared: Prepared,
+    normalize: bool,
+) -> Vectors {
     let wave = state.config.limits.max_sequences.max(1);
-    let mut vectors = Vec::with_capacity(inputs.len());
-    let mut inputs = inputs.into_iter().peekable();
-    while inputs.peek().is_some() {
-        let requests = inputs
-            .by_ref()
-            .take(wave)
-            .enumerate()
-            .map(|(i, prompt)| {
-                let req = Request {
-                    prompt,
-                    params: GenerationParams::new(0, SamplingParams::greedy()),
-                    prompt_logprobs: None,
-                    cache_salt: None,
-                    embed: Some(pooling),
+    let started = Instant::now();
+    let pooling = prepared.pooling;
+    let waves: Vec<Vec<Vec<u32>>> = {
+        let mut it = prepared.inputs.into_iter().peekable();
+        let mut out = vec![];
+        while it.peek().is_some() {
+            out.push(it.by_ref().take(wave).collect());
+        }
+        out
+    };
+    let n_waves = waves.len();
+    futures::stream::iter(waves.into_iter().enumerate())
+        .then(move |(w, inputs)| {
+            let (state, permit, model) = (state.clone(), permit.clone(), model.clone());
+            async move {
+                let requests = inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, prompt)| {
+                        let req = Request {
+                            prompt,
+                            params: GenerationParams::new(0, SamplingParams::greedy()),
+                            prompt_logprobs: None,
+                            cache_salt: None,
+                            embed: Some(pooling),
+                        };
+                        (i, req)
+                    })
+                    .collect();
+                let sub = if w == 0 {
+                    submit_requests(&state, permit, &model, requests)?
+                } else {
+                    submit_requests_patiently(&state, permit, &model, requests, PATIENCE).await?
                 };
-                (i, req)
-            })
-            .collect();
-        let sub = submit_requests(state, permit.clone(), model, requests)?;
-        for r in collect(sub, 0).await? {
-            let mut v = r
-                .embedding
-                .ok_or_else(|| ApiError::internal("the engine sent no embedding"))?;
-            if normalize {
-                unit_length(&mut v);
+                let mut vectors = wave_vectors(sub).await?;
+                if normalize {
+                    vectors.iter_mut().for_each(|v| unit_length(v));
+                }
+                if w + 1 == n_waves {
+                    state
+                        .metrics
+                        .request_latency(started.elapsed().as_secs_f64());
+                }
+                Ok::<_, ApiError>(vectors)
             }
-            vectors.push(v);
+        })
+        .flat_map(|wave| match wave {
+            Ok(vectors) => futures::stream::iter(vectors.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+        })
+        .boxed()
+}
+
+/// How long a later wave waits for room in the engine's queue.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One wave's vectors, in order.
+async fn wave_vectors(mut sub: Submission) -> Result<Vec<Vec<f32>>, ApiError> {
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; sub.choices];
+    while let Some((i, ev)) = sub.streams.next().await {
+        match ev {
+            Event::Embedding(v) => out[i] = Some(v),
+            Event::Finished { .. } | Event::PromptLogprobs(_) | Event::Token { .. } => {}
+            Event::Error(e) | Event::GrammarFailed(e) => return Err(ApiError::internal(e)),
+            Event::Refused(_) => return Err(shutting_down()),
         }
     }
-    Ok(Embedded {
-        vectors,
-        prompt_tokens,
-    })
+    out.into_iter()
+        .map(|v| v.ok_or_else(|| ApiError::internal("the engine sent no embedding")))
+        .collect()
+}
+
+/// A JSON response streamed as the vectors come: `head`, each vector as `item` writes it
+/// (comma-separated), then `tail`. The first vector is awaited before the status is sent, so
+/// a request that cannot start gets its error; a failure after that cuts the response.
+pub async fn json_response(
+    mut vectors: Vectors,
+    head: String,
+    item: impl Fn(usize, Vec<f32>) -> Vec<u8> + Send + 'static,
+    tail: impl FnOnce() -> String + Send + 'static,
+) -> Result<Response, ApiError> {
+    let first = vectors.next().await.transpose()?;
+    let first = futures::stream::iter(first.map(Ok));
+    let mut index = 0;
+    let items = first.chain(vectors).map(move |v| {
+        let mut bytes = if index == 0 { vec![] } else { vec![b','] };
+        bytes.extend(item(index, v?));
+        index += 1;
+        Ok::<_, ApiError>(Bytes::from(bytes))
+    });
+    let body = futures::stream::once(async move { Ok(Bytes::from(head)) })
+        .chain(items)
+        .chain(futures::stream::once(
+            async move { Ok(Bytes::from(tail())) },
+        ))
+        .map(|r: Result<Bytes, ApiError>| {
+            r.map_err(|e| {
+                tracing::warn!("an embeddings response was cut: {}", e.message);
+                std::io::Error::other(e.message)
+            })
+        });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// Scales `v` to unit Euclidean length (a zero vector stays zero).

@@ -60,9 +60,38 @@ pub fn submit_requests(
     model: &ModelEntry,
     requests: Vec<(usize, Request)>,
 ) -> Result<Submission, ApiError> {
-    let choices = requests.len();
     let (indices, requests): (Vec<usize>, Vec<Request>) = requests.into_iter().unzip();
-    let receivers = model.engine.submit_all(requests).map_err(|e| match e {
+    let receivers = model
+        .engine
+        .submit_all(requests)
+        .map_err(|e| submit_error(model, e))?;
+    Ok(submission(state, permit, indices, receivers))
+}
+
+/// [`submit_requests`] that waits up to `patience` for room in a full engine queue instead of
+/// answering 503 (the later parts of a request whose first parts already ran).
+pub async fn submit_requests_patiently(
+    state: &Arc<AppState>,
+    permit: Permit,
+    model: &ModelEntry,
+    requests: Vec<(usize, Request)>,
+    patience: std::time::Duration,
+) -> Result<Submission, ApiError> {
+    let (indices, requests): (Vec<usize>, Vec<Request>) = requests.into_iter().unzip();
+    let started = Instant::now();
+    loop {
+        match model.engine.submit_all(requests.clone()) {
+            Ok(receivers) => return Ok(submission(state, permit, indices, receivers)),
+            Err(SubmitError::QueueFull) if started.elapsed() < patience => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(submit_error(model, e)),
+        }
+    }
+}
+
+fn submit_error(model: &ModelEntry, e: SubmitError) -> ApiError {
+    match e {
         SubmitError::QueueFull => ApiError::overloaded(
             StatusCode::SERVICE_UNAVAILABLE,
             "The engine queue is full; retry later.",
@@ -74,18 +103,27 @@ pub fn submit_requests(
         ),
         SubmitError::ShuttingDown => shutting_down(),
         SubmitError::Invalid(m) => ApiError::bad_request(m),
-    })?;
+    }
+}
+
+fn submission(
+    state: &Arc<AppState>,
+    permit: Permit,
+    indices: Vec<usize>,
+    receivers: Vec<UnboundedReceiver<Event>>,
+) -> Submission {
+    let choices = indices.len();
     let mut streams = SelectAll::new();
     for (idx, rx) in indices.into_iter().zip(receivers) {
         streams.push(until_last_event(rx).map(move |e| (idx, e)).boxed());
     }
-    Ok(Submission {
+    Submission {
         streams,
         choices,
         started: Instant::now(),
         state: state.clone(),
         _permit: permit,
-    })
+    }
 }
 
 /// Runs `f` on tokio's blocking pool (rendering and tokenizing a body of megabytes must not

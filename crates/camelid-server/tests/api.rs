@@ -1254,29 +1254,15 @@ fn reasoning_server(parser: bool) -> &'static Server {
             reasoning_parser: parser,
             ..Default::default()
         });
-        let mut lm = camelid_model::load(None, &camelid_model::LoadOptions::default()).unwrap();
-        lm = lm
-            .with_chat_template(
-                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
-                 {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
-                    .into(),
-            )
+        let lm = camelid_model::load(None, &camelid_model::LoadOptions::default())
+            .unwrap()
+            .with_chat_template(common::THINKING_TEMPLATE.into())
             .unwrap();
         let small = EngineConfig {
             kv_cache_mb: 32,
             ..Default::default()
         };
-        let r1 = ModelEntry {
-            name: "r1".into(),
-            aliases: vec![],
-            template: lm.template.clone(),
-            stop_token_ids: lm.stop_token_ids.clone(),
-            stop_strings: lm.stop_strings.clone(),
-            max_model_len: 512,
-            created: 0,
-            details: camelid_server::state::ModelDetails::of(&lm),
-            engine: camelid_engine::EngineHandle::spawn(lm, small.clone()),
-        };
+        let r1 = common::entry_of(lm, "r1", 512, small.clone());
         let smol = model_entry("smol", &[], 512, |_| small);
         let state = Arc::new(state);
         state.set_models(vec![smol, r1]);
@@ -1485,7 +1471,7 @@ fn ollama_think_returns_the_thinking_apart() {
 /// its last-token one (the default), and with `normalize` that vector at unit length.
 #[test]
 fn embeddings_follow_the_servers_pooling() {
-    use camelid_engine::{Event, Pooling, Request};
+    use camelid_engine::Pooling;
     let state = Arc::new(AppState::new(ServerConfig {
         pooling: Some(Pooling::Mean),
         ..Default::default()
@@ -1507,28 +1493,7 @@ fn embeddings_follow_the_servers_pooling() {
     let model = state.model(Some("smol")).unwrap();
     let ids = model.engine.tokenizer().encode_for_embedding(text).unwrap();
     assert_eq!(b["usage"]["prompt_tokens"], ids.len());
-    let direct = |pooling| -> Vec<f32> {
-        let params = camelid_model::decode::GenerationParams::new(
-            0,
-            camelid_model::SamplingParams::greedy(),
-        );
-        let mut rx = model
-            .engine
-            .submit(Request {
-                prompt: ids.clone(),
-                params,
-                prompt_logprobs: None,
-                cache_salt: None,
-                embed: Some(pooling),
-            })
-            .unwrap();
-        while let Some(e) = rx.blocking_recv() {
-            if let Event::Embedding(v) = e {
-                return v;
-            }
-        }
-        panic!("no embedding")
-    };
+    let direct = |pooling| engine_embedding(&model, &ids, pooling);
     assert_eq!(
         got,
         direct(Pooling::Mean),
@@ -1549,4 +1514,132 @@ fn embeddings_follow_the_servers_pooling() {
     for (u, g) in unit.iter().zip(&got) {
         assert!((*u as f64 - *g as f64 / norm).abs() < 1e-6);
     }
+}
+
+/// The engine's embedding of `ids` under `pooling`, asked directly.
+fn engine_embedding(model: &ModelEntry, ids: &[u32], pooling: camelid_engine::Pooling) -> Vec<f32> {
+    use camelid_engine::{Event, Request};
+    let params =
+        camelid_model::decode::GenerationParams::new(0, camelid_model::SamplingParams::greedy());
+    let mut rx = model
+        .engine
+        .submit(Request {
+            prompt: ids.to_vec(),
+            params,
+            prompt_logprobs: None,
+            cache_salt: None,
+            embed: Some(pooling),
+        })
+        .unwrap();
+    while let Some(e) = rx.blocking_recv() {
+        if let Event::Embedding(v) = e {
+            return v;
+        }
+    }
+    panic!("no embedding")
+}
+
+/// An input cut to the context (Ollama's `truncate`) keeps the token the tokenizer appends:
+/// last-token pooling reads that token's state. Empty text is refused even where the
+/// tokenizer would make it a BOS token (the tiny fixture's SentencePiece vocabulary adds one).
+#[test]
+fn embedding_inputs_keep_their_appended_token_and_refuse_empty_text() {
+    let mut lm = camelid_model::load(None, &camelid_model::LoadOptions::default()).unwrap();
+    let eos = lm.tokenizer.eos_ids[0];
+    lm.tokenizer.eos_appended = Some(eos);
+    let appends = common::entry_of(lm, "appends", 64, EngineConfig::default());
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![appends, common::tiny_llama_entry("tiny")]);
+    let s = serve(state.clone());
+    let text = "word ".repeat(200);
+    let (st, b) = send(
+        &s.base,
+        "POST",
+        "/api/embed",
+        Some("application/json"),
+        json!({"model": "appends", "input": text})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["prompt_eval_count"], 64, "{b}");
+    let got: Vec<f32> = serde_json::from_value(b["embeddings"][0].clone()).unwrap();
+    let model = state.model(Some("appends")).unwrap();
+    let mut ids = model
+        .engine
+        .tokenizer()
+        .encode_for_embedding(&text)
+        .unwrap();
+    assert_eq!(ids.last(), Some(&eos));
+    ids.truncate(63);
+    ids.push(eos);
+    let want = engine_embedding(&model, &ids, camelid_engine::Pooling::Last);
+    let norm = want
+        .iter()
+        .map(|&x| x as f64 * x as f64)
+        .sum::<f64>()
+        .sqrt();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (*g as f64 - *w as f64 / norm).abs() < 1e-6,
+            "not the EOS's state"
+        );
+    }
+    let tiny = state.model(Some("tiny")).unwrap();
+    assert!(!tiny.engine.tokenizer().encode("", true).unwrap().is_empty());
+    for input in [json!(""), json!(["x", ""])] {
+        let (st, b) = send(
+            &s.base,
+            "POST",
+            "/v1/embeddings",
+            Some("application/json"),
+            json!({"model": "tiny", "input": input})
+                .to_string()
+                .into_bytes(),
+        );
+        assert_error(st, &b, 400, Some("input"));
+    }
+}
+
+/// Inputs beyond a request's sequence cap run in waves and stream into one response: every
+/// vector in input order, each the engine's own for its text.
+#[test]
+fn embeddings_of_many_inputs_come_in_order_across_waves() {
+    let state = Arc::new(AppState::new(ServerConfig {
+        limits: camelid_server::RequestLimits {
+            max_sequences: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
+    state.set_models(vec![entry("smol")]);
+    let s = serve(state.clone());
+    let texts: Vec<String> = (0..18).map(|i| format!("item number {i}")).collect();
+    let (st, b) = send(
+        &s.base,
+        "POST",
+        "/v1/embeddings",
+        Some("application/json"),
+        json!({"model": "smol", "input": texts, "normalize": false, "encoding_format": "float"})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(st, 200, "{b}");
+    let data = b["data"].as_array().unwrap();
+    assert_eq!(data.len(), texts.len());
+    let model = state.model(Some("smol")).unwrap();
+    let mut tokens = 0;
+    for (i, (d, t)) in data.iter().zip(&texts).enumerate() {
+        assert_eq!(d["index"], i);
+        let ids = model.engine.tokenizer().encode_for_embedding(t).unwrap();
+        tokens += ids.len();
+        let got: Vec<f32> = serde_json::from_value(d["embedding"].clone()).unwrap();
+        assert_eq!(
+            got,
+            engine_embedding(&model, &ids, camelid_engine::Pooling::Last),
+            "{t}"
+        );
+    }
+    assert_eq!(b["usage"]["prompt_tokens"], tokens);
+    assert_eq!(b["model"], "smol");
 }

@@ -1221,29 +1221,13 @@ fn the_arena_is_open_to_visitors_unless_private() {
 fn thinking_entry(name: &str) -> ModelEntry {
     let lm = camelid_model::load(None, &camelid_model::LoadOptions::default())
         .unwrap()
-        .with_chat_template(
-            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
-             {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
-                .into(),
-        )
+        .with_chat_template(common::THINKING_TEMPLATE.into())
         .unwrap();
-    ModelEntry {
-        name: name.into(),
-        aliases: vec![],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len: 512,
-        created: 0,
-        details: camelid_server::state::ModelDetails::of(&lm),
-        engine: camelid_engine::EngineHandle::spawn(
-            lm,
-            camelid_engine::EngineConfig {
-                kv_cache_mb: 32,
-                ..Default::default()
-            },
-        ),
-    }
+    let config = camelid_engine::EngineConfig {
+        kv_cache_mb: 32,
+        ..Default::default()
+    };
+    common::entry_of(lm, name, 512, config)
 }
 
 /// With `--reasoning-parser` a battle shows the answers, not a reasoning model's thinking

@@ -6,7 +6,7 @@
 
 mod common;
 
-use camelid_engine::{EngineConfig, EngineHandle};
+use camelid_engine::EngineConfig;
 use camelid_model::text::tool_calls::{parse_output, ToolFormat};
 use camelid_server::{AppState, ModelEntry, ServerConfig};
 use common::{assert_error, client, post, runtime, serve, short, Server};
@@ -23,17 +23,7 @@ fn entry(name: &str, template: Option<&str>) -> ModelEntry {
     if let Some(t) = template {
         lm = lm.with_chat_template(t.to_string()).unwrap();
     }
-    ModelEntry {
-        name: name.into(),
-        aliases: vec![],
-        template: lm.template.clone(),
-        stop_token_ids: lm.stop_token_ids.clone(),
-        stop_strings: lm.stop_strings.clone(),
-        max_model_len: 2048,
-        created: 0,
-        details: camelid_server::state::ModelDetails::of(&lm),
-        engine: EngineHandle::spawn(lm, EngineConfig::default()),
-    }
+    common::entry_of(lm, name, 2048, EngineConfig::default())
 }
 
 fn server() -> &'static Server {

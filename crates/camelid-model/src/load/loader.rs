@@ -411,9 +411,18 @@ pub fn load_hf_folder(
     eos.sort();
     eos.dedup();
     tok.eos_ids = eos;
+    // transformers applies `add_eos_token` (its `eos_token`) when it loads the tokenizer,
+    // whatever the saved post-processor says.
+    tok.eos_appended = match tok_cfg.get("add_eos_token").and_then(|v| v.as_bool()) {
+        Some(true) => eos_text
+            .as_deref()
+            .and_then(|t| tok.token_to_id(t))
+            .or(tok.post_processor_appends()),
+        Some(false) => None,
+        None => tok.post_processor_appends(),
+    };
     // Without `add_bos_token` (Llama 3's tokenizer_config.json has none), HF adds the BOS
     // when the post-processor does: so does camelid, as gguf-py's converter decides it.
-    tok.eos_appended = tok.post_processor_appends();
     tok.add_bos = match tok_cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
         Some(add) => add,
         None if tok.add_bos => true,

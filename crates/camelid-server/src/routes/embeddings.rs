@@ -7,20 +7,12 @@ use crate::error::ApiError;
 use crate::openai::parse_body;
 use crate::state::AppState;
 use axum::extract::State;
-use axum::response::IntoResponse;
 use serde::Serialize;
+use serde_json::json;
 use std::sync::Arc;
 
-/// The response, serialized with the vectors' own f32 values (`serde_json::Value` would widen
-/// each to f64 and write ~17 digits where 9 say the same f32).
-#[derive(Serialize)]
-struct Response<'a> {
-    object: &'static str,
-    data: Vec<Item>,
-    model: &'a str,
-    usage: Usage,
-}
-
+/// One `data` entry, serialized with the vector's own f32 values (`serde_json::Value` would
+/// widen each to f64 and write ~17 digits where 9 say the same f32).
 #[derive(Serialize)]
 struct Item {
     object: &'static str,
@@ -33,12 +25,6 @@ struct Item {
 enum Vector {
     Float(Vec<f32>),
     Base64(String),
-}
-
-#[derive(Serialize)]
-struct Usage {
-    prompt_tokens: usize,
-    total_tokens: usize,
 }
 
 pub async fn embeddings(
@@ -69,38 +55,38 @@ pub async fn embeddings(
             ),
         ));
     }
-    let out = embeddings::embed(
+    let prepared = embeddings::prepare(
         &state,
-        permit,
+        &permit,
         &model,
         req.input,
         "input",
         Overlong::Refuse,
-        req.normalize.unwrap_or(true),
     )
     .await?;
-    let data = out
-        .vectors
-        .into_iter()
-        .enumerate()
-        .map(|(index, v)| Item {
+    let tail = json!({
+        "model": model.name,
+        "usage": {"prompt_tokens": prepared.prompt_tokens, "total_tokens": prepared.prompt_tokens},
+    });
+    let normalize = req.normalize.unwrap_or(true);
+    let vectors = embeddings::run(state.clone(), permit, model, prepared, normalize);
+    let item = move |index, v: Vec<f32>| {
+        let embedding = if base64 {
+            Vector::Base64(base64_f32(&v))
+        } else {
+            Vector::Float(v)
+        };
+        let item = Item {
             object: "embedding",
             index,
-            embedding: if base64 {
-                Vector::Base64(base64_f32(&v))
-            } else {
-                Vector::Float(v)
-            },
-        })
-        .collect();
-    Ok(axum::Json(Response {
-        object: "list",
-        data,
-        model: &model.name,
-        usage: Usage {
-            prompt_tokens: out.prompt_tokens,
-            total_tokens: out.prompt_tokens,
-        },
-    })
-    .into_response())
+            embedding,
+        };
+        serde_json::to_vec(&item).expect("a vector serializes")
+    };
+    // `{"object":"list","data":[…],"model":…,"usage":…}`, the tail's fields after the data.
+    let tail = move || {
+        let t = tail.to_string();
+        format!("],{}", &t[1..])
+    };
+    embeddings::json_response(vectors, r#"{"object":"list","data":["#.into(), item, tail).await
 }

@@ -464,7 +464,6 @@ pub async fn show(
     Ok(axum::Json(ollama::show(&model, takes_tools)).into_response())
 }
 
-/// `pull`, `push`, `create`, `copy`, `delete`, `blobs`, embeddings: not served.
 /// `POST /api/embed`: unit-length vectors of the final hidden states, pooled as the model is
 /// served (`--pooling`).
 pub async fn embed(
@@ -499,24 +498,18 @@ pub async fn embed(
         Some(false) => Overlong::Refuse,
         _ => Overlong::Truncate,
     };
-    let out = embeddings::embed(&state, permit, &model, input, "input", overlong, true).await?;
-    /// Serialized with the vectors' own f32 values, as `/v1/embeddings` does.
-    #[derive(serde::Serialize)]
-    struct Reply {
-        model: String,
-        embeddings: Vec<Vec<f32>>,
-        total_duration: u64,
-        load_duration: u64,
-        prompt_eval_count: usize,
-    }
-    Ok(axum::Json(Reply {
-        model: body.model,
-        embeddings: out.vectors,
-        total_duration: started.elapsed().as_nanos() as u64,
-        load_duration: 0,
-        prompt_eval_count: out.prompt_tokens,
-    })
-    .into_response())
+    let prepared = embeddings::prepare(&state, &permit, &model, input, "input", overlong).await?;
+    let prompt_tokens = prepared.prompt_tokens;
+    let vectors = embeddings::run(state.clone(), permit, model, prepared, true);
+    let head = format!(r#"{{"model":{},"embeddings":["#, json!(body.model));
+    let item = |_, v: Vec<f32>| serde_json::to_vec(&v).expect("a vector serializes");
+    let tail = move || {
+        format!(
+            r#"],"total_duration":{},"load_duration":0,"prompt_eval_count":{prompt_tokens}}}"#,
+            started.elapsed().as_nanos()
+        )
+    };
+    Ok(embeddings::json_response(vectors, head, item, tail).await?)
 }
 
 /// `POST /api/embeddings`: one prompt's vector as the model makes it.
@@ -532,17 +525,21 @@ pub async fn embeddings_legacy(
         return Ok(axum::Json(json!({"embedding": []})).into_response());
     }
     let input = Prompt::Text(body.prompt);
-    let overlong = Overlong::Truncate;
-    let mut out =
-        embeddings::embed(&state, permit, &model, input, "prompt", overlong, false).await?;
+    let prepared =
+        embeddings::prepare(&state, &permit, &model, input, "prompt", Overlong::Truncate).await?;
+    let mut vectors = embeddings::run(state.clone(), permit, model, prepared, false);
+    let embedding = futures::StreamExt::next(&mut vectors)
+        .await
+        .transpose()?
+        .unwrap_or_default();
     #[derive(serde::Serialize)]
     struct Reply {
         embedding: Vec<f32>,
     }
-    let embedding = out.vectors.pop().unwrap_or_default();
     Ok(axum::Json(Reply { embedding }).into_response())
 }
 
+/// `pull`, `push`, `create`, `copy`, `delete`, `blobs`: not served.
 pub async fn not_served() -> OllamaError {
     OllamaError(ApiError::new(
         StatusCode::NOT_IMPLEMENTED,

@@ -54,9 +54,21 @@ pub fn model_entry_at(
 ) -> ModelEntry {
     let lm = camelid_model::load(path, &camelid_model::LoadOptions::default()).expect("model");
     let config = engine(&lm);
+    let mut e = entry_of(lm, name, max_model_len, config);
+    e.aliases = aliases.iter().map(|a| a.to_string()).collect();
+    e
+}
+
+/// A loaded model served as `name` on an engine of its own.
+pub fn entry_of(
+    lm: LoadedModel,
+    name: &str,
+    max_model_len: usize,
+    config: EngineConfig,
+) -> ModelEntry {
     ModelEntry {
         name: name.into(),
-        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        aliases: vec![],
         template: lm.template.clone(),
         stop_token_ids: lm.stop_token_ids.clone(),
         stop_strings: lm.stop_strings.clone(),
@@ -66,6 +78,12 @@ pub fn model_entry_at(
         engine: EngineHandle::spawn(lm, config),
     }
 }
+
+/// A chat template whose generation prompt opens a `<think>` block, as DeepSeek-R1's does
+/// (a reasoning model's output then starts inside it).
+pub const THINKING_TEMPLATE: &str =
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+    {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
 
 /// Serves `state` on a free loopback port, on [`runtime`].
 pub fn serve(state: Arc<AppState>) -> Server {
