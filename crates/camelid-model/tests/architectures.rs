@@ -1094,3 +1094,42 @@ fn embedding_models_name_their_pooling_and_appended_token() {
         Some(&eos)
     );
 }
+
+/// A code model's fill-in-the-middle tokens, from GGUF's `fim_*_token_id` keys (as llama.cpp
+/// reads them), and the infill prompt they make: BOS (this vocabulary adds one), `FIM_PRE`
+/// prefix `FIM_SUF` suffix `FIM_MID`.
+#[test]
+fn gguf_fim_tokens_make_the_infill_prompt() {
+    use camelid_model::text::tokenizer::FimTokens;
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 471);
+    let plain = load(&write_gguf(dir.path(), "llama"));
+    assert_eq!(plain.tokenizer.fim, None);
+    assert_eq!(plain.tokenizer.encode_infill("a", "b").unwrap(), None);
+    let coder = load(&random_model::write_gguf_with(
+        dir.path(),
+        "llama",
+        &Vocab::Fixture,
+        serde_json::json!({"tokenizer.ggml.fim_pre_token_id": 5,
+            "tokenizer.ggml.fim_suf_token_id": 6, "tokenizer.ggml.fim_mid_token_id": 7}),
+    ));
+    let tok = &coder.tokenizer;
+    assert_eq!(
+        tok.fim,
+        Some(FimTokens {
+            prefix: 5,
+            suffix: 6,
+            middle: 7
+        })
+    );
+    let ids = tok.encode_infill("hello", "world").unwrap().unwrap();
+    let bos = tok.bos_id.unwrap();
+    let want = [
+        vec![bos, 5],
+        tok.encode("hello", false).unwrap(),
+        vec![6],
+        tok.encode("world", false).unwrap(),
+        vec![7],
+    ]
+    .concat();
+    assert_eq!(ids, want);
+}

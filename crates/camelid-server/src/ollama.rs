@@ -153,12 +153,6 @@ pub struct LegacyEmbedBody {
 impl GenerateBody {
     /// Fields camelid cannot honour: a 400 naming them, never a silently different answer.
     pub fn check_supported(&self) -> Result<(), ApiError> {
-        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::invalid_param(
-                "suffix",
-                "`suffix` (fill-in-the-middle) is not supported",
-            ));
-        }
         if self.template.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid_param(
                 "template",

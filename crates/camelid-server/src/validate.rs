@@ -73,13 +73,18 @@ pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The completions endpoint's fields that are not implemented: 400 naming the field, never
-/// silently ignored; their "off" values pass.
+/// The completions endpoint's fields that are not implemented (or not of their type): 400
+/// naming the field, never silently ignored; their "off" values pass.
 pub fn unimplemented_completion(req: &CompletionRequest, n: u32) -> Result<(), ApiError> {
-    match &req.suffix {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s.is_empty() => {}
-        Some(_) => return Err(not_implemented("suffix", "insertion is not implemented")),
+    // A text suffix is fill-in-the-middle (`routes::completions`).
+    if !matches!(
+        &req.suffix,
+        None | Some(Value::Null) | Some(Value::String(_))
+    ) {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "`suffix` must be a string",
+        ));
     }
     if req.best_of.is_some_and(|b| b != n) {
         return Err(not_implemented(
@@ -301,6 +306,59 @@ pub fn max_tokens(
         return Err(context_error(context, prompt, want, what, field));
     }
     Ok(want)
+}
+
+/// A completion's fill-in-the-middle `suffix` (non-empty text), checked against the model
+/// and the request: the model needs FIM tokens, the prompt must be text, and `echo` would
+/// give back a prompt the client did not write.
+pub fn infill_suffix(
+    suffix: Option<&Value>,
+    model: &crate::state::ModelEntry,
+    text_prompt: bool,
+    echo: bool,
+) -> Result<Option<String>, ApiError> {
+    let Some(s) = suffix.and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if model.engine.tokenizer().fim.is_none() {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            format!(
+                "`{}` has no fill-in-the-middle tokens: `suffix` needs a code model that has them \
+                 (Qwen2.5-Coder, CodeLlama, StarCoder, DeepSeek-Coder, CodeGemma)",
+                model.name
+            ),
+        ));
+    }
+    if !text_prompt {
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "`suffix` goes with a text `prompt`, not token ids",
+        ));
+    }
+    if echo {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "`echo` cannot be used with `suffix`",
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// A text prompt's ids (with the BOS the tokenizer adds); with a `suffix` checked by
+/// [`infill_suffix`], the fill-in-the-middle prompt around it.
+pub fn encode_prompt(
+    tok: &camelid_model::text::tokenizer::Tokenizer,
+    text: &str,
+    suffix: Option<&str>,
+) -> Result<Vec<u32>, ApiError> {
+    let ids = match suffix {
+        None => tok.encode(text, true),
+        Some(s) => tok
+            .encode_infill(text, s)
+            .map(|ids| ids.expect("checked by infill_suffix")),
+    };
+    ids.map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1643,3 +1643,100 @@ fn embeddings_of_many_inputs_come_in_order_across_waves() {
     assert_eq!(b["usage"]["prompt_tokens"], tokens);
     assert_eq!(b["model"], "smol");
 }
+
+/// Fill-in-the-middle: a completion's `suffix` (and Ollama's) on a model with FIM tokens is
+/// the prompt `FIM_PRE prefix FIM_SUF suffix FIM_MID`, as llama.cpp's infill writes it: the
+/// same tokens and text as that prompt sent as token ids. A model without FIM tokens, a
+/// token prompt or `echo` with a suffix are 400s naming the field.
+#[test]
+fn a_suffix_fills_in_the_middle() {
+    use camelid_model::text::tokenizer::FimTokens;
+    let mut lm = camelid_model::load(None, &camelid_model::LoadOptions::default()).unwrap();
+    // Three of the default vocabulary's special tokens stand in for a code model's.
+    let fim = FimTokens {
+        prefix: 3,
+        suffix: 4,
+        middle: 5,
+    };
+    lm.tokenizer.fim = Some(fim);
+    let coder = common::entry_of(lm, "coder", 512, EngineConfig::default());
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![coder, entry("smol")]);
+    let s = serve(state.clone());
+    let post = |path: &str, body: Value| {
+        send(
+            &s.base,
+            "POST",
+            path,
+            Some("application/json"),
+            body.to_string().into_bytes(),
+        )
+    };
+    let (prefix, suffix) = ("def add(a, b):\n    ", "\n    return c\n");
+    let tok = state
+        .model(Some("coder"))
+        .unwrap()
+        .engine
+        .shared_tokenizer();
+    let ids: Vec<u32> = [
+        vec![fim.prefix],
+        tok.encode(prefix, false).unwrap(),
+        vec![fim.suffix],
+        tok.encode(suffix, false).unwrap(),
+        vec![fim.middle],
+    ]
+    .concat();
+    let greedy = json!({"model": "coder", "max_tokens": 8, "temperature": 0});
+    let with = |extra: Value| {
+        let mut b = greedy.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let (st, by_ids) = post("/v1/completions", with(json!({"prompt": ids})));
+    assert_eq!(st, 200, "{by_ids}");
+    let (st, filled) = post(
+        "/v1/completions",
+        with(json!({"prompt": prefix, "suffix": suffix})),
+    );
+    assert_eq!(st, 200, "{filled}");
+    assert_eq!(filled["usage"]["prompt_tokens"], ids.len(), "{filled}");
+    let text = filled["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(Some(text), by_ids["choices"][0]["text"].as_str());
+    // Ollama's generate with a suffix: the same prompt, no template.
+    let (st, o) = post(
+        "/api/generate",
+        json!({"model": "coder", "prompt": prefix, "suffix": suffix, "stream": false,
+               "options": {"temperature": 0, "num_predict": 8}}),
+    );
+    assert_eq!(st, 200, "{o}");
+    assert_eq!(o["response"].as_str(), Some(text), "{o}");
+    assert_eq!(o["prompt_eval_count"], ids.len(), "{o}");
+    // What cannot be filled.
+    let (st, b) = post(
+        "/v1/completions",
+        json!({"model": "smol", "prompt": prefix, "suffix": suffix}),
+    );
+    assert_error(st, &b, 400, Some("suffix"));
+    let (st, b) = post(
+        "/v1/completions",
+        with(json!({"prompt": [1, 2], "suffix": suffix})),
+    );
+    assert_error(st, &b, 400, Some("suffix"));
+    let (st, b) = post(
+        "/v1/completions",
+        with(json!({"prompt": prefix, "suffix": suffix, "echo": true})),
+    );
+    assert_error(st, &b, 400, Some("echo"));
+    let (st, b) = post(
+        "/v1/completions",
+        with(json!({"prompt": prefix, "suffix": 5})),
+    );
+    assert_error(st, &b, 400, Some("suffix"));
+    let (st, b) = post(
+        "/api/generate",
+        json!({"model": "smol", "prompt": prefix, "suffix": suffix, "stream": false}),
+    );
+    assert_eq!(st, 400, "{b}");
+}

@@ -71,6 +71,19 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
             }
         }
     }
+    let fim_key = |k: &str| {
+        g.meta_u32(&format!("tokenizer.ggml.fim_{k}_token_id"))
+            .ok()
+            .filter(|&i| (i as usize) < tokens.len())
+    };
+    tok.fim = match (fim_key("pre"), fim_key("suf"), fim_key("mid")) {
+        (Some(prefix), Some(suffix), Some(middle)) => Some(tokenizer::FimTokens {
+            prefix,
+            suffix,
+            middle,
+        }),
+        _ => tok.find_fim(),
+    };
     if g.meta_bool("tokenizer.ggml.add_eos_token") == Some(true) {
         tok.eos_appended = tok.eos_ids.first().copied();
     }

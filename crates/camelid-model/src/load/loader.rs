@@ -411,6 +411,7 @@ pub fn load_hf_folder(
     eos.sort();
     eos.dedup();
     tok.eos_ids = eos;
+    tok.fim = tok.find_fim();
     // transformers applies `add_eos_token` (its `eos_token`) when it loads the tokenizer,
     // whatever the saved post-processor says.
     tok.eos_appended = match tok_cfg.get("add_eos_token").and_then(|v| v.as_bool()) {

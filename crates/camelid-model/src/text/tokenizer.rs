@@ -10,6 +10,25 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
+/// A code model's fill-in-the-middle tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FimTokens {
+    pub prefix: u32,
+    pub suffix: u32,
+    pub middle: u32,
+}
+
+/// The texts the FIM tokens have in the code models' vocabularies (llama.cpp looks for the
+/// same): Qwen2.5-Coder and CodeGemma, SantaCoder, StarCoder, CodeLlama, DeepSeek-Coder.
+const FIM_TEXTS: [[&str; 3]; 6] = [
+    ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"],
+    ["<fim-prefix>", "<fim-suffix>", "<fim-middle>"],
+    ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
+    ["<PRE>", "<SUF>", "<MID>"],
+    ["▁<PRE>", "▁<SUF>", "▁<MID>"],
+    ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
+];
+
 /// A tokenizer plus the special-token facts generation needs.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -26,6 +45,9 @@ pub struct Tokenizer {
     /// inputs get it ([`Self::encode_for_embedding`]), as llama.cpp and sentence-transformers
     /// tokenize them; prompts to generate from do not.
     pub eos_appended: Option<u32>,
+    /// Fill-in-the-middle tokens of a code model (GGUF's `fim_*_token_id`, else found by
+    /// their text): what a completion with a `suffix` is written with.
+    pub fim: Option<FimTokens>,
     /// The `tokenizer.json` document when camelid built it (GGUF, SentencePiece).
     pub json: Option<Value>,
     /// Ids of the special (control) added tokens.
@@ -51,6 +73,7 @@ impl Tokenizer {
             add_bos: false,
             bos_from_post_processor: false,
             eos_appended: None,
+            fim: None,
             json,
             special_ids,
             literal: OnceLock::new(),
@@ -106,6 +129,33 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(self.with_bos(enc.get_ids().to_vec(), add_bos))
+    }
+
+    /// The FIM tokens found by their text (see [`FIM_TEXTS`]), if the vocabulary has a set.
+    pub fn find_fim(&self) -> Option<FimTokens> {
+        FIM_TEXTS.iter().find_map(|[p, s, m]| {
+            Some(FimTokens {
+                prefix: self.token_to_id(p)?,
+                suffix: self.token_to_id(s)?,
+                middle: self.token_to_id(m)?,
+            })
+        })
+    }
+
+    /// A fill-in-the-middle prompt, as llama.cpp's infill writes it (prefix, suffix, middle):
+    /// the BOS when the model adds one, `FIM_PRE prefix FIM_SUF suffix FIM_MID`; the model
+    /// writes what goes between. `None` when the model has no FIM tokens.
+    pub fn encode_infill(&self, prefix: &str, suffix: &str) -> Result<Option<Vec<u32>>> {
+        let Some(f) = self.fim else {
+            return Ok(None);
+        };
+        let mut ids = self.with_bos(vec![], true);
+        ids.push(f.prefix);
+        ids.extend(self.encode(prefix, false)?);
+        ids.push(f.suffix);
+        ids.extend(self.encode(suffix, false)?);
+        ids.push(f.middle);
+        Ok(Some(ids))
     }
 
     /// [`Self::encode`] with the BOS and the token the tokenizer appends
@@ -564,6 +614,12 @@ pub fn from_sentencepiece(path: &Path) -> Result<Tokenizer> {
 /// tokens `<|a|>` (258) and `<|b|>` (259).
 #[cfg(test)]
 pub(crate) fn test_byte_tokenizer() -> Tokenizer {
+    test_byte_tokenizer_with(&["<|a|>", "<|b|>"])
+}
+
+/// A byte-level BPE vocabulary: the 256 bytes, `he`, `hel`, then `specials` (control tokens).
+#[cfg(test)]
+fn test_byte_tokenizer_with(specials: &[&str]) -> Tokenizer {
     let mut bytes: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
         .chain(0xA1..=0xAC)
         .chain(0xAE..=0xFF)
@@ -582,10 +638,36 @@ pub(crate) fn test_byte_tokenizer() -> Tokenizer {
         spelled[*b as usize] = char::from_u32(*c).unwrap().to_string();
     }
     let mut tokens = spelled;
-    tokens.extend(["he", "hel", "<|a|>", "<|b|>"].map(String::from));
+    tokens.extend(["he", "hel"].map(String::from));
+    tokens.extend(specials.iter().map(|t| t.to_string()));
     let mut types = vec![1; 258];
-    types.extend([3, 3]);
+    types.extend(specials.iter().map(|_| 3));
     let merges = ["h e".to_string(), "he l".to_string()];
     let doc = byte_level_bpe_json(&tokens, &types, &merges, "gpt2").unwrap();
     Tokenizer::from_json_value(doc, "test").unwrap()
+}
+
+#[cfg(test)]
+mod fim_tests {
+    use super::*;
+
+    #[test]
+    fn fim_tokens_are_found_by_their_text() {
+        assert_eq!(test_byte_tokenizer().find_fim(), None);
+        for set in FIM_TEXTS {
+            let tok = test_byte_tokenizer_with(&["<|x|>", set[2], set[0], set[1]]);
+            assert_eq!(
+                tok.find_fim(),
+                Some(FimTokens {
+                    prefix: 260,
+                    suffix: 261,
+                    middle: 259
+                }),
+                "{set:?}"
+            );
+        }
+        // Two of the three are no set.
+        let tok = test_byte_tokenizer_with(&["<|fim_prefix|>", "<|fim_suffix|>"]);
+        assert_eq!(tok.find_fim(), None);
+    }
 }

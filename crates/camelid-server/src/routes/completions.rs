@@ -10,7 +10,8 @@ use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
 use crate::structured;
 use crate::validate::{
-    cache_salt, generation_params, max_tokens, unimplemented_completion, MAX_TOP_LOGPROBS,
+    cache_salt, encode_prompt, generation_params, infill_suffix, max_tokens,
+    unimplemented_completion, MAX_TOP_LOGPROBS,
 };
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -20,11 +21,6 @@ use camelid_model::decode::FinishReason;
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
-    tok.encode(text, true)
-        .map_err(|e| ApiError::bad_request(e.to_string()))
-}
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -67,6 +63,8 @@ pub async fn completions(
             "scoring a prompt (`max_tokens` 0) cannot be streamed",
         ));
     }
+    let text_prompt = matches!(req.prompt, Prompt::Text(_) | Prompt::Texts(_));
+    let suffix = infill_suffix(req.suffix.as_ref(), &model, text_prompt, req.echo)?;
     let tok = model.engine.shared_tokenizer();
     let prompt = std::mem::replace(&mut req.prompt, Prompt::Tokens(vec![]));
     // `echo` gives a text prompt back as it was sent (decoding its tokens would add the BOS
@@ -77,9 +75,16 @@ pub async fn completions(
         _ => vec![],
     };
     let prompts: Vec<Vec<u32>> = match prompt {
-        Prompt::Text(s) => vec![blocking(&permit, move || encode(&tok, &s)).await?],
+        Prompt::Text(s) => {
+            vec![blocking(&permit, move || encode_prompt(&tok, &s, suffix.as_deref())).await?]
+        }
         Prompt::Texts(v) => {
-            blocking(&permit, move || v.iter().map(|s| encode(&tok, s)).collect()).await?
+            let each = move || {
+                v.iter()
+                    .map(|s| encode_prompt(&tok, s, suffix.as_deref()))
+                    .collect()
+            };
+            blocking(&permit, each).await?
         }
         Prompt::Tokens(t) => vec![t],
         Prompt::TokenLists(l) => l,

@@ -17,7 +17,9 @@ use crate::run::{self, blocking, next_step, ChoiceSpec, Step, Submission, Timing
 use crate::state::{AppState, ModelEntry, Permit};
 use crate::structured;
 use crate::tools::{self, OutputReader};
-use crate::validate::{generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use crate::validate::{
+    encode_prompt, generation_params, infill_suffix, max_tokens, MAX_TOP_LOGPROBS,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -87,12 +89,16 @@ pub async fn generate(
         return Ok(axum::Json(loaded(Kind::Generate, &body.model)).into_response());
     }
     let logprobs = body.logprobs.unwrap_or(false);
-    let (sub, tok, prompt_tokens, reasoning) = if body.raw == Some(true) {
+    // A suffix is fill-in-the-middle: the model's FIM tokens around the prompt, no template.
+    let suffix = body.suffix.clone().map(Value::String);
+    let suffix = infill_suffix(suffix.as_ref(), &model, true, false)?;
+    let (sub, tok, prompt_tokens, reasoning) = if body.raw == Some(true) || suffix.is_some() {
         let sampling = ollama::sampling(body.options.as_ref(), body.format.as_ref())?;
         let prompt = body.prompt.clone().unwrap_or_default();
         let top = logprobs.then_some(body.top_logprobs.unwrap_or(0));
         let cap = ollama::output_cap(body.options.as_ref())?;
-        let (sub, n) = submit_raw(&state, permit, &model, prompt, &sampling, (cap, top)).await?;
+        let text = (prompt, suffix);
+        let (sub, n) = submit_raw(&state, permit, &model, text, &sampling, (cap, top)).await?;
         (sub, model.engine.shared_tokenizer(), n, None)
     } else {
         let (req, sampling) = body.chat_request(&model.name)?;
@@ -116,13 +122,14 @@ pub async fn generate(
     answer(sub, reply, body.stream.unwrap_or(true)).await
 }
 
-/// A raw generation: the prompt tokenized as it is (with the BOS the tokenizer adds), no
-/// chat template and no template stop strings, as `/v1/completions` does.
+/// A raw generation: the prompt tokenized as it is (with the BOS the tokenizer adds; with a
+/// suffix, the fill-in-the-middle prompt), no chat template and no template stop strings, as
+/// `/v1/completions` does.
 async fn submit_raw(
     state: &Arc<AppState>,
     permit: Permit,
     model: &Arc<ModelEntry>,
-    prompt: String,
+    (prompt, suffix): (String, Option<String>),
     f: &SamplingFields,
     (cap, logprobs): (Option<u32>, Option<u32>),
 ) -> Result<(Submission, usize), ApiError> {
@@ -137,8 +144,7 @@ async fn submit_raw(
     let mut params = generation_params(f, limits, vocab, &model.stop_token_ids, &[])?;
     let tok = model.engine.shared_tokenizer();
     let ids = blocking(&permit, move || {
-        tok.encode(&prompt, true)
-            .map_err(|e| ApiError::bad_request(e.to_string()))
+        encode_prompt(&tok, &prompt, suffix.as_deref())
     })
     .await?;
     params.constraint = structured::compile(&permit, model, f).await?;
