@@ -466,3 +466,75 @@ fn gguf_pre_tokenizers_split_text_as_llama_cpp() {
         }
     }
 }
+
+/// Fill-in-the-middle as llama.cpp's `/infill` does it: a random model with the default
+/// vocabulary and GGUF FIM token ids (three of its special tokens standing in), the same
+/// prefix and suffix; llama.cpp evaluates as many prompt tokens as camelid's
+/// `encode_infill` makes, and both continue with the same greedy tokens.
+#[test]
+fn infill_prompts_match_llama_cpp() {
+    let Some(server) = llama_cpp::binary("llama-server") else {
+        return;
+    };
+    let vocab = vocab_size(&vocab_source());
+    let dir = random_model::write_hf(
+        "llama",
+        GQA_UNTIED,
+        &sizes(vocab, 3.0),
+        serde_json::json!({}),
+        12,
+    );
+    let gguf = random_model::write_gguf_with(
+        dir.path(),
+        "llama",
+        &Vocab::CopyFrom(vocab_source()),
+        serde_json::json!({"tokenizer.ggml.fim_pre_token_id": 3,
+            "tokenizer.ggml.fim_suf_token_id": 4, "tokenizer.ggml.fim_mid_token_id": 5}),
+    );
+    let (prefix, suffix) = ("def area(radius):\n    ", "\n    return result\n");
+    let ours = common::load(&gguf);
+    let ids = ours
+        .tokenizer
+        .encode_infill(prefix, suffix)
+        .unwrap()
+        .unwrap();
+    let (steps, _) = camelid_greedy(&gguf, &ids, "infill");
+    let log = gguf.with_extension("server.log");
+    let s = LlamaServer::start(
+        &server,
+        &gguf,
+        &log,
+        &[
+            "-c",
+            "256",
+            "-ctk",
+            "f32",
+            "-ctv",
+            "f32",
+            "--no-warmup",
+            "-fa",
+            "off",
+        ],
+    );
+    let r = s.post(
+        "/infill",
+        &serde_json::json!({"input_prefix": prefix, "input_suffix": suffix, "n_predict": STEPS,
+            "temperature": 0.0, "cache_prompt": false, "return_tokens": true}),
+    );
+    assert_eq!(
+        r["tokens_evaluated"].as_u64(),
+        Some(ids.len() as u64),
+        "prompt lengths: {r}"
+    );
+    let theirs: Vec<u32> = r["tokens"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tokens: {r}"))
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let mine: Vec<u32> = steps.iter().map(|s| s.token).collect();
+    assert_eq!(
+        mine, theirs,
+        "greedy tokens after the infill prompt (camelid, llama.cpp)"
+    );
+}
