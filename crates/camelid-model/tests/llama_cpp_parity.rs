@@ -538,3 +538,83 @@ fn infill_prompts_match_llama_cpp() {
         "greedy tokens after the infill prompt (camelid, llama.cpp)"
     );
 }
+
+/// Embeddings as llama.cpp's `--embeddings` server makes them on the same file: the final
+/// norm's output pooled over a prompt's tokens, last-token and mean, unit length — the same
+/// vectors within 1e-4 (exact weights both sides).
+#[test]
+fn embeddings_match_llama_cpp() {
+    use camelid_model::{ForwardBatch, LogitsWanted};
+    let Some(server) = llama_cpp::binary("llama-server") else {
+        return;
+    };
+    let vocab = vocab_size(&vocab_source());
+    let dir = random_model::write_hf(
+        "llama",
+        GQA_UNTIED,
+        &sizes(vocab, 2.0),
+        serde_json::json!({}),
+        21,
+    );
+    let gguf = random_model::write_gguf(dir.path(), "llama", &Vocab::CopyFrom(vocab_source()));
+    let ids = prompt(30, vocab, 21);
+    let lm = common::load(&gguf);
+    let mut batch = ForwardBatch::default();
+    batch.push_hidden(0, 0, &ids, LogitsWanted::All, ids.len());
+    let mut kv = camelid_model::kv::ContiguousKv::new();
+    let rows: Vec<Vec<f32>> = lm
+        .model
+        .forward_output(&batch, &mut kv)
+        .unwrap()
+        .hidden
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let unit = |v: Vec<f64>| {
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.into_iter().map(|x| x / n).collect::<Vec<f64>>()
+    };
+    let last = unit(rows.last().unwrap().iter().map(|&x| x as f64).collect());
+    let width = rows[0].len();
+    let mean = unit(
+        (0..width)
+            .map(|j| rows.iter().map(|r| r[j] as f64).sum::<f64>() / rows.len() as f64)
+            .collect(),
+    );
+    for (pooling, ours) in [("last", last), ("mean", mean)] {
+        let log = gguf.with_extension(format!("{pooling}.server.log"));
+        let args = [
+            "-c",
+            "256",
+            "-ctk",
+            "f32",
+            "-ctv",
+            "f32",
+            "--no-warmup",
+            "-fa",
+            "off",
+            "--embeddings",
+            "--pooling",
+            pooling,
+        ];
+        let s = LlamaServer::start(&server, &gguf, &log, &args);
+        let r = s.post("/v1/embeddings", &serde_json::json!({"input": [ids]}));
+        let theirs: Vec<f64> = r["data"][0]["embedding"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no embedding: {r}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(theirs.len(), width, "{pooling}");
+        let d = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{pooling} pooling: max |Δ| {d:.2e}");
+        assert!(
+            d < 1e-4,
+            "{pooling} pooling: camelid and llama.cpp differ by {d}"
+        );
+    }
+}
