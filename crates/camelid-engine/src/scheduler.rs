@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 struct Submitted {
     req: Request,
     events: mpsc::UnboundedSender<Event>,
+    /// A later part of a client request whose earlier parts already ran (an embeddings
+    /// request's next wave): shutdown lets it run, as it lets running sequences finish.
+    continuing: bool,
 }
 
 /// Cheap to clone; the engine thread stops when every handle is dropped.
@@ -162,6 +165,29 @@ impl EngineHandle {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
+        self.enqueue(reqs, false)
+    }
+
+    /// [`Self::submit_all`] for the later parts of a client request whose first parts were
+    /// taken before shutdown began (an embeddings request's next wave): taken and run during
+    /// shutdown too, so an answer under way is not cut.
+    pub fn submit_all_continuing(
+        &self,
+        reqs: Vec<Request>,
+    ) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, SubmitError> {
+        self.enqueue(reqs, true)
+    }
+
+    /// Whether the waiting queue has room for `k` more sequences now.
+    pub fn has_room(&self, k: usize) -> bool {
+        self.queued.load(Ordering::Acquire) + k <= self.max_waiting
+    }
+
+    fn enqueue(
+        &self,
+        reqs: Vec<Request>,
+        continuing: bool,
+    ) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, SubmitError> {
         for req in &reqs {
             self.check(req)?;
         }
@@ -180,7 +206,12 @@ impl EngineHandle {
         let mut rxs = Vec::with_capacity(k);
         for (i, req) in reqs.into_iter().enumerate() {
             let (etx, erx) = mpsc::unbounded_channel();
-            if self.tx.send(Submitted { req, events: etx }).is_err() {
+            let s = Submitted {
+                req,
+                events: etx,
+                continuing,
+            };
+            if self.tx.send(s).is_err() {
                 // Those not sent never reach the engine: give their room back.
                 self.queued.fetch_sub(k - i, Ordering::AcqRel);
                 return Err(SubmitError::Stopped);
@@ -434,18 +465,19 @@ impl Engine {
     }
 
     /// Shutting down: requests that have not started are refused; preempted sequences (their
-    /// clients have seen tokens) stay to be finished.
+    /// clients have seen tokens) and the continuing parts of started requests stay to be
+    /// finished.
     fn refuse_new(&mut self) {
         let queued = &self.queued;
         self.waiting.retain(|w| match w {
-            Waiting::New(s) => {
+            Waiting::New(s) if !s.continuing => {
                 queued.fetch_sub(1, Ordering::AcqRel);
                 let _ = s
                     .events
                     .send(Event::Refused("the server is shutting down".into()));
                 false
             }
-            Waiting::Preempted(_) => true,
+            Waiting::New(_) | Waiting::Preempted(_) => true,
         });
     }
 

@@ -607,7 +607,7 @@ fn shared_prefixes_under_a_tiny_pool_still_complete() {
 }
 
 /// Shutting down: requests that have not started are refused at once, the running one goes
-/// on to its last token, and nothing new is taken.
+/// on to its last token, and nothing new is taken but the later parts of requests under way.
 #[test]
 fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
     let engine = EngineHandle::spawn(
@@ -649,6 +649,19 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
         embed: None,
     });
     assert_eq!(late.err(), Some(SubmitError::ShuttingDown));
+    // The later part of a request under way (an embeddings request's next wave) is still
+    // taken, and runs to its end.
+    let next = engine
+        .submit_all_continuing(vec![Request {
+            prompt: vec![1, 5, 6],
+            params: params(4, SamplingParams::greedy()),
+            prompt_logprobs: None,
+            cache_salt: None,
+            embed: None,
+        }])
+        .expect("a continuing part is taken during shutdown");
+    let (tokens, _) = drain(next.into_iter().next().unwrap()).expect("it runs");
+    assert_eq!(tokens.len(), 4);
     wait_idle(&engine.metrics);
 }
 

@@ -5,7 +5,7 @@
 
 use crate::error::ApiError;
 use crate::openai::Prompt;
-use crate::run::{blocking, shutting_down, submit_requests, submit_requests_patiently, Submission};
+use crate::run::{blocking, shutting_down, submit_continuing, submit_requests, Submission};
 use crate::state::{AppState, ModelEntry, Permit};
 use axum::body::{Body, Bytes};
 use axum::http::header;
@@ -176,8 +176,9 @@ pub async fn prepare(
 
 /// Runs the inputs through the engine in waves of at most a request's sequence cap (the
 /// engine's waiting queue is bounded for every client, and OpenAI's clients batch up to 2048
-/// inputs); a wave that finds the queue full waits for room. Only one wave's vectors are
-/// held at a time. Dropping the stream cancels what runs; `permit` is held until then.
+/// inputs); a later wave that finds the queue full waits for room, and runs during shutdown
+/// (the answer is under way). Only one wave's vectors are held at a time. Dropping the
+/// stream cancels what runs; `permit` is held until then.
 pub fn run(
     state: Arc<AppState>,
     permit: Permit,
@@ -218,7 +219,7 @@ pub fn run(
                 let sub = if w == 0 {
                     submit_requests(&state, permit, &model, requests)?
                 } else {
-                    submit_requests_patiently(&state, permit, &model, requests, PATIENCE).await?
+                    submit_continuing(&state, permit, &model, requests, PATIENCE).await?
                 };
                 let mut vectors = wave_vectors(sub).await?;
                 if normalize {

@@ -151,6 +151,26 @@ pub struct LegacyEmbedBody {
 }
 
 impl GenerateBody {
+    /// With a `suffix` (fill-in-the-middle: the model's FIM tokens around the prompt, no
+    /// template), the fields that belong to the template are refused, not dropped.
+    pub fn check_infill(&self) -> Result<(), ApiError> {
+        let refused = [
+            (
+                "system",
+                self.system.as_deref().is_some_and(|s| !s.is_empty()),
+            ),
+            ("raw", self.raw == Some(true)),
+            ("think", self.think.as_ref().is_some_and(|t| !t.is_null())),
+        ];
+        match refused.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(ApiError::invalid_param(
+                field,
+                format!("`{field}` does not go with `suffix` (a fill-in-the-middle prompt has no template)"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Fields camelid cannot honour: a 400 naming them, never a silently different answer.
     pub fn check_supported(&self) -> Result<(), ApiError> {
         if self.template.as_deref().is_some_and(|s| !s.is_empty()) {

@@ -68,9 +68,11 @@ pub fn submit_requests(
     Ok(submission(state, permit, indices, receivers))
 }
 
-/// [`submit_requests`] that waits up to `patience` for room in a full engine queue instead of
-/// answering 503 (the later parts of a request whose first parts already ran).
-pub async fn submit_requests_patiently(
+/// [`submit_requests`] for a later part of a request whose first part already ran: it waits
+/// up to `patience` for room in a full engine queue instead of answering 503, and is taken
+/// during shutdown too (`EngineHandle::submit_all_continuing`), so an answer under way is not
+/// cut.
+pub async fn submit_continuing(
     state: &Arc<AppState>,
     permit: Permit,
     model: &ModelEntry,
@@ -80,13 +82,18 @@ pub async fn submit_requests_patiently(
     let (indices, requests): (Vec<usize>, Vec<Request>) = requests.into_iter().unzip();
     let started = Instant::now();
     loop {
-        match model.engine.submit_all(requests.clone()) {
-            Ok(receivers) => return Ok(submission(state, permit, indices, receivers)),
-            Err(SubmitError::QueueFull) if started.elapsed() < patience => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+        // Copied for an attempt only when the queue has room (a copy is the wave's prompts).
+        if model.engine.has_room(requests.len()) {
+            match model.engine.submit_all_continuing(requests.clone()) {
+                Ok(receivers) => return Ok(submission(state, permit, indices, receivers)),
+                Err(SubmitError::QueueFull) => {}
+                Err(e) => return Err(submit_error(model, e)),
             }
-            Err(e) => return Err(submit_error(model, e)),
         }
+        if started.elapsed() >= patience {
+            return Err(submit_error(model, SubmitError::QueueFull));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -324,8 +324,9 @@ pub fn infill_suffix(
         return Err(ApiError::invalid_param(
             "suffix",
             format!(
-                "`{}` has no fill-in-the-middle tokens: `suffix` needs a code model that has them \
-                 (Qwen2.5-Coder, CodeLlama, StarCoder, DeepSeek-Coder, CodeGemma)",
+                "`{}` has no fill-in-the-middle tokens: `suffix` needs a model whose vocabulary \
+                 has them (code models such as Qwen2.5-Coder, CodeLlama, StarCoder, \
+                 DeepSeek-Coder, CodeGemma)",
                 model.name
             ),
         ));
@@ -343,6 +344,20 @@ pub fn infill_suffix(
         ));
     }
     Ok(Some(s.to_string()))
+}
+
+/// The tokens that end a raw completion of `model`: its own stop tokens, and for an infill
+/// (`suffix`) the tokens code models end a middle with too.
+pub fn model_stops(model: &crate::state::ModelEntry, infill: bool) -> Vec<u32> {
+    let mut stops = model.stop_token_ids.clone();
+    if infill {
+        for id in model.engine.tokenizer().fim_stop_ids() {
+            if !stops.contains(&id) {
+                stops.push(id);
+            }
+        }
+    }
+    stops
 }
 
 /// A text prompt's ids (with the BOS the tokenizer adds); with a `suffix` checked by

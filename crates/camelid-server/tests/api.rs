@@ -1672,20 +1672,29 @@ fn a_suffix_fills_in_the_middle() {
             body.to_string().into_bytes(),
         )
     };
-    let (prefix, suffix) = ("def add(a, b):\n    ", "\n    return c\n");
+    // Code that spells a special token (`<|im_end|>`) keeps it as text.
+    let (prefix, suffix) = (
+        "END = \"<|im_end|>\"\ndef add(a, b):\n    ",
+        "\n    return c\n",
+    );
     let tok = state
         .model(Some("coder"))
         .unwrap()
         .engine
         .shared_tokenizer();
+    let text = |t: &str| {
+        tok.encode_with_literal(t, std::slice::from_ref(&(0..t.len())), false)
+            .unwrap()
+    };
     let ids: Vec<u32> = [
         vec![fim.prefix],
-        tok.encode(prefix, false).unwrap(),
+        text(prefix),
         vec![fim.suffix],
-        tok.encode(suffix, false).unwrap(),
+        text(suffix),
         vec![fim.middle],
     ]
     .concat();
+    assert!(!ids.contains(&2), "<|im_end|> as text, not its id");
     let greedy = json!({"model": "coder", "max_tokens": 8, "temperature": 0});
     let with = |extra: Value| {
         let mut b = greedy.clone();
@@ -1739,4 +1748,14 @@ fn a_suffix_fills_in_the_middle() {
         json!({"model": "smol", "prompt": prefix, "suffix": suffix, "stream": false}),
     );
     assert_eq!(st, 400, "{b}");
+    // Template fields do not go with a suffix: refused, not dropped.
+    for extra in [json!({"system": "Be brief."}), json!({"raw": true})] {
+        let mut body = json!({"model": "coder", "prompt": prefix, "suffix": suffix,
+                              "stream": false});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (st, b) = post("/api/generate", body);
+        assert_eq!(st, 400, "{extra}: {b}");
+    }
 }

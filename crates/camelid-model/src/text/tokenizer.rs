@@ -142,20 +142,50 @@ impl Tokenizer {
         })
     }
 
-    /// A fill-in-the-middle prompt, as llama.cpp's infill writes it (prefix, suffix, middle):
+    /// A fill-in-the-middle prompt in the models' own order (prefix, suffix, middle):
     /// the BOS when the model adds one, `FIM_PRE prefix FIM_SUF suffix FIM_MID`; the model
-    /// writes what goes between. `None` when the model has no FIM tokens.
+    /// writes what goes between. The code is text: special-token spellings in it (a file
+    /// that mentions `<|fim_middle|>`) stay characters, as llama.cpp tokenizes infill input.
+    /// `None` when the model has no FIM tokens.
     pub fn encode_infill(&self, prefix: &str, suffix: &str) -> Result<Option<Vec<u32>>> {
         let Some(f) = self.fim else {
             return Ok(None);
         };
+        let text =
+            |t: &str| self.encode_with_literal(t, std::slice::from_ref(&(0..t.len())), false);
         let mut ids = self.with_bos(vec![], true);
         ids.push(f.prefix);
-        ids.extend(self.encode(prefix, false)?);
+        ids.extend(text(prefix)?);
         ids.push(f.suffix);
-        ids.extend(self.encode(suffix, false)?);
+        ids.extend(text(suffix)?);
         ids.push(f.middle);
         Ok(Some(ids))
+    }
+
+    /// Tokens that end an infill besides the EOS, where the vocabulary has them (llama.cpp's
+    /// end-of-generation set for FIM: the pad, repository and file-separator tokens, and the
+    /// end-of-text spellings code models close a middle with).
+    pub fn fim_stop_ids(&self) -> Vec<u32> {
+        const TEXTS: [&str; 12] = [
+            "<|fim_pad|>",
+            "<fim_pad>",
+            "<fim-pad>",
+            "<|repo_name|>",
+            "<reponame>",
+            "<repo_name>",
+            "<|file_sep|>",
+            "<file_sep>",
+            "<|file_separator|>",
+            "<|endoftext|>",
+            "<EOT>",
+            "<|end_of_text|>",
+        ];
+        let fim = self.fim.map(|f| [f.prefix, f.suffix, f.middle]);
+        TEXTS
+            .iter()
+            .filter_map(|t| self.token_to_id(t))
+            .filter(|id| !fim.is_some_and(|f| f.contains(id)))
+            .collect()
     }
 
     /// [`Self::encode`] with the BOS and the token the tokenizer appends
@@ -669,5 +699,27 @@ mod fim_tests {
         // Two of the three are no set.
         let tok = test_byte_tokenizer_with(&["<|fim_prefix|>", "<|fim_suffix|>"]);
         assert_eq!(tok.find_fim(), None);
+    }
+
+    #[test]
+    fn an_infill_stops_at_the_pad_separator_and_end_of_text_tokens() {
+        let mut tok = test_byte_tokenizer_with(&[
+            "<|fim_prefix|>",
+            "<|fim_suffix|>",
+            "<|fim_middle|>",
+            "<|fim_pad|>",
+            "<|file_sep|>",
+            "<|endoftext|>",
+            "<|im_end|>",
+        ]);
+        tok.fim = tok.find_fim();
+        assert_eq!(tok.fim_stop_ids(), [261, 262, 263]);
+        // A FIM token that doubles as a stop spelling stays a FIM token.
+        tok.fim = Some(FimTokens {
+            prefix: 258,
+            suffix: 259,
+            middle: 261,
+        });
+        assert_eq!(tok.fim_stop_ids(), [262, 263]);
     }
 }

@@ -10,7 +10,7 @@ use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
 use crate::structured;
 use crate::validate::{
-    cache_salt, encode_prompt, generation_params, infill_suffix, max_tokens,
+    cache_salt, encode_prompt, generation_params, infill_suffix, max_tokens, model_stops,
     unimplemented_completion, MAX_TOP_LOGPROBS,
 };
 use axum::extract::State;
@@ -35,7 +35,10 @@ pub async fn completions(
     let model = state.model(Some(&req.model))?;
     let vocab = model.engine.vocab_size();
     // Every size and value is checked before a prompt is tokenized or copied per choice.
-    let mut base = generation_params(f, limits, vocab, &model.stop_token_ids, &[])?;
+    let text_prompt = matches!(req.prompt, Prompt::Text(_) | Prompt::Texts(_));
+    let suffix = infill_suffix(req.suffix.as_ref(), &model, text_prompt, req.echo)?;
+    let stops = model_stops(&model, suffix.is_some());
+    let mut base = generation_params(f, limits, vocab, &stops, &[])?;
     let n = f.n.unwrap_or(1) as usize;
     let prompt_count = match &req.prompt {
         Prompt::Text(_) | Prompt::Tokens(_) => 1,
@@ -63,8 +66,6 @@ pub async fn completions(
             "scoring a prompt (`max_tokens` 0) cannot be streamed",
         ));
     }
-    let text_prompt = matches!(req.prompt, Prompt::Text(_) | Prompt::Texts(_));
-    let suffix = infill_suffix(req.suffix.as_ref(), &model, text_prompt, req.echo)?;
     let tok = model.engine.shared_tokenizer();
     let prompt = std::mem::replace(&mut req.prompt, Prompt::Tokens(vec![]));
     // `echo` gives a text prompt back as it was sent (decoding its tokens would add the BOS

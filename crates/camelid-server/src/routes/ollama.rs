@@ -18,7 +18,7 @@ use crate::state::{AppState, ModelEntry, Permit};
 use crate::structured;
 use crate::tools::{self, OutputReader};
 use crate::validate::{
-    encode_prompt, generation_params, infill_suffix, max_tokens, MAX_TOP_LOGPROBS,
+    encode_prompt, generation_params, infill_suffix, max_tokens, model_stops, MAX_TOP_LOGPROBS,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -92,6 +92,9 @@ pub async fn generate(
     // A suffix is fill-in-the-middle: the model's FIM tokens around the prompt, no template.
     let suffix = body.suffix.clone().map(Value::String);
     let suffix = infill_suffix(suffix.as_ref(), &model, true, false)?;
+    if suffix.is_some() {
+        body.check_infill()?;
+    }
     let (sub, tok, prompt_tokens, reasoning) = if body.raw == Some(true) || suffix.is_some() {
         let sampling = ollama::sampling(body.options.as_ref(), body.format.as_ref())?;
         let prompt = body.prompt.clone().unwrap_or_default();
@@ -141,7 +144,8 @@ async fn submit_raw(
     }
     let limits = &state.config.limits;
     let vocab = model.engine.vocab_size();
-    let mut params = generation_params(f, limits, vocab, &model.stop_token_ids, &[])?;
+    let stops = model_stops(model, suffix.is_some());
+    let mut params = generation_params(f, limits, vocab, &stops, &[])?;
     let tok = model.engine.shared_tokenizer();
     let ids = blocking(&permit, move || {
         encode_prompt(&tok, &prompt, suffix.as_deref())
