@@ -16,7 +16,9 @@ base, name, n, p, b, c, out = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
 words = ("river stone cloud lamp orange winter garden signal paper window metal quiet forest "
          "number engine silver market letter bridge summer").split()
 # Different from their first word on (a shared start would be served from the prefix cache).
-rng = random.Random(0)
+# Texts of their own per concurrency level: a level after another on the same server must
+# not find its inputs cached.
+rng = random.Random(c)
 texts = [" ".join(rng.choice(words) for _ in range(int(p * 0.8))) for _ in range(n)]
 batches = [texts[i:i + b] for i in range(0, n, b)]
 
