@@ -130,26 +130,7 @@ fn camelid_greedy(gguf: &Path, ids: &[u32], label: &str) -> (Vec<Step>, Vec<Vec<
 /// token ids, `n_probs` of the raw distribution (`post_sampling_probs: false`: the logits'
 /// softmax, before any sampler).
 fn llama_cpp_greedy(server: &Path, gguf: &Path, ids: &[u32]) -> Vec<Step> {
-    let log = gguf.with_extension("server.log");
-    // Flash attention off: b11434's CPU flash-attention kernel rounds through f16 even over an
-    // f32 cache (measured: |Δ logprob| up to 0.06 against camelid on the llama case, 6e-5
-    // with it off), which would hide camelid's own differences under llama.cpp's.
-    let s = LlamaServer::start(
-        server,
-        gguf,
-        &log,
-        &[
-            "-c",
-            "256",
-            "-ctk",
-            "f32",
-            "-ctv",
-            "f32",
-            "--no-warmup",
-            "-fa",
-            "off",
-        ],
-    );
+    let s = exact_server(server, gguf, "server", &[]);
     let r = s.post(
         "/completion",
         &serde_json::json!({"prompt": ids, "n_predict": STEPS, "n_probs": TOP,
@@ -180,6 +161,28 @@ fn llama_cpp_greedy(server: &Path, gguf: &Path, ids: &[u32]) -> Vec<Step> {
                 .collect(),
         })
         .collect()
+}
+
+/// `llama-server` on `gguf` computing exactly (an f32 cache, a 256-position context), with
+/// `extra` flags; its log beside the file, named by `tag`. Flash attention off: b11434's CPU
+/// flash-attention kernel rounds through f16 even over an f32 cache (measured: |Δ logprob| up
+/// to 0.06 against camelid on the llama case, 6e-5 with it off), which would hide camelid's
+/// own differences under llama.cpp's.
+fn exact_server(server: &Path, gguf: &Path, tag: &str, extra: &[&str]) -> LlamaServer {
+    let log = gguf.with_extension(format!("{tag}.log"));
+    let mut args = vec![
+        "-c",
+        "256",
+        "-ctk",
+        "f32",
+        "-ctv",
+        "f32",
+        "--no-warmup",
+        "-fa",
+        "off",
+    ];
+    args.extend(extra);
+    LlamaServer::start(server, gguf, &log, &args)
 }
 
 /// The same greedy tokens, and at each position every id in llama.cpp's top-5 within
@@ -507,23 +510,7 @@ fn infill_prompts_match_llama_cpp() {
         .unwrap()
         .unwrap();
     let (steps, _) = camelid_greedy(&gguf, &ids, "infill");
-    let log = gguf.with_extension("server.log");
-    let s = LlamaServer::start(
-        &server,
-        &gguf,
-        &log,
-        &[
-            "-c",
-            "256",
-            "-ctk",
-            "f32",
-            "-ctv",
-            "f32",
-            "--no-warmup",
-            "-fa",
-            "off",
-        ],
-    );
+    let s = exact_server(&server, &gguf, "infill", &[]);
     let r = s.post(
         "/infill",
         &serde_json::json!({"input_prefix": prefix, "input_suffix": suffix, "n_predict": STEPS,
@@ -590,22 +577,12 @@ fn embeddings_match_llama_cpp() {
             .collect(),
     );
     for (pooling, ours) in [("last", last), ("mean", mean)] {
-        let log = gguf.with_extension(format!("{pooling}.server.log"));
-        let args = [
-            "-c",
-            "256",
-            "-ctk",
-            "f32",
-            "-ctv",
-            "f32",
-            "--no-warmup",
-            "-fa",
-            "off",
-            "--embeddings",
-            "--pooling",
+        let s = exact_server(
+            &server,
+            &gguf,
             pooling,
-        ];
-        let s = LlamaServer::start(&server, &gguf, &log, &args);
+            &["--embeddings", "--pooling", pooling],
+        );
         let r = s.post("/v1/embeddings", &serde_json::json!({"input": [ids]}));
         let theirs: Vec<f64> = r["data"][0]["embedding"]
             .as_array()
