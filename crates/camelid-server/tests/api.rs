@@ -1542,14 +1542,18 @@ fn engine_embedding(model: &ModelEntry, ids: &[u32], pooling: camelid_engine::Po
 /// An input cut to the context (Ollama's `truncate`) keeps the token the tokenizer appends:
 /// last-token pooling reads that token's state. Empty text is refused even where the
 /// tokenizer would make it a BOS token (the tiny fixture's SentencePiece vocabulary adds one).
+/// A model whose files name a pooling shows Ollama's `embedding` capability.
 #[test]
 fn embedding_inputs_keep_their_appended_token_and_refuse_empty_text() {
     let mut lm = camelid_model::load(None, &camelid_model::LoadOptions::default()).unwrap();
     let eos = lm.tokenizer.eos_ids[0];
     lm.tokenizer.eos_appended = Some(eos);
     let appends = common::entry_of(lm, "appends", 64, EngineConfig::default());
+    let mut lm = camelid_model::load(None, &camelid_model::LoadOptions::default()).unwrap();
+    lm.pooling = Some(camelid_engine::Pooling::Last);
+    let embedder = common::entry_of(lm, "embedder", 64, EngineConfig::default());
     let state = Arc::new(AppState::new(ServerConfig::default()));
-    state.set_models(vec![appends, common::tiny_llama_entry("tiny")]);
+    state.set_models(vec![appends, embedder, common::tiny_llama_entry("tiny")]);
     let s = serve(state.clone());
     let text = "word ".repeat(200);
     let (st, b) = send(
@@ -1587,6 +1591,20 @@ fn embedding_inputs_keep_their_appended_token_and_refuse_empty_text() {
     }
     let tiny = state.model(Some("tiny")).unwrap();
     assert!(!tiny.engine.tokenizer().encode("", true).unwrap().is_empty());
+    // Ollama's `/api/show` lists `embedding` only for a model whose files name a pooling.
+    let capabilities = |name: &str| {
+        let (st, b) = send(
+            &s.base,
+            "POST",
+            "/api/show",
+            Some("application/json"),
+            json!({"model": name}).to_string().into_bytes(),
+        );
+        assert_eq!(st, 200, "{b}");
+        b["capabilities"].clone()
+    };
+    assert!(!capabilities("appends").to_string().contains("embedding"));
+    assert!(capabilities("embedder").to_string().contains("embedding"));
     for input in [json!(""), json!(["x", ""])] {
         let (st, b) = send(
             &s.base,
