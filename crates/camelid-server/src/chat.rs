@@ -357,6 +357,8 @@ pub struct ChatResult {
     pub choices: Vec<ChatChoice>,
     /// Summed over the choices; the prompt counted once.
     pub usage: Usage,
+    /// Output tokens that were thinking, summed over the choices (when the output is split).
+    pub reasoning_tokens: Option<usize>,
 }
 
 /// Answers a chat request whole under `permit` (the request's `stream` is not looked at).
@@ -402,11 +404,37 @@ pub async fn complete(
             }
         })
         .collect();
+    let reasoning_tokens = reasoning.map(|inside| {
+        results
+            .iter()
+            .map(|r| thinking_tokens(&r.text, &r.token_text_lens, inside))
+            .sum()
+    });
     Ok(ChatResult {
         id,
         created,
         model: req.model,
         choices,
         usage: sum_usage(&results, prompt_tokens, n),
+        reasoning_tokens,
     })
+}
+
+/// How many of an output's tokens (each making `lens[i]` bytes of `text` visible) were
+/// thinking: a token inside the leading `<think>` block, or one that opens or closes it
+/// (as the streamed routes count them, token by token).
+pub fn thinking_tokens(text: &str, lens: &[usize], inside: bool) -> usize {
+    let mut split = camelid_model::text::reasoning::ReasoningSplitter::new(inside);
+    let mut at = 0;
+    let mut count = 0;
+    for &len in lens {
+        let piece = text.get(at..at + len).unwrap_or_default();
+        at += len;
+        let before = split.in_reasoning();
+        split.push(piece);
+        if before || split.in_reasoning() {
+            count += 1;
+        }
+    }
+    count
 }

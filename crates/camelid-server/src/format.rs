@@ -38,6 +38,16 @@ pub fn usage_json(u: &Usage) -> Value {
     })
 }
 
+/// [`usage_json`] of a chat whose output is split into thinking and answer: the thinking's
+/// tokens in `completion_tokens_details.reasoning_tokens`, as OpenAI reports them.
+pub fn chat_usage_json(u: &Usage, reasoning_tokens: Option<usize>) -> Value {
+    let mut v = usage_json(u);
+    if let Some(r) = reasoning_tokens {
+        v["completion_tokens_details"] = json!({ "reasoning_tokens": r });
+    }
+    v
+}
+
 /// How logprob entries spell a token: its own bytes (from the vocabulary's pieces), and as
 /// `token` text those bytes read as UTF-8. Decoding one token alone would drop a
 /// SentencePiece token's leading space (`▁the` → "the") and turn a byte piece into U+FFFD,

@@ -264,6 +264,8 @@ pub struct ChoiceResult {
     pub index: usize,
     pub text: String,
     pub tokens: Vec<u32>,
+    /// Bytes of `text` each token made visible, in order (a token may make none).
+    pub token_text_lens: Vec<usize>,
     pub logprobs: Vec<TokenLogprob>,
     pub prompt_logprobs: Option<Vec<TokenLogprob>>,
     /// The pooled hidden state of an embedding request.
@@ -283,6 +285,7 @@ pub async fn collect(
             index: first_index + i,
             text: String::new(),
             tokens: vec![],
+            token_text_lens: vec![],
             logprobs: vec![],
             prompt_logprobs: None,
             embedding: None,
@@ -304,6 +307,7 @@ pub async fn collect(
             } => {
                 timing.token(&sub.state, sub.started, slot);
                 p.tokens.push(token);
+                p.token_text_lens.push(text.len());
                 p.text += &text;
                 p.logprobs.extend(logprob);
             }

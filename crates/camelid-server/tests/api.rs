@@ -1314,6 +1314,19 @@ fn reasoning_is_split_from_the_answer() {
         }
         // Every output token keeps its log-probability.
         let tokens = r["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+        // The thinking's tokens are counted, as OpenAI reports a reasoning model's.
+        let reasoning = r["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{model}: {}", r["usage"])) as usize;
+        if model == "r1" {
+            assert_eq!(reasoning, tokens, "{model}: all thinking");
+        } else {
+            assert!(
+                reasoning >= 1 && reasoning < tokens,
+                "{model}: {}",
+                r["usage"]
+            );
+        }
         assert_eq!(m.get("logprobs"), None);
         assert_eq!(
             r["choices"][0]["logprobs"]["content"]
@@ -1323,10 +1336,16 @@ fn reasoning_is_split_from_the_answer() {
             tokens
         );
         // Streamed: the same parts, as `delta.reasoning_content` and `delta.content`.
-        let events = common::sse_data(base, "/v1/chat/completions", &body(model, extra, true));
+        let mut streamed = body(model, extra, true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        let events = common::sse_data(base, "/v1/chat/completions", &streamed);
         let (mut s_thought, mut s_content, mut lps) = (String::new(), String::new(), 0);
+        let mut s_reasoning = None;
         for e in events.iter().filter(|e| *e != "[DONE]") {
             let c: Value = serde_json::from_str(e).unwrap();
+            if let Some(u) = c.get("usage").filter(|u| !u.is_null()) {
+                s_reasoning = u["completion_tokens_details"]["reasoning_tokens"].as_u64();
+            }
             let d = &c["choices"][0]["delta"];
             s_thought += d["reasoning_content"].as_str().unwrap_or_default();
             s_content += d["content"].as_str().unwrap_or_default();
@@ -1340,6 +1359,11 @@ fn reasoning_is_split_from_the_answer() {
             "{model}"
         );
         assert_eq!(lps, tokens, "{model}: each token's log-probabilities once");
+        assert_eq!(
+            s_reasoning,
+            Some(reasoning as u64),
+            "{model}: streamed usage"
+        );
     }
     // A constrained output is the grammar's from its first token, even where the prompt
     // opened a block: the JSON is the answer.
@@ -1395,6 +1419,7 @@ fn reasoning_is_split_from_the_answer() {
         "{r}"
     );
     assert_eq!(r["choices"][0]["message"].get("reasoning_content"), None);
+    assert_eq!(r["usage"].get("completion_tokens_details"), None, "{r}");
 }
 
 /// Ollama's `think`, on a server without the parser: `true` gives the thinking back apart

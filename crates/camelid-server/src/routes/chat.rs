@@ -3,7 +3,7 @@
 
 use super::{AppResult, RequestBody};
 use crate::chat::{self, Submitted};
-use crate::format::{chat_logprobs, finish_str, new_id, now_secs, usage_json};
+use crate::format::{chat_logprobs, chat_usage_json, finish_str, new_id, now_secs};
 use crate::openai::{parse_with_sampling, ChatRequest};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
@@ -46,6 +46,7 @@ pub async fn chat_completions(
             readers: (0..n)
                 .map(|_| OutputReader::new(reasoning, tools.as_ref().map(|t| t.stream())))
                 .collect(),
+            reasoning_tokens: reasoning.map(|_| 0),
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
@@ -76,7 +77,7 @@ pub async fn chat_completions(
         "created": r.created,
         "model": r.model,
         "choices": choices,
-        "usage": usage_json(&r.usage),
+        "usage": chat_usage_json(&r.usage, r.reasoning_tokens),
         "system_fingerprint": null,
     }))
     .into_response())
@@ -100,6 +101,8 @@ struct ChatChunks {
     logprobs: bool,
     /// Per choice, its output read for thinking and tool calls.
     readers: Vec<OutputReader>,
+    /// Output tokens that were thinking, over every choice (when the output is split).
+    reasoning_tokens: Option<usize>,
 }
 
 impl ChatChunks {
@@ -156,7 +159,16 @@ impl ChunkFormat for ChatChunks {
             (true, Some(l)) => chat_logprobs(&self.tok, std::slice::from_ref(l)),
             _ => Value::Null,
         };
-        let p = self.reader(index).map(|r| r.push(text)).unwrap_or_default();
+        let Some(reader) = self.reader(index) else {
+            return vec![];
+        };
+        // A token inside the block, or the one that opens or closes it, is thinking.
+        let before = reader.in_reasoning();
+        let p = reader.push(text);
+        let thinking = before || reader.in_reasoning();
+        if let (true, Some(n)) = (thinking, self.reasoning_tokens.as_mut()) {
+            *n += 1;
+        }
         self.pieces(index, &p.thought, &p.text, lp, p.deltas)
     }
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
@@ -168,7 +180,7 @@ impl ChunkFormat for ChatChunks {
     }
     fn usage(&self, usage: &Usage) -> Value {
         let mut c = self.chunk(json!([]));
-        c["usage"] = usage_json(usage);
+        c["usage"] = chat_usage_json(usage, self.reasoning_tokens);
         c
     }
 }
