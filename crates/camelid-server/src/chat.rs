@@ -421,20 +421,13 @@ pub async fn complete(
 }
 
 /// How many of an output's tokens (each making `lens[i]` bytes of `text` visible) were
-/// thinking: a token inside the leading `<think>` block, or one that opens or closes it
-/// (as the streamed routes count them, token by token).
-pub fn thinking_tokens(text: &str, lens: &[usize], inside: bool) -> usize {
-    let mut split = camelid_model::text::reasoning::ReasoningSplitter::new(inside);
+/// thinking, read token by token as the streamed routes read them.
+fn thinking_tokens(text: &str, lens: &[usize], inside: bool) -> usize {
+    let mut reader = tools::OutputReader::new(Some(inside), None);
     let mut at = 0;
-    let mut count = 0;
     for &len in lens {
-        let piece = text.get(at..at + len).unwrap_or_default();
+        reader.push(text.get(at..at + len).unwrap_or_default());
         at += len;
-        let before = split.in_reasoning();
-        split.push(piece);
-        if before || split.in_reasoning() {
-            count += 1;
-        }
     }
-    count
+    reader.thinking_tokens().unwrap_or(0)
 }

@@ -481,6 +481,8 @@ pub struct OutputPiece {
 pub struct OutputReader {
     thinking: Option<ReasoningSplitter>,
     calls: Option<CallStream>,
+    /// Tokens pushed that were thinking.
+    thinking_tokens: usize,
 }
 
 impl OutputReader {
@@ -489,10 +491,14 @@ impl OutputReader {
         Self {
             thinking: reasoning.map(ReasoningSplitter::new),
             calls,
+            thinking_tokens: 0,
         }
     }
 
+    /// One token's text.
     pub fn push(&mut self, text: &str) -> OutputPiece {
+        // A token inside the block, or the one that opens or closes it, is thinking.
+        let before = self.in_reasoning();
         let split = match &mut self.thinking {
             Some(s) => s.push(text),
             None => Split {
@@ -500,7 +506,16 @@ impl OutputReader {
                 content: text.to_string(),
             },
         };
+        if before || self.in_reasoning() {
+            self.thinking_tokens += 1;
+        }
         self.answer(split, false)
+    }
+
+    /// The tokens pushed that were thinking (OpenAI's `reasoning_tokens`); `None` when the
+    /// output is not split.
+    pub fn thinking_tokens(&self) -> Option<usize> {
+        self.thinking.as_ref().map(|_| self.thinking_tokens)
     }
 
     /// The output has ended: what the split and the parser held back.

@@ -46,7 +46,6 @@ pub async fn chat_completions(
             readers: (0..n)
                 .map(|_| OutputReader::new(reasoning, tools.as_ref().map(|t| t.stream())))
                 .collect(),
-            reasoning_tokens: reasoning.map(|_| 0),
         };
         return Ok(stream(sub, 0, Box::new(fmt), include_usage, prompt_tokens, n).into_response());
     }
@@ -101,8 +100,6 @@ struct ChatChunks {
     logprobs: bool,
     /// Per choice, its output read for thinking and tool calls.
     readers: Vec<OutputReader>,
-    /// Output tokens that were thinking, over every choice (when the output is split).
-    reasoning_tokens: Option<usize>,
 }
 
 impl ChatChunks {
@@ -159,16 +156,7 @@ impl ChunkFormat for ChatChunks {
             (true, Some(l)) => chat_logprobs(&self.tok, std::slice::from_ref(l)),
             _ => Value::Null,
         };
-        let Some(reader) = self.reader(index) else {
-            return vec![];
-        };
-        // A token inside the block, or the one that opens or closes it, is thinking.
-        let before = reader.in_reasoning();
-        let p = reader.push(text);
-        let thinking = before || reader.in_reasoning();
-        if let (true, Some(n)) = (thinking, self.reasoning_tokens.as_mut()) {
-            *n += 1;
-        }
+        let p = self.reader(index).map(|r| r.push(text)).unwrap_or_default();
         self.pieces(index, &p.thought, &p.text, lp, p.deltas)
     }
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
@@ -180,7 +168,9 @@ impl ChunkFormat for ChatChunks {
     }
     fn usage(&self, usage: &Usage) -> Value {
         let mut c = self.chunk(json!([]));
-        c["usage"] = chat_usage_json(usage, self.reasoning_tokens);
+        // Every choice's reader splits or none does.
+        let thinking = self.readers.iter().map(OutputReader::thinking_tokens).sum();
+        c["usage"] = chat_usage_json(usage, thinking);
         c
     }
 }

@@ -38,7 +38,6 @@ pub async fn responses(
         writer: ResponseWriter::new(&body, &body.model),
         reader: OutputReader::new(reasoning, tools.map(|t| t.stream())),
         timing: Timing::new(1),
-        reasoning_tokens: 0,
         sub,
     };
     let start = answer.writer.start();
@@ -112,8 +111,6 @@ struct Answer {
     writer: ResponseWriter,
     reader: OutputReader,
     timing: Timing,
-    /// Output tokens that were thinking (`usage.output_tokens_details.reasoning_tokens`).
-    reasoning_tokens: usize,
     /// Owned here: dropping the answer (a client gone) cancels the generation.
     sub: Submission,
 }
@@ -128,7 +125,8 @@ impl Answer {
                     Step::Token { text, .. } => self.piece(&text, false),
                     Step::Finished { reason, usage } => {
                         let mut out = self.piece("", true);
-                        out.extend(self.writer.finish(reason, &usage, self.reasoning_tokens));
+                        let thinking = self.reader.thinking_tokens().unwrap_or(0);
+                        out.extend(self.writer.finish(reason, &usage, thinking));
                         out
                     }
                 }),
@@ -140,13 +138,7 @@ impl Answer {
         let p = if end {
             self.reader.finish()
         } else {
-            // A token inside the block, or the one that opens or closes it, is thinking.
-            let before = self.reader.in_reasoning();
-            let p = self.reader.push(text);
-            if before || self.reader.in_reasoning() {
-                self.reasoning_tokens += 1;
-            }
-            p
+            self.reader.push(text)
         };
         let mut out = self.writer.thought(&p.thought);
         out.extend(self.writer.text(&p.text));
