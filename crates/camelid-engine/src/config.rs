@@ -2,6 +2,7 @@
 //! ([`EngineConfig::for_device`]) under the user's [`EngineOverrides`].
 
 use crate::paged::uses_host_memory;
+use crate::speculate::NgramSpec;
 use camelid_model::KvDtype;
 use camelid_model::LoadedModel;
 use candle_core::Device;
@@ -38,6 +39,9 @@ pub struct EngineConfig {
     /// Element type of a host-memory KV cache (f32 models on the CPU); other storages use the
     /// model's dtype.
     pub host_kv_dtype: KvDtype,
+    /// Speculative decoding by prompt lookup: decodes also verify draft tokens found in the
+    /// sequence itself (see [`crate::speculate`]). `None`: one token a step.
+    pub speculative: Option<NgramSpec>,
     /// Fault injection for tests: the engine thread panics before running this step (the
     /// first is 1), as a bug in a kernel or the model would make it; the server's
     /// `tests/faults.rs` checks what clients then see. Never set in serving.
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             num_blocks: None,
             host_kv_dtype: KvDtype::F16,
+            speculative: None,
             panic_at_step: None,
         }
     }
@@ -99,6 +104,8 @@ pub struct EngineOverrides {
     pub kv_cache_mb: Option<usize>,
     pub prefix_caching: Option<bool>,
     pub host_kv_dtype: Option<KvDtype>,
+    /// Default: off.
+    pub speculative: Option<NgramSpec>,
 }
 
 impl EngineConfig {
@@ -134,6 +141,7 @@ impl EngineConfig {
             prefix_caching: o.prefix_caching.unwrap_or(d.prefix_caching),
             num_blocks: None,
             host_kv_dtype: o.host_kv_dtype.unwrap_or(d.host_kv_dtype),
+            speculative: o.speculative,
             panic_at_step: None,
         }
     }
@@ -169,6 +177,7 @@ mod tests {
             kv_cache_mb: Some(0),
             prefix_caching: Some(false),
             host_kv_dtype: Some(KvDtype::Q8_0),
+            speculative: None,
         };
         let c = EngineConfig::for_device(&Device::Cpu, &o);
         assert_eq!(

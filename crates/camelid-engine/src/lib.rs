@@ -11,12 +11,14 @@ mod metrics;
 pub mod paged;
 mod scheduler;
 pub mod score;
+pub mod speculate;
 pub mod step_cost;
 
 pub use camelid_model::Pooling;
 pub use config::{EngineConfig, EngineOverrides};
 pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
 pub use scheduler::EngineHandle;
+pub use speculate::NgramSpec;
 
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::{FinishReason, GenerationParams};

@@ -23,6 +23,10 @@ pub struct EngineMetrics {
     /// The largest prefill chunk (tokens) that rode in a step with decodes: what the
     /// prefill caps and the time bound let through.
     pub max_prefill_tokens_with_decodes: AtomicU64,
+    /// Speculative decoding: draft tokens verified, and those the model's sampling agreed
+    /// with (each saved a step).
+    pub spec_draft_tokens: AtomicU64,
+    pub spec_accepted_tokens: AtomicU64,
     /// Duration of the engine's steps (every running stream waits for a whole step).
     pub step_seconds: StepHistogram,
 }

@@ -9,6 +9,7 @@ use camelid_model::decode::sampling::{token_logprob, TokenLogprob};
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::{ForwardBatch, GrammarCompiler, LoadedModel, LogitsWanted};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -384,11 +385,77 @@ impl Seq {
     }
 }
 
+impl Seq {
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.tokens.len() - self.prompt_len,
+            cached_tokens: self.cached_prompt.unwrap_or(0),
+        }
+    }
+
+    /// Positions `..end` are computed: their full blocks go into the prefix cache, and blocks
+    /// no later query attends go back to the pool (only where every layer keeps to a
+    /// `window`: a global layer reads every key).
+    fn computed(&mut self, kv: &mut PagedKv, window: Option<usize>, end: usize) {
+        self.cached = end;
+        kv.commit(self.id, &self.tokens, end);
+        if let Some(w) = window {
+            kv.release_before(self.id, (end + 1).saturating_sub(w));
+        }
+    }
+
+    /// Draws the next token from its logits and sends it; true when the sequence has ended
+    /// (finished, or failed: the event says which).
+    fn sample(&mut self, tokenizer: &Tokenizer, metrics: &M, logits: &[f32]) -> bool {
+        match self.decoder.step(tokenizer, logits) {
+            Ok(out) => {
+                M::add(&metrics.generation_tokens, 1);
+                self.tokens.push(out.token);
+                let _ = self.events.send(Event::Token {
+                    token: out.token,
+                    text: out.text,
+                    logprob: out.logprob,
+                });
+                if let Some(reason) = out.finished {
+                    let _ = self.events.send(Event::Finished {
+                        reason,
+                        usage: self.usage(),
+                    });
+                    return true;
+                }
+                false
+            }
+            Err(camelid_model::Error::Grammar(m)) => {
+                let _ = self.events.send(Event::GrammarFailed(m));
+                true
+            }
+            Err(e) => {
+                let _ = self.events.send(Event::Error(e.to_string()));
+                true
+            }
+        }
+    }
+}
+
 /// Waiting for a batch slot: new requests, and preempted sequences to recompute.
 #[allow(clippy::large_enum_variant)] // a short queue; boxing buys nothing
 enum Waiting {
     New(Submitted),
     Preempted(Seq),
+}
+
+/// A running sequence's part of a step's batch.
+struct Member {
+    /// Index into `Engine::running`.
+    i: usize,
+    /// Rows of logits (or hidden states) it gets back.
+    rows: usize,
+    /// The chunk's end: the sequence's computed positions once the step ran, drafted ones
+    /// included.
+    end: usize,
+    /// Draft tokens after the decoded one (speculative decoding), to verify.
+    draft: Vec<u32>,
 }
 
 struct Engine {
@@ -581,8 +648,7 @@ impl Engine {
         }
         let mut batch = ForwardBatch::default();
         let mut budget = self.cfg.max_batch_tokens.max(1);
-        // (index into running, rows of logits it gets, chunk end)
-        let mut members: Vec<(usize, usize, usize)> = vec![];
+        let mut members: Vec<Member> = vec![];
         let mut preempted: Vec<usize> = vec![];
         let mut failed: Vec<(usize, String)> = vec![];
         // Decodes first: they keep streams flowing; prefill takes what budget is left.
@@ -598,7 +664,7 @@ impl Engine {
         } else {
             usize::MAX
         };
-        let mut batch_decodes = 0;
+        let (mut batch_decodes, mut draft_rows) = (0, 0);
         let mut waited = false;
         let may_wait = !std::mem::take(&mut self.skip_shared_waits);
         for (n, i) in order.into_iter().enumerate() {
@@ -625,6 +691,16 @@ impl Engine {
             } else {
                 todo.min(budget)
             };
+            // A decode may take draft tokens along (speculative decoding), in blocks already
+            // free (drafts never preempt) and in budget no later decode needs.
+            let mut draft = if is_prefill {
+                vec![]
+            } else {
+                self.draft_for(i, (budget - len).saturating_sub(decodes - n - 1))
+            };
+            if !draft.is_empty() && !self.kv.reserve(id, cached + len + draft.len()) {
+                draft.clear();
+            }
             // Make room by preempting newer sequences not yet in this batch (the newest
             // first). Decodes already in the batch are not victims: a prefill that still does
             // not fit preempts itself and comes back behind them (vLLM v1 un-schedules them
@@ -633,7 +709,7 @@ impl Engine {
             while !fits {
                 let victim = (i + 1..self.running.len())
                     .rev()
-                    .find(|&j| !preempted.contains(&j) && !members.iter().any(|m| m.0 == j));
+                    .find(|&j| !preempted.contains(&j) && !members.iter().any(|m| m.i == j));
                 let Some(j) = victim else { break };
                 self.kv.free(self.running[j].id);
                 preempted.push(j);
@@ -656,28 +732,43 @@ impl Engine {
             let s = &self.running[i];
             let end = cached + len;
             let completes = end == s.tokens.len();
-            let want =
-                if s.scores_prompt_in(cached, end) || matches!(s.pooling, Pooled::Mean { .. }) {
-                    LogitsWanted::All
-                } else if completes {
-                    LogitsWanted::Last
-                } else {
-                    LogitsWanted::None
-                };
-            let tokens = &s.tokens[cached..end];
-            if matches!(s.pooling, Pooled::Off) {
-                batch.push_with_prompt(s.id, cached, tokens, want, s.prompt_len);
+            let want = if !draft.is_empty()
+                || s.scores_prompt_in(cached, end)
+                || matches!(s.pooling, Pooled::Mean { .. })
+            {
+                LogitsWanted::All
+            } else if completes {
+                LogitsWanted::Last
             } else {
-                batch.push_hidden(s.id, cached, tokens, want, s.prompt_len);
+                LogitsWanted::None
+            };
+            // Drafted positions are generated ones: each attends as the decode it stands in
+            // for (`prompt_len` marks where generation starts), so its logits are the bits a
+            // one-token step would give.
+            let tokens: Cow<[u32]> = if draft.is_empty() {
+                Cow::Borrowed(&s.tokens[cached..end])
+            } else {
+                Cow::Owned([&s.tokens[cached..end], &draft[..]].concat())
+            };
+            if matches!(s.pooling, Pooled::Off) {
+                batch.push_with_prompt(s.id, cached, &tokens, want, s.prompt_len);
+            } else {
+                batch.push_hidden(s.id, cached, &tokens, want, s.prompt_len);
             }
             let rows = batch.chunks.last().expect("just pushed").rows();
-            members.push((i, rows, end));
-            budget -= len;
+            budget -= len + draft.len();
             if is_prefill {
                 prefill_budget -= len;
             } else {
                 batch_decodes += 1;
+                draft_rows += draft.len();
             }
+            members.push(Member {
+                i,
+                rows,
+                end: end + draft.len(),
+                draft,
+            });
         }
         self.skip_shared_waits = waited && members.is_empty();
         let mut done: Vec<u64> = failed
@@ -689,7 +780,10 @@ impl Engine {
             .collect();
         if !members.is_empty() {
             let started = std::time::Instant::now();
-            let prefill = batch.tokens.len() - batch_decodes;
+            // A drafted position costs what a decode does (a row through every layer, decode
+            // attention), and is counted as one.
+            let prefill = batch.tokens.len() - batch_decodes - draft_rows;
+            let batch_decodes = batch_decodes + draft_rows;
             if batch_decodes > 0 {
                 M::max(
                     &self.metrics.max_prefill_tokens_with_decodes,
@@ -771,6 +865,25 @@ impl Engine {
         })
     }
 
+    /// Draft tokens (speculative decoding) for decode `i`, at most `room`: none when it is
+    /// off or the batch is too full for it, and never past `max_tokens` or the context (a
+    /// step yields a token more than its draft).
+    fn draft_for(&self, i: usize, room: usize) -> Vec<u32> {
+        let Some(spec) = self
+            .cfg
+            .speculative
+            .filter(|c| c.drafts_at(self.running.len()))
+        else {
+            return vec![];
+        };
+        let s = &self.running[i];
+        let generated = s.tokens.len() - s.prompt_len;
+        let room = room
+            .min(s.max_tokens.saturating_sub(generated + 1))
+            .min(self.lm.context_length.saturating_sub(s.tokens.len() + 1));
+        spec.propose(&s.tokens, room)
+    }
+
     /// Prefill tokens a step carrying `decodes` decodes may add: the token cap, and within it
     /// the time bound where one is set and the costs are known yet. At least one token, so
     /// that prompts always progress; no more floor than that, or the bound would not hold
@@ -788,7 +901,7 @@ impl Engine {
     fn forward_and_sample(
         &mut self,
         batch: ForwardBatch,
-        members: Vec<(usize, usize, usize)>,
+        members: Vec<Member>,
         done: &mut Vec<u64>,
     ) {
         M::add(&self.metrics.steps, 1);
@@ -809,26 +922,53 @@ impl Engine {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward failed: {e}");
-                for (i, _, _) in &members {
-                    let _ = self.running[*i]
+                for m in &members {
+                    let s = &self.running[m.i];
+                    let _ = s
                         .events
                         .send(Event::Error(format!("model forward failed: {e}")));
-                    done.push(self.running[*i].id);
+                    done.push(s.id);
                 }
                 return;
             }
         };
         let (mut row, mut hidden_row) = (0, 0);
-        for (i, rows, end) in members {
+        let window = self.lm.model.config().features.kv_window();
+        for Member {
+            i,
+            rows,
+            end,
+            draft,
+        } in members
+        {
             let s = &mut self.running[i];
             let chunk_start = s.cached;
-            s.cached = end;
-            self.kv.commit(s.id, &s.tokens, end);
-            // Blocks no later query of the sequence attends go back to the pool (only where
-            // every layer keeps to the window: a global layer reads every key).
-            if let Some(w) = self.lm.model.config().features.kv_window() {
-                self.kv.release_before(s.id, (end + 1).saturating_sub(w));
+            if !draft.is_empty() {
+                let my_rows = &logits[row..row + rows];
+                row += rows;
+                // Row j is the distribution after the decoded token and `draft[..j]`: sample
+                // each in turn, the same draws as one token a step, while the token drawn is
+                // the draft's; the positions of the drafts kept are computed.
+                let mut valid = chunk_start + 1;
+                for (j, l) in my_rows.iter().enumerate() {
+                    if s.sample(&self.lm.tokenizer, &self.metrics, l) {
+                        done.push(s.id);
+                        break;
+                    }
+                    if draft.get(j) != s.tokens.last() {
+                        break;
+                    }
+                    valid += 1;
+                }
+                M::add(&self.metrics.spec_draft_tokens, draft.len() as u64);
+                M::add(
+                    &self.metrics.spec_accepted_tokens,
+                    (valid - chunk_start - 1) as u64,
+                );
+                s.computed(&mut self.kv, window, valid);
+                continue;
             }
+            s.computed(&mut self.kv, window, end);
             if !matches!(s.pooling, Pooled::Off) {
                 let my_rows = &hidden[hidden_row..hidden_row + rows];
                 hidden_row += rows;
@@ -836,11 +976,7 @@ impl Engine {
                     let _ = s.events.send(Event::Embedding(v));
                     let _ = s.events.send(Event::Finished {
                         reason: FinishReason::Stop,
-                        usage: Usage {
-                            prompt_tokens: s.prompt_len,
-                            completion_tokens: 0,
-                            cached_tokens: s.cached_prompt.unwrap_or(0),
-                        },
+                        usage: s.usage(),
                     });
                     done.push(s.id);
                 }
@@ -861,45 +997,17 @@ impl Engine {
             if end < s.tokens.len() {
                 continue; // more prompt to prefill
             }
-            let usage = |s: &Seq| Usage {
-                prompt_tokens: s.prompt_len,
-                completion_tokens: s.tokens.len() - s.prompt_len,
-                cached_tokens: s.cached_prompt.unwrap_or(0),
-            };
             if s.max_tokens == 0 {
                 let _ = s.events.send(Event::Finished {
                     reason: FinishReason::Length,
-                    usage: usage(s),
+                    usage: s.usage(),
                 });
                 done.push(s.id);
                 continue;
             }
             let last = my_rows.last().expect("rows > 0");
-            match s.decoder.step(&self.lm.tokenizer, last) {
-                Ok(out) => {
-                    M::add(&self.metrics.generation_tokens, 1);
-                    s.tokens.push(out.token);
-                    let _ = s.events.send(Event::Token {
-                        token: out.token,
-                        text: out.text,
-                        logprob: out.logprob,
-                    });
-                    if let Some(reason) = out.finished {
-                        let _ = s.events.send(Event::Finished {
-                            reason,
-                            usage: usage(s),
-                        });
-                        done.push(s.id);
-                    }
-                }
-                Err(camelid_model::Error::Grammar(m)) => {
-                    let _ = s.events.send(Event::GrammarFailed(m));
-                    done.push(s.id);
-                }
-                Err(e) => {
-                    let _ = s.events.send(Event::Error(e.to_string()));
-                    done.push(s.id);
-                }
+            if s.sample(&self.lm.tokenizer, &self.metrics, last) {
+                done.push(s.id);
             }
         }
     }

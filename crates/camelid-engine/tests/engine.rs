@@ -1146,3 +1146,83 @@ fn embeddings_pool_the_models_hidden_states_whatever_the_batching() {
         wait_idle(&e.metrics);
     }
 }
+
+/// Speculative decoding by prompt lookup changes no token and no log-probability, greedy or
+/// seeded, alone or batched: a drafted position attends as the decode it stands in for, and
+/// its row is sampled with the same draws as one token a step. On text that repeats itself
+/// drafts are accepted, and a request needs fewer steps than tokens.
+#[test]
+fn speculative_decoding_gives_the_tokens_of_one_token_steps() {
+    let lm = smol();
+    let texts = [
+        "Repeat after me: the quick brown fox jumps over the lazy dog. Repeat after me: the \
+         quick brown fox jumps over the lazy dog. Repeat after me:",
+        "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+        "Monday, Tuesday, Wednesday, Monday, Tuesday, Wednesday, Monday,",
+        "Write a short poem about the sea.",
+    ];
+    let prompts: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| lm.tokenizer.encode(t, true).unwrap())
+        .collect();
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        seed: Some(99),
+        ..Default::default()
+    };
+    let request = |p: &Vec<u32>, sampling: &SamplingParams| {
+        let mut params = params(48, sampling.clone());
+        params.logprobs = Some(2);
+        Request {
+            prompt: p.clone(),
+            params,
+            prompt_logprobs: None,
+            cache_salt: None,
+            embed: None,
+        }
+    };
+    let plain = EngineHandle::spawn(smol(), EngineConfig::default());
+    let spec = camelid_engine::NgramSpec::new(4, Some(1), Some(3), None).unwrap();
+    let drafting = EngineHandle::spawn(
+        lm,
+        EngineConfig {
+            speculative: Some(spec),
+            ..Default::default()
+        },
+    );
+    for (greedy, sampling) in [(true, SamplingParams::greedy()), (false, sampled)] {
+        let want: Vec<Scored> = prompts
+            .iter()
+            .map(|p| drain_scored(plain.submit(request(p, &sampling)).unwrap()))
+            .collect();
+        // One at a time: greedy, the list that goes on repeating itself takes fewer steps
+        // than tokens.
+        let steps_before = EngineMetrics::get(&drafting.metrics.steps);
+        let first = drain_scored(drafting.submit(request(&prompts[2], &sampling)).unwrap());
+        let steps = EngineMetrics::get(&drafting.metrics.steps) - steps_before;
+        assert!(
+            !greedy || steps < 40,
+            "{steps} steps for 48 tokens of a repeated list: drafts were not accepted"
+        );
+        // Then all together, drafting side by side.
+        let rxs: Vec<_> = prompts
+            .iter()
+            .map(|p| drafting.submit(request(p, &sampling)).unwrap())
+            .collect();
+        let together: Vec<Scored> = rxs.into_iter().map(drain_scored).collect();
+        let runs = std::iter::once((&first, &want[2])).chain(together.iter().zip(&want));
+        for (i, (g, w)) in runs.enumerate() {
+            assert_eq!(g.tokens, w.tokens, "{sampling:?}, run {i}: tokens");
+            assert_eq!(
+                g.logprobs, w.logprobs,
+                "{sampling:?}, run {i}: log-probabilities"
+            );
+        }
+    }
+    let drafted = EngineMetrics::get(&drafting.metrics.spec_draft_tokens);
+    let accepted = EngineMetrics::get(&drafting.metrics.spec_accepted_tokens);
+    eprintln!("drafted {drafted}, accepted {accepted}");
+    assert!(accepted > 0 && accepted <= drafted);
+    assert_eq!(EngineMetrics::get(&plain.metrics.spec_draft_tokens), 0);
+    wait_idle(&drafting.metrics);
+}

@@ -141,7 +141,7 @@ impl ServerMetrics {
         );
         use camelid_engine::EngineMetrics as E;
         type Get = fn(&E) -> u64;
-        let per_engine: [(&str, &str, &str, Get); 14] = [
+        let per_engine: [(&str, &str, &str, Get); 16] = [
             (
                 "camelid_running_requests",
                 "gauge",
@@ -195,6 +195,18 @@ impl ServerMetrics {
                 "counter",
                 "Sequences preempted for lack of KV blocks.",
                 |e| E::get(&e.preemptions),
+            ),
+            (
+                "camelid_spec_decode_draft_tokens_total",
+                "counter",
+                "Draft tokens verified by speculative decoding.",
+                |e| E::get(&e.spec_draft_tokens),
+            ),
+            (
+                "camelid_spec_decode_accepted_tokens_total",
+                "counter",
+                "Draft tokens accepted (each saved a step).",
+                |e| E::get(&e.spec_accepted_tokens),
             ),
             (
                 "camelid_kv_blocks_used",

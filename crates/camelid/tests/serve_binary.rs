@@ -260,6 +260,71 @@ fn alias_names_the_model() {
     }
 }
 
+/// `--speculative-config` (vLLM's JSON, the `ngram` method): the same greedy tokens and
+/// log-probabilities as without, streamed and whole, with drafts accepted on text that
+/// repeats itself (`/metrics`); another method or a bad count stops the start, naming it.
+#[test]
+fn speculative_config_gives_the_same_answers() {
+    let spec = r#"{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3,
+                   "prompt_lookup_min": 1}"#;
+    let plain = serve(&["--model", "smol=smollm2-135m-instruct"]);
+    let drafting = serve(&[
+        "--model",
+        "smol=smollm2-135m-instruct",
+        "--speculative-config",
+        spec,
+    ]);
+    let body = serde_json::json!({"model": "smol", "max_tokens": 40, "temperature": 0,
+        "logprobs": 2, "prompt": "Monday, Tuesday, Wednesday, Monday, Tuesday, Wednesday, Monday,"})
+    .to_string();
+    let (st, want) = post_json(&plain.base, "/v1/completions", &body);
+    assert_eq!(st, 200, "{want}");
+    let (st, got) = post_json(&drafting.base, "/v1/completions", &body);
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(got["choices"], want["choices"]);
+    assert_eq!(got["usage"]["completion_tokens"], 40);
+    let chat = serde_json::json!({"model": "smol", "max_tokens": 40, "temperature": 0,
+        "stream": true, "messages": [{"role": "user",
+        "content": "Repeat exactly: one fish, two fish, red fish, blue fish, one fish, two fish."}]})
+    .to_string();
+    let text = |base: &str| {
+        let (st, events) = stream(base, "/v1/chat/completions", &chat, |_| true).unwrap();
+        assert_eq!(st, 200, "{events:?}");
+        let (chunks, _) = token_chunks(&events);
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect::<String>()
+    };
+    assert_eq!(text(&drafting.base), text(&plain.base));
+    let m = common::http::metrics(&drafting.base);
+    let accepted = common::http::metric(&m, "camelid_spec_decode_accepted_tokens_total");
+    let drafted = common::http::metric(&m, "camelid_spec_decode_draft_tokens_total");
+    assert!(accepted > 0.0 && accepted <= drafted, "{m}");
+    let m = common::http::metrics(&plain.base);
+    assert_eq!(
+        common::http::metric(&m, "camelid_spec_decode_draft_tokens_total"),
+        0.0
+    );
+    for (bad, says) in [
+        (
+            r#"{"method": "eagle", "num_speculative_tokens": 4}"#,
+            "eagle",
+        ),
+        (
+            r#"{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 5, "prompt_lookup_max": 2}"#,
+            "prompt_lookup_min",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+            .args(["serve", "--port", "0", "--speculative-config", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{bad}: {err}");
+    }
+}
+
 #[test]
 fn cli_errors_are_one_line_and_non_zero() {
     let out = Command::new(env!("CARGO_BIN_EXE_camelid"))

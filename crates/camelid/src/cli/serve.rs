@@ -2,7 +2,7 @@
 
 use super::model_args::{load, ModelArgs};
 use anyhow::{Context, Result};
-use camelid_engine::{EngineConfig, EngineOverrides};
+use camelid_engine::{EngineConfig, EngineOverrides, NgramSpec};
 use camelid_model::KvDtype;
 use camelid_server::{RequestLimits, ServerConfig};
 use clap::{Args, ValueEnum};
@@ -117,6 +117,14 @@ pub struct ServeArgs {
     /// bf16/f16 models keep K/V in the model's dtype.
     #[arg(long, value_enum, default_value_t = KvCacheDtype::F16)]
     kv_cache_dtype: KvCacheDtype,
+    /// Speculative decoding, as vLLM's flag: `{"method": "ngram", "num_speculative_tokens":
+    /// K, "prompt_lookup_max": N, "prompt_lookup_min": M, "disable_by_batch_size": B}`. Each
+    /// decode also verifies up to K tokens that followed the latest earlier occurrence of the
+    /// sequence's last M..N tokens (prompt lookup); the output is the same as without, only
+    /// sooner where the text repeats what came before (quoting, editing, summaries, code).
+    /// No drafts while more than B sequences run. Default: off.
+    #[arg(long, env = "CAMELID_SPECULATIVE_CONFIG", value_parser = parse_speculative_config)]
+    speculative_config: Option<NgramSpec>,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -231,8 +239,37 @@ impl ServeArgs {
                 KvCacheDtype::F32 => KvDtype::F32,
                 KvCacheDtype::Q8_0 => KvDtype::Q8_0,
             }),
+            speculative: self.speculative_config,
         }
     }
+}
+
+/// `--speculative-config`: vLLM's JSON for its `ngram` method (the one camelid has: no draft
+/// model). Unknown keys are refused, so a typo does not silently turn speculation off.
+fn parse_speculative_config(s: &str) -> Result<NgramSpec, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Config {
+        method: String,
+        num_speculative_tokens: usize,
+        prompt_lookup_min: Option<usize>,
+        prompt_lookup_max: Option<usize>,
+        disable_by_batch_size: Option<usize>,
+    }
+    let c: Config =
+        serde_json::from_str(s).map_err(|e| format!("not a speculative config: {e}"))?;
+    if c.method != "ngram" {
+        return Err(format!(
+            "method {:?} is not supported: camelid speculates by prompt lookup only (\"ngram\")",
+            c.method
+        ));
+    }
+    NgramSpec::new(
+        c.num_speculative_tokens,
+        c.prompt_lookup_min,
+        c.prompt_lookup_max,
+        c.disable_by_batch_size,
+    )
 }
 
 /// The keys of `--api-key` and `--api-key-file`. An empty or blank key would let requests
@@ -411,6 +448,43 @@ pub fn run(a: ServeArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    #[test]
+    fn speculative_config_reads_vllms_ngram_json() {
+        let c = super::parse_speculative_config(
+            r#"{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}"#,
+        )
+        .unwrap();
+        assert_eq!((c.tokens, c.min_n, c.max_n, c.max_batch), (4, 3, 3, None));
+        let c = super::parse_speculative_config(
+            r#"{"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 1,
+                "prompt_lookup_max": 4, "disable_by_batch_size": 4}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.tokens, c.min_n, c.max_n, c.max_batch),
+            (2, 1, 4, Some(4))
+        );
+        for (bad, says) in [
+            (
+                r#"{"method": "eagle", "num_speculative_tokens": 4}"#,
+                "eagle",
+            ),
+            (r#"{"method": "ngram"}"#, "num_speculative_tokens"),
+            (
+                r#"{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_maxx": 3}"#,
+                "prompt_lookup_maxx",
+            ),
+            (
+                r#"{"method": "ngram", "num_speculative_tokens": 0}"#,
+                "at least 1",
+            ),
+            ("ngram", "not a speculative config"),
+        ] {
+            let e = super::parse_speculative_config(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     /// clap prints `[env: NAME=VALUE]` in --help: the secrets' values must not appear there
     /// (a help screen ends up in terminals, logs and bug reports).
