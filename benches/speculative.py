@@ -5,15 +5,20 @@ to look up). Prints one JSON line per workload (output tokens/s over the workloa
 tokens and seconds) and saves the answers, so that benches/speculative.sh can check that
 speculation changed none.
 
-Usage: python3 speculative.py BASE_URL NAME MAX_TOKENS OUT.json   (run by speculative.sh)
+With C > 1, C clients run the workload at once, each starting at another prompt; tokens/s
+is then the aggregate over the workload's wall time.
+
+Usage: python3 speculative.py BASE_URL NAME MAX_TOKENS OUT.json [C]   (run by speculative.sh)
 """
 import json
 import pathlib
 import sys
+import threading
 import time
 import urllib.request
 
 base, name, max_tokens, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+clients = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 
 CODE = '''def moving_average(values, window):
     if window <= 0:
@@ -67,14 +72,26 @@ def chat(prompt):
 chat("Hello")  # warm-up
 answers = {}
 for workload, prompts in (("edit", EDIT), ("fresh", FRESH)):
-    tokens, secs = 0, 0.0
-    answers[workload] = []
-    for p in prompts:
-        text, n, dt = chat(p)
-        answers[workload].append(text)
-        tokens += n
-        secs += dt
-    print(json.dumps({"server": name, "workload": workload, "requests": len(prompts),
-                      "tokens": tokens, "seconds": round(secs, 3),
-                      "tok_per_s": round(tokens / secs, 2)}), flush=True)
+    got = [[None] * len(prompts) for _ in range(clients)]
+    tokens = [0] * clients
+
+    def client(c):
+        for k in range(len(prompts)):
+            i = (k + c) % len(prompts)
+            text, n, _ = chat(prompts[i])
+            got[c][i] = text
+            tokens[c] += n
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.perf_counter() - start
+    answers[workload] = got
+    print(json.dumps({"server": name, "workload": workload, "clients": clients,
+                      "requests": clients * len(prompts), "tokens": sum(tokens),
+                      "seconds": round(secs, 3), "tok_per_s": round(sum(tokens) / secs, 2)}),
+          flush=True)
 json.dump(answers, open(out, "w"))

@@ -31,6 +31,32 @@ if chat.choices[0].finish_reason == "length":
     check(r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens",
           f"cut by max_output_tokens: {r.incomplete_details}")
 
+# Log-probabilities with `include`: an entry per output token, spelling the text, with the
+# alternatives asked for; the chat endpoint's numbers; the same entries streamed; none without.
+lp = client.responses.create(model=model, input="Name a fruit.", max_output_tokens=8, temperature=0,
+                             include=["message.output_text.logprobs"], top_logprobs=2)
+entries = lp.output[0].content[0].logprobs
+chat_lp = client.chat.completions.create(model=model, max_tokens=8, temperature=0, logprobs=True,
+                                         top_logprobs=2,
+                                         messages=[{"role": "user", "content": "Name a fruit."}])
+# (An answer that ended has its end-of-turn token too, which shows no text.)
+check(len(entries) == lp.usage.output_tokens - (1 if lp.status == "completed" else 0),
+      f"an entry per output token: {len(entries)} for {lp.usage.output_tokens} ({lp.status})")
+check("".join(e.token for e in entries) == lp.output_text,
+      f"the entries spell the text: {[e.token for e in entries]} vs {lp.output_text!r}")
+check(all(len(e.top_logprobs) == 2 for e in entries), "two alternatives each")
+want = [(c.token, c.logprob) for c in chat_lp.choices[0].logprobs.content]
+check([(e.token, e.logprob) for e in entries] == want[:len(entries)],
+      f"the chat endpoint's log-probabilities: {entries} vs {want}")
+streamed = []
+for e in client.responses.create(model=model, input="Name a fruit.", max_output_tokens=8,
+                                 temperature=0, include=["message.output_text.logprobs"],
+                                 top_logprobs=2, stream=True):
+    if e.type == "response.output_text.delta":
+        streamed.extend((x.token, x.logprob) for x in e.logprobs)
+check(streamed == [(e.token, e.logprob) for e in entries], f"streamed entries: {streamed}")
+check(r.output[0].content[0].logprobs == [], "no entries without `include`")
+
 # Instructions are the system message; a list of items is a conversation.
 r2 = client.responses.create(model=model, instructions="Answer in one word.", temperature=0,
                              max_output_tokens=8, input=[

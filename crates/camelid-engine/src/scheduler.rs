@@ -282,6 +282,10 @@ struct Seq {
     prompt_scoring: PromptScoring,
     pooling: Pooled,
     max_tokens: usize,
+    /// Speculative decoding: the most draft tokens its next step may verify (within the
+    /// configured count): one more than its last draft had accepted, so that text that
+    /// stops repeating itself costs a row a step, not a whole draft.
+    draft_cap: usize,
 }
 
 /// An embedding request's pooled hidden state, gathered as its prompt's chunks run.
@@ -586,6 +590,7 @@ impl Engine {
                         },
                         pooling: Pooled::new(s.req.embed),
                         max_tokens: s.req.params.max_tokens,
+                        draft_cap: usize::MAX,
                     }
                 }
             };
@@ -879,6 +884,7 @@ impl Engine {
         let s = &self.running[i];
         let generated = s.tokens.len() - s.prompt_len;
         let room = room
+            .min(s.draft_cap)
             .min(s.max_tokens.saturating_sub(generated + 1))
             .min(self.lm.context_length.saturating_sub(s.tokens.len() + 1));
         spec.propose(&s.tokens, room)
@@ -960,11 +966,10 @@ impl Engine {
                     }
                     valid += 1;
                 }
+                let accepted = valid - chunk_start - 1;
+                s.draft_cap = 2 * accepted + 1;
                 M::add(&self.metrics.spec_draft_tokens, draft.len() as u64);
-                M::add(
-                    &self.metrics.spec_accepted_tokens,
-                    (valid - chunk_start - 1) as u64,
-                );
+                M::add(&self.metrics.spec_accepted_tokens, accepted as u64);
                 s.computed(&mut self.kv, window, valid);
                 continue;
             }

@@ -13,8 +13,8 @@ use camelid_model::decode::FinishReason;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// `POST /v1/responses`: the fields read; the others (`store`, `include`, `truncation`,
-/// `service_tier`, …) are accepted and ignored.
+/// `POST /v1/responses`: the fields read; the others (`store`, `truncation`, `service_tier`,
+/// …, and `include` values other than [`LOGPROBS`]) are accepted and ignored.
 #[derive(Debug, Deserialize)]
 pub struct ResponsesBody {
     pub model: String,
@@ -33,7 +33,14 @@ pub struct ResponsesBody {
     pub background: Option<bool>,
     pub metadata: Option<Value>,
     pub user: Option<String>,
+    /// Extra output to include; [`LOGPROBS`] is the one camelid has.
+    pub include: Option<Vec<String>>,
+    /// Alternatives per token with [`LOGPROBS`] (0–20).
+    pub top_logprobs: Option<u32>,
 }
+
+/// The `include` value that asks for the answer's token log-probabilities.
+pub const LOGPROBS: &str = "message.output_text.logprobs";
 
 /// An id as OpenAI writes them: `resp_…`, `msg_…`, `fc_…`.
 fn item_id(prefix: &str) -> String {
@@ -45,6 +52,13 @@ fn bad(param: &str, message: impl Into<String>) -> ApiError {
 }
 
 impl ResponsesBody {
+    /// Whether the answer's text comes with its tokens' log-probabilities.
+    pub fn wants_logprobs(&self) -> bool {
+        self.include
+            .as_ref()
+            .is_some_and(|i| i.iter().any(|v| v == LOGPROBS))
+    }
+
     /// The chat request this is, with its sampling fields.
     pub fn chat_request(&self) -> Result<(ChatRequest, SamplingFields), ApiError> {
         if self.previous_response_id.is_some() || self.conversation.is_some() {
@@ -135,8 +149,9 @@ impl ResponsesBody {
             model: self.model.clone(),
             messages,
             max_completion_tokens: self.max_output_tokens,
-            logprobs: false,
-            top_logprobs: None,
+            // Without `include`, OpenAI gives no log-probabilities, alternatives asked or not.
+            logprobs: self.wants_logprobs(),
+            top_logprobs: self.top_logprobs.filter(|_| self.wants_logprobs()),
             tools,
             tool_choice,
             parallel_tool_calls: self.parallel_tool_calls,
@@ -323,9 +338,20 @@ fn text_format(text: Option<&Value>) -> Result<Option<Value>, ApiError> {
 
 /// The item being streamed.
 enum Open {
-    Reasoning { id: String, text: String },
-    Message { id: String, text: String },
-    Call { item: Value, arguments: String },
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    /// The text so far, and its tokens' log-probability entries (with `include`).
+    Message {
+        id: String,
+        text: String,
+        logprobs: Vec<Value>,
+    },
+    Call {
+        item: Value,
+        arguments: String,
+    },
 }
 
 /// A response as it is made: the typed stream events for each piece of output, and the
@@ -427,20 +453,22 @@ impl ResponseWriter {
         out
     }
 
-    /// A piece of the answer's text.
-    pub fn text(&mut self, piece: &str) -> Vec<Value> {
+    /// A piece of the answer's text, with the log-probability entries of the tokens it
+    /// shows (empty unless they were asked for).
+    pub fn text(&mut self, piece: &str, piece_logprobs: Vec<Value>) -> Vec<Value> {
         let mut out = vec![];
         if piece.is_empty() {
             return out;
         }
         out.extend(self.open_message());
         let index = self.index();
-        let Some(Open::Message { id, text }) = &mut self.open else {
+        let Some(Open::Message { id, text, logprobs }) = &mut self.open else {
             unreachable!()
         };
         text.push_str(piece);
+        logprobs.extend(piece_logprobs.iter().cloned());
         let body = json!({"item_id": id, "output_index": index, "content_index": 0,
-                          "delta": piece, "logprobs": []});
+                          "delta": piece, "logprobs": piece_logprobs});
         out.push(self.event("response.output_text.delta", body));
         out
     }
@@ -467,6 +495,7 @@ impl ResponseWriter {
         self.open = Some(Open::Message {
             id,
             text: String::new(),
+            logprobs: vec![],
         });
         out
     }
@@ -518,13 +547,13 @@ impl ResponseWriter {
                 json!({"type": "reasoning", "id": id, "summary": [], "status": "completed",
                        "content": [{"type": "reasoning_text", "text": text}]})
             }
-            Some(Open::Message { id, text }) => {
-                let part =
-                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+            Some(Open::Message { id, text, logprobs }) => {
+                let part = json!({"type": "output_text", "text": text, "annotations": [],
+                                  "logprobs": logprobs});
                 out.push(self.event(
                     "response.output_text.done",
                     json!({"item_id": id, "output_index": index, "content_index": 0,
-                           "text": text, "logprobs": []}),
+                           "text": text, "logprobs": logprobs}),
                 ));
                 out.push(self.event(
                     "response.content_part.done",
@@ -720,8 +749,8 @@ mod tests {
         let mut w = ResponseWriter::new(&b, "m");
         let mut ev = w.start();
         ev.extend(w.thought("hmm"));
-        ev.extend(w.text("Hel"));
-        ev.extend(w.text("lo"));
+        ev.extend(w.text("Hel", vec![]));
+        ev.extend(w.text("lo", vec![]));
         ev.extend(
             w.call_delta(&json!({"index": 0, "id": "call_1", "type": "function",
             "function": {"name": "f", "arguments": ""}})),
@@ -765,7 +794,7 @@ mod tests {
         // the output so far.
         let mut w = ResponseWriter::new(&b, "m");
         w.start();
-        w.text("Par");
+        w.text("Par", vec![]);
         let ev = w.fail(&ApiError::internal("engine stopped"));
         let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(kinds[kinds.len() - 2..], ["error", "response.failed"]);

@@ -4,6 +4,7 @@
 use super::{AppResult, RequestBody};
 use crate::chat::{self, Submitted};
 use crate::error::ApiError;
+use crate::format::chat_logprobs;
 use crate::openai::parse_body;
 use crate::responses::{ResponseWriter, ResponsesBody};
 use crate::run::{next_step, Step, Submission, Timing};
@@ -12,6 +13,8 @@ use crate::tools::OutputReader;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
+use camelid_model::decode::sampling::TokenLogprob;
+use camelid_model::text::tokenizer::Tokenizer;
 use futures::StreamExt;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -28,6 +31,7 @@ pub async fn responses(
     let (req, sampling) = body.chat_request()?;
     let Submitted {
         sub,
+        model,
         tools,
         reasoning,
         ..
@@ -38,6 +42,10 @@ pub async fn responses(
         writer: ResponseWriter::new(&body, &body.model),
         reader: OutputReader::new(reasoning, tools.map(|t| t.stream())),
         timing: Timing::new(1),
+        spelling: body
+            .wants_logprobs()
+            .then(|| model.engine.shared_tokenizer()),
+        held_logprobs: vec![],
         sub,
     };
     let start = answer.writer.start();
@@ -111,6 +119,12 @@ struct Answer {
     writer: ResponseWriter,
     reader: OutputReader,
     timing: Timing,
+    /// The tokenizer that spells the tokens of the log-probabilities, when they were asked
+    /// for (`include`).
+    spelling: Option<Arc<Tokenizer>>,
+    /// Log-probability entries of tokens whose text the call parser holds back: they go with
+    /// that text when it shows as the answer's, and are dropped when it turns out a call.
+    held_logprobs: Vec<Value>,
     /// Owned here: dropping the answer (a client gone) cancels the generation.
     sub: Submission,
 }
@@ -122,9 +136,9 @@ impl Answer {
             next_step(&mut self.sub, &mut self.timing)
                 .await?
                 .map(|step| match step {
-                    Step::Token { text, .. } => self.piece(&text, false),
+                    Step::Token { text, logprob } => self.piece(&text, logprob.as_ref(), false),
                     Step::Finished { reason, usage } => {
-                        let mut out = self.piece("", true);
+                        let mut out = self.piece("", None, true);
                         let thinking = self.reader.thinking_tokens().unwrap_or(0);
                         out.extend(self.writer.finish(reason, &usage, thinking));
                         out
@@ -133,15 +147,32 @@ impl Answer {
         )
     }
 
-    /// A piece of output (or, at the end, what the split and the parser held back).
-    fn piece(&mut self, text: &str, end: bool) -> Vec<Value> {
+    /// A piece of output (or, at the end, what the split and the parser held back), with
+    /// its token's log-probabilities when they were asked for.
+    fn piece(&mut self, text: &str, logprob: Option<&TokenLogprob>, end: bool) -> Vec<Value> {
         let p = if end {
             self.reader.finish()
         } else {
             self.reader.push(text)
         };
+        if let (Some(tok), Some(l)) = (&self.spelling, logprob) {
+            let entries = chat_logprobs(tok, std::slice::from_ref(l));
+            if let Some(Value::Array(e)) = entries.get("content") {
+                self.held_logprobs.extend(e.iter().cloned());
+            }
+        }
+        // A token's entry goes with the answer text it shows in; thinking (which has none in
+        // this API) or a call takes it away; text still held back keeps it waiting.
+        let logprobs = if !p.text.is_empty() {
+            std::mem::take(&mut self.held_logprobs)
+        } else {
+            if !p.thought.is_empty() || !p.deltas.is_empty() || end {
+                self.held_logprobs.clear();
+            }
+            vec![]
+        };
         let mut out = self.writer.thought(&p.thought);
-        out.extend(self.writer.text(&p.text));
+        out.extend(self.writer.text(&p.text, logprobs));
         for d in &p.deltas {
             out.extend(self.writer.call_delta(d));
         }
