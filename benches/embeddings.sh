@@ -9,15 +9,7 @@ ROUNDS="${ROUNDS:-2}"; LEVELS="${LEVELS:-1,4}"; N="${N:-256}"; P="${P:-64}"; B="
 MODEL="${MODEL:-$(bash models/fetch-default.sh)}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 cargo build --release -p camelid >&2
-OUT=benches/results; mkdir -p "$OUT"
-STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-SERVER=""
-trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
-up() {
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
-  echo "server on port $1 did not come up" >&2; exit 1
-}
-down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
+source benches/servers.sh
 lscpu | grep -E '^Model name|^L2|^L3' || true
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)  cores: $(nproc)  rounds: $ROUNDS"
 for r in $(seq "$ROUNDS"); do

@@ -13,13 +13,8 @@ cd "$(dirname "$0")/.."
 MODELS=("$@"); [ ${#MODELS[@]} -gt 0 ] || MODELS=("$(bash benches/make-1b-model.sh Q4_K_M)")
 P="${P:-64}"; N="${N:-32}"; ROUNDS="${ROUNDS:-2}"; BIN="${BIN:-./target/release/camelid}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
-OUT=benches/results; mkdir -p "$OUT"; STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 BW="$(mktemp -d)/bandwidth"; gcc -O3 -march=native -fopenmp benches/bandwidth.c -o "$BW"
-SERVER=""
-trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
-up() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
-  echo "server on port $1 did not come up" >&2; exit 1; }
-down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
+source benches/servers.sh
 measure() { # name port tag: decode at 1 and 8 clients, then prefill of 512 tokens alone
   "$BIN" bench --endpoint "http://127.0.0.1:$2" --model kq --name "$1" --prompt-tokens "$P" \
     --output-tokens "$N" --concurrency 1,8 --json "$OUT/kq-$3-decode.json" >/dev/null
@@ -34,10 +29,10 @@ for r in $(seq "$ROUNDS"); do
     f="$(basename "$m" .gguf)"
     echo "round $r $f: $("$BW" 2 | tee "$OUT/kq-$STAMP-$f-r$r-bw.txt")  load $(cut -d' ' -f1 /proc/loadavg)"
     "$BIN" serve --model "kq=$m" --port 18090 --max-num-seqs 8 ${CAMELID_ARGS:-} >/tmp/kq-camelid.log 2>&1 & SERVER=$!
-    up 18090; measure camelid 18090 "$STAMP-$f-r$r-camelid"; down
+    up 18090 600; measure camelid 18090 "$STAMP-$f-r$r-camelid"; down
     "$LLAMA_BIN/llama-server" -m "$m" --port 18091 --parallel 8 -t "$(nproc)" -c 8192 \
       >/tmp/kq-llama.log 2>&1 & SERVER=$!
-    up 18091; measure llama.cpp 18091 "$STAMP-$f-r$r-llamacpp"; down
+    up 18091 600; measure llama.cpp 18091 "$STAMP-$f-r$r-llamacpp"; down
   done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -17,7 +17,7 @@ GGUF="$(bash benches/make-1b-model.sh "$GGUF_TYPE")"
 F16="${GGUF%.*.gguf}.F16.gguf"
 HF="${F16%.F16.gguf}-hf-f16"
 [ -f "$HF/config.json" ] || "$BIN" convert --gguf "$F16" --out "$HF" --dtype f16 >&2
-OUT=benches/results; mkdir -p "$OUT"; STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+source benches/servers.sh
 lscpu | grep -E "Model name|L3 cache"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 mem() { "$BIN" serve "$@" --port 18094 --kv-cache-mb 16 >/tmp/qal-mem.log 2>&1 & local pid=$!
@@ -34,16 +34,11 @@ echo "MiB, --quantize $FMT: $(mem --model "kq=$HF" --quantize "$FMT")"
 echo "MiB, the $GGUF_TYPE GGUF:  $(mem --model "kq=$GGUF")"
 echo "MiB, the f16 folder kept 16-bit: $(mem --model "kq=$HF")"
 echo "target: VmHWM below VmRSS + ${EMB%.*} MiB (the embeddings as f32)"
-SERVER=""
-trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
-up() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
-  echo "server on port $1 did not come up" >&2; exit 1; }
-down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
 for r in $(seq "$ROUNDS"); do
   for v in gguf at-load; do
     if [ $v = gguf ]; then args=(--model "kq=$GGUF"); else args=(--model "kq=$HF" --quantize "$FMT"); fi
     "$BIN" serve "${args[@]}" --port 18092 --max-num-seqs 8 >/tmp/qal-$v.log 2>&1 & SERVER=$!
-    up 18092
+    up 18092 600
     "$BIN" bench --endpoint http://127.0.0.1:18092 --model kq --name "$v" --prompt-tokens "$P" \
       --output-tokens "$N" --concurrency 1,8 --json "$OUT/qal-$STAMP-$v-r$r.json" >/dev/null
     down

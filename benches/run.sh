@@ -14,16 +14,8 @@ ROUNDS="${ROUNDS:-2}"; LEVELS="${LEVELS:-1,4,8,16}"
 MODEL="${MODEL:-$(bash models/fetch-default.sh)}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 cargo build --release -p camelid >&2
-OUT=benches/results; mkdir -p "$OUT"
-STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+source benches/servers.sh
 BENCH=./target/release/camelid
-SERVER=""
-trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
-up() { # port: wait for /health
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
-  echo "server on port $1 did not come up" >&2; exit 1
-}
-down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)  cores: $(nproc)  rounds: $ROUNDS"
 # camelid as it starts by default, then (unless S2=0) with prompts favoured over the streams'
 # gaps (`--max-step-stretch 2`), to show what the default trades.

@@ -16,15 +16,7 @@ SPEC="${SPEC:-$DEFAULT_SPEC}"
 MODEL="${MODEL:-$(bash models/fetch-default.sh)}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 cargo build --release -p camelid >&2
-OUT=benches/results; mkdir -p "$OUT"
-STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-SERVER=""
-trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null || true' EXIT
-up() {
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 1; done
-  echo "server on port $1 did not come up" >&2; exit 1
-}
-down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""; }
+source benches/servers.sh
 start() {
   if curl -sf http://127.0.0.1:18094/health >/dev/null; then
     echo "port 18094 is already served: stop that server first" >&2; exit 1
