@@ -121,6 +121,34 @@ impl PagedKv {
         s.table.len() * bs
     }
 
+    /// Blocks the pool has free (unused or only cached).
+    pub fn free_blocks(&self) -> usize {
+        self.pool.available()
+    }
+
+    /// Blocks the sequence would have to take to hold `len` positions.
+    pub fn blocks_wanted(&self, seq: u64, len: usize) -> usize {
+        let have = self.seqs.get(&seq).map(|s| s.table.len()).unwrap_or(0);
+        len.div_ceil(self.block_size()).saturating_sub(have)
+    }
+
+    /// Gives back the sequence's blocks past the first that hold `len` positions (taken for
+    /// positions computed and then not kept: rejected draft tokens). They were never
+    /// registered, as only computed positions are.
+    pub fn truncate(&mut self, seq: u64, len: usize) {
+        let bs = self.block_size();
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return;
+        };
+        let keep = len.div_ceil(bs).max(s.links.len());
+        while s.table.len() > keep {
+            let b = s.table.pop().expect("longer than keep");
+            if b != FREED_BLOCK {
+                self.pool.release(b);
+            }
+        }
+    }
+
     /// Makes room for `len` positions; false (and nothing allocated) if the pool is short.
     pub fn reserve(&mut self, seq: u64, len: usize) -> bool {
         let bs = self.block_size();

@@ -669,6 +669,12 @@ impl Engine {
         } else {
             usize::MAX
         };
+        // What the prompts would take of this step: draft tokens leave it to them.
+        let prefill_share = order[decodes..]
+            .iter()
+            .map(|&i| self.running[i].tokens.len() - self.running[i].cached)
+            .sum::<usize>()
+            .min(prefill_budget);
         let (mut batch_decodes, mut draft_rows) = (0, 0);
         let mut waited = false;
         let may_wait = !std::mem::take(&mut self.skip_shared_waits);
@@ -696,15 +702,25 @@ impl Engine {
             } else {
                 todo.min(budget)
             };
-            // A decode may take draft tokens along (speculative decoding), in blocks already
-            // free (drafts never preempt) and in budget no later decode needs.
+            // A decode may take draft tokens along (speculative decoding), in budget and
+            // blocks that no later decode or this step's prompts need: drafts never preempt
+            // and never hold a prompt back.
+            let later = decodes.saturating_sub(n + 1);
             let mut draft = if is_prefill {
                 vec![]
             } else {
-                self.draft_for(i, (budget - len).saturating_sub(decodes - n - 1))
+                self.draft_for(i, (budget - len).saturating_sub(later + prefill_share))
             };
-            if !draft.is_empty() && !self.kv.reserve(id, cached + len + draft.len()) {
-                draft.clear();
+            if !draft.is_empty() {
+                let bs = self.cfg.block_size.max(1);
+                let spare = self.kv.free_blocks().saturating_sub(
+                    later + prefill_share.div_ceil(bs) + self.running.len() - decodes,
+                );
+                if self.kv.blocks_wanted(id, cached + len + draft.len()) > spare
+                    || !self.kv.reserve(id, cached + len + draft.len())
+                {
+                    draft.clear();
+                }
             }
             // Make room by preempting newer sequences not yet in this batch (the newest
             // first). Decodes already in the batch are not victims: a prefill that still does
@@ -871,8 +887,10 @@ impl Engine {
     }
 
     /// Draft tokens (speculative decoding) for decode `i`, at most `room`: none when it is
-    /// off or the batch is too full for it, and never past `max_tokens` or the context (a
-    /// step yields a token more than its draft).
+    /// off or the batch is too full for it, before the sequence's first generated token (its
+    /// last prompt position may still score the prompt), where a position's rotation depends
+    /// on its chunk (dynamic NTK, LongRoPE: a draft would change the bits), and never past
+    /// `max_tokens` or the context (a step yields a token more than its draft).
     fn draft_for(&self, i: usize, room: usize) -> Vec<u32> {
         let Some(spec) = self
             .cfg
@@ -882,6 +900,10 @@ impl Engine {
             return vec![];
         };
         let s = &self.running[i];
+        if s.tokens.len() <= s.prompt_len || self.lm.model.config().rope_scaling.depends_on_length()
+        {
+            return vec![];
+        }
         let generated = s.tokens.len() - s.prompt_len;
         let room = room
             .min(s.draft_cap)
@@ -955,22 +977,27 @@ impl Engine {
                 // Row j is the distribution after the decoded token and `draft[..j]`: sample
                 // each in turn, the same draws as one token a step, while the token drawn is
                 // the draft's; the positions of the drafts kept are computed.
-                let mut valid = chunk_start + 1;
+                let (mut valid, mut checked) = (chunk_start + 1, 0);
                 for (j, l) in my_rows.iter().enumerate() {
                     if s.sample(&self.lm.tokenizer, &self.metrics, l) {
                         done.push(s.id);
                         break;
                     }
-                    if draft.get(j) != s.tokens.last() {
+                    let Some(d) = draft.get(j) else { break };
+                    checked += 1;
+                    if Some(d) != s.tokens.last() {
                         break;
                     }
                     valid += 1;
                 }
                 let accepted = valid - chunk_start - 1;
                 s.draft_cap = 2 * accepted + 1;
-                M::add(&self.metrics.spec_draft_tokens, draft.len() as u64);
+                M::add(&self.metrics.spec_draft_tokens, checked as u64);
                 M::add(&self.metrics.spec_accepted_tokens, accepted as u64);
                 s.computed(&mut self.kv, window, valid);
+                // The blocks taken for rejected positions go back (the next step writes
+                // position `valid`).
+                self.kv.truncate(s.id, valid + 1);
                 continue;
             }
             s.computed(&mut self.kv, window, end);

@@ -719,6 +719,8 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
 struct Scored {
     prompt: Vec<TokenLogprob>,
     prompt_events: usize,
+    /// Generated tokens that came before the prompt's log-probabilities.
+    tokens_before_prompt: usize,
     tokens: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
 }
@@ -727,6 +729,7 @@ fn drain_scored(mut rx: UnboundedReceiver<Event>) -> Scored {
     let mut s = Scored {
         prompt: vec![],
         prompt_events: 0,
+        tokens_before_prompt: 0,
         tokens: vec![],
         logprobs: vec![],
     };
@@ -734,6 +737,7 @@ fn drain_scored(mut rx: UnboundedReceiver<Event>) -> Scored {
         match e {
             Event::PromptLogprobs(lp) => {
                 s.prompt_events += 1;
+                s.tokens_before_prompt = s.tokens.len();
                 s.prompt.extend(lp);
             }
             Event::Token { token, logprob, .. } => {
@@ -949,20 +953,31 @@ fn decoding_sequences_preempted_and_recomputed_keep_their_greedy_tokens() {
     // the newer is preempted while it decodes (its prompt scored and sent already).
     let need: usize = prompts.iter().map(|p| (p.len() + 60).div_ceil(16)).sum();
     assert!(need > 8 && prompts.iter().all(|p| p.len() < 32), "{need}");
-    let tight = EngineHandle::spawn(
-        lm,
-        EngineConfig {
-            num_blocks: Some(8),
-            ..Default::default()
-        },
-    );
-    let rxs: Vec<_> = prompts
-        .iter()
-        .map(|p| tight.submit(request(p)).unwrap())
-        .collect();
-    let got: Vec<Scored> = rxs.into_iter().map(drain_scored).collect();
-    assert!(EngineMetrics::get(&tight.metrics.preemptions) > 0);
-    for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+    // And with speculative decoding: drafts take only spare blocks, and what a preempted
+    // sequence recomputes is what it accepted.
+    let spec = camelid_engine::NgramSpec::new(4, Some(1), Some(3), None).unwrap();
+    for (lm, speculative) in [(lm, None), (smol(), Some(spec))] {
+        let tight = EngineHandle::spawn(
+            lm,
+            EngineConfig {
+                num_blocks: Some(8),
+                speculative,
+                ..Default::default()
+            },
+        );
+        let rxs: Vec<_> = prompts
+            .iter()
+            .map(|p| tight.submit(request(p)).unwrap())
+            .collect();
+        let got: Vec<Scored> = rxs.into_iter().map(drain_scored).collect();
+        assert!(EngineMetrics::get(&tight.metrics.preemptions) > 0);
+        check_preempted(&got, &alone);
+        wait_idle(&tight.metrics);
+    }
+}
+
+fn check_preempted(got: &[Scored], alone: &[Scored]) {
+    for (i, (g, a)) in got.iter().zip(alone).enumerate() {
         assert_eq!(g.prompt_events, 1, "prompt {i}");
         assert_eq!(g.prompt, a.prompt, "prompt {i}: prompt log-probabilities");
         assert_eq!(g.tokens, a.tokens, "prompt {i}: greedy tokens");
@@ -978,7 +993,6 @@ fn decoding_sequences_preempted_and_recomputed_keep_their_greedy_tokens() {
             "prompt {i}: generated log-probabilities"
         );
     }
-    wait_idle(&tight.metrics);
 }
 
 /// What an embedding request's events said: the vector (and how many came) and its usage.
@@ -1225,4 +1239,29 @@ fn speculative_decoding_gives_the_tokens_of_one_token_steps() {
     assert!(accepted > 0 && accepted <= drafted);
     assert_eq!(EngineMetrics::get(&plain.metrics.spec_draft_tokens), 0);
     wait_idle(&drafting.metrics);
+
+    // A prompt whose last chunk is one token (steps of all but one of its tokens) looks like
+    // a decode; it drafts only once it has generated, so its prompt log-probabilities come
+    // whole, once, and the same.
+    let p = &prompts[2];
+    let scored = |engine: &EngineHandle| {
+        let mut r = request(p, &SamplingParams::greedy());
+        r.prompt_logprobs = Some(1);
+        drain_scored(engine.submit(r).unwrap())
+    };
+    let want = scored(&plain);
+    let chunked = EngineHandle::spawn(
+        smol(),
+        EngineConfig {
+            speculative: Some(spec),
+            max_batch_tokens: p.len() - 1,
+            ..Default::default()
+        },
+    );
+    let got = scored(&chunked);
+    assert_eq!((got.prompt_events, got.tokens_before_prompt), (1, 0));
+    assert_eq!(got.prompt, want.prompt, "prompt log-probabilities");
+    assert_eq!(got.tokens, want.tokens);
+    assert!(EngineMetrics::get(&chunked.metrics.spec_accepted_tokens) > 0);
+    wait_idle(&chunked.metrics);
 }

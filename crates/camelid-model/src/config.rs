@@ -54,6 +54,18 @@ pub enum RopeScaling {
     },
 }
 
+impl RopeScaling {
+    /// Whether a position's rotation depends on how long the run computing it is (dynamic
+    /// NTK scaling past the trained context, LongRoPE's factors past the original one), as
+    /// HF computes them per forward: then a position's bits depend on its chunk.
+    pub fn depends_on_length(&self) -> bool {
+        matches!(
+            self,
+            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. }
+        )
+    }
+}
+
 /// What sets an architecture's layers apart from LLaMA's, as data the runtimes' layer loops
 /// read (one loop per runtime, never one per architecture). `Default` is plain LLaMA.
 #[derive(Debug, Clone, PartialEq, Default)]

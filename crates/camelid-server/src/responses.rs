@@ -8,6 +8,7 @@
 use crate::error::ApiError;
 use crate::format::new_id;
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
+use crate::tools::OutputPiece;
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use serde::Deserialize;
@@ -354,6 +355,43 @@ enum Open {
     },
 }
 
+/// Which answer text each token's log-probability entry goes with (`include` logprobs): the
+/// text it shows in. A thinking token's (this API gives thinking none), a call's and call
+/// markup's are dropped; one that shows nothing yet waits for the text the call parser
+/// holds back, and goes with it.
+#[derive(Debug, Default)]
+pub struct TextLogprobs {
+    held: Vec<Value>,
+    /// A call has been read: output that shows nothing from here on is call markup (a
+    /// closing tag, a call not sent), not text held back.
+    called: bool,
+}
+
+impl TextLogprobs {
+    /// The entries that go with `piece.text`, given the entry of the token that made the
+    /// piece (`None` at the end, or without log-probabilities), whether that token was
+    /// thinking, and whether the output has ended.
+    pub fn route(
+        &mut self,
+        piece: &OutputPiece,
+        entry: Option<Value>,
+        thinking: bool,
+        end: bool,
+    ) -> Vec<Value> {
+        self.called |= !piece.deltas.is_empty();
+        if !piece.text.is_empty() {
+            self.held.extend(entry);
+            return std::mem::take(&mut self.held);
+        }
+        if !piece.deltas.is_empty() || end {
+            self.held.clear();
+        } else if !(thinking || self.called) {
+            self.held.extend(entry);
+        }
+        vec![]
+    }
+}
+
 /// A response as it is made: the typed stream events for each piece of output, and the
 /// final `response` object (the whole answer is the same object, its events unsent).
 pub struct ResponseWriter {
@@ -658,6 +696,59 @@ impl ResponseWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_probabilities_go_with_the_text_their_tokens_show() {
+        let piece = |text: &str, call: bool| OutputPiece {
+            thought: String::new(),
+            text: text.into(),
+            deltas: if call {
+                vec![json!({"index": 0})]
+            } else {
+                vec![]
+            },
+        };
+        let e = |t: &str| Some(json!({"token": t}));
+        let tokens = |v: Vec<Value>| -> Vec<String> {
+            v.iter()
+                .map(|x| x["token"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut r = TextLogprobs::default();
+        // Thinking and its closing tag show no answer text: their entries are dropped.
+        assert!(r
+            .route(&piece("", false), e("</think>"), true, false)
+            .is_empty());
+        // Text the call parser held back comes out with the entries of its tokens.
+        assert!(r.route(&piece("", false), e("<"), false, false).is_empty());
+        assert_eq!(
+            tokens(r.route(&piece("<b", false), e("b"), false, false)),
+            ["<", "b"]
+        );
+        // A call's tokens (the held trigger too) and the markup after it have none.
+        assert!(r
+            .route(&piece("", false), e("<tool_call>"), false, false)
+            .is_empty());
+        assert!(r.route(&piece("", true), e("{"), false, false).is_empty());
+        assert!(r
+            .route(&piece("", false), e("</tool_call>"), false, false)
+            .is_empty());
+        assert_eq!(
+            tokens(r.route(&piece(" ok", false), e(" ok"), false, false)),
+            [" ok"]
+        );
+        // At the end: what the parser still held goes with the text it releases, if any.
+        let mut r = TextLogprobs::default();
+        r.route(&piece("", false), e("<"), false, false);
+        assert_eq!(
+            tokens(r.route(&piece("<", false), None, false, true)),
+            ["<"]
+        );
+        let mut r = TextLogprobs::default();
+        r.route(&piece("", false), e("<"), false, false);
+        assert!(r.route(&piece("", false), None, false, true).is_empty());
+        assert!(r.held.is_empty());
+    }
 
     fn body(v: Value) -> ResponsesBody {
         crate::openai::from_value(&v).unwrap()

@@ -6,7 +6,7 @@ use crate::chat::{self, Submitted};
 use crate::error::ApiError;
 use crate::format::chat_logprobs;
 use crate::openai::parse_body;
-use crate::responses::{ResponseWriter, ResponsesBody};
+use crate::responses::{ResponseWriter, ResponsesBody, TextLogprobs};
 use crate::run::{next_step, Step, Submission, Timing};
 use crate::state::AppState;
 use crate::tools::OutputReader;
@@ -45,7 +45,7 @@ pub async fn responses(
         spelling: body
             .wants_logprobs()
             .then(|| model.engine.shared_tokenizer()),
-        held_logprobs: vec![],
+        logprobs: TextLogprobs::default(),
         sub,
     };
     let start = answer.writer.start();
@@ -122,9 +122,8 @@ struct Answer {
     /// The tokenizer that spells the tokens of the log-probabilities, when they were asked
     /// for (`include`).
     spelling: Option<Arc<Tokenizer>>,
-    /// Log-probability entries of tokens whose text the call parser holds back: they go with
-    /// that text when it shows as the answer's, and are dropped when it turns out a call.
-    held_logprobs: Vec<Value>,
+    /// Which text each token's log-probability entry goes with.
+    logprobs: TextLogprobs,
     /// Owned here: dropping the answer (a client gone) cancels the generation.
     sub: Submission,
 }
@@ -150,27 +149,23 @@ impl Answer {
     /// A piece of output (or, at the end, what the split and the parser held back), with
     /// its token's log-probabilities when they were asked for.
     fn piece(&mut self, text: &str, logprob: Option<&TokenLogprob>, end: bool) -> Vec<Value> {
+        let thinking_before = self.reader.thinking_tokens();
         let p = if end {
             self.reader.finish()
         } else {
             self.reader.push(text)
         };
-        if let (Some(tok), Some(l)) = (&self.spelling, logprob) {
-            let entries = chat_logprobs(tok, std::slice::from_ref(l));
-            if let Some(Value::Array(e)) = entries.get("content") {
-                self.held_logprobs.extend(e.iter().cloned());
+        let thinking = self.reader.thinking_tokens() != thinking_before;
+        let entry = match (&self.spelling, logprob) {
+            (Some(tok), Some(l)) => {
+                match chat_logprobs(tok, std::slice::from_ref(l)).get("content") {
+                    Some(Value::Array(e)) => e.first().cloned(),
+                    _ => None,
+                }
             }
-        }
-        // A token's entry goes with the answer text it shows in; thinking (which has none in
-        // this API) or a call takes it away; text still held back keeps it waiting.
-        let logprobs = if !p.text.is_empty() {
-            std::mem::take(&mut self.held_logprobs)
-        } else {
-            if !p.thought.is_empty() || !p.deltas.is_empty() || end {
-                self.held_logprobs.clear();
-            }
-            vec![]
+            _ => None,
         };
+        let logprobs = self.logprobs.route(&p, entry, thinking, end);
         let mut out = self.writer.thought(&p.thought);
         out.extend(self.writer.text(&p.text, logprobs));
         for d in &p.deltas {
