@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::format::new_id;
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::tools::OutputPiece;
+use crate::validate::MAX_TOP_LOGPROBS;
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use serde::Deserialize;
@@ -76,6 +77,12 @@ impl ResponsesBody {
         }
         if self.background == Some(true) {
             return Err(bad("background", "background responses are not supported"));
+        }
+        if let Some(t) = self.top_logprobs.filter(|&t| t > MAX_TOP_LOGPROBS) {
+            return Err(bad(
+                "top_logprobs",
+                format!("`top_logprobs` must be at most {MAX_TOP_LOGPROBS}, got {t}"),
+            ));
         }
         let input = self
             .input

@@ -1796,6 +1796,22 @@ fn corpus() -> Vec<Case> {
             Some("input[0].content[0]"),
         ),
         case(
+            "responses: top_logprobs over 20",
+            "POST",
+            "/v1/responses",
+            json!({"model": "smol", "input": "hi", "top_logprobs": 21}),
+            400,
+            Some("top_logprobs"),
+        ),
+        case(
+            "responses: include not a list",
+            "POST",
+            "/v1/responses",
+            json!({"model": "smol", "input": "hi", "include": "message.output_text.logprobs"}),
+            400,
+            None,
+        ),
+        case(
             "responses: a message without role",
             "POST",
             "/v1/responses",
