@@ -446,43 +446,53 @@ fn seeded_sampling_is_batch_invariant() {
 #[test]
 fn cancellation_and_random_disconnects_leave_no_blocks() {
     use rand::{Rng, SeedableRng};
-    let lm = tiny();
-    let ps = prompts(&lm, 64);
-    let engine = EngineHandle::spawn(
-        lm,
-        EngineConfig {
-            block_size: 4,
-            num_blocks: Some(400),
-            max_running: 16,
-            ..Default::default()
-        },
-    );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut kept = vec![];
-    for p in &ps {
-        let mut rx = engine
-            .submit(Request {
-                prompt: p.clone(),
-                params: params(40, SamplingParams::greedy()),
-                prompt_logprobs: None,
-                cache_salt: None,
-                embed: None,
-            })
-            .unwrap();
-        match rng.random_range(0..3) {
-            0 => drop(rx), // gone before it starts
-            1 => {
-                let _ = rx.blocking_recv(); // gone mid-generation
-                drop(rx);
+    // Also with speculative decoding (blocks of 4: drafts cross blocks, and rejected ones
+    // give them back): the same outputs, every block back.
+    let spec = camelid_engine::NgramSpec::new(4, Some(1), Some(3), None).unwrap();
+    let outputs = [None, Some(spec)].map(|speculative| {
+        let lm = tiny();
+        let ps = prompts(&lm, 64);
+        let engine = EngineHandle::spawn(
+            lm,
+            EngineConfig {
+                block_size: 4,
+                num_blocks: Some(400),
+                max_running: 16,
+                speculative,
+                ..Default::default()
+            },
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut kept = vec![];
+        for p in &ps {
+            let mut rx = engine
+                .submit(Request {
+                    prompt: p.clone(),
+                    params: params(40, SamplingParams::greedy()),
+                    prompt_logprobs: None,
+                    cache_salt: None,
+                    embed: None,
+                })
+                .unwrap();
+            match rng.random_range(0..3) {
+                0 => drop(rx), // gone before it starts
+                1 => {
+                    let _ = rx.blocking_recv(); // gone mid-generation
+                    drop(rx);
+                }
+                _ => kept.push(rx),
             }
-            _ => kept.push(rx),
         }
-    }
-    for rx in kept {
-        assert_eq!(drain(rx).unwrap().0.len(), 40);
-    }
-    wait_idle(&engine.metrics);
-    assert!(EngineMetrics::get(&engine.metrics.cancelled) > 0);
+        let outs: Vec<Vec<u32>> = kept.into_iter().map(|rx| drain(rx).unwrap().0).collect();
+        assert!(outs.iter().all(|o| o.len() == 40));
+        wait_idle(&engine.metrics);
+        assert!(EngineMetrics::get(&engine.metrics.cancelled) > 0);
+        if speculative.is_some() {
+            assert!(EngineMetrics::get(&engine.metrics.spec_accepted_tokens) > 0);
+        }
+        outs
+    });
+    assert_eq!(outputs[0], outputs[1]);
 }
 
 /// Requests admitted in the same step with a common prompt prefix (the n choices of one
