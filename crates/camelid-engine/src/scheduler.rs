@@ -81,6 +81,22 @@ impl EngineHandle {
             cfg.block_size,
             cfg.kv_cache_mb
         );
+        if let Some(s) = cfg.speculative {
+            tracing::info!(
+                "{}: speculative decoding by prompt lookup: up to {} draft tokens after a \
+                 repeated run of {} tokens{}",
+                lm.name,
+                s.tokens,
+                if s.min_n == s.max_n {
+                    s.max_n.to_string()
+                } else {
+                    format!("{} to {}", s.min_n, s.max_n)
+                },
+                s.max_batch
+                    .map(|b| format!(", off above {b} running sequences"))
+                    .unwrap_or_default()
+            );
+        }
         // The loop runs on a worker of the engine's own rayon pool: the forward's parallel
         // regions (several per layer) then fork and join among workers instead of waking the
         // pool from outside and sleeping on a latch each time (step_bench: one decode step
