@@ -24,6 +24,17 @@ fn params(max_tokens: usize, sampling: SamplingParams) -> GenerationParams {
     p
 }
 
+/// A generation of `max_tokens` (EOS ignored), nothing else asked.
+fn plain_request(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> Request {
+    Request {
+        prompt,
+        params: params(max_tokens, sampling),
+        prompt_logprobs: None,
+        cache_salt: None,
+        embed: None,
+    }
+}
+
 /// Drains a request's events: (tokens, cached prompt tokens).
 fn drain(mut rx: UnboundedReceiver<Event>) -> Result<(Vec<u32>, usize), String> {
     let mut toks = vec![];
@@ -69,13 +80,11 @@ fn run_all(engine: &EngineHandle, ps: &[Vec<u32>], max_tokens: usize) -> Vec<Vec
         .iter()
         .map(|p| {
             engine
-                .submit(Request {
-                    prompt: p.clone(),
-                    params: params(max_tokens, SamplingParams::greedy()),
-                    prompt_logprobs: None,
-                    cache_salt: None,
-                    embed: None,
-                })
+                .submit(plain_request(
+                    p.clone(),
+                    max_tokens,
+                    SamplingParams::greedy(),
+                ))
                 .unwrap()
         })
         .collect();
@@ -144,13 +153,7 @@ fn time_bounded_prefill_chunks_change_no_output() {
         // Warm-up: a prefill-only step and decode-only steps teach the engine their costs.
         run_all(engine, std::slice::from_ref(&short), 8);
         let first = engine
-            .submit(Request {
-                prompt: short.clone(),
-                params: params(40, SamplingParams::greedy()),
-                prompt_logprobs: None,
-                cache_salt: None,
-                embed: None,
-            })
+            .submit(plain_request(short.clone(), 40, SamplingParams::greedy()))
             .unwrap();
         let mut first = first;
         let mut first_tokens = vec![];
@@ -210,13 +213,7 @@ fn a_request_larger_than_the_pool_fails_at_once() {
             ..Default::default()
         },
     );
-    let r = engine.submit(Request {
-        prompt: vec![1, 5, 6],
-        params: params(30, SamplingParams::greedy()),
-        prompt_logprobs: None,
-        cache_salt: None,
-        embed: None,
-    });
+    let r = engine.submit(plain_request(vec![1, 5, 6], 30, SamplingParams::greedy()));
     match r {
         Err(SubmitError::Invalid(m)) => assert!(m.contains("KV"), "{m}"),
         other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
@@ -235,13 +232,7 @@ fn the_waiting_queue_counts_sequences_and_is_bounded() {
             ..Default::default()
         },
     );
-    let req = |max_tokens| Request {
-        prompt: vec![1, 2, 3],
-        params: params(max_tokens, SamplingParams::greedy()),
-        prompt_logprobs: None,
-        cache_salt: None,
-        embed: None,
-    };
+    let req = |max_tokens| plain_request(vec![1, 2, 3], max_tokens, SamplingParams::greedy());
     let running = engine.submit(req(480)).unwrap();
     let t = Instant::now();
     while engine
@@ -311,14 +302,8 @@ fn prefix_cache_reuses_blocks_and_changes_nothing() {
     );
     let go = |e: &EngineHandle, p: &Vec<u32>| {
         drain(
-            e.submit(Request {
-                prompt: p.clone(),
-                params: params(6, SamplingParams::greedy()),
-                prompt_logprobs: None,
-                cache_salt: None,
-                embed: None,
-            })
-            .unwrap(),
+            e.submit(plain_request(p.clone(), 6, SamplingParams::greedy()))
+                .unwrap(),
         )
         .unwrap()
     };
@@ -354,13 +339,7 @@ fn seeded_sampling_is_batch_invariant() {
     };
     let alone = drain(
         engine
-            .submit(Request {
-                prompt: probe.clone(),
-                params: params(12, sampling.clone()),
-                prompt_logprobs: None,
-                cache_salt: None,
-                embed: None,
-            })
+            .submit(plain_request(probe.clone(), 12, sampling.clone()))
             .unwrap(),
     )
     .unwrap()
@@ -373,27 +352,11 @@ fn seeded_sampling_is_batch_invariant() {
             seed: Some(i as u64),
             ..sampling.clone()
         };
-        rxs.push(
-            engine
-                .submit(Request {
-                    prompt: p.clone(),
-                    params: params(12, s),
-                    prompt_logprobs: None,
-                    cache_salt: None,
-                    embed: None,
-                })
-                .unwrap(),
-        );
+        rxs.push(engine.submit(plain_request(p.clone(), 12, s)).unwrap());
         if i == 7 {
             rxs.push(
                 engine
-                    .submit(Request {
-                        prompt: probe.clone(),
-                        params: params(12, sampling.clone()),
-                        prompt_logprobs: None,
-                        cache_salt: None,
-                        embed: None,
-                    })
+                    .submit(plain_request(probe.clone(), 12, sampling.clone()))
                     .unwrap(),
             );
         }
@@ -416,13 +379,7 @@ fn seeded_sampling_is_batch_invariant() {
     let alone_with = |sampling: SamplingParams| {
         drain(
             engine
-                .submit(Request {
-                    prompt: probe.clone(),
-                    params: params(12, sampling),
-                    prompt_logprobs: None,
-                    cache_salt: None,
-                    embed: None,
-                })
+                .submit(plain_request(probe.clone(), 12, sampling))
                 .unwrap(),
         )
         .unwrap()
@@ -466,13 +423,7 @@ fn cancellation_and_random_disconnects_leave_no_blocks() {
         let mut kept = vec![];
         for p in &ps {
             let mut rx = engine
-                .submit(Request {
-                    prompt: p.clone(),
-                    params: params(40, SamplingParams::greedy()),
-                    prompt_logprobs: None,
-                    cache_salt: None,
-                    embed: None,
-                })
+                .submit(plain_request(p.clone(), 40, SamplingParams::greedy()))
                 .unwrap();
             match rng.random_range(0..3) {
                 0 => drop(rx), // gone before it starts
@@ -529,13 +480,8 @@ fn prompts_admitted_together_compute_a_common_prefix_once() {
         .collect();
 
     let engine = EngineHandle::spawn(lm, EngineConfig::default());
-    let req = |p: &Vec<u32>, max_tokens| Request {
-        prompt: p.clone(),
-        params: params(max_tokens, SamplingParams::greedy()),
-        prompt_logprobs: None,
-        cache_salt: None,
-        embed: None,
-    };
+    let req =
+        |p: &Vec<u32>, max_tokens| plain_request(p.clone(), max_tokens, SamplingParams::greedy());
     // A 300-token prompt keeps the engine busy while the group is submitted, so the group
     // is admitted together, at the next step.
     let busy = engine.submit(req(&ids(5, 300), 30)).unwrap();
@@ -629,13 +575,11 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
     );
     let submit = |max_tokens| {
         engine
-            .submit(Request {
-                prompt: vec![1, 5, 6],
-                params: params(max_tokens, SamplingParams::greedy()),
-                prompt_logprobs: None,
-                cache_salt: None,
-                embed: None,
-            })
+            .submit(plain_request(
+                vec![1, 5, 6],
+                max_tokens,
+                SamplingParams::greedy(),
+            ))
             .unwrap()
     };
     let mut running = submit(60);
@@ -651,24 +595,16 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
     }
     let (rest, _) = drain(running).expect("the running request finishes");
     assert_eq!(rest.len(), 59, "the running request was cut short");
-    let late = engine.submit(Request {
-        prompt: vec![1, 5, 6],
-        params: params(4, SamplingParams::greedy()),
-        prompt_logprobs: None,
-        cache_salt: None,
-        embed: None,
-    });
+    let late = engine.submit(plain_request(vec![1, 5, 6], 4, SamplingParams::greedy()));
     assert_eq!(late.err(), Some(SubmitError::ShuttingDown));
     // The later part of a request under way (an embeddings request's next wave) is still
     // taken, and runs to its end.
     let next = engine
-        .submit_all_continuing(vec![Request {
-            prompt: vec![1, 5, 6],
-            params: params(4, SamplingParams::greedy()),
-            prompt_logprobs: None,
-            cache_salt: None,
-            embed: None,
-        }])
+        .submit_all_continuing(vec![plain_request(
+            vec![1, 5, 6],
+            4,
+            SamplingParams::greedy(),
+        )])
         .expect("a continuing part is taken during shutdown");
     let (tokens, _) = drain(next.into_iter().next().unwrap()).expect("it runs");
     assert_eq!(tokens.len(), 4);
@@ -691,13 +627,7 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
     let rxs: Vec<_> = (0..2)
         .map(|_| {
             engine
-                .submit(Request {
-                    prompt: vec![1, 5, 6],
-                    params: params(50, SamplingParams::greedy()),
-                    prompt_logprobs: None,
-                    cache_salt: None,
-                    embed: None,
-                })
+                .submit(plain_request(vec![1, 5, 6], 50, SamplingParams::greedy()))
                 .unwrap()
         })
         .collect();
@@ -713,13 +643,7 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
         assert!(t.elapsed() < Duration::from_secs(10), "still running");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let late = engine.submit(Request {
-        prompt: vec![1, 5, 6],
-        params: params(4, SamplingParams::greedy()),
-        prompt_logprobs: None,
-        cache_salt: None,
-        embed: None,
-    });
+    let late = engine.submit(plain_request(vec![1, 5, 6], 4, SamplingParams::greedy()));
     assert_eq!(late.err(), Some(SubmitError::Stopped));
 }
 
@@ -1102,13 +1026,7 @@ fn embeddings_pool_the_models_hidden_states_whatever_the_batching() {
             .iter()
             .map(|p| {
                 engine
-                    .submit(Request {
-                        prompt: p.clone(),
-                        params: params(40, SamplingParams::greedy()),
-                        prompt_logprobs: None,
-                        cache_salt: None,
-                        embed: None,
-                    })
+                    .submit(plain_request(p.clone(), 40, SamplingParams::greedy()))
                     .unwrap()
             })
             .collect();
