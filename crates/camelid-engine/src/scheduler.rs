@@ -43,7 +43,7 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Starts the engine thread for `lm`.
-    pub fn spawn(lm: LoadedModel, cfg: EngineConfig) -> Self {
+    pub fn spawn(lm: LoadedModel, mut cfg: EngineConfig) -> Self {
         // Unbounded as a channel: `queued` bounds what may be in it and in the waiting queue.
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -81,6 +81,15 @@ impl EngineHandle {
             cfg.block_size,
             cfg.kv_cache_mb
         );
+        if cfg.speculative.is_some() && lm.model.config().rope_scaling.depends_on_length() {
+            // A position's rotation depends on its chunk (dynamic NTK, LongRoPE): a draft
+            // would change the bits of the positions it rides with.
+            tracing::warn!(
+                "{}: no speculative decoding: its rotary scaling depends on the run's length",
+                lm.name
+            );
+            cfg.speculative = None;
+        }
         if let Some(s) = cfg.speculative {
             tracing::info!(
                 "{}: speculative decoding by prompt lookup: up to {} draft tokens after a \
@@ -299,8 +308,8 @@ struct Seq {
     pooling: Pooled,
     max_tokens: usize,
     /// Speculative decoding: the most draft tokens its next step may verify (within the
-    /// configured count): one more than its last draft had accepted, so that text that
-    /// stops repeating itself costs a row a step, not a whole draft.
+    /// configured count): one more than twice what its last draft had accepted, so that
+    /// text that stops repeating itself costs a row a step, not a whole draft.
     draft_cap: usize,
 }
 
@@ -903,10 +912,10 @@ impl Engine {
     }
 
     /// Draft tokens (speculative decoding) for decode `i`, at most `room`: none when it is
-    /// off or the batch is too full for it, before the sequence's first generated token (its
-    /// last prompt position may still score the prompt), where a position's rotation depends
-    /// on its chunk (dynamic NTK, LongRoPE: a draft would change the bits), and never past
-    /// `max_tokens` or the context (a step yields a token more than its draft).
+    /// off (or for this model, see [`EngineHandle::spawn`]) or the batch is too full for it,
+    /// before the sequence's first generated token (its last prompt position may still score
+    /// the prompt), and never past `max_tokens` or the context (a step yields a token more
+    /// than its draft).
     fn draft_for(&self, i: usize, room: usize) -> Vec<u32> {
         let Some(spec) = self
             .cfg
@@ -916,8 +925,7 @@ impl Engine {
             return vec![];
         };
         let s = &self.running[i];
-        if s.tokens.len() <= s.prompt_len || self.lm.model.config().rope_scaling.depends_on_length()
-        {
+        if s.tokens.len() <= s.prompt_len {
             return vec![];
         }
         let generated = s.tokens.len() - s.prompt_len;
