@@ -14,7 +14,7 @@ pub mod score;
 pub mod speculate;
 pub mod step_cost;
 
-pub use camelid_model::Pooling;
+pub use camelid_model::{Pooling, SharedLora};
 pub use config::{EngineConfig, EngineOverrides};
 pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
 pub use scheduler::EngineHandle;
@@ -38,6 +38,9 @@ pub struct Request {
     /// log-probs): its final hidden states pooled, sent as [`Event::Embedding`], then
     /// `Finished`.
     pub embed: Option<Pooling>,
+    /// The LoRA adapter to run under (`None`: the base model). An [`EngineHandle::with_lora`]
+    /// handle sets it on what it submits.
+    pub lora: Option<SharedLora>,
 }
 
 /// Token counts of a finished request.

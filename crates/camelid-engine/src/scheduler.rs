@@ -8,7 +8,9 @@ use crate::{EngineConfig, Event, Pooling, Request, SubmitError, Usage};
 use camelid_model::decode::sampling::{token_logprob, TokenLogprob};
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
-use camelid_model::{ForwardBatch, GrammarCompiler, LoadedModel, LogitsWanted};
+use camelid_model::{
+    ForwardBatch, GrammarCompiler, LoadedModel, LogitsWanted, LoraAdapter, SharedLora,
+};
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,6 +41,8 @@ pub struct EngineHandle {
     kv_capacity: usize,
     /// Set by [`Self::stop_admitting`]; the engine thread reads it every step.
     stopping: Arc<AtomicBool>,
+    /// The LoRA adapter this handle's requests run under ([`Self::with_lora`]).
+    lora: Option<SharedLora>,
 }
 
 impl EngineHandle {
@@ -61,6 +65,7 @@ impl EngineHandle {
             vocab_size: lm.model.config().vocab_size,
             kv_capacity: num_blocks * cfg.block_size,
             stopping: stopping.clone(),
+            lora: None,
         };
         M::set(&metrics.kv_blocks_total, num_blocks as u64);
         let c = lm.model.config().clone();
@@ -139,6 +144,26 @@ impl EngineHandle {
             })
             .expect("spawn engine thread");
         handle
+    }
+
+    /// The same engine, its requests run under the LoRA adapter `lora` (read for this
+    /// engine's model: [`camelid_model::LoraAdapter::load`]): one base model in memory serves
+    /// itself and each of its adapters, batched together.
+    pub fn with_lora(&self, lora: SharedLora) -> Self {
+        Self {
+            lora: Some(lora),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `other` is a handle of the same engine (with or without an adapter).
+    pub fn same_engine(&self, other: &Self) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
+    /// The LoRA adapter this handle's requests run under, if any.
+    pub fn lora(&self) -> Option<&SharedLora> {
+        self.lora.as_ref()
     }
 
     /// False once the engine thread has stopped (it panicked): nothing submitted will run.
@@ -230,7 +255,10 @@ impl EngineHandle {
             })
             .map_err(|_| SubmitError::QueueFull)?;
         let mut rxs = Vec::with_capacity(k);
-        for (i, req) in reqs.into_iter().enumerate() {
+        for (i, mut req) in reqs.into_iter().enumerate() {
+            if self.lora.is_some() {
+                req.lora = self.lora.clone();
+            }
             let (etx, erx) = mpsc::unbounded_channel();
             let s = Submitted {
                 req,
@@ -284,6 +312,19 @@ impl EngineHandle {
     }
 }
 
+/// The prefix cache's partition of a request: its cache salt, and its LoRA adapter (an
+/// adapter's keys and values differ from the base model's for the same tokens). `None` for
+/// the base model without a salt; the encoding is injective, so no salt can name another
+/// adapter's partition.
+fn cache_partition(lora: Option<&LoraAdapter>, salt: Option<&str>) -> Option<Arc<str>> {
+    match (lora, salt) {
+        (None, None) => None,
+        (None, Some(s)) => Some(Arc::from(format!("salt:{s}"))),
+        (Some(a), None) => Some(Arc::from(format!("lora{}", a.id()))),
+        (Some(a), Some(s)) => Some(Arc::from(format!("lora{}:{s}", a.id()))),
+    }
+}
+
 struct Seq {
     id: u64,
     events: mpsc::UnboundedSender<Event>,
@@ -303,7 +344,10 @@ struct Seq {
     /// does not use the prefix cache): sequences admitted together with a common prefix
     /// compute it once (see [`Engine::waits_for_shared_block`]).
     prefix_hashes: Vec<u64>,
+    /// The prefix cache's partition: the request's cache salt and its LoRA adapter
+    /// ([`cache_partition`]).
     cache_salt: Option<Arc<str>>,
+    lora: Option<SharedLora>,
     prompt_scoring: PromptScoring,
     pooling: Pooled,
     max_tokens: usize,
@@ -608,7 +652,11 @@ impl Engine {
                         cached_prompt: None,
                         preempted: false,
                         prefix_hashes: vec![],
-                        cache_salt: s.req.cache_salt.as_deref().map(Arc::from),
+                        cache_salt: cache_partition(
+                            s.req.lora.as_deref(),
+                            s.req.cache_salt.as_deref(),
+                        ),
+                        lora: s.req.lora.clone(),
                         prompt_scoring: match s.req.prompt_logprobs {
                             Some(top) => PromptScoring::Collecting { top, got: vec![] },
                             None => PromptScoring::Off,
@@ -801,6 +849,7 @@ impl Engine {
             } else {
                 batch.push_hidden(s.id, cached, &tokens, want, s.prompt_len);
             }
+            batch.adapt_last(s.lora.clone());
             let rows = batch.chunks.last().expect("just pushed").rows();
             budget -= len + draft.len();
             if is_prefill {

@@ -32,6 +32,7 @@ fn plain_request(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) 
         prompt_logprobs: None,
         cache_salt: None,
         embed: None,
+        lora: None,
     }
 }
 
@@ -720,6 +721,7 @@ fn prompt_logprobs_and_greedy_tokens_ignore_batching_chunking_and_preemption() {
             prompt_logprobs: Some(3),
             cache_salt: None,
             embed: None,
+            lora: None,
         }
     };
     let all_at_once = |engine: &EngineHandle| -> Vec<Scored> {
@@ -833,6 +835,7 @@ fn cache_salts_keep_prefixes_apart() {
                     prompt_logprobs: None,
                     cache_salt: salt.map(String::from),
                     embed: None,
+                    lora: None,
                 })
                 .unwrap(),
         )
@@ -876,6 +879,7 @@ fn decoding_sequences_preempted_and_recomputed_keep_their_greedy_tokens() {
             prompt_logprobs: Some(1),
             cache_salt: None,
             embed: None,
+            lora: None,
         }
     };
     let roomy = EngineHandle::spawn(smol(), EngineConfig::default());
@@ -1008,6 +1012,7 @@ fn embeddings_pool_the_models_hidden_states_whatever_the_batching() {
         prompt_logprobs: None,
         cache_salt: None,
         embed: Some(pooling),
+        lora: None,
     };
     let spawn = |num_blocks, max_batch_tokens| {
         EngineHandle::spawn(
@@ -1121,6 +1126,7 @@ fn speculative_decoding_gives_the_tokens_of_one_token_steps() {
             prompt_logprobs: None,
             cache_salt: None,
             embed: None,
+            lora: None,
         }
     };
     let plain = EngineHandle::spawn(smol(), EngineConfig::default());

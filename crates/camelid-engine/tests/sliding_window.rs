@@ -95,6 +95,7 @@ fn generate_in_engine(gemma: bool) -> (Vec<u32>, Vec<u32>, usize, usize) {
             prompt_logprobs: None,
             cache_salt: None,
             embed: None,
+            lora: None,
         })
         .unwrap();
     let (mut got, mut most_blocks) = (vec![], 0);

@@ -2,6 +2,7 @@
 //! list, and which rows each chunk wants back (logits, or final hidden states for embeddings).
 //! What the engine builds and every runtime reads.
 
+use crate::lora::SharedLora;
 use camelid_kernels::attention::SeqSpan;
 
 /// Which rows a chunk wants back (as logits, or as hidden states: [`SeqChunk::hidden`]).
@@ -30,6 +31,8 @@ pub struct SeqChunk {
     /// The wanted rows come back as final hidden states (after the last norm, before the LM
     /// head: what embeddings pool) instead of logits.
     pub hidden: bool,
+    /// The LoRA adapter the chunk's sequence runs under (`None`: the base model).
+    pub lora: Option<SharedLora>,
 }
 
 /// How an embedding request's final hidden states (after the last norm) make one vector.
@@ -137,7 +140,13 @@ impl ForwardBatch {
             logits,
             generated_from: prompt_len,
             hidden: false,
+            lora: None,
         });
+    }
+
+    /// Runs the last chunk pushed under the adapter `lora` (`None`: the base model).
+    pub fn adapt_last(&mut self, lora: Option<SharedLora>) {
+        self.chunks.last_mut().expect("a chunk was pushed").lora = lora;
     }
 
     /// [`Self::push_with_prompt`] for a chunk whose wanted rows come back as hidden states.

@@ -9,6 +9,7 @@
 //! - [`decode`]: sampling, the per-sequence decoder and single-sequence generation;
 //!   [`constraint`]: structured output (grammars compiled for a vocabulary, per-sequence
 //!   matchers whose masks the decoder applies).
+//! - [`lora`]: LoRA adapters, applied per sequence at run time over the shared base weights.
 //! - [`config`], [`linear`] (dense and quantized matmuls), [`embedding`] (the token table, dense
 //!   or quantized), [`rope`] (rotary tables).
 //!
@@ -23,6 +24,7 @@ pub mod error;
 pub mod kv;
 pub mod linear;
 pub mod load;
+pub mod lora;
 pub mod models;
 pub mod rope;
 pub mod runtime;
@@ -34,5 +36,6 @@ pub use decode::sampling::{Sampler, SamplingParams};
 pub use error::{Error, Result};
 pub use kv::KvDtype;
 pub use load::{load, LoadOptions, LoadedModel};
+pub use lora::{LoraAdapter, SharedLora};
 pub use models::Llama;
 pub use text::template::{ChatTemplate, Message};

@@ -3,6 +3,7 @@
 //! naming a commit and `snapshots/<commit>/` holding its files. Its own test binary: it sets
 //! `HF_HOME` and `HF_HUB_OFFLINE` for the whole process.
 
+mod common;
 use camelid_model::load::hub::fetch_repo;
 use camelid_model::load::resolve;
 use camelid_model::LoadOptions;
@@ -75,6 +76,31 @@ fn revisions_resolve_through_the_offline_cache() {
     let lm = camelid_model::load(Some(id), &opts(Some("v2"))).expect("loading revision v2");
     assert_eq!(lm.path, repo.join("snapshots").join(V2));
     assert_eq!(lm.name, id);
+    // A PEFT adapter's hub id: its snapshot, loadable for the model.
+    let adapter_repo = home.path().join("hub").join("models--acme--tiny-lora");
+    std::fs::create_dir_all(adapter_repo.join("refs")).unwrap();
+    std::fs::write(adapter_repo.join("refs/main"), MAIN).unwrap();
+    let snapshot = adapter_repo.join("snapshots").join(MAIN);
+    common::lora::write_peft(
+        &snapshot,
+        lm.model.config(),
+        2,
+        4.0,
+        &["self_attn.q_proj"],
+        0.1,
+        1,
+    );
+    let dir = camelid_model::lora::resolve(Path::new("acme/tiny-lora"), None).unwrap();
+    assert_eq!(dir, snapshot);
+    camelid_model::LoraAdapter::load("t", &dir, lm.model.config(), lm.model.device())
+        .expect("the cached adapter loads");
+    let err = camelid_model::lora::resolve(Path::new("acme/no-lora"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("adapter_config.json") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
     assert!(
         camelid_model::load(Some(id), &opts(None)).is_err(),
         "main has no weights: loading it must fail"

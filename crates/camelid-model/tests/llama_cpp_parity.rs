@@ -96,11 +96,32 @@ struct Step {
 /// camelid's greedy continuation of `ids` on the GGUF (its tensor path, f32): each step's full
 /// logprobs, and the top-1 margin checked.
 fn camelid_greedy(gguf: &Path, ids: &[u32], label: &str) -> (Vec<Step>, Vec<Vec<f64>>) {
+    camelid_greedy_adapted(gguf, None, ids, label)
+}
+
+/// [`camelid_greedy`] under the LoRA adapter at `lora`.
+fn camelid_greedy_adapted(
+    gguf: &Path,
+    lora: Option<&Path>,
+    ids: &[u32],
+    label: &str,
+) -> (Vec<Step>, Vec<Vec<f64>>) {
     let lm = common::load(gguf);
+    let lora = lora.map(|p| {
+        std::sync::Arc::new(
+            camelid_model::LoraAdapter::load("lora", p, lm.model.config(), lm.model.device())
+                .unwrap(),
+        )
+    });
     let mut seq = ids.to_vec();
     let (mut steps, mut all) = (vec![], vec![]);
     for i in 0..STEPS {
-        let logits: Vec<Vec<f32>> = lm.model.logits_all(&seq).unwrap().to_vec2().unwrap();
+        let logits: Vec<Vec<f32>> = lm
+            .model
+            .logits_all_adapted(&seq, lora.clone())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let lp = log_softmax(logits.last().unwrap());
         let order = common::top_k(&logits[logits.len() - 1], TOP);
         let top: Vec<(u32, f64)> = order.iter().map(|&t| (t as u32, lp[t])).collect();
@@ -129,8 +150,8 @@ fn camelid_greedy(gguf: &Path, ids: &[u32], label: &str) -> (Vec<Step>, Vec<Vec<
 /// llama.cpp's greedy continuation of `ids` on the same file: `/completion` with the prompt as
 /// token ids, `n_probs` of the raw distribution (`post_sampling_probs: false`: the logits'
 /// softmax, before any sampler).
-fn llama_cpp_greedy(server: &Path, gguf: &Path, ids: &[u32]) -> Vec<Step> {
-    let s = exact_server(server, gguf, "server", &[]);
+fn llama_cpp_greedy(server: &Path, gguf: &Path, ids: &[u32], extra: &[&str]) -> Vec<Step> {
+    let s = exact_server(server, gguf, "server", extra);
     let r = s.post(
         "/completion",
         &serde_json::json!({"prompt": ids, "n_predict": STEPS, "n_probs": TOP,
@@ -241,7 +262,7 @@ fn check(case: Case) -> Option<f64> {
         case.arch, case.gguf_arch, case.seed
     );
     let (ours, all) = camelid_greedy(&gguf, &ids, &label);
-    let theirs = llama_cpp_greedy(&server, &gguf, &ids);
+    let theirs = llama_cpp_greedy(&server, &gguf, &ids, &[]);
     let d = compare(&label, &ours, &all, &theirs);
     eprintln!("{label}: {STEPS} greedy tokens equal; max |Δ logprob| in the top-{TOP}: {d:.2e}");
     Some(d)
@@ -257,6 +278,50 @@ const GQA_TIED: Shape = Shape {
     tied: true,
     ..GQA_UNTIED
 };
+
+/// A LoRA adapter of every projection, as a llama.cpp LoRA GGUF (gguf-py, the converter's
+/// Q/K permutation of B), on the llama case: camelid's run-time update and llama.cpp's
+/// `--lora` give the same greedy tokens and logprobs, and the adapter moves them.
+#[test]
+fn lora_adapter_matches_llama_cpp() {
+    let Some(server) = llama_cpp::binary("llama-server") else {
+        return;
+    };
+    let case = Case {
+        arch: "llama",
+        gguf_arch: "llama",
+        shape: GQA_UNTIED,
+        extra: serde_json::json!({}),
+        logit_std: 2.0,
+        seed: 11,
+    };
+    let vocab = vocab_size(&vocab_source());
+    let (dir, gguf) = write(&case, vocab);
+    let cfg = common::load(&gguf).model.config().clone();
+    let adapter = common::lora::write_peft(
+        &dir.path().join("peft"),
+        &cfg,
+        8,
+        16.0,
+        common::lora::ALL_TARGETS,
+        0.1,
+        5,
+    );
+    let lora =
+        common::lora::write_lora_gguf(&adapter, "llama", &cfg, &dir.path().join("lora.gguf"));
+    let ids = prompt(40, vocab, case.seed);
+    let label = "llama under a LoRA GGUF";
+    let (ours, all) = camelid_greedy_adapted(&gguf, Some(&lora), &ids, label);
+    let (plain, _) = camelid_greedy(&gguf, &ids, "llama");
+    assert_ne!(
+        ours.iter().map(|s| s.token).collect::<Vec<_>>(),
+        plain.iter().map(|s| s.token).collect::<Vec<_>>(),
+        "the adapter changes the greedy tokens"
+    );
+    let theirs = llama_cpp_greedy(&server, &gguf, &ids, &["--lora", lora.to_str().unwrap()]);
+    let d = compare(label, &ours, &all, &theirs);
+    eprintln!("{label}: {STEPS} greedy tokens equal; max |Δ logprob| in the top-{TOP}: {d:.2e}");
+}
 
 #[test]
 fn llama_matches_llama_cpp() {
@@ -402,7 +467,7 @@ fn mistral_window_matches_llama_cpp_within_the_window() {
     let (_p, unwindowed) = write(&plain, vocab);
     let ids = prompt(40, vocab, seed);
     let label = format!("mistral, window {window}");
-    let theirs = llama_cpp_greedy(&server, &windowed, &ids);
+    let theirs = llama_cpp_greedy(&server, &windowed, &ids, &[]);
     let (ours_plain, all_plain) = camelid_greedy(&unwindowed, &ids, &label);
     let d = compare(
         &format!("{label}: llama.cpp vs camelid without the window"),

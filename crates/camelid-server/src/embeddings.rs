@@ -212,6 +212,7 @@ pub fn run(
                             prompt_logprobs: None,
                             cache_salt: None,
                             embed: Some(pooling),
+                            lora: None,
                         };
                         (i, req)
                     })

@@ -46,6 +46,7 @@ pub fn submit(
                 prompt_logprobs: s.prompt_logprobs,
                 cache_salt: s.cache_salt,
                 embed: None,
+                lora: None,
             };
             (s.index, req)
         })

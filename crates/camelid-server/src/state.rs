@@ -119,6 +119,15 @@ impl ModelEntry {
     }
 }
 
+/// The base model a LoRA adapter's entry runs on: the entry of the same engine without an
+/// adapter (`None` for a base model itself).
+pub fn base_of<'a>(models: &'a [Arc<ModelEntry>], m: &ModelEntry) -> Option<&'a Arc<ModelEntry>> {
+    m.engine.lora()?;
+    models
+        .iter()
+        .find(|b| b.engine.lora().is_none() && b.engine.same_engine(&m.engine))
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Empty: no authentication. Keys must not be empty (`camelid serve` checks).

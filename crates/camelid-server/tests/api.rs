@@ -1554,6 +1554,7 @@ fn engine_embedding(model: &ModelEntry, ids: &[u32], pooling: camelid_engine::Po
             prompt_logprobs: None,
             cache_salt: None,
             embed: Some(pooling),
+            lora: None,
         })
         .unwrap();
     while let Some(e) = rx.blocking_recv() {

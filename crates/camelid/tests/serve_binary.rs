@@ -2,6 +2,13 @@
 //! draining, and CLI errors.
 
 mod common;
+/// The random LoRA adapters of camelid-model's tests (and the random models they need).
+#[allow(dead_code)]
+#[path = "../../camelid-model/tests/common"]
+mod model_fixtures {
+    pub mod lora;
+    pub mod random_model;
+}
 use common::http::{stream, token_chunks};
 use common::{exits_within, run_test_script, serve, sigterm};
 use std::process::Command;
@@ -323,6 +330,110 @@ fn speculative_config_gives_the_same_answers() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{bad}: {err}");
     }
+}
+
+/// `--lora-modules` (vLLM's flag): an adapter of the default model served beside it, listed
+/// with the base as its `parent`, answering under its name with its own text (the base's
+/// unchanged beside it); an adapter that cannot load, or names no served base, stops the
+/// start, naming it.
+#[test]
+fn lora_modules_serve_adapters_beside_their_base() {
+    let lm = camelid_model::load(None, &Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = model_fixtures::lora::write_peft(
+        &tmp.path().join("peft"),
+        lm.model.config(),
+        8,
+        16.0,
+        model_fixtures::lora::ALL_TARGETS,
+        0.02,
+        5,
+    );
+    let by_name = format!("tuned={}", a.dir.display());
+    let by_json = serde_json::json!({"name": "tuned-too", "path": a.dir,
+                                     "base_model_name": "smol"})
+    .to_string();
+    let plain = serve(&["--model", "smol=smollm2-135m-instruct"]);
+    let s = serve(&[
+        "--model",
+        "smol=smollm2-135m-instruct",
+        "--lora-modules",
+        &by_name,
+        &by_json,
+    ]);
+    let (st, list) = common::http::request(&s.base, "GET", "/v1/models", &[], "").unwrap();
+    assert_eq!(st, 200, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in ["smol", "tuned", "tuned-too"] {
+        assert!(ids.contains(&id), "{id} not in {ids:?}");
+    }
+    let tuned = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "tuned")
+        .unwrap();
+    assert_eq!(tuned["parent"], "smol", "{tuned}");
+    assert_eq!(tuned["root"], a.dir.display().to_string(), "{tuned}");
+    let ask = |base: &str, model: &str| {
+        let body = serde_json::json!({"model": model, "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": "Name three colours of the rainbow."}]});
+        let (st, b) = post_json(base, "/v1/chat/completions", &body.to_string());
+        assert_eq!(st, 200, "{model}: {b}");
+        assert_eq!(b["model"], model, "{b}");
+        b["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let base_text = ask(&plain.base, "smol");
+    assert_eq!(
+        ask(&s.base, "smol"),
+        base_text,
+        "the base beside its adapters"
+    );
+    let tuned_text = ask(&s.base, "tuned");
+    assert_ne!(tuned_text, base_text, "the adapter changed nothing");
+    assert_eq!(
+        ask(&s.base, "tuned-too"),
+        tuned_text,
+        "the same adapter twice"
+    );
+    for (bad, says) in [
+        (
+            format!("gone={}", tmp.path().join("missing").display()),
+            "--lora-modules gone",
+        ),
+        (
+            serde_json::json!({"name": "x", "path": a.dir, "base_model_name": "nope"}).to_string(),
+            "no served model is named \"nope\"",
+        ),
+        ("smol=".to_string(), "name and a path"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+            .args(["serve", "--port", "0", "--lora-modules", &bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{bad}: {err}");
+    }
+    // An adapter's name may not take a served model's.
+    let clash = format!("smollm2-135m-instruct={}", a.dir.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+        .args(["serve", "--port", "0", "--lora-modules", &clash])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("two served models"),
+        "{err}"
+    );
 }
 
 #[test]

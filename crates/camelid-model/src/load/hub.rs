@@ -66,16 +66,7 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     if offline() {
         return from_cache(id, repo, revision, "HF_HUB_OFFLINE is set");
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .with_token(
-            std::env::var("HF_TOKEN")
-                .ok()
-                .or_else(|| hf_hub::Cache::from_env().token()),
-        )
-        .build()
-        .map_err(|e| hub_err("client", &e))?;
-    let r = api.repo(repo.clone());
+    let r = api().map_err(|e| hub_err("client", &e))?.repo(repo.clone());
     let info = match r.info() {
         Ok(info) => info,
         // The hub out of reach: a model already in the cache is served from it, as Python's
@@ -121,6 +112,63 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         }
     }
     dir.ok_or_else(|| Error::BadConfig(format!("hub {id}: config.json is missing from the repo")))
+}
+
+/// The hub's client: a progress bar, `HF_TOKEN` or the cached token.
+fn api() -> std::result::Result<hf_hub::api::sync::Api, ApiError> {
+    hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .with_token(
+            std::env::var("HF_TOKEN")
+                .ok()
+                .or_else(|| hf_hub::Cache::from_env().token()),
+        )
+        .build()
+}
+
+/// A PEFT LoRA adapter's files.
+pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
+
+/// Downloads (or finds in the cache, under `HF_HUB_OFFLINE` or with the hub out of reach) a
+/// PEFT LoRA adapter repo's [`ADAPTER_FILES`] and returns the snapshot folder.
+pub fn fetch_adapter(id: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let repo = match revision {
+        Some(r) => Repo::with_revision(id.to_string(), RepoType::Model, r.to_string()),
+        None => Repo::new(id.to_string(), RepoType::Model),
+    };
+    let cached = |why: &str| -> Result<PathBuf> {
+        let cache = hf_hub::Cache::from_env().repo(repo.clone());
+        let mut dir = None;
+        for f in ADAPTER_FILES {
+            let p = cache.get(f).ok_or_else(|| {
+                Error::Io(format!("hub {id}: {why}, and {f} is not in the cache"))
+            })?;
+            dir = p.parent().map(Path::to_path_buf);
+        }
+        Ok(dir.unwrap_or_default())
+    };
+    if offline() {
+        return cached("HF_HUB_OFFLINE is set");
+    }
+    let hub_err = |f: &str, e: &dyn std::fmt::Display| Error::Io(format!("hub {id}: {f}: {e}"));
+    let r = api().map_err(|e| hub_err("client", &e))?.repo(repo.clone());
+    let mut dir = None;
+    for f in ADAPTER_FILES {
+        match r.get(f) {
+            Ok(p) => dir = p.parent().map(Path::to_path_buf),
+            Err(ApiError::RequestError(e)) if hub_unreachable(&e) => {
+                let why = format!("the hub is out of reach ({e})");
+                let dir = cached(&why)?;
+                tracing::warn!(
+                    "hub {id}: {why}; using the cached adapter {}",
+                    dir.display()
+                );
+                return Ok(dir);
+            }
+            Err(e) => return Err(hub_err(f, &e)),
+        }
+    }
+    Ok(dir.unwrap_or_default())
 }
 
 /// The hub down or out of reach, as huggingface_hub falls back to its cache: no connection

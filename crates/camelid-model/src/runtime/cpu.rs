@@ -12,6 +12,7 @@
 use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::Activation;
 use crate::error::{Error, Result};
+use crate::lora::{self, Proj};
 use crate::models::llama::{HostLayer, Llama};
 use camelid_kernels::attention::{self, HostPaged, QkvRows};
 use camelid_kernels::quant::QActs;
@@ -115,6 +116,8 @@ fn run(
     }
 
     let inter = model.layers[0].down.in_features();
+    // Each row's LoRA adapter, added to each matmul's output (nothing when none has one).
+    let adapters = lora::row_adapters(batch);
     for (li, layer) in model.layers.iter().enumerate() {
         let host = &norms[li];
         let heads = heads_of(li);
@@ -136,6 +139,7 @@ fn run(
         layer
             .qkv
             .forward_cpu_into(&ws.h[..n * hidden], n, &mut ws.acts, qkv)?;
+        lora::add_rows(&adapters, li, Proj::Qkv, &ws.h[..n * hidden], qkv);
         if let Some(bias) = &host.qkv_bias {
             for r in qkv.chunks_exact_mut(width) {
                 r.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
@@ -160,6 +164,7 @@ fn run(
         attention::paged_attention(li, &spans, &rows, cos, sin, heads, &mut kv, attn);
         let proj = sized(&mut ws.proj, n * hidden);
         layer.o.forward_cpu_into(attn, n, &mut ws.acts, proj)?;
+        lora::add_rows(&adapters, li, Proj::O, attn, proj);
         if let Some((post_attn, _)) = &host.post_norms {
             proj.chunks_exact_mut(hidden)
                 .for_each(|r| rms_norm_in_place(r, post_attn, eps));
@@ -176,6 +181,7 @@ fn run(
         layer
             .gate_up
             .forward_cpu_into(&ws.h[..n * hidden], n, &mut ws.acts, gate_up)?;
+        lora::add_rows(&adapters, li, Proj::GateUp, &ws.h[..n * hidden], gate_up);
         let act = sized(&mut ws.act, n * inter);
         match f.activation {
             Activation::Silu => silu_mul_rows(gate_up, inter, act),
@@ -183,6 +189,7 @@ fn run(
         }
         let proj = sized(&mut ws.proj, n * hidden);
         layer.down.forward_cpu_into(act, n, &mut ws.acts, proj)?;
+        lora::add_rows(&adapters, li, Proj::Down, act, proj);
         if let Some((_, post_mlp)) = &host.post_norms {
             proj.chunks_exact_mut(hidden)
                 .for_each(|r| rms_norm_in_place(r, post_mlp, eps));

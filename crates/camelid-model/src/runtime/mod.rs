@@ -43,21 +43,32 @@ impl Llama {
                 return cpu::forward(self, batch, host);
             }
         }
-        // CUDA with a paged device cache and our kernels: the CUDA serving runtime.
+        // CUDA with a paged device cache and our kernels: the CUDA serving runtime. It has no
+        // LoRA path yet: a batch with adapted rows runs as candle ops.
         #[cfg(feature = "cuda")]
-        if let Some(out) = cuda::forward(self, batch, kv)? {
-            return Ok(out);
+        if !crate::lora::any(batch) {
+            if let Some(out) = cuda::forward(self, batch, kv)? {
+                return Ok(out);
+            }
         }
         tensor::forward(self, batch, kv)
     }
 
     /// Logits for every position of `tokens` fed as one fresh sequence (scoring, tests).
     pub fn logits_all(&self, tokens: &[u32]) -> Result<Tensor> {
+        self.logits_all_adapted(tokens, None)
+    }
+
+    /// [`Self::logits_all`] under the LoRA adapter `lora` (`None`: the base model).
+    pub fn logits_all_adapted(
+        &self,
+        tokens: &[u32],
+        lora: Option<crate::lora::SharedLora>,
+    ) -> Result<Tensor> {
         let mut kv = ContiguousKv::new();
-        self.forward(
-            &ForwardBatch::single(0, 0, tokens, LogitsWanted::All),
-            &mut kv,
-        )
+        let mut batch = ForwardBatch::single(0, 0, tokens, LogitsWanted::All);
+        batch.adapt_last(lora);
+        self.forward(&batch, &mut kv)
     }
 }
 
@@ -67,6 +78,16 @@ fn check_batch(model: &Llama, batch: &ForwardBatch) -> Result<()> {
     if n_tokens == 0 || covered != n_tokens || batch.chunks.iter().any(|c| c.len == 0) {
         return Err(Error::Invalid(format!(
             "forward batch: {n_tokens} tokens, chunks cover {covered} (every chunk needs >= 1 token)"
+        )));
+    }
+    if let Some(a) = batch
+        .chunks
+        .iter()
+        .find_map(|c| c.lora.as_ref().filter(|a| !a.fits(&model.cfg)))
+    {
+        return Err(Error::Invalid(format!(
+            "LoRA adapter {} was read for a model of another shape",
+            a.name
         )));
     }
     let vocab = model.cfg.vocab_size as u32;

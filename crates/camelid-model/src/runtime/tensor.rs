@@ -7,6 +7,7 @@ use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::{Activation, RopeStyle};
 use crate::error::Result;
 use crate::kv::KvStore;
+use crate::lora::{self, Proj};
 use crate::models::llama::{Layer, Llama};
 use candle_core::{DType, Tensor};
 
@@ -55,6 +56,7 @@ pub(crate) fn forward(
         x = (x + a)?;
         let h = rms_norm(&x, &layer.mlp_norm, eps)?;
         let joined = layer.gate_up.forward_joined(&h)?;
+        let joined = lora::add_tensor(batch, li, Proj::GateUp, &h, joined)?;
         let act = match f.activation {
             Activation::Silu => ops::silu_mul_joined(&joined)?,
             Activation::GeluTanh => {
@@ -63,6 +65,7 @@ pub(crate) fn forward(
             }
         };
         let m = layer.down.forward(&act)?;
+        let m = lora::add_tensor(batch, li, Proj::Down, &act, m)?;
         let m = match &layer.post_norms {
             Some((_, post_mlp)) => rms_norm(&m, post_mlp, eps)?,
             None => m,
@@ -190,6 +193,7 @@ fn attention(
             .contiguous()?)
     };
     let qkv = layer.qkv.forward_joined(h)?;
+    let qkv = lora::add_tensor(batch, li, Proj::Qkv, h, qkv)?;
     let qkv = match &layer.qkv_bias {
         Some(b) => qkv.broadcast_add(b)?,
         None => qkv,
@@ -260,5 +264,6 @@ fn attention(
     } else {
         Tensor::cat(&outs, 0)?
     };
-    Ok(layer.o.forward(&o)?)
+    let y = layer.o.forward(&o)?;
+    lora::add_tensor(batch, li, Proj::O, &o, y)
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod llama_cpp;
+pub mod lora;
 pub mod random_model;
 
 use camelid_model::LoadOptions;

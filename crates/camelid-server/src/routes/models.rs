@@ -10,10 +10,18 @@ use axum::response::IntoResponse;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// The model object OpenAI's clients read, for `m` under `name` (its own or an alias).
-fn model_object(m: &ModelEntry, name: &str) -> Value {
+/// The model object OpenAI's clients read, for `m` under `name` (its own or an alias); a
+/// LoRA adapter's, as vLLM lists it, has its path as `root` and its base model as `parent`.
+fn model_object(models: &[Arc<ModelEntry>], m: &ModelEntry, name: &str) -> Value {
+    let (root, parent) = match m.engine.lora() {
+        Some(a) => (
+            a.path.display().to_string(),
+            crate::state::base_of(models, m).map(|b| b.name.clone()),
+        ),
+        None => (m.name.clone(), None),
+    };
     json!({"id": name, "object": "model", "created": m.created, "owned_by": "camelid",
-           "root": m.name, "max_model_len": m.max_model_len})
+           "root": root, "parent": parent, "max_model_len": m.max_model_len})
 }
 
 pub async fn list_models(State(s): State<Arc<AppState>>) -> AppResult {
@@ -21,7 +29,7 @@ pub async fn list_models(State(s): State<Arc<AppState>>) -> AppResult {
     let mut data = vec![];
     for m in &models {
         for name in std::iter::once(&m.name).chain(&m.aliases) {
-            data.push(model_object(m, name));
+            data.push(model_object(&models, m, name));
         }
     }
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
@@ -41,5 +49,6 @@ pub async fn retrieve_model(
         return Err(crate::error::ApiError::model_not_found(&id));
     }
     let m = s.model(Some(&id))?;
-    Ok(axum::Json(model_object(&m, &id)).into_response())
+    let models = s.models().unwrap_or_default();
+    Ok(axum::Json(model_object(&models, &m, &id)).into_response())
 }

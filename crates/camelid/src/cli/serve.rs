@@ -17,6 +17,13 @@ pub struct ServeArgs {
     /// Extra names a model answers to, `NAME=ALIAS` (repeatable).
     #[arg(long = "alias")]
     aliases: Vec<String>,
+    /// LoRA adapters served beside their base model, as vLLM's flag: `NAME=PATH` or
+    /// `{"name": NAME, "path": PATH, "base_model_name": MODEL}` (repeatable, or several after
+    /// one flag). PATH is a PEFT folder (adapter_config.json, adapter_model.safetensors) or a
+    /// llama.cpp LoRA GGUF. A request whose `model` is NAME runs the base model under the
+    /// adapter, batched with the others; the base is the one model served, or MODEL.
+    #[arg(long = "lora-modules", num_args = 1.., value_parser = parse_lora_module)]
+    lora_modules: Vec<LoraModule>,
     /// Chat template for every model (default: each model's own, or chosen by name).
     #[arg(long)]
     template: Option<String>,
@@ -244,6 +251,64 @@ impl ServeArgs {
     }
 }
 
+/// One `--lora-modules` entry.
+#[derive(Debug, Clone, PartialEq)]
+struct LoraModule {
+    name: String,
+    path: PathBuf,
+    /// The served model (name or alias) it adapts; `None`: the only one.
+    base: Option<String>,
+}
+
+/// `--lora-modules`: vLLM's `NAME=PATH` or its JSON form (unknown keys refused).
+fn parse_lora_module(s: &str) -> Result<LoraModule, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Json {
+        name: String,
+        path: PathBuf,
+        base_model_name: Option<String>,
+    }
+    let m = if s.trim_start().starts_with('{') {
+        let j: Json = serde_json::from_str(s).map_err(|e| format!("{s}: {e}"))?;
+        LoraModule {
+            name: j.name,
+            path: j.path,
+            base: j.base_model_name,
+        }
+    } else {
+        let (name, path) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s}: expected NAME=PATH or a JSON object"))?;
+        LoraModule {
+            name: name.to_string(),
+            path: PathBuf::from(path),
+            base: None,
+        }
+    };
+    if m.name.trim().is_empty() || m.path.as_os_str().is_empty() {
+        return Err(format!("{s}: the adapter needs a name and a path"));
+    }
+    Ok(m)
+}
+
+/// The adapters of `--lora-modules` whose base is the model served as `name` (with
+/// `aliases`); every adapter must have exactly one base among `all` (each model's names).
+fn adapters_of<'a>(
+    modules: &'a [LoraModule],
+    name: &str,
+    aliases: &[String],
+    all: usize,
+) -> Vec<&'a LoraModule> {
+    modules
+        .iter()
+        .filter(|m| match &m.base {
+            Some(b) => b == name || aliases.contains(b),
+            None => all == 1,
+        })
+        .collect()
+}
+
 /// `--speculative-config`: vLLM's JSON for its `ngram` method (the one camelid has: no draft
 /// model). Unknown keys are refused, so a typo does not silently turn speculation off.
 fn parse_speculative_config(s: &str) -> Result<NgramSpec, String> {
@@ -320,8 +385,18 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
         a.models.iter().cloned().map(Some).collect()
     };
     let mut out = vec![];
-    for spec in specs {
-        let (name, path) = match &spec {
+    if specs.len() > 1 {
+        if let Some(m) = a.lora_modules.iter().find(|m| m.base.is_none()) {
+            anyhow::bail!(
+                "--lora-modules {}: several models are served: name the base with \
+                 {{\"name\": ..., \"path\": ..., \"base_model_name\": ...}}",
+                m.name
+            );
+        }
+    }
+    let mut adapted = 0;
+    for spec in &specs {
+        let (name, path) = match spec {
             Some(s) => {
                 let (n, p) = split_model_arg(s);
                 (n, Some(p))
@@ -365,6 +440,26 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             .max_model_len
             .map(|m| m.min(lm.context_length))
             .unwrap_or(lm.context_length);
+        let mut adapters = vec![];
+        for m in adapters_of(&a.lora_modules, &name, &aliases, specs.len()) {
+            let path = camelid_model::lora::resolve(&m.path, None)
+                .with_context(|| format!("--lora-modules {}", m.name))?;
+            let adapter = camelid_model::LoraAdapter::load(
+                &m.name,
+                &path,
+                lm.model.config(),
+                lm.model.device(),
+            )
+            .with_context(|| format!("--lora-modules {}", m.name))?;
+            tracing::info!(
+                "{name}: LoRA adapter {} (rank {}) from {}",
+                m.name,
+                adapter.rank,
+                path.display()
+            );
+            adapters.push(std::sync::Arc::new(adapter));
+        }
+        adapted += adapters.len();
         let entry = camelid_server::ModelEntry {
             aliases,
             template: lm.template.clone(),
@@ -379,7 +474,47 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             details: camelid_server::state::ModelDetails::of(&lm),
             engine: camelid_engine::EngineHandle::spawn(lm, engine_config),
         };
+        // Each adapter: the base's engine seen through it, under the adapter's name.
+        for adapter in adapters {
+            out.push(camelid_server::ModelEntry {
+                name: adapter.name.clone(),
+                aliases: vec![],
+                engine: entry.engine.with_lora(adapter),
+                template: entry.template.clone(),
+                stop_token_ids: entry.stop_token_ids.clone(),
+                stop_strings: entry.stop_strings.clone(),
+                max_model_len: entry.max_model_len,
+                created: entry.created,
+                details: entry.details.clone(),
+            });
+        }
         out.push(entry);
+    }
+    if adapted < a.lora_modules.len() {
+        let m = a
+            .lora_modules
+            .iter()
+            .find(|m| {
+                !out.iter()
+                    .any(|e| e.name == m.name && e.engine.lora().is_some())
+            })
+            .expect("an adapter was not loaded");
+        anyhow::bail!(
+            "--lora-modules {}: no served model is named {:?}",
+            m.name,
+            m.base.as_deref().unwrap_or_default()
+        );
+    }
+    let mut names: Vec<&str> = out
+        .iter()
+        .flat_map(|e| std::iter::once(e.name.as_str()).chain(e.aliases.iter().map(|a| a.as_str())))
+        .collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        anyhow::bail!(
+            "two served models are named {:?} (models, aliases and adapters)",
+            w[0]
+        );
     }
     Ok(out)
 }

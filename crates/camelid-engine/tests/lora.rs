@@ -1,0 +1,175 @@
+//! LoRA adapters in the engine, on the default model (a Q4_1 GGUF, whose Q/K rows the
+//! converter permuted) under a random PEFT adapter of every projection: the CPU serving
+//! runtime's adapted rows against the tensor runtime's (itself checked against merged weights
+//! in camelid-model's `tests/lora.rs`), each request under its own adapter whatever it is
+//! batched with, and the prefix cache kept apart per adapter.
+
+#[path = "../../camelid-model/tests/common/mod.rs"]
+mod common;
+
+use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, Event, Request};
+use camelid_model::decode::GenerationParams;
+use camelid_model::{KvDtype, LoadOptions, LoadedModel, LoraAdapter, SamplingParams, SharedLora};
+use common::lora::{self as adapters, ALL_TARGETS};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const STEPS: usize = 12;
+
+fn smol() -> LoadedModel {
+    camelid_model::load(None, &LoadOptions::default()).unwrap()
+}
+
+/// A random adapter of every projection of `lm`, strong enough to change its greedy text.
+fn adapter(lm: &LoadedModel, dir: &std::path::Path) -> SharedLora {
+    let a = adapters::write_peft(dir, lm.model.config(), 8, 16.0, ALL_TARGETS, 0.02, 5);
+    Arc::new(LoraAdapter::load("t", &a.dir, lm.model.config(), lm.model.device()).unwrap())
+}
+
+fn request(prompt: &[u32]) -> Request {
+    let mut params = GenerationParams::new(STEPS, SamplingParams::greedy());
+    params.ignore_eos = true;
+    Request {
+        prompt: prompt.to_vec(),
+        params,
+        prompt_logprobs: None,
+        cache_salt: None,
+        embed: None,
+        lora: None,
+    }
+}
+
+/// A request's greedy tokens and cached prompt tokens.
+fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, usize) {
+    let mut toks = vec![];
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            Event::Token { token, .. } => toks.push(token),
+            Event::Finished { usage, .. } => return (toks, usage.cached_tokens),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    panic!("stream ended without Finished")
+}
+
+fn wait_idle(m: &EngineMetrics) {
+    let t = Instant::now();
+    while EngineMetrics::get(&m.running) + EngineMetrics::get(&m.kv_blocks_used) > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "engine did not go idle"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn prompts(lm: &LoadedModel) -> Vec<Vec<u32>> {
+    [
+        "Write a short poem about the sea and the wind over the harbour.",
+        "List three facts about llamas, each in one sentence.",
+    ]
+    .iter()
+    .map(|t| {
+        let msgs = [camelid_model::Message::new("user", t)];
+        let text = lm.template.render(&msgs, true).unwrap();
+        lm.tokenizer.encode(&text, false).unwrap()
+    })
+    .collect()
+}
+
+/// The tensor runtime's greedy continuation check: each token the engine chose is the
+/// reference's argmax at its position (a near-tie, within 1e-3, may go either way).
+fn check_greedy(lm: &LoadedModel, lora: Option<SharedLora>, prompt: &[u32], got: &[u32]) {
+    let seq: Vec<u32> = [prompt, &got[..got.len() - 1]].concat();
+    let logits: Vec<Vec<f32>> = lm
+        .model
+        .logits_all_adapted(&seq, lora)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for (i, &tok) in got.iter().enumerate() {
+        let row = &logits[prompt.len() - 1 + i];
+        let best = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            row[tok as usize] >= best - 1e-3,
+            "step {i}: the engine chose {tok} ({}), the reference's best is {best}",
+            row[tok as usize]
+        );
+    }
+}
+
+#[test]
+fn adapted_requests_match_the_reference_alone_and_batched_with_the_base() {
+    let reference = smol();
+    let tmp = tempfile::tempdir().unwrap();
+    let lora = adapter(&reference, tmp.path());
+    let ps = prompts(&reference);
+    let base = EngineHandle::spawn(
+        smol(),
+        EngineConfig {
+            host_kv_dtype: KvDtype::F32,
+            ..Default::default()
+        },
+    );
+    let adapted = base.with_lora(lora.clone());
+    let alone = |e: &EngineHandle, p: &[u32]| drain(e.submit(request(p)).unwrap()).0;
+    let base_alone: Vec<_> = ps.iter().map(|p| alone(&base, p)).collect();
+    let lora_alone: Vec<_> = ps.iter().map(|p| alone(&adapted, p)).collect();
+    for (i, p) in ps.iter().enumerate() {
+        assert_ne!(
+            base_alone[i], lora_alone[i],
+            "prompt {i}: the adapter changed nothing"
+        );
+        check_greedy(&reference, None, p, &base_alone[i]);
+        check_greedy(&reference, Some(lora.clone()), p, &lora_alone[i]);
+    }
+    // All four at once, base and adapted rows in the same steps.
+    let rxs: Vec<_> = ps
+        .iter()
+        .flat_map(|p| [base.submit(request(p)), adapted.submit(request(p))])
+        .map(|r| r.unwrap())
+        .collect();
+    let got: Vec<_> = rxs.into_iter().map(|rx| drain(rx).0).collect();
+    for (i, _) in ps.iter().enumerate() {
+        assert_eq!(
+            got[2 * i],
+            base_alone[i],
+            "prompt {i}: base batched with the adapter"
+        );
+        assert_eq!(
+            got[2 * i + 1],
+            lora_alone[i],
+            "prompt {i}: adapter batched with the base"
+        );
+    }
+    wait_idle(&base.metrics);
+}
+
+#[test]
+fn each_adapter_keeps_its_cached_prefixes_apart() {
+    let lm = smol();
+    let tmp = tempfile::tempdir().unwrap();
+    let lora = adapter(&lm, tmp.path());
+    let prompt = prompts(&lm).concat();
+    let full = (prompt.len() - 1) / 16 * 16;
+    assert!(full >= 32, "{} prompt tokens", prompt.len());
+    let base = EngineHandle::spawn(lm, EngineConfig::default());
+    let adapted = base.with_lora(lora);
+    let go = |e: &EngineHandle| drain(e.submit(request(&prompt)).unwrap());
+    // The base fills the cache; the adapter's keys and values for the same tokens differ, so
+    // it must not read them, but does read its own.
+    let (base_tokens, cached) = go(&base);
+    assert_eq!(cached, 0);
+    let (lora_tokens, cached) = go(&adapted);
+    assert_eq!(cached, 0, "the adapter read the base model's cached blocks");
+    assert_ne!(lora_tokens, base_tokens);
+    for (e, want, label) in [
+        (&adapted, &lora_tokens, "adapter"),
+        (&base, &base_tokens, "base"),
+    ] {
+        let (toks, cached) = go(e);
+        assert_eq!(cached, full, "{label}: its own cached prefix");
+        assert_eq!(&toks, want, "{label}: the cached prefix changed the output");
+    }
+    wait_idle(&base.metrics);
+}
