@@ -305,7 +305,7 @@ fn lora_adapter_matches_llama_cpp() {
         16.0,
         common::lora::ALL_TARGETS,
         0.1,
-        5,
+        6,
     );
     let lora =
         common::lora::write_lora_gguf(&adapter, "llama", &cfg, &dir.path().join("lora.gguf"));
