@@ -5,6 +5,7 @@ use crate::metrics::EngineMetrics as M;
 use crate::paged::PagedKv;
 use crate::step_cost::StepCost;
 use crate::{EngineConfig, Event, Pooling, Request, SubmitError, Usage};
+use camelid_model::config::ModelConfig;
 use camelid_model::decode::sampling::{token_logprob, TokenLogprob};
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
@@ -43,6 +44,8 @@ pub struct EngineHandle {
     stopping: Arc<AtomicBool>,
     /// The LoRA adapter this handle's requests run under ([`Self::with_lora`]).
     lora: Option<SharedLora>,
+    /// The model's configuration, which an adapter must fit.
+    model_config: Arc<ModelConfig>,
 }
 
 impl EngineHandle {
@@ -66,6 +69,7 @@ impl EngineHandle {
             kv_capacity: num_blocks * cfg.block_size,
             stopping: stopping.clone(),
             lora: None,
+            model_config: Arc::new(lm.model.config().clone()),
         };
         M::set(&metrics.kv_blocks_total, num_blocks as u64);
         let c = lm.model.config().clone();
@@ -146,14 +150,21 @@ impl EngineHandle {
         handle
     }
 
-    /// The same engine, its requests run under the LoRA adapter `lora` (read for this
-    /// engine's model: [`camelid_model::LoraAdapter::load`]): one base model in memory serves
-    /// itself and each of its adapters, batched together.
-    pub fn with_lora(&self, lora: SharedLora) -> Self {
-        Self {
+    /// The same engine, its requests run under the LoRA adapter `lora`: one base model in
+    /// memory serves itself and each of its adapters, batched together. The adapter must have
+    /// been read for this engine's model ([`camelid_model::LoraAdapter::load`]), else an error
+    /// (a forward would fail every sequence of its step).
+    pub fn with_lora(&self, lora: SharedLora) -> Result<Self, String> {
+        if !lora.fits(&self.model_config) {
+            return Err(format!(
+                "LoRA adapter {} was read for a model of another shape",
+                lora.name
+            ));
+        }
+        Ok(Self {
             lora: Some(lora),
             ..self.clone()
-        }
+        })
     }
 
     /// Whether `other` is a handle of the same engine (with or without an adapter).

@@ -116,7 +116,7 @@ fn adapted_rows_match_the_reference_runtime() {
             ..Default::default()
         },
     );
-    let adapted = base.with_lora(lora.clone());
+    let adapted = base.with_lora(lora.clone()).unwrap();
     for p in prompts(&reference) {
         let plain = drain(base.submit(request(&p)).unwrap()).0;
         let tuned = drain(adapted.submit(request(&p)).unwrap()).0;
@@ -135,8 +135,23 @@ fn each_request_runs_under_its_own_adapter_whatever_its_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let lora = adapter(&lm, tmp.path());
     let ps = prompts(&lm);
+    // An adapter read for a model of another shape is refused, not run.
+    let mut wide = lm.model.config().clone();
+    wide.intermediate_size *= 2;
+    let other = adapters::write_peft(
+        &tmp.path().join("wide"),
+        &wide,
+        4,
+        8.0,
+        ALL_TARGETS,
+        0.02,
+        1,
+    );
+    let other = LoraAdapter::load("wide", &other.dir, &wide, lm.model.device()).unwrap();
     let base = EngineHandle::spawn(lm, EngineConfig::default());
-    let adapted = base.with_lora(lora);
+    let err = base.with_lora(Arc::new(other)).err().expect("refused");
+    assert!(err.contains("another shape"), "{err}");
+    let adapted = base.with_lora(lora).unwrap();
     let alone = |e: &EngineHandle, p: &[u32]| drain(e.submit(request(p)).unwrap()).0;
     let base_alone: Vec<_> = ps.iter().map(|p| alone(&base, p)).collect();
     let lora_alone: Vec<_> = ps.iter().map(|p| alone(&adapted, p)).collect();
@@ -176,7 +191,7 @@ fn each_adapter_keeps_its_cached_prefixes_apart() {
     let full = (prompt.len() - 1) / 16 * 16;
     assert!(full >= 32, "{} prompt tokens", prompt.len());
     let base = EngineHandle::spawn(lm, EngineConfig::default());
-    let adapted = base.with_lora(lora);
+    let adapted = base.with_lora(lora).unwrap();
     let go = |e: &EngineHandle| drain(e.submit(request(&prompt)).unwrap());
     // The base fills the cache; the adapter's keys and values for the same tokens differ, so
     // it must not read them, but does read its own.

@@ -168,17 +168,19 @@ pub struct LoraAdapter {
     /// The largest rank of its updates.
     pub rank: usize,
     layers: Vec<LayerDeltas>,
-    /// The shape of the model it was read for (layers, hidden, FFN, Q and KV widths).
-    shape: [usize; 5],
+    /// The shape of the model it was read for (layers, hidden, FFN, Q and KV widths, Q/K
+    /// row layout: its B rows were put in that layout).
+    shape: [usize; 6],
 }
 
-fn shape_of(c: &ModelConfig) -> [usize; 5] {
+fn shape_of(c: &ModelConfig) -> [usize; 6] {
     [
         c.num_layers,
         c.hidden_size,
         c.intermediate_size,
         c.num_heads * c.head_dim,
         c.num_kv_heads * c.head_dim,
+        c.rope_style as usize,
     ]
 }
 
@@ -396,11 +398,8 @@ fn read_peft(dir: &Path) -> Result<Vec<Pair>> {
             )));
         }
     }
-    let alpha = field("lora_alpha")
-        .and_then(|v| v.as_f64())
-        .or_else(|| field("r").and_then(|v| v.as_f64()))
-        .ok_or_else(|| Error::BadConfig(format!("{origin}: no lora_alpha")))?
-        as f32;
+    // PEFT's `LoraConfig` default.
+    let alpha = field("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(8.0) as f32;
     let rs = on("use_rslora");
     let weights = dir.join("adapter_model.safetensors");
     if !weights.exists() {
@@ -485,7 +484,15 @@ fn read_gguf(path: &Path, cfg: &ModelConfig) -> Result<(Vec<Pair>, RopeStyle)> {
         .meta_str("general.architecture")
         .unwrap_or_default()
         .to_string();
-    if arch != cfg.architecture {
+    // llama.cpp writes Mistral's files (and their adapters) as `llama`.
+    fn family(a: &str) -> &str {
+        if a == "mistral" {
+            "llama"
+        } else {
+            a
+        }
+    }
+    if family(&arch) != family(&cfg.architecture) {
         return Err(Error::BadWeights(format!(
             "{origin}: an adapter for {arch:?}, the model is {:?}",
             cfg.architecture

@@ -29,7 +29,11 @@ struct Fixture {
 }
 
 fn fixture(seed: u64) -> Fixture {
-    let base = random_model::write_hf("llama", SHAPE, &TINY, serde_json::json!({}), seed);
+    fixture_of("llama", seed)
+}
+
+fn fixture_of(arch: &str, seed: u64) -> Fixture {
+    let base = random_model::write_hf(arch, SHAPE, &TINY, serde_json::json!({}), seed);
     let cfg = common::load(base.path()).model.config().clone();
     let tmp = tempfile::tempdir().unwrap();
     let adapter = adapters::write_peft(
@@ -111,6 +115,23 @@ fn lora_gguf_equals_its_merged_weights_on_a_gguf_and_on_an_hf_folder() {
     check("LoRA GGUF on GGUF", &base, &lora, &merged);
     // On the HF folder the GGUF adapter's permuted Q/K rows are put back.
     check("LoRA GGUF on HF", f.base.path(), &lora, &f.merged);
+}
+
+/// llama.cpp writes Mistral models, and their adapters, as `llama` GGUFs: such an adapter
+/// fits an HF Mistral folder (its Q/K rows put back in HF's layout).
+#[test]
+fn a_llama_lora_gguf_fits_a_mistral_folder() {
+    let f = fixture_of("mistral", 16);
+    let cfg = common::load(f.base.path()).model.config().clone();
+    assert_eq!(cfg.architecture, "mistral");
+    let lora =
+        adapters::write_lora_gguf(&f.adapter, "llama", &cfg, &f.base.path().join("lora.gguf"));
+    check(
+        "llama LoRA GGUF on HF Mistral",
+        f.base.path(),
+        &lora,
+        &f.merged,
+    );
 }
 
 #[test]

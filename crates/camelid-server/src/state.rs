@@ -252,11 +252,17 @@ impl AppState {
         )
     }
 
-    /// The model a request names (by name or alias); with one model, `None` means it.
+    /// The model a request names (by name or alias); with one model (its LoRA adapters
+    /// aside), `None` means it.
     pub fn model(&self, name: Option<&str>) -> Result<Arc<ModelEntry>, ApiError> {
         let models = self.models().ok_or_else(Self::loading_error)?;
+        let mut bases = models.iter().filter(|m| m.engine.lora().is_none());
+        let only_base = match (bases.next(), bases.next()) {
+            (Some(b), None) => Some(b.clone()),
+            _ => None,
+        };
         match name {
-            None | Some("") if models.len() == 1 => Ok(models[0].clone()),
+            None | Some("") if only_base.is_some() => Ok(only_base.expect("checked")),
             None | Some("") => Err(ApiError::invalid_param(
                 "model",
                 "`model` is required when several models are served",

@@ -16,8 +16,11 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let engines: Vec<(&str, &camelid_engine::EngineMetrics)> = if withheld {
         vec![]
     } else {
+        // One series per engine: a LoRA adapter's entry shares its base's engine (and its
+        // grammar compiler), whose series count the adapter's requests too.
         models
             .iter()
+            .filter(|m| m.engine.lora().is_none())
             .map(|m| (m.name.as_str(), m.engine.metrics.as_ref()))
             .collect()
     };
@@ -52,7 +55,7 @@ fn grammar_series(out: &mut String, models: &[Arc<crate::state::ModelEntry>]) {
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for m in models {
+        for m in models.iter().filter(|m| m.engine.lora().is_none()) {
             let label = crate::metrics::escape_label(&m.name);
             let v = value(m.grammar().mask_stats());
             let _ = writeln!(out, "{name}{{model=\"{label}\"}} {v}");

@@ -292,17 +292,11 @@ fn parse_lora_module(s: &str) -> Result<LoraModule, String> {
     Ok(m)
 }
 
-/// The adapters of `--lora-modules` whose base is the model served as `name` (with
-/// `aliases`); every adapter must have exactly one base among `all` (each model's names).
-fn adapters_of<'a>(
-    modules: &'a [LoraModule],
-    name: &str,
-    aliases: &[String],
-    all: usize,
-) -> Vec<&'a LoraModule> {
-    modules
-        .iter()
-        .filter(|m| match &m.base {
+/// The indices of the `--lora-modules` whose base is the model served as `name` (with
+/// `aliases`), among `all` models.
+fn adapters_of(modules: &[LoraModule], name: &str, aliases: &[String], all: usize) -> Vec<usize> {
+    (0..modules.len())
+        .filter(|&i| match &modules[i].base {
             Some(b) => b == name || aliases.contains(b),
             None => all == 1,
         })
@@ -394,7 +388,13 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             );
         }
     }
-    let mut adapted = 0;
+    let mut names: Vec<&str> = a.lora_modules.iter().map(|m| m.name.as_str()).collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        anyhow::bail!("--lora-modules: two adapters are named {:?}", w[0]);
+    }
+    // Which modules found their base, so one that names none fails after the loads.
+    let mut loaded = vec![false; a.lora_modules.len()];
     for spec in &specs {
         let (name, path) = match spec {
             Some(s) => {
@@ -441,7 +441,9 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             .map(|m| m.min(lm.context_length))
             .unwrap_or(lm.context_length);
         let mut adapters = vec![];
-        for m in adapters_of(&a.lora_modules, &name, &aliases, specs.len()) {
+        for i in adapters_of(&a.lora_modules, &name, &aliases, specs.len()) {
+            let m = &a.lora_modules[i];
+            loaded[i] = true;
             let path = camelid_model::lora::resolve(&m.path, None)
                 .with_context(|| format!("--lora-modules {}", m.name))?;
             let adapter = camelid_model::LoraAdapter::load(
@@ -459,7 +461,6 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             );
             adapters.push(std::sync::Arc::new(adapter));
         }
-        adapted += adapters.len();
         let entry = camelid_server::ModelEntry {
             aliases,
             template: lm.template.clone(),
@@ -474,31 +475,28 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             details: camelid_server::state::ModelDetails::of(&lm),
             engine: camelid_engine::EngineHandle::spawn(lm, engine_config),
         };
-        // Each adapter: the base's engine seen through it, under the adapter's name.
+        // The base, then each adapter: the base's engine seen through it, under its name.
+        let base = entry.engine.clone();
+        let (template, stops) = (entry.template.clone(), entry.stop_token_ids.clone());
+        let (stop_strings, details) = (entry.stop_strings.clone(), entry.details.clone());
+        let (max_model_len, created) = (entry.max_model_len, entry.created);
+        out.push(entry);
         for adapter in adapters {
             out.push(camelid_server::ModelEntry {
                 name: adapter.name.clone(),
                 aliases: vec![],
-                engine: entry.engine.with_lora(adapter),
-                template: entry.template.clone(),
-                stop_token_ids: entry.stop_token_ids.clone(),
-                stop_strings: entry.stop_strings.clone(),
-                max_model_len: entry.max_model_len,
-                created: entry.created,
-                details: entry.details.clone(),
+                engine: base.with_lora(adapter).map_err(anyhow::Error::msg)?,
+                template: template.clone(),
+                stop_token_ids: stops.clone(),
+                stop_strings: stop_strings.clone(),
+                max_model_len,
+                created,
+                details: details.clone(),
             });
         }
-        out.push(entry);
     }
-    if adapted < a.lora_modules.len() {
-        let m = a
-            .lora_modules
-            .iter()
-            .find(|m| {
-                !out.iter()
-                    .any(|e| e.name == m.name && e.engine.lora().is_some())
-            })
-            .expect("an adapter was not loaded");
+    if let Some(i) = loaded.iter().position(|l| !l) {
+        let m = &a.lora_modules[i];
         anyhow::bail!(
             "--lora-modules {}: no served model is named {:?}",
             m.name,
