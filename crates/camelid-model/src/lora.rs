@@ -2,7 +2,7 @@
 //! of the sequences that ask for them, so one loaded base model serves itself and any number
 //! of fine-tunes side by side in one batch (vLLM's multi-LoRA serving, llama.cpp's `--lora`).
 //!
-//! An adapter is read from a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`,
+//! An adapter is read (by [`crate::load::lora`]) from a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`,
 //! what `peft`'s `save_pretrained` writes) or from a llama.cpp LoRA GGUF (what
 //! `convert_lora_to_gguf.py` writes). Each of its projections adds
 //! `scale · (x Aᵀ) Bᵀ` to the base projection's output `x Wᵀ`, with `scale = alpha / rank`
@@ -15,11 +15,9 @@
 
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{Error, Result};
-use crate::load::gguf::GgufFile;
 use camelid_kernels::vecmath::{Scalar, VecOps};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,7 +35,7 @@ pub enum Proj {
 
 /// What an adapter's tensor updates: a base projection, or several fused ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Target {
+pub(crate) enum Target {
     Q,
     K,
     V,
@@ -51,7 +49,7 @@ enum Target {
 
 impl Target {
     /// PEFT's module names (HF's), Phi-3's fused ones included.
-    fn from_hf(module: &str) -> Option<Self> {
+    pub(crate) fn from_hf(module: &str) -> Option<Self> {
         Some(match module {
             "self_attn.q_proj" => Target::Q,
             "self_attn.k_proj" => Target::K,
@@ -67,7 +65,7 @@ impl Target {
     }
 
     /// llama.cpp's tensor names; `ffn_up` is Phi-3's fused gate and up where it is that wide.
-    fn from_gguf(name: &str, rows: usize, inter: usize) -> Option<Self> {
+    pub(crate) fn from_gguf(name: &str, rows: usize, inter: usize) -> Option<Self> {
         Some(match name {
             "attn_q" => Target::Q,
             "attn_k" => Target::K,
@@ -197,25 +195,29 @@ impl std::fmt::Debug for LoraAdapter {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One adapter tensor pair as read, before it is placed.
-struct Pair {
-    layer: usize,
-    target: Target,
+pub(crate) struct Pair {
+    pub layer: usize,
+    pub target: Target,
     /// `rank × k` and `n × rank`, f32.
-    a: Tensor,
-    b: Tensor,
-    alpha: f32,
-    rs: bool,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub alpha: f32,
+    /// rsLoRA: the scale is `alpha / √rank`.
+    pub rs: bool,
 }
 
 impl LoraAdapter {
-    /// Reads the adapter at `path` (a PEFT folder or a llama.cpp LoRA GGUF) for a model with
-    /// config `cfg` on `device`; every tensor's shape is checked against the model's.
-    pub fn load(name: &str, path: &Path, cfg: &ModelConfig, device: &Device) -> Result<Self> {
-        let (pairs, layout) = if path.is_dir() {
-            (read_peft(path)?, RopeStyle::Half)
-        } else {
-            read_gguf(path, cfg)?
-        };
+    /// The adapter of the `pairs` read from `path` (their Q/K rows in `layout`) for a model
+    /// with config `cfg` on `device`; every tensor's shape is checked against the model's.
+    /// Reading the files: [`crate::load::lora`].
+    pub(crate) fn from_pairs(
+        name: &str,
+        path: &Path,
+        pairs: Vec<Pair>,
+        layout: RopeStyle,
+        cfg: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
         let origin = path.display().to_string();
         if pairs.is_empty() {
             return Err(Error::BadWeights(format!("{origin}: no LoRA tensors")));
@@ -301,26 +303,36 @@ impl LoraAdapter {
         self.id
     }
 
+    /// `y` (`x`'s rows through layer `li`'s matmul `proj`, f32) plus this adapter's updates
+    /// of them: the tensor runtime's [`add_rows`], as candle ops on the model's device.
+    pub(crate) fn add_to_rows(
+        &self,
+        li: usize,
+        proj: Proj,
+        x: &Tensor,
+        y: Tensor,
+    ) -> Result<Tensor> {
+        let (rows, width) = y.dims2()?;
+        let mut y = y;
+        for d in self.layers[li].of(proj) {
+            let dd = x.matmul(&d.at_dev)?.matmul(&d.bt_dev)?;
+            let mut cols = vec![];
+            if d.offset > 0 {
+                cols.push(Tensor::zeros((rows, d.offset), DType::F32, y.device())?);
+            }
+            cols.push(dd);
+            let after = width - d.offset - d.n;
+            if after > 0 {
+                cols.push(Tensor::zeros((rows, after), DType::F32, y.device())?);
+            }
+            y = (y + Tensor::cat(&cols, 1)?)?;
+        }
+        Ok(y)
+    }
+
     /// Whether it was read for a model of this shape.
     pub fn fits(&self, cfg: &ModelConfig) -> bool {
         self.shape == shape_of(cfg)
-    }
-}
-
-/// Where an adapter spec is: a local folder or file as it is, else a hub id's snapshot
-/// (downloaded, or from the cache offline).
-pub fn resolve(spec: &Path, revision: Option<&str>) -> Result<PathBuf> {
-    if spec.exists() {
-        return Ok(spec.to_path_buf());
-    }
-    match spec.to_str() {
-        Some(id) if crate::load::hub::is_hub_id(id) => {
-            crate::load::hub::fetch_adapter(id, revision)
-        }
-        _ => Err(Error::Io(format!(
-            "{}: no such file or folder, not a hub id",
-            spec.display()
-        ))),
     }
 }
 
@@ -353,220 +365,6 @@ fn reorder_rotary_rows(
     out
 }
 
-/// A PEFT folder's LoRA pairs (HF layout).
-fn read_peft(dir: &Path) -> Result<Vec<Pair>> {
-    let cfg_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let c: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::BadConfig(format!("{}: {e}", cfg_path.display())))?;
-    let origin = cfg_path.display();
-    let field = |k: &str| c.get(k).filter(|v| !v.is_null());
-    if let Some(t) = field("peft_type").and_then(|v| v.as_str()) {
-        if t != "LORA" {
-            return Err(Error::Unsupported(format!(
-                "{origin}: peft_type {t:?} (camelid serves LORA adapters)"
-            )));
-        }
-    }
-    let on = |k: &str| field(k).and_then(|v| v.as_bool()) == Some(true);
-    let nonempty = |k: &str| match field(k) {
-        Some(serde_json::Value::Object(m)) => !m.is_empty(),
-        Some(serde_json::Value::Array(a)) => !a.is_empty(),
-        Some(serde_json::Value::String(s)) => !s.is_empty(),
-        _ => false,
-    };
-    for (k, why) in [
-        ("use_dora", "DoRA's magnitude vectors"),
-        ("fan_in_fan_out", "transposed (Conv1D) weights"),
-    ] {
-        if on(k) {
-            return Err(Error::Unsupported(format!("{origin}: {k} ({why})")));
-        }
-    }
-    for (k, why) in [
-        ("alpha_pattern", "per-module alphas"),
-        ("modules_to_save", "whole modules saved beside the adapter"),
-    ] {
-        if nonempty(k) {
-            return Err(Error::Unsupported(format!("{origin}: {k} ({why})")));
-        }
-    }
-    if let Some(b) = field("bias").and_then(|v| v.as_str()) {
-        if b != "none" {
-            return Err(Error::Unsupported(format!(
-                "{origin}: bias {b:?} (LoRA biases)"
-            )));
-        }
-    }
-    // PEFT's `LoraConfig` default.
-    let alpha = field("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(8.0) as f32;
-    let rs = on("use_rslora");
-    let weights = dir.join("adapter_model.safetensors");
-    if !weights.exists() {
-        return Err(Error::Unsupported(format!(
-            "{}: no adapter_model.safetensors (a PyTorch adapter_model.bin must be saved as \
-             safetensors: PEFT's save_pretrained(safe_serialization=True))",
-            dir.display()
-        )));
-    }
-    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
-        .map_err(|e| Error::BadWeights(format!("{}: {e}", weights.display())))?;
-    let mut halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
-    for (name, t) in tensors {
-        let bad = |why: &str| Error::Unsupported(format!("{}: {name}: {why}", weights.display()));
-        let rest = name
-            .strip_prefix("base_model.model.")
-            .unwrap_or(&name)
-            .strip_prefix("model.layers.")
-            .ok_or_else(|| bad("not a LoRA update of a decoder layer's projection"))?;
-        let (idx, tail) = rest.split_once('.').ok_or_else(|| bad("no layer"))?;
-        let layer: usize = idx.parse().map_err(|_| bad("no layer"))?;
-        let (module, which) = if let Some(m) = tail.strip_suffix(".lora_A.weight") {
-            (m, 0)
-        } else if let Some(m) = tail.strip_suffix(".lora_B.weight") {
-            (m, 1)
-        } else {
-            return Err(bad("not a lora_A or lora_B weight"));
-        };
-        let target = Target::from_hf(module).ok_or_else(|| {
-            bad("a module camelid does not adapt (q/k/v/o, gate/up/down projections only)")
-        })?;
-        let t = t.to_dtype(DType::F32)?;
-        let e = halves.entry((layer, target)).or_default();
-        if which == 0 {
-            e.0 = Some(t);
-        } else {
-            e.1 = Some(t);
-        }
-    }
-    pairs_of(halves, alpha, rs, &weights)
-}
-
-/// The pairs of `halves`, each with both of its tensors, sorted by layer.
-fn pairs_of(
-    halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)>,
-    alpha: f32,
-    rs: bool,
-    file: &Path,
-) -> Result<Vec<Pair>> {
-    let mut pairs = halves
-        .into_iter()
-        .map(|((layer, target), (a, b))| match (a, b) {
-            (Some(a), Some(b)) => Ok(Pair {
-                layer,
-                target,
-                a,
-                b,
-                alpha,
-                rs,
-            }),
-            _ => Err(Error::BadWeights(format!(
-                "{}: layer {layer} {target:?} has only one of its A and B matrices",
-                file.display()
-            ))),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    pairs.sort_by_key(|p| (p.layer, p.target as u8));
-    Ok(pairs)
-}
-
-/// A llama.cpp LoRA GGUF's pairs, and the rotary layout its Q/K rows are in (the
-/// architecture's GGUF layout, as its converter wrote them).
-fn read_gguf(path: &Path, cfg: &ModelConfig) -> Result<(Vec<Pair>, RopeStyle)> {
-    let mut g = GgufFile::open(path, &Device::Cpu)?;
-    let origin = path.display().to_string();
-    if g.meta_str("general.type") != Some("adapter") || g.meta_str("adapter.type") != Some("lora") {
-        return Err(Error::BadWeights(format!(
-            "{origin}: not a LoRA adapter (general.type \"adapter\", adapter.type \"lora\")"
-        )));
-    }
-    let arch = g
-        .meta_str("general.architecture")
-        .unwrap_or_default()
-        .to_string();
-    // llama.cpp writes Mistral's files (and their adapters) as `llama`.
-    fn family(a: &str) -> &str {
-        if a == "mistral" {
-            "llama"
-        } else {
-            a
-        }
-    }
-    if family(&arch) != family(&cfg.architecture) {
-        return Err(Error::BadWeights(format!(
-            "{origin}: an adapter for {arch:?}, the model is {:?}",
-            cfg.architecture
-        )));
-    }
-    let layout = crate::models::for_gguf(&arch, &origin)?.gguf_rope;
-    // llama.cpp: no alpha (0) means a scale of 1.
-    let alpha = g.meta_f32("adapter.lora.alpha").unwrap_or(0.0);
-    let names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
-    let mut halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
-    for name in names {
-        let bad = |why: &str| Error::Unsupported(format!("{origin}: {name}: {why}"));
-        let (base, which) = if let Some(b) = name.strip_suffix(".weight.lora_a") {
-            (b, 0)
-        } else if let Some(b) = name.strip_suffix(".weight.lora_b") {
-            (b, 1)
-        } else {
-            return Err(bad("not a lora_a or lora_b tensor"));
-        };
-        let rest = base
-            .strip_prefix("blk.")
-            .ok_or_else(|| bad("not a LoRA update of a decoder layer's projection"))?;
-        let (idx, module) = rest.split_once('.').ok_or_else(|| bad("no layer"))?;
-        let layer: usize = idx.parse().map_err(|_| bad("no layer"))?;
-        let t = g.read_qtensor(&name)?.dequantize(&Device::Cpu)?;
-        // B's rows (its output width) tell Phi-3's fused gate/up from a plain up.
-        let rows = if which == 1 { t.dims2()?.0 } else { 0 };
-        let target = match Target::from_gguf(module, rows, cfg.intermediate_size) {
-            Some(t) => t,
-            // `ffn_up`'s A comes without B's width: keyed as `Up` until B says.
-            None => return Err(bad("a tensor camelid does not adapt")),
-        };
-        let key = (layer, target);
-        let e = halves.entry(key).or_default();
-        if which == 0 {
-            e.0 = Some(t);
-        } else {
-            e.1 = Some(t);
-        }
-    }
-    // Phi-3's fused `ffn_up`: its A was keyed `Up` before its B (keyed `GateUp`) was seen.
-    let fused: Vec<usize> = halves
-        .iter()
-        .filter(|(key, ab)| key.1 == Target::GateUp && ab.0.is_none())
-        .map(|(key, _)| key.0)
-        .collect();
-    for l in fused {
-        if let Some((Some(a), None)) = halves.remove(&(l, Target::Up)) {
-            halves.get_mut(&(l, Target::GateUp)).expect("listed").0 = Some(a);
-        }
-    }
-    let pairs = pairs_of(halves, alpha, false, path)?;
-    // llama.cpp's scale without alpha is 1, i.e. alpha = rank.
-    let pairs = pairs
-        .into_iter()
-        .map(|mut p| {
-            if p.alpha == 0.0 {
-                p.alpha = p.a.dims()[0] as f32;
-            }
-            p
-        })
-        .collect();
-    Ok((pairs, layout))
-}
-
-/// Each batch row's adapter (`None`: the base model's), from the batch's chunks.
-pub(crate) fn row_adapters(batch: &crate::batch::ForwardBatch) -> Vec<Option<&LoraAdapter>> {
-    batch
-        .chunks
-        .iter()
-        .flat_map(|c| std::iter::repeat_n(c.lora.as_deref(), c.len))
-        .collect()
-}
-
 /// Adds each row's adapter update of layer `li`'s matmul `proj` to its output: `x` holds the
 /// matmul's input rows, `out` its output rows (the CPU runtime's buffers).
 pub(crate) fn add_rows(
@@ -591,55 +389,6 @@ pub(crate) fn add_rows(
                 }
             }
         });
-}
-
-/// [`add_rows`] for the tensor runtime: `y` (`x`'s rows through the base matmul) plus each
-/// chunk's adapter update, as candle ops on the model's device.
-pub(crate) fn add_tensor(
-    batch: &crate::batch::ForwardBatch,
-    li: usize,
-    proj: Proj,
-    x: &Tensor,
-    y: Tensor,
-) -> Result<Tensor> {
-    if batch.chunks.iter().all(|c| c.lora.is_none()) {
-        return Ok(y);
-    }
-    let width = y.dim(1)?;
-    let xf = x.to_dtype(DType::F32)?;
-    let mut parts = Vec::with_capacity(batch.chunks.len());
-    let mut off = 0;
-    for c in &batch.chunks {
-        let yc = y.narrow(0, off, c.len)?;
-        let mut yc_f = None;
-        if let Some(a) = &c.lora {
-            let xc = xf.narrow(0, off, c.len)?;
-            let mut acc = yc.to_dtype(DType::F32)?;
-            for d in a.layers[li].of(proj) {
-                let dd = xc.matmul(&d.at_dev)?.matmul(&d.bt_dev)?;
-                let mut cols = vec![];
-                if d.offset > 0 {
-                    cols.push(Tensor::zeros((c.len, d.offset), DType::F32, y.device())?);
-                }
-                cols.push(dd);
-                let after = width - d.offset - d.n;
-                if after > 0 {
-                    cols.push(Tensor::zeros((c.len, after), DType::F32, y.device())?);
-                }
-                acc = (acc + Tensor::cat(&cols, 1)?)?;
-            }
-            yc_f = Some(acc.to_dtype(y.dtype())?);
-        }
-        parts.push(yc_f.unwrap_or(yc));
-        off += c.len;
-    }
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
-/// Whether any chunk of the batch runs under an adapter.
-#[cfg(feature = "cuda")]
-pub(crate) fn any(batch: &crate::batch::ForwardBatch) -> bool {
-    batch.chunks.iter().any(|c| c.lora.is_some())
 }
 
 /// Shared handle to an adapter, as requests and batches hold it.

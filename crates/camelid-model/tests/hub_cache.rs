@@ -90,11 +90,11 @@ fn revisions_resolve_through_the_offline_cache() {
         0.1,
         1,
     );
-    let dir = camelid_model::lora::resolve(Path::new("acme/tiny-lora"), None).unwrap();
+    let dir = camelid_model::load::lora::resolve(Path::new("acme/tiny-lora"), None).unwrap();
     assert_eq!(dir, snapshot);
     camelid_model::LoraAdapter::load("t", &dir, lm.model.config(), lm.model.device())
         .expect("the cached adapter loads");
-    let err = camelid_model::lora::resolve(Path::new("acme/no-lora"), None)
+    let err = camelid_model::load::lora::resolve(Path::new("acme/no-lora"), None)
         .unwrap_err()
         .to_string();
     assert!(

@@ -2,7 +2,7 @@
 //! GGUF file, an HF folder or a hub id → weights, tokenizer, template, stop tokens); the formats
 //! are [`gguf`] and [`hf_folder`] (safetensors, PyTorch `.bin`), with [`gguf_check`] and
 //! [`pth_check`] refusing untrusted files before candle's readers see them; [`weights`] builds the model
-//! from either, [`hub`] and [`registry`] fetch files, [`convert`] writes GGUF as an HF folder.
+//! from either, [`hub`] and [`registry`] fetch files, [`lora`] reads LoRA adapters, [`convert`] writes GGUF as an HF folder.
 
 pub mod convert;
 pub mod gguf;
@@ -11,6 +11,7 @@ pub mod gguf_tokenizer;
 pub mod hf_folder;
 pub mod hub;
 pub mod loader;
+pub mod lora;
 pub mod pth_check;
 pub mod registry;
 pub mod weights;

@@ -117,7 +117,11 @@ fn run(
 
     let inter = model.layers[0].down.in_features();
     // Each row's LoRA adapter, added to each matmul's output (nothing when none has one).
-    let adapters = lora::row_adapters(batch);
+    let adapters: Vec<_> = batch
+        .chunks
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(c.lora.as_deref(), c.len))
+        .collect();
     for (li, layer) in model.layers.iter().enumerate() {
         let host = &norms[li];
         let heads = heads_of(li);

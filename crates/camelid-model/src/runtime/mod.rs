@@ -46,7 +46,7 @@ impl Llama {
         // CUDA with a paged device cache and our kernels: the CUDA serving runtime. It has no
         // LoRA path yet: a batch with adapted rows runs as candle ops.
         #[cfg(feature = "cuda")]
-        if !crate::lora::any(batch) {
+        if batch.chunks.iter().all(|c| c.lora.is_none()) {
             if let Some(out) = cuda::forward(self, batch, kv)? {
                 return Ok(out);
             }

@@ -7,7 +7,7 @@ use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::{Activation, RopeStyle};
 use crate::error::Result;
 use crate::kv::KvStore;
-use crate::lora::{self, Proj};
+use crate::lora::Proj;
 use crate::models::llama::{Layer, Llama};
 use candle_core::{DType, Tensor};
 
@@ -56,7 +56,7 @@ pub(crate) fn forward(
         x = (x + a)?;
         let h = rms_norm(&x, &layer.mlp_norm, eps)?;
         let joined = layer.gate_up.forward_joined(&h)?;
-        let joined = lora::add_tensor(batch, li, Proj::GateUp, &h, joined)?;
+        let joined = add_lora(batch, li, Proj::GateUp, &h, joined)?;
         let act = match f.activation {
             Activation::Silu => ops::silu_mul_joined(&joined)?,
             Activation::GeluTanh => {
@@ -65,7 +65,7 @@ pub(crate) fn forward(
             }
         };
         let m = layer.down.forward(&act)?;
-        let m = lora::add_tensor(batch, li, Proj::Down, &act, m)?;
+        let m = add_lora(batch, li, Proj::Down, &act, m)?;
         let m = match &layer.post_norms {
             Some((_, post_mlp)) => rms_norm(&m, post_mlp, eps)?,
             None => m,
@@ -73,6 +73,33 @@ pub(crate) fn forward(
         x = (x + m)?;
     }
     outputs(model, batch, &x, false)
+}
+
+/// `y` (`x`'s rows through layer `li`'s matmul `proj`) plus each chunk's LoRA update, if its
+/// sequence runs under an adapter.
+fn add_lora(batch: &ForwardBatch, li: usize, proj: Proj, x: &Tensor, y: Tensor) -> Result<Tensor> {
+    if batch.chunks.iter().all(|c| c.lora.is_none()) {
+        return Ok(y);
+    }
+    let xf = x.to_dtype(DType::F32)?;
+    let mut parts = Vec::with_capacity(batch.chunks.len());
+    let mut off = 0;
+    for c in &batch.chunks {
+        let yc = y.narrow(0, off, c.len)?;
+        parts.push(match &c.lora {
+            Some(a) => a
+                .add_to_rows(
+                    li,
+                    proj,
+                    &xf.narrow(0, off, c.len)?,
+                    yc.to_dtype(DType::F32)?,
+                )?
+                .to_dtype(y.dtype())?,
+            None => yc,
+        });
+        off += c.len;
+    }
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// The wanted rows of `x` (every token's residual stream; with `normed`, already through the
@@ -193,7 +220,7 @@ fn attention(
             .contiguous()?)
     };
     let qkv = layer.qkv.forward_joined(h)?;
-    let qkv = lora::add_tensor(batch, li, Proj::Qkv, h, qkv)?;
+    let qkv = add_lora(batch, li, Proj::Qkv, h, qkv)?;
     let qkv = match &layer.qkv_bias {
         Some(b) => qkv.broadcast_add(b)?,
         None => qkv,
@@ -265,5 +292,5 @@ fn attention(
         Tensor::cat(&outs, 0)?
     };
     let y = layer.o.forward(&o)?;
-    lora::add_tensor(batch, li, Proj::O, &o, y)
+    add_lora(batch, li, Proj::O, &o, y)
 }

@@ -444,7 +444,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
         for i in adapters_of(&a.lora_modules, &name, &aliases, specs.len()) {
             let m = &a.lora_modules[i];
             loaded[i] = true;
-            let path = camelid_model::lora::resolve(&m.path, None)
+            let path = camelid_model::load::lora::resolve(&m.path, None)
                 .with_context(|| format!("--lora-modules {}", m.name))?;
             let adapter = camelid_model::LoraAdapter::load(
                 &m.name,
