@@ -287,14 +287,7 @@ fn lora_adapter_matches_llama_cpp() {
     let Some(server) = llama_cpp::binary("llama-server") else {
         return;
     };
-    let case = Case {
-        arch: "llama",
-        gguf_arch: "llama",
-        shape: GQA_UNTIED,
-        extra: serde_json::json!({}),
-        logit_std: 2.0,
-        seed: 11,
-    };
+    let case = llama_case();
     let vocab = vocab_size(&vocab_source());
     let (dir, gguf) = write(&case, vocab);
     let cfg = common::load(&gguf).model.config().clone();
@@ -323,16 +316,21 @@ fn lora_adapter_matches_llama_cpp() {
     eprintln!("{label}: {STEPS} greedy tokens equal; max |Δ logprob| in the top-{TOP}: {d:.2e}");
 }
 
-#[test]
-fn llama_matches_llama_cpp() {
-    check(Case {
+/// The plain LLaMA case: GQA, untied embeddings.
+fn llama_case() -> Case {
+    Case {
         arch: "llama",
         gguf_arch: "llama",
         shape: GQA_UNTIED,
         extra: serde_json::json!({}),
         logit_std: 2.0,
         seed: 11,
-    });
+    }
+}
+
+#[test]
+fn llama_matches_llama_cpp() {
+    check(llama_case());
 }
 
 /// Qwen2's Q/K/V biases, tied embeddings.
