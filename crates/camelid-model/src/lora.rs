@@ -2,9 +2,9 @@
 //! of the sequences that ask for them, so one loaded base model serves itself and any number
 //! of fine-tunes side by side in one batch (vLLM's multi-LoRA serving, llama.cpp's `--lora`).
 //!
-//! An adapter is read (by [`crate::load::lora`]) from a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`,
-//! what `peft`'s `save_pretrained` writes) or from a llama.cpp LoRA GGUF (what
-//! `convert_lora_to_gguf.py` writes). Each of its projections adds
+//! An adapter is read (by `load/lora.rs`) from a PEFT folder (`adapter_config.json` +
+//! `adapter_model.safetensors`, what `peft`'s `save_pretrained` writes) or from a llama.cpp
+//! LoRA GGUF (what `convert_lora_to_gguf.py` writes). Each of its projections adds
 //! `scale · (x Aᵀ) Bᵀ` to the base projection's output `x Wᵀ`, with `scale = alpha / rank`
 //! (PEFT's `lora_alpha / r`, `/ √r` under rsLoRA; llama.cpp's `adapter.lora.alpha / rank`).
 //! The weights are never merged: the base stays shared, quantized or not.
@@ -209,7 +209,7 @@ pub(crate) struct Pair {
 impl LoraAdapter {
     /// The adapter of the `pairs` read from `path` (their Q/K rows in `layout`) for a model
     /// with config `cfg` on `device`; every tensor's shape is checked against the model's.
-    /// Reading the files: [`crate::load::lora`].
+    /// Reading the files: `load/lora.rs`.
     pub(crate) fn from_pairs(
         name: &str,
         path: &Path,

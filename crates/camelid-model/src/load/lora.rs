@@ -98,7 +98,7 @@ fn read_peft(dir: &Path) -> Result<Vec<Pair>> {
     }
     let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
         .map_err(|e| Error::BadWeights(format!("{}: {e}", weights.display())))?;
-    let mut halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    let mut halves = Halves::new();
     for (name, t) in tensors {
         let bad = |why: &str| Error::Unsupported(format!("{}: {name}: {why}", weights.display()));
         let rest = name
@@ -119,23 +119,25 @@ fn read_peft(dir: &Path) -> Result<Vec<Pair>> {
             bad("a module camelid does not adapt (q/k/v/o, gate/up/down projections only)")
         })?;
         let t = t.to_dtype(DType::F32)?;
-        let e = halves.entry((layer, target)).or_default();
-        if which == 0 {
-            e.0 = Some(t);
-        } else {
-            e.1 = Some(t);
-        }
+        put(&mut halves, (layer, target), which, t);
     }
     pairs_of(halves, alpha, rs, &weights)
 }
 
+/// Each update's A and B (index 0 and 1) as they are found.
+type Halves = HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)>;
+
+fn put(halves: &mut Halves, key: (usize, Target), which: usize, t: Tensor) {
+    let e = halves.entry(key).or_default();
+    if which == 0 {
+        e.0 = Some(t);
+    } else {
+        e.1 = Some(t);
+    }
+}
+
 /// The pairs of `halves`, each with both of its tensors, sorted by layer.
-fn pairs_of(
-    halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)>,
-    alpha: f32,
-    rs: bool,
-    file: &Path,
-) -> Result<Vec<Pair>> {
+fn pairs_of(halves: Halves, alpha: f32, rs: bool, file: &Path) -> Result<Vec<Pair>> {
     let mut pairs = halves
         .into_iter()
         .map(|((layer, target), (a, b))| match (a, b) {
@@ -189,7 +191,7 @@ fn read_gguf(path: &Path, cfg: &ModelConfig) -> Result<(Vec<Pair>, RopeStyle)> {
     // llama.cpp: no alpha (0) means a scale of 1.
     let alpha = g.meta_f32("adapter.lora.alpha").unwrap_or(0.0);
     let names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
-    let mut halves: HashMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    let mut halves = Halves::new();
     for name in names {
         let bad = |why: &str| Error::Unsupported(format!("{origin}: {name}: {why}"));
         let (base, which) = if let Some(b) = name.strip_suffix(".weight.lora_a") {
@@ -213,12 +215,7 @@ fn read_gguf(path: &Path, cfg: &ModelConfig) -> Result<(Vec<Pair>, RopeStyle)> {
             None => return Err(bad("a tensor camelid does not adapt")),
         };
         let key = (layer, target);
-        let e = halves.entry(key).or_default();
-        if which == 0 {
-            e.0 = Some(t);
-        } else {
-            e.1 = Some(t);
-        }
+        put(&mut halves, key, which, t);
     }
     // Phi-3's fused `ffn_up`: its A was keyed `Up` before its B (keyed `GateUp`) was seen.
     let fused: Vec<usize> = halves
