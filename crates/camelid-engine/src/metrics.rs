@@ -15,6 +15,10 @@ pub struct EngineMetrics {
     pub cancelled: AtomicU64,
     pub preemptions: AtomicU64,
     pub kv_blocks_used: AtomicU64,
+    /// The most KV blocks held at once during a step since the engine started (read at
+    /// the forward, when the step's blocks are all reserved): `kv_blocks_used` is read
+    /// between steps, after finished sequences gave theirs back.
+    pub kv_blocks_peak: AtomicU64,
     pub kv_blocks_total: AtomicU64,
     pub prefix_cache_hits: AtomicU64,
     pub prefix_cache_lookups: AtomicU64,

@@ -896,6 +896,7 @@ impl Engine {
                     prefill as u64,
                 );
             }
+            M::max(&self.metrics.kv_blocks_peak, self.kv.pool.used() as u64);
             self.forward_and_sample(batch, members, &mut done);
             let secs = started.elapsed().as_secs_f64();
             self.metrics.step_seconds.observe(secs);

@@ -98,18 +98,18 @@ fn generate_in_engine(gemma: bool) -> (Vec<u32>, Vec<u32>, usize, usize) {
             lora: None,
         })
         .unwrap();
-    let (mut got, mut most_blocks) = (vec![], 0);
+    let mut got = vec![];
     while let Some(e) = rx.blocking_recv() {
         match e {
-            Event::Token { token, .. } => {
-                got.push(token);
-                most_blocks = most_blocks.max(EngineMetrics::get(&engine.metrics.kv_blocks_used));
-            }
+            Event::Token { token, .. } => got.push(token),
             Event::Finished { .. } => break,
             Event::Error(e) | Event::GrammarFailed(e) | Event::Refused(e) => panic!("{e}"),
             Event::PromptLogprobs(_) | Event::Embedding(_) => {}
         }
     }
+    // Read at each step's forward: sampling `kv_blocks_used` as tokens arrive raced the
+    // engine (a fast one had finished and given every block back before the reads).
+    let most_blocks = EngineMetrics::get(&engine.metrics.kv_blocks_peak);
     let unbounded = (prompt.len() + n_new).div_ceil(bs);
     (got, want, most_blocks as usize, unbounded)
 }

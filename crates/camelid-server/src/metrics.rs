@@ -215,6 +215,12 @@ impl ServerMetrics {
                 |e| E::get(&e.kv_blocks_used),
             ),
             (
+                "camelid_kv_blocks_peak",
+                "gauge",
+                "Most KV blocks held at once during a step since start.",
+                |e| E::get(&e.kv_blocks_peak),
+            ),
+            (
                 "camelid_kv_blocks_total",
                 "gauge",
                 "KV blocks in the pool.",

@@ -918,6 +918,12 @@ fn disconnect_cancels_generation() {
     }
     let generated = metric(&s.base, "camelid_generation_tokens_total");
     assert!(generated < 400.0, "the whole generation ran: {generated}");
+    // The high-water mark outlives the blocks.
+    let peak = metric(&s.base, "camelid_kv_blocks_peak");
+    assert!(
+        peak >= 1.0,
+        "camelid_kv_blocks_peak {peak} after a generation"
+    );
 }
 
 #[test]
