@@ -141,7 +141,7 @@ impl ServerMetrics {
         );
         use camelid_engine::EngineMetrics as E;
         type Get = fn(&E) -> u64;
-        let per_engine: [(&str, &str, &str, Get); 16] = [
+        let per_engine: [(&str, &str, &str, Get); 17] = [
             (
                 "camelid_running_requests",
                 "gauge",
