@@ -46,6 +46,8 @@ pub struct EngineHandle {
     lora: Option<SharedLora>,
     /// The model's configuration, which an adapter must fit.
     model_config: Arc<ModelConfig>,
+    /// Where the model's weights live (an adapter is read onto it).
+    device: candle_core::Device,
 }
 
 impl EngineHandle {
@@ -70,6 +72,7 @@ impl EngineHandle {
             stopping: stopping.clone(),
             lora: None,
             model_config: Arc::new(lm.model.config().clone()),
+            device: lm.model.device().clone(),
         };
         M::set(&metrics.kv_blocks_total, num_blocks as u64);
         let c = lm.model.config().clone();
@@ -165,6 +168,15 @@ impl EngineHandle {
             lora: Some(lora),
             ..self.clone()
         })
+    }
+
+    /// The model's configuration and device: what [`camelid_model::LoraAdapter::load`] reads
+    /// an adapter for.
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model_config
+    }
+    pub fn device(&self) -> &candle_core::Device {
+        &self.device
     }
 
     /// Whether `other` is a handle of the same engine (with or without an adapter).

@@ -40,7 +40,7 @@ pub use limits::RequestLimits;
 pub use listen::ConnectionLimits;
 use routes::{
     arena as arena_routes, chat as chat_routes, completions, embeddings as embedding_routes,
-    health, metrics as metrics_routes, models, ollama as ollama_routes, pages,
+    health, lora as lora_routes, metrics as metrics_routes, models, ollama as ollama_routes, pages,
     responses as responses_routes, tokenize,
 };
 pub use state::{AppState, ModelEntry, ServerConfig};
@@ -122,6 +122,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(embedding_routes::embeddings))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        // vLLM's adapters at run time (404 unless --allow-runtime-lora).
+        .route("/v1/load_lora_adapter", post(lora_routes::load))
+        .route("/v1/unload_lora_adapter", post(lora_routes::unload))
         // Ollama's native API, for its clients (Open WebUI, its Python and JS libraries).
         .route("/api/chat", post(ollama_routes::chat))
         .route("/api/generate", post(ollama_routes::generate))

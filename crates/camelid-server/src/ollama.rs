@@ -451,10 +451,11 @@ fn since_epoch(secs: u64) -> String {
     timestamp(chrono::DateTime::from_timestamp(secs as i64, 0).unwrap_or_default())
 }
 
-/// `details` of a model listing.
-fn details(m: &ModelEntry) -> Value {
+/// `details` of a model listing; a LoRA adapter's `parent_model` is its base's name.
+fn details(models: &[Arc<ModelEntry>], m: &ModelEntry) -> Value {
     let d = &m.details;
-    json!({"parent_model": "", "format": d.format, "family": d.architecture,
+    let parent = crate::state::base_of(models, m).map_or("", |b| b.name.as_str());
+    json!({"parent_model": parent, "format": d.format, "family": d.architecture,
            "families": [d.architecture], "parameter_size": d.parameter_size(),
            "quantization_level": ""})
 }
@@ -473,7 +474,7 @@ pub fn listing(models: &[Arc<ModelEntry>], running: bool) -> Value {
     for m in models {
         for name in std::iter::once(&m.name).chain(&m.aliases) {
             let mut e = json!({"name": name, "model": name, "size": m.details.size_bytes,
-                "digest": digest(m, name), "details": details(m)});
+                "digest": digest(m, name), "details": details(models, m)});
             if running {
                 // Loaded until the server stops.
                 e["expires_at"] = "2318-01-01T00:00:00Z".into();
@@ -488,8 +489,9 @@ pub fn listing(models: &[Arc<ModelEntry>], running: bool) -> Value {
     json!({"models": out})
 }
 
-/// `/api/show`: what the model is and what it can do.
-pub fn show(m: &ModelEntry, takes_tools: bool) -> Value {
+/// `/api/show`: what the model is and what it can do (`models`: every served one, for an
+/// adapter's base).
+pub fn show(models: &[Arc<ModelEntry>], m: &ModelEntry, takes_tools: bool) -> Value {
     let d = &m.details;
     let a = &d.architecture;
     let mut capabilities = vec!["completion"];
@@ -512,7 +514,7 @@ pub fn show(m: &ModelEntry, takes_tools: bool) -> Value {
         "modelfile": "",
         "parameters": "",
         "template": template,
-        "details": details(m),
+        "details": details(models, m),
         "model_info": {
             "general.architecture": a,
             "general.parameter_count": d.parameters,

@@ -117,6 +117,23 @@ impl ModelEntry {
     pub fn grammar(&self) -> &Arc<camelid_model::GrammarCompiler> {
         self.engine.grammar()
     }
+
+    /// A LoRA adapter served beside this (base) model, under the adapter's name: the same
+    /// engine, template and limits, its requests run under the adapter. An adapter read for
+    /// another shape is refused.
+    pub fn adapted(&self, adapter: camelid_engine::SharedLora) -> Result<ModelEntry, String> {
+        Ok(ModelEntry {
+            name: adapter.name.clone(),
+            aliases: vec![],
+            engine: self.engine.with_lora(adapter)?,
+            template: self.template.clone(),
+            stop_token_ids: self.stop_token_ids.clone(),
+            stop_strings: self.stop_strings.clone(),
+            max_model_len: self.max_model_len,
+            created: self.created,
+            details: self.details.clone(),
+        })
+    }
 }
 
 /// The base model a LoRA adapter's entry runs on: the entry of the same engine without an
@@ -162,6 +179,9 @@ pub struct ServerConfig {
     /// How embeddings pool every model's hidden states (`--pooling`); `None`: what each
     /// model's files name, else the last token's.
     pub pooling: Option<camelid_model::Pooling>,
+    /// Serve `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` (`--allow-runtime-lora`):
+    /// callers then name files on the server's disk.
+    pub runtime_lora: bool,
 }
 
 impl Default for ServerConfig {
@@ -180,6 +200,7 @@ impl Default for ServerConfig {
             allowed_origins: vec![],
             reasoning_parser: false,
             pooling: None,
+            runtime_lora: false,
         }
     }
 }
@@ -238,6 +259,20 @@ impl AppState {
         for m in self.models().unwrap_or_default() {
             m.engine.stop_admitting();
         }
+    }
+
+    /// Changes the served models under the lock (adapters loaded and unloaded at run time);
+    /// `f`'s error leaves them as they were. While the models load: 503.
+    pub fn update_models<T>(
+        &self,
+        f: impl FnOnce(&mut Vec<Arc<ModelEntry>>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut guard = self.models.write().unwrap();
+        let models = guard.as_mut().ok_or_else(Self::loading_error)?;
+        let mut next = models.clone();
+        let out = f(&mut next)?;
+        *models = next;
+        Ok(out)
     }
 
     /// None while the models load.

@@ -155,6 +155,8 @@ fn sigterm_lets_streams_finish_then_exits() {
     let t = Instant::now();
     loop {
         match std::net::TcpStream::connect(&addr) {
+            // A connection that raced the listener's close is reset: try again.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(e) => {
                 assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
                 break;
@@ -439,6 +441,157 @@ fn lora_modules_serve_adapters_beside_their_base() {
         !out.status.success() && err.contains("two served models"),
         "{err}"
     );
+}
+
+/// `--allow-runtime-lora`: vLLM's `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`
+/// add and remove adapters on a running server; without the flag they are 404.
+#[test]
+fn runtime_lora_adapters_load_replace_and_unload() {
+    let lm = camelid_model::load(None, &Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |dir: &str, seed| {
+        model_fixtures::lora::write_peft(
+            &tmp.path().join(dir),
+            lm.model.config(),
+            8,
+            16.0,
+            model_fixtures::lora::ALL_TARGETS,
+            0.02,
+            seed,
+        )
+    };
+    let (a, b) = (write("a", 5), write("b", 6));
+    let load = |base: &str, body: serde_json::Value| {
+        post_json(base, "/v1/load_lora_adapter", &body.to_string())
+    };
+    let plain = serve(&["--model", "smol=smollm2-135m-instruct"]);
+    let (st, e) = load(
+        &plain.base,
+        serde_json::json!({"lora_name": "tuned", "lora_path": a.dir}),
+    );
+    assert_eq!(st, 404, "{e}");
+    assert!(e.to_string().contains("--allow-runtime-lora"), "{e}");
+    let s = serve(&[
+        "--model",
+        "smol=smollm2-135m-instruct",
+        "--allow-runtime-lora",
+    ]);
+    let ask = |model: &str| {
+        let body = serde_json::json!({"model": model, "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": "Name three colours of the rainbow."}]});
+        let (st, b) = post_json(&s.base, "/v1/chat/completions", &body.to_string());
+        (st, b["choices"][0]["message"]["content"].clone(), b)
+    };
+    let ids = || {
+        let (st, list) = common::http::request(&s.base, "GET", "/v1/models", &[], "").unwrap();
+        assert_eq!(st, 200, "{list}");
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        list["data"].as_array().unwrap().clone()
+    };
+    let (_, base_text, _) = ask("smol");
+    let (st, ok) = load(
+        &s.base,
+        serde_json::json!({"lora_name": "tuned", "lora_path": a.dir}),
+    );
+    assert_eq!(st, 200, "{ok}");
+    assert_eq!(ok, "Success: LoRA adapter 'tuned' added successfully.");
+    let listed = ids();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[1]["id"], "tuned");
+    assert_eq!(listed[1]["parent"], "smol");
+    assert_eq!(listed[1]["root"], a.dir.display().to_string());
+    let (st, tuned_a, body) = ask("tuned");
+    assert_eq!(st, 200, "{body}");
+    assert_ne!(tuned_a, base_text, "the adapter changed nothing");
+    assert_eq!(ask("smol").1, base_text, "the base beside its adapter");
+    // Refused: a name taken (by the adapter, by the base), a path that holds no adapter,
+    // and a body without the fields.
+    for (body, want) in [
+        (
+            serde_json::json!({"lora_name": "tuned", "lora_path": b.dir}),
+            "has already been loaded",
+        ),
+        (
+            serde_json::json!({"lora_name": "smol", "lora_path": b.dir, "load_inplace": true}),
+            "has already been loaded",
+        ),
+        (
+            serde_json::json!({"lora_name": "x", "lora_path": tmp.path().join("none")}),
+            "none",
+        ),
+        (serde_json::json!({"lora_name": "x"}), "must be provided"),
+    ] {
+        let (st, e) = load(&s.base, body.clone());
+        assert_eq!(st, 400, "{body}: {e}");
+        assert!(
+            e["error"]["message"].to_string().contains(want),
+            "{body}: {e}"
+        );
+    }
+    // Replaced in place by another adapter: its answers are the new adapter's, the same as
+    // it gives under a name of its own (the old adapter's cached prompt is not reused).
+    let (st, ok) = load(
+        &s.base,
+        serde_json::json!({"lora_name": "tuned", "lora_path": b.dir, "load_inplace": true}),
+    );
+    assert_eq!(st, 200, "{ok}");
+    let tuned_b = ask("tuned").1;
+    assert_ne!(tuned_b, tuned_a, "still the first adapter");
+    let (st, ok) = load(
+        &s.base,
+        serde_json::json!({"lora_name": "b", "lora_path": b.dir, "base_model_name": "smol"}),
+    );
+    assert_eq!(st, 200, "{ok}");
+    assert_eq!(ask("b").1, tuned_b);
+    // Ollama's listing names an adapter's base as its parent.
+    let (st, tags) = common::http::request(&s.base, "GET", "/api/tags", &[], "").unwrap();
+    assert_eq!(st, 200, "{tags}");
+    let tags: serde_json::Value = serde_json::from_str(&tags).unwrap();
+    let parent = |name: &str| {
+        tags["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["details"]["parent_model"].clone())
+    };
+    assert_eq!(parent("b"), Some("smol".into()), "{tags}");
+    assert_eq!(parent("smol"), Some("".into()), "{tags}");
+    // Unloaded: gone from the listing and the requests, the base unchanged.
+    let unload = |name: &str| {
+        post_json(
+            &s.base,
+            "/v1/unload_lora_adapter",
+            &serde_json::json!({ "lora_name": name }).to_string(),
+        )
+    };
+    let (st, ok) = unload("tuned");
+    assert_eq!(st, 200, "{ok}");
+    assert_eq!(ok, "Success: LoRA adapter 'tuned' removed successfully.");
+    let (st, _, e) = ask("tuned");
+    assert_eq!(st, 404, "{e}");
+    let names: Vec<_> = ids().iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(names, ["smol", "b"]);
+    for name in ["tuned", "smol"] {
+        let (st, e) = unload(name);
+        assert_eq!(st, 404, "{name}: {e}");
+        assert!(e.to_string().contains("cannot be found"), "{e}");
+    }
+    assert_eq!(ask("smol").1, base_text);
+    // Open to the network without a key: refused at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--host",
+            "0.0.0.0",
+            "--allow-runtime-lora",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--api-key"), "{err}");
 }
 
 #[test]

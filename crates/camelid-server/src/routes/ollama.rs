@@ -471,7 +471,8 @@ pub async fn show(
     let model = ollama::resolve(&state, name)?;
     let template = model.template.clone();
     let takes_tools = blocking(&permit, move || Ok(tools::template_takes_tools(&template))).await?;
-    Ok(axum::Json(ollama::show(&model, takes_tools)).into_response())
+    let models = state.models().unwrap_or_default();
+    Ok(axum::Json(ollama::show(&models, &model, takes_tools)).into_response())
 }
 
 /// `POST /api/embed`: unit-length vectors of the final hidden states, pooled as the model is

@@ -24,6 +24,12 @@ pub struct ServeArgs {
     /// adapter, batched with the others; the base is the one model served, or MODEL.
     #[arg(long = "lora-modules", num_args = 1.., value_parser = parse_lora_module)]
     lora_modules: Vec<LoraModule>,
+    /// Serve vLLM's `POST /v1/load_lora_adapter` (`{"lora_name", "lora_path",
+    /// "base_model_name"}`) and `/v1/unload_lora_adapter` (`{"lora_name"}`): adapters added
+    /// and removed while running (vLLM's `VLLM_ALLOW_RUNTIME_LORA_UPDATING`). A caller names
+    /// files on this machine: keep it behind --api-key.
+    #[arg(long, env = "CAMELID_ALLOW_RUNTIME_LORA")]
+    allow_runtime_lora: bool,
     /// Chat template for every model (default: each model's own, or chosen by name).
     #[arg(long)]
     template: Option<String>,
@@ -476,24 +482,12 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             engine: camelid_engine::EngineHandle::spawn(lm, engine_config),
         };
         // The base, then each adapter: the base's engine seen through it, under its name.
-        let base = entry.engine.clone();
-        let (template, stops) = (entry.template.clone(), entry.stop_token_ids.clone());
-        let (stop_strings, details) = (entry.stop_strings.clone(), entry.details.clone());
-        let (max_model_len, created) = (entry.max_model_len, entry.created);
+        let adapted: Vec<_> = adapters
+            .into_iter()
+            .map(|a| entry.adapted(a).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?;
         out.push(entry);
-        for adapter in adapters {
-            out.push(camelid_server::ModelEntry {
-                name: adapter.name.clone(),
-                aliases: vec![],
-                engine: base.with_lora(adapter).map_err(anyhow::Error::msg)?,
-                template: template.clone(),
-                stop_token_ids: stops.clone(),
-                stop_strings: stop_strings.clone(),
-                max_model_len,
-                created,
-                details: details.clone(),
-            });
-        }
+        out.extend(adapted);
     }
     if let Some(i) = loaded.iter().position(|l| !l) {
         let m = &a.lora_modules[i];
@@ -524,6 +518,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "--arena-private puts the arena behind the API keys: give --api-key or --api-key-file"
         );
     }
+    let loopback = a
+        .host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+        || a.host == "localhost";
+    if a.allow_runtime_lora && api_keys.is_empty() && !loopback {
+        anyhow::bail!(
+            "--allow-runtime-lora lets callers load files of this machine: give --api-key or \
+             --api-key-file, or listen on a loopback address"
+        );
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let served = rt.block_on(async move {
         let arena = a.arena.open().await?;
@@ -547,6 +552,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 allowed_origins: a.allowed_origins.clone(),
                 reasoning_parser: a.reasoning_parser != "none",
                 pooling: a.pooling.as_deref().and_then(camelid_model::Pooling::parse),
+                runtime_lora: a.allow_runtime_lora,
             })
             .with_arena(arena),
         );
