@@ -206,6 +206,20 @@ fn sigterm_lets_streams_finish_then_exits() {
     assert!(st.success(), "exit status {st}");
 }
 
+/// `camelid serve --port 0 ARGS` stops at start with an error that contains `says`.
+fn serve_refuses(args: &[&str], says: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(says),
+        "{args:?}: {err}"
+    );
+}
+
 /// A non-streamed POST over a raw connection: (status, JSON body).
 fn post_json(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
@@ -325,12 +339,7 @@ fn speculative_config_gives_the_same_answers() {
             "prompt_lookup_min",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-            .args(["serve", "--port", "0", "--speculative-config", bad])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(says), "{bad}: {err}");
+        serve_refuses(&["--speculative-config", bad], says);
     }
 }
 
@@ -420,27 +429,13 @@ fn lora_modules_serve_adapters_beside_their_base() {
     let twice = |base: &str| {
         serde_json::json!({"name": "x", "path": a.dir, "base_model_name": base}).to_string()
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args(["serve", "--port", "0", "--lora-modules"])
-        .args([twice("smol"), twice("typo")])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("two adapters are named"),
-        "{err}"
+    serve_refuses(
+        &["--lora-modules", &twice("smol"), &twice("typo")],
+        "two adapters are named",
     );
     // An adapter's name may not take a served model's.
     let clash = format!("smollm2-135m-instruct={}", a.dir.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args(["serve", "--port", "0", "--lora-modules", &clash])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("two served models"),
-        "{err}"
-    );
+    serve_refuses(&["--lora-modules", &clash], "two served models");
 }
 
 /// `--allow-runtime-lora`: vLLM's `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`
@@ -579,19 +574,7 @@ fn runtime_lora_adapters_load_replace_and_unload() {
     }
     assert_eq!(ask("smol").1, base_text);
     // Open to the network without a key: refused at start.
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--host",
-            "0.0.0.0",
-            "--allow-runtime-lora",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--api-key"), "{err}");
+    serve_refuses(&["--host", "0.0.0.0", "--allow-runtime-lora"], "--api-key");
 }
 
 #[test]
