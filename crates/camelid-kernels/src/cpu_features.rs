@@ -68,6 +68,52 @@ pub fn avx_vnni() -> bool {
     }
 }
 
+/// Whether AMX-INT8 tiles may be used (besides [`avx512_vnni`]'s features): the CPU lists
+/// AMX-TILE and AMX-INT8 and Linux granted this process the tile state (asked here, once:
+/// without the grant the first tile instruction faults). `CAMELID_NO_AMX=1` says no.
+pub fn amx() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            if std::env::var("CAMELID_NO_AMX").is_ok_and(|v| v == "1") || !avx512_vnni() {
+                return false;
+            }
+            // CPUID.(EAX = 7, ECX = 0):EDX bit 24 is AMX-TILE, bit 25 AMX-INT8.
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            leaf.edx & (3 << 24) == 3 << 24 && request_tile_state()
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, then reads the permission back.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_state() -> bool {
+    const ARCH_GET_XCOMP_PERM: libc::c_long = 0x1022;
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    let mut perm: u64 = 0;
+    // Safety: the request takes two integers; the read writes one u64 through the pointer.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+            && libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_GET_XCOMP_PERM,
+                &mut perm as *mut u64,
+            ) == 0
+            && perm & (1 << XFEATURE_XTILEDATA) != 0
+    }
+}
+
 fn no_vnni() -> bool {
     std::env::var("CAMELID_NO_VNNI").is_ok_and(|v| v == "1")
 }

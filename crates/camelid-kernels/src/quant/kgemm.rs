@@ -1,6 +1,7 @@
 //! `y = x · Wᵀ` for the K formats (Q4_K, Q5_K, Q6_K) × Q8_K activations: row-group tiling
 //! over rayon (as for the 32-value formats) and the kernel flavour, chosen by the weight's
-//! group size and the CPU: AVX2 or AVX-512, each with or without VNNI's `vpdpbusd`.
+//! group size and the CPU: AVX2 or AVX-512, each with or without VNNI's `vpdpbusd`, and AMX
+//! tiles over the AVX-512 groups for prompts.
 
 use super::reference::dot_rows_k_scalar;
 use super::weight::Layout;
@@ -9,6 +10,10 @@ use super::{
     ROW_TILE,
 };
 use crate::OutPtr;
+
+/// Activation rows from which a K matmul runs on AMX tiles where the CPU has them (below,
+/// the AVX-512 VNNI passes): each call unpacks its groups once, which a few rows do not repay.
+const AMX_MIN_ROWS: usize = 32;
 
 /// Rows a row tile needs before its passes over a group on AVX2 (without VNNI) run on the
 /// group unpacked to a byte a value (`k256::unpack_q45`, `k256::unpack_q6`), which costs about
@@ -36,6 +41,8 @@ pub(crate) enum Flavour {
     Avx512,
     /// 16-row groups, AVX-512 VNNI `vpdpbusd`.
     Avx512Vnni,
+    /// 16-row groups, AMX tiles (`quant::x86::amx`).
+    Amx,
 }
 
 impl Flavour {
@@ -44,7 +51,7 @@ impl Flavour {
         match self {
             Flavour::Scalar => 0,
             Flavour::Avx2 | Flavour::AvxVnni => 8,
-            Flavour::Avx512 | Flavour::Avx512Vnni => 16,
+            Flavour::Avx512 | Flavour::Avx512Vnni | Flavour::Amx => 16,
         }
     }
 
@@ -60,14 +67,15 @@ impl Flavour {
                 (Flavour::AvxVnni, f::avx_vnni()),
                 (Flavour::Avx512, f::avx512()),
                 (Flavour::Avx512Vnni, f::avx512_vnni()),
+                (Flavour::Amx, f::amx()),
             ];
             v.extend(runs.iter().filter(|(_, ok)| *ok).map(|(fl, _)| *fl));
         }
         v
     }
 
-    /// The fastest flavour this CPU has for a matrix laid out as `w`.
-    fn best_for(w: &QWeight) -> Flavour {
+    /// The fastest flavour this CPU has for a matrix laid out as `w` and `m` activation rows.
+    fn best_for(w: &QWeight, m: usize) -> Flavour {
         let group = match w.layout {
             Layout::Rows(_) => 0,
             Layout::Interleaved { group, .. } => group,
@@ -75,14 +83,14 @@ impl Flavour {
         Flavour::available()
             .into_iter()
             .rev()
-            .find(|f| f.group() == group)
+            .find(|f| f.group() == group && (*f != Flavour::Amx || m >= AMX_MIN_ROWS))
             .expect("an interleaved K matrix only where its kernels run")
     }
 }
 
 /// `out (acts.rows(), w.rows) = acts · Wᵀ` with the best kernels for `w`'s layout.
 pub(super) fn matmul_k(w: &QWeight, acts: &QActs, out: &mut [f32]) {
-    matmul_k_with(w, acts, out, Flavour::best_for(w))
+    matmul_k_with(w, acts, out, Flavour::best_for(w, acts.rows()))
 }
 
 pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour: Flavour) {
@@ -111,6 +119,9 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                 }
             };
             run_split(n, blocks, work);
+        }
+        Layout::Interleaved { data, .. } if flavour == Flavour::Amx => {
+            matmul_k_amx(w, acts, &rows, data, out)
         }
         Layout::Interleaved { group, data } => {
             let g = *group;
@@ -158,6 +169,91 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             };
             run_split(n.div_ceil(g), blocks, work);
         }
+    }
+}
+
+/// One cache line, the unit the AMX path's unpacked groups are allocated in (tile rows are
+/// loaded whole).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+thread_local! {
+    /// The AMX path's per-thread buffers: the unpacked group, the last activation tile padded
+    /// to 16 rows, and the group's outputs for every activation row.
+    #[allow(clippy::type_complexity)]
+    static AMX_SCRATCH: std::cell::RefCell<(Vec<Line>, Vec<i8>, Vec<[f32; 16]>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// [`matmul_k_with`] on AMX tiles: tasks over 16-row groups; each group is unpacked once
+/// (`amx::unpack_*`) and every tile of activation rows runs over it.
+fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::x86::amx::{self, G};
+        let (n, m, cols) = (w.rows, rows.len(), w.cols);
+        let nsb = cols / QK_K;
+        let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, G);
+        let six = w.kind == QKind::Q6K;
+        let ptr = OutPtr(out.as_mut_ptr());
+        let work = |g0: usize, g1: usize| {
+            AMX_SCRATCH.with(|scratch| {
+                let (lines, pad, acc) = &mut *scratch.borrow_mut();
+                lines.resize(nsb * amx::unpacked_sb_bytes(six) / 64, Line([0; 64]));
+                let u = lines.as_mut_ptr() as *mut u8;
+                acc.resize(m, [0.0; G]);
+                let tail = m % G;
+                if tail != 0 {
+                    // The last 16-row tile's rows, then zero rows: a tile load reads 16.
+                    pad.clear();
+                    pad.extend_from_slice(&acts.qs[(m - tail) * cols..m * cols]);
+                    pad.resize(G * cols, 0);
+                }
+                // Safety: the AMX flavour runs only where `cpu_features::amx` said yes; group
+                // gi is in `data` (the last one padded to 16 rows), `lines` holds one unpacked
+                // group, whole 16-row tiles are read in place and the last partial one from
+                // `pad`, and the writes stay in rows < m and in the columns < n of this
+                // task's groups.
+                unsafe {
+                    amx::configure();
+                    for gi in g0..g1 {
+                        let wg = data[gi * group_bytes..].as_ptr();
+                        let (a, p) = (acts.qs.as_ptr(), pad.as_ptr());
+                        match w.kind {
+                            QKind::Q4K => {
+                                amx::unpack_q45::<false>(wg, nsb, u);
+                                amx::gemm_k_group::<4>(wg, u, nsb, a, p, cols, rows, acc);
+                            }
+                            QKind::Q5K => {
+                                amx::unpack_q45::<true>(wg, nsb, u);
+                                amx::gemm_k_group::<5>(wg, u, nsb, a, p, cols, rows, acc);
+                            }
+                            QKind::Q6K => {
+                                amx::unpack_q6(wg, nsb, u);
+                                amx::gemm_k_group::<6>(wg, u, nsb, a, p, cols, rows, acc);
+                            }
+                            k => unreachable!("{k:?} is not a K format"),
+                        }
+                        let real = (n - gi * G).min(G);
+                        for (r, row) in acc.iter().enumerate() {
+                            std::ptr::copy_nonoverlapping(
+                                row.as_ptr(),
+                                ptr.at(r * n + gi * G),
+                                real,
+                            );
+                        }
+                    }
+                    amx::release();
+                }
+            })
+        };
+        run_split(n.div_ceil(G), m * n * (cols / BLOCK), work);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, acts, rows, data, out);
+        unreachable!("AMX kernels are x86 only")
     }
 }
 

@@ -461,3 +461,53 @@ fn k_weights_use_the_k_kernels_and_fuse_when_unpadded() {
         );
     }
 }
+
+/// The AMX tiles give a row the same bits as the AVX-512 VNNI passes (the same integer sums,
+/// the same f32 steps), so a prompt row's logits do not depend on how many rows shared the
+/// call (prompts run on AMX, single decodes on VNNI). Every tile remainder (1–15 rows past a
+/// whole tile), padded groups and an odd group count, extreme and random weights.
+#[test]
+fn amx_tiles_give_the_vnni_passes_bits() {
+    let flavours = kgemm::Flavour::available();
+    if !flavours.contains(&kgemm::Flavour::Amx) {
+        eprintln!("no AMX on this CPU (or CAMELID_NO_AMX=1); nothing to compare");
+        return;
+    }
+    for t in K_TYPES {
+        let kind = QKind::from_ggml(t).unwrap();
+        for (m, n) in [(16, 32), (20, 16), (33, 48), (47, 37), (1, 16), (130, 96)] {
+            let k = 768;
+            for extreme in [false, true] {
+                let data = if extreme {
+                    extreme_k_rows(kind, n, k)
+                } else {
+                    rows_of(t, n, k)
+                };
+                let x: Vec<f32> = if extreme {
+                    (0..m * k)
+                        .map(|i| if (i / 5) % 3 == 0 { -1.0 } else { 1.0 })
+                        .collect()
+                } else {
+                    random(m * k, 13)
+                };
+                let acts = q8k(&x, m, k);
+                let run = |flavour| {
+                    let w = laid_out(kind, n, k, data.clone(), flavour);
+                    let mut out = vec![f32::NAN; m * n];
+                    kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
+                    out
+                };
+                let (vnni, amx) = (run(kgemm::Flavour::Avx512Vnni), run(kgemm::Flavour::Amx));
+                for (i, (v, a)) in vnni.iter().zip(&amx).enumerate() {
+                    assert_eq!(
+                        v.to_bits(),
+                        a.to_bits(),
+                        "{t:?} m={m} n={n} extreme={extreme}: row {} column {}: {v} vs {a}",
+                        i / n,
+                        i % n
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,7 @@
-//! x86 kernels of the quantized matmul: the AVX2 8-row and the AVX-512 16-row groups.
+//! x86 kernels of the quantized matmul: the AVX2 8-row and the AVX-512 16-row groups, and AMX
+//! tiles over the latter for the K formats' prompts.
 
+pub(crate) mod amx;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod k256;

@@ -1,0 +1,469 @@
+//! AMX tiles for the K formats' prompt matmuls (Q4_K, Q5_K, Q6_K × Q8_K activations), on the
+//! 16-row groups the AVX-512 kernels read (`quant::krepack`).
+//!
+//! One `tdpbsud`/`tdpbssd` multiplies a 16 × 64 tile of i8 activations by a tile of 16 weight
+//! rows × 64 values (four values of each row per 64-byte tile row) into 16 × 16 i32 sums:
+//! 16 384 products, ~7.5× what `vpdpbusd` peaks at per cycle (benches/README, Session 28).
+//! A K format scales every sub-block (32 values; Q6_K 16), which would cost a tile store and
+//! a vector pass per sub-block; instead each group is unpacked once per call with its
+//! sub-block scales folded into the weight bytes, and whole super-blocks sum in the tile
+//! registers. `q·sc` does not fit a byte, so the scale is split into digits, each product with
+//! a digit fits, and the digits' tiles are summed with their weights afterwards:
+//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `sc = sl + 8·sh` (0..7 each), two unsigned tiles.
+//! - Q6_K (`q − 32` in −32..31, `sc` −128..127): balanced base 7,
+//!   `sc = e0 + 7·e1 + 49·e2` (each −3..3), three signed tiles.
+//!
+//! These are exact integer identities: the super-block sums equal the VNNI kernels' (which sum
+//! each sub-block exactly too), and the f32 steps after them are the same operations in the
+//! same order, so a row's outputs do not depend on which kernel ran (batched prompts, chunked
+//! prompts and single decodes agree to the bit).
+//!
+//! The AMX instructions are written as `asm!`: Rust's AMX intrinsics are unstable.
+
+use crate::quant::{ActRow, QK_K};
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+/// Weight rows per group (the AVX-512 kernels' groups) and activation rows per tile.
+pub(crate) const G: usize = 16;
+/// Bytes of one tile: 16 rows of 64.
+const TILE: usize = 1024;
+
+/// Tiles per 64 values: Q4_K/Q5_K two scale digits, Q6_K three.
+const fn digits(six: bool) -> usize {
+    if six {
+        3
+    } else {
+        2
+    }
+}
+
+/// Bytes of one unpacked super-block of one group: four 64-value quarters, each one tile per
+/// scale digit.
+pub(crate) const fn unpacked_sb_bytes(six: bool) -> usize {
+    4 * digits(six) * TILE
+}
+
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Loads the one tile shape every kernel here uses: tmm0–7 all 16 rows × 64 bytes.
+///
+/// # Safety
+/// The CPU has AMX and the process holds its state (`cpu_features::amx`).
+pub(crate) unsafe fn configure() {
+    let mut c = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
+    for t in 0..8 {
+        c.colsb[t] = 64;
+        c.rows[t] = 16;
+    }
+    asm!("ldtilecfg [{0}]", in(reg) &c, options(nostack, readonly));
+}
+
+/// Gives the tile state back (a thread's saved context shrinks to its usual size).
+///
+/// # Safety
+/// As [`configure`].
+pub(crate) unsafe fn release() {
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+/// `q · s` per byte, for products below 256.
+#[inline(always)]
+unsafe fn mul_bytes(q: __m512i, s: __m512i) -> __m512i {
+    let even = _mm512_mullo_epi16(q, s);
+    let odd = _mm512_mullo_epi16(_mm512_srli_epi16::<8>(q), _mm512_srli_epi16::<8>(s));
+    _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, _mm512_slli_epi16::<8>(odd))
+}
+
+/// `q · s` per signed byte, for products in −128..127.
+#[inline(always)]
+unsafe fn mul_bytes_signed(q: __m512i, s: __m512i) -> __m512i {
+    // The low byte of a 16-bit product is the low byte of the signed product, for either
+    // operand's high byte; the odd bytes come down by an arithmetic shift first.
+    let even = _mm512_mullo_epi16(q, s);
+    let odd = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(q), _mm512_srai_epi16::<8>(s));
+    _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, _mm512_slli_epi16::<8>(odd))
+}
+
+/// 16 scale bytes at `p` (one per row), each row's in all four of its bytes.
+#[inline(always)]
+unsafe fn spread(p: *const u8) -> __m512i {
+    let lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+    _mm512_mullo_epi32(lanes, _mm512_set1_epi32(0x0101_0101))
+}
+
+/// Unpacks one Q4_K (`FIFTH = false`) or Q5_K group at `w` (`nsb` super-blocks) into `dst`:
+/// per super-block, per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tile of `q·sl`
+/// then of `q·sh`.
+/// Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16 weight rows.
+///
+/// # Safety
+/// The CPU has AVX-512BW; `w` holds the group, `dst` `nsb ·` [`unpacked_sb_bytes`] bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut u8) {
+    let sb = if FIFTH { 180 * G } else { 148 * G };
+    let qs_at = if FIFTH { 52 * G } else { 20 * G };
+    let low = _mm512_set1_epi8(0x0F);
+    let seven = _mm512_set1_epi8(7);
+    for b in 0..nsb {
+        {
+            let blk = w.add(b * sb);
+            let out = dst.add(b * unpacked_sb_bytes(false));
+            for p in 0..4 {
+                let s = [
+                    spread(blk.add(4 * G + G * 2 * p)),
+                    spread(blk.add(4 * G + G * (2 * p + 1))),
+                ];
+                let sl = [_mm512_and_si512(s[0], seven), _mm512_and_si512(s[1], seven)];
+                let sh = [
+                    _mm512_and_si512(_mm512_srli_epi16::<3>(s[0]), seven),
+                    _mm512_and_si512(_mm512_srli_epi16::<3>(s[1]), seven),
+                ];
+                let (lo_tile, hi_tile) = (out.add(2 * p * TILE), out.add((2 * p + 1) * TILE));
+                for g in 0..8 {
+                    let v = _mm512_loadu_si512(blk.add(qs_at + (8 * p + g) * 4 * G) as *const _);
+                    let mut q = [
+                        _mm512_and_si512(v, low),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
+                    ];
+                    if FIFTH {
+                        let qh = _mm512_loadu_si512(blk.add(20 * G + g * 4 * G) as *const _);
+                        for (h, qv) in q.iter_mut().enumerate() {
+                            let bit = _mm512_set1_epi8((1u8 << (2 * p + h)) as i8);
+                            let set = _mm512_test_epi8_mask(qh, bit);
+                            *qv = _mm512_mask_add_epi8(*qv, set, *qv, _mm512_set1_epi8(16));
+                        }
+                    }
+                    for h in 0..2 {
+                        let row = 64 * (g + 8 * h);
+                        _mm512_storeu_si512(lo_tile.add(row) as *mut _, mul_bytes(q[h], sl[h]));
+                        _mm512_storeu_si512(hi_tile.add(row) as *mut _, mul_bytes(q[h], sh[h]));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q6_K's counterpart of [`unpack_q45`]: per quarter `p` (sub-blocks `4p..4p + 4`, 16 values
+/// each), the tiles of `(q − 32)·e0`, `·e1`, `·e2`.
+///
+/// # Safety
+/// As [`unpack_q45`].
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
+    const SB: usize = 210 * G;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let thirty_two = _mm512_set1_epi8(32);
+    for b in 0..nsb {
+        {
+            let blk = w.add(b * SB);
+            let out = dst.add(b * unpacked_sb_bytes(true));
+            // Balanced base-7 digits of each sub-block's scale, each row's in its four bytes.
+            let mut e = [[_mm512_setzero_si512(); 3]; 16];
+            for (s, es) in e.iter_mut().enumerate() {
+                let sc =
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const __m128i));
+                // sc + 171 is 0..342: its base-7 digits less 3.
+                let mut u = _mm512_add_epi32(sc, _mm512_set1_epi32(171));
+                for d in es.iter_mut() {
+                    // u / 7 for u < 343, as (u · 9363) >> 16.
+                    let div =
+                        _mm512_srli_epi32::<16>(_mm512_mullo_epi32(u, _mm512_set1_epi32(9363)));
+                    let digit = _mm512_sub_epi32(
+                        _mm512_sub_epi32(u, _mm512_mullo_epi32(div, _mm512_set1_epi32(7))),
+                        _mm512_set1_epi32(3),
+                    );
+                    *d = _mm512_mullo_epi32(
+                        _mm512_and_si512(digit, _mm512_set1_epi32(0xFF)),
+                        _mm512_set1_epi32(0x0101_0101),
+                    );
+                    u = div;
+                }
+            }
+            for n in 0..2 {
+                for g in 0..8 {
+                    let v = blk.add(18 * G + (8 * n + g) * 12 * G);
+                    let qa = _mm512_loadu_si512(v as *const _);
+                    let qb = _mm512_loadu_si512(v.add(4 * G) as *const _);
+                    let qh = _mm512_loadu_si512(v.add(8 * G) as *const _);
+                    let bits = |m: u8| _mm512_and_si512(qh, _mm512_set1_epi8(m as i8));
+                    let or_low = |low: __m512i, high: __m512i| {
+                        _mm512_ternarylogic_epi64::<0xEA>(low, m4, high)
+                    };
+                    // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
+                    let vals = [
+                        or_low(qa, _mm512_slli_epi16::<4>(bits(0x03))),
+                        or_low(qb, _mm512_slli_epi16::<2>(bits(0x0C))),
+                        or_low(_mm512_srli_epi16::<4>(qa), bits(0x30)),
+                        or_low(
+                            _mm512_srli_epi16::<4>(qb),
+                            _mm512_srli_epi16::<2>(bits(0xC0)),
+                        ),
+                    ];
+                    for (k, val) in vals.iter().enumerate() {
+                        // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
+                        // block 8n + 2k + g/4.
+                        let centred = _mm512_sub_epi8(*val, thirty_two);
+                        let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
+                        let s = 8 * n + 2 * k + g / 4;
+                        for (d, digit) in e[s].iter().enumerate() {
+                            let tile = out.add((quarter * 3 + d) * TILE);
+                            _mm512_storeu_si512(
+                                tile.add(64 * row) as *mut _,
+                                mul_bytes_signed(centred, *digit),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The i32 sums of one super-block: per tile register 2..8, 16 activation rows × 16 lanes.
+#[repr(C, align(64))]
+struct SbSums([[[i32; G]; G]; 6]);
+
+/// Starts the tile products of one super-block of one group, whose sums [`sb_store`] reads
+/// out; AMX runs them while the vector code after this call goes on. Every loaded tile has a
+/// register of its own, so a load waits for no product but the one that last read it:
+/// - Q4_K/Q5_K: A tiles tmm0 (rows 0..16), tmm1 (16..32), B digits tmm2, tmm3; sums tmm4–7
+///   (row tile 0 digit 0, 0·1, 1·0, 1·1).
+/// - Q6_K: A tile tmm0 (16 rows), B digits tmm1–3; sums tmm4–6.
+///
+/// # Safety
+/// [`configure`] ran on this thread; `a0` (and with `two` `a1`) is readable for 16 rows
+/// `lda` apart of the super-block's 256 bytes, `u` is the unpacked super-block.
+#[inline(always)]
+unsafe fn sb_products<const SIX: bool>(
+    u: *const u8,
+    a0: *const i8,
+    a1: *const i8,
+    two: bool,
+    lda: usize,
+) {
+    let s64 = 64usize;
+    asm!(
+        "tilezero tmm4",
+        "tilezero tmm5",
+        "tilezero tmm6",
+        "tilezero tmm7",
+        options(nostack, nomem)
+    );
+    for p in 0..4 {
+        let t = u.add(p * digits(SIX) * TILE);
+        if SIX {
+            asm!(
+                "tileloadd tmm0, [{a} + {lda}*1]",
+                "tileloadd tmm1, [{b} + {s}*1]",
+                "tdpbssd tmm4, tmm0, tmm1",
+                "tileloadd tmm2, [{b} + {s}*1 + 1024]",
+                "tdpbssd tmm5, tmm0, tmm2",
+                "tileloadd tmm3, [{b} + {s}*1 + 2048]",
+                "tdpbssd tmm6, tmm0, tmm3",
+                a = in(reg) a0.add(64 * p), lda = in(reg) lda, b = in(reg) t, s = in(reg) s64,
+                options(nostack, readonly)
+            );
+            continue;
+        }
+        asm!(
+            "tileloadd tmm0, [{a} + {lda}*1]",
+            "tileloadd tmm2, [{b} + {s}*1]",
+            "tdpbsud tmm4, tmm0, tmm2",
+            "tileloadd tmm3, [{b} + {s}*1 + 1024]",
+            "tdpbsud tmm5, tmm0, tmm3",
+            a = in(reg) a0.add(64 * p), lda = in(reg) lda, b = in(reg) t, s = in(reg) s64,
+            options(nostack, readonly)
+        );
+        if two {
+            asm!(
+                "tileloadd tmm1, [{a} + {lda}*1]",
+                "tdpbsud tmm6, tmm1, tmm2",
+                "tdpbsud tmm7, tmm1, tmm3",
+                a = in(reg) a1.add(64 * p), lda = in(reg) lda,
+                options(nostack, readonly)
+            );
+        }
+    }
+}
+
+/// Stores the sums [`sb_products`] started: tile register `4 + i` to `sums[i]`.
+///
+/// # Safety
+/// [`sb_products`] ran.
+#[inline(always)]
+unsafe fn sb_store<const SIX: bool>(two: bool, sums: &mut SbSums) {
+    let s64 = 64usize;
+    let c = sums.0.as_mut_ptr();
+    asm!(
+        "tilestored [{c} + {s}*1], tmm4",
+        "tilestored [{c} + {s}*1 + 1024], tmm5",
+        c = in(reg) c, s = in(reg) s64, options(nostack)
+    );
+    if SIX {
+        asm!("tilestored [{c} + {s}*1 + 2048], tmm6", c = in(reg) c, s = in(reg) s64,
+            options(nostack));
+    } else if two {
+        asm!(
+            "tilestored [{c} + {s}*1 + 2048], tmm6",
+            "tilestored [{c} + {s}*1 + 3072], tmm7",
+            c = in(reg) c, s = in(reg) s64, options(nostack)
+        );
+    }
+}
+
+#[inline(always)]
+unsafe fn f16x16(p: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+}
+
+#[inline(always)]
+unsafe fn u8x16(p: *const u8) -> __m512i {
+    _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
+}
+
+#[inline(always)]
+unsafe fn lanes(row: &[i32; G]) -> __m512i {
+    _mm512_load_si512(row.as_ptr() as *const _)
+}
+
+/// Activation rows one step of [`gemm_k_group`] takes: Q4_K/Q5_K two tiles, Q6_K one.
+const fn step_rows(six: bool) -> usize {
+    if six {
+        G
+    } else {
+        2 * G
+    }
+}
+
+/// All `m = rows.len()` activation rows times one Q4_K/Q5_K/Q6_K group (`w` packed, `u`
+/// unpacked by [`unpack_q45`] or [`unpack_q6`]): `acc[r][n]` for row `r`, weight row `n`.
+/// Row `r`'s bytes are at `a + r·lda` while its whole 16-row tile is in `0..m`; the last,
+/// partial tile is read from `pad` (its rows, then zero rows up to 16). Super-blocks outside,
+/// row tiles inside: a super-block's unpacked tiles stay in L1 while every row runs over them.
+///
+/// # Safety
+/// [`configure`] ran on this thread; `KIND` 4, 5 or 6 names the format `w` holds; `a`, `pad`
+/// and `rows` as above, `nsb` super-blocks wide; `acc.len() ≥ m`.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_k_group<const KIND: u8>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    a: *const i8,
+    pad: *const i8,
+    lda: usize,
+    rows: &[ActRow],
+    acc: &mut [[f32; G]],
+) {
+    let six = KIND == 6;
+    let m = rows.len();
+    let step = step_rows(six);
+    let sb = match KIND {
+        4 => 148 * G,
+        5 => 180 * G,
+        _ => 210 * G,
+    };
+    let tile_at = |i: usize, b: usize| {
+        let base = if i + G <= m { a.add(i * lda) } else { pad };
+        base.add(b * QK_K)
+    };
+    // Starts the products of rows i.. over super-block b (and stores nothing yet).
+    let products = |i: usize, b: usize| {
+        let ub = u.add(b * unpacked_sb_bytes(six));
+        let two = i + G < m;
+        let a1 = if two { tile_at(i + G, b) } else { a };
+        if six {
+            sb_products::<true>(ub, tile_at(i, b), a1, false, lda);
+        } else {
+            sb_products::<false>(ub, tile_at(i, b), a1, two, lda);
+        }
+    };
+    let store = |i: usize, sums: &mut SbSums| {
+        if six {
+            sb_store::<true>(false, sums)
+        } else {
+            sb_store::<false>(i + G < m, sums)
+        }
+    };
+    // Two buffers: the next step's tile products run while this step's sums are scaled.
+    let mut sums = [SbSums([[[0; G]; G]; 6]), SbSums([[[0; G]; G]; 6])];
+    for row in acc[..m].iter_mut() {
+        *row = [0.0; G];
+    }
+    let steps = m.div_ceil(step);
+    for b in 0..nsb {
+        let blk = w.add(b * sb);
+        let d = f16x16(blk);
+        // Q4_K/Q5_K: dmin, and the mins of sub-blocks 2c, 2c + 1 in the i16 halves of a lane.
+        let dmin = f16x16(blk.add(2 * G));
+        let mut mins = [_mm512_setzero_si512(); 4];
+        if !six {
+            for (c, mv) in mins.iter_mut().enumerate() {
+                let m0 = u8x16(blk.add(12 * G + G * 2 * c));
+                let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
+                *mv = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
+            }
+        }
+        products(0, b);
+        store(0, &mut sums[0]);
+        for s in 0..steps {
+            let i0 = s * step;
+            if s + 1 < steps {
+                products(i0 + step, b);
+            }
+            let t = &sums[s % 2].0;
+            for r in i0..(i0 + step).min(m) {
+                let ar = rows.get_unchecked(r);
+                let (tr, k) = ((r - i0) / G, (r - i0) % G);
+                let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
+                let o = acc.get_unchecked_mut(r).as_mut_ptr();
+                if six {
+                    // t0 + 7·(t1 + 7·t2), with 7x = 8x − x.
+                    let seven = |x: __m512i| _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x);
+                    let hi = _mm512_add_epi32(lanes(&t[1][k]), seven(lanes(&t[2][k])));
+                    let isum = _mm512_add_epi32(lanes(&t[0][k]), seven(hi));
+                    let v = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_mul_ps(d, da),
+                        _mm512_loadu_ps(o),
+                    );
+                    _mm512_storeu_ps(o, v);
+                    continue;
+                }
+                let (lo, hi) = (&t[2 * tr][k], &t[2 * tr + 1][k]);
+                let isum = _mm512_add_epi32(lanes(lo), _mm512_slli_epi32::<3>(lanes(hi)));
+                let pairs = ar.pairs.as_ptr().add(4 * b);
+                let mut msum = _mm512_madd_epi16(mins[0], _mm512_set1_epi32(*pairs));
+                for (c, mv) in mins.iter().enumerate().skip(1) {
+                    msum = _mm512_add_epi32(
+                        msum,
+                        _mm512_madd_epi16(*mv, _mm512_set1_epi32(*pairs.add(c))),
+                    );
+                }
+                let mut v = _mm512_loadu_ps(o);
+                v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), v);
+                v = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), v);
+                _mm512_storeu_ps(o, v);
+            }
+            if s + 1 < steps {
+                store(i0 + step, &mut sums[(s + 1) % 2]);
+            }
+        }
+    }
+}
