@@ -172,76 +172,99 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
     }
 }
 
+/// Groups the AMX path runs together over each super-block: their sums for every activation
+/// row stay in L2 (8 × 64 B a row) between super-blocks.
+const AMX_GROUPS: usize = 8;
+
 /// One cache line, the unit the AMX path's unpacked groups are allocated in (tile rows are
 /// loaded whole).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
+/// The AMX path's packed activations, kept between calls (a prompt's are megabytes: not
+/// allocated and faulted in again for every matmul).
+static AMX_PACKED: std::sync::Mutex<Vec<i8>> = std::sync::Mutex::new(Vec::new());
+
 thread_local! {
-    /// The AMX path's per-thread buffers: the unpacked group, the last activation tile padded
-    /// to 16 rows, and the group's outputs for every activation row.
+    /// The AMX path's per-thread buffers: one unpacked super-block, and the sums of a run of
+    /// groups for every activation row.
     #[allow(clippy::type_complexity)]
-    static AMX_SCRATCH: std::cell::RefCell<(Vec<Line>, Vec<i8>, Vec<[f32; 16]>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    static AMX_SCRATCH: std::cell::RefCell<(Vec<Line>, Vec<[f32; 16]>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// [`matmul_k_with`] on AMX tiles: tasks over 16-row groups; each group is unpacked once
-/// (`amx::unpack_*`) and every tile of activation rows runs over it.
+/// [`matmul_k_with`] on AMX tiles: tasks over 16-row groups. A task runs each super-block
+/// over [`AMX_GROUPS`] of its groups before the next (the activations' 256 bytes per row stay in L2 across
+/// the groups), unpacking one group's super-block at a time (`amx::unpack_*`, kept in L1
+/// while every activation row runs over it).
 fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::amx::{self, G};
         let (n, m, cols) = (w.rows, rows.len(), w.cols);
         let nsb = cols / QK_K;
-        let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, G);
-        let six = w.kind == QKind::Q6K;
+        let kind = match w.kind {
+            QKind::Q4K => 4,
+            QKind::Q5K => 5,
+            QKind::Q6K => 6,
+            k => unreachable!("{k:?} is not a K format"),
+        };
+        let sb_bytes = amx::packed_sb_bytes(kind);
+        let group_bytes = nsb * sb_bytes;
+        assert_eq!(sb_bytes, krepack::group_superblock_bytes(w.kind, G));
         let ptr = OutPtr(out.as_mut_ptr());
+        // The activations super-block by super-block, a row's 256 bytes after another's.
+        let m_pad = m.next_multiple_of(G);
+        let mut packed_buf = std::mem::take(&mut *AMX_PACKED.lock().unwrap());
+        packed_buf.clear();
+        packed_buf.resize(nsb * m_pad * QK_K, 0);
+        for (b, dst) in packed_buf.chunks_exact_mut(m_pad * QK_K).enumerate() {
+            for (r, row) in dst.chunks_exact_mut(QK_K).take(m).enumerate() {
+                row.copy_from_slice(&acts.qs[r * cols + b * QK_K..][..QK_K]);
+            }
+        }
+        let packed = &packed_buf;
         let work = |g0: usize, g1: usize| {
             AMX_SCRATCH.with(|scratch| {
-                let (lines, pad, acc) = &mut *scratch.borrow_mut();
-                lines.resize(nsb * amx::unpacked_sb_bytes(six) / 64, Line([0; 64]));
+                let (lines, acc) = &mut *scratch.borrow_mut();
+                lines.resize(amx::unpacked_sb_bytes(kind == 6) / 64, Line([0; 64]));
                 let u = lines.as_mut_ptr() as *mut u8;
-                acc.resize(m, [0.0; G]);
-                let tail = m % G;
-                if tail != 0 {
-                    // The last 16-row tile's rows, then zero rows: a tile load reads 16.
-                    pad.clear();
-                    pad.extend_from_slice(&acts.qs[(m - tail) * cols..m * cols]);
-                    pad.resize(G * cols, 0);
-                }
-                // Safety: the AMX flavour runs only where `cpu_features::amx` said yes; group
-                // gi is in `data` (the last one padded to 16 rows), `lines` holds one unpacked
-                // group, whole 16-row tiles are read in place and the last partial one from
-                // `pad`, and the writes stay in rows < m and in the columns < n of this
-                // task's groups.
+                acc.resize(AMX_GROUPS.min(g1 - g0) * m, [0.0; G]);
+                // Safety: the AMX flavour runs only where `cpu_features::amx` said yes; the
+                // super-blocks read are in `data` (the last group padded to 16 rows), `lines`
+                // holds one unpacked super-block, `packed` every row of every super-block
+                // (zero rows to a multiple of 16), each group has its own `m` rows of `acc`, and
+                // the writes stay in rows < m and in the columns < n of this task's groups.
                 unsafe {
                     amx::configure();
-                    for gi in g0..g1 {
-                        let wg = data[gi * group_bytes..].as_ptr();
-                        let (a, p) = (acts.qs.as_ptr(), pad.as_ptr());
-                        match w.kind {
-                            QKind::Q4K => {
-                                amx::unpack_q45::<false>(wg, nsb, u);
-                                amx::gemm_k_group::<4>(wg, u, nsb, a, p, cols, rows, acc);
+                    for h0 in (g0..g1).step_by(AMX_GROUPS) {
+                        let h1 = (h0 + AMX_GROUPS).min(g1);
+                        for b in 0..nsb {
+                            for gi in h0..h1 {
+                                let blk = data.as_ptr().add(gi * group_bytes + b * sb_bytes);
+                                if gi + 1 < h1 {
+                                    amx::prefetch(blk.add(group_bytes), sb_bytes);
+                                }
+                                let acc = &mut acc[(gi - h0) * m..(gi - h0 + 1) * m];
+                                let ends = (b == 0, b + 1 == nsb);
+                                let o = (ptr.at(gi * G), n, (n - gi * G).min(G));
+                                let act = packed.as_ptr().add(b * m_pad * QK_K);
+                                match kind {
+                                    4 => {
+                                        amx::unpack_q45::<false>(blk, 1, u);
+                                        amx::gemm_k_sb::<4>(blk, u, b, ends, act, rows, acc, o);
+                                    }
+                                    5 => {
+                                        amx::unpack_q45::<true>(blk, 1, u);
+                                        amx::gemm_k_sb::<5>(blk, u, b, ends, act, rows, acc, o);
+                                    }
+                                    _ => {
+                                        amx::unpack_q6(blk, 1, u);
+                                        amx::gemm_k_sb::<6>(blk, u, b, ends, act, rows, acc, o);
+                                    }
+                                }
                             }
-                            QKind::Q5K => {
-                                amx::unpack_q45::<true>(wg, nsb, u);
-                                amx::gemm_k_group::<5>(wg, u, nsb, a, p, cols, rows, acc);
-                            }
-                            QKind::Q6K => {
-                                amx::unpack_q6(wg, nsb, u);
-                                amx::gemm_k_group::<6>(wg, u, nsb, a, p, cols, rows, acc);
-                            }
-                            k => unreachable!("{k:?} is not a K format"),
-                        }
-                        let real = (n - gi * G).min(G);
-                        for (r, row) in acc.iter().enumerate() {
-                            std::ptr::copy_nonoverlapping(
-                                row.as_ptr(),
-                                ptr.at(r * n + gi * G),
-                                real,
-                            );
                         }
                     }
                     amx::release();
@@ -249,6 +272,7 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
             })
         };
         run_split(n.div_ceil(G), m * n * (cols / BLOCK), work);
+        *AMX_PACKED.lock().unwrap() = packed_buf;
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

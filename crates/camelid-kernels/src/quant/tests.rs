@@ -465,7 +465,8 @@ fn k_weights_use_the_k_kernels_and_fuse_when_unpadded() {
 /// The AMX tiles give a row the same bits as the AVX-512 VNNI passes (the same integer sums,
 /// the same f32 steps), so a prompt row's logits do not depend on how many rows shared the
 /// call (prompts run on AMX, single decodes on VNNI). Every tile remainder (1–15 rows past a
-/// whole tile), padded groups and an odd group count, extreme and random weights.
+/// whole tile), padded groups, an odd group count, tasks longer than one run of groups (65
+/// groups over the threads), extreme and random weights.
 #[test]
 fn amx_tiles_give_the_vnni_passes_bits() {
     let flavours = kgemm::Flavour::available();
@@ -475,7 +476,15 @@ fn amx_tiles_give_the_vnni_passes_bits() {
     }
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
-        for (m, n) in [(16, 32), (20, 16), (33, 48), (47, 37), (1, 16), (130, 96)] {
+        for (m, n) in [
+            (16, 32),
+            (20, 16),
+            (33, 48),
+            (47, 37),
+            (1, 16),
+            (130, 96),
+            (20, 1040),
+        ] {
             let k = 768;
             for extreme in [false, true] {
                 let data = if extreme {

@@ -350,48 +350,64 @@ const fn step_rows(six: bool) -> usize {
     }
 }
 
-/// All `m = rows.len()` activation rows times one Q4_K/Q5_K/Q6_K group (`w` packed, `u`
-/// unpacked by [`unpack_q45`] or [`unpack_q6`]): `acc[r][n]` for row `r`, weight row `n`.
-/// Row `r`'s bytes are at `a + r·lda` while its whole 16-row tile is in `0..m`; the last,
-/// partial tile is read from `pad` (its rows, then zero rows up to 16). Super-blocks outside,
-/// row tiles inside: a super-block's unpacked tiles stay in L1 while every row runs over them.
-///
-/// # Safety
-/// [`configure`] ran on this thread; `KIND` 4, 5 or 6 names the format `w` holds; `a`, `pad`
-/// and `rows` as above, `nsb` super-blocks wide; `acc.len() ≥ m`.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_k_group<const KIND: u8>(
-    w: *const u8,
-    u: *const u8,
-    nsb: usize,
-    a: *const i8,
-    pad: *const i8,
-    lda: usize,
-    rows: &[ActRow],
-    acc: &mut [[f32; G]],
-) {
-    let six = KIND == 6;
-    let m = rows.len();
-    let step = step_rows(six);
-    let sb = match KIND {
+/// Asks for the cache lines of the `bytes` at `p`: the next group's super-block, which lies a
+/// whole group further on (too far apart for the hardware prefetcher to follow).
+#[inline(always)]
+pub(crate) unsafe fn prefetch(p: *const u8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
+    }
+}
+
+/// Bytes of one packed super-block of one 16-row group (`quant::krepack`).
+pub(crate) const fn packed_sb_bytes(kind: u8) -> usize {
+    match kind {
         4 => 148 * G,
         5 => 180 * G,
         _ => 210 * G,
-    };
-    let tile_at = |i: usize, b: usize| {
-        let base = if i + G <= m { a.add(i * lda) } else { pad };
-        base.add(b * QK_K)
-    };
-    // Starts the products of rows i.. over super-block b (and stores nothing yet).
-    let products = |i: usize, b: usize| {
-        let ub = u.add(b * unpacked_sb_bytes(six));
+    }
+}
+
+/// All `m = rows.len()` activation rows times super-block `b` of one Q4_K/Q5_K/Q6_K group
+/// (`blk` its packed bytes, `u` the same unpacked by [`unpack_q45`] or [`unpack_q6`]), added
+/// into `acc[r][n]` for row `r` and weight row `n` (`first`: `acc` starts from zero). After the
+/// `last` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
+/// stores interleaved with the arithmetic). Row `r`'s 256 bytes of the super-block are at
+/// `a + 256·r` (the caller packs them so: a tile's 16 rows then lie in 4 KiB, not in 16 pages
+/// a row apart), and rows `m..` up to the next multiple of 16 are readable (zeros). The caller
+/// runs several groups over one super-block before the next, so those bytes stay in L2 and
+/// the unpacked super-block in L1.
+///
+/// # Safety
+/// [`configure`] ran on this thread; `KIND` 4, 5 or 6 names the format `blk` holds; `a` and
+/// `rows` as above (`rows` more than `b` super-blocks wide); `acc.len() ≥ m`; `out`
+/// writable at `r·ldo + 0..real` for every row, `real ≤ 16`.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
+    blk: *const u8,
+    u: *const u8,
+    b: usize,
+    (first, last): (bool, bool),
+    a: *const i8,
+    rows: &[ActRow],
+    acc: &mut [[f32; G]],
+    (out, ldo, real): (*mut f32, usize, usize),
+) {
+    let six = KIND == 6;
+    let m = rows.len();
+    let real_mask: __mmask16 = ((1u32 << real) - 1) as u16;
+    let step = step_rows(six);
+    let lda = QK_K;
+    let tile_at = |i: usize| a.add(i * lda);
+    // Starts the products of rows i.. (and stores nothing yet).
+    let products = |i: usize| {
         let two = i + G < m;
-        let a1 = if two { tile_at(i + G, b) } else { a };
+        let a1 = if two { tile_at(i + G) } else { a };
         if six {
-            sb_products::<true>(ub, tile_at(i, b), a1, false, lda);
+            sb_products::<true>(u, tile_at(i), a1, false, lda);
         } else {
-            sb_products::<false>(ub, tile_at(i, b), a1, two, lda);
+            sb_products::<false>(u, tile_at(i), a1, two, lda);
         }
     };
     let store = |i: usize, sums: &mut SbSums| {
@@ -403,67 +419,74 @@ pub(crate) unsafe fn gemm_k_group<const KIND: u8>(
     };
     // Two buffers: the next step's tile products run while this step's sums are scaled.
     let mut sums = [SbSums([[[0; G]; G]; 6]), SbSums([[[0; G]; G]; 6])];
-    for row in acc[..m].iter_mut() {
-        *row = [0.0; G];
-    }
     let steps = m.div_ceil(step);
-    for b in 0..nsb {
-        let blk = w.add(b * sb);
-        let d = f16x16(blk);
-        // Q4_K/Q5_K: dmin, and the mins of sub-blocks 2c, 2c + 1 in the i16 halves of a lane.
-        let dmin = f16x16(blk.add(2 * G));
-        let mut mins = [_mm512_setzero_si512(); 4];
-        if !six {
-            for (c, mv) in mins.iter_mut().enumerate() {
-                let m0 = u8x16(blk.add(12 * G + G * 2 * c));
-                let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
-                *mv = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
-            }
+    let d = f16x16(blk);
+    // Q4_K/Q5_K: dmin, and the mins of sub-blocks 2c, 2c + 1 in the i16 halves of a lane.
+    let dmin = f16x16(blk.add(2 * G));
+    let mut mins = [_mm512_setzero_si512(); 4];
+    if !six {
+        for (c, mv) in mins.iter_mut().enumerate() {
+            let m0 = u8x16(blk.add(12 * G + G * 2 * c));
+            let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
+            *mv = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
         }
-        products(0, b);
-        store(0, &mut sums[0]);
-        for s in 0..steps {
-            let i0 = s * step;
-            if s + 1 < steps {
-                products(i0 + step, b);
-            }
-            let t = &sums[s % 2].0;
-            for r in i0..(i0 + step).min(m) {
-                let ar = rows.get_unchecked(r);
-                let (tr, k) = ((r - i0) / G, (r - i0) % G);
-                let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
-                let o = acc.get_unchecked_mut(r).as_mut_ptr();
-                if six {
-                    // t0 + 7·(t1 + 7·t2), with 7x = 8x − x.
-                    let seven = |x: __m512i| _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x);
-                    let hi = _mm512_add_epi32(lanes(&t[1][k]), seven(lanes(&t[2][k])));
-                    let isum = _mm512_add_epi32(lanes(&t[0][k]), seven(hi));
-                    let v = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(isum),
-                        _mm512_mul_ps(d, da),
-                        _mm512_loadu_ps(o),
-                    );
-                    _mm512_storeu_ps(o, v);
-                    continue;
+    }
+    products(0);
+    store(0, &mut sums[0]);
+    for s in 0..steps {
+        let i0 = s * step;
+        if s + 1 < steps {
+            products(i0 + step);
+        }
+        let t = &sums[s % 2].0;
+        for r in i0..(i0 + step).min(m) {
+            let ar = rows.get_unchecked(r);
+            let (tr, k) = ((r - i0) / G, (r - i0) % G);
+            let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
+            let o = acc.get_unchecked_mut(r).as_mut_ptr();
+            let prev = if first {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_loadu_ps(o)
+            };
+            let put = |v: __m512| {
+                if last {
+                    _mm512_mask_storeu_ps(out.add(r * ldo), real_mask, v)
+                } else {
+                    _mm512_storeu_ps(o, v)
                 }
-                let (lo, hi) = (&t[2 * tr][k], &t[2 * tr + 1][k]);
-                let isum = _mm512_add_epi32(lanes(lo), _mm512_slli_epi32::<3>(lanes(hi)));
-                let pairs = ar.pairs.as_ptr().add(4 * b);
-                let mut msum = _mm512_madd_epi16(mins[0], _mm512_set1_epi32(*pairs));
-                for (c, mv) in mins.iter().enumerate().skip(1) {
-                    msum = _mm512_add_epi32(
-                        msum,
-                        _mm512_madd_epi16(*mv, _mm512_set1_epi32(*pairs.add(c))),
-                    );
-                }
-                let mut v = _mm512_loadu_ps(o);
-                v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), v);
-                v = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), v);
-                _mm512_storeu_ps(o, v);
+            };
+            if six {
+                // t0 + 7·(t1 + 7·t2), with 7x = 8x − x.
+                let seven = |x: __m512i| _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x);
+                let hi = _mm512_add_epi32(lanes(&t[1][k]), seven(lanes(&t[2][k])));
+                let isum = _mm512_add_epi32(lanes(&t[0][k]), seven(hi));
+                put(_mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_mul_ps(d, da),
+                    prev,
+                ));
+                continue;
             }
-            if s + 1 < steps {
-                store(i0 + step, &mut sums[(s + 1) % 2]);
+            let (lo, hi) = (&t[2 * tr][k], &t[2 * tr + 1][k]);
+            let isum = _mm512_add_epi32(lanes(lo), _mm512_slli_epi32::<3>(lanes(hi)));
+            let pairs = ar.pairs.as_ptr().add(4 * b);
+            let mut msum = _mm512_madd_epi16(mins[0], _mm512_set1_epi32(*pairs));
+            for (c, mv) in mins.iter().enumerate().skip(1) {
+                msum = _mm512_add_epi32(
+                    msum,
+                    _mm512_madd_epi16(*mv, _mm512_set1_epi32(*pairs.add(c))),
+                );
             }
+            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev);
+            put(_mm512_fnmadd_ps(
+                _mm512_cvtepi32_ps(msum),
+                _mm512_mul_ps(dmin, da),
+                v,
+            ));
+        }
+        if s + 1 < steps {
+            store(i0 + step, &mut sums[(s + 1) % 2]);
         }
     }
 }
