@@ -7,7 +7,9 @@
 //   vfmadd231ps f32 FMA (the F16 weight kernels after vcvtph2ps), 8 MACs
 // and, where the CPU has them: vpdpbusd (u8 × i8 quads into i32, the VNNI kernels) on ymm
 // (AVX-VNNI) and zmm (AVX-512 VNNI), the zmm forms of the first three (AVX-512), and AMX's
-// tdpbusd (a 16×64 by 64×16 tile product, 16 384 MACs; no camelid kernel uses it yet).
+// tdpbusd (a 16×64 by 64×16 tile product, 16 384 MACs; the K formats' prompt kernels), and
+// the time of one AMX tile load (tileloadd, 1 KiB from L1): those kernels load about one tile
+// per product, so on a machine where the load takes longer than the product it is their bound.
 // The loops are inline assembly: from intrinsics the compiler kept the chains in memory.
 // Hand-written: no Debian package measures one instruction's throughput.
 //   gcc -O2 -fopenmp benches/compute-peak.c -o peak && ./peak [THREADS]
@@ -81,6 +83,34 @@ static void amx_loop(long n) {
                    : "cc", "memory");
 }
 
+// Nanoseconds per tile load: four 1 KiB tiles from a 4 KiB buffer (in L1) into tmm0–3, over
+// and over.
+static double tile_load_ns(void) {
+  unsigned char cfg[64], buf[4096] __attribute__((aligned(64)));
+  memset(cfg, 0, sizeof cfg);
+  memset(buf, 1, sizeof buf);
+  cfg[0] = 1;
+  for (int t = 0; t < 4; t++) {
+    cfg[16 + 2 * t] = 64;
+    cfg[48 + t] = 16;
+  }
+  long n = ITERS / 16;
+  long stride = 64;
+  double t = omp_get_wtime();
+  __asm__ volatile("ldtilecfg (%1)\n\t"
+                   "1:\n\t"
+                   "tileloadd (%2,%3,1), %%tmm0\n\t"
+                   "tileloadd 1024(%2,%3,1), %%tmm1\n\t"
+                   "tileloadd 2048(%2,%3,1), %%tmm2\n\t"
+                   "tileloadd 3072(%2,%3,1), %%tmm3\n\t"
+                   "dec %0\n\tjnz 1b\n\t"
+                   "tilerelease\n\t"
+                   : "+r"(n)
+                   : "r"(cfg), "r"(buf), "r"(stride)
+                   : "cc", "memory");
+  return (omp_get_wtime() - t) / (ITERS / 16 * 4.0) * 1e9;
+}
+
 // GMAC/s of kind `which`.
 static double rate(int which) {
   long n = ITERS;
@@ -120,6 +150,9 @@ int main(int argc, char **argv) {
     }
     printf("%-14s %7.1f GMAC/s one thread, %7.1f with %d threads\n", KINDS[w].name, one, all,
            threads);
+    if (!strcmp(f, "amx-int8"))
+      printf("%-14s %7.1f ns a 1 KiB tile from L1, one thread (tdpbusd above: %.1f ns)\n",
+             "tileloadd", tile_load_ns(), KINDS[w].macs / one);
   }
   return 0;
 }

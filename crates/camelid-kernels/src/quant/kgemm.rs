@@ -183,8 +183,15 @@ const AMX_GROUPS: usize = 8;
 struct Line([u8; 64]);
 
 /// The AMX path's packed activations, kept between calls (a prompt's are megabytes: not
-/// allocated and faulted in again for every matmul).
-static AMX_PACKED: std::sync::Mutex<Vec<i8>> = std::sync::Mutex::new(Vec::new());
+/// allocated and faulted in again for every matmul), in whole cache lines: a tile row that
+/// straddles two lines loads several times slower.
+static AMX_PACKED: std::sync::Mutex<Vec<Line>> = std::sync::Mutex::new(Vec::new());
+
+/// The same bytes, read as unsigned.
+fn bytemuck_i8(s: &[i8]) -> &[u8] {
+    // Safety: i8 and u8 have the same size and alignment, and every bit pattern is both.
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len()) }
+}
 
 thread_local! {
     /// The AMX path's per-thread buffers: one unpacked super-block, and the sums of a run of
@@ -218,10 +225,14 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
         let m_pad = m.next_multiple_of(G);
         let mut packed_buf = std::mem::take(&mut *AMX_PACKED.lock().unwrap());
         packed_buf.clear();
-        packed_buf.resize(nsb * m_pad * QK_K, 0);
-        for (b, dst) in packed_buf.chunks_exact_mut(m_pad * QK_K).enumerate() {
-            for (r, row) in dst.chunks_exact_mut(QK_K).take(m).enumerate() {
-                row.copy_from_slice(&acts.qs[r * cols + b * QK_K..][..QK_K]);
+        packed_buf.resize(nsb * m_pad * QK_K / 64, Line([0; 64]));
+        for (b, dst) in packed_buf.chunks_exact_mut(m_pad * QK_K / 64).enumerate() {
+            for (r, row) in dst.chunks_exact_mut(QK_K / 64).take(m).enumerate() {
+                for (l, line) in row.iter_mut().enumerate() {
+                    let src = &acts.qs[r * cols + b * QK_K + 64 * l..][..64];
+                    // i8 → u8 bit for bit: the tiles read them as signed bytes.
+                    line.0.copy_from_slice(bytemuck_i8(src));
+                }
             }
         }
         let packed = &packed_buf;
@@ -249,7 +260,7 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
                                 let acc = &mut acc[(gi - h0) * m..(gi - h0 + 1) * m];
                                 let ends = (b == 0, b + 1 == nsb);
                                 let o = (ptr.at(gi * G), n, (n - gi * G).min(G));
-                                let act = packed.as_ptr().add(b * m_pad * QK_K);
+                                let act = (packed.as_ptr() as *const i8).add(b * m_pad * QK_K);
                                 match kind {
                                     4 => {
                                         amx::unpack_q45::<false>(blk, 1, u);
