@@ -188,7 +188,7 @@ struct Line([u8; 64]);
 static AMX_PACKED: std::sync::Mutex<Vec<Line>> = std::sync::Mutex::new(Vec::new());
 
 /// The same bytes, read as unsigned.
-fn bytemuck_i8(s: &[i8]) -> &[u8] {
+fn i8_as_u8(s: &[i8]) -> &[u8] {
     // Safety: i8 and u8 have the same size and alignment, and every bit pattern is both.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len()) }
 }
@@ -201,10 +201,11 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// [`matmul_k_with`] on AMX tiles: tasks over 16-row groups. A task runs each super-block
-/// over [`AMX_GROUPS`] of its groups before the next (the activations' 256 bytes per row stay in L2 across
-/// the groups), unpacking one group's super-block at a time (`amx::unpack_*`, kept in L1
-/// while every activation row runs over it).
+/// [`matmul_k_with`] on AMX tiles: tasks over 16-row groups. The activations are packed
+/// super-block by super-block (a row's 256 bytes after another's); a task runs each
+/// super-block over [`AMX_GROUPS`] of its groups before the next (those bytes stay in L2),
+/// unpacking one group's super-block at a time (`amx::unpack_*`, in L1 while every
+/// activation row runs over it).
 fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -221,7 +222,6 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
         let group_bytes = nsb * sb_bytes;
         assert_eq!(sb_bytes, krepack::group_superblock_bytes(w.kind, G));
         let ptr = OutPtr(out.as_mut_ptr());
-        // The activations super-block by super-block, a row's 256 bytes after another's.
         let m_pad = m.next_multiple_of(G);
         let mut packed_buf = std::mem::take(&mut *AMX_PACKED.lock().unwrap());
         packed_buf.clear();
@@ -231,7 +231,7 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
                 for (l, line) in row.iter_mut().enumerate() {
                     let src = &acts.qs[r * cols + b * QK_K + 64 * l..][..64];
                     // i8 → u8 bit for bit: the tiles read them as signed bytes.
-                    line.0.copy_from_slice(bytemuck_i8(src));
+                    line.0.copy_from_slice(i8_as_u8(src));
                 }
             }
         }
@@ -239,7 +239,7 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
         let work = |g0: usize, g1: usize| {
             AMX_SCRATCH.with(|scratch| {
                 let (lines, acc) = &mut *scratch.borrow_mut();
-                lines.resize(amx::unpacked_sb_bytes(kind == 6) / 64, Line([0; 64]));
+                lines.resize(amx::UNPACKED_SB_BYTES / 64, Line([0; 64]));
                 let u = lines.as_mut_ptr() as *mut u8;
                 acc.resize(AMX_GROUPS.min(g1 - g0) * m, [0.0; G]);
                 // Safety: the AMX flavour runs only where `cpu_features::amx` said yes; the

@@ -9,7 +9,9 @@
 //! sub-block scales folded into the weight bytes, and whole super-blocks sum in the tile
 //! registers. `q·sc` does not fit a byte, so the scale is split into digits, each product with
 //! a digit fits, and the digits' tiles are summed with their weights afterwards:
-//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `sc = sl + 8·sh` (0..7 each), two unsigned tiles.
+//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `sc = sl + 8·sh` (0..7 each), two unsigned tiles,
+//!   and a third of each sub-block's min `m` (0..63) in every value's place, whose product
+//!   with the activations is `Σ_j m_j·Σa_j`, the sum the mins are scaled by.
 //! - Q6_K (`q − 32` in −32..31, `sc` −128..127): balanced base 7,
 //!   `sc = e0 + 7·e1 + 49·e2` (each −3..3), three signed tiles.
 //!
@@ -29,20 +31,12 @@ pub(crate) const G: usize = 16;
 /// Bytes of one tile: 16 rows of 64.
 const TILE: usize = 1024;
 
-/// Tiles per 64 values: Q4_K/Q5_K two scale digits, Q6_K three.
-const fn digits(six: bool) -> usize {
-    if six {
-        3
-    } else {
-        2
-    }
-}
+/// Weight tiles per 64 values: Q4_K/Q5_K two scale digits and the mins, Q6_K three digits.
+const QUARTER_TILES: usize = 3;
 
-/// Bytes of one unpacked super-block of one group: four 64-value quarters, each one tile per
-/// scale digit.
-pub(crate) const fn unpacked_sb_bytes(six: bool) -> usize {
-    4 * digits(six) * TILE
-}
+/// Bytes of one unpacked super-block of one group: four 64-value quarters of
+/// [`QUARTER_TILES`] tiles.
+pub(crate) const UNPACKED_SB_BYTES: usize = 4 * QUARTER_TILES * TILE;
 
 #[repr(C, align(64))]
 struct TileConfig {
@@ -106,12 +100,12 @@ unsafe fn spread(p: *const u8) -> __m512i {
 }
 
 /// Unpacks one Q4_K (`FIFTH = false`) or Q5_K group at `w` (`nsb` super-blocks) into `dst`:
-/// per super-block, per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tile of `q·sl`
-/// then of `q·sh`.
+/// per super-block, per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·sl`,
+/// of `q·sh` and of the sub-block's min.
 /// Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16 weight rows.
 ///
 /// # Safety
-/// The CPU has AVX-512BW; `w` holds the group, `dst` `nsb ·` [`unpacked_sb_bytes`] bytes.
+/// The CPU has AVX-512BW; `w` holds the group, `dst` `nsb ·` [`UNPACKED_SB_BYTES`] bytes.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut u8) {
     let sb = if FIFTH { 180 * G } else { 148 * G };
@@ -121,7 +115,7 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst
     for b in 0..nsb {
         {
             let blk = w.add(b * sb);
-            let out = dst.add(b * unpacked_sb_bytes(false));
+            let out = dst.add(b * UNPACKED_SB_BYTES);
             for p in 0..4 {
                 let s = [
                     spread(blk.add(4 * G + G * 2 * p)),
@@ -132,7 +126,12 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst
                     _mm512_and_si512(_mm512_srli_epi16::<3>(s[0]), seven),
                     _mm512_and_si512(_mm512_srli_epi16::<3>(s[1]), seven),
                 ];
-                let (lo_tile, hi_tile) = (out.add(2 * p * TILE), out.add((2 * p + 1) * TILE));
+                let lo_tile = out.add(3 * p * TILE);
+                let (hi_tile, min_tile) = (lo_tile.add(TILE), lo_tile.add(2 * TILE));
+                let mins = [
+                    spread(blk.add(12 * G + G * 2 * p)),
+                    spread(blk.add(12 * G + G * (2 * p + 1))),
+                ];
                 for g in 0..8 {
                     let v = _mm512_loadu_si512(blk.add(qs_at + (8 * p + g) * 4 * G) as *const _);
                     let mut q = [
@@ -151,6 +150,7 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst
                         let row = 64 * (g + 8 * h);
                         _mm512_storeu_si512(lo_tile.add(row) as *mut _, mul_bytes(q[h], sl[h]));
                         _mm512_storeu_si512(hi_tile.add(row) as *mut _, mul_bytes(q[h], sh[h]));
+                        _mm512_storeu_si512(min_tile.add(row) as *mut _, mins[h]);
                     }
                 }
             }
@@ -171,7 +171,7 @@ pub(crate) unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
     for b in 0..nsb {
         {
             let blk = w.add(b * SB);
-            let out = dst.add(b * unpacked_sb_bytes(true));
+            let out = dst.add(b * UNPACKED_SB_BYTES);
             // Balanced base-7 digits of each sub-block's scale, each row's in its four bytes.
             let mut e = [[_mm512_setzero_si512(); 3]; 16];
             for (s, es) in e.iter_mut().enumerate() {
@@ -234,96 +234,69 @@ pub(crate) unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
     }
 }
 
-/// The i32 sums of one super-block: per tile register 2..8, 16 activation rows × 16 lanes.
+/// The i32 sums of one super-block for 16 activation rows: one tile per weight tile of a
+/// quarter (sums over the four quarters).
 #[repr(C, align(64))]
-struct SbSums([[[i32; G]; G]; 6]);
+struct SbSums([[[i32; G]; G]; QUARTER_TILES]);
 
-/// Starts the tile products of one super-block of one group, whose sums [`sb_store`] reads
-/// out; AMX runs them while the vector code after this call goes on. Every loaded tile has a
-/// register of its own, so a load waits for no product but the one that last read it:
-/// - Q4_K/Q5_K: A tiles tmm0 (rows 0..16), tmm1 (16..32), B digits tmm2, tmm3; sums tmm4–7
-///   (row tile 0 digit 0, 0·1, 1·0, 1·1).
-/// - Q6_K: A tile tmm0 (16 rows), B digits tmm1–3; sums tmm4–6.
+/// Starts the tile products of one super-block of one group for 16 activation rows, whose
+/// sums [`sb_store`] reads out; AMX runs them while the vector code after this call goes on.
+/// The activation tile alternates between tmm0 and tmm7 (a load need not wait for the
+/// previous quarter's products), the weight tiles take tmm1–3, the sums tmm4–6.
 ///
 /// # Safety
-/// [`configure`] ran on this thread; `a0` (and with `two` `a1`) is readable for 16 rows
-/// `lda` apart of the super-block's 256 bytes, `u` is the unpacked super-block.
+/// [`configure`] ran on this thread; `a` is readable for 16 rows `lda` apart of the super-
+/// block's 256 bytes, `u` is the unpacked super-block.
 #[inline(always)]
-unsafe fn sb_products<const SIX: bool>(
-    u: *const u8,
-    a0: *const i8,
-    a1: *const i8,
-    two: bool,
-    lda: usize,
-) {
+unsafe fn sb_products<const SIX: bool>(u: *const u8, a: *const i8, lda: usize) {
     let s64 = 64usize;
     asm!(
         "tilezero tmm4",
         "tilezero tmm5",
         "tilezero tmm6",
-        "tilezero tmm7",
         options(nostack, nomem)
     );
-    for p in 0..4 {
-        let t = u.add(p * digits(SIX) * TILE);
-        if SIX {
+    macro_rules! quarter {
+        ($p:expr, $op:literal, $a:literal) => {
             asm!(
-                "tileloadd tmm0, [{a} + {lda}*1]",
+                concat!("tileloadd ", $a, ", [{a} + {lda}*1]"),
                 "tileloadd tmm1, [{b} + {s}*1]",
-                "tdpbssd tmm4, tmm0, tmm1",
+                concat!($op, " tmm4, ", $a, ", tmm1"),
                 "tileloadd tmm2, [{b} + {s}*1 + 1024]",
-                "tdpbssd tmm5, tmm0, tmm2",
+                concat!($op, " tmm5, ", $a, ", tmm2"),
                 "tileloadd tmm3, [{b} + {s}*1 + 2048]",
-                "tdpbssd tmm6, tmm0, tmm3",
-                a = in(reg) a0.add(64 * p), lda = in(reg) lda, b = in(reg) t, s = in(reg) s64,
+                concat!($op, " tmm6, ", $a, ", tmm3"),
+                a = in(reg) a.add(64 * $p), lda = in(reg) lda,
+                b = in(reg) u.add($p * QUARTER_TILES * TILE), s = in(reg) s64,
                 options(nostack, readonly)
-            );
-            continue;
-        }
-        asm!(
-            "tileloadd tmm0, [{a} + {lda}*1]",
-            "tileloadd tmm2, [{b} + {s}*1]",
-            "tdpbsud tmm4, tmm0, tmm2",
-            "tileloadd tmm3, [{b} + {s}*1 + 1024]",
-            "tdpbsud tmm5, tmm0, tmm3",
-            a = in(reg) a0.add(64 * p), lda = in(reg) lda, b = in(reg) t, s = in(reg) s64,
-            options(nostack, readonly)
-        );
-        if two {
-            asm!(
-                "tileloadd tmm1, [{a} + {lda}*1]",
-                "tdpbsud tmm6, tmm1, tmm2",
-                "tdpbsud tmm7, tmm1, tmm3",
-                a = in(reg) a1.add(64 * p), lda = in(reg) lda,
-                options(nostack, readonly)
-            );
-        }
+            )
+        };
+    }
+    if SIX {
+        quarter!(0, "tdpbssd", "tmm0");
+        quarter!(1, "tdpbssd", "tmm7");
+        quarter!(2, "tdpbssd", "tmm0");
+        quarter!(3, "tdpbssd", "tmm7");
+    } else {
+        quarter!(0, "tdpbsud", "tmm0");
+        quarter!(1, "tdpbsud", "tmm7");
+        quarter!(2, "tdpbsud", "tmm0");
+        quarter!(3, "tdpbsud", "tmm7");
     }
 }
 
-/// Stores the sums [`sb_products`] started: tile register `4 + i` to `sums[i]`.
+/// Stores the sums [`sb_products`] started: tmm4–6 to `sums[0..3]`.
 ///
 /// # Safety
 /// [`sb_products`] ran.
 #[inline(always)]
-unsafe fn sb_store<const SIX: bool>(two: bool, sums: &mut SbSums) {
-    let s64 = 64usize;
-    let c = sums.0.as_mut_ptr();
+unsafe fn sb_store(sums: &mut SbSums) {
     asm!(
         "tilestored [{c} + {s}*1], tmm4",
         "tilestored [{c} + {s}*1 + 1024], tmm5",
-        c = in(reg) c, s = in(reg) s64, options(nostack)
+        "tilestored [{c} + {s}*1 + 2048], tmm6",
+        c = in(reg) sums.0.as_mut_ptr(), s = in(reg) 64usize, options(nostack)
     );
-    if SIX {
-        asm!("tilestored [{c} + {s}*1 + 2048], tmm6", c = in(reg) c, s = in(reg) s64,
-            options(nostack));
-    } else if two {
-        asm!(
-            "tilestored [{c} + {s}*1 + 2048], tmm6",
-            "tilestored [{c} + {s}*1 + 3072], tmm7",
-            c = in(reg) c, s = in(reg) s64, options(nostack)
-        );
-    }
 }
 
 #[inline(always)]
@@ -332,22 +305,8 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
 }
 
 #[inline(always)]
-unsafe fn u8x16(p: *const u8) -> __m512i {
-    _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
-}
-
-#[inline(always)]
 unsafe fn lanes(row: &[i32; G]) -> __m512i {
     _mm512_load_si512(row.as_ptr() as *const _)
-}
-
-/// Activation rows one step of [`gemm_k_group`] takes: Q4_K/Q5_K two tiles, Q6_K one.
-const fn step_rows(six: bool) -> usize {
-    if six {
-        G
-    } else {
-        2 * G
-    }
 }
 
 /// Asks for the cache lines of the `bytes` at `p`: the next group's super-block, which lies a
@@ -397,42 +356,25 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
     let six = KIND == 6;
     let m = rows.len();
     let real_mask: __mmask16 = ((1u32 << real) - 1) as u16;
-    let step = step_rows(six);
-    let lda = QK_K;
-    let tile_at = |i: usize| a.add(i * lda);
-    // Starts the products of rows i.. (and stores nothing yet).
+    let step = G;
+    // Starts the products of rows i..i + 16 (and stores nothing yet).
     let products = |i: usize| {
-        let two = i + G < m;
-        let a1 = if two { tile_at(i + G) } else { a };
         if six {
-            sb_products::<true>(u, tile_at(i), a1, false, lda);
+            sb_products::<true>(u, a.add(i * QK_K), QK_K);
         } else {
-            sb_products::<false>(u, tile_at(i), a1, two, lda);
-        }
-    };
-    let store = |i: usize, sums: &mut SbSums| {
-        if six {
-            sb_store::<true>(false, sums)
-        } else {
-            sb_store::<false>(i + G < m, sums)
+            sb_products::<false>(u, a.add(i * QK_K), QK_K);
         }
     };
     // Two buffers: the next step's tile products run while this step's sums are scaled.
-    let mut sums = [SbSums([[[0; G]; G]; 6]), SbSums([[[0; G]; G]; 6])];
+    let mut sums = [
+        SbSums([[[0; G]; G]; QUARTER_TILES]),
+        SbSums([[[0; G]; G]; QUARTER_TILES]),
+    ];
     let steps = m.div_ceil(step);
     let d = f16x16(blk);
-    // Q4_K/Q5_K: dmin, and the mins of sub-blocks 2c, 2c + 1 in the i16 halves of a lane.
     let dmin = f16x16(blk.add(2 * G));
-    let mut mins = [_mm512_setzero_si512(); 4];
-    if !six {
-        for (c, mv) in mins.iter_mut().enumerate() {
-            let m0 = u8x16(blk.add(12 * G + G * 2 * c));
-            let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
-            *mv = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
-        }
-    }
     products(0);
-    store(0, &mut sums[0]);
+    sb_store(&mut sums[0]);
     for s in 0..steps {
         let i0 = s * step;
         if s + 1 < steps {
@@ -441,7 +383,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
         let t = &sums[s % 2].0;
         for r in i0..(i0 + step).min(m) {
             let ar = rows.get_unchecked(r);
-            let (tr, k) = ((r - i0) / G, (r - i0) % G);
+            let k = r - i0;
             let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
             let o = acc.get_unchecked_mut(r).as_mut_ptr();
             let prev = if first {
@@ -468,16 +410,8 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
                 ));
                 continue;
             }
-            let (lo, hi) = (&t[2 * tr][k], &t[2 * tr + 1][k]);
-            let isum = _mm512_add_epi32(lanes(lo), _mm512_slli_epi32::<3>(lanes(hi)));
-            let pairs = ar.pairs.as_ptr().add(4 * b);
-            let mut msum = _mm512_madd_epi16(mins[0], _mm512_set1_epi32(*pairs));
-            for (c, mv) in mins.iter().enumerate().skip(1) {
-                msum = _mm512_add_epi32(
-                    msum,
-                    _mm512_madd_epi16(*mv, _mm512_set1_epi32(*pairs.add(c))),
-                );
-            }
+            let isum = _mm512_add_epi32(lanes(&t[0][k]), _mm512_slli_epi32::<3>(lanes(&t[1][k])));
+            let msum = lanes(&t[2][k]);
             let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev);
             put(_mm512_fnmadd_ps(
                 _mm512_cvtepi32_ps(msum),
@@ -486,7 +420,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
             ));
         }
         if s + 1 < steps {
-            store(i0 + step, &mut sums[(s + 1) % 2]);
+            sb_store(&mut sums[(s + 1) % 2]);
         }
     }
 }
