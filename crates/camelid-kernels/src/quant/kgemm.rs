@@ -12,8 +12,10 @@ use super::{
 use crate::OutPtr;
 
 /// Activation rows from which a K matmul runs on AMX tiles where the CPU has them (below,
-/// the AVX-512 VNNI passes): each call unpacks its groups once, which a few rows do not repay.
-const AMX_MIN_ROWS: usize = 32;
+/// the AVX-512 VNNI passes): a call packs its activations and unpacks its weights once, which
+/// a few rows do not repay. Measured (`qgemm_bench 1`, 2048 columns, alternating): AMX at
+/// 16 rows 1.25–1.5× the VNNI passes, at 12 about even, at 8 0.65–0.95×.
+const AMX_MIN_ROWS: usize = 16;
 
 /// Rows a row tile needs before its passes over a group on AVX2 (without VNNI) run on the
 /// group unpacked to a byte a value (`k256::unpack_q45`, `k256::unpack_q6`), which costs about
