@@ -332,19 +332,7 @@ fn k_kernels_agree_with_the_scalar_reference() {
         for (m, n) in shapes {
             let k = 768;
             for extreme in [false, true] {
-                let data = if extreme {
-                    extreme_k_rows(kind, n, k)
-                } else {
-                    rows_of(t, n, k)
-                };
-                let x: Vec<f32> = if extreme {
-                    (0..m * k)
-                        .map(|i| if (i / 7) % 3 == 0 { -1.0 } else { 1.0 })
-                        .collect()
-                } else {
-                    random(m * k, 11)
-                };
-                let acts = q8k(&x, m, k);
+                let (data, acts) = k_case(t, m, n, k, extreme, (7, 11));
                 let mut want = vec![0f32; m * n];
                 let reference = laid_out(kind, n, k, data.clone(), kgemm::Flavour::Scalar);
                 kgemm::matmul_k_with(&reference, &acts, &mut want, kgemm::Flavour::Scalar);
@@ -360,6 +348,34 @@ fn k_kernels_agree_with_the_scalar_reference() {
                 }
             }
         }
+    }
+}
+
+/// One K-format case: `n × k` GGUF weights of type `t` and `m` rows of Q8_K activations,
+/// random (seed `pattern.1`) or at the extremes (`extreme_k_rows`, ±1 activations in runs of
+/// `pattern.0`, which quantize to ±127).
+fn k_case(
+    t: GgmlDType,
+    m: usize,
+    n: usize,
+    k: usize,
+    extreme: bool,
+    pattern: (usize, u64),
+) -> (Vec<u8>, QActs) {
+    let kind = QKind::from_ggml(t).unwrap();
+    if extreme {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| {
+                if (i / pattern.0).is_multiple_of(3) {
+                    -1.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        (extreme_k_rows(kind, n, k), q8k(&x, m, k))
+    } else {
+        (rows_of(t, n, k), q8k(&random(m * k, pattern.1), m, k))
     }
 }
 
@@ -487,19 +503,7 @@ fn amx_tiles_give_the_vnni_passes_bits() {
         ] {
             let k = 768;
             for extreme in [false, true] {
-                let data = if extreme {
-                    extreme_k_rows(kind, n, k)
-                } else {
-                    rows_of(t, n, k)
-                };
-                let x: Vec<f32> = if extreme {
-                    (0..m * k)
-                        .map(|i| if (i / 5) % 3 == 0 { -1.0 } else { 1.0 })
-                        .collect()
-                } else {
-                    random(m * k, 13)
-                };
-                let acts = q8k(&x, m, k);
+                let (data, acts) = k_case(t, m, n, k, extreme, (5, 13));
                 let run = |flavour| {
                     let w = laid_out(kind, n, k, data.clone(), flavour);
                     let mut out = vec![f32::NAN; m * n];

@@ -166,7 +166,6 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
     const SB: usize = 210 * G;
-    let m4 = _mm512_set1_epi8(0x0F);
     let thirty_two = _mm512_set1_epi8(32);
     for b in 0..nsb {
         {
@@ -196,24 +195,8 @@ pub(crate) unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
             }
             for n in 0..2 {
                 for g in 0..8 {
-                    let v = blk.add(18 * G + (8 * n + g) * 12 * G);
-                    let qa = _mm512_loadu_si512(v as *const _);
-                    let qb = _mm512_loadu_si512(v.add(4 * G) as *const _);
-                    let qh = _mm512_loadu_si512(v.add(8 * G) as *const _);
-                    let bits = |m: u8| _mm512_and_si512(qh, _mm512_set1_epi8(m as i8));
-                    let or_low = |low: __m512i, high: __m512i| {
-                        _mm512_ternarylogic_epi64::<0xEA>(low, m4, high)
-                    };
                     // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
-                    let vals = [
-                        or_low(qa, _mm512_slli_epi16::<4>(bits(0x03))),
-                        or_low(qb, _mm512_slli_epi16::<2>(bits(0x0C))),
-                        or_low(_mm512_srli_epi16::<4>(qa), bits(0x30)),
-                        or_low(
-                            _mm512_srli_epi16::<4>(qb),
-                            _mm512_srli_epi16::<2>(bits(0xC0)),
-                        ),
-                    ];
+                    let vals = super::k512::q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
                     for (k, val) in vals.iter().enumerate() {
                         // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
                         // block 8n + 2k + g/4.

@@ -150,6 +150,29 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     }
 }
 
+/// The 6-bit values of one Q6_K four-value step of a 16-row group (`krepack`'s three vectors
+/// at `v`: low nibbles of two, the high pairs of the third): values `128n + 32k + 4g..` of
+/// each row for k = 0..4, one byte each (0..63).
+#[inline(always)]
+pub(crate) unsafe fn q6_values(v: *const u8) -> [__m512i; 4] {
+    let m4 = _mm512_set1_epi8(0x0F);
+    // (low & 0x0F) | high, in one ternary-logic op (0xEA: A·B + C).
+    let or_low = |low: __m512i, high: __m512i| _mm512_ternarylogic_epi64::<0xEA>(low, m4, high);
+    let qa = _mm512_loadu_si512(v as *const _);
+    let qb = _mm512_loadu_si512(v.add(4 * G) as *const _);
+    let qh = _mm512_loadu_si512(v.add(8 * G) as *const _);
+    let bits = |m: u8| _mm512_and_si512(qh, _mm512_set1_epi8(m as i8));
+    [
+        or_low(qa, _mm512_slli_epi16::<4>(bits(0x03))),
+        or_low(qb, _mm512_slli_epi16::<2>(bits(0x0C))),
+        or_low(_mm512_srli_epi16::<4>(qa), bits(0x30)),
+        or_low(
+            _mm512_srli_epi16::<4>(qb),
+            _mm512_srli_epi16::<2>(bits(0xC0)),
+        ),
+    ]
+}
+
 /// Q6_K: Σ_s sc_s·Σ q·a per row in i32 (q = 0..63), less `32·Σ_s sc_s·Σa_s`, times `d·da`.
 /// The three vectors of a four-value step hold all four 32-value sets of a half, so each is
 /// loaded and unpacked once, into four sub-block sums per row: at most 4 rows (24 registers).
@@ -163,9 +186,6 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
     ld: usize,
 ) {
     const SB: usize = 210 * G;
-    let m4 = _mm512_set1_epi8(0x0F);
-    // (low & 0x0F) | high, in one ternary-logic op (0xEA: A·B + C).
-    let or_low = |low: __m512i, high: __m512i| _mm512_ternarylogic_epi64::<0xEA>(low, m4, high);
     // Without VNNI, two steps per i16 sum: at most 4 · 63 · 127 = 32 004.
     let fold = if VNNI { 4 } else { 2 };
     let mut acc = [_mm512_setzero_ps(); R];
@@ -178,20 +198,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
                 // t[k][i]: sub-block 8n + 2k + h of row i.
                 let mut t = [[_mm512_setzero_si512(); R]; 4];
                 for g in 4 * h..4 * h + 4 {
-                    let v = blk.add(18 * G + (8 * n + g) * 12 * G);
-                    let qa = _mm512_loadu_si512(v as *const _);
-                    let qb = _mm512_loadu_si512(v.add(4 * G) as *const _);
-                    let qh = _mm512_loadu_si512(v.add(8 * G) as *const _);
-                    let bits = |m: u8| _mm512_and_si512(qh, _mm512_set1_epi8(m as i8));
-                    let q = [
-                        or_low(qa, _mm512_slli_epi16::<4>(bits(0x03))),
-                        or_low(qb, _mm512_slli_epi16::<2>(bits(0x0C))),
-                        or_low(_mm512_srli_epi16::<4>(qa), bits(0x30)),
-                        or_low(
-                            _mm512_srli_epi16::<4>(qb),
-                            _mm512_srli_epi16::<2>(bits(0xC0)),
-                        ),
-                    ];
+                    let q = q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
                     for k in 0..4 {
                         for i in 0..R {
                             let at = b * QK_K + 128 * n + 32 * k + 4 * g;
