@@ -265,15 +265,15 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
                                 let act = (packed.as_ptr() as *const i8).add(b * m_pad * QK_K);
                                 match kind {
                                     4 => {
-                                        amx::unpack_q45::<false>(blk, 1, u);
+                                        amx::unpack_q45::<false>(blk, u);
                                         amx::gemm_k_sb::<4>(blk, u, b, ends, act, rows, acc, o);
                                     }
                                     5 => {
-                                        amx::unpack_q45::<true>(blk, 1, u);
+                                        amx::unpack_q45::<true>(blk, u);
                                         amx::gemm_k_sb::<5>(blk, u, b, ends, act, rows, acc, o);
                                     }
                                     _ => {
-                                        amx::unpack_q6(blk, 1, u);
+                                        amx::unpack_q6(blk, u);
                                         amx::gemm_k_sb::<6>(blk, u, b, ends, act, rows, acc, o);
                                     }
                                 }

@@ -99,60 +99,53 @@ unsafe fn spread(p: *const u8) -> __m512i {
     _mm512_mullo_epi32(lanes, _mm512_set1_epi32(0x0101_0101))
 }
 
-/// Unpacks one Q4_K (`FIFTH = false`) or Q5_K group at `w` (`nsb` super-blocks) into `dst`:
-/// per super-block, per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·sl`,
-/// of `q·sh` and of the sub-block's min.
+/// Unpacks one super-block of a Q4_K (`FIFTH = false`) or Q5_K group at `blk` into `out`:
+/// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·sl`, of `q·sh` and
+/// of the sub-block's min.
 /// Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16 weight rows.
 ///
 /// # Safety
-/// The CPU has AVX-512BW; `w` holds the group, `dst` `nsb ·` [`UNPACKED_SB_BYTES`] bytes.
+/// The CPU has AVX-512BW; `blk` holds the packed super-block, `out` [`UNPACKED_SB_BYTES`].
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut u8) {
-    let sb = if FIFTH { 180 * G } else { 148 * G };
+pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8) {
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let low = _mm512_set1_epi8(0x0F);
     let seven = _mm512_set1_epi8(7);
-    for b in 0..nsb {
-        {
-            let blk = w.add(b * sb);
-            let out = dst.add(b * UNPACKED_SB_BYTES);
-            for p in 0..4 {
-                let s = [
-                    spread(blk.add(4 * G + G * 2 * p)),
-                    spread(blk.add(4 * G + G * (2 * p + 1))),
-                ];
-                let sl = [_mm512_and_si512(s[0], seven), _mm512_and_si512(s[1], seven)];
-                let sh = [
-                    _mm512_and_si512(_mm512_srli_epi16::<3>(s[0]), seven),
-                    _mm512_and_si512(_mm512_srli_epi16::<3>(s[1]), seven),
-                ];
-                let lo_tile = out.add(3 * p * TILE);
-                let (hi_tile, min_tile) = (lo_tile.add(TILE), lo_tile.add(2 * TILE));
-                let mins = [
-                    spread(blk.add(12 * G + G * 2 * p)),
-                    spread(blk.add(12 * G + G * (2 * p + 1))),
-                ];
-                for g in 0..8 {
-                    let v = _mm512_loadu_si512(blk.add(qs_at + (8 * p + g) * 4 * G) as *const _);
-                    let mut q = [
-                        _mm512_and_si512(v, low),
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
-                    ];
-                    if FIFTH {
-                        let qh = _mm512_loadu_si512(blk.add(20 * G + g * 4 * G) as *const _);
-                        for (h, qv) in q.iter_mut().enumerate() {
-                            let bit = _mm512_set1_epi8((1u8 << (2 * p + h)) as i8);
-                            let set = _mm512_test_epi8_mask(qh, bit);
-                            *qv = _mm512_mask_add_epi8(*qv, set, *qv, _mm512_set1_epi8(16));
-                        }
-                    }
-                    for h in 0..2 {
-                        let row = 64 * (g + 8 * h);
-                        _mm512_storeu_si512(lo_tile.add(row) as *mut _, mul_bytes(q[h], sl[h]));
-                        _mm512_storeu_si512(hi_tile.add(row) as *mut _, mul_bytes(q[h], sh[h]));
-                        _mm512_storeu_si512(min_tile.add(row) as *mut _, mins[h]);
-                    }
+    for p in 0..4 {
+        let s = [
+            spread(blk.add(4 * G + G * 2 * p)),
+            spread(blk.add(4 * G + G * (2 * p + 1))),
+        ];
+        let sl = [_mm512_and_si512(s[0], seven), _mm512_and_si512(s[1], seven)];
+        let sh = [
+            _mm512_and_si512(_mm512_srli_epi16::<3>(s[0]), seven),
+            _mm512_and_si512(_mm512_srli_epi16::<3>(s[1]), seven),
+        ];
+        let lo_tile = out.add(QUARTER_TILES * p * TILE);
+        let (hi_tile, min_tile) = (lo_tile.add(TILE), lo_tile.add(2 * TILE));
+        let mins = [
+            spread(blk.add(12 * G + G * 2 * p)),
+            spread(blk.add(12 * G + G * (2 * p + 1))),
+        ];
+        for g in 0..8 {
+            let v = _mm512_loadu_si512(blk.add(qs_at + (8 * p + g) * 4 * G) as *const _);
+            let mut q = [
+                _mm512_and_si512(v, low),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
+            ];
+            if FIFTH {
+                let qh = _mm512_loadu_si512(blk.add(20 * G + g * 4 * G) as *const _);
+                for (h, qv) in q.iter_mut().enumerate() {
+                    let bit = _mm512_set1_epi8((1u8 << (2 * p + h)) as i8);
+                    let set = _mm512_test_epi8_mask(qh, bit);
+                    *qv = _mm512_mask_add_epi8(*qv, set, *qv, _mm512_set1_epi8(16));
                 }
+            }
+            for h in 0..2 {
+                let row = 64 * (g + 8 * h);
+                _mm512_storeu_si512(lo_tile.add(row) as *mut _, mul_bytes(q[h], sl[h]));
+                _mm512_storeu_si512(hi_tile.add(row) as *mut _, mul_bytes(q[h], sh[h]));
+                _mm512_storeu_si512(min_tile.add(row) as *mut _, mins[h]);
             }
         }
     }
@@ -164,53 +157,44 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst
 /// # Safety
 /// As [`unpack_q45`].
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(crate) unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
-    const SB: usize = 210 * G;
+pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
     let thirty_two = _mm512_set1_epi8(32);
-    for b in 0..nsb {
-        {
-            let blk = w.add(b * SB);
-            let out = dst.add(b * UNPACKED_SB_BYTES);
-            // Balanced base-7 digits of each sub-block's scale, each row's in its four bytes.
-            let mut e = [[_mm512_setzero_si512(); 3]; 16];
-            for (s, es) in e.iter_mut().enumerate() {
-                let sc =
-                    _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const __m128i));
-                // sc + 171 is 0..342: its base-7 digits less 3.
-                let mut u = _mm512_add_epi32(sc, _mm512_set1_epi32(171));
-                for d in es.iter_mut() {
-                    // u / 7 for u < 343, as (u · 9363) >> 16.
-                    let div =
-                        _mm512_srli_epi32::<16>(_mm512_mullo_epi32(u, _mm512_set1_epi32(9363)));
-                    let digit = _mm512_sub_epi32(
-                        _mm512_sub_epi32(u, _mm512_mullo_epi32(div, _mm512_set1_epi32(7))),
-                        _mm512_set1_epi32(3),
+    // Balanced base-7 digits of each sub-block's scale, each row's in its four bytes.
+    let mut e = [[_mm512_setzero_si512(); 3]; 16];
+    for (s, es) in e.iter_mut().enumerate() {
+        let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const __m128i));
+        // sc + 171 is 0..342: its base-7 digits less 3.
+        let mut u = _mm512_add_epi32(sc, _mm512_set1_epi32(171));
+        for d in es.iter_mut() {
+            // u / 7 for u < 343, as (u · 9363) >> 16.
+            let div = _mm512_srli_epi32::<16>(_mm512_mullo_epi32(u, _mm512_set1_epi32(9363)));
+            let digit = _mm512_sub_epi32(
+                _mm512_sub_epi32(u, _mm512_mullo_epi32(div, _mm512_set1_epi32(7))),
+                _mm512_set1_epi32(3),
+            );
+            *d = _mm512_mullo_epi32(
+                _mm512_and_si512(digit, _mm512_set1_epi32(0xFF)),
+                _mm512_set1_epi32(0x0101_0101),
+            );
+            u = div;
+        }
+    }
+    for n in 0..2 {
+        for g in 0..8 {
+            // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
+            let vals = super::k512::q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
+            for (k, val) in vals.iter().enumerate() {
+                // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
+                // block 8n + 2k + g/4.
+                let centred = _mm512_sub_epi8(*val, thirty_two);
+                let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
+                let s = 8 * n + 2 * k + g / 4;
+                for (d, digit) in e[s].iter().enumerate() {
+                    let tile = out.add((quarter * QUARTER_TILES + d) * TILE);
+                    _mm512_storeu_si512(
+                        tile.add(64 * row) as *mut _,
+                        mul_bytes_signed(centred, *digit),
                     );
-                    *d = _mm512_mullo_epi32(
-                        _mm512_and_si512(digit, _mm512_set1_epi32(0xFF)),
-                        _mm512_set1_epi32(0x0101_0101),
-                    );
-                    u = div;
-                }
-            }
-            for n in 0..2 {
-                for g in 0..8 {
-                    // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
-                    let vals = super::k512::q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
-                    for (k, val) in vals.iter().enumerate() {
-                        // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
-                        // block 8n + 2k + g/4.
-                        let centred = _mm512_sub_epi8(*val, thirty_two);
-                        let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
-                        let s = 8 * n + 2 * k + g / 4;
-                        for (d, digit) in e[s].iter().enumerate() {
-                            let tile = out.add((quarter * 3 + d) * TILE);
-                            _mm512_storeu_si512(
-                                tile.add(64 * row) as *mut _,
-                                mul_bytes_signed(centred, *digit),
-                            );
-                        }
-                    }
                 }
             }
         }
@@ -228,10 +212,10 @@ struct SbSums([[[i32; G]; G]; QUARTER_TILES]);
 /// previous quarter's products), the weight tiles take tmm1–3, the sums tmm4–6.
 ///
 /// # Safety
-/// [`configure`] ran on this thread; `a` is readable for 16 rows `lda` apart of the super-
-/// block's 256 bytes, `u` is the unpacked super-block.
+/// [`configure`] ran on this thread; `a` is readable for 16 rows of the super-block's 256
+/// bytes, one after another, `u` is the unpacked super-block.
 #[inline(always)]
-unsafe fn sb_products<const SIX: bool>(u: *const u8, a: *const i8, lda: usize) {
+unsafe fn sb_products<const SIX: bool>(u: *const u8, a: *const i8) {
     let s64 = 64usize;
     asm!(
         "tilezero tmm4",
@@ -249,7 +233,7 @@ unsafe fn sb_products<const SIX: bool>(u: *const u8, a: *const i8, lda: usize) {
                 concat!($op, " tmm5, ", $a, ", tmm2"),
                 "tileloadd tmm3, [{b} + {s}*1 + 2048]",
                 concat!($op, " tmm6, ", $a, ", tmm3"),
-                a = in(reg) a.add(64 * $p), lda = in(reg) lda,
+                a = in(reg) a.add(64 * $p), lda = in(reg) QK_K,
                 b = in(reg) u.add($p * QUARTER_TILES * TILE), s = in(reg) s64,
                 options(nostack, readonly)
             )
@@ -343,9 +327,9 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
     // Starts the products of rows i..i + 16 (and stores nothing yet).
     let products = |i: usize| {
         if six {
-            sb_products::<true>(u, a.add(i * QK_K), QK_K);
+            sb_products::<true>(u, a.add(i * QK_K));
         } else {
-            sb_products::<false>(u, a.add(i * QK_K), QK_K);
+            sb_products::<false>(u, a.add(i * QK_K));
         }
     };
     // Two buffers: the next step's tile products run while this step's sums are scaled.
