@@ -3,6 +3,7 @@
 
 use crate::paged::uses_host_memory;
 use crate::speculate::NgramSpec;
+use crate::step_cost::LONE_STREAM_GAPS;
 use camelid_model::KvDtype;
 use camelid_model::LoadedModel;
 use candle_core::Device;
@@ -28,6 +29,11 @@ pub struct EngineConfig {
     /// (first tokens wait longer), larger lets prompts through sooner. `None`: the token cap
     /// alone.
     pub max_step_stretch: Option<f64>,
+    /// With `max_step_stretch`, a step may always take this multiple of a lone stream's
+    /// decode step (once one ran), however cheap a decode step of the running batch is: on a
+    /// model whose decode steps are bound by reading the weights, stretch 1 alone would hold
+    /// a prompt beside busy streams to a token or two a step. 0: the stretch alone.
+    pub lone_stream_gaps: f64,
     /// Positions per KV block.
     pub block_size: usize,
     /// KV memory for this model, in MiB (keys and values of every layer).
@@ -57,6 +63,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             max_prefill_tokens_while_decoding: 512,
             max_step_stretch: None,
+            lone_stream_gaps: 0.0,
             block_size: 16,
             kv_cache_mb: 512,
             prefix_caching: true,
@@ -136,6 +143,7 @@ impl EngineConfig {
                 Some(_) => None,
                 None => cpu.then_some(1.0),
             },
+            lone_stream_gaps: if cpu { LONE_STREAM_GAPS } else { 0.0 },
             block_size: o.block_size.unwrap_or(d.block_size).max(1),
             kv_cache_mb: o.kv_cache_mb.unwrap_or(d.kv_cache_mb).max(1),
             prefix_caching: o.prefix_caching.unwrap_or(d.prefix_caching),
@@ -157,6 +165,7 @@ mod tests {
         assert_eq!(c.max_batch_tokens, 512);
         assert_eq!(c.max_prefill_tokens_while_decoding, 64);
         assert_eq!(c.max_step_stretch, Some(1.0));
+        assert_eq!(c.lone_stream_gaps, LONE_STREAM_GAPS);
         assert_eq!(
             (c.max_waiting, c.max_running, c.block_size, c.kv_cache_mb),
             (256, 32, 16, 512)

@@ -913,7 +913,7 @@ impl Engine {
             let secs = started.elapsed().as_secs_f64();
             self.metrics.step_seconds.observe(secs);
             let ms = secs * 1e3;
-            self.cost.observe(batch_decodes, prefill, ms);
+            self.cost.observe(batch_decodes + prefill, ms);
             // RUST_LOG=camelid_engine::step=debug traces every step (for scheduling studies).
             tracing::debug!(
                 target: "camelid_engine::step",
@@ -1019,8 +1019,14 @@ impl Engine {
             return cap;
         };
         self.cost
-            .prefill_tokens(decodes, self.running.len(), stretch)
-            .map_or(cap, |n| n.clamp(1, cap))
+            .prefill_tokens(
+                decodes,
+                self.running.len(),
+                stretch,
+                self.cfg.lone_stream_gaps,
+                cap,
+            )
+            .map_or(cap, |n| n.max(1))
     }
 
     fn forward_and_sample(

@@ -5,9 +5,35 @@
 //! lengthens their inter-token gap by its own cost. A fixed token cap gets that wrong by
 //! model size and device (64 tokens of a 135M model on 2 cores take ~90 ms; of a 7B model,
 //! seconds). Instead the scheduler may bound the *time*: a step with `d` decodes may take at
-//! most `stretch ×` what `d` decodes alone take (Sarathi-Serve's budget, in time rather than
-//! tokens). Two running averages give the prediction: the duration of decode-only steps by
-//! their number of decodes, and the cost of one prefill token in mixed steps.
+//! most `stretch ×` what a decode step of every running sequence takes (Sarathi-Serve's
+//! budget, in time rather than tokens), or a multiple of a lone stream's step if that is
+//! longer.
+//!
+//! The prediction is one running average per count of rows in a step (decodes, draft tokens
+//! and prompt tokens alike: each is a row of every matmul). Not a cost per decode plus a cost
+//! per prompt token: a step's cost is not linear in its rows. On the CPU each step reads the
+//! weights once (a 1B model: ~31 ms for one row, 53 for eight), and the K formats' matmuls
+//! switch from VNNI passes to AMX tiles at 16 rows (~3 ms a row below, ~2 above), so eight
+//! decodes and a 17-token chunk (81 ms) cost little more than eight decodes alone, while the
+//! old per-token average, learned from chunks of every size, held such prompts to a token or
+//! two a step.
+
+/// The CPU's default for [`crate::config::EngineConfig::lone_stream_gaps`]: the streams'
+/// gaps stay within 3× a lone stream's (issue 4's bound, with room for noise), and where a
+/// decode step is bound by reading the weights (eight rows of a 1B model cost ~1.7× one on
+/// the CPU) a prompt beside busy streams still advances a chunk a step.
+pub const LONE_STREAM_GAPS: f64 = 2.5;
+
+/// Row counts (multiples of this) that the budget tries once before any step of that many
+/// rows has run, where their predicted time is within [`PROBE_OVERRUN`] × the bound.
+/// Predictions between the counts seen are straight lines, but a step's cost is not: the K
+/// formats' matmuls switch to AMX tiles at 16 rows, where a Q6_K step of 1B gets cheaper
+/// (12 rows 91 ms, 16 about 80), so a line from 12 rows to a 63-token prompt's step never
+/// let a step reach 16 rows, and the steps stayed on the slow kernels. A GPU's kernels have
+/// such steps too (tile sizes).
+const PROBE_ROWS: usize = 8;
+/// How far past the bound a probe may be predicted to run: one step a count, once.
+const PROBE_OVERRUN: f64 = 1.5;
 
 /// Weight of the newest observation in the running averages: recent enough to follow the
 /// context growing and the machine's load, smooth enough to ride out one noisy step.
@@ -15,114 +41,104 @@ const ALPHA: f64 = 0.2;
 
 #[derive(Debug, Default)]
 pub struct StepCost {
-    /// `decode_ms[d]`: average duration of a step of `d` decodes and no prefill.
-    decode_ms: Vec<Option<f64>>,
-    /// Average cost of one prefill token: from prefill-only steps, and from mixed steps less
-    /// their decodes' predicted share.
-    prefill_token_ms: Option<f64>,
-}
-
-fn blend(avg: &mut Option<f64>, v: f64) {
-    *avg = Some(match *avg {
-        Some(a) => a + ALPHA * (v - a),
-        None => v,
-    });
+    /// `row_ms[r]`: average duration of a step of `r` rows.
+    row_ms: Vec<Option<f64>>,
 }
 
 impl StepCost {
-    /// Records a step of `decodes` decode rows and `prefill` prefill tokens that took `ms`.
-    pub fn observe(&mut self, decodes: usize, prefill: usize, ms: f64) {
-        if !ms.is_finite() || ms < 0.0 {
+    /// Records a step of `rows` rows (decodes, drafts and prompt tokens) that took `ms`.
+    pub fn observe(&mut self, rows: usize, ms: f64) {
+        if !ms.is_finite() || ms < 0.0 || rows == 0 {
             return;
         }
-        if prefill == 0 {
-            if decodes > 0 {
-                if self.decode_ms.len() <= decodes {
-                    self.decode_ms.resize(decodes + 1, None);
-                }
-                blend(&mut self.decode_ms[decodes], ms);
-            }
-            return;
+        if self.row_ms.len() <= rows {
+            self.row_ms.resize(rows + 1, None);
         }
-        let decode_share = if decodes == 0 {
-            Some(0.0)
-        } else {
-            self.decode_step_ms(decodes)
-        };
-        if let Some(share) = decode_share {
-            blend(
-                &mut self.prefill_token_ms,
-                (ms - share).max(0.0) / prefill as f64,
-            );
-        }
+        let avg = &mut self.row_ms[rows];
+        *avg = Some(match *avg {
+            Some(a) => a + ALPHA * (ms - a),
+            None => ms,
+        });
     }
 
-    /// Duration of a decode-only step of `decodes` rows, from the steps seen. Fewer decodes
-    /// never take longer than more, so a count seen stands for the least average seen for it
-    /// or a larger count (a rare count, seen only in a step slowed by something else, such as
-    /// a new request's tokenization on the same cores, must not stand for it). A count not
-    /// seen lies on the line between the nearest counts seen below and above it; with none
-    /// below, the one above; with none above, the one below (an underestimate: a prefill token
-    /// is charged a little more). Counts that only ever run beside prompt tokens are never
-    /// seen alone: charging them a larger count's whole step left such a step no time for
-    /// prompts (three streams beside five new prompts on a 1B model: a token a step).
-    pub fn decode_step_ms(&self, decodes: usize) -> Option<f64> {
-        let seen = |d: usize| self.decode_ms.get(d).copied().flatten();
-        let at_least = |d: usize| {
-            (d..self.decode_ms.len())
-                .filter_map(seen)
-                .min_by(f64::total_cmp)
-        };
-        if seen(decodes).is_some() {
-            return at_least(decodes);
+    fn seen(&self, rows: usize) -> Option<f64> {
+        self.row_ms.get(rows).copied().flatten()
+    }
+
+    /// The least average seen for `rows` or more: more rows never take less time (a count
+    /// seen only in a step slowed by something else, such as a new request's tokenization on
+    /// the same cores, must not stand above a larger count's average).
+    fn at_least(&self, rows: usize) -> Option<f64> {
+        (rows..self.row_ms.len())
+            .filter_map(|r| self.seen(r))
+            .min_by(f64::total_cmp)
+    }
+
+    /// Duration of a step of `rows` rows, from the steps seen. A count not seen lies on the
+    /// line between the nearest counts seen below and above it; with none below, the one
+    /// above (an overestimate); with none above, the largest seen scaled by the rows
+    /// (`t · rows / largest`, an overestimate too: part of a step's time is per step, not per
+    /// row). `None` before any step.
+    pub fn step_ms(&self, rows: usize) -> Option<f64> {
+        if self.seen(rows).is_some() {
+            return self.at_least(rows);
         }
-        let below = (1..decodes).rev().find(|&d| seen(d).is_some());
-        let above = (decodes + 1..self.decode_ms.len()).find(|&d| seen(d).is_some());
+        let below = (1..rows.min(self.row_ms.len()))
+            .rev()
+            .find(|&r| self.seen(r).is_some());
+        let above = (rows + 1..self.row_ms.len()).find(|&r| self.seen(r).is_some());
         match (below, above) {
             (Some(l), Some(u)) => {
-                let (a, b) = (at_least(l)?, at_least(u)?);
-                Some(a + (b - a) * (decodes - l) as f64 / (u - l) as f64)
+                let (a, b) = (self.at_least(l)?, self.at_least(u)?);
+                Some(a + (b - a) * (rows - l) as f64 / (u - l) as f64)
             }
-            (None, Some(u)) => at_least(u),
-            (Some(l), None) => at_least(l),
+            (None, Some(u)) => self.at_least(u),
+            (Some(l), None) => Some(self.at_least(l)? * rows as f64 / l as f64),
             (None, None) => None,
         }
     }
 
-    /// [`Self::decode_step_ms`] for budgeting, where a count larger than any seen is the
-    /// largest seen plus a prefill token's cost per extra row (a row of the matmuls either
-    /// way). Without it the budget would feed on itself: while prompts are in flight there are
-    /// few decode-only steps of many rows, and a batch predicted as cheap as the few rows
-    /// seen leaves the prompts so little time that many rows never decode together.
-    fn predicted_decode_ms(&self, decodes: usize) -> Option<f64> {
-        let largest = (1..self.decode_ms.len())
-            .rev()
-            .find(|&d| self.decode_ms[d].is_some());
-        match (largest, self.prefill_token_ms) {
-            (Some(m), Some(per_row)) if decodes > m => {
-                Some(self.decode_ms[m]? + (decodes - m) as f64 * per_row)
+    /// Prefill tokens (at most `cap`) a step of `decodes` decode rows may carry while
+    /// `running` sequences (those decodes and the prompts in flight) share the batch: the
+    /// step may take `stretch ×` a decode step of all `running`, the gap the streams will see
+    /// once those prompts decode too, or `lone_gaps ×` a lone stream's step if that is longer. Measured against the decodes alone, one stream decoding beside seven new
+    /// prompts would hold all seven to a trickle to keep its own gap near a lone stream's;
+    /// against the whole batch, the prompts get the time their own decodes will take, and
+    /// the decodes wait no longer than they soon will anyway. The next multiple of
+    /// [`PROBE_ROWS`] past that is tried once if no step of that many rows has run and it is
+    /// not predicted far past the bound. `None` before any step.
+    pub fn prefill_tokens(
+        &self,
+        decodes: usize,
+        running: usize,
+        stretch: f64,
+        lone_gaps: f64,
+        cap: usize,
+    ) -> Option<usize> {
+        let whole = self.step_ms(running.max(decodes).max(1))?;
+        // Only a lone step actually seen: a larger count standing in for it would overstate it.
+        let lone = self.seen(1).unwrap_or(0.0);
+        let bound = (stretch.max(1.0) * whole).max(lone_gaps * lone);
+        let fits = |p: usize| self.step_ms(decodes + p).is_some_and(|t| t <= bound);
+        // `step_ms` never falls as rows grow: the largest fitting count by bisection.
+        let (mut lo, mut hi) = (0, cap);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
             }
-            _ => self.decode_step_ms(decodes),
         }
-    }
-
-    /// Prefill tokens a step of `decodes` decodes may carry while `running` sequences (those
-    /// decodes and the prompts in flight) share the batch: the step may take `stretch ×` a
-    /// decode step of all `running`, the gap the streams will see once those prompts decode
-    /// too. Measured against the decodes alone, one stream decoding beside seven new prompts
-    /// would hold all seven to a trickle to keep its own gap near a lone stream's; against the
-    /// whole batch, the prompts get the time their own decodes will take, and the decodes wait
-    /// no longer than they soon will anyway. `None` until both averages exist.
-    pub fn prefill_tokens(&self, decodes: usize, running: usize, stretch: f64) -> Option<usize> {
-        let own = self.predicted_decode_ms(decodes)?;
-        let whole = self.predicted_decode_ms(running.max(decodes))?.max(own);
-        let per_token = self.prefill_token_ms?;
-        let spare = (stretch.max(1.0) * whole - own).max(0.0);
-        Some(if per_token > 0.0 {
-            (spare / per_token).floor().min(usize::MAX as f64) as usize
-        } else {
-            usize::MAX
-        })
+        let probe = ((decodes + lo) / PROBE_ROWS + 1) * PROBE_ROWS;
+        let unseen = self.seen(probe).is_none();
+        if unseen && probe - decodes <= cap {
+            let t = self.step_ms(probe)?;
+            if t <= PROBE_OVERRUN * bound {
+                return Some(probe - decodes);
+            }
+        }
+        Some(lo)
     }
 }
 
@@ -131,98 +147,138 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nothing_is_predicted_before_both_kinds_of_step_ran() {
-        let mut c = StepCost::default();
-        assert_eq!(c.prefill_tokens(4, 4, 2.0), None);
-        c.observe(4, 0, 20.0);
-        assert_eq!(c.prefill_tokens(4, 4, 2.0), None);
-        c.observe(0, 100, 150.0);
-        // 20 ms of decodes, stretch 2: 20 ms to spare at 1.5 ms a token.
-        assert_eq!(c.prefill_tokens(4, 4, 2.0), Some(13));
-        assert_eq!(c.prefill_tokens(4, 4, 1.0), Some(0));
+    fn nothing_is_predicted_before_a_step_ran() {
+        let c = StepCost::default();
+        assert_eq!(c.step_ms(4), None);
+        assert_eq!(c.prefill_tokens(4, 4, 2.0, 0.0, 64), None);
     }
 
     #[test]
-    fn mixed_steps_charge_prefill_only_what_the_decodes_did_not_take() {
+    fn predictions_never_fall_as_rows_grow() {
         let mut c = StepCost::default();
-        c.observe(8, 0, 24.0);
-        c.observe(8, 32, 24.0 + 32.0 * 2.0);
-        assert_eq!(c.prefill_token_ms, Some(2.0));
-        // Budget for stretch 3 at 8 decodes: 48 ms spare / 2 ms.
-        assert_eq!(c.prefill_tokens(8, 8, 3.0), Some(24));
-        // A mixed step before its decode count was ever seen alone is not charged a guess.
-        let mut d = StepCost::default();
-        d.observe(8, 32, 90.0);
-        assert_eq!(d.prefill_token_ms, None);
-    }
-
-    #[test]
-    fn decode_predictions_grow_with_the_count_of_decodes() {
-        let mut c = StepCost::default();
-        c.observe(2, 0, 10.0);
-        c.observe(6, 0, 20.0);
-        assert_eq!(c.decode_step_ms(2), Some(10.0));
-        assert_eq!(c.decode_step_ms(1), Some(10.0)); // no slower than 2
-        assert_eq!(c.decode_step_ms(4), Some(15.0)); // between 2 and 6
-        assert_eq!(c.decode_step_ms(5), Some(17.5));
-        assert_eq!(c.decode_step_ms(9), Some(20.0)); // only smaller counts seen
-        assert_eq!(StepCost::default().decode_step_ms(3), None);
-        // A count seen once in a slow step does not stand above a larger count's average.
-        c.observe(5, 0, 60.0);
-        assert_eq!(c.decode_step_ms(5), Some(20.0));
+        c.observe(2, 10.0);
+        c.observe(6, 20.0);
+        assert_eq!(c.step_ms(2), Some(10.0));
+        assert_eq!(c.step_ms(1), Some(10.0)); // no slower than 2
+        assert_eq!(c.step_ms(4), Some(15.0)); // between 2 and 6
+        assert_eq!(c.step_ms(5), Some(17.5));
+        assert_eq!(c.step_ms(9), Some(30.0)); // 6's 20 ms scaled by 9/6
+                                              // A count seen once in a slow step does not stand above a larger count's average.
+        c.observe(5, 60.0);
+        assert_eq!(c.step_ms(5), Some(20.0));
         // Between 2 and 5, at 5 what stands for it (6's 20 ms): 10 + 10 · 2/3.
-        assert!((c.decode_step_ms(4).unwrap() - (10.0 + 20.0 / 3.0)).abs() < 1e-9);
-    }
-
-    #[test]
-    fn streams_beside_new_prompts_leave_them_time_by_an_interpolated_own_step() {
-        // Seen alone: one stream (75 ms) and eight (135 ms); a prompt token costs 11 ms.
-        // Three streams beside five new prompts never decode alone, so their own step is
-        // interpolated (~92 ms), not taken as eight's 135 (which left the prompts nothing).
-        let mut c = StepCost::default();
-        c.observe(1, 0, 75.0);
-        c.observe(8, 0, 135.0);
-        c.observe(0, 100, 1100.0);
-        assert_eq!(c.prefill_tokens(3, 8, 1.0), Some(3));
-        assert_eq!(c.prefill_tokens(1, 8, 1.0), Some(5));
+        assert!((c.step_ms(4).unwrap() - (10.0 + 20.0 / 3.0)).abs() < 1e-9);
+        // A larger count cheaper than a smaller one (a faster kernel from 16 rows) stands
+        // for the smaller: a step can always be filled up to it.
+        let mut k = StepCost::default();
+        k.observe(12, 70.0);
+        k.observe(16, 60.0);
+        assert_eq!(k.step_ms(12), Some(60.0));
+        for r in 1..40 {
+            assert!(k.step_ms(r) <= k.step_ms(r + 1), "{r}");
+        }
     }
 
     #[test]
     fn averages_follow_new_observations_smoothly() {
         let mut c = StepCost::default();
-        c.observe(1, 0, 10.0);
-        c.observe(1, 0, 20.0);
-        assert!((c.decode_step_ms(1).unwrap() - 12.0).abs() < 1e-9);
+        c.observe(1, 10.0);
+        c.observe(1, 20.0);
+        assert!((c.step_ms(1).unwrap() - 12.0).abs() < 1e-9);
         for _ in 0..100 {
-            c.observe(1, 0, 20.0);
+            c.observe(1, 20.0);
         }
-        assert!((c.decode_step_ms(1).unwrap() - 20.0).abs() < 1e-6);
-        // Nonsense durations are ignored.
-        c.observe(1, 0, f64::NAN);
-        c.observe(1, 0, -1.0);
-        assert!((c.decode_step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+        assert!((c.step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+        // Nonsense durations and empty steps are ignored.
+        c.observe(1, f64::NAN);
+        c.observe(1, -1.0);
+        c.observe(0, 5.0);
+        assert!((c.step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+    }
+
+    /// `c` with every multiple of 8 rows up to 64 seen, on the lines it predicts: the
+    /// budget's tests without its probes.
+    fn probed(mut c: StepCost) -> StepCost {
+        for r in (8..=64).step_by(PROBE_ROWS) {
+            let t = c.step_ms(r).unwrap();
+            c.observe(r, t);
+        }
+        c
+    }
+
+    /// The steps of a 1B Q4_K_M model on 2 cores (a step trace of 8 clients, session 30):
+    /// one row 31 ms, eight 53 (VNNI passes), 25 rows 81, 65 rows 161 (AMX tiles).
+    fn one_b_model() -> StepCost {
+        let mut c = StepCost::default();
+        for (rows, ms) in [(1, 31.0), (8, 53.0), (25, 81.0), (65, 161.0), (317, 702.0)] {
+            c.observe(rows, ms);
+        }
+        probed(c)
     }
 
     #[test]
     fn prompts_in_flight_get_the_time_their_decodes_will_take() {
         let mut c = StepCost::default();
-        c.observe(1, 0, 8.0);
-        c.observe(8, 0, 24.0);
-        c.observe(0, 100, 125.0); // 1.25 ms a prompt token
-
-        // One stream decoding beside seven prompts: the step may take what 8 decodes take
-        // (stretch 1), i.e. 16 ms beyond its own 8 ms.
-        assert_eq!(c.prefill_tokens(1, 8, 1.0), Some(12));
-        // Stretch 2 of the whole batch: 48 ms, 40 of them for prompts.
-        assert_eq!(c.prefill_tokens(1, 8, 2.0), Some(32));
+        c.observe(1, 8.0);
+        c.observe(8, 24.0);
+        c.observe(108, 149.0); // 1.25 ms a row past eight
+        let c = probed(c);
+                               // One stream decoding beside seven prompts: the step may take what 8 decodes take
+                               // (stretch 1), 24 ms: 7 prompt tokens.
+        assert_eq!(c.prefill_tokens(1, 8, 1.0, 0.0, 512), Some(7));
+        // Stretch 2 of the whole batch: 48 ms, 8 rows and (48 − 24) / 1.25 more.
+        assert_eq!(c.prefill_tokens(1, 8, 2.0, 0.0, 512), Some(26));
         // With every running sequence decoding it is the stretch of their own step.
-        assert_eq!(c.prefill_tokens(8, 8, 1.0), Some(0));
-        assert_eq!(c.prefill_tokens(8, 8, 2.0), Some(19));
-        // A batch larger than any step seen yet: the largest seen plus a prompt token's cost
-        // per extra row (24 + 4 × 1.25 ms).
-        assert_eq!(c.prefill_tokens(1, 12, 1.0), Some(16));
-        assert_eq!(c.prefill_tokens(10, 12, 1.0), Some(2));
+        assert_eq!(c.prefill_tokens(8, 8, 1.0, 0.0, 512), Some(0));
+        assert_eq!(c.prefill_tokens(8, 8, 2.0, 0.0, 512), Some(19));
+        // Within the cap.
+        assert_eq!(c.prefill_tokens(8, 8, 2.0, 0.0, 16), Some(16));
         // A stretch below 1 would starve the prompts behind the decodes; it counts as 1.
-        assert_eq!(c.prefill_tokens(1, 8, 0.5), Some(12));
+        assert_eq!(c.prefill_tokens(1, 8, 0.5, 0.0, 512), Some(7));
+    }
+
+    #[test]
+    fn the_next_multiple_of_eight_rows_is_tried_once() {
+        // A Q6_K 1B model: a row 40 ms, 13 rows 100 (VNNI passes), a 63-token prompt 197
+        // (AMX tiles). The line from 13 to 63 predicts 16 rows at ~106 ms, past the bound
+        // of 100 (2.5 × 40); it is tried once, as 16 is a multiple of 8 not seen yet.
+        let mut c = StepCost::default();
+        for (rows, ms) in [(1, 40.0), (13, 100.0), (63, 197.0)] {
+            c.observe(rows, ms);
+        }
+        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(12));
+        // 16 rows took 80 ms: now the bound admits 24 rows (80 + 117 · 8/47 ≈ 99.9 ms), and
+        // 32 is tried once (~119.8 predicted, within 1.5 × 100).
+        c.observe(16, 80.0);
+        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(28));
+        // 32 rows took 110 ms: 26 rows (98.75 ms) fit, and no count is tried again.
+        c.observe(32, 110.0);
+        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(22));
+        // A probe past the cap, or predicted past 1.5 × the bound, is not tried.
+        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 20), Some(20));
+        let mut far = StepCost::default();
+        for (rows, ms) in [(1, 40.0), (13, 100.0), (17, 200.0)] {
+            far.observe(rows, ms);
+        }
+        assert_eq!(far.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(9));
+    }
+
+    #[test]
+    fn busy_streams_of_a_large_model_leave_prompts_a_chunk() {
+        let c = one_b_model();
+        // Seven streams decoding, an eighth prompt: stretch 1 of eight rows (53 ms) would
+        // leave it one row a step; a lone stream's 31 ms × 2.5 = 77.5 ms leaves it the rows
+        // up to 22 (53 + 28 · 14/17 ≈ 76.1 ms; 23 rows ≈ 77.7).
+        assert_eq!(c.prefill_tokens(7, 8, 1.0, 0.0, 64), Some(1));
+        assert_eq!(c.prefill_tokens(7, 8, 1.0, 2.5, 64), Some(15));
+        // Without a lone step seen, only the stretch bounds it.
+        let mut no_lone = StepCost::default();
+        for (rows, ms) in [(8, 53.0), (25, 81.0)] {
+            no_lone.observe(rows, ms);
+        }
+        let no_lone = probed(no_lone);
+        assert_eq!(no_lone.prefill_tokens(7, 8, 1.0, 2.5, 64), Some(1));
+        // The stretch still rules where it is the longer bound.
+        assert_eq!(c.prefill_tokens(7, 8, 2.0, 2.5, 64), Some(30)); // 106 ms: 37 rows
     }
 }

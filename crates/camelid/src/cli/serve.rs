@@ -106,12 +106,12 @@ pub struct ServeArgs {
     #[arg(long)]
     max_prefill_tokens_while_decoding: Option<usize>,
     /// Within that cap, a step that also decodes may take at most this multiple of a decode
-    /// step of every running sequence (learned from the steps run; at least one prompt token
-    /// per step goes in). 1: streams never wait longer than the batch's decode step, prompts
-    /// wait for their first token; 2: first tokens ~4× sooner under load, gaps ~2× longer.
-    /// Default: 1 on the CPU, off on CUDA; 0 turns it off (llama.cpp's policy: better for a
-    /// large model on the CPU, where 1 lets a prompt beside busy streams advance only a token
-    /// or two per step).
+    /// step of every running sequence, or 2.5× a lone stream's step if that is longer
+    /// (learned from the steps run; at least one prompt token per step goes in). 1: streams
+    /// wait at most about a decode step of the batch (and never past 2.5× a lone stream's
+    /// gap), prompts wait longer for their first token; 2: first tokens sooner under load,
+    /// gaps longer. Default: 1 on the CPU, off on CUDA; 0 turns it off (llama.cpp's policy:
+    /// most throughput and soonest first tokens, at several times the gaps).
     #[arg(long)]
     max_step_stretch: Option<f64>,
     /// KV cache memory per model, in MiB.
