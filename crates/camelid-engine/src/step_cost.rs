@@ -223,8 +223,8 @@ mod tests {
         c.observe(8, 24.0);
         c.observe(108, 149.0); // 1.25 ms a row past eight
         let c = probed(c);
-                               // One stream decoding beside seven prompts: the step may take what 8 decodes take
-                               // (stretch 1), 24 ms: 7 prompt tokens.
+        // One stream decoding beside seven prompts: the step may take what 8 decodes take
+        // (stretch 1), 24 ms: 7 prompt tokens.
         assert_eq!(c.prefill_tokens(1, 8, 1.0, 0.0, 512), Some(7));
         // Stretch 2 of the whole batch: 48 ms, 8 rows and (48 − 24) / 1.25 more.
         assert_eq!(c.prefill_tokens(1, 8, 2.0, 0.0, 512), Some(26));
