@@ -27,10 +27,11 @@ pub const LONE_STREAM_GAPS: f64 = 2.5;
 /// Row counts (multiples of this) that the budget tries once before any step of that many
 /// rows has run, where their predicted time is within [`PROBE_OVERRUN`] × the bound.
 /// Predictions between the counts seen are straight lines, but a step's cost is not: the K
-/// formats' matmuls switch to AMX tiles at 16 rows, where a Q6_K step of 1B gets cheaper
-/// (12 rows 91 ms, 16 about 80), so a line from 12 rows to a 63-token prompt's step never
-/// let a step reach 16 rows, and the steps stayed on the slow kernels. A GPU's kernels have
-/// such steps too (tile sizes).
+/// formats' matmuls switch to AMX tiles at 16 rows, and a Q4_K matmul of 16 rows takes less
+/// time than one of 12 (`qgemm_bench 1`, 2048 columns: 3.3 against 3.6 ms), which a line from
+/// 12 rows to a whole prompt's step cannot show; the probe learns it. (On the 1B files end to
+/// end it made no measurable difference: their steps already reached 16–24 rows, or, on
+/// Q6_K, 16 rows cost more than 12.) A GPU's kernels have such steps too (tile sizes).
 const PROBE_ROWS: usize = 8;
 /// How far past the bound a probe may be predicted to run: one step a count, once.
 const PROBE_OVERRUN: f64 = 1.5;
@@ -239,9 +240,9 @@ mod tests {
 
     #[test]
     fn the_next_multiple_of_eight_rows_is_tried_once() {
-        // A Q6_K 1B model: a row 40 ms, 13 rows 100 (VNNI passes), a 63-token prompt 197
-        // (AMX tiles). The line from 13 to 63 predicts 16 rows at ~106 ms, past the bound
-        // of 100 (2.5 × 40); it is tried once, as 16 is a multiple of 8 not seen yet.
+        // A row 40 ms, 13 rows 100 (VNNI passes), a 63-token prompt 197 (AMX tiles). The
+        // line from 13 to 63 predicts 16 rows at ~106 ms, past the bound of 100 (2.5 × 40);
+        // it is tried once, as 16 is a multiple of 8 not seen yet.
         let mut c = StepCost::default();
         for (rows, ms) in [(1, 40.0), (13, 100.0), (63, 197.0)] {
             c.observe(rows, ms);
