@@ -3,7 +3,6 @@
 
 use crate::paged::uses_host_memory;
 use crate::speculate::NgramSpec;
-use crate::step_cost::LONE_STREAM_GAPS;
 use camelid_model::KvDtype;
 use camelid_model::LoadedModel;
 use candle_core::Device;
@@ -54,6 +53,12 @@ pub struct EngineConfig {
     #[doc(hidden)]
     pub panic_at_step: Option<u64>,
 }
+
+/// The CPU's default for [`EngineConfig::lone_stream_gaps`]: the streams' gaps stay within 3×
+/// a lone stream's (issue 4's bound, with room for noise), and where a decode step is bound by
+/// reading the weights (eight rows of a 1B model cost ~1.7× one on the CPU) a prompt beside
+/// busy streams still advances a chunk a step.
+pub const LONE_STREAM_GAPS: f64 = 2.5;
 
 impl Default for EngineConfig {
     fn default() -> Self {

@@ -18,12 +18,6 @@
 //! old per-token average, learned from chunks of every size, held such prompts to a token or
 //! two a step.
 
-/// The CPU's default for [`crate::config::EngineConfig::lone_stream_gaps`]: the streams'
-/// gaps stay within 3× a lone stream's (issue 4's bound, with room for noise), and where a
-/// decode step is bound by reading the weights (eight rows of a 1B model cost ~1.7× one on
-/// the CPU) a prompt beside busy streams still advances a chunk a step.
-pub const LONE_STREAM_GAPS: f64 = 2.5;
-
 /// Row counts (multiples of this) that the budget tries once before any step of that many
 /// rows has run, where their predicted time is within [`PROBE_OVERRUN`] × the bound.
 /// Predictions between the counts seen are straight lines, but a step's cost is not: the K
