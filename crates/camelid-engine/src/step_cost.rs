@@ -18,18 +18,6 @@
 //! old per-token average, learned from chunks of every size, held such prompts to a token or
 //! two a step.
 
-/// Row counts (multiples of this) that the budget tries once before any step of that many
-/// rows has run, where their predicted time is within [`PROBE_OVERRUN`] × the bound.
-/// Predictions between the counts seen are straight lines, but a step's cost is not: the K
-/// formats' matmuls switch to AMX tiles at 16 rows, and a Q4_K matmul of 16 rows takes less
-/// time than one of 12 (`qgemm_bench 1`, 2048 columns: 3.3 against 3.6 ms), which a line from
-/// 12 rows to a whole prompt's step cannot show; the probe learns it. (On the 1B files end to
-/// end it made no measurable difference: their steps already reached 16–24 rows, or, on
-/// Q6_K, 16 rows cost more than 12.) A GPU's kernels have such steps too (tile sizes).
-const PROBE_ROWS: usize = 8;
-/// How far past the bound a probe may be predicted to run: one step a count, once.
-const PROBE_OVERRUN: f64 = 1.5;
-
 /// Weight of the newest observation in the running averages: recent enough to follow the
 /// context growing and the machine's load, smooth enough to ride out one noisy step.
 const ALPHA: f64 = 0.2;
@@ -99,9 +87,7 @@ impl StepCost {
     /// once those prompts decode too, or `lone_gaps ×` a lone stream's step if that is longer. Measured against the decodes alone, one stream decoding beside seven new
     /// prompts would hold all seven to a trickle to keep its own gap near a lone stream's;
     /// against the whole batch, the prompts get the time their own decodes will take, and
-    /// the decodes wait no longer than they soon will anyway. The next multiple of
-    /// [`PROBE_ROWS`] past that is tried once if no step of that many rows has run and it is
-    /// not predicted far past the bound. `None` before any step.
+    /// the decodes wait no longer than they soon will anyway. `None` before any step.
     pub fn prefill_tokens(
         &self,
         decodes: usize,
@@ -123,14 +109,6 @@ impl StepCost {
                 lo = mid;
             } else {
                 hi = mid - 1;
-            }
-        }
-        let probe = ((decodes + lo) / PROBE_ROWS + 1) * PROBE_ROWS;
-        let unseen = self.seen(probe).is_none();
-        if unseen && probe - decodes <= cap {
-            let t = self.step_ms(probe)?;
-            if t <= PROBE_OVERRUN * bound {
-                return Some(probe - decodes);
             }
         }
         Some(lo)
@@ -191,16 +169,6 @@ mod tests {
         assert!((c.step_ms(1).unwrap() - 20.0).abs() < 1e-6);
     }
 
-    /// `c` with every multiple of 8 rows up to 64 seen, on the lines it predicts: the
-    /// budget's tests without its probes.
-    fn probed(mut c: StepCost) -> StepCost {
-        for r in (8..=64).step_by(PROBE_ROWS) {
-            let t = c.step_ms(r).unwrap();
-            c.observe(r, t);
-        }
-        c
-    }
-
     /// The steps of a 1B Q4_K_M model on 2 cores (a step trace of 8 clients, session 30):
     /// one row 31 ms, eight 53 (VNNI passes), 25 rows 81, 65 rows 161 (AMX tiles).
     fn one_b_model() -> StepCost {
@@ -208,7 +176,7 @@ mod tests {
         for (rows, ms) in [(1, 31.0), (8, 53.0), (25, 81.0), (65, 161.0), (317, 702.0)] {
             c.observe(rows, ms);
         }
-        probed(c)
+        c
     }
 
     #[test]
@@ -217,9 +185,8 @@ mod tests {
         c.observe(1, 8.0);
         c.observe(8, 24.0);
         c.observe(108, 149.0); // 1.25 ms a row past eight
-        let c = probed(c);
-        // One stream decoding beside seven prompts: the step may take what 8 decodes take
-        // (stretch 1), 24 ms: 7 prompt tokens.
+                               // One stream decoding beside seven prompts: the step may take what 8 decodes take
+                               // (stretch 1), 24 ms: 7 prompt tokens.
         assert_eq!(c.prefill_tokens(1, 8, 1.0, 0.0, 512), Some(7));
         // Stretch 2 of the whole batch: 48 ms, 8 rows and (48 − 24) / 1.25 more.
         assert_eq!(c.prefill_tokens(1, 8, 2.0, 0.0, 512), Some(26));
@@ -230,32 +197,6 @@ mod tests {
         assert_eq!(c.prefill_tokens(8, 8, 2.0, 0.0, 16), Some(16));
         // A stretch below 1 would starve the prompts behind the decodes; it counts as 1.
         assert_eq!(c.prefill_tokens(1, 8, 0.5, 0.0, 512), Some(7));
-    }
-
-    #[test]
-    fn the_next_multiple_of_eight_rows_is_tried_once() {
-        // A row 40 ms, 13 rows 100 (VNNI passes), a 63-token prompt 197 (AMX tiles). The
-        // line from 13 to 63 predicts 16 rows at ~106 ms, past the bound of 100 (2.5 × 40);
-        // it is tried once, as 16 is a multiple of 8 not seen yet.
-        let mut c = StepCost::default();
-        for (rows, ms) in [(1, 40.0), (13, 100.0), (63, 197.0)] {
-            c.observe(rows, ms);
-        }
-        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(12));
-        // 16 rows took 80 ms: now the bound admits 24 rows (80 + 117 · 8/47 ≈ 99.9 ms), and
-        // 32 is tried once (~119.8 predicted, within 1.5 × 100).
-        c.observe(16, 80.0);
-        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(28));
-        // 32 rows took 110 ms: 26 rows (98.75 ms) fit, and no count is tried again.
-        c.observe(32, 110.0);
-        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(22));
-        // A probe past the cap, or predicted past 1.5 × the bound, is not tried.
-        assert_eq!(c.prefill_tokens(4, 8, 1.0, 2.5, 20), Some(20));
-        let mut far = StepCost::default();
-        for (rows, ms) in [(1, 40.0), (13, 100.0), (17, 200.0)] {
-            far.observe(rows, ms);
-        }
-        assert_eq!(far.prefill_tokens(4, 8, 1.0, 2.5, 64), Some(9));
     }
 
     #[test]
@@ -271,7 +212,6 @@ mod tests {
         for (rows, ms) in [(8, 53.0), (25, 81.0)] {
             no_lone.observe(rows, ms);
         }
-        let no_lone = probed(no_lone);
         assert_eq!(no_lone.prefill_tokens(7, 8, 1.0, 2.5, 64), Some(1));
         // The stretch still rules where it is the longer bound.
         assert_eq!(c.prefill_tokens(7, 8, 2.0, 2.5, 64), Some(30)); // 106 ms: 37 rows
