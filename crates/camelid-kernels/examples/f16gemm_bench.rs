@@ -2,8 +2,9 @@
 //! in f16: past the L2, as in a real model) against candle's f32 matmul on the same weights
 //! widened (what the CPU ran before): `cargo run --release -p camelid-kernels --example
 //! f16gemm_bench [threads] [f16|bf16] [ours]` (`ours`: candle's matmul not run, e.g. for
-//! `perf stat` on a shared machine).
-use camelid_kernels::f16gemm::{matmul, HalfKind, HalfWeight};
+//! `perf stat` on a shared machine). With `ours`, every flavour past AVX2 that the CPU runs
+//! (AVX-512 FMA, AMX tiles), alternating, at 1–256 rows.
+use camelid_kernels::f16gemm::{matmul, Flavour, HalfKind, HalfWeight};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 
@@ -23,7 +24,11 @@ fn main() {
             .build_global()
             .unwrap();
     }
-    let (n, k) = (8192, 2048);
+    // SHAPE=n,k: another matrix (2048,8192: the FFN's down projection).
+    let (n, k) = std::env::var("SHAPE").map_or((8192, 2048), |v| {
+        let (n, k) = v.split_once(',').unwrap();
+        (n.parse().unwrap(), k.parse().unwrap())
+    });
     let wf = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu).unwrap();
     let bits: Vec<u16> = wf
         .flatten_all()
@@ -36,6 +41,9 @@ fn main() {
             HalfKind::Bf16 => half::bf16::from_f32(v).to_bits(),
         })
         .collect();
+    if std::env::args().nth(3).as_deref() == Some("ours") {
+        return flavours(kind, n, k, &bits);
+    }
     let w = HalfWeight::new(kind, n, k, &bits).unwrap();
     let wide: Vec<f32> = bits.iter().map(|&b| kind.to_f32(b)).collect();
     let wt = Tensor::from_vec(wide, (n, k), &Device::Cpu)
@@ -59,10 +67,6 @@ fn main() {
             matmul(&w, &x, m, &mut out);
         }
         let ours = t.elapsed().as_secs_f64() / reps as f64;
-        if std::env::args().nth(3).as_deref() == Some("ours") {
-            println!("m={m:3}: f16gemm {:7.3} ms", ours * 1e3);
-            continue;
-        }
         let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
         let _ = xt.matmul(&wt).unwrap();
         let t = Instant::now();
@@ -76,5 +80,51 @@ fn main() {
             (n * k * 2) as f64 / ours / 1e9,
             candle * 1e3
         );
+    }
+}
+
+/// Each flavour past AVX2 at 1–256 rows, alternating: milliseconds a call (median of 3 runs).
+fn flavours(kind: HalfKind, n: usize, k: usize, bits: &[u16]) {
+    let fls: Vec<Flavour> = Flavour::available()
+        .into_iter()
+        .filter(|f| matches!(f, Flavour::Avx512 | Flavour::Amx))
+        .collect();
+    // COPIES matrices a flavour, taken in turn: 16 (512 MiB) read the weights from DRAM past a
+    // large L3, as a real model's decode does.
+    let copies: usize = std::env::var("COPIES").map_or(1, |v| v.parse().unwrap());
+    let ws: Vec<Vec<HalfWeight>> = fls
+        .iter()
+        .map(|&f| {
+            (0..copies)
+                .map(|_| HalfWeight::with_flavour(kind, n, k, bits, f).unwrap())
+                .collect()
+        })
+        .collect();
+    for m in [1usize, 2, 4, 8, 12, 16, 32, 64, 256] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let mut out = vec![0f32; m * n];
+        let reps = (400 / m).clamp(3, 40);
+        let mut times = vec![Vec::new(); ws.len()];
+        for _ in 0..3 {
+            for (w, t) in ws.iter().zip(&mut times) {
+                matmul(&w[0], &x, m, &mut out);
+                let s = Instant::now();
+                for r in 0..reps {
+                    matmul(&w[r % copies], &x, m, &mut out);
+                }
+                t.push(s.elapsed().as_secs_f64() / reps as f64 * 1e3);
+            }
+        }
+        let line: Vec<String> = fls
+            .iter()
+            .zip(&mut times)
+            .map(|(f, t)| {
+                t.sort_by(f64::total_cmp);
+                format!("{f:?} {:7.3} ms", t[1])
+            })
+            .collect();
+        println!("m={m:3}: {}", line.join("  "));
     }
 }

@@ -91,6 +91,26 @@ pub fn amx() -> bool {
     }
 }
 
+/// Whether AMX-BF16 tiles (`tdpbf16ps`) and AVX-512 BF16 may be used (besides [`amx`]'s
+/// features and grant): the 16-bit weights' matmul on tiles (`f16gemm`). `CAMELID_NO_AMX=1`
+/// says no here too.
+pub fn amx_bf16() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            // CPUID.(EAX = 7, ECX = 0):EDX bit 22 is AMX-BF16.
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            amx() && leaf.edx & (1 << 22) != 0 && is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
 /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, then reads the permission back.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn request_tile_state() -> bool {

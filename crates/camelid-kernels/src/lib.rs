@@ -15,6 +15,8 @@ pub mod cpu_features;
 pub mod cuda;
 pub mod f16gemm;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 pub mod vecmath;
 
 /// Raw output pointer shared by threads that write disjoint parts of one buffer.

@@ -10,7 +10,7 @@ mod model_fixtures {
     pub mod random_model;
 }
 use common::http::{stream, token_chunks};
-use common::{exits_within, run_test_script, serve, sigterm};
+use common::{exits_within, run_test_script, serve, sigterm_pid};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -126,17 +126,22 @@ fn sigterm_lets_streams_finish_then_exits() {
     let signalled = Arc::new(AtomicBool::new(false));
     let after_signal = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
+    let pid = s.child.id();
     let reader = {
         let (signalled, after_signal, done) =
             (signalled.clone(), after_signal.clone(), done.clone());
         std::thread::spawn(move || {
             let mut first = true;
             stream(&base, "/v1/chat/completions", &body, |d| {
-                if std::mem::take(&mut first) {
-                    let _ = first_tx.send(());
-                }
                 if signalled.load(Ordering::SeqCst) {
                     after_signal.fetch_add(1, Ordering::SeqCst);
+                }
+                if std::mem::take(&mut first) {
+                    // The reader signals, not the test's thread: a loaded machine that is
+                    // slow to wake that thread must not let the stream run ahead uncounted.
+                    signalled.store(true, Ordering::SeqCst);
+                    sigterm_pid(pid);
+                    let _ = first_tx.send(());
                 }
                 if d == "[DONE]" {
                     done.store(true, Ordering::SeqCst);
@@ -148,8 +153,6 @@ fn sigterm_lets_streams_finish_then_exits() {
     first_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the stream's first chunk");
-    signalled.store(true, Ordering::SeqCst);
-    sigterm(&s.child);
     // While the stream drains, the listener is gone: new connections are refused.
     let addr = s.base.trim_start_matches("http://").to_string();
     let t = Instant::now();

@@ -7,12 +7,21 @@
 //! before an f32 FMA; the activations stay f32 (ggml rounds them to f16 instead; we keep their
 //! precision, the kernels are bound by the weights' bytes anyway).
 //!
-//! Layout: rows are interleaved in groups of `G` (16 for AVX-512, 8 for AVX2): for each column
-//! `j`, the `G` rows' values are adjacent, so one load widens to one vector holding column `j`
-//! of all `G` rows; a broadcast activation value multiplies it, and the `G` dot products build
-//! up in the lanes of one register (no horizontal sums). Rows are padded with zeros to whole
-//! units of [`UNIT_GROUPS`] groups; a thread takes whole units.
+//! Where the CPU has AMX-BF16, the [`Flavour::Amx`] kernels (`amx`) run every call on tiles
+//! instead, operands split into bf16 parts (products within ~2⁻¹⁶ of exact): prompts and
+//! batches of 12 and more rows run 1.5–2× the FMA kernels' speed, a lone decode row
+//! ~0.9× for F16 weights (the split costs more than the weights' bytes take to arrive) and the
+//! same for bf16. One flavour serves every row count, so a row's bits never depend on its batch.
+//!
+//! Layout: rows are interleaved in groups of `G` (16 for AVX-512 and AMX, 8 for AVX2): for
+//! each column `j`, the `G` rows' values are adjacent, so one load widens to one vector holding
+//! column `j` of all `G` rows; a broadcast activation value multiplies it, and the `G` dot
+//! products build up in the lanes of one register (no horizontal sums). (AMX: pairs of
+//! columns, `amx`.) Rows are padded with zeros to whole units of [`UNIT_GROUPS`] groups; a
+//! thread takes whole units.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -48,6 +57,8 @@ pub enum Flavour {
     Avx2,
     /// Groups of 16 rows, 512-bit FMA.
     Avx512,
+    /// Groups of 16 rows in column pairs, AMX-BF16 tiles on split operands (`amx`).
+    Amx,
 }
 
 impl Flavour {
@@ -56,7 +67,26 @@ impl Flavour {
         match self {
             Flavour::Scalar => 0,
             Flavour::Avx2 => 8,
-            Flavour::Avx512 => 16,
+            Flavour::Avx512 | Flavour::Amx => 16,
+        }
+    }
+
+    /// Columns a row holds in the layout: the tiles take whole 32-value chunks.
+    fn stride(self, cols: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Flavour::Amx => cols.div_ceil(amx::CHUNK) * amx::CHUNK,
+            _ => cols,
+        }
+    }
+
+    /// Where row `r`'s value of column `j` lies in the layout (`stride` columns a row).
+    fn at(self, r: usize, j: usize, stride: usize) -> usize {
+        let g = self.group();
+        match self {
+            Flavour::Scalar => r * stride + j,
+            Flavour::Amx => (r / g) * g * stride + (j / 2) * 2 * g + (r % g) * 2 + j % 2,
+            _ => (r / g) * g * stride + j * g + r % g,
         }
     }
 
@@ -71,6 +101,9 @@ impl Flavour {
             }
             if crate::cpu_features::avx512() {
                 v.push(Flavour::Avx512);
+            }
+            if crate::cpu_features::amx_bf16() {
+                v.push(Flavour::Amx);
             }
         }
         v
@@ -126,12 +159,11 @@ impl HalfWeight {
             bits.to_vec()
         } else {
             let padded = rows.div_ceil(g * UNIT_GROUPS) * g * UNIT_GROUPS;
-            let mut data = vec![0u16; padded * cols];
+            let stride = flavour.stride(cols);
+            let mut data = vec![0u16; padded * stride];
             for (r, row) in bits.chunks_exact(cols).enumerate() {
-                let (gi, lane) = (r / g, r % g);
-                let base = gi * g * cols + lane;
                 for (j, &v) in row.iter().enumerate() {
-                    data[base + j * g] = v;
+                    data[flavour.at(r, j, stride)] = v;
                 }
             }
             data
@@ -152,16 +184,15 @@ impl HalfWeight {
 
     /// The weights back in row-major order (`rows · cols` values).
     pub fn to_row_major(&self) -> Vec<u16> {
-        let g = self.flavour.group();
-        if g == 0 {
+        if self.flavour.group() == 0 {
             return self.data.clone();
         }
         let cols = self.cols;
+        let stride = self.flavour.stride(cols);
         let mut out = vec![0u16; self.rows * cols];
         for (r, row) in out.chunks_exact_mut(cols).enumerate() {
-            let base = (r / g) * g * cols + r % g;
             for (j, v) in row.iter_mut().enumerate() {
-                *v = self.data[base + j * g];
+                *v = self.data[self.flavour.at(r, j, stride)];
             }
         }
         out
@@ -213,6 +244,10 @@ pub fn matmul(w: &HalfWeight, x: &[f32], m: usize, out: &mut [f32]) {
             }
         };
         return run_split(n, m * n * k, work);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if w.flavour == Flavour::Amx {
+        return matmul_tiles(w, x, m, out);
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -274,6 +309,111 @@ pub fn matmul(w: &HalfWeight, x: &[f32], m: usize, out: &mut [f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("interleaved layouts only where the x86 kernels run")
+}
+
+/// [`matmul`] on AMX tiles (`amx`): the activations split into bf16 parts once, then per
+/// thread whole units of groups, each group's weights read once per tile of activation rows.
+#[cfg(target_arch = "x86_64")]
+fn matmul_tiles(w: &HalfWeight, x: &[f32], m: usize, out: &mut [f32]) {
+    use amx::G;
+    let (n, k) = (w.rows, w.cols);
+    let kp = w.flavour.stride(k);
+    // One block of `m` rows for a decode batch; blocks of 16 (zero rows at the end) above.
+    let (rows, blocks) = if m <= G { (m, 1) } else { (G, m.div_ceil(G)) };
+    let mut xh = vec![0u16; blocks * rows * kp];
+    let mut xl = vec![0u16; blocks * rows * kp];
+    // A block's parts: per 32-value chunk, its rows side by side (one tile).
+    let split = |(b, (h, l)): (usize, (&mut [u16], &mut [u16]))| {
+        for i in 0..rows.min(m - b * rows) {
+            let at = i * amx::CHUNK;
+            let parts = (h[at..].as_mut_ptr(), l[at..].as_mut_ptr());
+            // Safety: `amx_bf16` held when the matrix was laid out; row b·rows + i < m is k
+            // wide; the block's parts hold kp / 32 chunks of `rows` rows.
+            unsafe {
+                amx::split_row(
+                    x.as_ptr().add((b * rows + i) * k),
+                    k,
+                    parts,
+                    kp,
+                    rows * amx::CHUNK,
+                )
+            }
+        }
+    };
+    let parts = xh
+        .chunks_exact_mut(rows * kp)
+        .zip(xl.chunks_exact_mut(rows * kp));
+    if m * k >= 1 << 16 {
+        parts.enumerate().par_bridge().for_each(split);
+    } else {
+        parts.enumerate().for_each(split);
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
+    let split = w.kind == HalfKind::F16;
+    // Activation blocks a group's weights are split and read once for (the kernel holds 4):
+    // their parts within 1 MiB, half an L2 (2048 wide: 4, 8192 wide: 2 measured best).
+    let tile_blocks = ((1 << 20) / (4 * kp * G)).clamp(1, 4).min(blocks);
+    let work = |u0: usize, u1: usize| {
+        let mut res = [[[0f32; G]; G]; 4];
+        // Writes sums tile `t` (activation block `b`, weight group `gi`) to the output.
+        let put = |res: &[[[f32; G]; G]; 4], t: usize, b: usize, gi: usize| {
+            let r0 = gi * G;
+            let real = G.min(n.saturating_sub(r0));
+            for (i, sums) in res[t].iter().take(m.saturating_sub(b * G)).enumerate() {
+                // Safety: row b·16 + i < m, columns r0..r0 + real < n in this task's units.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(sums.as_ptr(), ptr.at((b * G + i) * n + r0), real)
+                };
+            }
+        };
+        // Safety: the AMX flavour exists only where `amx_bf16` said yes; groups are padded to
+        // whole units and every activation block is `rows` rows of kp parts.
+        unsafe {
+            amx::configure(rows);
+            if blocks == 1 {
+                // A decode batch: one block, the unit's four groups a call.
+                let (h, l) = (xh.as_ptr(), xl.as_ptr());
+                for g0 in (u0..u1).map(|u| u * UNIT_GROUPS) {
+                    let wg = w.data.as_ptr().add(g0 * G * kp);
+                    if split {
+                        amx::gemm::<true, UNIT_GROUPS, 1>(wg, kp, rows, h, l, &mut res);
+                    } else {
+                        amx::gemm::<false, UNIT_GROUPS, 1>(wg, kp, rows, h, l, &mut res);
+                    }
+                    for c in (0..UNIT_GROUPS).take_while(|c| (g0 + c) * G < n) {
+                        put(&res, c, 0, g0 + c);
+                    }
+                }
+                amx::release();
+                return;
+            }
+            for b0 in (0..blocks).step_by(tile_blocks) {
+                let nb = tile_blocks.min(blocks - b0);
+                let (h, l) = (xh.as_ptr().add(b0 * G * kp), xl.as_ptr().add(b0 * G * kp));
+                for gi in u0 * UNIT_GROUPS..u1 * UNIT_GROUPS {
+                    if gi * G >= n {
+                        break; // padding groups
+                    }
+                    let wg = w.data.as_ptr().add(gi * G * kp);
+                    macro_rules! go {
+                        ($($nb:literal)*) => {
+                            match (split, nb) {
+                                $((true, $nb) => amx::gemm::<true, 1, $nb>(wg, kp, G, h, l, &mut res),
+                                  (false, $nb) => amx::gemm::<false, 1, $nb>(wg, kp, G, h, l, &mut res),)*
+                                _ => unreachable!("{nb} blocks"),
+                            }
+                        };
+                    }
+                    go!(1 2 3 4);
+                    for b in 0..nb {
+                        put(&res, b, b0 + b, gi);
+                    }
+                }
+            }
+            amx::release();
+        }
+    };
+    run_split(n.div_ceil(G * UNIT_GROUPS), m * n * k, work);
 }
 
 /// Runs `work(i0, i1)` over `0..units` (rows or units of groups): inline when the call is

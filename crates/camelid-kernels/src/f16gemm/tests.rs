@@ -51,12 +51,22 @@ fn reference(
     out
 }
 
-/// A sum of `k` f32 products in any order is within `k · u · Σ|x·w|` of the exact sum
-/// (u = 2⁻²⁴; Higham's γₖ bound, every product exact in FMA or rounded once).
-fn check(name: &str, got: &[f32], want: &[(f64, f64)], k: usize) {
-    let u = (2f64).powi(-24);
+/// How far `fl`'s sum of `k` products may be from the exact one, `a` being `Σ|x·w|`: a sum
+/// of `k` f32 products in any order is within `k · u · a` (u = 2⁻²⁴; Higham's γₖ bound,
+/// every product exact in FMA or rounded once); the tiles' split operands add up to
+/// `(2⁻¹⁶ + 2⁻¹⁸)·|x·w|` a product (`amx`: the left-out `xl·wl`, `x`'s parts' rounding).
+fn bound(fl: Flavour, k: usize, a: f64) -> f64 {
+    let split = if fl == Flavour::Amx {
+        2f64.powi(-15)
+    } else {
+        0.0
+    };
+    ((k as f64 + 1.0) * 2f64.powi(-24) + split) * a + 1e-30
+}
+
+fn check(name: &str, fl: Flavour, got: &[f32], want: &[(f64, f64)], k: usize) {
     for (idx, (&g, &(s, a))) in got.iter().zip(want).enumerate() {
-        let bound = (k as f64 + 1.0) * u * a + 1e-30;
+        let bound = bound(fl, k, a);
         assert!(
             (g as f64 - s).abs() <= bound,
             "{name}: output {idx}: {g} vs {s} (bound {bound})"
@@ -82,6 +92,7 @@ fn every_flavour_matches_the_f64_reference() {
                     let want = reference(kind, &bits, &x, m, n, k);
                     check(
                         &format!("{kind:?} {fl:?} m={m} n={n} k={k}"),
+                        fl,
                         &out,
                         &want,
                         k,
@@ -105,7 +116,7 @@ fn tiles_and_threads_cover_every_output() {
             let w = HalfWeight::with_flavour(kind, n, k, &bits, fl).unwrap();
             let mut out = vec![f32::NAN; m * n];
             matmul(&w, &x, m, &mut out);
-            check(&format!("{kind:?} {fl:?}"), &out, &want, k);
+            check(&format!("{kind:?} {fl:?}"), fl, &out, &want, k);
         }
     }
 }
@@ -133,10 +144,9 @@ fn matches_candle_on_the_widened_weights() {
                 let w = HalfWeight::with_flavour(kind, n, k, &bits, fl).unwrap();
                 let mut out = vec![f32::NAN; m * n];
                 matmul(&w, &x, m, &mut out);
-                // Both are within k·u·Σ|x·w| of the exact sum, so within twice that of each other.
-                let u = (2f64).powi(-24);
+                // Both are within their bounds of the exact sum, so within the sum of both.
                 for (idx, ((&a, &b), &(_, s))) in out.iter().zip(&want).zip(&scale).enumerate() {
-                    let bound = 2.0 * (k as f64 + 1.0) * u * s + 1e-30;
+                    let bound = bound(fl, k, s) + bound(Flavour::Scalar, k, s);
                     assert!(
                         ((a - b) as f64).abs() <= bound,
                         "{kind:?} {fl:?} m={m}: output {idx}: {a} vs candle {b}"
@@ -180,4 +190,32 @@ fn concatenated_rows_compute_the_parts_side_by_side() {
 fn a_shape_that_does_not_match_the_values_is_refused() {
     assert!(HalfWeight::new(HalfKind::F16, 3, 4, &[0; 11]).is_none());
     assert!(HalfWeight::new(HalfKind::F16, usize::MAX, 2, &[]).is_none());
+}
+
+/// The tiles give a row the same bits alone, in a decode batch, in 16-row blocks and at any
+/// place in the call (prompts chunked or batched, preempted and recomputed).
+#[test]
+fn amx_rows_do_not_depend_on_the_batch() {
+    if !Flavour::available().contains(&Flavour::Amx) {
+        eprintln!("no AMX-BF16 here: skipped");
+        return;
+    }
+    let (n, k, m) = (133, 2100, 41);
+    for kind in [HalfKind::F16, HalfKind::Bf16] {
+        let bits = weight_bits(kind, n * k, 3);
+        let w = HalfWeight::with_flavour(kind, n, k, &bits, Flavour::Amx).unwrap();
+        let x = random(m * k, 6);
+        let mut all = vec![f32::NAN; m * n];
+        matmul(&w, &x, m, &mut all);
+        for (start, len) in [(0, 1), (40, 1), (5, 8), (3, 16), (17, 17), (1, 33)] {
+            let mut part = vec![f32::NAN; len * n];
+            matmul(&w, &x[start * k..(start + len) * k], len, &mut part);
+            assert_eq!(
+                part,
+                all[start * n..(start + len) * n],
+                "{kind:?}: rows {start}..{} alone",
+                start + len
+            );
+        }
+    }
 }

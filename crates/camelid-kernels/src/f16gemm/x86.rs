@@ -41,7 +41,7 @@ pub(super) unsafe fn gemm(
         (Flavour::Avx512, HalfKind::Bf16) => go!(gemm512, true, 1, 2, 3, 4, 5, 6, 7, 8),
         (Flavour::Avx2, HalfKind::F16) => go!(gemm256, false, 1, 2, 3, 4, 5, 6),
         (Flavour::Avx2, HalfKind::Bf16) => go!(gemm256, true, 1, 2, 3, 4, 5, 6),
-        (Flavour::Scalar, _) => unreachable!("the scalar flavour is row-major"),
+        (Flavour::Scalar | Flavour::Amx, _) => unreachable!("{flavour:?} runs elsewhere"),
     }
 }
 

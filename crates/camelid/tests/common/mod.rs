@@ -49,8 +49,12 @@ pub fn serve(extra: &[&str]) -> Served {
 
 /// Sends SIGTERM to `child`.
 pub fn sigterm(child: &Child) {
+    sigterm_pid(child.id());
+}
+
+pub fn sigterm_pid(pid: u32) {
     let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap()
         .success();

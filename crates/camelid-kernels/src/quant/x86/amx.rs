@@ -38,41 +38,15 @@ const QUARTER_TILES: usize = 3;
 /// [`QUARTER_TILES`] tiles.
 pub(crate) const UNPACKED_SB_BYTES: usize = 4 * QUARTER_TILES * TILE;
 
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-/// Loads the one tile shape every kernel here uses: tmm0–7 all 16 rows × 64 bytes.
+/// Shapes tmm0–7 as the one tile every kernel here uses: 16 rows × 64 bytes.
 ///
 /// # Safety
 /// The CPU has AMX and the process holds its state (`cpu_features::amx`).
 pub(crate) unsafe fn configure() {
-    let mut c = TileConfig {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        colsb: [0; 16],
-        rows: [0; 16],
-    };
-    for t in 0..8 {
-        c.colsb[t] = 64;
-        c.rows[t] = 16;
-    }
-    asm!("ldtilecfg [{0}]", in(reg) &c, options(nostack, readonly));
+    crate::tiles::configure([16; 8]);
 }
 
-/// Gives the tile state back (a thread's saved context shrinks to its usual size).
-///
-/// # Safety
-/// As [`configure`].
-pub(crate) unsafe fn release() {
-    asm!("tilerelease", options(nostack, nomem));
-}
+pub(crate) use crate::tiles::release;
 
 /// `q · s` per byte, for products below 256.
 #[inline(always)]
