@@ -19,6 +19,31 @@ pub mod quant;
 mod tiles;
 pub mod vecmath;
 
+/// One cache line, the unit of the buffers AMX tiles load from: a tile row that straddles two
+/// lines loads ~6× slower (benches/README, Session 31).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub(crate) [u8; 64]);
+
+impl Line {
+    /// Lines enough for `n` 16-bit values, zeroed.
+    pub(crate) fn for_u16s(n: usize) -> Vec<Line> {
+        vec![Line([0; 64]); n.div_ceil(32)]
+    }
+
+    /// The lines' bytes as 16-bit values (32 a line).
+    pub(crate) fn u16s(lines: &[Line]) -> &[u16] {
+        // Safety: 64 plain bytes a line, aligned past u16's needs; the length is in values.
+        unsafe { std::slice::from_raw_parts(lines.as_ptr() as *const u16, lines.len() * 32) }
+    }
+
+    /// As [`Line::u16s`], writable.
+    pub(crate) fn u16s_mut(lines: &mut [Line]) -> &mut [u16] {
+        // Safety: as `u16s`, with the lines borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u16, lines.len() * 32) }
+    }
+}
+
 /// Raw output pointer shared by threads that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);

@@ -9,7 +9,7 @@ use super::{
     krepack, rows_per_pass, run_split, ActFormat, ActRow, QActs, QKind, QWeight, BLOCK, QK_K,
     ROW_TILE,
 };
-use crate::OutPtr;
+use crate::{Line, OutPtr};
 
 /// Activation rows from which a K matmul runs on AMX tiles where the CPU has them (below,
 /// the AVX-512 VNNI passes): a call packs its activations and unpacks its weights once, which
@@ -177,12 +177,6 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
 /// Groups the AMX path runs together over each super-block: their sums for every activation
 /// row stay in L2 (8 × 64 B a row) between super-blocks.
 const AMX_GROUPS: usize = 8;
-
-/// One cache line, the unit the AMX path's unpacked groups are allocated in (tile rows are
-/// loaded whole).
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
 
 /// The AMX path's packed activations, kept between calls (a prompt's are megabytes: not
 /// allocated and faulted in again for every matmul), in whole cache lines: a tile row that
