@@ -8,10 +8,10 @@
 //! precision, the kernels are bound by the weights' bytes anyway).
 //!
 //! Where the CPU has AMX-BF16, the [`Flavour::Amx`] kernels (`amx`) run every call on tiles
-//! instead, operands split into bf16 parts (products within ~2⁻¹⁶ of exact): prompts and
-//! batches of 12 and more rows run 1.5–2× the FMA kernels' speed, a lone decode row
-//! ~0.9× for F16 weights (the split costs more than the weights' bytes take to arrive) and the
-//! same for bf16. One flavour serves every row count, so a row's bits never depend on its batch.
+//! instead, operands split into bf16 parts (products within ~2⁻¹⁶ of exact): 16 rows run
+//! 1.6× (F16) to 2.2× (bf16) the FMA kernels' speed, 256 rows 2.6–3.8×, a lone decode row
+//! about the same from DRAM (0.8× from L3: F16 weights must still be split, benches/README
+//! Session 31). One flavour serves every row count, so a row's bits never depend on its batch.
 //!
 //! Layout: rows are interleaved in groups of `G` (16 for AVX-512 and AMX, 8 for AVX2): for
 //! each column `j`, the `G` rows' values are adjacent, so one load widens to one vector holding
