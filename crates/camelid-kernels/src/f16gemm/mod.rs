@@ -236,6 +236,9 @@ pub fn matmul(w: &HalfWeight, x: &[f32], m: usize, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k, "activations: {m} rows of {k}");
     assert_eq!(out.len(), m * n, "output: {m} rows of {n}");
+    if m == 0 {
+        return; // no rows (and the tiles cannot be shaped with none)
+    }
     let ptr = OutPtr(out.as_mut_ptr());
     let g = w.flavour.group();
     if g == 0 {

@@ -219,3 +219,19 @@ fn amx_rows_do_not_depend_on_the_batch() {
         }
     }
 }
+
+#[test]
+fn no_activation_rows_is_no_work() {
+    for fl in Flavour::available() {
+        let w = HalfWeight::with_flavour(
+            HalfKind::F16,
+            20,
+            64,
+            &weight_bits(HalfKind::F16, 20 * 64, 1),
+            fl,
+        )
+        .unwrap();
+        let mut out: Vec<f32> = Vec::new();
+        matmul(&w, &[], 0, &mut out);
+    }
+}
