@@ -33,7 +33,10 @@ fn main() {
     // keep ~the same bytes.
     let cols: usize =
         std::env::var("COLS").map_or(if kind.is_k() { 768 } else { 576 }, |c| c.parse().unwrap());
-    let (rows, copies) = (1536, (40 * 768 / cols).max(2));
+    // COPIES=<n>: that many matrices taken in turn (e.g. 400 at 2048 columns, ~700 MB of Q4_K:
+    // past a 480 MiB L3, read from DRAM as a real model's decode is).
+    let copies = std::env::var("COPIES").map_or((40 * 768 / cols).max(2), |c| c.parse().unwrap());
+    let rows = 1536;
     let mut ws = vec![];
     for c in 0..copies {
         let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
