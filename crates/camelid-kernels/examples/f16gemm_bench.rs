@@ -3,7 +3,8 @@
 //! widened (what the CPU ran before): `cargo run --release -p camelid-kernels --example
 //! f16gemm_bench [threads] [f16|bf16] [ours]` (`ours`: candle's matmul not run, e.g. for
 //! `perf stat` on a shared machine). With `ours`, every flavour past AVX2 that the CPU runs
-//! (AVX-512 FMA, AMX tiles), alternating, at 1–256 rows.
+//! (AVX-512 FMA, AMX tiles), alternating, at 1–256 rows; with `layout`, how long each flavour's
+//! layout takes to build (part of a model's load).
 use camelid_kernels::f16gemm::{matmul, Flavour, HalfKind, HalfWeight};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
@@ -41,6 +42,9 @@ fn main() {
             HalfKind::Bf16 => half::bf16::from_f32(v).to_bits(),
         })
         .collect();
+    if std::env::args().nth(3).as_deref() == Some("layout") {
+        return layout_time(kind, n, k, &bits);
+    }
     if std::env::args().nth(3).as_deref() == Some("ours") {
         return flavours(kind, n, k, &bits);
     }
@@ -126,5 +130,18 @@ fn flavours(kind: HalfKind, n: usize, k: usize, bits: &[u16]) {
             })
             .collect();
         println!("m={m:3}: {}", line.join("  "));
+    }
+}
+
+/// Milliseconds each flavour takes to lay the matrix out.
+fn layout_time(kind: HalfKind, n: usize, k: usize, bits: &[u16]) {
+    for f in Flavour::available() {
+        let t = Instant::now();
+        let w = HalfWeight::with_flavour(kind, n, k, bits, f).unwrap();
+        println!(
+            "{f:?}: laid out in {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        drop(w);
     }
 }
