@@ -37,6 +37,7 @@ pub(super) fn repack(kind: QKind, rows: usize, cols: usize, data: &[u8], g: usiz
     let (nsb, bb) = (cols / QK_K, kind.block_bytes());
     let sbb = group_superblock_bytes(kind, g);
     let mut out = vec![0u8; rows.div_ceil(g) * nsb * sbb];
+    crate::advise_huge_pages(&mut out);
     for (gi, dst_group) in out.chunks_exact_mut(nsb * sbb).enumerate() {
         for (b, dst) in dst_group.chunks_exact_mut(sbb).enumerate() {
             for r in 0..g.min(rows - gi * g) {

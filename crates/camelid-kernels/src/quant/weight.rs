@@ -117,6 +117,7 @@ impl QWeight {
         } * group;
         let (m_at, hb_at) = (2 * group, 4 * group);
         let mut out = vec![0u8; self.rows / group * nb * gbb];
+        crate::advise_huge_pages(&mut out);
         for (gi, dst_group) in out.chunks_exact_mut(nb * gbb).enumerate() {
             for (b, dst) in dst_group.chunks_exact_mut(gbb).enumerate() {
                 for r in 0..group {
