@@ -12,10 +12,10 @@
 //! A row's sums take `xh·wh + xl·wh + xh·wl` (F16) or `xh·w + xl·w` (bf16) per 32-value
 //! chunk, in that order, chunk after chunk: `xl·wl` (< 2⁻¹⁶ of the product: `wl < 2⁻⁷·|w|`,
 //! `|xl| ≤ 2⁻⁹·|x|`) is left out. Each product is off by less than `(2⁻¹⁶ + 2⁻¹⁸)·|x·w|` (ggml
-//! rounds activations to f16, 2⁻¹¹), and the
-//! f32 sums round as an FMA chain's do. A row's arithmetic does not depend on how many rows
-//! the call has or where the row sits, so a decode, a batch and a chunked prompt give the
-//! same bits (`amx_rows_do_not_depend_on_the_batch`).
+//! rounds activations to f16, 2⁻¹¹), and the f32 sums round as an FMA chain's do. A row's
+//! arithmetic does not depend on how many rows the call has or where the row sits, so a
+//! decode, a batch and a chunked prompt give the same bits
+//! (`amx_rows_do_not_depend_on_the_batch`).
 //!
 //! Layout: groups of 16 weight rows; per group, per pair of columns `(2p, 2p + 1)`, the 16
 //! rows' two values side by side (32 values, one 64-byte tile row: `tdpbf16ps`'s pairs), the
