@@ -37,7 +37,7 @@ speed() {
   $BIN serve --model "$M/$name" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
   local srv=$!
   if $PY benches/gpu/models.py health http://127.0.0.1:18100/health $srv; then
-    timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --name "camelid-$name" --prompt-tokens 128 \
+    timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --model "$name" --name "camelid-$name" --prompt-tokens 128 \
       --output-tokens 256 --concurrency 1,16,32,64 --requests-per-client 1 --json "$OUT/bench-$name.json" | tee -a "$OUT/log.txt"
   else
     log "serve $name never became healthy"
@@ -77,13 +77,15 @@ log "3. correctness: camelid CUDA bf16 / CPU f32 vs transformers f32, same weigh
 IDS=$(seq -s, 1 97 9000 | cut -d, -f1-90)
 export VOCAB=49152
 timeout 120 $PY benches/gpu/models.py logits "$M/smol" "$IDS" /tmp/ref.f32
+# transformers itself in bf16: how far bf16 alone moves top-1 on these near-flat random logits.
+timeout 120 $PY benches/gpu/models.py logits "$M/smol" "$IDS" /tmp/hf-bf16.f32 bfloat16
 timeout 60 $BIN score --model "$M/smol" --device cuda --dtype bf16 --ids "$IDS" --out /tmp/cuda-bf16.f32
 # --paged: the serving path (engine's paged cache, prompt in two chunks) = camelid's CUDA kernels;
 # CAMELID_CUDA_KERNELS=0 gives candle's ops over the same paged cache.
 timeout 60 $BIN score --model "$M/smol" --device cuda --dtype bf16 --ids "$IDS" --paged --out /tmp/cuda-bf16-kernels.f32
 CAMELID_CUDA_KERNELS=0 timeout 60 $BIN score --model "$M/smol" --device cuda --dtype bf16 --ids "$IDS" --paged --out /tmp/cuda-bf16-candle-paged.f32
 timeout 120 $BIN score --model "$M/smol" --device cpu --dtype f32 --ids "$IDS" --out /tmp/cpu-f32.f32
-$PY benches/gpu/models.py compare /tmp/ref.f32 /tmp/cuda-bf16.f32 /tmp/cuda-bf16-kernels.f32 /tmp/cuda-bf16-candle-paged.f32 /tmp/cpu-f32.f32 | tee -a "$RES"
+$PY benches/gpu/models.py compare /tmp/ref.f32 /tmp/hf-bf16.f32 /tmp/cuda-bf16.f32 /tmp/cuda-bf16-kernels.f32 /tmp/cuda-bf16-candle-paged.f32 /tmp/cpu-f32.f32 | tee -a "$RES"
 if [ -f /tmp/camelid-default.gguf ]; then
   timeout 60 $BIN score --model /tmp/camelid-default.gguf --device cpu --text "$(cat benches/gpu/prompt.txt)" --out /tmp/gguf-cpu.f32
   timeout 60 $BIN score --model /tmp/camelid-default.gguf --device cuda --text "$(cat benches/gpu/prompt.txt)" --out /tmp/gguf-cuda.f32
