@@ -8,6 +8,8 @@
   compare REF A [B..]  top-1 agreement and mean KL(ref || x) per file, as JSON lines
   bandwidth            device-to-device copy bandwidth (GB/s) -> the decode roofline
   eager DIR            transformers eager generate: batch 1 and 32, 128 prompt + 128 new tokens
+  steps LOG NAME       the server's step trace (RUST_LOG camelid_engine::step=debug): per batch
+                       size of pure decode steps, the median step and forward ms, as JSON lines
   health URL [PID]     waits up to 120 s for URL to answer 200 (exit 1 if not, or once PID is gone)
 
 CAMELID_TORCH_DEVICE=cpu runs make and logits on the CPU (benches/gpu/cpu-dryrun.sh).
@@ -133,6 +135,25 @@ def eager(d):
     torch.cuda.empty_cache()
 
 
+def steps(log, name):
+    import re
+    import statistics
+
+    by = {}
+    pat = re.compile(r"decodes=(\d+) prefill=(\d+) ms=([\d.]+) forward_ms=([\d.]+)")
+    for line in open(log, errors="replace"):
+        m = pat.search(line)
+        if m and int(m.group(2)) == 0:
+            by.setdefault(int(m.group(1)), []).append((float(m.group(3)), float(m.group(4))))
+    for d in sorted(by):
+        xs = by[d]
+        if len(xs) < 5:
+            continue
+        print(json.dumps({"model": name, "decode_steps": len(xs), "batch": d,
+                          "step_ms_p50": statistics.median(x[0] for x in xs),
+                          "forward_ms_p50": statistics.median(x[1] for x in xs)}))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "health":
@@ -150,4 +171,4 @@ if __name__ == "__main__":
             time.sleep(0.5)
         sys.exit(1)
     {"make": lambda: make(*args), "logits": lambda: logits(*args), "compare": lambda: compare(args[0], args[1:]),
-     "bandwidth": bandwidth, "eager": lambda: eager(*args)}[cmd]()
+     "bandwidth": bandwidth, "steps": lambda: steps(*args), "eager": lambda: eager(*args)}[cmd]()

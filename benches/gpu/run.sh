@@ -34,7 +34,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # Step 5 on one shape: camelid serve + camelid bench, then transformers eager as the peer.
 speed() {
   local name=$1
-  $BIN serve --model "$M/$name" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
+  # Every step traced (decodes, prefill tokens, step and forward ms): summarised after the bench.
+  RUST_LOG=info,camelid_engine::step=debug $BIN serve --model "$M/$name" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
   local srv=$!
   if $PY benches/gpu/models.py health http://127.0.0.1:18100/health $srv; then
     timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --model "$name" --name "camelid-$name" --prompt-tokens 128 \
@@ -43,7 +44,8 @@ speed() {
     log "serve $name never became healthy"
   fi
   kill $srv 2>/dev/null; wait $srv 2>/dev/null
-  { echo "-- serve-$name.log (last 30 lines)"; tail -30 "/tmp/serve-$name.log"; } >> "$OUT/log.txt"
+  { echo "-- serve-$name.log (last 30 lines)"; grep -v camelid_engine::step "/tmp/serve-$name.log" | tail -30; } >> "$OUT/log.txt"
+  $PY benches/gpu/models.py steps "/tmp/serve-$name.log" "$name" | tee -a "$RES"
   log "5b. peer: transformers eager on $name"
   timeout 120 $PY benches/gpu/models.py eager "$M/$name" | tee -a "$RES"
 }

@@ -909,7 +909,7 @@ impl Engine {
                 );
             }
             M::max(&self.metrics.kv_blocks_peak, self.kv.pool.used() as u64);
-            self.forward_and_sample(batch, members, &mut done);
+            let forward = self.forward_and_sample(batch, members, &mut done);
             let secs = started.elapsed().as_secs_f64();
             self.metrics.step_seconds.observe(secs);
             let ms = secs * 1e3;
@@ -920,6 +920,8 @@ impl Engine {
                 decodes = batch_decodes,
                 prefill,
                 ms,
+                // The forward with its logits on the host; the rest is sampling and sending.
+                forward_ms = forward.as_secs_f64() * 1e3,
             );
         }
         // Preempted sequences wait at the front and recompute their KV later.
@@ -1029,12 +1031,15 @@ impl Engine {
             .map_or(cap, |n| n.max(1))
     }
 
+    /// Runs the step's forward, then samples and sends each member's token; returns how long
+    /// the forward took (logits on the host included).
     fn forward_and_sample(
         &mut self,
         batch: ForwardBatch,
         members: Vec<Member>,
         done: &mut Vec<u64>,
-    ) {
+    ) -> std::time::Duration {
+        let started = std::time::Instant::now();
         M::add(&self.metrics.steps, 1);
         M::add(&self.metrics.batched_sequences, members.len() as u64);
         M::add(&self.metrics.batched_tokens, batch.tokens.len() as u64);
@@ -1049,6 +1054,7 @@ impl Engine {
                 };
                 Ok((o.logits.to_vec2::<f32>()?, hidden))
             });
+        let forward = started.elapsed();
         let (logits, hidden) = match out {
             Ok(l) => l,
             Err(e) => {
@@ -1060,7 +1066,7 @@ impl Engine {
                         .send(Event::Error(format!("model forward failed: {e}")));
                     done.push(s.id);
                 }
-                return;
+                return forward;
             }
         };
         let (mut row, mut hidden_row) = (0, 0);
@@ -1145,6 +1151,7 @@ impl Engine {
                 done.push(s.id);
             }
         }
+        forward
     }
 
     fn finish_ids(&mut self, ids: &[u64]) {

@@ -592,6 +592,46 @@ fn slow_bodies_are_cut_off() {
     assert_eq!(st, 200, "{}", short(&b));
 }
 
+/// A body over the limit is read to its end before the 413 goes out, so a client still
+/// writing it reads the 413 (not a reset: the server used to close with the body's tail
+/// unread, and the kernel's reset broke the client's write) and the connection stays usable.
+#[test]
+fn a_too_large_body_gets_its_413_and_the_connection_stays_usable() {
+    let _g = serial();
+    let s = server();
+    let too_large = (4 << 20) + (1 << 20);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        write!(
+            w,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {too_large}\r\n\r\n"
+        )?;
+        w.write_all(&vec![b' '; too_large])?;
+        w.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    });
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let read = c.read_to_end(&mut got);
+    let written = writer.join().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        written.is_ok(),
+        "the body could not be sent: {written:?}; got {text}"
+    );
+    assert!(read.is_ok(), "{read:?}; got {text}");
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let second = text
+        .match_indices("HTTP/1.1 ")
+        .nth(1)
+        .map(|(i, _)| &text[i..]);
+    assert!(
+        second.is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+        "the next request on the connection was not served: {text}"
+    );
+}
+
 /// A client that stops reading its stream is closed once a write has waited on it for the
 /// write timeout: its generation is cancelled and its concurrency slot freed. (A stalled
 /// reader held its slot for good: with `max_concurrent` of them every other client got 429.)

@@ -21,6 +21,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,22 +35,37 @@ pub type AppResult = Result<Response, ApiError>;
 /// byte every few seconds would pass it). Too large is 413, anything else unreadable 400.
 pub struct RequestBody(pub Bytes);
 
+/// How much of a too-large body is read and dropped before the 413 goes out. Closing a
+/// connection with unread bytes makes the kernel reset it, and a client still writing then
+/// sees a broken pipe instead of the 413 (hyper has no lingering close; nginx drains the
+/// same way). A body declared or found larger than this is not drained: the connection closes.
+const DRAIN_LIMIT: usize = 64 << 20;
+
 impl FromRequest<Arc<AppState>> for RequestBody {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Response> {
         let deadline = Duration::from_secs(state.config.body_timeout_secs.max(1));
-        match tokio::time::timeout(deadline, Bytes::from_request(req, state)).await {
+        let limit = state.config.body_limit;
+        match tokio::time::timeout(deadline, read_limited(req, limit)).await {
             Ok(Ok(body)) => Ok(Self(body)),
-            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "The request body is too large.",
-            )
+            Ok(Err(BodyError::TooLarge { drained })) => {
+                let mut r = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    "The request body is too large.",
+                )
+                .into_response();
+                if !drained {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Err(r)
+            }
+            Ok(Err(BodyError::Unreadable(e))) => Err(ApiError::bad_request(format!(
+                "Cannot read the request body: {e}"
+            ))
             .into_response()),
-            Ok(Err(e)) => Err(
-                ApiError::bad_request(format!("Cannot read the request body: {e}")).into_response(),
-            ),
             Err(_) => {
                 let mut r = ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
@@ -67,4 +83,41 @@ impl FromRequest<Arc<AppState>> for RequestBody {
             }
         }
     }
+}
+
+enum BodyError {
+    /// Over the limit; `drained` when the whole body was read (the connection stays usable).
+    TooLarge {
+        drained: bool,
+    },
+    Unreadable(axum::Error),
+}
+
+/// The body, at most `limit` bytes; past that the rest is read and dropped up to
+/// [`DRAIN_LIMIT`] so that the client gets to read the 413.
+async fn read_limited(req: Request, limit: usize) -> Result<Bytes, BodyError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return Err(BodyError::TooLarge { drained: false });
+    }
+    let mut stream = req.into_body().into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Unreadable)?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > DRAIN_LIMIT {
+            return Err(BodyError::TooLarge { drained: false });
+        }
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > limit {
+        return Err(BodyError::TooLarge { drained: true });
+    }
+    Ok(buf.freeze())
 }

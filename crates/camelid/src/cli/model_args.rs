@@ -66,7 +66,17 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
             // (per-thread default stream), and the weights and the KV cache are made on the
             // loader's thread while the engine's thread runs the forwards, with nothing
             // ordering the two.
-            Ok(candle_core::Device::new_cuda_with_stream(idx)?)
+            let device = candle_core::Device::new_cuda_with_stream(idx)?;
+            #[cfg(feature = "cuda")]
+            // SAFETY: every tensor, kernel, cuBLAS call and copy of this device runs on its one
+            // stream, so nothing needs cudarc's cross-stream events. With them (on by default,
+            // and active once a context has its own stream) every allocation made two events
+            // and every kernel argument waited on one and recorded another: ~10 ms of driver
+            // calls per decode step on an H200 (benches/gpu/RESULTS.md, 2026-12-04).
+            unsafe {
+                device.as_cuda_device()?.disable_event_tracking();
+            }
+            Ok(device)
         }
         other => anyhow::bail!("unknown device {other:?} (cpu, cuda, cuda:N)"),
     }
