@@ -7,6 +7,7 @@ use crate::constraint::{Constraint, SequenceConstraint};
 use crate::error::{Error, Result};
 use crate::text::stream::{IncrementalDecoder, StopCheck, StopMatcher, StopSet};
 use crate::text::tokenizer::Tokenizer;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +123,10 @@ impl SequenceDecoder {
         if self.done {
             return Err(Error::Invalid("sequence already finished".into()));
         }
-        let mut l = logits.to_vec();
+        // Copied only when something below changes it: a row is the whole vocabulary
+        // (128k entries for Llama 3), and a copy per row per step is host time every
+        // stream of a batch waits for (benches/gpu/RESULTS.md, 2026-12-04).
+        let mut l = Cow::Borrowed(logits);
         // Before min_tokens no stop token can be drawn; with ignore_eos the model's own end
         // tokens never can.
         let blocked: &[u32] = if self.output.len() < self.params.min_tokens {
@@ -134,7 +138,7 @@ impl SequenceDecoder {
         };
         let block_stops = !blocked.is_empty();
         for &s in blocked {
-            if let Some(x) = l.get_mut(s as usize) {
+            if let Some(x) = l.to_mut().get_mut(s as usize) {
                 *x = f32::NEG_INFINITY;
             }
         }
@@ -151,15 +155,16 @@ impl SequenceDecoder {
                 && !(0..l.len() as u32)
                     .any(|t| mask.is_allowed(t) && !self.params.stop_token_ids.contains(&t));
             if only_stops && block_stops {
-                l.copy_from_slice(logits);
+                l = Cow::Borrowed(logits);
             }
-            mask.apply(&mut l, &self.params.stop_token_ids);
+            mask.apply(l.to_mut(), &self.params.stop_token_ids);
             // A grammar that cannot end yet still ends where every token it allows is a stop
             // token (a `stop_token_ids` entry, or the end of turn the grammar itself asks
             // for): drawing from nothing would give a token the grammar refuses.
             if l.iter().all(|x| *x == f32::NEG_INFINITY) {
-                l.copy_from_slice(logits);
-                mask.apply(&mut l, &[]);
+                let mut fresh = logits.to_vec();
+                mask.apply(&mut fresh, &[]);
+                l = Cow::Owned(fresh);
             }
         }
         let token = self.sampler.sample(&l, &self.prompt, &self.output);

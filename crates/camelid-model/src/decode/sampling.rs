@@ -4,6 +4,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,9 +197,20 @@ impl Sampler {
 
     /// Picks the next token from raw logits.
     pub fn sample(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
-        let mut l = logits.to_vec();
-        self.apply_penalties(&mut l, prompt, output);
         let p = &self.params;
+        // A copy of the row only when penalties or a bias change it.
+        let l = if p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+        {
+            Cow::Borrowed(logits)
+        } else {
+            let mut l = logits.to_vec();
+            self.apply_penalties(&mut l, prompt, output);
+            Cow::Owned(l)
+        };
+        let l = &*l;
         if p.temperature <= 0.0 || p.top_k == 1 {
             return top_k_indices(&l, 1)[0] as u32;
         }
