@@ -212,11 +212,11 @@ impl Sampler {
         };
         let l = &*l;
         if p.temperature <= 0.0 || p.top_k == 1 {
-            return top_k_indices(&l, 1)[0] as u32;
+            return top_k_indices(l, 1)[0] as u32;
         }
         let uncut = (p.top_k == 0 || p.top_k >= l.len()) && p.top_p >= 1.0 && p.min_p <= 0.0;
         let w = &mut self.weights;
-        let total = softmax_weights(&l, p.temperature, w);
+        let total = softmax_weights(l, p.temperature, w);
         if uncut {
             // Nothing cuts the distribution: draw from it in index order, with no sort (a
             // vocabulary is 32–150k entries; sorting it took milliseconds per token).
@@ -233,7 +233,7 @@ impl Sampler {
             }
             return last as u32;
         }
-        let (cand, probs) = kept_candidates(&l, p, w, total);
+        let (cand, probs) = kept_candidates(l, p, w, total);
         let mut r = self.rng.random::<f64>();
         for (&c, &x) in cand.iter().zip(&probs) {
             r -= x;
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn a_vanishing_temperature_is_greedy() {
         let l = logits();
-        let greedy = top_k_indices(&l, 1)[0] as u32;
+        let greedy = top_k_indices(l, 1)[0] as u32;
         for t in [1e-30f32, 1e-39, f32::MIN_POSITIVE, 1e-45] {
             let mut s = Sampler::new(SamplingParams {
                 temperature: t,
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy() {
         let l = logits();
-        let greedy = top_k_indices(&l, 1)[0] as u32;
+        let greedy = top_k_indices(l, 1)[0] as u32;
         let mut s = Sampler::new(SamplingParams {
             temperature: 1.5,
             top_k: 1,
