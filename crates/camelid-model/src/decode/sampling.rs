@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn a_vanishing_temperature_is_greedy() {
         let l = logits();
-        let greedy = top_k_indices(l, 1)[0] as u32;
+        let greedy = top_k_indices(&l, 1)[0] as u32;
         for t in [1e-30f32, 1e-39, f32::MIN_POSITIVE, 1e-45] {
             let mut s = Sampler::new(SamplingParams {
                 temperature: t,
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy() {
         let l = logits();
-        let greedy = top_k_indices(l, 1)[0] as u32;
+        let greedy = top_k_indices(&l, 1)[0] as u32;
         let mut s = Sampler::new(SamplingParams {
             temperature: 1.5,
             top_k: 1,
