@@ -154,6 +154,32 @@ pub fn unique_prompt(n: usize, salt: usize) -> String {
     format!("{head} {}", make_prompt(n.saturating_sub(2)))
 }
 
+/// The first model the server lists at `/v1/models`: what to load-test when none is named
+/// (as vLLM's benchmark does; camelid names a model by its folder or file, so no fixed name
+/// fits every server).
+pub async fn served_model(endpoint: &str, api_key: Option<&str>) -> Result<String> {
+    let url = format!(
+        "{}/v1/models",
+        endpoint.trim_end_matches('/').trim_end_matches("/v1")
+    );
+    let mut req = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(30));
+    if let Some(k) = api_key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| anyhow!("{url}: not a model list ({status}): {e}"))?;
+    body["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{url} lists no model ({status}): {body}; name one with --model"))
+}
+
 pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
     // A fresh connection per request: some servers (llama-server) close kept-alive
     // connections between requests, which a pooled client reports as a failed request.
@@ -339,6 +365,50 @@ mod tests {
             }
         });
         base
+    }
+
+    /// A server that answers every request with `body` (status 200). Returns its base URL.
+    async fn fixed_server(body: Value) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let body = body.to_string();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !String::from_utf8_lossy(&req).contains("\r\n\r\n") {
+                        let n = sock.read(&mut buf).await.unwrap();
+                        req.extend_from_slice(&buf[..n]);
+                    }
+                    assert!(req.starts_with(b"GET /v1/models "), "{req:?}");
+                    let out = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    sock.write_all(out.as_bytes()).await.unwrap();
+                });
+            }
+        });
+        base
+    }
+
+    /// With no model named, the bench runs the server's first listed model; a server that
+    /// lists none is an error that says to name one.
+    #[tokio::test]
+    async fn the_first_served_model_is_benched_when_none_is_named() {
+        let two = json!({"object": "list", "data": [{"id": "llama-1b"}, {"id": "smol"}]});
+        let base = fixed_server(two).await;
+        assert_eq!(served_model(&base, None).await.unwrap(), "llama-1b");
+        assert_eq!(
+            served_model(&format!("{base}/v1/"), None).await.unwrap(),
+            "llama-1b"
+        );
+        let none = fixed_server(json!({"object": "list", "data": []})).await;
+        let err = served_model(&none, None).await.unwrap_err().to_string();
+        assert!(err.contains("--model"), "{err}");
     }
 
     fn options(endpoint: String) -> BenchOptions {

@@ -9,8 +9,9 @@ pub struct BenchArgs {
     /// Base URL of the server (e.g. http://127.0.0.1:8000).
     #[arg(long)]
     endpoint: String,
-    #[arg(long, default_value = "default")]
-    model: String,
+    /// The model to request; by default the first the server lists at /v1/models.
+    #[arg(long)]
+    model: Option<String>,
     /// A label for the results (e.g. camelid, llama.cpp).
     #[arg(long, default_value = "server")]
     name: String,
@@ -35,16 +36,23 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => rt.block_on(camelid_eval::bench::served_model(
+            &a.endpoint,
+            a.api_key.as_deref(),
+        ))?,
+    };
     let o = camelid_eval::bench::BenchOptions {
         endpoint: a.endpoint.clone(),
-        model: a.model.clone(),
+        model: model.clone(),
         prompt_tokens: a.prompt_tokens,
         output_tokens: a.output_tokens,
         concurrency: a.concurrency.clone(),
         requests_per_client: a.requests_per_client,
         api_key: a.api_key.clone(),
     };
-    let rt = tokio::runtime::Runtime::new()?;
     if let Some(h) = a.second_turn {
         let (t1, t2) = rt.block_on(camelid_eval::bench::second_turn(&o, h))?;
         println!(
@@ -63,7 +71,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let rows = rt.block_on(camelid_eval::bench::run(&o))?;
     print!("{}", camelid_eval::bench::render(&a.name, &rows));
     if let Some(p) = &a.json {
-        let doc = serde_json::json!({"name": a.name, "endpoint": a.endpoint, "model": a.model,
+        let doc = serde_json::json!({"name": a.name, "endpoint": a.endpoint, "model": model,
             "prompt_tokens": a.prompt_tokens, "output_tokens": a.output_tokens, "levels": rows});
         std::fs::write(p, serde_json::to_string_pretty(&doc)?)?;
     }
