@@ -10,7 +10,7 @@ use camelid_model::decode::sampling::{token_logprob, TokenLogprob};
 use camelid_model::decode::{FinishReason, SequenceDecoder};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::{
-    ForwardBatch, GrammarCompiler, LoadedModel, LogitsWanted, LoraAdapter, SharedLora,
+    ForwardBatch, GrammarCompiler, HostRows, LoadedModel, LogitsWanted, LoraAdapter, SharedLora,
 };
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -429,14 +429,14 @@ impl Seq {
         }
     }
 
-    /// Takes the logits of positions `from..` (one row each) and scores the prompt tokens
+    /// Takes the logits of positions `from..` (rows of `width`, one each) and scores the prompt tokens
     /// they predict that are not scored yet; once the prompt's end is computed (`end`), sends
     /// the scores.
-    fn score_prompt(&mut self, from: usize, rows: &[Vec<f32>], end: usize) {
+    fn score_prompt(&mut self, from: usize, rows: &[f32], width: usize, end: usize) {
         let PromptScoring::Collecting { top, got } = &mut self.prompt_scoring else {
             return;
         };
-        for (r, l) in rows.iter().enumerate() {
+        for (r, l) in rows.chunks_exact(width.max(1)).enumerate() {
             let p = from + r;
             if p == got.len() && p + 1 < self.prompt_len {
                 got.push(token_logprob(l, self.tokens[p + 1], *top));
@@ -568,6 +568,8 @@ struct Engine {
     kv: PagedKv,
     next_id: u64,
     cost: StepCost,
+    /// The last step's logit rows on the host (a buffer kept across steps).
+    logits: HostRows,
     /// Set when a step ran nothing because its prompts all waited for shared blocks (their
     /// leaders could not run, e.g. the pool was short): the next step does not wait, so the
     /// engine always progresses.
@@ -596,6 +598,7 @@ impl Engine {
             kv,
             next_id: 0,
             cost: StepCost::default(),
+            logits: HostRows::default(),
             skip_shared_waits: false,
         }
     }
@@ -1043,6 +1046,7 @@ impl Engine {
         M::add(&self.metrics.steps, 1);
         M::add(&self.metrics.batched_sequences, members.len() as u64);
         M::add(&self.metrics.batched_tokens, batch.tokens.len() as u64);
+        let logits = &mut self.logits;
         let out = self
             .lm
             .model
@@ -1052,10 +1056,13 @@ impl Engine {
                     Some(h) => h.to_vec2::<f32>()?,
                     None => vec![],
                 };
-                Ok((o.logits.to_vec2::<f32>()?, hidden))
+                logits.load(&o.logits)?;
+                Ok(hidden)
             });
         let forward = started.elapsed();
-        let (logits, hidden) = match out {
+        let logits = &self.logits;
+        let width = logits.width();
+        let hidden = match out {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward failed: {e}");
@@ -1081,13 +1088,13 @@ impl Engine {
             let s = &mut self.running[i];
             let chunk_start = s.cached;
             if !draft.is_empty() {
-                let my_rows = &logits[row..row + rows];
+                let my_rows = logits.range(row, rows);
                 row += rows;
                 // Row j is the distribution after the decoded token and `draft[..j]`: sample
                 // each in turn, the same draws as one token a step, while the token drawn is
                 // the draft's; the positions of the drafts kept are computed.
                 let (mut valid, mut checked) = (chunk_start + 1, 0);
-                for (j, l) in my_rows.iter().enumerate() {
+                for (j, l) in my_rows.chunks_exact(width).enumerate() {
                     if s.sample(&self.lm.tokenizer, &self.metrics, l) {
                         done.push(s.id);
                         break;
@@ -1123,14 +1130,14 @@ impl Engine {
                 }
                 continue;
             }
-            let my_rows = &logits[row..row + rows];
+            let my_rows = logits.range(row, rows);
             row += rows;
             // With a row per position (all rows, or a one-token chunk), row r is position
             // chunk_start + r.
             if rows == end - chunk_start {
-                s.score_prompt(chunk_start, my_rows, end);
+                s.score_prompt(chunk_start, my_rows, width, end);
             } else {
-                s.score_prompt(chunk_start, &[], end);
+                s.score_prompt(chunk_start, &[], width, end);
             }
             if rows == 0 {
                 continue;
@@ -1146,7 +1153,7 @@ impl Engine {
                 done.push(s.id);
                 continue;
             }
-            let last = my_rows.last().expect("rows > 0");
+            let last = &my_rows[(rows - 1) * width..];
             if s.sample(&self.lm.tokenizer, &self.metrics, last) {
                 done.push(s.id);
             }

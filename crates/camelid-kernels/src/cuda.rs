@@ -11,7 +11,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaView, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaView, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
 use candle_core::{
@@ -70,6 +70,55 @@ fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>>
     };
     let (a, b) = contiguous(l, "metadata")?;
     Ok(c.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// Page-locked host memory that f32 device tensors are copied into, kept and grown across
+/// calls. candle's `to_vec*` copies into pageable memory, which the driver stages through its
+/// own small pinned buffers: a step's logits (rows × a 128k vocabulary) crossed at ~2 GB/s on
+/// the H200 machine (benches/gpu/RESULTS.md, 2026-12-04).
+#[derive(Default)]
+pub struct PinnedHost {
+    buf: Option<PinnedHostSlice<f32>>,
+    /// Values of the last copy.
+    len: usize,
+}
+
+impl PinnedHost {
+    /// Copies `t` (f32, contiguous, on a CUDA device) here and waits for the copy.
+    pub fn copy_from(&mut self, t: &Tensor) -> Result<()> {
+        let n = t.elem_count();
+        self.len = 0;
+        if n == 0 {
+            return Ok(());
+        }
+        let (s, l) = t.storage_and_layout();
+        let Storage::Cuda(c) = &*s else {
+            bail!("PinnedHost::copy_from: the tensor is not on a CUDA device")
+        };
+        let (a, b) = contiguous(l, "rows copied to the host")?;
+        let src = c.as_cuda_slice::<f32>()?.slice(a..b);
+        let stream = c.device().cuda_stream();
+        if self.buf.as_ref().is_none_or(|p| p.len() < n) {
+            self.buf = None; // the old buffer goes before the larger one is taken
+                             // SAFETY: the copy below writes every value before any is read. Flags 0: ordinary
+                             // cached pages (cudarc's `alloc_pinned` makes write-combined ones, slow to read).
+            let fresh = unsafe { stream.context().alloc_pinned_with_flags::<f32>(n, 0) };
+            self.buf = Some(fresh.w()?);
+        }
+        let buf = self.buf.as_mut().expect("allocated above");
+        stream.memcpy_dtoh(&src, buf).w()?;
+        stream.synchronize().w()?;
+        self.len = n;
+        Ok(())
+    }
+
+    /// The values of the last [`Self::copy_from`].
+    pub fn values(&self) -> Result<&[f32]> {
+        match &self.buf {
+            Some(b) if self.len > 0 => Ok(&b.as_slice().w()?[..self.len]),
+            _ => Ok(&[]),
+        }
+    }
 }
 
 /// Writes `src` rows `(tokens, kv_heads · head_dim)` into `cache` `(slots, kv_heads, head_dim)`
