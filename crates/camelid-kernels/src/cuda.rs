@@ -74,8 +74,8 @@ fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>>
 
 /// Page-locked host memory that f32 device tensors are copied into, kept and grown across
 /// calls. candle's `to_vec*` copies into pageable memory, which the driver stages through its
-/// own small pinned buffers: a step's logits (rows × a 128k vocabulary) crossed at ~2 GB/s on
-/// the H200 machine (benches/gpu/RESULTS.md, 2026-12-04).
+/// own small pinned buffers: on the H200 machine a step's forward grew ~0.5 ms for each row of
+/// 128k f32 logits it brought back (~1 GB/s; benches/gpu/RESULTS.md, 2026-12-04).
 #[derive(Default)]
 pub struct PinnedHost {
     buf: Option<PinnedHostSlice<f32>>,

@@ -645,3 +645,23 @@ fn paged_attention_softcap_matches_the_cpu_kernel() {
         },
     );
 }
+
+/// Rows copied through page-locked memory are the tensor's values, from an offset view too;
+/// the buffer grows for a larger copy and a smaller one after it shows only its own values.
+#[test]
+fn pinned_host_copies_are_the_tensors_values() {
+    let Some(dev) = cuda() else { return };
+    let mut pinned = cuda_ops::PinnedHost::default();
+    let big = Tensor::from_vec(random(3 * 128_256, 11), (3, 128_256), &dev).unwrap();
+    for t in [
+        big.narrow(0, 1, 1).unwrap(), // an offset into the allocation
+        big.clone(),                  // larger: a new buffer
+        big.narrow(0, 2, 1).unwrap(), // smaller again
+    ] {
+        pinned.copy_from(&t).unwrap();
+        assert_eq!(pinned.values().unwrap(), to_vec(&t).as_slice());
+    }
+    let empty = Tensor::zeros((0, 8), DType::F32, &dev).unwrap();
+    pinned.copy_from(&empty).unwrap();
+    assert!(pinned.values().unwrap().is_empty());
+}
