@@ -4,6 +4,9 @@
 #   bash benches/gpu/run.sh 7b     step 5 on the 7B shape (making it writes 13.5 GB): a second
 #                                  call on the still-warm machine, so a cut-off first call
 #                                  cannot lose it and neither call nears the 10-minute limit
+#   bash benches/gpu/run.sh gguf   step 6: a random 1B GGUF made and quantized to Q4_K_M there
+#                                  (needs benches/gpu/stage-gguf.sh run here), CPU vs CUDA
+#                                  logits on it, and step 5 on it
 # At most 8 files come back from $OUT: results.jsonl, log.txt (the GPU, each stage's tail and
 # the servers' last lines), the two test outputs, one bench JSON per shape.
 # Prepare here first:  bash kernels/build-cuda.sh stage
@@ -26,19 +29,20 @@ for z in .gpu/*.xz; do
   "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "${z%.xz}" \
     && rm -f "$z"
 done
-chmod +x .gpu/camelid-cuda .gpu/cuda-kernel-tests .gpu/cuda-runtime-tests 2>/dev/null
+chmod +x .gpu/camelid-cuda .gpu/cuda-kernel-tests .gpu/cuda-runtime-tests .gpu/llama-quantize 2>/dev/null
 M=/tmp/camelid-models
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
 
-# Step 5 on one shape: camelid serve + camelid bench, then transformers eager as the peer.
+# Step 5 on one shape: camelid serve + camelid bench, then transformers eager as the peer
+# (on a folder of safetensors; a GGUF file has no peer here).
 speed() {
-  local name=$1
+  local name=$1 model=${2:-$M/$1}
   # Every step traced (decodes, prefill tokens, step and forward ms): summarised after the bench.
-  RUST_LOG=info,camelid_engine::step=debug $BIN serve --model "$M/$name" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
+  RUST_LOG=info,camelid_engine::step=debug $BIN serve --model "$model" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
   local srv=$!
   if $PY benches/gpu/models.py health http://127.0.0.1:18100/health $srv; then
-    timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --model "$name" --name "camelid-$name" --prompt-tokens 128 \
+    timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --name "camelid-$name" --prompt-tokens 128 \
       --output-tokens 256 --concurrency 1,16,32,64 --requests-per-client 1 --json "$OUT/bench-$name.json" | tee -a "$OUT/log.txt"
   else
     log "serve $name never became healthy"
@@ -46,9 +50,29 @@ speed() {
   kill $srv 2>/dev/null; wait $srv 2>/dev/null
   { echo "-- serve-$name.log (last 30 lines)"; grep -v camelid_engine::step "/tmp/serve-$name.log" | tail -30; } >> "$OUT/log.txt"
   $PY benches/gpu/models.py steps "/tmp/serve-$name.log" "$name" | tee -a "$RES"
+  [ -d "$model" ] || return 0
   log "5b. peer: transformers eager on $name"
-  timeout 120 $PY benches/gpu/models.py eager "$M/$name" | tee -a "$RES"
+  timeout 120 $PY benches/gpu/models.py eager "$model" | tee -a "$RES"
 }
+
+if [ "${1:-}" = gguf ]; then
+  RES="$OUT/results-gguf.jsonl"; : > "$RES"
+  log "6. GGUF Q4_K_M on the GPU: a random 1B (Llama-3.2-1B shape, SmolLM2's tokenizer)"
+  [ -f .gpu/llama-quantize ] || { log "no .gpu/llama-quantize: run benches/gpu/stage-gguf.sh here first"; exit 1; }
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/gguf-*.whl
+  mkdir -p "$M"
+  PYTHONPATH=/tmp/site timeout 180 $PY benches/random_gguf.py .gpu/gguf-tokenizer.json "$M/r1b.F16.gguf" llama random-llama-1b
+  timeout 240 .gpu/llama-quantize "$M/r1b.F16.gguf" "$M/r1b.Q4_K_M.gguf" Q4_K_M "$(nproc)" 2>&1 | tail -3 | tee -a "$OUT/log.txt"
+  export VOCAB=49152
+  T="$(cat benches/gpu/prompt.txt)"
+  timeout 120 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cpu --text "$T" --out /tmp/q4k-cpu.f32
+  timeout 60 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cuda --text "$T" --out /tmp/q4k-cuda.f32
+  timeout 60 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cuda --text "$T" --paged --out /tmp/q4k-cuda-kernels.f32
+  $PY benches/gpu/models.py compare /tmp/q4k-cpu.f32 /tmp/q4k-cuda.f32 /tmp/q4k-cuda-kernels.f32 | tee -a "$RES"
+  speed r1b-q4_k_m "$M/r1b.Q4_K_M.gguf"
+  log "done"; cat "$RES"
+  exit 0
+fi
 
 if [ "${1:-}" = 7b ]; then
   RES="$OUT/results-7b.jsonl"; : > "$RES"
