@@ -1153,7 +1153,12 @@ impl Engine {
                 done.push(s.id);
                 continue;
             }
-            let last = &my_rows[(rows - 1) * width..];
+            // Always there, unless the rows could not be read back (a failed device).
+            let Some(last) = my_rows.chunks_exact(width).last() else {
+                let _ = s.events.send(Event::Error("the logits were lost".into()));
+                done.push(s.id);
+                continue;
+            };
             if s.sample(&self.lm.tokenizer, &self.metrics, last) {
                 done.push(s.id);
             }

@@ -83,13 +83,22 @@ pub struct PinnedHost {
     len: usize,
 }
 
+/// The most [`PinnedHost`] holds: page-locked memory is taken from the host for good, and a
+/// step's logits past this (prompt logprobs of long chunks) go through pageable memory.
+pub const PINNED_HOST_MAX_BYTES: usize = 256 << 20;
+
 impl PinnedHost {
-    /// Copies `t` (f32, contiguous, on a CUDA device) here and waits for the copy.
+    /// Copies `t` (f32, contiguous, on a CUDA device) here and waits for the copy. Past
+    /// [`PINNED_HOST_MAX_BYTES`], or where page-locked memory cannot be had, an error: the
+    /// caller copies through pageable memory instead.
     pub fn copy_from(&mut self, t: &Tensor) -> Result<()> {
         let n = t.elem_count();
         self.len = 0;
         if n == 0 {
             return Ok(());
+        }
+        if n * 4 > PINNED_HOST_MAX_BYTES {
+            bail!("{n} values are more than PinnedHost holds");
         }
         let (s, l) = t.storage_and_layout();
         let Storage::Cuda(c) = &*s else {
@@ -106,17 +115,21 @@ impl PinnedHost {
             self.buf = Some(fresh.w()?);
         }
         let buf = self.buf.as_mut().expect("allocated above");
-        stream.memcpy_dtoh(&src, buf).w()?;
+        // Into exactly `n` values: cudarc copies as many bytes as the destination holds, and
+        // the buffer may be larger than this copy.
+        let dst = &mut buf.as_mut_slice().w()?[..n];
+        stream.memcpy_dtoh(&src, dst).w()?;
         stream.synchronize().w()?;
         self.len = n;
         Ok(())
     }
 
-    /// The values of the last [`Self::copy_from`].
-    pub fn values(&self) -> Result<&[f32]> {
+    /// The values of the last successful [`Self::copy_from`] (empty if the buffer cannot be
+    /// read, which takes a failed CUDA context).
+    pub fn values(&self) -> &[f32] {
         match &self.buf {
-            Some(b) if self.len > 0 => Ok(&b.as_slice().w()?[..self.len]),
-            _ => Ok(&[]),
+            Some(b) if self.len > 0 => b.as_slice().map_or(&[], |v| &v[..self.len]),
+            _ => &[],
         }
     }
 }

@@ -659,9 +659,14 @@ fn pinned_host_copies_are_the_tensors_values() {
         big.narrow(0, 2, 1).unwrap(), // smaller again
     ] {
         pinned.copy_from(&t).unwrap();
-        assert_eq!(pinned.values().unwrap(), to_vec(&t).as_slice());
+        assert_eq!(pinned.values(), to_vec(&t).as_slice());
     }
     let empty = Tensor::zeros((0, 8), DType::F32, &dev).unwrap();
     pinned.copy_from(&empty).unwrap();
-    assert!(pinned.values().unwrap().is_empty());
+    assert!(pinned.values().is_empty());
+    // Past the cap: an error (the caller goes through pageable memory), nothing kept.
+    let n = cuda_ops::PINNED_HOST_MAX_BYTES / 4 + 1;
+    let over = Tensor::zeros((1, n), DType::F32, &dev).unwrap();
+    assert!(pinned.copy_from(&over).is_err());
+    assert!(pinned.values().is_empty());
 }

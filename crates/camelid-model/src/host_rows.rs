@@ -1,7 +1,7 @@
-//! A forward's output rows on the host: one flat row-major buffer, reused from step to step.
-//! From a CUDA device the rows cross once into page-locked memory (a pageable copy, candle's
-//! `to_vec2`, was the larger part of a batched decode step's time on an H200); from the CPU
-//! they are copied once.
+//! A forward's output rows on the host in one flat row-major buffer. From a CUDA device the
+//! rows cross once into page-locked memory kept from step to step (candle's pageable
+//! `to_vec2` was the larger part of a batched decode step's time on an H200; rows past the
+//! pinned buffer's cap still go that way); from the CPU they are copied once.
 
 use crate::error::Result;
 use candle_core::{DType, Tensor};
@@ -26,10 +26,12 @@ impl HostRows {
         (self.rows, self.width) = (rows, width);
         #[cfg(feature = "cuda")]
         {
-            self.on_pinned = t.device().is_cuda();
+            // Through pageable memory where the pinned buffer cannot take these rows.
+            self.on_pinned = t.device().is_cuda()
+                && self.pinned.copy_from(&t).is_ok()
+                && self.pinned.values().len() == rows * width;
             if self.on_pinned {
                 self.vec.clear();
-                self.pinned.copy_from(&t)?;
                 return Ok(());
             }
         }
@@ -41,8 +43,7 @@ impl HostRows {
     pub fn all(&self) -> &[f32] {
         #[cfg(feature = "cuda")]
         if self.on_pinned {
-            // Cannot fail: the copy was waited for in `load`.
-            return self.pinned.values().unwrap_or(&[]);
+            return self.pinned.values();
         }
         &self.vec
     }
@@ -56,9 +57,11 @@ impl HostRows {
         self.width
     }
 
-    /// Rows `from..from + n`, row after row.
+    /// Rows `from..from + n`, row after row (empty where they are not all here).
     pub fn range(&self, from: usize, n: usize) -> &[f32] {
-        &self.all()[from * self.width..(from + n) * self.width]
+        self.all()
+            .get(from * self.width..(from + n) * self.width)
+            .unwrap_or(&[])
     }
 }
 

@@ -632,6 +632,32 @@ fn a_too_large_body_gets_its_413_and_the_connection_stays_usable() {
     );
 }
 
+/// A body limit set above the drain allowance (64 MiB) holds: a body under it is read, not
+/// refused for being past the allowance.
+#[test]
+fn a_large_body_limit_admits_bodies_under_it() {
+    let _g = serial();
+    let limit = (64 << 20) + (2 << 20);
+    let s = start(
+        ServerConfig {
+            body_limit: limit,
+            ..Default::default()
+        },
+        Some(engine_config()),
+    );
+    let pad = "x".repeat(limit - (1 << 20));
+    let body = format!("{{\"model\": \"nope\", \"prompt\": \"Hi\", \"pad\": \"{pad}\"}}");
+    let (st, b) = send(
+        &s.base,
+        "POST",
+        "/v1/completions",
+        Some("application/json"),
+        body.into_bytes(),
+    );
+    // Read and parsed: the unknown model is what it answers.
+    assert_error(st, &b, 404, Some("model"));
+}
+
 /// A client that stops reading its stream is closed once a write has waited on it for the
 /// write timeout: its generation is cancelled and its concurrency slot freed. (A stalled
 /// reader held its slot for good: with `max_concurrent` of them every other client got 429.)

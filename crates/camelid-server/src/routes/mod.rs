@@ -35,10 +35,11 @@ pub type AppResult = Result<Response, ApiError>;
 /// byte every few seconds would pass it). Too large is 413, anything else unreadable 400.
 pub struct RequestBody(pub Bytes);
 
-/// How much of a too-large body is read and dropped before the 413 goes out. Closing a
-/// connection with unread bytes makes the kernel reset it, and a client still writing then
-/// sees a broken pipe instead of the 413 (hyper has no lingering close; nginx drains the
-/// same way). A body declared or found larger than this is not drained: the connection closes.
+/// How much of a too-large body, past the limit, is read and dropped before the 413 goes
+/// out. Closing a connection with unread bytes makes the kernel reset it, and a client still
+/// writing then sees a broken pipe instead of the 413 (hyper has no lingering close; nginx
+/// drains the same way). A body declared or found larger is not drained: the connection
+/// closes.
 const DRAIN_LIMIT: usize = 64 << 20;
 
 impl FromRequest<Arc<AppState>> for RequestBody {
@@ -94,13 +95,15 @@ enum BodyError {
 }
 
 /// The body, at most `limit` bytes; past that the rest is read and dropped up to
-/// [`DRAIN_LIMIT`] so that the client gets to read the 413.
+/// [`DRAIN_LIMIT`] more, so that the client gets to read the 413.
 async fn read_limited(req: Request, limit: usize) -> Result<Bytes, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+    // A body up to `DRAIN_LIMIT` past the limit is read to its end.
+    let cap = limit.saturating_add(DRAIN_LIMIT);
+    if declared.is_some_and(|n| n > cap as u64) {
         return Err(BodyError::TooLarge { drained: false });
     }
     let mut stream = req.into_body().into_data_stream();
@@ -109,11 +112,13 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, BodyError> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(BodyError::Unreadable)?;
         seen = seen.saturating_add(chunk.len());
-        if seen > DRAIN_LIMIT {
+        if seen > cap {
             return Err(BodyError::TooLarge { drained: false });
         }
         if seen <= limit {
             buf.extend_from_slice(&chunk);
+        } else if !buf.is_empty() {
+            buf = bytes::BytesMut::new(); // refused: what was kept goes now
         }
     }
     if seen > limit {
