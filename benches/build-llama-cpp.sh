@@ -4,14 +4,16 @@
 # those not built yet: llama-server and llama-bench by default (benches/), llama-server and
 # llama-quantize for the tests (tests/run.sh). Prints the bin directory.
 #   bash benches/build-llama-cpp.sh [TARGET ...]
+#   bash benches/build-llama-cpp.sh --source     only fetches the source; prints its root
 # Cold, on this project's 2-core machines: ~10 minutes for llama-server and llama-bench.
 set -euo pipefail
 CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
 BIN="$CACHE/build/bin"
+SOURCE_ONLY=0; [ "${1:-}" = --source ] && { SOURCE_ONLY=1; shift; }
 TARGETS=("$@"); [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-server llama-bench)
 MISSING=()
 for t in "${TARGETS[@]}"; do [ -x "$BIN/$t" ] || MISSING+=("$t"); done
-if [ ${#MISSING[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
+if [ "$SOURCE_ONLY" = 0 ] && [ ${#MISSING[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$CACHE"
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 command -v cmake >/dev/null || { $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq cmake >&2; }
@@ -33,6 +35,7 @@ fi
 SRC="$CACHE/src"
 # The sdist nests the llama.cpp tree in llama.cpp/.
 ROOT="$SRC/llama.cpp"; [ -f "$ROOT/CMakeLists.txt" ] || ROOT="$SRC"
+if [ "$SOURCE_ONLY" = 1 ]; then echo "$ROOT"; exit 0; fi
 # This CPU's vector extensions, named one by one rather than GGML_NATIVE: -march=native also
 # turns on AMX where the CPU lists it, and on this project's KVM machines (Xeon, model 207)
 # llama-server then died at start with SIGILL (session 9).

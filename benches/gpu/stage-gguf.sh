@@ -12,8 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
 PY="${CAMELID_TEST_PYTHON:-$HOME/.cache/camelid/test-venv/bin/python}"
-bash benches/build-llama-cpp.sh llama-quantize >/dev/null # fetches the source if absent
-ROOT="$CACHE/src/llama.cpp"; [ -f "$ROOT/CMakeLists.txt" ] || ROOT="$CACHE/src"
+ROOT="$(bash benches/build-llama-cpp.sh --source)"
 B="$CACHE/build-portable-static"
 if [ ! -x "$B/bin/llama-quantize" ]; then
   cmake -S "$ROOT" -B "$B" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
