@@ -93,7 +93,14 @@ def compare(ref, others):
         clear = (top2[:, 1] - top2[:, 0]) > 0.01 * np.abs(top2[:, 1]).clip(min=1.0)
         agree_clear = float((r.argmax(1) == x.argmax(1))[clear].mean()) if clear.any() else 1.0
         kl = float((np.exp(lr) * (lr - lx)).sum(1).mean())
-        print(json.dumps({"file": f, "reference": ref, "top1_agreement": agree,
+        # Where a clear lead flipped: the position, the reference's lead and the file's top-2.
+        flips = []
+        for i in np.nonzero(clear & (r.argmax(1) != x.argmax(1)))[0][:5]:
+            xs = np.sort(x[i])[-2:]
+            flips.append({"pos": int(i), "ref_lead": float(top2[i, 1] - top2[i, 0]),
+                          "ref_top": int(r[i].argmax()), "top": int(x[i].argmax()),
+                          "lead": float(xs[1] - xs[0]), "ref_logit_of_top": float(r[i, x[i].argmax()])})
+        print(json.dumps({"file": f, "reference": ref, "top1_agreement": agree, "clear_flips": flips,
                           "clear_positions": int(clear.sum()), "top1_agreement_clear": agree_clear, "mean_kl": kl,
                           "pass": agree >= 0.95 and kl < 0.02}))
 
