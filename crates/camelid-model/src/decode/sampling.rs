@@ -75,6 +75,49 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
 /// Up to this many, the best values are kept in one pass instead of selected.
 const SMALL_K: usize = 64;
 
+/// `f32::total_cmp`'s order as integers (the same transform it makes).
+#[inline(always)]
+fn total_order_key(x: f32) -> i32 {
+    let b = x.to_bits() as i32;
+    b ^ ((((b >> 31) as u32) >> 1) as i32)
+}
+
+/// The index of the largest value by `f32::total_cmp`, the first of equals. Greedy decoding
+/// runs it on every row of every step: a fold that carries the index does not vectorise (~1 ns
+/// a value: 0.13 ms for a 128k vocabulary, per sequence per step); here one pass finds the
+/// largest key in 16 lanes, a second the first block of 64 that holds it.
+fn argmax(values: &[f32]) -> usize {
+    let mut lanes = [i32::MIN; 16];
+    let mut chunks = values.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = (*m).max(total_order_key(x));
+        }
+    }
+    let best = chunks
+        .remainder()
+        .iter()
+        .map(|&x| total_order_key(x))
+        .chain(lanes)
+        .max()
+        .unwrap_or(i32::MIN);
+    let mut at = 0;
+    for block in values.chunks(64) {
+        if block
+            .iter()
+            .fold(false, |a, &x| a | (total_order_key(x) == best))
+        {
+            return at
+                + block
+                    .iter()
+                    .position(|&x| total_order_key(x) == best)
+                    .expect("the block holds it");
+        }
+        at += block.len();
+    }
+    0
+}
+
 /// Indices of the `k` largest values, best first (ties: lower index first).
 pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
     let k = k.min(values.len());
@@ -82,15 +125,7 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
         return vec![];
     }
     if k == 1 {
-        // Greedy decoding: one scan, no index vector (a vocabulary is ~50–150k entries).
-        let best = (1..values.len()).fold(0, |b, i| {
-            if values[i].total_cmp(&values[b]).is_gt() {
-                i
-            } else {
-                b
-            }
-        });
-        return vec![best];
+        return vec![argmax(values)];
     }
     if k <= SMALL_K && k < values.len() {
         // One pass holding the best k so far, best first: most values lose to the k-th at
@@ -326,6 +361,72 @@ fn mass_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fold `argmax` replaced: the largest by `total_cmp`, the first of equals.
+    fn argmax_by_fold(values: &[f32]) -> usize {
+        (1..values.len()).fold(0, |b, i| {
+            if values[i].total_cmp(&values[b]).is_gt() {
+                i
+            } else {
+                b
+            }
+        })
+    }
+
+    #[test]
+    fn argmax_is_the_folds_answer_on_every_kind_of_row() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let specials = [
+            0.0f32,
+            -0.0,
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+        ];
+        for n in [0usize, 1, 15, 16, 17, 63, 64, 65, 1000, 49_152, 128_256] {
+            for trial in 0..20 {
+                let mut v: Vec<f32> = (0..n).map(|_| rng.random_range(-20.0f32..20.0)).collect();
+                if n > 0 {
+                    match trial % 5 {
+                        // Ties: the largest value several times.
+                        0 => {
+                            let m = v.iter().copied().fold(f32::MIN, f32::max) + 1.0;
+                            for _ in 0..3 {
+                                let i = rng.random_range(0..n);
+                                v[i] = m;
+                            }
+                        }
+                        // Special values sprinkled in.
+                        1 | 2 => {
+                            for _ in 0..4 {
+                                let i = rng.random_range(0..n);
+                                v[i] = specials[rng.random_range(0..specials.len())];
+                            }
+                        }
+                        // All equal (the first wins), or all −∞ (a fully masked row).
+                        3 => v.iter_mut().for_each(|x| {
+                            *x = if trial % 2 == 0 {
+                                1.5
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        }),
+                        _ => {}
+                    }
+                }
+                assert_eq!(
+                    argmax(&v),
+                    argmax_by_fold(&v),
+                    "n {n}, trial {trial}: {v:?}"
+                );
+            }
+        }
+    }
 
     fn logits() -> Vec<f32> {
         (0..50)
