@@ -108,9 +108,10 @@ impl PinnedHost {
         let src = c.as_cuda_slice::<f32>()?.slice(a..b);
         let stream = c.device().cuda_stream();
         if self.buf.as_ref().is_none_or(|p| p.len() < n) {
-            self.buf = None; // the old buffer goes before the larger one is taken
-                             // SAFETY: the copy below writes every value before any is read. Flags 0: ordinary
-                             // cached pages (cudarc's `alloc_pinned` makes write-combined ones, slow to read).
+            // The old buffer goes before the larger one is taken.
+            self.buf = None;
+            // SAFETY: the copy below writes every value before any is read. Flags 0: ordinary
+            // cached pages (cudarc's `alloc_pinned` makes write-combined ones, slow to read).
             let fresh = unsafe { stream.context().alloc_pinned_with_flags::<f32>(n, 0) };
             self.buf = Some(fresh.w()?);
         }

@@ -71,7 +71,7 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
             // SAFETY: every tensor, kernel, cuBLAS call and copy of this device runs on its one
             // stream, so nothing needs cudarc's cross-stream events. With them (on by default,
             // and active once a context has its own stream) every allocation made two events
-            // and every kernel argument waited on one and recorded another: ~10 ms of driver
+            // and every kernel argument waited on one and recorded another: ~7 ms of driver
             // calls per decode step on an H200 (benches/gpu/RESULTS.md, 2026-12-04).
             unsafe {
                 device.as_cuda_device()?.disable_event_tracking();
