@@ -36,21 +36,27 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 # Step 5 on one shape: camelid serve + camelid bench, then transformers eager as the peer
 # (on a folder of safetensors; a GGUF file has no peer here).
+# GRAPHS=0 serves without CUDA graphs (the name gets "-eager"; its table is in log.txt, not a
+# JSON of its own: at most 8 files come back), for the A/B in the same call.
 speed() {
   local name=$1 model=${2:-$M/$1}
+  [ "${GRAPHS:-1}" = 0 ] && name="$name-eager"
   # Every step traced (decodes, prefill tokens, step and forward ms): summarised after the bench.
-  RUST_LOG=info,camelid_engine::step=debug $BIN serve --model "$model" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
+  CAMELID_CUDA_GRAPHS=${GRAPHS:-1} RUST_LOG=info,camelid_engine::step=debug,camelid_model::runtime::cuda_graph=debug $BIN serve --model "$model" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
   local srv=$!
   if $PY benches/gpu/models.py health http://127.0.0.1:18100/health $srv; then
     timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --name "camelid-$name" --prompt-tokens 128 \
-      --output-tokens 256 --concurrency 1,16,32,64 --requests-per-client 1 --json "$OUT/bench-$name.json" | tee -a "$OUT/log.txt"
+      --output-tokens 256 --concurrency 1,16,32,64 --requests-per-client 1 \
+      $([ "${GRAPHS:-1}" = 0 ] || echo --json "$OUT/bench-$name.json") | tee -a "$OUT/log.txt"
   else
     log "serve $name never became healthy"
   fi
   kill $srv 2>/dev/null; wait $srv 2>/dev/null
-  { echo "-- serve-$name.log (last 30 lines)"; grep -v camelid_engine::step "/tmp/serve-$name.log" | tail -30; } >> "$OUT/log.txt"
+  { echo "-- serve-$name.log (last 30 lines)"; grep -v -e camelid_engine::step -e "captured a decode graph" "/tmp/serve-$name.log" | tail -30; } >> "$OUT/log.txt"
   $PY benches/gpu/models.py steps "/tmp/serve-$name.log" "$name" | tee -a "$RES"
-  [ -d "$model" ] || return 0
+  { echo "-- $name: CUDA graph captures"; grep -c "captured a decode graph" "/tmp/serve-$name.log";
+    grep -m3 "graph capture failed" "/tmp/serve-$name.log"; } >> "$OUT/log.txt"
+  [ -d "$model" ] && [ "${GRAPHS:-1}" != 0 ] || return 0
   log "5b. peer: transformers eager on $name"
   timeout 120 $PY benches/gpu/models.py eager "$model" | tee -a "$RES"
 }
@@ -80,6 +86,7 @@ if [ "${1:-}" = 7b ]; then
   timeout 300 $PY benches/gpu/models.py make "$M" llama-7b 2>&1 | tail -3 | tee -a "$OUT/log.txt"
   cp .gpu/tokenizer.json "$M/llama-7b/" 2>/dev/null
   speed llama-7b
+  GRAPHS=0 speed llama-7b
   log "done"; cat "$RES"
   exit 0
 fi
@@ -124,4 +131,5 @@ timeout 60 $PY benches/gpu/models.py bandwidth | tee -a "$RES"
 
 log "5. speed: camelid serve + camelid bench (128 prompt + 256 output tokens)"
 speed llama-1b
+GRAPHS=0 speed llama-1b
 log "done (the 7B shape: bash benches/gpu/run.sh 7b)"; cat "$RES"

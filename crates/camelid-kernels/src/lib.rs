@@ -8,11 +8,14 @@
 //! - [`vecmath`]: f32 vector primitives (dot, axpy, `exp`, SiLU·mul, f16/Q8 widening).
 //! - [`attention`]: the host paged KV cache and attention over it (decode and prompt kernels).
 //! - `cuda` (feature `cuda`): camelid's CUDA kernels (`kernels/*.cu`) as candle ops.
+//! - `cuda_graph` (feature `cuda`): capture and replay of CUDA graphs over candle ops.
 
 pub mod attention;
 pub mod cpu_features;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda_graph;
 pub mod f16gemm;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]

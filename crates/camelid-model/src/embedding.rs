@@ -19,6 +19,14 @@ pub enum Embeddings {
 }
 
 impl Embeddings {
+    /// The table as a tensor, where it is one.
+    pub fn dense(&self) -> Option<&Tensor> {
+        match self {
+            Embeddings::Dense(t) => Some(t),
+            Embeddings::Quantized { .. } => None,
+        }
+    }
+
     /// The rows of `ids`, `(ids.len(), cols)` on `device`: in the table's own dtype when dense,
     /// f32 when quantized (bit for bit what dequantizing the whole table gives).
     pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor> {

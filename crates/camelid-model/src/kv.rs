@@ -38,6 +38,7 @@ pub trait KvStore {
 /// A paged KV cache in device memory: per layer one slot-major `(slots, kv_heads, head_dim)`
 /// tensor for keys and one for values (clones share the storage the kernels write in place),
 /// and each chunk's block table, in batch order.
+#[derive(Clone)]
 pub struct DevicePaged {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,

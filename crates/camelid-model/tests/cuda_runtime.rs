@@ -30,8 +30,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// The GPU, or `None` (the test then prints SKIPPED and returns) on a machine without one.
+/// Made as `camelid serve` makes it (a stream of its own, no cudarc events), so decode steps
+/// run as CUDA graphs here as they do there.
 fn cuda() -> Option<Device> {
-    match Device::new_cuda(0) {
+    let made = Device::new_cuda_with_stream(0).and_then(|d| {
+        // SAFETY: every test's work runs on this device's one stream.
+        unsafe { d.as_cuda_device()?.disable_event_tracking() };
+        Ok(d)
+    });
+    match made {
         Ok(d) => Some(d),
         Err(e) if std::env::var("CAMELID_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
             panic!("CAMELID_REQUIRE_GPU=1 but no CUDA device: {e}")
@@ -274,5 +281,92 @@ fn every_architecture_matches_the_tensor_runtime_in_bf16() {
             kernels <= 2.0 * candle,
             "{arch} {extra}: bf16 kernels {kernels} from f32, candle's ops {candle}"
         );
+    }
+}
+
+/// Decode steps replayed from CUDA graphs give the logits the same steps give eagerly: rows
+/// padded to buckets (5 rows to 8, 3 to 4, then 1), a graph replayed with new inputs step
+/// after step, and a context crossing a split (512 positions) into a graph of its own.
+/// Gemma 3 too: its local layers' rope and windows are inputs of the graph as well.
+#[test]
+fn decode_graphs_replay_the_eager_steps() {
+    let Some(dev) = cuda() else { return };
+    let gemma3 = serde_json::json!({"sliding_window": 5, "num_hidden_layers": 6,
+        "sliding_window_pattern": 6, "rope_local_base_freq": 100.0, "rope_theta": 100000.0});
+    let local = Shape {
+        head_dim: Some(16),
+        tied: true,
+        ..GQA
+    };
+    for (i, (arch, shape, extra)) in [
+        ("llama", GQA, serde_json::json!({})),
+        ("gemma3", local, gemma3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let g = write_model(arch, shape, extra, 700 + i as u64);
+        let graphs = load(g.path(), &dev, DType::F32);
+        let eager = load(g.path(), &dev, DType::F32);
+        graphs.model.set_cuda_graphs(true).unwrap();
+        eager.model.set_cuda_graphs(false).unwrap();
+        let lens = [5usize, 17, 508, 3, 9];
+        let bs = 16;
+        let blocks = lens.iter().map(|l| (l + 16).div_ceil(bs)).sum::<usize>() + 2;
+        let mut stores = [
+            DeviceStore::new(&graphs, blocks, bs),
+            DeviceStore::new(&eager, blocks, bs),
+        ];
+        let mut seqs: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(s, &l)| prompt(l, 70 + s as u64))
+            .collect();
+        // The prompts but their last tokens, in one batch, on both.
+        for (lm, store) in [&graphs, &eager].into_iter().zip(&mut stores) {
+            let mut batch = ForwardBatch::default();
+            for (s, ids) in seqs.iter().enumerate() {
+                let head = &ids[..ids.len() - 1];
+                store.reserve(s as u64, head.len());
+                batch.push(s as u64, 0, head, LogitsWanted::Last);
+            }
+            lm.model.forward(&batch, store).unwrap();
+        }
+        let mut steps = 0;
+        for step in 0..12 {
+            // All five, then three, then one.
+            let live: Vec<usize> = match step {
+                0..=5 => vec![0, 1, 2, 3, 4],
+                6..=8 => vec![1, 2, 4],
+                _ => vec![2],
+            };
+            let mut got = vec![];
+            for (lm, store) in [&graphs, &eager].into_iter().zip(&mut stores) {
+                let mut batch = ForwardBatch::default();
+                for &s in &live {
+                    let pos = seqs[s].len() - 1;
+                    store.reserve(s as u64, pos + 1);
+                    batch.push(s as u64, pos, &seqs[s][pos..], LogitsWanted::Last);
+                }
+                got.push(rows(&lm.model.forward(&batch, store).unwrap()));
+            }
+            steps += 1;
+            let (from_graph, want) = (&got[0], &got[1]);
+            for (r, &s) in live.iter().enumerate() {
+                let d = max_abs_diff(&from_graph[r], &want[r]);
+                assert!(
+                    d < 1e-4,
+                    "{arch} step {step}, sequence {s}: graph vs eager {d}"
+                );
+                // The next token, the same on both: the eager step's choice.
+                seqs[s].push(common::top_k(&want[r], 1)[0] as u32);
+            }
+        }
+        let st = graphs.model.cuda_graph_stats();
+        assert_eq!(st.failed, None, "{arch}: capture failed");
+        assert_eq!(st.launches, steps, "{arch}: every step from a graph");
+        // Rows 8 and 4 and 1; the long sequence crossed 512 positions while 5 were live.
+        assert!(st.captured >= 4, "{arch}: {st:?}");
+        assert_eq!(eager.model.cuda_graph_stats().launches, 0);
     }
 }

@@ -224,5 +224,7 @@ pub fn build_llama(
         rope,
         rope_local,
         host_norms: Default::default(),
+        #[cfg(feature = "cuda")]
+        cuda_graphs: Default::default(),
     })
 }

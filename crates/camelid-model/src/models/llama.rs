@@ -59,6 +59,9 @@ pub struct Llama {
     pub(crate) rope_local: Option<Rope>,
     /// The norm weights as host f32 slices, made on first use by the CPU serving path.
     pub(crate) host_norms: OnceLock<HostNorms>,
+    /// Decode steps' CUDA graphs (`runtime::cuda_graph`).
+    #[cfg(feature = "cuda")]
+    pub(crate) cuda_graphs: std::sync::Mutex<crate::runtime::cuda_graph::DecodeGraphs>,
 }
 
 /// Per-layer vectors as plain slices, then the final norm.

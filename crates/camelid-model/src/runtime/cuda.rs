@@ -15,7 +15,7 @@
 //! the dtype is a float one and the head fits the attention kernel; `CAMELID_CUDA_KERNELS=0`
 //! turns it off (the tensor runtime: candle's ops and the gathering cache, the reference).
 
-use super::tensor;
+use super::{cuda_graph, tensor};
 use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::{Activation, RopeStyle};
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ use camelid_kernels::cuda::{self as cuda_ops, AttentionParams, AttentionRows, Ro
 use candle_core::{DType, Device, Tensor};
 
 /// The forward pass on this runtime, or `None` when it does not apply (then the tensor
-/// runtime runs).
+/// runtime runs). A decode step runs as a CUDA graph where [`cuda_graph`] takes it.
 pub(crate) fn forward(
     model: &Llama,
     batch: &ForwardBatch,
@@ -35,64 +35,52 @@ pub(crate) fn forward(
     if !matches!(model.dtype, DType::F32 | DType::F16 | DType::BF16) {
         return Ok(None);
     }
-    let Some(device) = DeviceBatch::new(model, batch, kv)? else {
+    let dev = model.device();
+    if !dev.is_cuda() || !cuda_ops::enabled() || model.cfg.head_dim > cuda_ops::MAX_HEAD_DIM {
+        return Ok(None);
+    }
+    let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
+    let Some(cache) = kv.device_paged(&seqs)? else {
         return Ok(None);
     };
+    if let Some(out) = cuda_graph::decode(model, batch, &cache)? {
+        return Ok(Some(out));
+    }
+    let meta = HostMeta::new(model, batch, &cache, None)?;
+    let device = DeviceBatch::upload(model, cache, &meta)?;
     let x = tensor::embed(model, batch)?;
-    let normed = run_layers(model, x, |li, layer, h| {
-        device.attention(model, li, layer, h)
-    })?;
+    let normed = device.run(model, x)?;
     tensor::outputs(model, batch, &normed, true).map(Some)
 }
 
-/// Per-forward metadata on the device, shared by every layer.
-struct DeviceBatch {
-    cache: DevicePaged,
-    /// `rows.row_seq` is each token's chunk: the row of its block table and of its rope
-    /// frequencies.
-    rows: AttentionRows,
-    /// Slot of every token (i64).
-    slot_mapping: Tensor,
-    /// Position of every token (u32).
-    positions: Tensor,
-    rope: DeviceRope,
-    /// The local layers' rope where it is not `rope` (Gemma 3).
-    rope_local: Option<DeviceRope>,
+/// A batch's metadata as the kernels read it, on the host: per token row its slot,
+/// position, row of the block tables and of the rope frequencies (its chunk), and context;
+/// the block tables, `width` ids a row; each chunk's rope frequencies.
+pub(super) struct HostMeta {
+    pub slots: Vec<i64>,
+    pub positions: Vec<u32>,
+    pub row_seq: Vec<u32>,
+    pub row_ctx: Vec<u32>,
+    pub tables: Vec<u32>,
+    pub width: usize,
+    pub max_ctx: usize,
+    pub freqs: Vec<f32>,
+    pub freqs_local: Option<Vec<f32>>,
 }
 
-/// One rope's frequencies on the device: a row per chunk, [`Rope::inv_freq_for`] the chunk's
-/// end (the tensor runtime's and the CPU's tables are made per chunk the same way).
-struct DeviceRope {
-    inv_freq: Tensor,
-    mscale: f32,
-}
-
-impl DeviceRope {
-    fn new(rope: &Rope, batch: &ForwardBatch, half: usize, dev: &Device) -> Result<Self> {
-        let mut freqs = Vec::with_capacity(batch.chunks.len() * half);
-        for c in &batch.chunks {
-            freqs.extend_from_slice(&rope.inv_freq_for(c.start_pos + c.len));
-        }
-        Ok(Self {
-            inv_freq: Tensor::from_vec(freqs, (batch.chunks.len(), half), dev)?,
-            mscale: rope.attention_factor(),
-        })
-    }
-}
-
-impl DeviceBatch {
-    /// `None` when this model/store/device does not take the kernel path.
-    fn new(model: &Llama, batch: &ForwardBatch, kv: &mut dyn KvStore) -> Result<Option<Self>> {
-        let dev = model.device();
-        if !dev.is_cuda() || !cuda_ops::enabled() || model.cfg.head_dim > cuda_ops::MAX_HEAD_DIM {
-            return Ok(None);
-        }
-        let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
-        let Some(cache) = kv.device_paged(&seqs)? else {
-            return Ok(None);
-        };
+impl HostMeta {
+    /// Checks the tables against the batch and the cache (the kernels index by them
+    /// unchecked). `pad`: `(rows, width)` for a decode graph, where every chunk is one token:
+    /// rows past the batch's write no key (slot -1) and see position 0 of block 0, their
+    /// frequencies are zero, and tables are zero-filled (or cut) to `width` ids, which must
+    /// cover the longest context. `None`: as the batch needs, one table row per chunk.
+    pub fn new(
+        model: &Llama,
+        batch: &ForwardBatch,
+        cache: &DevicePaged,
+        pad: Option<(usize, usize)>,
+    ) -> Result<Self> {
         let bs = cache.block_size;
-        // Every block id the kernels will index by, checked here: they do not.
         let spans: Vec<_> = batch.chunks.iter().map(|c| c.span()).collect();
         let window = model.cfg.features.kv_window();
         cache
@@ -117,31 +105,136 @@ impl DeviceBatch {
             }
             max_ctx = max_ctx.max(end);
         }
-        let max_blocks = cache.tables.iter().map(Vec::len).max().unwrap_or(1).max(1);
-        let mut tables = vec![0u32; cache.tables.len() * max_blocks];
-        for (row, t) in tables.chunks_mut(max_blocks).zip(&cache.tables) {
-            row[..t.len()].copy_from_slice(t);
+        let needed = cache.tables.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let (rows, width) = pad.unwrap_or((cache.tables.len(), needed));
+        if pad.is_some() && (rows < slots.len() || slots.len() != cache.tables.len()) {
+            return Err(Error::Invalid(format!(
+                "a decode graph of {rows} rows for {} tokens of {} sequences",
+                slots.len(),
+                cache.tables.len()
+            )));
         }
-        let rows = AttentionRows {
-            row_seq: Tensor::new(row_seq.as_slice(), dev)?,
-            row_ctx: Tensor::new(row_ctx.as_slice(), dev)?,
-            block_tables: Tensor::from_vec(tables, (cache.tables.len(), max_blocks), dev)?,
+        if width * bs < max_ctx {
+            return Err(Error::Invalid(format!(
+                "tables of {width} blocks for a context of {max_ctx}"
+            )));
+        }
+        for r in slots.len()..rows.max(slots.len()) {
+            slots.push(-1);
+            positions.push(0);
+            row_seq.push(r as u32);
+            row_ctx.push(1);
+        }
+        let mut tables = vec![0u32; rows * width];
+        // A padded table may hold fewer blocks than the sequence has (blocks reserved past its
+        // context): the kernels read none past `width * bs` positions.
+        for (row, t) in tables.chunks_mut(width).zip(&cache.tables) {
+            let n = t.len().min(width);
+            row[..n].copy_from_slice(&t[..n]);
+        }
+        let half = model.cfg.head_dim / 2;
+        let freqs_of = |rope: &Rope| {
+            let mut freqs = Vec::with_capacity(rows * half);
+            for c in &batch.chunks {
+                freqs.extend_from_slice(&rope.inv_freq_for(c.start_pos + c.len));
+            }
+            freqs.resize(rows * half, 0.0);
+            freqs
+        };
+        Ok(Self {
+            slots,
+            positions,
+            row_seq,
+            row_ctx,
+            tables,
+            width,
             max_ctx,
-            block_size: bs,
+            freqs: freqs_of(&model.rope),
+            freqs_local: model.rope_local.as_ref().map(freqs_of),
+        })
+    }
+}
+
+/// Per-forward metadata on the device, shared by every layer.
+pub(super) struct DeviceBatch {
+    cache: DevicePaged,
+    /// `rows.row_seq` is each token's chunk: the row of its block table and of its rope
+    /// frequencies.
+    rows: AttentionRows,
+    /// Slot of every token (i64).
+    slot_mapping: Tensor,
+    /// Position of every token (u32).
+    positions: Tensor,
+    rope: DeviceRope,
+    /// The local layers' rope where it is not `rope` (Gemma 3).
+    rope_local: Option<DeviceRope>,
+}
+
+/// One rope's frequencies on the device: a row per chunk, [`Rope::inv_freq_for`] the chunk's
+/// end (the tensor runtime's and the CPU's tables are made per chunk the same way).
+struct DeviceRope {
+    inv_freq: Tensor,
+    mscale: f32,
+}
+
+impl DeviceRope {
+    fn new(rope: &Rope, freqs: &[f32], half: usize, dev: &Device) -> Result<Self> {
+        Ok(Self {
+            inv_freq: Tensor::from_slice(freqs, (freqs.len() / half, half), dev)?,
+            mscale: rope.attention_factor(),
+        })
+    }
+}
+
+impl DeviceBatch {
+    /// `meta` in new device tensors.
+    pub fn upload(model: &Llama, cache: DevicePaged, meta: &HostMeta) -> Result<Self> {
+        let dev = model.device();
+        let rows = AttentionRows {
+            row_seq: Tensor::new(meta.row_seq.as_slice(), dev)?,
+            row_ctx: Tensor::new(meta.row_ctx.as_slice(), dev)?,
+            block_tables: Tensor::from_slice(
+                &meta.tables,
+                (meta.tables.len() / meta.width, meta.width),
+                dev,
+            )?,
+            max_ctx: meta.max_ctx,
+            block_size: cache.block_size,
         };
         let half = model.cfg.head_dim / 2;
-        Ok(Some(Self {
+        Ok(Self {
             rows,
-            slot_mapping: Tensor::new(slots.as_slice(), dev)?,
-            positions: Tensor::new(positions.as_slice(), dev)?,
-            rope: DeviceRope::new(&model.rope, batch, half, dev)?,
-            rope_local: model
-                .rope_local
-                .as_ref()
-                .map(|r| DeviceRope::new(r, batch, half, dev))
-                .transpose()?,
+            slot_mapping: Tensor::new(meta.slots.as_slice(), dev)?,
+            positions: Tensor::new(meta.positions.as_slice(), dev)?,
+            rope: DeviceRope::new(&model.rope, &meta.freqs, half, dev)?,
+            rope_local: match (&model.rope_local, &meta.freqs_local) {
+                (Some(r), Some(f)) => Some(DeviceRope::new(r, f, half, dev)?),
+                _ => None,
+            },
             cache,
-        }))
+        })
+    }
+
+    /// Writes `meta` (padded as this batch was) into this batch's tensors, and takes
+    /// `max_ctx` as the longest context the kernels are launched for (a graph's bucket).
+    pub fn write(&mut self, meta: &HostMeta, max_ctx: usize) -> Result<()> {
+        use camelid_kernels::cuda_graph::write_host;
+        write_host(&self.rows.row_seq, &meta.row_seq)?;
+        write_host(&self.rows.row_ctx, &meta.row_ctx)?;
+        write_host(&self.rows.block_tables, &meta.tables)?;
+        write_host(&self.slot_mapping, &meta.slots)?;
+        write_host(&self.positions, &meta.positions)?;
+        write_host(&self.rope.inv_freq, &meta.freqs)?;
+        if let (Some(r), Some(f)) = (&self.rope_local, &meta.freqs_local) {
+            write_host(&r.inv_freq, f)?;
+        }
+        self.rows.max_ctx = max_ctx;
+        Ok(())
+    }
+
+    /// Every layer over the embedded rows `x`: the final-normed rows.
+    pub fn run(&self, model: &Llama, x: Tensor) -> Result<Tensor> {
+        run_layers(model, x, |li, layer, h| self.attention(model, li, layer, h))
     }
 
     /// One layer's attention block: QKV projection (+ biases), per-head Q/K norms, rope,

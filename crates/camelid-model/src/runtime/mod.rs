@@ -3,7 +3,7 @@
 //!   plain buffers, attention in place by `camelid_kernels::attention`;
 //! - [`cuda`]: on CUDA over a paged device cache: camelid's kernels for rope, the cache write,
 //!   paged attention (windows, scale, soft-capping), SiLU·mul or GELU·mul and add+RMSNorm,
-//!   in its own layer loop;
+//!   in its own layer loop; [`cuda_graph`] replays its decode steps as CUDA graphs;
 //! - [`tensor`]: candle ops over `KvStore::write_and_read` (contiguous caches, other dtypes,
 //!   `CAMELID_CUDA_KERNELS=0`): the reference the other two are tested against.
 //!
@@ -12,6 +12,8 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda_graph;
 pub mod ops;
 pub mod tensor;
 

@@ -124,18 +124,21 @@ pub(crate) fn outputs(
     };
     let logits = match select(batch.logit_row_indices())? {
         None => Tensor::zeros((0, model.cfg.vocab_size), DType::F32, &model.device)?,
-        Some(h) => {
-            let logits = model.lm_head.forward(&h)?.to_dtype(DType::F32)?;
-            match model.cfg.features.final_softcap {
-                Some(cap) => soft_cap(&logits, cap)?,
-                None => logits,
-            }
-        }
+        Some(h) => logits(model, &h)?,
     };
     let hidden = select(batch.hidden_row_indices())?
         .map(|h| h.to_dtype(DType::F32))
         .transpose()?;
     Ok(ForwardOutput { logits, hidden })
+}
+
+/// f32 logits of final-normed rows `h`: the LM head, then the final soft-capping if any.
+pub(crate) fn logits(model: &Llama, h: &Tensor) -> Result<Tensor> {
+    let logits = model.lm_head.forward(h)?.to_dtype(DType::F32)?;
+    Ok(match model.cfg.features.final_softcap {
+        Some(cap) => soft_cap(&logits, cap)?,
+        None => logits,
+    })
 }
 
 /// `cap · tanh(x / cap)` (Gemma 2's soft-capping).
@@ -146,10 +149,12 @@ pub(crate) fn soft_cap(x: &Tensor, cap: f32) -> Result<Tensor> {
 
 /// The batch's token embeddings, `(tokens, hidden)` in the model's dtype.
 pub(crate) fn embed(model: &Llama, batch: &ForwardBatch) -> Result<Tensor> {
-    let x = model
-        .embed
-        .rows(&batch.tokens, &model.device)?
-        .to_dtype(model.dtype)?;
+    scale_embeddings(model, model.embed.rows(&batch.tokens, &model.device)?)
+}
+
+/// Embedding rows in the model's dtype, times the embedding scale if it has one (Gemma).
+pub(crate) fn scale_embeddings(model: &Llama, rows: Tensor) -> Result<Tensor> {
+    let x = rows.to_dtype(model.dtype)?;
     Ok(match model.cfg.features.embed_scale {
         Some(s) => (x * s as f64)?,
         None => x,
