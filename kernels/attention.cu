@@ -39,9 +39,12 @@ CACHE_WRITE(bf16, __nv_bfloat16)
 
 constexpr int ATTN_THREADS = 128;
 constexpr int ATTN_WARPS = ATTN_THREADS / 32;
-// Context positions per split (shared memory holds one score per position).
+// The most context positions a split scores (shared memory holds one score per position);
+// the caller picks each launch's `partition` up to it (cuda.rs, `partition_for`).
 constexpr int PARTITION = 512;
 constexpr int MAX_HEAD_DIM = 256;
+// Keys a warp scores at once: independent loads in flight before the shuffle sums.
+constexpr int KEYS_PER_WARP = 4;
 
 // q:            rows x q_heads x head_dim
 // row_seq:      rows            (index into block_tables)
@@ -50,6 +53,7 @@ constexpr int MAX_HEAD_DIM = 256;
 // part_out:     rows x q_heads x splits x head_dim  (f32, unnormalised)
 // part_max/sum: rows x q_heads x splits
 // window:       0, or the positions a row sees (its own included); softcap: 0 or the cap
+// partition:    positions a split scores (<= PARTITION)
 template <typename T>
 __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k_cache,
                                 const T* __restrict__ v_cache, const int* __restrict__ row_seq,
@@ -57,14 +61,14 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
                                 const int* __restrict__ block_tables, float* __restrict__ part_out,
                                 float* __restrict__ part_max, float* __restrict__ part_sum,
                                 int q_heads, int kv_heads, int head_dim, int block_size,
-                                int max_blocks, int splits, float scale, int window,
-                                float softcap) {
+                                int max_blocks, int splits, int partition, float scale,
+                                int window, float softcap) {
   const int head = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int kv_head = head / (q_heads / kv_heads);
   const int ctx = row_ctx[row];
   const int first = window > 0 ? max(0, ctx - window) : 0;
-  const int p0 = first + split * PARTITION;
-  const int p1 = min(ctx, p0 + PARTITION);
+  const int p0 = first + split * partition;
+  const int p1 = min(ctx, p0 + partition);
   const int64_t part = ((int64_t)row * q_heads + head) * splits + split;
   if (p0 >= p1) {
     if (threadIdx.x == 0) {
@@ -75,7 +79,8 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
     return;
   }
   __shared__ float q_s[MAX_HEAD_DIM];
-  __shared__ float scores[PARTITION];
+  // PARTITION scores, then ATTN_THREADS floats for the value groups' sums.
+  __shared__ float scores[PARTITION + ATTN_THREADS];
   __shared__ int64_t slot_s[PARTITION];
   __shared__ float red[ATTN_WARPS];
   const T* qrow = q + ((int64_t)row * q_heads + head) * head_dim;
@@ -87,13 +92,25 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row_width = (int64_t)kv_heads * head_dim;
-  // One warp per key: lanes split the head dimension, a shuffle tree sums.
-  for (int p = p0 + warp; p < p1; p += ATTN_WARPS) {
-    const T* key = k_cache + slot_s[p - p0] * row_width + (int64_t)kv_head * head_dim;
-    float s = 0.f;
-    for (int d = lane; d < head_dim; d += 32) s += q_s[d] * to_float(key[d]);
-    s = warp_sum(s);
-    if (lane == 0) scores[p - p0] = softcap > 0.f ? softcap * tanhf(s / softcap) : s;
+  // One warp per key: lanes split the head dimension, a shuffle tree sums. KEYS_PER_WARP
+  // keys at a time (the same for the whole warp, so the shuffles stay convergent).
+  for (int base = p0 + warp; base < p1; base += ATTN_WARPS * KEYS_PER_WARP) {
+    float s[KEYS_PER_WARP];
+#pragma unroll
+    for (int u = 0; u < KEYS_PER_WARP; ++u) {
+      const int p = base + u * ATTN_WARPS;
+      s[u] = 0.f;
+      if (p < p1) {
+        const T* key = k_cache + slot_s[p - p0] * row_width + (int64_t)kv_head * head_dim;
+        for (int d = lane; d < head_dim; d += 32) s[u] += q_s[d] * to_float(key[d]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < KEYS_PER_WARP; ++u) {
+      const int p = base + u * ATTN_WARPS;
+      const float x = warp_sum(s[u]);
+      if (lane == 0 && p < p1) scores[p - p0] = softcap > 0.f ? softcap * tanhf(x / softcap) : x;
+    }
   }
   __syncthreads();
 
@@ -108,12 +125,34 @@ __device__ void paged_attention(const T* __restrict__ q, const T* __restrict__ k
   }
   sum = block_sum<ATTN_WARPS>(sum, red);
 
-  // Threads own output dimensions: reads of each value row are coalesced.
-  for (int d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
-    float acc = 0.f;
-    for (int i = 0; i < p1 - p0; ++i)
-      acc += scores[i] * to_float(v_cache[slot_s[i] * row_width + (int64_t)kv_head * head_dim + d]);
-    part_out[part * head_dim + d] = acc;
+  // Threads own output dimensions: reads of each value row are coalesced. Where the head is
+  // at most half the block (head_dim 64: two groups of 64 threads), each group sums its share
+  // of the positions and the groups' sums meet in shared memory after the scores.
+  const int groups = head_dim * 2 <= ATTN_THREADS ? ATTN_THREADS / head_dim : 1;
+  if (groups == 1) {
+    for (int d = threadIdx.x; d < head_dim; d += ATTN_THREADS) {
+      float acc = 0.f;
+#pragma unroll 8
+      for (int i = 0; i < p1 - p0; ++i)
+        acc += scores[i] * to_float(v_cache[slot_s[i] * row_width + (int64_t)kv_head * head_dim + d]);
+      part_out[part * head_dim + d] = acc;
+    }
+  } else {
+    float* acc_s = scores + PARTITION;  // groups * head_dim <= ATTN_THREADS floats
+    const int group = threadIdx.x / head_dim, d = threadIdx.x % head_dim;
+    if (group < groups) {
+      float acc = 0.f;
+#pragma unroll 8
+      for (int i = group; i < p1 - p0; i += groups)
+        acc += scores[i] * to_float(v_cache[slot_s[i] * row_width + (int64_t)kv_head * head_dim + d]);
+      acc_s[group * head_dim + d] = acc;
+    }
+    __syncthreads();
+    if (threadIdx.x < head_dim) {
+      float acc = 0.f;
+      for (int g = 0; g < groups; ++g) acc += acc_s[g * head_dim + threadIdx.x];
+      part_out[part * head_dim + threadIdx.x] = acc;
+    }
   }
   if (threadIdx.x == 0) {
     part_max[part] = m;
@@ -145,11 +184,11 @@ __device__ void paged_attention_reduce(const float* __restrict__ part_out,
   extern "C" __global__ void __launch_bounds__(ATTN_THREADS) paged_attention_##SUFFIX(         \
       const T* q, const T* k_cache, const T* v_cache, const int* row_seq, const int* row_ctx,  \
       const int* block_tables, float* part_out, float* part_max, float* part_sum, int q_heads, \
-      int kv_heads, int head_dim, int block_size, int max_blocks, int splits, float scale,     \
-      int window, float softcap) {                                                             \
+      int kv_heads, int head_dim, int block_size, int max_blocks, int splits, int partition,  \
+      float scale, int window, float softcap) {                                                \
     paged_attention<T>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, part_out,          \
                        part_max, part_sum, q_heads, kv_heads, head_dim, block_size,            \
-                       max_blocks, splits, scale, window, softcap);                            \
+                       max_blocks, splits, partition, scale, window, softcap);                 \
   }                                                                                            \
   extern "C" __global__ void paged_attention_reduce_##SUFFIX(                                  \
       const float* part_out, const float* part_max, const float* part_sum, T* out,             \

@@ -97,3 +97,58 @@ __device__ void act_mul(const T* __restrict__ gate_up, T* __restrict__ out, int6
 LAYERS(f32, float)
 LAYERS(f16, __half)
 LAYERS(bf16, __nv_bfloat16)
+
+// y = x . w^T for a few rows: x (rows x k), w (n x k) row-major, y (rows x n), rows <= GEMV_ROWS,
+// k a multiple of 8, w's and x's rows 16-byte aligned. The decode step's matmuls: every weight
+// byte is read once, so the kernel is as fast as it streams w. One warp per output column
+// (a row of w): each lane reads 8 values (16 bytes) at a time, several in flight, and the
+// rows of x (a few KiB, shared by every warp) come from the L1/L2 caches. f32 accumulation.
+constexpr int GEMV_ROWS = 4;
+constexpr int GEMV_WARPS = 4;
+
+template <typename T>
+__device__ __forceinline__ void widen8(const uint4& v, float* f) {
+  const T* h = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = to_float(h[i]);
+}
+
+template <typename T>
+__device__ void gemv_rows(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                          int rows, int n, int k) {
+  const int lane = threadIdx.x % 32;
+  const int col = blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
+  if (col >= n) return;
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (int64_t)col * k);
+  const int vecs = k / 8;
+  float acc[GEMV_ROWS] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+  for (int v = lane; v < vecs; v += 32) {
+    float wf[8];
+    widen8<T>(__ldg(wrow + v), wf);
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; ++r) {
+      if (r < rows) {
+        float xf[8];
+        widen8<T>(__ldg(reinterpret_cast<const uint4*>(x + (int64_t)r * k) + v), xf);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[r] += wf[i] * xf[i];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < GEMV_ROWS; ++r) {
+    if (r < rows) {
+      const float s = warp_sum(acc[r]);
+      if (lane == 0) y[(int64_t)r * n + col] = from_float<T>(s);
+    }
+  }
+}
+
+#define GEMV(SUFFIX, T)                                                                   \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                           \
+      gemv_##SUFFIX(const T* x, const T* w, T* y, int rows, int n, int k) {              \
+    gemv_rows<T>(x, w, y, rows, n, k);                                                    \
+  }
+GEMV(f16, __half)
+GEMV(bf16, __nv_bfloat16)

@@ -4,6 +4,8 @@
 #   bash benches/gpu/run.sh 7b     step 5 on the 7B shape (making it writes 13.5 GB): a second
 #                                  call on the still-warm machine, so a cut-off first call
 #                                  cannot lose it and neither call nears the 10-minute limit
+#   bash benches/gpu/run.sh quick  steps 1 and 5 on the 1B shape only (no peer): a re-run after
+#                                  a kernel change
 #   bash benches/gpu/run.sh gguf   step 6: a random 1B GGUF made and quantized to Q4_K_M there
 #                                  (needs benches/gpu/stage-gguf.sh run here), CPU vs CUDA
 #                                  logits on it, and step 5 on it
@@ -36,18 +38,23 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 # Step 5 on one shape: camelid serve + camelid bench, then transformers eager as the peer
 # (on a folder of safetensors; a GGUF file has no peer here).
+# PEER=0 skips transformers eager, AB=0 the graphs-off run, AB_VARIANTS="N=V ..." (7b) serves
+# once more under each, JSON=0 the bench JSON (the table is in log.txt either way).
 # GRAPHS=0 serves without CUDA graphs (the name gets "-eager"; its table is in log.txt, not a
 # JSON of its own: at most 8 files come back), for the A/B in the same call.
+# VARIANT="NAME=VALUE" serves with that in the environment (the name gets "-NAME=VALUE"),
+# likewise without a JSON or a peer.
 speed() {
   local name=$1 model=${2:-$M/$1}
   [ "${GRAPHS:-1}" = 0 ] && name="$name-eager"
+  [ -n "${VARIANT:-}" ] && name="$name-$VARIANT"
   # Every step traced (decodes, prefill tokens, step and forward ms): summarised after the bench.
-  CAMELID_CUDA_GRAPHS=${GRAPHS:-1} RUST_LOG=info,camelid_engine::step=debug,camelid_model::runtime::cuda_graph=debug $BIN serve --model "$model" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
+  env ${VARIANT:-} CAMELID_CUDA_GRAPHS=${GRAPHS:-1} RUST_LOG=info,camelid_engine::step=debug,camelid_model::runtime::cuda_graph=debug $BIN serve --model "$model" --device cuda --port 18100 --max-num-seqs 64 --kv-cache-mb 16384 >"/tmp/serve-$name.log" 2>&1 &
   local srv=$!
   if $PY benches/gpu/models.py health http://127.0.0.1:18100/health $srv; then
     timeout 150 $BIN bench --endpoint http://127.0.0.1:18100 --name "camelid-$name" --prompt-tokens 128 \
       --output-tokens 256 --concurrency 1,16,32,64 --requests-per-client 1 \
-      $([ "${GRAPHS:-1}" = 0 ] || echo --json "$OUT/bench-$name.json") | tee -a "$OUT/log.txt"
+      $([ "${GRAPHS:-1}" = 0 ] || [ "${JSON:-1}" = 0 ] || [ -n "${VARIANT:-}" ] || echo --json "$OUT/bench-$name.json") | tee -a "$OUT/log.txt"
   else
     log "serve $name never became healthy"
   fi
@@ -56,7 +63,7 @@ speed() {
   $PY benches/gpu/models.py steps "/tmp/serve-$name.log" "$name" | tee -a "$RES"
   { echo "-- $name: CUDA graph captures"; grep -c "captured a decode graph" "/tmp/serve-$name.log";
     grep -m3 "graph capture failed" "/tmp/serve-$name.log"; } >> "$OUT/log.txt"
-  [ -d "$model" ] && [ "${GRAPHS:-1}" != 0 ] || return 0
+  [ -d "$model" ] && [ "${GRAPHS:-1}" != 0 ] && [ "${PEER:-1}" != 0 ] && [ -z "${VARIANT:-}" ] || return 0
   log "5b. peer: transformers eager on $name"
   timeout 120 $PY benches/gpu/models.py eager "$model" | tee -a "$RES"
 }
@@ -86,12 +93,14 @@ if [ "${1:-}" = 7b ]; then
   timeout 300 $PY benches/gpu/models.py make "$M" llama-7b 2>&1 | tail -3 | tee -a "$OUT/log.txt"
   cp .gpu/tokenizer.json "$M/llama-7b/" 2>/dev/null
   speed llama-7b
-  GRAPHS=0 speed llama-7b
+  [ "${AB:-1}" = 0 ] || GRAPHS=0 speed llama-7b
+  for v in ${AB_VARIANTS:-}; do VARIANT=$v speed llama-7b; done
   log "done"; cat "$RES"
   exit 0
 fi
 
 log "1. kernels against CPU references"
+QUICK=$([ "${1:-}" = quick ] && echo 1)
 CAMELID_REQUIRE_GPU=1 timeout 180 .gpu/cuda-kernel-tests --test-threads 1 2>&1 | tee "$OUT/kernel-tests.txt" | tail -15
 grep -q "test result: ok" "$OUT/kernel-tests.txt" && ! grep -q SKIPPED "$OUT/kernel-tests.txt" \
   && echo '{"check":"kernels","pass":true}' >> "$RES" || echo '{"check":"kernels","pass":false}' >> "$RES"
@@ -101,6 +110,15 @@ log "1b. every architecture: the CUDA kernel runtime against the tensor runtime"
 CAMELID_REQUIRE_GPU=1 timeout 240 .gpu/cuda-runtime-tests --test-threads 1 2>&1 | tee "$OUT/runtime-tests.txt" | tail -25
 grep -q "test result: ok" "$OUT/runtime-tests.txt" && ! grep -q SKIPPED "$OUT/runtime-tests.txt" \
   && echo '{"check":"cuda-runtime","pass":true}' >> "$RES" || echo '{"check":"cuda-runtime","pass":false}' >> "$RES"
+
+if [ -n "$QUICK" ]; then
+  log "2-5 (quick): the 1B shape's speed, graphs on, no peer"
+  timeout 240 $PY benches/gpu/models.py make "$M" llama-1b 2>&1 | tail -2 | tee -a "$OUT/log.txt"
+  cp .gpu/tokenizer.json "$M/llama-1b/"
+  PEER=0 speed llama-1b
+  log "done (quick)"; cat "$RES"
+  exit 0
+fi
 
 log "2. random-weight models (transformers, on the GPU)"
 timeout 240 $PY benches/gpu/models.py make "$M" smol llama-1b 2>&1 | tail -5 | tee -a "$OUT/log.txt"
@@ -131,5 +149,5 @@ timeout 60 $PY benches/gpu/models.py bandwidth | tee -a "$RES"
 
 log "5. speed: camelid serve + camelid bench (128 prompt + 256 output tokens)"
 speed llama-1b
-GRAPHS=0 speed llama-1b
+[ "${AB:-1}" = 0 ] || GRAPHS=0 speed llama-1b
 log "done (the 7B shape: bash benches/gpu/run.sh 7b)"; cat "$RES"

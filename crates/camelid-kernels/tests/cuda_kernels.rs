@@ -670,3 +670,54 @@ fn pinned_host_copies_are_the_tensors_values() {
     assert!(pinned.copy_from(&over).is_err());
     assert!(pinned.values().is_empty());
 }
+
+/// The decode matmul against f64 sums of the same 16-bit values: 1 to 4 rows, a column count
+/// that is no multiple of the block's 4 warps, rows of `x` read at an offset inside a larger
+/// tensor (as the fused norm's output is), and the cases it must decline.
+#[test]
+fn gemv_matches_the_cpu() {
+    let Some(dev) = cuda() else { return };
+    let (n, k) = (301, 8 * 67);
+    let w0 = random(n * k, 13);
+    for dt in [DType::F16, DType::BF16] {
+        let w = Tensor::from_vec(w0.clone(), (n, k), &dev)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let wr = to_vec(&w);
+        for rows in 1..=cuda_ops::GEMV_ROWS {
+            // Rows 1.. of a (rows + 1, k) tensor: x starts k values in.
+            let big = Tensor::from_vec(
+                random((rows + 1) * k, 14 + rows as u64),
+                (rows + 1, k),
+                &dev,
+            )
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+            let x = big.narrow(0, 1, rows).unwrap();
+            assert!(cuda_ops::gemv_applies(&x, &w), "{dt:?} {rows} rows");
+            let xr = to_vec(&x);
+            let got = to_vec(&cuda_ops::gemv(&x, &w).unwrap());
+            let want: Vec<f32> = (0..rows * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    (0..k)
+                        .map(|j| xr[r * k + j] as f64 * wr[c * k + j] as f64)
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            assert!(rel_err(&got, &want) < tolerance(dt), "{dt:?} {rows} rows");
+        }
+        // Declined: five rows, f32, k not a multiple of 8, a misaligned start.
+        let x5 = Tensor::zeros((5, k), dt, &dev).unwrap();
+        assert!(!cuda_ops::gemv_applies(&x5, &w));
+        let w32 = w.to_dtype(DType::F32).unwrap();
+        assert!(!cuda_ops::gemv_applies(&w32.narrow(0, 0, 1).unwrap(), &w32));
+        let odd = Tensor::zeros((1, k + 4), dt, &dev).unwrap();
+        assert!(!cuda_ops::gemv_applies(&odd, &odd));
+        let flat = Tensor::zeros(k + 4, dt, &dev).unwrap();
+        let shifted = flat.narrow(0, 4, k).unwrap().reshape((1, k)).unwrap();
+        assert!(!cuda_ops::gemv_applies(&shifted, &w));
+    }
+}

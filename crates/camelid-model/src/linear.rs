@@ -207,6 +207,12 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.inner {
+            // A decode's few rows against 16-bit weights on CUDA: one pass over the weights
+            // (camelid's GEMV), not cuBLAS's GEMM.
+            #[cfg(feature = "cuda")]
+            Inner::Candle(QMatMul::Tensor(w)) if camelid_kernels::cuda::gemv_applies(x, w) => {
+                camelid_kernels::cuda::gemv(x, w)
+            }
             Inner::Candle(m) => m.forward(x),
             Inner::Own(_) | Inner::Half(_) => {
                 let x = if x.dtype() == DType::F32 {
