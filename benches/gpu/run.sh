@@ -81,8 +81,13 @@ if [ "${1:-}" = gguf ]; then
   timeout 120 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cpu --text "$T" --out /tmp/q4k-cpu.f32
   timeout 60 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cuda --text "$T" --out /tmp/q4k-cuda.f32
   timeout 60 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cuda --text "$T" --paged --out /tmp/q4k-cuda-kernels.f32
-  $PY benches/gpu/models.py compare /tmp/q4k-cpu.f32 /tmp/q4k-cuda.f32 /tmp/q4k-cuda-kernels.f32 | tee -a "$RES"
-  speed r1b-q4_k_m "$M/r1b.Q4_K_M.gguf"
+  # f32 activations on the GPU too: how much of the distance to the CPU is bf16's.
+  timeout 60 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cuda --dtype f32 --text "$T" --out /tmp/q4k-cuda-f32.f32
+  timeout 60 $BIN score --model "$M/r1b.Q4_K_M.gguf" --device cuda --dtype f32 --text "$T" --paged --out /tmp/q4k-cuda-kernels-f32.f32
+  $PY benches/gpu/models.py compare /tmp/q4k-cpu.f32 /tmp/q4k-cuda.f32 /tmp/q4k-cuda-kernels.f32 \
+    /tmp/q4k-cuda-f32.f32 /tmp/q4k-cuda-kernels-f32.f32 | tee -a "$RES"
+  # SPEED=0: the correctness part alone.
+  [ "${SPEED:-1}" = 0 ] || speed r1b-q4_k_m "$M/r1b.Q4_K_M.gguf"
   log "done"; cat "$RES"
   exit 0
 fi

@@ -15,8 +15,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
 use candle_core::{
-    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1,
-    InplaceOp2, Layout, Result, Shape, Storage, Tensor,
+    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp3, DType, InplaceOp1, InplaceOp2,
+    Layout, Result, Shape, Storage, Tensor,
 };
 
 /// Whether our CUDA kernels are used (default yes; `CAMELID_CUDA_KERNELS=0` says no).
@@ -716,119 +716,5 @@ impl CustomOp1 for ActMul {
             d => bail!("{kernel}: unsupported dtype {d:?}"),
         };
         Ok((out, Shape::from((rows, inter))))
-    }
-}
-
-/// The most rows [`gemv`] takes (`GEMV_ROWS` in layers.cu): past it the rows of `x` read from
-/// the caches cost more than the weights they share.
-pub const GEMV_ROWS: usize = 4;
-
-/// Whether [`gemv`] takes `x (rows, k) · wᵀ` for `w (n, k)`: CUDA, both f16 or both bf16,
-/// at most [`GEMV_ROWS`] rows, `k` a multiple of 8, both contiguous with 16-byte aligned rows;
-/// and not turned off (`CAMELID_CUDA_GEMV=0`, for A/B runs against cuBLAS).
-pub fn gemv_applies(x: &Tensor, w: &Tensor) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("CAMELID_CUDA_GEMV").map_or(true, |v| v != "0"));
-    let aligned = |t: &Tensor| {
-        t.layout()
-            .contiguous_offsets()
-            .is_some_and(|(a, _)| a % 8 == 0)
-    };
-    let (Ok((rows, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
-        return false;
-    };
-    on && x.device().is_cuda()
-        && matches!(x.dtype(), DType::F16 | DType::BF16)
-        && w.dtype() == x.dtype()
-        && (1..=GEMV_ROWS).contains(&rows)
-        && k == wk
-        && k % 8 == 0
-        && aligned(x)
-        && aligned(w)
-}
-
-/// `x (rows, k) · wᵀ` for `w (n, k)`, `(rows, n)` in their dtype, where [`gemv_applies`]: the
-/// decode step's matmuls as one pass over the weights (f32 sums, as cuBLAS's).
-pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !gemv_applies(x, w) {
-        bail!(
-            "gemv: x {:?} {:?}, w {:?} {:?}",
-            x.shape(),
-            x.dtype(),
-            w.shape(),
-            w.dtype()
-        );
-    }
-    x.apply_op2_no_bwd(w, &Gemv)
-}
-
-struct Gemv;
-
-impl CustomOp2 for Gemv {
-    fn name(&self) -> &'static str {
-        "camelid-gemv"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("gemv is a CUDA op")
-    }
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (rows, k) = xl.shape().dims2()?;
-        let (n, wk) = wl.shape().dims2()?;
-        let ((x0, x1), (w0, w1)) = (contiguous(xl, "x")?, contiguous(wl, "w")?);
-        if wk != k || k % 8 != 0 || rows > GEMV_ROWS || x0 % 8 != 0 || w0 % 8 != 0 {
-            bail!(
-                "gemv: x {:?} at {x0}, w {:?} at {w0}",
-                xl.shape(),
-                wl.shape()
-            );
-        }
-        let dev = x.device().clone();
-        let f = func(&dev, "layers", "gemv", x.dtype())?;
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(4) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        macro_rules! go {
-            ($v:ident, $t:ty) => {{
-                let (CudaStorageSlice::$v(xs), CudaStorageSlice::$v(ws)) = (&x.slice, &w.slice)
-                else {
-                    bail!("gemv: x and w dtypes differ")
-                };
-                let (xs, ws) = (xs.slice(x0..x1), ws.slice(w0..w1));
-                // Safety: the kernel writes all rows × n outputs.
-                let out = unsafe { dev.alloc::<$t>(rows * n)? };
-                let stream = dev.cuda_stream();
-                let mut b = stream.launch_builder(&f);
-                b.arg(&xs);
-                b.arg(&ws);
-                b.arg(&out);
-                let (r, n_, k_) = (rows as i32, n as i32, k as i32);
-                b.arg(&r);
-                b.arg(&n_);
-                b.arg(&k_);
-                // Safety: shapes and alignment checked above; the grid covers n columns.
-                unsafe { b.launch(cfg) }.w()?;
-                CudaStorage::wrap_cuda_slice(out, dev.clone())
-            }};
-        }
-        let out = match x.dtype() {
-            DType::F16 => go!(F16, half::f16),
-            DType::BF16 => go!(BF16, half::bf16),
-            d => bail!("gemv: unsupported dtype {d:?}"),
-        };
-        Ok((out, Shape::from((rows, n))))
     }
 }

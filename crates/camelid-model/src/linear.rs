@@ -207,12 +207,6 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.inner {
-            // A decode's few rows against 16-bit weights on CUDA: one pass over the weights
-            // (camelid's GEMV), not cuBLAS's GEMM.
-            #[cfg(feature = "cuda")]
-            Inner::Candle(QMatMul::Tensor(w)) if camelid_kernels::cuda::gemv_applies(x, w) => {
-                camelid_kernels::cuda::gemv(x, w)
-            }
             Inner::Candle(m) => m.forward(x),
             Inner::Own(_) | Inner::Half(_) => {
                 let x = if x.dtype() == DType::F32 {
@@ -228,6 +222,13 @@ impl Linear {
 }
 
 impl Linear {
+    /// Whether this runs as candle's quantized matmul (GGUF blocks on CUDA, formats without
+    /// an own kernel): its CUDA kernels keep grow-only scratch buffers per device, so a
+    /// captured call's buffer may be freed by a later, larger one (no CUDA graph may hold it).
+    pub fn is_candle_quantized(&self) -> bool {
+        matches!(self.inner, Inner::Candle(QMatMul::QTensor(_)))
+    }
+
     /// `out (m, out_features) = x (m, in_features) · Wᵀ` on the CPU into a caller's buffer;
     /// `acts` holds the own kernel's quantized activations between calls (no allocation).
     pub fn forward_cpu_into(

@@ -193,6 +193,13 @@ impl Sampler {
         &self.params
     }
 
+    /// Whether this sampler takes the row's best token, as it is: greedy (temperature 0 or
+    /// top-k 1) with no bias or penalty. Its draws use no randomness.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        (p.temperature <= 0.0 || p.top_k == 1) && self.leaves_logits_alone()
+    }
+
     /// Whether [`Self::apply_penalties`] leaves every logit as it is.
     fn leaves_logits_alone(&self) -> bool {
         let p = &self.params;

@@ -115,6 +115,23 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// Whether any matmul is candle's quantized one ([`crate::linear::Linear::is_candle_quantized`]):
+    /// such a model decodes without graphs. On an H200 a Q4_K_M 1B served with graphs hit
+    /// CUDA_ERROR_ILLEGAL_ADDRESS once a larger batch had grown candle's MMQ/MMVQ scratch
+    /// buffers under the graphs captured before (benches/gpu/RESULTS.md, 2026-12-04).
+    fn quantized_matmuls(&self) -> bool {
+        self.layers.iter().any(|l| {
+            l.qkv
+                .linears()
+                .into_iter()
+                .chain(l.gate_up.linears())
+                .chain([&l.o, &l.down])
+                .any(|m| m.is_candle_quantized())
+        }) || self.lm_head.is_candle_quantized()
+    }
+}
+
 /// Rows a decode of `n` sequences is padded to.
 fn rows_bucket(n: usize) -> usize {
     match n {
@@ -141,6 +158,9 @@ pub(super) fn decode(
     let (Some(table), Some(k0)) = (model.embed.dense(), cache.k.first()) else {
         return Ok(None);
     };
+    if model.quantized_matmuls() {
+        return Ok(None);
+    }
     let dev = model.device();
     let mut graphs = model.cuda_graphs.lock().unwrap_or_else(|e| e.into_inner());
     if !graphs.on || graphs.failed.is_some() || !cuda_graph::capturable(dev.as_cuda_device()?) {
