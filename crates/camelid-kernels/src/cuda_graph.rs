@@ -14,7 +14,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::sys as cublas_sys;
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph, DevicePtr, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{
+    sys, CudaGraph, CudaStream, DevicePtr, DeviceRepr, DriverError,
+};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
     bail, CpuStorage, CudaDevice, CudaStorage, InplaceOp1, Layout, Result, Tensor, WithDType,
@@ -48,7 +50,9 @@ impl Graph {
     /// makes cuBLAS choose its algorithms and caches every layout parameter candle uploads),
     /// then captured. `f` must allocate nothing that outlives it: what a replay produces it
     /// writes into tensors made before (a captured allocation is the graph's own memory).
-    /// The eager run's effects stay (this step's results); a replay repeats them.
+    /// The eager run's effects stay (this step's results); a replay repeats them. Inputs are
+    /// made before: a `Tensor::new` inside `f` would take a buffer from candle's htod cache
+    /// (shared by equal uploads, freed with the thread), not one the caller owns.
     pub fn capture<E: From<candle_core::Error>>(
         dev: &CudaDevice,
         mut f: impl FnMut() -> std::result::Result<(), E>,
@@ -62,9 +66,10 @@ impl Graph {
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .w()?;
+        // Ended however `f` leaves (an error, a panic), so the stream is usable after.
+        let mut capturing = EndCapture(Some(stream.clone()));
         let captured = f();
-        // Always ended, so a failed capture leaves the stream usable.
-        let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        let ended = capturing.end();
         captured?;
         let Some(graph) = ended.w()? else {
             return Err(msg("the capture recorded no work").into());
@@ -81,6 +86,25 @@ impl Graph {
 
 fn msg(what: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("CUDA graphs: {what}"))
+}
+
+/// Ends a stream's capture once: by [`EndCapture::end`], or on drop (a panic in the captured
+/// closure), discarding the graph.
+struct EndCapture(Option<std::sync::Arc<CudaStream>>);
+
+impl EndCapture {
+    fn end(&mut self) -> std::result::Result<Option<CudaGraph>, DriverError> {
+        match self.0.take() {
+            Some(s) => s.end_capture(sys::CUgraphInstantiate_flags(0)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for EndCapture {
+    fn drop(&mut self) {
+        let _ = self.end();
+    }
 }
 
 /// Gives cuBLAS on `dev` a workspace of its own, once per device: a captured GEMM must not

@@ -9,7 +9,8 @@
 //! write no key and their logits are never read. The KV cache's tensors are baked into the
 //! graphs, which hold clones of them: graphs for another cache replace them.
 //! `CAMELID_CUDA_GRAPHS=0` (or [`Llama::set_cuda_graphs`]) turns graphs off; a failed
-//! capture turns them off for the model (logged) and the step runs eagerly.
+//! capture turns them off for the model (logged; until `set_cuda_graphs(true)`) and the step
+//! runs eagerly. Past 64 graphs the least recently replayed is dropped.
 
 use super::cuda::{DeviceBatch, HostMeta};
 use super::tensor;
@@ -27,7 +28,7 @@ pub const MAX_ROWS: usize = 256;
 /// The most attention splits (of `PARTITION` positions each) a graph is captured for:
 /// decodes past 32 768 positions run eagerly.
 const MAX_SPLITS: usize = 64;
-/// Graphs a model keeps; past this they are all dropped and captured again as needed.
+/// Graphs a model keeps; past this the least recently replayed one is dropped.
 const MAX_GRAPHS: usize = 64;
 /// Rows of the shared logits buffer when it is first made (it grows to [`MAX_ROWS`]; each
 /// growth drops the graphs, which write into the old one).
@@ -41,6 +42,7 @@ pub(crate) struct DecodeGraphs {
     graphs: HashMap<Key, DecodeGraph>,
     /// `(rows, vocab)` f32, every graph's logits.
     logits: Option<Tensor>,
+    /// Steps run as graphs; also each graph's last use, for eviction.
     launches: u64,
 }
 
@@ -56,6 +58,8 @@ struct DecodeGraph {
     graph: Graph,
     batch: DeviceBatch,
     tokens: Tensor,
+    /// `launches` at its last replay.
+    last_used: u64,
 }
 
 /// What a model's decode graphs have done.
@@ -99,6 +103,8 @@ impl Llama {
     pub fn set_cuda_graphs(&self, on: bool) -> Result<()> {
         let mut g = self.cuda_graphs.lock().unwrap_or_else(|e| e.into_inner());
         g.on = on;
+        // On again: a capture that failed before may be tried again.
+        g.failed = None;
         if !on {
             g.clear(&self.device)?;
         }
@@ -185,6 +191,10 @@ pub(super) fn decode(
     let meta = HostMeta::new(model, batch, cache, Some((key.rows, width)))?;
     let mut ids = batch.tokens.clone();
     ids.resize(key.rows, 0);
+    // Graphs of another cache (a new KvStore) hold the old one's tensors alive.
+    if graphs.graphs.keys().any(|k| k.cache != key.cache) {
+        graphs.clear(dev)?;
+    }
     if !graphs.graphs.contains_key(&key) {
         let t = std::time::Instant::now();
         if let Err(e) = capture(model, &mut graphs, key, cache, &meta, &ids, table) {
@@ -200,11 +210,13 @@ pub(super) fn decode(
             "captured a decode graph"
         );
     }
+    graphs.launches += 1;
+    let now = graphs.launches;
     let g = graphs.graphs.get_mut(&key).expect("captured above");
     g.batch.write(&meta, splits * PARTITION)?;
     write_host(&g.tokens, &ids)?;
     g.graph.launch()?;
-    graphs.launches += 1;
+    g.last_used = now;
     let logits = graphs.logits.as_ref().expect("made with the graphs");
     Ok(Some(ForwardOutput {
         // A copy: the shared buffer is overwritten by the next step.
@@ -227,9 +239,17 @@ fn capture(
     let dev = model.device();
     let cuda = dev.as_cuda_device()?;
     cuda_graph::set_cublas_workspace(cuda)?;
-    // Graphs of another cache (a new KvStore) hold the old one's tensors alive.
-    if graphs.graphs.len() >= MAX_GRAPHS || graphs.graphs.keys().any(|k| k.cache != key.cache) {
-        graphs.clear(dev)?;
+    if graphs.graphs.len() >= MAX_GRAPHS {
+        let oldest = graphs
+            .graphs
+            .iter()
+            .min_by_key(|(_, g)| g.last_used)
+            .map(|(k, _)| *k);
+        if let Some(k) = oldest {
+            // After the stream has run it: a replay may still be queued.
+            dev.synchronize()?;
+            graphs.graphs.remove(&k);
+        }
     }
     let rows = graphs.logits.as_ref().map_or(0, |l| l.dims()[0]);
     if rows < key.rows {
@@ -259,6 +279,7 @@ fn capture(
             graph,
             batch,
             tokens,
+            last_used: graphs.launches,
         },
     );
     Ok(())
