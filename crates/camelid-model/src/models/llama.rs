@@ -59,9 +59,10 @@ pub struct Llama {
     pub(crate) rope_local: Option<Rope>,
     /// The norm weights as host f32 slices, made on first use by the CPU serving path.
     pub(crate) host_norms: OnceLock<HostNorms>,
-    /// Decode steps' CUDA graphs (`runtime::cuda_graph`).
+    /// The CUDA runtime's decode graphs, typed where they are made (`runtime::cuda_graph`):
+    /// a model does not name a runtime's types, which import the model's.
     #[cfg(feature = "cuda")]
-    pub(crate) cuda_graphs: std::sync::Mutex<crate::runtime::cuda_graph::DecodeGraphs>,
+    pub(crate) cuda_graphs: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 /// Per-layer vectors as plain slices, then the final norm.

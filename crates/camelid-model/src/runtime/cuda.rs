@@ -15,7 +15,7 @@
 //! the dtype is a float one and the head fits the attention kernel; `CAMELID_CUDA_KERNELS=0`
 //! turns it off (the tensor runtime: candle's ops and the gathering cache, the reference).
 
-use super::{cuda_graph, tensor};
+use super::tensor;
 use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::{Activation, RopeStyle};
 use crate::error::{Error, Result};
@@ -25,32 +25,37 @@ use crate::rope::Rope;
 use camelid_kernels::cuda::{self as cuda_ops, AttentionParams, AttentionRows, RopeFreqs};
 use candle_core::{DType, Device, Tensor};
 
-/// The forward pass on this runtime, or `None` when it does not apply (then the tensor
-/// runtime runs). A decode step runs as a CUDA graph where [`cuda_graph`] takes it.
-pub(crate) fn forward(
+/// The paged device cache this runtime runs over, or `None` when the runtime does not apply
+/// (then the tensor runtime runs): not CUDA, `CAMELID_CUDA_KERNELS=0`, a dtype or a head
+/// the kernels do not take, or a store without a paged device cache.
+pub(crate) fn paged_cache(
     model: &Llama,
     batch: &ForwardBatch,
     kv: &mut dyn KvStore,
-) -> Result<Option<ForwardOutput>> {
-    if !matches!(model.dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Ok(None);
-    }
+) -> Result<Option<DevicePaged>> {
     let dev = model.device();
-    if !dev.is_cuda() || !cuda_ops::enabled() || model.cfg.head_dim > cuda_ops::MAX_HEAD_DIM {
+    if !matches!(model.dtype, DType::F32 | DType::F16 | DType::BF16)
+        || !dev.is_cuda()
+        || !cuda_ops::enabled()
+        || model.cfg.head_dim > cuda_ops::MAX_HEAD_DIM
+    {
         return Ok(None);
     }
     let seqs: Vec<u64> = batch.chunks.iter().map(|c| c.seq).collect();
-    let Some(cache) = kv.device_paged(&seqs)? else {
-        return Ok(None);
-    };
-    if let Some(out) = cuda_graph::decode(model, batch, &cache)? {
-        return Ok(Some(out));
-    }
+    Ok(kv.device_paged(&seqs)?)
+}
+
+/// The forward pass on this runtime over `cache` ([`paged_cache`]), kernel by kernel.
+pub(crate) fn forward(
+    model: &Llama,
+    batch: &ForwardBatch,
+    cache: DevicePaged,
+) -> Result<ForwardOutput> {
     let meta = HostMeta::new(model, batch, &cache, None)?;
     let device = DeviceBatch::upload(model, cache, &meta)?;
     let x = tensor::embed(model, batch)?;
     let normed = device.run(model, x)?;
-    tensor::outputs(model, batch, &normed, true).map(Some)
+    tensor::outputs(model, batch, &normed, true)
 }
 
 /// A batch's metadata as the kernels read it, on the host: per token row its slot,

@@ -101,24 +101,34 @@ impl Llama {
     /// Turns decode graphs on or off for this model (on unless `CAMELID_CUDA_GRAPHS=0`);
     /// off drops the graphs held.
     pub fn set_cuda_graphs(&self, on: bool) -> Result<()> {
-        let mut g = self.cuda_graphs.lock().unwrap_or_else(|e| e.into_inner());
-        g.on = on;
-        // On again: a capture that failed before may be tried again.
-        g.failed = None;
-        if !on {
-            g.clear(&self.device)?;
-        }
-        Ok(())
+        with_graphs(self, |g| {
+            g.on = on;
+            // On again: a capture that failed before may be tried again.
+            g.failed = None;
+            if !on {
+                g.clear(&self.device)?;
+            }
+            Ok(())
+        })
     }
 
     pub fn cuda_graph_stats(&self) -> CudaGraphStats {
-        let g = self.cuda_graphs.lock().unwrap_or_else(|e| e.into_inner());
-        CudaGraphStats {
+        with_graphs(self, |g| CudaGraphStats {
             captured: g.graphs.len(),
             launches: g.launches,
             failed: g.failed.clone(),
-        }
+        })
     }
+}
+
+/// `f` on the model's decode graphs (made on first use), under the model's lock: one step's
+/// graph inputs are written and replayed before another's.
+fn with_graphs<T>(model: &Llama, f: impl FnOnce(&mut DecodeGraphs) -> T) -> T {
+    let mut slot = model.cuda_graphs.lock().unwrap_or_else(|e| e.into_inner());
+    let any = slot.get_or_insert_with(|| Box::new(DecodeGraphs::default()));
+    f(any
+        .downcast_mut::<DecodeGraphs>()
+        .expect("only this module fills the slot"))
 }
 
 impl Llama {
@@ -167,8 +177,22 @@ pub(super) fn decode(
     if model.quantized_matmuls() {
         return Ok(None);
     }
+    with_graphs(model, |graphs| {
+        replay(model, batch, cache, table, k0, graphs)
+    })
+}
+
+/// [`decode`] once the step is one graphs take, under the graphs' lock.
+fn replay(
+    model: &Llama,
+    batch: &ForwardBatch,
+    cache: &DevicePaged,
+    table: &Tensor,
+    k0: &Tensor,
+    graphs: &mut DecodeGraphs,
+) -> Result<Option<ForwardOutput>> {
+    let n = batch.chunks.len();
     let dev = model.device();
-    let mut graphs = model.cuda_graphs.lock().unwrap_or_else(|e| e.into_inner());
     if !graphs.on || graphs.failed.is_some() || !cuda_graph::capturable(dev.as_cuda_device()?) {
         return Ok(None);
     }
@@ -197,7 +221,7 @@ pub(super) fn decode(
     }
     if !graphs.graphs.contains_key(&key) {
         let t = std::time::Instant::now();
-        if let Err(e) = capture(model, &mut graphs, key, cache, &meta, &ids, table) {
+        if let Err(e) = capture(model, graphs, key, cache, &meta, &ids, table) {
             tracing::warn!("CUDA graph capture failed, decoding without graphs: {e}");
             graphs.failed = Some(e.to_string());
             graphs.clear(dev)?;

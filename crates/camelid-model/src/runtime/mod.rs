@@ -47,10 +47,14 @@ impl Llama {
         }
         // CUDA with a paged device cache and our kernels: the CUDA serving runtime. It has no
         // LoRA path yet: a batch with adapted rows runs as candle ops.
+        // A decode step replays a CUDA graph where one applies.
         #[cfg(feature = "cuda")]
         if batch.chunks.iter().all(|c| c.lora.is_none()) {
-            if let Some(out) = cuda::forward(self, batch, kv)? {
-                return Ok(out);
+            if let Some(cache) = cuda::paged_cache(self, batch, kv)? {
+                if let Some(out) = cuda_graph::decode(self, batch, &cache)? {
+                    return Ok(out);
+                }
+                return cuda::forward(self, batch, cache);
             }
         }
         tensor::forward(self, batch, kv)
