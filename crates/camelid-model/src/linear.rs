@@ -389,3 +389,28 @@ impl Projections {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    /// Only candle's quantized matmul says so (the CUDA decode graphs keep off it): not a dense
+    /// matrix, not the own kernels' blocks, not candle's dequantized 16-bit matrix.
+    #[test]
+    fn is_candle_quantized_names_candles_quantized_matmul_alone() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (8, 256), &dev).unwrap();
+        let q = |dt| QTensor::quantize(&w, dt).unwrap();
+        assert!(!Linear::from_dense(w.clone()).unwrap().is_candle_quantized());
+        assert!(!Linear::from_qtensor(q(GgmlDType::Q4_0))
+            .unwrap()
+            .is_candle_quantized());
+        assert!(Linear::from_qtensor_candle(q(GgmlDType::Q4_0))
+            .unwrap()
+            .is_candle_quantized());
+        assert!(!Linear::from_qtensor_candle(q(GgmlDType::F16))
+            .unwrap()
+            .is_candle_quantized());
+    }
+}
