@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds camelid with `--features cuda` on a machine without a GPU or a CUDA install.
 #   bash kernels/build-cuda.sh          stripped release binary -> $CACHE/cuda-target/camelid-cuda
-#   bash kernels/build-cuda.sh check    `cargo check --all-targets` of the cuda feature (CI; the
-#                                       nvcc builds still run: ~15 min cold on 2 cores, ~1 warm)
+#   bash kernels/build-cuda.sh check    `cargo clippy --all-targets -D warnings` of the cuda
+#                                       feature (CI; the nvcc builds still run: ~15 min cold on
+#                                       2 cores, ~1 warm)
 #   bash kernels/build-cuda.sh stage    build, then fill .gpu/ (binary, kernel tests, the CUDA
 #                                       runtime's model tests, the default model's tokenizer.json,
 #                                       each xz-compressed) to carry to the GPU machine.
@@ -36,7 +37,9 @@ export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 TESTS=(-p camelid -p camelid-kernels -p camelid-model
   --features camelid/cuda,camelid-kernels/cuda,camelid-model/cuda)
 case "$MODE" in
-  check) cargo check --workspace --all-targets --features camelid/cuda,camelid-model/cuda,camelid-kernels/cuda ;;
+  # clippy (which checks as `cargo check` does): the CUDA-only code's lints, denied as the
+  # CPU build's are.
+  check) cargo clippy --workspace --all-targets --features camelid/cuda,camelid-model/cuda,camelid-kernels/cuda -- -D warnings ;;
   build)
     # The binary and the device-test binaries in one invocation (one feature resolution, so
     # candle is compiled once for all); CI thereby compiles the device tests too.

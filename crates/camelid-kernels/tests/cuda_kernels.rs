@@ -317,14 +317,14 @@ fn rope_inplace_matches_the_cpu_in_both_styles() {
                 for t in 0..tokens {
                     let f = &inv_freq[freq_row[t] as usize * hd / 2..][..hd / 2];
                     for h in 0..heads {
-                        for j in 0..hd / 2 {
+                        for (j, &fj) in f.iter().enumerate() {
                             let base = (t * heads + h) * hd;
                             let (a, b) = if interleaved {
                                 (base + 2 * j, base + 2 * j + 1)
                             } else {
                                 (base + j, base + j + hd / 2)
                             };
-                            let ang = positions[t] as f64 * f[j] as f64;
+                            let ang = positions[t] as f64 * fj as f64;
                             let (s, c) = ang.sin_cos();
                             let (c, s) = (c * mscale as f64, s * mscale as f64);
                             want[a] = (xr[a] as f64 * c - xr[b] as f64 * s) as f32;
