@@ -233,8 +233,13 @@ impl DeviceBatch {
         if let (Some(r), Some(f)) = (&self.rope_local, &meta.freqs_local) {
             write_host(&r.inv_freq, f)?;
         }
-        self.rows.max_ctx = max_ctx;
+        self.set_max_ctx(max_ctx);
         Ok(())
+    }
+
+    /// The longest context the kernels are launched for (a graph's bucket).
+    pub fn set_max_ctx(&mut self, max_ctx: usize) {
+        self.rows.max_ctx = max_ctx;
     }
 
     /// Every layer over the embedded rows `x`: the final-normed rows.

@@ -42,6 +42,8 @@ pub(crate) struct DecodeGraphs {
     graphs: HashMap<Key, DecodeGraph>,
     /// `(rows, vocab)` f32, every graph's logits.
     logits: Option<Tensor>,
+    /// Whether the model has candle-quantized matmuls (no graphs then), once looked at.
+    quantized: Option<bool>,
     /// Steps run as graphs; also each graph's last use, for eviction.
     launches: u64,
 }
@@ -80,6 +82,7 @@ impl Default for DecodeGraphs {
             failed: None,
             graphs: HashMap::new(),
             logits: None,
+            quantized: None,
             launches: 0,
         }
     }
@@ -174,9 +177,6 @@ pub(super) fn decode(
     let (Some(table), Some(k0)) = (model.embed.dense(), cache.k.first()) else {
         return Ok(None);
     };
-    if model.quantized_matmuls() {
-        return Ok(None);
-    }
     with_graphs(model, |graphs| {
         replay(model, batch, cache, table, k0, graphs)
     })
@@ -193,7 +193,15 @@ fn replay(
 ) -> Result<Option<ForwardOutput>> {
     let n = batch.chunks.len();
     let dev = model.device();
-    if !graphs.on || graphs.failed.is_some() || !cuda_graph::capturable(dev.as_cuda_device()?) {
+    // The model's matmuls do not change: looked at once, not every step.
+    let quantized = *graphs
+        .quantized
+        .get_or_insert_with(|| model.quantized_matmuls());
+    if quantized
+        || !graphs.on
+        || graphs.failed.is_some()
+        || !cuda_graph::capturable(dev.as_cuda_device()?)
+    {
         return Ok(None);
     }
     let max_ctx = batch
@@ -288,7 +296,7 @@ fn capture(
     }
     let logits = graphs.logits.clone().expect("made above");
     let mut batch = DeviceBatch::upload(model, cache.clone(), meta)?;
-    batch.write(meta, key.splits * PARTITION)?;
+    batch.set_max_ctx(key.splits * PARTITION);
     let tokens = Tensor::new(ids, dev)?;
     let graph = Graph::capture(cuda, || -> Result<()> {
         let x = tensor::scale_embeddings(model, table.index_select(&tokens, 0)?)?;
