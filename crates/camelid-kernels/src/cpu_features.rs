@@ -111,6 +111,42 @@ pub fn amx_bf16() -> bool {
     }
 }
 
+/// Whether the quantized kernels leave streaming their weights to the hardware prefetcher
+/// where software prefetches cost more than they bring (`quant::x86`: a lone row's pass, and
+/// every K-format pass). On Intel's cores the kernels waited on memory without software
+/// prefetches; on AMD Zen 4 the hardware prefetcher streams the weights alone, and the
+/// software prefetches made a lone row's pass 1.3–2× slower (benches/README, Session 34).
+/// So: yes on AMD (and Hygon), no elsewhere; `CAMELID_HARDWARE_PREFETCH=1` or `=0` says which.
+pub fn lean_on_hardware_prefetch() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(
+        || match std::env::var("CAMELID_HARDWARE_PREFETCH").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => amd_like(),
+        },
+    )
+}
+
+/// Whether CPUID's vendor is AMD's (or Hygon's, its licensee).
+fn amd_like() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+        let leaf = std::arch::x86_64::__cpuid(0);
+        let mut vendor = [0u8; 12];
+        vendor[..4].copy_from_slice(&leaf.ebx.to_le_bytes());
+        vendor[4..8].copy_from_slice(&leaf.edx.to_le_bytes());
+        vendor[8..].copy_from_slice(&leaf.ecx.to_le_bytes());
+        &vendor == b"AuthenticAMD" || &vendor == b"HygonGenuine"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, then reads the permission back.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn request_tile_state() -> bool {

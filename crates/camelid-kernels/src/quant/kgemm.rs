@@ -392,11 +392,13 @@ unsafe fn gemm_group(
             (Flavour::Avx512Vnni, QKind::Q5K) => {
                 by_rows!(k512::gemm_q5_k_16x8_q8k_vnni; 1 2 3 4 5 6 7 8)
             }
-            (Flavour::Avx512Vnni, QKind::Q6K) if acts.len() <= 4 => {
+            // A lone row on the one-sub-block kernel: the 4-row kernel's R = 1 build read
+            // its weights from DRAM at a third of the bandwidth (benches/README, Session 34).
+            (Flavour::Avx512Vnni, QKind::Q6K) if (2..=4).contains(&acts.len()) => {
                 by_fours!(k512::gemm_q6_k_16x4_q8k_vnni)
             }
             (Flavour::Avx512Vnni, QKind::Q6K) => {
-                by_rows!(k512::gemm_q6_k_16x8_q8k_vnni; 5 6 7 8)
+                by_rows!(k512::gemm_q6_k_16x8_q8k_vnni; 1 5 6 7 8)
             }
             (Flavour::Avx512, QKind::Q4K) => by_rows!(k512::gemm_q4_k_16x8_q8k; 1 2 3 4 5 6 7 8),
             (Flavour::Avx512, QKind::Q5K) => by_rows!(k512::gemm_q5_k_16x8_q8k; 1 2 3 4 5 6 7 8),

@@ -524,3 +524,43 @@ fn amx_tiles_give_the_vnni_passes_bits() {
         }
     }
 }
+
+/// A row's outputs have the same bits alone as in any batch, in every flavour: a decode row
+/// and a prompt or batched row run different pass widths (a lone Q6_K row takes the one-sub-
+/// block kernel, 2–4 rows the four-sum one), and the engine's results must not depend on
+/// which other requests shared the step.
+#[test]
+fn k_rows_give_the_same_bits_alone_and_batched() {
+    for t in K_TYPES {
+        let kind = QKind::from_ggml(t).unwrap();
+        // Batches split into passes of every width: 3, 8 + 3, 8 + 5 (and AVX2's fours).
+        for (m, extreme) in [(3, false), (11, true), (13, false), (13, true)] {
+            let (n, k) = (37, 512);
+            // As `k_case`, with the activations kept to quantize each row alone too.
+            let (data, x) = if extreme {
+                let x = (0..m * k).map(|i| if (i / 3) % 3 == 0 { -1.0 } else { 1.0 });
+                (extreme_k_rows(kind, n, k), x.collect::<Vec<f32>>())
+            } else {
+                (rows_of(t, n, k), random(m * k, 17))
+            };
+            let acts = q8k(&x, m, k);
+            for flavour in kgemm::Flavour::available() {
+                let w = laid_out(kind, n, k, data.clone(), flavour);
+                let mut batched = vec![f32::NAN; m * n];
+                kgemm::matmul_k_with(&w, &acts, &mut batched, flavour);
+                for i in 0..m {
+                    let mut alone = vec![f32::NAN; n];
+                    kgemm::matmul_k_with(&w, &q8k(&x[i * k..][..k], 1, k), &mut alone, flavour);
+                    for (c, (a, b)) in alone.iter().zip(&batched[i * n..][..n]).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{t:?} {flavour:?} extreme={extreme}: row {i} column {c}: alone {a}, \
+                             batched {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

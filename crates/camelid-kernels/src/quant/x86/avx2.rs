@@ -168,7 +168,7 @@ pub unsafe fn gemm_q4_8x4_q8<const R: usize>(
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let blk = w.add(b * 160);
-        prefetch_ahead(blk, 160);
+        prefetch_ahead::<R>(blk, 160);
         // Eight nibble×byte products summed in i16: at most 8 · 2 · 15 · 127 = 30 480.
         let mut isum = [_mm256_setzero_si256(); R];
         for g in 0..4 {
@@ -229,7 +229,7 @@ pub unsafe fn gemm_q5_8x4_q8<const R: usize>(
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let blk = w.add(b * 192);
-        prefetch_ahead(blk, 192);
+        prefetch_ahead::<R>(blk, 192);
         let hb = _mm256_loadu_si256(blk.add(32) as *const __m256i);
         let mut isum = [_mm256_setzero_si256(); R];
         for g in 0..4 {
@@ -281,7 +281,7 @@ pub unsafe fn gemm_q8_0_8x4_q8<const R: usize>(
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         let blk = w.add(b * 272);
-        prefetch_ahead(blk, 272);
+        prefetch_ahead::<R>(blk, 272);
         let mut isum = [_mm256_setzero_si256(); R];
         for g in 0..8 {
             let q = _mm256_loadu_si256(blk.add(16 + 32 * g) as *const __m256i);

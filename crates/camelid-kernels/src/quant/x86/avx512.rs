@@ -19,7 +19,7 @@ pub unsafe fn gemm_q4_16x8_q8<const R: usize>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nb {
         let blk = w.add(b * 320);
-        prefetch_ahead(blk, 320);
+        prefetch_ahead::<R>(blk, 320);
         // Eight nibble×byte products summed in i16: at most 8 · 2 · 15 · 127 = 30 480.
         let mut isum = [_mm512_setzero_si512(); R];
         for g in 0..4 {
@@ -64,7 +64,7 @@ pub unsafe fn gemm_q8_0_16x8_q8<const R: usize>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nb {
         let blk = w.add(b * 544);
-        prefetch_ahead(blk, 544);
+        prefetch_ahead::<R>(blk, 544);
         let mut isum = [_mm512_setzero_si512(); R];
         for g in 0..8 {
             let q = _mm512_loadu_si512(blk.add(32 + 64 * g) as *const _);
@@ -116,7 +116,7 @@ pub unsafe fn gemm_q5_16x8_q8<const R: usize>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nb {
         let blk = w.add(b * 384);
-        prefetch_ahead(blk, 384);
+        prefetch_ahead::<R>(blk, 384);
         let hb = _mm512_loadu_si512(blk.add(64) as *const _);
         let mut isum = [_mm512_setzero_si512(); R];
         for g in 0..4 {

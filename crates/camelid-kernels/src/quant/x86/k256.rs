@@ -2,7 +2,7 @@
 //! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..8]` for activation
 //! row `i` (at most 4 rows: with their sums and accumulators, 12 of the 16 registers).
 
-use super::prefetch_ahead;
+use super::prefetch_ahead_k;
 use crate::quant::{ActRow, QK_K};
 use std::arch::x86_64::*;
 
@@ -87,7 +87,7 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * sb);
-        prefetch_ahead(blk, sb);
+        prefetch_ahead_k(blk, sb);
         let mut isum = [_mm256_setzero_si256(); R];
         for j in 0..8 {
             let c = j / 2;
@@ -273,7 +273,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * SB);
-        prefetch_ahead(blk, SB);
+        prefetch_ahead_k(blk, SB);
         let mut isum = [_mm256_setzero_si256(); R];
         for n in 0..2 {
             for h in 0..2 {

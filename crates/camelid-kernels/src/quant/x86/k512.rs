@@ -3,7 +3,7 @@
 //! row `i` (Q4_K/Q5_K: at most 8 rows, Q6_K 4, or 8 with VNNI one sub-block at a time: with
 //! their sums and accumulators, 24 of the 32 registers).
 
-use super::prefetch_ahead;
+use super::prefetch_ahead_k;
 use crate::quant::{ActRow, QK_K};
 use std::arch::x86_64::*;
 
@@ -88,7 +88,7 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * sb);
-        prefetch_ahead(blk, sb);
+        prefetch_ahead_k(blk, sb);
         let mut isum = [_mm512_setzero_si512(); R];
         for j in 0..8 {
             let c = j / 2;
@@ -191,7 +191,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * SB);
-        prefetch_ahead(blk, SB);
+        prefetch_ahead_k(blk, SB);
         let mut isum = [_mm512_setzero_si512(); R];
         for n in 0..2 {
             for h in 0..2 {
@@ -289,7 +289,7 @@ unsafe fn q6_k_vnni<const R: usize>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * SB);
-        prefetch_ahead(blk, SB);
+        prefetch_ahead_k(blk, SB);
         let mut isum = [_mm512_setzero_si512(); R];
         macro_rules! sub_block {
             ($n:expr, $h:expr, $k:literal) => {{
@@ -379,8 +379,8 @@ entry!(
     q6_k::<true>
 );
 
-/// See `quant::kgemm`: one Q6_K group of 16 rows × `R` activation rows, VNNI (5 to 8 rows:
-/// at 1–4 the 4-row kernel, whose steps load each vector once, was as fast or faster).
+/// See `quant::kgemm`: one Q6_K group of 16 rows × `R` activation rows, VNNI (1 and 5 to 8
+/// rows: at 2–4 the 4-row kernel, whose steps load each vector once, was as fast or faster).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm_q6_k_16x8_q8k_vnni<const R: usize>(
     w: *const u8,
