@@ -115,7 +115,7 @@ pub fn amx_bf16() -> bool {
 /// where software prefetches cost more than they bring (`quant::x86`: a lone row's pass, and
 /// every K-format pass). On Intel's cores the kernels waited on memory without software
 /// prefetches; on AMD Zen 4 the hardware prefetcher streams the weights alone, and the
-/// software prefetches made a lone row's pass 1.3–2× slower (benches/README, Session 34).
+/// software prefetches made a lone row's pass up to ~2.3× slower (Q4_1, Q4_K) (benches/README, Session 34).
 /// So: yes on AMD (and Hygon), no elsewhere; `CAMELID_HARDWARE_PREFETCH=1` or `=0` says which.
 pub fn lean_on_hardware_prefetch() -> bool {
     use std::sync::OnceLock;

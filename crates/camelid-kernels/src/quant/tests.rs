@@ -534,7 +534,15 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
         // Batches split into passes of every width: 3, 8 + 3, 8 + 5 (and AVX2's fours).
-        for (m, extreme) in [(3, false), (11, true), (13, false), (13, true)] {
+        // 20 and 70 rows: AVX2's unpacked prompt tiles too.
+        for (m, extreme) in [
+            (3, false),
+            (11, true),
+            (13, false),
+            (13, true),
+            (20, false),
+            (70, true),
+        ] {
             let (n, k) = (37, 512);
             // As `k_case`, with the activations kept to quantize each row alone too.
             let (data, x) = if extreme {

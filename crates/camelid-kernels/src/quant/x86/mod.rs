@@ -19,8 +19,8 @@ const PREFETCH_BYTES: usize = 2048;
 
 /// The 32-value formats' prefetch: asks for the cache lines of the block `PREFETCH_BYTES`
 /// past `blk` (a block is `bytes` long), in a pass of `R` activation rows. Where the hardware
-/// prefetcher streams alone a lone row's pass skips it (there it made the pass 1.3–2×
-/// slower), while passes of more rows gained from it (Q4_1 at 8 clients; benches/README,
+/// prefetcher streams alone a lone row's pass skips it (there it made the pass up to
+/// ~2.3× slower), while passes of more rows gained from it (Q4_1 at 8 clients; benches/README,
 /// Session 34). Prefetches never fault, so running past the matrix's end is harmless.
 #[inline(always)]
 unsafe fn prefetch_ahead<const R: usize>(blk: *const u8, bytes: usize) {
@@ -31,7 +31,7 @@ unsafe fn prefetch_ahead<const R: usize>(blk: *const u8, bytes: usize) {
 }
 
 /// The K formats' prefetch: as [`prefetch_ahead`], skipped in every pass where the hardware
-/// prefetcher streams alone (there a K-format decode ran 1.3–1.5× faster without it at 1 and
+/// prefetcher streams alone (there a K-format decode ran 1.25–1.7× faster without it at 1 and
 /// 8 clients, and prompts no slower; benches/README, Session 34).
 #[inline(always)]
 unsafe fn prefetch_ahead_k(blk: *const u8, bytes: usize) {
