@@ -26,6 +26,30 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
     }
 }
 
+/// [`dot4`] of `q` and the four activation bytes at `at`, broadcast. With VNNI it is one
+/// `vpdpbusd` reading them as an embedded broadcast (`{1to16}`): from `_mm512_set1_epi32` the
+/// compiler built the 8-row passes' broadcasts into full vectors on the stack and read those
+/// back (a store and a 64-byte load per product), making Q4_K's 8-row passes ~2× slower
+/// (benches/README, Session 34). The Q6_K kernels keep `_mm512_set1_epi32`: there the same
+/// change made 8 clients ~10 % slower.
+#[inline(always)]
+unsafe fn dot4_at<const VNNI: bool>(acc: __m512i, q: __m512i, a: &ActRow, at: usize) -> __m512i {
+    if VNNI {
+        let mut acc = acc;
+        let p = a.qs.as_ptr().add(at);
+        std::arch::asm!(
+            "vpdpbusd {acc}, {q}, dword ptr [{p}]{{1to16}}",
+            acc = inout(zmm_reg) acc,
+            q = in(zmm_reg) q,
+            p = in(reg) p,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        acc
+    } else {
+        dot4::<VNNI>(acc, q, bcast4(a, at))
+    }
+}
+
 /// Per-row scales (i32 lanes) in the form [`scaled`] takes: as they are for VNNI, else in
 /// both i16 halves of the lane.
 #[inline(always)]
@@ -111,8 +135,8 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
                     q = _mm512_mask_add_epi8(q, set, q, sixteen);
                 }
                 for i in 0..R {
-                    let a = bcast4(acts.get_unchecked(i), b * QK_K + 32 * j + 4 * g);
-                    t[i] = dot4::<VNNI>(t[i], q, a);
+                    let at = b * QK_K + 32 * j + 4 * g;
+                    t[i] = dot4_at::<VNNI>(t[i], q, acts.get_unchecked(i), at);
                 }
                 if (g + 1) % fold == 0 {
                     for i in 0..R {
