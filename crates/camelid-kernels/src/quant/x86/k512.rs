@@ -35,19 +35,26 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
 #[inline(always)]
 unsafe fn dot4_at<const VNNI: bool>(acc: __m512i, q: __m512i, a: &ActRow, at: usize) -> __m512i {
     if VNNI {
-        let mut acc = acc;
-        let p = a.qs.as_ptr().add(at);
-        std::arch::asm!(
-            "vpdpbusd {acc}, {q}, dword ptr [{p}]{{1to16}}",
-            acc = inout(zmm_reg) acc,
-            q = in(zmm_reg) q,
-            p = in(reg) p,
-            options(pure, readonly, nostack, preserves_flags),
-        );
-        acc
+        dpbusd_broadcast(acc, q, a.qs.as_ptr().add(at))
     } else {
         dot4::<VNNI>(acc, q, bcast4(a, at))
     }
+}
+
+/// `vpdpbusd acc, q, [p]{1to16}`. Its own `target_feature` function (inlined into the VNNI
+/// entry points, which have these features) because `asm!`'s zmm operands need them.
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn dpbusd_broadcast(acc: __m512i, q: __m512i, p: *const i8) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpbusd {acc}, {q}, dword ptr [{p}]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        q = in(zmm_reg) q,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags),
+    );
+    acc
 }
 
 /// Per-row scales (i32 lanes) in the form [`scaled`] takes: as they are for VNNI, else in
