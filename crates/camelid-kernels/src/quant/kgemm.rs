@@ -17,18 +17,37 @@ use crate::{Line, OutPtr};
 /// 16 rows 1.25–1.5× the VNNI passes, at 12 about even, at 8 0.65–0.95×.
 const AMX_MIN_ROWS: usize = 16;
 
-/// Rows a row tile needs before its passes over a group on AVX2 (without VNNI) run on the
-/// group unpacked to a byte a value (`k256::unpack_q45`, `k256::unpack_q6`), which costs about
-/// two passes of bit selection. Measured (`qgemm_bench`, alternating in one process): Q5_K
-/// gains from 16 rows (1.1×; 1.3× at 32 and more), Q6_K from 16 (1.0–1.4×; 1.3–1.8× at 32 and
-/// more; mixed at 8), Q4_K only from a whole 64-row tile (1.0–1.25×; 0.85× at 16). Decode
-/// steps keep the packed kernels.
-fn unpack_min_rows(kind: QKind) -> usize {
-    match kind {
-        QKind::Q5K | QKind::Q6K => 16,
-        _ => ROW_TILE,
+/// Rows a row tile needs before its passes over a group run on the group unpacked to a byte
+/// a value, or `None` where `flavour` has no unpacked kernels for `kind`.
+/// - AVX2 without VNNI (`k256::unpack_q45`, `k256::unpack_q6`): unpacking costs about two
+///   passes of bit selection. Measured (`qgemm_bench`, alternating in one process): Q5_K gains
+///   from 16 rows (1.1×; 1.3× at 32 and more), Q6_K from 16 (1.0–1.4×; 1.3–1.8× at 32 and
+///   more; mixed at 8), Q4_K only from a whole 64-row tile (1.0–1.25×; 0.85× at 16).
+/// - AVX-512 VNNI without AMX (`k512::unpack_q6`, `k512::unpack_q45`): a Q6_K pass over
+///   packed weights spends more vector operations on joining the 6-bit values and on the −32
+///   of each 16-value sub-block than on `vpdpbusd`, a Q5_K pass three on each vector's fifth
+///   bits. Measured on Zen 4 (`qgemm_bench 1`, 2048 columns, alternating): Q6_K 1.0× at 16
+///   rows, 1.1–1.2× from 24; Q5_K 1.03× at 32, 1.1× at 64, 1.15× at 256. Q4_K's passes,
+///   whose nibbles cost one or two operations a vector, were no faster unpacked (0.93× at
+///   24–32 rows, even from 64), so they stay packed.
+///
+/// Decode steps keep the packed kernels.
+fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
+    match (flavour, kind) {
+        (Flavour::Avx2, QKind::Q5K | QKind::Q6K) => Some(16),
+        (Flavour::Avx2, _) => Some(ROW_TILE),
+        (Flavour::Avx512Vnni, QKind::Q6K) => Some(24),
+        (Flavour::Avx512Vnni, QKind::Q5K) => Some(32),
+        _ => None,
     }
 }
+
+/// Activation rows a row tile takes where its passes run on unpacked groups: each group is
+/// unpacked once a tile, and more rows repay it better (the rows' activations are read
+/// sequentially, a pass's few rows at a time, so they need not stay in L2). Measured
+/// (`qgemm_bench 1 q6_k`, 2048 columns, 256 and 512 rows, alternating): 256-row tiles 1.03–1.07×
+/// 64-row ones with AVX-512 VNNI, 1.0–1.1× with AVX2.
+const UNPACKED_ROW_TILE: usize = 256;
 
 /// Which kernels run a K-format matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,24 +149,29 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             assert_eq!(flavour.group(), g, "{flavour:?} kernels on groups of {g}");
             let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, g);
             let pass = rows_per_pass(g);
-            let unpacks = flavour == Flavour::Avx2;
+            let unpack_from = unpack_min_rows(flavour, w.kind).unwrap_or(usize::MAX);
             let work = |g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.
                 let mut tail = [0f32; 8 * 16];
                 // This task's unpacked group (allocated at the first tile that unpacks).
                 let mut unpacked: Vec<u8> = Vec::new();
-                for (t, tile_rows) in rows.chunks(ROW_TILE).enumerate() {
-                    let unpack = unpacks && tile_rows.len() >= unpack_min_rows(w.kind);
+                let tile = if m >= unpack_from {
+                    UNPACKED_ROW_TILE
+                } else {
+                    ROW_TILE
+                };
+                for (t, tile_rows) in rows.chunks(tile).enumerate() {
+                    let unpack = tile_rows.len() >= unpack_from;
                     for gi in g0..g1 {
                         let wg = &data[gi * group_bytes..(gi + 1) * group_bytes];
                         let real = g.min(n - gi * g);
                         let u = if unpack {
-                            Some(unpack_group(w.kind, wg, nsb, &mut unpacked))
+                            Some(unpack_group(flavour, w.kind, wg, nsb, &mut unpacked))
                         } else {
                             None
                         };
                         for (q, few) in tile_rows.chunks(pass).enumerate() {
-                            let i0 = t * ROW_TILE + q * pass;
+                            let i0 = t * tile + q * pass;
                             // Safety: `wg` is one whole group of `nsb` super-blocks, the
                             // activation rows are `nsb · 256` wide, `flavour` runs on this CPU
                             // (`available`), and the writes stay in rows i0.. < m and in
@@ -288,25 +312,43 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
     }
 }
 
-/// One 8-row AVX2 K-format group `wg` unpacked into `buf` (grown to fit); its start.
-fn unpack_group(kind: QKind, wg: &[u8], nsb: usize, buf: &mut Vec<u8>) -> *const u8 {
+/// One K-format group `wg` unpacked for `flavour`'s unpacked kernels into `buf` (grown to
+/// fit); its start.
+fn unpack_group(
+    flavour: Flavour,
+    kind: QKind,
+    wg: &[u8],
+    nsb: usize,
+    buf: &mut Vec<u8>,
+) -> *const u8 {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::x86::k256;
-        let sb = match kind {
-            QKind::Q6K => k256::Q6_UNPACKED_SB,
-            _ => k256::Q45_UNPACKED_SB,
+        use super::x86::{k256, k512};
+        let sb = match (flavour, kind) {
+            (Flavour::Avx2, QKind::Q6K) => k256::Q6_UNPACKED_SB,
+            (Flavour::Avx2, _) => k256::Q45_UNPACKED_SB,
+            (Flavour::Avx512Vnni, QKind::Q6K) => k512::Q6_UNPACKED_SB,
+            (Flavour::Avx512Vnni, QKind::Q5K) => k512::Q45_UNPACKED_SB,
+            _ => unreachable!("no unpacked {flavour:?} kernels for {kind:?}"),
         };
         buf.resize(nsb * sb, 0);
-        assert!(wg.len() >= nsb * krepack::group_superblock_bytes(kind, 8));
-        // Safety: `wg` holds `nsb` whole 8-row super-blocks of `kind` (asserted), `buf` the
-        // unpacked size, and the caller runs the AVX2 flavour (so this CPU has AVX2).
+        assert!(wg.len() >= nsb * krepack::group_superblock_bytes(kind, flavour.group()));
+        // Safety: `wg` holds `nsb` whole super-blocks of `kind` in `flavour`'s groups
+        // (asserted), `buf` the unpacked size, and the caller runs `flavour` (so this CPU has
+        // its features).
         unsafe {
-            match kind {
-                QKind::Q4K => k256::unpack_q45::<false>(wg.as_ptr(), nsb, buf.as_mut_ptr()),
-                QKind::Q5K => k256::unpack_q45::<true>(wg.as_ptr(), nsb, buf.as_mut_ptr()),
-                QKind::Q6K => k256::unpack_q6(wg.as_ptr(), nsb, buf.as_mut_ptr()),
-                _ => unreachable!("{kind:?} is not a K format"),
+            match (flavour, kind) {
+                (Flavour::Avx2, QKind::Q4K) => {
+                    k256::unpack_q45::<false>(wg.as_ptr(), nsb, buf.as_mut_ptr())
+                }
+                (Flavour::Avx2, QKind::Q5K) => {
+                    k256::unpack_q45::<true>(wg.as_ptr(), nsb, buf.as_mut_ptr())
+                }
+                (Flavour::Avx2, _) => k256::unpack_q6(wg.as_ptr(), nsb, buf.as_mut_ptr()),
+                (Flavour::Avx512Vnni, QKind::Q5K) => {
+                    k512::unpack_q45::<true>(wg.as_ptr(), nsb, buf.as_mut_ptr())
+                }
+                _ => k512::unpack_q6(wg.as_ptr(), nsb, buf.as_mut_ptr()),
             }
         }
         buf.as_ptr()
@@ -314,7 +356,7 @@ fn unpack_group(kind: QKind, wg: &[u8], nsb: usize, buf: &mut Vec<u8>) -> *const
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (wg, nsb, buf);
-        unreachable!("{kind:?}: groups unpack only where the x86 kernels run")
+        unreachable!("{flavour:?} {kind:?}: groups unpack only where the x86 kernels run")
     }
 }
 
@@ -367,21 +409,36 @@ unsafe fn gemm_group(
         }
         if let Some(u) = unpacked {
             macro_rules! unpacked_rows {
-                ($f:ident $(, $p:tt)*) => {
+                ($m:ident::$f:ident; $($r:literal)*) => {
                     match acts.len() {
-                        1 => k256::$f::<1 $(, $p)*>(w, u, nsb, acts, out, ld),
-                        2 => k256::$f::<2 $(, $p)*>(w, u, nsb, acts, out, ld),
-                        3 => k256::$f::<3 $(, $p)*>(w, u, nsb, acts, out, ld),
-                        4 => k256::$f::<4 $(, $p)*>(w, u, nsb, acts, out, ld),
+                        $($r => $m::$f::<$r>(w, u, nsb, acts, out, ld),)*
+                        r => unreachable!("{r} activation rows in one pass"),
+                    }
+                };
+                ($m:ident::$f:ident, $p:tt; $($r:literal)*) => {
+                    match acts.len() {
+                        $($r => $m::$f::<$r, $p>(w, u, nsb, acts, out, ld),)*
                         r => unreachable!("{r} activation rows in one pass"),
                     }
                 };
             }
-            match kind {
-                QKind::Q4K => unpacked_rows!(gemm_q45_k_8x4_unpacked, false),
-                QKind::Q5K => unpacked_rows!(gemm_q45_k_8x4_unpacked, true),
-                QKind::Q6K => unpacked_rows!(gemm_q6_k_8x4_unpacked),
-                _ => unreachable!("{kind:?} is not a K format"),
+            match (flavour, kind) {
+                (Flavour::Avx512Vnni, QKind::Q6K) => {
+                    unpacked_rows!(k512::gemm_q6_k_16x8_unpacked_vnni; 1 2 3 4 5 6 7 8)
+                }
+                (Flavour::Avx512Vnni, QKind::Q5K) => {
+                    unpacked_rows!(k512::gemm_q45_k_16x8_unpacked_vnni, true; 1 2 3 4 5 6 7 8)
+                }
+                (Flavour::Avx2, QKind::Q4K) => {
+                    unpacked_rows!(k256::gemm_q45_k_8x4_unpacked, false; 1 2 3 4)
+                }
+                (Flavour::Avx2, QKind::Q5K) => {
+                    unpacked_rows!(k256::gemm_q45_k_8x4_unpacked, true; 1 2 3 4)
+                }
+                (Flavour::Avx2, QKind::Q6K) => {
+                    unpacked_rows!(k256::gemm_q6_k_8x4_unpacked; 1 2 3 4)
+                }
+                _ => unreachable!("no unpacked {flavour:?} kernels for {kind:?}"),
             }
             return;
         }

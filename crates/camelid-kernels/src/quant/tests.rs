@@ -323,12 +323,17 @@ fn k_kernels_agree_with_the_scalar_reference() {
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
         // Every pass width (1–9 rows), several row tiles and the parallel path (133 rows),
-        // whole and padded groups; tiles long enough for the AVX2 kernels to run on
-        // unpacked groups (Q5_K and Q6_K from 16 rows, Q4_K 64), one of them with a padded group.
-        let shapes =
-            (1..=9)
-                .map(|m| (m, 48))
-                .chain([(133, 96), (133, 40), (1, 1037), (20, 37), (70, 37)]);
+        // whole and padded groups; tiles long enough for the AVX2 and AVX-512 VNNI kernels to
+        // run on unpacked groups (AVX2: Q5_K and Q6_K from 16 rows, Q4_K 64; AVX-512 VNNI:
+        // Q6_K from 24, Q5_K 32), one of them with a padded group, and two unpacked tiles (300).
+        let shapes = (1..=9).map(|m| (m, 48)).chain([
+            (133, 96),
+            (133, 40),
+            (1, 1037),
+            (20, 37),
+            (70, 37),
+            (300, 24),
+        ]);
         for (m, n) in shapes {
             let k = 768;
             for extreme in [false, true] {
@@ -534,7 +539,8 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
         // Batches split into passes of every width: 3, 8 + 3, 8 + 5 (and AVX2's fours).
-        // 20 and 70 rows: AVX2's unpacked prompt tiles too.
+        // 20 and 70 rows: the unpacked prompt tiles too (AVX2's from 16 rows, AVX-512 VNNI's
+        // from 24 or 32).
         for (m, extreme) in [
             (3, false),
             (11, true),

@@ -87,7 +87,7 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * sb);
-        prefetch_ahead_k(blk, sb);
+        prefetch_ahead_k::<R>(blk, sb);
         let mut isum = [_mm256_setzero_si256(); R];
         for j in 0..8 {
             let c = j / 2;
@@ -273,7 +273,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * SB);
-        prefetch_ahead_k(blk, SB);
+        prefetch_ahead_k::<R>(blk, SB);
         let mut isum = [_mm256_setzero_si256(); R];
         for n in 0..2 {
             for h in 0..2 {

@@ -119,7 +119,7 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * sb);
-        prefetch_ahead_k(blk, sb);
+        prefetch_ahead_k::<R>(blk, sb);
         let mut isum = [_mm512_setzero_si512(); R];
         for j in 0..8 {
             let c = j / 2;
@@ -153,32 +153,141 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
                 }
             }
         }
-        let d = f16x16(blk);
-        let dmin = f16x16(blk.add(2 * G));
-        // Mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (no array `map`:
-        // it is not inlined into a `target_feature` function).
-        let mut mins = [_mm512_setzero_si512(); 4];
-        for (c, m) in mins.iter_mut().enumerate() {
-            let m0 = u8x16(blk.add(12 * G + G * 2 * c));
-            let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
-            *m = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
-        }
-        for i in 0..R {
-            let a = acts.get_unchecked(i);
-            let bs = a.bsums.as_ptr().add(b * 16);
-            let mut msum = _mm512_setzero_si512();
-            for (c, m) in mins.iter().enumerate() {
-                let s = |k: usize| *bs.add(2 * k) as i32 + *bs.add(2 * k + 1) as i32;
-                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*m, pair(s(2 * c), s(2 * c + 1))));
-            }
-            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(d, da), acc[i]);
-            acc[i] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), acc[i]);
-        }
+        q45_epilogue(blk, b, acts, &isum, &mut acc);
     }
     for (i, v) in acc.iter().enumerate() {
         _mm512_storeu_ps(out.add(i * ld), *v);
     }
+}
+
+/// The end of a Q4_K/Q5_K super-block `b` (packed at `blk`) for each activation row:
+/// `acc += d·da·isum − dmin·da·Σ_j m_j·Σa_j`.
+#[inline(always)]
+unsafe fn q45_epilogue<const R: usize>(
+    blk: *const u8,
+    b: usize,
+    acts: &[ActRow],
+    isum: &[__m512i; R],
+    acc: &mut [__m512; R],
+) {
+    let d = f16x16(blk);
+    let dmin = f16x16(blk.add(2 * G));
+    // Mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (no array `map`:
+    // it is not inlined into a `target_feature` function).
+    let mut mins = [_mm512_setzero_si512(); 4];
+    for (c, m) in mins.iter_mut().enumerate() {
+        let m0 = u8x16(blk.add(12 * G + G * 2 * c));
+        let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
+        *m = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
+    }
+    for (i, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
+        let a = acts.get_unchecked(i);
+        let bs = a.bsums.as_ptr().add(b * 16);
+        let mut msum = _mm512_setzero_si512();
+        for (c, m) in mins.iter().enumerate() {
+            let s = |k: usize| *bs.add(2 * k) as i32 + *bs.add(2 * k + 1) as i32;
+            msum = _mm512_add_epi32(msum, _mm512_madd_epi16(*m, pair(s(2 * c), s(2 * c + 1))));
+        }
+        let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isum), _mm512_mul_ps(d, da), *acc);
+        *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), *acc);
+    }
+}
+
+/// Bytes of one Q4_K/Q5_K super-block of a 16-row group unpacked by [`unpack_q45`]: the 8
+/// sub-blocks' scales as i32 lanes (8 × 64), then the values a byte each in activation order
+/// (64 vectors of 64: four values of each row).
+pub const Q45_UNPACKED_SB: usize = 8 * 64 + 64 * 64;
+
+/// Unpacks `nsb` super-blocks of one 16-row Q4_K (`FIFTH = false`) or Q5_K group into `dst`
+/// (`nsb ·` [`Q45_UNPACKED_SB`] bytes): once per group and row tile, so a prompt's passes no
+/// longer select nibbles and fifth bits or widen the scales themselves. (`kgemm` unpacks
+/// Q5_K only: Q4_K's packed passes were as fast.)
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut u8) {
+    let sb = if FIFTH { 180 * G } else { 148 * G };
+    let qs_at = if FIFTH { 52 * G } else { 20 * G };
+    let mask = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    for b in 0..nsb {
+        let blk = w.add(b * sb);
+        let d = dst.add(b * Q45_UNPACKED_SB);
+        for j in 0..8 {
+            _mm512_storeu_si512(d.add(64 * j) as *mut _, u8x16(blk.add(4 * G + G * j)));
+        }
+        let vals = d.add(8 * 64);
+        for c in 0..4 {
+            for g in 0..8 {
+                let p = _mm512_loadu_si512(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
+                let mut lo = _mm512_and_si512(p, mask);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(p), mask);
+                if FIFTH {
+                    let qh = _mm512_loadu_si512(blk.add(20 * G + g * 4 * G) as *const _);
+                    let set_lo = _mm512_test_epi8_mask(qh, _mm512_set1_epi8(1 << (2 * c)));
+                    let set_hi =
+                        _mm512_test_epi8_mask(qh, _mm512_set1_epi8((1u8 << (2 * c + 1)) as i8));
+                    lo = _mm512_mask_add_epi8(lo, set_lo, lo, sixteen);
+                    hi = _mm512_mask_add_epi8(hi, set_hi, hi, sixteen);
+                }
+                // Sub-blocks 2c (low nibbles) and 2c + 1 (high).
+                _mm512_storeu_si512(vals.add((16 * c + g) * 64) as *mut _, lo);
+                _mm512_storeu_si512(vals.add((16 * c + 8 + g) * 64) as *mut _, hi);
+            }
+        }
+    }
+}
+
+/// [`q45_k`] with VNNI over a group unpacked by [`unpack_q45`] (`u`), its headers still read
+/// from the packed group `w`: per vector only the `vpdpbusd` of each row, per sub-block a
+/// scale product. The same i32 sums as [`q45_k`], so the same bits.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let sb = if FIFTH { 180 * G } else { 148 * G };
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nsb {
+        let ub = u.add(b * Q45_UNPACKED_SB);
+        let mut isum = [_mm512_setzero_si512(); R];
+        for j in 0..8 {
+            let mut t = [_mm512_setzero_si512(); R];
+            for g in 0..8 {
+                let q = _mm512_loadu_si512(ub.add(8 * 64 + (8 * j + g) * 64) as *const _);
+                let at = b * QK_K + 32 * j + 4 * g;
+                for i in 0..R {
+                    t[i] = dot4_at::<true>(t[i], q, acts.get_unchecked(i), at);
+                }
+            }
+            let sc = _mm512_loadu_si512(ub.add(64 * j) as *const _);
+            for i in 0..R {
+                isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
+            }
+        }
+        q45_epilogue(w.add(b * sb), b, acts, &isum, &mut acc);
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// See `quant::kgemm`: one unpacked Q4_K (`FIFTH = false`) or Q5_K group of 16 rows × `R`
+/// activation rows, VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_q45_k_16x8_unpacked_vnni<const R: usize, const FIFTH: bool>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q45_k_unpacked_vnni::<R, FIFTH>(w, u, nsb, acts, out, ld)
 }
 
 /// The 6-bit values of one Q6_K four-value step of a 16-row group (`krepack`'s three vectors
@@ -222,7 +331,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * SB);
-        prefetch_ahead_k(blk, SB);
+        prefetch_ahead_k::<R>(blk, SB);
         let mut isum = [_mm512_setzero_si512(); R];
         for n in 0..2 {
             for h in 0..2 {
@@ -260,18 +369,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
         // each lane).
         let mut off = [_mm512_setzero_si512(); R];
         for p in 0..if VNNI { 0 } else { 8 } {
-            let s0 = _mm512_and_si512(i8x16(blk.add(2 * G + G * 2 * p)), _mm512_set1_epi32(0xFFFF));
-            let sc = _mm512_or_si512(
-                s0,
-                _mm512_slli_epi32::<16>(i8x16(blk.add(2 * G + G * (2 * p + 1)))),
-            );
-            for i in 0..R {
-                let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
-                off[i] = _mm512_add_epi32(
-                    off[i],
-                    _mm512_madd_epi16(sc, pair(*bs as i32, *bs.add(1) as i32)),
-                );
-            }
+            q6_offset(q6_scale_pair(blk, p), b, p, acts, &mut off);
         }
         let d = f16x16(blk);
         for i in 0..R {
@@ -284,6 +382,133 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
     for (i, v) in acc.iter().enumerate() {
         _mm512_storeu_ps(out.add(i * ld), *v);
     }
+}
+
+/// The scales of Q6_K sub-blocks `2p` and `2p + 1` of the super-block at `blk`, in the i16
+/// halves of each row's lane.
+#[inline(always)]
+unsafe fn q6_scale_pair(blk: *const u8, p: usize) -> __m512i {
+    let s0 = _mm512_and_si512(i8x16(blk.add(2 * G + G * 2 * p)), _mm512_set1_epi32(0xFFFF));
+    _mm512_or_si512(
+        s0,
+        _mm512_slli_epi32::<16>(i8x16(blk.add(2 * G + G * (2 * p + 1)))),
+    )
+}
+
+/// `off[i] += sc_2p·Σa_2p + sc_2p+1·Σa_2p+1` of super-block `b` for each activation row, from
+/// [`q6_scale_pair`]'s `pair`: the sums the −32 of Q6_K's values is scaled by.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `acts` and `off` indexed by the same row
+unsafe fn q6_offset<const R: usize>(
+    pair: __m512i,
+    b: usize,
+    p: usize,
+    acts: &[ActRow],
+    off: &mut [__m512i; R],
+) {
+    for i in 0..R {
+        // The two i16 block sums, read as one i32: (low, high) as `madd` pairs them.
+        let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
+        let sums = _mm512_set1_epi32((bs as *const i32).read_unaligned());
+        off[i] = _mm512_add_epi32(off[i], _mm512_madd_epi16(pair, sums));
+    }
+}
+
+/// Bytes of one Q6_K super-block of a 16-row group unpacked by [`unpack_q6`]: the 16
+/// sub-blocks' scales as i32 lanes (16 × 64), [`q6_scale_pair`]'s pairs (8 × 64), then the
+/// values 0..63 a byte each in activation order (64 vectors of 64: four values of each row).
+pub const Q6_UNPACKED_SB: usize = 16 * 64 + 8 * 64 + 64 * 64;
+
+/// Unpacks `nsb` super-blocks of one 16-row Q6_K group into `dst` (`nsb ·` [`Q6_UNPACKED_SB`]
+/// bytes): once per group and row tile, so a prompt's passes no longer join the low and high
+/// bits or widen the scales themselves.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
+    const SB: usize = 210 * G;
+    for b in 0..nsb {
+        let blk = w.add(b * SB);
+        let d = dst.add(b * Q6_UNPACKED_SB);
+        for s in 0..16 {
+            _mm512_storeu_si512(d.add(64 * s) as *mut _, i8x16(blk.add(2 * G + G * s)));
+        }
+        for p in 0..8 {
+            _mm512_storeu_si512(d.add(1024 + 64 * p) as *mut _, q6_scale_pair(blk, p));
+        }
+        let vals = d.add(1536);
+        for n in 0..2 {
+            for g in 0..8 {
+                let q = q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
+                // Vector k: the values at activation 128n + 32k + 4g.
+                for (k, qk) in q.iter().enumerate() {
+                    _mm512_storeu_si512(vals.add((32 * n + 8 * k + g) * 64) as *mut _, *qk);
+                }
+            }
+        }
+    }
+}
+
+/// [`q6_k_vnni`] over a group unpacked by [`unpack_q6`] (`u`), its `d` still read from the
+/// packed group `w`: per vector only the `vpdpbusd` of each row, per sub-block a scale
+/// product, and the −32 once a super-block (as [`q6_k`] without VNNI). The i32 totals are the
+/// same numbers, so the results are the same bits.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q6_k_unpacked_vnni<const R: usize>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    const SB: usize = 210 * G;
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nsb {
+        let ub = u.add(b * Q6_UNPACKED_SB);
+        let vals = ub.add(1536);
+        let mut isum = [_mm512_setzero_si512(); R];
+        for s in 0..16 {
+            let mut t = [_mm512_setzero_si512(); R];
+            for v in 4 * s..4 * s + 4 {
+                let q = _mm512_loadu_si512(vals.add(64 * v) as *const _);
+                let at = b * QK_K + 4 * v;
+                for i in 0..R {
+                    t[i] = dot4_at::<true>(t[i], q, acts.get_unchecked(i), at);
+                }
+            }
+            let sc = _mm512_loadu_si512(ub.add(64 * s) as *const _);
+            for i in 0..R {
+                isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
+            }
+        }
+        let mut off = [_mm512_setzero_si512(); R];
+        for p in 0..8 {
+            let pair = _mm512_loadu_si512(ub.add(1024 + 64 * p) as *const _);
+            q6_offset(pair, b, p, acts, &mut off);
+        }
+        let d = f16x16(w.add(b * SB));
+        for i in 0..R {
+            let total = _mm512_sub_epi32(isum[i], _mm512_slli_epi32::<5>(off[i]));
+            let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// See `quant::kgemm`: one unpacked Q6_K group of 16 rows × `R` activation rows, VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_q6_k_16x8_unpacked_vnni<const R: usize>(
+    w: *const u8,
+    u: *const u8,
+    nsb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q6_k_unpacked_vnni::<R>(w, u, nsb, acts, out, ld)
 }
 
 /// One of [`q6_values`]' four vectors alone: the values `128n + 32k + 4g..` of each row.
@@ -320,7 +545,7 @@ unsafe fn q6_k_vnni<const R: usize>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let blk = w.add(b * SB);
-        prefetch_ahead_k(blk, SB);
+        prefetch_ahead_k::<R>(blk, SB);
         let mut isum = [_mm512_setzero_si512(); R];
         macro_rules! sub_block {
             ($n:expr, $h:expr, $k:literal) => {{

@@ -27,25 +27,36 @@ unsafe fn prefetch_ahead<const R: usize>(blk: *const u8, bytes: usize) {
     if R == 1 && crate::cpu_features::lean_on_hardware_prefetch() {
         return;
     }
-    prefetch_lines(blk, bytes)
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(blk, PREFETCH_BYTES, bytes)
 }
 
-/// The K formats' prefetch: as [`prefetch_ahead`], skipped in every pass where the hardware
-/// prefetcher streams alone (there a K-format decode ran 1.25–1.7× faster without it at 1 and
-/// 8 clients, and prompts no slower; benches/README, Session 34).
+/// How far ahead the K formats' passes of several rows prefetch into L2 where the hardware
+/// prefetcher streams alone (AMD): it keeps a lone row fed, but passes of several rows, which
+/// spend several times as long on each line, still waited on memory. Measured on Zen 4
+/// (`qgemm_bench 2`, 2048 columns, weights from DRAM, alternating): 8 rows Q4_K 1.45–1.5×,
+/// Q5_K 1.3×, Q6_K 1.2–1.3×, 4 rows 1.25–1.45×, 2 rows 1.0–1.2×, 16 rows 1.05–1.2× against
+/// no prefetch; 2 KiB ahead into L1 was 0.8–0.95×, 4 KiB 1.25×, 16–32 KiB 1.3–1.4×, the
+/// `T2` hint as `T1`, `NTA` 0.9×.
+const L2_PREFETCH_BYTES: usize = 8192;
+
+/// The K formats' prefetch: on Intel as [`prefetch_ahead`]'s (every pass); where the hardware
+/// prefetcher streams alone none for a lone row (it ran 1.25–1.7× faster without: benches/
+/// README, Session 34) and [`L2_PREFETCH_BYTES`] ahead into L2 for several rows.
 #[inline(always)]
-unsafe fn prefetch_ahead_k(blk: *const u8, bytes: usize) {
-    if crate::cpu_features::lean_on_hardware_prefetch() {
-        return;
+unsafe fn prefetch_ahead_k<const R: usize>(blk: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1};
+    if !crate::cpu_features::lean_on_hardware_prefetch() {
+        prefetch_lines::<_MM_HINT_T0>(blk, PREFETCH_BYTES, bytes)
+    } else if R > 1 {
+        prefetch_lines::<_MM_HINT_T1>(blk, L2_PREFETCH_BYTES, bytes)
     }
-    prefetch_lines(blk, bytes)
 }
 
+/// Prefetches (with `HINT`) the `bytes` after `blk + ahead`, one cache line at a time.
 #[inline(always)]
-unsafe fn prefetch_lines(blk: *const u8, bytes: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    let at = blk.wrapping_add(PREFETCH_BYTES);
+unsafe fn prefetch_lines<const HINT: i32>(blk: *const u8, ahead: usize, bytes: usize) {
+    let at = blk.wrapping_add(ahead);
     for line in (0..bytes + 63).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line) as *const i8);
+        std::arch::x86_64::_mm_prefetch::<HINT>(at.wrapping_add(line) as *const i8);
     }
 }
