@@ -142,7 +142,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             run_split(n, blocks, work);
         }
         Layout::Interleaved { data, .. } if flavour == Flavour::Amx => {
-            matmul_k_amx(w, acts, &rows, data, out)
+            matmul_k_amx(w, &rows, data, out)
         }
         Layout::Interleaved { group, data } => {
             let g = *group;
@@ -226,7 +226,7 @@ thread_local! {
 /// super-block over [`AMX_GROUPS`] of its groups before the next (those bytes stay in L2),
 /// unpacking one group's super-block at a time (`amx::unpack_*`, in L1 while every
 /// activation row runs over it).
-fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
+fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::amx::{self, G};
@@ -249,7 +249,7 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
         for (b, dst) in packed_buf.chunks_exact_mut(m_pad * QK_K / 64).enumerate() {
             for (r, row) in dst.chunks_exact_mut(QK_K / 64).take(m).enumerate() {
                 for (l, line) in row.iter_mut().enumerate() {
-                    let src = &acts.qs[r * cols + b * QK_K + 64 * l..][..64];
+                    let src = &rows[r].qs[b * QK_K + 64 * l..][..64];
                     // i8 → u8 bit for bit: the tiles read them as signed bytes.
                     line.0.copy_from_slice(i8_as_u8(src));
                 }
@@ -307,7 +307,7 @@ fn matmul_k_amx(w: &QWeight, acts: &QActs, rows: &[ActRow], data: &[u8], out: &m
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (w, acts, rows, data, out);
+        let _ = (w, rows, data, out);
         unreachable!("AMX kernels are x86 only")
     }
 }

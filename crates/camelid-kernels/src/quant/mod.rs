@@ -127,6 +127,8 @@ pub struct QActs {
     format: ActFormat,
     cols: usize,
     rows: usize,
+    /// Row `i`'s bytes start at `qs[i · stride]`: `cols` + [`ROW_PAD`].
+    stride: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
@@ -136,6 +138,13 @@ pub struct QActs {
     /// (summed here once per row rather than in every kernel pass).
     pairs: Vec<i32>,
 }
+
+/// Bytes between one quantized activation row's end and the next one's start. A kernel pass
+/// reads 8 rows side by side; `cols` apart, at 2048 or 8192 columns (a 1B model's widths),
+/// their bytes at the same column fall into the same L1 sets (4 KiB apart), and 8 rows plus
+/// the weights' lines overflow a set's 8 ways: a pass of 32 `vpdpbusd` per sub-block ran at
+/// 75 cycles instead of 40 (benches/README, Session 35).
+const ROW_PAD: usize = 64;
 
 /// Rows at or above which quantizing is split over threads.
 const QUANTIZE_PARALLEL_ROWS: usize = 16;
@@ -169,23 +178,29 @@ impl QActs {
         self.format = ActFormat::Q8;
         self.rows = rows;
         self.cols = cols;
-        self.qs.resize(rows * cols, 0);
+        let stride = cols + ROW_PAD;
+        self.stride = stride;
+        self.qs.resize(rows * stride, 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
+        let nbr = cols / BLOCK;
         let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]| {
-            #[cfg(target_arch = "x86_64")]
-            if crate::cpu_features::avx2() {
-                // Safety: the CPU has AVX2 (and FMA, F16C).
-                unsafe { x86::avx2::quantize_blocks(x, qs, d, s) };
-                return;
+            let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
+            for ((x, qs), (d, s)) in rows.zip(d.chunks_mut(nbr).zip(s.chunks_mut(nbr))) {
+                let qs = &mut qs[..cols];
+                #[cfg(target_arch = "x86_64")]
+                if crate::cpu_features::avx2() {
+                    // Safety: the CPU has AVX2 (and FMA, F16C).
+                    unsafe { x86::avx2::quantize_blocks(x, qs, d, s) };
+                    continue;
+                }
+                quantize_blocks_scalar(x, qs, d, s);
             }
-            quantize_blocks_scalar(x, qs, d, s);
         };
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
-            let nbr = cols / BLOCK;
             let per = rows.div_ceil(rayon::current_num_threads());
             x.par_chunks(per * cols)
-                .zip(self.qs.par_chunks_mut(per * cols))
+                .zip(self.qs.par_chunks_mut(per * stride))
                 .zip(self.d.par_chunks_mut(per * nbr))
                 .zip(self.s.par_chunks_mut(per * nbr))
                 .for_each(|(((x, qs), d), s)| quantize_rows(x, qs, d, s));
@@ -202,24 +217,30 @@ impl QActs {
         self.format = ActFormat::Q8K;
         self.rows = rows;
         self.cols = cols;
-        self.qs.resize(rows * cols, 0);
+        let stride = cols + ROW_PAD;
+        self.stride = stride;
+        self.qs.resize(rows * stride, 0);
         self.d.resize(nb, 0.0);
         self.s.clear();
         self.bsums.resize(nb * 16, 0);
+        let nbr = cols / QK_K;
         let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16]| {
-            #[cfg(target_arch = "x86_64")]
-            if crate::cpu_features::avx2() {
-                // Safety: the CPU has AVX2 (and FMA, F16C).
-                unsafe { x86::avx2::quantize_q8k(x, qs, d, bs) };
-                return;
+            let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
+            for ((x, qs), (d, bs)) in rows.zip(d.chunks_mut(nbr).zip(bs.chunks_mut(nbr * 16))) {
+                let qs = &mut qs[..cols];
+                #[cfg(target_arch = "x86_64")]
+                if crate::cpu_features::avx2() {
+                    // Safety: the CPU has AVX2 (and FMA, F16C).
+                    unsafe { x86::avx2::quantize_q8k(x, qs, d, bs) };
+                    continue;
+                }
+                quantize_q8k_scalar(x, qs, d, bs);
             }
-            quantize_q8k_scalar(x, qs, d, bs);
         };
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
-            let nbr = cols / QK_K;
             let per = rows.div_ceil(rayon::current_num_threads());
             x.par_chunks(per * cols)
-                .zip(self.qs.par_chunks_mut(per * cols))
+                .zip(self.qs.par_chunks_mut(per * stride))
                 .zip(self.d.par_chunks_mut(per * nbr))
                 .zip(self.bsums.par_chunks_mut(per * nbr * 16))
                 .for_each(|(((x, qs), d), bs)| quantize_rows(x, qs, d, bs));
@@ -239,7 +260,7 @@ impl QActs {
     }
 
     fn row(&self, i: usize) -> ActRow<'_> {
-        let qs = &self.qs[i * self.cols..(i + 1) * self.cols];
+        let qs = &self.qs[i * self.stride..][..self.cols];
         match self.format {
             ActFormat::Q8 => {
                 let nb = self.cols / BLOCK;
