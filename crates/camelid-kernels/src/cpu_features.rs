@@ -112,12 +112,12 @@ pub fn amx_bf16() -> bool {
 }
 
 /// Whether the quantized kernels leave streaming their weights to the hardware prefetcher
-/// where software prefetches cost more than they bring (`quant::x86`: a lone row's pass, and
-/// every K-format pass). On Intel's cores the kernels waited on memory without software
-/// prefetches; on AMD Zen 4 the hardware prefetcher streams the weights alone, and the
-/// software prefetches made a lone row's pass up to ~2.3× slower (Q4_1, Q4_K; benches/README,
-/// Session 34). So: yes on AMD (and Hygon), no elsewhere; `CAMELID_HARDWARE_PREFETCH=1` or
-/// `=0` says which.
+/// where software prefetches cost more than they bring (`quant::x86`: a lone row's pass; the
+/// K formats' passes of several rows prefetch into L2 instead, farther ahead). On Intel's
+/// cores the kernels waited on memory without software prefetches; on AMD Zen 4 the hardware
+/// prefetcher streams the weights alone, and the software prefetches made a lone row's pass
+/// up to ~2.3× slower (Q4_1, Q4_K; benches/README, Sessions 34 and 35). So: yes on AMD (and
+/// Hygon), no elsewhere; `CAMELID_HARDWARE_PREFETCH=1` or `=0` says which.
 pub fn lean_on_hardware_prefetch() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();

@@ -42,11 +42,12 @@ fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
     }
 }
 
-/// Activation rows a row tile takes where its passes run on unpacked groups: each group is
-/// unpacked once a tile, and more rows repay it better (the rows' activations are read
-/// sequentially, a pass's few rows at a time, so they need not stay in L2). Measured
-/// (`qgemm_bench 1 q6_k`, 2048 columns, 256 and 512 rows, alternating): 256-row tiles 1.03–1.07×
-/// 64-row ones with AVX-512 VNNI, 1.0–1.1× with AVX2.
+/// Activation rows a row tile takes where its AVX-512 VNNI passes run on unpacked groups: each
+/// group is unpacked once a tile, and more rows repay it better (the rows' activations are
+/// read sequentially, a pass's few rows at a time, so they need not stay in L2). Measured
+/// (`qgemm_bench 1 q6_k`, 2048 columns, 256 and 512 rows, alternating): 256-row tiles
+/// 1.03–1.07× 64-row ones. (AVX2's keep [`ROW_TILE`]: its Q6_K gained 1.03–1.1×, Q5_K
+/// nothing, Q4_K was not measured.)
 const UNPACKED_ROW_TILE: usize = 256;
 
 /// Which kernels run a K-format matmul.
@@ -150,16 +151,16 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, g);
             let pass = rows_per_pass(g);
             let unpack_from = unpack_min_rows(flavour, w.kind).unwrap_or(usize::MAX);
+            let tile = if flavour == Flavour::Avx512Vnni && m >= unpack_from {
+                UNPACKED_ROW_TILE
+            } else {
+                ROW_TILE
+            };
             let work = |g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.
                 let mut tail = [0f32; 8 * 16];
                 // This task's unpacked group (allocated at the first tile that unpacks).
                 let mut unpacked: Vec<u8> = Vec::new();
-                let tile = if m >= unpack_from {
-                    UNPACKED_ROW_TILE
-                } else {
-                    ROW_TILE
-                };
                 for (t, tile_rows) in rows.chunks(tile).enumerate() {
                     let unpack = tile_rows.len() >= unpack_from;
                     for gi in g0..g1 {
@@ -348,7 +349,10 @@ fn unpack_group(
                 (Flavour::Avx512Vnni, QKind::Q5K) => {
                     k512::unpack_q45::<true>(wg.as_ptr(), nsb, buf.as_mut_ptr())
                 }
-                _ => k512::unpack_q6(wg.as_ptr(), nsb, buf.as_mut_ptr()),
+                (Flavour::Avx512Vnni, QKind::Q6K) => {
+                    k512::unpack_q6(wg.as_ptr(), nsb, buf.as_mut_ptr())
+                }
+                _ => unreachable!("no unpacked {flavour:?} kernels for {kind:?}"),
             }
         }
         buf.as_ptr()
@@ -361,8 +365,8 @@ fn unpack_group(
 }
 
 /// One interleaved group times up to [`rows_per_pass`] activation rows: `out[i · ld + 0..g]`.
-/// With `unpacked` (an AVX2 Q4_K/Q5_K group from [`unpack_group`]) the kernels read its values
-/// there.
+/// With `unpacked` (the group from [`unpack_group`]: AVX2's, or AVX-512 VNNI's Q5_K/Q6_K) the
+/// kernels read its values there.
 ///
 /// # Safety
 /// See the call in [`matmul_k_with`].

@@ -173,7 +173,7 @@ impl QActs {
     /// reference and `cvtps2dq` do: the SIMD and scalar paths give identical bytes).
     pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize) {
         assert_eq!(x.len(), rows * cols);
-        assert_eq!(cols % BLOCK, 0);
+        assert!(cols > 0 && cols.is_multiple_of(BLOCK), "{cols} columns");
         let nb = rows * cols / BLOCK;
         self.format = ActFormat::Q8;
         self.rows = rows;
@@ -212,7 +212,7 @@ impl QActs {
     /// [`Self::quantize_into`] for the K formats: Q8_K blocks of 256 (`cols` a multiple).
     pub fn quantize_q8k_into(&mut self, x: &[f32], rows: usize, cols: usize) {
         assert_eq!(x.len(), rows * cols);
-        assert_eq!(cols % QK_K, 0);
+        assert!(cols > 0 && cols.is_multiple_of(QK_K), "{cols} columns");
         let nb = rows * cols / QK_K;
         self.format = ActFormat::Q8K;
         self.rows = rows;

@@ -326,7 +326,8 @@ fn k_kernels_agree_with_the_scalar_reference() {
         // Every pass width (1–9 rows), several row tiles and the parallel path (133 rows),
         // whole and padded groups; tiles long enough for the AVX2 and AVX-512 VNNI kernels to
         // run on unpacked groups (AVX2: Q5_K and Q6_K from 16 rows, Q4_K 64; AVX-512 VNNI:
-        // Q6_K from 24, Q5_K 32), one of them with a padded group, and two unpacked tiles (300).
+        // Q6_K from 24, Q5_K 32: 25–35 rows end on passes of every width), one of them with a
+        // padded group, two unpacked AVX-512 tiles (300) and one too short to unpack (257).
         let shapes = (1..=9).map(|m| (m, 48)).chain([
             (133, 96),
             (133, 40),
@@ -334,6 +335,13 @@ fn k_kernels_agree_with_the_scalar_reference() {
             (20, 37),
             (70, 37),
             (300, 24),
+            (257, 24),
+            (25, 37),
+            (26, 37),
+            (27, 37),
+            (31, 37),
+            (33, 37),
+            (35, 37),
         ]);
         for (m, n) in shapes {
             let k = 768;
@@ -549,6 +557,7 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
             (13, true),
             (20, false),
             (70, true),
+            (40, false),
         ] {
             let (n, k) = (37, 512);
             // As `k_case`, with the activations kept to quantize each row alone too.

@@ -1,7 +1,8 @@
 //! The K formats' 16-row kernels (AVX-512BW), with `vpdpbusd` where AVX-512 VNNI is present.
 //! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..16]` for activation
 //! row `i` (Q4_K/Q5_K: at most 8 rows, Q6_K 4, or 8 with VNNI one sub-block at a time: with
-//! their sums and accumulators, 24 of the 32 registers).
+//! their sums and accumulators, 24 of the 32 registers). With VNNI, prompts' Q5_K and Q6_K
+//! passes run on groups unpacked to a byte a value (`unpack_q45`, `unpack_q6`; 8 rows).
 
 use super::prefetch_ahead_k;
 use crate::quant::{ActRow, QK_K};
@@ -197,7 +198,9 @@ unsafe fn q45_epilogue<const R: usize>(
 /// Bytes of one Q4_K/Q5_K super-block of a 16-row group unpacked by [`unpack_q45`]: the 8
 /// sub-blocks' scales as i32 lanes (8 × 64), then the values a byte each in activation order
 /// (64 vectors of 64: four values of each row).
-pub const Q45_UNPACKED_SB: usize = 8 * 64 + 64 * 64;
+pub const Q45_UNPACKED_SB: usize = Q45_VALUES_AT + 64 * 64;
+/// Where [`unpack_q45`]'s values start in an unpacked super-block (after the scales).
+const Q45_VALUES_AT: usize = 8 * 64;
 
 /// Unpacks `nsb` super-blocks of one 16-row Q4_K (`FIFTH = false`) or Q5_K group into `dst`
 /// (`nsb ·` [`Q45_UNPACKED_SB`] bytes): once per group and row tile, so a prompt's passes no
@@ -215,7 +218,7 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
         for j in 0..8 {
             _mm512_storeu_si512(d.add(64 * j) as *mut _, u8x16(blk.add(4 * G + G * j)));
         }
-        let vals = d.add(8 * 64);
+        let vals = d.add(Q45_VALUES_AT);
         for c in 0..4 {
             for g in 0..8 {
                 let p = _mm512_loadu_si512(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
@@ -258,7 +261,7 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
         for j in 0..8 {
             let mut t = [_mm512_setzero_si512(); R];
             for g in 0..8 {
-                let q = _mm512_loadu_si512(ub.add(8 * 64 + (8 * j + g) * 64) as *const _);
+                let q = _mm512_loadu_si512(ub.add(Q45_VALUES_AT + (8 * j + g) * 64) as *const _);
                 let at = b * QK_K + 32 * j + 4 * g;
                 for i in 0..R {
                     t[i] = dot4_at::<true>(t[i], q, acts.get_unchecked(i), at);
@@ -369,7 +372,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
         // each lane).
         let mut off = [_mm512_setzero_si512(); R];
         for p in 0..if VNNI { 0 } else { 8 } {
-            q6_offset(q6_scale_pair(blk, p), b, p, acts, &mut off);
+            q6_scaled_bsums(q6_scale_pair(blk, p), b, p, acts, &mut off);
         }
         let d = f16x16(blk);
         for i in 0..R {
@@ -396,11 +399,11 @@ unsafe fn q6_scale_pair(blk: *const u8, p: usize) -> __m512i {
 }
 
 /// `off[i] += sc_2p·Σa_2p + sc_2p+1·Σa_2p+1` of super-block `b` for each activation row, from
-/// [`q6_scale_pair`]'s `pair`: the sums the −32 of Q6_K's values is scaled by.
+/// [`q6_scale_pair`]'s `scales`: the sums the −32 of Q6_K's values is scaled by.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `acts` and `off` indexed by the same row
-unsafe fn q6_offset<const R: usize>(
-    pair: __m512i,
+unsafe fn q6_scaled_bsums<const R: usize>(
+    scales: __m512i,
     b: usize,
     p: usize,
     acts: &[ActRow],
@@ -410,14 +413,18 @@ unsafe fn q6_offset<const R: usize>(
         // The two i16 block sums, read as one i32: (low, high) as `madd` pairs them.
         let bs = acts.get_unchecked(i).bsums.as_ptr().add(b * 16 + 2 * p);
         let sums = _mm512_set1_epi32((bs as *const i32).read_unaligned());
-        off[i] = _mm512_add_epi32(off[i], _mm512_madd_epi16(pair, sums));
+        off[i] = _mm512_add_epi32(off[i], _mm512_madd_epi16(scales, sums));
     }
 }
 
 /// Bytes of one Q6_K super-block of a 16-row group unpacked by [`unpack_q6`]: the 16
 /// sub-blocks' scales as i32 lanes (16 × 64), [`q6_scale_pair`]'s pairs (8 × 64), then the
 /// values 0..63 a byte each in activation order (64 vectors of 64: four values of each row).
-pub const Q6_UNPACKED_SB: usize = 16 * 64 + 8 * 64 + 64 * 64;
+pub const Q6_UNPACKED_SB: usize = Q6_VALUES_AT + 64 * 64;
+/// Where [`unpack_q6`]'s scale pairs start in an unpacked super-block.
+const Q6_PAIRS_AT: usize = 16 * 64;
+/// Where its values start.
+const Q6_VALUES_AT: usize = Q6_PAIRS_AT + 8 * 64;
 
 /// Unpacks `nsb` super-blocks of one 16-row Q6_K group into `dst` (`nsb ·` [`Q6_UNPACKED_SB`]
 /// bytes): once per group and row tile, so a prompt's passes no longer join the low and high
@@ -432,9 +439,9 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
             _mm512_storeu_si512(d.add(64 * s) as *mut _, i8x16(blk.add(2 * G + G * s)));
         }
         for p in 0..8 {
-            _mm512_storeu_si512(d.add(1024 + 64 * p) as *mut _, q6_scale_pair(blk, p));
+            _mm512_storeu_si512(d.add(Q6_PAIRS_AT + 64 * p) as *mut _, q6_scale_pair(blk, p));
         }
-        let vals = d.add(1536);
+        let vals = d.add(Q6_VALUES_AT);
         for n in 0..2 {
             for g in 0..8 {
                 let q = q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
@@ -465,7 +472,7 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nsb {
         let ub = u.add(b * Q6_UNPACKED_SB);
-        let vals = ub.add(1536);
+        let vals = ub.add(Q6_VALUES_AT);
         let mut isum = [_mm512_setzero_si512(); R];
         for s in 0..16 {
             let mut t = [_mm512_setzero_si512(); R];
@@ -483,8 +490,8 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
         }
         let mut off = [_mm512_setzero_si512(); R];
         for p in 0..8 {
-            let pair = _mm512_loadu_si512(ub.add(1024 + 64 * p) as *const _);
-            q6_offset(pair, b, p, acts, &mut off);
+            let scales = _mm512_loadu_si512(ub.add(Q6_PAIRS_AT + 64 * p) as *const _);
+            q6_scaled_bsums(scales, b, p, acts, &mut off);
         }
         let d = f16x16(w.add(b * SB));
         for i in 0..R {
