@@ -59,7 +59,8 @@ fn main() {
             .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
             .collect();
         let mut out = vec![0f32; m * rows];
-        let iters = (256 / m).clamp(2, 16);
+        // ITERS=<n>: passes timed (default 2–16, by rows); more for a profile.
+        let iters = std::env::var("ITERS").map_or((256 / m).clamp(2, 16), |v| v.parse().unwrap());
         let t = Instant::now();
         for _ in 0..iters {
             for w in &ws {

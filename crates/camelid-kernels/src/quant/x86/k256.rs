@@ -2,7 +2,7 @@
 //! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..8]` for activation
 //! row `i` (at most 4 rows: with their sums and accumulators, 12 of the 16 registers).
 
-use super::prefetch_ahead_k;
+use super::{prefetch_ahead_k, KPrefetch};
 use crate::quant::{ActRow, QK_K};
 use std::arch::x86_64::*;
 
@@ -85,9 +85,10 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let mask = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); R];
+    let pf = KPrefetch::for_rows::<R>();
     for b in 0..nsb {
         let blk = w.add(b * sb);
-        prefetch_ahead_k::<R>(blk, sb);
+        prefetch_ahead_k(pf, blk, sb, 0, 1);
         let mut isum = [_mm256_setzero_si256(); R];
         for j in 0..8 {
             let c = j / 2;
@@ -271,9 +272,10 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
 ) {
     const SB: usize = 210 * G;
     let mut acc = [_mm256_setzero_ps(); R];
+    let pf = KPrefetch::for_rows::<R>();
     for b in 0..nsb {
         let blk = w.add(b * SB);
-        prefetch_ahead_k::<R>(blk, SB);
+        prefetch_ahead_k(pf, blk, SB, 0, 1);
         let mut isum = [_mm256_setzero_si256(); R];
         for n in 0..2 {
             for h in 0..2 {

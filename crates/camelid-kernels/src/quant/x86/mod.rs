@@ -36,19 +36,67 @@ unsafe fn prefetch_ahead<const R: usize>(blk: *const u8, bytes: usize) {
 /// (`qgemm_bench 2`, 2048 columns, weights from DRAM, alternating): 8 rows Q4_K 1.45–1.5×,
 /// Q5_K 1.3×, Q6_K 1.2–1.3×, 4 rows 1.25–1.45×, 2 rows 1.0–1.2×, 16 rows 1.05–1.2× against
 /// no prefetch; 2 KiB ahead into L1 was 0.8–0.95×, 4 KiB 1.25×, 16–32 KiB 1.3–1.4×, the
-/// `T2` hint as `T1`, `NTA` 0.9×.
+/// `T2` hint as `T1`, `NTA` 0.9×. (Spread over the block as below, 4–16 KiB measured alike.)
 const L2_PREFETCH_BYTES: usize = 8192;
 
-/// The K formats' prefetch: on Intel as [`prefetch_ahead`]'s (every pass); where the hardware
-/// prefetcher streams alone none for a lone row (it ran 1.25–1.7× faster without: benches/
-/// README, Session 34) and [`L2_PREFETCH_BYTES`] ahead into L2 for several rows.
+/// How a K-format pass prefetches its weights: [`KPrefetch::for_rows`] once a call, then
+/// [`prefetch_ahead_k`] at each step (asked once, out of the kernels' loops: the check inside
+/// them made a lone Q6_K row's pass 1.15× slower).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KPrefetch {
+    /// A lone row where the hardware prefetcher streams alone: it ran 1.25–1.7× faster
+    /// without (benches/README, Session 34).
+    None,
+    /// Intel: as [`prefetch_ahead`]'s, the whole block at its first step.
+    Block,
+    /// Several rows where the hardware prefetcher streams alone: [`L2_PREFETCH_BYTES`] ahead
+    /// into L2, each step asking for its share of the block's lines. Issued all at the
+    /// block's start (45 lines for Q5_K, 53 for Q6_K) they queued behind each other; spread,
+    /// the AVX-512 passes of 2–16 rows ran 1.15–1.4× faster from DRAM (Session 36). The AVX2
+    /// kernels' 8-row groups (half the lines a block) ran 0.7× so at 4–8 rows: they ask for
+    /// the whole block at its first step (`parts` 1).
+    Spread,
+}
+
+impl KPrefetch {
+    #[inline(always)]
+    pub(crate) fn for_rows<const R: usize>() -> Self {
+        if !crate::cpu_features::lean_on_hardware_prefetch() {
+            KPrefetch::Block
+        } else if R > 1 {
+            KPrefetch::Spread
+        } else {
+            KPrefetch::None
+        }
+    }
+}
+
+/// The K formats' prefetch for step `part` of the `parts` a pass takes over the super-block
+/// at `blk` (`bytes` long), as `how` says.
 #[inline(always)]
-unsafe fn prefetch_ahead_k<const R: usize>(blk: *const u8, bytes: usize) {
+unsafe fn prefetch_ahead_k(
+    how: KPrefetch,
+    blk: *const u8,
+    bytes: usize,
+    part: usize,
+    parts: usize,
+) {
     use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1};
-    if !crate::cpu_features::lean_on_hardware_prefetch() {
-        prefetch_lines::<_MM_HINT_T0>(blk, PREFETCH_BYTES, bytes)
-    } else if R > 1 {
-        prefetch_lines::<_MM_HINT_T1>(blk, L2_PREFETCH_BYTES, bytes)
+    match how {
+        KPrefetch::None => {}
+        KPrefetch::Block => {
+            if part == 0 {
+                prefetch_lines::<_MM_HINT_T0>(blk, PREFETCH_BYTES, bytes)
+            }
+        }
+        KPrefetch::Spread => {
+            let lines = bytes.div_ceil(64);
+            let (l0, l1) = (lines * part / parts, lines * (part + 1) / parts);
+            let at = blk.wrapping_add(L2_PREFETCH_BYTES + 64 * l0);
+            for l in 0..l1 - l0 {
+                std::arch::x86_64::_mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * l) as *const i8);
+            }
+        }
     }
 }
 
