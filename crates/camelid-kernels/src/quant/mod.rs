@@ -134,8 +134,8 @@ pub struct QActs {
     s: Vec<f32>,
     bsums: Vec<i16>,
     /// Q8K: per super-block the four pairs (Σq of values 64c..64c+32, of 64c+32..64c+64) as
-    /// i16 halves of an i32, the form the AVX2 K kernels multiply the paired mins by
-    /// (summed here once per row rather than in every kernel pass).
+    /// i16 halves of an i32, the form the Q4_K/Q5_K kernels' epilogues multiply the paired
+    /// mins by (summed here once per row rather than in every kernel pass).
     pairs: Vec<i32>,
 }
 

@@ -178,8 +178,9 @@ unsafe fn q45_epilogue<const R: usize>(
     }
     for (i, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
         let a = acts.get_unchecked(i);
-        // The row's Σa of sub-blocks 2c and 2c + 1, paired once a call (`QActs::pairs`):
-        // summed here from the 16-value sums, the scalar work took ~15 % of an 8-row pass.
+        // The row's Σa of sub-blocks 2c and 2c + 1, paired when the activations are quantized
+        // (`QActs::pairs`): summed here from the 16-value sums, the scalar work took ~15 % of
+        // an 8-row pass.
         let ps = a.pairs.as_ptr().add(b * 4);
         let mut msum = _mm512_setzero_si512();
         for (c, m) in mins.iter().enumerate() {
@@ -450,7 +451,7 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
 
 /// [`q6_k_vnni`] over a group unpacked by [`unpack_q6`] (`u`), its `d` still read from the
 /// packed group `w`: per vector only the `vpdpbusd` of each row, per sub-block a scale
-/// product, and the −32 once a super-block (as [`q6_k`] without VNNI). The i32 totals are the
+/// product, and the −32 once a super-block (as [`q6_k`]). The i32 totals are the
 /// same numbers, so the results are the same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row

@@ -90,6 +90,7 @@ unsafe fn prefetch_ahead_k(
             }
         }
         KPrefetch::Spread => {
+            debug_assert!(part < parts, "step {part} of {parts}");
             let lines = bytes.div_ceil(64);
             let (l0, l1) = (lines * part / parts, lines * (part + 1) / parts);
             let at = blk.wrapping_add(L2_PREFETCH_BYTES + 64 * l0);
