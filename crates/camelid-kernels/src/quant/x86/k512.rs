@@ -27,35 +27,95 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
     }
 }
 
-/// [`dot4`] of `q` and the four activation bytes at `at`, broadcast. With VNNI it is one
-/// `vpdpbusd` reading them as an embedded broadcast (`{1to16}`): from `_mm512_set1_epi32` the
-/// compiler built the 8-row passes' broadcasts into full vectors on the stack and read those
-/// back (a store and a 64-byte load per product), making Q4_K's 8-row passes ~2× slower
-/// (benches/README, Session 34). The Q6_K kernels keep `_mm512_set1_epi32`: there the same
-/// change made 8 clients ~10 % slower.
-#[inline(always)]
-unsafe fn dot4_at<const VNNI: bool>(acc: __m512i, q: __m512i, a: &ActRow, at: usize) -> __m512i {
-    if VNNI {
-        dpbusd_broadcast(acc, q, a.qs.as_ptr().add(at))
-    } else {
-        dot4::<VNNI>(acc, q, bcast4(a, at))
+/// Where a pass's activation rows start, for [`dpbusd_row`]: rows of one `QActs` lie `s`
+/// bytes apart, so rows 0–3 are `p0 + {0, s, 2s, 3s}` and 4–7 `p4 + ..`, four registers in
+/// all. With one pointer a row the compiler ran out of registers in the 8-row passes and
+/// reloaded them from the stack for every vector.
+#[derive(Clone, Copy)]
+struct RowAddrs {
+    p0: *const i8,
+    p4: *const i8,
+    s: usize,
+    s3: usize,
+}
+
+impl RowAddrs {
+    /// # Panics
+    /// If the rows are not evenly spaced (they are when they come from one `QActs`).
+    #[inline(always)]
+    fn new(acts: &[ActRow]) -> RowAddrs {
+        let p0 = acts[0].qs.as_ptr();
+        let s = if acts.len() > 1 {
+            (acts[1].qs.as_ptr() as usize).wrapping_sub(p0 as usize)
+        } else {
+            0
+        };
+        assert!(
+            acts.iter()
+                .enumerate()
+                .all(|(i, a)| a.qs.as_ptr() as usize
+                    == (p0 as usize).wrapping_add(i.wrapping_mul(s))),
+            "activation rows evenly spaced"
+        );
+        let p4 = acts.get(4).map_or(p0, |a| a.qs.as_ptr());
+        RowAddrs {
+            p0,
+            p4,
+            s,
+            s3: s.wrapping_mul(3),
+        }
     }
 }
 
-/// `vpdpbusd acc, q, [p]{1to16}`. Its own `target_feature` function (inlined into the VNNI
-/// entry points, which have these features) because `asm!`'s zmm operands need them.
+/// `vpdpbusd acc, q, [row i + at]{1to16}` for `i < 8`, the row's address from [`RowAddrs`]:
+/// the four activation bytes read as an embedded broadcast. From `_mm512_set1_epi32` the
+/// compiler built the 8-row passes' broadcasts into full vectors on the stack and read those
+/// back (a store and a 64-byte load per product), making Q4_K's 8-row passes ~2× slower
+/// (benches/README, Session 34). The 8-row Q6_K kernel keeps `_mm512_set1_epi32`: there the
+/// broadcast made 8 clients ~10 % slower. Its own `target_feature` function (inlined into
+/// the VNNI entry points, which have these features) because `asm!`'s zmm operands need them.
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[inline]
-unsafe fn dpbusd_broadcast(acc: __m512i, q: __m512i, p: *const i8) -> __m512i {
+unsafe fn dpbusd_row(acc: __m512i, q: __m512i, r: RowAddrs, i: usize, at: usize) -> __m512i {
     let mut acc = acc;
-    std::arch::asm!(
-        "vpdpbusd {acc}, {q}, dword ptr [{p}]{{1to16}}",
-        acc = inout(zmm_reg) acc,
-        q = in(zmm_reg) q,
-        p = in(reg) p,
-        options(pure, readonly, nostack, preserves_flags),
-    );
+    let p = r.p0.add(at);
+    let p4 = r.p4.add(at);
+    macro_rules! dp {
+        ($addr:literal $(, $name:ident = $val:expr)*) => {
+            std::arch::asm!(
+                concat!("vpdpbusd {acc}, {q}, dword ptr ", $addr, "{{1to16}}"),
+                acc = inout(zmm_reg) acc,
+                q = in(zmm_reg) q,
+                $($name = in(reg) $val,)*
+                options(pure, readonly, nostack, preserves_flags),
+            )
+        };
+    }
+    match i {
+        0 => dp!("[{p}]", p = p),
+        1 => dp!("[{p} + {s}]", p = p, s = r.s),
+        2 => dp!("[{p} + {s} * 2]", p = p, s = r.s),
+        3 => dp!("[{p} + {s3}]", p = p, s3 = r.s3),
+        4 => dp!("[{p4}]", p4 = p4),
+        5 => dp!("[{p4} + {s}]", p4 = p4, s = r.s),
+        6 => dp!("[{p4} + {s} * 2]", p4 = p4, s = r.s),
+        _ => dp!("[{p4} + {s3}]", p4 = p4, s3 = r.s3),
+    }
     acc
+}
+
+/// `t[i] = vpdpbusd(t[i], q, row i + at)` for every row of a pass, spelled out: as a loop
+/// over `0..R` the compiler kept it a loop (a jump table, the sums in memory).
+#[inline(always)]
+unsafe fn dpbusd_rows<const R: usize>(t: &mut [__m512i; R], q: __m512i, rows: RowAddrs, at: usize) {
+    macro_rules! row {
+        ($($i:literal)*) => {$(
+            if $i < R {
+                t[$i] = dpbusd_row(t[$i], q, rows, $i, at);
+            }
+        )*};
+    }
+    row!(0 1 2 3 4 5 6 7);
 }
 
 /// Per-row scales (i32 lanes) in the form [`scaled`] takes: as they are for VNNI, else in
@@ -96,10 +156,72 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
 }
 
+/// The 4-bit (`FIFTH = false`) or 5-bit values of one 64-byte step of a Q4_K/Q5_K
+/// super-block for sub-block `2c + ODD`: the low (`ODD = false`) or high nibbles of `p`, plus
+/// 16 where the sub-block's `bit` of the step's `qh` is set.
+#[inline(always)]
+unsafe fn q45_value<const FIFTH: bool, const ODD: bool>(
+    p: __m512i,
+    qh: *const u8,
+    bit: __m512i,
+) -> __m512i {
+    let mask = _mm512_set1_epi8(0x0F);
+    let q = if ODD {
+        _mm512_and_si512(_mm512_srli_epi16::<4>(p), mask)
+    } else {
+        _mm512_and_si512(p, mask)
+    };
+    if !FIFTH {
+        return q;
+    }
+    let set = _mm512_test_epi8_mask(_mm512_loadu_si512(qh as *const _), bit);
+    _mm512_mask_add_epi8(q, set, q, _mm512_set1_epi8(16))
+}
+
+/// Sub-block `j = 2c + ODD` of a Q4_K/Q5_K super-block `b` (packed at `blk`): each row's
+/// Σ q·a times the sub-block's scale, added to `isum`. Its parity a constant, so the nibble
+/// and the fifth bit are picked without a branch or a variable shift in the loop.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q45_sub_block<const R: usize, const VNNI: bool, const FIFTH: bool, const ODD: bool>(
+    blk: *const u8,
+    b: usize,
+    c: usize,
+    acts: &[ActRow],
+    rows: RowAddrs,
+    isum: &mut [__m512i; R],
+) {
+    let j = 2 * c + ODD as usize;
+    let qs_at = if FIFTH { 52 * G } else { 20 * G };
+    let sc = prep::<VNNI>(u8x16(blk.add(4 * G + G * j)));
+    let bit = _mm512_set1_epi8(1 << j);
+    // Without VNNI, eight maddubs sums per i16: at most 8 · 2 · 31 · 127 = 62 992 for
+    // Q5_K, so Q5_K folds its i16 sums every four vectors (31 496).
+    let fold = if FIFTH && !VNNI { 4 } else { 8 };
+    let mut t = [_mm512_setzero_si512(); R];
+    for g in 0..8 {
+        let p = _mm512_loadu_si512(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
+        let q = q45_value::<FIFTH, ODD>(p, blk.add(20 * G + g * 4 * G), bit);
+        let at = b * QK_K + 32 * j + 4 * g;
+        if VNNI {
+            dpbusd_rows(&mut t, q, rows, at);
+        } else {
+            for i in 0..R {
+                t[i] = dot4::<VNNI>(t[i], q, bcast4(acts.get_unchecked(i), at));
+            }
+        }
+        if (g + 1) % fold == 0 {
+            for i in 0..R {
+                isum[i] = _mm512_add_epi32(isum[i], scaled::<VNNI>(t[i], sc));
+                t[i] = _mm512_setzero_si512();
+            }
+        }
+    }
+}
+
 /// Q4_K (`FIFTH = false`) and Q5_K: Σ_j sc_j·Σ q·a per row in i32, then
 /// `d·da·that − dmin·da·Σ_j m_j·Σa_j`.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     w: *const u8,
     nsb: usize,
@@ -108,46 +230,17 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     ld: usize,
 ) {
     let sb = if FIFTH { 180 * G } else { 148 * G };
-    let qs_at = if FIFTH { 52 * G } else { 20 * G };
-    let mask = _mm512_set1_epi8(0x0F);
-    let sixteen = _mm512_set1_epi8(16);
     let mut acc = [_mm512_setzero_ps(); R];
     let pf = KPrefetch::for_rows::<R>();
+    let rows = RowAddrs::new(acts);
     for b in 0..nsb {
         let blk = w.add(b * sb);
         let mut isum = [_mm512_setzero_si512(); R];
-        for j in 0..8 {
-            prefetch_ahead_k(pf, blk, sb, j, 8);
-            let c = j / 2;
-            let sc = prep::<VNNI>(u8x16(blk.add(4 * G + G * j)));
-            let bit = _mm512_set1_epi8(1 << j);
-            // Without VNNI, eight maddubs sums per i16: at most 8 · 2 · 31 · 127 = 62 992 for
-            // Q5_K, so Q5_K folds its i16 sums every four vectors (31 496).
-            let fold = if FIFTH && !VNNI { 4 } else { 8 };
-            let mut t = [_mm512_setzero_si512(); R];
-            for g in 0..8 {
-                let p = _mm512_loadu_si512(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
-                let mut q = if j % 2 == 1 {
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(p), mask)
-                } else {
-                    _mm512_and_si512(p, mask)
-                };
-                if FIFTH {
-                    let qh = _mm512_loadu_si512(blk.add(20 * G + g * 4 * G) as *const _);
-                    let set = _mm512_test_epi8_mask(qh, bit);
-                    q = _mm512_mask_add_epi8(q, set, q, sixteen);
-                }
-                for i in 0..R {
-                    let at = b * QK_K + 32 * j + 4 * g;
-                    t[i] = dot4_at::<VNNI>(t[i], q, acts.get_unchecked(i), at);
-                }
-                if (g + 1) % fold == 0 {
-                    for i in 0..R {
-                        isum[i] = _mm512_add_epi32(isum[i], scaled::<VNNI>(t[i], sc));
-                        t[i] = _mm512_setzero_si512();
-                    }
-                }
-            }
+        for c in 0..4 {
+            prefetch_ahead_k(pf, blk, sb, 2 * c, 8);
+            q45_sub_block::<R, VNNI, FIFTH, false>(blk, b, c, acts, rows, &mut isum);
+            prefetch_ahead_k(pf, blk, sb, 2 * c + 1, 8);
+            q45_sub_block::<R, VNNI, FIFTH, true>(blk, b, c, acts, rows, &mut isum);
         }
         q45_epilogue(blk, b, acts, &isum, &mut acc);
     }
@@ -253,6 +346,7 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
 ) {
     let sb = if FIFTH { 180 * G } else { 148 * G };
     let mut acc = [_mm512_setzero_ps(); R];
+    let rows = RowAddrs::new(acts);
     for b in 0..nsb {
         let ub = u.add(b * Q45_UNPACKED_SB);
         let mut isum = [_mm512_setzero_si512(); R];
@@ -260,10 +354,7 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
             let mut t = [_mm512_setzero_si512(); R];
             for g in 0..8 {
                 let q = _mm512_loadu_si512(ub.add(Q45_VALUES_AT + (8 * j + g) * 64) as *const _);
-                let at = b * QK_K + 32 * j + 4 * g;
-                for i in 0..R {
-                    t[i] = dot4_at::<true>(t[i], q, acts.get_unchecked(i), at);
-                }
+                dpbusd_rows(&mut t, q, rows, b * QK_K + 32 * j + 4 * g);
             }
             let sc = _mm512_loadu_si512(ub.add(64 * j) as *const _);
             for i in 0..R {
@@ -465,6 +556,7 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
 ) {
     const SB: usize = 210 * G;
     let mut acc = [_mm512_setzero_ps(); R];
+    let rows = RowAddrs::new(acts);
     for b in 0..nsb {
         let ub = u.add(b * Q6_UNPACKED_SB);
         let vals = ub.add(Q6_VALUES_AT);
@@ -473,10 +565,7 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
             let mut t = [_mm512_setzero_si512(); R];
             for v in 4 * s..4 * s + 4 {
                 let q = _mm512_loadu_si512(vals.add(64 * v) as *const _);
-                let at = b * QK_K + 4 * v;
-                for i in 0..R {
-                    t[i] = dot4_at::<true>(t[i], q, acts.get_unchecked(i), at);
-                }
+                dpbusd_rows(&mut t, q, rows, b * QK_K + 4 * v);
             }
             let sc = _mm512_loadu_si512(ub.add(64 * s) as *const _);
             for i in 0..R {
@@ -632,6 +721,7 @@ entry!(
     "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
     q45_k::<true, true>
 );
+
 entry!(
     gemm_q6_k_16x4_q8k_vnni,
     "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
