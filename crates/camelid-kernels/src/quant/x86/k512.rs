@@ -71,9 +71,8 @@ impl RowAddrs {
 /// the four activation bytes read as an embedded broadcast. From `_mm512_set1_epi32` the
 /// compiler built the 8-row passes' broadcasts into full vectors on the stack and read those
 /// back (a store and a 64-byte load per product), making Q4_K's 8-row passes ~2× slower
-/// (benches/README, Session 34). The 8-row Q6_K kernel keeps `_mm512_set1_epi32`: there the
-/// broadcast made 8 clients ~10 % slower. Its own `target_feature` function (inlined into
-/// the VNNI entry points, which have these features) because `asm!`'s zmm operands need them.
+/// (benches/README, Session 34). Its own `target_feature` function (inlined into the VNNI
+/// entry points, which have these features) because `asm!`'s zmm operands need them.
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[inline]
 unsafe fn dpbusd_row(acc: __m512i, q: __m512i, r: RowAddrs, i: usize, at: usize) -> __m512i {
@@ -454,8 +453,7 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
         }
         // The −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of each lane).
         // With VNNI too: subtracted from each sub-block's sum instead (scalar block sums and
-        // broadcasts), 2–4 rows ran 0.87–0.9× as fast. (`q6_k_vnni`'s 8 rows keep that: there
-        // this way ran 0.7–0.9×, its `vpmaddwd`s beside 8 rows' `vpdpbusd`.)
+        // broadcasts), 2–4 rows ran 0.87–0.9× as fast.
         let mut off = [_mm512_setzero_si512(); R];
         for p in 0..8 {
             q6_scaled_bsums(q6_scale_pair(blk, p), b, p, acts, &mut off);
@@ -621,8 +619,12 @@ unsafe fn q6_value<const K: usize>(v: *const u8) -> __m512i {
 /// [`q6_k`] with VNNI for up to 8 rows: one sub-block's sums at a time (the four values of a
 /// step go to four sub-blocks, so [`q6_k`] keeps four sums a row and takes 4 rows), each
 /// step's values joined once for all 8 rows instead of once a pass of 4: 1.05–1.25× at 8–15
-/// rows (`qgemm_bench 1 q6_k`, 2048 columns, alternating). The i32 sums are the same numbers
-/// (exact, added in another order), so the results are the same bits.
+/// rows (`qgemm_bench 1 q6_k`, 2048 columns, alternating). The −32 comes off once a
+/// super-block, as in [`q6_k`], and the rows are read through [`RowAddrs`]: with a pointer
+/// per row and the −32 in every sub-block's sum, the compiler spilled registers to the stack
+/// in every step (5–8 rows 1.15× slower; the −32 alone moved made them slower still). The
+/// i32 sums are the same numbers (exact, added in another order), so the results are the
+/// same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q6_k_vnni<const R: usize>(
@@ -635,6 +637,7 @@ unsafe fn q6_k_vnni<const R: usize>(
     const SB: usize = 210 * G;
     let mut acc = [_mm512_setzero_ps(); R];
     let pf = KPrefetch::for_rows::<R>();
+    let rows = RowAddrs::new(acts);
     for b in 0..nsb {
         let blk = w.add(b * SB);
         let mut isum = [_mm512_setzero_si512(); R];
@@ -643,18 +646,12 @@ unsafe fn q6_k_vnni<const R: usize>(
                 let mut t = [_mm512_setzero_si512(); R];
                 for g in 4 * $h..4 * $h + 4 {
                     let q = q6_value::<$k>(blk.add(18 * G + (8 * $n + g) * 12 * G));
-                    let at = b * QK_K + 128 * $n + 32 * $k + 4 * g;
-                    for i in 0..R {
-                        t[i] = dot4::<true>(t[i], q, bcast4(acts.get_unchecked(i), at));
-                    }
+                    dpbusd_rows(&mut t, q, rows, b * QK_K + 128 * $n + 32 * $k + 4 * g);
                 }
                 let s = 8 * $n + 2 * $k + $h;
                 let sc = i8x16(blk.add(2 * G + G * s));
                 for i in 0..R {
-                    // The −32 of the whole sub-block, in its i32 sum.
-                    let bs = *acts.get_unchecked(i).bsums.get_unchecked(b * 16 + s);
-                    let ti = _mm512_sub_epi32(t[i], _mm512_set1_epi32(32 * bs as i32));
-                    isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(ti, sc));
+                    isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
                 }
             }};
         }
@@ -667,10 +664,15 @@ unsafe fn q6_k_vnni<const R: usize>(
                 sub_block!(n, h, 3);
             }
         }
+        let mut off = [_mm512_setzero_si512(); R];
+        for p in 0..8 {
+            q6_scaled_bsums(q6_scale_pair(blk, p), b, p, acts, &mut off);
+        }
         let d = f16x16(blk);
         for i in 0..R {
+            let total = _mm512_sub_epi32(isum[i], _mm512_slli_epi32::<5>(off[i]));
             let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(d, da), acc[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), acc[i]);
         }
     }
     for (i, v) in acc.iter().enumerate() {
