@@ -130,6 +130,23 @@ pub fn lean_on_hardware_prefetch() -> bool {
     )
 }
 
+/// Whether the K kernels move Q5_K's fifth bits into place by shifts rather than by a mask
+/// test (`vptestmb` and a masked add). On AMD Zen 4 the mask test takes one of `vpdpbusd`'s
+/// issue slots, while shifts and logic run beside it: by shifts, Q5_K's 8-row passes ran
+/// 1.12× as fast (benches/README, Session 37). Intel's cores run vector shifts on the port
+/// of `vpdpbusd` and the mask test on another, so they keep the test (measured there until
+/// Session 33). So: yes on AMD (and Hygon), no elsewhere; `CAMELID_Q5_SHIFTS=1` or `=0`
+/// says which.
+pub fn q5_fifth_bits_by_shifts() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("CAMELID_Q5_SHIFTS").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => amd_like(),
+    })
+}
+
 /// Whether CPUID's vendor is AMD's (or Hygon's, its licensee).
 fn amd_like() -> bool {
     #[cfg(target_arch = "x86_64")]

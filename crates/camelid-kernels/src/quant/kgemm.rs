@@ -26,10 +26,14 @@ const AMX_MIN_ROWS: usize = 16;
 /// - AVX-512 VNNI without AMX (`k512::unpack_q6`, `k512::unpack_q45`): a Q6_K pass over
 ///   packed weights spends more vector operations on joining the 6-bit values and on the −32
 ///   of each 16-value sub-block than on `vpdpbusd`, a Q5_K pass three on each vector's fifth
-///   bits. Measured on Zen 4 (`qgemm_bench 1`, 2048 columns, alternating): Q6_K 1.0× at 16
-///   rows, 1.1–1.2× from 24; Q5_K 1.03× at 32, 1.1× at 64, 1.15× at 256. Q4_K's passes,
-///   whose nibbles cost one or two operations a vector, were no faster unpacked (0.93× at
-///   24–32 rows, even from 64), so they stay packed.
+///   bits where it tests them with a mask. Measured on Zen 4 (`qgemm_bench 1`, 2048 columns,
+///   alternating): Q6_K 1.0× at 16 rows, 1.1–1.2× from 24; Q5_K with the mask test 1.03× at
+///   32, 1.1× at 64, 1.15× at 256. Moved by shifts instead
+///   ([`crate::cpu_features::q5_fifth_bits_by_shifts`]), Q5_K's fifth bits cost no
+///   `vpdpbusd` slot there and its packed passes were as fast or faster (unpacked 0.91–0.96×
+///   at 32 rows, 0.96–0.98× at 64, 1.0× at 256: Session 37), so they stay packed; so do
+///   Q4_K's, whose nibbles cost one or two operations a vector (unpacked 0.93× at 24–32 rows,
+///   even from 64).
 ///
 /// Decode steps keep the packed kernels.
 fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
@@ -37,7 +41,9 @@ fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
         (Flavour::Avx2, QKind::Q5K | QKind::Q6K) => Some(16),
         (Flavour::Avx2, _) => Some(ROW_TILE),
         (Flavour::Avx512Vnni, QKind::Q6K) => Some(24),
-        (Flavour::Avx512Vnni, QKind::Q5K) => Some(32),
+        (Flavour::Avx512Vnni, QKind::Q5K) if !crate::cpu_features::q5_fifth_bits_by_shifts() => {
+            Some(32)
+        }
         _ => None,
     }
 }

@@ -157,15 +157,15 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
 
 /// The 4-bit (`FIFTH = false`) or 5-bit values of one 64-byte step of a Q4_K/Q5_K
 /// super-block for sub-block `j`: the low (even `j`, `odd = false`) or high nibbles of `p`,
-/// plus 16 where bit `j` of the step's `qh` is set (`j16`: `j` in every 16-bit lane). The bit
-/// moves to bit 4 by shifts (`(qh >> j) << 4` in 16-bit lanes, then `& 0x10` a byte): on Zen 4
-/// shifts by an immediate or by a vector of counts and the logic operations run beside
-/// `vpdpbusd`, while `vptestmb` (a mask), `vpsrlw` by an `xmm` count and `vgf2p8affineqb`
-/// each take one of its issue slots (benches/README, Session 37).
+/// plus 16 where bit `j` of the step's `qh` is set (`bit`: `1 << j` in every byte; `j16`: `j`
+/// in every 16-bit lane). `SHIFTS` ([`crate::cpu_features::q5_fifth_bits_by_shifts`]) moves
+/// the bit to bit 4 by shifts (`(qh >> j) << 4` in 16-bit lanes, then `& 0x10` a byte), else
+/// a mask test picks the bytes that get 16.
 #[inline(always)]
-unsafe fn q45_value<const FIFTH: bool>(
+unsafe fn q45_value<const FIFTH: bool, const SHIFTS: bool>(
     p: __m512i,
     qh: *const u8,
+    bit: __m512i,
     j16: __m512i,
     odd: bool,
 ) -> __m512i {
@@ -178,18 +178,32 @@ unsafe fn q45_value<const FIFTH: bool>(
     if !FIFTH {
         return q;
     }
-    let h = _mm512_srlv_epi16(_mm512_loadu_si512(qh as *const _), j16);
-    let h = _mm512_and_si512(_mm512_slli_epi16::<4>(h), _mm512_set1_epi8(0x10));
-    // An add, not an or: `(p & 0x0F) | h` became a `vpternlog`, which shares those slots.
-    _mm512_add_epi8(q, h)
+    let qh = _mm512_loadu_si512(qh as *const _);
+    if SHIFTS {
+        // `j16` is a constant where this is inlined, so these are shifts by an immediate:
+        // by an `xmm` count (`vpsrlw`) the shift too took a `vpdpbusd` slot on Zen 4.
+        let h = _mm512_srlv_epi16(qh, j16);
+        let h = _mm512_and_si512(_mm512_slli_epi16::<4>(h), _mm512_set1_epi8(0x10));
+        // An add, not an or: `(p & 0x0F) | h` became a `vpternlog`, which shares those slots.
+        _mm512_add_epi8(q, h)
+    } else {
+        let set = _mm512_test_epi8_mask(qh, bit);
+        _mm512_mask_add_epi8(q, set, q, _mm512_set1_epi8(16))
+    }
 }
 
 /// Sub-block `J` of a Q4_K/Q5_K super-block `b` (packed at `blk`): each row's Σ q·a times
 /// the sub-block's scale, added to `isum`. `J` a constant, so the nibble and the fifth bit
-/// are picked by immediate shifts, without a branch in the loop.
+/// are picked by immediate shifts and masks, without a branch in the loop.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
-unsafe fn q45_sub_block<const R: usize, const VNNI: bool, const FIFTH: bool, const J: usize>(
+unsafe fn q45_sub_block<
+    const R: usize,
+    const VNNI: bool,
+    const FIFTH: bool,
+    const SHIFTS: bool,
+    const J: usize,
+>(
     blk: *const u8,
     b: usize,
     acts: &[ActRow],
@@ -200,13 +214,15 @@ unsafe fn q45_sub_block<const R: usize, const VNNI: bool, const FIFTH: bool, con
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let sc = prep::<VNNI>(u8x16(blk.add(4 * G + G * j)));
     let j16 = _mm512_set1_epi16(j as i16);
+    let bit = _mm512_set1_epi8(1 << j);
     // Without VNNI, eight maddubs sums per i16: at most 8 · 2 · 31 · 127 = 62 992 for
     // Q5_K, so Q5_K folds its i16 sums every four vectors (31 496).
     let fold = if FIFTH && !VNNI { 4 } else { 8 };
     let mut t = [_mm512_setzero_si512(); R];
     for g in 0..8 {
         let p = _mm512_loadu_si512(blk.add(qs_at + (8 * c + g) * 4 * G) as *const _);
-        let q = q45_value::<FIFTH>(p, blk.add(20 * G + g * 4 * G), j16, J % 2 == 1);
+        let qh = blk.add(20 * G + g * 4 * G);
+        let q = q45_value::<FIFTH, SHIFTS>(p, qh, bit, j16, J % 2 == 1);
         let at = b * QK_K + 32 * j + 4 * g;
         if VNNI {
             dpbusd_rows(&mut t, q, rows, at);
@@ -238,16 +254,21 @@ unsafe fn q45_k<const R: usize, const VNNI: bool, const FIFTH: bool>(
     let mut acc = [_mm512_setzero_ps(); R];
     let pf = KPrefetch::for_rows::<R>();
     let rows = RowAddrs::new(acts);
+    let shifts = FIFTH && crate::cpu_features::q5_fifth_bits_by_shifts();
     for b in 0..nsb {
         let blk = w.add(b * sb);
         let mut isum = [_mm512_setzero_si512(); R];
         macro_rules! sub_blocks {
-            ($($j:literal)*) => {$(
+            ($shifts:literal; $($j:literal)*) => {$(
                 prefetch_ahead_k(pf, blk, sb, $j, 8);
-                q45_sub_block::<R, VNNI, FIFTH, $j>(blk, b, acts, rows, &mut isum);
+                q45_sub_block::<R, VNNI, FIFTH, $shifts, $j>(blk, b, acts, rows, &mut isum);
             )*};
         }
-        sub_blocks!(0 1 2 3 4 5 6 7);
+        if shifts {
+            sub_blocks!(true; 0 1 2 3 4 5 6 7);
+        } else {
+            sub_blocks!(false; 0 1 2 3 4 5 6 7);
+        }
         q45_epilogue(blk, b, acts, &isum, &mut acc);
     }
     for (i, v) in acc.iter().enumerate() {
