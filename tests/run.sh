@@ -63,4 +63,9 @@ if [ "${1:-}" != "--no-run" ]; then
     | grep -o '"executable":"[^"]*/camelid_kernels-[^"]*"' | cut -d'"' -f4 | head -1)
   [ -n "$KERNEL_TESTS" ] || { echo "camelid-kernels unit-test binary not found" >&2; exit 1; }
   CAMELID_NO_AVX512=1 "$KERNEL_TESTS"
+  # And Q5_K's other way to its fifth bits (shifts on AMD, a mask test elsewhere: each CPU
+  # runs one, see cpu_features::q5_fifth_bits_by_shifts), with the unpacked prompt tiles that
+  # go with the mask test.
+  if grep -q AuthenticAMD /proc/cpuinfo; then Q5_SHIFTS=0; else Q5_SHIFTS=1; fi
+  CAMELID_Q5_SHIFTS=$Q5_SHIFTS "$KERNEL_TESTS" quant::
 fi

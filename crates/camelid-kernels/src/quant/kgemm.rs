@@ -24,13 +24,13 @@ const AMX_MIN_ROWS: usize = 16;
 ///   from 16 rows (1.1×; 1.3× at 32 and more), Q6_K from 16 (1.0–1.4×; 1.3–1.8× at 32 and
 ///   more; mixed at 8), Q4_K only from a whole 64-row tile (1.0–1.25×; 0.85× at 16).
 /// - AVX-512 VNNI without AMX (`k512::unpack_q6`, `k512::unpack_q45`): a Q6_K pass over
-///   packed weights spends more vector operations on joining the 6-bit values and on the −32
-///   of each 16-value sub-block than on `vpdpbusd`, a Q5_K pass three on each vector's fifth
-///   bits where it tests them with a mask. Measured on Zen 4 (`qgemm_bench 1`, 2048 columns,
-///   alternating): Q6_K 1.0× at 16 rows, 1.1–1.2× from 24; Q5_K with the mask test 1.03× at
-///   32, 1.1× at 64, 1.15× at 256. Moved by shifts instead
+///   packed weights spends vector operations on joining the 6-bit values of every vector, a
+///   Q5_K pass three on each vector's fifth bits where it tests them with a mask. Measured on
+///   Zen 4 (`qgemm_bench 1`, 2048 columns, alternating): Q6_K 1.0× at 16 rows, 1.1–1.2× from
+///   24 (Session 37, after its packed passes' own gain: 1.02–1.04× at 24–32 rows, 1.1× at
+///   64, 1.2× at 256); Q5_K with the mask test 1.03× at 32, 1.1× at 64, 1.15× at 256. Moved by shifts instead
 ///   ([`crate::cpu_features::q5_fifth_bits_by_shifts`]), Q5_K's fifth bits cost no
-///   `vpdpbusd` slot there and its packed passes were as fast or faster (unpacked 0.91–0.96×
+///   `vpdpbusd` slot there and its packed passes were as fast or faster (unpacked 0.89–0.93×
 ///   at 32 rows, 0.96–0.98× at 64, 1.0× at 256: Session 37), so they stay packed; so do
 ///   Q4_K's, whose nibbles cost one or two operations a vector (unpacked 0.93× at 24–32 rows,
 ///   even from 64).

@@ -1,8 +1,9 @@
 //! The K formats' 16-row kernels (AVX-512BW), with `vpdpbusd` where AVX-512 VNNI is present.
 //! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..16]` for activation
 //! row `i` (Q4_K/Q5_K: at most 8 rows, Q6_K 4, or 8 with VNNI one sub-block at a time: with
-//! their sums and accumulators, 24 of the 32 registers). With VNNI, prompts' Q5_K and Q6_K
-//! passes run on groups unpacked to a byte a value (`unpack_q45`, `unpack_q6`; 8 rows).
+//! their sums and accumulators, 24 of the 32 registers). With VNNI, prompts' Q6_K passes run
+//! on groups unpacked to a byte a value (`unpack_q6`; 8 rows), and Q5_K's where the CPU tests
+//! its fifth bits with a mask (`unpack_q45`; not on AMD, see `kgemm::unpack_min_rows`).
 
 use super::{prefetch_ahead_k, KPrefetch};
 use crate::quant::{ActRow, QK_K};
@@ -107,6 +108,7 @@ unsafe fn dpbusd_row(acc: __m512i, q: __m512i, r: RowAddrs, i: usize, at: usize)
 /// over `0..R` the compiler kept it a loop (a jump table, the sums in memory).
 #[inline(always)]
 unsafe fn dpbusd_rows<const R: usize>(t: &mut [__m512i; R], q: __m512i, rows: RowAddrs, at: usize) {
+    const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
     macro_rules! row {
         ($($i:literal)*) => {$(
             if $i < R {
@@ -323,7 +325,8 @@ const Q45_VALUES_AT: usize = 8 * 64;
 /// Unpacks `nsb` super-blocks of one 16-row Q4_K (`FIFTH = false`) or Q5_K group into `dst`
 /// (`nsb ·` [`Q45_UNPACKED_SB`] bytes): once per group and row tile, so a prompt's passes no
 /// longer select nibbles and fifth bits or widen the scales themselves. (`kgemm` unpacks
-/// Q5_K only: Q4_K's packed passes were as fast.)
+/// Q5_K only, and only where the packed passes test its fifth bits with a mask: Q4_K's
+/// packed passes were as fast, and so were Q5_K's with the bits moved by shifts.)
 #[target_feature(enable = "avx512f,avx512bw")]
 pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut u8) {
     let sb = if FIFTH { 180 * G } else { 148 * G };
