@@ -217,7 +217,8 @@ impl QActs {
         self.format = ActFormat::Q8K;
         self.rows = rows;
         self.cols = cols;
-        let stride = cols + ROW_PAD;
+        // Each row: its values, then `ActRow::q6_bias`, then the pad.
+        let stride = cols + q6_bias_bytes(cols) + ROW_PAD;
         self.stride = stride;
         self.qs.resize(rows * stride, 0);
         self.d.resize(nb, 0.0);
@@ -226,15 +227,20 @@ impl QActs {
         let nbr = cols / QK_K;
         let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16]| {
             let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
-            for ((x, qs), (d, bs)) in rows.zip(d.chunks_mut(nbr).zip(bs.chunks_mut(nbr * 16))) {
-                let qs = &mut qs[..cols];
+            for ((x, row), (d, bs)) in rows.zip(d.chunks_mut(nbr).zip(bs.chunks_mut(nbr * 16))) {
+                let (qs, bias) = row.split_at_mut(cols);
                 #[cfg(target_arch = "x86_64")]
                 if crate::cpu_features::avx2() {
                     // Safety: the CPU has AVX2 (and FMA, F16C).
                     unsafe { x86::avx2::quantize_q8k(x, qs, d, bs) };
-                    continue;
+                } else {
+                    quantize_q8k_scalar(x, qs, d, bs);
                 }
+                #[cfg(not(target_arch = "x86_64"))]
                 quantize_q8k_scalar(x, qs, d, bs);
+                for (b, s) in bias.chunks_exact_mut(4).zip(bs.iter()) {
+                    b.copy_from_slice(&(-32 * *s as i32).to_le_bytes().map(|v| v as i8));
+                }
             }
         };
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
@@ -270,12 +276,15 @@ impl QActs {
                     s: &self.s[i * nb..(i + 1) * nb],
                     bsums: &[],
                     pairs: &[],
+                    q6_bias: &[],
                 }
             }
             ActFormat::Q8K => {
                 let nb = self.cols / QK_K;
+                let q6_bias = &self.qs[i * self.stride + self.cols..][..q6_bias_bytes(self.cols)];
                 ActRow {
                     qs,
+                    q6_bias,
                     d: &self.d[i * nb..(i + 1) * nb],
                     s: &[],
                     bsums: &self.bsums[i * nb * 16..(i + 1) * nb * 16],
@@ -297,6 +306,15 @@ pub(crate) struct ActRow<'a> {
     pub(crate) bsums: &'a [i16],
     /// Q8K only: [`QActs::pairs`], four per 256 values.
     pub(crate) pairs: &'a [i32],
+    /// Q8K only: `−32·Σq` per 16 values, little-endian i32s right after `qs` in the same
+    /// buffer (so a kernel reaches them from a row's address): the −32 of Q6_K's values,
+    /// which its VNNI kernels take as each sub-block's starting sum.
+    pub(crate) q6_bias: &'a [i8],
+}
+
+/// Bytes of [`ActRow::q6_bias`] for a row of `cols` values.
+fn q6_bias_bytes(cols: usize) -> usize {
+    cols / 16 * 4
 }
 
 /// Whether [`matmul`] runs a SIMD kernel on this CPU.

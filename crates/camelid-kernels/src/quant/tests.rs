@@ -452,9 +452,12 @@ fn q8k_activations_hold_block_sums() {
     let a = q8k(&x, m, k);
     for i in 0..m {
         let r = a.row(i);
-        for (j, s) in r.bsums.iter().enumerate() {
+        assert_eq!(r.q6_bias.len(), 4 * r.bsums.len());
+        for (j, (s, bias)) in r.bsums.iter().zip(r.q6_bias.chunks_exact(4)).enumerate() {
             let want: i32 = r.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
             assert_eq!(*s as i32, want);
+            let bias = i32::from_le_bytes([bias[0], bias[1], bias[2], bias[3]].map(|b| b as u8));
+            assert_eq!(bias, -32 * want);
         }
         for (b, xb) in x[i * k..(i + 1) * k].chunks(QK_K).enumerate() {
             for (v, q) in xb.iter().zip(&r.qs[b * QK_K..]) {

@@ -38,6 +38,8 @@ struct RowAddrs {
     p4: *const i8,
     s: usize,
     s3: usize,
+    /// Where a row's [`ActRow::q6_bias`](crate::quant::ActRow) starts, from its values.
+    bias: usize,
 }
 
 impl RowAddrs {
@@ -64,8 +66,29 @@ impl RowAddrs {
             p4,
             s,
             s3: s.wrapping_mul(3),
+            bias: (acts[0].q6_bias.as_ptr() as usize).wrapping_sub(p0 as usize),
         }
     }
+}
+
+/// Runs `$op!(address, registers..)` with row `$i`'s address plus `$at` as a memory operand
+/// over [`RowAddrs`]' four registers (`[p + s·k]`, `k` ≤ 2, or `[p + s3]`).
+macro_rules! row_operand {
+    ($op:ident, $r:expr, $i:expr, $at:expr) => {{
+        let (r, at): (RowAddrs, usize) = ($r, $at);
+        let p = r.p0.add(at);
+        let p4 = r.p4.add(at);
+        match $i {
+            0 => $op!("[{p}]", p = p),
+            1 => $op!("[{p} + {s}]", p = p, s = r.s),
+            2 => $op!("[{p} + {s} * 2]", p = p, s = r.s),
+            3 => $op!("[{p} + {s3}]", p = p, s3 = r.s3),
+            4 => $op!("[{p4}]", p4 = p4),
+            5 => $op!("[{p4} + {s}]", p4 = p4, s = r.s),
+            6 => $op!("[{p4} + {s} * 2]", p4 = p4, s = r.s),
+            _ => $op!("[{p4} + {s3}]", p4 = p4, s3 = r.s3),
+        }
+    }};
 }
 
 /// `vpdpbusd acc, q, [row i + at]{1to16}` for `i < 8`, the row's address from [`RowAddrs`]:
@@ -78,8 +101,6 @@ impl RowAddrs {
 #[inline]
 unsafe fn dpbusd_row(acc: __m512i, q: __m512i, r: RowAddrs, i: usize, at: usize) -> __m512i {
     let mut acc = acc;
-    let p = r.p0.add(at);
-    let p4 = r.p4.add(at);
     macro_rules! dp {
         ($addr:literal $(, $name:ident = $val:expr)*) => {
             std::arch::asm!(
@@ -91,17 +112,29 @@ unsafe fn dpbusd_row(acc: __m512i, q: __m512i, r: RowAddrs, i: usize, at: usize)
             )
         };
     }
-    match i {
-        0 => dp!("[{p}]", p = p),
-        1 => dp!("[{p} + {s}]", p = p, s = r.s),
-        2 => dp!("[{p} + {s} * 2]", p = p, s = r.s),
-        3 => dp!("[{p} + {s3}]", p = p, s3 = r.s3),
-        4 => dp!("[{p4}]", p4 = p4),
-        5 => dp!("[{p4} + {s}]", p4 = p4, s = r.s),
-        6 => dp!("[{p4} + {s} * 2]", p4 = p4, s = r.s),
-        _ => dp!("[{p4} + {s3}]", p4 = p4, s3 = r.s3),
-    }
+    row_operand!(dp, r, i, at);
     acc
+}
+
+/// The four bytes at `row i + at` ([`RowAddrs`]) in every i32 lane: `vpbroadcastd` from
+/// the row's address, as [`dpbusd_row`] reads it (by the compiler, the address of rows 3 and
+/// 7 took registers the passes do not have).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn bcast_row(r: RowAddrs, i: usize, at: usize) -> __m512i {
+    let out: __m512i;
+    macro_rules! bc {
+        ($addr:literal $(, $name:ident = $val:expr)*) => {
+            std::arch::asm!(
+                concat!("vpbroadcastd {out}, dword ptr ", $addr),
+                out = out(zmm_reg) out,
+                $($name = in(reg) $val,)*
+                options(pure, readonly, nostack, preserves_flags),
+            )
+        };
+    }
+    row_operand!(bc, r, i, at);
+    out
 }
 
 /// `t[i] = vpdpbusd(t[i], q, row i + at)` for every row of a pass, spelled out: as a loop
@@ -117,6 +150,32 @@ unsafe fn dpbusd_rows<const R: usize>(t: &mut [__m512i; R], q: __m512i, rows: Ro
         )*};
     }
     row!(0 1 2 3 4 5 6 7);
+}
+
+/// Each row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
+/// ([`ActRow::q6_bias`](crate::quant::ActRow)): the sums a sub-block's `vpdpbusd` start
+/// from, so they add up `Σ (q − 32)·a` with `q` unsigned (0..63), and the −32 costs the
+/// passes nothing (it was eight `vpmaddwd` a row and super-block, beside 64 `vpdpbusd`).
+#[inline(always)]
+unsafe fn q6_bias_rows<const R: usize>(rows: RowAddrs, b: usize, s: usize) -> [__m512i; R] {
+    const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
+    let mut t = [_mm512_setzero_si512(); R];
+    let at = rows.bias + 4 * (16 * b + s);
+    macro_rules! row {
+        ($($i:literal)*) => {$(
+            if $i < R {
+                t[$i] = bcast_row(rows, $i, at);
+            }
+        )*};
+    }
+    row!(0 1 2 3 4 5 6 7);
+    t
+}
+
+/// [`q6_bias_rows`] for one row, read by the compiler (the 2–4-row passes have the registers).
+#[inline(always)]
+unsafe fn q6_bias(a: &ActRow, b: usize, s: usize) -> __m512i {
+    _mm512_set1_epi32((a.q6_bias.as_ptr().add(4 * (16 * b + s)) as *const i32).read_unaligned())
 }
 
 /// Per-row scales (i32 lanes) in the form [`scaled`] takes: as they are for VNNI, else in
@@ -435,7 +494,9 @@ pub(crate) unsafe fn q6_values(v: *const u8) -> [__m512i; 4] {
     ]
 }
 
-/// Q6_K: Σ_s sc_s·Σ q·a per row in i32 (q = 0..63), less `32·Σ_s sc_s·Σa_s`, times `d·da`.
+/// Q6_K: Σ_s sc_s·Σ (q − 32)·a per row in i32 (q = 0..63), times `d·da`; with VNNI each
+/// sub-block's sums start from its `−32·Σa` ([`q6_bias`]), without it the −32 comes off as
+/// `32·Σ_s sc_s·Σa_s` once a super-block.
 /// The three vectors of a four-value step hold all four 32-value sets of a half, so each is
 /// loaded and unpacked once, into four sub-block sums per row: at most 4 rows (24 registers).
 #[inline(always)]
@@ -458,8 +519,15 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
         for n in 0..2 {
             for h in 0..2 {
                 prefetch_ahead_k(pf, blk, SB, 2 * n + h, 4);
-                // t[k][i]: sub-block 8n + 2k + h of row i.
+                // t[k][i]: sub-block 8n + 2k + h of row i; with VNNI from its −32·Σa.
                 let mut t = [[_mm512_setzero_si512(); R]; 4];
+                if VNNI {
+                    for k in 0..4 {
+                        for i in 0..R {
+                            t[k][i] = q6_bias(acts.get_unchecked(i), b, 8 * n + 2 * k + h);
+                        }
+                    }
+                }
                 for g in 4 * h..4 * h + 4 {
                     let q = q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
                     for k in 0..4 {
@@ -482,12 +550,13 @@ unsafe fn q6_k<const R: usize, const VNNI: bool>(
                 }
             }
         }
-        // The −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves of each lane).
-        // With VNNI too: subtracted from each sub-block's sum instead (scalar block sums and
-        // broadcasts), 2–4 rows ran 0.87–0.9× as fast.
+        // Without VNNI the −32 comes apart: Σ_s sc_s·Σa_s, sub-blocks in pairs (i16 halves
+        // of each lane).
         let mut off = [_mm512_setzero_si512(); R];
-        for p in 0..8 {
-            q6_scaled_bsums(q6_scale_pair(blk, p), b, p, acts, &mut off);
+        if !VNNI {
+            for p in 0..8 {
+                q6_scaled_bsums(q6_scale_pair(blk, p), b, p, acts, &mut off);
+            }
         }
         let d = f16x16(blk);
         for i in 0..R {
@@ -533,13 +602,11 @@ unsafe fn q6_scaled_bsums<const R: usize>(
 }
 
 /// Bytes of one Q6_K super-block of a 16-row group unpacked by [`unpack_q6`]: the 16
-/// sub-blocks' scales as i32 lanes (16 × 64), [`q6_scale_pair`]'s pairs (8 × 64), then the
-/// values 0..63 a byte each in activation order (64 vectors of 64: four values of each row).
+/// sub-blocks' scales as i32 lanes (16 × 64), then the values 0..63 a byte each in
+/// activation order (64 vectors of 64: four values of each row).
 pub const Q6_UNPACKED_SB: usize = Q6_VALUES_AT + 64 * 64;
-/// Where [`unpack_q6`]'s scale pairs start in an unpacked super-block.
-const Q6_PAIRS_AT: usize = 16 * 64;
-/// Where its values start.
-const Q6_VALUES_AT: usize = Q6_PAIRS_AT + 8 * 64;
+/// Where [`unpack_q6`]'s values start in an unpacked super-block (after the scales).
+const Q6_VALUES_AT: usize = 16 * 64;
 
 /// Unpacks `nsb` super-blocks of one 16-row Q6_K group into `dst` (`nsb ·` [`Q6_UNPACKED_SB`]
 /// bytes): once per group and row tile, so a prompt's passes no longer join the low and high
@@ -552,9 +619,6 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
         let d = dst.add(b * Q6_UNPACKED_SB);
         for s in 0..16 {
             _mm512_storeu_si512(d.add(64 * s) as *mut _, i8x16(blk.add(2 * G + G * s)));
-        }
-        for p in 0..8 {
-            _mm512_storeu_si512(d.add(Q6_PAIRS_AT + 64 * p) as *mut _, q6_scale_pair(blk, p));
         }
         let vals = d.add(Q6_VALUES_AT);
         for n in 0..2 {
@@ -571,8 +635,8 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
 
 /// [`q6_k_vnni`] over a group unpacked by [`unpack_q6`] (`u`), its `d` still read from the
 /// packed group `w`: per vector only the `vpdpbusd` of each row, per sub-block a scale
-/// product, and the −32 once a super-block (as [`q6_k`]). The i32 totals are the
-/// same numbers, so the results are the same bits.
+/// product, the −32 in each sub-block's starting sum (as [`q6_k_vnni`]). The i32 totals
+/// are the same numbers, so the results are the same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q6_k_unpacked_vnni<const R: usize>(
@@ -591,7 +655,7 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
         let vals = ub.add(Q6_VALUES_AT);
         let mut isum = [_mm512_setzero_si512(); R];
         for s in 0..16 {
-            let mut t = [_mm512_setzero_si512(); R];
+            let mut t = q6_bias_rows::<R>(rows, b, s);
             for v in 4 * s..4 * s + 4 {
                 let q = _mm512_loadu_si512(vals.add(64 * v) as *const _);
                 dpbusd_rows(&mut t, q, rows, b * QK_K + 4 * v);
@@ -601,16 +665,10 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
                 isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
             }
         }
-        let mut off = [_mm512_setzero_si512(); R];
-        for p in 0..8 {
-            let scales = _mm512_loadu_si512(ub.add(Q6_PAIRS_AT + 64 * p) as *const _);
-            q6_scaled_bsums(scales, b, p, acts, &mut off);
-        }
         let d = f16x16(w.add(b * SB));
         for i in 0..R {
-            let total = _mm512_sub_epi32(isum[i], _mm512_slli_epi32::<5>(off[i]));
             let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), acc[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(d, da), acc[i]);
         }
     }
     for (i, v) in acc.iter().enumerate() {
@@ -650,12 +708,11 @@ unsafe fn q6_value<const K: usize>(v: *const u8) -> __m512i {
 /// [`q6_k`] with VNNI for up to 8 rows: one sub-block's sums at a time (the four values of a
 /// step go to four sub-blocks, so [`q6_k`] keeps four sums a row and takes 4 rows), each
 /// step's values joined once for all 8 rows instead of once a pass of 4: 1.05–1.25× at 8–15
-/// rows (`qgemm_bench 1 q6_k`, 2048 columns, alternating). The −32 comes off once a
-/// super-block, as in [`q6_k`], and the rows are read through [`RowAddrs`]: with a pointer
-/// per row and the −32 in every sub-block's sum, the compiler spilled registers to the stack
-/// in every step (5–8 rows 1.15× slower; the −32 alone moved made them slower still). The
-/// i32 sums are the same numbers (exact, added in another order), so the results are the
-/// same bits.
+/// rows (`qgemm_bench 1 q6_k`, 2048 columns, alternating). The −32 is each sub-block's
+/// starting sum ([`q6_bias_rows`]), and the rows are read through [`RowAddrs`]: with a
+/// pointer per row the compiler spilled registers to the stack in every step (5–8 rows 1.15×
+/// slower). The i32 sums are the same numbers (exact, added in another order), so the
+/// results are the same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q6_k_vnni<const R: usize>(
@@ -674,12 +731,12 @@ unsafe fn q6_k_vnni<const R: usize>(
         let mut isum = [_mm512_setzero_si512(); R];
         macro_rules! sub_block {
             ($n:expr, $h:expr, $k:literal) => {{
-                let mut t = [_mm512_setzero_si512(); R];
+                let s = 8 * $n + 2 * $k + $h;
+                let mut t = q6_bias_rows::<R>(rows, b, s);
                 for g in 4 * $h..4 * $h + 4 {
                     let q = q6_value::<$k>(blk.add(18 * G + (8 * $n + g) * 12 * G));
                     dpbusd_rows(&mut t, q, rows, b * QK_K + 128 * $n + 32 * $k + 4 * g);
                 }
-                let s = 8 * $n + 2 * $k + $h;
                 let sc = i8x16(blk.add(2 * G + G * s));
                 for i in 0..R {
                     isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
@@ -695,15 +752,10 @@ unsafe fn q6_k_vnni<const R: usize>(
                 sub_block!(n, h, 3);
             }
         }
-        let mut off = [_mm512_setzero_si512(); R];
-        for p in 0..8 {
-            q6_scaled_bsums(q6_scale_pair(blk, p), b, p, acts, &mut off);
-        }
         let d = f16x16(blk);
         for i in 0..R {
-            let total = _mm512_sub_epi32(isum[i], _mm512_slli_epi32::<5>(off[i]));
             let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), acc[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(d, da), acc[i]);
         }
     }
     for (i, v) in acc.iter().enumerate() {
