@@ -1,7 +1,8 @@
 // Which vector operations take vpdpbusd's issue slots on this CPU: each line times 8
 // independent `vpdpbusd zmm` chains alone, then with other operations in the same loop
 // (on independent registers). An operation that runs beside vpdpbusd leaves the time at the
-// first line's; one that shares its pipes adds a vpdpbusd's time per instruction. The K
+// first line's; one that shares its pipes adds a vpdpbusd's time per instruction (the last
+// three read their operand from memory, as the passes' activations and scales are). The K
 // kernels are bound by the count of the second kind (benches/README, Session 37), so this is
 // what to run on a new CPU before changing how they unpack their bits. Needs AVX-512 VNNI,
 // BW and GFNI. Hand-written: no Debian package measures two instructions' overlap.
@@ -35,6 +36,11 @@ static double now(void) {
 #define CVT(i) "vcvtdq2ps %%zmm" #i ", %%zmm" #i "\n\t"
 #define FMA(i) "vfmadd231ps %%zmm0, %%zmm0, %%zmm" #i "\n\t"
 #define MULPS(i) "vmulps %%zmm0, %%zmm" #i ", %%zmm" #i "\n\t"
+// Operands read from memory (`%1`: a 64-byte buffer), as the passes read activations.
+#define BCASTM(i) "vpbroadcastd (%1), %%zmm" #i "\n\t"
+#define ADDM(i) "vpaddd (%1)%{1to16%}, %%zmm" #i ", %%zmm" #i "\n\t"
+#define MOVSXM(i) "vpmovsxbd (%1), %%zmm" #i "\n\t"
+static int buf[16] __attribute__((aligned(64)));
 
 #define TIME(body, name)                                                                      \
   {                                                                                           \
@@ -42,7 +48,7 @@ static double now(void) {
     double t0 = now();                                                                        \
     __asm__ volatile("vpxor %%xmm0, %%xmm0, %%xmm0\n\t1:\n\t" body "dec %0\n\tjnz 1b\n\t"     \
                      : "+r"(n)                                                                \
-                     :                                                                        \
+                     : "r"(buf)                                                               \
                      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",   \
                        "xmm9", "xmm10", "k1", "cc");                                          \
     printf("8 vpdpbusd + %-22s %.3f ns\n", name, (now() - t0) / N * 1e9);                   \
@@ -66,5 +72,8 @@ int main(void) {
   TIME(D8 TWO(CVT), "2 vcvtdq2ps")
   TIME(D8 TWO(FMA), "2 vfmadd231ps")
   TIME(D8 TWO(MULPS), "2 vmulps")
+  TIME(D8 TWO(BCASTM), "2 vpbroadcastd (mem)")
+  TIME(D8 TWO(ADDM), "2 vpaddd (mem){1to16}")
+  TIME(D8 TWO(MOVSXM), "2 vpmovsxbd (mem)")
   return 0;
 }
