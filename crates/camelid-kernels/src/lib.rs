@@ -49,10 +49,15 @@ pub(crate) fn advise_huge_pages<T>(buf: &mut [T]) {
 pub(crate) struct Line(pub(crate) [u8; 64]);
 
 impl Line {
-    /// Lines enough for `n` 16-bit values, zeroed, on huge pages where Linux gives them
-    /// ([`advise_huge_pages`] before the zeros are written: `vec!` of a `Line` writes every
-    /// element, so advice given after it found the pages already mapped at 4 KiB).
+    /// Lines enough for `n` 16-bit values, zeroed (a call's scratch).
     pub(crate) fn for_u16s(n: usize) -> Vec<Line> {
+        vec![Line([0; 64]); n.div_ceil(32)]
+    }
+
+    /// [`Line::for_u16s`] for weights kept for the model's life: on huge pages where Linux
+    /// gives them ([`advise_huge_pages`] before the zeros are written: `vec!` of a `Line`
+    /// writes every element, so advice given after it found the pages mapped at 4 KiB).
+    pub(crate) fn for_u16s_on_huge_pages(n: usize) -> Vec<Line> {
         let lines = n.div_ceil(32);
         let mut v = Vec::with_capacity(lines);
         advise_huge_pages(v.spare_capacity_mut());

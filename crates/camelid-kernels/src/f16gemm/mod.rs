@@ -156,13 +156,13 @@ impl HalfWeight {
         }
         let g = flavour.group();
         let data = if g == 0 {
-            let mut data = Line::for_u16s(bits.len());
+            let mut data = Line::for_u16s_on_huge_pages(bits.len());
             Line::u16s_mut(&mut data)[..bits.len()].copy_from_slice(bits);
             data
         } else {
             let padded = rows.div_ceil(g * UNIT_GROUPS) * g * UNIT_GROUPS;
             let stride = flavour.stride(cols);
-            let mut data = Line::for_u16s(padded * stride);
+            let mut data = Line::for_u16s_on_huge_pages(padded * stride);
             let values = Line::u16s_mut(&mut data);
             for (r, row) in bits.chunks_exact(cols).enumerate() {
                 for (j, &v) in row.iter().enumerate() {

@@ -390,6 +390,7 @@ unsafe fn gemm_group(
     debug_assert!(acts.iter().all(|a| a.qs.len() >= nsb * QK_K
         && a.d.len() >= nsb
         && a.bsums.len() >= nsb * 16
+        && a.q6_bias.len() >= nsb * 64
         && a.pairs.len() >= nsb * 4));
     #[cfg(target_arch = "x86_64")]
     {

@@ -127,7 +127,8 @@ pub struct QActs {
     format: ActFormat,
     cols: usize,
     rows: usize,
-    /// Row `i`'s bytes start at `qs[i · stride]`: `cols` + [`ROW_PAD`].
+    /// Row `i`'s bytes start at `qs[i · stride]`: `cols` (Q8K: then [`ActRow::q6_bias`]),
+    /// then [`ROW_PAD`].
     stride: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
@@ -139,7 +140,8 @@ pub struct QActs {
     pairs: Vec<i32>,
 }
 
-/// Bytes between one quantized activation row's end and the next one's start. A kernel pass
+/// Bytes between one quantized activation row's end (Q8K: its `q6_bias`) and the next one's
+/// start. A kernel pass
 /// reads 8 rows side by side; `cols` apart, at 2048 or 8192 columns (a 1B model's widths),
 /// their bytes at the same column fall into the same L1 sets (4 KiB apart), and 8 rows plus
 /// the weights' lines overflow a set's 8 ways: a pass of 32 `vpdpbusd` per sub-block ran at
@@ -239,7 +241,7 @@ impl QActs {
                 #[cfg(not(target_arch = "x86_64"))]
                 quantize_q8k_scalar(x, qs, d, bs);
                 for (b, s) in bias.chunks_exact_mut(4).zip(bs.iter()) {
-                    b.copy_from_slice(&(-32 * *s as i32).to_le_bytes().map(|v| v as i8));
+                    b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8));
                 }
             }
         };

@@ -28,8 +28,8 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
     }
 }
 
-/// Where a pass's activation rows start, for [`dpbusd_row`]: rows of one `QActs` lie `s`
-/// bytes apart, so rows 0–3 are `p0 + {0, s, 2s, 3s}` and 4–7 `p4 + ..`, four registers in
+/// Where a pass's activation rows start, for [`dpbusd_row`] and [`bcast_row`]: rows of one
+/// `QActs` lie `s` bytes apart (each row's `q6_bias` at the same offset `bias` from its values), so rows 0–3 are `p0 + {0, s, 2s, 3s}` and 4–7 `p4 + ..`, four registers in
 /// all. With one pointer a row the compiler ran out of registers in the 8-row passes and
 /// reloaded them from the stack for every vector.
 #[derive(Clone, Copy)]
@@ -44,7 +44,8 @@ struct RowAddrs {
 
 impl RowAddrs {
     /// # Panics
-    /// If the rows are not evenly spaced (they are when they come from one `QActs`).
+    /// If the rows are not evenly spaced (they are when they come from one `QActs`); in debug
+    /// builds, if a row's `q6_bias` is not `bias` bytes past its values.
     #[inline(always)]
     fn new(acts: &[ActRow]) -> RowAddrs {
         let p0 = acts[0].qs.as_ptr();
@@ -61,12 +62,16 @@ impl RowAddrs {
             "activation rows evenly spaced"
         );
         let p4 = acts.get(4).map_or(p0, |a| a.qs.as_ptr());
+        let bias = (acts[0].q6_bias.as_ptr() as usize).wrapping_sub(p0 as usize);
+        debug_assert!(acts
+            .iter()
+            .all(|a| a.q6_bias.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias)));
         RowAddrs {
             p0,
             p4,
             s,
             s3: s.wrapping_mul(3),
-            bias: (acts[0].q6_bias.as_ptr() as usize).wrapping_sub(p0 as usize),
+            bias,
         }
     }
 }
