@@ -29,9 +29,10 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
 }
 
 /// Where a pass's activation rows start, for [`dpbusd_row`] and [`bcast_row`]: rows of one
-/// `QActs` lie `s` bytes apart (each row's `q6_bias` at the same offset `bias` from its values), so rows 0–3 are `p0 + {0, s, 2s, 3s}` and 4–7 `p4 + ..`, four registers in
-/// all. With one pointer a row the compiler ran out of registers in the 8-row passes and
-/// reloaded them from the stack for every vector.
+/// `QActs` lie `s` bytes apart (each row's `q6_bias` at the same offset `bias` from its
+/// values), so rows 0–3 are `p0 + {0, s, 2s, 3s}` and 4–7 `p4 + ..`, four registers in all.
+/// With one pointer a row the compiler ran out of registers in the 8-row passes and reloaded
+/// them from the stack for every vector.
 #[derive(Clone, Copy)]
 struct RowAddrs {
     p0: *const i8,
