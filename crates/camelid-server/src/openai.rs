@@ -197,24 +197,55 @@ pub struct CompletionRequest {
     pub cache_salt: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// `/tokenize`'s body: a chat conversation (`messages`) or a text (`prompt`), vLLM's two forms.
+#[derive(Debug, Clone)]
 pub enum TokenizeRequest {
-    Chat {
-        model: Option<String>,
-        messages: Vec<ChatMessage>,
-        add_generation_prompt: Option<bool>,
-        #[serde(default, deserialize_with = "null_is_false")]
-        continue_final_message: bool,
-        /// Extra variables for the model's jinja template (vLLM's name), as in a chat.
-        chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
-    },
-    Text {
-        model: Option<String>,
-        prompt: String,
-        #[serde(default = "yes")]
-        add_special_tokens: bool,
-    },
+    Chat(TokenizeChat),
+    Text(TokenizeText),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizeChat {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub add_generation_prompt: Option<bool>,
+    #[serde(default, deserialize_with = "null_is_false")]
+    pub continue_final_message: bool,
+    /// Extra variables for the model's jinja template (vLLM's name), as in a chat.
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Function definitions the template shows the model, as a chat's `tools`.
+    pub tools: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizeText {
+    pub model: Option<String>,
+    pub prompt: String,
+    #[serde(default = "yes")]
+    pub add_special_tokens: bool,
+}
+
+impl TokenizeRequest {
+    /// The form is told by its field (`messages` or `prompt`, not both), so a wrong type
+    /// is a 400 naming the field rather than "matched no form".
+    pub fn parse(body: &[u8]) -> Result<TokenizeRequest, ApiError> {
+        let v = parse_json(body)?;
+        let Some(o) = v.as_object() else {
+            return Err(ApiError::bad_request("The body must be a JSON object."));
+        };
+        match (o.contains_key("messages"), o.contains_key("prompt")) {
+            (true, true) => Err(ApiError::invalid_param(
+                "prompt",
+                "send `prompt` (a text) or `messages` (a chat), not both",
+            )),
+            (true, false) => Ok(TokenizeRequest::Chat(from_value(&v)?)),
+            (false, true) => Ok(TokenizeRequest::Text(from_value(&v)?)),
+            (false, false) => Err(ApiError::invalid_param(
+                "prompt",
+                "`/tokenize` needs `prompt` (a text) or `messages` (a chat)",
+            )),
+        }
+    }
 }
 
 fn yes() -> bool {

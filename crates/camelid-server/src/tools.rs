@@ -123,6 +123,75 @@ fn check_tool(i: usize, t: &Value) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
+/// A request's `tools` (absent or null: none), each checked, at most `max_tools` of them, and
+/// their names (distinct).
+fn checked_tools(
+    tools: Option<&Value>,
+    max_tools: usize,
+) -> Result<(Vec<Value>, HashSet<String>), ApiError> {
+    let tools: Vec<Value> = match tools {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) if a.len() > max_tools => {
+            return Err(bad(
+                "tools",
+                format!(
+                    "`tools`: {} tools; at most {max_tools} are allowed",
+                    a.len()
+                ),
+            ))
+        }
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(bad("tools", "`tools` must be an array of tools")),
+    };
+    let mut names = HashSet::new();
+    for (i, t) in tools.iter().enumerate() {
+        let n = check_tool(i, t)?;
+        if names.contains(&n) {
+            return Err(bad(
+                &format!("tools[{i}].function.name"),
+                format!("two tools are named {n:?}"),
+            ));
+        }
+        names.insert(n);
+    }
+    Ok((tools, names))
+}
+
+/// Tools the model's template does not render are a 400: the model could not know them.
+/// The probe renders stop at `max_bytes`.
+fn check_rendered(
+    template: &ChatTemplate,
+    tools: &[Value],
+    max_bytes: usize,
+) -> Result<(), ApiError> {
+    let rendered = renders_tools(template, tools, max_bytes)
+        .map_err(|e| ApiError::invalid_param("tools", e.to_string()))?;
+    if !rendered {
+        return Err(bad(
+            "tools",
+            "this model's chat template does not render tools, so the model cannot be \
+             offered them (serve it with a tools-capable template: `--chat-template FILE`)",
+        ));
+    }
+    Ok(())
+}
+
+/// The tools a `/tokenize` chat body shows the model, checked as a chat's are: the
+/// prompt's tokens then count them, as the chat's `usage` does (vLLM's `/tokenize` too).
+pub fn tokenize_tools(
+    tools: Option<&Value>,
+    template: &ChatTemplate,
+    max_tools: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<Value>>, ApiError> {
+    let (tools, _) = checked_tools(tools, max_tools)?;
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    check_rendered(template, &tools, max_bytes)?;
+    Ok(Some(tools))
+}
+
 impl ToolPlan {
     /// The request's tools, checked; `None` when it has none (then `tool_choice` may only be
     /// `none` or `auto`). Tools the model's template does not render are a 400: the model
@@ -137,31 +206,7 @@ impl ToolPlan {
         max_bytes: usize,
     ) -> Result<Option<ToolPlan>, ApiError> {
         refuse_legacy(req)?;
-        let tools: Vec<Value> = match &req.tools {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(a)) if a.len() > max_tools => {
-                return Err(bad(
-                    "tools",
-                    format!(
-                        "`tools`: {} tools; at most {max_tools} are allowed",
-                        a.len()
-                    ),
-                ))
-            }
-            Some(Value::Array(a)) => a.clone(),
-            Some(_) => return Err(bad("tools", "`tools` must be an array of tools")),
-        };
-        let mut names = HashSet::new();
-        for (i, t) in tools.iter().enumerate() {
-            let n = check_tool(i, t)?;
-            if names.contains(&n) {
-                return Err(bad(
-                    &format!("tools[{i}].function.name"),
-                    format!("two tools are named {n:?}"),
-                ));
-            }
-            names.insert(n);
-        }
+        let (tools, names) = checked_tools(req.tools.as_ref(), max_tools)?;
         let choice = match &req.tool_choice {
             None | Some(Value::Null) if tools.is_empty() => ToolChoice::None,
             None | Some(Value::Null) => ToolChoice::Auto,
@@ -201,15 +246,7 @@ impl ToolPlan {
                 _ => Err(bad("tool_choice", "`tool_choice` requires `tools`")),
             };
         }
-        let rendered = renders_tools(template, &tools, max_bytes)
-            .map_err(|e| ApiError::invalid_param("tools", e.to_string()))?;
-        if !rendered {
-            return Err(bad(
-                "tools",
-                "this model's chat template does not render tools, so the model cannot be \
-                 offered them (serve it with a tools-capable template: `--chat-template FILE`)",
-            ));
-        }
+        check_rendered(template, &tools, max_bytes)?;
         Ok(Some(ToolPlan {
             tools,
             choice,

@@ -264,6 +264,74 @@ fn calls_and_tool_results_render_through_the_template() {
     assert_eq!(b["usage"]["prompt_tokens"], t["count"], "{}", short(&b));
 }
 
+/// `/tokenize`'s chat form renders `tools` as the chat does, so it counts the prompt the
+/// chat's `usage` reports; its tools are checked as a chat's, and its type errors name the
+/// field.
+#[test]
+fn tokenize_counts_the_tools_the_chat_shows() {
+    let s = &server().base;
+    let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &json!({"model": "tools", "max_tokens": 1, "messages": messages, "tools": [weather_tool()]}),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    let (st, t) = post(
+        s,
+        "/tokenize",
+        &json!({"model": "tools", "messages": messages, "tools": [weather_tool()]}),
+    );
+    assert_eq!(st, 200, "{}", short(&t));
+    assert_eq!(t["count"], b["usage"]["prompt_tokens"], "{}", short(&t));
+    let (_, bare) = post(
+        s,
+        "/tokenize",
+        &json!({"model": "tools", "messages": messages}),
+    );
+    assert!(
+        bare["count"].as_u64() < t["count"].as_u64(),
+        "{}",
+        short(&bare)
+    );
+
+    let (st, e) = post(
+        s,
+        "/tokenize",
+        &json!({"model": "tools", "messages": messages, "tools": "garbage"}),
+    );
+    assert_error(st, &e, 400, Some("tools"));
+    let (st, e) = post(
+        s,
+        "/tokenize",
+        &json!({"model": "plain", "messages": messages, "tools": [weather_tool()]}),
+    );
+    assert_error(st, &e, 400, Some("tools"));
+    let (st, e) = post(s, "/tokenize", &json!({"model": "plain", "prompt": 5}));
+    assert_error(st, &e, 400, Some("prompt"));
+    let (st, e) = post(
+        s,
+        "/tokenize",
+        &json!({"model": "plain", "messages": [{"role": "user", "content": 5}]}),
+    );
+    assert_error(st, &e, 400, None);
+    assert!(
+        e["error"]["param"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("messages[0]")),
+        "{}",
+        short(&e)
+    );
+    let (st, e) = post(
+        s,
+        "/tokenize",
+        &json!({"model": "plain", "prompt": "hi", "messages": messages}),
+    );
+    assert_error(st, &e, 400, Some("prompt"));
+    let (st, e) = post(s, "/tokenize", &json!({"model": "plain"}));
+    assert_error(st, &e, 400, Some("prompt"));
+}
+
 /// `auto`: the same greedy output read three ways — raw (`tool_choice: "none"`), whole and
 /// streamed — gives the text and calls the Hermes parser finds in the raw text, and
 /// `finish_reason` says `tool_calls` exactly when there are calls.

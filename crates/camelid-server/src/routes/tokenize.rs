@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::openai::{self, DetokenizeRequest, TokenizeRequest};
 use crate::run::blocking;
 use crate::state::AppState;
+use crate::tools::tokenize_tools;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use serde_json::json;
@@ -14,39 +15,28 @@ use std::sync::Arc;
 
 pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): RequestBody) -> AppResult {
     let permit = s.permit()?;
-    let req: TokenizeRequest = openai::parse_body(&body)?;
+    let req = TokenizeRequest::parse(&body)?;
     drop(body);
     let (model, ids) = match req {
-        TokenizeRequest::Chat {
-            model,
-            messages,
-            add_generation_prompt,
-            continue_final_message,
-            chat_template_kwargs,
-        } => {
-            let end = prompt_end(add_generation_prompt, continue_final_message)?;
-            s.config.limits.check_messages(messages.len())?;
-            let m = s.model(model.as_deref())?;
-            let msgs = to_messages(&messages)?;
-            let kwargs = chat_template_kwargs.unwrap_or_default();
-            let ids = render_and_encode(
-                &permit,
-                &m,
-                msgs,
-                None,
-                end,
-                kwargs,
-                render_budget(&m, s.config.body_limit),
-            )
-            .await?;
+        TokenizeRequest::Chat(c) => {
+            let end = prompt_end(c.add_generation_prompt, c.continue_final_message)?;
+            s.config.limits.check_messages(c.messages.len())?;
+            let m = s.model(c.model.as_deref())?;
+            let budget = render_budget(&m, s.config.body_limit);
+            let tools = tokenize_tools(
+                c.tools.as_ref(),
+                &m.template,
+                s.config.limits.max_tools,
+                budget,
+            )?;
+            let msgs = to_messages(&c.messages)?;
+            let kwargs = c.chat_template_kwargs.unwrap_or_default();
+            let ids = render_and_encode(&permit, &m, msgs, tools, end, kwargs, budget).await?;
             (m, ids)
         }
-        TokenizeRequest::Text {
-            model,
-            prompt,
-            add_special_tokens,
-        } => {
-            let m = s.model(model.as_deref())?;
+        TokenizeRequest::Text(t) => {
+            let m = s.model(t.model.as_deref())?;
+            let (prompt, add_special_tokens) = (t.prompt, t.add_special_tokens);
             let tok = m.engine.shared_tokenizer();
             let ids = blocking(&permit, move || {
                 tok.encode(&prompt, add_special_tokens)
