@@ -104,34 +104,105 @@ pub fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
     json!({"content": content})
 }
 
+/// Where the next token starts in a choice's text, in characters (Python's and OpenAI's
+/// `text_offset` unit): the characters of the tokens so far, a character split over several
+/// tokens counted once it is whole (its tokens start where it does).
+#[derive(Debug, Clone, Default)]
+pub struct TextOffset {
+    chars: usize,
+    /// The first bytes of a character still to be completed by the next tokens.
+    pending: Vec<u8>,
+}
+
+impl TextOffset {
+    /// At character `chars` of the text, nothing pending (e.g. after an echoed prompt).
+    pub fn at(chars: usize) -> Self {
+        Self {
+            chars,
+            pending: vec![],
+        }
+    }
+
+    /// The offset of a token of these bytes, moving past it.
+    fn take(&mut self, bytes: &[u8]) -> usize {
+        let start = self.chars;
+        self.pending.extend_from_slice(bytes);
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.chars += s.chars().count();
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let ok = &rest[..e.valid_up_to()];
+                    // Safety of the count: `valid_up_to` ends on a character boundary.
+                    self.chars += std::str::from_utf8(ok).map_or(0, |s| s.chars().count());
+                    match e.error_len() {
+                        // Invalid bytes read as one U+FFFD, as lossy decoding shows them.
+                        Some(n) => {
+                            self.chars += 1;
+                            rest = &rest[e.valid_up_to() + n..];
+                        }
+                        // A character's first bytes: wait for the rest.
+                        None => {
+                            rest = &rest[e.valid_up_to()..];
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        start
+    }
+}
+
+/// A token as completions' `tokens` and `top_logprobs` keys spell it: its text, or where its
+/// bytes are not whole UTF-8 (a piece of a multi-byte character) OpenAI's `bytes:\xNN…`, so
+/// the pieces of different characters do not all read U+FFFD and overwrite each other's keys.
+fn completion_token(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let mut t = String::from("bytes:");
+            for b in bytes {
+                t += &format!("\\x{b:02x}");
+            }
+            t
+        }
+    }
+}
+
 /// Completions `logprobs` object; `None` marks a leading prompt token without context.
-/// `text_offset` counts bytes of the choice's text from `offset0` (where these entries
-/// start in it). Each position's `top_logprobs` holds the chosen token too, as OpenAI's
-/// and vLLM's do (up to `logprobs + 1` entries). Also returns the offset after the last entry.
+/// `text_offset` counts characters of the choice's text, from `at` (moved past the entries).
+/// Each position's `top_logprobs` holds the chosen token too, as OpenAI's and vLLM's do (up
+/// to `logprobs + 1` entries).
 pub fn completion_logprobs(
     tok: &Tokenizer,
     entries: &[(u32, Option<&TokenLogprob>)],
-    offset0: usize,
-) -> (Value, usize) {
+    at: &mut TextOffset,
+) -> Value {
     let spell = Spelling::new(tok);
     let mut tokens = vec![];
     let mut token_logprobs = vec![];
     let mut top = vec![];
     let mut offsets = vec![];
-    let mut off = offset0;
     for (id, lp) in entries {
-        let t = spell.token(*id).0;
-        offsets.push(off);
-        off += t.len();
+        let bytes = spell.bytes(*id);
+        let t = completion_token(&bytes);
+        offsets.push(at.take(&bytes));
         match lp {
             Some(l) => {
                 token_logprobs.push(json!(l.logprob));
                 let mut m: serde_json::Map<String, Value> = l
                     .top
                     .iter()
-                    .map(|&(t, p)| (spell.token(t).0, json!(p)))
+                    .map(|&(t, p)| (completion_token(&spell.bytes(t)), json!(p)))
                     .collect();
-                m.entry(t.clone()).or_insert(json!(l.logprob));
+                // The chosen token's own value, also where another token spells the same.
+                m.insert(t.clone(), json!(l.logprob));
                 top.push(Value::Object(m));
             }
             None => {
@@ -141,8 +212,7 @@ pub fn completion_logprobs(
         }
         tokens.push(Value::String(t));
     }
-    let v = json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets});
-    (v, off)
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
 }
 
 pub fn finish_str(f: FinishReason) -> &'static str {

@@ -582,6 +582,69 @@ fn completion_echo_streams_like_the_whole_answer() {
 }
 
 #[test]
+fn completion_logprobs_of_split_characters_keep_their_keys_and_offsets() {
+    // Characters split over several byte-level tokens (CJK, an emoji): each piece's key is
+    // OpenAI's `bytes:\xNN…`, so the top maps keep all their entries and the chosen token's
+    // value; `text_offset` counts characters of `text`, a split character's pieces starting
+    // where it does. Whole and streamed alike.
+    let prompt = "Café naïve 東京の🦙 dit: «";
+    let ask = json!({"model": "smol", "prompt": prompt, "echo": true, "logprobs": 5,
+                     "max_tokens": 6, "ignore_eos": true, "temperature": 0});
+    let (st, whole) = post("/v1/completions", ask.clone());
+    assert_eq!(st, 200, "{whole}");
+    let w = &whole["choices"][0];
+    let text: Vec<char> = w["text"].as_str().unwrap().chars().collect();
+    let lp = &w["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let offsets: Vec<usize> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap() as usize)
+        .collect();
+    let mut pieces = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let t = t.as_str().unwrap();
+        assert!(offsets[i] <= text.len(), "{lp}");
+        if i > 0 {
+            assert!(offsets[i] >= offsets[i - 1], "{lp}");
+        }
+        if t.starts_with("bytes:\\x") {
+            pieces += 1;
+        } else {
+            let at: String = text[offsets[i]..offsets[i] + t.chars().count()]
+                .iter()
+                .collect();
+            assert_eq!(at, t, "token {i} at its offset: {lp}");
+        }
+    }
+    assert!(pieces >= 2, "the prompt's split characters: {lp}");
+    let chosen = lp["token_logprobs"].as_array().unwrap();
+    for (i, top) in lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .skip(1)
+    {
+        let m = top.as_object().unwrap();
+        assert!((5..=6).contains(&m.len()), "position {i}: {top}");
+        assert_eq!(
+            m[tokens[i].as_str().unwrap()],
+            chosen[i],
+            "position {i}: {top}"
+        );
+    }
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let chunks = stream_chunks("/v1/completions", streamed);
+    let [st_tokens, _, st_tops, st_offsets] = joined_logprobs(&chunks);
+    assert_eq!(&st_tokens, tokens);
+    assert_eq!(&st_tops, lp["top_logprobs"].as_array().unwrap());
+    assert_eq!(&st_offsets, lp["text_offset"].as_array().unwrap());
+}
+
+#[test]
 fn sentencepiece_echo_and_token_text() {
     // A vocabulary that adds BOS and spells spaces as `▁`: echo gives the prompt as sent
     // (not "<s>" before it), and each token's text keeps its space, so they join.

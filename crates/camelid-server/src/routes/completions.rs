@@ -3,7 +3,9 @@
 
 use super::{AppResult, RequestBody};
 use crate::error::ApiError;
-use crate::format::{completion_logprobs, finish_str, new_id, now_secs, usage_json, CachedPrompt};
+use crate::format::{
+    completion_logprobs, finish_str, new_id, now_secs, usage_json, CachedPrompt, TextOffset,
+};
 use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
 use crate::run::{blocking, collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
@@ -173,13 +175,13 @@ pub async fn completions(
     for r in &results {
         completion_tokens += r.usage.completion_tokens;
         let prompt = &prompts[r.index / n];
-        let (mut text, mut entries): (String, Vec<(u32, Option<&TokenLogprob>)>) =
+        let (mut text, mut echoed): (String, Vec<(u32, Option<&TokenLogprob>)>) =
             (String::new(), vec![]);
         if req.echo {
             text += &echo_texts[r.index / n];
             if let Some(lps) = &r.prompt_logprobs {
-                entries.push((prompt[0], None));
-                entries.extend(
+                echoed.push((prompt[0], None));
+                echoed.extend(
                     prompt[1..]
                         .iter()
                         .zip(lps.iter())
@@ -187,18 +189,27 @@ pub async fn completions(
                 );
             }
         }
-        text += &r.text;
-        entries.extend(
-            r.tokens
-                .iter()
-                .zip(r.logprobs.iter())
-                .map(|(&t, l)| (t, Some(l))),
-        );
+        let generated: Vec<(u32, Option<&TokenLogprob>)> = r
+            .tokens
+            .iter()
+            .zip(r.logprobs.iter())
+            .map(|(&t, l)| (t, Some(l)))
+            .collect();
         let logprobs = if req.logprobs.is_some() {
-            completion_logprobs(tok, &entries, 0).0
+            // The generated tokens' offsets count from the echoed text itself (its tokens
+            // may spell more, e.g. a BOS token).
+            let mut v = completion_logprobs(tok, &echoed, &mut TextOffset::at(0));
+            let mut at = TextOffset::at(text.chars().count());
+            let g = completion_logprobs(tok, &generated, &mut at);
+            for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+                let more = g[k].as_array().cloned().unwrap_or_default();
+                v[k].as_array_mut().expect("an array").extend(more);
+            }
+            v
         } else {
             Value::Null
         };
+        text += &r.text;
         choices.push(json!({"index": r.index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(r.finish)}));
     }
     let mut cached = CachedPrompt::new(n);
@@ -230,7 +241,7 @@ struct CompletionChunks {
     n: usize,
     /// Per choice whose echo is sent (or not wanted): where its next token's `text_offset`
     /// starts.
-    offsets: std::collections::HashMap<usize, usize>,
+    offsets: std::collections::HashMap<usize, TextOffset>,
 }
 
 impl CompletionChunks {
@@ -245,23 +256,25 @@ impl CompletionChunks {
             return None;
         }
         let Some(text) = self.echo_texts.get(index / self.n) else {
-            self.offsets.insert(index, 0);
+            self.offsets.insert(index, TextOffset::at(0));
             return None;
         };
-        let (logprobs, end) = match lps {
+        let logprobs = match lps {
             Some(lps) if self.logprobs => {
                 let prompt = &self.prompts[index / self.n];
                 let entries: Vec<(u32, Option<&TokenLogprob>)> = std::iter::once((prompt[0], None))
                     .chain(prompt[1..].iter().zip(lps).map(|(&t, l)| (t, Some(l))))
                     .collect();
-                completion_logprobs(&self.tok, &entries, 0)
+                completion_logprobs(&self.tok, &entries, &mut TextOffset::at(0))
             }
-            _ => (Value::Null, text.len()),
+            _ => Value::Null,
         };
         let c = self.chunk(
             json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}]),
         );
-        self.offsets.insert(index, end);
+        // The generated tokens count from the echoed text (its tokens may spell more).
+        self.offsets
+            .insert(index, TextOffset::at(text.chars().count()));
         Some(c)
     }
 }
@@ -282,10 +295,8 @@ impl ChunkFormat for CompletionChunks {
         }
         let lp = match logprob {
             Some(l) if self.logprobs => {
-                let off = self.offsets.get(&index).copied().unwrap_or(0);
-                let (v, end) = completion_logprobs(&self.tok, &[(l.token, Some(l))], off);
-                self.offsets.insert(index, end);
-                v
+                let at = self.offsets.entry(index).or_default();
+                completion_logprobs(&self.tok, &[(l.token, Some(l))], at)
             }
             _ => Value::Null,
         };
