@@ -172,12 +172,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(keyed)
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn(json_from_browsers))
         .layer(middleware::from_fn(ollama_error_shape));
     if let Some(cors) = cors(&state.config.allowed_origins) {
         // Outermost: a preflight is answered before the key check (browsers send none).
         app = app.layer(cors);
     }
     app.with_state(state)
+}
+
+/// A browser's request (it carries `Origin`) that writes must send JSON, else 415. A page of
+/// any other site may make its visitors' browsers send a POST of `text/plain`, a form or no
+/// type without asking first (no CORS preflight), and every handler reads its body as JSON
+/// whatever the type: without this, such a page could generate on a keyless server, vote in
+/// the arena from each visitor's address or load adapters (cross-site request forgery, as
+/// FastAPI's check on JSON bodies prevents). A JSON request from another site is preflighted,
+/// which only `--allowed-origins` answers. Clients that are not browsers send no `Origin`
+/// and keep any type (`curl -d` sends a form's).
+async fn json_from_browsers(req: Request, next: Next) -> Response {
+    use axum::http::{header, Method};
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if writes && req.headers().contains_key(header::ORIGIN) {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+        if !json {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "A request from a web page must send its body as JSON \
+                 (`Content-Type: application/json`).",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Ollama's clients read `{"error": "…"}`: the errors of `/api/*` made before its handlers

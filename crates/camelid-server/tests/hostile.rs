@@ -769,6 +769,88 @@ fn connections_are_capped() {
 
 /// Fields that would change the answer and are not implemented are refused, naming the field;
 /// their "off" values and unknown fields pass.
+/// Cross-site request forgery: a page of another site can make its visitors' browsers POST
+/// `text/plain`, a form or no type with no preflight. A request that carries `Origin` (a
+/// browser's) and writes must be JSON: 415 on every route, before its handler runs (the
+/// generation, the vote, the adapter load); JSON from a page and any type from a client that
+/// is not a browser still pass.
+#[test]
+fn browser_requests_that_are_not_json_are_refused() {
+    let _g = serial();
+    let base = &server().base;
+    let send_from = |path: &str, origin: Option<&str>, ct: Option<&str>, body: &Value| {
+        runtime().block_on(async {
+            let mut r = client()
+                .post(format!("{base}{path}"))
+                .body(body.to_string());
+            if let Some(o) = origin {
+                r = r.header("origin", o);
+            }
+            if let Some(c) = ct {
+                r = r.header("content-type", c);
+            }
+            let r = r.send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    let chat = chat_body(json!({}));
+    let evil = Some("http://evil.example");
+    for ct in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        for (path, body) in [
+            ("/v1/chat/completions", &chat),
+            ("/v1/completions", &completion_body(json!({}))),
+            (
+                "/arena/battles",
+                &json!({"messages": [{"role": "user", "content": "Hi"}]}),
+            ),
+            (
+                "/v1/load_lora_adapter",
+                &json!({"lora_name": "x", "lora_path": "/tmp"}),
+            ),
+            ("/tokenize", &json!({"prompt": "Hi"})),
+        ] {
+            let (st, e) = send_from(path, evil, ct, body);
+            assert_error(st, &e, 415, None);
+        }
+        // Ollama's routes answer in Ollama's error shape.
+        let (st, e) = send_from(
+            "/api/chat",
+            evil,
+            ct,
+            &json!({"model": "smol", "messages": []}),
+        );
+        assert_eq!(st, 415, "{}", short(&e));
+        assert!(e["error"].is_string(), "{}", short(&e));
+    }
+    // `Origin: null` (a sandboxed frame, a file) is a browser's too.
+    let (st, e) = send_from(
+        "/v1/chat/completions",
+        Some("null"),
+        Some("text/plain"),
+        &chat,
+    );
+    assert_error(st, &e, 415, None);
+    // A page's JSON (preflighted when it is another site's) and a non-browser's form body pass.
+    for ct in ["application/json", "application/json; charset=utf-8"] {
+        let (st, b) = send_from("/v1/chat/completions", Some(base.as_str()), Some(ct), &chat);
+        assert_eq!(st, 200, "{}", short(&b));
+    }
+    let (st, b) = send_from(
+        "/v1/chat/completions",
+        None,
+        Some("application/x-www-form-urlencoded"),
+        &chat,
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+}
+
 #[test]
 fn unimplemented_fields_are_refused() {
     let _g = serial();
