@@ -141,6 +141,55 @@ fn three_megabyte_completion_is_refused_before_any_copy() {
     );
 }
 
+/// Prompts of ~3.5 MB sent at once, each too long for the context: the tokenizer holds ~90
+/// bytes a byte while it works, so twelve at once took ~4 GB before the large texts took
+/// turns. Each is still a `context_length_exceeded` 400, and the peak stays ~one at a time.
+#[test]
+fn large_prompts_sent_at_once_are_tokenized_one_at_a_time() {
+    let _g = serial();
+    let s = server();
+    let words = ["llama ", "alpaca ", "vicuna ", "guanaco ", "camel "];
+    let mut prompt = String::new();
+    let mut i = 0;
+    while prompt.len() < 3_500_000 {
+        prompt += words[i % words.len()];
+        i += 1;
+    }
+    let chat = chat_body(json!({"messages": [{"role": "user", "content": prompt}]}));
+    let completion = completion_body(json!({"prompt": prompt}));
+    let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = proc_status_kb("VmRSS");
+    let t = Instant::now();
+    let answers = runtime().block_on(async {
+        let sends = (0..12).map(|k| {
+            let (path, body) = if k % 2 == 0 {
+                ("/v1/completions", &completion)
+            } else {
+                ("/v1/chat/completions", &chat)
+            };
+            common::post_async(&s.base, path, body)
+        });
+        futures::future::join_all(sends).await
+    });
+    let took = t.elapsed();
+    for (st, b) in &answers {
+        assert_error(*st, b, 400, None);
+        assert_eq!(
+            b["error"]["code"],
+            "context_length_exceeded",
+            "{}",
+            short(b)
+        );
+    }
+    let peak = proc_status_kb(if hwm_reset { "VmHWM" } else { "VmRSS" });
+    let grew_mb = peak.saturating_sub(before) / 1024;
+    eprintln!("12 prompts of 3.5 MB refused in {took:?}; peak resident memory grew {grew_mb} MB");
+    assert!(
+        grew_mb < 1200,
+        "resident memory grew {grew_mb} MB for twelve refused prompts"
+    );
+}
+
 /// A template that shows tools as Llama 3.1's does: `custom_tools` from the template
 /// variables, each tool `tojson(indent=4)`.
 const INDENTED_TOOLS_TEMPLATE: &str = "{%- if custom_tools is defined %}{%- set tools = custom_tools %}{%- endif %}\
