@@ -400,6 +400,7 @@ def arena_and_leaderboard(ctx):
     page.wait_for_selector("body[data-ready=true]")
     page.evaluate(WATCH_PHASES)
     bodies = posted_bodies(page, "/arena/battles")
+    check(page.input_value("#max-tokens") == "", "max tokens left to the arena's limit")
     set_settings(page, 0, 16)
     check(all(page.locator(".votes button").nth(i).is_disabled() for i in range(4)),
           "no vote before a battle")
@@ -456,8 +457,12 @@ def arena_and_leaderboard(ctx):
     check(page.locator(".message.assistant[data-state=stopped]").count() == 2
           and "Stopped" in page.inner_text("#status"), "both sides marked stopped")
     check(page.is_disabled("#stop") and page.is_enabled("#send"), "ready again after stop")
+    # Max tokens emptied: the page sends none and the turn takes the server's limit (this
+    # server's --arena-max-tokens 400 is below the 512 the page once sent, refused each turn).
     set_settings(page, 0, 16)
+    page.fill("#max-tokens", "")
     arena_battle(page, bodies, "Name a colour.")
+    check("max_tokens" not in bodies[-1], f"no max_tokens from an empty field: {bodies[-1]}")
     check(page.locator(".message.assistant[data-state=stopped]").count() == 0,
           "the stopped turn left the page")
     page.click("#vote-b")

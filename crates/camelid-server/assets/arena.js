@@ -131,11 +131,13 @@ document.addEventListener("DOMContentLoaded", () => {
     return el;
   }
 
+  // Max tokens left empty is the server's arena limit (--arena-max-tokens): a number the
+  // page chose could be above it, and every turn would fail.
   function params() {
-    return {
-      temperature: Camelid.numberField(temperature, 0.7),
-      max_tokens: Math.round(Camelid.numberField(maxTokens, 512)),
-    };
+    const p = { temperature: Camelid.numberField(temperature, 0.7) };
+    const max = Camelid.numberField(maxTokens, null);
+    if (max !== null) p.max_tokens = Math.round(max);
+    return p;
   }
 
   form.addEventListener("submit", async (e) => {

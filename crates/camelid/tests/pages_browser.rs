@@ -38,6 +38,8 @@ fn pages_work_in_a_browser() {
         "beta=smollm2-135m-instruct",
         "--kv-cache-mb",
         "64",
+        "--arena-max-tokens",
+        "400",
     ]);
     let shots: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()

@@ -139,6 +139,9 @@ pub struct OpenBattle {
     pub conversation_b: Vec<Value>,
     /// Turns answered so far.
     pub turns: i64,
+    /// When this turn was let in: a turn admitted before the battle expired is stored even
+    /// if its answers outlast the battle's time to live.
+    pub admitted_at: f64,
 }
 
 /// A vote as stored.
@@ -487,6 +490,7 @@ impl Arena {
             conversation_a: vec![],
             conversation_b: vec![],
             turns: 0,
+            admitted_at: now,
         })
     }
 
@@ -496,7 +500,8 @@ impl Arena {
         let Some(b) = self.store.battle(id).await.map_err(store_error)? else {
             return Err(self.missing(id).await);
         };
-        check(id, &b, visitor, now())?;
+        let now = now();
+        check(id, &b, visitor, now)?;
         Ok(OpenBattle {
             id: id.to_string(),
             conversation_a: parse_conversation(&b.conversation_a),
@@ -504,6 +509,7 @@ impl Arena {
             model_a: b.model_a,
             model_b: b.model_b,
             turns: b.turns,
+            admitted_at: now,
         })
     }
 
@@ -552,7 +558,8 @@ impl Arena {
         conversation_a: &[Value],
         conversation_b: &[Value],
     ) -> Result<(), ApiError> {
-        let now = now();
+        // Alive when the turn was let in is alive enough: the answers it waited for are kept.
+        let admitted = battle.admitted_at;
         let recorded = self
             .store
             .record_turn(
@@ -561,8 +568,8 @@ impl Arena {
                 battle.turns,
                 &Value::from(conversation_a).to_string(),
                 &Value::from(conversation_b).to_string(),
-                now,
-                now + self.config.battle_ttl.as_secs_f64(),
+                admitted,
+                now() + self.config.battle_ttl.as_secs_f64(),
             )
             .await
             .map_err(store_error)?;
@@ -570,7 +577,7 @@ impl Arena {
             return Ok(());
         }
         Err(match self.store.battle(&battle.id).await {
-            Ok(Some(b)) => check(&battle.id, &b, visitor, now)
+            Ok(Some(b)) => check(&battle.id, &b, visitor, admitted)
                 .err()
                 .unwrap_or_else(|| busy(&battle.id)),
             Ok(None) => self.missing(&battle.id).await,

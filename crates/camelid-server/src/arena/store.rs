@@ -274,7 +274,8 @@ impl Store {
     }
 
     /// Stores the conversations after turn `turns + 1` if the battle is still `visitor`'s,
-    /// open, unvoted and at turn `turns`; false otherwise.
+    /// unvoted, at turn `turns` and was open at `admitted` (when the turn was let in); false
+    /// otherwise. It is then open until `expires_at`.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_turn(
         &self,
@@ -283,7 +284,7 @@ impl Store {
         turns: i64,
         conversation_a: &str,
         conversation_b: &str,
-        now: f64,
+        admitted: f64,
         expires_at: f64,
     ) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
@@ -298,7 +299,7 @@ impl Store {
         .bind(id)
         .bind(visitor)
         .bind(turns)
-        .bind(now)
+        .bind(admitted)
         .execute(self.ready().await?.pool())
         .await?;
         Ok(r.rows_affected() == 1)

@@ -216,6 +216,35 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What a turn asks that is wrong whichever models answer it (no message, `max_tokens` 0,
+/// a sampling field out of range): a 400 naming the field, before a battle is stored or a
+/// turn counted. What depends on the models (the context) fails later, neutrally.
+fn check_turn(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Result<(), ApiError> {
+    crate::chat::to_messages(&req.messages)?;
+    for (field, v) in [
+        ("max_tokens", f.max_tokens),
+        ("max_completion_tokens", req.max_completion_tokens),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::invalid_param(
+                field,
+                format!("`{field}` must be at least 1"),
+            ));
+        }
+    }
+    let models = state.models().ok_or_else(AppState::loading_error)?;
+    if let Some(m) = models.first() {
+        crate::validate::generation_params(
+            f,
+            &state.config.limits,
+            m.engine.vocab_size(),
+            &[],
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
 pub async fn battle(
     State(state): State<Arc<AppState>>,
     ClientAddress(address): ClientAddress,
@@ -240,8 +269,9 @@ pub async fn battle(
     // The request read as the chat endpoint reads it (`model` is set per contestant), before
     // anything is counted or stored.
     obj.insert("model".into(), "".into());
-    from_value::<ChatRequest>(&req)?;
+    let whole = from_value::<ChatRequest>(&req)?;
     let sampling: SamplingFields = from_value(&req)?;
+    check_turn(&state, &whole, &sampling)?;
     let new_messages = req["messages"].as_array().cloned().unwrap_or_default();
     // The visitor's words only: an assistant message would be stored (and exported, and
     // counted by style control) as a model's answer it never gave, and a system message
