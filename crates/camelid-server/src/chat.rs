@@ -40,7 +40,7 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                 other => {
                     return Err(ApiError::invalid_param(
                         &format!("messages[{i}].role"),
-                        format!("Unknown role {other:?}; expected system, user, assistant or tool"),
+                        format!("Unknown role {other:?}; expected system, developer, user, assistant or tool"),
                     ))
                 }
             };

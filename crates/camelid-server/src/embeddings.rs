@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 /// `POST /v1/embeddings`: OpenAI's fields and vLLM's `normalize`.
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
+    /// Left out or empty: the one model served (as vLLM takes it); answered with its name.
+    #[serde(default)]
     pub model: String,
     /// A string, strings, token ids or lists of token ids.
     pub input: Prompt,

@@ -60,12 +60,14 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     if s.config.api_keys.is_empty() {
         return next.run(req).await;
     }
+    // The scheme's name is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
     let given = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, key)| key.trim());
     // Check every key (no early exit) so timing does not tell which key was close. No key
     // is empty (`camelid serve` refuses them); should one be, a missing key still never
     // matches it.
@@ -76,7 +78,12 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     if ok {
         next.run(req).await
     } else {
-        ApiError::unauthorized().into_response()
+        let mut r = ApiError::unauthorized().into_response();
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        r
     }
 }
 

@@ -140,6 +140,8 @@ pub struct SamplingFields {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
+    /// Left out or empty: the one model served (as vLLM takes it); answered with its name.
+    #[serde(default)]
     pub model: String,
     pub messages: Vec<ChatMessage>,
     pub max_completion_tokens: Option<u32>,
@@ -184,6 +186,8 @@ pub enum Prompt {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
+    /// Left out or empty: the one model served (as vLLM takes it); answered with its name.
+    #[serde(default)]
     pub model: String,
     pub prompt: Prompt,
     #[serde(default, deserialize_with = "null_is_false")]

@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 /// …, and `include` values other than [`LOGPROBS`]) are accepted and ignored.
 #[derive(Debug, Deserialize)]
 pub struct ResponsesBody {
+    /// Left out or empty: the one model served (as vLLM takes it); answered with its name.
+    #[serde(default)]
     pub model: String,
     pub input: Option<Value>,
     pub instructions: Option<String>,
@@ -292,7 +294,12 @@ fn parts_text(parts: &[Value], at: &str) -> Result<String, ApiError> {
             (kind, _) => {
                 return Err(bad(
                     &format!("{at}[{j}]"),
-                    format!("content parts of type {kind:?} are not supported; only text"),
+                    match kind {
+                        Some(k) => {
+                            format!("content parts of type \"{k}\" are not supported; only text")
+                        }
+                        None => "a content part needs a `type` (only text is supported)".into(),
+                    },
                 ))
             }
         }
@@ -315,7 +322,10 @@ fn chat_tool(i: usize, t: &Value) -> Result<Value, ApiError> {
         }
         other => Err(bad(
             &format!("tools[{i}].type"),
-            format!("tools of type {other:?} are not supported; only \"function\""),
+            match other {
+                Some(k) => format!("tools of type \"{k}\" are not supported; only \"function\""),
+                None => "a tool needs a `type` (only \"function\" is supported)".into(),
+            },
         )),
     }
 }
@@ -580,6 +590,12 @@ impl ResponseWriter {
 
     /// Ends the item being streamed: its `…done` events, and it joins the output.
     fn close(&mut self) -> Vec<Value> {
+        self.close_as("completed")
+    }
+
+    /// [`Self::close`] with the item's `status` (`incomplete`: cut by the output limit), the
+    /// same in its `output_item.done` as in the final response.
+    fn close_as(&mut self, status: &str) -> Vec<Value> {
         let index = self.index();
         let mut out = vec![];
         let item = match self.open.take() {
@@ -589,7 +605,7 @@ impl ResponseWriter {
                     "response.reasoning_text.done",
                     json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
                 ));
-                json!({"type": "reasoning", "id": id, "summary": [], "status": "completed",
+                json!({"type": "reasoning", "id": id, "summary": [], "status": status,
                        "content": [{"type": "reasoning_text", "text": text}]})
             }
             Some(Open::Message { id, text, logprobs }) => {
@@ -604,7 +620,7 @@ impl ResponseWriter {
                     "response.content_part.done",
                     json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
                 ));
-                json!({"type": "message", "id": id, "status": "completed", "role": "assistant",
+                json!({"type": "message", "id": id, "status": status, "role": "assistant",
                        "content": [part]})
             }
             Some(Open::Call {
@@ -617,7 +633,7 @@ impl ResponseWriter {
                            "arguments": arguments}),
                 ));
                 item["arguments"] = arguments.into();
-                item["status"] = "completed".into();
+                item["status"] = status.into();
                 item
             }
         };
@@ -642,13 +658,11 @@ impl ResponseWriter {
         if self.items.is_empty() && self.open.is_none() {
             out.extend(self.open_message());
         }
-        out.extend(self.close());
-        if reason == FinishReason::Length {
-            // The item the limit cut.
-            if let Some(last) = self.items.last_mut() {
-                last["status"] = "incomplete".into();
-            }
-        }
+        // The item the limit cut is incomplete, in its own events as in the response.
+        out.extend(self.close_as(match reason {
+            FinishReason::Length => "incomplete",
+            FinishReason::Stop => "completed",
+        }));
         let r = &mut self.response;
         r["output"] = Value::Array(self.items.clone());
         r["usage"] = json!({
@@ -884,10 +898,17 @@ mod tests {
         assert!(out[2]["id"].as_str().unwrap().starts_with("fc_"));
         // Nothing written: still one (empty) message, which the limit cut.
         let mut w = ResponseWriter::new(&b, "m");
-        w.finish(FinishReason::Length, &usage, 0);
+        let ev = w.finish(FinishReason::Length, &usage, 0);
         assert_eq!(w.response()["output"][0]["content"][0]["text"], "");
         assert_eq!(w.response()["output"][0]["status"], "incomplete");
         assert_eq!(w.response()["status"], "incomplete");
+        // The item's own `done` event says so too, not `completed` before `incomplete`.
+        let done: Vec<&Value> = ev
+            .iter()
+            .filter(|e| e["type"] == "response.output_item.done")
+            .collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0]["item"]["status"], "incomplete");
         // A failure mid-stream: the open item closed, `error`, then `response.failed` with
         // the output so far.
         let mut w = ResponseWriter::new(&b, "m");

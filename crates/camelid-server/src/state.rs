@@ -289,6 +289,15 @@ impl AppState {
 
     /// The model a request names (by name or alias); with one model (its LoRA adapters
     /// aside), `None` means it.
+    /// A request's `model` left out or empty becomes the one model's name (so the answer
+    /// names the model that gave it); several served: 400.
+    pub fn fill_model_name(&self, name: &mut String) -> Result<(), ApiError> {
+        if name.is_empty() {
+            *name = self.model(None)?.name.clone();
+        }
+        Ok(())
+    }
+
     pub fn model(&self, name: Option<&str>) -> Result<Arc<ModelEntry>, ApiError> {
         let models = self.models().ok_or_else(Self::loading_error)?;
         let mut bases = models.iter().filter(|m| m.engine.lora().is_none());

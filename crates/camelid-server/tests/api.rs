@@ -875,6 +875,27 @@ fn api_keys_are_required_when_configured() {
     assert_error(st, &b, 401, None);
     assert_eq!(send(Some("sk-right")).0, 200);
     assert_eq!(send(Some("sk-other")).0, 200);
+    // The scheme is case-insensitive; another scheme is no key. A 401 names the scheme.
+    let raw = |auth: &str| {
+        runtime().block_on(async {
+            let r = client()
+                .post(format!("{}/v1/chat/completions", s.base))
+                .header("authorization", auth)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), challenge)
+        })
+    };
+    assert_eq!(raw("bearer sk-right").0, 200);
+    assert_eq!(raw("BEARER sk-right").0, 200);
+    assert_eq!(raw("Basic sk-right"), (401, Some("Bearer".to_string())));
+    assert_eq!(raw("sk-right"), (401, Some("Bearer".to_string())));
     // Health stays open for load balancers.
     let h = runtime().block_on(async {
         client()
@@ -1870,5 +1891,54 @@ fn a_suffix_fills_in_the_middle() {
         }
         let (st, b) = post("/api/generate", body);
         assert_eq!(st, 400, "{extra}: {b}");
+    }
+}
+
+/// `model` left out or empty is the one model served (as vLLM takes it), and the answer
+/// names it, on every OpenAI route; with several served it is a 400 naming `model`.
+#[test]
+fn a_request_without_a_model_is_answered_by_the_one_served_and_names_it() {
+    let base = &server().base;
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1});
+    let completion = json!({"prompt": "Hi", "max_tokens": 1});
+    let responses = json!({"input": "Hi", "max_output_tokens": 16});
+    for model in [None, Some("")] {
+        for (path, body) in [
+            ("/v1/chat/completions", &chat),
+            ("/v1/completions", &completion),
+            ("/v1/responses", &responses),
+        ] {
+            let mut body = body.clone();
+            if let Some(m) = model {
+                body["model"] = json!(m);
+            }
+            let (st, b) = post(path, body.clone());
+            assert_eq!(st, 200, "{path} {body}: {b}");
+            assert_eq!(b["model"], "smol", "{path} {body}: {b}");
+            body["stream"] = json!(true);
+            let chunks: Vec<Value> = common::sse_data(base, path, &body)
+                .iter()
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect();
+            let named: Vec<&Value> = chunks
+                .iter()
+                .map(|c| c.get("response").map_or(&c["model"], |r| &r["model"]))
+                .filter(|m| !m.is_null())
+                .collect();
+            assert!(
+                !named.is_empty() && named.iter().all(|m| *m == "smol"),
+                "{path} streamed: {chunks:?}"
+            );
+        }
+    }
+    let two = start_models(AppState::new(ServerConfig::default()), &["smol", "other"]);
+    for (path, body) in [
+        ("/v1/chat/completions", &chat),
+        ("/v1/completions", &completion),
+        ("/v1/responses", &responses),
+    ] {
+        let (st, b) = post_raw(&two.base, path, body.to_string().into_bytes());
+        assert_error(st, &b, 400, Some("model"));
     }
 }

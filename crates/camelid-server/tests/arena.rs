@@ -455,7 +455,10 @@ fn turns_wrong_for_any_model_are_refused_before_they_count() {
         ),
         (json!({"messages": user, "temperature": 9}), "temperature"),
         (json!({"messages": user, "top_p": 2}), "top_p"),
-        (json!({"messages": user, "frequency_penalty": 3}), "frequency_penalty"),
+        (
+            json!({"messages": user, "frequency_penalty": 3}),
+            "frequency_penalty",
+        ),
     ] {
         let (status, err) = s.post("/arena/battles", body.clone());
         assert_eq!(status, 400, "{body}: {err}");

@@ -241,7 +241,10 @@ fn prompts_that_render_far_beyond_their_body_are_refused_while_rendering() {
         let grew_mb = peak.saturating_sub(before) / 1024;
         eprintln!("{param}: refused in {took:?}; peak resident memory grew {grew_mb} MB");
         assert!(took < Duration::from_secs(20), "took {took:?}");
-        assert!(grew_mb < 150, "resident memory grew {grew_mb} MB");
+        // A render cut off at its budget peaks at ~100–175 MB (how much of it shows as growth
+        // depends on the free memory earlier tests left resident); unbounded it was 160 MB of
+        // text before its tokenizing, which holds ~90 bytes a byte.
+        assert!(grew_mb < 300, "resident memory grew {grew_mb} MB");
     }
     // The same template with a plain tool renders it.
     let mut body = chat_body(json!({"tools": [{"type": "function", "function": {"name": "f"}}]}));
@@ -1993,6 +1996,14 @@ fn corpus() -> Vec<Case> {
             Some("input[0].content[0]"),
         ),
         case(
+            "responses: a hosted tool",
+            "POST",
+            "/v1/responses",
+            json!({"model": "smol", "input": "hi", "tools": [{"type": "web_search"}]}),
+            400,
+            Some("tools[0].type"),
+        ),
+        case(
             "responses: top_logprobs over 20",
             "POST",
             "/v1/responses",
@@ -2187,7 +2198,11 @@ fn bad_input_corpus_over_every_route() {
             && e.get("param").is_some()
             && e.get("code").is_some();
         let param_ok = c.param.is_none_or(|p| e["param"] == p);
-        if st != c.status || !is_error || !param_ok {
+        // Messages are for people: no Rust debug spelling (`Some("x")`) in them.
+        let readable = e["message"]
+            .as_str()
+            .is_none_or(|m| !m.contains("Some(") && !m.contains("None"));
+        if st != c.status || !is_error || !param_ok || !readable {
             failures.push(format!(
                 "{}: want {} (param {:?}), got {st}: {}",
                 c.name,

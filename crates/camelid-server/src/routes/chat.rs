@@ -22,8 +22,9 @@ pub async fn chat_completions(
     RequestBody(body): RequestBody,
 ) -> AppResult {
     let permit = state.permit()?;
-    let (req, sampling): (ChatRequest, _) = parse_with_sampling(&body)?;
+    let (mut req, sampling): (ChatRequest, _) = parse_with_sampling(&body)?;
     drop(body);
+    state.fill_model_name(&mut req.model)?;
     if sampling.stream {
         let Submitted {
             sub,

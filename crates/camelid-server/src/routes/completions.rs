@@ -31,6 +31,7 @@ pub async fn completions(
     let permit = state.permit()?;
     let (mut req, sampling): (CompletionRequest, _) = parse_with_sampling(&body)?;
     drop(body);
+    state.fill_model_name(&mut req.model)?;
     let f = &sampling;
     let limits = &state.config.limits;
     unimplemented_completion(&req, f.n.unwrap_or(1))?;

@@ -26,8 +26,9 @@ pub async fn responses(
     RequestBody(raw): RequestBody,
 ) -> AppResult {
     let permit = state.permit()?;
-    let body: ResponsesBody = parse_body(&raw)?;
+    let mut body: ResponsesBody = parse_body(&raw)?;
     drop(raw);
+    state.fill_model_name(&mut body.model)?;
     let (req, sampling) = body.chat_request()?;
     let Submitted {
         sub,
