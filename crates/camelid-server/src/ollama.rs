@@ -398,17 +398,14 @@ pub fn sampling(
 }
 
 /// `options.num_predict` as an output cap: generation stops there or at the end of the
-/// context, whichever comes first, as in Ollama (`None`: the context).
+/// context, whichever comes first, as in Ollama (`None`: the context). As Ollama's runner
+/// reads it, only a positive count limits: 0, -1 (until the context is full), -2 (fill the
+/// context) and any other negative are no limit.
 pub fn output_cap(options: Option<&Options>) -> Result<Option<u32>, ApiError> {
-    match options.and_then(|o| o.num_predict) {
-        // -1: until the context is full; -2: fill the context. Both are the default here.
-        None | Some(-1) | Some(-2) => Ok(None),
-        Some(n) if n > 0 => Ok(Some(n.min(u32::MAX as i64) as u32)),
-        Some(n) => Err(ApiError::invalid_param(
-            "options.num_predict",
-            format!("`options.num_predict` must be positive, -1 or -2, got {n}"),
-        )),
-    }
+    Ok(options
+        .and_then(|o| o.num_predict)
+        .filter(|&n| n > 0)
+        .map(|n| n.min(u32::MAX as i64) as u32))
 }
 
 /// `format`: `"json"` (any JSON object) or a JSON schema.
@@ -489,6 +486,37 @@ pub fn listing(models: &[Arc<ModelEntry>], running: bool) -> Value {
     json!({"models": out})
 }
 
+/// Whether the model thinks: its template writes or switches thinking (Qwen3's
+/// `enable_thinking`, R1's `<think>`).
+pub fn thinks(m: &ModelEntry) -> bool {
+    let t = template_text(m);
+    t.contains("<think>") || t.contains("enable_thinking")
+}
+
+/// The model's jinja template, or the name of its built-in one.
+fn template_text(m: &ModelEntry) -> String {
+    match &m.template {
+        camelid_model::ChatTemplate::Jinja { source, .. } => source.clone(),
+        t => t.name(),
+    }
+}
+
+/// `think` asking for thinking (`true`, or a level as gpt-oss takes) from a model that does
+/// not think: Ollama's 400, in its words (clients match on "does not support thinking").
+pub fn check_think(think: Option<&Value>, name: &str, m: &ModelEntry) -> Result<(), ApiError> {
+    let asks = match think {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(_) => true,
+    };
+    if asks && !thinks(m) {
+        return Err(ApiError::invalid_param(
+            "think",
+            format!("\"{name}\" does not support thinking"),
+        ));
+    }
+    Ok(())
+}
+
 /// `/api/show`: what the model is and what it can do (`models`: every served one, for an
 /// adapter's base).
 pub fn show(models: &[Arc<ModelEntry>], m: &ModelEntry, takes_tools: bool) -> Value {
@@ -502,12 +530,8 @@ pub fn show(models: &[Arc<ModelEntry>], m: &ModelEntry, takes_tools: bool) -> Va
     if d.pooling.is_some() {
         capabilities.push("embedding");
     }
-    let template = match &m.template {
-        camelid_model::ChatTemplate::Jinja { source, .. } => source.clone(),
-        t => t.name(),
-    };
-    // A template that writes or switches thinking (Qwen3's `enable_thinking`, R1's `<think>`).
-    if template.contains("<think>") || template.contains("enable_thinking") {
+    let template = template_text(m);
+    if thinks(m) {
         capabilities.push("thinking");
     }
     json!({
@@ -586,11 +610,10 @@ mod tests {
         assert_eq!(f.seed, None);
         assert_eq!(f.repetition_penalty, Some(1.2));
         assert_eq!(f.response_format, Some(json!({"type": "json_object"})));
-        let bad: Options = serde_json::from_value(json!({"num_predict": 0})).unwrap();
-        assert_eq!(
-            output_cap(Some(&bad)).unwrap_err().param.as_deref(),
-            Some("options.num_predict")
-        );
+        for n in [0, -1, -2, -7] {
+            let o: Options = serde_json::from_value(json!({ "num_predict": n })).unwrap();
+            assert_eq!(output_cap(Some(&o)).unwrap(), None, "{n}");
+        }
         assert!(sampling(None, Some(&json!(3))).is_err());
     }
 }

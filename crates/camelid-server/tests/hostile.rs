@@ -2295,10 +2295,10 @@ fn ollama_routes_answer_bad_input_with_ollamas_errors() {
             400,
         ),
         (
-            "chat: num_predict -5",
+            "chat: num_predict not a number",
             "POST",
             "/api/chat",
-            chat(json!({"options": {"num_predict": -5}})),
+            chat(json!({"options": {"num_predict": "ten"}})),
             400,
         ),
         (
@@ -2510,6 +2510,50 @@ fn ollama_routes_answer_bad_input_with_ollamas_errors() {
         cases.len(),
         failures.join("\n")
     );
+    // A capability the model lacks, in Ollama's words (its clients match on them to retry
+    // without): thinking asked of a model that does not think, tools its template cannot show.
+    let tool = json!([{"type": "function", "function": {"name": "f",
+        "parameters": {"type": "object", "properties": {}}}}]);
+    for (path, body, lacks) in [
+        ("/api/chat", chat(json!({"think": true})), "thinking"),
+        ("/api/chat", chat(json!({"think": "high"})), "thinking"),
+        (
+            "/api/generate",
+            generate(json!({"think": true})),
+            "thinking",
+        ),
+        ("/api/chat", chat(json!({"tools": tool})), "tools"),
+    ] {
+        let (st, b) = send(
+            s,
+            "POST",
+            path,
+            Some("application/json"),
+            body.to_string().into_bytes(),
+        );
+        assert_eq!(st, 400, "{path} {body}: {}", short(&b));
+        assert_eq!(
+            b["error"],
+            format!("\"smol\" does not support {lacks}"),
+            "{path} {body}"
+        );
+    }
+    // `think: false` is no request for thinking; `num_predict` 0 or negative is no limit,
+    // as Ollama's runner reads it.
+    for body in [
+        chat(json!({"think": false})),
+        chat(json!({"options": {"num_predict": 0}})),
+        chat(json!({"options": {"num_predict": -5}})),
+    ] {
+        let (st, b) = send(
+            s,
+            "POST",
+            "/api/chat",
+            Some("application/json"),
+            body.to_string().into_bytes(),
+        );
+        assert_eq!(st, 200, "{body}: {}", short(&b));
+    }
     // Bad JSON is a 400 too (Ollama's shape, as every error of these routes).
     let (st, b) = send(
         s,

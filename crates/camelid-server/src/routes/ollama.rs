@@ -51,11 +51,17 @@ pub async fn chat(
     let body: ChatBody = parse_body(&raw)?;
     drop(raw);
     let model = ollama::resolve(&state, &body.model)?;
+    ollama::check_think(body.think.as_ref(), &body.model, &model)?;
     if body.messages.is_empty() {
         // Ollama's way of loading a model: the answer says it is loaded.
         return Ok(axum::Json(loaded(Kind::Chat, &body.model)).into_response());
     }
     let (req, sampling) = body.chat_request(&model.name)?;
+    let has_tools = req
+        .tools
+        .as_ref()
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
     let Submitted {
         sub,
         model,
@@ -63,7 +69,9 @@ pub async fn chat(
         tools,
         reasoning,
         ..
-    } = chat::submit(&state, permit, &req, &sampling).await?;
+    } = chat::submit(&state, permit, &req, &sampling)
+        .await
+        .map_err(|e| tools_refused_as_ollama(e, has_tools, &body.model))?;
     let reply = Reply::new(
         Kind::Chat,
         body.model,
@@ -85,6 +93,7 @@ pub async fn generate(
     drop(raw);
     let model = ollama::resolve(&state, &body.model)?;
     body.check_supported()?;
+    ollama::check_think(body.think.as_ref(), &body.model, &model)?;
     if body.prompt.as_deref().unwrap_or("").is_empty() {
         return Ok(axum::Json(loaded(Kind::Generate, &body.model)).into_response());
     }
@@ -123,6 +132,15 @@ pub async fn generate(
         prompt_tokens,
     );
     answer(sub, reply, body.stream.unwrap_or(true)).await
+}
+
+/// A chat's tools refused because the model's template does not show them: Ollama's words
+/// (`"name" does not support tools`), which its clients match on to retry without tools.
+fn tools_refused_as_ollama(e: ApiError, has_tools: bool, name: &str) -> ApiError {
+    if has_tools && e.param.as_deref() == Some("tools") && e.message.contains("does not render") {
+        return ApiError::invalid_param("tools", format!("\"{name}\" does not support tools"));
+    }
+    e
 }
 
 /// A raw generation: the prompt tokenized as it is (with the BOS the tokenizer adds; with a
