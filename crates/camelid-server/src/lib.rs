@@ -328,6 +328,7 @@ pub async fn serve_until(
     let c = &state.config;
     let limits = ConnectionLimits {
         max_connections: c.max_connections,
+        max_connections_per_address: c.max_connections_per_address,
         header_timeout: Duration::from_secs(c.header_timeout_secs.max(1)),
         write_timeout: Duration::from_secs(c.write_timeout_secs.max(1)),
         shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),

@@ -2,8 +2,10 @@
 //! request headers (a client that sends half a header and stalls, or idles on a keep-alive
 //! connection, is closed) and for every write (a client that stops reading a stream is
 //! closed, which cancels its generation and frees its concurrency slot), at most
-//! `max_connections` open at once (the rest wait in the listen backlog), and a graceful
-//! shutdown. `axum::serve` has none of these limits; this is its loop with them.
+//! `max_connections` open at once (the rest wait in the listen backlog), at most
+//! `max_connections_per_address` of them from one address (more are answered 429 and
+//! closed), and a graceful shutdown. `axum::serve` has none of these limits; this is its loop
+//! with them.
 
 use axum::extract::ConnectInfo;
 use axum::http::Request;
@@ -12,9 +14,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -24,6 +28,9 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// Open connections from one address (0: no cap): without it, one client's idle
+    /// connections could take every slot for a header timeout at a time.
+    pub max_connections_per_address: usize,
     /// Time to receive a request's headers, from when the connection is ready for one.
     pub header_timeout: Duration,
     /// Time a write may wait on a client that does not read (its socket buffers full).
@@ -47,6 +54,10 @@ pub async fn serve_connections(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let (closing_tx, closing_rx) = watch::channel(false);
+    let per_address = Arc::new(PerAddress {
+        cap: limits.max_connections_per_address,
+        open: Mutex::new(HashMap::new()),
+    });
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -63,6 +74,12 @@ pub async fn serve_connections(
             },
             () = &mut shutdown => break,
         };
+        let Some(address_slot) = per_address.enter(peer.ip()) else {
+            // Best effort, without waiting on the client: then closed.
+            let _ = tcp.try_write(&too_many_connections());
+            tracing::debug!("{}: connections from this address at their cap", peer.ip());
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         // The peer's address reaches handlers as axum's `ConnectInfo` (the arena's
         // per-address limits).
@@ -78,7 +95,7 @@ pub async fn serve_connections(
         let conn = http.serve_connection(io, TowerToHyperService::new(app));
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, address_slot);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -109,6 +126,72 @@ pub async fn serve_connections(
         tracing::warn!("grace period over; exiting with requests still in flight");
     }
     Ok(())
+}
+
+/// The answer to a connection over its address's cap: a 429 with OpenAI's error JSON.
+fn too_many_connections() -> Vec<u8> {
+    let body =
+        serde_json::json!({"error": {"message": "Too many open connections from this address.",
+        "type": "rate_limit_error", "param": null, "code": null}})
+        .to_string();
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// What counts as one client for per-address limits (here and the arena's): an IPv4
+/// address (an IPv4-mapped IPv6 one too) as it is, an IPv6 address by its /64 network — one
+/// subscriber's allocation, which holds 2^64 addresses to rotate through.
+pub(crate) fn client_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// Open connections by address, for `max_connections_per_address`.
+struct PerAddress {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// A slot for one more connection from `ip` ([`client_network`]), or `None` at the cap.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        if self.cap == 0 {
+            return Some(AddressSlot(None));
+        }
+        let ip = client_network(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(Some((self.clone(), ip))))
+    }
+}
+
+/// One connection's place under its address's cap, given back when it closes.
+struct AddressSlot(Option<(Arc<PerAddress>, IpAddr)>);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((per, ip)) = &self.0 {
+            let mut open = per.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(ip);
+                }
+            }
+        }
+    }
 }
 
 /// A failed accept: a connection that went away before it was accepted is nothing; anything

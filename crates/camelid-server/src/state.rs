@@ -161,6 +161,8 @@ pub struct ServerConfig {
     pub limits: RequestLimits,
     /// Open connections; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Open connections from one address (0: no cap); more are answered 429 and closed.
+    pub max_connections_per_address: usize,
     /// Seconds a client has to send a request's headers (also how long an idle keep-alive
     /// connection stays open).
     pub header_timeout_secs: u64,
@@ -194,6 +196,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             limits: RequestLimits::default(),
             max_connections: 512,
+            max_connections_per_address: 0,
             header_timeout_secs: 30,
             body_timeout_secs: 30,
             write_timeout_secs: 60,

@@ -819,8 +819,48 @@ fn connections_are_capped() {
     drop(idle);
 }
 
-/// Fields that would change the answer and are not implemented are refused, naming the field;
-/// their "off" values and unknown fields pass.
+/// At most `max_connections_per_address` connections from one address: with four idle ones
+/// open, a fifth is answered 429 at once and closed, while the global cap still has room;
+/// once one closes, the address is served again.
+#[test]
+fn connections_from_one_address_are_capped() {
+    let _g = serial();
+    let s = start(
+        ServerConfig {
+            max_connections: 64,
+            max_connections_per_address: 4,
+            header_timeout_secs: 30,
+            ..Default::default()
+        },
+        None,
+    );
+    let mut idle: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(s.addr).unwrap())
+        .collect();
+    // Accepted in order: the fifth is over the cap.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let mut fifth = std::net::TcpStream::connect(s.addr).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = fifth.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 429") && answer.contains("\"rate_limit_error\""),
+        "{answer:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    // One closes: the address has a place again (a request still answers: no model, 503).
+    drop(idle.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    let (st, b) = send(&s.base, "GET", "/v1/models", None, vec![]);
+    assert_error(st, &b, 503, None);
+    drop(idle);
+}
+
 /// Cross-site request forgery: a page of another site can make its visitors' browsers POST
 /// `text/plain`, a form or no type with no preflight. A request that carries `Origin` (a
 /// browser's) and writes must be JSON: 415 on every route, before its handler runs (the
@@ -903,6 +943,8 @@ fn browser_requests_that_are_not_json_are_refused() {
     assert_eq!(st, 200, "{}", short(&b));
 }
 
+/// Fields that would change the answer and are not implemented are refused, naming the field;
+/// their "off" values and unknown fields pass.
 #[test]
 fn unimplemented_fields_are_refused() {
     let _g = serial();

@@ -23,6 +23,7 @@ use super::{AppResult, RequestBody};
 use crate::arena::{self, OpenBattle, Request, Visitor};
 use crate::battle::{self, neutral, Answer};
 use crate::error::ApiError;
+use crate::listen::client_network;
 use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
 use crate::state::AppState;
 use axum::extract::rejection::PathRejection;
@@ -75,19 +76,12 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
     }
 }
 
-/// The key the per-address limits count under: an IPv4 address (an IPv4-mapped IPv6 one
-/// too) as it is, an IPv6 address by its /64 network — one subscriber's allocation, which
-/// holds 2^64 addresses to rotate through.
+/// The key the per-address limits count under ([`client_network`]): an IPv6 network with
+/// its `/64`.
 fn address_key(ip: IpAddr) -> String {
-    match ip {
+    match client_network(ip) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let net = u128::from(v6) & !((1u128 << 64) - 1);
-                format!("{}/64", std::net::Ipv6Addr::from(net))
-            }
-        },
+        IpAddr::V6(net) => format!("{net}/64"),
     }
 }
 

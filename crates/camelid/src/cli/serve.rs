@@ -196,6 +196,12 @@ struct LimitArgs {
     /// Open connections at once; more wait to be accepted.
     #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     max_connections: usize,
+    /// Open connections from one address at once, 0 for no cap (the default: a proxy or load
+    /// balancer in front brings every client from its own address). Serving visitors
+    /// directly (a public arena), set it, e.g. 32: one client's idle connections then
+    /// cannot take every slot of --max-connections. More are answered 429 and closed
+    #[arg(long, default_value_t = ServerConfig::default().max_connections_per_address)]
+    max_connections_per_address: usize,
     /// Seconds a client has to send a request's headers (also the idle keep-alive time).
     #[arg(long, default_value_t = ServerConfig::default().header_timeout_secs)]
     header_timeout_secs: u64,
@@ -546,6 +552,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 shutdown_grace_secs: a.shutdown_grace,
                 limits: a.limits.request_limits(),
                 max_connections: a.limits.max_connections,
+                max_connections_per_address: a.limits.max_connections_per_address,
                 header_timeout_secs: a.limits.header_timeout_secs,
                 write_timeout_secs: a.limits.write_timeout_secs,
                 body_timeout_secs: a.limits.body_timeout_secs,
