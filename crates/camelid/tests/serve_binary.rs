@@ -617,6 +617,42 @@ fn cli_errors_are_one_line_and_non_zero() {
     ] {
         assert!(help.contains(flag), "serve --help lacks {flag}");
     }
+    // Every flag says what it is.
+    let blank: Vec<&str> = help
+        .lines()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0].trim_start().starts_with("--") && w[1].trim().is_empty())
+        .map(|w| w[0].trim())
+        .collect();
+    assert!(blank.is_empty(), "flags without help: {blank:?}");
+    // Sampling flags out of the server's ranges are refused before a model loads.
+    for (flag, value) in [
+        ("--max-tokens", "0"),
+        ("--temperature", "-1"),
+        ("--temperature", "3"),
+        ("--top-p", "5"),
+        ("--top-p", "0"),
+        ("--repetition-penalty", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+            .args([
+                "generate",
+                "--model",
+                "/no/such/model.gguf",
+                "--prompt",
+                "x",
+            ])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && !err.contains("/no/such/model.gguf"),
+            "{flag} {value}: {err}"
+        );
+    }
 }
 
 /// `camelid score --paged` (the engine's paged cache, the prompt in two chunks: the CPU

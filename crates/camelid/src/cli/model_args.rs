@@ -34,23 +34,53 @@ pub struct ModelArgs {
 
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
-    /// Maximum new tokens.
-    #[arg(long, default_value_t = 256)]
+    /// Maximum new tokens (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub max_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// 0 is greedy; at most 2 (the server's range).
+    #[arg(long, default_value_t = 0.0, value_parser = temperature)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus sampling: in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_parser = top_p)]
     pub top_p: f32,
+    /// 0 is off.
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    /// Above 0; 1 is off.
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
     pub repetition_penalty: f32,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Stop string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+}
+
+/// The sampling flags' ranges, as the server checks the same fields.
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: a whole number, at least 1")),
+    }
+}
+
+fn in_range(s: &str, ok: impl Fn(f32) -> bool, what: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(format!("{s:?}: {what}")),
+    }
+}
+
+fn temperature(s: &str) -> std::result::Result<f32, String> {
+    in_range(s, |v| (0.0..=2.0).contains(&v), "a number from 0 to 2")
+}
+
+fn top_p(s: &str) -> std::result::Result<f32, String> {
+    in_range(s, |v| v > 0.0 && v <= 1.0, "a number above 0, at most 1")
+}
+
+fn positive(s: &str) -> std::result::Result<f32, String> {
+    in_range(s, |v| v > 0.0, "a number above 0")
 }
 
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {

@@ -146,14 +146,18 @@ pub struct ServeArgs {
     shutdown_grace: u64,
     #[command(flatten)]
     arena: super::arena::ArenaServeArgs,
+    /// Weight dtype for safetensors models: f32, bf16, f16 (default on CPU: f32 compute with
+    /// f16/bf16 matrices kept 16-bit; bf16 on CUDA).
     #[arg(long)]
     dtype: Option<String>,
     /// Quantize an HF model's matrices while loading (CPU): q4_0, q4_1, q5_0, q5_1, q8_0,
     /// q4_k, q5_k, q6_k.
     #[arg(long)]
     quantize: Option<String>,
+    /// cpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Hub revision (branch, tag or commit) of hub models.
     #[arg(long)]
     revision: Option<String>,
 }
