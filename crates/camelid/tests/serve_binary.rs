@@ -580,9 +580,9 @@ fn runtime_lora_adapters_load_replace_and_unload() {
     serve_refuses(&["--host", "0.0.0.0", "--allow-runtime-lora"], "--api-key");
 }
 
-#[test]
-fn cli_errors_are_one_line_and_non_zero() {
-    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+/// `camelid generate` on a model that does not exist, with `extra` flags.
+fn generate_missing_model(extra: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_camelid"))
         .args([
             "generate",
             "--model",
@@ -590,8 +590,14 @@ fn cli_errors_are_one_line_and_non_zero() {
             "--prompt",
             "x",
         ])
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn cli_errors_are_one_line_and_non_zero() {
+    let out = generate_missing_model(&[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap();
@@ -635,17 +641,7 @@ fn cli_errors_are_one_line_and_non_zero() {
         ("--top-p", "0"),
         ("--repetition-penalty", "0"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
-            .args([
-                "generate",
-                "--model",
-                "/no/such/model.gguf",
-                "--prompt",
-                "x",
-            ])
-            .arg(format!("{flag}={value}"))
-            .output()
-            .unwrap();
+        let out = generate_missing_model(&[format!("{flag}={value}")]);
         assert!(!out.status.success(), "{flag} {value}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
