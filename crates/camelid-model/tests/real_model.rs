@@ -48,6 +48,18 @@ fn gguf_logits_match_candle_quantized_llama() {
     assert_eq!(top_k(&ours_last, 5), top_k(&theirs, 5));
 }
 
+/// `camelid convert` writes the weights through a private temporary file: they get the
+/// folder's other files' mode (a service account serving the folder can read them too).
+#[cfg(unix)]
+#[test]
+fn converted_weights_are_as_readable_as_the_rest_of_the_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = converted_f32();
+    let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("model.safetensors"), mode("config.json"));
+    assert_eq!(mode("model.safetensors"), mode("tokenizer.json"));
+}
+
 #[test]
 fn safetensors_logits_match_candle_llama() {
     let dir = converted_f32();

@@ -144,6 +144,13 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         "config.json",
         serde_json::to_string_pretty(&config).unwrap(),
     )?;
+    // The weights' file is written through a private temporary file (owner-only); it gets
+    // the mode a plain write gives here (the umask's), as the other files of the folder.
+    let cfg_path = out.join("config.json");
+    let mode = std::fs::metadata(&cfg_path)
+        .map_err(|e| Error::io(&cfg_path, e))?
+        .permissions();
+    std::fs::set_permissions(&st, mode).map_err(|e| Error::io(&st, e))?;
     write(
         "tokenizer_config.json",
         serde_json::to_string_pretty(&tok_config).unwrap(),

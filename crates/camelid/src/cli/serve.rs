@@ -43,7 +43,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CAMELID_PORT", default_value_t = 8000)]
     port: u16,
     /// Accepted API keys (repeatable); none (and no --api-key-file) means no authentication.
-    /// The API (/v1/*, /tokenize, /detokenize) needs one, and /metrics unless
+    /// The API (/v1/*, Ollama's /api/*, /tokenize, /detokenize) needs one, and /metrics unless
     /// --metrics-public; /health, the pages and (unless --arena-private) the arena's routes
     /// stay open. An empty key is an error.
     // Secrets: --help names the variable, not its value.
