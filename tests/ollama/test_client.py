@@ -32,10 +32,13 @@ check(model in [m.model for m in listed], f"list has {model}: {listed}")
 entry = next(m for m in listed if m.model == model)
 check(entry.details.family == "llama" and entry.details.format == "gguf", f"details: {entry.details}")
 check(entry.size > 50_000_000, f"size is the file's: {entry.size}")
+# The default model's file is llama.cpp's Q4_1 (its general.file_type), named as Ollama does.
+check(entry.details.quantization_level == "Q4_1", f"quantization: {entry.details}")
 info = client.show(model)
 check("completion" in info.capabilities and "tools" in info.capabilities, f"capabilities: {info.capabilities}")
 check(info.modelinfo["llama.context_length"] > 0, f"model_info: {info.modelinfo}")
 check(info.details.parameter_size.endswith("M"), f"parameter size: {info.details.parameter_size}")
+check(info.details.quantization_level == "Q4_1", f"show's quantization: {info.details}")
 check(model in [m.model for m in client.ps().models], "ps")
 
 # Chat: whole and streamed give the same greedy text; counts and durations.

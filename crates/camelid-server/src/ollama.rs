@@ -454,7 +454,7 @@ fn details(models: &[Arc<ModelEntry>], m: &ModelEntry) -> Value {
     let parent = crate::state::base_of(models, m).map_or("", |b| b.name.as_str());
     json!({"parent_model": parent, "format": d.format, "family": d.architecture,
            "families": [d.architecture], "parameter_size": d.parameter_size(),
-           "quantization_level": ""})
+           "quantization_level": d.quantization})
 }
 
 /// A stable digest for a served name (Ollama's is its manifest's; clients use it as a key).

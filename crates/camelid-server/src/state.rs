@@ -37,6 +37,8 @@ pub struct ModelDetails {
     pub parameters: u64,
     /// Bytes of weight files on disk.
     pub size_bytes: u64,
+    /// llama.cpp's name of a GGUF's quantization (`Q4_K_M`), else empty.
+    pub quantization: String,
     pub context_length: usize,
     pub embedding_length: usize,
     pub block_count: usize,
@@ -63,9 +65,17 @@ impl ModelDetails {
                 _ => None,
             })
             .unwrap_or_default();
+        // A GGUF says its quantization (Ollama's `quantization_level`); a folder's dtype is
+        // chosen at load, so it is not named.
+        let quantization = files
+            .iter()
+            .find(|f| f.extension().is_some_and(|e| e == "gguf"))
+            .and_then(|f| camelid_model::load::gguf::quantization_name(f))
+            .unwrap_or_default();
         Self {
             architecture: c.architecture.clone(),
             format: format.into(),
+            quantization: quantization.into(),
             parameters: (embeddings + c.num_layers * per_layer + h) as u64,
             size_bytes: files
                 .iter()
