@@ -11,13 +11,12 @@ use std::collections::BTreeMap;
 pub enum Swap {
     /// The same verdict in both orders (the same model, or a tie twice).
     Consistent,
-    /// The answer shown first won in both orders.
+    /// Inconsistent, favouring the answer shown first: it won in both orders, or in one
+    /// with a tie in the other.
     BiasedFirst,
-    /// The answer shown second won in both orders.
+    /// The same for the answer shown second.
     BiasedSecond,
-    /// Otherwise inconsistent: a tie in one order, a winner in the other.
-    Inconsistent,
-    /// A verdict could not be parsed.
+    /// A verdict could not be parsed: the paper's "error" (wrong output format).
     Unparsable,
 }
 
@@ -41,12 +40,14 @@ pub fn classify(g1_winner: &str, g2_winner: &str) -> Swap {
         pos(g2_winner, "model_2", "model_1"),
     ) {
         (None, _) | (_, None) => Swap::Unparsable,
-        (Some(Pos::First), Some(Pos::First)) => Swap::BiasedFirst,
-        (Some(Pos::Second), Some(Pos::Second)) => Swap::BiasedSecond,
         (Some(Pos::Tie), Some(Pos::Tie))
         | (Some(Pos::First), Some(Pos::Second))
         | (Some(Pos::Second), Some(Pos::First)) => Swap::Consistent,
-        _ => Swap::Inconsistent,
+        // The paper's table splits every inconsistent pair between the two biases (its rows
+        // add up to 100 % with "error" for the wrong output format only): a tie in one order
+        // and a winner in the other favours the winner's position.
+        (Some(Pos::First), _) | (_, Some(Pos::First)) => Swap::BiasedFirst,
+        (Some(Pos::Second), _) | (_, Some(Pos::Second)) => Swap::BiasedSecond,
     }
 }
 
@@ -56,10 +57,8 @@ pub struct BiasCounts {
     pub consistent: usize,
     pub biased_first: usize,
     pub biased_second: usize,
-    /// Inconsistent otherwise, or unparsable: the paper's "error".
+    /// A verdict that could not be parsed: the paper's "error" (wrong output format).
     pub error: usize,
-    /// Of `error`, the unparsable ones.
-    pub unparsable: usize,
 }
 
 impl BiasCounts {
@@ -69,11 +68,7 @@ impl BiasCounts {
             Swap::Consistent => self.consistent += 1,
             Swap::BiasedFirst => self.biased_first += 1,
             Swap::BiasedSecond => self.biased_second += 1,
-            Swap::Inconsistent => self.error += 1,
-            Swap::Unparsable => {
-                self.error += 1;
-                self.unparsable += 1
-            }
+            Swap::Unparsable => self.error += 1,
         }
     }
 }
@@ -137,12 +132,12 @@ pub fn position_bias(
 pub fn render_bias(rows: &[BiasRow]) -> String {
     let pct = |k: usize, n: usize| format!("{:.1} %", 100.0 * k as f64 / n.max(1) as f64);
     let mut out = String::from(
-        "| judge | by | group | judged | consistent | biased toward first | biased toward second | error (unparsable) |\n|---|---|---|---|---|---|---|---|\n",
+        "| judge | by | group | judged | consistent | biased toward first | biased toward second | error |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let c = &r.counts;
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} ({}) |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.judge,
             r.by,
             r.group,
@@ -151,7 +146,6 @@ pub fn render_bias(rows: &[BiasRow]) -> String {
             pct(c.biased_first, c.judged),
             pct(c.biased_second, c.judged),
             pct(c.error, c.judged),
-            c.unparsable
         );
     }
     out
@@ -186,8 +180,11 @@ mod tests {
         assert_eq!(classify("tie", "tie"), Swap::Consistent);
         assert_eq!(classify("model_1", "model_2"), Swap::BiasedFirst);
         assert_eq!(classify("model_2", "model_1"), Swap::BiasedSecond);
-        assert_eq!(classify("tie", "model_1"), Swap::Inconsistent);
-        assert_eq!(classify("model_2", "tie"), Swap::Inconsistent);
+        // A tie in one order, a winner in the other: biased toward the winner's position.
+        assert_eq!(classify("tie", "model_1"), Swap::BiasedSecond);
+        assert_eq!(classify("model_1", "tie"), Swap::BiasedFirst);
+        assert_eq!(classify("model_2", "tie"), Swap::BiasedSecond);
+        assert_eq!(classify("tie", "model_2"), Swap::BiasedFirst);
         assert_eq!(classify("error", "model_1"), Swap::Unparsable);
         assert_eq!(classify("model_1", "A"), Swap::Unparsable);
     }
@@ -200,6 +197,7 @@ mod tests {
             pj(81, 2, "model_1", "model_2", "j"), // writing: first
             pj(91, 1, "model_1", "model_2", "j"), // roleplay: first
             pj(91, 2, "error", "tie", "j"),       // roleplay: error (unparsable)
+            pj(91, 2, "tie", "model_2", "j"),     // roleplay: first (a tie, then first won)
             pj(91, 1, "model_2", "model_1", "k"), // another judge: second
         ];
         let cats: BTreeMap<u64, String> = [(81, "writing".into()), (91, "roleplay".into())].into();
@@ -210,21 +208,22 @@ mod tests {
                 .unwrap()
                 .counts
         };
-        let c = |judged, consistent, biased_first, biased_second, error, unparsable| BiasCounts {
+        let c = |judged, consistent, biased_first, biased_second, error| BiasCounts {
             judged,
             consistent,
             biased_first,
             biased_second,
             error,
-            unparsable,
         };
-        assert_eq!(get("j", "all", "all"), c(4, 1, 2, 0, 1, 1));
-        assert_eq!(get("j", "category", "writing"), c(2, 1, 1, 0, 0, 0));
-        assert_eq!(get("j", "category", "roleplay"), c(2, 0, 1, 0, 1, 1));
-        assert_eq!(get("j", "turn", "2"), c(2, 0, 1, 0, 1, 1));
-        assert_eq!(get("k", "all", "all"), c(1, 0, 0, 1, 0, 0));
-        assert!(render_bias(&rows)
-            .contains("| j | all | all | 4 | 25.0 % | 50.0 % | 0.0 % | 25.0 % (1) |"));
+        assert_eq!(get("j", "all", "all"), c(5, 1, 3, 0, 1));
+        assert_eq!(get("j", "category", "writing"), c(2, 1, 1, 0, 0));
+        assert_eq!(get("j", "category", "roleplay"), c(3, 0, 2, 0, 1));
+        assert_eq!(get("j", "turn", "2"), c(3, 0, 2, 0, 1));
+        assert_eq!(get("k", "all", "all"), c(1, 0, 0, 1, 0));
+        // Each row adds up to 100 %, as the paper's.
+        assert!(
+            render_bias(&rows).contains("| j | all | all | 5 | 20.0 % | 60.0 % | 0.0 % | 20.0 % |")
+        );
         // A label names a file's judge: the renamed-prompt run beside the default one.
         let rows = position_bias(
             &[("renamed".into(), vec![pj(81, 1, "tie", "tie", "j")])],

@@ -371,6 +371,14 @@ fn check_inputs(
             first_few(&no_ref)
         );
     }
+    // Every prompt the run needs, before any match: a missing one (say, the multi-turn
+    // prompts) would fail those matches and leave a table of the rest (FastChat stops too).
+    let pairwise = !matches!(opts.mode, Mode::Single);
+    for q in questions {
+        for turn in if q.turns.len() >= 2 { 1..=2 } else { 1..=1 } {
+            judge.prompt_for(q, turn, pairwise)?;
+        }
+    }
     let baseline = match opts.mode {
         Mode::PairwiseBaseline => opts.baseline.as_ref(),
         _ => None,

@@ -135,6 +135,22 @@ pub fn read_records(text: &str) -> Result<Records> {
     })
 }
 
+/// The judge models of the `mtbench judge` pairwise judgments in a battle file (none for
+/// FastChat battles): rated together, several judges' verdicts on the same pairs would count
+/// each pair once a judge, as if more battles had been fought.
+pub fn judges_of(text: &str) -> Result<std::collections::BTreeSet<String>> {
+    Ok(read_records(text)?
+        .records
+        .iter()
+        .filter(|v| v.get("g1_winner").is_some())
+        .filter_map(|v| {
+            v.pointer("/judge/0")
+                .and_then(|j| j.as_str())
+                .map(String::from)
+        })
+        .collect())
+}
+
 /// A battle with what FastChat's `elo_analysis` selects and orders by.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BattleRecord {

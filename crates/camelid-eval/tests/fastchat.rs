@@ -397,6 +397,19 @@ fn judging_refuses_what_fastchat_check_data_refuses() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("\"base\""), "{err}");
+    // A prompts file without a prompt the run needs (here the multi-turn ones): refused
+    // before any match, not judged as a table of first turns.
+    for (mode, missing) in [
+        (Mode::Single, "single-v1-multi-turn"),
+        (Mode::PairwiseAll, "pair-math-v1-multi-turn"),
+    ] {
+        let mut j = judge();
+        j.prompts.remove(missing);
+        let err = run_judge(&j, &qs, &answers_of(&["m1", "m2"], &[81, 111]), mode, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(missing), "{err}");
+    }
     assert!(!out.exists(), "nothing judged");
 }
 

@@ -99,3 +99,40 @@ fn ratings_per_category() {
     let (ok, _, err) = run(&["arena", "ratings", "--battles", file, "--category", "math"]);
     assert!(!ok && err.contains("coding"), "{err}");
 }
+
+/// `mtbench judge` pairwise judgments by two judge models are not rated together (each pair
+/// would count once a judge, the intervals too narrow): refused, naming the judges, whether
+/// in one file or two; one judge's are rated.
+#[test]
+fn judgments_of_several_judges_are_not_rated_together() {
+    let judgment = |judge: &str, q: u64| {
+        serde_json::json!({"question_id": q, "model_1": "a", "model_2": "b",
+            "g1_winner": "model_1", "g2_winner": "model_1", "judge": [judge, "pair-v2"],
+            "g1_user_prompt": "", "g1_judgment": "", "g2_user_prompt": "", "g2_judgment": "",
+            "turn": 1, "tstamp": q as f64})
+        .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, lines: &[String]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let one = write("one.jsonl", &[judgment("gpt-4", 81), judgment("gpt-4", 82)]);
+    let mixed = write(
+        "mixed.jsonl",
+        &[judgment("gpt-4", 81), judgment("camelid", 81)],
+    );
+    let other = write("other.jsonl", &[judgment("camelid", 81)]);
+    let (ok, _, err) = run(&["arena", "ratings", "--battles", &one, "--bootstrap", "0"]);
+    assert!(ok, "{err}");
+    for files in [vec![mixed.as_str()], vec![one.as_str(), other.as_str()]] {
+        let mut args = vec!["arena", "ratings", "--bootstrap", "0"];
+        for f in &files {
+            args.extend(["--battles", f]);
+        }
+        let (ok, _, err) = run(&args);
+        assert!(!ok, "{files:?}");
+        assert!(err.contains("camelid") && err.contains("gpt-4"), "{err}");
+    }
+}

@@ -227,11 +227,20 @@ fn store_runtime() -> Result<tokio::runtime::Runtime> {
 fn ratings(a: ArenaRatingsArgs) -> Result<()> {
     use camelid_eval::{category, ratings};
     let mut records = vec![];
+    let mut judges = std::collections::BTreeSet::new();
     for p in &a.battles {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        judges.extend(ratings::judges_of(&text).with_context(|| format!("in {}", p.display()))?);
         records.extend(
             ratings::read_battle_records(&text).with_context(|| format!("in {}", p.display()))?,
+        );
+    }
+    if judges.len() > 1 {
+        anyhow::bail!(
+            "judgments by {} judge models ({}): rated together, each pair would count once a              judge; rate one judge's judgments at a time",
+            judges.len(),
+            judges.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
     let all = records.len();
