@@ -778,6 +778,25 @@ fn fastchat_battles_import_once_and_export_back() {
             .await
             .unwrap_err()
             .contains("winner"));
+        // MT-bench's human judgments number the question (81–160), many battles to each:
+        // they are all added (once), not taken for one battle.
+        let human: Vec<Value> = ["expert_0", "expert_1", "author_2"]
+            .iter()
+            .flat_map(|judge| {
+                [1, 2].map(|turn| {
+                    json!({"question_id": 81, "model_a": "x", "model_b": "y",
+                           "winner": "model_b", "judge": judge, "turn": turn})
+                })
+            })
+            .collect();
+        let fresh = Arena::connect(
+            &format!("sqlite:{}", dir.path().join("c.db").display()),
+            ArenaConfig::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(fresh.import(&human).await.unwrap(), 6);
+        assert_eq!(fresh.import(&human).await.unwrap(), 0);
     });
 }
 

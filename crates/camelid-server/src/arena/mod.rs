@@ -733,8 +733,9 @@ impl Arena {
 
     /// Adds FastChat battles (`model_a`, `model_b`, `winner`; `question_id`, `anony`,
     /// `tstamp`, `judge`, `conversation_a/b`, `turn` when present) as votes. A record's
-    /// `question_id` is its battle id (one without gets a hash of its text), so importing a
-    /// file twice adds nothing the second time. Returns how many were added.
+    /// string `question_id` is its battle id (a numbered question, or none, gets a hash of
+    /// the record's text), so importing a file twice adds nothing the second time. Returns
+    /// how many were added.
     pub async fn import(&self, records: &[Value]) -> Result<u64, String> {
         let votes = records
             .iter()
@@ -758,9 +759,11 @@ fn vote_from_fastchat(r: &Value) -> Result<VoteRow, String> {
     let winner: Outcome = serde_json::from_value(r["winner"].clone()).map_err(|_| {
         "`winner` must be \"model_a\", \"model_b\", \"tie\" or \"tie (bothbad)\"".to_string()
     })?;
+    // Chatbot Arena's logs (and camelid's export) give each battle its own string id; MT-bench's
+    // human judgments number the question (81–160), shared by many battles: those, and
+    // records without one, are told apart by a hash of the whole record.
     let battle_id = match &r["question_id"] {
         Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
         _ => format!(
             "import-{}",
             &hex(&Sha256::digest(r.to_string().as_bytes()))[..32]
