@@ -219,6 +219,49 @@ impl ModelConfig {
         if !positive(self.features.attn_scale) {
             return bad("query_pre_attn_scalar must be > 0".into());
         }
+        // Numbers the forward pass divides by or takes logs of: NaN, 0 or a negative one would
+        // load and then give NaN logits on every request.
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!(
+                "rope_theta {} must be finite and > 0",
+                self.rope_theta
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return bad(format!(
+                "rms_norm_eps {} must be finite and > 0",
+                self.rms_norm_eps
+            ));
+        }
+        if self.max_position_embeddings == 0 {
+            return bad("max_position_embeddings (the context length) must be > 0".into());
+        }
+        let factor = match &self.rope_scaling {
+            RopeScaling::Linear { factor }
+            | RopeScaling::Dynamic { factor }
+            | RopeScaling::Llama3 { factor, .. }
+            | RopeScaling::Yarn { factor, .. } => Some(*factor),
+            _ => None,
+        };
+        if !positive(factor) {
+            return bad("rope_scaling: factor must be finite and > 0".into());
+        }
+        if let RopeScaling::Yarn {
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            ..
+        } = &self.rope_scaling
+        {
+            if ![*beta_fast, *beta_slow, *attention_factor]
+                .iter()
+                .all(|v| v.is_finite())
+            {
+                return bad(
+                    "rope_scaling: YaRN's betas and attention factor must be finite".into(),
+                );
+            }
+        }
         if let RopeScaling::LongRope {
             short_factor,
             long_factor,
@@ -617,6 +660,24 @@ mod tests {
         assert!(wrap.contains("num_attention_heads × head_dim"), "{wrap}");
         assert!(err(serde_json::json!({"hidden_size": 0})).contains("hidden_size"));
         assert!(err(serde_json::json!({"intermediate_size": 0})).contains("intermediate_size"));
+        // Numbers the forward pass divides by or takes logs of: NaN logits on every request.
+        for (extra, names) in [
+            (serde_json::json!({"rope_theta": 0.0}), "rope_theta"),
+            (serde_json::json!({"rope_theta": -5.0}), "rope_theta"),
+            (serde_json::json!({"rms_norm_eps": 0.0}), "rms_norm_eps"),
+            (serde_json::json!({"rms_norm_eps": -1e-5}), "rms_norm_eps"),
+            (
+                serde_json::json!({"max_position_embeddings": 0}),
+                "max_position_embeddings",
+            ),
+            (
+                serde_json::json!({"rope_scaling": {"type": "linear", "factor": 0.0}}),
+                "factor",
+            ),
+        ] {
+            let e = err(extra.clone());
+            assert!(e.contains(names), "{extra}: {e}");
+        }
         assert!(v5(serde_json::json!({}))
             .base_config("t")
             .unwrap()

@@ -54,8 +54,15 @@ impl GgufFile {
         let v = self
             .meta(key)
             .ok_or_else(|| Error::BadConfig(format!("{} is missing", self.origin_field(key))))?;
-        value_u64(v).map(|x| x as u32).ok_or_else(|| {
+        let x = value_u64(v).ok_or_else(|| {
             Error::BadConfig(format!("{} is not an integer", self.origin_field(key)))
+        })?;
+        // Not cut to 32 bits: a context of 2^40 must not become 0.
+        u32::try_from(x).map_err(|_| {
+            Error::BadConfig(format!(
+                "{} is {x}, past the 32-bit values it holds",
+                self.origin_field(key)
+            ))
         })
     }
 

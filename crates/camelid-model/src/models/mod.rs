@@ -73,6 +73,20 @@ pub const NESTED: &[&NestedLanguageModel] = &[&gemma3::MULTIMODAL];
 pub fn parse_hf_config(text: &str, origin: &str) -> Result<(HfConfig, Option<Renames>)> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Error::BadConfig(format!("{origin}: {e}")))?;
+    // A checkpoint quantized by its publisher (FP8 with block scales, GPTQ, AWQ,
+    // bitsandbytes): its weights mean nothing without the scales camelid does not read, so
+    // loaded as plain tensors it would answer garbage. Refused by name instead.
+    if let Some(q) = v.get("quantization_config").filter(|q| !q.is_null()) {
+        let method = q
+            .get("quant_method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("unnamed");
+        return Err(Error::BadConfig(format!(
+            "{origin}: quantization_config: checkpoints quantized with {method:?} are not \
+             supported; load the unquantized weights (quantize them at load with --quantize) \
+             or a GGUF file"
+        )));
+    }
     let nested = NESTED.iter().find(|n| {
         v.get("architectures")
             .and_then(|a| a.as_array())
@@ -194,6 +208,27 @@ mod tests {
             "vocab_size": 100, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 256
         })
+    }
+
+    /// A publisher-quantized checkpoint (FP8 block scales, GPTQ, …) is refused by its method:
+    /// read as plain tensors without its scales it answered garbage.
+    #[test]
+    fn quantized_checkpoints_are_refused_by_method() {
+        for method in ["fp8", "gptq", "awq"] {
+            let mut c = base();
+            c["quantization_config"] =
+                serde_json::json!({"quant_method": method, "weight_block_size": [128, 128]});
+            let err = parse_hf_config(&c.to_string(), "config.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("quantization_config") && err.contains(method),
+                "{err}"
+            );
+        }
+        let mut c = base();
+        c["quantization_config"] = serde_json::Value::Null;
+        assert!(parse_hf_config(&c.to_string(), "config.json").is_ok());
     }
 
     #[test]
