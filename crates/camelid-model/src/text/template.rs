@@ -554,6 +554,11 @@ fn strftime_now(fmt: String) -> std::result::Result<String, minijinja::Error> {
     Ok(out)
 }
 
+/// Instructions a chat template may run for one render: over 100× what the published tools
+/// templates take for the most messages and tools a request may carry (1024 and 128 render
+/// within 200 000), and well under a second of CPU.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
 impl ChatTemplate {
     pub fn name(&self) -> String {
         match self {
@@ -667,6 +672,10 @@ impl ChatTemplate {
                 // (TinyLlama's, Zephyr's) count on them to drop the newlines between tags.
                 env.set_trim_blocks(true);
                 env.set_lstrip_blocks(true);
+                // A template is the model file's code, run on each request: its instructions
+                // are counted, so one that loops (always, or on some message) ends in an
+                // error instead of holding a worker and its request slot for good.
+                env.set_fuel(Some(TEMPLATE_FUEL));
                 minijinja_contrib::add_to_environment(&mut env);
                 env.set_unknown_method_callback(
                     minijinja_contrib::pycompat::unknown_method_callback,
@@ -1039,5 +1048,63 @@ mod tests {
         );
         kw.insert("enable_thinking".into(), serde_json::json!(true));
         assert_eq!(t.render_with(&msgs, None, true, &kw).unwrap(), plain);
+    }
+
+    /// A template's instructions are counted: one that loops on some message ends in an
+    /// error at once instead of holding its worker; the published templates with the most
+    /// messages and tools a request may carry render well within the budget.
+    #[test]
+    fn templates_that_loop_run_out_of_fuel() {
+        let jinja = |source: &str| ChatTemplate::Jinja {
+            source: source.into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let kw = TemplateKwargs::new();
+        let looping = jinja(
+            "{% for m in messages %}{% if 'boom' in m.content %}\
+             {% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}\
+             {% endif %}{{ m.content }}{% endfor %}",
+        );
+        assert_eq!(
+            looping
+                .render_with(&[Message::new("user", "hi")], None, true, &kw)
+                .unwrap(),
+            "hi"
+        );
+        let t = std::time::Instant::now();
+        let err = looping
+            .render_with(&[Message::new("user", "boom")], None, true, &kw)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fuel"), "{err}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+        let tool = |i: usize| {
+            serde_json::json!({"type": "function", "function": {"name": format!("f{i}"),
+                "description": "A function with a few typed parameters",
+                "parameters": {"type": "object", "properties": {
+                    "a": {"type": "string"}, "b": {"type": "integer"}}}}})
+        };
+        let tools: Vec<Json> = (0..128).map(tool).collect();
+        let msgs: Vec<Message> = (0..1024)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words"))
+            .collect();
+        for f in [
+            "qwen2.5-tools.jinja",
+            "llama3-json-tools.jinja",
+            "mistral-v0.3-tools.jinja",
+        ] {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/fixtures/chat-templates/"
+            );
+            let source = std::fs::read_to_string(format!("{path}{f}")).unwrap();
+            let r = jinja(&source).render_with(&msgs, Some(&tools), true, &kw);
+            assert!(r.is_ok(), "{f}: {:?}", r.err());
+        }
     }
 }
