@@ -224,6 +224,22 @@ fn serve_refuses(args: &[&str], says: &str) {
 }
 
 /// A non-streamed POST over a raw connection: (status, JSON body).
+/// GETs `path`; its JSON body.
+fn get_json(base: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (_, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    serde_json::from_str(body).unwrap()
+}
+
 fn post_json(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
@@ -284,6 +300,30 @@ fn alias_names_the_model() {
         assert_eq!(st, 404, "{unknown}: {b}");
         assert_eq!(b["error"]["code"], "model_not_found", "{b}");
     }
+}
+
+/// A KV pool that holds less than the model's context serves the context it holds: `/v1/models`
+/// says so, and a request naming no `max_tokens` (the rest of the context) is answered, not
+/// refused for needing more KV memory than the cache has.
+#[test]
+fn a_kv_pool_smaller_than_the_context_serves_what_it_holds() {
+    let s = serve(&["--kv-cache-mb", "8"]);
+    let models = get_json(&s.base, "/v1/models");
+    let len = models["data"][0]["max_model_len"].as_u64().unwrap();
+    assert!(len > 0 && len < 8192, "{models}");
+    let (st, b) = post_json(
+        &s.base,
+        "/v1/chat/completions",
+        &serde_json::json!({"model": "default", "temperature": 0,
+            "messages": [{"role": "user", "content": "Hi"}]})
+        .to_string(),
+    );
+    assert_eq!(st, 200, "{b}");
+    let u = &b["usage"];
+    assert!(
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap() <= len,
+        "{b}"
+    );
 }
 
 /// `--speculative-config` (vLLM's JSON, the `ngram` method): the same greedy tokens and

@@ -452,10 +452,21 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
         if spec.is_none() {
             aliases.push("default".into());
         }
-        let max_model_len = a
+        let mut max_model_len = a
             .max_model_len
             .map(|m| m.min(lm.context_length))
             .unwrap_or(lm.context_length);
+        // A KV pool that holds less than the context: the served context is what it holds
+        // (else a request that names no max_tokens, given the rest of the context, could
+        // never fit and would be refused).
+        let pool = engine_config.num_blocks(&lm) * engine_config.block_size;
+        if pool < max_model_len {
+            tracing::warn!(
+                "{name}: the KV cache holds {pool} positions, less than the context of \
+                 {max_model_len}: serving a context of {pool} (raise --kv-cache-mb for more)"
+            );
+            max_model_len = pool;
+        }
         let mut adapters = vec![];
         for i in adapters_of(&a.lora_modules, &name, &aliases, specs.len()) {
             let m = &a.lora_modules[i];
