@@ -126,7 +126,7 @@ impl ServerMetrics {
         }
         self.ttft.lock().unwrap().render(
             "camelid_time_to_first_token_seconds",
-            "Time from request to first generated token.",
+            "Time from request to its first generated token (of any choice).",
             &mut out,
         );
         self.itl.lock().unwrap().render(
@@ -157,7 +157,7 @@ impl ServerMetrics {
             (
                 "camelid_prompt_tokens_total",
                 "counter",
-                "Prompt tokens admitted.",
+                "Prompt tokens admitted, per sequence (a request's n choices count its prompt n times).",
                 |e| E::get(&e.prompt_tokens),
             ),
             (
@@ -187,7 +187,7 @@ impl ServerMetrics {
             (
                 "camelid_cancelled_requests_total",
                 "counter",
-                "Requests cancelled by their client.",
+                "Sequences cancelled by their client (a request's choices count one each).",
                 |e| E::get(&e.cancelled),
             ),
             (

@@ -246,10 +246,13 @@ impl Timing {
     }
     pub fn token(&mut self, state: &AppState, started: Instant, slot: usize) {
         let now = Instant::now();
+        let first_of_request = self.last.iter().all(Option::is_none);
         match self.last.get(slot).copied().flatten() {
-            None => state
+            // Once a request (vLLM's unit): its other choices' first tokens are neither.
+            None if first_of_request => state
                 .metrics
                 .time_to_first_token((now - started).as_secs_f64()),
+            None => {}
             Some(prev) => state
                 .metrics
                 .inter_token_latency((now - prev).as_secs_f64()),

@@ -1942,3 +1942,23 @@ fn a_request_without_a_model_is_answered_by_the_one_served_and_names_it() {
         assert_error(st, &b, 400, Some("model"));
     }
 }
+
+/// Time to first token is a request's (vLLM's unit): a request of `n` choices, whole or
+/// streamed, adds one observation, not `n`.
+#[test]
+fn time_to_first_token_counts_requests_not_choices() {
+    let s = start(ServerConfig::default());
+    let count = || metric(&s.base, "camelid_time_to_first_token_seconds_count");
+    let before = count();
+    for stream in [false, true] {
+        let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 3, "n": 4, "stream": stream});
+        let (st, b) = post_raw(
+            &s.base,
+            "/v1/chat/completions",
+            body.to_string().into_bytes(),
+        );
+        assert_eq!(st, 200, "{b}");
+    }
+    assert_eq!(count() - before, 2.0);
+}

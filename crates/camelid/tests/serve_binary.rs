@@ -302,6 +302,31 @@ fn alias_names_the_model() {
     }
 }
 
+/// Engine sizes out of range stop `serve` before a model loads, naming the flag (a zero was
+/// quietly raised; a block of 100 000 positions took 2.5 GB past an 8 MiB --kv-cache-mb).
+#[test]
+fn serve_refuses_engine_sizes_out_of_range() {
+    for (flag, value) in [
+        ("--block-size", "0"),
+        ("--block-size", "100000"),
+        ("--kv-cache-mb", "0"),
+        ("--max-num-seqs", "0"),
+        ("--max-num-batched-tokens", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+            .args(["serve", "--model", "/no/such/model.gguf", "--port", "0"])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && !err.contains("/no/such/model.gguf"),
+            "{flag} {value}: {err}"
+        );
+    }
+}
+
 /// A KV pool that holds less than the model's context serves the context it holds: `/v1/models`
 /// says so, and a request naming no `max_tokens` (the rest of the context) is answered, not
 /// refused for needing more KV memory than the cache has.

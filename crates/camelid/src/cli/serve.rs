@@ -91,14 +91,14 @@ pub struct ServeArgs {
     #[command(flatten)]
     limits: LimitArgs,
     /// Sequences batched together in one step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = positive)]
     max_num_seqs: usize,
     /// Tokens in one step (long prompts are prefilled in chunks of this size). Default: 512
     /// on the CPU, 2048 on CUDA. Smaller values shorten the stalls a prefill causes in running
     /// streams (about 1.5–2 ms per prefill token for SmolLM2-135M on 2 cores) at the cost of
     /// time-to-first-token and throughput (measured in benches/README.md). At least
     /// --max-num-seqs + 1 (raised to it): a step holds every decode and a prompt token.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     max_num_batched_tokens: Option<usize>,
     /// Prefill tokens in a step that also decodes running streams (they wait for the whole
     /// step): smaller keeps their inter-token latency low, larger gives new requests their
@@ -115,10 +115,11 @@ pub struct ServeArgs {
     #[arg(long)]
     max_step_stretch: Option<f64>,
     /// KV cache memory per model, in MiB.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = positive)]
     kv_cache_mb: usize,
-    /// Positions per KV block.
-    #[arg(long, default_value_t = 16)]
+    /// Positions per KV block (1 to 256): the pool holds whole blocks, so a larger one could
+    /// take more memory than --kv-cache-mb.
+    #[arg(long, default_value_t = 16, value_parser = block_size)]
     block_size: usize,
     /// Turn automatic prefix caching off.
     #[arg(long)]
@@ -700,5 +701,21 @@ mod tests {
         let serve = &helps[0].1;
         assert!(serve.contains("[env: CAMELID_API_KEY]"), "{serve}");
         assert!(serve.contains("[env: CAMELID_ARENA_DB]"), "{serve}");
+    }
+}
+
+/// A count that must be at least 1 (0 was quietly raised to 1).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: a whole number, at least 1")),
+    }
+}
+
+/// `--block-size`: 1 to 256 positions.
+fn block_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: a whole number from 1 to 256")),
     }
 }
