@@ -607,6 +607,22 @@ pub fn run(a: ServeArgs) -> Result<()> {
     served
 }
 
+/// A count that must be at least 1 (0 was quietly raised to 1).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: a whole number, at least 1")),
+    }
+}
+
+/// `--block-size`: 1 to 256 positions.
+fn block_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: a whole number from 1 to 256")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -701,21 +717,5 @@ mod tests {
         let serve = &helps[0].1;
         assert!(serve.contains("[env: CAMELID_API_KEY]"), "{serve}");
         assert!(serve.contains("[env: CAMELID_ARENA_DB]"), "{serve}");
-    }
-}
-
-/// A count that must be at least 1 (0 was quietly raised to 1).
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{s:?}: a whole number, at least 1")),
-    }
-}
-
-/// `--block-size`: 1 to 256 positions.
-fn block_size(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=256).contains(&n) => Ok(n),
-        _ => Err(format!("{s:?}: a whole number from 1 to 256")),
     }
 }
