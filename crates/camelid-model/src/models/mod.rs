@@ -162,6 +162,20 @@ fn supported() -> String {
 /// features.
 pub fn config_from_hf(hf: &HfConfig, origin: &str) -> Result<ModelConfig> {
     let arch = for_hf(hf, origin)?;
+    // The SiLU-gated architectures run SiLU whatever the config says: another activation
+    // would load and answer wrongly (Gemma's is checked by its own features).
+    if !arch.name.starts_with("gemma") {
+        if let Some(act) = hf
+            .hidden_act
+            .as_deref()
+            .filter(|a| !matches!(*a, "silu" | "swish"))
+        {
+            return Err(Error::Unsupported(format!(
+                "{origin}: hidden_act {act:?} ({} is served with silu)",
+                arch.name
+            )));
+        }
+    }
     let mut cfg = hf.base_config(origin)?;
     cfg.architecture = arch.name.to_string();
     cfg.features = (arch.hf_features)(hf, origin)?;
@@ -208,6 +222,20 @@ mod tests {
             "vocab_size": 100, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 256
         })
+    }
+
+    /// A SiLU-gated architecture with another activation is refused by name, not run as SiLU.
+    #[test]
+    fn an_activation_the_architecture_does_not_run_is_refused() {
+        for act in ["silu", "swish"] {
+            let mut c = base();
+            c["hidden_act"] = serde_json::json!(act);
+            assert!(parse(&c, "t").is_ok(), "{act}");
+        }
+        let mut c = base();
+        c["hidden_act"] = serde_json::json!("bogus");
+        let e = parse(&c, "t").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 
     /// A publisher-quantized checkpoint (FP8 block scales, GPTQ, …) is refused by its method:
