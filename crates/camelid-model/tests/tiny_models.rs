@@ -400,6 +400,26 @@ fn bad_files_give_errors_not_panics() {
         .unwrap()
         .to_string();
     assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+    // A BOS id past the vocabulary: refused at load, not on every request.
+    std::fs::copy(
+        fixture().join("model.safetensors"),
+        wrong.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    let vocab = cfg["vocab_size"].as_u64().unwrap();
+    cfg["bos_token_id"] = serde_json::json!(vocab + 5);
+    std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
+    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("BOS") && e.contains(&(vocab + 5).to_string()),
+        "{e}"
+    );
 }
 
 #[test]

@@ -180,7 +180,22 @@ pub fn load(spec: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
         load_gguf(&name, &path, opts, template_choice.as_deref())?
     };
     loaded.path = path;
+    check_special_ids(&loaded)?;
     Ok(loaded)
+}
+
+/// The BOS id, put before every prompt, names a row of the embedding: one past it would load
+/// and then fail every request ("outside the vocabulary"), so the file is refused here.
+/// (An end id past the rows is harmless: it is never sampled.)
+fn check_special_ids(lm: &LoadedModel) -> Result<()> {
+    let vocab = lm.model.config().vocab_size;
+    if let Some(bad) = lm.tokenizer.bos_id.filter(|&i| i as usize >= vocab) {
+        return Err(Error::BadConfig(format!(
+            "{}: the BOS token id {bad} is past the vocabulary of {vocab} rows",
+            lm.path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The folder's GGUF file, if it has one. Several are refused by name (a folder of Q4 and Q8
