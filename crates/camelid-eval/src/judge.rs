@@ -421,6 +421,9 @@ pub async fn run(
         Some(m) => m.clone(),
         None => answers.keys().cloned().collect(),
     };
+    if models.is_empty() {
+        anyhow::bail!("no answers to judge (no model's answer file was found)");
+    }
     check_inputs(judge, questions, answers, &models, opts)?;
     let turns_of = |q: &Question| {
         if q.turns.len() >= 2 {

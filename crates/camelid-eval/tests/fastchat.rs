@@ -410,6 +410,11 @@ fn judging_refuses_what_fastchat_check_data_refuses() {
             .to_string();
         assert!(err.contains(missing), "{err}");
     }
+    // No answers at all (an empty --answers folder): an error, not "judged 0 matches".
+    let err = run_judge(&judge(), &qs, &Default::default(), Mode::PairwiseAll, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no answers"), "{err}");
     assert!(!out.exists(), "nothing judged");
 }
 

@@ -1,5 +1,6 @@
-//! `camelid arena ratings` per category from the command line, on hand-made battles whose
-//! ratings are known (fschat 0.2.36's `elo_analysis` has no categories to compare with).
+//! `camelid arena ratings` (and `mtbench show`'s pairwise table) from the command line, on
+//! hand-made battles and judgments whose results are known (fschat 0.2.36's `elo_analysis`
+//! has no categories to compare with).
 
 mod common;
 use common::cli::run;
@@ -126,6 +127,12 @@ fn judgments_of_several_judges_are_not_rated_together() {
     let other = write("other.jsonl", &[judgment("camelid", 81)]);
     let (ok, _, err) = run(&["arena", "ratings", "--battles", &one, "--bootstrap", "0"]);
     assert!(ok, "{err}");
+    // `mtbench show --baseline` naming a model no game has (a misspelling) is an error, not
+    // an empty table.
+    let (ok, _, err) = run(&["mtbench", "show", "--judgments", &one, "--baseline", "bb"]);
+    assert!(!ok && err.contains("\"bb\""), "{err}");
+    let (ok, out, err) = run(&["mtbench", "show", "--judgments", &one, "--baseline", "b"]);
+    assert!(ok && out.contains('a'), "{err}");
     for files in [vec![mixed.as_str()], vec![one.as_str(), other.as_str()]] {
         let mut args = vec!["arena", "ratings", "--bootstrap", "0"];
         for f in &files {

@@ -403,6 +403,12 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                     |j: &data::PairJudgment| j.judge.0.as_str(),
                     a.judge_model.as_deref(),
                 )?;
+                if let Some(b) = a.baseline.as_deref() {
+                    // A misspelled baseline would give an empty table and exit 0.
+                    if !js.iter().any(|j| j.model_1 == b || j.model_2 == b) {
+                        anyhow::bail!("--baseline {b:?}: no game in the judgments has this model");
+                    }
+                }
                 let rows = show::pair_table(&js, a.baseline.as_deref());
                 if a.format == "json" {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
