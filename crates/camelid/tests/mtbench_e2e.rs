@@ -308,7 +308,7 @@ fn bias_and_agreement_tables_from_the_command_line() {
             pair(81, 1, "model_1", "model_1"), // consistent: a
             pair(81, 2, "model_1", "model_2"), // biased toward first
             pair(91, 1, "model_2", "model_1"), // biased toward second
-            pair(91, 2, "tie", "model_1"),     // error
+            pair(91, 2, "tie", "model_1"),     // a tie, then the second-shown won: second
         ]
         .join("\n"),
     )
@@ -336,7 +336,7 @@ fn bias_and_agreement_tables_from_the_command_line() {
             &c["biased_second"],
             &c["error"]
         ],
-        [4, 1, 1, 1, 1]
+        [4, 1, 1, 2, 0]
     );
     let writing = rows.iter().find(|r| r["group"] == "writing").unwrap();
     assert_eq!(writing["counts"]["judged"], 2);
