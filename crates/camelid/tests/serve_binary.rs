@@ -318,13 +318,18 @@ fn serve_refuses_engine_sizes_out_of_range() {
             .arg(format!("{flag}={value}"))
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{flag} {value}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(flag) && !err.contains("/no/such/model.gguf"),
-            "{flag} {value}: {err}"
-        );
+        assert_refused_flag(&out, flag, value);
     }
+}
+
+/// `out` failed on `flag` before anything looked for the (missing) model.
+fn assert_refused_flag(out: &std::process::Output, flag: &str, value: &str) {
+    assert!(!out.status.success(), "{flag} {value}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(flag) && !err.contains("/no/such/model.gguf"),
+        "{flag} {value}: {err}"
+    );
 }
 
 /// A KV pool that holds less than the model's context serves the context it holds: `/v1/models`
@@ -707,12 +712,7 @@ fn cli_errors_are_one_line_and_non_zero() {
         ("--repetition-penalty", "0"),
     ] {
         let out = generate_missing_model(&[format!("{flag}={value}")]);
-        assert!(!out.status.success(), "{flag} {value}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(flag) && !err.contains("/no/such/model.gguf"),
-            "{flag} {value}: {err}"
-        );
+        assert_refused_flag(&out, flag, value);
     }
 }
 
