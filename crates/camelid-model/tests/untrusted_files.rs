@@ -112,6 +112,39 @@ fn gguf_alignment_zero_is_an_error() {
     }
 }
 
+/// A metadata key written twice (candle kept the last: a second `block_count` of 1 loaded
+/// 1 layer of 30) and a `general.alignment` that is not an integer are refused by name.
+#[test]
+fn gguf_repeated_keys_and_a_non_integer_alignment_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = |n: u32| ("llama.block_count", U32, n.to_le_bytes().to_vec());
+    let p = write(
+        dir.path(),
+        "twice.gguf",
+        &gguf(&[count(30), count(1)], &[], &[]),
+    );
+    let e = open_err(&p);
+    assert!(
+        e.contains("llama.block_count") && e.contains("twice"),
+        "{e}"
+    );
+    const F32_VALUE: u32 = 6;
+    let p = write(
+        dir.path(),
+        "float.gguf",
+        &gguf(
+            &[("general.alignment", F32_VALUE, 32f32.to_le_bytes().to_vec())],
+            &[],
+            &[],
+        ),
+    );
+    let e = open_err(&p);
+    assert!(
+        e.contains("general.alignment") && e.contains("not an integer"),
+        "{e}"
+    );
+}
+
 #[test]
 fn gguf_metadata_that_takes_more_memory_than_the_file_is_an_error() {
     // 3 MB of one-byte array elements: candle keeps a 32-byte value for each, ~100 MB.

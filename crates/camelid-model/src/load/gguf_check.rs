@@ -169,13 +169,25 @@ impl<R: Read + Seek> Walker<'_, R> {
         let _tensors = self.len()?;
         let kvs = self.len()?;
         let mut alignment = None;
+        // candle keeps the last of a repeated key: a file with `block_count` twice would load
+        // as whichever came last (llama.cpp refuses it too).
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..kvs {
             let key = self.string()?;
             let ty = self.u32()?;
             if key == b"general.alignment" {
-                alignment = self.integer(ty)?;
+                alignment = Some(
+                    self.integer(ty)?
+                        .ok_or("metadata field general.alignment is not an integer")?,
+                );
             } else {
                 self.skip_value(ty, 0)?;
+            }
+            if !seen.insert(key.clone()) {
+                return Err(format!(
+                    "metadata field {} appears twice",
+                    String::from_utf8_lossy(&key)
+                ));
             }
         }
         Ok(alignment)
