@@ -145,6 +145,57 @@ fn gguf_repeated_keys_and_a_non_integer_alignment_are_errors() {
     );
 }
 
+/// Tensors that share bytes, sit at an offset off the alignment, or share a name (candle's
+/// map kept one) are refused, naming them.
+#[test]
+fn gguf_overlapping_misaligned_or_repeated_tensors_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![0u8; 128];
+    let cases: [(&str, Vec<(&str, Vec<u64>, u32, u64)>, &[&str]); 3] = [
+        (
+            "overlap",
+            vec![("a", vec![8], F32_TENSOR, 0), ("b", vec![8], F32_TENSOR, 0)],
+            &["overlap"],
+        ),
+        (
+            "misaligned",
+            vec![("a", vec![4], F32_TENSOR, 4)],
+            &["a", "alignment"],
+        ),
+        (
+            "repeated",
+            vec![
+                ("a", vec![4], F32_TENSOR, 0),
+                ("a", vec![4], F32_TENSOR, 32),
+            ],
+            &["appears twice"],
+        ),
+    ];
+    for (name, tensors, says) in cases {
+        let p = write(
+            dir.path(),
+            &format!("{name}.gguf"),
+            &gguf(&[], &tensors, &data),
+        );
+        let e = open_err(&p);
+        assert!(says.iter().all(|w| e.contains(w)), "{name}: {e}");
+    }
+    // Back to back at aligned offsets: fine.
+    let p = write(
+        dir.path(),
+        "fine.gguf",
+        &gguf(
+            &[],
+            &[
+                ("a", vec![8], F32_TENSOR, 0),
+                ("b", vec![8], F32_TENSOR, 32),
+            ],
+            &data,
+        ),
+    );
+    GgufFile::open(&p, &Device::Cpu).unwrap();
+}
+
 #[test]
 fn gguf_metadata_that_takes_more_memory_than_the_file_is_an_error() {
     // 3 MB of one-byte array elements: candle keeps a 32-byte value for each, ~100 MB.

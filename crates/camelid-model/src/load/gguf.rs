@@ -28,11 +28,11 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut reader = BufReader::new(file);
-        gguf_check::check_header(&mut reader, path)?;
+        let header = gguf_check::check_header(&mut reader, path)?;
         let content = Content::read(&mut reader).map_err(|e| {
             Error::BadWeights(format!("{}: not a readable GGUF file: {e}", path.display()))
         })?;
-        gguf_check::check_tensors(&content, file_size, path)?;
+        gguf_check::check_tensors(&content, &header, file_size, path)?;
         Ok(Self {
             path: path.to_path_buf(),
             content,

@@ -20,7 +20,7 @@ const METADATA_SLACK: u64 = 64 << 20;
 /// Walks the header's metadata (skipping values) and checks `general.alignment` (an
 /// integer that is a power of two, as llama.cpp requires) and the memory candle's values
 /// will take. Leaves the reader where it was.
-pub fn check_header<R: Read + Seek>(r: &mut R, path: &Path) -> Result<()> {
+pub fn check_header<R: Read + Seek>(r: &mut R, path: &Path) -> Result<Header> {
     let start = r.stream_position().map_err(|e| Error::io(path, e))?;
     let size = r
         .seek(std::io::SeekFrom::End(0))
@@ -33,7 +33,7 @@ pub fn check_header<R: Read + Seek>(r: &mut R, path: &Path) -> Result<()> {
         long: true,
         values: 0,
     };
-    let found = w.find_alignment().map_err(|m| {
+    let (tensors, found) = w.find_alignment().map_err(|m| {
         Error::BadWeights(format!("{}: not a readable GGUF file: {m}", path.display()))
     })?;
     w.r.seek(std::io::SeekFrom::Start(start))
@@ -54,11 +54,38 @@ pub fn check_header<R: Read + Seek>(r: &mut R, path: &Path) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(Header {
+        tensors,
+        alignment: found.map_or(32, |a| a as u64),
+    })
+}
+
+/// What [`check_header`] read that candle's reader does not keep.
+pub struct Header {
+    /// Tensors the header declares (candle's map keeps one of each name).
+    pub tensors: u64,
+    /// `general.alignment`, else GGUF's 32.
+    pub alignment: u64,
 }
 
 /// Every tensor's element count fits in memory and its bytes lie inside the file.
-pub fn check_tensors(content: &Content, file_size: u64, path: &Path) -> Result<()> {
+pub fn check_tensors(
+    content: &Content,
+    header: &Header,
+    file_size: u64,
+    path: &Path,
+) -> Result<()> {
+    if (content.tensor_infos.len() as u64) < header.tensors {
+        return Err(Error::BadWeights(format!(
+            "{}: {} tensors declared, {} distinct names: a tensor name appears twice",
+            path.display(),
+            header.tensors,
+            content.tensor_infos.len()
+        )));
+    }
+    // Each tensor at an aligned offset, none overlapping the next (as llama.cpp requires):
+    // weights that share bytes would load as each other.
+    let mut spans: Vec<(u64, u64, &str)> = vec![];
     for (name, info) in &content.tensor_infos {
         let bad = |m: String| {
             Err(Error::BadWeights(format!(
@@ -95,6 +122,28 @@ pub fn check_tensors(content: &Content, file_size: u64, path: &Path) -> Result<(
                  {file_size}-byte file",
                 info.ggml_dtype, info.offset
             ));
+        }
+        if !info.offset.is_multiple_of(header.alignment) {
+            return bad(format!(
+                "data offset {} is not a multiple of the alignment {}",
+                info.offset, header.alignment
+            ));
+        }
+        let len = bytes.expect("checked with the end");
+        spans.push((info.offset, info.offset + len, name));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[0].1 > w[1].0 {
+            return Err(Error::BadWeights(format!(
+                "{}: tensors {} and {} overlap (bytes {}..{} and {}..)",
+                path.display(),
+                w[0].2,
+                w[1].2,
+                w[0].0,
+                w[0].1,
+                w[1].0
+            )));
         }
     }
     Ok(())
@@ -157,7 +206,8 @@ impl<R: Read + Seek> Walker<'_, R> {
 
     /// Reads magic, version and counts, then each key; returns `general.alignment` when it
     /// is an integer.
-    fn find_alignment(&mut self) -> Step<Option<i128>> {
+    /// The header's tensor count and `general.alignment`, if given.
+    fn find_alignment(&mut self) -> Step<(u64, Option<i128>)> {
         if self.u32()? != GGUF_MAGIC {
             return Err("no GGUF magic".into());
         }
@@ -166,7 +216,7 @@ impl<R: Read + Seek> Walker<'_, R> {
             return Err(format!("GGUF version {version}"));
         }
         self.long = version > 1;
-        let _tensors = self.len()?;
+        let tensors = self.len()?;
         let kvs = self.len()?;
         let mut alignment = None;
         // candle keeps the last of a repeated key: a file with `block_count` twice would load
@@ -190,7 +240,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                 ));
             }
         }
-        Ok(alignment)
+        Ok((tensors, alignment))
     }
 
     fn integer(&mut self, ty: u32) -> Step<Option<i128>> {
