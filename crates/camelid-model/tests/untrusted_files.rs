@@ -16,13 +16,12 @@ fn gguf_string(out: &mut Vec<u8>, s: &str) {
     out.extend(s.as_bytes());
 }
 
-/// A GGUF file: metadata `(key, value type, value bytes)` and tensor infos
-/// `(name, dims, ggml type, data offset)`, then `data` after 32-byte alignment.
-fn gguf(
-    kvs: &[(&str, u32, Vec<u8>)],
-    tensors: &[(&str, Vec<u64>, u32, u64)],
-    data: &[u8],
-) -> Vec<u8> {
+/// A tensor info: name, dims, ggml type, data offset.
+type TensorInfo<'a> = (&'a str, Vec<u64>, u32, u64);
+
+/// A GGUF file: metadata `(key, value type, value bytes)` and tensor infos, then `data` after
+/// 32-byte alignment.
+fn gguf(kvs: &[(&str, u32, Vec<u8>)], tensors: &[TensorInfo], data: &[u8]) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
     out.extend((tensors.len() as u64).to_le_bytes());
@@ -151,7 +150,7 @@ fn gguf_repeated_keys_and_a_non_integer_alignment_are_errors() {
 fn gguf_overlapping_misaligned_or_repeated_tensors_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = vec![0u8; 128];
-    let cases: [(&str, Vec<(&str, Vec<u64>, u32, u64)>, &[&str]); 3] = [
+    let cases: [(&str, Vec<TensorInfo>, &[&str]); 3] = [
         (
             "overlap",
             vec![("a", vec![8], F32_TENSOR, 0), ("b", vec![8], F32_TENSOR, 0)],
