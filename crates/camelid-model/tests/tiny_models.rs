@@ -342,6 +342,14 @@ fn varlen_batch_matches_sequences_alone() {
     assert!(max_abs_diff(&flat(&together.get(0).unwrap()), &flat(&b_row2)) < 1e-4);
 }
 
+/// The error loading the model at `dir` gives (it must fail).
+fn load_err(dir: &Path) -> String {
+    camelid_model::load(Some(dir.to_str().unwrap()), &LoadOptions::default())
+        .err()
+        .expect("must fail")
+        .to_string()
+}
+
 #[test]
 fn bad_files_give_errors_not_panics() {
     // Truncated GGUF.
@@ -372,10 +380,7 @@ fn bad_files_give_errors_not_panics() {
             .unwrap();
     cfg["intermediate_size"] = serde_json::json!(24);
     std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
-    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_err(wrong);
     assert!(
         e.contains("mlp.gate_proj.weight") && e.contains("shape"),
         "{e}"
@@ -384,10 +389,7 @@ fn bad_files_give_errors_not_panics() {
     cfg.as_object_mut().unwrap().remove("num_attention_heads");
     cfg["intermediate_size"] = serde_json::json!(16);
     std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
-    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_err(wrong);
     assert!(e.contains("num_attention_heads"), "{e}");
     // Missing tensor.
     let mut t =
@@ -395,10 +397,7 @@ fn bad_files_give_errors_not_panics() {
     t.remove("model.layers.1.mlp.up_proj.weight");
     candle_core::safetensors::save(&t, wrong.join("model.safetensors")).unwrap();
     std::fs::copy(fixture().join("config.json"), wrong.join("config.json")).unwrap();
-    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_err(wrong);
     assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
     // A BOS id past the vocabulary: refused at load, not on every request.
     std::fs::copy(
@@ -412,10 +411,7 @@ fn bad_files_give_errors_not_panics() {
     let vocab = cfg["vocab_size"].as_u64().unwrap();
     cfg["bos_token_id"] = serde_json::json!(vocab + 5);
     std::fs::write(wrong.join("config.json"), cfg.to_string()).unwrap();
-    let e = camelid_model::load(Some(wrong.to_str().unwrap()), &LoadOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_err(wrong);
     assert!(
         e.contains("BOS") && e.contains(&(vocab + 5).to_string()),
         "{e}"

@@ -236,17 +236,20 @@ pub async fn next_step(
 /// Per-choice latency bookkeeping for the metrics.
 pub struct Timing {
     last: Vec<Option<Instant>>,
+    /// Whether any choice has had a token (time to first token is the request's).
+    any: bool,
 }
 
 impl Timing {
     pub fn new(n: usize) -> Self {
         Self {
             last: vec![None; n],
+            any: false,
         }
     }
     pub fn token(&mut self, state: &AppState, started: Instant, slot: usize) {
         let now = Instant::now();
-        let first_of_request = self.last.iter().all(Option::is_none);
+        let first_of_request = !std::mem::replace(&mut self.any, true);
         match self.last.get(slot).copied().flatten() {
             // Once a request (vLLM's unit): its other choices' first tokens are neither.
             None if first_of_request => state
