@@ -6,8 +6,8 @@
 //! middleware (API keys, request counting, body limit) and serves it through `listen` until
 //! shutdown. Modules import one way, each only modules to its right: `routes` → `ollama` →
 //! `embeddings` → `responses` → `battle` → `chat` → `tools` → `sse` → `validate` → `structured` → `openai` → `format` →
-//! `run` → `state` → `limits` → `arena` (the store) → `metrics` → `error`; `listen` (the
-//! accept loop) imports none of them.
+//! `run` → `state` → `limits` → `arena` (the store) → `metrics` → `hosts` → `error`; `listen`
+//! (the accept loop) imports none of them.
 
 pub mod arena;
 mod battle;
@@ -15,6 +15,7 @@ mod chat;
 mod embeddings;
 pub mod error;
 mod format;
+pub mod hosts;
 pub mod limits;
 mod listen;
 mod metrics;
@@ -36,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
+pub use hosts::AllowedHosts;
 pub use limits::RequestLimits;
 pub use listen::ConnectionLimits;
 use routes::{
@@ -182,10 +184,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(json_from_browsers))
         .layer(middleware::from_fn(ollama_error_shape));
     if let Some(cors) = cors(&state.config.allowed_origins) {
-        // Outermost: a preflight is answered before the key check (browsers send none).
+        // A preflight is answered before the key check (browsers send none).
         app = app.layer(cors);
     }
-    app.with_state(state)
+    // Outermost: a rebound name gets nothing, not even a preflight's answer.
+    app.layer(middleware::from_fn_with_state(
+        state.config.allowed_hosts.clone(),
+        hosts::check_host,
+    ))
+    .with_state(state)
 }
 
 /// A browser's request (it carries `Origin`) that writes must send JSON, else 415. A page of

@@ -185,6 +185,8 @@ pub struct ServerConfig {
     /// Web origins whose pages may call the API from a browser (CORS; vLLM's
     /// `--allowed-origins`): empty, only the server's own pages; `*`, any.
     pub allowed_origins: Vec<String>,
+    /// `Host` names answered (`--allowed-hosts`; a loopback server: this machine's only).
+    pub allowed_hosts: crate::hosts::AllowedHosts,
     /// Split a reasoning model's leading `<think>…</think>` from its answer into
     /// `reasoning_content` (vLLM's `--reasoning-parser deepseek_r1`/`qwen3`).
     pub reasoning_parser: bool,
@@ -211,6 +213,7 @@ impl Default for ServerConfig {
             body_timeout_secs: 30,
             write_timeout_secs: 60,
             allowed_origins: vec![],
+            allowed_hosts: Default::default(),
             reasoning_parser: false,
             pooling: None,
             runtime_lora: false,

@@ -266,6 +266,43 @@ fn post_json(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// DNS rebinding: a page of `evil.example` that points its name at 127.0.0.1 would be its
+/// own site to a server on the visitor's machine, free to read every answer. A server on a
+/// loopback address (the default) answers only this machine's names; `--allowed-hosts`
+/// adds a proxy's.
+#[test]
+fn loopback_servers_refuse_foreign_host_names() {
+    use std::io::{Read, Write};
+    let ask = |base: &str, host: &str| {
+        let addr = base.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    };
+    for flags in [&[][..], &["--allowed-hosts", "camelid"][..]] {
+        let mut args = vec!["--model", "smol=smollm2-135m-instruct"];
+        args.extend(flags);
+        let s = serve(&args);
+        let port = s.base.rsplit(':').next().unwrap();
+        let (st, body) = ask(&s.base, &format!("evil.example:{port}"));
+        assert_eq!(st, 403, "{body}");
+        assert!(body.contains("--allowed-hosts"), "{body}");
+        for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+            assert_eq!(ask(&s.base, &host).0, 200, "{host}");
+        }
+        let proxied = ask(&s.base, "camelid").0;
+        assert_eq!(proxied, if flags.is_empty() { 403 } else { 200 });
+    }
+}
+
 /// `--alias NAME=ALIAS`: the model answers to its alias as to its name; an alias given for
 /// another name is not the model's, and an unknown name is a 404.
 #[test]

@@ -67,6 +67,14 @@ pub struct ServeArgs {
     /// visitors' browsers play the arena.
     #[arg(long, env = "CAMELID_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// Host names this server answers besides this machine's own (comma separated or
+    /// repeated; `*` for any). On a loopback --host (the default) a request naming another
+    /// host is refused (403): a web page can point its own name at 127.0.0.1 (DNS
+    /// rebinding) and then read this server's answers. Behind a proxy on this machine, give
+    /// the name the proxy sends (nginx's `upstream` name, or its `Host` with
+    /// `proxy_set_header Host $host`). With names given, a public --host answers only them.
+    #[arg(long, env = "CAMELID_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
     /// Split a reasoning model's leading `<think>…</think>` (Qwen3, QwQ, DeepSeek-R1 and its
     /// distills) from its answer into `reasoning_content`, as vLLM's flag: `deepseek_r1` or
     /// `qwen3` (the same `<think>` format), `none` (the default: the text as written).
@@ -573,6 +581,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 write_timeout_secs: a.limits.write_timeout_secs,
                 body_timeout_secs: a.limits.body_timeout_secs,
                 allowed_origins: a.allowed_origins.clone(),
+                allowed_hosts: camelid_server::AllowedHosts::new(
+                    local.ip().is_loopback(),
+                    &a.allowed_hosts,
+                ),
                 reasoning_parser: a.reasoning_parser != "none",
                 pooling: a.pooling.as_deref().and_then(camelid_model::Pooling::parse),
                 runtime_lora: a.allow_runtime_lora,
