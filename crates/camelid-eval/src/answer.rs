@@ -89,8 +89,7 @@ pub async fn answer_question(
 pub struct AnswerSummary {
     /// Questions answered (turns recorded as [`API_ERROR_OUTPUT`] included).
     pub answered: usize,
-    /// Questions that failed after the retries: recorded as error lines, asked again by the
-    /// next run.
+    /// Questions that failed after the retries: not written, asked again by the next run.
     pub failed: usize,
     /// Turns the endpoint rejected, recorded as [`API_ERROR_OUTPUT`].
     pub rejected_turns: usize,
@@ -117,7 +116,7 @@ async fn answer_missing(
     opts: &AnswerOptions,
 ) -> Result<AnswerSummary> {
     let existing: Vec<Answer> = read_existing(&opts.out);
-    // Answered questions are skipped; failed ones (error lines) are tried again.
+    // Answered questions are skipped; failed ones (error lines of older runs) are asked again.
     let done: std::collections::HashSet<u64> = existing
         .iter()
         .filter(|a| a.model_id == opts.model_id && a.error.is_none())
@@ -133,20 +132,27 @@ async fn answer_missing(
         .buffer_unordered(opts.parallel.max(1));
     let mut summary = AnswerSummary::default();
     while let Some((q, r)) = results.next().await {
-        let (choices, error) = match r {
+        let choices = match r {
             Ok((c, rejected)) => {
                 summary.answered += 1;
                 summary.rejected_turns += rejected;
-                (c, None)
+                c
             }
             // Every other question would fail the same way: stop rather than retry each.
             Err(ChatError::Fatal(e)) => {
                 pb.abandon();
                 anyhow::bail!("question {}: {e}", q.question_id)
             }
+            // Not written: FastChat's judge reads every line of an answer file as an
+            // answer. The question stays missing, so the next run asks it again.
             Err(e) => {
                 summary.failed += 1;
-                (vec![], Some(e.to_string()))
+                tracing::warn!(
+                    "question {}: {e}: not answered (the next run asks it again)",
+                    q.question_id
+                );
+                pb.inc(1);
+                continue;
             }
         };
         let a = Answer {
@@ -155,7 +161,7 @@ async fn answer_missing(
             model_id: opts.model_id.clone(),
             choices,
             tstamp: now(),
-            error,
+            error: None,
         };
         append_jsonl(&opts.out, &a)?;
         pb.inc(1);
@@ -165,8 +171,8 @@ async fn answer_missing(
 }
 
 /// FastChat's `reorg_answer_file`: one line per question (and model id), sorted by question
-/// id: the last successful answer, else the last error line (a question still to answer).
-/// Lines are kept as written. A missing file is left missing; a file with a bad line (other
+/// id: the last answer. Error lines (which older runs wrote for a failed question) are
+/// dropped, so FastChat's judge can read the file. Lines are kept as written. A missing file is left missing; a file with a bad line (other
 /// than a torn last one) is left alone, with a warning; a file already in order is not
 /// written.
 pub fn reorg_answer_file(path: &Path) -> Result<()> {
@@ -179,16 +185,13 @@ pub fn reorg_answer_file(path: &Path) -> Result<()> {
         return Ok(());
     };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut keep: BTreeMap<(u64, String), (bool, &str)> = BTreeMap::new();
+    let mut keep: BTreeMap<(u64, String), &str> = BTreeMap::new();
     for (i, l) in lines.iter().enumerate() {
         match serde_json::from_str::<Answer>(l) {
+            Ok(a) if a.error.is_some() => {}
+            // A later answer replaces an earlier one.
             Ok(a) => {
-                let ok = a.error.is_none();
-                let slot = keep.entry((a.question_id, a.model_id)).or_insert((ok, l));
-                // A later answer replaces an earlier one, but no error replaces an answer.
-                if ok || !slot.0 {
-                    *slot = (ok, l);
-                }
+                keep.insert((a.question_id, a.model_id), l);
             }
             // Torn by a killed run: resuming redoes it.
             Err(_)
@@ -205,7 +208,7 @@ pub fn reorg_answer_file(path: &Path) -> Result<()> {
             }
         }
     }
-    let sorted: String = keep.values().map(|(_, l)| format!("{l}\n")).collect();
+    let sorted: String = keep.values().map(|l| format!("{l}\n")).collect();
     if sorted != text {
         // Written beside it, then renamed over it: a kill leaves one file or the other.
         let name = path.file_name().unwrap_or_default().to_string_lossy();

@@ -47,9 +47,7 @@ impl AllowedHosts {
         };
         let name = host_name(host).to_ascii_lowercase();
         // An address is never a rebound name: a page reaching it by address is of that origin.
-        name.parse::<std::net::IpAddr>().is_ok()
-            || is_local_name(&name)
-            || extra.contains(&name)
+        name.parse::<std::net::IpAddr>().is_ok() || is_local_name(&name) || extra.contains(&name)
     }
 }
 
