@@ -778,6 +778,15 @@ fn fastchat_battles_import_once_and_export_back() {
             .await
             .unwrap_err()
             .contains("winner"));
+        // An `mtbench judge` judgment is an LLM's verdict, not a vote: named for what it is.
+        let judgment = json!({"question_id": 81, "model_1": "x", "model_2": "y",
+                              "g1_winner": "model_1", "g2_winner": "model_2",
+                              "judge": ["gpt-4", "pair-v2"], "turn": 1, "tstamp": 0.0});
+        let e = arena.import(&[judgment]).await.unwrap_err();
+        assert!(
+            e.contains("mtbench judge") && e.contains("arena ratings"),
+            "{e}"
+        );
         // MT-bench's human judgments number the question (81–160), many battles to each:
         // they are all added (once), not taken for one battle.
         let human: Vec<Value> = ["expert_0", "expert_1", "author_2"]

@@ -756,6 +756,14 @@ fn vote_from_fastchat(r: &Value) -> Result<VoteRow, String> {
             .map(String::from)
             .ok_or_else(|| format!("`{k}` must be a string"))
     };
+    if r.get("g1_winner").is_some() {
+        return Err(
+            "this is an `mtbench judge` pairwise judgment, not a visitor's vote: the \
+                    arena's store keeps votes only; rate judgments with `camelid arena ratings \
+                    --battles FILE`"
+                .into(),
+        );
+    }
     let winner: Outcome = serde_json::from_value(r["winner"].clone()).map_err(|_| {
         "`winner` must be \"model_a\", \"model_b\", \"tie\" or \"tie (bothbad)\"".to_string()
     })?;
