@@ -44,6 +44,28 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                     ))
                 }
             };
+            let has_calls = m.tool_calls.as_ref().is_some_and(|c| !c.is_null());
+            // OpenAI's rule: only an assistant's turn of tool calls may go without content.
+            if m.content.is_none() && !(role == "assistant" && has_calls) {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{i}].content"),
+                    format!(
+                        "Missing required parameter: 'messages[{i}].content' (a {} message \
+                         needs content{})",
+                        m.role,
+                        if role == "assistant" { " or tool_calls" } else { "" }
+                    ),
+                ));
+            }
+            if role == "tool" && m.tool_call_id.is_none() {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{i}].tool_call_id"),
+                    format!(
+                        "Missing required parameter: 'messages[{i}].tool_call_id' (a tool \
+                         message answers the call of that id)"
+                    ),
+                ));
+            }
             let content = match &m.content {
                 None => String::new(),
                 Some(Content::Text(s)) => s.clone(),
