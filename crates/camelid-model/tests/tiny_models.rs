@@ -399,6 +399,16 @@ fn bad_files_give_errors_not_panics() {
     std::fs::copy(fixture().join("config.json"), wrong.join("config.json")).unwrap();
     let e = load_err(wrong);
     assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+    // A weight stored as integers (packed or quantized by a publisher): refused by name, not
+    // cast to floats that would answer garbage.
+    let mut t =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let ints = t[name].to_dtype(candle_core::DType::U8).unwrap();
+    t.insert(name.into(), ints);
+    candle_core::safetensors::save(&t, wrong.join("model.safetensors")).unwrap();
+    let e = load_err(wrong);
+    assert!(e.contains(name) && e.contains("U8"), "{e}");
     // A BOS id past the vocabulary: refused at load, not on every request.
     std::fs::copy(
         fixture().join("model.safetensors"),

@@ -232,7 +232,21 @@ impl HfWeights {
                     .and_then(|t| t.to_device(&self.device))
             }
         };
-        t.map_err(|e| Error::BadWeights(format!("{}: tensor {name}: {e}", self.origin)))
+        let t = t.map_err(|e| Error::BadWeights(format!("{}: tensor {name}: {e}", self.origin)))?;
+        // Integer (or 8-bit float) tensors are packed or quantized weights that need their
+        // own unpacking; cast to floats they would load and answer garbage.
+        if !matches!(
+            t.dtype(),
+            DType::F16 | DType::BF16 | DType::F32 | DType::F64
+        ) {
+            return Err(Error::BadWeights(format!(
+                "{}: tensor {name} is stored as {:?}, not as floating-point weights (a \
+                 quantized or packed checkpoint?): give the model's F16/BF16/F32 weights",
+                self.origin,
+                t.dtype()
+            )));
+        }
+        Ok(t)
     }
 
     /// Whether `t`, asked for in `dtype`, stays in its own 16-bit type (see `keep_16bit`).

@@ -195,6 +195,24 @@ fn check_special_ids(lm: &LoadedModel) -> Result<()> {
             lm.path.display()
         )));
     }
+    // Tokens past the table (added by a fine-tune that did not grow it) load, as in
+    // transformers; a prompt that spells one is refused (400), said here once.
+    let past: Vec<u32> = lm
+        .tokenizer
+        .inner
+        .get_vocab(true)
+        .into_values()
+        .filter(|&i| i as usize >= vocab)
+        .collect();
+    if !past.is_empty() {
+        tracing::warn!(
+            "{}: {} tokenizer token(s) have ids past the {vocab} rows of the embedding table \
+             (the highest is {}): prompts that contain them will be refused",
+            lm.path.display(),
+            past.len(),
+            past.iter().max().copied().unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
