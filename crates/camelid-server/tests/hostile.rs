@@ -943,6 +943,37 @@ fn browser_requests_that_are_not_json_are_refused() {
     assert_eq!(st, 200, "{}", short(&b));
 }
 
+/// A compressed body (`Content-Encoding: gzip`, as some SDKs can send) is named for what it
+/// is, 415, not read as garbled JSON (a 400 about UTF-8 before); `identity` is no coding.
+#[test]
+fn compressed_bodies_are_refused_by_their_coding() {
+    let _g = serial();
+    let base = &server().base;
+    let send = |coding: &str, body: Vec<u8>| {
+        runtime().block_on(async {
+            let r = client()
+                .post(format!("{base}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .header("content-encoding", coding)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    // gzip's magic and a few bytes: the server must not try to read it.
+    let (st, e) = send("gzip", vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xab, 0xae]);
+    assert_error(st, &e, 415, None);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("gzip"),
+        "{e}"
+    );
+    let (st, b) = send("identity", chat_body(json!({})).to_string().into_bytes());
+    assert_eq!(st, 200, "{}", short(&b));
+}
+
 /// Fields that would change the answer and are not implemented are refused, naming the field;
 /// their "off" values and unknown fields pass.
 #[test]

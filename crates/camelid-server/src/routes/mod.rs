@@ -46,6 +46,31 @@ impl FromRequest<Arc<AppState>> for RequestBody {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Response> {
+        // A compressed body would be read as garbled JSON: say what is wrong instead.
+        if let Some(coding) = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|c| !c.is_empty() && c != "identity")
+        {
+            let coding: String = coding.chars().take(40).collect();
+            let mut r = ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                format!(
+                    "Content-Encoding `{coding}` is not supported: send the body uncompressed."
+                ),
+            )
+            .into_response();
+            // The body is left unread: the connection cannot be reused.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(r);
+        }
         let deadline = Duration::from_secs(state.config.body_timeout_secs.max(1));
         let limit = state.config.body_limit;
         match tokio::time::timeout(deadline, read_limited(req, limit)).await {
