@@ -48,25 +48,24 @@ impl Linear {
             return Self::from_dense(w);
         }
         let (out_features, in_features) = w.dims2()?;
-        // The raw bits, whichever 16-bit type: a u16 view of the same values.
-        let bits: Vec<u16> = match kind {
-            HalfKind::F16 => w
-                .flatten_all()?
-                .to_vec1::<half::f16>()?
-                .iter()
-                .map(|v| v.to_bits())
-                .collect(),
-            HalfKind::Bf16 => w
-                .flatten_all()?
-                .to_vec1::<half::bf16>()?
-                .iter()
-                .map(|v| v.to_bits())
-                .collect(),
-        };
-        Ok(Self::half(kind, out_features, in_features, &bits))
+        // The raw bits, whichever 16-bit type: a u16 view of the same values (no copy).
+        use half::slice::HalfFloatSliceExt;
+        let w = w.flatten_all()?;
+        Ok(match kind {
+            HalfKind::F16 => {
+                let v = w.to_vec1::<half::f16>()?;
+                Self::half(kind, out_features, in_features, v.reinterpret_cast())
+            }
+            HalfKind::Bf16 => {
+                let v = w.to_vec1::<half::bf16>()?;
+                Self::half(kind, out_features, in_features, v.reinterpret_cast())
+            }
+        })
     }
 
-    fn half(kind: HalfKind, out_features: usize, in_features: usize, bits: &[u16]) -> Self {
+    /// A `rows × cols` matrix of 16-bit weights from their row-major bits, on the own kernels
+    /// (the CPU's).
+    pub fn half(kind: HalfKind, out_features: usize, in_features: usize, bits: &[u16]) -> Self {
         let w = HalfWeight::new(kind, out_features, in_features, bits)
             .expect("the shape is the tensor's own, the best flavour runs here");
         Self {
@@ -89,11 +88,20 @@ impl Linear {
         };
         if let (Some(kind), true) = (half, w.device().is_cpu()) {
             let data = w.data()?;
-            let bits: Vec<u16> = data
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            return Ok(Self::half(kind, out_features, in_features, &bits));
+            // Read in place where the bytes sit on a 2-byte boundary (little-endian x86/ARM).
+            // Safety: any two bytes are a valid u16.
+            let (head, aligned, tail) = unsafe { data.align_to::<u16>() };
+            let copied: Vec<u16>;
+            let bits = if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
+                aligned
+            } else {
+                copied = data
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                &copied
+            };
+            return Ok(Self::half(kind, out_features, in_features, bits));
         }
         let own = match (QKind::from_ggml(w.dtype()), w.device().is_cpu()) {
             (Some(kind), true) => {

@@ -970,6 +970,48 @@ fn model_files_camelid_cannot_serve_are_refused_by_name() {
     assert!(e.contains("partial rotary"), "{e}");
 }
 
+/// An F16 GGUF (its matrices read straight into the 16-bit kernels' layout) gives the logits
+/// of the same weights in an HF folder of F16 safetensors (read through candle), and the f32
+/// model's within f16's rounding.
+#[test]
+fn f16_gguf_matches_the_f16_safetensors_of_the_same_weights() {
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 480);
+    let gguf = random_model::write_gguf_f16(dir.path(), "llama", &Vocab::Fixture);
+    let f32_model = load(dir.path());
+    // The folder's matrices as F16, as `--outtype f16` rounds them.
+    let st = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    let half: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(n, t)| {
+            let t = if t.rank() == 2 {
+                t.to_dtype(DType::F16).unwrap()
+            } else {
+                t
+            };
+            (n, t)
+        })
+        .collect();
+    candle_core::safetensors::save(&half, &st).unwrap();
+    let (hf, gg) = (load(dir.path()), load(&gguf));
+    assert!(
+        gg.model.own_kernel_matmuls().0 > 0,
+        "the GGUF's matrices run on the 16-bit kernels"
+    );
+    let ids = prompt(30, 480);
+    let (want, got) = (
+        rows(&hf.model.logits_all(&ids).unwrap()),
+        rows(&gg.model.logits_all(&ids).unwrap()),
+    );
+    let exact = rows(&f32_model.model.logits_all(&ids).unwrap());
+    for (p, ((x, y), z)) in got.iter().zip(&want).zip(&exact).enumerate() {
+        let d = max_abs_diff(x, y);
+        assert!(d < 1e-4, "position {p}: F16 GGUF vs F16 safetensors: {d}");
+        let r = max_abs_diff(x, z);
+        assert!(r > 0.0 && r < 0.05, "position {p}: F16 vs f32: {r}");
+    }
+}
+
 /// A `tokenizer.json` whose post-processor adds the BOS (Llama 3's `TemplateProcessing`) and
 /// a tokenizer_config.json without `add_bos_token`: prompts get the BOS, as HF's
 /// `tokenizer(text)` gives them; without that post-processor they do not.

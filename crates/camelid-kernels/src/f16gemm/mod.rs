@@ -90,6 +90,34 @@ impl Flavour {
         }
     }
 
+    /// Lays out one group's rows (`rows_in`: up to `group()` rows of `cols` values, row-major)
+    /// into `group` (`group() · stride(cols)` zeros): as [`Self::at`] places them, in loops
+    /// without its divisions (a 7B model has ~6.5 G values to lay out).
+    fn lay_out_group(self, cols: usize, rows_in: &[u16], group: &mut [u16]) {
+        let g = self.group();
+        match self {
+            Flavour::Scalar => group[..rows_in.len()].copy_from_slice(rows_in),
+            // Column pairs: (j/2)·2g + 2r + j%2.
+            Flavour::Amx => {
+                for (r, row) in rows_in.chunks_exact(cols).enumerate() {
+                    for (p, pair) in row.chunks(2).enumerate() {
+                        let at = p * 2 * g + 2 * r;
+                        group[at..at + pair.len()].copy_from_slice(pair);
+                    }
+                }
+            }
+            // Column j's g values side by side (j·g + r), written in order.
+            Flavour::Avx2 | Flavour::Avx512 => {
+                let n = rows_in.len() / cols;
+                for (j, out) in group.chunks_exact_mut(g).enumerate().take(cols) {
+                    for (r, o) in out[..n].iter_mut().enumerate() {
+                        *o = rows_in[r * cols + j];
+                    }
+                }
+            }
+        }
+    }
+
     /// The flavours this CPU can run, the scalar one first and the fastest last.
     pub fn available() -> Vec<Flavour> {
         #[allow(unused_mut)]
@@ -156,20 +184,21 @@ impl HalfWeight {
         }
         let g = flavour.group();
         let data = if g == 0 {
-            let mut data = Line::for_u16s_on_huge_pages(bits.len());
-            Line::u16s_mut(&mut data)[..bits.len()].copy_from_slice(bits);
-            data
+            const CHUNK: usize = 1 << 16;
+            Line::u16s_on_huge_pages(bits.len(), CHUNK, |i, c| {
+                let from = (i * CHUNK).min(bits.len());
+                let n = c.len().min(bits.len() - from);
+                c[..n].copy_from_slice(&bits[from..from + n]);
+            })
         } else {
             let padded = rows.div_ceil(g * UNIT_GROUPS) * g * UNIT_GROUPS;
             let stride = flavour.stride(cols);
-            let mut data = Line::for_u16s_on_huge_pages(padded * stride);
-            let values = Line::u16s_mut(&mut data);
-            for (r, row) in bits.chunks_exact(cols).enumerate() {
-                for (j, &v) in row.iter().enumerate() {
-                    values[flavour.at(r, j, stride)] = v;
-                }
-            }
-            data
+            // Group by group (padding groups and rows stay 0).
+            Line::u16s_on_huge_pages(padded * stride, g * stride, |i, group| {
+                let from = (i * g * cols).min(bits.len());
+                let to = (from + g * cols).min(bits.len());
+                flavour.lay_out_group(cols, &bits[from..to], group);
+            })
         };
         Some(Self {
             kind,
@@ -212,6 +241,37 @@ impl HalfWeight {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
+        // Parts of whole units (every part but the last; its padding ends the matrix) are the
+        // laid-out matrix already, one after another: their lines are copied as they are.
+        let unit = first.flavour.group() * UNIT_GROUPS;
+        if unit > 0 && parts[..parts.len() - 1].iter().all(|p| p.rows % unit == 0) {
+            const CHUNK_LINES: usize = 2048;
+            let lines: usize = parts.iter().map(|p| p.data.len()).sum();
+            let data = Line::u16s_on_huge_pages(lines * 32, CHUNK_LINES * 32, |i, c| {
+                // Lines [first, first + c's lines) of the parts taken one after another.
+                let (mut first, mut out) = (i * CHUNK_LINES, c);
+                for p in parts {
+                    if out.is_empty() {
+                        break;
+                    }
+                    if first >= p.data.len() {
+                        first -= p.data.len();
+                        continue;
+                    }
+                    let take = (p.data.len() - first).min(out.len() / 32);
+                    let (head, rest) = out.split_at_mut(take * 32);
+                    head.copy_from_slice(Line::u16s(&p.data[first..first + take]));
+                    (first, out) = (0, rest);
+                }
+            });
+            return Some(Self {
+                kind: first.kind,
+                rows,
+                cols: first.cols,
+                flavour: first.flavour,
+                data,
+            });
+        }
         let bits: Vec<u16> = parts.iter().flat_map(|p| p.to_row_major()).collect();
         Self::with_flavour(first.kind, rows, first.cols, &bits, first.flavour)
     }

@@ -159,31 +159,67 @@ fn matches_candle_on_the_widened_weights() {
 
 #[test]
 fn concatenated_rows_compute_the_parts_side_by_side() {
-    let k = 64;
     let kind = HalfKind::F16;
-    let (a, b) = (weight_bits(kind, 20 * k, 1), weight_bits(kind, 9 * k, 2));
-    for fl in Flavour::available() {
-        let wa = HalfWeight::with_flavour(kind, 20, k, &a, fl).unwrap();
-        let wb = HalfWeight::with_flavour(kind, 9, k, &b, fl).unwrap();
-        let both = HalfWeight::concat_rows(&[&wa, &wb]).unwrap();
-        assert_eq!(both.shape(), (29, k));
-        let x = random(3 * k, 8);
-        let mut joined = vec![0f32; 3 * 29];
-        matmul(&both, &x, 3, &mut joined);
-        let (mut oa, mut ob) = (vec![0f32; 3 * 20], vec![0f32; 3 * 9]);
-        matmul(&wa, &x, 3, &mut oa);
-        matmul(&wb, &x, 3, &mut ob);
-        for i in 0..3 {
-            assert_eq!(joined[i * 29..i * 29 + 20], oa[i * 20..(i + 1) * 20]);
-            assert_eq!(joined[i * 29 + 20..(i + 1) * 29], ob[i * 9..(i + 1) * 9]);
+    // Parts of whole units (64 rows) are joined line by line; others are laid out again.
+    for (ra, rb, k) in [
+        (20, 9, 64),
+        (64, 9, 64),
+        (128, 64, 40),
+        (64, 20, 40),
+        (192, 100, 1000),
+    ] {
+        let (a, b) = (weight_bits(kind, ra * k, 1), weight_bits(kind, rb * k, 2));
+        let r = ra + rb;
+        for fl in Flavour::available() {
+            let wa = HalfWeight::with_flavour(kind, ra, k, &a, fl).unwrap();
+            let wb = HalfWeight::with_flavour(kind, rb, k, &b, fl).unwrap();
+            let both = HalfWeight::concat_rows(&[&wa, &wb]).unwrap();
+            assert_eq!(both.shape(), (r, k));
+            assert_eq!(both.to_row_major(), [a.clone(), b.clone()].concat());
+            let x = random(3 * k, 8);
+            let mut joined = vec![0f32; 3 * r];
+            matmul(&both, &x, 3, &mut joined);
+            let (mut oa, mut ob) = (vec![0f32; 3 * ra], vec![0f32; 3 * rb]);
+            matmul(&wa, &x, 3, &mut oa);
+            matmul(&wb, &x, 3, &mut ob);
+            for i in 0..3 {
+                assert_eq!(
+                    joined[i * r..i * r + ra],
+                    oa[i * ra..(i + 1) * ra],
+                    "{fl:?}"
+                );
+                assert_eq!(joined[i * r + ra..(i + 1) * r], ob[i * rb..(i + 1) * rb]);
+            }
         }
     }
+    let k = 64;
     let other = HalfWeight::new(HalfKind::Bf16, 2, k, &vec![0; 2 * k]).unwrap();
     let f = HalfWeight::new(kind, 2, k, &vec![0; 2 * k]).unwrap();
     assert!(
         HalfWeight::concat_rows(&[&f, &other]).is_none(),
         "kinds differ"
     );
+}
+
+/// Every flavour's layout loop (those this CPU lacks too) puts each value where `at` says.
+#[test]
+fn groups_are_laid_out_where_at_places_them() {
+    for fl in [Flavour::Avx2, Flavour::Avx512, Flavour::Amx] {
+        let g = fl.group();
+        for (n, cols) in [(g, 64), (g - 3, 40), (1, 33)] {
+            let stride = fl.stride(cols);
+            let rows_in: Vec<u16> = (1..=(n * cols) as u16).collect();
+            let mut group = vec![0u16; g * stride];
+            fl.lay_out_group(cols, &rows_in, &mut group);
+            let mut want = vec![0u16; g * stride];
+            for r in 0..n {
+                for j in 0..cols {
+                    want[fl.at(r, j, stride)] = rows_in[r * cols + j];
+                }
+            }
+            assert_eq!(group, want, "{fl:?} {n}×{cols}");
+        }
+    }
 }
 
 #[test]

@@ -18,6 +18,9 @@ pub struct GgufFile {
     pub content: Content,
     reader: BufReader<File>,
     device: Device,
+    /// 16-bit weights are read here, one tensor at a time, then laid out for the kernels:
+    /// one buffer for the whole load instead of fresh memory for each tensor.
+    half_scratch: Vec<u16>,
     /// Q4_0/Q4_1/Q8_0 and Q4_K/Q5_K/Q6_K matmuls on the CPU through
     /// [`camelid_kernels::quant`] (default) or candle.
     pub own_kernels: bool,
@@ -38,6 +41,7 @@ impl GgufFile {
             content,
             reader,
             device: device.clone(),
+            half_scratch: Vec::new(),
             own_kernels: true,
         })
     }
@@ -354,6 +358,49 @@ impl GgufFile {
         self.read_qtensor(&g)
     }
 
+    /// An F16/BF16 matrix for the CPU's own kernels, read straight into the scratch buffer
+    /// (candle's reader would give each tensor fresh zeroed memory first); `None` for other
+    /// types, devices or shapes.
+    fn half_linear(&mut self, name: &str) -> Result<Option<Linear>> {
+        use camelid_kernels::f16gemm::HalfKind;
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(info) = self
+            .name_of(name)
+            .and_then(|g| self.content.tensor_infos.get(&g))
+        else {
+            return Ok(None);
+        };
+        let kind = match info.ggml_dtype {
+            GgmlDType::F16 => HalfKind::F16,
+            GgmlDType::BF16 => HalfKind::Bf16,
+            _ => return Ok(None),
+        };
+        let (rows, cols) = match info.shape.dims() {
+            &[rows, cols] => (rows, cols),
+            _ => return Ok(None),
+        };
+        if !self.own_kernels || !self.device.is_cpu() || cfg!(target_endian = "big") {
+            return Ok(None);
+        }
+        // The offsets and sizes were checked against the file at open (`check_tensors`).
+        let n = rows * cols;
+        self.half_scratch.resize(n, 0);
+        let bytes = bytemuck_u8s(&mut self.half_scratch[..n]);
+        let at = self.content.tensor_data_offset + info.offset;
+        self.reader
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| self.reader.read_exact(bytes))
+            .map_err(|e| {
+                Error::BadWeights(format!("{}: tensor {name}: {e}", self.path.display()))
+            })?;
+        Ok(Some(Linear::half(
+            kind,
+            rows,
+            cols,
+            &self.half_scratch[..n],
+        )))
+    }
+
     pub fn read_qtensor(&mut self, gguf_name: &str) -> Result<QTensor> {
         let info = self.content.tensor_infos.get(gguf_name).ok_or_else(|| {
             Error::BadWeights(format!(
@@ -513,6 +560,9 @@ impl TensorSource for GgufFile {
             })
     }
     fn linear(&mut self, name: &str, _dtype: DType) -> Result<Linear> {
+        if let Some(l) = self.half_linear(name)? {
+            return Ok(l);
+        }
         let w = self.read_named(name)?;
         Ok(if self.own_kernels {
             Linear::from_qtensor(w)?
@@ -540,4 +590,11 @@ impl TensorSource for GgufFile {
         let device = q.device();
         Ok(Embeddings::Dense(q.dequantize(&device)?.to_dtype(dtype)?))
     }
+}
+
+/// The bytes of `v` (read into in place: any bytes are a valid u16).
+fn bytemuck_u8s(v: &mut [u16]) -> &mut [u8] {
+    // Safety: u16 has no invalid bit patterns and stricter alignment than u8; the length is
+    // the same memory's.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 2) }
 }

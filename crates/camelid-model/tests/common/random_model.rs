@@ -245,6 +245,22 @@ pub fn write_gguf_with(
     vocab: &Vocab,
     keys: serde_json::Value,
 ) -> PathBuf {
+    write_gguf_typed(dir, gguf_arch, vocab, keys, false)
+}
+
+/// As [`write_gguf`], its matrices stored as F16 (as `convert_hf_to_gguf.py --outtype f16`
+/// writes them: vectors stay F32).
+pub fn write_gguf_f16(dir: &Path, gguf_arch: &str, vocab: &Vocab) -> PathBuf {
+    write_gguf_typed(dir, gguf_arch, vocab, serde_json::json!({}), true)
+}
+
+fn write_gguf_typed(
+    dir: &Path,
+    gguf_arch: &str,
+    vocab: &Vocab,
+    keys: serde_json::Value,
+    f16: bool,
+) -> PathBuf {
     let python = test_python();
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -276,9 +292,10 @@ pub fn write_gguf_with(
         }
         _ => String::new(),
     };
-    let out = dir.join(format!("model-{gguf_arch}{tag}.gguf"));
+    let kind = if f16 { "-f16" } else { "" };
+    let out = dir.join(format!("model-{gguf_arch}{tag}{kind}.gguf"));
     let mut spec = serde_json::json!({"arch": gguf_arch, "out": out, "hparams": cfg,
-        "tensors": list, "keys": keys});
+        "tensors": list, "keys": keys, "f16": f16});
     match vocab {
         Vocab::Fixture => {
             let n = cfg["vocab_size"].as_u64().unwrap() as u32;

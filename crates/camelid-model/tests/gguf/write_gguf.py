@@ -136,6 +136,8 @@ def main():
         # convert_hf_to_gguf.py's Gemma2Model/Gemma3Model: HF's `1 + w` norms stored as such.
         if arch_name in ("gemma2", "gemma3") and t["name"].endswith("norm.weight"):
             data = data + 1.0
+        if spec.get("f16") and data.ndim == 2:
+            data = data.astype(np.float16)
         w.add_tensor(name, np.ascontiguousarray(data))
     w.write_header_to_file()
     w.write_kv_data_to_file()
