@@ -63,6 +63,21 @@ impl Linear {
         })
     }
 
+    /// [`Self::half`] from the weights' little-endian bytes as a file stores them (read in
+    /// place where they sit on a 2-byte boundary).
+    pub fn half_from_le_bytes(kind: HalfKind, rows: usize, cols: usize, bytes: &[u8]) -> Self {
+        // Safety: any two bytes are a valid u16.
+        let (head, aligned, tail) = unsafe { bytes.align_to::<u16>() };
+        if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
+            return Self::half(kind, rows, cols, aligned);
+        }
+        let copied: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        Self::half(kind, rows, cols, &copied)
+    }
+
     /// A `rows × cols` matrix of 16-bit weights from their row-major bits, on the own kernels
     /// (the CPU's).
     pub fn half(kind: HalfKind, out_features: usize, in_features: usize, bits: &[u16]) -> Self {
@@ -87,21 +102,12 @@ impl Linear {
             _ => None,
         };
         if let (Some(kind), true) = (half, w.device().is_cpu()) {
-            let data = w.data()?;
-            // Read in place where the bytes sit on a 2-byte boundary (little-endian x86/ARM).
-            // Safety: any two bytes are a valid u16.
-            let (head, aligned, tail) = unsafe { data.align_to::<u16>() };
-            let copied: Vec<u16>;
-            let bits = if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
-                aligned
-            } else {
-                copied = data
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                    .collect();
-                &copied
-            };
-            return Ok(Self::half(kind, out_features, in_features, bits));
+            return Ok(Self::half_from_le_bytes(
+                kind,
+                out_features,
+                in_features,
+                &w.data()?,
+            ));
         }
         let own = match (QKind::from_ggml(w.dtype()), w.device().is_cpu()) {
             (Some(kind), true) => {

@@ -249,6 +249,46 @@ impl HfWeights {
         Ok(t)
     }
 
+    /// A 16-bit safetensors matrix kept 16-bit (see `keep_16bit`), laid out for the kernels
+    /// straight from the file's mapping: candle would copy it into a tensor first, and the
+    /// tensor into a vector. `None` for everything else.
+    fn half_linear(&self, name: &str, dtype: DType) -> Result<Option<Linear>> {
+        use camelid_kernels::f16gemm::HalfKind;
+        let Backing::Safetensors(st) = &self.backing else {
+            return Ok(None);
+        };
+        if !self.keep_16bit
+            || !self.device.is_cpu()
+            || dtype != DType::F32
+            || self.quantize.is_some()
+        {
+            return Ok(None);
+        }
+        let stored = self.stored_names.get(name).map_or(name, String::as_str);
+        let Ok(view) = st.get(stored) else {
+            return Ok(None);
+        };
+        let kind = match DType::try_from(view.dtype()) {
+            Ok(DType::F16) => HalfKind::F16,
+            Ok(DType::BF16) => HalfKind::Bf16,
+            _ => return Ok(None),
+        };
+        let &[rows, cols] = view.shape() else {
+            return Ok(None);
+        };
+        let bytes = view.data();
+        if rows.checked_mul(cols).and_then(|n| n.checked_mul(2)) != Some(bytes.len()) {
+            return Err(Error::BadWeights(format!(
+                "{}: tensor {name}: {} bytes for {rows} × {cols}",
+                self.origin,
+                bytes.len()
+            )));
+        }
+        let l = Linear::half_from_le_bytes(kind, rows, cols, bytes);
+        release_mapped_pages(bytes);
+        Ok(Some(l))
+    }
+
     /// Whether `t`, asked for in `dtype`, stays in its own 16-bit type (see `keep_16bit`).
     fn keeps_16bit(&self, t: &Tensor, dtype: DType) -> bool {
         self.keep_16bit
@@ -311,6 +351,9 @@ impl TensorSource for HfWeights {
             .ok_or_else(|| self.missing(name))
     }
     fn linear(&mut self, name: &str, dtype: DType) -> Result<Linear> {
+        if let Some(l) = self.half_linear(name, dtype)? {
+            return Ok(l);
+        }
         let t = self.load(name)?;
         if let Some(q) = self.quantize {
             let cols = t.dims().last().copied().unwrap_or(0);
