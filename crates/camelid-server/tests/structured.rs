@@ -214,6 +214,48 @@ fn regex_choice_and_grammar_outputs_match() {
 /// A grammar that matches only the empty string (`guided_regex: ""`) answers an empty text
 /// that stops at once, on both endpoints, whole and streamed (it was a 500 carrying the
 /// matcher's internal state: the matcher has nothing left to match from the start).
+/// A constrained answer's log-probabilities are over the tokens the grammar allows (vLLM
+/// masks the logits before reading them): the chosen token's share of the allowed ones, and
+/// no forbidden token among the alternatives. A choice's confidence is then a probability
+/// over the choices (it was the unconstrained model's, alternatives the grammar refused).
+#[test]
+fn constrained_logprobs_are_over_the_allowed_tokens() {
+    let _g = serial();
+    let base = &server().base;
+    let choices = ["Maybe", "Never"];
+    let body = chat(
+        "Is the sky green? Answer Yes or No.",
+        json!({"guided_choice": choices, "temperature": 0, "max_tokens": 8,
+               "logprobs": true, "top_logprobs": 20}),
+    );
+    let (st, b) = post(base, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    let content = b["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(choices.contains(&content), "{content}");
+    let first = &b["choices"][0]["logprobs"]["content"][0];
+    let allowed: Vec<(&str, f64)> = first["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["token"].as_str().unwrap(), e["logprob"].as_f64().unwrap()))
+        .filter(|(_, lp)| *lp > -9999.0)
+        .collect();
+    for (t, _) in &allowed {
+        assert!(
+            choices.iter().any(|c| c.starts_with(t)),
+            "{t:?} begins no choice: {first}"
+        );
+    }
+    // Every allowed first token is among the 20: their probabilities make the whole.
+    let total: f64 = allowed.iter().map(|(_, lp)| lp.exp()).sum();
+    assert!((total - 1.0).abs() < 1e-3, "{total}: {first}");
+    let chosen = first["logprob"].as_f64().unwrap();
+    assert!(
+        chosen > (0.5f64).ln() - 1e-6,
+        "greedy takes the likelier half: {chosen}"
+    );
+}
+
 #[test]
 fn a_grammar_of_only_the_empty_string_answers_nothing_and_stops() {
     let _g = serial();

@@ -150,6 +150,11 @@ impl SequenceDecoder {
                 }
             }
         }
+        // Log-probabilities are the model's own (before temperature, penalties, bias and
+        // min_tokens, as vLLM's raw logprobs) over the tokens the grammar allows (vLLM masks
+        // the logits before its sampler reads them): a constrained choice's confidence is
+        // spread over the allowed choices only.
+        let mut grammar_logits: Option<Vec<f32>> = None;
         let mut grammar = match &mut self.grammar {
             None => None,
             Some(Ok(g)) => Some(g),
@@ -174,6 +179,15 @@ impl SequenceDecoder {
                 mask.apply(&mut fresh, &[]);
                 l = Cow::Owned(fresh);
             }
+            if self.params.logprobs.is_some() {
+                let mut raw = logits.to_vec();
+                mask.apply(&mut raw, &self.params.stop_token_ids);
+                if raw.iter().all(|x| *x == f32::NEG_INFINITY) {
+                    raw.copy_from_slice(logits);
+                    mask.apply(&mut raw, &[]);
+                }
+                grammar_logits = Some(raw);
+            }
         }
         let token = match greedy {
             Some(t) => t,
@@ -182,7 +196,7 @@ impl SequenceDecoder {
         let logprob = self
             .params
             .logprobs
-            .map(|n| token_logprob(logits, token, n));
+            .map(|n| token_logprob(grammar_logits.as_deref().unwrap_or(logits), token, n));
         self.output.push(token);
         let is_stop_token = self.params.stop_token_ids.contains(&token)
             && (!blocked.contains(&token) || grammar.is_some());

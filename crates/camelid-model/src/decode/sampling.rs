@@ -157,14 +157,16 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
 /// the engine thread for every scored position and every token of a `logprobs` request.
 pub fn token_logprob(logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
     let lse = log_sum_exp(logits);
+    // A token a grammar forbids has -inf, which JSON cannot carry: -9999, as vLLM writes it.
+    let lp = |i: usize| (logits[i] - lse).max(-9999.0);
     // The order of the logits is the order of their log-probabilities.
     let top = top_k_indices(logits, top_n)
         .into_iter()
-        .map(|i| (i as u32, logits[i] - lse))
+        .map(|i| (i as u32, lp(i)))
         .collect();
     TokenLogprob {
         token,
-        logprob: logits[token as usize] - lse,
+        logprob: lp(token as usize),
         top,
     }
 }
