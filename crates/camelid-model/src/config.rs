@@ -319,6 +319,9 @@ pub struct HfConfig {
     pub bos_token_id: Option<serde_json::Value>,
     pub eos_token_id: Option<serde_json::Value>,
     pub torch_dtype: Option<String>,
+    /// LLaMA's biases on the MLP projections (refused: no runtime applies them).
+    #[serde(default)]
+    pub mlp_bias: Option<bool>,
     /// Biases on the attention projections (LLaMA, Qwen3: O too when set; Qwen2 has Q/K/V
     /// biases whatever it says).
     pub attention_bias: Option<bool>,

@@ -311,7 +311,15 @@ fn quantize_by_rows(t: &Tensor, q: GgmlDType) -> candle_core::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(rows * cols / q.block_size() * q.type_size());
     for start in (0..rows).step_by(step) {
         let part = t.narrow(0, start, step.min(rows - start))?;
-        let part = QTensor::quantize(&part.to_dtype(DType::F32)?, q)?;
+        // An f32 matrix's rows are a view at an offset of its storage (no copy), and candle's
+        // quantizer reads the storage from its start: every part would be the first rows.
+        let part = part.to_dtype(DType::F32)?;
+        let part = if part.layout().start_offset() == 0 {
+            part
+        } else {
+            part.force_contiguous()?
+        };
+        let part = QTensor::quantize(&part, q)?;
         bytes.extend_from_slice(&part.data()?);
     }
     Ok(bytes)
@@ -415,12 +423,20 @@ mod tests {
     #[test]
     fn quantizing_by_rows_gives_the_bytes_of_quantizing_whole() {
         // 1100 rows of 2048: the 8 MiB steps (1024 rows) end inside the matrix.
-        let t = Tensor::randn(0f32, 1.0, (1100, 2048), &Device::Cpu).unwrap();
-        let t = t.to_dtype(DType::F16).unwrap();
-        for q in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K] {
+        let t32 = Tensor::randn(0f32, 1.0, (1100, 2048), &Device::Cpu).unwrap();
+        let t16 = t32.to_dtype(DType::F16).unwrap();
+        // An f32 source too: its row parts are views into one storage, not copies.
+        for (t, q) in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K]
+            .into_iter()
+            .flat_map(|q| [(&t16, q), (&t32, q)])
+        {
             let whole = QTensor::quantize(&t.to_dtype(DType::F32).unwrap(), q).unwrap();
-            let rows = quantize_by_rows(&t, q).unwrap();
-            assert!(whole.data().unwrap() == rows.as_slice(), "{q:?}");
+            let rows = quantize_by_rows(t, q).unwrap();
+            assert!(
+                whole.data().unwrap() == rows.as_slice(),
+                "{q:?} {:?}",
+                t.dtype()
+            );
         }
     }
 

@@ -201,8 +201,18 @@ pub fn build_llama(
     let lm_head = if !cfg.tie_word_embeddings && src.contains("lm_head.weight") {
         linear(src, "lm_head.weight", cfg.vocab_size, h, dtype)?
     } else {
-        // Tied (or no lm_head stored): the embedding matrix doubles as the output
-        // projection, quantized if the source stores it quantized.
+        if !cfg.tie_word_embeddings {
+            // An embedding model's checkpoint may have no head (only its hidden states are
+            // read); a chat model's missing head would answer garbage: said, not silent.
+            tracing::warn!(
+                "{}: lm_head.weight is missing and the embeddings are not tied: the embedding \
+                 matrix stands in for it, so generated text will be meaningless (embeddings, \
+                 which read the hidden states, are unaffected)",
+                src.origin()
+            );
+        }
+        // Tied: the embedding matrix doubles as the output projection, quantized if the
+        // source stores it quantized (a stray lm_head is not read, as in transformers).
         src.linear(embed_name, dtype)?
     };
     let rope = Rope::new(&cfg);

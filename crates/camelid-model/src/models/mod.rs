@@ -116,6 +116,25 @@ pub fn parse_hf_config(text: &str, origin: &str) -> Result<(HfConfig, Option<Ren
 
 /// The architecture of an HF config (its `architectures`, else its `model_type`).
 pub fn for_hf(hf: &HfConfig, origin: &str) -> Result<&'static Architecture> {
+    // A classifier's or reward model's checkpoint (its head scores, it does not predict
+    // tokens) of a served architecture: its model_type would pass.
+    const HEADS: [&str; 4] = [
+        "ForSequenceClassification",
+        "ForTokenClassification",
+        "ForQuestionAnswering",
+        "RewardModel",
+    ];
+    if let Some(c) = hf
+        .architectures
+        .iter()
+        .find(|c| HEADS.iter().any(|h| c.contains(h)))
+    {
+        return Err(Error::Unsupported(format!(
+            "{origin}: {c} is a classification or reward head, not a language model camelid \
+             can serve ({})",
+            supported()
+        )));
+    }
     let by_class = ARCHITECTURES.iter().find(|a| {
         hf.architectures
             .iter()
@@ -202,6 +221,12 @@ fn refuse_output_bias(hf: &HfConfig, origin: &str) -> Result<()> {
     if hf.attention_bias == Some(true) {
         return Err(Error::Unsupported(format!(
             "{origin}: attention_bias (biases on the attention's output projection)"
+        )));
+    }
+    // LLaMA's `mlp_bias`: biases on gate, up and down, which no runtime applies either.
+    if hf.mlp_bias == Some(true) {
+        return Err(Error::Unsupported(format!(
+            "{origin}: mlp_bias (biases on the MLP's projections)"
         )));
     }
     Ok(())
@@ -324,6 +349,22 @@ mod tests {
         j["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
         let e = parse(&j, "t").unwrap_err();
         assert!(e.to_string().contains("GPT2LMHeadModel"));
+        // A served model_type under a head that does not predict tokens.
+        for head in [
+            "LlamaForSequenceClassification",
+            "Qwen2ForRewardModel",
+            "LlamaForTokenClassification",
+        ] {
+            j["architectures"] = serde_json::json!([head]);
+            let e = parse(&j, "t").unwrap_err().to_string();
+            assert!(e.contains(head), "{e}");
+        }
+        j["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        j["mlp_bias"] = serde_json::json!(true);
+        let e = parse(&j, "t").unwrap_err().to_string();
+        assert!(e.contains("mlp_bias"), "{e}");
+        j["mlp_bias"] = serde_json::json!(false);
+        assert!(parse(&j, "t").is_ok());
     }
 
     #[test]
