@@ -127,6 +127,9 @@ pub struct SamplingFields {
     #[serde(default, deserialize_with = "null_is_false")]
     pub ignore_eos: bool,
     pub stop_token_ids: Option<Vec<u32>>,
+    /// vLLM's: the matched stop string (or stop token's text) ends the output.
+    #[serde(default, deserialize_with = "null_is_false")]
+    pub include_stop_str_in_output: bool,
     pub skip_special_tokens: Option<bool>,
     /// Structured output (read by `structured::requested`): OpenAI's `response_format`,
     /// vLLM's `structured_outputs` and its older `guided_*` names.

@@ -5,6 +5,7 @@ use crate::error::ApiError;
 use crate::limits::RequestLimits;
 use crate::openai::{ChatRequest, CompletionRequest, SamplingFields};
 use camelid_model::decode::GenerationParams;
+use camelid_model::text::stream::StopSet;
 use camelid_model::SamplingParams;
 use serde_json::Value;
 use std::sync::Arc;
@@ -204,7 +205,9 @@ pub fn generation_params(
     };
     let mut p = GenerationParams::new(0, sampling);
     let stops = f.stop.as_ref().map_or(&[][..], |s| s.as_slice());
-    p.stop_strings = Arc::new(template_stops.iter().chain(stops).collect());
+    let mut stop_set: StopSet = template_stops.iter().chain(stops).collect();
+    stop_set.include_in_output = f.include_stop_str_in_output;
+    p.stop_strings = Arc::new(stop_set);
     p.stop_token_ids = stop_token_ids
         .iter()
         .chain(f.stop_token_ids.iter().flatten())

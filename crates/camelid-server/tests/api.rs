@@ -1962,3 +1962,43 @@ fn time_to_first_token_counts_requests_not_choices() {
     }
     assert_eq!(count() - before, 2.0);
 }
+
+/// vLLM's stop-string rules: `min_tokens` holds stop strings off as it holds stop tokens (a
+/// match that ends before then is text; the first one after stops), and
+/// `include_stop_str_in_output` keeps the matched string at the end of the text.
+#[test]
+fn stop_strings_wait_for_min_tokens_and_can_be_kept() {
+    let count = json!([{"role": "user", "content": "Count from 1 to 20, separated by commas."}]);
+    let ask = |extra: Value| {
+        let mut b = json!({"messages": count, "max_tokens": 60});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (st, b) = chat(b);
+        assert_eq!(st, 200, "{b}");
+        let c = &b["choices"][0];
+        (
+            c["message"]["content"].as_str().unwrap().to_string(),
+            c["finish_reason"].as_str().unwrap().to_string(),
+            b["usage"]["completion_tokens"].as_u64().unwrap(),
+        )
+    };
+    let (whole, _, _) = ask(json!({}));
+    // The small model counts a line a number.
+    let stop = "\n";
+    let at = whole.find(stop).expect("the count has several lines");
+    let (cut, finish, n) = ask(json!({"stop": [stop]}));
+    assert_eq!((cut.as_str(), finish.as_str()), (&whole[..at], "stop"));
+    let (kept, _, _) = ask(json!({"stop": [stop], "include_stop_str_in_output": true}));
+    assert_eq!(kept, whole[..at + stop.len()]);
+    // With min_tokens past the first line's end, the text goes on through it.
+    let min = n + 4;
+    let (held, finish, m) = ask(json!({"stop": [stop], "min_tokens": min}));
+    assert!(m > min, "{m} tokens, min_tokens {min}: {held:?}");
+    assert!(held.starts_with(&whole[..at + stop.len()]), "{held:?}");
+    assert!(
+        held.len() < whole.len() && finish == "stop",
+        "{held:?} {finish}"
+    );
+    assert!(!held.ends_with(stop), "{held:?}");
+}

@@ -208,15 +208,27 @@ impl SequenceDecoder {
         let mut text = String::new();
         let mut finished = None;
         if is_stop_token {
-            text += &self.stops.flush_after(self.detok.flush(tok)?);
+            // vLLM's `include_stop_str_in_output` keeps the stop token's text too (an end
+            // token's is none unless special tokens are shown).
+            let mut tail = String::new();
+            if self.params.stop_strings.include_in_output {
+                tail += &self.detok.push(tok, token)?;
+            }
+            tail += &self.detok.flush(tok)?;
+            text += &self.stops.flush_after(tail);
             finished = Some(FinishReason::Stop);
         } else {
             let piece = self.detok.push(tok, token)?;
-            match self.stops.push(&piece) {
-                StopCheck::Continue(t) => text += &t,
-                StopCheck::Stopped(t) => {
-                    text += &t;
-                    finished = Some(FinishReason::Stop);
+            // Stop strings wait for min_tokens as stop tokens do (vLLM's rule).
+            if self.output.len() <= self.params.min_tokens {
+                text += &self.stops.push_unchecked(&piece);
+            } else {
+                match self.stops.push(&piece) {
+                    StopCheck::Continue(t) => text += &t,
+                    StopCheck::Stopped(t) => {
+                        text += &t;
+                        finished = Some(FinishReason::Stop);
+                    }
                 }
             }
             if grammar_done && finished.is_none() {

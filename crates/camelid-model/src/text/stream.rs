@@ -99,6 +99,9 @@ pub enum StopCheck {
 pub struct StopSet {
     stops: Vec<String>,
     fail: Vec<Box<[u32]>>,
+    /// The matched stop string ends the text instead of being cut off (vLLM's
+    /// `include_stop_str_in_output`).
+    pub include_in_output: bool,
 }
 
 impl StopSet {
@@ -123,7 +126,11 @@ impl StopSet {
                 fail.into()
             })
             .collect();
-        Self { stops, fail }
+        Self {
+            stops,
+            fail,
+            include_in_output: false,
+        }
     }
 
     pub fn strings(&self) -> &[String] {
@@ -165,10 +172,24 @@ impl StopMatcher {
     }
 
     pub fn push(&mut self, text: &str) -> StopCheck {
+        self.scan(text, true)
+    }
+
+    /// As [`Self::push`], but a stop string that ends within `text` does not stop (vLLM's
+    /// `min_tokens` holds stop strings off): one that begins here and ends in a later push
+    /// still does.
+    pub fn push_unchecked(&mut self, text: &str) -> String {
+        match self.scan(text, false) {
+            StopCheck::Continue(t) | StopCheck::Stopped(t) => t,
+        }
+    }
+
+    fn scan(&mut self, text: &str, check: bool) -> StopCheck {
         let base = self.pending.len();
         self.pending.push_str(text);
-        // The earliest-starting stop string wholly in the held text plus `text`.
-        let mut first: Option<usize> = None;
+        // The earliest-starting stop string wholly in the held text plus `text` (where it
+        // begins, and where it ends).
+        let mut first: Option<(usize, usize)> = None;
         for (k, (stop, fail)) in self.set.stops.iter().zip(&self.set.fail).enumerate() {
             let (stop, m) = (stop.as_bytes(), &mut self.matched[k]);
             for (i, b) in text.bytes().enumerate() {
@@ -181,14 +202,22 @@ impl StopMatcher {
                     *m += 1;
                 }
                 if *m == stop.len() {
-                    let begin = base + i + 1 - stop.len();
-                    first = Some(first.map_or(begin, |f| f.min(begin)));
+                    let end = base + i + 1;
+                    let begin = end - stop.len();
+                    if check && first.is_none_or(|(b, _)| begin < b) {
+                        first = Some((begin, end));
+                    }
                     *m = fail[*m - 1] as usize;
                 }
             }
         }
-        if let Some(at) = first {
-            let out = self.pending[self.start..at].to_string();
+        if let Some((begin, end)) = first {
+            let to = if self.set.include_in_output {
+                end
+            } else {
+                begin
+            };
+            let out = self.pending[self.start..to].to_string();
             self.clear();
             return StopCheck::Stopped(out);
         }
@@ -243,6 +272,27 @@ mod tests {
             }
         }
         assert_eq!(out, "Hello ## world ");
+    }
+
+    /// vLLM's `include_stop_str_in_output`: the text ends with the matched stop string (the
+    /// earliest-starting one), nothing after it.
+    #[test]
+    fn an_included_stop_string_ends_the_text() {
+        let mut set: StopSet = ["END", "ND!"].into_iter().collect();
+        set.include_in_output = true;
+        let mut m = StopMatcher::new(Arc::new(set));
+        assert_eq!(m.push("The E"), StopCheck::Continue("The ".into()));
+        assert_eq!(m.push("ND! more"), StopCheck::Stopped("END".into()));
+    }
+
+    /// min_tokens: a stop string that ends in unchecked text does not stop, and what it was
+    /// is emitted; one that begins there and ends in checked text does stop.
+    #[test]
+    fn unchecked_text_holds_stops_off_but_feeds_later_matches() {
+        let mut m = matcher(["ab"]);
+        assert_eq!(m.push_unchecked("xab"), "xab");
+        assert_eq!(m.push_unchecked("za"), "z");
+        assert_eq!(m.push("b tail"), StopCheck::Stopped("".into()));
     }
 
     #[test]
