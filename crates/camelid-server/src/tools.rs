@@ -466,6 +466,11 @@ pub fn split_output(plan: &ToolPlan, output: &str) -> (Option<String>, Vec<Value
     let (t, d) = s.finish();
     text += &t;
     deltas.extend(d);
+    // Ended inside a call (a stop string cut it): no call the model never finished, its
+    // output is text (as vLLM answers an unclosed call).
+    if s.cut() {
+        return (Some(output.to_string()), vec![]);
+    }
     let calls = whole_calls(deltas);
     let text = (calls.is_empty() || !text.trim().is_empty()).then_some(text);
     (text, calls)
@@ -594,6 +599,11 @@ impl OutputReader {
     pub fn calls(&self) -> usize {
         self.calls.as_ref().map_or(0, CallStream::calls)
     }
+
+    /// Whether the output ended inside a call ([`CallStream::cut`]).
+    pub fn calls_cut(&self) -> bool {
+        self.calls.as_ref().is_some_and(CallStream::cut)
+    }
 }
 
 /// One choice's output read as it streams.
@@ -612,6 +622,11 @@ impl CallStream {
     /// Calls released so far.
     pub fn calls(&self) -> usize {
         self.sent
+    }
+
+    /// Whether the output ended inside a call (its arguments sent as far as written).
+    pub fn cut(&self) -> bool {
+        self.parser.cut_off()
     }
 
     /// The next piece of output → the text now known to be text, and `delta.tool_calls`

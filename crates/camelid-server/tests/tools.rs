@@ -527,16 +527,25 @@ fn time_tool() -> Value {
                        "required": ["zone"], "additionalProperties": false}}})
 }
 
-/// The `(name, arguments)` of each choice's single call under `required` (or a named
-/// function), checked to end the choice as a call.
+/// The `(name, arguments)` of each choice's single call under `required`, checked to end
+/// the choice as a call.
 fn forced_calls(b: &Value) -> Vec<(String, Value)> {
+    calls_finishing(b, "tool_calls")
+}
+
+/// As [`forced_calls`], for a named function: OpenAI (and vLLM) finish those as `stop`.
+fn named_calls(b: &Value) -> Vec<(String, Value)> {
+    calls_finishing(b, "stop")
+}
+
+fn calls_finishing(b: &Value, finish: &str) -> Vec<(String, Value)> {
     b["choices"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| {
             let got = whole(c);
-            assert_eq!(got.finish.as_deref(), Some("tool_calls"), "{c}");
+            assert_eq!(got.finish.as_deref(), Some(finish), "{c}");
             assert_eq!(got.calls.len(), 1, "{c}");
             let (_, name, args) = got.calls.into_iter().next().unwrap();
             (name, serde_json::from_str(&args).unwrap())
@@ -584,7 +593,7 @@ fn refs_to_defs_in_parameters_are_enforced_under_required() {
     );
     let (st, b) = post(s, "/v1/chat/completions", &named);
     assert_eq!(st, 200, "{}", short(&b));
-    let calls = forced_calls(&b);
+    let calls = named_calls(&b);
     check_weather_arguments(&calls[0].1.to_string());
 }
 
@@ -686,4 +695,46 @@ fn mistral_call_ids_round_trip_through_a_template_that_checks_them() {
     );
     assert_eq!(st, 200, "{}", short(&cut));
     assert_eq!(b["usage"]["prompt_tokens"], cut["usage"]["prompt_tokens"]);
+}
+
+/// A stop string that cuts a call short leaves no call to run: the whole answer's output is
+/// its text and it finishes as `stop` (as vLLM answers an unclosed call), streamed too (the
+/// pieces already sent are the arguments as far as written, never closed into a whole call).
+#[test]
+fn a_call_cut_by_a_stop_string_is_not_a_call() {
+    let s = &server().base;
+    let ask = |extra: Value| {
+        let mut b = chat(
+            "tools",
+            json!({"tools": [weather_tool()], "tool_choice": "required", "seed": 2,
+                   "temperature": 1.0, "max_tokens": 96, "parallel_tool_calls": false}),
+        );
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let (st, b) = post(s, "/v1/chat/completions", &ask(json!({})));
+    assert_eq!(st, 200, "{}", short(&b));
+    let calls = forced_calls(&b);
+    // One character into the city's name (its rest appears nowhere before).
+    let city = calls[0].1["city"].as_str().unwrap().to_string();
+    assert!(city.chars().count() >= 3, "{city}");
+    let stop: String = city.chars().skip(1).collect();
+    let (st, cut) = post(s, "/v1/chat/completions", &ask(json!({"stop": [stop]})));
+    assert_eq!(st, 200, "{}", short(&cut));
+    let c = &cut["choices"][0];
+    assert_eq!(c["finish_reason"], "stop", "{c}");
+    assert!(c["message"].get("tool_calls").is_none(), "{c}");
+    let text = c["message"]["content"].as_str().unwrap();
+    let head = format!("\"{}", city.chars().next().unwrap());
+    assert!(text.ends_with(&head), "the output as written: {text:?}");
+    let streamed = assemble(&stream(&ask(json!({"stop": [stop], "stream": true}))), 0);
+    assert_eq!(streamed.finish.as_deref(), Some("stop"), "{streamed:?}");
+    for (_, _, args) in &streamed.calls {
+        assert!(
+            serde_json::from_str::<Value>(args).is_err(),
+            "not closed: {args}"
+        );
+    }
 }

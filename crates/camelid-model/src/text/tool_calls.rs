@@ -398,6 +398,9 @@ pub struct ToolCallParser {
     region_calls: usize,
     /// Mistral: the calls are in an array (else one call object follows the trigger).
     array: bool,
+    /// The output ended inside a call (a stop string, the length limit): its arguments
+    /// are as far as they were written, not closed.
+    cut: bool,
 }
 
 impl ToolCallParser {
@@ -413,6 +416,7 @@ impl ToolCallParser {
             calls: 0,
             region: String::new(),
             region_calls: 0,
+            cut: false,
             array: true,
         }
     }
@@ -664,8 +668,13 @@ impl ToolCallParser {
         }
     }
 
-    /// The output has ended: whatever is held is resolved (a call being read is closed if
-    /// committed, else released as text).
+    /// Whether the output ended inside a call ([`Self::finish`] left it unclosed).
+    pub fn cut_off(&self) -> bool {
+        self.cut
+    }
+
+    /// The output has ended: whatever is held is resolved (a call being read is left as
+    /// written and [`Self::cut_off`] says so if committed, else released as text).
     pub fn finish(&mut self) -> Vec<ToolEvent> {
         let mut out = vec![];
         self.run(&mut out);
@@ -677,7 +686,10 @@ impl ToolCallParser {
             State::Call(reader) => {
                 self.buf.clear();
                 if reader.committed {
-                    self.broken(Some(&*reader), &mut out);
+                    // Not closed: closing `{"city": "Pa` would make a call the model never
+                    // finished look whole (vLLM then gives no call at all).
+                    self.cut = true;
+                    self.broken(None, &mut out);
                 } else if self.region_calls == 0 {
                     let t = std::mem::take(&mut self.region);
                     self.text(t, &mut out);
@@ -954,12 +966,15 @@ mod tests {
         );
         assert_eq!(calls, vec![call("f", r#"{"x": 1}"#)]);
         assert_eq!(text.as_deref(), Some(" after"));
-        // Cut off by the length limit inside a string.
-        let (text, calls) = parse_every_way(
-            ToolFormat::Hermes,
-            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"city\": \"Par",
-        );
-        assert_eq!(calls, vec![call("f", r#"{"city": "Par"}"#)]);
+        // Cut off (a stop string, the length limit) inside a string: the arguments as far as
+        // they were written, not closed into a call the model never finished, and said so.
+        let mut p = ToolCallParser::new(ToolFormat::Hermes);
+        let mut events = p.push("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"city\": \"Par");
+        assert!(!p.cut_off());
+        events.extend(p.finish());
+        assert!(p.cut_off());
+        let (text, calls) = collect(events);
+        assert_eq!(calls, vec![call("f", r#"{"city": "Par"#)]);
         assert_eq!(text, None);
         // Text after a whole call that is not the block's close is text.
         let (text, calls) = parse_every_way(

@@ -25,6 +25,8 @@ pub async fn chat_completions(
     let (mut req, sampling): (ChatRequest, _) = parse_with_sampling(&body)?;
     drop(body);
     state.fill_model_name(&mut req.model)?;
+    // `{"type": "function", "function": {"name": …}}` (the strings are auto/required/none).
+    let named = req.tool_choice.as_ref().is_some_and(Value::is_object);
     if sampling.stream {
         let Submitted {
             sub,
@@ -44,6 +46,7 @@ pub async fn chat_completions(
             model: req.model,
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs,
+            named_tool: named,
             readers: (0..n)
                 .map(|_| OutputReader::new(reasoning, tools.as_ref().map(|t| t.stream())))
                 .collect(),
@@ -67,7 +70,7 @@ pub async fn chat_completions(
                 "index": c.index,
                 "message": message,
                 "logprobs": c.logprobs,
-                "finish_reason": finish_reason(c.finish, c.tool_calls.len()),
+                "finish_reason": finish_reason(c.finish, c.tool_calls.len(), false, named),
             })
         })
         .collect();
@@ -83,10 +86,11 @@ pub async fn chat_completions(
     .into_response())
 }
 
-/// `"tool_calls"` when a choice that stopped by itself made calls (one cut off by the
-/// length limit says so).
-fn finish_reason(reason: FinishReason, calls: usize) -> &'static str {
-    if calls > 0 && reason == FinishReason::Stop {
+/// `"tool_calls"` when a choice that stopped by itself made whole calls the model chose;
+/// `"stop"` for the call a named `tool_choice` forced (OpenAI's and vLLM's), and for a call
+/// cut off by a stop string (not a call to run); `"length"` for one cut by the limit.
+fn finish_reason(reason: FinishReason, calls: usize, cut: bool, named: bool) -> &'static str {
+    if calls > 0 && !cut && !named && reason == FinishReason::Stop {
         "tool_calls"
     } else {
         finish_str(reason)
@@ -99,6 +103,8 @@ struct ChatChunks {
     model: String,
     tok: Arc<Tokenizer>,
     logprobs: bool,
+    /// A named `tool_choice` forced the call: it finishes as `stop`.
+    named_tool: bool,
     /// Per choice, its output read for thinking and tool calls.
     readers: Vec<OutputReader>,
 }
@@ -163,8 +169,12 @@ impl ChunkFormat for ChatChunks {
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
         let p = self.reader(index).map(|r| r.finish()).unwrap_or_default();
         let calls = self.reader(index).map_or(0, |r| r.calls());
+        let cut = self.reader(index).is_some_and(|r| r.calls_cut());
         let mut out = self.pieces(index, &p.thought, &p.text, Value::Null, p.deltas);
-        out.push(self.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(reason, calls)}])));
+        let finish = finish_reason(reason, calls, cut, self.named_tool);
+        out.push(self.chunk(
+            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}]),
+        ));
         out
     }
     fn usage(&self, usage: &Usage) -> Value {
