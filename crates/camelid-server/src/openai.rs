@@ -101,6 +101,29 @@ pub struct ChatMessage {
 pub struct StreamOptions {
     #[serde(default, deserialize_with = "null_is_false")]
     pub include_usage: bool,
+    /// vLLM's: with `include_usage`, every chunk carries the usage so far.
+    #[serde(default, deserialize_with = "null_is_false")]
+    pub continuous_usage_stats: bool,
+}
+
+impl StreamOptions {
+    /// What usage a stream with these options reports.
+    pub fn usage(options: Option<&StreamOptions>) -> StreamUsage {
+        match options {
+            Some(o) if o.include_usage && o.continuous_usage_stats => StreamUsage::EveryChunk,
+            Some(o) if o.include_usage => StreamUsage::AtTheEnd,
+            _ => StreamUsage::None,
+        }
+    }
+}
+
+/// Usage in a stream: none, a last chunk of it (OpenAI's `include_usage`), or that and the
+/// usage so far on every chunk (vLLM's `continuous_usage_stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamUsage {
+    None,
+    AtTheEnd,
+    EveryChunk,
 }
 
 /// Sampling and stopping fields shared by both endpoints (OpenAI's plus vLLM's extensions).

@@ -3,6 +3,7 @@
 
 use crate::error::ApiError;
 use crate::format::CachedPrompt;
+use crate::openai::StreamUsage;
 use crate::run::{grammar_failed, shutting_down, Submission, Timing};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use camelid_engine::{Event, Usage};
@@ -33,9 +34,11 @@ struct StreamState {
     first_index: usize,
     format: Box<dyn ChunkFormat>,
     queue: VecDeque<SseEvent>,
-    include_usage: bool,
+    usage: StreamUsage,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// Per choice not yet finished, its tokens so far (for the usage so far).
+    generating: Vec<usize>,
     cached: CachedPrompt,
     timing: Timing,
     done: bool,
@@ -49,50 +52,65 @@ impl StreamState {
         self.queue.push_back(SseEvent::default().data("[DONE]"));
         self.done = true;
     }
+
+    /// Queues a chunk as sent: with `include_usage`, every chunk but the last carries
+    /// `"usage": null` (OpenAI's reference; typed clients read the key from each chunk), or
+    /// the usage so far with `continuous_usage_stats` (vLLM's).
+    fn push_chunk(&mut self, mut v: Value) {
+        let so_far = match self.usage {
+            StreamUsage::None => None,
+            StreamUsage::AtTheEnd => Some(Value::Null),
+            StreamUsage::EveryChunk => Some(
+                self.usage_json(self.completion_tokens + self.generating.iter().sum::<usize>()),
+            ),
+        };
+        if let (Some(u), Some(o)) = (so_far, v.as_object_mut()) {
+            o.entry("usage").or_insert(u);
+        }
+        self.queue.push_back(data(&v));
+    }
+
+    fn usage_json(&self, completion_tokens: usize) -> Value {
+        let u = Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            cached_tokens: self.cached.total(),
+        };
+        self.format.usage(&u)["usage"].clone()
+    }
 }
 
 fn data(v: &Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
-/// A chunk as sent: with `include_usage`, every chunk but the last carries `"usage": null`
-/// (OpenAI's reference; typed clients read the key from each chunk).
-fn chunk_event(mut v: Value, include_usage: bool) -> SseEvent {
-    if include_usage {
-        if let Some(o) = v.as_object_mut() {
-            o.entry("usage").or_insert(Value::Null);
-        }
-    }
-    data(&v)
-}
-
 pub fn stream(
     sub: Submission,
     first_index: usize,
     format: Box<dyn ChunkFormat>,
-    include_usage: bool,
+    usage: StreamUsage,
     prompt_tokens: usize,
     choices_per_prompt: usize,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let choices: Vec<usize> = (first_index..first_index + sub.choices).collect();
-    let queue = format
-        .opening(&choices)
-        .into_iter()
-        .map(|c| chunk_event(c, include_usage))
-        .collect();
+    let opening = format.opening(&choices);
     let n = sub.choices;
-    let st = StreamState {
+    let mut st = StreamState {
         sub,
         first_index,
         format,
-        queue,
-        include_usage,
+        queue: VecDeque::new(),
+        usage,
         prompt_tokens,
         completion_tokens: 0,
+        generating: vec![0; n],
         cached: CachedPrompt::new(choices_per_prompt),
         timing: Timing::new(n),
         done: false,
     };
+    for c in opening {
+        st.push_chunk(c);
+    }
     let s = futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(e) = st.queue.pop_front() {
@@ -103,7 +121,7 @@ pub fn stream(
             }
             match st.sub.streams.next().await {
                 None => {
-                    if st.include_usage {
+                    if st.usage != StreamUsage::None {
                         let u = Usage {
                             prompt_tokens: st.prompt_tokens,
                             completion_tokens: st.completion_tokens,
@@ -122,21 +140,27 @@ pub fn stream(
                     Event::Embedding(_) => {} // only embedding requests, never streamed
                     Event::PromptLogprobs(lps) => {
                         if let Some(c) = st.format.prompt_logprobs(idx, &lps) {
-                            st.queue.push_back(chunk_event(c, st.include_usage));
+                            st.push_chunk(c);
                         }
                     }
                     Event::Token { text, logprob, .. } => {
                         st.timing
                             .token(&st.sub.state, st.sub.started, idx - st.first_index);
+                        if let Some(g) = st.generating.get_mut(idx - st.first_index) {
+                            *g += 1;
+                        }
                         for c in st.format.token(idx, &text, logprob.as_ref()) {
-                            st.queue.push_back(chunk_event(c, st.include_usage));
+                            st.push_chunk(c);
                         }
                     }
                     Event::Finished { reason, usage } => {
                         st.completion_tokens += usage.completion_tokens;
+                        if let Some(g) = st.generating.get_mut(idx - st.first_index) {
+                            *g = 0;
+                        }
                         st.cached.record(idx, usage.cached_tokens);
                         for c in st.format.finish(idx, reason) {
-                            st.queue.push_back(chunk_event(c, st.include_usage));
+                            st.push_chunk(c);
                         }
                     }
                     Event::Error(e) => st.end_with(ApiError::internal(e)),

@@ -2002,3 +2002,46 @@ fn stop_strings_wait_for_min_tokens_and_can_be_kept() {
     );
     assert!(!held.ends_with(stop), "{held:?}");
 }
+
+/// vLLM's `stream_options.continuous_usage_stats` (with `include_usage`): every chunk carries
+/// the usage so far (the prompt's tokens, the completion's growing to its final count);
+/// without it the chunks carry `usage: null` and only the last one counts.
+#[test]
+fn continuous_usage_stats_count_as_the_stream_goes() {
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "smol", "messages": [{"role": "user", "content": "Name three colors."}],
+                   "max_tokens": 12, "temperature": 0, "n": 2, "stream": true}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "smol", "prompt": "Once upon a time", "max_tokens": 12,
+                   "temperature": 0, "stream": true}),
+        ),
+    ] {
+        let mut b = body.clone();
+        b["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+        let chunks = stream_chunks(path, b);
+        let (last, rest) = chunks.split_last().unwrap();
+        assert!(last["choices"].as_array().unwrap().is_empty(), "{last}");
+        let total = last["usage"]["completion_tokens"].as_u64().unwrap();
+        let prompt = last["usage"]["prompt_tokens"].as_u64().unwrap();
+        let mut seen = 0;
+        for c in rest {
+            let u = &c["usage"];
+            assert_eq!(u["prompt_tokens"].as_u64(), Some(prompt), "{c}");
+            let k = u["completion_tokens"].as_u64().unwrap();
+            assert!(k >= seen && k <= total, "{seen} → {k} of {total}: {c}");
+            assert_eq!(u["total_tokens"].as_u64(), Some(prompt + k), "{c}");
+            seen = k;
+        }
+        assert_eq!(seen, total, "the last choice chunk counts every token");
+        assert!(total > 0);
+        let mut b = body.clone();
+        b["stream_options"] = json!({"include_usage": true});
+        let chunks = stream_chunks(path, b);
+        let (_, rest) = chunks.split_last().unwrap();
+        assert!(rest.iter().all(|c| c["usage"].is_null()), "{rest:?}");
+    }
+}

@@ -4,7 +4,7 @@
 use super::{AppResult, RequestBody};
 use crate::chat::{self, Submitted};
 use crate::format::{chat_logprobs, chat_usage_json, finish_str, new_id, now_secs};
-use crate::openai::{parse_with_sampling, ChatRequest};
+use crate::openai::{parse_with_sampling, ChatRequest, StreamOptions};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
 use crate::tools::OutputReader;
@@ -36,10 +36,7 @@ pub async fn chat_completions(
             tools,
             reasoning,
         } = chat::submit(&state, permit, &req, &sampling).await?;
-        let include_usage = sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
+        let include_usage = StreamOptions::usage(sampling.stream_options.as_ref());
         let fmt = ChatChunks {
             id: new_id("chatcmpl"),
             created: now_secs(),

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::format::{
     completion_logprobs, finish_str, new_id, now_secs, usage_json, CachedPrompt, TextOffset,
 };
-use crate::openai::{parse_with_sampling, CompletionRequest, Prompt};
+use crate::openai::{parse_with_sampling, CompletionRequest, Prompt, StreamOptions};
 use crate::run::{blocking, collect, submit, ChoiceSpec};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
@@ -156,7 +156,7 @@ pub async fn completions(
     let id = new_id("cmpl");
     let created = now_secs();
     if f.stream {
-        let include_usage = f.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let include_usage = StreamOptions::usage(f.stream_options.as_ref());
         let fmt = CompletionChunks {
             id,
             created,
