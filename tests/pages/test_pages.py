@@ -519,6 +519,131 @@ def arena_and_leaderboard(ctx):
     board.close()
 
 
+def api_error(status, message, code=None):
+    return dict(status=status, content_type="application/json", body=json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                   "code": code}}))
+
+
+def fake_battle_route(route):
+    """Both sides answer "Hi." (a route stands in for the arena's stream)."""
+    events = [{"battle_id": "battle-fake", "token": "0" * 64}]
+    for side in "ab":
+        events += [{"side": side, "delta": "Hi."}, {"side": side, "finish_reason": "stop"}]
+    events.append({"done": True})
+    route.fulfill(status=200, content_type="text/event-stream",
+                  body="".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n")
+
+
+def arena_when_the_server_refuses(browser):
+    """What the arena page does when a turn or a vote is refused (routes stand in for the
+    server): a failed turn gives the prompt back, with focus; a battle the server takes no
+    more of (expired, already voted: perhaps this vote, its reply lost) ends, leaving only a
+    new round; a vote not rated says so; the leaderboard counts unrated votes apart."""
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    watch = Watch(page)
+    page.goto(base + "/arena")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    page.route("**/arena/battles", lambda route: route.fulfill(
+        **api_error(400, "`max_tokens` may be at most 1024 in the arena, got 2000")))
+    page.fill("#prompt", "Keep me\nplease")
+    page.click("#send")
+    wait_js(page, "document.getElementById('status').textContent.includes('1024')",
+            "the refusal is shown")
+    check(page.input_value("#prompt") == "Keep me\nplease", "a failed turn gives the prompt back")
+    check(page.evaluate("document.activeElement.id") == "prompt", "focus back on the prompt")
+    check(page.get_attribute("body", "data-phase") == "idle", "ready to send again")
+
+    # A follow-up to a battle that expired: the battle is over.
+    page.unroute("**/arena/battles")
+    page.route("**/arena/battles", fake_battle_route)
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    page.unroute("**/arena/battles")
+    page.route("**/arena/battles", lambda route: route.fulfill(
+        **api_error(410, "battle battle-fake has expired; start a new one", "battle_expired")))
+    page.fill("#prompt", "And then?")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-phase=over]", timeout=TIMEOUT_MS)
+    check(all(page.locator(".votes button").nth(i).is_disabled() for i in range(4))
+          and page.is_disabled("#send") and page.is_enabled("#new-round"),
+          "an expired battle takes no vote or follow-up, only a new round")
+    check("vote now counts" not in page.inner_text("#status"), page.inner_text("#status"))
+    check(page.evaluate("document.activeElement.id") == "new-round", "focus on New round")
+
+    # A vote the server already has (another button after a lost reply): over too.
+    page.click("#new-round")
+    page.unroute("**/arena/battles")
+    page.route("**/arena/battles", fake_battle_route)
+    page.fill("#prompt", "Hi")
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    page.route("**/arena/battles/*/vote", lambda route: route.fulfill(
+        **api_error(409, "battle battle-fake already has a vote", "battle_voted")))
+    page.click("#vote-b")
+    page.wait_for_selector("body[data-phase=over]", timeout=TIMEOUT_MS)
+    check(all(page.locator(".votes button").nth(i).is_disabled() for i in range(4)),
+          "no second vote")
+    check(page.evaluate("document.activeElement.id") == "new-round", "focus on New round")
+
+    # A vote recorded but not rated (the conversation named a model).
+    page.click("#new-round")
+    page.fill("#prompt", "Hi")
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    page.unroute("**/arena/battles/*/vote")
+    page.route("**/arena/battles/*/vote", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(
+            {"battle_id": "battle-fake", "model_a": "x", "model_b": "y", "winner": "tie",
+             "anony": False})))
+    page.click("#vote-tie")
+    wait_js(page, "document.getElementById('status').textContent.includes('Thanks')",
+            "the vote's reply")
+    check("not rated" in page.inner_text("#status"), page.inner_text("#status"))
+    watch.clean("arena refusals")
+
+    board = {"battles": 3, "votes": 5, "computed_at": None, "leaderboard": [],
+             "style_control": {"battles": 3, "leaderboard": [], "coefficients": None}}
+    page.route("**/arena/leaderboard", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(board)))
+    page.goto(base + "/leaderboard")
+    wait_js(page, "document.getElementById('summary').textContent.includes('rated')",
+            "the summary")
+    summary = page.inner_text("#summary")
+    check("3 votes rated" in summary and "2 more not rated" in summary, summary)
+    ctx.close()
+
+
+def tables_keep_their_words_on_a_phone(browser):
+    """A Markdown table in an answer at phone width: each cell keeps its words whole (one
+    line each) and the table scrolls sideways instead of shrinking cells to a letter a line."""
+    ctx = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    ctx.add_init_script(f"localStorage.setItem('camelid.apiKey', {json.dumps(key)})")
+    page = ctx.new_page()
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    table = ("| Country | Capital | Population | Area | Currency |\n|---|---|---|---|---|\n"
+             "| France | Paris | 68,000,000 | 643,801 | Euro |\n"
+             "| Germany | Berlin | 84,000,000 | 357,022 | Euro |\n")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body(table)))
+    page.fill("#prompt", "A table, please.")
+    # Sent from the keyboard on Send: focus follows to Stop, then back to the prompt (not
+    # dropped to the page when the focused button is disabled).
+    page.focus("#send")
+    page.keyboard.press("Enter")
+    wait_answer(page, 1)
+    wait_js(page, "document.activeElement.id === 'prompt'", "focus back on the prompt")
+    lines = page.evaluate("""[...document.querySelectorAll('.message.assistant td')].map((td) => {
+        const r = document.createRange(); r.selectNodeContents(td);
+        return [td.textContent, new Set([...r.getClientRects()].map((x) => Math.round(x.top))).size];
+    })""")
+    check(lines and all(n == 1 for _, n in lines), f"cells on one line each: {lines}")
+    no_horizontal_scroll(page, "a wide table on a phone")
+    ctx.close()
+
+
 def leaderboard_declined_key(browser):
     """A private arena's leaderboard asks for a key; a visitor who closes the dialog is not
     asked again by the page's own refreshes (a dialog every poll would take the page from
@@ -597,6 +722,8 @@ with sync_playwright() as p:
     arena_and_leaderboard(ctx)
     ctx.close()
     leaderboard_declined_key(browser)
+    arena_when_the_server_refuses(browser)
+    tables_keep_their_words_on_a_phone(browser)
     phone(browser)
     browser.close()
 

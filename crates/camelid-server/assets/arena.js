@@ -43,7 +43,7 @@ const ArenaApi = {
     if (token) body.token = token;
     if (battle) body.battle_id = battle.id;
     const resp = await Camelid.api("arena/battles", { method: "POST", body, signal });
-    if (!resp.ok) throw new Error(await Camelid.errorMessage(resp));
+    if (!resp.ok) throw await Camelid.apiError(resp);
     const text = { a: "", b: "" };
     let next = null;
     let stored = false;
@@ -99,19 +99,30 @@ document.addEventListener("DOMContentLoaded", () => {
 
   let battle = null;
   // idle: no battle yet; waiting: a turn is being answered; answered: both sides complete,
-  // a vote or a follow-up may come; voted: names shown, only a new round.
+  // a vote or a follow-up may come; voted: names shown, only a new round; over: the server
+  // takes no more of this battle (expired, or already voted), only a new round.
   let phase = "idle";
+  // Replies that end the battle for this page, whatever it was about to do.
+  const BATTLE_OVER = ["battle_expired", "battle_voted", "battle_not_found", "battle_not_yours"];
 
   function setPhase(p) {
+    // A focused control about to be disabled would drop focus to the page.
+    const focused = document.activeElement;
     phase = p;
     const canVote = p === "answered";
+    const closed = p === "waiting" || p === "voted" || p === "over";
     for (const b of Object.values(voteButtons)) b.disabled = !canVote;
-    sendButton.disabled = p === "waiting" || p === "voted";
-    prompt.disabled = p === "waiting" || p === "voted";
+    sendButton.disabled = closed;
+    prompt.disabled = closed;
     newRoundButton.disabled = p === "waiting" || battle === null;
     stopButton.disabled = p !== "waiting";
     document.body.dataset.phase = p;
     for (const c of Object.values(columns)) c.setAttribute("aria-busy", String(p === "waiting"));
+    if (focused && focused.disabled) {
+      if (!stopButton.disabled) stopButton.focus();
+      else if (!prompt.disabled) prompt.focus();
+      else if (!newRoundButton.disabled) newRoundButton.focus();
+    }
   }
 
   function say(text) {
@@ -196,13 +207,22 @@ document.addEventListener("DOMContentLoaded", () => {
         el.classList.add("failed");
         el.previousElementSibling.classList.add("failed");
       }
-      setPhase(before);
-      // A failed or stopped turn is not stored: a vote counts the turns above it.
-      say(
-        why +
-          (before === "answered" ? " A vote now counts the answers before this turn." : "") +
-          (stopped && before === "idle" ? " Ask again to start a battle." : ""),
-      );
+      // The prompt comes back to be sent again (or edited), unless another was typed.
+      if (!prompt.value) prompt.value = text;
+      if (BATTLE_OVER.includes(err.code)) {
+        setPhase("over");
+        say(why + " Start a new round.");
+        newRoundButton.focus();
+      } else {
+        setPhase(before);
+        // A failed or stopped turn is not stored: a vote counts the turns above it.
+        say(
+          why +
+            (before === "answered" ? " A vote now counts the answers before this turn." : "") +
+            (stopped && before === "idle" ? " Ask again to start a battle." : ""),
+        );
+        prompt.focus();
+      }
     } finally {
       controller = null;
     }
@@ -221,12 +241,30 @@ document.addEventListener("DOMContentLoaded", () => {
         names.a.parentElement.classList.toggle("winner", winner === "model_a");
         names.b.parentElement.classList.toggle("winner", winner === "model_b");
         button.classList.add("chosen");
-        say("Thanks for voting. Start a new round for another battle.");
+        // A conversation that named a model is kept but not rated (FastChat's rule).
+        say(
+          r.anony === false
+            ? "Thanks for voting. The vote is recorded but not rated: the conversation named " +
+                "a model. Start a new round for another battle."
+            : "Thanks for voting. Start a new round for another battle.",
+        );
         if (votesChannel) votesChannel.postMessage("vote");
         newRoundButton.focus();
       } catch (err) {
-        setPhase("answered");
-        say("The vote failed: " + err.message);
+        if (BATTLE_OVER.includes(err.code)) {
+          // Voted already (perhaps this vote, its reply lost on the way) or expired.
+          setPhase("over");
+          say("The vote failed: " + err.message + " Start a new round.");
+          newRoundButton.focus();
+        } else {
+          setPhase("answered");
+          say(
+            "The vote failed: " +
+              err.message +
+              (err.status ? "" : " It may have been counted: press the same button to try again."),
+          );
+          button.focus();
+        }
       }
     });
   }

@@ -22,10 +22,14 @@ document.addEventListener("DOMContentLoaded", () => {
   let controller = null;
 
   function setBusy(busy) {
+    // A focused button about to be disabled would drop focus to the page: it moves to Stop
+    // while answering, to the prompt after.
+    const focused = document.activeElement;
     sendButton.disabled = busy;
     stopButton.disabled = !busy;
     regenerateButton.disabled = busy || messages.length === 0;
     list.setAttribute("aria-busy", String(busy));
+    if (focused && focused.disabled) (busy ? stopButton : prompt).focus();
   }
 
   function say(text) {

@@ -117,21 +117,35 @@ const Camelid = (() => {
     }
   }
 
-  // The message of an OpenAI error body, or the status line.
-  async function errorMessage(resp) {
+  // The Error of a failed reply: the OpenAI error body's message (or the status line), with
+  // `status` and `code` for the pages to act on; a 429 says when to try again.
+  async function apiError(resp) {
+    let message = `HTTP ${resp.status} ${resp.statusText}`;
+    let code = null;
     try {
       const j = await resp.json();
-      if (j && j.error && j.error.message) return j.error.message;
+      if (j && j.error && j.error.message) message = j.error.message;
+      if (j && j.error && j.error.code) code = j.error.code;
     } catch {
       // Not JSON: the status says what went wrong.
     }
-    return `HTTP ${resp.status} ${resp.statusText}`;
+    const retry = Number(resp.headers.get("Retry-After"));
+    if (resp.status === 429 && retry > 0) message += ` (try again in ${retry} s)`;
+    const err = new Error(message);
+    err.status = resp.status;
+    err.code = code;
+    return err;
   }
 
-  // A JSON API call: the parsed body, or an Error with the server's message.
+  // The message of an OpenAI error body, or the status line.
+  async function errorMessage(resp) {
+    return (await apiError(resp)).message;
+  }
+
+  // A JSON API call: the parsed body, or an Error with the server's message and code.
   async function apiJson(path, opts) {
     const resp = await api(path, opts);
-    if (!resp.ok) throw new Error(await errorMessage(resp));
+    if (!resp.ok) throw await apiError(resp);
     return resp.json();
   }
 
@@ -248,6 +262,7 @@ const Camelid = (() => {
   return {
     api,
     apiJson,
+    apiError,
     errorMessage,
     sseData,
     renderMarkdown,

@@ -50,10 +50,14 @@ document.addEventListener("DOMContentLoaded", () => {
       }),
     );
     const when = new Date().toLocaleTimeString();
+    // Votes on conversations that named a model are counted but not rated.
+    const unrated = (r.votes ?? r.battles) - r.battles;
     summary.textContent =
-      r.battles === 0
+      r.battles === 0 && unrated === 0
         ? "No votes yet: vote in the Arena."
-        : `${r.battles} vote${r.battles === 1 ? "" : "s"} · updated ${when}`;
+        : `${r.battles} vote${r.battles === 1 ? "" : "s"} rated` +
+          (unrated > 0 ? ` (${unrated} more not rated: the conversation named a model)` : "") +
+          ` · updated ${when}`;
     document.body.dataset.votes = String(r.battles);
     document.body.dataset.view = styled ? "style" : "plain";
     styleNote.hidden = !styled;
