@@ -1175,3 +1175,49 @@ fn gguf_fim_tokens_make_the_infill_prompt() {
     .concat();
     assert_eq!(ids, want);
 }
+
+/// Where a folder's chat template comes from, in transformers' order: `chat_template.jinja`
+/// wins over tokenizer_config.json's (newer transformers save it there), which wins over
+/// `chat_template.json`'s; a null one is none; a list of named templates gives its
+/// "default", and without one no template of the folder is used (the built-in one is).
+#[test]
+fn chat_templates_are_found_in_transformers_order() {
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 490);
+    let d = dir.path();
+    let cfg_path = d.join("tokenizer_config.json");
+    let mut cfg: serde_json::Value = std::fs::read_to_string(&cfg_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let rendered = |cfg: &serde_json::Value| {
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let lm = load(d);
+        lm.template
+            .render(&[camelid_model::Message::new("user", "x")], false)
+            .unwrap()
+    };
+    let t =
+        |tag: &str| format!("{tag}{{% for m in messages %}}{{{{ m['content'] }}}}{{% endfor %}}");
+    cfg["chat_template"] = serde_json::json!(t("CONFIG:"));
+    std::fs::write(d.join("chat_template.jinja"), t("FILE:")).unwrap();
+    std::fs::write(
+        d.join("chat_template.json"),
+        serde_json::json!({"chat_template": t("JSON:")}).to_string(),
+    )
+    .unwrap();
+    assert_eq!(rendered(&cfg), "FILE:x");
+    std::fs::remove_file(d.join("chat_template.jinja")).unwrap();
+    assert_eq!(rendered(&cfg), "CONFIG:x");
+    cfg["chat_template"] = serde_json::Value::Null;
+    assert_eq!(rendered(&cfg), "JSON:x");
+    std::fs::remove_file(d.join("chat_template.json")).unwrap();
+    cfg["chat_template"] = serde_json::json!([{"name": "tool_use", "template": t("TOOLS:")},
+                                              {"name": "default", "template": t("DEFAULT:")}]);
+    assert_eq!(rendered(&cfg), "DEFAULT:x");
+    cfg["chat_template"] = serde_json::json!([{"name": "tool_use", "template": t("TOOLS:")}]);
+    let builtin = rendered(&cfg);
+    assert!(
+        !builtin.contains("TOOLS:") && builtin.contains('x'),
+        "{builtin}"
+    );
+}

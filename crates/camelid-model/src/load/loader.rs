@@ -465,25 +465,58 @@ pub fn load_hf_folder(
             tok.bos_from_post_processor
         }
     };
-    // The template: in tokenizer_config.json, else (multimodal checkpoints, newer
-    // transformers) beside it in chat_template.json or chat_template.jinja.
+    // The template, in transformers' order: chat_template.jinja (newer transformers save it
+    // there, and it wins over the config's), tokenizer_config.json's, chat_template.json's
+    // (multimodal checkpoints). A null one is none.
     let own_file = dir.join("chat_template.jinja");
-    let template_value = match tok_cfg.get("chat_template") {
-        Some(t) => Some(t.clone()),
-        None if own_file.exists() => Some(serde_json::Value::String(
+    let in_config = tok_cfg
+        .get("chat_template")
+        .filter(|t| !t.is_null())
+        .cloned();
+    let template_value = if own_file.exists() {
+        Some(serde_json::Value::String(
             std::fs::read_to_string(&own_file).map_err(|e| Error::io(&own_file, e))?,
-        )),
-        None => read_json(&dir.join("chat_template.json"))?
-            .and_then(|v| v.get("chat_template").cloned()),
+        ))
+    } else if in_config.is_some() {
+        in_config
+    } else {
+        read_json(&dir.join("chat_template.json"))?
+            .and_then(|v| v.get("chat_template").cloned())
+            .filter(|t| !t.is_null())
     };
     let jinja_src = match template_value {
+        None => None,
         Some(serde_json::Value::String(s)) => Some(s),
-        // A list of named templates: take "default".
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-            .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
-        _ => None,
+        // A list of named templates: "default". Without one transformers refuses; camelid
+        // says so and falls back to the built-in template of the model's name (which
+        // --chat-template or --template replace).
+        Some(serde_json::Value::Array(a)) => {
+            let named = |name: &str| {
+                a.iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+                    .and_then(|t| t.get("template").and_then(|s| s.as_str()))
+            };
+            if named("default").is_none() {
+                let names: Vec<&str> = a
+                    .iter()
+                    .filter_map(|t| t.get("name").and_then(|n| n.as_str()))
+                    .collect();
+                tracing::warn!(
+                    "{}: several chat templates ({}) and none named \"default\": not used \
+                     (give one with --chat-template)",
+                    dir.display(),
+                    names.join(", ")
+                );
+            }
+            named("default").map(String::from)
+        }
+        Some(_) => {
+            tracing::warn!(
+                "{}: chat_template is neither a string nor a list of named templates: not used",
+                dir.display()
+            );
+            None
+        }
     };
     let jinja = jinja_src.map(|source| ChatTemplate::Jinja {
         source,
