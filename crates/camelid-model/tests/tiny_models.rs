@@ -8,6 +8,7 @@ use camelid_model::load::hf_folder::{find_weight_files, HfWeights, WeightFiles};
 use camelid_model::{ForwardBatch, LoadOptions, LogitsWanted, SamplingParams};
 use candle_core::{DType, Device, Tensor};
 use common::max_abs_diff;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
@@ -399,6 +400,40 @@ fn bad_files_give_errors_not_panics() {
     std::fs::copy(fixture().join("config.json"), wrong.join("config.json")).unwrap();
     let e = load_err(wrong);
     assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+    // One tensor in two shards: refused (which copy is read would depend on the order).
+    let sharded_guard = tmpdir("dupshard");
+    let sharded = sharded_guard.path();
+    for f in ["config.json", "tokenizer.model"] {
+        std::fs::copy(fixture().join(f), sharded.join(f)).unwrap();
+    }
+    let all =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let embed = "model.embed_tokens.weight";
+    let (one, two) = (
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    candle_core::safetensors::save(&all, sharded.join(one)).unwrap();
+    let dup: HashMap<String, Tensor> = [(embed.to_string(), all[embed].zeros_like().unwrap())]
+        .into_iter()
+        .collect();
+    candle_core::safetensors::save(&dup, sharded.join(two)).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = all
+        .keys()
+        .map(|k| {
+            (
+                k.clone(),
+                serde_json::json!(if k == embed { two } else { one }),
+            )
+        })
+        .collect();
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let e = load_err(sharded);
+    assert!(e.contains(embed) && e.contains("two shards"), "{e}");
     // A weight stored as integers (packed or quantized by a publisher): refused by name, not
     // cast to floats that would answer garbage.
     let mut t =

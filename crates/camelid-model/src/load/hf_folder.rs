@@ -134,10 +134,18 @@ impl HfWeights {
                 }
                 // SAFETY: the files are memory-mapped read-only; camelid never writes to them
                 // while they are loaded.
+                let folder = paths[0].parent().unwrap_or(Path::new("."));
+                // candle's error names the shard it could not read.
                 let st = unsafe { MmapedSafetensors::multi(paths) }
-                    .map_err(|e| Error::BadWeights(format!("{}: {e}", paths[0].display())))?;
+                    .map_err(|e| Error::BadWeights(format!("{}: {e}", folder.display())))?;
                 for (name, view) in st.tensors() {
-                    shapes.insert(name, view.shape().to_vec());
+                    // Two shards with one name: which is read would depend on the order.
+                    if shapes.insert(name.clone(), view.shape().to_vec()).is_some() {
+                        return Err(Error::BadWeights(format!(
+                            "{}: tensor {name} is stored in two shards",
+                            folder.display()
+                        )));
+                    }
                 }
                 (
                     paths[0]
@@ -161,7 +169,12 @@ impl HfWeights {
                     })?;
                     for (name, info) in r.tensor_infos() {
                         shapes.insert(name.clone(), info.layout.shape().dims().to_vec());
-                        route.insert(name.clone(), i);
+                        if route.insert(name.clone(), i).is_some() {
+                            return Err(Error::BadWeights(format!(
+                                "{}: tensor {name} is stored in two shards",
+                                p.display()
+                            )));
+                        }
                     }
                     readers.push(r);
                 }

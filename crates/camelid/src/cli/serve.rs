@@ -461,6 +461,14 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
         if spec.is_none() {
             aliases.push("default".into());
         }
+        if let Some(m) = a.max_model_len.filter(|&m| m > lm.context_length) {
+            // Past the trained context the positions are ones the model never saw.
+            tracing::warn!(
+                "{name}: --max-model-len {m} is past the model's context length {}: serving {}",
+                lm.context_length,
+                lm.context_length
+            );
+        }
         let mut max_model_len = a
             .max_model_len
             .map(|m| m.min(lm.context_length))
