@@ -37,6 +37,7 @@ pub use decode::sampling::{Sampler, SamplingParams};
 pub use error::{Error, Result};
 pub use host_rows::HostRows;
 pub use kv::KvDtype;
+pub use load::loader::SamplingDefaults;
 pub use load::{load, LoadOptions, LoadedModel};
 pub use lora::{LoraAdapter, SharedLora};
 pub use models::Llama;

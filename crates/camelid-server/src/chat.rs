@@ -272,6 +272,7 @@ pub async fn submit_salted(
     let f = sampling;
     let mut params = generation_params(
         f,
+        &model.sampling_defaults,
         limits,
         model.engine.vocab_size(),
         &model.stop_token_ids,

@@ -24,6 +24,8 @@ pub struct ModelEntry {
     pub created: u64,
     /// What the model is, for listings (Ollama's `/api/tags` and `/api/show`).
     pub details: ModelDetails,
+    /// Sampling a request that names none gets (the model's `generation_config.json`).
+    pub sampling_defaults: camelid_model::SamplingDefaults,
 }
 
 /// A served model's description: its architecture, size and file format.
@@ -142,6 +144,7 @@ impl ModelEntry {
             max_model_len: self.max_model_len,
             created: self.created,
             details: self.details.clone(),
+            sampling_defaults: self.sampling_defaults,
         })
     }
 }

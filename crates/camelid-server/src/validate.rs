@@ -6,7 +6,7 @@ use crate::limits::RequestLimits;
 use crate::openai::{ChatRequest, CompletionRequest, SamplingFields};
 use camelid_model::decode::GenerationParams;
 use camelid_model::text::stream::StopSet;
-use camelid_model::SamplingParams;
+use camelid_model::{SamplingDefaults, SamplingParams};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -117,6 +117,7 @@ fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool) -> Result
 /// the stop strings. `max_tokens` is set by the caller once the prompt length is known.
 pub fn generation_params(
     f: &SamplingFields,
+    defaults: &SamplingDefaults,
     limits: &RequestLimits,
     vocab_size: usize,
     stop_token_ids: &[u32],
@@ -148,7 +149,7 @@ pub fn generation_params(
             format!("`n` must be between 1 and {MAX_N}, got {n}"),
         ));
     }
-    let top_k = match f.top_k {
+    let top_k = match f.top_k.or(defaults.top_k) {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
         Some(k) => {
@@ -191,12 +192,16 @@ pub fn generation_params(
             format!("token id {bad} is outside the vocabulary"),
         ));
     }
+    // A field the request leaves out: the model's recommended value, else the neutral one.
     let sampling = SamplingParams {
-        temperature: f.temperature.unwrap_or(1.0),
-        top_p: f.top_p.unwrap_or(1.0),
+        temperature: f.temperature.or(defaults.temperature).unwrap_or(1.0),
+        top_p: f.top_p.or(defaults.top_p).unwrap_or(1.0),
         top_k,
-        min_p: f.min_p.unwrap_or(0.0),
-        repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+        min_p: f.min_p.or(defaults.min_p).unwrap_or(0.0),
+        repetition_penalty: f
+            .repetition_penalty
+            .or(defaults.repetition_penalty)
+            .unwrap_or(1.0),
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
         logit_bias,

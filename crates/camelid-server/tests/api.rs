@@ -2045,3 +2045,55 @@ fn continuous_usage_stats_count_as_the_stream_goes() {
         assert!(rest.iter().all(|c| c["usage"].is_null()), "{rest:?}");
     }
 }
+
+/// An HF folder's generation_config.json sets the sampling a request leaves out (vLLM's
+/// `--generation-config auto`): its temperature 0 makes every choice the greedy one, until a
+/// request names its own temperature.
+#[test]
+fn a_models_generation_config_sets_the_sampling_left_out() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&fixture).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"temperature": 0.0, "top_p": 0.9, "top_k": 7, "repetition_penalty": 1e9}"#,
+    )
+    .unwrap();
+    let e = common::model_entry_at(dir.path().to_str(), "tiny", &[], 64, |_| {
+        camelid_engine::EngineConfig::default()
+    });
+    // Out of range (a penalty past 100) is left out, as an invalid request field would be.
+    assert_eq!(
+        e.sampling_defaults,
+        camelid_model::SamplingDefaults {
+            temperature: Some(0.0),
+            top_p: Some(0.9),
+            top_k: Some(7),
+            ..Default::default()
+        }
+    );
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![e]);
+    let s = serve(state);
+    let texts = |extra: Value| {
+        let mut b = json!({"model": "tiny", "prompt": "a b c", "max_tokens": 16, "n": 4,
+                           "seed": 3, "ignore_eos": true});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (st, r) = common::post(&s.base, "/v1/completions", &b);
+        assert_eq!(st, 200, "{r}");
+        r["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(texts(json!({})).len(), 1, "greedy: every choice the same");
+    assert!(texts(json!({"temperature": 1.0, "top_k": -1, "top_p": 1.0})).len() > 1);
+}

@@ -63,6 +63,43 @@ pub struct LoadedModel {
     /// The pooling an embedding model's files name (GGUF's `pooling_type`,
     /// sentence-transformers' `1_Pooling/config.json`); `None` when they name none.
     pub pooling: Option<crate::batch::Pooling>,
+    /// The sampling its publisher recommends (an HF folder's `generation_config.json`): what
+    /// a request that names none of these gets, as vLLM's `--generation-config auto`.
+    pub sampling_defaults: SamplingDefaults,
+}
+
+/// Sampling fields a model's `generation_config.json` sets (`None`: not set).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingDefaults {
+    /// The fields vLLM takes from a `generation_config.json` (`do_sample` is not read, as
+    /// vLLM does not); values out of range are left out.
+    pub fn from_generation_config(g: &serde_json::Value) -> Self {
+        let f = |k: &str, ok: fn(f64) -> bool| {
+            g.get(k)
+                .and_then(|v| v.as_f64())
+                .filter(|&x| x.is_finite() && ok(x))
+                .map(|x| x as f32)
+        };
+        Self {
+            temperature: f("temperature", |x| (0.0..=2.0).contains(&x)),
+            top_p: f("top_p", |x| x > 0.0 && x <= 1.0),
+            top_k: g.get("top_k").and_then(|v| v.as_i64()).filter(|&k| k >= -1),
+            min_p: f("min_p", |x| (0.0..=1.0).contains(&x)),
+            repetition_penalty: f("repetition_penalty", |x| x > 0.0 && x <= 100.0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl LoadedModel {
@@ -373,6 +410,7 @@ pub fn load_gguf(
         stop_token_ids,
         context_length,
         pooling,
+        sampling_defaults: SamplingDefaults::default(),
     })
 }
 
@@ -430,8 +468,10 @@ pub fn load_hf_folder(
         tok.bos_id = Some(b);
     }
     let mut eos = vec![];
+    let mut sampling_defaults = SamplingDefaults::default();
     if let Some(g) = read_json(&dir.join("generation_config.json"))? {
         eos.extend(g.get("eos_token_id").map(ids_from_json).unwrap_or_default());
+        sampling_defaults = SamplingDefaults::from_generation_config(&g);
     }
     eos.extend(
         hf.eos_token_id
@@ -563,5 +603,6 @@ pub fn load_hf_folder(
         stop_token_ids,
         context_length,
         pooling,
+        sampling_defaults,
     })
 }

@@ -230,6 +230,7 @@ fn check_turn(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Result
     if let Some(m) = models.first() {
         crate::validate::generation_params(
             f,
+            &Default::default(),
             &state.config.limits,
             m.engine.vocab_size(),
             &[],

@@ -41,7 +41,7 @@ pub async fn completions(
     let text_prompt = matches!(req.prompt, Prompt::Text(_) | Prompt::Texts(_));
     let suffix = infill_suffix(req.suffix.as_ref(), &model, text_prompt, req.echo)?;
     let stops = model_stops(&model, suffix.is_some());
-    let mut base = generation_params(f, limits, vocab, &stops, &[])?;
+    let mut base = generation_params(f, &model.sampling_defaults, limits, vocab, &stops, &[])?;
     let n = f.n.unwrap_or(1) as usize;
     let prompt_count = match &req.prompt {
         Prompt::Text(_) | Prompt::Tokens(_) => 1,

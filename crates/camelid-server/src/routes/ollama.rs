@@ -163,7 +163,7 @@ async fn submit_raw(
     let limits = &state.config.limits;
     let vocab = model.engine.vocab_size();
     let stops = model_stops(model, suffix.is_some());
-    let mut params = generation_params(f, limits, vocab, &stops, &[])?;
+    let mut params = generation_params(f, &model.sampling_defaults, limits, vocab, &stops, &[])?;
     let tok = model.engine.shared_tokenizer();
     let ids = blocking(&permit, move || {
         encode_prompt(&tok, &prompt, suffix.as_deref())

@@ -75,6 +75,7 @@ pub fn entry_of(
         max_model_len,
         created: 0,
         details: camelid_server::state::ModelDetails::of(&lm),
+        sampling_defaults: lm.sampling_defaults,
         engine: EngineHandle::spawn(lm, config),
     }
 }

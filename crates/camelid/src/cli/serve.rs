@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// Context length served (default: the model's).
     #[arg(long)]
     max_model_len: Option<usize>,
+    /// `auto`: a request's sampling fields it leaves out (temperature, top_p, top_k, min_p,
+    /// repetition_penalty) take the values of the model's generation_config.json, as its
+    /// publisher recommends (vLLM's default); `vllm`: the neutral ones (temperature 1).
+    #[arg(long, env = "CAMELID_GENERATION_CONFIG", default_value = "auto",
+          value_parser = ["auto", "vllm"])]
+    generation_config: String,
     /// Requests in flight (being prompted, queued or generating) before new ones get 429.
     #[arg(long, default_value_t = 256)]
     max_concurrent: usize,
@@ -505,8 +511,21 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             );
             adapters.push(std::sync::Arc::new(adapter));
         }
+        let sampling_defaults = if a.generation_config == "auto" {
+            lm.sampling_defaults
+        } else {
+            Default::default()
+        };
+        if !sampling_defaults.is_empty() {
+            tracing::info!(
+                "{name}: sampling fields a request leaves out take the model's \
+                 generation_config.json: {sampling_defaults:?} (--generation-config vllm for \
+                 the neutral ones)"
+            );
+        }
         let entry = camelid_server::ModelEntry {
             aliases,
+            sampling_defaults,
             template: lm.template.clone(),
             stop_token_ids: lm.stop_token_ids.clone(),
             stop_strings: lm.stop_strings.clone(),
