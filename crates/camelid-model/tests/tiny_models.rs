@@ -65,6 +65,8 @@ fn safetensors_and_pytorch_bin_hold_identical_tensors() {
     .unwrap();
     assert_eq!(st.names(), pt.names());
     assert!(st.names().len() > 10);
+    // Every tensor is unread until read (the loader says which ones a model leaves unused).
+    assert_eq!(st.unread(), st.names());
     for n in st.names() {
         let a: Vec<f32> = st
             .load(&n)
@@ -73,6 +75,7 @@ fn safetensors_and_pytorch_bin_hold_identical_tensors() {
             .unwrap()
             .to_vec1()
             .unwrap();
+        assert!(!st.unread().contains(&n), "{n} was read");
         let b: Vec<f32> = pt
             .load(&n)
             .unwrap()

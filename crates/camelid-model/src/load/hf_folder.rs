@@ -117,6 +117,8 @@ pub struct HfWeights {
     /// Matrices quantized to this format as they are read (quantize-at-load), where their
     /// width is whole blocks of it; vectors and the embedding table are not.
     pub quantize: Option<GgmlDType>,
+    /// Names read so far (see [`HfWeights::unread`]).
+    read: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl HfWeights {
@@ -196,7 +198,21 @@ impl HfWeights {
             device: device.clone(),
             keep_16bit: false,
             quantize: None,
+            read: Default::default(),
         })
+    }
+
+    /// Stored tensors no read asked for (by their names as read), sorted.
+    pub fn unread(&self) -> Vec<String> {
+        let read = self.read.borrow();
+        let mut n: Vec<String> = self
+            .shapes
+            .keys()
+            .filter(|k| !read.contains(*k) && !self.stored_names.values().any(|s| s == *k))
+            .cloned()
+            .collect();
+        n.sort();
+        n
     }
 
     /// Tensors stored under `from…` are read as `to…` too (`(from, to)` pairs): a multimodal
@@ -227,6 +243,7 @@ impl HfWeights {
 
     /// The tensor as stored (its own dtype), on the device.
     pub fn load(&self, name: &str) -> Result<Tensor> {
+        self.read.borrow_mut().insert(name.to_string());
         let name = self.stored_names.get(name).map_or(name, String::as_str);
         let t = match &self.backing {
             Backing::Safetensors(st) => st.load(name, &self.device).inspect(|_| {
@@ -281,6 +298,7 @@ impl HfWeights {
         let Ok(view) = st.get(stored) else {
             return Ok(None);
         };
+        self.read.borrow_mut().insert(name.to_string());
         let kind = match DType::try_from(view.dtype()) {
             Ok(DType::F16) => HalfKind::F16,
             Ok(DType::BF16) => HalfKind::Bf16,

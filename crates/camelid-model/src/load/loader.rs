@@ -414,6 +414,29 @@ pub fn load_gguf(
     })
 }
 
+/// Says which stored tensors the model does not use where that changes its answers: layers
+/// past the config's count, and biases the architecture has no place for (transformers
+/// warns of every unused weight; a multimodal checkpoint's other towers are not news).
+fn warn_unread(unread: &[String], layers: usize, dir: &Path) {
+    let layer_of = |n: &str| {
+        n.strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+    };
+    let telling: Vec<&String> = unread
+        .iter()
+        .filter(|n| layer_of(n).is_some_and(|l| l >= layers) || n.ends_with(".bias"))
+        .collect();
+    if let Some(first) = telling.first() {
+        tracing::warn!(
+            "{}: {} stored tensors are not used (e.g. {first}): does config.json say the \
+             model these weights are (num_hidden_layers {layers}, its biases)?",
+            dir.display(),
+            telling.len()
+        );
+    }
+}
+
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.exists() {
         return Ok(None);
@@ -589,7 +612,9 @@ pub fn load_hf_folder(
     let context_length = cfg.max_position_embeddings;
     let pooling = read_json(&dir.join("1_Pooling/config.json"))?
         .and_then(|c| crate::batch::Pooling::from_sentence_transformers(&c));
+    let layers = cfg.num_layers;
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
+    warn_unread(&weights.unread(), layers, dir);
     let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
     let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
     Ok(LoadedModel {
