@@ -102,6 +102,11 @@ fn pages_and_assets_are_served_open_with_a_strict_csp() {
         );
         named.extend(assets);
     }
+    // A trailing slash is sent to the page (its relative API paths would miss under it).
+    for page in ["/arena", "/leaderboard"] {
+        let g = get(&base, &format!("{page}/"));
+        assert_eq!((g.status, g.body), (200, get(&base, page).body), "{page}/");
+    }
     named.sort();
     named.dedup();
     for asset in &named {

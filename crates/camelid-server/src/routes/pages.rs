@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -92,5 +92,12 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { file(HTML, CHAT) }))
         .route("/arena", get(|| async { file(HTML, ARENA) }))
         .route("/leaderboard", get(|| async { file(HTML, LEADERBOARD) }))
+        // A typed trailing slash: the page's API paths are relative to it, so it is sent to
+        // the page's own address (relatively: behind a path prefix too) rather than served.
+        .route("/arena/", get(|| async { Redirect::permanent("../arena") }))
+        .route(
+            "/leaderboard/",
+            get(|| async { Redirect::permanent("../leaderboard") }),
+        )
         .route("/assets/{*path}", get(asset))
 }
