@@ -342,13 +342,13 @@ fn quantize_by_rows(t: &Tensor, q: GgmlDType) -> candle_core::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(rows * cols / q.block_size() * q.type_size());
     for start in (0..rows).step_by(step) {
         let part = t.narrow(0, start, step.min(rows - start))?;
-        // An f32 matrix's rows are a view at an offset of its storage (no copy), and candle's
-        // quantizer reads the storage from its start: every part would be the first rows.
-        let part = part.to_dtype(DType::F32)?;
-        let part = if part.layout().start_offset() == 0 {
-            part
-        } else {
-            part.force_contiguous()?
+        // An f32 matrix's rows are a view into its whole storage (`to_dtype` copies nothing),
+        // and candle's quantizer reads the storage, not the view: every part would be the
+        // first rows. Other types are converted into a storage of their own.
+        let whole = part.elem_count() == t.elem_count();
+        let part = match t.dtype() {
+            DType::F32 if !whole => part.force_contiguous()?,
+            _ => part.to_dtype(DType::F32)?,
         };
         let part = QTensor::quantize(&part, q)?;
         bytes.extend_from_slice(&part.data()?);
