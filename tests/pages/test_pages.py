@@ -641,6 +641,16 @@ def tables_keep_their_words_on_a_phone(browser):
     })""")
     check(lines and all(n == 1 for _, n in lines), f"cells on one line each: {lines}")
     no_horizontal_scroll(page, "a wide table on a phone")
+    # A block of raw HTML in an answer is shown as text with its lines, not run or joined.
+    block = '<div class="card">\n  <h1>Hi</h1>\n</div>'
+    page.unroute("**/v1/chat/completions")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body(block)))
+    page.fill("#prompt", "Some HTML, please.")
+    page.click("#send")
+    wait_answer(page, 2)
+    shown = page.evaluate("[...document.querySelectorAll('.message.assistant .body')].pop().innerText")
+    check(shown.strip() == block, f"the block's lines kept as text: {shown!r}")
     ctx.close()
 
 

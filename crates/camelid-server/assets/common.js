@@ -197,8 +197,9 @@ const Camelid = (() => {
     markdown = new marked.Marked({ gfm: true, breaks: true });
     markdown.use({
       renderer: {
-        html({ text }) {
-          return escapeHtml(text);
+        html({ text, block }) {
+          // A block of HTML keeps its lines (shown as the text it is, never run).
+          return block ? `<div class="raw-html">${escapeHtml(text)}</div>` : escapeHtml(text);
         },
         image({ href, text }) {
           return `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>`;

@@ -364,6 +364,13 @@ pub fn load_gguf(
             path.display()
         )));
     }
+    if let Some(d) = opts.dtype.filter(|&d| d != DType::F32) {
+        // Its matrices keep the file's formats and compute is f32 whatever is asked.
+        tracing::warn!(
+            "{}: --dtype {d:?} does not apply to a GGUF file (its formats are kept): ignored",
+            path.display()
+        );
+    }
     let mut g = GgufFile::open(path, &opts.device)?;
     if let Ok(n @ 2..) = g.meta_u32("split.count") {
         return Err(Error::Unsupported(format!(
