@@ -223,23 +223,30 @@ fn serve_refuses(args: &[&str], says: &str) {
     );
 }
 
-/// A non-streamed POST over a raw connection: (status, JSON body).
-/// GETs `path`; its JSON body.
-fn get_json(base: &str, path: &str) -> serde_json::Value {
+/// GETs `path` naming `host` in `Host`: (status, body).
+fn get_as(base: &str, path: &str, host: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let (_, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    serde_json::from_str(body).unwrap()
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
 
+/// GETs `path`; its JSON body.
+fn get_json(base: &str, path: &str) -> serde_json::Value {
+    let (_, body) = get_as(base, path, base.trim_start_matches("http://"));
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A non-streamed POST over a raw connection: (status, JSON body).
 fn post_json(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
@@ -272,21 +279,7 @@ fn post_json(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
 /// adds a proxy's.
 #[test]
 fn loopback_servers_refuse_foreign_host_names() {
-    use std::io::{Read, Write};
-    let ask = |base: &str, host: &str| {
-        let addr = base.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, body.to_string())
-    };
+    let ask = |base: &str, host: &str| get_as(base, "/v1/models", host);
     for flags in [&[][..], &["--allowed-hosts", "camelid"][..]] {
         let mut args = vec!["--model", "smol=smollm2-135m-instruct"];
         args.extend(flags);
