@@ -1179,7 +1179,8 @@ fn gguf_fim_tokens_make_the_infill_prompt() {
 /// Where a folder's chat template comes from, in transformers' order: `chat_template.jinja`
 /// wins over tokenizer_config.json's (newer transformers save it there), which wins over
 /// `chat_template.json`'s; a null one is none; a list of named templates gives its
-/// "default", and without one no template of the folder is used (the built-in one is).
+/// "default", and without one no template of the folder is used (the built-in one is); its
+/// "tool_use" renders requests with tools unless another template was chosen.
 #[test]
 fn chat_templates_are_found_in_transformers_order() {
     let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 490);
@@ -1189,12 +1190,16 @@ fn chat_templates_are_found_in_transformers_order() {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_else(|| serde_json::json!({}));
-    let rendered = |cfg: &serde_json::Value| {
+    let x = [camelid_model::Message::new("user", "x")];
+    let loaded = |cfg: &serde_json::Value| {
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let lm = load(d);
-        lm.template
-            .render(&[camelid_model::Message::new("user", "x")], false)
-            .unwrap()
+        load(d)
+    };
+    let rendered = |cfg: &serde_json::Value| loaded(cfg).template.render(&x, false).unwrap();
+    let tool_rendered = |lm: &LoadedModel| {
+        lm.tool_template
+            .as_ref()
+            .map(|t| t.render(&x, false).unwrap())
     };
     let t =
         |tag: &str| format!("{tag}{{% for m in messages %}}{{{{ m['content'] }}}}{{% endfor %}}");
@@ -1214,10 +1219,38 @@ fn chat_templates_are_found_in_transformers_order() {
     cfg["chat_template"] = serde_json::json!([{"name": "tool_use", "template": t("TOOLS:")},
                                               {"name": "default", "template": t("DEFAULT:")}]);
     assert_eq!(rendered(&cfg), "DEFAULT:x");
+    // The list's "tool_use" renders requests with tools (transformers' choice).
+    assert_eq!(tool_rendered(&loaded(&cfg)).as_deref(), Some("TOOLS:x"));
+    let builtin_chosen = camelid_model::load(
+        Some(d.to_str().unwrap()),
+        &camelid_model::LoadOptions {
+            template: Some("chatml".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(tool_rendered(&builtin_chosen), None);
+    let flag = loaded(&cfg).with_chat_template(t("FLAG:")).unwrap();
+    assert_eq!(tool_rendered(&flag), None);
     cfg["chat_template"] = serde_json::json!([{"name": "tool_use", "template": t("TOOLS:")}]);
     let builtin = rendered(&cfg);
     assert!(
         !builtin.contains("TOOLS:") && builtin.contains('x'),
         "{builtin}"
     );
+    assert_eq!(tool_rendered(&loaded(&cfg)).as_deref(), Some("TOOLS:x"));
+    cfg["chat_template"] = serde_json::json!(t("CONFIG:"));
+    assert_eq!(tool_rendered(&loaded(&cfg)), None);
+
+    // A GGUF keeps the list's other templates as `tokenizer.chat_template.NAME`
+    // (llama.cpp's converter); its "tool_use" is the one llama.cpp renders tools with.
+    let gguf = load(&random_model::write_gguf_with(
+        d,
+        "llama",
+        &Vocab::Fixture,
+        serde_json::json!({"tokenizer.chat_template": t("GGUF:"),
+                           "tokenizer.chat_template.tool_use": t("GGUFTOOLS:")}),
+    ));
+    assert_eq!(gguf.template.render(&x, false).unwrap(), "GGUF:x");
+    assert_eq!(tool_rendered(&gguf).as_deref(), Some("GGUFTOOLS:x"));
 }

@@ -126,7 +126,7 @@ pub fn prompt_ids(
     max_bytes: usize,
 ) -> Result<Vec<u32>, ApiError> {
     chat_prompt_ids_ending(
-        &model.template,
+        model.template_for(tools.is_some()),
         model.engine.tokenizer(),
         msgs,
         tools,
@@ -202,7 +202,7 @@ pub async fn render_and_encode(
     kwargs: TemplateKwargs,
     max_bytes: usize,
 ) -> Result<Vec<u32>, ApiError> {
-    tools::fit_call_ids(&model.template, &mut msgs);
+    tools::fit_call_ids(model.template_for(tools.is_some()), &mut msgs);
     let model = model.clone();
     blocking(permit, move || {
         prompt_ids(&model, &msgs, tools.as_deref(), end, &kwargs, max_bytes)
@@ -254,7 +254,7 @@ pub async fn submit_salted(
     limits.check_messages(req.messages.len())?;
     let model = state.model(Some(&req.model))?;
     let budget = render_budget(&model, state.config.body_limit);
-    let plan = ToolPlan::from_request(req, &model.template, limits.max_tools, budget)?;
+    let plan = ToolPlan::from_request(req, model.template_for(true), limits.max_tools, budget)?;
     if let Some(t) = req.top_logprobs {
         if t > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(

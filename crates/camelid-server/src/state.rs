@@ -17,6 +17,8 @@ pub struct ModelEntry {
     pub aliases: Vec<String>,
     pub engine: EngineHandle,
     pub template: ChatTemplate,
+    /// The model's own template for requests with tools (a `tool_use` one), if it has one.
+    pub tool_template: Option<ChatTemplate>,
     pub stop_token_ids: Vec<u32>,
     pub stop_strings: Vec<String>,
     /// Context length served (≤ the model's).
@@ -125,6 +127,15 @@ fn weight_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 impl ModelEntry {
+    /// The template a conversation renders with: the `tool_use` one when the request gives
+    /// tools and the model has one, else the model's template (transformers' choice).
+    pub fn template_for(&self, with_tools: bool) -> &ChatTemplate {
+        match &self.tool_template {
+            Some(t) if with_tools => t,
+            _ => &self.template,
+        }
+    }
+
     /// Compiles structured-output grammars for this model's vocabulary.
     pub fn grammar(&self) -> &Arc<camelid_model::GrammarCompiler> {
         self.engine.grammar()
@@ -139,6 +150,7 @@ impl ModelEntry {
             aliases: vec![],
             engine: self.engine.with_lora(adapter)?,
             template: self.template.clone(),
+            tool_template: self.tool_template.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
             stop_strings: self.stop_strings.clone(),
             max_model_len: self.max_model_len,

@@ -8,6 +8,7 @@ mod common;
 
 use camelid_engine::EngineConfig;
 use camelid_model::text::tool_calls::{parse_output, ToolFormat};
+use camelid_model::ChatTemplate;
 use camelid_server::{AppState, ModelEntry, ServerConfig};
 use common::{assert_error, client, post, runtime, serve, short, Server};
 use serde_json::{json, Value};
@@ -26,6 +27,27 @@ fn entry(name: &str, template: Option<&str>) -> ModelEntry {
     common::entry_of(lm, name, 2048, EngineConfig::default())
 }
 
+/// The default model with its own template, and Qwen2.5's as its `tool_use` template (as a
+/// Hermes-2-Pro or Hermes-3 folder's list of named templates gives one).
+fn hermes_entry() -> ModelEntry {
+    let mut lm =
+        camelid_model::load(None, &camelid_model::LoadOptions::default()).expect("default model");
+    let ChatTemplate::Jinja {
+        bos_token,
+        eos_token,
+        ..
+    } = lm.template.clone()
+    else {
+        panic!("the default model has a jinja template")
+    };
+    lm.tool_template = Some(ChatTemplate::Jinja {
+        source: QWEN_TOOLS.into(),
+        bos_token,
+        eos_token,
+    });
+    common::entry_of(lm, "hermes", 2048, EngineConfig::default())
+}
+
 fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
     S.get_or_init(|| {
@@ -34,6 +56,7 @@ fn server() -> &'static Server {
             entry("tools", Some(QWEN_TOOLS)),
             entry("mistral", Some(MISTRAL_V03)),
             entry("plain", None),
+            hermes_entry(),
         ]);
         serve(Arc::new(state))
     })
@@ -262,6 +285,65 @@ fn calls_and_tool_results_render_through_the_template() {
     );
     assert_eq!(st, 200, "{}", short(&t));
     assert_eq!(b["usage"]["prompt_tokens"], t["count"], "{}", short(&b));
+}
+
+/// A model with a `tool_use` template renders a request with tools through it, and one
+/// without tools through its default template (transformers' and llama.cpp's choice); its
+/// output is read for calls in the tool template's format, and Ollama's `/api/show` lists
+/// the `tools` capability.
+#[test]
+fn a_tool_use_template_renders_requests_with_tools() {
+    let s = &server().base;
+    let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let count = |model: &str, tools: bool| {
+        let mut b = json!({"model": model, "messages": messages});
+        if tools {
+            b["tools"] = json!([weather_tool()]);
+        }
+        let (st, t) = post(s, "/tokenize", &b);
+        assert_eq!(st, 200, "{}", short(&t));
+        t["tokens"].clone()
+    };
+    assert_eq!(count("hermes", true), count("tools", true));
+    assert_eq!(count("hermes", false), count("plain", false));
+    assert_ne!(count("hermes", false), count("tools", false));
+
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat(
+            "hermes",
+            json!({"tools": [weather_tool()], "tool_choice": "required", "max_tokens": 96,
+                   "parallel_tool_calls": false}),
+        ),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    assert_eq!(forced_calls(&b)[0].0, "get_weather", "{}", short(&b));
+    let (st, t) = post(
+        s,
+        "/v1/chat/completions",
+        &json!({"model": "hermes", "max_tokens": 1, "messages": messages,
+                "tools": [weather_tool()]}),
+    );
+    assert_eq!(st, 200, "{}", short(&t));
+    assert_eq!(
+        t["usage"]["prompt_tokens"].as_u64(),
+        Some(count("hermes", true).as_array().unwrap().len() as u64)
+    );
+
+    let (st, show) = post(s, "/api/show", &json!({"model": "hermes"}));
+    assert_eq!(st, 200, "{}", short(&show));
+    assert!(
+        show["capabilities"].to_string().contains("\"tools\""),
+        "{}",
+        short(&show)
+    );
+    let (_, plain) = post(s, "/api/show", &json!({"model": "plain"}));
+    assert!(
+        !plain["capabilities"].to_string().contains("\"tools\""),
+        "{}",
+        short(&plain)
+    );
 }
 
 /// `/tokenize`'s chat form renders `tools` as the chat does, so it counts the prompt the

@@ -53,6 +53,11 @@ pub struct LoadedModel {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
+    /// The model's own `tool_use` template (an HF list's, a GGUF's
+    /// `tokenizer.chat_template.tool_use`): what a request with tools renders with, as
+    /// transformers and llama.cpp choose it. `None` when the model has none or another
+    /// template was chosen for it.
+    pub tool_template: Option<ChatTemplate>,
     /// Tokens that end generation: EOS ids plus the template's end-of-turn tokens.
     pub stop_token_ids: Vec<u32>,
     /// Extra stop strings from the template (FastChat `stop_str`).
@@ -127,6 +132,8 @@ impl LoadedModel {
         self.stop_token_ids = stop_ids(&self.tokenizer, &template, self.tokenizer.eos_ids.clone());
         self.stop_strings = template.stop_strings();
         self.template = template;
+        // The flag's template renders every request, with tools or without.
+        self.tool_template = None;
         // Grammars end where the stop tokens may come.
         self.grammar = Arc::new(GrammarCompiler::new(&self.tokenizer, &self.stop_token_ids)?);
         Ok(self)
@@ -319,6 +326,28 @@ fn pick_template(
     }
 }
 
+/// The model's `tool_use` template, kept when the model's own template is the one served
+/// (a built-in chosen by name replaces both).
+fn own_tool_template(choice: Option<&str>, tool: Option<ChatTemplate>) -> Option<ChatTemplate> {
+    matches!(choice, Some("model") | Some("jinja") | None)
+        .then_some(tool)
+        .flatten()
+}
+
+/// The stop ids of a model served with `template`, and `tool` for requests with tools: EOS
+/// plus the turn ends of both.
+fn template_stop_ids(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    tool: Option<&ChatTemplate>,
+) -> Vec<u32> {
+    let ids = stop_ids(tok, template, tok.eos_ids.clone());
+    match tool {
+        Some(t) => stop_ids(tok, t, ids),
+        None => ids,
+    }
+}
+
 /// Stop ids: EOS plus special tokens the template ends turns with.
 fn stop_ids(tok: &Tokenizer, template: &ChatTemplate, mut ids: Vec<u32>) -> Vec<u32> {
     // Qwen's ChatML turns end with <|im_end|>, Phi-3's with <|end|> (its GGUF names only
@@ -382,20 +411,23 @@ pub fn load_gguf(
     g.own_kernels = !opts.candle_qmatmul;
     let cfg = g.model_config()?;
     let tok = gguf_tokenizer::from_gguf(&g)?;
-    let jinja = g
-        .meta_str("tokenizer.chat_template")
-        .map(|s| ChatTemplate::Jinja {
-            source: s.to_string(),
-            bos_token: tok
-                .bos_id
-                .and_then(|i| tok.id_to_token(i))
-                .unwrap_or_default(),
-            eos_token: tok
-                .eos_ids
-                .first()
-                .and_then(|&i| tok.id_to_token(i))
-                .unwrap_or_default(),
-        });
+    let jinja_of = |s: &str| ChatTemplate::Jinja {
+        source: s.to_string(),
+        bos_token: tok
+            .bos_id
+            .and_then(|i| tok.id_to_token(i))
+            .unwrap_or_default(),
+        eos_token: tok
+            .eos_ids
+            .first()
+            .and_then(|&i| tok.id_to_token(i))
+            .unwrap_or_default(),
+    };
+    let jinja = g.meta_str("tokenizer.chat_template").map(jinja_of);
+    // llama.cpp's converter writes an HF list's other templates as
+    // `tokenizer.chat_template.NAME`.
+    let tool_jinja = g.meta_str("tokenizer.chat_template.tool_use").map(jinja_of);
+    let tool_template = own_tool_template(template, tool_jinja);
     let template = pick_template(template, jinja, name)?;
     let context_length = cfg.max_position_embeddings;
     let pooling = g
@@ -404,7 +436,7 @@ pub fn load_gguf(
         .and_then(crate::batch::Pooling::from_gguf);
     // Quantized matmuls take f32 activations.
     let model = build_llama(cfg, &mut g, DType::F32, &opts.device)?;
-    let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    let stop_token_ids = template_stop_ids(&tok, &template, tool_template.as_ref());
     let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
     Ok(LoadedModel {
         name: name.to_string(),
@@ -412,6 +444,7 @@ pub fn load_gguf(
         model,
         stop_strings: template.stop_strings(),
         template,
+        tool_template,
         tokenizer: tok,
         grammar,
         stop_token_ids,
@@ -554,12 +587,14 @@ pub fn load_hf_folder(
             .and_then(|v| v.get("chat_template").cloned())
             .filter(|t| !t.is_null())
     };
+    let mut tool_src = None;
     let jinja_src = match template_value {
         None => None,
         Some(serde_json::Value::String(s)) => Some(s),
-        // A list of named templates: "default". Without one transformers refuses; camelid
-        // says so and falls back to the built-in template of the model's name (which
-        // --chat-template or --template replace).
+        // A list of named templates: "default", and "tool_use" for requests with tools (as
+        // transformers chooses). Without a default transformers refuses; camelid says so and
+        // falls back to the built-in template of the model's name (which --chat-template or
+        // --template replace).
         Some(serde_json::Value::Array(a)) => {
             let named = |name: &str| {
                 a.iter()
@@ -572,12 +607,13 @@ pub fn load_hf_folder(
                     .filter_map(|t| t.get("name").and_then(|n| n.as_str()))
                     .collect();
                 tracing::warn!(
-                    "{}: several chat templates ({}) and none named \"default\": not used \
-                     (give one with --chat-template)",
+                    "{}: several chat templates ({}) and none named \"default\": a request \
+                     without tools gets the built-in one (give one with --chat-template)",
                     dir.display(),
                     names.join(", ")
                 );
             }
+            tool_src = named("tool_use").map(String::from);
             named("default").map(String::from)
         }
         Some(_) => {
@@ -588,12 +624,13 @@ pub fn load_hf_folder(
             None
         }
     };
-    let jinja = jinja_src.map(|source| ChatTemplate::Jinja {
+    let jinja_of = |source| ChatTemplate::Jinja {
         source,
         bos_token: bos_text.clone().unwrap_or_default(),
         eos_token: eos_text.clone().unwrap_or_default(),
-    });
-    let template = pick_template(template, jinja, name)?;
+    };
+    let tool_template = own_tool_template(template, tool_src.map(jinja_of));
+    let template = pick_template(template, jinja_src.map(jinja_of), name)?;
     if let Some(q) = opts.quantize {
         if !opts.device.is_cpu() || opts.dtype.is_some_and(|d| d != DType::F32) {
             return Err(Error::Invalid(format!(
@@ -622,7 +659,7 @@ pub fn load_hf_folder(
     let layers = cfg.num_layers;
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
     warn_unread(&weights.unread(), layers, dir);
-    let stop_token_ids = stop_ids(&tok, &template, tok.eos_ids.clone());
+    let stop_token_ids = template_stop_ids(&tok, &template, tool_template.as_ref());
     let grammar = Arc::new(GrammarCompiler::new(&tok, &stop_token_ids)?);
     Ok(LoadedModel {
         name: name.to_string(),
@@ -630,6 +667,7 @@ pub fn load_hf_folder(
         model,
         stop_strings: template.stop_strings(),
         template,
+        tool_template,
         tokenizer: tok,
         grammar,
         stop_token_ids,

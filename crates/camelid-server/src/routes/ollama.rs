@@ -487,7 +487,7 @@ pub async fn show(
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid_param("model", "`model` is required"))?;
     let model = ollama::resolve(&state, name)?;
-    let template = model.template.clone();
+    let template = model.template_for(true).clone();
     let takes_tools = blocking(&permit, move || Ok(tools::template_takes_tools(&template))).await?;
     let models = state.models().unwrap_or_default();
     Ok(axum::Json(ollama::show(&models, &model, takes_tools)).into_response())

@@ -25,7 +25,7 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
             let budget = render_budget(&m, s.config.body_limit);
             let tools = tokenize_tools(
                 c.tools.as_ref(),
-                &m.template,
+                m.template_for(true),
                 s.config.limits.max_tools,
                 budget,
             )?;

@@ -70,6 +70,7 @@ pub fn entry_of(
         name: name.into(),
         aliases: vec![],
         template: lm.template.clone(),
+        tool_template: lm.tool_template.clone(),
         stop_token_ids: lm.stop_token_ids.clone(),
         stop_strings: lm.stop_strings.clone(),
         max_model_len,

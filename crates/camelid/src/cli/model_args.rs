@@ -124,11 +124,16 @@ pub fn load(m: &ModelArgs) -> Result<LoadedModel> {
     let t = std::time::Instant::now();
     let lm = camelid_model::load(m.model.as_deref(), &opts)?;
     tracing::info!(
-        "loaded {} ({}) in {:.1}s, template {}",
+        "loaded {} ({}) in {:.1}s, template {}{}",
         lm.name,
         lm.path.display(),
         t.elapsed().as_secs_f32(),
-        lm.template.name()
+        lm.template.name(),
+        if lm.tool_template.is_some() {
+            " (its tool_use template for requests with tools)"
+        } else {
+            ""
+        }
     );
     Ok(lm)
 }

@@ -527,6 +527,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             aliases,
             sampling_defaults,
             template: lm.template.clone(),
+            tool_template: lm.tool_template.clone(),
             stop_token_ids: lm.stop_token_ids.clone(),
             stop_strings: lm.stop_strings.clone(),
             max_model_len,
