@@ -406,6 +406,21 @@ def arena_and_leaderboard(ctx):
           "no vote before a battle")
 
     arena_battle(page, bodies, "What is the capital of France?", follow_up="Why?")
+    # A reload before the vote brings the battle back as it was: both turns, the names
+    # hidden, the vote open (and cast below on the same battle).
+    shown = {side: page.locator(f"#answers-{side} .message").all_inner_texts() for side in "ab"}
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.evaluate(WATCH_PHASES)
+    check(page.get_attribute("body", "data-phase") == "answered"
+          and page.is_enabled("#vote-a") and page.is_enabled("#send"),
+          "a reload keeps the battle open to a vote or a follow-up")
+    for side in "ab":
+        back = page.locator(f"#answers-{side} .message").all_inner_texts()
+        check(back == shown[side] and len(back) == 4,
+              f"side {side}: the battle's turns come back after a reload: {back} vs {shown[side]}")
+    check(page.inner_text("#name-a") == "Model A" and page.inner_text("#name-b") == "Model B",
+          "names still hidden after a reload")
     # Vote with the keyboard: focus the button, press Enter.
     page.focus("#vote-a")
     page.keyboard.press("Enter")
@@ -715,6 +730,12 @@ def phone(browser):
     no_horizontal_scroll(page, "arena on a phone")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=f"{shots}/arena-phone.png")
+    # A voted battle is over: a reload starts afresh.
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    check(page.get_attribute("body", "data-phase") == "idle"
+          and page.locator("#answers-a .message").count() == 0,
+          "a reload after the vote shows no battle")
 
     page.goto(base + "/leaderboard")
     page.wait_for_selector("body[data-votes]", timeout=TIMEOUT_MS)

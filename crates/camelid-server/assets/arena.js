@@ -74,6 +74,38 @@ const ArenaApi = {
   },
 };
 
+// The battle this tab is in, until its vote: its id and token and the turns both sides
+// answered, so a reload (or a tab restored) shows the battle again and its vote is not lost.
+// Only whole turns are kept: a failed or stopped one is not part of the battle.
+const SavedBattle = {
+  STORE: "camelid.arenaBattle",
+
+  load() {
+    try {
+      const s = JSON.parse(sessionStorage.getItem(this.STORE));
+      return s && s.battle && Array.isArray(s.turns) && s.turns.length ? s : null;
+    } catch {
+      return null;
+    }
+  },
+
+  save(battle, turns) {
+    try {
+      sessionStorage.setItem(this.STORE, JSON.stringify({ battle, turns }));
+    } catch {
+      // Storage off or full: a reload loses the battle, as it did before.
+    }
+  },
+
+  clear() {
+    try {
+      sessionStorage.removeItem(this.STORE);
+    } catch {
+      // Nothing was kept.
+    }
+  },
+};
+
 document.addEventListener("DOMContentLoaded", () => {
   const $ = (id) => document.getElementById(id);
   const form = $("composer");
@@ -98,6 +130,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const votesChannel = "BroadcastChannel" in window ? new BroadcastChannel("camelid-arena") : null;
 
   let battle = null;
+  // The battle's whole turns: {prompt, a: {text, finish}, b: {text, finish}}.
+  let turns = [];
   // idle: no battle yet; waiting: a turn is being answered; answered: both sides complete,
   // a vote or a follow-up may come; voted: names shown, only a new round; over: the server
   // takes no more of this battle (expired, or already voted), only a new round.
@@ -123,6 +157,10 @@ document.addEventListener("DOMContentLoaded", () => {
       else if (!prompt.disabled) prompt.focus();
       else if (!newRoundButton.disabled) newRoundButton.focus();
     }
+  }
+
+  function finishNote(finish) {
+    return finish === "length" ? "Cut at the max tokens setting." : "";
   }
 
   function say(text) {
@@ -176,10 +214,12 @@ document.addEventListener("DOMContentLoaded", () => {
       Camelid.renderMarkdown(answers[side].querySelector(".body"), latest[side]);
     };
     controller = new AbortController();
+    const turn = { prompt: text, a: null, b: null };
     try {
       battle = await ArenaApi.turn(battle, text, params(), (side, answer) => {
         const el = answers[side];
         latest[side] = answer.text;
+        if (answer.done) turn[side] = { text: answer.text, finish: answer.finish };
         if (answer.done) {
           if (frames[side]) cancelAnimationFrame(frames[side]);
           draw(side);
@@ -188,10 +228,11 @@ document.addEventListener("DOMContentLoaded", () => {
         }
         if (answer.done) {
           el.dataset.state = "done";
-          el.querySelector(".note").textContent =
-            answer.finish === "length" ? "Cut at the max tokens setting." : "";
+          el.querySelector(".note").textContent = finishNote(answer.finish);
         }
       }, controller.signal);
+      turns.push(turn);
+      SavedBattle.save(battle, turns);
       setPhase("answered");
       say("Both answers are in: vote, or ask a follow-up.");
       // The prompt was disabled while waiting (focus fell to the page): give it back.
@@ -210,6 +251,7 @@ document.addEventListener("DOMContentLoaded", () => {
       // The prompt comes back to be sent again (or edited), unless another was typed.
       if (!prompt.value) prompt.value = text;
       if (BATTLE_OVER.includes(err.code)) {
+        SavedBattle.clear();
         setPhase("over");
         say(why + " Start a new round.");
         newRoundButton.focus();
@@ -236,6 +278,7 @@ document.addEventListener("DOMContentLoaded", () => {
       setPhase("voted");
       try {
         const r = await ArenaApi.vote(battle, winner);
+        SavedBattle.clear();
         names.a.textContent = "Model A: " + r.model_a;
         names.b.textContent = "Model B: " + r.model_b;
         names.a.parentElement.classList.toggle("winner", winner === "model_a");
@@ -253,6 +296,7 @@ document.addEventListener("DOMContentLoaded", () => {
       } catch (err) {
         if (BATTLE_OVER.includes(err.code)) {
           // Voted already (perhaps this vote, its reply lost on the way) or expired.
+          SavedBattle.clear();
           setPhase("over");
           say("The vote failed: " + err.message + " Start a new round.");
           newRoundButton.focus();
@@ -272,6 +316,8 @@ document.addEventListener("DOMContentLoaded", () => {
   newRoundButton.addEventListener("click", () => {
     if (phase === "waiting") return;
     battle = null;
+    turns = [];
+    SavedBattle.clear();
     for (const side of ["a", "b"]) {
       columns[side].replaceChildren();
       names[side].textContent = side === "a" ? "Model A" : "Model B";
@@ -283,6 +329,25 @@ document.addEventListener("DOMContentLoaded", () => {
     prompt.focus();
   });
 
-  setPhase("idle");
+  // A battle this tab had not voted on yet comes back as it was left.
+  const saved = SavedBattle.load();
+  if (saved) {
+    battle = saved.battle;
+    turns = saved.turns;
+    for (const t of turns) {
+      for (const side of ["a", "b"]) {
+        addMessage(side, "user", t.prompt).classList.add("turn");
+        const el = addMessage(side, "assistant", "");
+        const answer = t[side] || { text: "" };
+        Camelid.renderMarkdown(el.querySelector(".body"), answer.text);
+        el.dataset.state = "done";
+        el.querySelector(".note").textContent = finishNote(answer.finish);
+      }
+    }
+    setPhase("answered");
+    say("Your battle is back: vote, or ask a follow-up.");
+  } else {
+    setPhase("idle");
+  }
   document.body.dataset.ready = "true";
 });
