@@ -926,6 +926,61 @@ fn gemma3_multimodal_checkpoint_serves_its_language_model() {
     }
 }
 
+/// A bare base model's checkpoint (`LlamaModel`, `MistralModel`: sentence-transformers'
+/// embedding models such as e5-mistral) stores its tensors without `model.` and has no
+/// `lm_head`: it loads as the same decoder, computing what the prefixed checkpoint computes.
+#[test]
+fn bare_base_model_checkpoints_load_as_the_decoder() {
+    for (arch, class) in [("llama", "LlamaModel"), ("mistral", "MistralModel")] {
+        let src = write_model(arch, SHAPES[0], serde_json::json!({}), 495);
+        let st = candle_core::safetensors::load(src.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.path().join("config.json")).unwrap())
+                .unwrap();
+        // Both without lm_head, the embeddings tied (the head of either is the table).
+        cfg["tie_word_embeddings"] = true.into();
+        let prefixed = tempfile::tempdir().unwrap();
+        let bare = tempfile::tempdir().unwrap();
+        let mut with: HashMap<String, Tensor> = HashMap::new();
+        let mut without: HashMap<String, Tensor> = HashMap::new();
+        for (k, v) in st {
+            if let Some(rest) = k.strip_prefix("model.") {
+                without.insert(rest.to_string(), v.clone());
+                with.insert(k, v);
+            }
+        }
+        assert!(without.contains_key("embed_tokens.weight") && without.len() > 4);
+        for (d, tensors, architectures) in [
+            (
+                &prefixed,
+                &with,
+                format!("{class}ForCausalLM").replace("ModelFor", "For"),
+            ),
+            (&bare, &without, class.to_string()),
+        ] {
+            candle_core::safetensors::save(tensors, d.path().join("model.safetensors")).unwrap();
+            let mut c = cfg.clone();
+            c["architectures"] = serde_json::json!([architectures]);
+            std::fs::write(d.path().join("config.json"), c.to_string()).unwrap();
+            for f in std::fs::read_dir(src.path()).unwrap() {
+                let f = f.unwrap().path();
+                let name = f.file_name().unwrap().to_str().unwrap().to_string();
+                if name != "model.safetensors" && name != "config.json" {
+                    std::fs::copy(&f, d.path().join(name)).unwrap();
+                }
+            }
+        }
+        let (a, b) = (load(prefixed.path()), load(bare.path()));
+        let ids = prompt(20, 12);
+        let (x, y) = (
+            rows(&a.model.logits_all(&ids).unwrap()),
+            rows(&b.model.logits_all(&ids).unwrap()),
+        );
+        assert_eq!(x, y, "{class}");
+    }
+}
+
 /// Files that would load wrongly or not at all are refused with the reason: a layer count
 /// beyond the weights (a count is never trusted for an allocation: it panicked with a
 /// capacity overflow), a folder of several GGUFs, a split GGUF's shards, partial rotary.

@@ -235,6 +235,23 @@ impl HfWeights {
         }
     }
 
+    /// A bare base model's checkpoint (`LlamaModel`, `MistralModel`, `Qwen2Model`: how
+    /// sentence-transformers saves an embedding model such as e5-mistral) stores the
+    /// decoder's tensors without the `model.` prefix: they are read under it. Whether it was
+    /// one.
+    pub fn read_bare_base_model(&mut self) -> bool {
+        let bare = self.shapes.contains_key("embed_tokens.weight")
+            && !self.shapes.keys().any(|k| k.starts_with("model."));
+        if bare {
+            self.read_under(&[
+                ("embed_tokens.", "model.embed_tokens."),
+                ("layers.", "model.layers."),
+                ("norm.", "model.norm."),
+            ]);
+        }
+        bare
+    }
+
     pub fn names(&self) -> Vec<String> {
         let mut n: Vec<_> = self.shapes.keys().cloned().collect();
         n.sort();

@@ -647,8 +647,16 @@ pub fn load_hf_folder(
     };
     let files = find_weight_files(dir)?;
     let mut weights = HfWeights::open(&files, &opts.device)?;
-    if let Some(p) = prefixes {
-        weights.read_under(p);
+    match prefixes {
+        Some(p) => weights.read_under(p),
+        None => {
+            if weights.read_bare_base_model() {
+                tracing::info!(
+                    "{}: a base model's weights (no `model.` prefix): read as the decoder's",
+                    dir.display()
+                );
+            }
+        }
     }
     // Unasked, a 16-bit download stays 16-bit in memory on the CPU (half of f32's bytes).
     weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
