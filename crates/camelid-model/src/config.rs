@@ -338,14 +338,24 @@ pub struct HfConfig {
     pub hidden_act: Option<String>,
     /// Gemma: scores scaled by `query_pre_attn_scalar^-1/2`.
     pub query_pre_attn_scalar: Option<f64>,
-    /// Gemma 2: soft-capping of attention scores and of the logits.
-    pub attn_logit_softcapping: Option<f64>,
-    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 2: soft-capping of attention scores and of the logits. `None`: the key is
+    /// absent (Gemma 2's config class then caps at its defaults); `Some(None)`: null, off.
+    #[serde(default, deserialize_with = "present")]
+    pub attn_logit_softcapping: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub final_logit_softcapping: Option<Option<f64>>,
     /// Gemma 3: the local layers' rope base, and every how many layers one is global
     /// (newer configs list `layer_types` instead).
     pub rope_local_base_freq: Option<f32>,
     pub sliding_window_pattern: Option<usize>,
     pub layer_types: Option<Vec<String>>,
+}
+
+/// A key that is present, its value null or not (absent is the field's default, `None`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
 }
 
 fn default_eps() -> f64 {

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::load::gguf_check;
 use crate::load::weights::TensorSource;
+use crate::models::gemma2::{GEMMA2_ATTN_SOFTCAP, GEMMA2_FINAL_SOFTCAP};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -416,11 +417,6 @@ impl GgufFile {
         .map_err(|e| Error::BadWeights(format!("{}: tensor {gguf_name}: {e}", self.path.display())))
     }
 }
-
-/// Gemma 2's soft-capping of attention scores and of logits where a GGUF has no key
-/// (`Gemma2Config`'s defaults, llama.cpp's too).
-pub const GEMMA2_ATTN_SOFTCAP: f32 = 50.0;
-pub const GEMMA2_FINAL_SOFTCAP: f32 = 30.0;
 
 /// A GGUF file's quantization as llama.cpp and Ollama name it (`Q4_K_M`, `F16`), from its
 /// `general.file_type` (llama.cpp's `llama_ftype`); `None` when the file does not say or is

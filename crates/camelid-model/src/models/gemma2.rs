@@ -19,9 +19,20 @@ pub const ARCH: Architecture = Architecture {
     hf_norm_offset: 1.0,
 };
 
+/// Gemma 2's soft-capping of attention scores and of logits where its config has no key
+/// (`Gemma2Config`'s defaults; llama.cpp's too where a GGUF has none). An explicit null is off.
+pub const GEMMA2_ATTN_SOFTCAP: f32 = 50.0;
+pub const GEMMA2_FINAL_SOFTCAP: f32 = 30.0;
+
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
     let mut f = gemma_features(hf, origin)?;
     f.global_every = Some(2);
+    if hf.attn_logit_softcapping.is_none() {
+        f.attn_softcap = Some(GEMMA2_ATTN_SOFTCAP);
+    }
+    if hf.final_logit_softcapping.is_none() {
+        f.final_softcap = Some(GEMMA2_FINAL_SOFTCAP);
+    }
     Ok(f)
 }
 
@@ -46,8 +57,8 @@ pub(super) fn gemma_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures
         activation: Activation::GeluTanh,
         embed_scale: Some((hf.hidden_size as f64).sqrt() as f32),
         attn_scale: (scalar > 0.0).then(|| scalar.powf(-0.5) as f32),
-        attn_softcap: hf.attn_logit_softcapping.map(|x| x as f32),
-        final_softcap: hf.final_logit_softcapping.map(|x| x as f32),
+        attn_softcap: hf.attn_logit_softcapping.flatten().map(|x| x as f32),
+        final_softcap: hf.final_logit_softcapping.flatten().map(|x| x as f32),
         ..Default::default()
     })
 }

@@ -450,6 +450,18 @@ mod tests {
             [Some(4096), None, Some(4096), None]
         );
         assert_eq!(f.kv_window(), None);
+        // Without the keys, Gemma2Config's defaults; a null is off, as in transformers.
+        let (mut absent, mut null) = (j.clone(), j.clone());
+        for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            absent.as_object_mut().unwrap().remove(k);
+            null[k] = serde_json::Value::Null;
+        }
+        let caps = |j: &serde_json::Value| {
+            let f = parse(j, "t").unwrap().features;
+            (f.attn_softcap, f.final_softcap)
+        };
+        assert_eq!(caps(&absent), (Some(50.0), Some(30.0)));
+        assert_eq!(caps(&null), (None, None));
         j["tie_word_embeddings"] = serde_json::json!(false);
         assert!(!parse(&j, "t").unwrap().tie_word_embeddings);
         j["hidden_activation"] = serde_json::json!("relu");
