@@ -63,7 +63,7 @@ pub const LONE_STREAM_GAPS: f64 = 2.5;
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_waiting: 256,
+            max_waiting: 1024,
             max_running: 32,
             max_batch_tokens: 512,
             max_prefill_tokens_while_decoding: 512,
@@ -102,7 +102,7 @@ impl EngineConfig {
 /// default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EngineOverrides {
-    /// Sequences in the waiting queue (default 256).
+    /// Sequences in the waiting queue (default 1024).
     pub max_waiting: Option<usize>,
     pub max_running: Option<usize>,
     /// Default: 512 on the CPU, 2048 on CUDA.
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(c.lone_stream_gaps, LONE_STREAM_GAPS);
         assert_eq!(
             (c.max_waiting, c.max_running, c.block_size, c.kv_cache_mb),
-            (256, 32, 16, 512)
+            (1024, 32, 16, 512)
         );
         assert!(c.prefix_caching && c.num_blocks.is_none());
         assert_eq!(c.host_kv_dtype, KvDtype::F16);

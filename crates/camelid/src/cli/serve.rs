@@ -96,16 +96,16 @@ pub struct ServeArgs {
           value_parser = ["auto", "vllm"])]
     generation_config: String,
     /// Requests in flight (being prompted, queued or generating) before new ones get 429.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = ServerConfig::default().max_concurrent)]
     max_concurrent: usize,
     /// Sequences (a request's choices count one each) waiting for a batch slot before new
     /// requests get 503.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = EngineConfig::default().max_waiting)]
     max_waiting_seqs: usize,
     #[command(flatten)]
     limits: LimitArgs,
     /// Sequences batched together in one step.
-    #[arg(long, default_value_t = 32, value_parser = positive)]
+    #[arg(long, default_value_t = EngineConfig::default().max_running, value_parser = positive)]
     max_num_seqs: usize,
     /// Tokens in one step (long prompts are prefilled in chunks of this size). Default: 512
     /// on the CPU, 2048 on CUDA. Smaller values shorten the stalls a prefill causes in running
@@ -129,11 +129,11 @@ pub struct ServeArgs {
     #[arg(long)]
     max_step_stretch: Option<f64>,
     /// KV cache memory per model, in MiB.
-    #[arg(long, default_value_t = 512, value_parser = positive)]
+    #[arg(long, default_value_t = EngineConfig::default().kv_cache_mb, value_parser = positive)]
     kv_cache_mb: usize,
     /// Positions per KV block (1 to 256): the pool holds whole blocks, so a larger one could
     /// take more memory than --kv-cache-mb.
-    #[arg(long, default_value_t = 16, value_parser = block_size)]
+    #[arg(long, default_value_t = EngineConfig::default().block_size, value_parser = block_size)]
     block_size: usize,
     /// Turn automatic prefix caching off.
     #[arg(long)]
@@ -154,10 +154,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CAMELID_SPECULATIVE_CONFIG", value_parser = parse_speculative_config)]
     speculative_config: Option<NgramSpec>,
     /// Largest request body, in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = ServerConfig::default().body_limit)]
     max_body_bytes: usize,
     /// Seconds in-flight requests may run after SIGTERM.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = ServerConfig::default().shutdown_grace_secs)]
     shutdown_grace: u64,
     #[command(flatten)]
     arena: super::arena::ArenaServeArgs,
@@ -261,7 +261,8 @@ pub enum KvCacheDtype {
 }
 
 impl ServeArgs {
-    /// The engine settings given on the command line (the rest are the device's defaults).
+    /// The engine settings of the command line (flags left out give their defaults, which
+    /// are `EngineConfig`'s; those without one take the device's).
     fn engine_overrides(&self) -> EngineOverrides {
         EngineOverrides {
             max_waiting: Some(self.max_waiting_seqs),
