@@ -539,6 +539,70 @@ fn rate_limits_answer_429() {
     assert_refused(status, &err, 429, "rate_limit_exceeded");
 }
 
+/// Votes and follow-ups naming battles that are not the sender's (made-up ids, another's
+/// battle, random tokens) are refused without spending the limits: behind a proxy every
+/// visitor shares one address, and a flood of them would otherwise close the arena to all.
+#[test]
+fn requests_for_battles_not_theirs_do_not_spend_the_limits() {
+    let few = RateLimits {
+        per_visitor: 0,
+        per_address: 2,
+    };
+    let config = ArenaConfig {
+        turn_limits: few,
+        vote_limits: few,
+        ..Default::default()
+    };
+    let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    let (id, token, _) = s.battle(json!({}));
+    for i in 0..6 {
+        let made_up = format!("battle-{:032x}", 7 + i);
+        let random_token = format!("{:064x}", 1000 + i);
+        let (status, err) = s.vote(&made_up, Some(&random_token), "model_a");
+        assert_refused(status, &err, 404, "battle_not_found");
+        let (status, err) = s.vote(&id, Some(&random_token), "model_a");
+        assert_refused(status, &err, 403, "battle_not_yours");
+        let mut follow = ask();
+        follow["battle_id"] = made_up.into();
+        follow["token"] = random_token.into();
+        let (status, err) = s.post("/arena/battles", follow);
+        assert_refused(status, &err, 404, "battle_not_found");
+    }
+    // The address's turns and votes are all still there: a follow-up, then the vote.
+    let mut follow = ask();
+    follow["battle_id"] = id.clone().into();
+    follow["token"] = token.clone().into();
+    let (status, again) = s.post("/arena/battles", follow);
+    assert_eq!(status, 200, "{again}");
+    let (status, reveal) = s.vote(&id, Some(&token), "model_a");
+    assert_eq!(status, 200, "{reveal}");
+}
+
+/// While an update rolls through a fleet, its servers serve different models: a follow-up on
+/// a server without one of its battle's models is a 503 to try again (not the visitor's
+/// fault), naming neither model; its vote counts anywhere.
+#[test]
+fn a_follow_up_where_its_models_are_not_served_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("arena.db");
+    let old = serve(sqlite_arena(&db, no_limits()), &["smol-a", "smol-b"]);
+    let new = serve(sqlite_arena(&db, no_limits()), &["smol-a", "smol-c"]);
+    // A battle of smol-a and smol-b (the only pair the old server has).
+    let (id, token, _) = old.battle(json!({}));
+    let mut follow = ask();
+    follow["battle_id"] = id.clone().into();
+    follow["token"] = token.clone().into();
+    let ((status, err), retry) = new.post_with_headers("/arena/battles", follow.clone());
+    assert_refused(status, &err, 503, "battle_models_unavailable");
+    assert!(retry.is_some(), "{err}");
+    let text = err.to_string();
+    assert!(!text.contains("smol-"), "the refusal names a model: {text}");
+    let (status, again) = old.post("/arena/battles", follow);
+    assert_eq!(status, 200, "{again}");
+    let (status, reveal) = new.vote(&id, Some(&token), "tie");
+    assert_eq!(status, 200, "{reveal}");
+}
+
 /// A battle expires after its time to live: a vote or a turn then is 410; once swept, 404.
 #[test]
 fn an_expired_battle_answers_410() {

@@ -175,6 +175,18 @@ fn now() -> f64 {
 fn store_error(e: sqlx::Error) -> ApiError {
     // The database's own message (its host, tables, constraints) stays in the log.
     tracing::error!("arena store: {e}");
+    if store::unreachable(&e) {
+        // Down or restarting: a moment later it may answer (as a proxy's 503 says).
+        return ApiError {
+            code: Some("arena_store_unavailable"),
+            retry_after: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_overloaded",
+                "The arena's store cannot be reached; retry in a moment.",
+            )
+        };
+    }
     ApiError::internal("The arena's store failed; retry later.".to_string())
 }
 
@@ -182,6 +194,24 @@ fn refusal(status: StatusCode, code: &'static str, message: String) -> ApiError 
     ApiError {
         code: Some(code),
         ..ApiError::new(status, "invalid_request_error", message)
+    }
+}
+
+/// A follow-up on a server that does not serve one of its battle's models (while an update
+/// rolls through a fleet its servers serve different sets): 503, to be tried again (another
+/// server may take it). Which model is missing is not said: it would tell the sides apart.
+pub fn models_not_served_here(id: &str) -> ApiError {
+    ApiError {
+        code: Some("battle_models_unavailable"),
+        retry_after: Some(5),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_overloaded",
+            format!(
+                "This server does not serve battle {id:?}'s models right now; try this turn \
+                 again in a moment."
+            ),
+        )
     }
 }
 
@@ -513,6 +543,18 @@ impl Arena {
         })
     }
 
+    /// That battle `id` exists (or was voted on) and is `visitor`'s: what a vote is checked
+    /// for before it is counted against the rate limits, so requests naming battles that are
+    /// not theirs (made-up ids and tokens) cannot spend the limits of the address they share
+    /// with real visitors. Its other states are the vote's to answer.
+    pub async fn check_owner(&self, id: &str, visitor: &Visitor) -> Result<(), ApiError> {
+        match self.store.battle(id).await.map_err(store_error)? {
+            None => Err(self.missing(id).await),
+            Some(b) if b.visitor != visitor.key => Err(not_yours(id)),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// 409 if battle `id` (no longer in the battles table) was voted on, else 404.
     async fn missing(&self, id: &str) -> ApiError {
         match self.store.voted(id).await {
@@ -543,9 +585,14 @@ impl Arena {
     }
 
     /// Battle `id`'s turn is over (stored, failed or left by its visitor).
-    pub async fn end_answer(&self, id: &str) {
-        if let Err(e) = self.store.end_answer(id).await {
-            tracing::error!("arena store: {e}");
+    /// Whether the mark is gone (the store answered).
+    pub async fn end_answer(&self, id: &str) -> bool {
+        match self.store.end_answer(id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("arena store: {e}");
+                false
+            }
         }
     }
 
@@ -805,6 +852,18 @@ fn vote_from_fastchat(r: &Value) -> Result<VoteRow, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that cannot be reached (down, restarting, its pool timed out) is a 503 to
+    /// retry; any other failure of it a 500.
+    #[test]
+    fn an_unreachable_store_is_a_503_to_retry() {
+        let e = store_error(sqlx::Error::PoolTimedOut);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, Some("arena_store_unavailable"));
+        assert!(e.retry_after.is_some());
+        let e = store_error(sqlx::Error::RowNotFound);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn a_model_named_in_a_conversation_is_found_whatever_its_case() {

@@ -37,6 +37,7 @@ use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -291,9 +292,16 @@ pub async fn battle(
         (None, None) => Visitor::new(),
     };
     let battle = match battle_id {
+        // A follow-up is counted once its battle is found to be the visitor's: made-up ids
+        // and tokens do not spend the limits real visitors share (an address behind a proxy).
         Some(id) => {
+            let battle = state.arena.resume(&id, &visitor).await?;
+            let here = served(&state)?;
+            if !here.contains(&battle.model_a) || !here.contains(&battle.model_b) {
+                return Err(arena::models_not_served_here(&id));
+            }
             state.arena.admit(Request::Turn, &visitor, &address).await?;
-            state.arena.resume(&id, &visitor).await?
+            battle
         }
         None => {
             let (a, b) = state.arena.draw_pair(&served(&state)?)?;
@@ -418,8 +426,21 @@ impl Answering {
                 r.abort();
                 let _ = r.await;
             }
-            if !id.is_empty() {
-                state.arena.end_answer(&id).await;
+            if !id.is_empty() && !state.arena.end_answer(&id).await {
+                // The store is away: left, the mark would hold the battle's votes off for the
+                // rest of its lease. Tried again while the lease lasts.
+                tokio::spawn(async move {
+                    let mut pause = Duration::from_secs(1);
+                    let mut waited = Duration::ZERO;
+                    while waited < state.arena.config().answer_lease {
+                        tokio::time::sleep(pause).await;
+                        waited += pause;
+                        if state.arena.end_answer(&id).await {
+                            break;
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                    }
+                });
             }
         }
     }
@@ -479,6 +500,7 @@ pub async fn vote(
         .as_str()
         .and_then(Visitor::from_token)
         .ok_or_else(|| arena::not_yours(&id))?;
+    state.arena.check_owner(&id, &visitor).await?;
     state.arena.admit(Request::Vote, &visitor, &address).await?;
     let cast = state
         .arena
