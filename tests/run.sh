@@ -53,6 +53,11 @@ if [ "${CAMELID_SKIP_LLAMA_CPP:-}" != 1 ]; then
   LLAMA_CPP_BIN="$(bash benches/build-llama-cpp.sh llama-server llama-quantize)"
   export CAMELID_LLAMA_CPP_BIN="$LLAMA_CPP_BIN"
 fi
+# Where the CPU lists AMX, its kernels' tests must run, not skip (a lost grant of the tile
+# state or a detection bug would otherwise pass as a machine without AMX).
+if grep -qw amx_int8 /proc/cpuinfo && grep -qw amx_bf16 /proc/cpuinfo && grep -qw avx512_bf16 /proc/cpuinfo; then
+  export CAMELID_REQUIRE_AMX="${CAMELID_REQUIRE_AMX:-1}"
+fi
 cargo test --workspace "$@"
 # The kernels' AVX2 flavours again on a machine with AVX-512 (where they would otherwise never
 # run): the kernel unit tests (each against its scalar reference) with the AVX-512 paths off.
@@ -62,7 +67,7 @@ if [ "${1:-}" != "--no-run" ]; then
   KERNEL_TESTS=$(cargo test --workspace --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*/camelid_kernels-[^"]*"' | cut -d'"' -f4 | head -1)
   [ -n "$KERNEL_TESTS" ] || { echo "camelid-kernels unit-test binary not found" >&2; exit 1; }
-  CAMELID_NO_AVX512=1 "$KERNEL_TESTS"
+  CAMELID_NO_AVX512=1 CAMELID_REQUIRE_AMX=0 "$KERNEL_TESTS"
   # And Q5_K's other way to its fifth bits (shifts on AMD, a mask test elsewhere: each CPU
   # runs one, see cpu_features::q5_fifth_bits_by_shifts), with the unpacked prompt tiles that
   # go with the mask test.

@@ -26,10 +26,10 @@ def error_of(call):
     check(False, "the call raises ResponseError")
 
 
-# Listings.
+# Listings: every name with its tag, as Ollama lists them (LangChain checks a name so).
 listed = client.list().models
-check(model in [m.model for m in listed], f"list has {model}: {listed}")
-entry = next(m for m in listed if m.model == model)
+check(f"{model}:latest" in [m.model for m in listed], f"list has {model}:latest: {listed}")
+entry = next(m for m in listed if m.model == f"{model}:latest")
 check(entry.details.family == "llama" and entry.details.format == "gguf", f"details: {entry.details}")
 check(entry.size > 50_000_000, f"size is the file's: {entry.size}")
 # The default model's file is llama.cpp's Q4_1 (its general.file_type), named as Ollama does.
@@ -39,7 +39,7 @@ check("completion" in info.capabilities and "tools" in info.capabilities, f"capa
 check(info.modelinfo["llama.context_length"] > 0, f"model_info: {info.modelinfo}")
 check(info.details.parameter_size.endswith("M"), f"parameter size: {info.details.parameter_size}")
 check(info.details.quantization_level == "Q4_1", f"show's quantization: {info.details}")
-check(model in [m.model for m in client.ps().models], "ps")
+check(f"{model}:latest" in [m.model for m in client.ps().models], "ps")
 
 # Chat: whole and streamed give the same greedy text; counts and durations.
 opts = {"temperature": 0, "num_predict": 8}
@@ -58,6 +58,15 @@ check(parts[-1].eval_count == r.eval_count, "the last streamed object counts the
 tagged = client.chat(model=model + ":latest", messages=msgs, options=opts)
 check(tagged.message.content == r.message.content, "`:latest` names the same model")
 check(client.chat(model=model, messages=[]).done_reason == "load", "no messages: the load answer")
+check(client.chat(model=model, messages=[], keep_alive=0).done_reason == "unload",
+      "keep_alive 0 without messages: the unload answer (`ollama stop`)")
+check(client.chat(model=model, messages=msgs, options=opts, keep_alive="10m").message.content
+      == r.message.content, "a keep_alive duration is taken")
+e = error_of(lambda: client.chat(model=model, messages=msgs, keep_alive="soon"))
+check(e.status_code == 400 and "keep_alive" in e.error, f"a malformed keep_alive: {e}")
+# Integer options sent as floats (JavaScript clients' numbers) are taken, as Ollama does.
+f = client.chat(model=model, messages=msgs, options={"temperature": 0, "num_predict": 8.0, "top_k": 40.0})
+check(f.message.content == r.message.content, f"float integer options: {f.message.content!r}")
 
 # Generate: the prompt through the chat template is the same chat; raw skips the template.
 g = client.generate(model=model, prompt="Name a fruit.", options=opts)
@@ -67,6 +76,12 @@ check(gs == g.response, "generate streamed == whole")
 raw = client.generate(model=model, prompt="Name a fruit.", raw=True, options=opts)
 check(raw.response and raw.prompt_eval_count < g.prompt_eval_count, "raw: no template around the prompt")
 check(client.generate(model=model).done_reason == "load", "no prompt: the load answer")
+# An empty `system` is none (older clients always send one): the same prompt, raw or not.
+g0 = client.generate(model=model, prompt="Name a fruit.", system="", options=opts)
+check(g0.response == g.response and g0.prompt_eval_count == g.prompt_eval_count,
+      f"system '' changes nothing: {g0.prompt_eval_count} vs {g.prompt_eval_count}")
+raw0 = client.generate(model=model, prompt="Name a fruit.", raw=True, system="", options=opts)
+check(raw0.response == raw.response, "raw with system '' is raw")
 
 # Sampling options reach the sampler: a seed repeats, stop ends the text.
 hot = {"temperature": 1.0, "seed": 7, "num_predict": 12}
@@ -116,9 +131,29 @@ history = ask + [{"role": "assistant", "content": "", "tool_calls": [
     {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"}]
 check(client.chat(model=model, messages=history, tools=tools, options=opts).done, "history with a call")
 
-# Errors: Ollama's `{"error": "…"}` with the status.
+# Roles are read as Ollama reads them, lowercased (httpx: the client's types would refuse).
+import httpx  # noqa: E402
+
+auth = {"Authorization": f"Bearer {key}"}
+cased = httpx.post(f"{base}/api/chat", headers=auth, timeout=60, json={
+    "model": model, "stream": False, "options": opts,
+    "messages": [{"role": "User", "content": "Name a fruit."}]}).json()
+check(cased["message"]["content"] == r.message.content, f"role 'User' is 'user': {cased}")
+empty = httpx.post(f"{base}/api/chat", headers=auth, timeout=60,
+                   json={"model": "", "messages": msgs})
+check(empty.status_code == 400 and "model is required" in empty.json()["error"], f"no model: {empty.text}")
+# `dimensions` cuts the vector and makes it unit length again, as Ollama does.
+v = client.embed(model=model, input="a fruit", dimensions=16).embeddings[0]
+check(len(v) == 16 and abs(sum(x * x for x in v) - 1) < 1e-4, f"16 dimensions, unit length: {len(v)}")
+full = client.embed(model=model, input="a fruit").embeddings[0]
+norm = sum(x * x for x in full[:16]) ** 0.5
+check(all(abs(a - b / norm) < 1e-4 for a, b in zip(v, full)), "the first 16, renormalized")
+check(len(client.embed(model=model, input="a fruit", dimensions=100000).embeddings[0]) == len(full),
+      "more dimensions than the model's: its own")
+
+# Errors: Ollama's `{"error": "…"}` with the status, and its words.
 e = error_of(lambda: client.chat(model="no-such-model", messages=msgs))
-check(e.status_code == 404 and "no-such-model" in e.error, f"unknown model: {e}")
+check(e.status_code == 404 and e.error == "model 'no-such-model' not found", f"unknown model: {e}")
 e = error_of(lambda: client.chat(model=model, messages=[{"role": "user", "content": "x", "images": ["aGVsbG8="]}]))
 check(e.status_code == 400 and "images" in e.error, f"images: {e}")
 e = error_of(lambda: client.chat(model=model, messages=msgs, options={"temperature": 9}))

@@ -21,7 +21,7 @@ pub use scheduler::EngineHandle;
 pub use speculate::NgramSpec;
 
 use camelid_model::decode::sampling::TokenLogprob;
-use camelid_model::decode::{FinishReason, GenerationParams};
+use camelid_model::decode::{FinishReason, GenerationParams, StopReason};
 
 /// What a client asks the engine for.
 #[derive(Debug, Clone)]
@@ -64,8 +64,13 @@ pub enum Event {
         text: String,
         logprob: Option<TokenLogprob>,
     },
-    /// The request is done; no event follows.
-    Finished { reason: FinishReason, usage: Usage },
+    /// The request is done; no event follows. `stop_reason`: the client's stop token or
+    /// string that ended it (vLLM's field), if one did.
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        stop_reason: Option<StopReason>,
+    },
     /// The request failed; no event follows.
     Error(String),
     /// The request's own grammar could not go on (`camelid_model::Error::Grammar`): the

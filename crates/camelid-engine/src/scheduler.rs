@@ -517,6 +517,7 @@ impl Seq {
                     let _ = self.events.send(Event::Finished {
                         reason,
                         usage: self.usage(),
+                        stop_reason: out.stop_reason,
                     });
                     return true;
                 }
@@ -1125,6 +1126,7 @@ impl Engine {
                     let _ = s.events.send(Event::Finished {
                         reason: FinishReason::Stop,
                         usage: s.usage(),
+                        stop_reason: None,
                     });
                     done.push(s.id);
                 }
@@ -1149,6 +1151,7 @@ impl Engine {
                 let _ = s.events.send(Event::Finished {
                     reason: FinishReason::Length,
                     usage: s.usage(),
+                    stop_reason: None,
                 });
                 done.push(s.id);
                 continue;

@@ -14,6 +14,7 @@
 mod common;
 mod paged_greedy;
 
+use camelid_kernels::f16gemm::HalfKind;
 use camelid_model::LoadOptions;
 use candle_core::{DType, Device, Tensor};
 use paged_greedy::{argmax, greedy};
@@ -109,6 +110,16 @@ fn check(dtype: DType, tied: bool) {
         (on_own, all),
         (1 + 4 * LAYERS, 1 + 4 * LAYERS),
         "{dtype:?}: matmuls kept 16-bit"
+    );
+    // In the file's own 16-bit type: bf16 weights widened to f16 would lose range.
+    let kind = match dtype {
+        DType::F16 => HalfKind::F16,
+        _ => HalfKind::Bf16,
+    };
+    assert!(
+        half.model.half_kinds().iter().all(|&k| k == Some(kind)),
+        "{dtype:?}: {:?}",
+        half.model.half_kinds()
     );
     assert_eq!(half.model.dtype(), DType::F32, "activations stay f32");
     assert_eq!(wide.model.own_kernel_matmuls().0, 0);

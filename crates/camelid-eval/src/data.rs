@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -315,10 +315,6 @@ pub fn select_questions(
         });
     }
     qs
-}
-
-pub fn done_ids<T>(existing: &[T], id: impl Fn(&T) -> u64) -> HashSet<u64> {
-    existing.iter().map(id).collect()
 }
 
 pub fn now() -> f64 {

@@ -91,6 +91,24 @@ pub fn amx() -> bool {
     }
 }
 
+/// In tests of AMX kernels: whether to skip them because this process has no AMX (`present`
+/// false). Skipping is said on stderr; with `CAMELID_REQUIRE_AMX=1` (tests/run.sh sets it
+/// where the CPU lists AMX) it is a failure instead, so a lost grant or a detection bug
+/// cannot pass as a machine without AMX.
+#[cfg(test)]
+pub(crate) fn skip_without_amx(what: &str, present: bool) -> bool {
+    if present {
+        return false;
+    }
+    assert!(
+        std::env::var("CAMELID_REQUIRE_AMX").map_or(true, |v| v != "1"),
+        "{what}: CAMELID_REQUIRE_AMX=1 but this process cannot use AMX \
+         (CAMELID_NO_AMX=1, no grant of the tile state, or the CPU lacks it)"
+    );
+    eprintln!("{what}: no AMX here (or CAMELID_NO_AMX=1): skipped");
+    true
+}
+
 /// Whether AMX-BF16 tiles (`tdpbf16ps`) and AVX-512 BF16 may be used (besides [`amx`]'s
 /// features and grant): the 16-bit weights' matmul on tiles (`f16gemm`). `CAMELID_NO_AMX=1`
 /// says no here too.

@@ -8,7 +8,8 @@
 //!   once per forward; [`batch`] is its input, [`kv`] where it keeps keys and values.
 //! - [`decode`]: sampling, the per-sequence decoder and single-sequence generation;
 //!   [`constraint`]: structured output (grammars compiled for a vocabulary, per-sequence
-//!   matchers whose masks the decoder applies).
+//!   matchers whose masks the decoder applies); [`sampling_ranges`]: the values each sampling
+//!   field takes, for every caller that checks one.
 //! - [`lora`]: LoRA adapters, applied per sequence at run time over the shared base weights.
 //! - [`config`], [`linear`] (dense and quantized matmuls), [`embedding`] (the token table, dense
 //!   or quantized), [`rope`] (rotary tables).
@@ -29,6 +30,7 @@ pub mod lora;
 pub mod models;
 pub mod rope;
 pub mod runtime;
+pub mod sampling_ranges;
 pub mod text;
 
 pub use batch::{ForwardBatch, ForwardOutput, LogitsWanted, Pooling, SeqChunk};

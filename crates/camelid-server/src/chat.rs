@@ -10,9 +10,11 @@ use crate::run::{self, blocking, collect, ChoiceSpec, Submission};
 use crate::state::{AppState, ModelEntry, Permit};
 use crate::structured;
 use crate::tools::{self, ToolPlan};
-use crate::validate::{cache_salt, generation_params, max_tokens, MAX_TOP_LOGPROBS};
+use crate::validate::{
+    cache_salt, check_top_logprobs, choice_params, generation_params, max_tokens,
+};
 use camelid_engine::Usage;
-use camelid_model::decode::FinishReason;
+use camelid_model::decode::{FinishReason, StopReason};
 use camelid_model::text::chat_prompt::{chat_prompt_ids_ending, PromptEnd};
 use camelid_model::text::reasoning::{prompt_opens_block, split_reasoning};
 use camelid_model::text::template::TemplateKwargs;
@@ -210,6 +212,70 @@ pub async fn render_and_encode(
     .await
 }
 
+/// Ollama's truncation of a conversation longer than the context: the prompt of its latest
+/// turns that leaves room for an answer. Every system message stays, and the conversation
+/// is cut only before a user message (a template may refuse one that starts with an
+/// assistant's or a tool's); the fewest turns are left out (bisection over the cut points,
+/// each a render). When even the last turn does not fit, the whole conversation is
+/// rendered, and the length check refuses it.
+async fn render_latest_turns(
+    permit: &Permit,
+    model: &Arc<ModelEntry>,
+    msgs: Vec<Message>,
+    tools: Option<Vec<Value>>,
+    end: PromptEnd,
+    kwargs: TemplateKwargs,
+    max_bytes: usize,
+) -> Result<Vec<u32>, ApiError> {
+    let render = |m: Vec<Message>| {
+        render_and_encode(
+            permit,
+            model,
+            m,
+            tools.clone(),
+            end,
+            kwargs.clone(),
+            max_bytes,
+        )
+    };
+    let whole = render(msgs.clone()).await?;
+    if whole.len() < model.max_model_len {
+        return Ok(whole);
+    }
+    let last = msgs.len() - 1;
+    // Where the kept part may start: a user message after the first one that is not system.
+    let first = msgs.iter().position(|m| m.role != "system").unwrap_or(last);
+    let cuts: Vec<usize> = (first + 1..=last)
+        .filter(|&i| msgs[i].role == "user")
+        .collect();
+    let keep_from = |cut: usize| -> Vec<Message> {
+        msgs.iter()
+            .enumerate()
+            .filter(|&(i, m)| i >= cut || m.role == "system")
+            .map(|(_, m)| m.clone())
+            .collect()
+    };
+    // Later cuts give shorter prompts: find the earliest one that fits.
+    let (mut lo, mut hi, mut best) = (0, cuts.len(), None);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let prompt = render(keep_from(cuts[mid])).await?;
+        if prompt.len() < model.max_model_len {
+            best = Some((cuts[mid], prompt));
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(match best {
+        Some((cut, prompt)) => {
+            tracing::debug!("a conversation cut to fit the context: from message {cut} on");
+            prompt
+        }
+        None => whole,
+    })
+}
+
 /// How a chat's prompt ends: the generation prompt (the default), nothing more
 /// (`add_generation_prompt: false`), or inside the final assistant message
 /// (`continue_final_message`, vLLM's names; asking for both is a 400, as in vLLM).
@@ -255,19 +321,12 @@ pub async fn submit_salted(
     let model = state.model(Some(&req.model))?;
     let budget = render_budget(&model, state.config.body_limit);
     let plan = ToolPlan::from_request(req, model.template_for(true), limits.max_tools, budget)?;
-    if let Some(t) = req.top_logprobs {
-        if t > MAX_TOP_LOGPROBS {
-            return Err(ApiError::invalid_param(
-                "top_logprobs",
-                format!("`top_logprobs` must be at most {MAX_TOP_LOGPROBS}, got {t}"),
-            ));
-        }
-        if !req.logprobs {
-            return Err(ApiError::invalid_param(
-                "top_logprobs",
-                "`top_logprobs` requires `logprobs` to be true",
-            ));
-        }
+    check_top_logprobs("top_logprobs", req.top_logprobs)?;
+    if req.top_logprobs.is_some() && !req.logprobs {
+        return Err(ApiError::invalid_param(
+            "top_logprobs",
+            "`top_logprobs` requires `logprobs` to be true",
+        ));
     }
     let f = sampling;
     let mut params = generation_params(
@@ -284,7 +343,11 @@ pub async fn submit_salted(
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     let shown = plan.as_ref().map(|p| p.tools.clone());
     let end = prompt_end(req.add_generation_prompt, req.continue_final_message)?;
-    let prompt = render_and_encode(&permit, &model, msgs, shown, end, kwargs, budget).await?;
+    let prompt = if req.drop_oldest_to_fit {
+        render_latest_turns(&permit, &model, msgs, shown, end, kwargs, budget).await?
+    } else {
+        render_and_encode(&permit, &model, msgs, shown, end, kwargs, budget).await?
+    };
     params.constraint = structured::compile(&permit, &model, f).await?;
     if let Some(p) = &plan {
         if p.needs_special_tokens(model.engine.tokenizer()) {
@@ -328,16 +391,12 @@ pub async fn submit_salted(
     let reasoning =
         reasoning_split(state, req, &model, &prompt).map(|inside| inside && !constrained);
     let specs = (0..n)
-        .map(|i| {
-            let mut p = params.clone();
-            p.sampling.seed = p.sampling.seed.map(|s| s.wrapping_add(i as u64));
-            ChoiceSpec {
-                index: i,
-                prompt: prompt.clone(),
-                params: p,
-                prompt_logprobs: None,
-                cache_salt: salt.clone(),
-            }
+        .map(|i| ChoiceSpec {
+            index: i,
+            prompt: prompt.clone(),
+            params: choice_params(&params, i),
+            prompt_logprobs: None,
+            cache_salt: salt.clone(),
         })
         .collect();
     let sub = run::submit(state, permit, &model, specs)?;
@@ -365,6 +424,8 @@ pub struct ChatChoice {
     /// need the model's tokenizer, so it is rendered here).
     pub logprobs: Option<Value>,
     pub finish: FinishReason,
+    /// The client's stop token or string that ended it (vLLM's `stop_reason`).
+    pub stop_reason: Option<StopReason>,
 }
 
 /// A whole chat completion.
@@ -424,6 +485,7 @@ pub async fn complete(
                 tool_calls,
                 logprobs: req.logprobs.then(|| chat_logprobs(tok, &r.logprobs)),
                 finish: r.finish,
+                stop_reason: r.stop_reason.clone(),
             }
         })
         .collect();

@@ -3,7 +3,7 @@
 use crate::run::ChoiceResult;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
-use camelid_model::decode::FinishReason;
+use camelid_model::decode::{FinishReason, StopReason};
 use camelid_model::text::token_bytes::TokenBytes;
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -217,6 +217,16 @@ pub fn completion_logprobs(
 
 pub fn finish_str(f: FinishReason) -> &'static str {
     f.as_str()
+}
+
+/// vLLM's `stop_reason` of a choice: the client's stop token id or stop string that ended
+/// it, else null (the model's own end, the length, a finished grammar).
+pub fn stop_reason_json(r: Option<&StopReason>) -> Value {
+    match r {
+        None => Value::Null,
+        Some(StopReason::Token(id)) => json!(id),
+        Some(StopReason::Text(s)) => json!(s),
+    }
 }
 
 pub fn sum_usage(results: &[ChoiceResult], prompt_tokens: usize, n: usize) -> Usage {

@@ -57,16 +57,34 @@ pub fn error_body(e: &ApiError) -> Value {
 /// The `options` a generation reads; the others are accepted and ignored.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Options {
+    #[serde(default, deserialize_with = "integer")]
     pub num_predict: Option<i64>,
     pub temperature: Option<f32>,
+    #[serde(default, deserialize_with = "integer")]
     pub top_k: Option<i64>,
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
+    #[serde(default, deserialize_with = "integer")]
     pub seed: Option<i64>,
     pub stop: Option<Vec<String>>,
     pub repeat_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+}
+
+/// An integer option, also as a JSON float: Ollama's `Options.FromMap` takes a float for an
+/// integer field and truncates it (clients in JavaScript send `40.0` for 40).
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.is_finite() && f.abs() < 9.2e18 => Ok(Some(f.trunc() as i64)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{n} is not an integer an option can take"
+            ))),
+        },
+    }
 }
 
 /// A chat message as Ollama's clients send it.
@@ -105,10 +123,16 @@ pub struct ChatBody {
     pub tools: Option<Value>,
     pub format: Option<Value>,
     pub options: Option<Options>,
+    /// How long the model stays loaded after the request (camelid keeps every model
+    /// loaded): read to answer `0` with Ollama's unload reply and refuse a malformed value.
+    pub keep_alive: Option<Value>,
     pub stream: Option<bool>,
     pub think: Option<Value>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
+    /// Whether a conversation longer than the context loses its oldest turns (Ollama's
+    /// default) instead of being refused.
+    pub truncate: Option<bool>,
 }
 
 /// `POST /api/generate`.
@@ -124,6 +148,9 @@ pub struct GenerateBody {
     pub images: Option<Vec<Value>>,
     pub format: Option<Value>,
     pub options: Option<Options>,
+    /// How long the model stays loaded after the request (camelid keeps every model
+    /// loaded): read to answer `0` with Ollama's unload reply and refuse a malformed value.
+    pub keep_alive: Option<Value>,
     pub stream: Option<bool>,
     pub think: Option<Value>,
     pub logprobs: Option<bool>,
@@ -171,6 +198,11 @@ impl GenerateBody {
         }
     }
 
+    /// `system`; an empty one is none, as Ollama reads it (older clients always send one).
+    fn system(&self) -> Option<&str> {
+        self.system.as_deref().filter(|s| !s.is_empty())
+    }
+
     /// Fields camelid cannot honour: a 400 naming them, never a silently different answer.
     pub fn check_supported(&self) -> Result<(), ApiError> {
         if self.template.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -188,7 +220,7 @@ impl GenerateBody {
             ));
         }
         no_images(self.images.as_deref(), "images")?;
-        if self.raw == Some(true) && self.system.is_some() {
+        if self.raw == Some(true) && self.system().is_some() {
             return Err(ApiError::invalid_param(
                 "system",
                 "`system` needs the chat template, which `raw: true` leaves out",
@@ -200,7 +232,7 @@ impl GenerateBody {
     /// The prompt as a chat (`system` then the prompt as the user's message).
     pub fn chat_request(&self, model: &str) -> Result<(ChatRequest, SamplingFields), ApiError> {
         let mut messages = vec![];
-        if let Some(s) = &self.system {
+        if let Some(s) = self.system() {
             messages.push(text_message("system", s));
         }
         messages.push(text_message("user", self.prompt.as_deref().unwrap_or("")));
@@ -264,6 +296,7 @@ fn chat_defaults(
         chat_template_kwargs: kwargs,
         add_generation_prompt: None,
         continue_final_message: false,
+        drop_oldest_to_fit: false,
     })
 }
 
@@ -279,11 +312,12 @@ impl ChatBody {
         let continue_final = self
             .messages
             .last()
-            .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_none());
+            .is_some_and(|m| m.role.eq_ignore_ascii_case("assistant") && m.tool_calls.is_none());
         let req = ChatRequest {
             messages: chat_messages(&self.messages)?,
             tools: self.tools.clone(),
             continue_final_message: continue_final,
+            drop_oldest_to_fit: self.truncate.unwrap_or(true),
             ..chat_defaults(
                 model,
                 self.options.as_ref(),
@@ -306,6 +340,8 @@ pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
         .enumerate()
         .map(|(i, m)| {
             no_images(m.images.as_deref(), &format!("messages[{i}].images"))?;
+            // Ollama lowercases roles as it reads a message.
+            let role = m.role.to_lowercase();
             let tool_calls = match &m.tool_calls {
                 Some(calls) if !calls.is_empty() => {
                     pending.clear();
@@ -325,7 +361,7 @@ pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 }
                 _ => None,
             };
-            let tool_call_id = if m.role != "tool" {
+            let tool_call_id = if role != "tool" {
                 None
             } else if let Some(id) = &m.tool_call_id {
                 pending.retain(|(p, _)| p != id);
@@ -341,7 +377,7 @@ pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 None
             };
             Ok(ChatMessage {
-                role: m.role.clone(),
+                role,
                 content: Some(Content::Text(m.content.clone().unwrap_or_default())),
                 name: None,
                 tool_calls,
@@ -426,13 +462,81 @@ fn response_format(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
 /// The served model a name means: its own name or an alias, with or without Ollama's
 /// `:latest` tag.
 pub fn resolve(state: &AppState, name: &str) -> Result<Arc<ModelEntry>, ApiError> {
-    match state.model(Some(name)) {
+    if name.is_empty() {
+        return Err(ApiError::invalid_param("model", "model is required"));
+    }
+    let found = match state.model(Some(name)) {
         Err(e) if e.code == Some("model_not_found") => match name.strip_suffix(":latest") {
             Some(bare) => state.model(Some(bare)).map_err(|_| e),
             None => Err(e),
         },
         r => r,
+    };
+    // Ollama's words: its clients match on "not found".
+    found.map_err(|e| match e.code {
+        Some("model_not_found") => ApiError {
+            message: format!("model '{name}' not found"),
+            ..e
+        },
+        _ => e,
+    })
+}
+
+/// `keep_alive` as Ollama reads it: seconds as a number, or a Go duration ("5m", "1h30m",
+/// "-1s"); a negative one is forever. Whether it asks to unload now (zero); a malformed one
+/// is a 400.
+pub fn unloads(keep_alive: Option<&Value>) -> Result<bool, ApiError> {
+    let bad = || {
+        ApiError::invalid_param(
+            "keep_alive",
+            "`keep_alive` is a number of seconds or a duration such as \"5m\" or \"1h\"",
+        )
+    };
+    match keep_alive {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Number(n)) => n.as_f64().map(|x| x == 0.0).ok_or_else(bad),
+        Some(Value::String(s)) => go_duration_secs(s).map(|x| x == 0.0).ok_or_else(bad),
+        Some(_) => Err(bad()),
     }
+}
+
+/// A Go duration string's seconds (`time.ParseDuration`: a sign, then numbers each with a
+/// unit of ns, us/µs, ms, s, m, h; "0" alone is zero). A bare number is seconds, as Ollama
+/// takes it.
+fn go_duration_secs(s: &str) -> Option<f64> {
+    let (sign, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (-1.0, r),
+        None => (1.0, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if let Ok(x) = rest.parse::<f64>() {
+        return x.is_finite().then_some(sign * x);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit..];
+        total += value * scale;
+    }
+    Some(sign * total)
 }
 
 /// A time as Ollama writes it (RFC 3339, nanoseconds, UTC).
@@ -470,7 +574,14 @@ pub fn listing(models: &[Arc<ModelEntry>], running: bool) -> Value {
     let mut out = vec![];
     for m in models {
         for name in std::iter::once(&m.name).chain(&m.aliases) {
-            let mut e = json!({"name": name, "model": name, "size": m.details.size_bytes,
+            // Ollama lists every model with its tag (clients check a name against
+            // `NAME:TAG`); a bare name is `:latest`, which resolves to it.
+            let listed = if name.contains(':') {
+                name.clone()
+            } else {
+                format!("{name}:latest")
+            };
+            let mut e = json!({"name": listed, "model": listed, "size": m.details.size_bytes,
                 "digest": digest(m, name), "details": details(models, m)});
             if running {
                 // Loaded until the server stops.
@@ -590,6 +701,61 @@ mod tests {
         let out = chat_messages(&msgs).unwrap();
         assert_eq!(out[1].tool_call_id.as_deref(), Some("u2"));
         assert_eq!(out[2].tool_call_id.as_deref(), Some("u1"));
+    }
+
+    /// `keep_alive` as Ollama reads it: seconds, or a Go duration; zero unloads; anything
+    /// else is a 400 naming the field.
+    #[test]
+    fn keep_alive_reads_seconds_and_go_durations() {
+        for (v, zero) in [
+            (json!(0), true),
+            (json!(0.0), true),
+            (json!("0"), true),
+            (json!("0s"), true),
+            (json!("0m0s"), true),
+            (json!(300), false),
+            (json!("5m"), false),
+            (json!("1h30m"), false),
+            (json!("-1"), false),
+            (json!("-1m"), false),
+            (json!("1.5h"), false),
+            (json!("250ms"), false),
+        ] {
+            assert_eq!(unloads(Some(&v)).unwrap(), zero, "{v}");
+        }
+        assert!(!unloads(None).unwrap());
+        for bad in [
+            json!("soon"),
+            json!("5"),
+            json!("m"),
+            json!(""),
+            json!("5x"),
+            json!([1]),
+        ] {
+            // "5" alone is seconds (Ollama's number form), the rest malformed.
+            if bad == json!("5") {
+                assert!(!unloads(Some(&bad)).unwrap());
+                continue;
+            }
+            let e = unloads(Some(&bad)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("keep_alive"), "{bad}");
+        }
+        assert_eq!(go_duration_secs("1h30m"), Some(5400.0));
+        assert_eq!(go_duration_secs("-2m"), Some(-120.0));
+        assert_eq!(go_duration_secs("1.5s"), Some(1.5));
+    }
+
+    /// Integer options come as JSON integers or floats (truncated, as Ollama's `FromMap`).
+    #[test]
+    fn integer_options_take_floats() {
+        let o: Options =
+            serde_json::from_value(json!({"num_predict": 8.0, "top_k": 40.7, "seed": -3})).unwrap();
+        assert_eq!(
+            (o.num_predict, o.top_k, o.seed),
+            (Some(8), Some(40), Some(-3))
+        );
+        assert!(serde_json::from_value::<Options>(json!({"num_predict": "8"})).is_err());
+        assert!(serde_json::from_value::<Options>(json!({"num_predict": 1e300})).is_err());
     }
 
     #[test]

@@ -199,6 +199,10 @@ pub struct ChatRequest {
     /// fit beside (Ollama's `num_predict`). Not a client field.
     #[serde(skip)]
     pub max_tokens_cap: Option<u32>,
+    /// A conversation longer than the context loses its oldest turns until it fits (Ollama's
+    /// chat, its `truncate`); OpenAI's and vLLM's refuse it. Not a client field.
+    #[serde(skip)]
+    pub drop_oldest_to_fit: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::format::new_id;
 use crate::openai::{ChatMessage, ChatRequest, Content, SamplingFields};
 use crate::tools::OutputPiece;
-use crate::validate::MAX_TOP_LOGPROBS;
+use crate::validate::check_top_logprobs;
 use camelid_engine::Usage;
 use camelid_model::decode::FinishReason;
 use serde::Deserialize;
@@ -80,12 +80,7 @@ impl ResponsesBody {
         if self.background == Some(true) {
             return Err(bad("background", "background responses are not supported"));
         }
-        if let Some(t) = self.top_logprobs.filter(|&t| t > MAX_TOP_LOGPROBS) {
-            return Err(bad(
-                "top_logprobs",
-                format!("`top_logprobs` must be at most {MAX_TOP_LOGPROBS}, got {t}"),
-            ));
-        }
+        check_top_logprobs("top_logprobs", self.top_logprobs)?;
         let input = self
             .input
             .as_ref()
@@ -173,6 +168,7 @@ impl ResponsesBody {
             continue_final_message: false,
             split_reasoning: None,
             max_tokens_cap: None,
+            drop_oldest_to_fit: false,
         };
         let sampling = SamplingFields {
             temperature: self.temperature,

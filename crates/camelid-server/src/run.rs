@@ -5,7 +5,7 @@ use crate::state::{AppState, ModelEntry, Permit};
 use axum::http::StatusCode;
 use camelid_engine::{Event, Request, SubmitError, Usage};
 use camelid_model::decode::sampling::TokenLogprob;
-use camelid_model::decode::{FinishReason, GenerationParams};
+use camelid_model::decode::{FinishReason, GenerationParams, StopReason};
 use futures::stream::{SelectAll, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
@@ -225,7 +225,7 @@ pub async fn next_step(
                 timing.token(&sub.state, sub.started, 0);
                 Ok(Step::Token { text, logprob })
             }
-            Event::Finished { reason, usage } => Ok(Step::Finished { reason, usage }),
+            Event::Finished { reason, usage, .. } => Ok(Step::Finished { reason, usage }),
             Event::Error(e) => Err(ApiError::internal(e)),
             Event::GrammarFailed(e) => Err(grammar_failed(&e)),
             Event::Refused(_) => Err(shutting_down()),
@@ -278,6 +278,8 @@ pub struct ChoiceResult {
     /// The pooled hidden state of an embedding request.
     pub embedding: Option<Vec<f32>>,
     pub finish: FinishReason,
+    /// The client's stop token or string that ended the choice (vLLM's `stop_reason`).
+    pub stop_reason: Option<StopReason>,
     pub usage: Usage,
 }
 
@@ -297,6 +299,7 @@ pub async fn collect(
             prompt_logprobs: None,
             embedding: None,
             finish: FinishReason::Stop,
+            stop_reason: None,
             usage: Usage::default(),
         })
         .collect();
@@ -318,8 +321,13 @@ pub async fn collect(
                 p.text += &text;
                 p.logprobs.extend(logprob);
             }
-            Event::Finished { reason, usage } => {
+            Event::Finished {
+                reason,
+                usage,
+                stop_reason,
+            } => {
                 p.finish = reason;
+                p.stop_reason = stop_reason;
                 p.usage = usage;
                 results[slot] = Some(p.clone());
             }

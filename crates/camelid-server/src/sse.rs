@@ -8,7 +8,7 @@ use crate::run::{grammar_failed, shutting_down, Submission, Timing};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use camelid_engine::{Event, Usage};
 use camelid_model::decode::sampling::TokenLogprob;
-use camelid_model::decode::FinishReason;
+use camelid_model::decode::{FinishReason, StopReason};
 use futures::stream::{Stream, StreamExt};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -24,8 +24,14 @@ pub trait ChunkFormat: Send + 'static {
     fn prompt_logprobs(&mut self, _index: usize, _lps: &[TokenLogprob]) -> Option<Value> {
         None
     }
-    /// The chunks that end a choice: what was held back, then its finish reason.
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value>;
+    /// The chunks that end a choice: what was held back, then its finish reason (and vLLM's
+    /// `stop_reason`).
+    fn finish(
+        &mut self,
+        index: usize,
+        reason: FinishReason,
+        stop_reason: Option<&StopReason>,
+    ) -> Vec<Value>;
     fn usage(&self, usage: &Usage) -> Value;
 }
 
@@ -153,13 +159,17 @@ pub fn stream(
                             st.push_chunk(c);
                         }
                     }
-                    Event::Finished { reason, usage } => {
+                    Event::Finished {
+                        reason,
+                        usage,
+                        stop_reason,
+                    } => {
                         st.completion_tokens += usage.completion_tokens;
                         if let Some(g) = st.generating.get_mut(idx - st.first_index) {
                             *g = 0;
                         }
                         st.cached.record(idx, usage.cached_tokens);
-                        for c in st.format.finish(idx, reason) {
+                        for c in st.format.finish(idx, reason, stop_reason.as_ref()) {
                             st.push_chunk(c);
                         }
                     }

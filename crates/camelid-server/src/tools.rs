@@ -157,6 +157,10 @@ fn checked_tools(
     Ok((tools, names))
 }
 
+/// The error code of tools a model's template does not render (Ollama's routes answer it in
+/// Ollama's words).
+pub const TOOLS_NOT_SUPPORTED: &str = "tools_not_supported";
+
 /// Tools the model's template does not render are a 400: the model could not know them.
 /// The probe renders stop at `max_bytes`.
 fn check_rendered(
@@ -167,11 +171,14 @@ fn check_rendered(
     let rendered = renders_tools(template, tools, max_bytes)
         .map_err(|e| ApiError::invalid_param("tools", e.to_string()))?;
     if !rendered {
-        return Err(bad(
-            "tools",
-            "this model's chat template does not render tools, so the model cannot be \
-             offered them (serve it with a tools-capable template: `--chat-template FILE`)",
-        ));
+        return Err(ApiError {
+            code: Some(TOOLS_NOT_SUPPORTED),
+            ..bad(
+                "tools",
+                "this model's chat template does not render tools, so the model cannot be \
+                 offered them (serve it with a tools-capable template: `--chat-template FILE`)",
+            )
+        });
     }
     Ok(())
 }

@@ -5,6 +5,9 @@ use crate::error::ApiError;
 use crate::limits::RequestLimits;
 use crate::openai::{ChatRequest, CompletionRequest, SamplingFields};
 use camelid_model::decode::GenerationParams;
+use camelid_model::sampling_ranges::{
+    FieldRange, MIN_P, PENALTY, REPETITION_PENALTY, TEMPERATURE, TOP_P,
+};
 use camelid_model::text::stream::StopSet;
 use camelid_model::{SamplingDefaults, SamplingParams};
 use serde_json::Value;
@@ -12,6 +15,25 @@ use std::sync::Arc;
 
 pub const MAX_N: u32 = 16;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// `top_logprobs` (or completions' `logprobs`, named by `param`) at most [`MAX_TOP_LOGPROBS`].
+pub fn check_top_logprobs(param: &str, t: Option<u32>) -> Result<(), ApiError> {
+    match t {
+        Some(t) if t > MAX_TOP_LOGPROBS => Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` must be at most {MAX_TOP_LOGPROBS}, got {t}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The sampling of a request's `i`-th choice: its seed moved by `i`, so `n` seeded choices
+/// differ from each other and each is the same on every run.
+pub fn choice_params(params: &GenerationParams, i: usize) -> GenerationParams {
+    let mut p = params.clone();
+    p.sampling.seed = p.sampling.seed.map(|s| s.wrapping_add(i as u64));
+    p
+}
 
 fn not_implemented(param: &str, what: &str) -> ApiError {
     ApiError::invalid_param(
@@ -98,18 +120,14 @@ pub fn unimplemented_completion(req: &CompletionRequest, n: u32) -> Result<(), A
 /// Longest `cache_salt`, in bytes: room for any tenant id or key digest.
 pub const MAX_CACHE_SALT_BYTES: usize = 256;
 
-fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool) -> Result<(), ApiError> {
-    if let Some(x) = v {
-        let ok = x.is_finite() && (if lo_open { x > lo } else { x >= lo }) && x <= hi;
-        if !ok {
-            let open = if lo_open { "(" } else { "[" };
-            return Err(ApiError::invalid_param(
-                param,
-                format!("`{param}` must be in {open}{lo}, {hi}], got {x}"),
-            ));
-        }
+fn range(param: &str, v: Option<f32>, r: FieldRange) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !r.contains(x) => Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` must be in {}, got {x}", r.describe()),
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks every sampling field (first the sizes `limits` caps, so nothing is copied from an
@@ -135,13 +153,16 @@ pub fn generation_params(
             "`stream_options` is only allowed when `stream` is true",
         ));
     }
-    range("temperature", f.temperature, 0.0, 2.0, false)?;
-    // 0 keeps the best token alone (OpenAI and llama.cpp take it as greedy).
-    range("top_p", f.top_p, 0.0, 1.0, false)?;
-    range("presence_penalty", f.presence_penalty, -2.0, 2.0, false)?;
-    range("frequency_penalty", f.frequency_penalty, -2.0, 2.0, false)?;
-    range("min_p", f.min_p, 0.0, 1.0, false)?;
-    range("repetition_penalty", f.repetition_penalty, 0.0, 100.0, true)?;
+    range("temperature", f.temperature, TEMPERATURE)?;
+    range("top_p", f.top_p, TOP_P)?;
+    range("presence_penalty", f.presence_penalty, PENALTY)?;
+    range("frequency_penalty", f.frequency_penalty, PENALTY)?;
+    range("min_p", f.min_p, MIN_P)?;
+    range(
+        "repetition_penalty",
+        f.repetition_penalty,
+        REPETITION_PENALTY,
+    )?;
     let n = f.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return Err(ApiError::invalid_param(

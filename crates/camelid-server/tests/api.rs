@@ -295,10 +295,25 @@ fn stop_strings_cut_the_text() {
     assert_eq!(st, 200);
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    // vLLM's `stop_reason`: the stop string that ended it.
+    assert_eq!(body["choices"][0]["stop_reason"], json!(word), "{body}");
     assert!(!text.contains(&word), "{text:?} contains {word:?}");
     assert!(full.starts_with(text), "{full:?} / {text:?}");
-    let (st, _) = chat(json!({"stop": "single string"}));
+    let (st, b) = chat(json!({"stop": "single string"}));
     assert_eq!(st, 200);
+    // The model's own end of turn (or the length) is no stop string: null, as in vLLM.
+    assert_eq!(b["choices"][0]["stop_reason"], Value::Null, "{b}");
+    // Streamed: on the chunk that carries the finish reason.
+    let chunks = stream_chunks(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": [{"role": "user", "content": "Name three colors."}],
+               "max_tokens": 16, "temperature": 0, "stream": true, "stop": [word.clone(), "zzzz"]}),
+    );
+    let last = chunks
+        .iter()
+        .rfind(|c| !c["choices"][0]["finish_reason"].is_null())
+        .expect("a finishing chunk");
+    assert_eq!(last["choices"][0]["stop_reason"], json!(word), "{last}");
 }
 
 #[test]
@@ -1193,6 +1208,7 @@ fn ignore_eos_keeps_the_clients_stop_token_ids() {
     let (st, r) = post("/v1/completions", stopped);
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+    assert_eq!(r["choices"][0]["stop_reason"], t["tokens"][0], "{r}");
     assert_eq!(r["usage"]["completion_tokens"], 1, "{r}");
 }
 
@@ -1516,6 +1532,53 @@ fn reasoning_is_split_from_the_answer() {
 /// (`message.thinking`, `/api/generate`'s `thinking`), `false` drops it, and without it the
 /// text is as the model wrote it. On `r1` the prompt opens the block, so a free output starts
 /// inside it.
+/// Ollama's chat cuts a conversation longer than the context to its latest turns (every
+/// system message kept, cut before a user message), as Ollama does by default: the prompt
+/// is the longest such tail that fits. `truncate: false` refuses it, as `/v1` does.
+#[test]
+fn ollama_chat_leaves_out_the_oldest_turns_to_fit_the_context() {
+    let filler = |i: usize| format!("turn {i}: {}", "lorem ipsum dolor sit amet ".repeat(10));
+    let mut messages = vec![json!({"role": "system", "content": "You are terse."})];
+    for i in 0..8 {
+        messages.push(json!({"role": "user", "content": filler(i)}));
+        messages.push(json!({"role": "assistant", "content": filler(100 + i)}));
+    }
+    messages.push(json!({"role": "user", "content": "Say hi."}));
+    let ask = |truncate: Option<bool>| {
+        let mut b = json!({"model": "smol", "messages": messages, "stream": false,
+                           "options": {"num_predict": 2, "temperature": 0}});
+        if let Some(t) = truncate {
+            b["truncate"] = t.into();
+        }
+        post("/api/chat", b)
+    };
+    // The prompt of the system message and the messages from `from` on, counted as
+    // `/tokenize` renders a chat.
+    let count = |from: usize| {
+        let kept: Vec<Value> = std::iter::once(messages[0].clone())
+            .chain(messages[from..].iter().cloned())
+            .collect();
+        let (st, t) = post("/tokenize", json!({"model": "smol", "messages": kept}));
+        assert_eq!(st, 200, "{t}");
+        t["count"].as_u64().unwrap()
+    };
+    let context = 512;
+    assert!(count(1) >= context, "the whole conversation must not fit");
+    let fit = (1..messages.len())
+        .step_by(2)
+        .find(|&i| count(i) < context)
+        .expect("the last turn fits");
+    assert!(fit > 3, "more than one turn must be left out: {fit}");
+    for truncate in [None, Some(true)] {
+        let (st, r) = ask(truncate);
+        assert_eq!(st, 200, "{r}");
+        assert_eq!(r["prompt_eval_count"], count(fit), "{truncate:?}: {r}");
+    }
+    let (st, r) = ask(Some(false));
+    assert_eq!(st, 400, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("context"), "{r}");
+}
+
 #[test]
 fn ollama_think_returns_the_thinking_apart() {
     let base = &reasoning_server(false).base;

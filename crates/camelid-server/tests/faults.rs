@@ -196,6 +196,37 @@ fn metrics_labels_are_route_templates_and_escaped() {
 /// Every route but `/health` needs a key when keys are set, `/metrics` too unless it is made
 /// public, unknown paths too (a client without a key cannot probe which routes exist); an
 /// empty bearer token never passes, even should an empty key be configured.
+/// The routes `router` puts behind the API keys (method, path with its parameters filled), from
+/// the part of `src/lib.rs` that builds them: every `.route("…", get|post|any(…))` and the
+/// paths of Ollama's refused routes, up to the keyed router's fallback.
+fn keyed_routes() -> Vec<(&'static str, String)> {
+    let src = include_str!("../src/lib.rs");
+    let start = src
+        .find("let mut keyed = Router::new()")
+        .expect("the keyed router");
+    let end = start + src[start..].find("keyed.fallback(").expect("its fallback");
+    let fill = |p: &str| {
+        p.replace("{*model}", "smol")
+            .replace("{digest}", "sha256-x")
+    };
+    let mut out = vec![];
+    for line in src[start..end].lines() {
+        let line = line.trim();
+        let Some(path) = line.split('"').nth(1).filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        let method = if line.contains("get(") {
+            "GET"
+        } else {
+            // `post(…)`, and `any(…)` (the refused Ollama routes, whose paths are listed
+            // alone) answered to a POST.
+            "POST"
+        };
+        out.push((method, fill(path)));
+    }
+    out
+}
+
 #[test]
 fn api_keys_cover_every_route_but_health() {
     let key = "sk-cover";
@@ -207,22 +238,23 @@ fn api_keys_cover_every_route_but_health() {
         "smol",
         EngineConfig::default(),
     );
-    let chat = r#"{"model":"smol","messages":[{"role":"user","content":"x"}],"max_tokens":1}"#;
-    let routes: [(&str, &str, &str); 7] = [
-        ("GET", "/v1/models", ""),
-        ("POST", "/v1/chat/completions", chat),
-        (
-            "POST",
-            "/v1/completions",
-            r#"{"model":"smol","prompt":"x","max_tokens":1}"#,
-        ),
-        ("POST", "/tokenize", r#"{"model":"smol","prompt":"x"}"#),
-        ("POST", "/detokenize", r#"{"model":"smol","tokens":[1]}"#),
-        ("GET", "/metrics", ""),
-        ("GET", "/v1/unknown", ""),
-    ];
+    // Every route the router registers behind the keys, read from its source so that a route
+    // added later is covered too, and a path no route has.
+    let routes: Vec<(&str, String)> = keyed_routes()
+        .into_iter()
+        .chain([
+            ("GET", "/v1/unknown".to_string()),
+            ("GET", "/metrics".into()),
+        ])
+        .collect();
+    assert!(routes.len() >= 24, "read only {routes:?}");
     let bearer = format!("Bearer {key}");
-    for (method, path, body) in routes {
+    for (method, path) in &routes {
+        let (method, path, body) = (
+            *method,
+            path.as_str(),
+            if *method == "GET" { "" } else { "{}" },
+        );
         for auth in [
             None,
             Some("Bearer "),
@@ -233,7 +265,15 @@ fn api_keys_cover_every_route_but_health() {
             let (st, b) = raw(&base, method, path, &headers, body);
             assert_eq!(st, 401, "{method} {path} with {auth:?}: {b}");
             let b: Value = serde_json::from_str(&b).unwrap();
-            assert_eq!(b["error"]["code"], "invalid_api_key", "{b}");
+            if path.starts_with("/api/") {
+                // Ollama's error shape: the message alone.
+                assert!(
+                    b["error"].as_str().is_some_and(|m| m.contains("API key")),
+                    "{b}"
+                );
+            } else {
+                assert_eq!(b["error"]["code"], "invalid_api_key", "{b}");
+            }
         }
         let (st, b) = raw(&base, method, path, &[("Authorization", &bearer)], body);
         assert_ne!(st, 401, "{method} {path} with the key: {b}");

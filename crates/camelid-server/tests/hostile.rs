@@ -2577,10 +2577,31 @@ fn ollama_routes_answer_bad_input_with_ollamas_errors() {
             404,
         ),
         (
-            "embed: dimensions the model does not make",
+            "embed: dimensions not a number",
             "POST",
             "/api/embed",
-            json!({"model": "smol", "input": "x", "dimensions": 8}),
+            json!({"model": "smol", "input": "x", "dimensions": "eight"}),
+            400,
+        ),
+        (
+            "chat: keep_alive not a duration",
+            "POST",
+            "/api/chat",
+            json!({"model": "smol", "messages": [], "keep_alive": "soon"}),
+            400,
+        ),
+        (
+            "chat: num_predict a fraction too large",
+            "POST",
+            "/api/chat",
+            json!({"model": "smol", "messages": [], "options": {"num_predict": 1e300}}),
+            400,
+        ),
+        (
+            "chat: no model",
+            "POST",
+            "/api/chat",
+            json!({"model": "", "messages": []}),
             400,
         ),
         (

@@ -74,18 +74,45 @@ fn paths_at(s: &str) -> Vec<Vec<String>> {
     vec![segs]
 }
 
+/// Whether the first `{` group in `s` is closed within it.
+fn group_closed(s: &str) -> bool {
+    let Some(open) = s.find('{') else { return true };
+    let mut depth = 0;
+    for c in s[open..].chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Every module a source file refers to, as absolute paths (before matching to modules).
 fn references(file_module: &Module, text: &str) -> Vec<Vec<String>> {
     let mut out = vec![];
     // Inline modules open at this point: (name, brace depth at which they close).
     let mut inline: Vec<(String, i32)> = vec![];
     let mut depth = 0i32;
-    for line in text.lines() {
-        let code = line.trim_start();
-        if code.starts_with("//") {
-            continue;
-        }
-        let code = code.split(" //").next().unwrap_or(code);
+    // Lines without their comments: a grouped path wrapped over lines (`use crate::{` then
+    // one item a line, as rustfmt writes long imports) is read on with the lines after it.
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                ""
+            } else {
+                code.split(" //").next().unwrap_or(code)
+            }
+        })
+        .collect();
+    for (n, &code) in lines.iter().enumerate() {
         let here: Module = file_module
             .iter()
             .cloned()
@@ -109,7 +136,16 @@ fn references(file_module: &Module, text: &str) -> Vec<Vec<String>> {
                     base.pop();
                     from += "super::".len();
                 }
-                for tail in paths_at(&code[from..]) {
+                let mut rest = code[from..].to_string();
+                for more in lines.iter().skip(n + 1).take(200) {
+                    let grouped = rest.starts_with('{') || rest.contains("::{");
+                    if !grouped || group_closed(&rest) {
+                        break;
+                    }
+                    rest.push(' ');
+                    rest.push_str(more);
+                }
+                for tail in paths_at(&rest) {
                     out.push(base.iter().cloned().chain(tail).collect());
                 }
             }
@@ -269,7 +305,10 @@ fn the_reader_finds_a_circle_through_three_modules() {
             "lib.rs",
             "pub mod model;\npub mod cpu;\npub mod attention;\n",
         ),
-        file("model.rs", "use crate::{cpu::forward, error::E};\n"),
+        file(
+            "model.rs",
+            "use crate::{\n    cpu::forward,\n    error::E,\n};\n",
+        ),
         file("cpu/mod.rs", "mod inner;\n"),
         file(
             "cpu/inner.rs",

@@ -232,8 +232,8 @@ fn a_shape_that_does_not_match_the_values_is_refused() {
 /// place in the call (prompts chunked or batched, preempted and recomputed).
 #[test]
 fn amx_rows_do_not_depend_on_the_batch() {
-    if !Flavour::available().contains(&Flavour::Amx) {
-        eprintln!("no AMX-BF16 here: skipped");
+    let present = Flavour::available().contains(&Flavour::Amx);
+    if crate::cpu_features::skip_without_amx("AMX-BF16 tiles", present) {
         return;
     }
     let (n, k, m) = (133, 2100, 41);

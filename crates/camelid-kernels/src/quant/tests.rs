@@ -505,8 +505,8 @@ fn k_weights_use_the_k_kernels_and_fuse_when_unpadded() {
 #[test]
 fn amx_tiles_give_the_vnni_passes_bits() {
     let flavours = kgemm::Flavour::available();
-    if !flavours.contains(&kgemm::Flavour::Amx) {
-        eprintln!("no AMX on this CPU (or CAMELID_NO_AMX=1); nothing to compare");
+    let present = flavours.contains(&kgemm::Flavour::Amx);
+    if crate::cpu_features::skip_without_amx("AMX-INT8 tiles", present) {
         return;
     }
     for t in K_TYPES {

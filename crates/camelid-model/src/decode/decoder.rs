@@ -66,6 +66,15 @@ impl GenerationParams {
     }
 }
 
+/// What stopped a sequence that finished `stop`, where the client asked for it (vLLM's
+/// `stop_reason`): one of its `stop_token_ids` or stop strings. The model's own end tokens,
+/// a finished grammar and the length are none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Token(u32),
+    Text(String),
+}
+
 /// One step's outcome for a sequence.
 #[derive(Debug, Clone)]
 pub struct StepOutput {
@@ -74,6 +83,7 @@ pub struct StepOutput {
     pub text: String,
     pub logprob: Option<TokenLogprob>,
     pub finished: Option<FinishReason>,
+    pub stop_reason: Option<StopReason>,
 }
 
 pub struct SequenceDecoder {
@@ -113,9 +123,6 @@ impl SequenceDecoder {
     }
     pub fn output(&self) -> &[u32] {
         &self.output
-    }
-    pub fn is_done(&self) -> bool {
-        self.done
     }
 
     /// Consumes the next-token logits of this sequence.
@@ -207,6 +214,7 @@ impl SequenceDecoder {
         };
         let mut text = String::new();
         let mut finished = None;
+        let mut stop_reason = None;
         if is_stop_token {
             // vLLM's `include_stop_str_in_output` keeps the stop token's text too (an end
             // token's is none unless special tokens are shown).
@@ -217,6 +225,9 @@ impl SequenceDecoder {
             tail += &self.detok.flush(tok)?;
             text += &self.stops.flush_after(tail);
             finished = Some(FinishReason::Stop);
+            if !self.params.eos_token_ids.contains(&token) {
+                stop_reason = Some(StopReason::Token(token));
+            }
         } else {
             let piece = self.detok.push(tok, token)?;
             // Stop strings wait for min_tokens as stop tokens do (vLLM's rule).
@@ -228,6 +239,7 @@ impl SequenceDecoder {
                     StopCheck::Stopped(t) => {
                         text += &t;
                         finished = Some(FinishReason::Stop);
+                        stop_reason = self.stops.stopped_by().map(|s| StopReason::Text(s.into()));
                     }
                 }
             }
@@ -253,6 +265,7 @@ impl SequenceDecoder {
             text,
             logprob,
             finished,
+            stop_reason,
         })
     }
 }
@@ -307,5 +320,39 @@ mod tests {
         let mut biased = SamplingParams::greedy();
         biased.logit_bias.insert(2, 1.0);
         assert_eq!(tokens(biased, &rows), [2, 2, 2]);
+    }
+
+    /// vLLM's `stop_reason`: a client's stop token or stop string is named; the model's own
+    /// end token and the length are not.
+    #[test]
+    fn the_stop_reason_names_the_clients_stop_not_the_models_end() {
+        let tok = tokenizer();
+        let run = |stops: &[&str], client_ids: &[u32], row: [f32; 4]| {
+            let mut p = GenerationParams::new(4, SamplingParams::greedy());
+            p.eos_token_ids = vec![3];
+            p.stop_token_ids = [&[3], client_ids].concat();
+            p.stop_strings = Arc::new(stops.iter().copied().collect());
+            let mut d = SequenceDecoder::new(vec![0], p, 64);
+            loop {
+                let out = d.step(&tok, &row).unwrap();
+                if out.finished.is_some() {
+                    return (out.finished, out.stop_reason);
+                }
+            }
+        };
+        let stop = Some(FinishReason::Stop);
+        assert_eq!(run(&[], &[], [0.0, 0.0, 0.0, 1.0]), (stop, None));
+        assert_eq!(
+            run(&[], &[2], [0.0, 0.0, 1.0, 0.0]),
+            (stop, Some(StopReason::Token(2)))
+        );
+        assert_eq!(
+            run(&["x", "b"], &[], [0.0, 1.0, 0.0, 0.0]),
+            (stop, Some(StopReason::Text("b".into())))
+        );
+        assert_eq!(
+            run(&[], &[], [1.0, 0.0, 0.0, 0.0]),
+            (Some(FinishReason::Length), None)
+        );
     }
 }

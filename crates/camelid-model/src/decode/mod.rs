@@ -9,5 +9,5 @@ pub mod sampling;
 /// Grammars live in [`crate::constraint`] (the loader builds a model's compiler, and
 /// [`generate`] reads loaded models); re-exported so `decode::constraint::…` names them too.
 pub use crate::constraint;
-pub use decoder::{FinishReason, GenerationParams, SequenceDecoder, StepOutput};
+pub use decoder::{FinishReason, GenerationParams, SequenceDecoder, StepOutput, StopReason};
 pub use generate::{generate, Generation};

@@ -87,18 +87,19 @@ impl SamplingDefaults {
     /// The fields vLLM takes from a `generation_config.json` (`do_sample` is not read, as
     /// vLLM does not); values out of range are left out.
     pub fn from_generation_config(g: &serde_json::Value) -> Self {
-        let f = |k: &str, ok: fn(f64) -> bool| {
+        use crate::sampling_ranges::{FieldRange, MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
+        let f = |k: &str, r: FieldRange| {
             g.get(k)
                 .and_then(|v| v.as_f64())
-                .filter(|&x| x.is_finite() && ok(x))
                 .map(|x| x as f32)
+                .filter(|&x| r.contains(x))
         };
         Self {
-            temperature: f("temperature", |x| (0.0..=2.0).contains(&x)),
-            top_p: f("top_p", |x| x > 0.0 && x <= 1.0),
+            temperature: f("temperature", TEMPERATURE),
+            top_p: f("top_p", TOP_P),
             top_k: g.get("top_k").and_then(|v| v.as_i64()).filter(|&k| k >= -1),
-            min_p: f("min_p", |x| (0.0..=1.0).contains(&x)),
-            repetition_penalty: f("repetition_penalty", |x| x > 0.0 && x <= 100.0),
+            min_p: f("min_p", MIN_P),
+            repetition_penalty: f("repetition_penalty", REPETITION_PENALTY),
         }
     }
 

@@ -94,13 +94,25 @@ impl Llama {
     /// How many of the model's matmuls (fused projections count once) run on camelid's own
     /// quantized kernels, and how many there are: which kernels a file's formats got.
     pub fn own_kernel_matmuls(&self) -> (usize, usize) {
+        let all = self.matmuls();
+        (all.iter().filter(|l| l.own_kernel()).count(), all.len())
+    }
+
+    /// Each matmul's 16-bit weight type where it keeps 16-bit weights (tests: an F16 file's
+    /// stay F16, a bf16 one's bf16).
+    pub fn half_kinds(&self) -> Vec<Option<camelid_kernels::f16gemm::HalfKind>> {
+        self.matmuls().iter().map(|l| l.half_kind()).collect()
+    }
+
+    /// Every weight matmul: the head, then each layer's.
+    fn matmuls(&self) -> Vec<&Linear> {
         let mut all: Vec<&Linear> = vec![&self.lm_head];
         for l in &self.layers {
             all.extend(l.qkv.linears());
             all.extend([&l.o, &l.down]);
             all.extend(l.gate_up.linears());
         }
-        (all.iter().filter(|l| l.own_kernel()).count(), all.len())
+        all
     }
 
     /// The norm weights as host f32 slices (copied from the tensors once).

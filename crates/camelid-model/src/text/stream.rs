@@ -158,6 +158,8 @@ pub struct StopMatcher {
     start: usize,
     /// Automaton steps so far (the unit tests bound it).
     work: u64,
+    /// The stop string that stopped the stream, by its index in the set.
+    stopped_by: Option<usize>,
 }
 
 impl StopMatcher {
@@ -168,7 +170,13 @@ impl StopMatcher {
             pending: String::new(),
             start: 0,
             work: 0,
+            stopped_by: None,
         }
+    }
+
+    /// The stop string found by the push that returned [`StopCheck::Stopped`].
+    pub fn stopped_by(&self) -> Option<&str> {
+        self.stopped_by.map(|k| self.set.stops[k].as_str())
     }
 
     pub fn push(&mut self, text: &str) -> StopCheck {
@@ -189,7 +197,7 @@ impl StopMatcher {
         self.pending.push_str(text);
         // The earliest-starting stop string wholly in the held text plus `text` (where it
         // begins, and where it ends).
-        let mut first: Option<(usize, usize)> = None;
+        let mut first: Option<(usize, usize, usize)> = None;
         for (k, (stop, fail)) in self.set.stops.iter().zip(&self.set.fail).enumerate() {
             let (stop, m) = (stop.as_bytes(), &mut self.matched[k]);
             for (i, b) in text.bytes().enumerate() {
@@ -204,14 +212,15 @@ impl StopMatcher {
                 if *m == stop.len() {
                     let end = base + i + 1;
                     let begin = end - stop.len();
-                    if check && first.is_none_or(|(b, _)| begin < b) {
-                        first = Some((begin, end));
+                    if check && first.is_none_or(|(b, _, _)| begin < b) {
+                        first = Some((begin, end, k));
                     }
                     *m = fail[*m - 1] as usize;
                 }
             }
         }
-        if let Some((begin, end)) = first {
+        if let Some((begin, end, k)) = first {
+            self.stopped_by = Some(k);
             let to = if self.set.include_in_output {
                 end
             } else {
@@ -278,11 +287,14 @@ mod tests {
     /// earliest-starting one), nothing after it.
     #[test]
     fn an_included_stop_string_ends_the_text() {
-        let mut set: StopSet = ["END", "ND!"].into_iter().collect();
+        let mut set: StopSet = ["ND!", "END"].into_iter().collect();
         set.include_in_output = true;
         let mut m = StopMatcher::new(Arc::new(set));
         assert_eq!(m.push("The E"), StopCheck::Continue("The ".into()));
+        assert_eq!(m.stopped_by(), None);
         assert_eq!(m.push("ND! more"), StopCheck::Stopped("END".into()));
+        // vLLM's `stop_reason`: the string that stopped it, the earliest-starting one.
+        assert_eq!(m.stopped_by(), Some("END"));
     }
 
     /// min_tokens: a stop string that ends in unchecked text does not stop, and what it was

@@ -3,7 +3,9 @@
 
 use super::{AppResult, RequestBody};
 use crate::chat::{self, Submitted};
-use crate::format::{chat_logprobs, chat_usage_json, finish_str, new_id, now_secs};
+use crate::format::{
+    chat_logprobs, chat_usage_json, finish_str, new_id, now_secs, stop_reason_json,
+};
 use crate::openai::{parse_with_sampling, ChatRequest, StreamOptions};
 use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
@@ -12,7 +14,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
-use camelid_model::decode::FinishReason;
+use camelid_model::decode::{FinishReason, StopReason};
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -68,6 +70,7 @@ pub async fn chat_completions(
                 "message": message,
                 "logprobs": c.logprobs,
                 "finish_reason": finish_reason(c.finish, c.tool_calls.len(), false, named),
+                "stop_reason": stop_reason_json(c.stop_reason.as_ref()),
             })
         })
         .collect();
@@ -163,15 +166,21 @@ impl ChunkFormat for ChatChunks {
         let p = self.reader(index).map(|r| r.push(text)).unwrap_or_default();
         self.pieces(index, &p.thought, &p.text, lp, p.deltas)
     }
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+    fn finish(
+        &mut self,
+        index: usize,
+        reason: FinishReason,
+        stop_reason: Option<&StopReason>,
+    ) -> Vec<Value> {
         let p = self.reader(index).map(|r| r.finish()).unwrap_or_default();
         let calls = self.reader(index).map_or(0, |r| r.calls());
         let cut = self.reader(index).is_some_and(|r| r.calls_cut());
         let mut out = self.pieces(index, &p.thought, &p.text, Value::Null, p.deltas);
         let finish = finish_reason(reason, calls, cut, self.named_tool);
-        out.push(self.chunk(
-            json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}]),
-        ));
+        out.push(
+            self.chunk(json!([{"index": index, "delta": {}, "logprobs": null,
+            "finish_reason": finish, "stop_reason": stop_reason_json(stop_reason)}])),
+        );
         out
     }
     fn usage(&self, usage: &Usage) -> Value {

@@ -4,7 +4,8 @@
 use super::{AppResult, RequestBody};
 use crate::error::ApiError;
 use crate::format::{
-    completion_logprobs, finish_str, new_id, now_secs, usage_json, CachedPrompt, TextOffset,
+    completion_logprobs, finish_str, new_id, now_secs, stop_reason_json, usage_json, CachedPrompt,
+    TextOffset,
 };
 use crate::openai::{parse_with_sampling, CompletionRequest, Prompt, StreamOptions};
 use crate::run::{blocking, collect, submit, ChoiceSpec};
@@ -12,14 +13,14 @@ use crate::sse::{stream, ChunkFormat};
 use crate::state::AppState;
 use crate::structured;
 use crate::validate::{
-    cache_salt, encode_prompt, generation_params, infill_suffix, max_tokens, model_stops,
-    unimplemented_completion, MAX_TOP_LOGPROBS,
+    cache_salt, check_top_logprobs, choice_params, encode_prompt, generation_params, infill_suffix,
+    max_tokens, model_stops, unimplemented_completion,
 };
 use axum::extract::State;
 use axum::response::IntoResponse;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
-use camelid_model::decode::FinishReason;
+use camelid_model::decode::{FinishReason, StopReason};
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -49,14 +50,7 @@ pub async fn completions(
         Prompt::TokenLists(l) => l.len(),
     };
     limits.check_sequences(prompt_count, n)?;
-    if let Some(l) = req.logprobs {
-        if l > MAX_TOP_LOGPROBS {
-            return Err(ApiError::invalid_param(
-                "logprobs",
-                format!("`logprobs` must be at most {MAX_TOP_LOGPROBS}, got {l}"),
-            ));
-        }
-    }
+    check_top_logprobs("logprobs", req.logprobs)?;
     if f.max_tokens == Some(0) && !req.echo {
         return Err(ApiError::invalid_param(
             "max_tokens",
@@ -125,8 +119,7 @@ pub async fn completions(
         )?;
         params.logprobs = req.logprobs.map(|l| l as usize);
         for i in 0..n {
-            let mut p = params.clone();
-            p.sampling.seed = p.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            let p = choice_params(&params, i);
             let prompt_logprobs = if req.echo {
                 req.logprobs.map(|l| l as usize)
             } else {
@@ -211,7 +204,9 @@ pub async fn completions(
             Value::Null
         };
         text += &r.text;
-        choices.push(json!({"index": r.index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(r.finish)}));
+        choices.push(json!({"index": r.index, "text": text, "logprobs": logprobs,
+            "finish_reason": finish_str(r.finish),
+            "stop_reason": stop_reason_json(r.stop_reason.as_ref())}));
     }
     let mut cached = CachedPrompt::new(n);
     for r in &results {
@@ -308,9 +303,17 @@ impl ChunkFormat for CompletionChunks {
         );
         out
     }
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+    fn finish(
+        &mut self,
+        index: usize,
+        reason: FinishReason,
+        stop_reason: Option<&StopReason>,
+    ) -> Vec<Value> {
         let mut out: Vec<Value> = self.echo(index, None).into_iter().collect();
-        out.push(self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)}])));
+        out.push(
+            self.chunk(json!([{"index": index, "text": "", "logprobs": null,
+            "finish_reason": finish_str(reason), "stop_reason": stop_reason_json(stop_reason)}])),
+        );
         out
     }
     fn usage(&self, usage: &Usage) -> Value {

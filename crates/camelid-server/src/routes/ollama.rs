@@ -18,7 +18,7 @@ use crate::state::{AppState, ModelEntry, Permit};
 use crate::structured;
 use crate::tools::{self, OutputReader};
 use crate::validate::{
-    encode_prompt, generation_params, infill_suffix, max_tokens, model_stops, MAX_TOP_LOGPROBS,
+    check_top_logprobs, encode_prompt, generation_params, infill_suffix, max_tokens, model_stops,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -51,10 +51,11 @@ pub async fn chat(
     let body: ChatBody = parse_body(&raw)?;
     drop(raw);
     let model = ollama::resolve(&state, &body.model)?;
+    let unload = ollama::unloads(body.keep_alive.as_ref())?;
     ollama::check_think(body.think.as_ref(), &body.model, &model)?;
     if body.messages.is_empty() {
-        // Ollama's way of loading a model: the answer says it is loaded.
-        return Ok(axum::Json(loaded(Kind::Chat, &body.model)).into_response());
+        // Ollama's way of loading (or with `keep_alive: 0` unloading) a model.
+        return Ok(axum::Json(loaded(Kind::Chat, &body.model, unload)).into_response());
     }
     let (req, sampling) = body.chat_request(&model.name)?;
     let has_tools = req
@@ -92,10 +93,11 @@ pub async fn generate(
     let body: GenerateBody = parse_body(&raw)?;
     drop(raw);
     let model = ollama::resolve(&state, &body.model)?;
+    let unload = ollama::unloads(body.keep_alive.as_ref())?;
     body.check_supported()?;
     ollama::check_think(body.think.as_ref(), &body.model, &model)?;
     if body.prompt.as_deref().unwrap_or("").is_empty() {
-        return Ok(axum::Json(loaded(Kind::Generate, &body.model)).into_response());
+        return Ok(axum::Json(loaded(Kind::Generate, &body.model, unload)).into_response());
     }
     let logprobs = body.logprobs.unwrap_or(false);
     // A suffix is fill-in-the-middle: the model's FIM tokens around the prompt, no template.
@@ -137,7 +139,7 @@ pub async fn generate(
 /// A chat's tools refused because the model's template does not show them: Ollama's words
 /// (`"name" does not support tools`), which its clients match on to retry without tools.
 fn tools_refused_as_ollama(e: ApiError, has_tools: bool, name: &str) -> ApiError {
-    if has_tools && e.param.as_deref() == Some("tools") && e.message.contains("does not render") {
+    if has_tools && e.code == Some(tools::TOOLS_NOT_SUPPORTED) {
         return ApiError::invalid_param("tools", format!("\"{name}\" does not support tools"));
     }
     e
@@ -154,12 +156,7 @@ async fn submit_raw(
     f: &SamplingFields,
     (cap, logprobs): (Option<u32>, Option<u32>),
 ) -> Result<(Submission, usize), ApiError> {
-    if logprobs.is_some_and(|t| t > MAX_TOP_LOGPROBS) {
-        return Err(ApiError::invalid_param(
-            "top_logprobs",
-            format!("`top_logprobs` must be at most {MAX_TOP_LOGPROBS}"),
-        ));
-    }
+    check_top_logprobs("top_logprobs", logprobs)?;
     let limits = &state.config.limits;
     let vocab = model.engine.vocab_size();
     let stops = model_stops(model, suffix.is_some());
@@ -191,10 +188,13 @@ async fn submit_raw(
     Ok((run::submit(state, permit, model, vec![spec])?, n))
 }
 
-/// What `/api/chat` without messages and `/api/generate` without a prompt answer.
-fn loaded(kind: Kind, model: &str) -> Value {
+/// What `/api/chat` without messages and `/api/generate` without a prompt answer: loaded, or
+/// with `keep_alive: 0` unloaded (`ollama stop`'s request; camelid keeps its models loaded,
+/// the reply is Ollama's).
+fn loaded(kind: Kind, model: &str, unload: bool) -> Value {
+    let reason = if unload { "unload" } else { "load" };
     let mut v = json!({"model": model, "created_at": ollama::now(), "done": true,
-                       "done_reason": "load"});
+                       "done_reason": reason});
     match kind {
         Kind::Chat => v["message"] = json!({"role": "assistant", "content": ""}),
         Kind::Generate => v["response"] = "".into(),
@@ -504,14 +504,14 @@ pub async fn embed(
     let body: EmbedBody = parse_body(&raw)?;
     drop(raw);
     let model = ollama::resolve(&state, &body.model)?;
-    let width = model.details.embedding_length as u64;
-    if let Some(d) = body.dimensions.filter(|&d| d != width) {
-        return Err(ApiError::invalid_param(
-            "dimensions",
-            format!("dimensions {d}: this model makes vectors of {width} dimensions and is not trained to be cut shorter"),
-        )
-        .into());
-    }
+    // Ollama's `dimensions`: a shorter vector is the first ones, made unit length again; a
+    // larger number changes nothing. (`/v1/embeddings` refuses it: OpenAI's models are
+    // trained to be cut, these are not.)
+    let width = model.details.embedding_length;
+    let keep = body
+        .dimensions
+        .filter(|&d| d > 0 && d < width as u64)
+        .map(|d| d as usize);
     let input = match body.input {
         None => None,
         Some(Prompt::Text(s)) if s.is_empty() => None,
@@ -531,7 +531,16 @@ pub async fn embed(
     let prompt_tokens = prepared.prompt_tokens;
     let vectors = embeddings::run(state.clone(), permit, model, prepared, true);
     let head = format!(r#"{{"model":{},"embeddings":["#, json!(body.model));
-    let item = |_, v: Vec<f32>| serde_json::to_vec(&v).expect("a vector serializes");
+    let item = move |_, mut v: Vec<f32>| {
+        if let Some(d) = keep {
+            v.truncate(d);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        serde_json::to_vec(&v).expect("a vector serializes")
+    };
     let tail = move || {
         format!(
             r#"],"total_duration":{},"load_duration":0,"prompt_eval_count":{prompt_tokens}}}"#,

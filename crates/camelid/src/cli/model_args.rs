@@ -3,6 +3,7 @@
 use anyhow::Result;
 use camelid_model::decode::GenerationParams;
 use camelid_model::load::{parse_dtype, parse_quantize};
+use camelid_model::sampling_ranges::{self as ranges, FieldRange};
 use camelid_model::{LoadOptions, LoadedModel, SamplingParams};
 use clap::Args;
 use std::sync::Arc;
@@ -40,14 +41,14 @@ pub struct SamplingArgs {
     /// 0 is greedy; at most 2 (the server's range).
     #[arg(long, default_value_t = 0.0, value_parser = temperature)]
     pub temperature: f32,
-    /// Nucleus sampling: in (0, 1].
+    /// Nucleus sampling: in [0, 1] (0 keeps the best token alone).
     #[arg(long, default_value_t = 1.0, value_parser = top_p)]
     pub top_p: f32,
     /// 0 is off.
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Above 0; 1 is off.
-    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    /// In (0, 100]; 1 is off.
+    #[arg(long, default_value_t = 1.0, value_parser = repetition_penalty)]
     pub repetition_penalty: f32,
     #[arg(long)]
     pub seed: Option<u64>,
@@ -64,23 +65,23 @@ fn at_least_one(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-fn in_range(s: &str, ok: impl Fn(f32) -> bool, what: &str) -> std::result::Result<f32, String> {
+fn in_range(s: &str, r: FieldRange) -> std::result::Result<f32, String> {
     match s.parse::<f32>() {
-        Ok(v) if v.is_finite() && ok(v) => Ok(v),
-        _ => Err(format!("{s:?}: {what}")),
+        Ok(v) if r.contains(v) => Ok(v),
+        _ => Err(format!("{s:?}: a number in {}", r.describe())),
     }
 }
 
 fn temperature(s: &str) -> std::result::Result<f32, String> {
-    in_range(s, |v| (0.0..=2.0).contains(&v), "a number from 0 to 2")
+    in_range(s, ranges::TEMPERATURE)
 }
 
 fn top_p(s: &str) -> std::result::Result<f32, String> {
-    in_range(s, |v| v > 0.0 && v <= 1.0, "a number above 0, at most 1")
+    in_range(s, ranges::TOP_P)
 }
 
-fn positive(s: &str) -> std::result::Result<f32, String> {
-    in_range(s, |v| v > 0.0, "a number above 0")
+fn repetition_penalty(s: &str) -> std::result::Result<f32, String> {
+    in_range(s, ranges::REPETITION_PENALTY)
 }
 
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
