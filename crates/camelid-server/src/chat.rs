@@ -213,19 +213,20 @@ pub async fn render_and_encode(
 }
 
 /// Ollama's truncation of a conversation longer than the context: the prompt of its latest
-/// turns that leaves room for an answer. Every system message stays, and the conversation
-/// is cut only before a user message (a template may refuse one that starts with an
-/// assistant's or a tool's); the fewest turns are left out (bisection over the cut points,
-/// each a render). When even the last turn does not fit, the whole conversation is
-/// rendered, and the length check refuses it.
+/// turns that `fits` (leaves room for an answer: cut to the brim, it would have none). Every system message stays, and the
+/// conversation is cut only before a user message (Ollama cuts before any message; a
+/// template may refuse a conversation that starts with an assistant's or a tool's); the
+/// fewest turns are left out (bisection over the cut points, each a render). When even the
+/// last turn does not fit, the whole conversation is rendered, and the length check
+/// refuses it.
 async fn render_latest_turns(
     permit: &Permit,
     model: &Arc<ModelEntry>,
     msgs: Vec<Message>,
     tools: Option<Vec<Value>>,
-    end: PromptEnd,
-    kwargs: TemplateKwargs,
+    (end, kwargs): (PromptEnd, TemplateKwargs),
     max_bytes: usize,
+    fits: impl Fn(usize) -> bool,
 ) -> Result<Vec<u32>, ApiError> {
     let render = |m: Vec<Message>| {
         render_and_encode(
@@ -238,6 +239,7 @@ async fn render_latest_turns(
             max_bytes,
         )
     };
+    // A conversation within the context is left whole, as Ollama leaves it.
     let whole = render(msgs.clone()).await?;
     if whole.len() < model.max_model_len {
         return Ok(whole);
@@ -260,7 +262,7 @@ async fn render_latest_turns(
     while lo < hi {
         let mid = (lo + hi) / 2;
         let prompt = render(keep_from(cuts[mid])).await?;
-        if prompt.len() < model.max_model_len {
+        if fits(prompt.len()) {
             best = Some((cuts[mid], prompt));
             hi = mid;
         } else {
@@ -344,7 +346,16 @@ pub async fn submit_salted(
     let shown = plan.as_ref().map(|p| p.tools.clone());
     let end = prompt_end(req.add_generation_prompt, req.continue_final_message)?;
     let prompt = if req.drop_oldest_to_fit {
-        render_latest_turns(&permit, &model, msgs, shown, end, kwargs, budget).await?
+        // Room for the answer once turns are left out: Ollama's `num_predict` where it is
+        // smaller, else a quarter of the context (Ollama's runner shifts its context while
+        // it generates; camelid's does not).
+        let context = model.max_model_len;
+        let quarter = (context / 4).max(1);
+        let room = req
+            .max_tokens_cap
+            .map_or(quarter, |c| (c as usize).clamp(1, quarter));
+        let fits = move |prompt: usize| prompt + room <= context;
+        render_latest_turns(&permit, &model, msgs, shown, (end, kwargs), budget, fits).await?
     } else {
         render_and_encode(&permit, &model, msgs, shown, end, kwargs, budget).await?
     };

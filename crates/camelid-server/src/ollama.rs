@@ -482,9 +482,9 @@ pub fn resolve(state: &AppState, name: &str) -> Result<Arc<ModelEntry>, ApiError
     })
 }
 
-/// `keep_alive` as Ollama reads it: seconds as a number, or a Go duration ("5m", "1h30m",
-/// "-1s"); a negative one is forever. Whether it asks to unload now (zero); a malformed one
-/// is a 400.
+/// `keep_alive` as Ollama reads it: whole seconds as a number (its fraction dropped), or a
+/// Go duration string ("5m", "1h30m", "-1s"); a negative one is forever. Whether it asks to
+/// unload now (zero); a malformed one is a 400.
 pub fn unloads(keep_alive: Option<&Value>) -> Result<bool, ApiError> {
     let bad = || {
         ApiError::invalid_param(
@@ -494,22 +494,21 @@ pub fn unloads(keep_alive: Option<&Value>) -> Result<bool, ApiError> {
     };
     match keep_alive {
         None | Some(Value::Null) => Ok(false),
-        Some(Value::Number(n)) => n.as_f64().map(|x| x == 0.0).ok_or_else(bad),
+        Some(Value::Number(n)) => n.as_f64().map(|x| x.trunc() == 0.0).ok_or_else(bad),
         Some(Value::String(s)) => go_duration_secs(s).map(|x| x == 0.0).ok_or_else(bad),
         Some(_) => Err(bad()),
     }
 }
 
 /// A Go duration string's seconds (`time.ParseDuration`: a sign, then numbers each with a
-/// unit of ns, us/µs, ms, s, m, h; "0" alone is zero). A bare number is seconds, as Ollama
-/// takes it.
+/// unit of ns, us/µs, ms, s, m, h; "0" alone is zero, any other number needs its unit).
 fn go_duration_secs(s: &str) -> Option<f64> {
     let (sign, mut rest) = match s.strip_prefix('-') {
         Some(r) => (-1.0, r),
         None => (1.0, s.strip_prefix('+').unwrap_or(s)),
     };
-    if let Ok(x) = rest.parse::<f64>() {
-        return x.is_finite().then_some(sign * x);
+    if rest == "0" {
+        return Some(0.0);
     }
     if rest.is_empty() {
         return None;
@@ -716,7 +715,7 @@ mod tests {
             (json!(300), false),
             (json!("5m"), false),
             (json!("1h30m"), false),
-            (json!("-1"), false),
+            (json!(-1), false),
             (json!("-1m"), false),
             (json!("1.5h"), false),
             (json!("250ms"), false),
@@ -724,19 +723,22 @@ mod tests {
             assert_eq!(unloads(Some(&v)).unwrap(), zero, "{v}");
         }
         assert!(!unloads(None).unwrap());
+        // Whole seconds: a fraction is dropped, as Ollama's `int(t)`.
+        assert!(unloads(Some(&json!(0.5))).unwrap());
+        assert!(!unloads(Some(&json!(1.5))).unwrap());
+        // A string is a Go duration: a number needs its unit ("0" alone excepted).
         for bad in [
             json!("soon"),
             json!("5"),
+            json!("-1"),
+            json!("1e3"),
+            json!("--5"),
+            json!("1h-5m"),
             json!("m"),
             json!(""),
             json!("5x"),
             json!([1]),
         ] {
-            // "5" alone is seconds (Ollama's number form), the rest malformed.
-            if bad == json!("5") {
-                assert!(!unloads(Some(&bad)).unwrap());
-                continue;
-            }
             let e = unloads(Some(&bad)).unwrap_err();
             assert_eq!(e.param.as_deref(), Some("keep_alive"), "{bad}");
         }

@@ -231,7 +231,7 @@ pub fn generation_params(
     };
     let mut p = GenerationParams::new(0, sampling);
     let stops = f.stop.as_ref().map_or(&[][..], |s| s.as_slice());
-    let mut stop_set: StopSet = template_stops.iter().chain(stops).collect();
+    let mut stop_set = StopSet::client_then_server(stops, template_stops);
     stop_set.include_in_output = f.include_stop_str_in_output;
     p.stop_strings = Arc::new(stop_set);
     p.stop_token_ids = stop_token_ids

@@ -1528,13 +1528,10 @@ fn reasoning_is_split_from_the_answer() {
     assert_eq!(r["usage"].get("completion_tokens_details"), None, "{r}");
 }
 
-/// Ollama's `think`, on a server without the parser: `true` gives the thinking back apart
-/// (`message.thinking`, `/api/generate`'s `thinking`), `false` drops it, and without it the
-/// text is as the model wrote it. On `r1` the prompt opens the block, so a free output starts
-/// inside it.
 /// Ollama's chat cuts a conversation longer than the context to its latest turns (every
 /// system message kept, cut before a user message), as Ollama does by default: the prompt
-/// is the longest such tail that fits. `truncate: false` refuses it, as `/v1` does.
+/// is the longest such tail that leaves room for the answer (`num_predict`, at most a
+/// quarter of the context). `truncate: false` refuses it, as `/v1` does.
 #[test]
 fn ollama_chat_leaves_out_the_oldest_turns_to_fit_the_context() {
     let filler = |i: usize| format!("turn {i}: {}", "lorem ipsum dolor sit amet ".repeat(10));
@@ -1544,11 +1541,14 @@ fn ollama_chat_leaves_out_the_oldest_turns_to_fit_the_context() {
         messages.push(json!({"role": "assistant", "content": filler(100 + i)}));
     }
     messages.push(json!({"role": "user", "content": "Say hi."}));
-    let ask = |truncate: Option<bool>| {
+    let ask = |truncate: Option<bool>, num_predict: Option<u64>| {
         let mut b = json!({"model": "smol", "messages": messages, "stream": false,
-                           "options": {"num_predict": 2, "temperature": 0}});
+                           "options": {"temperature": 0}});
         if let Some(t) = truncate {
             b["truncate"] = t.into();
+        }
+        if let Some(n) = num_predict {
+            b["options"]["num_predict"] = n.into();
         }
         post("/api/chat", b)
     };
@@ -1564,21 +1564,37 @@ fn ollama_chat_leaves_out_the_oldest_turns_to_fit_the_context() {
     };
     let context = 512;
     assert!(count(1) >= context, "the whole conversation must not fit");
-    let fit = (1..messages.len())
-        .step_by(2)
-        .find(|&i| count(i) < context)
-        .expect("the last turn fits");
-    assert!(fit > 3, "more than one turn must be left out: {fit}");
+    // The first user message from which the prompt leaves `room` tokens.
+    let fit = |room: u64| {
+        (1..messages.len())
+            .step_by(2)
+            .find(|&i| count(i) + room <= context)
+            .expect("the last turn fits")
+    };
+    assert!(
+        fit(2) > 3,
+        "more than one turn must be left out: {}",
+        fit(2)
+    );
     for truncate in [None, Some(true)] {
-        let (st, r) = ask(truncate);
+        let (st, r) = ask(truncate, Some(2));
         assert_eq!(st, 200, "{r}");
-        assert_eq!(r["prompt_eval_count"], count(fit), "{truncate:?}: {r}");
+        assert_eq!(r["prompt_eval_count"], count(fit(2)), "{truncate:?}: {r}");
     }
-    let (st, r) = ask(Some(false));
+    // Without `num_predict`, a quarter of the context is left to the answer.
+    assert!(fit(128) > fit(2), "{} {}", fit(128), fit(2));
+    let (st, r) = ask(None, None);
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["prompt_eval_count"], count(fit(128)), "{r}");
+    let (st, r) = ask(Some(false), Some(2));
     assert_eq!(st, 400, "{r}");
     assert!(r["error"].as_str().unwrap().contains("context"), "{r}");
 }
 
+/// Ollama's `think`, on a server without the parser: `true` gives the thinking back apart
+/// (`message.thinking`, `/api/generate`'s `thinking`), `false` drops it, and without it the
+/// text is as the model wrote it. On `r1` the prompt opens the block, so a free output starts
+/// inside it.
 #[test]
 fn ollama_think_returns_the_thinking_apart() {
     let base = &reasoning_server(false).base;

@@ -252,12 +252,20 @@ impl SequenceDecoder {
             && (self.output.len() >= self.params.max_tokens
                 || self.prompt.len() + self.output.len() >= self.context_length)
         {
+            // The held-back end of a character may complete a stop string: then it stopped
+            // (vLLM checks stop strings before the length).
             let tail = self.detok.flush(tok)?;
             match self.stops.push(&tail) {
-                StopCheck::Continue(t) => text += &(t + &self.stops.flush()),
-                StopCheck::Stopped(t) => text += &t,
+                StopCheck::Continue(t) => {
+                    text += &(t + &self.stops.flush());
+                    finished = Some(FinishReason::Length);
+                }
+                StopCheck::Stopped(t) => {
+                    text += &t;
+                    finished = Some(FinishReason::Stop);
+                    stop_reason = self.stops.stopped_by().map(|s| StopReason::Text(s.into()));
+                }
             }
-            finished = Some(FinishReason::Length);
         }
         self.done = finished.is_some();
         Ok(StepOutput {

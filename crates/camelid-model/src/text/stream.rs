@@ -102,6 +102,9 @@ pub struct StopSet {
     /// The matched stop string ends the text instead of being cut off (vLLM's
     /// `include_stop_str_in_output`).
     pub include_in_output: bool,
+    /// How many of `stops`, from the first, are the client's; the rest are the server's own
+    /// (a built-in template's end of turn), which stop the text without being named.
+    client: usize,
 }
 
 impl StopSet {
@@ -127,10 +130,20 @@ impl StopSet {
             })
             .collect();
         Self {
+            client: stops.len(),
             stops,
             fail,
             include_in_output: false,
         }
+    }
+
+    /// The client's stop strings, then the server's own (a built-in template's end of turn):
+    /// all of them stop the text, only the client's are named as what stopped it (vLLM's
+    /// `stop_reason`). A string in both is the client's.
+    pub fn client_then_server(client: &[String], server: &[String]) -> Self {
+        let mut set = Self::new(client.iter().chain(server).cloned().collect());
+        set.client = client.iter().filter(|s| !s.is_empty()).count();
+        set
     }
 
     pub fn strings(&self) -> &[String] {
@@ -174,9 +187,12 @@ impl StopMatcher {
         }
     }
 
-    /// The stop string found by the push that returned [`StopCheck::Stopped`].
+    /// The client's stop string found by the push that returned [`StopCheck::Stopped`] (none
+    /// when a server's own stop string stopped it).
     pub fn stopped_by(&self) -> Option<&str> {
-        self.stopped_by.map(|k| self.set.stops[k].as_str())
+        self.stopped_by
+            .filter(|&k| k < self.set.client)
+            .map(|k| self.set.stops[k].as_str())
     }
 
     pub fn push(&mut self, text: &str) -> StopCheck {
@@ -295,6 +311,19 @@ mod tests {
         assert_eq!(m.push("ND! more"), StopCheck::Stopped("END".into()));
         // vLLM's `stop_reason`: the string that stopped it, the earliest-starting one.
         assert_eq!(m.stopped_by(), Some("END"));
+        // The server's own stop strings stop the text but are not the client's to name; a
+        // string in both lists is the client's.
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (client, server, named) in [
+            (owned(&["zz"]), owned(&["END"]), None),
+            (owned(&["END"]), owned(&["END"]), Some("END")),
+            (owned(&["", "END"]), owned(&["ND!"]), Some("END")),
+        ] {
+            let set = StopSet::client_then_server(&client, &server);
+            let mut m = StopMatcher::new(Arc::new(set));
+            assert!(matches!(m.push("The END! more"), StopCheck::Stopped(_)));
+            assert_eq!(m.stopped_by(), named, "{client:?} {server:?}");
+        }
     }
 
     /// min_tokens: a stop string that ends in unchecked text does not stop, and what it was
