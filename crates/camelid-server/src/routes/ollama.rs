@@ -212,6 +212,8 @@ struct Reply {
     /// The output read for thinking and tool calls, and the calls' deltas so far.
     reader: OutputReader,
     call_deltas: Vec<Value>,
+    /// Calls already sent: Ollama sends each as soon as it is whole, numbering them on.
+    calls_sent: usize,
     /// Whether the thinking is sent (`think: false` drops it).
     show_thinking: bool,
     started: Instant,
@@ -236,6 +238,7 @@ impl Reply {
             logprobs,
             reader,
             call_deltas: vec![],
+            calls_sent: 0,
             show_thinking,
             started: Instant::now(),
             first_token: None,
@@ -290,13 +293,34 @@ impl Reply {
         };
         let p = self.reader.push(text);
         self.call_deltas.extend(p.deltas);
+        let calls = self.calls_before_the_newest();
         let thought = if self.show_thinking {
             p.thought
         } else {
             String::new()
         };
-        (!p.text.is_empty() || !thought.is_empty() || lps.is_some())
-            .then(|| self.object_thinking(&thought, &p.text, lps, vec![]))
+        (!p.text.is_empty() || !thought.is_empty() || lps.is_some() || !calls.is_empty())
+            .then(|| self.object_thinking(&thought, &p.text, lps, calls))
+    }
+
+    /// The calls known whole: every one before the newest (a call is whole once the next
+    /// begins; the last waits for the end of the output, where a cut one is left out).
+    fn calls_before_the_newest(&mut self) -> Vec<Value> {
+        match self.call_deltas.iter().rposition(|d| d.get("id").is_some()) {
+            Some(newest) if newest > 0 => {
+                let newest_on = self.call_deltas.split_off(newest);
+                let whole = std::mem::replace(&mut self.call_deltas, newest_on);
+                self.numbered(tools::whole_calls(whole))
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Whole calls in Ollama's shape, numbered on from those sent.
+    fn numbered(&mut self, calls: Vec<Value>) -> Vec<Value> {
+        let calls = ollama_calls(calls, self.calls_sent);
+        self.calls_sent += calls.len();
+        calls
     }
 
     /// The last objects: held-back text and the calls, then the one with `done: true` and
@@ -313,7 +337,8 @@ impl Reply {
                 String::new()
             },
         );
-        let calls = ollama_calls(tools::whole_calls(std::mem::take(&mut self.call_deltas)));
+        let rest = std::mem::take(&mut self.call_deltas);
+        let calls = self.numbered(tools::whole_calls(rest));
         if !text.is_empty() || !thought.is_empty() || !calls.is_empty() {
             out.push(self.object_thinking(&thought, &text, None, calls));
         }
@@ -341,17 +366,18 @@ impl Reply {
 /// OpenAI's calls → Ollama's: `arguments` an object, not its JSON text. A call whose
 /// arguments are not a JSON object is left out: Ollama's clients cannot read it. (A call
 /// cut off by the length limit has its arguments closed by the parser.)
-fn ollama_calls(calls: Vec<Value>) -> Vec<Value> {
+fn ollama_calls(calls: Vec<Value>, first_index: usize) -> Vec<Value> {
     calls
         .into_iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
+        .filter_map(|c| {
             let args = c["function"]["arguments"].as_str().unwrap_or_default();
             let args: Value = serde_json::from_str(args).ok().filter(Value::is_object)?;
-            Some(
-                json!({"id": c["id"], "function": {"index": i, "name": c["function"]["name"],
-                                                     "arguments": args}}),
-            )
+            Some((c, args))
+        })
+        .enumerate()
+        .map(|(i, (c, args))| {
+            json!({"id": c["id"], "function": {"index": first_index + i,
+                   "name": c["function"]["name"], "arguments": args}})
         })
         .collect()
 }
@@ -625,7 +651,7 @@ mod tests {
         // The second call is cut off: its arguments stay as written (not closed into a call
         // the model never finished), which is no object: left out.
         assert!(s.cut());
-        let calls = ollama_calls(tools::whole_calls(deltas));
+        let calls = ollama_calls(tools::whole_calls(deltas), 0);
         assert_eq!(calls.len(), 1, "{calls:?}");
         assert_eq!(
             calls[0]["function"],
@@ -634,6 +660,57 @@ mod tests {
         assert!(calls[0]["id"].is_string());
         // Arguments that are not an object cannot be Ollama's: left out.
         let odd = vec![json!({"id": "c", "function": {"name": "f", "arguments": "[1]"}})];
-        assert!(ollama_calls(odd).is_empty());
+        assert!(ollama_calls(odd, 0).is_empty());
+
+        // Streamed, each call goes out once it is whole (the next one has begun), as Ollama
+        // sends them, and they are numbered on; a cut last call never goes out.
+        let tok = Arc::new(
+            Tokenizer::from_json_value(
+                json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                   "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+                   "decoder": null, "model": {"type": "WordLevel", "vocab": {"a": 0},
+                   "unk_token": "a"}}),
+                "test",
+            )
+            .unwrap(),
+        );
+        let whole_second = out.replace("\"Ro", "\"Rome\"}}\n</tool_call>");
+        for (output, last) in [(out, None), (whole_second.as_str(), Some("Rome"))] {
+            let reader = OutputReader::new(None, Some(plan.stream()));
+            let mut reply = Reply::new(Kind::Chat, "m".into(), tok.clone(), false, reader, true, 1);
+            let mut sent = vec![];
+            let second_begins = output.rfind("<tool_call>").unwrap();
+            for (i, c) in output.char_indices() {
+                for call in reply.token(&c.to_string(), None).map_or(vec![], |o| {
+                    o["message"]["tool_calls"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                }) {
+                    sent.push((i, call));
+                }
+            }
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            assert!(sent[0].0 > second_begins, "sent at {}", sent[0].0);
+            assert_eq!(sent[0].1["function"]["arguments"]["city"], "Paris");
+            let end = reply.finish(FinishReason::Stop, &Usage::default());
+            let rest: Vec<Value> = end
+                .iter()
+                .flat_map(|o| {
+                    o["message"]["tool_calls"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            match last {
+                None => assert!(rest.is_empty(), "{rest:?}"),
+                Some(city) => {
+                    assert_eq!(rest.len(), 1, "{rest:?}");
+                    assert_eq!(rest[0]["function"]["index"], 1);
+                    assert_eq!(rest[0]["function"]["arguments"]["city"], city);
+                }
+            }
+        }
     }
 }
