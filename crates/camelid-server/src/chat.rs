@@ -137,9 +137,12 @@ pub fn prompt_ids(
         max_bytes,
     )
     .map_err(|e| match e {
-        camelid_model::Error::Template(_) | camelid_model::Error::TooLong(_) => {
-            ApiError::invalid_param("messages", e.to_string())
-        }
+        camelid_model::Error::Template(_) => ApiError::invalid_param("messages", e.to_string()),
+        // Rendered past what the context could hold: OpenAI's code for a prompt too long.
+        camelid_model::Error::TooLong(_) => ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid_param("messages", e.to_string())
+        },
         e => ApiError::bad_request(e.to_string()),
     })
 }
@@ -239,11 +242,13 @@ async fn render_latest_turns(
             max_bytes,
         )
     };
-    // A conversation within the context is left whole, as Ollama leaves it.
-    let whole = render(msgs.clone()).await?;
-    if whole.len() < model.max_model_len {
-        return Ok(whole);
-    }
+    // A conversation within the context is left whole, as Ollama leaves it. One that renders
+    // past what the context could hold (the byte budget) is cut like one too many tokens long.
+    let whole = match render(msgs.clone()).await {
+        Ok(p) if p.len() < model.max_model_len => return Ok(p),
+        Err(e) if e.code != Some("context_length_exceeded") => return Err(e),
+        r => r,
+    };
     let last = msgs.len() - 1;
     // Where the kept part may start: a user message after the first one that is not system.
     let first = msgs.iter().position(|m| m.role != "system").unwrap_or(last);
@@ -261,21 +266,26 @@ async fn render_latest_turns(
     let (mut lo, mut hi, mut best) = (0, cuts.len(), None);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        let prompt = render(keep_from(cuts[mid])).await?;
-        if fits(prompt.len()) {
-            best = Some((cuts[mid], prompt));
-            hi = mid;
-        } else {
-            lo = mid + 1;
+        let fitting = match render(keep_from(cuts[mid])).await {
+            Ok(prompt) => fits(prompt.len()).then_some(prompt),
+            Err(e) if e.code == Some("context_length_exceeded") => None,
+            Err(e) => return Err(e),
+        };
+        match fitting {
+            Some(prompt) => {
+                best = Some((cuts[mid], prompt));
+                hi = mid;
+            }
+            None => lo = mid + 1,
         }
     }
-    Ok(match best {
+    match best {
         Some((cut, prompt)) => {
             tracing::debug!("a conversation cut to fit the context: from message {cut} on");
-            prompt
+            Ok(prompt)
         }
         None => whole,
-    })
+    }
 }
 
 /// How a chat's prompt ends: the generation prompt (the default), nothing more
