@@ -641,7 +641,7 @@ fn runtime_lora_adapters_load_replace_and_unload() {
     );
     assert_eq!(st, 200, "{ok}");
     assert_eq!(ask("b").1, tuned_b);
-    // Ollama's listing names an adapter's base as its parent.
+    // Ollama's listing names an adapter's base as its parent (and lists each as NAME:latest).
     let (st, tags) = common::http::request(&s.base, "GET", "/api/tags", &[], "").unwrap();
     assert_eq!(st, 200, "{tags}");
     let tags: serde_json::Value = serde_json::from_str(&tags).unwrap();
@@ -650,7 +650,7 @@ fn runtime_lora_adapters_load_replace_and_unload() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["name"] == name)
+            .find(|m| m["name"] == format!("{name}:latest"))
             .map(|m| m["details"]["parent_model"].clone())
     };
     assert_eq!(parent("b"), Some("smol".into()), "{tags}");
@@ -738,8 +738,9 @@ fn cli_errors_are_one_line_and_non_zero() {
         ("--temperature", "-1"),
         ("--temperature", "3"),
         ("--top-p", "5"),
-        ("--top-p", "0"),
+        ("--top-p", "-0.1"),
         ("--repetition-penalty", "0"),
+        ("--repetition-penalty", "101"),
     ] {
         let out = generate_missing_model(&[format!("{flag}={value}")]);
         assert_refused_flag(&out, flag, value);
