@@ -30,27 +30,21 @@ impl FieldRange {
     }
 }
 
-pub const TEMPERATURE: FieldRange = FieldRange {
-    lo: 0.0,
-    hi: 2.0,
-    lo_open: false,
-};
+/// `[lo, hi]`.
+const fn closed(lo: f32, hi: f32) -> FieldRange {
+    FieldRange {
+        lo,
+        hi,
+        lo_open: false,
+    }
+}
+
+pub const TEMPERATURE: FieldRange = closed(0.0, 2.0);
 /// 0 keeps the best token alone (OpenAI and llama.cpp take it as greedy).
-pub const TOP_P: FieldRange = FieldRange {
-    lo: 0.0,
-    hi: 1.0,
-    lo_open: false,
-};
-pub const PENALTY: FieldRange = FieldRange {
-    lo: -2.0,
-    hi: 2.0,
-    lo_open: false,
-};
-pub const MIN_P: FieldRange = FieldRange {
-    lo: 0.0,
-    hi: 1.0,
-    lo_open: false,
-};
+pub const TOP_P: FieldRange = closed(0.0, 1.0);
+pub const PENALTY: FieldRange = closed(-2.0, 2.0);
+pub const MIN_P: FieldRange = closed(0.0, 1.0);
+/// `(0, 100]`: a penalty of 0 would divide by zero.
 pub const REPETITION_PENALTY: FieldRange = FieldRange {
     lo: 0.0,
     hi: 100.0,
