@@ -229,10 +229,11 @@ thread_local! {
 }
 
 /// [`matmul_k_with`] on AMX tiles: tasks over 16-row groups. The activations are packed
-/// super-block by super-block (a row's 256 bytes after another's); a task runs each
-/// super-block over [`AMX_GROUPS`] of its groups before the next (those bytes stay in L2),
-/// unpacking one group's super-block at a time (`amx::unpack_*`, in L1 while every
-/// activation row runs over it).
+/// super-block by super-block, each 16-row tile as its four quarters of 1 KiB (a tile load
+/// then reads 1 KiB in a row; rows 256 bytes apart measured ~1.1× slower in `qgemm_bench`);
+/// a task runs each super-block over [`AMX_GROUPS`] of its groups before the next (those
+/// bytes stay in L2), unpacking one group's super-block at a time (`amx::unpack_*`, in L1
+/// while every activation row runs over it).
 fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -254,11 +255,14 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
         packed_buf.clear();
         packed_buf.resize(nsb * m_pad * QK_K / 64, Line([0; 64]));
         for (b, dst) in packed_buf.chunks_exact_mut(m_pad * QK_K / 64).enumerate() {
-            for (r, row) in dst.chunks_exact_mut(QK_K / 64).take(m).enumerate() {
-                for (l, line) in row.iter_mut().enumerate() {
-                    let src = &rows[r].qs[b * QK_K + 64 * l..][..64];
+            // Per 16-row tile, its four 64-value quarters, each 16 rows of 64 bytes: one tile
+            // load reads 1 KiB in a row.
+            for (r, row) in rows.iter().enumerate() {
+                let tile = &mut dst[(r / G) * G * QK_K / 64..][..G * QK_K / 64];
+                for (l, line) in tile.chunks_exact_mut(G).enumerate() {
+                    let src = &row.qs[b * QK_K + 64 * l..][..64];
                     // i8 → u8 bit for bit: the tiles read them as signed bytes.
-                    line.0.copy_from_slice(i8_as_u8(src));
+                    line[r % G].0.copy_from_slice(i8_as_u8(src));
                 }
             }
         }
@@ -285,23 +289,25 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
                                     amx::prefetch(blk.add(group_bytes), sb_bytes);
                                 }
                                 let acc = &mut acc[(gi - h0) * m..(gi - h0 + 1) * m];
-                                let ends = (b == 0, b + 1 == nsb);
                                 let o = (ptr.at(gi * G), n, (n - gi * G).min(G));
                                 let act = (packed.as_ptr() as *const i8).add(b * m_pad * QK_K);
                                 match kind {
-                                    4 => {
-                                        amx::unpack_q45::<false>(blk, u);
-                                        amx::gemm_k_sb::<4>(blk, u, b, ends, act, rows, acc, o);
-                                    }
-                                    5 => {
-                                        amx::unpack_q45::<true>(blk, u);
-                                        amx::gemm_k_sb::<5>(blk, u, b, ends, act, rows, acc, o);
-                                    }
-                                    _ => {
-                                        amx::unpack_q6(blk, u);
-                                        amx::gemm_k_sb::<6>(blk, u, b, ends, act, rows, acc, o);
-                                    }
+                                    4 => amx::unpack_q45::<false>(blk, u),
+                                    5 => amx::unpack_q45::<true>(blk, u),
+                                    _ => amx::unpack_q6(blk, u),
                                 }
+                                macro_rules! sb {
+                                    ($($k:literal)*) => {
+                                        match (kind, b == 0, b + 1 == nsb) {
+                                            $(($k, true, true) => amx::gemm_k_sb::<$k, true, true>(blk, u, b, act, rows, acc, o),
+                                            ($k, true, false) => amx::gemm_k_sb::<$k, true, false>(blk, u, b, act, rows, acc, o),
+                                            ($k, false, true) => amx::gemm_k_sb::<$k, false, true>(blk, u, b, act, rows, acc, o),
+                                            ($k, false, false) => amx::gemm_k_sb::<$k, false, false>(blk, u, b, act, rows, acc, o),)*
+                                            _ => unreachable!("K kind {kind}"),
+                                        }
+                                    };
+                                }
+                                sb!(4 5 6);
                             }
                         }
                     }

@@ -9,9 +9,11 @@
 //! sub-block scales folded into the weight bytes, and whole super-blocks sum in the tile
 //! registers. `q·sc` does not fit a byte, so the scale is split into digits, each product with
 //! a digit fits, and the digits' tiles are summed with their weights afterwards:
-//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `sc = sl + 8·sh` (0..7 each), two unsigned tiles,
-//!   and a third of each sub-block's min `m` (0..63) in every value's place, whose product
-//!   with the activations is `Σ_j m_j·Σa_j`, the sum the mins are scaled by.
+//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `sc = sl + 8·sh` (0..7 each), two unsigned tiles.
+//!   The mins' sum `Σ_j m_j·Σa_j` is not a tile product: the vector epilogue takes it from the
+//!   activations' paired sub-block sums (`QActs::pairs`), as the VNNI kernels do. With two
+//!   tiles a quarter, 32 activation rows fit the eight tile registers (two activation tiles,
+//!   two weight tiles, four sums), so each weight tile loaded feeds two products.
 //! - Q6_K (`q − 32` in −32..31, `sc` −128..127): balanced base 7,
 //!   `sc = e0 + 7·e1 + 49·e2` (each −3..3), three signed tiles.
 //!
@@ -31,12 +33,13 @@ pub(crate) const G: usize = 16;
 /// Bytes of one tile: 16 rows of 64.
 const TILE: usize = 1024;
 
-/// Weight tiles per 64 values: Q4_K/Q5_K two scale digits and the mins, Q6_K three digits.
-const QUARTER_TILES: usize = 3;
+/// Weight tiles per 64 values: Q4_K/Q5_K two scale digits, Q6_K three.
+const Q45_TILES: usize = 2;
+const Q6_TILES: usize = 3;
 
-/// Bytes of one unpacked super-block of one group: four 64-value quarters of
-/// [`QUARTER_TILES`] tiles.
-pub(crate) const UNPACKED_SB_BYTES: usize = 4 * QUARTER_TILES * TILE;
+/// Bytes of one unpacked super-block of one group (the larger kind's): four 64-value
+/// quarters of [`Q6_TILES`] tiles.
+pub(crate) const UNPACKED_SB_BYTES: usize = 4 * Q6_TILES * TILE;
 
 /// Shapes tmm0–7 as the one tile every kernel here uses: 16 rows × 64 bytes.
 ///
@@ -74,8 +77,7 @@ unsafe fn spread(p: *const u8) -> __m512i {
 }
 
 /// Unpacks one super-block of a Q4_K (`FIFTH = false`) or Q5_K group at `blk` into `out`:
-/// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·sl`, of `q·sh` and
-/// of the sub-block's min.
+/// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·sl` and of `q·sh`.
 /// Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16 weight rows.
 ///
 /// # Safety
@@ -95,12 +97,8 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
             _mm512_and_si512(_mm512_srli_epi16::<3>(s[0]), seven),
             _mm512_and_si512(_mm512_srli_epi16::<3>(s[1]), seven),
         ];
-        let lo_tile = out.add(QUARTER_TILES * p * TILE);
-        let (hi_tile, min_tile) = (lo_tile.add(TILE), lo_tile.add(2 * TILE));
-        let mins = [
-            spread(blk.add(12 * G + G * 2 * p)),
-            spread(blk.add(12 * G + G * (2 * p + 1))),
-        ];
+        let lo_tile = out.add(Q45_TILES * p * TILE);
+        let hi_tile = lo_tile.add(TILE);
         for g in 0..8 {
             let v = _mm512_loadu_si512(blk.add(qs_at + (8 * p + g) * 4 * G) as *const _);
             let mut q = [
@@ -119,7 +117,6 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
                 let row = 64 * (g + 8 * h);
                 _mm512_storeu_si512(lo_tile.add(row) as *mut _, mul_bytes(q[h], sl[h]));
                 _mm512_storeu_si512(hi_tile.add(row) as *mut _, mul_bytes(q[h], sh[h]));
-                _mm512_storeu_si512(min_tile.add(row) as *mut _, mins[h]);
             }
         }
     }
@@ -164,7 +161,7 @@ pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
                 let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
                 let s = 8 * n + 2 * k + g / 4;
                 for (d, digit) in e[s].iter().enumerate() {
-                    let tile = out.add((quarter * QUARTER_TILES + d) * TILE);
+                    let tile = out.add((quarter * Q6_TILES + d) * TILE);
                     _mm512_storeu_si512(
                         tile.add(64 * row) as *mut _,
                         mul_bytes_signed(centred, *digit),
@@ -175,69 +172,129 @@ pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
     }
 }
 
-/// The i32 sums of one super-block for 16 activation rows: one tile per weight tile of a
-/// quarter (sums over the four quarters).
+/// The i32 sums of one step: four 16 × 16 tiles (Q4_K/Q5_K: the two digits' sums of two
+/// 16-row activation tiles; Q6_K: the three digits' of one).
 #[repr(C, align(64))]
-struct SbSums([[[i32; G]; G]; QUARTER_TILES]);
+struct StepSums([[[i32; G]; G]; 4]);
 
-/// Starts the tile products of one super-block of one group for 16 activation rows, whose
-/// sums [`sb_store`] reads out; AMX runs them while the vector code after this call goes on.
-/// The activation tile alternates between tmm0 and tmm7 (a load need not wait for the
-/// previous quarter's products), the weight tiles take tmm1–3, the sums tmm4–6.
+impl StepSums {
+    fn new() -> Self {
+        StepSums([[[0; G]; G]; 4])
+    }
+}
+
+/// Issues quarter `p` (values `64p..64p + 64`) of the Q4_K/Q5_K tile products of one
+/// super-block of one group for 32 activation rows (`TWO`) or 16 (quarter 0 first zeroes the
+/// sums); [`store_sums`] reads the sums out after quarter 3. AMX runs them while the vector
+/// code after this call goes on. tmm0/tmm1 hold the two activation tiles of the quarter,
+/// tmm2/tmm3 its two weight tiles, tmm4–7 the sums (digit `t` of row tile `r` in
+/// tmm(4 + 2r + t)): each loaded weight tile feeds both row tiles.
 ///
 /// # Safety
-/// [`configure`] ran on this thread; `a` is readable for 16 rows of the super-block's 256
-/// bytes, one after another, `u` is the unpacked super-block.
+/// [`configure`] ran on this thread; `a` is the packed activations of the step's first row
+/// tile (`kgemm::matmul_k_amx`: per 16-row tile its four quarters of 16 rows × 64 bytes), the
+/// second's right after with `TWO`; `u` is the super-block unpacked by [`unpack_q45`].
 #[inline(always)]
-unsafe fn sb_products<const SIX: bool>(u: *const u8, a: *const i8) {
-    let s64 = 64usize;
-    asm!(
-        "tilezero tmm4",
-        "tilezero tmm5",
-        "tilezero tmm6",
-        options(nostack, nomem)
-    );
+unsafe fn q45_quarter<const TWO: bool>(p: usize, u: *const u8, a: *const i8) {
+    if p == 0 {
+        asm!(
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7",
+            options(nostack, nomem)
+        );
+    }
+    let (a0, b) = (a.add(TILE * p), u.add(p * Q45_TILES * TILE));
+    if TWO {
+        asm!(
+            "tileloadd tmm2, [{b} + {s}*1]",
+            "tileloadd tmm0, [{a0} + {s}*1]",
+            "tdpbsud tmm4, tmm0, tmm2",
+            "tileloadd tmm1, [{a1} + {s}*1]",
+            "tdpbsud tmm6, tmm1, tmm2",
+            "tileloadd tmm3, [{b} + {s}*1 + 1024]",
+            "tdpbsud tmm5, tmm0, tmm3",
+            "tdpbsud tmm7, tmm1, tmm3",
+            a0 = in(reg) a0, a1 = in(reg) a0.add(G * QK_K), b = in(reg) b, s = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+    } else {
+        asm!(
+            "tileloadd tmm0, [{a0} + {s}*1]",
+            "tileloadd tmm2, [{b} + {s}*1]",
+            "tdpbsud tmm4, tmm0, tmm2",
+            "tileloadd tmm3, [{b} + {s}*1 + 1024]",
+            "tdpbsud tmm5, tmm0, tmm3",
+            a0 = in(reg) a0, b = in(reg) b, s = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+    }
+}
+
+/// Issues quarter `p` of the Q6_K tile products of one super-block of one group for 16
+/// activation rows (three digit tiles a quarter leave no room for a second row tile). The
+/// activation tile alternates between tmm0 and tmm7 (a load need not wait for the previous
+/// quarter's products), the weight tiles take tmm1–3, the sums tmm4–6.
+///
+/// # Safety
+/// As [`q45_quarter`] for 16 rows, `u` unpacked by [`unpack_q6`].
+#[inline(always)]
+unsafe fn q6_quarter(p: usize, u: *const u8, a: *const i8) {
+    if p == 0 {
+        asm!(
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            options(nostack, nomem)
+        );
+    }
     macro_rules! quarter {
-        ($p:expr, $op:literal, $a:literal) => {
+        ($a:literal) => {
             asm!(
-                concat!("tileloadd ", $a, ", [{a} + {lda}*1]"),
+                concat!("tileloadd ", $a, ", [{a} + {s}*1]"),
                 "tileloadd tmm1, [{b} + {s}*1]",
-                concat!($op, " tmm4, ", $a, ", tmm1"),
+                concat!("tdpbssd tmm4, ", $a, ", tmm1"),
                 "tileloadd tmm2, [{b} + {s}*1 + 1024]",
-                concat!($op, " tmm5, ", $a, ", tmm2"),
+                concat!("tdpbssd tmm5, ", $a, ", tmm2"),
                 "tileloadd tmm3, [{b} + {s}*1 + 2048]",
-                concat!($op, " tmm6, ", $a, ", tmm3"),
-                a = in(reg) a.add(64 * $p), lda = in(reg) QK_K,
-                b = in(reg) u.add($p * QUARTER_TILES * TILE), s = in(reg) s64,
+                concat!("tdpbssd tmm6, ", $a, ", tmm3"),
+                a = in(reg) a.add(TILE * p), b = in(reg) u.add(p * Q6_TILES * TILE),
+                s = in(reg) 64usize,
                 options(nostack, readonly)
             )
         };
     }
-    if SIX {
-        quarter!(0, "tdpbssd", "tmm0");
-        quarter!(1, "tdpbssd", "tmm7");
-        quarter!(2, "tdpbssd", "tmm0");
-        quarter!(3, "tdpbssd", "tmm7");
+    if p % 2 == 0 {
+        quarter!("tmm0");
     } else {
-        quarter!(0, "tdpbsud", "tmm0");
-        quarter!(1, "tdpbsud", "tmm7");
-        quarter!(2, "tdpbsud", "tmm0");
-        quarter!(3, "tdpbsud", "tmm7");
+        quarter!("tmm7");
     }
 }
 
-/// Stores the sums [`sb_products`] started: tmm4–6 to `sums[0..3]`.
+/// Stores the sums the products left in tmm4–7 (`Q6`: tmm4–6) to `sums[0..]`.
 ///
 /// # Safety
-/// [`sb_products`] ran.
+/// The four quarters of [`q45_quarter`] or (`Q6`) [`q6_quarter`] ran.
 #[inline(always)]
-unsafe fn sb_store(sums: &mut SbSums) {
-    asm!(
-        "tilestored [{c} + {s}*1], tmm4",
-        "tilestored [{c} + {s}*1 + 1024], tmm5",
-        "tilestored [{c} + {s}*1 + 2048], tmm6",
-        c = in(reg) sums.0.as_mut_ptr(), s = in(reg) 64usize, options(nostack)
-    );
+unsafe fn store_sums<const Q6: bool>(sums: &mut StepSums) {
+    let (c, s) = (sums.0.as_mut_ptr(), 64usize);
+    if Q6 {
+        asm!(
+            "tilestored [{c} + {s}*1], tmm4",
+            "tilestored [{c} + {s}*1 + 1024], tmm5",
+            "tilestored [{c} + {s}*1 + 2048], tmm6",
+            c = in(reg) c, s = in(reg) s, options(nostack)
+        );
+    } else {
+        asm!(
+            "tilestored [{c} + {s}*1], tmm4",
+            "tilestored [{c} + {s}*1 + 1024], tmm5",
+            "tilestored [{c} + {s}*1 + 2048], tmm6",
+            "tilestored [{c} + {s}*1 + 3072], tmm7",
+            c = in(reg) c, s = in(reg) s, options(nostack)
+        );
+    }
 }
 
 #[inline(always)]
@@ -270,25 +327,28 @@ pub(crate) const fn packed_sb_bytes(kind: u8) -> usize {
 
 /// All `m = rows.len()` activation rows times super-block `b` of one Q4_K/Q5_K/Q6_K group
 /// (`blk` its packed bytes, `u` the same unpacked by [`unpack_q45`] or [`unpack_q6`]), added
-/// into `acc[r][n]` for row `r` and weight row `n` (`first`: `acc` starts from zero). After the
-/// `last` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
-/// stores interleaved with the arithmetic). Row `r`'s 256 bytes of the super-block are at
-/// `a + 256·r` (the caller packs them so: a tile's 16 rows then lie in 4 KiB, not in 16 pages
-/// a row apart), and rows `m..` up to the next multiple of 16 are readable (zeros). The caller
-/// runs several groups over one super-block before the next, so those bytes stay in L2 and
-/// the unpacked super-block in L1.
+/// into `acc[r][n]` for row `r` and weight row `n` (`FIRST`: `acc` starts from zero). After the
+/// `LAST` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
+/// stores interleaved with the arithmetic). The caller packs the super-block's activations as
+/// [`q45_quarter`] reads them, rows `m..` up to the next multiple of 16 readable (zeros). The
+/// caller runs several groups over one super-block before the next, so those bytes stay in L2
+/// and the unpacked super-block in L1.
+///
+/// A step is 32 rows (Q6_K 16). Its tile products are issued a quarter at a time between
+/// quarters of the previous step's f32 pass (from the other of two sums buffers): issued all
+/// at once, the products filled the reorder buffer with the f32 pass waiting behind them,
+/// and the tiles and the vector units took turns.
 ///
 /// # Safety
 /// [`configure`] ran on this thread; `KIND` 4, 5 or 6 names the format `blk` holds; `a` and
 /// `rows` as above (`rows` more than `b` super-blocks wide); `acc.len() ≥ m`; `out`
 /// writable at `r·ldo + 0..real` for every row, `real ≤ 16`.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
+pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bool>(
     blk: *const u8,
     u: *const u8,
     b: usize,
-    (first, last): (bool, bool),
     a: *const i8,
     rows: &[ActRow],
     acc: &mut [[f32; G]],
@@ -297,71 +357,95 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8>(
     let six = KIND == 6;
     let m = rows.len();
     let real_mask: __mmask16 = ((1u32 << real) - 1) as u16;
-    let step = G;
-    // Starts the products of rows i..i + 16 (and stores nothing yet).
-    let products = |i: usize| {
+    let step = if six { G } else { 2 * G };
+    // Issues quarter p of the products of rows i.. (a whole step, or the 16 rows left).
+    let quarter = |p: usize, i: usize| {
+        let at = a.add(i * QK_K);
         if six {
-            sb_products::<true>(u, a.add(i * QK_K));
+            q6_quarter(p, u, at);
+        } else if m - i > G {
+            q45_quarter::<true>(p, u, at);
         } else {
-            sb_products::<false>(u, a.add(i * QK_K));
+            q45_quarter::<false>(p, u, at);
         }
     };
-    // Two buffers: the next step's tile products run while this step's sums are scaled.
-    let mut sums = [
-        SbSums([[[0; G]; G]; QUARTER_TILES]),
-        SbSums([[[0; G]; G]; QUARTER_TILES]),
-    ];
+    let store = |sums: &mut StepSums| {
+        if six {
+            store_sums::<true>(sums)
+        } else {
+            store_sums::<false>(sums)
+        }
+    };
+    let mut sums = [StepSums::new(), StepSums::new()];
     let steps = m.div_ceil(step);
     let d = f16x16(blk);
     let dmin = f16x16(blk.add(2 * G));
-    products(0);
-    sb_store(&mut sums[0]);
+    // Q4_K/Q5_K: the mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (as the
+    // VNNI epilogue pairs them with the activations' `pairs`).
+    let mut mins = [_mm512_setzero_si512(); 4];
+    if !six {
+        for (c, mv) in mins.iter_mut().enumerate() {
+            let m0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(12 * G + G * 2 * c) as *const _));
+            let m1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                blk.add(12 * G + G * (2 * c + 1)) as *const _
+            ));
+            *mv = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
+        }
+    }
+    // Row r (the k-th of its step, whose sums are `t`) into `acc` or `out`.
+    let mut finish = |r: usize, k: usize, t: &[[[i32; G]; G]; 4]| {
+        let ar = rows.get_unchecked(r);
+        let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
+        let o = acc.get_unchecked_mut(r).as_mut_ptr();
+        let prev = if FIRST {
+            _mm512_setzero_ps()
+        } else {
+            _mm512_loadu_ps(o)
+        };
+        let v = if six {
+            // t0 + 7·(t1 + 7·t2), with 7x = 8x − x.
+            let seven = |x: __m512i| _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x);
+            let hi = _mm512_add_epi32(lanes(&t[1][k]), seven(lanes(&t[2][k])));
+            let isum = _mm512_add_epi32(lanes(&t[0][k]), seven(hi));
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev)
+        } else {
+            // Row tile k / 16 has its digits' sums in tiles 2(k / 16) and 2(k / 16) + 1.
+            let (lo, hi) = (&t[2 * (k / G)][k % G], &t[2 * (k / G) + 1][k % G]);
+            let isum = _mm512_add_epi32(lanes(lo), _mm512_slli_epi32::<3>(lanes(hi)));
+            let ps = ar.pairs.as_ptr().add(b * 4);
+            let mut msum = _mm512_setzero_si512();
+            for (c, mv) in mins.iter().enumerate() {
+                msum = _mm512_dpwssd_epi32(msum, *mv, _mm512_set1_epi32(*ps.add(c)));
+            }
+            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev);
+            _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), v)
+        };
+        if LAST {
+            _mm512_mask_storeu_ps(out.add(r * ldo), real_mask, v)
+        } else {
+            _mm512_storeu_ps(o, v)
+        }
+    };
+    for p in 0..4 {
+        quarter(p, 0);
+    }
+    store(&mut sums[0]);
+    let part = step / 4;
     for s in 0..steps {
         let i0 = s * step;
-        if s + 1 < steps {
-            products(i0 + step);
-        }
+        let i1 = (i0 + step).min(m);
+        let next = s + 1 < steps;
         let t = &sums[s % 2].0;
-        for r in i0..(i0 + step).min(m) {
-            let ar = rows.get_unchecked(r);
-            let k = r - i0;
-            let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
-            let o = acc.get_unchecked_mut(r).as_mut_ptr();
-            let prev = if first {
-                _mm512_setzero_ps()
-            } else {
-                _mm512_loadu_ps(o)
-            };
-            let put = |v: __m512| {
-                if last {
-                    _mm512_mask_storeu_ps(out.add(r * ldo), real_mask, v)
-                } else {
-                    _mm512_storeu_ps(o, v)
-                }
-            };
-            if six {
-                // t0 + 7·(t1 + 7·t2), with 7x = 8x − x.
-                let seven = |x: __m512i| _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x);
-                let hi = _mm512_add_epi32(lanes(&t[1][k]), seven(lanes(&t[2][k])));
-                let isum = _mm512_add_epi32(lanes(&t[0][k]), seven(hi));
-                put(_mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(isum),
-                    _mm512_mul_ps(d, da),
-                    prev,
-                ));
-                continue;
+        for p in 0..4 {
+            if next {
+                quarter(p, i0 + step);
             }
-            let isum = _mm512_add_epi32(lanes(&t[0][k]), _mm512_slli_epi32::<3>(lanes(&t[1][k])));
-            let msum = lanes(&t[2][k]);
-            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev);
-            put(_mm512_fnmadd_ps(
-                _mm512_cvtepi32_ps(msum),
-                _mm512_mul_ps(dmin, da),
-                v,
-            ));
+            for r in (i0 + p * part)..(i0 + (p + 1) * part).min(i1) {
+                finish(r, r - i0, t);
+            }
         }
-        if s + 1 < steps {
-            sb_store(&mut sums[(s + 1) % 2]);
+        if next {
+            store(&mut sums[(s + 1) % 2]);
         }
     }
 }
