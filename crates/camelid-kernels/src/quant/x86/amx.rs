@@ -265,7 +265,7 @@ unsafe fn q6_quarter(p: usize, u: *const u8, a: *const i8) {
             )
         };
     }
-    if p % 2 == 0 {
+    if p.is_multiple_of(2) {
         quarter!("tmm0");
     } else {
         quarter!("tmm7");
