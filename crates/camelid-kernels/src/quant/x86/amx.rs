@@ -177,12 +177,6 @@ pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
 #[repr(C, align(64))]
 struct StepSums([[[i32; G]; G]; 4]);
 
-impl StepSums {
-    fn new() -> Self {
-        StepSums([[[0; G]; G]; 4])
-    }
-}
-
 /// Issues quarter `p` (values `64p..64p + 64`) of the Q4_K/Q5_K tile products of one
 /// super-block of one group for 32 activation rows (`TWO`) or 16 (quarter 0 first zeroes the
 /// sums); [`store_sums`] reads the sums out after quarter 3. AMX runs them while the vector
@@ -272,13 +266,14 @@ unsafe fn q6_quarter(p: usize, u: *const u8, a: *const i8) {
     }
 }
 
-/// Stores the sums the products left in tmm4–7 (`Q6`: tmm4–6) to `sums[0..]`.
+/// Stores the sums the products left in tmm4–7 (`Q6`: tmm4–6) to `sums` (its tiles 0..4 or
+/// 0..3).
 ///
 /// # Safety
-/// The four quarters of [`q45_quarter`] or (`Q6`) [`q6_quarter`] ran.
+/// The four quarters of [`q45_quarter`] or (`Q6`) [`q6_quarter`] ran; `sums` is writable.
 #[inline(always)]
-unsafe fn store_sums<const Q6: bool>(sums: &mut StepSums) {
-    let (c, s) = (sums.0.as_mut_ptr(), 64usize);
+unsafe fn store_sums<const Q6: bool>(sums: *mut StepSums) {
+    let (c, s) = (sums as *mut i32, 64usize);
     if Q6 {
         asm!(
             "tilestored [{c} + {s}*1], tmm4",
@@ -369,14 +364,16 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             q45_quarter::<false>(p, u, at);
         }
     };
-    let store = |sums: &mut StepSums| {
+    let store = |sums: *mut StepSums| {
         if six {
             store_sums::<true>(sums)
         } else {
             store_sums::<false>(sums)
         }
     };
-    let mut sums = [StepSums::new(), StepSums::new()];
+    // Written by the tile stores before they are read (zeroing them cost ~1 % of a prompt).
+    let mut sums = std::mem::MaybeUninit::<[StepSums; 2]>::uninit();
+    let sums = sums.as_mut_ptr() as *mut StepSums;
     let steps = m.div_ceil(step);
     let d = f16x16(blk);
     let dmin = f16x16(blk.add(2 * G));
@@ -429,13 +426,13 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
     for p in 0..4 {
         quarter(p, 0);
     }
-    store(&mut sums[0]);
+    store(sums);
     let part = step / 4;
     for s in 0..steps {
         let i0 = s * step;
         let i1 = (i0 + step).min(m);
         let next = s + 1 < steps;
-        let t = &sums[s % 2].0;
+        let t = &(*sums.add(s % 2)).0;
         for p in 0..4 {
             if next {
                 quarter(p, i0 + step);
@@ -445,7 +442,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             }
         }
         if next {
-            store(&mut sums[(s + 1) % 2]);
+            store(sums.add((s + 1) % 2));
         }
     }
 }
