@@ -20,6 +20,14 @@ struct TileConfig {
 /// The CPU has AMX and the process holds its state (`cpu_features::amx`); every row count is
 /// 1..=16.
 pub(crate) unsafe fn configure(rows: [u8; 8]) {
+    configure_shapes(rows, [64; 8])
+}
+
+/// Shapes tmm0–7 as `rows[t]` rows of `colsb[t]` bytes each.
+///
+/// # Safety
+/// As [`configure`]; every byte width is 4..=64, a multiple of 4.
+pub(crate) unsafe fn configure_shapes(rows: [u8; 8], colsb: [u16; 8]) {
     let mut c = TileConfig {
         palette: 1,
         start_row: 0,
@@ -29,7 +37,8 @@ pub(crate) unsafe fn configure(rows: [u8; 8]) {
     };
     for (t, &r) in rows.iter().enumerate() {
         debug_assert!((1..=16).contains(&r), "tile {t}: {r} rows");
-        c.colsb[t] = 64;
+        debug_assert!((4..=64).contains(&colsb[t]) && colsb[t].is_multiple_of(4));
+        c.colsb[t] = colsb[t];
         c.rows[t] = r;
     }
     asm!("ldtilecfg [{0}]", in(reg) &c, options(nostack, readonly));

@@ -13,6 +13,7 @@
 
 mod kgemm;
 mod krepack;
+mod q4_amx;
 mod reference;
 mod weight;
 #[cfg(target_arch = "x86_64")]
@@ -381,6 +382,10 @@ pub fn matmul_quantized(w: &QWeight, acts: &QActs, out: &mut [f32]) {
     if w.kind.is_5bit() && matches!(w.layout, Layout::Rows(_)) {
         // Row-major 5-bit matrices (rows not a multiple of 8): no row-major SIMD kernel.
         return matmul_with(w, acts, out, dot_rows_scalar, None);
+    }
+    if q4_amx::takes(w, acts.rows) {
+        let rows: Vec<ActRow> = (0..acts.rows).map(|i| acts.row(i)).collect();
+        return q4_amx::matmul_q4_amx(w, &rows, out);
     }
     matmul_with(w, acts, out, kernel(), pair_kernel())
 }

@@ -1,7 +1,8 @@
 //! x86 kernels of the quantized matmul: the AVX2 8-row and the AVX-512 16-row groups, and AMX
-//! tiles over the latter for the K formats' prompts.
+//! tiles over the latter for the K formats' and Q4_0/Q4_1's prompts.
 
 pub(crate) mod amx;
+pub(crate) mod amx32;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod k256;

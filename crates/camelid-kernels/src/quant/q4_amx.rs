@@ -1,0 +1,116 @@
+//! Q4_0/Q4_1 prompt matmuls on AMX tiles (`x86::amx32`): when they run, and the driver that
+//! packs the activations, unpacks the weight groups and splits the groups over the threads.
+
+use super::{run_split, ActRow, QKind, QWeight, BLOCK};
+use crate::{Line, OutPtr};
+
+/// Activation rows from which a Q4_0/Q4_1 matmul runs on AMX tiles where the CPU has them
+/// (below, the AVX-512 passes): a call packs its activations and unpacks its weights once,
+/// which a few rows do not repay.
+pub(super) const AMX_MIN_ROWS: usize = 16;
+
+/// Groups a task unpacks together and runs each activation tile over before the next tile:
+/// their unpacked weights (4 × 512 bytes a block) stay in L2 and the tile's activations in L1.
+const RUN_GROUPS: usize = 4;
+
+/// Whether `w × m` rows goes to [`matmul_q4_amx`].
+pub(super) fn takes(w: &QWeight, m: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::weight::Layout;
+        matches!(w.kind, QKind::Q4_0 | QKind::Q4_1)
+            && matches!(w.layout, Layout::Interleaved { group: 16, .. })
+            && m >= AMX_MIN_ROWS
+            && crate::cpu_features::amx()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, m);
+        false
+    }
+}
+
+/// The packed activations, kept between calls (a prompt's are megabytes: not allocated and
+/// faulted in again for every matmul).
+static PACKED: std::sync::Mutex<Vec<Line>> = std::sync::Mutex::new(Vec::new());
+
+thread_local! {
+    /// A task's unpacked weight groups.
+    static UNPACKED: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out (rows.len(), w.rows) = rows · Wᵀ` for a Q4_0/Q4_1 matrix in 16-row groups, on AMX
+/// tiles.
+///
+/// # Panics
+/// Where [`takes`] is false for `w` (the layout or the CPU).
+pub(super) fn matmul_q4_amx(w: &QWeight, rows: &[ActRow], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::weight::Layout;
+        use super::x86::amx32::{self, A_BLOCK, B_TILE, G};
+        assert!(
+            crate::cpu_features::amx(),
+            "AMX tiles on a CPU without them"
+        );
+        let Layout::Interleaved { group: 16, data } = &w.layout else {
+            panic!("Q4 AMX tiles read 16-row groups");
+        };
+        assert!(matches!(w.kind, QKind::Q4_0 | QKind::Q4_1));
+        let (n, m, nb) = (w.rows, rows.len(), w.cols / BLOCK);
+        assert_eq!(out.len(), m * n);
+        let group_bytes = nb * w.kind.group_block_bytes(G);
+        let tiles = m.div_ceil(G);
+        let tile_bytes = nb * A_BLOCK;
+        let mut packed = std::mem::take(&mut *PACKED.lock().unwrap());
+        packed.clear();
+        packed.resize((tiles * tile_bytes).div_ceil(64), Line([0; 64]));
+        let base = packed.as_mut_ptr() as *mut u8;
+        for (t, tile_rows) in rows.chunks(G).enumerate() {
+            // Safety: tile t's bytes lie within `packed` (sized for every tile above), and
+            // each row holds `nb` blocks (`QActs` of `w.cols`).
+            unsafe { amx32::pack_rows(tile_rows, nb, base.add(t * tile_bytes)) };
+        }
+        let packed_ref = &packed;
+        let ptr = OutPtr(out.as_mut_ptr());
+        let work = |g0: usize, g1: usize| {
+            UNPACKED.with(|u| {
+                let u = &mut *u.borrow_mut();
+                u.resize((RUN_GROUPS * nb * B_TILE).div_ceil(64), Line([0; 64]));
+                let u = u.as_mut_ptr() as *mut u8;
+                let a = packed_ref.as_ptr() as *const u8;
+                // Safety: this CPU has AMX (asserted); the groups read lie in `data`, their
+                // unpacked tiles in `u` (RUN_GROUPS of them), each activation tile in `packed`;
+                // the writes stay in rows < m and in the columns of this task's groups.
+                unsafe {
+                    amx32::configure();
+                    for h0 in (g0..g1).step_by(RUN_GROUPS) {
+                        let h1 = (h0 + RUN_GROUPS).min(g1);
+                        for gi in h0..h1 {
+                            let wg = data.as_ptr().add(gi * group_bytes);
+                            amx32::unpack_q4(wg, nb, u.add((gi - h0) * nb * B_TILE));
+                        }
+                        for t in 0..tiles {
+                            let at = a.add(t * tile_bytes);
+                            let real = G.min(m - t * G);
+                            for gi in h0..h1 {
+                                let wg = data.as_ptr().add(gi * group_bytes);
+                                let ug = u.add((gi - h0) * nb * B_TILE);
+                                let o = ptr.at(t * G * n + gi * G);
+                                amx32::gemm_q4_tile(wg, ug, nb, at, real, o, n);
+                            }
+                        }
+                    }
+                    amx32::release();
+                }
+            })
+        };
+        run_split(n / G, m * n * nb, work);
+        *PACKED.lock().unwrap() = packed;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, rows, out);
+        unreachable!("AMX kernels are x86 only")
+    }
+}
