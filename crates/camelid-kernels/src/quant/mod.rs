@@ -11,9 +11,9 @@
 //! [`dot_rows_scalar`] is the plain reference; the AVX2 kernels must agree with it to float
 //! rounding (tests below), and both are checked against candle's dequantized f32 matmul.
 
+mod gemm32_amx;
 mod kgemm;
 mod krepack;
-mod q4_amx;
 mod reference;
 mod weight;
 #[cfg(target_arch = "x86_64")]
@@ -383,9 +383,9 @@ pub fn matmul_quantized(w: &QWeight, acts: &QActs, out: &mut [f32]) {
         // Row-major 5-bit matrices (rows not a multiple of 8): no row-major SIMD kernel.
         return matmul_with(w, acts, out, dot_rows_scalar, None);
     }
-    if q4_amx::takes(w, acts.rows) {
+    if gemm32_amx::takes(w, acts.rows) {
         let rows: Vec<ActRow> = (0..acts.rows).map(|i| acts.row(i)).collect();
-        return q4_amx::matmul_q4_amx(w, &rows, out);
+        return gemm32_amx::matmul_amx(w, &rows, out);
     }
     matmul_with(w, acts, out, kernel(), pair_kernel())
 }

@@ -594,18 +594,24 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
     }
 }
 
-/// Q4_0/Q4_1 prompts on AMX tiles give a row the AVX-512 passes' bits (the same exact block
-/// sums, the same f32 steps in the same order), so a prompt row's logits do not depend on
-/// how many rows shared the call. A whole tile, tiles with 1–15 rows left over, groups in
-/// runs and past them (RUN_GROUPS 4: 5 and 9 groups), one block and many.
+/// The 32-value formats' prompts on AMX tiles give a row the AVX-512 passes' bits (the same
+/// exact block sums, the same f32 steps in the same order), so a prompt row's logits do not
+/// depend on how many rows shared the call. A whole tile, tiles with 1–15 rows left over,
+/// groups in runs and past them (RUN_GROUPS 4: 5 and 9 groups), one block and many.
 #[test]
-fn q4_amx_tiles_give_the_avx512_passes_bits() {
+fn amx_block_tiles_give_the_avx512_passes_bits() {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu_features::skip_without_amx("Q4 AMX tiles", crate::cpu_features::amx()) {
+        if crate::cpu_features::skip_without_amx("block AMX tiles", crate::cpu_features::amx()) {
             return;
         }
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        for t in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             for (m, n, k) in [
                 (16, 16, 32),
                 (17, 80, 576),
@@ -614,7 +620,10 @@ fn q4_amx_tiles_give_the_avx512_passes_bits() {
                 (130, 96, 576),
             ] {
                 let (w, _) = weight(t, n, k);
-                assert!(q4_amx::takes(&w, m), "{t:?}: 16-row groups on an AMX CPU");
+                assert!(
+                    gemm32_amx::takes(&w, m),
+                    "{t:?}: 16-row groups on an AMX CPU"
+                );
                 let x: Vec<f32> = random(m * k, 17).iter().map(|v| v * 4.0).collect();
                 let acts = QActs::quantize(&x, m, k);
                 let (mut tiles, mut passes) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);

@@ -1,13 +1,15 @@
-//! AMX tiles for the 4-bit 32-value formats' prompt matmuls (Q4_0, Q4_1 × Q8 activations), on
-//! the 16-row groups the AVX-512 kernels read (`quant::weight::Layout`).
+//! AMX tiles for the 32-value formats' prompt matmuls (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 × Q8
+//! activations), on the 16-row groups the AVX-512 kernels read (`quant::weight::Layout`).
 //!
 //! Every 32-value block has its own f16 scale, which does not fold into integer digits as the
-//! K formats' sub-block scales do (`amx.rs`), so each block is its own tile product: a
-//! `tdpbsud` of 16 activation rows × 32 bytes by the block's 16 weight rows × 32 nibbles
-//! unpacked to bytes (a 16 × 16 tile of exact i32 block sums), stored and scaled by the
-//! vector units while the tiles run the next block. The f32 steps are the AVX-512 kernel's
-//! (`gemm_q4_16x8_q8`), in its order, on the same integer sums, so a prompt row gets the bits
-//! a decode row gets.
+//! K formats' sub-block scales do (`amx.rs`), so each block is its own tile product: 16
+//! activation rows × 32 bytes by the block's 16 weight rows × 32 values as bytes (a 16 × 16
+//! tile of exact i32 block sums), stored and scaled by the vector units while the tiles run
+//! the next block. Q4/Q5 values are unpacked to unsigned bytes (`tdpbsud`), Q8_0's are read
+//! as they lie (`tdpbssd`: its groups already hold four values of each row a 64-byte row).
+//! The f32 steps are the AVX-512 kernels' (`gemm_q4_16x8_q8`, `gemm_q5_16x8_q8`,
+//! `gemm_q8_0_16x8_q8`), in their order, on the same integer sums, so a prompt row gets the
+//! bits a decode row gets.
 //!
 //! The AMX instructions are written as `asm!`: Rust's AMX intrinsics are unstable.
 
@@ -20,6 +22,20 @@ pub(crate) const G: usize = 16;
 
 /// Bytes of one block's weight tile: 8 rows (four values of each weight row a row) of 64.
 pub(crate) const B_TILE: usize = 512;
+
+/// The formats' kernels: Q4_0/Q4_1 and Q5_0/Q5_1 (unpacked, with the `m·Σa` term), Q8_0.
+pub(crate) const Q4: u8 = 4;
+pub(crate) const Q5: u8 = 5;
+pub(crate) const Q8: u8 = 8;
+
+/// Bytes of one block of a 16-row group of format `kind`.
+pub(crate) const fn block_bytes(kind: u8) -> usize {
+    match kind {
+        Q4 => 20 * G,
+        Q5 => 24 * G,
+        _ => 34 * G,
+    }
+}
 
 /// Bytes of one block of one 16-row activation tile as [`pack_rows`] lays it out: the rows'
 /// 32 values (16 × 32), then their scales `d` and `d·Σq` (16 f32 each).
@@ -39,21 +55,37 @@ pub(crate) unsafe fn configure() {
 
 pub(crate) use crate::tiles::release;
 
-/// Unpacks `nb` blocks of one 16-row Q4_0/Q4_1 group (320 bytes a block) to their weight
-/// tiles at `out` ([`B_TILE`] a block): tile row `k` holds values `4k..4k + 4` of each weight
-/// row, the low nibbles of the group's vector `k` for `k < 4`, the high ones of vector `k − 4`.
+/// Unpacks `nb` blocks of one 16-row Q4_0/Q4_1 (`FIFTH = false`, 320 bytes a block) or
+/// Q5_0/Q5_1 group (384) to their weight tiles at `out` ([`B_TILE`] a block): tile row `k`
+/// holds values `4k..4k + 4` of each weight row, the low nibbles of the group's vector `k` for
+/// `k < 4`, the high ones of vector `k − 4` (Q5: plus 16 where the value's fifth bit is set).
 ///
 /// # Safety
 /// The CPU has AVX-512BW; `w` holds the `nb` blocks, `out` `nb ·` [`B_TILE`] bytes.
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(crate) unsafe fn unpack_q4(w: *const u8, nb: usize, out: *mut u8) {
+pub(crate) unsafe fn unpack<const FIFTH: bool>(w: *const u8, nb: usize, out: *mut u8) {
     let low = _mm512_set1_epi8(0x0F);
+    let (bytes, nibbles) = if FIFTH { (24 * G, 128) } else { (20 * G, 64) };
+    // Q5's fifth bits as the AVX-512 kernel reads them: byte t of a row's lane is value
+    // 4g + t (low nibble, bit t of hb byte g) or 16 + 4g + t (high nibble, bit 4 + t).
+    let fifth = _mm512_set1_epi8(0x10);
+    let bit_lo = _mm512_set1_epi32(0x0804_0201);
+    let bit_hi = _mm512_set1_epi32(0x8040_2010_u32 as i32);
+    let lane_base = _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0);
     for b in 0..nb {
-        let (blk, t) = (w.add(b * 20 * G), out.add(b * B_TILE));
+        let (blk, t) = (w.add(b * bytes), out.add(b * B_TILE));
         for g in 0..4 {
-            let v = _mm512_loadu_si512(blk.add(64 + 64 * g) as *const _);
-            _mm512_storeu_si512(t.add(64 * g) as *mut _, _mm512_and_si512(v, low));
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+            let v = _mm512_loadu_si512(blk.add(nibbles + 64 * g) as *const _);
+            let mut lo = _mm512_and_si512(v, low);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+            if FIFTH {
+                let hb = _mm512_loadu_si512(blk.add(64) as *const _);
+                let h =
+                    _mm512_shuffle_epi8(hb, _mm512_add_epi8(lane_base, _mm512_set1_epi8(g as i8)));
+                lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, bit_lo), lo, fifth);
+                hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, bit_hi), hi, fifth);
+            }
+            _mm512_storeu_si512(t.add(64 * g) as *mut _, lo);
             _mm512_storeu_si512(t.add(64 * (4 + g)) as *mut _, hi);
         }
     }
@@ -82,28 +114,28 @@ pub(crate) unsafe fn pack_rows(rows: &[ActRow], nb: usize, out: *mut u8) {
 }
 
 /// Issues block `b`'s product into the sums tile of parity `b % 2` (tmm4 or tmm5), from the
-/// activation and weight tiles of the same parity, which it loads.
+/// activation and weight tiles of the same parity, which it loads: the weight tile of block
+/// `b` at `u + b·u_stride`; `SIGNED` weights (Q8_0) by `tdpbssd`, else `tdpbsud`.
 #[inline(always)]
-unsafe fn block_product(b: usize, a: *const u8, u: *const u8) {
-    let (a, u) = (a.add(b * A_BLOCK), u.add(b * B_TILE));
-    if b.is_multiple_of(2) {
-        asm!(
-            "tileloadd tmm0, [{a} + {sa}*1]",
-            "tileloadd tmm2, [{u} + {su}*1]",
-            "tilezero tmm4",
-            "tdpbsud tmm4, tmm0, tmm2",
-            a = in(reg) a, sa = in(reg) BLOCK, u = in(reg) u, su = in(reg) 64usize,
-            options(nostack, readonly)
-        );
-    } else {
-        asm!(
-            "tileloadd tmm1, [{a} + {sa}*1]",
-            "tileloadd tmm3, [{u} + {su}*1]",
-            "tilezero tmm5",
-            "tdpbsud tmm5, tmm1, tmm3",
-            a = in(reg) a, sa = in(reg) BLOCK, u = in(reg) u, su = in(reg) 64usize,
-            options(nostack, readonly)
-        );
+unsafe fn block_product<const SIGNED: bool>(b: usize, a: *const u8, u: *const u8, u_stride: usize) {
+    let (a, u) = (a.add(b * A_BLOCK), u.add(b * u_stride));
+    macro_rules! product {
+        ($ta:literal, $tb:literal, $tc:literal, $op:literal) => {
+            asm!(
+                concat!("tileloadd ", $ta, ", [{a} + {sa}*1]"),
+                concat!("tileloadd ", $tb, ", [{u} + {su}*1]"),
+                concat!("tilezero ", $tc),
+                concat!($op, " ", $tc, ", ", $ta, ", ", $tb),
+                a = in(reg) a, sa = in(reg) BLOCK, u = in(reg) u, su = in(reg) 64usize,
+                options(nostack, readonly)
+            )
+        };
+    }
+    match (b.is_multiple_of(2), SIGNED) {
+        (true, false) => product!("tmm0", "tmm2", "tmm4", "tdpbsud"),
+        (false, false) => product!("tmm1", "tmm3", "tmm5", "tdpbsud"),
+        (true, true) => product!("tmm0", "tmm2", "tmm4", "tdpbssd"),
+        (false, true) => product!("tmm1", "tmm3", "tmm5", "tdpbssd"),
     }
 }
 
@@ -117,15 +149,16 @@ unsafe fn store_sums(b: usize, sums: *mut i32) {
     }
 }
 
-/// One 16-row activation tile (`a`, packed by [`pack_rows`]) times one Q4_0/Q4_1 group (`w`
-/// its packed blocks for the scales, `u` the same unpacked by [`unpack_q4`]) over `nb` blocks:
-/// `out[r·ldo + 0..16]` for the tile's first `rows` rows.
+/// One 16-row activation tile (`a`, packed by [`pack_rows`]) times one group of format
+/// `KIND` ([`Q4`], [`Q5`], [`Q8`]; `w` its packed blocks, `u` its weight tiles: unpacked by
+/// [`unpack`], or Q8_0's `w + 32` as they lie) over `nb` blocks: `out[r·ldo + 0..16]` for the
+/// tile's first `rows` rows.
 ///
 /// # Safety
 /// [`configure`] ran on this thread; `a`, `w` and `u` hold `nb` blocks; `out` is writable at
 /// `r·ldo + 0..16` for `r < rows ≤ 16`.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_q4_tile(
+pub(crate) unsafe fn gemm_tile<const KIND: u8>(
     w: *const u8,
     u: *const u8,
     nb: usize,
@@ -136,17 +169,26 @@ pub(crate) unsafe fn gemm_q4_tile(
 ) {
     #[repr(C, align(64))]
     struct Sums([i32; G * G]);
+    let q8 = KIND == Q8;
+    let u_stride = if q8 { block_bytes(Q8) } else { B_TILE };
     // Written by the tile store before it is read.
     let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
     let sums = sums.as_mut_ptr() as *mut i32;
     let mut acc = [_mm512_setzero_ps(); G];
-    block_product(0, a, u);
+    let product = |b: usize| {
+        if q8 {
+            block_product::<true>(b, a, u, u_stride)
+        } else {
+            block_product::<false>(b, a, u, u_stride)
+        }
+    };
+    product(0);
     for b in 0..nb {
         if b + 1 < nb {
-            block_product(b + 1, a, u);
+            product(b + 1);
         }
         store_sums(b, sums);
-        let blk = w.add(b * 20 * G);
+        let blk = w.add(b * block_bytes(KIND));
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
         let m = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
         let scales = a.add(b * A_BLOCK + G * BLOCK) as *const f32;
@@ -154,7 +196,9 @@ pub(crate) unsafe fn gemm_q4_tile(
             let p = _mm512_cvtepi32_ps(_mm512_load_si512(sums.add(G * r) as *const _));
             let da = _mm512_set1_ps(*scales.add(r));
             *acc = _mm512_fmadd_ps(p, _mm512_mul_ps(d, da), *acc);
-            *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(*scales.add(G + r)), *acc);
+            if !q8 {
+                *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(*scales.add(G + r)), *acc);
+            }
         }
     }
     for (r, v) in acc.iter().enumerate().take(rows) {
