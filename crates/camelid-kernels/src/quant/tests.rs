@@ -3,6 +3,15 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
+/// The 32-value block formats.
+const BLOCK_TYPES: [GgmlDType; 5] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+];
+
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -60,15 +69,9 @@ fn every_format_matches_the_dequantized_matmul() {
     // m = 7 exercises groups of 4 and a remainder of 3, m = 1 the single-row paths;
     // n = 71 stays row-major (uneven thread chunks, an odd row left after the pairs),
     // n = 72 is interleaved where the CPU has AVX2.
-    for (t, m, n) in [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-    ]
-    .into_iter()
-    .flat_map(|t| [(t, 7, 71), (t, 1, 71), (t, 7, 72), (t, 1, 72)])
+    for (t, m, n) in BLOCK_TYPES
+        .into_iter()
+        .flat_map(|t| [(t, 7, 71), (t, 1, 71), (t, 7, 72), (t, 1, 72)])
     {
         let k = 256;
         let (w, deq) = weight(t, n, k);
@@ -121,13 +124,7 @@ fn simd_kernel_agrees_with_the_scalar_reference() {
         eprintln!("no SIMD kernel on this CPU; nothing to compare");
         return;
     }
-    for t in [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-    ] {
+    for t in BLOCK_TYPES {
         // Enough rows and blocks to take the parallel path and several row tiles (both
         // layouts); one row over an odd number of weight rows (the paired decode kernel)
         // and over an interleaved matrix.
@@ -605,13 +602,7 @@ fn amx_block_tiles_give_the_avx512_passes_bits() {
         if crate::cpu_features::skip_without_amx("block AMX tiles", crate::cpu_features::amx()) {
             return;
         }
-        for t in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-        ] {
+        for t in BLOCK_TYPES {
             for (m, n, k) in [
                 (16, 16, 32),
                 (17, 80, 576),
