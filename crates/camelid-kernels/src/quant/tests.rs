@@ -517,28 +517,45 @@ fn amx_tiles_give_the_vnni_passes_bits() {
             (130, 96),
             (20, 1040),
         ] {
-            let k = 768;
-            for extreme in [false, true] {
-                let (data, acts) = k_case(t, m, n, k, extreme, (5, 13));
-                let run = |flavour| {
-                    let w = laid_out(kind, n, k, data.clone(), flavour);
-                    let mut out = vec![f32::NAN; m * n];
-                    kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
-                    out
-                };
-                let (vnni, amx) = (run(kgemm::Flavour::Avx512Vnni), run(kgemm::Flavour::Amx));
-                for (i, (v, a)) in vnni.iter().zip(&amx).enumerate() {
-                    assert_eq!(
+            // One super-block (the first is the last) and three; the default pool and one
+            // thread (a task then runs every group: runs of AMX_GROUPS after the first).
+            for (k, threads) in [(768, 0), (256, 0), (768, 1)] {
+                for extreme in [false, true] {
+                    let (data, acts) = k_case(t, m, n, k, extreme, (5, 13));
+                    let run = |flavour| {
+                        let w = laid_out(kind, n, k, data.clone(), flavour);
+                        let mut out = vec![f32::NAN; m * n];
+                        in_pool(threads, || {
+                            kgemm::matmul_k_with(&w, &acts, &mut out, flavour)
+                        });
+                        out
+                    };
+                    let (vnni, amx) = (run(kgemm::Flavour::Avx512Vnni), run(kgemm::Flavour::Amx));
+                    for (i, (v, a)) in vnni.iter().zip(&amx).enumerate() {
+                        assert_eq!(
                         v.to_bits(),
                         a.to_bits(),
-                        "{t:?} m={m} n={n} extreme={extreme}: row {} column {}: {v} vs {a}",
+                        "{t:?} m={m} n={n} k={k} extreme={extreme}: row {} column {}: {v} vs {a}",
                         i / n,
                         i % n
                     );
+                    }
                 }
             }
         }
     }
+}
+
+/// Runs `f` in a pool of `threads` rayon threads (0: the global pool).
+fn in_pool(threads: usize, f: impl FnOnce() + Send) {
+    if threads == 0 {
+        return f();
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(f)
 }
 
 /// A row's outputs have the same bits alone as in any batch, in every flavour: a decode row
@@ -594,7 +611,8 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
 /// The 32-value formats' prompts on AMX tiles give a row the AVX-512 passes' bits (the same
 /// exact block sums, the same f32 steps in the same order), so a prompt row's logits do not
 /// depend on how many rows shared the call. A whole tile, tiles with 1–15 rows left over,
-/// groups in runs and past them (RUN_GROUPS 4: 5 and 9 groups), one block and many.
+/// groups in runs and past them (RUN_GROUPS 4: 5 and 9 groups; in one thread, whose task runs
+/// every group), one block, an odd count and many.
 #[test]
 fn amx_block_tiles_give_the_avx512_passes_bits() {
     #[cfg(target_arch = "x86_64")]
@@ -603,12 +621,14 @@ fn amx_block_tiles_give_the_avx512_passes_bits() {
             return;
         }
         for t in BLOCK_TYPES {
-            for (m, n, k) in [
-                (16, 16, 32),
-                (17, 80, 576),
-                (33, 144, 256),
-                (47, 32, 2048),
-                (130, 96, 576),
+            for (m, n, k, threads) in [
+                (16, 16, 32, 0),
+                (17, 80, 576, 0),
+                (33, 144, 256, 0),
+                (47, 32, 2048, 0),
+                (130, 96, 576, 0),
+                (20, 144, 96, 1),
+                (33, 80, 576, 1),
             ] {
                 let (w, _) = weight(t, n, k);
                 assert!(
@@ -618,7 +638,7 @@ fn amx_block_tiles_give_the_avx512_passes_bits() {
                 let x: Vec<f32> = random(m * k, 17).iter().map(|v| v * 4.0).collect();
                 let acts = QActs::quantize(&x, m, k);
                 let (mut tiles, mut passes) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
-                matmul_quantized(&w, &acts, &mut tiles);
+                in_pool(threads, || matmul_quantized(&w, &acts, &mut tiles));
                 matmul_with(&w, &acts, &mut passes, kernel(), pair_kernel());
                 for (i, (a, v)) in tiles.iter().zip(&passes).enumerate() {
                     assert_eq!(

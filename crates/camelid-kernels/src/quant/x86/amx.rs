@@ -389,8 +389,10 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             *mv = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
         }
     }
-    // Row r (the k-th of its step, whose sums are `t`) into `acc` or `out`.
-    let mut finish = |r: usize, k: usize, t: &[[[i32; G]; G]; 4]| {
+    // Row r (the k-th of its step) into `acc` or `out`; `t` points at the step's first sums
+    // tile, and only the tiles the step's stores wrote are read (Q6_K's fourth is not).
+    let mut finish = |r: usize, k: usize, t: *const [[i32; G]; G]| {
+        let row = |tile: usize| &(*t.add(tile))[k % G];
         let ar = rows.get_unchecked(r);
         let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
         let o = acc.get_unchecked_mut(r).as_mut_ptr();
@@ -402,12 +404,12 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
         let v = if six {
             // t0 + 7·(t1 + 7·t2), with 7x = 8x − x.
             let seven = |x: __m512i| _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x);
-            let hi = _mm512_add_epi32(lanes(&t[1][k]), seven(lanes(&t[2][k])));
-            let isum = _mm512_add_epi32(lanes(&t[0][k]), seven(hi));
+            let hi = _mm512_add_epi32(lanes(row(1)), seven(lanes(row(2))));
+            let isum = _mm512_add_epi32(lanes(row(0)), seven(hi));
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev)
         } else {
             // Row tile k / 16 has its digits' sums in tiles 2(k / 16) and 2(k / 16) + 1.
-            let (lo, hi) = (&t[2 * (k / G)][k % G], &t[2 * (k / G) + 1][k % G]);
+            let (lo, hi) = (row(2 * (k / G)), row(2 * (k / G) + 1));
             let isum = _mm512_add_epi32(lanes(lo), _mm512_slli_epi32::<3>(lanes(hi)));
             let ps = ar.pairs.as_ptr().add(b * 4);
             let mut msum = _mm512_setzero_si512();
@@ -432,7 +434,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
         let i0 = s * step;
         let i1 = (i0 + step).min(m);
         let next = s + 1 < steps;
-        let t = &(*sums.add(s % 2)).0;
+        let t = sums.add(s % 2) as *const [[i32; G]; G];
         for p in 0..4 {
             if next {
                 quarter(p, i0 + step);

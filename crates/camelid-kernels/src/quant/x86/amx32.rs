@@ -91,7 +91,7 @@ pub(crate) unsafe fn unpack<const FIFTH: bool>(w: *const u8, nb: usize, out: *mu
     }
 }
 
-/// Packs activation rows `rows` (at most 16: one tile; the rest zeros) for [`gemm_q4_tile`]:
+/// Packs activation rows `rows` (at most 16: one tile; the rest zeros) for [`gemm_tile`]:
 /// per block, [`A_BLOCK`] bytes at `out + b·A_BLOCK`.
 ///
 /// # Safety

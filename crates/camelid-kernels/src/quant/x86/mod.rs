@@ -1,5 +1,5 @@
 //! x86 kernels of the quantized matmul: the AVX2 8-row and the AVX-512 16-row groups, and AMX
-//! tiles over the latter for the K formats' and Q4_0/Q4_1's prompts.
+//! tiles over the latter for the K formats' and the 32-value formats' prompts.
 
 pub(crate) mod amx;
 pub(crate) mod amx32;
