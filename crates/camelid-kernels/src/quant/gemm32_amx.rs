@@ -77,7 +77,8 @@ pub(super) fn matmul_amx(w: &QWeight, rows: &[ActRow], out: &mut [f32]) {
         packed.resize((tiles * tile_bytes).div_ceil(64), Line([0; 64]));
         let base = packed.as_mut_ptr() as *mut u8;
         for (t, tile_rows) in rows.chunks(G).enumerate() {
-            // Safety: tile t's bytes lie within `packed` (sized for every tile above), and
+            // Safety: tile t's bytes lie within `packed` (sized for every tile above, and
+            // zeroed by the resize: the padding rows stay zero), and
             // each row holds `nb` blocks (`QActs` of `w.cols`).
             unsafe { amx32::pack_rows(tile_rows, nb, base.add(t * tile_bytes)) };
         }

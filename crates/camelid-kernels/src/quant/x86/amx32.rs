@@ -91,13 +91,13 @@ pub(crate) unsafe fn unpack<const FIFTH: bool>(w: *const u8, nb: usize, out: *mu
     }
 }
 
-/// Packs activation rows `rows` (at most 16: one tile; the rest zeros) for [`gemm_tile`]:
-/// per block, [`A_BLOCK`] bytes at `out + b·A_BLOCK`.
+/// Packs activation rows `rows` (at most 16: one tile) for [`gemm_tile`]: per block,
+/// [`A_BLOCK`] bytes at `out + b·A_BLOCK`. The rows past `rows.len()` are left as they are:
+/// the caller hands zeroed memory.
 ///
 /// # Safety
-/// `out` is writable for `nb ·` [`A_BLOCK`] bytes; each row holds `nb` blocks.
+/// `out` is writable for `nb ·` [`A_BLOCK`] bytes, zeroed; each row holds `nb` blocks.
 pub(crate) unsafe fn pack_rows(rows: &[ActRow], nb: usize, out: *mut u8) {
-    std::ptr::write_bytes(out, 0, nb * A_BLOCK);
     for (r, row) in rows.iter().enumerate().take(G) {
         for b in 0..nb {
             let at = out.add(b * A_BLOCK);
