@@ -14,12 +14,11 @@ use crate::{Line, OutPtr};
 /// Activation rows from which a K matmul runs on AMX tiles where the CPU has them (below,
 /// the AVX-512 VNNI passes): a call packs its activations and unpacks its weights once, which
 /// a few rows do not repay. Measured (`qgemm_bench 1`, 2048 columns, alternating): AMX at
-/// 16 rows 1.25–1.5× the VNNI passes, at 12 about even, at 8 0.65–0.95×. Q6_K's tiles (three
-/// digits, 16 rows a step) need more: with 700 MB of weights from DRAM (`qgemm_bench 2`,
-/// session 43, GMAC/s VNNI / AMX) 16 rows 100–155 / 38–107 in four runs, 24 rows 110–156 /
-/// 38–103, 32 rows 117–170 / 122–170 (Q4_K and Q5_K at 16 rows: 135–220 / 140–203).
+/// 16 rows 1.25–1.5× the VNNI passes, at 12 about even, at 8 0.65–0.95×. Q6_K alike since its
+/// tiles hold the product's two bytes (session 44; with 700 MB of weights from DRAM,
+/// `qgemm_bench 2`, GMAC/s VNNI / AMX: 8 rows 94–100 / 62, 16 rows 109–124 / 122–144, 24 rows
+/// 117 / 150–202).
 const AMX_MIN_ROWS: usize = 16;
-const AMX_MIN_ROWS_Q6K: usize = 32;
 
 /// Rows a row tile needs before its passes over a group run on the group unpacked to a byte
 /// a value, or `None` where `flavour` has no unpacked kernels for `kind`.
@@ -112,14 +111,10 @@ impl Flavour {
             Layout::Rows(_) => 0,
             Layout::Interleaved { group, .. } => group,
         };
-        let amx_min = match w.kind {
-            QKind::Q6K => AMX_MIN_ROWS_Q6K,
-            _ => AMX_MIN_ROWS,
-        };
         Flavour::available()
             .into_iter()
             .rev()
-            .find(|f| f.group() == group && (*f != Flavour::Amx || m >= amx_min))
+            .find(|f| f.group() == group && (*f != Flavour::Amx || m >= AMX_MIN_ROWS))
             .expect("an interleaved K matrix only where its kernels run")
     }
 }

@@ -7,15 +7,19 @@
 //! A K format scales every sub-block (32 values; Q6_K 16), which would cost a tile store and
 //! a vector pass per sub-block; instead each group is unpacked once per call with its
 //! sub-block scales folded into the weight bytes, and whole super-blocks sum in the tile
-//! registers. `q·sc` does not fit a byte, so the scale is split into digits, each product with
-//! a digit fits, and the digits' tiles are summed with their weights afterwards:
-//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `sc = sl + 8·sh` (0..7 each), two unsigned tiles.
+//! registers. `q·sc` does not fit a byte, so it is split in two bytes, each a tile, and the
+//! two tiles' sums are combined afterwards:
+//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): the scale's digits, `sc = sl + 8·sh` (0..7 each):
+//!   `q·sl` and `q·sh` are unsigned bytes, and the sums combine as `lo + 8·hi`.
 //!   The mins' sum `Σ_j m_j·Σa_j` is not a tile product: the vector epilogue takes it from the
-//!   activations' paired sub-block sums (`QActs::pairs`), as the VNNI kernels do. With two
-//!   tiles a quarter, 32 activation rows fit the eight tile registers (two activation tiles,
-//!   two weight tiles, four sums), so each weight tile loaded feeds two products.
-//! - Q6_K (`q − 32` in −32..31, `sc` −128..127): balanced base 7,
-//!   `sc = e0 + 7·e1 + 49·e2` (each −3..3), three signed tiles.
+//!   activations' paired sub-block sums (`QActs::pairs`), as the VNNI kernels do.
+//! - Q6_K (`q − 32` in −32..31, `sc` −128..127): the product's own bytes, `w = (q − 32)·sc`
+//!   (|w| ≤ 4 096) as `lo + 256·hi` with `lo` 0..255 unsigned and `hi` −16..16 signed
+//!   (`tdpbsud` then `tdpbssd`); the sums combine as `lo + 256·hi`.
+//!
+//! Two tiles a quarter leave room for 32 activation rows in the eight tile registers (two
+//! activation tiles, two weight tiles, four sums), so each weight tile loaded feeds two
+//! products.
 //!
 //! These are exact integer identities: the super-block sums equal the VNNI kernels' (which sum
 //! each sub-block exactly too), and the f32 steps after them are the same operations in the
@@ -33,13 +37,11 @@ pub(crate) const G: usize = 16;
 /// Bytes of one tile: 16 rows of 64.
 const TILE: usize = 1024;
 
-/// Weight tiles per 64 values: Q4_K/Q5_K two scale digits, Q6_K three.
-const Q45_TILES: usize = 2;
-const Q6_TILES: usize = 3;
+/// Weight tiles per 64 values (a product's two bytes).
+const TILES: usize = 2;
 
-/// Bytes of one unpacked super-block of one group (the larger kind's): four 64-value
-/// quarters of [`Q6_TILES`] tiles.
-pub(crate) const UNPACKED_SB_BYTES: usize = 4 * Q6_TILES * TILE;
+/// Bytes of one unpacked super-block of one group: four 64-value quarters of [`TILES`] tiles.
+pub(crate) const UNPACKED_SB_BYTES: usize = 4 * TILES * TILE;
 
 /// Shapes tmm0–7 as the one tile every kernel here uses: 16 rows × 64 bytes.
 ///
@@ -56,16 +58,6 @@ pub(crate) use crate::tiles::release;
 unsafe fn mul_bytes(q: __m512i, s: __m512i) -> __m512i {
     let even = _mm512_mullo_epi16(q, s);
     let odd = _mm512_mullo_epi16(_mm512_srli_epi16::<8>(q), _mm512_srli_epi16::<8>(s));
-    _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, _mm512_slli_epi16::<8>(odd))
-}
-
-/// `q · s` per signed byte, for products in −128..127.
-#[inline(always)]
-unsafe fn mul_bytes_signed(q: __m512i, s: __m512i) -> __m512i {
-    // The low byte of a 16-bit product is the low byte of the signed product, for either
-    // operand's high byte; the odd bytes come down by an arithmetic shift first.
-    let even = _mm512_mullo_epi16(q, s);
-    let odd = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(q), _mm512_srai_epi16::<8>(s));
     _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, _mm512_slli_epi16::<8>(odd))
 }
 
@@ -97,7 +89,7 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
             _mm512_and_si512(_mm512_srli_epi16::<3>(s[0]), seven),
             _mm512_and_si512(_mm512_srli_epi16::<3>(s[1]), seven),
         ];
-        let lo_tile = out.add(Q45_TILES * p * TILE);
+        let lo_tile = out.add(TILES * p * TILE);
         let hi_tile = lo_tile.add(TILE);
         for g in 0..8 {
             let v = _mm512_loadu_si512(blk.add(qs_at + (8 * p + g) * 4 * G) as *const _);
@@ -123,33 +115,14 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
 }
 
 /// Q6_K's counterpart of [`unpack_q45`]: per quarter `p` (sub-blocks `4p..4p + 4`, 16 values
-/// each), the tiles of `(q − 32)·e0`, `·e1`, `·e2`.
+/// each), the tiles of the low (unsigned) and high (signed) bytes of `w = (q − 32)·sc`.
 ///
 /// # Safety
 /// As [`unpack_q45`].
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
     let thirty_two = _mm512_set1_epi8(32);
-    // Balanced base-7 digits of each sub-block's scale, each row's in its four bytes.
-    let mut e = [[_mm512_setzero_si512(); 3]; 16];
-    for (s, es) in e.iter_mut().enumerate() {
-        let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const __m128i));
-        // sc + 171 is 0..342: its base-7 digits less 3.
-        let mut u = _mm512_add_epi32(sc, _mm512_set1_epi32(171));
-        for d in es.iter_mut() {
-            // u / 7 for u < 343, as (u · 9363) >> 16.
-            let div = _mm512_srli_epi32::<16>(_mm512_mullo_epi32(u, _mm512_set1_epi32(9363)));
-            let digit = _mm512_sub_epi32(
-                _mm512_sub_epi32(u, _mm512_mullo_epi32(div, _mm512_set1_epi32(7))),
-                _mm512_set1_epi32(3),
-            );
-            *d = _mm512_mullo_epi32(
-                _mm512_and_si512(digit, _mm512_set1_epi32(0xFF)),
-                _mm512_set1_epi32(0x0101_0101),
-            );
-            u = div;
-        }
-    }
+    let odd_bytes: __mmask64 = 0xAAAA_AAAA_AAAA_AAAA;
     for n in 0..2 {
         for g in 0..8 {
             // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
@@ -157,39 +130,54 @@ pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
             for (k, val) in vals.iter().enumerate() {
                 // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
                 // block 8n + 2k + g/4.
-                let centred = _mm512_sub_epi8(*val, thirty_two);
                 let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
                 let s = 8 * n + 2 * k + g / 4;
-                for (d, digit) in e[s].iter().enumerate() {
-                    let tile = out.add((quarter * Q6_TILES + d) * TILE);
-                    _mm512_storeu_si512(
-                        tile.add(64 * row) as *mut _,
-                        mul_bytes_signed(centred, *digit),
-                    );
-                }
+                // Each row's scale in both i16 halves of its four bytes.
+                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const _));
+                let sc = _mm512_or_si512(
+                    _mm512_and_si512(sc, _mm512_set1_epi32(0xFFFF)),
+                    _mm512_slli_epi32::<16>(sc),
+                );
+                // The even and the odd bytes' `q − 32` sign-extended to i16, times the scale
+                // (exact: |w| ≤ 4 096).
+                let centred = _mm512_sub_epi8(*val, thirty_two);
+                let even =
+                    _mm512_mullo_epi16(_mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(centred)), sc);
+                let odd = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(centred), sc);
+                let lo = _mm512_mask_blend_epi8(odd_bytes, even, _mm512_slli_epi16::<8>(odd));
+                let hi = _mm512_mask_blend_epi8(odd_bytes, _mm512_srli_epi16::<8>(even), odd);
+                let tile = out.add(quarter * TILES * TILE + 64 * row);
+                _mm512_storeu_si512(tile as *mut _, lo);
+                _mm512_storeu_si512(tile.add(TILE) as *mut _, hi);
             }
         }
     }
 }
 
-/// The i32 sums of one step: four 16 × 16 tiles (Q4_K/Q5_K: the two digits' sums of two
-/// 16-row activation tiles; Q6_K: the three digits' of one).
+/// The i32 sums of one step: four 16 × 16 tiles (the two bytes' sums of two 16-row
+/// activation tiles).
 #[repr(C, align(64))]
 struct StepSums([[[i32; G]; G]; 4]);
 
-/// Issues quarter `p` (values `64p..64p + 64`) of the Q4_K/Q5_K tile products of one
-/// super-block of one group for 32 activation rows (`TWO`) or 16 (quarter 0 first zeroes the
-/// sums); [`store_sums`] reads the sums out after quarter 3. AMX runs them while the vector
-/// code after this call goes on. tmm0/tmm1 hold the two activation tiles of the quarter,
-/// tmm2/tmm3 its two weight tiles, tmm4–7 the sums (digit `t` of row tile `r` in
-/// tmm(4 + 2r + t)): each loaded weight tile feeds both row tiles.
+/// Issues quarter `p` (values `64p..64p + 64`) of the tile products of one super-block of one
+/// group for 32 activation rows (`TWO`) or 16 (quarter 0 first zeroes the sums); [`store_sums`]
+/// reads the sums out after quarter 3. AMX runs them while the vector code after this call
+/// goes on. tmm0/tmm1 hold the two activation tiles of the quarter, tmm2/tmm3 its two weight
+/// tiles (low bytes unsigned; high bytes unsigned, or signed with `SIGNED_HI`), tmm4–7 the
+/// sums (byte `t` of row tile `r` in tmm(4 + 2r + t)): each loaded weight tile feeds both row
+/// tiles.
 ///
 /// # Safety
 /// [`configure`] ran on this thread; `a` is the packed activations of the step's first row
 /// tile (`kgemm::matmul_k_amx`: per 16-row tile its four quarters of 16 rows × 64 bytes), the
-/// second's right after with `TWO`; `u` is the super-block unpacked by [`unpack_q45`].
+/// second's right after with `TWO`; `u` is the super-block unpacked by [`unpack_q45`] (or,
+/// with `SIGNED_HI`, [`unpack_q6`]).
 #[inline(always)]
-unsafe fn q45_quarter<const TWO: bool>(p: usize, u: *const u8, a: *const i8) {
+unsafe fn quarter_products<const TWO: bool, const SIGNED_HI: bool>(
+    p: usize,
+    u: *const u8,
+    a: *const i8,
+) {
     if p == 0 {
         asm!(
             "tilezero tmm4",
@@ -199,97 +187,56 @@ unsafe fn q45_quarter<const TWO: bool>(p: usize, u: *const u8, a: *const i8) {
             options(nostack, nomem)
         );
     }
-    let (a0, b) = (a.add(TILE * p), u.add(p * Q45_TILES * TILE));
-    if TWO {
-        asm!(
-            "tileloadd tmm2, [{b} + {s}*1]",
-            "tileloadd tmm0, [{a0} + {s}*1]",
-            "tdpbsud tmm4, tmm0, tmm2",
-            "tileloadd tmm1, [{a1} + {s}*1]",
-            "tdpbsud tmm6, tmm1, tmm2",
-            "tileloadd tmm3, [{b} + {s}*1 + 1024]",
-            "tdpbsud tmm5, tmm0, tmm3",
-            "tdpbsud tmm7, tmm1, tmm3",
-            a0 = in(reg) a0, a1 = in(reg) a0.add(G * QK_K), b = in(reg) b, s = in(reg) 64usize,
-            options(nostack, readonly)
-        );
-    } else {
-        asm!(
-            "tileloadd tmm0, [{a0} + {s}*1]",
-            "tileloadd tmm2, [{b} + {s}*1]",
-            "tdpbsud tmm4, tmm0, tmm2",
-            "tileloadd tmm3, [{b} + {s}*1 + 1024]",
-            "tdpbsud tmm5, tmm0, tmm3",
-            a0 = in(reg) a0, b = in(reg) b, s = in(reg) 64usize,
-            options(nostack, readonly)
-        );
-    }
-}
-
-/// Issues quarter `p` of the Q6_K tile products of one super-block of one group for 16
-/// activation rows (three digit tiles a quarter leave no room for a second row tile). The
-/// activation tile alternates between tmm0 and tmm7 (a load need not wait for the previous
-/// quarter's products), the weight tiles take tmm1–3, the sums tmm4–6.
-///
-/// # Safety
-/// As [`q45_quarter`] for 16 rows, `u` unpacked by [`unpack_q6`].
-#[inline(always)]
-unsafe fn q6_quarter(p: usize, u: *const u8, a: *const i8) {
-    if p == 0 {
-        asm!(
-            "tilezero tmm4",
-            "tilezero tmm5",
-            "tilezero tmm6",
-            options(nostack, nomem)
-        );
-    }
-    macro_rules! quarter {
-        ($a:literal) => {
-            asm!(
-                concat!("tileloadd ", $a, ", [{a} + {s}*1]"),
-                "tileloadd tmm1, [{b} + {s}*1]",
-                concat!("tdpbssd tmm4, ", $a, ", tmm1"),
-                "tileloadd tmm2, [{b} + {s}*1 + 1024]",
-                concat!("tdpbssd tmm5, ", $a, ", tmm2"),
-                "tileloadd tmm3, [{b} + {s}*1 + 2048]",
-                concat!("tdpbssd tmm6, ", $a, ", tmm3"),
-                a = in(reg) a.add(TILE * p), b = in(reg) u.add(p * Q6_TILES * TILE),
-                s = in(reg) 64usize,
-                options(nostack, readonly)
-            )
+    let (a0, b) = (a.add(TILE * p), u.add(p * TILES * TILE));
+    macro_rules! products {
+        ($hi:literal) => {
+            if TWO {
+                asm!(
+                    "tileloadd tmm2, [{b} + {s}*1]",
+                    "tileloadd tmm0, [{a0} + {s}*1]",
+                    "tdpbsud tmm4, tmm0, tmm2",
+                    "tileloadd tmm1, [{a1} + {s}*1]",
+                    "tdpbsud tmm6, tmm1, tmm2",
+                    "tileloadd tmm3, [{b} + {s}*1 + 1024]",
+                    concat!($hi, " tmm5, tmm0, tmm3"),
+                    concat!($hi, " tmm7, tmm1, tmm3"),
+                    a0 = in(reg) a0, a1 = in(reg) a0.add(G * QK_K), b = in(reg) b,
+                    s = in(reg) 64usize,
+                    options(nostack, readonly)
+                );
+            } else {
+                asm!(
+                    "tileloadd tmm0, [{a0} + {s}*1]",
+                    "tileloadd tmm2, [{b} + {s}*1]",
+                    "tdpbsud tmm4, tmm0, tmm2",
+                    "tileloadd tmm3, [{b} + {s}*1 + 1024]",
+                    concat!($hi, " tmm5, tmm0, tmm3"),
+                    a0 = in(reg) a0, b = in(reg) b, s = in(reg) 64usize,
+                    options(nostack, readonly)
+                );
+            }
         };
     }
-    if p.is_multiple_of(2) {
-        quarter!("tmm0");
+    if SIGNED_HI {
+        products!("tdpbssd");
     } else {
-        quarter!("tmm7");
+        products!("tdpbsud");
     }
 }
 
-/// Stores the sums the products left in tmm4–7 (`Q6`: tmm4–6) to `sums` (its tiles 0..4 or
-/// 0..3).
+/// Stores the sums the products left in tmm4–7 to `sums`.
 ///
 /// # Safety
-/// The four quarters of [`q45_quarter`] or (`Q6`) [`q6_quarter`] ran; `sums` is writable.
+/// The four quarters of [`quarter_products`] ran; `sums` is writable.
 #[inline(always)]
-unsafe fn store_sums<const Q6: bool>(sums: *mut StepSums) {
-    let (c, s) = (sums as *mut i32, 64usize);
-    if Q6 {
-        asm!(
-            "tilestored [{c} + {s}*1], tmm4",
-            "tilestored [{c} + {s}*1 + 1024], tmm5",
-            "tilestored [{c} + {s}*1 + 2048], tmm6",
-            c = in(reg) c, s = in(reg) s, options(nostack)
-        );
-    } else {
-        asm!(
-            "tilestored [{c} + {s}*1], tmm4",
-            "tilestored [{c} + {s}*1 + 1024], tmm5",
-            "tilestored [{c} + {s}*1 + 2048], tmm6",
-            "tilestored [{c} + {s}*1 + 3072], tmm7",
-            c = in(reg) c, s = in(reg) s, options(nostack)
-        );
-    }
+unsafe fn store_sums(sums: *mut StepSums) {
+    asm!(
+        "tilestored [{c} + {s}*1], tmm4",
+        "tilestored [{c} + {s}*1 + 1024], tmm5",
+        "tilestored [{c} + {s}*1 + 2048], tmm6",
+        "tilestored [{c} + {s}*1 + 3072], tmm7",
+        c = in(reg) sums as *mut i32, s = in(reg) 64usize, options(nostack)
+    );
 }
 
 #[inline(always)]
@@ -325,11 +272,11 @@ pub(crate) const fn packed_sb_bytes(kind: u8) -> usize {
 /// into `acc[r][n]` for row `r` and weight row `n` (`FIRST`: `acc` starts from zero). After the
 /// `LAST` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
 /// stores interleaved with the arithmetic). The caller packs the super-block's activations as
-/// [`q45_quarter`] reads them, rows `m..` up to the next multiple of 16 readable (zeros). The
+/// [`quarter_products`] reads them, rows `m..` up to the next multiple of 16 readable (zeros). The
 /// caller runs several groups over one super-block before the next, so those bytes stay in L2
 /// and the unpacked super-block in L1.
 ///
-/// A step is 32 rows (Q6_K 16). Its tile products are issued a quarter at a time between
+/// A step is 32 rows. Its tile products are issued a quarter at a time between
 /// quarters of the previous step's f32 pass (from the other of two sums buffers): issued all
 /// at once, the products filled the reorder buffer with the f32 pass waiting behind them,
 /// and the tiles and the vector units took turns.
@@ -352,23 +299,15 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
     let six = KIND == 6;
     let m = rows.len();
     let real_mask: __mmask16 = ((1u32 << real) - 1) as u16;
-    let step = if six { G } else { 2 * G };
+    let step = 2 * G;
     // Issues quarter p of the products of rows i.. (a whole step, or the 16 rows left).
     let quarter = |p: usize, i: usize| {
         let at = a.add(i * QK_K);
-        if six {
-            q6_quarter(p, u, at);
-        } else if m - i > G {
-            q45_quarter::<true>(p, u, at);
-        } else {
-            q45_quarter::<false>(p, u, at);
-        }
-    };
-    let store = |sums: *mut StepSums| {
-        if six {
-            store_sums::<true>(sums)
-        } else {
-            store_sums::<false>(sums)
+        match (six, m - i > G) {
+            (true, true) => quarter_products::<true, true>(p, u, at),
+            (true, false) => quarter_products::<false, true>(p, u, at),
+            (false, true) => quarter_products::<true, false>(p, u, at),
+            (false, false) => quarter_products::<false, false>(p, u, at),
         }
     };
     // Written by the tile stores before they are read (zeroing them cost ~1 % of a prompt).
@@ -390,7 +329,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
         }
     }
     // Row r (the k-th of its step) into `acc` or `out`; `t` points at the step's first sums
-    // tile, and only the tiles the step's stores wrote are read (Q6_K's fourth is not).
+    // tile. Row tile k / 16 has its two bytes' sums in tiles 2(k / 16) and 2(k / 16) + 1.
     let mut finish = |r: usize, k: usize, t: *const [[i32; G]; G]| {
         let row = |tile: usize| &(*t.add(tile))[k % G];
         let ar = rows.get_unchecked(r);
@@ -401,16 +340,12 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
         } else {
             _mm512_loadu_ps(o)
         };
+        let (lo, hi) = (lanes(row(2 * (k / G))), lanes(row(2 * (k / G) + 1)));
         let v = if six {
-            // t0 + 7·(t1 + 7·t2), with 7x = 8x − x.
-            let seven = |x: __m512i| _mm512_sub_epi32(_mm512_slli_epi32::<3>(x), x);
-            let hi = _mm512_add_epi32(lanes(row(1)), seven(lanes(row(2))));
-            let isum = _mm512_add_epi32(lanes(row(0)), seven(hi));
+            let isum = _mm512_add_epi32(lo, _mm512_slli_epi32::<8>(hi));
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev)
         } else {
-            // Row tile k / 16 has its digits' sums in tiles 2(k / 16) and 2(k / 16) + 1.
-            let (lo, hi) = (row(2 * (k / G)), row(2 * (k / G) + 1));
-            let isum = _mm512_add_epi32(lanes(lo), _mm512_slli_epi32::<3>(lanes(hi)));
+            let isum = _mm512_add_epi32(lo, _mm512_slli_epi32::<3>(hi));
             let ps = ar.pairs.as_ptr().add(b * 4);
             let mut msum = _mm512_setzero_si512();
             for (c, mv) in mins.iter().enumerate() {
@@ -428,7 +363,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
     for p in 0..4 {
         quarter(p, 0);
     }
-    store(sums);
+    store_sums(sums);
     let part = step / 4;
     for s in 0..steps {
         let i0 = s * step;
@@ -444,7 +379,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             }
         }
         if next {
-            store(sums.add((s + 1) % 2));
+            store_sums(sums.add((s + 1) % 2));
         }
     }
 }
