@@ -5,10 +5,19 @@
 # llama-quantize for the tests (tests/run.sh). Prints the bin directory.
 #   bash benches/build-llama-cpp.sh [TARGET ...]
 #   bash benches/build-llama-cpp.sh --source     only fetches the source; prints its root
+#   LLAMA_AMX=1 bash benches/build-llama-cpp.sh   a second build (build-amx/) with ggml's AMX
+#     kernels (GGML_AMX_TILE/INT8/BF16) where the CPU lists amx_int8: llama.cpp's own build
+#     on such a machine (GGML_NATIVE) has them; the benches take it with the same variable.
+#     On this project's KVM Xeons (model 207) that llama-server dies with SIGILL at its first
+#     AMX matmul (`tilezero` in `tinygemm_kernel_amx`, Q4_0, Q4_1 and Q6_K alike; session 44)
+#     although a C loop there keeps its tile state across sleeps, yields and CPU migrations and
+#     camelid's tiles run: so the benches' peer there is the build without them.
 # Cold, on this project's 2-core machines: ~10 minutes for llama-server and llama-bench.
 set -euo pipefail
 CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
-BIN="$CACHE/build/bin"
+AMX="${LLAMA_AMX:-0}"
+BUILD="$CACHE/build"; [ "$AMX" = 1 ] && BUILD="$CACHE/build-amx"
+BIN="$BUILD/bin"
 SOURCE_ONLY=0; [ "${1:-}" = --source ] && { SOURCE_ONLY=1; shift; }
 TARGETS=("$@"); [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-server llama-bench)
 MISSING=()
@@ -44,8 +53,12 @@ ISA=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_F16C="$(has f16c)" -DGGML_FMA="$(has
   -DGGML_AVX2="$(has avx2)" -DGGML_BMI2="$(has bmi2)" -DGGML_AVX_VNNI="$(has avx_vnni)"
   -DGGML_AVX512="$(has avx512bw)" -DGGML_AVX512_VBMI="$(has avx512vbmi)"
   -DGGML_AVX512_VNNI="$(has avx512_vnni)" -DGGML_AVX512_BF16="$(has avx512_bf16)")
+if [ "$AMX" = 1 ]; then
+  grep -qw amx_int8 /proc/cpuinfo || { echo "LLAMA_AMX=1: this CPU has no amx_int8" >&2; exit 1; }
+  ISA+=(-DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16="$(has amx_bf16)")
+fi
 START=$SECONDS
-cmake -S "$ROOT" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF "${ISA[@]}" >&2
-cmake --build "$CACHE/build" -j "$(nproc)" --target "${MISSING[@]}" >&2
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF "${ISA[@]}" >&2
+cmake --build "$BUILD" -j "$(nproc)" --target "${MISSING[@]}" >&2
 echo "built ${MISSING[*]} in $((SECONDS - START)) s" >&2
 echo "$BIN"

@@ -23,7 +23,7 @@ measure() { # name port tag: decode at 1 and 8 clients, then prefill of 512 toke
 }
 lscpu | grep -E "Model name|L2 cache|L3 cache|^CPU\(s\)"
 echo "vector extensions: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512_vnni|avx_vnni|f16c|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-echo "P=$P N=$N rounds=$ROUNDS camelid flags: ${CAMELID_ARGS:-none}  load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "P=$P N=$N rounds=$ROUNDS camelid flags: ${CAMELID_ARGS:-none}  llama.cpp AMX kernels: ${LLAMA_AMX:-0}  load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
   for m in "${MODELS[@]}"; do
     f="$(basename "$m" .gguf)"

@@ -16,7 +16,7 @@ LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 cargo build --release -p camelid >&2
 source benches/servers.sh
 BENCH=./target/release/camelid
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)  cores: $(nproc)  rounds: $ROUNDS"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)  cores: $(nproc)  rounds: $ROUNDS  llama.cpp AMX kernels: ${LLAMA_AMX:-0}"
 # camelid as it starts by default, then (unless S2=0) with prompts favoured over the streams'
 # gaps (`--max-step-stretch 2`), to show what the default trades.
 VARIANTS=("camelid:")

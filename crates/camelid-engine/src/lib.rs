@@ -7,17 +7,19 @@
 
 pub mod blocks;
 mod config;
+mod handle;
 mod metrics;
 pub mod paged;
 mod scheduler;
 pub mod score;
+mod seq;
 pub mod speculate;
 pub mod step_cost;
 
 pub use camelid_model::{Pooling, SharedLora};
 pub use config::{EngineConfig, EngineOverrides};
+pub use handle::EngineHandle;
 pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
-pub use scheduler::EngineHandle;
 pub use speculate::NgramSpec;
 
 use camelid_model::decode::sampling::TokenLogprob;
