@@ -66,25 +66,20 @@ pub(crate) use crate::tiles::release;
 pub(crate) unsafe fn unpack<const FIFTH: bool>(w: *const u8, nb: usize, out: *mut u8) {
     let low = _mm512_set1_epi8(0x0F);
     let (bytes, nibbles) = if FIFTH { (24 * G, 128) } else { (20 * G, 64) };
-    // Q5's fifth bits as the AVX-512 kernel reads them: byte t of a row's lane is value
-    // 4g + t (low nibble, bit t of hb byte g) or 16 + 4g + t (high nibble, bit 4 + t).
-    let fifth = _mm512_set1_epi8(0x10);
-    let bit_lo = _mm512_set1_epi32(0x0804_0201);
-    let bit_hi = _mm512_set1_epi32(0x8040_2010_u32 as i32);
-    let lane_base = _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0);
     for b in 0..nb {
         let (blk, t) = (w.add(b * bytes), out.add(b * B_TILE));
         for g in 0..4 {
             let v = _mm512_loadu_si512(blk.add(nibbles + 64 * g) as *const _);
-            let mut lo = _mm512_and_si512(v, low);
-            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-            if FIFTH {
+            // Q5's values as the AVX-512 passes read them.
+            let (lo, hi) = if FIFTH {
                 let hb = _mm512_loadu_si512(blk.add(64) as *const _);
-                let h =
-                    _mm512_shuffle_epi8(hb, _mm512_add_epi8(lane_base, _mm512_set1_epi8(g as i8)));
-                lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, bit_lo), lo, fifth);
-                hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, bit_hi), hi, fifth);
-            }
+                super::avx512::q5_values(v, hb, g)
+            } else {
+                (
+                    _mm512_and_si512(v, low),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
+                )
+            };
             _mm512_storeu_si512(t.add(64 * g) as *mut _, lo);
             _mm512_storeu_si512(t.add(64 * (4 + g)) as *mut _, hi);
         }

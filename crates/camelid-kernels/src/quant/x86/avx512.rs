@@ -93,6 +93,28 @@ pub unsafe fn gemm_q8_0_16x8_q8<const R: usize>(
     }
 }
 
+/// The 5-bit values of nibble vector `g` (0..4) of a 16-row Q5 block: `p` its nibbles, `hb`
+/// the block's fifth bits. Byte t of a row's 4-byte lane is value 4g + t (the low nibble and
+/// bit t of the row's hb byte g) in `.0`, value 16 + 4g + t (the high nibble, bit 4 + t) in
+/// `.1`. Shared with the AMX unpacking (`amx32::unpack`), which must read the same values.
+#[inline(always)]
+pub(crate) unsafe fn q5_values(p: __m512i, hb: __m512i, g: usize) -> (__m512i, __m512i) {
+    let low = _mm512_set1_epi8(0x0F);
+    let fifth = _mm512_set1_epi8(0x10);
+    let bit_lo = _mm512_set1_epi32(0x0804_0201);
+    let bit_hi = _mm512_set1_epi32(0x8040_2010_u32 as i32);
+    // Each row's 4-byte lane starts at byte 4·(r mod 4) of its 128-bit lane; hb byte g of
+    // each row goes to all four bytes of the row's lane.
+    let lane_base = _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0);
+    let h = _mm512_shuffle_epi8(hb, _mm512_add_epi8(lane_base, _mm512_set1_epi8(g as i8)));
+    let lo = _mm512_and_si512(p, low);
+    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(p), low);
+    (
+        _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, bit_lo), lo, fifth),
+        _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, bit_hi), hi, fifth),
+    )
+}
+
 /// See [`crate::quant::gemm_group`]; Q5_0 and Q5_1, 16-row groups (384 bytes per block:
 /// `d`, `m`, the fifth bits `hb`, the nibbles as for Q4).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
@@ -104,15 +126,7 @@ pub unsafe fn gemm_q5_16x8_q8<const R: usize>(
     out: *mut f32,
     ld: usize,
 ) {
-    let mask = _mm512_set1_epi8(0x0F);
     let ones = _mm512_set1_epi16(1);
-    let fifth = _mm512_set1_epi8(0x10);
-    // Byte t of a row's lane: value 4g + t (low nibble, bit t of hb byte g) or 16 + 4g + t
-    // (high nibble, bit 4 + t).
-    let bit_lo = _mm512_set1_epi32(0x0804_0201);
-    let bit_hi = _mm512_set1_epi32(0x8040_2010_u32 as i32);
-    // Each row's 4-byte lane starts at byte 4·(r mod 4) of its 128-bit lane.
-    let lane_base = _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0);
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nb {
         let blk = w.add(b * 384);
@@ -121,12 +135,7 @@ pub unsafe fn gemm_q5_16x8_q8<const R: usize>(
         let mut isum = [_mm512_setzero_si512(); R];
         for g in 0..4 {
             let p = _mm512_loadu_si512(blk.add(128 + 64 * g) as *const _);
-            // hb byte g of each row, in all four bytes of the row's lane.
-            let h = _mm512_shuffle_epi8(hb, _mm512_add_epi8(lane_base, _mm512_set1_epi8(g as i8)));
-            let lo = _mm512_and_si512(p, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), mask);
-            let lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, bit_lo), lo, fifth);
-            let hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, bit_hi), hi, fifth);
+            let (lo, hi) = q5_values(p, hb, g);
             for i in 0..R {
                 let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
                 let alo = _mm512_set1_epi32(a.add(g).read_unaligned());
