@@ -479,7 +479,7 @@ impl Engine {
     }
 
     /// Draft tokens (speculative decoding) for decode `i`, at most `room`: none when it is
-    /// off (or for this model, see [`EngineHandle::spawn`]) or the batch is too full for it,
+    /// off (or for this model, see [`crate::EngineHandle::spawn`]) or the batch is too full for it,
     /// before the sequence's first generated token (its last prompt position may still score
     /// the prompt), and never past `max_tokens` or the context (a step yields a token more
     /// than its draft).

@@ -406,6 +406,11 @@ fn extreme_k_rows(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
                 blk[2..4].copy_from_slice(&d);
             }
             QKind::Q6K => {
+                // Odd super-blocks: every q 0 (q − 32 = −32), so with a scale of −128 the
+                // product is 4 096, the largest (the AMX tiles' high byte at 16).
+                if b % 2 == 1 {
+                    blk[..192].fill(0);
+                }
                 for s in 0..16 {
                     blk[192 + s] = if (s + b) % 2 == 0 { 127 } else { 0x80 };
                 }

@@ -7,8 +7,8 @@
 //! A K format scales every sub-block (32 values; Q6_K 16), which would cost a tile store and
 //! a vector pass per sub-block; instead each group is unpacked once per call with its
 //! sub-block scales folded into the weight bytes, and whole super-blocks sum in the tile
-//! registers. `q·sc` does not fit a byte, so it is split in two bytes, each a tile, and the
-//! two tiles' sums are combined afterwards:
+//! registers. `q·sc` does not fit a byte, so it is split in two parts that do, each a tile,
+//! and the two tiles' sums are combined afterwards:
 //! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): the scale's digits, `sc = sl + 8·sh` (0..7 each):
 //!   `q·sl` and `q·sh` are unsigned bytes, and the sums combine as `lo + 8·hi`.
 //!   The mins' sum `Σ_j m_j·Σa_j` is not a tile product: the vector epilogue takes it from the
@@ -123,6 +123,15 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
 pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
     let thirty_two = _mm512_set1_epi8(32);
     let odd_bytes: __mmask64 = 0xAAAA_AAAA_AAAA_AAAA;
+    // Each sub-block's scales, each row's in both i16 halves of its four bytes.
+    let mut scales = [_mm512_setzero_si512(); 16];
+    for (s, sv) in scales.iter_mut().enumerate() {
+        let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const _));
+        *sv = _mm512_or_si512(
+            _mm512_and_si512(sc, _mm512_set1_epi32(0xFFFF)),
+            _mm512_slli_epi32::<16>(sc),
+        );
+    }
     for n in 0..2 {
         for g in 0..8 {
             // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
@@ -131,13 +140,7 @@ pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
                 // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
                 // block 8n + 2k + g/4.
                 let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
-                let s = 8 * n + 2 * k + g / 4;
-                // Each row's scale in both i16 halves of its four bytes.
-                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const _));
-                let sc = _mm512_or_si512(
-                    _mm512_and_si512(sc, _mm512_set1_epi32(0xFFFF)),
-                    _mm512_slli_epi32::<16>(sc),
-                );
+                let sc = scales[8 * n + 2 * k + g / 4];
                 // The even and the odd bytes' `q − 32` sign-extended to i16, times the scale
                 // (exact: |w| ≤ 4 096).
                 let centred = _mm512_sub_epi8(*val, thirty_two);
@@ -163,9 +166,9 @@ struct StepSums([[[i32; G]; G]; 4]);
 /// group for 32 activation rows (`TWO`) or 16 (quarter 0 first zeroes the sums); [`store_sums`]
 /// reads the sums out after quarter 3. AMX runs them while the vector code after this call
 /// goes on. tmm0/tmm1 hold the two activation tiles of the quarter, tmm2/tmm3 its two weight
-/// tiles (low bytes unsigned; high bytes unsigned, or signed with `SIGNED_HI`), tmm4–7 the
-/// sums (byte `t` of row tile `r` in tmm(4 + 2r + t)): each loaded weight tile feeds both row
-/// tiles.
+/// tiles (part 0, unsigned: Q4_K/Q5_K `q·sl`, Q6_K the low bytes; part 1, `q·sh` unsigned or,
+/// with `SIGNED_HI`, Q6_K's signed high bytes), tmm4–7 the sums (part `t` of row tile `r` in
+/// tmm(4 + 2r + t)): each loaded weight tile feeds both row tiles.
 ///
 /// # Safety
 /// [`configure`] ran on this thread; `a` is the packed activations of the step's first row
