@@ -1,6 +1,7 @@
-//! Tool calls in a model's output: which format a chat template teaches (as llama.cpp's
-//! `chat.cpp` and vLLM's tool parsers tell them apart), and a streaming parser that turns
-//! output text into text and calls whose arguments stream as the model writes them.
+//! Tool calls in a model's output: which format a chat template teaches (`format`: as
+//! llama.cpp's `chat.cpp` and vLLM's tool parsers tell them apart), and a streaming parser
+//! (here; one call's JSON read by `call_reader`) that turns output text into text and calls
+//! whose arguments stream as the model writes them.
 //!
 //! A call's `arguments` are the JSON text of its arguments object exactly as the model wrote
 //! it (streamed or whole, the same bytes). Text that may begin a call is held back until it
@@ -12,102 +13,14 @@
 //! the rest of the call's region is dropped (Hermes: to `</tool_call>`; Mistral's `[ARGS]`
 //! format: to the next `[TOOL_CALLS]`; Llama 3 and Mistral's array: the rest of the output).
 
-use crate::error::Error;
-use crate::text::json_scan::{Esc, JsonScan, Lex};
-use crate::text::template::{ChatTemplate, Message};
-use serde_json::Value as Json;
+mod call_reader;
+mod format;
 
-/// The call formats of the templates camelid serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolFormat {
-    /// Hermes / Qwen2.5 / Qwen3: `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`,
-    /// one block per call.
-    Hermes,
-    /// Llama 3.1 / 3.2: the whole answer is `{"name": …, "parameters": {…}}`, optionally after
-    /// `<|python_tag|>`; several calls separated by `;`.
-    Llama3Json,
-    /// Mistral (v3 tokenizers): `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]`.
-    Mistral,
-    /// Mistral's newer templates (v0.3 tekken, Mistral-Small-3.x, Magistral, Devstral):
-    /// `[TOOL_CALLS]name[ARGS]{…}` per call (an optional `[CALL_ID]id` before `[ARGS]`).
-    MistralArgs,
-}
-
-pub const HERMES_OPEN: &str = "<tool_call>";
-pub const HERMES_CLOSE: &str = "</tool_call>";
-pub const PYTHON_TAG: &str = "<|python_tag|>";
-pub const MISTRAL_TRIGGER: &str = "[TOOL_CALLS]";
-pub const MISTRAL_ARGS: &str = "[ARGS]";
-pub const MISTRAL_CALL_ID: &str = "[CALL_ID]";
-
-impl ToolFormat {
-    /// The format a template writes calls in, from what its source writes (llama.cpp's
-    /// detection); templates that show none of them get Hermes, the commonest.
-    pub fn for_template(template: &ChatTemplate) -> ToolFormat {
-        let src = match template {
-            ChatTemplate::Jinja { source, .. } => source.as_str(),
-            ChatTemplate::Builtin(_) => "",
-        };
-        if src.contains(MISTRAL_TRIGGER) && src.contains(MISTRAL_ARGS) {
-            ToolFormat::MistralArgs
-        } else if src.contains(MISTRAL_TRIGGER) {
-            ToolFormat::Mistral
-        } else if src.contains(HERMES_OPEN) {
-            ToolFormat::Hermes
-        } else if src.contains("<|start_header_id|>")
-            && (src.contains(PYTHON_TAG) || src.contains("\"parameters\""))
-        {
-            ToolFormat::Llama3Json
-        } else {
-            ToolFormat::Hermes
-        }
-    }
-
-    /// The text that starts a call; the client must see it (not skipped as a special token).
-    pub fn trigger(self) -> &'static str {
-        match self {
-            ToolFormat::Hermes => HERMES_OPEN,
-            ToolFormat::Llama3Json => PYTHON_TAG,
-            ToolFormat::Mistral | ToolFormat::MistralArgs => MISTRAL_TRIGGER,
-        }
-    }
-
-    /// The key a call's arguments go under.
-    pub fn arguments_key(self) -> &'static str {
-        match self {
-            ToolFormat::Llama3Json => "parameters",
-            _ => "arguments",
-        }
-    }
-}
-
-/// Whether `template` renders `tools` into the prompt: a conversation rendered with them
-/// names every function (by name) that it does not name without them. A template that
-/// ignores `tools` (SmolLM2's, the built-ins) cannot offer them to the model. A render
-/// passing `max_bytes` is an error ([`Error::TooLong`]), not a no.
-pub fn renders_tools(
-    template: &ChatTemplate,
-    tools: &[Json],
-    max_bytes: usize,
-) -> crate::error::Result<bool> {
-    let probe = [Message::new("user", "?")];
-    let kwargs = Default::default();
-    let render = |tools| match template.render_bounded(&probe, tools, true, &kwargs, max_bytes) {
-        Ok(text) => Ok(Some(text)),
-        Err(e @ Error::TooLong(_)) => Err(e),
-        Err(_) => Ok(None),
-    };
-    let (Some(with), Some(without)) = (render(Some(tools))?, render(None)?) else {
-        return Ok(false);
-    };
-    Ok(tools.iter().all(|t| {
-        let name = t
-            .pointer("/function/name")
-            .and_then(Json::as_str)
-            .unwrap_or_default();
-        with.matches(name).count() > without.matches(name).count()
-    }))
-}
+use call_reader::{blank, push_arguments, CallReader, Malformed};
+pub use format::{
+    renders_tools, ToolFormat, HERMES_CLOSE, HERMES_OPEN, MISTRAL_ARGS, MISTRAL_CALL_ID,
+    MISTRAL_TRIGGER, PYTHON_TAG,
+};
 
 /// One call as the model wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,225 +40,6 @@ pub enum ToolEvent {
     },
     /// The next piece of the current call's arguments text.
     Arguments(String),
-}
-
-/// A call's arguments as far as they have been read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Args {
-    /// Not seen (yet): `{}` if the call ends without them.
-    Missing,
-    /// An object from `start` in the call's text; `end` once it closed.
-    Object { start: usize, end: Option<usize> },
-    /// A JSON text given as a string (some templates show calls that way); `None` while the
-    /// string is read.
-    Text(Option<String>),
-}
-
-/// The depth-1 string value being read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Name,
-    ArgsText,
-}
-
-/// The call broke off: bad JSON, or not a call (no name, arguments neither an object nor a
-/// JSON text).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Malformed;
-
-fn blank(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r')
-}
-
-/// Reads one call's JSON (`{"name": …, "arguments" | "parameters": {…}}`), or for Mistral's
-/// `[ARGS]` format the arguments object alone, a character at a time.
-#[derive(Debug, Clone)]
-struct CallReader {
-    scan: JsonScan,
-    text: String,
-    /// The text is the arguments object itself; the name came before it.
-    bare: bool,
-    /// The last depth-1 key, and where the depth-1 string being read began.
-    key: String,
-    str_start: usize,
-    reading: Option<Field>,
-    name: Option<String>,
-    args: Args,
-    /// The arguments text up to `safe` can be sent; `closers` completes it into JSON.
-    safe: usize,
-    closers: String,
-    sent: usize,
-    committed: bool,
-}
-
-impl CallReader {
-    fn new(bare_name: Option<String>) -> Self {
-        Self {
-            scan: JsonScan::default(),
-            text: String::new(),
-            bare: bare_name.is_some(),
-            key: String::new(),
-            str_start: 0,
-            reading: None,
-            name: bare_name,
-            args: Args::Missing,
-            safe: 0,
-            closers: String::new(),
-            sent: 0,
-            committed: false,
-        }
-    }
-
-    /// The depth at which the arguments object's members are.
-    fn base(&self) -> usize {
-        if self.bare {
-            0
-        } else {
-            1
-        }
-    }
-
-    /// Takes the next character; `Ok(true)` when the JSON is whole.
-    fn feed(&mut self, c: char) -> Result<bool, Malformed> {
-        let (before, d0, at) = (self.scan.lex(), self.scan.depth(), self.text.len());
-        if d0 == 0 && !blank(c) && c != '{' {
-            return Err(Malformed);
-        }
-        self.scan.feed(c).map_err(|_| Malformed)?;
-        self.text.push(c);
-        let d1 = self.scan.depth();
-        let is_args = |k: &str| k == "arguments" || k == "parameters";
-        if self.bare {
-            if d0 == 0 && d1 == 1 {
-                self.args = Args::Object {
-                    start: at,
-                    end: None,
-                };
-            }
-        } else if d0 == 1 {
-            match (before, c) {
-                (Lex::Key { .. }, '"') => self.str_start = at,
-                (
-                    Lex::Str {
-                        key: true,
-                        esc: Esc::No,
-                    },
-                    '"',
-                ) => self.key = decode(&self.text[self.str_start..])?,
-                (Lex::Value { .. }, c) if !blank(c) => {
-                    if self.key == "name" && self.name.is_none() {
-                        if c != '"' {
-                            return Err(Malformed);
-                        }
-                        self.reading = Some(Field::Name);
-                        self.str_start = at;
-                    } else if is_args(&self.key) && self.args == Args::Missing {
-                        match c {
-                            '{' => {
-                                self.args = Args::Object {
-                                    start: at,
-                                    end: None,
-                                }
-                            }
-                            '"' => {
-                                self.args = Args::Text(None);
-                                self.reading = Some(Field::ArgsText);
-                                self.str_start = at;
-                            }
-                            _ => return Err(Malformed),
-                        }
-                    }
-                }
-                (
-                    Lex::Str {
-                        key: false,
-                        esc: Esc::No,
-                    },
-                    '"',
-                ) => match self.reading.take() {
-                    Some(Field::Name) => {
-                        let name: String = decode(&self.text[self.str_start..])?;
-                        if name.is_empty() {
-                            return Err(Malformed);
-                        }
-                        self.name = Some(name);
-                    }
-                    Some(Field::ArgsText) => {
-                        let t: String = decode(&self.text[self.str_start..])?;
-                        serde_json::from_str::<Json>(&t).map_err(|_| Malformed)?;
-                        self.args = Args::Text(Some(t));
-                    }
-                    None => {}
-                },
-                _ => {}
-            }
-        }
-        let base = self.base();
-        let next = at + c.len_utf8();
-        if let Args::Object { start, end: None } = self.args {
-            if d1 == base && at > start {
-                self.args = Args::Object {
-                    start,
-                    end: Some(next),
-                };
-                self.safe = next;
-                self.closers.clear();
-            } else if let Some(closers) = self.scan.closers(base) {
-                self.safe = next;
-                self.closers = closers;
-            }
-        }
-        Ok(self.scan.lex() == Lex::Done)
-    }
-
-    /// What is now known: the call's start once it commits, then its arguments as far as
-    /// they can be sent (all of them when `done`).
-    fn drain(&mut self, done: bool, out: &mut Vec<ToolEvent>) -> Result<(), Malformed> {
-        if !self.committed {
-            let Some(name) = self.name.clone() else {
-                return if done { Err(Malformed) } else { Ok(()) };
-            };
-            if !done && !matches!(self.args, Args::Object { .. }) {
-                return Ok(());
-            }
-            self.committed = true;
-            out.push(ToolEvent::CallStart { name });
-        }
-        match &self.args {
-            Args::Object { start, end } => {
-                let from = self.sent.max(*start);
-                let to = end.unwrap_or(self.safe);
-                if to > from {
-                    push_arguments(out, &self.text[from..to]);
-                    self.sent = to;
-                }
-            }
-            Args::Missing if done => push_arguments(out, "{}"),
-            Args::Text(Some(t)) if done => push_arguments(out, t),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// A committed call cut off: what closes the arguments sent so far.
-    fn close(&self) -> Option<String> {
-        match self.args {
-            Args::Object { end: None, .. } if self.committed => Some(self.closers.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// A JSON string literal's value.
-fn decode(lit: &str) -> Result<String, Malformed> {
-    serde_json::from_str(lit).map_err(|_| Malformed)
-}
-
-fn push_arguments(out: &mut Vec<ToolEvent>, t: &str) {
-    match out.last_mut() {
-        Some(ToolEvent::Arguments(prev)) => prev.push_str(t),
-        _ => out.push(ToolEvent::Arguments(t.to_string())),
-    }
 }
 
 /// Whether `c` may be in a function's name as Mistral's format writes it bare.
@@ -771,6 +465,8 @@ pub fn collect(events: Vec<ToolEvent>) -> (Option<String>, Vec<ParsedCall>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::template::{ChatTemplate, Message};
+    use serde_json::Value as Json;
 
     fn call(name: &str, args: &str) -> ParsedCall {
         ParsedCall {
@@ -1163,7 +859,7 @@ mod tests {
     }
 
     const MISTRAL_TOOLS: &str =
-        include_str!("../../../../tests/fixtures/chat-templates/mistral-tools.jinja");
+        include_str!("../../../../../tests/fixtures/chat-templates/mistral-tools.jinja");
 
     /// Mistral's `[ARGS]` template: tools and a call render as Mistral writes them, and the
     /// parser reads the rendered call back.
