@@ -42,7 +42,7 @@ pub(crate) struct Seq {
     pub(crate) preempted: bool,
     /// Chain hashes of the full blocks a prefix lookup could reuse (empty when this sequence
     /// does not use the prefix cache): sequences admitted together with a common prefix
-    /// compute it once (see [`crate::scheduler::Engine::waits_for_shared_block`]).
+    /// compute it once (the scheduler holds a follower until its leader has).
     pub(crate) prefix_hashes: Vec<u64>,
     /// The prefix cache's partition: the request's cache salt and its LoRA adapter
     /// ([`cache_partition`]).
