@@ -7,15 +7,15 @@
 //! A K format scales every sub-block (32 values; Q6_K 16), which would cost a tile store and
 //! a vector pass per sub-block; instead each group is unpacked once per call with its
 //! sub-block scales folded into the weight bytes, and whole super-blocks sum in the tile
-//! registers. `q·sc` does not fit a byte, so it is split in two parts that do, each a tile,
-//! and the two tiles' sums are combined afterwards:
-//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): the scale's digits, `sc = sl + 8·sh` (0..7 each):
-//!   `q·sl` and `q·sh` are unsigned bytes, and the sums combine as `lo + 8·hi`.
-//!   The mins' sum `Σ_j m_j·Σa_j` is not a tile product: the vector epilogue takes it from the
-//!   activations' paired sub-block sums (`QActs::pairs`), as the VNNI kernels do.
-//! - Q6_K (`q − 32` in −32..31, `sc` −128..127): the product's own bytes, `w = (q − 32)·sc`
-//!   (|w| ≤ 4 096) as `lo + 256·hi` with `lo` 0..255 unsigned and `hi` −16..16 signed
-//!   (`tdpbsud` then `tdpbssd`); the sums combine as `lo + 256·hi`.
+//! registers. `q·sc` does not fit a byte, so its two bytes are two tiles, `w = lo + 256·hi`
+//! with `lo` 0..255 unsigned, and the two tiles' sums are combined afterwards as
+//! `lo + 256·hi`. Both are computed by `vpmaddubsw` (quants unsigned times the scale in every
+//! other byte: the even and the odd values' i16 products), two multiplies a vector:
+//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `hi` 0..7 (`tdpbsud` for both). The mins' sum
+//!   `Σ_j m_j·Σa_j` is not a tile product: the vector epilogue takes it from the activations'
+//!   paired sub-block sums (`QActs::pairs`), as the VNNI kernels do.
+//! - Q6_K (`q − 32` in −32..31, `sc` −128..127): `q·sc − 32·sc`, |w| ≤ 4 096, `hi` −16..16
+//!   signed (`tdpbsud` then `tdpbssd`).
 //!
 //! Two tiles a quarter leave room for 32 activation rows in the eight tile registers (two
 //! activation tiles, two weight tiles, four sums), so each weight tile loaded feeds two
@@ -53,24 +53,29 @@ pub(crate) unsafe fn configure() {
 
 pub(crate) use crate::tiles::release;
 
-/// `q · s` per byte, for products below 256.
+/// Each row's byte at `p` (16 rows) in bytes 0 and 2 of its lane, zeros between: the even
+/// bytes' multiplier for `vpmaddubsw` (shifted left by 8, the odd bytes').
 #[inline(always)]
-unsafe fn mul_bytes(q: __m512i, s: __m512i) -> __m512i {
-    let even = _mm512_mullo_epi16(q, s);
-    let odd = _mm512_mullo_epi16(_mm512_srli_epi16::<8>(q), _mm512_srli_epi16::<8>(s));
-    _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, _mm512_slli_epi16::<8>(odd))
+unsafe fn even_bytes(p: *const u8) -> __m512i {
+    let lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+    _mm512_or_si512(lanes, _mm512_slli_epi32::<16>(lanes))
 }
 
-/// 16 scale bytes at `p` (one per row), each row's in all four of its bytes.
+/// The tiles' bytes of 64 i16 products: `e` holds the even bytes' products in its i16 lanes,
+/// `o` the odd bytes'; returns (the low bytes, the high bytes), each in its byte's place.
 #[inline(always)]
-unsafe fn spread(p: *const u8) -> __m512i {
-    let lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-    _mm512_mullo_epi32(lanes, _mm512_set1_epi32(0x0101_0101))
+unsafe fn product_bytes(e: __m512i, o: __m512i) -> (__m512i, __m512i) {
+    let odd: __mmask64 = 0xAAAA_AAAA_AAAA_AAAA;
+    (
+        _mm512_mask_blend_epi8(odd, e, _mm512_slli_epi16::<8>(o)),
+        _mm512_mask_blend_epi8(odd, _mm512_srli_epi16::<8>(e), o),
+    )
 }
 
 /// Unpacks one super-block of a Q4_K (`FIFTH = false`) or Q5_K group at `blk` into `out`:
-/// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·sl` and of `q·sh`.
-/// Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16 weight rows.
+/// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of the low and the high
+/// bytes of `q·sc`. Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16
+/// weight rows.
 ///
 /// # Safety
 /// The CPU has AVX-512BW; `blk` holds the packed super-block, `out` [`UNPACKED_SB_BYTES`].
@@ -78,16 +83,16 @@ unsafe fn spread(p: *const u8) -> __m512i {
 pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8) {
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let low = _mm512_set1_epi8(0x0F);
-    let seven = _mm512_set1_epi8(7);
     for p in 0..4 {
-        let s = [
-            spread(blk.add(4 * G + G * 2 * p)),
-            spread(blk.add(4 * G + G * (2 * p + 1))),
+        // `vpmaddubsw` of the quants (unsigned) by the scale in every other byte gives the
+        // even and the odd values' products as i16 (at most 31 · 63).
+        let even = [
+            even_bytes(blk.add(4 * G + G * 2 * p)),
+            even_bytes(blk.add(4 * G + G * (2 * p + 1))),
         ];
-        let sl = [_mm512_and_si512(s[0], seven), _mm512_and_si512(s[1], seven)];
-        let sh = [
-            _mm512_and_si512(_mm512_srli_epi16::<3>(s[0]), seven),
-            _mm512_and_si512(_mm512_srli_epi16::<3>(s[1]), seven),
+        let odd = [
+            _mm512_slli_epi16::<8>(even[0]),
+            _mm512_slli_epi16::<8>(even[1]),
         ];
         let lo_tile = out.add(TILES * p * TILE);
         let hi_tile = lo_tile.add(TILE);
@@ -106,9 +111,13 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
                 }
             }
             for h in 0..2 {
+                let (lo, hi) = product_bytes(
+                    _mm512_maddubs_epi16(q[h], even[h]),
+                    _mm512_maddubs_epi16(q[h], odd[h]),
+                );
                 let row = 64 * (g + 8 * h);
-                _mm512_storeu_si512(lo_tile.add(row) as *mut _, mul_bytes(q[h], sl[h]));
-                _mm512_storeu_si512(hi_tile.add(row) as *mut _, mul_bytes(q[h], sh[h]));
+                _mm512_storeu_si512(lo_tile.add(row) as *mut _, lo);
+                _mm512_storeu_si512(hi_tile.add(row) as *mut _, hi);
             }
         }
     }
@@ -121,16 +130,22 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
 /// As [`unpack_q45`].
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
-    let thirty_two = _mm512_set1_epi8(32);
-    let odd_bytes: __mmask64 = 0xAAAA_AAAA_AAAA_AAAA;
-    // Each sub-block's scales, each row's in both i16 halves of its four bytes.
-    let mut scales = [_mm512_setzero_si512(); 16];
-    for (s, sv) in scales.iter_mut().enumerate() {
+    // Per sub-block: its signed scale in the even bytes (the odd ones zero), the same in the
+    // odd bytes, and `32·sc` in both i16 halves of each row's lane. `vpmaddubsw` of `q`
+    // (0..63, unsigned) by a scale gives `q·sc` as i16; less `32·sc` it is `w` (exact:
+    // |q·sc| ≤ 8 064).
+    let mut even = [_mm512_setzero_si512(); 16];
+    let mut odd = [_mm512_setzero_si512(); 16];
+    let mut bias = [_mm512_setzero_si512(); 16];
+    for s in 0..16 {
         let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const _));
-        *sv = _mm512_or_si512(
+        let both = _mm512_or_si512(
             _mm512_and_si512(sc, _mm512_set1_epi32(0xFFFF)),
             _mm512_slli_epi32::<16>(sc),
         );
+        even[s] = _mm512_and_si512(both, _mm512_set1_epi16(0xFF));
+        odd[s] = _mm512_slli_epi16::<8>(even[s]);
+        bias[s] = _mm512_slli_epi16::<5>(both);
     }
     for n in 0..2 {
         for g in 0..8 {
@@ -140,15 +155,11 @@ pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
                 // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
                 // block 8n + 2k + g/4.
                 let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
-                let sc = scales[8 * n + 2 * k + g / 4];
-                // The even and the odd bytes' `q − 32` sign-extended to i16, times the scale
-                // (exact: |w| ≤ 4 096).
-                let centred = _mm512_sub_epi8(*val, thirty_two);
-                let even =
-                    _mm512_mullo_epi16(_mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(centred)), sc);
-                let odd = _mm512_mullo_epi16(_mm512_srai_epi16::<8>(centred), sc);
-                let lo = _mm512_mask_blend_epi8(odd_bytes, even, _mm512_slli_epi16::<8>(odd));
-                let hi = _mm512_mask_blend_epi8(odd_bytes, _mm512_srli_epi16::<8>(even), odd);
+                let s = 8 * n + 2 * k + g / 4;
+                let (lo, hi) = product_bytes(
+                    _mm512_sub_epi16(_mm512_maddubs_epi16(*val, even[s]), bias[s]),
+                    _mm512_sub_epi16(_mm512_maddubs_epi16(*val, odd[s]), bias[s]),
+                );
                 let tile = out.add(quarter * TILES * TILE + 64 * row);
                 _mm512_storeu_si512(tile as *mut _, lo);
                 _mm512_storeu_si512(tile.add(TILE) as *mut _, hi);
@@ -344,11 +355,10 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             _mm512_loadu_ps(o)
         };
         let (lo, hi) = (lanes(row(2 * (k / G))), lanes(row(2 * (k / G) + 1)));
+        let isum = _mm512_add_epi32(lo, _mm512_slli_epi32::<8>(hi));
         let v = if six {
-            let isum = _mm512_add_epi32(lo, _mm512_slli_epi32::<8>(hi));
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev)
         } else {
-            let isum = _mm512_add_epi32(lo, _mm512_slli_epi32::<3>(hi));
             let ps = ar.pairs.as_ptr().add(b * 4);
             let mut msum = _mm512_setzero_si512();
             for (c, mv) in mins.iter().enumerate() {
