@@ -112,6 +112,8 @@ pub struct EngineOverrides {
     /// Default: 1 on the CPU, off on CUDA; 0 (or less) turns it off, values below 1 count
     /// as 1.
     pub max_step_stretch: Option<f64>,
+    /// Default: [`LONE_STREAM_GAPS`] on the CPU, 0 (off) on CUDA; negative counts as 0.
+    pub lone_stream_gaps: Option<f64>,
     pub block_size: Option<usize>,
     pub kv_cache_mb: Option<usize>,
     pub prefix_caching: Option<bool>,
@@ -148,7 +150,10 @@ impl EngineConfig {
                 Some(_) => None,
                 None => cpu.then_some(1.0),
             },
-            lone_stream_gaps: if cpu { LONE_STREAM_GAPS } else { 0.0 },
+            lone_stream_gaps: o
+                .lone_stream_gaps
+                .unwrap_or(if cpu { LONE_STREAM_GAPS } else { 0.0 })
+                .max(0.0),
             block_size: o.block_size.unwrap_or(d.block_size).max(1),
             kv_cache_mb: o.kv_cache_mb.unwrap_or(d.kv_cache_mb).max(1),
             prefix_caching: o.prefix_caching.unwrap_or(d.prefix_caching),
@@ -187,6 +192,7 @@ mod tests {
             max_batch_tokens: Some(0),
             max_prefill_tokens_while_decoding: Some(0),
             max_step_stretch: Some(0.5),
+            lone_stream_gaps: Some(-1.0),
             block_size: Some(0),
             kv_cache_mb: Some(0),
             prefix_caching: Some(false),
@@ -200,6 +206,7 @@ mod tests {
         );
         assert_eq!(c.max_prefill_tokens_while_decoding, 1);
         assert_eq!(c.max_step_stretch, Some(1.0));
+        assert_eq!(c.lone_stream_gaps, 0.0);
         assert_eq!((c.block_size, c.kv_cache_mb), (1, 1));
         assert!(!c.prefix_caching);
         assert_eq!(c.host_kv_dtype, KvDtype::Q8_0);

@@ -128,6 +128,13 @@ pub struct ServeArgs {
     /// most throughput and soonest first tokens, at several times the gaps).
     #[arg(long)]
     max_step_stretch: Option<f64>,
+    /// With --max-step-stretch, a step that also decodes may always take this multiple of a
+    /// lone stream's decode step, however cheap a decode step of the batch is (on a model
+    /// whose decode steps are bound by reading the weights, the stretch alone would hold
+    /// prompts beside busy streams to a token or two a step). Default: 2.5 on the CPU; 0: the
+    /// stretch alone.
+    #[arg(long)]
+    lone_stream_gaps: Option<f64>,
     /// KV cache memory per model, in MiB.
     #[arg(long, default_value_t = EngineConfig::default().kv_cache_mb, value_parser = positive)]
     kv_cache_mb: usize,
@@ -270,6 +277,7 @@ impl ServeArgs {
             max_batch_tokens: self.max_num_batched_tokens,
             max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
             max_step_stretch: self.max_step_stretch,
+            lone_stream_gaps: self.lone_stream_gaps,
             block_size: Some(self.block_size),
             kv_cache_mb: Some(self.kv_cache_mb),
             prefix_caching: Some(!self.no_prefix_caching),
