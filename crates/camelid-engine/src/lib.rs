@@ -6,6 +6,7 @@
 //! the next step and finished or cancelled ones leave at once.
 
 pub mod blocks;
+mod calibrate;
 mod config;
 mod handle;
 mod metrics;

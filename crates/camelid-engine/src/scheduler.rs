@@ -93,6 +93,12 @@ impl Engine {
     }
 
     pub(crate) fn run(mut self) {
+        // A step budget bounded by time needs the steps' costs: time a ladder of row counts
+        // before serving (see `calibrate`).
+        if self.cfg.max_step_stretch.is_some() {
+            let max_rows = self.cfg.max_batch_tokens;
+            crate::calibrate::calibrate(&self.lm, &mut self.kv, &mut self.cost, max_rows);
+        }
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match self.rx.blocking_recv() {

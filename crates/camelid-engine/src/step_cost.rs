@@ -18,20 +18,40 @@
 //! old per-token average, learned from chunks of every size, held such prompts to a token or
 //! two a step.
 
-/// Weight of the newest observation in the running averages: recent enough to follow the
-/// context growing and the machine's load, smooth enough to ride out one noisy step.
-const ALPHA: f64 = 0.2;
+/// Weight of the newest observation in a count's average: recent enough to follow the
+/// context growing, smooth enough to ride out one noisy step.
+const ALPHA: f64 = 0.1;
 
-#[derive(Debug, Default)]
+/// Exponent of the newest step's ratio to its count's average in the machine's pace (a
+/// geometric running average): larger than [`ALPHA`], so that a change of speed that every
+/// count shares (a VM's neighbours, the load) goes mostly into the pace, and reaches the
+/// counts that are not running now.
+const PACE_ALPHA: f64 = 0.3;
+
+#[derive(Debug)]
 pub struct StepCost {
-    /// `row_ms[r]`: average duration of a step of `r` rows.
+    /// `row_ms[r]`: average duration of a step of `r` rows, at the pace of the first steps.
     row_ms: Vec<Option<f64>>,
+    /// How much slower than those first steps the machine runs now (1: as fast). Without
+    /// it, a count seen in a slow phase kept its slow average after the phase, while the
+    /// counts that ran on got faster: the budget then never went back to it (on a VM whose
+    /// speed swings 1.5× within seconds, a 16-row step stayed "90 ms" while it took 70).
+    pace: f64,
+}
+
+impl Default for StepCost {
+    fn default() -> Self {
+        Self {
+            row_ms: Vec::new(),
+            pace: 1.0,
+        }
+    }
 }
 
 impl StepCost {
     /// Records a step of `rows` rows (decodes, drafts and prompt tokens) that took `ms`.
     pub fn observe(&mut self, rows: usize, ms: f64) {
-        if !ms.is_finite() || ms < 0.0 || rows == 0 {
+        if !ms.is_finite() || ms <= 0.0 || rows == 0 {
             return;
         }
         if self.row_ms.len() <= rows {
@@ -39,13 +59,29 @@ impl StepCost {
         }
         let avg = &mut self.row_ms[rows];
         *avg = Some(match *avg {
-            Some(a) => a + ALPHA * (ms - a),
-            None => ms,
+            Some(a) => {
+                self.pace *= (ms / self.pace / a).powf(PACE_ALPHA);
+                a + ALPHA * (ms / self.pace - a)
+            }
+            None => ms / self.pace,
         });
     }
 
+    /// The average of `rows` at the current pace, if a step of that many rows ran.
     fn seen(&self, rows: usize) -> Option<f64> {
-        self.row_ms.get(rows).copied().flatten()
+        self.row_ms
+            .get(rows)
+            .copied()
+            .flatten()
+            .map(|a| a * self.pace)
+    }
+
+    /// The counts of rows a step has run with, in order.
+    #[cfg(test)]
+    pub(crate) fn counts_seen(&self) -> Vec<usize> {
+        (0..self.row_ms.len())
+            .filter(|&r| self.seen(r).is_some())
+            .collect()
     }
 
     /// The least average seen for `rows` or more: more rows never take less time (a count
@@ -157,16 +193,49 @@ mod tests {
         let mut c = StepCost::default();
         c.observe(1, 10.0);
         c.observe(1, 20.0);
-        assert!((c.step_ms(1).unwrap() - 12.0).abs() < 1e-9);
+        // Part of the way: one slow step moves the prediction, it does not replace it.
+        let after_one = c.step_ms(1).unwrap();
+        assert!(after_one > 10.5 && after_one < 15.0, "{after_one}");
         for _ in 0..100 {
             c.observe(1, 20.0);
         }
-        assert!((c.step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+        assert!((c.step_ms(1).unwrap() - 20.0).abs() < 1e-3);
         // Nonsense durations and empty steps are ignored.
         c.observe(1, f64::NAN);
         c.observe(1, -1.0);
+        c.observe(1, 0.0);
         c.observe(0, 5.0);
-        assert!((c.step_ms(1).unwrap() - 20.0).abs() < 1e-6);
+        assert!((c.step_ms(1).unwrap() - 20.0).abs() < 1e-3);
+    }
+
+    /// The machine's speed changes every count alike: a count that ran in a slow phase is
+    /// predicted fast again once the counts still running are (and slow beside them before).
+    #[test]
+    fn a_change_of_pace_reaches_the_counts_not_running() {
+        let mut c = StepCost::default();
+        c.observe(1, 30.0);
+        c.observe(16, 70.0);
+        // A slow phase: both counts run 1.4× slower for a while.
+        for _ in 0..10 {
+            c.observe(16, 98.0);
+            c.observe(1, 42.0);
+        }
+        let slow = c.step_ms(16).unwrap();
+        assert!(slow > 85.0, "16 rows in the slow phase: {slow}");
+        // Then only lone steps run, at the old speed: 16 rows come back near their 70 ms.
+        for _ in 0..20 {
+            c.observe(1, 30.0);
+        }
+        let back = c.step_ms(16).unwrap();
+        assert!(back < 75.0, "16 rows after the slow phase: {back}");
+        // The same while only 16-row steps run: a lone step is predicted slow, then fast.
+        let mut d = StepCost::default();
+        d.observe(1, 30.0);
+        d.observe(16, 70.0);
+        for _ in 0..20 {
+            d.observe(16, 98.0);
+        }
+        assert!(d.step_ms(1).unwrap() > 38.0, "{:?}", d.step_ms(1));
     }
 
     /// The steps of a 1B Q4_K_M model on 2 cores (a step trace of 8 clients, session 30):

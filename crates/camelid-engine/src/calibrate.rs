@@ -1,0 +1,152 @@
+//! Timed steps before the first request, so that the step budget ([`crate::step_cost`]) knows
+//! what a step of 1 to 64 rows costs from the start.
+//!
+//! The budget learns a step's cost per count of rows from the steps run, and between the
+//! counts seen it draws straight lines. A step's cost is far from a line where the matmuls
+//! change kernels (the K formats move from VNNI passes to AMX tiles at 16 rows: on a 1B
+//! Q5_K_M file 14 rows took ~80 ms and 16 ~70), and serving alone rarely runs the counts past
+//! such a change while prompts wait beside busy streams: the line from the last count seen
+//! to a whole prompt's step put 19 rows at ~90 ms, over the bound, when they took ~75. So
+//! the engine times a ladder of row counts once, with throwaway sequences, before it serves;
+//! the steps served then keep each count's average current.
+
+use crate::paged::PagedKv;
+use crate::step_cost::StepCost;
+use camelid_model::{ForwardBatch, LoadedModel, LogitsWanted};
+use std::time::Instant;
+
+/// Row counts timed, in order; the ladder stops past [`STOP_AT_LONE`] lone steps.
+const LADDER: [usize; 10] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64];
+
+/// The step budget never lets a step that decodes take more than a few lone steps (the CPU's
+/// bounds: stretch 1 of the whole batch, 2.5 lone steps), so larger counts are not timed.
+const STOP_AT_LONE: f64 = 4.0;
+
+/// Rows of a ladder step that are decodes (one token of a sequence of its own, with its
+/// logits), as in a step of busy streams; the rest is one prompt chunk.
+const DECODES: usize = 8;
+
+/// First sequence id of the throwaway sequences (requests' ids count up from 0).
+const FIRST_ID: u64 = u64::MAX - DECODES as u64 - 1;
+
+/// Times each count of [`LADDER`] (up to `max_rows`) into `cost`, after one untimed step of
+/// the largest count (the first forward pays for the buffers and the thread pool). Stops at
+/// the first step the KV pool cannot hold or the model fails (serving will say why).
+pub(crate) fn calibrate(lm: &LoadedModel, kv: &mut PagedKv, cost: &mut StepCost, max_rows: usize) {
+    let vocab = lm.model.config().vocab_size.max(1);
+    let counts: Vec<usize> = LADDER.into_iter().filter(|&r| r <= max_rows).collect();
+    let Some(&largest) = counts.last() else {
+        return;
+    };
+    let mut lone = None;
+    for (i, rows) in std::iter::once(largest).chain(counts).enumerate() {
+        let Some(ms) = time_step(lm, kv, rows, vocab) else {
+            return;
+        };
+        if i == 0 {
+            continue; // the warm-up
+        }
+        cost.observe(rows, ms);
+        let lone = *lone.get_or_insert(ms);
+        if ms > STOP_AT_LONE * lone {
+            return;
+        }
+    }
+}
+
+/// One step of `rows` rows (up to [`DECODES`] one-token sequences, the rest one prompt
+/// chunk) over throwaway sequences; its duration in ms, or `None` if the pool is short or
+/// the forward failed. The sequences' blocks go back to the pool.
+fn time_step(lm: &LoadedModel, kv: &mut PagedKv, rows: usize, vocab: usize) -> Option<f64> {
+    let token = |i: usize| ((i * 7919 + 13) % vocab) as u32;
+    let decodes = rows.min(DECODES);
+    let prompt = rows - decodes;
+    let mut batch = ForwardBatch::default();
+    let mut ids = vec![];
+    let mut fits = true;
+    for (j, len) in std::iter::repeat_n(1, decodes)
+        .chain((prompt > 0).then_some(prompt))
+        .enumerate()
+    {
+        let id = FIRST_ID + j as u64;
+        kv.start(id, &[], None);
+        ids.push(id);
+        if !kv.reserve(id, len) {
+            fits = false;
+            break;
+        }
+        let tokens: Vec<u32> = (0..len).map(|k| token(j * 31 + k)).collect();
+        batch.push(id, 0, &tokens, LogitsWanted::Last);
+    }
+    let ms = fits
+        .then(|| {
+            let started = Instant::now();
+            let ok = lm.model.forward_output(&batch, kv).is_ok();
+            ok.then(|| started.elapsed().as_secs_f64() * 1e3)
+        })
+        .flatten();
+    for id in ids {
+        kv.free(id);
+    }
+    ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use camelid_model::{KvDtype, LoadOptions};
+
+    fn tiny() -> LoadedModel {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-llama");
+        camelid_model::load(Some(p.to_str().unwrap()), &LoadOptions::default()).unwrap()
+    }
+
+    fn pool(lm: &LoadedModel, blocks: usize) -> PagedKv {
+        let c = lm.model.config();
+        PagedKv::new(
+            c.num_layers,
+            c.num_kv_heads,
+            c.head_dim,
+            blocks,
+            4,
+            lm.model.dtype(),
+            KvDtype::F16,
+            lm.model.device(),
+        )
+        .unwrap()
+    }
+
+    /// Every count of the ladder within the step's tokens is timed (a tiny model's steps
+    /// never reach four lone steps... or the ladder stops where they do), and the pool gets
+    /// every block back.
+    #[test]
+    fn the_ladder_is_timed_and_its_blocks_come_back() {
+        let lm = tiny();
+        let mut kv = pool(&lm, 256);
+        let free = kv.free_blocks();
+        let mut cost = StepCost::default();
+        calibrate(&lm, &mut kv, &mut cost, 32);
+        assert_eq!(kv.free_blocks(), free);
+        let seen = cost.counts_seen();
+        assert_eq!(seen[0], 1, "{seen:?}");
+        assert!(
+            seen.iter().all(|r| LADDER.contains(r) && *r <= 32),
+            "{seen:?}"
+        );
+        // In order, none skipped before the stop.
+        assert_eq!(seen, LADDER[..seen.len()].to_vec());
+        assert!(seen.len() >= 4, "{seen:?}");
+    }
+
+    /// A pool too small for the ladder's steps stops it, without a panic or a lost block.
+    #[test]
+    fn a_short_pool_stops_the_ladder() {
+        let lm = tiny();
+        let mut kv = pool(&lm, 3);
+        let mut cost = StepCost::default();
+        calibrate(&lm, &mut kv, &mut cost, 512);
+        assert_eq!(kv.free_blocks(), 3);
+        assert!(cost.counts_seen().is_empty());
+    }
+}
