@@ -22,6 +22,10 @@ const LADDER: [usize; 10] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64];
 /// bounds: stretch 1 of the whole batch, 2.5 lone steps), so larger counts are not timed.
 const STOP_AT_LONE: f64 = 4.0;
 
+/// Rows of the untimed first step: enough for the prompt kernels (AMX tiles from 16 rows), few
+/// enough not to keep a large model from serving for long.
+const WARM_UP: usize = 16;
+
 /// Rows of a ladder step that are decodes (one token of a sequence of its own, with its
 /// logits), as in a step of busy streams; the rest is one prompt chunk.
 const DECODES: usize = 8;
@@ -30,8 +34,9 @@ const DECODES: usize = 8;
 const FIRST_ID: u64 = u64::MAX - DECODES as u64 - 1;
 
 /// Times each count of [`LADDER`] (up to `max_rows`) into `cost`, after one untimed step of
-/// the largest count (the first forward pays for the buffers and the thread pool). Stops at
-/// the first step the KV pool cannot hold or the model fails (serving will say why).
+/// [`WARM_UP`] rows (the first forward pays for the thread pool, the buffers and the AMX
+/// grant). Stops at the first step the KV pool cannot hold or the model fails (serving will
+/// say why).
 pub(crate) fn calibrate(lm: &LoadedModel, kv: &mut PagedKv, cost: &mut StepCost, max_rows: usize) {
     let vocab = lm.model.config().vocab_size.max(1);
     let counts: Vec<usize> = LADDER.into_iter().filter(|&r| r <= max_rows).collect();
@@ -39,7 +44,10 @@ pub(crate) fn calibrate(lm: &LoadedModel, kv: &mut PagedKv, cost: &mut StepCost,
         return;
     };
     let mut lone = None;
-    for (i, rows) in std::iter::once(largest).chain(counts).enumerate() {
+    for (i, rows) in std::iter::once(WARM_UP.min(largest))
+        .chain(counts)
+        .enumerate()
+    {
         let Some(ms) = time_step(lm, kv, rows, vocab) else {
             return;
         };
