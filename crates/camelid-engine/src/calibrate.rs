@@ -43,23 +43,31 @@ pub(crate) fn calibrate(lm: &LoadedModel, kv: &mut PagedKv, cost: &mut StepCost,
     let Some(&largest) = counts.last() else {
         return;
     };
+    let started = Instant::now();
     let mut lone = None;
+    let mut timed = vec![];
     for (i, rows) in std::iter::once(WARM_UP.min(largest))
         .chain(counts)
         .enumerate()
     {
         let Some(ms) = time_step(lm, kv, rows, vocab) else {
-            return;
+            break;
         };
         if i == 0 {
             continue; // the warm-up
         }
         cost.observe(rows, ms);
+        timed.push(format!("{rows}: {ms:.1}"));
         let lone = *lone.get_or_insert(ms);
         if ms > STOP_AT_LONE * lone {
-            return;
+            break;
         }
     }
+    tracing::info!(
+        "step costs timed in {:.1} s (rows: ms): {}",
+        started.elapsed().as_secs_f64(),
+        timed.join(", ")
+    );
 }
 
 /// One step of `rows` rows (up to [`DECODES`] one-token sequences, the rest one prompt

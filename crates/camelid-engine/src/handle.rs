@@ -117,6 +117,10 @@ impl EngineHandle {
             .build()
             .expect("engine thread pool");
         let name = lm.name.clone();
+        // The handle is returned (and the server lists the model) once the engine has timed
+        // its steps: a request that came in before would wait unstarted, and be refused by a
+        // shutdown as if the server were busy.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name(format!("engine-{name}"))
             .spawn(move || {
@@ -124,7 +128,10 @@ impl EngineHandle {
                 // sees its request end unfinished) and the receiver (so `is_running` is false).
                 let run = std::panic::AssertUnwindSafe(|| {
                     pool.install(move || {
-                        Engine::new(lm, cfg, rx, queued, metrics, kv, stopping).run()
+                        let mut engine = Engine::new(lm, cfg, rx, queued, metrics, kv, stopping);
+                        engine.calibrate();
+                        drop(ready_tx);
+                        engine.run()
                     })
                 });
                 if let Err(p) = std::panic::catch_unwind(run) {
@@ -137,6 +144,8 @@ impl EngineHandle {
                 }
             })
             .expect("spawn engine thread");
+        // Err once the sender is dropped: ready, or the engine panicked (`is_running` says).
+        let _ = ready_rx.recv();
         handle
     }
 

@@ -92,13 +92,16 @@ impl Engine {
         }
     }
 
-    pub(crate) fn run(mut self) {
-        // A step budget bounded by time needs the steps' costs: time a ladder of row counts
-        // before serving (see `calibrate`).
+    /// A step budget bounded by time needs the steps' costs: times a ladder of row counts
+    /// before serving (see `calibrate`), where a stretch is set.
+    pub(crate) fn calibrate(&mut self) {
         if self.cfg.max_step_stretch.is_some() {
             let max_rows = self.cfg.max_batch_tokens;
             crate::calibrate::calibrate(&self.lm, &mut self.kv, &mut self.cost, max_rows);
         }
+    }
+
+    pub(crate) fn run(mut self) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match self.rx.blocking_recv() {
