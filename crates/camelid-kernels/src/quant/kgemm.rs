@@ -255,8 +255,12 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
         let ptr = OutPtr(out.as_mut_ptr());
         let m_pad = m.next_multiple_of(G);
         let mut packed_buf = std::mem::take(&mut *AMX_PACKED.lock().unwrap());
-        packed_buf.clear();
-        packed_buf.resize(nsb * m_pad * QK_K / 64, Line([0; 64]));
+        // Every line of the rows below m is written next; the padding rows' sums are never
+        // read (rows are independent in a tile product), so what an earlier call left there
+        // may stay: clearing the whole buffer each call cost a memset as large as the copy.
+        let lines = nsb * m_pad * QK_K / 64;
+        packed_buf.truncate(lines);
+        packed_buf.resize(lines, Line([0; 64]));
         for (b, dst) in packed_buf.chunks_exact_mut(m_pad * QK_K / 64).enumerate() {
             // Per 16-row tile, its four 64-value quarters, each 16 rows of 64 bytes: one tile
             // load reads 1 KiB in a row.
@@ -279,8 +283,9 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
                 // Safety: the AMX flavour runs only where `cpu_features::amx` said yes; the
                 // super-blocks read are in `data` (the last group padded to 16 rows), `lines`
                 // holds one unpacked super-block, `packed` every row of every super-block
-                // (zero rows to a multiple of 16), each group has its own `m` rows of `acc`, and
-                // the writes stay in rows < m and in the columns < n of this task's groups.
+                // (padding rows to a multiple of 16, initialized), each group has its own `m`
+                // rows of `acc`, and the writes stay in rows < m and in the columns < n of
+                // this task's groups.
                 unsafe {
                     amx::configure();
                     for h0 in (g0..g1).step_by(AMX_GROUPS) {

@@ -286,7 +286,7 @@ pub(crate) const fn packed_sb_bytes(kind: u8) -> usize {
 /// into `acc[r][n]` for row `r` and weight row `n` (`FIRST`: `acc` starts from zero). After the
 /// `LAST` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
 /// stores interleaved with the arithmetic). The caller packs the super-block's activations as
-/// [`quarter_products`] reads them, rows `m..` up to the next multiple of 16 readable (zeros). The
+/// [`quarter_products`] reads them, rows `m..` up to the next multiple of 16 readable (any bytes: their sums are never read). The
 /// caller runs several groups over one super-block before the next, so those bytes stay in L2
 /// and the unpacked super-block in L1.
 ///
