@@ -94,13 +94,13 @@ fn time_step(lm: &LoadedModel, kv: &mut PagedKv, rows: usize, vocab: usize) -> O
         let tokens: Vec<u32> = (0..len).map(|k| token(j * 31 + k)).collect();
         batch.push(id, 0, &tokens, LogitsWanted::Last);
     }
-    let ms = fits
-        .then(|| {
-            let started = Instant::now();
-            let ok = lm.model.forward_output(&batch, kv).is_ok();
-            ok.then(|| started.elapsed().as_secs_f64() * 1e3)
-        })
-        .flatten();
+    let mut ms = None;
+    if fits {
+        let started = Instant::now();
+        if lm.model.forward_output(&batch, kv).is_ok() {
+            ms = Some(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
     for id in ids {
         kv.free(id);
     }
@@ -133,9 +133,8 @@ mod tests {
         .unwrap()
     }
 
-    /// Every count of the ladder within the step's tokens is timed (a tiny model's steps
-    /// never reach four lone steps... or the ladder stops where they do), and the pool gets
-    /// every block back.
+    /// The ladder's counts within the step's tokens are timed in order, none skipped before
+    /// it stops, and the pool gets every block back.
     #[test]
     fn the_ladder_is_timed_and_its_blocks_come_back() {
         let lm = tiny();
