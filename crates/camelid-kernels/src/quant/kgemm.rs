@@ -215,7 +215,9 @@ const AMX_GROUPS: usize = 8;
 /// The AMX path's packed activations, kept between calls (a prompt's are megabytes: not
 /// allocated and faulted in again for every matmul), in whole cache lines: a tile row that
 /// straddles two lines loads several times slower.
-static AMX_PACKED: std::sync::Mutex<Vec<Line>> = std::sync::Mutex::new(Vec::new());
+#[cfg(target_arch = "x86_64")]
+static AMX_PACKED: std::sync::Mutex<(Vec<Line>, Vec<super::x86::amx::SbRow>)> =
+    std::sync::Mutex::new((Vec::new(), Vec::new()));
 
 /// The same bytes, read as unsigned.
 fn i8_as_u8(s: &[i8]) -> &[u8] {
@@ -254,7 +256,7 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
         assert_eq!(sb_bytes, krepack::group_superblock_bytes(w.kind, G));
         let ptr = OutPtr(out.as_mut_ptr());
         let m_pad = m.next_multiple_of(G);
-        let mut packed_buf = std::mem::take(&mut *AMX_PACKED.lock().unwrap());
+        let (mut packed_buf, mut sb_rows) = std::mem::take(&mut *AMX_PACKED.lock().unwrap());
         // Every line of the rows below m is written next; the padding rows' sums are never
         // read (rows are independent in a tile product), so what an earlier call left there
         // may stay: clearing the whole buffer each call cost a memset as large as the copy.
@@ -273,7 +275,16 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        // Per super-block, each row's scale and pairs (`amx::SbRow`), row after row.
+        sb_rows.clear();
+        for b in 0..nsb {
+            sb_rows.extend(rows.iter().map(|row| amx::SbRow {
+                pairs: row.pairs[b * 4..b * 4 + 4].try_into().unwrap(),
+                d: row.d[b],
+            }));
+        }
         let packed = &packed_buf;
+        let sb_rows_ref = &sb_rows;
         let work = |g0: usize, g1: usize| {
             AMX_SCRATCH.with(|scratch| {
                 let (lines, acc) = &mut *scratch.borrow_mut();
@@ -299,6 +310,7 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
                                 let acc = &mut acc[(gi - h0) * m..(gi - h0 + 1) * m];
                                 let o = (ptr.at(gi * G), n, (n - gi * G).min(G));
                                 let act = (packed.as_ptr() as *const i8).add(b * m_pad * QK_K);
+                                let sbr = &sb_rows_ref[b * m..(b + 1) * m];
                                 match kind {
                                     4 => amx::unpack_q45::<false>(blk, u),
                                     5 => amx::unpack_q45::<true>(blk, u),
@@ -307,10 +319,10 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
                                 macro_rules! sb {
                                     ($($k:literal)*) => {
                                         match (kind, b == 0, b + 1 == nsb) {
-                                            $(($k, true, true) => amx::gemm_k_sb::<$k, true, true>(blk, u, b, act, rows, acc, o),
-                                            ($k, true, false) => amx::gemm_k_sb::<$k, true, false>(blk, u, b, act, rows, acc, o),
-                                            ($k, false, true) => amx::gemm_k_sb::<$k, false, true>(blk, u, b, act, rows, acc, o),
-                                            ($k, false, false) => amx::gemm_k_sb::<$k, false, false>(blk, u, b, act, rows, acc, o),)*
+                                            $(($k, true, true) => amx::gemm_k_sb::<$k, true, true>(blk, u, act, sbr, acc, o),
+                                            ($k, true, false) => amx::gemm_k_sb::<$k, true, false>(blk, u, act, sbr, acc, o),
+                                            ($k, false, true) => amx::gemm_k_sb::<$k, false, true>(blk, u, act, sbr, acc, o),
+                                            ($k, false, false) => amx::gemm_k_sb::<$k, false, false>(blk, u, act, sbr, acc, o),)*
                                             _ => unreachable!("K kind {kind}"),
                                         }
                                     };
@@ -324,7 +336,7 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
             })
         };
         run_split(n.div_ceil(G), m * n * (cols / BLOCK), work);
-        *AMX_PACKED.lock().unwrap() = packed_buf;
+        *AMX_PACKED.lock().unwrap() = (packed_buf, sb_rows);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -28,7 +28,7 @@
 //!
 //! The AMX instructions are written as `asm!`: Rust's AMX intrinsics are unstable.
 
-use crate::quant::{ActRow, QK_K};
+use crate::quant::QK_K;
 use std::arch::asm;
 use std::arch::x86_64::*;
 
@@ -281,13 +281,24 @@ pub(crate) const fn packed_sb_bytes(kind: u8) -> usize {
     }
 }
 
-/// All `m = rows.len()` activation rows times super-block `b` of one Q4_K/Q5_K/Q6_K group
-/// (`blk` its packed bytes, `u` the same unpacked by [`unpack_q45`] or [`unpack_q6`]), added
+/// One activation row's scale and paired sub-block sums for one super-block (`ActRow::d`,
+/// `ActRow::pairs`), gathered from the rows once per call: the epilogue of every group then
+/// reads them from one small array instead of each row's own buffers (at 256 rows those lay
+/// 128 bytes apart, past L1 beside the tiles' activations).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+pub(crate) struct SbRow {
+    pub(crate) pairs: [i32; 4],
+    pub(crate) d: f32,
+}
+
+/// All `m = rows.len()` activation rows (`rows`: their scales and pairs for this super-block)
+/// times one super-block of one Q4_K/Q5_K/Q6_K group (`blk` its packed bytes, `u` the same unpacked by [`unpack_q45`] or [`unpack_q6`]), added
 /// into `acc[r][n]` for row `r` and weight row `n` (`FIRST`: `acc` starts from zero). After the
 /// `LAST` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
 /// stores interleaved with the arithmetic). The caller packs the super-block's activations as
-/// [`quarter_products`] reads them, rows `m..` up to the next multiple of 16 readable (any bytes: their sums are never read). The
-/// caller runs several groups over one super-block before the next, so those bytes stay in L2
+/// [`quarter_products`] reads them, rows `m..` up to the next multiple of 16 readable (any
+/// bytes: their sums are never read). The caller runs several groups over one super-block before the next, so those bytes stay in L2
 /// and the unpacked super-block in L1.
 ///
 /// A step is 32 rows. Its tile products are issued a quarter at a time between
@@ -296,17 +307,15 @@ pub(crate) const fn packed_sb_bytes(kind: u8) -> usize {
 /// and the tiles and the vector units took turns.
 ///
 /// # Safety
-/// [`configure`] ran on this thread; `KIND` 4, 5 or 6 names the format `blk` holds; `a` and
-/// `rows` as above (`rows` more than `b` super-blocks wide); `acc.len() ≥ m`; `out`
+/// [`configure`] ran on this thread; `KIND` 4, 5 or 6 names the format `blk` holds; `a` as
+/// above; `acc.len() ≥ m`; `out`
 /// writable at `r·ldo + 0..real` for every row, `real ≤ 16`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bool>(
     blk: *const u8,
     u: *const u8,
-    b: usize,
     a: *const i8,
-    rows: &[ActRow],
+    rows: &[SbRow],
     acc: &mut [[f32; G]],
     (out, ldo, real): (*mut f32, usize, usize),
 ) {
@@ -347,7 +356,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
     let mut finish = |r: usize, k: usize, t: *const [[i32; G]; G]| {
         let row = |tile: usize| &(*t.add(tile))[k % G];
         let ar = rows.get_unchecked(r);
-        let da = _mm512_set1_ps(*ar.d.get_unchecked(b));
+        let da = _mm512_set1_ps(ar.d);
         let o = acc.get_unchecked_mut(r).as_mut_ptr();
         let prev = if FIRST {
             _mm512_setzero_ps()
@@ -359,10 +368,9 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
         let v = if six {
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev)
         } else {
-            let ps = ar.pairs.as_ptr().add(b * 4);
             let mut msum = _mm512_setzero_si512();
             for (c, mv) in mins.iter().enumerate() {
-                msum = _mm512_dpwssd_epi32(msum, *mv, _mm512_set1_epi32(*ps.add(c)));
+                msum = _mm512_dpwssd_epi32(msum, *mv, _mm512_set1_epi32(ar.pairs[c]));
             }
             let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev);
             _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), v)
