@@ -1,7 +1,7 @@
 //! Draft tokens for speculative decoding by prompt lookup (vLLM's `ngram` method): where the
 //! sequence's last n tokens occurred before, the tokens that followed them there. The engine
 //! runs a draft beside the token it decodes, as further positions of the same chunk, and
-//! keeps the tokens its own sampling agrees with (`Engine::verify_draft`): the output is
+//! keeps the tokens its own sampling agrees with (`Engine::forward_and_sample`): the output is
 //! exactly what decoding one token at a time gives, only sooner where the text repeats
 //! itself (quoting, editing, summarising, code). No draft model: the lookup costs a scan of
 //! the sequence, and a sequence with no repeat decodes as it would without.
