@@ -298,8 +298,9 @@ pub(crate) struct SbRow {
 /// `LAST` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
 /// stores interleaved with the arithmetic). The caller packs the super-block's activations as
 /// [`quarter_products`] reads them, rows `m..` up to the next multiple of 16 readable (any
-/// bytes: their sums are never read). The caller runs several groups over one super-block before the next, so those bytes stay in L2
-/// and the unpacked super-block in L1.
+/// bytes: their sums are never read). The caller runs several groups over one super-block
+/// before the next, so those bytes stay in L2 and the unpacked super-block in L1; `pf` is the
+/// next group's super-block and how many of its bytes to prefetch here (0: none).
 ///
 /// A step is 32 rows. Its tile products are issued a quarter at a time between
 /// quarters of the previous step's f32 pass (from the other of two sums buffers): issued all
@@ -308,8 +309,8 @@ pub(crate) struct SbRow {
 ///
 /// # Safety
 /// [`configure`] ran on this thread; `KIND` 4, 5 or 6 names the format `blk` holds; `a` as
-/// above; `acc.len() ≥ m`; `out`
-/// writable at `r·ldo + 0..real` for every row, `real ≤ 16`.
+/// above; `acc.len() ≥ m`; `out` writable at `r·ldo + 0..real` for every row, `real ≤ 16`
+/// (`pf` may point anywhere: a prefetch does not fault).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bool>(
     blk: *const u8,
@@ -318,7 +319,12 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
     rows: &[SbRow],
     acc: &mut [[f32; G]],
     (out, ldo, real): (*mut f32, usize, usize),
+    (pf, pf_bytes): (*const u8, usize),
 ) {
+    // Prefetched lines of `pf`, a few after each row's epilogue (`prefetch` asks for them all
+    // at once, which stalls on the line fill buffers).
+    let mut pf_at = 0;
+    let pf_per_row = (pf_bytes / 64).div_ceil(rows.len().max(1));
     let six = KIND == 6;
     let m = rows.len();
     let real_mask: __mmask16 = ((1u32 << real) - 1) as u16;
@@ -402,7 +408,17 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             }
             for r in (i0 + p * part)..(i0 + (p + 1) * part).min(i1) {
                 finish(r, r - i0, t);
+                for _ in 0..pf_per_row {
+                    if pf_at < pf_bytes {
+                        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(pf_at) as *const i8);
+                        pf_at += 64;
+                    }
+                }
             }
         }
+    }
+    while pf_at < pf_bytes {
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(pf_at) as *const i8);
+        pf_at += 64;
     }
 }
