@@ -293,8 +293,9 @@ pub(crate) struct SbRow {
 }
 
 /// All `m = rows.len()` activation rows (`rows`: their scales and pairs for this super-block)
-/// times one super-block of one Q4_K/Q5_K/Q6_K group (`blk` its packed bytes, `u` the same unpacked by [`unpack_q45`] or [`unpack_q6`]), added
-/// into `acc[r][n]` for row `r` and weight row `n` (`FIRST`: `acc` starts from zero). After the
+/// times one super-block of one Q4_K/Q5_K/Q6_K group (`blk` its packed bytes, `u` the same
+/// unpacked by [`unpack_q45`] or [`unpack_q6`]), added into `acc[r][n]` for row `r` and
+/// weight row `n` (`FIRST`: `acc` starts from zero). After the
 /// `LAST` super-block the sums go to `out[r·ldo + n]` for `n < real` instead (the scattered
 /// stores interleaved with the arithmetic). The caller packs the super-block's activations as
 /// [`quarter_products`] reads them, rows `m..` up to the next multiple of 16 readable (any
