@@ -212,9 +212,13 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
 /// row stay in L2 (8 × 64 B a row) between super-blocks.
 const AMX_GROUPS: usize = 8;
 
-/// From this many activation rows on, the AMX path spreads its prefetch of the next group's
-/// super-block over the rows' epilogue instead of asking for it all at once.
-const AMX_SPREAD_PREFETCH_ROWS: usize = 32;
+/// From this many activation rows on, an AMX call prefetches the next group's super-block;
+/// below, the one after (a short call ends before the next one's would arrive from DRAM).
+/// Measured in one process alternating on the 1B files' steps: spread over the rows, the
+/// next group's at 512 rows 1.03–1.29× the whole block asked for at once (Q6_K, Q4_K_M,
+/// Q5_K_M) and 1.18× at 48 rows (Q5_K_M); two groups on against the next group's asked for
+/// at once, 16 rows 1.09–1.24×, 24 rows 1.05–1.09×, 32 rows 0.99–1.09×, 48 rows 1.0×.
+const AMX_NEAR_PREFETCH_ROWS: usize = 64;
 
 /// The AMX path's packed activations, kept between calls (a prompt's are megabytes: not
 /// allocated and faulted in again for every matmul), in whole cache lines: a tile row that
@@ -308,21 +312,22 @@ fn matmul_k_amx(w: &QWeight, rows: &[ActRow], data: &[u8], out: &mut [f32]) {
                         for b in 0..nsb {
                             for gi in h0..h1 {
                                 let blk = data.as_ptr().add(gi * group_bytes + b * sb_bytes);
-                                // The next group's super-block: asked for at once before
-                                // a short call (it then has the unpacking and the products
-                                // to arrive), spread over the rows of a longer one (37–53
-                                // prefetches in a row wait on the line fill buffers, ~4 %
-                                // of a 512-token step). Spread, a 1B model's prompt steps
-                                // ran 1.03–1.29× faster at 512 rows, 1.18× at 48 (Q5_K_M);
-                                // at 16–32 rows 0.95–1.05×.
-                                let mut pf = (blk.add(group_bytes), 0);
-                                if gi + 1 < h1 {
-                                    if m < AMX_SPREAD_PREFETCH_ROWS {
-                                        amx::prefetch(pf.0, sb_bytes);
-                                    } else {
-                                        pf.1 = sb_bytes;
-                                    }
+                                // The same super-block of a group further on (a whole
+                                // group's bytes away: too far for the hardware prefetcher),
+                                // prefetched by this call spread over its rows' epilogue
+                                // (asked for at once, 37–53 lines waited on the line fill
+                                // buffers: ~4 % of a 512-token step). A short call ends
+                                // before the next group's would arrive, so it asks for the
+                                // one after (the batch's first call also for its next).
+                                let ahead = if m < AMX_NEAR_PREFETCH_ROWS { 2 } else { 1 };
+                                if ahead == 2 && gi == h0 && gi + 1 < h1 {
+                                    amx::prefetch(blk.add(group_bytes), sb_bytes);
                                 }
+                                let pf = if gi + ahead < h1 {
+                                    (blk.add(ahead * group_bytes), sb_bytes)
+                                } else {
+                                    (blk, 0)
+                                };
                                 let acc = &mut acc[(gi - h0) * m..(gi - h0 + 1) * m];
                                 let o = (ptr.at(gi * G), n, (n - gi * G).min(G));
                                 let act = (packed.as_ptr() as *const i8).add(b * m_pad * QK_K);
