@@ -418,8 +418,6 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             }
         }
     }
-    while pf_at < pf_bytes {
-        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(pf_at) as *const i8);
-        pf_at += 64;
-    }
+    // The lines the rows did not reach (fewer rows than lines at a few per row).
+    prefetch(pf.wrapping_add(pf_at), pf_bytes.saturating_sub(pf_at));
 }
