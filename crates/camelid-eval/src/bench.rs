@@ -62,14 +62,17 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s[idx.min(s.len() - 1)]
 }
 
+/// The words the prompts are made of: common enough to be one token each in LLaMA-family
+/// tokenizers.
+const WORDS: [&str; 15] = [
+    "the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "what", "was",
+    "new",
+];
+
 /// A prompt of about `n` tokens for LLaMA-family tokenizers (one common word per token).
 pub fn make_prompt(n: usize) -> String {
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "what",
-        "was", "new",
-    ];
     (0..n)
-        .map(|i| words[i % words.len()])
+        .map(|i| WORDS[i % WORDS.len()])
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -147,11 +150,27 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
     Ok(trace)
 }
 
-/// A prompt of about `n` tokens that starts differently for every `salt`, so no server's
-/// prefix cache can skip its prefill (every request pays for its prompt, as in a real load).
+/// Words that open a [`unique_prompt`]: its salt in base 15, a word a digit (15⁶ ≈ 11 M
+/// salts, always six tokens).
+const SALT_WORDS: usize = 6;
+
+/// A prompt of about `n` tokens that starts differently for every `salt` (below 15⁶), so no
+/// server's prefix cache can skip its prefill (every request pays for its prompt, as in a
+/// real load).
 pub fn unique_prompt(n: usize, salt: usize) -> String {
-    let head = format!("{salt}");
-    format!("{head} {}", make_prompt(n.saturating_sub(2)))
+    let head: Vec<&str> = (0..SALT_WORDS)
+        .map(|k| WORDS[salt / WORDS.len().pow(k as u32) % WORDS.len()])
+        .collect();
+    let body = make_prompt(n.saturating_sub(SALT_WORDS));
+    format!("{} {body}", head.join(" "))
+}
+
+/// Where a run's salts start: random, so that runs against a server that stays up (the
+/// benchmark scripts alternate two live servers) do not repeat an earlier run's prompts,
+/// which its prefix cache would answer without a prefill.
+fn first_salt() -> usize {
+    use rand::Rng;
+    rand::rng().random_range(0..WORDS.len().pow(SALT_WORDS as u32))
 }
 
 /// The first model the server lists at `/v1/models`: what to load-test when none is named
@@ -187,7 +206,7 @@ pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
         .timeout(Duration::from_secs(1800))
         .pool_max_idle_per_host(0)
         .build()?;
-    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(first_salt()));
     let next_prompt = move || {
         let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         unique_prompt(o.prompt_tokens, i)
@@ -298,6 +317,22 @@ mod tests {
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert!(percentile(&[], 50.0).is_nan());
         assert_eq!(make_prompt(4), "the cat sat on");
+    }
+
+    /// Every salt opens its prompt with its own six words (so a prefix cache shares nothing
+    /// between two requests), and the prompt keeps its length in words.
+    #[test]
+    fn unique_prompts_differ_from_their_first_words() {
+        let heads: std::collections::HashSet<String> = (0..2000)
+            .chain([15usize.pow(6) - 1, 3_000_000])
+            .map(|salt| {
+                let p = unique_prompt(64, salt);
+                assert_eq!(p.split(' ').count(), 64, "{p}");
+                p.split(' ').take(SALT_WORDS).collect::<Vec<_>>().join(" ")
+            })
+            .collect();
+        assert_eq!(heads.len(), 2002);
+        assert!(first_salt() < 15usize.pow(6));
     }
 
     /// A stand-in OpenAI server for `/v1/completions` streams: each request gets
