@@ -238,19 +238,27 @@ unsafe fn quarter_products<const TWO: bool, const SIGNED_HI: bool>(
     }
 }
 
-/// Stores the sums the products left in tmm4–7 to `sums`.
+/// Stores the sums the products left in tmm4–7 to `sums` (`TWO`: both row tiles; else only
+/// the first's, tmm4–5: a step of 16 rows or fewer leaves nothing in tmm6–7, and the two
+/// stores it skips measured 1.00–1.08× on 16- and 48-row calls, `qgemm_bench`, alternating
+/// in one process).
 ///
 /// # Safety
-/// The four quarters of [`quarter_products`] ran; `sums` is writable.
+/// The four quarters of [`quarter_products`] ran (with the same `TWO`); `sums` is writable.
 #[inline(always)]
-unsafe fn store_sums(sums: *mut StepSums) {
+unsafe fn store_sums<const TWO: bool>(sums: *mut StepSums) {
     asm!(
         "tilestored [{c} + {s}*1], tmm4",
         "tilestored [{c} + {s}*1 + 1024], tmm5",
-        "tilestored [{c} + {s}*1 + 2048], tmm6",
-        "tilestored [{c} + {s}*1 + 3072], tmm7",
         c = in(reg) sums as *mut i32, s = in(reg) 64usize, options(nostack)
     );
+    if TWO {
+        asm!(
+            "tilestored [{c} + {s}*1 + 2048], tmm6",
+            "tilestored [{c} + {s}*1 + 3072], tmm7",
+            c = in(reg) sums as *mut i32, s = in(reg) 64usize, options(nostack)
+        );
+    }
 }
 
 #[inline(always)]
@@ -388,10 +396,18 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             _mm512_storeu_ps(o, v)
         }
     };
+    // Stores the sums of the step from row i (a whole step, or the 16 rows left).
+    let store = |sums: *mut StepSums, i: usize| {
+        if m - i > G {
+            store_sums::<true>(sums)
+        } else {
+            store_sums::<false>(sums)
+        }
+    };
     for p in 0..4 {
         quarter(p, 0);
     }
-    store_sums(sums);
+    store(sums, 0);
     let part = step / 4;
     for s in 0..steps {
         let i0 = s * step;
@@ -404,7 +420,7 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
                 if p == 3 {
                     // Issued before this step's last rows, not after: the store waits for
                     // the products while those rows run (1.03–1.05× at 256 rows).
-                    store_sums(sums.add((s + 1) % 2));
+                    store(sums.add((s + 1) % 2), i0 + step);
                 }
             }
             for r in (i0 + p * part)..(i0 + (p + 1) * part).min(i1) {
