@@ -19,6 +19,12 @@ MODELS=("$@"); [ ${#MODELS[@]} -gt 0 ] || MODELS=("$(bash benches/make-1b-model.
 P="${P:-64}"; N="${N:-32}"; ROUNDS="${ROUNDS:-2}"; BIN="${BIN:-./target/release/camelid}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 BW="$(mktemp -d)/bandwidth"; gcc -O3 -march=native -fopenmp benches/bandwidth.c -o "$BW"
+# The compute probe: `vpdpbusd` zmm (the VNNI kernels) and `tdpbusd` (the AMX ones), one
+# thread and two. On this VM the two vCPUs sometimes run as one core's two hyperthreads: two
+# threads then issue no more vector work than one (session 47), and every compute-bound
+# number (prompts, batched decode) halves while a bandwidth-bound single stream barely moves.
+PEAK="$(dirname "$BW")/peak"; gcc -O2 -march=native -fopenmp benches/compute-peak.c -o "$PEAK"
+compute() { "$PEAK" 2 | awk '/^vpdpbusd z|^tdpbusd/ {printf "%s %s/%s GMAC/s  ", $1, $(NF-7), $(NF-3)}'; }
 source benches/servers.sh
 # Both servers of a file: camelid on 18090, llama.cpp on 18091 (stopped when the script exits).
 SERVERS=()
@@ -50,6 +56,7 @@ for m in "${MODELS[@]}"; do
   for r in $(seq "$ROUNDS"); do
     order=(camelid llama.cpp); [ $((r % 2)) -eq 0 ] && order=(llama.cpp camelid)
     echo "round $r $f: $("$BW" 2 | tee "$OUT/kq-$STAMP-$f-r$r-bw.txt")  load $(cut -d' ' -f1 /proc/loadavg)  first: ${order[0]}"
+    echo "  compute (1/2 threads): $(compute)"
     for kind in decode1 decode8 prefill; do
       for s in "${order[@]}"; do measure "$s" "$kind" "$STAMP-$f-r$r-${TAG[$s]}"; done
     done
