@@ -61,33 +61,6 @@ fn main() {
         let mut out = vec![0f32; m * rows];
         // ITERS=<n>: passes timed (default 2–16, by rows); more for a profile.
         let iters = std::env::var("ITERS").map_or((256 / m).clamp(2, 16), |v| v.parse().unwrap());
-        if std::env::var("AB").is_ok() {
-            use std::sync::atomic::Ordering;
-            let (mut ta, mut tb) = (vec![], vec![]);
-            for it in 0..2 * iters {
-                let b = it % 2 == 1;
-                camelid_kernels::quant::AB.store(b, Ordering::Relaxed);
-                let t = Instant::now();
-                for w in &ws {
-                    matmul(w, &x, m, &mut out);
-                }
-                let e = t.elapsed().as_secs_f64();
-                if b {
-                    tb.push(e)
-                } else {
-                    ta.push(e)
-                }
-            }
-            camelid_kernels::quant::AB.store(false, Ordering::Relaxed);
-            let mut r: Vec<f64> = ta.iter().zip(&tb).map(|(a, b)| a / b).collect();
-            r.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            ta.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            tb.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let gmac = (m * copies * rows * cols) as f64 / 1e9;
-            println!("m {m:4}  A {:7.2} ms ({:5.0} GMAC/s)  B {:7.2} ms ({:5.0} GMAC/s)  A/B median {:.3} (min {:.3} max {:.3})",
-                ta[ta.len()/2]*1e3, gmac / ta[ta.len()/2], tb[tb.len()/2]*1e3, gmac / tb[tb.len()/2], r[r.len()/2], r[0], r[r.len()-1]);
-            continue;
-        }
         let t = Instant::now();
         for _ in 0..iters {
             for w in &ws {

@@ -573,6 +573,3 @@ unsafe fn gemm_group(
 
 #[cfg(test)]
 mod tests;
-
-/// TEMPORARY A/B switch (not to be committed).
-pub static AB: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
