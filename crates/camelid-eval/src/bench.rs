@@ -154,15 +154,15 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
 /// salts, always six tokens).
 const SALT_WORDS: usize = 6;
 
-/// A prompt of about `n` tokens that starts differently for every `salt` (below 15⁶), so no
-/// server's prefix cache can skip its prefill (every request pays for its prompt, as in a
-/// real load).
+/// A prompt of about `n` tokens (`n` words) that starts differently for every `salt` (below
+/// 15⁶; a prompt under six words holds only the salt's first digits), so no server's prefix
+/// cache can skip its prefill (every request pays for its prompt, as in a real load).
 pub fn unique_prompt(n: usize, salt: usize) -> String {
-    let head: Vec<&str> = (0..SALT_WORDS)
+    let mut words: Vec<&str> = (0..SALT_WORDS.min(n))
         .map(|k| WORDS[salt / WORDS.len().pow(k as u32) % WORDS.len()])
         .collect();
-    let body = make_prompt(n.saturating_sub(SALT_WORDS));
-    format!("{} {body}", head.join(" "))
+    words.extend((0..n.saturating_sub(SALT_WORDS)).map(|i| WORDS[i % WORDS.len()]));
+    words.join(" ")
 }
 
 /// Where a run's salts start: random, so that runs against a server that stays up (the
@@ -332,6 +332,8 @@ mod tests {
             })
             .collect();
         assert_eq!(heads.len(), 2002);
+        assert_eq!(unique_prompt(3, 1), "cat the the");
+        assert_eq!(unique_prompt(8, 0), "the the the the the the the cat");
         assert!(first_salt() < 15usize.pow(6));
     }
 
