@@ -69,12 +69,14 @@ const WORDS: [&str; 15] = [
     "new",
 ];
 
+/// The first `n` words of the endless sentence the prompts are cut from.
+fn sentence(n: usize) -> impl Iterator<Item = &'static str> {
+    WORDS.iter().copied().cycle().take(n)
+}
+
 /// A prompt of about `n` tokens for LLaMA-family tokenizers (one common word per token).
 pub fn make_prompt(n: usize) -> String {
-    (0..n)
-        .map(|i| WORDS[i % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
+    sentence(n).collect::<Vec<_>>().join(" ")
 }
 
 async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<Trace> {
@@ -161,7 +163,7 @@ pub fn unique_prompt(n: usize, salt: usize) -> String {
     let mut words: Vec<&str> = (0..SALT_WORDS.min(n))
         .map(|k| WORDS[salt / WORDS.len().pow(k as u32) % WORDS.len()])
         .collect();
-    words.extend((0..n.saturating_sub(SALT_WORDS)).map(|i| WORDS[i % WORDS.len()]));
+    words.extend(sentence(n.saturating_sub(SALT_WORDS)));
     words.join(" ")
 }
 
