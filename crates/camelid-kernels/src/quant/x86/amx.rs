@@ -7,15 +7,17 @@
 //! A K format scales every sub-block (32 values; Q6_K 16), which would cost a tile store and
 //! a vector pass per sub-block; instead each group is unpacked once per call with its
 //! sub-block scales folded into the weight bytes, and whole super-blocks sum in the tile
-//! registers. `q·sc` does not fit a byte, so its two bytes are two tiles, `w = lo + 256·hi`
-//! with `lo` 0..255 unsigned, and the two tiles' sums are combined afterwards as
-//! `lo + 256·hi`. Both are computed by `vpmaddubsw` (quants unsigned times the scale in every
-//! other byte: the even and the odd values' i16 products), two multiplies a vector:
-//! - Q4_K/Q5_K (`q` 0..31, `sc` 0..63): `hi` 0..7 (`tdpbsud` for both). The mins' sum
+//! registers. `q·sc` does not fit a byte, so each weight is two bytes in two tiles whose sums
+//! are combined afterwards:
+//! - Q4_K/Q5_K (`q` 0..15 / 0..31, `sc` 0..63): the scale splits into two digits,
+//!   `sc = c0 + 2^s·c1` (`s` 4 / 3, [`q45_split`]), so `q·c0` and `q·c1` each fit an unsigned
+//!   byte (`tdpbsud` for both) and one `vpmullw` makes 64 of them. The mins' sum
 //!   `Σ_j m_j·Σa_j` is not a tile product: the vector epilogue takes it from the activations'
 //!   paired sub-block sums (`QActs::pairs`), as the VNNI kernels do.
-//! - Q6_K (`q − 32` in −32..31, `sc` −128..127): `q·sc − 32·sc`, |w| ≤ 4 096, `hi` −16..16
-//!   signed (`tdpbsud` then `tdpbssd`).
+//! - Q6_K (`q − 32` in −32..31, `sc` −128..127): `w = q·sc − 32·sc`, |w| ≤ 4 096, as
+//!   `lo + 256·hi` with `lo` 0..255 unsigned and `hi` −16..16 signed (`tdpbsud` then
+//!   `tdpbssd`), from `vpmaddubsw`'s even and odd products (quants unsigned times the scale in
+//!   every other byte).
 //!
 //! Two tiles a quarter leave room for 32 activation rows in the eight tile registers (two
 //! activation tiles, two weight tiles, four sums), so each weight tile loaded feeds two
@@ -53,8 +55,8 @@ pub(crate) unsafe fn configure() {
 
 pub(crate) use crate::tiles::release;
 
-/// Each row's byte at `p` (16 rows) in bytes 0 and 2 of its lane, zeros between: the even
-/// bytes' multiplier for `vpmaddubsw` (shifted left by 8, the odd bytes').
+/// Each row's byte at `p` (16 rows) in bytes 0 and 2 of its lane, zeros between: in both
+/// 16-bit halves of the row's four values.
 #[inline(always)]
 unsafe fn even_bytes(p: *const u8) -> __m512i {
     let lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
@@ -72,10 +74,28 @@ unsafe fn product_bytes(e: __m512i, o: __m512i) -> (__m512i, __m512i) {
     )
 }
 
+/// How Q4_K's (`FIFTH = false`) or Q5_K's sub-block scales `sc` (0..63) split into two
+/// digits, `sc = c0 + 2^SPLIT·c1`, such that `q·c0` and `q·c1` each fit a byte (Q4_K: `q` ≤ 15,
+/// digits ≤ 15 and 3; Q5_K: `q` ≤ 31, digits ≤ 7).
+pub(crate) const fn q45_split(fifth: bool) -> u32 {
+    if fifth {
+        3
+    } else {
+        4
+    }
+}
+// The epilogue's shifts (`gemm_k_sb`) are written as literals.
+const _: () = assert!(q45_split(false) == 4 && q45_split(true) == 3);
+
 /// Unpacks one super-block of a Q4_K (`FIFTH = false`) or Q5_K group at `blk` into `out`:
-/// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of the low and the high
-/// bytes of `q·sc`. Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16
+/// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·c0` and `q·c1`
+/// ([`q45_split`]). Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16
 /// weight rows.
+///
+/// One `vpmullw` makes 64 of those bytes: a 16-bit lane holds two quants (`q_e + 256·q_o`),
+/// and times a digit it is `q_e·c + 256·q_o·c`, both products under 256, so neither carries
+/// into the other's byte. (Building `q·sc`'s two bytes from `vpmaddubsw`'s even and odd
+/// products took two multiplies and four byte moves per 64 values.)
 ///
 /// # Safety
 /// The CPU has AVX-512BW; `blk` holds the packed super-block, `out` [`UNPACKED_SB_BYTES`].
@@ -83,17 +103,22 @@ unsafe fn product_bytes(e: __m512i, o: __m512i) -> (__m512i, __m512i) {
 pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8) {
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let low = _mm512_set1_epi8(0x0F);
+    let digit = _mm512_set1_epi16((1 << q45_split(FIFTH)) - 1);
     for p in 0..4 {
-        // `vpmaddubsw` of the quants (unsigned) by the scale in every other byte gives the
-        // even and the odd values' products as i16 (at most 31 · 63).
-        let even = [
+        // Each row's two sub-block scales in both 16-bit halves of its lane, as two digits.
+        let sc = [
             even_bytes(blk.add(4 * G + G * 2 * p)),
             even_bytes(blk.add(4 * G + G * (2 * p + 1))),
         ];
-        let odd = [
-            _mm512_slli_epi16::<8>(even[0]),
-            _mm512_slli_epi16::<8>(even[1]),
+        let c0 = [
+            _mm512_and_si512(sc[0], digit),
+            _mm512_and_si512(sc[1], digit),
         ];
+        let c1 = if FIFTH {
+            [_mm512_srli_epi16::<3>(sc[0]), _mm512_srli_epi16::<3>(sc[1])]
+        } else {
+            [_mm512_srli_epi16::<4>(sc[0]), _mm512_srli_epi16::<4>(sc[1])]
+        };
         let lo_tile = out.add(TILES * p * TILE);
         let hi_tile = lo_tile.add(TILE);
         for g in 0..8 {
@@ -111,11 +136,9 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
                 }
             }
             for h in 0..2 {
-                let (lo, hi) = product_bytes(
-                    _mm512_maddubs_epi16(q[h], even[h]),
-                    _mm512_maddubs_epi16(q[h], odd[h]),
-                );
                 let row = 64 * (g + 8 * h);
+                let lo = _mm512_mullo_epi16(q[h], c0[h]);
+                let hi = _mm512_mullo_epi16(q[h], c1[h]);
                 _mm512_storeu_si512(lo_tile.add(row) as *mut _, lo);
                 _mm512_storeu_si512(hi_tile.add(row) as *mut _, hi);
             }
@@ -133,36 +156,38 @@ pub(crate) unsafe fn unpack_q6(blk: *const u8, out: *mut u8) {
     // Per sub-block: its signed scale in the even bytes (the odd ones zero), the same in the
     // odd bytes, and `32·sc` in both i16 halves of each row's lane. `vpmaddubsw` of `q`
     // (0..63, unsigned) by a scale gives `q·sc` as i16; less `32·sc` it is `w` (exact:
-    // |q·sc| ≤ 8 064).
-    let mut even = [_mm512_setzero_si512(); 16];
-    let mut odd = [_mm512_setzero_si512(); 16];
-    let mut bias = [_mm512_setzero_si512(); 16];
-    for s in 0..16 {
-        let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const _));
-        let both = _mm512_or_si512(
-            _mm512_and_si512(sc, _mm512_set1_epi32(0xFFFF)),
-            _mm512_slli_epi32::<16>(sc),
-        );
-        even[s] = _mm512_and_si512(both, _mm512_set1_epi16(0xFF));
-        odd[s] = _mm512_slli_epi16::<8>(even[s]);
-        bias[s] = _mm512_slli_epi16::<5>(both);
-    }
+    // |q·sc| ≤ 8 064). Made four sub-blocks at a time, for the values that fall in them (all
+    // sixteen at once, 48 vectors, spilled: 1.06–1.15× this unpacking alone, session 48).
     for n in 0..2 {
-        for g in 0..8 {
-            // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
-            let vals = super::k512::q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
-            for (k, val) in vals.iter().enumerate() {
-                // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g, sub-
-                // block 8n + 2k + g/4.
-                let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
-                let s = 8 * n + 2 * k + g / 4;
-                let (lo, hi) = product_bytes(
-                    _mm512_sub_epi16(_mm512_maddubs_epi16(*val, even[s]), bias[s]),
-                    _mm512_sub_epi16(_mm512_maddubs_epi16(*val, odd[s]), bias[s]),
+        for gq in 0..2 {
+            // The four sub-blocks 8n + 2k + gq (k = 0..4) these values fall in.
+            let mut even = [_mm512_setzero_si512(); 4];
+            let mut odd = [_mm512_setzero_si512(); 4];
+            let mut bias = [_mm512_setzero_si512(); 4];
+            for k in 0..4 {
+                let s = 8 * n + 2 * k + gq;
+                let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(2 * G + G * s) as *const _));
+                let both = _mm512_or_si512(
+                    _mm512_and_si512(sc, _mm512_set1_epi32(0xFFFF)),
+                    _mm512_slli_epi32::<16>(sc),
                 );
-                let tile = out.add(quarter * TILES * TILE + 64 * row);
-                _mm512_storeu_si512(tile as *mut _, lo);
-                _mm512_storeu_si512(tile.add(TILE) as *mut _, hi);
+                even[k] = _mm512_and_si512(both, _mm512_set1_epi16(0xFF));
+                odd[k] = _mm512_slli_epi16::<8>(even[k]);
+                bias[k] = _mm512_slli_epi16::<5>(both);
+            }
+            for g in 4 * gq..4 * gq + 4 {
+                // Values 128n + 32k + 4g.. for k = 0..4 (as the VNNI kernel reads them).
+                let vals = super::k512::q6_values(blk.add(18 * G + (8 * n + g) * 12 * G));
+                for (k, val) in vals.iter().enumerate() {
+                    // Value 128n + 32k + 4g: quarter 2n + k/2, tile row 8(k % 2) + g.
+                    let (quarter, row) = (2 * n + k / 2, 8 * (k % 2) + g);
+                    let e = _mm512_sub_epi16(_mm512_maddubs_epi16(*val, even[k]), bias[k]);
+                    let o = _mm512_sub_epi16(_mm512_maddubs_epi16(*val, odd[k]), bias[k]);
+                    let (lo, hi) = product_bytes(e, o);
+                    let tile = out.add(quarter * TILES * TILE + 64 * row);
+                    _mm512_storeu_si512(tile as *mut _, lo);
+                    _mm512_storeu_si512(tile.add(TILE) as *mut _, hi);
+                }
             }
         }
     }
@@ -379,7 +404,13 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
             _mm512_loadu_ps(o)
         };
         let (lo, hi) = (lanes(row(2 * (k / G))), lanes(row(2 * (k / G) + 1)));
-        let isum = _mm512_add_epi32(lo, _mm512_slli_epi32::<8>(hi));
+        // The two tiles' weights are digits: Q4_K `c0 + 16·c1`, Q5_K `c0 + 8·c1`
+        // ([`q45_split`]), Q6_K `lo + 256·hi`.
+        let isum = match KIND {
+            4 => _mm512_add_epi32(lo, _mm512_slli_epi32::<4>(hi)),
+            5 => _mm512_add_epi32(lo, _mm512_slli_epi32::<3>(hi)),
+            _ => _mm512_add_epi32(lo, _mm512_slli_epi32::<8>(hi)),
+        };
         let v = if six {
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, da), prev)
         } else {
