@@ -3,7 +3,7 @@
 //!
 //! The budget learns a step's cost per count of rows from the steps run, and between the
 //! counts seen it draws straight lines. A step's cost is far from a line where the matmuls
-//! change kernels (the K formats move from VNNI passes to AMX tiles at 16 rows: on a 1B
+//! change kernels (the K formats move from VNNI passes to AMX tiles at 12 rows, at 16 before session 48: on a 1B
 //! Q5_K_M file 14 rows took ~80 ms and 16 ~70), and serving alone rarely runs the counts past
 //! such a change while prompts wait beside busy streams: the line from the last count seen
 //! to a whole prompt's step put 19 rows at ~90 ms, over the bound, when they took ~75. So
@@ -22,7 +22,7 @@ const LADDER: [usize; 10] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64];
 /// bounds: stretch 1 of the whole batch, 2.5 lone steps), so larger counts are not timed.
 const STOP_AT_LONE: f64 = 4.0;
 
-/// Rows of the untimed first step: enough for the prompt kernels (AMX tiles from 16 rows), few
+/// Rows of the untimed first step: enough for the prompt kernels (AMX tiles from 12 rows, the 32-value formats' from 16), few
 /// enough not to keep a large model from serving for long.
 const WARM_UP: usize = 16;
 

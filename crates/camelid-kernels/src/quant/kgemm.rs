@@ -13,12 +13,12 @@ use crate::{Line, OutPtr};
 
 /// Activation rows from which a K matmul runs on AMX tiles where the CPU has them (below,
 /// the AVX-512 VNNI passes): a call packs its activations and unpacks its weights once, which
-/// a few rows do not repay. Measured (`qgemm_bench 1`, 2048 columns, alternating): AMX at
-/// 16 rows 1.25–1.5× the VNNI passes, at 12 about even, at 8 0.65–0.95×. Q6_K alike since its
-/// tiles hold the product's two bytes (session 44; with 700 MB of weights from DRAM,
-/// `qgemm_bench 2`, GMAC/s VNNI / AMX: 8 rows 94–100 / 62, 16 rows 109–124 / 122–144, 24 rows
-/// 117 / 150–202).
-const AMX_MIN_ROWS: usize = 16;
+/// a few rows do not repay. Measured with 700 MB of weights from DRAM (`qgemm_bench 2`, 2048
+/// columns, ms a pass VNNI / AMX, two runs each, session 48 after the scale-digit unpacking):
+/// 8 rows Q4_K 10.6–11.7 / 11.4–13.5, Q5_K 15.0–15.4 / 17.2–18.4, Q6_K 16.5–17.3 / 21.0–21.7;
+/// 10 rows about even; 12 rows Q4_K 13.9–14.1 / 10.3–13.5, Q5_K 19.0–21.2 / 15.5–17.5, Q6_K
+/// 22.4–22.9 / 21.6–22.2; 14 rows 1.1–1.4× on tiles. (Before it, from 16: session 44.)
+const AMX_MIN_ROWS: usize = 12;
 
 /// Rows a row tile needs before its passes over a group run on the group unpacked to a byte
 /// a value, or `None` where `flavour` has no unpacked kernels for `kind`.
