@@ -3,12 +3,12 @@
 //!
 //! The budget learns a step's cost per count of rows from the steps run, and between the
 //! counts seen it draws straight lines. A step's cost is far from a line where the matmuls
-//! change kernels (the K formats move from VNNI passes to AMX tiles at 12 rows, at 16 before session 48: on a 1B
-//! Q5_K_M file 14 rows took ~80 ms and 16 ~70), and serving alone rarely runs the counts past
-//! such a change while prompts wait beside busy streams: the line from the last count seen
-//! to a whole prompt's step put 19 rows at ~90 ms, over the bound, when they took ~75. So
-//! the engine times a ladder of row counts once, with throwaway sequences, before it serves;
-//! the steps served then keep each count's average current.
+//! change kernels (the K formats move from VNNI passes to AMX tiles at 12 rows; when that was
+//! 16, on a 1B Q5_K_M file 14 rows took ~80 ms and 16 ~70), and serving alone rarely runs the
+//! counts past such a change while prompts wait beside busy streams: the line from the last
+//! count seen to a whole prompt's step put 19 rows at ~90 ms, over the bound, when they took
+//! ~75. So the engine times a ladder of row counts once, with throwaway sequences, before it
+//! serves; the steps served then keep each count's average current.
 
 use crate::paged::PagedKv;
 use crate::step_cost::StepCost;
@@ -22,8 +22,8 @@ const LADDER: [usize; 10] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64];
 /// bounds: stretch 1 of the whole batch, 2.5 lone steps), so larger counts are not timed.
 const STOP_AT_LONE: f64 = 4.0;
 
-/// Rows of the untimed first step: enough for the prompt kernels (AMX tiles from 12 rows, the 32-value formats' from 16), few
-/// enough not to keep a large model from serving for long.
+/// Rows of the untimed first step: enough for the prompt kernels (AMX tiles from 12 rows, the
+/// 32-value formats' from 16), few enough not to keep a large model from serving for long.
 const WARM_UP: usize = 16;
 
 /// Rows of a ladder step that are decodes (one token of a sequence of its own, with its
