@@ -6,6 +6,7 @@ use crate::speculate::NgramSpec;
 use camelid_model::KvDtype;
 use camelid_model::LoadedModel;
 use candle_core::Device;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -33,6 +34,15 @@ pub struct EngineConfig {
     /// model whose decode steps are bound by reading the weights, stretch 1 alone would hold
     /// a prompt beside busy streams to a token or two a step. 0: the stretch alone.
     pub lone_stream_gaps: f64,
+    /// When a request reaches an idle engine, the others of a burst that arrive right after it
+    /// (each within `burst_quiet` of the one before) join its first step, for at most this
+    /// long. On the CPU a step takes every core, so requests still being parsed when it
+    /// starts wait out the whole step and then enter a few prompt tokens a step beside the
+    /// streams it started (8 simultaneous clients: 3 in the first step, the other five's
+    /// first tokens 1–2 s later). Zero: the first step starts at once.
+    pub burst_window: Duration,
+    /// See `burst_window`: the gap after which no more of a burst is expected.
+    pub burst_quiet: Duration,
     /// Positions per KV block.
     pub block_size: usize,
     /// KV memory for this model, in MiB (keys and values of every layer).
@@ -60,6 +70,14 @@ pub struct EngineConfig {
 /// busy streams still advances a chunk a step.
 pub const LONE_STREAM_GAPS: f64 = 2.5;
 
+/// The CPU's default for [`EngineConfig::burst_window`]: a burst of clients' requests reaches
+/// the engine within ~2 ms on 2 cores (8 at once: 1.6–2.0 ms), and a lone request waits only
+/// [`BURST_QUIET`] for company.
+pub const CPU_BURST_WINDOW: Duration = Duration::from_millis(10);
+
+/// [`EngineConfig::burst_quiet`]'s default.
+pub const BURST_QUIET: Duration = Duration::from_millis(1);
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -69,6 +87,8 @@ impl Default for EngineConfig {
             max_prefill_tokens_while_decoding: 512,
             max_step_stretch: None,
             lone_stream_gaps: 0.0,
+            burst_window: Duration::ZERO,
+            burst_quiet: BURST_QUIET,
             block_size: 16,
             kv_cache_mb: 512,
             prefix_caching: true,
@@ -114,6 +134,8 @@ pub struct EngineOverrides {
     pub max_step_stretch: Option<f64>,
     /// Default: [`LONE_STREAM_GAPS`] on the CPU, 0 (off) on CUDA; negative counts as 0.
     pub lone_stream_gaps: Option<f64>,
+    /// Default: [`CPU_BURST_WINDOW`] on the CPU, none on CUDA.
+    pub burst_window: Option<Duration>,
     pub block_size: Option<usize>,
     pub kv_cache_mb: Option<usize>,
     pub prefix_caching: Option<bool>,
@@ -154,6 +176,12 @@ impl EngineConfig {
                 .lone_stream_gaps
                 .unwrap_or(if cpu { LONE_STREAM_GAPS } else { 0.0 })
                 .max(0.0),
+            burst_window: o.burst_window.unwrap_or(if cpu {
+                CPU_BURST_WINDOW
+            } else {
+                Duration::ZERO
+            }),
+            burst_quiet: d.burst_quiet,
             block_size: o.block_size.unwrap_or(d.block_size).max(1),
             kv_cache_mb: o.kv_cache_mb.unwrap_or(d.kv_cache_mb).max(1),
             prefix_caching: o.prefix_caching.unwrap_or(d.prefix_caching),
@@ -177,6 +205,10 @@ mod tests {
         assert_eq!(c.max_step_stretch, Some(1.0));
         assert_eq!(c.lone_stream_gaps, LONE_STREAM_GAPS);
         assert_eq!(
+            (c.burst_window, c.burst_quiet),
+            (CPU_BURST_WINDOW, BURST_QUIET)
+        );
+        assert_eq!(
             (c.max_waiting, c.max_running, c.block_size, c.kv_cache_mb),
             (1024, 32, 16, 512)
         );
@@ -193,6 +225,7 @@ mod tests {
             max_prefill_tokens_while_decoding: Some(0),
             max_step_stretch: Some(0.5),
             lone_stream_gaps: Some(-1.0),
+            burst_window: Some(Duration::ZERO),
             block_size: Some(0),
             kv_cache_mb: Some(0),
             prefix_caching: Some(false),
@@ -207,6 +240,7 @@ mod tests {
         assert_eq!(c.max_prefill_tokens_while_decoding, 1);
         assert_eq!(c.max_step_stretch, Some(1.0));
         assert_eq!(c.lone_stream_gaps, 0.0);
+        assert_eq!(c.burst_window, Duration::ZERO);
         assert_eq!((c.block_size, c.kv_cache_mb), (1, 1));
         assert!(!c.prefix_caching);
         assert_eq!(c.host_kv_dtype, KvDtype::Q8_0);

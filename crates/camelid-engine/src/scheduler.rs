@@ -108,6 +108,7 @@ impl Engine {
                     Some(s) => self.waiting.push_back(Waiting::New(s)),
                     None => return, // every handle dropped
                 }
+                self.gather_burst();
             }
             while let Ok(s) = self.rx.try_recv() {
                 self.waiting.push_back(Waiting::New(s));
@@ -126,6 +127,34 @@ impl Engine {
             M::set(&self.metrics.prefix_cache_hits, self.kv.pool.hits);
             M::set(&self.metrics.prefix_cache_lookups, self.kv.pool.lookups);
         }
+    }
+
+    /// The engine was idle and one request came: takes the rest of its burst too, while they
+    /// keep arriving (see [`EngineConfig::burst_window`]).
+    fn gather_burst(&mut self) {
+        let (window, quiet) = (self.cfg.burst_window, self.cfg.burst_quiet);
+        if window.is_zero() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let (mut last, mut n) = (start, 1);
+        while start.elapsed() < window {
+            match self.rx.try_recv() {
+                Ok(s) => {
+                    self.waiting.push_back(Waiting::New(s));
+                    (last, n) = (std::time::Instant::now(), n + 1);
+                }
+                Err(mpsc::error::TryRecvError::Empty) if last.elapsed() < quiet => {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                Err(_) => break,
+            }
+        }
+        tracing::debug!(
+            target: "camelid_engine::step",
+            "a burst of {n} requests in {:.2} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
 
     /// Shutting down: requests that have not started are refused; preempted sequences (their

@@ -205,6 +205,44 @@ fn time_bounded_prefill_chunks_change_no_output() {
     );
 }
 
+/// Requests that reach an idle engine one after another, each soon after the one before,
+/// start in one step with a burst window (and then finish in it: one token each), and one
+/// after another without it. Spaced 50 ms apart, against a quiet gap of 2 s, so a slow CI
+/// machine cannot split the burst.
+#[test]
+fn a_burst_of_requests_starts_in_one_step() {
+    let lm = tiny();
+    let ps = prompts(&lm, 3);
+    let steps = |window: Duration| {
+        let engine = EngineHandle::spawn(
+            tiny(),
+            EngineConfig {
+                burst_window: window,
+                burst_quiet: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let rxs: Vec<_> = ps
+            .iter()
+            .map(|p| {
+                let rx = engine
+                    .submit(plain_request(p.clone(), 1, SamplingParams::greedy()))
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                rx
+            })
+            .collect();
+        for rx in rxs {
+            assert_eq!(drain(rx).unwrap().0.len(), 1);
+        }
+        wait_idle(&engine.metrics);
+        EngineMetrics::get(&engine.metrics.steps)
+    };
+    assert_eq!(steps(Duration::from_secs(10)), 1);
+    // (3 unless the engine thread stalled past a 50 ms spacing.)
+    assert!(steps(Duration::ZERO) > 1);
+}
+
 #[test]
 fn a_request_larger_than_the_pool_fails_at_once() {
     let engine = EngineHandle::spawn(

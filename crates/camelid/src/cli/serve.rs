@@ -135,6 +135,13 @@ pub struct ServeArgs {
     /// stretch alone.
     #[arg(long)]
     lone_stream_gaps: Option<f64>,
+    /// When a request reaches an idle engine, requests arriving right after it (each within
+    /// 1 ms of the one before) join its first step, for at most this many milliseconds: a
+    /// burst of clients starts together instead of most of it waiting for the first step
+    /// and then entering beside the streams it started. Default: 10 on the CPU (whose steps
+    /// take every core), 0 on CUDA; 0 turns it off.
+    #[arg(long)]
+    burst_window_ms: Option<u64>,
     /// KV cache memory per model, in MiB.
     #[arg(long, default_value_t = EngineConfig::default().kv_cache_mb, value_parser = positive)]
     kv_cache_mb: usize,
@@ -278,6 +285,7 @@ impl ServeArgs {
             max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
             max_step_stretch: self.max_step_stretch,
             lone_stream_gaps: self.lone_stream_gaps,
+            burst_window: self.burst_window_ms.map(std::time::Duration::from_millis),
             block_size: Some(self.block_size),
             kv_cache_mb: Some(self.kv_cache_mb),
             prefix_caching: Some(!self.no_prefix_caching),
