@@ -108,7 +108,13 @@ impl Engine {
                     Some(s) => self.waiting.push_back(Waiting::New(s)),
                     None => return, // every handle dropped
                 }
-                self.gather_burst();
+                // The first request runs before the rest of its burst gathers: a shutdown
+                // meanwhile refuses only requests that have not started (this one's client
+                // may already hold the first chunk of its stream).
+                if !self.stopping.load(Ordering::SeqCst) {
+                    self.admit();
+                    self.gather_burst();
+                }
             }
             while let Ok(s) = self.rx.try_recv() {
                 self.waiting.push_back(Waiting::New(s));
