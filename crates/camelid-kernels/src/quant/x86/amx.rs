@@ -10,7 +10,7 @@
 //! registers. `q·sc` does not fit a byte, so each weight is two bytes in two tiles whose sums
 //! are combined afterwards:
 //! - Q4_K/Q5_K (`q` 0..15 / 0..31, `sc` 0..63): the scale splits into two digits,
-//!   `sc = c0 + 2^s·c1` (`s` 4 / 3, [`q45_split`]), so `q·c0` and `q·c1` each fit an unsigned
+//!   `sc = c0 + 2^s·c1` (`s` 4 / 3, [`Q4_SPLIT`], [`Q5_SPLIT`]), so `q·c0` and `q·c1` each fit an unsigned
 //!   byte (`tdpbsud` for both) and one `vpmullw` makes 64 of them. The mins' sum
 //!   `Σ_j m_j·Σa_j` is not a tile product: the vector epilogue takes it from the activations'
 //!   paired sub-block sums (`QActs::pairs`), as the VNNI kernels do.
@@ -74,22 +74,16 @@ unsafe fn product_bytes(e: __m512i, o: __m512i) -> (__m512i, __m512i) {
     )
 }
 
-/// How Q4_K's (`FIFTH = false`) or Q5_K's sub-block scales `sc` (0..63) split into two
-/// digits, `sc = c0 + 2^SPLIT·c1`, such that `q·c0` and `q·c1` each fit a byte (Q4_K: `q` ≤ 15,
-/// digits ≤ 15 and 3; Q5_K: `q` ≤ 31, digits ≤ 7).
-pub(crate) const fn q45_split(fifth: bool) -> u32 {
-    if fifth {
-        3
-    } else {
-        4
-    }
-}
-// The epilogue's shifts (`gemm_k_sb`) are written as literals.
-const _: () = assert!(q45_split(false) == 4 && q45_split(true) == 3);
+/// How Q4_K's and Q5_K's sub-block scales `sc` (0..63) split into two digits,
+/// `sc = c0 + 2^SPLIT·c1`, such that `q·c0` and `q·c1` each fit a byte (Q4_K: `q` ≤ 15, digits
+/// ≤ 15 and 3; Q5_K: `q` ≤ 31, digits ≤ 7).
+const Q4_SPLIT: u32 = 4;
+/// Q5_K's: see [`Q4_SPLIT`].
+const Q5_SPLIT: u32 = 3;
 
 /// Unpacks one super-block of a Q4_K (`FIFTH = false`) or Q5_K group at `blk` into `out`:
 /// per 64-value quarter `p` (sub-blocks `2p`, `2p + 1`), the tiles of `q·c0` and `q·c1`
-/// ([`q45_split`]). Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16
+/// ([`Q4_SPLIT`], [`Q5_SPLIT`]). Tile row `g` holds values `4g..4g + 4` of the quarter for each of the 16
 /// weight rows.
 ///
 /// One `vpmullw` makes 64 of those bytes: a 16-bit lane holds two quants (`q_e + 256·q_o`),
@@ -103,7 +97,7 @@ const _: () = assert!(q45_split(false) == 4 && q45_split(true) == 3);
 pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8) {
     let qs_at = if FIFTH { 52 * G } else { 20 * G };
     let low = _mm512_set1_epi8(0x0F);
-    let digit = _mm512_set1_epi16((1 << q45_split(FIFTH)) - 1);
+    let digit = _mm512_set1_epi16((1 << if FIFTH { Q5_SPLIT } else { Q4_SPLIT }) - 1);
     for p in 0..4 {
         // Each row's two sub-block scales in both 16-bit halves of its lane, as two digits.
         let sc = [
@@ -115,9 +109,15 @@ pub(crate) unsafe fn unpack_q45<const FIFTH: bool>(blk: *const u8, out: *mut u8)
             _mm512_and_si512(sc[1], digit),
         ];
         let c1 = if FIFTH {
-            [_mm512_srli_epi16::<3>(sc[0]), _mm512_srli_epi16::<3>(sc[1])]
+            [
+                _mm512_srli_epi16::<Q5_SPLIT>(sc[0]),
+                _mm512_srli_epi16::<Q5_SPLIT>(sc[1]),
+            ]
         } else {
-            [_mm512_srli_epi16::<4>(sc[0]), _mm512_srli_epi16::<4>(sc[1])]
+            [
+                _mm512_srli_epi16::<Q4_SPLIT>(sc[0]),
+                _mm512_srli_epi16::<Q4_SPLIT>(sc[1]),
+            ]
         };
         let lo_tile = out.add(TILES * p * TILE);
         let hi_tile = lo_tile.add(TILE);
@@ -405,10 +405,10 @@ pub(crate) unsafe fn gemm_k_sb<const KIND: u8, const FIRST: bool, const LAST: bo
         };
         let (lo, hi) = (lanes(row(2 * (k / G))), lanes(row(2 * (k / G) + 1)));
         // The two tiles' weights are digits: Q4_K `c0 + 16·c1`, Q5_K `c0 + 8·c1`
-        // ([`q45_split`]), Q6_K `lo + 256·hi`.
+        // ([`Q4_SPLIT`], [`Q5_SPLIT`]), Q6_K `lo + 256·hi`.
         let isum = match KIND {
-            4 => _mm512_add_epi32(lo, _mm512_slli_epi32::<4>(hi)),
-            5 => _mm512_add_epi32(lo, _mm512_slli_epi32::<3>(hi)),
+            4 => _mm512_add_epi32(lo, _mm512_slli_epi32::<Q4_SPLIT>(hi)),
+            5 => _mm512_add_epi32(lo, _mm512_slli_epi32::<Q5_SPLIT>(hi)),
             _ => _mm512_add_epi32(lo, _mm512_slli_epi32::<8>(hi)),
         };
         let v = if six {
