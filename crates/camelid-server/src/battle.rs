@@ -138,6 +138,13 @@ pub fn neutral(err: ApiError) -> ApiError {
     }
 }
 
+/// A turn that did not finish: why (`None`: its client left, which cancels both sides), and
+/// the text each side had sent by then (nothing unless streamed).
+pub struct Unfinished {
+    pub error: Option<ApiError>,
+    pub shown: [String; 2],
+}
+
 /// Both sides of a turn, handed to their engines.
 pub struct Turn {
     a: Submission,
@@ -172,17 +179,18 @@ pub async fn submit(
 impl Turn {
     /// Runs both sides to their ends; each piece of text (`{"side", "delta"}`) or end
     /// (`{"side", "finish_reason"}`) goes to `pieces` as it comes, when given. A closed
-    /// `pieces` (the client left) cancels both sides: `Err(None)`.
+    /// `pieces` (the client left) cancels both sides.
     pub async fn run(
         mut self,
         pieces: Option<&mpsc::Sender<Value>>,
-    ) -> Result<(Answer, Answer), Option<ApiError>> {
+    ) -> Result<(Answer, Answer), Unfinished> {
         let a = std::mem::take(&mut self.a.streams).map(|e| (Side::A, e));
         let b = std::mem::take(&mut self.b.streams).map(|e| (Side::B, e));
         let mut events = stream::select(a, b);
         let mut text = [String::new(), String::new()];
         let mut words = [WordPieces::default(), WordPieces::default()];
         let mut finish = [None, None];
+        let mut shown = [String::new(), String::new()];
         while let Some((side, (_, ev))) = events.next().await {
             let i = side as usize;
             let sent: Vec<Piece> = match ev {
@@ -209,14 +217,21 @@ impl Turn {
                 }
                 Event::PromptLogprobs(_) | Event::Embedding(_) => continue,
                 Event::Error(e) | Event::GrammarFailed(e) => {
-                    return Err(Some(neutral(ApiError::internal(e))))
+                    let error = Some(neutral(ApiError::internal(e)));
+                    return Err(Unfinished { error, shown });
                 }
-                Event::Refused(_) => return Err(Some(neutral(shutting_down()))),
+                Event::Refused(_) => {
+                    let error = Some(neutral(shutting_down()));
+                    return Err(Unfinished { error, shown });
+                }
             };
             if let Some(tx) = pieces {
                 for piece in sent {
                     if tx.send(piece.json()).await.is_err() {
-                        return Err(None);
+                        return Err(Unfinished { error: None, shown });
+                    }
+                    if let Piece::Delta(side, text) = piece {
+                        shown[side as usize].push_str(&text);
                     }
                 }
             }
@@ -233,9 +248,12 @@ impl Turn {
                     finish: fb,
                 },
             )),
-            _ => Err(Some(neutral(ApiError::internal(
-                "the engine dropped a battle side",
-            )))),
+            _ => Err(Unfinished {
+                error: Some(neutral(ApiError::internal(
+                    "the engine dropped a battle side",
+                ))),
+                shown,
+            }),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::structured;
 use crate::tools::{self, ToolPlan};
 use crate::validate::{
     cache_salt, check_top_logprobs, choice_params, generation_params, max_tokens,
+    min_tokens_within_limit,
 };
 use camelid_engine::Usage;
 use camelid_model::decode::{FinishReason, StopReason};
@@ -107,10 +108,20 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                         "only assistant messages have `tool_calls`",
                     ))
                 }
+                // An empty list is no calls (older vLLM answered `"tool_calls": []`, and
+                // clients send it back): templates test the key, not its length.
+                Some(Value::Array(calls)) if calls.is_empty() => {}
                 Some(calls) => msg.tool_calls = Some(tools::template_tool_calls(i, calls)?),
             }
             if role == "tool" {
                 msg.tool_call_id = m.tool_call_id.clone();
+            }
+            if role == "assistant" {
+                msg.reasoning_content = [&m.reasoning_content, &m.reasoning]
+                    .into_iter()
+                    .flatten()
+                    .find(|r| !r.is_empty())
+                    .cloned();
             }
             Ok(msg)
         })
@@ -288,6 +299,37 @@ async fn render_latest_turns(
     }
 }
 
+/// The template's variables: the client's `chat_template_kwargs`, and OpenAI's
+/// `reasoning_effort` as vLLM passes it: `reasoning_effort` itself and `enable_thinking`
+/// (Qwen3's switch: off for `"none"`), unless the client set them there.
+pub fn template_kwargs(
+    explicit: Option<&TemplateKwargs>,
+    effort: Option<&str>,
+) -> Result<TemplateKwargs, ApiError> {
+    let mut kwargs = explicit.cloned().unwrap_or_default();
+    if let Some(effort) = effort {
+        if !matches!(
+            effort,
+            "none" | "minimal" | "low" | "medium" | "high" | "xhigh"
+        ) {
+            return Err(ApiError::invalid_param(
+                "reasoning_effort",
+                format!(
+                    "`reasoning_effort` is \"none\", \"minimal\", \"low\", \"medium\", \"high\" \
+                     or \"xhigh\", got {effort:?}"
+                ),
+            ));
+        }
+        kwargs
+            .entry("reasoning_effort")
+            .or_insert_with(|| effort.into());
+        kwargs
+            .entry("enable_thinking")
+            .or_insert_with(|| (effort != "none").into());
+    }
+    Ok(kwargs)
+}
+
 /// How a chat's prompt ends: the generation prompt (the default), nothing more
 /// (`add_generation_prompt: false`), or inside the final assistant message
 /// (`continue_final_message`, vLLM's names; asking for both is a 400, as in vLLM).
@@ -334,7 +376,8 @@ pub async fn submit_salted(
     let budget = render_budget(&model, state.config.body_limit);
     let plan = ToolPlan::from_request(req, model.template_for(true), limits.max_tools, budget)?;
     check_top_logprobs("top_logprobs", req.top_logprobs)?;
-    if req.top_logprobs.is_some() && !req.logprobs {
+    // 0 is the default and asks for nothing (vLLM takes it without `logprobs`).
+    if req.top_logprobs.is_some_and(|t| t > 0) && !req.logprobs {
         return Err(ApiError::invalid_param(
             "top_logprobs",
             "`top_logprobs` requires `logprobs` to be true",
@@ -352,7 +395,10 @@ pub async fn submit_salted(
     let n = f.n.unwrap_or(1) as usize;
     limits.check_sequences(1, n)?;
     let msgs = to_messages(&req.messages)?;
-    let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+    let kwargs = template_kwargs(
+        req.chat_template_kwargs.as_ref(),
+        req.reasoning_effort.as_deref(),
+    )?;
     let shown = plan.as_ref().map(|p| p.tools.clone());
     let end = prompt_end(req.add_generation_prompt, req.continue_final_message)?;
     let prompt = if req.drop_oldest_to_fit {
@@ -402,6 +448,7 @@ pub async fn submit_salted(
         "messages",
         false,
     )?;
+    min_tokens_within_limit(&params)?;
     if req.logprobs {
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }

@@ -260,8 +260,8 @@ async fn ollama_error_shape(req: Request, next: Next) -> Response {
 /// browsers cannot be made to play it from elsewhere (each one a fresh address to the
 /// per-address limits). No credentials: the key travels in `Authorization`.
 fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
-    use axum::http::{header, HeaderValue, Method};
-    use tower_http::cors::{AllowOrigin, CorsLayer};
+    use axum::http::{HeaderValue, Method};
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
     if origins.is_empty() {
         return None;
     }
@@ -278,7 +278,9 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            // Whatever headers the preflight asks for: OpenAI's JS SDK sends its
+            // `x-stainless-*` headers on every request, and a fixed list refused them all.
+            .allow_headers(AllowHeaders::mirror_request())
             .max_age(std::time::Duration::from_secs(600)),
     )
 }

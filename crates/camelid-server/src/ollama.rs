@@ -98,6 +98,8 @@ pub struct Message {
     pub tool_name: Option<String>,
     /// A `tool` message: the call it answers (LangChain's `ChatOllama` sends it).
     pub tool_call_id: Option<String>,
+    /// An assistant turn's thinking, as `/api/chat` answered it: the template gets it back.
+    pub thinking: Option<String>,
 }
 
 /// `{"function": {"name", "arguments": {…}}}`, with an `id` from newer clients.
@@ -256,6 +258,8 @@ fn text_message(role: &str, text: &str) -> ChatMessage {
         name: None,
         tool_calls: None,
         tool_call_id: None,
+        reasoning_content: None,
+        reasoning: None,
     }
 }
 
@@ -294,6 +298,7 @@ fn chat_defaults(
         // the server's `--reasoning-parser` decides.
         split_reasoning: kwargs.is_some().then_some(true),
         chat_template_kwargs: kwargs,
+        reasoning_effort: None,
         add_generation_prompt: None,
         continue_final_message: false,
         drop_oldest_to_fit: false,
@@ -382,6 +387,8 @@ pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 name: None,
                 tool_calls,
                 tool_call_id,
+                reasoning_content: m.thinking.clone(),
+                reasoning: None,
             })
         })
         .collect()
@@ -700,6 +707,19 @@ mod tests {
         let out = chat_messages(&msgs).unwrap();
         assert_eq!(out[1].tool_call_id.as_deref(), Some("u2"));
         assert_eq!(out[2].tool_call_id.as_deref(), Some("u1"));
+    }
+
+    /// An assistant turn's `thinking`, as `/api/chat` answered it, goes back to the template
+    /// as the chat route's `reasoning_content` does.
+    #[test]
+    fn an_answers_thinking_goes_back_to_the_template() {
+        let msgs = [
+            msg(json!({"role": "user", "content": "Is 7 prime?"})),
+            msg(json!({"role": "assistant", "content": "Yes.", "thinking": "no divisors"})),
+        ];
+        let out = crate::chat::to_messages(&chat_messages(&msgs).unwrap()).unwrap();
+        assert_eq!(out[1].reasoning_content.as_deref(), Some("no divisors"));
+        assert_eq!(out[0].reasoning_content, None);
     }
 
     /// `keep_alive` as Ollama reads it: seconds, or a Go duration; zero unloads; anything

@@ -95,6 +95,13 @@ pub struct ChatMessage {
     /// A `tool` message: the call it answers.
     #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// An earlier assistant turn's thinking, as the server answered it (`reasoning_content`,
+    /// or current vLLM's `reasoning`): templates that show it again (Qwen3's, after the last
+    /// user turn) get it back.
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub reasoning: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -186,6 +193,8 @@ pub struct ChatRequest {
     /// Extra variables for the model's jinja chat template (vLLM's name), e.g. Qwen3's
     /// `{"enable_thinking": false}`.
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// OpenAI's thinking effort (`chat::template_kwargs`), as the template reads it.
+    pub reasoning_effort: Option<String>,
     /// vLLM's: end the prompt with the template's generation prompt (default true), or go
     /// on with the final assistant message (`chat::prompt_end`).
     pub add_generation_prompt: Option<bool>,
@@ -247,6 +256,7 @@ pub struct TokenizeChat {
     pub continue_final_message: bool,
     /// Extra variables for the model's jinja template (vLLM's name), as in a chat.
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    pub reasoning_effort: Option<String>,
     /// Function definitions the template shows the model, as a chat's `tools`.
     pub tools: Option<serde_json::Value>,
 }

@@ -41,6 +41,8 @@ pub struct ResponsesBody {
     pub include: Option<Vec<String>>,
     /// Alternatives per token with [`LOGPROBS`] (0–20).
     pub top_logprobs: Option<u32>,
+    /// `{"effort": …}`: the chat's `reasoning_effort`.
+    pub reasoning: Option<Value>,
 }
 
 /// The `include` value that asks for the answer's token log-probabilities.
@@ -164,6 +166,12 @@ impl ResponsesBody {
             function_call: None,
             cache_salt: None,
             chat_template_kwargs: None,
+            reasoning_effort: self
+                .reasoning
+                .as_ref()
+                .and_then(|r| r.get("effort"))
+                .and_then(Value::as_str)
+                .map(String::from),
             add_generation_prompt: None,
             continue_final_message: false,
             split_reasoning: None,
@@ -188,6 +196,8 @@ fn message(role: &str, text: String) -> ChatMessage {
         name: None,
         tool_calls: None,
         tool_call_id: None,
+        reasoning_content: None,
+        reasoning: None,
     }
 }
 

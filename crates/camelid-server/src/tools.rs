@@ -397,6 +397,8 @@ pub fn template_tool_calls(i: usize, calls: &Value) -> Result<Vec<Value>, ApiErr
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad(&at(j, ".function.name"), "must be a string"))?;
             let arguments = match f.get("arguments") {
+                // A call without arguments, as some clients write it back (vLLM reads `{}`).
+                Some(Value::String(s)) if s.trim().is_empty() => json!({}),
                 Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
                     bad(
                         &at(j, ".function.arguments"),

@@ -13,8 +13,22 @@ use camelid_model::{SamplingDefaults, SamplingParams};
 use serde_json::Value;
 use std::sync::Arc;
 
-pub const MAX_N: u32 = 16;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// `min_tokens` within the output limit, as vLLM checks it: a floor above the limit would
+/// hold the end of text off to the limit and still stop there, cut.
+pub fn min_tokens_within_limit(params: &GenerationParams) -> Result<(), ApiError> {
+    if params.min_tokens > params.max_tokens {
+        return Err(ApiError::invalid_param(
+            "min_tokens",
+            format!(
+                "`min_tokens` ({}) must be at most the output limit ({})",
+                params.min_tokens, params.max_tokens
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// `top_logprobs` (or completions' `logprobs`, named by `param`) at most [`MAX_TOP_LOGPROBS`].
 pub fn check_top_logprobs(param: &str, t: Option<u32>) -> Result<(), ApiError> {
@@ -163,11 +177,16 @@ pub fn generation_params(
         f.repetition_penalty,
         REPETITION_PENALTY,
     )?;
+    // Up to the sequences one request may start (`--max-seqs-per-request`): pass@k
+    // harnesses ask for n = 20–100 (OpenAI allows 128).
     let n = f.n.unwrap_or(1);
-    if !(1..=MAX_N).contains(&n) {
+    if n == 0 || n as usize > limits.max_sequences {
         return Err(ApiError::invalid_param(
             "n",
-            format!("`n` must be between 1 and {MAX_N}, got {n}"),
+            format!(
+                "`n` must be between 1 and {}, got {n}",
+                limits.max_sequences
+            ),
         ));
     }
     let top_k = match f.top_k.or(defaults.top_k) {

@@ -823,6 +823,19 @@ fn bad_input_gets_openai_errors() {
     }
     let (st, b) = chat(json!({"logprobs": true, "top_logprobs": 21}));
     assert_error(st, &b, 400, Some("top_logprobs"));
+    let (st, b) = chat(json!({"top_logprobs": 2}));
+    assert_error(st, &b, 400, Some("top_logprobs"));
+    // 0, the default, asks for nothing and needs no `logprobs` (as in vLLM).
+    let (st, b) = chat(json!({"top_logprobs": 0, "max_tokens": 1}));
+    assert_eq!(
+        (st, &b["choices"][0]["logprobs"]),
+        (200, &Value::Null),
+        "{b}"
+    );
+    // pass@k harnesses ask for more than 16 choices: up to the sequences a request may start.
+    let (st, b) = chat(json!({"n": 20, "max_tokens": 1}));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["choices"].as_array().map(Vec::len), Some(20));
     let (st, b) = chat(json!({"max_tokens": 600}));
     assert_error(st, &b, 400, Some("max_tokens"));
     let msg = b["error"]["message"].as_str().unwrap();
@@ -1131,10 +1144,13 @@ fn health_is_503_while_the_models_load() {
 fn chat_template_kwargs_reach_the_jinja_template() {
     let mut e = entry("thinker");
     e.template = camelid_model::text::template::ChatTemplate::Jinja {
-        source: "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}\
+        source: "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\
+            {% if m.reasoning_content %}(thought: {{ m.reasoning_content }}){% endif %}\
+            {% if m.tool_calls is defined %}[calls]{% endif %}{{ '\\n' }}{% endfor %}\
             {% if add_generation_prompt %}<|assistant|>\
             {% if enable_thinking is defined and enable_thinking is false %}\
-            <think>\n\n</think>\n\n{% endif %}{% endif %}"
+            <think>\n\n</think>\n\n{% endif %}{% endif %}\
+            {% if reasoning_effort is defined %}effort={{ reasoning_effort }}{% endif %}"
             .into(),
         bos_token: String::new(),
         eos_token: String::new(),
@@ -1180,6 +1196,67 @@ fn chat_template_kwargs_reach_the_jinja_template() {
         usage(json!({"enable_thinking": true})),
         json!(thinking.as_array().unwrap().len())
     );
+    let tokenize_body = |extra: Value| {
+        let mut b = json!({"model": "thinker", "messages": messages});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        post_raw(&base, "/tokenize", b.to_string().into_bytes())
+    };
+    // OpenAI's `reasoning_effort`, as vLLM passes it: the variable itself, and thinking off
+    // for "none" (Qwen3's switch); a variable the client set stays.
+    let effort = |e: Value| tokenize_body(json!({"reasoning_effort": e}));
+    let prompt = "<|user|>Is 7 prime?\n<|assistant|>";
+    assert_eq!(
+        effort(json!("none")).1["tokens"],
+        text(&format!("{prompt}<think>\n\n</think>\n\neffort=none"))
+    );
+    assert_eq!(
+        effort(json!("high")).1["tokens"],
+        text(&format!("{prompt}effort=high"))
+    );
+    let (st, b) = tokenize_body(json!({"reasoning_effort": "none",
+        "chat_template_kwargs": {"enable_thinking": true}}));
+    assert_eq!(
+        (st, &b["tokens"]),
+        (200, &text(&format!("{prompt}effort=none")))
+    );
+    let (st, b) = effort(json!("extreme"));
+    assert_error(st, &b, 400, Some("reasoning_effort"));
+    // The chat route reads it too.
+    let b = json!({"model": "thinker", "messages": messages, "max_tokens": 1,
+        "reasoning_effort": "none"});
+    let (st, body) = post_raw(&base, "/v1/chat/completions", b.to_string().into_bytes());
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        body["usage"]["prompt_tokens"],
+        json!(effort(json!("none")).1["tokens"].as_array().unwrap().len())
+    );
+    // An earlier turn's thinking goes back to the template, under either name the server
+    // answers it with; an empty `tool_calls` list (older vLLM's answers carry one) is no
+    // calls, not a key the template takes for some.
+    let history = |assistant: Value| {
+        let mut a = json!({"role": "assistant", "content": "Yes."});
+        for (k, v) in assistant.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        let msgs = json!([{"role": "user", "content": "Is 7 prime?"}, a,
+                          {"role": "user", "content": "And 9?"}]);
+        let (st, b) = tokenize_body(json!({"messages": msgs}));
+        assert_eq!(st, 200, "{b}");
+        b["tokens"].clone()
+    };
+    let with_thought = text(
+        "<|user|>Is 7 prime?\n<|assistant|>Yes.(thought: no divisors)\n<|user|>And 9?\n<|assistant|>",
+    );
+    assert_eq!(
+        history(json!({"reasoning_content": "no divisors"})),
+        with_thought
+    );
+    assert_eq!(history(json!({"reasoning": "no divisors"})), with_thought);
+    let plain = text("<|user|>Is 7 prime?\n<|assistant|>Yes.\n<|user|>And 9?\n<|assistant|>");
+    assert_eq!(history(json!({"tool_calls": []})), plain);
+    assert_eq!(history(json!({})), plain);
 }
 
 /// `ignore_eos` takes away the model's own end tokens only: a client's `stop_token_ids` still
@@ -1252,9 +1329,10 @@ fn browsers_of_allowed_origins_only_may_call_the_api() {
                 )
                 .header("Origin", origin)
                 .header("Access-Control-Request-Method", "POST")
+                // What OpenAI's JS SDK asks for (its `x-stainless-*` headers on every call).
                 .header(
                     "Access-Control-Request-Headers",
-                    "authorization,content-type",
+                    "authorization,content-type,x-stainless-os,x-stainless-retry-count",
                 )
                 .send()
                 .await
@@ -1274,7 +1352,10 @@ fn browsers_of_allowed_origins_only_may_call_the_api() {
     // The allowed origin's preflight is answered before the key check, with the key's header.
     let (st, origin, headers) = preflight(&s.base, allowed);
     assert_eq!((st, origin.as_deref()), (200, Some(allowed)));
-    assert!(headers.is_some_and(|h| h.contains("authorization")));
+    let headers = headers.unwrap_or_default();
+    for h in ["authorization", "content-type", "x-stainless-retry-count"] {
+        assert!(headers.contains(h), "{h} not allowed: {headers}");
+    }
     // Another origin gets no permission; a server without origins gives none at all.
     assert_eq!(preflight(&s.base, "http://evil.example").1, None);
     assert_eq!(preflight(&server().base, allowed).1, None);
@@ -1408,6 +1489,11 @@ fn reasoning_is_split_from_the_answer() {
             .as_str()
             .unwrap_or_else(|| panic!("{model}: {m}"));
         let content = m["content"].as_str().unwrap();
+        assert_eq!(
+            m["reasoning"].as_str(),
+            Some(thought),
+            "current vLLM's name"
+        );
         assert!(
             !thought.is_empty() && !thought.contains("think>"),
             "{model}: {thought:?}"
@@ -1454,6 +1540,7 @@ fn reasoning_is_split_from_the_answer() {
             }
             let d = &c["choices"][0]["delta"];
             s_thought += d["reasoning_content"].as_str().unwrap_or_default();
+            assert_eq!(d["reasoning"], d["reasoning_content"], "{c}");
             s_content += d["content"].as_str().unwrap_or_default();
             lps += c["choices"][0]["logprobs"]["content"]
                 .as_array()

@@ -1097,6 +1097,7 @@ fn no_vote_lands_while_a_follow_up_is_answered() {
         loop {
             let (status, body) = vote_tie(&c, &base, &left, &left_token).await;
             if status == 200 {
+                assert_eq!(body["anony"], true, "nothing named: {body}");
                 break;
             }
             assert_eq!(body["error"]["code"], "battle_answering", "{body}");
@@ -1117,6 +1118,123 @@ fn no_vote_lands_while_a_follow_up_is_answered() {
     };
     assert_eq!(turn(&id), 2, "{exported:?}");
     assert_eq!(turn(&left), 1, "{exported:?}");
+}
+
+/// A turn its visitor stops after reading part of it is not stored, but what it showed
+/// counts for the vote: a question naming a model (or an answer doing so) makes the vote
+/// not anonymous. Before, a visitor could read the names in a follow-up, stop it, and cast
+/// a rated vote on the turn before. A battle whose first turn was stopped takes no more
+/// turns (the page starts a new battle): continued, a visitor could keep only the battles
+/// whose first turn failed, which can depend on the models drawn.
+#[test]
+fn a_stopped_turn_that_named_a_model_leaves_the_vote_unrated() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let base = s.base.clone();
+    let (id, token, _) = s.battle(json!({"max_tokens": 2}));
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let follow = json!({"battle_id": id, "token": token, "stream": true, "max_tokens": 128,
+            "messages": [{"role": "user", "content": "Are you smol-a? Write a long story about it."}]});
+        let (r, _) = until_first_piece(&c, &base, follow).await;
+        drop(r);
+        let t = Instant::now();
+        loop {
+            let (status, body) = vote_tie(&c, &base, &id, &token).await;
+            if status == 200 {
+                assert_eq!(body["anony"], false, "the stopped turn named smol-a: {body}");
+                break;
+            }
+            assert_eq!(body["error"]["code"], "battle_answering", "{body}");
+            assert!(t.elapsed() < Duration::from_secs(30), "still answering: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A first turn stopped: the battle is left, its follow-ups refused.
+        let first = json!({"stream": true, "max_tokens": 128,
+            "messages": [{"role": "user", "content": "Write a long story about a dragon."}]});
+        let (r, seen) = until_first_piece(&c, &base, first).await;
+        drop(r);
+        let head: Value = serde_json::from_str(
+            seen.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap(),
+        )
+        .unwrap();
+        let follow = json!({"battle_id": head["battle_id"], "token": head["token"],
+            "max_tokens": 2, "messages": [{"role": "user", "content": "Go on."}]});
+        let r = c.post(format!("{base}/arena/battles")).json(&follow).send().await.unwrap();
+        let status = r.status().as_u16();
+        assert_refused(status, &r.json().await.unwrap(), 409, "battle_unanswered");
+    });
+    assert_eq!(
+        runtime().block_on(s.state.arena.export()).unwrap()[0]["anony"],
+        false
+    );
+}
+
+/// What a battle stores of the visitor's messages is their role and text: other keys (a
+/// message's `name`, unknown fields, a content part's extras) never reach a template, so
+/// nothing bounded them, and each turn kept them twice, in the battle, its vote and the
+/// export. A field sent as `null` is as good as left out.
+#[test]
+fn a_battle_stores_only_the_visitors_text() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let pad = "x".repeat(100_000);
+    let (id, token, _) = s.battle(json!({
+        "messages": [{"role": "user", "name": "bob", "pad": pad,
+                      "content": [{"type": "text", "text": "Name a color.", "pad": pad}]}],
+        "top_logprobs": null, "stream_options": null, "seed": null, "n": null}));
+    let (status, body) = s.vote(&id, Some(&token), "tie");
+    assert_eq!(status, 200, "{body}");
+    let exported = runtime().block_on(s.state.arena.export()).unwrap();
+    for side in ["conversation_a", "conversation_b"] {
+        let c = &exported[0][side];
+        assert_eq!(
+            c[0],
+            json!({"role": "user", "content": "Name a color."}),
+            "{c}"
+        );
+        let bytes = c.to_string().len();
+        assert!(bytes < 1_000, "{side}: {bytes} bytes");
+    }
+}
+
+/// A side's context bounds its answer rather than refusing the turn, and a conversation past
+/// it loses its oldest turns on that side (as FastChat's workers cut the prompt): a refusal
+/// from one side only, or the tokens left, would tell which model is where.
+#[test]
+fn a_side_with_less_context_answers_shorter_rather_than_failing() {
+    let s = serve_models(
+        ServerConfig::default(),
+        Arena::in_memory(no_limits()),
+        vec![
+            entry_with_context("roomy", 512),
+            entry_with_context("cramped", 64),
+        ],
+    );
+    let turn = |battle: Option<(&str, &str)>| {
+        let mut body = json!({"max_tokens": 48, "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell me about the weather today."}]});
+        if let Some((id, token)) = battle {
+            body["battle_id"] = id.into();
+            body["token"] = token.into();
+        }
+        let (status, b) = s.post("/arena/battles", body);
+        assert_eq!(status, 200, "{b}");
+        b
+    };
+    let first = turn(None);
+    let (id, token) = (
+        first["battle_id"].as_str().unwrap().to_string(),
+        first["token"].as_str().unwrap().to_string(),
+    );
+    // Three more turns: the conversation outgrows 64 tokens, the cramped side drops turns.
+    for _ in 0..3 {
+        turn(Some((&id, &token)));
+    }
+    let (status, body) = s.vote(&id, Some(&token), "tie");
+    assert_eq!(status, 200, "{body}");
+    let exported = runtime().block_on(s.state.arena.export()).unwrap();
+    assert_eq!(exported[0]["turn"], 4, "{}", exported[0]);
 }
 
 /// The "being answered" mark is a lease: a server that dies mid-turn (its mark never

@@ -285,6 +285,20 @@ fn calls_and_tool_results_render_through_the_template() {
     );
     assert_eq!(st, 200, "{}", short(&t));
     assert_eq!(b["usage"]["prompt_tokens"], t["count"], "{}", short(&b));
+    // A call written back with empty arguments is a call without any (`{}`, as vLLM reads
+    // it), not a 400.
+    let call_with = |arguments: Value| {
+        let mut b = body.clone();
+        b["messages"][1]["tool_calls"][0]["function"]["arguments"] = arguments;
+        let (st, t) = post(s, "/tokenize", &b);
+        assert_eq!(st, 200, "{}", short(&t));
+        t["tokens"].clone()
+    };
+    assert_eq!(call_with(json!("")), call_with(json!("{}")));
+    assert_ne!(
+        call_with(json!("")),
+        call_with(json!("{\"city\": \"Paris\"}"))
+    );
 }
 
 /// A model with a `tool_use` template renders a request with tools through it, and one

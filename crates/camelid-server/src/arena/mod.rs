@@ -259,6 +259,18 @@ fn answering(id: &str) -> ApiError {
     )
 }
 
+/// A battle whose first turn has not been stored: nothing to vote on, and it takes no
+/// follow-up (a first turn that failed or was stopped leaves it so: a new round starts a new
+/// battle). A follow-up would let a visitor keep only the battles whose first turn failed,
+/// and a failure can depend on which models were drawn (one's shorter context).
+fn unanswered(id: &str) -> ApiError {
+    refusal(
+        StatusCode::CONFLICT,
+        "battle_unanswered",
+        format!("Battle {id:?} has no answered turn; start a new one."),
+    )
+}
+
 fn busy(id: &str) -> ApiError {
     refusal(
         StatusCode::CONFLICT,
@@ -353,12 +365,26 @@ fn conversations_name_a_model(conversations: [&[Value]; 2], models: &[String]) -
         })
 }
 
-/// Whether `name` occurs in `text` with no letter or digit just before or after it.
+/// Whether `name` occurs in `text` as a word: no letter or digit just before it, and none
+/// of its own kind just after it. A version may follow (`llama3`, `qwen2.5`, `gpt-4o`), but
+/// `phi` is not in "philosophy" nor `orca-3` in "orca-30".
 fn names_as_a_word(text: &str, name: &str) -> bool {
-    let word_char = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let ends_in_digit = name.chars().next_back().is_some_and(|c| c.is_ascii_digit());
+    let continues = |c: Option<char>| {
+        c.is_some_and(|c| {
+            if ends_in_digit {
+                c.is_numeric()
+            } else {
+                c.is_alphabetic()
+            }
+        })
+    };
     text.match_indices(name).any(|(at, _)| {
-        !word_char(text[..at].chars().next_back())
-            && !word_char(text[at + name.len()..].chars().next())
+        !text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric)
+            && !continues(text[at + name.len()..].chars().next())
     })
 }
 
@@ -525,13 +551,16 @@ impl Arena {
     }
 
     /// Battle `id` for a follow-up turn by `visitor`: 404 unknown, 403 another visitor's,
-    /// 409 voted on, 410 expired.
+    /// 409 voted on or without an answered turn, 410 expired.
     pub async fn resume(&self, id: &str, visitor: &Visitor) -> Result<OpenBattle, ApiError> {
         let Some(b) = self.store.battle(id).await.map_err(store_error)? else {
             return Err(self.missing(id).await);
         };
         let now = now();
         check(id, &b, visitor, now)?;
+        if b.turns == 0 {
+            return Err(unanswered(id));
+        }
         Ok(OpenBattle {
             id: id.to_string(),
             conversation_a: parse_conversation(&b.conversation_a),
@@ -594,6 +623,31 @@ impl Arena {
                 false
             }
         }
+    }
+
+    /// A turn of `battle` that was shown in part (`shown`: what each side sent) and is not
+    /// stored (stopped or failed): if its messages (`prompt`) or what it showed name a model,
+    /// the battle's vote will not be anonymous. Without this a visitor could read the names
+    /// in a turn, stop it, and cast a rated vote on the turns before.
+    pub async fn turn_not_kept(
+        &self,
+        battle: &OpenBattle,
+        prompt: &[Value],
+        shown: [&str; 2],
+        served: &[String],
+    ) -> Result<(), ApiError> {
+        let side = |text: &str| {
+            let mut c = prompt.to_vec();
+            c.push(json!({"role": "assistant", "content": text}));
+            c
+        };
+        if conversations_name_a_model([&side(shown[0]), &side(shown[1])], served) {
+            self.store
+                .mark_named(&battle.id)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
     }
 
     /// Stores `battle`'s conversations after the turn just answered (each ending with its
@@ -670,11 +724,7 @@ impl Arena {
             }
             check(id, &b, visitor, now)?;
             if b.turns == 0 {
-                return Err(refusal(
-                    StatusCode::CONFLICT,
-                    "battle_unanswered",
-                    format!("Battle {id:?} has no answers to vote on yet."),
-                ));
+                return Err(unanswered(id));
             }
             if self.store.answering(id, now).await.map_err(store_error)? {
                 return Err(answering(id));
@@ -692,6 +742,12 @@ impl Arena {
                 .map_err(store_error)?;
             if cast {
                 self.board.changed.notify_one();
+                // A turn the battle did not keep may have named a model (`mark_named`): the
+                // store decided, in the insert.
+                let anony = match self.store.vote(id).await {
+                    Ok(Some(v)) => v.anony,
+                    _ => anony,
+                };
                 return Ok(CastVote {
                     battle_id: id.to_string(),
                     model_a: b.model_a,
@@ -916,6 +972,18 @@ mod tests {
             [&conv("Hi", "I am Phi."), &plain],
             &phi
         ));
+        // A version after a name still names it (FastChat matches substrings).
+        for answer in [
+            "I am Llama3.",
+            "Qwen2.5 here",
+            "I'm phi3-mini",
+            "Like GPT-4o.",
+        ] {
+            assert!(
+                conversations_name_a_model([&conv("Hi", answer), &plain], &phi),
+                "{answer}"
+            );
+        }
     }
 
     /// The store's URL carries the database password: a failed connection names the store

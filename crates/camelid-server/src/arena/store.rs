@@ -11,6 +11,8 @@
 //! - `arena_requests` — recent turns and votes by visitor and address, for the rate limits.
 //! - `arena_answering` — battles whose follow-up turn is being answered now (until when at
 //!   the latest): no vote lands on a turn the visitor is still reading, on any server.
+//! - `arena_named` — open battles with a turn that was shown in part and not stored (stopped,
+//!   failed) whose shown text named a model: their vote is not anonymous.
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -52,6 +54,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS arena_answering (
         battle_id TEXT PRIMARY KEY,
         ends_by DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arena_named (battle_id TEXT PRIMARY KEY)",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,8 +342,19 @@ impl Store {
         )
     }
 
+    /// Battle `id` showed a model's name in a turn it did not keep.
+    pub async fn mark_named(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO arena_named (battle_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(self.ready().await?.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Casts the vote of battle `id` from its row, if it is `visitor`'s, unexpired, at turn
     /// `turns` (> 0) and not answering a turn; false otherwise, or if it has a vote already.
+    /// It is anonymous if `anony` and the battle is not marked named (read in the same
+    /// statement: a mark made while this runs is not missed).
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_vote(
         &self,
@@ -355,7 +369,10 @@ impl Store {
         let r = sqlx::query(
             "INSERT INTO arena_votes (battle_id, model_a, model_b, winner, anony, tstamp, judge,
                  conversation_a, conversation_b, turn)
-             SELECT id, model_a, model_b, $1, $2, $3, $7, conversation_a, conversation_b, turns
+             SELECT id, model_a, model_b, $1,
+                 CASE WHEN EXISTS (SELECT 1 FROM arena_named m WHERE m.battle_id = $4)
+                      THEN CAST(0 AS BIGINT) ELSE $2 END,
+                 $3, $7, conversation_a, conversation_b, turns
              FROM arena_battles
              WHERE id = $4 AND visitor = $5 AND turns = $6 AND turns > 0 AND expires_at > $3
                  AND NOT EXISTS (SELECT 1 FROM arena_answering n
@@ -443,6 +460,12 @@ impl Store {
             .bind(battles_before)
             .execute(pool)
             .await?;
+        sqlx::query(
+            "DELETE FROM arena_named
+             WHERE NOT EXISTS (SELECT 1 FROM arena_battles b WHERE b.id = arena_named.battle_id)",
+        )
+        .execute(pool)
+        .await?;
         Ok(r.rows_affected())
     }
 

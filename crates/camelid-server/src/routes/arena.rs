@@ -63,9 +63,9 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
                 .map(str::trim)
                 .filter(|a| !a.is_empty());
             if let Some(a) = forwarded {
-                return Ok(Self(match a.parse::<IpAddr>() {
-                    Ok(ip) => address_key(ip),
-                    Err(_) => a.to_string(),
+                return Ok(Self(match forwarded_ip(a) {
+                    Some(ip) => address_key(ip),
+                    None => a.to_string(),
                 }));
             }
         }
@@ -75,6 +75,20 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
             .map(|c| address_key(c.0.ip()));
         Ok(Self(peer.unwrap_or_else(|| "unknown".into())))
     }
+}
+
+/// The address in an `X-Forwarded-For` entry, which some proxies write with its port
+/// (`192.0.2.7:5678`, `[2001:db8::1]:443`): counted without it, or every connection of one
+/// client would count as a new address.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            let bracketed = entry.strip_prefix('[')?.strip_suffix(']')?;
+            bracketed.parse().ok()
+        })
 }
 
 /// The key the per-address limits count under ([`client_network`]): an IPv6 network with
@@ -133,18 +147,18 @@ fn cap_max_tokens(obj: &mut Map<String, Value>, cap: u64) -> Result<(), ApiError
 /// answer per side (`n`).
 fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
     let why = |field: &str| -> Option<&'static str> {
-        let v = obj.get(field)?;
+        let v = obj.get(field).filter(|v| !v.is_null())?;
         match field {
             "model" => Some("the arena draws the models; leave `model` out"),
             "cache_salt" => Some("a battle has its own cache partition; leave `cache_salt` out"),
-            "n" if v.is_null() || v.as_u64() == Some(1) => None,
+            "n" if v.as_u64() == Some(1) => None,
             "n" => Some("a battle has one answer per side; leave `n` out"),
-            "logprobs" if v.is_null() || v.as_bool() == Some(false) => None,
+            "logprobs" if v.as_bool() == Some(false) => None,
+            "top_logprobs" if v.as_u64() == Some(0) => None,
             "logprobs" | "top_logprobs" => {
                 Some("log-probabilities would tell the models apart; leave them out")
             }
             "stream_options" => Some("battles report no usage; leave `stream_options` out"),
-            _ if v.is_null() => None,
             "seed" => Some("a seed would let each side's answer be replayed; leave `seed` out"),
             "add_generation_prompt" if v.as_bool() == Some(true) => None,
             "continue_final_message" if v.as_bool() == Some(false) => None,
@@ -162,7 +176,7 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
             }
             "skip_special_tokens" if v.as_bool() == Some(true) => None,
             "skip_special_tokens" => Some("special tokens would tell the models apart"),
-            "chat_template_kwargs" => {
+            "chat_template_kwargs" | "reasoning_effort" => {
                 Some("each model renders its own template as it is; leave the variables out")
             }
             "response_format" if v.get("type").and_then(Value::as_str) == Some("text") => None,
@@ -192,6 +206,7 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "stop_token_ids",
         "skip_special_tokens",
         "chat_template_kwargs",
+        "reasoning_effort",
         "tools",
         "tool_choice",
         "parallel_tool_calls",
@@ -266,18 +281,31 @@ pub async fn battle(
     // anything is counted or stored.
     obj.insert("model".into(), "".into());
     let whole = from_value::<ChatRequest>(&req)?;
-    let sampling: SamplingFields = from_value(&req)?;
+    let mut sampling: SamplingFields = from_value(&req)?;
     check_turn(&state, &whole, &sampling)?;
-    let new_messages = req["messages"].as_array().cloned().unwrap_or_default();
     // The visitor's words only: an assistant message would be stored (and exported, and
     // counted by style control) as a model's answer it never gave, and a system message
     // would act on one family's template only.
-    if let Some(i) = new_messages.iter().position(|m| m["role"] != "user") {
+    if let Some(i) = whole.messages.iter().position(|m| m.role != "user") {
         return Err(ApiError::invalid_param(
             &format!("messages[{i}].role"),
             "a battle turn takes the visitor's messages (`user`) only; each side's answers are its model's own",
         ));
     }
+    // Stored as the templates read them, role and text: other keys a message carries
+    // (unknown fields, `name`, a content part's extras) would be kept in the battle, its
+    // vote and the export without ever counting against a model's context.
+    let new_messages: Vec<Value> = crate::chat::to_messages(&whole.messages)?
+        .into_iter()
+        .map(|m| json!({"role": m.role, "content": m.content}))
+        .collect();
+    // Each side's output stops at its context rather than being refused, and a conversation
+    // past a side's context loses its oldest turns (as FastChat's workers cut the prompt):
+    // which side refuses a turn, or how many tokens are left, would tell the models apart.
+    let output_cap = whole.max_completion_tokens.or(sampling.max_tokens);
+    sampling.max_tokens = None;
+    req["max_completion_tokens"] = Value::Null;
+    req["max_tokens"] = Value::Null;
     let visitor = match (&battle_id, token) {
         (Some(id), token) => token
             .as_deref()
@@ -316,7 +344,10 @@ pub async fn battle(
         let mut r = req.clone();
         r["messages"] = Value::from(messages.clone());
         r["model"] = model.into();
-        from_value::<ChatRequest>(&r).map(|r| (r, messages))
+        let mut r = from_value::<ChatRequest>(&r)?;
+        r.max_tokens_cap = output_cap;
+        r.drop_oldest_to_fit = true;
+        Ok::<_, ApiError>((r, messages))
     };
     let (req_a, conversation_a) = side(&battle.conversation_a, &battle.model_a)?;
     let (req_b, conversation_b) = side(&battle.conversation_b, &battle.model_b)?;
@@ -333,14 +364,15 @@ pub async fn battle(
         state: state.clone(),
         battle,
         visitor,
+        prompt: new_messages,
         conversations: (conversation_a, conversation_b),
         answering,
     };
     if !stream {
-        let (a, b) = turn
-            .run(None)
-            .await
-            .map_err(|e| e.unwrap_or_else(|| neutral(ApiError::internal("no answer"))))?;
+        let (a, b) = turn.run(None).await.map_err(|u| {
+            u.error
+                .unwrap_or_else(|| neutral(ApiError::internal("no answer")))
+        })?;
         finish.record(&a, &b).await?;
         let mut reply = head;
         reply["a"] = a.json();
@@ -358,8 +390,13 @@ pub async fn battle(
                 Ok(()) => json!({"done": true}),
                 Err(e) => e.body(),
             },
-            Err(Some(e)) => e.body(),
-            Err(None) => return,
+            Err(unfinished) => {
+                finish.not_kept(&unfinished.shown).await;
+                match unfinished.error {
+                    Some(e) => e.body(),
+                    None => return,
+                }
+            }
         };
         let _ = tx.send(last).await;
     });
@@ -378,6 +415,8 @@ struct TurnRecord {
     state: Arc<AppState>,
     battle: OpenBattle,
     visitor: Visitor,
+    /// This turn's messages.
+    prompt: Vec<Value>,
     conversations: (Vec<Value>, Vec<Value>),
     /// Ended once the turn is stored, or dropped with the turn when it fails or is left.
     answering: Option<Answering>,
@@ -459,6 +498,27 @@ impl Drop for Answering {
 }
 
 impl TurnRecord {
+    /// The turn ends unstored after showing `shown` (stopped or failed): the battle keeps its
+    /// earlier turns, but if what was shown named a model its vote is not anonymous. Noted
+    /// before the turn's "being answered" mark goes, so no vote lands in between.
+    async fn not_kept(self, shown: &[String; 2]) {
+        if shown.iter().all(String::is_empty) {
+            return;
+        }
+        let served = served(&self.state).unwrap_or_default();
+        let shown = [shown[0].as_str(), shown[1].as_str()];
+        let arena = &self.state.arena;
+        if let Err(e) = arena
+            .turn_not_kept(&self.battle, &self.prompt, shown, &served)
+            .await
+        {
+            tracing::error!("arena: a stopped turn's names not noted: {}", e.message);
+        }
+        if let Some(answering) = self.answering {
+            answering.end().await;
+        }
+    }
+
     /// Appends each side's answer to its own conversation and stores both.
     async fn record(self, a: &Answer, b: &Answer) -> Result<(), ApiError> {
         let (mut conversation_a, mut conversation_b) = self.conversations;
@@ -527,5 +587,16 @@ mod tests {
         assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
         assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn a_forwarded_address_counts_without_its_port() {
+        let ip = |s: &str| forwarded_ip(s).map(address_key);
+        assert_eq!(ip("192.0.2.7:5678"), ip("192.0.2.7"));
+        assert_eq!(ip("192.0.2.7").as_deref(), Some("192.0.2.7"));
+        assert_eq!(ip("[2001:db8::1]:443"), ip("2001:db8::1"));
+        assert_eq!(ip("[2001:db8::1]"), ip("2001:db8::1"));
+        assert_eq!(ip("2001:db8::1").as_deref(), Some("2001:db8::/64"));
+        assert_eq!(ip("unknown"), None);
     }
 }

@@ -59,8 +59,10 @@ pub async fn chat_completions(
         .map(|c| {
             let mut message = json!({"role": "assistant", "content": c.content});
             if let Some(r) = c.reasoning.as_ref().filter(|r| !r.is_empty()) {
-                // vLLM's and llama.cpp's field (DeepSeek's API).
+                // Under both names: llama.cpp's and DeepSeek's API (and older vLLM's)
+                // `reasoning_content`, current vLLM's `reasoning`.
                 message["reasoning_content"] = r.as_str().into();
+                message["reasoning"] = r.as_str().into();
             }
             if !c.tool_calls.is_empty() {
                 message["tool_calls"] = c.tool_calls.clone().into();
@@ -137,7 +139,7 @@ impl ChatChunks {
             } else {
                 Value::Null
             };
-            out.push(self.chunk(json!([{"index": index, "delta": {"reasoning_content": thought}, "logprobs": lp, "finish_reason": null}])));
+            out.push(self.chunk(json!([{"index": index, "delta": {"reasoning_content": thought, "reasoning": thought}, "logprobs": lp, "finish_reason": null}])));
         }
         if !text.is_empty() || (!lp.is_null() && thought.is_empty()) {
             out.push(self.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])));

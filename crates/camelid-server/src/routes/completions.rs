@@ -14,7 +14,7 @@ use crate::state::AppState;
 use crate::structured;
 use crate::validate::{
     cache_salt, check_top_logprobs, choice_params, encode_prompt, generation_params, infill_suffix,
-    max_tokens, model_stops, unimplemented_completion,
+    max_tokens, min_tokens_within_limit, model_stops, unimplemented_completion,
 };
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -117,6 +117,7 @@ pub async fn completions(
             "prompt",
             req.echo,
         )?;
+        min_tokens_within_limit(&params)?;
         params.logprobs = req.logprobs.map(|l| l as usize);
         for i in 0..n {
             let p = choice_params(&params, i);

@@ -30,7 +30,10 @@ pub async fn tokenize(State(s): State<Arc<AppState>>, RequestBody(body): Request
                 budget,
             )?;
             let msgs = to_messages(&c.messages)?;
-            let kwargs = c.chat_template_kwargs.unwrap_or_default();
+            let kwargs = crate::chat::template_kwargs(
+                c.chat_template_kwargs.as_ref(),
+                c.reasoning_effort.as_deref(),
+            )?;
             let ids = render_and_encode(&permit, &m, msgs, tools, end, kwargs, budget).await?;
             (m, ids)
         }
