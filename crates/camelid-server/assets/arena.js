@@ -42,8 +42,16 @@ const ArenaApi = {
     const token = battle ? battle.token : this.token();
     if (token) body.token = token;
     if (battle) body.battle_id = battle.id;
-    const resp = await Camelid.api("arena/battles", { method: "POST", body, signal });
-    if (!resp.ok) throw await Camelid.apiError(resp);
+    let resp;
+    for (let attempt = 1; ; attempt++) {
+      resp = await Camelid.api("arena/battles", { method: "POST", body, signal });
+      if (resp.ok) break;
+      const err = await Camelid.apiError(resp);
+      // A turn just stopped holds the battle until its server notices (at its next piece):
+      // asked again at once, the follow-up waits for that rather than failing.
+      if (err.code !== "battle_answering" || attempt === 20) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
     const text = { a: "", b: "" };
     let next = null;
     let stored = false;

@@ -120,8 +120,9 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                 msg.reasoning_content = [&m.reasoning_content, &m.reasoning]
                     .into_iter()
                     .flatten()
+                    .filter_map(Value::as_str)
                     .find(|r| !r.is_empty())
-                    .cloned();
+                    .map(String::from);
             }
             Ok(msg)
         })
@@ -240,7 +241,7 @@ async fn render_latest_turns(
     tools: Option<Vec<Value>>,
     (end, kwargs): (PromptEnd, TemplateKwargs),
     max_bytes: usize,
-    fits: impl Fn(usize) -> bool,
+    (fits, whole_fits): (impl Fn(usize) -> bool, impl Fn(usize) -> bool),
 ) -> Result<Vec<u32>, ApiError> {
     let render = |m: Vec<Message>| {
         render_and_encode(
@@ -253,10 +254,11 @@ async fn render_latest_turns(
             max_bytes,
         )
     };
-    // A conversation within the context is left whole, as Ollama leaves it. One that renders
-    // past what the context could hold (the byte budget) is cut like one too many tokens long.
+    // A conversation within the context is left whole, as Ollama leaves it (`whole_fits`). One
+    // that renders past what the context could hold (the byte budget) is cut like one too
+    // many tokens long.
     let whole = match render(msgs.clone()).await {
-        Ok(p) if p.len() < model.max_model_len => return Ok(p),
+        Ok(p) if whole_fits(p.len()) => return Ok(p),
         Err(e) if e.code != Some("context_length_exceeded") => return Err(e),
         r => r,
     };
@@ -300,8 +302,9 @@ async fn render_latest_turns(
 }
 
 /// The template's variables: the client's `chat_template_kwargs`, and OpenAI's
-/// `reasoning_effort` as vLLM passes it: `reasoning_effort` itself and `enable_thinking`
-/// (Qwen3's switch: off for `"none"`), unless the client set them there.
+/// `reasoning_effort`: the variable of that name (as vLLM passes it, for gpt-oss-style
+/// templates) and Qwen3's switch `enable_thinking` (off for `"none"`), unless the client set
+/// them there.
 pub fn template_kwargs(
     explicit: Option<&TemplateKwargs>,
     effort: Option<&str>,
@@ -406,12 +409,15 @@ pub async fn submit_salted(
         // smaller, else a quarter of the context (Ollama's runner shifts its context while
         // it generates; camelid's does not).
         let context = model.max_model_len;
+        let keep_room = req.keep_answer_room;
         let quarter = (context / 4).max(1);
         let room = req
             .max_tokens_cap
             .map_or(quarter, |c| (c as usize).clamp(1, quarter));
         let fits = move |prompt: usize| prompt + room <= context;
-        render_latest_turns(&permit, &model, msgs, shown, (end, kwargs), budget, fits).await?
+        let whole_fits = move |prompt: usize| prompt < context && (!keep_room || fits(prompt));
+        let cut = (fits, whole_fits);
+        render_latest_turns(&permit, &model, msgs, shown, (end, kwargs), budget, cut).await?
     } else {
         render_and_encode(&permit, &model, msgs, shown, end, kwargs, budget).await?
     };

@@ -302,6 +302,7 @@ fn chat_defaults(
         add_generation_prompt: None,
         continue_final_message: false,
         drop_oldest_to_fit: false,
+        keep_answer_room: false,
     })
 }
 
@@ -387,7 +388,7 @@ pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                 name: None,
                 tool_calls,
                 tool_call_id,
-                reasoning_content: m.thinking.clone(),
+                reasoning_content: m.thinking.clone().map(Value::from),
                 reasoning: None,
             })
         })

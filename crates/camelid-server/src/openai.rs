@@ -97,11 +97,12 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
     /// An earlier assistant turn's thinking, as the server answered it (`reasoning_content`,
     /// or current vLLM's `reasoning`): templates that show it again (Qwen3's, after the last
-    /// user turn) get it back.
+    /// user turn) get it back. Read leniently: what is not a string is left out, as before
+    /// these were read.
     #[serde(default)]
-    pub reasoning_content: Option<String>,
+    pub reasoning_content: Option<serde_json::Value>,
     #[serde(default)]
-    pub reasoning: Option<String>,
+    pub reasoning: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -212,6 +213,11 @@ pub struct ChatRequest {
     /// chat, its `truncate`); OpenAI's and vLLM's refuse it. Not a client field.
     #[serde(skip)]
     pub drop_oldest_to_fit: bool,
+    /// With `drop_oldest_to_fit`: a conversation that leaves the answer less room than it
+    /// asks (up to a quarter of the context) is cut too, not only one past the context (the
+    /// arena: a side with less room left would answer shorter). Not a client field.
+    #[serde(skip)]
+    pub keep_answer_room: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

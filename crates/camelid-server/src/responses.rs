@@ -177,6 +177,7 @@ impl ResponsesBody {
             split_reasoning: None,
             max_tokens_cap: None,
             drop_oldest_to_fit: false,
+            keep_answer_room: false,
         };
         let sampling = SamplingFields {
             temperature: self.temperature,

@@ -1083,6 +1083,17 @@ fn no_vote_lands_while_a_follow_up_is_answered() {
             (409, Some("battle_answering")),
             "{body}"
         );
+        // One follow-up at a time: a second would end the first's mark when it ends.
+        let second = c
+            .post(format!("{base}/arena/battles"))
+            .json(&json!({"battle_id": id, "token": token, "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(second.status(), 409);
+        let body: Value = second.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "battle_answering", "{body}");
         while let Some(chunk) = r.chunk().await.unwrap() {
             seen += &String::from_utf8_lossy(&chunk);
         }
@@ -1165,10 +1176,10 @@ fn a_stopped_turn_that_named_a_model_leaves_the_vote_unrated() {
         let status = r.status().as_u16();
         assert_refused(status, &r.json().await.unwrap(), 409, "battle_unanswered");
     });
-    assert_eq!(
-        runtime().block_on(s.state.arena.export()).unwrap()[0]["anony"],
-        false
-    );
+    let exported = runtime().block_on(s.state.arena.export()).unwrap();
+    assert_eq!(exported[0]["anony"], false, "{}", exported[0]);
+    // The stopped turn itself was not stored: the vote is on the first.
+    assert_eq!(exported[0]["turn"], 1, "{}", exported[0]);
 }
 
 /// What a battle stores of the visitor's messages is their role and text: other keys (a

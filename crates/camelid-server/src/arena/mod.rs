@@ -255,7 +255,7 @@ fn answering(id: &str) -> ApiError {
     refusal(
         StatusCode::CONFLICT,
         "battle_answering",
-        format!("Battle {id:?} is answering a turn; vote once both answers are in."),
+        format!("Battle {id:?} is answering a turn; vote or ask again once both answers are in."),
     )
 }
 
@@ -597,12 +597,21 @@ impl Arena {
     /// [`Self::renew_answer`] while it runs: until [`Self::end_answer`], votes on it get 409
     /// `battle_answering`, so none lands on the turn before while the visitor reads the new
     /// one.
+    /// One follow-up at a time: another while one is answered is 409 `battle_answering` (two
+    /// at once would each end the other's mark, and one stored after the other was shown).
     pub async fn begin_answer(&self, battle: &OpenBattle) -> Result<(), ApiError> {
-        let until = now() + self.config.answer_lease.as_secs_f64();
-        self.store
-            .begin_answer(&battle.id, until)
+        let now = now();
+        let until = now + self.config.answer_lease.as_secs_f64();
+        let claimed = self
+            .store
+            .claim_answer(&battle.id, until, now)
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        if claimed {
+            Ok(())
+        } else {
+            Err(answering(&battle.id))
+        }
     }
 
     /// Battle `id`'s turn is still being answered: its mark lasts another lease.
@@ -641,7 +650,9 @@ impl Arena {
             c.push(json!({"role": "assistant", "content": text}));
             c
         };
-        if conversations_name_a_model([&side(shown[0]), &side(shown[1])], served) {
+        let mut names = served.to_vec();
+        names.extend([battle.model_a.clone(), battle.model_b.clone()]);
+        if conversations_name_a_model([&side(shown[0]), &side(shown[1])], &names) {
             self.store
                 .mark_named(&battle.id)
                 .await
@@ -988,6 +999,51 @@ mod tests {
 
     /// The store's URL carries the database password: a failed connection names the store
     /// without it. Port 1 on the loopback: nothing listens there.
+    /// A turn shown and not stored: its answer naming a model (here only the answer does)
+    /// leaves the battle's vote unrated; one that names nothing does not. A second follow-up
+    /// while one is answered is refused.
+    #[tokio::test]
+    async fn an_unstored_turn_that_showed_a_name_marks_the_vote() {
+        let arena = Arena::in_memory(ArenaConfig::default());
+        let served = ["smol-a".to_string(), "smol-b".to_string()];
+        let prompt = vec![json!({"role": "user", "content": "Who are you?"})];
+        let mut anony = vec![];
+        for shown in [
+            ["I am Qwen2.5, by Alibaba.", ""],
+            ["I am an assistant.", "Hi."],
+        ] {
+            let visitor = Visitor::new();
+            let battle = arena
+                .start(&visitor, served[0].clone(), served[1].clone())
+                .await
+                .unwrap();
+            let answered = |a: &str| {
+                let mut c = prompt.clone();
+                c.push(json!({"role": "assistant", "content": a}));
+                c
+            };
+            arena
+                .record_turn(&battle, &visitor, &answered("Hello."), &answered("Hi."))
+                .await
+                .unwrap();
+            let battle = arena.resume(&battle.id, &visitor).await.unwrap();
+            arena.begin_answer(&battle).await.unwrap();
+            let again = arena.begin_answer(&battle).await.unwrap_err();
+            assert_eq!(again.code, Some("battle_answering"));
+            arena
+                .turn_not_kept(&battle, &prompt, shown, &served)
+                .await
+                .unwrap();
+            assert!(arena.end_answer(&battle.id).await);
+            let cast = arena
+                .vote(&battle.id, &visitor, Outcome::Tie, &served)
+                .await
+                .unwrap();
+            anony.push(cast.anony);
+        }
+        assert_eq!(anony, [false, true]);
+    }
+
     #[tokio::test]
     async fn a_store_that_cannot_be_reached_is_named_without_its_password() {
         let url = "postgres://camelid:s3cret-pw@127.0.0.1:1/arena";

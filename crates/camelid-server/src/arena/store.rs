@@ -308,7 +308,23 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Marks battle `id`'s follow-up turn as being answered, until `until` at the latest.
+    /// Marks battle `id`'s follow-up turn as being answered until `until`, unless another
+    /// turn's mark holds it at `now`; whether this turn has the mark.
+    pub async fn claim_answer(&self, id: &str, until: f64, now: f64) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "INSERT INTO arena_answering (battle_id, ends_by) VALUES ($1, $2)
+             ON CONFLICT (battle_id) DO UPDATE SET ends_by = excluded.ends_by
+             WHERE arena_answering.ends_by <= $3",
+        )
+        .bind(id)
+        .bind(until)
+        .bind(now)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Keeps battle `id`'s mark (its turn still runs) until `until` at the latest.
     pub async fn begin_answer(&self, id: &str, until: f64) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO arena_answering (battle_id, ends_by) VALUES ($1, $2)

@@ -347,6 +347,7 @@ pub async fn battle(
         let mut r = from_value::<ChatRequest>(&r)?;
         r.max_tokens_cap = output_cap;
         r.drop_oldest_to_fit = true;
+        r.keep_answer_room = true;
         Ok::<_, ApiError>((r, messages))
     };
     let (req_a, conversation_a) = side(&battle.conversation_a, &battle.model_a)?;
@@ -447,6 +448,14 @@ impl Answering {
         }
     }
 
+    /// Stops renewing and leaves the mark to run out its lease: no vote lands before then.
+    fn keep(mut self) {
+        if let Some(r) = self.renewing.take() {
+            r.abort();
+        }
+        self.id.clear();
+    }
+
     /// Ends it now, before the visitor hears that the turn is stored.
     async fn end(mut self) {
         let finish = self.finish();
@@ -499,29 +508,45 @@ impl Drop for Answering {
 
 impl TurnRecord {
     /// The turn ends unstored after showing `shown` (stopped or failed): the battle keeps its
-    /// earlier turns, but if what was shown named a model its vote is not anonymous. Noted
-    /// before the turn's "being answered" mark goes, so no vote lands in between.
+    /// earlier turns, but if what was shown named a model its vote is not anonymous.
     async fn not_kept(self, shown: &[String; 2]) {
         if shown.iter().all(String::is_empty) {
             return;
         }
+        let noted = self.note_names(shown).await;
+        self.release(noted).await;
+    }
+
+    /// Whether what an unstored turn showed is noted (`Arena::turn_not_kept`).
+    async fn note_names(&self, shown: &[String; 2]) -> bool {
         let served = served(&self.state).unwrap_or_default();
         let shown = [shown[0].as_str(), shown[1].as_str()];
         let arena = &self.state.arena;
-        if let Err(e) = arena
+        match arena
             .turn_not_kept(&self.battle, &self.prompt, shown, &served)
             .await
         {
-            tracing::error!("arena: a stopped turn's names not noted: {}", e.message);
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("arena: an unstored turn's names not noted: {}", e.message);
+                false
+            }
         }
-        if let Some(answering) = self.answering {
-            answering.end().await;
+    }
+
+    /// Ends the turn's "being answered" mark once what it showed is noted, so no vote lands
+    /// in between; not noted (the store failed), the mark runs out its lease instead.
+    async fn release(self, noted: bool) {
+        match self.answering {
+            Some(answering) if noted => answering.end().await,
+            Some(answering) => answering.keep(),
+            None => {}
         }
     }
 
     /// Appends each side's answer to its own conversation and stores both.
-    async fn record(self, a: &Answer, b: &Answer) -> Result<(), ApiError> {
-        let (mut conversation_a, mut conversation_b) = self.conversations;
+    async fn record(mut self, a: &Answer, b: &Answer) -> Result<(), ApiError> {
+        let (mut conversation_a, mut conversation_b) = std::mem::take(&mut self.conversations);
         conversation_a.push(json!({"role": "assistant", "content": a.content}));
         conversation_b.push(json!({"role": "assistant", "content": b.content}));
         let recorded = self
@@ -534,9 +559,12 @@ impl TurnRecord {
                 &conversation_b,
             )
             .await;
-        if let Some(answering) = self.answering {
-            answering.end().await;
-        }
+        // Not stored (a vote or expiry came first), the answers were still shown.
+        let noted = recorded.is_ok()
+            || self
+                .note_names(&[a.content.clone(), b.content.clone()])
+                .await;
+        self.release(noted).await;
         recorded
     }
 }
