@@ -380,7 +380,10 @@ pub fn chat_messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
                     .unwrap_or(0);
                 Some(pending.remove(at).0)
             } else {
-                None
+                // A result whose call the client did not send back (it kept only the text):
+                // Ollama renders it anyway, so it gets an id of its own.
+                made += 1;
+                Some(format!("call{made:05}"))
             };
             Ok(ChatMessage {
                 role,
@@ -640,13 +643,19 @@ pub fn check_think(think: Option<&Value>, name: &str, m: &ModelEntry) -> Result<
 pub fn show(models: &[Arc<ModelEntry>], m: &ModelEntry, takes_tools: bool) -> Value {
     let d = &m.details;
     let a = &d.architecture;
-    let mut capabilities = vec!["completion"];
+    // Every model embeds; one whose files name a pooling is made for it, and listed as
+    // Ollama lists such models: for embedding alone (clients keep them out of chat pickers).
+    let mut capabilities = if d.pooling.is_some() {
+        vec!["embedding"]
+    } else {
+        vec!["completion"]
+    };
     if takes_tools {
         capabilities.push("tools");
     }
-    // Every model embeds; one whose files name a pooling is made for it.
-    if d.pooling.is_some() {
-        capabilities.push("embedding");
+    // Fill-in-the-middle tokens: `/api/generate` takes a `suffix` (Ollama's "insert").
+    if m.engine.tokenizer().fim.is_some() {
+        capabilities.push("insert");
     }
     let template = template_text(m);
     if thinks(m) {
@@ -708,6 +717,22 @@ mod tests {
         let out = chat_messages(&msgs).unwrap();
         assert_eq!(out[1].tool_call_id.as_deref(), Some("u2"));
         assert_eq!(out[2].tool_call_id.as_deref(), Some("u1"));
+    }
+
+    /// A tool result whose call the client did not send back gets an id of its own (Ollama
+    /// renders it; the chat's rule that a tool message answers a call would refuse it).
+    #[test]
+    fn a_tool_result_without_its_call_is_taken() {
+        let msgs = [
+            msg(json!({"role": "user", "content": "weather?"})),
+            msg(json!({"role": "assistant", "content": "Let me look."})),
+            msg(json!({"role": "tool", "content": "18 C", "tool_name": "get_weather"})),
+            msg(json!({"role": "tool", "content": "19 C"})),
+        ];
+        let out = chat_messages(&msgs).unwrap();
+        let (a, b) = (out[2].tool_call_id.clone(), out[3].tool_call_id.clone());
+        assert!(a.is_some() && b.is_some() && a != b, "{a:?} {b:?}");
+        crate::chat::to_messages(&out).unwrap();
     }
 
     /// An assistant turn's `thinking`, as `/api/chat` answered it, goes back to the template

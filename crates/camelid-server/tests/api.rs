@@ -1873,7 +1873,8 @@ fn embedding_inputs_keep_their_appended_token_and_refuse_empty_text() {
     }
     let tiny = state.model(Some("tiny")).unwrap();
     assert!(!tiny.engine.tokenizer().encode("", true).unwrap().is_empty());
-    // Ollama's `/api/show` lists `embedding` only for a model whose files name a pooling.
+    // Ollama's `/api/show` lists `embedding` only for a model whose files name a pooling, and
+    // such a model for embedding alone.
     let capabilities = |name: &str| {
         let (st, b) = send(
             &s.base,
@@ -1885,8 +1886,18 @@ fn embedding_inputs_keep_their_appended_token_and_refuse_empty_text() {
         assert_eq!(st, 200, "{b}");
         b["capabilities"].clone()
     };
-    assert!(!capabilities("appends").to_string().contains("embedding"));
-    assert!(capabilities("embedder").to_string().contains("embedding"));
+    let has = |name: &str, what: &str| {
+        capabilities(name)
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(what))
+    };
+    assert!(has("appends", "completion") && !has("appends", "embedding"));
+    assert!(has("embedder", "embedding") && !has("embedder", "completion"));
+    assert!(
+        !has("appends", "insert"),
+        "the default vocabulary has no FIM tokens"
+    );
     for input in [json!(""), json!(["x", ""])] {
         let (st, b) = send(
             &s.base,
@@ -1972,6 +1983,16 @@ fn a_suffix_fills_in_the_middle() {
             body.to_string().into_bytes(),
         )
     };
+    // Ollama's `/api/show` lists the model as taking a suffix ("insert"); not the other.
+    let inserts = |name: &str| {
+        let (st, b) = post("/api/show", json!({"model": name}));
+        assert_eq!(st, 200, "{b}");
+        b["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("insert"))
+    };
+    assert!(inserts("coder") && !inserts("smol"));
     // Code that spells a special token (`<|im_end|>`) keeps it as text.
     let (prefix, suffix) = (
         "END = \"<|im_end|>\"\ndef add(a, b):\n    ",

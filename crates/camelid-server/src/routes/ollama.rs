@@ -47,6 +47,7 @@ pub async fn chat(
     State(state): State<Arc<AppState>>,
     RequestBody(raw): RequestBody,
 ) -> OllamaResult {
+    let entered = Instant::now();
     let permit = state.permit()?;
     let body: ChatBody = parse_body(&raw)?;
     drop(raw);
@@ -73,15 +74,18 @@ pub async fn chat(
     } = chat::submit(&state, permit, &req, &sampling)
         .await
         .map_err(|e| tools_refused_as_ollama(e, has_tools, &body.model))?;
-    let reply = Reply::new(
-        Kind::Chat,
-        body.model,
-        model.engine.shared_tokenizer(),
-        req.logprobs,
-        OutputReader::new(reasoning, tools.map(|t| t.stream())),
-        ollama::shows_thinking(body.think.as_ref()),
-        prompt_tokens,
-    );
+    let reply = Reply {
+        entered,
+        ..Reply::new(
+            Kind::Chat,
+            body.model,
+            model.engine.shared_tokenizer(),
+            req.logprobs,
+            OutputReader::new(reasoning, tools.map(|t| t.stream())),
+            ollama::shows_thinking(body.think.as_ref()),
+            prompt_tokens,
+        )
+    };
     answer(sub, reply, body.stream.unwrap_or(true)).await
 }
 
@@ -89,6 +93,7 @@ pub async fn generate(
     State(state): State<Arc<AppState>>,
     RequestBody(raw): RequestBody,
 ) -> OllamaResult {
+    let entered = Instant::now();
     let permit = state.permit()?;
     let body: GenerateBody = parse_body(&raw)?;
     drop(raw);
@@ -124,15 +129,18 @@ pub async fn generate(
             s.reasoning,
         )
     };
-    let reply = Reply::new(
-        Kind::Generate,
-        body.model,
-        tok,
-        logprobs,
-        OutputReader::new(reasoning, None),
-        ollama::shows_thinking(body.think.as_ref()),
-        prompt_tokens,
-    );
+    let reply = Reply {
+        entered,
+        ..Reply::new(
+            Kind::Generate,
+            body.model,
+            tok,
+            logprobs,
+            OutputReader::new(reasoning, None),
+            ollama::shows_thinking(body.think.as_ref()),
+            prompt_tokens,
+        )
+    };
     answer(sub, reply, body.stream.unwrap_or(true)).await
 }
 
@@ -216,6 +224,10 @@ struct Reply {
     calls_sent: usize,
     /// Whether the thinking is sent (`think: false` drops it).
     show_thinking: bool,
+    /// When the handler took the request: `total_duration` counts from here, as Ollama's
+    /// does (parsing, the template and a `format` grammar's compilation included).
+    entered: Instant,
+    /// When the prompt went to the engine: `prompt_eval_duration` counts from here.
     started: Instant,
     first_token: Option<Instant>,
     prompt_tokens: usize,
@@ -240,6 +252,7 @@ impl Reply {
             call_deltas: vec![],
             calls_sent: 0,
             show_thinking,
+            entered: Instant::now(),
             started: Instant::now(),
             first_token: None,
             prompt_tokens,
@@ -349,7 +362,7 @@ impl Reply {
         for (k, v) in [
             ("done", json!(true)),
             ("done_reason", finish_str(reason).into()),
-            ("total_duration", ns(end - self.started).into()),
+            ("total_duration", ns(end - self.entered).into()),
             ("load_duration", 0.into()),
             ("prompt_eval_count", self.prompt_tokens.into()),
             ("prompt_eval_duration", ns(first - self.started).into()),
