@@ -94,11 +94,15 @@ fn model_judge_name(judge: &JudgeId) -> String {
     format!("{}-{kind}", judge.0)
 }
 
+/// Scores this close are a tie when single judgments are turned pairwise (FastChat's
+/// `TIE_DELTA` in `play_a_match_pair`): 7.5 against 7.6 is no win.
+const TIE_DELTA: f64 = 0.1;
+
 /// The votes in one file, named `label` when given. The file is any of: FastChat's human
 /// judgments (`question_id, model_a, model_b, winner, judge, turn`; a JSON array or lines),
 /// `mtbench judge` pairwise judgments (a swapped pair is one vote, inconsistent verdicts a
 /// tie, unparsable ones left out), or single-score judgments (turned pairwise as FastChat
-/// does: on each question and turn, the higher score of two models wins, equal scores tie;
+/// does: on each question and turn, the higher score of two models wins, scores within 0.1 tie;
 /// unparsed scores left out).
 pub fn read_votes(text: &str, label: Option<&str>) -> Result<Vec<Vote>> {
     let read = read_records(text)?;
@@ -164,10 +168,12 @@ pub fn read_votes(text: &str, label: Option<&str>) -> Result<Vec<Vote>> {
                 if a == b {
                     continue;
                 }
-                let winner = match sa.total_cmp(sb) {
-                    std::cmp::Ordering::Greater => Winner::ModelA,
-                    std::cmp::Ordering::Less => Winner::ModelB,
-                    std::cmp::Ordering::Equal => Winner::Tie,
+                let winner = if (sa - sb).abs() <= TIE_DELTA {
+                    Winner::Tie
+                } else if sa > sb {
+                    Winner::ModelA
+                } else {
+                    Winner::ModelB
                 };
                 votes.push(Vote::new(question_id, turn, (a, b), winner, judge.clone()));
             }
@@ -388,20 +394,29 @@ mod tests {
             single("z", 1, 1, 6.0),
             single("x", 1, 2, 7.0),
             single("y", 1, 2, -1.0),
+            single("x", 2, 1, 7.5),
+            single("y", 2, 1, 7.6),
+            single("x", 3, 1, 7.5),
+            single("y", 3, 1, 7.7),
         ]
         .join("\n");
         let mut votes = read_votes(&text, None).unwrap();
-        votes.sort_by(|a, b| (&a.model_a, &a.model_b).cmp(&(&b.model_a, &b.model_b)));
-        let got: Vec<(&str, &str, Winner, &str)> = votes
+        votes.sort_by(|a, b| {
+            (a.question_id, &a.model_a, &a.model_b).cmp(&(b.question_id, &b.model_a, &b.model_b))
+        });
+        let got: Vec<(u64, &str, &str, Winner, &str)> = votes
             .iter()
-            .map(|v| (&*v.model_a, &*v.model_b, v.winner, &*v.judge))
+            .map(|v| (v.question_id, &*v.model_a, &*v.model_b, v.winner, &*v.judge))
             .collect();
         assert_eq!(
             got,
             [
-                ("x", "y", Winner::ModelB, "j-single"),
-                ("x", "z", Winner::Tie, "j-single"),
-                ("y", "z", Winner::ModelA, "j-single"),
+                (1, "x", "y", Winner::ModelB, "j-single"),
+                (1, "x", "z", Winner::Tie, "j-single"),
+                (1, "y", "z", Winner::ModelA, "j-single"),
+                // Within FastChat's TIE_DELTA a tie, past it a win.
+                (2, "x", "y", Winner::Tie, "j-single"),
+                (3, "x", "y", Winner::ModelB, "j-single"),
             ]
         );
         let pair = |g1: &str, g2: &str| {

@@ -395,7 +395,15 @@ impl ChatClient {
                     return Err(ChatError::Fatal(format!("{}: {m}", self.url)))
                 }
                 Err(Failure::Rejected { msg, http }) => {
+                    // A conversation too long for the model's context is this request's
+                    // fault, not the requests' shape: with several in flight such refusals
+                    // come back before the first (slow) success and must not stop the run.
+                    let too_long = {
+                        let m = msg.to_lowercase();
+                        m.contains("context length") || m.contains("context_length")
+                    };
                     if http
+                        && !too_long
                         && !self.succeeded.load(Ordering::Relaxed)
                         && self.early_rejections.fetch_add(1, Ordering::Relaxed) + 1
                             >= EARLY_REJECTIONS

@@ -269,6 +269,24 @@ async fn a_wrong_key_model_or_url_is_fatal_at_once() {
         Err(ChatError::Rejected(_))
     ));
     assert_eq!(c.chat(&hi(), 0.0, 8).await.unwrap(), "fine");
+    // Nor do several such refusals before the first success (with `--parallel`, turn-2
+    // matches too long for a small judge come back at once, while turn-1 verdicts take
+    // seconds): each is this request's, not every request's.
+    let (base, _) = fake(|n, _| match n {
+        0..=5 => error(
+            400,
+            "This model's maximum context length is 4096 tokens. However, you requested 4200.",
+        ),
+        _ => ok("fine"),
+    });
+    let c = client(&base);
+    for _ in 0..6 {
+        assert!(matches!(
+            c.chat(&hi(), 0.0, 8).await,
+            Err(ChatError::Rejected(_))
+        ));
+    }
+    assert_eq!(c.chat(&hi(), 0.0, 8).await.unwrap(), "fine");
     // A server's huge retry-after-ms is bounded, not a panic.
     let (base, seen) = fake(|n, _| match n {
         0 => Reply::Http(
