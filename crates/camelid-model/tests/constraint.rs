@@ -341,3 +341,63 @@ fn mistral_args_call_grammar_takes_calls_and_refuses_malformed_ones() {
         }
     }
 }
+
+/// With `constraint_after` (a reasoning model's `</think>`), the grammar holds off until the
+/// output has written it: the thinking is free, then only the grammar's tokens are drawn.
+/// Logits are made up, favouring a chosen token each step; greedy sampling draws it unless
+/// the grammar forbids it.
+#[test]
+fn a_grammar_after_the_thinking_starts_at_its_end() {
+    use camelid_model::decode::SequenceDecoder;
+    let lm = smol();
+    let tok = &lm.tokenizer;
+    let vocab = tok.vocab_size();
+    let favour = |id: u32| {
+        let mut l = vec![0.0f32; vocab];
+        l[id as usize] = 20.0;
+        l
+    };
+    let ids = |t: &str| tok.encode(t, false).unwrap();
+    let x = ids("x")[0];
+    let thought = ids("Let me see.</think>");
+    let run = |gated: bool| {
+        let mut p = GenerationParams::new(
+            40,
+            SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+        );
+        p.stop_token_ids = lm.stop_token_ids.clone();
+        p.constraint = Some(
+            lm.grammar
+                .compile(TopLevelGrammar::from_regex("[0-9]{2}"))
+                .unwrap(),
+        );
+        p.constraint_after = gated.then(|| "</think>".to_string());
+        let mut d = SequenceDecoder::new(vec![1], p, 512);
+        let mut text = String::new();
+        // The thinking's tokens, then `x` (which the grammar refuses) until the end.
+        for &t in thought.iter().chain(std::iter::repeat(&x)).take(12) {
+            let out = d.step(tok, &favour(t)).unwrap();
+            text += &out.text;
+            if out.finished.is_some() {
+                break;
+            }
+        }
+        text
+    };
+    let (gated, from_the_start) = (run(true), run(false));
+    let answer = gated
+        .strip_prefix("Let me see.</think>")
+        .unwrap_or_else(|| panic!("the thinking was constrained: {gated:?}"));
+    assert!(
+        answer.len() == 2 && answer.bytes().all(|b| b.is_ascii_digit()),
+        "{gated:?}"
+    );
+    // Without the gate the grammar takes the first token.
+    assert!(
+        from_the_start.len() == 2 && from_the_start.bytes().all(|b| b.is_ascii_digit()),
+        "{from_the_start:?}"
+    );
+}

@@ -17,7 +17,7 @@ use crate::validate::{
 use camelid_engine::Usage;
 use camelid_model::decode::{FinishReason, StopReason};
 use camelid_model::text::chat_prompt::{chat_prompt_ids_ending, PromptEnd};
-use camelid_model::text::reasoning::{prompt_opens_block, split_reasoning};
+use camelid_model::text::reasoning::{prompt_opens_block, split_reasoning, THINK_CLOSE};
 use camelid_model::text::template::TemplateKwargs;
 use camelid_model::Message;
 use serde_json::Value;
@@ -459,11 +459,14 @@ pub async fn submit_salted(
         params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
     }
     let prompt_tokens = prompt.len();
-    // A constrained output is the grammar's from its first token: it starts outside any
-    // block the prompt opened (its own `<think>…</think>`, if the grammar writes one, splits).
-    let constrained = params.constraint.is_some();
-    let reasoning =
-        reasoning_split(state, req, &model, &prompt).map(|inside| inside && !constrained);
+    // With the thinking split, a prompt that opened the block (DeepSeek-R1's, QwQ's) lets the
+    // model think first and holds the grammar off until `</think>`, as vLLM does. Where the
+    // model itself would open one (Qwen3's), the output is the grammar's from its first
+    // token (a `<think>…</think>` the grammar writes still splits).
+    let reasoning = reasoning_split(state, req, &model, &prompt);
+    if reasoning == Some(true) && params.constraint.is_some() {
+        params.constraint_after = Some(THINK_CLOSE.to_string());
+    }
     let specs = (0..n)
         .map(|i| ChoiceSpec {
             index: i,

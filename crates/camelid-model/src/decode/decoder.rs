@@ -47,6 +47,10 @@ pub struct GenerationParams {
     /// Structured output: only tokens the grammar allows are drawn; stop tokens only where
     /// it can end; a finished grammar ends the sequence.
     pub constraint: Option<Constraint>,
+    /// Text the output must write before `constraint` applies (a reasoning model's
+    /// `</think>` when its prompt opened the block): the model thinks freely, then answers
+    /// in the grammar, as vLLM's structured outputs do with a reasoning parser.
+    pub constraint_after: Option<String>,
 }
 
 impl GenerationParams {
@@ -62,6 +66,7 @@ impl GenerationParams {
             logprobs: None,
             skip_special_tokens: true,
             constraint: None,
+            constraint_after: None,
         }
     }
 }
@@ -97,16 +102,22 @@ pub struct SequenceDecoder {
     done: bool,
     /// The sequence's matcher when it is constrained (an error if it could not start).
     grammar: Option<std::result::Result<SequenceConstraint, String>>,
+    /// While `constraint_after` has not been written: the output's latest text, as long as
+    /// the marker (the matcher starts once it holds the marker).
+    gate: Option<String>,
 }
 
 impl SequenceDecoder {
     pub fn new(prompt: Vec<u32>, params: GenerationParams, context_length: usize) -> Self {
+        let gated = params.constraint.is_some() && params.constraint_after.is_some();
         let grammar = params
             .constraint
             .as_ref()
+            .filter(|_| !gated)
             .map(|c| SequenceConstraint::start(c, &[]).map_err(|e| e.to_string()));
         Self {
             grammar,
+            gate: gated.then(String::new),
             sampler: Sampler::new(params.sampling.clone()),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
             stops: StopMatcher::new(params.stop_strings.clone()),
@@ -120,6 +131,30 @@ impl SequenceDecoder {
 
     pub fn prompt(&self) -> &[u32] {
         &self.prompt
+    }
+
+    /// Starts the matcher once the output's text has written `constraint_after`; `piece` is
+    /// the text of the token just drawn.
+    fn open_gate(&mut self, piece: &str) {
+        let (Some(seen), Some(marker), Some(c)) = (
+            self.gate.as_mut(),
+            self.params.constraint_after.as_deref(),
+            self.params.constraint.as_ref(),
+        ) else {
+            return;
+        };
+        seen.push_str(piece);
+        if seen.contains(marker) {
+            self.gate = None;
+            self.grammar = Some(SequenceConstraint::start(c, &[]).map_err(|e| e.to_string()));
+            return;
+        }
+        // Keep only what could still begin the marker.
+        let keep = seen.len().saturating_sub(marker.len());
+        let cut = (keep..=seen.len())
+            .find(|&i| seen.is_char_boundary(i))
+            .unwrap_or(seen.len());
+        seen.drain(..cut);
     }
     pub fn output(&self) -> &[u32] {
         &self.output
@@ -230,6 +265,7 @@ impl SequenceDecoder {
             }
         } else {
             let piece = self.detok.push(tok, token)?;
+            self.open_gate(&piece);
             // Stop strings wait for min_tokens as stop tokens do (vLLM's rule).
             if self.output.len() <= self.params.min_tokens {
                 text += &self.stops.push_unchecked(&piece);
