@@ -1059,6 +1059,24 @@ async fn vote_tie(c: &reqwest::Client, base: &str, id: &str, token: &str) -> (u1
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// A tie vote on battle `id` once its turn is no longer being answered (a turn its client
+/// left ends at the server's next piece): the vote's reply.
+async fn vote_once_answered(c: &reqwest::Client, base: &str, id: &str, token: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        let (status, body) = vote_tie(c, base, id, token).await;
+        if status == 200 {
+            return body;
+        }
+        assert_eq!(body["error"]["code"], "battle_answering", "{body}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "still answering: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A vote while a follow-up turn is being answered is refused (409 `battle_answering`): it
 /// would be stored with the turn before while the visitor reads the new one (it used to be,
 /// and the new turn was thrown away). Once the turn is stored the vote counts, follow-up
@@ -1104,20 +1122,8 @@ fn no_vote_lands_while_a_follow_up_is_answered() {
         // Left mid-stream: the turn is not stored and the battle takes a vote again.
         let (r, _) = until_first_piece(&c, &base, follow(&left, &left_token)).await;
         drop(r);
-        let t = Instant::now();
-        loop {
-            let (status, body) = vote_tie(&c, &base, &left, &left_token).await;
-            if status == 200 {
-                assert_eq!(body["anony"], true, "nothing named: {body}");
-                break;
-            }
-            assert_eq!(body["error"]["code"], "battle_answering", "{body}");
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "still answering: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let body = vote_once_answered(&c, &base, &left, &left_token).await;
+        assert_eq!(body["anony"], true, "nothing named: {body}");
     });
     let exported = runtime().block_on(s.state.arena.export()).unwrap();
     let turn = |battle: &str| {
@@ -1148,17 +1154,8 @@ fn a_stopped_turn_that_named_a_model_leaves_the_vote_unrated() {
             "messages": [{"role": "user", "content": "Are you smol-a? Write a long story about it."}]});
         let (r, _) = until_first_piece(&c, &base, follow).await;
         drop(r);
-        let t = Instant::now();
-        loop {
-            let (status, body) = vote_tie(&c, &base, &id, &token).await;
-            if status == 200 {
-                assert_eq!(body["anony"], false, "the stopped turn named smol-a: {body}");
-                break;
-            }
-            assert_eq!(body["error"]["code"], "battle_answering", "{body}");
-            assert!(t.elapsed() < Duration::from_secs(30), "still answering: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let body = vote_once_answered(&c, &base, &id, &token).await;
+        assert_eq!(body["anony"], false, "the stopped turn named smol-a: {body}");
         // A first turn stopped: the battle is left, its follow-ups refused.
         let first = json!({"stream": true, "max_tokens": 128,
             "messages": [{"role": "user", "content": "Write a long story about a dragon."}]});
