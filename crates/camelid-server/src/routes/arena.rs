@@ -32,6 +32,7 @@ use axum::http::request::Parts;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use camelid_eval::ratings::Outcome;
+use camelid_model::text::template::Message;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
@@ -228,9 +229,14 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
 
 /// What a turn asks that is wrong whichever models answer it (no message, `max_tokens` 0,
 /// a sampling field out of range): a 400 naming the field, before a battle is stored or a
-/// turn counted. What depends on the models (the context) fails later, neutrally.
-fn check_turn(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Result<(), ApiError> {
-    crate::chat::to_messages(&req.messages)?;
+/// turn counted. What depends on the models (the context) fails later, neutrally. The
+/// messages as the templates read them.
+fn check_turn(
+    state: &AppState,
+    req: &ChatRequest,
+    f: &SamplingFields,
+) -> Result<Vec<Message>, ApiError> {
+    let messages = crate::chat::to_messages(&req.messages)?;
     for (field, v) in [
         ("max_tokens", f.max_tokens),
         ("max_completion_tokens", req.max_completion_tokens),
@@ -253,7 +259,7 @@ fn check_turn(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Result
             &[],
         )?;
     }
-    Ok(())
+    Ok(messages)
 }
 
 pub async fn battle(
@@ -282,7 +288,7 @@ pub async fn battle(
     obj.insert("model".into(), "".into());
     let whole = from_value::<ChatRequest>(&req)?;
     let mut sampling: SamplingFields = from_value(&req)?;
-    check_turn(&state, &whole, &sampling)?;
+    let messages = check_turn(&state, &whole, &sampling)?;
     // The visitor's words only: an assistant message would be stored (and exported, and
     // counted by style control) as a model's answer it never gave, and a system message
     // would act on one family's template only.
@@ -295,7 +301,7 @@ pub async fn battle(
     // Stored as the templates read them, role and text: other keys a message carries
     // (unknown fields, `name`, a content part's extras) would be kept in the battle, its
     // vote and the export without ever counting against a model's context.
-    let new_messages: Vec<Value> = crate::chat::to_messages(&whole.messages)?
+    let new_messages: Vec<Value> = messages
         .into_iter()
         .map(|m| json!({"role": m.role, "content": m.content}))
         .collect();
