@@ -480,8 +480,27 @@ def arena_and_leaderboard(ctx):
     check("max_tokens" not in bodies[-1], f"no max_tokens from an empty field: {bodies[-1]}")
     check(page.locator(".message.assistant[data-state=stopped]").count() == 0,
           "the stopped turn left the page")
+    # The vote reaches the server but its reply is lost on the way back; the visitor then
+    # presses another button: the vote that counts (B) is shown with the names, not refused.
+    def reply_lost(route):
+        route.fetch()
+        route.abort()
+
+    page.route("**/arena/battles/*/vote", reply_lost)
     page.click("#vote-b")
+    wait_js(page, "document.getElementById('status').textContent.includes('may have been')",
+            "the lost reply is told")
+    page.unroute("**/arena/battles/*/vote")
+    check(page.get_attribute("body", "data-phase") == "answered" and page.is_enabled("#vote-a"),
+          "the vote buttons open again after a lost reply")
+    page.click("#vote-a")
     wait_js(page, "document.getElementById('name-b').textContent.includes(':')", "names revealed")
+    check("earlier vote" in page.inner_text("#status"), page.inner_text("#status"))
+    check(page.evaluate("document.getElementById('name-b').parentElement.classList"
+                        ".contains('winner')")
+          and page.locator("#vote-b.chosen").count() == 1
+          and page.locator("#vote-a.chosen").count() == 0,
+          "the vote that counts (B) is marked, not the button pressed after")
     board.wait_for_selector(f"body[data-votes='{before + 2}']", timeout=10_000)
     board.screenshot(path=f"{shots}/leaderboard-desktop.png")
 
@@ -666,6 +685,15 @@ def tables_keep_their_words_on_a_phone(browser):
     wait_answer(page, 2)
     shown = page.evaluate("[...document.querySelectorAll('.message.assistant .body')].pop().innerText")
     check(shown.strip() == block, f"the block's lines kept as text: {shown!r}")
+    # A phone's keyboard has no Shift+Enter: there Enter makes a new line; Send sends.
+    page.fill("#prompt", "line one")
+    page.focus("#prompt")
+    page.keyboard.press("End")
+    page.keyboard.press("Enter")
+    page.keyboard.type("line two")
+    check(page.input_value("#prompt") == "line one\nline two"
+          and page.locator(".message.assistant").count() == 2,
+          f"Enter on a phone makes a new line: {page.input_value('#prompt')!r}")
     ctx.close()
 
 

@@ -42,16 +42,11 @@ const ArenaApi = {
     const token = battle ? battle.token : this.token();
     if (token) body.token = token;
     if (battle) body.battle_id = battle.id;
-    let resp;
-    for (let attempt = 1; ; attempt++) {
-      resp = await Camelid.api("arena/battles", { method: "POST", body, signal });
-      if (resp.ok) break;
-      const err = await Camelid.apiError(resp);
-      // A turn just stopped holds the battle until its server notices (at its next piece):
-      // asked again at once, the follow-up waits for that rather than failing.
-      if (err.code !== "battle_answering" || attempt === 20) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 250));
-    }
+    const resp = await this.whileAnswering(async () => {
+      const r = await Camelid.api("arena/battles", { method: "POST", body, signal });
+      if (!r.ok) throw await Camelid.apiError(r);
+      return r;
+    });
     const text = { a: "", b: "" };
     let next = null;
     let stored = false;
@@ -75,10 +70,26 @@ const ArenaApi = {
   },
 
   async vote(battle, winner) {
-    return Camelid.apiJson(`arena/battles/${encodeURIComponent(battle.id)}/vote`, {
-      method: "POST",
-      body: { winner, token: battle.token },
-    });
+    return this.whileAnswering(() =>
+      Camelid.apiJson(`arena/battles/${encodeURIComponent(battle.id)}/vote`, {
+        method: "POST",
+        body: { winner, token: battle.token },
+      }),
+    );
+  },
+
+  // A turn just stopped holds its battle until its server notices (at its next piece): a
+  // follow-up or vote sent at once is refused for that (409 battle_answering, not counted
+  // against the visitor's limits) and asked again for up to 5 s rather than failing.
+  async whileAnswering(call) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await call();
+      } catch (err) {
+        if (err.code !== "battle_answering" || attempt === 20) throw err;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
   },
 };
 
@@ -141,7 +152,8 @@ document.addEventListener("DOMContentLoaded", () => {
   // The battle's whole turns: {prompt, a: {text, finish}, b: {text, finish}}.
   let turns = [];
   // idle: no battle yet; waiting: a turn is being answered; answered: both sides complete,
-  // a vote or a follow-up may come; voted: names shown, only a new round; over: the server
+  // a vote or a follow-up may come; voting: the vote sent, its reply awaited (no new round:
+  // the reply belongs to this battle); voted: names shown, only a new round; over: the server
   // takes no more of this battle (expired, or already voted), only a new round.
   let phase = "idle";
   // Replies that end the battle for this page, whatever it was about to do.
@@ -152,11 +164,11 @@ document.addEventListener("DOMContentLoaded", () => {
     const focused = document.activeElement;
     phase = p;
     const canVote = p === "answered";
-    const closed = p === "waiting" || p === "voted" || p === "over";
+    const closed = p === "waiting" || p === "voting" || p === "voted" || p === "over";
     for (const b of Object.values(voteButtons)) b.disabled = !canVote;
     sendButton.disabled = closed;
     prompt.disabled = closed;
-    newRoundButton.disabled = p === "waiting" || battle === null;
+    newRoundButton.disabled = p === "waiting" || p === "voting" || battle === null;
     stopButton.disabled = p !== "waiting";
     document.body.dataset.phase = p;
     for (const c of Object.values(columns)) c.setAttribute("aria-busy", String(p === "waiting"));
@@ -283,27 +295,18 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const [winner, button] of Object.entries(voteButtons)) {
     button.addEventListener("click", async () => {
       if (phase !== "answered") return;
-      setPhase("voted");
+      setPhase("voting");
       try {
         const r = await ArenaApi.vote(battle, winner);
-        SavedBattle.clear();
-        names.a.textContent = "Model A: " + r.model_a;
-        names.b.textContent = "Model B: " + r.model_b;
-        names.a.parentElement.classList.toggle("winner", winner === "model_a");
-        names.b.parentElement.classList.toggle("winner", winner === "model_b");
-        button.classList.add("chosen");
-        // A conversation that named a model is kept but not rated (FastChat's rule).
-        say(
-          r.anony === false
-            ? "Thanks for voting. The vote is recorded but not rated: the conversation named " +
-                "a model. Start a new round for another battle."
-            : "Thanks for voting. Start a new round for another battle.",
-        );
-        if (votesChannel) votesChannel.postMessage("vote");
-        newRoundButton.focus();
+        showVote(r, "Thanks for voting.");
       } catch (err) {
-        if (BATTLE_OVER.includes(err.code)) {
-          // Voted already (perhaps this vote, its reply lost on the way) or expired.
+        const first = err.code === "battle_voted" && err.body && err.body.vote;
+        if (first && first.battle_id === battle.id) {
+          // This battle's vote was cast before (its reply lost, or the page reloaded): that
+          // one counts, and its names are shown.
+          showVote(first, "Your earlier vote on this battle counts.");
+        } else if (BATTLE_OVER.includes(err.code)) {
+          // Expired, or gone: nothing more to show of it.
           SavedBattle.clear();
           setPhase("over");
           say("The vote failed: " + err.message + " Start a new round.");
@@ -313,12 +316,33 @@ document.addEventListener("DOMContentLoaded", () => {
           say(
             "The vote failed: " +
               err.message +
-              (err.status ? "" : " It may have been counted: press the same button to try again."),
+              (err.status ? "" : " It may have been counted: vote again (a vote counted already is shown, not replaced)."),
           );
           button.focus();
         }
       }
     });
+  }
+
+  // The names after vote `r` (the server's answer), the winner marked.
+  function showVote(r, thanks) {
+    SavedBattle.clear();
+    setPhase("voted");
+    names.a.textContent = "Model A: " + r.model_a;
+    names.b.textContent = "Model B: " + r.model_b;
+    names.a.parentElement.classList.toggle("winner", r.winner === "model_a");
+    names.b.parentElement.classList.toggle("winner", r.winner === "model_b");
+    if (voteButtons[r.winner]) voteButtons[r.winner].classList.add("chosen");
+    // A conversation that named a model is kept but not rated (FastChat's rule).
+    say(
+      r.anony === false
+        ? thanks +
+            " The vote is recorded but not rated: the conversation named a model. Start a new " +
+            "round for another battle."
+        : thanks + " Start a new round for another battle.",
+    );
+    newRoundButton.focus();
+    if (votesChannel) votesChannel.postMessage("vote");
   }
 
   newRoundButton.addEventListener("click", () => {

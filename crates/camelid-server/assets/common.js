@@ -122,8 +122,10 @@ const Camelid = (() => {
   async function apiError(resp) {
     let message = `HTTP ${resp.status} ${resp.statusText}`;
     let code = null;
+    let body = null;
     try {
       const j = await resp.json();
+      body = j;
       if (j && j.error && j.error.message) message = j.error.message;
       if (j && j.error && j.error.code) code = j.error.code;
     } catch {
@@ -134,6 +136,8 @@ const Camelid = (() => {
     const err = new Error(message);
     err.status = resp.status;
     err.code = code;
+    // The whole body: some errors carry more than `error` (a battle's vote already cast).
+    err.body = body;
     return err;
   }
 
@@ -168,7 +172,12 @@ const Camelid = (() => {
           const data = line.slice(5).trimStart();
           if (data === "[DONE]") return;
           const event = JSON.parse(data);
-          if (event && event.error) throw new Error(event.error.message || "server error");
+          if (event && event.error) {
+            // Its code tells the page what ended (a battle voted or expired meanwhile).
+            const err = new Error(event.error.message || "server error");
+            err.code = event.error.code || null;
+            throw err;
+          }
           yield event;
         }
       }
@@ -250,13 +259,17 @@ const Camelid = (() => {
     return Math.min(max, Math.max(min, v));
   }
 
-  // Enter sends the form, Shift+Enter makes a new line.
+  // Enter sends the form, Shift+Enter makes a new line. Not on touch screens, whose
+  // keyboards have no Shift+Enter: there Enter makes a new line and the button sends (as
+  // ChatGPT's mobile page does). Safari ends an IME composition with an Enter whose
+  // isComposing is false but whose keyCode is 229: that one does not send either.
   function enterSubmits(textarea, form) {
+    const touch = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
     textarea.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-        e.preventDefault();
-        form.requestSubmit();
-      }
+      if (e.key !== "Enter" || e.shiftKey || e.isComposing || e.keyCode === 229 || touch) return;
+      e.preventDefault();
+      if (form.requestSubmit) form.requestSubmit();
+      else form.dispatchEvent(new Event("submit", { cancelable: true }));
     });
   }
 

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub param: Option<String>,
     pub code: Option<&'static str>,
     pub retry_after: Option<u64>,
+    /// More the client is owed, beside `error` (`{"vote": …}` for a battle voted already).
+    pub extra: Option<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            extra: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -65,7 +68,11 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+        let mut body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        if let Some((key, value)) = &self.extra {
+            body[*key] = value.clone();
+        }
+        body
     }
 }
 

@@ -310,8 +310,9 @@ fn a_vote_without_the_battles_token_is_refused() {
     assert_eq!(s.vote(&other_id, Some(&other_token), "tie").0, 200);
 }
 
-/// One vote per battle: another vote is 409, the same vote again (a retry after a lost
-/// reply) gets the first one's answer, and of votes sent together exactly one counts.
+/// One vote per battle: another vote is 409 carrying the first (its visitor is owed the
+/// names), the same vote again (a retry after a lost reply) gets the first one's answer, and
+/// of votes sent together exactly one counts.
 #[test]
 fn a_second_vote_is_refused() {
     let s = Arc::new(serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]));
@@ -320,6 +321,10 @@ fn a_second_vote_is_refused() {
     assert_eq!(status, 200, "{first}");
     let (status, err) = s.vote(&id, Some(&token), "model_b");
     assert_refused(status, &err, 409, "battle_voted");
+    assert_eq!(
+        err["vote"], first,
+        "another vote is told the one that counts, names included"
+    );
     let (status, again) = s.vote(&id, Some(&token), "model_a");
     assert_eq!((status, &again), (200, &first), "the retry shows the names");
     let (_, stranger, _) = s.battle(json!({}));
@@ -1075,6 +1080,64 @@ async fn vote_once_answered(c: &reqwest::Client, base: &str, id: &str, token: &s
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A follow-up or vote refused because a turn is still being answered (the page asks again
+/// for a few seconds after Stop) is not counted against the visitor's limits: with 3 turns
+/// and 1 vote a minute, ten refusals later the next turn and the vote are still taken.
+#[test]
+fn refusals_while_answering_spend_no_limit() {
+    let one = |n| RateLimits {
+        per_visitor: n,
+        per_address: 0,
+    };
+    let config = ArenaConfig {
+        turn_limits: one(3),
+        vote_limits: one(1),
+        ..Default::default()
+    };
+    let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    let base = s.base.clone();
+    let (id, token, _) = s.battle(json!({"max_tokens": 2}));
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let follow = json!({"battle_id": id, "token": token, "stream": true, "max_tokens": 64,
+                            "messages": [{"role": "user", "content": "Write a long story."}]});
+        let (mut r, _) = until_first_piece(&c, &base, follow).await;
+        for _ in 0..5 {
+            let again = c
+                .post(format!("{base}/arena/battles"))
+                .json(&json!({"battle_id": id, "token": token, "max_tokens": 2,
+                              "messages": [{"role": "user", "content": "Hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = again.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "battle_answering", "{body}");
+            let (status, body) = vote_tie(&c, &base, &id, &token).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (409, Some("battle_answering")),
+                "{body}"
+            );
+        }
+        while r.chunk().await.unwrap().is_some() {}
+    });
+    let mut third = ask();
+    third["battle_id"] = id.clone().into();
+    third["token"] = token.clone().into();
+    third["max_tokens"] = 2.into();
+    // The mark goes once the stored turn's stream is done: until then, asked again.
+    let t = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = s.post("/arena/battles", third.clone());
+        if body["error"]["code"] != "battle_answering" || t.elapsed() > Duration::from_secs(30) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200, "the third turn of the minute: {body}");
+    assert_eq!(s.vote(&id, Some(&token), "tie").0, 200, "the minute's vote");
 }
 
 /// A vote while a follow-up turn is being answered is refused (409 `battle_answering`): it

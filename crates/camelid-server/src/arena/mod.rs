@@ -561,6 +561,9 @@ impl Arena {
         if b.turns == 0 {
             return Err(unanswered(id));
         }
+        // Refused before it is counted: a page asking again right after Stop (the mark holds
+        // until the stopped turn's server notices) must not spend the visitor's turns.
+        self.not_answering(id).await?;
         Ok(OpenBattle {
             id: id.to_string(),
             conversation_a: parse_conversation(&b.conversation_a),
@@ -570,6 +573,17 @@ impl Arena {
             turns: b.turns,
             admitted_at: now,
         })
+    }
+
+    /// 409 `battle_answering` while a turn of battle `id` is being answered. Checked before
+    /// a request is counted against the rate limits; the claim (`begin_answer`) or the vote's
+    /// insert decides for good.
+    pub async fn not_answering(&self, id: &str) -> Result<(), ApiError> {
+        if self.store.answering(id, now()).await.map_err(store_error)? {
+            Err(answering(id))
+        } else {
+            Ok(())
+        }
     }
 
     /// That battle `id` exists (or was voted on) and is `visitor`'s: what a vote is checked
@@ -719,8 +733,9 @@ impl Arena {
             };
             let now = now();
             if b.voted && b.visitor == visitor.key {
-                // Its visitor sending the same vote again (the reply to the first was lost):
-                // answered as the first was, so the page shows the names it was owed.
+                // Its visitor voting again (the reply to the first was lost, or the page
+                // reloaded): the same vote is answered as the first was; another is refused
+                // with the vote that counts. Either way the names it was owed come back.
                 if let Some(v) = self.store.vote(id).await.map_err(store_error)? {
                     if v.winner == winner_str {
                         return Ok(CastVote {
@@ -731,6 +746,12 @@ impl Arena {
                             anony: v.anony,
                         });
                     }
+                    let first = json!({"battle_id": id, "model_a": v.model_a, "model_b": v.model_b,
+                                       "winner": v.winner, "anony": v.anony});
+                    return Err(ApiError {
+                        extra: Some(("vote", first)),
+                        ..voted(id)
+                    });
                 }
             }
             check(id, &b, visitor, now)?;

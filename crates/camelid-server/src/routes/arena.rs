@@ -595,6 +595,7 @@ pub async fn vote(
         .and_then(Visitor::from_token)
         .ok_or_else(|| arena::not_yours(&id))?;
     state.arena.check_owner(&id, &visitor).await?;
+    state.arena.not_answering(&id).await?;
     state.arena.admit(Request::Vote, &visitor, &address).await?;
     let cast = state
         .arena
