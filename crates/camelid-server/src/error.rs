@@ -13,7 +13,7 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     pub retry_after: Option<u64>,
     /// More the client is owed, beside `error` (`{"vote": …}` for a battle voted already).
-    pub extra: Option<(&'static str, serde_json::Value)>,
+    pub extra: Option<Box<(&'static str, serde_json::Value)>>,
 }
 
 impl ApiError {
@@ -69,7 +69,8 @@ impl ApiError {
     }
     pub fn body(&self) -> serde_json::Value {
         let mut body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
-        if let Some((key, value)) = &self.extra {
+        if let Some(extra) = &self.extra {
+            let (key, value) = extra.as_ref();
             body[*key] = value.clone();
         }
         body

@@ -749,7 +749,7 @@ impl Arena {
                     let first = json!({"battle_id": id, "model_a": v.model_a, "model_b": v.model_b,
                                        "winner": v.winner, "anony": v.anony});
                     return Err(ApiError {
-                        extra: Some(("vote", first)),
+                        extra: Some(Box::new(("vote", first))),
                         ..voted(id)
                     });
                 }
