@@ -55,6 +55,26 @@ pub enum RopeScaling {
 }
 
 impl RopeScaling {
+    /// The context a model with this scaling serves, given its `max_position_embeddings`:
+    /// linear, dynamic and YaRN configs keep the trained length there and stretch it by
+    /// `factor` (vicuna-7b-v1.5-16k: 4096 × 4; Qwen2.5 with YaRN: 32768 × 4), as vLLM's
+    /// `_get_and_verify_max_len` derives it; Llama 3.1's and LongRoPE's configs already
+    /// give the stretched length.
+    pub fn served_context(&self, max_position_embeddings: usize) -> usize {
+        let stretched = match self {
+            RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor } => {
+                (max_position_embeddings as f64 * f64::from(*factor)) as usize
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                ..
+            } => (*original_max_position_embeddings as f64 * f64::from(*factor)) as usize,
+            _ => max_position_embeddings,
+        };
+        stretched.max(max_position_embeddings)
+    }
+
     /// Whether a position's rotation depends on how long the run computing it is (dynamic
     /// NTK scaling past the trained context, LongRoPE's factors past the original one), as
     /// HF computes them per forward: then a position's bits depend on its chunk.

@@ -846,6 +846,49 @@ fn gguf_window_and_end_of_turn_keys_read_as_llama_cpp() {
     );
 }
 
+/// A linear rope factor stretches the served context (vicuna-7b-v1.5-16k: 4096 × 4, as vLLM
+/// serves it), from an HF config and from a GGUF; a GGUF of 2023's converters, which wrote
+/// only `rope.scale_linear` (no type, no `rope.scaling.factor`), reads as linear as
+/// llama.cpp reads it: the same logits as the HF folder with `rope_scaling` linear 4.
+#[test]
+fn a_linear_rope_factor_stretches_the_context_and_reads_from_the_old_gguf_key() {
+    let linear = serde_json::json!({"rope_scaling": {"type": "linear", "factor": 4.0}});
+    let hf = write_model("llama", SHAPES[0], linear, 460);
+    let plain = write_model("llama", SHAPES[0], serde_json::json!({}), 460);
+    let scaled = load(hf.path());
+    assert_eq!(
+        (
+            scaled.model.config().max_position_embeddings,
+            scaled.context_length
+        ),
+        (256, 1024)
+    );
+    assert_eq!(load(plain.path()).context_length, 256);
+    let modern = load(&write_gguf(hf.path(), "llama"));
+    assert_eq!(
+        modern.context_length, 1024,
+        "the GGUF's factor stretches it too"
+    );
+    let old = load(&random_model::write_gguf_with(
+        plain.path(),
+        "llama",
+        &Vocab::Fixture,
+        serde_json::json!({"llama.rope.scale_linear": 4.0}),
+    ));
+    assert_eq!(
+        old.model.config().rope_scaling,
+        RopeScaling::Linear { factor: 4.0 }
+    );
+    assert_eq!(old.context_length, 1024);
+    let ids = prompt(40, 460);
+    let want = rows(&scaled.model.logits_all(&ids).unwrap());
+    let got = rows(&old.model.logits_all(&ids).unwrap());
+    for (p, (x, y)) in got.iter().zip(&want).enumerate() {
+        let d = max_abs_diff(x, y);
+        assert!(d < 1e-4, "position {p}: {d}");
+    }
+}
+
 /// Gemma 3 4B/12B/27B are published as `Gemma3ForConditionalGeneration`: the config nests the
 /// language model's as `text_config` (only what differs from `Gemma3TextConfig`'s defaults),
 /// the weights sit under `language_model.model.` beside a vision tower, the template in

@@ -51,6 +51,45 @@ fn sentencepiece_model_encodes_like_sentencepiece() {
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 1, "{ids:?}");
 }
 
+/// A folder with a bare `tokenizer.model` and a `tokenizer_config.json` of `legacy: false`
+/// and an added `<pad>` (as vicuna-7b-v1.5 and Llama-2 fine-tunes ship): the loaded model's
+/// tokenizer gives the ids transformers' fast tokenizer gives (tests/fixtures/
+/// make_nonlegacy_ids.py): no `▁` on text after a special token, the added token its id.
+#[test]
+fn a_non_legacy_sentencepiece_folder_encodes_as_transformers() {
+    let src = fixture().join("../tiny-llama-nonlegacy");
+    let dir = tmpdir("nonlegacy");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), dir.path().join(f)).unwrap();
+    }
+    for f in ["tokenizer.model", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let lm = common::load(dir.path());
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("expected_ids.json")).unwrap())
+            .unwrap();
+    for case in expected["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        // transformers added the BOS (add_special_tokens): camelid's encoding without it.
+        assert_eq!(want[0], 1);
+        let got = lm.tokenizer.encode(text, false).unwrap();
+        assert_eq!(got, want[1..], "text {text:?}");
+    }
+    assert_eq!(lm.tokenizer.token_to_id("<pad>"), Some(80));
+    assert!(lm.tokenizer.is_special(80));
+    // The legacy reading puts a `▁` after `</s>`: what the config's `legacy: false` changes.
+    let legacy =
+        camelid_model::text::tokenizer::from_sentencepiece(&src.join("tokenizer.model")).unwrap();
+    assert_ne!(
+        legacy.encode("hello world</s>the lazy fox", false).unwrap(),
+        lm.tokenizer
+            .encode("hello world</s>the lazy fox", false)
+            .unwrap()
+    );
+}
+
 #[test]
 fn safetensors_and_pytorch_bin_hold_identical_tensors() {
     let st = HfWeights::open(

@@ -119,7 +119,7 @@ impl SequenceDecoder {
             grammar,
             gate: gated.then(String::new),
             sampler: Sampler::new(params.sampling.clone()),
-            detok: IncrementalDecoder::new(params.skip_special_tokens),
+            detok: IncrementalDecoder::after(&prompt, params.skip_special_tokens),
             stops: StopMatcher::new(params.stop_strings.clone()),
             params,
             prompt,

@@ -164,9 +164,16 @@ impl GgufFile {
                 .unwrap_or(0),
         };
         let context = self.meta_u32(&key("context_length")).unwrap_or(4096) as usize;
-        let factor = self.meta_f32(&key("rope.scaling.factor")).unwrap_or(1.0);
+        // As llama.cpp reads them: the factor under its old key name (2023 converters wrote
+        // only `rope.scale_linear`: SuperHOT, LongChat, vicuna-v1.5-16k files), and a factor
+        // without a type is linear.
+        let factor = self
+            .meta_f32(&key("rope.scaling.factor"))
+            .or_else(|| self.meta_f32(&key("rope.scale_linear")))
+            .unwrap_or(1.0);
         let rope_scaling = match self.meta_str(&key("rope.scaling.type")) {
             Some("linear") => RopeScaling::Linear { factor },
+            None if factor != 1.0 && factor > 0.0 => RopeScaling::Linear { factor },
             Some("yarn") => {
                 let orig = self
                     .meta_u32(&key("rope.scaling.original_context_length"))

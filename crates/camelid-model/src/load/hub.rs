@@ -47,6 +47,8 @@ pub const SIDE_FILES: &[&str] = &[
     "tokenizer.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    // Older transformers list added tokens here (a bare tokenizer.model has no others).
+    "added_tokens.json",
     // Multimodal checkpoints and newer transformers keep the chat template apart.
     "chat_template.json",
     "chat_template.jinja",

@@ -191,11 +191,7 @@ pub fn resolve(
     let spec = spec.unwrap_or_default();
     let p = Path::new(spec);
     if p.exists() {
-        let name = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| spec.to_string());
-        return Ok((name, p.to_path_buf(), None));
+        return Ok((local_model_name(p, spec), p.to_path_buf(), None));
     }
     if crate::load::hub::is_hub_id(spec) {
         return Ok((
@@ -207,6 +203,43 @@ pub fn resolve(
     Err(Error::Io(format!(
         "{spec}: no such file or folder, not a registry name, not a hub id"
     )))
+}
+
+/// The dtype a GPU computes an HF checkpoint in when none is asked: the checkpoint's own
+/// 16-bit type (vicuna v1.5 and Llama 2 chat are float16: bf16 would drop 3 bits of every
+/// weight), bf16 for f32 or unnamed ones, as vLLM's `dtype: auto`.
+fn gpu_dtype(torch_dtype: Option<&str>) -> DType {
+    match torch_dtype {
+        Some("float16" | "half" | "fp16") => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
+/// The name a local model is served as: a file's stem (`vicuna-7b.Q4_K_M.gguf` →
+/// `vicuna-7b.Q4_K_M`), a folder's whole name (`Qwen2.5-7B-Instruct`, whose stem would end at
+/// the dot), and for a snapshot in the HF hub cache (`models--lmsys--vicuna-7b-v1.5/
+/// snapshots/<commit>`) its repo id, which also picks the template by name.
+fn local_model_name(p: &Path, spec: &str) -> String {
+    // `.` and `..` name the folder they stand for; a link keeps its own name.
+    let full = match p.file_name() {
+        Some(_) => p.to_path_buf(),
+        None => std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
+    };
+    if full.is_dir() {
+        let parent = full.parent();
+        let repo = parent
+            .filter(|d| d.file_name().is_some_and(|n| n == "snapshots"))
+            .and_then(|d| d.parent()?.file_name()?.to_str()?.strip_prefix("models--"));
+        if let Some(repo) = repo {
+            return repo.replacen("--", "/", 1);
+        }
+        if let Some(n) = full.file_name() {
+            return n.to_string_lossy().into_owned();
+        }
+    } else if let Some(stem) = full.file_stem() {
+        return stem.to_string_lossy().into_owned();
+    }
+    spec.to_string()
 }
 
 pub fn load(spec: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
@@ -430,7 +463,7 @@ pub fn load_gguf(
     let tool_jinja = g.meta_str("tokenizer.chat_template.tool_use").map(jinja_of);
     let tool_template = own_tool_template(template, tool_jinja);
     let template = pick_template(template, jinja, name)?;
-    let context_length = cfg.max_position_embeddings;
+    let context_length = cfg.rope_scaling.served_context(cfg.max_position_embeddings);
     let pooling = g
         .meta_u32(&format!("{}.pooling_type", cfg.architecture))
         .ok()
@@ -512,7 +545,9 @@ pub fn load_hf_folder(
     let mut tok = if dir.join("tokenizer.json").exists() {
         Tokenizer::from_file(&dir.join("tokenizer.json"))?
     } else if dir.join("tokenizer.model").exists() {
-        tokenizer::from_sentencepiece(&dir.join("tokenizer.model"))?
+        let added = read_json(&dir.join("added_tokens.json"))?;
+        let spm = tokenizer::SpmConfig::from_hf(&tok_cfg, added.as_ref());
+        tokenizer::from_sentencepiece_with(&dir.join("tokenizer.model"), &spm)?
     } else {
         return Err(Error::Tokenizer(format!(
             "{}: neither tokenizer.json nor tokenizer.model",
@@ -643,7 +678,7 @@ pub fn load_hf_folder(
     }
     let dtype = match opts.dtype {
         Some(d) => d,
-        None if opts.device.is_cuda() => DType::BF16,
+        None if opts.device.is_cuda() => gpu_dtype(hf.torch_dtype.as_deref()),
         None => DType::F32,
     };
     let files = find_weight_files(dir)?;
@@ -662,7 +697,7 @@ pub fn load_hf_folder(
     // Unasked, a 16-bit download stays 16-bit in memory on the CPU (half of f32's bytes).
     weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
     weights.quantize = opts.quantize;
-    let context_length = cfg.max_position_embeddings;
+    let context_length = cfg.rope_scaling.served_context(cfg.max_position_embeddings);
     let pooling = read_json(&dir.join("1_Pooling/config.json"))?
         .and_then(|c| crate::batch::Pooling::from_sentence_transformers(&c));
     let layers = cfg.num_layers;
@@ -684,4 +719,45 @@ pub fn load_hf_folder(
         pooling,
         sampling_defaults,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gpu_dtype, local_model_name};
+    use candle_core::DType;
+
+    #[test]
+    fn a_gpu_keeps_a_checkpoints_own_16_bit_type() {
+        assert_eq!(gpu_dtype(Some("float16")), DType::F16);
+        assert_eq!(gpu_dtype(Some("bfloat16")), DType::BF16);
+        assert_eq!(gpu_dtype(Some("float32")), DType::BF16);
+        assert_eq!(gpu_dtype(None), DType::BF16);
+    }
+
+    #[test]
+    fn a_local_model_is_named_by_its_file_stem_its_folder_or_its_hub_repo() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join("Qwen2.5-7B-Instruct");
+        let snapshot = root
+            .path()
+            .join("models--lmsys--vicuna-7b-v1.5/snapshots/0123abcd");
+        let file = root.path().join("vicuna-7b-v1.5.Q4_K_M.gguf");
+        for d in [&folder, &snapshot] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&file, b"").unwrap();
+        let name = |p: &std::path::Path| local_model_name(p, "spec");
+        assert_eq!(name(&folder), "Qwen2.5-7B-Instruct");
+        assert_eq!(
+            name(&root.path().join("Qwen2.5-7B-Instruct/")),
+            "Qwen2.5-7B-Instruct"
+        );
+        assert_eq!(name(&snapshot), "lmsys/vicuna-7b-v1.5");
+        assert_eq!(name(&file), "vicuna-7b-v1.5.Q4_K_M");
+        assert_eq!(
+            name(&folder.join(".")),
+            "Qwen2.5-7B-Instruct",
+            "`.` is the folder it stands for"
+        );
+    }
 }

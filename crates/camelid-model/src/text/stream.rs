@@ -24,7 +24,13 @@ pub struct IncrementalDecoder {
     skip_special: bool,
     /// Tokens handed to the tokenizer's decoder so far (the unit tests bound it).
     decoded: usize,
+    /// The prompt's last tokens, until the first step makes them the window's context.
+    prompt_tail: Option<Vec<u32>>,
 }
+
+/// Prompt tokens kept as the first context: vLLM's detokenizer looks back at most this far
+/// for a tail that decodes whole.
+const PROMPT_CONTEXT: usize = 24;
 
 impl IncrementalDecoder {
     pub fn new(skip_special: bool) -> Self {
@@ -34,7 +40,47 @@ impl IncrementalDecoder {
             prefix: String::new(),
             skip_special,
             decoded: 0,
+            prompt_tail: None,
         }
+    }
+
+    /// A decoder whose first token is read after `prompt`: a SentencePiece decoder strips
+    /// the space of the text's first `▁word`, so the first token of an answer decoded on
+    /// its own loses its space (`"Paris"` after "The capital of France is", where vLLM and
+    /// llama.cpp give `" Paris"`). As vLLM does, the prompt's last tokens are the context.
+    pub fn after(prompt: &[u32], skip_special: bool) -> Self {
+        let tail = &prompt[prompt.len().saturating_sub(PROMPT_CONTEXT)..];
+        Self {
+            prompt_tail: Some(tail.to_vec()),
+            ..Self::new(skip_special)
+        }
+    }
+
+    /// Makes the prompt's tail the emitted context: the shortest one of at least 4 tokens
+    /// that decodes without a broken character (vLLM's rule), else the last 4.
+    fn start(&mut self, tok: &Tokenizer) -> Result<()> {
+        let Some(mut tail) = self.prompt_tail.take() else {
+            return Ok(());
+        };
+        if self.skip_special {
+            tail.retain(|&id| !tok.is_special(id));
+        }
+        let mut from = tail.len().saturating_sub(4);
+        for n in 4..=tail.len() {
+            let at = tail.len() - n;
+            self.decoded += n;
+            if !tok
+                .decode(&tail[at..], self.skip_special)?
+                .contains('\u{FFFD}')
+            {
+                from = at;
+                break;
+            }
+        }
+        self.window = tail.split_off(from);
+        self.read = self.window.len();
+        self.prefix = self.decode(tok, 0..self.read)?;
+        Ok(())
     }
 
     fn decode(&mut self, tok: &Tokenizer, ids: std::ops::Range<usize>) -> Result<String> {
@@ -48,6 +94,7 @@ impl IncrementalDecoder {
         if self.skip_special && tok.is_special(id) {
             return Ok(String::new());
         }
+        self.start(tok)?;
         self.window.push(id);
         let full = self.decode(tok, 0..self.window.len())?;
         let complete = full.len() > self.prefix.len()
@@ -504,6 +551,53 @@ mod tests {
             let most = work.iter().max().unwrap();
             assert!(*most <= 3 * MAX_PENDING, "a step decoded {most} tokens");
             assert!(work.iter().sum::<usize>() <= 3 * MAX_PENDING * ids.len());
+        }
+    }
+
+    /// A SentencePiece tokenizer (a Llama-2-style `tokenizer.model` converted, its decoder
+    /// stripping the text's first space): the answer's first word keeps its space when the
+    /// decoder reads it after the prompt, as the whole text decodes it.
+    #[test]
+    fn an_answer_read_after_its_prompt_keeps_its_first_space() {
+        use crate::text::tokenizer::{spm_bpe_json, PieceType};
+        let pieces: Vec<(String, f32, PieceType)> = [
+            ("<unk>", PieceType::Unknown),
+            ("<s>", PieceType::Control),
+            ("</s>", PieceType::Control),
+            ("▁The", PieceType::Normal),
+            ("▁capital", PieceType::Normal),
+            ("▁is", PieceType::Normal),
+            ("▁Paris", PieceType::Normal),
+            (".", PieceType::Normal),
+        ]
+        .iter()
+        .map(|(p, t)| (p.to_string(), 0.0, *t))
+        .collect();
+        let tok = Tokenizer::from_json_value(spm_bpe_json(&pieces, true), "spm").unwrap();
+        let (prompt, answer) = ([1u32, 3, 4, 5], [6u32, 7, 2]);
+        let whole: Vec<u32> = prompt.iter().chain(&answer).copied().collect();
+        let prompt_text = tok.decode(&prompt, true).unwrap();
+        assert_eq!(
+            prompt_text, "The capital is",
+            "the decoder strips the first space"
+        );
+        let want = tok.decode(&whole, true).unwrap()[prompt_text.len()..].to_string();
+        assert_eq!(want, " Paris.");
+        for skip in [true, false] {
+            let mut d = IncrementalDecoder::after(&prompt, skip);
+            let mut text = String::new();
+            for &id in &answer {
+                text += &d.push(&tok, id).unwrap();
+            }
+            text += &d.flush(&tok).unwrap();
+            let want = if skip { " Paris." } else { " Paris.</s>" };
+            assert_eq!(text, want, "skip_special {skip}");
+        }
+        // A prompt of one word is context enough; one of nothing but a skipped BOS is none
+        // (as decoding the whole text without special tokens strips the first space).
+        for (prompt, want) in [(&[3u32][..], " Paris"), (&[1], "Paris"), (&[], "Paris")] {
+            let mut d = IncrementalDecoder::after(prompt, true);
+            assert_eq!(d.push(&tok, 6).unwrap(), want, "after {prompt:?}");
         }
     }
 

@@ -396,9 +396,75 @@ fn added_token(id: usize, content: &str, special: bool) -> Value {
            "rstrip": false, "normalized": false, "special": special})
 }
 
+/// How an HF folder's `tokenizer_config.json` asks a bare `tokenizer.model` to be read.
+#[derive(Debug, Clone, Default)]
+pub struct SpmConfig {
+    /// `legacy: false` (vicuna-7b-v1.5, Llama 2): the `▁` prefix goes on the text's first
+    /// piece only, not on text after a special token (`</s>USER:` is `US`, not `▁US`), as
+    /// transformers' converter builds it (Metaspace, `prepend_scheme: first`).
+    pub non_legacy: bool,
+    /// Tokens added past the model's pieces (`added_tokens_decoder`, `added_tokens.json`):
+    /// id, text, special.
+    pub added: Vec<(u32, String, bool)>,
+}
+
+impl SpmConfig {
+    /// From `tokenizer_config.json` (`Value::Null` when there is none) and the folder's
+    /// `added_tokens.json` (older transformers' list of added tokens, `{text: id}`).
+    pub fn from_hf(tok_cfg: &Value, added_tokens_json: Option<&Value>) -> Self {
+        let mut added: Vec<(u32, String, bool)> = vec![];
+        if let Some(m) = tok_cfg
+            .get("added_tokens_decoder")
+            .and_then(Value::as_object)
+        {
+            for (id, t) in m {
+                if let (Ok(id), Some(text)) = (id.parse(), t.get("content").and_then(Value::as_str))
+                {
+                    let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
+                    added.push((id, text.to_string(), special));
+                }
+            }
+        }
+        // transformers counts a token of added_tokens.json special when the config names
+        // it (`pad_token: "<pad>"`).
+        let named = |text: &str| {
+            tok_cfg.as_object().is_some_and(|o| {
+                o.iter().any(|(k, v)| {
+                    k.ends_with("_token")
+                        && (v.as_str() == Some(text)
+                            || v.get("content").and_then(Value::as_str) == Some(text))
+                })
+            })
+        };
+        if let Some(m) = added_tokens_json.and_then(Value::as_object) {
+            for (text, id) in m {
+                if let Some(id) = id.as_u64().and_then(|i| u32::try_from(i).ok()) {
+                    if !added.iter().any(|a| a.0 == id) {
+                        added.push((id, text.clone(), named(text)));
+                    }
+                }
+            }
+        }
+        added.sort();
+        Self {
+            non_legacy: tok_cfg.get("legacy").and_then(Value::as_bool) == Some(false),
+            added,
+        }
+    }
+}
+
 /// A SentencePiece BPE vocabulary as an HF tokenizer (what transformers' `LlamaConverter`
 /// produces): byte fallback, `▁` for spaces, merges recovered from the vocabulary.
 pub fn spm_bpe_json(pieces: &[(String, f32, PieceType)], add_dummy_prefix: bool) -> Value {
+    spm_bpe_json_with(pieces, add_dummy_prefix, &SpmConfig::default())
+}
+
+/// [`spm_bpe_json`] as `config` asks (non-legacy spacing, added tokens).
+pub fn spm_bpe_json_with(
+    pieces: &[(String, f32, PieceType)],
+    add_dummy_prefix: bool,
+    config: &SpmConfig,
+) -> Value {
     let vocab: serde_json::Map<String, Value> = pieces
         .iter()
         .enumerate()
@@ -439,12 +505,35 @@ pub fn spm_bpe_json(pieces: &[(String, f32, PieceType)], add_dummy_prefix: bool)
             )
         })
         .map(|(i, p)| added_token(i, &p.0, p.2 != PieceType::UserDefined))
+        .chain(
+            config
+                .added
+                .iter()
+                .filter(|(id, _, _)| *id as usize >= pieces.len())
+                .map(|(id, text, special)| added_token(*id as usize, text, *special)),
+        )
         .collect();
-    let mut normalizers = vec![];
-    if add_dummy_prefix {
-        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
-    }
-    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    // transformers' LlamaConverter: legacy spacing is a normalizer (every section of text,
+    // after special tokens too, gets the `▁`); non-legacy a Metaspace pre-tokenizer that
+    // prefixes the first section only.
+    let (normalizer, pre_tokenizer) = if config.non_legacy {
+        let scheme = if add_dummy_prefix { "first" } else { "never" };
+        (
+            Value::Null,
+            json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme,
+                   "split": false}),
+        )
+    } else {
+        let mut normalizers = vec![];
+        if add_dummy_prefix {
+            normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+        }
+        normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+        (
+            json!({"type": "Sequence", "normalizers": normalizers}),
+            Value::Null,
+        )
+    };
     let mut decoders = vec![
         json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
         json!({"type": "ByteFallback"}),
@@ -458,8 +547,8 @@ pub fn spm_bpe_json(pieces: &[(String, f32, PieceType)], add_dummy_prefix: bool)
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": null,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
@@ -657,6 +746,12 @@ impl SpmModel {
 
 /// A tokenizer from a SentencePiece `tokenizer.model` (BPE models, as LLaMA/Vicuna ship).
 pub fn from_sentencepiece(path: &Path) -> Result<Tokenizer> {
+    from_sentencepiece_with(path, &SpmConfig::default())
+}
+
+/// [`from_sentencepiece`] as an HF folder's tokenizer config asks. An added token whose id
+/// the vocabulary cannot give it (a gap after the pieces) is an error, not a shifted id.
+pub fn from_sentencepiece_with(path: &Path, config: &SpmConfig) -> Result<Tokenizer> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let origin = path.display().to_string();
     let m = SpmModel::parse(&bytes, &origin)?;
@@ -666,7 +761,16 @@ pub fn from_sentencepiece(path: &Path) -> Result<Tokenizer> {
             m.model_type
         )));
     }
-    let mut tok = Tokenizer::from_json_value(spm_bpe_json(&m.pieces, m.add_dummy_prefix), &origin)?;
+    let doc = spm_bpe_json_with(&m.pieces, m.add_dummy_prefix, config);
+    let mut tok = Tokenizer::from_json_value(doc, &origin)?;
+    for (id, text, _) in &config.added {
+        if tok.token_to_id(text) != Some(*id) {
+            return Err(Error::Tokenizer(format!(
+                "{origin}: added token {text:?} should have id {id}, the vocabulary gives it {:?}",
+                tok.token_to_id(text)
+            )));
+        }
+    }
     tok.bos_id = tok.token_to_id("<s>");
     tok.eos_ids = tok.token_to_id("</s>").into_iter().collect();
     tok.add_bos = true;

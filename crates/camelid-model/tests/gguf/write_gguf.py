@@ -112,6 +112,8 @@ def main():
             w.add_bool(key, value)
         elif isinstance(value, int):
             w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
         else:
             w.add_string(key, value)
     if spec.get("tokenizer_from"):
