@@ -274,6 +274,7 @@ impl EngineHandle {
             })
             .map_err(|_| SubmitError::QueueFull)?;
         let mut rxs = Vec::with_capacity(k);
+        let group_started = Arc::new(AtomicBool::new(false));
         for (i, mut req) in reqs.into_iter().enumerate() {
             if self.lora.is_some() {
                 req.lora = self.lora.clone();
@@ -283,6 +284,7 @@ impl EngineHandle {
                 req,
                 events: etx,
                 continuing,
+                group_started: group_started.clone(),
             };
             if self.tx.send(s).is_err() {
                 // Those not sent never reach the engine: give their room back.

@@ -21,6 +21,9 @@ pub(crate) struct Submitted {
     /// A later part of a client request whose earlier parts already ran (an embeddings
     /// request's next wave): shutdown lets it run, as it lets running sequences finish.
     pub(crate) continuing: bool,
+    /// Set once any sequence queued with this one (the `n` choices of one client request)
+    /// starts: shutdown then lets the rest run too, since the client is being answered.
+    pub(crate) group_started: Arc<AtomicBool>,
 }
 
 /// Waiting for a batch slot: new requests, and preempted sequences to recompute.
@@ -164,12 +167,12 @@ impl Engine {
     }
 
     /// Shutting down: requests that have not started are refused; preempted sequences (their
-    /// clients have seen tokens) and the continuing parts of started requests stay to be
-    /// finished.
+    /// clients have seen tokens), the continuing parts of started requests and the other
+    /// choices of a request one of whose choices started stay to be finished.
     fn refuse_new(&mut self) {
         let queued = &self.queued;
         self.waiting.retain(|w| match w {
-            Waiting::New(s) if !s.continuing => {
+            Waiting::New(s) if !s.continuing && !s.group_started.load(Ordering::Acquire) => {
                 queued.fetch_sub(1, Ordering::AcqRel);
                 let _ = s
                     .events
@@ -193,6 +196,7 @@ impl Engine {
                         M::add(&self.metrics.cancelled, 1);
                         continue;
                     }
+                    s.group_started.store(true, Ordering::Release);
                     let id = self.next_id;
                     self.next_id += 1;
                     let prompt = s.req.prompt.clone();

@@ -651,6 +651,38 @@ fn stop_admitting_refuses_waiting_requests_and_finishes_running_ones() {
     wait_idle(&engine.metrics);
 }
 
+/// Shutting down while the first of a request's `n` choices runs and the others wait for a
+/// slot: the client is being answered, so every choice runs to its end (refusing the rest
+/// ended a stream already under way with an error).
+#[test]
+fn stop_admitting_lets_a_started_requests_other_choices_run() {
+    let engine = EngineHandle::spawn(
+        tiny(),
+        EngineConfig {
+            max_running: 1,
+            ..Default::default()
+        },
+    );
+    let choices = engine
+        .submit_all(
+            (0..3)
+                .map(|_| plain_request(vec![1, 5, 6], 6, SamplingParams::greedy()))
+                .collect(),
+        )
+        .unwrap();
+    let mut choices = choices.into_iter();
+    let mut first = choices.next().unwrap();
+    assert!(matches!(first.blocking_recv(), Some(Event::Token { .. })));
+    engine.stop_admitting();
+    let (rest, _) = drain(first).expect("the running choice finishes");
+    assert_eq!(rest.len(), 5);
+    for rx in choices {
+        let (tokens, _) = drain(rx).expect("a waiting choice of the started request runs");
+        assert_eq!(tokens.len(), 6);
+    }
+    wait_idle(&engine.metrics);
+}
+
 /// An engine thread that panics (here by `panic_at_step`, standing in for a bug in a kernel)
 /// closes every request's channel without a last event, says it is not running, and refuses
 /// what is submitted after.

@@ -106,6 +106,37 @@ fn revisions_resolve_through_the_offline_cache() {
         "main has no weights: loading it must fail"
     );
 
+    // A repo of GGUF files (TheBloke/…-GGUF): `id:TAG` names one, a bare id takes its
+    // Q4_K_M (llama.cpp's default); the file loads and is served by the spec's name.
+    let gguf_repo = home.path().join("hub").join("models--acme--smol-GGUF");
+    std::fs::create_dir_all(gguf_repo.join("refs")).unwrap();
+    std::fs::write(gguf_repo.join("refs/main"), MAIN).unwrap();
+    let snapshot = gguf_repo.join("snapshots").join(MAIN);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let real = common::default_gguf();
+    for tag in ["Q4_1", "Q4_K_M"] {
+        std::os::unix::fs::symlink(&real, snapshot.join(format!("smol.{tag}.gguf"))).unwrap();
+    }
+    use camelid_model::load::hub::fetch_model;
+    assert_eq!(
+        fetch_model("acme/smol-GGUF:q4_1", None).unwrap(),
+        snapshot.join("smol.Q4_1.gguf")
+    );
+    assert_eq!(
+        fetch_model("acme/smol-GGUF", None).unwrap(),
+        snapshot.join("smol.Q4_K_M.gguf")
+    );
+    let err = fetch_model("acme/smol-GGUF:Q8_0", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("smol.Q4_1.gguf") && err.contains("acme/smol-GGUF:TAG"),
+        "{err}"
+    );
+    let lm = camelid_model::load(Some("acme/smol-GGUF:Q4_1"), &opts(None)).expect("the GGUF loads");
+    assert_eq!(lm.name, "acme/smol-GGUF:Q4_1");
+    assert_eq!(lm.path, snapshot.join("smol.Q4_1.gguf"));
+
     // Online, with the hub out of reach (nothing listens on the endpoint's port): the cached
     // snapshot is served, as Python's huggingface_hub falls back; a model not in the cache
     // is an error that says the hub is out of reach.

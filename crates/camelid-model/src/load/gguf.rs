@@ -601,3 +601,17 @@ fn bytemuck_u8s(v: &mut [u16]) -> &mut [u8] {
     // the same memory's.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 2) }
 }
+
+/// A shard of a split GGUF, by llama.cpp's naming: `NAME-00001-of-00003.gguf`.
+pub fn is_split_shard(p: &Path) -> bool {
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    let b = stem.as_bytes();
+    let Some(t) = b.len().checked_sub(15).map(|i| &b[i..]) else {
+        return false;
+    };
+    let digits = |d: &[u8]| d.iter().all(u8::is_ascii_digit);
+    t[0] == b'-' && digits(&t[1..6]) && &t[6..10] == b"-of-" && digits(&t[10..])
+}

@@ -58,7 +58,138 @@ fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// A hub model spec: `owner/name`, or `owner/name:QUANT` naming one GGUF file of the repo
+/// (llama.cpp's `-hf owner/name:Q4_K_M`, Ollama's `hf.co/owner/name:Q4_K_M`): its id and
+/// quantization tag, if it is one.
+pub fn parse_hub_spec(spec: &str) -> Option<(&str, Option<&str>)> {
+    let (id, quant) = match spec.split_once(':') {
+        Some((id, q))
+            if !q.is_empty() && q.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            (id, Some(q))
+        }
+        Some(_) => return None,
+        None => (spec, None),
+    };
+    is_hub_id(id).then_some((id, quant))
+}
+
+/// The GGUF file of a repo to serve: the one `quant` names (its stem ends with the tag, any
+/// case: `llama-2-7b-chat.Q4_K_M.gguf`, `Meta-Llama-3-8B-Instruct-Q4_K_M.gguf`); with no tag
+/// the only one, else Q4_K_M's (llama.cpp's default). Split shards and multimodal projectors
+/// are not candidates. An error lists the tags there are.
+pub fn pick_gguf(id: &str, listing: &[String], quant: Option<&str>) -> Result<String> {
+    let candidates: Vec<&String> = listing
+        .iter()
+        .filter(|f| {
+            let name = f.rsplit('/').next().unwrap_or(f);
+            name.ends_with(".gguf")
+                && !name.to_ascii_lowercase().contains("mmproj")
+                && !crate::load::gguf::is_split_shard(Path::new(name))
+        })
+        .collect();
+    let tagged = |tag: &str| {
+        let tag = tag.to_ascii_uppercase();
+        candidates
+            .iter()
+            .filter(|f| {
+                let stem = f.trim_end_matches(".gguf").to_ascii_uppercase();
+                stem.strip_suffix(&tag)
+                    .is_some_and(|rest| rest.ends_with(['.', '-', '_']))
+            })
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+    };
+    let found = match quant {
+        Some(q) => tagged(q),
+        None if candidates.len() == 1 => vec![candidates[0].clone()],
+        None => tagged("Q4_K_M"),
+    };
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => {
+            let names: Vec<&str> = candidates.iter().map(|s| s.as_str()).collect();
+            Err(Error::Invalid(format!(
+                "hub {id}: {} GGUF file {}; name one as {id}:TAG, of: {}",
+                if found.is_empty() {
+                    "no"
+                } else {
+                    "more than one"
+                },
+                match quant {
+                    Some(q) => format!("tagged {q}"),
+                    None => "to choose (and none tagged Q4_K_M)".into(),
+                },
+                if names.is_empty() {
+                    "(no GGUF files)".into()
+                } else {
+                    names.join(", ")
+                }
+            )))
+        }
+    }
+}
+
+/// What a hub spec ([`parse_hub_spec`]) serves: the snapshot folder of an HF repo, or the
+/// GGUF file a tag names (or a GGUF-only repo's only or Q4_K_M file), fetched or cached.
+pub fn fetch_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let Some((id, quant)) = parse_hub_spec(spec) else {
+        return Err(Error::Invalid(format!("{spec:?} is not a hub id")));
+    };
+    if quant.is_none() {
+        return fetch_repo(id, revision);
+    }
+    let repo = match revision {
+        Some(r) => Repo::with_revision(id.to_string(), RepoType::Model, r.to_string()),
+        None => Repo::new(id.to_string(), RepoType::Model),
+    };
+    let cached = |why: &str| -> Result<PathBuf> {
+        let dir = cached_snapshot(id, revision).ok_or_else(|| {
+            Error::Io(format!("hub {id}: {why}, and the repo is not in the cache"))
+        })?;
+        Ok(dir.join(pick_gguf(id, &file_names(&dir)?, quant)?))
+    };
+    if offline() {
+        return cached("HF_HUB_OFFLINE is set");
+    }
+    let hub_err = |f: &str, e: &dyn std::fmt::Display| Error::Io(format!("hub {id}: {f}: {e}"));
+    let r = api().map_err(|e| hub_err("client", &e))?.repo(repo);
+    let info = match r.info() {
+        Ok(info) => info,
+        Err(ApiError::RequestError(e)) if hub_unreachable(&e) => {
+            return cached(&format!("the hub is out of reach ({e})"))
+        }
+        Err(e) => return Err(hub_err("repo info", &e)),
+    };
+    let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let file = pick_gguf(id, &listing, quant)?;
+    r.get(&file).map_err(|e| hub_err(&file, &e))
+}
+
+/// The names of the files in `dir` (a cached snapshot's listing).
+fn file_names(dir: &Path) -> Result<Vec<String>> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect())
+}
+
+/// The cached snapshot folder of `id` at `revision` (a branch or tag through `refs/`, or a
+/// commit), as hf-hub and the Python hub lay the cache out.
+fn cached_snapshot(id: &str, revision: Option<&str>) -> Option<PathBuf> {
+    let repo = hf_hub::Cache::from_env()
+        .path()
+        .join(format!("models--{}", id.replace('/', "--")));
+    let rev = revision.unwrap_or("main");
+    let commit = std::fs::read_to_string(repo.join("refs").join(rev))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| rev.to_string());
+    let dir = repo.join("snapshots").join(commit);
+    dir.is_dir().then_some(dir)
+}
+
 /// Downloads (or finds in the cache) what a LLaMA repo needs and returns the snapshot folder.
+/// A repo of GGUF files only (TheBloke/…-GGUF) gives its only or Q4_K_M file.
 pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let repo = match revision {
         Some(r) => Repo::with_revision(id.to_string(), RepoType::Model, r.to_string()),
@@ -101,8 +232,12 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     }
     let weights = weight_files_from_listing(&listing);
     if weights.is_empty() {
+        if listing.iter().any(|f| f.ends_with(".gguf")) {
+            let file = pick_gguf(id, &listing, None)?;
+            return r.get(&file).map_err(|e| hub_err(&file, &e));
+        }
         return Err(Error::BadWeights(format!(
-            "hub {id}: no safetensors or pytorch_model.bin weights in the repo"
+            "hub {id}: no safetensors, pytorch_model.bin or GGUF weights in the repo"
         )));
     }
     for f in &weights {
@@ -202,12 +337,22 @@ fn from_cache(id: &str, repo: Repo, revision: Option<&str>, why: &str) -> Result
         }
     }
     let cache = hf_hub::Cache::from_env().repo(repo);
-    let cfg = cache.get("config.json").ok_or_else(|| {
-        Error::Io(format!(
+    if let Some(cfg) = cache.get("config.json") {
+        return Ok(cfg.parent().unwrap_or(Path::new(".")).to_path_buf());
+    }
+    // A repo of GGUF files only: its only (or Q4_K_M) file, as online.
+    let gguf = cached_snapshot(id, revision).and_then(|dir| {
+        let listing = file_names(&dir).ok()?;
+        listing
+            .iter()
+            .any(|f| f.ends_with(".gguf"))
+            .then(|| pick_gguf(id, &listing, None).map(|f| dir.join(f)))
+    });
+    gguf.unwrap_or_else(|| {
+        Err(Error::Io(format!(
             "hub {id}: {why}, and config.json is not in the cache"
-        ))
-    })?;
-    Ok(cfg.parent().unwrap_or(Path::new(".")).to_path_buf())
+        )))
+    })
 }
 
 #[cfg(test)]
@@ -223,6 +368,72 @@ mod tests {
         assert!(!is_hub_id("a/b/c"));
         assert!(!is_hub_id("model.gguf"));
         assert!(!is_hub_id("../x"));
+    }
+
+    #[test]
+    fn a_hub_spec_may_name_a_gguf_tag() {
+        assert_eq!(
+            parse_hub_spec("TheBloke/Llama-2-7B-Chat-GGUF:Q5_K_M"),
+            Some(("TheBloke/Llama-2-7B-Chat-GGUF", Some("Q5_K_M")))
+        );
+        assert_eq!(
+            parse_hub_spec("lmsys/vicuna-7b-v1.5"),
+            Some(("lmsys/vicuna-7b-v1.5", None))
+        );
+        assert_eq!(parse_hub_spec("a/b:"), None);
+        assert_eq!(parse_hub_spec("a/b:../x"), None);
+        assert_eq!(parse_hub_spec("./a:Q4_0"), None);
+    }
+
+    #[test]
+    fn a_gguf_is_picked_by_its_tag_the_only_one_or_q4_k_m() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let bloke = l(&[
+            "README.md",
+            "config.json",
+            "llama-2-7b-chat.Q4_0.gguf",
+            "llama-2-7b-chat.Q4_K_M.gguf",
+            "llama-2-7b-chat.Q4_K_S.gguf",
+            "llama-2-7b-chat.Q5_K_M.gguf",
+        ]);
+        let pick = |l: &[String], q| pick_gguf("o/r", l, q);
+        assert_eq!(
+            pick(&bloke, Some("q5_k_m")).unwrap(),
+            "llama-2-7b-chat.Q5_K_M.gguf"
+        );
+        assert_eq!(
+            pick(&bloke, Some("Q4_0")).unwrap(),
+            "llama-2-7b-chat.Q4_0.gguf"
+        );
+        assert_eq!(pick(&bloke, None).unwrap(), "llama-2-7b-chat.Q4_K_M.gguf");
+        // Q4_K is no file's whole tag (Q4_K_M, Q4_K_S end otherwise).
+        let err = pick(&bloke, Some("Q4_K")).unwrap_err().to_string();
+        assert!(
+            err.contains("o/r:TAG") && err.contains("Q4_K_S.gguf"),
+            "{err}"
+        );
+        let bartowski = l(&[
+            "Meta-Llama-3-8B-Instruct-Q8_0.gguf",
+            "Meta-Llama-3-8B-Instruct-IQ4_XS.gguf",
+            "mmproj-model-f16.gguf",
+            "Meta-Llama-3-70B-Instruct-Q8_0-00001-of-00002.gguf",
+        ]);
+        assert_eq!(
+            pick(&bartowski, Some("IQ4_XS")).unwrap(),
+            "Meta-Llama-3-8B-Instruct-IQ4_XS.gguf"
+        );
+        assert_eq!(
+            pick(&bartowski, Some("Q8_0")).unwrap(),
+            "Meta-Llama-3-8B-Instruct-Q8_0.gguf"
+        );
+        assert!(
+            pick(&bartowski, None).is_err(),
+            "two candidates, none Q4_K_M"
+        );
+        assert_eq!(
+            pick(&l(&["model.gguf", "mmproj-f16.gguf"]), None).unwrap(),
+            "model.gguf"
+        );
     }
 
     #[test]

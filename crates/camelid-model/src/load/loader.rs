@@ -193,15 +193,16 @@ pub fn resolve(
     if p.exists() {
         return Ok((local_model_name(p, spec), p.to_path_buf(), None));
     }
-    if crate::load::hub::is_hub_id(spec) {
+    if crate::load::hub::parse_hub_spec(spec).is_some() {
         return Ok((
             spec.to_string(),
-            crate::load::hub::fetch_repo(spec, revision)?,
+            crate::load::hub::fetch_model(spec, revision)?,
             None,
         ));
     }
     Err(Error::Io(format!(
-        "{spec}: no such file or folder, not a registry name, not a hub id"
+        "{spec}: no such file or folder, not a registry name, not a hub id (owner/name, or \
+         owner/name:TAG for one GGUF file of the repo)"
     )))
 }
 
@@ -311,7 +312,7 @@ fn one_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if found.iter().any(|p| is_split_shard(p)) {
+    if found.iter().any(|p| crate::load::gguf::is_split_shard(p)) {
         return Err(Error::Unsupported(format!(
             "{}: a split GGUF ({}); join its shards into one file first \
              (llama.cpp's `llama-gguf-split --merge FIRST-SHARD OUT.gguf`)",
@@ -327,20 +328,6 @@ fn one_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
         )));
     }
     Ok(found.pop())
-}
-
-/// A shard of a split GGUF, by llama.cpp's naming: `NAME-00001-of-00003.gguf`.
-fn is_split_shard(p: &Path) -> bool {
-    let stem = p
-        .file_stem()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
-    let b = stem.as_bytes();
-    let Some(t) = b.len().checked_sub(15).map(|i| &b[i..]) else {
-        return false;
-    };
-    let digits = |d: &[u8]| d.iter().all(u8::is_ascii_digit);
-    t[0] == b'-' && digits(&t[1..6]) && &t[6..10] == b"-of-" && digits(&t[10..])
 }
 
 fn pick_template(
