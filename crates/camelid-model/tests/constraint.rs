@@ -401,3 +401,73 @@ fn a_grammar_after_the_thinking_starts_at_its_end() {
         "{from_the_start:?}"
     );
 }
+
+/// With `think_open` (a model that opens its thinking itself, Qwen3's `<think>`), the grammar
+/// applies from the first token but that token may also open the thinking: drawn, the
+/// thinking is free until `</think>` and the answer is the grammar's; not drawn, the grammar
+/// takes the first token as it would without thinking. Logits are made up, as above (here
+/// a token of the vocabulary stands in for the `<think>` token).
+#[test]
+fn a_model_that_may_open_its_thinking_thinks_or_answers_in_the_grammar() {
+    use camelid_model::decode::SequenceDecoder;
+    let lm = smol();
+    let tok = &lm.tokenizer;
+    let vocab = tok.vocab_size();
+    let ids = |t: &str| tok.encode(t, false).unwrap();
+    let (open, x) = (ids("Hmm")[0], ids("x")[0]);
+    assert_ne!(open, x);
+    // Each step's logits favour `want`; the opening token is unlikely unless it is wanted.
+    let favour = |want: u32| {
+        let mut l = vec![0.0f32; vocab];
+        l[open as usize] = -5.0;
+        l[want as usize] = 20.0;
+        l
+    };
+    let run = |wanted: &[u32]| {
+        let mut p = GenerationParams::new(
+            40,
+            SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+        );
+        p.stop_token_ids = lm.stop_token_ids.clone();
+        p.constraint = Some(
+            lm.grammar
+                .compile(TopLevelGrammar::from_regex("[0-9]{2}"))
+                .unwrap(),
+        );
+        p.constraint_after = Some("</think>".to_string());
+        p.think_open = Some(open);
+        p.logprobs = Some(0);
+        let mut d = SequenceDecoder::new(vec![1], p, 512);
+        let mut text = String::new();
+        for &t in wanted.iter().chain(std::iter::repeat(&x)).take(16) {
+            let out = d.step(tok, &favour(t)).unwrap();
+            text += &out.text;
+            if out.finished.is_some() {
+                break;
+            }
+        }
+        text
+    };
+    let thought: Vec<u32> = [open]
+        .into_iter()
+        .chain(ids(" let me see.</think>"))
+        .collect();
+    let thinking = run(&thought);
+    let thought_text = tok.decode(&thought, false).unwrap();
+    let answer = thinking
+        .strip_prefix(thought_text.as_str())
+        .unwrap_or_else(|| panic!("the thinking was constrained: {thinking:?}"));
+    assert!(
+        answer.len() == 2 && answer.bytes().all(|b| b.is_ascii_digit()),
+        "{thinking:?}"
+    );
+    // The model answers at once: the grammar's from the first token.
+    let at_once = run(&[x]);
+    assert!(
+        at_once.len() == 2 && at_once.bytes().all(|b| b.is_ascii_digit()),
+        "{at_once:?}"
+    );
+}

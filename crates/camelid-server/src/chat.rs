@@ -17,7 +17,9 @@ use crate::validate::{
 use camelid_engine::Usage;
 use camelid_model::decode::{FinishReason, StopReason};
 use camelid_model::text::chat_prompt::{chat_prompt_ids_ending, PromptEnd};
-use camelid_model::text::reasoning::{prompt_opens_block, split_reasoning, THINK_CLOSE};
+use camelid_model::text::reasoning::{
+    prompt_opens_block, split_reasoning, THINK_CLOSE, THINK_OPEN,
+};
 use camelid_model::text::template::TemplateKwargs;
 use camelid_model::Message;
 use serde_json::Value;
@@ -461,11 +463,22 @@ pub async fn submit_salted(
     let prompt_tokens = prompt.len();
     // With the thinking split, a prompt that opened the block (DeepSeek-R1's, QwQ's) lets the
     // model think first and holds the grammar off until `</think>`, as vLLM does. Where the
-    // model itself would open one (Qwen3's), the output is the grammar's from its first
-    // token (a `<think>…</think>` the grammar writes still splits).
+    // model itself may open one (Qwen3's: a vocabulary with a `<think>` token), the grammar
+    // applies from the first token, which may also be `<think>`: then it waits for
+    // `</think>` (vLLM's waits for it even when the model answers at once, unconstrained).
     let reasoning = reasoning_split(state, req, &model, &prompt);
-    if reasoning == Some(true) && params.constraint.is_some() {
-        params.constraint_after = Some(THINK_CLOSE.to_string());
+    if params.constraint.is_some() {
+        match reasoning {
+            Some(true) => params.constraint_after = Some(THINK_CLOSE.to_string()),
+            Some(false) => {
+                let open = model.engine.tokenizer().token_to_id(THINK_OPEN);
+                if open.is_some() {
+                    params.constraint_after = Some(THINK_CLOSE.to_string());
+                    params.think_open = open;
+                }
+            }
+            None => {}
+        }
     }
     let specs = (0..n)
         .map(|i| ChoiceSpec {

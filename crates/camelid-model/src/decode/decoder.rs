@@ -51,6 +51,11 @@ pub struct GenerationParams {
     /// `</think>` when its prompt opened the block): the model thinks freely, then answers
     /// in the grammar, as vLLM's structured outputs do with a reasoning parser.
     pub constraint_after: Option<String>,
+    /// With `constraint_after`: the token a model opens its thinking with itself (Qwen3's
+    /// `<think>`). The grammar applies from the first token, which may also be this one;
+    /// drawn, it holds the grammar off until `constraint_after`, so the model may think
+    /// first or answer at once, and the answer is the grammar's either way.
+    pub think_open: Option<u32>,
 }
 
 impl GenerationParams {
@@ -67,6 +72,7 @@ impl GenerationParams {
             skip_special_tokens: true,
             constraint: None,
             constraint_after: None,
+            think_open: None,
         }
     }
 }
@@ -109,7 +115,9 @@ pub struct SequenceDecoder {
 
 impl SequenceDecoder {
     pub fn new(prompt: Vec<u32>, params: GenerationParams, context_length: usize) -> Self {
-        let gated = params.constraint.is_some() && params.constraint_after.is_some();
+        let gated = params.constraint.is_some()
+            && params.constraint_after.is_some()
+            && params.think_open.is_none();
         let grammar = params
             .constraint
             .as_ref()
@@ -202,6 +210,12 @@ impl SequenceDecoder {
             Some(Ok(g)) => Some(g),
             Some(Err(e)) => return Err(Error::Grammar(e.clone())),
         };
+        // The first token may open the model's own thinking, whatever the grammar allows.
+        let think_open = self
+            .params
+            .think_open
+            .filter(|_| self.output.is_empty() && self.params.constraint_after.is_some())
+            .filter(|&t| (t as usize) < logits.len());
         if let Some(g) = grammar.as_mut() {
             let mask = g.mask()?;
             // A grammar that can only end here ends, even before min_tokens or with
@@ -213,6 +227,9 @@ impl SequenceDecoder {
                 l = Cow::Borrowed(logits);
             }
             mask.apply(l.to_mut(), &self.params.stop_token_ids);
+            if let Some(t) = think_open {
+                l.to_mut()[t as usize] = logits[t as usize];
+            }
             // A grammar that cannot end yet still ends where every token it allows is a stop
             // token (a `stop_token_ids` entry, or the end of turn the grammar itself asks
             // for): drawing from nothing would give a token the grammar refuses.
@@ -228,6 +245,9 @@ impl SequenceDecoder {
                     raw.copy_from_slice(logits);
                     mask.apply(&mut raw, &[]);
                 }
+                if let Some(t) = think_open {
+                    raw[t as usize] = logits[t as usize];
+                }
                 grammar_logits = Some(raw);
             }
         }
@@ -242,11 +262,17 @@ impl SequenceDecoder {
         self.output.push(token);
         let is_stop_token = self.params.stop_token_ids.contains(&token)
             && (!blocked.contains(&token) || grammar.is_some());
-        // The matcher consumes every token but a stop token (which ends the sequence).
+        let opens_thinking = think_open == Some(token) && grammar.is_some();
+        // The matcher consumes every token but a stop token (which ends the sequence) and
+        // the one opening the model's thinking (the grammar starts again after it).
         let grammar_done = match grammar {
-            Some(g) if !is_stop_token => g.commit(token)?,
+            Some(g) if !is_stop_token && !opens_thinking => g.commit(token)?,
             _ => false,
         };
+        if opens_thinking {
+            self.grammar = None;
+            self.gate = Some(String::new());
+        }
         let mut text = String::new();
         let mut finished = None;
         let mut stop_reason = None;
