@@ -59,7 +59,7 @@ impl RopeScaling {
     /// linear, dynamic and YaRN configs keep the trained length there and stretch it by
     /// `factor` (vicuna-7b-v1.5-16k: 4096 × 4; Qwen2.5 with YaRN: 32768 × 4), as vLLM's
     /// `_get_and_verify_max_len` derives it; Llama 3.1's and LongRoPE's configs already
-    /// give the stretched length.
+    /// give the stretched length (and Gemma 3's: see [`ModelConfig::served_context`]).
     pub fn served_context(&self, max_position_embeddings: usize) -> usize {
         let stretched = match self {
             RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor } => {
@@ -72,7 +72,11 @@ impl RopeScaling {
             } => (*original_max_position_embeddings as f64 * f64::from(*factor)) as usize,
             _ => max_position_embeddings,
         };
-        stretched.max(max_position_embeddings)
+        // A factor past any published one (they are at most 64) stretches no further.
+        stretched.clamp(
+            max_position_embeddings,
+            max_position_embeddings.saturating_mul(64),
+        )
     }
 
     /// Whether a position's rotation depends on how long the run computing it is (dynamic
@@ -183,6 +187,18 @@ pub struct ModelConfig {
 pub const MAX_SIZE: usize = 1 << 24;
 
 impl ModelConfig {
+    /// The context this model serves: [`RopeScaling::served_context`], but for Gemma 3,
+    /// whose `max_position_embeddings` (131072) already counts its global layers' linear
+    /// factor of 8 (vLLM leaves it unstretched too; llama.cpp never stretches).
+    pub fn served_context(&self) -> usize {
+        if self.architecture == "gemma3" {
+            self.max_position_embeddings
+        } else {
+            self.rope_scaling
+                .served_context(self.max_position_embeddings)
+        }
+    }
+
     pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |m: String| Err(Error::BadConfig(format!("{origin}: {m}")));
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 {

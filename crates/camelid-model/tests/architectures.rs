@@ -767,11 +767,14 @@ fn gemma3_layer_types_and_global_rope_scaling() {
         "sliding_window_pattern": 3, "rope_scaling": {"rope_type": "linear", "factor": 4.0}});
     let c = write_model("gemma3", GEMMA_SHAPES[0], scaled, 440);
     check_paged_against_tensor(c.path(), &ids, &prompt(19, 10));
-    let z = rows(&load(c.path()).model.logits_all(&ids).unwrap());
+    let lc = load(c.path());
+    let z = rows(&lc.model.logits_all(&ids).unwrap());
     assert!(
         max_abs_diff(&z[29], &y[29]) > 1e-3,
         "the scaling is applied"
     );
+    // Gemma 3's context already counts the factor (131072 with 8): not stretched again.
+    assert_eq!(lc.context_length, lc.model.config().max_position_embeddings);
     let bad = serde_json::json!({"sliding_window": 5, "num_hidden_layers": 3,
         "layer_types": ["full_attention", "sliding_attention", "sliding_attention"]});
     let d = write_model("gemma3", GEMMA_SHAPES[0], bad, 440);

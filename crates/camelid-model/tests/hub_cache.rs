@@ -136,6 +136,15 @@ fn revisions_resolve_through_the_offline_cache() {
     let lm = camelid_model::load(Some("acme/smol-GGUF:Q4_1"), &opts(None)).expect("the GGUF loads");
     assert_eq!(lm.name, "acme/smol-GGUF:Q4_1");
     assert_eq!(lm.path, snapshot.join("smol.Q4_1.gguf"));
+    // TheBloke's GGUF repos carry a stub config.json (`{"model_type": "llama"}`): still
+    // their GGUF file, not a folder without weights.
+    std::fs::write(snapshot.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    assert_eq!(
+        fetch_model("acme/smol-GGUF", None).unwrap(),
+        snapshot.join("smol.Q4_K_M.gguf")
+    );
+    let lm = camelid_model::load(Some("acme/smol-GGUF"), &opts(None)).expect("the GGUF loads");
+    assert_eq!(lm.path, snapshot.join("smol.Q4_K_M.gguf"));
 
     // Online, with the hub out of reach (nothing listens on the endpoint's port): the cached
     // snapshot is served, as Python's huggingface_hub falls back; a model not in the cache

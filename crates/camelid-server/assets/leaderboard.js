@@ -49,15 +49,21 @@ document.addEventListener("DOMContentLoaded", () => {
         return tr;
       }),
     );
-    const when = new Date().toLocaleTimeString();
+    // When the server fitted the board (not when this page asked): the summary, a live
+    // region, changes, and is read out, only when the board does.
+    const when =
+      typeof r.computed_at === "number"
+        ? ` · fitted ${new Date(r.computed_at * 1000).toLocaleTimeString()}`
+        : "";
     // Votes on conversations that named a model are counted but not rated.
     const unrated = (r.votes ?? r.battles) - r.battles;
-    summary.textContent =
+    const text =
       r.battles === 0 && unrated === 0
         ? "No votes yet: vote in the Arena."
         : `${r.battles} vote${r.battles === 1 ? "" : "s"} rated` +
           (unrated > 0 ? ` (${unrated} more not rated: the conversation named a model)` : "") +
-          ` · updated ${when}`;
+          when;
+    if (summary.textContent !== text) summary.textContent = text;
     document.body.dataset.votes = String(r.battles);
     document.body.dataset.view = styled ? "style" : "plain";
     styleNote.hidden = !styled;

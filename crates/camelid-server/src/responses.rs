@@ -204,8 +204,10 @@ fn message(role: &str, text: String) -> ChatMessage {
 
 /// `input` → chat messages: a string is the user's message; a list holds messages (text
 /// content or `input_text`/`output_text` parts), `function_call` items (consecutive ones make
-/// one assistant message) and `function_call_output` items (tool messages). `reasoning` items
-/// (a previous answer's) are left out, as chat templates leave out old thinking.
+/// one assistant message) and `function_call_output` items (tool messages). A `reasoning`
+/// item's text (its `reasoning_text` content, else its summary) goes to the assistant message
+/// after it as `reasoning_content`: templates that keep the thinking of a turn still under
+/// way (Qwen3's, between tool calls) get it back; others leave it out.
 fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     let items = match input {
         Value::String(s) => return Ok(vec![message("user", s.clone())]),
@@ -213,6 +215,8 @@ fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
         _ => return Err(bad("input", "`input` is a string or a list of items")),
     };
     let mut out: Vec<ChatMessage> = vec![];
+    // A reasoning item's text, until the assistant message it belongs to.
+    let mut thought: Option<String> = None;
     for (i, item) in items.iter().enumerate() {
         let at = |f: &str| format!("input[{i}]{f}");
         let kind = item.get("type").and_then(Value::as_str);
@@ -251,7 +255,16 @@ fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                     ..message("tool", output)
                 });
             }
-            Some("reasoning") => {}
+            Some("reasoning") => {
+                let text = reasoning_text(item);
+                if !text.is_empty() {
+                    thought = Some(match thought.take() {
+                        Some(t) => t + "\n" + &text,
+                        None => text,
+                    });
+                }
+                continue;
+            }
             None | Some("message") => {
                 let role = item
                     .get("role")
@@ -282,8 +295,39 @@ fn input_messages(input: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                 ))
             }
         }
+        // The thinking before this item is its assistant turn's (another role's message
+        // in between leaves it out, as that turn is over).
+        if let Some(t) = thought.take() {
+            if let Some(m) = out.last_mut().filter(|m| m.role == "assistant") {
+                if m.reasoning_content.is_none() {
+                    m.reasoning_content = Some(Value::String(t));
+                }
+            }
+        }
     }
     Ok(out)
+}
+
+/// The text of a `reasoning` input item: its `reasoning_text` content parts (what camelid's
+/// own answers carry), else its `summary_text` parts, joined by newlines.
+fn reasoning_text(item: &Value) -> String {
+    let texts = |key: &str| -> Vec<&str> {
+        item.get(key)
+            .and_then(Value::as_array)
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let content = texts("content");
+    if content.is_empty() {
+        texts("summary").join("\n")
+    } else {
+        content.join("\n")
+    }
 }
 
 /// Text parts (`input_text`, `output_text`, `text`), joined by newlines; anything else
@@ -446,7 +490,7 @@ impl ResponseWriter {
             "text": body.text.clone().unwrap_or(json!({"format": {"type": "text"}})),
             "metadata": body.metadata.clone().unwrap_or(json!({})),
             "previous_response_id": null,
-            "reasoning": null,
+            "reasoning": body.reasoning.clone().unwrap_or(Value::Null),
             "store": false,
             "truncation": "disabled",
             "user": body.user,
@@ -780,6 +824,43 @@ mod tests {
 
     fn body(v: Value) -> ResponsesBody {
         crate::openai::from_value(&v).unwrap()
+    }
+
+    /// A reasoning item's text goes back with the assistant turn after it (the template
+    /// decides whether to show it); thinking followed by another role's message is dropped.
+    #[test]
+    fn a_reasoning_items_text_goes_with_its_assistant_turn() {
+        let b = body(json!({"model": "m", "input": [
+            {"role": "user", "content": "Weather?"},
+            {"type": "reasoning", "id": "rs_1", "summary": [],
+             "content": [{"type": "reasoning_text", "text": "Call the tool."}]},
+            {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sun"},
+            {"type": "reasoning", "id": "rs_2",
+             "summary": [{"type": "summary_text", "text": "It is sunny."}]},
+            {"type": "message", "role": "assistant", "content": "Sun."},
+            {"type": "reasoning", "id": "rs_3", "summary": [{"type": "summary_text", "text": "lost"}]},
+            {"role": "user", "content": "Thanks."}],
+            "reasoning": {"effort": "low"}}));
+        let (req, _) = b.chat_request().unwrap();
+        let thoughts: Vec<(&str, Option<&Value>)> = req
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.reasoning_content.as_ref()))
+            .collect();
+        assert_eq!(
+            thoughts,
+            [
+                ("user", None),
+                ("assistant", Some(&json!("Call the tool."))),
+                ("tool", None),
+                ("assistant", Some(&json!("It is sunny."))),
+                ("user", None),
+            ]
+        );
+        // The request's reasoning settings are echoed, as OpenAI's response object does.
+        let w = ResponseWriter::new(&b, "m");
+        assert_eq!(w.response()["reasoning"], json!({"effort": "low"}));
     }
 
     #[test]

@@ -670,8 +670,10 @@ fn sentencepiece_echo_and_token_text() {
     let (st, body) = post_raw(
         &s.base,
         "/v1/completions",
+        // The bias makes every generated token `▁the` (id 10): a word after the prompt's.
         json!({"model": "tiny", "prompt": prompt, "echo": true, "logprobs": 1,
-               "max_tokens": 3, "ignore_eos": true, "temperature": 0})
+               "max_tokens": 3, "ignore_eos": true, "temperature": 0,
+               "logit_bias": {"10": 100}})
         .to_string()
         .into_bytes(),
     );
@@ -696,6 +698,11 @@ fn sentencepiece_echo_and_token_text() {
         format!(" {prompt}"),
         "SentencePiece's dummy prefix space included"
     );
+    // The answer continues the prompt's text: what follows the prompt is its tokens' text
+    // joined (a first `▁word` keeps its space, as vLLM and llama.cpp give it).
+    let answer: String = tokens[n..].iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(answer, " the the the", "{tokens:?}");
+    assert_eq!(&text[prompt.len()..], answer, "{tokens:?}");
 }
 
 #[test]

@@ -1101,8 +1101,9 @@ fn refusals_while_answering_spend_no_limit() {
     let (id, token, _) = s.battle(json!({"max_tokens": 2}));
     runtime().block_on(async {
         let c = reqwest::Client::new();
-        let follow = json!({"battle_id": id, "token": token, "stream": true, "max_tokens": 64,
-                            "messages": [{"role": "user", "content": "Write a long story."}]});
+        // A long answer, as in the test below: the greedy story runs past 128 tokens.
+        let follow = json!({"battle_id": id, "token": token, "stream": true, "max_tokens": 128,
+                            "messages": [{"role": "user", "content": "Write a long story about a dragon."}]});
         let (mut r, _) = until_first_piece(&c, &base, follow).await;
         for _ in 0..5 {
             let again = c

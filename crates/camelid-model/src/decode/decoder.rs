@@ -56,6 +56,11 @@ pub struct GenerationParams {
     /// drawn, it holds the grammar off until `constraint_after`, so the model may think
     /// first or answer at once, and the answer is the grammar's either way.
     pub think_open: Option<u32>,
+    /// The output continues the prompt's text (a completion): its first token is read after
+    /// the prompt's last ones, so a SentencePiece `▁word` keeps its space (`"… is" + " Paris"`,
+    /// as vLLM and llama.cpp give it). Off, the output is a text of its own (a chat answer),
+    /// decoded as HF decodes generated tokens: its first space is the decoder's to strip.
+    pub continues_prompt: bool,
 }
 
 impl GenerationParams {
@@ -73,6 +78,7 @@ impl GenerationParams {
             constraint: None,
             constraint_after: None,
             think_open: None,
+            continues_prompt: false,
         }
     }
 }
@@ -127,7 +133,11 @@ impl SequenceDecoder {
             grammar,
             gate: gated.then(String::new),
             sampler: Sampler::new(params.sampling.clone()),
-            detok: IncrementalDecoder::after(&prompt, params.skip_special_tokens),
+            detok: if params.continues_prompt {
+                IncrementalDecoder::after(&prompt, params.skip_special_tokens)
+            } else {
+                IncrementalDecoder::new(params.skip_special_tokens)
+            },
             stops: StopMatcher::new(params.stop_strings.clone()),
             params,
             prompt,

@@ -64,7 +64,10 @@ fn offline() -> bool {
 pub fn parse_hub_spec(spec: &str) -> Option<(&str, Option<&str>)> {
     let (id, quant) = match spec.split_once(':') {
         Some((id, q))
-            if !q.is_empty() && q.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            if !q.is_empty()
+                && !q.starts_with('.')
+                && q.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
         {
             (id, Some(q))
         }
@@ -147,7 +150,9 @@ pub fn fetch_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
         let dir = cached_snapshot(id, revision).ok_or_else(|| {
             Error::Io(format!("hub {id}: {why}, and the repo is not in the cache"))
         })?;
-        Ok(dir.join(pick_gguf(id, &file_names(&dir)?, quant)?))
+        let file = pick_gguf(id, &file_names(&dir)?, quant)?;
+        tracing::info!("hub {id}: serving {file} of the cached snapshot");
+        Ok(dir.join(file))
     };
     if offline() {
         return cached("HF_HUB_OFFLINE is set");
@@ -163,6 +168,7 @@ pub fn fetch_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
     };
     let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let file = pick_gguf(id, &listing, quant)?;
+    tracing::info!("hub {id}: serving {file}");
     r.get(&file).map_err(|e| hub_err(&file, &e))
 }
 
@@ -234,6 +240,7 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     if weights.is_empty() {
         if listing.iter().any(|f| f.ends_with(".gguf")) {
             let file = pick_gguf(id, &listing, None)?;
+            tracing::info!("hub {id}: a repo of GGUF files; serving {file}");
             return r.get(&file).map_err(|e| hub_err(&file, &e));
         }
         return Err(Error::BadWeights(format!(
@@ -319,6 +326,21 @@ fn hub_unreachable(e: &ureq::Error) -> bool {
     }
 }
 
+/// A snapshot folder as what it serves: a folder of GGUF files and no HF weights (TheBloke's
+/// GGUF repos carry a stub `config.json`) is its only or Q4_K_M file, as online.
+fn served_from(id: &str, dir: PathBuf) -> Result<PathBuf> {
+    let names = file_names(&dir)?;
+    let hf_weights = names
+        .iter()
+        .any(|f| f.ends_with(".safetensors") || f.ends_with(".bin"));
+    if hf_weights || !names.iter().any(|f| f.ends_with(".gguf")) {
+        return Ok(dir);
+    }
+    let file = pick_gguf(id, &names, None)?;
+    tracing::info!("hub {id}: serving {file} of the cached snapshot");
+    Ok(dir.join(file))
+}
+
 /// The cached snapshot of `id` (HF_HOME's hub cache, as the Python hub writes it), when the
 /// hub is not to be asked or cannot be: `why` says which, in the error.
 fn from_cache(id: &str, repo: Repo, revision: Option<&str>, why: &str) -> Result<PathBuf> {
@@ -333,26 +355,20 @@ fn from_cache(id: &str, repo: Repo, revision: Option<&str>, why: &str) -> Result
             .join("snapshots")
             .join(commit);
         if snapshot.join("config.json").is_file() {
-            return Ok(snapshot);
+            return served_from(id, snapshot);
         }
     }
     let cache = hf_hub::Cache::from_env().repo(repo);
     if let Some(cfg) = cache.get("config.json") {
-        return Ok(cfg.parent().unwrap_or(Path::new(".")).to_path_buf());
+        return served_from(id, cfg.parent().unwrap_or(Path::new(".")).to_path_buf());
     }
-    // A repo of GGUF files only: its only (or Q4_K_M) file, as online.
-    let gguf = cached_snapshot(id, revision).and_then(|dir| {
-        let listing = file_names(&dir).ok()?;
-        listing
-            .iter()
-            .any(|f| f.ends_with(".gguf"))
-            .then(|| pick_gguf(id, &listing, None).map(|f| dir.join(f)))
-    });
-    gguf.unwrap_or_else(|| {
-        Err(Error::Io(format!(
+    // A repo of GGUF files with no config.json at all: as above.
+    match cached_snapshot(id, revision) {
+        Some(dir) if file_names(&dir)?.iter().any(|f| f.ends_with(".gguf")) => served_from(id, dir),
+        _ => Err(Error::Io(format!(
             "hub {id}: {why}, and config.json is not in the cache"
-        )))
-    })
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -380,8 +396,13 @@ mod tests {
             parse_hub_spec("lmsys/vicuna-7b-v1.5"),
             Some(("lmsys/vicuna-7b-v1.5", None))
         );
+        assert_eq!(
+            parse_hub_spec("unsloth/Qwen3-8B-GGUF:UD-Q4_K_XL"),
+            Some(("unsloth/Qwen3-8B-GGUF", Some("UD-Q4_K_XL")))
+        );
         assert_eq!(parse_hub_spec("a/b:"), None);
         assert_eq!(parse_hub_spec("a/b:../x"), None);
+        assert_eq!(parse_hub_spec("a/b:..x"), None);
         assert_eq!(parse_hub_spec("./a:Q4_0"), None);
     }
 

@@ -227,7 +227,10 @@ fn local_model_name(p: &Path, spec: &str) -> String {
         None => std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
     };
     if full.is_dir() {
-        let parent = full.parent();
+        // Whether it is a hub snapshot is read off its absolute path (`snapshots/<commit>`
+        // given from inside `models--owner--name` has no grandparent as written).
+        let absolute = std::fs::canonicalize(&full).unwrap_or_else(|_| full.clone());
+        let parent = absolute.parent();
         let repo = parent
             .filter(|d| d.file_name().is_some_and(|n| n == "snapshots"))
             .and_then(|d| d.parent()?.file_name()?.to_str()?.strip_prefix("models--"));
@@ -450,7 +453,7 @@ pub fn load_gguf(
     let tool_jinja = g.meta_str("tokenizer.chat_template.tool_use").map(jinja_of);
     let tool_template = own_tool_template(template, tool_jinja);
     let template = pick_template(template, jinja, name)?;
-    let context_length = cfg.rope_scaling.served_context(cfg.max_position_embeddings);
+    let context_length = cfg.served_context();
     let pooling = g
         .meta_u32(&format!("{}.pooling_type", cfg.architecture))
         .ok()
@@ -684,7 +687,7 @@ pub fn load_hf_folder(
     // Unasked, a 16-bit download stays 16-bit in memory on the CPU (half of f32's bytes).
     weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
     weights.quantize = opts.quantize;
-    let context_length = cfg.rope_scaling.served_context(cfg.max_position_embeddings);
+    let context_length = cfg.served_context();
     let pooling = read_json(&dir.join("1_Pooling/config.json"))?
         .and_then(|c| crate::batch::Pooling::from_sentence_transformers(&c));
     let layers = cfg.num_layers;

@@ -57,7 +57,8 @@ impl IncrementalDecoder {
     }
 
     /// Makes the prompt's tail the emitted context: the shortest one of at least 4 tokens
-    /// that decodes without a broken character (vLLM's rule), else the last 4.
+    /// that decodes without a broken character (as vLLM looks for one), else none (a prompt
+    /// ending inside a character: its bytes would shift what the answer's first token shows).
     fn start(&mut self, tok: &Tokenizer) -> Result<()> {
         let Some(mut tail) = self.prompt_tail.take() else {
             return Ok(());
@@ -65,8 +66,8 @@ impl IncrementalDecoder {
         if self.skip_special {
             tail.retain(|&id| !tok.is_special(id));
         }
-        let mut from = tail.len().saturating_sub(4);
-        for n in 4..=tail.len() {
+        let mut from = tail.len();
+        for n in 4.min(tail.len())..=tail.len() {
             let at = tail.len() - n;
             self.decoded += n;
             if !tok
@@ -599,6 +600,31 @@ mod tests {
             let mut d = IncrementalDecoder::after(prompt, true);
             assert_eq!(d.push(&tok, 6).unwrap(), want, "after {prompt:?}");
         }
+    }
+
+    /// A prompt ending inside a character (a token-id prompt can): the answer's text is what
+    /// it decodes to on its own, no byte of it lost to the prompt's broken tail.
+    #[test]
+    fn an_answer_after_a_prompt_cut_inside_a_character_keeps_its_text() {
+        let tok = test_byte_tokenizer();
+        // "é" is 0xC3 0xA9: the prompt ends after its first byte (ids are byte values).
+        let prompt: Vec<u32> = "a long prompt "
+            .bytes()
+            .map(u32::from)
+            .chain([0xC3])
+            .collect();
+        let answer: Vec<u32> = [0xA9]
+            .into_iter()
+            .chain("hello".bytes().map(u32::from))
+            .collect();
+        let mut d = IncrementalDecoder::after(&prompt, true);
+        let mut text = String::new();
+        for &id in &answer {
+            text += &d.push(&tok, id).unwrap();
+        }
+        text += &d.flush(&tok).unwrap();
+        assert_eq!(text, tok.decode(&answer, true).unwrap());
+        assert!(text.ends_with("hello"), "{text:?}");
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub async fn completions(
     let suffix = infill_suffix(req.suffix.as_ref(), &model, text_prompt, req.echo)?;
     let stops = model_stops(&model, suffix.is_some());
     let mut base = generation_params(f, &model.sampling_defaults, limits, vocab, &stops, &[])?;
+    // A completion is the prompt's text going on: `echo`, `text_offset` and the client's
+    // own joining need the space a SentencePiece first token carries.
+    base.continues_prompt = true;
     let n = f.n.unwrap_or(1) as usize;
     let prompt_count = match &req.prompt {
         Prompt::Text(_) | Prompt::Tokens(_) => 1,
