@@ -297,6 +297,23 @@ fn random_models_of_every_variant_load_run_and_match_reference() {
             .unwrap()
             .to_vec1()
             .unwrap();
+        if v.tied {
+            // Asked for f32, the head shares the embedding table (one copy): the same logits.
+            let opts = camelid_model::LoadOptions {
+                dtype: Some(DType::F32),
+                ..Default::default()
+            };
+            let shared = camelid_model::load(Some(dir.to_str().unwrap()), &opts).unwrap();
+            let logits: Vec<f32> = shared
+                .model
+                .logits_all(&ids)
+                .unwrap()
+                .get(ids.len() - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(logits, ours, "variant {n}: the shared head");
+        }
         if v.linear_scaling.is_none() {
             let d = max_abs_diff(&ours, &reference_last_logits(dir, &ids));
             assert!(d < 1e-4, "variant {n}: max |Δ| {d}");

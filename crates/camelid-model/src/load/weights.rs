@@ -24,6 +24,12 @@ pub trait TensorSource {
     fn embeddings(&mut self, name: &str, dtype: DType) -> Result<Embeddings> {
         Ok(Embeddings::Dense(self.dense(name, dtype)?))
     }
+    /// The output projection of a model whose embedding table `embed` (read from `name`)
+    /// doubles as it: by default read again as a linear layer (quantized where the source
+    /// is); a source whose linear would be the same dense matrix shares the table instead.
+    fn tied_head(&mut self, name: &str, dtype: DType, _embed: &Embeddings) -> Result<Linear> {
+        self.linear(name, dtype)
+    }
 }
 
 fn check_shape(src: &dyn TensorSource, name: &str, want: &[usize]) -> Result<()> {
@@ -213,7 +219,7 @@ pub fn build_llama(
         }
         // Tied: the embedding matrix doubles as the output projection, quantized if the
         // source stores it quantized (a stray lm_head is not read, as in transformers).
-        src.linear(embed_name, dtype)?
+        src.tied_head(embed_name, dtype, &embed)?
     };
     let rope = Rope::new(&cfg);
     // Gemma 3's local layers: their own base, no scaling.
