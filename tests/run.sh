@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch-default.sh >/dev/null
+# Debian's python3 makes venvs only with python3-venv installed.
+if ! python3 -c "import ensurepip" 2>/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null \
+    || echo "could not install python3-venv: the test venvs cannot be made" >&2
+fi
 VENV="${CAMELID_TEST_VENV:-$HOME/.cache/camelid/test-venv}"
 if ! "$VENV/bin/python" -c "import openai, ollama, jsonschema, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
   python3 -m venv "$VENV"

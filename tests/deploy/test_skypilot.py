@@ -61,6 +61,8 @@ def the_files_load():
     check(res.accelerators == {"H100": 1}, f"one H100 by default: {res.accelerators}")
     check(res.ports == ["8000"], f"port 8000: {res.ports}")
     check(not res.use_spot, "the single task is on-demand")
+    check(int(task.envs["CAMELID_KV_CACHE_MB"]) >= 8192,
+          f"a GPU's KV cache, not the CPU default: {task.envs}")
     check(task.envs["CAMELID_PORT"] == "8000" and task.envs["CAMELID_DEVICE"] == "cuda",
           f"serves on 8000 with CUDA: {task.envs}")
     check(set(task.secrets) >= {"CAMELID_ARENA_DB", "CAMELID_API_KEY", "HF_TOKEN"},
@@ -186,6 +188,7 @@ def the_run_command_serves(task, binary):
     env.update({
         "CAMELID_DEVICE": "cpu",
         "CAMELID_MODEL": "smol=smollm2-135m-instruct",
+        "CAMELID_KV_CACHE_MB": "64",
         "CAMELID_BIN": binary,
         "CAMELID_PORT": str(port),
         "CAMELID_CACHE": os.environ.get("CAMELID_CACHE", os.path.expanduser("~/.cache/camelid")),

@@ -62,6 +62,12 @@ fn revisions_resolve_through_the_offline_cache() {
     assert!(err.contains("HF_HUB_OFFLINE") && err.contains(id), "{err}");
     let err = fetch_repo("acme/absent", None).unwrap_err().to_string();
     assert!(err.contains("acme/absent"), "{err}");
+    // A mistyped relative path reads as a hub id too: the error says both.
+    let err = resolve(Some("acme/absent"), None).unwrap_err().to_string();
+    assert!(
+        err.contains("no such local file or folder") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
     // The loader resolves a hub id the same way and loads the revision asked for: `v2` has
     // weights, `main` has none.
     let (name, path, template) = resolve(Some(id), Some("v2")).unwrap();

@@ -22,12 +22,16 @@ fn null(v: Option<&Value>) -> bool {
 }
 
 /// Compact JSON with a space after `,` and `:` (the text models write) unless the schema
-/// sets its own layout: no run of free whitespace for a small model to loop in.
-fn json_grammar(mut schema: Value) -> TopLevelGrammar {
+/// sets its own layout: no run of free whitespace for a small model to loop in. Keywords
+/// llguidance cannot enforce (`uniqueItems`, `not`, unknown `format`s: what Pydantic and Zod
+/// write) are left unchecked, as OpenAI takes any schema outside strict mode (and as tool
+/// parameters are read), except under `strict: true`, whose schema must be one it keeps.
+fn json_grammar(mut schema: Value, strict: bool) -> TopLevelGrammar {
     if let Some(o) = schema.as_object_mut() {
-        o.entry("x-guidance").or_insert_with(
-            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-        );
+        o.entry("x-guidance").or_insert_with(|| {
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
+                   "lenient": !strict})
+        });
     }
     TopLevelGrammar::from_json_schema(schema)
 }
@@ -117,7 +121,7 @@ fn structured_outputs(v: &Value) -> Result<Requested, ApiError> {
 /// One constraint by its kind (`json`, `regex`, `choice`, `grammar`, `json_object`).
 fn guided(field: &str, kind: &str, v: &Value) -> Result<Requested, ApiError> {
     let grammar = match kind {
-        "json" => json_grammar(schema_value(field, v)?),
+        "json" => json_grammar(schema_value(field, v)?, false),
         "json_object" => {
             if v != &Value::Bool(true) {
                 return Err(ApiError::invalid_param(
@@ -125,7 +129,7 @@ fn guided(field: &str, kind: &str, v: &Value) -> Result<Requested, ApiError> {
                     format!("`{field}` must be true"),
                 ));
             }
-            json_grammar(json!({"type": "object"}))
+            json_grammar(json!({"type": "object"}), false)
         }
         "regex" => TopLevelGrammar::from_regex(string(field, v, "a regular expression")?),
         "choice" => choice_grammar(field, v)?,
@@ -149,7 +153,7 @@ fn response_format(v: &Value) -> Result<Option<Requested>, ApiError> {
     })?;
     let grammar = match kind {
         "text" => return Ok(None),
-        "json_object" => json_grammar(json!({"type": "object"})),
+        "json_object" => json_grammar(json!({"type": "object"}), false),
         "json_schema" => {
             let js = v.get("json_schema").filter(|j| j.is_object()).ok_or_else(|| {
                 ApiError::invalid_param(
@@ -166,10 +170,13 @@ fn response_format(v: &Value) -> Result<Option<Requested>, ApiError> {
             let field = "response_format.json_schema.schema";
             return Ok(Some(Requested {
                 field: field.into(),
-                grammar: json_grammar(match js.get("schema") {
-                    None | Some(Value::Null) => json!({}),
-                    Some(s) => schema_value(field, s)?,
-                }),
+                grammar: json_grammar(
+                    match js.get("schema") {
+                        None | Some(Value::Null) => json!({}),
+                        Some(s) => schema_value(field, s)?,
+                    },
+                    js.get("strict") == Some(&Value::Bool(true)),
+                ),
             }));
         }
         other => {

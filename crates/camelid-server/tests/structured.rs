@@ -473,6 +473,44 @@ fn constraints_that_do_not_compile_are_400s_naming_the_field() {
     assert_error(st, &b, 400, Some("guided_grammar"));
 }
 
+/// A non-strict `json_schema` with keywords llguidance cannot enforce (Pydantic's and Zod's
+/// `uniqueItems`, `not`, unknown formats) is taken, as OpenAI takes it and as tool parameters
+/// are: the rest of the schema holds. `strict: true` asks for every keyword kept: refused.
+#[test]
+fn non_strict_schemas_with_unenforceable_keywords_are_taken() {
+    let _one = serial();
+    let s = server();
+    let schema = json!({"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]},
+                 "uniqueItems": true, "maxItems": 2},
+        "id": {"type": "string", "format": "int64", "maxLength": 4},
+        "n": {"type": "integer", "not": {"const": 3}}},
+        "required": ["tags", "id", "n"], "additionalProperties": false});
+    let format = |strict: bool| {
+        json!({"response_format": {"type": "json_schema", "json_schema":
+            {"name": "x", "strict": strict, "schema": schema.clone()}}})
+    };
+    for (content, finish) in chat_ok(&s.base, &chat("Tag it.", format(false))) {
+        assert_eq!(finish, "stop", "{content}");
+        let v: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("{e}: {content}"));
+        let tags = v["tags"].as_array().unwrap();
+        assert!(
+            tags.len() <= 2 && tags.iter().all(|t| t == "a" || t == "b"),
+            "{v}"
+        );
+        assert!(
+            v["id"].as_str().unwrap().len() <= 4 && v["n"].is_i64(),
+            "{v}"
+        );
+    }
+    let (st, b) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &chat("Tag it.", format(true)),
+    );
+    assert_error(st, &b, 400, None);
+}
+
 /// `mtbench judge --constrain`'s grammars: with them every verdict parses, even when the
 /// explanation runs into the token budget (then the grammar closes it with the verdict).
 #[test]

@@ -194,11 +194,14 @@ pub fn resolve(
         return Ok((local_model_name(p, spec), p.to_path_buf(), None));
     }
     if crate::load::hub::parse_hub_spec(spec).is_some() {
-        return Ok((
-            spec.to_string(),
-            crate::load::hub::fetch_model(spec, revision)?,
-            None,
-        ));
+        // `models/foo` mistyped is also a hub id: the hub's answer (401 for a repo that does
+        // not exist) must not hide that no such path exists here either.
+        let path = crate::load::hub::fetch_model(spec, revision).map_err(|e| {
+            Error::Io(format!(
+                "{spec}: no such local file or folder; as a hub id: {e}"
+            ))
+        })?;
+        return Ok((spec.to_string(), path, None));
     }
     Err(Error::Io(format!(
         "{spec}: no such file or folder, not a registry name, not a hub id (owner/name, or \

@@ -21,7 +21,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub template: Option<String>,
     /// Weight dtype for safetensors models: f32, bf16, f16 (default on CPU: f32 compute with
-    /// f16/bf16 matrices kept 16-bit; bf16 on CUDA).
+    /// f16/bf16 matrices kept 16-bit; on CUDA the checkpoint's own 16-bit type, else bf16).
     #[arg(long)]
     pub dtype: Option<String>,
     /// Quantize an HF model's matrices while loading, tensor by tensor (CPU): q4_0, q4_1,

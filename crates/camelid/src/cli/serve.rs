@@ -142,8 +142,9 @@ pub struct ServeArgs {
     /// take every core), 0 on CUDA; 0 turns it off.
     #[arg(long)]
     burst_window_ms: Option<u64>,
-    /// KV cache memory per model, in MiB.
-    #[arg(long, default_value_t = EngineConfig::default().kv_cache_mb, value_parser = positive)]
+    /// KV cache memory per model, in MiB. On a GPU, size it to the card: what the weights
+    /// leave, shared by the models served (the default holds about 1 000 positions of a 7B).
+    #[arg(long, env = "CAMELID_KV_CACHE_MB", default_value_t = EngineConfig::default().kv_cache_mb, value_parser = positive)]
     kv_cache_mb: usize,
     /// Positions per KV block (1 to 256): the pool holds whole blocks, so a larger one could
     /// take more memory than --kv-cache-mb.
@@ -176,7 +177,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     arena: super::arena::ArenaServeArgs,
     /// Weight dtype for safetensors models: f32, bf16, f16 (default on CPU: f32 compute with
-    /// f16/bf16 matrices kept 16-bit; bf16 on CUDA).
+    /// f16/bf16 matrices kept 16-bit; on CUDA the checkpoint's own 16-bit type, else bf16).
     #[arg(long)]
     dtype: Option<String>,
     /// Quantize an HF model's matrices while loading (CPU): q4_0, q4_1, q5_0, q5_1, q8_0,
@@ -602,6 +603,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
         anyhow::bail!(
             "--allow-runtime-lora lets callers load files of this machine: give --api-key or \
              --api-key-file, or listen on a loopback address"
+        );
+    }
+    if api_keys.is_empty() && !loopback {
+        tracing::warn!(
+            "listening on {} without an API key: anyone who reaches it may use /v1/* (the \
+             arena's pages are open to visitors by design); give --api-key or --api-key-file \
+             to open it to the public",
+            a.host
         );
     }
     let rt = tokio::runtime::Runtime::new()?;
