@@ -429,15 +429,9 @@ pub async fn submit_salted(
             params.skip_special_tokens = false;
         }
         // `required` and a named function: a grammar keeps the promise (`auto` and `none`
-        // compile nothing).
+        // compile nothing). It wins over `response_format`, which shapes a text answer: the
+        // output is calls only (OpenAI takes both, as the Agents SDK sends them).
         if let Some(c) = tools::compile(&permit, &model, p).await? {
-            if params.constraint.is_some() {
-                return Err(ApiError::invalid_param(
-                    "tool_choice",
-                    "`tool_choice` \"required\" or a named function cannot be combined with \
-                     another output constraint (`response_format`, structured outputs)",
-                ));
-            }
             params.constraint = Some(c);
         }
     }

@@ -324,10 +324,19 @@ impl ToolPlan {
                 .is_some_and(|id| tok.is_special(id))
     }
 
+    /// The functions' names, as the tools give them.
+    fn names(&self) -> Vec<String> {
+        self.tools
+            .iter()
+            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+            .map(String::from)
+            .collect()
+    }
+
     /// The parser for one choice's output.
     pub fn stream(&self) -> CallStream {
         CallStream {
-            parser: ToolCallParser::new(self.format),
+            parser: ToolCallParser::new(self.format).with_names(self.names()),
             format: self.format,
             parallel: self.parallel,
             sent: 0,

@@ -731,6 +731,71 @@ fn schemas_with_unenforceable_keywords_are_taken() {
     }
 }
 
+/// A forced call with a `response_format` beside it (the OpenAI Agents SDK sends both when an
+/// agent has an output type and `tool_choice: required`): the calls win, as OpenAI answers.
+#[test]
+fn a_forced_call_wins_over_a_response_format() {
+    let s = &server().base;
+    let tool = json!({"type": "function", "function": {"name": "set_tags",
+        "parameters": {"type": "object", "properties": {"tag": {"type": "string", "maxLength": 8}},
+                       "required": ["tag"], "additionalProperties": false}}});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "out", "strict": true,
+        "schema": {"type": "object", "properties": {"answer": {"type": "string"}},
+                   "required": ["answer"], "additionalProperties": false}}});
+    let body = chat(
+        "tools",
+        json!({"tools": [tool], "tool_choice": "required", "response_format": format,
+               "seed": 3, "temperature": 1.0, "max_tokens": 64, "parallel_tool_calls": false}),
+    );
+    let (st, b) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    let calls = forced_calls(&b);
+    assert!(!calls.is_empty(), "{}", short(&b));
+    for (name, args) in calls {
+        assert_eq!(name, "set_tags");
+        assert!(args["tag"].is_string(), "{args}");
+    }
+}
+
+/// A call to a function the request does not have is no call: it stays text (Llama 3's
+/// format would read any JSON answer with a `"name"` as one). The output is forced by a regex
+/// into a Hermes call of `nope`, and of `set_tags`, which is a call.
+#[test]
+fn a_call_to_a_function_not_given_stays_text() {
+    let s = &server().base;
+    let tool = json!({"type": "function", "function": {"name": "set_tags",
+        "parameters": {"type": "object"}}});
+    for (name, is_call) in [("nope", false), ("set_tags", true)] {
+        let out =
+            format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{}}}}\n</tool_call>");
+        let body = chat(
+            "tools",
+            json!({"tools": [tool], "tool_choice": "auto", "max_tokens": 40,
+                   "structured_outputs": {"regex": regex_escape(&out)}}),
+        );
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{}", short(&b));
+        let got = whole(&b["choices"][0]);
+        if is_call {
+            assert_eq!(got.calls.len(), 1, "{}", short(&b));
+            assert_eq!(got.calls[0].1, name);
+        } else {
+            assert!(got.calls.is_empty(), "{}", short(&b));
+            assert_eq!(b["choices"][0]["message"]["content"], out.as_str());
+        }
+    }
+}
+
+/// `s` as a regex matching exactly it.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.^$|?*+()[]{}".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
 /// Mistral v0.3's template takes only 9-character call ids. A call the server made under that
 /// template has such an id, so it goes back into the conversation as it came; an OpenAI-style
 /// id from elsewhere is cut to its last 9 characters (vLLM's `truncate_tool_call_ids`), in the

@@ -177,11 +177,21 @@ impl CallReader {
 
     /// What is now known: the call's start once it commits, then its arguments as far as
     /// they can be sent (all of them when `done`).
-    pub(super) fn drain(&mut self, done: bool, out: &mut Vec<ToolEvent>) -> Result<(), Malformed> {
+    /// A name not among `known` (the request's tools, when given) is no call: what the model
+    /// wrote stays text (Llama 3's format reads any JSON answer with a `"name"` as a call).
+    pub(super) fn drain(
+        &mut self,
+        done: bool,
+        out: &mut Vec<ToolEvent>,
+        known: Option<&[String]>,
+    ) -> Result<(), Malformed> {
         if !self.committed {
             let Some(name) = self.name.clone() else {
                 return if done { Err(Malformed) } else { Ok(()) };
             };
+            if known.is_some_and(|k| !k.contains(&name)) {
+                return Err(Malformed);
+            }
             if !done && !matches!(self.args, Args::Object { .. }) {
                 return Ok(());
             }

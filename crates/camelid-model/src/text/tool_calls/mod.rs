@@ -95,6 +95,8 @@ pub struct ToolCallParser {
     /// The output ended inside a call (a stop string, the length limit): its arguments
     /// are as far as they were written, not closed.
     cut: bool,
+    /// The request's function names, when known: a call to another stays text.
+    names: Option<Vec<String>>,
 }
 
 impl ToolCallParser {
@@ -112,7 +114,14 @@ impl ToolCallParser {
             region_calls: 0,
             cut: false,
             array: true,
+            names: None,
         }
+    }
+
+    /// A parser that takes only calls to `names` (the request's tools) as calls.
+    pub fn with_names(mut self, names: Vec<String>) -> Self {
+        self.names = Some(names);
+        self
     }
 
     /// Calls found so far.
@@ -256,7 +265,7 @@ impl ToolCallParser {
                         let Ok(done) = result else { break };
                         used += c.len_utf8();
                         let before = out.len();
-                        result = reader.drain(done, out).map(|_| done);
+                        result = reader.drain(done, out, self.names.as_deref()).map(|_| done);
                         if out[before..]
                             .iter()
                             .any(|e| matches!(e, ToolEvent::CallStart { .. }))
@@ -725,6 +734,36 @@ mod tests {
             assert!(calls.is_empty(), "{out}");
             assert_eq!(text.as_deref(), Some(out));
         }
+        // A JSON answer whose "name" is no tool of the request is text (with the names
+        // known), in every way it may arrive; a call to a tool is still a call.
+        let answer = "{\"name\": \"Alice\", \"age\": 30}";
+        for pieces in [
+            vec![answer.to_string()],
+            answer.chars().map(String::from).collect(),
+        ] {
+            let mut p = ToolCallParser::new(ToolFormat::Llama3Json).with_names(vec!["f".into()]);
+            let mut text = String::new();
+            for piece in &pieces {
+                for e in p.push(piece) {
+                    match e {
+                        ToolEvent::Text(t) => text += &t,
+                        other => panic!("{other:?} from {answer}"),
+                    }
+                }
+            }
+            for e in p.finish() {
+                match e {
+                    ToolEvent::Text(t) => text += &t,
+                    other => panic!("{other:?} from {answer}"),
+                }
+            }
+            assert_eq!(text, answer);
+            assert_eq!(p.calls(), 0);
+        }
+        let mut p = ToolCallParser::new(ToolFormat::Llama3Json).with_names(vec!["f".into()]);
+        let mut events = p.push("{\"name\": \"f\", \"parameters\": {\"a\": 1}}");
+        events.extend(p.finish());
+        assert_eq!(p.calls(), 1, "{events:?}");
         // Text that is not a call streams at once.
         let mut p = ToolCallParser::new(ToolFormat::Llama3Json);
         assert_eq!(p.push("Hi"), vec![ToolEvent::Text("Hi".into())]);
