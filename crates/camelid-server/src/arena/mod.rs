@@ -59,6 +59,10 @@ pub struct ArenaConfig {
     /// (every third of this while the turn runs): a server that dies mid-turn leaves a mark
     /// that blocks votes on the battle this long at most, not for the battle's life.
     pub answer_lease: Duration,
+    /// Connections this server's pool keeps to the store at most
+    /// (`--arena-db-max-connections`): replicas × this must stay under the database's
+    /// `max_connections` (small managed PostgreSQL tiers allow 25–50).
+    pub db_max_connections: u32,
 }
 
 impl Default for ArenaConfig {
@@ -78,6 +82,7 @@ impl Default for ArenaConfig {
             private: false,
             max_tokens: 1024,
             answer_lease: Duration::from_secs(60),
+            db_max_connections: 8,
         }
     }
 }
@@ -410,7 +415,7 @@ impl Arena {
         let start = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(500);
         loop {
-            match Store::connect(url).await {
+            match Store::connect(url, config.db_max_connections).await {
                 Ok(store) => {
                     return Ok(Self {
                         store,
@@ -1023,6 +1028,22 @@ mod tests {
     /// A turn shown and not stored: its answer naming a model (here only the answer does)
     /// leaves the battle's vote unrated; one that names nothing does not. A second follow-up
     /// while one is answered is refused.
+    /// `--arena-db-max-connections` sizes the store's pool (replicas × it must fit the
+    /// database's connection limit).
+    #[tokio::test]
+    async fn the_store_pool_is_as_large_as_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("arena.db").display());
+        for n in [3, 8] {
+            let config = ArenaConfig {
+                db_max_connections: n,
+                ..Default::default()
+            };
+            let arena = Arena::connect(&url, config).await.unwrap();
+            assert_eq!(arena.store.max_connections(), n);
+        }
+    }
+
     #[tokio::test]
     async fn an_unstored_turn_that_showed_a_name_marks_the_vote() {
         let arena = Arena::in_memory(ArenaConfig::default());

@@ -119,13 +119,13 @@ pub fn unreachable(e: &sqlx::Error) -> bool {
 }
 
 impl Store {
-    /// A pool on `url` (`sqlite:PATH`, created if missing, or `postgres://…`); the tables are
-    /// created now.
-    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+    /// A pool of at most `max_connections` on `url` (`sqlite:PATH`, created if missing, or
+    /// `postgres://…`); the tables are created now.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let (backend, url) = parse_url(url)?;
         let mut options = AnyPoolOptions::new()
-            .max_connections(8)
+            .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10));
         if backend == Backend::Sqlite {
             // FULL: a committed vote survives a power cut, not just a killed process.
@@ -145,6 +145,11 @@ impl Store {
         };
         store.ready().await?;
         Ok(store)
+    }
+
+    /// The most connections the pool keeps.
+    pub fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
     }
 
     /// A store in this process's memory (one SQLite connection, kept for good: the database

@@ -102,6 +102,10 @@ pub struct ArenaServeArgs {
     /// timed out, starting up), trying again meanwhile; 0 gives up at the first failure.
     #[arg(long, env = "CAMELID_ARENA_DB_WAIT", default_value_t = 300)]
     arena_db_wait: u64,
+    /// Connections to `--arena-db` this server keeps at most: replicas × this must stay
+    /// under the database's `max_connections`.
+    #[arg(long, env = "CAMELID_ARENA_DB_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    arena_db_max_connections: u32,
     /// Seconds an arena battle stays open after its start or last turn.
     #[arg(long, default_value_t = 3600)]
     arena_battle_ttl: u64,
@@ -178,6 +182,7 @@ impl ArenaServeArgs {
             trust_forwarded_for: self.arena_trust_forwarded_for,
             private: self.arena_private,
             max_tokens: self.arena_max_tokens,
+            db_max_connections: self.arena_db_max_connections,
             ..Default::default()
         }
     }
