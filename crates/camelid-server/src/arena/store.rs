@@ -148,6 +148,7 @@ impl Store {
     }
 
     /// The most connections the pool keeps.
+    #[cfg(test)]
     pub fn max_connections(&self) -> u32 {
         self.pool.options().get_max_connections()
     }
