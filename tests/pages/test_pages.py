@@ -498,8 +498,9 @@ def arena_and_leaderboard(ctx):
     check("earlier vote" in page.inner_text("#status"), page.inner_text("#status"))
     check(page.evaluate("document.getElementById('name-b').parentElement.classList"
                         ".contains('winner')")
-          and page.locator("#vote-b.chosen").count() == 1
-          and page.locator("#vote-a.chosen").count() == 0,
+          and page.locator("#vote-b.chosen[aria-pressed=true]").count() == 1
+          and page.locator("#vote-a.chosen, #vote-a[aria-pressed]").count() == 0
+          and "Your vote:" in page.inner_text("#status"),
           "the vote that counts (B) is marked, not the button pressed after")
     board.wait_for_selector(f"body[data-votes='{before + 2}']", timeout=10_000)
     board.screenshot(path=f"{shots}/leaderboard-desktop.png")

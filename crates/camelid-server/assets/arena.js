@@ -332,7 +332,13 @@ document.addEventListener("DOMContentLoaded", () => {
     names.b.textContent = "Model B: " + r.model_b;
     names.a.parentElement.classList.toggle("winner", r.winner === "model_a");
     names.b.parentElement.classList.toggle("winner", r.winner === "model_b");
-    if (voteButtons[r.winner]) voteButtons[r.winner].classList.add("chosen");
+    const chosen = voteButtons[r.winner];
+    if (chosen) {
+      chosen.classList.add("chosen");
+      // Said, not only drawn: a screen reader hears which vote counts.
+      chosen.setAttribute("aria-pressed", "true");
+      thanks += ` Your vote: ${chosen.textContent.trim()}.`;
+    }
     // A conversation that named a model is kept but not rated (FastChat's rule).
     say(
       r.anony === false
@@ -355,7 +361,10 @@ document.addEventListener("DOMContentLoaded", () => {
       names[side].textContent = side === "a" ? "Model A" : "Model B";
       names[side].parentElement.classList.remove("winner");
     }
-    for (const b of Object.values(voteButtons)) b.classList.remove("chosen");
+    for (const b of Object.values(voteButtons)) {
+      b.classList.remove("chosen");
+      b.removeAttribute("aria-pressed");
+    }
     say("");
     setPhase("idle");
     prompt.focus();
