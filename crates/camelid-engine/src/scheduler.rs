@@ -189,6 +189,13 @@ impl Engine {
                 break;
             };
             let mut seq = match w {
+                // Back once its first chunk's blocks can be had (or nothing else runs, when
+                // it must try alone): taken at once, it would pin its cached prefix, find no
+                // room beside the older sequences and preempt itself again every step.
+                Waiting::Preempted(s) if !self.running.is_empty() && !self.room_for(&s) => {
+                    self.waiting.push_front(Waiting::Preempted(s));
+                    break;
+                }
                 Waiting::Preempted(s) => s,
                 Waiting::New(s) => {
                     self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -252,6 +259,13 @@ impl Engine {
             }
             self.running.push(seq);
         }
+    }
+
+    /// Whether the pool can give a preempted sequence the blocks of its first chunk now
+    /// (free and evictable blocks; its own cached prefix, if any, is among the evictable).
+    fn room_for(&self, s: &Seq) -> bool {
+        let chunk = s.tokens.len().min(self.cfg.max_batch_tokens.max(1));
+        self.kv.free_blocks() >= chunk.div_ceil(self.cfg.block_size.max(1))
     }
 
     fn drop_cancelled(&mut self) {

@@ -602,6 +602,56 @@ fn shared_prefixes_under_a_tiny_pool_still_complete() {
     wait_idle(&tight.metrics);
 }
 
+/// A prompt that does not fit beside an older sequence waits for it instead of being taken
+/// back every step to preempt itself again (vLLM's scheduler takes a waiting request only
+/// once its blocks can be had). 10 blocks of 4: A (28 prompt + 8 output) holds 7-9 of them,
+/// B's 16-token prompt needs 4. B is preempted once, then waits; both outputs are those of a
+/// roomy pool.
+#[test]
+fn a_prompt_that_does_not_fit_waits_instead_of_preempting_itself_each_step() {
+    let lm = tiny();
+    let a: Vec<u32> = std::iter::once(1)
+        .chain((0..27).map(|i| 3 + i % 40))
+        .collect();
+    let b: Vec<u32> = std::iter::once(1)
+        .chain((0..15).map(|i| 5 + i % 30))
+        .collect();
+    let run = |engine: &EngineHandle| -> Vec<Vec<u32>> {
+        let rxs = engine
+            .submit_all(vec![
+                plain_request(a.clone(), 8, SamplingParams::greedy()),
+                plain_request(b.clone(), 4, SamplingParams::greedy()),
+            ])
+            .unwrap();
+        rxs.into_iter().map(|rx| drain(rx).unwrap().0).collect()
+    };
+    let roomy = EngineHandle::spawn(
+        tiny(),
+        EngineConfig {
+            block_size: 4,
+            num_blocks: Some(1024),
+            ..Default::default()
+        },
+    );
+    let want = run(&roomy);
+    let tight = EngineHandle::spawn(
+        lm,
+        EngineConfig {
+            block_size: 4,
+            num_blocks: Some(10),
+            prefix_caching: false,
+            ..Default::default()
+        },
+    );
+    assert_eq!(run(&tight), want);
+    let preemptions = EngineMetrics::get(&tight.metrics.preemptions);
+    assert!(
+        (1..=2).contains(&preemptions),
+        "{preemptions} preemptions for one prompt that had to wait"
+    );
+    wait_idle(&tight.metrics);
+}
+
 /// Shutting down: requests that have not started are refused at once, the running one goes
 /// on to its last token, and nothing new is taken but the later parts of requests under way.
 #[test]
