@@ -733,6 +733,24 @@ def leaderboard_declined_key(browser):
     ctx.close()
 
 
+def chat_without_models(browser):
+    """A server that serves no model (a route stands in for its empty list): Send says so
+    and keeps the text, rather than doing nothing."""
+    ctx = browser.new_context(viewport=DESKTOP)
+    ctx.add_init_script(f"localStorage.setItem('camelid.apiKey', {json.dumps(key)})")
+    page = ctx.new_page()
+    page.route("**/v1/models", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps({"object": "list", "data": []})))
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    page.fill("#prompt", "Anyone there?")
+    page.keyboard.press("Enter")
+    wait_js(page, "document.getElementById('status').textContent.includes('no model')",
+            "an empty model list is said")
+    check(page.input_value("#prompt") == "Anyone there?", "the text stays")
+    ctx.close()
+
+
 def phone(browser):
     """Each page at phone width: nothing wider than the screen; a screenshot each."""
     ctx = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
@@ -784,6 +802,7 @@ with sync_playwright() as p:
     leaderboard_declined_key(browser)
     arena_when_the_server_refuses(browser)
     tables_keep_their_words_on_a_phone(browser)
+    chat_without_models(browser)
     phone(browser)
     browser.close()
 

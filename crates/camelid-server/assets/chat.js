@@ -206,7 +206,13 @@ document.addEventListener("DOMContentLoaded", () => {
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const text = prompt.value.trim();
-    if (!text || controller || !modelSelect.value) return;
+    if (!text || controller) return;
+    if (!modelSelect.value) {
+      // A list that did not load says so already (with its Try again); an empty one is
+      // said here. The text stays.
+      if (document.body.dataset.ready === "true") say("The server serves no model to send to.");
+      return;
+    }
     // A failed answer is dropped from the page when the conversation moves on.
     dropFailed();
     addUser(text);
