@@ -686,6 +686,16 @@ def tables_keep_their_words_on_a_phone(browser):
     wait_answer(page, 2)
     shown = page.evaluate("[...document.querySelectorAll('.message.assistant .body')].pop().innerText")
     check(shown.strip() == block, f"the block's lines kept as text: {shown!r}")
+    # A task list keeps which items are done (its boxes as characters: no <input> is let in).
+    tasks = "- [x] done\n- [ ] todo"
+    page.unroute("**/v1/chat/completions")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body(tasks)))
+    page.fill("#prompt", "A task list, please.")
+    page.click("#send")
+    wait_answer(page, 3)
+    shown = page.evaluate("[...document.querySelectorAll('.message.assistant .body')].pop().innerText")
+    check("☑ done" in shown and "☐ todo" in shown, f"done and todo told apart: {shown!r}")
     # A phone's keyboard has no Shift+Enter: there Enter makes a new line; Send sends.
     page.fill("#prompt", "line one")
     page.focus("#prompt")
@@ -693,7 +703,7 @@ def tables_keep_their_words_on_a_phone(browser):
     page.keyboard.press("Enter")
     page.keyboard.type("line two")
     check(page.input_value("#prompt") == "line one\nline two"
-          and page.locator(".message.assistant").count() == 2,
+          and page.locator(".message.assistant").count() == 3,
           f"Enter on a phone makes a new line: {page.input_value('#prompt')!r}")
     ctx.close()
 

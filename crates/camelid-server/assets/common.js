@@ -213,6 +213,11 @@ const Camelid = (() => {
         image({ href, text }) {
           return `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>`;
         },
+        // A task list's box as a character: DOMPurify drops `<input>`, which left `- [x]`
+        // and `- [ ]` items alike.
+        checkbox({ checked }) {
+          return checked ? "☑ " : "☐ ";
+        },
       },
     });
     DOMPurify.addHook("afterSanitizeAttributes", (node) => {
