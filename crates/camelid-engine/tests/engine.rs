@@ -634,12 +634,16 @@ fn a_prompt_that_does_not_fit_waits_instead_of_preempting_itself_each_step() {
         },
     );
     let want = run(&roomy);
+    // Both join the first step (a burst window of a second): on a loaded machine the
+    // submitting thread may pause between A and B long enough for A to run to its end.
     let tight = EngineHandle::spawn(
         lm,
         EngineConfig {
             block_size: 4,
             num_blocks: Some(10),
             prefix_caching: false,
+            burst_window: Duration::from_secs(1),
+            burst_quiet: Duration::from_secs(1),
             ..Default::default()
         },
     );
