@@ -677,24 +677,22 @@ def tables_keep_their_words_on_a_phone(browser):
     check(lines and all(n == 1 for _, n in lines), f"cells on one line each: {lines}")
     no_horizontal_scroll(page, "a wide table on a phone")
     # A block of raw HTML in an answer is shown as text with its lines, not run or joined.
+    def answered(prompt, text, n):
+        """`text` as the routed answer to `prompt`, the `n`-th; its body's innerText."""
+        page.unroute("**/v1/chat/completions")
+        page.route("**/v1/chat/completions", lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body(text)))
+        page.fill("#prompt", prompt)
+        page.click("#send")
+        wait_answer(page, n)
+        return page.evaluate(
+            "[...document.querySelectorAll('.message.assistant .body')].pop().innerText")
+
     block = '<div class="card">\n  <h1>Hi</h1>\n</div>'
-    page.unroute("**/v1/chat/completions")
-    page.route("**/v1/chat/completions", lambda route: route.fulfill(
-        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body(block)))
-    page.fill("#prompt", "Some HTML, please.")
-    page.click("#send")
-    wait_answer(page, 2)
-    shown = page.evaluate("[...document.querySelectorAll('.message.assistant .body')].pop().innerText")
+    shown = answered("Some HTML, please.", block, 2)
     check(shown.strip() == block, f"the block's lines kept as text: {shown!r}")
     # A task list keeps which items are done (its boxes as characters: no <input> is let in).
-    tasks = "- [x] done\n- [ ] todo"
-    page.unroute("**/v1/chat/completions")
-    page.route("**/v1/chat/completions", lambda route: route.fulfill(
-        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body(tasks)))
-    page.fill("#prompt", "A task list, please.")
-    page.click("#send")
-    wait_answer(page, 3)
-    shown = page.evaluate("[...document.querySelectorAll('.message.assistant .body')].pop().innerText")
+    shown = answered("A task list, please.", "- [x] done\n- [ ] todo", 3)
     check("☑ done" in shown and "☐ todo" in shown, f"done and todo told apart: {shown!r}")
     # A phone's keyboard has no Shift+Enter: there Enter makes a new line; Send sends.
     page.fill("#prompt", "line one")

@@ -289,14 +289,16 @@ fn random_models_of_every_variant_load_run_and_match_reference() {
             .tokenizer
             .encode("hello world, the lazy fox", true)
             .unwrap();
-        let ours: Vec<f32> = lm
-            .model
-            .logits_all(&ids)
-            .unwrap()
-            .get(ids.len() - 1)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let last_logits = |lm: &camelid_model::LoadedModel| -> Vec<f32> {
+            lm.model
+                .logits_all(&ids)
+                .unwrap()
+                .get(ids.len() - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let ours = last_logits(&lm);
         if v.tied {
             // Asked for f32, the head shares the embedding table (one copy): the same logits.
             let opts = camelid_model::LoadOptions {
@@ -304,15 +306,7 @@ fn random_models_of_every_variant_load_run_and_match_reference() {
                 ..Default::default()
             };
             let shared = camelid_model::load(Some(dir.to_str().unwrap()), &opts).unwrap();
-            let logits: Vec<f32> = shared
-                .model
-                .logits_all(&ids)
-                .unwrap()
-                .get(ids.len() - 1)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert_eq!(logits, ours, "variant {n}: the shared head");
+            assert_eq!(last_logits(&shared), ours, "variant {n}: the shared head");
         }
         if v.linear_scaling.is_none() {
             let d = max_abs_diff(&ours, &reference_last_logits(dir, &ids));

@@ -346,14 +346,8 @@ fn served_from(id: &str, dir: PathBuf) -> Result<PathBuf> {
 fn from_cache(id: &str, repo: Repo, revision: Option<&str>, why: &str) -> Result<PathBuf> {
     // A commit hash names its snapshot directly (the Python hub writes no `refs/<commit>`,
     // and hf-hub looks every revision up there).
-    if let Some(commit) =
-        revision.filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        let snapshot = hf_hub::Cache::from_env()
-            .path()
-            .join(format!("models--{}", id.replace('/', "--")))
-            .join("snapshots")
-            .join(commit);
+    let commit = revision.filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+    if let Some(snapshot) = commit.and_then(|c| cached_snapshot(id, Some(c))) {
         if snapshot.join("config.json").is_file() {
             return served_from(id, snapshot);
         }
