@@ -38,5 +38,11 @@ ENV CAMELID_CACHE=/cache HF_HOME=/cache/hf CAMELID_HOST=0.0.0.0 CAMELID_PORT=800
 VOLUME /cache
 USER camelid
 EXPOSE 8000
+# Healthy once the model is loaded and the engine answers (`/health`: 503 when an engine has
+# stopped); a first start may download the model, hence the long start period. Python is in
+# the image already (pip fetches the default model). It asks CAMELID_PORT's port: a server
+# given `--port` instead needs `docker run --health-cmd …` (or the env var) to match.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 CMD python3 -c \
+    "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('CAMELID_PORT', '8000'), timeout=4)"
 ENTRYPOINT ["/usr/bin/tini", "--", "camelid"]
 CMD ["serve"]
