@@ -237,6 +237,19 @@ pub struct Constraint {
     stats: Arc<MaskStats>,
 }
 
+impl Constraint {
+    /// `text` as tokens of the grammar's vocabulary: the special token it spells where it
+    /// is one (Qwen's `<tool_call>`, Mistral's `[TOOL_CALLS]`), else its bytes tokenized with
+    /// no space prepended (what a lazy grammar replays of the text that started it).
+    pub fn tokens_of(&self, text: &str) -> Vec<u32> {
+        let env = &self.parser.token_env;
+        match env.tok_trie().get_special_token(text) {
+            Some(id) => vec![id],
+            None => env.tokenize_bytes(text.as_bytes()),
+        }
+    }
+}
+
 impl std::fmt::Debug for Constraint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Constraint")

@@ -471,3 +471,76 @@ fn a_model_that_may_open_its_thinking_thinks_or_answers_in_the_grammar() {
         "{at_once:?}"
     );
 }
+
+/// A lazy grammar (`constraint_trigger`, `tool_choice: auto`): the output is free until it
+/// writes the trigger, and from the trigger on it is the grammar's (which starts with the
+/// trigger); a trigger inside the model's thinking does not count. Logits are made up, as
+/// above: each step favours the next token of a script, then `x`.
+#[test]
+fn a_lazy_grammar_waits_for_its_trigger() {
+    use camelid_model::decode::SequenceDecoder;
+    let lm = smol();
+    let tok = &lm.tokenizer;
+    let vocab = tok.vocab_size();
+    let ids = |t: &str| tok.encode(t, false).unwrap();
+    let x = ids("x")[0];
+    let open = ids("Hmm")[0];
+    let favour = |want: u32| {
+        let mut l = vec![0.0f32; vocab];
+        l[want as usize] = 20.0;
+        l
+    };
+    let run = |script: &[u32], think: bool| {
+        let mut p = GenerationParams::new(
+            40,
+            SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+        );
+        p.stop_token_ids = lm.stop_token_ids.clone();
+        p.constraint = Some(
+            lm.grammar
+                .compile(TopLevelGrammar::from_lark(
+                    r#"start: "CALL:" /[0-9]{2}/"#.to_string(),
+                ))
+                .unwrap(),
+        );
+        p.constraint_trigger = Some("CALL:".to_string());
+        if think {
+            p.constraint_after = Some("</think>".to_string());
+            p.think_open = Some(open);
+        }
+        let mut d = SequenceDecoder::new(vec![1], p, 512);
+        let mut text = String::new();
+        for &t in script.iter().chain(std::iter::repeat(&x)).take(24) {
+            let out = d.step(tok, &favour(t)).unwrap();
+            text += &out.text;
+            if out.finished.is_some() {
+                return (text, true);
+            }
+        }
+        (text, false)
+    };
+    let digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    // Free text, then the trigger: the grammar's digits follow it and end the output.
+    let (text, finished) = run(&ids("Sure, CALL:"), false);
+    let after = text
+        .strip_prefix("Sure, CALL:")
+        .unwrap_or_else(|| panic!("the text before the trigger was constrained: {text:?}"));
+    assert!(digits(after) && finished, "{text:?}");
+    // No trigger: the output stays free to its length.
+    let (text, finished) = run(&ids("Sure, no call"), false);
+    assert!(text.starts_with("Sure, no callxx") && !finished, "{text:?}");
+    // A trigger while the model thinks is thinking; the answer's trigger starts the grammar.
+    let script: Vec<u32> = [open]
+        .into_iter()
+        .chain(ids(" I could CALL: maybe</think>Sure CALL:"))
+        .collect();
+    let (text, finished) = run(&script, true);
+    let shown = tok.decode(&script, false).unwrap();
+    let after = text
+        .strip_prefix(shown.as_str())
+        .unwrap_or_else(|| panic!("the thinking was constrained: {text:?}"));
+    assert!(digits(after) && finished, "{text:?}");
+}

@@ -423,18 +423,28 @@ pub async fn submit_salted(
     } else {
         render_and_encode(&permit, &model, msgs, shown, end, kwargs, budget).await?
     };
-    params.constraint = structured::compile(&permit, &model, f).await?;
-    if let Some(p) = &plan {
-        if p.needs_special_tokens(model.engine.tokenizer()) {
-            params.skip_special_tokens = false;
+    // The tools' grammar where they have one: `required` and a named function (calls only:
+    // they win over `response_format`, which shapes a text answer, as OpenAI takes both and
+    // the Agents SDK sends them); `auto` beside a JSON answer format (that answer or calls);
+    // `auto` alone (free text, then calls in their schemas once the model opens one).
+    let answer = structured::requested(f)?;
+    let calls = match &plan {
+        Some(p) => {
+            if p.needs_special_tokens(model.engine.tokenizer()) {
+                params.skip_special_tokens = false;
+            }
+            tools::compile(&permit, &model, p, answer.as_ref()).await?
         }
-        // `required` and a named function: a grammar keeps the promise (`auto` and `none`
-        // compile nothing). It wins over `response_format`, which shapes a text answer: the
-        // output is calls only (OpenAI takes both, as the Agents SDK sends them).
-        if let Some(c) = tools::compile(&permit, &model, p).await? {
-            params.constraint = Some(c);
+        None => None,
+    };
+    params.constraint = match (calls, answer) {
+        (Some(c), _) => {
+            params.constraint_trigger = c.trigger;
+            Some(c.constraint)
         }
-    }
+        (None, Some(a)) => Some(structured::compile_requested(&permit, &model, a).await?),
+        (None, None) => None,
+    };
     // OpenAI's newer name wins when both are sent.
     let limit_field = if req.max_completion_tokens.is_some() {
         "max_completion_tokens"

@@ -15,6 +15,19 @@ use std::sync::Arc;
 pub struct Requested {
     pub field: String,
     pub grammar: TopLevelGrammar,
+    /// The JSON schema (with its layout) where the constraint is one: what a grammar of
+    /// answer-or-calls embeds (`tool_choice: auto` beside it).
+    pub schema: Option<Value>,
+}
+
+impl Requested {
+    fn json(field: &str, schema: Value) -> Self {
+        Self {
+            field: field.to_string(),
+            grammar: TopLevelGrammar::from_json_schema(schema.clone()),
+            schema: Some(schema),
+        }
+    }
 }
 
 fn null(v: Option<&Value>) -> bool {
@@ -26,14 +39,14 @@ fn null(v: Option<&Value>) -> bool {
 /// llguidance cannot enforce (`uniqueItems`, `not`, unknown `format`s: what Pydantic and Zod
 /// write) are left unchecked, as OpenAI takes any schema outside strict mode (and as tool
 /// parameters are read), except under `strict: true`, whose schema must be one it keeps.
-fn json_grammar(mut schema: Value, strict: bool) -> TopLevelGrammar {
+fn json_layout(mut schema: Value, strict: bool) -> Value {
     if let Some(o) = schema.as_object_mut() {
         o.entry("x-guidance").or_insert_with(|| {
             json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
                    "lenient": !strict})
         });
     }
-    TopLevelGrammar::from_json_schema(schema)
+    schema
 }
 
 /// A JSON schema given as an object (or a boolean), or as a string holding one (vLLM's).
@@ -121,7 +134,12 @@ fn structured_outputs(v: &Value) -> Result<Requested, ApiError> {
 /// One constraint by its kind (`json`, `regex`, `choice`, `grammar`, `json_object`).
 fn guided(field: &str, kind: &str, v: &Value) -> Result<Requested, ApiError> {
     let grammar = match kind {
-        "json" => json_grammar(schema_value(field, v)?, false),
+        "json" => {
+            return Ok(Requested::json(
+                field,
+                json_layout(schema_value(field, v)?, false),
+            ))
+        }
         "json_object" => {
             if v != &Value::Bool(true) {
                 return Err(ApiError::invalid_param(
@@ -129,7 +147,10 @@ fn guided(field: &str, kind: &str, v: &Value) -> Result<Requested, ApiError> {
                     format!("`{field}` must be true"),
                 ));
             }
-            json_grammar(json!({"type": "object"}), false)
+            return Ok(Requested::json(
+                field,
+                json_layout(json!({"type": "object"}), false),
+            ));
         }
         "regex" => TopLevelGrammar::from_regex(string(field, v, "a regular expression")?),
         "choice" => choice_grammar(field, v)?,
@@ -139,6 +160,7 @@ fn guided(field: &str, kind: &str, v: &Value) -> Result<Requested, ApiError> {
     Ok(Requested {
         field: field.to_string(),
         grammar,
+        schema: None,
     })
 }
 
@@ -151,9 +173,9 @@ fn response_format(v: &Value) -> Result<Option<Requested>, ApiError> {
             "`response_format` must be an object with a `type` (text, json_object, json_schema)",
         )
     })?;
-    let grammar = match kind {
+    let schema = match kind {
         "text" => return Ok(None),
-        "json_object" => json_grammar(json!({"type": "object"}), false),
+        "json_object" => json_layout(json!({"type": "object"}), false),
         "json_schema" => {
             let js = v.get("json_schema").filter(|j| j.is_object()).ok_or_else(|| {
                 ApiError::invalid_param(
@@ -168,16 +190,12 @@ fn response_format(v: &Value) -> Result<Option<Requested>, ApiError> {
                 ));
             }
             let field = "response_format.json_schema.schema";
-            return Ok(Some(Requested {
-                field: field.into(),
-                grammar: json_grammar(
-                    match js.get("schema") {
-                        None | Some(Value::Null) => json!({}),
-                        Some(s) => schema_value(field, s)?,
-                    },
-                    js.get("strict") == Some(&Value::Bool(true)),
-                ),
-            }));
+            let schema = match js.get("schema") {
+                None | Some(Value::Null) => json!({}),
+                Some(s) => schema_value(field, s)?,
+            };
+            let strict = js.get("strict") == Some(&Value::Bool(true));
+            return Ok(Some(Requested::json(field, json_layout(schema, strict))));
         }
         other => {
             return Err(ApiError::invalid_param(
@@ -186,10 +204,7 @@ fn response_format(v: &Value) -> Result<Option<Requested>, ApiError> {
             ))
         }
     };
-    Ok(Some(Requested {
-        field: F.into(),
-        grammar,
-    }))
+    Ok(Some(Requested::json(F, schema)))
 }
 
 /// The constraint a request asks for, if any; at most one of the fields may ask.
@@ -232,12 +247,21 @@ pub async fn compile(
     model: &Arc<ModelEntry>,
     f: &SamplingFields,
 ) -> Result<Option<Constraint>, ApiError> {
-    let Some(req) = requested(f)? else {
-        return Ok(None);
-    };
+    match requested(f)? {
+        Some(req) => compile_requested(permit, model, req).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Compiles one constraint [`requested`] gave.
+pub async fn compile_requested(
+    permit: &Permit,
+    model: &Arc<ModelEntry>,
+    req: Requested,
+) -> Result<Constraint, ApiError> {
     let compiler = model.grammar().clone();
     blocking(permit, move || {
-        compiler.compile(req.grammar).map(Some).map_err(|why| {
+        compiler.compile(req.grammar).map_err(|why| {
             ApiError::invalid_param(&req.field, format!("Invalid `{}`: {why}", req.field))
         })
     })

@@ -6,10 +6,13 @@ use crate::error::ApiError;
 use crate::openai::ChatRequest;
 use crate::run::blocking;
 use crate::state::{ModelEntry, Permit};
+use crate::structured::Requested;
 use camelid_model::text::reasoning::{ReasoningSplitter, Split};
 use camelid_model::text::tokenizer::Tokenizer;
 use camelid_model::text::tool_calls::{renders_tools, ToolCallParser, ToolEvent, ToolFormat};
-use camelid_model::text::tool_grammar::{arguments_schema, call_grammar, CallableTool};
+use camelid_model::text::tool_grammar::{
+    answer_or_calls, arguments_schema, call_grammar, lazy_trigger, CallableTool,
+};
 use camelid_model::{ChatTemplate, Constraint, GrammarCompiler, Message, TopLevelGrammar};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
@@ -280,39 +283,66 @@ impl ToolPlan {
         matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_))
     }
 
-    /// The functions a grammar lets the model call, with their index in `tools`; `None` for
-    /// `auto` and `none`, which have no grammar.
-    fn callable(&self) -> Option<Vec<(usize, CallableTool<'_>)>> {
-        if !self.forced() {
-            return None;
-        }
+    /// The functions a grammar lets the model call (the named one, else all), with their
+    /// index in `tools`.
+    fn callable(&self) -> Vec<(usize, CallableTool<'_>)> {
         let named = self.named();
-        Some(
-            self.tools
-                .iter()
-                .enumerate()
-                .filter_map(|(i, t)| {
-                    let f = t.get("function")?;
-                    let name = f.get("name")?.as_str()?;
-                    let parameters = f.get("parameters").filter(|p| p.is_object());
-                    Some((i, CallableTool { name, parameters }))
-                })
-                .filter(|(_, t)| named.is_none_or(|n| n == t.name))
-                .collect(),
-        )
+        self.tools
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let f = t.get("function")?;
+                let name = f.get("name")?.as_str()?;
+                let parameters = f.get("parameters").filter(|p| p.is_object());
+                Some((i, CallableTool { name, parameters }))
+            })
+            .filter(|(_, t)| named.is_none_or(|n| n == t.name))
+            .collect()
     }
 
-    /// The Lark grammar that enforces `required` or a named function; `None` for `auto` and
-    /// `none`. A named function is called once. `special_token`: the id of a token the
-    /// grammar's vocabulary holds as special ([`GrammarCompiler::special_token`]).
-    pub fn grammar(&self, special_token: &dyn Fn(&str) -> Option<u32>) -> Option<String> {
-        let callable: Vec<CallableTool> = self.callable()?.into_iter().map(|(_, t)| t).collect();
-        Some(call_grammar(
-            self.format,
-            &callable,
-            self.parallel && self.named().is_none(),
-            special_token,
-        ))
+    /// Whether a function asks for `strict` arguments (OpenAI then keeps its schema under
+    /// `auto` too).
+    fn any_strict(&self) -> bool {
+        self.tools
+            .iter()
+            .any(|t| t.pointer("/function/strict") == Some(&Value::Bool(true)))
+    }
+
+    /// The Lark grammar of the output's calls and, where it waits for the model to begin a
+    /// call, the text that begins one:
+    /// - `required`, a named function: calls only (a named function is called once);
+    /// - `auto` beside a JSON answer format (`answer`: its schema): that answer or calls;
+    /// - `auto` alone: free text until the format's call opening, then calls (Llama 3's JSON
+    ///   calls have no opening: no grammar);
+    /// - `none`: none.
+    ///
+    /// `special_token`: the id of a token the grammar's vocabulary holds as special
+    /// ([`GrammarCompiler::special_token`]).
+    pub fn grammar(
+        &self,
+        special_token: &dyn Fn(&str) -> Option<u32>,
+        answer: Option<&Value>,
+    ) -> Option<(String, Option<&'static str>)> {
+        let callable: Vec<CallableTool> = self.callable().into_iter().map(|(_, t)| t).collect();
+        let parallel = self.parallel && self.named().is_none();
+        match (&self.choice, answer) {
+            (ToolChoice::None, _) => None,
+            (ToolChoice::Required | ToolChoice::Named(_), _) => Some((
+                call_grammar(self.format, &callable, parallel, special_token),
+                None,
+            )),
+            (ToolChoice::Auto, Some(answer)) => Some((
+                answer_or_calls(self.format, &callable, parallel, special_token, answer),
+                None,
+            )),
+            (ToolChoice::Auto, None) => {
+                let trigger = lazy_trigger(self.format)?;
+                Some((
+                    call_grammar(self.format, &callable, parallel, special_token),
+                    Some(trigger),
+                ))
+            }
+        }
     }
 
     /// Whether the call trigger is a control token of `tok` (Mistral's `[TOOL_CALLS]`, Llama's
@@ -345,45 +375,72 @@ impl ToolPlan {
     }
 }
 
-/// Compiles the grammar `required` or a named function asks for, off the async workers
-/// under the request's permit; `auto` and `none` compile nothing (OpenAI takes any JSON
-/// schema for a non-strict function, and vLLM too builds a grammar only for these two). A
-/// grammar that does not compile is a 400 naming the `parameters` of the function at fault.
+/// The grammar a request's tools put on its output ([`ToolPlan::grammar`]) and, when it
+/// applies lazily, the text that starts it.
+pub struct CallConstraint {
+    pub constraint: Constraint,
+    pub trigger: Option<String>,
+}
+
+/// Compiles the grammar of the output's calls ([`ToolPlan::grammar`]; `answer`: the
+/// request's `response_format` or other output constraint), off the async workers under the
+/// request's permit. `None`: the tools add nothing (`none`; `auto` with a constraint that is
+/// not a JSON schema, which then applies alone; `auto` in a format without a call opening).
+/// A forced call's grammar that does not compile is a 400 naming the `parameters` at fault;
+/// under `auto` so is a `strict` function's, and any other leaves the calls unchecked (as
+/// before a grammar was kept under `auto`, and as vLLM does).
 pub async fn compile(
     permit: &Permit,
     model: &Arc<ModelEntry>,
     plan: &ToolPlan,
-) -> Result<Option<Constraint>, ApiError> {
-    if !plan.forced() {
-        return Ok(None);
-    }
+    answer: Option<&Requested>,
+) -> Result<Option<CallConstraint>, ApiError> {
+    let answer = match answer {
+        Some(a) if plan.choice == ToolChoice::Auto => match &a.schema {
+            Some(schema) => Some(schema.clone()),
+            None => return Ok(None),
+        },
+        _ => None,
+    };
     let compiler = model.grammar().clone();
     let plan = plan.clone();
     blocking(permit, move || {
-        let Some(g) = plan.grammar(&|t| compiler.special_token(t)) else {
+        let Some((g, trigger)) = plan.grammar(&|t| compiler.special_token(t), answer.as_ref())
+        else {
             return Ok(None);
         };
         match compiler.compile(TopLevelGrammar::from_lark(g)) {
-            Ok(c) => Ok(Some(c)),
-            Err(why) => Err(grammar_refused(&plan, &compiler, why)),
+            Ok(constraint) => Ok(Some(CallConstraint {
+                constraint,
+                trigger: trigger.map(String::from),
+            })),
+            Err(why) if plan.forced() => {
+                Err(schema_refused(&plan, &compiler).unwrap_or_else(|| {
+                    bad(
+                        "tool_choice",
+                        format!("The tool-call grammar for `tool_choice` does not compile: {why}"),
+                    )
+                }))
+            }
+            Err(_) => match schema_refused(&plan, &compiler) {
+                Some(e) if plan.any_strict() => Err(e),
+                _ => Ok(None),
+            },
         }
     })
     .await
 }
 
-/// Why a tool grammar did not compile: the first callable function whose arguments schema
-/// alone the compiler refuses (its reason in the client's own terms), else the grammar's.
-fn grammar_refused(plan: &ToolPlan, compiler: &GrammarCompiler, why: String) -> ApiError {
-    for (i, t) in plan.callable().unwrap_or_default() {
-        if let Err(e) = compiler.compile(TopLevelGrammar::from_json_schema(arguments_schema(t))) {
-            let at = format!("tools[{i}].function.parameters");
-            return bad(&at, format!("Invalid JSON schema in `{at}`: {e}"));
-        }
-    }
-    bad(
-        "tool_choice",
-        format!("The tool-call grammar for `tool_choice` does not compile: {why}"),
-    )
+/// The first callable function whose arguments schema alone the compiler refuses, as a 400
+/// naming its `parameters` (the reason in the client's own terms).
+fn schema_refused(plan: &ToolPlan, compiler: &GrammarCompiler) -> Option<ApiError> {
+    plan.callable().into_iter().find_map(|(i, t)| {
+        let e = compiler
+            .compile(TopLevelGrammar::from_json_schema(arguments_schema(t)))
+            .err()?;
+        let at = format!("tools[{i}].function.parameters");
+        Some(bad(&at, format!("Invalid JSON schema in `{at}`: {e}")))
+    })
 }
 
 /// An assistant message's `tool_calls` as templates read them: OpenAI's objects with

@@ -901,3 +901,120 @@ fn a_call_cut_by_a_stop_string_is_not_a_call() {
         );
     }
 }
+
+/// A forecast tool whose schema asks for `days`, and a history of three calls of it without
+/// `days`: imitating the history, the small model leaves `days` out unless a grammar keeps
+/// the schema.
+fn forecast_tool() -> Value {
+    json!({"type": "function", "function": {"name": "get_forecast",
+        "description": "The weather forecast for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["city", "unit", "days"], "additionalProperties": false}}})
+}
+
+fn forecast_history() -> Vec<Value> {
+    let mut messages = vec![
+        json!({"role": "system", "content": "Answer weather questions with the get_forecast tool."}),
+    ];
+    for (city, id) in [("Oslo", "call_1"), ("Rome", "call_2"), ("Lima", "call_3")] {
+        messages
+            .push(json!({"role": "user", "content": format!("What is the weather in {city}?")}));
+        messages.push(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": id,
+            "type": "function", "function": {"name": "get_forecast",
+            "arguments": format!("{{\"city\": \"{city}\", \"unit\": \"celsius\"}}")}}]}),
+        );
+    }
+    messages.push(json!({"role": "user", "content": "What is the weather in Paris?"}));
+    messages
+}
+
+fn check_forecast_arguments(args: &Value) {
+    let o = args.as_object().unwrap_or_else(|| panic!("{args}"));
+    assert!(o["city"].is_string(), "{args}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&o["unit"].as_str().unwrap_or("")),
+        "{args}"
+    );
+    assert!((1..=7).contains(&o["days"].as_i64().unwrap_or(0)), "{args}");
+    assert_eq!(o.len(), 3, "{args}");
+}
+
+/// `auto`: the model may answer in words, and a call it begins (`<tool_call>`) follows the
+/// function's schema from there on (llama.cpp's lazy grammar). Greedy, the history's calls
+/// are imitated without `days`; the grammar adds it. With `tool_choice: none` the same prompt
+/// gives the unconstrained call, which lacks it (what the grammar is there for).
+#[test]
+fn auto_calls_follow_their_schemas_once_begun() {
+    let s = &server().base;
+    let body = |choice: &str| {
+        json!({"model": "tools", "max_tokens": 64, "temperature": 0,
+               "messages": forecast_history(), "tools": [forecast_tool()], "tool_choice": choice,
+               "parallel_tool_calls": false})
+    };
+    let (st, raw) = post(s, "/v1/chat/completions", &body("none"));
+    assert_eq!(st, 200, "{}", short(&raw));
+    let raw_text = raw["choices"][0]["message"]["content"].as_str().unwrap();
+    let (_, free) = parse_output(ToolFormat::Hermes, raw_text);
+    assert_eq!(free.len(), 1, "{raw_text:?}");
+    let free_args: Value = serde_json::from_str(&free[0].arguments).unwrap();
+    assert!(free_args.get("days").is_none(), "{raw_text:?}");
+    let (st, b) = post(s, "/v1/chat/completions", &body("auto"));
+    assert_eq!(st, 200, "{}", short(&b));
+    let got = whole(&b["choices"][0]);
+    assert_eq!(got.finish.as_deref(), Some("tool_calls"), "{}", short(&b));
+    assert_eq!(got.calls.len(), 1, "{}", short(&b));
+    assert_eq!(got.calls[0].1, "get_forecast");
+    check_forecast_arguments(&serde_json::from_str(&got.calls[0].2).unwrap());
+    // Streamed alike.
+    let mut sb = body("auto");
+    sb["stream"] = json!(true);
+    assert_eq!(
+        without_ids(assemble(&stream(&sb), 0)),
+        without_ids(got),
+        "streamed"
+    );
+}
+
+/// `auto` beside a JSON `response_format`: the model either calls a function (in its schema)
+/// or answers in the format's schema (OpenAI's structured outputs with tools; the Agents SDK
+/// sends both for an agent with an output type). The format alone would rule calls out.
+#[test]
+fn auto_with_a_response_format_calls_or_answers_in_the_schema() {
+    let s = &server().base;
+    let format = json!({"type": "json_schema", "json_schema": {"name": "reply", "strict": true,
+        "schema": {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}},
+                   "required": ["answer"], "additionalProperties": false}}});
+    let mut calls = 0;
+    let mut answers = 0;
+    for seed in 0..4 {
+        let body = json!({"model": "tools", "max_tokens": 64, "temperature": 1.0, "seed": seed,
+            "n": 2, "messages": forecast_history(), "tools": [forecast_tool()],
+            "response_format": format, "parallel_tool_calls": false});
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{}", short(&b));
+        for c in b["choices"].as_array().unwrap() {
+            let got = whole(c);
+            if got.calls.is_empty() {
+                let v: Value = serde_json::from_str(&got.content)
+                    .unwrap_or_else(|e| panic!("neither a call nor the schema: {c} ({e})"));
+                assert!(
+                    v["answer"].is_string() && v.as_object().unwrap().len() == 1,
+                    "{v}"
+                );
+                answers += 1;
+            } else {
+                assert_eq!(got.finish.as_deref(), Some("tool_calls"), "{c}");
+                assert_eq!(got.calls.len(), 1, "{c}");
+                check_forecast_arguments(&serde_json::from_str(&got.calls[0].2).unwrap());
+                assert_eq!(got.content, "", "{c}");
+                calls += 1;
+            }
+        }
+    }
+    // The history's pattern makes calls the likely path; the format alone allowed none.
+    assert!(calls > 0, "{calls} calls, {answers} answers");
+    eprintln!("auto with a response format: {calls} calls, {answers} answers");
+}

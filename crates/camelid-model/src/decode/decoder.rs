@@ -56,6 +56,12 @@ pub struct GenerationParams {
     /// drawn, it holds the grammar off until `constraint_after`, so the model may think
     /// first or answer at once, and the answer is the grammar's either way.
     pub think_open: Option<u32>,
+    /// A lazy `constraint`: the output is free until it writes this text (a tool call's
+    /// opening, `<tool_call>` or `[TOOL_CALLS]`), and from there on it follows the grammar,
+    /// which starts with this text (llama.cpp's lazy grammars under `tool_choice: auto`:
+    /// the model may answer in words, and a call it begins is a call to a given function
+    /// in its schema). Waits for `constraint_after` first where that is set.
+    pub constraint_trigger: Option<String>,
     /// The output continues the prompt's text (a completion): its first token is read after
     /// the prompt's last ones, so a SentencePiece `▁word` keeps its space (`"… is" + " Paris"`,
     /// as vLLM and llama.cpp give it). Off, the output is a text of its own (a chat answer),
@@ -78,6 +84,7 @@ impl GenerationParams {
             constraint: None,
             constraint_after: None,
             think_open: None,
+            constraint_trigger: None,
             continues_prompt: false,
         }
     }
@@ -117,6 +124,18 @@ pub struct SequenceDecoder {
     /// While `constraint_after` has not been written: the output's latest text, as long as
     /// the marker (the matcher starts once it holds the marker).
     gate: Option<String>,
+    /// A lazy grammar's watch for `constraint_trigger` (once past any `constraint_after`):
+    /// the output's latest text, as long as the trigger.
+    watch: Option<String>,
+}
+
+/// Keeps only the end of `seen` that could still begin `marker` (at a character boundary).
+fn keep_tail(seen: &mut String, marker: &str) {
+    let keep = seen.len().saturating_sub(marker.len());
+    let cut = (keep..=seen.len())
+        .find(|&i| seen.is_char_boundary(i))
+        .unwrap_or(seen.len());
+    seen.drain(..cut);
 }
 
 impl SequenceDecoder {
@@ -124,14 +143,16 @@ impl SequenceDecoder {
         let gated = params.constraint.is_some()
             && params.constraint_after.is_some()
             && params.think_open.is_none();
+        let lazy = params.constraint.is_some() && params.constraint_trigger.is_some();
         let grammar = params
             .constraint
             .as_ref()
-            .filter(|_| !gated)
+            .filter(|_| !gated && !lazy)
             .map(|c| SequenceConstraint::start(c, &[]).map_err(|e| e.to_string()));
         Self {
             grammar,
             gate: gated.then(String::new),
+            watch: (lazy && !gated).then(String::new),
             sampler: Sampler::new(params.sampling.clone()),
             detok: if params.continues_prompt {
                 IncrementalDecoder::after(&prompt, params.skip_special_tokens)
@@ -151,29 +172,55 @@ impl SequenceDecoder {
         &self.prompt
     }
 
-    /// Starts the matcher once the output's text has written `constraint_after`; `piece` is
-    /// the text of the token just drawn.
-    fn open_gate(&mut self, piece: &str) {
+    /// Starts the matcher once the output's text has written `constraint_after` (a lazy
+    /// grammar's watch for its trigger instead); `piece` is the text of the token just drawn.
+    /// Returns the piece's text after the marker when this piece opened the gate.
+    fn open_gate(&mut self, piece: &str) -> Option<String> {
         let (Some(seen), Some(marker), Some(c)) = (
             self.gate.as_mut(),
             self.params.constraint_after.as_deref(),
             self.params.constraint.as_ref(),
         ) else {
+            return None;
+        };
+        seen.push_str(piece);
+        let Some(at) = seen.find(marker) else {
+            keep_tail(seen, marker);
+            return None;
+        };
+        let rest = seen[at + marker.len()..].to_string();
+        self.gate = None;
+        if self.params.constraint_trigger.is_some() {
+            self.watch = Some(String::new());
+        } else {
+            self.grammar = Some(SequenceConstraint::start(c, &[]).map_err(|e| e.to_string()));
+        }
+        Some(rest)
+    }
+
+    /// Starts a lazy grammar once the output's text has written `constraint_trigger`: the
+    /// matcher consumes the trigger and whatever the same token wrote after it. Text the
+    /// grammar refuses there leaves the output free (the call parser reads it as it would
+    /// without a grammar).
+    fn watch_trigger(&mut self, piece: &str) {
+        let (Some(seen), Some(trigger), Some(c)) = (
+            self.watch.as_mut(),
+            self.params.constraint_trigger.as_deref(),
+            self.params.constraint.as_ref(),
+        ) else {
             return;
         };
         seen.push_str(piece);
-        if seen.contains(marker) {
-            self.gate = None;
-            self.grammar = Some(SequenceConstraint::start(c, &[]).map_err(|e| e.to_string()));
+        let Some(at) = seen.find(trigger) else {
+            keep_tail(seen, trigger);
             return;
-        }
-        // Keep only what could still begin the marker.
-        let keep = seen.len().saturating_sub(marker.len());
-        let cut = (keep..=seen.len())
-            .find(|&i| seen.is_char_boundary(i))
-            .unwrap_or(seen.len());
-        seen.drain(..cut);
+        };
+        let mut replay = c.tokens_of(trigger);
+        replay.extend(c.tokens_of(&seen[at + trigger.len()..]));
+        self.watch = None;
+        self.grammar = SequenceConstraint::start(c, &replay).ok().map(Ok);
     }
+
     pub fn output(&self) -> &[u32] {
         &self.output
     }
@@ -272,7 +319,8 @@ impl SequenceDecoder {
         self.output.push(token);
         let is_stop_token = self.params.stop_token_ids.contains(&token)
             && (!blocked.contains(&token) || grammar.is_some());
-        let opens_thinking = think_open == Some(token) && grammar.is_some();
+        let opens_thinking =
+            think_open == Some(token) && (grammar.is_some() || self.watch.is_some());
         // The matcher consumes every token but a stop token (which ends the sequence) and
         // the one opening the model's thinking (the grammar starts again after it).
         let grammar_done = match grammar {
@@ -281,6 +329,7 @@ impl SequenceDecoder {
         };
         if opens_thinking {
             self.grammar = None;
+            self.watch = None;
             self.gate = Some(String::new());
         }
         let mut text = String::new();
@@ -301,7 +350,13 @@ impl SequenceDecoder {
             }
         } else {
             let piece = self.detok.push(tok, token)?;
-            self.open_gate(&piece);
+            // A lazy grammar's trigger counts only after the gate's marker (not inside the
+            // model's thinking).
+            if self.gate.is_none() {
+                self.watch_trigger(&piece);
+            } else if let Some(rest) = self.open_gate(&piece) {
+                self.watch_trigger(&rest);
+            }
             // Stop strings wait for min_tokens as stop tokens do (vLLM's rule).
             if self.output.len() <= self.params.min_tokens {
                 text += &self.stops.push_unchecked(&piece);

@@ -195,6 +195,34 @@ pub fn call_grammar(
     g
 }
 
+/// The text that starts a call where a grammar may wait for it (`tool_choice: auto`): the
+/// Hermes block's opening and Mistral's `[TOOL_CALLS]`. Llama 3's JSON calls have none (a
+/// call is the whole answer, which may as well be text).
+pub fn lazy_trigger(format: ToolFormat) -> Option<&'static str> {
+    match format {
+        ToolFormat::Hermes => Some(HERMES_OPEN),
+        ToolFormat::Mistral | ToolFormat::MistralArgs => Some(MISTRAL_TRIGGER),
+        ToolFormat::Llama3Json => None,
+    }
+}
+
+/// An answer in `answer` (a JSON schema as `%json` takes it, its layout in `x-guidance`) or
+/// calls as [`call_grammar`] writes them: `tool_choice: auto` beside a JSON
+/// `response_format`, where the model either calls a function or answers in the schema.
+pub fn answer_or_calls(
+    format: ToolFormat,
+    tools: &[CallableTool],
+    parallel: bool,
+    special_token: &dyn Fn(&str) -> Option<u32>,
+    answer: &Json,
+) -> String {
+    let calls = call_grammar(format, tools, parallel, special_token);
+    // The call grammar's first rule is its `start`; renamed, it is one alternative.
+    debug_assert!(calls.starts_with("start:"));
+    let calls = calls.replacen("start:", "calls:", 1);
+    format!("start: answer | calls\nanswer: %json {answer}\n{calls}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
