@@ -162,6 +162,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let arena = Router::new()
         .route("/arena/battles", post(arena_routes::battle))
         .route("/arena/battles/{id}/vote", post(arena_routes::vote))
+        .route(
+            "/arena/battles/{id}/regenerate",
+            post(arena_routes::regenerate),
+        )
         .route("/arena/leaderboard", get(arena_routes::leaderboard));
     if state.arena.config().private {
         keyed = keyed.merge(arena);

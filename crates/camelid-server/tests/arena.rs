@@ -497,7 +497,7 @@ fn a_turn_admitted_before_expiry_is_stored_after_it() {
         // Answers that took longer than the time to live.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         arena
-            .record_turn(&battle, &visitor, &turn("a"), &turn("b"))
+            .record_turn(&battle, &visitor, &turn("a"), &turn("b"), false)
             .await
             .expect("a turn admitted while the battle was open is stored");
         // The stored turn opened the battle for another time to live.
@@ -1034,12 +1034,16 @@ async fn until_first_piece(
     base: &str,
     body: Value,
 ) -> (reqwest::Response, String) {
-    let mut r = c
-        .post(format!("{base}/arena/battles"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    until_first_piece_at(c, &format!("{base}/arena/battles"), body).await
+}
+
+/// [`until_first_piece`] of a request to `url` (a battle's regenerate).
+async fn until_first_piece_at(
+    c: &reqwest::Client,
+    url: &str,
+    body: Value,
+) -> (reqwest::Response, String) {
+    let mut r = c.post(url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let mut seen = String::new();
     while !seen.contains("\"delta\"") {
@@ -1659,4 +1663,230 @@ fn battles_leave_a_reasoning_models_thinking_out() {
             }
         }
     }
+}
+
+/// The battle `id` as exported once voted: its (turn, conversation_a, conversation_b).
+fn exported_battle(s: &Server, id: &str) -> (Value, Vec<Value>, Vec<Value>) {
+    let exported = runtime().block_on(s.state.arena.export()).unwrap();
+    let v = exported
+        .iter()
+        .find(|v| v["question_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not exported: {exported:?}"));
+    let conversation = |k: &str| v[k].as_array().unwrap().clone();
+    (
+        v["turn"].clone(),
+        conversation("conversation_a"),
+        conversation("conversation_b"),
+    )
+}
+
+fn regenerate_path(id: &str) -> String {
+    format!("/arena/battles/{id}/regenerate")
+}
+
+/// Regenerate (FastChat's arena button): the last turn is answered again by both models and
+/// the new answers replace the old; the vote is on them. Greedy, a longer cap gives the same
+/// start and more: the first answers were 2 tokens, the regenerated ones longer. After a
+/// follow-up only the last turn is answered again, and the turn count stays.
+#[test]
+fn regenerate_answers_the_last_turn_again() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (id, token, first) = s.battle(json!({"max_tokens": 2}));
+    let (status, again) = s.post(
+        &regenerate_path(&id),
+        json!({"token": token, "max_tokens": 8, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["battle_id"], id.as_str());
+    for side in ["a", "b"] {
+        let (old, new) = (
+            first[side]["content"].as_str().unwrap(),
+            again[side]["content"].as_str().unwrap(),
+        );
+        assert!(
+            new.starts_with(old) && new.len() > old.len(),
+            "{old:?} → {new:?}"
+        );
+    }
+    let (status, reveal) = s.vote(&id, Some(&token), "model_a");
+    assert_eq!(status, 200, "{reveal}");
+    let (turn, a, b) = exported_battle(&s, &id);
+    assert_eq!(turn, 1);
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[1]["content"], again["a"]["content"]);
+    assert_eq!(b[1]["content"], again["b"]["content"]);
+
+    // A follow-up, then its regenerate: the first turn stays as it was.
+    let (id, token, first) = s.battle(json!({"max_tokens": 2}));
+    let mut follow = ask();
+    follow["battle_id"] = id.clone().into();
+    follow["token"] = token.clone().into();
+    follow["messages"] = json!([{"role": "user", "content": "And another?"}]);
+    let (status, _) = s.post("/arena/battles", follow);
+    assert_eq!(status, 200);
+    let (status, again) = s.post(
+        &regenerate_path(&id),
+        json!({"token": token, "max_tokens": 3}),
+    );
+    assert_eq!(status, 200, "{again}");
+    let (status, _) = s.vote(&id, Some(&token), "tie");
+    assert_eq!(status, 200);
+    let (turn, a, _) = exported_battle(&s, &id);
+    assert_eq!(turn, 2);
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert_eq!(a[1]["content"], first["a"]["content"]);
+    assert_eq!(a[2]["content"], "And another?");
+    assert_eq!(a[3]["content"], again["a"]["content"]);
+}
+
+/// A regenerate is refused as a follow-up is: another visitor's (403), unknown (404), before
+/// any answer (409), after the vote (409), with messages of its own (400); and the arena's
+/// refused fields are refused here too.
+#[test]
+fn regenerate_is_refused_as_a_follow_up_is() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (id, token, _) = s.battle(json!({}));
+    let stranger = format!("{:064x}", 99);
+    let (status, err) = s.post(&regenerate_path(&id), json!({"token": stranger}));
+    assert_refused(status, &err, 403, "battle_not_yours");
+    let (status, err) = s.post(&regenerate_path(&id), json!({}));
+    assert_refused(status, &err, 403, "battle_not_yours");
+    let made_up = format!("battle-{:032x}", 7);
+    let (status, err) = s.post(&regenerate_path(&made_up), json!({"token": token}));
+    assert_refused(status, &err, 404, "battle_not_found");
+    let (status, err) = s.post(
+        &regenerate_path(&id),
+        json!({"token": token, "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["param"], "messages", "{err}");
+    let (status, err) = s.post(&regenerate_path(&id), json!({"token": token, "seed": 1}));
+    assert_eq!(
+        (status, &err["error"]["param"]),
+        (400, &json!("seed")),
+        "{err}"
+    );
+    // A battle with no answer yet.
+    let visitor = Visitor::new();
+    let empty = runtime()
+        .block_on(
+            s.state
+                .arena
+                .start(&visitor, "smol-a".into(), "smol-b".into()),
+        )
+        .unwrap();
+    let (status, err) = s.post(
+        &regenerate_path(&empty.id),
+        json!({"token": visitor.token()}),
+    );
+    assert_refused(status, &err, 409, "battle_unanswered");
+    let (status, _) = s.vote(&id, Some(&token), "tie");
+    assert_eq!(status, 200);
+    let (status, err) = s.post(&regenerate_path(&id), json!({"token": token}));
+    assert_refused(status, &err, 409, "battle_voted");
+}
+
+/// The answers a regenerate replaces were shown: if they named a model the vote is not
+/// anonymous, though the answers it is cast on name none (without the mark, regenerating
+/// until the names are gone would make a rated vote of a battle whose models were seen).
+/// The same battle whose first answers named nobody keeps an anonymous vote.
+#[test]
+fn answers_replaced_after_naming_a_model_leave_the_vote_unrated() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    for (first_answer, anony) in [("I am smol-a.", false), ("Blue.", true)] {
+        let visitor = Visitor::new();
+        let battle = runtime().block_on(async {
+            let battle = s
+                .state
+                .arena
+                .start(&visitor, "smol-a".into(), "smol-b".into())
+                .await
+                .unwrap();
+            let turn = |a: &str| {
+                vec![
+                    json!({"role": "user", "content": "Name a color."}),
+                    json!({"role": "assistant", "content": a}),
+                ]
+            };
+            s.state
+                .arena
+                .record_turn(&battle, &visitor, &turn(first_answer), &turn("Red."), false)
+                .await
+                .unwrap();
+            battle
+        });
+        let (status, again) = s.post(
+            &regenerate_path(&battle.id),
+            json!({"token": visitor.token(), "max_tokens": 4, "temperature": 0}),
+        );
+        assert_eq!(status, 200, "{again}");
+        let (status, reveal) = s.vote(&battle.id, Some(visitor.token()), "model_a");
+        assert_eq!(status, 200, "{reveal}");
+        let (_, a, _) = exported_battle(&s, &battle.id);
+        assert_eq!(
+            a[1]["content"], again["a"]["content"],
+            "the vote is on the new answers"
+        );
+        assert_eq!(reveal["anony"], anony, "{first_answer:?} → {again}");
+    }
+}
+
+/// While a regenerate is answered nothing lands on the battle: a vote, a follow-up or a second
+/// regenerate is 409 `battle_answering`; once stored, the vote is taken on the new answers.
+/// One its visitor leaves keeps the answers it would have replaced.
+#[test]
+fn nothing_lands_while_a_regenerate_is_answered() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let base = s.base.clone();
+    let story = json!({"messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+                       "max_tokens": 2, "temperature": 0});
+    let (id, token, _) = s.battle(story.clone());
+    let (left, left_token, left_first) = s.battle(story);
+    let long = |token: &str| json!({"token": token, "stream": true, "max_tokens": 128});
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let url = format!("{base}{}", regenerate_path(&id));
+        let (mut r, mut seen) = until_first_piece_at(&c, &url, long(&token)).await;
+        let (status, body) = vote_tie(&c, &base, &id, &token).await;
+        assert_refused(status, &body, 409, "battle_answering");
+        let again = c
+            .post(&url)
+            .json(&json!({"token": token}))
+            .send()
+            .await
+            .unwrap();
+        let status = again.status().as_u16();
+        assert_refused(
+            status,
+            &again.json().await.unwrap(),
+            409,
+            "battle_answering",
+        );
+        let follow = json!({"battle_id": id, "token": token,
+                            "messages": [{"role": "user", "content": "Hi"}]});
+        let next = c
+            .post(format!("{base}/arena/battles"))
+            .json(&follow)
+            .send()
+            .await
+            .unwrap();
+        let status = next.status().as_u16();
+        assert_refused(status, &next.json().await.unwrap(), 409, "battle_answering");
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            seen += &String::from_utf8_lossy(&chunk);
+        }
+        assert!(seen.contains("{\"done\":true}"), "{seen}");
+        let (status, body) = vote_tie(&c, &base, &id, &token).await;
+        assert_eq!(status, 200, "{body}");
+
+        // Left mid-stream: not stored, and the battle's vote is on its first answers.
+        let url = format!("{base}{}", regenerate_path(&left));
+        let (r, _) = until_first_piece_at(&c, &url, long(&left_token)).await;
+        drop(r);
+        vote_once_answered(&c, &base, &left, &left_token).await;
+    });
+    let (_, a, _) = exported_battle(&s, &id);
+    assert!(a[1]["content"].as_str().unwrap().len() > 20, "{a:?}");
+    let (_, a, _) = exported_battle(&s, &left);
+    assert_eq!(a[1]["content"], left_first["a"]["content"], "{a:?}");
 }

@@ -147,6 +147,24 @@ pub struct OpenBattle {
     /// When this turn was let in: a turn admitted before the battle expired is stored even
     /// if its answers outlast the battle's time to live.
     pub admitted_at: f64,
+    /// Both conversations as the store holds them (what a regenerated turn replaces, and
+    /// only if they are still these).
+    pub stored: (String, String),
+}
+
+/// A conversation without its last answer: what the answer followed (ending with the turn's
+/// messages) and those messages (the visitor's, since the answer before). `None` when it does
+/// not end with an answer.
+pub fn without_last_answer(conversation: &[Value]) -> Option<(Vec<Value>, Vec<Value>)> {
+    let (last, base) = conversation.split_last()?;
+    if last["role"] != "assistant" {
+        return None;
+    }
+    let start = base
+        .iter()
+        .rposition(|m| m["role"] == "assistant")
+        .map_or(0, |i| i + 1);
+    Some((base.to_vec(), base[start..].to_vec()))
 }
 
 /// A vote as stored.
@@ -552,6 +570,7 @@ impl Arena {
             conversation_b: vec![],
             turns: 0,
             admitted_at: now,
+            stored: ("[]".into(), "[]".into()),
         })
     }
 
@@ -577,7 +596,28 @@ impl Arena {
             model_b: b.model_b,
             turns: b.turns,
             admitted_at: now,
+            stored: (b.conversation_a, b.conversation_b),
         })
+    }
+
+    /// Battle `id` for its last turn to be answered again (Regenerate), refused as
+    /// [`Self::resume`] refuses a follow-up. The answers it will replace were shown: if they
+    /// (or the conversations before them) name a model, the battle is marked named now, as
+    /// once replaced they are no longer in the row its vote reads. `served`: the names that
+    /// count, as for the vote.
+    pub async fn resume_to_regenerate(
+        &self,
+        id: &str,
+        visitor: &Visitor,
+        served: &[String],
+    ) -> Result<OpenBattle, ApiError> {
+        let battle = self.resume(id, visitor).await?;
+        let mut names = served.to_vec();
+        names.extend([battle.model_a.clone(), battle.model_b.clone()]);
+        if conversations_name_a_model([&battle.conversation_a, &battle.conversation_b], &names) {
+            self.store.mark_named(id).await.map_err(store_error)?;
+        }
+        Ok(battle)
     }
 
     /// 409 `battle_answering` while a turn of battle `id` is being answered. Checked before
@@ -682,28 +722,34 @@ impl Arena {
 
     /// Stores `battle`'s conversations after the turn just answered (each ending with its
     /// model's answer) and extends its life; 409 if another turn or a vote came first.
+    /// `regenerated`: the answers replace the last turn's (the conversations the battle was
+    /// read with, and only if they are still stored).
     pub async fn record_turn(
         &self,
         battle: &OpenBattle,
         visitor: &Visitor,
         conversation_a: &[Value],
         conversation_b: &[Value],
+        regenerated: bool,
     ) -> Result<(), ApiError> {
         // Alive when the turn was let in is alive enough: the answers it waited for are kept.
         let admitted = battle.admitted_at;
-        let recorded = self
-            .store
-            .record_turn(
-                &battle.id,
-                &visitor.key,
-                battle.turns,
-                &Value::from(conversation_a).to_string(),
-                &Value::from(conversation_b).to_string(),
-                admitted,
-                now() + self.config.battle_ttl.as_secs_f64(),
-            )
-            .await
-            .map_err(store_error)?;
+        let (a, b) = (
+            Value::from(conversation_a).to_string(),
+            Value::from(conversation_b).to_string(),
+        );
+        let expires_at = now() + self.config.battle_ttl.as_secs_f64();
+        let turn = (battle.turns, admitted, expires_at);
+        let recorded = if regenerated {
+            self.store
+                .replace_turn(&battle.id, &visitor.key, turn, (&a, &b), &battle.stored)
+                .await
+        } else {
+            self.store
+                .record_turn(&battle.id, &visitor.key, turn, (&a, &b))
+                .await
+        }
+        .map_err(store_error)?;
         if recorded {
             return Ok(());
         }
@@ -772,9 +818,20 @@ impl Arena {
             );
             let anony = !conversations_name_a_model([&a, &c], served);
             let judge = format!("arena_user_{}", &visitor.key[..16]);
+            // Cast on these conversations only: a regenerated turn stored since the read
+            // (same turn count) would be voted on with this text's anonymity.
+            let read = (b.conversation_a.as_str(), b.conversation_b.as_str());
             let cast = self
                 .store
-                .insert_vote(id, &visitor.key, b.turns, &winner_str, anony, &judge, now)
+                .insert_vote(
+                    id,
+                    &visitor.key,
+                    (b.turns, read),
+                    &winner_str,
+                    anony,
+                    &judge,
+                    now,
+                )
                 .await
                 .map_err(store_error)?;
             if cast {
@@ -1065,7 +1122,13 @@ mod tests {
                 c
             };
             arena
-                .record_turn(&battle, &visitor, &answered("Hello."), &answered("Hi."))
+                .record_turn(
+                    &battle,
+                    &visitor,
+                    &answered("Hello."),
+                    &answered("Hi."),
+                    false,
+                )
                 .await
                 .unwrap();
             let battle = arena.resume(&battle.id, &visitor).await.unwrap();

@@ -284,17 +284,13 @@ impl Store {
 
     /// Stores the conversations after turn `turns + 1` if the battle is still `visitor`'s,
     /// unvoted, at turn `turns` and was open at `admitted` (when the turn was let in); false
-    /// otherwise. It is then open until `expires_at`.
-    #[allow(clippy::too_many_arguments)]
+    /// otherwise. It is then open until `expires_at`. `turn`: `(turns, admitted, expires_at)`.
     pub async fn record_turn(
         &self,
         id: &str,
         visitor: &str,
-        turns: i64,
-        conversation_a: &str,
-        conversation_b: &str,
-        admitted: f64,
-        expires_at: f64,
+        (turns, admitted, expires_at): (i64, f64, f64),
+        (conversation_a, conversation_b): (&str, &str),
     ) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
             "UPDATE arena_battles
@@ -309,6 +305,37 @@ impl Store {
         .bind(visitor)
         .bind(turns)
         .bind(admitted)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// As [`Self::record_turn`] for turn `turns` answered again (Regenerate): the new
+    /// conversations replace `replaced`, only if those are still stored; the turn count stays.
+    pub async fn replace_turn(
+        &self,
+        id: &str,
+        visitor: &str,
+        (turns, admitted, expires_at): (i64, f64, f64),
+        (conversation_a, conversation_b): (&str, &str),
+        replaced: &(String, String),
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE arena_battles
+             SET conversation_a = $1, conversation_b = $2, expires_at = $3
+             WHERE id = $4 AND visitor = $5 AND turns = $6 AND turns > 0 AND expires_at > $7
+                 AND conversation_a = $8 AND conversation_b = $9
+                 AND NOT EXISTS (SELECT 1 FROM arena_votes v WHERE v.battle_id = $4)",
+        )
+        .bind(conversation_a)
+        .bind(conversation_b)
+        .bind(expires_at)
+        .bind(id)
+        .bind(visitor)
+        .bind(turns)
+        .bind(admitted)
+        .bind(&replaced.0)
+        .bind(&replaced.1)
         .execute(self.ready().await?.pool())
         .await?;
         Ok(r.rows_affected() == 1)
@@ -374,15 +401,16 @@ impl Store {
     }
 
     /// Casts the vote of battle `id` from its row, if it is `visitor`'s, unexpired, at turn
-    /// `turns` (> 0) and not answering a turn; false otherwise, or if it has a vote already.
-    /// It is anonymous if `anony` and the battle is not marked named (read in the same
-    /// statement: a mark made while this runs is not missed).
+    /// `turns` (> 0) with the conversations `read` (what `anony` was judged on) and not
+    /// answering a turn; false otherwise, or if it has a vote already. It is anonymous if
+    /// `anony` and the battle is not marked named (read in the same statement: a mark made
+    /// while this runs is not missed).
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_vote(
         &self,
         id: &str,
         visitor: &str,
-        turns: i64,
+        (turns, read): (i64, (&str, &str)),
         winner: &str,
         anony: bool,
         judge: &str,
@@ -397,6 +425,7 @@ impl Store {
                  $3, $7, conversation_a, conversation_b, turns
              FROM arena_battles
              WHERE id = $4 AND visitor = $5 AND turns = $6 AND turns > 0 AND expires_at > $3
+                 AND conversation_a = $8 AND conversation_b = $9
                  AND NOT EXISTS (SELECT 1 FROM arena_answering n
                                  WHERE n.battle_id = $4 AND n.ends_by > $3)
              ON CONFLICT (battle_id) DO NOTHING",
@@ -408,6 +437,8 @@ impl Store {
         .bind(visitor)
         .bind(turns)
         .bind(judge)
+        .bind(read.0)
+        .bind(read.1)
         .execute(self.ready().await?.pool())
         .await?;
         Ok(r.rows_affected() == 1)

@@ -12,6 +12,10 @@
 //!   every later request (a page keeps it; a new battle without one gets a new token). With
 //!   `battle_id` and `token`, a follow-up turn: `messages` are appended to both sides'
 //!   conversations, which the store holds, and the same two models answer.
+//! - `POST /arena/battles/{id}/regenerate` — `{"token": …}` and the sampling fields, no
+//!   `messages`: the last turn answered again by both models (FastChat's Regenerate), replied
+//!   to as a turn; the new answers replace the old once both are complete (a stopped or failed
+//!   one keeps the old). Refused as a follow-up is, and counted as one.
 //! - `POST /arena/battles/{id}/vote` — `{"winner": "model_a" | "model_b" | "tie" |
 //!   "tie (bothbad)", "token": …}`, once per battle; answers with the names once the vote
 //!   is committed.
@@ -25,7 +29,7 @@ use crate::battle::{self, neutral, Answer};
 use crate::error::ApiError;
 use crate::listen::client_network;
 use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
-use crate::state::AppState;
+use crate::state::{AppState, Permit};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -227,16 +231,10 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// What a turn asks that is wrong whichever models answer it (no message, `max_tokens` 0,
-/// a sampling field out of range): a 400 naming the field, before a battle is stored or a
-/// turn counted. What depends on the models (the context) fails later, neutrally. The
-/// messages as the templates read them.
-fn check_turn(
-    state: &AppState,
-    req: &ChatRequest,
-    f: &SamplingFields,
-) -> Result<Vec<Message>, ApiError> {
-    let messages = crate::chat::to_messages(&req.messages)?;
+/// What a turn asks that is wrong whichever models answer it (`max_tokens` 0, a sampling
+/// field out of range): a 400 naming the field, before a battle is stored or a turn counted.
+/// What depends on the models (the context) fails later, neutrally.
+fn check_sampling(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Result<(), ApiError> {
     for (field, v) in [
         ("max_tokens", f.max_tokens),
         ("max_completion_tokens", req.max_completion_tokens),
@@ -259,7 +257,96 @@ fn check_turn(
             &[],
         )?;
     }
-    Ok(messages)
+    Ok(())
+}
+
+/// A turn's body as both sides read it: what the arena refuses taken out and checked, its
+/// own fields (`stream`, `battle_id`, `token`) apart.
+struct TurnRequest {
+    /// The chat request each side's is made from (its `model` and `messages` set per side;
+    /// no output length: `output_cap` is each side's cap instead).
+    req: Value,
+    sampling: SamplingFields,
+    output_cap: Option<u32>,
+    stream: bool,
+    battle_id: Option<String>,
+    token: Option<String>,
+}
+
+impl TurnRequest {
+    /// Reads and checks `body`, before anything is counted or stored; with `messages`, also
+    /// the visitor's new messages (a turn), else a body that has none (a regenerate).
+    fn read(state: &AppState, body: &[u8], messages: bool) -> Result<(Self, Vec<Value>), ApiError> {
+        let mut req = parse_json(body)?;
+        let Some(obj) = req.as_object_mut() else {
+            return Err(ApiError::bad_request("The body must be a JSON object."));
+        };
+        refuse_fields(obj)?;
+        if !messages {
+            for field in ["messages", "battle_id"] {
+                if obj.get(field).is_some_and(|v| !v.is_null()) {
+                    return Err(ApiError::invalid_param(
+                        field,
+                        "a regenerate answers the battle's last turn again; leave `messages` and `battle_id` out",
+                    ));
+                }
+            }
+            obj.insert("messages".into(), json!([]));
+        }
+        cap_max_tokens(obj, state.arena.config().max_tokens)?;
+        let stream = match obj.remove("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(ApiError::invalid_param("stream", "must be a boolean")),
+        };
+        let battle_id = take_string(obj, "battle_id")?;
+        let token = take_string(obj, "token")?;
+        // The request read as the chat endpoint reads it (`model` is set per contestant).
+        obj.insert("model".into(), "".into());
+        let whole = from_value::<ChatRequest>(&req)?;
+        let mut sampling: SamplingFields = from_value(&req)?;
+        let new_messages = if messages {
+            let checked = crate::chat::to_messages(&whole.messages)?;
+            check_sampling(state, &whole, &sampling)?;
+            // The visitor's words only: an assistant message would be stored (and exported,
+            // and counted by style control) as a model's answer it never gave, and a system
+            // message would act on one family's template only.
+            if let Some(i) = whole.messages.iter().position(|m| m.role != "user") {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{i}].role"),
+                    "a battle turn takes the visitor's messages (`user`) only; each side's answers are its model's own",
+                ));
+            }
+            // Stored as the templates read them, role and text: other keys a message
+            // carries (unknown fields, `name`, a content part's extras) would be kept in the
+            // battle, its vote and the export without ever counting against a model's
+            // context.
+            checked
+                .into_iter()
+                .map(|m: Message| json!({"role": m.role, "content": m.content}))
+                .collect()
+        } else {
+            check_sampling(state, &whole, &sampling)?;
+            vec![]
+        };
+        // Each side's output stops at its context rather than being refused, and a
+        // conversation past a side's context loses its oldest turns (as FastChat's workers
+        // cut the prompt): which side refuses a turn, or how many tokens are left, would
+        // tell the models apart.
+        let output_cap = whole.max_completion_tokens.or(sampling.max_tokens);
+        sampling.max_tokens = None;
+        req["max_completion_tokens"] = Value::Null;
+        req["max_tokens"] = Value::Null;
+        let turn = Self {
+            req,
+            sampling,
+            output_cap,
+            stream,
+            battle_id,
+            token,
+        };
+        Ok((turn, new_messages))
+    }
 }
 
 pub async fn battle(
@@ -269,50 +356,9 @@ pub async fn battle(
 ) -> AppResult {
     // A battle is two generations: a slot for each.
     let permits = (state.permit()?, state.permit()?);
-    let mut req = parse_json(&body)?;
+    let (mut turn, new_messages) = TurnRequest::read(&state, &body, true)?;
     drop(body);
-    let Some(obj) = req.as_object_mut() else {
-        return Err(ApiError::bad_request("The body must be a JSON object."));
-    };
-    refuse_fields(obj)?;
-    cap_max_tokens(obj, state.arena.config().max_tokens)?;
-    let stream = match obj.remove("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => b,
-        Some(_) => return Err(ApiError::invalid_param("stream", "must be a boolean")),
-    };
-    let battle_id = take_string(obj, "battle_id")?;
-    let token = take_string(obj, "token")?;
-    // The request read as the chat endpoint reads it (`model` is set per contestant), before
-    // anything is counted or stored.
-    obj.insert("model".into(), "".into());
-    let whole = from_value::<ChatRequest>(&req)?;
-    let mut sampling: SamplingFields = from_value(&req)?;
-    let messages = check_turn(&state, &whole, &sampling)?;
-    // The visitor's words only: an assistant message would be stored (and exported, and
-    // counted by style control) as a model's answer it never gave, and a system message
-    // would act on one family's template only.
-    if let Some(i) = whole.messages.iter().position(|m| m.role != "user") {
-        return Err(ApiError::invalid_param(
-            &format!("messages[{i}].role"),
-            "a battle turn takes the visitor's messages (`user`) only; each side's answers are its model's own",
-        ));
-    }
-    // Stored as the templates read them, role and text: other keys a message carries
-    // (unknown fields, `name`, a content part's extras) would be kept in the battle, its
-    // vote and the export without ever counting against a model's context.
-    let new_messages: Vec<Value> = messages
-        .into_iter()
-        .map(|m| json!({"role": m.role, "content": m.content}))
-        .collect();
-    // Each side's output stops at its context rather than being refused, and a conversation
-    // past a side's context loses its oldest turns (as FastChat's workers cut the prompt):
-    // which side refuses a turn, or how many tokens are left, would tell the models apart.
-    let output_cap = whole.max_completion_tokens.or(sampling.max_tokens);
-    sampling.max_tokens = None;
-    req["max_completion_tokens"] = Value::Null;
-    req["max_tokens"] = Value::Null;
-    let visitor = match (&battle_id, token) {
+    let visitor = match (&turn.battle_id, turn.token.take()) {
         (Some(id), token) => token
             .as_deref()
             .and_then(Visitor::from_token)
@@ -325,15 +371,12 @@ pub async fn battle(
         })?,
         (None, None) => Visitor::new(),
     };
-    let battle = match battle_id {
+    let battle = match turn.battle_id.take() {
         // A follow-up is counted once its battle is found to be the visitor's: made-up ids
         // and tokens do not spend the limits real visitors share (an address behind a proxy).
         Some(id) => {
             let battle = state.arena.resume(&id, &visitor).await?;
-            let here = served(&state)?;
-            if !here.contains(&battle.model_a) || !here.contains(&battle.model_b) {
-                return Err(arena::models_not_served_here(&id));
-            }
+            served_here(&state, &battle)?;
             state.arena.admit(Request::Turn, &visitor, &address).await?;
             battle
         }
@@ -343,78 +386,176 @@ pub async fn battle(
             state.arena.start(&visitor, a, b).await?
         }
     };
-    // Each side: its own conversation so far, the new messages, its model.
-    let side = |conversation: &[Value], model: &str| {
+    // Each side: its own conversation so far, then the new messages.
+    let follow = |conversation: &[Value]| {
         let mut messages = conversation.to_vec();
         messages.extend(new_messages.iter().cloned());
-        let mut r = req.clone();
-        r["messages"] = Value::from(messages.clone());
-        r["model"] = model.into();
-        let mut r = from_value::<ChatRequest>(&r)?;
-        r.max_tokens_cap = output_cap;
-        r.drop_oldest_to_fit = true;
-        r.keep_answer_room = true;
-        Ok::<_, ApiError>((r, messages))
+        messages
     };
-    let (req_a, conversation_a) = side(&battle.conversation_a, &battle.model_a)?;
-    let (req_b, conversation_b) = side(&battle.conversation_b, &battle.model_b)?;
-    // A battle with answers takes votes: not while its next turn is answered.
-    let answering = if battle.turns > 0 {
-        state.arena.begin_answer(&battle).await?;
-        Some(Answering::new(state.clone(), battle.id.clone()))
-    } else {
-        None
-    };
-    let turn = battle::submit(&state, &battle.id, permits, (req_a, req_b), &sampling).await?;
-    let head = json!({"battle_id": battle.id, "token": visitor.token()});
-    let finish = TurnRecord {
-        state: state.clone(),
+    let bases = (
+        follow(&battle.conversation_a),
+        follow(&battle.conversation_b),
+    );
+    let answer = Answerable {
         battle,
         visitor,
         prompt: new_messages,
-        conversations: (conversation_a, conversation_b),
-        answering,
+        bases,
+        regenerated: false,
     };
-    if !stream {
-        let (a, b) = turn.run(None).await.map_err(|u| {
-            u.error
-                .unwrap_or_else(|| neutral(ApiError::internal("no answer")))
-        })?;
-        finish.record(&a, &b).await?;
-        let mut reply = head;
-        reply["a"] = a.json();
-        reply["b"] = b.json();
-        return Ok(axum::Json(reply).into_response());
+    answer.run(state, permits, turn).await
+}
+
+/// `POST /arena/battles/{id}/regenerate`: the battle's last turn answered again by both
+/// models (FastChat's Regenerate), the new answers replacing the old once both are complete;
+/// refused as a follow-up is (and counted as one).
+pub async fn regenerate(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    ClientAddress(address): ClientAddress,
+    RequestBody(body): RequestBody,
+) -> AppResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
+    let permits = (state.permit()?, state.permit()?);
+    let (mut turn, _) = TurnRequest::read(&state, &body, false)?;
+    drop(body);
+    let visitor = turn
+        .token
+        .take()
+        .as_deref()
+        .and_then(Visitor::from_token)
+        .ok_or_else(|| arena::not_yours(&id))?;
+    let battle = state
+        .arena
+        .resume_to_regenerate(&id, &visitor, &served(&state)?)
+        .await?;
+    served_here(&state, &battle)?;
+    let (Some((base_a, prompt)), Some((base_b, _))) = (
+        arena::without_last_answer(&battle.conversation_a),
+        arena::without_last_answer(&battle.conversation_b),
+    ) else {
+        return Err(ApiError::internal(format!(
+            "Battle {id:?} has no answer to regenerate."
+        )));
+    };
+    state.arena.admit(Request::Turn, &visitor, &address).await?;
+    let answer = Answerable {
+        battle,
+        visitor,
+        prompt,
+        bases: (base_a, base_b),
+        regenerated: true,
+    };
+    answer.run(state, permits, turn).await
+}
+
+/// 503 when a model of `battle` is no longer served here.
+fn served_here(state: &AppState, battle: &OpenBattle) -> Result<(), ApiError> {
+    let here = served(state)?;
+    if !here.contains(&battle.model_a) || !here.contains(&battle.model_b) {
+        return Err(arena::models_not_served_here(&battle.id));
     }
-    // Streamed: the battle's id and token, then both sides' pieces as they come, then
-    // `{"done": true}` once the turn is stored (or an error), then `[DONE]`. The task owns
-    // the generations: a client that leaves closes the channel and cancels both.
-    let (tx, rx) = mpsc::channel::<Value>(64);
-    let _ = tx.try_send(head);
-    tokio::spawn(async move {
-        let last = match turn.run(Some(&tx)).await {
-            Ok((a, b)) => match finish.record(&a, &b).await {
-                Ok(()) => json!({"done": true}),
-                Err(e) => e.body(),
-            },
-            Err(unfinished) => {
-                finish.not_kept(&unfinished.shown).await;
-                match unfinished.error {
-                    Some(e) => e.body(),
-                    None => return,
-                }
-            }
+    Ok(())
+}
+
+/// A turn let in and ready to be answered by both sides.
+struct Answerable {
+    battle: OpenBattle,
+    visitor: Visitor,
+    /// The turn's messages (the visitor's).
+    prompt: Vec<Value>,
+    /// Each side's conversation its answer follows (ending with `prompt`).
+    bases: (Vec<Value>, Vec<Value>),
+    /// The answers replace the battle's last ones (Regenerate).
+    regenerated: bool,
+}
+
+impl Answerable {
+    async fn run(
+        self,
+        state: Arc<AppState>,
+        permits: (Permit, Permit),
+        turn: TurnRequest,
+    ) -> AppResult {
+        let Self {
+            battle,
+            visitor,
+            prompt,
+            bases,
+            regenerated,
+        } = self;
+        let side = |conversation: &[Value], model: &str| {
+            let mut r = turn.req.clone();
+            r["messages"] = Value::from(conversation.to_vec());
+            r["model"] = model.into();
+            let mut r = from_value::<ChatRequest>(&r)?;
+            r.max_tokens_cap = turn.output_cap;
+            r.drop_oldest_to_fit = true;
+            r.keep_answer_room = true;
+            Ok::<_, ApiError>(r)
         };
-        let _ = tx.send(last).await;
-    });
-    let events = ReceiverStream::new(rx)
-        .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
-        .chain(futures::stream::once(async {
-            Ok(SseEvent::default().data("[DONE]"))
-        }));
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+        let req_a = side(&bases.0, &battle.model_a)?;
+        let req_b = side(&bases.1, &battle.model_b)?;
+        // A battle with answers takes votes: not while its next turn is answered.
+        let answering = if battle.turns > 0 {
+            state.arena.begin_answer(&battle).await?;
+            Some(Answering::new(state.clone(), battle.id.clone()))
+        } else {
+            None
+        };
+        let generating =
+            battle::submit(&state, &battle.id, permits, (req_a, req_b), &turn.sampling).await?;
+        let head = json!({"battle_id": battle.id, "token": visitor.token()});
+        let finish = TurnRecord {
+            state: state.clone(),
+            battle,
+            visitor,
+            prompt,
+            conversations: bases,
+            answering,
+            regenerated,
+        };
+        if !turn.stream {
+            let (a, b) = generating.run(None).await.map_err(|u| {
+                u.error
+                    .unwrap_or_else(|| neutral(ApiError::internal("no answer")))
+            })?;
+            finish.record(&a, &b).await?;
+            let mut reply = head;
+            reply["a"] = a.json();
+            reply["b"] = b.json();
+            return Ok(axum::Json(reply).into_response());
+        }
+        // Streamed: the battle's id and token, then both sides' pieces as they come, then
+        // `{"done": true}` once the turn is stored (or an error), then `[DONE]`. The task
+        // owns the generations: a client that leaves closes the channel and cancels both.
+        let (tx, rx) = mpsc::channel::<Value>(64);
+        let _ = tx.try_send(head);
+        tokio::spawn(async move {
+            let last = match generating.run(Some(&tx)).await {
+                Ok((a, b)) => match finish.record(&a, &b).await {
+                    Ok(()) => json!({"done": true}),
+                    Err(e) => e.body(),
+                },
+                Err(unfinished) => {
+                    finish.not_kept(&unfinished.shown).await;
+                    match unfinished.error {
+                        Some(e) => e.body(),
+                        None => return,
+                    }
+                }
+            };
+            let _ = tx.send(last).await;
+        });
+        let events = ReceiverStream::new(rx)
+            .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
+            .chain(futures::stream::once(async {
+                Ok(SseEvent::default().data("[DONE]"))
+            }));
+        Ok(Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response())
+    }
 }
 
 /// What storing an answered turn needs: the battle, its owner, both conversations so far.
@@ -427,6 +568,8 @@ struct TurnRecord {
     conversations: (Vec<Value>, Vec<Value>),
     /// Ended once the turn is stored, or dropped with the turn when it fails or is left.
     answering: Option<Answering>,
+    /// The answers replace the battle's last ones (Regenerate).
+    regenerated: bool,
 }
 
 /// A follow-up turn being answered ([`arena::Arena::begin_answer`]): its mark is renewed
@@ -563,6 +706,7 @@ impl TurnRecord {
                 &self.visitor,
                 &conversation_a,
                 &conversation_b,
+                self.regenerated,
             )
             .await;
         // Not stored (a vote or expiry came first), the answers were still shown.
