@@ -406,6 +406,16 @@ def arena_and_leaderboard(ctx):
           "no vote before a battle")
 
     arena_battle(page, bodies, "What is the capital of France?", follow_up="Why?")
+    # Regenerate: the last turn answered again, in its place (no new turn), by the server.
+    regens = posted_bodies(page, "/regenerate")
+    arena_turn(page, "", lambda: page.click("#regenerate"))
+    check(len(regens) == 1 and re.fullmatch(r"[0-9a-f]{64}", regens[0].get("token", ""))
+          and "messages" not in regens[0] and regens[0]["stream"] is True,
+          f"regenerate sends the battle's token and no prompt: {regens}")
+    for side in "ab":
+        check(page.locator(f"#answers-{side} .message").count() == 4
+              and page.locator(f"#answers-{side} .message.assistant[data-state=done]").count() == 2,
+              f"side {side}: still two turns after a regenerate")
     # A reload before the vote brings the battle back as it was: both turns, the names
     # hidden, the vote open (and cast below on the same battle).
     shown = {side: page.locator(f"#answers-{side} .message").all_inner_texts() for side in "ab"}
@@ -568,6 +578,74 @@ def fake_battle_route(route):
     events.append({"done": True})
     route.fulfill(status=200, content_type="text/event-stream",
                   body="".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n")
+
+
+def fake_answers_route(text):
+    """A route answering a turn of battle-fake with `text` on both sides."""
+    def fulfill(route):
+        events = [{"battle_id": "battle-fake", "token": "0" * 64}]
+        for side in "ab":
+            events += [{"side": side, "delta": text}, {"side": side, "finish_reason": "stop"}]
+        events.append({"done": True})
+        route.fulfill(status=200, content_type="text/event-stream",
+                      body="".join(f"data: {json.dumps(e)}\n\n" for e in events)
+                      + "data: [DONE]\n\n")
+    return fulfill
+
+
+def arena_regenerate(browser):
+    """Regenerate on the arena page (routes stand in for the server): the new answers take
+    the old ones' place (and stay after a reload); a failed regenerate brings the old ones
+    back, which the vote then counts; after the vote there is nothing to regenerate."""
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    watch = Watch(page)
+    page.goto(base + "/arena")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    check(page.is_disabled("#regenerate"), "nothing to regenerate before a battle")
+    page.route("**/arena/battles", fake_battle_route)
+    page.route("**/arena/battles/*/regenerate", fake_answers_route("Hello again."))
+    regens = posted_bodies(page, "/regenerate")
+    page.fill("#prompt", "Hi")
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    check(page.is_enabled("#regenerate"), "an answered turn can be regenerated")
+    page.click("#regenerate")
+    wait_js(page, "document.getElementById('status').textContent.includes('New answers')",
+            "the regenerated answers")
+    check(regens == [{"token": "0" * 64, "stream": True, "temperature": 0.7}],
+          f"regenerate sends the token and settings only: {regens}")
+
+    def shown(side):
+        return page.locator(f"#answers-{side} .message:visible").all_inner_texts()
+
+    for side in "ab":
+        check([t.strip() for t in shown(side)] == ["Hi", "Hello again."],
+              f"side {side}: the new answer in the old one's place: {shown(side)}")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    check([t.strip() for t in shown("a")] == ["Hi", "Hello again."],
+          f"a reload shows the regenerated answers: {shown('a')}")
+    page.unroute("**/arena/battles/*/regenerate")
+    page.route("**/arena/battles/*/regenerate", lambda route: route.fulfill(
+        **api_error(500, "The models could not answer this turn.", "arena_turn_failed")))
+    page.click("#regenerate")
+    wait_js(page, "document.getElementById('status').textContent.includes('earlier answers')",
+            "the failed regenerate")
+    for side in "ab":
+        check([t.strip() for t in shown(side)] == ["Hi", "Hello again."],
+              f"side {side}: a failed regenerate leaves the answers it would replace: {shown(side)}")
+    check(page.get_attribute("body", "data-phase") == "answered" and page.input_value("#prompt") == "",
+          "still open to a vote; the prompt is not refilled")
+    page.route("**/arena/battles/*/vote", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(
+            {"battle_id": "battle-fake", "model_a": "x", "model_b": "y", "winner": "tie",
+             "anony": True})))
+    page.click("#vote-tie")
+    page.wait_for_selector("body[data-phase=voted]", timeout=TIMEOUT_MS)
+    check(page.is_disabled("#regenerate"), "nothing to regenerate after the vote")
+    watch.clean("arena regenerate")
+    ctx.close()
 
 
 def arena_when_the_server_refuses(browser):
@@ -809,6 +887,7 @@ with sync_playwright() as p:
     ctx.close()
     leaderboard_declined_key(browser)
     arena_when_the_server_refuses(browser)
+    arena_regenerate(browser)
     tables_keep_their_words_on_a_phone(browser)
     chat_without_models(browser)
     phone(browser)

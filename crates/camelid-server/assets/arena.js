@@ -10,6 +10,8 @@
 //   or "b" grows: `text` is the whole answer so far, `done` true once that side is complete.
 //   Resolves (after both sides are done and the turn is stored) to the battle for the next
 //   turn or the vote.
+// regenerate(battle, params, onAnswer): the battle's last turn answered again (the same
+//   prompt), as turn() answers; the new answers replace the old ones once both are stored.
 // vote(battle, winner): winner is "model_a" | "model_b" | "tie" | "tie (bothbad)"; resolves
 //   to {model_a, model_b}, the names.
 //
@@ -42,8 +44,22 @@ const ArenaApi = {
     const token = battle ? battle.token : this.token();
     if (token) body.token = token;
     if (battle) body.battle_id = battle.id;
+    return this.answers("arena/battles", body, onAnswer, signal);
+  },
+
+  // The battle's last turn answered again by both models; resolves as turn() does once the
+  // new answers have replaced the old (stopped or failed, the old ones stand).
+  async regenerate(battle, params, onAnswer, signal) {
+    const body = { token: battle.token, stream: true, ...params };
+    const path = `arena/battles/${encodeURIComponent(battle.id)}/regenerate`;
+    return this.answers(path, body, onAnswer, signal);
+  },
+
+  // Both sides' answers streamed from `path`: the battle, then each side's pieces, then the
+  // turn stored.
+  async answers(path, body, onAnswer, signal) {
     const resp = await this.whileAnswering(async () => {
-      const r = await Camelid.api("arena/battles", { method: "POST", body, signal });
+      const r = await Camelid.api(path, { method: "POST", body, signal });
       if (!r.ok) throw await Camelid.apiError(r);
       return r;
     });
@@ -132,6 +148,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const sendButton = $("send");
   const newRoundButton = $("new-round");
   const stopButton = $("stop");
+  const regenerateButton = $("regenerate");
   // The turn being answered, to stop it.
   let controller = null;
   const status = $("status");
@@ -170,6 +187,7 @@ document.addEventListener("DOMContentLoaded", () => {
     prompt.disabled = closed;
     newRoundButton.disabled = p === "waiting" || p === "voting" || battle === null;
     stopButton.disabled = p !== "waiting";
+    regenerateButton.disabled = p !== "answered" || turns.length === 0;
     document.body.dataset.phase = p;
     for (const c of Object.values(columns)) c.setAttribute("aria-busy", String(p === "waiting"));
     if (focused && focused.disabled) {
@@ -209,20 +227,39 @@ document.addEventListener("DOMContentLoaded", () => {
     return p;
   }
 
-  form.addEventListener("submit", async (e) => {
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
     const text = prompt.value.trim();
     if (!text || (phase !== "idle" && phase !== "answered")) return;
+    answerTurn(text, false);
+  });
+
+  // Regenerate: the last turn's prompt answered again by both models. Its answers are hidden
+  // while the new ones stream, and come back if those are stopped or fail (the vote then
+  // counts them, as the server kept them).
+  regenerateButton.addEventListener("click", () => {
+    if (phase !== "answered" || turns.length === 0) return;
+    answerTurn(turns[turns.length - 1].prompt, true);
+  });
+
+  // One turn answered by both sides: a new prompt (`redo` false) or the last one again.
+  async function answerTurn(text, redo) {
     document.querySelectorAll(".arena .failed").forEach((el) => el.remove());
     const answers = {};
+    const replaced = {};
     for (const side of ["a", "b"]) {
-      addMessage(side, "user", text).classList.add("turn");
+      if (redo) {
+        replaced[side] = [...columns[side].querySelectorAll(".message.assistant")].pop();
+        replaced[side].hidden = true;
+      } else {
+        addMessage(side, "user", text).classList.add("turn");
+      }
       answers[side] = addMessage(side, "assistant", "");
       answers[side].dataset.state = "streaming";
       answers[side].querySelector(".note").textContent = "Answering…";
     }
     const before = phase;
-    prompt.value = "";
+    if (!redo) prompt.value = "";
     say("");
     setPhase("waiting");
     // A side's text is drawn at most once a frame (Markdown and sanitising the whole
@@ -233,28 +270,40 @@ document.addEventListener("DOMContentLoaded", () => {
       frames[side] = 0;
       Camelid.renderMarkdown(answers[side].querySelector(".body"), latest[side]);
     };
-    controller = new AbortController();
     const turn = { prompt: text, a: null, b: null };
+    const onAnswer = (side, answer) => {
+      const el = answers[side];
+      latest[side] = answer.text;
+      if (answer.done) turn[side] = { text: answer.text, finish: answer.finish };
+      if (answer.done) {
+        if (frames[side]) cancelAnimationFrame(frames[side]);
+        draw(side);
+      } else if (!frames[side]) {
+        frames[side] = requestAnimationFrame(() => draw(side));
+      }
+      if (answer.done) {
+        el.dataset.state = "done";
+        el.querySelector(".note").textContent = finishNote(answer.finish);
+      }
+    };
+    controller = new AbortController();
     try {
-      battle = await ArenaApi.turn(battle, text, params(), (side, answer) => {
-        const el = answers[side];
-        latest[side] = answer.text;
-        if (answer.done) turn[side] = { text: answer.text, finish: answer.finish };
-        if (answer.done) {
-          if (frames[side]) cancelAnimationFrame(frames[side]);
-          draw(side);
-        } else if (!frames[side]) {
-          frames[side] = requestAnimationFrame(() => draw(side));
-        }
-        if (answer.done) {
-          el.dataset.state = "done";
-          el.querySelector(".note").textContent = finishNote(answer.finish);
-        }
-      }, controller.signal);
-      turns.push(turn);
+      battle = redo
+        ? await ArenaApi.regenerate(battle, params(), onAnswer, controller.signal)
+        : await ArenaApi.turn(battle, text, params(), onAnswer, controller.signal);
+      if (redo) {
+        for (const side of ["a", "b"]) replaced[side].remove();
+        turns[turns.length - 1] = turn;
+      } else {
+        turns.push(turn);
+      }
       SavedBattle.save(battle, turns);
       setPhase("answered");
-      say("Both answers are in: vote, or ask a follow-up.");
+      say(
+        redo
+          ? "New answers are in: vote, regenerate, or ask a follow-up."
+          : "Both answers are in: vote, or ask a follow-up.",
+      );
       // The prompt was disabled while waiting (focus fell to the page): give it back.
       prompt.focus();
     } catch (err) {
@@ -263,13 +312,18 @@ document.addEventListener("DOMContentLoaded", () => {
       for (const side of ["a", "b"]) {
         if (frames[side]) cancelAnimationFrame(frames[side]);
         const el = answers[side];
+        if (redo) {
+          el.remove();
+          replaced[side].hidden = false;
+          continue;
+        }
         el.dataset.state = stopped ? "stopped" : "error";
         el.querySelector(".note").textContent = why;
         el.classList.add("failed");
         el.previousElementSibling.classList.add("failed");
       }
       // The prompt comes back to be sent again (or edited), unless another was typed.
-      if (!prompt.value) prompt.value = text;
+      if (!redo && !prompt.value) prompt.value = text;
       if (BATTLE_OVER.includes(err.code)) {
         SavedBattle.clear();
         setPhase("over");
@@ -280,7 +334,8 @@ document.addEventListener("DOMContentLoaded", () => {
         // A failed or stopped turn is not stored: a vote counts the turns above it.
         say(
           why +
-            (before === "answered" ? " A vote now counts the answers before this turn." : "") +
+            (redo ? " The earlier answers stand; a vote now counts them." : "") +
+            (!redo && before === "answered" ? " A vote now counts the answers before this turn." : "") +
             (stopped && before === "idle" ? " Ask again to start a battle." : ""),
         );
         prompt.focus();
@@ -288,7 +343,7 @@ document.addEventListener("DOMContentLoaded", () => {
     } finally {
       controller = null;
     }
-  });
+  }
   Camelid.enterSubmits(prompt, form);
   stopButton.addEventListener("click", () => controller && controller.abort());
 
