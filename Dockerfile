@@ -41,8 +41,10 @@ EXPOSE 8000
 # Healthy once the model is loaded and the engine answers (`/health`: 503 when an engine has
 # stopped); a first start may download the model, hence the long start period. Python is in
 # the image already (pip fetches the default model). It asks CAMELID_PORT's port: a server
-# given `--port` instead needs `docker run --health-cmd …` (or the env var) to match.
+# given `--port` instead needs `docker run --health-cmd …` (or the env var) to match, and one
+# listening on a single outside address (CAMELID_HOST) one that asks there. No proxy: an
+# HTTP_PROXY set for downloads would take the probe elsewhere.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 CMD python3 -c \
-    "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('CAMELID_PORT', '8000'), timeout=4)"
+    "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/health' % os.environ.get('CAMELID_PORT', '8000'), timeout=4)"
 ENTRYPOINT ["/usr/bin/tini", "--", "camelid"]
 CMD ["serve"]

@@ -11,9 +11,10 @@ use crate::text::tokenizer::Tokenizer;
 pub use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory, TokenParser};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokenizers::{NormalizerWrapper, PreTokenizerWrapper};
 
@@ -163,7 +164,15 @@ pub struct GrammarCompiler {
     eos: Vec<u32>,
     factory: OnceLock<std::result::Result<ParserFactory, String>>,
     stats: Arc<MaskStats>,
+    /// The latest compiled grammars by their JSON text, newest last: clients send the same
+    /// tools and formats with every turn (an agent's loop), and a large schema takes
+    /// milliseconds of a blocking worker to compile. A compiled grammar is never advanced
+    /// itself (each sequence clones it), so one serves any number of requests.
+    recent: Mutex<VecDeque<(String, Constraint)>>,
 }
+
+/// How many compiled grammars a model keeps ([`GrammarCompiler::compile`]).
+const RECENT_GRAMMARS: usize = 32;
 
 impl GrammarCompiler {
     /// `eos`: the tokens that end a sequence (EOS and end-of-turn), allowed only where the
@@ -174,6 +183,7 @@ impl GrammarCompiler {
             eos: eos.to_vec(),
             factory: OnceLock::new(),
             stats: Arc::new(MaskStats::default()),
+            recent: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -210,8 +220,30 @@ impl GrammarCompiler {
     }
 
     /// Compiles `grammar`; `Err(reason)` for a bad schema, regex or grammar, or one that no
-    /// token can start.
+    /// token can start. One of the latest grammars again is not compiled again.
     pub fn compile(&self, grammar: TopLevelGrammar) -> std::result::Result<Constraint, String> {
+        let key = serde_json::to_string(&grammar).ok();
+        let recent = || self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = &key {
+            let mut recent = recent();
+            if let Some(i) = recent.iter().position(|(g, _)| g == k) {
+                let hit = recent.remove(i).expect("found");
+                recent.push_back(hit.clone());
+                return Ok(hit.1);
+            }
+        }
+        let compiled = self.compile_anew(grammar)?;
+        if let Some(k) = key {
+            let mut recent = recent();
+            if recent.len() == RECENT_GRAMMARS {
+                recent.pop_front();
+            }
+            recent.push_back((k, compiled.clone()));
+        }
+        Ok(compiled)
+    }
+
+    fn compile_anew(&self, grammar: TopLevelGrammar) -> std::result::Result<Constraint, String> {
         let parser = self
             .factory()?
             .create_parser(grammar)
@@ -553,5 +585,39 @@ pub(crate) mod tests {
                 "{not_object}"
             );
         }
+    }
+
+    /// A lazy grammar's replay of its trigger where the vocabulary holds it as one (special)
+    /// token: the grammar names it by id, and `tokens_of` gives that id, so the matcher starts
+    /// past it and wants the call's newline next.
+    #[test]
+    fn a_lazy_call_grammar_replays_the_added_tool_call_token() {
+        let tok = tiny_tokenizer(&[
+            (HERMES_OPEN, false),
+            (HERMES_CLOSE, false),
+            ("<|endoftext|>", true),
+        ]);
+        let open = tok.token_to_id(HERMES_OPEN).unwrap();
+        let eos = tok.token_to_id("<|endoftext|>").unwrap();
+        let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();
+        let tools = [CallableTool {
+            name: "now",
+            parameters: None,
+        }];
+        let lark = call_grammar(ToolFormat::Hermes, &tools, false, &|t| {
+            compiler.special_token(t)
+        });
+        let c = compiler
+            .compile(TopLevelGrammar::from_lark(lark.clone()))
+            .unwrap();
+        assert_eq!(c.tokens_of(HERMES_OPEN), vec![open]);
+        assert_eq!(c.tokens_of("\n{"), vec![b'\n' as u32, b'{' as u32]);
+        let mut seq = SequenceConstraint::start(&c, &c.tokens_of(HERMES_OPEN)).unwrap();
+        let mask = seq.mask().unwrap();
+        assert!(mask.is_allowed(b'\n' as u32));
+        assert!(!mask.is_allowed(b'x' as u32) && !mask.is_allowed(open) && !mask.is_allowed(eos));
+        // The same grammar again is the compiled one (kept), not compiled anew.
+        let again = compiler.compile(TopLevelGrammar::from_lark(lark)).unwrap();
+        assert!(Arc::ptr_eq(&c.parser, &again.parser));
     }
 }

@@ -285,6 +285,8 @@ document.addEventListener("DOMContentLoaded", () => {
         el.dataset.state = "done";
         el.querySelector(".note").textContent = finishNote(answer.finish);
       }
+      // Both complete, the server stores the turn: a Stop now would not stop that.
+      if (turn.a && turn.b) stopButton.disabled = true;
     };
     controller = new AbortController();
     try {

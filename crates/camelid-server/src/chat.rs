@@ -200,13 +200,18 @@ fn reasoning_split(
     if !req.split_reasoning.unwrap_or(state.config.reasoning_parser) {
         return None;
     }
+    Some(prompt_opens_thinking(model, prompt))
+}
+
+/// Whether the prompt's end opened a thinking block (DeepSeek-R1's, QwQ's templates).
+fn prompt_opens_thinking(model: &ModelEntry, prompt: &[u32]) -> bool {
     let tail = &prompt[prompt.len().saturating_sub(16)..];
     let text = model
         .engine
         .tokenizer()
         .decode(tail, false)
         .unwrap_or_default();
-    Some(prompt_opens_block(&text))
+    prompt_opens_block(&text)
 }
 
 /// `prompt_ids` off the async
@@ -438,7 +443,12 @@ pub async fn submit_salted(
         None => None,
     };
     params.constraint = match (calls, answer) {
-        (Some(c), _) => {
+        (Some(c), answer) => {
+            // A forced call's grammar wins, but the answer format is still checked (a bad
+            // schema is a 400 as it is without tools).
+            if let Some(a) = answer.filter(|_| plan.as_ref().is_some_and(ToolPlan::forced)) {
+                structured::compile_requested(&permit, &model, a).await?;
+            }
             params.constraint_trigger = c.trigger;
             Some(c.constraint)
         }
@@ -471,8 +481,14 @@ pub async fn submit_salted(
     // applies from the first token, which may also be `<think>`: then it waits for
     // `</think>` (vLLM's waits for it even when the model answers at once, unconstrained).
     let reasoning = reasoning_split(state, req, &model, &prompt);
+    // A lazy grammar (calls under `auto`) waits out the model's thinking whether or not it is
+    // split from the answer: a call opened while thinking is thought, not made.
+    let thinking = match reasoning {
+        None if params.constraint_trigger.is_some() => Some(prompt_opens_thinking(&model, &prompt)),
+        r => r,
+    };
     if params.constraint.is_some() {
-        match reasoning {
+        match thinking {
             Some(true) => params.constraint_after = Some(THINK_CLOSE.to_string()),
             Some(false) => {
                 let open = model.engine.tokenizer().token_to_id(THINK_OPEN);

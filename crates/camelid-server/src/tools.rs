@@ -278,8 +278,8 @@ impl ToolPlan {
         }
     }
 
-    /// Whether calls are forced (`required`, a named function): only then is there a grammar.
-    fn forced(&self) -> bool {
+    /// Whether calls are forced (`required`, a named function).
+    pub fn forced(&self) -> bool {
         matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_))
     }
 
@@ -397,6 +397,8 @@ pub async fn compile(
 ) -> Result<Option<CallConstraint>, ApiError> {
     let answer = match answer {
         Some(a) if plan.choice == ToolChoice::Auto => match &a.schema {
+            // `true` (any JSON) as the schema `%json` takes for it.
+            Some(Value::Bool(true)) => Some(json!({})),
             Some(schema) => Some(schema.clone()),
             None => return Ok(None),
         },
@@ -414,27 +416,38 @@ pub async fn compile(
                 constraint,
                 trigger: trigger.map(String::from),
             })),
-            Err(why) if plan.forced() => {
-                Err(schema_refused(&plan, &compiler).unwrap_or_else(|| {
+            Err(why) if plan.forced() => Err(schema_refused(&plan, &compiler, false)
+                .unwrap_or_else(|| {
                     bad(
                         "tool_choice",
                         format!("The tool-call grammar for `tool_choice` does not compile: {why}"),
                     )
-                }))
-            }
-            Err(_) => match schema_refused(&plan, &compiler) {
-                Some(e) if plan.any_strict() => Err(e),
-                _ => Ok(None),
+                })),
+            // `auto`: a strict function's schema must hold (a 400 naming it); any other
+            // leaves the calls unchecked.
+            Err(_) if plan.any_strict() => match schema_refused(&plan, &compiler, true) {
+                Some(e) => Err(e),
+                None => Ok(None),
             },
+            Err(_) => Ok(None),
         }
     })
     .await
 }
 
-/// The first callable function whose arguments schema alone the compiler refuses, as a 400
-/// naming its `parameters` (the reason in the client's own terms).
-fn schema_refused(plan: &ToolPlan, compiler: &GrammarCompiler) -> Option<ApiError> {
+/// The first callable function (`strict` ones only, with `strict_only`) whose arguments
+/// schema alone the compiler refuses, as a 400 naming its `parameters` (the reason in the
+/// client's own terms).
+fn schema_refused(
+    plan: &ToolPlan,
+    compiler: &GrammarCompiler,
+    strict_only: bool,
+) -> Option<ApiError> {
+    let strict = |i: usize| plan.tools[i].pointer("/function/strict") == Some(&Value::Bool(true));
     plan.callable().into_iter().find_map(|(i, t)| {
+        if strict_only && !strict(i) {
+            return None;
+        }
         let e = compiler
             .compile(TopLevelGrammar::from_json_schema(arguments_schema(t)))
             .err()?;

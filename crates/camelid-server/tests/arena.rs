@@ -1890,3 +1890,60 @@ fn nothing_lands_while_a_regenerate_is_answered() {
     let (_, a, _) = exported_battle(&s, &left);
     assert_eq!(a[1]["content"], left_first["a"]["content"], "{a:?}");
 }
+
+/// Both writes of a turn are compare-and-set on the conversations they read: a follow-up
+/// read before a regenerate replaced the last answers (the turn count the same) is not
+/// stored over them (it would drop the answers the visitor saw last), nor a regenerate over
+/// a turn added since.
+#[test]
+fn a_turn_read_before_a_regenerate_is_not_stored_over_it() {
+    let arena = Arena::in_memory(no_limits());
+    runtime().block_on(async {
+        let visitor = Visitor::new();
+        let battle = arena
+            .start(&visitor, "smol-a".into(), "smol-b".into())
+            .await
+            .unwrap();
+        let turn = |a: &str| {
+            vec![
+                json!({"role": "user", "content": "Hi"}),
+                json!({"role": "assistant", "content": a}),
+            ]
+        };
+        arena
+            .record_turn(&battle, &visitor, &turn("a"), &turn("b"), false)
+            .await
+            .unwrap();
+        // A follow-up and a regenerate both read turn 1.
+        let follow = arena.resume(&battle.id, &visitor).await.unwrap();
+        let again = arena.resume(&battle.id, &visitor).await.unwrap();
+        arena
+            .record_turn(&again, &visitor, &turn("a2"), &turn("b2"), true)
+            .await
+            .expect("the regenerate replaces turn 1");
+        let mut longer = turn("a");
+        longer.extend(turn("next"));
+        let err = arena
+            .record_turn(&follow, &visitor, &longer, &longer, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status.as_u16(), 409, "{}", err.message);
+        // And a regenerate read before a follow-up was stored is not stored over it.
+        let stale = arena.resume(&battle.id, &visitor).await.unwrap();
+        let follow = arena.resume(&battle.id, &visitor).await.unwrap();
+        let mut two = turn("a2");
+        two.extend(turn("c"));
+        arena
+            .record_turn(&follow, &visitor, &two, &two, false)
+            .await
+            .unwrap();
+        let err = arena
+            .record_turn(&stale, &visitor, &turn("a3"), &turn("b3"), true)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status.as_u16(), 409, "{}", err.message);
+        let now = arena.resume(&battle.id, &visitor).await.unwrap();
+        assert_eq!(now.turns, 2);
+        assert_eq!(now.conversation_a, two);
+    });
+}

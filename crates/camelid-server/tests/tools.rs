@@ -754,7 +754,13 @@ fn a_forced_call_wins_over_a_response_format() {
     for (name, args) in calls {
         assert_eq!(name, "set_tags");
         assert!(args["tag"].is_string(), "{args}");
-    }
+    } // The format is still checked: one the grammar compiler refuses is a 400 naming it.
+    let broken = json!({"type": "json_schema", "json_schema": {"name": "out",
+        "schema": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}});
+    let mut bad = body.clone();
+    bad["response_format"] = broken;
+    let (st, b) = post(s, "/v1/chat/completions", &bad);
+    assert_error(st, &b, 400, Some("response_format.json_schema.schema"));
 }
 
 /// A call to a function the request does not have is no call: it stays text (Llama 3's

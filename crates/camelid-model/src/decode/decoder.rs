@@ -262,6 +262,18 @@ impl SequenceDecoder {
         // the logits before its sampler reads them): a constrained choice's confidence is
         // spread over the allowed choices only.
         let mut grammar_logits: Option<Vec<f32>> = None;
+        // A lazy grammar that fails once started (a parser limit) leaves the rest free: the
+        // output was free until the model opened a call, and stays answerable.
+        let lazy = self.params.constraint_trigger.is_some();
+        let mut lazy_mask = None;
+        if lazy {
+            if let Some(Ok(g)) = &mut self.grammar {
+                match g.mask() {
+                    Ok(m) => lazy_mask = Some(m),
+                    Err(_) => self.grammar = None,
+                }
+            }
+        }
         let mut grammar = match &mut self.grammar {
             None => None,
             Some(Ok(g)) => Some(g),
@@ -274,7 +286,10 @@ impl SequenceDecoder {
             .filter(|_| self.output.is_empty() && self.params.constraint_after.is_some())
             .filter(|&t| (t as usize) < logits.len());
         if let Some(g) = grammar.as_mut() {
-            let mask = g.mask()?;
+            let mask = match lazy_mask.take() {
+                Some(m) => m,
+                None => g.mask()?,
+            };
             // A grammar that can only end here ends, even before min_tokens or with
             // ignore_eos: the structure is the guarantee.
             let only_stops = mask.can_end
@@ -323,10 +338,21 @@ impl SequenceDecoder {
             think_open == Some(token) && (grammar.is_some() || self.watch.is_some());
         // The matcher consumes every token but a stop token (which ends the sequence) and
         // the one opening the model's thinking (the grammar starts again after it).
+        let mut grammar_failed = false;
         let grammar_done = match grammar {
-            Some(g) if !is_stop_token && !opens_thinking => g.commit(token)?,
+            Some(g) if !is_stop_token && !opens_thinking => match g.commit(token) {
+                Ok(done) => done,
+                Err(_) if lazy => {
+                    grammar_failed = true;
+                    false
+                }
+                Err(e) => return Err(e),
+            },
             _ => false,
         };
+        if grammar_failed {
+            self.grammar = None;
+        }
         if opens_thinking {
             self.grammar = None;
             self.watch = None;

@@ -286,7 +286,7 @@ fn answering(id: &str) -> ApiError {
 /// follow-up (a first turn that failed or was stopped leaves it so: a new round starts a new
 /// battle). A follow-up would let a visitor keep only the battles whose first turn failed,
 /// and a failure can depend on which models were drawn (one's shorter context).
-fn unanswered(id: &str) -> ApiError {
+pub fn unanswered(id: &str) -> ApiError {
     refusal(
         StatusCode::CONFLICT,
         "battle_unanswered",
@@ -746,7 +746,7 @@ impl Arena {
                 .await
         } else {
             self.store
-                .record_turn(&battle.id, &visitor.key, turn, (&a, &b))
+                .record_turn(&battle.id, &visitor.key, turn, (&a, &b), &battle.stored)
                 .await
         }
         .map_err(store_error)?;

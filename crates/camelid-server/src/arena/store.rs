@@ -283,47 +283,49 @@ impl Store {
     }
 
     /// Stores the conversations after turn `turns + 1` if the battle is still `visitor`'s,
-    /// unvoted, at turn `turns` and was open at `admitted` (when the turn was let in); false
+    /// unvoted, at turn `turns` with the conversations `read` (a regenerate may have replaced
+    /// the last answers since) and was open at `admitted` (when the turn was let in); false
     /// otherwise. It is then open until `expires_at`. `turn`: `(turns, admitted, expires_at)`.
     pub async fn record_turn(
         &self,
         id: &str,
         visitor: &str,
-        (turns, admitted, expires_at): (i64, f64, f64),
-        (conversation_a, conversation_b): (&str, &str),
+        turn: (i64, f64, f64),
+        conversations: (&str, &str),
+        read: &(String, String),
     ) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query(
-            "UPDATE arena_battles
-             SET conversation_a = $1, conversation_b = $2, turns = turns + 1, expires_at = $3
-             WHERE id = $4 AND visitor = $5 AND turns = $6 AND expires_at > $7
-                 AND NOT EXISTS (SELECT 1 FROM arena_votes v WHERE v.battle_id = $4)",
-        )
-        .bind(conversation_a)
-        .bind(conversation_b)
-        .bind(expires_at)
-        .bind(id)
-        .bind(visitor)
-        .bind(turns)
-        .bind(admitted)
-        .execute(self.ready().await?.pool())
-        .await?;
-        Ok(r.rows_affected() == 1)
+        self.store_turn(id, visitor, turn, conversations, read, 1)
+            .await
     }
 
     /// As [`Self::record_turn`] for turn `turns` answered again (Regenerate): the new
-    /// conversations replace `replaced`, only if those are still stored; the turn count stays.
+    /// conversations replace `read`, only if those are still stored; the turn count stays.
     pub async fn replace_turn(
+        &self,
+        id: &str,
+        visitor: &str,
+        turn: (i64, f64, f64),
+        conversations: (&str, &str),
+        read: &(String, String),
+    ) -> Result<bool, sqlx::Error> {
+        self.store_turn(id, visitor, turn, conversations, read, 0)
+            .await
+    }
+
+    /// The compare-and-set both take: the turn count grows by `added`.
+    async fn store_turn(
         &self,
         id: &str,
         visitor: &str,
         (turns, admitted, expires_at): (i64, f64, f64),
         (conversation_a, conversation_b): (&str, &str),
-        replaced: &(String, String),
+        read: &(String, String),
+        added: i64,
     ) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
             "UPDATE arena_battles
-             SET conversation_a = $1, conversation_b = $2, expires_at = $3
-             WHERE id = $4 AND visitor = $5 AND turns = $6 AND turns > 0 AND expires_at > $7
+             SET conversation_a = $1, conversation_b = $2, turns = turns + $10, expires_at = $3
+             WHERE id = $4 AND visitor = $5 AND turns = $6 AND expires_at > $7
                  AND conversation_a = $8 AND conversation_b = $9
                  AND NOT EXISTS (SELECT 1 FROM arena_votes v WHERE v.battle_id = $4)",
         )
@@ -334,8 +336,9 @@ impl Store {
         .bind(visitor)
         .bind(turns)
         .bind(admitted)
-        .bind(&replaced.0)
-        .bind(&replaced.1)
+        .bind(&read.0)
+        .bind(&read.1)
+        .bind(added)
         .execute(self.ready().await?.pool())
         .await?;
         Ok(r.rows_affected() == 1)

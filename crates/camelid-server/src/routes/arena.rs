@@ -434,9 +434,7 @@ pub async fn regenerate(
         arena::without_last_answer(&battle.conversation_a),
         arena::without_last_answer(&battle.conversation_b),
     ) else {
-        return Err(ApiError::internal(format!(
-            "Battle {id:?} has no answer to regenerate."
-        )));
+        return Err(arena::unanswered(&id));
     };
     state.arena.admit(Request::Turn, &visitor, &address).await?;
     let answer = Answerable {
