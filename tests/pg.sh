@@ -25,12 +25,14 @@ free_port() {
 case "${1:-}" in
   install)
     if bindir >/dev/null; then exit 0; fi
-    if [ "$(id -u)" != 0 ]; then
+    # As root, or through sudo as tests/run.sh installs Chromium.
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    if [ -n "$SUDO" ] && ! command -v sudo >/dev/null; then
       echo "pg.sh: postgresql is not installed and this user cannot install it" >&2; exit 1
     fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q postgresql >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+    apt="$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"
+    $apt install -y -q postgresql >/dev/null 2>&1 \
+      || { $apt update -q >/dev/null && $apt install -y -q postgresql >/dev/null; }
     bindir >/dev/null || { echo "pg.sh: no initdb after installing postgresql" >&2; exit 1; }
     ;;
   start)

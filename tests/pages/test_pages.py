@@ -401,9 +401,19 @@ def arena_and_leaderboard(ctx):
     page.evaluate(WATCH_PHASES)
     bodies = posted_bodies(page, "/arena/battles")
     check(page.input_value("#max-tokens") == "", "max tokens left to the arena's limit")
-    set_settings(page, 0, 16)
     check(all(page.locator(".votes button").nth(i).is_disabled() for i in range(4)),
           "no vote before a battle")
+    # A greedy turn is refused (its answers could be replayed to name the models): the
+    # server's reason is shown and the prompt given back.
+    set_settings(page, 0, 16)
+    page.fill("#prompt", "What is the capital of France?")
+    page.click("#send")
+    wait_js(page, "document.getElementById('status').textContent.includes('temperature')",
+            "the refused greedy turn")
+    check(page.input_value("#prompt") == "What is the capital of France?"
+          and page.get_attribute("body", "data-phase") == "idle",
+          "a refused turn gives the prompt back")
+    set_settings(page, 0.7, 16)
 
     arena_battle(page, bodies, "What is the capital of France?", follow_up="Why?")
     # Regenerate: the last turn answered again, in its place (no new turn), by the server.
@@ -484,7 +494,7 @@ def arena_and_leaderboard(ctx):
     check(page.is_disabled("#stop") and page.is_enabled("#send"), "ready again after stop")
     # Max tokens emptied: the page sends none and the turn takes the server's limit (this
     # server's --arena-max-tokens 400 is below the 512 the page once sent, refused each turn).
-    set_settings(page, 0, 16)
+    set_settings(page, 0.7, 16)
     page.fill("#max-tokens", "")
     arena_battle(page, bodies, "Name a colour.")
     check("max_tokens" not in bodies[-1], f"no max_tokens from an empty field: {bodies[-1]}")
@@ -575,18 +585,20 @@ def fake_battle_route(route):
     events = [{"battle_id": "battle-fake", "token": "0" * 64}]
     for side in "ab":
         events += [{"side": side, "delta": "Hi."}, {"side": side, "finish_reason": "stop"}]
-    events.append({"done": True})
+    events.append({"done": True, "revision": "rev-1"})
     route.fulfill(status=200, content_type="text/event-stream",
                   body="".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n")
 
 
-def fake_answers_route(text):
-    """A route answering a turn of battle-fake with `text` on both sides."""
+def fake_answers_route(text, revision=None):
+    """A route answering a turn of battle-fake with `text` on both sides, stored as
+    `revision` (None: the `done` event is lost, the stream ends after the answers)."""
     def fulfill(route):
         events = [{"battle_id": "battle-fake", "token": "0" * 64}]
         for side in "ab":
             events += [{"side": side, "delta": text}, {"side": side, "finish_reason": "stop"}]
-        events.append({"done": True})
+        if revision:
+            events.append({"done": True, "revision": revision})
         route.fulfill(status=200, content_type="text/event-stream",
                       body="".join(f"data: {json.dumps(e)}\n\n" for e in events)
                       + "data: [DONE]\n\n")
@@ -604,8 +616,9 @@ def arena_regenerate(browser):
     page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
     check(page.is_disabled("#regenerate"), "nothing to regenerate before a battle")
     page.route("**/arena/battles", fake_battle_route)
-    page.route("**/arena/battles/*/regenerate", fake_answers_route("Hello again."))
+    page.route("**/arena/battles/*/regenerate", fake_answers_route("Hello again.", "rev-2"))
     regens = posted_bodies(page, "/regenerate")
+    votes = posted_bodies(page, "/vote")
     page.fill("#prompt", "Hi")
     page.click("#send")
     page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
@@ -644,6 +657,32 @@ def arena_regenerate(browser):
     page.click("#vote-tie")
     page.wait_for_selector("body[data-phase=voted]", timeout=TIMEOUT_MS)
     check(page.is_disabled("#regenerate"), "nothing to regenerate after the vote")
+    check([v.get("revision") for v in votes] == ["rev-2"],
+          f"the vote names the answers shown, the regenerated ones: {votes}")
+
+    # A regenerate the server stored but whose `done` was lost: the page shows the old
+    # answers again, so the server (here its route) refuses a vote on them, and the battle
+    # is over rather than voted on answers the visitor is not looking at.
+    page.click("#new-round")
+    page.unroute("**/arena/battles/*/vote")
+    page.unroute("**/arena/battles/*/regenerate")
+    page.route("**/arena/battles/*/regenerate", fake_answers_route("Stored, unheard."))
+    page.route("**/arena/battles/*/vote", lambda route: route.fulfill(
+        **api_error(409, "Battle battle-fake holds answers this page has not shown",
+                    "battle_changed")
+        if json.loads(route.request.post_data).get("revision") == "rev-1" else
+        api_error(500, "the page sent no revision")))
+    page.fill("#prompt", "Hi")
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    page.click("#regenerate")
+    wait_js(page, "document.getElementById('status').textContent.includes('earlier answers')",
+            "the regenerate whose end was lost")
+    page.click("#vote-a")
+    page.wait_for_selector("body[data-phase=over]", timeout=TIMEOUT_MS)
+    check(all(page.locator(".votes button").nth(i).is_disabled() for i in range(4))
+          and page.is_enabled("#new-round"),
+          "a vote on answers the server no longer holds ends the battle")
     watch.clean("arena regenerate")
     ctx.close()
 
@@ -854,7 +893,7 @@ def phone(browser):
 
     page.goto(base + "/arena")
     page.wait_for_selector("body[data-ready=true]")
-    set_settings(page, 0, 16)
+    set_settings(page, 0.7, 16)
     page.fill("#prompt", "Name a fruit.")
     page.click("#send")
     page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)

@@ -9,11 +9,13 @@
 //   is {temperature, max_tokens}. onAnswer(side, {text, done, finish}) is called as side "a"
 //   or "b" grows: `text` is the whole answer so far, `done` true once that side is complete.
 //   Resolves (after both sides are done and the turn is stored) to the battle for the next
-//   turn or the vote.
+//   turn or the vote: {id, token, revision} (the revision names the answers it holds).
 // regenerate(battle, params, onAnswer): the battle's last turn answered again (the same
 //   prompt), as turn() answers; the new answers replace the old ones once both are stored.
 // vote(battle, winner): winner is "model_a" | "model_b" | "tie" | "tie (bothbad)"; resolves
-//   to {model_a, model_b}, the names.
+//   to {model_a, model_b}, the names. Cast on the answers the page shows (the battle's
+//   revision): if the server holds others (a turn stored after its reply was lost), 409
+//   battle_changed.
 //
 // The server keeps each side's conversation: a follow-up sends only the new prompt, with the
 // battle's id and the visitor's token (the battle is the visitor's; the token is kept for
@@ -79,6 +81,7 @@ const ArenaApi = {
         }
       } else if (ev.done) {
         stored = true;
+        if (next) next.revision = ev.revision;
       }
     }
     if (!next || !stored) throw new Error("The answers ended early; start a new round.");
@@ -89,7 +92,7 @@ const ArenaApi = {
     return this.whileAnswering(() =>
       Camelid.apiJson(`arena/battles/${encodeURIComponent(battle.id)}/vote`, {
         method: "POST",
-        body: { winner, token: battle.token },
+        body: { winner, token: battle.token, revision: battle.revision },
       }),
     );
   },
@@ -174,7 +177,13 @@ document.addEventListener("DOMContentLoaded", () => {
   // takes no more of this battle (expired, or already voted), only a new round.
   let phase = "idle";
   // Replies that end the battle for this page, whatever it was about to do.
-  const BATTLE_OVER = ["battle_expired", "battle_voted", "battle_not_found", "battle_not_yours"];
+  const BATTLE_OVER = [
+    "battle_expired",
+    "battle_voted",
+    "battle_not_found",
+    "battle_not_yours",
+    "battle_changed",
+  ];
 
   function setPhase(p) {
     // A focused control about to be disabled would drop focus to the page.

@@ -1,9 +1,9 @@
 //! One turn of an arena battle: both sides submitted in the battle's own prefix-cache
 //! partition, run to the end together, whole or as one event stream, with nothing that tells
 //! the sides' models apart beyond the answers themselves — no usage, no cached-token counts,
-//! and one neutral message whichever side failed and however. With `--reasoning-parser`, a
-//! reasoning model's thinking is left out: the answers are compared, not the thoughts (and
-//! a thinking format would name the model family).
+//! and one neutral message whichever side failed and however. A reasoning model's thinking
+//! is left out, with or without `--reasoning-parser`: the answers are compared, not the
+//! thoughts (and a thinking format would name the model family).
 
 use crate::chat::{self, Submitted};
 use crate::error::ApiError;
@@ -166,14 +166,39 @@ pub async fn submit(
         no_tools(r)?;
     }
     let salt = Some(battle_cache_salt(battle_id));
+    let (sampling_a, sampling_b) = (
+        above_the_floor(state, &req_a, sampling)?,
+        above_the_floor(state, &req_b, sampling)?,
+    );
     let (a, b) = tokio::join!(
-        chat::submit_salted(state, permits.0, &req_a, sampling, salt.clone()),
-        chat::submit_salted(state, permits.1, &req_b, sampling, salt)
+        chat::submit_salted(state, permits.0, &req_a, &sampling_a, salt.clone()),
+        chat::submit_salted(state, permits.1, &req_b, &sampling_b, salt)
     );
     let (a, b) = (a.map_err(neutral)?, b.map_err(neutral)?);
     let thinking = [a.reasoning, b.reasoning].map(|r| r.map(ReasoningSplitter::new));
     let (Submitted { sub: a, .. }, Submitted { sub: b, .. }) = (a, b);
     Ok(Turn { a, b, thinking })
+}
+
+/// `sampling` for side `req`: a turn that names no temperature takes its model's own
+/// (its generation config), raised to `--arena-min-temperature` where it is lower, so that no
+/// model's answers can be replayed (a temperature the turn names was checked already).
+fn above_the_floor(
+    state: &AppState,
+    req: &ChatRequest,
+    sampling: &SamplingFields,
+) -> Result<SamplingFields, ApiError> {
+    let floor = state.arena.config().min_temperature;
+    let mut s = sampling.clone();
+    if s.temperature.is_none() {
+        let own = state.model(Some(&req.model)).map_err(neutral)?;
+        s.temperature = own
+            .sampling_defaults
+            .temperature
+            .filter(|t| *t < floor)
+            .map(|_| floor);
+    }
+    Ok(s)
 }
 
 impl Turn {

@@ -313,16 +313,24 @@ pub fn shows_thinking(think: Option<&Value>) -> bool {
 
 impl ChatBody {
     /// The OpenAI request this chat is. A conversation that ends with an assistant message
-    /// (without calls) is continued from inside it, as Ollama does.
+    /// (without calls) is continued from inside it, as Ollama does; one whose text is blank
+    /// is left out, and the model answers a new turn (Ollama's templates leave the last
+    /// assistant turn open: an empty one is the generation prompt).
     pub fn chat_request(&self, model: &str) -> Result<(ChatRequest, SamplingFields), ApiError> {
-        let continue_final = self
+        let open_answer = self
             .messages
             .last()
-            .is_some_and(|m| m.role.eq_ignore_ascii_case("assistant") && m.tool_calls.is_none());
+            .filter(|m| m.role.eq_ignore_ascii_case("assistant") && m.tool_calls.is_none());
+        let blank =
+            open_answer.is_some_and(|m| m.content.as_deref().unwrap_or("").trim().is_empty());
+        let messages = match blank {
+            true => &self.messages[..self.messages.len() - 1],
+            false => &self.messages[..],
+        };
         let req = ChatRequest {
-            messages: chat_messages(&self.messages)?,
+            messages: chat_messages(messages)?,
             tools: self.tools.clone(),
-            continue_final_message: continue_final,
+            continue_final_message: open_answer.is_some() && !blank,
             drop_oldest_to_fit: self.truncate.unwrap_or(true),
             ..chat_defaults(
                 model,

@@ -245,8 +245,9 @@ pub fn generation_params(
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
         logit_bias,
-        // A negative seed is as good as any: its bits seed the generator.
-        seed: f.seed.map(|s| s as u64),
+        // -1 asks for a random seed, as in vLLM and llama.cpp (whose clients send it by
+        // default); any other seed, negative too, seeds the generator with its bits.
+        seed: f.seed.filter(|&s| s != -1).map(|s| s as u64),
     };
     let mut p = GenerationParams::new(0, sampling);
     let stops = f.stop.as_ref().map_or(&[][..], |s| s.as_slice());

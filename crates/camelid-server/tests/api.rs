@@ -242,11 +242,17 @@ fn greedy_is_deterministic_and_seed_reproducible() {
     // other text.
     assert_ne!(s42, greedy, "temperature 1 gave the greedy text");
     assert_ne!(s42, text(ask(Some(7))), "seeds 42 and 7 gave the same text");
-    // Any 64-bit seed, as OpenAI takes it (llama.cpp's clients send −1): reproducible too.
+    // Any 64-bit seed, as OpenAI takes it: reproducible too, but -1, which asks for a
+    // random one (vLLM's and llama.cpp's meaning; llama.cpp's clients send it by default).
     let neg = |seed: i64| {
-        text(json!({"max_tokens": 12, "ignore_eos": true, "temperature": 1.0, "seed": seed}))
+        text(json!({"max_tokens": 24, "ignore_eos": true, "temperature": 1.0, "seed": seed}))
     };
-    assert_eq!(neg(-1), neg(-1), "seed -1 gives the same text twice");
+    assert_eq!(neg(-2), neg(-2), "seed -2 gives the same text twice");
+    assert_ne!(
+        neg(-1),
+        neg(-1),
+        "seed -1 gave the same text twice: not a random seed"
+    );
     // top_p 0 keeps the best token alone: the greedy text at temperature 1.
     let p0 =
         json!({"max_tokens": 12, "ignore_eos": true, "temperature": 1.0, "top_p": 0, "seed": 42});
@@ -1631,6 +1637,34 @@ fn reasoning_is_split_from_the_answer() {
     );
     assert_eq!(r["choices"][0]["message"].get("reasoning_content"), None);
     assert_eq!(r["usage"].get("completion_tokens_details"), None, "{r}");
+}
+
+/// `/api/chat` whose last message is an assistant message with blank text answers a new
+/// turn, as Ollama's templates do (the open assistant turn is the generation prompt): the
+/// same answer as without that message, where continuing the blank message was a 400.
+#[test]
+fn ollama_chat_ending_in_a_blank_assistant_message_answers_a_new_turn() {
+    let ask = |messages: Value| {
+        let (st, r) = post(
+            "/api/chat",
+            json!({"model": "smol", "messages": messages, "stream": false,
+                   "options": {"temperature": 0, "num_predict": 6}}),
+        );
+        assert_eq!(st, 200, "{messages}: {r}");
+        (
+            r["message"]["content"].as_str().unwrap().to_string(),
+            r["prompt_eval_count"].clone(),
+        )
+    };
+    let user = json!({"role": "user", "content": "Name a color."});
+    let plain = ask(json!([user]));
+    for blank in ["", "  \n"] {
+        let with = ask(json!([user, {"role": "assistant", "content": blank}]));
+        assert_eq!(with, plain, "a blank assistant message {blank:?}");
+    }
+    // Text in it is continued from inside, as before.
+    let (continued, _) = ask(json!([user, {"role": "assistant", "content": "My favourite is"}]));
+    assert_ne!(continued, plain.0);
 }
 
 /// Ollama's chat cuts a conversation longer than the context to its latest turns (every

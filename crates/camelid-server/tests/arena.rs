@@ -146,6 +146,8 @@ fn no_limits() -> ArenaConfig {
     ArenaConfig {
         turn_limits: none,
         vote_limits: none,
+        // Greedy turns: both sides' answers are reproducible (`ask`'s temperature 0).
+        min_temperature: 0.0,
         ..Default::default()
     }
 }
@@ -358,6 +360,53 @@ fn a_second_vote_is_refused() {
     assert_eq!(s.leaderboard_with(2)["battles"], 2);
 }
 
+/// A vote may name the answers its page shows: the `revision` each stored turn's reply
+/// carries (whole, and in the stream's `done`). Cast on the battle's current answers it
+/// counts; on answers since superseded (a turn stored after its reply was lost to the page)
+/// it is 409 `battle_changed` and nothing is cast; without one (an API client) it is cast as
+/// before.
+#[test]
+fn a_vote_on_answers_the_battle_no_longer_holds_is_refused() {
+    let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
+    let (id, token, first) = s.battle(json!({}));
+    let r1 = first["revision"].as_str().expect("a revision").to_string();
+    let body = json!({"battle_id": id, "token": token, "max_tokens": 4, "temperature": 0,
+                      "stream": true, "messages": [{"role": "user", "content": "And another?"}]});
+    let (status, text) = call(&s.base, "POST", "/arena/battles", None, Some(body));
+    assert_eq!(status, 200, "{text}");
+    let done: Vec<Value> = sse_payloads(&text)
+        .iter()
+        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+        .filter(|ev| ev["done"] == true)
+        .collect();
+    assert_eq!(done.len(), 1, "{text}");
+    let r2 = done[0]["revision"]
+        .as_str()
+        .expect("a revision")
+        .to_string();
+    assert_ne!(r1, r2);
+    let vote = |revision: Value| {
+        s.post(
+            &format!("/arena/battles/{id}/vote"),
+            json!({"winner": "model_a", "token": token, "revision": revision}),
+        )
+    };
+    let (status, err) = vote(json!(r1));
+    assert_refused(status, &err, 409, "battle_changed");
+    let (status, err) = vote(json!(7));
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["param"], "revision", "{err}");
+    assert!(runtime()
+        .block_on(s.state.arena.export())
+        .unwrap()
+        .is_empty());
+    let (status, cast) = vote(json!(r2));
+    assert_eq!(status, 200, "{cast}");
+    // Without a revision (the API's clients): cast on whatever the battle holds.
+    let (id, token, _) = s.battle(json!({}));
+    assert_eq!(s.vote(&id, Some(&token), "tie").0, 200);
+}
+
 /// A follow-up turn is its battle's owner's: without the token or with another's it is
 /// 403; the owner's goes on with both sides' own conversations, kept by the store.
 #[test]
@@ -473,6 +522,95 @@ fn turns_wrong_for_any_model_are_refused_before_they_count() {
     assert_eq!(status, 200, "the bad turns were counted: {b}");
 }
 
+/// Under the arena's temperature floor (0.7 by default) a turn whose answers could be
+/// replayed is refused before it counts, naming the field: a greedy or low temperature, and
+/// the samplers that truncate towards greedy; a regenerate too. At the floor, or with the
+/// models' own defaults, turns pass.
+#[test]
+fn turns_sampled_too_greedily_to_stay_anonymous_are_refused() {
+    let config = ArenaConfig {
+        turn_limits: RateLimits {
+            per_visitor: 2,
+            per_address: 2,
+        },
+        min_temperature: ArenaConfig::default().min_temperature,
+        ..no_limits()
+    };
+    assert_eq!(config.min_temperature, 0.7);
+    let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    let user = json!([{"role": "user", "content": "Hi"}]);
+    let turn = |extra: Value| {
+        let mut body = json!({"messages": user, "max_tokens": 2});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, param) in [
+        (json!({"temperature": 0}), "temperature"),
+        (json!({"temperature": 0.5}), "temperature"),
+        (json!({"top_p": 0.5}), "top_p"),
+        (json!({"top_k": 1}), "top_k"),
+        (json!({"min_p": 0.3}), "min_p"),
+    ] {
+        let (status, err) = s.post("/arena/battles", turn(extra.clone()));
+        assert_eq!(status, 400, "{extra}: {err}");
+        assert_eq!(err["error"]["param"], param, "{extra}: {err}");
+    }
+    let (id, token, _) = s.battle(turn(json!({"temperature": 0.7, "top_p": 0.95, "top_k": 0})));
+    let (status, err) = s.post(
+        &format!("/arena/battles/{id}/regenerate"),
+        json!({"token": token, "temperature": 0.1}),
+    );
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["param"], "temperature", "{err}");
+    let (status, b) = s.post("/arena/battles", turn(json!({})));
+    assert_eq!(status, 200, "the refused turns were counted: {b}");
+}
+
+/// A turn that names no temperature takes each model's own, raised to the floor where the
+/// model's generation config is greedier: two copies of one model whose config says
+/// temperature 0 answer alike at the floor 0 (greedy), and not alike (not in all of three
+/// battles) under the default floor.
+#[test]
+fn a_greedy_generation_config_is_raised_to_the_temperature_floor() {
+    let greedy = |name: &str| {
+        let mut e = entry(name);
+        e.sampling_defaults.temperature = Some(0.0);
+        e
+    };
+    for floor in [0.0, ArenaConfig::default().min_temperature] {
+        let s = serve_models(
+            ServerConfig::default(),
+            Arena::in_memory(ArenaConfig {
+                min_temperature: floor,
+                ..no_limits()
+            }),
+            vec![greedy("smol-a"), greedy("smol-b")],
+        );
+        let alike = (0..3)
+            .map(|_| {
+                let (status, b) = s.post(
+                    "/arena/battles",
+                    json!({"messages": [{"role": "user", "content": "Tell me a story."}],
+                           "max_tokens": 48}),
+                );
+                assert_eq!(status, 200, "{b}");
+                b["a"]["content"] == b["b"]["content"]
+            })
+            .filter(|&same| same)
+            .count();
+        if floor == 0.0 {
+            assert_eq!(alike, 3, "greedy sides differ");
+        } else {
+            assert!(
+                alike < 3,
+                "floor {floor}: a greedy config answered greedily"
+            );
+        }
+    }
+}
+
 /// A turn let in while its battle was open is stored even if its answers outlast the
 /// battle's time to live (its visitor waited for them); a turn let in after is 410.
 #[test]
@@ -522,6 +660,7 @@ fn rate_limits_answer_429() {
             per_visitor: 1,
             per_address: 0,
         },
+        min_temperature: 0.0,
         ..Default::default()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
@@ -556,6 +695,7 @@ fn requests_for_battles_not_theirs_do_not_spend_the_limits() {
     let config = ArenaConfig {
         turn_limits: few,
         vote_limits: few,
+        min_temperature: 0.0,
         ..Default::default()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
@@ -912,7 +1052,7 @@ fn sse_payloads(body: &str) -> Vec<String> {
 }
 
 /// With `stream: true` both sides arrive as events: the battle's id and token first, then
-/// each side's pieces and end, `{"done": true}` once the turn is stored, `[DONE]`. The pieces
+/// each side's pieces and end, `{"done": true, "revision"}` once the turn is stored, `[DONE]`. The pieces
 /// add up to what the same (greedy) battle answers whole, the turn can be voted on, and no
 /// event carries anything but those fields.
 #[test]
@@ -939,7 +1079,12 @@ fn a_battle_streams_both_sides() {
         head["battle_id"].as_str().unwrap(),
         head["token"].as_str().unwrap(),
     );
-    assert_eq!(events.last().unwrap(), &json!({"done": true}), "{text}");
+    let done = events.last().unwrap();
+    assert_eq!(done["done"], true, "{text}");
+    assert!(
+        done["revision"].as_str().is_some_and(|r| r.len() == 16),
+        "{text}"
+    );
     let mut answers = [String::new(), String::new()];
     let mut deltas: [Vec<String>; 2] = Default::default();
     let mut finishes = [None, None];
@@ -1098,6 +1243,7 @@ fn refusals_while_answering_spend_no_limit() {
     let config = ArenaConfig {
         turn_limits: one(3),
         vote_limits: one(1),
+        min_temperature: 0.0,
         ..Default::default()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
@@ -1183,7 +1329,7 @@ fn no_vote_lands_while_a_follow_up_is_answered() {
         while let Some(chunk) = r.chunk().await.unwrap() {
             seen += &String::from_utf8_lossy(&chunk);
         }
-        assert!(seen.contains("{\"done\":true}"), "{seen}");
+        assert!(seen.contains("{\"done\":true,"), "{seen}");
         let (status, body) = vote_tie(&c, &base, &id, &token).await;
         assert_eq!(status, 200, "the stored turn takes the vote: {body}");
 
@@ -1367,7 +1513,7 @@ fn the_answering_mark_is_a_renewed_lease() {
             let (status, body) = vote_tie(&c, &s.base, &id, &token).await;
             let answered = std::time::Instant::now();
             let (seen, ended) = drain.await.unwrap();
-            assert!(seen.contains("{\"done\":true}"), "{seen}");
+            assert!(seen.contains("{\"done\":true,"), "{seen}");
             if status == 200 && ended <= answered {
                 return true;
             }
@@ -1609,10 +1755,10 @@ fn thinking_entry(name: &str) -> ModelEntry {
     common::entry_of(lm, name, 512, config)
 }
 
-/// With `--reasoning-parser` a battle shows the answers, not a reasoning model's thinking
-/// (which would also name its family): a side still thinking when `max_tokens` cut it answers
-/// nothing, whole and streamed, while the other model's text is untouched. Without the
-/// parser the thinking is the answer, as the model wrote it.
+/// A battle shows the answers, not a reasoning model's thinking (which would also name its
+/// family), with or without `--reasoning-parser` (off by default): a side still thinking
+/// when `max_tokens` cut it answers nothing, whole and streamed, while the other model's
+/// text is untouched.
 #[test]
 fn battles_leave_a_reasoning_models_thinking_out() {
     for parser in [true, false] {
@@ -1652,8 +1798,11 @@ fn battles_leave_a_reasoning_models_thinking_out() {
         for side in ["a", "b"] {
             let model = reveal[format!("model_{side}")].as_str().unwrap();
             let content = whole[side]["content"].as_str().unwrap();
-            if parser && model == "r1" {
-                assert_eq!(content, "", "parser on: {model}'s thinking shown: {whole}");
+            if model == "r1" {
+                assert_eq!(
+                    content, "",
+                    "parser {parser}: {model}'s thinking shown: {whole}"
+                );
             } else {
                 assert!(
                     !content.is_empty(),
@@ -1875,7 +2024,7 @@ fn nothing_lands_while_a_regenerate_is_answered() {
         while let Some(chunk) = r.chunk().await.unwrap() {
             seen += &String::from_utf8_lossy(&chunk);
         }
-        assert!(seen.contains("{\"done\":true}"), "{seen}");
+        assert!(seen.contains("{\"done\":true,"), "{seen}");
         let (status, body) = vote_tie(&c, &base, &id, &token).await;
         assert_eq!(status, 200, "{body}");
 

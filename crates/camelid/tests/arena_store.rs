@@ -128,7 +128,8 @@ fn leaderboard_with(base: &str, votes: u64) -> Value {
     }
 }
 
-/// `camelid serve` with two names for the default model on the arena store `db`.
+/// `camelid serve` with two names for the default model on the arena store `db`, taking
+/// greedy turns (`ask`'s temperature 0: both sides answer alike).
 fn arena_server(db: &str, extra: &[&str]) -> Served {
     let mut args = vec![
         "--model",
@@ -137,6 +138,8 @@ fn arena_server(db: &str, extra: &[&str]) -> Served {
         "smol-b=smollm2-135m-instruct",
         "--arena-db",
         db,
+        "--arena-min-temperature",
+        "0",
     ];
     args.extend_from_slice(extra);
     serve(&args)

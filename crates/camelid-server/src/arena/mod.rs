@@ -63,6 +63,11 @@ pub struct ArenaConfig {
     /// (`--arena-db-max-connections`): replicas × this must stay under the database's
     /// `max_connections` (small managed PostgreSQL tiers allow 25–50).
     pub db_max_connections: u32,
+    /// The lowest temperature a turn may ask (`--arena-min-temperature`); above 0 the
+    /// samplers that make an answer (nearly) greedy are refused too. A greedy answer can be
+    /// replayed: a visitor who learnt each model's answer to a probe prompt from earlier
+    /// battles (the vote names them) would know both sides of the next battle from it.
+    pub min_temperature: f32,
 }
 
 impl Default for ArenaConfig {
@@ -83,6 +88,8 @@ impl Default for ArenaConfig {
             max_tokens: 1024,
             answer_lease: Duration::from_secs(60),
             db_max_connections: 8,
+            // FastChat's default and LMSYS's fixed arena temperature.
+            min_temperature: 0.7,
         }
     }
 }
@@ -302,6 +309,30 @@ fn busy(id: &str) -> ApiError {
     )
 }
 
+/// The answers a page shows are not what the battle holds: a turn was stored after the
+/// page lost its reply (the connection dropped between the answers and `done`), and a vote
+/// now would count answers the visitor is not looking at.
+fn changed(id: &str) -> ApiError {
+    refusal(
+        StatusCode::CONFLICT,
+        "battle_changed",
+        format!(
+            "Battle {id:?} holds answers this page has not shown (a turn was stored after its \
+             reply was lost); start a new one."
+        ),
+    )
+}
+
+/// A battle's revision: names the conversations it holds (as stored), so that a vote can
+/// say which answers it was cast on. Sent with each stored turn (`done`).
+pub fn revision(conversation_a: &str, conversation_b: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(conversation_a.as_bytes());
+    h.update([0]);
+    h.update(conversation_b.as_bytes());
+    hex(&h.finalize())[..16].to_string()
+}
+
 /// Whether battle `b` may be continued or voted on by `visitor` now: its owner's, unvoted,
 /// unexpired. Ownership is checked first, so a stranger learns nothing else.
 fn check(id: &str, b: &BattleRow, visitor: &Visitor, now: f64) -> Result<(), ApiError> {
@@ -363,6 +394,16 @@ const IDENTITY_WORDS: &[&str] = &[
     "hugging face",
     "huggingface",
     "meta ai",
+    "deepseek",
+    "nous research",
+    // The same makers and families as they are written in Chinese (Qwen, DeepSeek and GLM
+    // answer "who are you?" so in Chinese).
+    "通义千问",
+    "千问",
+    "阿里巴巴",
+    "阿里云",
+    "深度求索",
+    "智谱",
 ];
 
 /// Whether a message of either conversation (the visitor's too, as FastChat's
@@ -388,17 +429,19 @@ fn conversations_name_a_model(conversations: [&[Value]; 2], models: &[String]) -
         })
 }
 
-/// Whether `name` occurs in `text` as a word: no letter or digit just before it, and none
-/// of its own kind just after it. A version may follow (`llama3`, `qwen2.5`, `gpt-4o`), but
-/// `phi` is not in "philosophy" nor `orca-3` in "orca-30".
+/// Whether `name` occurs in `text` as a word: no Latin letter or digit just before it, and
+/// none of its own kind just after it. A version may follow (`llama3`, `qwen2.5`,
+/// `gpt-4o`), but `phi` is not in "philosophy" nor `orca-3` in "orca-30". Only ASCII
+/// letters and digits join a name: Chinese, Japanese and Korean put no space between words
+/// ("我是Qwen", "저는 Qwen입니다" name Qwen).
 fn names_as_a_word(text: &str, name: &str) -> bool {
     let ends_in_digit = name.chars().next_back().is_some_and(|c| c.is_ascii_digit());
     let continues = |c: Option<char>| {
         c.is_some_and(|c| {
             if ends_in_digit {
-                c.is_numeric()
+                c.is_ascii_digit()
             } else {
-                c.is_alphabetic()
+                c.is_ascii_alphabetic()
             }
         })
     };
@@ -406,7 +449,7 @@ fn names_as_a_word(text: &str, name: &str) -> bool {
         !text[..at]
             .chars()
             .next_back()
-            .is_some_and(char::is_alphanumeric)
+            .is_some_and(|c| c.is_ascii_alphanumeric())
             && !continues(text[at + name.len()..].chars().next())
     })
 }
@@ -723,7 +766,7 @@ impl Arena {
     /// Stores `battle`'s conversations after the turn just answered (each ending with its
     /// model's answer) and extends its life; 409 if another turn or a vote came first.
     /// `regenerated`: the answers replace the last turn's (the conversations the battle was
-    /// read with, and only if they are still stored).
+    /// read with, and only if they are still stored). Answers the battle's new [`revision`].
     pub async fn record_turn(
         &self,
         battle: &OpenBattle,
@@ -731,7 +774,7 @@ impl Arena {
         conversation_a: &[Value],
         conversation_b: &[Value],
         regenerated: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<String, ApiError> {
         // Alive when the turn was let in is alive enough: the answers it waited for are kept.
         let admitted = battle.admitted_at;
         let (a, b) = (
@@ -751,7 +794,7 @@ impl Arena {
         }
         .map_err(store_error)?;
         if recorded {
-            return Ok(());
+            return Ok(revision(&a, &b));
         }
         Err(match self.store.battle(&battle.id).await {
             Ok(Some(b)) => check(&battle.id, &b, visitor, admitted)
@@ -765,13 +808,16 @@ impl Arena {
     /// Casts the one vote of battle `id`, committed to the store before this returns; the
     /// same vote from its visitor again gets the same answer (a retry after a lost reply).
     /// `served` are the model names an answer must not contain for the vote to count as
-    /// anonymous. 404/403/409/410 as `resume`; 409 before its first answer.
+    /// anonymous. `seen`: the [`revision`] the voter's page shows, if it says (409
+    /// `battle_changed` if the battle holds another). 404/403/409/410 as `resume`; 409
+    /// before its first answer.
     pub async fn vote(
         &self,
         id: &str,
         visitor: &Visitor,
         winner: Outcome,
         served: &[String],
+        seen: Option<&str>,
     ) -> Result<CastVote, ApiError> {
         let winner_str = serde_json::to_value(winner)
             .ok()
@@ -812,11 +858,18 @@ impl Arena {
             if self.store.answering(id, now).await.map_err(store_error)? {
                 return Err(answering(id));
             }
+            if seen.is_some_and(|r| r != revision(&b.conversation_a, &b.conversation_b)) {
+                return Err(changed(id));
+            }
             let (a, c) = (
                 parse_conversation(&b.conversation_a),
                 parse_conversation(&b.conversation_b),
             );
-            let anony = !conversations_name_a_model([&a, &c], served);
+            // The battle's own models too: one this server no longer serves (a rolling
+            // update) still names itself.
+            let mut names = served.to_vec();
+            names.extend([b.model_a.clone(), b.model_b.clone()]);
+            let anony = !conversations_name_a_model([&a, &c], &names);
             let judge = format!("arena_user_{}", &visitor.key[..16]);
             // Cast on these conversations only: a regenerated turn stored since the read
             // (same turn count) would be voted on with this text's anonymity.
@@ -1078,13 +1131,29 @@ mod tests {
                 "{answer}"
             );
         }
+        // Chinese, Japanese and Korean write no space beside a name; and the makers' own
+        // names in Chinese.
+        for answer in [
+            "我是Qwen，一个大语言模型。",
+            "私はLlamaです。",
+            "저는 Qwen입니다.",
+            "我是DeepSeek。",
+            "我是通义千问。",
+            "我由阿里云开发。",
+            "由深度求索公司开发。",
+            "我是智谱训练的语言模型。",
+        ] {
+            assert!(
+                conversations_name_a_model([&plain, &conv("你是谁？", answer)], &served),
+                "{answer}"
+            );
+        }
+        assert!(!conversations_name_a_model(
+            [&plain, &conv("你是谁？", "我是一个乐于助人的助手。")],
+            &served
+        ));
     }
 
-    /// The store's URL carries the database password: a failed connection names the store
-    /// without it. Port 1 on the loopback: nothing listens there.
-    /// A turn shown and not stored: its answer naming a model (here only the answer does)
-    /// leaves the battle's vote unrated; one that names nothing does not. A second follow-up
-    /// while one is answered is refused.
     /// `--arena-db-max-connections` sizes the store's pool (replicas × it must fit the
     /// database's connection limit).
     #[tokio::test]
@@ -1101,6 +1170,48 @@ mod tests {
         }
     }
 
+    /// A vote reads its battle's own models as names, not only those this server serves:
+    /// after a rolling update took `zeta-7` off this server, an answer that says "zeta-7"
+    /// still leaves the vote unrated.
+    #[tokio::test]
+    async fn a_vote_counts_the_battles_own_models_as_names() {
+        let arena = Arena::in_memory(ArenaConfig::default());
+        let mut anony = vec![];
+        for answer in ["I am zeta-7.", "I am an assistant."] {
+            let visitor = Visitor::new();
+            let battle = arena
+                .start(&visitor, "zeta-7".into(), "smol".into())
+                .await
+                .unwrap();
+            let answered = |a: &str| {
+                vec![
+                    json!({"role": "user", "content": "Who are you?"}),
+                    json!({"role": "assistant", "content": a}),
+                ]
+            };
+            arena
+                .record_turn(
+                    &battle,
+                    &visitor,
+                    &answered(answer),
+                    &answered("Hi."),
+                    false,
+                )
+                .await
+                .unwrap();
+            let served = ["smol".to_string()];
+            let cast = arena
+                .vote(&battle.id, &visitor, Outcome::Tie, &served, None)
+                .await
+                .unwrap();
+            anony.push(cast.anony);
+        }
+        assert_eq!(anony, [false, true]);
+    }
+
+    /// A turn shown and not stored: its answer naming a model (here only the answer does)
+    /// leaves the battle's vote unrated; one that names nothing does not. A second follow-up
+    /// while one is answered is refused.
     #[tokio::test]
     async fn an_unstored_turn_that_showed_a_name_marks_the_vote() {
         let arena = Arena::in_memory(ArenaConfig::default());
@@ -1141,7 +1252,7 @@ mod tests {
                 .unwrap();
             assert!(arena.end_answer(&battle.id).await);
             let cast = arena
-                .vote(&battle.id, &visitor, Outcome::Tie, &served)
+                .vote(&battle.id, &visitor, Outcome::Tie, &served, None)
                 .await
                 .unwrap();
             anony.push(cast.anony);
@@ -1149,6 +1260,8 @@ mod tests {
         assert_eq!(anony, [false, true]);
     }
 
+    /// The store's URL carries the database password: a failed connection names the store
+    /// without it. Port 1 on the loopback: nothing listens there.
     #[tokio::test]
     async fn a_store_that_cannot_be_reached_is_named_without_its_password() {
         let url = "postgres://camelid:s3cret-pw@127.0.0.1:1/arena";

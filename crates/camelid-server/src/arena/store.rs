@@ -13,49 +13,60 @@
 //!   the latest): no vote lands on a turn the visitor is still reading, on any server.
 //! - `arena_named` — open battles with a turn that was shown in part and not stored (stopped,
 //!   failed) whose shown text named a model: their vote is not anonymous.
+//!
+//! The schema is made and changed by migrations (`migrations/*.sql`, recorded in
+//! `arena_schema_migrations`); a server refuses a database a newer camelid migrated.
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row, SqlSafeStr};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS arena_battles (
-        id TEXT PRIMARY KEY,
-        visitor TEXT NOT NULL,
-        model_a TEXT NOT NULL,
-        model_b TEXT NOT NULL,
-        conversation_a TEXT NOT NULL,
-        conversation_b TEXT NOT NULL,
-        turns BIGINT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS arena_battles_expiry ON arena_battles (expires_at)",
-    "CREATE TABLE IF NOT EXISTS arena_votes (
-        battle_id TEXT PRIMARY KEY,
-        model_a TEXT NOT NULL,
-        model_b TEXT NOT NULL,
-        winner TEXT NOT NULL,
-        anony BIGINT NOT NULL,
-        tstamp DOUBLE PRECISION NOT NULL,
-        judge TEXT NOT NULL,
-        conversation_a TEXT NOT NULL,
-        conversation_b TEXT NOT NULL,
-        turn BIGINT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS arena_votes_order ON arena_votes (tstamp, battle_id)",
-    "CREATE TABLE IF NOT EXISTS arena_requests (
-        kind TEXT NOT NULL,
-        visitor TEXT NOT NULL,
-        address TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS arena_requests_visitor ON arena_requests (kind, visitor, at)",
-    "CREATE INDEX IF NOT EXISTS arena_requests_address ON arena_requests (kind, address, at)",
-    "CREATE INDEX IF NOT EXISTS arena_requests_at ON arena_requests (at)",
-    "CREATE TABLE IF NOT EXISTS arena_answering (
-        battle_id TEXT PRIMARY KEY,
-        ends_by DOUBLE PRECISION NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS arena_named (battle_id TEXT PRIMARY KEY)",
-];
+/// The schema's migrations, in order: each file is applied once, in a transaction, and
+/// recorded (version and checksum) in [`MIGRATIONS_TABLE`]. Applied files must never change
+/// (their checksum is checked at every start); a schema change is a new file here.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "arena tables",
+    include_str!("../../migrations/0001_arena_tables.sql"),
+)];
+
+/// Where the applied migrations are recorded: a name of the arena's own, not sqlx's
+/// default, so a database shared with another sqlx application keeps the two apart.
+const MIGRATIONS_TABLE: &str = "arena_schema_migrations";
+
+/// Applies the migrations `pool`'s database lacks (sqlx's migrator: on PostgreSQL under an
+/// advisory lock, so servers starting together take turns). A database migrated by a newer
+/// camelid (a migration this build does not know) is refused rather than written to.
+async fn migrate(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let mut migrator = Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator.run(pool).await.map_err(|e| match e {
+        MigrateError::VersionMissing(v) => sqlx::Error::Configuration(
+            format!(
+                "the arena's tables are at schema version {v}, which this camelid does not \
+                 know (it knows up to {}): they were made by a newer camelid; run that one",
+                MIGRATIONS.len()
+            )
+            .into(),
+        ),
+        e => e.into(),
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -171,9 +182,7 @@ impl Store {
         }
     }
 
-    /// Makes the tables once. On PostgreSQL a transaction-scoped advisory lock keeps
-    /// servers starting together from racing on `CREATE … IF NOT EXISTS` (which can fail on
-    /// a duplicate catalog entry there).
+    /// Brings the tables to this build's schema once ([`migrate`]).
     async fn ready(&self) -> Result<&Self, sqlx::Error> {
         self.schema
             .get_or_try_init(|| async {
@@ -190,16 +199,7 @@ impl Store {
                             .await?;
                     }
                 }
-                let mut tx = self.pool.begin().await?;
-                if self.backend == Backend::Postgres {
-                    sqlx::query("SELECT pg_advisory_xact_lock(7243551)")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for statement in SCHEMA {
-                    sqlx::query(*statement).execute(&mut *tx).await?;
-                }
-                tx.commit().await
+                migrate(&self.pool).await
             })
             .await?;
         Ok(self)
@@ -704,7 +704,91 @@ pub(crate) fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
+
+    /// A pool on the SQLite file `path`, created if missing, with no migrations run.
+    async fn raw_pool(path: &std::path::Path) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("sqlite:{}?mode=rwc", path.display()))
+            .await
+            .unwrap()
+    }
+
+    async fn count(pool: &AnyPool, sql: &str) -> i64 {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap()
+    }
+
+    /// A database made before migrations were recorded (the tables, a vote in them) is
+    /// taken as it is: its vote stays and the first migration is recorded as applied; a
+    /// restart applies nothing again.
+    #[tokio::test]
+    async fn a_database_from_before_migrations_keeps_its_votes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("arena.db");
+        let pool = raw_pool(&path).await;
+        sqlx::raw_sql(MIGRATIONS[0].2).execute(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO arena_votes VALUES ('b1', 'x', 'y', 'tie', 1, 1.0, 'j', '[]', '[]', 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let url = format!("sqlite:{}", path.display());
+        for _ in 0..2 {
+            let store = Store::connect(&url, 1).await.unwrap();
+            assert_eq!(
+                count(&store.pool, "SELECT COUNT(*) FROM arena_votes").await,
+                1
+            );
+            let versions = format!("SELECT COUNT(*) FROM {MIGRATIONS_TABLE} WHERE version = 1");
+            assert_eq!(count(&store.pool, &versions).await, 1);
+        }
+    }
+
+    /// A database a newer camelid migrated (a version this build does not know) is refused
+    /// at connect, saying so, and left as it is.
+    #[tokio::test]
+    async fn a_database_from_a_newer_camelid_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("arena.db");
+        let url = format!("sqlite:{}", path.display());
+        drop(Store::connect(&url, 1).await.unwrap());
+        let pool = raw_pool(&path).await;
+        let future = Migration::new(
+            2,
+            "a later change".into(),
+            MigrationType::Simple,
+            "CREATE TABLE arena_later (x TEXT)".into_sql_str(),
+            false,
+        );
+        let first = Migration::new(
+            1,
+            MIGRATIONS[0].1.into(),
+            MigrationType::Simple,
+            MIGRATIONS[0].2.into_sql_str(),
+            false,
+        );
+        let mut newer = Migrator::with_migrations(vec![first, future]);
+        newer.dangerous_set_table_name(MIGRATIONS_TABLE);
+        newer.run(&pool).await.unwrap();
+        pool.close().await;
+        let Err(e) = Store::connect(&url, 1).await else {
+            panic!("a newer schema was taken");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("schema version 2") && e.contains("newer camelid"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn passwords_are_redacted_from_store_urls() {

@@ -246,6 +246,7 @@ fn check_sampling(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Re
             ));
         }
     }
+    check_randomness(state.arena.config().min_temperature, f)?;
     let models = state.models().ok_or_else(AppState::loading_error)?;
     if let Some(m) = models.first() {
         crate::validate::generation_params(
@@ -256,6 +257,45 @@ fn check_sampling(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Re
             &[],
             &[],
         )?;
+    }
+    Ok(())
+}
+
+/// `top_p` below this is refused under a temperature floor: it leaves the next token
+/// nearly always the likeliest one.
+const MIN_TOP_P: f32 = 0.9;
+
+/// 400 for sampling a turn's answers could be replayed from (`--arena-min-temperature`): a
+/// temperature below `floor`, and above a floor of 0 the samplers that truncate towards
+/// greedy (`top_p` below [`MIN_TOP_P`], `top_k`, `min_p`). Absent fields take each model's
+/// own defaults (its generation config), the operator's choice.
+fn check_randomness(floor: f32, f: &SamplingFields) -> Result<(), ApiError> {
+    if floor <= 0.0 {
+        return Ok(());
+    }
+    let refuse = |field: &str, why: String| {
+        Err(ApiError::invalid_param(
+            field,
+            format!("{why}: arena answers are sampled so that none can be replayed"),
+        ))
+    };
+    if let Some(t) = f.temperature.filter(|t| *t < floor) {
+        return refuse(
+            "temperature",
+            format!("`temperature` {t} is below the arena's least, {floor}"),
+        );
+    }
+    if let Some(p) = f.top_p.filter(|p| *p < MIN_TOP_P) {
+        return refuse(
+            "top_p",
+            format!("`top_p` {p} is below the arena's least, {MIN_TOP_P}"),
+        );
+    }
+    if f.top_k.is_some_and(|k| k > 0) {
+        return refuse("top_k", "leave `top_k` out".into());
+    }
+    if f.min_p.is_some_and(|p| p > 0.0) {
+        return refuse("min_p", "leave `min_p` out".into());
     }
     Ok(())
 }
@@ -490,6 +530,9 @@ impl Answerable {
             r.max_tokens_cap = turn.output_cap;
             r.drop_oldest_to_fit = true;
             r.keep_answer_room = true;
+            // Whatever `--reasoning-parser` says: voters compare answers, and a thinking
+            // format would name its family.
+            r.split_reasoning = Some(true);
             Ok::<_, ApiError>(r)
         };
         let req_a = side(&bases.0, &battle.model_a)?;
@@ -518,21 +561,23 @@ impl Answerable {
                 u.error
                     .unwrap_or_else(|| neutral(ApiError::internal("no answer")))
             })?;
-            finish.record(&a, &b).await?;
+            let revision = finish.record(&a, &b).await?;
             let mut reply = head;
             reply["a"] = a.json();
             reply["b"] = b.json();
+            reply["revision"] = revision.into();
             return Ok(axum::Json(reply).into_response());
         }
         // Streamed: the battle's id and token, then both sides' pieces as they come, then
-        // `{"done": true}` once the turn is stored (or an error), then `[DONE]`. The task
+        // `{"done": true, "revision"}` once the turn is stored (or an error), then `[DONE]`.
+        // The task
         // owns the generations: a client that leaves closes the channel and cancels both.
         let (tx, rx) = mpsc::channel::<Value>(64);
         let _ = tx.try_send(head);
         tokio::spawn(async move {
             let last = match generating.run(Some(&tx)).await {
                 Ok((a, b)) => match finish.record(&a, &b).await {
-                    Ok(()) => json!({"done": true}),
+                    Ok(revision) => json!({"done": true, "revision": revision}),
                     Err(e) => e.body(),
                 },
                 Err(unfinished) => {
@@ -691,8 +736,9 @@ impl TurnRecord {
         }
     }
 
-    /// Appends each side's answer to its own conversation and stores both.
-    async fn record(mut self, a: &Answer, b: &Answer) -> Result<(), ApiError> {
+    /// Appends each side's answer to its own conversation and stores both; answers the
+    /// battle's new revision.
+    async fn record(mut self, a: &Answer, b: &Answer) -> Result<String, ApiError> {
         let (mut conversation_a, mut conversation_b) = std::mem::take(&mut self.conversations);
         conversation_a.push(json!({"role": "assistant", "content": a.content}));
         conversation_b.push(json!({"role": "assistant", "content": b.content}));
@@ -732,6 +778,18 @@ pub async fn vote(
             "one of \"model_a\", \"model_b\", \"tie\", \"tie (bothbad)\"",
         )
     })?;
+    // The answers the page shows (their revision, from the turn's reply): a vote on others
+    // is refused. API clients may leave it out.
+    let seen = match &v["revision"] {
+        Value::Null => None,
+        Value::String(r) => Some(r.as_str()),
+        _ => {
+            return Err(ApiError::invalid_param(
+                "revision",
+                "the `revision` a turn's reply gave, a string",
+            ))
+        }
+    };
     let visitor = v["token"]
         .as_str()
         .and_then(Visitor::from_token)
@@ -741,7 +799,7 @@ pub async fn vote(
     state.arena.admit(Request::Vote, &visitor, &address).await?;
     let cast = state
         .arena
-        .vote(&id, &visitor, winner, &served(&state)?)
+        .vote(&id, &visitor, winner, &served(&state)?, seen)
         .await?;
     let reply = json!({"battle_id": id, "model_a": cast.model_a, "model_b": cast.model_b,
                        "winner": cast.winner, "anony": cast.anony});

@@ -136,6 +136,12 @@ pub struct ArenaServeArgs {
     /// this many, one that asks for more is refused (400).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     arena_max_tokens: u64,
+    /// The lowest temperature an arena turn may ask (400 below it). Above 0, `top_p` below
+    /// 0.9, `top_k` and `min_p` are refused as well: a greedy answer can be replayed, and a
+    /// visitor who learnt each model's answer to a probe prompt in earlier battles would know
+    /// both sides of the next one. 0 allows greedy turns (tests, private arenas).
+    #[arg(long, default_value_t = 0.7, value_parser = min_temperature)]
+    arena_min_temperature: f32,
     /// A model's sampling weight in arena pairs, `NAME=W` (repeatable): as FastChat, the first
     /// model is drawn by weight, its rival by weight among the others. Unnamed models weigh
     /// 1 (every pair alike); 0 leaves a model out.
@@ -161,6 +167,14 @@ pub struct ArenaServeArgs {
     arena_log: Option<PathBuf>,
 }
 
+/// `--arena-min-temperature`: a temperature a turn may ask, 0 to 2.
+fn min_temperature(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if (0.0..=2.0).contains(&t) => Ok(t),
+        _ => Err(format!("`{s}` is not a temperature from 0 to 2")),
+    }
+}
+
 impl ArenaServeArgs {
     /// `--arena-private`.
     pub fn private(&self) -> bool {
@@ -183,6 +197,7 @@ impl ArenaServeArgs {
             private: self.arena_private,
             max_tokens: self.arena_max_tokens,
             db_max_connections: self.arena_db_max_connections,
+            min_temperature: self.arena_min_temperature,
             ..Default::default()
         }
     }
