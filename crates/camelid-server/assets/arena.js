@@ -14,8 +14,8 @@
 //   prompt), as turn() answers; the new answers replace the old ones once both are stored.
 // vote(battle, winner): winner is "model_a" | "model_b" | "tie" | "tie (bothbad)"; resolves
 //   to {model_a, model_b}, the names. Cast on the answers the page shows (the battle's
-//   revision): if the server holds others (a turn stored after its reply was lost), 409
-//   battle_changed.
+//   revision, sent with follow-ups and regenerates too): if the server holds others (a turn
+//   stored after its reply was lost), 409 battle_changed.
 //
 // The server keeps each side's conversation: a follow-up sends only the new prompt, with the
 // battle's id and the visitor's token (the battle is the visitor's; the token is kept for
@@ -45,7 +45,11 @@ const ArenaApi = {
     const body = { messages: [{ role: "user", content: prompt }], stream: true, ...params };
     const token = battle ? battle.token : this.token();
     if (token) body.token = token;
-    if (battle) body.battle_id = battle.id;
+    if (battle) {
+      body.battle_id = battle.id;
+      // A follow-up builds on the answers shown: if the server holds others, 409.
+      if (battle.revision) body.revision = battle.revision;
+    }
     return this.answers("arena/battles", body, onAnswer, signal);
   },
 
@@ -53,6 +57,7 @@ const ArenaApi = {
   // new answers have replaced the old (stopped or failed, the old ones stand).
   async regenerate(battle, params, onAnswer, signal) {
     const body = { token: battle.token, stream: true, ...params };
+    if (battle.revision) body.revision = battle.revision;
     const path = `arena/battles/${encodeURIComponent(battle.id)}/regenerate`;
     return this.answers(path, body, onAnswer, signal);
   },

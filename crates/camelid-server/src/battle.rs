@@ -180,9 +180,15 @@ pub async fn submit(
     Ok(Turn { a, b, thinking })
 }
 
-/// `sampling` for side `req`: a turn that names no temperature takes its model's own
-/// (its generation config), raised to `--arena-min-temperature` where it is lower, so that no
-/// model's answers can be replayed (a temperature the turn names was checked already).
+/// `top_p` below this leaves the next token nearly always the likeliest one: under a
+/// temperature floor a turn may not ask it, and a model's own is raised to it.
+pub const MIN_TOP_P: f32 = 0.9;
+
+/// `sampling` for side `req` under `--arena-min-temperature`: what the turn leaves out takes
+/// its model's own values (its generation config), but where those are (nearly) greedy they
+/// are raised, so that no model's answers can be replayed: a temperature below the floor to
+/// the floor, a `top_p` below [`MIN_TOP_P`] to it, a `top_k` of 1 to none. (What the turn
+/// names was checked already.)
 fn above_the_floor(
     state: &AppState,
     req: &ChatRequest,
@@ -190,13 +196,21 @@ fn above_the_floor(
 ) -> Result<SamplingFields, ApiError> {
     let floor = state.arena.config().min_temperature;
     let mut s = sampling.clone();
-    if s.temperature.is_none() {
-        let own = state.model(Some(&req.model)).map_err(neutral)?;
-        s.temperature = own
-            .sampling_defaults
-            .temperature
-            .filter(|t| *t < floor)
-            .map(|_| floor);
+    if floor <= 0.0 {
+        return Ok(s);
+    }
+    let own = state
+        .model(Some(&req.model))
+        .map_err(neutral)?
+        .sampling_defaults;
+    if s.temperature.is_none() && own.temperature.is_some_and(|t| t < floor) {
+        s.temperature = Some(floor);
+    }
+    if s.top_p.is_none() && own.top_p.is_some_and(|p| p < MIN_TOP_P) {
+        s.top_p = Some(MIN_TOP_P);
+    }
+    if s.top_k.is_none() && own.top_k == Some(1) {
+        s.top_k = Some(0);
     }
     Ok(s)
 }

@@ -317,12 +317,15 @@ impl ChatBody {
     /// is left out, and the model answers a new turn (Ollama's templates leave the last
     /// assistant turn open: an empty one is the generation prompt).
     pub fn chat_request(&self, model: &str) -> Result<(ChatRequest, SamplingFields), ApiError> {
-        let open_answer = self
-            .messages
-            .last()
-            .filter(|m| m.role.eq_ignore_ascii_case("assistant") && m.tool_calls.is_none());
-        let blank =
-            open_answer.is_some_and(|m| m.content.as_deref().unwrap_or("").trim().is_empty());
+        // An empty `tool_calls` is none, as `chat_messages` reads it.
+        let open_answer = self.messages.last().filter(|m| {
+            m.role.eq_ignore_ascii_case("assistant")
+                && m.tool_calls.as_ref().is_none_or(Vec::is_empty)
+        });
+        // Alone, a blank message is not dropped (nothing would be left to answer): continuing
+        // it is refused, saying why.
+        let blank = self.messages.len() > 1
+            && open_answer.is_some_and(|m| m.content.as_deref().unwrap_or("").trim().is_empty());
         let messages = match blank {
             true => &self.messages[..self.messages.len() - 1],
             false => &self.messages[..],

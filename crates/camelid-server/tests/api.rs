@@ -1658,9 +1658,13 @@ fn ollama_chat_ending_in_a_blank_assistant_message_answers_a_new_turn() {
     };
     let user = json!({"role": "user", "content": "Name a color."});
     let plain = ask(json!([user]));
-    for blank in ["", "  \n"] {
-        let with = ask(json!([user, {"role": "assistant", "content": blank}]));
-        assert_eq!(with, plain, "a blank assistant message {blank:?}");
+    for blank in [
+        json!({"role": "assistant", "content": ""}),
+        json!({"role": "assistant", "content": "  \n"}),
+        json!({"role": "assistant", "content": "", "tool_calls": []}),
+    ] {
+        let with = ask(json!([user, blank]));
+        assert_eq!(with, plain, "a blank assistant message {blank}");
     }
     // Text in it is continued from inside, as before.
     let (continued, _) = ask(json!([user, {"role": "assistant", "content": "My favourite is"}]));

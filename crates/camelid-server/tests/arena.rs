@@ -363,8 +363,8 @@ fn a_second_vote_is_refused() {
 /// A vote may name the answers its page shows: the `revision` each stored turn's reply
 /// carries (whole, and in the stream's `done`). Cast on the battle's current answers it
 /// counts; on answers since superseded (a turn stored after its reply was lost to the page)
-/// it is 409 `battle_changed` and nothing is cast; without one (an API client) it is cast as
-/// before.
+/// it is 409 `battle_changed` and nothing is cast, as a follow-up or regenerate built on them
+/// is; without one (an API client) it is cast as before.
 #[test]
 fn a_vote_on_answers_the_battle_no_longer_holds_is_refused() {
     let s = serve(Arena::in_memory(no_limits()), &["smol-a", "smol-b"]);
@@ -385,6 +385,18 @@ fn a_vote_on_answers_the_battle_no_longer_holds_is_refused() {
         .expect("a revision")
         .to_string();
     assert_ne!(r1, r2);
+    // A follow-up or a regenerate that builds on the superseded answers: refused too.
+    let (status, err) = s.post(
+        "/arena/battles",
+        json!({"battle_id": id, "token": token, "revision": r1, "max_tokens": 2,
+               "temperature": 0, "messages": [{"role": "user", "content": "And?"}]}),
+    );
+    assert_refused(status, &err, 409, "battle_changed");
+    let (status, err) = s.post(
+        &format!("/arena/battles/{id}/regenerate"),
+        json!({"token": token, "revision": r1, "max_tokens": 2, "temperature": 0}),
+    );
+    assert_refused(status, &err, 409, "battle_changed");
     let vote = |revision: Value| {
         s.post(
             &format!("/arena/battles/{id}/vote"),
@@ -568,45 +580,49 @@ fn turns_sampled_too_greedily_to_stay_anonymous_are_refused() {
     assert_eq!(status, 200, "the refused turns were counted: {b}");
 }
 
-/// A turn that names no temperature takes each model's own, raised to the floor where the
-/// model's generation config is greedier: two copies of one model whose config says
-/// temperature 0 answer alike at the floor 0 (greedy), and not alike (not in all of three
-/// battles) under the default floor.
+/// A turn that leaves the sampling out takes each model's own, raised where the model's
+/// generation config is greedy (a temperature of 0, `top_k` 1, a tiny `top_p`): two copies
+/// of one model with such a config answer alike at the floor 0 (greedy), and not alike (not
+/// in all of three battles) under the default floor.
 #[test]
 fn a_greedy_generation_config_is_raised_to_the_temperature_floor() {
-    let greedy = |name: &str| {
-        let mut e = entry(name);
-        e.sampling_defaults.temperature = Some(0.0);
-        e
-    };
-    for floor in [0.0, ArenaConfig::default().min_temperature] {
-        let s = serve_models(
-            ServerConfig::default(),
-            Arena::in_memory(ArenaConfig {
-                min_temperature: floor,
-                ..no_limits()
-            }),
-            vec![greedy("smol-a"), greedy("smol-b")],
-        );
-        let alike = (0..3)
-            .map(|_| {
-                let (status, b) = s.post(
-                    "/arena/battles",
-                    json!({"messages": [{"role": "user", "content": "Tell me a story."}],
-                           "max_tokens": 48}),
-                );
-                assert_eq!(status, 200, "{b}");
-                b["a"]["content"] == b["b"]["content"]
-            })
-            .filter(|&same| same)
-            .count();
-        if floor == 0.0 {
-            assert_eq!(alike, 3, "greedy sides differ");
-        } else {
-            assert!(
-                alike < 3,
-                "floor {floor}: a greedy config answered greedily"
+    let configs: [fn(&mut camelid_model::SamplingDefaults); 3] = [
+        |d| d.temperature = Some(0.0),
+        |d| d.top_k = Some(1),
+        |d| d.top_p = Some(0.01),
+    ];
+    for (c, config) in configs.iter().enumerate() {
+        let greedy = |name: &str| {
+            let mut e = entry(name);
+            config(&mut e.sampling_defaults);
+            e
+        };
+        for floor in [0.0, ArenaConfig::default().min_temperature] {
+            let s = serve_models(
+                ServerConfig::default(),
+                Arena::in_memory(ArenaConfig {
+                    min_temperature: floor,
+                    ..no_limits()
+                }),
+                vec![greedy("smol-a"), greedy("smol-b")],
             );
+            let alike = (0..3)
+                .map(|_| {
+                    let (status, b) = s.post(
+                        "/arena/battles",
+                        json!({"messages": [{"role": "user", "content": "Tell me a story."}],
+                               "max_tokens": 48}),
+                    );
+                    assert_eq!(status, 200, "{b}");
+                    b["a"]["content"] == b["b"]["content"]
+                })
+                .filter(|&same| same)
+                .count();
+            if floor == 0.0 {
+                assert_eq!(alike, 3, "config {c}: greedy sides differ");
+            } else {
+                assert!(alike < 3, "config {c}, floor {floor}: answered greedily");
+            }
         }
     }
 }

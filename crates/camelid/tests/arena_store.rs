@@ -252,13 +252,17 @@ fn rate_limits_hold_under_a_burst_on_postgres() {
     assert_eq!((count(200), count(429)), (5, 35), "{statuses:?}");
 }
 
-/// Two servers on one PostgreSQL behind a round-robin proxy: a battle started on one is
-/// continued and voted on the other, and both leaderboards agree.
+/// Two servers on one PostgreSQL behind a round-robin proxy: started together on the empty
+/// database, both make its tables (taking turns); a battle started on one is continued and
+/// voted on the other, and both leaderboards agree.
 #[test]
 fn two_servers_on_postgres_share_battles_behind_a_proxy() {
     let Some(pg) = Postgres::start() else { return };
-    let one = arena_server(&pg.url, &[]);
-    let two = arena_server(&pg.url, &[]);
+    let (one, two) = std::thread::scope(|s| {
+        let one = s.spawn(|| arena_server(&pg.url, &[]));
+        let two = s.spawn(|| arena_server(&pg.url, &[]));
+        (one.join().unwrap(), two.join().unwrap())
+    });
     let proxy = round_robin(vec![one.base.clone(), two.base.clone()]);
     let (status, started) = post(&proxy.base, "/arena/battles", ask());
     assert_eq!(status, 200, "{started}");

@@ -159,6 +159,18 @@ pub struct OpenBattle {
     pub stored: (String, String),
 }
 
+impl OpenBattle {
+    /// 409 `battle_changed` if `seen` (the [`revision`] a page shows, when it says) is not
+    /// what the battle holds: a turn was stored after the page lost its reply, and a
+    /// follow-up, regenerate or vote now would build on answers the visitor has not seen.
+    pub fn check_seen(&self, seen: Option<&str>) -> Result<(), ApiError> {
+        match seen {
+            Some(r) if r != revision(&self.stored.0, &self.stored.1) => Err(changed(&self.id)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A conversation without its last answer: what the answer followed (ending with the turn's
 /// messages) and those messages (the visitor's, since the answer before). `None` when it does
 /// not end with an answer.
@@ -429,29 +441,45 @@ fn conversations_name_a_model(conversations: [&[Value]; 2], models: &[String]) -
         })
 }
 
-/// Whether `name` occurs in `text` as a word: no Latin letter or digit just before it, and
-/// none of its own kind just after it. A version may follow (`llama3`, `qwen2.5`,
-/// `gpt-4o`), but `phi` is not in "philosophy" nor `orca-3` in "orca-30". Only ASCII
-/// letters and digits join a name: Chinese, Japanese and Korean put no space between words
-/// ("我是Qwen", "저는 Qwen입니다" name Qwen).
+/// Whether `name` occurs in `text` as a word: no letter or digit just before it, and none
+/// of its own kind just after it. A version may follow (`llama3`, `qwen2.5`, `gpt-4o`), but
+/// `phi` is not in "philosophy" nor "phiên", nor `orca-3` in "orca-30". Chinese, Japanese and
+/// Korean put no space between words: their characters do not join a name ("我是Qwen",
+/// "저는 Qwen입니다" name Qwen).
 fn names_as_a_word(text: &str, name: &str) -> bool {
     let ends_in_digit = name.chars().next_back().is_some_and(|c| c.is_ascii_digit());
     let continues = |c: Option<char>| {
         c.is_some_and(|c| {
-            if ends_in_digit {
-                c.is_ascii_digit()
-            } else {
-                c.is_ascii_alphabetic()
-            }
+            spaced_word_char(c)
+                && if ends_in_digit {
+                    c.is_numeric()
+                } else {
+                    c.is_alphabetic()
+                }
         })
     };
     text.match_indices(name).any(|(at, _)| {
-        !text[..at]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
+        !text[..at].chars().next_back().is_some_and(spaced_word_char)
             && !continues(text[at + name.len()..].chars().next())
     })
+}
+
+/// A letter or digit of a script that writes spaces between words: not a Han character,
+/// kana or Hangul.
+fn spaced_word_char(c: char) -> bool {
+    c.is_alphanumeric()
+        && !matches!(
+            c as u32,
+            0x1100..=0x11FF // Hangul Jamo
+                | 0x3040..=0x30FF // Hiragana, Katakana
+                | 0x3130..=0x318F // Hangul compatibility Jamo
+                | 0x3400..=0x4DBF // CJK extension A
+                | 0x4E00..=0x9FFF // CJK unified ideographs
+                | 0xAC00..=0xD7AF // Hangul syllables
+                | 0xF900..=0xFAFF // CJK compatibility ideographs
+                | 0xFF66..=0xFF9F // half-width Katakana
+                | 0x20000..=0x3FFFF // CJK extensions B and later
+        )
 }
 
 impl Arena {
@@ -647,14 +675,16 @@ impl Arena {
     /// [`Self::resume`] refuses a follow-up. The answers it will replace were shown: if they
     /// (or the conversations before them) name a model, the battle is marked named now, as
     /// once replaced they are no longer in the row its vote reads. `served`: the names that
-    /// count, as for the vote.
+    /// count, as for the vote; `seen` as in [`OpenBattle::check_seen`].
     pub async fn resume_to_regenerate(
         &self,
         id: &str,
         visitor: &Visitor,
         served: &[String],
+        seen: Option<&str>,
     ) -> Result<OpenBattle, ApiError> {
         let battle = self.resume(id, visitor).await?;
+        battle.check_seen(seen)?;
         let mut names = served.to_vec();
         names.extend([battle.model_a.clone(), battle.model_b.clone()]);
         if conversations_name_a_model([&battle.conversation_a, &battle.conversation_b], &names) {
@@ -1150,6 +1180,11 @@ mod tests {
         }
         assert!(!conversations_name_a_model(
             [&plain, &conv("你是谁？", "我是一个乐于助人的助手。")],
+            &served
+        ));
+        // Accented Latin letters still join a word: Vietnamese "phiên bản" is not Phi.
+        assert!(!conversations_name_a_model(
+            [&plain, &conv("Có gì mới?", "Phiên bản mới, phiếu bầu.")],
             &served
         ));
     }

@@ -36,10 +36,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 /// default, so a database shared with another sqlx application keeps the two apart.
 const MIGRATIONS_TABLE: &str = "arena_schema_migrations";
 
-/// Applies the migrations `pool`'s database lacks (sqlx's migrator: on PostgreSQL under an
-/// advisory lock, so servers starting together take turns). A database migrated by a newer
-/// camelid (a migration this build does not know) is refused rather than written to.
-async fn migrate(pool: &AnyPool) -> Result<(), sqlx::Error> {
+/// Applies the migrations the database lacks, in one transaction. On PostgreSQL that
+/// transaction first takes an advisory lock of the arena's own, so servers starting together
+/// take turns; the lock ends with the transaction, which a transaction-mode pooler (PgBouncer)
+/// keeps on one server connection (sqlx's own lock is held by the session). A database
+/// migrated by a newer camelid (a migration this build does not know) is refused rather than
+/// written to; an error that may pass (the database restarting) stays one, for
+/// `--arena-db-wait`.
+async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::Error> {
     let mut migrator = Migrator::with_migrations(
         MIGRATIONS
             .iter()
@@ -55,17 +59,39 @@ async fn migrate(pool: &AnyPool) -> Result<(), sqlx::Error> {
             .collect(),
     );
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator.run(pool).await.map_err(|e| match e {
-        MigrateError::VersionMissing(v) => sqlx::Error::Configuration(
-            format!(
-                "the arena's tables are at schema version {v}, which this camelid does not \
+    migrator.set_locking(false);
+    let mut tx = pool.begin().await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(7243551)")
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Each migration nests in this transaction (a savepoint). `run_direct` is `run` on a
+    // connection: `run`'s `Acquire` bound makes the server's futures not `Send` (sqlx's
+    // own note on it).
+    migrator
+        .run_direct(None, &mut *tx, false)
+        .await
+        .map_err(|e| match e {
+            MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => e,
+            MigrateError::VersionMissing(v) => sqlx::Error::Configuration(
+                format!(
+                    "the arena's tables are at schema version {v}, which this camelid does not \
                  know (it knows up to {}): they were made by a newer camelid; run that one",
-                MIGRATIONS.len()
-            )
-            .into(),
-        ),
-        e => e.into(),
-    })
+                    MIGRATIONS.len()
+                )
+                .into(),
+            ),
+            MigrateError::VersionMismatch(v) => sqlx::Error::Configuration(
+                format!(
+                    "migration {v} of the arena's schema is not the one this database applied \
+                 (its file was edited: applied migrations must stay as they are)"
+                )
+                .into(),
+            ),
+            e => e.into(),
+        })?;
+    tx.commit().await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +225,7 @@ impl Store {
                             .await?;
                     }
                 }
-                migrate(&self.pool).await
+                migrate(&self.pool, self.backend).await
             })
             .await?;
         Ok(self)
@@ -788,6 +814,30 @@ mod tests {
             e.contains("schema version 2") && e.contains("newer camelid"),
             "{e}"
         );
+    }
+
+    /// A database whose migration 1 is not this build's (its file edited since) is refused,
+    /// saying so.
+    #[tokio::test]
+    async fn an_edited_migration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("arena.db");
+        let pool = raw_pool(&path).await;
+        let other = Migration::new(
+            1,
+            MIGRATIONS[0].1.into(),
+            MigrationType::Simple,
+            "CREATE TABLE arena_other (x TEXT)".into_sql_str(),
+            false,
+        );
+        let mut edited = Migrator::with_migrations(vec![other]);
+        edited.dangerous_set_table_name(MIGRATIONS_TABLE);
+        edited.run(&pool).await.unwrap();
+        pool.close().await;
+        let Err(e) = Store::connect(&format!("sqlite:{}", path.display()), 1).await else {
+            panic!("an edited migration was taken");
+        };
+        assert!(e.to_string().contains("was edited"), "{e}");
     }
 
     #[test]

@@ -25,7 +25,7 @@
 
 use super::{AppResult, RequestBody};
 use crate::arena::{self, OpenBattle, Request, Visitor};
-use crate::battle::{self, neutral, Answer};
+use crate::battle::{self, neutral, Answer, MIN_TOP_P};
 use crate::error::ApiError;
 use crate::listen::client_network;
 use crate::openai::{from_value, parse_json, ChatRequest, SamplingFields};
@@ -261,14 +261,10 @@ fn check_sampling(state: &AppState, req: &ChatRequest, f: &SamplingFields) -> Re
     Ok(())
 }
 
-/// `top_p` below this is refused under a temperature floor: it leaves the next token
-/// nearly always the likeliest one.
-const MIN_TOP_P: f32 = 0.9;
-
 /// 400 for sampling a turn's answers could be replayed from (`--arena-min-temperature`): a
 /// temperature below `floor`, and above a floor of 0 the samplers that truncate towards
 /// greedy (`top_p` below [`MIN_TOP_P`], `top_k`, `min_p`). Absent fields take each model's
-/// own defaults (its generation config), the operator's choice.
+/// own values, raised where those are greedy (`battle::above_the_floor`).
 fn check_randomness(floor: f32, f: &SamplingFields) -> Result<(), ApiError> {
     if floor <= 0.0 {
         return Ok(());
@@ -311,6 +307,8 @@ struct TurnRequest {
     stream: bool,
     battle_id: Option<String>,
     token: Option<String>,
+    /// The battle's revision the page shows (a follow-up or regenerate builds on it).
+    revision: Option<String>,
 }
 
 impl TurnRequest {
@@ -341,6 +339,7 @@ impl TurnRequest {
         };
         let battle_id = take_string(obj, "battle_id")?;
         let token = take_string(obj, "token")?;
+        let revision = take_string(obj, "revision")?;
         // The request read as the chat endpoint reads it (`model` is set per contestant).
         obj.insert("model".into(), "".into());
         let whole = from_value::<ChatRequest>(&req)?;
@@ -384,6 +383,7 @@ impl TurnRequest {
             stream,
             battle_id,
             token,
+            revision,
         };
         Ok((turn, new_messages))
     }
@@ -416,6 +416,7 @@ pub async fn battle(
         // and tokens do not spend the limits real visitors share (an address behind a proxy).
         Some(id) => {
             let battle = state.arena.resume(&id, &visitor).await?;
+            battle.check_seen(turn.revision.as_deref())?;
             served_here(&state, &battle)?;
             state.arena.admit(Request::Turn, &visitor, &address).await?;
             battle
@@ -467,7 +468,7 @@ pub async fn regenerate(
         .ok_or_else(|| arena::not_yours(&id))?;
     let battle = state
         .arena
-        .resume_to_regenerate(&id, &visitor, &served(&state)?)
+        .resume_to_regenerate(&id, &visitor, &served(&state)?, turn.revision.as_deref())
         .await?;
     served_here(&state, &battle)?;
     let (Some((base_a, prompt)), Some((base_b, _))) = (
