@@ -1214,26 +1214,8 @@ mod tests {
         let mut anony = vec![];
         for answer in ["I am zeta-7.", "I am an assistant."] {
             let visitor = Visitor::new();
-            let battle = arena
-                .start(&visitor, "zeta-7".into(), "smol".into())
-                .await
-                .unwrap();
-            let answered = |a: &str| {
-                vec![
-                    json!({"role": "user", "content": "Who are you?"}),
-                    json!({"role": "assistant", "content": a}),
-                ]
-            };
-            arena
-                .record_turn(
-                    &battle,
-                    &visitor,
-                    &answered(answer),
-                    &answered("Hi."),
-                    false,
-                )
-                .await
-                .unwrap();
+            let battle =
+                answered_battle(&arena, &visitor, ["zeta-7", "smol"], [answer, "Hi."]).await;
             let served = ["smol".to_string()];
             let cast = arena
                 .vote(&battle.id, &visitor, Outcome::Tie, &served, None)
@@ -1242,6 +1224,36 @@ mod tests {
             anony.push(cast.anony);
         }
         assert_eq!(anony, [false, true]);
+    }
+
+    /// A battle of `models` whose first turn ("Who are you?") `answers` answered, stored.
+    async fn answered_battle(
+        arena: &Arena,
+        visitor: &Visitor,
+        models: [&str; 2],
+        answers: [&str; 2],
+    ) -> OpenBattle {
+        let battle = arena
+            .start(visitor, models[0].into(), models[1].into())
+            .await
+            .unwrap();
+        let answered = |a: &str| {
+            vec![
+                json!({"role": "user", "content": "Who are you?"}),
+                json!({"role": "assistant", "content": a}),
+            ]
+        };
+        arena
+            .record_turn(
+                &battle,
+                visitor,
+                &answered(answers[0]),
+                &answered(answers[1]),
+                false,
+            )
+            .await
+            .unwrap();
+        battle
     }
 
     /// A turn shown and not stored: its answer naming a model (here only the answer does)
@@ -1258,25 +1270,8 @@ mod tests {
             ["I am an assistant.", "Hi."],
         ] {
             let visitor = Visitor::new();
-            let battle = arena
-                .start(&visitor, served[0].clone(), served[1].clone())
-                .await
-                .unwrap();
-            let answered = |a: &str| {
-                let mut c = prompt.clone();
-                c.push(json!({"role": "assistant", "content": a}));
-                c
-            };
-            arena
-                .record_turn(
-                    &battle,
-                    &visitor,
-                    &answered("Hello."),
-                    &answered("Hi."),
-                    false,
-                )
-                .await
-                .unwrap();
+            let battle =
+                answered_battle(&arena, &visitor, ["smol-a", "smol-b"], ["Hello.", "Hi."]).await;
             let battle = arena.resume(&battle.id, &visitor).await.unwrap();
             arena.begin_answer(&battle).await.unwrap();
             let again = arena.begin_answer(&battle).await.unwrap_err();
