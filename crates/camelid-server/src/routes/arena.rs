@@ -571,8 +571,8 @@ impl Answerable {
         }
         // Streamed: the battle's id and token, then both sides' pieces as they come, then
         // `{"done": true, "revision"}` once the turn is stored (or an error), then `[DONE]`.
-        // The task
-        // owns the generations: a client that leaves closes the channel and cancels both.
+        // The task owns the generations: a client that leaves closes the channel and cancels
+        // both.
         let (tx, rx) = mpsc::channel::<Value>(64);
         let _ = tx.try_send(head);
         tokio::spawn(async move {
