@@ -422,6 +422,16 @@ pub(crate) mod tests {
     use crate::text::tool_grammar::{call_grammar, CallableTool};
     use serde_json::json;
 
+    /// [`tiny_tokenizer`] with Qwen's `<tool_call>` tags as added tokens not flagged
+    /// special, and `<|endoftext|>` as its end.
+    fn hermes_tokenizer() -> Tokenizer {
+        tiny_tokenizer(&[
+            (HERMES_OPEN, false),
+            (HERMES_CLOSE, false),
+            ("<|endoftext|>", true),
+        ])
+    }
+
     /// A byte-level BPE tokenizer of the 256 bytes (ids 0-255, no merges) and `added` tokens
     /// after them, each `(text, special)`, as a model's `tokenizer.json` lists them.
     pub(crate) fn tiny_tokenizer(added: &[(&str, bool)]) -> Tokenizer {
@@ -454,11 +464,7 @@ pub(crate) mod tests {
     /// output parses back into the call.
     #[test]
     fn a_hermes_call_grammar_allows_the_added_tool_call_token() {
-        let tok = tiny_tokenizer(&[
-            (HERMES_OPEN, false),
-            (HERMES_CLOSE, false),
-            ("<|endoftext|>", true),
-        ]);
+        let tok = hermes_tokenizer();
         let open = tok.token_to_id(HERMES_OPEN).unwrap();
         let close = tok.token_to_id(HERMES_CLOSE).unwrap();
         let eos = tok.token_to_id("<|endoftext|>").unwrap();
@@ -592,11 +598,7 @@ pub(crate) mod tests {
     /// past it and wants the call's newline next.
     #[test]
     fn a_lazy_call_grammar_replays_the_added_tool_call_token() {
-        let tok = tiny_tokenizer(&[
-            (HERMES_OPEN, false),
-            (HERMES_CLOSE, false),
-            ("<|endoftext|>", true),
-        ]);
+        let tok = hermes_tokenizer();
         let open = tok.token_to_id(HERMES_OPEN).unwrap();
         let eos = tok.token_to_id("<|endoftext|>").unwrap();
         let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();

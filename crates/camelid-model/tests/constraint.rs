@@ -186,6 +186,30 @@ fn params(seed: u64, grammar: Option<TopLevelGrammar>) -> GenerationParams {
     p
 }
 
+/// Greedy generation of up to 40 tokens under `grammar`, for the tests that script the
+/// logits step by step ([`favouring`]).
+fn greedy_under(grammar: TopLevelGrammar) -> GenerationParams {
+    let lm = smol();
+    let mut p = GenerationParams::new(
+        40,
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+    );
+    p.stop_token_ids = lm.stop_token_ids.clone();
+    p.constraint = Some(lm.grammar.compile(grammar).unwrap());
+    p
+}
+
+/// Made-up logits over `vocab` tokens that favour `want`: greedy sampling draws it unless
+/// the grammar forbids it.
+fn favouring(vocab: usize, want: u32) -> Vec<f32> {
+    let mut l = vec![0.0f32; vocab];
+    l[want as usize] = 20.0;
+    l
+}
+
 /// Without the grammar the model does not write this shape; with it, every sample does,
 /// ends by itself (finish "stop"), and logprobs stay the model's.
 #[test]
@@ -352,28 +376,12 @@ fn a_grammar_after_the_thinking_starts_at_its_end() {
     let lm = smol();
     let tok = &lm.tokenizer;
     let vocab = tok.vocab_size();
-    let favour = |id: u32| {
-        let mut l = vec![0.0f32; vocab];
-        l[id as usize] = 20.0;
-        l
-    };
+    let favour = |id: u32| favouring(vocab, id);
     let ids = |t: &str| tok.encode(t, false).unwrap();
     let x = ids("x")[0];
     let thought = ids("Let me see.</think>");
     let run = |gated: bool| {
-        let mut p = GenerationParams::new(
-            40,
-            SamplingParams {
-                temperature: 0.0,
-                ..Default::default()
-            },
-        );
-        p.stop_token_ids = lm.stop_token_ids.clone();
-        p.constraint = Some(
-            lm.grammar
-                .compile(TopLevelGrammar::from_regex("[0-9]{2}"))
-                .unwrap(),
-        );
+        let mut p = greedy_under(TopLevelGrammar::from_regex("[0-9]{2}"));
         p.constraint_after = gated.then(|| "</think>".to_string());
         let mut d = SequenceDecoder::new(vec![1], p, 512);
         let mut text = String::new();
@@ -418,25 +426,14 @@ fn a_model_that_may_open_its_thinking_thinks_or_answers_in_the_grammar() {
     assert_ne!(open, x);
     // Each step's logits favour `want`; the opening token is unlikely unless it is wanted.
     let favour = |want: u32| {
-        let mut l = vec![0.0f32; vocab];
-        l[open as usize] = -5.0;
-        l[want as usize] = 20.0;
+        let mut l = favouring(vocab, want);
+        if want != open {
+            l[open as usize] = -5.0;
+        }
         l
     };
     let run = |wanted: &[u32]| {
-        let mut p = GenerationParams::new(
-            40,
-            SamplingParams {
-                temperature: 0.0,
-                ..Default::default()
-            },
-        );
-        p.stop_token_ids = lm.stop_token_ids.clone();
-        p.constraint = Some(
-            lm.grammar
-                .compile(TopLevelGrammar::from_regex("[0-9]{2}"))
-                .unwrap(),
-        );
+        let mut p = greedy_under(TopLevelGrammar::from_regex("[0-9]{2}"));
         p.constraint_after = Some("</think>".to_string());
         p.think_open = Some(open);
         p.logprobs = Some(0);
@@ -485,27 +482,11 @@ fn a_lazy_grammar_waits_for_its_trigger() {
     let ids = |t: &str| tok.encode(t, false).unwrap();
     let x = ids("x")[0];
     let open = ids("Hmm")[0];
-    let favour = |want: u32| {
-        let mut l = vec![0.0f32; vocab];
-        l[want as usize] = 20.0;
-        l
-    };
+    let favour = |want: u32| favouring(vocab, want);
     let run = |script: &[u32], think: bool| {
-        let mut p = GenerationParams::new(
-            40,
-            SamplingParams {
-                temperature: 0.0,
-                ..Default::default()
-            },
-        );
-        p.stop_token_ids = lm.stop_token_ids.clone();
-        p.constraint = Some(
-            lm.grammar
-                .compile(TopLevelGrammar::from_lark(
-                    r#"start: "CALL:" /[0-9]{2}/"#.to_string(),
-                ))
-                .unwrap(),
-        );
+        let mut p = greedy_under(TopLevelGrammar::from_lark(
+            r#"start: "CALL:" /[0-9]{2}/"#.to_string(),
+        ));
         p.constraint_trigger = Some("CALL:".to_string());
         if think {
             p.constraint_after = Some("</think>".to_string());

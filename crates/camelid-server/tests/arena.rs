@@ -627,6 +627,14 @@ fn a_greedy_generation_config_is_raised_to_the_temperature_floor() {
     }
 }
 
+/// A first turn's conversation: "Hi", answered `a`.
+fn hi_answered(a: &str) -> Vec<Value> {
+    vec![
+        json!({"role": "user", "content": "Hi"}),
+        json!({"role": "assistant", "content": a}),
+    ]
+}
+
 /// A turn let in while its battle was open is stored even if its answers outlast the
 /// battle's time to live (its visitor waited for them); a turn let in after is 410.
 #[test]
@@ -642,12 +650,7 @@ fn a_turn_admitted_before_expiry_is_stored_after_it() {
             .start(&visitor, "smol-a".into(), "smol-b".into())
             .await
             .unwrap();
-        let turn = |a: &str| {
-            vec![
-                json!({"role": "user", "content": "Hi"}),
-                json!({"role": "assistant", "content": a}),
-            ]
-        };
+        let turn = hi_answered;
         // Answers that took longer than the time to live.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         arena
@@ -2069,12 +2072,7 @@ fn a_turn_read_before_a_regenerate_is_not_stored_over_it() {
             .start(&visitor, "smol-a".into(), "smol-b".into())
             .await
             .unwrap();
-        let turn = |a: &str| {
-            vec![
-                json!({"role": "user", "content": "Hi"}),
-                json!({"role": "assistant", "content": a}),
-            ]
-        };
+        let turn = hi_answered;
         arena
             .record_turn(&battle, &visitor, &turn("a"), &turn("b"), false)
             .await

@@ -114,6 +114,12 @@ fn take_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<Strin
     }
 }
 
+/// The battle id of a `/arena/battles/{id}/…` route.
+fn battle_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    id.map(|Path(id)| id)
+        .map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))
+}
+
 /// The names of the served models.
 fn served(state: &AppState) -> Result<Vec<String>, ApiError> {
     let models = state.models().ok_or_else(AppState::loading_error)?;
@@ -456,7 +462,7 @@ pub async fn regenerate(
     ClientAddress(address): ClientAddress,
     RequestBody(body): RequestBody,
 ) -> AppResult {
-    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
+    let id = battle_id(id)?;
     let permits = (state.permit()?, state.permit()?);
     let (mut turn, _) = TurnRequest::read(&state, &body, false)?;
     drop(body);
@@ -770,7 +776,7 @@ pub async fn vote(
     ClientAddress(address): ClientAddress,
     RequestBody(body): RequestBody,
 ) -> AppResult {
-    let Path(id) = id.map_err(|e| ApiError::bad_request(format!("Invalid battle id: {e}")))?;
+    let id = battle_id(id)?;
     let _permit = state.vote_permit()?;
     let v = parse_json(&body)?;
     let winner: Outcome = serde_json::from_value(v["winner"].clone()).map_err(|_| {
