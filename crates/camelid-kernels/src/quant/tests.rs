@@ -658,3 +658,59 @@ fn amx_block_tiles_give_the_avx512_passes_bits() {
         }
     }
 }
+
+/// Every SIMD flavour gives a K-format row the same bits: they all add up each super-block's
+/// exact integer sums and take the same f32 steps from them, so a row's logits do not depend
+/// on the CPU's features or on which kernel a batch ran on. Activations of one sign near
+/// their largest make the sums largest (a Q4_K super-block's `Σ sc·Σq·a` past 2²⁴, where f32
+/// no longer holds every integer: a kernel that added its scaled sums in f32 would round).
+#[test]
+fn k_flavours_give_the_same_bits() {
+    let flavours: Vec<_> = kgemm::Flavour::available()
+        .into_iter()
+        .filter(|f| *f != kgemm::Flavour::Scalar)
+        .collect();
+    if flavours.len() < 2 {
+        eprintln!("skipped: one SIMD flavour on this CPU ({flavours:?})");
+        return;
+    }
+    for t in K_TYPES {
+        let kind = QKind::from_ggml(t).unwrap();
+        let (n, k) = (37, 512);
+        for extreme in [false, true] {
+            let data = if extreme {
+                extreme_k_rows(kind, n, k)
+            } else {
+                rows_of(t, n, k)
+            };
+            // 1 (decode), 8 + 5, and 40 rows (the unpacked prompt tiles).
+            for m in [1, 13, 40] {
+                let x: Vec<f32> = random(m * k, 23)
+                    .iter()
+                    .map(|v| 0.8 + 0.1 * v.abs())
+                    .collect();
+                let acts = q8k(&x, m, k);
+                let run = |flavour| {
+                    let w = laid_out(kind, n, k, data.clone(), flavour);
+                    let mut out = vec![f32::NAN; m * n];
+                    kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
+                    out
+                };
+                let first = run(flavours[0]);
+                for &flavour in &flavours[1..] {
+                    for (i, (a, b)) in first.iter().zip(&run(flavour)).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{t:?} extreme={extreme} m={m}: {:?} {a} vs {flavour:?} {b} at \
+                             row {} column {}",
+                            flavours[0],
+                            i / n,
+                            i % n
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
