@@ -714,3 +714,75 @@ fn k_flavours_give_the_same_bits() {
         }
     }
 }
+
+/// The 32-value formats' AVX-512 VNNI passes (`vpdpbusd`) give every row the bits of the
+/// `vpmaddubsw` passes they replace where the CPU has VNNI: the same integer block sums, the
+/// same f32 steps. Passes of 1–8 rows; random weights and activations, and the largest sums
+/// (every nibble 15, activations of one sign at ±127).
+#[test]
+fn q4_vnni_passes_give_the_maddubs_bits() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !crate::cpu_features::avx512_vnni() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        let (n, k) = (16, 576);
+        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+            let kind = QKind::from_ggml(t).unwrap();
+            for extreme in [false, true] {
+                let data = if extreme {
+                    let mut rows = rows_of(t, n, k);
+                    for blk in rows.chunks_mut(kind.block_bytes()) {
+                        // Past the f16 scale (and Q4_1's minimum): every nibble 15.
+                        let at = kind.block_bytes() - BLOCK / 2;
+                        blk[at..].fill(0xFF);
+                    }
+                    rows
+                } else {
+                    rows_of(t, n, k)
+                };
+                let w = QWeight::new(kind, n, k, data).unwrap();
+                let Layout::Interleaved { group: 16, data } = &w.layout else {
+                    panic!("{t:?}: 16-row groups on an AVX-512 CPU")
+                };
+                for r in 1..=8 {
+                    let x: Vec<f32> = random(r * k, 29)
+                        .iter()
+                        .map(|v| if extreme { 1.0 } else { 4.0 * v })
+                        .collect();
+                    let acts = QActs::quantize(&x, r, k);
+                    let rows: Vec<ActRow> = (0..r).map(|i| acts.row(i)).collect();
+                    let (mut vnni, mut maddubs) = (vec![f32::NAN; r * n], vec![f32::NAN; r * n]);
+                    let nb = k / BLOCK;
+                    macro_rules! both {
+                        ($($r:literal)*) => {
+                            match r {
+                                $($r => unsafe {
+                                    x86::avx512::gemm_q4_16x8_q8_vnni::<$r>(
+                                        data.as_ptr(), nb, &rows, vnni.as_mut_ptr(), n,
+                                    );
+                                    x86::avx512::gemm_q4_16x8_q8::<$r>(
+                                        data.as_ptr(), nb, &rows, maddubs.as_mut_ptr(), n,
+                                    );
+                                },)*
+                                _ => unreachable!(),
+                            }
+                        };
+                    }
+                    both!(1 2 3 4 5 6 7 8);
+                    for (i, (a, b)) in vnni.iter().zip(&maddubs).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{t:?} extreme={extreme} {r} rows: row {} column {}: VNNI {a}, \
+                             maddubs {b}",
+                            i / n,
+                            i % n
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The 16-row kernels (AVX-512BW: twice the lanes of AVX2 per instruction).
 
+use super::k512::{dpbusd_rows, RowAddrs};
 use super::prefetch_ahead;
 use crate::quant::{ActRow, BLOCK};
 use std::arch::x86_64::*;
@@ -39,6 +40,50 @@ pub unsafe fn gemm_q4_16x8_q8<const R: usize>(
         for i in 0..R {
             let a = acts.get_unchecked(i);
             let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(isum[i], ones));
+            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
+            acc[i] = _mm512_fmadd_ps(m16, _mm512_set1_ps(*a.s.get_unchecked(b)), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// [`gemm_q4_16x8_q8`] with AVX-512 VNNI: each nibble vector's products go into each row's
+/// i32 sums by one `vpdpbusd` (the activations read as embedded broadcasts, `dpbusd_rows`)
+/// instead of `vpmaddubsw`, `vpaddw` and, per block, `vpmaddwd`: per block and row 8
+/// instructions where those were 17. The low and high nibbles (values 0–15 and 16–31 of
+/// the block) keep separate sums, two independent chains a row. The same integer block
+/// sums, then the same f32 steps, so the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q4_16x8_q8_vnni<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let mask = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let rows = RowAddrs::new(acts);
+    for b in 0..nb {
+        let blk = w.add(b * 320);
+        prefetch_ahead::<R>(blk, 320);
+        let (mut lo, mut hi) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
+        for g in 0..4 {
+            let p = _mm512_loadu_si512(blk.add(64 + 64 * g) as *const _);
+            let at = b * BLOCK + 4 * g;
+            dpbusd_rows(&mut lo, _mm512_and_si512(p, mask), rows, at);
+            let high = _mm512_and_si512(_mm512_srli_epi16(p, 4), mask);
+            dpbusd_rows(&mut hi, high, rows, at + 16);
+        }
+        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        let m16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let p = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[i], hi[i]));
             let da = _mm512_set1_ps(*a.d.get_unchecked(b));
             acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
             acc[i] = _mm512_fmadd_ps(m16, _mm512_set1_ps(*a.s.get_unchecked(b)), acc[i]);

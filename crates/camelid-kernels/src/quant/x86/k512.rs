@@ -35,7 +35,7 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
 /// With one pointer a row the compiler ran out of registers in the 8-row passes and reloaded
 /// them from the stack for every vector.
 #[derive(Clone, Copy)]
-struct RowAddrs {
+pub(super) struct RowAddrs {
     p0: *const i8,
     p4: *const i8,
     s: usize,
@@ -57,9 +57,10 @@ impl RowAddrs {
 
     /// # Panics
     /// If the rows are not evenly spaced (they are when they come from one `QActs`); in debug
-    /// builds, if a row's `q6_bias` is not `bias` bytes past its values.
+    /// builds, if a row's `q6_bias` is not `bias` bytes past its values (Q8_K rows; the
+    /// 32-value formats' rows have none).
     #[inline(always)]
-    fn new(acts: &[ActRow]) -> RowAddrs {
+    pub(super) fn new(acts: &[ActRow]) -> RowAddrs {
         let p0 = acts[0].qs.as_ptr();
         let s = if acts.len() > 1 {
             (acts[1].qs.as_ptr() as usize).wrapping_sub(p0 as usize)
@@ -75,9 +76,8 @@ impl RowAddrs {
         );
         let p4 = acts.get(4).map_or(p0, |a| a.qs.as_ptr());
         let bias = (acts[0].q6_bias.as_ptr() as usize).wrapping_sub(p0 as usize);
-        debug_assert!(acts
-            .iter()
-            .all(|a| a.q6_bias.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias)));
+        debug_assert!(acts.iter().all(|a| a.q6_bias.is_empty()
+            || a.q6_bias.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias)));
         RowAddrs {
             p0,
             p4,
@@ -214,7 +214,12 @@ unsafe fn bcast_row(r: RowAddrs, i: usize, at: usize) -> __m512i {
 /// `t[i] = vpdpbusd(t[i], q, row i + at)` for every row of a pass, spelled out: as a loop
 /// over `0..R` the compiler kept it a loop (a jump table, the sums in memory).
 #[inline(always)]
-unsafe fn dpbusd_rows<const R: usize>(t: &mut [__m512i; R], q: __m512i, rows: RowAddrs, at: usize) {
+pub(super) unsafe fn dpbusd_rows<const R: usize>(
+    t: &mut [__m512i; R],
+    q: __m512i,
+    rows: RowAddrs,
+    at: usize,
+) {
     const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
     macro_rules! row {
         ($($i:literal)*) => {$(
