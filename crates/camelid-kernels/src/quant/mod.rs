@@ -504,6 +504,16 @@ unsafe fn gemm_group(
     {
         let w = wg.as_ptr();
         match (group, kind, acts.len()) {
+            (16, QKind::Q5_0 | QKind::Q5_1, r) if crate::cpu_features::avx512_vnni() => match r {
+                8 => x86::avx512::gemm_q5_16x8_q8_vnni::<8>(w, nb, acts, out, ld),
+                7 => x86::avx512::gemm_q5_16x8_q8_vnni::<7>(w, nb, acts, out, ld),
+                6 => x86::avx512::gemm_q5_16x8_q8_vnni::<6>(w, nb, acts, out, ld),
+                5 => x86::avx512::gemm_q5_16x8_q8_vnni::<5>(w, nb, acts, out, ld),
+                4 => x86::avx512::gemm_q5_16x8_q8_vnni::<4>(w, nb, acts, out, ld),
+                3 => x86::avx512::gemm_q5_16x8_q8_vnni::<3>(w, nb, acts, out, ld),
+                2 => x86::avx512::gemm_q5_16x8_q8_vnni::<2>(w, nb, acts, out, ld),
+                _ => x86::avx512::gemm_q5_16x8_q8_vnni::<1>(w, nb, acts, out, ld),
+            },
             (16, QKind::Q5_0 | QKind::Q5_1, 8) => {
                 x86::avx512::gemm_q5_16x8_q8::<8>(w, nb, acts, out, ld)
             }

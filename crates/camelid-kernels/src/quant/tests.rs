@@ -717,10 +717,10 @@ fn k_flavours_give_the_same_bits() {
 
 /// The 32-value formats' AVX-512 VNNI passes (`vpdpbusd`) give every row the bits of the
 /// `vpmaddubsw` passes they replace where the CPU has VNNI: the same integer block sums, the
-/// same f32 steps. Passes of 1–8 rows; random weights and activations, and the largest sums
-/// (every nibble 15, activations of one sign at ±127).
+/// same f32 steps. Q4_0, Q4_1, Q5_0, Q5_1; passes of 1–8 rows; random weights and
+/// activations, and the largest sums (every value 15 or 31, activations of one sign at 127).
 #[test]
-fn q4_vnni_passes_give_the_maddubs_bits() {
+fn q4_q5_vnni_passes_give_the_maddubs_bits() {
     #[cfg(target_arch = "x86_64")]
     {
         if !crate::cpu_features::avx512_vnni() {
@@ -728,14 +728,21 @@ fn q4_vnni_passes_give_the_maddubs_bits() {
             return;
         }
         let (n, k) = (16, 576);
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        for t in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+        ] {
             let kind = QKind::from_ggml(t).unwrap();
             for extreme in [false, true] {
                 let data = if extreme {
                     let mut rows = rows_of(t, n, k);
                     for blk in rows.chunks_mut(kind.block_bytes()) {
-                        // Past the f16 scale (and Q4_1's minimum): every nibble 15.
-                        let at = kind.block_bytes() - BLOCK / 2;
+                        // Past the f16 scale (and the minimum): every nibble 15, Q5's fifth
+                        // bits (the four bytes before the nibbles) set.
+                        let fifth = if kind.is_5bit() { 4 } else { 0 };
+                        let at = kind.block_bytes() - BLOCK / 2 - fifth;
                         blk[at..].fill(0xFF);
                     }
                     rows
@@ -755,16 +762,18 @@ fn q4_vnni_passes_give_the_maddubs_bits() {
                     let rows: Vec<ActRow> = (0..r).map(|i| acts.row(i)).collect();
                     let (mut vnni, mut maddubs) = (vec![f32::NAN; r * n], vec![f32::NAN; r * n]);
                     let nb = k / BLOCK;
+                    let (wp, v, m) = (data.as_ptr(), vnni.as_mut_ptr(), maddubs.as_mut_ptr());
+                    use x86::avx512::*;
                     macro_rules! both {
                         ($($r:literal)*) => {
-                            match r {
-                                $($r => unsafe {
-                                    x86::avx512::gemm_q4_16x8_q8_vnni::<$r>(
-                                        data.as_ptr(), nb, &rows, vnni.as_mut_ptr(), n,
-                                    );
-                                    x86::avx512::gemm_q4_16x8_q8::<$r>(
-                                        data.as_ptr(), nb, &rows, maddubs.as_mut_ptr(), n,
-                                    );
+                            match (r, kind.is_5bit()) {
+                                $(($r, false) => unsafe {
+                                    gemm_q4_16x8_q8_vnni::<$r>(wp, nb, &rows, v, n);
+                                    gemm_q4_16x8_q8::<$r>(wp, nb, &rows, m, n);
+                                },
+                                ($r, true) => unsafe {
+                                    gemm_q5_16x8_q8_vnni::<$r>(wp, nb, &rows, v, n);
+                                    gemm_q5_16x8_q8::<$r>(wp, nb, &rows, m, n);
                                 },)*
                                 _ => unreachable!(),
                             }

@@ -160,6 +160,47 @@ pub(crate) unsafe fn q5_values(p: __m512i, hb: __m512i, g: usize) -> (__m512i, _
     )
 }
 
+/// [`gemm_q5_16x8_q8`] with AVX-512 VNNI, as [`gemm_q4_16x8_q8_vnni`] is Q4's: one
+/// `vpdpbusd` a row per value vector, two sums a row (values 0–15 and 16–31 of the block),
+/// the same integer block sums and f32 steps, so the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q5_16x8_q8_vnni<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    let rows = RowAddrs::new(acts);
+    for b in 0..nb {
+        let blk = w.add(b * 384);
+        prefetch_ahead::<R>(blk, 384);
+        let hb = _mm512_loadu_si512(blk.add(64) as *const _);
+        let (mut lo, mut hi) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
+        for g in 0..4 {
+            let p = _mm512_loadu_si512(blk.add(128 + 64 * g) as *const _);
+            let (low, high) = q5_values(p, hb, g);
+            let at = b * BLOCK + 4 * g;
+            dpbusd_rows(&mut lo, low, rows, at);
+            dpbusd_rows(&mut hi, high, rows, at + 16);
+        }
+        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        let m16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
+        for i in 0..R {
+            let a = acts.get_unchecked(i);
+            let p = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[i], hi[i]));
+            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
+            acc[i] = _mm512_fmadd_ps(m16, _mm512_set1_ps(*a.s.get_unchecked(b)), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
 /// See [`crate::quant::gemm_group`]; Q5_0 and Q5_1, 16-row groups (384 bytes per block:
 /// `d`, `m`, the fifth bits `hb`, the nibbles as for Q4).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
