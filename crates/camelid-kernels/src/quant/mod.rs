@@ -550,6 +550,16 @@ unsafe fn gemm_group(
             (8, QKind::Q5_0 | QKind::Q5_1, 1) => {
                 x86::avx2::gemm_q5_8x4_q8::<1>(w, nb, acts, out, ld)
             }
+            (16, QKind::Q8_0, r) if crate::cpu_features::avx512_vnni() => match r {
+                8 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<8>(w, nb, acts, out, ld),
+                7 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<7>(w, nb, acts, out, ld),
+                6 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<6>(w, nb, acts, out, ld),
+                5 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<5>(w, nb, acts, out, ld),
+                4 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<4>(w, nb, acts, out, ld),
+                3 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<3>(w, nb, acts, out, ld),
+                2 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<2>(w, nb, acts, out, ld),
+                _ => x86::avx512::gemm_q8_0_16x8_q8_vnni::<1>(w, nb, acts, out, ld),
+            },
             (16, QKind::Q8_0, 8) => x86::avx512::gemm_q8_0_16x8_q8::<8>(w, nb, acts, out, ld),
             (16, QKind::Q8_0, 7) => x86::avx512::gemm_q8_0_16x8_q8::<7>(w, nb, acts, out, ld),
             (16, QKind::Q8_0, 6) => x86::avx512::gemm_q8_0_16x8_q8::<6>(w, nb, acts, out, ld),

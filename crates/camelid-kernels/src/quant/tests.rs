@@ -717,10 +717,11 @@ fn k_flavours_give_the_same_bits() {
 
 /// The 32-value formats' AVX-512 VNNI passes (`vpdpbusd`) give every row the bits of the
 /// `vpmaddubsw` passes they replace where the CPU has VNNI: the same integer block sums, the
-/// same f32 steps. Q4_0, Q4_1, Q5_0, Q5_1; passes of 1–8 rows; random weights and
-/// activations, and the largest sums (every value 15 or 31, activations of one sign at 127).
+/// same f32 steps. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; passes of 1–8 rows; random weights and
+/// activations, and the largest sums (every value 15, 31 or −128, activations of one sign at
+/// 127).
 #[test]
-fn q4_q5_vnni_passes_give_the_maddubs_bits() {
+fn block_vnni_passes_give_the_maddubs_bits() {
     #[cfg(target_arch = "x86_64")]
     {
         if !crate::cpu_features::avx512_vnni() {
@@ -733,6 +734,7 @@ fn q4_q5_vnni_passes_give_the_maddubs_bits() {
             GgmlDType::Q4_1,
             GgmlDType::Q5_0,
             GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
         ] {
             let kind = QKind::from_ggml(t).unwrap();
             for extreme in [false, true] {
@@ -740,7 +742,11 @@ fn q4_q5_vnni_passes_give_the_maddubs_bits() {
                     let mut rows = rows_of(t, n, k);
                     for blk in rows.chunks_mut(kind.block_bytes()) {
                         // Past the f16 scale (and the minimum): every nibble 15, Q5's fifth
-                        // bits (the four bytes before the nibbles) set.
+                        // bits (the four bytes before the nibbles) set; Q8_0's values −128.
+                        if kind == QKind::Q8_0 {
+                            blk[2..].fill(0x80);
+                            continue;
+                        }
                         let fifth = if kind.is_5bit() { 4 } else { 0 };
                         let at = kind.block_bytes() - BLOCK / 2 - fifth;
                         blk[at..].fill(0xFF);
@@ -766,14 +772,18 @@ fn q4_q5_vnni_passes_give_the_maddubs_bits() {
                     use x86::avx512::*;
                     macro_rules! both {
                         ($($r:literal)*) => {
-                            match (r, kind.is_5bit()) {
-                                $(($r, false) => unsafe {
-                                    gemm_q4_16x8_q8_vnni::<$r>(wp, nb, &rows, v, n);
-                                    gemm_q4_16x8_q8::<$r>(wp, nb, &rows, m, n);
+                            match (r, kind) {
+                                $(($r, QKind::Q8_0) => unsafe {
+                                    gemm_q8_0_16x8_q8_vnni::<$r>(wp, nb, &rows, v, n);
+                                    gemm_q8_0_16x8_q8::<$r>(wp, nb, &rows, m, n);
                                 },
-                                ($r, true) => unsafe {
+                                ($r, QKind::Q5_0 | QKind::Q5_1) => unsafe {
                                     gemm_q5_16x8_q8_vnni::<$r>(wp, nb, &rows, v, n);
                                     gemm_q5_16x8_q8::<$r>(wp, nb, &rows, m, n);
+                                },
+                                ($r, _) => unsafe {
+                                    gemm_q4_16x8_q8_vnni::<$r>(wp, nb, &rows, v, n);
+                                    gemm_q4_16x8_q8::<$r>(wp, nb, &rows, m, n);
                                 },)*
                                 _ => unreachable!(),
                             }

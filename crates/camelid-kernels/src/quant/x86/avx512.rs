@@ -1,6 +1,6 @@
 //! The 16-row kernels (AVX-512BW: twice the lanes of AVX2 per instruction).
 
-use super::k512::{dpbusd_rows, RowAddrs};
+use super::k512::{bcast_row, dpbusd_rows, RowAddrs};
 use super::prefetch_ahead;
 use crate::quant::{ActRow, BLOCK};
 use std::arch::x86_64::*;
@@ -125,6 +125,54 @@ pub unsafe fn gemm_q8_0_16x8_q8<const R: usize>(
                 let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q_abs, a4), ones);
                 isum[i] = _mm512_add_epi32(isum[i], p);
             }
+        }
+        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        for i in 0..R {
+            let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+            let p = _mm512_cvtepi32_ps(isum[i]);
+            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * ld), *v);
+    }
+}
+
+/// [`gemm_q8_0_16x8_q8`] with AVX-512 VNNI: each row's `|q| × ±a` products go into its i32
+/// sums by one `vpdpbusd` instead of `vpmaddubsw`, `vpmaddwd` and `vpaddd`. The same
+/// integer block sums and f32 steps, so the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q8_0_16x8_q8_vnni<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); R];
+    let rows = RowAddrs::new(acts);
+    for b in 0..nb {
+        let blk = w.add(b * 544);
+        prefetch_ahead::<R>(blk, 544);
+        let mut isum = [_mm512_setzero_si512(); R];
+        for g in 0..8 {
+            let q = _mm512_loadu_si512(blk.add(32 + 64 * g) as *const _);
+            let q_abs = _mm512_abs_epi8(q);
+            let neg = _mm512_movepi8_mask(q);
+            // Spelled out: as a loop over 0..R the compiler kept it a loop (a jump table,
+            // the sums in memory), as k512's `dpbusd_rows` says.
+            macro_rules! row {
+                ($($i:literal)*) => {$(
+                    if $i < R {
+                        let a4 = bcast_row(rows, $i, b * BLOCK + 4 * g);
+                        let a4 = _mm512_mask_sub_epi8(a4, neg, zero, a4);
+                        isum[$i] = _mm512_dpbusd_epi32(isum[$i], q_abs, a4);
+                    }
+                )*};
+            }
+            row!(0 1 2 3 4 5 6 7);
         }
         let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
         for i in 0..R {

@@ -195,7 +195,7 @@ unsafe fn dpbusd_rows_at<const R: usize, const K: usize, const STRIDE: usize, co
 /// 7 took registers the passes do not have).
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn bcast_row(r: RowAddrs, i: usize, at: usize) -> __m512i {
+pub(super) unsafe fn bcast_row(r: RowAddrs, i: usize, at: usize) -> __m512i {
     let out: __m512i;
     macro_rules! bc {
         ($addr:literal $(, $name:ident = $val:expr)*) => {
