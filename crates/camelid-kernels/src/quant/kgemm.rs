@@ -39,7 +39,10 @@ const AMX_MIN_ROWS: usize = 12;
 ///   `vpdpbusd` slot there and its packed passes were as fast or faster (unpacked 0.89–0.93×
 ///   at 32 rows, 0.96–0.98× at 64, 1.0× at 256: Session 37), so they stay packed; so do
 ///   Q4_K's, whose nibbles cost one or two operations a vector (unpacked 0.93× at 24–32 rows,
-///   even from 64).
+///   even from 64). Since the packed Q4_K/Q5_K passes take two sub-blocks at once
+///   (`k512::q45_k_pairs_vnni`, session 53), Q5_K's with the mask test are the faster up to
+///   64 rows on Intel (model 207, `qgemm_bench 1 q5_k`, alternating: unpacked 0.81× at 32
+///   rows, 0.94× at 64, 1.05× at 96, 1.07× at 128, 1.11× at 192–256), so it unpacks from 96.
 ///
 /// Decode steps keep the packed kernels.
 fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
@@ -48,7 +51,7 @@ fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
         (Flavour::Avx2, _) => Some(ROW_TILE),
         (Flavour::Avx512Vnni, QKind::Q6K) => Some(24),
         (Flavour::Avx512Vnni, QKind::Q5K) if !crate::cpu_features::q5_fifth_bits_by_shifts() => {
-            Some(32)
+            Some(96)
         }
         _ => None,
     }

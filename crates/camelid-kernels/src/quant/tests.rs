@@ -572,8 +572,8 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
         // Batches split into passes of every width: 3, 8 + 3, 8 + 5 (and AVX2's fours).
-        // 20 and 70 rows: the unpacked prompt tiles too (AVX2's from 16 rows, AVX-512 VNNI's
-        // from 24 or 32).
+        // 20, 70 and 100 rows: the unpacked prompt tiles too (AVX2's from 16 rows, AVX-512
+        // VNNI's Q6_K from 24, Q5_K with the mask test from 96).
         for (m, extreme) in [
             (3, false),
             (11, true),
@@ -582,6 +582,7 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
             (20, false),
             (70, true),
             (40, false),
+            (100, true),
         ] {
             let (n, k) = (37, 512);
             // As `k_case`, with the activations kept to quantize each row alone too.
@@ -683,8 +684,9 @@ fn k_flavours_give_the_same_bits() {
             } else {
                 rows_of(t, n, k)
             };
-            // 1 (decode), 8 + 5, and 40 rows (the unpacked prompt tiles).
-            for m in [1, 13, 40] {
+            // Every pass width (1–8 rows), 8 + 5, and 40 and 100 rows (the unpacked prompt
+            // tiles: Q6_K's from 24 rows, Q5_K's with the mask test from 96).
+            for m in [1, 2, 3, 4, 6, 7, 13, 40, 100] {
                 let x: Vec<f32> = random(m * k, 23)
                     .iter()
                     .map(|v| 0.8 + 0.1 * v.abs())

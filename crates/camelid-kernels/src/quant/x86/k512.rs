@@ -1,8 +1,9 @@
 //! The K formats' 16-row kernels (AVX-512BW), with `vpdpbusd` where AVX-512 VNNI is present.
 //! Group layouts: `quant::krepack`. Each kernel writes `out[i · ld + 0..16]` for activation
-//! row `i` (Q4_K/Q5_K: at most 8 rows, with VNNI two sums a row, one per sub-block of a
-//! packed byte; Q6_K 4, or 8 with VNNI one sub-block at a time: with their sums and
-//! accumulators, 24 of the 32 registers). With VNNI, prompts' Q6_K passes run
+//! row `i` (Q4_K/Q5_K: at most 8 rows; with VNNI two integer sums and two f32 ones a row,
+//! 32 registers at 8 rows, the f32 totals kept in `out` between super-blocks; Q6_K 4, or 8
+//! with VNNI one sub-block at a time: with their sums and accumulators, 24 of the 32
+//! registers). With VNNI, prompts' Q6_K passes run
 //! on groups unpacked to a byte a value (`unpack_q6`; 8 rows), and Q5_K's where the CPU tests
 //! its fifth bits with a mask (`unpack_q45`; not on AMD, see `kgemm::unpack_min_rows`).
 
@@ -599,7 +600,7 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
     }
 }
 
-/// [`q45_k`] with VNNI over a group unpacked by [`unpack_q45`] (`u`), its headers still read
+/// [`q45_k`]'s sums with VNNI over a group unpacked by [`unpack_q45`] (`u`), its headers still read
 /// from the packed group `w`: per vector only the `vpdpbusd` of each row, per sub-block a
 /// scale product. The same i32 sums as [`q45_k`], so the same bits.
 #[inline(always)]
