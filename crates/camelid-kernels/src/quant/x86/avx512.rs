@@ -57,7 +57,6 @@ pub unsafe fn gemm_q4_16x8_q8<const R: usize>(
 /// the block) keep separate sums, two independent chains a row. The same integer block
 /// sums, then the same f32 steps, so the same bits.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 pub unsafe fn gemm_q4_16x8_q8_vnni<const R: usize>(
     w: *const u8,
     nb: usize,
@@ -65,18 +64,58 @@ pub unsafe fn gemm_q4_16x8_q8_vnni<const R: usize>(
     out: *mut f32,
     ld: usize,
 ) {
+    q45_block_vnni::<R, false>(w, nb, acts, out, ld)
+}
+
+/// [`gemm_q5_16x8_q8`] with AVX-512 VNNI, as [`gemm_q4_16x8_q8_vnni`] is Q4's.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_q5_16x8_q8_vnni<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q45_block_vnni::<R, true>(w, nb, acts, out, ld)
+}
+
+/// The VNNI passes over Q4 (`FIVE = false`: 320 bytes a 16-row block, the nibbles at 64) and
+/// Q5 groups (384 bytes, the fifth bits at 64, the nibbles at 128): two i32 sums a row, then
+/// `acc += d·da·Σ + m·s` as the `vpmaddubsw` passes do.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q45_block_vnni<const R: usize, const FIVE: bool>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    let (block, values) = if FIVE { (384, 128) } else { (320, 64) };
     let mask = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); R];
     let rows = RowAddrs::new(acts);
     for b in 0..nb {
-        let blk = w.add(b * 320);
-        prefetch_ahead::<R>(blk, 320);
+        let blk = w.add(b * block);
+        prefetch_ahead::<R>(blk, block);
+        let hb = if FIVE {
+            _mm512_loadu_si512(blk.add(64) as *const _)
+        } else {
+            _mm512_setzero_si512()
+        };
         let (mut lo, mut hi) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
         for g in 0..4 {
-            let p = _mm512_loadu_si512(blk.add(64 + 64 * g) as *const _);
+            let p = _mm512_loadu_si512(blk.add(values + 64 * g) as *const _);
+            let (low, high) = if FIVE {
+                q5_values(p, hb, g)
+            } else {
+                (
+                    _mm512_and_si512(p, mask),
+                    _mm512_and_si512(_mm512_srli_epi16(p, 4), mask),
+                )
+            };
             let at = b * BLOCK + 4 * g;
-            dpbusd_rows(&mut lo, _mm512_and_si512(p, mask), rows, at);
-            let high = _mm512_and_si512(_mm512_srli_epi16(p, 4), mask);
+            dpbusd_rows(&mut lo, low, rows, at);
             dpbusd_rows(&mut hi, high, rows, at + 16);
         }
         let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
@@ -206,47 +245,6 @@ pub(crate) unsafe fn q5_values(p: __m512i, hb: __m512i, g: usize) -> (__m512i, _
         _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, bit_lo), lo, fifth),
         _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, bit_hi), hi, fifth),
     )
-}
-
-/// [`gemm_q5_16x8_q8`] with AVX-512 VNNI, as [`gemm_q4_16x8_q8_vnni`] is Q4's: one
-/// `vpdpbusd` a row per value vector, two sums a row (values 0–15 and 16–31 of the block),
-/// the same integer block sums and f32 steps, so the same bits.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
-pub unsafe fn gemm_q5_16x8_q8_vnni<const R: usize>(
-    w: *const u8,
-    nb: usize,
-    acts: &[ActRow],
-    out: *mut f32,
-    ld: usize,
-) {
-    let mut acc = [_mm512_setzero_ps(); R];
-    let rows = RowAddrs::new(acts);
-    for b in 0..nb {
-        let blk = w.add(b * 384);
-        prefetch_ahead::<R>(blk, 384);
-        let hb = _mm512_loadu_si512(blk.add(64) as *const _);
-        let (mut lo, mut hi) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
-        for g in 0..4 {
-            let p = _mm512_loadu_si512(blk.add(128 + 64 * g) as *const _);
-            let (low, high) = q5_values(p, hb, g);
-            let at = b * BLOCK + 4 * g;
-            dpbusd_rows(&mut lo, low, rows, at);
-            dpbusd_rows(&mut hi, high, rows, at + 16);
-        }
-        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
-        let m16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
-        for i in 0..R {
-            let a = acts.get_unchecked(i);
-            let p = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[i], hi[i]));
-            let da = _mm512_set1_ps(*a.d.get_unchecked(b));
-            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
-            acc[i] = _mm512_fmadd_ps(m16, _mm512_set1_ps(*a.s.get_unchecked(b)), acc[i]);
-        }
-    }
-    for (i, v) in acc.iter().enumerate() {
-        _mm512_storeu_ps(out.add(i * ld), *v);
-    }
 }
 
 /// See [`crate::quant::gemm_group`]; Q5_0 and Q5_1, 16-row groups (384 bytes per block:

@@ -118,20 +118,7 @@ macro_rules! row_operand {
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[inline]
 unsafe fn dpbusd_row(acc: __m512i, q: __m512i, r: RowAddrs, i: usize, at: usize) -> __m512i {
-    let mut acc = acc;
-    macro_rules! dp {
-        ($addr:literal $(, $name:ident = $val:expr)*) => {
-            std::arch::asm!(
-                concat!("vpdpbusd {acc}, {q}, dword ptr ", $addr, "{{1to16}}"),
-                acc = inout(zmm_reg) acc,
-                q = in(zmm_reg) q,
-                $($name = in(reg) $val,)*
-                options(pure, readonly, nostack, preserves_flags),
-            )
-        };
-    }
-    row_operand!(dp, r, i, at);
-    acc
+    dpbusd_row_at::<0, 0, 0>(acc, q, r.offset(at), i)
 }
 
 /// [`dpbusd_row`] at the constant offset `K · STRIDE + D` from the rows' addresses, as the
