@@ -135,8 +135,35 @@ unsafe fn q45_block_vnni<const R: usize, const FIVE: bool>(
 
 /// See [`crate::quant::gemm_group`]; Q8_0, 16-row groups (544 bytes per block).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 pub unsafe fn gemm_q8_0_16x8_q8<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q8_0_block::<R, false>(w, nb, acts, out, ld)
+}
+
+/// [`gemm_q8_0_16x8_q8`] with AVX-512 VNNI: each row's `|q| × ±a` products go into its i32
+/// sums by one `vpdpbusd` instead of `vpmaddubsw`, `vpmaddwd` and `vpaddd`. The same
+/// integer block sums and f32 steps, so the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_q8_0_16x8_q8_vnni<const R: usize>(
+    w: *const u8,
+    nb: usize,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q8_0_block::<R, true>(w, nb, acts, out, ld)
+}
+
+/// The Q8_0 passes, with `vpdpbusd` (`VNNI`) or `vpmaddubsw`: per block each row's
+/// `Σ q·a` in i32, then `acc += d·da·Σ`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q8_0_block<const R: usize, const VNNI: bool>(
     w: *const u8,
     nb: usize,
     acts: &[ActRow],
@@ -146,72 +173,42 @@ pub unsafe fn gemm_q8_0_16x8_q8<const R: usize>(
     let ones = _mm512_set1_epi16(1);
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); R];
+    // The VNNI passes' row addresses (the maddubs ones read each row's own slice).
+    let rows = VNNI.then(|| RowAddrs::new(acts));
     for b in 0..nb {
         let blk = w.add(b * 544);
         prefetch_ahead::<R>(blk, 544);
         let mut isum = [_mm512_setzero_si512(); R];
         for g in 0..8 {
             let q = _mm512_loadu_si512(blk.add(32 + 64 * g) as *const _);
-            // maddubs wants unsigned × signed: |q| × (a negated where q < 0); AVX-512
-            // has no vpsignb, so the negation is a subtraction under q's sign mask.
+            // maddubs and vpdpbusd want unsigned × signed: |q| × (a negated where q < 0);
+            // AVX-512 has no vpsignb, so the negation is a subtraction under q's sign mask.
             let q_abs = _mm512_abs_epi8(q);
             let neg = _mm512_movepi8_mask(q);
-            for i in 0..R {
-                let a = acts.get_unchecked(i).qs.as_ptr().add(b * BLOCK) as *const i32;
-                let a4 = _mm512_set1_epi32(a.add(g).read_unaligned());
-                let a4 = _mm512_mask_sub_epi8(a4, neg, zero, a4);
-                // Two products per i16 lane: at most 2 · 127 · 127 = 32 258, then i32.
-                let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q_abs, a4), ones);
-                isum[i] = _mm512_add_epi32(isum[i], p);
+            let at = b * BLOCK + 4 * g;
+            if VNNI {
+                // Spelled out: as a loop over 0..R the compiler kept it a loop (a jump
+                // table, the sums in memory), as k512's `dpbusd_rows` says.
+                macro_rules! row {
+                    ($($i:literal)*) => {$(
+                        if $i < R {
+                            let a4 = bcast_row(rows.unwrap_unchecked(), $i, at);
+                            let a4 = _mm512_mask_sub_epi8(a4, neg, zero, a4);
+                            isum[$i] = _mm512_dpbusd_epi32(isum[$i], q_abs, a4);
+                        }
+                    )*};
+                }
+                row!(0 1 2 3 4 5 6 7);
+            } else {
+                for i in 0..R {
+                    let a = acts.get_unchecked(i).qs.as_ptr().add(at) as *const i32;
+                    let a4 = _mm512_set1_epi32(a.read_unaligned());
+                    let a4 = _mm512_mask_sub_epi8(a4, neg, zero, a4);
+                    // Two products per i16 lane: at most 2 · 127 · 127 = 32 258, then i32.
+                    let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q_abs, a4), ones);
+                    isum[i] = _mm512_add_epi32(isum[i], p);
+                }
             }
-        }
-        let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
-        for i in 0..R {
-            let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
-            let p = _mm512_cvtepi32_ps(isum[i]);
-            acc[i] = _mm512_fmadd_ps(p, _mm512_mul_ps(d16, da), acc[i]);
-        }
-    }
-    for (i, v) in acc.iter().enumerate() {
-        _mm512_storeu_ps(out.add(i * ld), *v);
-    }
-}
-
-/// [`gemm_q8_0_16x8_q8`] with AVX-512 VNNI: each row's `|q| × ±a` products go into its i32
-/// sums by one `vpdpbusd` instead of `vpmaddubsw`, `vpmaddwd` and `vpaddd`. The same
-/// integer block sums and f32 steps, so the same bits.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
-pub unsafe fn gemm_q8_0_16x8_q8_vnni<const R: usize>(
-    w: *const u8,
-    nb: usize,
-    acts: &[ActRow],
-    out: *mut f32,
-    ld: usize,
-) {
-    let zero = _mm512_setzero_si512();
-    let mut acc = [_mm512_setzero_ps(); R];
-    let rows = RowAddrs::new(acts);
-    for b in 0..nb {
-        let blk = w.add(b * 544);
-        prefetch_ahead::<R>(blk, 544);
-        let mut isum = [_mm512_setzero_si512(); R];
-        for g in 0..8 {
-            let q = _mm512_loadu_si512(blk.add(32 + 64 * g) as *const _);
-            let q_abs = _mm512_abs_epi8(q);
-            let neg = _mm512_movepi8_mask(q);
-            // Spelled out: as a loop over 0..R the compiler kept it a loop (a jump table,
-            // the sums in memory), as k512's `dpbusd_rows` says.
-            macro_rules! row {
-                ($($i:literal)*) => {$(
-                    if $i < R {
-                        let a4 = bcast_row(rows, $i, b * BLOCK + 4 * g);
-                        let a4 = _mm512_mask_sub_epi8(a4, neg, zero, a4);
-                        isum[$i] = _mm512_dpbusd_epi32(isum[$i], q_abs, a4);
-                    }
-                )*};
-            }
-            row!(0 1 2 3 4 5 6 7);
         }
         let d16 = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
         for i in 0..R {

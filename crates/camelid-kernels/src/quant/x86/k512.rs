@@ -30,7 +30,7 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
     }
 }
 
-/// Where a pass's activation rows start, for [`dpbusd_row`] and [`bcast_row`]: rows of one
+/// Where a pass's activation rows start, for [`dpbusd_row_at`] and [`bcast_row`]: rows of one
 /// `QActs` lie `s` bytes apart (each row's `q6_bias` at the same offset `bias` from its
 /// values), so rows 0–3 are `p0 + {0, s, 2s, 3s}` and 4–7 `p4 + ..`, four registers in all.
 /// With one pointer a row the compiler ran out of registers in the 8-row passes and reloaded
@@ -109,22 +109,16 @@ macro_rules! row_operand {
     }};
 }
 
-/// `vpdpbusd acc, q, [row i + at]{1to16}` for `i < 8`, the row's address from [`RowAddrs`]:
-/// the four activation bytes read as an embedded broadcast. From `_mm512_set1_epi32` the
-/// compiler built the 8-row passes' broadcasts into full vectors on the stack and read those
-/// back (a store and a 64-byte load per product), making Q4_K's 8-row passes ~2× slower
-/// (benches/README, Session 34). Its own `target_feature` function (inlined into the VNNI
-/// entry points, which have these features) because `asm!`'s zmm operands need them.
-#[target_feature(enable = "avx512f,avx512vnni")]
-#[inline]
-unsafe fn dpbusd_row(acc: __m512i, q: __m512i, r: RowAddrs, i: usize, at: usize) -> __m512i {
-    dpbusd_row_at::<0, 0, 0>(acc, q, r.offset(at), i)
-}
-
-/// [`dpbusd_row`] at the constant offset `K · STRIDE + D` from the rows' addresses, as the
-/// instruction's displacement: in passes unrolled over a super-block's steps the rows' four
-/// registers then address every step, with no `lea` a step. (The offset is computed in the
-/// `asm!`, where a const expression may use the generic `K`.)
+/// `vpdpbusd acc, q, [row i + K·STRIDE + D]{1to16}` for `i < 8`, the row's address from
+/// [`RowAddrs`]: the four activation bytes read as an embedded broadcast. From
+/// `_mm512_set1_epi32` the compiler built the 8-row passes' broadcasts into full vectors on
+/// the stack and read those back (a store and a 64-byte load per product), making Q4_K's
+/// 8-row passes ~2× slower (benches/README, Session 34). Its own `target_feature` function
+/// (inlined into the VNNI entry points, which have these features) because `asm!`'s zmm
+/// operands need them. The constant offset is the instruction's displacement: in passes
+/// unrolled over a super-block's steps the rows' four registers then address every step,
+/// with no `lea` a step. (It is computed in the `asm!`, where a const expression may use the
+/// generic `K`.)
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[inline]
 unsafe fn dpbusd_row_at<const K: usize, const STRIDE: usize, const D: usize>(
@@ -179,7 +173,7 @@ unsafe fn dpbusd_rows_at<const R: usize, const K: usize, const STRIDE: usize, co
 }
 
 /// The four bytes at `row i + at` ([`RowAddrs`]) in every i32 lane: `vpbroadcastd` from
-/// the row's address, as [`dpbusd_row`] reads it (by the compiler, the address of rows 3 and
+/// the row's address, as [`dpbusd_row_at`] reads it (by the compiler, the address of rows 3 and
 /// 7 took registers the passes do not have).
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -208,15 +202,7 @@ pub(super) unsafe fn dpbusd_rows<const R: usize>(
     rows: RowAddrs,
     at: usize,
 ) {
-    const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
-    macro_rules! row {
-        ($($i:literal)*) => {$(
-            if $i < R {
-                t[$i] = dpbusd_row(t[$i], q, rows, $i, at);
-            }
-        )*};
-    }
-    row!(0 1 2 3 4 5 6 7);
+    dpbusd_rows_at::<R, 0, 0, 0>(t, q, rows.offset(at))
 }
 
 /// Each row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
