@@ -128,8 +128,8 @@ pub struct QActs {
     format: ActFormat,
     cols: usize,
     rows: usize,
-    /// Row `i`'s bytes start at `qs[i · stride]`: `cols` (Q8K: then [`ActRow::q6_bias`]),
-    /// then [`ROW_PAD`].
+    /// Row `i`'s bytes start at `qs[i · stride]`: `cols` (Q8K: then [`ActRow::q6_bias`] and
+    /// [`ActRow::q6_bias8`]), then [`ROW_PAD`].
     stride: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
@@ -141,7 +141,7 @@ pub struct QActs {
     pairs: Vec<i32>,
 }
 
-/// Bytes between one quantized activation row's end (Q8K: its `q6_bias`) and the next one's
+/// Bytes between one quantized activation row's end (Q8K: its `q6_bias8`) and the next one's
 /// start. A kernel pass
 /// reads 8 rows side by side; `cols` apart, at 2048 or 8192 columns (a 1B model's widths),
 /// their bytes at the same column fall into the same L1 sets (4 KiB apart), and 8 rows plus
@@ -220,8 +220,8 @@ impl QActs {
         self.format = ActFormat::Q8K;
         self.rows = rows;
         self.cols = cols;
-        // Each row: its values, then `ActRow::q6_bias`, then the pad.
-        let stride = cols + q6_bias_bytes(cols) + ROW_PAD;
+        // Each row: its values, then `ActRow::q6_bias` and `q6_bias8`, then the pad.
+        let stride = cols + q6_bias_bytes(cols) + q6_bias8_bytes(cols) + ROW_PAD;
         self.stride = stride;
         self.qs.resize(rows * stride, 0);
         self.d.resize(nb, 0.0);
@@ -229,21 +229,31 @@ impl QActs {
         self.bsums.resize(nb * 16, 0);
         let nbr = cols / QK_K;
         let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16]| {
+            let mut sums8 = vec![0i16; cols / 8];
             let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
             for ((x, row), (d, bs)) in rows.zip(d.chunks_mut(nbr).zip(bs.chunks_mut(nbr * 16))) {
-                let (qs, bias) = row.split_at_mut(cols);
+                let (qs, rest) = row.split_at_mut(cols);
+                let (bias, rest) = rest.split_at_mut(q6_bias_bytes(cols));
+                let bias8 = &mut rest[..q6_bias8_bytes(cols)];
                 #[cfg(target_arch = "x86_64")]
                 if crate::cpu_features::avx2() {
                     // Safety: the CPU has AVX2 (and FMA, F16C).
-                    unsafe { x86::avx2::quantize_q8k(x, qs, d, bs) };
+                    unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, &mut sums8) };
                 } else {
-                    quantize_q8k_scalar(x, qs, d, bs);
+                    quantize_q8k_scalar(x, qs, d, bs, &mut sums8);
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                quantize_q8k_scalar(x, qs, d, bs);
-                for (b, s) in bias.chunks_exact_mut(4).zip(bs.iter()) {
-                    b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8));
-                }
+                quantize_q8k_scalar(x, qs, d, bs, &mut sums8);
+                let to_bias = |b: &mut [i8], s: &i16| {
+                    b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8))
+                };
+                bias.chunks_exact_mut(4)
+                    .zip(bs.iter())
+                    .for_each(|(b, s)| to_bias(b, s));
+                bias8
+                    .chunks_exact_mut(4)
+                    .zip(&sums8)
+                    .for_each(|(b, s)| to_bias(b, s));
             }
         };
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
@@ -280,14 +290,17 @@ impl QActs {
                     bsums: &[],
                     pairs: &[],
                     q6_bias: &[],
+                    q6_bias8: &[],
                 }
             }
             ActFormat::Q8K => {
                 let nb = self.cols / QK_K;
-                let q6_bias = &self.qs[i * self.stride + self.cols..][..q6_bias_bytes(self.cols)];
+                let bias = &self.qs[i * self.stride + self.cols..];
+                let (q6_bias, bias8) = bias.split_at(q6_bias_bytes(self.cols));
                 ActRow {
                     qs,
                     q6_bias,
+                    q6_bias8: &bias8[..q6_bias8_bytes(self.cols)],
                     d: &self.d[i * nb..(i + 1) * nb],
                     s: &[],
                     bsums: &self.bsums[i * nb * 16..(i + 1) * nb * 16],
@@ -313,11 +326,19 @@ pub(crate) struct ActRow<'a> {
     /// buffer (so a kernel reaches them from a row's address): the −32 of Q6_K's values,
     /// which its VNNI kernels take as each sub-block's starting sum.
     pub(crate) q6_bias: &'a [i8],
+    /// Q8K only: `−32·Σq` per 8 values, right after [`Self::q6_bias`]: the starting sums
+    /// of Q6_K's unpacked VNNI passes, which sum half sub-blocks (so each sum fits an i16).
+    pub(crate) q6_bias8: &'a [i8],
 }
 
 /// Bytes of [`ActRow::q6_bias`] for a row of `cols` values.
 fn q6_bias_bytes(cols: usize) -> usize {
     cols / 16 * 4
+}
+
+/// Bytes of [`ActRow::q6_bias8`] for a row of `cols` values.
+fn q6_bias8_bytes(cols: usize) -> usize {
+    cols / 8 * 4
 }
 
 /// Whether [`matmul`] runs a SIMD kernel on this CPU.

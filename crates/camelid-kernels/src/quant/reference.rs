@@ -87,8 +87,15 @@ pub(crate) const QK_K: usize = 256;
 
 /// Activations for the K formats (GGML's Q8_K idea): per 256 values one scale `d` (`x ≈ d·q`,
 /// rounding ties to even) and the integer sum of each 16 values (`bsums`), which carries the
-/// weights' per-sub-block offsets (Q4_K/Q5_K mins, Q6_K's −32) without touching the values.
-pub(crate) fn quantize_q8k_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+/// weights' per-sub-block offsets (Q4_K/Q5_K mins, Q6_K's −32) without touching the values;
+/// `sums8` the sum of each 8 (the −32 of Q6_K's VNNI passes over half sub-blocks).
+pub(crate) fn quantize_q8k_scalar(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    sums8: &mut [i16],
+) {
     for (b, (xb, qb)) in x
         .chunks_exact(QK_K)
         .zip(qs.chunks_exact_mut(QK_K))
@@ -103,6 +110,9 @@ pub(crate) fn quantize_q8k_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums
         d[b] = db;
         for (j, sixteen) in qb.chunks_exact(16).enumerate() {
             bsums[b * 16 + j] = sixteen.iter().map(|&q| q as i16).sum();
+        }
+        for (j, eight) in qb.chunks_exact(8).enumerate() {
+            sums8[b * 32 + j] = eight.iter().map(|&q| q as i16).sum();
         }
     }
 }

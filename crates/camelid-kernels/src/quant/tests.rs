@@ -437,12 +437,20 @@ fn simd_q8k_quantize_gives_the_scalar_bytes() {
         let nb = x.len() / QK_K;
         let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
         let (mut q2, mut d2, mut s2) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
-        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1);
+        let (mut e1, mut e2) = (vec![0i16; nb * 32], vec![0i16; nb * 32]);
+        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1, &mut e1);
         // Safety: AVX2 is available.
-        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2) };
+        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2, &mut e2) };
         assert_eq!(q1, q2);
         assert_eq!(d1, d2);
         assert_eq!(s1, s2);
+        assert_eq!(e1, e2);
+        for (j, e) in e1.iter().enumerate() {
+            assert_eq!(
+                *e,
+                q1[8 * j..8 * j + 8].iter().map(|&q| q as i16).sum::<i16>()
+            );
+        }
         assert_eq!(&q1[2 * QK_K + 1..2 * QK_K + 5], &[-30, -30, -28, -28]);
     }
 }
@@ -459,6 +467,12 @@ fn q8k_activations_hold_block_sums() {
         for (j, (s, bias)) in r.bsums.iter().zip(r.q6_bias.chunks_exact(4)).enumerate() {
             let want: i32 = r.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
             assert_eq!(*s as i32, want);
+            let bias = i32::from_le_bytes([bias[0], bias[1], bias[2], bias[3]].map(|b| b as u8));
+            assert_eq!(bias, -32 * want);
+        }
+        assert_eq!(r.q6_bias8.len(), 2 * r.q6_bias.len());
+        for (j, bias) in r.q6_bias8.chunks_exact(4).enumerate() {
+            let want: i32 = r.qs[8 * j..8 * j + 8].iter().map(|&q| q as i32).sum();
             let bias = i32::from_le_bytes([bias[0], bias[1], bias[2], bias[3]].map(|b| b as u8));
             assert_eq!(bias, -32 * want);
         }

@@ -48,11 +48,18 @@ pub unsafe fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
 }
 
 /// [`crate::quant::reference::quantize_q8k_scalar`] with AVX2: the same bytes, scales and
-/// sums (as for [`quantize_blocks`]: an exact maximum, the same scalar scale expression,
+/// sums of 16 and of 8 (as for [`quantize_blocks`]: an exact maximum, the same scalar scale expression,
 /// `cvtps2dq` rounding ties to even, exact integer sums).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn quantize_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+pub unsafe fn quantize_q8k(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+    sums8: &mut [i16],
+) {
     assert!(qs.len() >= x.len() && d.len() * QK_K >= x.len() && bsums.len() * 16 >= x.len());
+    assert!(sums8.len() * 8 >= x.len());
     let sign = _mm256_set1_ps(-0.0);
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (b, xb) in x.chunks_exact(QK_K).enumerate() {
@@ -75,14 +82,14 @@ pub unsafe fn quantize_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut 
                 _mm256_cvtps_epi32(_mm256_mul_ps(at(2), id)),
                 _mm256_cvtps_epi32(_mm256_mul_ps(at(3), id)),
             ];
-            // Sums of values 0..16 and 16..32 of this 32: lanes of q[0]+q[1], q[2]+q[3].
-            for (h, (a, b2)) in [(q[0], q[1]), (q[2], q[3])].into_iter().enumerate() {
-                let s8 = _mm256_add_epi32(a, b2);
-                let s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-                let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
-                let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01));
-                *bsums.get_unchecked_mut(b * 16 + 2 * c + h) = _mm_cvtsi128_si32(s1) as i16;
-            }
+            // The sums of each 8 of this 32 (one vector each), then of each 16.
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
+            let s8 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            let s16 = _mm_hadd_epi32(s8, s8);
+            let at8 = sums8.as_mut_ptr().add(b * 32 + 4 * c);
+            _mm_storel_epi64(at8 as *mut __m128i, _mm_packs_epi32(s8, s8));
+            let at16 = bsums.as_mut_ptr().add(b * 16 + 2 * c);
+            (at16 as *mut i32).write_unaligned(_mm_cvtsi128_si32(_mm_packs_epi32(s16, s16)));
             let w01 = _mm256_packs_epi32(q[0], q[1]);
             let w23 = _mm256_packs_epi32(q[2], q[3]);
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);

@@ -43,6 +43,8 @@ pub(super) struct RowAddrs {
     s3: usize,
     /// Where a row's [`ActRow::q6_bias`](crate::quant::ActRow) starts, from its values.
     bias: usize,
+    /// Where a row's [`ActRow::q6_bias8`](crate::quant::ActRow) starts, from its values.
+    bias8: usize,
 }
 
 impl RowAddrs {
@@ -58,8 +60,8 @@ impl RowAddrs {
 
     /// # Panics
     /// If the rows are not evenly spaced (they are when they come from one `QActs`); in debug
-    /// builds, if a row's `q6_bias` is not `bias` bytes past its values (Q8_K rows; the
-    /// 32-value formats' rows have none).
+    /// builds, if a row's `q6_bias` or `q6_bias8` is not `bias` or `bias8` bytes past its
+    /// values (Q8_K rows; the 32-value formats' rows have none).
     #[inline(always)]
     pub(super) fn new(acts: &[ActRow]) -> RowAddrs {
         let p0 = acts[0].qs.as_ptr();
@@ -77,14 +79,17 @@ impl RowAddrs {
         );
         let p4 = acts.get(4).map_or(p0, |a| a.qs.as_ptr());
         let bias = (acts[0].q6_bias.as_ptr() as usize).wrapping_sub(p0 as usize);
+        let bias8 = (acts[0].q6_bias8.as_ptr() as usize).wrapping_sub(p0 as usize);
         debug_assert!(acts.iter().all(|a| a.q6_bias.is_empty()
-            || a.q6_bias.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias)));
+            || a.q6_bias.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias)
+                && a.q6_bias8.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias8)));
         RowAddrs {
             p0,
             p4,
             s,
             s3: s.wrapping_mul(3),
             bias,
+            bias8,
         }
     }
 }
@@ -154,6 +159,22 @@ unsafe fn dpbusd_row_at<const K: usize, const STRIDE: usize, const D: usize>(
     acc
 }
 
+/// `vpdpwssd acc, a, b` as written: from `_mm512_dpwssd_epi32` twice into one sum, LLVM
+/// made the second a `vpmaddwd` and a `vpaddd` (three µops where two do).
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a}, {b}",
+        acc = inout(zmm_reg) acc,
+        a = in(zmm_reg) a,
+        b = in(zmm_reg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
 /// [`dpbusd_rows`] at the constant offset `K · STRIDE + D` ([`dpbusd_row_at`]).
 #[inline(always)]
 unsafe fn dpbusd_rows_at<const R: usize, const K: usize, const STRIDE: usize, const D: usize>(
@@ -214,6 +235,25 @@ unsafe fn q6_bias_rows<const R: usize>(rows: RowAddrs, b: usize, s: usize) -> [_
     const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
     let mut t = [_mm512_setzero_si512(); R];
     let at = rows.bias + 4 * (16 * b + s);
+    macro_rules! row {
+        ($($i:literal)*) => {$(
+            if $i < R {
+                t[$i] = bcast_row(rows, $i, at);
+            }
+        )*};
+    }
+    row!(0 1 2 3 4 5 6 7);
+    t
+}
+
+/// Each row's `−32·Σa` of the 8 values `8h..8h + 8` of super-block `b` in every lane
+/// ([`ActRow::q6_bias8`](crate::quant::ActRow)): the starting sums of
+/// [`q6_k_unpacked_vnni`]'s half sub-blocks.
+#[inline(always)]
+unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [__m512i; R] {
+    const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
+    let mut t = [_mm512_setzero_si512(); R];
+    let at = rows.bias8 + 4 * (32 * b + h);
     macro_rules! row {
         ($($i:literal)*) => {$(
             if $i < R {
@@ -755,7 +795,8 @@ unsafe fn q6_scaled_bsums<const R: usize>(
 }
 
 /// Bytes of one Q6_K super-block of a 16-row group unpacked by [`unpack_q6`]: the 16
-/// sub-blocks' scales as i32 lanes (16 × 64), then the values 0..63 a byte each in
+/// sub-blocks' scales in the low i16 of each i32 lane, the high one zero (16 × 64: the form
+/// `vpdpwssd` multiplies an i32 sum below 2¹⁵ by), then the values 0..63 a byte each in
 /// activation order (64 vectors of 64: four values of each row).
 pub const Q6_UNPACKED_SB: usize = Q6_VALUES_AT + 64 * 64;
 /// Where [`unpack_q6`]'s values start in an unpacked super-block (after the scales).
@@ -771,7 +812,8 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
         let blk = w.add(b * SB);
         let d = dst.add(b * Q6_UNPACKED_SB);
         for s in 0..16 {
-            _mm512_storeu_si512(d.add(64 * s) as *mut _, i8x16(blk.add(2 * G + G * s)));
+            let sc = _mm512_and_si512(i8x16(blk.add(2 * G + G * s)), _mm512_set1_epi32(0xFFFF));
+            _mm512_storeu_si512(d.add(64 * s) as *mut _, sc);
         }
         let vals = d.add(Q6_VALUES_AT);
         for n in 0..2 {
@@ -787,9 +829,14 @@ pub unsafe fn unpack_q6(w: *const u8, nsb: usize, dst: *mut u8) {
 }
 
 /// [`q6_k_vnni`] over a group unpacked by [`unpack_q6`] (`u`), its `d` still read from the
-/// packed group `w`: per vector only the `vpdpbusd` of each row, per sub-block a scale
-/// product, the −32 in each sub-block's starting sum (as [`q6_k_vnni`]). The i32 totals
-/// are the same numbers, so the results are the same bits.
+/// packed group `w`: per vector only the `vpdpbusd` of each row. Each sub-block's sums run
+/// in two halves of 8 values, each from its `−32·Σa` ([`q6_bias8_rows`]), so a half's
+/// `Σ (q − 32)·a` is at most 8 · 32 · 127 = 32 512 and fits the low i16 of its lane: one
+/// `vpdpwssd` by the unpacked scale (high i16 zero) adds `sc·sum` to the row's i32 total,
+/// where `vpmulld` (two µops) and `vpaddd` did, and each `vpdpbusd` chain is two long
+/// instead of four (16 independent sums in an 8-row pass). The i32 totals are the same
+/// numbers, so the results are the same bits. Session 54, `qgemm_bench 1 q6_k` (2048
+/// columns, model 207 without AMX, alternating): 1.09–1.15× at 64–256 rows.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q6_k_unpacked_vnni<const R: usize>(
@@ -805,17 +852,22 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
     let rows = RowAddrs::new(acts);
     for b in 0..nsb {
         let ub = u.add(b * Q6_UNPACKED_SB);
-        let vals = ub.add(Q6_VALUES_AT);
         let mut isum = [_mm512_setzero_si512(); R];
         for s in 0..16 {
-            let mut t = q6_bias_rows::<R>(rows, b, s);
-            for v in 4 * s..4 * s + 4 {
-                let q = _mm512_loadu_si512(vals.add(64 * v) as *const _);
-                dpbusd_rows(&mut t, q, rows, b * QK_K + 4 * v);
-            }
+            // Sub-block s: values 16s..16s + 16, four vectors of four values a row.
+            let rs = rows.offset(b * QK_K + 16 * s);
+            let v =
+                |k: usize| _mm512_loadu_si512(ub.add(Q6_VALUES_AT + 64 * (4 * s + k)) as *const _);
+            let mut lo = q6_bias8_rows::<R>(rows, b, 2 * s);
+            let mut hi = q6_bias8_rows::<R>(rows, b, 2 * s + 1);
+            dpbusd_rows_at::<R, 0, 0, 0>(&mut lo, v(0), rs);
+            dpbusd_rows_at::<R, 0, 0, 4>(&mut lo, v(1), rs);
+            dpbusd_rows_at::<R, 0, 0, 8>(&mut hi, v(2), rs);
+            dpbusd_rows_at::<R, 0, 0, 12>(&mut hi, v(3), rs);
             let sc = _mm512_loadu_si512(ub.add(64 * s) as *const _);
             for i in 0..R {
-                isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
+                isum[i] = dpwssd(isum[i], lo[i], sc);
+                isum[i] = dpwssd(isum[i], hi[i], sc);
             }
         }
         let d = f16x16(w.add(b * SB));
