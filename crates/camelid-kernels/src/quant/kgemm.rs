@@ -42,7 +42,10 @@ const AMX_MIN_ROWS: usize = 12;
 ///   even from 64). Since the packed Q4_K/Q5_K passes take two sub-blocks at once
 ///   (`k512::q45_k_pairs_vnni`, session 53), Q5_K's with the mask test are the faster up to
 ///   64 rows on Intel (model 207, `qgemm_bench 1 q5_k`, alternating: unpacked 0.81× at 32
-///   rows, 0.94× at 64, 1.05× at 96, 1.07× at 128, 1.11× at 192–256), so it unpacks from 96.
+///   rows, 0.94× at 64, 1.05× at 96, 1.07× at 128, 1.11× at 192–256). Since the unpacked
+///   passes scale 8-value sums by `vpdpwssd` (session 54: 1.1× at 128–256 rows), they are
+///   the faster from 48 rows (1.15–1.3× at 64, 1.1–1.25× at 80, mixed at 32), so Q5_K
+///   unpacks from 48. Q6_K's stay at 24 (from 8 they were 0.6–0.9× at 8–20 rows).
 ///
 /// Decode steps keep the packed kernels.
 fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
@@ -51,7 +54,7 @@ fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
         (Flavour::Avx2, _) => Some(ROW_TILE),
         (Flavour::Avx512Vnni, QKind::Q6K) => Some(24),
         (Flavour::Avx512Vnni, QKind::Q5K) if !crate::cpu_features::q5_fifth_bits_by_shifts() => {
-            Some(96)
+            Some(48)
         }
         _ => None,
     }

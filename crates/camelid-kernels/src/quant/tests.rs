@@ -587,7 +587,7 @@ fn k_rows_give_the_same_bits_alone_and_batched() {
         let kind = QKind::from_ggml(t).unwrap();
         // Batches split into passes of every width: 3, 8 + 3, 8 + 5 (and AVX2's fours).
         // 20, 70 and 100 rows: the unpacked prompt tiles too (AVX2's from 16 rows, AVX-512
-        // VNNI's Q6_K from 24, Q5_K with the mask test from 96).
+        // VNNI's Q6_K from 24, Q5_K with the mask test from 48).
         for (m, extreme) in [
             (3, false),
             (11, true),
@@ -699,7 +699,7 @@ fn k_flavours_give_the_same_bits() {
                 rows_of(t, n, k)
             };
             // Every pass width (1–8 rows), 8 + 5, and 40 and 100 rows (the unpacked prompt
-            // tiles: Q6_K's from 24 rows, Q5_K's with the mask test from 96).
+            // tiles: Q6_K's from 24 rows, Q5_K's with the mask test from 48).
             for m in [1, 2, 3, 4, 6, 7, 13, 40, 100] {
                 let x: Vec<f32> = random(m * k, 23)
                     .iter()

@@ -614,8 +614,12 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
 }
 
 /// [`q45_k`]'s sums with VNNI over a group unpacked by [`unpack_q45`] (`u`), its headers still read
-/// from the packed group `w`: per vector only the `vpdpbusd` of each row, per sub-block a
-/// scale product. The same i32 sums as [`q45_k`], so the same bits.
+/// from the packed group `w`: per vector only the `vpdpbusd` of each row. Each sum covers 8
+/// values (two vectors), at most 8 · 31 · 127 = 31 496, so it fits the low i16 of its lane
+/// and one `vpdpwssd` by the sub-block's scale (0..63, high i16 zero) adds it to the row's
+/// i32 total, as in [`q6_k_unpacked_vnni`]: chains of two `vpdpbusd` (16 independent sums
+/// in an 8-row pass) where one sum a row ran through a sub-block's eight. The same i32
+/// sums as [`q45_k`], so the same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
@@ -632,15 +636,20 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
     for b in 0..nsb {
         let ub = u.add(b * Q45_UNPACKED_SB);
         let mut isum = [_mm512_setzero_si512(); R];
-        for j in 0..8 {
-            let mut t = [_mm512_setzero_si512(); R];
-            for g in 0..8 {
-                let q = _mm512_loadu_si512(ub.add(Q45_VALUES_AT + (8 * j + g) * 64) as *const _);
-                dpbusd_rows(&mut t, q, rows, b * QK_K + 32 * j + 4 * g);
-            }
-            let sc = _mm512_loadu_si512(ub.add(64 * j) as *const _);
+        for h in 0..16 {
+            // Values 16h..16h + 16 (half of sub-block h / 2): four vectors of four a row.
+            let rs = rows.offset(b * QK_K + 16 * h);
+            let v =
+                |k: usize| _mm512_loadu_si512(ub.add(Q45_VALUES_AT + 64 * (4 * h + k)) as *const _);
+            let (mut lo, mut hi) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
+            dpbusd_rows_at::<R, 0, 0, 0>(&mut lo, v(0), rs);
+            dpbusd_rows_at::<R, 0, 0, 4>(&mut lo, v(1), rs);
+            dpbusd_rows_at::<R, 0, 0, 8>(&mut hi, v(2), rs);
+            dpbusd_rows_at::<R, 0, 0, 12>(&mut hi, v(3), rs);
+            let sc = _mm512_loadu_si512(ub.add(64 * (h / 2)) as *const _);
             for i in 0..R {
-                isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
+                isum[i] = dpwssd(isum[i], lo[i], sc);
+                isum[i] = dpwssd(isum[i], hi[i], sc);
             }
         }
         q45_epilogue::<R, true>(w.add(b * sb), b, acts, &isum, &mut acc);
