@@ -31,7 +31,7 @@ unsafe fn dot4<const VNNI: bool>(acc: __m512i, q: __m512i, a: __m512i) -> __m512
 }
 
 /// Where a pass's activation rows start, for [`dpbusd_row_at`] and [`bcast_row`]: rows of one
-/// `QActs` lie `s` bytes apart (each row's `q6_bias` at the same offset `bias` from its
+/// `QActs` lie `s` bytes apart (each row's `q6_bias8` at the same offset `bias8` from its
 /// values), so rows 0–3 are `p0 + {0, s, 2s, 3s}` and 4–7 `p4 + ..`, four registers in all.
 /// With one pointer a row the compiler ran out of registers in the 8-row passes and reloaded
 /// them from the stack for every vector.
@@ -41,8 +41,6 @@ pub(super) struct RowAddrs {
     p4: *const i8,
     s: usize,
     s3: usize,
-    /// Where a row's [`ActRow::q6_bias`](crate::quant::ActRow) starts, from its values.
-    bias: usize,
     /// Where a row's [`ActRow::q6_bias8`](crate::quant::ActRow) starts, from its values.
     bias8: usize,
 }
@@ -60,8 +58,8 @@ impl RowAddrs {
 
     /// # Panics
     /// If the rows are not evenly spaced (they are when they come from one `QActs`); in debug
-    /// builds, if a row's `q6_bias` or `q6_bias8` is not `bias` or `bias8` bytes past its
-    /// values (Q8_K rows; the 32-value formats' rows have none).
+    /// builds, if a row's `q6_bias8` is not `bias8` bytes past its values (Q8_K rows; the
+    /// 32-value formats' rows have none).
     #[inline(always)]
     pub(super) fn new(acts: &[ActRow]) -> RowAddrs {
         let p0 = acts[0].qs.as_ptr();
@@ -78,17 +76,14 @@ impl RowAddrs {
             "activation rows evenly spaced"
         );
         let p4 = acts.get(4).map_or(p0, |a| a.qs.as_ptr());
-        let bias = (acts[0].q6_bias.as_ptr() as usize).wrapping_sub(p0 as usize);
         let bias8 = (acts[0].q6_bias8.as_ptr() as usize).wrapping_sub(p0 as usize);
-        debug_assert!(acts.iter().all(|a| a.q6_bias.is_empty()
-            || a.q6_bias.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias)
-                && a.q6_bias8.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias8)));
+        debug_assert!(acts.iter().all(|a| a.q6_bias8.is_empty()
+            || a.q6_bias8.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias8)));
         RowAddrs {
             p0,
             p4,
             s,
             s3: s.wrapping_mul(3),
-            bias,
             bias8,
         }
     }
@@ -226,29 +221,10 @@ pub(super) unsafe fn dpbusd_rows<const R: usize>(
     dpbusd_rows_at::<R, 0, 0, 0>(t, q, rows.offset(at))
 }
 
-/// Each row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
-/// ([`ActRow::q6_bias`](crate::quant::ActRow)): the sums a sub-block's `vpdpbusd` start
-/// from, so they add up `Σ (q − 32)·a` with `q` unsigned (0..63), and the −32 costs the
-/// passes nothing (it was eight `vpmaddwd` a row and super-block, beside 64 `vpdpbusd`).
-#[inline(always)]
-unsafe fn q6_bias_rows<const R: usize>(rows: RowAddrs, b: usize, s: usize) -> [__m512i; R] {
-    const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
-    let mut t = [_mm512_setzero_si512(); R];
-    let at = rows.bias + 4 * (16 * b + s);
-    macro_rules! row {
-        ($($i:literal)*) => {$(
-            if $i < R {
-                t[$i] = bcast_row(rows, $i, at);
-            }
-        )*};
-    }
-    row!(0 1 2 3 4 5 6 7);
-    t
-}
-
 /// Each row's `−32·Σa` of the 8 values `8h..8h + 8` of super-block `b` in every lane
-/// ([`ActRow::q6_bias8`](crate::quant::ActRow)): the starting sums of
-/// [`q6_k_unpacked_vnni`]'s half sub-blocks.
+/// ([`ActRow::q6_bias8`](crate::quant::ActRow)): the sums a Q6_K half sub-block's
+/// `vpdpbusd` start from, so they add up `Σ (q − 32)·a` with `q` unsigned (0..63), and the
+/// −32 costs the passes no vector operation.
 #[inline(always)]
 unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [__m512i; R] {
     const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
@@ -265,7 +241,9 @@ unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [
     t
 }
 
-/// [`q6_bias_rows`] for one row, read by the compiler (the 2–4-row passes have the registers).
+/// A row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
+/// ([`ActRow::q6_bias`](crate::quant::ActRow)), read by the compiler: the starting sums of
+/// the 2–4-row passes ([`q6_k`]), whose sums cover whole sub-blocks.
 #[inline(always)]
 unsafe fn q6_bias(a: &ActRow, b: usize, s: usize) -> __m512i {
     _mm512_set1_epi32((a.q6_bias.as_ptr().add(4 * (16 * b + s)) as *const i32).read_unaligned())
@@ -922,11 +900,12 @@ unsafe fn q6_value<const K: usize>(v: *const u8) -> __m512i {
 /// [`q6_k`] with VNNI for up to 8 rows: one sub-block's sums at a time (the four values of a
 /// step go to four sub-blocks, so [`q6_k`] keeps four sums a row and takes 4 rows), each
 /// step's values joined once for all 8 rows instead of once a pass of 4: 1.05–1.25× at 8–15
-/// rows (`qgemm_bench 1 q6_k`, 2048 columns, alternating). The −32 is each sub-block's
-/// starting sum ([`q6_bias_rows`]), and the rows are read through [`RowAddrs`]: with a
-/// pointer per row the compiler spilled registers to the stack in every step (5–8 rows 1.15×
-/// slower). The i32 sums are the same numbers (exact, added in another order), so the
-/// results are the same bits.
+/// rows (`qgemm_bench 1 q6_k`, 2048 columns, alternating). As in [`q6_k_unpacked_vnni`],
+/// each sub-block runs as two halves of 8 values from their `−32·Σa` ([`q6_bias8_rows`]),
+/// each scaled by one `vpdpwssd` (session 54: 1.05–1.1× at 6–16 rows, even at 1). The rows
+/// are read through [`RowAddrs`]: with a pointer per row the compiler spilled registers to
+/// the stack in every step (5–8 rows 1.15× slower). The i32 sums are the same numbers
+/// (exact, added in another order), so the results are the same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q6_k_vnni<const R: usize>(
@@ -945,15 +924,21 @@ unsafe fn q6_k_vnni<const R: usize>(
         let mut isum = [_mm512_setzero_si512(); R];
         macro_rules! sub_block {
             ($n:expr, $h:expr, $k:literal) => {{
+                // Sub-block s: values 16s..16s + 16, from steps 4h..4h + 4 of half n.
                 let s = 8 * $n + 2 * $k + $h;
-                let mut t = q6_bias_rows::<R>(rows, b, s);
-                for g in 4 * $h..4 * $h + 4 {
-                    let q = q6_value::<$k>(blk.add(18 * G + (8 * $n + g) * 12 * G));
-                    dpbusd_rows(&mut t, q, rows, b * QK_K + 128 * $n + 32 * $k + 4 * g);
-                }
-                let sc = i8x16(blk.add(2 * G + G * s));
+                let rs = rows.offset(b * QK_K + 16 * s);
+                let step =
+                    |g: usize| q6_value::<$k>(blk.add(18 * G + (8 * $n + 4 * $h + g) * 12 * G));
+                let mut lo = q6_bias8_rows::<R>(rows, b, 2 * s);
+                let mut hi = q6_bias8_rows::<R>(rows, b, 2 * s + 1);
+                dpbusd_rows_at::<R, 0, 0, 0>(&mut lo, step(0), rs);
+                dpbusd_rows_at::<R, 0, 0, 4>(&mut lo, step(1), rs);
+                dpbusd_rows_at::<R, 0, 0, 8>(&mut hi, step(2), rs);
+                dpbusd_rows_at::<R, 0, 0, 12>(&mut hi, step(3), rs);
+                let sc = _mm512_and_si512(i8x16(blk.add(2 * G + G * s)), _mm512_set1_epi32(0xFFFF));
                 for i in 0..R {
-                    isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(t[i], sc));
+                    isum[i] = dpwssd(isum[i], lo[i], sc);
+                    isum[i] = dpwssd(isum[i], hi[i], sc);
                 }
             }};
         }
