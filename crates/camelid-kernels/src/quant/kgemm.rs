@@ -177,12 +177,45 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             let work = |g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.
                 let mut tail = [0f32; 8 * 16];
-                // This task's unpacked group (allocated at the first tile that unpacks).
-                let mut unpacked: Vec<u8> = Vec::new();
+                // This task's unpacked groups (allocated at the first tile that unpacks): a
+                // pair where two whole groups run together.
+                let (mut unpacked, mut unpacked2): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+                let group = |gi: usize| &data[gi * group_bytes..(gi + 1) * group_bytes];
                 for (t, tile_rows) in rows.chunks(tile).enumerate() {
                     let unpack = tile_rows.len() >= unpack_from;
-                    for gi in g0..g1 {
-                        let wg = &data[gi * group_bytes..(gi + 1) * group_bytes];
+                    let mut gi = g0;
+                    while gi < g1 {
+                        // AVX-512 VNNI's unpacked Q6_K groups run in pairs where both are
+                        // whole (`gemm_group_pair`).
+                        if unpack
+                            && flavour == Flavour::Avx512Vnni
+                            && w.kind == QKind::Q6K
+                            && gi + 1 < g1
+                            && (gi + 2) * g <= n
+                        {
+                            let wg = [group(gi), group(gi + 1)];
+                            let u = [
+                                unpack_group(flavour, w.kind, wg[0], nsb, &mut unpacked),
+                                unpack_group(flavour, w.kind, wg[1], nsb, &mut unpacked2),
+                            ];
+                            for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
+                                for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
+                                    let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
+                                    for (q, few) in block.chunks(PAIR_ROWS).enumerate() {
+                                        let i0 = t * tile + rb * PAIR_ROW_BLOCK + q * PAIR_ROWS;
+                                        // Safety: as below; both groups whole, their 2g
+                                        // columns this task's.
+                                        unsafe {
+                                            let out = ptr.at(i0 * n + gi * g);
+                                            gemm_group_pair(wg, u, sbs.clone(), few, out, n);
+                                        }
+                                    }
+                                }
+                            }
+                            gi += 2;
+                            continue;
+                        }
+                        let wg = group(gi);
                         let real = g.min(n - gi * g);
                         let u = if unpack {
                             Some(unpack_group(flavour, w.kind, wg, nsb, &mut unpacked))
@@ -209,6 +242,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                                 }
                             }
                         }
+                        gi += 1;
                     }
                 }
             };
@@ -423,6 +457,55 @@ fn unpack_group(
     {
         let _ = (wg, nsb, buf);
         unreachable!("{flavour:?} {kind:?}: groups unpack only where the x86 kernels run")
+    }
+}
+
+/// Rows a pass of [`gemm_group_pair`] takes.
+const PAIR_ROWS: usize = 4;
+
+/// Super-blocks a pass of [`gemm_group_pair`] takes before the tile's next rows: two
+/// groups' whole unpacked rows (80 KiB at 2048 columns) overflow L1, two of their
+/// super-blocks (20 KiB) stay there while every row of the tile runs over them.
+const PAIR_SUPERBLOCKS: usize = 2;
+
+/// Activation rows [`gemm_group_pair`]'s passes run over each [`PAIR_SUPERBLOCKS`] before
+/// the next ones: their bytes stay in L2 (32 rows of 8192 columns, ~460 KiB with the
+/// starting sums), where a whole 256-row tile's (3.7 MiB) were read again, strided, for
+/// every two super-blocks.
+const PAIR_ROW_BLOCK: usize = 32;
+
+/// Two whole AVX-512 VNNI Q6_K groups (`wg`), unpacked by [`unpack_group`] (`u`), side by
+/// side times up to [`PAIR_ROWS`] activation rows over super-blocks `sbs`:
+/// `out[i · ld + 0..32]` (`k512::gemm_q6_k_32x4_unpacked_vnni`: each activation broadcast
+/// and starting sum serves both groups).
+///
+/// # Safety
+/// As [`gemm_group`]'s, for both groups and 32 columns of `out`.
+unsafe fn gemm_group_pair(
+    wg: [&[u8]; 2],
+    u: [*const u8; 2],
+    sbs: std::ops::Range<usize>,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::x86::k512;
+        const { assert!(PAIR_ROWS == k512::PAIR_ROWS) };
+        let w = [wg[0].as_ptr(), wg[1].as_ptr()];
+        match acts.len() {
+            4 => k512::gemm_q6_k_32x4_unpacked_vnni::<4>(w, u, sbs, acts, out, ld),
+            3 => k512::gemm_q6_k_32x4_unpacked_vnni::<3>(w, u, sbs, acts, out, ld),
+            2 => k512::gemm_q6_k_32x4_unpacked_vnni::<2>(w, u, sbs, acts, out, ld),
+            1 => k512::gemm_q6_k_32x4_unpacked_vnni::<1>(w, u, sbs, acts, out, ld),
+            r => unreachable!("{r} activation rows in one pass"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (wg, u, sbs, acts, out, ld);
+        unreachable!("paired groups run only where the x86 kernels do")
     }
 }
 

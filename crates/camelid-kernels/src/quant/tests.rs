@@ -691,7 +691,8 @@ fn k_flavours_give_the_same_bits() {
     }
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
-        let (n, k) = (37, 512);
+        // Three super-blocks: the paired Q6_K passes take two a call, then add the third.
+        let (n, k) = (37, 768);
         for extreme in [false, true] {
             let data = if extreme {
                 extreme_k_rows(kind, n, k)

@@ -881,6 +881,101 @@ pub unsafe fn gemm_q6_k_16x8_unpacked_vnni<const R: usize>(
     q6_k_unpacked_vnni::<R>(w, u, nsb, acts, out, ld)
 }
 
+/// Rows a pass of [`gemm_q6_k_32x4_unpacked_vnni`] takes.
+pub const PAIR_ROWS: usize = 4;
+
+/// Two Q6_K groups unpacked by [`unpack_q6`] (`u`) side by side (32 columns) × up to 4
+/// activation rows over super-blocks `sbs`, VNNI, their `d` still read from the packed
+/// groups `w`; `out[i · ld + 0..32]` holds the totals (with those of the super-blocks before
+/// `sbs` when they do not start at 0: added to in the same order, so the same bits as one
+/// call over all). The sums are [`q6_k_unpacked_vnni`]'s (8 values from their `−32·Σa`,
+/// scaled by `vpdpwssd`), so the results are its bits, but each activation broadcast (a
+/// `vpbroadcastd`) and each starting sum serves both groups' `vpdpbusd`: an 8-row pass over
+/// one group loads 53 times for 32 `vpdpbusd` (32 embedded broadcasts, 16 starting sums, 5
+/// vectors), this one 34. Session 54, `qgemm_bench 1 q6_k` (2048 columns, model 207 without
+/// AMX, alternating): 1.1–1.17× at 24–256 rows with the driver's two super-blocks a pass
+/// (the two groups' whole rows overflow L1: then no faster). Q5_K's unpacked passes start
+/// from zero, not from loaded sums, and paired they were 0.95–1.0×.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+unsafe fn q6_k_pair_unpacked_vnni<const R: usize>(
+    w: [*const u8; 2],
+    u: [*const u8; 2],
+    sbs: std::ops::Range<usize>,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    const SB: usize = 210 * G;
+    const { assert!(R <= PAIR_ROWS, "8 sums and 2 totals a row in registers") };
+    // The totals of the super-blocks before `sbs` are in `out`.
+    let mut acc = [[_mm512_setzero_ps(); R]; 2];
+    if sbs.start > 0 {
+        for (c, acc) in acc.iter_mut().enumerate() {
+            for (i, v) in acc.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(out.add(i * ld + G * c));
+            }
+        }
+    }
+    let rows = RowAddrs::new(acts);
+    for b in sbs {
+        let ub = [u[0].add(b * Q6_UNPACKED_SB), u[1].add(b * Q6_UNPACKED_SB)];
+        let mut isum = [[_mm512_setzero_si512(); R]; 2];
+        for s in 0..16 {
+            // Sub-block s: values 16s..16s + 16, four vectors of four values a row.
+            let rs = rows.offset(b * QK_K + 16 * s);
+            let lo = q6_bias8_rows::<R>(rows, b, 2 * s);
+            let hi = q6_bias8_rows::<R>(rows, b, 2 * s + 1);
+            // t[c][h][i]: group c's half h of row i.
+            let mut t = [[lo, hi], [lo, hi]];
+            for k in 0..4 {
+                let at = Q6_VALUES_AT + 64 * (4 * s + k);
+                let q0 = _mm512_loadu_si512(ub[0].add(at) as *const _);
+                let q1 = _mm512_loadu_si512(ub[1].add(at) as *const _);
+                for i in 0..R {
+                    let a = bcast_row(rs, i, 4 * k);
+                    t[0][k / 2][i] = _mm512_dpbusd_epi32(t[0][k / 2][i], q0, a);
+                    t[1][k / 2][i] = _mm512_dpbusd_epi32(t[1][k / 2][i], q1, a);
+                }
+            }
+            for (c, t) in t.iter().enumerate() {
+                let sc = _mm512_loadu_si512(ub[c].add(64 * s) as *const _);
+                for i in 0..R {
+                    isum[c][i] = dpwssd(isum[c][i], t[0][i], sc);
+                    isum[c][i] = dpwssd(isum[c][i], t[1][i], sc);
+                }
+            }
+        }
+        for c in 0..2 {
+            let d = f16x16(w[c].add(b * SB));
+            for i in 0..R {
+                let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+                let s = _mm512_cvtepi32_ps(isum[c][i]);
+                acc[c][i] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, da), acc[c][i]);
+            }
+        }
+    }
+    for (c, acc) in acc.iter().enumerate() {
+        for (i, v) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(i * ld + G * c), *v);
+        }
+    }
+}
+
+/// See `quant::kgemm`: two unpacked Q6_K groups of 16 rows side by side × `R` ≤
+/// [`PAIR_ROWS`] activation rows over super-blocks `sbs`, VNNI ([`q6_k_pair_unpacked_vnni`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_q6_k_32x4_unpacked_vnni<const R: usize>(
+    w: [*const u8; 2],
+    u: [*const u8; 2],
+    sbs: std::ops::Range<usize>,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    q6_k_pair_unpacked_vnni::<R>(w, u, sbs, acts, out, ld)
+}
+
 /// One of [`q6_values`]' four vectors alone: the values `128n + 32k + 4g..` of each row.
 #[inline(always)]
 unsafe fn q6_value<const K: usize>(v: *const u8) -> __m512i {
