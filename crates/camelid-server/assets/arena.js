@@ -12,6 +12,8 @@
 //   turn or the vote: {id, token, revision} (the revision names the answers it holds).
 // regenerate(battle, params, onAnswer): the battle's last turn answered again (the same
 //   prompt), as turn() answers; the new answers replace the old ones once both are stored.
+// config(): the arena's limits, {min_temperature, max_tokens}: the least temperature and the
+//   most output tokens a turn may ask.
 // vote(battle, winner): winner is "model_a" | "model_b" | "tie" | "tie (bothbad)"; resolves
 //   to {model_a, model_b}, the names. Cast on the answers the page shows (the battle's
 //   revision, sent with follow-ups and regenerates too): if the server holds others (a turn
@@ -38,6 +40,11 @@ const ArenaApi = {
     } catch {
       // Storage off: the token lasts as long as the page.
     }
+  },
+
+  // {min_temperature, max_tokens}: what a turn may ask.
+  config() {
+    return Camelid.apiJson("arena/config");
   },
 
   // `signal` stops the turn: the server cancels both sides and keeps nothing of it.
@@ -149,7 +156,7 @@ const SavedBattle = {
   },
 };
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   const $ = (id) => document.getElementById(id);
   const form = $("composer");
   const prompt = $("prompt");
@@ -460,6 +467,20 @@ document.addEventListener("DOMContentLoaded", () => {
     say("Your battle is back: vote, or ask a follow-up.");
   } else {
     setPhase("idle");
+  }
+  // The arena's limits bound the settings (`numberField` keeps a value within min and max),
+  // so no turn asks what the server refuses. Without them the page's own stand (the
+  // server's defaults).
+  try {
+    const limits = await ArenaApi.config();
+    temperature.min = String(limits.min_temperature);
+    if (Number(temperature.value) < limits.min_temperature) {
+      temperature.value = String(limits.min_temperature);
+    }
+    maxTokens.max = String(limits.max_tokens);
+    maxTokens.placeholder = `up to ${limits.max_tokens}`;
+  } catch (e) {
+    console.warn("arena limits:", e);
   }
   document.body.dataset.ready = "true";
 });

@@ -166,7 +166,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/arena/battles/{id}/regenerate",
             post(arena_routes::regenerate),
         )
-        .route("/arena/leaderboard", get(arena_routes::leaderboard));
+        .route("/arena/leaderboard", get(arena_routes::leaderboard))
+        .route("/arena/config", get(arena_routes::config));
     if state.arena.config().private {
         keyed = keyed.merge(arena);
     } else {

@@ -472,6 +472,11 @@ fn turns_generate_at_most_the_arena_cap() {
         ..no_limits()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    // The page reads the cap (and the temperature floor, none here) to bound its settings.
+    let (status, limits) = call(&s.base, "GET", "/arena/config", None, None);
+    assert_eq!(status, 200, "{limits}");
+    let limits: Value = serde_json::from_str(&limits).unwrap();
+    assert_eq!(limits, json!({"min_temperature": 0.0, "max_tokens": 3}));
     for field in ["max_tokens", "max_completion_tokens"] {
         let mut body = ask();
         body.as_object_mut().unwrap().remove("max_tokens");
@@ -550,6 +555,14 @@ fn turns_sampled_too_greedily_to_stay_anonymous_are_refused() {
     };
     assert_eq!(config.min_temperature, 0.7);
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    let (status, limits) = call(&s.base, "GET", "/arena/config", None, None);
+    assert_eq!(status, 200, "{limits}");
+    let limits: Value = serde_json::from_str(&limits).unwrap();
+    assert_eq!(
+        limits["min_temperature"],
+        json!(0.7),
+        "the floor the page offers: {limits}"
+    );
     let user = json!([{"role": "user", "content": "Hi"}]);
     let turn = |extra: Value| {
         let mut body = json!({"messages": user, "max_tokens": 2});
@@ -1716,10 +1729,9 @@ fn the_arena_is_open_to_visitors_unless_private() {
     let vote = json!({"winner": "tie", "token": b["token"]});
     let path = format!("/arena/battles/{}/vote", b["battle_id"].as_str().unwrap());
     assert_eq!(call(&public.base, "POST", &path, None, Some(vote)).0, 200);
-    assert_eq!(
-        call(&public.base, "GET", "/arena/leaderboard", None, None).0,
-        200
-    );
+    for path in ["/arena/leaderboard", "/arena/config"] {
+        assert_eq!(call(&public.base, "GET", path, None, None).0, 200, "{path}");
+    }
     assert_eq!(call(&public.base, "GET", "/v1/models", None, None).0, 401);
 
     let private = serve_models(
@@ -1738,6 +1750,7 @@ fn the_arena_is_open_to_visitors_unless_private() {
             Some(json!({"winner": "tie"})),
         ),
         ("GET", "/arena/leaderboard", None),
+        ("GET", "/arena/config", None),
     ] {
         let (status, b) = call(&private.base, method, path, None, body);
         assert_eq!(status, 401, "{method} {path}: {b}");

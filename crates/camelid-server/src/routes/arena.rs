@@ -813,6 +813,24 @@ pub async fn vote(
     Ok(axum::Json(reply).into_response())
 }
 
+/// `GET /arena/config`: what a visitor's turn may ask (`--arena-min-temperature`,
+/// `--arena-max-tokens`), so the page offers only settings the server takes.
+pub async fn config(State(state): State<Arc<AppState>>) -> Response {
+    #[derive(serde::Serialize)]
+    struct Limits {
+        /// The least `temperature` (0: any).
+        min_temperature: f32,
+        /// The most `max_tokens`, and what a turn that leaves it out gets.
+        max_tokens: u64,
+    }
+    let c = state.arena.config();
+    axum::Json(Limits {
+        min_temperature: c.min_temperature,
+        max_tokens: c.max_tokens,
+    })
+    .into_response()
+}
+
 pub async fn leaderboard(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.arena.leaderboard().as_ref().clone()).into_response()
 }
