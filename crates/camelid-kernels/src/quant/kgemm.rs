@@ -198,19 +198,11 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                                 unpack_group(flavour, w.kind, wg[0], nsb, &mut unpacked),
                                 unpack_group(flavour, w.kind, wg[1], nsb, &mut unpacked2),
                             ];
-                            for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
-                                for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
-                                    let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
-                                    for (q, few) in block.chunks(PAIR_ROWS).enumerate() {
-                                        let i0 = t * tile + rb * PAIR_ROW_BLOCK + q * PAIR_ROWS;
-                                        // Safety: as below; both groups whole, their 2g
-                                        // columns this task's.
-                                        unsafe {
-                                            let out = ptr.at(i0 * n + gi * g);
-                                            gemm_group_pair(wg, u, sbs.clone(), few, out, n);
-                                        }
-                                    }
-                                }
+                            // Safety: as below; both groups whole, their 2g columns this
+                            // task's.
+                            unsafe {
+                                let out = ptr.at(t * tile * n + gi * g);
+                                pair_passes(wg, u, nsb, tile_rows, out, n);
                             }
                             gi += 2;
                             continue;
@@ -474,6 +466,30 @@ const PAIR_SUPERBLOCKS: usize = 2;
 /// every two super-blocks.
 const PAIR_ROW_BLOCK: usize = 32;
 
+/// Every row of a tile (`out[i · ld ..]` for row `i`) over two whole unpacked Q6_K groups
+/// ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time.
+///
+/// # Safety
+/// As [`gemm_group_pair`]'s, for every row of `tile_rows`.
+unsafe fn pair_passes(
+    wg: [&[u8]; 2],
+    u: [*const u8; 2],
+    nsb: usize,
+    tile_rows: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
+        for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
+            let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
+            for (q, few) in block.chunks(PAIR_ROWS).enumerate() {
+                let out = out.add((rb * PAIR_ROW_BLOCK + q * PAIR_ROWS) * ld);
+                gemm_group_pair(wg, u, sbs.clone(), few, out, ld);
+            }
+        }
+    }
+}
+
 /// Two whole AVX-512 VNNI Q6_K groups (`wg`), unpacked by [`unpack_group`] (`u`), side by
 /// side times up to [`PAIR_ROWS`] activation rows over super-blocks `sbs`:
 /// `out[i · ld + 0..32]` (`k512::gemm_q6_k_32x4_unpacked_vnni`: each activation broadcast
@@ -530,6 +546,7 @@ unsafe fn gemm_group(
         && a.d.len() >= nsb
         && a.bsums.len() >= nsb * 16
         && a.q6_bias.len() >= nsb * 64
+        && a.q6_bias8.len() >= nsb * 128
         && a.pairs.len() >= nsb * 4));
     #[cfg(target_arch = "x86_64")]
     {
