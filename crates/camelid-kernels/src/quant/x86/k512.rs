@@ -170,6 +170,29 @@ unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
     acc
 }
 
+/// Sixteen values a row as two sums of 8 (`lo` from vectors 0–1 of `v`, `hi` from 2–3, four
+/// values a row each, at `rows`' displacements 0..16), each scaled by `sc` (in the low i16 of
+/// each lane, the high one zero) into `isum` by one `vpdpwssd`, so each sum must stay below
+/// 2¹⁵. `lo` and `hi` start as given (Q6_K's from the rows' `−32·Σa`, [`q6_bias8_rows`]).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // three arrays indexed by the same row
+unsafe fn halves_scaled<const R: usize>(
+    v: impl Fn(usize) -> __m512i,
+    rows: RowAddrs,
+    (mut lo, mut hi): ([__m512i; R], [__m512i; R]),
+    sc: __m512i,
+    isum: &mut [__m512i; R],
+) {
+    dpbusd_rows_at::<R, 0, 0, 0>(&mut lo, v(0), rows);
+    dpbusd_rows_at::<R, 0, 0, 4>(&mut lo, v(1), rows);
+    dpbusd_rows_at::<R, 0, 0, 8>(&mut hi, v(2), rows);
+    dpbusd_rows_at::<R, 0, 0, 12>(&mut hi, v(3), rows);
+    for i in 0..R {
+        isum[i] = dpwssd(isum[i], lo[i], sc);
+        isum[i] = dpwssd(isum[i], hi[i], sc);
+    }
+}
+
 /// [`dpbusd_rows`] at the constant offset `K · STRIDE + D` ([`dpbusd_row_at`]).
 #[inline(always)]
 unsafe fn dpbusd_rows_at<const R: usize, const K: usize, const STRIDE: usize, const D: usize>(
@@ -619,16 +642,9 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
             let rs = rows.offset(b * QK_K + 16 * h);
             let v =
                 |k: usize| _mm512_loadu_si512(ub.add(Q45_VALUES_AT + 64 * (4 * h + k)) as *const _);
-            let (mut lo, mut hi) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
-            dpbusd_rows_at::<R, 0, 0, 0>(&mut lo, v(0), rs);
-            dpbusd_rows_at::<R, 0, 0, 4>(&mut lo, v(1), rs);
-            dpbusd_rows_at::<R, 0, 0, 8>(&mut hi, v(2), rs);
-            dpbusd_rows_at::<R, 0, 0, 12>(&mut hi, v(3), rs);
+            let zero = [_mm512_setzero_si512(); R];
             let sc = _mm512_loadu_si512(ub.add(64 * (h / 2)) as *const _);
-            for i in 0..R {
-                isum[i] = dpwssd(isum[i], lo[i], sc);
-                isum[i] = dpwssd(isum[i], hi[i], sc);
-            }
+            halves_scaled(v, rs, (zero, zero), sc, &mut isum);
         }
         q45_epilogue::<R, true>(w.add(b * sb), b, acts, &isum, &mut acc);
     }
@@ -845,17 +861,12 @@ unsafe fn q6_k_unpacked_vnni<const R: usize>(
             let rs = rows.offset(b * QK_K + 16 * s);
             let v =
                 |k: usize| _mm512_loadu_si512(ub.add(Q6_VALUES_AT + 64 * (4 * s + k)) as *const _);
-            let mut lo = q6_bias8_rows::<R>(rows, b, 2 * s);
-            let mut hi = q6_bias8_rows::<R>(rows, b, 2 * s + 1);
-            dpbusd_rows_at::<R, 0, 0, 0>(&mut lo, v(0), rs);
-            dpbusd_rows_at::<R, 0, 0, 4>(&mut lo, v(1), rs);
-            dpbusd_rows_at::<R, 0, 0, 8>(&mut hi, v(2), rs);
-            dpbusd_rows_at::<R, 0, 0, 12>(&mut hi, v(3), rs);
+            let start = (
+                q6_bias8_rows::<R>(rows, b, 2 * s),
+                q6_bias8_rows::<R>(rows, b, 2 * s + 1),
+            );
             let sc = _mm512_loadu_si512(ub.add(64 * s) as *const _);
-            for i in 0..R {
-                isum[i] = dpwssd(isum[i], lo[i], sc);
-                isum[i] = dpwssd(isum[i], hi[i], sc);
-            }
+            halves_scaled(v, rs, start, sc, &mut isum);
         }
         let d = f16x16(w.add(b * SB));
         for i in 0..R {
@@ -1024,17 +1035,12 @@ unsafe fn q6_k_vnni<const R: usize>(
                 let rs = rows.offset(b * QK_K + 16 * s);
                 let step =
                     |g: usize| q6_value::<$k>(blk.add(18 * G + (8 * $n + 4 * $h + g) * 12 * G));
-                let mut lo = q6_bias8_rows::<R>(rows, b, 2 * s);
-                let mut hi = q6_bias8_rows::<R>(rows, b, 2 * s + 1);
-                dpbusd_rows_at::<R, 0, 0, 0>(&mut lo, step(0), rs);
-                dpbusd_rows_at::<R, 0, 0, 4>(&mut lo, step(1), rs);
-                dpbusd_rows_at::<R, 0, 0, 8>(&mut hi, step(2), rs);
-                dpbusd_rows_at::<R, 0, 0, 12>(&mut hi, step(3), rs);
+                let start = (
+                    q6_bias8_rows::<R>(rows, b, 2 * s),
+                    q6_bias8_rows::<R>(rows, b, 2 * s + 1),
+                );
                 let sc = _mm512_and_si512(i8x16(blk.add(2 * G + G * s)), _mm512_set1_epi32(0xFFFF));
-                for i in 0..R {
-                    isum[i] = dpwssd(isum[i], lo[i], sc);
-                    isum[i] = dpwssd(isum[i], hi[i], sc);
-                }
+                halves_scaled(step, rs, start, sc, &mut isum);
             }};
         }
         for n in 0..2 {
