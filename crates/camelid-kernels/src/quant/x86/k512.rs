@@ -907,9 +907,10 @@ pub const PAIR_ROWS: usize = 4;
 /// AMX, alternating): 1.1–1.17× at 24–256 rows with the driver's two super-blocks a pass
 /// (the two groups' whole rows overflow L1: then no faster). Q5_K's unpacked passes start
 /// from zero, not from loaded sums, and paired they were 0.95–1.0×.
-#[inline(always)]
+/// See `quant::kgemm`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
-unsafe fn q6_k_pair_unpacked_vnni<const R: usize>(
+pub unsafe fn gemm_q6_k_32x4_unpacked_vnni<const R: usize>(
     w: [*const u8; 2],
     u: [*const u8; 2],
     sbs: std::ops::Range<usize>,
@@ -971,20 +972,6 @@ unsafe fn q6_k_pair_unpacked_vnni<const R: usize>(
             _mm512_storeu_ps(out.add(i * ld + G * c), *v);
         }
     }
-}
-
-/// See `quant::kgemm`: two unpacked Q6_K groups of 16 rows side by side × `R` ≤
-/// [`PAIR_ROWS`] activation rows over super-blocks `sbs`, VNNI ([`q6_k_pair_unpacked_vnni`]).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_q6_k_32x4_unpacked_vnni<const R: usize>(
-    w: [*const u8; 2],
-    u: [*const u8; 2],
-    sbs: std::ops::Range<usize>,
-    acts: &[ActRow],
-    out: *mut f32,
-    ld: usize,
-) {
-    q6_k_pair_unpacked_vnni::<R>(w, u, sbs, acts, out, ld)
 }
 
 /// One of [`q6_values`]' four vectors alone: the values `128n + 32k + 4g..` of each row.
