@@ -13,7 +13,7 @@
 // regenerate(battle, params, onAnswer): the battle's last turn answered again (the same
 //   prompt), as turn() answers; the new answers replace the old ones once both are stored.
 // config(): the arena's limits, {min_temperature, max_tokens}: the least temperature and the
-//   most output tokens a turn may ask.
+//   most output tokens a turn may ask (null from a private arena, which wants a key).
 // vote(battle, winner): winner is "model_a" | "model_b" | "tie" | "tie (bothbad)"; resolves
 //   to {model_a, model_b}, the names. Cast on the answers the page shows (the battle's
 //   revision, sent with follow-ups and regenerates too): if the server holds others (a turn
@@ -42,9 +42,11 @@ const ArenaApi = {
     }
   },
 
-  // {min_temperature, max_tokens}: what a turn may ask.
-  config() {
-    return Camelid.apiJson("arena/config");
+  // {min_temperature, max_tokens}: what a turn may ask; null where the server does not say
+  // without a key (a private arena: the key is asked for at the first turn, not on load).
+  async config() {
+    const resp = await fetch("arena/config");
+    return resp.ok ? resp.json() : null;
   },
 
   // `signal` stops the turn: the server cancels both sides and keeps nothing of it.
@@ -473,12 +475,14 @@ document.addEventListener("DOMContentLoaded", async () => {
   // server's defaults).
   try {
     const limits = await ArenaApi.config();
-    temperature.min = String(limits.min_temperature);
-    if (Number(temperature.value) < limits.min_temperature) {
-      temperature.value = String(limits.min_temperature);
+    if (limits) {
+      temperature.min = String(limits.min_temperature);
+      if (Number(temperature.value) < limits.min_temperature) {
+        temperature.value = String(limits.min_temperature);
+      }
+      maxTokens.max = String(limits.max_tokens);
+      maxTokens.placeholder = `up to ${limits.max_tokens}`;
     }
-    maxTokens.max = String(limits.max_tokens);
-    maxTokens.placeholder = `up to ${limits.max_tokens}`;
   } catch (e) {
     console.warn("arena limits:", e);
   }

@@ -255,10 +255,14 @@ const Camelid = (() => {
     if (!ok) throw new Error("copy refused by the browser");
   }
 
-  // A number field's value within [min, max], or the fallback when empty or not a number.
+  // A number field's value within [min, max]; when empty or not a number the fallback, also
+  // within them (a null fallback stays null: the field left to the server).
   function numberField(input, fallback) {
-    const v = Number.parseFloat(input.value);
-    if (!Number.isFinite(v)) return fallback;
+    let v = Number.parseFloat(input.value);
+    if (!Number.isFinite(v)) {
+      if (fallback === null) return null;
+      v = fallback;
+    }
     const min = input.min === "" ? -Infinity : Number(input.min);
     const max = input.max === "" ? Infinity : Number(input.max);
     return Math.min(max, Math.max(min, v));

@@ -61,8 +61,9 @@ fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
 }
 
 /// Activation rows a row tile takes where its AVX-512 VNNI passes run on unpacked groups: each
-/// group is unpacked once a tile, and more rows repay it better (the rows' activations are
-/// read sequentially, a pass's few rows at a time, so they need not stay in L2). Measured
+/// group is unpacked once a tile, and more rows repay it better (the single-group passes read
+/// the rows' activations sequentially, a pass's few rows at a time, so they need not stay in
+/// L2; the paired Q6_K passes keep [`PAIR_ROW_BLOCK`] rows there instead). Measured
 /// (`qgemm_bench 1 q6_k`, 2048 columns, 256 and 512 rows, alternating): 256-row tiles
 /// 1.03–1.07× 64-row ones. (AVX2's keep [`ROW_TILE`]: its Q6_K gained 1.03–1.1×, Q5_K
 /// nothing, Q4_K was not measured.)
@@ -198,8 +199,11 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                                 unpack_group(flavour, w.kind, wg[0], nsb, &mut unpacked),
                                 unpack_group(flavour, w.kind, wg[1], nsb, &mut unpacked2),
                             ];
-                            // Safety: as below; both groups whole, their 2g columns this
-                            // task's.
+                            // Safety: both groups whole and of `nsb` super-blocks, each
+                            // unpacked into its own buffer, the activation rows `nsb · 256`
+                            // wide, the flavour this CPU's (`available`), and the writes in
+                            // rows t·tile.. < m and the 2g columns of groups gi, gi + 1
+                            // (owned by this task).
                             unsafe {
                                 let out = ptr.at(t * tile * n + gi * g);
                                 pair_passes(wg, u, nsb, tile_rows, out, n);
@@ -479,6 +483,8 @@ unsafe fn pair_passes(
     out: *mut f32,
     ld: usize,
 ) {
+    // The totals are written by the first super-blocks' passes (none without any).
+    debug_assert!(nsb > 0);
     for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
@@ -495,8 +501,14 @@ unsafe fn pair_passes(
 /// `out[i · ld + 0..32]` (`k512::gemm_q6_k_32x4_unpacked_vnni`: each activation broadcast
 /// and starting sum serves both groups).
 ///
+/// Where `sbs` does not start at 0, `out` holds the totals of the super-blocks before it
+/// (this adds to them).
+///
 /// # Safety
-/// As [`gemm_group`]'s, for both groups and 32 columns of `out`.
+/// Each `wg[c]` is one whole 16-row group of `nsb` super-blocks and `u[c]` its unpacked
+/// bytes (`nsb · k512::Q6_UNPACKED_SB`), `sbs` within `0..nsb`; the activation rows are
+/// `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]` is writable for every
+/// row `i` of `acts` (1 to [`PAIR_ROWS`]).
 unsafe fn gemm_group_pair(
     wg: [&[u8]; 2],
     u: [*const u8; 2],
@@ -505,6 +517,9 @@ unsafe fn gemm_group_pair(
     out: *mut f32,
     ld: usize,
 ) {
+    debug_assert!(acts.iter().all(|a| a.qs.len() >= sbs.end * QK_K
+        && a.d.len() >= sbs.end
+        && a.q6_bias8.len() >= sbs.end * 128));
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::k512;

@@ -323,9 +323,10 @@ fn k_kernels_agree_with_the_scalar_reference() {
         // Every pass width (1–9 rows), several row tiles and the parallel path (133 rows),
         // whole and padded groups; tiles long enough for the AVX2 and AVX-512 VNNI kernels to
         // run on unpacked groups (AVX2: Q5_K and Q6_K from 16 rows, Q4_K 64; AVX-512 VNNI:
-        // Q6_K from 24, Q5_K 32 where it tests its fifth bits with a mask, as on Intel or with
-        // `CAMELID_Q5_SHIFTS=0`: 25–35 rows end on passes of every width), one of them with a
-        // padded group, two unpacked AVX-512 tiles (300) and one too short to unpack (257).
+        // Q6_K from 24, its whole groups in pairs of 4-row passes, Q5_K from 48 where it tests
+        // its fifth bits with a mask, as on Intel or with `CAMELID_Q5_SHIFTS=0`: 25–35 and
+        // 49–55 rows end on passes of every width), one of them with a padded group, two
+        // unpacked AVX-512 tiles (300) and one too short to unpack (257).
         let shapes = (1..=9).map(|m| (m, 48)).chain([
             (133, 96),
             (133, 40),
@@ -340,6 +341,12 @@ fn k_kernels_agree_with_the_scalar_reference() {
             (31, 37),
             (33, 37),
             (35, 37),
+            (49, 37),
+            (50, 37),
+            (51, 37),
+            (52, 37),
+            (53, 37),
+            (55, 37),
         ]);
         for (m, n) in shapes {
             let k = 768;

@@ -48,8 +48,8 @@ pub unsafe fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
 }
 
 /// [`crate::quant::reference::quantize_q8k_scalar`] with AVX2: the same bytes, scales and
-/// sums of 16 and of 8 (as for [`quantize_blocks`]: an exact maximum, the same scalar scale expression,
-/// `cvtps2dq` rounding ties to even, exact integer sums).
+/// sums of 16 and of 8 (as for [`quantize_blocks`]: an exact maximum, the same scalar scale
+/// expression, `cvtps2dq` rounding ties to even, exact integer sums).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_q8k(
     x: &[f32],

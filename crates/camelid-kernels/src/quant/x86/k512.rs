@@ -174,6 +174,8 @@ unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 /// values a row each, at `rows`' displacements 0..16), each scaled by `sc` (in the low i16 of
 /// each lane, the high one zero) into `isum` by one `vpdpwssd`, so each sum must stay below
 /// 2¹⁵. `lo` and `hi` start as given (Q6_K's from the rows' `−32·Σa`, [`q6_bias8_rows`]).
+/// The bounds take `|a| ≤ 127`, as `quantize_q8k` scales by the block's largest `|x|`
+/// (only a NaN or infinite input, whose output is lost anyway, becomes −128).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // three arrays indexed by the same row
 unsafe fn halves_scaled<const R: usize>(
@@ -919,7 +921,12 @@ pub unsafe fn gemm_q6_k_32x4_unpacked_vnni<const R: usize>(
     ld: usize,
 ) {
     const SB: usize = 210 * G;
-    const { assert!(R <= PAIR_ROWS, "8 sums and 2 totals a row in registers") };
+    const {
+        assert!(
+            R <= PAIR_ROWS,
+            "a row's four half sums, two i32 and two f32 totals in registers"
+        )
+    };
     // The totals of the super-blocks before `sbs` are in `out`.
     let mut acc = [[_mm512_setzero_ps(); R]; 2];
     if sbs.start > 0 {
