@@ -525,101 +525,28 @@ unsafe fn gemm_group(
     #[cfg(target_arch = "x86_64")]
     {
         let w = wg.as_ptr();
-        match (group, kind, acts.len()) {
-            (16, QKind::Q5_0 | QKind::Q5_1, r) if crate::cpu_features::avx512_vnni() => match r {
-                8 => x86::avx512::gemm_q5_16x8_q8_vnni::<8>(w, nb, acts, out, ld),
-                7 => x86::avx512::gemm_q5_16x8_q8_vnni::<7>(w, nb, acts, out, ld),
-                6 => x86::avx512::gemm_q5_16x8_q8_vnni::<6>(w, nb, acts, out, ld),
-                5 => x86::avx512::gemm_q5_16x8_q8_vnni::<5>(w, nb, acts, out, ld),
-                4 => x86::avx512::gemm_q5_16x8_q8_vnni::<4>(w, nb, acts, out, ld),
-                3 => x86::avx512::gemm_q5_16x8_q8_vnni::<3>(w, nb, acts, out, ld),
-                2 => x86::avx512::gemm_q5_16x8_q8_vnni::<2>(w, nb, acts, out, ld),
-                1 => x86::avx512::gemm_q5_16x8_q8_vnni::<1>(w, nb, acts, out, ld),
-                r => unreachable!("{r} activation rows in one pass"),
-            },
-            (16, QKind::Q5_0 | QKind::Q5_1, 8) => {
-                x86::avx512::gemm_q5_16x8_q8::<8>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q5_0 | QKind::Q5_1, 7) => {
-                x86::avx512::gemm_q5_16x8_q8::<7>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q5_0 | QKind::Q5_1, 6) => {
-                x86::avx512::gemm_q5_16x8_q8::<6>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q5_0 | QKind::Q5_1, 5) => {
-                x86::avx512::gemm_q5_16x8_q8::<5>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q5_0 | QKind::Q5_1, 4) => {
-                x86::avx512::gemm_q5_16x8_q8::<4>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q5_0 | QKind::Q5_1, 3) => {
-                x86::avx512::gemm_q5_16x8_q8::<3>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q5_0 | QKind::Q5_1, 2) => {
-                x86::avx512::gemm_q5_16x8_q8::<2>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q5_0 | QKind::Q5_1, 1) => {
-                x86::avx512::gemm_q5_16x8_q8::<1>(w, nb, acts, out, ld)
-            }
-            (8, QKind::Q5_0 | QKind::Q5_1, 4) => {
-                x86::avx2::gemm_q5_8x4_q8::<4>(w, nb, acts, out, ld)
-            }
-            (8, QKind::Q5_0 | QKind::Q5_1, 3) => {
-                x86::avx2::gemm_q5_8x4_q8::<3>(w, nb, acts, out, ld)
-            }
-            (8, QKind::Q5_0 | QKind::Q5_1, 2) => {
-                x86::avx2::gemm_q5_8x4_q8::<2>(w, nb, acts, out, ld)
-            }
-            (8, QKind::Q5_0 | QKind::Q5_1, 1) => {
-                x86::avx2::gemm_q5_8x4_q8::<1>(w, nb, acts, out, ld)
-            }
-            (16, QKind::Q8_0, r) if crate::cpu_features::avx512_vnni() => match r {
-                8 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<8>(w, nb, acts, out, ld),
-                7 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<7>(w, nb, acts, out, ld),
-                6 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<6>(w, nb, acts, out, ld),
-                5 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<5>(w, nb, acts, out, ld),
-                4 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<4>(w, nb, acts, out, ld),
-                3 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<3>(w, nb, acts, out, ld),
-                2 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<2>(w, nb, acts, out, ld),
-                1 => x86::avx512::gemm_q8_0_16x8_q8_vnni::<1>(w, nb, acts, out, ld),
-                r => unreachable!("{r} activation rows in one pass"),
-            },
-            (16, QKind::Q8_0, 8) => x86::avx512::gemm_q8_0_16x8_q8::<8>(w, nb, acts, out, ld),
-            (16, QKind::Q8_0, 7) => x86::avx512::gemm_q8_0_16x8_q8::<7>(w, nb, acts, out, ld),
-            (16, QKind::Q8_0, 6) => x86::avx512::gemm_q8_0_16x8_q8::<6>(w, nb, acts, out, ld),
-            (16, QKind::Q8_0, 5) => x86::avx512::gemm_q8_0_16x8_q8::<5>(w, nb, acts, out, ld),
-            (16, QKind::Q8_0, 4) => x86::avx512::gemm_q8_0_16x8_q8::<4>(w, nb, acts, out, ld),
-            (16, QKind::Q8_0, 3) => x86::avx512::gemm_q8_0_16x8_q8::<3>(w, nb, acts, out, ld),
-            (16, QKind::Q8_0, 2) => x86::avx512::gemm_q8_0_16x8_q8::<2>(w, nb, acts, out, ld),
-            (16, QKind::Q8_0, 1) => x86::avx512::gemm_q8_0_16x8_q8::<1>(w, nb, acts, out, ld),
-            (16, _, r) if crate::cpu_features::avx512_vnni() => match r {
-                8 => x86::avx512::gemm_q4_16x8_q8_vnni::<8>(w, nb, acts, out, ld),
-                7 => x86::avx512::gemm_q4_16x8_q8_vnni::<7>(w, nb, acts, out, ld),
-                6 => x86::avx512::gemm_q4_16x8_q8_vnni::<6>(w, nb, acts, out, ld),
-                5 => x86::avx512::gemm_q4_16x8_q8_vnni::<5>(w, nb, acts, out, ld),
-                4 => x86::avx512::gemm_q4_16x8_q8_vnni::<4>(w, nb, acts, out, ld),
-                3 => x86::avx512::gemm_q4_16x8_q8_vnni::<3>(w, nb, acts, out, ld),
-                2 => x86::avx512::gemm_q4_16x8_q8_vnni::<2>(w, nb, acts, out, ld),
-                1 => x86::avx512::gemm_q4_16x8_q8_vnni::<1>(w, nb, acts, out, ld),
-                r => unreachable!("{r} activation rows in one pass"),
-            },
-            (16, _, 8) => x86::avx512::gemm_q4_16x8_q8::<8>(w, nb, acts, out, ld),
-            (16, _, 7) => x86::avx512::gemm_q4_16x8_q8::<7>(w, nb, acts, out, ld),
-            (16, _, 6) => x86::avx512::gemm_q4_16x8_q8::<6>(w, nb, acts, out, ld),
-            (16, _, 5) => x86::avx512::gemm_q4_16x8_q8::<5>(w, nb, acts, out, ld),
-            (16, _, 4) => x86::avx512::gemm_q4_16x8_q8::<4>(w, nb, acts, out, ld),
-            (16, _, 3) => x86::avx512::gemm_q4_16x8_q8::<3>(w, nb, acts, out, ld),
-            (16, _, 2) => x86::avx512::gemm_q4_16x8_q8::<2>(w, nb, acts, out, ld),
-            (16, _, 1) => x86::avx512::gemm_q4_16x8_q8::<1>(w, nb, acts, out, ld),
-            (8, QKind::Q8_0, 4) => x86::avx2::gemm_q8_0_8x4_q8::<4>(w, nb, acts, out, ld),
-            (8, QKind::Q8_0, 3) => x86::avx2::gemm_q8_0_8x4_q8::<3>(w, nb, acts, out, ld),
-            (8, QKind::Q8_0, 2) => x86::avx2::gemm_q8_0_8x4_q8::<2>(w, nb, acts, out, ld),
-            (8, QKind::Q8_0, 1) => x86::avx2::gemm_q8_0_8x4_q8::<1>(w, nb, acts, out, ld),
-            (8, _, 4) => x86::avx2::gemm_q4_8x4_q8::<4>(w, nb, acts, out, ld),
-            (8, _, 3) => x86::avx2::gemm_q4_8x4_q8::<3>(w, nb, acts, out, ld),
-            (8, _, 2) => x86::avx2::gemm_q4_8x4_q8::<2>(w, nb, acts, out, ld),
-            (8, _, 1) => x86::avx2::gemm_q4_8x4_q8::<1>(w, nb, acts, out, ld),
-            _ => unreachable!("groups of 8 (≤ 4 activation rows) or 16 (≤ 8) rows"),
+        let vnni = crate::cpu_features::avx512_vnni();
+        // The kernel for the group and format, built for the pass's row count.
+        macro_rules! by_rows {
+            ($m:ident::$f:ident; $($r:literal)*) => {
+                match acts.len() {
+                    $($r => x86::$m::$f::<$r>(w, nb, acts, out, ld),)*
+                    r => unreachable!("{r} activation rows in one pass of a {group}-row group"),
+                }
+            };
+        }
+        use QKind::{Q5_0, Q5_1, Q8_0};
+        match (group, kind) {
+            (16, Q5_0 | Q5_1) if vnni => by_rows!(avx512::gemm_q5_16x8_q8_vnni; 1 2 3 4 5 6 7 8),
+            (16, Q5_0 | Q5_1) => by_rows!(avx512::gemm_q5_16x8_q8; 1 2 3 4 5 6 7 8),
+            (8, Q5_0 | Q5_1) => by_rows!(avx2::gemm_q5_8x4_q8; 1 2 3 4),
+            (16, Q8_0) if vnni => by_rows!(avx512::gemm_q8_0_16x8_q8_vnni; 1 2 3 4 5 6 7 8),
+            (16, Q8_0) => by_rows!(avx512::gemm_q8_0_16x8_q8; 1 2 3 4 5 6 7 8),
+            (8, Q8_0) => by_rows!(avx2::gemm_q8_0_8x4_q8; 1 2 3 4),
+            (16, _) if vnni => by_rows!(avx512::gemm_q4_16x8_q8_vnni; 1 2 3 4 5 6 7 8),
+            (16, _) => by_rows!(avx512::gemm_q4_16x8_q8; 1 2 3 4 5 6 7 8),
+            (8, _) => by_rows!(avx2::gemm_q4_8x4_q8; 1 2 3 4),
+            _ => unreachable!("groups of 8 or 16 rows, not {group}"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
