@@ -55,9 +55,19 @@ fn main() {
         v.split(',').map(|m| m.parse().unwrap()).collect()
     });
     for m in ms {
-        let x: Vec<f32> = (0..m * cols)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
+        // ACTS=normal: normally distributed activations (as a model's hidden states are,
+        // roughly), where the K kernels sum 16 values at a time; the default, uniform in
+        // [−1, 1), makes them sum 8.
+        let x: Vec<f32> = if std::env::var("ACTS").is_ok_and(|v| v == "normal") {
+            Tensor::randn(0f32, 1.0, m * cols, &Device::Cpu)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        } else {
+            (0..m * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
         let mut out = vec![0f32; m * rows];
         // ITERS=<n>: passes timed (default 2–16, by rows); more for a profile.
         let iters = std::env::var("ITERS").map_or((256 / m).clamp(2, 16), |v| v.parse().unwrap());

@@ -181,9 +181,14 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                 // This task's unpacked groups (allocated at the first tile that unpacks): a
                 // pair where two whole groups run together.
                 let (mut unpacked, mut unpacked2): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+                // Which blocks of the tile's rows the paired passes run 6 at a time.
+                let mut sixteen = Vec::new();
                 let group = |gi: usize| &data[gi * group_bytes..(gi + 1) * group_bytes];
                 for (t, tile_rows) in rows.chunks(tile).enumerate() {
                     let unpack = tile_rows.len() >= unpack_from;
+                    if unpack && flavour == Flavour::Avx512Vnni && w.kind == QKind::Q6K {
+                        pair_blocks_of_sixteen(tile_rows, nsb, &mut sixteen);
+                    }
                     let mut gi = g0;
                     while gi < g1 {
                         // AVX-512 VNNI's unpacked Q6_K groups run in pairs where both are
@@ -206,7 +211,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                             // (owned by this task).
                             unsafe {
                                 let out = ptr.at(t * tile * n + gi * g);
-                                pair_passes(wg, u, nsb, tile_rows, out, n);
+                                pair_passes(wg, u, nsb, tile_rows, &sixteen, out, n);
                             }
                             gi += 2;
                             continue;
@@ -456,8 +461,11 @@ fn unpack_group(
     }
 }
 
-/// Rows a pass of [`gemm_group_pair`] takes.
-const PAIR_ROWS: usize = 4;
+/// Rows a pass of [`gemm_group_pair`] takes where every row's activations let each Q6_K
+/// sub-block sum all 16 values in an i16 ([`sums_of_sixteen`]; half the sums in flight, so
+/// each weight vector serves 6 rows), and where they do not (8-value halves).
+const PAIR_ROWS_SIXTEEN: usize = 6;
+const PAIR_ROWS_HALVES: usize = 4;
 
 /// Super-blocks a pass of [`gemm_group_pair`] takes before the tile's next rows: two
 /// groups' whole unpacked rows (80 KiB at 2048 columns) overflow L1, two of their
@@ -465,41 +473,84 @@ const PAIR_ROWS: usize = 4;
 const PAIR_SUPERBLOCKS: usize = 2;
 
 /// Activation rows [`gemm_group_pair`]'s passes run over each [`PAIR_SUPERBLOCKS`] before
-/// the next ones: their bytes stay in L2 (32 rows of 8192 columns, ~460 KiB with the
+/// the next ones: their bytes stay in L2 (36 rows of 8192 columns, ~520 KiB with the
 /// starting sums), where a whole 256-row tile's (3.7 MiB) were read again, strided, for
-/// every two super-blocks.
-const PAIR_ROW_BLOCK: usize = 32;
+/// every two super-blocks. A multiple of both pass widths.
+const PAIR_ROW_BLOCK: usize = 36;
+
+/// Whether every row of `acts` has activations small enough over super-blocks `sbs` for
+/// Q6_K's sums of 16 values to fit an i16 (`k512::Q6_ABS_SUM16_MAX`).
+fn sums_of_sixteen(acts: &[ActRow], sbs: std::ops::Range<usize>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let max = super::x86::k512::Q6_ABS_SUM16_MAX;
+        acts.iter()
+            .all(|a| a.abs_sum16[sbs.clone()].iter().all(|&m| m <= max))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (acts, sbs);
+        false
+    }
+}
+
+/// [`sums_of_sixteen`] for each [`PAIR_ROW_BLOCK`] of `tile_rows` (major) and each
+/// [`PAIR_SUPERBLOCKS`] of `nsb`, into `fits`: once a tile, not again for every pair of
+/// groups (row by row, the checks took 4 % of a Q6_K prompt).
+fn pair_blocks_of_sixteen(tile_rows: &[ActRow], nsb: usize, fits: &mut Vec<bool>) {
+    fits.clear();
+    for block in tile_rows.chunks(PAIR_ROW_BLOCK) {
+        for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
+            fits.push(sums_of_sixteen(block, b0..(b0 + PAIR_SUPERBLOCKS).min(nsb)));
+        }
+    }
+}
 
 /// Every row of a tile (`out[i · ld ..]` for row `i`) over two whole unpacked Q6_K groups
-/// ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time.
+/// ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time, 6 rows
+/// a pass where the whole block's activations allow sums of 16 values (`sixteen`, from
+/// [`pair_blocks_of_sixteen`]), else 4 (each pass then sums 16 where its own rows allow).
 ///
 /// # Safety
-/// As [`gemm_group_pair`]'s, for every row of `tile_rows`.
+/// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sixteen` is
+/// [`pair_blocks_of_sixteen`]'s for `tile_rows` and `nsb`.
 unsafe fn pair_passes(
     wg: [&[u8]; 2],
     u: [*const u8; 2],
     nsb: usize,
     tile_rows: &[ActRow],
+    sixteen: &[bool],
     out: *mut f32,
     ld: usize,
 ) {
     // The totals are written by the first super-blocks' passes (none without any).
     debug_assert!(nsb > 0);
+    let mut fits = sixteen.iter();
     for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
-            for (q, few) in block.chunks(PAIR_ROWS).enumerate() {
-                let out = out.add((rb * PAIR_ROW_BLOCK + q * PAIR_ROWS) * ld);
-                gemm_group_pair(wg, u, sbs.clone(), few, out, ld);
+            let all = *fits.next().expect("a check for every block");
+            let width = if all {
+                PAIR_ROWS_SIXTEEN
+            } else {
+                PAIR_ROWS_HALVES
+            };
+            for (q, few) in block.chunks(width).enumerate() {
+                let out = out.add((rb * PAIR_ROW_BLOCK + q * width) * ld);
+                let sixteen = all || sums_of_sixteen(few, sbs.clone());
+                gemm_group_pair(wg, u, sbs.clone(), few, sixteen, out, ld);
             }
         }
     }
 }
 
 /// Two whole AVX-512 VNNI Q6_K groups (`wg`), unpacked by [`unpack_group`] (`u`), side by
-/// side times up to [`PAIR_ROWS`] activation rows over super-blocks `sbs`:
-/// `out[i · ld + 0..32]` (`k512::gemm_q6_k_32x4_unpacked_vnni`: each activation broadcast
-/// and starting sum serves both groups).
+/// side times activation rows `acts` over super-blocks `sbs`: `out[i · ld + 0..32]`, each
+/// activation broadcast and starting sum serving both groups. Sums of whole sub-blocks
+/// where `sixteen` (the rows allow it: [`sums_of_sixteen`];
+/// `k512::gemm_q6_k_32x6_unpacked16_vnni`, up to [`PAIR_ROWS_SIXTEEN`] rows), else of halves
+/// (`k512::gemm_q6_k_32x4_unpacked_vnni`, up to [`PAIR_ROWS_HALVES`]): the same i32 sums, so
+/// the same bits.
 ///
 /// Where `sbs` does not start at 0, `out` holds the totals of the super-blocks before it
 /// (this adds to them).
@@ -508,29 +559,40 @@ unsafe fn pair_passes(
 /// Each `wg[c]` is one whole 16-row group of `nsb` super-blocks and `u[c]` its unpacked
 /// bytes (`nsb · k512::Q6_UNPACKED_SB`), `sbs` within `0..nsb`; the activation rows are
 /// `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]` is writable for every
-/// row `i` of `acts` (1 to [`PAIR_ROWS`]).
+/// row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] where `sixteen`, else to
+/// [`PAIR_ROWS_HALVES`]); `sixteen` only where [`sums_of_sixteen`] says so.
 unsafe fn gemm_group_pair(
     wg: [&[u8]; 2],
     u: [*const u8; 2],
     sbs: std::ops::Range<usize>,
     acts: &[ActRow],
+    sixteen: bool,
     out: *mut f32,
     ld: usize,
 ) {
     debug_assert!(acts.iter().all(|a| a.qs.len() >= sbs.end * QK_K
         && a.d.len() >= sbs.end
-        && a.q6_bias8.len() >= sbs.end * 128));
+        && a.q6_bias.len() >= sbs.end * 64
+        && a.q6_bias8.len() >= sbs.end * 128
+        && a.abs_sum16.len() >= sbs.end));
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::k512;
-        const { assert!(PAIR_ROWS == k512::PAIR_ROWS) };
+        const { assert!(PAIR_ROWS_SIXTEEN == k512::PAIR16_ROWS && PAIR_ROWS_HALVES == k512::PAIR_ROWS) };
         let w = [wg[0].as_ptr(), wg[1].as_ptr()];
-        match acts.len() {
-            4 => k512::gemm_q6_k_32x4_unpacked_vnni::<4>(w, u, sbs, acts, out, ld),
-            3 => k512::gemm_q6_k_32x4_unpacked_vnni::<3>(w, u, sbs, acts, out, ld),
-            2 => k512::gemm_q6_k_32x4_unpacked_vnni::<2>(w, u, sbs, acts, out, ld),
-            1 => k512::gemm_q6_k_32x4_unpacked_vnni::<1>(w, u, sbs, acts, out, ld),
-            r => unreachable!("{r} activation rows in one pass"),
+        macro_rules! by_rows {
+            ($f:ident; $($r:literal)*) => {
+                match acts.len() {
+                    $($r => k512::$f::<$r>(w, u, sbs, acts, out, ld),)*
+                    r => unreachable!("{r} activation rows in one pass"),
+                }
+            };
+        }
+        debug_assert!(!sixteen || sums_of_sixteen(acts, sbs.clone()));
+        if sixteen {
+            by_rows!(gemm_q6_k_32x6_unpacked16_vnni; 1 2 3 4 5 6)
+        } else {
+            by_rows!(gemm_q6_k_32x4_unpacked_vnni; 1 2 3 4)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

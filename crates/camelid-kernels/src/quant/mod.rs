@@ -139,6 +139,8 @@ pub struct QActs {
     /// i16 halves of an i32, the form the Q4_K/Q5_K kernels' epilogues multiply the paired
     /// mins by (summed here once per row rather than in every kernel pass).
     pairs: Vec<i32>,
+    /// Q8K: [`ActRow::abs_sum16`], one per super-block.
+    abs_sum16: Vec<u16>,
 }
 
 /// Bytes between one quantized activation row's end (Q8K: its `q6_bias8`) and the next one's
@@ -227,44 +229,57 @@ impl QActs {
         self.d.resize(nb, 0.0);
         self.s.clear();
         self.bsums.resize(nb * 16, 0);
+        self.abs_sum16.resize(nb, 0);
         let nbr = cols / QK_K;
-        let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16]| {
-            let mut sums8 = vec![0i16; cols / 8];
-            let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
-            for ((x, row), (d, bs)) in rows.zip(d.chunks_mut(nbr).zip(bs.chunks_mut(nbr * 16))) {
-                let (qs, rest) = row.split_at_mut(cols);
-                let (bias, rest) = rest.split_at_mut(q6_bias_bytes(cols));
-                let bias8 = &mut rest[..q6_bias8_bytes(cols)];
-                #[cfg(target_arch = "x86_64")]
-                if crate::cpu_features::avx2() {
-                    // Safety: the CPU has AVX2 (and FMA, F16C).
-                    unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, &mut sums8) };
-                } else {
-                    quantize_q8k_scalar(x, qs, d, bs, &mut sums8);
+        let quantize_rows =
+            |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16], abs: &mut [u16]| {
+                let mut sums8 = vec![0i16; cols / 8];
+                let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
+                let sums = d
+                    .chunks_mut(nbr)
+                    .zip(bs.chunks_mut(nbr * 16))
+                    .zip(abs.chunks_mut(nbr));
+                for ((x, row), ((d, bs), abs)) in rows.zip(sums) {
+                    let (qs, rest) = row.split_at_mut(cols);
+                    let (bias, rest) = rest.split_at_mut(q6_bias_bytes(cols));
+                    let bias8 = &mut rest[..q6_bias8_bytes(cols)];
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::cpu_features::avx2() {
+                        // Safety: the CPU has AVX2 (and FMA, F16C).
+                        unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, &mut sums8, abs) };
+                    } else {
+                        quantize_q8k_scalar(x, qs, d, bs, &mut sums8, abs);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    quantize_q8k_scalar(x, qs, d, bs, &mut sums8, abs);
+                    let to_bias = |b: &mut [i8], s: &i16| {
+                        b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8))
+                    };
+                    bias.chunks_exact_mut(4)
+                        .zip(bs.iter())
+                        .for_each(|(b, s)| to_bias(b, s));
+                    bias8
+                        .chunks_exact_mut(4)
+                        .zip(&sums8)
+                        .for_each(|(b, s)| to_bias(b, s));
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                quantize_q8k_scalar(x, qs, d, bs, &mut sums8);
-                let to_bias = |b: &mut [i8], s: &i16| {
-                    b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8))
-                };
-                bias.chunks_exact_mut(4)
-                    .zip(bs.iter())
-                    .for_each(|(b, s)| to_bias(b, s));
-                bias8
-                    .chunks_exact_mut(4)
-                    .zip(&sums8)
-                    .for_each(|(b, s)| to_bias(b, s));
-            }
-        };
+            };
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
             let per = rows.div_ceil(rayon::current_num_threads());
             x.par_chunks(per * cols)
                 .zip(self.qs.par_chunks_mut(per * stride))
                 .zip(self.d.par_chunks_mut(per * nbr))
                 .zip(self.bsums.par_chunks_mut(per * nbr * 16))
-                .for_each(|(((x, qs), d), bs)| quantize_rows(x, qs, d, bs));
+                .zip(self.abs_sum16.par_chunks_mut(per * nbr))
+                .for_each(|((((x, qs), d), bs), abs)| quantize_rows(x, qs, d, bs, abs));
         } else {
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.bsums);
+            let (qs, d, bs, abs) = (
+                &mut self.qs,
+                &mut self.d,
+                &mut self.bsums,
+                &mut self.abs_sum16,
+            );
+            quantize_rows(x, qs, d, bs, abs);
         }
         self.pairs.clear();
         self.pairs.extend(self.bsums.chunks_exact(4).map(|b| {
@@ -291,6 +306,7 @@ impl QActs {
                     pairs: &[],
                     q6_bias: &[],
                     q6_bias8: &[],
+                    abs_sum16: &[],
                 }
             }
             ActFormat::Q8K => {
@@ -305,6 +321,7 @@ impl QActs {
                     s: &[],
                     bsums: &self.bsums[i * nb * 16..(i + 1) * nb * 16],
                     pairs: &self.pairs[i * nb * 4..(i + 1) * nb * 4],
+                    abs_sum16: &self.abs_sum16[i * nb..(i + 1) * nb],
                 }
             }
         }
@@ -330,6 +347,11 @@ pub(crate) struct ActRow<'a> {
     /// of Q6_K's other VNNI passes (1 and 5–8 rows, unpacked, paired), which sum half
     /// sub-blocks (so each sum fits an i16).
     pub(crate) q6_bias8: &'a [i8],
+    /// Q8K only: per super-block the largest `Σ|q|` of its sixteen 16-value blocks. Where it
+    /// is small enough, a kernel may sum 16 values' products in an i16 (`|Σ q·a| ≤
+    /// max|q| · Σ|a|`) and scale each sum by one `vpdpwssd`; else it sums 8 at a time. Each
+    /// pass checks its rows, so the result does not depend on which sums ran.
+    pub(crate) abs_sum16: &'a [u16],
 }
 
 /// Bytes of [`ActRow::q6_bias`] for a row of `cols` values.

@@ -95,6 +95,7 @@ pub(crate) fn quantize_q8k_scalar(
     d: &mut [f32],
     bsums: &mut [i16],
     sums8: &mut [i16],
+    abs_sum16: &mut [u16],
 ) {
     for (b, (xb, qb)) in x
         .chunks_exact(QK_K)
@@ -111,6 +112,16 @@ pub(crate) fn quantize_q8k_scalar(
         for (j, sixteen) in qb.chunks_exact(16).enumerate() {
             bsums[b * 16 + j] = sixteen.iter().map(|&q| q as i16).sum();
         }
+        abs_sum16[b] = qb
+            .chunks_exact(16)
+            .map(|sixteen| {
+                sixteen
+                    .iter()
+                    .map(|&q| (q as i16).unsigned_abs())
+                    .sum::<u16>()
+            })
+            .max()
+            .unwrap();
         for (j, eight) in qb.chunks_exact(8).enumerate() {
             sums8[b * 32 + j] = eight.iter().map(|&q| q as i16).sum();
         }

@@ -350,8 +350,8 @@ fn k_kernels_agree_with_the_scalar_reference() {
         ]);
         for (m, n) in shapes {
             let k = 768;
-            for extreme in [false, true] {
-                let (data, acts) = k_case(t, m, n, k, extreme, (7, 11));
+            for acts_kind in KActs::ALL {
+                let (data, acts) = k_case(t, m, n, k, acts_kind, (7, 11));
                 let mut want = vec![0f32; m * n];
                 let reference = laid_out(kind, n, k, data.clone(), kgemm::Flavour::Scalar);
                 kgemm::matmul_k_with(&reference, &acts, &mut want, kgemm::Flavour::Scalar);
@@ -362,7 +362,7 @@ fn k_kernels_agree_with_the_scalar_reference() {
                     let err = max_rel(&got, &want);
                     assert!(
                         err < 1e-5,
-                        "{t:?} {flavour:?} m={m} n={n} extreme={extreme}: SIMD vs scalar {err}"
+                        "{t:?} {flavour:?} m={m} n={n} {acts_kind:?}: SIMD vs scalar {err}"
                     );
                 }
             }
@@ -370,32 +370,68 @@ fn k_kernels_agree_with_the_scalar_reference() {
     }
 }
 
-/// One K-format case: `n × k` GGUF weights of type `t` and `m` rows of Q8_K activations,
-/// random (seed `pattern.1`) or at the extremes (`extreme_k_rows`, ±1 activations in runs of
-/// `pattern.0`, which quantize to ±127).
+/// The activations of a K-format case.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KActs {
+    /// Uniform in [−1, 1): most 16-value blocks' `Σ|q|` near 1 000, so the kernels that
+    /// may sum 16 values in an i16 mostly sum 8.
+    Random,
+    /// ±1 (quantized to ±127), with weights at their extremes: the largest sums.
+    Extreme,
+    /// One value of each 256 at 1, the rest uniform in [−0.15, 0.15) (as a model's hidden
+    /// states with an outlier): every block's `Σ|q|` at most 16 · 19, so those kernels sum 16.
+    Small,
+    /// `Random` rows 8–15 of every 32, the others `Small`: some passes get rows of both, and
+    /// the paired Q6_K passes take 4 rows where a block of rows has some `Random`.
+    Mixed,
+}
+
+impl KActs {
+    const ALL: [KActs; 4] = [KActs::Random, KActs::Extreme, KActs::Small, KActs::Mixed];
+}
+
+/// `m` rows of `k` activations, `Small` (see [`KActs`]) where `small(row)`, else uniform in
+/// [−1, 1); seed `seed`.
+fn small_acts(m: usize, k: usize, seed: u64, small: impl Fn(usize) -> bool) -> Vec<f32> {
+    let mut x = random(m * k, seed);
+    for (i, v) in x.iter_mut().enumerate() {
+        if small(i / k) {
+            *v = if i % QK_K == 0 { 1.0 } else { 0.15 * *v };
+        }
+    }
+    x
+}
+
+/// One K-format case: `n × k` GGUF weights of type `t` and `m` rows of Q8_K activations
+/// (see [`KActs`]): random weights (seed 7) and activations (seed `pattern.1`), or at the
+/// extremes (`extreme_k_rows`, ±1 activations in runs of `pattern.0`).
 fn k_case(
     t: GgmlDType,
     m: usize,
     n: usize,
     k: usize,
-    extreme: bool,
+    acts: KActs,
     pattern: (usize, u64),
 ) -> (Vec<u8>, QActs) {
     let kind = QKind::from_ggml(t).unwrap();
-    if extreme {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| {
-                if (i / pattern.0).is_multiple_of(3) {
-                    -1.0
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        (extreme_k_rows(kind, n, k), q8k(&x, m, k))
-    } else {
-        (rows_of(t, n, k), q8k(&random(m * k, pattern.1), m, k))
-    }
+    let x: Vec<f32> = match acts {
+        KActs::Extreme => {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| {
+                    if (i / pattern.0).is_multiple_of(3) {
+                        -1.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            return (extreme_k_rows(kind, n, k), q8k(&x, m, k));
+        }
+        KActs::Random => random(m * k, pattern.1),
+        KActs::Small => small_acts(m, k, pattern.1, |_| true),
+        KActs::Mixed => small_acts(m, k, pattern.1, |r| (r / 8) % 4 != 1),
+    };
+    (rows_of(t, n, k), q8k(&x, m, k))
 }
 
 /// K-format rows at the extremes: every quant bit set (Q4_K 15, Q5_K 31, Q6_K 63), the
@@ -445,13 +481,15 @@ fn simd_q8k_quantize_gives_the_scalar_bytes() {
         let (mut q1, mut d1, mut s1) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
         let (mut q2, mut d2, mut s2) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
         let (mut e1, mut e2) = (vec![0i16; nb * 32], vec![0i16; nb * 32]);
-        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1, &mut e1);
+        let (mut a1, mut a2) = (vec![0u16; nb], vec![0u16; nb]);
+        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1, &mut e1, &mut a1);
         // Safety: AVX2 is available.
-        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2, &mut e2) };
+        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2, &mut e2, &mut a2) };
         assert_eq!(q1, q2);
         assert_eq!(d1, d2);
         assert_eq!(s1, s2);
         assert_eq!(e1, e2);
+        assert_eq!(a1, a2);
         for (j, e) in e1.iter().enumerate() {
             assert_eq!(
                 *e,
@@ -484,6 +522,11 @@ fn q8k_activations_hold_block_sums() {
             assert_eq!(bias, -32 * want);
         }
         for (b, xb) in x[i * k..(i + 1) * k].chunks(QK_K).enumerate() {
+            let abs16 = |j: usize| -> u16 {
+                let qs = &r.qs[b * QK_K + 16 * j..][..16];
+                qs.iter().map(|&q| (q as i16).unsigned_abs()).sum()
+            };
+            assert_eq!(r.abs_sum16[b], (0..16).map(abs16).max().unwrap());
             for (v, q) in xb.iter().zip(&r.qs[b * QK_K..]) {
                 assert!((v - r.d[b] * *q as f32).abs() <= r.d[b] * 0.5 + 1e-6);
             }
@@ -546,8 +589,8 @@ fn amx_tiles_give_the_vnni_passes_bits() {
             // One super-block (the first is the last) and three; the default pool and one
             // thread (a task then runs every group: runs of AMX_GROUPS after the first).
             for (k, threads) in [(768, 0), (256, 0), (768, 1)] {
-                for extreme in [false, true] {
-                    let (data, acts) = k_case(t, m, n, k, extreme, (5, 13));
+                for acts_kind in KActs::ALL {
+                    let (data, acts) = k_case(t, m, n, k, acts_kind, (5, 13));
                     let run = |flavour| {
                         let w = laid_out(kind, n, k, data.clone(), flavour);
                         let mut out = vec![f32::NAN; m * n];
@@ -559,12 +602,12 @@ fn amx_tiles_give_the_vnni_passes_bits() {
                     let (vnni, amx) = (run(kgemm::Flavour::Avx512Vnni), run(kgemm::Flavour::Amx));
                     for (i, (v, a)) in vnni.iter().zip(&amx).enumerate() {
                         assert_eq!(
-                        v.to_bits(),
-                        a.to_bits(),
-                        "{t:?} m={m} n={n} k={k} extreme={extreme}: row {} column {}: {v} vs {a}",
-                        i / n,
-                        i % n
-                    );
+                            v.to_bits(),
+                            a.to_bits(),
+                            "{t:?} m={m} n={n} k={k} {acts_kind:?}: row {} column {}: {v} vs {a}",
+                            i / n,
+                            i % n
+                        );
                     }
                 }
             }
@@ -706,13 +749,20 @@ fn k_flavours_give_the_same_bits() {
             } else {
                 rows_of(t, n, k)
             };
-            // Every pass width (1–8 rows), 8 + 5, and 40 and 100 rows (the unpacked prompt
-            // tiles: Q6_K's from 24 rows, Q5_K's with the mask test from 48).
-            for m in [1, 2, 3, 4, 6, 7, 13, 40, 100] {
-                let x: Vec<f32> = random(m * k, 23)
-                    .iter()
-                    .map(|v| 0.8 + 0.1 * v.abs())
-                    .collect();
+            // Every pass width (1–8 rows), 8 + 5, and 25–29, 40 and 100 rows (the unpacked
+            // prompt tiles: Q6_K's from 24 rows, paired in passes of 6 rows and the rest,
+            // Q5_K's with the mask test from 48); activations near their largest, and small
+            // ones, with which the unpacked passes sum 16 values at a time.
+            let widths = [1, 2, 3, 4, 6, 7, 13, 25, 26, 27, 29, 40, 100];
+            for (m, small) in widths.into_iter().flat_map(|m| [(m, false), (m, true)]) {
+                let x: Vec<f32> = if small {
+                    small_acts(m, k, 23, |_| true)
+                } else {
+                    random(m * k, 23)
+                        .iter()
+                        .map(|v| 0.8 + 0.1 * v.abs())
+                        .collect()
+                };
                 let acts = q8k(&x, m, k);
                 let run = |flavour| {
                     let w = laid_out(kind, n, k, data.clone(), flavour);
@@ -726,14 +776,61 @@ fn k_flavours_give_the_same_bits() {
                         assert_eq!(
                             a.to_bits(),
                             b.to_bits(),
-                            "{t:?} extreme={extreme} m={m}: {:?} {a} vs {flavour:?} {b} at \
-                             row {} column {}",
+                            "{t:?} extreme={extreme} small={small} m={m}: {:?} {a} vs \
+                             {flavour:?} {b} at row {} column {}",
                             flavours[0],
                             i / n,
                             i % n
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The unpacked AVX-512 VNNI passes sum 16 values in an i16 only where the rows'
+/// activations keep those sums below 2¹⁵ ([`ActRow::abs_sum16`]): at the bound and past it,
+/// with weights at their extremes (Q6_K's `q − 32` at −32 and 31, Q5_K's q at 31), they
+/// agree with the scalar reference. Each 16 activations are eight 127s, one `B − 1016` and
+/// seven 0s (integers, so the block scale is 1 and they quantize to themselves): `Σ|q| = B`.
+#[test]
+fn k_sums_of_sixteen_stop_at_the_i16_bound() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use x86::k512;
+        if !crate::cpu_features::avx512_vnni() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        // 60 rows: Q6_K's paired passes (from 24) and Q5_K's unpacked ones (from 48 where
+        // the fifth bits are tested with a mask); 4 groups.
+        let (m, n, k) = (60, 64, 768);
+        for (t, max) in [
+            (GgmlDType::Q6K, k512::Q6_ABS_SUM16_MAX),
+            (GgmlDType::Q5K, k512::Q45_ABS_SUM16_MAX),
+        ] {
+            let kind = QKind::from_ggml(t).unwrap();
+            let data = extreme_k_rows(kind, n, k);
+            for bound in [max - 1, max, max + 1, max + 2] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| match i % 16 {
+                        0..8 => 127.0,
+                        8 => f32::from(bound - 1016),
+                        _ => 0.0,
+                    })
+                    .collect();
+                let acts = q8k(&x, m, k);
+                assert!((0..m).all(|i| acts.row(i).abs_sum16.iter().all(|&s| s == bound)));
+                let run = |flavour| {
+                    let w = laid_out(kind, n, k, data.clone(), flavour);
+                    let mut out = vec![f32::NAN; m * n];
+                    kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
+                    out
+                };
+                let want = run(kgemm::Flavour::Scalar);
+                let err = max_rel(&run(kgemm::Flavour::Avx512Vnni), &want);
+                assert!(err < 1e-5, "{t:?} Σ|q| = {bound}: VNNI vs scalar {err}");
             }
         }
     }

@@ -48,8 +48,9 @@ pub unsafe fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
 }
 
 /// [`crate::quant::reference::quantize_q8k_scalar`] with AVX2: the same bytes, scales and
-/// sums of 16 and of 8 (as for [`quantize_blocks`]: an exact maximum, the same scalar scale
-/// expression, `cvtps2dq` rounding ties to even, exact integer sums).
+/// sums of 16 and of 8 and largest `Σ|q|` of 16 (as for [`quantize_blocks`]: an exact
+/// maximum, the same scalar scale expression, `cvtps2dq` rounding ties to even, exact integer
+/// sums).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_q8k(
     x: &[f32],
@@ -57,9 +58,10 @@ pub unsafe fn quantize_q8k(
     d: &mut [f32],
     bsums: &mut [i16],
     sums8: &mut [i16],
+    abs_sum16: &mut [u16],
 ) {
     assert!(qs.len() >= x.len() && d.len() * QK_K >= x.len() && bsums.len() * 16 >= x.len());
-    assert!(sums8.len() * 8 >= x.len());
+    assert!(sums8.len() * 8 >= x.len() && abs_sum16.len() * QK_K >= x.len());
     let sign = _mm256_set1_ps(-0.0);
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (b, xb) in x.chunks_exact(QK_K).enumerate() {
@@ -73,6 +75,8 @@ pub unsafe fn quantize_q8k(
         let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
         let db = amax / 127.0;
         let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
+        // The largest Σ|q| of 16 so far, in every lane.
+        let mut abs_max = _mm_setzero_si128();
         for c in 0..QK_K / 32 {
             // Not `array::from_fn`: it is not inlined into a `target_feature` function.
             let at = |j: usize| _mm256_loadu_ps(p.add(32 * c + 8 * j));
@@ -86,6 +90,11 @@ pub unsafe fn quantize_q8k(
             let h = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
             let s8 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
             let s16 = _mm_hadd_epi32(s8, s8);
+            let a = |j: usize| _mm256_abs_epi32(q[j]);
+            let ha =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(a(0), a(1)), _mm256_hadd_epi32(a(2), a(3)));
+            let a8 = _mm_add_epi32(_mm256_castsi256_si128(ha), _mm256_extracti128_si256(ha, 1));
+            abs_max = _mm_max_epi32(abs_max, _mm_hadd_epi32(a8, a8));
             let at8 = sums8.as_mut_ptr().add(b * 32 + 4 * c);
             _mm_storel_epi64(at8 as *mut __m128i, _mm_packs_epi32(s8, s8));
             let at16 = bsums.as_mut_ptr().add(b * 16 + 2 * c);
@@ -99,6 +108,8 @@ pub unsafe fn quantize_q8k(
             );
         }
         *d.get_unchecked_mut(b) = db;
+        let m = _mm_max_epi32(abs_max, _mm_shuffle_epi32::<0b01>(abs_max));
+        *abs_sum16.get_unchecked_mut(b) = _mm_cvtsi128_si32(m) as u16;
     }
 }
 

@@ -43,6 +43,8 @@ pub(super) struct RowAddrs {
     s3: usize,
     /// Where a row's [`ActRow::q6_bias8`](crate::quant::ActRow) starts, from its values.
     bias8: usize,
+    /// Where a row's [`ActRow::q6_bias`](crate::quant::ActRow) starts, from its values.
+    bias: usize,
 }
 
 impl RowAddrs {
@@ -58,8 +60,8 @@ impl RowAddrs {
 
     /// # Panics
     /// If the rows are not evenly spaced (they are when they come from one `QActs`); in debug
-    /// builds, if a row's `q6_bias8` is not `bias8` bytes past its values (Q8_K rows; the
-    /// 32-value formats' rows have none).
+    /// builds, if a row's `q6_bias` or `q6_bias8` is not where the first row's is from its
+    /// values (Q8_K rows; the 32-value formats' rows have none).
     #[inline(always)]
     pub(super) fn new(acts: &[ActRow]) -> RowAddrs {
         let p0 = acts[0].qs.as_ptr();
@@ -77,14 +79,18 @@ impl RowAddrs {
         );
         let p4 = acts.get(4).map_or(p0, |a| a.qs.as_ptr());
         let bias8 = (acts[0].q6_bias8.as_ptr() as usize).wrapping_sub(p0 as usize);
+        let bias = (acts[0].q6_bias.as_ptr() as usize).wrapping_sub(p0 as usize);
         debug_assert!(acts.iter().all(|a| a.q6_bias8.is_empty()
             || a.q6_bias8.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias8)));
+        debug_assert!(acts.iter().all(|a| a.q6_bias.is_empty()
+            || a.q6_bias.as_ptr() as usize == (a.qs.as_ptr() as usize).wrapping_add(bias)));
         RowAddrs {
             p0,
             p4,
             s,
             s3: s.wrapping_mul(3),
             bias8,
+            bias,
         }
     }
 }
@@ -255,6 +261,25 @@ unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [
     const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
     let mut t = [_mm512_setzero_si512(); R];
     let at = rows.bias8 + 4 * (32 * b + h);
+    macro_rules! row {
+        ($($i:literal)*) => {$(
+            if $i < R {
+                t[$i] = bcast_row(rows, $i, at);
+            }
+        )*};
+    }
+    row!(0 1 2 3 4 5 6 7);
+    t
+}
+
+/// Each row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
+/// ([`ActRow::q6_bias`](crate::quant::ActRow)): the sums the paired passes over whole
+/// sub-blocks ([`gemm_q6_k_32x6_unpacked16_vnni`]) start from.
+#[inline(always)]
+unsafe fn q6_bias_rows<const R: usize>(rows: RowAddrs, b: usize, s: usize) -> [__m512i; R] {
+    const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
+    let mut t = [_mm512_setzero_si512(); R];
+    let at = rows.bias + 4 * (16 * b + s);
     macro_rules! row {
         ($($i:literal)*) => {$(
             if $i < R {
@@ -570,6 +595,10 @@ unsafe fn q45_epilogue<const R: usize, const VNNI: bool>(
     }
 }
 
+/// The largest [`ActRow::abs_sum16`](crate::quant::ActRow) of a row for which 16 of Q5_K's
+/// values' `Σ q·a` fits an i16: q is 0..31, and 31 · 1057 = 32 767.
+pub const Q45_ABS_SUM16_MAX: u16 = 1057;
+
 /// Bytes of one Q4_K/Q5_K super-block of a 16-row group unpacked by [`unpack_q45`]: the 8
 /// sub-blocks' scales as i32 lanes (8 × 64), then the values a byte each in activation order
 /// (64 vectors of 64: four values of each row).
@@ -639,6 +668,25 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
     for b in 0..nsb {
         let ub = u.add(b * Q45_UNPACKED_SB);
         let mut isum = [_mm512_setzero_si512(); R];
+        let sixteen =
+            (0..R).all(|i| *acts.get_unchecked(i).abs_sum16.get_unchecked(b) <= Q45_ABS_SUM16_MAX);
+        if sixteen {
+            for h in 0..16 {
+                let rs = rows.offset(b * QK_K + 16 * h);
+                let mut t = [_mm512_setzero_si512(); R];
+                for k in 0..4 {
+                    let v =
+                        _mm512_loadu_si512(ub.add(Q45_VALUES_AT + 64 * (4 * h + k)) as *const _);
+                    dpbusd_rows(&mut t, v, rs, 4 * k);
+                }
+                let sc = _mm512_loadu_si512(ub.add(64 * (h / 2)) as *const _);
+                for i in 0..R {
+                    isum[i] = dpwssd(isum[i], t[i], sc);
+                }
+            }
+            q45_epilogue::<R, true>(w.add(b * sb), b, acts, &isum, &mut acc);
+            continue;
+        }
         for h in 0..16 {
             // Values 16h..16h + 16 (half of sub-block h / 2): four vectors of four a row.
             let rs = rows.offset(b * QK_K + 16 * h);
@@ -977,6 +1025,89 @@ pub unsafe fn gemm_q6_k_32x4_unpacked_vnni<const R: usize>(
     for (c, acc) in acc.iter().enumerate() {
         for (i, v) in acc.iter().enumerate() {
             _mm512_storeu_ps(out.add(i * ld + G * c), *v);
+        }
+    }
+}
+
+/// The largest [`ActRow::abs_sum16`](crate::quant::ActRow) of a row for which a Q6_K
+/// sub-block's `Σ (q − 32)·a` over all 16 values fits an i16: `|q − 32| ≤ 32`, and
+/// 32 · 1023 = 32 736 < 2¹⁵.
+pub const Q6_ABS_SUM16_MAX: u16 = 1023;
+
+/// Rows a pass of [`gemm_q6_k_32x6_unpacked16_vnni`] takes.
+pub const PAIR16_ROWS: usize = 6;
+
+/// [`gemm_q6_k_32x4_unpacked_vnni`] for up to 6 rows whose
+/// [`ActRow::abs_sum16`](crate::quant::ActRow) is at most [`Q6_ABS_SUM16_MAX`] over `sbs`
+/// (the caller checks): each sub-block sums all 16 values from its `−32·Σa`
+/// ([`q6_bias_rows`]) and is scaled by one `vpdpwssd`, where the 8-value halves take two
+/// and two starting sums. Per sub-block and pair of groups: 4 · R `vpdpbusd` and one
+/// `vpdpwssd` a row and group, R starting sums. With half the sums in flight the pass
+/// takes 6 rows (each weight vector serves 6, not 4), the f32 totals kept in `out`. The
+/// same i32 totals, so the same bits. Real activations fit: a Q8_K block's largest value
+/// is 127, and 16 values add up to 1023 only where most are near it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
+pub unsafe fn gemm_q6_k_32x6_unpacked16_vnni<const R: usize>(
+    w: [*const u8; 2],
+    u: [*const u8; 2],
+    sbs: std::ops::Range<usize>,
+    acts: &[ActRow],
+    out: *mut f32,
+    ld: usize,
+) {
+    const SB: usize = 210 * G;
+    const {
+        assert!(
+            R <= PAIR16_ROWS,
+            "a row's two sums and two i32 totals in registers"
+        )
+    };
+    debug_assert!(acts
+        .iter()
+        .all(|a| sbs.clone().all(|b| a.abs_sum16[b] <= Q6_ABS_SUM16_MAX)));
+    let rows = RowAddrs::new(acts);
+    for b in sbs {
+        let ub = [u[0].add(b * Q6_UNPACKED_SB), u[1].add(b * Q6_UNPACKED_SB)];
+        let mut isum = [[_mm512_setzero_si512(); R]; 2];
+        for s in 0..16 {
+            // Sub-block s: values 16s..16s + 16, four vectors of four values a row.
+            let rs = rows.offset(b * QK_K + 16 * s);
+            let start = q6_bias_rows::<R>(rows, b, s);
+            // t[c][i]: group c's sum of row i.
+            let mut t = [start, start];
+            for k in 0..4 {
+                let at = Q6_VALUES_AT + 64 * (4 * s + k);
+                let q0 = _mm512_loadu_si512(ub[0].add(at) as *const _);
+                let q1 = _mm512_loadu_si512(ub[1].add(at) as *const _);
+                for i in 0..R {
+                    let a = bcast_row(rs, i, 4 * k);
+                    t[0][i] = _mm512_dpbusd_epi32(t[0][i], q0, a);
+                    t[1][i] = _mm512_dpbusd_epi32(t[1][i], q1, a);
+                }
+            }
+            for (c, t) in t.iter().enumerate() {
+                let sc = _mm512_loadu_si512(ub[c].add(64 * s) as *const _);
+                for i in 0..R {
+                    isum[c][i] = dpwssd(isum[c][i], t[i], sc);
+                }
+            }
+        }
+        // The f32 totals: written at the first super-block, added to after (in the same
+        // order as the 4-row passes, so the same bits).
+        for c in 0..2 {
+            let d = f16x16(w[c].add(b * SB));
+            for i in 0..R {
+                let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+                let s = _mm512_cvtepi32_ps(isum[c][i]);
+                let o = out.add(i * ld + G * c);
+                let acc = if b > 0 {
+                    _mm512_loadu_ps(o)
+                } else {
+                    _mm512_setzero_ps()
+                };
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(s, _mm512_mul_ps(d, da), acc));
+            }
         }
     }
 }
