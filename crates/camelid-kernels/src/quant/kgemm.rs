@@ -186,19 +186,15 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                 let group = |gi: usize| &data[gi * group_bytes..(gi + 1) * group_bytes];
                 for (t, tile_rows) in rows.chunks(tile).enumerate() {
                     let unpack = tile_rows.len() >= unpack_from;
-                    if unpack && flavour == Flavour::Avx512Vnni && w.kind == QKind::Q6K {
-                        pair_blocks_of_sixteen(tile_rows, nsb, &mut sixteen);
+                    let pairs = unpack && flavour == Flavour::Avx512Vnni;
+                    if pairs {
+                        pair_blocks_of_sixteen(w.kind, tile_rows, nsb, &mut sixteen);
                     }
                     let mut gi = g0;
                     while gi < g1 {
-                        // AVX-512 VNNI's unpacked Q6_K groups run in pairs where both are
-                        // whole (`gemm_group_pair`).
-                        if unpack
-                            && flavour == Flavour::Avx512Vnni
-                            && w.kind == QKind::Q6K
-                            && gi + 1 < g1
-                            && (gi + 2) * g <= n
-                        {
+                        // AVX-512 VNNI's unpacked groups (Q6_K, Q5_K) run in pairs where both
+                        // are whole (`gemm_group_pair`).
+                        if pairs && gi + 1 < g1 && (gi + 2) * g <= n {
                             let wg = [group(gi), group(gi + 1)];
                             let u = [
                                 unpack_group(flavour, w.kind, wg[0], nsb, &mut unpacked),
@@ -211,7 +207,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                             // (owned by this task).
                             unsafe {
                                 let out = ptr.at(t * tile * n + gi * g);
-                                pair_passes(wg, u, nsb, tile_rows, &sixteen, out, n);
+                                pair_passes(w.kind, wg, u, nsb, tile_rows, &sixteen, out, n);
                             }
                             gi += 2;
                             continue;
@@ -461,9 +457,10 @@ fn unpack_group(
     }
 }
 
-/// Rows a pass of [`gemm_group_pair`] takes where every row's activations let each Q6_K
-/// sub-block sum all 16 values in an i16 ([`sums_of_sixteen`]; half the sums in flight, so
-/// each weight vector serves 6 rows), and where they do not (8-value halves).
+/// Rows a pass of [`gemm_group_pair`] takes where every row's activations let each 16
+/// values' sum fit an i16 ([`sums_of_sixteen`]; half the sums in flight, so each weight
+/// vector serves 6 rows), and where they do not (Q6_K's 8-value halves; Q5_K's one group
+/// at a time).
 const PAIR_ROWS_SIXTEEN: usize = 6;
 const PAIR_ROWS_HALVES: usize = 4;
 
@@ -479,17 +476,23 @@ const PAIR_SUPERBLOCKS: usize = 2;
 const PAIR_ROW_BLOCK: usize = 36;
 
 /// Whether every row of `acts` has activations small enough over super-blocks `sbs` for
-/// Q6_K's sums of 16 values to fit an i16 (`k512::Q6_ABS_SUM16_MAX`).
-fn sums_of_sixteen(acts: &[ActRow], sbs: std::ops::Range<usize>) -> bool {
+/// `kind`'s (Q6_K, Q5_K) sums of 16 values to fit an i16 (`k512::Q6_ABS_SUM16_MAX`,
+/// `k512::Q45_ABS_SUM16_MAX`).
+fn sums_of_sixteen(kind: QKind, acts: &[ActRow], sbs: std::ops::Range<usize>) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let max = super::x86::k512::Q6_ABS_SUM16_MAX;
+        use super::x86::k512;
+        let max = match kind {
+            QKind::Q6K => k512::Q6_ABS_SUM16_MAX,
+            QKind::Q5K => k512::Q45_ABS_SUM16_MAX,
+            _ => unreachable!("{kind:?} groups are not paired"),
+        };
         acts.iter()
             .all(|a| a.abs_sum16[sbs.clone()].iter().all(|&m| m <= max))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (acts, sbs);
+        let _ = (kind, acts, sbs);
         false
     }
 }
@@ -497,24 +500,31 @@ fn sums_of_sixteen(acts: &[ActRow], sbs: std::ops::Range<usize>) -> bool {
 /// [`sums_of_sixteen`] for each [`PAIR_ROW_BLOCK`] of `tile_rows` (major) and each
 /// [`PAIR_SUPERBLOCKS`] of `nsb`, into `fits`: once a tile, not again for every pair of
 /// groups (row by row, the checks took 4 % of a Q6_K prompt).
-fn pair_blocks_of_sixteen(tile_rows: &[ActRow], nsb: usize, fits: &mut Vec<bool>) {
+fn pair_blocks_of_sixteen(kind: QKind, tile_rows: &[ActRow], nsb: usize, fits: &mut Vec<bool>) {
     fits.clear();
     for block in tile_rows.chunks(PAIR_ROW_BLOCK) {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
-            fits.push(sums_of_sixteen(block, b0..(b0 + PAIR_SUPERBLOCKS).min(nsb)));
+            fits.push(sums_of_sixteen(
+                kind,
+                block,
+                b0..(b0 + PAIR_SUPERBLOCKS).min(nsb),
+            ));
         }
     }
 }
 
-/// Every row of a tile (`out[i · ld ..]` for row `i`) over two whole unpacked Q6_K groups
-/// ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time, 6 rows
-/// a pass where the whole block's activations allow sums of 16 values (`sixteen`, from
-/// [`pair_blocks_of_sixteen`]), else 4 (each pass then sums 16 where its own rows allow).
+/// Every row of a tile (`out[i · ld ..]` for row `i`) over two whole unpacked groups of
+/// `kind` ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time,
+/// 6 rows a pass where the whole block's activations allow sums of 16 values (`sixteen`,
+/// from [`pair_blocks_of_sixteen`]), else 4 (each pass then sums 16 where its own rows
+/// allow).
 ///
 /// # Safety
 /// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sixteen` is
-/// [`pair_blocks_of_sixteen`]'s for `tile_rows` and `nsb`.
+/// [`pair_blocks_of_sixteen`]'s for `kind`, `tile_rows` and `nsb`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn pair_passes(
+    kind: QKind,
     wg: [&[u8]; 2],
     u: [*const u8; 2],
     nsb: usize,
@@ -537,31 +547,35 @@ unsafe fn pair_passes(
             };
             for (q, few) in block.chunks(width).enumerate() {
                 let out = out.add((rb * PAIR_ROW_BLOCK + q * width) * ld);
-                let sixteen = all || sums_of_sixteen(few, sbs.clone());
-                gemm_group_pair(wg, u, sbs.clone(), few, sixteen, out, ld);
+                let sixteen = all || sums_of_sixteen(kind, few, sbs.clone());
+                gemm_group_pair(kind, wg, u, sbs.clone(), few, sixteen, out, ld);
             }
         }
     }
 }
 
-/// Two whole AVX-512 VNNI Q6_K groups (`wg`), unpacked by [`unpack_group`] (`u`), side by
-/// side times activation rows `acts` over super-blocks `sbs`: `out[i · ld + 0..32]`, each
-/// activation broadcast and starting sum serving both groups. Sums of whole sub-blocks
-/// where `sixteen` (the rows allow it: [`sums_of_sixteen`];
-/// `k512::gemm_q6_k_32x6_unpacked16_vnni`, up to [`PAIR_ROWS_SIXTEEN`] rows), else of halves
-/// (`k512::gemm_q6_k_32x4_unpacked_vnni`, up to [`PAIR_ROWS_HALVES`]): the same i32 sums, so
-/// the same bits.
+/// Two whole AVX-512 VNNI groups of `kind` (`wg`: Q6_K or Q5_K), unpacked by
+/// [`unpack_group`] (`u`), side by side times activation rows `acts` over super-blocks
+/// `sbs`: `out[i · ld + 0..32]`. Where `sixteen` (the rows allow it: [`sums_of_sixteen`]),
+/// `k512::gemm_k_32x6_unpacked16_vnni` sums 16 values at a time, each activation broadcast
+/// (and Q6_K's starting sum) serving both groups, up to [`PAIR_ROWS_SIXTEEN`] rows. Else
+/// Q6_K's sums of 8 values run paired (`k512::gemm_q6_k_32x4_unpacked_vnni`), Q5_K's one
+/// group at a time (`k512::gemm_q45_k_16x8_unpacked_vnni`: paired they were no faster, with
+/// no starting sums to share), up to [`PAIR_ROWS_HALVES`] rows. The same i32 sums, so the
+/// same bits.
 ///
 /// Where `sbs` does not start at 0, `out` holds the totals of the super-blocks before it
 /// (this adds to them).
 ///
 /// # Safety
 /// Each `wg[c]` is one whole 16-row group of `nsb` super-blocks and `u[c]` its unpacked
-/// bytes (`nsb · k512::Q6_UNPACKED_SB`), `sbs` within `0..nsb`; the activation rows are
-/// `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]` is writable for every
-/// row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] where `sixteen`, else to
-/// [`PAIR_ROWS_HALVES`]); `sixteen` only where [`sums_of_sixteen`] says so.
+/// bytes (`nsb · k512::Q6_UNPACKED_SB` or `k512::Q45_UNPACKED_SB`), `sbs` within `0..nsb`;
+/// the activation rows are `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]`
+/// is writable for every row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] where `sixteen`, else
+/// to [`PAIR_ROWS_HALVES`]); `sixteen` only where [`sums_of_sixteen`] says so.
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_group_pair(
+    kind: QKind,
     wg: [&[u8]; 2],
     u: [*const u8; 2],
     sbs: std::ops::Range<usize>,
@@ -574,6 +588,7 @@ unsafe fn gemm_group_pair(
         && a.d.len() >= sbs.end
         && a.q6_bias.len() >= sbs.end * 64
         && a.q6_bias8.len() >= sbs.end * 128
+        && a.pairs.len() >= sbs.end * 4
         && a.abs_sum16.len() >= sbs.end));
     #[cfg(target_arch = "x86_64")]
     {
@@ -587,17 +602,44 @@ unsafe fn gemm_group_pair(
                     r => unreachable!("{r} activation rows in one pass"),
                 }
             };
+            ($f:ident, $q6:literal; $($r:literal)*) => {
+                match acts.len() {
+                    $($r => k512::$f::<$r, $q6>(w, u, sbs, acts, out, ld),)*
+                    r => unreachable!("{r} activation rows in one pass"),
+                }
+            };
         }
-        debug_assert!(!sixteen || sums_of_sixteen(acts, sbs.clone()));
-        if sixteen {
-            by_rows!(gemm_q6_k_32x6_unpacked16_vnni; 1 2 3 4 5 6)
-        } else {
-            by_rows!(gemm_q6_k_32x4_unpacked_vnni; 1 2 3 4)
+        debug_assert!(!sixteen || sums_of_sixteen(kind, acts, sbs.clone()));
+        match (kind, sixteen) {
+            (QKind::Q6K, true) => by_rows!(gemm_k_32x6_unpacked16_vnni, true; 1 2 3 4 5 6),
+            (QKind::Q5K, true) => by_rows!(gemm_k_32x6_unpacked16_vnni, false; 1 2 3 4 5 6),
+            (QKind::Q6K, false) => by_rows!(gemm_q6_k_32x4_unpacked_vnni; 1 2 3 4),
+            (QKind::Q5K, false) => {
+                for c in 0..2 {
+                    let (w, u, sbs, out) = (w[c], u[c], sbs.clone(), out.add(16 * c));
+                    match acts.len() {
+                        4 => {
+                            k512::gemm_q45_k_16x8_unpacked_vnni::<4, true>(w, u, sbs, acts, out, ld)
+                        }
+                        3 => {
+                            k512::gemm_q45_k_16x8_unpacked_vnni::<3, true>(w, u, sbs, acts, out, ld)
+                        }
+                        2 => {
+                            k512::gemm_q45_k_16x8_unpacked_vnni::<2, true>(w, u, sbs, acts, out, ld)
+                        }
+                        1 => {
+                            k512::gemm_q45_k_16x8_unpacked_vnni::<1, true>(w, u, sbs, acts, out, ld)
+                        }
+                        r => unreachable!("{r} activation rows in one pass"),
+                    }
+                }
+            }
+            _ => unreachable!("{kind:?} groups are not paired"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (wg, u, sbs, acts, out, ld);
+        let _ = (kind, wg, u, sbs, acts, sixteen, out, ld);
         unreachable!("paired groups run only where the x86 kernels do")
     }
 }
@@ -671,7 +713,17 @@ unsafe fn gemm_group(
                     unpacked_rows!(k512::gemm_q6_k_16x8_unpacked_vnni; 1 2 3 4 5 6 7 8)
                 }
                 (Flavour::Avx512Vnni, QKind::Q5K) => {
-                    unpacked_rows!(k512::gemm_q45_k_16x8_unpacked_vnni, true; 1 2 3 4 5 6 7 8)
+                    macro_rules! q5_rows {
+                        ($($r:literal)*) => {
+                            match acts.len() {
+                                $($r => k512::gemm_q45_k_16x8_unpacked_vnni::<$r, true>(
+                                    w, u, 0..nsb, acts, out, ld,
+                                ),)*
+                                r => unreachable!("{r} activation rows in one pass"),
+                            }
+                        };
+                    }
+                    q5_rows!(1 2 3 4 5 6 7 8)
                 }
                 (Flavour::Avx2, QKind::Q4K) => {
                     unpacked_rows!(k256::gemm_q45_k_8x4_unpacked, false; 1 2 3 4)

@@ -274,7 +274,7 @@ unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [
 
 /// Each row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
 /// ([`ActRow::q6_bias`](crate::quant::ActRow)): the sums the paired passes over whole
-/// sub-blocks ([`gemm_q6_k_32x6_unpacked16_vnni`]) start from.
+/// sub-blocks ([`gemm_k_32x6_unpacked16_vnni`]) start from.
 #[inline(always)]
 unsafe fn q6_bias_rows<const R: usize>(rows: RowAddrs, b: usize, s: usize) -> [__m512i; R] {
     const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
@@ -645,56 +645,59 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
     }
 }
 
-/// [`q45_k`]'s sums with VNNI over a group unpacked by [`unpack_q45`] (`u`), its headers still read
-/// from the packed group `w`: per vector only the `vpdpbusd` of each row. Each sum covers 8
+/// [`q45_k`]'s sums with VNNI over a group unpacked by [`unpack_q45`] (`u`), its headers
+/// still read from the packed group `w`, over super-blocks `sbs` (where they do not start at
+/// 0, `out` holds the totals of those before: added to in the same steps, so the same bits
+/// as one call over all): per vector only the `vpdpbusd` of each row. Each sum covers 8
 /// values (two vectors), at most 8 · 31 · 127 = 31 496, so it fits the low i16 of its lane
 /// and one `vpdpwssd` by the sub-block's scale (0..63, high i16 zero) adds it to the row's
 /// i32 total, as in [`q6_k_unpacked_vnni`]: chains of two `vpdpbusd` (16 independent sums
-/// in an 8-row pass) where one sum a row ran through a sub-block's eight. The same i32
-/// sums as [`q45_k`], so the same bits.
+/// in an 8-row pass) where one sum a row ran through a sub-block's eight. Where every row's
+/// [`ActRow::abs_sum16`](crate::quant::ActRow) is at most [`Q45_ABS_SUM16_MAX`], a
+/// super-block's sums cover 16 values (one `vpdpwssd` per 16; session 55, `qgemm_bench 1
+/// q5_k` with normal activations: 1.04× at 64 rows, 1.07–1.15× at 256). The same i32 sums
+/// as [`q45_k`], so the same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
     w: *const u8,
     u: *const u8,
-    nsb: usize,
+    sbs: std::ops::Range<usize>,
     acts: &[ActRow],
     out: *mut f32,
     ld: usize,
 ) {
     let sb = if FIFTH { 180 * G } else { 148 * G };
     let mut acc = [_mm512_setzero_ps(); R];
+    if sbs.start > 0 {
+        for (i, v) in acc.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(out.add(i * ld));
+        }
+    }
     let rows = RowAddrs::new(acts);
-    for b in 0..nsb {
+    for b in sbs {
         let ub = u.add(b * Q45_UNPACKED_SB);
         let mut isum = [_mm512_setzero_si512(); R];
         let sixteen =
             (0..R).all(|i| *acts.get_unchecked(i).abs_sum16.get_unchecked(b) <= Q45_ABS_SUM16_MAX);
-        if sixteen {
-            for h in 0..16 {
-                let rs = rows.offset(b * QK_K + 16 * h);
-                let mut t = [_mm512_setzero_si512(); R];
-                for k in 0..4 {
-                    let v =
-                        _mm512_loadu_si512(ub.add(Q45_VALUES_AT + 64 * (4 * h + k)) as *const _);
-                    dpbusd_rows(&mut t, v, rs, 4 * k);
-                }
-                let sc = _mm512_loadu_si512(ub.add(64 * (h / 2)) as *const _);
-                for i in 0..R {
-                    isum[i] = dpwssd(isum[i], t[i], sc);
-                }
-            }
-            q45_epilogue::<R, true>(w.add(b * sb), b, acts, &isum, &mut acc);
-            continue;
-        }
         for h in 0..16 {
             // Values 16h..16h + 16 (half of sub-block h / 2): four vectors of four a row.
             let rs = rows.offset(b * QK_K + 16 * h);
             let v =
                 |k: usize| _mm512_loadu_si512(ub.add(Q45_VALUES_AT + 64 * (4 * h + k)) as *const _);
-            let zero = [_mm512_setzero_si512(); R];
             let sc = _mm512_loadu_si512(ub.add(64 * (h / 2)) as *const _);
-            halves_scaled(v, rs, (zero, zero), sc, &mut isum);
+            let zero = [_mm512_setzero_si512(); R];
+            if sixteen {
+                let mut t = zero;
+                for k in 0..4 {
+                    dpbusd_rows(&mut t, v(k), rs, 4 * k);
+                }
+                for i in 0..R {
+                    isum[i] = dpwssd(isum[i], t[i], sc);
+                }
+            } else {
+                halves_scaled(v, rs, (zero, zero), sc, &mut isum);
+            }
         }
         q45_epilogue::<R, true>(w.add(b * sb), b, acts, &isum, &mut acc);
     }
@@ -704,17 +707,17 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
 }
 
 /// See `quant::kgemm`: one unpacked Q4_K (`FIFTH = false`) or Q5_K group of 16 rows × `R`
-/// activation rows, VNNI.
+/// activation rows over super-blocks `sbs`, VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm_q45_k_16x8_unpacked_vnni<const R: usize, const FIFTH: bool>(
     w: *const u8,
     u: *const u8,
-    nsb: usize,
+    sbs: std::ops::Range<usize>,
     acts: &[ActRow],
     out: *mut f32,
     ld: usize,
 ) {
-    q45_k_unpacked_vnni::<R, FIFTH>(w, u, nsb, acts, out, ld)
+    q45_k_unpacked_vnni::<R, FIFTH>(w, u, sbs, acts, out, ld)
 }
 
 /// The 6-bit values of one Q6_K four-value step of a 16-row group (`krepack`'s three vectors
@@ -1034,21 +1037,32 @@ pub unsafe fn gemm_q6_k_32x4_unpacked_vnni<const R: usize>(
 /// 32 · 1023 = 32 736 < 2¹⁵.
 pub const Q6_ABS_SUM16_MAX: u16 = 1023;
 
-/// Rows a pass of [`gemm_q6_k_32x6_unpacked16_vnni`] takes.
+/// Rows a pass of [`gemm_k_32x6_unpacked16_vnni`] takes.
 pub const PAIR16_ROWS: usize = 6;
 
-/// [`gemm_q6_k_32x4_unpacked_vnni`] for up to 6 rows whose
-/// [`ActRow::abs_sum16`](crate::quant::ActRow) is at most [`Q6_ABS_SUM16_MAX`] over `sbs`
-/// (the caller checks): each sub-block sums all 16 values from its `−32·Σa`
-/// ([`q6_bias_rows`]) and is scaled by one `vpdpwssd`, where the 8-value halves take two
-/// and two starting sums. Per sub-block and pair of groups: 4 · R `vpdpbusd` and one
-/// `vpdpwssd` a row and group, R starting sums. With half the sums in flight the pass
-/// takes 6 rows (each weight vector serves 6, not 4), the f32 totals kept in `out`. The
-/// same i32 totals, so the same bits. Real activations fit: a Q8_K block's largest value
-/// is 127, and 16 values add up to 1023 only where most are near it.
+/// Two unpacked groups side by side (32 columns) × up to 6 activation rows over
+/// super-blocks `sbs`, VNNI, each 16 values' products summed in one i32 lane whose low i16
+/// `vpdpwssd` scales: Q6_K (`Q6`; groups from [`unpack_q6`], each sub-block's sums from its
+/// `−32·Σa`, [`q6_bias_rows`]) or Q5_K (from [`unpack_q45`], from zero, two sums a sub-block
+/// of 32). The rows' [`ActRow::abs_sum16`](crate::quant::ActRow) must be at most
+/// [`Q6_ABS_SUM16_MAX`] / [`Q45_ABS_SUM16_MAX`] over `sbs` (the caller checks), so each sum
+/// fits the i16.
+///
+/// Where the 8-value halves ([`gemm_q6_k_32x4_unpacked_vnni`], [`q45_k_unpacked_vnni`]) take
+/// two `vpdpwssd` (and for Q6_K two starting sums) per 16 values, this takes one, and with
+/// half the sums in flight a pass takes 6 rows (each weight vector serves 6, not 4); each
+/// activation broadcast serves both groups. The f32 totals are kept in `out`: written at
+/// super-block 0, added to after in the same steps as the one-group passes, so the same
+/// bits. Real activations fit: a Q8_K block's largest value is 127, and 16 values add up
+/// to 1023 only where most are near it.
+///
+/// # Safety
+/// `w[c]` one whole 16-row group of `kind` and `u[c]` its unpacked super-blocks, `sbs`
+/// within them; the activation rows that wide; the CPU has AVX-512 VNNI; `out[i · ld +
+/// 0..32]` writable for every row `i` of `acts`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
-pub unsafe fn gemm_q6_k_32x6_unpacked16_vnni<const R: usize>(
+pub unsafe fn gemm_k_32x6_unpacked16_vnni<const R: usize, const Q6: bool>(
     w: [*const u8; 2],
     u: [*const u8; 2],
     sbs: std::ops::Range<usize>,
@@ -1056,28 +1070,41 @@ pub unsafe fn gemm_q6_k_32x6_unpacked16_vnni<const R: usize>(
     out: *mut f32,
     ld: usize,
 ) {
-    const SB: usize = 210 * G;
     const {
         assert!(
             R <= PAIR16_ROWS,
             "a row's two sums and two i32 totals in registers"
         )
     };
+    let (sb, usb, values_at) = if Q6 {
+        (210 * G, Q6_UNPACKED_SB, Q6_VALUES_AT)
+    } else {
+        (180 * G, Q45_UNPACKED_SB, Q45_VALUES_AT)
+    };
+    let max = if Q6 {
+        Q6_ABS_SUM16_MAX
+    } else {
+        Q45_ABS_SUM16_MAX
+    };
     debug_assert!(acts
         .iter()
-        .all(|a| sbs.clone().all(|b| a.abs_sum16[b] <= Q6_ABS_SUM16_MAX)));
+        .all(|a| sbs.clone().all(|b| a.abs_sum16[b] <= max)));
     let rows = RowAddrs::new(acts);
     for b in sbs {
-        let ub = [u[0].add(b * Q6_UNPACKED_SB), u[1].add(b * Q6_UNPACKED_SB)];
+        let ub = [u[0].add(b * usb), u[1].add(b * usb)];
         let mut isum = [[_mm512_setzero_si512(); R]; 2];
         for s in 0..16 {
-            // Sub-block s: values 16s..16s + 16, four vectors of four values a row.
+            // Values 16s..16s + 16, four vectors of four values a row.
             let rs = rows.offset(b * QK_K + 16 * s);
-            let start = q6_bias_rows::<R>(rows, b, s);
+            let start = if Q6 {
+                q6_bias_rows::<R>(rows, b, s)
+            } else {
+                [_mm512_setzero_si512(); R]
+            };
             // t[c][i]: group c's sum of row i.
             let mut t = [start, start];
             for k in 0..4 {
-                let at = Q6_VALUES_AT + 64 * (4 * s + k);
+                let at = values_at + 64 * (4 * s + k);
                 let q0 = _mm512_loadu_si512(ub[0].add(at) as *const _);
                 let q1 = _mm512_loadu_si512(ub[1].add(at) as *const _);
                 for i in 0..R {
@@ -1086,27 +1113,36 @@ pub unsafe fn gemm_q6_k_32x6_unpacked16_vnni<const R: usize>(
                     t[1][i] = _mm512_dpbusd_epi32(t[1][i], q1, a);
                 }
             }
+            // Q6_K's scale of sub-block s, Q5_K's of sub-block s / 2 (of 32 values).
+            let sc_at = if Q6 { 64 * s } else { 64 * (s / 2) };
             for (c, t) in t.iter().enumerate() {
-                let sc = _mm512_loadu_si512(ub[c].add(64 * s) as *const _);
+                let sc = _mm512_loadu_si512(ub[c].add(sc_at) as *const _);
                 for i in 0..R {
                     isum[c][i] = dpwssd(isum[c][i], t[i], sc);
                 }
             }
         }
-        // The f32 totals: written at the first super-block, added to after (in the same
-        // order as the 4-row passes, so the same bits).
         for c in 0..2 {
-            let d = f16x16(w[c].add(b * SB));
+            let blk = w[c].add(b * sb);
+            let o = out.add(G * c);
+            let mut acc = [_mm512_setzero_ps(); R];
+            if b > 0 {
+                for i in 0..R {
+                    acc[i] = _mm512_loadu_ps(o.add(i * ld));
+                }
+            }
+            if Q6 {
+                let d = f16x16(blk);
+                for i in 0..R {
+                    let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
+                    let s = _mm512_cvtepi32_ps(isum[c][i]);
+                    acc[i] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, da), acc[i]);
+                }
+            } else {
+                q45_epilogue::<R, true>(blk, b, acts, &isum[c], &mut acc);
+            }
             for i in 0..R {
-                let da = _mm512_set1_ps(*acts.get_unchecked(i).d.get_unchecked(b));
-                let s = _mm512_cvtepi32_ps(isum[c][i]);
-                let o = out.add(i * ld + G * c);
-                let acc = if b > 0 {
-                    _mm512_loadu_ps(o)
-                } else {
-                    _mm512_setzero_ps()
-                };
-                _mm512_storeu_ps(o, _mm512_fmadd_ps(s, _mm512_mul_ps(d, da), acc));
+                _mm512_storeu_ps(o.add(i * ld), acc[i]);
             }
         }
     }
