@@ -33,8 +33,37 @@ const DEFAULT_TOP_P: f32 = 0.9;
 #[derive(Debug)]
 pub struct OllamaError(pub ApiError);
 
+/// The OpenAI fields an Ollama request's `options` and `format` become ([`sampling`]), and
+/// the names its client sent: an error about one of them names what the client wrote.
+const OLLAMA_NAMES: [(&str, &str); 11] = [
+    ("repetition_penalty", "options.repeat_penalty"),
+    ("temperature", "options.temperature"),
+    ("top_p", "options.top_p"),
+    ("top_k", "options.top_k"),
+    ("min_p", "options.min_p"),
+    ("presence_penalty", "options.presence_penalty"),
+    ("frequency_penalty", "options.frequency_penalty"),
+    ("stop", "options.stop"),
+    ("seed", "options.seed"),
+    ("max_tokens", "options.num_predict"),
+    ("response_format", "format"),
+];
+
 impl From<ApiError> for OllamaError {
-    fn from(e: ApiError) -> Self {
+    fn from(mut e: ApiError) -> Self {
+        let named = e.param.as_deref().and_then(|p| {
+            OLLAMA_NAMES
+                .iter()
+                .find(|(openai, _)| *openai == p)
+                .map(|(_, ollama)| *ollama)
+        });
+        if let Some(ollama) = named {
+            let openai = e.param.take().unwrap_or_default();
+            e.message = e
+                .message
+                .replace(&format!("`{openai}`"), &format!("`{ollama}`"));
+            e.param = Some(ollama.to_string());
+        }
         Self(e)
     }
 }

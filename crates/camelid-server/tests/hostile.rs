@@ -2418,6 +2418,61 @@ fn bad_input_corpus_over_every_route() {
     assert!(b["choices"][0]["message"]["content"].is_string(), "{b}");
 }
 
+/// An Ollama client's bad `options` get errors that name the options it sent
+/// (`options.repeat_penalty`), not the OpenAI fields they become inside
+/// (`repetition_penalty`).
+#[test]
+fn ollama_option_errors_name_ollamas_options() {
+    let _g = serial();
+    let s = &server().base;
+    let cases = [
+        (
+            json!({"repeat_penalty": 0}),
+            "options.repeat_penalty",
+            "`repetition_penalty`",
+        ),
+        (
+            json!({"temperature": 50}),
+            "options.temperature",
+            "`temperature`",
+        ),
+        (json!({"top_p": 7}), "options.top_p", "`top_p`"),
+        (json!({"min_p": 5}), "options.min_p", "`min_p`"),
+        (
+            json!({"presence_penalty": 9}),
+            "options.presence_penalty",
+            "`presence_penalty`",
+        ),
+        (
+            json!({"frequency_penalty": 9}),
+            "options.frequency_penalty",
+            "`frequency_penalty`",
+        ),
+        (json!({"stop": vec!["x"; 17]}), "options.stop", "`stop`"),
+    ];
+    for (mut options, ours, theirs) in cases {
+        // Two tokens, were one taken.
+        options["num_predict"] = json!(2);
+        for path in ["/api/chat", "/api/generate"] {
+            let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}],
+                              "prompt": "Hi", "stream": false, "options": options});
+            let (st, b) = send(
+                s,
+                "POST",
+                path,
+                Some("application/json"),
+                body.to_string().into_bytes(),
+            );
+            let message = b["error"].as_str().unwrap_or_default();
+            assert_eq!(st, 400, "{path} {options}: {b}");
+            assert!(
+                message.contains(&format!("`{ours}`")) && !message.contains(theirs),
+                "{path} {options}: the error names {ours}, not {theirs}: {message}"
+            );
+        }
+    }
+}
+
 /// Ollama's routes under bad input: each a clear status with Ollama's `{"error": "…"}` (what
 /// its clients read), nothing generated; the server still answers afterwards.
 #[test]
