@@ -63,7 +63,7 @@ fn unpack_min_rows(flavour: Flavour, kind: QKind) -> Option<usize> {
 /// Activation rows a row tile takes where its AVX-512 VNNI passes run on unpacked groups: each
 /// group is unpacked once a tile, and more rows repay it better (the single-group passes read
 /// the rows' activations sequentially, a pass's few rows at a time, so they need not stay in
-/// L2; the paired Q6_K passes keep [`PAIR_ROW_BLOCK`] rows there instead). Measured
+/// L2; the paired passes keep [`PAIR_ROW_BLOCK`] rows there instead). Measured
 /// (`qgemm_bench 1 q6_k`, 2048 columns, 256 and 512 rows, alternating): 256-row tiles
 /// 1.03–1.07× 64-row ones. (AVX2's keep [`ROW_TILE`]: its Q6_K gained 1.03–1.1×, Q5_K
 /// nothing, Q4_K was not measured.)

@@ -341,11 +341,13 @@ pub(crate) struct ActRow<'a> {
     pub(crate) pairs: &'a [i32],
     /// Q8K only: `−32·Σq` per 16 values, little-endian i32s right after `qs` in the same
     /// buffer (so a kernel reaches them from a row's address): the −32 of Q6_K's values,
-    /// which its 2–4-row VNNI passes take as each sub-block's starting sum.
+    /// which its 2–4-row VNNI passes and its paired passes over whole sub-blocks take as
+    /// each sub-block's starting sum.
     pub(crate) q6_bias: &'a [i8],
     /// Q8K only: `−32·Σq` per 8 values, right after [`Self::q6_bias`]: the starting sums
-    /// of Q6_K's other VNNI passes (1 and 5–8 rows, unpacked, paired), which sum half
-    /// sub-blocks (so each sum fits an i16).
+    /// of Q6_K's other VNNI passes (1 and 5–8 rows, unpacked, and paired where
+    /// [`Self::abs_sum16`] is too large), which sum half sub-blocks (so each sum fits an
+    /// i16).
     pub(crate) q6_bias8: &'a [i8],
     /// Q8K only: per super-block the largest `Σ|q|` of its sixteen 16-value blocks. Where it
     /// is small enough, a kernel may sum 16 values' products in an i16 (`|Σ q·a| ≤

@@ -323,7 +323,7 @@ fn k_kernels_agree_with_the_scalar_reference() {
         // Every pass width (1–9 rows), several row tiles and the parallel path (133 rows),
         // whole and padded groups; tiles long enough for the AVX2 and AVX-512 VNNI kernels to
         // run on unpacked groups (AVX2: Q5_K and Q6_K from 16 rows, Q4_K 64; AVX-512 VNNI:
-        // Q6_K from 24, its whole groups in pairs of 4-row passes, Q5_K from 48 where it tests
+        // Q6_K from 24, its whole groups in pairs (passes of 6 or 4 rows), Q5_K from 48 where it tests
         // its fifth bits with a mask, as on Intel or with `CAMELID_Q5_SHIFTS=0`: 25–35 and
         // 49–55 rows end on passes of every width), one of them with a padded group, two
         // unpacked AVX-512 tiles (300) and one too short to unpack (257).
@@ -382,7 +382,7 @@ enum KActs {
     /// states with an outlier): every block's `Σ|q|` at most 16 · 19, so those kernels sum 16.
     Small,
     /// `Random` rows 8–15 of every 32, the others `Small`: some passes get rows of both, and
-    /// the paired Q6_K passes take 4 rows where a block of rows has some `Random`.
+    /// the paired passes take 4 rows where a block of rows has some `Random`.
     Mixed,
 }
 
@@ -741,7 +741,7 @@ fn k_flavours_give_the_same_bits() {
     }
     for t in K_TYPES {
         let kind = QKind::from_ggml(t).unwrap();
-        // Three super-blocks: the paired Q6_K passes take two a call, then add the third.
+        // Three super-blocks: the paired passes take two a call, then add the third.
         let (n, k) = (37, 768);
         for extreme in [false, true] {
             let data = if extreme {
@@ -751,18 +751,25 @@ fn k_flavours_give_the_same_bits() {
             };
             // Every pass width (1–8 rows), 8 + 5, and 25–29, 40 and 100 rows (the unpacked
             // prompt tiles: Q6_K's from 24 rows, paired in passes of 6 rows and the rest,
-            // Q5_K's with the mask test from 48); activations near their largest, and small
-            // ones, with which the unpacked passes sum 16 values at a time.
+            // Q5_K's with the mask test from 48); activations near their largest (`small`
+            // 0), small ones (768: with them the unpacked passes sum 16 values at a time),
+            // and small ones in the first two super-blocks only (512: 16 values there, 8 in
+            // the third, passes of both kinds adding to the same totals).
             let widths = [1, 2, 3, 4, 6, 7, 13, 25, 26, 27, 29, 40, 100];
-            for (m, small) in widths.into_iter().flat_map(|m| [(m, false), (m, true)]) {
-                let x: Vec<f32> = if small {
-                    small_acts(m, k, 23, |_| true)
-                } else {
-                    random(m * k, 23)
-                        .iter()
-                        .map(|v| 0.8 + 0.1 * v.abs())
-                        .collect()
-                };
+            let runs = widths
+                .into_iter()
+                .flat_map(|m| [(m, 0), (m, 768), (m, 512)]);
+            for (m, small) in runs {
+                let large: Vec<f32> = random(m * k, 23)
+                    .iter()
+                    .map(|v| 0.8 + 0.1 * v.abs())
+                    .collect();
+                let mut x = small_acts(m, k, 23, |_| true);
+                for (i, v) in x.iter_mut().enumerate() {
+                    if i % k >= small {
+                        *v = large[i];
+                    }
+                }
                 let acts = q8k(&x, m, k);
                 let run = |flavour| {
                     let w = laid_out(kind, n, k, data.clone(), flavour);
@@ -776,7 +783,7 @@ fn k_flavours_give_the_same_bits() {
                         assert_eq!(
                             a.to_bits(),
                             b.to_bits(),
-                            "{t:?} extreme={extreme} small={small} m={m}: {:?} {a} vs \
+                            "{t:?} extreme={extreme} small to {small} m={m}: {:?} {a} vs \
                              {flavour:?} {b} at row {} column {}",
                             flavours[0],
                             i / n,
@@ -793,7 +800,8 @@ fn k_flavours_give_the_same_bits() {
 /// activations keep those sums below 2¹⁵ ([`ActRow::abs_sum16`]): at the bound and past it,
 /// with weights at their extremes (Q6_K's `q − 32` at −32 and 31, Q5_K's q at 31), they
 /// agree with the scalar reference. Each 16 activations are eight 127s, one `B − 1016` and
-/// seven 0s (integers, so the block scale is 1 and they quantize to themselves): `Σ|q| = B`.
+/// seven 0s (integers, so the block scale is 1 and they quantize to themselves): `Σ|q| = B`;
+/// and all of them negated (Q6_K's `(−32)·(−a)` reaches +2¹⁵ one past its bound).
 #[test]
 fn k_sums_of_sixteen_stop_at_the_i16_bound() {
     #[cfg(target_arch = "x86_64")]
@@ -812,11 +820,12 @@ fn k_sums_of_sixteen_stop_at_the_i16_bound() {
         ] {
             let kind = QKind::from_ggml(t).unwrap();
             let data = extreme_k_rows(kind, n, k);
-            for bound in [max - 1, max, max + 1, max + 2] {
+            let bounds = [max - 1, max, max + 1, max + 2];
+            for (bound, sign) in bounds.into_iter().flat_map(|b| [(b, 1.0), (b, -1.0)]) {
                 let x: Vec<f32> = (0..m * k)
                     .map(|i| match i % 16 {
-                        0..8 => 127.0,
-                        8 => f32::from(bound - 1016),
+                        0..8 => 127.0 * sign,
+                        8 => f32::from(bound - 1016) * sign,
                         _ => 0.0,
                     })
                     .collect();
@@ -830,7 +839,10 @@ fn k_sums_of_sixteen_stop_at_the_i16_bound() {
                 };
                 let want = run(kgemm::Flavour::Scalar);
                 let err = max_rel(&run(kgemm::Flavour::Avx512Vnni), &want);
-                assert!(err < 1e-5, "{t:?} Σ|q| = {bound}: VNNI vs scalar {err}");
+                assert!(
+                    err < 1e-5,
+                    "{t:?} Σ|q| = {bound} × {sign}: VNNI vs scalar {err}"
+                );
             }
         }
     }

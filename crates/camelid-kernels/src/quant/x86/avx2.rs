@@ -75,8 +75,8 @@ pub unsafe fn quantize_q8k(
         let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
         let db = amax / 127.0;
         let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
-        // The largest Σ|q| of 16 so far, in every lane.
-        let mut abs_max = _mm_setzero_si128();
+        // The largest Σ|q| of 16 so far, in the low i32 of each 128-bit half.
+        let mut abs_max = _mm256_setzero_si256();
         for c in 0..QK_K / 32 {
             // Not `array::from_fn`: it is not inlined into a `target_feature` function.
             let at = |j: usize| _mm256_loadu_ps(p.add(32 * c + 8 * j));
@@ -90,11 +90,6 @@ pub unsafe fn quantize_q8k(
             let h = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
             let s8 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
             let s16 = _mm_hadd_epi32(s8, s8);
-            let a = |j: usize| _mm256_abs_epi32(q[j]);
-            let ha =
-                _mm256_hadd_epi32(_mm256_hadd_epi32(a(0), a(1)), _mm256_hadd_epi32(a(2), a(3)));
-            let a8 = _mm_add_epi32(_mm256_castsi256_si128(ha), _mm256_extracti128_si256(ha, 1));
-            abs_max = _mm_max_epi32(abs_max, _mm_hadd_epi32(a8, a8));
             let at8 = sums8.as_mut_ptr().add(b * 32 + 4 * c);
             _mm_storel_epi64(at8 as *mut __m128i, _mm_packs_epi32(s8, s8));
             let at16 = bsums.as_mut_ptr().add(b * 16 + 2 * c);
@@ -106,9 +101,18 @@ pub unsafe fn quantize_q8k(
                 qs.as_mut_ptr().add(b * QK_K + 32 * c) as *mut __m256i,
                 bytes,
             );
+            // Σ|q| of each 8 of the stored bytes (a −128, from a NaN or infinite product,
+            // counts 128, as in the scalar reference), then of each 16: in the low i32 of
+            // each 128-bit half.
+            let a8 = _mm256_sad_epu8(_mm256_abs_epi8(bytes), _mm256_setzero_si256());
+            let a16 = _mm256_add_epi64(a8, _mm256_srli_si256::<8>(a8));
+            abs_max = _mm256_max_epu32(abs_max, a16);
         }
         *d.get_unchecked_mut(b) = db;
-        let m = _mm_max_epi32(abs_max, _mm_shuffle_epi32::<0b01>(abs_max));
+        let m = _mm_max_epu32(
+            _mm256_castsi256_si128(abs_max),
+            _mm256_extracti128_si256(abs_max, 1),
+        );
         *abs_sum16.get_unchecked_mut(b) = _mm_cvtsi128_si32(m) as u16;
     }
 }

@@ -181,7 +181,8 @@ unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 /// each lane, the high one zero) into `isum` by one `vpdpwssd`, so each sum must stay below
 /// 2¹⁵. `lo` and `hi` start as given (Q6_K's from the rows' `−32·Σa`, [`q6_bias8_rows`]).
 /// The bounds take `|a| ≤ 127`, as `quantize_q8k` scales by the block's largest `|x|`
-/// (only a NaN or infinite input, whose output is lost anyway, becomes −128).
+/// (only a NaN or infinite input, or a block whose largest `|x|` is below ~4·10⁻³⁷, where
+/// the inverse scale overflows, becomes −128: outputs lost anyway).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // three arrays indexed by the same row
 unsafe fn halves_scaled<const R: usize>(
@@ -252,15 +253,11 @@ pub(super) unsafe fn dpbusd_rows<const R: usize>(
     dpbusd_rows_at::<R, 0, 0, 0>(t, q, rows.offset(at))
 }
 
-/// Each row's `−32·Σa` of the 8 values `8h..8h + 8` of super-block `b` in every lane
-/// ([`ActRow::q6_bias8`](crate::quant::ActRow)): the sums a Q6_K half sub-block's
-/// `vpdpbusd` start from, so they add up `Σ (q − 32)·a` with `q` unsigned (0..63), and the
-/// −32 costs the passes no vector operation.
+/// The four bytes at `row i + at` ([`bcast_row`]) of every row of a pass, spelled out.
 #[inline(always)]
-unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [__m512i; R] {
+unsafe fn bcast_rows<const R: usize>(rows: RowAddrs, at: usize) -> [__m512i; R] {
     const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
     let mut t = [_mm512_setzero_si512(); R];
-    let at = rows.bias8 + 4 * (32 * b + h);
     macro_rules! row {
         ($($i:literal)*) => {$(
             if $i < R {
@@ -272,23 +269,21 @@ unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [
     t
 }
 
+/// Each row's `−32·Σa` of the 8 values `8h..8h + 8` of super-block `b` in every lane
+/// ([`ActRow::q6_bias8`](crate::quant::ActRow)): the sums a Q6_K half sub-block's
+/// `vpdpbusd` start from, so they add up `Σ (q − 32)·a` with `q` unsigned (0..63), and the
+/// −32 costs the passes no vector operation.
+#[inline(always)]
+unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [__m512i; R] {
+    bcast_rows::<R>(rows, rows.bias8 + 4 * (32 * b + h))
+}
+
 /// Each row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
 /// ([`ActRow::q6_bias`](crate::quant::ActRow)): the sums the paired passes over whole
 /// sub-blocks ([`gemm_k_32x6_unpacked16_vnni`]) start from.
 #[inline(always)]
 unsafe fn q6_bias_rows<const R: usize>(rows: RowAddrs, b: usize, s: usize) -> [__m512i; R] {
-    const { assert!(R <= 8, "RowAddrs addresses 8 rows") };
-    let mut t = [_mm512_setzero_si512(); R];
-    let at = rows.bias + 4 * (16 * b + s);
-    macro_rules! row {
-        ($($i:literal)*) => {$(
-            if $i < R {
-                t[$i] = bcast_row(rows, $i, at);
-            }
-        )*};
-    }
-    row!(0 1 2 3 4 5 6 7);
-    t
+    bcast_rows::<R>(rows, rows.bias + 4 * (16 * b + s))
 }
 
 /// A row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
@@ -958,8 +953,9 @@ pub const PAIR_ROWS: usize = 4;
 /// one group loads 53 times for 32 `vpdpbusd` (32 embedded broadcasts, 16 starting sums, 5
 /// vectors), this one 34. Session 54, `qgemm_bench 1 q6_k` (2048 columns, model 207 without
 /// AMX, alternating): 1.1–1.17× at 24–256 rows with the driver's two super-blocks a pass
-/// (the two groups' whole rows overflow L1: then no faster). Q5_K's unpacked passes start
-/// from zero, not from loaded sums, and paired they were 0.95–1.0×.
+/// (the two groups' whole rows overflow L1: then no faster). Q5_K's unpacked passes of
+/// 8-value sums start from zero, not from loaded sums, and paired they were 0.95–1.0×
+/// (with sums of 16, [`gemm_k_32x6_unpacked16_vnni`], they run paired).
 /// See `quant::kgemm`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
