@@ -459,10 +459,11 @@ fn unpack_group(
 
 /// Rows a pass of [`gemm_group_pair`] takes where every row's activations let each 16
 /// values' sum fit an i16 ([`sums_of_sixteen`]; half the sums in flight, so each weight
-/// vector serves 6 rows), and where they do not (Q6_K's 8-value halves; Q5_K's one group
-/// at a time).
+/// vector serves 6 rows), and where they do not: Q6_K's 8-value halves, paired; Q5_K's one
+/// group at a time (which then choose sums of 16 or 8 super-block by super-block).
 const PAIR_ROWS_SIXTEEN: usize = 6;
 const PAIR_ROWS_HALVES: usize = 4;
+const Q5_ROWS_ONE_GROUP: usize = 8;
 
 /// Super-blocks a pass of [`gemm_group_pair`] takes before the tile's next rows: two
 /// groups' whole unpacked rows (80 KiB at 2048 columns) overflow L1, two of their
@@ -472,7 +473,7 @@ const PAIR_SUPERBLOCKS: usize = 2;
 /// Activation rows [`gemm_group_pair`]'s passes run over each [`PAIR_SUPERBLOCKS`] before
 /// the next ones: their bytes stay in L2 (36 rows of 8192 columns, ~520 KiB with the
 /// starting sums), where a whole 256-row tile's (3.7 MiB) were read again, strided, for
-/// every two super-blocks. A multiple of both pass widths.
+/// every two super-blocks. A multiple of the paired pass widths.
 const PAIR_ROW_BLOCK: usize = 36;
 
 /// Whether every row of `acts` has activations small enough over super-blocks `sbs` for
@@ -516,8 +517,8 @@ fn pair_blocks_of_sixteen(kind: QKind, tile_rows: &[ActRow], nsb: usize, fits: &
 /// Every row of a tile (`out[i · ld ..]` for row `i`) over two whole unpacked groups of
 /// `kind` ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time,
 /// 6 rows a pass where the whole block's activations allow sums of 16 values (`sixteen`,
-/// from [`pair_blocks_of_sixteen`]), else 4 (each pass then sums 16 where its own rows
-/// allow).
+/// from [`pair_blocks_of_sixteen`]), else Q6_K's 4 (each pass then sums 16 where its own
+/// rows allow) and Q5_K's 8 ([`Q5_ROWS_ONE_GROUP`]).
 ///
 /// # Safety
 /// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sixteen` is
@@ -540,14 +541,15 @@ unsafe fn pair_passes(
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
             let all = *fits.next().expect("a check for every block");
-            let width = if all {
-                PAIR_ROWS_SIXTEEN
-            } else {
-                PAIR_ROWS_HALVES
+            let width = match (all, kind) {
+                (true, _) => PAIR_ROWS_SIXTEEN,
+                (false, QKind::Q5K) => Q5_ROWS_ONE_GROUP,
+                (false, _) => PAIR_ROWS_HALVES,
             };
             for (q, few) in block.chunks(width).enumerate() {
                 let out = out.add((rb * PAIR_ROW_BLOCK + q * width) * ld);
-                let sixteen = all || sums_of_sixteen(kind, few, sbs.clone());
+                let sixteen =
+                    all || (kind == QKind::Q6K && sums_of_sixteen(kind, few, sbs.clone()));
                 gemm_group_pair(kind, wg, u, sbs.clone(), few, sixteen, out, ld);
             }
         }
@@ -559,10 +561,11 @@ unsafe fn pair_passes(
 /// `sbs`: `out[i · ld + 0..32]`. Where `sixteen` (the rows allow it: [`sums_of_sixteen`]),
 /// `k512::gemm_k_32x6_unpacked16_vnni` sums 16 values at a time, each activation broadcast
 /// (and Q6_K's starting sum) serving both groups, up to [`PAIR_ROWS_SIXTEEN`] rows. Else
-/// Q6_K's sums of 8 values run paired (`k512::gemm_q6_k_32x4_unpacked_vnni`), Q5_K's one
-/// group at a time (`k512::gemm_q45_k_16x8_unpacked_vnni`: paired they were no faster, with
-/// no starting sums to share), up to [`PAIR_ROWS_HALVES`] rows. The same i32 sums, so the
-/// same bits.
+/// Q6_K's sums of 8 values run paired (`k512::gemm_q6_k_32x4_unpacked_vnni`, up to
+/// [`PAIR_ROWS_HALVES`] rows), Q5_K's one group at a time
+/// (`k512::gemm_q45_k_16x8_unpacked_vnni`, up to [`Q5_ROWS_ONE_GROUP`]: sums of 16 or 8 per
+/// super-block; its sums of 8 paired were no faster, with no starting sums to share). The
+/// same i32 sums, so the same bits.
 ///
 /// Where `sbs` does not start at 0, `out` holds the totals of the super-blocks before it
 /// (this adds to them).
@@ -572,7 +575,8 @@ unsafe fn pair_passes(
 /// bytes (`nsb · k512::Q6_UNPACKED_SB` or `k512::Q45_UNPACKED_SB`), `sbs` within `0..nsb`;
 /// the activation rows are `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]`
 /// is writable for every row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] where `sixteen`, else
-/// to [`PAIR_ROWS_HALVES`]); `sixteen` only where [`sums_of_sixteen`] says so.
+/// to [`PAIR_ROWS_HALVES`], Q5_K's to [`Q5_ROWS_ONE_GROUP`]); `sixteen` only where
+/// [`sums_of_sixteen`] says so.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_group_pair(
     kind: QKind,
@@ -617,21 +621,17 @@ unsafe fn gemm_group_pair(
             (QKind::Q5K, false) => {
                 for c in 0..2 {
                     let (w, u, sbs, out) = (w[c], u[c], sbs.clone(), out.add(16 * c));
-                    match acts.len() {
-                        4 => {
-                            k512::gemm_q45_k_16x8_unpacked_vnni::<4, true>(w, u, sbs, acts, out, ld)
-                        }
-                        3 => {
-                            k512::gemm_q45_k_16x8_unpacked_vnni::<3, true>(w, u, sbs, acts, out, ld)
-                        }
-                        2 => {
-                            k512::gemm_q45_k_16x8_unpacked_vnni::<2, true>(w, u, sbs, acts, out, ld)
-                        }
-                        1 => {
-                            k512::gemm_q45_k_16x8_unpacked_vnni::<1, true>(w, u, sbs, acts, out, ld)
-                        }
-                        r => unreachable!("{r} activation rows in one pass"),
+                    macro_rules! one_group {
+                        ($($r:literal)*) => {
+                            match acts.len() {
+                                $($r => k512::gemm_q45_k_16x8_unpacked_vnni::<$r, true>(
+                                    w, u, sbs, acts, out, ld,
+                                ),)*
+                                r => unreachable!("{r} activation rows in one pass"),
+                            }
+                        };
                     }
+                    one_group!(1 2 3 4 5 6 7 8)
                 }
             }
             _ => unreachable!("{kind:?} groups are not paired"),
