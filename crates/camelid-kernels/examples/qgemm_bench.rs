@@ -56,13 +56,19 @@ fn main() {
     });
     for m in ms {
         // ACTS=normal: normally distributed activations (as a model's hidden states are,
-        // roughly), where the K kernels sum 16 values at a time; the default, uniform in
-        // [−1, 1), makes them sum 8.
-        let x: Vec<f32> = if std::env::var("ACTS").is_ok_and(|v| v == "normal") {
-            Tensor::randn(0f32, 1.0, m * cols, &Device::Cpu)
+        // roughly), where the K kernels sum 16 values at a time; ACTS=outliers: the same
+        // with every 256th value 8 (as real hidden states' outlier channels), where Q5_K's
+        // sum 32; the default, uniform in [−1, 1), makes them sum 8.
+        let acts = std::env::var("ACTS").unwrap_or_default();
+        let x: Vec<f32> = if acts == "normal" || acts == "outliers" {
+            let mut x: Vec<f32> = Tensor::randn(0f32, 1.0, m * cols, &Device::Cpu)
                 .unwrap()
                 .to_vec1()
-                .unwrap()
+                .unwrap();
+            if acts == "outliers" {
+                x.iter_mut().step_by(256).for_each(|v| *v = 8.0);
+            }
+            x
         } else {
             (0..m * cols)
                 .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)

@@ -181,14 +181,14 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                 // This task's unpacked groups (allocated at the first tile that unpacks): a
                 // pair where two whole groups run together.
                 let (mut unpacked, mut unpacked2): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
-                // Which blocks of the tile's rows the paired passes run 6 at a time.
-                let mut sixteen = Vec::new();
+                // How the paired passes sum over each block of the tile's rows.
+                let mut sums = Vec::new();
                 let group = |gi: usize| &data[gi * group_bytes..(gi + 1) * group_bytes];
                 for (t, tile_rows) in rows.chunks(tile).enumerate() {
                     let unpack = tile_rows.len() >= unpack_from;
                     let pairs = unpack && flavour == Flavour::Avx512Vnni;
                     if pairs {
-                        pair_blocks_of_sixteen(w.kind, tile_rows, nsb, &mut sixteen);
+                        pair_block_sums(w.kind, tile_rows, nsb, &mut sums);
                     }
                     let mut gi = g0;
                     while gi < g1 {
@@ -205,9 +205,19 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                             // wide, the flavour this CPU's (`available`), and the writes in
                             // rows t·tile.. < m and the 2g columns of groups gi, gi + 1
                             // (owned by this task).
+                            // The next pair's weights (or the task's first pair's, for
+                            // the next tile), prefetched over this pair's passes.
+                            let next = if gi + 2 < g1 {
+                                gi + 2..(gi + 4).min(g1)
+                            } else if (t + 1) * tile < m {
+                                g0..(g0 + 2).min(g1)
+                            } else {
+                                0..0
+                            };
+                            let next = &data[next.start * group_bytes..next.end * group_bytes];
                             unsafe {
                                 let out = ptr.at(t * tile * n + gi * g);
-                                pair_passes(w.kind, wg, u, nsb, tile_rows, &sixteen, out, n);
+                                pair_passes(w.kind, wg, u, nsb, tile_rows, &sums, next, out, n);
                             }
                             gi += 2;
                             continue;
@@ -457,10 +467,11 @@ fn unpack_group(
     }
 }
 
-/// Rows a pass of [`gemm_group_pair`] takes where every row's activations let each 16
-/// values' sum fit an i16 ([`sums_of_sixteen`]; half the sums in flight, so each weight
-/// vector serves 6 rows), and where they do not: Q6_K's 8-value halves, paired; Q5_K's one
-/// group at a time (which then choose sums of 16 or 8 super-block by super-block).
+/// Rows a pass of [`gemm_group_pair`] takes where every row's activations let each sum of 16
+/// or 32 values fit an i16 ([`PairSums::Of16`], [`PairSums::Of32`]; half the sums in flight,
+/// so each weight vector serves 6 rows), and where they do not ([`PairSums::Halves`]): Q6_K's
+/// 8-value halves, paired; Q5_K's one group at a time (which then choose sums of 16 or 8
+/// super-block by super-block).
 const PAIR_ROWS_SIXTEEN: usize = 6;
 const PAIR_ROWS_HALVES: usize = 4;
 const Q5_ROWS_ONE_GROUP: usize = 8;
@@ -476,53 +487,74 @@ const PAIR_SUPERBLOCKS: usize = 2;
 /// every two super-blocks. A multiple of the paired pass widths.
 const PAIR_ROW_BLOCK: usize = 36;
 
-/// Whether every row of `acts` has activations small enough over super-blocks `sbs` for
-/// `kind`'s (Q6_K, Q5_K) sums of 16 values to fit an i16 (`k512::Q6_ABS_SUM16_MAX`,
-/// `k512::Q45_ABS_SUM16_MAX`).
-fn sums_of_sixteen(kind: QKind, acts: &[ActRow], sbs: std::ops::Range<usize>) -> bool {
+/// How the paired passes over some rows and super-blocks sum their products before scaling
+/// them: the longest sums the rows' activations keep within an i16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PairSums {
+    /// Q5_K: a whole sub-block of 32 values a sum ([`ActRow::sign_sum32`] at most
+    /// `k512::Q5_SIGN_SUM32_MAX`).
+    Of32,
+    /// 16 values a sum ([`ActRow::abs_sum16`] at most `k512::Q6_ABS_SUM16_MAX` /
+    /// `k512::Q45_ABS_SUM16_MAX`).
+    Of16,
+    /// 8 values a sum, whatever the activations.
+    Halves,
+}
+
+/// The longest sums (Q6_K: 16 values, Q5_K: 32) that every row of `acts` keeps within an i16
+/// over super-blocks `sbs`.
+fn pair_sums(kind: QKind, acts: &[ActRow], sbs: std::ops::Range<usize>) -> PairSums {
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::k512;
-        let max = match kind {
-            QKind::Q6K => k512::Q6_ABS_SUM16_MAX,
-            QKind::Q5K => k512::Q45_ABS_SUM16_MAX,
+        let all = |bound: fn(ActRow<'_>) -> &[u16], max: u16| {
+            acts.iter()
+                .all(|&a| bound(a)[sbs.clone()].iter().all(|&m| m <= max))
+        };
+        let (q5, max16) = match kind {
+            QKind::Q6K => (false, k512::Q6_ABS_SUM16_MAX),
+            QKind::Q5K => (true, k512::Q45_ABS_SUM16_MAX),
             _ => unreachable!("{kind:?} groups are not paired"),
         };
-        acts.iter()
-            .all(|a| a.abs_sum16[sbs.clone()].iter().all(|&m| m <= max))
+        if q5 && all(|a| a.sign_sum32, k512::Q5_SIGN_SUM32_MAX) {
+            PairSums::Of32
+        } else if all(|a| a.abs_sum16, max16) {
+            PairSums::Of16
+        } else {
+            PairSums::Halves
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (kind, acts, sbs);
-        false
+        PairSums::Halves
     }
 }
 
-/// [`sums_of_sixteen`] for each [`PAIR_ROW_BLOCK`] of `tile_rows` (major) and each
-/// [`PAIR_SUPERBLOCKS`] of `nsb`, into `fits`: once a tile, not again for every pair of
+/// [`pair_sums`] for each [`PAIR_ROW_BLOCK`] of `tile_rows` (major) and each
+/// [`PAIR_SUPERBLOCKS`] of `nsb`, into `sums`: once a tile, not again for every pair of
 /// groups (row by row, the checks took 4 % of a Q6_K prompt).
-fn pair_blocks_of_sixteen(kind: QKind, tile_rows: &[ActRow], nsb: usize, fits: &mut Vec<bool>) {
-    fits.clear();
+fn pair_block_sums(kind: QKind, tile_rows: &[ActRow], nsb: usize, sums: &mut Vec<PairSums>) {
+    sums.clear();
     for block in tile_rows.chunks(PAIR_ROW_BLOCK) {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
-            fits.push(sums_of_sixteen(
-                kind,
-                block,
-                b0..(b0 + PAIR_SUPERBLOCKS).min(nsb),
-            ));
+            sums.push(pair_sums(kind, block, b0..(b0 + PAIR_SUPERBLOCKS).min(nsb)));
         }
     }
 }
 
 /// Every row of a tile (`out[i · ld ..]` for row `i`) over two whole unpacked groups of
 /// `kind` ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time,
-/// 6 rows a pass where the whole block's activations allow sums of 16 values (`sixteen`,
-/// from [`pair_blocks_of_sixteen`]), else Q6_K's 4 (each pass then sums 16 where its own
-/// rows allow) and Q5_K's 8 ([`Q5_ROWS_ONE_GROUP`]).
+/// 6 rows a pass where the whole block's activations allow sums of 16 or 32 values (`sums`,
+/// from [`pair_block_sums`]), else Q6_K's 4 (each pass then sums 16 where its own rows
+/// allow) and Q5_K's 8 ([`Q5_ROWS_ONE_GROUP`]). Meanwhile `next` (the packed groups the
+/// next call unpacks) is asked into L2 a share at a time: the unpacking, which reads each
+/// group first, then waits less on DRAM (`qgemm_bench 1 q5_k`, weights from DRAM: unpacking
+/// 10 % → 7.5 % of the passes' time).
 ///
 /// # Safety
-/// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sixteen` is
-/// [`pair_blocks_of_sixteen`]'s for `kind`, `tile_rows` and `nsb`.
+/// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sums` is [`pair_block_sums`]'
+/// for `kind`, `tile_rows` and `nsb`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn pair_passes(
     kind: QKind,
@@ -530,27 +562,33 @@ unsafe fn pair_passes(
     u: [*const u8; 2],
     nsb: usize,
     tile_rows: &[ActRow],
-    sixteen: &[bool],
+    sums: &[PairSums],
+    next: &[u8],
     out: *mut f32,
     ld: usize,
 ) {
     // The totals are written by the first super-blocks' passes (none without any).
     debug_assert!(nsb > 0);
-    let mut fits = sixteen.iter();
+    let mut blocks = sums.iter();
     for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
+            #[cfg(target_arch = "x86_64")]
+            super::x86::prefetch_share_l2(next, sums.len() - blocks.len(), sums.len());
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
-            let all = *fits.next().expect("a check for every block");
+            let all = *blocks.next().expect("sums for every block");
             let width = match (all, kind) {
-                (true, _) => PAIR_ROWS_SIXTEEN,
-                (false, QKind::Q5K) => Q5_ROWS_ONE_GROUP,
-                (false, _) => PAIR_ROWS_HALVES,
+                (PairSums::Of32 | PairSums::Of16, _) => PAIR_ROWS_SIXTEEN,
+                (PairSums::Halves, QKind::Q5K) => Q5_ROWS_ONE_GROUP,
+                (PairSums::Halves, _) => PAIR_ROWS_HALVES,
             };
             for (q, few) in block.chunks(width).enumerate() {
                 let out = out.add((rb * PAIR_ROW_BLOCK + q * width) * ld);
-                let sixteen =
-                    all || (kind == QKind::Q6K && sums_of_sixteen(kind, few, sbs.clone()));
-                gemm_group_pair(kind, wg, u, sbs.clone(), few, sixteen, out, ld);
+                let sums = if all == PairSums::Halves && kind == QKind::Q6K {
+                    pair_sums(kind, few, sbs.clone())
+                } else {
+                    all
+                };
+                gemm_group_pair(kind, wg, u, sbs.clone(), few, sums, out, ld);
             }
         }
     }
@@ -558,10 +596,10 @@ unsafe fn pair_passes(
 
 /// Two whole AVX-512 VNNI groups of `kind` (`wg`: Q6_K or Q5_K), unpacked by
 /// [`unpack_group`] (`u`), side by side times activation rows `acts` over super-blocks
-/// `sbs`: `out[i · ld + 0..32]`. Where `sixteen` (the rows allow it: [`sums_of_sixteen`]),
-/// `k512::gemm_k_32x6_unpacked16_vnni` sums 16 values at a time, each activation broadcast
-/// (and Q6_K's starting sum) serving both groups, up to [`PAIR_ROWS_SIXTEEN`] rows. Else
-/// Q6_K's sums of 8 values run paired (`k512::gemm_q6_k_32x4_unpacked_vnni`, up to
+/// `sbs`: `out[i · ld + 0..32]`. With sums of 16 or 32 values (`sums`: the rows allow them,
+/// [`pair_sums`]) `k512::gemm_k_32x6_unpacked_i16_vnni`, each activation broadcast (and
+/// Q6_K's starting sum) serving both groups, up to [`PAIR_ROWS_SIXTEEN`] rows. Else Q6_K's
+/// sums of 8 values run paired (`k512::gemm_q6_k_32x4_unpacked_vnni`, up to
 /// [`PAIR_ROWS_HALVES`] rows), Q5_K's one group at a time
 /// (`k512::gemm_q45_k_16x8_unpacked_vnni`, up to [`Q5_ROWS_ONE_GROUP`]: sums of 16 or 8 per
 /// super-block; its sums of 8 paired were no faster, with no starting sums to share). The
@@ -574,9 +612,9 @@ unsafe fn pair_passes(
 /// Each `wg[c]` is one whole 16-row group of `nsb` super-blocks and `u[c]` its unpacked
 /// bytes (`nsb · k512::Q6_UNPACKED_SB` or `k512::Q45_UNPACKED_SB`), `sbs` within `0..nsb`;
 /// the activation rows are `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]`
-/// is writable for every row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] where `sixteen`, else
-/// to [`PAIR_ROWS_HALVES`], Q5_K's to [`Q5_ROWS_ONE_GROUP`]); `sixteen` only where
-/// [`sums_of_sixteen`] says so.
+/// is writable for every row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] with sums of 16 or
+/// 32, else to [`PAIR_ROWS_HALVES`], Q5_K's to [`Q5_ROWS_ONE_GROUP`]); `sums` no longer than
+/// [`pair_sums`] allows.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_group_pair(
     kind: QKind,
@@ -584,7 +622,7 @@ unsafe fn gemm_group_pair(
     u: [*const u8; 2],
     sbs: std::ops::Range<usize>,
     acts: &[ActRow],
-    sixteen: bool,
+    sums: PairSums,
     out: *mut f32,
     ld: usize,
 ) {
@@ -593,7 +631,8 @@ unsafe fn gemm_group_pair(
         && a.q6_bias.len() >= sbs.end * 64
         && a.q6_bias8.len() >= sbs.end * 128
         && a.pairs.len() >= sbs.end * 4
-        && a.abs_sum16.len() >= sbs.end));
+        && a.abs_sum16.len() >= sbs.end
+        && a.sign_sum32.len() >= sbs.end));
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::k512;
@@ -606,26 +645,37 @@ unsafe fn gemm_group_pair(
                     r => unreachable!("{r} activation rows in one pass"),
                 }
             };
-            ($f:ident, $q6:literal; $($r:literal)*) => {
+            ($f:ident, $q6:literal, $sum:literal; $($r:literal)*) => {
                 match acts.len() {
-                    $($r => k512::$f::<$r, $q6>(w, u, sbs, acts, out, ld),)*
+                    $($r => k512::$f::<$r, $q6, $sum>(w, u, sbs, acts, out, ld),)*
                     r => unreachable!("{r} activation rows in one pass"),
                 }
             };
         }
-        debug_assert!(!sixteen || sums_of_sixteen(kind, acts, sbs.clone()));
-        match (kind, sixteen) {
-            (QKind::Q6K, true) => by_rows!(gemm_k_32x6_unpacked16_vnni, true; 1 2 3 4 5 6),
-            (QKind::Q5K, true) => by_rows!(gemm_k_32x6_unpacked16_vnni, false; 1 2 3 4 5 6),
-            (QKind::Q6K, false) => by_rows!(gemm_q6_k_32x4_unpacked_vnni; 1 2 3 4),
-            (QKind::Q5K, false) => {
+        debug_assert!(match (sums, pair_sums(kind, acts, sbs.clone())) {
+            (PairSums::Of32, allowed) => allowed == PairSums::Of32,
+            (PairSums::Of16, allowed) => allowed != PairSums::Halves,
+            (PairSums::Halves, _) => true,
+        });
+        match (kind, sums) {
+            (QKind::Q6K, PairSums::Of16) => {
+                by_rows!(gemm_k_32x6_unpacked_i16_vnni, true, 16; 1 2 3 4 5 6)
+            }
+            (QKind::Q5K, PairSums::Of32) => {
+                by_rows!(gemm_k_32x6_unpacked_i16_vnni, false, 32; 1 2 3 4 5 6)
+            }
+            (QKind::Q5K, PairSums::Of16) => {
+                by_rows!(gemm_k_32x6_unpacked_i16_vnni, false, 16; 1 2 3 4 5 6)
+            }
+            (QKind::Q6K, PairSums::Halves) => by_rows!(gemm_q6_k_32x4_unpacked_vnni; 1 2 3 4),
+            (QKind::Q5K, PairSums::Halves) => {
                 for c in 0..2 {
-                    let (w, u, sbs, out) = (w[c], u[c], sbs.clone(), out.add(16 * c));
+                    let (u, sbs, out) = (u[c], sbs.clone(), out.add(16 * c));
                     macro_rules! one_group {
                         ($($r:literal)*) => {
                             match acts.len() {
-                                $($r => k512::gemm_q45_k_16x8_unpacked_vnni::<$r, true>(
-                                    w, u, sbs, acts, out, ld,
+                                $($r => k512::gemm_q45_k_16x8_unpacked_vnni::<$r>(
+                                    u, sbs, acts, out, ld,
                                 ),)*
                                 r => unreachable!("{r} activation rows in one pass"),
                             }
@@ -639,7 +689,7 @@ unsafe fn gemm_group_pair(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kind, wg, u, sbs, acts, sixteen, out, ld);
+        let _ = (kind, wg, u, sbs, acts, sums, out, ld);
         unreachable!("paired groups run only where the x86 kernels do")
     }
 }
@@ -716,8 +766,8 @@ unsafe fn gemm_group(
                     macro_rules! q5_rows {
                         ($($r:literal)*) => {
                             match acts.len() {
-                                $($r => k512::gemm_q45_k_16x8_unpacked_vnni::<$r, true>(
-                                    w, u, 0..nsb, acts, out, ld,
+                                $($r => k512::gemm_q45_k_16x8_unpacked_vnni::<$r>(
+                                    u, 0..nsb, acts, out, ld,
                                 ),)*
                                 r => unreachable!("{r} activation rows in one pass"),
                             }

@@ -141,6 +141,8 @@ pub struct QActs {
     pairs: Vec<i32>,
     /// Q8K: [`ActRow::abs_sum16`], one per super-block.
     abs_sum16: Vec<u16>,
+    /// Q8K: [`ActRow::sign_sum32`], one per super-block.
+    sign_sum32: Vec<u16>,
 }
 
 /// Bytes between one quantized activation row's end (Q8K: its `q6_bias8`) and the next one's
@@ -230,28 +232,31 @@ impl QActs {
         self.s.clear();
         self.bsums.resize(nb * 16, 0);
         self.abs_sum16.resize(nb, 0);
+        self.sign_sum32.resize(nb, 0);
         let nbr = cols / QK_K;
         let quantize_rows =
-            |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16], abs: &mut [u16]| {
+            |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16], bounds: SumBoundsMut| {
                 let mut sums8 = vec![0i16; cols / 8];
                 let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
                 let sums = d
                     .chunks_mut(nbr)
                     .zip(bs.chunks_mut(nbr * 16))
-                    .zip(abs.chunks_mut(nbr));
-                for ((x, row), ((d, bs), abs)) in rows.zip(sums) {
+                    .zip(bounds.abs16.chunks_mut(nbr))
+                    .zip(bounds.sign32.chunks_mut(nbr));
+                for ((x, row), (((d, bs), abs16), sign32)) in rows.zip(sums) {
+                    let bounds = SumBoundsMut { abs16, sign32 };
                     let (qs, rest) = row.split_at_mut(cols);
                     let (bias, rest) = rest.split_at_mut(q6_bias_bytes(cols));
                     let bias8 = &mut rest[..q6_bias8_bytes(cols)];
                     #[cfg(target_arch = "x86_64")]
                     if crate::cpu_features::avx2() {
                         // Safety: the CPU has AVX2 (and FMA, F16C).
-                        unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, &mut sums8, abs) };
+                        unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, &mut sums8, bounds) };
                     } else {
-                        quantize_q8k_scalar(x, qs, d, bs, &mut sums8, abs);
+                        quantize_q8k_scalar(x, qs, d, bs, &mut sums8, bounds);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
-                    quantize_q8k_scalar(x, qs, d, bs, &mut sums8, abs);
+                    quantize_q8k_scalar(x, qs, d, bs, &mut sums8, bounds);
                     let to_bias = |b: &mut [i8], s: &i16| {
                         b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8))
                     };
@@ -271,15 +276,16 @@ impl QActs {
                 .zip(self.d.par_chunks_mut(per * nbr))
                 .zip(self.bsums.par_chunks_mut(per * nbr * 16))
                 .zip(self.abs_sum16.par_chunks_mut(per * nbr))
-                .for_each(|((((x, qs), d), bs), abs)| quantize_rows(x, qs, d, bs, abs));
+                .zip(self.sign_sum32.par_chunks_mut(per * nbr))
+                .for_each(|(((((x, qs), d), bs), abs16), sign32)| {
+                    quantize_rows(x, qs, d, bs, SumBoundsMut { abs16, sign32 })
+                });
         } else {
-            let (qs, d, bs, abs) = (
-                &mut self.qs,
-                &mut self.d,
-                &mut self.bsums,
-                &mut self.abs_sum16,
-            );
-            quantize_rows(x, qs, d, bs, abs);
+            let bounds = SumBoundsMut {
+                abs16: &mut self.abs_sum16,
+                sign32: &mut self.sign_sum32,
+            };
+            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.bsums, bounds);
         }
         self.pairs.clear();
         self.pairs.extend(self.bsums.chunks_exact(4).map(|b| {
@@ -307,6 +313,7 @@ impl QActs {
                     q6_bias: &[],
                     q6_bias8: &[],
                     abs_sum16: &[],
+                    sign_sum32: &[],
                 }
             }
             ActFormat::Q8K => {
@@ -322,6 +329,7 @@ impl QActs {
                     bsums: &self.bsums[i * nb * 16..(i + 1) * nb * 16],
                     pairs: &self.pairs[i * nb * 4..(i + 1) * nb * 4],
                     abs_sum16: &self.abs_sum16[i * nb..(i + 1) * nb],
+                    sign_sum32: &self.sign_sum32[i * nb..(i + 1) * nb],
                 }
             }
         }
@@ -354,6 +362,19 @@ pub(crate) struct ActRow<'a> {
     /// max|q| · Σ|a|`) and scale each sum by one `vpdpwssd`; else it sums 8 at a time. Each
     /// pass checks its rows, so the result does not depend on which sums ran.
     pub(crate) abs_sum16: &'a [u16],
+    /// Q8K only: per super-block the largest, over its eight 32-value blocks, of the larger
+    /// of `Σq` over the positive values and `Σ|q|` over the negative ones. Where it is small
+    /// enough, a kernel whose weights are unsigned (Q5_K's q, 0..31) may sum a whole
+    /// 32-value sub-block's products in an i16: `Σ q·a` lies between `−max q · Σ|a⁻|` and
+    /// `max q · Σa⁺`.
+    pub(crate) sign_sum32: &'a [u16],
+}
+
+/// Where a Q8_K quantizer writes its rows' sum bounds, one each per super-block:
+/// [`ActRow::abs_sum16`] and [`ActRow::sign_sum32`].
+pub(crate) struct SumBoundsMut<'a> {
+    pub(crate) abs16: &'a mut [u16],
+    pub(crate) sign32: &'a mut [u16],
 }
 
 /// Bytes of [`ActRow::q6_bias`] for a row of `cols` values.

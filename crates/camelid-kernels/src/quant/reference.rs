@@ -1,7 +1,7 @@
 //! The scalar reference of the quantized matmul: the SIMD kernels must give its bytes and
 //! (to float rounding) its sums.
 
-use super::{ActRow, QKind, BLOCK};
+use super::{ActRow, QKind, SumBoundsMut, BLOCK};
 use half::f16;
 
 pub(crate) fn quantize_blocks_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
@@ -95,7 +95,7 @@ pub(crate) fn quantize_q8k_scalar(
     d: &mut [f32],
     bsums: &mut [i16],
     sums8: &mut [i16],
-    abs_sum16: &mut [u16],
+    bounds: SumBoundsMut,
 ) {
     for (b, (xb, qb)) in x
         .chunks_exact(QK_K)
@@ -112,13 +112,22 @@ pub(crate) fn quantize_q8k_scalar(
         for (j, sixteen) in qb.chunks_exact(16).enumerate() {
             bsums[b * 16 + j] = sixteen.iter().map(|&q| q as i16).sum();
         }
-        abs_sum16[b] = qb
+        bounds.abs16[b] = qb
             .chunks_exact(16)
             .map(|sixteen| {
                 sixteen
                     .iter()
                     .map(|&q| (q as i16).unsigned_abs())
                     .sum::<u16>()
+            })
+            .max()
+            .unwrap();
+        bounds.sign32[b] = qb
+            .chunks_exact(32)
+            .map(|sub| {
+                let pos: u16 = sub.iter().map(|&q| q.max(0) as u16).sum();
+                let neg: u16 = sub.iter().map(|&q| (q as i16).min(0).unsigned_abs()).sum();
+                pos.max(neg)
             })
             .max()
             .unwrap();

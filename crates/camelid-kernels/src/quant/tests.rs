@@ -482,14 +482,24 @@ fn simd_q8k_quantize_gives_the_scalar_bytes() {
         let (mut q2, mut d2, mut s2) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
         let (mut e1, mut e2) = (vec![0i16; nb * 32], vec![0i16; nb * 32]);
         let (mut a1, mut a2) = (vec![0u16; nb], vec![0u16; nb]);
-        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1, &mut e1, &mut a1);
+        let (mut g1, mut g2) = (vec![0u16; nb], vec![0u16; nb]);
+        let b1 = SumBoundsMut {
+            abs16: &mut a1,
+            sign32: &mut g1,
+        };
+        quantize_q8k_scalar(&x, &mut q1, &mut d1, &mut s1, &mut e1, b1);
+        let b2 = SumBoundsMut {
+            abs16: &mut a2,
+            sign32: &mut g2,
+        };
         // Safety: AVX2 is available.
-        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2, &mut e2, &mut a2) };
+        unsafe { x86::avx2::quantize_q8k(&x, &mut q2, &mut d2, &mut s2, &mut e2, b2) };
         assert_eq!(q1, q2);
         assert_eq!(d1, d2);
         assert_eq!(s1, s2);
         assert_eq!(e1, e2);
         assert_eq!(a1, a2);
+        assert_eq!(g1, g2);
         for (j, e) in e1.iter().enumerate() {
             assert_eq!(
                 *e,
@@ -527,6 +537,13 @@ fn q8k_activations_hold_block_sums() {
                 qs.iter().map(|&q| (q as i16).unsigned_abs()).sum()
             };
             assert_eq!(r.abs_sum16[b], (0..16).map(abs16).max().unwrap());
+            let sign32 = |j: usize| -> u16 {
+                let qs = &r.qs[b * QK_K + 32 * j..][..32];
+                let pos: i32 = qs.iter().filter(|&&q| q > 0).map(|&q| q as i32).sum();
+                let neg: i32 = qs.iter().filter(|&&q| q < 0).map(|&q| -(q as i32)).sum();
+                pos.max(neg) as u16
+            };
+            assert_eq!(r.sign_sum32[b], (0..8).map(sign32).max().unwrap());
             for (v, q) in xb.iter().zip(&r.qs[b * QK_K..]) {
                 assert!((v - r.d[b] * *q as f32).abs() <= r.d[b] * 0.5 + 1e-6);
             }
@@ -842,6 +859,59 @@ fn k_sums_of_sixteen_stop_at_the_i16_bound() {
                 assert!(
                     err < 1e-5,
                     "{t:?} Σ|q| = {bound} × {sign}: VNNI vs scalar {err}"
+                );
+            }
+        }
+    }
+}
+
+/// Q5_K's paired passes sum a whole 32-value sub-block in an i16 only where the rows'
+/// activations keep the sum below 2¹⁵ ([`ActRow::sign_sum32`]): with every q at 31, at the
+/// bound and past it, of either sign, they agree with the scalar reference. Each 32
+/// activations are eight 127s, sixteen 0s, one `B − 1016` and seven 0s (integers, so they
+/// quantize to themselves): one sign adds up to `B` over 32 values while no 16 exceed
+/// 1016, so past the bound the passes still sum 16 values (not 8).
+#[test]
+fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use x86::k512;
+        if !crate::cpu_features::avx512_vnni() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        // 60 rows: Q5_K's unpacked passes (from 48 where the fifth bits are tested with a
+        // mask); 4 groups, so two pairs.
+        let (m, n, k) = (60, 64, 768);
+        let kind = QKind::Q5K;
+        let data = extreme_k_rows(kind, n, k);
+        let max = k512::Q5_SIGN_SUM32_MAX;
+        for bound in [max - 1, max, max + 1, max + 2] {
+            for sign in [1.0, -1.0] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| match i % 32 {
+                        0..8 => 127.0 * sign,
+                        16 => f32::from(bound - 1016) * sign,
+                        _ => 0.0,
+                    })
+                    .collect();
+                let acts = q8k(&x, m, k);
+                assert!((0..m).all(|i| {
+                    let r = acts.row(i);
+                    r.sign_sum32.iter().all(|&s| s == bound)
+                        && r.abs_sum16.iter().all(|&s| s == 1016)
+                }));
+                let run = |flavour| {
+                    let w = laid_out(kind, n, k, data.clone(), flavour);
+                    let mut out = vec![f32::NAN; m * n];
+                    kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
+                    out
+                };
+                let want = run(kgemm::Flavour::Scalar);
+                let err = max_rel(&run(kgemm::Flavour::Avx512Vnni), &want);
+                assert!(
+                    err < 1e-5,
+                    "one-sign Σq = {bound} × {sign} over 32: VNNI vs scalar {err}"
                 );
             }
         }

@@ -1,7 +1,7 @@
 //! The 8-row kernels and the row-major (odd-shape) kernels with AVX2, FMA and F16C.
 
 use super::prefetch_ahead;
-use crate::quant::{ActRow, QKind, BLOCK, QK_K};
+use crate::quant::{ActRow, QKind, SumBoundsMut, BLOCK, QK_K};
 use std::arch::x86_64::*;
 
 /// [`crate::quant::reference::quantize_blocks_scalar`] with AVX2: the same bytes and scales (the maximum and
@@ -48,7 +48,8 @@ pub unsafe fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
 }
 
 /// [`crate::quant::reference::quantize_q8k_scalar`] with AVX2: the same bytes, scales and
-/// sums of 16 and of 8 and largest `Σ|q|` of 16 (as for [`quantize_blocks`]: an exact
+/// sums of 16 and of 8 and the sum bounds (largest `Σ|q|` of 16, largest one-sign sum of 32;
+/// as for [`quantize_blocks`]: an exact
 /// maximum, the same scalar scale expression, `cvtps2dq` rounding ties to even, exact integer
 /// sums).
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -58,10 +59,17 @@ pub unsafe fn quantize_q8k(
     d: &mut [f32],
     bsums: &mut [i16],
     sums8: &mut [i16],
-    abs_sum16: &mut [u16],
+    bounds: SumBoundsMut,
 ) {
     assert!(qs.len() >= x.len() && d.len() * QK_K >= x.len() && bsums.len() * 16 >= x.len());
-    assert!(sums8.len() * 8 >= x.len() && abs_sum16.len() * QK_K >= x.len());
+    assert!(sums8.len() * 8 >= x.len() && bounds.abs16.len() * QK_K >= x.len());
+    assert!(bounds.sign32.len() * QK_K >= x.len());
+    // The four u64 lanes of a `vpsadbw` added up.
+    let lanes = |v: __m256i| {
+        let t = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_cvtsi128_si64(_mm_add_epi64(t, _mm_unpackhi_epi64(t, t))) as i32
+    };
+    let flip = _mm256_set1_epi8(-128);
     let sign = _mm256_set1_ps(-0.0);
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (b, xb) in x.chunks_exact(QK_K).enumerate() {
@@ -77,6 +85,7 @@ pub unsafe fn quantize_q8k(
         let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
         // The largest Σ|q| of 16 so far, in the low i32 of each 128-bit half.
         let mut abs_max = _mm256_setzero_si256();
+        let mut sign_max = 0;
         for c in 0..QK_K / 32 {
             // Not `array::from_fn`: it is not inlined into a `target_feature` function.
             let at = |j: usize| _mm256_loadu_ps(p.add(32 * c + 8 * j));
@@ -107,13 +116,22 @@ pub unsafe fn quantize_q8k(
             let a8 = _mm256_sad_epu8(_mm256_abs_epi8(bytes), _mm256_setzero_si256());
             let a16 = _mm256_add_epi64(a8, _mm256_srli_si256::<8>(a8));
             abs_max = _mm256_max_epu32(abs_max, a16);
+            // Of the 32 stored bytes: Σ|q| and Σq (from Σ(q + 128)); the larger of Σq⁺ and
+            // Σ|q⁻| is (Σ|q| + |Σq|) / 2, exactly (the two sums have the same parity).
+            let abs32 = lanes(a8);
+            let sum32 = lanes(_mm256_sad_epu8(
+                _mm256_xor_si256(bytes, flip),
+                _mm256_setzero_si256(),
+            )) - 32 * 128;
+            sign_max = sign_max.max((abs32 + sum32.abs()) / 2);
         }
         *d.get_unchecked_mut(b) = db;
         let m = _mm_max_epu32(
             _mm256_castsi256_si128(abs_max),
             _mm256_extracti128_si256(abs_max, 1),
         );
-        *abs_sum16.get_unchecked_mut(b) = _mm_cvtsi128_si32(m) as u16;
+        *bounds.abs16.get_unchecked_mut(b) = _mm_cvtsi128_si32(m) as u16;
+        *bounds.sign32.get_unchecked_mut(b) = sign_max as u16;
     }
 }
 

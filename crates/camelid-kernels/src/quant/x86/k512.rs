@@ -280,7 +280,7 @@ unsafe fn q6_bias8_rows<const R: usize>(rows: RowAddrs, b: usize, h: usize) -> [
 
 /// Each row's `−32·Σa` of Q6_K sub-block `s` of super-block `b` in every lane
 /// ([`ActRow::q6_bias`](crate::quant::ActRow)): the sums the paired passes over whole
-/// sub-blocks ([`gemm_k_32x6_unpacked16_vnni`]) start from.
+/// sub-blocks ([`gemm_k_32x6_unpacked_i16_vnni`]) start from.
 #[inline(always)]
 unsafe fn q6_bias_rows<const R: usize>(rows: RowAddrs, b: usize, s: usize) -> [__m512i; R] {
     bcast_rows::<R>(rows, rows.bias + 4 * (16 * b + s))
@@ -434,7 +434,7 @@ unsafe fn q45_k<const R: usize, const FIFTH: bool>(
         } else {
             sub_blocks!(false; 0 1 2 3 4 5 6 7);
         }
-        q45_epilogue::<R, false>(blk, b, acts, &isum, &mut acc);
+        q45_epilogue::<R, false>(&Q45Header::packed(blk), b, acts, &isum, &mut acc);
     }
     for (i, v) in acc.iter().enumerate() {
         _mm512_storeu_ps(out.add(i * ld), *v);
@@ -542,33 +542,72 @@ unsafe fn q45_k_pairs_vnni<const R: usize, const FIFTH: bool, const SHIFTS: bool
                 acc[i] = _mm512_loadu_ps(out.add(i * ld));
             }
         }
-        q45_epilogue::<R, true>(blk, b, acts, &isum, &mut acc);
+        q45_epilogue::<R, true>(&Q45Header::packed(blk), b, acts, &isum, &mut acc);
         for i in 0..R {
             _mm512_storeu_ps(out.add(i * ld), acc[i]);
         }
     }
 }
 
-/// The end of a Q4_K/Q5_K super-block `b` (packed at `blk`) for each activation row:
+/// A Q4_K/Q5_K super-block's header as its epilogue ([`q45_epilogue`]) takes it: `d` and
+/// `dmin` as f32 lanes, the mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane.
+struct Q45Header {
+    d: __m512,
+    dmin: __m512,
+    mins: [__m512i; 4],
+}
+
+impl Q45Header {
+    /// From the packed super-block at `blk`.
+    #[inline(always)]
+    unsafe fn packed(blk: *const u8) -> Q45Header {
+        // No array `map`: it is not inlined into a `target_feature` function.
+        let mut mins = [_mm512_setzero_si512(); 4];
+        for (c, m) in mins.iter_mut().enumerate() {
+            let m0 = u8x16(blk.add(12 * G + G * 2 * c));
+            let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
+            *m = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
+        }
+        Q45Header {
+            d: f16x16(blk),
+            dmin: f16x16(blk.add(2 * G)),
+            mins,
+        }
+    }
+
+    /// As [`unpack_q45`] wrote it for the unpacked super-block at `ub`.
+    #[inline(always)]
+    unsafe fn unpacked(ub: *const u8) -> Q45Header {
+        let v = |k: usize| _mm512_loadu_si512(ub.add(Q45_HEADER_AT + 64 * k) as *const _);
+        Q45Header {
+            d: _mm512_castsi512_ps(v(0)),
+            dmin: _mm512_castsi512_ps(v(1)),
+            mins: [v(2), v(3), v(4), v(5)],
+        }
+    }
+
+    /// Writes it where [`Self::unpacked`] reads it.
+    #[inline(always)]
+    unsafe fn store(&self, ub: *mut u8) {
+        let at = |k: usize| ub.add(Q45_HEADER_AT + 64 * k) as *mut __m512i;
+        _mm512_storeu_si512(at(0), _mm512_castps_si512(self.d));
+        _mm512_storeu_si512(at(1), _mm512_castps_si512(self.dmin));
+        for (k, m) in self.mins.iter().enumerate() {
+            _mm512_storeu_si512(at(2 + k), *m);
+        }
+    }
+}
+
+/// The end of a Q4_K/Q5_K super-block `b` (its header `h`) for each activation row:
 /// `acc += d·da·isum − dmin·da·Σ_j m_j·Σa_j`.
 #[inline(always)]
 unsafe fn q45_epilogue<const R: usize, const VNNI: bool>(
-    blk: *const u8,
+    h: &Q45Header,
     b: usize,
     acts: &[ActRow],
     isum: &[__m512i; R],
     acc: &mut [__m512; R],
 ) {
-    let d = f16x16(blk);
-    let dmin = f16x16(blk.add(2 * G));
-    // Mins of sub-blocks 2c and 2c + 1 in the i16 halves of each lane (no array `map`:
-    // it is not inlined into a `target_feature` function).
-    let mut mins = [_mm512_setzero_si512(); 4];
-    for (c, m) in mins.iter_mut().enumerate() {
-        let m0 = u8x16(blk.add(12 * G + G * 2 * c));
-        let m1 = u8x16(blk.add(12 * G + G * (2 * c + 1)));
-        *m = _mm512_or_si512(m0, _mm512_slli_epi32::<16>(m1));
-    }
     for (i, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
         let a = acts.get_unchecked(i);
         // The row's Σa of sub-blocks 2c and 2c + 1, paired when the activations are quantized
@@ -576,17 +615,17 @@ unsafe fn q45_epilogue<const R: usize, const VNNI: bool>(
         // an 8-row pass.
         let ps = a.pairs.as_ptr().add(b * 4);
         let mut msum = _mm512_setzero_si512();
-        for (c, m) in mins.iter().enumerate() {
+        for (c, m) in h.mins.iter().enumerate() {
             let s = _mm512_set1_epi32(*ps.add(c));
             msum = if VNNI {
-                _mm512_dpwssd_epi32(msum, *m, s)
+                dpwssd(msum, *m, s)
             } else {
                 _mm512_add_epi32(msum, _mm512_madd_epi16(*m, s))
             };
         }
         let da = _mm512_set1_ps(*a.d.get_unchecked(b));
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isum), _mm512_mul_ps(d, da), *acc);
-        *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, da), *acc);
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isum), _mm512_mul_ps(h.d, da), *acc);
+        *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(h.dmin, da), *acc);
     }
 }
 
@@ -595,11 +634,14 @@ unsafe fn q45_epilogue<const R: usize, const VNNI: bool>(
 pub const Q45_ABS_SUM16_MAX: u16 = 1057;
 
 /// Bytes of one Q4_K/Q5_K super-block of a 16-row group unpacked by [`unpack_q45`]: the 8
-/// sub-blocks' scales as i32 lanes (8 × 64), then the values a byte each in activation order
-/// (64 vectors of 64: four values of each row).
+/// sub-blocks' scales as i32 lanes (8 × 64), the header as the epilogue takes it
+/// ([`Q45Header`], 6 × 64), then the values a byte each in activation order (64 vectors of
+/// 64: four values of each row).
 pub const Q45_UNPACKED_SB: usize = Q45_VALUES_AT + 64 * 64;
-/// Where [`unpack_q45`]'s values start in an unpacked super-block (after the scales).
-const Q45_VALUES_AT: usize = 8 * 64;
+/// Where [`unpack_q45`]'s [`Q45Header`] starts in an unpacked super-block (after the scales).
+const Q45_HEADER_AT: usize = 8 * 64;
+/// Where [`unpack_q45`]'s values start in an unpacked super-block (after the header).
+const Q45_VALUES_AT: usize = Q45_HEADER_AT + 6 * 64;
 
 /// Unpacks `nsb` super-blocks of one 16-row Q4_K (`FIFTH = false`) or Q5_K group into `dst`
 /// (`nsb ·` [`Q45_UNPACKED_SB`] bytes): once per group and row tile, so a prompt's passes no
@@ -618,6 +660,7 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
         for j in 0..8 {
             _mm512_storeu_si512(d.add(64 * j) as *mut _, u8x16(blk.add(4 * G + G * j)));
         }
+        Q45Header::packed(blk).store(d);
         let vals = d.add(Q45_VALUES_AT);
         for c in 0..4 {
             for g in 0..8 {
@@ -640,8 +683,8 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
     }
 }
 
-/// [`q45_k`]'s sums with VNNI over a group unpacked by [`unpack_q45`] (`u`), its headers
-/// still read from the packed group `w`, over super-blocks `sbs` (where they do not start at
+/// [`q45_k`]'s sums with VNNI over a group unpacked by [`unpack_q45`] (`u`, headers
+/// included), over super-blocks `sbs` (where they do not start at
 /// 0, `out` holds the totals of those before: added to in the same steps, so the same bits
 /// as one call over all): per vector only the `vpdpbusd` of each row. Each sum covers 8
 /// values (two vectors), at most 8 · 31 · 127 = 31 496, so it fits the low i16 of its lane
@@ -654,15 +697,13 @@ pub unsafe fn unpack_q45<const FIFTH: bool>(w: *const u8, nsb: usize, dst: *mut 
 /// as [`q45_k`], so the same bits.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
-unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
-    w: *const u8,
+unsafe fn q45_k_unpacked_vnni<const R: usize>(
     u: *const u8,
     sbs: std::ops::Range<usize>,
     acts: &[ActRow],
     out: *mut f32,
     ld: usize,
 ) {
-    let sb = if FIFTH { 180 * G } else { 148 * G };
     let mut acc = [_mm512_setzero_ps(); R];
     if sbs.start > 0 {
         for (i, v) in acc.iter_mut().enumerate() {
@@ -694,25 +735,24 @@ unsafe fn q45_k_unpacked_vnni<const R: usize, const FIFTH: bool>(
                 halves_scaled(v, rs, (zero, zero), sc, &mut isum);
             }
         }
-        q45_epilogue::<R, true>(w.add(b * sb), b, acts, &isum, &mut acc);
+        q45_epilogue::<R, true>(&Q45Header::unpacked(ub), b, acts, &isum, &mut acc);
     }
     for (i, v) in acc.iter().enumerate() {
         _mm512_storeu_ps(out.add(i * ld), *v);
     }
 }
 
-/// See `quant::kgemm`: one unpacked Q4_K (`FIFTH = false`) or Q5_K group of 16 rows × `R`
-/// activation rows over super-blocks `sbs`, VNNI.
+/// See `quant::kgemm`: one unpacked Q4_K or Q5_K group of 16 rows × `R` activation rows
+/// over super-blocks `sbs`, VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_q45_k_16x8_unpacked_vnni<const R: usize, const FIFTH: bool>(
-    w: *const u8,
+pub unsafe fn gemm_q45_k_16x8_unpacked_vnni<const R: usize>(
     u: *const u8,
     sbs: std::ops::Range<usize>,
     acts: &[ActRow],
     out: *mut f32,
     ld: usize,
 ) {
-    q45_k_unpacked_vnni::<R, FIFTH>(w, u, sbs, acts, out, ld)
+    q45_k_unpacked_vnni::<R>(u, sbs, acts, out, ld)
 }
 
 /// The 6-bit values of one Q6_K four-value step of a 16-row group (`krepack`'s three vectors
@@ -955,7 +995,7 @@ pub const PAIR_ROWS: usize = 4;
 /// AMX, alternating): 1.1–1.17× at 24–256 rows with the driver's two super-blocks a pass
 /// (the two groups' whole rows overflow L1: then no faster). Q5_K's unpacked passes of
 /// 8-value sums start from zero, not from loaded sums, and paired they were 0.95–1.0×
-/// (with sums of 16, [`gemm_k_32x6_unpacked16_vnni`], they run paired).
+/// (with sums of 16, [`gemm_k_32x6_unpacked_i16_vnni`], they run paired).
 /// See `quant::kgemm`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
@@ -1033,24 +1073,30 @@ pub unsafe fn gemm_q6_k_32x4_unpacked_vnni<const R: usize>(
 /// 32 · 1023 = 32 736 < 2¹⁵.
 pub const Q6_ABS_SUM16_MAX: u16 = 1023;
 
-/// Rows a pass of [`gemm_k_32x6_unpacked16_vnni`] takes.
+/// The largest [`ActRow::sign_sum32`](crate::quant::ActRow) of a row for which a whole Q5_K
+/// sub-block's `Σ q·a` fits an i16: q is 0..31, so the sum lies within ±31 times the larger
+/// one-sign sum of the activations, and 31 · 1057 = 32 767.
+pub const Q5_SIGN_SUM32_MAX: u16 = 1057;
+
+/// Rows a pass of [`gemm_k_32x6_unpacked_i16_vnni`] takes.
 pub const PAIR16_ROWS: usize = 6;
 
 /// Two unpacked groups side by side (32 columns) × up to 6 activation rows over
-/// super-blocks `sbs`, VNNI, each 16 values' products summed in one i32 lane whose low i16
-/// `vpdpwssd` scales: Q6_K (`Q6`; groups from [`unpack_q6`], each sub-block's sums from its
-/// `−32·Σa`, [`q6_bias_rows`]) or Q5_K (from [`unpack_q45`], from zero, two sums a sub-block
-/// of 32). The rows' [`ActRow::abs_sum16`](crate::quant::ActRow) must be at most
-/// [`Q6_ABS_SUM16_MAX`] / [`Q45_ABS_SUM16_MAX`] over `sbs` (the caller checks), so each sum
-/// fits the i16.
+/// super-blocks `sbs`, VNNI, each `SUM` values' products summed in one i32 lane whose low
+/// i16 `vpdpwssd` scales: Q6_K (`Q6`, `SUM` 16; groups from [`unpack_q6`], each
+/// sub-block's sums from its `−32·Σa`, [`q6_bias_rows`]) or Q5_K (from [`unpack_q45`], from
+/// zero; `SUM` 16, two sums a sub-block, or 32, one). The rows must keep each sum within an
+/// i16 over `sbs` (the caller checks): [`ActRow::abs_sum16`](crate::quant::ActRow) at most
+/// [`Q6_ABS_SUM16_MAX`] / [`Q45_ABS_SUM16_MAX`] for sums of 16,
+/// [`ActRow::sign_sum32`](crate::quant::ActRow) at most [`Q5_SIGN_SUM32_MAX`] for sums of 32.
 ///
 /// Where the 8-value halves ([`gemm_q6_k_32x4_unpacked_vnni`], [`q45_k_unpacked_vnni`]) take
-/// two `vpdpwssd` (and for Q6_K two starting sums) per 16 values, this takes one, and with
-/// half the sums in flight a pass takes 6 rows (each weight vector serves 6, not 4); each
-/// activation broadcast serves both groups. The f32 totals are kept in `out`: written at
-/// super-block 0, added to after in the same steps as the one-group passes, so the same
-/// bits. Real activations fit: a Q8_K block's largest value is 127, and 16 values add up
-/// to 1023 only where most are near it.
+/// two `vpdpwssd` (and for Q6_K two starting sums) per 16 values, this takes one (Q5_K's
+/// sums of 32: one per 32), and with half the sums in flight a pass takes 6 rows (each
+/// weight vector serves 6, not 4); each activation broadcast serves both groups. The f32
+/// totals are kept in `out`: written at super-block 0, added to after in the same steps as
+/// the one-group passes, so the same bits. Real activations fit: a Q8_K block's largest
+/// value is 127, and 16 values add up to 1023 only where most are near it.
 ///
 /// # Safety
 /// `w[c]` one whole 16-row group of `kind` and `u[c]` its unpacked super-blocks, `sbs`
@@ -1058,7 +1104,7 @@ pub const PAIR16_ROWS: usize = 6;
 /// 0..32]` writable for every row `i` of `acts`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
-pub unsafe fn gemm_k_32x6_unpacked16_vnni<const R: usize, const Q6: bool>(
+pub unsafe fn gemm_k_32x6_unpacked_i16_vnni<const R: usize, const Q6: bool, const SUM: usize>(
     w: [*const u8; 2],
     u: [*const u8; 2],
     sbs: std::ops::Range<usize>,
@@ -1070,47 +1116,56 @@ pub unsafe fn gemm_k_32x6_unpacked16_vnni<const R: usize, const Q6: bool>(
         assert!(
             R <= PAIR16_ROWS,
             "a row's two sums and two i32 totals in registers"
-        )
+        );
+        assert!(
+            SUM == 16 || (SUM == 32 && !Q6),
+            "Q6_K's sub-blocks are 16 values"
+        );
     };
     let (sb, usb, values_at) = if Q6 {
         (210 * G, Q6_UNPACKED_SB, Q6_VALUES_AT)
     } else {
         (180 * G, Q45_UNPACKED_SB, Q45_VALUES_AT)
     };
-    let max = if Q6 {
-        Q6_ABS_SUM16_MAX
-    } else {
-        Q45_ABS_SUM16_MAX
-    };
-    debug_assert!(acts
-        .iter()
-        .all(|a| sbs.clone().all(|b| a.abs_sum16[b] <= max)));
+    debug_assert!(acts.iter().all(|a| sbs.clone().all(|b| match (Q6, SUM) {
+        (true, _) => a.abs_sum16[b] <= Q6_ABS_SUM16_MAX,
+        (false, 16) => a.abs_sum16[b] <= Q45_ABS_SUM16_MAX,
+        _ => a.sign_sum32[b] <= Q5_SIGN_SUM32_MAX,
+    })));
     let rows = RowAddrs::new(acts);
     for b in sbs {
         let ub = [u[0].add(b * usb), u[1].add(b * usb)];
         let mut isum = [[_mm512_setzero_si512(); R]; 2];
-        for s in 0..16 {
-            // Values 16s..16s + 16, four vectors of four values a row.
-            let rs = rows.offset(b * QK_K + 16 * s);
+        for j in 0..QK_K / SUM {
             let start = if Q6 {
-                q6_bias_rows::<R>(rows, b, s)
+                q6_bias_rows::<R>(rows, b, j)
             } else {
                 [_mm512_setzero_si512(); R]
             };
             // t[c][i]: group c's sum of row i.
             let mut t = [start, start];
-            for k in 0..4 {
-                let at = values_at + 64 * (4 * s + k);
-                let q0 = _mm512_loadu_si512(ub[0].add(at) as *const _);
-                let q1 = _mm512_loadu_si512(ub[1].add(at) as *const _);
-                for i in 0..R {
-                    let a = bcast_row(rs, i, 4 * k);
-                    t[0][i] = _mm512_dpbusd_epi32(t[0][i], q0, a);
-                    t[1][i] = _mm512_dpbusd_epi32(t[1][i], q1, a);
+            for h in 0..SUM / 16 {
+                // Values 16s..16s + 16, four vectors of four values a row.
+                let s = j * (SUM / 16) + h;
+                let rs = rows.offset(b * QK_K + 16 * s);
+                for k in 0..4 {
+                    let at = values_at + 64 * (4 * s + k);
+                    let q0 = _mm512_loadu_si512(ub[0].add(at) as *const _);
+                    let q1 = _mm512_loadu_si512(ub[1].add(at) as *const _);
+                    for i in 0..R {
+                        let a = bcast_row(rs, i, 4 * k);
+                        t[0][i] = _mm512_dpbusd_epi32(t[0][i], q0, a);
+                        t[1][i] = _mm512_dpbusd_epi32(t[1][i], q1, a);
+                    }
                 }
             }
-            // Q6_K's scale of sub-block s, Q5_K's of sub-block s / 2 (of 32 values).
-            let sc_at = if Q6 { 64 * s } else { 64 * (s / 2) };
+            // Q6_K's scale of sub-block j; Q5_K's of sub-block j / 2 (of 32 values) for sums
+            // of 16, of j for sums of 32.
+            let sc_at = if Q6 || SUM == 32 {
+                64 * j
+            } else {
+                64 * (j / 2)
+            };
             for (c, t) in t.iter().enumerate() {
                 let sc = _mm512_loadu_si512(ub[c].add(sc_at) as *const _);
                 for i in 0..R {
@@ -1135,7 +1190,7 @@ pub unsafe fn gemm_k_32x6_unpacked16_vnni<const R: usize, const Q6: bool>(
                     acc[i] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, da), acc[i]);
                 }
             } else {
-                q45_epilogue::<R, true>(blk, b, acts, &isum[c], &mut acc);
+                q45_epilogue::<R, true>(&Q45Header::unpacked(ub[c]), b, acts, &isum[c], &mut acc);
             }
             for i in 0..R {
                 _mm512_storeu_ps(o.add(i * ld), acc[i]);
