@@ -205,19 +205,9 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                             // wide, the flavour this CPU's (`available`), and the writes in
                             // rows t·tile.. < m and the 2g columns of groups gi, gi + 1
                             // (owned by this task).
-                            // The next pair's weights (or the task's first pair's, for
-                            // the next tile), prefetched over this pair's passes.
-                            let next = if gi + 2 < g1 {
-                                gi + 2..(gi + 4).min(g1)
-                            } else if (t + 1) * tile < m {
-                                g0..(g0 + 2).min(g1)
-                            } else {
-                                0..0
-                            };
-                            let next = &data[next.start * group_bytes..next.end * group_bytes];
                             unsafe {
                                 let out = ptr.at(t * tile * n + gi * g);
-                                pair_passes(w.kind, wg, u, nsb, tile_rows, &sums, next, out, n);
+                                pair_passes(w.kind, wg, u, nsb, tile_rows, &sums, out, n);
                             }
                             gi += 2;
                             continue;
@@ -547,10 +537,7 @@ fn pair_block_sums(kind: QKind, tile_rows: &[ActRow], nsb: usize, sums: &mut Vec
 /// `kind` ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time,
 /// 6 rows a pass where the whole block's activations allow sums of 16 or 32 values (`sums`,
 /// from [`pair_block_sums`]), else Q6_K's 4 (each pass then sums 16 where its own rows
-/// allow) and Q5_K's 8 ([`Q5_ROWS_ONE_GROUP`]). Meanwhile `next` (the packed groups the
-/// next call unpacks) is asked into L2 a share at a time: the unpacking, which reads each
-/// group first, then waits less on DRAM (`qgemm_bench 1 q5_k`, weights from DRAM: unpacking
-/// 10 % → 7.5 % of the passes' time).
+/// allow) and Q5_K's 8 ([`Q5_ROWS_ONE_GROUP`]).
 ///
 /// # Safety
 /// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sums` is [`pair_block_sums`]'
@@ -563,7 +550,6 @@ unsafe fn pair_passes(
     nsb: usize,
     tile_rows: &[ActRow],
     sums: &[PairSums],
-    next: &[u8],
     out: *mut f32,
     ld: usize,
 ) {
@@ -572,8 +558,6 @@ unsafe fn pair_passes(
     let mut blocks = sums.iter();
     for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
-            #[cfg(target_arch = "x86_64")]
-            super::x86::prefetch_share_l2(next, sums.len() - blocks.len(), sums.len());
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
             let all = *blocks.next().expect("sums for every block");
             let width = match (all, kind) {

@@ -102,23 +102,6 @@ unsafe fn prefetch_ahead_k(
     }
 }
 
-/// Asks for share `part` of `parts` of the cache lines of `bytes` into L2: a matmul spreads
-/// the next groups' weights over the passes of the current ones, so they come from DRAM while
-/// the passes compute instead of stalling the unpacking that reads them first.
-#[inline(always)]
-pub(crate) fn prefetch_share_l2(bytes: &[u8], part: usize, parts: usize) {
-    let lines = bytes.len().div_ceil(64);
-    let (l0, l1) = (lines * part / parts, lines * (part + 1) / parts);
-    for l in l0..l1.min(lines) {
-        // Safety: a prefetch of an address inside `bytes`; it never faults anyway.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                bytes.as_ptr().add(64 * l) as *const i8,
-            )
-        };
-    }
-}
-
 /// Prefetches (with `HINT`) the `bytes` after `blk + ahead`, one cache line at a time.
 #[inline(always)]
 unsafe fn prefetch_lines<const HINT: i32>(blk: *const u8, ahead: usize, bytes: usize) {
