@@ -460,11 +460,10 @@ fn unpack_group(
 /// Rows a pass of [`gemm_group_pair`] takes where every row's activations let each sum of 16
 /// or 32 values fit an i16 ([`PairSums::Of16`], [`PairSums::Of32`]; half the sums in flight,
 /// so each weight vector serves 6 rows), and where they do not ([`PairSums::Halves`]): Q6_K's
-/// 8-value halves, paired; Q5_K's one group at a time (which then choose sums of 16 or 8
-/// super-block by super-block).
+/// 8-value halves, paired, 4 rows; Q5_K's one group at a time, 6 rows (which then choose
+/// sums of 16 or 8 super-block by super-block).
 const PAIR_ROWS_SIXTEEN: usize = 6;
 const PAIR_ROWS_HALVES: usize = 4;
-const Q5_ROWS_ONE_GROUP: usize = 8;
 
 /// Super-blocks a pass of [`gemm_group_pair`] takes before the tile's next rows: two
 /// groups' whole unpacked rows (80 KiB at 2048 columns) overflow L1, two of their
@@ -536,8 +535,9 @@ fn pair_block_sums(kind: QKind, tile_rows: &[ActRow], nsb: usize, sums: &mut Vec
 /// Every row of a tile (`out[i · ld ..]` for row `i`) over two whole unpacked groups of
 /// `kind` ([`gemm_group_pair`]): [`PAIR_SUPERBLOCKS`] over [`PAIR_ROW_BLOCK`] rows at a time,
 /// 6 rows a pass where the whole block's activations allow sums of 16 or 32 values (`sums`,
-/// from [`pair_block_sums`]), else Q6_K's 4 (each pass then sums 16 where its own rows
-/// allow) and Q5_K's 8 ([`Q5_ROWS_ONE_GROUP`]).
+/// from [`pair_block_sums`]), else Q6_K's 4 and Q5_K's 6, each pass then summing as many as
+/// its own rows allow: a row of large activations (a prompt's first token's, in real
+/// models) holds back the passes of its own rows only.
 ///
 /// # Safety
 /// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sums` is [`pair_block_sums`]'
@@ -561,16 +561,14 @@ unsafe fn pair_passes(
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
             let all = *blocks.next().expect("sums for every block");
             let width = match (all, kind) {
-                (PairSums::Of32 | PairSums::Of16, _) => PAIR_ROWS_SIXTEEN,
-                (PairSums::Halves, QKind::Q5K) => Q5_ROWS_ONE_GROUP,
-                (PairSums::Halves, _) => PAIR_ROWS_HALVES,
+                (PairSums::Halves, QKind::Q6K) => PAIR_ROWS_HALVES,
+                _ => PAIR_ROWS_SIXTEEN,
             };
             for (q, few) in block.chunks(width).enumerate() {
                 let out = out.add((rb * PAIR_ROW_BLOCK + q * width) * ld);
-                let sums = if all == PairSums::Halves && kind == QKind::Q6K {
-                    pair_sums(kind, few, sbs.clone())
-                } else {
-                    all
+                let sums = match all {
+                    PairSums::Halves => pair_sums(kind, few, sbs.clone()),
+                    _ => all,
                 };
                 gemm_group_pair(kind, wg, u, sbs.clone(), few, sums, out, ld);
             }
@@ -585,7 +583,7 @@ unsafe fn pair_passes(
 /// Q6_K's starting sum) serving both groups, up to [`PAIR_ROWS_SIXTEEN`] rows. Else Q6_K's
 /// sums of 8 values run paired (`k512::gemm_q6_k_32x4_unpacked_vnni`, up to
 /// [`PAIR_ROWS_HALVES`] rows), Q5_K's one group at a time
-/// (`k512::gemm_q45_k_16x8_unpacked_vnni`, up to [`Q5_ROWS_ONE_GROUP`]: sums of 16 or 8 per
+/// (`k512::gemm_q45_k_16x8_unpacked_vnni`, up to [`PAIR_ROWS_SIXTEEN`]: sums of 16 or 8 per
 /// super-block; its sums of 8 paired were no faster, with no starting sums to share). The
 /// same i32 sums, so the same bits.
 ///
@@ -597,7 +595,7 @@ unsafe fn pair_passes(
 /// bytes (`nsb · k512::Q6_UNPACKED_SB` or `k512::Q45_UNPACKED_SB`), `sbs` within `0..nsb`;
 /// the activation rows are `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]`
 /// is writable for every row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] with sums of 16 or
-/// 32, else to [`PAIR_ROWS_HALVES`], Q5_K's to [`Q5_ROWS_ONE_GROUP`]); `sums` no longer than
+/// 32 and Q5_K's, else Q6_K's to [`PAIR_ROWS_HALVES`]); `sums` no longer than
 /// [`pair_sums`] allows.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_group_pair(
@@ -665,7 +663,7 @@ unsafe fn gemm_group_pair(
                             }
                         };
                     }
-                    one_group!(1 2 3 4 5 6 7 8)
+                    one_group!(1 2 3 4 5 6)
                 }
             }
             _ => unreachable!("{kind:?} groups are not paired"),
