@@ -462,7 +462,7 @@ fn unpack_group(
 /// so each weight vector serves 6 rows), and where they do not ([`PairSums::Halves`]): Q6_K's
 /// 8-value halves, paired, 4 rows; Q5_K's one group at a time, 6 rows (which then choose
 /// sums of 16 or 8 super-block by super-block).
-const PAIR_ROWS_SIXTEEN: usize = 6;
+const PAIR_ROWS_I16: usize = 6;
 const PAIR_ROWS_HALVES: usize = 4;
 
 /// Super-blocks a pass of [`gemm_group_pair`] takes before the tile's next rows: two
@@ -496,7 +496,7 @@ fn pair_sums(kind: QKind, acts: &[ActRow], sbs: std::ops::Range<usize>) -> PairS
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::k512;
-        let all = |bound: fn(ActRow<'_>) -> &[u16], max: u16| {
+        let every_row_within = |bound: fn(ActRow<'_>) -> &[u16], max: u16| {
             acts.iter()
                 .all(|&a| bound(a)[sbs.clone()].iter().all(|&m| m <= max))
         };
@@ -505,9 +505,9 @@ fn pair_sums(kind: QKind, acts: &[ActRow], sbs: std::ops::Range<usize>) -> PairS
             QKind::Q5K => (true, k512::Q45_ABS_SUM16_MAX),
             _ => unreachable!("{kind:?} groups are not paired"),
         };
-        if q5 && all(|a| a.sign_sum32, k512::Q5_SIGN_SUM32_MAX) {
+        if q5 && every_row_within(|a| a.sign_sum32, k512::Q5_SIGN_SUM32_MAX) {
             PairSums::Of32
-        } else if all(|a| a.abs_sum16, max16) {
+        } else if every_row_within(|a| a.abs_sum16, max16) {
             PairSums::Of16
         } else {
             PairSums::Halves
@@ -559,16 +559,16 @@ unsafe fn pair_passes(
     for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
-            let all = *blocks.next().expect("sums for every block");
-            let width = match (all, kind) {
+            let block_sums = *blocks.next().expect("sums for every block");
+            let width = match (block_sums, kind) {
                 (PairSums::Halves, QKind::Q6K) => PAIR_ROWS_HALVES,
-                _ => PAIR_ROWS_SIXTEEN,
+                _ => PAIR_ROWS_I16,
             };
             for (q, few) in block.chunks(width).enumerate() {
                 let out = out.add((rb * PAIR_ROW_BLOCK + q * width) * ld);
-                let sums = match all {
+                let sums = match block_sums {
                     PairSums::Halves => pair_sums(kind, few, sbs.clone()),
-                    _ => all,
+                    _ => block_sums,
                 };
                 gemm_group_pair(kind, wg, u, sbs.clone(), few, sums, out, ld);
             }
@@ -580,10 +580,10 @@ unsafe fn pair_passes(
 /// [`unpack_group`] (`u`), side by side times activation rows `acts` over super-blocks
 /// `sbs`: `out[i · ld + 0..32]`. With sums of 16 or 32 values (`sums`: the rows allow them,
 /// [`pair_sums`]) `k512::gemm_k_32x6_unpacked_i16_vnni`, each activation broadcast (and
-/// Q6_K's starting sum) serving both groups, up to [`PAIR_ROWS_SIXTEEN`] rows. Else Q6_K's
+/// Q6_K's starting sum) serving both groups, up to [`PAIR_ROWS_I16`] rows. Else Q6_K's
 /// sums of 8 values run paired (`k512::gemm_q6_k_32x4_unpacked_vnni`, up to
 /// [`PAIR_ROWS_HALVES`] rows), Q5_K's one group at a time
-/// (`k512::gemm_q45_k_16x8_unpacked_vnni`, up to [`PAIR_ROWS_SIXTEEN`]: sums of 16 or 8 per
+/// (`k512::gemm_q45_k_16x8_unpacked_vnni`, up to [`PAIR_ROWS_I16`]: sums of 16 or 8 per
 /// super-block; its sums of 8 paired were no faster, with no starting sums to share). The
 /// same i32 sums, so the same bits.
 ///
@@ -594,7 +594,7 @@ unsafe fn pair_passes(
 /// Each `wg[c]` is one whole 16-row group of `nsb` super-blocks and `u[c]` its unpacked
 /// bytes (`nsb · k512::Q6_UNPACKED_SB` or `k512::Q45_UNPACKED_SB`), `sbs` within `0..nsb`;
 /// the activation rows are `nsb · 256` wide; the CPU has AVX-512 VNNI; `out[i · ld + 0..32]`
-/// is writable for every row `i` of `acts` (1 to [`PAIR_ROWS_SIXTEEN`] with sums of 16 or
+/// is writable for every row `i` of `acts` (1 to [`PAIR_ROWS_I16`] with sums of 16 or
 /// 32 and Q5_K's, else Q6_K's to [`PAIR_ROWS_HALVES`]); `sums` no longer than
 /// [`pair_sums`] allows.
 #[allow(clippy::too_many_arguments)]
@@ -618,7 +618,7 @@ unsafe fn gemm_group_pair(
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::k512;
-        const { assert!(PAIR_ROWS_SIXTEEN == k512::PAIR16_ROWS && PAIR_ROWS_HALVES == k512::PAIR_ROWS) };
+        const { assert!(PAIR_ROWS_I16 == k512::PAIR_I16_ROWS && PAIR_ROWS_HALVES == k512::PAIR_ROWS) };
         let w = [wg[0].as_ptr(), wg[1].as_ptr()];
         macro_rules! by_rows {
             ($f:ident; $($r:literal)*) => {
@@ -666,6 +666,7 @@ unsafe fn gemm_group_pair(
                     one_group!(1 2 3 4 5 6)
                 }
             }
+            (QKind::Q6K, PairSums::Of32) => unreachable!("Q6_K's sub-blocks are 16 values"),
             _ => unreachable!("{kind:?} groups are not paired"),
         }
     }
@@ -698,7 +699,8 @@ unsafe fn gemm_group(
         && a.bsums.len() >= nsb * 16
         && a.q6_bias.len() >= nsb * 64
         && a.q6_bias8.len() >= nsb * 128
-        && a.pairs.len() >= nsb * 4));
+        && a.pairs.len() >= nsb * 4
+        && a.abs_sum16.len() >= nsb));
     #[cfg(target_arch = "x86_64")]
     {
         use super::x86::{k256, k512};

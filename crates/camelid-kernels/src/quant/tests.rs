@@ -835,6 +835,10 @@ fn k_sums_of_sixteen_stop_at_the_i16_bound() {
             (GgmlDType::Q6K, k512::Q6_ABS_SUM16_MAX),
             (GgmlDType::Q5K, k512::Q45_ABS_SUM16_MAX),
         ] {
+            if t == GgmlDType::Q5K && crate::cpu_features::q5_fifth_bits_by_shifts() {
+                eprintln!("Q5_K skipped: its prompt passes stay packed on this CPU");
+                continue;
+            }
             let kind = QKind::from_ggml(t).unwrap();
             let data = extreme_k_rows(kind, n, k);
             let bounds = [max - 1, max, max + 1, max + 2];
@@ -848,14 +852,7 @@ fn k_sums_of_sixteen_stop_at_the_i16_bound() {
                     .collect();
                 let acts = q8k(&x, m, k);
                 assert!((0..m).all(|i| acts.row(i).abs_sum16.iter().all(|&s| s == bound)));
-                let run = |flavour| {
-                    let w = laid_out(kind, n, k, data.clone(), flavour);
-                    let mut out = vec![f32::NAN; m * n];
-                    kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
-                    out
-                };
-                let want = run(kgemm::Flavour::Scalar);
-                let err = max_rel(&run(kgemm::Flavour::Avx512Vnni), &want);
+                let err = vnni_error(kind, n, k, &data, &acts);
                 assert!(
                     err < 1e-5,
                     "{t:?} Σ|q| = {bound} × {sign}: VNNI vs scalar {err}"
@@ -865,12 +862,31 @@ fn k_sums_of_sixteen_stop_at_the_i16_bound() {
     }
 }
 
+/// The largest relative difference of the AVX-512 VNNI flavour's `acts · Wᵀ` from the
+/// scalar reference's, for `n × k` weights `data` of `kind`.
+#[cfg(target_arch = "x86_64")]
+fn vnni_error(kind: QKind, n: usize, k: usize, data: &[u8], acts: &QActs) -> f32 {
+    let run = |flavour| {
+        let w = laid_out(kind, n, k, data.to_vec(), flavour);
+        let mut out = vec![f32::NAN; acts.rows() * n];
+        kgemm::matmul_k_with(&w, acts, &mut out, flavour);
+        out
+    };
+    max_rel(
+        &run(kgemm::Flavour::Avx512Vnni),
+        &run(kgemm::Flavour::Scalar),
+    )
+}
+
 /// Q5_K's paired passes sum a whole 32-value sub-block in an i16 only where the rows'
 /// activations keep the sum below 2¹⁵ ([`ActRow::sign_sum32`]): with every q at 31, at the
 /// bound and past it, of either sign, they agree with the scalar reference. Each 32
-/// activations are eight 127s, sixteen 0s, one `B − 1016` and seven 0s (integers, so they
+/// activations are eight 127s, eight 0s, one `B − 1016` and fifteen 0s (integers, so they
 /// quantize to themselves): one sign adds up to `B` over 32 values while no 16 exceed
-/// 1016, so past the bound the passes still sum 16 values (not 8).
+/// 1016, so past the bound the passes still sum 16 values (not 8). (A wrong scale read by
+/// those passes shows in `k_kernels_agree_with_the_scalar_reference`, whose weights' scales
+/// differ; here they are all 63.) Where Q5_K's passes stay packed (AMD: the fifth bits by
+/// shifts) there is nothing to check.
 #[test]
 fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
     #[cfg(target_arch = "x86_64")]
@@ -882,6 +898,10 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
         }
         // 60 rows: Q5_K's unpacked passes (from 48 where the fifth bits are tested with a
         // mask); 4 groups, so two pairs.
+        if crate::cpu_features::q5_fifth_bits_by_shifts() {
+            eprintln!("skipped: Q5_K's prompt passes stay packed on this CPU");
+            return;
+        }
         let (m, n, k) = (60, 64, 768);
         let kind = QKind::Q5K;
         let data = extreme_k_rows(kind, n, k);
@@ -901,14 +921,7 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
                     r.sign_sum32.iter().all(|&s| s == bound)
                         && r.abs_sum16.iter().all(|&s| s == 1016)
                 }));
-                let run = |flavour| {
-                    let w = laid_out(kind, n, k, data.clone(), flavour);
-                    let mut out = vec![f32::NAN; m * n];
-                    kgemm::matmul_k_with(&w, &acts, &mut out, flavour);
-                    out
-                };
-                let want = run(kgemm::Flavour::Scalar);
-                let err = max_rel(&run(kgemm::Flavour::Avx512Vnni), &want);
+                let err = vnni_error(kind, n, k, &data, &acts);
                 assert!(
                     err < 1e-5,
                     "one-sign Σq = {bound} × {sign} over 32: VNNI vs scalar {err}"

@@ -1079,7 +1079,7 @@ pub const Q6_ABS_SUM16_MAX: u16 = 1023;
 pub const Q5_SIGN_SUM32_MAX: u16 = 1057;
 
 /// Rows a pass of [`gemm_k_32x6_unpacked_i16_vnni`] takes.
-pub const PAIR16_ROWS: usize = 6;
+pub const PAIR_I16_ROWS: usize = 6;
 
 /// Two unpacked groups side by side (32 columns) × up to 6 activation rows over
 /// super-blocks `sbs`, VNNI, each `SUM` values' products summed in one i32 lane whose low
@@ -1098,10 +1098,12 @@ pub const PAIR16_ROWS: usize = 6;
 /// the one-group passes, so the same bits. Real activations fit: a Q8_K block's largest
 /// value is 127, and 16 values add up to 1023 only where most are near it.
 ///
+/// `w[c]`, the packed group, is read only for Q6_K's `d` (Q5_K's header is unpacked too).
+///
 /// # Safety
-/// `w[c]` one whole 16-row group of `kind` and `u[c]` its unpacked super-blocks, `sbs`
-/// within them; the activation rows that wide; the CPU has AVX-512 VNNI; `out[i · ld +
-/// 0..32]` writable for every row `i` of `acts`.
+/// `w[c]` one whole 16-row group of Q6_K (`Q6`) or Q5_K and `u[c]` its unpacked
+/// super-blocks, `sbs` within them; the activation rows that wide; the CPU has AVX-512 VNNI;
+/// `out[i · ld + 0..32]` writable for every row `i` of `acts`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // several arrays indexed by the same row
 pub unsafe fn gemm_k_32x6_unpacked_i16_vnni<const R: usize, const Q6: bool, const SUM: usize>(
@@ -1114,7 +1116,7 @@ pub unsafe fn gemm_k_32x6_unpacked_i16_vnni<const R: usize, const Q6: bool, cons
 ) {
     const {
         assert!(
-            R <= PAIR16_ROWS,
+            R <= PAIR_I16_ROWS,
             "a row's two sums and two i32 totals in registers"
         );
         assert!(
