@@ -161,8 +161,7 @@ pub fn paged_attention(
     assert_eq!(cos.len(), n_tok * half);
     assert_eq!((kv.cache.kv_heads, kv.cache.head_dim), (h.kv, h.dim));
 
-    // Rotated queries, and rotated keys + values written to their slots.
-    let mut q = vec![0f32; n_tok * qw];
+    // Rotated keys + values written to their slots, token by token (one cache).
     let mut k_rot = vec![0f32; kw];
     let mut t = 0;
     for (ci, c) in chunks.iter().enumerate() {
@@ -171,11 +170,6 @@ pub fn paged_attention(
                 &cos[t * half..(t + 1) * half],
                 &sin[t * half..(t + 1) * half],
             );
-            let qt = &mut q[t * qw..(t + 1) * qw];
-            qt.copy_from_slice(row(&qkv.q, t, qw));
-            for head in qt.chunks_exact_mut(h.dim) {
-                rope(head, cs, sn, h.rope);
-            }
             k_rot.copy_from_slice(row(&qkv.k, t, kw));
             for head in k_rot.chunks_exact_mut(h.dim) {
                 rope(head, cs, sn, h.rope);
@@ -184,6 +178,33 @@ pub fn paged_attention(
             kv.cache.write_slot(layer, slot, &k_rot, row(&qkv.v, t, kw));
             t += 1;
         }
+    }
+    // Rotated queries, a prompt's rows on rayon's threads, into a buffer kept between calls
+    // (a fresh one was zeroed, and its pages faulted in and unmapped, every layer).
+    let mut q = ROTATED_Q.take();
+    if q.len() < n_tok * qw {
+        q.resize(n_tok * qw, 0.0);
+    }
+    let rotate = |(t, qt): (usize, &mut [f32])| {
+        let (cs, sn) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
+        qt.copy_from_slice(row(&qkv.q, t, qw));
+        for head in qt.chunks_exact_mut(h.dim) {
+            rope(head, cs, sn, h.rope);
+        }
+    };
+    if n_tok >= PARALLEL_ROPE_TOKENS {
+        q[..n_tok * qw]
+            .par_chunks_exact_mut(qw)
+            .enumerate()
+            .for_each(rotate);
+    } else {
+        q[..n_tok * qw]
+            .chunks_exact_mut(qw)
+            .enumerate()
+            .for_each(rotate);
     }
 
     // Tasks: (chunk, kv head, block of prompt queries or one generated query); each writes
@@ -212,7 +233,7 @@ pub fn paged_attention(
     let input = TaskInput {
         layer,
         chunks,
-        q: &q,
+        q: &q[..n_tok * qw],
         h,
         kv: &*kv,
         scale: h.scale.unwrap_or(1.0 / (h.dim as f32).sqrt()),
@@ -224,6 +245,15 @@ pub fn paged_attention(
     } else {
         tasks.par_iter().for_each(run);
     }
+    ROTATED_Q.set(q);
+}
+
+/// Tokens from which [`paged_attention`] rotates its queries on rayon's threads.
+const PARALLEL_ROPE_TOKENS: usize = 16;
+
+thread_local! {
+    /// [`paged_attention`]'s rotated queries, `(tokens, q_heads · dim)`, kept between calls.
+    static ROTATED_Q: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// What every attention task of one call reads.

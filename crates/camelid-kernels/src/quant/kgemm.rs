@@ -6,8 +6,8 @@
 use super::reference::dot_rows_k_scalar;
 use super::weight::Layout;
 use super::{
-    krepack, rows_per_pass, run_split, ActFormat, ActRow, QActs, QKind, QWeight, BLOCK, QK_K,
-    ROW_TILE,
+    krepack, rows_per_pass, run_split, run_split_tiles, ActFormat, ActRow, QActs, QKind, QWeight,
+    BLOCK, QK_K, ROW_TILE,
 };
 use crate::{Line, OutPtr};
 
@@ -175,20 +175,23 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             } else {
                 ROW_TILE
             };
-            let work = |g0: usize, g1: usize| {
+            // Row tile `t` over groups g0..g1.
+            let work = |t: usize, g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.
                 let mut tail = [0f32; 8 * 16];
-                // This task's unpacked groups (allocated at the first tile that unpacks): a
-                // pair where two whole groups run together.
-                let (mut unpacked, mut unpacked2): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
-                // How the paired passes sum over each block of the tile's rows.
-                let mut sums = Vec::new();
                 let group = |gi: usize| &data[gi * group_bytes..(gi + 1) * group_bytes];
-                for (t, tile_rows) in rows.chunks(tile).enumerate() {
+                let mut scratch = UNPACK_SCRATCH.take();
+                let UnpackScratch {
+                    unpacked,
+                    unpacked2,
+                    sums,
+                } = &mut scratch;
+                {
+                    let tile_rows = &rows[t * tile..((t + 1) * tile).min(m)];
                     let unpack = tile_rows.len() >= unpack_from;
                     let pairs = unpack && flavour == Flavour::Avx512Vnni;
                     if pairs {
-                        pair_block_sums(w.kind, tile_rows, nsb, &mut sums);
+                        pair_block_sums(w.kind, tile_rows, nsb, sums);
                     }
                     let mut gi = g0;
                     while gi < g1 {
@@ -197,8 +200,8 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                         if pairs && gi + 1 < g1 && (gi + 2) * g <= n {
                             let wg = [group(gi), group(gi + 1)];
                             let u = [
-                                unpack_group(flavour, w.kind, wg[0], nsb, &mut unpacked),
-                                unpack_group(flavour, w.kind, wg[1], nsb, &mut unpacked2),
+                                unpack_group(flavour, w.kind, wg[0], nsb, unpacked),
+                                unpack_group(flavour, w.kind, wg[1], nsb, unpacked2),
                             ];
                             // Safety: both groups whole and of `nsb` super-blocks, each
                             // unpacked into its own buffer, the activation rows `nsb · 256`
@@ -207,7 +210,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                             // (owned by this task).
                             unsafe {
                                 let out = ptr.at(t * tile * n + gi * g);
-                                pair_passes(w.kind, wg, u, nsb, tile_rows, &sums, out, n);
+                                pair_passes(w.kind, wg, u, nsb, tile_rows, sums, out, n);
                             }
                             gi += 2;
                             continue;
@@ -215,7 +218,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                         let wg = group(gi);
                         let real = g.min(n - gi * g);
                         let u = if unpack {
-                            Some(unpack_group(flavour, w.kind, wg, nsb, &mut unpacked))
+                            Some(unpack_group(flavour, w.kind, wg, nsb, unpacked))
                         } else {
                             None
                         };
@@ -242,8 +245,9 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                         gi += 1;
                     }
                 }
+                UNPACK_SCRATCH.set(scratch);
             };
-            run_split(n.div_ceil(g), blocks, work);
+            run_split_tiles(n.div_ceil(g), m.div_ceil(tile), blocks, work);
         }
     }
 }
@@ -273,7 +277,25 @@ fn i8_as_u8(s: &[i8]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len()) }
 }
 
+/// A task's unpacked groups (a pair where two whole groups run together) and how the paired
+/// passes sum over each block of a tile's rows. Kept per thread between tasks: allocated and
+/// zeroed for every task (16 a prompt's matmul, up to 640 KiB each at 8192 columns), they
+/// showed as `memset` and page faults in the prompt's profile.
+#[derive(Default)]
+struct UnpackScratch {
+    unpacked: Vec<u8>,
+    unpacked2: Vec<u8>,
+    sums: Vec<PairSums>,
+}
+
 thread_local! {
+    static UNPACK_SCRATCH: std::cell::Cell<UnpackScratch> = const {
+        std::cell::Cell::new(UnpackScratch {
+            unpacked: Vec::new(),
+            unpacked2: Vec::new(),
+            sums: Vec::new(),
+        })
+    };
     /// The AMX path's per-thread buffers: one unpacked super-block, and the sums of a run of
     /// groups for every activation row.
     #[allow(clippy::type_complexity)]
@@ -425,7 +447,11 @@ fn unpack_group(
             (Flavour::Avx512Vnni, QKind::Q5K) => k512::Q45_UNPACKED_SB,
             _ => unreachable!("no unpacked {flavour:?} kernels for {kind:?}"),
         };
-        buf.resize(nsb * sb, 0);
+        // Grown, never shrunk: the thread's buffer serves every width (a shrink and regrowth
+        // would zero the difference again).
+        if buf.len() < nsb * sb {
+            buf.resize(nsb * sb, 0);
+        }
         assert!(wg.len() >= nsb * krepack::group_superblock_bytes(kind, flavour.group()));
         // Safety: `wg` holds `nsb` whole super-blocks of `kind` in `flavour`'s groups
         // (asserted), `buf` the unpacked size, and the caller runs `flavour` (so this CPU has

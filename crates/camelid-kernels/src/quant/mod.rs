@@ -153,6 +153,16 @@ pub struct QActs {
 /// 75 cycles instead of 40 (benches/README, Session 35).
 const ROW_PAD: usize = 64;
 
+/// The first `len` elements of `buf`, grown to hold them but never shrunk: a buffer that
+/// serves matrices of several widths (a layer's 2048 and 8192 columns) would otherwise zero
+/// its regrown tail at every switch; the quantizers overwrite every element they use.
+fn grown<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    &mut buf[..len]
+}
+
 /// Rows at or above which quantizing is split over threads.
 const QUANTIZE_PARALLEL_ROWS: usize = 16;
 
@@ -187,9 +197,11 @@ impl QActs {
         self.cols = cols;
         let stride = cols + ROW_PAD;
         self.stride = stride;
-        self.qs.resize(rows * stride, 0);
-        self.d.resize(nb, 0.0);
-        self.s.resize(nb, 0.0);
+        let (qs, d, s) = (
+            grown(&mut self.qs, rows * stride),
+            grown(&mut self.d, nb),
+            grown(&mut self.s, nb),
+        );
         let nbr = cols / BLOCK;
         let quantize_rows = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]| {
             let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
@@ -207,12 +219,12 @@ impl QActs {
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
             let per = rows.div_ceil(rayon::current_num_threads());
             x.par_chunks(per * cols)
-                .zip(self.qs.par_chunks_mut(per * stride))
-                .zip(self.d.par_chunks_mut(per * nbr))
-                .zip(self.s.par_chunks_mut(per * nbr))
+                .zip(qs.par_chunks_mut(per * stride))
+                .zip(d.par_chunks_mut(per * nbr))
+                .zip(s.par_chunks_mut(per * nbr))
                 .for_each(|(((x, qs), d), s)| quantize_rows(x, qs, d, s));
         } else {
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.s);
+            quantize_rows(x, qs, d, s);
         }
     }
 
@@ -227,12 +239,13 @@ impl QActs {
         // Each row: its values, then `ActRow::q6_bias` and `q6_bias8`, then the pad.
         let stride = cols + q6_bias_bytes(cols) + q6_bias8_bytes(cols) + ROW_PAD;
         self.stride = stride;
-        self.qs.resize(rows * stride, 0);
-        self.d.resize(nb, 0.0);
+        let (qs, d) = (grown(&mut self.qs, rows * stride), grown(&mut self.d, nb));
         self.s.clear();
-        self.bsums.resize(nb * 16, 0);
-        self.abs_sum16.resize(nb, 0);
-        self.sign_sum32.resize(nb, 0);
+        let bsums = grown(&mut self.bsums, nb * 16);
+        let (abs_sum16, sign_sum32) = (
+            grown(&mut self.abs_sum16, nb),
+            grown(&mut self.sign_sum32, nb),
+        );
         let nbr = cols / QK_K;
         let quantize_rows =
             |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16], bounds: SumBoundsMut| {
@@ -272,23 +285,23 @@ impl QActs {
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
             let per = rows.div_ceil(rayon::current_num_threads());
             x.par_chunks(per * cols)
-                .zip(self.qs.par_chunks_mut(per * stride))
-                .zip(self.d.par_chunks_mut(per * nbr))
-                .zip(self.bsums.par_chunks_mut(per * nbr * 16))
-                .zip(self.abs_sum16.par_chunks_mut(per * nbr))
-                .zip(self.sign_sum32.par_chunks_mut(per * nbr))
+                .zip(qs.par_chunks_mut(per * stride))
+                .zip(d.par_chunks_mut(per * nbr))
+                .zip(bsums.par_chunks_mut(per * nbr * 16))
+                .zip(abs_sum16.par_chunks_mut(per * nbr))
+                .zip(sign_sum32.par_chunks_mut(per * nbr))
                 .for_each(|(((((x, qs), d), bs), abs16), sign32)| {
                     quantize_rows(x, qs, d, bs, SumBoundsMut { abs16, sign32 })
                 });
         } else {
             let bounds = SumBoundsMut {
-                abs16: &mut self.abs_sum16,
-                sign32: &mut self.sign_sum32,
+                abs16: abs_sum16,
+                sign32: sign_sum32,
             };
-            quantize_rows(x, &mut self.qs, &mut self.d, &mut self.bsums, bounds);
+            quantize_rows(x, qs, d, bsums, bounds);
         }
         self.pairs.clear();
-        self.pairs.extend(self.bsums.chunks_exact(4).map(|b| {
+        self.pairs.extend(bsums.chunks_exact(4).map(|b| {
             let lo = (b[0] as i32 + b[1] as i32) & 0xFFFF;
             let hi = b[2] as i32 + b[3] as i32;
             lo | (hi << 16)
@@ -532,10 +545,41 @@ fn run_split(units: usize, blocks: usize, work: impl Fn(usize, usize) + Sync) {
         work(0, units);
         return;
     }
-    let chunk = units.div_ceil(threads * 4).max(2);
+    let chunk = split_chunk(units, threads);
     (0..units.div_ceil(chunk))
         .into_par_iter()
         .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(units)));
+}
+
+/// Units (weight rows or row groups) a task of [`run_split`] takes: a few tasks per thread.
+fn split_chunk(units: usize, threads: usize) -> usize {
+    units.div_ceil(threads * 4).max(2)
+}
+
+/// [`run_split`] over row tiles too: `work(t, i0, i1)` for each row tile `t` of `tiles` and
+/// chunk of units, tile by tile within a chunk (its weights, read again for the next tile,
+/// are still in cache). A tile's chunks already unpack their own groups, so a 512-token
+/// prompt's two tiles split into twice the tasks at no extra work; with one task per chunk
+/// running both tiles, the last tasks of each matmul left one thread idle for ~1–2 % of the
+/// prompt.
+fn run_split_tiles(
+    units: usize,
+    tiles: usize,
+    blocks: usize,
+    work: impl Fn(usize, usize, usize) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    if blocks < PARALLEL_MIN_BLOCKS || threads == 1 {
+        (0..tiles).for_each(|t| work(t, 0, units));
+        return;
+    }
+    let chunk = split_chunk(units, threads);
+    (0..units.div_ceil(chunk) * tiles)
+        .into_par_iter()
+        .for_each(|task| {
+            let (c, t) = (task / tiles, task % tiles);
+            work(t, c * chunk, ((c + 1) * chunk).min(units))
+        });
 }
 
 /// Activation rows one pass of the interleaved kernel takes: the AVX-512 kernel (32 vector
