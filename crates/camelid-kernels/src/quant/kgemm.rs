@@ -6,8 +6,8 @@
 use super::reference::dot_rows_k_scalar;
 use super::weight::Layout;
 use super::{
-    krepack, rows_per_pass, run_split, run_split_tiles, ActFormat, ActRow, QActs, QKind, QWeight,
-    BLOCK, QK_K, ROW_TILE,
+    krepack, rows_per_pass, run_split, ActFormat, ActRow, QActs, QKind, QWeight, BLOCK, QK_K,
+    ROW_TILE,
 };
 use crate::{Line, OutPtr};
 
@@ -175,8 +175,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             } else {
                 ROW_TILE
             };
-            // Row tile `t` over groups g0..g1.
-            let work = |t: usize, g0: usize, g1: usize| {
+            let work = |g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.
                 let mut tail = [0f32; 8 * 16];
                 let group = |gi: usize| &data[gi * group_bytes..(gi + 1) * group_bytes];
@@ -186,8 +185,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                     unpacked2,
                     sums,
                 } = &mut scratch;
-                {
-                    let tile_rows = &rows[t * tile..((t + 1) * tile).min(m)];
+                for (t, tile_rows) in rows.chunks(tile).enumerate() {
                     let unpack = tile_rows.len() >= unpack_from;
                     let pairs = unpack && flavour == Flavour::Avx512Vnni;
                     if pairs {
@@ -247,7 +245,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                 }
                 UNPACK_SCRATCH.set(scratch);
             };
-            run_split_tiles(n.div_ceil(g), m.div_ceil(tile), blocks, work);
+            run_split(n.div_ceil(g), blocks, work);
         }
     }
 }
@@ -279,7 +277,7 @@ fn i8_as_u8(s: &[i8]) -> &[u8] {
 
 /// A task's unpacked groups (a pair where two whole groups run together) and how the paired
 /// passes sum over each block of a tile's rows. Kept per thread between tasks: allocated and
-/// zeroed for every task (16 a prompt's matmul, up to 640 KiB each at 8192 columns), they
+/// zeroed for every task (8 a matmul, up to 640 KiB each at 8192 columns), they
 /// showed as `memset` and page faults in the prompt's profile.
 #[derive(Default)]
 struct UnpackScratch {

@@ -545,41 +545,10 @@ fn run_split(units: usize, blocks: usize, work: impl Fn(usize, usize) + Sync) {
         work(0, units);
         return;
     }
-    let chunk = split_chunk(units, threads);
+    let chunk = units.div_ceil(threads * 4).max(2);
     (0..units.div_ceil(chunk))
         .into_par_iter()
         .for_each(|c| work(c * chunk, ((c + 1) * chunk).min(units)));
-}
-
-/// Units (weight rows or row groups) a task of [`run_split`] takes: a few tasks per thread.
-fn split_chunk(units: usize, threads: usize) -> usize {
-    units.div_ceil(threads * 4).max(2)
-}
-
-/// [`run_split`] over row tiles too: `work(t, i0, i1)` for each row tile `t` of `tiles` and
-/// chunk of units, tile by tile within a chunk (its weights, read again for the next tile,
-/// are still in cache). A tile's chunks already unpack their own groups, so a 512-token
-/// prompt's two tiles split into twice the tasks at no extra work; with one task per chunk
-/// running both tiles, the last tasks of each matmul left one thread idle for ~1–2 % of the
-/// prompt.
-fn run_split_tiles(
-    units: usize,
-    tiles: usize,
-    blocks: usize,
-    work: impl Fn(usize, usize, usize) + Sync,
-) {
-    let threads = rayon::current_num_threads();
-    if blocks < PARALLEL_MIN_BLOCKS || threads == 1 {
-        (0..tiles).for_each(|t| work(t, 0, units));
-        return;
-    }
-    let chunk = split_chunk(units, threads);
-    (0..units.div_ceil(chunk) * tiles)
-        .into_par_iter()
-        .for_each(|task| {
-            let (c, t) = (task / tiles, task % tiles);
-            work(t, c * chunk, ((c + 1) * chunk).min(units))
-        });
 }
 
 /// Activation rows one pass of the interleaved kernel takes: the AVX-512 kernel (32 vector
