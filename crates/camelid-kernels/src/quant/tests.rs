@@ -886,7 +886,8 @@ fn vnni_error(kind: QKind, n: usize, k: usize, data: &[u8], acts: &QActs) -> f32
 /// 1016, so past the bound the passes still sum 16 values (not 8). (A wrong scale read by
 /// those passes shows in `k_kernels_agree_with_the_scalar_reference`, whose weights' scales
 /// differ; here they are all 63.) Where Q5_K's passes stay packed (AMD: the fifth bits by
-/// shifts) there is nothing to check.
+/// shifts) there is nothing to check. Then one block whose last 6 rows are past the bound and
+/// the rest at it: each pass sums what its own rows allow.
 #[test]
 fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
     #[cfg(target_arch = "x86_64")]
@@ -928,6 +929,29 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
                 );
             }
         }
+        // One block of rows whose last pass's rows are past the bound and the others' at it:
+        // the block sums 16, and each pass then takes what its own rows allow (the last 16,
+        // the others 32).
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| {
+                let bound = if (30..36).contains(&(i / k)) {
+                    max + 2
+                } else {
+                    max
+                };
+                match i % 32 {
+                    0..8 => 127.0,
+                    16 => f32::from(bound - 1016),
+                    _ => 0.0,
+                }
+            })
+            .collect();
+        let acts = q8k(&x, m, k);
+        let err = vnni_error(kind, n, k, &data, &acts);
+        assert!(
+            err < 1e-5,
+            "rows past the bound in one pass: VNNI vs scalar {err}"
+        );
     }
 }
 
