@@ -161,19 +161,23 @@ pub fn paged_attention(
     assert_eq!(cos.len(), n_tok * half);
     assert_eq!((kv.cache.kv_heads, kv.cache.head_dim), (h.kv, h.dim));
 
+    // Token t's heads in `x`, rotated in place.
+    let rotate = |x: &mut [f32], t: usize| {
+        let (cs, sn) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
+        for head in x.chunks_exact_mut(h.dim) {
+            rope(head, cs, sn, h.rope);
+        }
+    };
     // Rotated keys + values written to their slots, token by token (one cache).
     let mut k_rot = vec![0f32; kw];
     let mut t = 0;
     for (ci, c) in chunks.iter().enumerate() {
         for i in 0..c.len {
-            let (cs, sn) = (
-                &cos[t * half..(t + 1) * half],
-                &sin[t * half..(t + 1) * half],
-            );
             k_rot.copy_from_slice(row(&qkv.k, t, kw));
-            for head in k_rot.chunks_exact_mut(h.dim) {
-                rope(head, cs, sn, h.rope);
-            }
+            rotate(&mut k_rot, t);
             let slot = kv.slot(ci, c.start_pos + i);
             kv.cache.write_slot(layer, slot, &k_rot, row(&qkv.v, t, kw));
             t += 1;
@@ -185,26 +189,20 @@ pub fn paged_attention(
     if q.len() < n_tok * qw {
         q.resize(n_tok * qw, 0.0);
     }
-    let rotate = |(t, qt): (usize, &mut [f32])| {
-        let (cs, sn) = (
-            &cos[t * half..(t + 1) * half],
-            &sin[t * half..(t + 1) * half],
-        );
+    let rotate_query = |(t, qt): (usize, &mut [f32])| {
         qt.copy_from_slice(row(&qkv.q, t, qw));
-        for head in qt.chunks_exact_mut(h.dim) {
-            rope(head, cs, sn, h.rope);
-        }
+        rotate(qt, t);
     };
     if n_tok >= PARALLEL_ROPE_TOKENS {
         q[..n_tok * qw]
             .par_chunks_exact_mut(qw)
             .enumerate()
-            .for_each(rotate);
+            .for_each(rotate_query);
     } else {
         q[..n_tok * qw]
             .chunks_exact_mut(qw)
             .enumerate()
-            .for_each(rotate);
+            .for_each(rotate_query);
     }
 
     // Tasks: (chunk, kv head, block of prompt queries or one generated query); each writes
