@@ -10,15 +10,50 @@ use camelid_kernels::quant::{self, QActs, QKind, QWeight};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::sync::Arc;
 
 /// Rows from which [`Projections::Separate`] copies its parts' outputs on rayon's threads.
 const PARALLEL_COPY_ROWS: usize = 16;
 
+/// [`Projections::Separate`]'s parts side by side in `out (m, Σ widths)`, each part's output
+/// first in `buf`: kept between calls, where a fresh zeroed buffer per part (4 MiB of a 1B
+/// model's 512-token step) cost its zeroing and page faults again.
+fn forward_parts(
+    parts: &[Linear],
+    x: &[f32],
+    m: usize,
+    acts: &mut QActs,
+    out: &mut [f32],
+    buf: &mut Vec<f32>,
+) -> Result<()> {
+    let total: usize = parts.iter().map(|p| p.out_features).sum();
+    let mut off = 0;
+    for p in parts {
+        let w = p.out_features;
+        if buf.len() < m * w {
+            buf.resize(m * w, 0.0);
+        }
+        let part = &mut buf[..m * w];
+        p.forward_cpu_into(x, m, acts, part)?;
+        let copy = |(dst, src): (&mut [f32], &[f32])| dst[off..off + w].copy_from_slice(src);
+        if m >= PARALLEL_COPY_ROWS {
+            out.par_chunks_exact_mut(total)
+                .zip(part.par_chunks_exact(w))
+                .for_each(copy);
+        } else {
+            out.chunks_exact_mut(total)
+                .zip(part.chunks_exact(w))
+                .for_each(copy);
+        }
+        off += w;
+    }
+    Ok(())
+}
+
 thread_local! {
-    /// One part's output of [`Projections::Separate`] before it is copied into its columns.
-    static PART: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// [`forward_parts`]' buffer.
+    static PART: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 #[derive(Debug, Clone)]
@@ -383,34 +418,12 @@ impl Projections {
         match self {
             Projections::Fused { linear, .. } => linear.forward_cpu_into(x, m, acts, out),
             Projections::Separate(parts) => {
-                let total: usize = parts.iter().map(|p| p.out_features).sum();
-                PART.with_borrow_mut(|buf| {
-                    let mut off = 0;
-                    for p in parts {
-                        let w = p.out_features;
-                        // Kept between calls: a fresh zeroed buffer per part (4 MiB of a 1B
-                        // model's 512-token step) cost its zeroing and page faults again.
-                        if buf.len() < m * w {
-                            buf.resize(m * w, 0.0);
-                        }
-                        let part = &mut buf[..m * w];
-                        p.forward_cpu_into(x, m, acts, part)?;
-                        let copy = |(dst, src): (&mut [f32], &[f32])| {
-                            dst[off..off + w].copy_from_slice(src)
-                        };
-                        if m >= PARALLEL_COPY_ROWS {
-                            out.par_chunks_exact_mut(total)
-                                .zip(part.par_chunks_exact(w))
-                                .for_each(copy);
-                        } else {
-                            out.chunks_exact_mut(total)
-                                .zip(part.chunks_exact(w))
-                                .for_each(copy);
-                        }
-                        off += w;
-                    }
-                    Ok(())
-                })
+                // Taken out while the parts run (a job this thread runs meanwhile finds an empty
+                // buffer, not a borrowed one).
+                let mut buf = PART.take();
+                let result = forward_parts(parts, x, m, acts, out, &mut buf);
+                PART.set(buf);
+                result
             }
         }
     }

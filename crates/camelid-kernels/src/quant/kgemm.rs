@@ -277,7 +277,7 @@ fn i8_as_u8(s: &[i8]) -> &[u8] {
 
 /// A task's unpacked groups (a pair where two whole groups run together) and how the paired
 /// passes sum over each block of a tile's rows. Kept per thread between tasks: allocated and
-/// zeroed for every task (8 a matmul, up to 640 KiB each at 8192 columns), they
+/// zeroed for every task (`threads × 4` a matmul, up to 640 KiB each at 8192 columns), they
 /// showed as `memset` and page faults in the prompt's profile.
 #[derive(Default)]
 struct UnpackScratch {
@@ -287,6 +287,7 @@ struct UnpackScratch {
 }
 
 thread_local! {
+    /// This thread's [`UnpackScratch`], taken by a task while it runs.
     static UNPACK_SCRATCH: std::cell::Cell<UnpackScratch> = const {
         std::cell::Cell::new(UnpackScratch {
             unpacked: Vec::new(),
@@ -562,10 +563,8 @@ fn pair_block_sums(kind: QKind, tile_rows: &[ActRow], nsb: usize, sums: &mut Vec
 /// from [`pair_block_sums`]), else Q6_K's 4 and Q5_K's 6, each pass then summing as many as
 /// its own rows allow: a row of large activations (a prompt's first token's, in real
 /// models) holds back the passes of its own rows only. Q5_K's passes in a block of sums of
-/// 16 also look at their own rows, which allow 32 far more often than 36 rows together (on
-/// the 1B file's prompt, 80 % of the passes against 42 % of the blocks; a pass summing 32
-/// runs ~5 % faster in L1, a ~1.5 % gain for the prompt, below what this VM's step times
-/// resolve).
+/// 16 also look at their own rows, which allow sums of 32 far more often than 36 rows
+/// together (benches/README, Session 57).
 ///
 /// # Safety
 /// As [`gemm_group_pair`]'s, for every row of `tile_rows`; `sums` is [`pair_block_sums`]'

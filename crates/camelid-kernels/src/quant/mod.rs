@@ -240,7 +240,6 @@ impl QActs {
         let stride = cols + q6_bias_bytes(cols) + q6_bias8_bytes(cols) + ROW_PAD;
         self.stride = stride;
         let (qs, d) = (grown(&mut self.qs, rows * stride), grown(&mut self.d, nb));
-        self.s.clear();
         let bsums = grown(&mut self.bsums, nb * 16);
         let (abs_sum16, sign_sum32) = (
             grown(&mut self.abs_sum16, nb),

@@ -510,6 +510,52 @@ fn simd_q8k_quantize_gives_the_scalar_bytes() {
     }
 }
 
+/// One `QActs` quantizing matrices of several widths and formats in turn (a layer's 2048 and
+/// 8192 columns, Q8 for the 32-value formats): each time every row reads as a fresh buffer's
+/// (its buffers grow and are reused, never shrunk, so nothing of a wider matrix may show).
+#[test]
+fn reused_activations_read_as_fresh_ones() {
+    let mut reused = QActs::default();
+    for (i, (fmt, rows, cols)) in [
+        (ActFormat::Q8K, 40, 2048),
+        (ActFormat::Q8K, 3, 512),
+        (ActFormat::Q8, 20, 1024),
+        (ActFormat::Q8K, 17, 1024),
+        (ActFormat::Q8, 2, 64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = random(rows * cols, 30 + i as u64);
+        let fresh = match fmt {
+            ActFormat::Q8 => {
+                reused.quantize_into(&x, rows, cols);
+                QActs::quantize(&x, rows, cols)
+            }
+            ActFormat::Q8K => {
+                reused.quantize_q8k_into(&x, rows, cols);
+                q8k(&x, rows, cols)
+            }
+        };
+        assert_eq!((reused.rows(), reused.format()), (rows, fmt));
+        for r in 0..rows {
+            let (a, b) = (reused.row(r), fresh.row(r));
+            assert!(
+                a.qs == b.qs
+                    && a.d == b.d
+                    && a.s == b.s
+                    && a.bsums == b.bsums
+                    && a.pairs == b.pairs
+                    && a.q6_bias == b.q6_bias
+                    && a.q6_bias8 == b.q6_bias8
+                    && a.abs_sum16 == b.abs_sum16
+                    && a.sign_sum32 == b.sign_sum32,
+                "{fmt:?} {rows}×{cols}, row {r}"
+            );
+        }
+    }
+}
+
 #[test]
 fn q8k_activations_hold_block_sums() {
     // 40 rows: quantized on the threads too, each writing its rows' sums and biases.
@@ -947,6 +993,10 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
             })
             .collect();
         let acts = q8k(&x, m, k);
+        assert!((0..m).all(|i| {
+            let want = if (30..36).contains(&i) { max + 2 } else { max };
+            acts.row(i).sign_sum32.iter().all(|&s| s == want)
+        }));
         let err = vnni_error(kind, n, k, &data, &acts);
         assert!(
             err < 1e-5,
