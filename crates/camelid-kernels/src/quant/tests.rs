@@ -953,16 +953,20 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
         let kind = QKind::Q5K;
         let data = extreme_k_rows(kind, n, k);
         let max = k512::Q5_SIGN_SUM32_MAX;
+        // Row i's one-sign sum over each 32 values is `bound(i)`, of sign `sign`.
+        let acts_at = |bound: &dyn Fn(usize) -> u16, sign: f32| {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| match i % 32 {
+                    0..8 => 127.0 * sign,
+                    16 => f32::from(bound(i / k) - 1016) * sign,
+                    _ => 0.0,
+                })
+                .collect();
+            q8k(&x, m, k)
+        };
         for bound in [max - 1, max, max + 1, max + 2] {
             for sign in [1.0, -1.0] {
-                let x: Vec<f32> = (0..m * k)
-                    .map(|i| match i % 32 {
-                        0..8 => 127.0 * sign,
-                        16 => f32::from(bound - 1016) * sign,
-                        _ => 0.0,
-                    })
-                    .collect();
-                let acts = q8k(&x, m, k);
+                let acts = acts_at(&|_| bound, sign);
                 assert!((0..m).all(|i| {
                     let r = acts.row(i);
                     r.sign_sum32.iter().all(|&s| s == bound)
@@ -978,23 +982,10 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
         // One block of rows whose last pass's rows are past the bound and the others' at it:
         // the block sums 16, and each pass then takes what its own rows allow (the last 16,
         // the others 32).
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| {
-                let bound = if (30..36).contains(&(i / k)) {
-                    max + 2
-                } else {
-                    max
-                };
-                match i % 32 {
-                    0..8 => 127.0,
-                    16 => f32::from(bound - 1016),
-                    _ => 0.0,
-                }
-            })
-            .collect();
-        let acts = q8k(&x, m, k);
+        let last_pass_past = |i: usize| if (30..36).contains(&i) { max + 2 } else { max };
+        let acts = acts_at(&last_pass_past, 1.0);
         assert!((0..m).all(|i| {
-            let want = if (30..36).contains(&i) { max + 2 } else { max };
+            let want = last_pass_past(i);
             acts.row(i).sign_sum32.iter().all(|&s| s == want)
         }));
         let err = vnni_error(kind, n, k, &data, &acts);
