@@ -258,9 +258,9 @@ fn run(
 
 /// Rows from which the residual stream's RMSNorms (with their fused residual adds) and the
 /// gated activations run on rayon's threads, as the matmuls around them do (the rarer
-/// per-architecture ops, Q/K norms, post-norms and biases, stay on the step's thread). On one thread they left the other
-/// idle for 2–3 % of a 512-token prompt's step (1B model, two threads); a decode step's few
-/// rows are not worth a split.
+/// per-architecture ops, Q/K norms, post-norms and biases, stay on the step's thread). On
+/// one thread they left the other idle for 2–3 % of a 512-token prompt's step (1B model,
+/// two threads); a decode step's few rows are not worth a split.
 const PARALLEL_ROWS: usize = 16;
 
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
