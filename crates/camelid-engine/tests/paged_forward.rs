@@ -195,3 +195,85 @@ fn f16_cache_keeps_the_first_tokens_logprobs() {
         "the f16 cache moves a top-5 logprob by {moved} nats"
     );
 }
+
+/// The last layer runs its output projection and MLP on the rows whose logits or hidden
+/// states are read, not on a prompt's other rows: the rows read keep their bits. On the
+/// quantized default model (its 8-bit activations turn any last-bit change into a rounding
+/// step that compounds), batches wanting only some positions (the last, or none: a prompt's
+/// first chunk) give at those positions the logits and hidden states of a batch that wants
+/// every position, bit for bit, and the cache they leave serves the next chunk the same.
+#[test]
+fn rows_not_read_change_no_bit_of_the_rows_read() {
+    let lm = common::load(&common::default_gguf());
+    let c = lm.model.config().clone();
+    let a = common::chat_prompt(&lm);
+    let tok = |s: &str| lm.tokenizer.encode(s, true).unwrap();
+    let b = tok("List three prime numbers and explain why each one is prime, one line each.");
+    let e = tok("Embeddings pool the final hidden states of a prompt into one vector.");
+    assert!(
+        a.len() >= 32 && b.len() >= 16,
+        "prompts long enough for the row-parallel ops"
+    );
+    let new_kv = || {
+        let mut kv = PagedKv::new(
+            c.num_layers,
+            c.num_kv_heads,
+            c.head_dim,
+            64,
+            16,
+            lm.model.dtype(),
+            KvDtype::F16,
+            lm.model.device(),
+        )
+        .unwrap();
+        for (s, toks) in [(1u64, &a), (2, &b), (3, &e)] {
+            assert_eq!(kv.start(s, &toks[..0], None), 0);
+            assert!(kv.reserve(s, toks.len()));
+        }
+        kv
+    };
+    let hidden = |o: &camelid_model::ForwardOutput| o.hidden.as_ref().map(rows).unwrap();
+
+    // Every position of every prompt, in one batch.
+    let mut every = new_kv();
+    let mut batch = ForwardBatch::default();
+    batch.push(1, 0, &a, LogitsWanted::All);
+    batch.push(2, 0, &b, LogitsWanted::All);
+    batch.push_hidden(3, 0, &e, LogitsWanted::All, e.len());
+    let all = lm.model.forward_output(&batch, &mut every).unwrap();
+    let (all_logits, all_hidden) = (rows(&all.logits), hidden(&all));
+    assert_eq!(all_logits.len(), a.len() + b.len());
+
+    // The same prompts wanting their last positions, b's first half nothing: its chunk's
+    // rows all stop after the last layer's attention.
+    let mut some = new_kv();
+    let half = b.len() / 2;
+    let mut batch = ForwardBatch::default();
+    batch.push(1, 0, &a, LogitsWanted::Last);
+    batch.push(2, 0, &b[..half], LogitsWanted::None);
+    batch.push_hidden(3, 0, &e, LogitsWanted::Last, e.len());
+    let out = lm.model.forward_output(&batch, &mut some).unwrap();
+    let (logits, hid) = (rows(&out.logits), hidden(&out));
+    assert_eq!(logits.len(), 1);
+    assert!(
+        logits[0] == all_logits[a.len() - 1],
+        "a's last logits changed"
+    );
+    assert!(
+        hid[0] == all_hidden[e.len() - 1],
+        "e's last hidden state changed"
+    );
+    // A chunk wanting nothing at all: every row stops there.
+    let mut batch = ForwardBatch::default();
+    batch.push(2, half, &b[half..b.len() - 4], LogitsWanted::None);
+    let out = lm.model.forward_output(&batch, &mut some).unwrap();
+    assert_eq!(rows(&out.logits).len(), 0);
+    // b's last chunk reads the keys and values the chunks before it left.
+    let mut batch = ForwardBatch::default();
+    batch.push(2, b.len() - 4, &b[b.len() - 4..], LogitsWanted::Last);
+    let out = lm.model.forward_output(&batch, &mut some).unwrap();
+    assert!(
+        rows(&out.logits)[0] == all_logits[a.len() + b.len() - 1],
+        "b's last logits changed"
+    );
+}

@@ -6,7 +6,9 @@
 //! whose fresh pages the kernel zeroed again on every step, and candle's element-wise ops ran on
 //! a thread pool of their own next to rayon's, each spinning while the other worked. Each
 //! residual add is fused with the RMSNorm that follows it, and the matmuls' quantized
-//! activations are buffers of the workspace too. The tensor runtime ([`super::tensor`]) stays
+//! activations are buffers of the workspace too. Past the last layer's attention only the
+//! rows whose logits or hidden states are read go on (as llama.cpp's `inp_out_ids`): a
+//! prompt's other rows have written their keys and values, all that is kept of them. The tensor runtime ([`super::tensor`]) stays
 //! the reference the tests compare against.
 
 use crate::batch::{ForwardBatch, ForwardOutput};
@@ -118,11 +120,18 @@ fn run(
 
     let inter = model.layers[0].down.in_features();
     // Each row's LoRA adapter, added to each matmul's output (nothing when none has one).
-    let adapters: Vec<_> = batch
+    let mut adapters: Vec<_> = batch
         .chunks
         .iter()
         .flat_map(|c| std::iter::repeat_n(c.lora.as_deref(), c.len))
         .collect();
+    // The rows whose final hidden state is read (logits or hidden states out), ascending. The
+    // last layer needs every row's keys and values (they go to the cache), but only these
+    // rows past its attention: a prompt's other rows skip its output projection and MLP.
+    let wanted = wanted_rows(batch);
+    let last = model.layers.len().saturating_sub(1);
+    // Rows still computed: every row, then the wanted ones after the last attention.
+    let mut live = n;
     for (li, layer) in model.layers.iter().enumerate() {
         let host = &norms[li];
         let heads = heads_of(li);
@@ -167,6 +176,17 @@ fn run(
         };
         let attn = sized(&mut ws.attn, n * qw);
         attention::paged_attention(li, &spans, &rows, cos, sin, heads, &mut kv, attn);
+        if li == last && wanted.len() < n {
+            keep_rows(&mut ws.x[..n * hidden], hidden, &wanted);
+            keep_rows(attn, qw, &wanted);
+            adapters = wanted.iter().map(|&r| adapters[r]).collect();
+            live = wanted.len();
+            if live == 0 {
+                // A prompt chunk before its last: only its keys and values were wanted.
+                break;
+            }
+        }
+        let (n, attn) = (live, &ws.attn[..live * qw]);
         let proj = sized(&mut ws.proj, n * hidden);
         layer.o.forward_cpu_into(attn, n, &mut ws.acts, proj)?;
         lora::add_rows(&adapters, li, Proj::O, attn, proj);
@@ -222,7 +242,9 @@ fn run(
             rms_norm_row(&ws.x[r * hidden..(r + 1) * hidden], final_norm, eps, dst);
         }
     };
-    let hidden_rows = batch.hidden_row_indices();
+    // A row's place among the rows computed to the end.
+    let at = |r: usize| wanted.binary_search(&r).expect("a wanted row");
+    let hidden_rows: Vec<usize> = batch.hidden_row_indices().into_iter().map(at).collect();
     let hidden_out = if hidden_rows.is_empty() {
         None
     } else {
@@ -234,7 +256,7 @@ fn run(
             &model.device,
         )?)
     };
-    let rows = batch.logit_row_indices();
+    let rows: Vec<usize> = batch.logit_row_indices().into_iter().map(at).collect();
     let vocab = cfg.vocab_size;
     let mut logits = vec![0f32; rows.len() * vocab];
     if !rows.is_empty() {
@@ -254,6 +276,23 @@ fn run(
         logits: Tensor::from_vec(logits, (rows.len(), vocab), &model.device)?,
         hidden: hidden_out,
     })
+}
+
+/// The batch rows whose logits or hidden states it returns, ascending.
+fn wanted_rows(batch: &ForwardBatch) -> Vec<usize> {
+    let mut rows = batch.logit_row_indices();
+    rows.extend(batch.hidden_row_indices());
+    rows.sort_unstable();
+    rows
+}
+
+/// Moves rows `keep` (ascending) of `x` (rows of `width`) to its front, in that order.
+fn keep_rows(x: &mut [f32], width: usize, keep: &[usize]) {
+    for (i, &r) in keep.iter().enumerate() {
+        if r != i {
+            x.copy_within(r * width..(r + 1) * width, i * width);
+        }
+    }
 }
 
 /// Rows from which the residual stream's RMSNorms (with their fused residual adds) and the
