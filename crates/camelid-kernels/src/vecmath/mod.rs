@@ -146,6 +146,16 @@ pub fn exp_shifted_sum(r: &mut [f32], max: f32) -> f32 {
 /// [`VecOps::silu_mul`] with the best flavour this CPU runs.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if crate::cpu_features::avx512() {
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        unsafe fn avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+            x86::avx512::silu_mul(gate, up, out)
+        }
+        // Safety: the CPU has the features (AVX-512 implies AVX2, FMA and F16C here:
+        // `cpu_features::avx512` asks for them too).
+        return unsafe { avx512(gate, up, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::cpu_features::avx2() {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {

@@ -99,3 +99,29 @@ fn avx2_flavour_agrees_with_scalar() {
         assert!((p - q).abs() < 1e-6);
     }
 }
+
+/// The AVX-512 SiLU·up gives the AVX2 one's bits (a prompt's MLP runs the one its CPU has):
+/// 16-lane body, an 8-lane step and a scalar tail, over SiLU's whole range (the exp clamps).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx512_silu_mul_gives_the_avx2_bits() {
+    if !crate::cpu_features::avx512() {
+        eprintln!("no AVX-512 here; nothing to compare");
+        return;
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
+        Avx2::silu_mul(g, u, out)
+    }
+    let n = 16 * 700 + 8 + 5;
+    let gate: Vec<f32> = (0..n)
+        .map(|i| (i as f32 - n as f32 / 2.0) * 0.0173)
+        .collect();
+    let up: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let (mut ours, mut theirs) = (vec![0f32; n], vec![0f32; n]);
+    silu_mul(&gate, &up, &mut ours);
+    unsafe { avx2(&gate, &up, &mut theirs) };
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "value {i}: {a} vs {b}");
+    }
+}
