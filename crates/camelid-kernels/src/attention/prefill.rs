@@ -344,17 +344,27 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
     BUFS.with_borrow_mut(|[keys, values, qt, s, ot]| {
         widen_task_kv::<Avx2, E>(input, task, from, from + n_keys, keys, values);
         // Scaled queries, transposed; padding rows stay zero (their lanes are never written
-        // out).
+        // out). Row r's query and output: query q0 + r / group, head g·group + r % group.
         qt.clear();
         qt.resize(d * rp, 0.0);
-        for i in 0..nq {
-            let t = first_tok + q0 + i;
-            for j in 0..group {
-                let r = i * group + j;
-                let q = &input.q[t * qw + (g * group + j) * d..][..d];
-                for (dd, &v) in q.iter().enumerate() {
-                    qt[dd * rp + r] = v * input.scale;
-                }
+        let row_at = |r: usize| (first_tok + q0 + r / group) * qw + (g * group + r % group) * d;
+        // Whole blocks of 16 rows × 16 dimensions move as vectors (one scalar store a value
+        // took ~10 % of a prompt's attention each way).
+        let blocks = if L::W == 16 && d.is_multiple_of(16) {
+            rows / 16 * 16
+        } else {
+            0
+        };
+        for r0 in (0..blocks).step_by(16) {
+            let src: [*const f32; 16] = std::array::from_fn(|k| input.q[row_at(r0 + k)..].as_ptr());
+            for dd0 in (0..d).step_by(16) {
+                queries_in16(src, dd0, input.scale, qt[dd0 * rp + r0..].as_mut_ptr(), rp);
+            }
+        }
+        for r in blocks..rows {
+            let q = &input.q[row_at(r)..][..d];
+            for (dd, &v) in q.iter().enumerate() {
+                qt[dd * rp + r] = v * input.scale;
             }
         }
         // The first and last key each row sees (window, causal); padding rows see every key.
@@ -395,20 +405,92 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
             }
             v0 += n;
         }
-        // Normalised rows into the output, transposed back.
-        for i in 0..nq {
-            let t = first_tok + q0 + i;
-            for j in 0..group {
-                let r = i * group + j;
-                let scale = 1.0 / sums[r];
-                // Safety: task (chunk, g, q-block) alone writes these rows' heads of group g.
-                let dst = out.at(t * qw + (g * group + j) * d);
-                for dd in 0..d {
-                    *dst.add(dd) = gr.ot[dd * rp + r] * scale;
-                }
+        // Normalised rows into the output, transposed back. Safety: task (chunk, g, q-block)
+        // alone writes these rows' heads of group g.
+        for r0 in (0..blocks).step_by(16) {
+            let dst: [*mut f32; 16] = std::array::from_fn(|k| out.at(row_at(r0 + k)));
+            let scale: [f32; 16] = std::array::from_fn(|k| 1.0 / sums[r0 + k]);
+            for dd0 in (0..d).step_by(16) {
+                outputs_out16(gr.ot[dd0 * rp + r0..].as_ptr(), rp, scale, dst, dd0);
+            }
+        }
+        for r in blocks..rows {
+            let scale = 1.0 / sums[r];
+            let dst = out.at(row_at(r));
+            for dd in 0..d {
+                *dst.add(dd) = gr.ot[dd * rp + r] * scale;
             }
         }
     });
+}
+
+/// `v[c]` = lane c of every `v[k]` in lane k (a 16 × 16 transpose): interleaved by 32, 64 and
+/// 128 bits in turn, 64 shuffles.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose16(v: [__m512; 16]) -> [__m512; 16] {
+    let (lo, hi) = (_mm512_unpacklo_ps, _mm512_unpackhi_ps);
+    // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved value by value.
+    let t: [__m512; 16] = std::array::from_fn(|x| {
+        let (a, b) = (v[x & !1], v[x | 1]);
+        if x % 2 == 0 {
+            lo(a, b)
+        } else {
+            hi(a, b)
+        }
+    });
+    // u[4i + c]: rows 4i..4i + 4 of columns c, c + 4, c + 8, c + 12 (one per 128-bit lane).
+    let u: [__m512; 16] = std::array::from_fn(|x| {
+        let (i, c) = (x / 4, x % 4);
+        let (a, b) = (
+            _mm512_castps_pd(t[4 * i + c / 2]),
+            _mm512_castps_pd(t[4 * i + 2 + c / 2]),
+        );
+        _mm512_castpd_ps(if c % 2 == 0 {
+            _mm512_unpacklo_pd(a, b)
+        } else {
+            _mm512_unpackhi_pd(a, b)
+        })
+    });
+    // Column c + 4L from lane L of u[c], u[4 + c], u[8 + c], u[12 + c].
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let even01 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let odd01 = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+        let even23 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let odd23 = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(even01, even23);
+        out[c + 8] = _mm512_shuffle_f32x4::<0xdd>(even01, even23);
+        out[c + 4] = _mm512_shuffle_f32x4::<0x88>(odd01, odd23);
+        out[c + 12] = _mm512_shuffle_f32x4::<0xdd>(odd01, odd23);
+    }
+    out
+}
+
+/// Dimensions `dd0..dd0 + 16` of 16 query rows (`src[k]`, row k's query), times `scale`, into
+/// `qt[c · rp + k]` for dimension `dd0 + c`.
+#[target_feature(enable = "avx512f")]
+unsafe fn queries_in16(src: [*const f32; 16], dd0: usize, scale: f32, qt: *mut f32, rp: usize) {
+    let s = _mm512_set1_ps(scale);
+    let rows = std::array::from_fn(|k| _mm512_mul_ps(_mm512_loadu_ps(src[k].add(dd0)), s));
+    for (c, v) in transpose16(rows).into_iter().enumerate() {
+        _mm512_storeu_ps(qt.add(c * rp), v);
+    }
+}
+
+/// `ot[c · rp + k]` (dimension `dd0 + c` of row k) times `scale[k]` into `dst[k][dd0 + c]`.
+#[target_feature(enable = "avx512f")]
+unsafe fn outputs_out16(
+    ot: *const f32,
+    rp: usize,
+    scale: [f32; 16],
+    dst: [*mut f32; 16],
+    dd0: usize,
+) {
+    let dims = std::array::from_fn(|c| _mm512_loadu_ps(ot.add(c * rp)));
+    for (k, v) in transpose16(dims).into_iter().enumerate() {
+        _mm512_storeu_ps(dst[k].add(dd0), _mm512_mul_ps(v, _mm512_set1_ps(scale[k])));
+    }
 }
 
 /// Scores, softmax and outputs of the rows in vectors `v0 .. v0 + RZ` (lanes
