@@ -414,8 +414,8 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
                 outputs_out16(gr.ot[dd0 * rp + r0..].as_ptr(), rp, scale, dst, dd0);
             }
         }
-        for r in blocks..rows {
-            let scale = 1.0 / sums[r];
+        for (r, sum) in sums.iter().enumerate().take(rows).skip(blocks) {
+            let scale = 1.0 / sum;
             let dst = out.at(row_at(r));
             for dd in 0..d {
                 *dst.add(dd) = gr.ot[dd * rp + r] * scale;
