@@ -261,7 +261,10 @@ impl QActs {
                     let (bias, rest) = rest.split_at_mut(q6_bias_bytes(cols));
                     let bias8 = &mut rest[..q6_bias8_bytes(cols)];
                     #[cfg(target_arch = "x86_64")]
-                    if crate::cpu_features::avx2() {
+                    if crate::cpu_features::avx512() {
+                        // Safety: the CPU has AVX-512F/BW (and AVX2, FMA, F16C).
+                        unsafe { x86::avx512::quantize_q8k(x, qs, d, bs, &mut sums8, bounds) };
+                    } else if crate::cpu_features::avx2() {
                         // Safety: the CPU has AVX2 (and FMA, F16C).
                         unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, &mut sums8, bounds) };
                     } else {

@@ -500,6 +500,23 @@ fn simd_q8k_quantize_gives_the_scalar_bytes() {
         assert_eq!(e1, e2);
         assert_eq!(a1, a2);
         assert_eq!(g1, g2);
+        if crate::cpu_features::avx512() {
+            let (mut q3, mut d3, mut s3) =
+                (vec![0i8; x.len()], vec![0f32; nb], vec![0i16; nb * 16]);
+            let (mut e3, mut a3, mut g3) = (vec![0i16; nb * 32], vec![0u16; nb], vec![0u16; nb]);
+            let b3 = SumBoundsMut {
+                abs16: &mut a3,
+                sign32: &mut g3,
+            };
+            // Safety: AVX-512 is available.
+            unsafe { x86::avx512::quantize_q8k(&x, &mut q3, &mut d3, &mut s3, &mut e3, b3) };
+            assert_eq!(q1, q3, "AVX-512 bytes");
+            assert_eq!(d1, d3, "AVX-512 scales");
+            assert_eq!(s1, s3, "AVX-512 sums of 16");
+            assert_eq!(e1, e3, "AVX-512 sums of 8");
+            assert_eq!(a1, a3, "AVX-512 Σ|q| bounds");
+            assert_eq!(g1, g3, "AVX-512 one-sign bounds");
+        }
         for (j, e) in e1.iter().enumerate() {
             assert_eq!(
                 *e,
