@@ -378,6 +378,10 @@ pub(crate) fn add_rows(
     if m == 0 || rows.iter().all(|r| r.is_none()) {
         return;
     }
+    debug_assert!(
+        x.len().is_multiple_of(m) && out.len().is_multiple_of(m),
+        "an adapter entry per row"
+    );
     let (k, width) = (x.len() / m, out.len() / m);
     out.par_chunks_mut(width)
         .zip(x.par_chunks(k))

@@ -349,7 +349,8 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
         qt.resize(d * rp, 0.0);
         let row_at = |r: usize| (first_tok + q0 + r / group) * qw + (g * group + r % group) * d;
         // Whole blocks of 16 rows × 16 dimensions move as vectors (one scalar store a value
-        // took ~10 % of a prompt's attention each way).
+        // took ~10 % of a prompt's attention each way). Only with 16 lanes, i.e. in
+        // `task512`, where the CPU has AVX-512F (`run` checked).
         let blocks = if L::W == 16 && d.is_multiple_of(16) {
             rows / 16 * 16
         } else {
@@ -414,8 +415,9 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
                 outputs_out16(gr.ot[dd0 * rp + r0..].as_ptr(), rp, scale, dst, dd0);
             }
         }
-        for (r, sum) in sums.iter().enumerate().take(rows).skip(blocks) {
-            let scale = 1.0 / sum;
+        #[allow(clippy::needless_range_loop)] // `r` also addresses the row's output
+        for r in blocks..rows {
+            let scale = 1.0 / sums[r];
             let dst = out.at(row_at(r));
             for dd in 0..d {
                 *dst.add(dd) = gr.ot[dd * rp + r] * scale;
@@ -469,6 +471,10 @@ unsafe fn transpose16(v: [__m512; 16]) -> [__m512; 16] {
 
 /// Dimensions `dd0..dd0 + 16` of 16 query rows (`src[k]`, row k's query), times `scale`, into
 /// `qt[c · rp + k]` for dimension `dd0 + c`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src[k] + dd0 ..+ 16` readable and `qt + c · rp ..+ 16` writable for
+/// every `k, c < 16`.
 #[target_feature(enable = "avx512f")]
 unsafe fn queries_in16(src: [*const f32; 16], dd0: usize, scale: f32, qt: *mut f32, rp: usize) {
     let s = _mm512_set1_ps(scale);
@@ -479,6 +485,10 @@ unsafe fn queries_in16(src: [*const f32; 16], dd0: usize, scale: f32, qt: *mut f
 }
 
 /// `ot[c · rp + k]` (dimension `dd0 + c` of row k) times `scale[k]` into `dst[k][dd0 + c]`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `ot + c · rp ..+ 16` readable and `dst[k] + dd0 ..+ 16` writable for
+/// every `k, c < 16`.
 #[target_feature(enable = "avx512f")]
 unsafe fn outputs_out16(
     ot: *const f32,

@@ -625,6 +625,10 @@ unsafe fn pair_passes(
             }
         }
     }
+    debug_assert!(
+        blocks.next().is_none(),
+        "sums for other rows or super-blocks"
+    );
 }
 
 /// Two whole AVX-512 VNNI groups of `kind` (`wg`: Q6_K or Q5_K), unpacked by

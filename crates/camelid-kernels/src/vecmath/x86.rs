@@ -1,4 +1,5 @@
-//! The AVX2 flavour of [`super::VecOps`] and the vector `exp` (AVX2 and AVX-512 lanes).
+//! The AVX2 flavour of [`super::VecOps`], the vector `exp` (AVX2 and AVX-512 lanes) and
+//! SiLU·up in AVX-512 lanes.
 
 use super::{Scalar, VecOps};
 use half::f16;
@@ -23,7 +24,7 @@ mod exp_consts {
     ];
 }
 
-/// [`avx2::exp`] in 16 lanes.
+/// [`avx2::exp`] and `Avx2::silu_mul` in 16 lanes.
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 

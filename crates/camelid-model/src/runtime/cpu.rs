@@ -6,10 +6,14 @@
 //! whose fresh pages the kernel zeroed again on every step, and candle's element-wise ops ran on
 //! a thread pool of their own next to rayon's, each spinning while the other worked. Each
 //! residual add is fused with the RMSNorm that follows it, and the matmuls' quantized
-//! activations are buffers of the workspace too. Past the last layer's attention only the
-//! rows whose logits or hidden states are read go on (as llama.cpp's `inp_out_ids`): a
-//! prompt's other rows have written their keys and values, all that is kept of them. The tensor runtime ([`super::tensor`]) stays
+//! activations are buffers of the workspace too. The tensor runtime ([`super::tensor`]) stays
 //! the reference the tests compare against.
+//!
+//! Past the last layer's attention only the rows whose logits or hidden states are read go on
+//! (as llama.cpp's `inp_out_ids`): a prompt's other rows have written their keys and values,
+//! all that is kept of them. The rows read keep their bits, as camelid's kernels give a row
+//! the same bits whatever the rows beside it (candle's dense f32 matmul, which f32 weights
+//! take, promises no such thing: there the rows read may move in their last bits).
 
 use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::config::Activation;
@@ -186,6 +190,7 @@ fn run(
                 break;
             }
         }
+        // From here on `n` is the rows still computed (all but in the last layer).
         let (n, attn) = (live, &ws.attn[..live * qw]);
         let proj = sized(&mut ws.proj, n * hidden);
         layer.o.forward_cpu_into(attn, n, &mut ws.acts, proj)?;

@@ -290,11 +290,13 @@ pub unsafe fn gemm_q5_16x8_q8<const R: usize>(
     }
 }
 
-/// [`crate::quant::reference::quantize_q8k_scalar`] in 16 lanes: the same bytes, scales, sums
-/// and bounds (the block's largest `|x|` taken as `f32::max` does, skipping a NaN; rounding
-/// ties to even by `vcvtps2dq`; a NaN or out-of-range product saturating to −128, as the AVX2
-/// one's do), 64 values a step where the AVX2 one takes 32: a prompt quantizes every
-/// matmul's input (2.6 % of a 1B Q5_K_M model's 512-token step in AVX2).
+/// [`crate::quant::reference::quantize_q8k_scalar`] in 16 lanes: for finite values (and a
+/// block maximum whose inverse scale is finite) the same bytes, scales, sums and bounds,
+/// rounding ties to even by `vcvtps2dq`; 64 values a step where the AVX2 one takes 32 (a
+/// prompt quantizes every matmul's input: 2.6 % of a 1B Q5_K_M model's 512-token step in
+/// AVX2). A NaN is skipped by the block maximum, as `f32::max` skips it; a NaN or
+/// out-of-range product becomes −128, as in the AVX2 one (the scalar one casts), and the sums
+/// are always those of the stored bytes.
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW, AVX2, FMA and F16C; the slices are as the scalar one takes them.
