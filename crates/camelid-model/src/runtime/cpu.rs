@@ -132,7 +132,9 @@ fn run(
     // The rows whose final hidden state is read (logits or hidden states out), ascending. The
     // last layer needs every row's keys and values (they go to the cache), but only these
     // rows past its attention: a prompt's other rows skip its output projection and MLP.
-    let wanted = wanted_rows(batch);
+    let (logit_rows, hidden_rows) = (batch.logit_row_indices(), batch.hidden_row_indices());
+    let mut wanted = [logit_rows.as_slice(), &hidden_rows].concat();
+    wanted.sort_unstable();
     let last = model.layers.len().saturating_sub(1);
     // Rows still computed: every row, then the wanted ones after the last attention.
     let mut live = n;
@@ -249,7 +251,7 @@ fn run(
     };
     // A row's place among the rows computed to the end.
     let at = |r: usize| wanted.binary_search(&r).expect("a wanted row");
-    let hidden_rows: Vec<usize> = batch.hidden_row_indices().into_iter().map(at).collect();
+    let hidden_rows: Vec<usize> = hidden_rows.into_iter().map(at).collect();
     let hidden_out = if hidden_rows.is_empty() {
         None
     } else {
@@ -261,7 +263,7 @@ fn run(
             &model.device,
         )?)
     };
-    let rows: Vec<usize> = batch.logit_row_indices().into_iter().map(at).collect();
+    let rows: Vec<usize> = logit_rows.into_iter().map(at).collect();
     let vocab = cfg.vocab_size;
     let mut logits = vec![0f32; rows.len() * vocab];
     if !rows.is_empty() {
@@ -281,14 +283,6 @@ fn run(
         logits: Tensor::from_vec(logits, (rows.len(), vocab), &model.device)?,
         hidden: hidden_out,
     })
-}
-
-/// The batch rows whose logits or hidden states it returns, ascending.
-fn wanted_rows(batch: &ForwardBatch) -> Vec<usize> {
-    let mut rows = batch.logit_row_indices();
-    rows.extend(batch.hidden_row_indices());
-    rows.sort_unstable();
-    rows
 }
 
 /// Moves rows `keep` (ascending) of `x` (rows of `width`) to its front, in that order.
