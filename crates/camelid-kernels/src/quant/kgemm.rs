@@ -201,6 +201,17 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                                 unpack_group(flavour, w.kind, wg[0], nsb, unpacked),
                                 unpack_group(flavour, w.kind, wg[1], nsb, unpacked2),
                             ];
+                            // The next pair's packed bytes (the next tile's first where
+                            // this is the last), asked for while this pair's passes run:
+                            // unpacking them would otherwise wait on memory.
+                            let next = if gi + 2 < g1 {
+                                gi + 2..(gi + 4).min(g1)
+                            } else if (t + 1) * tile < m {
+                                g0..(g0 + 2).min(g1)
+                            } else {
+                                g1..g1
+                            };
+                            let next = &data[next.start * group_bytes..next.end * group_bytes];
                             // Safety: both groups whole and of `nsb` super-blocks, each
                             // unpacked into its own buffer, the activation rows `nsb · 256`
                             // wide, the flavour this CPU's (`available`), and the writes in
@@ -208,7 +219,7 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
                             // (owned by this task).
                             unsafe {
                                 let out = ptr.at(t * tile * n + gi * g);
-                                pair_passes(w.kind, wg, u, nsb, tile_rows, sums, out, n);
+                                pair_passes(w.kind, wg, u, nsb, tile_rows, sums, next, out, n);
                             }
                             gi += 2;
                             continue;
@@ -602,12 +613,17 @@ unsafe fn pair_passes(
     nsb: usize,
     tile_rows: &[ActRow],
     sums: &[PairSums],
+    next: &[u8],
     out: *mut f32,
     ld: usize,
 ) {
     // The totals are written by the first super-blocks' passes (none without any).
     debug_assert!(nsb > 0);
     let mut blocks = sums.iter();
+    let mut ahead = Ahead::new(
+        next,
+        tile_rows.len().div_ceil(PAIR_ROWS_I16) * nsb.div_ceil(PAIR_SUPERBLOCKS),
+    );
     for (rb, block) in tile_rows.chunks(PAIR_ROW_BLOCK).enumerate() {
         for b0 in (0..nsb).step_by(PAIR_SUPERBLOCKS) {
             let sbs = b0..(b0 + PAIR_SUPERBLOCKS).min(nsb);
@@ -621,6 +637,7 @@ unsafe fn pair_passes(
                 } else {
                     block_sums
                 };
+                ahead.step();
                 gemm_group_pair(kind, wg, u, sbs.clone(), few, sums, out, ld);
             }
         }
@@ -629,6 +646,41 @@ unsafe fn pair_passes(
         blocks.next().is_none(),
         "sums for other rows or super-blocks"
     );
+}
+
+/// Bytes a call's passes ask for into L2, a few lines before each pass: the next groups'
+/// packed weights, which their unpacking would otherwise wait for from DRAM (the hardware
+/// prefetcher does not run a group ahead).
+struct Ahead {
+    at: *const u8,
+    end: *const u8,
+    /// Bytes asked for a step: the whole span over about `steps` steps.
+    step: usize,
+}
+
+impl Ahead {
+    fn new(bytes: &[u8], steps: usize) -> Self {
+        let range = bytes.as_ptr_range();
+        Self {
+            at: range.start,
+            end: range.end,
+            step: bytes.len().div_ceil(steps.max(1)).next_multiple_of(64),
+        }
+    }
+
+    #[inline(always)]
+    fn step(&mut self) {
+        let stop = self.at.wrapping_add(self.step).min(self.end);
+        while self.at < stop {
+            // Safety: a prefetch never faults.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                _mm_prefetch::<_MM_HINT_T1>(self.at as *const i8)
+            };
+            self.at = self.at.wrapping_add(64);
+        }
+    }
 }
 
 /// Two whole AVX-512 VNNI groups of `kind` (`wg`: Q6_K or Q5_K), unpacked by
