@@ -170,10 +170,20 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             let group_bytes = nsb * krepack::group_superblock_bytes(w.kind, g);
             let pass = rows_per_pass(g);
             let unpack_from = unpack_min_rows(flavour, w.kind).unwrap_or(usize::MAX);
-            let tile = if flavour == Flavour::Avx512Vnni && m >= unpack_from {
+            let most = if flavour == Flavour::Avx512Vnni && m >= unpack_from {
                 UNPACKED_ROW_TILE
             } else {
                 ROW_TILE
+            };
+            // Tiles of even size, up to a quarter past `most`, where each still unpacks: 513
+            // rows as 257 + 256, not 512 + a lone row whose packed passes read every weight
+            // again (a 1B model's 513-token prompt spent a decode step's time on its last
+            // row), nor three tiles that each unpack every group.
+            let even = m.div_ceil(m.div_ceil(most + most / 4).max(1)).max(1);
+            let tile = if even >= unpack_from || most < unpack_from {
+                even
+            } else {
+                most
             };
             let work = |g0: usize, g1: usize| {
                 // The padded last group's outputs, of which the real rows are copied out.

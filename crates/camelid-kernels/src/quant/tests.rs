@@ -325,8 +325,8 @@ fn k_kernels_agree_with_the_scalar_reference() {
         // run on unpacked groups (AVX2: Q5_K and Q6_K from 16 rows, Q4_K 64; AVX-512 VNNI:
         // Q6_K from 24, its whole groups in pairs (passes of 6 or 4 rows), Q5_K from 48 where it tests
         // its fifth bits with a mask, as on Intel or with `CAMELID_Q5_SHIFTS=0`: 25–35 and
-        // 49–55 rows end on passes of every width), one of them with a padded group, two
-        // unpacked AVX-512 tiles (300) and one too short to unpack (257).
+        // 49–55 rows end on passes of every width), one of them with a padded group, one
+        // unpacked AVX-512 tile of up to 320 rows (257, 300) and three of 234 (700).
         let shapes = (1..=9).map(|m| (m, 48)).chain([
             (133, 96),
             (133, 40),
@@ -335,6 +335,7 @@ fn k_kernels_agree_with_the_scalar_reference() {
             (70, 37),
             (300, 24),
             (257, 24),
+            (700, 24),
             (25, 37),
             (26, 37),
             (27, 37),
