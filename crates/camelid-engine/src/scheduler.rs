@@ -348,7 +348,18 @@ impl Engine {
                 (s.id, s.cached, s.tokens.len() - s.cached)
             };
             let len = if is_prefill {
-                todo.min(budget).min(prefill_budget)
+                let len = todo.min(budget).min(prefill_budget);
+                // A lone prompt's last few tokens join its step rather than take one of
+                // their own (`finish_prompt_within`), where the pool holds them.
+                let finish = decodes == 0
+                    && members.is_empty()
+                    && todo - len <= self.cfg.finish_prompt_within
+                    && self.kv.blocks_wanted(id, cached + todo) <= self.kv.free_blocks();
+                if finish {
+                    todo
+                } else {
+                    len
+                }
             } else {
                 todo.min(budget)
             };
@@ -428,9 +439,9 @@ impl Engine {
             }
             batch.adapt_last(s.lora.clone());
             let rows = batch.chunks.last().expect("just pushed").rows();
-            budget -= len + draft.len();
+            budget = budget.saturating_sub(len + draft.len());
             if is_prefill {
-                prefill_budget -= len;
+                prefill_budget = prefill_budget.saturating_sub(len);
             } else {
                 batch_decodes += 1;
                 draft_rows += draft.len();

@@ -1324,3 +1324,78 @@ fn speculative_decoding_gives_the_tokens_of_one_token_steps() {
     assert!(EngineMetrics::get(&chunked.metrics.spec_accepted_tokens) > 0);
     wait_idle(&chunked.metrics);
 }
+
+/// A lone prompt whose last few tokens would take a step of their own takes them in its step
+/// (`finish_prompt_within`), with the same tokens and prompt log-probabilities as in steps
+/// of the budget (the default model's kernels give a row the same bits in any batch); one
+/// token more, and the budget holds. Beside a decode it holds too.
+#[test]
+fn a_lone_prompts_last_few_tokens_join_its_step() {
+    let lm = smol();
+    let ids = lm
+        .tokenizer
+        .encode(
+            &"the lazy fox jumps over the sleeping dog ".repeat(20),
+            true,
+        )
+        .unwrap();
+    assert!(ids.len() > 41);
+    let spawn = |within| {
+        EngineHandle::spawn(
+            smol(),
+            EngineConfig {
+                max_batch_tokens: 32,
+                finish_prompt_within: within,
+                ..Default::default()
+            },
+        )
+    };
+    let (hard, finishing) = (spawn(0), spawn(8));
+    // (steps, scored output) of one prompt of `n` tokens and one generated token.
+    let run = |e: &EngineHandle, n: usize| {
+        wait_idle(&e.metrics);
+        let steps = EngineMetrics::get(&e.metrics.steps);
+        let mut params = params(1, SamplingParams::greedy());
+        params.logprobs = Some(2);
+        let r = Request {
+            prompt: ids[..n].to_vec(),
+            params,
+            prompt_logprobs: Some(2),
+            cache_salt: None,
+            embed: None,
+            lora: None,
+        };
+        let s = drain_scored(e.submit(r).unwrap());
+        (EngineMetrics::get(&e.metrics.steps) - steps, s)
+    };
+    let (hard_steps, want) = run(&hard, 40);
+    let (steps, got) = run(&finishing, 40);
+    assert_eq!((hard_steps, steps), (2, 1), "32 + 8 tokens");
+    assert_eq!(got, want, "one step changed the output");
+    assert_eq!(run(&finishing, 41).0, 2, "32 + 9 tokens");
+
+    // Beside a running stream the budget stays a cap.
+    wait_idle(&finishing.metrics);
+    let mut stream = finishing
+        .submit(plain_request(
+            ids[..4].to_vec(),
+            200,
+            SamplingParams::greedy(),
+        ))
+        .unwrap();
+    assert!(matches!(stream.blocking_recv(), Some(Event::Token { .. })));
+    // 39 tokens beside one decode: 31 fit the budget, 8 would be left (salted: nothing of
+    // the prompts before is cached).
+    let mut beside = plain_request(ids[..39].to_vec(), 1, SamplingParams::greedy());
+    beside.cache_salt = Some("beside".into());
+    assert_eq!(drain(finishing.submit(beside).unwrap()).unwrap().0.len(), 1);
+    drain(stream).unwrap();
+    let most = EngineMetrics::get(&finishing.metrics.max_prefill_tokens_with_decodes);
+    assert!(
+        (1..=31).contains(&most),
+        "{most} prompt tokens beside a decode"
+    );
+    for e in [&hard, &finishing] {
+        wait_idle(&e.metrics);
+    }
+}

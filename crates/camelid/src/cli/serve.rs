@@ -111,7 +111,9 @@ pub struct ServeArgs {
     /// on the CPU, 2048 on CUDA. Smaller values shorten the stalls a prefill causes in running
     /// streams (about 1.5–2 ms per prefill token for SmolLM2-135M on 2 cores) at the cost of
     /// time-to-first-token and throughput (measured in benches/README.md). At least
-    /// --max-num-seqs + 1 (raised to it): a step holds every decode and a prompt token.
+    /// --max-num-seqs + 1 (raised to it): a step holds every decode and a prompt token. On
+    /// the CPU a prompt alone in its step takes up to a quarter more where that finishes it
+    /// (a step of its own would read every weight again for those few tokens).
     #[arg(long, value_parser = positive)]
     max_num_batched_tokens: Option<usize>,
     /// Prefill tokens in a step that also decodes running streams (they wait for the whole
