@@ -228,13 +228,18 @@ pub fn paged_attention(
         }
         first_tok += c.len;
     }
+    let kv = &*kv;
+    let mut shared_buf = SHARED_KV.take();
+    let spans = shared_spans(chunks, h, kv, qblock);
+    let shared = widen_shared(layer, kv, h, &spans, &mut shared_buf);
     let input = TaskInput {
         layer,
         chunks,
         q: &q[..n_tok * qw],
         h,
-        kv: &*kv,
+        kv,
         scale: h.scale.unwrap_or(1.0 / (h.dim as f32).sqrt()),
+        shared: &shared,
     };
     let out_ptr = OutPtr(out.as_mut_ptr());
     let run = |t: &Task| run_task(&input, t, out_ptr);
@@ -243,7 +248,96 @@ pub fn paged_attention(
     } else {
         tasks.par_iter().for_each(run);
     }
+    drop(shared);
+    SHARED_KV.set(shared_buf);
     ROTATED_Q.set(q);
+}
+
+/// Most values [`widen_shared`] holds (keys and values of every chunk and head: 256 MiB);
+/// past it each task widens its own.
+const SHARED_KV_MAX: usize = 64 << 20;
+
+/// Per chunk, the positions its prompt tasks read (`from..end`, `from` a multiple of the
+/// block size) where the prompt kernel takes its tasks and there are several (one task
+/// gains nothing from widening ahead); `None` elsewhere, or for all past
+/// [`SHARED_KV_MAX`].
+fn shared_spans(
+    chunks: &[SeqSpan],
+    h: Heads,
+    kv: &HostPaged,
+    qblock: usize,
+) -> Vec<Option<(usize, usize)>> {
+    let bs = kv.block_size;
+    #[cfg(target_arch = "x86_64")]
+    let kernel = prefill::takes(h);
+    #[cfg(not(target_arch = "x86_64"))]
+    let kernel = false;
+    let spans: Vec<_> = chunks
+        .iter()
+        .map(|c| {
+            let prompt = c.generated_from.saturating_sub(c.start_pos).min(c.len);
+            (kernel && prompt > qblock)
+                .then(|| (h.first_key(c.start_pos) / bs * bs, c.start_pos + prompt))
+        })
+        .collect();
+    let values: usize = spans
+        .iter()
+        .flatten()
+        .map(|(from, end)| 2 * (end - from) * h.kv * h.dim)
+        .sum();
+    if values > SHARED_KV_MAX {
+        return vec![None; chunks.len()];
+    }
+    spans
+}
+
+/// The shared keys and values of `spans` (per chunk) in `buf`, widened on rayon's threads,
+/// one task a chunk and KV head; indexed `ci · kv heads + g`.
+fn widen_shared<'a>(
+    layer: usize,
+    kv: &HostPaged,
+    h: Heads,
+    spans: &[Option<(usize, usize)>],
+    buf: &'a mut Vec<f32>,
+) -> Vec<Option<SharedKv<'a>>> {
+    let d = h.dim;
+    let total: usize = spans
+        .iter()
+        .flatten()
+        .map(|(from, end)| 2 * (end - from) * d * h.kv)
+        .sum();
+    if total == 0 {
+        return vec![];
+    }
+    if buf.len() < total {
+        buf.resize(total, 0.0);
+    }
+    // Each (chunk, head) its own keys and values, cut from the buffer in order.
+    let mut rest = &mut buf[..total];
+    let mut jobs = vec![];
+    for (ci, span) in spans.iter().enumerate() {
+        for g in 0..h.kv {
+            if let Some((from, end)) = *span {
+                let len = (end - from) * d;
+                let (keys, tail) = rest.split_at_mut(len);
+                let (values, tail) = tail.split_at_mut(len);
+                rest = tail;
+                jobs.push((ci, g, from, end, keys, values));
+            }
+        }
+    }
+    jobs.par_iter_mut()
+        .for_each(|(ci, g, from, end, keys, values)| {
+            #[cfg(target_arch = "x86_64")]
+            prefill::widen(kv, layer, *ci, *g, *from, *end, keys, values);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (kv, layer, ci, g, from, end, keys, values);
+        });
+    let mut shared: Vec<Option<SharedKv>> = (0..spans.len() * h.kv).map(|_| None).collect();
+    for (ci, g, from, _, keys, values) in jobs {
+        shared[ci * h.kv + g] = Some(SharedKv { from, keys, values });
+    }
+    shared
 }
 
 /// Tokens from which [`paged_attention`] rotates its queries on rayon's threads.
@@ -252,6 +346,8 @@ const PARALLEL_ROPE_TOKENS: usize = 16;
 thread_local! {
     /// [`paged_attention`]'s rotated queries, `(tokens, q_heads · dim)`, kept between calls.
     static ROTATED_Q: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// [`widen_shared`]'s keys and values, kept between calls.
+    static SHARED_KV: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// What every attention task of one call reads.
@@ -263,6 +359,22 @@ struct TaskInput<'a> {
     h: Heads,
     kv: &'a HostPaged<'a>,
     scale: f32,
+    /// Per chunk and KV head (`ci · kv heads + g`), its prompt's keys and values widened once
+    /// for all its prompt tasks, where the prompt kernel runs several of them.
+    shared: &'a [Option<SharedKv<'a>>],
+}
+
+impl TaskInput<'_> {
+    fn shared(&self, task: &Task) -> Option<&SharedKv<'_>> {
+        self.shared.get(task.chunk * self.h.kv + task.g)?.as_ref()
+    }
+}
+
+/// Keys and values of positions `from..` of one chunk's KV head, widened to f32 rows.
+struct SharedKv<'a> {
+    from: usize,
+    keys: &'a [f32],
+    values: &'a [f32],
 }
 
 /// Queries `q0..q1` of chunk `chunk` (whose first token is batch row `first_tok`) against KV
@@ -327,27 +439,54 @@ fn widen_task_kv<V: VecOps, E: CacheElem>(
     keys: &mut Vec<f32>,
     values: &mut Vec<f32>,
 ) {
-    let (kv, d) = (input.kv, input.h.dim);
-    let bs = kv.block_size;
-    debug_assert!(from.is_multiple_of(bs) && from < n_keys);
+    let d = input.h.dim;
     for buf in [&mut *keys, &mut *values] {
         buf.resize((n_keys - from) * d, 0.0);
     }
-    let table = &kv.tables[task.chunk];
+    widen_span::<V, E>(
+        input.kv,
+        input.layer,
+        task.chunk,
+        task.g,
+        from,
+        n_keys,
+        keys,
+        values,
+    );
+}
+
+/// Positions `from..end` (`from` a multiple of the block size) of chunk `ci`'s KV head `g`
+/// in `layer`, widened to f32 rows of `keys` and `values` (`(end − from) · head_dim` each).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn widen_span<V: VecOps, E: CacheElem>(
+    kv: &HostPaged,
+    layer: usize,
+    ci: usize,
+    g: usize,
+    from: usize,
+    end: usize,
+    keys: &mut [f32],
+    values: &mut [f32],
+) {
+    let (bs, d) = (kv.block_size, kv.cache.head_dim);
+    debug_assert!(from.is_multiple_of(bs) && from < end);
+    debug_assert!(keys.len() == (end - from) * d && values.len() == keys.len());
+    let table = &kv.tables[ci];
     let first_block = from / bs;
     for (bi, &block) in table
         .iter()
         .enumerate()
-        .take(n_keys.div_ceil(bs))
+        .take(end.div_ceil(bs))
         .skip(first_block)
     {
-        let at = kv.cache.head_offset(block as usize * bs, task.g);
-        let len = bs.min(n_keys - bi * bs) * d;
+        let at = kv.cache.head_offset(block as usize * bs, g);
+        let len = bs.min(end - bi * bs) * d;
         let row0 = (bi - first_block) * bs * d;
         let dst = row0..row0 + len;
         E::widen::<V>(
             kv.cache,
-            input.layer,
+            layer,
             at,
             &mut keys[dst.clone()],
             &mut values[dst],

@@ -16,7 +16,7 @@
 //! here too. Masked (future, or before the window) keys get exactly zero weight. Keys and
 //! values are first widened to f32 rows as in [`super::attend`], once for all the task's rows.
 
-use super::{widen_task_kv, CacheElem, Task, TaskInput, Q8};
+use super::{widen_span, widen_task_kv, CacheElem, Heads, HostPaged, Task, TaskInput, Q8};
 use crate::vecmath::{self, Avx2};
 use crate::OutPtr;
 use half::f16;
@@ -78,13 +78,22 @@ fn path() -> PrefillPath {
     }
 }
 
-/// Runs the task if this path covers it (AVX2 at least, a head size that is a multiple of 4,
-/// at most [`MAX_ROWS`] rows); false leaves it to [`super::attend`]. A lone prompt query
-/// comes here too, so that a prompt position's rounding never depends on its chunk.
+/// Whether this path takes the prompt tasks of heads `h` (AVX2 at least, a head size that is
+/// a multiple of 4, at most [`MAX_ROWS`] rows a task: `super::query_block`'s).
+pub(super) fn takes(h: Heads) -> bool {
+    h.dim.is_multiple_of(4)
+        && h.q / h.kv <= MAX_ROWS
+        && path() != PrefillPath::Off
+        && crate::cpu_features::avx2()
+}
+
+/// Runs the task if this path covers it ([`takes`], and the task within [`MAX_ROWS`]);
+/// false leaves it to [`super::attend`]. A lone prompt query comes here too, so that a
+/// prompt position's rounding never depends on its chunk.
 pub(super) fn run(input: &TaskInput, task: &Task, out: OutPtr) -> bool {
     let h = input.h;
     let rows = (task.q1 - task.q0) * (h.q / h.kv);
-    if !h.dim.is_multiple_of(4) || rows > MAX_ROWS {
+    if !takes(h) || rows > MAX_ROWS {
         return false;
     }
     let wide = match path() {
@@ -92,9 +101,6 @@ pub(super) fn run(input: &TaskInput, task: &Task, out: OutPtr) -> bool {
         PrefillPath::Widest => crate::cpu_features::avx512(),
         PrefillPath::Avx2 => false,
     };
-    if !crate::cpu_features::avx2() {
-        return false;
-    }
     use super::KvDtype as D;
     // Safety (every call): the CPU has the features each entry point enables (checked above).
     unsafe {
@@ -287,6 +293,44 @@ impl Lanes for V256 {
     }
 }
 
+/// [`super::widen_span`] with AVX2 where [`takes`] said this path runs (so the CPU has it).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn widen(
+    kv: &HostPaged,
+    layer: usize,
+    ci: usize,
+    g: usize,
+    from: usize,
+    end: usize,
+    keys: &mut [f32],
+    values: &mut [f32],
+) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2<E: CacheElem>(
+        kv: &HostPaged,
+        layer: usize,
+        ci: usize,
+        g: usize,
+        from: usize,
+        end: usize,
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) {
+        widen_span::<Avx2, E>(kv, layer, ci, g, from, end, keys, values)
+    }
+    assert!(crate::cpu_features::avx2(), "shared widening without AVX2");
+    use super::KvDtype as D;
+    // Safety: the CPU has AVX2, FMA and F16C (asserted).
+    unsafe {
+        match kv.cache.dtype() {
+            D::F32 => avx2::<f32>(kv, layer, ci, g, from, end, keys, values),
+            D::F16 => avx2::<f16>(kv, layer, ci, g, from, end, keys, values),
+            D::Q8_0 => avx2::<Q8>(kv, layer, ci, g, from, end, keys, values),
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn task512<E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {
     task_rows::<V512, E>(input, task, out)
@@ -342,7 +386,17 @@ unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out:
     let from = h.first_key(c.start_pos + q0) / bs * bs;
     let n_keys = c.start_pos + q1 - from;
     BUFS.with_borrow_mut(|[keys, values, qt, s, ot]| {
-        widen_task_kv::<Avx2, E>(input, task, from, from + n_keys, keys, values);
+        // The chunk's keys and values widened once for its tasks, else this task's own.
+        let (keys, values): (&[f32], &[f32]) = match input.shared(task) {
+            Some(w) => {
+                let rows = (from - w.from) * d..(from - w.from + n_keys) * d;
+                (&w.keys[rows.clone()], &w.values[rows])
+            }
+            None => {
+                widen_task_kv::<Avx2, E>(input, task, from, from + n_keys, keys, values);
+                (keys, values)
+            }
+        };
         // Scaled queries, transposed; padding rows stay zero (their lanes are never written
         // out). Row r's query and output: query q0 + r / group, head g·group + r % group.
         qt.clear();
