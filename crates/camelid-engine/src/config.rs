@@ -173,8 +173,8 @@ impl EngineConfig {
                 .max_prefill_tokens_while_decoding
                 .unwrap_or(if cpu { 64 } else { max_batch_tokens })
                 .max(1),
-            // A quarter of the budget: at most that much longer a step, on the device
-            // whose steps read the weights from DRAM for each.
+            // CPU: a quarter of the budget, at most that much longer a step (a step of their
+            // own reads every weight again); CUDA's steps are cheap to add.
             finish_prompt_within: if cpu { max_batch_tokens / 4 } else { 0 },
             max_step_stretch: match o.max_step_stretch {
                 Some(s) if s > 0.0 => Some(s.max(1.0)),

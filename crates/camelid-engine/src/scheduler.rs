@@ -350,9 +350,9 @@ impl Engine {
             let len = if is_prefill {
                 let len = todo.min(budget).min(prefill_budget);
                 // A lone prompt's last few tokens join its step rather than take one of
-                // their own (`finish_prompt_within`), where the pool holds them.
-                let finish = decodes == 0
-                    && members.is_empty()
+                // their own (`finish_prompt_within`), where the pool holds them. Alone: no
+                // member yet (decodes go first, so none runs beside it).
+                let finish = members.is_empty()
                     && todo - len <= self.cfg.finish_prompt_within
                     && self.kv.blocks_wanted(id, cached + todo) <= self.kv.free_blocks();
                 if finish {
@@ -439,6 +439,10 @@ impl Engine {
             }
             batch.adapt_last(s.lora.clone());
             let rows = batch.chunks.last().expect("just pushed").rows();
+            debug_assert!(
+                is_prefill || len + draft.len() <= budget,
+                "a decode past the budget"
+            );
             budget = budget.saturating_sub(len + draft.len());
             if is_prefill {
                 prefill_budget = prefill_budget.saturating_sub(len);

@@ -288,6 +288,35 @@ impl Linear {
         matches!(self.inner, Inner::Candle(QMatMul::QTensor(_)))
     }
 
+    /// [`Self::forward_cpu_into`] of input rows `fill(r, row)` writes one at a time, where
+    /// this layer's kernels take Q8_K activations (the K formats): the rows are quantized as
+    /// they come, never stored whole. False (nothing done) elsewhere: the caller then writes
+    /// the rows and calls `forward_cpu_into`.
+    pub fn forward_cpu_rows_into(
+        &self,
+        m: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+        acts: &mut QActs,
+        out: &mut [f32],
+    ) -> Result<bool> {
+        let Inner::Own(w) = &self.inner else {
+            return Ok(false);
+        };
+        if w.kind.act_format() != quant::ActFormat::Q8K {
+            return Ok(false);
+        }
+        if out.len() != m * self.out_features {
+            candle_core::bail!(
+                "linear: {} outputs for {m} rows of {}",
+                out.len(),
+                self.out_features
+            );
+        }
+        acts.quantize_q8k_rows_with(m, w.cols, fill);
+        quant::matmul_quantized(w, acts, out);
+        Ok(true)
+    }
+
     /// `out (m, out_features) = x (m, in_features) · Wᵀ` on the CPU into a caller's buffer;
     /// `acts` holds the own kernel's quantized activations between calls (no allocation).
     pub fn forward_cpu_into(

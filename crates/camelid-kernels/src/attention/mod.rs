@@ -259,8 +259,8 @@ const SHARED_KV_MAX: usize = 64 << 20;
 
 /// Per chunk, the positions its prompt tasks read (`from..end`, `from` a multiple of the
 /// block size) where the prompt kernel takes its tasks and there are several (one task
-/// gains nothing from widening ahead); `None` elsewhere, or for all past
-/// [`SHARED_KV_MAX`].
+/// gains nothing from widening ahead); `None` elsewhere, and for the chunks past
+/// [`SHARED_KV_MAX`] (their tasks widen their own).
 fn shared_spans(
     chunks: &[SeqSpan],
     h: Heads,
@@ -272,27 +272,24 @@ fn shared_spans(
     let kernel = prefill::takes(h);
     #[cfg(not(target_arch = "x86_64"))]
     let kernel = false;
-    let spans: Vec<_> = chunks
+    let mut values = 0;
+    chunks
         .iter()
         .map(|c| {
             let prompt = c.generated_from.saturating_sub(c.start_pos).min(c.len);
-            (kernel && prompt > qblock)
-                .then(|| (h.first_key(c.start_pos) / bs * bs, c.start_pos + prompt))
+            if !kernel || prompt <= qblock {
+                return None;
+            }
+            let (from, end) = (h.first_key(c.start_pos) / bs * bs, c.start_pos + prompt);
+            values += 2 * (end - from) * h.kv * h.dim;
+            (values <= SHARED_KV_MAX).then_some((from, end))
         })
-        .collect();
-    let values: usize = spans
-        .iter()
-        .flatten()
-        .map(|(from, end)| 2 * (end - from) * h.kv * h.dim)
-        .sum();
-    if values > SHARED_KV_MAX {
-        return vec![None; chunks.len()];
-    }
-    spans
+        .collect()
 }
 
-/// The shared keys and values of `spans` (per chunk) in `buf`, widened on rayon's threads,
-/// one task a chunk and KV head; indexed `ci · kv heads + g`.
+/// The shared keys and values of `spans` (per chunk) in `buf`, widened on rayon's threads in
+/// pieces of whole blocks (at least two a thread, even for one chunk of one KV head);
+/// indexed `ci · kv heads + g`.
 fn widen_shared<'a>(
     layer: usize,
     kv: &HostPaged,
@@ -300,29 +297,40 @@ fn widen_shared<'a>(
     spans: &[Option<(usize, usize)>],
     buf: &'a mut Vec<f32>,
 ) -> Vec<Option<SharedKv<'a>>> {
-    let d = h.dim;
+    let (d, bs) = (h.dim, kv.block_size);
     let total: usize = spans
         .iter()
         .flatten()
         .map(|(from, end)| 2 * (end - from) * d * h.kv)
         .sum();
+    // A buffer far larger than this call needs (after one long prompt) is given back.
+    if buf.len() > 2 * total && buf.len() > SHARED_KV_KEEP {
+        *buf = Vec::new();
+    }
     if total == 0 {
         return vec![];
     }
     if buf.len() < total {
         buf.resize(total, 0.0);
     }
-    // Each (chunk, head) its own keys and values, cut from the buffer in order.
+    let heads = spans.iter().flatten().count() * h.kv;
+    let pieces = (2 * rayon::current_num_threads()).div_ceil(heads).max(1);
+    // Each (chunk, head) its own keys and values, cut from the buffer in order, widened in
+    // pieces of whole blocks.
     let mut rest = &mut buf[..total];
     let mut jobs = vec![];
     for (ci, span) in spans.iter().enumerate() {
+        let Some((from, end)) = *span else { continue };
+        let piece = (end - from).div_ceil(bs).div_ceil(pieces) * bs;
         for g in 0..h.kv {
-            if let Some((from, end)) = *span {
-                let len = (end - from) * d;
-                let (keys, tail) = rest.split_at_mut(len);
-                let (values, tail) = tail.split_at_mut(len);
-                rest = tail;
-                jobs.push((ci, g, from, end, keys, values));
+            let len = (end - from) * d;
+            let (keys, tail) = rest.split_at_mut(len);
+            let (values, tail) = tail.split_at_mut(len);
+            rest = tail;
+            let parts = keys.chunks_mut(piece * d).zip(values.chunks_mut(piece * d));
+            for (p, (k, v)) in parts.enumerate() {
+                let at = from + p * piece;
+                jobs.push((ci, g, at, (at + piece).min(end), k, v));
             }
         }
     }
@@ -333,12 +341,26 @@ fn widen_shared<'a>(
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (kv, layer, ci, g, from, end, keys, values);
         });
+    drop(jobs);
+    // The same rows again, whole per (chunk, head), in the order they were cut.
+    let mut rest = &buf[..total];
     let mut shared: Vec<Option<SharedKv>> = (0..spans.len() * h.kv).map(|_| None).collect();
-    for (ci, g, from, _, keys, values) in jobs {
-        shared[ci * h.kv + g] = Some(SharedKv { from, keys, values });
+    for (ci, span) in spans.iter().enumerate() {
+        let Some((from, end)) = *span else { continue };
+        for g in 0..h.kv {
+            let len = (end - from) * d;
+            let (keys, tail) = rest.split_at(len);
+            let (values, tail) = tail.split_at(len);
+            rest = tail;
+            shared[ci * h.kv + g] = Some(SharedKv { from, keys, values });
+        }
     }
     shared
 }
+
+/// Values of [`widen_shared`]'s buffer kept between calls however little the next needs
+/// (16 MiB; a 512-token chunk of a 1B model takes 2 MiB).
+const SHARED_KV_KEEP: usize = 4 << 20;
 
 /// Tokens from which [`paged_attention`] rotates its queries on rayon's threads.
 const PARALLEL_ROPE_TOKENS: usize = 16;
@@ -365,12 +387,14 @@ struct TaskInput<'a> {
 }
 
 impl TaskInput<'_> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn shared(&self, task: &Task) -> Option<&SharedKv<'_>> {
         self.shared.get(task.chunk * self.h.kv + task.g)?.as_ref()
     }
 }
 
 /// Keys and values of positions `from..` of one chunk's KV head, widened to f32 rows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct SharedKv<'a> {
     from: usize,
     keys: &'a [f32],

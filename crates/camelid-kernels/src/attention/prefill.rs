@@ -14,7 +14,8 @@
 //!
 //! Sliding windows (each row's first key) and Gemma 2's soft-capping of the scores are taken
 //! here too. Masked (future, or before the window) keys get exactly zero weight. Keys and
-//! values are first widened to f32 rows as in [`super::attend`], once for all the task's rows.
+//! values are read as f32 rows: widened once for all of a chunk's tasks of a KV head
+//! (`super::widen_shared`), else by the task for all its rows as in [`super::attend`].
 
 use super::{widen_span, widen_task_kv, CacheElem, Heads, HostPaged, Task, TaskInput, Q8};
 use crate::vecmath::{self, Avx2};
@@ -96,11 +97,8 @@ pub(super) fn run(input: &TaskInput, task: &Task, out: OutPtr) -> bool {
     if !takes(h) || rows > MAX_ROWS {
         return false;
     }
-    let wide = match path() {
-        PrefillPath::Off => return false,
-        PrefillPath::Widest => crate::cpu_features::avx512(),
-        PrefillPath::Avx2 => false,
-    };
+    // `Off` was refused by `takes`.
+    let wide = path() == PrefillPath::Widest && crate::cpu_features::avx512();
     use super::KvDtype as D;
     // Safety (every call): the CPU has the features each entry point enables (checked above).
     unsafe {
@@ -362,8 +360,8 @@ struct Group<'a> {
     softcap: Option<f32>,
 }
 
-/// One task: its keys and values widened once (from the block of the earliest window's first
-/// key), then its rows (row `i · group + j`: query `q0 + i`, head `j` of the group) in groups
+/// One task: its keys and values as f32 rows (from the block of the earliest window's first
+/// key; the chunk's shared ones, else widened here), then its rows (row `i · group + j`: query `q0 + i`, head `j` of the group) in groups
 /// of [`Lanes::GROUP`] vectors. Keys are numbered from that block on.
 #[inline(always)]
 unsafe fn task_rows<L: Lanes, E: CacheElem>(input: &TaskInput, task: &Task, out: OutPtr) {

@@ -175,13 +175,12 @@ pub(super) fn matmul_k_with(w: &QWeight, acts: &QActs, out: &mut [f32], flavour:
             } else {
                 ROW_TILE
             };
-            // Tiles of even size, up to a quarter past `most`, where each still unpacks: 513
-            // rows as 257 + 256, not 512 + a lone row whose packed passes read every weight
-            // again (a 1B model's 513-token prompt spent a decode step's time on its last
-            // row), nor three tiles that each unpack every group.
-            let even = m.div_ceil(m.div_ceil(most + most / 4).max(1)).max(1);
-            let tile = if even >= unpack_from || most < unpack_from {
-                even
+            // Unpacked tiles of even size, up to a quarter past `most`: 513 rows as 257 +
+            // 256, not 512 + a lone row whose packed passes read every weight again (a 1B
+            // model's 513-token prompt spent a decode step's time on its last row), nor three
+            // tiles that each unpack every group. (The packed passes' 64-row tiles stay.)
+            let tile = if most == UNPACKED_ROW_TILE {
+                m.div_ceil(m.div_ceil(most + most / 4))
             } else {
                 most
             };
@@ -630,7 +629,7 @@ unsafe fn pair_passes(
     // The totals are written by the first super-blocks' passes (none without any).
     debug_assert!(nsb > 0);
     let mut blocks = sums.iter();
-    let mut ahead = Ahead::new(
+    let mut ahead = PrefetchAhead::new(
         next,
         tile_rows.len().div_ceil(PAIR_ROWS_I16) * nsb.div_ceil(PAIR_SUPERBLOCKS),
     );
@@ -661,18 +660,20 @@ unsafe fn pair_passes(
 /// Bytes a call's passes ask for into L2, a few lines before each pass: the next groups'
 /// packed weights, which their unpacking would otherwise wait for from DRAM (the hardware
 /// prefetcher does not run a group ahead).
-struct Ahead {
+struct PrefetchAhead {
     at: *const u8,
     end: *const u8,
     /// Bytes asked for a step: the whole span over about `steps` steps.
     step: usize,
 }
 
-impl Ahead {
+impl PrefetchAhead {
     fn new(bytes: &[u8], steps: usize) -> Self {
         let range = bytes.as_ptr_range();
+        // From the first byte's cache line (a group need not start on one).
+        let start = range.start.wrapping_sub(range.start as usize % 64);
         Self {
-            at: range.start,
+            at: start,
             end: range.end,
             step: bytes.len().div_ceil(steps.max(1)).next_multiple_of(64),
         }

@@ -231,6 +231,38 @@ impl QActs {
     /// [`Self::quantize_into`] for the K formats: Q8_K blocks of 256 (`cols` a multiple).
     pub fn quantize_q8k_into(&mut self, x: &[f32], rows: usize, cols: usize) {
         assert_eq!(x.len(), rows * cols);
+        self.quantize_q8k_rows(rows, cols, |r, quantize| quantize(&x[r * cols..][..cols]));
+    }
+
+    /// [`Self::quantize_q8k_into`] of rows `fill(r, row)` writes, one at a time into a
+    /// buffer of `cols` that stays in L1/L2: the whole matrix is never stored (a gated MLP's
+    /// activations, 16 MiB a layer for a 1B model's 512-token prompt, written and read back
+    /// from L3). The same bytes as quantizing the stored rows.
+    pub fn quantize_q8k_rows_with(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        thread_local! {
+            static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        self.quantize_q8k_rows(rows, cols, |r, quantize| {
+            ROW.with_borrow_mut(|row| {
+                row.resize(cols, 0.0);
+                fill(r, row);
+                quantize(row)
+            })
+        });
+    }
+
+    /// The Q8_K quantizer over rows that `with_row(r, quantize)` hands to `quantize`.
+    fn quantize_q8k_rows(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        with_row: impl Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
+    ) {
         assert!(cols > 0 && cols.is_multiple_of(QK_K), "{cols} columns");
         let nb = rows * cols / QK_K;
         self.format = ActFormat::Q8K;
@@ -246,61 +278,56 @@ impl QActs {
             grown(&mut self.sign_sum32, nb),
         );
         let nbr = cols / QK_K;
+        // Rows r0.. of the matrix, into their parts of the buffers.
         let quantize_rows =
-            |x: &[f32], qs: &mut [i8], d: &mut [f32], bs: &mut [i16], bounds: SumBoundsMut| {
+            |r0: usize, qs: &mut [i8], d: &mut [f32], bs: &mut [i16], bounds: SumBoundsMut| {
                 let mut sums8 = vec![0i16; cols / 8];
-                let rows = x.chunks(cols).zip(qs.chunks_mut(stride));
+                let rows = qs.chunks_mut(stride);
                 let sums = d
                     .chunks_mut(nbr)
                     .zip(bs.chunks_mut(nbr * 16))
                     .zip(bounds.abs16.chunks_mut(nbr))
                     .zip(bounds.sign32.chunks_mut(nbr));
-                for ((x, row), (((d, bs), abs16), sign32)) in rows.zip(sums) {
-                    let bounds = SumBoundsMut { abs16, sign32 };
+                for (i, (row, (((d, bs), abs16), sign32))) in rows.zip(sums).enumerate() {
                     let (qs, rest) = row.split_at_mut(cols);
                     let (bias, rest) = rest.split_at_mut(q6_bias_bytes(cols));
                     let bias8 = &mut rest[..q6_bias8_bytes(cols)];
-                    #[cfg(target_arch = "x86_64")]
-                    if crate::cpu_features::avx512() {
-                        // Safety: the CPU has AVX-512F/BW (and AVX2, FMA, F16C).
-                        unsafe { x86::avx512::quantize_q8k(x, qs, d, bs, &mut sums8, bounds) };
-                    } else if crate::cpu_features::avx2() {
-                        // Safety: the CPU has AVX2 (and FMA, F16C).
-                        unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, &mut sums8, bounds) };
-                    } else {
-                        quantize_q8k_scalar(x, qs, d, bs, &mut sums8, bounds);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    quantize_q8k_scalar(x, qs, d, bs, &mut sums8, bounds);
-                    let to_bias = |b: &mut [i8], s: &i16| {
-                        b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8))
-                    };
-                    bias.chunks_exact_mut(4)
-                        .zip(bs.iter())
-                        .for_each(|(b, s)| to_bias(b, s));
-                    bias8
-                        .chunks_exact_mut(4)
-                        .zip(&sums8)
-                        .for_each(|(b, s)| to_bias(b, s));
+                    with_row(r0 + i, &mut |x: &[f32]| {
+                        let bounds = SumBoundsMut {
+                            abs16: &mut *abs16,
+                            sign32: &mut *sign32,
+                        };
+                        quantize_q8k_row(x, qs, d, bs, &mut sums8, bounds);
+                        let to_bias = |b: &mut [i8], s: &i16| {
+                            b.copy_from_slice(&(-32 * i32::from(*s)).to_le_bytes().map(|v| v as i8))
+                        };
+                        bias.chunks_exact_mut(4)
+                            .zip(bs.iter())
+                            .for_each(|(b, s)| to_bias(b, s));
+                        bias8
+                            .chunks_exact_mut(4)
+                            .zip(&sums8)
+                            .for_each(|(b, s)| to_bias(b, s));
+                    });
                 }
             };
         if rows >= QUANTIZE_PARALLEL_ROWS && rayon::current_num_threads() > 1 {
             let per = rows.div_ceil(rayon::current_num_threads());
-            x.par_chunks(per * cols)
-                .zip(qs.par_chunks_mut(per * stride))
+            qs.par_chunks_mut(per * stride)
                 .zip(d.par_chunks_mut(per * nbr))
                 .zip(bsums.par_chunks_mut(per * nbr * 16))
                 .zip(abs_sum16.par_chunks_mut(per * nbr))
                 .zip(sign_sum32.par_chunks_mut(per * nbr))
-                .for_each(|(((((x, qs), d), bs), abs16), sign32)| {
-                    quantize_rows(x, qs, d, bs, SumBoundsMut { abs16, sign32 })
+                .enumerate()
+                .for_each(|(p, ((((qs, d), bs), abs16), sign32))| {
+                    quantize_rows(p * per, qs, d, bs, SumBoundsMut { abs16, sign32 })
                 });
         } else {
             let bounds = SumBoundsMut {
                 abs16: abs_sum16,
                 sign32: sign_sum32,
             };
-            quantize_rows(x, qs, d, bsums, bounds);
+            quantize_rows(0, qs, d, bsums, bounds);
         }
         self.pairs.clear();
         self.pairs.extend(bsums.chunks_exact(4).map(|b| {
@@ -383,6 +410,29 @@ pub(crate) struct ActRow<'a> {
     /// 32-value sub-block's products in an i16: `Σ q·a` lies between `−max q · Σ|a⁻|` and
     /// `max q · Σa⁺`.
     pub(crate) sign_sum32: &'a [u16],
+}
+
+/// One row of Q8_K blocks (`x` a multiple of 256 values) with the widest quantizer this CPU
+/// runs: all give the scalar reference's bytes, sums and bounds.
+fn quantize_q8k_row(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    bs: &mut [i16],
+    sums8: &mut [i16],
+    bounds: SumBoundsMut,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_features::avx512() {
+        // Safety: the CPU has AVX-512F/BW (and AVX2, FMA, F16C).
+        unsafe { x86::avx512::quantize_q8k(x, qs, d, bs, sums8, bounds) };
+        return;
+    } else if crate::cpu_features::avx2() {
+        // Safety: the CPU has AVX2 (and FMA, F16C).
+        unsafe { x86::avx2::quantize_q8k(x, qs, d, bs, sums8, bounds) };
+        return;
+    }
+    quantize_q8k_scalar(x, qs, d, bs, sums8, bounds);
 }
 
 /// Where a Q8_K quantizer writes its rows' sum bounds, one each per super-block:

@@ -467,6 +467,43 @@ fn extreme_k_rows(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
+/// Rows handed over one at a time (`quantize_q8k_rows_with`, the fused SiLU·up) give the
+/// bytes, scales, sums and bounds of the stored matrix quantized whole, on the parallel
+/// path (40 rows) and the serial one (3).
+#[test]
+fn q8k_rows_as_they_come_give_the_stored_rows_bytes() {
+    for rows in [40, 3] {
+        let cols = 2 * QK_K;
+        let x = random(rows * cols, 21);
+        let (mut whole, mut each) = (QActs::default(), QActs::default());
+        whole.quantize_q8k_into(&x, rows, cols);
+        each.quantize_q8k_rows_with(rows, cols, |r, row| {
+            row.copy_from_slice(&x[r * cols..(r + 1) * cols])
+        });
+        let nb = rows * cols / QK_K;
+        assert_eq!(whole.stride, each.stride);
+        assert_eq!(
+            whole.qs[..rows * whole.stride],
+            each.qs[..rows * each.stride],
+            "{rows} rows: bytes and biases"
+        );
+        assert_eq!(whole.d[..nb], each.d[..nb], "{rows} rows: scales");
+        assert_eq!(whole.bsums[..nb * 16], each.bsums[..nb * 16]);
+        assert_eq!(whole.abs_sum16[..nb], each.abs_sum16[..nb]);
+        assert_eq!(whole.sign_sum32[..nb], each.sign_sum32[..nb]);
+        assert_eq!(whole.pairs, each.pairs);
+        // And not trivially: other rows give other bytes.
+        let mut shifted = QActs::default();
+        shifted.quantize_q8k_rows_with(rows, cols, |r, row| {
+            row.copy_from_slice(&x[(r + 1) % rows * cols..][..cols])
+        });
+        assert_ne!(
+            whole.qs[..rows * whole.stride],
+            shifted.qs[..rows * shifted.stride]
+        );
+    }
+}
+
 #[test]
 fn simd_q8k_quantize_gives_the_scalar_bytes() {
     #[cfg(target_arch = "x86_64")]

@@ -214,14 +214,27 @@ fn run(
             .gate_up
             .forward_cpu_into(&ws.h[..n * hidden], n, &mut ws.acts, gate_up)?;
         lora::add_rows(&adapters, li, Proj::GateUp, &ws.h[..n * hidden], gate_up);
-        let act = sized(&mut ws.act, n * inter);
-        match f.activation {
-            Activation::Silu => silu_mul_rows(gate_up, inter, act),
-            Activation::GeluTanh => gelu_tanh_mul_rows(gate_up, inter, act),
-        }
         let proj = sized(&mut ws.proj, n * hidden);
-        layer.down.forward_cpu_into(act, n, &mut ws.acts, proj)?;
-        lora::add_rows(&adapters, li, Proj::Down, act, proj);
+        // SiLU·up straight into the down projection's Q8_K rows where it takes them and no
+        // adapter needs the rows themselves (the same bits as through `act`).
+        let gated = |r: usize, o: &mut [f32]| {
+            let (gate, up) = gate_up[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
+            vecmath::silu_mul(gate, up, o)
+        };
+        let fused = f.activation == Activation::Silu
+            && adapters.iter().all(|a| a.is_none())
+            && layer
+                .down
+                .forward_cpu_rows_into(n, gated, &mut ws.acts, proj)?;
+        if !fused {
+            let act = sized(&mut ws.act, n * inter);
+            match f.activation {
+                Activation::Silu => silu_mul_rows(gate_up, inter, act),
+                Activation::GeluTanh => gelu_tanh_mul_rows(gate_up, inter, act),
+            }
+            layer.down.forward_cpu_into(act, n, &mut ws.acts, proj)?;
+            lora::add_rows(&adapters, li, Proj::Down, act, proj);
+        }
         if let Some((_, post_mlp)) = &host.post_norms {
             proj.chunks_exact_mut(hidden)
                 .for_each(|r| rms_norm_in_place(r, post_mlp, eps));
