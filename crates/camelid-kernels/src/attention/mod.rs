@@ -330,17 +330,22 @@ fn widen_shared<'a>(
             let parts = keys.chunks_mut(piece * d).zip(values.chunks_mut(piece * d));
             for (p, (k, v)) in parts.enumerate() {
                 let at = from + p * piece;
-                jobs.push((ci, g, at, (at + piece).min(end), k, v));
+                let span = KvSpan {
+                    chunk: ci,
+                    g,
+                    from: at,
+                    end: (at + piece).min(end),
+                };
+                jobs.push((span, k, v));
             }
         }
     }
-    jobs.par_iter_mut()
-        .for_each(|(ci, g, from, end, keys, values)| {
-            #[cfg(target_arch = "x86_64")]
-            prefill::widen(kv, layer, *ci, *g, *from, *end, keys, values);
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (kv, layer, ci, g, from, end, keys, values);
-        });
+    jobs.par_iter_mut().for_each(|(span, keys, values)| {
+        #[cfg(target_arch = "x86_64")]
+        prefill::widen(kv, layer, *span, keys, values);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (kv, layer, span, keys, values);
+    });
     drop(jobs);
     // The same rows again, whole per (chunk, head), in the order they were cut.
     let mut rest = &buf[..total];
@@ -467,32 +472,41 @@ fn widen_task_kv<V: VecOps, E: CacheElem>(
     for buf in [&mut *keys, &mut *values] {
         buf.resize((n_keys - from) * d, 0.0);
     }
-    widen_span::<V, E>(
-        input.kv,
-        input.layer,
-        task.chunk,
-        task.g,
+    let span = KvSpan {
+        chunk: task.chunk,
+        g: task.g,
         from,
-        n_keys,
-        keys,
-        values,
-    );
+        end: n_keys,
+    };
+    widen_span::<V, E>(input.kv, input.layer, span, keys, values);
 }
 
-/// Positions `from..end` (`from` a multiple of the block size) of chunk `ci`'s KV head `g`
-/// in `layer`, widened to f32 rows of `keys` and `values` (`(end − from) · head_dim` each).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn widen_span<V: VecOps, E: CacheElem>(
-    kv: &HostPaged,
-    layer: usize,
-    ci: usize,
+/// Positions `from..end` (`from` a multiple of the block size) of chunk `chunk`'s KV head
+/// `g`.
+#[derive(Clone, Copy)]
+struct KvSpan {
+    chunk: usize,
     g: usize,
     from: usize,
     end: usize,
+}
+
+/// `span` of `layer` widened to f32 rows of `keys` and `values` (`(end − from) · head_dim`
+/// each).
+#[inline(always)]
+fn widen_span<V: VecOps, E: CacheElem>(
+    kv: &HostPaged,
+    layer: usize,
+    span: KvSpan,
     keys: &mut [f32],
     values: &mut [f32],
 ) {
+    let KvSpan {
+        chunk: ci,
+        g,
+        from,
+        end,
+    } = span;
     let (bs, d) = (kv.block_size, kv.cache.head_dim);
     debug_assert!(from.is_multiple_of(bs) && from < end);
     debug_assert!(keys.len() == (end - from) * d && values.len() == keys.len());

@@ -17,7 +17,7 @@
 //! values are read as f32 rows: widened once for all of a chunk's tasks of a KV head
 //! (`super::widen_shared`), else by the task for all its rows as in [`super::attend`].
 
-use super::{widen_span, widen_task_kv, CacheElem, Heads, HostPaged, Task, TaskInput, Q8};
+use super::{widen_span, widen_task_kv, CacheElem, Heads, HostPaged, KvSpan, Task, TaskInput, Q8};
 use crate::vecmath::{self, Avx2};
 use crate::OutPtr;
 use half::f16;
@@ -292,39 +292,31 @@ impl Lanes for V256 {
 }
 
 /// [`super::widen_span`] with AVX2 where [`takes`] said this path runs (so the CPU has it).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn widen(
     kv: &HostPaged,
     layer: usize,
-    ci: usize,
-    g: usize,
-    from: usize,
-    end: usize,
+    span: KvSpan,
     keys: &mut [f32],
     values: &mut [f32],
 ) {
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn avx2<E: CacheElem>(
         kv: &HostPaged,
         layer: usize,
-        ci: usize,
-        g: usize,
-        from: usize,
-        end: usize,
+        span: KvSpan,
         keys: &mut [f32],
         values: &mut [f32],
     ) {
-        widen_span::<Avx2, E>(kv, layer, ci, g, from, end, keys, values)
+        widen_span::<Avx2, E>(kv, layer, span, keys, values)
     }
     assert!(crate::cpu_features::avx2(), "shared widening without AVX2");
     use super::KvDtype as D;
     // Safety: the CPU has AVX2, FMA and F16C (asserted).
     unsafe {
         match kv.cache.dtype() {
-            D::F32 => avx2::<f32>(kv, layer, ci, g, from, end, keys, values),
-            D::F16 => avx2::<f16>(kv, layer, ci, g, from, end, keys, values),
-            D::Q8_0 => avx2::<Q8>(kv, layer, ci, g, from, end, keys, values),
+            D::F32 => avx2::<f32>(kv, layer, span, keys, values),
+            D::F16 => avx2::<f16>(kv, layer, span, keys, values),
+            D::Q8_0 => avx2::<Q8>(kv, layer, span, keys, values),
         }
     }
 }
