@@ -8,8 +8,9 @@ pub(crate) mod avx512;
 pub(crate) mod k256;
 pub(crate) mod k512;
 
-/// How far ahead of the block being multiplied the interleaved kernels prefetch weights.
-/// On Intel's cores the hardware prefetcher alone left the kernels waiting on memory: with a
+/// How far ahead of the block being multiplied the 32-value formats' passes of 5–8 rows
+/// prefetch weights into L1 (narrower passes and the K formats prefetch into L2, further
+/// ahead). On Intel's cores the hardware prefetcher alone left the kernels waiting on memory: with a
 /// software prefetch ~2 KiB ahead, 8 activation rows over Q4_1 weights ran ~1.4× faster
 /// (qgemm_bench, alternated A/B runs on a 2-core VM). Where the hardware prefetcher streams
 /// the weights alone ([`lean_on_hardware_prefetch`]: AMD), the prefetches cost more than they
@@ -18,26 +19,40 @@ pub(crate) mod k512;
 /// [`lean_on_hardware_prefetch`]: crate::cpu_features::lean_on_hardware_prefetch
 const PREFETCH_BYTES: usize = 2048;
 
-/// The 32-value formats' prefetch: asks for the cache lines of the block `PREFETCH_BYTES`
-/// past `blk` (a block is `bytes` long), in a pass of `R` activation rows. Where the hardware
-/// prefetcher streams alone a lone row's pass skips it (there it made the pass up to
-/// ~2.3× slower), while passes of more rows gained from it (Q4_1 at 8 clients; benches/README,
-/// Session 34). Prefetches never fault, so running past the matrix's end is harmless.
+/// The 32-value formats' prefetch: asks for the cache lines of the block some way past `blk`
+/// (a block is `bytes` long), in a pass of `R` activation rows. Where the hardware prefetcher
+/// streams alone a lone row's pass skips it (there it made the pass up to ~2.3× slower),
+/// while passes of more rows gained from it (Q4_1 at 8 clients; benches/README, Session 34).
+/// Elsewhere passes of up to 4 rows ask for it [`L2_PREFETCH_BYTES`] ahead into L2, wider
+/// ones `PREFETCH_BYTES` ahead into L1: on Intel (model 167) a 1B Q4_0 model's decode step
+/// took 0.89–0.99× the time at 1 row, 0.83–0.95× at 2, 0.93–1.0× at 4 and 1.02–1.04× at 8
+/// with the former (Session 60). Prefetches never fault, so running past the matrix's end
+/// is harmless.
 #[inline(always)]
 unsafe fn prefetch_ahead<const R: usize>(blk: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1};
     if R == 1 && crate::cpu_features::lean_on_hardware_prefetch() {
         return;
     }
-    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(blk, PREFETCH_BYTES, bytes)
+    if R <= 4 {
+        prefetch_lines::<_MM_HINT_T1>(blk, L2_PREFETCH_BYTES, bytes)
+    } else {
+        prefetch_lines::<_MM_HINT_T0>(blk, PREFETCH_BYTES, bytes)
+    }
 }
 
-/// How far ahead the K formats' passes of several rows prefetch into L2 where the hardware
-/// prefetcher streams alone (AMD): it keeps a lone row fed, but passes of several rows, which
-/// spend several times as long on each line, still waited on memory. Measured on Zen 4
-/// (`qgemm_bench 2`, 2048 columns, weights from DRAM, alternating): 8 rows Q4_K 1.45–1.5×,
-/// Q5_K 1.3×, Q6_K 1.2–1.3×, 4 rows 1.25–1.45×, 2 rows 1.0–1.2×, 16 rows 1.05–1.2× against
-/// no prefetch; 2 KiB ahead into L1 was 0.8–0.95×, 4 KiB 1.25×, 16–32 KiB 1.3–1.4×, the
-/// `T2` hint as `T1`, `NTA` 0.9×. (Spread over the block as below, 4–16 KiB measured alike.)
+/// How far ahead the K formats' passes prefetch into L2, each step asking for its share of
+/// the super-block's lines. On AMD, where the hardware prefetcher keeps a lone row fed,
+/// passes of several rows, which spend several times as long on each line, still waited on
+/// memory. Measured on Zen 4 (`qgemm_bench 2`, 2048 columns, weights from DRAM,
+/// alternating): 8 rows Q4_K 1.45–1.5×, Q5_K 1.3×, Q6_K 1.2–1.3×, 4 rows 1.25–1.45×, 2 rows
+/// 1.0–1.2×, 16 rows 1.05–1.2× against no prefetch; 2 KiB ahead into L1 was 0.8–0.95×,
+/// 4 KiB 1.25×, 16–32 KiB 1.3–1.4×, the `T2` hint as `T1`, `NTA` 0.9×. (Spread over the
+/// block as below, 4–16 KiB measured alike.) On Intel (model 167, 2 threads) it replaced
+/// the whole block asked for 2 KiB ahead into L1 at its first step: a 1B model's decode
+/// step (`step_bench`, alternating, 1 row) 0.86–0.94× the time for Q4_K_M, 0.93× for Q6_K,
+/// 2 and 8 rows ~0.93–0.95×, 4 rows even; 16 KiB ahead was slower than 8 (benches/README,
+/// Session 60).
 const L2_PREFETCH_BYTES: usize = 8192;
 
 /// How a K-format pass prefetches its weights: [`KPrefetch::for_rows`] once a call, then
@@ -48,26 +63,21 @@ pub(crate) enum KPrefetch {
     /// A lone row where the hardware prefetcher streams alone: it ran 1.25–1.7× faster
     /// without (benches/README, Session 34).
     None,
-    /// Intel: as [`prefetch_ahead`]'s, the whole block at its first step.
-    Block,
-    /// Several rows where the hardware prefetcher streams alone: [`L2_PREFETCH_BYTES`] ahead
-    /// into L2, each step asking for its share of the block's lines. Issued all at the
-    /// block's start (45 lines for Q5_K, 53 for Q6_K) they queued behind each other; spread,
-    /// the AVX-512 passes of 2–16 rows ran 1.15–1.4× faster from DRAM (Session 36). The AVX2
-    /// kernels' 8-row groups (half the lines a block) ran 0.7× so at 4–8 rows: they ask for
-    /// the whole block at its first step (`parts` 1).
+    /// [`L2_PREFETCH_BYTES`] ahead into L2, each step asking for its share of the block's
+    /// lines. Issued all at the block's start (45 lines for Q5_K, 53 for Q6_K) they queued
+    /// behind each other; spread, the AVX-512 passes of 2–16 rows ran 1.15–1.4× faster from
+    /// DRAM on Zen 4 (Session 36). The AVX2 kernels' 8-row groups (half the lines a block) ran
+    /// 0.7× so at 4–8 rows there: they ask for the whole block at its first step (`parts` 1).
     Spread,
 }
 
 impl KPrefetch {
     #[inline(always)]
     pub(crate) fn for_rows<const R: usize>() -> Self {
-        if !crate::cpu_features::lean_on_hardware_prefetch() {
-            KPrefetch::Block
-        } else if R > 1 {
-            KPrefetch::Spread
-        } else {
+        if R == 1 && crate::cpu_features::lean_on_hardware_prefetch() {
             KPrefetch::None
+        } else {
+            KPrefetch::Spread
         }
     }
 }
@@ -82,14 +92,9 @@ unsafe fn prefetch_ahead_k(
     part: usize,
     parts: usize,
 ) {
-    use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1};
+    use std::arch::x86_64::_MM_HINT_T1;
     match how {
         KPrefetch::None => {}
-        KPrefetch::Block => {
-            if part == 0 {
-                prefetch_lines::<_MM_HINT_T0>(blk, PREFETCH_BYTES, bytes)
-            }
-        }
         KPrefetch::Spread => {
             debug_assert!(part < parts, "step {part} of {parts}");
             let lines = bytes.div_ceil(64);
