@@ -50,8 +50,8 @@ unsafe fn prefetch_ahead<const R: usize>(blk: *const u8, bytes: usize) {
 /// 4 KiB 1.25×, 16–32 KiB 1.3–1.4×, the `T2` hint as `T1`, `NTA` 0.9×. (Spread over the
 /// block as below, 4–16 KiB measured alike.) On Intel (model 167, 2 threads) it replaced
 /// the whole block asked for 2 KiB ahead into L1 at its first step: a 1B model's decode
-/// step (`step_bench`, alternating, 1 row) 0.86–0.94× the time for Q4_K_M, 0.93× for Q6_K,
-/// 2 and 8 rows ~0.93–0.95×, 4 rows even; 16 KiB ahead was slower than 8 (benches/README,
+/// step (`step_bench`, alternating) took 0.84–0.99× the time at 1 row, 0.90–1.01× at 2,
+/// 0.89–0.98× at 8, 0.91–1.07× at 4 (even); 16 KiB ahead was slower than 8 (benches/README,
 /// Session 60).
 const L2_PREFETCH_BYTES: usize = 8192;
 
