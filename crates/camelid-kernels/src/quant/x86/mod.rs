@@ -10,11 +10,11 @@ pub(crate) mod k512;
 
 /// How far ahead of the block being multiplied the 32-value formats' passes of 5–8 rows
 /// prefetch weights into L1 (narrower passes and the K formats prefetch into L2, further
-/// ahead). On Intel's cores the hardware prefetcher alone left the kernels waiting on memory: with a
-/// software prefetch ~2 KiB ahead, 8 activation rows over Q4_1 weights ran ~1.4× faster
-/// (qgemm_bench, alternated A/B runs on a 2-core VM). Where the hardware prefetcher streams
-/// the weights alone ([`lean_on_hardware_prefetch`]: AMD), the prefetches cost more than they
-/// bring in some kernels, and those skip them.
+/// ahead). On Intel's cores the hardware prefetcher alone left the kernels waiting on
+/// memory: with a software prefetch ~2 KiB ahead, 8 activation rows over Q4_1 weights ran
+/// ~1.4× faster (qgemm_bench, alternated A/B runs on a 2-core VM). Where the hardware
+/// prefetcher streams the weights alone ([`lean_on_hardware_prefetch`]: AMD), the prefetches
+/// cost more than they bring in some kernels, and those skip them.
 ///
 /// [`lean_on_hardware_prefetch`]: crate::cpu_features::lean_on_hardware_prefetch
 const PREFETCH_BYTES: usize = 2048;
