@@ -3,7 +3,7 @@
 //!
 //! The budget learns a step's cost per count of rows from the steps run, and between the
 //! counts seen it draws straight lines. A step's cost is far from a line where the matmuls
-//! change kernels (the K formats move from VNNI passes to AMX tiles at 12 rows; when that was
+//! change kernels (the K formats move from VNNI passes to AMX tiles at 10 rows; when that was
 //! 16, on a 1B Q5_K_M file 14 rows took ~80 ms and 16 ~70), and serving alone rarely runs the
 //! counts past such a change while prompts wait beside busy streams: the line from the last
 //! count seen to a whole prompt's step put 19 rows at ~90 ms, over the bound, when they took

@@ -13,7 +13,7 @@
 //! and prompt tokens alike: each is a row of every matmul). Not a cost per decode plus a cost
 //! per prompt token: a step's cost is not linear in its rows. On the CPU each step reads the
 //! weights once (a 1B model: ~31 ms for one row, 53 for eight), and the K formats' matmuls
-//! switch from VNNI passes to AMX tiles at 12 rows (~3 ms a row below, ~2 above), so eight
+//! switch from VNNI passes to AMX tiles at 10 rows (~3 ms a row below, ~2 above), so eight
 //! decodes and a 17-token chunk (81 ms) cost little more than eight decodes alone, while the
 //! old per-token average, learned from chunks of every size, held such prompts to a token or
 //! two a step.

@@ -18,10 +18,12 @@ use crate::{Line, OutPtr};
 /// 8 rows Q4_K 10.6–11.7 / 11.4–13.5, Q5_K 15.0–15.4 / 17.2–18.4, Q6_K 16.5–17.3 / 21.0–21.7;
 /// 10 rows about even; 12 rows Q4_K 13.9–14.1 / 10.3–13.5, Q5_K 19.0–21.2 / 15.5–17.5, Q6_K
 /// 22.4–22.9 / 21.6–22.2; 14 rows 1.1–1.4× on tiles. (Before it, from 16: session 44.)
-/// Measured before session 53's pair passes (`k512::q45_k_pairs_vnni`) made Q4_K's and
-/// Q5_K's VNNI passes 1.05–1.15× faster: the crossover may have moved up (no AMX CPU to
-/// measure on since).
-const AMX_MIN_ROWS: usize = 12;
+/// Again on model 167 in session 60, after the pair passes and the L2 prefetch (ms a pass
+/// VNNI / AMX, `ACTS=normal COPIES=400`, two rounds): 8 rows Q4_K 60–62 / 66–67, Q5_K 68–69
+/// / 73–74, Q6_K 77–80 / 92–94; 10 rows Q4_K 67–69 / 61–63, Q5_K 77–80 / 72, Q6_K 95–96 /
+/// 92–96; 12 rows Q4_K 77 / 67, Q5_K 89–90 / 74, Q6_K 98–104 / 93–97: tiles from 10 (Q6_K
+/// about even there).
+const AMX_MIN_ROWS: usize = 10;
 
 /// Rows a row tile needs before its passes over a group run on the group unpacked to a byte
 /// a value, or `None` where `flavour` has no unpacked kernels for `kind`.
