@@ -402,12 +402,15 @@ def arena_and_leaderboard(ctx):
     page.evaluate(WATCH_PHASES)
     bodies = posted_bodies(page, "/arena/battles")
     check(page.input_value("#max-tokens") == "", "max tokens left to the arena's limit")
-    # The settings take the server's limits (its --arena-max-tokens 400 and
-    # --arena-min-temperature 0; the page's own are the defaults, 0.7 and none).
+    # The settings take the server's limits (its --arena-max-tokens 400,
+    # --arena-max-input-chars 3000 and --arena-min-temperature 0; the page's own are the
+    # defaults, 0.7 and none).
     check(page.get_attribute("#max-tokens", "max") == "400"
-          and page.get_attribute("#temperature", "min") == "0",
+          and page.get_attribute("#temperature", "min") == "0"
+          and page.get_attribute("#prompt", "maxlength") == "3000",
           f"settings bounded by /arena/config: max {page.get_attribute('#max-tokens', 'max')}, "
-          f"min {page.get_attribute('#temperature', 'min')}")
+          f"min {page.get_attribute('#temperature', 'min')}, "
+          f"prompt {page.get_attribute('#prompt', 'maxlength')}")
     # Greedy turns (this server's --arena-min-temperature 0): the answers, and so the
     # ratings checked below, are reproducible.
     set_settings(page, 0, 16)

@@ -12,8 +12,9 @@
 //   turn or the vote: {id, token, revision} (the revision names the answers it holds).
 // regenerate(battle, params, onAnswer): the battle's last turn answered again (the same
 //   prompt), as turn() answers; the new answers replace the old ones once both are stored.
-// config(): the arena's limits, {min_temperature, max_tokens}: the least temperature and the
-//   most output tokens a turn may ask (null from a private arena, which wants a key).
+// config(): the arena's limits, {min_temperature, max_tokens, max_turns, max_input_chars}:
+//   the least temperature and the most output tokens a turn may ask, the turns a battle
+//   takes and the characters of a prompt (null from a private arena, which wants a key).
 // vote(battle, winner): winner is "model_a" | "model_b" | "tie" | "tie (bothbad)"; resolves
 //   to {model_a, model_b}, the names. Cast on the answers the page shows (the battle's
 //   revision, sent with follow-ups and regenerates too): if the server holds others (a turn
@@ -42,7 +43,8 @@ const ArenaApi = {
     }
   },
 
-  // {min_temperature, max_tokens}: what a turn may ask; null where the server does not say
+  // {min_temperature, max_tokens, max_turns, max_input_chars}: what a turn may ask; null
+  // where the server does not say
   // without a key (a private arena: the key is asked for at the first turn, not on load).
   async config() {
     const resp = await fetch("arena/config");
@@ -482,6 +484,9 @@ document.addEventListener("DOMContentLoaded", async () => {
       }
       maxTokens.max = String(limits.max_tokens);
       maxTokens.placeholder = `up to ${limits.max_tokens}`;
+      // The browser counts UTF-16 units, the server code points: a prompt the page lets
+      // through is never too long for the server (one of emoji is cut a little shorter).
+      if (limits.max_input_chars) prompt.maxLength = limits.max_input_chars;
     }
   } catch (e) {
     console.warn("arena limits:", e);

@@ -472,7 +472,15 @@ pub async fn submit_salted(
     )?;
     min_tokens_within_limit(&params)?;
     if req.logprobs {
-        params.logprobs = Some(req.top_logprobs.unwrap_or(0) as usize);
+        let top = req.top_logprobs.unwrap_or(0) as usize;
+        if !f.stream {
+            limits.check_output_logprobs(
+                "top_logprobs",
+                n.saturating_mul(params.max_tokens),
+                top,
+            )?;
+        }
+        params.logprobs = Some(top);
     }
     let prompt_tokens = prompt.len();
     // With the thinking split, a prompt that opened the block (DeepSeek-R1's, QwQ's) lets the

@@ -44,7 +44,7 @@ impl ApiError {
             ..Self::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                format!("The model `{model}` does not exist."),
+                format!("The model `{}` does not exist.", excerpt(model, 100)),
             )
         }
     }
@@ -68,12 +68,26 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
     pub fn body(&self) -> serde_json::Value {
-        let mut body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        let message = excerpt(&self.message, MAX_MESSAGE_CHARS);
+        let mut body = json!({"error": {"message": message, "type": self.kind, "param": self.param, "code": self.code}});
         if let Some(extra) = &self.extra {
             let (key, value) = extra.as_ref();
             body[*key] = value.clone();
         }
         body
+    }
+}
+
+/// Characters of an error's message sent back: messages repeat what the client sent (a
+/// model's name, a value serde could not read), and a 4 MiB body could come back as a
+/// 4 MiB error.
+const MAX_MESSAGE_CHARS: usize = 2000;
+
+/// The first `max` characters of `s`, with `…` where more were left out.
+pub fn excerpt(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]).into(),
+        None => s.into(),
     }
 }
 

@@ -241,10 +241,16 @@ async fn ollama_error_shape(req: Request, next: Next) -> Response {
         return r;
     }
     let (mut parts, body) = r.into_parts();
-    // Error bodies are small JSON; anything else passes unread.
+    // Error bodies are small JSON (their messages are cut short); a larger one is not
+    // read, and the client gets the status's reason as its error.
     let bytes = match axum::body::to_bytes(body, 64 << 10).await {
         Ok(b) => b,
-        Err(_) => return Response::from_parts(parts, axum::body::Body::empty()),
+        Err(_) => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            let reason = parts.status.canonical_reason().unwrap_or("error");
+            let body = serde_json::json!({ "error": reason }).to_string();
+            return Response::from_parts(parts, axum::body::Body::from(body));
+        }
     };
     let message = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()

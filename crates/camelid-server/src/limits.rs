@@ -26,11 +26,12 @@ pub struct RequestLimits {
     pub max_messages: usize,
     /// Function definitions of one chat request (`tools`; OpenAI allows 128).
     pub max_tools: usize,
-    /// Log-probability entries one `/v1/completions` response may carry for its prompts
-    /// (`echo` with `logprobs` k: prompt tokens × n × (k + 1)). A scoring request is cheap to
-    /// ask for and its JSON is built whole: 64 prompts of 8 k tokens at k = 20 would be
-    /// ~11 M entries, gigabytes of `serde_json` values.
-    pub max_prompt_logprob_entries: usize,
+    /// Log-probability entries one response may carry: for its prompts (`echo` with
+    /// `logprobs` k: prompt tokens × n × (k + 1)), and for its output where it is not
+    /// streamed (n × `max_tokens` × (k + 1)). Such a response's JSON is built whole: 64
+    /// prompts of 8 k tokens at k = 20 would be ~11 M entries, gigabytes of `serde_json`
+    /// values.
+    pub max_logprob_entries: usize,
 }
 
 impl Default for RequestLimits {
@@ -46,7 +47,7 @@ impl Default for RequestLimits {
             max_messages: 1024,
             max_tools: 128,
             // ~50 MB of JSON; lm-evaluation-harness's batches (logprobs 0–1) stay far below.
-            max_prompt_logprob_entries: 1 << 21,
+            max_logprob_entries: 1 << 21,
         }
     }
 }
@@ -133,14 +134,38 @@ impl RequestLimits {
         let entries = prompt_tokens
             .saturating_mul(n)
             .saturating_mul(top.saturating_add(1));
-        if entries > self.max_prompt_logprob_entries {
+        if entries > self.max_logprob_entries {
             return Err(ApiError::invalid_param(
                 "logprobs",
                 format!(
                     "`echo` with `logprobs` {top} over {prompt_tokens} prompt tokens × n = {n} \
                      makes {entries} log-probability entries; at most {} are allowed per \
                      request (send fewer or shorter prompts per request, or a smaller `logprobs`)",
-                    self.max_prompt_logprob_entries
+                    self.max_logprob_entries
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A response that is not streamed: up to `tokens` generated tokens over all its choices
+    /// (n × `max_tokens`), each with `top` alternatives.
+    pub fn check_output_logprobs(
+        &self,
+        field: &str,
+        tokens: usize,
+        top: usize,
+    ) -> Result<(), ApiError> {
+        let entries = tokens.saturating_mul(top.saturating_add(1));
+        if entries > self.max_logprob_entries {
+            return Err(ApiError::invalid_param(
+                field,
+                format!(
+                    "log-probabilities with {top} alternatives over up to {tokens} generated \
+                     tokens (n × `max_tokens`) make {entries} entries; at most {} are allowed \
+                     in a response that is not streamed (stream it, or ask fewer tokens or \
+                     alternatives)",
+                    self.max_logprob_entries
                 ),
             ));
         }

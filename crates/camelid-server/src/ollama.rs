@@ -526,7 +526,7 @@ pub fn resolve(state: &AppState, name: &str) -> Result<Arc<ModelEntry>, ApiError
     // Ollama's words: its clients match on "not found".
     found.map_err(|e| match e.code {
         Some("model_not_found") => ApiError {
-            message: format!("model '{name}' not found"),
+            message: format!("model '{}' not found", crate::error::excerpt(name, 100)),
             ..e
         },
         _ => e,

@@ -476,7 +476,10 @@ fn turns_generate_at_most_the_arena_cap() {
     let (status, limits) = call(&s.base, "GET", "/arena/config", None, None);
     assert_eq!(status, 200, "{limits}");
     let limits: Value = serde_json::from_str(&limits).unwrap();
-    assert_eq!(limits, json!({"min_temperature": 0.0, "max_tokens": 3}));
+    assert_eq!(
+        limits,
+        json!({"min_temperature": 0.0, "max_tokens": 3, "max_turns": 50, "max_input_chars": 12000})
+    );
     for field in ["max_tokens", "max_completion_tokens"] {
         let mut body = ask();
         body.as_object_mut().unwrap().remove("max_tokens");
@@ -499,6 +502,56 @@ fn turns_generate_at_most_the_arena_cap() {
         let n = t["count"].as_u64().unwrap();
         assert!((1..=3).contains(&n), "{side}: {text:?} is {n} tokens");
     }
+}
+
+/// A battle's stored conversations stay bounded: a turn's text is refused past
+/// `--arena-max-input-chars` (counted in characters, not bytes), a follow-up past
+/// `--arena-max-turns` (the battle can still be voted on), before either counts against the
+/// visitor's limits.
+#[test]
+fn a_battle_takes_at_most_its_turns_and_characters() {
+    let three = RateLimits {
+        per_visitor: 0,
+        per_address: 3,
+    };
+    let config = ArenaConfig {
+        max_turns: 2,
+        max_input_chars: 12,
+        turn_limits: three,
+        ..no_limits()
+    };
+    let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
+    let turn = |texts: &[&str], battle: Option<(&str, &str)>| {
+        let messages: Vec<Value> = texts
+            .iter()
+            .map(|t| json!({"role": "user", "content": t}))
+            .collect();
+        let mut body = json!({"messages": messages, "max_tokens": 2, "temperature": 0});
+        if let Some((id, token)) = battle {
+            body["battle_id"] = id.into();
+            body["token"] = token.into();
+        }
+        s.post("/arena/battles", body)
+    };
+    // 13 characters, whether in one message or over two.
+    for texts in [&["Name a color?"][..], &["Name a", " color?"]] {
+        let (status, err) = turn(texts, None);
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["param"], "messages", "{err}");
+    }
+    // 12 characters of two bytes each.
+    let (status, first) = turn(&["éééééééééééé"], None);
+    assert_eq!(status, 200, "{first}");
+    let id = first["battle_id"].as_str().unwrap();
+    let token = first["token"].as_str().unwrap();
+    let (status, second) = turn(&["And another?"], Some((id, token)));
+    assert_eq!(status, 200, "{second}");
+    let (status, err) = turn(&["And a third?"], Some((id, token)));
+    assert_refused(status, &err, 400, "battle_turn_limit");
+    // Three turns a minute from this address: the refusals spent none of them.
+    let (status, other) = turn(&["Name a color"], None);
+    assert_eq!(status, 200, "{other}");
+    assert_eq!(s.vote(id, Some(token), "tie").0, 200);
 }
 
 /// A turn that is wrong whichever models would answer it (no message, `max_tokens` 0, a

@@ -379,6 +379,55 @@ fn request_size_caps_name_the_field() {
 
 /// The waiting queue counts sequences and is bounded: once it is full a request is answered
 /// 503 at once (never queued without bound), and one larger than the queue is a 400.
+/// A response that is not streamed carries its output's log-probabilities whole: n ×
+/// `max_tokens` × (alternatives + 1) entries are capped before anything runs (here at
+/// 10 000), on both routes; a response within the cap, or streamed, is answered.
+#[test]
+fn output_logprobs_of_a_whole_response_are_capped() {
+    let _g = serial();
+    let config = ServerConfig {
+        limits: camelid_server::RequestLimits {
+            max_logprob_entries: 10_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let s = &start(config, Some(engine_config())).base;
+    // 16 × 40 × 21 = 13 440 entries.
+    let many = json!({"n": 16, "max_tokens": 40, "logprobs": 20});
+    let (st, b) = post(s, "/v1/completions", &completion_body(many.clone()));
+    assert_error(st, &b, 400, Some("logprobs"));
+    let chat_many = json!({"n": 16, "max_tokens": 40, "logprobs": true, "top_logprobs": 20});
+    let (st, b) = post(s, "/v1/chat/completions", &chat_body(chat_many.clone()));
+    assert_error(st, &b, 400, Some("top_logprobs"));
+    // A chat answer without `max_tokens` may run to the end of the 512-token context.
+    let mut unbounded = chat_body(json!({"logprobs": true, "top_logprobs": 20}));
+    unbounded.as_object_mut().unwrap().remove("max_tokens");
+    let (st, b) = post(s, "/v1/chat/completions", &unbounded);
+    assert_error(st, &b, 400, Some("top_logprobs"));
+    // 4 × 40 × 21 = 3 360.
+    let few = json!({"n": 4, "max_tokens": 40, "logprobs": 20});
+    let (st, b) = post(s, "/v1/completions", &completion_body(few));
+    assert_eq!(st, 200, "{}", short(&b));
+    assert!(
+        b["choices"][3]["logprobs"]["top_logprobs"][0].is_object(),
+        "{}",
+        short(&b)
+    );
+    let chat_few = json!({"n": 4, "max_tokens": 40, "logprobs": true, "top_logprobs": 20});
+    let (st, b) = post(s, "/v1/chat/completions", &chat_body(chat_few));
+    assert_eq!(st, 200, "{}", short(&b));
+    // Streamed, the entries go out as they come.
+    for (path, mut body) in [
+        ("/v1/completions", completion_body(many)),
+        ("/v1/chat/completions", chat_body(chat_many)),
+    ] {
+        body["stream"] = true.into();
+        let (st, b) = post(s, path, &body);
+        assert_eq!(st, 200, "{path}: {}", short(&b));
+    }
+}
+
 #[test]
 fn a_full_waiting_queue_answers_503() {
     let _g = serial();
@@ -2737,6 +2786,22 @@ fn ollama_routes_answer_bad_input_with_ollamas_errors() {
             "POST",
             "/api/chat",
             json!({"model": "", "messages": []}),
+            400,
+        ),
+        // Errors that repeat what was sent are cut short, so they still come back as
+        // Ollama's errors (an error body over 64 KiB came back empty).
+        (
+            "chat: a 70 kB model name",
+            "POST",
+            "/api/chat",
+            chat(json!({"model": "x".repeat(70_000)})),
+            404,
+        ),
+        (
+            "chat: a 70 kB temperature",
+            "POST",
+            "/api/chat",
+            chat(json!({"options": {"temperature": "x".repeat(70_000)}})),
             400,
         ),
         (

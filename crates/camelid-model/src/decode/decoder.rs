@@ -129,6 +129,11 @@ pub struct SequenceDecoder {
     watch: Option<String>,
 }
 
+/// Whether `t` is one of `params`' `stop_token_ids` (sorted by [`SequenceDecoder::new`]).
+fn is_stop_token_id(params: &GenerationParams, t: u32) -> bool {
+    params.stop_token_ids.binary_search(&t).is_ok()
+}
+
 /// Keeps only the end of `seen` that could still begin `marker` (at a character boundary).
 fn keep_tail(seen: &mut String, marker: &str) {
     let keep = seen.len().saturating_sub(marker.len());
@@ -139,7 +144,11 @@ fn keep_tail(seen: &mut String, marker: &str) {
 }
 
 impl SequenceDecoder {
-    pub fn new(prompt: Vec<u32>, params: GenerationParams, context_length: usize) -> Self {
+    pub fn new(prompt: Vec<u32>, mut params: GenerationParams, context_length: usize) -> Self {
+        // Sorted, so a step looks a token up among them by bisection: a grammar step asks
+        // it of every token it allows (up to a vocabulary against 1 024 ids).
+        params.stop_token_ids.sort_unstable();
+        params.stop_token_ids.dedup();
         let gated = params.constraint.is_some()
             && params.constraint_after.is_some()
             && params.think_open.is_none();
@@ -294,7 +303,7 @@ impl SequenceDecoder {
             // ignore_eos: the structure is the guarantee.
             let only_stops = mask.can_end
                 && !(0..l.len() as u32)
-                    .any(|t| mask.is_allowed(t) && !self.params.stop_token_ids.contains(&t));
+                    .any(|t| mask.is_allowed(t) && !is_stop_token_id(&self.params, t));
             if only_stops && block_stops {
                 l = Cow::Borrowed(logits);
             }
@@ -332,7 +341,7 @@ impl SequenceDecoder {
             .logprobs
             .map(|n| token_logprob(grammar_logits.as_deref().unwrap_or(logits), token, n));
         self.output.push(token);
-        let is_stop_token = self.params.stop_token_ids.contains(&token)
+        let is_stop_token = is_stop_token_id(&self.params, token)
             && (!blocked.contains(&token) || grammar.is_some());
         let opens_thinking =
             think_open == Some(token) && (grammar.is_some() || self.watch.is_some());

@@ -227,7 +227,9 @@ impl Sampler {
                         *s = true;
                         let l = &mut logits[t as usize];
                         *l = if *l > 0.0 {
-                            *l / p.repetition_penalty
+                            // Kept finite: a penalty near 0 (the range allows 1e-45) makes
+                            // an infinite logit, and the softmax's ∞ − ∞ a NaN.
+                            (*l / p.repetition_penalty).min(f32::MAX)
                         } else {
                             *l * p.repetition_penalty
                         };
@@ -290,7 +292,12 @@ impl Sampler {
                 return c as u32;
             }
         }
-        *cand.last().expect("at least one candidate") as u32
+        // Rounding may leave `r` a hair above 0 past the last candidate; a row of NaN
+        // logits (a broken weight file) may leave no candidate at all: its best stands.
+        match cand.last() {
+            Some(&c) => c as u32,
+            None => top_k_indices(l, 1)[0] as u32,
+        }
     }
 }
 
@@ -725,6 +732,32 @@ mod tests {
         let mut l = vec![1.0, 2.0, -2.0, 0.0];
         s.apply_penalties(&mut l, &[1], &[2, 2]);
         assert_eq!(l, vec![11.0, 1.0, -4.0 - 1.0 - 1.0, 0.0]);
+    }
+
+    /// The smallest repetition penalty the API takes (1e-45, an f32's least) makes a seen
+    /// token's positive logit infinite; kept at f32's largest, that token is drawn every
+    /// time (in an infinite row the softmax's ∞ − ∞ made every weight NaN: draws at random
+    /// or, where a cut then kept nothing, an engine panic), with and without the cuts.
+    #[test]
+    fn a_vanishing_repetition_penalty_makes_the_seen_token_certain() {
+        let l = vec![1.0, 3.0, 0.5, -1.0, 2.0, 0.0, -3.0, 1.5, 0.25];
+        for (top_k, min_p) in [(0, 0.0), (0, 0.05), (4, 0.0), (4, 0.1)] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_k,
+                min_p,
+                repetition_penalty: 1e-45,
+                seed: Some(7),
+                ..Default::default()
+            });
+            for _ in 0..200 {
+                assert_eq!(
+                    s.sample(&l, &[0, 3], &[]),
+                    0,
+                    "top_k {top_k}, min_p {min_p}"
+                );
+            }
+        }
     }
 
     #[test]

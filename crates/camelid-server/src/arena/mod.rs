@@ -68,6 +68,14 @@ pub struct ArenaConfig {
     /// replayed: a visitor who learnt each model's answer to a probe prompt from earlier
     /// battles (the vote names them) would know both sides of the next battle from it.
     pub min_temperature: f32,
+    /// Turns one battle takes at most (`--arena-max-turns`; FastChat's
+    /// `CONVERSATION_TURN_LIMIT`): both sides' conversations are stored, read back and
+    /// rendered again on every follow-up, and as a side drops its oldest turns to fit its
+    /// context, nothing else would stop them growing.
+    pub max_turns: u32,
+    /// Characters of the visitor's text one turn may carry (`--arena-max-input-chars`;
+    /// FastChat's `INPUT_CHAR_LEN_LIMIT`, which cuts the text where camelid refuses it).
+    pub max_input_chars: usize,
 }
 
 impl Default for ArenaConfig {
@@ -90,6 +98,9 @@ impl Default for ArenaConfig {
             db_max_connections: 8,
             // FastChat's default and LMSYS's fixed arena temperature.
             min_temperature: 0.7,
+            // FastChat's defaults.
+            max_turns: 50,
+            max_input_chars: 12_000,
         }
     }
 }
@@ -277,6 +288,15 @@ pub fn not_yours(id: &str) -> ApiError {
     }
 }
 
+/// A follow-up to a battle that has had its `--arena-max-turns`: it may still be voted on.
+pub fn turn_limit(id: &str, max: u32) -> ApiError {
+    refusal(
+        StatusCode::BAD_REQUEST,
+        "battle_turn_limit",
+        format!("Battle {id:?} has had its {max} turns: vote on it, or start a new battle."),
+    )
+}
+
 fn voted(id: &str) -> ApiError {
     refusal(
         StatusCode::CONFLICT,
@@ -408,6 +428,11 @@ const IDENTITY_WORDS: &[&str] = &[
     "meta ai",
     "deepseek",
     "nous research",
+    "hermes",
+    "nvidia",
+    "nemotron",
+    "falcon",
+    "ministral",
     // The same makers and families as they are written in Chinese (Qwen, DeepSeek and GLM
     // answer "who are you?" so in Chinese).
     "通义千问",

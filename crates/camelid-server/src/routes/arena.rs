@@ -58,20 +58,9 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         if state.arena.config().trust_forwarded_for {
-            let forwarded = parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .next_back()
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .map(str::trim)
-                .filter(|a| !a.is_empty());
-            if let Some(a) = forwarded {
-                return Ok(Self(match forwarded_ip(a) {
-                    Some(ip) => address_key(ip),
-                    None => a.to_string(),
-                }));
+            let last = parts.headers.get_all("x-forwarded-for").iter().next_back();
+            if let Some(key) = last.and_then(|v| forwarded_key(v.as_bytes())) {
+                return Ok(Self(key));
             }
         }
         let peer = parts
@@ -80,6 +69,23 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
             .map(|c| address_key(c.0.ip()));
         Ok(Self(peer.unwrap_or_else(|| "unknown".into())))
     }
+}
+
+/// The key of the last entry of an `X-Forwarded-For` value, the one the nearest proxy added.
+/// Read as bytes: a client's own entries before it may hold any byte (nginx appends to what
+/// the client sent), and refusing the whole value would count the client under the proxy's
+/// address, beside every other visitor.
+fn forwarded_key(value: &[u8]) -> Option<String> {
+    let last = value.rsplit(|&b| b == b',').next()?;
+    let entry = String::from_utf8_lossy(last);
+    let entry = entry.trim();
+    if entry.is_empty() {
+        return None;
+    }
+    Some(match forwarded_ip(entry) {
+        Some(ip) => address_key(ip),
+        None => entry.to_string(),
+    })
 }
 
 /// The address in an `X-Forwarded-For` entry, which some proxies write with its port
@@ -366,6 +372,16 @@ impl TurnRequest {
             // carries (unknown fields, `name`, a content part's extras) would be kept in the
             // battle, its vote and the export without ever counting against a model's
             // context.
+            let chars: usize = checked.iter().map(|m| m.content.chars().count()).sum();
+            let max_chars = state.arena.config().max_input_chars;
+            if chars > max_chars {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!(
+                        "a turn's text is {chars} characters; this arena takes at most {max_chars}"
+                    ),
+                ));
+            }
             checked
                 .into_iter()
                 .map(|m: Message| json!({"role": m.role, "content": m.content}))
@@ -423,6 +439,10 @@ pub async fn battle(
         Some(id) => {
             let battle = state.arena.resume(&id, &visitor).await?;
             battle.check_seen(turn.revision.as_deref())?;
+            let max_turns = state.arena.config().max_turns;
+            if battle.turns >= i64::from(max_turns) {
+                return Err(arena::turn_limit(&id, max_turns));
+            }
             served_here(&state, &battle)?;
             state.arena.admit(Request::Turn, &visitor, &address).await?;
             battle
@@ -814,7 +834,8 @@ pub async fn vote(
 }
 
 /// `GET /arena/config`: what a visitor's turn may ask (`--arena-min-temperature`,
-/// `--arena-max-tokens`), so the page offers only settings the server takes.
+/// `--arena-max-tokens`, `--arena-max-turns`, `--arena-max-input-chars`), so the page offers
+/// only settings the server takes.
 pub async fn config(State(state): State<Arc<AppState>>) -> Response {
     #[derive(serde::Serialize)]
     struct Limits {
@@ -822,11 +843,17 @@ pub async fn config(State(state): State<Arc<AppState>>) -> Response {
         min_temperature: f32,
         /// The most `max_tokens`, and what a turn that leaves it out gets.
         max_tokens: u64,
+        /// Turns a battle takes.
+        max_turns: u32,
+        /// Characters of the visitor's text a turn may carry.
+        max_input_chars: usize,
     }
     let c = state.arena.config();
     axum::Json(Limits {
         min_temperature: c.min_temperature,
         max_tokens: c.max_tokens,
+        max_turns: c.max_turns,
+        max_input_chars: c.max_input_chars,
     })
     .into_response()
 }
@@ -858,5 +885,26 @@ mod tests {
         assert_eq!(ip("[2001:db8::1]"), ip("2001:db8::1"));
         assert_eq!(ip("2001:db8::1").as_deref(), Some("2001:db8::/64"));
         assert_eq!(ip("unknown"), None);
+    }
+
+    /// The proxy's own entry counts, whatever bytes the client's entries before it hold.
+    #[test]
+    fn the_last_forwarded_entry_counts_whatever_comes_before() {
+        let key = |v: &[u8]| forwarded_key(v);
+        assert_eq!(key(b"198.51.100.7").as_deref(), Some("198.51.100.7"));
+        assert_eq!(
+            key(b"\x80\xff, 198.51.100.7").as_deref(),
+            Some("198.51.100.7")
+        );
+        assert_eq!(
+            key("é, 2001:db8::1".as_bytes()).as_deref(),
+            Some("2001:db8::/64")
+        );
+        assert_eq!(
+            key(b"192.0.2.1,198.51.100.7:80").as_deref(),
+            Some("198.51.100.7")
+        );
+        assert_eq!(key(b"198.51.100.7, "), None);
+        assert_eq!(key(b""), None);
     }
 }

@@ -109,6 +109,8 @@ pub async fn completions(
     let salt = cache_salt(req.cache_salt.as_deref())?;
     base.constraint = structured::compile(&permit, &model, f).await?;
     let mut specs = vec![];
+    // Generated tokens whose log-probabilities a whole (not streamed) response carries.
+    let mut output_tokens = 0usize;
     for (pi, prompt) in prompts.iter().enumerate() {
         let mut params = base.clone();
         params.max_tokens = max_tokens(
@@ -122,6 +124,10 @@ pub async fn completions(
         )?;
         min_tokens_within_limit(&params)?;
         params.logprobs = req.logprobs.map(|l| l as usize);
+        if let (false, Some(top)) = (f.stream, params.logprobs) {
+            output_tokens = output_tokens.saturating_add(n.saturating_mul(params.max_tokens));
+            limits.check_output_logprobs("logprobs", output_tokens, top)?;
+        }
         for i in 0..n {
             let p = choice_params(&params, i);
             let prompt_logprobs = if req.echo {

@@ -136,6 +136,14 @@ pub struct ArenaServeArgs {
     /// this many, one that asks for more is refused (400).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     arena_max_tokens: u64,
+    /// Turns one arena battle takes (FastChat's limit); a follow-up past them is refused
+    /// (400 `battle_turn_limit`), the battle can still be voted on.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    arena_max_turns: u32,
+    /// Characters of the visitor's text one arena turn may carry (FastChat's limit); more is
+    /// refused (400).
+    #[arg(long, default_value_t = 12_000, value_parser = clap::value_parser!(u64).range(1..))]
+    arena_max_input_chars: u64,
     /// The lowest temperature an arena turn may ask (400 below it). Above 0, `top_p` below
     /// 0.9, `top_k` and `min_p` are refused as well: a greedy answer can be replayed, and a
     /// visitor who learnt each model's answer to a probe prompt in earlier battles would know
@@ -198,6 +206,8 @@ impl ArenaServeArgs {
             max_tokens: self.arena_max_tokens,
             db_max_connections: self.arena_db_max_connections,
             min_temperature: self.arena_min_temperature,
+            max_turns: self.arena_max_turns,
+            max_input_chars: usize::try_from(self.arena_max_input_chars).unwrap_or(usize::MAX),
             ..Default::default()
         }
     }

@@ -225,10 +225,15 @@ struct LimitArgs {
     /// Function definitions (`tools`) in one chat request.
     #[arg(long, default_value_t = RequestLimits::default().max_tools)]
     max_tools: usize,
-    /// Log-probability entries a scoring request (`echo` with `logprobs` k) may return for
-    /// its prompts: prompt tokens × n × (k + 1).
-    #[arg(long, default_value_t = RequestLimits::default().max_prompt_logprob_entries)]
-    max_prompt_logprob_entries: usize,
+    /// Log-probability entries one response may return: a scoring request's (`echo` with
+    /// `logprobs` k) for its prompts, prompt tokens × n × (k + 1); a response not streamed
+    /// for its output, n × max_tokens × (k + 1).
+    #[arg(
+        long,
+        alias = "max-prompt-logprob-entries",
+        default_value_t = RequestLimits::default().max_logprob_entries
+    )]
+    max_logprob_entries: usize,
     /// Open connections at once; more wait to be accepted.
     #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     max_connections: usize,
@@ -264,7 +269,7 @@ impl LimitArgs {
             max_logit_bias: self.max_logit_bias,
             max_messages: self.max_messages,
             max_tools: self.max_tools,
-            max_prompt_logprob_entries: self.max_prompt_logprob_entries,
+            max_logprob_entries: self.max_logprob_entries,
         }
     }
 }
