@@ -263,6 +263,9 @@ impl ModelConfig {
                 self.rope_theta
             ));
         }
+        if !positive(self.features.local_rope_theta) {
+            return bad("the local layers' rope_theta must be finite and > 0".into());
+        }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             return bad(format!(
                 "rms_norm_eps {} must be finite and > 0",
@@ -301,7 +304,8 @@ impl ModelConfig {
         if let RopeScaling::LongRope {
             short_factor,
             long_factor,
-            ..
+            original_max_position_embeddings,
+            attention_factor,
         } = &self.rope_scaling
         {
             let half = self.head_dim / 2;
@@ -311,6 +315,21 @@ impl ModelConfig {
                     short_factor.len(),
                     long_factor.len()
                 ));
+            }
+            if !short_factor
+                .iter()
+                .chain(long_factor)
+                .all(|f| f.is_finite() && *f > 0.0)
+            {
+                return bad("rope_scaling: every LongRoPE factor must be finite and > 0".into());
+            }
+            // Its attention factor is a log over the original context.
+            if *original_max_position_embeddings < 2 || !positive(Some(*attention_factor)) {
+                return bad(
+                    "rope_scaling: LongRoPE needs an original context of 2 or more and a \
+                     finite attention factor > 0"
+                        .into(),
+                );
             }
         }
         if let RopeScaling::Frequencies { factors } = &self.rope_scaling {
@@ -732,5 +751,47 @@ mod tests {
             .unwrap()
             .validate("t")
             .is_ok());
+    }
+
+    /// The rope numbers that only some architectures read are checked as the others:
+    /// Gemma 3's local layers' base, LongRoPE's factors, original context and attention
+    /// factor (each 0, negative or NaN loaded and gave NaN logits on every request).
+    #[test]
+    fn rope_numbers_of_local_layers_and_longrope_are_refused_when_unusable() {
+        let base = v5(serde_json::json!({})).base_config("t").unwrap();
+        let half = base.head_dim / 2;
+        let longrope = |short: Vec<f32>, orig: usize, attention_factor: f32| {
+            let mut c = base.clone();
+            c.rope_scaling = RopeScaling::LongRope {
+                short_factor: short,
+                long_factor: vec![4.0; half],
+                original_max_position_embeddings: orig,
+                attention_factor,
+            };
+            c.validate("t")
+        };
+        assert!(longrope(vec![1.0; half], 4096, 1.2).is_ok());
+        let mut zero = vec![1.0; half];
+        zero[3] = 0.0;
+        let mut nan = vec![1.0; half];
+        nan[0] = f32::NAN;
+        for bad in [
+            longrope(zero, 4096, 1.2),
+            longrope(nan, 4096, 1.2),
+            longrope(vec![1.0; half], 1, 1.2),
+            longrope(vec![1.0; half], 4096, f32::NAN),
+            longrope(vec![1.0; half], 4096, 0.0),
+        ] {
+            assert!(bad.unwrap_err().to_string().contains("LongRoPE"));
+        }
+        for theta in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let mut c = base.clone();
+            c.features.local_rope_theta = Some(theta);
+            let e = c.validate("t").unwrap_err().to_string();
+            assert!(e.contains("local layers' rope_theta"), "{theta}: {e}");
+        }
+        let mut c = base.clone();
+        c.features.local_rope_theta = Some(10_000.0);
+        assert!(c.validate("t").is_ok());
     }
 }

@@ -96,10 +96,26 @@ impl VocabEnv {
                 *word = b; // a piece of no known spelling stays empty: never allowed
             }
         }
+        // llguidance's trie asserts on a token that long (its nodes' parent chains): such a
+        // token, which only a hostile or broken vocabulary has, is never allowed instead.
+        for word in &mut words {
+            if word.len() > MAX_TOKEN_BYTES {
+                word.clear();
+            }
+        }
         let eos0 = eos.first().copied().or(tok.eos_ids.first().copied());
         let mut info = TokRxInfo::new(n as u32, eos0.unwrap_or(0));
         info.tok_bos = tok.bos_id;
-        let mut trie = TokTrie::from(&info, &words);
+        // Its other limits (2^22 nodes in all) assert too: an error here, remembered by the
+        // caller, rather than a panic on every constrained request.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            TokTrie::from(&info, &words)
+        }));
+        let mut trie = built.map_err(|_| {
+            Error::Invalid(
+                "grammar tokenizer: this vocabulary is beyond llguidance's token trie".into(),
+            )
+        })?;
         let eos: Vec<u32> = eos.iter().copied().filter(|&t| (t as usize) < n).collect();
         if !eos.is_empty() {
             trie = trie.with_eos_tokens(&eos);
@@ -116,6 +132,9 @@ impl VocabEnv {
         Ok(Self { trie, encoder })
     }
 }
+
+/// Bytes of the longest token a grammar may allow (real vocabularies stay far below).
+const MAX_TOKEN_BYTES: usize = 1000;
 
 impl TokenizerEnv for VocabEnv {
     fn tok_trie(&self) -> &TokTrie {
@@ -503,6 +522,23 @@ pub(crate) mod tests {
         assert_eq!(text, None);
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].name, "now");
+    }
+
+    /// A vocabulary token past llguidance's trie limits (2 000 bytes here; its trie asserts
+    /// on ~1 025) is never allowed, and grammars still compile for the rest, where the trie
+    /// panicked on every constrained request.
+    #[test]
+    fn a_token_too_long_for_the_trie_is_never_allowed() {
+        let long = "x".repeat(2000);
+        let tok = tiny_tokenizer(&[(long.as_str(), false), ("<|endoftext|>", true)]);
+        let long_id = tok.token_to_id(&long).unwrap();
+        let eos = tok.token_to_id("<|endoftext|>").unwrap();
+        let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();
+        let c = compiler.compile(TopLevelGrammar::from_regex("x+")).unwrap();
+        let mut seq = SequenceConstraint::start(&c, &[]).unwrap();
+        let mask = seq.mask().unwrap();
+        assert!(mask.is_allowed(tok.token_to_id("x").unwrap()));
+        assert!(!mask.is_allowed(long_id));
     }
 
     // The tool-call grammars of text::tool_grammar, compiled and run here (the text module

@@ -230,7 +230,17 @@ impl Turn {
         let mut words = [WordPieces::default(), WordPieces::default()];
         let mut finish = [None, None];
         let mut shown = [String::new(), String::new()];
-        while let Some((side, (_, ev))) = events.next().await {
+        loop {
+            // The client's leaving is heard while nothing is sent too: a side still
+            // thinking, or holding a word back, sends nothing for many steps.
+            let next = match pieces {
+                Some(tx) => tokio::select! {
+                    next = events.next() => next,
+                    () = tx.closed() => return Err(Unfinished { error: None, shown }),
+                },
+                None => events.next().await,
+            };
+            let Some((side, (_, ev))) = next else { break };
             let i = side as usize;
             let sent: Vec<Piece> = match ev {
                 Event::Token { text: t, .. } => {

@@ -1840,6 +1840,61 @@ fn thinking_entry(name: &str) -> ModelEntry {
     common::entry_of(lm, name, 512, config)
 }
 
+/// A visitor who leaves a streamed battle while both sides think (nothing sent for many
+/// steps) cancels both: the engines stop within a few steps, not at `max_tokens`, and their
+/// slots and blocks come back. Before, the turn ran on until a side wrote visible text.
+#[test]
+fn leaving_a_battle_whose_sides_think_cancels_them() {
+    let s = serve_models(
+        ServerConfig::default(),
+        Arena::in_memory(no_limits()),
+        vec![thinking_entry("r1-a"), thinking_entry("r1-b")],
+    );
+    let each = |pick: fn(&camelid_engine::EngineMetrics) -> &std::sync::atomic::AtomicU64| {
+        let models = s.state.models().unwrap();
+        models
+            .iter()
+            .map(|m| pick(&m.engine.metrics).load(std::sync::atomic::Ordering::Relaxed))
+            .collect::<Vec<u64>>()
+    };
+    let metric = |pick| each(pick).iter().sum::<u64>();
+    let base = s.base.clone();
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let body = json!({"stream": true, "max_tokens": 400, "temperature": 0,
+                          "messages": [{"role": "user", "content": "Write a long story about a dragon."}]});
+        let mut r = c
+            .post(format!("{base}/arena/battles"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The battle's head, then a few steps of thinking (no piece is sent for them).
+        let head = r.chunk().await.unwrap().expect("the battle's head");
+        assert!(String::from_utf8_lossy(&head).contains("battle_id"));
+        let t = std::time::Instant::now();
+        while each(|m| &m.generation_tokens).iter().any(|&n| n < 4) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(60), "no generation");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(metric(|m| &m.running), 2, "both sides still think");
+        drop(r);
+        let left_at = metric(|m| &m.generation_tokens);
+        let t = std::time::Instant::now();
+        while metric(|m| &m.running) > 0 {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(120),
+                "still running after the visitor left"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let after = metric(|m| &m.generation_tokens) - left_at;
+        assert!(after < 40, "{after} tokens generated after the visitor left");
+        assert_eq!(metric(|m| &m.cancelled), 2);
+    });
+}
+
 /// A battle shows the answers, not a reasoning model's thinking (which would also name its
 /// family), with or without `--reasoning-parser` (off by default): a side still thinking
 /// when `max_tokens` cut it answers nothing, whole and streamed, while the other model's

@@ -327,10 +327,7 @@ impl GgufFile {
                 } else {
                     (1.0 + scale.ln() / (orig as f64).ln()).sqrt() as f32
                 });
-        let mut factors = |name: &str| -> Result<Vec<f32>> {
-            let t = self.read_qtensor(name)?.dequantize(&Device::Cpu)?;
-            Ok(t.flatten_all()?.to_vec1::<f32>()?)
-        };
+        let mut factors = |name: &str| self.rope_factors(name, origin);
         Ok(RopeScaling::LongRope {
             long_factor: factors(long)?,
             short_factor: factors(short)?,
@@ -352,10 +349,24 @@ impl GgufFile {
                 "{origin}: tensor rope_freqs beside another rope scaling"
             )));
         }
-        let t = self.read_qtensor(name)?.dequantize(&Device::Cpu)?;
         Ok(RopeScaling::Frequencies {
-            factors: t.flatten_all()?.to_vec1::<f32>()?,
+            factors: self.rope_factors(name, origin)?,
         })
+    }
+
+    /// A tensor of per-frequency rope factors (`head_dim / 2` of them, checked by
+    /// `ModelConfig::validate`), as f32. Its size is checked before it is read: a file could
+    /// declare one of gigabytes, which dequantizing would blow up twelvefold.
+    fn rope_factors(&mut self, name: &str, origin: &str) -> Result<Vec<f32>> {
+        const MAX_FACTORS: usize = 1 << 16;
+        let n = self.content.tensor_infos[name].shape.elem_count();
+        if n > MAX_FACTORS {
+            return Err(Error::BadConfig(format!(
+                "{origin}: tensor {name} has {n} rope factors; head_dim / 2 is far fewer"
+            )));
+        }
+        let t = self.read_qtensor(name)?.dequantize(&Device::Cpu)?;
+        Ok(t.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// The tensor of a canonical (HF) name, as stored.

@@ -161,6 +161,9 @@ fn pairs_of(halves: Halves, alpha: f32, rs: bool, file: &Path) -> Result<Vec<Pai
 
 /// A llama.cpp LoRA GGUF's pairs, and the rotary layout its Q/K rows are in (the
 /// architecture's GGUF layout, as its converter wrote them).
+/// The largest LoRA rank a GGUF adapter may have (PEFT's are 4–256).
+const MAX_LORA_RANK: usize = 1024;
+
 fn read_gguf(path: &Path, cfg: &ModelConfig) -> Result<(Vec<Pair>, RopeStyle)> {
     let mut g = GgufFile::open(path, &Device::Cpu)?;
     let origin = path.display().to_string();
@@ -206,6 +209,21 @@ fn read_gguf(path: &Path, cfg: &ModelConfig) -> Result<(Vec<Pair>, RopeStyle)> {
             .ok_or_else(|| bad("not a LoRA update of a decoder layer's projection"))?;
         let (idx, module) = rest.split_once('.').ok_or_else(|| bad("no layer"))?;
         let layer: usize = idx.parse().map_err(|_| bad("no layer"))?;
+        // Its shape is checked before it is dequantized (a quantized tensor grows up to
+        // twelvefold as f32): a rank and a width the model could have.
+        let dims = g.content.tensor_infos[&name].shape.dims().to_vec();
+        let widest = cfg
+            .hidden_size
+            .max(2 * cfg.intermediate_size)
+            .max(cfg.num_heads * cfg.head_dim);
+        match dims[..] {
+            [r, c] if r.min(c) <= MAX_LORA_RANK && r.max(c) <= widest => {}
+            _ => {
+                return Err(bad(&format!(
+                    "shape {dims:?}: not a LoRA half of this model"
+                )))
+            }
+        }
         let t = g.read_qtensor(&name)?.dequantize(&Device::Cpu)?;
         // B's rows (its output width) tell Phi-3's fused gate/up from a plain up.
         let rows = if which == 1 { t.dims2()?.0 } else { 0 };

@@ -477,12 +477,19 @@ pub fn spm_bpe_json_with(
         .collect();
     // Every split of a normal piece into two pieces of the vocabulary is a merge; merges are
     // ranked by the merged piece's score (higher first), then by the parts' ids.
+    // Only splits into lengths some piece has are looked up: each lookup hashes its part,
+    // and every split of a long piece (a model file's one 8 MiB token) hashed it whole,
+    // quadratic in its length.
+    let lengths: std::collections::HashSet<usize> = pieces.iter().map(|p| p.0.len()).collect();
     let mut merges: Vec<(f32, usize, usize, &str, &str)> = Vec::new();
     for (p, score, ty) in pieces {
         if *ty != PieceType::Normal && *ty != PieceType::UserDefined {
             continue;
         }
         for (at, _) in p.char_indices().skip(1) {
+            if !lengths.contains(&at) || !lengths.contains(&(p.len() - at)) {
+                continue;
+            }
             let (l, r) = p.split_at(at);
             if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
                 merges.push((*score, li, ri, l, r));

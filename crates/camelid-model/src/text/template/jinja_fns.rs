@@ -63,6 +63,9 @@ pub(super) fn too_long(limit: usize) -> String {
 /// At most `limit` bytes a value, and twice that over one render (`spent` so far): output
 /// captured by the template (a macro, `{% set %}…{% endset %}`) is held before it reaches
 /// the render's own cap. `over` is set when a cap stops it.
+/// The widest `tojson` indent a template may ask (HF's templates use 2 or 4).
+const MAX_TOJSON_INDENT: usize = 64;
+
 pub(super) fn tojson(
     value: &minijinja::Value,
     indent: Option<usize>,
@@ -74,6 +77,13 @@ pub(super) fn tojson(
     let bad =
         |msg: &str| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg.to_string());
     let indent = kwargs.get::<Option<usize>>("indent")?.or(indent);
+    // The indent is built before any output cap applies: a template's `indent=10**13` would
+    // ask for terabytes at once (an abort, not an error).
+    if indent.is_some_and(|n| n > MAX_TOJSON_INDENT) {
+        return Err(bad(&format!(
+            "tojson: indent may be at most {MAX_TOJSON_INDENT}"
+        )));
+    }
     let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     let separators = kwargs.get::<Option<Vec<String>>>("separators")?;

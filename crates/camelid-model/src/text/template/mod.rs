@@ -465,6 +465,28 @@ mod tests {
         );
     }
 
+    /// A model's template cannot ask `tojson` for an indent wider than 64 spaces: the indent
+    /// is built before the output cap applies (`indent=10**13` aborted the process).
+    #[test]
+    fn tojson_indents_are_bounded() {
+        let render = |indent: u64| {
+            ChatTemplate::Jinja {
+                source: format!("{{{{ tools[0] | tojson(indent={indent}) }}}}"),
+                bos_token: String::new(),
+                eos_token: String::new(),
+            }
+            .render_with(
+                &[],
+                Some(&[serde_json::json!([1])]),
+                false,
+                &TemplateKwargs::new(),
+            )
+        };
+        assert_eq!(render(64).unwrap(), format!("[\n{}1\n]", " ".repeat(64)));
+        let err = render(65).unwrap_err().to_string();
+        assert!(err.contains("indent may be at most 64"), "{err}");
+    }
+
     /// `tojson`'s other keywords are `json.dumps`' (expected texts written by Python 3).
     #[test]
     fn tojson_keywords_are_pythons() {
