@@ -19,9 +19,12 @@ use std::collections::BTreeMap;
 pub(crate) const SCALE: f64 = 400.0;
 pub(crate) const BASE: f64 = 10.0;
 pub(crate) const INIT: f64 = 1000.0;
-/// FastChat pins this model's rating when it is among the rated ones.
-pub(crate) const ANCHOR_MODEL: &str = "llama-13b";
-pub(crate) const ANCHOR_RATING: f64 = 800.0;
+/// FastChat pins this model's rating when it is among the rated ones: its plain fit
+/// (`compute_elo_mle_with_tie`) `llama-13b` at 800.
+pub(crate) const ANCHOR: (&str, f64) = ("llama-13b", 800.0);
+/// Its style-controlled fit (`fit_mle_elo` with style, `scale_and_offset`) pins
+/// `mixtral-8x7b-instruct-v0.1` at 1114 instead.
+pub(crate) const STYLE_ANCHOR: (&str, f64) = ("mixtral-8x7b-instruct-v0.1", 1114.0);
 
 /// How the Bradley–Terry ratings are fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -348,7 +351,7 @@ impl Models {
                 break;
             }
         }
-        to_ratings(&self.names, &theta, &fought, convention)
+        to_ratings(&self.names, &theta, &fought, convention, ANCHOR)
     }
 }
 
@@ -359,6 +362,7 @@ pub(crate) fn to_ratings(
     theta: &[f64],
     fought: &[bool],
     convention: BtConvention,
+    (anchor_model, anchor_rating): (&str, f64),
 ) -> Vec<Option<f64>> {
     let rating = |t: f64| SCALE * t / BASE.ln();
     let shift = match convention {
@@ -373,8 +377,8 @@ pub(crate) fn to_ratings(
                 / present as f64;
             INIT - rating(mean)
         }
-        BtConvention::FastChat => match names.iter().position(|m| m == ANCHOR_MODEL) {
-            Some(k) if fought[k] => ANCHOR_RATING - rating(theta[k]),
+        BtConvention::FastChat => match names.iter().position(|m| m == anchor_model) {
+            Some(k) if fought[k] => anchor_rating - rating(theta[k]),
             _ => INIT,
         },
     };
@@ -914,7 +918,7 @@ mod tests {
             .map(|b| {
                 let n = |m: &str| {
                     if m == "b" {
-                        ANCHOR_MODEL.into()
+                        ANCHOR.0.into()
                     } else {
                         m.to_string()
                     }
@@ -923,8 +927,8 @@ mod tests {
             })
             .collect();
         let a = bradley_terry(&renamed, BtConvention::FastChat);
-        assert!((a[ANCHOR_MODEL] - ANCHOR_RATING).abs() < 1e-9, "{a:?}");
-        assert!(((a["a"] - a[ANCHOR_MODEL]) - (r["a"] - r["b"])).abs() < 1e-9);
+        assert!((a[ANCHOR.0] - ANCHOR.1).abs() < 1e-9, "{a:?}");
+        assert!(((a["a"] - a[ANCHOR.0]) - (r["a"] - r["b"])).abs() < 1e-9);
         // The plain fit ignores the anchor.
         let m = bradley_terry(&renamed, BtConvention::Mle);
         assert!((m.values().sum::<f64>() - 3.0 * INIT).abs() < 1e-6, "{m:?}");

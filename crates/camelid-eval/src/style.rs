@@ -2,10 +2,13 @@
 //! style as covariates — length, Markdown headers, list items, bold spans — so that a rating is
 //! not bought with style. FastChat's construction: per element the difference of the two
 //! sides over their sum plus one, standardised over the battles; a model's rating is its own
-//! coefficient, the style coefficients fitted beside the ratings under the same convention.
+//! coefficient, the style coefficients fitted beside the ratings under the same convention
+//! (FastChat's then pins `mixtral-8x7b-instruct-v0.1` at 1114, where its plain fit pins
+//! `llama-13b` at 800).
 
 use crate::ratings::{
     model_names, solve, table, to_ratings, Battle, BattleRecord, Rating, RatingOptions,
+    STYLE_ANCHOR,
 };
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -219,7 +222,7 @@ fn fit(
         }
     }
     (
-        to_ratings(names, &p[..n], &fought, opts.convention),
+        to_ratings(names, &p[..n], &fought, opts.convention, STYLE_ANCHOR),
         std::array::from_fn(|k| p[n + k]),
     )
 }
@@ -337,6 +340,33 @@ mod tests {
             summary(&json!({"conversation_a": [{"role": "assistant", "content": "x"}]})),
             None
         );
+    }
+
+    /// FastChat's style-controlled ratings pin `mixtral-8x7b-instruct-v0.1` at 1114 (its plain
+    /// ratings `llama-13b` at 800), the gaps as fitted.
+    #[test]
+    fn style_controlled_ratings_pin_mixtral_as_fastchat_does() {
+        let mixtral = "mixtral-8x7b-instruct-v0.1";
+        let mut rs = vec![];
+        for k in 0..60 {
+            let w = if k % 3 == 0 {
+                Outcome::ModelB
+            } else {
+                Outcome::ModelA
+            };
+            rs.push(rec(mixtral, ["x", "llama-13b"][k % 2], w, 50 + k, 80));
+        }
+        let opts = RatingOptions {
+            convention: BtConvention::FastChat,
+            rounds: 0,
+            seed: 42,
+        };
+        let (styled, _) = style_controlled(&rs, &opts).unwrap();
+        let r = |rows: &[Rating], m: &str| rows.iter().find(|r| r.model == m).unwrap().rating;
+        assert!((r(&styled, mixtral) - 1114.0).abs() < 1e-9, "{styled:?}");
+        let battles: Vec<Battle> = rs.iter().map(|r| r.battle.clone()).collect();
+        let plain = leaderboard_with(&battles, &opts);
+        assert!((r(&plain, "llama-13b") - 800.0).abs() < 1e-9, "{plain:?}");
     }
 
     /// The summary counts every assistant message of each side, Markdown included.

@@ -473,7 +473,11 @@ pub async fn submit_salted(
     min_tokens_within_limit(&params)?;
     if req.logprobs {
         let top = req.top_logprobs.unwrap_or(0) as usize;
-        if !f.stream {
+        // A single answer that names no limit may run to the end of the context, as
+        // OpenAI's clients expect (LangChain's `logprobs=True` sends no `max_tokens`):
+        // checked are the limits asked for, and several choices' whole contexts.
+        let asked = req.max_completion_tokens.or(f.max_tokens).is_some();
+        if !f.stream && (asked || n > 1) {
             limits.check_output_logprobs(
                 "top_logprobs",
                 n.saturating_mul(params.max_tokens),

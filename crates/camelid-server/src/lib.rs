@@ -129,6 +129,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses_routes::responses))
         .route("/v1/embeddings", post(embedding_routes::embeddings))
+        // llama.cpp's server answers these without `/v1` too: an OpenAI client whose base
+        // URL names only the host reaches them.
+        .route("/models", get(models::list_models))
+        .route("/chat/completions", post(chat_routes::chat_completions))
+        .route("/completions", post(completions::completions))
+        .route("/embeddings", post(embedding_routes::embeddings))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         // vLLM's adapters at run time (404 unless --allow-runtime-lora).

@@ -137,6 +137,8 @@ pub enum StreamUsage {
 /// Sampling and stopping fields shared by both endpoints (OpenAI's plus vLLM's extensions).
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct SamplingFields {
+    /// `n_predict` is llama.cpp's name.
+    #[serde(alias = "n_predict")]
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -153,6 +155,8 @@ pub struct SamplingFields {
     pub user: Option<String>,
     pub top_k: Option<i64>,
     pub min_p: Option<f32>,
+    /// `repeat_penalty` is llama.cpp's name.
+    #[serde(alias = "repeat_penalty")]
     pub repetition_penalty: Option<f32>,
     pub min_tokens: Option<u32>,
     #[serde(default, deserialize_with = "null_is_false")]
@@ -166,10 +170,22 @@ pub struct SamplingFields {
     /// vLLM's `structured_outputs` and its older `guided_*` names.
     pub response_format: Option<serde_json::Value>,
     pub structured_outputs: Option<serde_json::Value>,
+    /// `json_schema` (a schema, at the top level) is llama.cpp's name.
+    #[serde(alias = "json_schema")]
     pub guided_json: Option<serde_json::Value>,
     pub guided_regex: Option<serde_json::Value>,
     pub guided_choice: Option<serde_json::Value>,
     pub guided_grammar: Option<serde_json::Value>,
+    /// vLLM's and llama.cpp's extensions that would change the output and are not
+    /// implemented: refused by name (`validate::unimplemented_extensions`), where serde
+    /// would drop them unread and answer as if they were not sent.
+    pub grammar: Option<serde_json::Value>,
+    pub allowed_token_ids: Option<serde_json::Value>,
+    pub bad_words: Option<serde_json::Value>,
+    pub prompt_logprobs: Option<serde_json::Value>,
+    pub truncate_prompt_tokens: Option<serde_json::Value>,
+    pub use_beam_search: Option<serde_json::Value>,
+    pub n_probs: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

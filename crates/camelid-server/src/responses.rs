@@ -182,6 +182,9 @@ impl ResponsesBody {
         let sampling = SamplingFields {
             temperature: self.temperature,
             top_p: self.top_p,
+            // What the chat checks read it for (a streamed answer's log-probabilities are
+            // not held whole).
+            stream: self.stream.unwrap_or(false),
             user: self.user.clone(),
             response_format: text_format(self.text.as_ref())?,
             ..Default::default()

@@ -256,7 +256,16 @@ impl ToolPlan {
                 _ => Err(bad("tool_choice", "`tool_choice` requires `tools`")),
             };
         }
-        check_rendered(template, &tools, max_bytes)?;
+        if let Err(e) = check_rendered(template, &tools, max_bytes) {
+            // Under `none` the tools need not be shown (vLLM's
+            // `--exclude-tools-when-tool-choice-none`): agent frameworks send theirs with
+            // every request, to models whose template has no place for them too.
+            return if choice == ToolChoice::None {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
         Ok(Some(ToolPlan {
             tools,
             choice,

@@ -110,6 +110,30 @@ pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// vLLM's and llama.cpp's extensions that change the output and are not implemented: 400
+/// naming the field (and what does the job here); their "off" values (null, false, 0 for
+/// `n_probs`, an empty list) pass.
+fn unimplemented_extensions(f: &SamplingFields) -> Result<(), ApiError> {
+    let set = |v: &Option<Value>| {
+        !no_entries(v)
+            && !matches!(v, Some(Value::Bool(false)))
+            && v.as_ref().and_then(Value::as_u64) != Some(0)
+    };
+    let fields = [
+        (&f.grammar, "grammar", "llama.cpp's GBNF grammars are not read; `guided_grammar` takes a Lark grammar, `response_format` a JSON schema"),
+        (&f.allowed_token_ids, "allowed_token_ids", "use `logit_bias` or `guided_choice`"),
+        (&f.bad_words, "bad_words", "use `logit_bias`"),
+        (&f.prompt_logprobs, "prompt_logprobs", "`/v1/completions` with `echo` and `logprobs` scores a prompt"),
+        (&f.truncate_prompt_tokens, "truncate_prompt_tokens", "a prompt past the context is refused"),
+        (&f.use_beam_search, "use_beam_search", "sampling only"),
+        (&f.n_probs, "n_probs", "use `logprobs` (and `top_logprobs`)"),
+    ];
+    match fields.into_iter().find(|(v, _, _)| set(v)) {
+        Some((_, name, what)) => Err(not_implemented(name, what)),
+        None => Ok(()),
+    }
+}
+
 /// The completions endpoint's fields that are not implemented (or not of their type): 400
 /// naming the field, never silently ignored; their "off" values pass.
 pub fn unimplemented_completion(req: &CompletionRequest, n: u32) -> Result<(), ApiError> {
@@ -155,6 +179,7 @@ pub fn generation_params(
     stop_token_ids: &[u32],
     template_stops: &[String],
 ) -> Result<GenerationParams, ApiError> {
+    unimplemented_extensions(f)?;
     limits.check_stops(
         f.stop.as_ref().map_or(&[], |s| s.as_slice()),
         f.stop_token_ids.as_ref().map_or(0, Vec::len),

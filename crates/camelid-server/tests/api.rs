@@ -155,6 +155,33 @@ fn models_health_metrics() {
     assert!(value("camelid_engine_step_seconds_sum{model=\"smol\"}") > 0.0);
 }
 
+/// llama.cpp's server answers the OpenAI routes without `/v1` too (an OpenAI client whose
+/// base URL names only the host): so does camelid, with the same answers.
+#[test]
+fn openai_routes_answer_without_v1() {
+    let body = json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"}],
+                      "max_tokens": 4, "temperature": 0});
+    let (st, with) = post("/v1/chat/completions", body.clone());
+    assert_eq!(st, 200, "{with}");
+    let (st, without) = post("/chat/completions", body);
+    assert_eq!(st, 200, "{without}");
+    assert_eq!(with["choices"], without["choices"]);
+    let (st, b) = post(
+        "/completions",
+        json!({"model": "smol", "prompt": "Hi", "max_tokens": 2}),
+    );
+    assert_eq!(
+        (st, b["object"].as_str()),
+        (200, Some("text_completion")),
+        "{b}"
+    );
+    let (st, b) = post("/embeddings", json!({"model": "smol", "input": "Hi"}));
+    assert_eq!((st, b["object"].as_str()), (200, Some("list")), "{b}");
+    let (st, b) = common::send(&server().base, "GET", "/models", None, vec![]);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["data"][0]["id"], "smol", "{b}");
+}
+
 #[test]
 fn chat_completion_shape_and_exact_usage() {
     let (st, body) = chat(json!({"max_tokens": 6, "ignore_eos": true}));

@@ -400,11 +400,15 @@ fn output_logprobs_of_a_whole_response_are_capped() {
     let chat_many = json!({"n": 16, "max_tokens": 40, "logprobs": true, "top_logprobs": 20});
     let (st, b) = post(s, "/v1/chat/completions", &chat_body(chat_many.clone()));
     assert_error(st, &b, 400, Some("top_logprobs"));
-    // A chat answer without `max_tokens` may run to the end of the 512-token context.
-    let mut unbounded = chat_body(json!({"logprobs": true, "top_logprobs": 20}));
+    // Two chat answers without `max_tokens` may each run to the end of the 512-token
+    // context; one is answered (OpenAI's clients ask log-probabilities without a limit).
+    let mut unbounded = chat_body(json!({"logprobs": true, "top_logprobs": 20, "n": 2}));
     unbounded.as_object_mut().unwrap().remove("max_tokens");
     let (st, b) = post(s, "/v1/chat/completions", &unbounded);
     assert_error(st, &b, 400, Some("top_logprobs"));
+    unbounded.as_object_mut().unwrap().remove("n");
+    let (st, b) = post(s, "/v1/chat/completions", &unbounded);
+    assert_eq!(st, 200, "{}", short(&b));
     // 4 × 40 × 21 = 3 360.
     let few = json!({"n": 4, "max_tokens": 40, "logprobs": 20});
     let (st, b) = post(s, "/v1/completions", &completion_body(few));
@@ -1046,6 +1050,17 @@ fn unimplemented_fields_are_refused() {
             "response_format.json_schema.schema",
         ),
         (json!({"guided_choice": []}), "guided_choice"),
+        // vLLM's and llama.cpp's extensions that shape the output (serde dropped them).
+        (json!({"grammar": "root ::= \"yes\""}), "grammar"),
+        (json!({"allowed_token_ids": [1, 2]}), "allowed_token_ids"),
+        (json!({"bad_words": ["x"]}), "bad_words"),
+        (json!({"prompt_logprobs": 1}), "prompt_logprobs"),
+        (
+            json!({"truncate_prompt_tokens": 8}),
+            "truncate_prompt_tokens",
+        ),
+        (json!({"use_beam_search": true}), "use_beam_search"),
+        (json!({"n_probs": 5}), "n_probs"),
     ] {
         let (st, b) = post(s, "/v1/chat/completions", &chat_body(extra.clone()));
         assert_error(st, &b, 400, Some(param));
@@ -1063,9 +1078,39 @@ fn unimplemented_fields_are_refused() {
         "/v1/chat/completions",
         &chat_body(json!({"tools": [], "tool_choice": "none", "functions": [],
                           "response_format": {"type": "text"}, "parallel_tool_calls": false,
-                          "no_such_field": {"x": 1}})),
+                          "grammar": null, "use_beam_search": false, "bad_words": [],
+                          "n_probs": 0, "no_such_field": {"x": 1}})),
     );
     assert_eq!(st, 200, "{}", short(&b));
+    // Tools its template cannot show are refused unless `tool_choice` is "none".
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"tools": tool, "tool_choice": "none"})),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    // llama.cpp's names for fields camelid has: `n_predict`, `repeat_penalty` and a
+    // top-level `json_schema` act as `max_tokens`, `repetition_penalty` and `guided_json`.
+    let mut body = chat_body(json!({"n_predict": 3, "repeat_penalty": 1.1, "ignore_eos": true}));
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let (st, b) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 200, "{}", short(&b));
+    assert_eq!(b["usage"]["completion_tokens"], 3, "{}", short(&b));
+    let schema = json!({"type": "array", "items": {"type": "integer"}});
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"json_schema": schema, "max_tokens": 8})),
+    );
+    assert_eq!(st, 200, "{}", short(&b));
+    let text = b["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with('['), "not the schema's array: {text:?}");
+    let (st, b) = post(
+        s,
+        "/v1/chat/completions",
+        &chat_body(json!({"repeat_penalty": 0})),
+    );
+    assert_error(st, &b, 400, Some("repetition_penalty"));
     let (st, b) = post(
         s,
         "/v1/completions",
