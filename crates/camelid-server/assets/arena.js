@@ -252,10 +252,19 @@ document.addEventListener("DOMContentLoaded", async () => {
     return p;
   }
 
+  // The characters a turn may carry (the server's --arena-max-input-chars), once read.
+  let maxChars = null;
+
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const text = prompt.value.trim();
     if (!text || (phase !== "idle" && phase !== "answered")) return;
+    // Counted as the server counts (code points); the prompt stays for the visitor to cut.
+    const chars = [...text].length;
+    if (maxChars !== null && chars > maxChars) {
+      say(`This arena takes prompts of at most ${maxChars} characters; this one has ${chars}.`);
+      return;
+    }
     answerTurn(text, false);
   });
 
@@ -484,9 +493,8 @@ document.addEventListener("DOMContentLoaded", async () => {
       }
       maxTokens.max = String(limits.max_tokens);
       maxTokens.placeholder = `up to ${limits.max_tokens}`;
-      // The browser counts UTF-16 units, the server code points: a prompt the page lets
-      // through is never too long for the server (one of emoji is cut a little shorter).
-      if (limits.max_input_chars) prompt.maxLength = limits.max_input_chars;
+      // Checked when sent, not by `maxlength`: a browser cuts a longer paste without a word.
+      if (limits.max_input_chars) maxChars = limits.max_input_chars;
     }
   } catch (e) {
     console.warn("arena limits:", e);
