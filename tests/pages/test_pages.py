@@ -97,7 +97,8 @@ def set_settings(page, temperature, max_tokens):
 def wait_answer(page, n):
     """Waits until the chat has n finished assistant answers; returns the last one's text."""
     wait_js(page,
-            f"document.querySelectorAll('.message.assistant:not([data-state=streaming])').length === {n}",
+            "document.querySelectorAll('.message.assistant:not([data-state=streaming]):not([hidden])')"
+            f".length === {n} && !document.querySelector('.message.assistant[data-state=streaming]')",
             f"answer {n}")
     last = page.locator(".message.assistant").nth(n - 1)
     check(last.get_attribute("data-state") == "done", f"answer {n} done: {last.inner_text()}")
@@ -221,6 +222,17 @@ def chat_page(ctx):
     check(page.locator(".message.assistant").nth(1).get_attribute("data-raw") == second,
           "greedy regeneration gives the same answer")
     page.screenshot(path=f"{shots}/chat-desktop.png")
+    # A regenerate that fails keeps the answer it would have replaced: on the page, and in
+    # the conversation the next turn sends.
+    page.route("**/v1/chat/completions",
+               lambda route: route.fulfill(**api_error(429, "Too many requests.")))
+    page.click("#regenerate")
+    page.wait_for_selector(".message.assistant.failed", timeout=TIMEOUT_MS)
+    page.unroute("**/v1/chat/completions")
+    kept = page.locator(".message.assistant:not(.failed)")
+    check(kept.count() == 2 and kept.nth(1).is_visible()
+          and kept.nth(1).get_attribute("data-raw") == second,
+          "the answer a failed regenerate would have replaced stands")
 
     # Stop: a long, high-temperature answer stopped after its first words stays, marked.
     set_settings(page, 2, 400)
@@ -228,6 +240,9 @@ def chat_page(ctx):
     page.click("#send")
     page.wait_for_selector(".message.assistant[data-state=streaming] .body:not(:empty)",
                            timeout=TIMEOUT_MS)
+    check([m["content"] for m in bodies[-1]["messages"][:4]]
+          == [m["content"] for m in sent] + [second],
+          f"the next turn carries the kept answer: {bodies[-1]['messages']}")
     check(page.is_disabled("#send") and page.is_enabled("#stop"), "stop while streaming")
     page.click("#stop")
     page.wait_for_selector(".message.assistant[data-state=stopped]", timeout=TIMEOUT_MS)

@@ -112,8 +112,10 @@ document.addEventListener("DOMContentLoaded", () => {
     return details;
   }
 
-  // Streams one answer to the conversation so far.
-  async function generate() {
+  // Streams one answer to the conversation so far; with `replaced` (Regenerate: the last
+  // answer, hidden meanwhile), to the conversation before it, in its place once the new one
+  // is an answer, back in view if the new one fails or is stopped before its first word.
+  async function generate(replaced = null) {
     const el = addAssistant();
     const body = el.querySelector(".body");
     const note = el.querySelector(".note");
@@ -131,6 +133,7 @@ document.addEventListener("DOMContentLoaded", () => {
     };
     // Clear starts another conversation: this answer, stopped by it, joins neither.
     const conversation = messages;
+    const asked = replaced ? messages.slice(0, -1) : messages;
     controller = new AbortController();
     setBusy(true);
     say("");
@@ -140,7 +143,7 @@ document.addEventListener("DOMContentLoaded", () => {
         method: "POST",
         body: {
           model: modelSelect.value,
-          messages: messages.map(({ role, content }) => ({ role, content })),
+          messages: asked.map(({ role, content }) => ({ role, content })),
           stream: true,
           ...params(),
         },
@@ -186,7 +189,12 @@ document.addEventListener("DOMContentLoaded", () => {
     if (el.dataset.state === "error" || text === "") {
       el.classList.add("failed");
       el.querySelector(".copy").remove();
+      if (replaced) replaced.el.hidden = false;
     } else {
+      if (replaced) {
+        messages.pop();
+        replaced.el.remove();
+      }
       messages.push({ role: "assistant", content: text, el });
     }
     setBusy(false);
@@ -226,13 +234,15 @@ document.addEventListener("DOMContentLoaded", () => {
 
   regenerateButton.addEventListener("click", () => {
     if (controller || messages.length === 0) return;
+    list.querySelectorAll(".failed").forEach((el) => el.remove());
     const last = messages[messages.length - 1];
     if (last.role === "assistant") {
-      messages.pop();
-      last.el.remove();
+      // Kept until the new answer replaces it: a failed or stopped regenerate loses nothing.
+      last.el.hidden = true;
+      generate(last);
+    } else {
+      generate();
     }
-    list.querySelectorAll(".failed").forEach((el) => el.remove());
-    generate();
   });
 
   clearButton.addEventListener("click", () => {
