@@ -1,6 +1,12 @@
 # camelid with CUDA: build with the CUDA 13 devel image, run on the CUDA 13 runtime image.
 #   docker build -t camelid .
-#   docker run --gpus all -p 8000:8000 -v camelid-cache:/cache camelid serve --device cuda --model lmsys/vicuna-7b-v1.5
+#   docker run --gpus all -p 8000:8000 -v camelid-cache:/cache -e CAMELID_KV_CACHE_MB=24576 \
+#     camelid serve --device cuda --model lmsys/vicuna-7b-v1.5
+# (without CAMELID_KV_CACHE_MB the KV cache is a CPU's 512 MiB: Vicuna-7B's context would be
+# cut to 1 024 tokens; give it what the card leaves beside the weights.)
+# The kernels are built for one GPU generation, CUDA_COMPUTE_CAP (default 90: H100/H200);
+# for others build with --build-arg CUDA_COMPUTE_CAP=80 (A100), 86 (A10G, RTX 30xx) or 89
+# (L4, L40S). The CUDA 13 runtime needs an NVIDIA driver 580 or newer on the host.
 # For a CPU-only image, build with --build-arg FEATURES= (and any base images).
 # It runs as the unprivileged user `camelid` (uid 10001), which owns /cache: a named volume
 # starts as the image's /cache; a host folder mounted there must be writable by uid 10001.
