@@ -881,6 +881,33 @@ def leaderboard_declined_key(browser):
     ctx.close()
 
 
+def private_arena_limits(browser):
+    """A private arena's page reads its limits with the key the browser holds (a route
+    stands in for a server with keys: 401 without it); before, it never sent one and kept
+    its own settings, so turns past the server's limits failed."""
+    ctx = browser.new_context(viewport=DESKTOP)
+    ctx.add_init_script(f"localStorage.setItem('camelid.apiKey', {json.dumps(key)})")
+    page = ctx.new_page()
+    watch = Watch(page)
+    limits = {"min_temperature": 0.25, "max_tokens": 77, "max_turns": 5, "max_input_chars": 99}
+
+    def config(route):
+        if route.request.headers.get("authorization") == f"Bearer {key}":
+            route.fulfill(status=200, content_type="application/json", body=json.dumps(limits))
+        else:
+            route.fulfill(**api_error(401, "Missing or invalid API key.", "invalid_api_key"))
+    page.route("**/arena/config", config)
+    page.goto(base + "/arena")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    check(page.get_attribute("#max-tokens", "max") == "77"
+          and page.get_attribute("#temperature", "min") == "0.25",
+          f"a private arena's limits read with the key: max "
+          f"{page.get_attribute('#max-tokens', 'max')}, min "
+          f"{page.get_attribute('#temperature', 'min')}")
+    watch.clean("private arena")
+    ctx.close()
+
+
 def chat_without_models(browser):
     """A server that serves no model (a route stands in for its empty list): Send says so
     and keeps the text, rather than doing nothing."""
@@ -952,6 +979,7 @@ with sync_playwright() as p:
     arena_regenerate(browser)
     tables_keep_their_words_on_a_phone(browser)
     chat_without_models(browser)
+    private_arena_limits(browser)
     phone(browser)
     browser.close()
 

@@ -46,8 +46,11 @@ const ArenaApi = {
   // {min_temperature, max_tokens, max_turns, max_input_chars}: what a turn may ask; null
   // where the server does not say
   // without a key (a private arena: the key is asked for at the first turn, not on load).
+  // A private arena's wants the key: sent where the browser holds one, never asked for.
   async config() {
-    const resp = await fetch("arena/config");
+    const key = Camelid.currentKey();
+    const headers = key ? { Authorization: "Bearer " + key } : {};
+    const resp = await fetch("arena/config", { headers });
     return resp.ok ? resp.json() : null;
   },
 
@@ -100,7 +103,7 @@ const ArenaApi = {
         if (next) next.revision = ev.revision;
       }
     }
-    if (!next || !stored) throw new Error("The answers ended early; start a new round.");
+    if (!next || !stored) throw new Error("The answers ended early; ask again.");
     return next;
   },
 
@@ -254,6 +257,29 @@ document.addEventListener("DOMContentLoaded", async () => {
 
   // The characters a turn may carry (the server's --arena-max-input-chars), once read.
   let maxChars = null;
+  let limitsRead = false;
+
+  // The arena's limits bound the settings (`numberField` keeps a value within min and max),
+  // so no turn asks what the server refuses. Without them the page's own stand (the
+  // server's defaults); a private arena's are read again once a turn went through with a
+  // key.
+  async function readLimits() {
+    try {
+      const limits = await ArenaApi.config();
+      if (!limits) return;
+      limitsRead = true;
+      temperature.min = String(limits.min_temperature);
+      if (Number(temperature.value) < limits.min_temperature) {
+        temperature.value = String(limits.min_temperature);
+      }
+      maxTokens.max = String(limits.max_tokens);
+      maxTokens.placeholder = `up to ${limits.max_tokens}`;
+      // Checked when sent, not by `maxlength`: a browser cuts a longer paste without a word.
+      if (limits.max_input_chars) maxChars = limits.max_input_chars;
+    } catch (e) {
+      console.warn("arena limits:", e);
+    }
+  }
 
   form.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -335,6 +361,7 @@ document.addEventListener("DOMContentLoaded", async () => {
       }
       SavedBattle.save(battle, turns);
       setPhase("answered");
+      if (!limitsRead) readLimits();
       say(
         redo
           ? "New answers are in: vote, regenerate, or ask a follow-up."
@@ -481,23 +508,6 @@ document.addEventListener("DOMContentLoaded", async () => {
   } else {
     setPhase("idle");
   }
-  // The arena's limits bound the settings (`numberField` keeps a value within min and max),
-  // so no turn asks what the server refuses. Without them the page's own stand (the
-  // server's defaults).
-  try {
-    const limits = await ArenaApi.config();
-    if (limits) {
-      temperature.min = String(limits.min_temperature);
-      if (Number(temperature.value) < limits.min_temperature) {
-        temperature.value = String(limits.min_temperature);
-      }
-      maxTokens.max = String(limits.max_tokens);
-      maxTokens.placeholder = `up to ${limits.max_tokens}`;
-      // Checked when sent, not by `maxlength`: a browser cuts a longer paste without a word.
-      if (limits.max_input_chars) maxChars = limits.max_input_chars;
-    }
-  } catch (e) {
-    console.warn("arena limits:", e);
-  }
+  await readLimits();
   document.body.dataset.ready = "true";
 });

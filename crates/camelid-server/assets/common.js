@@ -30,6 +30,12 @@ const Camelid = (() => {
 
   let memoryKey = storedKey();
 
+  // The key to send: the stored one (read each time: another tab may have stored one since
+  // this page loaded), else this page's own (storage off).
+  function currentKey() {
+    return storedKey() || memoryKey;
+  }
+
   // One key dialog at a time: every call that got a 401 waits for the same answer.
   let asking = null;
 
@@ -105,7 +111,8 @@ const Camelid = (() => {
     for (let attempt = 0; ; attempt++) {
       const headers = {};
       if (body !== undefined) headers["Content-Type"] = "application/json";
-      if (memoryKey) headers["Authorization"] = "Bearer " + memoryKey;
+      const key = currentKey();
+      if (key) headers["Authorization"] = "Bearer " + key;
       const resp = await fetch(path, {
         method,
         headers,
@@ -113,7 +120,7 @@ const Camelid = (() => {
         signal,
       });
       if (resp.status !== 401) return resp;
-      await askForKey(attempt > 0 || memoryKey !== "");
+      await askForKey(attempt > 0 || key !== "");
     }
   }
 
@@ -283,6 +290,7 @@ const Camelid = (() => {
   }
 
   return {
+    currentKey,
     api,
     apiJson,
     apiError,

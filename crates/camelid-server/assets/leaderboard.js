@@ -97,6 +97,8 @@ document.addEventListener("DOMContentLoaded", () => {
   // The server rates a vote within about 2 s of it (it refits in the background, not per
   // request): after one, ask again until the board counts it, for at most 6 s.
   async function afterVote() {
+    // A visitor who closed the key dialog is not asked again by another tab's vote.
+    if (declined) return;
     const seen = Number(document.body.dataset.votes || 0);
     for (let i = 0; i < 12; i++) {
       await refresh();
