@@ -71,6 +71,8 @@ document.addEventListener("DOMContentLoaded", () => {
       try {
         await Camelid.copyText(el.dataset.raw || "");
         copy.textContent = "Copied";
+        // The button's label hides its text from screen readers: the status says it.
+        say("Answer copied.");
       } catch (e) {
         copy.textContent = "Copy failed";
         say(e.message);

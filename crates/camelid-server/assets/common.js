@@ -47,7 +47,11 @@ const Camelid = (() => {
       const form = document.createElement("form");
       const title = document.createElement("h2");
       title.textContent = "API key";
+      title.id = "key-dialog-title";
       const note = document.createElement("p");
+      note.id = "key-dialog-note";
+      dialog.setAttribute("aria-labelledby", title.id);
+      dialog.setAttribute("aria-describedby", note.id);
       note.textContent = wrong
         ? "The server did not accept that key. Enter another one."
         : "This server needs an API key. It is kept in this browser only.";

@@ -156,7 +156,9 @@ pub struct MtAnswerArgs {
     #[arg(long)]
     force_temperature: Option<f64>,
     /// A system message sent before the questions (default: none; the server's template
-    /// applies the model's own default).
+    /// applies the model's own default). FastChat's `gen_api_answer` sends its conversation
+    /// template's: to match it on OpenAI's models pass `--system "You are a helpful
+    /// assistant."`.
     #[arg(long)]
     system: Option<String>,
     #[command(flatten)]
@@ -200,7 +202,9 @@ pub struct MtJudgeArgs {
     judge_max_tokens: usize,
     /// Constrain verdicts to FastChat's format (an explanation ending in `[[A]]`/`[[B]]`/
     /// `[[C]]` or `[[rating]]`) through `structured_outputs.grammar`: for camelid or another
-    /// server that takes vLLM's structured outputs.
+    /// server that takes vLLM's structured outputs. Its verdicts are not like for like with
+    /// FastChat's: ratings are whole numbers 1–10 (FastChat takes `[[7.5]]`) and the
+    /// explanation holds no `[` or `]` (a judge quoting code writes around them).
     #[arg(long)]
     constrain: bool,
     #[arg(long)]
