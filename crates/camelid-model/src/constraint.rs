@@ -96,8 +96,8 @@ impl VocabEnv {
                 *word = b; // a piece of no known spelling stays empty: never allowed
             }
         }
-        // llguidance's trie asserts on a token that long (its nodes' parent chains): such a
-        // token, which only a hostile or broken vocabulary has, is never allowed instead.
+        // llguidance's trie asserts on a longer token (its nodes' parent chains, ~1 025
+        // bytes past a shared prefix): such a token is never allowed instead.
         for word in &mut words {
             if word.len() > MAX_TOKEN_BYTES {
                 word.clear();
@@ -133,8 +133,9 @@ impl VocabEnv {
     }
 }
 
-/// Bytes of the longest token a grammar may allow (real vocabularies stay far below).
-const MAX_TOKEN_BYTES: usize = 1000;
+/// Bytes of the longest token a grammar may allow: llguidance's trie limit (GLM-4 has a
+/// token of 1 024 spaces, which stays allowed).
+const MAX_TOKEN_BYTES: usize = 1024;
 
 impl TokenizerEnv for VocabEnv {
     fn tok_trie(&self) -> &TokTrie {

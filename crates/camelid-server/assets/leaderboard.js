@@ -102,7 +102,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const seen = Number(document.body.dataset.votes || 0);
     for (let i = 0; i < 12; i++) {
       await refresh();
-      if (Number(document.body.dataset.votes || 0) > seen) return;
+      if (declined || Number(document.body.dataset.votes || 0) > seen) return;
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
   }

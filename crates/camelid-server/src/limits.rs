@@ -148,8 +148,8 @@ impl RequestLimits {
         Ok(())
     }
 
-    /// A response that is not streamed: up to `tokens` generated tokens over all its choices
-    /// (n × `max_tokens`), each with `top` alternatives.
+    /// A response that is not streamed: up to `tokens` tokens over all its choices (n ×
+    /// `max_tokens`, and an `echo`'s prompts), each with `top` alternatives.
     pub fn check_output_logprobs(
         &self,
         field: &str,
@@ -161,8 +161,8 @@ impl RequestLimits {
             return Err(ApiError::invalid_param(
                 field,
                 format!(
-                    "log-probabilities with {top} alternatives over up to {tokens} generated \
-                     tokens (n × `max_tokens`) make {entries} entries; at most {} are allowed \
+                    "log-probabilities with {top} alternatives over up to {tokens} tokens (n × \
+                     `max_tokens`, and any echoed prompts) make {entries} entries; at most {} are allowed \
                      in a response that is not streamed (stream it, or ask fewer tokens or \
                      alternatives)",
                     self.max_logprob_entries

@@ -49,7 +49,8 @@ pub fn parse_with_sampling<T: DeserializeOwned>(
     if !v.is_object() {
         return Err(ApiError::bad_request("The body must be a JSON object."));
     }
-    Ok((from_value(&v)?, from_value(&v)?))
+    let sampling: SamplingFields = from_value(&v)?;
+    Ok((from_value(&v)?, sampling.with_llama_cpp_names()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,8 +138,6 @@ pub enum StreamUsage {
 /// Sampling and stopping fields shared by both endpoints (OpenAI's plus vLLM's extensions).
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct SamplingFields {
-    /// `n_predict` is llama.cpp's name.
-    #[serde(alias = "n_predict")]
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -155,8 +154,6 @@ pub struct SamplingFields {
     pub user: Option<String>,
     pub top_k: Option<i64>,
     pub min_p: Option<f32>,
-    /// `repeat_penalty` is llama.cpp's name.
-    #[serde(alias = "repeat_penalty")]
     pub repetition_penalty: Option<f32>,
     pub min_tokens: Option<u32>,
     #[serde(default, deserialize_with = "null_is_false")]
@@ -170,8 +167,6 @@ pub struct SamplingFields {
     /// vLLM's `structured_outputs` and its older `guided_*` names.
     pub response_format: Option<serde_json::Value>,
     pub structured_outputs: Option<serde_json::Value>,
-    /// `json_schema` (a schema, at the top level) is llama.cpp's name.
-    #[serde(alias = "json_schema")]
     pub guided_json: Option<serde_json::Value>,
     pub guided_regex: Option<serde_json::Value>,
     pub guided_choice: Option<serde_json::Value>,
@@ -186,6 +181,28 @@ pub struct SamplingFields {
     pub truncate_prompt_tokens: Option<serde_json::Value>,
     pub use_beam_search: Option<serde_json::Value>,
     pub n_probs: Option<serde_json::Value>,
+    /// llama.cpp's names of `max_tokens` (−1: no limit), `repetition_penalty` and
+    /// `guided_json` (a schema at the top level): taken where the OpenAI/vLLM name is not
+    /// sent ([`SamplingFields::with_llama_cpp_names`]). Separate fields, not serde aliases: a
+    /// client that sends both names (as one written for several servers does) would get a
+    /// "duplicate field" error.
+    pub n_predict: Option<i64>,
+    pub repeat_penalty: Option<f32>,
+    pub json_schema: Option<serde_json::Value>,
+}
+
+impl SamplingFields {
+    /// The llama.cpp names moved to the fields camelid reads, where those are not set.
+    pub fn with_llama_cpp_names(mut self) -> Self {
+        let n_predict = self.n_predict.take().filter(|&n| n >= 0);
+        self.max_tokens = self
+            .max_tokens
+            .or(n_predict.map(|n| u32::try_from(n).unwrap_or(u32::MAX)));
+        self.repetition_penalty = self.repetition_penalty.or(self.repeat_penalty.take());
+        let schema = self.json_schema.take().filter(|v| !v.is_null());
+        self.guided_json = self.guided_json.or(schema);
+        self
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -260,7 +260,7 @@ impl ToolPlan {
             // Under `none` the tools need not be shown (vLLM's
             // `--exclude-tools-when-tool-choice-none`): agent frameworks send theirs with
             // every request, to models whose template has no place for them too.
-            return if choice == ToolChoice::None {
+            return if choice == ToolChoice::None && e.code == Some(TOOLS_NOT_SUPPORTED) {
                 Ok(None)
             } else {
                 Err(e)

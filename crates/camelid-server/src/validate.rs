@@ -112,9 +112,13 @@ pub fn no_tools(req: &ChatRequest) -> Result<(), ApiError> {
 
 /// vLLM's and llama.cpp's extensions that change the output and are not implemented: 400
 /// naming the field (and what does the job here); their "off" values (null, false, 0 for
-/// `n_probs`, an empty list) pass.
-fn unimplemented_extensions(f: &SamplingFields) -> Result<(), ApiError> {
+/// `n_probs`, an empty list or string) pass.
+pub fn unimplemented_extensions(f: &SamplingFields) -> Result<(), ApiError> {
     let set = |v: &Option<Value>| {
+        // llama.cpp's "no grammar" is an empty string.
+        if v.as_ref().and_then(Value::as_str) == Some("") {
+            return false;
+        }
         !no_entries(v)
             && !matches!(v, Some(Value::Bool(false)))
             && v.as_ref().and_then(Value::as_u64) != Some(0)

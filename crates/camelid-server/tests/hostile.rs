@@ -377,8 +377,6 @@ fn request_size_caps_name_the_field() {
     assert_error(st, &b, 400, Some("messages"));
 }
 
-/// The waiting queue counts sequences and is bounded: once it is full a request is answered
-/// 503 at once (never queued without bound), and one larger than the queue is a 400.
 /// A response that is not streamed carries its output's log-probabilities whole: n ×
 /// `max_tokens` × (alternatives + 1) entries are capped before anything runs (here at
 /// 10 000), on both routes; a response within the cap, or streamed, is answered.
@@ -432,6 +430,8 @@ fn output_logprobs_of_a_whole_response_are_capped() {
     }
 }
 
+/// The waiting queue counts sequences and is bounded: once it is full a request is answered
+/// 503 at once (never queued without bound), and one larger than the queue is a 400.
 #[test]
 fn a_full_waiting_queue_answers_503() {
     let _g = serial();
@@ -1096,6 +1096,17 @@ fn unimplemented_fields_are_refused() {
     let (st, b) = post(s, "/v1/chat/completions", &body);
     assert_eq!(st, 200, "{}", short(&b));
     assert_eq!(b["usage"]["completion_tokens"], 3, "{}", short(&b));
+    // Both names sent (a client written for several servers): the OpenAI one counts;
+    // llama.cpp's "no limit" (-1) and "no grammar" ("") are no limit and no grammar.
+    let both = json!({"max_tokens": 2, "n_predict": 5, "repetition_penalty": 1.0,
+                      "repeat_penalty": 1.3, "ignore_eos": true, "grammar": ""});
+    let (st, b) = post(s, "/v1/chat/completions", &chat_body(both));
+    assert_eq!(st, 200, "{}", short(&b));
+    assert_eq!(b["usage"]["completion_tokens"], 2, "{}", short(&b));
+    let mut unlimited = completion_body(json!({"n_predict": -1}));
+    unlimited.as_object_mut().unwrap().remove("max_tokens");
+    let (st, b) = post(s, "/v1/completions", &unlimited);
+    assert_eq!(st, 200, "{}", short(&b));
     let schema = json!({"type": "array", "items": {"type": "integer"}});
     let (st, b) = post(
         s,
@@ -2016,6 +2027,30 @@ fn corpus() -> Vec<Case> {
             json!({"messages": [{"role": "user", "content": "x"}], "ignore_eos": true}),
             400,
             Some("ignore_eos"),
+        ),
+        case(
+            "arena: llama.cpp's schema (battles compare free answers)",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "json_schema": {"type": "string"}}),
+            400,
+            Some("json_schema"),
+        ),
+        case(
+            "arena: llama.cpp's output limit (past --arena-max-tokens' check)",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "n_predict": 100000}),
+            400,
+            Some("n_predict"),
+        ),
+        case(
+            "arena: beam search",
+            "POST",
+            "/arena/battles",
+            json!({"messages": [{"role": "user", "content": "x"}], "use_beam_search": true}),
+            400,
+            Some("use_beam_search"),
         ),
         case(
             "arena: an answer written by the visitor",

@@ -159,11 +159,11 @@ fn pairs_of(halves: Halves, alpha: f32, rs: bool, file: &Path) -> Result<Vec<Pai
     Ok(pairs)
 }
 
-/// A llama.cpp LoRA GGUF's pairs, and the rotary layout its Q/K rows are in (the
-/// architecture's GGUF layout, as its converter wrote them).
 /// The largest LoRA rank a GGUF adapter may have (PEFT's are 4–256).
 const MAX_LORA_RANK: usize = 1024;
 
+/// A llama.cpp LoRA GGUF's pairs, and the rotary layout its Q/K rows are in (the
+/// architecture's GGUF layout, as its converter wrote them).
 fn read_gguf(path: &Path, cfg: &ModelConfig) -> Result<(Vec<Pair>, RopeStyle)> {
     let mut g = GgufFile::open(path, &Device::Cpu)?;
     let origin = path.display().to_string();

@@ -198,9 +198,10 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
             }
             "response_format" if v.get("type").and_then(Value::as_str) == Some("text") => None,
             "response_format" | "structured_outputs" | "guided_json" | "guided_regex"
-            | "guided_choice" | "guided_grammar" => {
+            | "guided_choice" | "guided_grammar" | "json_schema" | "grammar" => {
                 Some("battles compare free answers; output constraints are not taken")
             }
+            "n_predict" => Some("the arena's name for the output limit is `max_tokens`"),
             "tools" | "tool_choice" | "parallel_tool_calls" | "functions" | "function_call" => {
                 Some("arena battles answer in text; tool calling is not offered")
             }
@@ -235,6 +236,9 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "guided_regex",
         "guided_choice",
         "guided_grammar",
+        "json_schema",
+        "grammar",
+        "n_predict",
     ] {
         if let Some(message) = why(field) {
             return Err(ApiError::invalid_param(field, message));
@@ -355,7 +359,9 @@ impl TurnRequest {
         // The request read as the chat endpoint reads it (`model` is set per contestant).
         obj.insert("model".into(), "".into());
         let whole = from_value::<ChatRequest>(&req)?;
-        let mut sampling: SamplingFields = from_value(&req)?;
+        let mut sampling = from_value::<SamplingFields>(&req)?.with_llama_cpp_names();
+        // The other extensions no model here implements: refused before the turn counts.
+        crate::validate::unimplemented_extensions(&sampling)?;
         let new_messages = if messages {
             let checked = crate::chat::to_messages(&whole.messages)?;
             check_sampling(state, &whole, &sampling)?;
@@ -368,10 +374,7 @@ impl TurnRequest {
                     "a battle turn takes the visitor's messages (`user`) only; each side's answers are its model's own",
                 ));
             }
-            // Stored as the templates read them, role and text: other keys a message
-            // carries (unknown fields, `name`, a content part's extras) would be kept in the
-            // battle, its vote and the export without ever counting against a model's
-            // context.
+            // A battle's stored text is bounded (`--arena-max-input-chars` a turn).
             let chars: usize = checked.iter().map(|m| m.content.chars().count()).sum();
             let max_chars = state.arena.config().max_input_chars;
             if chars > max_chars {
@@ -382,6 +385,10 @@ impl TurnRequest {
                     ),
                 ));
             }
+            // Stored as the templates read them, role and text: other keys a message
+            // carries (unknown fields, `name`, a content part's extras) would be kept in the
+            // battle, its vote and the export without ever counting against a model's
+            // context.
             checked
                 .into_iter()
                 .map(|m: Message| json!({"role": m.role, "content": m.content}))

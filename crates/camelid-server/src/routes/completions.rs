@@ -109,8 +109,16 @@ pub async fn completions(
     let salt = cache_salt(req.cache_salt.as_deref())?;
     base.constraint = structured::compile(&permit, &model, f).await?;
     let mut specs = vec![];
-    // Generated tokens whose log-probabilities a whole (not streamed) response carries.
-    let mut output_tokens = 0usize;
+    // Tokens whose log-probabilities a whole (not streamed) response carries: the echoed
+    // prompts' (checked alone above) and the generated ones.
+    let mut output_tokens = match (req.echo, req.logprobs) {
+        (true, Some(_)) => prompts
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>()
+            .saturating_mul(n),
+        _ => 0,
+    };
     for (pi, prompt) in prompts.iter().enumerate() {
         let mut params = base.clone();
         params.max_tokens = max_tokens(

@@ -56,6 +56,9 @@ pub(super) fn too_long(limit: usize) -> String {
     )
 }
 
+/// The widest `tojson` indent a template may ask (HF's templates use 2 or 4).
+const MAX_TOJSON_INDENT: usize = 64;
+
 /// HF's `tojson`: Python's `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
 /// sort_keys=False)` with those keywords; `", "` and `": "` between items, or `indent` spaces
 /// per level and `","`; key order as given unless `sort_keys`; nothing HTML-escaped
@@ -63,9 +66,6 @@ pub(super) fn too_long(limit: usize) -> String {
 /// At most `limit` bytes a value, and twice that over one render (`spent` so far): output
 /// captured by the template (a macro, `{% set %}…{% endset %}`) is held before it reaches
 /// the render's own cap. `over` is set when a cap stops it.
-/// The widest `tojson` indent a template may ask (HF's templates use 2 or 4).
-const MAX_TOJSON_INDENT: usize = 64;
-
 pub(super) fn tojson(
     value: &minijinja::Value,
     indent: Option<usize>,
