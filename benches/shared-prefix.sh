@@ -2,7 +2,7 @@
 # The n choices of one request share their prompt's blocks: a fresh ~1 000-token prompt with
 # n = 4, on camelid with the prefix cache (the default: the choices compute the prompt once)
 # and without it (--no-prefix-caching: each choice computes it), ROUNDS alternations.
-# Prints a table and writes benches/results/shared-prefix-STAMP.json.
+# Prints a table and writes benches/results/shared-prefix-STAMP.jsonl.
 #   [ROUNDS=2] [N=4] [PROMPT_WORDS=1000] bash benches/shared-prefix.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

