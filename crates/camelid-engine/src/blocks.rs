@@ -56,6 +56,8 @@ struct Block {
     refs: u32,
     /// Set once the block is full and registered in the prefix cache.
     entry: Option<Entry>,
+    /// The stamp of its place in `evictable` while it waits there, else 0.
+    queued: u64,
 }
 
 pub struct BlockPool {
@@ -63,8 +65,14 @@ pub struct BlockPool {
     blocks: Vec<Block>,
     /// Blocks holding nothing reusable.
     free: Vec<BlockId>,
-    /// Cached blocks with no holder, oldest release first.
-    evictable: VecDeque<BlockId>,
+    /// Cached blocks with no holder, oldest release first, each with the stamp of its release:
+    /// an entry whose block was taken up again since (its `queued` stamp differs) is stale
+    /// and skipped, so taking a block up is O(1) (a prompt hitting 2 000 cached blocks of a
+    /// large pool scanned the whole queue for each), not a search of the queue.
+    evictable: VecDeque<(BlockId, u64)>,
+    /// Live entries of `evictable`.
+    evictable_len: usize,
+    next_stamp: u64,
     /// Chain hash → the cached blocks under it (more than one only after a collision).
     cache: HashMap<u64, Vec<BlockId>>,
     hasher: ChainHasher,
@@ -79,7 +87,7 @@ impl std::fmt::Debug for BlockPool {
             .field("block_size", &self.block_size)
             .field("blocks", &self.blocks.len())
             .field("free", &self.free.len())
-            .field("evictable", &self.evictable.len())
+            .field("evictable", &self.evictable_len)
             .field("cached", &self.cache.len())
             .finish()
     }
@@ -125,6 +133,8 @@ impl BlockPool {
             blocks: vec![Block::default(); num_blocks],
             free: (0..num_blocks as BlockId).rev().collect(),
             evictable: VecDeque::new(),
+            evictable_len: 0,
+            next_stamp: 1,
             cache: HashMap::new(),
             hasher,
             next_entry: 0,
@@ -139,12 +149,13 @@ impl BlockPool {
 
     /// Blocks held by at least one sequence.
     pub fn used(&self) -> usize {
-        self.blocks.iter().filter(|b| b.refs > 0).count()
+        // A block no sequence holds is free or waits in `evictable`.
+        self.blocks.len() - self.available()
     }
 
     /// Blocks that `allocate` can still hand out.
     pub fn available(&self) -> usize {
-        self.free.len() + self.evictable.len()
+        self.free.len() + self.evictable_len
     }
 
     pub fn refs(&self, b: BlockId) -> u32 {
@@ -173,7 +184,15 @@ impl BlockPool {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
-                let id = self.evictable.pop_front()?;
+                let id = loop {
+                    let (id, stamp) = self.evictable.pop_front()?;
+                    let blk = &mut self.blocks[id as usize];
+                    if blk.queued == stamp {
+                        blk.queued = 0;
+                        self.evictable_len -= 1;
+                        break id;
+                    }
+                };
                 if let Some(e) = self.blocks[id as usize].entry.take() {
                     self.uncache(e.hash, id);
                 }
@@ -196,8 +215,10 @@ impl BlockPool {
     /// Another holder of `b` (n>1 choices sharing a prompt).
     pub fn share(&mut self, b: BlockId) {
         let blk = &mut self.blocks[b as usize];
-        if blk.refs == 0 {
-            self.evictable.retain(|&x| x != b);
+        if blk.refs == 0 && blk.queued != 0 {
+            // Its place in `evictable` goes stale.
+            blk.queued = 0;
+            self.evictable_len -= 1;
         }
         blk.refs += 1;
     }
@@ -208,7 +229,17 @@ impl BlockPool {
         blk.refs -= 1;
         if blk.refs == 0 {
             if blk.entry.is_some() {
-                self.evictable.push_back(b);
+                blk.queued = self.next_stamp;
+                self.evictable.push_back((b, self.next_stamp));
+                self.next_stamp += 1;
+                self.evictable_len += 1;
+                // Stale entries pile up where cached blocks are taken up and released again
+                // without evictions: drop them once they outnumber the pool (amortised O(1)).
+                if self.evictable.len() > 2 * self.blocks.len() + 64 {
+                    let blocks = &self.blocks;
+                    self.evictable
+                        .retain(|&(x, stamp)| blocks[x as usize].queued == stamp);
+                }
             } else {
                 self.free.push(b);
             }
@@ -462,6 +493,41 @@ mod tests {
             "evicted block is no longer cached"
         );
         assert!(p.allocate().is_none(), "b is held");
+    }
+
+    /// A cached block taken up and released again goes to the back of the eviction order
+    /// (its old place is stale and skipped), and the queue of stale places stays bounded
+    /// however often a hot prefix is taken up and released without evictions.
+    #[test]
+    fn taken_up_blocks_requeue_at_the_back_and_stale_places_stay_bounded() {
+        let mut p = BlockPool::new(4, 1);
+        let ids: Vec<BlockId> = (1..=4).map(|t| fill(&mut p, &[t], None).0[0]).collect();
+        for &b in &ids {
+            p.release(b);
+        }
+        assert_eq!((p.available(), p.used()), (4, 0));
+        // Block of token 2 taken up and released: now the newest.
+        let (got, _) = p.lookup_prefix(&[2, 0], None);
+        assert_eq!(got, vec![ids[1]]);
+        assert_eq!((p.available(), p.used()), (3, 1));
+        p.release(ids[1]);
+        let order: Vec<BlockId> = (0..4).map(|_| p.allocate().unwrap()).collect();
+        assert_eq!(order, vec![ids[0], ids[2], ids[3], ids[1]]);
+        assert!(p.allocate().is_none());
+        assert_eq!((p.available(), p.used()), (0, 4));
+        // A hot prefix taken up and released 10 000 times, nothing evicted meanwhile.
+        let mut p = BlockPool::new(4, 1);
+        let hot = fill(&mut p, &[9], None).0[0];
+        p.release(hot);
+        for _ in 0..10_000 {
+            assert_eq!(p.lookup_prefix(&[9, 0], None).0, vec![hot]);
+            p.release(hot);
+        }
+        assert!(p.evictable.len() <= 2 * 4 + 64 + 1, "{}", p.evictable.len());
+        assert_eq!((p.available(), p.used()), (4, 0));
+        // Still cached and still the one evicted last.
+        let order: Vec<BlockId> = (0..4).map(|_| p.allocate().unwrap()).collect();
+        assert_eq!(order[3], hot);
     }
 
     /// With every hash equal, a block is shared only with a sequence whose whole prefix

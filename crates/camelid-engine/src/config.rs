@@ -67,6 +67,11 @@ pub struct EngineConfig {
     /// `tests/faults.rs` checks what clients then see. Never set in serving.
     #[doc(hidden)]
     pub panic_at_step: Option<u64>,
+    /// Fault injection for tests: from this step on the forward's logits rows are dropped
+    /// after it ran, as a device whose rows could not be read back; the step's members must
+    /// end with an error, not break the engine. Never set in serving.
+    #[doc(hidden)]
+    pub lose_logits_from_step: Option<u64>,
 }
 
 /// The CPU's default for [`EngineConfig::lone_stream_gaps`]: the streams' gaps stay within 3×
@@ -102,6 +107,7 @@ impl Default for EngineConfig {
             host_kv_dtype: KvDtype::F16,
             speculative: None,
             panic_at_step: None,
+            lose_logits_from_step: None,
         }
     }
 }
@@ -198,6 +204,7 @@ impl EngineConfig {
             host_kv_dtype: o.host_kv_dtype.unwrap_or(d.host_kv_dtype),
             speculative: o.speculative,
             panic_at_step: None,
+            lose_logits_from_step: None,
         }
     }
 }

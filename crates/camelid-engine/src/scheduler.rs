@@ -626,6 +626,14 @@ impl Engine {
                 Ok(hidden)
             });
         let forward = started.elapsed();
+        let step = M::get(&self.metrics.steps);
+        if self
+            .cfg
+            .lose_logits_from_step
+            .is_some_and(|from| step >= from)
+        {
+            self.logits.drop_rows();
+        }
         let logits = &self.logits;
         let width = logits.width();
         let hidden = match out {
@@ -656,6 +664,14 @@ impl Engine {
             if !draft.is_empty() {
                 let my_rows = logits.range(row, rows);
                 row += rows;
+                // As below: without its rows (a failed device) the decoded position would be
+                // marked computed with no token drawn for it, and the next step would take
+                // it for an empty prompt chunk.
+                if my_rows.is_empty() {
+                    let _ = s.events.send(Event::Error("the logits were lost".into()));
+                    done.push(s.id);
+                    continue;
+                }
                 // Row j is the distribution after the decoded token and `draft[..j]`: sample
                 // each in turn, the same draws as one token a step, while the token drawn is
                 // the draft's; the positions of the drafts kept are computed.

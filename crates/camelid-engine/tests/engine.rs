@@ -773,6 +773,58 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
     assert_eq!(late.err(), Some(SubmitError::Stopped));
 }
 
+/// A step whose logits rows are lost (a device that could not read them back: here
+/// `lose_logits_from_step`) ends its members with an error, a member verifying a draft too,
+/// and the engine serves on. A drafting member once had its decoded position marked computed
+/// with no token drawn, and the next step panicked on it as an empty prompt chunk.
+#[test]
+fn lost_logits_end_requests_with_an_error_and_the_engine_runs_on() {
+    // A prompt holding the token the prefill draws (greedy, found by a fault-free engine):
+    // prompt lookup (1-grams) then has a draft for the first decode step.
+    let vocab = tiny().model.config().vocab_size as u32;
+    let probe = EngineHandle::spawn(tiny(), EngineConfig::default());
+    let prompt = (0..vocab / 8)
+        .map(|k| {
+            (1..40)
+                .map(|i| (i * 7 + k * 8) % (vocab - 1) + 1)
+                .collect::<Vec<u32>>()
+        })
+        .find(|p| {
+            let rx = probe
+                .submit(plain_request(p.clone(), 1, SamplingParams::greedy()))
+                .unwrap();
+            p.contains(&drain(rx).unwrap().0[0])
+        })
+        .expect("a prompt holding its first greedy token");
+    let spec = camelid_engine::NgramSpec::new(3, Some(1), Some(3), None).unwrap();
+    let engine = EngineHandle::spawn(
+        tiny(),
+        EngineConfig {
+            speculative: Some(spec),
+            lose_logits_from_step: Some(2),
+            ..Default::default()
+        },
+    );
+    let rx = engine
+        .submit(plain_request(prompt.clone(), 16, SamplingParams::greedy()))
+        .unwrap();
+    assert_eq!(drain(rx), Err("the logits were lost".into()));
+    // Step 1 the prompt, step 2 the decoded token and its draft.
+    let tokens = EngineMetrics::get(&engine.metrics.batched_tokens);
+    assert!(
+        tokens > prompt.len() as u64 + 1,
+        "no draft in step 2: {tokens} tokens for a {}-token prompt",
+        prompt.len()
+    );
+    // Still serving: the next request's logits are lost too, and it is told so.
+    let rx = engine
+        .submit(plain_request(vec![1, 5, 6], 4, SamplingParams::greedy()))
+        .unwrap();
+    assert_eq!(drain(rx), Err("the logits were lost".into()));
+    assert!(engine.is_running());
+    wait_idle(&engine.metrics);
+}
+
 /// What one request's events said: its prompt log-probabilities (and how many times they
 /// came), its greedy tokens and their log-probabilities.
 #[derive(Debug, PartialEq)]

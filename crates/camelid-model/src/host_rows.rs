@@ -57,6 +57,17 @@ impl HostRows {
         self.width
     }
 
+    /// Forgets the rows, keeping their width (tests: a read-back that failed).
+    #[doc(hidden)]
+    pub fn drop_rows(&mut self) {
+        self.rows = 0;
+        self.vec.clear();
+        #[cfg(feature = "cuda")]
+        {
+            self.on_pinned = false;
+        }
+    }
+
     /// Rows `from..from + n`, row after row (empty where they are not all here).
     pub fn range(&self, from: usize, n: usize) -> &[f32] {
         self.all()
