@@ -490,6 +490,8 @@ fn mistral_window_matches_llama_cpp_within_the_window() {
 /// llama.cpp's do: the default model's vocabulary under each name, the same ids from
 /// camelid's tokenizer and from llama.cpp's `/tokenize`, for text with digit runs,
 /// contractions, whitespace runs and other scripts. (`qwen2`, every Qwen GGUF's, was refused.)
+/// Without `tokenizer.ggml.add_bos_token` both add a BOS as llama.cpp defaults it by the
+/// pre-tokenizer (Llama 3's, `llama-bpe`, yes: camelid once added none to such a file).
 #[test]
 fn gguf_pre_tokenizers_split_text_as_llama_cpp() {
     let Some(server) = llama_cpp::binary("llama-server") else {
@@ -514,7 +516,7 @@ fn gguf_pre_tokenizers_split_text_as_llama_cpp() {
             dir.path(),
             "llama",
             &Vocab::CopyFrom(vocab_source()),
-            serde_json::json!({"tokenizer.ggml.pre": pre}),
+            serde_json::json!({"tokenizer.ggml.pre": pre, "tokenizer.ggml.add_bos_token": null}),
         );
         let ours = common::load(&gguf);
         let log = gguf.with_extension("server.log");
@@ -529,6 +531,92 @@ fn gguf_pre_tokenizers_split_text_as_llama_cpp() {
                 .collect();
             let mine = ours.tokenizer.encode(text, false).unwrap();
             assert_eq!(mine, theirs, "pre {pre:?}: {text:?}");
+        }
+        let text = texts[0];
+        let theirs: Vec<u32> = s.post(
+            "/tokenize",
+            &serde_json::json!({"content": text, "add_special": true}),
+        )["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let mine = ours.tokenizer.encode(text, true).unwrap();
+        assert_eq!(mine, theirs, "pre {pre:?}, special tokens added: {text:?}");
+    }
+}
+
+/// Phi-3's chat tokens swallow the whitespace after them, as llama.cpp reads a GGUF whose
+/// `general.name` says Phi-3 (HF's tokenizer.json marks them `rstrip`; GGUF keeps no such
+/// flag): the template's `<|assistant|>\n` is one token, not the token, `▁` and a newline.
+/// The tiny fixture's pieces plus Phi-3's control tokens, under a Phi-3 name and another:
+/// camelid's ids are llama.cpp's `/tokenize`'s for both.
+#[test]
+fn phi3_chat_tokens_strip_the_space_after_them_as_llama_cpp() {
+    let Some(server) = llama_cpp::binary("llama-server") else {
+        return;
+    };
+    let fixture = camelid_model::text::tokenizer::from_sentencepiece(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-llama/tokenizer.model"),
+    )
+    .unwrap();
+    // <|endoftext|> too: llama.cpp's Phi-3 rule looks it up (and keeps it unstripped).
+    let controls = [
+        "<|user|>",
+        "<|end|>",
+        "<|assistant|>",
+        "<|system|>",
+        "<|endoftext|>",
+    ];
+    let mut tokens: Vec<String> = (0..80)
+        .map(|i| {
+            fixture
+                .id_to_token(i)
+                .unwrap_or_else(|| format!("<extra{i}>"))
+        })
+        .collect();
+    let mut types: Vec<i32> = (0..80)
+        .map(|i| [2, 3, 3].get(i).copied().unwrap_or(1))
+        .collect();
+    tokens.extend(controls.iter().map(|c| c.to_string()));
+    types.extend([3; 5]);
+    // Spaces only where the name is not Phi-3's: the fixture has no byte pieces, and
+    // llama.cpp's tokenizer fails on a newline it cannot spell.
+    let spaced = [
+        "<|user|> hello world<|end|> <|assistant|> ",
+        "<|system|>    be brief<|end|> <|user|>hi</s>  x<s> y<|endoftext|> z",
+    ];
+    let phi3_template = "<|user|>\nhello world<|end|>\n<|assistant|>\n";
+    let dir = random_model::write_hf(
+        "llama",
+        GQA_UNTIED,
+        &sizes(tokens.len(), 2.0),
+        serde_json::json!({}),
+        9,
+    );
+    for name in ["Phi-3 Mini 4k Instruct", "Tiny"] {
+        let gguf = random_model::write_gguf_with(
+            dir.path(),
+            "llama",
+            &Vocab::Pieces(tokens.clone(), types.clone()),
+            serde_json::json!({"general.name": name}),
+        );
+        let ours = common::load(&gguf);
+        let log = gguf.with_extension("server.log");
+        let s = LlamaServer::start(&server, &gguf, &log, &["-c", "256", "--no-warmup"]);
+        let phi3 = name.starts_with("Phi-3");
+        for text in spaced.iter().chain(phi3.then_some(&phi3_template)) {
+            let theirs: Vec<u32> = s.post("/tokenize", &serde_json::json!({"content": text}))
+                ["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            let mine = ours.tokenizer.encode(text, false).unwrap();
+            assert_eq!(mine, theirs, "{name:?}: {text:?}");
         }
     }
 }

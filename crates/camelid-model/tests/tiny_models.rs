@@ -623,3 +623,87 @@ fn chat_contents_are_text_with_a_sentencepiece_tokenizer() {
         want
     );
 }
+
+/// The tiny fixture copied into a folder of its own, with `config.json` changed by `cfg`.
+fn fixture_copy(tag: &str, cfg: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let d = tmpdir(tag);
+    for f in ["model.safetensors", "tokenizer.model"] {
+        std::fs::copy(fixture().join(f), d.path().join(f)).unwrap();
+    }
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    cfg(&mut c);
+    std::fs::write(d.path().join("config.json"), c.to_string()).unwrap();
+    d
+}
+
+/// The BOS is the tokenizer's (tokenizer_config.json's `bos_token`), as transformers and vLLM
+/// tokenize, where config.json's `bos_token_id` names another token (DeepSeek-R1-Distill-
+/// Qwen's does): camelid had put config.json's id first, before the template's own BOS.
+/// And special tokens only in special_tokens_map.json are the template's `bos_token` and
+/// `eos_token`, and the EOS a generation stops at (transformers falls back to that file).
+#[test]
+fn special_tokens_come_from_the_tokenizer_files_first() {
+    use camelid_model::Message;
+    let tok =
+        camelid_model::text::tokenizer::from_sentencepiece(&fixture().join("tokenizer.model"))
+            .unwrap();
+    let (bos, eos) = (
+        tok.token_to_id("<s>").unwrap(),
+        tok.token_to_id("</s>").unwrap(),
+    );
+    let template =
+        "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}";
+    // config.json says the BOS is </s>; the tokenizer's config says <s>.
+    let d = fixture_copy("bos", |c| c["bos_token_id"] = serde_json::json!(eos));
+    std::fs::write(
+        d.path().join("tokenizer_config.json"),
+        serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true,
+                           "chat_template": template})
+        .to_string(),
+    )
+    .unwrap();
+    let lm =
+        camelid_model::load(Some(d.path().to_str().unwrap()), &LoadOptions::default()).unwrap();
+    assert_eq!(lm.tokenizer.bos_id, Some(bos));
+    assert_eq!(lm.tokenizer.encode("hi", true).unwrap()[0], bos);
+    let msgs = [Message::new("user", "hi")];
+    let text = lm.template.render(&msgs, false).unwrap();
+    assert_eq!(text, "<s>hi</s>");
+    let ids = camelid_model::text::chat_prompt::chat_prompt_ids(
+        &lm.template,
+        &lm.tokenizer,
+        &msgs,
+        false,
+    )
+    .unwrap();
+    assert_eq!(ids[0], bos);
+    assert!(!ids.contains(&eos) || ids.last() == Some(&eos), "{ids:?}");
+    assert_eq!(ids.iter().filter(|&&i| i == bos).count(), 1, "{ids:?}");
+    // Special tokens only in special_tokens_map.json (no ids in config.json).
+    let d = fixture_copy("map", |c| {
+        let o = c.as_object_mut().unwrap();
+        o.remove("bos_token_id");
+        o.remove("eos_token_id");
+    });
+    std::fs::write(
+        d.path().join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": template}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("special_tokens_map.json"),
+        serde_json::json!({"bos_token": {"content": "<s>"}, "eos_token": "</s>"}).to_string(),
+    )
+    .unwrap();
+    let lm =
+        camelid_model::load(Some(d.path().to_str().unwrap()), &LoadOptions::default()).unwrap();
+    assert_eq!(lm.template.render(&msgs, false).unwrap(), "<s>hi</s>");
+    assert_eq!(lm.tokenizer.bos_id, Some(bos));
+    assert!(
+        lm.tokenizer.eos_ids.contains(&eos),
+        "{:?}",
+        lm.tokenizer.eos_ids
+    );
+}

@@ -55,6 +55,25 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
             )))
         }
     };
+    let mut doc = doc;
+    // Phi-3's chat tokens swallow the whitespace after them (HF's tokenizer.json marks them
+    // `rstrip`; its template writes `<|assistant|>\n`). GGUF keeps no such flag: llama.cpp
+    // goes by the model's name, and so does camelid, with llama.cpp's exceptions.
+    let name = g.meta_str("general.name").unwrap_or("").to_lowercase();
+    if name.contains("phi-3") || name.contains("phi3") {
+        if let Some(added) = doc
+            .get_mut("added_tokens")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for t in added {
+                let kept = matches!(
+                    t["content"].as_str(),
+                    Some("<unk>" | "<s>" | "<|endoftext|>")
+                );
+                t["rstrip"] = serde_json::Value::Bool(!kept);
+            }
+        }
+    }
     let mut tok = Tokenizer::from_json_value(doc, &origin)?;
     tok.bos_id = g.meta_u32("tokenizer.ggml.bos_token_id").ok();
     tok.eos_ids = g
@@ -87,8 +106,11 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
     if g.meta_bool("tokenizer.ggml.add_eos_token") == Some(true) {
         tok.eos_appended = tok.eos_ids.first().copied();
     }
+    // Without the key, llama.cpp's defaults: a BOS for SentencePiece vocabularies and for
+    // Llama 3's byte-level one (early Llama 3 conversions have no key).
+    let pre = g.meta_str("tokenizer.ggml.pre").unwrap_or("");
     tok.add_bos = g
         .meta_bool("tokenizer.ggml.add_bos_token")
-        .unwrap_or(model == "llama");
+        .unwrap_or(model == "llama" || matches!(pre, "llama3" | "llama-v3" | "llama-bpe"));
     Ok(tok)
 }

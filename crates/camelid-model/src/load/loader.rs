@@ -547,16 +547,27 @@ pub fn load_hf_folder(
             dir.display()
         )));
     };
-    let bos_text = token_text(tok_cfg.get("bos_token"));
-    let eos_text = token_text(tok_cfg.get("eos_token"));
-    if let Some(b) = hf
+    // The special tokens as transformers reads them: tokenizer_config.json's, else
+    // special_tokens_map.json's (2023 fine-tunes often keep them only there).
+    let tokens_map = read_json(&dir.join("special_tokens_map.json"))?.unwrap_or_default();
+    let special_text = |key: &str| {
+        token_text(tok_cfg.get(key))
+            .filter(|t| !t.is_empty())
+            .or_else(|| token_text(tokens_map.get(key)).filter(|t| !t.is_empty()))
+    };
+    let bos_text = special_text("bos_token");
+    let eos_text = special_text("eos_token");
+    // The tokenizer's BOS first, as transformers and vLLM tokenize: config.json's
+    // `bos_token_id` can name another token (DeepSeek-R1-Distill-Qwen's says 151643, its
+    // tokenizer's BOS is 151646), which would then go before the template's own BOS.
+    if let Some(b) = bos_text.as_deref().and_then(|t| tok.token_to_id(t)) {
+        tok.bos_id = Some(b);
+    } else if let Some(b) = hf
         .bos_token_id
         .as_ref()
         .map(ids_from_json)
         .and_then(|v| v.first().copied())
     {
-        tok.bos_id = Some(b);
-    } else if let Some(b) = bos_text.as_deref().and_then(|t| tok.token_to_id(t)) {
         tok.bos_id = Some(b);
     }
     let mut eos = vec![];

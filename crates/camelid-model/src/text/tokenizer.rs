@@ -597,7 +597,7 @@ pub fn byte_level_bpe_json(
         "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
         // Llama 3's tiktoken-style split.
-        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
+        "llama-bpe" | "llama3" | "llama-v3" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
             byte_level(false)]}),
         // Qwen2, Qwen2.5, Qwen3 (and the R1 distills on Qwen): Llama 3's split with every
@@ -606,11 +606,12 @@ pub fn byte_level_bpe_json(
         "qwen2" | "deepseek-r1-qwen" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
             byte_level(false)]}),
-        "gpt2" | "default" | "" => byte_level(true),
+        // "gpt-2": llama.cpp's name for GPT-2's own split (its converter writes it).
+        "gpt2" | "gpt-2" | "default" | "" => byte_level(true),
         other => {
             return Err(Error::Unsupported(format!(
                 "GGUF tokenizer.ggml.pre {other:?} (supported: smollm, starcoder, refact, \
-                 llama-bpe, llama3, qwen2, deepseek-r1-qwen, gpt2, default)"
+                 llama-bpe, llama3, llama-v3, qwen2, deepseek-r1-qwen, gpt2, gpt-2, default)"
             )))
         }
     };
@@ -626,7 +627,7 @@ pub fn byte_level_bpe_json(
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": pre == "llama-bpe" || pre == "llama3", "vocab": vocab, "merges": merges
+            "ignore_merges": matches!(pre, "llama-bpe" | "llama3" | "llama-v3"), "vocab": vocab, "merges": merges
         }
     }))
 }

@@ -219,6 +219,8 @@ pub enum Vocab {
     Fixture,
     /// Every `tokenizer.*` field of this GGUF (a vocabulary llama.cpp loads as it is).
     CopyFrom(PathBuf),
+    /// These SentencePiece pieces and their types (`tokenizer.ggml.model` "llama").
+    Pieces(Vec<String>, Vec<i32>),
 }
 
 /// The Python the tests run gguf-py with: `CAMELID_TEST_PYTHON` (`tests/run.sh` makes the
@@ -238,7 +240,8 @@ pub fn write_gguf(dir: &Path, gguf_arch: &str, vocab: &Vocab) -> PathBuf {
 }
 
 /// As [`write_gguf`], with the metadata `keys` (GGUF key → string, integer or bool, e.g.
-/// `tokenizer.ggml.pre`) added, in place of the copied vocabulary's where it has them.
+/// `tokenizer.ggml.pre`) added, in place of the copied vocabulary's where it has them; a
+/// null one is left out.
 pub fn write_gguf_with(
     dir: &Path,
     gguf_arch: &str,
@@ -314,6 +317,10 @@ fn write_gguf_typed(
             spec["token_types"] = serde_json::json!(types);
         }
         Vocab::CopyFrom(src) => spec["tokenizer_from"] = serde_json::json!(src),
+        Vocab::Pieces(tokens, types) => {
+            spec["tokens"] = serde_json::json!(tokens);
+            spec["token_types"] = serde_json::json!(types);
+        }
     }
     let spec_path = dir.join("gguf-spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();

@@ -105,9 +105,12 @@ def main():
         w.add_attn_logit_softcapping(h["attn_logit_softcapping"])
     if h.get("final_logit_softcapping") is not None:
         w.add_final_logit_softcapping(h["final_logit_softcapping"])
-    # Metadata keys the test sets (written first, so they replace copied ones).
+    # Metadata keys the test sets (written first, so they replace copied ones); a null one is
+    # left out, copied or not.
     replaced = spec.get("keys") or {}
     for key, value in replaced.items():
+        if value is None:
+            continue
         if isinstance(value, bool):
             w.add_bool(key, value)
         elif isinstance(value, int):
