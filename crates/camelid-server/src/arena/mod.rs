@@ -212,6 +212,10 @@ pub struct Arena {
     store: Store,
     config: ArenaConfig,
     board: board::Board,
+    /// Battles shown a model's name whose mark the store could not take (an outage): the
+    /// vote writes it first, or is refused while it cannot, so the names seen do not go
+    /// rated. This process's memory: a vote another replica takes does not see it.
+    unmarked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Arena {
@@ -535,6 +539,7 @@ impl Arena {
                         store,
                         config,
                         board: Default::default(),
+                        unmarked: Default::default(),
                     })
                 }
                 Err(e) if store::unreachable(&e) && start.elapsed() + pause < wait => {
@@ -558,6 +563,7 @@ impl Arena {
             store: Store::in_memory(),
             config,
             board: Default::default(),
+            unmarked: Default::default(),
         }
     }
 
@@ -713,9 +719,39 @@ impl Arena {
         let mut names = served.to_vec();
         names.extend([battle.model_a.clone(), battle.model_b.clone()]);
         if conversations_name_a_model([&battle.conversation_a, &battle.conversation_b], &names) {
-            self.store.mark_named(id).await.map_err(store_error)?;
+            self.mark_named(id).await?;
         }
         Ok(battle)
+    }
+
+    /// Marks battle `id` named (its vote will not be rated); where the store cannot take the
+    /// mark now, keeps it for the vote to write ([`Self::write_kept_mark`]).
+    async fn mark_named(&self, id: &str) -> Result<(), ApiError> {
+        if let Err(e) = self.store.mark_named(id).await {
+            self.unmarked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string());
+            return Err(store_error(e));
+        }
+        Ok(())
+    }
+
+    /// The mark a failed [`Self::mark_named`] kept for battle `id`, written before its vote.
+    async fn write_kept_mark(&self, id: &str) -> Result<(), ApiError> {
+        let kept = self
+            .unmarked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        if kept {
+            self.store.mark_named(id).await.map_err(store_error)?;
+            self.unmarked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+        }
+        Ok(())
     }
 
     /// 409 `battle_answering` while a turn of battle `id` is being answered. Checked before
@@ -810,10 +846,7 @@ impl Arena {
         let mut names = served.to_vec();
         names.extend([battle.model_a.clone(), battle.model_b.clone()]);
         if conversations_name_a_model([&side(shown[0]), &side(shown[1])], &names) {
-            self.store
-                .mark_named(&battle.id)
-                .await
-                .map_err(store_error)?;
+            self.mark_named(&battle.id).await?;
         }
         Ok(())
     }
@@ -878,6 +911,7 @@ impl Arena {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
+        self.write_kept_mark(id).await?;
         // A follow-up may land between the read and the insert: then read again.
         for _ in 0..3 {
             let Some(b) = self.store.battle(id).await.map_err(store_error)? else {
@@ -1313,6 +1347,40 @@ mod tests {
             anony.push(cast.anony);
         }
         assert_eq!(anony, [false, true]);
+    }
+
+    /// A turn that showed a name while the store could not take the mark (here its table
+    /// renamed away, as an outage fails the write): the turn's request fails, and the vote
+    /// cast once the store is back writes the kept mark first and is not rated. It was.
+    #[tokio::test]
+    async fn a_name_mark_the_store_missed_is_written_before_the_vote() {
+        let arena = Arena::in_memory(ArenaConfig::default());
+        let served = ["smol-a".to_string(), "smol-b".to_string()];
+        let prompt = vec![json!({"role": "user", "content": "Who are you?"})];
+        let visitor = Visitor::new();
+        let battle =
+            answered_battle(&arena, &visitor, ["smol-a", "smol-b"], ["Hello.", "Hi."]).await;
+        let battle = arena.resume(&battle.id, &visitor).await.unwrap();
+        arena.begin_answer(&battle).await.unwrap();
+        let sql = |q: &'static str| {
+            let pool = arena.store.pool().clone();
+            async move { sqlx::query(q).execute(&pool).await.unwrap() }
+        };
+        sql("ALTER TABLE arena_named RENAME TO arena_named_away").await;
+        let shown = ["I am Qwen2.5, by Alibaba.", "Hi."];
+        let e = arena
+            .turn_not_kept(&battle, &prompt, shown, &served)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR, "{e:?}");
+        sql("ALTER TABLE arena_named_away RENAME TO arena_named").await;
+        assert!(arena.end_answer(&battle.id).await);
+        let cast = arena
+            .vote(&battle.id, &visitor, Outcome::Tie, &served, None)
+            .await
+            .unwrap();
+        assert!(!cast.anony, "a vote after names were shown was rated");
+        assert!(arena.unmarked.lock().unwrap().is_empty());
     }
 
     /// The store's URL carries the database password: a failed connection names the store

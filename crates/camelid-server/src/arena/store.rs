@@ -231,7 +231,7 @@ impl Store {
         Ok(self)
     }
 
-    fn pool(&self) -> &AnyPool {
+    pub(super) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
