@@ -881,6 +881,30 @@ def leaderboard_declined_key(browser):
     ctx.close()
 
 
+def forget_key(browser):
+    """A browser that keeps a key shows "Forget key" in the header; it removes the key (on a
+    shared computer the next visitor must not use it), and the page asks for one again."""
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    watch = Watch(page)
+    page.goto(base + "/")
+    page.locator("dialog.key-dialog[open]").wait_for(timeout=TIMEOUT_MS)
+    check(not page.is_visible("header.top button.forget-key"), "no Forget key without a key")
+    page.fill("#api-key", key)
+    page.click("dialog.key-dialog button.primary")
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    forget = page.locator("header.top button.forget-key")
+    check(forget.is_visible(), "Forget key shown once a key is kept")
+    forget.click()
+    check(page.evaluate("localStorage.getItem('camelid.apiKey')") is None, "the key is removed")
+    check(not forget.is_visible(), "and the button hidden")
+    page.reload()
+    page.locator("dialog.key-dialog[open]").wait_for(timeout=TIMEOUT_MS)
+    page.keyboard.press("Escape")
+    watch.clean("forget key")
+    ctx.close()
+
+
 def private_arena_limits(browser):
     """A private arena's page reads its limits with the key the browser holds (a route
     stands in for a server with keys: 401 without it); before, it never sent one and kept
@@ -980,6 +1004,7 @@ with sync_playwright() as p:
     tables_keep_their_words_on_a_phone(browser)
     chat_without_models(browser)
     private_arena_limits(browser)
+    forget_key(browser)
     phone(browser)
     browser.close()
 

@@ -26,9 +26,45 @@ const Camelid = (() => {
       // Storage off (private mode): the key lasts as long as the page.
     }
     memoryKey = key;
+    showForgetKey();
   }
 
   let memoryKey = storedKey();
+
+  // "Forget key" in the page's header while this browser holds a key: on a shared computer
+  // the next person must not use it (it stays in localStorage until removed). Another tab's
+  // change to the stored key shows or hides it here too.
+  let forgetButton = null;
+  function showForgetKey() {
+    if (!forgetButton) {
+      const header = document.querySelector("header.top");
+      if (!header) return;
+      forgetButton = document.createElement("button");
+      forgetButton.type = "button";
+      forgetButton.className = "forget-key";
+      forgetButton.textContent = "Forget key";
+      forgetButton.title = "Remove the API key this browser keeps for this server";
+      forgetButton.addEventListener("click", () => {
+        try {
+          localStorage.removeItem(KEY_STORE);
+        } catch {
+          // Storage off: only this page's copy was there.
+        }
+        memoryKey = "";
+        showForgetKey();
+      });
+      header.append(forgetButton);
+    }
+    forgetButton.hidden = !currentKey();
+  }
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", showForgetKey);
+  } else {
+    showForgetKey();
+  }
+  window.addEventListener("storage", (e) => {
+    if (e.key === KEY_STORE || e.key === null) showForgetKey();
+  });
 
   // The key to send: the stored one (read each time: another tab may have stored one since
   // this page loaded), else this page's own (storage off).
