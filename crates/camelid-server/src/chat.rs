@@ -411,6 +411,9 @@ pub async fn submit_salted(
     )?;
     let shown = plan.as_ref().map(|p| p.tools.clone());
     let end = prompt_end(req.add_generation_prompt, req.continue_final_message)?;
+    // A continued final message is its text going on: a SentencePiece first token keeps its
+    // space ("…is" + " Paris"), as a completion's does.
+    params.continues_prompt = end == PromptEnd::ContinueFinal;
     let prompt = if req.drop_oldest_to_fit {
         // Room for the answer once turns are left out: Ollama's `num_predict` where it is
         // smaller, else a quarter of the context (Ollama's runner shifts its context while

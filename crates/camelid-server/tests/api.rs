@@ -692,6 +692,70 @@ fn completion_logprobs_of_split_characters_keep_their_keys_and_offsets() {
     assert_eq!(&st_offsets, lp["text_offset"].as_array().unwrap());
 }
 
+/// A continued final message goes on with its text, as a completion of the same prompt does:
+/// on a SentencePiece vocabulary the first token keeps its space ("hello world" + " the").
+/// The chat had dropped it ("hello worldthe" for a client joining them), and Ollama's raw
+/// generate too.
+#[test]
+fn sentencepiece_continuations_keep_the_first_space() {
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    // A template short enough for the tiny model's 64 positions: the contents, one per line.
+    let lm = camelid_model::load(p.to_str(), &camelid_model::LoadOptions::default())
+        .unwrap()
+        .with_chat_template("{% for m in messages %}{{ m['content'] }}\n{% endfor %}".into())
+        .unwrap();
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![common::entry_of(
+        lm,
+        "tiny",
+        64,
+        EngineConfig::default(),
+    )]);
+    let s = serve(state);
+    let post_json = |path: &str, body: Value| {
+        let (st, b) = post_raw(&s.base, path, body.to_string().into_bytes());
+        assert_eq!(st, 200, "{path}: {b}");
+        b
+    };
+    // The bias makes every generated token `▁the` (id 10).
+    let (n, bias) = (2, json!({"10": 100}));
+    let chat = post_json(
+        "/v1/chat/completions",
+        json!({"model": "tiny", "continue_final_message": true, "add_generation_prompt": false,
+               "messages": [{"role": "user", "content": "hello"},
+                            {"role": "assistant", "content": "hello world"}],
+               "max_tokens": n, "ignore_eos": true, "temperature": 0, "logit_bias": bias}),
+    );
+    assert_eq!(
+        chat["choices"][0]["message"]["content"], " the the",
+        "{chat}"
+    );
+    // Ollama's raw generate answers what /v1/completions answers for the same prompt and
+    // seed, on a draw whose continuation starts with a word (Ollama has no logit_bias).
+    let sampled = |seed: u64| {
+        post_json(
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "hello world", "max_tokens": 4,
+                   "temperature": 1.0, "top_p": 1.0, "seed": seed}),
+        )["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (seed, cmpl) = (0..64)
+        .map(|seed| (seed, sampled(seed)))
+        .find(|(_, c)| c.starts_with(' '))
+        .expect("a draw whose continuation starts with a word");
+    let raw = post_json(
+        "/api/generate",
+        json!({"model": "tiny", "prompt": "hello world", "raw": true, "stream": false,
+               "options": {"num_predict": 4, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                           "min_p": 0.0, "repeat_penalty": 1.0, "seed": seed}}),
+    );
+    assert_eq!(raw["response"], json!(cmpl), "seed {seed}: {raw}");
+}
+
 #[test]
 fn sentencepiece_echo_and_token_text() {
     // A vocabulary that adds BOS and spells spaces as `▁`: echo gives the prompt as sent

@@ -169,6 +169,9 @@ async fn submit_raw(
     let vocab = model.engine.vocab_size();
     let stops = model_stops(model, suffix.is_some());
     let mut params = generation_params(f, &model.sampling_defaults, limits, vocab, &stops, &[])?;
+    // The prompt's text going on, as a completion's: a SentencePiece first token keeps its
+    // space.
+    params.continues_prompt = true;
     let tok = model.engine.shared_tokenizer();
     let ids = blocking(&permit, move || {
         encode_prompt(&tok, &prompt, suffix.as_deref())
