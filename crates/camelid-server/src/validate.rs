@@ -288,7 +288,14 @@ pub fn generation_params(
         .chain(f.stop_token_ids.iter().flatten())
         .copied()
         .collect();
-    p.eos_token_ids = stop_token_ids.to_vec();
+    // What `ignore_eos` takes away: the model's end tokens the client did not also list (vLLM
+    // stops on a listed one even with ignore_eos).
+    let listed = f.stop_token_ids.as_deref().unwrap_or_default();
+    p.eos_token_ids = stop_token_ids
+        .iter()
+        .filter(|t| !(f.ignore_eos && listed.contains(t)))
+        .copied()
+        .collect();
     p.ignore_eos = f.ignore_eos;
     p.min_tokens = f.min_tokens.unwrap_or(0) as usize;
     p.skip_special_tokens = f.skip_special_tokens.unwrap_or(true);

@@ -692,6 +692,30 @@ fn completion_logprobs_of_split_characters_keep_their_keys_and_offsets() {
     assert_eq!(&st_offsets, lp["text_offset"].as_array().unwrap());
 }
 
+/// `ignore_eos` with the model's end token also in `stop_token_ids`: the listed token still
+/// stops (as in vLLM), its id the `stop_reason`; `ignore_eos` alone never draws it.
+#[test]
+fn ignore_eos_still_stops_on_a_listed_end_token() {
+    let (st, t) = post(
+        "/tokenize",
+        json!({"model": "smol", "prompt": "<|im_end|>", "add_special_tokens": false}),
+    );
+    assert_eq!(st, 200, "{t}");
+    let eos = t["tokens"][0].clone();
+    let bias = json!({ eos.to_string(): 100 });
+    let (st, b) = chat(
+        json!({"max_tokens": 5, "ignore_eos": true, "stop_token_ids": [eos],
+                              "logit_bias": bias}),
+    );
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["choices"][0]["finish_reason"], "stop", "{b}");
+    assert_eq!(b["choices"][0]["stop_reason"], eos, "{b}");
+    assert_eq!(b["usage"]["completion_tokens"], 1, "{b}");
+    let (st, b) = chat(json!({"max_tokens": 5, "ignore_eos": true, "logit_bias": bias}));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["choices"][0]["finish_reason"], "length", "{b}");
+}
+
 /// A continued final message goes on with its text, as a completion of the same prompt does:
 /// on a SentencePiece vocabulary the first token keeps its space ("hello world" + " the").
 /// The chat had dropped it ("hello worldthe" for a client joining them), and Ollama's raw

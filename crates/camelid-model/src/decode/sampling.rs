@@ -271,11 +271,26 @@ impl Sampler {
         if uncut {
             // Nothing cuts the distribution: draw from it in index order, with no sort (a
             // vocabulary is 32–150k entries; sorting it took milliseconds per token).
-            let mut r = self.rng.random::<f64>() * total;
-            let mut last = 0;
+            let u = self.rng.random::<f64>();
+            let mut r = u * total;
+            let (mut last, mut sum) = (0, 0.0f64);
             for (i, (&x, &wi)) in l.iter().zip(w.iter()).enumerate() {
                 if x > f32::NEG_INFINITY {
                     last = i;
+                    r -= wi as f64;
+                    sum += wi as f64;
+                    if r <= 0.0 {
+                        return i as u32;
+                    }
+                }
+            }
+            // `total` is an f32 sum, which can round above the weights' exact one (by ~1e-3
+            // over a 100k vocabulary): a draw in that gap would fall to the last token, the
+            // highest-index one (a reserved or padding token), whatever its probability.
+            // The same draw over the exact sum instead.
+            let mut r = u * sum;
+            for (i, (&x, &wi)) in l.iter().zip(w.iter()).enumerate() {
+                if x > f32::NEG_INFINITY {
                     r -= wi as f64;
                     if r <= 0.0 {
                         return i as u32;
@@ -315,7 +330,9 @@ fn softmax_weights(l: &[f32], t: f32, w: &mut Vec<f32>) -> f64 {
 /// The tokens top_k, min_p and top_p keep (in no particular order, the same for the same
 /// logits), with their renormalised probabilities; `w` and `total` are [`softmax_weights`]'
 /// output. The kept set is the textbook one (sort the vocabulary best first, ties to the
-/// lower index; cut by top_k, min_p, top_p), found without sorting: a flat distribution
+/// lower index; cut by top_k, then top_p over the mass top_k left and min_p, each a
+/// best-first prefix: HF's and llama.cpp's order; vLLM takes top_p over what min_p left,
+/// renormalised, which keeps fewer where both cut), found without sorting: a flat distribution
 /// under a top_p near 1 keeps most of a 150k vocabulary, and a sort of it per token per
 /// sequence (milliseconds on the engine thread) would slow every other stream.
 fn kept_candidates(l: &[f32], p: &SamplingParams, w: &[f32], total: f64) -> (Vec<usize>, Vec<f64>) {
@@ -451,6 +468,27 @@ mod tests {
             .collect()
     }
 
+    /// A draw from the whole distribution never lands on the last token by rounding: its
+    /// sum in f32 (100k weights of 0.77 ulp each, every add rounded up) comes out ~0.3 %
+    /// above the exact one, and draws in that gap took the highest-index token, here one of
+    /// probability ~1e-35 (~50 of 20 000 draws).
+    #[test]
+    fn a_rounded_up_sum_never_draws_the_last_token() {
+        let mut l = vec![-16.2f32; 100_000];
+        l[0] = 0.0;
+        l[99_999] = -80.0;
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: Some(1),
+            ..Default::default()
+        });
+        let mut hits = 0;
+        for _ in 0..20_000 {
+            hits += (s.sample(&l, &[], &[]) == 99_999) as usize;
+        }
+        assert_eq!(hits, 0, "the last token drawn {hits} times");
+    }
+
     #[test]
     fn same_seed_same_tokens() {
         let p = SamplingParams {
@@ -575,7 +613,7 @@ mod tests {
     }
 
     /// The kept tokens and their probabilities, by the textbook recipe: sort the whole
-    /// vocabulary, cut by top_k, min_p, top_p, renormalise.
+    /// vocabulary, cut by top_k, min_p, and top_p over the mass top_k left, renormalise.
     fn reference_support(l: &[f32], p: &SamplingParams) -> Vec<(usize, f64)> {
         let mut idx: Vec<usize> = (0..l.len()).collect();
         idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
