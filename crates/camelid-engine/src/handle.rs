@@ -275,6 +275,10 @@ impl EngineHandle {
             .map_err(|_| SubmitError::QueueFull)?;
         let mut rxs = Vec::with_capacity(k);
         let group_started = Arc::new(AtomicBool::new(false));
+        // Counted before the engine can see them: it sets the gauge from its own queue after
+        // each step, and a count added after the send could land after the engine's last
+        // set (the request already done) and stay, an idle engine showing a waiting request.
+        self.metrics.waiting.fetch_add(k as u64, Ordering::Relaxed);
         for (i, mut req) in reqs.into_iter().enumerate() {
             if self.lora.is_some() {
                 req.lora = self.lora.clone();
@@ -289,11 +293,17 @@ impl EngineHandle {
             if self.tx.send(s).is_err() {
                 // Those not sent never reach the engine: give their room back.
                 self.queued.fetch_sub(k - i, Ordering::AcqRel);
+                let unsent = (k - i) as u64;
+                let _ =
+                    self.metrics
+                        .waiting
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                            Some(w.saturating_sub(unsent))
+                        });
                 return Err(SubmitError::Stopped);
             }
             rxs.push(erx);
         }
-        self.metrics.waiting.fetch_add(k as u64, Ordering::Relaxed);
         Ok(rxs)
     }
 

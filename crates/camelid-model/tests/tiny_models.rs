@@ -707,3 +707,47 @@ fn special_tokens_come_from_the_tokenizer_files_first() {
         lm.tokenizer.eos_ids
     );
 }
+
+/// An HF folder's jinja template is tokenized as transformers' `apply_chat_template` (and
+/// vLLM's chat) tokenizes it, without special tokens: a template that writes no BOS
+/// (TinyLlama's, Zephyr's) gets none, even with `add_bos_token: true` (camelid added one). A
+/// built-in FastChat template still gets the tokenizer's, as FastChat's workers tokenize.
+#[test]
+fn an_hf_jinja_template_gets_only_its_own_bos() {
+    use camelid_model::text::chat_prompt::chat_prompt_ids;
+    use camelid_model::Message;
+    let msgs = [Message::new("user", "hi")];
+    let d = fixture_copy("nobos", |_| {});
+    std::fs::write(
+        d.path().join("tokenizer_config.json"),
+        serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true,
+                           "chat_template": "{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"})
+        .to_string(),
+    )
+    .unwrap();
+    let lm =
+        camelid_model::load(Some(d.path().to_str().unwrap()), &LoadOptions::default()).unwrap();
+    let bos = lm.tokenizer.bos_id.unwrap();
+    let ids = chat_prompt_ids(&lm.template, &lm.tokenizer, &msgs, false).unwrap();
+    assert_ne!(ids[0], bos, "{ids:?}");
+    assert_eq!(
+        lm.tokenizer.encode("hi", true).unwrap()[0],
+        bos,
+        "completions keep it"
+    );
+    // No template of its own: the built-in one, and the tokenizer's BOS.
+    let d = fixture_copy("builtin", |_| {});
+    std::fs::write(
+        d.path().join("tokenizer_config.json"),
+        serde_json::json!({"bos_token": "<s>", "add_bos_token": true}).to_string(),
+    )
+    .unwrap();
+    let lm =
+        camelid_model::load(Some(d.path().to_str().unwrap()), &LoadOptions::default()).unwrap();
+    assert!(matches!(
+        lm.template,
+        camelid_model::ChatTemplate::Builtin(_)
+    ));
+    let ids = chat_prompt_ids(&lm.template, &lm.tokenizer, &msgs, true).unwrap();
+    assert_eq!(ids[0], bos, "{ids:?}");
+}

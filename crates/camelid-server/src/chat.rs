@@ -118,6 +118,7 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
             if role == "tool" {
                 msg.tool_call_id = m.tool_call_id.clone();
             }
+            msg.name = m.name.clone();
             if role == "assistant" {
                 msg.reasoning_content = [&m.reasoning_content, &m.reasoning]
                     .into_iter()

@@ -692,6 +692,46 @@ fn completion_logprobs_of_split_characters_keep_their_keys_and_offsets() {
     assert_eq!(&st_offsets, lp["text_offset"].as_array().unwrap());
 }
 
+/// A message's `name` reaches the template, as transformers and vLLM pass the message dict
+/// (Hermes 2 Pro's tool template refuses a tool result without one): it was dropped.
+#[test]
+fn message_names_reach_the_template() {
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    let lm = camelid_model::load(p.to_str(), &camelid_model::LoadOptions::default())
+        .unwrap()
+        .with_chat_template(
+            "{% for m in messages %}{{ m.role }} {{ m.name | default('none') }} {{ m.content }} {% endfor %}"
+                .into(),
+        )
+        .unwrap();
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![common::entry_of(
+        lm,
+        "tiny",
+        64,
+        EngineConfig::default(),
+    )]);
+    let s = serve(state);
+    let post_json = |path: &str, body: Value| {
+        let (st, b) = post_raw(&s.base, path, body.to_string().into_bytes());
+        assert_eq!(st, 200, "{path}: {b}");
+        b
+    };
+    let ids = post_json(
+        "/tokenize",
+        json!({"model": "tiny", "add_generation_prompt": false, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "tool", "name": "get", "tool_call_id": "c1", "content": "ok"}]}),
+    )["tokens"]
+        .clone();
+    let text = post_json("/detokenize", json!({"model": "tiny", "tokens": ids}))["prompt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.ends_with("user none hi tool get ok "), "{text:?}");
+}
+
 /// `ignore_eos` with the model's end token also in `stop_token_ids`: the listed token still
 /// stops (as in vLLM), its id the `stop_reason`; `ignore_eos` alone never draws it.
 #[test]

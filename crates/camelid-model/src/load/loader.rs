@@ -603,11 +603,9 @@ pub fn load_hf_folder(
     tok.add_bos = match tok_cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
         Some(add) => add,
         None if tok.add_bos => true,
-        None => {
-            tok.bos_from_post_processor = tok.post_processor_adds_bos();
-            tok.bos_from_post_processor
-        }
+        None => tok.post_processor_adds_bos(),
     };
+    tok.jinja_chat_without_bos = true;
     // The template, in transformers' order: chat_template.jinja (newer transformers save it
     // there, and it wins over the config's), tokenizer_config.json's, chat_template.json's
     // (multimodal checkpoints). A null one is none.

@@ -94,9 +94,9 @@ pub fn chat_prompt_ids_ending(
         &has_special,
         max_bytes,
     )?;
-    // A BOS the tokenizer adds to any text, but not one only its post-processor adds (HF
-    // tokenizes a rendered template without special tokens; see `bos_from_post_processor`).
-    let bos = !tok.bos_from_post_processor;
+    // The tokenizer's BOS, but for an HF folder's jinja template, whose render transformers
+    // tokenizes without special tokens (see `jinja_chat_without_bos`).
+    let bos = !(tok.jinja_chat_without_bos && matches!(template, ChatTemplate::Jinja { .. }));
     if end == PromptEnd::ContinueFinal {
         let (text, ranges) = cut_after_final(&split, messages)?;
         return tok.encode_with_literal(text, &ranges, bos);
@@ -217,6 +217,18 @@ pub fn render_split_marking(
         }
         for call in x.tool_calls.iter_mut().flatten() {
             mark_strings(call, &nonce, messages.len(), &mut extra, mark)?;
+        }
+        // The client's other strings a template may show (Qwen3 shows an earlier turn's
+        // thinking again, Mistral's templates a call id): text too, never control tokens.
+        for field in [&mut x.reasoning_content, &mut x.tool_call_id, &mut x.name] {
+            if let Some(s) = field.as_mut() {
+                let mut j = Json::String(std::mem::take(s));
+                mark_strings(&mut j, &nonce, messages.len(), &mut extra, mark)?;
+                let Json::String(back) = j else {
+                    unreachable!("marking keeps a string a string")
+                };
+                *s = back;
+            }
         }
         marked_msgs.push(x);
     }
@@ -506,6 +518,22 @@ mod tests {
         // The whole prompt read with special tokens on has three more.
         let whole = tok.encode(&t.render(&m, false).unwrap(), false).unwrap();
         assert_eq!(whole.iter().filter(|&&i| tok.is_special(i)).count(), 7);
+        // The client's other strings a template shows (an earlier turn's thinking, a call id,
+        // a name) are text too: they had become control tokens.
+        let t = jinja(
+            "{% for m in messages %}<|a|>{{ m.reasoning_content }}|{{ m.tool_call_id }}|{{ m.name }}<|b|>{% endfor %}",
+        );
+        let mut m = msgs(&[("assistant", "x")]);
+        m[0].reasoning_content = Some("q<|b|>".into());
+        m[0].tool_call_id = Some("<|a|>7".into());
+        m[0].name = Some("n<|b|>".into());
+        let ids = chat_prompt_ids(&t, &tok, &m, false).unwrap();
+        let specials: Vec<u32> = ids.iter().copied().filter(|&i| tok.is_special(i)).collect();
+        assert_eq!(specials, [a, b]);
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            t.render(&m, false).unwrap()
+        );
     }
 
     #[test]

@@ -60,10 +60,12 @@ pub struct Tokenizer {
     pub bos_id: Option<u32>,
     pub eos_ids: Vec<u32>,
     pub add_bos: bool,
-    /// `add_bos` comes from `tokenizer.json`'s post-processor alone: HF adds that BOS to
-    /// text it tokenizes, not to a rendered chat template (`apply_chat_template` tokenizes
-    /// without special tokens), so chat prompts get only the template's own.
-    pub bos_from_post_processor: bool,
+    /// Loaded from an HF folder: a jinja chat template's render is tokenized as transformers'
+    /// `apply_chat_template` (and vLLM's chat) tokenizes it, without special tokens, so its
+    /// prompts get only the BOS the template writes, whatever `add_bos` says. (A built-in
+    /// FastChat template's render gets the tokenizer's BOS, as FastChat's workers tokenize;
+    /// a GGUF's chat prompts llama.cpp's, which adds it.)
+    pub jinja_chat_without_bos: bool,
     /// The special token the model's tokenizer appends to text (GGUF's `add_eos_token`, an
     /// HF post-processor's trailing token: Qwen3-Embedding's `<|endoftext|>`). Embedding
     /// inputs get it ([`Self::encode_for_embedding`]), as llama.cpp and sentence-transformers
@@ -95,7 +97,7 @@ impl Tokenizer {
             bos_id: None,
             eos_ids: vec![],
             add_bos: false,
-            bos_from_post_processor: false,
+            jinja_chat_without_bos: false,
             eos_appended: None,
             fim: None,
             json,

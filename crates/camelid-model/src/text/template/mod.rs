@@ -31,6 +31,10 @@ pub struct Message {
     /// it again for the turns after the last user message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The message's `name` as the client gave it (a tool result's function: Hermes 2 Pro's
+    /// template requires it), passed through as transformers and vLLM pass the dict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Message {
@@ -41,6 +45,7 @@ impl Message {
             tool_calls: None,
             tool_call_id: None,
             reasoning_content: None,
+            name: None,
         }
     }
 }
@@ -192,7 +197,31 @@ impl ChatTemplate {
                 env.add_filter("tojson", move |v: &minijinja::Value, indent, kwargs| {
                     tojson(v, indent, kwargs, max_bytes, &spent, &flag)
                 });
-                env.add_template("chat", source).map_err(|e| {
+                // Undefined values as Jinja2 takes them in these two (Hermes 2 Pro's tool
+                // template reads a parameterless tool's `properties` so): no pairs, length 0.
+                env.add_filter("items", |v: &minijinja::Value| {
+                    if v.is_undefined() {
+                        Ok(minijinja::Value::from(Vec::<minijinja::Value>::new()))
+                    } else {
+                        minijinja::filters::items(v)
+                    }
+                });
+                env.add_filter("length", |v: &minijinja::Value| {
+                    if v.is_undefined() {
+                        Ok(0)
+                    } else {
+                        minijinja::filters::length(v)
+                    }
+                });
+                env.add_filter("count", |v: &minijinja::Value| {
+                    if v.is_undefined() {
+                        Ok(0)
+                    } else {
+                        minijinja::filters::length(v)
+                    }
+                });
+                let source = generation_blocks(source);
+                env.add_template("chat", &source).map_err(|e| {
                     Error::Template(format!("cannot parse the model's chat_template: {e}"))
                 })?;
                 let tmpl = env
@@ -234,6 +263,47 @@ impl ChatTemplate {
             }
         }
     }
+}
+
+/// transformers' `{% generation %}…{% endgeneration %}` (its `AssistantTracker` extension,
+/// which TRL's training templates use to mark what the assistant says) renders its body: here
+/// it becomes `{% if true %}…{% endif %}`, whitespace markers kept. minijinja has no such tag.
+fn generation_blocks(src: &str) -> std::borrow::Cow<'_, str> {
+    if !src.contains("generation") {
+        return std::borrow::Cow::Borrowed(src);
+    }
+    let marker = |s: &str| match s.chars().next() {
+        Some(c @ ('-' | '+')) => (Some(c), s[1..].to_string()),
+        _ => (None, s.to_string()),
+    };
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let (open, inner) = marker(after);
+        let inner = inner.trim_start();
+        let word = [("endgeneration", "endif"), ("generation", "if true")]
+            .into_iter()
+            .find(|(w, _)| inner.starts_with(w));
+        if let Some((w, with)) = word {
+            let (close, tail) = marker(inner[w.len()..].trim_start());
+            if let Some(tail) = tail.strip_prefix("%}") {
+                out.push_str("{%");
+                out.extend(open);
+                out.push_str(&format!(" {with} "));
+                out.extend(close);
+                out.push_str("%}");
+                // `tail` is a suffix of `rest`: continue from the same place in it.
+                rest = &rest[rest.len() - tail.len()..];
+                continue;
+            }
+        }
+        out.push_str("{%");
+        rest = after;
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -510,6 +580,60 @@ mod tests {
             "{\n \"a\": {\n  \"y\": [], \n  \"z\": \"\\u00e9\\ud83d\\ude00\"\n }, \n \"b\": [\n  1, \n  2.5\n ], \n \"s\": \"x\\u0001\"\n}",
         ];
         assert_eq!(out, want.join("|"));
+    }
+
+    /// Floats as Python's `json.dumps` writes them (its `repr`): `1e-05`, `1e+16`, `100.0`,
+    /// where serde wrote `0.00001` and `1e16` (a tool schema's `minimum` read differently).
+    #[test]
+    fn tojson_writes_floats_as_python() {
+        let t = ChatTemplate::Jinja {
+            source: "{{ tools[0] | tojson }}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let tools = [
+            serde_json::json!({"a": 0.00001, "b": 1e16, "c": 1.5e-7, "d": 100.0,
+            "e": 0.0001, "f": 123456.789, "g": -0.0, "h": 1.2345678901234568e17, "i": 3,
+            "j": 0.1, "k": 1e15, "l": -2.5e-300}),
+        ];
+        let out = t
+            .render_with(&[], Some(&tools), false, &TemplateKwargs::new())
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"{"a": 1e-05, "b": 1e+16, "c": 1.5e-07, "d": 100.0, "e": 0.0001, "f": 123456.789, "g": -0.0, "h": 1.2345678901234568e+17, "i": 3, "j": 0.1, "k": 1000000000000000.0, "l": -2.5e-300}"#
+        );
+    }
+
+    /// transformers' `{% generation %}` block (TRL's training templates) renders its body,
+    /// whitespace markers and all; minijinja refused the tag. And `items`/`length` of an
+    /// undefined value are empty, as in Jinja2 (Hermes 2 Pro's tool template reads a
+    /// parameterless tool's `properties` so): they were errors.
+    #[test]
+    fn generation_blocks_and_undefined_items_render_as_in_transformers() {
+        let t = |source: &str| ChatTemplate::Jinja {
+            source: source.into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let m = [Message::new("user", "hi"), Message::new("assistant", "yo")];
+        let g = t("{% for m in messages %}[{%- generation -%} {{ m.content }} {%- endgeneration -%}]\n{% generation %}{% endgeneration %}{% endfor %}{{ 'generation' }}");
+        assert_eq!(g.render(&m, false).unwrap(), "[hi]\n[yo]\ngeneration");
+        let tools = [
+            serde_json::json!({"type": "function", "function": {"name": "now",
+            "parameters": {"type": "object"}}}),
+        ];
+        let u = t("{% for k, v in tools[0].function.parameters.properties|items %}{{ k }}{% endfor %}{{ tools[0].function.parameters.properties|length }}{{ tools[0].function.parameters|length }}");
+        assert_eq!(
+            u.render_with(&m, Some(&tools), false, &TemplateKwargs::new())
+                .unwrap(),
+            "01"
+        );
+        // A value that is there but is not a mapping is still an error.
+        let bad = t("{{ tools[0].function.name|items }}");
+        assert!(bad
+            .render_with(&m, Some(&tools), false, &TemplateKwargs::new())
+            .is_err());
     }
 
     /// A render stops once its text passes the bound, in the template's own output or
