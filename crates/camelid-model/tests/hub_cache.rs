@@ -37,7 +37,8 @@ fn revisions_resolve_through_the_offline_cache() {
     let home = tempfile::tempdir().unwrap();
     let repo = fake_cache(home.path());
     std::env::set_var("HF_HOME", home.path());
-    std::env::set_var("HF_HUB_OFFLINE", "1");
+    // Any of the Python hub's spellings (1, true, yes, on).
+    std::env::set_var("HF_HUB_OFFLINE", "Yes");
     let id = "acme/tiny-llama";
     // No revision: `main`'s commit; a tag: its own commit's snapshot.
     assert_eq!(
@@ -176,6 +177,65 @@ fn revisions_resolve_through_the_offline_cache() {
     std::env::set_var("HF_ENDPOINT", hub_answering("401 Unauthorized"));
     let err = fetch_repo("acme/gated", None).unwrap_err().to_string();
     assert!(err.contains("HF_TOKEN") && err.contains("license"), "{err}");
+
+    // Online, the hub up but serving no file (every download a 503): files already in the
+    // snapshot of the commit the hub names are used from it, whether the revision is that
+    // commit's hash (the Python hub's cache has no `refs/<commit>`: hf-hub's lookup missed it
+    // and downloaded the model again) or a branch that moved to it (its files had come from
+    // the old commit's snapshot); the branch then names the new commit, for offline starts.
+    std::env::set_var("HF_ENDPOINT", hub_listing(V2, "503 Service Unavailable"));
+    assert_eq!(
+        fetch_repo(id, Some(V2)).unwrap(),
+        repo.join("snapshots").join(V2)
+    );
+    assert_eq!(
+        fetch_repo(id, None).unwrap(),
+        repo.join("snapshots").join(V2)
+    );
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), V2);
+    assert!(!repo.join("refs").join(V2).exists());
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    assert_eq!(
+        fetch_repo(id, None).unwrap(),
+        repo.join("snapshots").join(V2)
+    );
+    std::env::remove_var("HF_HUB_OFFLINE");
+    // A gated repository lists its files to anyone and refuses them without a token whose
+    // owner accepted the license: the refusal of a file says so (it came as a bare 403).
+    std::env::set_var("HF_ENDPOINT", hub_listing(V2, "403 Forbidden"));
+    let err = fetch_repo("acme/gated-files", None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HF_TOKEN") && err.contains("license"), "{err}");
+}
+
+/// A hub on a loopback port whose every revision of every repo is commit `sha`, listing the
+/// tiny model's files, and which serves no file (`refusal`, e.g. a 503); its URL.
+fn hub_listing(sha: &'static str, refusal: &'static str) -> String {
+    let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hub.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in hub.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let reply = if head.starts_with("GET /api/models/") {
+                let body = format!(
+                    r#"{{"sha": "{sha}", "siblings": [{{"rfilename": "config.json"}},
+                        {{"rfilename": "model.safetensors"}}, {{"rfilename": "tokenizer.model"}}]}}"#
+                );
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                format!("HTTP/1.1 {refusal}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            };
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    url
 }
 
 /// A hub on a loopback port that answers every request with `status` (e.g. "503 Service

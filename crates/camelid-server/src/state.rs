@@ -104,11 +104,16 @@ impl ModelDetails {
     }
 }
 
-/// The weight files of a model: the file itself, or a folder's `.gguf`, `.safetensors`
-/// and PyTorch files.
+/// The weight files of a model: the file itself, or the files a folder's weights load from
+/// (the loader's choice: a Mistral snapshot's `consolidated.safetensors` beside its shards, or
+/// a fine-tune's `training_args.bin`, are not counted), else its `.gguf` files.
 fn weight_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use camelid_model::load::hf_folder::{find_weight_files, WeightFiles};
     if path.is_file() {
         return vec![path.to_path_buf()];
+    }
+    if let Ok(WeightFiles::Safetensors(f) | WeightFiles::PyTorch(f)) = find_weight_files(path) {
+        return f;
     }
     let Ok(dir) = std::fs::read_dir(path) else {
         return vec![];
@@ -380,4 +385,46 @@ fn slot(slots: &Arc<Semaphore>, full: String) -> Result<Permit, ApiError> {
         .try_acquire_owned()
         .map(|p| Permit(Arc::new(p)))
         .map_err(|_| ApiError::overloaded(axum::http::StatusCode::TOO_MANY_REQUESTS, full))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weight_files;
+
+    /// A folder's size is what its weights load from: a Mistral snapshot's
+    /// `consolidated.safetensors` beside its shards and a fine-tune's `training_args.bin` are
+    /// not weights of the model (they doubled `/api/tags`' size).
+    #[test]
+    fn a_folders_weights_are_the_loaders() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "consolidated.safetensors",
+            "training_args.bin",
+        ] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        std::fs::write(
+            d.path().join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors",
+                               "b": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = weight_files(d.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
+        );
+        // A folder of GGUF files: those.
+        let g = tempfile::tempdir().unwrap();
+        std::fs::write(g.path().join("m.Q4_K_M.gguf"), b"x").unwrap();
+        assert_eq!(weight_files(g.path()), [g.path().join("m.Q4_K_M.gguf")]);
+    }
 }

@@ -52,10 +52,20 @@ pub const SIDE_FILES: &[&str] = &[
     // Multimodal checkpoints and newer transformers keep the chat template apart.
     "chat_template.json",
     "chat_template.jinja",
+    // A sentence-transformers embedding model's pooling (mean or last token).
+    "1_Pooling/config.json",
 ];
 
+/// `HF_HUB_OFFLINE` (or transformers' `TRANSFORMERS_OFFLINE`) as the Python hub reads it:
+/// 1, true, yes or on, any case.
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| {
+        std::env::var(k).is_ok_and(|v| {
+            ["1", "true", "yes", "on"]
+                .iter()
+                .any(|t| v.trim().eq_ignore_ascii_case(t))
+        })
+    })
 }
 
 /// A hub model spec: `owner/name`, or `owner/name:QUANT` naming one GGUF file of the repo
@@ -111,6 +121,23 @@ pub fn pick_gguf(id: &str, listing: &[String], quant: Option<&str>) -> Result<St
     match found.as_slice() {
         [one] => Ok(one.clone()),
         _ => {
+            // The tag only in split shards (`…-q4_k_m-00001-of-00002.gguf`, how large
+            // quantizations are published): say so, and how to join them.
+            if let Some(q) = quant.filter(|_| found.is_empty()) {
+                let q = q.to_ascii_uppercase();
+                let split = listing.iter().find(|f| {
+                    let name = f.rsplit('/').next().unwrap_or(f);
+                    crate::load::gguf::is_split_shard(Path::new(name))
+                        && name.to_ascii_uppercase().contains(&q)
+                });
+                if let Some(first) = split {
+                    return Err(Error::Unsupported(format!(
+                        "hub {id}: {q} is published split in parts ({first}, …): download \
+                         them and join them with llama.cpp's `llama-gguf-split --merge`, then \
+                         serve the joined file"
+                    )));
+                }
+            }
             let names: Vec<&str> = candidates.iter().map(|s| s.as_str()).collect();
             Err(Error::Invalid(format!(
                 "hub {id}: {} GGUF file {}; name one as {id}:TAG, of: {}",
@@ -169,7 +196,7 @@ pub fn fetch_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
     let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let file = pick_gguf(id, &listing, quant)?;
     tracing::info!("hub {id}: serving {file}");
-    r.get(&file).map_err(|e| hub_err(&file, &e))
+    r.get(&file).map_err(|e| file_error(id, &file, e))
 }
 
 /// The names of the files in `dir` (a cached snapshot's listing).
@@ -228,34 +255,114 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         Err(e) => return Err(hub_err("repo info", &e)),
     };
     let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    // Every file from the one commit the revision names now (`info.sha`): one snapshot, never
+    // files of two commits after the branch moved. A file already in that snapshot is used
+    // as it is (the Python hub's cache has no `refs/<commit>`, where hf-hub's `get` looks,
+    // and would download it again); the others are downloaded by commit.
+    let r = Pinned::new(id, &info.sha, api().map_err(|e| hub_err("client", &e))?);
     let mut dir = None;
     for f in SIDE_FILES
         .iter()
         .filter(|f| listing.iter().any(|x| x == *f))
     {
-        let p = r.get(f).map_err(|e| hub_err(f, &e))?;
-        dir.get_or_insert_with(|| p.parent().unwrap_or(Path::new(".")).to_path_buf());
+        let p = r.get(f).map_err(|e| file_error(id, f, e))?;
+        if !f.contains('/') {
+            dir.get_or_insert_with(|| p.parent().unwrap_or(Path::new(".")).to_path_buf());
+        }
     }
     let weights = weight_files_from_listing(&listing);
     if weights.is_empty() {
         if listing.iter().any(|f| f.ends_with(".gguf")) {
             let file = pick_gguf(id, &listing, None)?;
             tracing::info!("hub {id}: a repo of GGUF files; serving {file}");
-            return r.get(&file).map_err(|e| hub_err(&file, &e));
+            return r.get(&file).map_err(|e| file_error(id, &file, e));
         }
         return Err(Error::BadWeights(format!(
             "hub {id}: no safetensors, pytorch_model.bin or GGUF weights in the repo"
         )));
     }
     for f in &weights {
-        let p = r.get(f).map_err(|e| hub_err(f, &e))?;
+        let p = r.get(f).map_err(|e| file_error(id, f, e))?;
         if f.ends_with(".index.json") {
             for shard in shards_from_index(&p)? {
-                r.get(&shard).map_err(|e| hub_err(&shard, &e))?;
+                r.get(&shard).map_err(|e| file_error(id, &shard, e))?;
             }
         }
     }
-    dir.ok_or_else(|| Error::BadConfig(format!("hub {id}: config.json is missing from the repo")))
+    let dir = dir.ok_or_else(|| {
+        Error::BadConfig(format!("hub {id}: config.json is missing from the repo"))
+    })?;
+    // The revision now names this commit in the cache too, for a later start offline or
+    // with the hub out of reach (a commit asked for by its hash needs no ref).
+    r.record_ref(revision.unwrap_or("main"));
+    Ok(dir)
+}
+
+/// One commit of a hub repo: files from its snapshot folder in the cache where they are,
+/// else downloaded (by commit, into that folder).
+struct Pinned {
+    snapshot: PathBuf,
+    repo_dir: PathBuf,
+    sha: String,
+    api: hf_hub::api::sync::ApiRepo,
+}
+
+impl Pinned {
+    fn new(id: &str, sha: &str, api: hf_hub::api::sync::Api) -> Self {
+        let repo_dir = hf_hub::Cache::from_env()
+            .path()
+            .join(format!("models--{}", id.replace('/', "--")));
+        Self {
+            snapshot: repo_dir.join("snapshots").join(sha),
+            repo_dir,
+            sha: sha.to_string(),
+            api: api.repo(Repo::with_revision(
+                id.to_string(),
+                RepoType::Model,
+                sha.to_string(),
+            )),
+        }
+    }
+
+    fn get(&self, file: &str) -> std::result::Result<PathBuf, ApiError> {
+        let cached = self.snapshot.join(file);
+        // A snapshot entry is a link to a whole blob (downloads finish in `blobs/*.part`
+        // and are linked only once complete, by either hub client).
+        if cached.is_file() {
+            return Ok(cached);
+        }
+        self.api.get(file)
+    }
+
+    /// `refs/<revision>` → this commit (not for a commit hash itself).
+    fn record_ref(&self, revision: &str) {
+        if revision == self.sha || revision.contains("..") {
+            return;
+        }
+        let path = self.repo_dir.join("refs").join(revision);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, &self.sha));
+        if let Err(e) = written {
+            tracing::warn!("hub cache: cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+/// A file the hub would not serve. A gated repository lists its files to anyone but serves
+/// them only with a token whose owner accepted its license: a 401 or 403 says so.
+fn file_error(id: &str, file: &str, e: ApiError) -> Error {
+    if let ApiError::RequestError(r) = &e {
+        if matches!(**r, ureq::Error::Status(401 | 403, _)) {
+            return Error::Io(format!(
+                "hub {id}: {file}: the hub refused access ({e}): a gated or private \
+                 repository needs its license accepted on huggingface.co and a token with \
+                 access in HF_TOKEN"
+            ));
+        }
+    }
+    Error::Io(format!("hub {id}: {file}: {e}"))
 }
 
 /// The hub's client: a progress bar, `HF_TOKEN` or the cached token.
@@ -263,8 +370,11 @@ fn api() -> std::result::Result<hf_hub::api::sync::Api, ApiError> {
     hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .with_token(
-            std::env::var("HF_TOKEN")
-                .ok()
+            // An empty HF_TOKEN (`docker run -e HF_TOKEN` unset on the host) is none, as
+            // in the Python hub: the saved token still applies.
+            ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|t| !t.trim().is_empty()))
                 .or_else(|| hf_hub::Cache::from_env().token()),
         )
         .build()
@@ -309,7 +419,7 @@ pub fn fetch_adapter(id: &str, revision: Option<&str>) -> Result<PathBuf> {
                 );
                 return Ok(dir);
             }
-            Err(e) => return Err(hub_err(f, &e)),
+            Err(e) => return Err(file_error(id, f, e)),
         }
     }
     Ok(dir.unwrap_or_default())
@@ -444,6 +554,17 @@ mod tests {
         assert!(
             pick(&bartowski, None).is_err(),
             "two candidates, none Q4_K_M"
+        );
+        // A quantization published only in split parts: the error says so and how to join
+        // them (it said there were no GGUF files).
+        let qwen = l(&[
+            "qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf",
+            "qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf",
+        ]);
+        let err = pick(&qwen, Some("q4_k_m")).unwrap_err().to_string();
+        assert!(
+            err.contains("split") && err.contains("llama-gguf-split --merge"),
+            "{err}"
         );
         assert_eq!(
             pick(&l(&["model.gguf", "mmproj-f16.gguf"]), None).unwrap(),
