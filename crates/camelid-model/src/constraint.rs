@@ -495,6 +495,7 @@ pub(crate) mod tests {
         let tools = [CallableTool {
             name: "now",
             parameters: None,
+            strict: false,
         }];
         let lark = call_grammar(ToolFormat::Hermes, &tools, false, &|t| {
             compiler.special_token(t)
@@ -581,10 +582,12 @@ pub(crate) mod tests {
             CallableTool {
                 name: "weather",
                 parameters: Some(&weather),
+                strict: false,
             },
             CallableTool {
                 name: "time",
                 parameters: Some(&time),
+                strict: false,
             },
         ];
         for (text, ok) in [
@@ -607,6 +610,7 @@ pub(crate) mod tests {
         let t = [CallableTool {
             name: "f",
             parameters: Some(&p),
+            strict: false,
         }];
         let args = r#"{"tags": ["a"], "secret": "x", "n": 2}"#;
         assert_eq!(hermes_takes(&t, &call("f", args)), Ok(true));
@@ -619,6 +623,7 @@ pub(crate) mod tests {
         let t = [CallableTool {
             name: "f",
             parameters: Some(&empty),
+            strict: false,
         }];
         assert_eq!(hermes_takes(&t, &call("f", r#"{"a": 1}"#)), Ok(true));
         for not_object in ["1", "\"x\"", "[]", "null"] {
@@ -642,6 +647,7 @@ pub(crate) mod tests {
         let tools = [CallableTool {
             name: "now",
             parameters: None,
+            strict: false,
         }];
         let lark = call_grammar(ToolFormat::Hermes, &tools, false, &|t| {
             compiler.special_token(t)

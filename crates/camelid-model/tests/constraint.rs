@@ -310,10 +310,12 @@ fn mistral_args_call_grammar_takes_calls_and_refuses_malformed_ones() {
         CallableTool {
             name: "get_weather",
             parameters: Some(&weather),
+            strict: false,
         },
         CallableTool {
             name: "now",
             parameters: None,
+            strict: false,
         },
     ];
     let lark = call_grammar(ToolFormat::MistralArgs, &tools, true, &|_| None);

@@ -266,6 +266,18 @@ impl ToolPlan {
                 Err(e)
             };
         }
+        if choice != ToolChoice::None && ToolFormat::template_teaches_pythonic(template) {
+            return Err(ApiError {
+                code: Some(TOOLS_NOT_SUPPORTED),
+                ..bad(
+                    "tools",
+                    "this model's chat template asks for pythonic tool calls \
+                     ([name(arg=value)]), which camelid does not read: serve it with a template \
+                     in a JSON call format (`--chat-template FILE`), or send `tool_choice: \
+                     \"none\"`",
+                )
+            });
+        }
         Ok(Some(ToolPlan {
             tools,
             choice,
@@ -303,10 +315,32 @@ impl ToolPlan {
                 let f = t.get("function")?;
                 let name = f.get("name")?.as_str()?;
                 let parameters = f.get("parameters").filter(|p| p.is_object());
-                Some((i, CallableTool { name, parameters }))
+                let strict = f.get("strict") == Some(&Value::Bool(true));
+                Some((
+                    i,
+                    CallableTool {
+                        name,
+                        parameters,
+                        strict,
+                    },
+                ))
             })
             .filter(|(_, t)| named.is_none_or(|n| n == t.name))
             .collect()
+    }
+
+    /// The plan with the arguments of each callable function that `refused` (its schema
+    /// alone does not compile) taken as any object.
+    fn relaxed(&self, refused: &dyn Fn(CallableTool) -> bool) -> ToolPlan {
+        let mut plan = self.clone();
+        for (i, t) in self.callable() {
+            if refused(t) {
+                if let Some(f) = plan.tools[i].get_mut("function") {
+                    f["parameters"] = json!({"type": "object"});
+                }
+            }
+        }
+        plan
     }
 
     /// Whether a function asks for `strict` arguments (OpenAI then keeps its schema under
@@ -416,29 +450,46 @@ pub async fn compile(
     let compiler = model.grammar().clone();
     let plan = plan.clone();
     blocking(permit, move || {
-        let Some((g, trigger)) = plan.grammar(&|t| compiler.special_token(t), answer.as_ref())
-        else {
-            return Ok(None);
+        let special = |t: &str| compiler.special_token(t);
+        let compiled = |plan: &ToolPlan| {
+            let (g, trigger) = plan.grammar(&special, answer.as_ref())?;
+            Some(
+                compiler
+                    .compile(TopLevelGrammar::from_lark(g))
+                    .map(|constraint| CallConstraint {
+                        constraint,
+                        trigger: trigger.map(String::from),
+                    }),
+            )
         };
-        match compiler.compile(TopLevelGrammar::from_lark(g)) {
-            Ok(constraint) => Ok(Some(CallConstraint {
-                constraint,
-                trigger: trigger.map(String::from),
-            })),
-            Err(why) if plan.forced() => Err(schema_refused(&plan, &compiler, false)
+        match compiled(&plan) {
+            None => Ok(None),
+            Some(Ok(c)) => Ok(Some(c)),
+            Some(Err(why)) if plan.forced() => Err(schema_refused(&plan, &compiler, false)
                 .unwrap_or_else(|| {
                     bad(
                         "tool_choice",
                         format!("The tool-call grammar for `tool_choice` does not compile: {why}"),
                     )
                 })),
-            // `auto`: a strict function's schema must hold (a 400 naming it); any other
-            // leaves the calls unchecked.
-            Err(_) if plan.any_strict() => match schema_refused(&plan, &compiler, true) {
-                Some(e) => Err(e),
-                None => Ok(None),
-            },
-            Err(_) => Ok(None),
+            // `auto`: a strict function's schema must hold (a 400 naming it); a function
+            // whose schema the compiler refuses otherwise takes any object as arguments
+            // (unchecked, as vLLM leaves them), and the other functions' schemas and the
+            // answer format still hold. (Leaving out the whole grammar beside a JSON answer
+            // format had left that format alone, from the first token: no call possible.)
+            Some(Err(_)) => {
+                if plan.any_strict() {
+                    if let Some(e) = schema_refused(&plan, &compiler, true) {
+                        return Err(e);
+                    }
+                }
+                let relaxed = plan.relaxed(&|t| {
+                    compiler
+                        .compile(TopLevelGrammar::from_json_schema(arguments_schema(t)))
+                        .is_err()
+                });
+                Ok(compiled(&relaxed).and_then(Result::ok))
+            }
         }
     })
     .await

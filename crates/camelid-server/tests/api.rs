@@ -732,6 +732,48 @@ fn message_names_reach_the_template() {
     assert!(text.ends_with("user none hi tool get ok "), "{text:?}");
 }
 
+/// A template that teaches pythonic tool calls (`[f(a=1)]`, vLLM's Llama 3.2 / Gemma 3
+/// pythonic templates), which camelid does not read: tools are a 400 saying so (they had been
+/// taken for Hermes calls, and the model's calls came back as text); `none` still answers.
+#[test]
+fn pythonic_tool_templates_are_refused_not_misread() {
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    let lm = camelid_model::load(p.to_str(), &camelid_model::LoadOptions::default())
+        .unwrap()
+        .with_chat_template(
+            "{% if tools %}call as [func_name1(params_name1=params_value1)]:{% for t in tools %} \
+             {{ t.function.name }}{% endfor %}{% endif %}{% for m in messages %} {{ m.content }}{% endfor %}"
+                .into(),
+        )
+        .unwrap();
+    let state = Arc::new(AppState::new(ServerConfig::default()));
+    state.set_models(vec![common::entry_of(
+        lm,
+        "tiny",
+        64,
+        EngineConfig::default(),
+    )]);
+    let s = serve(state);
+    let tools = json!([{"type": "function", "function": {"name": "now",
+        "parameters": {"type": "object", "properties": {}}}}]);
+    let body = |choice: &str| {
+        json!({"model": "tiny", "max_tokens": 2, "tool_choice": choice, "tools": tools,
+               "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+        .into_bytes()
+    };
+    let (st, b) = post_raw(&s.base, "/v1/chat/completions", body("auto"));
+    assert_eq!(st, 400, "{b}");
+    assert_eq!(b["error"]["code"], "tools_not_supported", "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("pythonic"),
+        "{b}"
+    );
+    let (st, b) = post_raw(&s.base, "/v1/chat/completions", body("none"));
+    assert_eq!(st, 200, "{b}");
+}
+
 /// `ignore_eos` with the model's end token also in `stop_token_ids`: the listed token still
 /// stops (as in vLLM), its id the `stop_reason`; `ignore_eos` alone never draws it.
 #[test]

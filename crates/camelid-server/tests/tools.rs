@@ -993,6 +993,61 @@ fn auto_calls_follow_their_schemas_once_begun() {
     );
 }
 
+/// A non-strict function whose schema the grammar compiler refuses (an OpenAPI `$ref` that
+/// does not resolve) beside a JSON answer format: its arguments go unchecked, and the model
+/// can still call it (the whole call grammar had been dropped, leaving the answer format
+/// alone from the first token: no call possible). A strict one is a 400 naming it; a strict
+/// function's keyword the compiler cannot enforce (`uniqueItems`) too, where a non-strict
+/// one's is taken unenforced.
+#[test]
+fn a_refused_non_strict_schema_leaves_calls_possible_beside_a_response_format() {
+    let s = &server().base;
+    let format = json!({"type": "json_schema", "json_schema": {"name": "reply", "strict": true,
+        "schema": {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}},
+                   "required": ["answer"], "additionalProperties": false}}});
+    let mut tool = forecast_tool();
+    tool["function"]["parameters"]["properties"]["unit"] =
+        json!({"$ref": "#/components/schemas/Unit"});
+    let mut calls = 0;
+    for seed in 0..4 {
+        let body = json!({"model": "tools", "max_tokens": 64, "temperature": 1.0, "seed": seed,
+            "n": 2, "messages": forecast_history(), "tools": [tool],
+            "response_format": format, "parallel_tool_calls": false});
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{}", short(&b));
+        for c in b["choices"].as_array().unwrap() {
+            let got = whole(c);
+            if !got.calls.is_empty() {
+                let args: Value = serde_json::from_str(&got.calls[0].2).unwrap();
+                assert!(args.is_object(), "{c}");
+                calls += 1;
+            }
+        }
+    }
+    assert!(calls > 0, "no call in 8 answers");
+    // Strict: the refused schema is a 400 naming it.
+    let mut strict = tool.clone();
+    strict["function"]["strict"] = json!(true);
+    let body = json!({"model": "tools", "max_tokens": 8, "messages": forecast_history(),
+        "tools": [strict], "response_format": format});
+    let (st, b) = post(s, "/v1/chat/completions", &body);
+    assert_eq!(st, 400, "{}", short(&b));
+    assert_eq!(b["error"]["param"], "tools[0].function.parameters", "{b}");
+    // `uniqueItems`: taken unenforced for a non-strict function, a 400 for a strict one.
+    let tags = |strict: bool| {
+        json!({"type": "function", "function": {"name": "set_tags", "strict": strict,
+            "parameters": {"type": "object", "properties": {"tags": {"type": "array",
+                "items": {"type": "string"}, "uniqueItems": true}},
+                "required": ["tags"], "additionalProperties": false}}})
+    };
+    for (strict, want) in [(false, 200), (true, 400)] {
+        let body = json!({"model": "tools", "max_tokens": 8, "tool_choice": "required",
+            "messages": [{"role": "user", "content": "Tag it."}], "tools": [tags(strict)]});
+        let (st, b) = post(s, "/v1/chat/completions", &body);
+        assert_eq!(st, want, "strict {strict}: {}", short(&b));
+    }
+}
+
 /// `auto` beside a JSON `response_format`: the model either calls a function (in its schema)
 /// or answers in the format's schema (OpenAI's structured outputs with tools; the Agents SDK
 /// sends both for an agent with an output type). The format alone would rule calls out.

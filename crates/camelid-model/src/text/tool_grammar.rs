@@ -15,16 +15,20 @@ pub struct CallableTool<'a> {
     pub name: &'a str,
     /// The arguments' JSON schema (OpenAI's `function.parameters`); `None`: any object.
     pub parameters: Option<&'a Json>,
+    /// OpenAI's `strict`: every keyword of the schema must hold (one the compiler cannot
+    /// enforce refuses it, as `response_format`'s strict schemas), not only those it can.
+    pub strict: bool,
 }
 
 /// The options of each `%json` schema: the separators the templates' `tojson` (Python's
 /// `json.dumps`) writes, no free whitespace (a small model could otherwise spend its tokens
 /// on blanks), and llguidance's lenient mode: OpenAI takes any JSON schema for a
 /// (non-strict) function, so keywords the compiler cannot enforce (`uniqueItems`, `not`,
-/// `if`, unknown `format`s, …) are left unenforced rather than refused.
-fn layout() -> Json {
+/// `if`, unknown `format`s, …) are left unenforced rather than refused; a `strict` one's
+/// must all hold.
+fn layout(strict: bool) -> Json {
     json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
-           "lenient": true})
+           "lenient": !strict})
 }
 
 /// Where a call's arguments are in [`call_schema`]'s document.
@@ -46,7 +50,7 @@ pub fn call_schema(format: ToolFormat, tool: CallableTool) -> Json {
         "properties": {"name": {"const": tool.name}, key: args},
         "required": ["name", key],
         "additionalProperties": false,
-        "x-guidance": layout(),
+        "x-guidance": layout(tool.strict),
     })
 }
 
@@ -55,7 +59,7 @@ pub fn call_schema(format: ToolFormat, tool: CallableTool) -> Json {
 pub fn arguments_schema(tool: CallableTool) -> Json {
     let mut schema = object_schema(tool);
     if let Some(o) = schema.as_object_mut() {
-        o.insert("x-guidance".into(), layout());
+        o.insert("x-guidance".into(), layout(tool.strict));
     }
     schema
 }
@@ -234,10 +238,12 @@ mod tests {
             CallableTool {
                 name: "get_weather",
                 parameters: Some(&p),
+                strict: false,
             },
             CallableTool {
                 name: "now",
                 parameters: None,
+                strict: false,
             },
         ];
         let g = call_grammar(ToolFormat::Hermes, &tools, true, &|_| None);
@@ -262,6 +268,7 @@ mod tests {
         let tools = [CallableTool {
             name: "now",
             parameters: None,
+            strict: false,
         }];
         let ids = |s: &str| match s {
             HERMES_OPEN => Some(7),
@@ -296,6 +303,7 @@ mod tests {
         let tools = [CallableTool {
             name: "f",
             parameters: Some(&p),
+            strict: false,
         }];
         for (format, key) in [
             (ToolFormat::Hermes, "arguments"),
@@ -338,6 +346,7 @@ mod tests {
             let t = CallableTool {
                 name: "f",
                 parameters: p,
+                strict: false,
             };
             let s = fn_schema(&call_grammar(ToolFormat::Hermes, &[t], false, &|_| None), 0);
             assert_eq!(s["properties"]["arguments"]["type"], want, "{p:?}");
@@ -350,6 +359,7 @@ mod tests {
         let tools = [CallableTool {
             name: "f",
             parameters: None,
+            strict: false,
         }];
         let g = call_grammar(ToolFormat::Llama3Json, &tools, false, &|_| None);
         assert!(g.starts_with("start: call\n"), "{g}");
@@ -369,6 +379,7 @@ mod tests {
         let tools = [CallableTool {
             name: "get_weather",
             parameters: Some(&p),
+            strict: false,
         }];
         let ids = |s: &str| match s {
             MISTRAL_TRIGGER => Some(5),

@@ -51,6 +51,18 @@ impl ToolFormat {
         }
     }
 
+    /// Whether the template teaches pythonic calls (`[get_weather(city="Paris")]`: vLLM's
+    /// Llama 3.2 and Gemma 3 pythonic templates, Llama 4's), which camelid does not read:
+    /// taken for Hermes, such a model's calls would come back as text.
+    pub fn template_teaches_pythonic(template: &ChatTemplate) -> bool {
+        match template {
+            ChatTemplate::Jinja { source, .. } => {
+                source.contains("func_name1(") || source.contains("[func_name(")
+            }
+            ChatTemplate::Builtin(_) => false,
+        }
+    }
+
     /// The text that starts a call; the client must see it (not skipped as a special token).
     pub fn trigger(self) -> &'static str {
         match self {
