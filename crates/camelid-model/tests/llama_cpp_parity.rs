@@ -522,26 +522,12 @@ fn gguf_pre_tokenizers_split_text_as_llama_cpp() {
         let log = gguf.with_extension("server.log");
         let s = LlamaServer::start(&server, &gguf, &log, &["-c", "256", "--no-warmup"]);
         for text in texts {
-            let theirs: Vec<u32> = s.post("/tokenize", &serde_json::json!({"content": text}))
-                ["tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect();
+            let theirs = s.tokenize(text, false);
             let mine = ours.tokenizer.encode(text, false).unwrap();
             assert_eq!(mine, theirs, "pre {pre:?}: {text:?}");
         }
         let text = texts[0];
-        let theirs: Vec<u32> = s.post(
-            "/tokenize",
-            &serde_json::json!({"content": text, "add_special": true}),
-        )["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect();
+        let theirs = s.tokenize(text, true);
         let mine = ours.tokenizer.encode(text, true).unwrap();
         assert_eq!(mine, theirs, "pre {pre:?}, special tokens added: {text:?}");
     }
@@ -608,13 +594,7 @@ fn phi3_chat_tokens_strip_the_space_after_them_as_llama_cpp() {
         let s = LlamaServer::start(&server, &gguf, &log, &["-c", "256", "--no-warmup"]);
         let phi3 = name.starts_with("Phi-3");
         for text in spaced.iter().chain(phi3.then_some(&phi3_template)) {
-            let theirs: Vec<u32> = s.post("/tokenize", &serde_json::json!({"content": text}))
-                ["tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect();
+            let theirs = s.tokenize(text, false);
             let mine = ours.tokenizer.encode(text, false).unwrap();
             assert_eq!(mine, theirs, "{name:?}: {text:?}");
         }

@@ -696,23 +696,9 @@ fn completion_logprobs_of_split_characters_keep_their_keys_and_offsets() {
 /// (Hermes 2 Pro's tool template refuses a tool result without one): it was dropped.
 #[test]
 fn message_names_reach_the_template() {
-    let p =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
-    let lm = camelid_model::load(p.to_str(), &camelid_model::LoadOptions::default())
-        .unwrap()
-        .with_chat_template(
-            "{% for m in messages %}{{ m.role }} {{ m.name | default('none') }} {{ m.content }} {% endfor %}"
-                .into(),
-        )
-        .unwrap();
-    let state = Arc::new(AppState::new(ServerConfig::default()));
-    state.set_models(vec![common::entry_of(
-        lm,
-        "tiny",
-        64,
-        EngineConfig::default(),
-    )]);
-    let s = serve(state);
+    let s = tiny_with_template(
+        "{% for m in messages %}{{ m.role }} {{ m.name | default('none') }} {{ m.content }} {% endfor %}",
+    );
     let post_json = |path: &str, body: Value| {
         let (st, b) = post_raw(&s.base, path, body.to_string().into_bytes());
         assert_eq!(st, 200, "{path}: {b}");
@@ -732,20 +718,14 @@ fn message_names_reach_the_template() {
     assert!(text.ends_with("user none hi tool get ok "), "{text:?}");
 }
 
-/// A template that teaches pythonic tool calls (`[f(a=1)]`, vLLM's Llama 3.2 / Gemma 3
-/// pythonic templates), which camelid does not read: tools are a 400 saying so (they had been
-/// taken for Hermes calls, and the model's calls came back as text); `none` still answers.
-#[test]
-fn pythonic_tool_templates_are_refused_not_misread() {
+/// The tiny SentencePiece fixture served as `tiny` (64 positions) with the chat template
+/// `template`.
+fn tiny_with_template(template: &str) -> Server {
     let p =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
     let lm = camelid_model::load(p.to_str(), &camelid_model::LoadOptions::default())
         .unwrap()
-        .with_chat_template(
-            "{% if tools %}call as [func_name1(params_name1=params_value1)]:{% for t in tools %} \
-             {{ t.function.name }}{% endfor %}{% endif %}{% for m in messages %} {{ m.content }}{% endfor %}"
-                .into(),
-        )
+        .with_chat_template(template.into())
         .unwrap();
     let state = Arc::new(AppState::new(ServerConfig::default()));
     state.set_models(vec![common::entry_of(
@@ -754,7 +734,18 @@ fn pythonic_tool_templates_are_refused_not_misread() {
         64,
         EngineConfig::default(),
     )]);
-    let s = serve(state);
+    serve(state)
+}
+
+/// A template that teaches pythonic tool calls (`[f(a=1)]`, vLLM's Llama 3.2 / Gemma 3
+/// pythonic templates), which camelid does not read: tools are a 400 saying so (they had been
+/// taken for Hermes calls, and the model's calls came back as text); `none` still answers.
+#[test]
+fn pythonic_tool_templates_are_refused_not_misread() {
+    let s = tiny_with_template(
+        "{% if tools %}call as [func_name1(params_name1=params_value1)]:{% for t in tools %} \
+             {{ t.function.name }}{% endfor %}{% endif %}{% for m in messages %} {{ m.content }}{% endfor %}",
+    );
     let tools = json!([{"type": "function", "function": {"name": "now",
         "parameters": {"type": "object", "properties": {}}}}]);
     let body = |choice: &str| {
@@ -804,21 +795,8 @@ fn ignore_eos_still_stops_on_a_listed_end_token() {
 /// generate too.
 #[test]
 fn sentencepiece_continuations_keep_the_first_space() {
-    let p =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
     // A template short enough for the tiny model's 64 positions: the contents, one per line.
-    let lm = camelid_model::load(p.to_str(), &camelid_model::LoadOptions::default())
-        .unwrap()
-        .with_chat_template("{% for m in messages %}{{ m['content'] }}\n{% endfor %}".into())
-        .unwrap();
-    let state = Arc::new(AppState::new(ServerConfig::default()));
-    state.set_models(vec![common::entry_of(
-        lm,
-        "tiny",
-        64,
-        EngineConfig::default(),
-    )]);
-    let s = serve(state);
+    let s = tiny_with_template("{% for m in messages %}{{ m['content'] }}\n{% endfor %}");
     let post_json = |path: &str, body: Value| {
         let (st, b) = post_raw(&s.base, path, body.to_string().into_bytes());
         assert_eq!(st, 200, "{path}: {b}");

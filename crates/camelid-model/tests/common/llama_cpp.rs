@@ -121,6 +121,20 @@ impl LlamaServer {
         format!("{tail}\n{}", read(&self.log))
     }
 
+    /// The ids llama.cpp's `/tokenize` gives `text` (special-token text read as such; the
+    /// BOS and other special tokens the vocabulary adds with `add_special`).
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32> {
+        self.post(
+            "/tokenize",
+            &serde_json::json!({"content": text, "add_special": add_special}),
+        )["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.as_u64().expect("an id") as u32)
+            .collect()
+    }
+
     /// POSTs `body` to `path` and returns the JSON answer (a non-200 fails the test).
     pub fn post(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
         let r = ureq::post(&format!("{}{path}", self.base))
