@@ -22,12 +22,13 @@ SETUP="${CAMELID_CUDA_SETUP:-$ROOT/../shared/cuda/setup-cuda.sh}"
 cd "$ROOT"
 if [ ! -f "$TOOLCHAIN/env.sh" ]; then
   if [ ! -f "$SETUP" ]; then
-    # CI on a machine without the toolchain's setup script (outside this project's workplace):
-    # the check cannot run; say so loudly rather than fail a green test run.
-    if [ "$MODE" = check ]; then
-      echo "build-cuda.sh check: SKIPPED, $SETUP not found (set CAMELID_CUDA_SETUP)" >&2; exit 0
+    # CI on a machine without the toolchain's setup script (outside this project's workplace)
+    # skips the check only when told to: a missing mount must not pass the gate silently.
+    if [ "$MODE" = check ] && [ "${CAMELID_SKIP_CUDA_CHECK:-}" = 1 ]; then
+      echo "build-cuda.sh check: SKIPPED (CAMELID_SKIP_CUDA_CHECK=1)" >&2; exit 0
     fi
-    echo "build-cuda.sh: $SETUP not found (set CAMELID_CUDA_SETUP)" >&2; exit 1
+    echo "build-cuda.sh: $SETUP not found (set CAMELID_CUDA_SETUP, or CAMELID_SKIP_CUDA_CHECK=1 to skip the check)" >&2
+    exit 1
   fi
   cargo fetch --quiet
   bash "$SETUP" "$TOOLCHAIN" >&2

@@ -895,9 +895,17 @@ def forget_key(browser):
     page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
     forget = page.locator("header.top button.forget-key")
     check(forget.is_visible(), "Forget key shown once a key is kept")
+    # Another tab of the same browser: it forgets the key too (its own copy included).
+    other = ctx.new_page()
+    other.goto(base + "/leaderboard")
+    other.locator("header.top button.forget-key").wait_for(timeout=TIMEOUT_MS)
     forget.click()
     check(page.evaluate("localStorage.getItem('camelid.apiKey')") is None, "the key is removed")
     check(not forget.is_visible(), "and the button hidden")
+    wait_js(other, "document.querySelector('header.top button.forget-key').hidden",
+            "the other tab's button hidden")
+    check(other.evaluate("Camelid.currentKey()") == "", "the other tab forgets its copy")
+    other.close()
     page.reload()
     page.locator("dialog.key-dialog[open]").wait_for(timeout=TIMEOUT_MS)
     page.keyboard.press("Escape")

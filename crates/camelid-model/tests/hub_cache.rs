@@ -207,11 +207,39 @@ fn revisions_resolve_through_the_offline_cache() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("HF_TOKEN") && err.contains("license"), "{err}");
+    // A repo of GGUF files served online: its branch then names the commit too, so the next
+    // start offline finds it (the pinned fetch had written only `refs/<commit>`).
+    let gguf_repo = home.path().join("hub").join("models--acme--pinned-GGUF");
+    let snapshot = gguf_repo.join("snapshots").join(V2);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::os::unix::fs::symlink(&real, snapshot.join("pinned.Q4_K_M.gguf")).unwrap();
+    std::env::set_var(
+        "HF_ENDPOINT",
+        hub_listing_files(V2, "503 Service Unavailable", &["pinned.Q4_K_M.gguf"]),
+    );
+    let want = snapshot.join("pinned.Q4_K_M.gguf");
+    assert_eq!(fetch_repo("acme/pinned-GGUF", None).unwrap(), want);
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    assert_eq!(fetch_model("acme/pinned-GGUF", None).unwrap(), want);
+    std::env::remove_var("HF_HUB_OFFLINE");
 }
 
 /// A hub on a loopback port whose every revision of every repo is commit `sha`, listing the
 /// tiny model's files, and which serves no file (`refusal`, e.g. a 503); its URL.
 fn hub_listing(sha: &'static str, refusal: &'static str) -> String {
+    hub_listing_files(
+        sha,
+        refusal,
+        &["config.json", "model.safetensors", "tokenizer.model"],
+    )
+}
+
+/// [`hub_listing`] listing `files`.
+fn hub_listing_files(
+    sha: &'static str,
+    refusal: &'static str,
+    files: &'static [&'static str],
+) -> String {
     let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", hub.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -221,10 +249,11 @@ fn hub_listing(sha: &'static str, refusal: &'static str) -> String {
             let n = conn.read(&mut buf).unwrap_or(0);
             let head = String::from_utf8_lossy(&buf[..n]);
             let reply = if head.starts_with("GET /api/models/") {
-                let body = format!(
-                    r#"{{"sha": "{sha}", "siblings": [{{"rfilename": "config.json"}},
-                        {{"rfilename": "model.safetensors"}}, {{"rfilename": "tokenizer.model"}}]}}"#
-                );
+                let siblings: Vec<_> = files
+                    .iter()
+                    .map(|f| serde_json::json!({ "rfilename": f }))
+                    .collect();
+                let body = serde_json::json!({"sha": sha, "siblings": siblings}).to_string();
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

@@ -63,7 +63,10 @@ const Camelid = (() => {
     showForgetKey();
   }
   window.addEventListener("storage", (e) => {
-    if (e.key === KEY_STORE || e.key === null) showForgetKey();
+    if (e.key !== KEY_STORE && e.key !== null) return;
+    // Forgotten in another tab: this page's copy goes too (it would keep sending it).
+    if (e.key === null || e.newValue === null) memoryKey = "";
+    showForgetKey();
   });
 
   // The key to send: the stored one (read each time: another tab may have stored one since

@@ -266,15 +266,17 @@ impl ToolPlan {
                 Err(e)
             };
         }
-        if choice != ToolChoice::None && ToolFormat::template_teaches_pythonic(template) {
+        // Under `auto` such a model's calls would come back as text; `required` and a named
+        // function are forced into a format the grammar holds (and read).
+        if choice == ToolChoice::Auto && ToolFormat::template_teaches_pythonic(template) {
             return Err(ApiError {
                 code: Some(TOOLS_NOT_SUPPORTED),
                 ..bad(
                     "tools",
                     "this model's chat template asks for pythonic tool calls \
-                     ([name(arg=value)]), which camelid does not read: serve it with a template \
-                     in a JSON call format (`--chat-template FILE`), or send `tool_choice: \
-                     \"none\"`",
+                     ([name(arg=value)]), which camelid does not read under `tool_choice: \
+                     \"auto\"`: serve it with a template in a JSON call format \
+                     (`--chat-template FILE`), or send `required`, a named function or `none`",
                 )
             });
         }

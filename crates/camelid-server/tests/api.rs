@@ -739,7 +739,8 @@ fn tiny_with_template(template: &str) -> Server {
 
 /// A template that teaches pythonic tool calls (`[f(a=1)]`, vLLM's Llama 3.2 / Gemma 3
 /// pythonic templates), which camelid does not read: tools are a 400 saying so (they had been
-/// taken for Hermes calls, and the model's calls came back as text); `none` still answers.
+/// taken for Hermes calls, and the model's calls came back as text) under `auto`; `none` and
+/// `required` (a grammar forces and reads the calls) still answer.
 #[test]
 fn pythonic_tool_templates_are_refused_not_misread() {
     let s = tiny_with_template(
@@ -763,6 +764,10 @@ fn pythonic_tool_templates_are_refused_not_misread() {
     );
     let (st, b) = post_raw(&s.base, "/v1/chat/completions", body("none"));
     assert_eq!(st, 200, "{b}");
+    // `required` is not refused for the format (the tiny vocabulary cannot spell the forced
+    // call's `<tool_call>`, so it fails otherwise).
+    let (_, b) = post_raw(&s.base, "/v1/chat/completions", body("required"));
+    assert!(!b.to_string().contains("pythonic"), "{b}");
 }
 
 /// `ignore_eos` with the model's end token also in `stop_token_ids`: the listed token still

@@ -125,10 +125,17 @@ pub fn pick_gguf(id: &str, listing: &[String], quant: Option<&str>) -> Result<St
             // quantizations are published): say so, and how to join them.
             if let Some(q) = quant.filter(|_| found.is_empty()) {
                 let q = q.to_ascii_uppercase();
+                // The tag as a whole word of the name (`Q4_K` is not `Q4_K_M`'s).
                 let split = listing.iter().find(|f| {
                     let name = f.rsplit('/').next().unwrap_or(f);
+                    let upper = name.to_ascii_uppercase();
                     crate::load::gguf::is_split_shard(Path::new(name))
-                        && name.to_ascii_uppercase().contains(&q)
+                        && upper.match_indices(&q).any(|(at, _)| {
+                            let before = upper[..at].chars().next_back();
+                            let after = upper[at + q.len()..].chars().next();
+                            before.is_none_or(|c| "-._".contains(c))
+                                && after.is_some_and(|c| "-.".contains(c))
+                        })
                 });
                 if let Some(first) = split {
                     return Err(Error::Unsupported(format!(
@@ -259,7 +266,14 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     // files of two commits after the branch moved. A file already in that snapshot is used
     // as it is (the Python hub's cache has no `refs/<commit>`, where hf-hub's `get` looks,
     // and would download it again); the others are downloaded by commit.
-    let r = Pinned::new(id, &info.sha, api().map_err(|e| hub_err("client", &e))?);
+    // A mirror that names no commit: the revision itself (as before the pinning).
+    let is_commit = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let sha = if is_commit(&info.sha) {
+        info.sha.clone()
+    } else {
+        revision.unwrap_or("main").to_string()
+    };
+    let r = Pinned::new(id, &sha, api().map_err(|e| hub_err("client", &e))?);
     let mut dir = None;
     for f in SIDE_FILES
         .iter()
@@ -275,7 +289,9 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         if listing.iter().any(|f| f.ends_with(".gguf")) {
             let file = pick_gguf(id, &listing, None)?;
             tracing::info!("hub {id}: a repo of GGUF files; serving {file}");
-            return r.get(&file).map_err(|e| file_error(id, &file, e));
+            let path = r.get(&file).map_err(|e| file_error(id, &file, e))?;
+            r.record_ref(revision.unwrap_or("main"));
+            return Ok(path);
         }
         return Err(Error::BadWeights(format!(
             "hub {id}: no safetensors, pytorch_model.bin or GGUF weights in the repo"
@@ -566,6 +582,9 @@ mod tests {
             err.contains("split") && err.contains("llama-gguf-split --merge"),
             "{err}"
         );
+        // Another tag that is only part of that one is not it.
+        let err = pick(&qwen, Some("Q4_K")).unwrap_err().to_string();
+        assert!(!err.contains("split"), "{err}");
         assert_eq!(
             pick(&l(&["model.gguf", "mmproj-f16.gguf"]), None).unwrap(),
             "model.gguf"

@@ -268,6 +268,9 @@ impl ChatTemplate {
 /// transformers' `{% generation %}…{% endgeneration %}` (its `AssistantTracker` extension,
 /// which TRL's training templates use to mark what the assistant says) renders its body: here
 /// it becomes `{% if true %}…{% endif %}`, whitespace markers kept. minijinja has no such tag.
+/// (The rewrite reads the source as text: the tag spelled inside a string, a comment or a
+/// `raw` block is rewritten too, and a `set` inside the block is seen after it, where
+/// transformers' block scopes it; no published template does either.)
 fn generation_blocks(src: &str) -> std::borrow::Cow<'_, str> {
     if !src.contains("generation") {
         return std::borrow::Cow::Borrowed(src);
