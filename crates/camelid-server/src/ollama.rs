@@ -533,9 +533,10 @@ pub fn resolve(state: &AppState, name: &str) -> Result<Arc<ModelEntry>, ApiError
     })
 }
 
-/// `keep_alive` as Ollama reads it: whole seconds as a number (its fraction dropped), or a
-/// Go duration string ("5m", "1h30m", "-1s"); a negative one is forever. Whether it asks to
-/// unload now (zero); a malformed one is a 400.
+/// `keep_alive` as Ollama reads it: seconds as a number (fractions kept: 0.5 is half a
+/// second, its `time.Duration(t * float64(time.Second))`), or a Go duration string ("5m",
+/// "1h30m", "-1s"); a negative one is forever. Whether it asks to unload now (zero); a
+/// malformed one is a 400.
 pub fn unloads(keep_alive: Option<&Value>) -> Result<bool, ApiError> {
     let bad = || {
         ApiError::invalid_param(
@@ -545,7 +546,7 @@ pub fn unloads(keep_alive: Option<&Value>) -> Result<bool, ApiError> {
     };
     match keep_alive {
         None | Some(Value::Null) => Ok(false),
-        Some(Value::Number(n)) => n.as_f64().map(|x| x.trunc() == 0.0).ok_or_else(bad),
+        Some(Value::Number(n)) => n.as_f64().map(|x| x == 0.0).ok_or_else(bad),
         Some(Value::String(s)) => go_duration_secs(s).map(|x| x == 0.0).ok_or_else(bad),
         Some(_) => Err(bad()),
     }
@@ -809,8 +810,9 @@ mod tests {
             assert_eq!(unloads(Some(&v)).unwrap(), zero, "{v}");
         }
         assert!(!unloads(None).unwrap());
-        // Whole seconds: a fraction is dropped, as Ollama's `int(t)`.
-        assert!(unloads(Some(&json!(0.5))).unwrap());
+        // Fractions of a second are kept, as Ollama's current parser does (0.5: half a second,
+        // not an unload; it once truncated to whole seconds).
+        assert!(!unloads(Some(&json!(0.5))).unwrap());
         assert!(!unloads(Some(&json!(1.5))).unwrap());
         // A string is a Go duration: a number needs its unit ("0" alone excepted).
         for bad in [
