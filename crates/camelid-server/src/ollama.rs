@@ -637,7 +637,13 @@ pub fn listing(models: &[Arc<ModelEntry>], running: bool) -> Value {
             if running {
                 // Loaded until the server stops.
                 e["expires_at"] = "2318-01-01T00:00:00Z".into();
-                e["size_vram"] = 0.into();
+                // Ollama's `ps` reads the share in GPU memory (100 % GPU or CPU).
+                let vram = if m.engine.device().is_cuda() {
+                    m.details.size_bytes
+                } else {
+                    0
+                };
+                e["size_vram"] = vram.into();
                 e["context_length"] = m.max_model_len.into();
             } else {
                 e["modified_at"] = since_epoch(m.created).into();

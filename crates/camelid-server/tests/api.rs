@@ -770,6 +770,19 @@ fn pythonic_tool_templates_are_refused_not_misread() {
     assert!(!b.to_string().contains("pythonic"), "{b}");
 }
 
+/// Ollama's `/api/ps`: each loaded model with its size, context and the share in GPU memory
+/// (none on the CPU; the whole model on CUDA, where it had said none), as `ollama ps` reads it.
+#[test]
+fn ollama_ps_lists_the_loaded_models() {
+    let (st, b) = common::send(&server().base, "GET", "/api/ps", None, vec![]);
+    assert_eq!(st, 200, "{b}");
+    let m = &b["models"][0];
+    assert_eq!(m["name"], "smol:latest", "{b}");
+    assert!(m["size"].as_u64().unwrap() > 1_000_000, "{b}");
+    assert!(m["context_length"].as_u64().unwrap() > 0, "{b}");
+    assert_eq!(m["size_vram"], 0, "on the CPU: {b}");
+}
+
 /// `ignore_eos` with the model's end token also in `stop_token_ids`: the listed token still
 /// stops (as in vLLM), its id the `stop_reason`; `ignore_eos` alone never draws it.
 #[test]
