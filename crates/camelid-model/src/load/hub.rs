@@ -214,12 +214,18 @@ fn file_names(dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The cached snapshot folder of `id` at `revision` (a branch or tag through `refs/`, or a
-/// commit), as hf-hub and the Python hub lay the cache out.
-fn cached_snapshot(id: &str, revision: Option<&str>) -> Option<PathBuf> {
-    let repo = hf_hub::Cache::from_env()
+/// Model repo `id`'s folder in the hub cache (`models--owner--name`), as hf-hub and the
+/// Python hub lay it out.
+fn cached_repo_dir(id: &str) -> PathBuf {
+    hf_hub::Cache::from_env()
         .path()
-        .join(format!("models--{}", id.replace('/', "--")));
+        .join(format!("models--{}", id.replace('/', "--")))
+}
+
+/// The cached snapshot folder of `id` at `revision` (a branch or tag through `refs/`, or a
+/// commit).
+fn cached_snapshot(id: &str, revision: Option<&str>) -> Option<PathBuf> {
+    let repo = cached_repo_dir(id);
     let rev = revision.unwrap_or("main");
     let commit = std::fs::read_to_string(repo.join("refs").join(rev))
         .map(|c| c.trim().to_string())
@@ -325,9 +331,7 @@ struct Pinned {
 
 impl Pinned {
     fn new(id: &str, sha: &str, api: hf_hub::api::sync::Api) -> Self {
-        let repo_dir = hf_hub::Cache::from_env()
-            .path()
-            .join(format!("models--{}", id.replace('/', "--")));
+        let repo_dir = cached_repo_dir(id);
         Self {
             snapshot: repo_dir.join("snapshots").join(sha),
             repo_dir,

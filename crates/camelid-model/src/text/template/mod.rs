@@ -206,20 +206,15 @@ impl ChatTemplate {
                         minijinja::filters::items(v)
                     }
                 });
-                env.add_filter("length", |v: &minijinja::Value| {
+                let length = |v: &minijinja::Value| {
                     if v.is_undefined() {
                         Ok(0)
                     } else {
                         minijinja::filters::length(v)
                     }
-                });
-                env.add_filter("count", |v: &minijinja::Value| {
-                    if v.is_undefined() {
-                        Ok(0)
-                    } else {
-                        minijinja::filters::length(v)
-                    }
-                });
+                };
+                env.add_filter("length", length);
+                env.add_filter("count", length);
                 let source = generation_blocks(source);
                 env.add_template("chat", &source).map_err(|e| {
                     Error::Template(format!("cannot parse the model's chat_template: {e}"))
