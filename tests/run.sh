@@ -18,15 +18,26 @@ if ! python3 -c "import ensurepip" 2>/dev/null; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null \
     || echo "could not install python3-venv: the test venvs cannot be made" >&2
 fi
-VENV="${CAMELID_TEST_VENV:-$HOME/.cache/camelid/test-venv}"
-if ! "$VENV/bin/python" -c "import openai, ollama, jsonschema, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
+CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}"
+# A cached environment is (re)made when its imports fail or when the requirements it was made
+# from changed (their sha256 is kept beside it): a bumped pin or an added package would
+# otherwise never reach an existing cache, and the tests ran against what the files no longer
+# name.
+requirements_sha() { cat "$@" | sha256sum | cut -d' ' -f1; }
+made_from() { [ "$(cat "$1/.camelid-requirements" 2>/dev/null)" = "$2" ]; }
+VENV="${CAMELID_TEST_VENV:-$CACHE/test-venv}"
+TEST_REQUIREMENTS=(tests/openai/requirements.txt tests/ollama/requirements.txt tests/pages/requirements.txt
+  crates/camelid-model/tests/gguf/requirements.txt tests/fastchat/requirements.txt)
+# FastChat's own analysis code, for the parity tests (crates/camelid/tests/fastchat_parity.rs);
+# without its dependencies: the model-loading ones (torch, ...) are stubbed there.
+FSCHAT=fschat==0.2.36
+SHA="$(echo "$FSCHAT" | requirements_sha - "${TEST_REQUIREMENTS[@]}")"
+if ! made_from "$VENV" "$SHA" \
+    || ! "$VENV/bin/python" -c "import openai, ollama, jsonschema, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q -r tests/openai/requirements.txt -r tests/ollama/requirements.txt \
-    -r tests/pages/requirements.txt \
-    -r crates/camelid-model/tests/gguf/requirements.txt -r tests/fastchat/requirements.txt
-  # FastChat's own analysis code, for the parity tests (crates/camelid/tests/fastchat_parity.rs);
-  # without its dependencies: the model-loading ones (torch, ...) are stubbed there.
-  "$VENV/bin/python" -m pip install -q --no-deps fschat==0.2.36
+  "$VENV/bin/python" -m pip install -q $(printf -- '-r %s ' "${TEST_REQUIREMENTS[@]}")
+  "$VENV/bin/python" -m pip install -q --no-deps "$FSCHAT"
+  echo "$SHA" > "$VENV/.camelid-requirements"
 fi
 # The pages' browser test drives Debian's headless Chromium (Playwright never downloads a
 # browser here). Without it that test fails, unless CAMELID_SKIP_BROWSER=1.
@@ -46,18 +57,24 @@ if [ -z "${CAMELID_MT_BENCH_DATA:-}" ] && ! [ -f ../shared/data/mt_bench/questio
 fi
 # openai 0.28 for FastChat's own gen_api_answer.py (crates/camelid/tests/fastchat_gen_api.rs),
 # in a folder of its own: the venv keeps openai 1.x.
-OPENAI_V0="${CAMELID_FASTCHAT_OPENAI_V0:-$HOME/.cache/camelid/fastchat-openai-v0}"
-if ! PYTHONPATH="$OPENAI_V0" "$VENV/bin/python" -c "import openai, shortuuid; assert openai.version.VERSION.startswith('0.')" 2>/dev/null; then
+OPENAI_V0="${CAMELID_FASTCHAT_OPENAI_V0:-$CACHE/fastchat-openai-v0}"
+SHA="$(requirements_sha tests/fastchat/requirements-gen-api.txt)"
+if ! made_from "$OPENAI_V0" "$SHA" \
+    || ! PYTHONPATH="$OPENAI_V0" "$VENV/bin/python" -c "import openai, shortuuid; assert openai.version.VERSION.startswith('0.')" 2>/dev/null; then
+  rm -rf "$OPENAI_V0"
   "$VENV/bin/python" -m pip install -q --target "$OPENAI_V0" -r tests/fastchat/requirements-gen-api.txt
+  echo "$SHA" > "$OPENAI_V0/.camelid-requirements"
 fi
 export CAMELID_FASTCHAT_OPENAI_V0="$OPENAI_V0"
 # SkyPilot's task loader for the deploy files' test, in a venv of its own (its pins are not
 # the OpenAI client's); CAMELID_SKIP_SKYPILOT=1 skips that test.
 if [ "${CAMELID_SKIP_SKYPILOT:-}" != 1 ]; then
-  SKY_VENV="${CAMELID_SKY_VENV:-$HOME/.cache/camelid/sky-venv}"
-  if ! "$SKY_VENV/bin/python" -c "import sky" 2>/dev/null; then
+  SKY_VENV="${CAMELID_SKY_VENV:-$CACHE/sky-venv}"
+  SHA="$(requirements_sha tests/deploy/requirements.txt)"
+  if ! made_from "$SKY_VENV" "$SHA" || ! "$SKY_VENV/bin/python" -c "import sky" 2>/dev/null; then
     python3 -m venv "$SKY_VENV"
     "$SKY_VENV/bin/python" -m pip install -q -r tests/deploy/requirements.txt
+    echo "$SHA" > "$SKY_VENV/.camelid-requirements"
   fi
   export CAMELID_SKY_PYTHON="$SKY_VENV/bin/python"
 fi

@@ -418,11 +418,13 @@ def arena_and_leaderboard(ctx):
     bodies = posted_bodies(page, "/arena/battles")
     check(page.input_value("#max-tokens") == "", "max tokens left to the arena's limit")
     # The settings take the server's limits (its --arena-max-tokens 400,
-    # --arena-max-input-chars 3000 and --arena-min-temperature 0; the page's own are the
-    # defaults, 0.7 and none).
+    # --arena-max-tokens-floor 8, --arena-max-input-chars 3000 and --arena-min-temperature
+    # 0; the page's own are the defaults, 0.7, 16 and none).
     check(page.get_attribute("#max-tokens", "max") == "400"
+          and page.get_attribute("#max-tokens", "min") == "8"
           and page.get_attribute("#temperature", "min") == "0",
           f"settings bounded by /arena/config: max {page.get_attribute('#max-tokens', 'max')}, "
+          f"floor {page.get_attribute('#max-tokens', 'min')}, "
           f"min {page.get_attribute('#temperature', 'min')}")
     # A prompt past the characters a turn takes (3001 "é": counted in characters, not
     # bytes) is not sent, nor cut: the page says why and keeps it.

@@ -39,32 +39,42 @@ pub struct EngineMetrics {
 pub const STEP_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// A Prometheus-style histogram the engine thread writes and `/metrics` reads, lock-free.
+/// Each step adds to one bucket of its own (the last: past every bound), and a read adds
+/// them up: a scrape in the middle of a step sees it in every bucket or in none, so the
+/// buckets it reports are cumulative and the last one is the count (bucket by bucket
+/// cumulative counters read while a step added to them could give a lower bound more steps
+/// than a higher one, or than the count).
 #[derive(Debug, Default)]
 pub struct StepHistogram {
-    /// `counts[i]`: steps of at most `STEP_BUCKETS[i]` seconds (cumulative, as Prometheus
-    /// has it).
-    counts: [AtomicU64; STEP_BUCKETS.len()],
-    count: AtomicU64,
+    /// `own[i]`: steps of more than `STEP_BUCKETS[i − 1]` and at most `STEP_BUCKETS[i]`
+    /// seconds; `own[STEP_BUCKETS.len()]`: longer ones.
+    own: [AtomicU64; STEP_BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
 impl StepHistogram {
     pub(crate) fn observe(&self, secs: f64) {
-        for (c, &b) in self.counts.iter().zip(&STEP_BUCKETS) {
-            if secs <= b {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = STEP_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(STEP_BUCKETS.len());
+        self.own[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add((secs * 1e6).round() as u64, Ordering::Relaxed);
     }
 
     /// `(cumulative bucket counts, count, sum in seconds)`.
     pub fn snapshot(&self) -> ([u64; STEP_BUCKETS.len()], u64, f64) {
+        let mut total = 0;
+        let cumulative = self.own.each_ref().map(|c| {
+            total += c.load(Ordering::Relaxed);
+            total
+        });
+        let mut buckets = [0; STEP_BUCKETS.len()];
+        buckets.copy_from_slice(&cumulative[..STEP_BUCKETS.len()]);
         (
-            self.counts.each_ref().map(|c| c.load(Ordering::Relaxed)),
-            self.count.load(Ordering::Relaxed),
+            buckets,
+            total,
             self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         )
     }
@@ -99,5 +109,37 @@ mod tests {
         assert_eq!(buckets, [1, 1, 3, 3, 3, 3, 4, 4, 4, 4]);
         assert_eq!(count, 5);
         assert!((sum - 20.344).abs() < 1e-9);
+    }
+
+    /// A scrape while steps are observed reads cumulative buckets, the count the last of
+    /// them: each bucket and the count were counters of their own, and a read between one
+    /// step's additions could see a lower bound ahead of a higher one.
+    #[test]
+    fn a_snapshot_during_observations_stays_cumulative() {
+        let h = std::sync::Arc::new(StepHistogram::default());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (h, stop) = (h.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Within every bound: each step adds to every cumulative bucket.
+                    h.observe(0.001);
+                }
+            })
+        };
+        let start = std::time::Instant::now();
+        let mut reads = 0;
+        while start.elapsed() < std::time::Duration::from_millis(500) {
+            let (buckets, count, _) = h.snapshot();
+            reads += 1;
+            assert!(
+                buckets.windows(2).all(|w| w[0] <= w[1]) && buckets[buckets.len() - 1] <= count,
+                "read {reads}: {buckets:?}, count {count}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        let (buckets, count, _) = h.snapshot();
+        assert!(count > 0 && buckets[0] == count, "{buckets:?} {count}");
     }
 }

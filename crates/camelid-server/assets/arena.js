@@ -273,6 +273,7 @@ document.addEventListener("DOMContentLoaded", async () => {
         temperature.value = String(limits.min_temperature);
       }
       maxTokens.max = String(limits.max_tokens);
+      if (limits.max_tokens_floor) maxTokens.min = String(limits.max_tokens_floor);
       maxTokens.placeholder = `up to ${limits.max_tokens}`;
       // Checked when sent, not by `maxlength`: a browser cuts a longer paste without a word.
       if (limits.max_input_chars) maxChars = limits.max_input_chars;

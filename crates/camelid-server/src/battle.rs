@@ -258,7 +258,15 @@ impl Turn {
                     let held = held.unwrap_or_default();
                     text[i].push_str(&held);
                     let mut rest = words[i].push(&held);
-                    rest.extend(words[i].finish());
+                    let last = words[i].finish();
+                    if reason == FinishReason::Length {
+                        // The word the limit cut is dropped, shown and kept alike: where a
+                        // side stopped within it is where its tokenizer splits it.
+                        let cut = last.map_or(0, |w| w.len());
+                        text[i].truncate(text[i].len() - cut);
+                    } else {
+                        rest.extend(last);
+                    }
                     rest.into_iter()
                         .map(|p| Piece::Delta(side, p))
                         .chain([Piece::Finished(side, reason)])

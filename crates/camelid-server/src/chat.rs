@@ -79,13 +79,18 @@ pub fn to_messages(msgs: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
                     // that take a string.
                     let mut texts = Vec::with_capacity(parts.len());
                     for (j, p) in parts.iter().enumerate() {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => texts.push(t.as_str()),
-                            ("text", None) => {
+                        match (p.kind.as_str(), &p.text, &p.refusal) {
+                            ("text", Some(t), _) => texts.push(t.as_str()),
+                            ("text", None, _) => {
                                 return Err(ApiError::invalid_param(
                                     &format!("messages[{i}].content[{j}].text"),
                                     "A content part of type \"text\" needs a \"text\" string",
                                 ))
+                            }
+                            // What the model said, as text (OpenAI's assistant parts are
+                            // text or refusal).
+                            ("refusal", _, Some(r)) if role == "assistant" => {
+                                texts.push(r.as_str())
                             }
                             _ => {
                                 return Err(ApiError::invalid_param(

@@ -4,6 +4,7 @@ use crate::run::ChoiceResult;
 use camelid_engine::Usage;
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::{FinishReason, StopReason};
+use camelid_model::text::stream::IncrementalDecoder;
 use camelid_model::text::token_bytes::TokenBytes;
 use camelid_model::text::tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -157,6 +158,42 @@ impl TextOffset {
         self.pending = rest.to_vec();
         start
     }
+}
+
+/// The `text_offset`s of an echoed prompt's tokens: where each starts in the echoed `text`,
+/// in characters. A text prompt is echoed as it was sent, so the tokens its tokenizer put
+/// before it (the BOS) spell none of it and start at 0; the others count as their
+/// incremental decoding shows them (a SentencePiece word's space, not shown at the text's
+/// start, counts nothing there). A token prompt's text is its decoding, counted the same
+/// way. Never past the text, never going back: the generated tokens' offsets go on from
+/// its end.
+pub fn echo_text_offsets(
+    tok: &Tokenizer,
+    prompt: &[u32],
+    from_text: bool,
+    text: &str,
+) -> Vec<usize> {
+    let added = if from_text {
+        let before = tok.encode("", true).unwrap_or_default();
+        before
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b && tok.is_special(**a))
+            .count()
+    } else {
+        0
+    };
+    let end = text.chars().count();
+    let mut decoder = IncrementalDecoder::new(false);
+    let mut at = 0;
+    let mut offsets = Vec::with_capacity(prompt.len());
+    for (i, &id) in prompt.iter().enumerate() {
+        offsets.push(at.min(end));
+        if i >= added {
+            at += decoder.push(tok, id).map_or(0, |t| t.chars().count());
+        }
+    }
+    offsets
 }
 
 /// A token as completions' `tokens` and `top_logprobs` keys spell it: its text, or where its

@@ -221,7 +221,7 @@ impl ServerMetrics {
                 |e| E::get(&e.kv_blocks_peak),
             ),
             (
-                "camelid_kv_blocks_total",
+                "camelid_kv_blocks_capacity",
                 "gauge",
                 "KV blocks in the pool.",
                 |e| E::get(&e.kv_blocks_total),

@@ -74,6 +74,9 @@ pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    /// An assistant part of type `refusal` (OpenAI's: a model's refusal sent back in the
+    /// history).
+    pub refusal: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

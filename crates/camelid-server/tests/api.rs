@@ -153,6 +153,25 @@ fn models_health_metrics() {
     };
     assert!(value("camelid_engine_step_seconds_count{model=\"smol\"}") >= 1.0);
     assert!(value("camelid_engine_step_seconds_sum{model=\"smol\"}") > 0.0);
+    // Prometheus' naming: a counter's name ends in `_total`, nothing else's does (tools
+    // offer `rate()` by the suffix; the pool's size was a gauge named `_total`).
+    let mut families = 0;
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            families += 1;
+            assert_eq!(
+                name.ends_with("_total"),
+                kind == "counter",
+                "{name} is a {kind}"
+            );
+        }
+    }
+    assert!(families >= 10, "{metrics}");
+    assert!(
+        metrics.contains("camelid_kv_blocks_capacity{model=\"smol\"}"),
+        "{metrics}"
+    );
 }
 
 /// llama.cpp's server answers the OpenAI routes without `/v1` too (an OpenAI client whose
@@ -235,6 +254,29 @@ fn chat_completion_shape_and_exact_usage() {
     );
     assert_eq!(st, 400, "{err}");
     assert_eq!(err["error"]["param"], "messages[0].content[0].text");
+    // An assistant's refusal part is its text (a client sends the model's refusal back in
+    // the history); a user's is not a part OpenAI takes.
+    let history = |answer: Value| {
+        let (st, tk) = post(
+            "/tokenize",
+            json!({"model": "smol", "messages": [{"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": answer},
+                   {"role": "user", "content": "Why?"}]}),
+        );
+        assert_eq!(st, 200, "{tk}");
+        tk["tokens"].clone()
+    };
+    assert_eq!(
+        history(json!([{"type": "refusal", "refusal": "I can't help with that."}])),
+        history(json!("I can't help with that."))
+    );
+    let (st, err) = post(
+        "/v1/chat/completions",
+        json!({"model": "smol", "messages": [{"role": "user", "content":
+               [{"type": "refusal", "refusal": "No."}]}]}),
+    );
+    assert_eq!(st, 400, "{err}");
+    assert_eq!(err["error"]["param"], "messages[0].content[0]");
 }
 
 #[test]
@@ -902,6 +944,28 @@ fn sentencepiece_echo_and_token_text() {
     let answer: String = tokens[n..].iter().map(|t| t.as_str().unwrap()).collect();
     assert_eq!(answer, " the the the", "{tokens:?}");
     assert_eq!(&text[prompt.len()..], answer, "{tokens:?}");
+    // Each token's `text_offset` is where it starts in `text` (the BOS and the dummy
+    // prefix's space are not in it), never going back: they counted the BOS's spelling and
+    // the space, and the answer's restarted at the prompt's end (`bisect(text_offset,
+    // len(prompt))` split the prompt wrong).
+    let offsets: Vec<usize> = c["logprobs"]["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(offsets.len(), tokens.len());
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    assert_eq!(offsets[..2], [0, 0], "{offsets:?}");
+    for (i, t) in tokens.iter().enumerate().skip(1) {
+        let t = t.as_str().unwrap();
+        let shown = if i == 1 { t.trim_start() } else { t };
+        assert!(
+            text[offsets[i]..].starts_with(shown),
+            "token {i} {t:?} at {} of {text:?}: {offsets:?}",
+            offsets[i]
+        );
+    }
 }
 
 #[test]

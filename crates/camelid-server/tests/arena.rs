@@ -148,6 +148,8 @@ fn no_limits() -> ArenaConfig {
         vote_limits: none,
         // Greedy turns: both sides' answers are reproducible (`ask`'s temperature 0).
         min_temperature: 0.0,
+        // Short answers keep the tests quick.
+        max_tokens_floor: 1,
         ..Default::default()
     }
 }
@@ -464,7 +466,8 @@ fn a_follow_up_by_another_visitor_is_refused() {
 }
 
 /// A turn's output is capped (`--arena-max-tokens`): asking for more is a 400 naming the
-/// field, asking for nothing gets the cap (not the rest of the context, for both models).
+/// field, asking for nothing gets the cap (not the rest of the context, for both models);
+/// an answer the cap cut ends before the word it cut.
 #[test]
 fn turns_generate_at_most_the_arena_cap() {
     let config = ArenaConfig {
@@ -478,7 +481,8 @@ fn turns_generate_at_most_the_arena_cap() {
     let limits: Value = serde_json::from_str(&limits).unwrap();
     assert_eq!(
         limits,
-        json!({"min_temperature": 0.0, "max_tokens": 3, "max_turns": 50, "max_input_chars": 12000})
+        json!({"min_temperature": 0.0, "max_tokens": 3, "max_tokens_floor": 1, "max_turns": 50,
+               "max_input_chars": 12000})
     );
     for field in ["max_tokens", "max_completion_tokens"] {
         let mut body = ask();
@@ -494,13 +498,25 @@ fn turns_generate_at_most_the_arena_cap() {
         json!({"messages": [{"role": "user", "content": story}], "temperature": 0}),
     );
     assert_eq!(status, 200, "{b}");
+    // The same greedy answer through the API, of which the battle drops the word the limit
+    // cut (where a side stopped within a word is where its tokenizer splits it).
+    let (status, direct) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "smol-a", "messages": [{"role": "user", "content": story}],
+               "temperature": 0, "max_tokens": 3}),
+    );
+    assert_eq!(status, 200, "{direct}");
+    let full = direct["choices"][0]["message"]["content"].as_str().unwrap();
+    let chars: Vec<(usize, char)> = full.char_indices().collect();
+    let last_word = chars
+        .windows(2)
+        .rfind(|w| w[0].1.is_whitespace() && !w[1].1.is_whitespace())
+        .map_or(0, |w| w[1].0);
+    let kept = &full[..last_word];
+    assert_ne!(kept, full, "the answer's last word: {full:?}");
     for side in ["a", "b"] {
         assert_eq!(b[side]["finish_reason"], "length", "{b}");
-        let text = b[side]["content"].as_str().unwrap();
-        let (status, t) = s.post("/tokenize", json!({"model": "smol-a", "prompt": text}));
-        assert_eq!(status, 200, "{t}");
-        let n = t["count"].as_u64().unwrap();
-        assert!((1..=3).contains(&n), "{side}: {text:?} is {n} tokens");
+        assert_eq!(b[side]["content"], kept, "{side} of {full:?}: {b}");
     }
 }
 
@@ -745,8 +761,7 @@ fn rate_limits_answer_429() {
             per_visitor: 1,
             per_address: 0,
         },
-        min_temperature: 0.0,
-        ..Default::default()
+        ..no_limits()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
     let (first, token, _) = s.battle(json!({}));
@@ -780,8 +795,7 @@ fn requests_for_battles_not_theirs_do_not_spend_the_limits() {
     let config = ArenaConfig {
         turn_limits: few,
         vote_limits: few,
-        min_temperature: 0.0,
-        ..Default::default()
+        ..no_limits()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
     let (id, token, _) = s.battle(json!({}));
@@ -1328,8 +1342,7 @@ fn refusals_while_answering_spend_no_limit() {
     let config = ArenaConfig {
         turn_limits: one(3),
         vote_limits: one(1),
-        min_temperature: 0.0,
-        ..Default::default()
+        ..no_limits()
     };
     let s = serve(Arena::in_memory(config), &["smol-a", "smol-b"]);
     let base = s.base.clone();

@@ -129,7 +129,7 @@ fn leaderboard_with(base: &str, votes: u64) -> Value {
 }
 
 /// `camelid serve` with two names for the default model on the arena store `db`, taking
-/// greedy turns (`ask`'s temperature 0: both sides answer alike).
+/// greedy turns (`ask`'s temperature 0: both sides answer alike) of any length.
 fn arena_server(db: &str, extra: &[&str]) -> Served {
     let mut args = vec![
         "--model",
@@ -140,6 +140,9 @@ fn arena_server(db: &str, extra: &[&str]) -> Served {
         db,
         "--arena-min-temperature",
         "0",
+        // Two-token answers keep the tests quick.
+        "--arena-max-tokens-floor",
+        "1",
     ];
     args.extend_from_slice(extra);
     serve(&args)

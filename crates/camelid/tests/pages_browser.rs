@@ -40,6 +40,8 @@ fn pages_work_in_a_browser() {
         "64",
         "--arena-max-tokens",
         "400",
+        "--arena-max-tokens-floor",
+        "8",
         "--arena-max-input-chars",
         "3000",
         // Greedy battles: the answers (and the ratings the test checks) are reproducible.

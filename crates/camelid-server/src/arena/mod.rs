@@ -55,6 +55,10 @@ pub struct ArenaConfig {
     /// none gets this many, one that asks for more is refused. Without it a visitor's turn
     /// could run both models to the end of their context.
     pub max_tokens: u64,
+    /// The least `max_tokens` a turn may ask (`--arena-max-tokens-floor`; FastChat's
+    /// slider starts at 16): an answer cut after a token or two ends where its model's
+    /// tokenizer splits the prompt's words, which tells model families apart.
+    pub max_tokens_floor: u64,
     /// How long a follow-up's "being answered" mark lasts unless its server renews it
     /// (every third of this while the turn runs): a server that dies mid-turn leaves a mark
     /// that blocks votes on the battle this long at most, not for the battle's life.
@@ -94,6 +98,7 @@ impl Default for ArenaConfig {
             trust_forwarded_for: false,
             private: false,
             max_tokens: 1024,
+            max_tokens_floor: 16,
             answer_lease: Duration::from_secs(60),
             db_max_connections: 8,
             // FastChat's default and LMSYS's fixed arena temperature.

@@ -132,20 +132,32 @@ fn served(state: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(models.iter().map(|m| m.name.clone()).collect())
 }
 
-/// A turn's output length within the arena's cap: `max_tokens` (or OpenAI's newer
-/// `max_completion_tokens`) above it is refused naming the field; a turn that names neither
-/// gets the cap (FastChat's arena caps its slider the same way).
-fn cap_max_tokens(obj: &mut Map<String, Value>, cap: u64) -> Result<(), ApiError> {
+/// A turn's output length within the arena's bounds: `max_tokens` (or OpenAI's newer
+/// `max_completion_tokens`) above the cap or below the floor is refused naming the field; a
+/// turn that names neither gets the cap (FastChat's arena bounds its slider the same way).
+fn cap_max_tokens(obj: &mut Map<String, Value>, floor: u64, cap: u64) -> Result<(), ApiError> {
+    let floor = floor.min(cap);
     let mut named = false;
     for field in ["max_tokens", "max_completion_tokens"] {
         match obj.get(field) {
             None | Some(Value::Null) => {}
             Some(v) => {
                 named = true;
-                if v.as_f64().is_some_and(|n| n > cap as f64) {
+                let n = v.as_f64();
+                if n.is_some_and(|n| n > cap as f64) {
                     return Err(ApiError::invalid_param(
                         field,
                         format!("`{field}` may be at most {cap} in the arena, got {v}"),
+                    ));
+                }
+                // 0 is refused by `check_sampling`, as for any model.
+                if n.is_some_and(|n| n > 0.0 && n < floor as f64) {
+                    return Err(ApiError::invalid_param(
+                        field,
+                        format!(
+                            "`{field}` must be at least {floor} in the arena (an answer cut \
+                             after a few tokens shows its model's tokenizer), got {v}"
+                        ),
                     ));
                 }
             }
@@ -160,8 +172,8 @@ fn cap_max_tokens(obj: &mut Map<String, Value>, cap: u64) -> Result<(), ApiError
 /// Fields a battle does not take: the arena sets them (`model`, `cache_salt`), or they would
 /// tell the models apart (token log-probs, token ids and special tokens show the tokenizer;
 /// usage the lengths as each model counts them; template variables act on one family's
-/// template only; a seed lets the API replay each side's sampled answer), or a battle has one
-/// answer per side (`n`).
+/// template only; a seed lets the API replay each side's sampled answer; a stop string cuts
+/// the side that would have written it), or a battle has one answer per side (`n`).
 fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
     let why = |field: &str| -> Option<&'static str> {
         let v = obj.get(field).filter(|v| !v.is_null())?;
@@ -187,6 +199,12 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
             "ignore_eos" | "min_tokens" => Some(
                 "each model ends its answer where it would (past its end its template shows); \
                  leave the length floor out",
+            ),
+            "stop" if v.as_array().is_some_and(Vec::is_empty) || v.as_str() == Some("") => None,
+            "include_stop_str_in_output" if v.as_bool() == Some(false) => None,
+            "stop" | "include_stop_str_in_output" => Some(
+                "stop strings would tell the models apart (a side cut before a name shows \
+                 whose name it was); leave them out",
             ),
             "logit_bias" | "stop_token_ids" => {
                 Some("token ids would tell the models' tokenizers apart; leave them out")
@@ -220,6 +238,8 @@ fn refuse_fields(obj: &Map<String, Value>) -> Result<(), ApiError> {
         "min_tokens",
         "add_generation_prompt",
         "continue_final_message",
+        "stop",
+        "include_stop_str_in_output",
         "logit_bias",
         "stop_token_ids",
         "skip_special_tokens",
@@ -347,7 +367,8 @@ impl TurnRequest {
             }
             obj.insert("messages".into(), json!([]));
         }
-        cap_max_tokens(obj, state.arena.config().max_tokens)?;
+        let c = state.arena.config();
+        cap_max_tokens(obj, c.max_tokens_floor, c.max_tokens)?;
         let stream = match obj.remove("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => b,
@@ -841,7 +862,7 @@ pub async fn vote(
 }
 
 /// `GET /arena/config`: what a visitor's turn may ask (`--arena-min-temperature`,
-/// `--arena-max-tokens`, `--arena-max-turns`, `--arena-max-input-chars`), so the page offers
+/// `--arena-max-tokens`, `--arena-max-tokens-floor`, `--arena-max-turns`, `--arena-max-input-chars`), so the page offers
 /// only settings the server takes.
 pub async fn config(State(state): State<Arc<AppState>>) -> Response {
     #[derive(serde::Serialize)]
@@ -850,6 +871,8 @@ pub async fn config(State(state): State<Arc<AppState>>) -> Response {
         min_temperature: f32,
         /// The most `max_tokens`, and what a turn that leaves it out gets.
         max_tokens: u64,
+        /// The least `max_tokens`.
+        max_tokens_floor: u64,
         /// Turns a battle takes.
         max_turns: u32,
         /// Characters of the visitor's text a turn may carry.
@@ -859,6 +882,7 @@ pub async fn config(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(Limits {
         min_temperature: c.min_temperature,
         max_tokens: c.max_tokens,
+        max_tokens_floor: c.max_tokens_floor,
         max_turns: c.max_turns,
         max_input_chars: c.max_input_chars,
     })

@@ -4,8 +4,8 @@
 use super::{AppResult, RequestBody};
 use crate::error::ApiError;
 use crate::format::{
-    completion_logprobs, finish_str, new_id, now_secs, stop_reason_json, usage_json, CachedPrompt,
-    TextOffset,
+    completion_logprobs, echo_text_offsets, finish_str, new_id, now_secs, stop_reason_json,
+    usage_json, CachedPrompt, TextOffset,
 };
 use crate::openai::{parse_with_sampling, CompletionRequest, Prompt, StreamOptions};
 use crate::run::{blocking, collect, submit, ChoiceSpec};
@@ -155,11 +155,15 @@ pub async fn completions(
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
     let sub = submit(&state, permit, &model, specs)?;
     let tok = model.engine.tokenizer();
+    // Per prompt its echo and, with log-probabilities, its tokens' offsets in it.
+    let mut echo_offsets = vec![];
     if req.echo {
         echo_texts.resize(prompts.len(), None);
         for (t, p) in echo_texts.iter_mut().zip(&prompts) {
-            if t.is_none() {
-                *t = Some(tok.decode(p, false).unwrap_or_default());
+            let from_text = t.is_some();
+            let text = t.get_or_insert_with(|| tok.decode(p, false).unwrap_or_default());
+            if req.logprobs.is_some() {
+                echo_offsets.push(echo_text_offsets(tok, p, from_text, text));
             }
         }
     }
@@ -175,6 +179,7 @@ pub async fn completions(
             tok: model.engine.shared_tokenizer(),
             logprobs: req.logprobs.is_some(),
             echo_texts,
+            echo_offsets,
             prompts,
             n,
             offsets: Default::default(),
@@ -208,9 +213,12 @@ pub async fn completions(
             .map(|(&t, l)| (t, Some(l)))
             .collect();
         let logprobs = if req.logprobs.is_some() {
-            // The generated tokens' offsets count from the echoed text itself (its tokens
-            // may spell more, e.g. a BOS token).
+            // The echoed tokens' offsets point into the echoed text, the generated tokens'
+            // go on from its end (the prompt's tokens may spell more, e.g. a BOS token).
             let mut v = completion_logprobs(tok, &echoed, &mut TextOffset::at(0));
+            if !echoed.is_empty() {
+                v["text_offset"] = json!(echo_offsets[r.index / n]);
+            }
             let mut at = TextOffset::at(text.chars().count());
             let g = completion_logprobs(tok, &generated, &mut at);
             for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
@@ -251,6 +259,9 @@ struct CompletionChunks {
     logprobs: bool,
     /// Per prompt, its `echo` text (empty without `echo`).
     echo_texts: Vec<String>,
+    /// Per prompt, its tokens' `text_offset`s in its echo (empty without `echo` and
+    /// `logprobs`).
+    echo_offsets: Vec<Vec<usize>>,
     prompts: Vec<Vec<u32>>,
     n: usize,
     /// Per choice whose echo is sent (or not wanted): where its next token's `text_offset`
@@ -279,7 +290,9 @@ impl CompletionChunks {
                 let entries: Vec<(u32, Option<&TokenLogprob>)> = std::iter::once((prompt[0], None))
                     .chain(prompt[1..].iter().zip(lps).map(|(&t, l)| (t, Some(l))))
                     .collect();
-                completion_logprobs(&self.tok, &entries, &mut TextOffset::at(0))
+                let mut v = completion_logprobs(&self.tok, &entries, &mut TextOffset::at(0));
+                v["text_offset"] = json!(self.echo_offsets[index / self.n]);
+                v
             }
             _ => Value::Null,
         };

@@ -136,6 +136,11 @@ pub struct ArenaServeArgs {
     /// this many, one that asks for more is refused (400).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     arena_max_tokens: u64,
+    /// The least `max_tokens` an arena turn may ask (400 below it; FastChat's slider starts
+    /// at 16): an answer cut after a token or two shows where its model's tokenizer splits
+    /// words. At most --arena-max-tokens.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    arena_max_tokens_floor: u64,
     /// Turns one arena battle takes (FastChat's limit); a follow-up past them is refused
     /// (400 `battle_turn_limit`), the battle can still be voted on.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
@@ -204,6 +209,7 @@ impl ArenaServeArgs {
             trust_forwarded_for: self.arena_trust_forwarded_for,
             private: self.arena_private,
             max_tokens: self.arena_max_tokens,
+            max_tokens_floor: self.arena_max_tokens_floor.min(self.arena_max_tokens),
             db_max_connections: self.arena_db_max_connections,
             min_temperature: self.arena_min_temperature,
             max_turns: self.arena_max_turns,

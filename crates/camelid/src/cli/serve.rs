@@ -28,7 +28,12 @@ pub struct ServeArgs {
     /// "base_model_name"}`) and `/v1/unload_lora_adapter` (`{"lora_name"}`): adapters added
     /// and removed while running (vLLM's `VLLM_ALLOW_RUNTIME_LORA_UPDATING`). A caller names
     /// files on this machine: keep it behind --api-key.
-    #[arg(long, env = "CAMELID_ALLOW_RUNTIME_LORA")]
+    // Boolish (true/false, 1/0, yes/no, on/off), as vLLM's variable is usually set to 1.
+    #[arg(
+        long,
+        env = "CAMELID_ALLOW_RUNTIME_LORA",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     allow_runtime_lora: bool,
     /// Chat template for every model (default: each model's own, or chosen by name).
     #[arg(long)]
@@ -735,6 +740,36 @@ mod tests {
             let e = super::parse_speculative_config(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    /// `CAMELID_ALLOW_RUNTIME_LORA` is read as vLLM's variable is set (`=1`): clap's plain
+    /// bool took only `true`/`false`, and `=1` stopped the server at start.
+    #[test]
+    fn runtime_lora_is_allowed_by_the_environment_as_vllms() {
+        use clap::Parser;
+        let _env = super::super::ENV_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let allowed = |v: Option<&str>| {
+            match v {
+                Some(v) => std::env::set_var("CAMELID_ALLOW_RUNTIME_LORA", v),
+                None => std::env::remove_var("CAMELID_ALLOW_RUNTIME_LORA"),
+            }
+            let r = crate::Cli::try_parse_from(["camelid", "serve"]).map(|c| match c.command {
+                crate::Command::Serve(s) => s.allow_runtime_lora,
+                _ => unreachable!("serve parsed as serve"),
+            });
+            std::env::remove_var("CAMELID_ALLOW_RUNTIME_LORA");
+            r
+        };
+        assert!(!allowed(None).unwrap());
+        for yes in ["1", "true", "True", "yes"] {
+            assert!(allowed(Some(yes)).unwrap(), "{yes}");
+        }
+        for no in ["0", "false"] {
+            assert!(!allowed(Some(no)).unwrap(), "{no}");
+        }
+        assert!(allowed(Some("maybe")).is_err());
     }
 
     /// clap prints `[env: NAME=VALUE]` in --help: the secrets' values must not appear there
