@@ -112,6 +112,7 @@ def the_files_load():
         "CAMELID_ARENA_ADDRESS_TURNS_PER_MINUTE": "480",
         "CAMELID_ARENA_ADDRESS_VOTES_PER_MINUTE": "480",
         "CAMELID_ARENA_TRUST_FORWARDED_FOR": "false",
+        "CAMELID_ARENA_DB_REQUIRED": "true",
     }
     check(svc_task.envs == {**task.envs, **behind_lb} and not set(behind_lb) & set(task.envs),
           f"serve.yaml's envs are camelid.yaml's plus the arena's limits behind the load balancer: "
@@ -178,7 +179,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def the_run_command_serves(task, binary):
+def the_run_command_serves(task, binary, arena_db=None):
     port = free_port()
     env = dict(os.environ)
     env.update(task.envs)
@@ -194,6 +195,8 @@ def the_run_command_serves(task, binary):
         "CAMELID_CACHE": os.environ.get("CAMELID_CACHE", os.path.expanduser("~/.cache/camelid")),
         "HF_HOME": tempfile.mkdtemp(),
     })
+    if arena_db is not None:
+        env["CAMELID_ARENA_DB"] = arena_db
     proc = subprocess.Popen(["bash", "-c", task.run], cwd=ROOT, env=env, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -215,11 +218,28 @@ def the_run_command_serves(task, binary):
             proc.wait(timeout=60)
 
 
+def the_service_needs_its_store(svc_task, binary):
+    """A replica launched without the CAMELID_ARENA_DB secret (empty: unset by `run`) exits
+    at once, naming it, rather than keep the arena in its own memory."""
+    env = dict(os.environ)
+    env.update(svc_task.envs)
+    env.update({k: v.get_secret_value() for k, v in svc_task.secrets.items()})
+    env.update({"CAMELID_DEVICE": "cpu", "CAMELID_MODEL": "smol=smollm2-135m-instruct",
+                "CAMELID_BIN": binary, "CAMELID_PORT": str(free_port()), "HF_HOME": tempfile.mkdtemp()})
+    env.pop("CAMELID_ARENA_DB", None)
+    r = subprocess.run(["bash", "-c", svc_task.run], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    check(r.returncode != 0 and "CAMELID_ARENA_DB" in r.stderr,
+          f"the service refuses to start without its store (exit {r.returncode}): {r.stderr[-500:]}")
+
+
 def main():
     task, svc_task = the_files_load()
     the_setup_builds_for_the_gpu(task)
+    the_service_needs_its_store(svc_task, sys.argv[1])
     # serve.yaml's envs hold camelid.yaml's and more (the arena's): camelid must take them all.
-    the_run_command_serves(svc_task, sys.argv[1])
+    store = tempfile.mkdtemp()
+    the_run_command_serves(svc_task, sys.argv[1], arena_db=f"sqlite:{store}/arena.db")
     if failures:
         print(f"{len(failures)} checks failed", file=sys.stderr)
         sys.exit(1)

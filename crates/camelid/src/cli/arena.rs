@@ -98,6 +98,16 @@ pub struct ArenaServeArgs {
     // The URL may hold a password: --help names the variable, not its value.
     #[arg(long, env = "CAMELID_ARENA_DB", hide_env_values = true)]
     arena_db: Option<String>,
+    /// Refuse to start without --arena-db: where several servers share the arena (replicas
+    /// behind a load balancer), one keeping battles in its own memory would answer another's
+    /// votes with 404 and lose its own at every restart.
+    // Boolish: a deployment file sets it as a variable.
+    #[arg(
+        long,
+        env = "CAMELID_ARENA_DB_REQUIRED",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    arena_db_required: bool,
     /// Seconds to wait at start for an `--arena-db` that cannot be reached yet (refused,
     /// timed out, starting up), trying again meanwhile; 0 gives up at the first failure.
     #[arg(long, env = "CAMELID_ARENA_DB_WAIT", default_value_t = 300)]
@@ -236,6 +246,11 @@ impl ArenaServeArgs {
             )
             .await
             .map_err(anyhow::Error::msg)?),
+            None if self.arena_db_required => anyhow::bail!(
+                "--arena-db-required (CAMELID_ARENA_DB_REQUIRED): give the arena's store, \
+                 --arena-db postgres://USER:PASSWORD@HOST:PORT/DB (CAMELID_ARENA_DB) shared by \
+                 every replica; in memory each would keep its own battles and lose them"
+            ),
             None => {
                 tracing::warn!(
                     "arena votes are kept in memory and lost at exit; --arena-db sqlite:PATH keeps them"
@@ -478,5 +493,41 @@ mod tests {
         assert!(flag.arena.config().trust_forwarded_for);
         // A misspelt value is an error, not a quiet "true".
         assert!(parse(&[("CAMELID_ARENA_TRUST_FORWARDED_FOR", "ture")]).is_err());
+    }
+
+    /// With the store required (deploy/skypilot/serve.yaml's replicas), a server without one
+    /// refuses to start rather than keep its battles in memory; with one, or not required,
+    /// it opens the arena.
+    #[test]
+    fn a_required_store_is_not_replaced_by_memory() {
+        let _env = super::super::ENV_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}", dir.path().join("arena.db").display());
+        let opens = |env: &[(&str, &str)]| {
+            for (k, v) in env {
+                std::env::set_var(k, v);
+            }
+            let args = Serve::try_parse_from(["serve"]);
+            for k in ["CAMELID_ARENA_DB_REQUIRED", "CAMELID_ARENA_DB"] {
+                std::env::remove_var(k);
+            }
+            let args = args.unwrap();
+            super::store_runtime()
+                .unwrap()
+                .block_on(args.arena.open())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let err = opens(&[("CAMELID_ARENA_DB_REQUIRED", "1")]).unwrap_err();
+        assert!(err.contains("--arena-db"), "{err}");
+        opens(&[
+            ("CAMELID_ARENA_DB_REQUIRED", "1"),
+            ("CAMELID_ARENA_DB", &db),
+        ])
+        .unwrap();
+        opens(&[("CAMELID_ARENA_DB_REQUIRED", "false")]).unwrap();
+        opens(&[]).unwrap();
     }
 }
