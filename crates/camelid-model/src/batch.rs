@@ -46,26 +46,35 @@ pub enum Pooling {
 }
 
 impl Pooling {
-    /// GGUF's `<arch>.pooling_type` (llama.cpp's enum: 1 mean, 3 last); others are not
-    /// poolings of a decoder's states (0 none, 2 cls, 4 rank).
-    pub fn from_gguf(v: u32) -> Option<Self> {
+    /// GGUF's `<arch>.pooling_type` (llama.cpp's enum: 1 mean, 3 last; 0 none). CLS (2)
+    /// and rank (4) are poolings camelid does not compute: `Err` names them.
+    pub fn from_gguf(v: u32) -> Result<Option<Self>, String> {
         match v {
-            1 => Some(Pooling::Mean),
-            3 => Some(Pooling::Last),
-            _ => None,
+            1 => Ok(Some(Pooling::Mean)),
+            3 => Ok(Some(Pooling::Last)),
+            2 => Err("CLS (the first token's state; GGUF pooling_type 2)".into()),
+            4 => Err("rank (a reranker's score; GGUF pooling_type 4)".into()),
+            _ => Ok(None),
         }
     }
 
-    /// sentence-transformers' `1_Pooling/config.json` (`pooling_mode_lasttoken`,
-    /// `pooling_mode_mean_tokens`).
-    pub fn from_sentence_transformers(cfg: &serde_json::Value) -> Option<Self> {
-        let on = |k: &str| cfg.get(k).and_then(|v| v.as_bool()) == Some(true);
-        if on("pooling_mode_lasttoken") {
-            Some(Pooling::Last)
-        } else if on("pooling_mode_mean_tokens") {
-            Some(Pooling::Mean)
-        } else {
-            None
+    /// sentence-transformers' `1_Pooling/config.json`: one of `pooling_mode_lasttoken` and
+    /// `pooling_mode_mean_tokens`, or none. Any other mode (CLS, max, weighted mean, mean
+    /// over √length), or several (whose vectors sentence-transformers joins): `Err` names
+    /// them.
+    pub fn from_sentence_transformers(cfg: &serde_json::Value) -> Result<Option<Self>, String> {
+        let modes: Vec<&str> = cfg
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| k.starts_with("pooling_mode_") && v.as_bool() == Some(true))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        match modes[..] {
+            [] => Ok(None),
+            ["pooling_mode_lasttoken"] => Ok(Some(Pooling::Last)),
+            ["pooling_mode_mean_tokens"] => Ok(Some(Pooling::Mean)),
+            _ => Err(format!("sentence-transformers' {}", modes.join(" + "))),
         }
     }
 
@@ -82,6 +91,40 @@ impl Pooling {
             Pooling::Last => "last",
             Pooling::Mean => "mean",
         }
+    }
+}
+
+/// What of an embedding model's files camelid does not compute, so that its vectors would
+/// not be the model's: `/v1/embeddings` refuses them, naming this, rather than answer
+/// others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmbeddingGaps {
+    /// A pooling the files name that camelid does not have (a server's `--pooling` chooses
+    /// one instead).
+    pub pooling: Option<String>,
+    /// sentence-transformers modules after the pooling (`modules.json`): a `Dense`
+    /// projection (which changes the vector's width too), a custom module.
+    pub modules: Vec<String>,
+}
+
+impl EmbeddingGaps {
+    /// sentence-transformers' `modules.json`: every module but the transformer, its pooling
+    /// and the normalisation (camelid normalises every vector).
+    pub fn modules_of(modules: &serde_json::Value) -> Vec<String> {
+        const COMPUTED: [&str; 3] = ["Transformer", "Pooling", "Normalize"];
+        modules
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let kind = m.get("type").and_then(|t| t.as_str()).unwrap_or("?");
+                let short = kind.rsplit('.').next().unwrap_or(kind);
+                let computed =
+                    kind.starts_with("sentence_transformers.models.") && COMPUTED.contains(&short);
+                let path = m.get("path").and_then(|p| p.as_str()).unwrap_or("");
+                (!computed).then(|| format!("{path} ({kind})"))
+            })
+            .collect()
     }
 }
 

@@ -33,7 +33,7 @@ pub mod runtime;
 pub mod sampling_ranges;
 pub mod text;
 
-pub use batch::{ForwardBatch, ForwardOutput, LogitsWanted, Pooling, SeqChunk};
+pub use batch::{EmbeddingGaps, ForwardBatch, ForwardOutput, LogitsWanted, Pooling, SeqChunk};
 pub use constraint::{Constraint, GrammarCompiler, TopLevelGrammar};
 pub use decode::sampling::{Sampler, SamplingParams};
 pub use error::{Error, Result};

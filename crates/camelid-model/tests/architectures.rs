@@ -1188,11 +1188,16 @@ fn embedding_models_name_their_pooling_and_appended_token() {
     assert_eq!(embedded, [text, vec![eos]].concat());
     let last = with(serde_json::json!({"llama.pooling_type": 3}));
     assert_eq!(last.pooling, Some(Pooling::Last));
-    // CLS (2) is no pooling of a decoder's states: left to the server's default.
-    assert_eq!(
-        with(serde_json::json!({"llama.pooling_type": 2})).pooling,
-        None
-    );
+    // CLS (2) is a pooling camelid does not compute: named as a gap (embeddings refused),
+    // not left to the server's default as if the file named none.
+    let cls = with(serde_json::json!({"llama.pooling_type": 2}));
+    assert_eq!(cls.pooling, None);
+    assert!(cls
+        .embedding_gaps
+        .pooling
+        .as_deref()
+        .is_some_and(|p| p.contains("CLS")));
+    assert_eq!(last.embedding_gaps, Default::default());
     // sentence-transformers' folder layout.
     assert_eq!(load(dir.path()).pooling, None);
     std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
@@ -1203,6 +1208,43 @@ fn embedding_models_name_their_pooling_and_appended_token() {
     )
     .unwrap();
     assert_eq!(load(dir.path()).pooling, Some(Pooling::Last));
+    // Its modules: the transformer, the pooling and the normalisation are computed; a Dense
+    // projection after them is not (stella's layout).
+    let modules = |extra: serde_json::Value| {
+        let mut list = serde_json::json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]);
+        list.as_array_mut()
+            .unwrap()
+            .extend(extra.as_array().unwrap().clone());
+        std::fs::write(dir.path().join("modules.json"), list.to_string()).unwrap();
+        load(dir.path()).embedding_gaps
+    };
+    assert_eq!(modules(serde_json::json!([])), Default::default());
+    let dense = modules(serde_json::json!([
+        {"idx": 3, "name": "3", "path": "2_Dense_1024", "type": "sentence_transformers.models.Dense"}]));
+    assert_eq!(
+        dense.modules,
+        ["2_Dense_1024 (sentence_transformers.models.Dense)"]
+    );
+    std::fs::remove_file(dir.path().join("modules.json")).unwrap();
+    // A pooling mode camelid lacks, or two (whose vectors sentence-transformers joins).
+    for modes in [
+        r#"{"pooling_mode_cls_token": true, "pooling_mode_lasttoken": false}"#,
+        r#"{"pooling_mode_weightedmean_tokens": true}"#,
+        r#"{"pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": true}"#,
+    ] {
+        std::fs::write(dir.path().join("1_Pooling/config.json"), modes).unwrap();
+        let lm = load(dir.path());
+        assert_eq!(lm.pooling, None, "{modes}");
+        assert!(lm.embedding_gaps.pooling.is_some(), "{modes}");
+    }
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"pooling_mode_lasttoken": true}"#,
+    )
+    .unwrap();
     // An HF tokenizer.json whose post-processor appends the EOS (Qwen3-Embedding's way).
     assert_eq!(load(dir.path()).tokenizer.eos_appended, None);
     let mut doc: serde_json::Value =

@@ -69,6 +69,35 @@ pub fn pooling(state: &AppState, model: &ModelEntry) -> Pooling {
         .unwrap_or(Pooling::Last)
 }
 
+/// A model whose files name what camelid does not compute gets no embeddings (they would
+/// not be the model's: a skipped `Dense` projection gives another vector, of another width;
+/// another pooling, other states): a 400 saying what, and for a pooling how to choose one.
+fn refuse_gaps(state: &AppState, model: &ModelEntry) -> Result<(), ApiError> {
+    let gaps = &model.details.embedding_gaps;
+    if !gaps.modules.is_empty() {
+        return Err(ApiError::invalid_param(
+            "model",
+            format!(
+                "`{}` is a sentence-transformers model whose modules {} camelid does not \
+                 compute: its embeddings would not be the model's",
+                model.name,
+                gaps.modules.join(", ")
+            ),
+        ));
+    }
+    match (&gaps.pooling, state.config.pooling) {
+        (Some(p), None) => Err(ApiError::invalid_param(
+            "model",
+            format!(
+                "`{}` pools by {p}, which camelid does not compute; serve it with `--pooling \
+                 mean` or `--pooling last` to embed with one of those",
+                model.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks every input and tokenizes text as the model's tokenizer prepares an embedding
 /// input (its BOS and appended token). `param` names the input field in errors (`input`,
 /// Ollama's legacy `prompt`).
@@ -80,6 +109,7 @@ pub async fn prepare(
     param: &'static str,
     overlong: Overlong,
 ) -> Result<Prepared, ApiError> {
+    refuse_gaps(state, model)?;
     let count = match &input {
         Prompt::Text(_) | Prompt::Tokens(_) => 1,
         Prompt::Texts(v) => v.len(),

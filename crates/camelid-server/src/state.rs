@@ -48,6 +48,8 @@ pub struct ModelDetails {
     pub block_count: usize,
     /// The embedding pooling the model's files name, if any.
     pub pooling: Option<camelid_model::Pooling>,
+    /// What of its embedding files camelid does not compute (embeddings refused).
+    pub embedding_gaps: camelid_model::EmbeddingGaps,
 }
 
 impl ModelDetails {
@@ -90,6 +92,7 @@ impl ModelDetails {
             embedding_length: h,
             block_count: c.num_layers,
             pooling: lm.pooling,
+            embedding_gaps: lm.embedding_gaps.clone(),
         }
     }
 

@@ -2225,6 +2225,74 @@ fn embedding_inputs_keep_their_appended_token_and_refuse_empty_text() {
     }
 }
 
+/// A model whose files name what camelid does not compute — a sentence-transformers
+/// `Dense` module after the pooling, a pooling it lacks (CLS) — gets no embeddings: a 400
+/// naming it, on the OpenAI and Ollama routes alike (they answered with another vector, the
+/// Dense one's width refused as a `dimensions`). A server's `--pooling` chooses for a
+/// pooling, not for a module. Its chat is unaffected.
+#[test]
+fn embeddings_the_files_say_camelid_does_not_compute_are_refused() {
+    let gapped = |name: &str, gaps: camelid_model::EmbeddingGaps| {
+        let mut lm = camelid_model::load(None, &camelid_model::LoadOptions::default()).unwrap();
+        lm.embedding_gaps = gaps;
+        common::entry_of(lm, name, 64, EngineConfig::default())
+    };
+    let dense = camelid_model::EmbeddingGaps {
+        modules: vec!["2_Dense (sentence_transformers.models.Dense)".into()],
+        ..Default::default()
+    };
+    let cls = camelid_model::EmbeddingGaps {
+        pooling: Some("CLS".into()),
+        ..Default::default()
+    };
+    for chosen in [None, Some(camelid_engine::Pooling::Mean)] {
+        let state = Arc::new(AppState::new(ServerConfig {
+            pooling: chosen,
+            ..Default::default()
+        }));
+        state.set_models(vec![
+            gapped("dense", dense.clone()),
+            gapped("cls", cls.clone()),
+        ]);
+        let s = serve(state);
+        let embed = |path: &str, model: &str| {
+            send(
+                &s.base,
+                "POST",
+                path,
+                Some("application/json"),
+                json!({"model": model, "input": "hello"})
+                    .to_string()
+                    .into_bytes(),
+            )
+        };
+        for path in ["/v1/embeddings", "/api/embed"] {
+            let (st, b) = embed(path, "dense");
+            assert_eq!(st, 400, "{path}: {b}");
+            let said = b.to_string();
+            assert!(said.contains("2_Dense"), "{path}: {b}");
+            let (st, b) = embed(path, "cls");
+            if chosen.is_none() {
+                assert_eq!(st, 400, "{path}: {b}");
+                assert!(b.to_string().contains("--pooling"), "{path}: {b}");
+            } else {
+                assert_eq!(st, 200, "--pooling chose for it: {path}: {b}");
+            }
+        }
+        let (st, b) = send(
+            &s.base,
+            "POST",
+            "/v1/chat/completions",
+            Some("application/json"),
+            json!({"model": "dense", "max_tokens": 2,
+                   "messages": [{"role": "user", "content": "Hi"}]})
+            .to_string()
+            .into_bytes(),
+        );
+        assert_eq!(st, 200, "{b}");
+    }
+}
+
 /// Inputs beyond a request's sequence cap run in waves and stream into one response: every
 /// vector in input order, each the engine's own for its text.
 #[test]

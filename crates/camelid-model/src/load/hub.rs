@@ -52,8 +52,10 @@ pub const SIDE_FILES: &[&str] = &[
     // Multimodal checkpoints and newer transformers keep the chat template apart.
     "chat_template.json",
     "chat_template.jinja",
-    // A sentence-transformers embedding model's pooling (mean or last token).
+    // A sentence-transformers embedding model's pooling (mean or last token), and its
+    // modules (one past the pooling, e.g. a `Dense` projection, is not computed: refused).
     "1_Pooling/config.json",
+    "modules.json",
 ];
 
 /// `HF_HUB_OFFLINE` (or transformers' `TRANSFORMERS_OFFLINE`) as the Python hub reads it:

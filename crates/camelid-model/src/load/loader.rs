@@ -68,6 +68,9 @@ pub struct LoadedModel {
     /// The pooling an embedding model's files name (GGUF's `pooling_type`,
     /// sentence-transformers' `1_Pooling/config.json`); `None` when they name none.
     pub pooling: Option<crate::batch::Pooling>,
+    /// What of an embedding model's files camelid does not compute (a pooling it lacks, a
+    /// sentence-transformers `Dense` module): its embeddings are refused.
+    pub embedding_gaps: crate::batch::EmbeddingGaps,
     /// The sampling its publisher recommends (an HF folder's `generation_config.json`): what
     /// a request that names none of these gets, as vLLM's `--generation-config auto`.
     pub sampling_defaults: SamplingDefaults,
@@ -457,10 +460,18 @@ pub fn load_gguf(
     let tool_template = own_tool_template(template, tool_jinja);
     let template = pick_template(template, jinja, name)?;
     let context_length = cfg.served_context();
-    let pooling = g
+    let mut embedding_gaps = crate::batch::EmbeddingGaps::default();
+    let pooling = match g
         .meta_u32(&format!("{}.pooling_type", cfg.architecture))
-        .ok()
-        .and_then(crate::batch::Pooling::from_gguf);
+        .map(crate::batch::Pooling::from_gguf)
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(gap)) => {
+            embedding_gaps.pooling = Some(gap);
+            None
+        }
+        Err(_) => None,
+    };
     // Quantized matmuls take f32 activations.
     let model = build_llama(cfg, &mut g, DType::F32, &opts.device)?;
     let stop_token_ids = template_stop_ids(&tok, &template, tool_template.as_ref());
@@ -477,6 +488,7 @@ pub fn load_gguf(
         stop_token_ids,
         context_length,
         pooling,
+        embedding_gaps,
         sampling_defaults: SamplingDefaults::default(),
     })
 }
@@ -700,8 +712,20 @@ pub fn load_hf_folder(
     weights.keep_16bit = opts.dtype.is_none() && opts.device.is_cpu();
     weights.quantize = opts.quantize;
     let context_length = cfg.served_context();
-    let pooling = read_json(&dir.join("1_Pooling/config.json"))?
-        .and_then(|c| crate::batch::Pooling::from_sentence_transformers(&c));
+    let mut embedding_gaps = crate::batch::EmbeddingGaps::default();
+    let pooling = match read_json(&dir.join("1_Pooling/config.json"))?
+        .map(|c| crate::batch::Pooling::from_sentence_transformers(&c))
+    {
+        Some(Ok(p)) => p,
+        Some(Err(gap)) => {
+            embedding_gaps.pooling = Some(gap);
+            None
+        }
+        None => None,
+    };
+    if let Some(modules) = read_json(&dir.join("modules.json"))? {
+        embedding_gaps.modules = crate::batch::EmbeddingGaps::modules_of(&modules);
+    }
     let layers = cfg.num_layers;
     let model = build_llama(cfg, &mut weights, dtype, &opts.device)?;
     warn_unread(&weights.unread(), layers, dir);
@@ -719,6 +743,7 @@ pub fn load_hf_folder(
         stop_token_ids,
         context_length,
         pooling,
+        embedding_gaps,
         sampling_defaults,
     })
 }
