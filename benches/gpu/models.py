@@ -7,7 +7,8 @@
                        reference; bfloat16: how far bf16 alone moves them), written as f32
   compare REF A [B..]  top-1 agreement and mean KL(ref || x) per file, as JSON lines
   bandwidth            device-to-device copy bandwidth (GB/s) -> the decode roofline
-  eager DIR            transformers eager generate: batch 1 and 32, 128 prompt + 128 new tokens
+  eager DIR            transformers eager generate: batch 1 and 32, 128 prompt + 256 new tokens
+                       (as run.sh's camelid bench), its attention implementation named
   steps LOG NAME       the server's step trace (RUST_LOG camelid_engine::step=debug): per batch
                        size of pure decode steps, the median step and forward ms, as JSON lines
   health URL [PID]     waits up to 120 s for URL to answer 200 (exit 1 if not, or once PID is gone)
@@ -122,12 +123,18 @@ def bandwidth():
     print(json.dumps({"copy_bandwidth_gb_s": gbs}))
 
 
+# New tokens per sequence: camelid's `--output-tokens` in run.sh.
+NEW_TOKENS = 256
+
+
 def eager(d):
     model = load_hf(d, torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())
     for batch in (1, 32):
         x = torch.randint(100, 1000, (batch, 128), device="cuda")
-        kw = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0)
+        # The same lengths as camelid's bench in run.sh (128 prompt, 256 output tokens): both
+        # aggregates divide the tokens made by the wall time, prefill included.
+        kw = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
         with torch.no_grad():
             model.generate(x, **dict(kw, max_new_tokens=8, min_new_tokens=8))  # warm-up
             torch.cuda.synchronize()
@@ -136,8 +143,9 @@ def eager(d):
             torch.cuda.synchronize()
         s = time.perf_counter() - t
         print(json.dumps({"peer": "transformers-eager", "model": os.path.basename(d), "params": params,
-                          "batch": batch, "new_tokens": 128, "seconds": s,
-                          "aggregate_tok_s": batch * 128 / s}), flush=True)
+                          "attn_implementation": model.config._attn_implementation,
+                          "batch": batch, "new_tokens": NEW_TOKENS, "seconds": s,
+                          "aggregate_tok_s": batch * NEW_TOKENS / s}), flush=True)
     del model
     torch.cuda.empty_cache()
 

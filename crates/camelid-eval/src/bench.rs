@@ -135,6 +135,15 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
         }
     }
     trace.total = t0.elapsed().as_secs_f64();
+    if last.is_none() {
+        // Its TTFT would read 0 (and the prefill rate infinite): the tokens it made decode to
+        // no text (a tokenizer smaller than the model's vocabulary, say).
+        return Err(anyhow!(
+            "a request streamed no text ({} tokens by its usage): no time to its first token \
+             can be taken, nor gaps between tokens",
+            usage_tokens.map_or("unknown".into(), |n| n.to_string())
+        ));
+    }
     trace.tokens = usage_tokens.unwrap_or(trace.chunks);
     if trace.tokens < o.output_tokens {
         return Err(anyhow!(
@@ -343,6 +352,12 @@ mod tests {
     /// `max_tokens - short` one-token text chunks, with a usage chunk (the tokens it sent)
     /// when `usage` is set and the request asked for one. Returns its base URL.
     async fn fake_server(short: usize, usage: bool) -> String {
+        token_server(short, usage, false).await
+    }
+
+    /// [`fake_server`], its token chunks' text empty where `silent` (tokens that decode to
+    /// nothing).
+    async fn token_server(short: usize, usage: bool, silent: bool) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -381,9 +396,14 @@ mod tests {
                         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
                     );
                     for i in 0..sent {
+                        let text = if silent {
+                            String::new()
+                        } else {
+                            format!(" t{i}")
+                        };
                         out += &format!(
                             "data: {}\n\n",
-                            json!({"choices": [{"index": 0, "text": format!(" t{i}"), "finish_reason": null}]})
+                            json!({"choices": [{"index": 0, "text": text, "finish_reason": null}]})
                         );
                     }
                     let reason = if short > 0 { "stop" } else { "length" };
@@ -483,5 +503,16 @@ mod tests {
                 .to_string();
             assert!(err.contains("13 of the 16 tokens"), "{err}");
         }
+    }
+
+    /// A server whose every token streams no text (its usage counting them all) fails the
+    /// run: its first token's time read 0 and its prefill rate infinite.
+    #[tokio::test]
+    async fn a_stream_without_text_fails_the_run() {
+        let err = run(&options(token_server(0, true, true).await))
+            .await
+            .expect_err("no first token to time")
+            .to_string();
+        assert!(err.contains("streamed no text (16 tokens"), "{err}");
     }
 }

@@ -28,21 +28,7 @@ pub fn enabled() -> bool {
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 const LAYERS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layers.ptx"));
 
-/// The most context positions an attention split scores (`PARTITION` in attention.cu).
-pub const PARTITION: usize = 512;
-
-/// Positions each split of a [`paged_attention`] launch scores, for `span` positions a row
-/// over `rows × q_heads` (row, head) pairs: the fewest that keep the launch at ~2 048 blocks
-/// (all resident at once on an H100/H200's 132 SMs), at least 64 and at most [`PARTITION`]. A
-/// block scores its positions serially, so a decode's few pairs (one row of 32 heads) want
-/// many short splits; a long prompt's many rows want few (each split's partial output is
-/// `head_dim` f32 a pair).
-pub fn partition_for(span: usize, rows: usize, q_heads: usize) -> usize {
-    (span * rows * q_heads)
-        .div_ceil(2048)
-        .next_power_of_two()
-        .clamp(64, PARTITION)
-}
+pub use crate::cuda_shapes::{partition_for, rows_per_launch, PARTITION};
 /// The largest head [`paged_attention`] takes (`MAX_HEAD_DIM` in attention.cu).
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -371,9 +357,13 @@ impl CustomOp3 for PagedAttention {
         );
         let dev = q.device().clone();
         let splits = self.splits;
-        let parts = rows * q_heads * splits;
-        // Safety: the kernel writes every split's entries, empty splits too, before the
-        // reduce reads them.
+        // Rows go in launches of at most `group`: the splits' partial outputs are
+        // `head_dim` f32 per (row, head, split), which for a long prompt chunk late in a long
+        // context would be gigabytes at once (2 048 rows × 32 heads × 256 splits × 64).
+        let group = rows_per_launch(q_heads, splits, head_dim).min(rows).max(1);
+        let parts = group * q_heads * splits;
+        // Safety: each launch's kernel writes every split's entries of its rows, empty
+        // splits too, before its reduce reads them.
         let (part_out, part_max, part_sum) = unsafe {
             (
                 dev.alloc::<f32>(parts * head_dim)?,
@@ -383,17 +373,20 @@ impl CustomOp3 for PagedAttention {
         };
         let attn = func(&dev, "attention", "paged_attention", q.dtype())?;
         let reduce = func(&dev, "attention", "paged_attention_reduce", q.dtype())?;
-        let grid = (q_heads as u32, rows as u32, splits as u32);
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+        let configs = |n: usize| {
+            let cfg = LaunchConfig {
+                grid_dim: (q_heads as u32, n as u32, splits as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let rcfg = LaunchConfig {
+                grid_dim: (q_heads as u32, n as u32, 1),
+                block_dim: (head_dim.min(256) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (cfg, rcfg)
         };
-        let rcfg = LaunchConfig {
-            grid_dim: (q_heads as u32, rows as u32, 1),
-            block_dim: (head_dim.min(256) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let per_row = q_heads * head_dim;
         let ints = [
             q_heads as i32,
             kv_heads as i32,
@@ -411,38 +404,50 @@ impl CustomOp3 for PagedAttention {
                     bail!("paged_attention: q and caches dtypes differ")
                 };
                 let qs = qs.slice(q0..q1);
+                // Safety: written by the reduce kernels (every row's) before any read.
+                let out = unsafe { dev.alloc::<$t>(rows * per_row)? };
                 let stream = dev.cuda_stream();
-                let mut b = stream.launch_builder(&attn);
-                b.arg(&qs);
-                b.arg(ks);
-                b.arg(vs);
-                b.arg(&row_seq);
-                b.arg(&row_ctx);
-                b.arg(&tables);
-                b.arg(&part_out);
-                b.arg(&part_max);
-                b.arg(&part_sum);
-                for i in &ints {
-                    b.arg(i);
+                for r0 in (0..rows).step_by(group) {
+                    let n = group.min(rows - r0);
+                    let (cfg, rcfg) = configs(n);
+                    // The launch's rows: the kernels index them from 0.
+                    let (q_g, seq_g, ctx_g) = (
+                        qs.slice(r0 * per_row..(r0 + n) * per_row),
+                        row_seq.slice(r0..r0 + n),
+                        row_ctx.slice(r0..r0 + n),
+                    );
+                    let mut b = stream.launch_builder(&attn);
+                    b.arg(&q_g);
+                    b.arg(ks);
+                    b.arg(vs);
+                    b.arg(&seq_g);
+                    b.arg(&ctx_g);
+                    b.arg(&tables);
+                    b.arg(&part_out);
+                    b.arg(&part_max);
+                    b.arg(&part_sum);
+                    for i in &ints {
+                        b.arg(i);
+                    }
+                    b.arg(&self.scale);
+                    b.arg(&self.window);
+                    b.arg(&self.softcap);
+                    // Safety: shapes checked above; block tables and contexts come from the
+                    // engine.
+                    unsafe { b.launch(cfg) }.w()?;
+                    let out_g = out.slice(r0 * per_row..(r0 + n) * per_row);
+                    let mut b = stream.launch_builder(&reduce);
+                    b.arg(&part_out);
+                    b.arg(&part_max);
+                    b.arg(&part_sum);
+                    b.arg(&out_g);
+                    let (qh, hd, sp) = (q_heads as i32, head_dim as i32, splits as i32);
+                    b.arg(&qh);
+                    b.arg(&hd);
+                    b.arg(&sp);
+                    // Safety: the partial outputs of this launch's rows, written above.
+                    unsafe { b.launch(rcfg) }.w()?;
                 }
-                b.arg(&self.scale);
-                b.arg(&self.window);
-                b.arg(&self.softcap);
-                // Safety: shapes checked above; block tables and contexts come from the engine.
-                unsafe { b.launch(cfg) }.w()?;
-                // Safety: written by the reduce kernel before any read.
-                let out = unsafe { dev.alloc::<$t>(rows * q_heads * head_dim)? };
-                let stream = dev.cuda_stream();
-                let mut b = stream.launch_builder(&reduce);
-                b.arg(&part_out);
-                b.arg(&part_max);
-                b.arg(&part_sum);
-                b.arg(&out);
-                let (qh, hd, sp) = (q_heads as i32, head_dim as i32, splits as i32);
-                b.arg(&qh);
-                b.arg(&hd);
-                b.arg(&sp);
-                unsafe { b.launch(rcfg) }.w()?;
                 CudaStorage::wrap_cuda_slice(out, dev.clone())
             }};
         }

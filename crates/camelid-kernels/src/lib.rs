@@ -16,6 +16,7 @@ pub mod cpu_features;
 pub mod cuda;
 #[cfg(feature = "cuda")]
 pub mod cuda_graph;
+pub mod cuda_shapes;
 pub mod f16gemm;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]

@@ -113,6 +113,27 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     }
 }
 
+/// `NAME=SPEC` or `SPEC` (the name is then the registry name, file stem or hub id).
+pub(crate) fn split_model_arg(arg: &str) -> (Option<String>, String) {
+    match arg.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p.to_string()),
+        _ => (None, arg.to_string()),
+    }
+}
+
+/// The one model a local subcommand runs, from `--model` or `CAMELID_MODEL`, which a machine
+/// set up for `serve` may hold in serve's form: one `NAME=SPEC` runs SPEC; several
+/// (comma-separated) are an error that says to name one.
+fn single_model(spec: &str) -> Result<String> {
+    if spec.contains(',') {
+        anyhow::bail!(
+            "--model (or CAMELID_MODEL) `{spec}` lists several models, as `serve` takes them; \
+             this command runs one: give --model with one of them"
+        );
+    }
+    Ok(split_model_arg(spec).1)
+}
+
 pub fn load(m: &ModelArgs) -> Result<LoadedModel> {
     let opts = LoadOptions {
         device: parse_device(&m.device)?,
@@ -123,7 +144,8 @@ pub fn load(m: &ModelArgs) -> Result<LoadedModel> {
         ..Default::default()
     };
     let t = std::time::Instant::now();
-    let lm = camelid_model::load(m.model.as_deref(), &opts)?;
+    let spec = m.model.as_deref().map(single_model).transpose()?;
+    let lm = camelid_model::load(spec.as_deref(), &opts)?;
     tracing::info!(
         "loaded {} ({}) in {:.1}s, template {}{}",
         lm.name,
@@ -152,4 +174,32 @@ pub fn gen_params(lm: &LoadedModel, s: &SamplingArgs) -> GenerationParams {
     p.stop_token_ids = lm.stop_token_ids.clone();
     p.stop_strings = Arc::new(lm.stop_strings.iter().chain(&s.stop).collect());
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_model;
+
+    /// `CAMELID_MODEL` as a machine set up for `serve` holds it: one `NAME=SPEC` runs SPEC
+    /// (it was read as a spec named `smol=smollm2-135m-instruct`), several are refused with a
+    /// way forward; a plain spec, a path or hub id with `=` after a `/`, is itself.
+    #[test]
+    fn serves_form_names_one_model() {
+        assert_eq!(
+            single_model("smol=smollm2-135m-instruct").unwrap(),
+            "smollm2-135m-instruct"
+        );
+        assert_eq!(
+            single_model("lmsys/vicuna-7b-v1.5").unwrap(),
+            "lmsys/vicuna-7b-v1.5"
+        );
+        assert_eq!(
+            single_model("./models/a=b.gguf").unwrap(),
+            "./models/a=b.gguf"
+        );
+        let err = single_model("vicuna=lmsys/vicuna-7b-v1.5,smol=smollm2-135m-instruct")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give --model"), "{err}");
+    }
 }

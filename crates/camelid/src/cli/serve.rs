@@ -425,14 +425,6 @@ fn api_keys(a: &ServeArgs) -> Result<Vec<String>> {
     Ok(keys)
 }
 
-/// `NAME=SPEC` or `SPEC` (the name is then the registry name, file stem or hub id).
-fn split_model_arg(arg: &str) -> (Option<String>, String) {
-    match arg.split_once('=') {
-        Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p.to_string()),
-        _ => (None, arg.to_string()),
-    }
-}
-
 fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
     let specs: Vec<Option<String>> = if a.models.is_empty() {
         vec![None]
@@ -459,7 +451,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
     for spec in &specs {
         let (name, path) = match spec {
             Some(s) => {
-                let (n, p) = split_model_arg(s);
+                let (n, p) = super::model_args::split_model_arg(s);
                 (n, Some(p))
             }
             None => (None, None),
