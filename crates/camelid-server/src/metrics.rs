@@ -126,7 +126,7 @@ impl ServerMetrics {
         }
         self.ttft.lock().unwrap().render(
             "camelid_time_to_first_token_seconds",
-            "Time from request to its first generated token (of any choice).",
+            "Time from the request's hand-over to the engine (its prompt rendered and tokenized) to its first generated token (of any choice).",
             &mut out,
         );
         self.itl.lock().unwrap().render(
@@ -136,7 +136,7 @@ impl ServerMetrics {
         );
         self.e2e.lock().unwrap().render(
             "camelid_request_duration_seconds",
-            "Time from request to last token.",
+            "Time from the request's hand-over to the engine to its last token.",
             &mut out,
         );
         use camelid_engine::EngineMetrics as E;

@@ -1388,6 +1388,74 @@ mod tests {
         assert!(arena.unmarked.lock().unwrap().is_empty());
     }
 
+    /// The same outage seen from another server sharing the store: the mark the first server
+    /// kept in its memory is not there, but the turn's "being answered" mark, left to run
+    /// out (the turn's end unsettled), leaves the vote unrated on any server: at once, after
+    /// a sweep of expired marks, or after a later follow-up claimed the battle again. It was
+    /// rated once the lease ran out.
+    #[tokio::test]
+    async fn a_turn_whose_end_no_server_settled_leaves_the_vote_unrated_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("arena.db").display());
+        let config = ArenaConfig {
+            answer_lease: Duration::from_millis(200),
+            ..ArenaConfig::default()
+        };
+        let a = Arena::connect(&url, config.clone()).await.unwrap();
+        let b = Arena::connect(&url, config).await.unwrap();
+        let served = ["smol-a".to_string(), "smol-b".to_string()];
+        let prompt = vec![json!({"role": "user", "content": "Who are you?"})];
+        let sql = |q: &'static str| {
+            let pool = a.store.pool().clone();
+            async move { sqlx::query(q).execute(&pool).await.unwrap() }
+        };
+        let mut anony = vec![];
+        for then in ["vote", "sweep", "follow-up"] {
+            let visitor = Visitor::new();
+            let battle =
+                answered_battle(&a, &visitor, ["smol-a", "smol-b"], ["Hello.", "Hi."]).await;
+            let battle = a.resume(&battle.id, &visitor).await.unwrap();
+            a.begin_answer(&battle).await.unwrap();
+            sql("ALTER TABLE arena_named RENAME TO arena_named_away").await;
+            let shown = ["I am Qwen2.5, by Alibaba.", "Hi."];
+            a.turn_not_kept(&battle, &prompt, shown, &served)
+                .await
+                .unwrap_err();
+            sql("ALTER TABLE arena_named_away RENAME TO arena_named").await;
+            // Not ended (the route leaves the mark to run out): past its lease, on `b`.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            match then {
+                "sweep" => {
+                    b.store.sweep(now(), 0.0).await.unwrap();
+                    assert!(!b.store.answering(&battle.id, 0.0).await.unwrap());
+                }
+                "follow-up" => {
+                    let again = b.resume(&battle.id, &visitor).await.unwrap();
+                    b.begin_answer(&again).await.unwrap();
+                    assert!(b.end_answer(&battle.id).await);
+                }
+                _ => {}
+            }
+            let cast = b
+                .vote(&battle.id, &visitor, Outcome::Tie, &served, None)
+                .await
+                .unwrap();
+            anony.push(cast.anony);
+        }
+        assert_eq!(anony, [false; 3], "a vote after names were shown was rated");
+        // A turn ended as it should leaves the vote rated.
+        let visitor = Visitor::new();
+        let battle = answered_battle(&b, &visitor, ["smol-a", "smol-b"], ["Hello.", "Hi."]).await;
+        let battle = b.resume(&battle.id, &visitor).await.unwrap();
+        b.begin_answer(&battle).await.unwrap();
+        assert!(b.end_answer(&battle.id).await);
+        let cast = b
+            .vote(&battle.id, &visitor, Outcome::Tie, &served, None)
+            .await
+            .unwrap();
+        assert!(cast.anony);
+    }
+
     /// The store's URL carries the database password: a failed connection names the store
     /// without it. Port 1 on the loopback: nothing listens there.
     #[tokio::test]

@@ -12,7 +12,8 @@
 //! - `arena_answering` — battles whose follow-up turn is being answered now (until when at
 //!   the latest): no vote lands on a turn the visitor is still reading, on any server.
 //! - `arena_named` — open battles with a turn that was shown in part and not stored (stopped,
-//!   failed) whose shown text named a model: their vote is not anonymous.
+//!   failed) whose shown text named a model, or whose turn's `arena_answering` mark ran out
+//!   without the turn ending (what it showed is unknown): their vote is not anonymous.
 //!
 //! The schema is made and changed by migrations (`migrations/*.sql`, recorded in
 //! `arena_schema_migrations`); a server refuses a database a newer camelid migrated.
@@ -371,8 +372,10 @@ impl Store {
     }
 
     /// Marks battle `id`'s follow-up turn as being answered until `until`, unless another
-    /// turn's mark holds it at `now`; whether this turn has the mark.
+    /// turn's mark holds it at `now`; whether this turn has the mark. A mark that ran out
+    /// unended (its turn's end was never settled) becomes a named mark first.
     pub async fn claim_answer(&self, id: &str, until: f64, now: f64) -> Result<bool, sqlx::Error> {
+        self.name_unsettled(Some(id), now).await?;
         let r = sqlx::query(
             "INSERT INTO arena_answering (battle_id, ends_by) VALUES ($1, $2)
              ON CONFLICT (battle_id) DO UPDATE SET ends_by = excluded.ends_by
@@ -394,6 +397,24 @@ impl Store {
         )
         .bind(id)
         .bind(until)
+        .execute(self.ready().await?.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Marks named the battles (`id`, or every one) whose "being answered" mark ran out by
+    /// `by` without its turn ending: a server died in the turn, or could not reach the store
+    /// to note what the turn showed and end it. What the visitor saw then is unknown, so the
+    /// vote is not rated; the expired mark itself is swept or claimed again later.
+    async fn name_unsettled(&self, id: Option<&str>, by: f64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO arena_named (battle_id)
+             SELECT battle_id FROM arena_answering
+             WHERE ends_by <= $1 AND ($2 = '' OR battle_id = $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(by)
+        .bind(id.unwrap_or(""))
         .execute(self.ready().await?.pool())
         .await?;
         Ok(())
@@ -432,8 +453,9 @@ impl Store {
     /// Casts the vote of battle `id` from its row, if it is `visitor`'s, unexpired, at turn
     /// `turns` (> 0) with the conversations `read` (what `anony` was judged on) and not
     /// answering a turn; false otherwise, or if it has a vote already. It is anonymous if
-    /// `anony` and the battle is not marked named (read in the same statement: a mark made
-    /// while this runs is not missed).
+    /// `anony`, the battle is not marked named and no turn's mark ran out unended (its turn
+    /// may have shown a name no server could note); read in the same statement, so a mark
+    /// made while this runs is not missed.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_vote(
         &self,
@@ -450,6 +472,7 @@ impl Store {
                  conversation_a, conversation_b, turn)
              SELECT id, model_a, model_b, $1,
                  CASE WHEN EXISTS (SELECT 1 FROM arena_named m WHERE m.battle_id = $4)
+                           OR EXISTS (SELECT 1 FROM arena_answering n WHERE n.battle_id = $4)
                       THEN CAST(0 AS BIGINT) ELSE $2 END,
                  $3, $7, conversation_a, conversation_b, turns
              FROM arena_battles
@@ -534,7 +557,9 @@ impl Store {
             .bind(requests_before)
             .execute(pool)
             .await?;
-        sqlx::query("DELETE FROM arena_answering WHERE ends_by < $1")
+        // Expired marks go, their turns' battles marked named first (`name_unsettled`).
+        self.name_unsettled(None, requests_before).await?;
+        sqlx::query("DELETE FROM arena_answering WHERE ends_by <= $1")
             .bind(requests_before)
             .execute(pool)
             .await?;
