@@ -1159,6 +1159,46 @@ fn a_post_processor_that_adds_bos_is_followed() {
     assert_eq!(first(&doc), 1);
 }
 
+/// `camelid convert`'s tokenizer.json adds the BOS (and appends the EOS) as the GGUF says, in
+/// its post-processor: transformers' `PreTrainedTokenizerFast`, vLLM and TGI read special
+/// tokens from there alone, and encoded the converted model's prompts without its BOS. The
+/// folder loaded back by camelid encodes as the GGUF does.
+#[test]
+fn converted_tokenizers_add_the_special_tokens_the_gguf_names() {
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 471);
+    for (bos, eos) in [(true, false), (true, true), (false, false)] {
+        let gguf = random_model::write_gguf_with(
+            dir.path(),
+            "llama",
+            &Vocab::Fixture,
+            serde_json::json!({"tokenizer.ggml.add_bos_token": bos,
+                               "tokenizer.ggml.add_eos_token": eos}),
+        );
+        let out = tempfile::tempdir().unwrap();
+        camelid_model::load::convert::gguf_to_hf(&gguf, out.path(), DType::F32).unwrap();
+        let from_gguf = load(&gguf);
+        let tok = &from_gguf.tokenizer;
+        let plain = tok.encode("hello world", false).unwrap();
+        let mut want = plain.clone();
+        if bos {
+            want.insert(0, tok.bos_id.unwrap());
+        }
+        if eos {
+            want.push(tok.eos_ids[0]);
+        }
+        let hf = tokenizers::Tokenizer::from_file(out.path().join("tokenizer.json")).unwrap();
+        let with_specials = hf.encode("hello world", true).unwrap().get_ids().to_vec();
+        assert_eq!(with_specials, want, "add_bos {bos}, add_eos {eos}");
+        let back = load(out.path());
+        assert_eq!(
+            back.tokenizer.encode("hello world", true).unwrap(),
+            tok.encode("hello world", true).unwrap(),
+            "add_bos {bos}, add_eos {eos}"
+        );
+        assert_eq!(back.tokenizer.eos_appended, tok.eos_appended);
+    }
+}
+
 /// What an embedding model's files say, read as llama.cpp and sentence-transformers read it:
 /// GGUF's `pooling_type` (1 mean, 3 last) and `add_eos_token` (the EOS ends an embedding
 /// input, not a prompt to generate from), and an HF folder's `1_Pooling/config.json`.

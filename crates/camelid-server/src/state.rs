@@ -285,10 +285,14 @@ impl AppState {
     }
 
     pub fn set_models(&self, models: Vec<ModelEntry>) {
+        // The flag is read under the write lock: a SIGTERM's `stop_admitting` sets it before
+        // it reads the models, so either it sees these or this sees the flag (checked before
+        // the lock, both could miss each other and these engines would go on admitting).
+        let mut served = self.models.write().unwrap();
         if self.shutting_down.load(Ordering::SeqCst) {
             models.iter().for_each(|m| m.engine.stop_admitting());
         }
-        *self.models.write().unwrap() = Some(models.into_iter().map(Arc::new).collect());
+        *served = Some(models.into_iter().map(Arc::new).collect());
     }
 
     /// Shutting down: every engine refuses the requests that have not started (their

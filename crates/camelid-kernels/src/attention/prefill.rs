@@ -194,15 +194,20 @@ impl Lanes for V512 {
     }
     #[inline(always)]
     unsafe fn softcap(self, cap: f32) -> Self {
-        let sign = _mm512_set1_ps(-0.0);
+        // The sign bit moved as integers: the `_ps` logic ops are AVX-512DQ, not enabled here.
+        let sign = _mm512_set1_epi32(i32::MIN);
         let x = _mm512_mul_ps(self.0, _mm512_set1_ps(1.0 / cap));
-        let ax = _mm512_andnot_ps(sign, x);
+        let xi = _mm512_castps_si512(x);
+        let ax = _mm512_castsi512_ps(_mm512_andnot_si512(sign, xi));
         let e = vecmath::avx512::exp(_mm512_add_ps(ax, ax));
         let t = _mm512_sub_ps(
             _mm512_set1_ps(1.0),
             _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, _mm512_set1_ps(1.0))),
         );
-        let t = _mm512_or_ps(t, _mm512_and_ps(sign, x));
+        let t = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(t),
+            _mm512_and_si512(sign, xi),
+        ));
         V512(_mm512_mul_ps(t, _mm512_set1_ps(cap)))
     }
     #[inline(always)]

@@ -565,6 +565,57 @@ fn simd_q8k_quantize_gives_the_scalar_bytes() {
     }
 }
 
+/// A NaN in a block's last vector is skipped by the AVX2 Q8_K quantizer's running maximum as
+/// anywhere else and as by the scalar and AVX-512 ones: it became the block's maximum there
+/// (scale NaN: the whole row's products NaN) and was skipped elsewhere, so a result depended
+/// on where the NaN sat and on the CPU.
+#[test]
+fn a_nan_anywhere_in_a_block_scales_it_alike() {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_features::avx2() {
+        for at in [0, 100, QK_K - 1] {
+            let mut x = vec![1.0f32; QK_K];
+            x[at] = f32::NAN;
+            let scale = |f: &dyn Fn(
+                &[f32],
+                &mut [i8],
+                &mut [f32],
+                &mut [i16],
+                &mut [i16],
+                SumBoundsMut,
+            )| {
+                let (mut q, mut d, mut s) = (vec![0i8; QK_K], vec![0f32; 1], vec![0i16; 16]);
+                let (mut e, mut a, mut g) = (vec![0i16; 32], vec![0u16; 1], vec![0u16; 1]);
+                f(
+                    &x,
+                    &mut q,
+                    &mut d,
+                    &mut s,
+                    &mut e,
+                    SumBoundsMut {
+                        abs16: &mut a,
+                        sign32: &mut g,
+                    },
+                );
+                d[0]
+            };
+            let scalar = scale(&|x, q, d, s, e, b| quantize_q8k_scalar(x, q, d, s, e, b));
+            // Safety: AVX2 is available.
+            let avx2 =
+                scale(&|x, q, d, s, e, b| unsafe { x86::avx2::quantize_q8k(x, q, d, s, e, b) });
+            assert_eq!(scalar, 1.0 / 127.0, "NaN at {at}");
+            assert_eq!(avx2, scalar, "AVX2, NaN at {at}");
+            if crate::cpu_features::avx512() {
+                // Safety: AVX-512 is available.
+                let avx512 = scale(&|x, q, d, s, e, b| unsafe {
+                    x86::avx512::quantize_q8k(x, q, d, s, e, b)
+                });
+                assert_eq!(avx512, scalar, "AVX-512, NaN at {at}");
+            }
+        }
+    }
+}
+
 /// One `QActs` quantizing matrices of several widths and formats in turn (a layer's 2048 and
 /// 8192 columns, Q8 for the 32-value formats): each time every row reads as a fresh buffer's
 /// (its buffers grow and are reused, never shrunk, so nothing of a wider matrix may show).

@@ -34,6 +34,40 @@ fn avx2_exp_matches_libm() {
     assert!((sum as f64 - want_sum).abs() / want_sum < 1e-6);
 }
 
+/// A NaN stays a NaN through the vector `exp` (8 and 16 lanes), as through libm: clamped
+/// first, it came out ~1e-38, and a softmax over NaN scores gave a finite average of the
+/// values (only where the keys filled whole vectors; the scalar tail kept the NaN).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn the_vector_exp_keeps_a_nan() {
+    if !crate::cpu_features::avx2() {
+        eprintln!("no AVX2 here; nothing to compare");
+        return;
+    }
+    let mut xs = [f32::NAN, 0.0, -1.0, 1.0, -200.0, 200.0, f32::NAN, 0.5];
+    let sum = unsafe { exp_avx2(&mut xs) };
+    assert!(sum.is_nan(), "{xs:?}");
+    assert!(xs[0].is_nan() && xs[6].is_nan(), "{xs:?}");
+    assert_eq!(xs[1], 1.0);
+    if crate::cpu_features::avx512() {
+        #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+        unsafe fn exp16(x: &[f32; 16]) -> [f32; 16] {
+            use std::arch::x86_64::*;
+            let mut out = [0f32; 16];
+            _mm512_storeu_ps(
+                out.as_mut_ptr(),
+                super::x86::avx512::exp(_mm512_loadu_ps(x.as_ptr())),
+            );
+            out
+        }
+        let mut x = [0.25f32; 16];
+        x[3] = f32::NAN;
+        let e = unsafe { exp16(&x) };
+        assert!(e[3].is_nan(), "{e:?}");
+        assert!((e[0] - 0.25f32.exp()).abs() < 1e-6, "{e:?}");
+    }
+}
+
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_dots_and_weighted_sums_agree_with_scalar() {

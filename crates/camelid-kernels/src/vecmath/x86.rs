@@ -35,8 +35,10 @@ pub(crate) mod avx512 {
     #[inline(always)]
     pub unsafe fn exp(x: __m512) -> __m512 {
         use super::exp_consts::*;
-        let x = _mm512_max_ps(x, _mm512_set1_ps(LO));
-        let x = _mm512_min_ps(x, _mm512_set1_ps(HI));
+        // The bound first: `vmaxps`/`vminps` return their second operand where either is a
+        // NaN, so a NaN stays one (put second, the bound made it ~1e-38 and hid it).
+        let x = _mm512_max_ps(_mm512_set1_ps(LO), x);
+        let x = _mm512_min_ps(_mm512_set1_ps(HI), x);
         let n_i = _mm512_cvtps_epi32(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
         let n = _mm512_cvtepi32_ps(n_i);
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
@@ -99,8 +101,9 @@ pub(crate) mod avx2 {
     #[inline(always)]
     pub unsafe fn exp(x: __m256) -> __m256 {
         use super::exp_consts::*;
-        let x = _mm256_max_ps(x, _mm256_set1_ps(LO));
-        let x = _mm256_min_ps(x, _mm256_set1_ps(HI));
+        // The bound first: a NaN stays one (see `avx512::exp`).
+        let x = _mm256_max_ps(_mm256_set1_ps(LO), x);
+        let x = _mm256_min_ps(_mm256_set1_ps(HI), x);
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,

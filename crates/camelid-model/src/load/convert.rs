@@ -127,7 +127,7 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
     let tok_text = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
     let tok_config = json!({
         "add_bos_token": tok.add_bos,
-        "add_eos_token": false,
+        "add_eos_token": tok.eos_appended.is_some(),
         "bos_token": tok_text(tok.bos_id),
         "eos_token": tok_text(tok.eos_ids.first().copied()),
         "unk_token": g.meta_u32("tokenizer.ggml.unknown_token_id").ok().and_then(|i| tok.id_to_token(i)),
@@ -159,6 +159,55 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         "generation_config.json",
         serde_json::to_string_pretty(&gen_config).unwrap(),
     )?;
-    write("tokenizer.json", tok.to_json_string()?)?;
+    write("tokenizer.json", tokenizer_json(&tok)?)?;
     Ok(())
+}
+
+/// The tokenizer as `tokenizer.json`, its post-processor adding the BOS (and appending the
+/// EOS) as the GGUF's `add_bos_token` (`add_eos_token`) say: transformers'
+/// `PreTrainedTokenizerFast`, vLLM and TGI take special tokens from the post-processor alone
+/// (not from `tokenizer_config.json`), so without one they encoded the converted model's
+/// prompts without the BOS llama.cpp and camelid give it.
+fn tokenizer_json(tok: &crate::text::tokenizer::Tokenizer) -> Result<String> {
+    let mut doc: serde_json::Value = serde_json::from_str(&tok.to_json_string()?)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let special = |id: u32| tok.id_to_token(id).map(|text| (id, text));
+    let bos = tok.bos_id.filter(|_| tok.add_bos).and_then(special);
+    let eos = tok.eos_appended.and_then(special);
+    if bos.is_some() || eos.is_some() {
+        let token = |(_, text): &(u32, String), type_id: u32| json!({"SpecialToken": {"id": text, "type_id": type_id}});
+        let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+        let mut single = vec![];
+        let mut pair = vec![];
+        if let Some(b) = &bos {
+            single.push(token(b, 0));
+            pair.push(token(b, 0));
+        }
+        single.push(seq("A", 0));
+        pair.push(seq("A", 0));
+        if let Some(e) = &eos {
+            single.push(token(e, 0));
+            pair.push(token(e, 0));
+        }
+        if let Some(b) = &bos {
+            pair.push(token(b, 1));
+        }
+        pair.push(seq("B", 1));
+        if let Some(e) = &eos {
+            pair.push(token(e, 1));
+        }
+        let specials: serde_json::Map<String, serde_json::Value> = bos
+            .iter()
+            .chain(&eos)
+            .map(|(id, text)| {
+                (
+                    text.clone(),
+                    json!({"id": text, "ids": [id], "tokens": [text]}),
+                )
+            })
+            .collect();
+        doc["post_processor"] = json!({"type": "TemplateProcessing", "single": single,
+            "pair": pair, "special_tokens": specials});
+    }
+    serde_json::to_string(&doc).map_err(|e| Error::Tokenizer(e.to_string()))
 }

@@ -20,10 +20,12 @@ pub unsafe fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
             _mm256_loadu_ps(p.add(16)),
             _mm256_loadu_ps(p.add(24)),
         ];
-        let m = _mm256_max_ps(
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
-        );
+        // Each value first: `vmaxps` returns its second operand where either is a NaN, so
+        // the running maximum (never a NaN) skips them, as the scalar one and AVX-512's do.
+        let mut m = _mm256_setzero_ps();
+        for v in v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
@@ -76,7 +78,8 @@ pub unsafe fn quantize_q8k(
         let p = xb.as_ptr();
         let mut m = _mm256_setzero_ps();
         for i in 0..QK_K / 8 {
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))));
+            // The value first: a NaN is skipped (see `quantize_blocks`).
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * i))), m);
         }
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));

@@ -313,7 +313,9 @@ pub unsafe fn quantize_q8k(
     assert!(qs.len() >= x.len() && d.len() * QK_K >= x.len() && bsums.len() * 16 >= x.len());
     assert!(sums8.len() * 8 >= x.len() && bounds.abs16.len() * QK_K >= x.len());
     assert!(bounds.sign32.len() * QK_K >= x.len());
-    let sign = _mm512_set1_ps(-0.0);
+    // |x| by clearing the sign bit as integers: `_mm512_andnot_ps` is AVX-512DQ, which the
+    // enabled features (and `cpu_features::avx512`) do not include.
+    let magnitude = _mm512_set1_epi32(i32::MAX);
     let flip = _mm512_set1_epi8(-128);
     let ones = _mm_set1_epi16(1);
     for (b, xb) in x.chunks_exact(QK_K).enumerate() {
@@ -322,7 +324,10 @@ pub unsafe fn quantize_q8k(
         // second operand where either is a NaN: the running max.
         let mut m = [_mm512_setzero_ps(); 4];
         for i in 0..QK_K / 16 {
-            let v = _mm512_andnot_ps(sign, _mm512_loadu_ps(p.add(16 * i)));
+            let v = _mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_loadu_si512(p.add(16 * i) as *const _),
+                magnitude,
+            ));
             m[i % 4] = _mm512_max_ps(v, m[i % 4]);
         }
         let m = _mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3]));
