@@ -565,6 +565,9 @@ fn simd_q8k_quantize_gives_the_scalar_bytes() {
     }
 }
 
+/// A Q8_K quantizer's signature: values, bytes, scales, sums of 16 and of 8, bounds.
+type Quantizer = dyn Fn(&[f32], &mut [i8], &mut [f32], &mut [i16], &mut [i16], SumBoundsMut);
+
 /// A NaN in a block's last vector is skipped by the AVX2 Q8_K quantizer's running maximum as
 /// anywhere else and as by the scalar and AVX-512 ones: it became the block's maximum there
 /// (scale NaN: the whole row's products NaN) and was skipped elsewhere, so a result depended
@@ -576,14 +579,7 @@ fn a_nan_anywhere_in_a_block_scales_it_alike() {
         for at in [0, 100, QK_K - 1] {
             let mut x = vec![1.0f32; QK_K];
             x[at] = f32::NAN;
-            let scale = |f: &dyn Fn(
-                &[f32],
-                &mut [i8],
-                &mut [f32],
-                &mut [i16],
-                &mut [i16],
-                SumBoundsMut,
-            )| {
+            let scale = |f: &Quantizer| {
                 let (mut q, mut d, mut s) = (vec![0i8; QK_K], vec![0f32; 1], vec![0i16; 16]);
                 let (mut e, mut a, mut g) = (vec![0i16; 32], vec![0u16; 1], vec![0u16; 1]);
                 f(
