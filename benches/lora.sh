@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 P="${1:-128}"; N="${2:-64}"
 ROUNDS="${ROUNDS:-2}"; LEVELS="${LEVELS:-1,8}"; RANK="${RANK:-16}"
 MODEL="${MODEL:-$(bash models/fetch-default.sh)}"
-PY="${CAMELID_TEST_PYTHON:-$HOME/.cache/camelid/test-venv/bin/python}"
+PY="${CAMELID_TEST_PYTHON:-${CAMELID_CACHE:-$HOME/.cache/camelid}/test-venv/bin/python}"
 LLAMA_BIN="$(bash benches/build-llama-cpp.sh)"
 cargo build --release -p camelid >&2
 source benches/servers.sh

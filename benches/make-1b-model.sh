@@ -16,7 +16,7 @@ ARCH="${ARCH:-llama}"
 case "$ARCH" in llama) STEM=random-llama-1b ;; qwen2) STEM=random-qwen2-1.5b ;;
   *) echo "ARCH must be llama or qwen2" >&2; exit 2 ;; esac
 BASE="$DIR/$STEM.F16.gguf"
-PY="${CAMELID_TEST_PYTHON:-$HOME/.cache/camelid/test-venv/bin/python}"
+PY="${CAMELID_TEST_PYTHON:-${CAMELID_CACHE:-$HOME/.cache/camelid}/test-venv/bin/python}"
 SRC="$(bash models/fetch-default.sh)"
 if [ ! -f "$BASE" ]; then
   "$PY" benches/random_gguf.py "$SRC" "$BASE.tmp" "$ARCH" "$STEM"

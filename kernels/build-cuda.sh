@@ -36,10 +36,13 @@ fi
 # shellcheck disable=SC1091
 source "$TOOLCHAIN/env.sh"
 export CARGO_TARGET_DIR="${CAMELID_CUDA_TARGET:-$CACHE/cuda-target}"
-# Dropped when it outgrows 24 GiB, as .ci/run's test target: a new toolchain or dependency set
-# leaves the old artifacts behind, and a full disk reads as a failure.
-if [ -d "$CARGO_TARGET_DIR" ] && [ "$(du -sk "$CARGO_TARGET_DIR" | cut -f1)" -gt $((24 << 20)) ]; then
-  rm -rf "$CARGO_TARGET_DIR"
+# Bounded as .ci/run's test target: past 24 GiB its incremental caches go first, then, still
+# past it, everything (a new toolchain or dependency set leaves the old artifacts behind, and
+# a full disk reads as a failure).
+over_24g() { [ -d "$1" ] && [ "$(du -sk "$1" | cut -f1)" -gt $((24 << 20)) ]; }
+if over_24g "$CARGO_TARGET_DIR"; then
+  find "$CARGO_TARGET_DIR" -maxdepth 3 -type d -name incremental -prune -exec rm -rf {} +
+  if over_24g "$CARGO_TARGET_DIR"; then rm -rf "$CARGO_TARGET_DIR"; fi
 fi
 export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64-v3}"
 # candle-kernels compiles its ~15 quantized-matmul objects one nvcc at a time by default (half

@@ -34,7 +34,8 @@ FSCHAT=fschat==0.2.36
 SHA="$(echo "$FSCHAT" | requirements_sha - "${TEST_REQUIREMENTS[@]}")"
 if ! made_from "$VENV" "$SHA" \
     || ! "$VENV/bin/python" -c "import openai, ollama, jsonschema, playwright, gguf, fastchat, sklearn, pandas, plotly" 2>/dev/null; then
-  python3 -m venv "$VENV"
+  # Made afresh: packages no longer named do not linger.
+  python3 -m venv --clear "$VENV"
   "$VENV/bin/python" -m pip install -q $(printf -- '-r %s ' "${TEST_REQUIREMENTS[@]}")
   "$VENV/bin/python" -m pip install -q --no-deps "$FSCHAT"
   echo "$SHA" > "$VENV/.camelid-requirements"
@@ -72,7 +73,7 @@ if [ "${CAMELID_SKIP_SKYPILOT:-}" != 1 ]; then
   SKY_VENV="${CAMELID_SKY_VENV:-$CACHE/sky-venv}"
   SHA="$(requirements_sha tests/deploy/requirements.txt)"
   if ! made_from "$SKY_VENV" "$SHA" || ! "$SKY_VENV/bin/python" -c "import sky" 2>/dev/null; then
-    python3 -m venv "$SKY_VENV"
+    python3 -m venv --clear "$SKY_VENV"
     "$SKY_VENV/bin/python" -m pip install -q -r tests/deploy/requirements.txt
     echo "$SHA" > "$SKY_VENV/.camelid-requirements"
   fi

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CACHE="${CAMELID_CACHE:-$HOME/.cache/camelid}/llama.cpp"
-PY="${CAMELID_TEST_PYTHON:-$HOME/.cache/camelid/test-venv/bin/python}"
+PY="${CAMELID_TEST_PYTHON:-${CAMELID_CACHE:-$HOME/.cache/camelid}/test-venv/bin/python}"
 ROOT="$(bash benches/build-llama-cpp.sh --source)"
 B="$CACHE/build-portable-static"
 if [ ! -x "$B/bin/llama-quantize" ]; then

@@ -28,7 +28,7 @@ pub fn enabled() -> bool {
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 const LAYERS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layers.ptx"));
 
-pub use crate::cuda_shapes::{partition_for, rows_per_launch, PARTITION};
+pub use crate::cuda_shapes::{partition_for, rows_per_launch, set_partials_budget, PARTITION};
 /// The largest head [`paged_attention`] takes (`MAX_HEAD_DIM` in attention.cu).
 pub const MAX_HEAD_DIM: usize = 256;
 

@@ -21,13 +21,25 @@ pub fn partition_for(span: usize, rows: usize, q_heads: usize) -> usize {
 /// may hold.
 pub const PARTIALS_BUDGET: usize = 256 << 20;
 
+/// The budget [`rows_per_launch`] keeps to: [`PARTIALS_BUDGET`] unless a test set another.
+static BUDGET: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(PARTIALS_BUDGET);
+
+/// Sets the partial outputs' budget a launch keeps to, for every thread (tests: a small one
+/// makes a few rows run in several launches, which give the same results by construction, so
+/// other tests running meanwhile are not disturbed).
+pub fn set_partials_budget(bytes: usize) {
+    BUDGET.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Rows one `paged_attention` launch takes: as many as keep their splits' partial outputs
-/// within [`PARTIALS_BUDGET`] (at least one, at most the grid's 65 535). A decode's rows fit
+/// within [`PARTIALS_BUDGET`] ([`set_partials_budget`]) (at least one, at most the grid's 65 535). A decode's rows fit
 /// in one launch at any context; a prompt chunk of 2 048 rows at 131 072 positions (256
 /// splits of 32 heads of 64) would otherwise hold 4.3 GB of them.
 pub fn rows_per_launch(q_heads: usize, splits: usize, head_dim: usize) -> usize {
     let per_row = q_heads * splits * (head_dim + 2) * 4;
-    (PARTIALS_BUDGET / per_row.max(1)).clamp(1, 65_535)
+    let budget = BUDGET.load(std::sync::atomic::Ordering::Relaxed);
+    (budget / per_row.max(1)).clamp(1, 65_535)
 }
 
 #[cfg(test)]

@@ -208,6 +208,22 @@ fn paged_attention_matches_naive_attention_on_ragged_batches() {
             softcap: None,
         };
         let got = to_vec(&cuda_ops::paged_attention(&qt, &kt, &vt, &meta, params).unwrap());
+        // The rows in launches of one and of three rows (a long prompt chunk's way, whose
+        // splits' partial outputs would not fit at once): the same bits.
+        let splits = 1100usize.div_ceil(cuda_ops::partition_for(1100, rows.len(), qh));
+        for budget in [1, 3 * qh * splits * (hd + 2) * 4] {
+            cuda_ops::set_partials_budget(budget);
+            let grouped = cuda_ops::paged_attention(&qt, &kt, &vt, &meta, params);
+            cuda_ops::set_partials_budget(camelid_kernels::cuda_shapes::PARTIALS_BUDGET);
+            let grouped = to_vec(&grouped.unwrap());
+            assert!(
+                grouped
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{dt:?}: rows launched in groups (budget {budget} B) differ"
+            );
+        }
         // The reference sees the same dt-rounded inputs.
         let (qr, kr, vr) = (to_vec(&qt), to_vec(&kt), to_vec(&vt));
         for (i, &(s, ctx)) in rows.iter().enumerate() {

@@ -161,39 +161,47 @@ impl TextOffset {
 }
 
 /// The `text_offset`s of an echoed prompt's tokens: where each starts in the echoed `text`,
-/// in characters. A text prompt is echoed as it was sent, so the tokens its tokenizer put
-/// before it (the BOS) spell none of it and start at 0; the others count as their
-/// incremental decoding shows them (a SentencePiece word's space, not shown at the text's
-/// start, counts nothing there). A token prompt's text is its decoding, counted the same
-/// way. Never past the text, never going back: the generated tokens' offsets go on from
-/// its end.
+/// in characters. A text prompt is echoed as it was sent: its tokens start where the
+/// tokenizer aligned them in it (a BOS it added at 0, one written in the text where it is, a
+/// SentencePiece `▁word` at its word). A token prompt's text is its decoding: each starts
+/// where its incremental decoding does. Never past the text, never going back: the
+/// generated tokens' offsets go on from its end.
 pub fn echo_text_offsets(
     tok: &Tokenizer,
     prompt: &[u32],
     from_text: bool,
     text: &str,
 ) -> Vec<usize> {
-    let added = if from_text {
-        let before = tok.encode("", true).unwrap_or_default();
-        before
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b && tok.is_special(**a))
-            .count()
-    } else {
-        0
-    };
     let end = text.chars().count();
-    let mut decoder = IncrementalDecoder::new(false);
-    let mut at = 0;
-    let mut offsets = Vec::with_capacity(prompt.len());
-    for (i, &id) in prompt.iter().enumerate() {
-        offsets.push(at.min(end));
-        if i >= added {
-            at += decoder.push(tok, id).map_or(0, |t| t.chars().count());
+    let aligned = from_text
+        .then(|| tok.encode_with_starts(text, true).ok())
+        .flatten()
+        .filter(|(ids, _)| ids == prompt);
+    let starts = match aligned {
+        Some((_, starts)) => starts,
+        // Decoded token by token (a token prompt, or a text whose encoding is not the
+        // prompt's: an infill's, say).
+        None => {
+            let mut decoder = IncrementalDecoder::new(false);
+            let mut at = 0;
+            prompt
+                .iter()
+                .map(|&id| {
+                    let start = at;
+                    at += decoder.push(tok, id).map_or(0, |t| t.chars().count());
+                    start
+                })
+                .collect()
         }
-    }
-    offsets
+    };
+    let mut last = 0;
+    starts
+        .into_iter()
+        .map(|s| {
+            last = s.clamp(last, end);
+            last
+        })
+        .collect()
 }
 
 /// A token as completions' `tokens` and `top_logprobs` keys spell it: its text, or where its

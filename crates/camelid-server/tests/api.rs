@@ -966,6 +966,32 @@ fn sentencepiece_echo_and_token_text() {
             offsets[i]
         );
     }
+    // A prompt that writes its BOS itself (a template already applied): the BOS is the
+    // text's, at 0, and the next token starts after it (taken for the tokenizer's, it
+    // counted nothing and every later offset fell 3 short).
+    let prompt = "<s>hello world";
+    let (st, body) = post_raw(
+        &s.base,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": prompt, "echo": true, "logprobs": 1,
+               "max_tokens": 1, "ignore_eos": true, "temperature": 0})
+        .to_string()
+        .into_bytes(),
+    );
+    assert_eq!(st, 200, "{body}");
+    let c = &body["choices"][0];
+    assert_eq!(c["logprobs"]["tokens"][0], "<s>", "{body}");
+    let offsets: Vec<u64> = c["logprobs"]["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        offsets[..3],
+        [0, 3, 8],
+        "<s> at 0, hello at 3, ' world' at 8: {body}"
+    );
 }
 
 #[test]

@@ -166,6 +166,24 @@ impl Tokenizer {
         Ok(self.with_bos(enc.get_ids().to_vec(), add_bos))
     }
 
+    /// [`Tokenizer::encode`]'s ids and where each token starts in `text`, in characters (the
+    /// tokenizer's own alignment: a SentencePiece `▁word` starts at its word, a BOS the text
+    /// lacks at 0).
+    pub fn encode_with_starts(&self, text: &str, add_bos: bool) -> Result<(Vec<u32>, Vec<usize>)> {
+        let _turn = Self::large_text_turn(text);
+        let enc = self
+            .inner
+            .encode_char_offsets(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        let mut starts: Vec<usize> = enc.get_offsets().iter().map(|&(s, _)| s).collect();
+        let with = self.with_bos(ids.clone(), add_bos);
+        if with.len() > ids.len() {
+            starts.insert(0, 0);
+        }
+        Ok((with, starts))
+    }
+
     /// The FIM tokens found by their text (see [`FIM_TEXTS`]), if the vocabulary has a set.
     pub fn find_fim(&self) -> Option<FimTokens> {
         FIM_TEXTS.iter().find_map(|[p, s, m]| {

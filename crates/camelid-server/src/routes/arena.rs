@@ -723,11 +723,13 @@ impl Answering {
             }
             if !id.is_empty() && !state.arena.end_answer(&id).await {
                 // The store is away: left, the mark would hold the battle's votes off for the
-                // rest of its lease. Tried again while the lease lasts.
+                // rest of its lease, and once run out unended leave the vote unrated
+                // (`Store::name_unsettled`) though this turn was settled. Tried again for as
+                // long as the battle may live.
                 tokio::spawn(async move {
                     let mut pause = Duration::from_secs(1);
                     let mut waited = Duration::ZERO;
-                    while waited < state.arena.config().answer_lease {
+                    while waited < state.arena.config().battle_ttl {
                         tokio::time::sleep(pause).await;
                         waited += pause;
                         if state.arena.end_answer(&id).await {

@@ -125,6 +125,10 @@ pub(crate) fn split_model_arg(arg: &str) -> (Option<String>, String) {
 /// set up for `serve` may hold in serve's form: one `NAME=SPEC` runs SPEC; several
 /// (comma-separated) are an error that says to name one.
 fn single_model(spec: &str) -> Result<String> {
+    // A file or folder of that very name is itself (`a=b.gguf`, `x,y/`).
+    if std::path::Path::new(spec).exists() {
+        return Ok(spec.to_string());
+    }
     if spec.contains(',') {
         anyhow::bail!(
             "--model (or CAMELID_MODEL) `{spec}` lists several models, as `serve` takes them; \
@@ -134,7 +138,16 @@ fn single_model(spec: &str) -> Result<String> {
     Ok(split_model_arg(spec).1)
 }
 
+/// The one model of a local subcommand (`generate`, `chat`, `score`): `--model` or
+/// `CAMELID_MODEL`, which may be in serve's form ([`single_model`]).
 pub fn load(m: &ModelArgs) -> Result<LoadedModel> {
+    let spec = m.model.as_deref().map(single_model).transpose()?;
+    load_spec(m, spec.as_deref())
+}
+
+/// A model by its spec as given (`serve` split its `NAME=SPEC` already), with `m`'s
+/// options.
+pub fn load_spec(m: &ModelArgs, spec: Option<&str>) -> Result<LoadedModel> {
     let opts = LoadOptions {
         device: parse_device(&m.device)?,
         dtype: m.dtype.as_deref().map(parse_dtype).transpose()?,
@@ -144,8 +157,7 @@ pub fn load(m: &ModelArgs) -> Result<LoadedModel> {
         ..Default::default()
     };
     let t = std::time::Instant::now();
-    let spec = m.model.as_deref().map(single_model).transpose()?;
-    let lm = camelid_model::load(spec.as_deref(), &opts)?;
+    let lm = camelid_model::load(spec, &opts)?;
     tracing::info!(
         "loaded {} ({}) in {:.1}s, template {}{}",
         lm.name,
@@ -201,5 +213,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("give --model"), "{err}");
+        // A file of that very name is itself.
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a=b,c.gguf");
+        std::fs::write(&odd, b"").unwrap();
+        let odd = odd.to_str().unwrap();
+        assert_eq!(single_model(odd).unwrap(), odd);
     }
 }

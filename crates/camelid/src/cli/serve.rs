@@ -1,6 +1,6 @@
 //! `camelid serve`: loads the models and serves them over the OpenAI-compatible API.
 
-use super::model_args::{load, ModelArgs};
+use super::model_args::{load_spec, ModelArgs};
 use anyhow::{Context, Result};
 use camelid_engine::{EngineConfig, EngineOverrides, NgramSpec};
 use camelid_model::KvDtype;
@@ -464,7 +464,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             quantize: a.quantize.clone(),
             device: a.device.clone(),
         };
-        let mut lm = load(&margs)?;
+        let mut lm = load_spec(&margs, margs.model.as_deref())?;
         if let Some(path) = &a.chat_template {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("reading --chat-template {}", path.display()))?;
