@@ -81,6 +81,15 @@ impl Linear {
         })
     }
 
+    /// The dense matrix of one made by [`Self::from_dense`] (tests: whether it is another's).
+    #[cfg(test)]
+    pub(crate) fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.inner {
+            Inner::Candle(QMatMul::Tensor(t)) => Some(t),
+            _ => None,
+        }
+    }
+
     /// A 16-bit (f16 or bf16) CPU matrix kept 16-bit, on camelid's own kernels; any other
     /// tensor as [`Self::from_dense`].
     pub fn from_dense_16bit(w: Tensor) -> Result<Self> {

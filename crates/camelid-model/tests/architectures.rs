@@ -1159,6 +1159,52 @@ fn a_post_processor_that_adds_bos_is_followed() {
     assert_eq!(first(&doc), 1);
 }
 
+/// `camelid convert` past its shard size writes `model-0000k-of-0000n.safetensors` and their
+/// index (holding one shard at a time, not the whole dequantized model): the folder loads to
+/// the same logits as the one-file conversion.
+#[test]
+fn a_sharded_conversion_loads_as_the_one_file() {
+    let dir = write_model("llama", SHAPES[0], serde_json::json!({}), 472);
+    let gguf = write_gguf(dir.path(), "llama");
+    let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    camelid_model::load::convert::gguf_to_hf(&gguf, one.path(), DType::F32).unwrap();
+    // A shard of 40 000 bytes: several tensors a shard, and shards of one.
+    camelid_model::load::convert::gguf_to_hf_sharded(&gguf, many.path(), DType::F32, 40_000)
+        .unwrap();
+    assert!(one.path().join("model.safetensors").exists());
+    assert!(!one.path().join("model.safetensors.index.json").exists());
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(many.path().join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let files: std::collections::BTreeSet<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(files.len() > 2, "{files:?}");
+    for f in &files {
+        assert!(many.path().join(f).exists(), "{f}");
+        assert!(
+            f.ends_with(&format!("-of-{:05}.safetensors", files.len())),
+            "{f}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(many.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let ids = prompt(20, 472);
+    let (a, b) = (load(one.path()), load(many.path()));
+    assert_eq!(
+        rows(&a.model.logits_all(&ids).unwrap()),
+        rows(&b.model.logits_all(&ids).unwrap())
+    );
+}
+
 /// `camelid convert`'s tokenizer.json adds the BOS (and appends the EOS) as the GGUF says, in
 /// its post-processor: transformers' `PreTrainedTokenizerFast`, vLLM and TGI read special
 /// tokens from there alone, and encoded the converted model's prompts without its BOS. The

@@ -1,5 +1,6 @@
-//! GGUF → HF folder (`model.safetensors`, `config.json`, `tokenizer.json`,
-//! `tokenizer_config.json`, `generation_config.json`), dequantized to f32/bf16/f16.
+//! GGUF → HF folder (`model.safetensors`, or shards of it and their index past
+//! [`SHARD_BYTES`]; `config.json`, `tokenizer.json`, `tokenizer_config.json`,
+//! `generation_config.json`), dequantized to f32/bf16/f16.
 
 use crate::config::ArchFeatures;
 use crate::error::{Error, Result};
@@ -20,7 +21,20 @@ pub fn unpermute_qk(w: &Tensor, n_heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
+/// Bytes of weights a `model-0000k-of-0000n.safetensors` shard holds at most: the converted
+/// tensors are held a shard at a time (a 7B model in f32 is 27 GB, more than the machines
+/// people run quantized models on hold).
+pub const SHARD_BYTES: usize = 2 << 30;
+
 pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
+    gguf_to_hf_sharded(gguf, out, dtype, SHARD_BYTES)
+}
+
+/// [`gguf_to_hf`] with shards of at most `shard_bytes` (one tensor past it gets a shard of
+/// its own): `model.safetensors` where one shard holds everything, else
+/// `model-0000k-of-0000n.safetensors` and their `model.safetensors.index.json`, as
+/// transformers' `save_pretrained` writes them.
+pub fn gguf_to_hf_sharded(gguf: &Path, out: &Path, dtype: DType, shard_bytes: usize) -> Result<()> {
     let mut g = GgufFile::open(gguf, &Device::Cpu)?;
     let cfg = g.model_config()?;
     // The HF folder written here is a LLaMA one (config.json says so, Q/K rows unpermuted).
@@ -34,7 +48,6 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
     }
     let tok = gguf_tokenizer::from_gguf(&g)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut names = vec![
         "model.embed_tokens.weight".to_string(),
         "model.norm.weight".to_string(),
@@ -57,6 +70,19 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
             names.push(format!("model.layers.{l}.{t}.weight"));
         }
     }
+    // Each shard is written once full, under a temporary name (their count is known at the
+    // end); only one shard's tensors are held at a time.
+    let mut shards: Vec<(std::path::PathBuf, Vec<String>)> = vec![];
+    let mut shard: HashMap<String, Tensor> = HashMap::new();
+    let (mut shard_size, mut total) = (0usize, 0usize);
+    let mut flush = |shard: &mut HashMap<String, Tensor>| -> Result<()> {
+        let path = out.join(format!(".shard-{}.safetensors", shards.len() + 1));
+        candle_core::safetensors::save(shard, &path).map_err(|e| Error::io(&path, e))?;
+        let mut names: Vec<String> = shard.drain().map(|(n, _)| n).collect();
+        names.sort();
+        shards.push((path, names));
+        Ok(())
+    };
     for name in names {
         let g_name = gguf_name(&name, false).expect("known tensor name");
         let t = g.read_qtensor(&g_name)?.dequantize(&Device::Cpu)?;
@@ -67,10 +93,41 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         } else {
             t
         };
-        tensors.insert(name, t.to_dtype(dtype)?.contiguous()?);
+        let t = t.to_dtype(dtype)?.contiguous()?;
+        let bytes = t.elem_count() * dtype.size_in_bytes();
+        if !shard.is_empty() && shard_size + bytes > shard_bytes {
+            flush(&mut shard)?;
+            shard_size = 0;
+        }
+        shard_size += bytes;
+        total += bytes;
+        shard.insert(name, t);
     }
-    let st = out.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &st).map_err(|e| Error::io(&st, e))?;
+    if !shard.is_empty() {
+        flush(&mut shard)?;
+    }
+    let n = shards.len();
+    let mut files = vec![];
+    let mut weight_map = serde_json::Map::new();
+    for (k, (tmp, names)) in shards.into_iter().enumerate() {
+        let file = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", k + 1)
+        };
+        let path = out.join(&file);
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        for name in names {
+            weight_map.insert(name, json!(file));
+        }
+        files.push(path);
+    }
+    if n > 1 {
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let p = out.join("model.safetensors.index.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&index).unwrap())
+            .map_err(|e| Error::io(&p, e))?;
+    }
     let dtype_name = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
@@ -144,13 +201,15 @@ pub fn gguf_to_hf(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         "config.json",
         serde_json::to_string_pretty(&config).unwrap(),
     )?;
-    // The weights' file is written through a private temporary file (owner-only); it gets
+    // The weights' files are written through private temporary files (owner-only); they get
     // the mode a plain write gives here (the umask's), as the other files of the folder.
     let cfg_path = out.join("config.json");
     let mode = std::fs::metadata(&cfg_path)
         .map_err(|e| Error::io(&cfg_path, e))?
         .permissions();
-    std::fs::set_permissions(&st, mode).map_err(|e| Error::io(&st, e))?;
+    for st in &files {
+        std::fs::set_permissions(st, mode.clone()).map_err(|e| Error::io(st, e))?;
+    }
     write(
         "tokenizer_config.json",
         serde_json::to_string_pretty(&tok_config).unwrap(),

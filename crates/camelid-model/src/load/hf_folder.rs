@@ -396,16 +396,21 @@ fn release_mapped_pages(bytes: &[u8]) {
 impl TensorSource for HfWeights {
     /// The embedding table itself where [`Self::linear`] would give the same dense matrix (no
     /// quantizing, no 16-bit CPU kernel): one copy of it, not two (a GPU's bf16 table of
-    /// Gemma-2-9B is 1.7 GiB, Llama-3.2-1B's 0.5 GiB).
+    /// Gemma-2-9B is 1.7 GiB, Llama-3.2-1B's 0.5 GiB; an f32 checkpoint's on the CPU, whose
+    /// head no 16-bit kernel takes, SmolLM2-1.7B's 0.4 GiB).
     fn tied_head(
         &mut self,
         name: &str,
         dtype: DType,
         embed: &crate::embedding::Embeddings,
     ) -> Result<Linear> {
-        let half_kernel = self.keep_16bit && self.device.is_cpu() && dtype == DType::F32;
-        if self.quantize.is_none() && !half_kernel {
+        if self.quantize.is_none() {
             if let Some(t) = embed.dense().filter(|t| t.dtype() == dtype) {
+                // A 16-bit table on the CPU: its own 16-bit copy for the half kernel (a
+                // decode step reads half the bytes); any other table is shared.
+                if let Some(half) = self.half_linear(name, dtype)? {
+                    return Ok(half);
+                }
                 return Ok(Linear::from_dense(t.clone())?);
             }
         }
@@ -484,6 +489,31 @@ mod tests {
             }
         }
         panic!("no mapping holds {addr:#x}");
+    }
+
+    /// A tied head shares an f32 checkpoint's embedding table on the CPU (no 16-bit kernel
+    /// takes it: a second f32 copy was made), and a 16-bit one gets its own 16-bit copy for
+    /// the half kernel.
+    #[test]
+    fn a_tied_head_shares_a_table_no_half_kernel_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "model.embed_tokens.weight";
+        for stored in [DType::F32, DType::BF16] {
+            let path = dir.path().join(format!("{stored:?}.safetensors"));
+            let w = Tensor::randn(0f32, 1.0, (64, 32), &Device::Cpu)
+                .unwrap()
+                .to_dtype(stored)
+                .unwrap();
+            candle_core::safetensors::save(&HashMap::from([(name.to_string(), w)]), &path).unwrap();
+            let mut weights =
+                HfWeights::open(&WeightFiles::Safetensors(vec![path]), &Device::Cpu).unwrap();
+            weights.keep_16bit = true;
+            let table = weights.load(name).unwrap().to_dtype(DType::F32).unwrap();
+            let embed = crate::embedding::Embeddings::Dense(table.clone());
+            let head = weights.tied_head(name, DType::F32, &embed).unwrap();
+            let shared = head.dense_weight().is_some_and(|t| t.id() == table.id());
+            assert_eq!(shared, stored == DType::F32, "{stored:?}: {head:?}");
+        }
     }
 
     #[test]
