@@ -97,6 +97,10 @@ fi
 if grep -qw amx_int8 /proc/cpuinfo && grep -qw amx_bf16 /proc/cpuinfo && grep -qw avx512_bf16 /proc/cpuinfo; then
   export CAMELID_REQUIRE_AMX="${CAMELID_REQUIRE_AMX:-1}"
 fi
+# Likewise the AVX-512 VNNI kernels' tests where the CPU lists AVX-512 F, BW and VNNI.
+if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo; then
+  export CAMELID_REQUIRE_AVX512="${CAMELID_REQUIRE_AVX512:-1}"
+fi
 cargo test --workspace "$@"
 # The kernels' AVX2 flavours again on a machine with AVX-512 (where they would otherwise never
 # run): the kernel unit tests (each against its scalar reference) with the AVX-512 paths off.
@@ -106,7 +110,7 @@ if [ "${1:-}" != "--no-run" ]; then
   KERNEL_TESTS=$(cargo test --workspace --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*/camelid_kernels-[^"]*"' | cut -d'"' -f4 | head -1)
   [ -n "$KERNEL_TESTS" ] || { echo "camelid-kernels unit-test binary not found" >&2; exit 1; }
-  CAMELID_NO_AVX512=1 CAMELID_REQUIRE_AMX=0 "$KERNEL_TESTS"
+  CAMELID_NO_AVX512=1 CAMELID_REQUIRE_AMX=0 CAMELID_REQUIRE_AVX512=0 "$KERNEL_TESTS"
   # And Q5_K's other way to its fifth bits (shifts on AMD, a mask test elsewhere: each CPU
   # runs one, see cpu_features::q5_fifth_bits_by_shifts), with the unpacked prompt tiles that
   # go with the mask test.

@@ -87,6 +87,9 @@ check(raw0.response == raw.response, "raw with system '' is raw")
 hot = {"temperature": 1.0, "seed": 7, "num_predict": 12}
 a = client.chat(model=model, messages=msgs, options=hot).message.content
 check(a == client.chat(model=model, messages=msgs, options=hot).message.content, "same seed, same text")
+seeded = {client.chat(model=model, messages=msgs, options={**hot, "seed": s}).message.content
+          for s in (1, 2, 3, 4)}
+check(len(seeded) > 1, f"other seeds, other texts (the seed reaches the sampler): {seeded!r}")
 long = client.chat(model=model, messages=msgs, options={"temperature": 0, "num_predict": 16}).message.content
 words = long.split()
 check(len(words) >= 3, f"16 greedy tokens make words: {long!r}")

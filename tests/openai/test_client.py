@@ -61,6 +61,10 @@ check(words[1] not in cut and full.startswith(cut), f"stop: {cut!r} is {full!r} 
 a = client.chat.completions.create(model=model, messages=msgs, max_tokens=10, temperature=1.0, seed=1234)
 b = client.chat.completions.create(model=model, messages=msgs, max_tokens=10, temperature=1.0, seed=1234)
 check(a.choices[0].message.content == b.choices[0].message.content, "same seed, same text")
+# And the seed reaches the sampler: other seeds draw other texts (all alike, it was ignored).
+seeded = {client.chat.completions.create(model=model, messages=msgs, max_tokens=10, temperature=1.0,
+                                         seed=s).choices[0].message.content for s in (1, 2, 3, 4)}
+check(len(seeded) > 1, f"other seeds, other texts: {seeded!r}")
 
 r4 = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, logprobs=True, top_logprobs=5,
                                     extra_body={"ignore_eos": True})

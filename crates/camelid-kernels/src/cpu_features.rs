@@ -109,6 +109,24 @@ pub(crate) fn skip_without_amx(what: &str, present: bool) -> bool {
     true
 }
 
+/// In tests of AVX-512 (VNNI) kernels: whether to skip them because this process does not
+/// run those (`present` false). As [`skip_without_amx`], with `CAMELID_REQUIRE_AVX512=1`
+/// (tests/run.sh sets it where the CPU lists AVX-512 F, BW and VNNI) a failure instead: a
+/// detection bug would otherwise skip them on the very machines they are for.
+#[cfg(test)]
+pub(crate) fn skip_without_avx512(what: &str, present: bool) -> bool {
+    if present {
+        return false;
+    }
+    assert!(
+        std::env::var("CAMELID_REQUIRE_AVX512").map_or(true, |v| v != "1"),
+        "{what}: CAMELID_REQUIRE_AVX512=1 but this process does not run AVX-512 VNNI \
+         (CAMELID_NO_AVX512=1, a detection bug, or the CPU lacks it)"
+    );
+    eprintln!("{what}: no AVX-512 VNNI here (or CAMELID_NO_AVX512=1): skipped");
+    true
+}
+
 /// Whether AMX-BF16 tiles (`tdpbf16ps`) and AVX-512 BF16 may be used (besides [`amx`]'s
 /// features and grant): the 16-bit weights' matmul on tiles (`f16gemm`). `CAMELID_NO_AMX=1`
 /// says no here too.

@@ -114,6 +114,11 @@ fn three_megabyte_completion_is_refused_before_any_copy() {
     assert!(body.len() > 3_000_000 && body.len() < 4 << 20);
     // The peak resident size from here on (writing 5 to clear_refs resets VmHWM).
     let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    // Without it the peak would be read after it passed: the check could not fail.
+    assert!(
+        hwm_reset,
+        "the peak resident size cannot be reset (/proc/self/clear_refs)"
+    );
     let before = proc_status_kb("VmRSS");
     let t = Instant::now();
     let (st, b) = send(
@@ -158,6 +163,11 @@ fn large_prompts_sent_at_once_are_tokenized_one_at_a_time() {
     let chat = chat_body(json!({"messages": [{"role": "user", "content": prompt}]}));
     let completion = completion_body(json!({"prompt": prompt}));
     let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    // Without it the peak would be read after it passed: the check could not fail.
+    assert!(
+        hwm_reset,
+        "the peak resident size cannot be reset (/proc/self/clear_refs)"
+    );
     let before = proc_status_kb("VmRSS");
     let t = Instant::now();
     let answers = runtime().block_on(async {
@@ -230,6 +240,11 @@ fn prompts_that_render_far_beyond_their_body_are_refused_while_rendering() {
         let mut body = chat_body(extra);
         body["model"] = json!("indent");
         let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        // Without it the peak would be read after it passed: the check could not fail.
+        assert!(
+            hwm_reset,
+            "the peak resident size cannot be reset (/proc/self/clear_refs)"
+        );
         let before = proc_status_kb("VmRSS");
         let t = Instant::now();
         let (st, b) = post(&s, "/v1/chat/completions", &body);

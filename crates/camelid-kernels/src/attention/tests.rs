@@ -248,18 +248,43 @@ const LARGE: Data = Data {
     tol: 5e-5,
 };
 
-/// What storing a row of heads (each `dim` long) in the cache keeps of it.
+/// What storing a row of heads (each `dim` long) in the cache keeps of it: Q8_0 written out
+/// here (groups of 32 where the head holds whole ones, scale `max |x| / 127`), not with the
+/// cache's own `q8_group`/`q8_scale`, so a wrong scale there shows.
 fn stored(x: &[f32], dtype: KvDtype, dim: usize) -> Vec<f32> {
     match dtype {
         KvDtype::F32 => x.to_vec(),
         KvDtype::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
-        KvDtype::Q8_0 => x
-            .chunks(q8_group(dim))
-            .flat_map(|g| {
-                let (d, inv) = q8_scale(g);
-                g.iter().map(move |&v| (v * inv).round() * d)
-            })
-            .collect(),
+        KvDtype::Q8_0 => {
+            let group = if dim.is_multiple_of(32) { 32 } else { dim };
+            x.chunks(group)
+                .flat_map(|g| {
+                    let d = g.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    g.iter().map(move |&v| {
+                        if d > 0.0 {
+                            (v * (1.0 / d)).round() * d
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
+/// The rotary embedding written out here (pairs `(j, j + d/2)`, or `(2j, 2j + 1)`
+/// interleaved, each turned by its angle), not the kernel's own `rope`.
+fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = x.len() / 2;
+    for j in 0..half {
+        let (a, b) = match style {
+            RopeStyle::Half => (j, half + j),
+            RopeStyle::Interleaved => (2 * j, 2 * j + 1),
+        };
+        let (re, im) = (x[a], x[b]);
+        x[a] = re * cos[j] - im * sin[j];
+        x[b] = im * cos[j] + re * sin[j];
     }
 }
 
@@ -366,10 +391,10 @@ fn check_ragged_batch(h: Heads, dtype: KvDtype, bs: usize, data: &Data) {
             let sn = &sin[t * half..(t + 1) * half];
             let mut qv = row(&qkv.q, t, h.q * h.dim).to_vec();
             qv.chunks_exact_mut(h.dim)
-                .for_each(|x| rope(x, cs, sn, h.rope));
+                .for_each(|x| rotate(x, cs, sn, h.rope));
             let mut kv_ = row(&qkv.k, t, kw).to_vec();
             kv_.chunks_exact_mut(h.dim)
-                .for_each(|x| rope(x, cs, sn, h.rope));
+                .for_each(|x| rotate(x, cs, sn, h.rope));
             hist[ci].0.push(stored(&kv_, dtype, h.dim));
             hist[ci].1.push(stored(row(&qkv.v, t, kw), dtype, h.dim));
             // Causal: this query sees history and the chunk's tokens up to itself only.

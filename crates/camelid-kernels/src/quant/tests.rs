@@ -900,8 +900,10 @@ fn k_flavours_give_the_same_bits() {
         .into_iter()
         .filter(|f| *f != kgemm::Flavour::Scalar)
         .collect();
-    if flavours.len() < 2 {
-        eprintln!("skipped: one SIMD flavour on this CPU ({flavours:?})");
+    if crate::cpu_features::skip_without_avx512(
+        &format!("k_flavours_give_the_same_bits ({flavours:?})"),
+        flavours.len() >= 2,
+    ) {
         return;
     }
     for t in K_TYPES {
@@ -972,8 +974,10 @@ fn k_sums_of_sixteen_stop_at_the_i16_bound() {
     #[cfg(target_arch = "x86_64")]
     {
         use x86::k512;
-        if !crate::cpu_features::avx512_vnni() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+        if crate::cpu_features::skip_without_avx512(
+            "k_sums_of_sixteen_stop_at_the_i16_bound",
+            crate::cpu_features::avx512_vnni(),
+        ) {
             return;
         }
         // 60 rows: Q6_K's paired passes (from 24) and Q5_K's unpacked ones (from 48 where
@@ -1041,8 +1045,10 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
     #[cfg(target_arch = "x86_64")]
     {
         use x86::k512;
-        if !crate::cpu_features::avx512_vnni() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+        if crate::cpu_features::skip_without_avx512(
+            "k_sums_of_thirty_two_stop_at_the_i16_bound",
+            crate::cpu_features::avx512_vnni(),
+        ) {
             return;
         }
         // 60 rows: Q5_K's unpacked passes (from 48 where the fifth bits are tested with a
@@ -1107,8 +1113,10 @@ fn k_sums_of_thirty_two_stop_at_the_i16_bound() {
 fn block_vnni_passes_give_the_maddubs_bits() {
     #[cfg(target_arch = "x86_64")]
     {
-        if !crate::cpu_features::avx512_vnni() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+        if crate::cpu_features::skip_without_avx512(
+            "block_vnni_passes_give_the_maddubs_bits",
+            crate::cpu_features::avx512_vnni(),
+        ) {
             return;
         }
         let (n, k) = (16, 576);

@@ -139,8 +139,10 @@ fn avx2_flavour_agrees_with_scalar() {
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx512_silu_mul_gives_the_avx2_bits() {
-    if !crate::cpu_features::avx512() {
-        eprintln!("no AVX-512 here; nothing to compare");
+    if crate::cpu_features::skip_without_avx512(
+        "avx512_silu_mul_gives_the_avx2_bits",
+        crate::cpu_features::avx512(),
+    ) {
         return;
     }
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -545,15 +545,31 @@ mod tests {
                 assert_eq!(top_k_indices(&v, k), sorted[..k.min(n)], "n {n}, k {k}");
             }
         }
+        // A token's log-probability against one written out here in f64 (`l − ln Σ e^l`),
+        // its top 20 against a full sort: not the functions it is made of.
         let logits = logits();
-        let lp = log_softmax(&logits);
         let t = token_logprob(&logits, 9, 20);
-        assert_eq!(t.logprob, lp[9]);
-        let want: Vec<(u32, f32)> = top_k_indices(&lp, 20)
-            .into_iter()
-            .map(|i| (i as u32, lp[i]))
-            .collect();
-        assert_eq!(t.top, want);
+        let max = logits.iter().fold(f64::MIN, |m, &l| m.max(l as f64));
+        let lse = max
+            + logits
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let exact = |i: usize| logits[i] as f64 - lse;
+        assert!(
+            (t.logprob as f64 - exact(9)).abs() < 1e-5,
+            "{} vs {}",
+            t.logprob,
+            exact(9)
+        );
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        assert_eq!(t.top.len(), 20);
+        for ((id, lp), want) in t.top.iter().zip(&order) {
+            assert_eq!(*id as usize, *want);
+            assert!((*lp as f64 - exact(*want)).abs() < 1e-5, "{id}: {lp}");
+        }
     }
 
     #[test]

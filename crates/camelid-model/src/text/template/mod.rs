@@ -725,17 +725,11 @@ mod tests {
                 .unwrap(),
             "hi"
         );
-        let t = std::time::Instant::now();
         let err = looping
             .render_with(&[Message::new("user", "boom")], None, true, &kw)
             .unwrap_err()
             .to_string();
         assert!(err.contains("fuel"), "{err}");
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(10),
-            "{:?}",
-            t.elapsed()
-        );
         let tool = |i: usize| {
             serde_json::json!({"type": "function", "function": {"name": format!("f{i}"),
                 "description": "A function with a few typed parameters",
