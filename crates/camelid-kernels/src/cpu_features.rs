@@ -91,40 +91,46 @@ pub fn amx() -> bool {
     }
 }
 
-/// In tests of AMX kernels: whether to skip them because this process has no AMX (`present`
-/// false). Skipping is said on stderr; with `CAMELID_REQUIRE_AMX=1` (tests/run.sh sets it
-/// where the CPU lists AMX) it is a failure instead, so a lost grant or a detection bug
-/// cannot pass as a machine without AMX.
+/// In tests of kernels a CPU may lack: whether to skip them because this process does not
+/// run them (`present` false). Skipping is said on stderr; with `require` set to 1 (tests/run.sh
+/// sets it where the CPU lists the extension) it is a failure instead, so a lost grant or a
+/// detection bug cannot pass as a machine without it.
 #[cfg(test)]
-pub(crate) fn skip_without_amx(what: &str, present: bool) -> bool {
+fn skip_unless(what: &str, present: bool, require: &str, kernels: &str, why: &str) -> bool {
     if present {
         return false;
     }
     assert!(
-        std::env::var("CAMELID_REQUIRE_AMX").map_or(true, |v| v != "1"),
-        "{what}: CAMELID_REQUIRE_AMX=1 but this process cannot use AMX \
-         (CAMELID_NO_AMX=1, no grant of the tile state, or the CPU lacks it)"
+        std::env::var(require).map_or(true, |v| v != "1"),
+        "{what}: {require}=1 but this process does not run {kernels} ({why})"
     );
-    eprintln!("{what}: no AMX here (or CAMELID_NO_AMX=1): skipped");
+    eprintln!("{what}: no {kernels} here ({why}): skipped");
     true
 }
 
-/// In tests of AVX-512 (VNNI) kernels: whether to skip them because this process does not
-/// run those (`present` false). As [`skip_without_amx`], with `CAMELID_REQUIRE_AVX512=1`
-/// (tests/run.sh sets it where the CPU lists AVX-512 F, BW and VNNI) a failure instead: a
-/// detection bug would otherwise skip them on the very machines they are for.
+/// [`skip_unless`] for AMX kernels (`CAMELID_REQUIRE_AMX`).
+#[cfg(test)]
+pub(crate) fn skip_without_amx(what: &str, present: bool) -> bool {
+    skip_unless(
+        what,
+        present,
+        "CAMELID_REQUIRE_AMX",
+        "AMX",
+        "CAMELID_NO_AMX=1, no grant of the tile state, or the CPU lacks it",
+    )
+}
+
+/// [`skip_unless`] for AVX-512 (VNNI) kernels (`CAMELID_REQUIRE_AVX512`, set where the CPU
+/// lists AVX-512 F, BW and VNNI).
 #[cfg(test)]
 pub(crate) fn skip_without_avx512(what: &str, present: bool) -> bool {
-    if present {
-        return false;
-    }
-    assert!(
-        std::env::var("CAMELID_REQUIRE_AVX512").map_or(true, |v| v != "1"),
-        "{what}: CAMELID_REQUIRE_AVX512=1 but this process does not run AVX-512 VNNI \
-         (CAMELID_NO_AVX512=1, a detection bug, or the CPU lacks it)"
-    );
-    eprintln!("{what}: no AVX-512 VNNI here (or CAMELID_NO_AVX512=1): skipped");
-    true
+    skip_unless(
+        what,
+        present,
+        "CAMELID_REQUIRE_AVX512",
+        "AVX-512 VNNI",
+        "CAMELID_NO_AVX512=1, a detection bug, or the CPU lacks it",
+    )
 }
 
 /// Whether AMX-BF16 tiles (`tdpbf16ps`) and AVX-512 BF16 may be used (besides [`amx`]'s

@@ -460,6 +460,14 @@ mod tests {
         }
     }
 
+    /// The log-softmax written out in f64 (`l − ln Σ e^l`, from the maximum): the reference
+    /// the sampler's own f32 one is checked against.
+    fn exact_log_softmax(l: &[f32]) -> Vec<f64> {
+        let max = l.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+        let lse = max + l.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        l.iter().map(|&x| x as f64 - lse).collect()
+    }
+
     fn logits() -> Vec<f32> {
         (0..50)
             .map(|i| ((i * 37 % 50) as f32) / 7.0 - 3.0)
@@ -549,14 +557,8 @@ mod tests {
         // its top 20 against a full sort: not the functions it is made of.
         let logits = logits();
         let t = token_logprob(&logits, 9, 20);
-        let max = logits.iter().fold(f64::MIN, |m, &l| m.max(l as f64));
-        let lse = max
-            + logits
-                .iter()
-                .map(|&l| (l as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        let exact = |i: usize| logits[i] as f64 - lse;
+        let exact = exact_log_softmax(&logits);
+        let exact = |i: usize| exact[i];
         assert!(
             (t.logprob as f64 - exact(9)).abs() < 1e-5,
             "{} vs {}",
@@ -832,8 +834,8 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-5);
         // Each value is the log-softmax, computed here in f64: logit − log Σ exp(logits).
         let l = logits();
-        let lse = l.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
-        let want = |i: usize| l[i] as f64 - lse;
+        let exact = exact_log_softmax(&l);
+        let want = |i: usize| exact[i];
         assert!(
             (t.logprob as f64 - want(5)).abs() < 1e-5,
             "{} vs {}",
