@@ -162,25 +162,21 @@ impl TextOffset {
 
 /// The `text_offset`s of an echoed prompt's tokens: where each starts in the echoed `text`,
 /// in characters. A text prompt is echoed as it was sent: its tokens start where the
-/// tokenizer aligned them in it (a BOS it added at 0, one written in the text where it is, a
-/// SentencePiece `▁word` at its word). A token prompt's text is its decoding: each starts
-/// where its incremental decoding does. Never past the text, never going back: the
-/// generated tokens' offsets go on from its end.
+/// tokenizer aligned them in it when it encoded it (`aligned`: a BOS it added at 0, one
+/// written in the text where it is, a SentencePiece `▁word` at its word). A token prompt's
+/// text is its decoding: each starts where its incremental decoding does. Never past the
+/// text, never going back: the generated tokens' offsets go on from its end.
 pub fn echo_text_offsets(
     tok: &Tokenizer,
     prompt: &[u32],
-    from_text: bool,
+    aligned: Option<Vec<usize>>,
     text: &str,
 ) -> Vec<usize> {
     let end = text.chars().count();
-    let aligned = from_text
-        .then(|| tok.encode_with_starts(text, true).ok())
-        .flatten()
-        .filter(|(ids, _)| ids == prompt);
     let starts = match aligned {
-        Some((_, starts)) => starts,
-        // Decoded token by token (a token prompt, or a text whose encoding is not the
-        // prompt's: an infill's, say).
+        Some(starts) => starts,
+        // Decoded token by token (a token prompt, or an infill's, whose ids are not its
+        // text's alone).
         None => {
             let mut decoder = IncrementalDecoder::new(false);
             let mut at = 0;

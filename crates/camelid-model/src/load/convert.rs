@@ -234,27 +234,17 @@ fn tokenizer_json(tok: &crate::text::tokenizer::Tokenizer) -> Result<String> {
     let bos = tok.bos_id.filter(|_| tok.add_bos).and_then(special);
     let eos = tok.eos_appended.and_then(special);
     if bos.is_some() || eos.is_some() {
-        let token = |(_, text): &(u32, String), type_id: u32| json!({"SpecialToken": {"id": text, "type_id": type_id}});
-        let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
-        let mut single = vec![];
-        let mut pair = vec![];
-        if let Some(b) = &bos {
-            single.push(token(b, 0));
-            pair.push(token(b, 0));
-        }
-        single.push(seq("A", 0));
-        pair.push(seq("A", 0));
-        if let Some(e) = &eos {
-            single.push(token(e, 0));
-            pair.push(token(e, 0));
-        }
-        if let Some(b) = &bos {
-            pair.push(token(b, 1));
-        }
-        pair.push(seq("B", 1));
-        if let Some(e) = &eos {
-            pair.push(token(e, 1));
-        }
+        // A sequence between the special tokens, each tagged with the sequence's type id.
+        let around = |seq: &str, type_id: u32| -> Vec<serde_json::Value> {
+            let token = |(_, text): &(u32, String)| json!({"SpecialToken": {"id": text, "type_id": type_id}});
+            bos.iter()
+                .map(token)
+                .chain([json!({"Sequence": {"id": seq, "type_id": type_id}})])
+                .chain(eos.iter().map(token))
+                .collect()
+        };
+        let single = around("A", 0);
+        let pair = [around("A", 0), around("B", 1)].concat();
         let specials: serde_json::Map<String, serde_json::Value> = bos
             .iter()
             .chain(&eos)

@@ -75,20 +75,27 @@ pub async fn completions(
         (Prompt::Texts(v), true) => v.iter().cloned().map(Some).collect(),
         _ => vec![],
     };
-    let prompts: Vec<Vec<u32>> = match prompt {
+    // An echoed text prompt's offsets come from the same encoding (its tokens' starts).
+    let starts = req.echo && req.logprobs.is_some();
+    let (prompts, aligned): (Vec<Vec<u32>>, Vec<Option<Vec<usize>>>) = match prompt {
         Prompt::Text(s) => {
-            vec![blocking(&permit, move || encode_prompt(&tok, &s, suffix.as_deref())).await?]
+            let one = move || encode_text(&tok, &s, suffix.as_deref(), starts);
+            let (ids, at) = blocking(&permit, one).await?;
+            (vec![ids], vec![at])
         }
         Prompt::Texts(v) => {
             let each = move || {
                 v.iter()
-                    .map(|s| encode_prompt(&tok, s, suffix.as_deref()))
-                    .collect()
+                    .map(|s| encode_text(&tok, s, suffix.as_deref(), starts))
+                    .collect::<Result<Vec<_>, ApiError>>()
             };
-            blocking(&permit, each).await?
+            blocking(&permit, each).await?.into_iter().unzip()
         }
-        Prompt::Tokens(t) => vec![t],
-        Prompt::TokenLists(l) => l,
+        Prompt::Tokens(t) => (vec![t], vec![None]),
+        Prompt::TokenLists(l) => {
+            let none = vec![None; l.len()];
+            (l, none)
+        }
     };
     if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
         return Err(ApiError::invalid_param(
@@ -159,11 +166,10 @@ pub async fn completions(
     let mut echo_offsets = vec![];
     if req.echo {
         echo_texts.resize(prompts.len(), None);
-        for (t, p) in echo_texts.iter_mut().zip(&prompts) {
-            let from_text = t.is_some();
+        for ((t, p), at) in echo_texts.iter_mut().zip(&prompts).zip(aligned) {
             let text = t.get_or_insert_with(|| tok.decode(p, false).unwrap_or_default());
             if req.logprobs.is_some() {
-                echo_offsets.push(echo_text_offsets(tok, p, from_text, text));
+                echo_offsets.push(echo_text_offsets(tok, p, at, text));
             }
         }
     }
@@ -249,6 +255,24 @@ pub async fn completions(
         "choices": choices, "usage": usage_json(&usage), "system_fingerprint": null,
     }))
     .into_response())
+}
+
+/// A text prompt's ids (`validate::encode_prompt`) and, with `starts` (an echo with
+/// log-probabilities, no infill suffix), where each token starts in the text: the offsets
+/// its echo reports, from this one encoding.
+fn encode_text(
+    tok: &Tokenizer,
+    text: &str,
+    suffix: Option<&str>,
+    starts: bool,
+) -> Result<(Vec<u32>, Option<Vec<usize>>), ApiError> {
+    if starts && suffix.is_none() {
+        let (ids, at) = tok
+            .encode_with_starts(text, true)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        return Ok((ids, Some(at)));
+    }
+    Ok((encode_prompt(tok, text, suffix)?, None))
 }
 
 struct CompletionChunks {
