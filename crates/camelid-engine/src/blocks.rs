@@ -7,6 +7,13 @@
 //! its parent's cache entry must all be the prefix asked for, so a hash collision can cost a
 //! cache hit, never give a sequence another prefix's keys and values. The salt (vLLM's
 //! `cache_salt`) keeps one client's prefixes from another's.
+//!
+//! Each entry also records how many of its positions were prompt when computed: prompt
+//! positions and generated ones take kernels that round differently
+//! (`camelid_kernels::attention`). A sequence's generated positions (a preempted sequence's
+//! answer, computed again) reuse only blocks whose positions had the same roles, so an
+//! answer's bits never depend on the cache. A prompt's blocks reuse either: a chat's next
+//! turn takes back the previous answer's blocks instead of computing it again.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -49,6 +56,14 @@ struct Entry {
     hash: u64,
     parent: Parent,
     tokens: Box<[u32]>,
+    /// Its leading positions that were prompt ([`prompt_part`]).
+    prompt: u32,
+}
+
+/// How many of block `i`'s positions are prompt in a sequence whose prompt is `prompt_len`
+/// tokens long (`block_size`: all of them).
+pub fn prompt_part(block_size: usize, prompt_len: usize, i: usize) -> u32 {
+    prompt_len.saturating_sub(i * block_size).min(block_size) as u32
 }
 
 #[derive(Debug, Clone, Default)]
@@ -255,29 +270,46 @@ impl BlockPool {
         }
     }
 
-    /// The cached block holding exactly `tokens` after `parent`, if any.
-    fn find(&self, hash: u64, parent: &Parent, tokens: &[u32]) -> Option<(BlockId, EntryId)> {
+    /// The cached block holding exactly `tokens` after `parent` whose count of prompt
+    /// positions `roles` accepts, if any.
+    fn find(
+        &self,
+        hash: u64,
+        parent: &Parent,
+        tokens: &[u32],
+        roles: impl Fn(u32) -> bool,
+    ) -> Option<(BlockId, EntryId)> {
         self.cache.get(&hash)?.iter().find_map(|&b| {
             let e = self.blocks[b as usize].entry.as_ref()?;
-            (e.parent == *parent && *e.tokens == *tokens).then_some((b, e.id))
+            (e.parent == *parent && *e.tokens == *tokens && roles(e.prompt)).then_some((b, e.id))
         })
     }
 
+    /// Which cached blocks may serve a block whose first `prompt` positions are prompt: any,
+    /// for a block of prompt only; else only one computed with the same roles.
+    fn reusable(&self, prompt: u32) -> impl Fn(u32) -> bool {
+        let all = prompt as usize >= self.block_size;
+        move |cached| all || cached == prompt
+    }
+
     /// Registers the full block `b` (holding `tokens` after the prefix `parent` names, under
-    /// cache salt `salt`) so that later prompts can reuse it; returns its link. A block whose
-    /// prefix is cached already stays private and links to the cached one.
+    /// cache salt `salt`, its first `prompt` positions computed as prompt) so that later
+    /// sequences can reuse it; returns its link. A block whose prefix is cached already stays
+    /// private and links to the cached one.
     pub fn register(
         &mut self,
         b: BlockId,
         parent: Option<&PrefixLink>,
         salt: Option<&Arc<str>>,
         tokens: &[u32],
+        prompt: u32,
     ) -> PrefixLink {
         let hash = self.chain_hash(parent.map(|p| p.hash), salt.map(|s| &**s), tokens);
         let Some(parent) = Self::parent_of(parent, salt) else {
             return PrefixLink { hash, entry: None };
         };
-        if let Some((_, id)) = self.find(hash, &parent, tokens) {
+        // An entry of other roles does not stand for this block: both stay findable.
+        if let Some((_, id)) = self.find(hash, &parent, tokens, |cached| cached == prompt) {
             return PrefixLink {
                 hash,
                 entry: Some(id),
@@ -294,6 +326,7 @@ impl BlockPool {
             hash,
             parent,
             tokens: tokens.into(),
+            prompt,
         });
         self.cache.entry(hash).or_default().push(b);
         PrefixLink {
@@ -302,16 +335,18 @@ impl BlockPool {
         }
     }
 
-    /// The cached blocks covering the longest prefix of `tokens` under cache salt `salt`
-    /// (full blocks only, and never the whole prompt: the last token must be computed to get
-    /// logits). The caller holds a reference to each returned block.
+    /// The cached blocks covering the longest prefix of `tokens` (the first `prompt_len` of
+    /// them prompt) under cache salt `salt` (full blocks only, and never the whole prompt:
+    /// the last token must be computed to get logits). The caller holds a reference to each
+    /// returned block.
     pub fn lookup_prefix(
         &mut self,
         tokens: &[u32],
         salt: Option<&Arc<str>>,
+        prompt_len: usize,
     ) -> (Vec<BlockId>, Vec<PrefixLink>) {
         self.lookups += 1;
-        let (ids, links) = self.extend_prefix(tokens, salt, &[]);
+        let (ids, links) = self.extend_prefix(tokens, salt, &[], prompt_len);
         if !ids.is_empty() {
             self.hits += 1;
         }
@@ -327,6 +362,7 @@ impl BlockPool {
         tokens: &[u32],
         salt: Option<&Arc<str>>,
         held: &[PrefixLink],
+        prompt_len: usize,
     ) -> (Vec<BlockId>, Vec<PrefixLink>) {
         let bs = self.block_size;
         let usable = tokens.len().saturating_sub(1) / bs;
@@ -337,8 +373,9 @@ impl BlockPool {
             let Some(parent) = Self::parent_of(last.as_ref(), salt) else {
                 break;
             };
+            let roles = self.reusable(prompt_part(bs, prompt_len, i));
             let hash = self.chain_hash(last.map(|l| l.hash), salt.map(|s| &**s), block);
-            let Some((b, id)) = self.find(hash, &parent, block) else {
+            let Some((b, id)) = self.find(hash, &parent, block, roles) else {
                 break;
             };
             self.share(b);
@@ -377,7 +414,7 @@ mod tests {
         let (mut ids, mut links) = (vec![], vec![]);
         for chunk in tokens.chunks_exact(p.block_size) {
             let b = p.allocate().unwrap();
-            let link = p.register(b, links.last(), salt, chunk);
+            let link = p.register(b, links.last(), salt, chunk, p.block_size as u32);
             ids.push(b);
             links.push(link);
         }
@@ -433,14 +470,14 @@ mod tests {
         let toks = [10, 11, 12, 13, 14];
         // A first sequence fills and registers two full blocks.
         let (held, _) = fill(&mut p, &toks[..4], None);
-        let (ids, _) = p.lookup_prefix(&toks, None);
+        let (ids, _) = p.lookup_prefix(&toks, None, usize::MAX);
         assert_eq!(ids, held);
         assert_eq!(p.refs(held[0]), 2);
         // Exactly four tokens: only the first block may be reused (the last token is computed).
-        let (ids4, _) = p.lookup_prefix(&toks[..4], None);
+        let (ids4, _) = p.lookup_prefix(&toks[..4], None, usize::MAX);
         assert_eq!(ids4, vec![held[0]]);
         // A different first block breaks the chain at once.
-        let (none, _) = p.lookup_prefix(&[99, 11, 12, 13, 14], None);
+        let (none, _) = p.lookup_prefix(&[99, 11, 12, 13, 14], None, usize::MAX);
         assert!(none.is_empty());
         assert_eq!((p.hits, p.lookups), (2, 3));
     }
@@ -454,16 +491,16 @@ mod tests {
         assert_eq!(hashes[1], p.chain_hash(Some(hashes[0]), None, &[12, 13]));
         // A leader registers its first block; a follower finds it.
         let (lead, lead_links) = fill(&mut p, &toks[..2], None);
-        let (ids, got) = p.lookup_prefix(&toks, None);
+        let (ids, got) = p.lookup_prefix(&toks, None, usize::MAX);
         assert_eq!(ids, lead);
         assert_eq!(got, lead_links);
         assert_eq!(got[0].hash, hashes[0]);
         // Later the leader registers two more: the follower extends from what it holds, and
         // never takes the block of the last token.
         let (b1, b2) = (p.allocate().unwrap(), p.allocate().unwrap());
-        let l1 = p.register(b1, lead_links.last(), None, &toks[2..4]);
-        let l2 = p.register(b2, Some(&l1), None, &toks[4..6]);
-        let (more, more_links) = p.extend_prefix(&toks, None, &got);
+        let l1 = p.register(b1, lead_links.last(), None, &toks[2..4], 2);
+        let l2 = p.register(b2, Some(&l1), None, &toks[4..6], 2);
+        let (more, more_links) = p.extend_prefix(&toks, None, &got, usize::MAX);
         assert_eq!(more, vec![b1, b2]);
         assert_eq!(more_links, vec![l1, l2]);
         assert_eq!(
@@ -471,7 +508,7 @@ mod tests {
             hashes[1..].to_vec()
         );
         assert_eq!(p.refs(b1), 2);
-        let (none, _) = p.extend_prefix(&toks[..6], None, &[got[0], l1]);
+        let (none, _) = p.extend_prefix(&toks[..6], None, &[got[0], l1], usize::MAX);
         assert!(none.is_empty(), "block 2 holds the last of six tokens");
     }
 
@@ -484,12 +521,12 @@ mod tests {
         p.release(b[0]);
         assert_eq!(p.available(), 2);
         // Reuse b: it leaves the evictable list; a is the one evicted next.
-        let (got, _) = p.lookup_prefix(&[2, 0], None);
+        let (got, _) = p.lookup_prefix(&[2, 0], None, usize::MAX);
         assert_eq!(got, b);
         let fresh = p.allocate().unwrap();
         assert_eq!(fresh, a[0]);
         assert!(
-            p.lookup_prefix(&[1, 0], None).0.is_empty(),
+            p.lookup_prefix(&[1, 0], None, usize::MAX).0.is_empty(),
             "evicted block is no longer cached"
         );
         assert!(p.allocate().is_none(), "b is held");
@@ -507,7 +544,7 @@ mod tests {
         }
         assert_eq!((p.available(), p.used()), (4, 0));
         // Block of token 2 taken up and released: now the newest.
-        let (got, _) = p.lookup_prefix(&[2, 0], None);
+        let (got, _) = p.lookup_prefix(&[2, 0], None, usize::MAX);
         assert_eq!(got, vec![ids[1]]);
         assert_eq!((p.available(), p.used()), (3, 1));
         p.release(ids[1]);
@@ -520,7 +557,7 @@ mod tests {
         let hot = fill(&mut p, &[9], None).0[0];
         p.release(hot);
         for _ in 0..10_000 {
-            assert_eq!(p.lookup_prefix(&[9, 0], None).0, vec![hot]);
+            assert_eq!(p.lookup_prefix(&[9, 0], None, usize::MAX).0, vec![hot]);
             p.release(hot);
         }
         assert!(p.evictable.len() <= 2 * 4 + 64 + 1, "{}", p.evictable.len());
@@ -542,18 +579,24 @@ mod tests {
             .iter()
             .chain(&b)
             .all(|x| p.blocks[*x as usize].entry.is_some()));
-        assert_eq!(p.lookup_prefix(&[1, 2, 5, 6, 0], None).0, a);
-        assert_eq!(p.lookup_prefix(&[3, 4, 5, 6, 0], None).0, b);
-        assert_eq!(p.lookup_prefix(&[1, 2, 7, 8, 0], None).0, a[..1]);
-        assert!(p.lookup_prefix(&[9, 9, 5, 6, 0], None).0.is_empty());
+        assert_eq!(p.lookup_prefix(&[1, 2, 5, 6, 0], None, usize::MAX).0, a);
+        assert_eq!(p.lookup_prefix(&[3, 4, 5, 6, 0], None, usize::MAX).0, b);
+        assert_eq!(
+            p.lookup_prefix(&[1, 2, 7, 8, 0], None, usize::MAX).0,
+            a[..1]
+        );
+        assert!(p
+            .lookup_prefix(&[9, 9, 5, 6, 0], None, usize::MAX)
+            .0
+            .is_empty());
         // Salts are compared too, not only hashed.
         assert!(p
-            .lookup_prefix(&[1, 2, 5, 6, 0], salt("x").as_ref())
+            .lookup_prefix(&[1, 2, 5, 6, 0], salt("x").as_ref(), usize::MAX)
             .0
             .is_empty());
         // A third sequence computing prefix a again keeps its blocks private and links to a's.
         let (c, c_links) = fill(&mut p, &[1, 2, 5, 6], None);
-        let (_, a_links) = p.lookup_prefix(&[1, 2, 5, 6, 0], None);
+        let (_, a_links) = p.lookup_prefix(&[1, 2, 5, 6, 0], None, usize::MAX);
         assert_eq!(c_links, a_links);
         assert!(c.iter().all(|x| p.blocks[*x as usize].entry.is_none()));
     }
@@ -567,11 +610,17 @@ mod tests {
         ] {
             let toks = [1, 2, 3, 4, 5];
             let (alice, _) = fill(&mut p, &toks[..4], salt("alice").as_ref());
-            assert!(p.lookup_prefix(&toks, None).0.is_empty());
-            assert!(p.lookup_prefix(&toks, salt("bob").as_ref()).0.is_empty());
-            assert_eq!(p.lookup_prefix(&toks, salt("alice").as_ref()).0, alice);
+            assert!(p.lookup_prefix(&toks, None, usize::MAX).0.is_empty());
+            assert!(p
+                .lookup_prefix(&toks, salt("bob").as_ref(), usize::MAX)
+                .0
+                .is_empty());
+            assert_eq!(
+                p.lookup_prefix(&toks, salt("alice").as_ref(), usize::MAX).0,
+                alice
+            );
             let (plain, _) = fill(&mut p, &toks[..4], None);
-            assert_eq!(p.lookup_prefix(&toks, None).0, plain);
+            assert_eq!(p.lookup_prefix(&toks, None, usize::MAX).0, plain);
         }
     }
 
@@ -584,13 +633,55 @@ mod tests {
         let (ab, _) = fill(&mut p, &[1, 2], None);
         p.release(ab[0]);
         p.release(ab[1]);
-        assert_eq!(p.lookup_prefix(&[1, 2, 0], None).0, ab);
+        assert_eq!(p.lookup_prefix(&[1, 2, 0], None, usize::MAX).0, ab);
         p.release(ab[0]);
         p.release(ab[1]);
         // The parent was released first, so it is evicted first; it now holds token 3.
         let x = p.allocate().unwrap();
         assert_eq!(x, ab[0]);
-        p.register(x, None, None, &[3]);
-        assert_eq!(p.lookup_prefix(&[3, 2, 0], None).0, vec![x]);
+        p.register(x, None, None, &[3], 1);
+        assert_eq!(p.lookup_prefix(&[3, 2, 0], None, usize::MAX).0, vec![x]);
+    }
+
+    /// A sequence's generated positions reuse only blocks computed with the same roles (the
+    /// prompt and decode kernels round differently); a prompt's blocks reuse either.
+    #[test]
+    fn generated_positions_reuse_only_blocks_computed_as_generated() {
+        let mut p = BlockPool::new(8, 2);
+        // Prompt [1, 2, 3], answer [4, 5, 6]: blocks [1, 2] prompt, [3, 4] half, [5, 6]
+        // generated.
+        let toks = [1, 2, 3, 4, 5, 6, 0];
+        let mut links: Vec<PrefixLink> = vec![];
+        let mut ids = vec![];
+        for (i, chunk) in toks[..6].chunks(2).enumerate() {
+            let b = p.allocate().unwrap();
+            links.push(p.register(b, links.last(), None, chunk, prompt_part(2, 3, i)));
+            ids.push(b);
+        }
+        // The same sequence again (a recompute after preemption) finds all three; so does a
+        // prompt of all six (a chat's next turn).
+        assert_eq!(p.lookup_prefix(&toks, None, 3).0, ids);
+        assert_eq!(p.lookup_prefix(&toks, None, usize::MAX).0, ids);
+        // Whose prompt ends elsewhere finds the blocks of its own roles only.
+        assert_eq!(p.lookup_prefix(&toks, None, 2).0, ids[..1]);
+        // (A prompt of four takes the half block as prompt, as a next turn would.)
+        assert_eq!(p.lookup_prefix(&toks, None, 4).0, ids);
+        // A prompt's blocks do not serve an answer: [7, 8, 9, 10] as prompt, then as a
+        // prompt [7, 8] answered with [9, 10].
+        let other = [7, 8, 9, 10, 0];
+        let (mut oids, mut olinks) = (vec![], vec![]);
+        for chunk in other[..4].chunks(2) {
+            let b = p.allocate().unwrap();
+            olinks.push(p.register(b, olinks.last(), None, chunk, 2));
+            oids.push(b);
+        }
+        assert_eq!(p.lookup_prefix(&other, None, usize::MAX).0, oids);
+        assert_eq!(p.lookup_prefix(&other, None, 2).0, oids[..1]);
+        // Computed as an answer, that block is cached beside the prompt's and found by both.
+        let b = p.allocate().unwrap();
+        let link = p.register(b, Some(&olinks[0]), None, &other[2..4], 0);
+        assert_ne!(link.entry, olinks[1].entry);
+        assert_eq!(p.lookup_prefix(&other, None, 2).0, vec![oids[0], b]);
+        assert_eq!(p.lookup_prefix(&other, None, usize::MAX).0.len(), 2);
     }
 }

@@ -99,7 +99,7 @@ fn time_step(lm: &LoadedModel, kv: &mut PagedKv, rows: usize, vocab: usize) -> O
         .enumerate()
     {
         let id = FIRST_ID + j as u64;
-        kv.start(id, &[], None);
+        kv.start(id, &[], None, len);
         ids.push(id);
         if !kv.reserve(id, len) {
             fits = false;

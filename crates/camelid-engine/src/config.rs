@@ -112,12 +112,21 @@ impl Default for EngineConfig {
     }
 }
 
+/// Positions the KV cache holds by default, where the model's context is longer and the
+/// cache is not sized by hand: llama.cpp's and Ollama's default context.
+pub const DEFAULT_KV_POSITIONS: usize = 4096;
+
 impl EngineConfig {
     /// Blocks that fit in `kv_cache_mb` for this model.
     pub fn num_blocks(&self, lm: &LoadedModel) -> usize {
         if let Some(n) = self.num_blocks {
             return n.max(1);
         }
+        let bytes_per_block = self.bytes_per_block(lm);
+        ((self.kv_cache_mb as f64 * (1u64 << 20) as f64 / bytes_per_block) as usize).max(1)
+    }
+
+    fn bytes_per_block(&self, lm: &LoadedModel) -> f64 {
         let c = lm.model.config();
         let element = if uses_host_memory(lm.model.dtype(), lm.model.device()) {
             self.host_kv_dtype.bytes_per_value()
@@ -125,8 +134,22 @@ impl EngineConfig {
             lm.model.dtype().size_in_bytes() as f64
         };
         let values_per_block = c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.block_size;
-        let bytes_per_block = (values_per_block as f64 * element).max(1.0);
-        ((self.kv_cache_mb as f64 * (1u64 << 20) as f64 / bytes_per_block) as usize).max(1)
+        (values_per_block as f64 * element).max(1.0)
+    }
+
+    /// The MiB of KV cache that hold `positions` of this model (whole blocks).
+    pub fn kv_cache_mb_holding(&self, lm: &LoadedModel, positions: usize) -> usize {
+        let blocks = positions.div_ceil(self.block_size.max(1));
+        (blocks as f64 * self.bytes_per_block(lm) / (1u64 << 20) as f64).ceil() as usize
+    }
+
+    /// The cache a model gets where the user did not size it: `kv_cache_mb`, or more where
+    /// that holds less than its context (`context` positions) up to [`DEFAULT_KV_POSITIONS`].
+    /// A 7B model's f16 cache takes 512 KiB a position: the default 512 MiB held 1 024,
+    /// a quarter of Vicuna's context, and an MT-bench answer of 1 024 tokens never fit.
+    pub fn default_kv_cache_mb(&self, lm: &LoadedModel, context: usize) -> usize {
+        let want = self.kv_cache_mb_holding(lm, context.min(DEFAULT_KV_POSITIONS));
+        self.kv_cache_mb.max(want)
     }
 }
 

@@ -18,7 +18,7 @@ pub mod speculate;
 pub mod step_cost;
 
 pub use camelid_model::{Pooling, SharedLora};
-pub use config::{EngineConfig, EngineOverrides};
+pub use config::{EngineConfig, EngineOverrides, DEFAULT_KV_POSITIONS};
 pub use handle::EngineHandle;
 pub use metrics::{EngineMetrics, StepHistogram, STEP_BUCKETS};
 pub use speculate::NgramSpec;

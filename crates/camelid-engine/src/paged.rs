@@ -22,6 +22,9 @@ pub struct SeqBlocks {
     pub links: Vec<PrefixLink>,
     /// The request's cache salt: its blocks are found only under the same salt.
     pub salt: Option<Arc<str>>,
+    /// Its prompt's length: the positions before are cached as prompt, those after as
+    /// generated (`blocks::prompt_part`).
+    pub prompt_len: usize,
 }
 
 enum Storage {
@@ -86,17 +89,32 @@ impl PagedKv {
         self.pool.block_size
     }
 
-    /// Starts a sequence from the longest cached prefix of `tokens` under cache salt `salt`
-    /// (`tokens` empty: no reuse); returns how many tokens are already computed.
-    pub fn start(&mut self, seq: u64, tokens: &[u32], salt: Option<Arc<str>>) -> usize {
+    /// Starts a sequence from the longest cached prefix of `tokens` (the first `prompt_len`
+    /// of them its prompt) under cache salt `salt` (`tokens` empty: no reuse); returns how
+    /// many tokens are already computed.
+    pub fn start(
+        &mut self,
+        seq: u64,
+        tokens: &[u32],
+        salt: Option<Arc<str>>,
+        prompt_len: usize,
+    ) -> usize {
         // No tokens, no lookup (nor one counted in the hit rate).
         let (table, links) = if tokens.is_empty() {
             (vec![], vec![])
         } else {
-            self.pool.lookup_prefix(tokens, salt.as_ref())
+            self.pool.lookup_prefix(tokens, salt.as_ref(), prompt_len)
         };
         let cached = table.len() * self.block_size();
-        self.seqs.insert(seq, SeqBlocks { table, links, salt });
+        self.seqs.insert(
+            seq,
+            SeqBlocks {
+                table,
+                links,
+                salt,
+                prompt_len,
+            },
+        );
         cached
     }
 
@@ -112,7 +130,9 @@ impl PagedKv {
         if n * bs != computed || s.links.len() != n {
             return computed;
         }
-        let (ids, links) = self.pool.extend_prefix(tokens, s.salt.as_ref(), &s.links);
+        let (ids, links) = self
+            .pool
+            .extend_prefix(tokens, s.salt.as_ref(), &s.links, s.prompt_len);
         if n == 0 && !ids.is_empty() {
             self.pool.hits += 1;
         }
@@ -182,6 +202,7 @@ impl PagedKv {
                 s.links.last(),
                 s.salt.as_ref(),
                 &tokens[i * bs..(i + 1) * bs],
+                crate::blocks::prompt_part(bs, s.prompt_len, i),
             );
             s.links.push(link);
         }

@@ -46,6 +46,21 @@ struct Member {
     draft: Vec<u32>,
 }
 
+/// Zeroes an engine's gauges if it unwinds: nothing runs, waits or holds a block any more
+/// (they would keep what the last step set). A local of [`Engine::run`], it is dropped
+/// before the engine and its receiver: by the time `is_running` says false.
+struct ZeroGaugesOnPanic(Arc<M>);
+
+impl Drop for ZeroGaugesOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for g in [&self.0.running, &self.0.waiting, &self.0.kv_blocks_used] {
+                g.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 pub(crate) struct Engine {
     lm: LoadedModel,
     cfg: EngineConfig,
@@ -105,6 +120,7 @@ impl Engine {
     }
 
     pub(crate) fn run(mut self) {
+        let _gauges = ZeroGaugesOnPanic(self.metrics.clone());
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match self.rx.blocking_recv() {
@@ -243,9 +259,12 @@ impl Engine {
                 && matches!(seq.prompt_scoring, PromptScoring::Off | PromptScoring::Sent)
                 && !matches!(seq.pooling, Pooled::Mean { .. });
             let salt = seq.cache_salt.clone();
-            seq.cached = self
-                .kv
-                .start(seq.id, if reuse { &seq.tokens } else { &[] }, salt);
+            seq.cached = self.kv.start(
+                seq.id,
+                if reuse { &seq.tokens } else { &[] },
+                salt,
+                seq.prompt_len,
+            );
             seq.prefix_hashes = if reuse {
                 self.kv
                     .pool
@@ -715,6 +734,13 @@ impl Engine {
             }
             let my_rows = logits.range(row, rows);
             row += rows;
+            // Rows asked for and not read back (a failed device): the sequence ends with an
+            // error, as below (scoring nothing would end prompt log-probabilities short).
+            if rows > 0 && my_rows.is_empty() {
+                let _ = s.events.send(Event::Error("the logits were lost".into()));
+                done.push(s.id);
+                continue;
+            }
             // With a row per position (all rows, or a one-token chunk), row r is position
             // chunk_start + r.
             if rows == end - chunk_start {

@@ -35,7 +35,7 @@ pub fn paged_logits_all(
         KvDtype::F32,
         model.device(),
     )?;
-    kv.start(0, &[], None);
+    kv.start(0, &[], None, ids.len());
     if !kv.reserve(0, ids.len()) {
         return Err(fail("KV pool too small"));
     }

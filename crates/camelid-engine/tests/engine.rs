@@ -1,7 +1,9 @@
 //! The engine on real models: batching, paged KV with preemption, prefix caching,
 //! cancellation and seeded batch invariance.
 
-use camelid_engine::{EngineConfig, EngineHandle, EngineMetrics, Event, Request, SubmitError};
+use camelid_engine::{
+    EngineConfig, EngineHandle, EngineMetrics, Event, Request, SubmitError, DEFAULT_KV_POSITIONS,
+};
 use camelid_model::decode::sampling::TokenLogprob;
 use camelid_model::decode::GenerationParams;
 use camelid_model::{LoadOptions, SamplingParams};
@@ -360,6 +362,33 @@ fn prefix_cache_reuses_blocks_and_changes_nothing() {
     assert_eq!(t_cached, t_plain, "prefix caching changed the output");
     assert!(EngineMetrics::get(&cached.metrics.prefix_cache_hits) >= 1);
     wait_idle(&cached.metrics);
+}
+
+/// A cache the user does not size holds the model's context, up to
+/// [`DEFAULT_KV_POSITIONS`], and never less than the configured floor: at most a MiB more.
+#[test]
+fn the_default_cache_holds_the_context_up_to_the_default_positions() {
+    let lm = smol();
+    let floor = EngineConfig {
+        kv_cache_mb: 1,
+        ..Default::default()
+    };
+    let per_mib = (1 << 20) / floor.kv_cache_mb_holding(&lm, 1 << 20).max(1);
+    for context in [100, 3000, DEFAULT_KV_POSITIONS, 8192] {
+        let c = EngineConfig {
+            kv_cache_mb: floor.default_kv_cache_mb(&lm, context),
+            ..floor.clone()
+        };
+        let held = c.num_blocks(&lm) * c.block_size;
+        let want = context.min(DEFAULT_KV_POSITIONS);
+        assert!(
+            held >= want.max(per_mib) && held <= want.max(per_mib) + per_mib + c.block_size,
+            "context {context}: {held} positions in {} MiB",
+            c.kv_cache_mb
+        );
+    }
+    // The default floor, 512 MiB, holds more of this small model than its context.
+    assert_eq!(EngineConfig::default().default_kv_cache_mb(&lm, 8192), 512);
 }
 
 #[test]
@@ -771,6 +800,12 @@ fn a_panicking_engine_ends_its_requests_unfinished_and_says_so() {
     }
     let late = engine.submit(plain_request(vec![1, 5, 6], 4, SamplingParams::greedy()));
     assert_eq!(late.err(), Some(SubmitError::Stopped));
+    // Its gauges say nothing runs or holds a block (they read 2 and the blocks of step 3).
+    let m = &engine.metrics;
+    assert_eq!(
+        [&m.running, &m.waiting, &m.kv_blocks_used].map(EngineMetrics::get),
+        [0, 0, 0]
+    );
 }
 
 /// A step whose logits rows are lost (a device that could not read them back: here
@@ -821,6 +856,14 @@ fn lost_logits_end_requests_with_an_error_and_the_engine_runs_on() {
         .submit(plain_request(vec![1, 5, 6], 4, SamplingParams::greedy()))
         .unwrap();
     assert_eq!(drain(rx), Err("the logits were lost".into()));
+    // A prompt scored alone (lm-evaluation-harness's request) is told so too: it scored
+    // nothing and ended as if whole, or tripped the engine's own check.
+    let mut scoring = plain_request(vec![1, 5, 6, 7], 0, SamplingParams::greedy());
+    scoring.prompt_logprobs = Some(0);
+    assert_eq!(
+        drain(engine.submit(scoring).unwrap()),
+        Err("the logits were lost".into())
+    );
     assert!(engine.is_running());
     wait_idle(&engine.metrics);
 }
@@ -1167,7 +1210,7 @@ fn embeddings_pool_the_models_hidden_states_whatever_the_batching() {
                 lm.model.device(),
             )
             .unwrap();
-            kv.start(0, &[], None);
+            kv.start(0, &[], None, usize::MAX);
             assert!(kv.reserve(0, p.len()));
             let mut b = ForwardBatch::default();
             b.push_hidden(0, 0, p, LogitsWanted::All, p.len());

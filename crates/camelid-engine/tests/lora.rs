@@ -164,6 +164,8 @@ fn each_request_runs_under_its_own_adapter_whatever_its_batch() {
             "prompt {i}: the adapter changed nothing"
         );
     }
+    let counts = || [&base.metrics.steps, &base.metrics.batched_sequences].map(EngineMetrics::get);
+    let before = counts();
     let rxs: Vec<_> = ps
         .iter()
         .flat_map(|p| [base.submit(request(p)), adapted.submit(request(p))])
@@ -182,6 +184,13 @@ fn each_request_runs_under_its_own_adapter_whatever_its_batch() {
             "prompt {i}: adapter batched with the base"
         );
     }
+    // Base and adapted rows shared steps: more sequences a step, on average, than either
+    // kind alone has.
+    let [steps, sequences] = std::array::from_fn(|k| counts()[k] - before[k]);
+    assert!(
+        sequences > ps.len() as u64 * steps,
+        "{sequences} sequences in {steps} steps: the adapters never shared a step"
+    );
     wait_idle(&base.metrics);
 }
 

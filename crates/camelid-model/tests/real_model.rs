@@ -127,6 +127,10 @@ fn own_kernels_match_candle_kernels() {
         ..Default::default()
     };
     let candle = camelid_model::load(Some(default_gguf().to_str().unwrap()), &opts).unwrap();
+    // Each side runs the kernels it names: a dispatch that sent both to one would agree.
+    let (on_own, all) = own.model.own_kernel_matmuls();
+    assert_eq!(on_own, all, "matmuls on camelid's kernels");
+    assert_eq!(candle.model.own_kernel_matmuls().0, 0, "candle's side");
     let f = load(&converted_f32());
     let ids = chat_prompt(&own);
     let lo = own
@@ -148,6 +152,8 @@ fn own_kernels_match_candle_kernels() {
     eprintln!("own vs candle: top-1 {agree:.3}, KL {kl:.5}; KL to f32: own {kl_own:.5}, candle {kl_candle:.5}");
     assert!(agree >= 0.90, "top-1 agreement {agree}");
     assert!(kl < 0.02, "mean KL {kl}");
+    // Different roundings (ours keeps the activation scales in f32): never the same logits.
+    assert!(kl > 0.0, "own and candle's kernels gave the same logits");
     assert!(
         kl_own <= kl_candle * 1.1,
         "own kernels drift further from f32: {kl_own} vs {kl_candle}"

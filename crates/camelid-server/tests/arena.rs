@@ -1713,6 +1713,18 @@ fn a_battle_cannot_be_fingerprinted_through_the_prefix_cache() {
         before,
         "a battle prompt was served from another request's cached blocks"
     );
+    // Battle prompts are cached, in the battle's own partition: a follow-up reads the first
+    // turn's blocks on both sides. (So the check above held because of the partition, not
+    // because battle prompts miss the cache.)
+    let follow = json!({"battle_id": b["battle_id"], "token": b["token"], "max_tokens": 2,
+                        "messages": [{"role": "user", "content": "And then?"}]});
+    let (status, f) = s.post("/arena/battles", follow);
+    assert_eq!(status, 200, "{f}");
+    let after = (cached("smol-a"), cached("smol-b"));
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "a follow-up read no cached block: {before:?} then {after:?}"
+    );
 }
 
 /// Whichever side fails, and however, the visitor reads one neutral error: here one model has
@@ -1745,6 +1757,54 @@ fn a_side_that_fails_is_not_named() {
         }
     }
     assert_eq!(bodies.len(), 1, "the errors differ: {bodies:?}");
+}
+
+/// A turn that fails on one side tells the sides apart: here a follow-up the cramped model's
+/// context cannot hold (the first turn fits both). The visitor still gets the one neutral
+/// error and may vote on the turn before, but the vote is not rated: else failing turns
+/// would probe the pair before a rated vote.
+#[test]
+fn a_turn_that_fails_leaves_the_vote_unrated() {
+    let s = serve_models(
+        ServerConfig::default(),
+        Arena::in_memory(no_limits()),
+        vec![
+            entry_with_context("roomy", 512),
+            entry_with_context("cramped", 64),
+        ],
+    );
+    let long = "Please describe the weather in a few words. ".repeat(6);
+    for stream in [false, true] {
+        let first = json!({"max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]});
+        let (status, b) = s.post("/arena/battles", first);
+        assert_eq!(status, 200, "{b}");
+        let (id, token) = (
+            b["battle_id"].as_str().unwrap(),
+            b["token"].as_str().unwrap(),
+        );
+        let follow = json!({"battle_id": id, "token": token, "max_tokens": 8, "stream": stream,
+                            "messages": [{"role": "user", "content": long}]});
+        let (status, err) = s.post("/arena/battles", follow);
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["code"], "arena_turn_failed", "{err}");
+        let (status, vote) = s.vote(id, Some(token), "model_a");
+        assert_eq!(status, 200, "{vote}");
+        assert_eq!(vote["anony"], false, "stream {stream}: {vote}");
+    }
+    // A follow-up that fits both keeps the vote rated.
+    let first = json!({"max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]});
+    let (_, b) = s.post("/arena/battles", first);
+    let (id, token) = (
+        b["battle_id"].as_str().unwrap(),
+        b["token"].as_str().unwrap(),
+    );
+    let follow = json!({"battle_id": id, "token": token, "max_tokens": 4,
+                        "messages": [{"role": "user", "content": "And?"}]});
+    let (status, f) = s.post("/arena/battles", follow);
+    assert_eq!(status, 200, "{f}");
+    let (status, vote) = s.vote(id, Some(token), "model_a");
+    assert_eq!(status, 200, "{vote}");
+    assert_eq!(vote["anony"], true, "{vote}");
 }
 
 /// Per-model series move with battle traffic; where an anonymous visitor can read `/metrics`

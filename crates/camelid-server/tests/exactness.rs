@@ -74,6 +74,18 @@ fn concurrent_prompt_scoring_under_kv_pressure_matches_each_alone() {
         assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), len);
         lp
     };
+    // (steps, sequences summed over steps, tokens summed over steps, preemptions) so far.
+    let m = &server.engine.metrics;
+    let counts = || {
+        [
+            &m.steps,
+            &m.batched_sequences,
+            &m.batched_tokens,
+            &m.preemptions,
+        ]
+        .map(EngineMetrics::get)
+    };
+    let before = counts();
     let alone: Vec<Value> = prompts
         .iter()
         .map(|p| {
@@ -83,6 +95,12 @@ fn concurrent_prompt_scoring_under_kv_pressure_matches_each_alone() {
             )
         })
         .collect();
+    // Alone, each prompt is one step of its own: scored uncut.
+    let after_alone = counts();
+    let delta = |a: [u64; 4], b: [u64; 4]| -> [u64; 4] { std::array::from_fn(|k| b[k] - a[k]) };
+    let n = prompts.len() as u64;
+    let total: u64 = lens.iter().map(|&l| l as u64).sum();
+    assert_eq!(delta(before, after_alone), [n, n, total, 0], "alone");
     let together: Vec<(u16, Value)> = runtime().block_on(futures::future::join_all(
         prompts
             .iter()
@@ -102,6 +120,17 @@ fn concurrent_prompt_scoring_under_kv_pressure_matches_each_alone() {
         );
         assert_eq!(&got, want, "prompt {i}");
     }
+    // The pressure happened: some prompt rode in more than one step (each step a prompt
+    // rides in counts it once), and some step held more than one prompt.
+    let [steps, sequences, _, _] = delta(after_alone, counts());
+    assert!(
+        sequences > n,
+        "no prompt was cut: {sequences} pieces of {n} prompts"
+    );
+    assert!(
+        sequences > steps,
+        "no step held two prompts: {sequences} pieces in {steps} steps"
+    );
 }
 
 /// `cache_salt` (vLLM's field) on both endpoints: a prompt cached under one salt is not

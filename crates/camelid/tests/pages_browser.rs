@@ -52,6 +52,8 @@ fn pages_work_in_a_browser() {
         .parent()
         .expect("the target directory")
         .join("screenshots");
+    // An earlier run's screenshots must not stand in for this one's.
+    let _ = std::fs::remove_dir_all(&shots);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/pages/test_pages.py"

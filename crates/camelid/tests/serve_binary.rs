@@ -705,6 +705,27 @@ fn cli_errors_are_one_line_and_non_zero() {
         last.starts_with("error: ") && last.contains("/no/such/model.gguf"),
         "{err}"
     );
+    // A CUDA device on a build without CUDA says how to build one, from the flag or from
+    // `CAMELID_DEVICE` (the deployments set it).
+    if !cfg!(feature = "cuda") {
+        let by_flag = generate_missing_model(&["--device".into(), "cuda:1".into()]);
+        let by_env = Command::new(env!("CARGO_BIN_EXE_camelid"))
+            .args([
+                "generate",
+                "--model",
+                "/no/such/model.gguf",
+                "--prompt",
+                "x",
+            ])
+            .env("CAMELID_DEVICE", "cuda")
+            .output()
+            .unwrap();
+        for out in [by_flag, by_env] {
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
     let help = Command::new(env!("CARGO_BIN_EXE_camelid"))
         .args(["serve", "--help"])
         .output()

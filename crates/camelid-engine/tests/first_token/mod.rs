@@ -27,7 +27,7 @@ pub fn first_token_logprobs(lm: &LoadedModel, prompt: &str, kv: KvDtype) -> Vec<
     )
     .unwrap();
     assert!(paged.in_host_memory());
-    assert_eq!(paged.start(1, &ids[..0], None), 0);
+    assert_eq!(paged.start(1, &ids[..0], None, ids.len()), 0);
     assert!(paged.reserve(1, ids.len()));
     let mut batch = ForwardBatch::default();
     batch.push(1, 0, &ids, LogitsWanted::Last);

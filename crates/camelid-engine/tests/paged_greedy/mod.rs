@@ -26,7 +26,7 @@ pub fn greedy(
     let mut pos: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
     let mut batch = ForwardBatch::default();
     for (s, p) in prompts.iter().enumerate() {
-        kv.start(s as u64, &p[..0], None);
+        kv.start(s as u64, &p[..0], None, p.len());
         assert!(kv.reserve(s as u64, p.len() + steps + 1));
         batch.push(s as u64, 0, p, LogitsWanted::Last);
     }

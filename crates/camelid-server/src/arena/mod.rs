@@ -856,6 +856,14 @@ impl Arena {
         Ok(())
     }
 
+    /// A turn of `battle` failed on a side (or both): a failure can tell the sides apart
+    /// (a follow-up one model's context cannot hold fails on that side only, whatever the
+    /// error says), so a visitor could probe the pair with turns that fail and then vote on
+    /// the turns before. The battle's vote will not be rated.
+    pub async fn turn_failed(&self, battle: &OpenBattle) -> Result<(), ApiError> {
+        self.mark_named(&battle.id).await
+    }
+
     /// Stores `battle`'s conversations after the turn just answered (each ending with its
     /// model's answer) and extends its life; 409 if another turn or a vote came first.
     /// `regenerated`: the answers replace the last turn's (the conversations the battle was

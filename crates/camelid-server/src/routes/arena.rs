@@ -600,7 +600,15 @@ impl Answerable {
             None
         };
         let generating =
-            battle::submit(&state, &battle.id, permits, (req_a, req_b), &turn.sampling).await?;
+            match battle::submit(&state, &battle.id, permits, (req_a, req_b), &turn.sampling).await
+            {
+                Ok(g) => g,
+                Err(e) => {
+                    // Marked before the "being answered" mark goes (with `answering`).
+                    note_failure(&state, &battle).await;
+                    return Err(e);
+                }
+            };
         let head = json!({"battle_id": battle.id, "token": visitor.token()});
         let finish = TurnRecord {
             state: state.clone(),
@@ -612,10 +620,15 @@ impl Answerable {
             regenerated,
         };
         if !turn.stream {
-            let (a, b) = generating.run(None).await.map_err(|u| {
-                u.error
-                    .unwrap_or_else(|| neutral(ApiError::internal("no answer")))
-            })?;
+            let (a, b) = match generating.run(None).await {
+                Ok(answers) => answers,
+                Err(u) => {
+                    note_failure(&state, &finish.battle).await;
+                    return Err(u
+                        .error
+                        .unwrap_or_else(|| neutral(ApiError::internal("no answer"))));
+                }
+            };
             let revision = finish.record(&a, &b).await?;
             let mut reply = head;
             reply["a"] = a.json();
@@ -636,6 +649,9 @@ impl Answerable {
                     Err(e) => e.body(),
                 },
                 Err(unfinished) => {
+                    if unfinished.error.is_some() {
+                        note_failure(&finish.state, &finish.battle).await;
+                    }
                     finish.not_kept(&unfinished.shown).await;
                     match unfinished.error {
                         Some(e) => e.body(),
@@ -653,6 +669,14 @@ impl Answerable {
         Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response())
+    }
+}
+
+/// A turn of `battle` failed: its vote will not be rated ([`arena::Arena::turn_failed`]).
+/// Where the store cannot take the mark now, the vote writes it first.
+async fn note_failure(state: &AppState, battle: &arena::OpenBattle) {
+    if let Err(e) = state.arena.turn_failed(battle).await {
+        tracing::error!("arena: a failed turn's mark not written yet: {}", e.message);
     }
 }
 

@@ -29,7 +29,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub quantize: Option<String>,
     /// cpu or cuda[:N].
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, env = "CAMELID_DEVICE", default_value = "cpu")]
     pub device: String,
 }
 
@@ -87,6 +87,12 @@ fn repetition_penalty(s: &str) -> std::result::Result<f32, String> {
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     match s {
         "cpu" => Ok(candle_core::Device::Cpu),
+        s if (s == "cuda" || s.starts_with("cuda:")) && !cfg!(feature = "cuda") => {
+            anyhow::bail!(
+                "--device {s}: this camelid was built without CUDA (build it with \
+                 `cargo build --release -p camelid --features cuda`)"
+            )
+        }
         s if s == "cuda" || s.starts_with("cuda:") => {
             let idx = s
                 .strip_prefix("cuda:")

@@ -149,10 +149,12 @@ pub struct ServeArgs {
     /// take every core), 0 on CUDA; 0 turns it off.
     #[arg(long)]
     burst_window_ms: Option<u64>,
-    /// KV cache memory per model, in MiB. On a GPU, size it to the card: what the weights
-    /// leave, shared by the models served (the default holds about 1 000 positions of a 7B).
-    #[arg(long, env = "CAMELID_KV_CACHE_MB", default_value_t = EngineConfig::default().kv_cache_mb, value_parser = positive)]
-    kv_cache_mb: usize,
+    /// KV cache memory per model, in MiB. Default: 512, or more where that holds less than
+    /// the model's context, up to 4 096 positions (llama.cpp's and Ollama's default context;
+    /// a 7B model's f16 cache then takes 2 GiB). On a GPU, size it to the card: divide what
+    /// the weights leave among the models served.
+    #[arg(long, env = "CAMELID_KV_CACHE_MB", value_parser = positive)]
+    kv_cache_mb: Option<usize>,
     /// Positions per KV block (1 to 256): the pool holds whole blocks, so a larger one could
     /// take more memory than --kv-cache-mb.
     #[arg(long, default_value_t = EngineConfig::default().block_size, value_parser = block_size)]
@@ -192,7 +194,7 @@ pub struct ServeArgs {
     #[arg(long)]
     quantize: Option<String>,
     /// cpu or cuda[:N].
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, env = "CAMELID_DEVICE", default_value = "cpu")]
     device: String,
     /// Hub revision (branch, tag or commit) of hub models.
     #[arg(long)]
@@ -300,7 +302,7 @@ impl ServeArgs {
             lone_stream_gaps: self.lone_stream_gaps,
             burst_window: self.burst_window_ms.map(std::time::Duration::from_millis),
             block_size: Some(self.block_size),
-            kv_cache_mb: Some(self.kv_cache_mb),
+            kv_cache_mb: self.kv_cache_mb,
             prefix_caching: Some(!self.no_prefix_caching),
             host_kv_dtype: Some(match self.kv_cache_dtype {
                 KvCacheDtype::F16 => KvDtype::F16,
@@ -475,7 +477,7 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
                 .render(&probe, true)
                 .with_context(|| format!("--chat-template {}", path.display()))?;
         }
-        let engine_config = EngineConfig::for_device(lm.model.device(), &a.engine_overrides());
+        let mut engine_config = EngineConfig::for_device(lm.model.device(), &a.engine_overrides());
         let name = name.unwrap_or_else(|| lm.name.clone());
         let mut aliases: Vec<String> = a
             .aliases
@@ -501,6 +503,9 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             .max_model_len
             .map(|m| m.min(lm.context_length))
             .unwrap_or(lm.context_length);
+        if a.kv_cache_mb.is_none() {
+            engine_config.kv_cache_mb = engine_config.default_kv_cache_mb(&lm, max_model_len);
+        }
         // A KV pool that holds less than the context: the served context is what it holds
         // (else a request that names no max_tokens, given the rest of the context, could
         // never fit and would be refused).
