@@ -2,13 +2,15 @@
 #   docker build -t camelid .
 #   docker run --gpus all -p 8000:8000 -v camelid-cache:/cache -e CAMELID_KV_CACHE_MB=24576 \
 #     camelid serve --device cuda --model lmsys/vicuna-7b-v1.5
-# (without CAMELID_KV_CACHE_MB the KV cache is a CPU's 512 MiB: Vicuna-7B's context would be
+# (without CAMELID_KV_CACHE_MB a GPU's KV cache is 512 MiB: Vicuna-7B's context would be
 # cut to 1 024 tokens; give it what the card leaves beside the weights.)
 # The kernels are built for one GPU generation, CUDA_COMPUTE_CAP (default 90: H100/H200);
 # for others build with --build-arg CUDA_COMPUTE_CAP=80 (A100), 86 (A10G, RTX 30xx) or 89
 # (L4, L40S). The CUDA 13 runtime needs an NVIDIA driver 580 or newer on the host.
-# --build-arg FEATURES= builds a CPU-only binary; it still builds on and runs from the CUDA
-# images above (their CUDA libraries then go unused).
+# The default image (FEATURES=cuda) links the driver's libcuda.so.1, which only
+# `docker run --gpus …` provides: it does not start on a host without a GPU, even to serve on
+# the CPU. --build-arg FEATURES= builds a CPU-only binary for such hosts; it still builds on
+# and runs from the CUDA images above (their CUDA libraries then go unused).
 # It runs as the unprivileged user `camelid` (uid 10001), which owns /cache: a named volume
 # starts as the image's /cache; a host folder mounted there must be writable by uid 10001.
 # A volume made by an earlier (root) image: once, `docker run --rm -u 0 --entrypoint chown

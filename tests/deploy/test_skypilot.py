@@ -111,6 +111,7 @@ def the_files_load():
     behind_lb = {
         "CAMELID_ARENA_ADDRESS_TURNS_PER_MINUTE": "480",
         "CAMELID_ARENA_ADDRESS_VOTES_PER_MINUTE": "480",
+        "CAMELID_ARENA_ADDRESS_TURNS_IN_FLIGHT": "0",
         "CAMELID_ARENA_TRUST_FORWARDED_FOR": "false",
         "CAMELID_ARENA_DB_REQUIRED": "true",
     }

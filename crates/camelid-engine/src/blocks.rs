@@ -11,9 +11,10 @@
 //! Each entry also records how many of its positions were prompt when computed: prompt
 //! positions and generated ones take kernels that round differently
 //! (`camelid_kernels::attention`). A sequence's generated positions (a preempted sequence's
-//! answer, computed again) reuse only blocks whose positions had the same roles, so an
-//! answer's bits never depend on the cache. A prompt's blocks reuse either: a chat's next
-//! turn takes back the previous answer's blocks instead of computing it again.
+//! answer, computed again) reuse only blocks whose positions had the same roles: they never
+//! read keys and values the prompt kernel computed for them. A prompt's blocks reuse either:
+//! a chat's next turn takes back the previous answer's blocks instead of computing it again
+//! (and what that prompt's answer attends to then depends on what is cached).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -308,8 +309,10 @@ impl BlockPool {
         let Some(parent) = Self::parent_of(parent, salt) else {
             return PrefixLink { hash, entry: None };
         };
-        // An entry of other roles does not stand for this block: both stay findable.
-        if let Some((_, id)) = self.find(hash, &parent, tokens, |cached| cached == prompt) {
+        // As a lookup would: a block of prompt alone links to an entry of any roles (no
+        // second entry beside it to split the chain), one holding generated positions only
+        // to one of the same roles.
+        if let Some((_, id)) = self.find(hash, &parent, tokens, self.reusable(prompt)) {
             return PrefixLink {
                 hash,
                 entry: Some(id),

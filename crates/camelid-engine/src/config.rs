@@ -143,8 +143,9 @@ impl EngineConfig {
         (blocks as f64 * self.bytes_per_block(lm) / (1u64 << 20) as f64).ceil() as usize
     }
 
-    /// The cache a model gets where the user did not size it: `kv_cache_mb`, or more where
-    /// that holds less than its context (`context` positions) up to [`DEFAULT_KV_POSITIONS`].
+    /// The cache a CPU model gets where the user did not size it: `kv_cache_mb`, or more
+    /// where that holds less than its context (`context` positions) up to
+    /// [`DEFAULT_KV_POSITIONS`]. (A GPU's is sized to the card by hand.)
     /// A 7B model's f16 cache takes 512 KiB a position: the default 512 MiB held 1 024,
     /// a quarter of Vicuna's context, and an MT-bench answer of 1 024 tokens never fit.
     pub fn default_kv_cache_mb(&self, lm: &LoadedModel, context: usize) -> usize {

@@ -117,6 +117,7 @@ impl EngineHandle {
             .build()
             .expect("engine thread pool");
         let name = lm.name.clone();
+        let gauges = metrics.clone();
         // The handle is returned (and the server lists the model) once the engine has timed
         // its steps: a request that came in before would wait unstarted, and be refused by a
         // shutdown as if the server were busy.
@@ -141,6 +142,9 @@ impl EngineHandle {
                         .or_else(|| p.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     tracing::error!("the engine of {name} stopped: it panicked: {why}");
+                    // Again, now that the receiver is gone: a request sent between the
+                    // zeroing in `Engine::run` and then counted itself waiting.
+                    M::set(&gauges.waiting, 0);
                 }
             })
             .expect("spawn engine thread");

@@ -566,10 +566,15 @@ impl Engine {
             return false;
         };
         let (start, end) = (k * bs, (k + 1) * bs);
+        // Only a block it could reuse (`blocks::BlockPool::extend_prefix`): one of prompt
+        // alone takes any, one holding generated positions only one of the same roles.
+        let roles = |q: &Seq| crate::blocks::prompt_part(bs, q.prompt_len, k);
+        let mine = roles(s);
         self.running.iter().enumerate().any(|(j, o)| {
             j != i
                 && !preempted.contains(&j)
                 && o.prefix_hashes.get(k) == Some(&h)
+                && (mine as usize == bs || roles(o) == mine)
                 && ((o.cached > start && o.cached < end) || (o.cached == start && j < i))
         })
     }
@@ -717,6 +722,15 @@ impl Engine {
                 self.kv.truncate(s.id, valid + 1);
                 continue;
             }
+            // Rows asked for and not read back (a failed device): the sequence ends with an
+            // error, as below, before its positions count as computed (and their blocks as
+            // cached for others); scoring nothing would end prompt log-probabilities short.
+            if matches!(s.pooling, Pooled::Off) && rows > 0 && logits.range(row, rows).is_empty() {
+                row += rows;
+                let _ = s.events.send(Event::Error("the logits were lost".into()));
+                done.push(s.id);
+                continue;
+            }
             s.computed(&mut self.kv, window, end);
             if !matches!(s.pooling, Pooled::Off) {
                 let my_rows = &hidden[hidden_row..hidden_row + rows];
@@ -734,13 +748,6 @@ impl Engine {
             }
             let my_rows = logits.range(row, rows);
             row += rows;
-            // Rows asked for and not read back (a failed device): the sequence ends with an
-            // error, as below (scoring nothing would end prompt log-probabilities short).
-            if rows > 0 && my_rows.is_empty() {
-                let _ = s.events.send(Event::Error("the logits were lost".into()));
-                done.push(s.id);
-                continue;
-            }
             // With a row per position (all rows, or a one-token chunk), row r is position
             // chunk_start + r.
             if rows == end - chunk_start {

@@ -177,6 +177,22 @@ fn revisions_resolve_through_the_offline_cache() {
     std::env::set_var("HF_ENDPOINT", hub_answering("401 Unauthorized"));
     let err = fetch_repo("acme/gated", None).unwrap_err().to_string();
     assert!(err.contains("HF_TOKEN") && err.contains("license"), "{err}");
+    // A misspelt id: the hub's 401 to a client without a token says it does not exist, and
+    // so does the error (not a token to get); a 404 likewise.
+    std::env::set_var(
+        "HF_ENDPOINT",
+        hub_answering("401 Unauthorized\r\nX-Error-Code: RepoNotFound"),
+    );
+    let err = fetch_repo("acme/vicuna-7b-v15", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no such model repository") && !err.contains("license"),
+        "{err}"
+    );
+    std::env::set_var("HF_ENDPOINT", hub_answering("404 Not Found"));
+    let err = fetch_repo("acme/absent", None).unwrap_err().to_string();
+    assert!(err.contains("no such model repository"), "{err}");
 
     // Online, the hub up but serving no file (every download a 503): files already in the
     // snapshot of the commit the hub names are used from it, whether the revision is that
@@ -268,7 +284,7 @@ fn hub_listing_files(
 }
 
 /// A hub on a loopback port that answers every request with `status` (e.g. "503 Service
-/// Unavailable") and no body; its URL.
+/// Unavailable", which may go on with header lines) and no body; its URL.
 fn hub_answering(status: &'static str) -> String {
     let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", hub.local_addr().unwrap());

@@ -29,6 +29,15 @@ struct Server {
     state: Arc<AppState>,
 }
 
+/// A test's models go with it: the server's task (on the shared runtime) holds its state
+/// for good, and 41 tests' engines, half a GB each with their models and caches, once took
+/// the test process past the machine's 24 GB. Without a handle their engines stop.
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.state.set_models(vec![]);
+    }
+}
+
 impl Server {
     fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_with_headers(path, body).0
@@ -150,6 +159,7 @@ fn no_limits() -> ArenaConfig {
         min_temperature: 0.0,
         // Short answers keep the tests quick.
         max_tokens_floor: 1,
+        turns_in_flight_per_address: 0,
         ..Default::default()
     }
 }
@@ -1787,7 +1797,17 @@ fn a_turn_that_fails_leaves_the_vote_unrated() {
         let (status, err) = s.post("/arena/battles", follow);
         assert_eq!(status, 400, "{err}");
         assert_eq!(err["error"]["code"], "arena_turn_failed", "{err}");
-        let (status, vote) = s.vote(id, Some(token), "model_a");
+        // The failed turn's "being answered" mark goes in a task of its own: until then
+        // the vote is refused as one during a turn.
+        let t = Instant::now();
+        let (status, vote) = loop {
+            let (status, vote) = s.vote(id, Some(token), "model_a");
+            if status != 409 || vote["error"]["code"] != "battle_answering" {
+                break (status, vote);
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{vote}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert_eq!(status, 200, "{vote}");
         assert_eq!(vote["anony"], false, "stream {stream}: {vote}");
     }
@@ -1805,6 +1825,64 @@ fn a_turn_that_fails_leaves_the_vote_unrated() {
     let (status, vote) = s.vote(id, Some(token), "model_a");
     assert_eq!(status, 200, "{vote}");
     assert_eq!(vote["anony"], true, "{vote}");
+}
+
+/// One address may have only so many turns answered at once (each holds two generation
+/// slots): the next is refused with 429 before it spends the per-minute limits, the API
+/// keeps its slots, and once a turn ends the address may start another.
+#[test]
+fn an_address_has_its_turns_in_flight_capped() {
+    let s = serve(
+        Arena::in_memory(ArenaConfig {
+            turns_in_flight_per_address: 1,
+            ..no_limits()
+        }),
+        &["smol-a", "smol-b"],
+    );
+    let base = s.base.clone();
+    let long = json!({"stream": true, "max_tokens": 128, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Write a long story about a dragon."}]});
+    runtime().block_on(async {
+        let c = reqwest::Client::new();
+        let (r, _) = until_first_piece(&c, &base, long.clone()).await;
+        let second = c
+            .post(format!("{base}/arena/battles"))
+            .json(&json!({"max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(second.status(), 429);
+        let body: Value = second.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+        let api = c
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "smol-a", "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(api.status(), 200);
+        // The first turn left: its slot goes with it.
+        drop(r);
+        let t = std::time::Instant::now();
+        loop {
+            let again = c
+                .post(format!("{base}/arena/battles"))
+                .json(&json!({"max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            if again.status() == 200 {
+                break;
+            }
+            assert_eq!(again.status(), 429);
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the slot never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
 }
 
 /// Per-model series move with battle traffic; where an anonymous visitor can read `/metrics`

@@ -691,6 +691,7 @@ fn generate_missing_model(extra: &[String]) -> std::process::Output {
             "x",
         ])
         .args(extra)
+        .env_remove("CAMELID_DEVICE")
         .output()
         .unwrap()
 }

@@ -261,11 +261,28 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
             );
             return Ok(dir);
         }
-        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(401 | 403, _)) => {
-            return Err(Error::Io(format!(
-                "hub {id}: the hub refused access ({e}): a gated or private repository needs \
-                 its license accepted on huggingface.co and a token with access in HF_TOKEN"
-            )))
+        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(401 | 403 | 404, _)) => {
+            // The hub answers a repository that does not exist with a 401 to a client
+            // without a token, and says which in `X-Error-Code`; a gated one lists its files
+            // to anyone (only its files are refused, `file_error`).
+            let missing = match &*e {
+                ureq::Error::Status(code, r) => {
+                    *code == 404 || r.header("x-error-code") == Some("RepoNotFound")
+                }
+                _ => false,
+            };
+            return Err(Error::Io(if missing {
+                format!(
+                    "hub {id}: no such model repository ({e}): check the id (a private \
+                     repository needs a token with access in HF_TOKEN)"
+                )
+            } else {
+                format!(
+                    "hub {id}: the hub refused access ({e}): a gated or private repository \
+                     needs its license accepted on huggingface.co and a token with access in \
+                     HF_TOKEN"
+                )
+            }));
         }
         Err(e) => return Err(hub_err("repo info", &e)),
     };

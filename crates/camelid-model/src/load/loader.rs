@@ -350,7 +350,17 @@ fn pick_template(
             None if matches!(choice, Some("jinja")) => Err(Error::Template(format!(
                 "{name} has no chat_template of its own"
             ))),
-            None => Ok(ChatTemplate::Builtin(ChatTemplate::for_model_name(name))),
+            None => {
+                let builtin = ChatTemplate::for_model_name(name);
+                if builtin.name == "one_shot" {
+                    // FastChat's fallback too, but a chat model of another family would
+                    // answer in the wrong format without a word.
+                    tracing::warn!(
+                        "{name} has no chat_template and its name names no family camelid                          knows: serving it with FastChat's one_shot template (--template NAME                          or --chat-template FILE chooses another)"
+                    );
+                }
+                Ok(ChatTemplate::Builtin(builtin))
+            }
         },
         Some(other) => ChatTemplate::builtin(other),
     }

@@ -19,7 +19,7 @@ use camelid_eval::ratings::Outcome;
 use rand::Rng;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use store::{BattleRow, Store, VoteRow};
@@ -80,6 +80,11 @@ pub struct ArenaConfig {
     /// Characters of the visitor's text one turn may carry (`--arena-max-input-chars`;
     /// FastChat's `INPUT_CHAR_LEN_LIMIT`, which cuts the text where camelid refuses it).
     pub max_input_chars: usize,
+    /// Turns one client address may have answered at once on this server
+    /// (`--arena-address-turns-in-flight`; 0: no cap). Each turn holds two generation slots
+    /// for up to `max_tokens` each: without it one address within its per-minute limits
+    /// could hold every slot of the server, and other visitors and API clients get 429.
+    pub turns_in_flight_per_address: u32,
 }
 
 impl Default for ArenaConfig {
@@ -106,6 +111,30 @@ impl Default for ArenaConfig {
             // FastChat's defaults.
             max_turns: 50,
             max_input_chars: 12_000,
+            turns_in_flight_per_address: 4,
+        }
+    }
+}
+
+/// Turns being answered on this server, by client address.
+#[derive(Debug, Default)]
+struct InFlight(std::sync::Mutex<HashMap<String, u32>>);
+
+/// One turn of an address being answered ([`Arena::hold_turn`]); it ends when dropped.
+#[derive(Debug)]
+pub struct TurnSlot {
+    in_flight: Arc<InFlight>,
+    address: String,
+}
+
+impl Drop for TurnSlot {
+    fn drop(&mut self) {
+        let mut counts = self.in_flight.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.address);
+            }
         }
     }
 }
@@ -221,6 +250,7 @@ pub struct Arena {
     /// vote writes it first, or is refused while it cannot, so the names seen do not go
     /// rated. This process's memory: a vote another replica takes does not see it.
     unmarked: std::sync::Mutex<std::collections::HashSet<String>>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Default for Arena {
@@ -545,6 +575,7 @@ impl Arena {
                         config,
                         board: Default::default(),
                         unmarked: Default::default(),
+                        in_flight: Default::default(),
                     })
                 }
                 Err(e) if store::unreachable(&e) && start.elapsed() + pause < wait => {
@@ -569,6 +600,7 @@ impl Arena {
             config,
             board: Default::default(),
             unmarked: Default::default(),
+            in_flight: Default::default(),
         }
     }
 
@@ -647,6 +679,37 @@ impl Arena {
                 ),
             )
         })
+    }
+
+    /// Holds one of `address`'s turns in flight on this server while the slot lives, or
+    /// refuses the turn (429) when the address has its
+    /// [`ArenaConfig::turns_in_flight_per_address`] being answered already.
+    pub fn hold_turn(&self, address: &str) -> Result<Option<TurnSlot>, ApiError> {
+        let cap = self.config.turns_in_flight_per_address;
+        if cap == 0 {
+            return Ok(None);
+        }
+        let mut counts = self.in_flight.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(address.to_string()).or_default();
+        if *n >= cap {
+            return Err(ApiError {
+                code: Some("rate_limit_exceeded"),
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    format!(
+                        "Too many arena turns being answered for this address at once \
+                         (limit {cap}); retry once one has ended."
+                    ),
+                )
+            });
+        }
+        *n += 1;
+        Ok(Some(TurnSlot {
+            in_flight: self.in_flight.clone(),
+            address: address.to_string(),
+        }))
     }
 
     /// Opens a battle of `visitor` between `model_a` and `model_b`, with no turn yet.

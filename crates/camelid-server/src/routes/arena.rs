@@ -472,15 +472,18 @@ pub async fn battle(
                 return Err(arena::turn_limit(&id, max_turns));
             }
             served_here(&state, &battle)?;
+            let slot = state.arena.hold_turn(&address)?;
             state.arena.admit(Request::Turn, &visitor, &address).await?;
-            battle
+            (battle, slot)
         }
         None => {
             let (a, b) = state.arena.draw_pair(&served(&state)?)?;
+            let slot = state.arena.hold_turn(&address)?;
             state.arena.admit(Request::Turn, &visitor, &address).await?;
-            state.arena.start(&visitor, a, b).await?
+            (state.arena.start(&visitor, a, b).await?, slot)
         }
     };
+    let (battle, slot) = battle;
     // Each side: its own conversation so far, then the new messages.
     let follow = |conversation: &[Value]| {
         let mut messages = conversation.to_vec();
@@ -497,6 +500,7 @@ pub async fn battle(
         prompt: new_messages,
         bases,
         regenerated: false,
+        slot,
     };
     answer.run(state, permits, turn).await
 }
@@ -531,6 +535,7 @@ pub async fn regenerate(
     ) else {
         return Err(arena::unanswered(&id));
     };
+    let slot = state.arena.hold_turn(&address)?;
     state.arena.admit(Request::Turn, &visitor, &address).await?;
     let answer = Answerable {
         battle,
@@ -538,6 +543,7 @@ pub async fn regenerate(
         prompt,
         bases: (base_a, base_b),
         regenerated: true,
+        slot,
     };
     answer.run(state, permits, turn).await
 }
@@ -561,6 +567,8 @@ struct Answerable {
     bases: (Vec<Value>, Vec<Value>),
     /// The answers replace the battle's last ones (Regenerate).
     regenerated: bool,
+    /// The address's turn in flight (`Arena::hold_turn`).
+    slot: Option<arena::TurnSlot>,
 }
 
 impl Answerable {
@@ -576,6 +584,7 @@ impl Answerable {
             prompt,
             bases,
             regenerated,
+            slot,
         } = self;
         let side = |conversation: &[Value], model: &str| {
             let mut r = turn.req.clone();
@@ -605,7 +614,7 @@ impl Answerable {
                 Ok(g) => g,
                 Err(e) => {
                     // Marked before the "being answered" mark goes (with `answering`).
-                    note_failure(&state, &battle).await;
+                    note_failure(&state, &battle, &e).await;
                     return Err(e);
                 }
             };
@@ -618,15 +627,17 @@ impl Answerable {
             conversations: bases,
             answering,
             regenerated,
+            _slot: slot,
         };
         if !turn.stream {
             let (a, b) = match generating.run(None).await {
                 Ok(answers) => answers,
                 Err(u) => {
-                    note_failure(&state, &finish.battle).await;
-                    return Err(u
+                    let e = u
                         .error
-                        .unwrap_or_else(|| neutral(ApiError::internal("no answer"))));
+                        .unwrap_or_else(|| neutral(ApiError::internal("no answer")));
+                    note_failure(&state, &finish.battle, &e).await;
+                    return Err(e);
                 }
             };
             let revision = finish.record(&a, &b).await?;
@@ -649,8 +660,8 @@ impl Answerable {
                     Err(e) => e.body(),
                 },
                 Err(unfinished) => {
-                    if unfinished.error.is_some() {
-                        note_failure(&finish.state, &finish.battle).await;
+                    if let Some(e) = &unfinished.error {
+                        note_failure(&finish.state, &finish.battle, e).await;
                     }
                     finish.not_kept(&unfinished.shown).await;
                     match unfinished.error {
@@ -672,9 +683,18 @@ impl Answerable {
     }
 }
 
-/// A turn of `battle` failed: its vote will not be rated ([`arena::Arena::turn_failed`]).
-/// Where the store cannot take the mark now, the vote writes it first.
-async fn note_failure(state: &AppState, battle: &arena::OpenBattle) {
+/// A turn of `battle` failed with `error`: its vote will not be rated
+/// ([`arena::Arena::turn_failed`]), unless the server was only busy or stopping (503, 429:
+/// the load's doing, not a side's, and the visitor is told to try again). Where the store
+/// cannot take the mark now, the vote writes it first.
+async fn note_failure(state: &AppState, battle: &arena::OpenBattle, error: &ApiError) {
+    use axum::http::StatusCode;
+    if matches!(
+        error.status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
+        return;
+    }
     if let Err(e) = state.arena.turn_failed(battle).await {
         tracing::error!("arena: a failed turn's mark not written yet: {}", e.message);
     }
@@ -692,6 +712,8 @@ struct TurnRecord {
     answering: Option<Answering>,
     /// The answers replace the battle's last ones (Regenerate).
     regenerated: bool,
+    /// The address's turn in flight, ended with the turn.
+    _slot: Option<arena::TurnSlot>,
 }
 
 /// A follow-up turn being answered ([`arena::Arena::begin_answer`]): its mark is renewed

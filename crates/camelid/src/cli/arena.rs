@@ -131,6 +131,16 @@ pub struct ArenaServeArgs {
         default_value_t = 60
     )]
     arena_address_turns_per_minute: u32,
+    /// Arena turns one client address may have answered at once on this server (0: no cap):
+    /// each holds two generation slots, and one address within its per-minute limits could
+    /// otherwise hold them all. Behind a load balancer that adds no `X-Forwarded-For`
+    /// (SkyServe's) every visitor has its address: there this caps the whole replica.
+    #[arg(
+        long,
+        env = "CAMELID_ARENA_ADDRESS_TURNS_IN_FLIGHT",
+        default_value_t = 4
+    )]
+    arena_address_turns_in_flight: u32,
     /// Arena votes one visitor may cast a minute (0: no limit).
     #[arg(long, default_value_t = 20)]
     arena_visitor_votes_per_minute: u32,
@@ -224,6 +234,7 @@ impl ArenaServeArgs {
             min_temperature: self.arena_min_temperature,
             max_turns: self.arena_max_turns,
             max_input_chars: usize::try_from(self.arena_max_input_chars).unwrap_or(usize::MAX),
+            turns_in_flight_per_address: self.arena_address_turns_in_flight,
             ..Default::default()
         }
     }

@@ -149,10 +149,11 @@ pub struct ServeArgs {
     /// take every core), 0 on CUDA; 0 turns it off.
     #[arg(long)]
     burst_window_ms: Option<u64>,
-    /// KV cache memory per model, in MiB. Default: 512, or more where that holds less than
-    /// the model's context, up to 4 096 positions (llama.cpp's and Ollama's default context;
-    /// a 7B model's f16 cache then takes 2 GiB). On a GPU, size it to the card: divide what
-    /// the weights leave among the models served.
+    /// KV cache memory per model, in MiB. Default: 512; on the CPU more where that holds less
+    /// than the model's context, up to 4 096 positions (llama.cpp's and Ollama's default
+    /// context; a 7B model's f16 cache then takes 2 GiB). On a GPU, size it to the card:
+    /// divide what the weights leave among the models served (512 holds about 1 000
+    /// positions of a 7B).
     #[arg(long, env = "CAMELID_KV_CACHE_MB", value_parser = positive)]
     kv_cache_mb: Option<usize>,
     /// Positions per KV block (1 to 256): the pool holds whole blocks, so a larger one could
@@ -503,7 +504,9 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
             .max_model_len
             .map(|m| m.min(lm.context_length))
             .unwrap_or(lm.context_length);
-        if a.kv_cache_mb.is_none() {
+        // On the CPU, a cache that holds the context by default (host memory); a GPU's is
+        // sized to the card by hand, as several models share it.
+        if a.kv_cache_mb.is_none() && lm.model.device().is_cpu() {
             engine_config.kv_cache_mb = engine_config.default_kv_cache_mb(&lm, max_model_len);
         }
         // A KV pool that holds less than the context: the served context is what it holds

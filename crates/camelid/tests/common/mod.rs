@@ -27,6 +27,8 @@ pub fn serve(extra: &[&str]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_camelid"))
         .args(["serve", "--port", "0"])
         .args(extra)
+        // The CPU, whatever the runner's environment says (the deployments set it).
+        .env_remove("CAMELID_DEVICE")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
