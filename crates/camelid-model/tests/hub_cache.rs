@@ -193,6 +193,23 @@ fn revisions_resolve_through_the_offline_cache() {
     std::env::set_var("HF_ENDPOINT", hub_answering("404 Not Found"));
     let err = fetch_repo("acme/absent", None).unwrap_err().to_string();
     assert!(err.contains("no such model repository"), "{err}");
+    // A misspelt revision is named as such; a token the hub does not take too, whatever
+    // else its 401 says.
+    std::env::set_var(
+        "HF_ENDPOINT",
+        hub_answering("404 Not Found\r\nX-Error-Code: RevisionNotFound"),
+    );
+    let err = fetch_repo("acme/smol", Some("v9")).unwrap_err().to_string();
+    assert!(err.contains("no revision v9"), "{err}");
+    std::env::set_var(
+        "HF_ENDPOINT",
+        hub_answering(
+            "401 Unauthorized\r\nX-Error-Code: RepoNotFound\r\n\
+             X-Error-Message: Invalid credentials in Authorization header",
+        ),
+    );
+    let err = fetch_repo("acme/smol", None).unwrap_err().to_string();
+    assert!(err.contains("invalid or expired"), "{err}");
 
     // Online, the hub up but serving no file (every download a 503): files already in the
     // snapshot of the commit the hub names are used from it, whether the revision is that

@@ -295,6 +295,11 @@ impl AppState {
         *served = Some(models.into_iter().map(Arc::new).collect());
     }
 
+    /// Whether [`Self::stop_admitting`] was called (SIGTERM).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
     /// Shutting down: every engine refuses the requests that have not started (their
     /// clients get 503 at once) and anything new; running ones finish.
     pub fn stop_admitting(&self) {

@@ -143,6 +143,9 @@ fn arena_server(db: &str, extra: &[&str]) -> Served {
         // Two-token answers keep the tests quick.
         "--arena-max-tokens-floor",
         "1",
+        // Bursts from one address test the store's limits, not this server's turns at once.
+        "--arena-address-turns-in-flight",
+        "0",
     ];
     args.extend_from_slice(extra);
     serve(&args)

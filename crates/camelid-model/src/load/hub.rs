@@ -200,12 +200,52 @@ pub fn fetch_model(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
         Err(ApiError::RequestError(e)) if hub_unreachable(&e) => {
             return cached(&format!("the hub is out of reach ({e})"))
         }
+        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(401 | 403 | 404, _)) => {
+            return Err(info_refused(id, revision, &e))
+        }
         Err(e) => return Err(hub_err("repo info", &e)),
     };
     let listing: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let file = pick_gguf(id, &listing, quant)?;
     tracing::info!("hub {id}: serving {file}");
     r.get(&file).map_err(|e| file_error(id, &file, e))
+}
+
+/// The error for a repository-info request the hub refused (401, 403, 404): what it says is
+/// wrong, from its `X-Error-*` headers.
+fn info_refused(id: &str, revision: Option<&str>, e: &ureq::Error) -> Error {
+    // The hub answers a repository that does not exist (or is private) with a 401 to
+    // a client without a token and a 404 to one whose token has no access, and says
+    // which in `X-Error-Code`; a gated one lists its files to anyone (only its files
+    // are refused, `file_error`). As Python's `hf_raise_for_status`, a token the hub
+    // does not take is read first: its 401 may say RepoNotFound too.
+    let (code, error_code, message) = match e {
+        ureq::Error::Status(code, r) => (
+            *code,
+            r.header("x-error-code").unwrap_or_default().to_string(),
+            r.header("x-error-message").unwrap_or_default().to_string(),
+        ),
+        _ => (0, String::new(), String::new()),
+    };
+    Error::Io(if message.contains("Invalid credentials") {
+        format!(
+            "hub {id}: the hub does not take the token in HF_TOKEN ({e}): it is \
+             invalid or expired"
+        )
+    } else if error_code == "RevisionNotFound" {
+        format!("hub {id}: no revision {} ({e})", revision.unwrap_or("main"))
+    } else if code == 404 || error_code == "RepoNotFound" {
+        format!(
+            "hub {id}: no such model repository ({e}): check the id (a private \
+             repository needs a token with access in HF_TOKEN)"
+        )
+    } else {
+        format!(
+            "hub {id}: the hub refused access ({e}): a gated or private repository \
+             needs its license accepted on huggingface.co and a token with access in \
+             HF_TOKEN"
+        )
+    })
 }
 
 /// The names of the files in `dir` (a cached snapshot's listing).
@@ -262,27 +302,7 @@ pub fn fetch_repo(id: &str, revision: Option<&str>) -> Result<PathBuf> {
             return Ok(dir);
         }
         Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(401 | 403 | 404, _)) => {
-            // The hub answers a repository that does not exist with a 401 to a client
-            // without a token, and says which in `X-Error-Code`; a gated one lists its files
-            // to anyone (only its files are refused, `file_error`).
-            let missing = match &*e {
-                ureq::Error::Status(code, r) => {
-                    *code == 404 || r.header("x-error-code") == Some("RepoNotFound")
-                }
-                _ => false,
-            };
-            return Err(Error::Io(if missing {
-                format!(
-                    "hub {id}: no such model repository ({e}): check the id (a private \
-                     repository needs a token with access in HF_TOKEN)"
-                )
-            } else {
-                format!(
-                    "hub {id}: the hub refused access ({e}): a gated or private repository \
-                     needs its license accepted on huggingface.co and a token with access in \
-                     HF_TOKEN"
-                )
-            }));
+            return Err(info_refused(id, revision, &e))
         }
         Err(e) => return Err(hub_err("repo info", &e)),
     };

@@ -614,7 +614,7 @@ impl Answerable {
                 Ok(g) => g,
                 Err(e) => {
                     // Marked before the "being answered" mark goes (with `answering`).
-                    note_failure(&state, &battle, &e).await;
+                    note_failure(&state, &battle).await;
                     return Err(e);
                 }
             };
@@ -636,7 +636,7 @@ impl Answerable {
                     let e = u
                         .error
                         .unwrap_or_else(|| neutral(ApiError::internal("no answer")));
-                    note_failure(&state, &finish.battle, &e).await;
+                    note_failure(&state, &finish.battle).await;
                     return Err(e);
                 }
             };
@@ -660,8 +660,8 @@ impl Answerable {
                     Err(e) => e.body(),
                 },
                 Err(unfinished) => {
-                    if let Some(e) = &unfinished.error {
-                        note_failure(&finish.state, &finish.battle, e).await;
+                    if unfinished.error.is_some() {
+                        note_failure(&finish.state, &finish.battle).await;
                     }
                     finish.not_kept(&unfinished.shown).await;
                     match unfinished.error {
@@ -683,16 +683,13 @@ impl Answerable {
     }
 }
 
-/// A turn of `battle` failed with `error`: its vote will not be rated
-/// ([`arena::Arena::turn_failed`]), unless the server was only busy or stopping (503, 429:
-/// the load's doing, not a side's, and the visitor is told to try again). Where the store
-/// cannot take the mark now, the vote writes it first.
-async fn note_failure(state: &AppState, battle: &arena::OpenBattle, error: &ApiError) {
-    use axum::http::StatusCode;
-    if matches!(
-        error.status,
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-    ) {
+/// A turn of `battle` failed: its vote will not be rated ([`arena::Arena::turn_failed`]),
+/// unless the server is shutting down (a rolling update's doing, not a side's: the visitor
+/// retries on another server). A busy side still counts: one model's full queue is a failure
+/// a visitor can cause and tell apart. Where the store cannot take the mark now, the vote
+/// writes it first.
+async fn note_failure(state: &AppState, battle: &arena::OpenBattle) {
+    if state.is_shutting_down() {
         return;
     }
     if let Err(e) = state.arena.turn_failed(battle).await {

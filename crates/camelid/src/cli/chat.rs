@@ -14,6 +14,7 @@ pub struct ChatArgs {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// A system message before the conversation (default: the template's own, if any).
     #[arg(long)]
     system: Option<String>,
 }

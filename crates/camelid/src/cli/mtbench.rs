@@ -140,10 +140,13 @@ pub struct MtAnswerArgs {
     /// Answer file (JSONL, appended to; questions already answered are skipped).
     #[arg(long)]
     out: PathBuf,
+    /// Questions answered at once (concurrent requests to the endpoint).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Tokens an answer's turn may generate (FastChat's default, 1024).
     #[arg(long, default_value_t = 1024)]
     max_tokens: usize,
+    /// Answers per question (FastChat's `--num-choices`), each asked on its own.
     #[arg(long, default_value_t = 1)]
     num_choices: usize,
     /// Only the first N questions.
@@ -195,6 +198,7 @@ pub struct MtJudgeArgs {
     references: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
+    /// Judgments asked at once (concurrent requests to the judge).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// Judge output budget (FastChat uses 2048).
