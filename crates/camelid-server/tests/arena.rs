@@ -17,6 +17,21 @@ fn entry(name: &str) -> ModelEntry {
 
 /// The default model served as `name` with a context of `max_model_len` tokens, on a small KV
 /// pool: this binary runs a dozen servers of two engines at once.
+/// Battles between the default model with a context of 512 (`roomy`) and of `cramped`.
+fn roomy_and_cramped(cramped: usize) -> Server {
+    serve_models(
+        ServerConfig::default(),
+        Arena::in_memory(no_limits()),
+        vec![
+            entry_with_context("roomy", 512),
+            entry_with_context("cramped", cramped),
+        ],
+    )
+}
+
+/// Six of these (about 60 tokens) fit the roomy model, not a cramped one of 48 or 64.
+const LONG_FOR_CRAMPED: &str = "Please describe the weather in a few words. ";
+
 fn entry_with_context(name: &str, max_model_len: usize) -> ModelEntry {
     common::model_entry(name, &[], max_model_len, |_| camelid_engine::EngineConfig {
         kv_cache_mb: 32,
@@ -1533,14 +1548,7 @@ fn a_battle_stores_only_the_visitors_text() {
 /// from one side only, or the tokens left, would tell which model is where.
 #[test]
 fn a_side_with_less_context_answers_shorter_rather_than_failing() {
-    let s = serve_models(
-        ServerConfig::default(),
-        Arena::in_memory(no_limits()),
-        vec![
-            entry_with_context("roomy", 512),
-            entry_with_context("cramped", 64),
-        ],
-    );
+    let s = roomy_and_cramped(64);
     let turn = |battle: Option<(&str, &str)>| {
         let mut body = json!({"max_tokens": 48, "temperature": 0,
             "messages": [{"role": "user", "content": "Tell me about the weather today."}]});
@@ -1742,15 +1750,8 @@ fn a_battle_cannot_be_fingerprinted_through_the_prefix_cache() {
 /// context length in the message — and which side it was).
 #[test]
 fn a_side_that_fails_is_not_named() {
-    let s = serve_models(
-        ServerConfig::default(),
-        Arena::in_memory(no_limits()),
-        vec![
-            entry_with_context("roomy", 512),
-            entry_with_context("cramped", 48),
-        ],
-    );
-    let long = "Please describe the weather in a few words. ".repeat(6);
+    let s = roomy_and_cramped(48);
+    let long = LONG_FOR_CRAMPED.repeat(6);
     let mut bodies = std::collections::BTreeSet::new();
     for stream in [false, true] {
         for _ in 0..3 {
@@ -1775,15 +1776,8 @@ fn a_side_that_fails_is_not_named() {
 /// would probe the pair before a rated vote.
 #[test]
 fn a_turn_that_fails_leaves_the_vote_unrated() {
-    let s = serve_models(
-        ServerConfig::default(),
-        Arena::in_memory(no_limits()),
-        vec![
-            entry_with_context("roomy", 512),
-            entry_with_context("cramped", 64),
-        ],
-    );
-    let long = "Please describe the weather in a few words. ".repeat(6);
+    let s = roomy_and_cramped(64);
+    let long = LONG_FOR_CRAMPED.repeat(6);
     for stream in [false, true] {
         let first = json!({"max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]});
         let (status, b) = s.post("/arena/battles", first);

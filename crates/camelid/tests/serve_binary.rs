@@ -680,25 +680,28 @@ fn runtime_lora_adapters_load_replace_and_unload() {
     serve_refuses(&["--host", "0.0.0.0", "--allow-runtime-lora"], "--api-key");
 }
 
-/// `camelid generate` on a model that does not exist, with `extra` flags.
-fn generate_missing_model(extra: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_camelid"))
-        .args([
-            "generate",
-            "--model",
-            "/no/such/model.gguf",
-            "--prompt",
-            "x",
-        ])
-        .args(extra)
-        .env_remove("CAMELID_DEVICE")
-        .output()
-        .unwrap()
+/// `camelid generate` on a model that does not exist, with `extra` flags and `CAMELID_DEVICE`
+/// set to `device` (else unset, whatever the runner's environment says).
+fn generate_missing_model(extra: &[String], device: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_camelid"));
+    cmd.args([
+        "generate",
+        "--model",
+        "/no/such/model.gguf",
+        "--prompt",
+        "x",
+    ])
+    .args(extra)
+    .env_remove("CAMELID_DEVICE");
+    if let Some(d) = device {
+        cmd.env("CAMELID_DEVICE", d);
+    }
+    cmd.output().unwrap()
 }
 
 #[test]
 fn cli_errors_are_one_line_and_non_zero() {
-    let out = generate_missing_model(&[]);
+    let out = generate_missing_model(&[], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap();
@@ -709,18 +712,8 @@ fn cli_errors_are_one_line_and_non_zero() {
     // A CUDA device on a build without CUDA says how to build one, from the flag or from
     // `CAMELID_DEVICE` (the deployments set it).
     if !cfg!(feature = "cuda") {
-        let by_flag = generate_missing_model(&["--device".into(), "cuda:1".into()]);
-        let by_env = Command::new(env!("CARGO_BIN_EXE_camelid"))
-            .args([
-                "generate",
-                "--model",
-                "/no/such/model.gguf",
-                "--prompt",
-                "x",
-            ])
-            .env("CAMELID_DEVICE", "cuda")
-            .output()
-            .unwrap();
+        let by_flag = generate_missing_model(&["--device".into(), "cuda:1".into()], None);
+        let by_env = generate_missing_model(&[], Some("cuda"));
         for out in [by_flag, by_env] {
             assert!(!out.status.success());
             let err = String::from_utf8_lossy(&out.stderr);
@@ -764,7 +757,7 @@ fn cli_errors_are_one_line_and_non_zero() {
         ("--repetition-penalty", "0"),
         ("--repetition-penalty", "101"),
     ] {
-        let out = generate_missing_model(&[format!("{flag}={value}")]);
+        let out = generate_missing_model(&[format!("{flag}={value}")], None);
         assert_refused_flag(&out, flag, value);
     }
 }
