@@ -611,6 +611,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
         || a.host == "localhost";
+    if !loopback && !a.arena.private() && a.allowed_origins.iter().any(|o| o == "*") {
+        tracing::warn!(
+            "--allowed-origins '*' with the arena open to visitors: any site's pages may make \
+             their visitors' browsers start battles and vote, each from its own address (list \
+             the origins, or --arena-private)"
+        );
+    }
     if a.allow_runtime_lora && api_keys.is_empty() && !loopback {
         anyhow::bail!(
             "--allow-runtime-lora lets callers load files of this machine: give --api-key or \
