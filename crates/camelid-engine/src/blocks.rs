@@ -67,6 +67,12 @@ pub fn prompt_part(block_size: usize, prompt_len: usize, i: usize) -> u32 {
     prompt_len.saturating_sub(i * block_size).min(block_size) as u32
 }
 
+/// Whether a block computed with `cached` prompt positions may serve one wanted with
+/// `wanted` ([`prompt_part`]): any, for a block of prompt only; else only the same roles.
+pub fn roles_reuse(block_size: usize, wanted: u32, cached: u32) -> bool {
+    wanted as usize >= block_size || cached == wanted
+}
+
 #[derive(Debug, Clone, Default)]
 struct Block {
     refs: u32,
@@ -286,11 +292,11 @@ impl BlockPool {
         })
     }
 
-    /// Which cached blocks may serve a block whose first `prompt` positions are prompt: any,
-    /// for a block of prompt only; else only one computed with the same roles.
+    /// Which cached blocks may serve a block whose first `prompt` positions are prompt
+    /// ([`roles_reuse`]).
     fn reusable(&self, prompt: u32) -> impl Fn(u32) -> bool {
-        let all = prompt as usize >= self.block_size;
-        move |cached| all || cached == prompt
+        let bs = self.block_size;
+        move |cached| roles_reuse(bs, prompt, cached)
     }
 
     /// Registers the full block `b` (holding `tokens` after the prefix `parent` names, under

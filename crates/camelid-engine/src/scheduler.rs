@@ -566,15 +566,15 @@ impl Engine {
             return false;
         };
         let (start, end) = (k * bs, (k + 1) * bs);
-        // Only a block it could reuse (`blocks::BlockPool::extend_prefix`): one of prompt
-        // alone takes any, one holding generated positions only one of the same roles.
+        // Only a block it could reuse (`blocks::roles_reuse`, as the prefix lookups).
         let roles = |q: &Seq| crate::blocks::prompt_part(bs, q.prompt_len, k);
         let mine = roles(s);
+        let usable = |o: &Seq| crate::blocks::roles_reuse(bs, mine, roles(o));
         self.running.iter().enumerate().any(|(j, o)| {
             j != i
                 && !preempted.contains(&j)
                 && o.prefix_hashes.get(k) == Some(&h)
-                && (mine as usize == bs || roles(o) == mine)
+                && usable(o)
                 && ((o.cached > start && o.cached < end) || (o.cached == start && j < i))
         })
     }
