@@ -137,6 +137,11 @@ impl EngineConfig {
         (values_per_block as f64 * element).max(1.0)
     }
 
+    /// What the KV cache of [`Self::num_blocks`] takes.
+    pub fn kv_cache_bytes(&self, lm: &LoadedModel) -> u64 {
+        (self.num_blocks(lm) as f64 * self.bytes_per_block(lm)) as u64
+    }
+
     /// The MiB of KV cache that hold `positions` of this model (whole blocks).
     pub fn kv_cache_mb_holding(&self, lm: &LoadedModel, positions: usize) -> usize {
         let blocks = positions.div_ceil(self.block_size.max(1));

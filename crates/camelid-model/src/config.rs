@@ -199,6 +199,19 @@ impl ModelConfig {
         }
     }
 
+    /// The parameters of its matrices (embedding, attention, MLP, an untied output): what
+    /// its weights take in memory, times the bytes of the format they are kept in, less the
+    /// norms' few and any biases.
+    pub fn matrix_parameters(&self) -> u64 {
+        let [h, v, f] =
+            [self.hidden_size, self.vocab_size, self.intermediate_size].map(|n| n as u64);
+        let q = (self.num_heads * self.head_dim) as u64;
+        let kv = (self.num_kv_heads * self.head_dim) as u64;
+        let layer = 2 * h * q + 2 * h * kv + 3 * h * f;
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        heads * v * h + self.num_layers as u64 * layer
+    }
+
     pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |m: String| Err(Error::BadConfig(format!("{origin}: {m}")));
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 {

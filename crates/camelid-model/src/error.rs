@@ -17,6 +17,9 @@ pub enum Error {
     TooLong(String),
     #[error("{0}")]
     Io(String),
+    /// A model larger than the memory left ([`crate::load::host_memory`]).
+    #[error("not enough memory: {0}")]
+    Memory(String),
     #[error("invalid request: {0}")]
     Invalid(String),
     /// The request's own grammar could not go on (a limit of the matcher reached, or no

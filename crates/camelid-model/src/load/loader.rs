@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;
 use crate::load::gguf_tokenizer;
 use crate::load::hf_folder::{find_weight_files, HfWeights};
+use crate::load::host_memory;
 use crate::load::weights::build_llama;
 use crate::models::Llama;
 use crate::text::template::ChatTemplate;
@@ -450,6 +451,28 @@ pub fn load_gguf(
     }
     g.own_kernels = !opts.candle_qmatmul;
     let cfg = g.model_config()?;
+    if opts.device.is_cpu() {
+        // On the CPU every tensor is read into memory in its own format.
+        let bytes = g
+            .content
+            .tensor_infos
+            .values()
+            .map(|t| {
+                let d = t.ggml_dtype;
+                (t.shape.elem_count() / d.block_size() * d.type_size()) as u64
+            })
+            .sum();
+        let q4 = q4_k_bytes(&cfg);
+        let hint = if bytes > q4 + q4 / 2 {
+            format!(
+                "; a Q4_K_M file of it would take about {}",
+                host_memory::gib(q4)
+            )
+        } else {
+            String::new()
+        };
+        host_memory::check_weights_fit(&path.display().to_string(), bytes, &hint)?;
+    }
     let tok = gguf_tokenizer::from_gguf(&g)?;
     let jinja_of = |s: &str| ChatTemplate::Jinja {
         source: s.to_string(),
@@ -501,6 +524,32 @@ pub fn load_gguf(
         embedding_gaps,
         sampling_defaults: SamplingDefaults::default(),
     })
+}
+
+/// About what a model's matrices take as Q4_K (4.5 bits a weight).
+fn q4_k_bytes(cfg: &crate::config::ModelConfig) -> u64 {
+    cfg.matrix_parameters() * 9 / 16
+}
+
+/// Refuses an HF model the machine cannot hold on the CPU, from its shape and the format its
+/// matrices are kept in: `--quantize`'s, `--dtype`'s, else 16 bits (a 16-bit download stays
+/// 16-bit; an f32 one takes twice that, so this is a lower bound).
+fn check_hf_fits(cfg: &crate::config::ModelConfig, opts: &LoadOptions, dir: &Path) -> Result<()> {
+    let params = cfg.matrix_parameters();
+    let bytes = match (opts.quantize, opts.dtype) {
+        (Some(q), _) => params * q.type_size() as u64 / q.block_size() as u64,
+        (None, Some(d)) => params * d.size_in_bytes() as u64,
+        (None, None) => params * 2,
+    };
+    let hint = if opts.quantize.is_none() {
+        format!(
+            "; `--quantize q4_k` would keep about {}",
+            host_memory::gib(q4_k_bytes(cfg))
+        )
+    } else {
+        String::new()
+    };
+    host_memory::check_weights_fit(&dir.display().to_string(), bytes, &hint)
 }
 
 /// Says which stored tensors the model does not use where that changes its answers: layers
@@ -705,6 +754,9 @@ pub fn load_hf_folder(
         None if opts.device.is_cuda() => gpu_dtype(hf.torch_dtype.as_deref()),
         None => DType::F32,
     };
+    if opts.device.is_cpu() {
+        check_hf_fits(&cfg, opts, dir)?;
+    }
     let files = find_weight_files(dir)?;
     let mut weights = HfWeights::open(&files, &opts.device)?;
     match prefixes {

@@ -325,6 +325,58 @@ struct LoraModule {
 }
 
 /// `--lora-modules`: vLLM's `NAME=PATH` or its JSON form (unknown keys refused).
+/// A CPU KV cache is host memory the engine fills as requests come: one larger than what is
+/// left (after the weights, and past the caches of the models before, `reserved`) would get
+/// the server killed under load, not at start. A default cache shrinks to fit, with a
+/// warning, leaving a tenth (at least 64 MiB) for the steps' work; a size the user gave is
+/// refused.
+fn fit_kv_cache(
+    name: &str,
+    lm: &camelid_model::LoadedModel,
+    config: &mut EngineConfig,
+    given: bool,
+    reserved: &mut u64,
+) -> Result<()> {
+    use camelid_model::load::host_memory::{gib, room, SKIP_VAR};
+    let Some(room) = room() else {
+        return Ok(());
+    };
+    let left = room.bytes.saturating_sub(*reserved);
+    let want = config.kv_cache_bytes(lm);
+    if want > left {
+        if given {
+            anyhow::bail!(
+                "{name}: --kv-cache-mb {}: the KV cache would take {}, and {} is left after \
+                 the weights ({}); {SKIP_VAR}=1 starts anyway",
+                config.kv_cache_mb,
+                gib(want),
+                gib(left),
+                room.limited_by
+            );
+        }
+        let margin = (left / 10).max(64 << 20);
+        let fit_mb = usize::try_from(left.saturating_sub(margin) >> 20).unwrap_or(usize::MAX);
+        if fit_mb < config.kv_cache_mb_holding(lm, config.block_size) {
+            anyhow::bail!(
+                "{name}: {} is left after the weights ({}): not enough for a KV cache; \
+                 {SKIP_VAR}=1 starts anyway",
+                gib(left),
+                room.limited_by
+            );
+        }
+        tracing::warn!(
+            "{name}: the default KV cache ({} MiB) is more than the {} left after the \
+             weights ({}): {fit_mb} MiB (--kv-cache-mb sets it)",
+            config.kv_cache_mb,
+            gib(left),
+            room.limited_by
+        );
+        config.kv_cache_mb = fit_mb;
+    }
+    *reserved += config.kv_cache_bytes(lm);
+    Ok(())
+}
+
 fn parse_lora_module(s: &str) -> Result<LoraModule, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -451,6 +503,9 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
     }
     // Which modules found their base, so one that names none fails after the loads.
     let mut loaded = vec![false; a.lora_modules.len()];
+    // The CPU KV caches of the models loaded so far: allocated as they fill, so not yet
+    // missing from the machine's available memory.
+    let mut kv_reserved = 0u64;
     for spec in &specs {
         let (name, path) = match spec {
             Some(s) => {
@@ -508,6 +563,15 @@ fn load_entries(a: &ServeArgs) -> Result<Vec<camelid_server::ModelEntry>> {
         // sized to the card by hand, as several models share it.
         if a.kv_cache_mb.is_none() && lm.model.device().is_cpu() {
             engine_config.kv_cache_mb = engine_config.default_kv_cache_mb(&lm, max_model_len);
+        }
+        if lm.model.device().is_cpu() {
+            fit_kv_cache(
+                &name,
+                &lm,
+                &mut engine_config,
+                a.kv_cache_mb.is_some(),
+                &mut kv_reserved,
+            )?;
         }
         // A KV pool that holds less than the context: the served context is what it holds
         // (else a request that names no max_tokens, given the rest of the context, could
