@@ -39,7 +39,7 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Starts the engine thread for `lm`.
-    pub fn spawn(lm: LoadedModel, mut cfg: EngineConfig) -> Self {
+    pub fn spawn(lm: LoadedModel, cfg: EngineConfig) -> Self {
         // Unbounded as a channel: `queued` bounds what may be in it and in the waiting queue.
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -80,15 +80,6 @@ impl EngineHandle {
             cfg.block_size,
             cfg.kv_cache_mb
         );
-        if cfg.speculative.is_some() && lm.model.config().rope_scaling.depends_on_length() {
-            // A position's rotation depends on its chunk (dynamic NTK, LongRoPE): a draft
-            // would change the bits of the positions it rides with.
-            tracing::warn!(
-                "{}: no speculative decoding: its rotary scaling depends on the run's length",
-                lm.name
-            );
-            cfg.speculative = None;
-        }
         if let Some(s) = cfg.speculative {
             tracing::info!(
                 "{}: speculative decoding by prompt lookup: up to {} draft tokens after a \

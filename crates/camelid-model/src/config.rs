@@ -78,16 +78,6 @@ impl RopeScaling {
             max_position_embeddings.saturating_mul(64),
         )
     }
-
-    /// Whether a position's rotation depends on how long the run computing it is (dynamic
-    /// NTK scaling past the trained context, LongRoPE's factors past the original one), as
-    /// HF computes them per forward: then a position's bits depend on its chunk.
-    pub fn depends_on_length(&self) -> bool {
-        matches!(
-            self,
-            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. }
-        )
-    }
 }
 
 /// What sets an architecture's layers apart from LLaMA's, as data the runtimes' layer loops

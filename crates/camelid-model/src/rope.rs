@@ -3,19 +3,14 @@
 use crate::config::{ModelConfig, RopeScaling};
 use candle_core::{Device, Result, Tensor};
 
-/// Inverse frequencies for one head, after any context-extension scaling that does not
-/// depend on the sequence length.
+/// Inverse frequencies for one head, after any context-extension scaling: one table for
+/// every position of every sequence.
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f32>,
     head_dim: usize,
-    theta: f32,
-    scaling: RopeScaling,
-    max_position_embeddings: usize,
     /// Multiplies every cos and sin (YaRN's and LongRoPE's attention factor; 1 otherwise).
     attention_factor: f32,
-    /// LongRoPE: the long factors' frequencies and the length from which they apply.
-    long: Option<(Vec<f32>, usize)>,
 }
 
 fn base_inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
@@ -102,16 +97,33 @@ impl Rope {
             RopeScaling::Frequencies { ref factors } => {
                 inv_freq = inv_freq.iter().zip(factors).map(|(f, s)| f / s).collect()
             }
+            // The scalings HF computes per forward, by the length of the run (dynamic NTK past
+            // the trained context, LongRoPE's short or long factors), take one table here:
+            // the one for the longest context served, as vLLM fixes it. Chosen per run, a
+            // sequence's cached keys would be rotated one way and its later queries another
+            // once it grew past the limit (the engine runs a prompt in chunks), and a
+            // position's bits would depend on its chunk.
             RopeScaling::LongRope {
-                ref short_factor, ..
+                ref short_factor,
+                ref long_factor,
+                original_max_position_embeddings,
+                ..
             } => {
-                inv_freq = inv_freq
-                    .iter()
-                    .zip(short_factor)
-                    .map(|(f, s)| f / s)
-                    .collect()
+                let factors = if cfg.served_context() > original_max_position_embeddings {
+                    long_factor
+                } else {
+                    short_factor
+                };
+                inv_freq = inv_freq.iter().zip(factors).map(|(f, s)| f / s).collect()
             }
-            RopeScaling::None | RopeScaling::Dynamic { .. } => {}
+            RopeScaling::Dynamic { factor } => {
+                let (d, max) = (cfg.head_dim as f32, cfg.max_position_embeddings as f32);
+                let served = cfg.served_context().max(cfg.max_position_embeddings) as f32;
+                let ratio = factor * served / max - (factor - 1.);
+                let base = cfg.rope_theta * ratio.max(1.0).powf(d / (d - 2.));
+                inv_freq = base_inv_freq(base, cfg.head_dim)
+            }
+            RopeScaling::None => {}
         }
         let attention_factor = match cfg.rope_scaling {
             RopeScaling::Yarn {
@@ -122,66 +134,28 @@ impl Rope {
             } => attention_factor,
             _ => 1.0,
         };
-        let long = match &cfg.rope_scaling {
-            RopeScaling::LongRope {
-                long_factor,
-                original_max_position_embeddings,
-                ..
-            } => Some((
-                base_inv_freq(cfg.rope_theta, cfg.head_dim)
-                    .iter()
-                    .zip(long_factor)
-                    .map(|(f, l)| f / l)
-                    .collect(),
-                *original_max_position_embeddings,
-            )),
-            _ => None,
-        };
         Self {
             inv_freq,
             head_dim: cfg.head_dim,
-            theta: cfg.rope_theta,
-            scaling: cfg.rope_scaling.clone(),
-            max_position_embeddings: cfg.max_position_embeddings,
             attention_factor,
-            long,
         }
     }
 
     /// What multiplies every cos and sin (YaRN's and LongRoPE's attention factor, else 1).
-    /// A kernel computing the tables takes [`Rope::inv_freq_for`] and this: the tables are
+    /// A kernel computing the tables takes [`Rope::inv_freq`] and this: the tables are
     /// `cos(p · f) · factor`, `sin(p · f) · factor`, the angle an f32 product.
     pub fn attention_factor(&self) -> f32 {
         self.attention_factor
     }
 
-    /// Frequencies for a run of tokens ending at length `seq_len` (dynamic NTK scaling depends
-    /// on it, as in HF's `LlamaDynamicNTKScalingRotaryEmbedding`, and LongRoPE's choice of
-    /// factors, as in HF's `longrope_frequency_update`).
-    pub fn inv_freq_for(&self, seq_len: usize) -> std::borrow::Cow<'_, [f32]> {
-        match self.scaling {
-            RopeScaling::Dynamic { factor } if seq_len > self.max_position_embeddings => {
-                let d = self.head_dim as f32;
-                let ratio = factor * seq_len as f32 / self.max_position_embeddings as f32;
-                let base = self.theta * (ratio - (factor - 1.)).powf(d / (d - 2.));
-                std::borrow::Cow::Owned(base_inv_freq(base, self.head_dim))
-            }
-            RopeScaling::LongRope { .. } => match &self.long {
-                Some((long, orig)) if seq_len > *orig => std::borrow::Cow::Borrowed(long),
-                _ => std::borrow::Cow::Borrowed(&self.inv_freq),
-            },
-            _ => std::borrow::Cow::Borrowed(&self.inv_freq),
-        }
+    /// The frequencies, one per pair of a head's dimensions.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
     }
 
-    /// cos and sin tables of shape (tokens, head_dim / 2), one row per token.
-    /// `spans` gives, for each run of tokens, its first position, its length and the total
-    /// length of the sequence it belongs to.
-    pub fn cos_sin(
-        &self,
-        spans: &[(usize, usize, usize)],
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    /// cos and sin tables of shape (tokens, head_dim / 2), one row per token; `spans` gives,
+    /// for each run of tokens, its first position and its length.
+    pub fn cos_sin(&self, spans: &[(usize, usize)], device: &Device) -> Result<(Tensor, Tensor)> {
         let n: usize = spans.iter().map(|s| s.1).sum();
         let (cos, sin) = self.cos_sin_rows(spans);
         let half = self.head_dim / 2;
@@ -192,15 +166,14 @@ impl Rope {
     }
 
     /// [`Rope::cos_sin`] as plain row-major vectors.
-    pub fn cos_sin_rows(&self, spans: &[(usize, usize, usize)]) -> (Vec<f32>, Vec<f32>) {
+    pub fn cos_sin_rows(&self, spans: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
         let half = self.head_dim / 2;
         let n: usize = spans.iter().map(|s| s.1).sum();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
-        for &(start, len, seq_len) in spans {
-            let freqs = self.inv_freq_for(seq_len);
+        for &(start, len) in spans {
             for p in start..start + len {
-                for &f in freqs.iter() {
+                for &f in &self.inv_freq {
                     let a = p as f32 * f;
                     cos.push(a.cos() * self.attention_factor);
                     sin.push(a.sin() * self.attention_factor);
@@ -237,20 +210,20 @@ mod tests {
         }
     }
 
-    fn table(r: &Rope, start: usize, len: usize, total: usize) -> Vec<Vec<f32>> {
-        r.cos_sin(&[(start, len, total)], &Device::Cpu)
+    fn table(r: &Rope, start: usize, len: usize) -> Vec<Vec<f32>> {
+        r.cos_sin(&[(start, len)], &Device::Cpu)
             .unwrap()
             .0
             .to_vec2()
             .unwrap()
     }
 
-    /// What the CUDA rope kernel computes from [`Rope::inv_freq_for`] and
-    /// [`Rope::attention_factor`] (a chunk's frequencies by its end, the f32 angle `p · f`,
-    /// cos and sin times the factor) is these tables, bit for bit, for every scaling whose
-    /// frequencies depend on the length or whose factor is not 1.
+    /// What the CUDA rope kernel computes from [`Rope::inv_freq`] and
+    /// [`Rope::attention_factor`] (the f32 angle `p · f`, cos and sin times the factor) is
+    /// these tables, bit for bit, for the scalings whose factor is not 1 or whose frequencies
+    /// HF would choose by the run's length.
     #[test]
-    fn tables_are_the_chunk_frequencies_times_the_attention_factor() {
+    fn tables_are_the_frequencies_times_the_attention_factor() {
         let factors = |k: f32| (0..4).map(|i| 1.0 + k * i as f32).collect::<Vec<_>>();
         for scaling in [
             RopeScaling::Dynamic { factor: 2.0 },
@@ -269,14 +242,13 @@ mod tests {
             },
         ] {
             let r = Rope::new(&cfg(scaling.clone()));
-            // Chunks ending within and past both the original and the maximum context.
-            let spans = [(0, 5, 5), (5, 7, 12), (20, 1, 21), (3, 2, 40)];
+            // Runs within and past both the original and the maximum context.
+            let spans = [(0, 5), (5, 7), (20, 1), (3, 2)];
             let (cos, sin) = r.cos_sin_rows(&spans);
             let mut at = 0;
-            for &(start, len, end) in &spans {
-                let freqs = r.inv_freq_for(end);
+            for &(start, len) in &spans {
                 for p in start..start + len {
-                    for &f in freqs.iter() {
+                    for &f in r.inv_freq() {
                         let a = p as f32 * f;
                         assert_eq!(cos[at], a.cos() * r.attention_factor(), "{scaling:?}");
                         assert_eq!(sin[at], a.sin() * r.attention_factor(), "{scaling:?}");
@@ -291,7 +263,7 @@ mod tests {
     #[test]
     fn linear_scaling_divides_positions() {
         let r = Rope::new(&cfg(RopeScaling::Linear { factor: 4.0 }));
-        let cos = table(&r, 0, 9, 9);
+        let cos = table(&r, 0, 9);
         for (p, row) in cos.iter().enumerate() {
             for (i, c) in row.iter().enumerate() {
                 let want = (p as f32 / 4.0 * 10_000f32.powf(-((2 * i) as f32) / 8.0)).cos();
@@ -300,15 +272,20 @@ mod tests {
         }
     }
 
+    /// Dynamic NTK scaling takes, at every position, the base HF's
+    /// `LlamaDynamicNTKScalingRotaryEmbedding` gives a run as long as the context served
+    /// (trained 16 × factor 2 = 32), as vLLM's `DynamicNTKScalingRotaryEmbedding` fixes it:
+    /// `θ · (2 · 32/16 − 1)^(d/(d−2))`.
     #[test]
-    fn dynamic_scaling_changes_base_only_past_the_context() {
+    fn dynamic_scaling_takes_the_base_of_the_longest_context_served() {
         let r = Rope::new(&cfg(RopeScaling::Dynamic { factor: 2.0 }));
-        let plain = Rope::new(&cfg(RopeScaling::None));
-        assert_eq!(table(&r, 0, 16, 16), table(&plain, 0, 16, 16));
-        let long = table(&r, 0, 32, 32);
-        let base = 10_000f32 * (2.0f32 * 32.0 / 16.0 - 1.0).powf(8.0 / 6.0);
-        let want = (31f32 * base.powf(-2.0 / 8.0)).cos();
-        assert!((long[31][1] - want).abs() < 1e-4);
+        let base = 10_000f64 * (2.0f64 * 32.0 / 16.0 - 1.0).powf(8.0 / 6.0);
+        for (p, row) in table(&r, 0, 32).iter().enumerate() {
+            for (i, &c) in row.iter().enumerate() {
+                let want = (p as f64 * base.powf(-((2 * i) as f64) / 8.0)).cos();
+                assert!((c as f64 - want).abs() < 1e-4, "p {p} i {i}");
+            }
+        }
     }
 
     #[test]
@@ -425,7 +402,7 @@ mod tests {
             "{kept} {divided} {ramped}"
         );
         for p in [0usize, 1, 777, 30_000, orig - 1, orig, 40_000, 100_000] {
-            let (cos, sin) = r.cos_sin_rows(&[(p, 1, p + 1)]);
+            let (cos, sin) = r.cos_sin_rows(&[(p, 1)]);
             for (i, &f) in want.iter().enumerate() {
                 let a = p as f64 * f;
                 // f32 angles: an error of a few ulps of the angle.
@@ -448,10 +425,12 @@ mod tests {
     }
 
     /// Phi-3-mini-128k's LongRoPE shape (head 96, θ 10 000, 4 096 → 131 072 positions) with
-    /// factors of its kind, against HF's `_compute_longrope_parameters` and
-    /// `longrope_frequency_update` written out in f64: the short factors for forwards ending
-    /// within the original context, the long ones past it, the attention factor
-    /// sqrt(1 + ln(32) / ln(4096)) on both.
+    /// factors of its kind, against HF's `_compute_longrope_parameters` written out in f64:
+    /// the long factors at every position, within the original context and past it (the table
+    /// for the context served, as vLLM takes it; HF's `longrope_frequency_update` would take
+    /// the short ones for a run ending within it), the attention factor
+    /// sqrt(1 + ln(32) / ln(4096)); a model serving only its original context takes the short
+    /// ones.
     #[test]
     fn longrope_matches_hf_formula() {
         let (theta, dim, orig, max) = (10_000f64, 96usize, 4096usize, 131_072usize);
@@ -459,45 +438,45 @@ mod tests {
         let long: Vec<f32> = (0..dim / 2).map(|i| 1.0 + 1.5 * i as f32).collect();
         let j = serde_json::json!({"type": "longrope", "short_factor": short,
             "long_factor": long});
-        let scaling = crate::config::parse_rope_scaling(Some(&j), max, Some(orig), "t").unwrap();
-        let mut c = cfg(scaling);
-        c.rope_theta = theta as f32;
-        c.head_dim = dim;
-        c.max_position_embeddings = max;
-        let r = Rope::new(&c);
-        let factor = max as f64 / orig as f64;
-        let attention = (1.0 + factor.ln() / (orig as f64).ln()).sqrt();
-        // (first position, tokens, length at the forward's end): within, at and past `orig`.
-        for (start, len, end, factors) in [
-            (0, 3, 3, &short),
-            (4000, 96, 4096, &short),
-            (4000, 97, 4097, &long),
-            (10, 1, 9000, &long),
-            (100_000, 2, 100_002, &long),
-        ] {
-            let (cos, sin) = r.cos_sin_rows(&[(start, len, end)]);
-            for t in 0..len {
-                let p = (start + t) as f64;
-                for (i, &f) in factors.iter().enumerate() {
-                    let inv = 1.0 / (f as f64 * theta.powf((2 * i) as f64 / dim as f64));
-                    let a = p * inv;
-                    let tol = 1e-5 + 4.0 * a * f32::EPSILON as f64;
-                    let at = t * dim / 2 + i;
-                    assert!(
-                        (cos[at] as f64 - a.cos() * attention).abs() < tol,
-                        "cos {p} {i}"
-                    );
-                    assert!(
-                        (sin[at] as f64 - a.sin() * attention).abs() < tol,
-                        "sin {p} {i}"
-                    );
+        for (served, factors) in [(max, &long), (orig, &short)] {
+            let scaling =
+                crate::config::parse_rope_scaling(Some(&j), served, Some(orig), "t").unwrap();
+            let mut c = cfg(scaling);
+            c.rope_theta = theta as f32;
+            c.head_dim = dim;
+            c.max_position_embeddings = served;
+            let r = Rope::new(&c);
+            let factor = served as f64 / orig as f64;
+            let attention = if factor > 1.0 {
+                (1.0 + factor.ln() / (orig as f64).ln()).sqrt()
+            } else {
+                1.0
+            };
+            for (start, len) in [(0, 3), (4000, 96), (4000, 97), (9000, 1), (100_000, 2)] {
+                let (cos, sin) = r.cos_sin_rows(&[(start, len)]);
+                for t in 0..len {
+                    let p = (start + t) as f64;
+                    for (i, &f) in factors.iter().enumerate() {
+                        let inv = 1.0 / (f as f64 * theta.powf((2 * i) as f64 / dim as f64));
+                        let a = p * inv;
+                        let tol = 1e-5 + 4.0 * a * f32::EPSILON as f64;
+                        let at = t * dim / 2 + i;
+                        assert!(
+                            (cos[at] as f64 - a.cos() * attention).abs() < tol,
+                            "served {served}: cos {p} {i}"
+                        );
+                        assert!(
+                            (sin[at] as f64 - a.sin() * attention).abs() < tol,
+                            "served {served}: sin {p} {i}"
+                        );
+                    }
                 }
             }
+            assert_eq!(
+                r.attention_factor(),
+                attention as f32,
+                "the kernels' factor"
+            );
         }
-        assert_eq!(
-            r.attention_factor(),
-            attention as f32,
-            "the kernels' factor"
-        );
     }
 }

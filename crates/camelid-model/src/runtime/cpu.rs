@@ -101,10 +101,7 @@ fn run(
     };
     kv.check(&spans, |p| shared.first_key(p))
         .map_err(Error::Invalid)?;
-    let rope_spans: Vec<_> = spans
-        .iter()
-        .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
-        .collect();
+    let rope_spans: Vec<_> = spans.iter().map(|c| (c.start_pos, c.len)).collect();
     let (cos, sin) = model.rope.cos_sin_rows(&rope_spans);
     let local_rope = model
         .rope_local

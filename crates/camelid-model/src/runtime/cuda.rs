@@ -141,7 +141,7 @@ impl HostMeta {
         let freqs_of = |rope: &Rope| {
             let mut freqs = Vec::with_capacity(rows * half);
             for c in &batch.chunks {
-                freqs.extend_from_slice(&rope.inv_freq_for(c.start_pos + c.len));
+                freqs.extend_from_slice(rope.inv_freq());
             }
             freqs.resize(rows * half, 0.0);
             freqs
@@ -175,8 +175,7 @@ pub(super) struct DeviceBatch {
     rope_local: Option<DeviceRope>,
 }
 
-/// One rope's frequencies on the device: a row per chunk, [`Rope::inv_freq_for`] the chunk's
-/// end (the tensor runtime's and the CPU's tables are made per chunk the same way).
+/// One rope's frequencies on the device: a row per chunk, each [`Rope::inv_freq`].
 struct DeviceRope {
     inv_freq: Tensor,
     mscale: f32,

@@ -22,7 +22,7 @@ pub(crate) fn forward(
     let spans: Vec<_> = batch
         .chunks
         .iter()
-        .map(|c| (c.start_pos, c.len, c.start_pos + c.len))
+        .map(|c| (c.start_pos, c.len))
         .collect();
     let tables = |rope: &crate::rope::Rope| -> Result<(Tensor, Tensor)> {
         let (cos, sin) = rope.cos_sin(&spans, &model.device)?;
