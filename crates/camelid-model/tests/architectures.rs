@@ -641,7 +641,10 @@ fn phi3_longrope_runs_on_both_paths() {
     let scaled = rows(&load(g.path()).model.logits_all(&ids).unwrap());
     let unscaled = rows(&load(plain.path()).model.logits_all(&ids).unwrap());
     for p in [3, 29] {
-        assert!(max_abs_diff(&scaled[p], &unscaled[p]) > 1e-3, "position {p}");
+        assert!(
+            max_abs_diff(&scaled[p], &unscaled[p]) > 1e-3,
+            "position {p}"
+        );
     }
 }
 

@@ -849,13 +849,22 @@ fn requests_for_battles_not_theirs_do_not_spend_the_limits() {
 
 /// While an update rolls through a fleet, its servers serve different models: a follow-up on
 /// a server without one of its battle's models is a 503 to try again (not the visitor's
-/// fault), naming neither model; its vote counts anywhere.
+/// fault), naming neither model. That it came at all tells the visitor a side is a model
+/// this server lacks, so the battle's vote is no longer rated, on any server; and the turn
+/// counted against the limits (else the probe is free).
 #[test]
-fn a_follow_up_where_its_models_are_not_served_is_retried() {
+fn a_follow_up_where_its_models_are_not_served_is_retried_and_unrated() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("arena.db");
     let old = serve(sqlite_arena(&db, no_limits()), &["smol-a", "smol-b"]);
-    let new = serve(sqlite_arena(&db, no_limits()), &["smol-a", "smol-c"]);
+    let one_turn = ArenaConfig {
+        turn_limits: RateLimits {
+            per_visitor: 0,
+            per_address: 1,
+        },
+        ..no_limits()
+    };
+    let new = serve(sqlite_arena(&db, one_turn), &["smol-a", "smol-c"]);
     // A battle of smol-a and smol-b (the only pair the old server has).
     let (id, token, _) = old.battle(json!({}));
     let mut follow = ask();
@@ -866,10 +875,49 @@ fn a_follow_up_where_its_models_are_not_served_is_retried() {
     assert!(retry.is_some(), "{err}");
     let text = err.to_string();
     assert!(!text.contains("smol-"), "the refusal names a model: {text}");
+    // The address's one turn a minute went to it.
+    let (status, err) = new.post("/arena/battles", follow.clone());
+    assert_refused(status, &err, 429, "rate_limit_exceeded");
     let (status, again) = old.post("/arena/battles", follow);
     assert_eq!(status, 200, "{again}");
-    let (status, reveal) = new.vote(&id, Some(&token), "tie");
-    assert_eq!(status, 200, "{reveal}");
+    let (status, reveal) = old.vote(&id, Some(&token), "tie");
+    assert_eq!((status, &reveal["anony"]), (200, &json!(false)), "{reveal}");
+}
+
+/// A new battle draws only models whose engine runs: one whose engine stopped (here it
+/// panics at its first step) is left out of the draw, as FastChat gives a model in an outage
+/// no weight, instead of failing about every other battle.
+#[test]
+fn a_stopped_engine_is_not_drawn_into_new_battles() {
+    let broken = common::model_entry("broken", &[], 512, |_| camelid_engine::EngineConfig {
+        kv_cache_mb: 32,
+        panic_at_step: Some(1),
+        ..Default::default()
+    });
+    let s = serve_models(
+        ServerConfig::default(),
+        Arena::in_memory(no_limits()),
+        vec![broken, entry("smol-a"), entry("smol-b")],
+    );
+    // A request to it stops its engine.
+    let body = json!({"model": "broken", "max_tokens": 2,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let (status, _) = s.post("/v1/chat/completions", body);
+    assert!(status >= 500, "{status}");
+    let models = s.state.models().unwrap();
+    assert!(!models
+        .iter()
+        .find(|m| m.name == "broken")
+        .unwrap()
+        .engine
+        .is_running());
+    for _ in 0..12 {
+        let (id, token, _) = s.battle(json!({}));
+        let (status, reveal) = s.vote(&id, Some(&token), "tie");
+        assert_eq!(status, 200, "{reveal}");
+        assert_ne!(reveal["model_a"], "broken", "{reveal}");
+        assert_ne!(reveal["model_b"], "broken", "{reveal}");
+    }
 }
 
 /// A battle expires after its time to live: a vote or a turn then is 410; once swept, 404.
@@ -931,6 +979,22 @@ fn a_vote_whose_answers_name_a_model_is_kept_but_not_rated() {
         .find(|w| w.len() >= 3)
         .unwrap_or_else(|| panic!("no word in {answer:?}"))
         .to_string();
+    // The word as a model's alias names it too.
+    let aliased = serve_models(
+        ServerConfig::default(),
+        Arena::in_memory(no_limits()),
+        vec![
+            common::model_entry("smol-a", &[&word], 512, |_| camelid_engine::EngineConfig {
+                kv_cache_mb: 32,
+                ..Default::default()
+            }),
+            entry("smol-b"),
+        ],
+    );
+    let (id, token, _) = aliased.battle(json!({}));
+    let (status, reveal) = aliased.vote(&id, Some(&token), "model_a");
+    assert_eq!((status, &reveal["anony"]), (200, &json!(false)), "{reveal}");
+    drop(aliased);
     let s = serve(Arena::in_memory(no_limits()), &[&word, "smol-b"]);
     let (id, token, _) = s.battle(json!({}));
     let (status, reveal) = s.vote(&id, Some(&token), "model_a");

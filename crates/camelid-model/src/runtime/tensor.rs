@@ -19,11 +19,7 @@ pub(crate) fn forward(
 ) -> Result<ForwardOutput> {
     let (eps, f) = (model.cfg.rms_norm_eps, &model.cfg.features);
     let mut x = embed(model, batch)?;
-    let spans: Vec<_> = batch
-        .chunks
-        .iter()
-        .map(|c| (c.start_pos, c.len))
-        .collect();
+    let spans: Vec<_> = batch.chunks.iter().map(|c| (c.start_pos, c.len)).collect();
     let tables = |rope: &crate::rope::Rope| -> Result<(Tensor, Tensor)> {
         let (cos, sin) = rope.cos_sin(&spans, &model.device)?;
         Ok((cos.to_dtype(model.dtype)?, sin.to_dtype(model.dtype)?))

@@ -465,6 +465,8 @@ const IDENTITY_WORDS: &[&str] = &[
     "hugging face",
     "huggingface",
     "meta ai",
+    // Llama 3 says "I was developed by Meta" without its own name.
+    "meta",
     "deepseek",
     "nous research",
     "hermes",
@@ -1264,6 +1266,10 @@ mod tests {
         ));
         assert!(conversations_name_a_model(
             [&plain, &conv("Hi", "I'm SmolLM, from Hugging Face.")],
+            &served
+        ));
+        assert!(conversations_name_a_model(
+            [&plain, &conv("Who made you?", "I was developed by Meta.")],
             &served
         ));
         // Whole words only, and no names too short to tell anything.

@@ -132,6 +132,28 @@ fn served(state: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(models.iter().map(|m| m.name.clone()).collect())
 }
 
+/// The models a new battle may draw: those whose engine still runs (as FastChat gives a
+/// model in an outage no weight), or every new battle drawing a stopped one would fail.
+fn drawable(state: &AppState) -> Result<Vec<String>, ApiError> {
+    let models = state.models().ok_or_else(AppState::loading_error)?;
+    Ok(models
+        .iter()
+        .filter(|m| m.engine.is_running())
+        .map(|m| m.name.clone())
+        .collect())
+}
+
+/// Every name a served model answers to (its aliases too): what an answer or a prompt
+/// naming a model is looked for by.
+fn known_names(state: &AppState) -> Result<Vec<String>, ApiError> {
+    let models = state.models().ok_or_else(AppState::loading_error)?;
+    Ok(models
+        .iter()
+        .flat_map(|m| std::iter::once(&m.name).chain(&m.aliases))
+        .cloned()
+        .collect())
+}
+
 /// A turn's output length within the arena's bounds: `max_tokens` (or OpenAI's newer
 /// `max_completion_tokens`) above the cap or below the floor is refused naming the field; a
 /// turn that names neither gets the cap (FastChat's arena bounds its slider the same way).
@@ -471,13 +493,13 @@ pub async fn battle(
             if battle.turns >= i64::from(max_turns) {
                 return Err(arena::turn_limit(&id, max_turns));
             }
-            served_here(&state, &battle)?;
             let slot = state.arena.hold_turn(&address)?;
             state.arena.admit(Request::Turn, &visitor, &address).await?;
+            served_here(&state, &battle).await?;
             (battle, slot)
         }
         None => {
-            let (a, b) = state.arena.draw_pair(&served(&state)?)?;
+            let (a, b) = state.arena.draw_pair(&drawable(&state)?)?;
             let slot = state.arena.hold_turn(&address)?;
             state.arena.admit(Request::Turn, &visitor, &address).await?;
             (state.arena.start(&visitor, a, b).await?, slot)
@@ -526,9 +548,13 @@ pub async fn regenerate(
         .ok_or_else(|| arena::not_yours(&id))?;
     let battle = state
         .arena
-        .resume_to_regenerate(&id, &visitor, &served(&state)?, turn.revision.as_deref())
+        .resume_to_regenerate(
+            &id,
+            &visitor,
+            &known_names(&state)?,
+            turn.revision.as_deref(),
+        )
         .await?;
-    served_here(&state, &battle)?;
     let (Some((base_a, prompt)), Some((base_b, _))) = (
         arena::without_last_answer(&battle.conversation_a),
         arena::without_last_answer(&battle.conversation_b),
@@ -537,6 +563,7 @@ pub async fn regenerate(
     };
     let slot = state.arena.hold_turn(&address)?;
     state.arena.admit(Request::Turn, &visitor, &address).await?;
+    served_here(&state, &battle).await?;
     let answer = Answerable {
         battle,
         visitor,
@@ -548,10 +575,14 @@ pub async fn regenerate(
     answer.run(state, permits, turn).await
 }
 
-/// 503 when a model of `battle` is no longer served here.
-fn served_here(state: &AppState, battle: &OpenBattle) -> Result<(), ApiError> {
+/// 503 when a model of `battle` is no longer served here (an update rolling through the
+/// fleet). The answer tells the visitor that one side is a model this server lacks, so the
+/// battle's vote is no longer rated ([`note_failure`]), and it comes after the turn was
+/// counted against the limits: a free probe of the pair before a rated vote otherwise.
+async fn served_here(state: &AppState, battle: &OpenBattle) -> Result<(), ApiError> {
     let here = served(state)?;
     if !here.contains(&battle.model_a) || !here.contains(&battle.model_b) {
+        note_failure(state, battle).await;
         return Err(arena::models_not_served_here(&battle.id));
     }
     Ok(())
@@ -614,7 +645,8 @@ impl Answerable {
                 Ok(g) => g,
                 Err(e) => {
                     // Marked before the "being answered" mark goes (with `answering`).
-                    note_failure(&state, &battle).await;
+                    let noted = note_failure(&state, &battle).await;
+                    settle_failed(answering, noted);
                     return Err(e);
                 }
             };
@@ -636,7 +668,9 @@ impl Answerable {
                     let e = u
                         .error
                         .unwrap_or_else(|| neutral(ApiError::internal("no answer")));
-                    note_failure(&state, &finish.battle).await;
+                    let mut finish = finish;
+                    let noted = note_failure(&state, &finish.battle).await;
+                    settle_failed(finish.answering.take(), noted);
                     return Err(e);
                 }
             };
@@ -660,8 +694,11 @@ impl Answerable {
                     Err(e) => e.body(),
                 },
                 Err(unfinished) => {
-                    if unfinished.error.is_some() {
-                        note_failure(&finish.state, &finish.battle).await;
+                    let mut finish = finish;
+                    if unfinished.error.is_some()
+                        && !note_failure(&finish.state, &finish.battle).await
+                    {
+                        settle_failed(finish.answering.take(), false);
                     }
                     finish.not_kept(&unfinished.shown).await;
                     match unfinished.error {
@@ -686,14 +723,28 @@ impl Answerable {
 /// A turn of `battle` failed: its vote will not be rated ([`arena::Arena::turn_failed`]),
 /// unless the server is shutting down (a rolling update's doing, not a side's: the visitor
 /// retries on another server). A busy side still counts: one model's full queue is a failure
-/// a visitor can cause and tell apart. Where the store cannot take the mark now, the vote
-/// writes it first.
-async fn note_failure(state: &AppState, battle: &arena::OpenBattle) {
+/// a visitor can cause and tell apart. Whether the mark is in the store (or none is due):
+/// where the store cannot take it now, this server's votes write it first, and the turn's
+/// "being answered" mark must run out its lease ([`Answering::keep`]) so that no other
+/// server rates a vote before then.
+async fn note_failure(state: &AppState, battle: &arena::OpenBattle) -> bool {
     if state.is_shutting_down() {
-        return;
+        return true;
     }
-    if let Err(e) = state.arena.turn_failed(battle).await {
-        tracing::error!("arena: a failed turn's mark not written yet: {}", e.message);
+    match state.arena.turn_failed(battle).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("arena: a failed turn's mark not written yet: {}", e.message);
+            false
+        }
+    }
+}
+
+/// A failed turn's "being answered" mark: ended if its failure is noted in the store, else
+/// left to run out its lease.
+fn settle_failed(answering: Option<Answering>, noted: bool) {
+    if let Some(a) = answering.filter(|_| !noted) {
+        a.keep();
     }
 }
 
@@ -899,7 +950,7 @@ pub async fn vote(
     state.arena.admit(Request::Vote, &visitor, &address).await?;
     let cast = state
         .arena
-        .vote(&id, &visitor, winner, &served(&state)?, seen)
+        .vote(&id, &visitor, winner, &known_names(&state)?, seen)
         .await?;
     let reply = json!({"battle_id": id, "model_a": cast.model_a, "model_b": cast.model_b,
                        "winner": cast.winner, "anony": cast.anony});
