@@ -1809,6 +1809,69 @@ fn a_battle_cannot_be_fingerprinted_through_the_prefix_cache() {
     );
 }
 
+/// A failed turn whose mark the store cannot take at that moment (here a trigger refuses
+/// every new mark during the turn) still leaves the vote unrated on every server: the turn's "being
+/// answered" mark is left to run out its lease instead of being ended, and a vote after a
+/// lease that ran out unended is not rated. (The server that failed keeps the mark to write
+/// before its own votes; another server does not know of it.)
+#[test]
+fn a_failed_turn_the_store_could_not_mark_leaves_the_vote_unrated_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("arena.db");
+    let config = ArenaConfig {
+        answer_lease: Duration::from_millis(400),
+        ..no_limits()
+    };
+    let two = |config: ArenaConfig| {
+        serve_models(
+            ServerConfig::default(),
+            sqlite_arena(&db, config),
+            vec![
+                entry_with_context("roomy", 512),
+                entry_with_context("cramped", 64),
+            ],
+        )
+    };
+    let (a, b) = (two(config.clone()), two(config));
+    let sql = |q: &str| {
+        let script = format!(
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute({q:?}); c.commit()"
+        );
+        let ok = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .arg(&db)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{q}");
+    };
+    let first = json!({"max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]});
+    let (status, battle) = a.post("/arena/battles", first);
+    assert_eq!(status, 200, "{battle}");
+    let (id, token) = (
+        battle["battle_id"].as_str().unwrap(),
+        battle["token"].as_str().unwrap(),
+    );
+    sql("CREATE TRIGGER refuse_marks BEFORE INSERT ON arena_named \
+         BEGIN SELECT RAISE(ABORT, 'store away'); END");
+    let follow = json!({"battle_id": id, "token": token, "max_tokens": 8,
+        "messages": [{"role": "user", "content": LONG_FOR_CRAMPED.repeat(6)}]});
+    let (status, err) = a.post("/arena/battles", follow);
+    sql("DROP TRIGGER refuse_marks");
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "arena_turn_failed", "{err}");
+    let t = Instant::now();
+    let (status, vote) = loop {
+        let (status, vote) = b.vote(id, Some(token), "model_a");
+        if status != 409 || vote["error"]["code"] != "battle_answering" {
+            break (status, vote);
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{vote}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((status, &vote["anony"]), (200, &json!(false)), "{vote}");
+}
+
 /// Whichever side fails, and however, the visitor reads one neutral error: here one model has
 /// a short context and the prompt does not fit it (the old arena answered with that model's
 /// context length in the message — and which side it was).
