@@ -6,7 +6,7 @@ use crate::data::{
 };
 use anyhow::{anyhow, Result};
 use futures::stream::{self, StreamExt};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -70,6 +70,62 @@ pub fn parse_verdict_labelled(judgment: &str, labels: [&str; 3]) -> &'static str
         "tie"
     } else {
         "error"
+    }
+}
+
+/// How a judge prompt's judgments give their verdict: its `output_format`, as FastChat's
+/// `run_judge_single` and `run_judge_pair` branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictFormat<'a> {
+    /// `[[rating]]`: a single answer's score ([`parse_score`]).
+    Score,
+    /// `[[A]]` (a renamed prompt's first label): the first-shown, second-shown or tie label
+    /// ([`parse_verdict_labelled`]).
+    Labels([&'a str; 3]),
+    /// `[[rating_a,rating_b]]`: both answers scored ([`parse_two_scores`]).
+    TwoScores,
+}
+
+/// The verdict format of prompt `p`; a format FastChat does not read is refused, as FastChat
+/// raises on it (every judgment would otherwise be an "error").
+pub fn verdict_format(p: &JudgePrompt) -> Result<VerdictFormat<'_>> {
+    let labels = p.labels();
+    match (p.kind.as_str(), p.output_format.as_str()) {
+        ("single", "[[rating]]") => Ok(VerdictFormat::Score),
+        ("pairwise", "[[rating_a,rating_b]]") => Ok(VerdictFormat::TwoScores),
+        ("pairwise", f) if f == format!("[[{}]]", labels[0]) => Ok(VerdictFormat::Labels(labels)),
+        (kind, f) => Err(anyhow!(
+            "judge prompt {}: a {kind} prompt with output format {f:?}, which FastChat does not              read ([[rating]] for single prompts; [[A]] or [[rating_a,rating_b]] for pairwise)",
+            p.name
+        )),
+    }
+}
+
+/// A pairwise judgment's verdict in `format`: "A" (the first-shown answer), "B", "tie" or
+/// "error".
+pub fn pair_verdict(format: VerdictFormat, judgment: &str) -> &'static str {
+    match format {
+        VerdictFormat::Labels(labels) => parse_verdict_labelled(judgment, labels),
+        VerdictFormat::TwoScores => parse_two_scores(judgment),
+        VerdictFormat::Score => "error",
+    }
+}
+
+/// FastChat's `[[rating_a,rating_b]]` verdict: `[[a, b]]`, else `[a, b]`; scores within 0.1
+/// of each other (its `TIE_DELTA`) are a tie, else the higher wins; none found is "error".
+pub fn parse_two_scores(judgment: &str) -> &'static str {
+    static P1: OnceLock<regex::Regex> = OnceLock::new();
+    static P2: OnceLock<regex::Regex> = OnceLock::new();
+    let p1 = P1.get_or_init(|| regex::Regex::new(r"\[\[(\d+\.?\d*),\s?(\d+\.?\d*)\]\]").unwrap());
+    let p2 = P2.get_or_init(|| regex::Regex::new(r"\[(\d+\.?\d*),\s?(\d+\.?\d*)\]").unwrap());
+    let Some(c) = p1.captures(judgment).or_else(|| p2.captures(judgment)) else {
+        return "error";
+    };
+    match (c[1].parse::<f64>(), c[2].parse::<f64>()) {
+        (Ok(a), Ok(b)) if (a - b).abs() <= 0.1 => "tie",
+        (Ok(a), Ok(b)) if a > b => "A",
+        (Ok(_), Ok(_)) => "B",
+        _ => "error",
     }
 }
 
@@ -162,14 +218,21 @@ pub fn verdict_grammar(pairwise: bool, explanation_tokens: usize) -> String {
 /// [`verdict_grammar`] with a pairwise prompt's own verdict labels (the rename experiment's
 /// `[[X]]`/`[[Y]]`); `None` is a single-answer rating.
 pub fn verdict_grammar_labelled(labels: Option<[&str; 3]>, explanation_tokens: usize) -> String {
-    let verdict = match labels {
+    let format = labels.map_or(VerdictFormat::Score, VerdictFormat::Labels);
+    verdict_grammar_for(format, explanation_tokens)
+}
+
+/// The grammar of a verdict in `format`, after an explanation as in [`verdict_grammar`].
+pub fn verdict_grammar_for(format: VerdictFormat, explanation_tokens: usize) -> String {
+    let verdict = match format {
         // A JSON string literal is a Lark string literal (same escapes).
-        Some(labels) => labels
+        VerdictFormat::Labels(labels) => labels
             .iter()
             .map(|l| serde_json::Value::from(*l).to_string())
             .collect::<Vec<_>>()
             .join(" | "),
-        None => r#"/10|[1-9]/"#.to_string(),
+        VerdictFormat::Score => r#"/10|[1-9]/"#.to_string(),
+        VerdictFormat::TwoScores => r#"/(10|[1-9]), (10|[1-9])/"#.to_string(),
     };
     format!(
         "start: explanation \"[[\" VERDICT \"]]\"\n\
@@ -299,12 +362,12 @@ impl Judge {
     }
 
     /// `labels`: a pairwise prompt's verdict labels; `None` for a single-answer rating.
-    async fn ask(&self, system: &str, user: &str, labels: Option<[&str; 3]>) -> Result<String> {
+    async fn ask(&self, system: &str, user: &str, format: VerdictFormat<'_>) -> Result<String> {
         let msgs = [Msg::new("system", system), Msg::new("user", user)];
         let extra = if self.constrain {
             // Room for the verdict's own few tokens after the explanation.
             let explanation = self.max_tokens.saturating_sub(16);
-            serde_json::json!({"structured_outputs": {"grammar": verdict_grammar_labelled(labels, explanation)}})
+            serde_json::json!({"structured_outputs": {"grammar": verdict_grammar_for(format, explanation)}})
         } else {
             serde_json::Value::Null
         };
@@ -376,7 +439,7 @@ fn check_inputs(
     let pairwise = !matches!(opts.mode, Mode::Single);
     for q in questions {
         for turn in if q.turns.len() >= 2 { 1..=2 } else { 1..=1 } {
-            judge.prompt_for(q, turn, pairwise)?;
+            verdict_format(judge.prompt_for(q, turn, pairwise)?.0)?;
         }
     }
     let baseline = match opts.mode {
@@ -404,6 +467,22 @@ fn check_inputs(
                 first_few(&missing)
             );
         }
+    }
+    Ok(())
+}
+
+/// Judgments already in the output file count as done only where they were made from the
+/// prompts this run would send: `stale` of them were not (another judge prompts file, such as
+/// `rename-prompts`' renamed one, or answers generated again), and the run would skip their
+/// matches and leave two experiments mixed in one file.
+fn refuse_stale(stale: usize, opts: &JudgeOptions) -> Result<()> {
+    if stale > 0 {
+        anyhow::bail!(
+            "{stale} judgments by this judge in {} were made from other prompts than this run's \
+             (another --judge-prompts file, such as rename-prompts' output, or answers generated \
+             again): judge into another --out, or remove them from it",
+            opts.out.display()
+        );
     }
     Ok(())
 }
@@ -439,11 +518,12 @@ pub async fn run(
             // Done: judged by this judge model (another judge's verdicts in the same file
             // are not this one's).
             let existing: Vec<SingleJudgment> = read_existing(&opts.out);
-            let done: HashSet<(u64, String, u8)> = existing
+            let done: HashMap<(u64, String, u8), &SingleJudgment> = existing
                 .iter()
                 .filter(|j| j.judge.0 == judge.client.model)
-                .map(|j| (j.question_id, j.model.clone(), j.turn))
+                .map(|j| ((j.question_id, j.model.clone(), j.turn), j))
                 .collect();
+            let mut stale = 0;
             let mut matches = vec![];
             for q in questions {
                 for m in &models {
@@ -451,18 +531,23 @@ pub async fn run(
                         continue;
                     };
                     for t in turns_of(q) {
-                        if !done.contains(&(q.question_id, m.clone(), t)) {
-                            matches.push((q, m, a, t));
+                        match done.get(&(q.question_id, m.clone(), t)) {
+                            Some(j) if j.user_prompt != judge.single_prompt(q, a, t)?.2 => {
+                                stale += 1
+                            }
+                            Some(_) => {}
+                            None => matches.push((q, m, a, t)),
                         }
                     }
                 }
             }
+            refuse_stale(stale, opts)?;
             let pb = crate::progress(matches.len() as u64, "judge single");
             let mut s = stream::iter(matches)
                 .map(|(q, m, a, t)| async move {
                     let r = async {
                         let (name, system, user) = judge.single_prompt(q, a, t)?;
-                        let judgment = judge.ask(&system, &user, None).await?;
+                        let judgment = judge.ask(&system, &user, VerdictFormat::Score).await?;
                         Ok::<_, anyhow::Error>((name, user, judgment))
                     }
                     .await;
@@ -535,11 +620,17 @@ pub async fn run(
                 }
             };
             let existing: Vec<PairJudgment> = read_existing(&opts.out);
-            let done: HashSet<(u64, (String, String), u8)> = existing
+            let done: HashMap<(u64, (String, String), u8), &PairJudgment> = existing
                 .iter()
                 .filter(|j| j.judge.0 == judge.client.model)
-                .map(|j| (j.question_id, unordered(&j.model_1, &j.model_2), j.turn))
+                .map(|j| {
+                    (
+                        (j.question_id, unordered(&j.model_1, &j.model_2), j.turn),
+                        j,
+                    )
+                })
                 .collect();
+            let mut stale = 0;
             let mut matches = vec![];
             for q in questions {
                 for (m1, m2) in &pairs {
@@ -550,25 +641,31 @@ pub async fn run(
                         continue;
                     };
                     for t in turns_of(q) {
-                        if !done.contains(&(q.question_id, unordered(m1, m2), t)) {
-                            matches.push((q, m1, m2, a1, a2, t));
+                        match done.get(&(q.question_id, unordered(m1, m2), t)) {
+                            Some(j) => {
+                                // Its first game showed its own model_1 as A.
+                                let (x, y) = if j.model_1 == *m1 { (a1, a2) } else { (a2, a1) };
+                                if j.g1_user_prompt != judge.pair_prompt(q, x, y, t)?.2 {
+                                    stale += 1;
+                                }
+                            }
+                            None => matches.push((q, m1, m2, a1, a2, t)),
                         }
                     }
                 }
             }
+            refuse_stale(stale, opts)?;
             let pb = crate::progress(matches.len() as u64, "judge pairwise");
             let mut s = stream::iter(matches)
                 .map(|(q, m1, m2, a1, a2, t)| async move {
                     let r = async {
                         let (name, system, p1) = judge.pair_prompt(q, a1, a2, t)?;
                         let (_, _, p2) = judge.pair_prompt(q, a2, a1, t)?;
-                        let labels = judge.prompt_for(q, t, true)?.0.labels();
-                        let j1 = judge.ask(&system, &p1, Some(labels)).await?;
-                        let j2 = judge.ask(&system, &p2, Some(labels)).await?;
-                        let verdicts = game_winners(
-                            parse_verdict_labelled(&j1, labels),
-                            parse_verdict_labelled(&j2, labels),
-                        );
+                        let format = verdict_format(judge.prompt_for(q, t, true)?.0)?;
+                        let j1 = judge.ask(&system, &p1, format).await?;
+                        let j2 = judge.ask(&system, &p2, format).await?;
+                        let verdicts =
+                            game_winners(pair_verdict(format, &j1), pair_verdict(format, &j2));
                         Ok::<_, anyhow::Error>((name, p1, j1, p2, j2, verdicts))
                     }
                     .await;
@@ -643,6 +740,17 @@ mod tests {
             output_format: "[[A]]".into(),
             verdict_labels: None,
         }
+    }
+
+    /// FastChat's `two_score_pattern`, its backup and `TIE_DELTA` (0.1).
+    #[test]
+    fn two_scores_give_the_higher_one_or_a_tie() {
+        assert_eq!(parse_two_scores("so [[8, 6]]"), "A");
+        assert_eq!(parse_two_scores("[[6,8]]"), "B");
+        assert_eq!(parse_two_scores("[[7.5, 7.45]]"), "tie");
+        assert_eq!(parse_two_scores("[7, 9.5]"), "B");
+        assert_eq!(parse_two_scores("[[A]] [[8]]"), "error");
+        assert_eq!(parse_two_scores("[[8,  6]]"), "error");
     }
 
     #[test]

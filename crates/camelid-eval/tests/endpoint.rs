@@ -724,3 +724,163 @@ async fn the_answer_file_is_sorted_one_line_per_question() {
     assert_eq!(count(&seen), before);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
 }
+
+/// A judge over pairwise prompts in output format `format` (pair-v2 and its multi-turn form).
+fn pair_judge_of(client: ChatClient, format: &str) -> Judge {
+    let pair = |name: &str, template: &str| JudgePrompt {
+        kind: "pairwise".into(),
+        output_format: format.into(),
+        ..prompt(name, template)
+    };
+    Judge {
+        prompts: [
+            pair(
+                "pair-v2",
+                "{question} Assistant A: {answer_a} Assistant B: {answer_b}",
+            ),
+            pair(
+                "pair-v2-multi-turn",
+                "{question_1} {question_2} Assistant A: {answer_a_1} {answer_a_2} \
+                 Assistant B: {answer_b_1} {answer_b_2}",
+            ),
+        ]
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect(),
+        ..judge_of(client)
+    }
+}
+
+/// Answers of models `good` (whose answers say GOOD) and `meh` to `qs`.
+fn good_and_meh(
+    qs: &[Question],
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<u64, Answer>> {
+    let mut of = two_answers(qs).remove("m").unwrap();
+    let meh = of.clone();
+    for a in of.values_mut() {
+        a.choices[0].turns = vec!["GOOD 1".into(), "GOOD 2".into()];
+    }
+    [("good".to_string(), of), ("meh".to_string(), meh)]
+        .into_iter()
+        .collect()
+}
+
+/// FastChat's score-style pairwise prompts (`[[rating_a,rating_b]]`, the paper's position
+/// bias study): the answer scored higher wins, scores within 0.1 are a tie, the backup
+/// `[a, b]` pattern is read too; a format FastChat does not read stops the run before any
+/// call, as FastChat raises on it.
+#[tokio::test]
+async fn two_score_pairwise_verdicts_are_read_as_fastchat_reads_them() {
+    // The judge scores whichever answer says GOOD 8, the other 6 (turn 1), or both 7 and
+    // 7.05 (turn 2, in the backup pattern).
+    let (base, _) = fake(|_, seen| {
+        let user = seen.body["messages"][1]["content"].as_str().unwrap_or("");
+        let good_first = user.find("GOOD") < user.find("B:");
+        if user.contains("turn 2") {
+            ok("Close. [7, 7.05]")
+        } else if good_first {
+            ok("A is better. [[8, 6]]")
+        } else {
+            ok("B is better. [[6,8]]")
+        }
+    });
+    let qs = [question(1)];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pair.jsonl");
+    let opts = JudgeOptions {
+        mode: Mode::PairwiseAll,
+        ..judge_options(&out)
+    };
+    let judge = pair_judge_of(client(&base), "[[rating_a,rating_b]]");
+    let (judged, failed) = judge::run(&judge, &qs, &good_and_meh(&qs), &opts)
+        .await
+        .unwrap();
+    assert_eq!((judged, failed), (2, 0));
+    let js = lines(&out);
+    let turn = |t: u64| js.iter().find(|j| j["turn"] == t).unwrap();
+    // model_1 is `good` (the sorted pair).
+    assert_eq!(turn(1)["model_1"], "good");
+    assert_eq!(
+        (&turn(1)["g1_winner"], &turn(1)["g2_winner"]),
+        (&json!("model_1"), &json!("model_1"))
+    );
+    assert_eq!(
+        (&turn(2)["g1_winner"], &turn(2)["g2_winner"]),
+        (&json!("tie"), &json!("tie"))
+    );
+    let (base, seen) = fake(|_, _| ok("[[A]]"));
+    let judge = pair_judge_of(client(&base), "[[winner]]");
+    let e = judge::run(
+        &judge,
+        &qs,
+        &good_and_meh(&qs),
+        &JudgeOptions {
+            mode: Mode::PairwiseAll,
+            ..judge_options(&dir.path().join("other.jsonl"))
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("pair-v2") && e.contains("[[winner]]"), "{e}");
+    assert_eq!(count(&seen), 0);
+}
+
+/// Judgments already in the output file are done only where this run would have sent the
+/// same prompts: a run with other judge prompts (the rename experiment's file) into the same
+/// file stops, naming the mix, instead of judging nothing; the same prompts again judge
+/// nothing and succeed.
+#[tokio::test]
+async fn judgments_from_other_prompts_are_not_taken_as_done() {
+    let (base, _) = fake(|_, _| ok("Fine. [[7]]"));
+    let qs = [question(1)];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("j.jsonl");
+    let answers = two_answers(&qs);
+    let judge = judge_of(client(&base));
+    assert_eq!(
+        judge::run(&judge, &qs, &answers, &judge_options(&out))
+            .await
+            .unwrap(),
+        (2, 0)
+    );
+    assert_eq!(
+        judge::run(&judge, &qs, &answers, &judge_options(&out))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    let mut other = judge_of(client(&base));
+    other.prompts.get_mut("single-v1").unwrap().prompt_template =
+        "Rate: {question} {answer}".into();
+    let e = judge::run(&other, &qs, &answers, &judge_options(&out))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("1 judgments by this judge") && e.contains("other prompts"),
+        "{e}"
+    );
+    // Pairwise alike: the first run's file, then the same pairs under renamed labels.
+    let out = dir.path().join("pair.jsonl");
+    let opts = JudgeOptions {
+        mode: Mode::PairwiseAll,
+        ..judge_options(&out)
+    };
+    let (base, _) = fake(|_, _| ok("[[A]]"));
+    let judge = pair_judge_of(client(&base), "[[A]]");
+    let answers = good_and_meh(&qs);
+    assert_eq!(
+        judge::run(&judge, &qs, &answers, &opts).await.unwrap(),
+        (2, 0)
+    );
+    let mut renamed = pair_judge_of(client(&base), "[[A]]");
+    for p in renamed.prompts.values_mut() {
+        *p = judge::rename_assistants(p, "X", "Y");
+    }
+    let e = judge::run(&renamed, &qs, &answers, &opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 judgments by this judge"), "{e}");
+}

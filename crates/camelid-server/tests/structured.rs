@@ -516,8 +516,8 @@ fn non_strict_schemas_with_unenforceable_keywords_are_taken() {
 #[test]
 fn judge_verdict_grammars_always_parse() {
     use camelid_eval::judge::{
-        parse_score, parse_verdict, parse_verdict_labelled, verdict_grammar,
-        verdict_grammar_labelled,
+        parse_score, parse_two_scores, parse_verdict, parse_verdict_labelled, verdict_grammar,
+        verdict_grammar_for, verdict_grammar_labelled, VerdictFormat,
     };
     let _g = serial();
     let s = server();
@@ -541,6 +541,12 @@ fn judge_verdict_grammars_always_parse() {
         for (text, _) in chat_ok(&s.base, &chat("Rate this answer from 1 to 10.", single)) {
             let score = parse_score(&text);
             assert!((1.0..=10.0).contains(&score), "{text:?}");
+        }
+        // FastChat's score-style pairwise verdict, `[[rating_a,rating_b]]`.
+        let two = verdict_grammar_for(VerdictFormat::TwoScores, 40);
+        let two = json!({"structured_outputs": {"grammar": two}, "max_tokens": 56, "seed": seed});
+        for (text, _) in chat_ok(&s.base, &chat("Rate answers A and B from 1 to 10.", two)) {
+            assert_ne!(parse_two_scores(&text), "error", "{text:?}");
         }
     }
 }
