@@ -21,6 +21,8 @@ pub enum Winner {
     ModelA,
     ModelB,
     Tie,
+    /// Any other verdict (a judge's `error`): FastChat counts it, agreeing only with itself.
+    Other,
 }
 
 impl Winner {
@@ -29,6 +31,7 @@ impl Winner {
             Winner::ModelA => Winner::ModelB,
             Winner::ModelB => Winner::ModelA,
             Winner::Tie => Winner::Tie,
+            Winner::Other => Winner::Other,
         }
     }
 }
@@ -44,6 +47,10 @@ pub struct Vote {
     /// The judge's name: a file's label, else `MODEL-pair` / `MODEL-single` for judgment
     /// files, `human` for FastChat's `expert_*` voters, `author` for `author_*`.
     pub judge: String,
+    /// A model judge's (a judgment file's, a record whose `judge` is `[model, prompt]`): one
+    /// vote a pair of answers, as FastChat asserts. A name several voters share (`human`)
+    /// may have many.
+    pub one_voter: bool,
 }
 
 impl Vote {
@@ -53,6 +60,7 @@ impl Vote {
         (a, b): (&str, &str),
         winner: Winner,
         judge: String,
+        one_voter: bool,
     ) -> Self {
         let (model_a, model_b, winner) = if a < b {
             (a, b, winner)
@@ -66,6 +74,7 @@ impl Vote {
             model_b: model_b.into(),
             winner,
             judge,
+            one_voter,
         }
     }
 }
@@ -126,6 +135,7 @@ pub fn read_votes(text: &str, label: Option<&str>) -> Result<Vec<Vote>> {
                 (&j.model_1, &j.model_2),
                 winner,
                 name(model_judge_name(&j.judge)),
+                true,
             ));
         } else if v.get("score").is_some() {
             let j: SingleJudgment = serde_json::from_value(v).with_context(at)?;
@@ -146,7 +156,7 @@ pub fn read_votes(text: &str, label: Option<&str>) -> Result<Vec<Vote>> {
                 "model_a" => Winner::ModelA,
                 "model_b" => Winner::ModelB,
                 w if w.contains("tie") => Winner::Tie,
-                w => bail!("{}: unknown winner {w:?}", at()),
+                _ => Winner::Other,
             };
             let number = |k: &str| -> Result<u64> {
                 field(k)?
@@ -159,6 +169,7 @@ pub fn read_votes(text: &str, label: Option<&str>) -> Result<Vec<Vote>> {
                 (text("model_a")?, text("model_b")?),
                 winner,
                 name(judge_name(field("judge")?)),
+                field("judge")?.is_array(),
             ));
         }
     }
@@ -175,7 +186,14 @@ pub fn read_votes(text: &str, label: Option<&str>) -> Result<Vec<Vote>> {
                 } else {
                     Winner::ModelB
                 };
-                votes.push(Vote::new(question_id, turn, (a, b), winner, judge.clone()));
+                votes.push(Vote::new(
+                    question_id,
+                    turn,
+                    (a, b),
+                    winner,
+                    judge.clone(),
+                    true,
+                ));
             }
         }
     }
@@ -215,7 +233,24 @@ pub struct AgreementRow {
 
 /// Every pair of judges with votes on a common pair of answers, and every judge with
 /// several votes on one, per turn and over all turns; judges in order of first appearance.
-pub fn agreement(votes: &[Vote]) -> Vec<AgreementRow> {
+pub fn agreement(votes: &[Vote]) -> Result<Vec<AgreementRow>> {
+    // A model judge votes once a pair of answers: twice is two runs read as one judge (two
+    // unlabelled files of one judge model), whose votes would be multiplied by each other.
+    let mut seen = std::collections::BTreeSet::new();
+    for v in votes.iter().filter(|v| v.one_voter) {
+        if !seen.insert((&v.judge, v.turn, v.question_id, &v.model_a, &v.model_b)) {
+            bail!(
+                "judge {} votes twice on question {} turn {} ({} vs {}): two runs of one judge \
+                 read as one? Label each file (NAME=FILE); a model judge has one vote a pair, \
+                 as FastChat asserts",
+                v.judge,
+                v.question_id,
+                v.turn,
+                v.model_a,
+                v.model_b
+            );
+        }
+    }
     let mut judges: Vec<&str> = vec![];
     for v in votes {
         if !judges.contains(&v.judge.as_str()) {
@@ -294,7 +329,7 @@ pub fn agreement(votes: &[Vote]) -> Vec<AgreementRow> {
             });
         }
     }
-    rows
+    Ok(rows)
 }
 
 /// A Markdown table: agreement in percent with the number of vote pairs it rests on.
@@ -352,7 +387,7 @@ mod tests {
         let mut votes = read_votes(&humans, None).unwrap();
         votes.extend(read_votes(&llm, Some("llm")).unwrap());
         assert!(votes[..5].iter().all(|v| v.judge == "human"));
-        let rows = agreement(&votes);
+        let rows = agreement(&votes).unwrap();
         let row = |a: &str, b: &str, t: Option<u8>| {
             rows.iter()
                 .find(|r| r.judge_1 == a && r.judge_2 == b && r.turn == t)
@@ -377,6 +412,60 @@ mod tests {
             .any(|r| r.judge_1 == "llm" && r.judge_2 == "llm"));
         assert!(render_agreement(&rows)
             .contains("| human | llm | all | 60.0 % (3 of 5) | 66.7 % (2 of 3) |"));
+    }
+
+    /// FastChat's `get_mt_bench_agreement` counts any verdict string: an `error` disagrees
+    /// with every other vote (in S2 too: it is no tie) and agrees with another `error`. A
+    /// model judge votes once a pair (FastChat asserts it): two unlabelled runs of one judge
+    /// are refused, labelled they are two judges.
+    #[test]
+    fn error_verdicts_count_and_a_model_judge_votes_once() {
+        let judged = |w: &str| {
+            format!(
+                r#"{{"question_id": 1, "model_a": "x", "model_b": "y", "winner": "{w}", "judge": ["gpt-4", "pair-v2"], "turn": 1}}"#
+            )
+        };
+        let mut votes = read_votes(&human(1, "x", "y", "model_a", "expert_1", 1), None).unwrap();
+        votes.extend(read_votes(&judged("error"), None).unwrap());
+        let rows = agreement(&votes).unwrap();
+        let c = |agree, votes| Cell { agree, votes };
+        let r = &rows[0];
+        assert_eq!(
+            (r.judge_1.as_str(), r.judge_2.as_str()),
+            ("human", "gpt-4-pair")
+        );
+        assert_eq!((r.with_ties, r.without_ties), (c(0, 1), c(0, 1)));
+        let twice = [
+            read_votes(&judged("model_a"), None).unwrap(),
+            read_votes(&judged("error"), None).unwrap(),
+        ]
+        .concat();
+        let e = agreement(&twice).unwrap_err().to_string();
+        assert!(
+            e.contains("gpt-4-pair votes twice on question 1 turn 1"),
+            "{e}"
+        );
+        let labelled = [
+            read_votes(&judged("model_a"), Some("run1")).unwrap(),
+            read_votes(&judged("error"), Some("run2")).unwrap(),
+        ]
+        .concat();
+        let rows = agreement(&labelled).unwrap();
+        assert_eq!(
+            (rows[0].with_ties, rows[0].without_ties),
+            (c(0, 1), c(0, 1))
+        );
+        // Experts share a name and may vote many times a pair.
+        let experts = [
+            human(1, "x", "y", "model_a", "expert_1", 1),
+            human(1, "x", "y", "error", "expert_2", 1),
+        ]
+        .join("\n");
+        let rows = agreement(&read_votes(&experts, None).unwrap()).unwrap();
+        assert_eq!(
+            (rows[0].with_ties, rows[0].without_ties),
+            (c(0, 1), c(0, 1))
+        );
     }
 
     /// Judgment files: single scores compared per question and turn, swapped pairwise games
@@ -434,6 +523,8 @@ mod tests {
         // model_1 is q, named model_b once the pair is ordered.
         let got: Vec<(Winner, &str)> = votes.iter().map(|v| (v.winner, &*v.judge)).collect();
         assert_eq!(got, [(Winner::ModelB, "j-pair"), (Winner::Tie, "j-pair")]);
-        assert!(read_votes(r#"{"question_id": 1, "model_a": "x", "model_b": "y", "winner": "draw", "judge": "a", "turn": 1}"#, None).is_err());
+        // Another verdict is a vote of its own (FastChat counts it).
+        let other = read_votes(r#"{"question_id": 1, "model_a": "x", "model_b": "y", "winner": "draw", "judge": "a", "turn": 1}"#, None).unwrap();
+        assert_eq!(other[0].winner, Winner::Other);
     }
 }

@@ -333,7 +333,7 @@ pub fn run(c: MtbenchCommand) -> Result<()> {
                         .with_context(|| format!("in {}", p.display()))?,
                 );
             }
-            let rows = agreement::agreement(&votes);
+            let rows = agreement::agreement(&votes)?;
             if rows.is_empty() {
                 anyhow::bail!("no two votes on the same pair of answers to compare");
             }
