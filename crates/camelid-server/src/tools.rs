@@ -520,6 +520,9 @@ fn schema_refused(
 
 /// An assistant message's `tool_calls` as templates read them: OpenAI's objects with
 /// `arguments` parsed from its JSON text into an object (HF's convention, vLLM does the same).
+/// Arguments that are not JSON (a call cut short, a client's `invalid_tool_calls` written
+/// back) stay the string they are: OpenAI takes them as opaque text, and refusing them would
+/// refuse every later turn of that conversation.
 pub fn template_tool_calls(i: usize, calls: &Value) -> Result<Vec<Value>, ApiError> {
     let at = |j: usize, f: &str| format!("messages[{i}].tool_calls[{j}]{f}");
     let calls = calls
@@ -540,12 +543,9 @@ pub fn template_tool_calls(i: usize, calls: &Value) -> Result<Vec<Value>, ApiErr
             let arguments = match f.get("arguments") {
                 // A call without arguments, as some clients write it back (vLLM reads `{}`).
                 Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-                Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
-                    bad(
-                        &at(j, ".function.arguments"),
-                        format!("the arguments are not JSON: {e}"),
-                    )
-                })?,
+                Some(Value::String(s)) => {
+                    serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::from(s.as_str()))
+                }
                 Some(v @ Value::Object(_)) => v.clone(),
                 None | Some(Value::Null) => json!({}),
                 Some(_) => {
