@@ -847,6 +847,57 @@ fn requests_for_battles_not_theirs_do_not_spend_the_limits() {
     assert_eq!(status, 200, "{reveal}");
 }
 
+/// Behind a proxy, the per-address limits count the `X-Forwarded-For` address the proxy
+/// added, not the proxy's. With trusted proxies named, a peer outside them (a client that
+/// reaches the server without the proxy) counts as itself whatever header it writes; from a
+/// trusted peer, the proxies' own entries are passed over.
+#[test]
+fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let one_turn = |trusted: &[&str]| ArenaConfig {
+        turn_limits: RateLimits {
+            per_visitor: 0,
+            per_address: 1,
+        },
+        trust_forwarded_for: true,
+        trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
+        ..no_limits()
+    };
+    let turn_from = |s: &Server, forwarded: &str| {
+        runtime().block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{}/arena/battles", s.base))
+                .header("x-forwarded-for", forwarded)
+                .json(&ask())
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        })
+    };
+    // Any peer trusted (no list): two visitors behind the proxy get a turn each.
+    let s = serve(Arena::in_memory(one_turn(&[])), &["smol-a", "smol-b"]);
+    assert_eq!(turn_from(&s, "198.51.100.7"), 200);
+    assert_eq!(turn_from(&s, "198.51.100.8"), 200);
+    assert_eq!(turn_from(&s, "198.51.100.8"), 429);
+    drop(s);
+    // The test's peer (127.0.0.1) is not a trusted proxy: its made-up addresses are its own.
+    let s = serve(
+        Arena::in_memory(one_turn(&["10.0.0.0/8"])),
+        &["smol-a", "smol-b"],
+    );
+    assert_eq!(turn_from(&s, "198.51.100.7"), 200);
+    assert_eq!(turn_from(&s, "198.51.100.9"), 429);
+    drop(s);
+    // A trusted one: its own entries (another proxy in 127.0.0.0/8) are passed over.
+    let s = serve(
+        Arena::in_memory(one_turn(&["127.0.0.0/8"])),
+        &["smol-a", "smol-b"],
+    );
+    assert_eq!(turn_from(&s, "198.51.100.7, 127.0.0.5"), 200);
+    assert_eq!(turn_from(&s, "198.51.100.8, 127.0.0.5"), 200);
+    assert_eq!(turn_from(&s, "203.0.113.1, 198.51.100.8"), 429);
+}
+
 /// While an update rolls through a fleet, its servers serve different models: a follow-up on
 /// a server without one of its battle's models is a 503 to try again (not the visitor's
 /// fault), naming neither model. That it came at all tells the visitor a side is a model

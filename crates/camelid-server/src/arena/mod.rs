@@ -47,6 +47,12 @@ pub struct ArenaConfig {
     pub weights: BTreeMap<String, f64>,
     /// Take the client's address from the last `X-Forwarded-For` entry (behind a proxy).
     pub trust_forwarded_for: bool,
+    /// The proxies `X-Forwarded-For` is taken from (`--arena-trusted-proxies`; empty: any
+    /// peer, with `trust_forwarded_for`): a peer outside them counts as itself whatever the
+    /// header says, and their own entries in the header are passed over, right to left, to
+    /// the first address that is not one of them (nginx's `set_real_ip_from` with
+    /// `real_ip_recursive`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The arena's routes need an API key like the OpenAI API (`--arena-private`); by
     /// default they are open to visitors, held by the rate limits (per address: a client
     /// may start battles under fresh visitor tokens).
@@ -101,6 +107,7 @@ impl Default for ArenaConfig {
             },
             weights: BTreeMap::new(),
             trust_forwarded_for: false,
+            trusted_proxies: vec![],
             private: false,
             max_tokens: 1024,
             max_tokens_floor: 16,

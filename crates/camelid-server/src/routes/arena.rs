@@ -46,8 +46,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// The client's address for the per-address limits: the peer's, or the last
-/// `X-Forwarded-For` entry (the one the nearest proxy added) with `--arena-trust-forwarded-for`.
+/// The client's address for the per-address limits: the peer's, or with
+/// `--arena-trust-forwarded-for` the `X-Forwarded-For` entry the nearest proxy added (the
+/// last one; with `--arena-trusted-proxies`, only from a peer among them, and the last entry
+/// that is not one of them).
 pub struct ClientAddress(pub String);
 
 impl FromRequestParts<Arc<AppState>> for ClientAddress {
@@ -57,35 +59,60 @@ impl FromRequestParts<Arc<AppState>> for ClientAddress {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        if state.arena.config().trust_forwarded_for {
-            let last = parts.headers.get_all("x-forwarded-for").iter().next_back();
-            if let Some(key) = last.and_then(|v| forwarded_key(v.as_bytes())) {
-                return Ok(Self(key));
-            }
-        }
+        let config = state.arena.config();
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| address_key(c.0.ip()));
+            .map(|c| c.0.ip());
+        let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|n| n.contains(&ip));
+        let from_proxy = config.trusted_proxies.is_empty() || peer.is_some_and(trusted);
+        if config.trust_forwarded_for && from_proxy {
+            let values: Vec<&[u8]> = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            if let Some(key) = forwarded_client(&values, &trusted) {
+                return Ok(Self(key));
+            }
+        }
+        let peer = peer.map(address_key);
         Ok(Self(peer.unwrap_or_else(|| "unknown".into())))
     }
 }
 
-/// The key of the last entry of an `X-Forwarded-For` value, the one the nearest proxy added.
-/// Read as bytes: a client's own entries before it may hold any byte (nginx appends to what
-/// the client sent), and refusing the whole value would count the client under the proxy's
-/// address, beside every other visitor.
-fn forwarded_key(value: &[u8]) -> Option<String> {
-    let last = value.rsplit(|&b| b == b',').next()?;
-    let entry = String::from_utf8_lossy(last);
-    let entry = entry.trim();
-    if entry.is_empty() {
-        return None;
+/// The key of the client in `X-Forwarded-For` (its header lines in order): the last entry,
+/// passing over, right to left, the entries `trusted` says are proxies (where every entry
+/// is one, the first). Read as bytes: a client's own entries before it may hold any byte
+/// (nginx appends to what the client sent), and refusing the whole value would count the
+/// client under the proxy's address, beside every other visitor.
+fn forwarded_client(values: &[&[u8]], trusted: &dyn Fn(IpAddr) -> bool) -> Option<String> {
+    let entries: Vec<String> = values
+        .iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|e| String::from_utf8_lossy(e).trim().to_string())
+        .collect();
+    let mut first = None;
+    for entry in entries.iter().rev() {
+        if entry.is_empty() {
+            return first;
+        }
+        let ip = forwarded_ip(entry);
+        let key = ip.map_or_else(|| entry.clone(), address_key);
+        if ip.is_some_and(trusted) {
+            first = Some(key);
+            continue;
+        }
+        return Some(key);
     }
-    Some(match forwarded_ip(entry) {
-        Some(ip) => address_key(ip),
-        None => entry.to_string(),
-    })
+    first
+}
+
+/// The key of the last entry of an `X-Forwarded-For` value, the one the nearest proxy added.
+#[cfg(test)]
+fn forwarded_key(value: &[u8]) -> Option<String> {
+    forwarded_client(&[value], &|_| false)
 }
 
 /// The address in an `X-Forwarded-For` entry, which some proxies write with its port
@@ -1033,5 +1060,35 @@ mod tests {
         );
         assert_eq!(key(b"198.51.100.7, "), None);
         assert_eq!(key(b""), None);
+    }
+
+    /// With trusted proxies, their own entries are passed over right to left: the client is
+    /// the last address that is not one of them (across header lines), the first entry where
+    /// all are.
+    #[test]
+    fn trusted_proxies_entries_are_passed_over() {
+        let nets: Vec<ipnet::IpNet> = ["10.0.0.0/8", "2001:db8:ffff::/48"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let trusted = |ip: IpAddr| nets.iter().any(|n| n.contains(&ip));
+        let client = |values: &[&[u8]]| forwarded_client(values, &trusted);
+        assert_eq!(
+            client(&[b"203.0.113.9, 198.51.100.7, 10.1.2.3"]).as_deref(),
+            Some("198.51.100.7")
+        );
+        assert_eq!(
+            client(&[b"198.51.100.7", b"10.0.0.1, [2001:db8:ffff::5]:443"]).as_deref(),
+            Some("198.51.100.7")
+        );
+        assert_eq!(
+            client(&[b"10.9.9.9, 10.0.0.1"]).as_deref(),
+            Some("10.9.9.9")
+        );
+        // A client's own made-up entries before the first untrusted one do not count.
+        assert_eq!(
+            client(&[b"1.2.3.4, 198.51.100.7, 10.0.0.1"]).as_deref(),
+            Some("198.51.100.7")
+        );
     }
 }

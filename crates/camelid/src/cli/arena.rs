@@ -191,6 +191,18 @@ pub struct ArenaServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     arena_trust_forwarded_for: bool,
+    /// The proxies whose `X-Forwarded-For` is read, as addresses or networks
+    /// (`10.0.0.0/8,192.0.2.7`): a request from any other peer counts as that peer whatever
+    /// the header says, and the proxies' own entries are passed over (the client is the last
+    /// entry that is not one of them). Implies --arena-trust-forwarded-for. Give it where the
+    /// servers can also be reached without the proxy.
+    #[arg(
+        long = "arena-trusted-proxies",
+        env = "CAMELID_ARENA_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = trusted_proxy
+    )]
+    arena_trusted_proxies: Vec<ipnet::IpNet>,
     /// Put the arena's routes (battles, votes, leaderboard) behind the API keys like the
     /// OpenAI API; the pages then ask the visitor for a key. Default: open to visitors.
     #[arg(long)]
@@ -198,6 +210,14 @@ pub struct ArenaServeArgs {
     /// Gone: votes live in the store (`--arena-db`); `camelid arena import` loads an old log.
     #[arg(long, hide = true)]
     arena_log: Option<PathBuf>,
+}
+
+/// `--arena-trusted-proxies`: a network, or one address (its own network).
+fn trusted_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is neither an address nor a network (10.0.0.0/8)"))
 }
 
 /// `--arena-min-temperature`: a temperature a turn may ask, 0 to 2.
@@ -226,7 +246,9 @@ impl ArenaServeArgs {
                 per_address: self.arena_address_votes_per_minute,
             },
             weights: self.arena_weights.iter().cloned().collect(),
-            trust_forwarded_for: self.arena_trust_forwarded_for,
+            trust_forwarded_for: self.arena_trust_forwarded_for
+                || !self.arena_trusted_proxies.is_empty(),
+            trusted_proxies: self.arena_trusted_proxies.clone(),
             private: self.arena_private,
             max_tokens: self.arena_max_tokens,
             max_tokens_floor: self.arena_max_tokens_floor.min(self.arena_max_tokens),
@@ -455,6 +477,7 @@ mod tests {
             .unwrap_or_else(|e| e.into_inner());
         let vars = [
             "CAMELID_ARENA_TRUST_FORWARDED_FOR",
+            "CAMELID_ARENA_TRUSTED_PROXIES",
             "CAMELID_ARENA_ADDRESS_TURNS_PER_MINUTE",
             "CAMELID_ARENA_ADDRESS_VOTES_PER_MINUTE",
         ];
@@ -504,6 +527,17 @@ mod tests {
         assert!(flag.arena.config().trust_forwarded_for);
         // A misspelt value is an error, not a quiet "true".
         assert!(parse(&[("CAMELID_ARENA_TRUST_FORWARDED_FOR", "ture")]).is_err());
+        // Trusted proxies, as networks or addresses, imply reading the header.
+        let c = parse(&[(
+            "CAMELID_ARENA_TRUSTED_PROXIES",
+            "10.0.0.0/8, 192.0.2.7,2001:db8::/32",
+        )])
+        .unwrap();
+        assert!(c.trust_forwarded_for);
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert!(parse(&[("CAMELID_ARENA_TRUSTED_PROXIES", "10.0.0.0/33")]).is_err());
+        assert!(parse(&[]).unwrap().trusted_proxies.is_empty());
     }
 
     /// With the store required (deploy/skypilot/serve.yaml's replicas), a server without one
