@@ -68,6 +68,43 @@ impl Piece {
     }
 }
 
+/// Releases both sides' pieces in step: a side's k-th piece goes out with the other's k-th,
+/// so while both are answering neither shows sooner or faster than the other. Sent as each
+/// came, the first piece's delay and the pace would tell a small model from a large one (or
+/// a busy engine from an idle one) before the vote. Once a side has finished, the other's
+/// pieces go as they come: its answer's length is the answer's, not a timing.
+#[derive(Default)]
+struct Lockstep {
+    queued: [std::collections::VecDeque<Piece>; 2],
+    /// Whether the side's end has gone out.
+    ended: [bool; 2],
+}
+
+impl Lockstep {
+    /// Queues `side`'s pieces; answers those that may go now, in order.
+    fn push(&mut self, side: Side, pieces: Vec<Piece>) -> Vec<Piece> {
+        self.queued[side as usize].extend(pieces);
+        let mut out = vec![];
+        loop {
+            let waiting = self.queued.each_ref().map(|q| !q.is_empty());
+            let go = match waiting {
+                [true, true] => [true, true],
+                [true, false] => [self.ended[1], false],
+                [false, true] => [false, self.ended[0]],
+                [false, false] => [false, false],
+            };
+            if go == [false, false] {
+                return out;
+            }
+            for i in (0..2).filter(|&i| go[i]) {
+                let piece = self.queued[i].pop_front().expect("a queued piece");
+                self.ended[i] |= matches!(piece, Piece::Finished(..));
+                out.push(piece);
+            }
+        }
+    }
+}
+
 /// Cuts a side's streamed text into pieces that depend on the text alone: a piece ends
 /// where a word starts after whitespace, or after `MAX_PIECE_CHARS` characters without one.
 /// Sent token by token, the pieces would count each side's tokens and show where its
@@ -230,6 +267,7 @@ impl Turn {
         let mut words = [WordPieces::default(), WordPieces::default()];
         let mut finish = [None, None];
         let mut shown = [String::new(), String::new()];
+        let mut lockstep = Lockstep::default();
         loop {
             // The client's leaving is heard while nothing is sent too: a side still
             // thinking, or holding a word back, sends nothing for many steps.
@@ -283,7 +321,7 @@ impl Turn {
                 }
             };
             if let Some(tx) = pieces {
-                for piece in sent {
+                for piece in lockstep.push(side, sent) {
                     if tx.send(piece.json()).await.is_err() {
                         return Err(Unfinished { error: None, shown });
                     }
@@ -318,6 +356,55 @@ impl Turn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sent(pieces: Vec<Piece>) -> Vec<String> {
+        pieces.iter().map(|p| p.json().to_string()).collect()
+    }
+
+    fn words(side: Side, ws: &[&str]) -> Vec<Piece> {
+        ws.iter()
+            .map(|w| Piece::Delta(side, w.to_string()))
+            .collect()
+    }
+
+    /// A side's pieces wait for the other's: nothing goes before both have a piece, then
+    /// they go in pairs; once a side has ended, the other's go as they come.
+    #[test]
+    fn both_sides_are_shown_in_step() {
+        let mut l = Lockstep::default();
+        // A is fast: three words before B's first.
+        assert!(l
+            .push(Side::A, words(Side::A, &["One ", "two ", "three "]))
+            .is_empty());
+        assert_eq!(
+            sent(l.push(Side::B, words(Side::B, &["Uno "]))),
+            [
+                sent(words(Side::A, &["One "])),
+                sent(words(Side::B, &["Uno "]))
+            ]
+            .concat()
+        );
+        assert_eq!(
+            sent(l.push(Side::B, words(Side::B, &["dos "]))),
+            [
+                sent(words(Side::A, &["two "])),
+                sent(words(Side::B, &["dos "]))
+            ]
+            .concat()
+        );
+        // B ends: A's third word goes with B's end, then A's pieces as they come.
+        let end_b = || Piece::Finished(Side::B, FinishReason::Stop);
+        assert_eq!(
+            sent(l.push(Side::B, vec![end_b()])),
+            sent(vec![Piece::Delta(Side::A, "three ".into()), end_b()])
+        );
+        assert_eq!(
+            sent(l.push(Side::A, words(Side::A, &["four"]))),
+            sent(words(Side::A, &["four"]))
+        );
+        let end_a = Piece::Finished(Side::A, FinishReason::Stop);
+        assert_eq!(sent(l.push(Side::A, vec![end_a])).len(), 1);
+    }
 
     fn pieces(tokens: &[&str]) -> Vec<String> {
         let mut w = WordPieces::default();
