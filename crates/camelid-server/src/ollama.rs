@@ -461,17 +461,18 @@ fn template_kwargs(think: Option<&Value>) -> Result<Option<Map<String, Value>>, 
     Ok(Some(m))
 }
 
-/// `options` and `format` → the OpenAI sampling fields, with Ollama's defaults.
+/// `options` and `format` → the OpenAI sampling fields. What `options` leaves out of the
+/// temperature, top_p and top_k stays unset here: [`with_defaults`] fills it in.
 pub fn sampling(
     options: Option<&Options>,
     format: Option<&Value>,
 ) -> Result<SamplingFields, ApiError> {
     let o = options.cloned().unwrap_or_default();
     Ok(SamplingFields {
-        temperature: Some(o.temperature.unwrap_or(DEFAULT_TEMPERATURE)),
-        top_p: Some(o.top_p.unwrap_or(DEFAULT_TOP_P)),
+        temperature: o.temperature,
+        top_p: o.top_p,
         // 0 or less: off, as in llama.cpp.
-        top_k: Some(o.top_k.unwrap_or(DEFAULT_TOP_K).max(0)),
+        top_k: o.top_k.map(|k| k.max(0)),
         min_p: o.min_p,
         // Ollama's -1 (its default) is a random seed.
         seed: o.seed.filter(|&s| s >= 0),
@@ -482,6 +483,22 @@ pub fn sampling(
         response_format: response_format(format)?,
         ..Default::default()
     })
+}
+
+/// The temperature, top_p and top_k a request's `options` left out: the model's own (its
+/// `generation_config.json`, as Ollama layers a Modelfile's parameters over its defaults),
+/// else Ollama's defaults (0.8, 0.9, 40).
+pub fn with_defaults(
+    mut f: SamplingFields,
+    model: &camelid_model::SamplingDefaults,
+) -> SamplingFields {
+    f.temperature = f
+        .temperature
+        .or(model.temperature)
+        .or(Some(DEFAULT_TEMPERATURE));
+    f.top_p = f.top_p.or(model.top_p).or(Some(DEFAULT_TOP_P));
+    f.top_k = f.top_k.or(model.top_k).or(Some(DEFAULT_TOP_K));
+    f
 }
 
 /// `options.num_predict` as an output cap: generation stops there or at the end of the
@@ -856,10 +873,30 @@ mod tests {
 
     #[test]
     fn options_map_to_openai_fields_with_ollamas_defaults() {
-        let f = sampling(None, None).unwrap();
+        let none = camelid_model::SamplingDefaults::default();
+        let f = with_defaults(sampling(None, None).unwrap(), &none);
         assert_eq!(
             (f.temperature, f.top_p, f.top_k, f.max_tokens),
             (Some(0.8), Some(0.9), Some(40), None)
+        );
+        // A model's generation_config.json comes before Ollama's defaults (as a Modelfile's
+        // parameters do), the request's options before both.
+        let qwen3 = camelid_model::SamplingDefaults {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            ..Default::default()
+        };
+        let f = with_defaults(sampling(None, None).unwrap(), &qwen3);
+        assert_eq!(
+            (f.temperature, f.top_p, f.top_k),
+            (Some(0.6), Some(0.95), Some(20))
+        );
+        let o: Options = serde_json::from_value(json!({"temperature": 1.1})).unwrap();
+        let f = with_defaults(sampling(Some(&o), None).unwrap(), &qwen3);
+        assert_eq!(
+            (f.temperature, f.top_p, f.top_k),
+            (Some(1.1), Some(0.95), Some(20))
         );
         let o: Options = serde_json::from_value(json!({"num_predict": 7, "temperature": 0,
             "top_k": 0, "seed": -1, "stop": ["x"], "repeat_penalty": 1.2, "num_ctx": 4096}))

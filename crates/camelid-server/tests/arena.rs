@@ -935,9 +935,9 @@ fn a_follow_up_where_its_models_are_not_served_is_retried_and_unrated() {
     assert_eq!((status, &reveal["anony"]), (200, &json!(false)), "{reveal}");
 }
 
-/// A new battle draws only models whose engine runs: one whose engine stopped (here it
+/// A new battle draws only chat models whose engine runs: one whose engine stopped (here it
 /// panics at its first step) is left out of the draw, as FastChat gives a model in an outage
-/// no weight, instead of failing about every other battle.
+/// no weight, instead of failing about every other battle; so is an embedding model.
 #[test]
 fn a_stopped_engine_is_not_drawn_into_new_battles() {
     let broken = common::model_entry("broken", &[], 512, |_| camelid_engine::EngineConfig {
@@ -945,10 +945,13 @@ fn a_stopped_engine_is_not_drawn_into_new_battles() {
         panic_at_step: Some(1),
         ..Default::default()
     });
+    // An embedding model (its files name a pooling) served beside them is no contestant.
+    let mut embedder = entry("embedder");
+    embedder.details.pooling = Some(camelid_model::Pooling::Mean);
     let s = serve_models(
         ServerConfig::default(),
         Arena::in_memory(no_limits()),
-        vec![broken, entry("smol-a"), entry("smol-b")],
+        vec![broken, embedder, entry("smol-a"), entry("smol-b")],
     );
     // A request to it stops its engine.
     let body = json!({"model": "broken", "max_tokens": 2,
@@ -966,8 +969,12 @@ fn a_stopped_engine_is_not_drawn_into_new_battles() {
         let (id, token, _) = s.battle(json!({}));
         let (status, reveal) = s.vote(&id, Some(&token), "tie");
         assert_eq!(status, 200, "{reveal}");
-        assert_ne!(reveal["model_a"], "broken", "{reveal}");
-        assert_ne!(reveal["model_b"], "broken", "{reveal}");
+        for side in ["model_a", "model_b"] {
+            assert!(
+                !["broken", "embedder"].contains(&reveal[side].as_str().unwrap()),
+                "{reveal}"
+            );
+        }
     }
 }
 

@@ -159,13 +159,15 @@ fn served(state: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(models.iter().map(|m| m.name.clone()).collect())
 }
 
-/// The models a new battle may draw: those whose engine still runs (as FastChat gives a
-/// model in an outage no weight), or every new battle drawing a stopped one would fail.
+/// The models a new battle may draw: chat models whose engine still runs. Not a stopped
+/// one (FastChat gives a model in an outage no weight: every battle drawing it would fail),
+/// nor an embedding model (its files name a pooling; served beside the chat models for
+/// `/api/embed`, it is no contestant, as `/api/show` lists it for embedding alone).
 fn drawable(state: &AppState) -> Result<Vec<String>, ApiError> {
     let models = state.models().ok_or_else(AppState::loading_error)?;
     Ok(models
         .iter()
-        .filter(|m| m.engine.is_running())
+        .filter(|m| m.engine.is_running() && m.details.pooling.is_none())
         .map(|m| m.name.clone())
         .collect())
 }

@@ -59,6 +59,7 @@ pub async fn chat(
         return Ok(axum::Json(loaded(Kind::Chat, &body.model, unload)).into_response());
     }
     let (req, sampling) = body.chat_request(&model.name)?;
+    let sampling = ollama::with_defaults(sampling, &model.sampling_defaults);
     let has_tools = req
         .tools
         .as_ref()
@@ -113,6 +114,7 @@ pub async fn generate(
     }
     let (sub, tok, prompt_tokens, reasoning) = if body.raw == Some(true) || suffix.is_some() {
         let sampling = ollama::sampling(body.options.as_ref(), body.format.as_ref())?;
+        let sampling = ollama::with_defaults(sampling, &model.sampling_defaults);
         let prompt = body.prompt.clone().unwrap_or_default();
         let top = logprobs.then_some(body.top_logprobs.unwrap_or(0));
         let cap = ollama::output_cap(body.options.as_ref())?;
@@ -121,6 +123,7 @@ pub async fn generate(
         (sub, model.engine.shared_tokenizer(), n, None)
     } else {
         let (req, sampling) = body.chat_request(&model.name)?;
+        let sampling = ollama::with_defaults(sampling, &model.sampling_defaults);
         let s = chat::submit(&state, permit, &req, &sampling).await?;
         (
             s.sub,
