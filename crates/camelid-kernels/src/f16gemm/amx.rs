@@ -61,7 +61,9 @@ pub(super) unsafe fn split_row(
         let at = j / CHUNK * chunk_stride + j % CHUNK;
         let live = k.saturating_sub(j).min(16);
         let mask: __mmask16 = ((1u32 << live) - 1) as u16;
-        let v = _mm512_maskz_loadu_ps(mask, row.add(j));
+        // Past the row (its last chunk, `k % 32` of 1 to 16) the mask loads nothing: the
+        // address is only formed, with `wrapping_add` (`add` past the allocation's end is UB).
+        let v = _mm512_maskz_loadu_ps(mask, row.wrapping_add(j));
         let h = _mm512_cvtneps_pbh(v);
         let l = _mm512_cvtneps_pbh(_mm512_sub_ps(v, _mm512_cvtpbh_ps(h)));
         _mm256_storeu_si256(

@@ -230,11 +230,15 @@ impl ChatTemplate {
                     "bos_token",
                     "eos_token",
                 ];
-                let extra: TemplateKwargs = kwargs
+                let mut extra: TemplateKwargs = kwargs
                     .iter()
                     .filter(|(k, _)| !fixed.contains(&k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
+                // As transformers renders (`documents=None`): `documents is not none` is false.
+                extra
+                    .entry("documents".to_string())
+                    .or_insert(serde_json::Value::Null);
                 let tools = tools.filter(|t| !t.is_empty());
                 let mut out = CappedBuf::new(max_bytes);
                 let ctx = minijinja::context! {
@@ -531,6 +535,25 @@ mod tests {
             out,
             "{\n  \"b\": [\n    1,\n    2.5\n  ],\n  \"a\": {},\n  \"s\": \"x'&\"\n}|{\"b\": [1, 2.5], \"a\": {}, \"s\": \"x'&\"}"
         );
+    }
+
+    /// `documents` is `none` unless the request's template kwargs give it, as transformers
+    /// renders (`documents=None`): a RAG template's document block stays out.
+    #[test]
+    fn documents_are_none_unless_given() {
+        let t = ChatTemplate::Jinja {
+            source: "{% if documents is not none %}DOCS {{ documents | length }}{% endif %}."
+                .into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let none = t
+            .render_with(&[], None, false, &TemplateKwargs::new())
+            .unwrap();
+        assert_eq!(none, ".");
+        let mut kwargs = TemplateKwargs::new();
+        kwargs.insert("documents".into(), serde_json::json!([{"text": "a"}]));
+        assert_eq!(t.render_with(&[], None, false, &kwargs).unwrap(), "DOCS 1.");
     }
 
     /// A model's template cannot ask `tojson` for an indent wider than 64 spaces: the indent
