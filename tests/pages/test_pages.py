@@ -124,7 +124,7 @@ def sse_body(text, piece=7):
     return out + chunk({}, "stop") + "data: [DONE]\n\n"
 
 
-def sse_thinking(thought, text, piece=5):
+def sse_thinking(thought, text, piece=5, finish="stop"):
     """A stream whose thinking comes first as `delta.reasoning_content`, then the answer."""
     def chunk(delta, finish=None):
         return "data: " + json.dumps(
@@ -133,7 +133,7 @@ def sse_thinking(thought, text, piece=5):
     out = chunk({"role": "assistant", "content": ""})
     out += "".join(chunk({"reasoning_content": thought[i:i + piece]}) for i in range(0, len(thought), piece))
     out += "".join(chunk({"content": text[i:i + piece]}) for i in range(0, len(text), piece))
-    return out + chunk({}, "stop") + "data: [DONE]\n\n"
+    return out + chunk({}, finish) + "data: [DONE]\n\n"
 
 
 def check_escaped(page, body, where):
@@ -290,6 +290,28 @@ def chat_page(ctx):
     check(bodies[-1]["messages"][1] == {"role": "assistant", "content": "It is **4**."},
           f"only the answer goes back: {bodies[-1]['messages']}")
     page.screenshot(path=f"{shots}/chat-thinking.png")
+    page.unroute("**/v1/chat/completions")
+
+    # Thinking that ran into max tokens finished the answer with no text: its question stays
+    # answered (on the page and in the next turn's messages), not dropped as a failure.
+    page.click("#clear")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"},
+        body=sse_thinking("Hmm, " * 40, "", finish="length")))
+    page.fill("#prompt", "Q-thought")
+    page.click("#send")
+    page.wait_for_selector(".message.assistant[data-state=done]", timeout=TIMEOUT_MS)
+    page.unroute("**/v1/chat/completions")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse_body("Sure.")))
+    page.fill("#prompt", "And now?")
+    page.click("#send")
+    wait_answer(page, 2)
+    sent = bodies[-1]["messages"]
+    check([m["role"] for m in sent] == ["user", "assistant", "user"]
+          and sent[0]["content"] == "Q-thought",
+          f"the question answered by thinking alone stays: {sent}")
+    check("Q-thought" in page.locator("#messages").inner_text(), "and on the page")
     page.unroute("**/v1/chat/completions")
 
     # Defence in depth: markup put into the page by hand still runs no inline handler (CSP).

@@ -186,9 +186,12 @@ document.addEventListener("DOMContentLoaded", () => {
       controller = null;
     }
     if (messages !== conversation) return;
-    // A stopped answer stays in the conversation (as far as it got); a failed one, or one
-    // stopped before its first word, does not (it leaves when the conversation moves on).
-    if (el.dataset.state === "error" || text === "") {
+    // A finished answer stays in the conversation, even one with no text (a reasoning model
+    // whose max tokens ran out while it thought: its question is answered, if by nothing);
+    // a stopped one too, as far as it got. A failed one, or one stopped before its first
+    // word, does not (it leaves when the conversation moves on).
+    const kept = el.dataset.state === "done" || (el.dataset.state === "stopped" && text !== "");
+    if (!kept) {
       el.classList.add("failed");
       el.querySelector(".copy").remove();
       if (replaced) replaced.el.hidden = false;
