@@ -77,6 +77,23 @@ fn a_non_legacy_sentencepiece_folder_encodes_as_transformers() {
         let got = lm.tokenizer.encode(text, false).unwrap();
         assert_eq!(got, want[1..], "text {text:?}");
     }
+    // Special-token text a message holds stays text (encoded apart from the template's own
+    // special tokens): the text after `</s>` still gets no `▁`, as in the whole encoding.
+    let t = "hello world</s>the lazy fox <s>";
+    let literal = t.len() - 3..t.len();
+    let got = lm
+        .tokenizer
+        .encode_with_literal(t, &[literal], false)
+        .unwrap();
+    let want = lm
+        .tokenizer
+        .encode("hello world</s>the lazy fox", false)
+        .unwrap();
+    assert_eq!(got[..want.len()], want[..], "{got:?}");
+    assert!(
+        !got[want.len()..].contains(&1),
+        "the message's <s> is text: {got:?}"
+    );
     assert_eq!(lm.tokenizer.token_to_id("<pad>"), Some(80));
     assert!(lm.tokenizer.is_special(80));
     // The legacy reading puts a `▁` after `</s>`: what the config's `legacy: false` changes.

@@ -78,8 +78,10 @@ pub struct Tokenizer {
     pub json: Option<Value>,
     /// Ids of the special (control) added tokens.
     special_ids: HashSet<u32>,
-    /// `inner` reading special-token text as the characters it is; made on first use.
-    literal: OnceLock<tokenizers::Tokenizer>,
+    /// `inner` reading special-token text as the characters it is, and that again for text
+    /// that does not start the input where `inner`'s Metaspace prepends `▁` to the first
+    /// split only ([`continuing`]); made on first use.
+    literal: OnceLock<(tokenizers::Tokenizer, Option<tokenizers::Tokenizer>)>,
     /// The longest vocabulary entry, in bytes; measured on first use.
     longest_token: OnceLock<usize>,
 }
@@ -315,15 +317,22 @@ impl Tokenizer {
         if specials.iter().all(|(_, c)| from_template(c)) {
             return Ok(self.with_bos(ids.to_vec(), add_bos));
         }
-        let plain = self.literal.get_or_init(|| {
+        let (plain, later) = self.literal.get_or_init(|| {
             let mut t = self.inner.clone();
             t.set_encode_special_tokens(true);
-            t
+            let later = continuing(&t);
+            (t, later)
         });
         let encode_plain = |out: &mut Vec<u32>, r: Range<usize>| -> Result<()> {
             let piece = text.get(r.clone()).ok_or_else(|| {
                 Error::Tokenizer(format!("special token offsets {r:?} split a character"))
             })?;
+            // Text after a template's special token does not start the input: no `▁`
+            // where the whole prompt's encoding puts none.
+            let plain = match later {
+                Some(later) if r.start > 0 => later,
+                _ => plain,
+            };
             if !piece.is_empty() {
                 let e = plain
                     .encode(piece, false)
@@ -808,6 +817,33 @@ pub fn from_sentencepiece_with(path: &Path, config: &SpmConfig) -> Result<Tokeni
 /// A byte-level BPE tokenizer for unit tests: the 256 byte tokens (id = byte value, spelled
 /// with GPT-2's byte-to-character map), merges `h e` (256) and `he l` (257), and the special
 /// tokens `<|a|>` (258) and `<|b|>` (259).
+/// `t` for text that does not start the input: where its Metaspace pre-tokenizer prepends
+/// `▁` to the input's first split only (`prepend_scheme: first`, transformers' non-legacy
+/// Llama tokenizers such as vicuna-7b-v1.5's), one that prepends none, as the whole input's
+/// encoding gives the text after a special token; `None` where `t` has no such scheme
+/// (every split alike: encoding a piece alone gives what the whole input's encoding does).
+fn continuing(t: &tokenizers::Tokenizer) -> Option<tokenizers::Tokenizer> {
+    use tokenizers::pre_tokenizers::metaspace::PrependScheme;
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper as Pre;
+    fn never(p: &mut Pre) -> bool {
+        match p {
+            Pre::Metaspace(m) if m.get_prepend_scheme() == PrependScheme::First => {
+                m.set_prepend_scheme(PrependScheme::Never);
+                true
+            }
+            Pre::Sequence(seq) => seq.as_mut().iter_mut().fold(false, |any, p| never(p) | any),
+            _ => false,
+        }
+    }
+    let mut pre = t.get_pre_tokenizer()?.clone();
+    if !never(&mut pre) {
+        return None;
+    }
+    let mut t = t.clone();
+    t.with_pre_tokenizer(Some(pre));
+    Some(t)
+}
+
 #[cfg(test)]
 pub(crate) fn test_byte_tokenizer() -> Tokenizer {
     test_byte_tokenizer_with(&["<|a|>", "<|b|>"])
