@@ -22,11 +22,19 @@ fn conversations() -> Vec<(Option<&'static str>, Vec<Message>)> {
         Message::new("user", "Write a haiku\nabout rain."),
     ];
     let one = vec![Message::new("user", "What is 2 + 2?")];
+    // An answer with no text (a reasoning model's thinking took every token): FastChat's
+    // `if message:` writes its role as an open turn.
+    let empty_answer = vec![
+        Message::new("user", "Hi"),
+        Message::new("assistant", ""),
+        Message::new("user", "Again?"),
+    ];
     vec![
         (None, chat.clone()),
         (Some("You are terse."), chat),
         (None, one.clone()),
         (Some("Answer in French."), one),
+        (None, empty_answer),
     ]
 }
 

@@ -174,11 +174,13 @@ impl Builtin {
             .iter()
             .map(|(r, m)| (*r, Some(m.to_string())))
             .collect();
+        // An empty message is an open turn, as FastChat's `if message:` writes it.
+        let said = |m: &Message| Some(m.content.clone()).filter(|c| !c.is_empty());
         for m in messages {
             match m.role.as_str() {
                 "system" => system = m.content.clone(),
-                "user" => turns.push((0, Some(m.content.clone()))),
-                "assistant" => turns.push((1, Some(m.content.clone()))),
+                "user" => turns.push((0, said(m))),
+                "assistant" => turns.push((1, said(m))),
                 other => return Err(Error::Template(format!("unknown role {other:?}"))),
             }
         }
