@@ -9,7 +9,7 @@ usage: python test_skypilot.py CAMELID_BINARY
    serve.yaml is camelid.yaml plus `service`, spot and those limits; a broken copy of each is
    rejected.
 2. The task's `setup` (from the loaded task) builds for the GPU nvidia-smi reports unless
-   CUDA_COMPUTE_CAP is given: run here with stand-ins for nvidia-smi and cargo.
+   CUDA_COMPUTE_CAP is given: run here with stand-ins for nvidia-smi, nvcc and cargo.
 3. The service's `run` (taken from the loaded task, not copied) starts camelid with its envs
    and the cloud parts swapped for the default model on the CPU, and /health answers 200.
 """
@@ -95,6 +95,8 @@ def the_files_load():
           f"the readiness delay covers setup, download and load: {svc.initial_delay_seconds} s")
     check((svc.min_replicas, svc.max_replicas) == (1, 4), "1 to 4 replicas")
     check(svc.target_qps_per_replica == 2, "autoscaled on QPS")
+    check(svc.lb_stream_timeout_seconds >= 600,
+          f"whole answers of minutes pass the load balancer: {svc.lb_stream_timeout_seconds} s")
     check(svc.base_ondemand_fallback_replicas == 1 and svc.dynamic_ondemand_fallback,
           "spot replicas with an on-demand fallback")
     (sres,) = list(svc_task.resources)
@@ -114,6 +116,7 @@ def the_files_load():
         "CAMELID_ARENA_ADDRESS_TURNS_IN_FLIGHT": "0",
         "CAMELID_ARENA_TRUST_FORWARDED_FOR": "false",
         "CAMELID_ARENA_DB_REQUIRED": "true",
+        "CAMELID_ARENA_DB_MAX_CONNECTIONS": "4",
     }
     check(svc_task.envs == {**task.envs, **behind_lb} and not set(behind_lb) & set(task.envs),
           f"serve.yaml's envs are camelid.yaml's plus the arena's limits behind the load balancer: "
@@ -137,8 +140,8 @@ def the_files_load():
 
 
 def the_setup_builds_for_the_gpu(task):
-    """`setup` with stand-ins: an nvidia-smi that reports an A100 (8.0), a cargo that records
-    what it was asked and CUDA_COMPUTE_CAP, an empty ~/.cargo/env."""
+    """`setup` with stand-ins: an nvidia-smi that reports an A100 (8.0), an nvcc, a cargo that
+    records what it was asked and CUDA_COMPUTE_CAP, an empty ~/.cargo/env."""
     def built_for(extra_env):
         with tempfile.TemporaryDirectory() as tmp:
             bin_dir = os.path.join(tmp, "bin")
@@ -149,6 +152,8 @@ def the_setup_builds_for_the_gpu(task):
             stubs = {
                 "nvidia-smi": 'case "$*" in *compute_cap*) echo "8.0";; *) exit 1;; esac\n',
                 "cargo": f'echo "$CUDA_COMPUTE_CAP $*" > {record}\n',
+                # The image's CUDA toolkit, which setup requires (the cudarc crate runs it).
+                "nvcc": 'echo "Cuda compilation tools, release 13.0"\n',
             }
             for name, body in stubs.items():
                 path = os.path.join(bin_dir, name)

@@ -960,6 +960,22 @@ def private_arena_limits(browser):
           f"a private arena's limits read with the key: max "
           f"{page.get_attribute('#max-tokens', 'max')}, min "
           f"{page.get_attribute('#temperature', 'min')}")
+    # At the battle's turn limit the page takes no follow-up (the server would refuse it)
+    # and says what is left: here a limit of one turn. (The turn goes at all though the
+    # temperature field's 0.7 is off its step of 0.1 from the minimum 0.25: the page clamps
+    # the settings itself, the browser's form checks would block the send.)
+    limits["max_turns"] = 1
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+    page.route("**/arena/battles", fake_battle_route)
+    page.fill("#prompt", "Name a fruit.")
+    page.click("#send")
+    page.wait_for_selector("body[data-phase=answered]", timeout=TIMEOUT_MS)
+    check(page.is_disabled("#prompt") and page.is_disabled("#send")
+          and page.is_enabled("#vote-tie") and page.is_enabled("#new-round"),
+          "no follow-up past the turn limit; the vote and a new round stay")
+    check("limit of 1 turn:" in page.locator("#status").inner_text(),
+          f"it says so: {page.locator('#status').inner_text()!r}")
     watch.clean("private arena")
     ctx.close()
 

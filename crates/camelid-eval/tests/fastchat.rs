@@ -474,6 +474,9 @@ fn resuming_counts_only_this_judges_verdicts_in_either_order() {
     let out = dir.path().join("pair.jsonl");
     let qs = vec![q(81)];
     let answers = answers_of(&["m1", "m2"], &[81]);
+    let j = judge();
+    // As a run writes it: the first game's prompt shows model_1's answer as A (a record
+    // made from other prompts is refused, not counted done).
     let judged = |by: &str, m1: &str, m2: &str, turn: u8| PairJudgment {
         question_id: 81,
         model_1: m1.into(),
@@ -481,7 +484,10 @@ fn resuming_counts_only_this_judges_verdicts_in_either_order() {
         g1_winner: "tie".into(),
         g2_winner: "tie".into(),
         judge: (by.into(), "pair-v2".into()),
-        g1_user_prompt: String::new(),
+        g1_user_prompt: j
+            .pair_prompt(&qs[0], &answers[m1][&81], &answers[m2][&81], turn)
+            .unwrap()
+            .2,
         g1_judgment: String::new(),
         g2_user_prompt: String::new(),
         g2_judgment: String::new(),
@@ -493,7 +499,6 @@ fn resuming_counts_only_this_judges_verdicts_in_either_order() {
     for t in [1, 2] {
         append_jsonl(&out, &judged("another-judge", "m1", "m2", t)).unwrap();
     }
-    let j = judge();
     assert_all_failed(run_judge(&j, &qs, &answers, Mode::PairwiseAll, &out), 2);
     // Judged by this judge with the pair the other way round (a baseline run's order):
     // nothing left to do.

@@ -209,7 +209,9 @@ document.addEventListener("DOMContentLoaded", async () => {
     const focused = document.activeElement;
     phase = p;
     const canVote = p === "answered";
-    const closed = p === "waiting" || p === "voting" || p === "voted" || p === "over";
+    // A battle at its turn limit takes no follow-up (the server would refuse it).
+    const full = p === "answered" && maxTurns !== null && turns.length >= maxTurns;
+    const closed = p === "waiting" || p === "voting" || p === "voted" || p === "over" || full;
     for (const b of Object.values(voteButtons)) b.disabled = !canVote;
     sendButton.disabled = closed;
     prompt.disabled = closed;
@@ -257,6 +259,8 @@ document.addEventListener("DOMContentLoaded", async () => {
 
   // The characters a turn may carry (the server's --arena-max-input-chars), once read.
   let maxChars = null;
+  // Turns a battle takes (`max_turns`): past them only a vote, a regenerate or a new round.
+  let maxTurns = null;
   let limitsRead = false;
 
   // The arena's limits bound the settings (`numberField` keeps a value within min and max),
@@ -277,6 +281,7 @@ document.addEventListener("DOMContentLoaded", async () => {
       maxTokens.placeholder = `up to ${limits.max_tokens}`;
       // Checked when sent, not by `maxlength`: a browser cuts a longer paste without a word.
       if (limits.max_input_chars) maxChars = limits.max_input_chars;
+      if (limits.max_turns) maxTurns = limits.max_turns;
     } catch (e) {
       console.warn("arena limits:", e);
     }
@@ -364,12 +369,15 @@ document.addEventListener("DOMContentLoaded", async () => {
       setPhase("answered");
       if (!limitsRead) readLimits();
       say(
-        redo
-          ? "New answers are in: vote, regenerate, or ask a follow-up."
-          : "Both answers are in: vote, or ask a follow-up.",
+        prompt.disabled
+          ? `This battle is at its limit of ${maxTurns} turn${maxTurns === 1 ? "" : "s"}: ` +
+            "vote, regenerate, or start a new round."
+          : redo
+            ? "New answers are in: vote, regenerate, or ask a follow-up."
+            : "Both answers are in: vote, or ask a follow-up.",
       );
       // The prompt was disabled while waiting (focus fell to the page): give it back.
-      prompt.focus();
+      if (!prompt.disabled) prompt.focus();
     } catch (err) {
       const stopped = err.name === "AbortError";
       const why = stopped ? "Stopped." : "Error: " + err.message;

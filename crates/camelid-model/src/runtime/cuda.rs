@@ -7,9 +7,9 @@
 //! layer loop, as on the CPU: Q/K/V biases and per-head Q/K norms (candle ops), each layer's
 //! window, the score scale and soft-capping (the attention kernel), the local layers' rope,
 //! post norms (candle's RMSNorm), GeGLU, the embedding scale and the logits' soft-capping.
-//! Every rope scaling too: a chunk's frequencies are a row of their own (dynamic NTK and
-//! LongRoPE choose by the chunk's length, as the other runtimes do), YaRN's and LongRoPE's
-//! attention factor scales cos and sin in the kernel.
+//! Every rope scaling too: a chunk's frequencies are a row of their own (the one table of
+//! [`Rope::inv_freq`](crate::rope::Rope::inv_freq), as the other runtimes take it), YaRN's and
+//! LongRoPE's attention factor scales cos and sin in the kernel.
 //!
 //! Chosen by [`Llama::forward`] on CUDA when the KV store offers [`KvStore::device_paged`],
 //! the dtype is a float one and the head fits the attention kernel; `CAMELID_CUDA_KERNELS=0`
