@@ -191,15 +191,22 @@ impl ModelConfig {
 
     /// The parameters of its matrices (embedding, attention, MLP, an untied output): what
     /// its weights take in memory, times the bytes of the format they are kept in, less the
-    /// norms' few and any biases.
+    /// norms' few and any biases. Saturating: a config's sizes are not trusted.
     pub fn matrix_parameters(&self) -> u64 {
-        let [h, v, f] =
-            [self.hidden_size, self.vocab_size, self.intermediate_size].map(|n| n as u64);
-        let q = (self.num_heads * self.head_dim) as u64;
-        let kv = (self.num_kv_heads * self.head_dim) as u64;
-        let layer = 2 * h * q + 2 * h * kv + 3 * h * f;
+        let n = |x: usize| x as u64;
+        let mul = |a: u64, b: u64| a.saturating_mul(b);
+        let (h, v, f) = (
+            n(self.hidden_size),
+            n(self.vocab_size),
+            n(self.intermediate_size),
+        );
+        let q = mul(n(self.num_heads), n(self.head_dim));
+        let kv = mul(n(self.num_kv_heads), n(self.head_dim));
+        let layer = mul(mul(2, h), q)
+            .saturating_add(mul(mul(2, h), kv))
+            .saturating_add(mul(mul(3, h), f));
         let heads = if self.tie_word_embeddings { 1 } else { 2 };
-        heads * v * h + self.num_layers as u64 * layer
+        mul(mul(heads, v), h).saturating_add(mul(n(self.num_layers), layer))
     }
 
     pub fn validate(&self, origin: &str) -> Result<()> {

@@ -139,6 +139,34 @@ fn a_model_larger_than_the_memory_left_is_refused_at_start() {
     );
 }
 
+/// An HF folder (the default model converted to f16 safetensors: 135 M parameters, kept
+/// 16-bit on the CPU) cannot fit in 60 MiB either: refused from its shape before a tensor is
+/// read, with what `--quantize q4_k` would keep.
+#[test]
+fn an_hf_folder_larger_than_the_memory_left_is_refused_at_start() {
+    let Some(cg) = Cgroup::with_limit(60 << 20) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("smol-f16");
+    common::cli::camelid(&[
+        "convert",
+        "--out",
+        folder.to_str().unwrap(),
+        "--dtype",
+        "f16",
+    ]);
+    let out = cg.serve_output(&["--model", folder.to_str().unwrap()]);
+    refused(
+        &out,
+        &[
+            "not enough memory",
+            "its weights take at least",
+            "`--quantize q4_k` would keep about",
+        ],
+    );
+}
+
 /// In 450 MiB the default model loads (about 230 MiB at start) but its default KV cache
 /// (512 MiB, zeroed when made) does not fit: the server starts with a smaller one, says so,
 /// serves the context that cache holds, and answers.

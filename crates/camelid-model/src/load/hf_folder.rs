@@ -252,6 +252,15 @@ impl HfWeights {
         bare
     }
 
+    /// The values the files hold, every stored tensor's (each once, under its stored name).
+    pub fn stored_elements(&self) -> u64 {
+        self.shapes
+            .iter()
+            .filter(|(name, _)| !self.stored_names.contains_key(*name))
+            .map(|(_, s)| s.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64)))
+            .fold(0u64, u64::saturating_add)
+    }
+
     pub fn names(&self) -> Vec<String> {
         let mut n: Vec<_> = self.shapes.keys().cloned().collect();
         n.sort();

@@ -462,7 +462,7 @@ pub fn load_gguf(
                 (t.shape.elem_count() / d.block_size() * d.type_size()) as u64
             })
             .sum();
-        let q4 = q4_k_bytes(&cfg);
+        let q4 = q4_k_bytes(cfg.matrix_parameters());
         let hint = if bytes > q4 + q4 / 2 {
             format!(
                 "; a Q4_K_M file of it would take about {}",
@@ -526,25 +526,32 @@ pub fn load_gguf(
     })
 }
 
-/// About what a model's matrices take as Q4_K (4.5 bits a weight).
-fn q4_k_bytes(cfg: &crate::config::ModelConfig) -> u64 {
-    cfg.matrix_parameters() * 9 / 16
+/// About what `params` weights take as Q4_K (4.5 bits a weight).
+fn q4_k_bytes(params: u64) -> u64 {
+    params.saturating_mul(9) / 16
 }
 
 /// Refuses an HF model the machine cannot hold on the CPU, from its shape and the format its
 /// matrices are kept in: `--quantize`'s, `--dtype`'s, else 16 bits (a 16-bit download stays
-/// 16-bit; an f32 one takes twice that, so this is a lower bound).
-fn check_hf_fits(cfg: &crate::config::ModelConfig, opts: &LoadOptions, dir: &Path) -> Result<()> {
-    let params = cfg.matrix_parameters();
+/// 16-bit; an f32 one takes twice that, so this is a lower bound). Its matrices' parameters,
+/// at most the `stored` values its files hold: a config's sizes are not trusted (weights it
+/// names that the files lack are refused by name as they are read).
+fn check_hf_fits(
+    cfg: &crate::config::ModelConfig,
+    stored: u64,
+    opts: &LoadOptions,
+    dir: &Path,
+) -> Result<()> {
+    let params = cfg.matrix_parameters().min(stored);
     let bytes = match (opts.quantize, opts.dtype) {
-        (Some(q), _) => params * q.type_size() as u64 / q.block_size() as u64,
-        (None, Some(d)) => params * d.size_in_bytes() as u64,
-        (None, None) => params * 2,
+        (Some(q), _) => params.saturating_mul(q.type_size() as u64) / q.block_size() as u64,
+        (None, Some(d)) => params.saturating_mul(d.size_in_bytes() as u64),
+        (None, None) => params.saturating_mul(2),
     };
     let hint = if opts.quantize.is_none() {
         format!(
             "; `--quantize q4_k` would keep about {}",
-            host_memory::gib(q4_k_bytes(cfg))
+            host_memory::gib(q4_k_bytes(params))
         )
     } else {
         String::new()
@@ -754,11 +761,11 @@ pub fn load_hf_folder(
         None if opts.device.is_cuda() => gpu_dtype(hf.torch_dtype.as_deref()),
         None => DType::F32,
     };
-    if opts.device.is_cpu() {
-        check_hf_fits(&cfg, opts, dir)?;
-    }
     let files = find_weight_files(dir)?;
     let mut weights = HfWeights::open(&files, &opts.device)?;
+    if opts.device.is_cpu() {
+        check_hf_fits(&cfg, weights.stored_elements(), opts, dir)?;
+    }
     match prefixes {
         Some(p) => weights.read_under(p),
         None => {
