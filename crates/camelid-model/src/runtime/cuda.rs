@@ -140,7 +140,7 @@ impl HostMeta {
         let half = model.cfg.head_dim / 2;
         let freqs_of = |rope: &Rope| {
             let mut freqs = Vec::with_capacity(rows * half);
-            for c in &batch.chunks {
+            for _ in &batch.chunks {
                 freqs.extend_from_slice(rope.inv_freq());
             }
             freqs.resize(rows * half, 0.0);
