@@ -17,7 +17,7 @@ pub enum Error {
     TooLong(String),
     #[error("{0}")]
     Io(String),
-    /// A model larger than the memory left ([`crate::load::host_memory`]).
+    /// A model larger than the memory left (the loader refuses it before reading it).
     #[error("not enough memory: {0}")]
     Memory(String),
     #[error("invalid request: {0}")]
