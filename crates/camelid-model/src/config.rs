@@ -404,7 +404,7 @@ pub struct HfConfig {
     /// Gemma: scores scaled by `query_pre_attn_scalar^-1/2`.
     pub query_pre_attn_scalar: Option<f64>,
     /// Gemma 2: soft-capping of attention scores and of the logits. `None`: the key is
-    /// absent (Gemma 2's config class then caps at its defaults); `Some(None)`: null, off.
+    /// absent (filled by Gemma 2's class defaults before this is read); `Some(None)`: null, off.
     #[serde(default, deserialize_with = "present")]
     pub attn_logit_softcapping: Option<Option<f64>>,
     #[serde(default, deserialize_with = "present")]

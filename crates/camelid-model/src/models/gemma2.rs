@@ -17,6 +17,7 @@ pub const ARCH: Architecture = Architecture {
     hf_features,
     tied_by_default: true,
     hf_norm_offset: 1.0,
+    hf_class,
 };
 
 /// Gemma 2's soft-capping of attention scores and of logits where its config has no key
@@ -27,12 +28,6 @@ pub const GEMMA2_FINAL_SOFTCAP: f32 = 30.0;
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
     let mut f = gemma_features(hf, origin)?;
     f.global_every = Some(2);
-    if hf.attn_logit_softcapping.is_none() {
-        f.attn_softcap = Some(GEMMA2_ATTN_SOFTCAP);
-    }
-    if hf.final_logit_softcapping.is_none() {
-        f.final_softcap = Some(GEMMA2_FINAL_SOFTCAP);
-    }
     Ok(f)
 }
 
@@ -76,4 +71,16 @@ pub(crate) fn gguf_attn_scale(
     let big = matches!((arch, layers), ("gemma2", 46) | ("gemma3", 62));
     let scalar = if big { hidden / heads.max(1) } else { head_dim };
     1.0 / (scalar as f32).sqrt()
+}
+
+/// `Gemma2Config`'s defaults that differ from LLaMA's (soft-capping at 50 and 30 where the
+/// keys are absent; an explicit null is off).
+fn hf_class(obj: &mut super::JsonObject) {
+    super::fill_absent(
+        obj,
+        serde_json::json!({"head_dim": 256, "num_key_value_heads": 4,
+            "max_position_embeddings": 8192, "query_pre_attn_scalar": 256,
+            "sliding_window": 4096, "attn_logit_softcapping": GEMMA2_ATTN_SOFTCAP,
+            "final_logit_softcapping": GEMMA2_FINAL_SOFTCAP}),
+    );
 }

@@ -19,6 +19,7 @@ pub const ARCH: Architecture = Architecture {
     hf_features,
     tied_by_default: true,
     hf_norm_offset: 1.0,
+    hf_class,
 };
 
 /// Gemma 3 4B, 12B and 27B are published as `Gemma3ForConditionalGeneration` (a vision tower
@@ -88,4 +89,9 @@ fn pattern_of(types: &[String], origin: &str) -> Result<usize> {
         )));
     }
     Ok(n)
+}
+
+/// `Gemma3TextConfig`'s defaults where a `Gemma3ForCausalLM` config leaves keys out.
+fn hf_class(obj: &mut super::JsonObject) {
+    super::fill_absent(obj, text_defaults());
 }

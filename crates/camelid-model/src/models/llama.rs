@@ -21,6 +21,7 @@ pub const ARCH: Architecture = Architecture {
     hf_features,
     tied_by_default: false,
     hf_norm_offset: 0.0,
+    hf_class: super::as_llama,
 };
 
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {

@@ -15,6 +15,7 @@ pub const ARCH: Architecture = Architecture {
     hf_features,
     tied_by_default: false,
     hf_norm_offset: 0.0,
+    hf_class,
 };
 
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
@@ -23,4 +24,14 @@ fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
         sliding_window: hf.sliding_window,
         ..Default::default()
     })
+}
+
+/// `MistralConfig`'s defaults that differ from LLaMA's: a config without `sliding_window`
+/// attends a window of 4096 keys (v0.1's; later versions say `null`).
+fn hf_class(obj: &mut super::JsonObject) {
+    super::fill_absent(
+        obj,
+        serde_json::json!({"sliding_window": 4096, "num_key_value_heads": 8,
+            "max_position_embeddings": 131_072}),
+    );
 }

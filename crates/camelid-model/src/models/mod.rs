@@ -36,7 +36,30 @@ pub struct Architecture {
     pub tied_by_default: bool,
     /// [`ModelConfig::norm_weight_offset`] for its HF checkpoints (Gemma: 1).
     pub hf_norm_offset: f32,
+    /// What its transformers config class does to a `config.json` before camelid reads it:
+    /// the class's defaults for the keys a config leaves out where they differ from
+    /// LLaMA's (Mistral's 4096-key window, Qwen3's 128-wide heads, Phi-3's eps), and the
+    /// class's renames of older values. Without them a config that leaves a key out would
+    /// load with LLaMA's value and answer differently from the same checkpoint in HF.
+    pub hf_class: fn(&mut JsonObject),
 }
+
+/// A `config.json`'s top-level object.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// Puts each key of `defaults` (a JSON object) into `obj` where `obj` lacks it. A key present
+/// as null stays null: HF's classes take an explicit null as given (Mistral's
+/// `sliding_window: null` is no window).
+pub(crate) fn fill_absent(obj: &mut JsonObject, defaults: serde_json::Value) {
+    if let serde_json::Value::Object(d) = defaults {
+        for (k, v) in d {
+            obj.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// For architectures whose config class agrees with LLaMA's on every key camelid reads.
+pub(crate) fn as_llama(_: &mut JsonObject) {}
 
 /// Every architecture camelid serves (a GGUF name is looked up in this order).
 pub const ARCHITECTURES: &[&Architecture] = &[
@@ -93,7 +116,7 @@ pub fn parse_hf_config(text: &str, origin: &str) -> Result<(HfConfig, Option<Ren
             .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(n.hf_architecture)))
     });
     let (Some(n), Some(text_config)) = (nested, v.get("text_config")) else {
-        return Ok((HfConfig::parse(text, origin)?, None));
+        return Ok((as_its_class(v, origin)?, None));
     };
     let mut merged = (n.text_defaults)();
     for (k, x) in text_config.as_object().into_iter().flatten() {
@@ -108,10 +131,18 @@ pub fn parse_hf_config(text: &str, origin: &str) -> Result<(HfConfig, Option<Ren
         }
     }
     merged["architectures"] = serde_json::json!([n.text_architecture]);
-    Ok((
-        HfConfig::parse(&merged.to_string(), origin)?,
-        Some(n.prefixes),
-    ))
+    Ok((as_its_class(merged, origin)?, Some(n.prefixes)))
+}
+
+/// A config read as its architecture's transformers class reads it ([`Architecture::hf_class`]).
+/// A config naming no served architecture is parsed as it is (`config_from_hf` refuses it).
+fn as_its_class(mut v: serde_json::Value, origin: &str) -> Result<HfConfig> {
+    let hf = HfConfig::parse(&v.to_string(), origin)?;
+    let (Ok(arch), Some(obj)) = (for_hf(&hf, origin), v.as_object_mut()) else {
+        return Ok(hf);
+    };
+    (arch.hf_class)(obj);
+    HfConfig::parse(&v.to_string(), origin)
 }
 
 /// The architecture of an HF config (its `architectures`, else its `model_type`).
@@ -238,7 +269,7 @@ mod tests {
     use crate::config::RopeScaling;
 
     fn parse(j: &serde_json::Value, origin: &str) -> Result<ModelConfig> {
-        config_from_hf(&HfConfig::parse(&j.to_string(), origin)?, origin)
+        config_from_hf(&parse_hf_config(&j.to_string(), origin)?.0, origin)
     }
 
     fn base() -> serde_json::Value {
@@ -426,6 +457,84 @@ mod tests {
         assert_eq!(parse(&j, "t").unwrap().architecture, "qwen2");
     }
 
+    /// A config that leaves a key out reads as its transformers class reads it: that class's
+    /// default, not LLaMA's; an explicit null stays null.
+    #[test]
+    fn absent_keys_take_the_architectures_class_defaults() {
+        let with = |arch: &str, drop: &[&str], set: serde_json::Value| {
+            let mut j = base();
+            j["architectures"] = serde_json::json!([arch]);
+            j["hidden_size"] = serde_json::json!(1024);
+            j["num_attention_heads"] = serde_json::json!(32);
+            let obj = j.as_object_mut().unwrap();
+            for k in drop {
+                obj.remove(*k);
+            }
+            for (k, v) in set.as_object().unwrap() {
+                obj.insert(k.clone(), v.clone());
+            }
+            parse(&j, "t").unwrap()
+        };
+        let none = serde_json::json!({});
+        let all = [
+            "rms_norm_eps",
+            "max_position_embeddings",
+            "num_key_value_heads",
+        ];
+        // LLaMA: serde's defaults are LlamaConfig's.
+        let c = with("LlamaForCausalLM", &all, none.clone());
+        assert_eq!((c.rms_norm_eps, c.max_position_embeddings), (1e-6, 2048));
+        assert_eq!((c.num_kv_heads, c.head_dim), (32, 32));
+        let c = with("MistralForCausalLM", &all, none.clone());
+        assert_eq!(c.features.sliding_window, Some(4096));
+        assert_eq!((c.num_kv_heads, c.max_position_embeddings), (8, 131_072));
+        let c = with(
+            "MistralForCausalLM",
+            &[],
+            serde_json::json!({"sliding_window": null}),
+        );
+        assert_eq!(c.features.sliding_window, None);
+        let c = with("Qwen3ForCausalLM", &all, none.clone());
+        assert_eq!((c.head_dim, c.num_kv_heads), (128, 32));
+        assert_eq!(c.max_position_embeddings, 32_768);
+        let c = with("Qwen2ForCausalLM", &all, none.clone());
+        assert_eq!((c.head_dim, c.num_kv_heads), (32, 32));
+        let c = with("Phi3ForCausalLM", &all, none.clone());
+        assert_eq!((c.rms_norm_eps, c.max_position_embeddings), (1e-5, 4096));
+        assert_eq!(c.num_kv_heads, 32);
+        // Phi3Config reads an older `yarn` or `su` type as LongRoPE.
+        let short: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 / 8.0).collect();
+        let long: Vec<f32> = short.iter().map(|x| 2.0 * x).collect();
+        for kind in ["yarn", "su", "longrope"] {
+            let scaling = serde_json::json!({"rope_scaling": {"type": kind,
+                "short_factor": short, "long_factor": long},
+                "max_position_embeddings": 16_384, "original_max_position_embeddings": 4096});
+            let c = with("Phi3ForCausalLM", &[], scaling);
+            match &c.rope_scaling {
+                RopeScaling::LongRope {
+                    short_factor,
+                    original_max_position_embeddings,
+                    ..
+                } => assert_eq!(
+                    (short_factor, *original_max_position_embeddings),
+                    (&short, 4096)
+                ),
+                other => panic!("{kind}: {other:?}"),
+            }
+        }
+        let g = serde_json::json!({"hidden_act": "gelu_pytorch_tanh"});
+        let c = with("Gemma2ForCausalLM", &all, g.clone());
+        assert_eq!(
+            (c.head_dim, c.num_kv_heads, c.max_position_embeddings),
+            (256, 4, 8192)
+        );
+        assert_eq!(c.features.attn_scale, Some(1.0 / 16.0));
+        assert_eq!(c.features.layer_window(0), Some(4096));
+        let c = with("Gemma3ForCausalLM", &all, g);
+        assert_eq!((c.head_dim, c.rope_theta), (256, 1_000_000.0));
+        assert_eq!(c.max_position_embeddings, 131_072);
+    }
+
     #[test]
     fn gemma_configs_bring_their_features() {
         let mut j = base();
@@ -472,6 +581,7 @@ mod tests {
         let mut j = base();
         j.as_object_mut().unwrap().remove("architectures");
         j["model_type"] = serde_json::json!("gemma3_text");
+        j["head_dim"] = serde_json::json!(16);
         j["num_hidden_layers"] = serde_json::json!(12);
         j["sliding_window"] = serde_json::json!(512);
         j["rope_local_base_freq"] = serde_json::json!(10000.0);

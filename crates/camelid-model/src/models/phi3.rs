@@ -16,6 +16,7 @@ pub const ARCH: Architecture = Architecture {
     hf_features,
     tied_by_default: false,
     hf_norm_offset: 0.0,
+    hf_class,
 };
 
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
@@ -29,4 +30,24 @@ fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
         sliding_window: hf.sliding_window,
         ..Default::default()
     })
+}
+
+/// `Phi3Config`'s defaults that differ from LLaMA's, and its rename of the older LongRoPE
+/// names: a `rope_scaling` of type `su` or `yarn` is LongRoPE (short and long factors), not
+/// YaRN.
+fn hf_class(obj: &mut super::JsonObject) {
+    super::fill_absent(
+        obj,
+        serde_json::json!({"rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
+            "original_max_position_embeddings": 4096}),
+    );
+    if let Some(serde_json::Value::Object(scaling)) = obj.get_mut("rope_scaling") {
+        for key in ["rope_type", "type"] {
+            if let Some(kind) = scaling.get_mut(key) {
+                if matches!(kind.as_str(), Some("su" | "yarn")) {
+                    *kind = "longrope".into();
+                }
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub const ARCH: Architecture = Architecture {
     hf_features,
     tied_by_default: false,
     hf_norm_offset: 0.0,
+    hf_class,
 };
 
 fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
@@ -24,4 +25,14 @@ fn hf_features(hf: &HfConfig, origin: &str) -> Result<ArchFeatures> {
         qk_norm: true,
         ..Default::default()
     })
+}
+
+/// `Qwen3Config`'s defaults that differ from LLaMA's: heads of 128 whatever
+/// `hidden_size / num_attention_heads` is.
+fn hf_class(obj: &mut super::JsonObject) {
+    super::fill_absent(
+        obj,
+        serde_json::json!({"head_dim": 128, "num_key_value_heads": 32,
+            "max_position_embeddings": 32_768}),
+    );
 }
