@@ -4,7 +4,7 @@
 
 use crate::metrics::EngineMetrics as M;
 use crate::paged::PagedKv;
-use crate::scheduler::{Engine, Submitted};
+use crate::scheduler::{Engine, Shutdown, Submitted};
 use crate::{EngineConfig, Event, Request, SubmitError};
 use camelid_model::config::ModelConfig;
 use camelid_model::text::tokenizer::Tokenizer;
@@ -27,8 +27,9 @@ pub struct EngineHandle {
     vocab_size: usize,
     /// Positions the whole KV pool holds: no single request may need more.
     kv_capacity: usize,
-    /// Set by [`Self::stop_admitting`]; the engine thread reads it every step.
-    stopping: Arc<AtomicBool>,
+    /// Set by [`Self::stop_admitting`] and [`Self::end_all`]; the engine thread reads it
+    /// every step.
+    stopping: Arc<Shutdown>,
     /// The LoRA adapter this handle's requests run under ([`Self::with_lora`]).
     lora: Option<SharedLora>,
     /// The model's configuration, which an adapter must fit.
@@ -44,7 +45,7 @@ impl EngineHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(M::default());
-        let stopping = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(Shutdown::default());
         let num_blocks = cfg.num_blocks(&lm);
         let handle = Self {
             tx,
@@ -189,7 +190,14 @@ impl EngineHandle {
     /// step, and so is anything submitted from now on; running sequences (preempted ones
     /// too: their clients have seen tokens) go on to their end.
     pub fn stop_admitting(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stopping.refuse_new.store(true, Ordering::SeqCst);
+    }
+
+    /// For the end of a shutdown's grace period: [`Self::stop_admitting`], and every request
+    /// still in the engine, running or not, ends with [`Event::Refused`] at the next step.
+    pub fn end_all(&self) {
+        self.stop_admitting();
+        self.stopping.end_all.store(true, Ordering::SeqCst);
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -227,7 +235,7 @@ impl EngineHandle {
         &self,
         reqs: Vec<Request>,
     ) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, SubmitError> {
-        if self.stopping.load(Ordering::SeqCst) {
+        if self.stopping.refuse_new.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
         self.enqueue(reqs, false)

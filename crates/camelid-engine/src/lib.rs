@@ -79,8 +79,9 @@ pub enum Event {
     /// The request's own grammar could not go on (`camelid_model::Error::Grammar`): the
     /// client's fault, answered 400 like a bad request; no event follows.
     GrammarFailed(String),
-    /// The request was never started and will not be: the engine is shutting down (see
-    /// `EngineHandle::stop_admitting`). No event follows.
+    /// The request will not run (on): the engine is shutting down. It was never started
+    /// (`EngineHandle::stop_admitting`), or the shutdown's grace period ended it
+    /// (`EngineHandle::end_all`). No event follows.
     Refused(String),
 }
 

@@ -61,6 +61,15 @@ impl Drop for ZeroGaugesOnPanic {
     }
 }
 
+/// How far a shutdown has gone: set by the handles, read by the engine every step.
+#[derive(Default)]
+pub(crate) struct Shutdown {
+    /// Requests not started are refused (SIGTERM).
+    pub refuse_new: AtomicBool,
+    /// Every request still in the engine ends now (the grace period is over).
+    pub end_all: AtomicBool,
+}
+
 pub(crate) struct Engine {
     lm: LoadedModel,
     cfg: EngineConfig,
@@ -68,7 +77,7 @@ pub(crate) struct Engine {
     /// Shared with the handles: `New` entries in `waiting` and in the channel.
     queued: Arc<AtomicUsize>,
     metrics: Arc<M>,
-    stopping: Arc<AtomicBool>,
+    stopping: Arc<Shutdown>,
     waiting: VecDeque<Waiting>,
     /// In admission order: the last is the first to be preempted.
     running: Vec<Seq>,
@@ -91,7 +100,7 @@ impl Engine {
         queued: Arc<AtomicUsize>,
         metrics: Arc<M>,
         kv: PagedKv,
-        stopping: Arc<AtomicBool>,
+        stopping: Arc<Shutdown>,
     ) -> Self {
         Self {
             lm,
@@ -130,7 +139,7 @@ impl Engine {
                 // The first request runs before the rest of its burst gathers: a shutdown
                 // meanwhile refuses only requests that have not started (this one's client
                 // may already hold the first chunk of its stream).
-                if !self.stopping.load(Ordering::SeqCst) {
+                if !self.stopping.refuse_new.load(Ordering::SeqCst) {
                     self.admit();
                     self.gather_burst();
                 }
@@ -138,8 +147,11 @@ impl Engine {
             while let Ok(s) = self.rx.try_recv() {
                 self.waiting.push_back(Waiting::New(s));
             }
-            if self.stopping.load(Ordering::SeqCst) {
+            if self.stopping.refuse_new.load(Ordering::SeqCst) {
                 self.refuse_new();
+            }
+            if self.stopping.end_all.load(Ordering::SeqCst) {
+                self.end_all();
             }
             self.admit();
             self.drop_cancelled();
@@ -197,6 +209,27 @@ impl Engine {
             }
             Waiting::New(_) | Waiting::Preempted(_) => true,
         });
+    }
+
+    /// The shutdown's grace period is over: every request still here, running or waiting,
+    /// ends now with `Refused` (its client gets an error, not a cut connection) and its
+    /// blocks go back.
+    fn end_all(&mut self) {
+        let why = "the server is shutting down and its grace period is over";
+        for s in self.running.drain(..) {
+            self.kv.free(s.id);
+            let _ = s.events.send(Event::Refused(why.into()));
+        }
+        for w in self.waiting.drain(..) {
+            let events = match w {
+                Waiting::New(s) => {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    s.events
+                }
+                Waiting::Preempted(s) => s.events,
+            };
+            let _ = events.send(Event::Refused(why.into()));
+        }
     }
 
     fn admit(&mut self) {

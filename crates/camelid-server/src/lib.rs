@@ -302,21 +302,55 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and Ctrl-C (SIGINT), listened for from creation on: a signal sent between two
+/// `recv`s is not lost.
+pub struct Signals {
     #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must run inside a tokio runtime.
+    pub fn new() -> Self {
+        #[cfg(unix)]
         {
-            s.recv().await;
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the next SIGTERM or Ctrl-C.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! { _ = next(&mut self.term) => {}, _ = next(&mut self.int) => {} }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Aborts a background task when the server it belongs to returns.
@@ -332,16 +366,25 @@ impl Drop for AbortOnDrop {
 /// started are answered 503.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     let s = state.clone();
+    let mut signals = Signals::new();
     let shutdown = async move {
-        shutdown_signal().await;
+        signals.recv().await;
         s.stop_admitting();
         tracing::info!("shutting down: no new connections, waiting requests refused");
+        // A second signal exits at once (as uvicorn's second Ctrl-C does): the operator
+        // will not wait out the grace period.
+        tokio::spawn(async move {
+            signals.recv().await;
+            tracing::warn!("a second signal: exiting now, requests in flight cut");
+            std::process::exit(130);
+        });
     };
     serve_until(listener, state, shutdown).await
 }
 
 /// Serves until `shutdown` resolves: stops accepting, lets in-flight responses finish for
-/// at most the grace period, then returns. Connections are capped and must send their
+/// at most the grace period, then ends what still runs with an error to its client
+/// ([`AppState::end_all`]) and returns. Connections are capped and must send their
 /// headers in time and read what they are sent (`ServerConfig::max_connections`,
 /// `header_timeout_secs`, `write_timeout_secs`); bodies must
 /// arrive in time too (`body_timeout_secs`, enforced where handlers read them:
@@ -365,5 +408,6 @@ pub async fn serve_until(
         async move { state.arena.upkeep().await }
     });
     let _stop_upkeep = AbortOnDrop(upkeep);
-    listen::serve_connections(listener, router(state), limits, shutdown).await
+    let app = router(state.clone());
+    listen::serve_connections(listener, app, limits, shutdown, move || state.end_all()).await
 }

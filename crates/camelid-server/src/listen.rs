@@ -39,14 +39,19 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
+/// How long the responses `grace_over` ended may take to send their error and close.
+const GRACE_OVER_FLUSH: Duration = Duration::from_secs(2);
+
 /// Serves `app` until `shutdown` resolves; then stops accepting (the listener is closed),
 /// closes idle connections, lets in-flight responses finish for at most the grace period,
-/// and returns.
+/// then calls `grace_over` (which ends what still runs) and returns once the responses have
+/// closed, or [`GRACE_OVER_FLUSH`] later.
 pub async fn serve_connections(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
+    grace_over: impl FnOnce(),
 ) -> io::Result<()> {
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
@@ -119,11 +124,16 @@ pub async fn serve_connections(
     );
     let _ = closing_tx.send(true);
     // Every connection holds a slot until it ends: all slots back means all done.
-    if tokio::time::timeout(grace, slots.acquire_many(max as u32))
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; exiting with requests still in flight");
+    let all_closed = || slots.acquire_many(max as u32);
+    if tokio::time::timeout(grace, all_closed()).await.is_err() {
+        tracing::warn!("grace period over; ending the requests still in flight");
+        grace_over();
+        if tokio::time::timeout(GRACE_OVER_FLUSH, all_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("exiting with responses still open");
+        }
     }
     Ok(())
 }

@@ -309,6 +309,15 @@ impl AppState {
         }
     }
 
+    /// The shutdown's grace period is over: every request still in an engine ends now, its
+    /// client told so (an error event, a 503), rather than cut off with the connection.
+    pub fn end_all(&self) {
+        self.stop_admitting();
+        for m in self.models().unwrap_or_default() {
+            m.engine.end_all();
+        }
+    }
+
     /// Changes the served models under the lock (adapters loaded and unloaded at run time);
     /// `f`'s error leaves them as they were. While the models load: 503.
     pub fn update_models<T>(

@@ -204,6 +204,119 @@ fn sigterm_refuses_waiting_requests_and_finishes_running_ones() {
     assert!(st.success(), "{st}");
 }
 
+/// Past `--shutdown-grace`, what still runs ends with an error its client sees: a stream's
+/// error event and `[DONE]`, a whole request's 503; not a connection cut mid-answer. The
+/// server then exits, well before the answers would have ended.
+#[test]
+fn the_grace_periods_end_ends_running_requests_with_an_error() {
+    let mut s = serve(&["--shutdown-grace", "1"]);
+    let body = |stream: bool| {
+        format!(
+            r#"{{"model":"default","messages":[{{"role":"user","content":"Hi"}}],"max_tokens":4000,"ignore_eos":true,"stream":{stream}}}"#
+        )
+    };
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let streamed = {
+        let (base, body) = (s.base.clone(), body(true));
+        std::thread::spawn(move || {
+            let mut first = true;
+            stream(&base, "/v1/chat/completions", &body, |_| {
+                if std::mem::take(&mut first) {
+                    let _ = first_tx.send(());
+                }
+                true
+            })
+        })
+    };
+    let whole = {
+        let (base, body) = (s.base.clone(), body(false));
+        std::thread::spawn(move || post_json(&base, "/v1/chat/completions", &body))
+    };
+    first_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the stream started");
+    let t = Instant::now();
+    loop {
+        let m = metrics(&s.base);
+        if metric(&m, "camelid_running_requests") == 2.0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "2 running:\n{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    sigterm(&s.child);
+    let (st, events) = streamed
+        .join()
+        .unwrap()
+        .expect("the stream ends whole, not cut");
+    assert_eq!(st, 200);
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+    let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let said = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("shutting down"), "{events:?}");
+    let (_, tokens) = token_chunks(&events);
+    assert!(tokens > 0 && tokens < 4000, "{tokens} tokens");
+    let (st, b) = whole
+        .join()
+        .unwrap()
+        .expect("the whole request is answered");
+    assert_eq!(st, 503, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{b}"
+    );
+    let st = exits_within(
+        &mut s.child,
+        Duration::from_secs(15),
+        "after the grace period",
+    );
+    assert!(st.success(), "{st}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        signalled.elapsed()
+    );
+}
+
+/// A second SIGTERM (or Ctrl-C) exits at once: the operator does not wait out the grace
+/// period (60 s here) for a stream of 4000 tokens.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut s = serve(&["--shutdown-grace", "60"]);
+    let body = r#"{"model":"default","messages":[{"role":"user","content":"Hi"}],"max_tokens":4000,"ignore_eos":true,"stream":true}"#;
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let base = s.base.clone();
+    let _streamed = std::thread::spawn(move || {
+        let mut first = true;
+        stream(&base, "/v1/chat/completions", body, |_| {
+            if std::mem::take(&mut first) {
+                let _ = first_tx.send(());
+            }
+            true
+        })
+    });
+    first_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the stream started");
+    sigterm(&s.child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "one signal waits for the stream"
+    );
+    sigterm(&s.child);
+    let st = exits_within(
+        &mut s.child,
+        Duration::from_secs(5),
+        "after a second SIGTERM",
+    );
+    assert!(!st.success(), "{st}");
+}
+
 /// A stand-in for the Hugging Face hub that accepts connections and never answers: a
 /// download from it stays in progress. Returns its URL and a receiver told of each request.
 fn stalled_hub() -> (String, std::sync::mpsc::Receiver<String>) {
