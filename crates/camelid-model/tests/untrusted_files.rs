@@ -142,6 +142,23 @@ fn gguf_repeated_keys_and_a_non_integer_alignment_are_errors() {
         e.contains("general.alignment") && e.contains("not an integer"),
         "{e}"
     );
+    // A 64-bit alignment: candle's reader would take 32 and read the tensors from the wrong
+    // place (llama.cpp reads only a u32).
+    const U64_VALUE: u32 = 10;
+    let p = write(
+        dir.path(),
+        "u64.gguf",
+        &gguf(
+            &[("general.alignment", U64_VALUE, 64u64.to_le_bytes().to_vec())],
+            &[],
+            &[],
+        ),
+    );
+    let e = open_err(&p);
+    assert!(
+        e.contains("general.alignment") && e.contains("not a u32"),
+        "{e}"
+    );
 }
 
 /// Tensors that share bytes, sit at an offset off the alignment, or share a name (candle's
@@ -369,6 +386,11 @@ fn state_dict(offset: i64, size: &[i64], stride: &[i64], args: usize) -> Vec<u8>
 
 /// A checkpoint with `pkl` as its pickle and four floats (1, 2, 3, 4) as storage "0".
 fn checkpoint(dir: &Path, name: &str, pkl: &[u8]) -> PathBuf {
+    checkpoint_with(dir, name, pkl, &[1., 2., 3., 4.])
+}
+
+/// A checkpoint with `pkl` as its pickle and `storage` as storage "0".
+fn checkpoint_with(dir: &Path, name: &str, pkl: &[u8], storage: &[f32]) -> PathBuf {
     let path = dir.join(name);
     let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
     let stored =
@@ -376,11 +398,62 @@ fn checkpoint(dir: &Path, name: &str, pkl: &[u8]) -> PathBuf {
     z.start_file("archive/data.pkl", stored).unwrap();
     z.write_all(pkl).unwrap();
     z.start_file("archive/data/0", stored).unwrap();
-    for x in [1f32, 2., 3., 4.] {
+    for x in storage {
         z.write_all(&x.to_le_bytes()).unwrap();
     }
     z.finish().unwrap();
     path
+}
+
+/// `{name: _rebuild_tensor_v2(storage "0" of `len` floats, 0, (len,), (1,), False,
+/// OrderedDict()) for each name}`: every tensor the whole storage.
+fn shared_storage_dict(names: &[String], len: i64) -> Vec<u8> {
+    let mut p = Pickle::default();
+    p.op(op::PROTO).op(2).op(op::EMPTY_DICT).op(op::MARK);
+    for name in names {
+        p.str(name);
+        p.global("torch._utils", "_rebuild_tensor_v2").op(op::MARK);
+        p.op(op::MARK)
+            .str("storage")
+            .global("torch", "FloatStorage");
+        p.str("0").str("cpu").int(len).op(op::TUPLE).op(op::BINPERSID);
+        p.int(0).ints(&[len]).ints(&[1]).op(op::NEWFALSE);
+        p.global("collections", "OrderedDict")
+            .op(op::EMPTY_TUPLE)
+            .op(op::REDUCE);
+        p.op(op::TUPLE).op(op::REDUCE);
+    }
+    p.op(op::SETITEMS).op(op::STOP);
+    p.0
+}
+
+/// Tensors may share a storage (tied weights: two names, one storage), but not without
+/// bound: 64 names over one 1 MB storage would load as 64 MB from a 1 MB file.
+#[test]
+fn pytorch_tensors_sharing_one_storage_past_the_files_size_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 1 << 18;
+    let storage: Vec<f32> = (0..len).map(|i| i as f32).collect();
+    let names = |n: usize| (0..n).map(|i| format!("w{i}")).collect::<Vec<_>>();
+    let tied = checkpoint_with(
+        dir.path(),
+        "tied.bin",
+        &shared_storage_dict(&names(2), len as i64),
+        &storage,
+    );
+    let w = HfWeights::open(&WeightFiles::PyTorch(vec![tied]), &Device::Cpu).unwrap();
+    assert_eq!(w.load("w1").unwrap().dims(), [len]);
+    let many = checkpoint_with(
+        dir.path(),
+        "many.bin",
+        &shared_storage_dict(&names(64), len as i64),
+        &storage,
+    );
+    let e = match HfWeights::open(&WeightFiles::PyTorch(vec![many]), &Device::Cpu) {
+        Ok(_) => panic!("64 copies of one storage opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("64 tensors") && e.contains("file"), "{e}");
 }
 
 /// Opens the checkpoint and reads its tensor `weight`.
@@ -552,4 +625,22 @@ fn shard_names_outside_the_folder_are_errors() {
         find_weight_files(&dir).unwrap(),
         WeightFiles::Safetensors(vec![dir.join("part/model-1.safetensors")])
     );
+}
+
+/// A SentencePiece vocabulary whose pieces `a`, `aa`, … split into each other every way
+/// (2 MB of pieces, a `tokenizer.model` or a GGUF's `llama` vocabulary) would make merges of
+/// about 2.7 GB: refused instead, naming the bound.
+#[test]
+fn a_sentencepiece_vocabulary_of_runaway_merges_is_an_error() {
+    use camelid_model::text::tokenizer::{spm_bpe_json, PieceType};
+    let pieces: Vec<(String, f32, PieceType)> = (1..=2000)
+        .map(|n| ("a".repeat(n), -(n as f32), PieceType::Normal))
+        .collect();
+    let e = spm_bpe_json(&pieces, true).unwrap_err().to_string();
+    assert!(e.contains("merges pass"), "{e}");
+    // A vocabulary of the usual shape is read.
+    let words: Vec<(String, f32, PieceType)> = (0..4000)
+        .map(|i| (format!("▁w{i}"), -(i as f32), PieceType::Normal))
+        .collect();
+    assert!(spm_bpe_json(&words, true).is_ok());
 }

@@ -13,6 +13,8 @@ use std::path::Path;
 const GGUF_MAGIC: u32 = 0x4655_4747;
 /// Nesting deeper than this is no real file (candle's own limit is 64).
 const MAX_DEPTH: usize = 64;
+/// GGUF's value type of a u32.
+const GGUF_U32: u32 = 4;
 /// Metadata may take this much more memory than the file's size (real files' metadata is a
 /// small part of them: a vocabulary of 128k tokens is 4 MiB of values).
 const METADATA_SLACK: u64 = 64 << 20;
@@ -226,10 +228,17 @@ impl<R: Read + Seek> Walker<'_, R> {
             let key = self.string()?;
             let ty = self.u32()?;
             if key == b"general.alignment" {
-                alignment = Some(
-                    self.integer(ty)?
-                        .ok_or("metadata field general.alignment is not an integer")?,
-                );
+                let value = self
+                    .integer(ty)?
+                    .ok_or("metadata field general.alignment is not an integer")?;
+                // A u32, as llama.cpp reads it: candle's reader takes the 64-bit types as
+                // the default 32 instead, and would read every tensor from the wrong place.
+                if ty != GGUF_U32 {
+                    return Err(format!(
+                        "metadata field general.alignment ({value}) is not a u32 (type {ty})"
+                    ));
+                }
+                alignment = Some(value);
             } else {
                 self.skip_value(ty, 0)?;
             }

@@ -48,6 +48,7 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
                 g.meta_bool("tokenizer.ggml.add_space_prefix")
                     .unwrap_or(true),
             )
+            .map_err(|e| Error::Tokenizer(format!("{origin}: {e}")))?
         }
         other => {
             return Err(Error::Unsupported(format!(

@@ -52,6 +52,9 @@ pub fn check_pth(path: &Path) -> Result<()> {
             .map_err(|e| bad(format!("{name}: {e}")))?;
         let root = parse(&pkl).map_err(|m| bad(format!("{name}: {m}")))?;
         let dir = name.strip_suffix(".pkl").unwrap_or(name);
+        // Tensors may share a storage's bytes (tied weights), and each is read into memory of
+        // its own: bounded by twice the file, so a few megabytes cannot declare gigabytes.
+        let (mut count, mut total) = (0usize, 0u64);
         for (tensor, t) in tensors(root) {
             let t = t.map_err(|m| bad(format!("{name}: tensor {tensor}: {m}")))?;
             let entry = format!("{dir}/{}", t.storage);
@@ -66,6 +69,14 @@ pub fn check_pth(path: &Path) -> Result<()> {
                     t.shape, t.start
                 )));
             }
+            count += 1;
+            total = total.saturating_add(t.bytes);
+        }
+        if total > file_size.saturating_mul(2) {
+            return Err(bad(format!(
+                "{name}: its {count} tensors take {total} bytes, more than twice the \
+                 {file_size}-byte file (tensors sharing a storage's bytes)"
+            )));
         }
     }
     Ok(())

@@ -574,7 +574,7 @@ mod tests {
         .iter()
         .map(|(p, t)| (p.to_string(), 0.0, *t))
         .collect();
-        let tok = Tokenizer::from_json_value(spm_bpe_json(&pieces, true), "spm").unwrap();
+        let tok = Tokenizer::from_json_value(spm_bpe_json(&pieces, true).unwrap(), "spm").unwrap();
         let (prompt, answer) = ([1u32, 3, 4, 5], [6u32, 7, 2]);
         let whole: Vec<u32> = prompt.iter().chain(&answer).copied().collect();
         let prompt_text = tok.decode(&prompt, true).unwrap();

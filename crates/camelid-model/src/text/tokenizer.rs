@@ -484,16 +484,29 @@ impl SpmConfig {
 
 /// A SentencePiece BPE vocabulary as an HF tokenizer (what transformers' `LlamaConverter`
 /// produces): byte fallback, `▁` for spaces, merges recovered from the vocabulary.
-pub fn spm_bpe_json(pieces: &[(String, f32, PieceType)], add_dummy_prefix: bool) -> Value {
+/// A vocabulary whose merges would take far more memory than its pieces is an error.
+pub fn spm_bpe_json(pieces: &[(String, f32, PieceType)], add_dummy_prefix: bool) -> Result<Value> {
     spm_bpe_json_with(pieces, add_dummy_prefix, &SpmConfig::default())
 }
+
+/// The merges' text may take this many times the pieces' own bytes (plus
+/// [`MERGES_SLACK`]): real vocabularies' take about 4 times (Llama 2's 32k pieces, 61k
+/// merges), while pieces `a`, `aa`, … of every length up to L (L²/2 bytes) make L²/2 merges
+/// of L³/3 bytes: 3 GB from a 2 MB file.
+const MERGES_PER_PIECE_BYTE: usize = 16;
+const MERGES_SLACK: usize = 16 << 20;
 
 /// [`spm_bpe_json`] as `config` asks (non-legacy spacing, added tokens).
 pub fn spm_bpe_json_with(
     pieces: &[(String, f32, PieceType)],
     add_dummy_prefix: bool,
     config: &SpmConfig,
-) -> Value {
+) -> Result<Value> {
+    let piece_bytes: usize = pieces.iter().map(|p| p.0.len()).sum();
+    let merge_budget = piece_bytes
+        .saturating_mul(MERGES_PER_PIECE_BYTE)
+        .saturating_add(MERGES_SLACK);
+    let mut merge_bytes = 0usize;
     let vocab: serde_json::Map<String, Value> = pieces
         .iter()
         .enumerate()
@@ -522,6 +535,13 @@ pub fn spm_bpe_json_with(
             let (l, r) = p.split_at(at);
             if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
                 merges.push((*score, li, ri, l, r));
+                merge_bytes += p.len();
+                if merge_bytes > merge_budget {
+                    return Err(Error::Tokenizer(format!(
+                        "the SentencePiece vocabulary's merges pass {merge_budget} bytes \
+                         ({piece_bytes} bytes of pieces): no real vocabulary has so many"
+                    )));
+                }
             }
         }
     }
@@ -578,7 +598,7 @@ pub fn spm_bpe_json_with(
     if add_dummy_prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    json!({
+    Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
@@ -592,7 +612,7 @@ pub fn spm_bpe_json_with(
             "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
             "ignore_merges": false, "vocab": vocab, "merges": merges
         }
-    })
+    }))
 }
 
 /// GPT-2 style byte-level BPE; `pre` is GGUF's `tokenizer.ggml.pre` (pre-tokenizer family).
@@ -798,7 +818,8 @@ pub fn from_sentencepiece_with(path: &Path, config: &SpmConfig) -> Result<Tokeni
             m.model_type
         )));
     }
-    let doc = spm_bpe_json_with(&m.pieces, m.add_dummy_prefix, config);
+    let doc = spm_bpe_json_with(&m.pieces, m.add_dummy_prefix, config)
+        .map_err(|e| Error::Tokenizer(format!("{origin}: {e}")))?;
     let mut tok = Tokenizer::from_json_value(doc, &origin)?;
     for (id, text, _) in &config.added {
         if tok.token_to_id(text) != Some(*id) {
