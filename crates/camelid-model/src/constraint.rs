@@ -358,6 +358,14 @@ fn without_state(message: &str) -> String {
         .to_string()
 }
 
+/// A matcher of its own for one sequence. A deep copy: a plain clone of llguidance's parser
+/// shares the lexer's state (behind a mutex) with the compiled grammar that every later
+/// request of the same grammar text starts from, so one sequence that hit the lexer's limits
+/// left that state failed for all of them, and the sequences took turns at the mutex.
+fn fresh_matcher(c: &Constraint) -> Matcher {
+    Matcher::new(Ok(c.parser.deep_clone()))
+}
+
 /// One sequence's matcher on its own thread. The thread computes a mask, hands it over,
 /// waits for the token drawn, consumes it, says whether the grammar is finished, and starts
 /// on the next mask at once, so that mask is computed during the next forward pass. The
@@ -372,7 +380,7 @@ impl SequenceConstraint {
     /// A fresh matcher after `generated` (the sequence's output so far: a decoder rebuilt
     /// mid-sequence replays it, so the grammar state matches the tokens).
     pub fn start(c: &Constraint, generated: &[u32]) -> Result<Self> {
-        let mut m = Matcher::new(Ok((*c.parser).clone()));
+        let mut m = fresh_matcher(c);
         m.consume_tokens(generated)
             .map_err(|e| Error::Invalid(format!("output does not match the grammar: {e}")))?;
         let (tok_tx, tok_rx) = mpsc::channel::<u32>();
@@ -441,6 +449,25 @@ pub(crate) mod tests {
     use crate::text::tool_calls::{parse_output, ToolFormat, HERMES_CLOSE, HERMES_OPEN};
     use crate::text::tool_grammar::{call_grammar, CallableTool};
     use serde_json::json;
+
+    /// One sequence whose lexer fails (its limits hit) leaves the compiled grammar, which the
+    /// next request of the same grammar starts from, as it was.
+    #[test]
+    fn a_sequences_lexer_error_stays_its_own() {
+        let tok = tiny_tokenizer(&[("<|endoftext|>", true)]);
+        let eos = tok.token_to_id("<|endoftext|>").unwrap();
+        let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();
+        let c = compiler
+            .compile(TopLevelGrammar::from_regex("[a-z]+"))
+            .unwrap();
+        let mut a = fresh_matcher(&c);
+        assert!(a.compute_mask_or_eos().is_ok());
+        let _ = a.test_trigger_lexer_error();
+        assert!(a.compute_mask_or_eos().is_err());
+        let mut b = fresh_matcher(&c);
+        b.compute_mask_or_eos()
+            .expect("a fresh sequence of the same grammar");
+    }
 
     /// [`tiny_tokenizer`] with Qwen's `<tool_call>` tags as added tokens not flagged
     /// special, and `<|endoftext|>` as its end.
