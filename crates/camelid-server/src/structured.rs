@@ -89,8 +89,11 @@ fn choice_grammar(field: &str, v: &Value) -> Result<TopLevelGrammar, ApiError> {
         // Lark string literals are JSON strings.
         alts.push(Value::String(s.to_string()).to_string());
     }
+    // One terminal (a single lexeme, matched as one regex), not a rule of alternatives:
+    // llguidance's parser keeps each live alternative as an item, at most 2 000 a row, so a
+    // list of more choices failed once generation began.
     Ok(TopLevelGrammar::from_lark(format!(
-        "start: {}",
+        "start: CHOICE\nCHOICE: {}",
         alts.join(" | ")
     )))
 }

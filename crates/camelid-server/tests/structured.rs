@@ -197,6 +197,13 @@ fn regex_choice_and_grammar_outputs_match() {
             assert_eq!(finish, "stop");
         }
     }
+    // More choices than llguidance keeps alternatives of a rule (2 000 a row).
+    let many: Vec<String> = (0..3000).map(|i| format!("item-{i}")).collect();
+    let extra = json!({"guided_choice": many, "seed": 6, "max_tokens": 16});
+    for (text, finish) in chat_ok(&s.base, &chat("Pick an item.", extra)) {
+        assert!(many.contains(&text), "{text:?}");
+        assert_eq!(finish, "stop");
+    }
     // FastChat's judge verdict: free text, then the rating in double brackets.
     let lark = r#"start: /[^\[\]]{0,200}/ "[[" /10|[1-9]/ "]]""#;
     let verdict = Regex::new(r"^[^\[\]]{0,200}\[\[(10|[1-9])\]\]$").unwrap();
