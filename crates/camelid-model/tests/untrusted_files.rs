@@ -416,7 +416,11 @@ fn shared_storage_dict(names: &[String], len: i64) -> Vec<u8> {
         p.op(op::MARK)
             .str("storage")
             .global("torch", "FloatStorage");
-        p.str("0").str("cpu").int(len).op(op::TUPLE).op(op::BINPERSID);
+        p.str("0")
+            .str("cpu")
+            .int(len)
+            .op(op::TUPLE)
+            .op(op::BINPERSID);
         p.int(0).ints(&[len]).ints(&[1]).op(op::NEWFALSE);
         p.global("collections", "OrderedDict")
             .op(op::EMPTY_TUPLE)

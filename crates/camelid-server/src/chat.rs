@@ -12,7 +12,7 @@ use crate::structured;
 use crate::tools::{self, ToolPlan};
 use crate::validate::{
     cache_salt, check_top_logprobs, choice_params, generation_params, max_tokens,
-    min_tokens_within_limit,
+    min_tokens_within_limit, unimplemented_chat,
 };
 use camelid_engine::Usage;
 use camelid_model::decode::{FinishReason, StopReason};
@@ -389,6 +389,7 @@ pub async fn submit_salted(
     let limits = &state.config.limits;
     limits.check_messages(req.messages.len())?;
     let model = state.model(Some(&req.model))?;
+    unimplemented_chat(req)?;
     let budget = render_budget(&model, state.config.body_limit);
     let plan = ToolPlan::from_request(req, model.template_for(true), limits.max_tools, budget)?;
     check_top_logprobs("top_logprobs", req.top_logprobs)?;

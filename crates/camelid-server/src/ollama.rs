@@ -327,6 +327,9 @@ fn chat_defaults(
         // the server's `--reasoning-parser` decides.
         split_reasoning: kwargs.is_some().then_some(true),
         chat_template_kwargs: kwargs,
+        chat_template: None,
+        echo: None,
+        add_special_tokens: None,
         reasoning_effort: None,
         add_generation_prompt: None,
         continue_final_message: false,

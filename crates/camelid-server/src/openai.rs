@@ -184,6 +184,13 @@ pub struct SamplingFields {
     pub truncate_prompt_tokens: Option<serde_json::Value>,
     pub use_beam_search: Option<serde_json::Value>,
     pub n_probs: Option<serde_json::Value>,
+    pub typical_p: Option<serde_json::Value>,
+    pub tfs_z: Option<serde_json::Value>,
+    pub mirostat: Option<serde_json::Value>,
+    pub dry_multiplier: Option<serde_json::Value>,
+    pub xtc_probability: Option<serde_json::Value>,
+    pub return_tokens_as_token_ids: Option<serde_json::Value>,
+    pub detokenize: Option<serde_json::Value>,
     /// llama.cpp's names of `max_tokens` (−1: no limit), `repetition_penalty` and
     /// `guided_json` (a schema at the top level): taken where the OpenAI/vLLM name is not
     /// sent ([`SamplingFields::with_llama_cpp_names`]). Separate fields, not serde aliases: a
@@ -192,15 +199,23 @@ pub struct SamplingFields {
     pub n_predict: Option<i64>,
     pub repeat_penalty: Option<f32>,
     pub json_schema: Option<serde_json::Value>,
+    /// Set from llama.cpp's `n_predict: -1` (no `max_tokens`): the rest of the context,
+    /// where an endpoint's own default is shorter (`/v1/completions`' 16).
+    #[serde(skip)]
+    pub no_token_limit: bool,
 }
 
 impl SamplingFields {
     /// The llama.cpp names moved to the fields camelid reads, where those are not set.
     pub fn with_llama_cpp_names(mut self) -> Self {
-        let n_predict = self.n_predict.take().filter(|&n| n >= 0);
-        self.max_tokens = self
-            .max_tokens
-            .or(n_predict.map(|n| u32::try_from(n).unwrap_or(u32::MAX)));
+        let n_predict = self.n_predict.take();
+        if self.max_tokens.is_none() {
+            match n_predict {
+                Some(n) if n >= 0 => self.max_tokens = Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                Some(_) => self.no_token_limit = true,
+                None => {}
+            }
+        }
         self.repetition_penalty = self.repetition_penalty.or(self.repeat_penalty.take());
         let schema = self.json_schema.take().filter(|v| !v.is_null());
         self.guided_json = self.guided_json.or(schema);
@@ -232,6 +247,11 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// OpenAI's thinking effort (`chat::template_kwargs`), as the template reads it.
     pub reasoning_effort: Option<String>,
+    /// vLLM's extensions that change the prompt and are not implemented: refused by name
+    /// (`validate::unimplemented_chat`).
+    pub chat_template: Option<serde_json::Value>,
+    pub echo: Option<serde_json::Value>,
+    pub add_special_tokens: Option<serde_json::Value>,
     /// vLLM's: end the prompt with the template's generation prompt (default true), or go
     /// on with the final assistant message (`chat::prompt_end`).
     pub add_generation_prompt: Option<bool>,
@@ -278,6 +298,9 @@ pub struct CompletionRequest {
     pub suffix: Option<serde_json::Value>,
     /// Generate this many and return the best `n`: not implemented beyond `best_of == n`.
     pub best_of: Option<u32>,
+    /// vLLM's: whether the tokenizer adds its special tokens (BOS) to a text prompt
+    /// (default true).
+    pub add_special_tokens: Option<bool>,
     /// vLLM's prefix-cache partition (checked by `validate::cache_salt`).
     pub cache_salt: Option<String>,
 }

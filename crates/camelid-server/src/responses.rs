@@ -166,6 +166,9 @@ impl ResponsesBody {
             function_call: None,
             cache_salt: None,
             chat_template_kwargs: None,
+            chat_template: None,
+            echo: None,
+            add_special_tokens: None,
             reasoning_effort: self
                 .reasoning
                 .as_ref()

@@ -121,7 +121,7 @@ pub fn unimplemented_extensions(f: &SamplingFields) -> Result<(), ApiError> {
         }
         !no_entries(v)
             && !matches!(v, Some(Value::Bool(false)))
-            && v.as_ref().and_then(Value::as_u64) != Some(0)
+            && v.as_ref().and_then(Value::as_f64) != Some(0.0)
     };
     let fields = [
         (&f.grammar, "grammar", "llama.cpp's GBNF grammars are not read; `guided_grammar` takes a Lark grammar, `response_format` a JSON schema"),
@@ -131,11 +131,70 @@ pub fn unimplemented_extensions(f: &SamplingFields) -> Result<(), ApiError> {
         (&f.truncate_prompt_tokens, "truncate_prompt_tokens", "a prompt past the context is refused"),
         (&f.use_beam_search, "use_beam_search", "sampling only"),
         (&f.n_probs, "n_probs", "use `logprobs` (and `top_logprobs`)"),
+        (&f.mirostat, "mirostat", "use `temperature`, `top_p`, `min_p`"),
+        (&f.dry_multiplier, "dry_multiplier", "use `repetition_penalty` or `frequency_penalty`"),
+        (&f.xtc_probability, "xtc_probability", "use `temperature`, `top_p`, `min_p`"),
+        (&f.return_tokens_as_token_ids, "return_tokens_as_token_ids", "`logprobs` name each token's text and bytes"),
     ];
-    match fields.into_iter().find(|(v, _, _)| set(v)) {
-        Some((_, name, what)) => Err(not_implemented(name, what)),
+    if let Some((_, name, what)) = fields.into_iter().find(|(v, _, _)| set(v)) {
+        return Err(not_implemented(name, what));
+    }
+    // Those whose "off" is 1 (or true): any other value changes the output.
+    let on = |v: &Option<Value>, off: Value| {
+        v.as_ref().is_some_and(|v| {
+            let same = *v == off || (v.is_number() && v.as_f64() == off.as_f64());
+            !v.is_null() && !same
+        })
+    };
+    let ones = [
+        (
+            &f.typical_p,
+            "typical_p",
+            Value::from(1.0),
+            "use `top_p` or `min_p`",
+        ),
+        (
+            &f.tfs_z,
+            "tfs_z",
+            Value::from(1.0),
+            "use `top_p` or `min_p`",
+        ),
+        (
+            &f.detokenize,
+            "detokenize",
+            Value::Bool(true),
+            "answers are text; `/tokenize` gives ids",
+        ),
+    ];
+    match ones.into_iter().find(|(v, _, off, _)| on(v, off.clone())) {
+        Some((_, name, _, what)) => Err(not_implemented(name, what)),
         None => Ok(()),
     }
+}
+
+/// A chat's fields of vLLM that change its prompt and are not implemented: 400 naming the
+/// field; their defaults (null, false) pass.
+pub fn unimplemented_chat(req: &ChatRequest) -> Result<(), ApiError> {
+    let set = |v: &Option<Value>| !matches!(v, None | Some(Value::Null) | Some(Value::Bool(false)));
+    if set(&req.chat_template) {
+        return Err(not_implemented(
+            "chat_template",
+            "the model's own template renders the chat (`chat_template_kwargs` passes it variables)",
+        ));
+    }
+    if set(&req.echo) {
+        return Err(not_implemented(
+            "echo",
+            "`/v1/completions` with `echo` returns the prompt",
+        ));
+    }
+    if set(&req.add_special_tokens) {
+        return Err(not_implemented(
+            "add_special_tokens",
+            "the chat template writes the special tokens",
+        ));
+    }
+    Ok(())
 }
 
 /// The completions endpoint's fields that are not implemented (or not of their type): 400
@@ -388,7 +447,9 @@ pub fn max_tokens(
             .min(context.saturating_sub(prompt)),
     };
     if prompt + want > context {
-        return Err(context_error(context, prompt, want, what, field));
+        // Nothing to generate (scoring a prompt): the prompt alone is too long.
+        let param = if want == 0 { what } else { field };
+        return Err(context_error(context, prompt, want, what, param));
     }
     Ok(want)
 }
@@ -445,15 +506,16 @@ pub fn model_stops(model: &crate::state::ModelEntry, infill: bool) -> Vec<u32> {
     stops
 }
 
-/// A text prompt's ids (with the BOS the tokenizer adds); with a `suffix` checked by
-/// [`infill_suffix`], the fill-in-the-middle prompt around it.
+/// A text prompt's ids (with the BOS the tokenizer adds where `special`); with a `suffix`
+/// checked by [`infill_suffix`], the fill-in-the-middle prompt around it.
 pub fn encode_prompt(
     tok: &camelid_model::text::tokenizer::Tokenizer,
     text: &str,
     suffix: Option<&str>,
+    special: bool,
 ) -> Result<Vec<u32>, ApiError> {
     let ids = match suffix {
-        None => tok.encode(text, true),
+        None => tok.encode(text, special),
         Some(s) => tok
             .encode_infill(text, s)
             .map(|ids| ids.expect("checked by infill_suffix")),

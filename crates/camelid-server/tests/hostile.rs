@@ -1076,6 +1076,20 @@ fn unimplemented_fields_are_refused() {
         ),
         (json!({"use_beam_search": true}), "use_beam_search"),
         (json!({"n_probs": 5}), "n_probs"),
+        (json!({"typical_p": 0.5}), "typical_p"),
+        (json!({"tfs_z": 0.9}), "tfs_z"),
+        (json!({"mirostat": 2}), "mirostat"),
+        (json!({"dry_multiplier": 0.8}), "dry_multiplier"),
+        (json!({"xtc_probability": 0.5}), "xtc_probability"),
+        (
+            json!({"return_tokens_as_token_ids": true}),
+            "return_tokens_as_token_ids",
+        ),
+        (json!({"detokenize": false}), "detokenize"),
+        // vLLM's chat fields that change the prompt.
+        (json!({"chat_template": "{{ 'x' }}"}), "chat_template"),
+        (json!({"echo": true}), "echo"),
+        (json!({"add_special_tokens": true}), "add_special_tokens"),
     ] {
         let (st, b) = post(s, "/v1/chat/completions", &chat_body(extra.clone()));
         assert_error(st, &b, 400, Some(param));
@@ -1094,7 +1108,11 @@ fn unimplemented_fields_are_refused() {
         &chat_body(json!({"tools": [], "tool_choice": "none", "functions": [],
                           "response_format": {"type": "text"}, "parallel_tool_calls": false,
                           "grammar": null, "use_beam_search": false, "bad_words": [],
-                          "n_probs": 0, "no_such_field": {"x": 1}})),
+                          "n_probs": 0, "no_such_field": {"x": 1}, "typical_p": 1,
+                          "tfs_z": 1.0, "mirostat": 0, "dry_multiplier": 0.0,
+                          "xtc_probability": 0, "return_tokens_as_token_ids": false,
+                          "detokenize": true, "chat_template": null, "echo": false,
+                          "add_special_tokens": false})),
     );
     assert_eq!(st, 200, "{}", short(&b));
     // Tools its template cannot show are refused unless `tool_choice` is "none".
@@ -1118,10 +1136,26 @@ fn unimplemented_fields_are_refused() {
     let (st, b) = post(s, "/v1/chat/completions", &chat_body(both));
     assert_eq!(st, 200, "{}", short(&b));
     assert_eq!(b["usage"]["completion_tokens"], 2, "{}", short(&b));
-    let mut unlimited = completion_body(json!({"n_predict": -1}));
+    let mut unlimited = completion_body(json!({"n_predict": -1, "ignore_eos": true}));
     unlimited.as_object_mut().unwrap().remove("max_tokens");
     let (st, b) = post(s, "/v1/completions", &unlimited);
     assert_eq!(st, 200, "{}", short(&b));
+    // No limit: the rest of the context (llama.cpp's), not the endpoint's default of 16.
+    let (prompt, completion) = (
+        &b["usage"]["prompt_tokens"],
+        &b["usage"]["completion_tokens"],
+    );
+    assert_eq!(
+        prompt.as_u64().unwrap() + completion.as_u64().unwrap(),
+        512,
+        "{}",
+        short(&b)
+    );
+    // Scoring a prompt longer than the context (`echo`, `max_tokens: 0`): the prompt is
+    // at fault, not `max_tokens`.
+    let long = completion_body(json!({"prompt": vec![100; 600], "echo": true, "max_tokens": 0}));
+    let (st, b) = post(s, "/v1/completions", &long);
+    assert_error(st, &b, 400, Some("prompt"));
     let schema = json!({"type": "array", "items": {"type": "integer"}});
     let (st, b) = post(
         s,

@@ -32,13 +32,19 @@ fn empty_api_keys_are_refused_at_start() {
     let no_keys = dir.path().join("keys");
     std::fs::write(&no_keys, "# no keys yet\n\n").unwrap();
     let no_keys = no_keys.to_str().unwrap();
+    // A key no header can carry (a header value past ASCII reads as no key): never matched.
+    let accented = dir.path().join("accented");
+    std::fs::write(&accented, "sk-ok\nclé-secret\n").unwrap();
+    let accented = accented.to_str().unwrap();
     // (flags, environment, what the error says)
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         (&["--api-key", ""], &[], "empty"),
         (&[], &[("CAMELID_API_KEY", "sk-1,")], "empty"),
         (&["--api-key", " sk-1"], &[], "spaces"),
         (&["--api-key-file", no_keys], &[], "no API key"),
+        (&["--api-key-file", accented], &[], "visible ASCII"),
+        (&["--api-key", "sk-ü"], &[], "visible ASCII"),
     ];
     for (args, env, says) in cases {
         let mut child = start(args, env);

@@ -77,16 +77,17 @@ pub async fn completions(
     };
     // An echoed text prompt's offsets come from the same encoding (its tokens' starts).
     let starts = req.echo && req.logprobs.is_some();
+    let special = req.add_special_tokens.unwrap_or(true);
     let (prompts, aligned): (Vec<Vec<u32>>, Vec<Option<Vec<usize>>>) = match prompt {
         Prompt::Text(s) => {
-            let one = move || encode_text(&tok, &s, suffix.as_deref(), starts);
+            let one = move || encode_text(&tok, &s, suffix.as_deref(), starts, special);
             let (ids, at) = blocking(&permit, one).await?;
             (vec![ids], vec![at])
         }
         Prompt::Texts(v) => {
             let each = move || {
                 v.iter()
-                    .map(|s| encode_text(&tok, s, suffix.as_deref(), starts))
+                    .map(|s| encode_text(&tok, s, suffix.as_deref(), starts, special))
                     .collect::<Result<Vec<_>, ApiError>>()
             };
             blocking(&permit, each).await?.into_iter().unzip()
@@ -131,7 +132,7 @@ pub async fn completions(
         params.max_tokens = max_tokens(
             f.max_tokens,
             "max_tokens",
-            Some(16),
+            (!f.no_token_limit).then_some(16),
             prompt.len(),
             model.max_model_len,
             "prompt",
@@ -265,14 +266,15 @@ fn encode_text(
     text: &str,
     suffix: Option<&str>,
     starts: bool,
+    special: bool,
 ) -> Result<(Vec<u32>, Option<Vec<usize>>), ApiError> {
     if starts && suffix.is_none() {
         let (ids, at) = tok
-            .encode_with_starts(text, true)
+            .encode_with_starts(text, special)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         return Ok((ids, Some(at)));
     }
-    Ok((encode_prompt(tok, text, suffix)?, None))
+    Ok((encode_prompt(tok, text, suffix, special)?, None))
 }
 
 struct CompletionChunks {

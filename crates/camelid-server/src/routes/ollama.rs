@@ -177,7 +177,7 @@ async fn submit_raw(
     params.continues_prompt = true;
     let tok = model.engine.shared_tokenizer();
     let ids = blocking(&permit, move || {
-        encode_prompt(&tok, &prompt, suffix.as_deref())
+        encode_prompt(&tok, &prompt, suffix.as_deref(), true)
     })
     .await?;
     params.constraint = structured::compile(&permit, model, f).await?;

@@ -477,6 +477,16 @@ fn api_keys(a: &ServeArgs) -> Result<Vec<String>> {
             anyhow::bail!("--api-key-file {}: no API key in the file", path.display());
         }
     }
+    // A header value past visible ASCII reads as no key at all: such a key could never match.
+    if keys
+        .iter()
+        .any(|k| !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        anyhow::bail!(
+            "--api-key / --api-key-file: an API key holds a character other than visible \
+             ASCII (letters, digits, punctuation), which no client's header could match"
+        );
+    }
     Ok(keys)
 }
 
