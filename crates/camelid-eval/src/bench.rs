@@ -33,6 +33,19 @@ pub struct Trace {
     /// Tokens the server generated: its streamed usage where it sends one, else the chunks
     /// with text.
     pub tokens: usize,
+    /// From the first chunk with text to the last.
+    pub decode_s: f64,
+    /// The prompt's tokens by the server's usage, where it sends one.
+    pub prompt_tokens: Option<usize>,
+}
+
+impl Trace {
+    /// Seconds per output token after the first (vLLM's TPOT): from the token counts, not
+    /// the chunks' gaps, which a server sending several tokens at once (speculative
+    /// decoding's accepted drafts) splits into near-zero ones.
+    pub fn tpot(&self) -> Option<f64> {
+        (self.tokens > 1 && self.decode_s > 0.0).then(|| self.decode_s / (self.tokens - 1) as f64)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,13 +55,16 @@ pub struct LevelResult {
     pub wall_s: f64,
     /// Generated tokens per second over the whole level (all clients).
     pub aggregate_tok_s: f64,
-    /// Prompt tokens / TTFT, median over requests.
+    /// Prompt tokens (the server's usage, else the words asked for) / TTFT, median over
+    /// requests.
     pub prefill_tok_s_p50: f64,
-    /// Per-stream decode rate: 1 / median inter-token gap.
+    /// Per-stream decode rate: 1 / the median over requests of [`Trace::tpot`].
     pub decode_tok_s_per_stream: f64,
+    /// Gaps between streamed chunks (what a client sees; not per token where a chunk
+    /// carries several).
+    pub itl_p50_ms: f64,
     pub ttft_p50_ms: f64,
     pub ttft_p99_ms: f64,
-    pub itl_p50_ms: f64,
     pub itl_p99_ms: f64,
 }
 
@@ -119,6 +135,9 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 usage_tokens = Some(n as usize);
             }
+            if let Some(n) = v["usage"]["prompt_tokens"].as_u64() {
+                trace.prompt_tokens = Some(n as usize);
+            }
             let has_text = v["choices"][0]["text"]
                 .as_str()
                 .is_some_and(|t| !t.is_empty());
@@ -130,6 +149,7 @@ async fn one(http: &reqwest::Client, o: &BenchOptions, prompt: &str) -> Result<T
                 None => trace.ttft = (now - t0).as_secs_f64(),
                 Some(prev) => trace.gaps.push((now - prev).as_secs_f64()),
             }
+            trace.decode_s = (now - t0).as_secs_f64() - trace.ttft;
             last = Some(now);
             trace.chunks += 1;
         }
@@ -249,17 +269,21 @@ pub async fn run(o: &BenchOptions) -> Result<Vec<LevelResult>> {
         let ttfts: Vec<f64> = traces.iter().map(|t| t.ttft).collect();
         let gaps: Vec<f64> = traces.iter().flat_map(|t| t.gaps.iter().copied()).collect();
         let generated = traces.iter().map(|t| t.tokens).sum::<usize>() as f64;
-        let itl50 = percentile(&gaps, 50.0);
+        let tpots: Vec<f64> = traces.iter().filter_map(Trace::tpot).collect();
+        let prefill: Vec<f64> = traces
+            .iter()
+            .map(|t| t.prompt_tokens.unwrap_or(o.prompt_tokens) as f64 / t.ttft)
+            .collect();
         out.push(LevelResult {
             clients: c,
             requests: traces.len(),
             wall_s: wall,
             aggregate_tok_s: generated / wall,
-            prefill_tok_s_p50: o.prompt_tokens as f64 / percentile(&ttfts, 50.0),
-            decode_tok_s_per_stream: 1.0 / itl50,
+            prefill_tok_s_p50: percentile(&prefill, 50.0),
+            decode_tok_s_per_stream: 1.0 / percentile(&tpots, 50.0),
             ttft_p50_ms: percentile(&ttfts, 50.0) * 1e3,
             ttft_p99_ms: percentile(&ttfts, 99.0) * 1e3,
-            itl_p50_ms: itl50 * 1e3,
+            itl_p50_ms: percentile(&gaps, 50.0) * 1e3,
             itl_p99_ms: percentile(&gaps, 99.0) * 1e3,
         });
     }
@@ -352,12 +376,17 @@ mod tests {
     /// `max_tokens - short` one-token text chunks, with a usage chunk (the tokens it sent)
     /// when `usage` is set and the request asked for one. Returns its base URL.
     async fn fake_server(short: usize, usage: bool) -> String {
-        token_server(short, usage, false).await
+        token_server(short, usage, false, None).await
     }
 
     /// [`fake_server`], its token chunks' text empty where `silent` (tokens that decode to
-    /// nothing).
-    async fn token_server(short: usize, usage: bool, silent: bool) -> String {
+    /// nothing); with `pace` `(n, ms)`, the chunks sent `n` at once every `ms` milliseconds.
+    async fn token_server(
+        short: usize,
+        usage: bool,
+        silent: bool,
+        pace: Option<(usize, u64)>,
+    ) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -405,6 +434,12 @@ mod tests {
                             "data: {}\n\n",
                             json!({"choices": [{"index": 0, "text": text, "finish_reason": null}]})
                         );
+                        if let Some((n, ms)) = pace.filter(|(n, _)| (i + 1) % n == 0) {
+                            let _ = n;
+                            sock.write_all(out.as_bytes()).await.unwrap();
+                            out.clear();
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
                     }
                     let reason = if short > 0 { "stop" } else { "length" };
                     out += &format!(
@@ -509,10 +544,33 @@ mod tests {
     /// run: its first token's time read 0 and its prefill rate infinite.
     #[tokio::test]
     async fn a_stream_without_text_fails_the_run() {
-        let err = run(&options(token_server(0, true, true).await))
+        let err = run(&options(token_server(0, true, true, None).await))
             .await
             .expect_err("no first token to time")
             .to_string();
         assert!(err.contains("streamed no text (16 tokens"), "{err}");
+    }
+
+    /// Tokens that arrive several at once (a speculative step's accepted drafts: 4 events
+    /// every 20 ms) are timed by their count: 4 tokens per 20 ms is 200 a second, where the
+    /// median gap between chunks (near zero) read thousands. The prefill rate takes the
+    /// prompt's tokens from the usage.
+    #[tokio::test]
+    async fn tokens_that_arrive_together_are_timed_by_their_count() {
+        let mut o = options(token_server(0, true, false, Some((4, 20))).await);
+        o.output_tokens = 32;
+        o.concurrency = vec![1];
+        o.prompt_tokens = 1000;
+        o.requests_per_client = 1;
+        let level = &run(&o).await.unwrap()[0];
+        let rate = level.decode_tok_s_per_stream;
+        // At most 31 tokens in 7 pauses of 20 ms (221 a second); a loaded machine sleeps longer.
+        assert!((50.0..230.0).contains(&rate), "{level:?}");
+        // 8 prompt tokens by the usage, not the 1000 words asked for.
+        let ttft = level.ttft_p50_ms / 1e3;
+        assert!(
+            (level.prefill_tok_s_p50 * ttft - 8.0).abs() < 1.0,
+            "{level:?}"
+        );
     }
 }

@@ -94,10 +94,17 @@ struct EndCapture(Option<std::sync::Arc<CudaStream>>);
 
 impl EndCapture {
     fn end(&mut self) -> std::result::Result<Option<CudaGraph>, DriverError> {
-        match self.0.take() {
-            Some(s) => s.end_capture(sys::CUgraphInstantiate_flags(0)),
-            None => Ok(None),
-        }
+        let Some(s) = self.0.take() else {
+            return Ok(None);
+        };
+        // An error the context recorded during the capture (a free that an invalidated
+        // capture refused) would make `end_capture` return before it ends the capture,
+        // leaving the stream capturing and every later call on it failing: taken first, and
+        // returned once the capture is over.
+        let recorded = s.context().check_err();
+        let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        recorded?;
+        ended
     }
 }
 

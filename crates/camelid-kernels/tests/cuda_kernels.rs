@@ -49,9 +49,27 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 /// scale is the output's own: a bf16 bound is relative, not an absolute one in disguise).
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
+    assert!(
+        b.iter().all(|v| v.is_finite()),
+        "a reference that is not finite"
+    );
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0, "an all-zero reference tests nothing");
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    // NaN wins (`f32::max` would drop it: an all-NaN output would score 0).
+    let worst = |m: f32, d: f32| if d.is_nan() || d > m { d } else { m };
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, worst)
+        / scale
+}
+
+/// A NaN in the output is the largest error, wherever it is.
+#[test]
+fn rel_err_counts_nan_as_the_worst() {
+    assert!(rel_err(&[1.0, f32::NAN, 2.0], &[1.0, 1.0, 2.0]).is_nan());
+    assert!(rel_err(&[f32::NAN, 1.0], &[1.0, 1.0]).is_nan());
+    assert_eq!(rel_err(&[1.0, 2.5], &[1.0, 2.0]), 0.25);
 }
 
 fn tolerance(dt: DType) -> f32 {

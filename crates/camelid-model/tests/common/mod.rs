@@ -76,11 +76,14 @@ pub fn chat_prompt(lm: &camelid_model::LoadedModel) -> Vec<u32> {
     lm.tokenizer.encode(&text, true).unwrap()
 }
 
+/// The largest |a - b|; NaN if any difference is (`f32::max` would drop a NaN, and an output
+/// of NaNs would pass as exact).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        .fold(0.0, |m, d| if d.is_nan() || d > m { d } else { m })
 }
 
 pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
