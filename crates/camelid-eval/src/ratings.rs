@@ -154,6 +154,44 @@ pub fn judges_of(text: &str) -> Result<std::collections::BTreeSet<String>> {
         .collect())
 }
 
+/// Refuses `mtbench judge` pairwise judgments of the same question, turn and pair of models
+/// given twice (`files`: each file's name and text): the rename experiment's file beside the
+/// original's, or a `pairwise-baseline` file beside a `pairwise-all` one, would count each
+/// such match twice and narrow the intervals as if more battles had been fought.
+pub fn refuse_repeated_judgments(files: &[(String, &str)]) -> Result<()> {
+    let mut seen: std::collections::HashMap<(u64, u8, String, String), &str> =
+        std::collections::HashMap::new();
+    for (name, text) in files {
+        for v in read_records(text)?.records {
+            if v.get("g1_winner").is_none() {
+                continue;
+            }
+            let Ok(j) = serde_json::from_value::<PairJudgment>(v) else {
+                continue; // read_battle_records names a malformed judgment
+            };
+            let (a, b) = if j.model_1 <= j.model_2 {
+                (j.model_1, j.model_2)
+            } else {
+                (j.model_2, j.model_1)
+            };
+            let key = (j.question_id, j.turn, a, b);
+            if let Some(first) = seen.get(&key) {
+                bail!(
+                    "question {} turn {}, {} against {}, is judged in {first} and again in \
+                     {name}: rated together it would count twice (rate one judgment of each \
+                     match)",
+                    key.0,
+                    key.1,
+                    key.2,
+                    key.3
+                );
+            }
+            seen.insert(key, name);
+        }
+    }
+    Ok(())
+}
+
 /// A battle with what FastChat's `elo_analysis` selects and orders by.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BattleRecord {
@@ -996,6 +1034,38 @@ mod tests {
                 record("x", "y", Outcome::ModelA, Some(false), Some(5.5)),
                 record("x", "y", Outcome::Tie, None, None)
             ]
+        );
+    }
+
+    /// The same match judged in two files (the order of its models swapped, as a rename or
+    /// baseline run may write it) is refused; other matches and FastChat battles pass.
+    #[test]
+    fn a_match_judged_twice_is_refused() {
+        let judged = |q: u64, m1: &str, m2: &str, turn: u8| {
+            format!(
+                r#"{{"question_id": {q}, "model_1": "{m1}", "model_2": "{m2}", "g1_winner": "model_1", "g2_winner": "model_1", "judge": ["gpt-4", "pair-v2"], "g1_user_prompt": "", "g1_judgment": "", "g2_user_prompt": "", "g2_judgment": "", "turn": {turn}, "tstamp": 0.0}}"#
+            ) + "\n"
+        };
+        let a = judged(81, "p", "q", 1) + &judged(82, "p", "q", 1);
+        let b = judged(81, "p", "q", 2)
+            + &judged(81, "p", "r", 1)
+            + r#"{"model_a": "p", "model_b": "q", "winner": "model_a"}"#;
+        let files = |x: &str, y: &str| {
+            vec![
+                ("a.jsonl".to_string(), x.to_string()),
+                ("b.jsonl".into(), y.to_string()),
+            ]
+        };
+        let check = |f: Vec<(String, String)>| {
+            let f: Vec<(String, &str)> = f.iter().map(|(n, t)| (n.clone(), t.as_str())).collect();
+            refuse_repeated_judgments(&f)
+        };
+        check(files(&a, &b)).unwrap();
+        let again = judged(82, "q", "p", 1);
+        let e = check(files(&a, &again)).unwrap_err().to_string();
+        assert!(
+            e.contains("question 82 turn 1") && e.contains("a.jsonl") && e.contains("b.jsonl"),
+            "{e}"
         );
     }
 }

@@ -312,6 +312,7 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
     use camelid_eval::{category, ratings};
     let mut records = vec![];
     let mut judges = std::collections::BTreeSet::new();
+    let mut texts = vec![];
     for p in &a.battles {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -319,14 +320,18 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
         records.extend(
             ratings::read_battle_records(&text).with_context(|| format!("in {}", p.display()))?,
         );
+        texts.push((p.display().to_string(), text));
     }
     if judges.len() > 1 {
         anyhow::bail!(
-            "judgments by {} judge models ({}): rated together, each pair would count once a              judge; rate one judge's judgments at a time",
+            "judgments by {} judge models ({}): rated together, each pair would count once a \
+             judge; rate one judge's judgments at a time",
             judges.len(),
             judges.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
+    let texts: Vec<(String, &str)> = texts.iter().map(|(n, t)| (n.clone(), t.as_str())).collect();
+    ratings::refuse_repeated_judgments(&texts)?;
     let all = records.len();
     let records = ratings::select_records(records, a.include_named);
     if records.len() < all {
