@@ -662,6 +662,37 @@ pub(crate) mod tests {
         }
     }
 
+    /// A tool whose schema lists its properties takes no others (xgrammar's reading, vLLM's
+    /// default): a tool of no arguments (`properties: {}`) is called with `{}`, not made-up
+    /// ones; nested objects alike; `additionalProperties: true` keeps them open.
+    #[test]
+    fn listed_properties_are_the_only_ones() {
+        let none = json!({"type": "object", "properties": {}});
+        let nested = json!({"type": "object", "properties": {"where": {"type": "object",
+            "properties": {"city": {"type": "string"}}}}});
+        let open = json!({"type": "object", "properties": {}, "additionalProperties": true});
+        let tool = |schema| {
+            [CallableTool {
+                name: "f",
+                parameters: Some(schema),
+                strict: false,
+            }]
+        };
+        assert_eq!(hermes_takes(&tool(&none), &call("f", "{}")), Ok(true));
+        assert_eq!(
+            hermes_takes(&tool(&none), &call("f", r#"{"x": 1}"#)),
+            Ok(false)
+        );
+        let city = r#"{"where": {"city": "Paris"}}"#;
+        assert_eq!(hermes_takes(&tool(&nested), &call("f", city)), Ok(true));
+        let extra = r#"{"where": {"city": "Paris", "zip": 1}}"#;
+        assert_eq!(hermes_takes(&tool(&nested), &call("f", extra)), Ok(false));
+        assert_eq!(
+            hermes_takes(&tool(&open), &call("f", r#"{"x": 1}"#)),
+            Ok(true)
+        );
+    }
+
     /// A lazy grammar's replay of its trigger where the vocabulary holds it as one (special)
     /// token: the grammar names it by id, and `tokens_of` gives that id, so the matcher starts
     /// past it and wants the call's newline next.

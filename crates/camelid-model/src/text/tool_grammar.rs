@@ -76,7 +76,48 @@ fn object_schema(tool: CallableTool) -> Json {
     if let Some(o) = schema.as_object_mut() {
         o.entry("type").or_insert_with(|| json!("object"));
     }
+    close_objects(&mut schema);
     schema
+}
+
+/// Objects that list their `properties` and say nothing of others take no others
+/// (`additionalProperties: false`), as vLLM's default grammar backend (xgrammar) reads a
+/// tool's schema: llguidance's JSON Schema default (any other key) let a model invent
+/// arguments a tool does not have, e.g. for `{"properties": {}}`. An object schema without
+/// `properties` stays open (`{}` or no parameters: any object).
+fn close_objects(schema: &mut Json) {
+    let Json::Object(o) = schema else {
+        if let Json::Array(a) = schema {
+            a.iter_mut().for_each(close_objects);
+        }
+        return;
+    };
+    if o.contains_key("properties") && !o.contains_key("additionalProperties") {
+        o.insert("additionalProperties".into(), Json::Bool(false));
+    }
+    for (k, v) in o.iter_mut() {
+        match k.as_str() {
+            // name → schema maps
+            "properties" | "patternProperties" | "$defs" | "definitions" => {
+                if let Json::Object(m) = v {
+                    m.values_mut().for_each(close_objects);
+                }
+            }
+            // a schema or a list of them
+            "items"
+            | "prefixItems"
+            | "additionalProperties"
+            | "anyOf"
+            | "oneOf"
+            | "allOf"
+            | "not"
+            | "if"
+            | "then"
+            | "else"
+            | "contains" => close_objects(v),
+            _ => {}
+        }
+    }
 }
 
 /// Rewrites the document-local `$ref`s of `schema` (`#`, `#/…`) as if `schema` sat at the
@@ -256,7 +297,10 @@ mod tests {
         let line = g.lines().find(|l| l.starts_with("fn_0: %json ")).unwrap();
         let schema: Json = serde_json::from_str(&line["fn_0: %json ".len()..]).unwrap();
         assert_eq!(schema["properties"]["name"]["const"], "get_weather");
-        assert_eq!(schema["properties"]["arguments"], p);
+        // Its listed properties the only ones (see `close_objects`).
+        let mut closed = p.clone();
+        closed["additionalProperties"] = json!(false);
+        assert_eq!(schema["properties"]["arguments"], closed);
         let single = call_grammar(ToolFormat::Hermes, &tools[..1], false, &|_| None);
         assert!(single.starts_with("start: block\n"), "{single}");
     }
