@@ -193,6 +193,10 @@ pub struct GrammarCompiler {
 
 /// How many compiled grammars a model keeps ([`GrammarCompiler::compile`]).
 const RECENT_GRAMMARS: usize = 32;
+/// And how much grammar text in all: a compiled grammar takes about ten times its text (a
+/// 3 MB `enum` schema ~33 MiB), so 32 of the largest a body may carry would pin gigabytes.
+/// A grammar past this alone is compiled for its request and not kept.
+const RECENT_GRAMMAR_BYTES: usize = 4 << 20;
 
 impl GrammarCompiler {
     /// `eos`: the tokens that end a sequence (EOS and end-of-turn), allowed only where the
@@ -253,14 +257,25 @@ impl GrammarCompiler {
             }
         }
         let compiled = self.compile_anew(grammar)?;
-        if let Some(k) = key {
+        if let Some(k) = key.filter(|k| k.len() <= RECENT_GRAMMAR_BYTES) {
             let mut recent = recent();
-            if recent.len() == RECENT_GRAMMARS {
-                recent.pop_front();
+            let mut bytes: usize = recent.iter().map(|(g, _)| g.len()).sum();
+            while recent.len() == RECENT_GRAMMARS || bytes + k.len() > RECENT_GRAMMAR_BYTES {
+                let Some((old, _)) = recent.pop_front() else {
+                    break;
+                };
+                bytes -= old.len();
             }
             recent.push_back((k, compiled.clone()));
         }
         Ok(compiled)
+    }
+
+    /// The grammar text the kept compiled grammars take.
+    #[cfg(test)]
+    fn kept_bytes(&self) -> usize {
+        let recent = self.recent.lock().unwrap();
+        recent.iter().map(|(g, _)| g.len()).sum()
     }
 
     fn compile_anew(&self, grammar: TopLevelGrammar) -> std::result::Result<Constraint, String> {
@@ -467,6 +482,29 @@ pub(crate) mod tests {
         let mut b = fresh_matcher(&c);
         b.compute_mask_or_eos()
             .expect("a fresh sequence of the same grammar");
+    }
+
+    /// Kept compiled grammars are bounded by their text too, not only by count: three of
+    /// 1.5 MB keep at most 4 MiB, the newest among them; one past 4 MiB is not kept.
+    #[test]
+    fn kept_grammars_are_bounded_by_their_size() {
+        let tok = tiny_tokenizer(&[("<|endoftext|>", true)]);
+        let eos = tok.token_to_id("<|endoftext|>").unwrap();
+        let compiler = GrammarCompiler::new(&tok, &[eos]).unwrap();
+        for c in ['a', 'b', 'c'] {
+            let literal = c.to_string().repeat(1_500_000);
+            compiler
+                .compile(TopLevelGrammar::from_regex(&literal))
+                .unwrap();
+            assert!(compiler.kept_bytes() <= RECENT_GRAMMAR_BYTES);
+            assert!(compiler.kept_bytes() >= 1_500_000, "the newest is kept");
+        }
+        let huge = "d".repeat(RECENT_GRAMMAR_BYTES + 1);
+        let before = compiler.kept_bytes();
+        compiler
+            .compile(TopLevelGrammar::from_regex(&huge))
+            .unwrap();
+        assert_eq!(compiler.kept_bytes(), before);
     }
 
     /// [`tiny_tokenizer`] with Qwen's `<tool_call>` tags as added tokens not flagged
