@@ -95,7 +95,8 @@ pub fn verdict_format(p: &JudgePrompt) -> Result<VerdictFormat<'_>> {
         ("pairwise", "[[rating_a,rating_b]]") => Ok(VerdictFormat::TwoScores),
         ("pairwise", f) if f == format!("[[{}]]", labels[0]) => Ok(VerdictFormat::Labels(labels)),
         (kind, f) => Err(anyhow!(
-            "judge prompt {}: a {kind} prompt with output format {f:?}, which FastChat does not              read ([[rating]] for single prompts; [[A]] or [[rating_a,rating_b]] for pairwise)",
+            "judge prompt {}: a {kind} prompt with output format {f:?}, which FastChat does not \
+             read ([[rating]] for single prompts; [[A]] or [[rating_a,rating_b]] for pairwise)",
             p.name
         )),
     }

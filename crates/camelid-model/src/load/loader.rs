@@ -357,7 +357,9 @@ fn pick_template(
                     // FastChat's fallback too, but a chat model of another family would
                     // answer in the wrong format without a word.
                     tracing::warn!(
-                        "{name} has no chat_template and its name names no family camelid                          knows: serving it with FastChat's one_shot template (--template NAME                          or --chat-template FILE chooses another)"
+                        "{name} has no chat_template and its name names no family camelid \
+                         knows: serving it with FastChat's one_shot template (--template NAME \
+                         or --chat-template FILE chooses another)"
                     );
                 }
                 Ok(ChatTemplate::Builtin(builtin))
