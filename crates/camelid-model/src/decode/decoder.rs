@@ -380,9 +380,15 @@ impl SequenceDecoder {
             tail += &self.detok.flush(tok)?;
             text += &self.stops.flush_after(tail);
             finished = Some(FinishReason::Stop);
-            if !self.params.eos_token_ids.contains(&token) {
-                stop_reason = Some(StopReason::Token(token));
-            }
+            // The stop token's own text may complete a stop string: that names the stop, as
+            // vLLM checks stop strings on the text after the engine's stop token.
+            stop_reason = match self.stops.stopped_by() {
+                Some(s) => Some(StopReason::Text(s.into())),
+                None if !self.params.eos_token_ids.contains(&token) => {
+                    Some(StopReason::Token(token))
+                }
+                None => None,
+            };
         } else {
             let piece = self.detok.push(tok, token)?;
             // A lazy grammar's trigger counts only after the gate's marker (not inside the
@@ -408,6 +414,7 @@ impl SequenceDecoder {
             if grammar_done && finished.is_none() {
                 text += &self.stops.flush_after(self.detok.flush(tok)?);
                 finished = Some(FinishReason::Stop);
+                stop_reason = self.stops.stopped_by().map(|s| StopReason::Text(s.into()));
             }
         }
         if finished.is_none()
@@ -524,5 +531,17 @@ mod tests {
             run(&[], &[], [1.0, 0.0, 0.0, 0.0]),
             (Some(FinishReason::Length), None)
         );
+        // A stop token whose own text (kept: `include_stop_str_in_output`) completes a stop
+        // string: the string is named.
+        let mut p = GenerationParams::new(4, SamplingParams::greedy());
+        p.eos_token_ids = vec![3];
+        p.stop_token_ids = vec![3, 2];
+        let mut stops = StopSet::new(vec!["c".into()]);
+        stops.include_in_output = true;
+        p.stop_strings = Arc::new(stops);
+        let mut d = SequenceDecoder::new(vec![0], p, 64);
+        let out = d.step(&tok, &[0.0, 0.0, 1.0, 0.0]).unwrap();
+        assert_eq!(out.finished, stop);
+        assert_eq!(out.stop_reason, Some(StopReason::Text("c".into())));
     }
 }
