@@ -116,10 +116,16 @@ async fn answer_missing(
     opts: &AnswerOptions,
 ) -> Result<AnswerSummary> {
     let existing: Vec<Answer> = read_existing(&opts.out);
-    // Answered questions are skipped; failed ones (error lines of older runs) are asked again.
+    // Answered questions are skipped; failed ones (error lines of older runs) are asked again,
+    // and so are those answered with fewer choices than asked for now (`--num-choices` raised:
+    // FastChat's run would answer them all).
     let done: std::collections::HashSet<u64> = existing
         .iter()
-        .filter(|a| a.model_id == opts.model_id && a.error.is_none())
+        .filter(|a| {
+            a.model_id == opts.model_id
+                && a.error.is_none()
+                && a.choices.len() >= opts.num_choices.max(1)
+        })
         .map(|a| a.question_id)
         .collect();
     let todo: Vec<&Question> = questions

@@ -573,6 +573,39 @@ async fn a_passing_failure_is_asked_again_next_run() {
     assert!(a[0].get("error").is_none());
 }
 
+/// A rerun asking for more choices (`--num-choices` raised) answers again the questions
+/// answered with fewer, as FastChat's run would; their new lines replace the old.
+#[tokio::test]
+async fn more_choices_asked_for_answers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.jsonl");
+    let qs = [question(1), question(2)];
+    let (up, seen) = fake(|_, r| echo(r));
+    let done = answer::run(&client(&up), &qs, &options(&out))
+        .await
+        .unwrap();
+    assert_eq!(done.answered, 2);
+    let before = seen.lock().unwrap().len();
+    let mut three = options(&out);
+    three.num_choices = 3;
+    let done = answer::run(&client(&up), &qs, &three).await.unwrap();
+    assert_eq!(done.answered, 2);
+    assert!(seen.lock().unwrap().len() > before);
+    let a = lines(&out);
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(
+        a.iter()
+            .all(|l| l["choices"].as_array().unwrap().len() == 3),
+        "{a:?}"
+    );
+    // Asked again with as many or fewer: nothing to do.
+    let after = seen.lock().unwrap().len();
+    answer::run(&client(&up), &qs, &options(&out))
+        .await
+        .unwrap();
+    assert_eq!(seen.lock().unwrap().len(), after);
+}
+
 #[tokio::test]
 async fn a_wrong_key_stops_answering_and_judging_at_once() {
     let (base, seen) = fake(|_, _| error(401, "Incorrect API key provided"));
