@@ -305,6 +305,26 @@ pub fn bradley_terry(battles: &[Battle], convention: BtConvention) -> BTreeMap<S
         .collect()
 }
 
+/// Models that won every battle they fought, or lost every one (no tie either): the data
+/// bound no maximum-likelihood rating of theirs (it goes to ±∞; `Mle`'s vanishing ridge
+/// alone sets where it stops).
+pub fn unbounded_models(battles: &[Battle]) -> Vec<String> {
+    let mut scores: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for b in battles.iter().filter(|b| b.model_a != b.model_b) {
+        let s = b.winner.score_a();
+        for (m, got) in [(&b.model_a, s), (&b.model_b, 1.0 - s)] {
+            let e = scores.entry(m).or_default();
+            e.0 += got;
+            e.1 += 1.0;
+        }
+    }
+    scores
+        .into_iter()
+        .filter(|(_, (got, of))| *got == 0.0 || got == of)
+        .map(|(m, _)| m.to_string())
+        .collect()
+}
+
 /// The models of a set of battles, numbered.
 struct Models {
     names: Vec<String>,
@@ -1066,6 +1086,28 @@ mod tests {
         assert!(
             e.contains("question 82 turn 1") && e.contains("a.jsonl") && e.contains("b.jsonl"),
             "{e}"
+        );
+    }
+
+    /// A model that won all or lost all is named; one with a tie or a loss is not.
+    #[test]
+    fn models_that_won_or_lost_everything_are_unbounded() {
+        let b = |a: &str, c: &str, w: Outcome| Battle {
+            model_a: a.into(),
+            model_b: c.into(),
+            winner: w,
+        };
+        let battles = [
+            b("a", "b", Outcome::ModelA),
+            b("c", "a", Outcome::ModelB),
+            b("b", "c", Outcome::Tie),
+            b("d", "b", Outcome::ModelA),
+            b("b", "d", Outcome::ModelA),
+        ];
+        assert_eq!(unbounded_models(&battles), ["a"]);
+        assert_eq!(
+            unbounded_models(&[b("x", "y", Outcome::ModelA)]),
+            ["x", "y"]
         );
     }
 }

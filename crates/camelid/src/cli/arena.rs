@@ -343,6 +343,18 @@ fn ratings(a: ArenaRatingsArgs) -> Result<()> {
     if records.is_empty() {
         anyhow::bail!("no battles to rate in {:?}", a.battles);
     }
+    if matches!(a.bt, Convention::Mle) {
+        let battles: Vec<ratings::Battle> = records.iter().map(|r| r.battle.clone()).collect();
+        let unbounded = ratings::unbounded_models(&battles);
+        if !unbounded.is_empty() {
+            eprintln!(
+                "{} won or lost every battle: no maximum-likelihood rating of theirs is bounded \
+                 by the data (--bt mle's vanishing ridge sets where it stops; the default, \
+                 FastChat's penalised fit, bounds them)",
+                unbounded.join(", ")
+            );
+        }
+    }
     let opts = ratings::RatingOptions {
         convention: match a.bt {
             Convention::Fastchat => ratings::BtConvention::FastChat,
