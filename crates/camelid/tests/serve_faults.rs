@@ -163,26 +163,14 @@ fn sigterm_refuses_waiting_requests_and_finishes_running_ones() {
         let (r, at) = w.join().unwrap();
         let (st, b) = r.expect("a waiting request is answered");
         assert_eq!(st, 503, "{b}");
-        assert!(
-            b["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("shutting down"),
-            "{b}"
-        );
+        assert!(says_shutting_down(&b), "{b}");
         refused_by = refused_by.max(at);
     }
     let (r, at) = waiting_stream.join().unwrap();
     let (st, events) = r.expect("the waiting stream is answered");
     assert_eq!(st, 200);
     let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("shutting down"),
-        "{events:?}"
-    );
+    assert!(says_shutting_down(&error), "{events:?}");
     assert_eq!(events.last().unwrap(), "[DONE]");
     refused_by = refused_by.max(at);
     assert!(
@@ -210,37 +198,46 @@ fn sigterm_refuses_waiting_requests_and_finishes_running_ones() {
     assert!(st.success(), "{st}");
 }
 
+/// A chat stream of 4000 tokens started on its own thread; returns once its first event has
+/// come, with the thread that gives the stream's status and events.
+fn long_stream(base: &str) -> std::thread::JoinHandle<std::io::Result<(u16, Vec<String>)>> {
+    let body = r#"{"model":"default","messages":[{"role":"user","content":"Hi"}],"max_tokens":4000,"ignore_eos":true,"stream":true}"#;
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let base = base.to_string();
+    let streamed = std::thread::spawn(move || {
+        let mut first = true;
+        stream(&base, "/v1/chat/completions", body, |_| {
+            if std::mem::take(&mut first) {
+                let _ = first_tx.send(());
+            }
+            true
+        })
+    });
+    first_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the stream started");
+    streamed
+}
+
+/// Whether an OpenAI error body says the server is shutting down.
+fn says_shutting_down(b: &serde_json::Value) -> bool {
+    b["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("shutting down"))
+}
+
 /// Past `--shutdown-grace`, what still runs ends with an error its client sees: a stream's
 /// error event and `[DONE]`, a whole request's 503; not a connection cut mid-answer. The
 /// server then exits, well before the answers would have ended.
 #[test]
 fn the_grace_periods_end_ends_running_requests_with_an_error() {
     let mut s = serve(&["--shutdown-grace", "1"]);
-    let body = |stream: bool| {
-        format!(
-            r#"{{"model":"default","messages":[{{"role":"user","content":"Hi"}}],"max_tokens":4000,"ignore_eos":true,"stream":{stream}}}"#
-        )
-    };
-    let (first_tx, first_rx) = std::sync::mpsc::channel();
-    let streamed = {
-        let (base, body) = (s.base.clone(), body(true));
-        std::thread::spawn(move || {
-            let mut first = true;
-            stream(&base, "/v1/chat/completions", &body, |_| {
-                if std::mem::take(&mut first) {
-                    let _ = first_tx.send(());
-                }
-                true
-            })
-        })
-    };
+    let streamed = long_stream(&s.base);
     let whole = {
-        let (base, body) = (s.base.clone(), body(false));
-        std::thread::spawn(move || post_json(&base, "/v1/chat/completions", &body))
+        let base = s.base.clone();
+        let body = r#"{"model":"default","messages":[{"role":"user","content":"Hi"}],"max_tokens":4000,"ignore_eos":true}"#;
+        std::thread::spawn(move || post_json(&base, "/v1/chat/completions", body))
     };
-    first_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the stream started");
     let t = Instant::now();
     loop {
         let m = metrics(&s.base);
@@ -259,8 +256,7 @@ fn the_grace_periods_end_ends_running_requests_with_an_error() {
     assert_eq!(st, 200);
     assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
     let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    let said = error["error"]["message"].as_str().unwrap_or_default();
-    assert!(said.contains("shutting down"), "{events:?}");
+    assert!(says_shutting_down(&error), "{events:?}");
     let (_, tokens) = token_chunks(&events);
     assert!(tokens > 0 && tokens < 4000, "{tokens} tokens");
     let (st, b) = whole
@@ -268,13 +264,7 @@ fn the_grace_periods_end_ends_running_requests_with_an_error() {
         .unwrap()
         .expect("the whole request is answered");
     assert_eq!(st, 503, "{b}");
-    assert!(
-        b["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("shutting down"),
-        "{b}"
-    );
+    assert!(says_shutting_down(&b), "{b}");
     let st = exits_within(
         &mut s.child,
         Duration::from_secs(15),
@@ -293,21 +283,7 @@ fn the_grace_periods_end_ends_running_requests_with_an_error() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let mut s = serve(&["--shutdown-grace", "60"]);
-    let body = r#"{"model":"default","messages":[{"role":"user","content":"Hi"}],"max_tokens":4000,"ignore_eos":true,"stream":true}"#;
-    let (first_tx, first_rx) = std::sync::mpsc::channel();
-    let base = s.base.clone();
-    let _streamed = std::thread::spawn(move || {
-        let mut first = true;
-        stream(&base, "/v1/chat/completions", body, |_| {
-            if std::mem::take(&mut first) {
-                let _ = first_tx.send(());
-            }
-            true
-        })
-    });
-    first_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the stream started");
+    let _streamed = long_stream(&s.base);
     sigterm(&s.child);
     std::thread::sleep(Duration::from_millis(500));
     assert!(

@@ -454,16 +454,7 @@ pub fn load_gguf(
     g.own_kernels = !opts.candle_qmatmul;
     let cfg = g.model_config()?;
     if opts.device.is_cpu() {
-        // On the CPU every tensor is read into memory in its own format.
-        let bytes = g
-            .content
-            .tensor_infos
-            .values()
-            .map(|t| {
-                let d = t.ggml_dtype;
-                (t.shape.elem_count() / d.block_size() * d.type_size()) as u64
-            })
-            .sum();
+        let bytes = gguf_host_bytes(&g.content.tensor_infos);
         let q4 = q4_k_bytes(cfg.matrix_parameters());
         let hint = if bytes > q4 + q4 / 2 {
             format!(
@@ -819,8 +810,64 @@ pub fn load_hf_folder(
     })
 }
 
+/// What a GGUF's tensors take in memory on the CPU: each in its own format, but a 16-bit
+/// (or f32) embedding table widened to f32 (`Embeddings::Dense`), and read a second time,
+/// in its own format, as the head when the file has no `output.weight` (tied).
+fn gguf_host_bytes(
+    infos: &std::collections::HashMap<String, candle_core::quantized::gguf_file::TensorInfo>,
+) -> u64 {
+    let stored = |t: &candle_core::quantized::gguf_file::TensorInfo| {
+        let d = t.ggml_dtype;
+        (t.shape.elem_count() / d.block_size() * d.type_size()) as u64
+    };
+    let mut bytes: u64 = infos.values().map(stored).sum();
+    if let Some(e) = infos.get("token_embd.weight") {
+        if matches!(e.ggml_dtype, GgmlDType::F16 | GgmlDType::BF16) {
+            bytes += e.shape.elem_count() as u64 * 4 - stored(e);
+        }
+        if !infos.contains_key("output.weight") {
+            bytes += stored(e);
+        }
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
+    /// A 16-bit embedding table counts as the f32 table it becomes, and once more as the
+    /// head it is tied to; a quantized one as itself, plus the head's copy when tied.
+    #[test]
+    fn a_ggufs_host_bytes_count_the_widened_and_tied_embeddings() {
+        use candle_core::quantized::{gguf_file::TensorInfo, GgmlDType};
+        let info = |d: GgmlDType, n: usize| TensorInfo {
+            ggml_dtype: d,
+            shape: candle_core::Shape::from((n, 256)),
+            offset: 0,
+        };
+        let files = |embd: GgmlDType, head: bool| {
+            let mut m = std::collections::HashMap::new();
+            m.insert("token_embd.weight".to_string(), info(embd, 1000));
+            m.insert(
+                "blk.0.ffn_up.weight".to_string(),
+                info(GgmlDType::Q8_0, 100),
+            );
+            if head {
+                m.insert("output.weight".to_string(), info(GgmlDType::Q8_0, 1000));
+            }
+            super::gguf_host_bytes(&m)
+        };
+        let q8 = |rows: u64| rows * 256 / 32 * 34;
+        assert_eq!(
+            files(GgmlDType::F16, true),
+            1000 * 256 * 4 + q8(100) + q8(1000)
+        );
+        assert_eq!(
+            files(GgmlDType::F16, false),
+            1000 * 256 * 4 + 1000 * 256 * 2 + q8(100)
+        );
+        assert_eq!(files(GgmlDType::Q8_0, false), 2 * q8(1000) + q8(100));
+    }
+
     use super::{gpu_dtype, local_model_name};
     use candle_core::DType;
 
